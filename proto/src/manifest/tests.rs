@@ -1,0 +1,423 @@
+use super::*;
+use crate::quantity::{Cpu, Memory};
+
+const GOOD: &str = r#"
+[[app]]
+name = "web"
+image = "registry.lan:5000/team/web:1.4"
+command = ["/bin/httpd"]
+args = ["-f", "-p", "8080"]
+replicas = 3
+env = { MODE = "prod" }
+restart = "on-failure"
+
+[app.resources]
+cpu = "250m"
+memory = "64Mi"
+
+[[app.ports]]
+name = "http"
+container = 8080
+host = 8080
+
+[app.placement]
+node_selector = { "bramble.dev/disk" = "ssd" }
+tolerations = [{ key = "dedicated", value = "web", effect = "NoSchedule" }]
+
+[app.probes.readiness]
+http = { path = "/healthz", port = 8080 }
+period = "5s"
+
+[[service]]
+name = "web"
+app = "web"
+ports = [{ port = 80, target = "http" }]
+"#;
+
+#[test]
+fn a_full_manifest_parses() {
+    let m = parse_manifest("web.toml", GOOD).unwrap();
+    assert_eq!(m.apps.len(), 1);
+    let app = &m.apps[0];
+    assert_eq!(app.name.as_str(), "web");
+    assert_eq!(app.replicas.0, 3);
+    assert_eq!(app.resources.cpu, Some(Cpu(250)));
+    assert_eq!(app.resources.memory, Some(Memory(64 << 20)));
+    assert_eq!(app.ports[0].host.map(|p| p.0), Some(8080));
+    assert_eq!(app.restart, RestartPolicy::OnFailure);
+    assert_eq!(app.image.registry, "registry.lan:5000");
+    assert_eq!(
+        m.services[0].ports[0].target,
+        Some(PortTarget::Name(crate::names::Name::new("http").unwrap()))
+    );
+    // What the leader stores and sends is the same object after a JSON round trip.
+    let json = serde_json::to_string(&m).unwrap();
+    assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);
+}
+
+#[test]
+fn defaults_are_sensible() {
+    let m = parse_manifest("a.toml", "[[app]]\nname = \"a\"\nimage = \"busybox\"\n").unwrap();
+    let a = &m.apps[0];
+    assert_eq!(a.replicas.0, 1);
+    assert_eq!(a.restart, RestartPolicy::Always);
+    assert_eq!(a.update.max_surge.0, 1);
+    assert!(parse_manifest("empty.toml", "").unwrap().apps.is_empty());
+}
+
+/// Parses `text` expecting exactly one error; checks its line, column, field and message.
+fn fails(text: &str, line: usize, column: usize, field: &str, message_part: &str) {
+    let errs = parse_manifest("m.toml", text)
+        .expect_err("the manifest should be refused")
+        .0;
+    let e = &errs[0];
+    assert_eq!((e.line, e.column), (line, column), "position of: {e}");
+    assert_eq!(e.field, field, "field of: {e}");
+    assert!(
+        e.message.contains(message_part),
+        "message of {e:?} should contain {message_part:?}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with(&format!("m.toml:{line}:{column}: ")),
+        "{e}"
+    );
+}
+
+fn app(body: &str) -> String {
+    format!("[[app]]\nname = \"web\"\nimage = \"busybox\"\n{body}")
+}
+
+#[test]
+fn memory_with_mb_is_refused() {
+    fails(
+        &app("resources = { memory = \"64MB\" }\n"),
+        4,
+        24,
+        "app[0].resources.memory",
+        "\"64Mi\" or \"64M\"",
+    );
+}
+
+#[test]
+fn cpu_in_cores_word_is_refused() {
+    fails(
+        &app("resources = { cpu = \"0.25cores\" }\n"),
+        4,
+        21,
+        "app[0].resources.cpu",
+        "\"250m\"",
+    );
+}
+
+#[test]
+fn negative_replicas() {
+    fails(
+        &app("replicas = -1\n"),
+        4,
+        12,
+        "app[0].replicas",
+        "expected a replica count from 0 to 1000, found -1",
+    );
+}
+
+#[test]
+fn absurd_replicas() {
+    fails(
+        &app("replicas = 100000000\n"),
+        4,
+        12,
+        "app[0].replicas",
+        "from 0 to 1000",
+    );
+}
+
+#[test]
+fn replicas_of_the_wrong_type() {
+    fails(
+        &app("replicas = \"three\"\n"),
+        4,
+        12,
+        "app[0].replicas",
+        "expected a replica count",
+    );
+}
+
+#[test]
+fn unknown_field_in_app() {
+    fails(
+        &app("replica = 3\n"),
+        4,
+        1,
+        "app[0].replica",
+        "unknown field `replica`",
+    );
+}
+
+#[test]
+fn unknown_top_level_kind() {
+    fails(
+        "[[deployment]]\nname = \"x\"\n",
+        1,
+        3,
+        "deployment",
+        "unknown field `deployment`, expected `app` or `service`",
+    );
+}
+
+#[test]
+fn missing_image() {
+    fails(
+        "[[app]]\nname = \"web\"\n",
+        1,
+        1,
+        "app[0]",
+        "missing field `image`",
+    );
+}
+
+#[test]
+fn name_not_a_dns_label() {
+    fails(
+        "[[app]]\nname = \"Web_1\"\nimage = \"busybox\"\n",
+        2,
+        8,
+        "app[0].name",
+        "expected a DNS label",
+    );
+}
+
+#[test]
+fn name_too_long() {
+    let text = format!(
+        "[[app]]\nname = \"{}\"\nimage = \"busybox\"\n",
+        "a".repeat(64)
+    );
+    fails(&text, 2, 8, "app[0].name", "1 to 63");
+}
+
+#[test]
+fn duplicate_app_names() {
+    let text = format!(
+        "{}\n[[app]]\nname = \"web\"\nimage = \"busybox\"\n",
+        app("")
+    );
+    fails(&text, 6, 8, "app[1].name", "duplicate app name \"web\"");
+}
+
+#[test]
+fn duplicate_service_names() {
+    let svc = "[[service]]\nname = \"s\"\napp = \"web\"\nports = [{ port = 80 }]\n";
+    fails(
+        &format!("{svc}{svc}"),
+        6,
+        8,
+        "service[1].name",
+        "duplicate service name",
+    );
+}
+
+#[test]
+fn bad_image_reference() {
+    fails(
+        "[[app]]\nname = \"web\"\nimage = \"Registry.lan/Web\"\n",
+        3,
+        9,
+        "app[0].image",
+        "invalid image reference",
+    );
+}
+
+#[test]
+fn image_with_bad_digest() {
+    fails(
+        "[[app]]\nname = \"web\"\nimage = \"web@sha256:abc\"\n",
+        3,
+        9,
+        "app[0].image",
+        "sha256:<64",
+    );
+}
+
+#[test]
+fn port_zero() {
+    fails(
+        &app("ports = [{ container = 0 }]\n"),
+        4,
+        24,
+        "app[0].ports[0].container",
+        "expected a port number from 1 to 65535, found 0",
+    );
+}
+
+#[test]
+fn port_too_large() {
+    fails(
+        &app("ports = [{ container = 80, host = 70000 }]\n"),
+        4,
+        35,
+        "app[0].ports[0].host",
+        "found 70000",
+    );
+}
+
+#[test]
+fn port_as_string() {
+    fails(
+        &app("ports = [{ container = \"80\" }]\n"),
+        4,
+        24,
+        "app[0].ports[0].container",
+        "expected a port number",
+    );
+}
+
+#[test]
+fn duplicate_host_ports() {
+    fails(
+        &app("ports = [{ container = 80, host = 8080 }, { container = 81, host = 8080 }]\n"),
+        4,
+        68,
+        "app[0].ports[1].host",
+        "host port 8080 is listed twice",
+    );
+}
+
+#[test]
+fn bad_protocol() {
+    fails(
+        &app("ports = [{ container = 80, protocol = \"sctp\" }]\n"),
+        4,
+        39,
+        "app[0].ports[0].protocol",
+        "unknown variant `sctp`",
+    );
+}
+
+#[test]
+fn bad_restart_policy() {
+    fails(
+        &app("restart = \"sometimes\"\n"),
+        4,
+        11,
+        "app[0].restart",
+        "expected one of `always`, `on-failure`, `never`",
+    );
+}
+
+#[test]
+fn bad_env_name() {
+    fails(
+        &app("env = { \"1BAD\" = \"x\" }\n"),
+        4,
+        9,
+        "app[0].env.1BAD",
+        "invalid environment variable name \"1BAD\"",
+    );
+}
+
+#[test]
+fn env_value_not_a_string() {
+    fails(
+        &app("env = { PORT = 80 }\n"),
+        4,
+        16,
+        "app[0].env.PORT",
+        "expected a string",
+    );
+}
+
+#[test]
+fn bad_node_selector_key() {
+    fails(
+        &app("placement = { node_selector = { \"disk!\" = \"ssd\" } }\n"),
+        4,
+        31,
+        "app[0].placement.node_selector",
+        "invalid label key \"disk!\"",
+    );
+}
+
+#[test]
+fn probe_with_two_handlers() {
+    let text = app("[app.probes.liveness]\nexec = [\"true\"]\ntcp = { port = 80 }\n");
+    fails(
+        &text,
+        4,
+        1,
+        "app[0].probes.liveness",
+        "exactly one of `exec`, `http` or `tcp`",
+    );
+}
+
+#[test]
+fn bad_probe_duration() {
+    let text = app("[app.probes.liveness]\ntcp = { port = 80 }\nperiod = \"5 seconds\"\n");
+    fails(
+        &text,
+        6,
+        10,
+        "app[0].probes.liveness.period",
+        "invalid duration",
+    );
+}
+
+#[test]
+fn update_that_cannot_progress() {
+    fails(
+        &app("update = { max_surge = 0, max_unavailable = 0 }\n"),
+        4,
+        10,
+        "app[0].update",
+        "could never make progress",
+    );
+}
+
+#[test]
+fn service_without_ports() {
+    fails(
+        "[[service]]\nname = \"s\"\napp = \"web\"\nports = []\n",
+        4,
+        9,
+        "service[0].ports",
+        "at least one port",
+    );
+}
+
+#[test]
+fn service_with_bad_target() {
+    fails(
+        "[[service]]\nname = \"s\"\napp = \"web\"\nports = [{ port = 80, target = \"Http!\" }]\n",
+        4,
+        32,
+        "service[0].ports[0].target",
+        "",
+    );
+}
+
+#[test]
+fn not_toml_at_all() {
+    fails("[[app]\nname = 1\n", 1, 7, "", "");
+}
+
+#[test]
+fn app_must_be_an_array_of_tables() {
+    fails(
+        "[app]\nname = \"web\"\nimage = \"busybox\"\n",
+        1,
+        1,
+        "app",
+        "expected a sequence",
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = format!(
+        "{}ports = [{{ container = 80, host = 1 }}, {{ container = 80, host = 1 }}]\n\n[[app]]\nname = \"web\"\nimage = \"busybox\"\n",
+        app("")
+    );
+    let errs = parse_manifest("m.toml", &text).unwrap_err();
+    assert_eq!(errs.0.len(), 3, "{errs}");
+    assert!(errs.0.windows(2).all(|w| w[0].line <= w[1].line));
+}

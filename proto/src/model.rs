@@ -1,0 +1,312 @@
+//! The object model (DESIGN §4): what the leader stores and what the CLI shows.
+//!
+//! Times are milliseconds since the Unix epoch (`*_ms`). Every stored object carries `generation`
+//! (bumped when its desired part changes) and the store `revision` it was last written at.
+
+use crate::manifest::{AppSpec, ServiceSpec};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Metadata every stored object carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ObjectMeta {
+    pub name: String,
+    /// Bumped each time the desired part of the object changes.
+    #[serde(default)]
+    pub generation: u64,
+    /// The store revision of the last write (filled in on read).
+    #[serde(default)]
+    pub revision: u64,
+    #[serde(default)]
+    pub created_ms: u64,
+}
+
+/// A CPU architecture in OCI terms: `amd64`, `arm64`, `arm/v7`, `arm/v6`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Arch {
+    Amd64,
+    Arm64,
+    ArmV7,
+    ArmV6,
+    Other(String),
+}
+
+impl Arch {
+    /// The architecture of the running binary.
+    pub fn host() -> Arch {
+        match std::env::consts::ARCH {
+            "x86_64" => Arch::Amd64,
+            "aarch64" => Arch::Arm64,
+            "arm" if cfg!(target_feature = "v7") => Arch::ArmV7,
+            "arm" => Arch::ArmV6,
+            other => Arch::Other(other.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+            Arch::ArmV7 => "arm/v7",
+            Arch::ArmV6 => "arm/v6",
+            Arch::Other(s) => s,
+        })
+    }
+}
+
+impl TryFrom<String> for Arch {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Ok(match s.as_str() {
+            "amd64" => Arch::Amd64,
+            "arm64" | "arm64/v8" => Arch::Arm64,
+            "arm/v7" => Arch::ArmV7,
+            "arm/v6" => Arch::ArmV6,
+            "" => return Err("expected an architecture like \"arm64\" or \"arm/v7\"".into()),
+            _ => Arch::Other(s),
+        })
+    }
+}
+
+impl From<Arch> for String {
+    fn from(a: Arch) -> String {
+        a.to_string()
+    }
+}
+
+/// Amounts of the resources the scheduler shares out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Resources {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    /// How many replicas the node accepts.
+    pub replicas: u32,
+}
+
+/// What an agent reports about its board at the start of each session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub arch: Arch,
+    pub os: String,
+    pub kernel: String,
+    pub agent_version: String,
+    /// Labels from the agent's config file.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Resources,
+    pub allocatable: Resources,
+    /// Addresses of the board's interfaces (the leader adds the one it sees the session from).
+    #[serde(default)]
+    pub addresses: Vec<String>,
+}
+
+/// A taint keeps replicas off a node unless they tolerate it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Taint {
+    pub key: String,
+    #[serde(default)]
+    pub value: String,
+    pub effect: TaintEffect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaintEffect {
+    NoSchedule,
+    PreferNoSchedule,
+    NoExecute,
+}
+
+/// A board that joined, as stored by the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub meta: ObjectMeta,
+    /// SHA-256 (hex) of the node's public key; a name is bound to one key.
+    pub key_fingerprint: String,
+    /// Labels set by operators (`bramble label node`); they win over the agent's own.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub taints: Vec<Taint>,
+    /// Cordoned: no new replicas are placed here.
+    #[serde(default)]
+    pub unschedulable: bool,
+    pub info: NodeInfo,
+    #[serde(default)]
+    pub pod_cidr: Option<String>,
+}
+
+impl Node {
+    /// The labels in effect: the agent's own, overridden by operators'.
+    pub fn effective_labels(&self) -> BTreeMap<String, String> {
+        let mut l = self.info.labels.clone();
+        l.extend(self.labels.clone());
+        l
+    }
+}
+
+/// Whether a condition holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Condition {
+    /// e.g. `Ready`.
+    pub kind: String,
+    pub status: ConditionStatus,
+    pub reason: String,
+    pub message: String,
+    pub last_transition_ms: u64,
+}
+
+/// A node as the API shows it: the stored object plus the leader's live view of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub node: Node,
+    pub ready: Condition,
+    /// Last contact from the agent (0 if none since the leader started).
+    pub last_seen_ms: u64,
+    /// The current session epoch, if the agent is connected.
+    pub session_epoch: Option<u64>,
+    /// The address the leader sees the agent's session come from.
+    pub session_address: Option<String>,
+}
+
+impl NodeView {
+    /// `Ready`, `NotReady` or `Unknown`, with `,SchedulingDisabled` when cordoned.
+    pub fn status_text(&self) -> String {
+        let s = match self.ready.status {
+            ConditionStatus::True => "Ready",
+            ConditionStatus::False => "NotReady",
+            ConditionStatus::Unknown => "Unknown",
+        };
+        if self.node.unschedulable {
+            format!("{s},SchedulingDisabled")
+        } else {
+            s.to_string()
+        }
+    }
+}
+
+/// A long-running workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct App {
+    pub meta: ObjectMeta,
+    pub spec: AppSpec,
+}
+
+/// The phase of one replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaPhase {
+    Pending,
+    Pulling,
+    Starting,
+    Running,
+    Ready,
+    Succeeded,
+    Failed,
+    Lost,
+}
+
+/// One scheduled copy of an app revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    pub meta: ObjectMeta,
+    pub app: String,
+    /// Hash of the app's pod template this replica runs.
+    pub revision_hash: String,
+    pub node: Option<String>,
+    pub phase: ReplicaPhase,
+    /// Why it is in this phase (e.g. why it is still Pending).
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub restarts: u32,
+    pub exit_code: Option<i32>,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    pub container_id: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// A stable name and virtual IP in front of the ready replicas of an app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub meta: ObjectMeta,
+    pub spec: ServiceSpec,
+    pub vip: Option<String>,
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+/// Named key/value bytes, encrypted at rest by the leader; `get` never prints `data`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret {
+    pub meta: ObjectMeta,
+    pub data: BTreeMap<String, Vec<u8>>,
+    pub version: u64,
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("meta", &self.meta)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+/// Something that happened, for humans; kept in a bounded ring, not forever.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub time_ms: u64,
+    /// `kind/name`, e.g. `node/pi-1`.
+    pub object: String,
+    /// CamelCase reason, e.g. `NodeNotReady`.
+    pub reason: String,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arch_round_trips_in_oci_terms() {
+        for a in ["amd64", "arm64", "arm/v7", "arm/v6", "riscv64"] {
+            let arch = Arch::try_from(a.to_string()).unwrap();
+            assert_eq!(arch.to_string(), a);
+        }
+        assert_eq!(Arch::try_from("arm64/v8".to_string()).unwrap(), Arch::Arm64);
+        let json = serde_json::to_string(&Arch::ArmV7).unwrap();
+        assert_eq!(json, "\"arm/v7\"");
+        assert_eq!(
+            Arch::host(),
+            if cfg!(target_arch = "x86_64") {
+                Arch::Amd64
+            } else {
+                Arch::host()
+            }
+        );
+    }
+
+    #[test]
+    fn secret_debug_hides_data() {
+        let mut data = BTreeMap::new();
+        data.insert("password".to_string(), b"hunter2".to_vec());
+        let s = Secret {
+            meta: ObjectMeta::default(),
+            data,
+            version: 1,
+        };
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

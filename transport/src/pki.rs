@@ -1,0 +1,312 @@
+//! The cluster's certificates.
+//!
+//! One self-signed CA per cluster signs everything. Identities live in the subject common name:
+//! `node:<name>` for agents, `admin:<name>` for operators, `leader` for the leader (whose
+//! certificate also names [`LEADER_SERVER_NAME`] so clients can verify it by that name whatever
+//! address they dial).
+
+use bramble_proto::wire::LEADER_SERVER_NAME;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+};
+use ring::rand::SecureRandom;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use time::OffsetDateTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("invalid certificate signing request: {0}")]
+    BadCsr(rcgen::Error),
+    #[error("invalid certificate: {0}")]
+    BadCert(String),
+    #[error("invalid PEM: {0}")]
+    BadPem(String),
+    #[error("the system random number generator failed")]
+    Random,
+}
+
+/// Who a certificate says its holder is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Identity {
+    Leader,
+    Node(String),
+    Admin(String),
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Leader => f.write_str("leader"),
+            Identity::Node(n) => write!(f, "node:{n}"),
+            Identity::Admin(n) => write!(f, "admin:{n}"),
+        }
+    }
+}
+
+/// How long certificates the CA issues stay valid.
+pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86400);
+pub const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 86400);
+
+/// A certificate with its private key, both PEM.
+#[derive(Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The cluster certificate authority.
+pub struct Ca {
+    cert_pem: String,
+    cert_der: Vec<u8>,
+    key: KeyPair,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("fingerprint", &self.fingerprint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ca {
+    /// Creates a new CA for the cluster `cluster`.
+    pub fn generate(cluster: &str) -> Result<Ca, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = dn(&format!("bramble cluster CA {cluster}"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        validity(&mut params, CA_VALIDITY)?;
+        let cert = params.self_signed(&key)?;
+        Ok(Ca {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            key,
+        })
+    }
+
+    /// Loads a CA from its certificate and key (PEM).
+    pub fn load(cert_pem: &str, key_pem: &str) -> Result<Ca, PkiError> {
+        let key =
+            KeyPair::from_pem(key_pem).map_err(|e| PkiError::BadPem(format!("CA key: {e}")))?;
+        let cert_der = cert_der_from_pem(cert_pem)?.to_vec();
+        let ca = Ca {
+            cert_pem: cert_pem.to_string(),
+            cert_der,
+            key,
+        };
+        ca.issuer()?; // refuse a certificate we cannot sign with
+        Ok(ca)
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// SHA-256 of the CA certificate (DER), lowercase hex: what join tokens pin.
+    pub fn fingerprint(&self) -> String {
+        sha256_hex(&self.cert_der)
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, PkiError> {
+        Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)
+            .map_err(|e| PkiError::BadCert(format!("CA certificate: {e}")))
+    }
+
+    /// The leader's serving certificate (also valid as a client, for leader-to-leader traffic).
+    pub fn issue_leader(&self, extra_names: &[String]) -> Result<Issued, PkiError> {
+        let mut names = vec![LEADER_SERVER_NAME.to_string(), "localhost".to_string()];
+        names.extend(extra_names.iter().cloned());
+        names.dedup();
+        let mut params = CertificateParams::new(names)?;
+        params.distinguished_name = dn("leader");
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.issue(params)
+    }
+
+    /// An operator's client certificate.
+    pub fn issue_admin(&self, name: &str) -> Result<Issued, PkiError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = dn(&format!("admin:{name}"));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params)
+    }
+
+    fn issue(&self, mut params: CertificateParams) -> Result<Issued, PkiError> {
+        let key = KeyPair::generate()?;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        validity(&mut params, LEAF_VALIDITY)?;
+        let cert = params.signed_by(&key, &self.issuer()?)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Signs a node's CSR for `node_name`. Only the CSR's public key is used (after its signature
+    /// is verified); the names and usages come from the CA. Returns the certificate (PEM) and the
+    /// fingerprint of the node's public key.
+    pub fn sign_node_csr(
+        &self,
+        csr_pem: &str,
+        node_name: &str,
+    ) -> Result<(String, String), PkiError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)?;
+        let mut params = CertificateParams::new(vec![node_name.to_string()])?;
+        params.distinguished_name = dn(&format!("node:{node_name}"));
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        validity(&mut params, LEAF_VALIDITY)?;
+        let cert = params.signed_by(&csr.public_key, &self.issuer()?)?;
+        Ok((
+            cert.pem(),
+            sha256_hex(rcgen::PublicKeyData::der_bytes(&csr.public_key)),
+        ))
+    }
+}
+
+fn dn(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "bramble");
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn validity(params: &mut CertificateParams, valid_for: Duration) -> Result<(), PkiError> {
+    let now = OffsetDateTime::now_utc();
+    // Allow for boards whose clocks lag (a Pi has no RTC and may boot before NTP syncs).
+    params.not_before = now - Duration::from_secs(3600);
+    params.not_after = now + valid_for;
+    let mut serial = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut serial)
+        .map_err(|_| PkiError::Random)?;
+    serial[0] &= 0x7f;
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    Ok(())
+}
+
+/// Makes a key pair and a CSR for `node:<node_name>`; returns (CSR PEM, private key PEM).
+pub fn node_csr(node_name: &str) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![node_name.to_string()])?;
+    params.distinguished_name = dn(&format!("node:{node_name}"));
+    let csr = params.serialize_request(&key)?;
+    Ok((csr.pem()?, key.serialize_pem()))
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The first certificate in a PEM text, as DER.
+pub fn cert_der_from_pem(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| PkiError::BadPem(format!("certificate: {e}")))
+}
+
+/// The first private key in a PEM text, as DER.
+pub fn key_der_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| PkiError::BadPem(format!("private key: {e}")))
+}
+
+/// Reads the identity (subject common name) and public-key fingerprint of a certificate (DER).
+pub fn identity_of(cert_der: &[u8]) -> Result<(Identity, String), PkiError> {
+    use x509_parser::prelude::*;
+    let (_, cert) =
+        X509Certificate::from_der(cert_der).map_err(|e| PkiError::BadCert(e.to_string()))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or_else(|| PkiError::BadCert("no common name".into()))?;
+    let identity = if cn == "leader" {
+        Identity::Leader
+    } else if let Some(n) = cn.strip_prefix("node:") {
+        Identity::Node(n.to_string())
+    } else if let Some(n) = cn.strip_prefix("admin:") {
+        Identity::Admin(n.to_string())
+    } else {
+        return Err(PkiError::BadCert(format!(
+            "unknown identity {cn:?} in certificate"
+        )));
+    };
+    let key_fp = sha256_hex(&cert.public_key().subject_public_key.data);
+    Ok((identity, key_fp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_certificates_carry_identity_and_key() {
+        let ca = Ca::generate("test").unwrap();
+        let (csr, _key) = node_csr("pi-1").unwrap();
+        let (cert_pem, key_fp) = ca.sign_node_csr(&csr, "pi-1").unwrap();
+        let der = cert_der_from_pem(&cert_pem).unwrap();
+        let (id, fp) = identity_of(&der).unwrap();
+        assert_eq!(id, Identity::Node("pi-1".into()));
+        assert_eq!(fp, key_fp);
+        let admin = ca.issue_admin("root").unwrap();
+        let (id, _) = identity_of(&cert_der_from_pem(&admin.cert_pem).unwrap()).unwrap();
+        assert_eq!(id, Identity::Admin("root".into()));
+    }
+
+    #[test]
+    fn ca_round_trips_through_pem() {
+        let ca = Ca::generate("test").unwrap();
+        let again = Ca::load(ca.cert_pem(), &ca.key_pem()).unwrap();
+        assert_eq!(again.fingerprint(), ca.fingerprint());
+        assert_eq!(ca.fingerprint().len(), 64);
+        assert!(again.issue_leader(&["10.0.0.1".into()]).is_ok());
+    }
+
+    #[test]
+    fn garbage_csr_is_refused() {
+        let ca = Ca::generate("test").unwrap();
+        assert!(matches!(
+            ca.sign_node_csr("not a csr", "x"),
+            Err(PkiError::BadCsr(_))
+        ));
+        let (csr, _) = node_csr("pi-1").unwrap();
+        let tampered = csr.replacen("MII", "MIJ", 1);
+        assert!(ca.sign_node_csr(&tampered, "pi-1").is_err());
+    }
+}

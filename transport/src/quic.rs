@@ -1,0 +1,189 @@
+//! quinn endpoints and framed streams.
+
+use crate::tls::TlsError;
+use bramble_proto::codec::{self, CodecError, MAX_FRAME_LEN};
+use bramble_proto::wire::{
+    Open, OpenKind, Request, Response, LEADER_SERVER_NAME, PROTOCOL_VERSION,
+};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{
+    ClientConfig, Connection, Endpoint, RecvStream, SendStream, ServerConfig, TransportConfig,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often an idle connection sends a keep-alive.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(4);
+/// How long a silent connection lives.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot open a QUIC endpoint on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: quinn::ConnectError,
+    },
+    #[error("connection to {addr} failed: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: quinn::ConnectionError,
+    },
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("cannot send: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("cannot receive: {0}")]
+    Read(#[from] quinn::ReadExactError),
+    #[error("stream closed: {0}")]
+    Closed(#[from] quinn::ClosedStream),
+    #[error("bad frame from peer: {0}")]
+    Codec(#[from] CodecError),
+    #[error("the peer closed the stream without answering")]
+    NoResponse,
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl TransportError {
+    /// Whether the error means the leader could not be reached at all (as opposed to a refusal).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            TransportError::Timeout(_)
+            | TransportError::Bind { .. }
+            | TransportError::Connect { .. } => true,
+            TransportError::Handshake { source, .. } => matches!(
+                source,
+                quinn::ConnectionError::TimedOut
+                    | quinn::ConnectionError::Reset
+                    | quinn::ConnectionError::LocallyClosed
+            ),
+            _ => false,
+        }
+    }
+}
+
+fn transport_config() -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits")));
+    // Small boards, few streams: keep buffers modest.
+    t.max_concurrent_bidi_streams(64u32.into());
+    t.max_concurrent_uni_streams(16u32.into());
+    t.stream_receive_window((1u32 << 20).into());
+    t.receive_window((4u32 << 20).into());
+    t.send_window(4 << 20);
+    Arc::new(t)
+}
+
+/// A server endpoint (the leader).
+pub fn server_endpoint(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+) -> Result<Endpoint, TransportError> {
+    let crypto = QuicServerConfig::try_from(tls)
+        .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+    let mut cfg = ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(transport_config());
+    Endpoint::server(cfg, addr).map_err(|source| TransportError::Bind { addr, source })
+}
+
+/// A client endpoint bound to an ephemeral port of the right address family.
+pub fn client_endpoint(peer: SocketAddr) -> Result<Endpoint, TransportError> {
+    let bind: SocketAddr = if peer.is_ipv6() {
+        "[::]:0".parse().expect("addr")
+    } else {
+        "0.0.0.0:0".parse().expect("addr")
+    };
+    Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })
+}
+
+/// Connects to the leader at `addr`, verifying it by [`LEADER_SERVER_NAME`].
+pub async fn connect(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    tls: rustls::ClientConfig,
+    timeout: Duration,
+) -> Result<Connection, TransportError> {
+    let crypto = QuicClientConfig::try_from(tls)
+        .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+    let mut cfg = ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(transport_config());
+    let connecting = endpoint
+        .connect_with(cfg, addr, LEADER_SERVER_NAME)
+        .map_err(|source| TransportError::Connect { addr, source })?;
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(source)) => Err(TransportError::Handshake { addr, source }),
+        Err(_) => Err(TransportError::Timeout(timeout)),
+    }
+}
+
+/// Writes one frame.
+pub async fn write_frame<T: Serialize>(
+    send: &mut SendStream,
+    msg: &T,
+) -> Result<(), TransportError> {
+    let frame = codec::encode(msg, MAX_FRAME_LEN)?;
+    send.write_all(&frame).await?;
+    Ok(())
+}
+
+/// Reads one frame; `None` when the peer finished the stream cleanly between frames.
+pub async fn read_frame<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    max: usize,
+) -> Result<Option<T>, TransportError> {
+    let mut prefix = [0u8; 4];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(n)) => return Err(CodecError::Truncated(n).into()),
+        Err(e) => return Err(e.into()),
+    }
+    let len = codec::frame_len(prefix, max)?;
+    let mut payload = vec![0u8; len];
+    recv.read_exact(&mut payload).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(n) => {
+            TransportError::Codec(CodecError::Truncated(4 + n))
+        }
+        e => e.into(),
+    })?;
+    Ok(Some(codec::decode(&payload)?))
+}
+
+/// Sends one request on a new stream and waits for its response.
+pub async fn call(
+    conn: &Connection,
+    request: Request,
+    timeout: Duration,
+) -> Result<Response, TransportError> {
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_frame(
+            &mut send,
+            &Open {
+                version: PROTOCOL_VERSION,
+                kind: OpenKind::Call(request),
+            },
+        )
+        .await?;
+        send.finish()?;
+        read_frame::<Response>(&mut recv, MAX_FRAME_LEN)
+            .await?
+            .ok_or(TransportError::NoResponse)
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| TransportError::Timeout(timeout))?
+}

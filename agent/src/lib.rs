@@ -1,1 +1,13 @@
+//! The Bramble agent: joins the cluster once with a token, then keeps one session with the
+//! leader, reconnecting with capped exponential backoff, and reports what its board is.
 
+pub mod backoff;
+pub mod config;
+pub mod join;
+pub mod observability;
+pub mod session;
+pub mod sysinfo;
+pub mod systemd;
+
+pub use config::AgentConfig;
+pub use session::{run, AgentError};

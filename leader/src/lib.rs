@@ -1,1 +1,12 @@
+//! The Bramble leader: keeps the desired state, admits nodes, serves the API over QUIC.
 
+pub mod api;
+pub mod config;
+pub mod init;
+pub mod nodes;
+pub mod server;
+pub mod store;
+pub mod tokens;
+
+pub use config::LeaderConfig;
+pub use server::{start, LeaderError, RunningLeader};

@@ -40,6 +40,7 @@ pub enum Request {
         token: String,
         node_name: String,
         csr_pem: String,
+        info: NodeInfo,
     },
     GetNodes,
     GetNode {

@@ -5,6 +5,7 @@
 //!   joining agent uses to pin the cluster CA from its join token.
 //! - [`quic`]: quinn endpoints and framed streams carrying `bramble-proto` messages.
 
+pub mod admin;
 pub mod pki;
 pub mod quic;
 pub mod tls;

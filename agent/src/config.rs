@@ -1,0 +1,260 @@
+//! `agent.toml`: versioned, every key checked, precedence file < environment < flags.
+
+use bramble_proto::names::{check_dns_subdomain, check_label_key, check_label_value};
+use bramble_proto::quantity::{Cpu, Memory};
+use bramble_proto::source::{parse_toml, SourceError};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_VERSION: u32 = 1;
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/bramble/agent";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Parse(#[from] SourceError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub version: u32,
+    /// The node name (default: the host name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Leader addresses (`host:port`), tried in turn.
+    #[serde(default)]
+    pub leaders: Vec<String>,
+    /// A join token, needed only until the agent has its certificate.
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Labels the node reports (operators can add more with `bramble label node`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub resources: ResourcesConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("name", &self.name)
+            .field("leaders", &self.leaders)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("data_dir", &self.data_dir)
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesConfig {
+    /// CPU kept for the system and Bramble itself.
+    #[serde(default = "default_reserved_cpu")]
+    pub reserved_cpu: Cpu,
+    /// Memory kept for the system and Bramble itself.
+    #[serde(default = "default_reserved_memory")]
+    pub reserved_memory: Memory,
+    /// The most replicas this node runs.
+    #[serde(default = "default_max_replicas")]
+    pub max_replicas: u32,
+}
+
+impl Default for ResourcesConfig {
+    fn default() -> Self {
+        ResourcesConfig {
+            reserved_cpu: default_reserved_cpu(),
+            reserved_memory: default_reserved_memory(),
+            max_replicas: default_max_replicas(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+fn default_data_dir() -> PathBuf {
+    DEFAULT_DATA_DIR.into()
+}
+fn default_reserved_cpu() -> Cpu {
+    Cpu(100)
+}
+fn default_reserved_memory() -> Memory {
+    Memory(128 << 20)
+}
+fn default_max_replicas() -> u32 {
+    64
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            version: CONFIG_VERSION,
+            name: None,
+            leaders: Vec::new(),
+            token: None,
+            data_dir: default_data_dir(),
+            labels: BTreeMap::new(),
+            resources: ResourcesConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Values from the environment or the command line; each one set overrides the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub leaders: Vec<String>,
+    pub token: Option<String>,
+    pub name: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let cfg: AgentConfig = parse_toml(file, text)?;
+        let at = |key: &str| text.find(key).unwrap_or(0);
+        if cfg.version != CONFIG_VERSION {
+            return Err(SourceError::at(
+                file,
+                text,
+                at("version"),
+                "version",
+                format!("expected {CONFIG_VERSION}, found {}", cfg.version),
+            )
+            .into());
+        }
+        if let Some(name) = &cfg.name {
+            check_dns_subdomain(name)
+                .map_err(|e| SourceError::at(file, text, at("name"), "name", e.to_string()))?;
+        }
+        for (k, v) in &cfg.labels {
+            check_label_key(k)
+                .and_then(|_| check_label_value(v))
+                .map_err(|e| {
+                    SourceError::at(file, text, at(k), &format!("labels.{k}"), e.to_string())
+                })?;
+        }
+        Ok(cfg)
+    }
+
+    /// Applies environment and flag values over the file's.
+    pub fn apply(&mut self, o: Overrides) {
+        if !o.leaders.is_empty() {
+            self.leaders = o.leaders;
+        }
+        if o.token.is_some() {
+            self.token = o.token;
+        }
+        if o.name.is_some() {
+            self.name = o.name;
+        }
+        if let Some(d) = o.data_dir {
+            self.data_dir = d;
+        }
+    }
+
+    /// The node name: configured, or the host name.
+    pub fn node_name(&self) -> Result<String, ConfigError> {
+        let name = match &self.name {
+            Some(n) => n.clone(),
+            None => nix::unistd::gethostname()
+                .map_err(|e| ConfigError::Invalid(format!("cannot read the host name: {e}")))?
+                .to_string_lossy()
+                .to_lowercase(),
+        };
+        check_dns_subdomain(&name).map_err(|e| {
+            ConfigError::Invalid(format!("node {e}; set `name` in the config or --name"))
+        })?;
+        Ok(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_file_then_overrides() {
+        let mut c = AgentConfig::parse(
+            "a.toml",
+            "version = 1\nname = \"pi-1\"\nleaders = [\"10.0.0.1:7443\"]\n",
+        )
+        .unwrap();
+        c.apply(Overrides {
+            name: Some("pi-2".into()),
+            ..Default::default()
+        });
+        assert_eq!(c.name.as_deref(), Some("pi-2"));
+        assert_eq!(
+            c.leaders,
+            ["10.0.0.1:7443"],
+            "unset overrides keep the file's value"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_line_and_field() {
+        let e = AgentConfig::parse(
+            "a.toml",
+            "version = 1\n[resources]\nreserved_memory = \"1GB\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(
+                "a.toml:3:19: resources.reserved_memory: invalid memory quantity \"1GB\""
+            ),
+            "{e}"
+        );
+        let e = AgentConfig::parse("a.toml", "version = 1\nlables = {}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("a.toml:2:1: lables: unknown field `lables`"),
+            "{e}"
+        );
+        let e = AgentConfig::parse("a.toml", "version = 1\nname = \"Pi_1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("a.toml:2:1: name: invalid name"), "{e}");
+        let e = AgentConfig::parse("a.toml", "version = 1\nlabels = { \"bad key\" = \"x\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("labels.bad key: invalid label key"), "{e}");
+    }
+
+    #[test]
+    fn debug_hides_the_token() {
+        let c = AgentConfig {
+            token: Some("BR1secret".into()),
+            ..Default::default()
+        };
+        assert!(!format!("{c:?}").contains("BR1secret"));
+    }
+}

@@ -1,0 +1,123 @@
+//! `bramble-agent`: runs on every board.
+
+use anyhow::Context;
+use bramble_agent::config::{AgentConfig, Overrides};
+use bramble_agent::{observability, systemd};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "bramble-agent",
+    version,
+    about = "The Bramble agent: runs workloads on one board"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Join the cluster (first run) and keep a session with the leader.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The config file (e.g. /etc/bramble/agent.toml).
+    #[arg(long, short, env = "BRAMBLE_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// A leader address (host:port); repeat for several.
+    #[arg(long = "leader", env = "BRAMBLE_AGENT_LEADER", value_delimiter = ',')]
+    leaders: Vec<String>,
+    /// A join token, needed on the first run only.
+    #[arg(long, env = "BRAMBLE_AGENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The node name (default: the host name).
+    #[arg(long, env = "BRAMBLE_AGENT_NAME")]
+    name: Option<String>,
+    /// Where the agent keeps its identity and state.
+    #[arg(long, env = "BRAMBLE_AGENT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+/// Exit codes systemd and scripts can tell apart.
+const EXIT_CONFIG: u8 = 2;
+const EXIT_JOIN: u8 = 3;
+const EXIT_RUNTIME: u8 = 1;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Run(args) = cli.command;
+    let config = match load(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bramble-agent: {e:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    observability::init(config.log.level.as_deref());
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bramble-agent: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let result = rt.block_on(async {
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            systemd::notify("STOPPING=1");
+            c.cancel();
+        });
+        bramble_agent::run(config, cancel, || systemd::notify("READY=1")).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("bramble-agent: {e}");
+            ExitCode::from(match e {
+                bramble_agent::AgentError::Join(_) => EXIT_JOIN,
+                bramble_agent::AgentError::Config(_) | bramble_agent::AgentError::NoLeader => {
+                    EXIT_CONFIG
+                }
+                _ => EXIT_RUNTIME,
+            })
+        }
+    }
+}
+
+fn load(args: RunArgs) -> anyhow::Result<AgentConfig> {
+    let mut config = match &args.config {
+        Some(path) => AgentConfig::load(path)?,
+        None => AgentConfig::default(),
+    };
+    config.apply(Overrides {
+        leaders: args.leaders,
+        token: args.token,
+        name: args.name,
+        data_dir: args.data_dir,
+    });
+    config.node_name().context("invalid node name")?;
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

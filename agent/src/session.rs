@@ -1,0 +1,257 @@
+//! The agent's life: join if needed, then one session with the leader at a time, reconnecting with
+//! backoff until told to stop.
+
+use crate::backoff::Backoff;
+use crate::config::{AgentConfig, ConfigError};
+use crate::join::{self, Credentials, JoinError};
+use crate::sysinfo::node_info;
+use bramble_proto::codec::MAX_FRAME_LEN;
+use bramble_proto::wire::{
+    AgentMsg, ErrorCode, Hello, LeaderMsg, Open, OpenKind, PROTOCOL_VERSION,
+};
+use bramble_transport::quic::{client_endpoint, connect, read_frame, write_frame};
+use bramble_transport::tls::client_config;
+use bramble_transport::TransportError;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn, Instrument};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A session that lasted this long resets the backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    #[error("no leader address configured: set `leaders` in the config or pass --leader")]
+    NoLeader,
+    #[error("cannot resolve leader address {0:?}")]
+    Resolve(String),
+    #[error("cannot use {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What happened to one session.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("the leader refused the session ({code:?}): {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("the leader closed the session")]
+    Closed,
+    #[error("the leader sent an unexpected message")]
+    Unexpected,
+}
+
+async fn resolve(leaders: &[String]) -> Result<Vec<SocketAddr>, AgentError> {
+    let mut out = Vec::new();
+    for l in leaders {
+        let addrs = tokio::net::lookup_host(l.as_str())
+            .await
+            .map_err(|_| AgentError::Resolve(l.clone()))?;
+        out.extend(addrs);
+    }
+    if out.is_empty() {
+        return Err(AgentError::NoLeader);
+    }
+    Ok(out)
+}
+
+/// Reads and bumps the session epoch kept in the data dir, so epochs grow across restarts.
+fn next_epoch(dir: &Path) -> Result<u64, AgentError> {
+    let path = dir.join("epoch");
+    let current = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let next = current + 1;
+    let tmp = dir.join("epoch.tmp");
+    std::fs::write(&tmp, next.to_string())
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|source| AgentError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    Ok(next)
+}
+
+/// Runs the agent until `cancel` fires. `ready` is called once the first session is up.
+pub async fn run(
+    config: AgentConfig,
+    cancel: CancellationToken,
+    ready: impl FnOnce() + Send,
+) -> Result<(), AgentError> {
+    if config.leaders.is_empty() {
+        return Err(AgentError::NoLeader);
+    }
+    let name = config.node_name()?;
+    let dir = config.data_dir.clone();
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let creds = match join::load(&dir, &name)? {
+        Some(c) => c,
+        None => {
+            let token = join::token_of(&config)?.to_string();
+            loop {
+                let addrs = resolve(&config.leaders).await?;
+                let mut last = None;
+                for addr in addrs {
+                    match join::join(&dir, addr, &token, &name, node_info(&config)).await {
+                        Ok(c) => {
+                            info!(node = %name, %addr, "joined the cluster");
+                            last = Some(Ok(c));
+                            break;
+                        }
+                        // A refusal is final: retrying with the same token will not help.
+                        Err(
+                            e @ (JoinError::Refused(_)
+                            | JoinError::CaMismatch
+                            | JoinError::Token(_)),
+                        ) => return Err(e.into()),
+                        Err(e @ JoinError::Transport { .. }) if is_pin_failure(&e) => {
+                            return Err(e.into())
+                        }
+                        Err(e) => {
+                            warn!("{e}");
+                            last = Some(Err(e));
+                        }
+                    }
+                }
+                if let Some(Ok(c)) = last {
+                    break c;
+                }
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    };
+    backoff.reset();
+    let mut ready = Some(ready);
+    loop {
+        let addrs = resolve(&config.leaders).await?;
+        for addr in addrs {
+            let epoch = next_epoch(&dir)?;
+            let started = Instant::now();
+            let span = tracing::info_span!("session", leader = %addr, epoch);
+            let result = session(&config, &creds, addr, epoch, &cancel, &mut ready)
+                .instrument(span)
+                .await;
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            if started.elapsed() >= STABLE_SESSION {
+                backoff.reset();
+            }
+            match result {
+                Ok(()) => {}
+                Err(SessionError::Refused { code, message }) => {
+                    error!(?code, "session refused: {message}")
+                }
+                Err(e) => warn!(leader = %addr, "session ended: {e}"),
+            }
+        }
+        let delay = backoff.next_delay();
+        info!("reconnecting in {:.1}s", delay.as_secs_f64());
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+fn is_pin_failure(e: &JoinError) -> bool {
+    e.to_string().contains("does not match the join token")
+}
+
+async fn session(
+    config: &AgentConfig,
+    creds: &Credentials,
+    addr: SocketAddr,
+    epoch: u64,
+    cancel: &CancellationToken,
+    ready: &mut Option<impl FnOnce()>,
+) -> Result<(), SessionError> {
+    let tls = client_config(&creds.ca_pem, Some((&creds.cert_pem, &creds.key_pem)))
+        .map_err(TransportError::from)?;
+    let endpoint = client_endpoint(addr)?;
+    let conn = connect(&endpoint, addr, tls, CONNECT_TIMEOUT).await?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(TransportError::from)?;
+    let hello = Hello {
+        node_name: creds.name.clone(),
+        epoch,
+        info: node_info(config),
+    };
+    write_frame(
+        &mut send,
+        &Open {
+            version: PROTOCOL_VERSION,
+            kind: OpenKind::Session(hello),
+        },
+    )
+    .await?;
+    let heartbeat = match read_frame::<LeaderMsg>(&mut recv, MAX_FRAME_LEN).await? {
+        Some(LeaderMsg::Welcome { heartbeat_ms, .. }) => {
+            Duration::from_millis(heartbeat_ms.clamp(100, 60_000))
+        }
+        Some(LeaderMsg::Refused(e)) => {
+            return Err(SessionError::Refused {
+                code: e.code,
+                message: e.message,
+            })
+        }
+        None => return Err(SessionError::Closed),
+    };
+    info!("session established");
+    if let Some(f) = ready.take() {
+        f();
+    }
+    // Frames from the leader arrive through a channel so the loop below selects only on
+    // cancel-safe operations.
+    let (tx, mut rx) = mpsc::channel::<Result<Option<LeaderMsg>, TransportError>>(8);
+    let reader = tokio::spawn(async move {
+        loop {
+            let r = read_frame::<LeaderMsg>(&mut recv, MAX_FRAME_LEN).await;
+            let end = !matches!(r, Ok(Some(_)));
+            if tx.send(r).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    let mut tick = tokio::time::interval(heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    let result = loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break Ok(()),
+            _ = tick.tick() => {
+                seq += 1;
+                if let Err(e) = write_frame(&mut send, &AgentMsg::Heartbeat { seq }).await {
+                    break Err(e.into());
+                }
+            }
+            msg = rx.recv() => match msg {
+                Some(Ok(Some(LeaderMsg::Refused(e)))) => break Err(SessionError::Refused { code: e.code, message: e.message }),
+                Some(Ok(Some(LeaderMsg::Welcome { .. }))) => break Err(SessionError::Unexpected),
+                Some(Ok(None)) | None => break Err(SessionError::Closed),
+                Some(Err(e)) => break Err(e.into()),
+            },
+        }
+    };
+    reader.abort();
+    let _ = send.finish();
+    conn.close(quinn::VarInt::from_u32(0), b"agent closing session");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    result
+}

@@ -1,0 +1,310 @@
+//! Requests from the CLI and from joining agents: who may do what, and what it does to the store.
+
+use crate::nodes::NodeRegistry;
+use crate::store::{Expect, Store};
+use crate::tokens::{self, store_error};
+use bramble_proto::model::{Event, Node, NodeInfo, NodeView, ObjectMeta};
+use bramble_proto::names::{check_dns_subdomain, check_label_key, check_label_value};
+use bramble_proto::wire::{ApiError, ErrorCode, Request, Response};
+use bramble_transport::pki::Ca;
+use bramble_transport::Identity;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub fn node_key(name: &str) -> String {
+    format!("/nodes/{name}")
+}
+
+/// What the API handlers share.
+pub struct Api {
+    pub store: Arc<dyn Store>,
+    pub ca: Ca,
+    pub registry: Arc<NodeRegistry>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").finish_non_exhaustive()
+    }
+}
+
+fn err(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    ApiError::new(code, message)
+}
+
+impl Api {
+    /// Handles one request from a peer with `identity` (None: no client certificate).
+    pub fn handle(&self, identity: Option<&Identity>, request: Request) -> Response {
+        match self.dispatch(identity, request) {
+            Ok(r) => r,
+            Err(e) => Response::Error(e),
+        }
+    }
+
+    fn dispatch(
+        &self,
+        identity: Option<&Identity>,
+        request: Request,
+    ) -> Result<Response, ApiError> {
+        if let Request::Join {
+            token,
+            node_name,
+            csr_pem,
+            info,
+        } = request
+        {
+            return self.join(&token, &node_name, &csr_pem, info);
+        }
+        match identity {
+            None => {
+                return Err(err(
+                    ErrorCode::Unauthenticated,
+                    "a client certificate signed by this cluster's CA is required (only joining works without one)",
+                ))
+            }
+            Some(Identity::Admin(_) | Identity::Leader) => {}
+            Some(id @ Identity::Node(_)) => {
+                return Err(err(ErrorCode::PermissionDenied, format!("{id} may not make admin requests")));
+            }
+        }
+        match request {
+            Request::Join { .. } => unreachable!("handled above"),
+            Request::GetNodes => Ok(Response::Nodes(self.node_views()?)),
+            Request::GetNode { name } => {
+                let node = self.load_node(&name)?.0;
+                let events = self.registry.events_for(&format!("node/{name}"));
+                Ok(Response::Node {
+                    node: Box::new(self.view(node)),
+                    events,
+                })
+            }
+            Request::LabelNode { name, set, remove } => self.label(&name, set, remove),
+            Request::SetCordon { name, cordoned } => {
+                let changed = self.update_node(&name, |n| {
+                    let changed = n.unschedulable != cordoned;
+                    n.unschedulable = cordoned;
+                    Ok(changed)
+                })?;
+                let verb = if cordoned { "cordoned" } else { "uncordoned" };
+                if changed {
+                    self.record(
+                        &name,
+                        if cordoned {
+                            "NodeCordoned"
+                        } else {
+                            "NodeUncordoned"
+                        },
+                        format!("node {verb} by an admin"),
+                    );
+                }
+                Ok(Response::Done(format!(
+                    "node/{name} {verb}{}",
+                    if changed { "" } else { " (no change)" }
+                )))
+            }
+            Request::CreateToken { ttl_secs } => {
+                let (token, expires_ms) = tokens::create(
+                    self.store.as_ref(),
+                    &self.ca.fingerprint(),
+                    Duration::from_secs(ttl_secs),
+                    now_ms(),
+                )?;
+                Ok(Response::Token {
+                    token: token.to_string(),
+                    expires_ms,
+                })
+            }
+        }
+    }
+
+    fn record(&self, name: &str, reason: &str, message: String) {
+        tracing::info!(node = name, reason, "{message}");
+        self.registry.record(Event {
+            time_ms: now_ms(),
+            object: format!("node/{name}"),
+            reason: reason.into(),
+            message,
+        });
+    }
+
+    fn join(
+        &self,
+        token: &str,
+        node_name: &str,
+        csr_pem: &str,
+        info: NodeInfo,
+    ) -> Result<Response, ApiError> {
+        tokens::verify(self.store.as_ref(), &self.ca.fingerprint(), token, now_ms())?;
+        check_dns_subdomain(node_name).map_err(|e| {
+            err(
+                ErrorCode::InvalidArgument,
+                format!("join refused: node {e}"),
+            )
+        })?;
+        let (cert_pem, key_fp) = self
+            .ca
+            .sign_node_csr(csr_pem, node_name)
+            .map_err(|e| err(ErrorCode::InvalidArgument, format!("join refused: {e}")))?;
+        let key = node_key(node_name);
+        match self.store.get(&key).map_err(store_error)? {
+            Some(kv) => {
+                let existing: Node = decode_node(&kv.value)?;
+                if existing.key_fingerprint != key_fp {
+                    return Err(err(
+                        ErrorCode::Conflict,
+                        format!(
+                            "join refused: node name {node_name:?} already belongs to another board (a different key); \
+                             choose another name, or remove the old node first"
+                        ),
+                    ));
+                }
+                // The same board joining again (e.g. it lost its certificate but kept its key).
+            }
+            None => {
+                let node = Node {
+                    meta: ObjectMeta {
+                        name: node_name.to_string(),
+                        generation: 1,
+                        revision: 0,
+                        created_ms: now_ms(),
+                    },
+                    key_fingerprint: key_fp,
+                    labels: Default::default(),
+                    taints: Vec::new(),
+                    unschedulable: false,
+                    info,
+                    pod_cidr: None,
+                };
+                let value = serde_json::to_vec(&node).expect("node serialises");
+                self.store.put(&key, &value, Expect::Absent).map_err(|e| match e {
+                    crate::store::StoreError::Conflict { .. } => {
+                        err(ErrorCode::Conflict, format!("join refused: node name {node_name:?} was taken at the same moment"))
+                    }
+                    e => store_error(e),
+                })?;
+                self.record(
+                    node_name,
+                    "NodeJoined",
+                    "the node joined the cluster".into(),
+                );
+            }
+        }
+        Ok(Response::Joined {
+            node_name: node_name.to_string(),
+            cert_pem,
+            ca_pem: self.ca.cert_pem().to_string(),
+        })
+    }
+
+    fn label(
+        &self,
+        name: &str,
+        set: std::collections::BTreeMap<String, String>,
+        remove: Vec<String>,
+    ) -> Result<Response, ApiError> {
+        for (k, v) in &set {
+            check_label_key(k).map_err(|e| err(ErrorCode::InvalidArgument, e.to_string()))?;
+            check_label_value(v).map_err(|e| err(ErrorCode::InvalidArgument, e.to_string()))?;
+        }
+        self.update_node(name, |n| {
+            for k in &remove {
+                if n.labels.remove(k).is_none() {
+                    let msg = if n.info.labels.contains_key(k) {
+                        format!("label {k:?} on node {name} comes from the agent's config file; change it there")
+                    } else {
+                        format!("node {name} has no label {k:?}")
+                    };
+                    return Err(err(ErrorCode::InvalidArgument, msg));
+                }
+            }
+            let before = n.labels.clone();
+            n.labels.extend(set.clone());
+            Ok(before != n.labels || !remove.is_empty())
+        })?;
+        let mut parts: Vec<String> = set.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        parts.extend(remove.iter().map(|k| format!("{k}-")));
+        self.record(
+            name,
+            "NodeLabeled",
+            format!("labels changed: {}", parts.join(" ")),
+        );
+        Ok(Response::Done(format!("node/{name} labeled")))
+    }
+
+    pub fn load_node(&self, name: &str) -> Result<(Node, u64), ApiError> {
+        let kv = self
+            .store
+            .get(&node_key(name))
+            .map_err(store_error)?
+            .ok_or_else(|| err(ErrorCode::NotFound, format!("node {name:?} not found")))?;
+        let mut node = decode_node(&kv.value)?;
+        node.meta.revision = kv.mod_revision;
+        Ok((node, kv.mod_revision))
+    }
+
+    /// Read-modify-write with compare-and-swap, retried when someone else wrote in between.
+    /// `change` returns whether it changed anything; nothing is written if not.
+    pub fn update_node(
+        &self,
+        name: &str,
+        change: impl Fn(&mut Node) -> Result<bool, ApiError>,
+    ) -> Result<bool, ApiError> {
+        for _ in 0..5 {
+            let (mut node, rev) = self.load_node(name)?;
+            if !change(&mut node)? {
+                return Ok(false);
+            }
+            node.meta.generation += 1;
+            let value = serde_json::to_vec(&node).expect("node serialises");
+            match self
+                .store
+                .put(&node_key(name), &value, Expect::Revision(rev))
+            {
+                Ok(_) => return Ok(true),
+                Err(crate::store::StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        Err(err(
+            ErrorCode::Conflict,
+            format!("node {name} kept changing; try again"),
+        ))
+    }
+
+    pub fn nodes(&self) -> Result<Vec<Node>, ApiError> {
+        let kvs = self.store.list("/nodes/").map_err(store_error)?;
+        kvs.iter()
+            .map(|kv| {
+                let mut n = decode_node(&kv.value)?;
+                n.meta.revision = kv.mod_revision;
+                Ok(n)
+            })
+            .collect()
+    }
+
+    fn node_views(&self) -> Result<Vec<NodeView>, ApiError> {
+        Ok(self.nodes()?.into_iter().map(|n| self.view(n)).collect())
+    }
+
+    fn view(&self, node: Node) -> NodeView {
+        let live = self.registry.view(&node.meta.name, now_ms());
+        NodeView {
+            node,
+            ready: live.ready,
+            last_seen_ms: live.last_seen_ms,
+            session_epoch: live.session_epoch,
+            session_address: live.session_address,
+        }
+    }
+}
+
+fn decode_node(bytes: &[u8]) -> Result<Node, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| err(ErrorCode::Internal, format!("stored node is corrupt: {e}")))
+}

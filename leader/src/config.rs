@@ -1,0 +1,235 @@
+//! `leader.toml`: versioned, every key checked, precedence file < environment < flags.
+
+use bramble_proto::quantity::HumanDuration;
+use bramble_proto::source::{parse_toml, SourceError};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const CONFIG_VERSION: u32 = 1;
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/bramble/leader";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Parse(#[from] SourceError),
+    #[error("{path}: unsupported config version {found}: expected {CONFIG_VERSION}")]
+    Version { path: PathBuf, found: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderConfig {
+    pub version: u32,
+    /// Name shown in the CA and in `bramble` output.
+    #[serde(default = "default_cluster")]
+    pub cluster_name: String,
+    /// UDP address the QUIC API listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where the store and the PKI live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub nodes: NodesConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// An agent inside the leader process, so that one board is a whole cluster.
+    #[serde(default)]
+    pub agent: EmbeddedAgent,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodesConfig {
+    /// A node with no contact for this long becomes NotReady.
+    #[serde(default = "default_grace")]
+    pub not_ready_after: HumanDuration,
+    /// How often agents send a heartbeat.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat: HumanDuration,
+}
+
+impl Default for NodesConfig {
+    fn default() -> Self {
+        NodesConfig {
+            not_ready_after: default_grace(),
+            heartbeat: default_heartbeat(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`, or a tracing filter like `bramble_leader=debug`.
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedAgent {
+    #[serde(default)]
+    pub enabled: bool,
+    /// The node name of the embedded agent (default: the host name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The embedded agent's data dir (default: `<data_dir>/agent`).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+}
+
+fn default_cluster() -> String {
+    "bramble".into()
+}
+fn default_listen() -> SocketAddr {
+    DEFAULT_LISTEN.parse().expect("default listen address")
+}
+fn default_data_dir() -> PathBuf {
+    DEFAULT_DATA_DIR.into()
+}
+fn default_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15))
+}
+fn default_heartbeat() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+impl LeaderConfig {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        LeaderConfig {
+            version: CONFIG_VERSION,
+            cluster_name: default_cluster(),
+            listen,
+            data_dir,
+            nodes: NodesConfig::default(),
+            log: LogConfig::default(),
+            agent: EmbeddedAgent::default(),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let cfg: LeaderConfig = parse_toml(file, text)?;
+        if cfg.version != CONFIG_VERSION {
+            return Err(ConfigError::Version {
+                path: file.into(),
+                found: cfg.version,
+            });
+        }
+        if cfg.nodes.heartbeat.0 >= cfg.nodes.not_ready_after.0 {
+            let offset = text.find("heartbeat").unwrap_or(0);
+            return Err(SourceError::at(
+                file,
+                text,
+                offset,
+                "nodes.heartbeat",
+                format!(
+                    "expected a heartbeat shorter than not_ready_after ({}), found {}",
+                    cfg.nodes.not_ready_after, cfg.nodes.heartbeat
+                ),
+            )
+            .into());
+        }
+        Ok(cfg)
+    }
+
+    /// The commented file `bramble-leader init` writes.
+    pub fn render(&self) -> String {
+        format!(
+            r#"# Bramble leader configuration. Written by `bramble-leader init`; edit freely.
+# Precedence: this file < environment (BRAMBLE_LEADER_*) < command-line flags.
+version = {CONFIG_VERSION}
+
+# Shown in the CA's name and by the CLI.
+cluster_name = "{cluster}"
+
+# UDP address the QUIC API (agents and CLI) listens on.
+listen = "{listen}"
+
+# The store (store.redb) and the cluster PKI (pki/) live here.
+data_dir = "{data_dir}"
+
+[nodes]
+# A node with no contact for this long becomes NotReady.
+not_ready_after = "{grace}"
+# How often agents send a heartbeat (kept in memory, never written to disk).
+heartbeat = "{heartbeat}"
+
+[log]
+# error | warn | info | debug | trace, or a filter such as "bramble_leader=debug".
+# level = "info"
+
+[agent]
+# Run an agent inside the leader process so that one board is a whole cluster.
+enabled = {agent}
+"#,
+            cluster = self.cluster_name,
+            listen = self.listen,
+            data_dir = self.data_dir.display(),
+            grace = self.nodes.not_ready_after,
+            heartbeat = self.nodes.heartbeat,
+            agent = self.agent.enabled,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_config_parses_back() {
+        let cfg = LeaderConfig::new("/tmp/x".into(), "127.0.0.1:7443".parse().unwrap());
+        assert_eq!(
+            LeaderConfig::parse("leader.toml", &cfg.render()).unwrap(),
+            cfg
+        );
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let e = LeaderConfig::parse("l.toml", "version = 1\nlisten = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("l.toml:2:10: listen: invalid socket address"),
+            "{e}"
+        );
+        let e = LeaderConfig::parse("l.toml", "version = 1\n[nodes]\ngrace = \"10s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("l.toml:3:1: nodes.grace: unknown field `grace`"),
+            "{e}"
+        );
+        let e = LeaderConfig::parse("l.toml", "version = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unsupported config version 2"), "{e}");
+        let e = LeaderConfig::parse("l.toml", "").unwrap_err().to_string();
+        assert!(e.contains("missing field `version`"), "{e}");
+        let e = LeaderConfig::parse("l.toml", "version = 1\n[nodes]\nheartbeat = \"20s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("l.toml:3:1: nodes.heartbeat: expected a heartbeat shorter"),
+            "{e}"
+        );
+    }
+}

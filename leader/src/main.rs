@@ -1,0 +1,262 @@
+//! `bramble-leader`: keeps the cluster's desired state and serves the API.
+
+use anyhow::Context;
+use bramble_agent::{observability, systemd, AgentConfig};
+use bramble_leader::config::{LeaderConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+use bramble_leader::init::{init, Layout};
+use bramble_leader::{tokens, RunningLeader};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "bramble-leader",
+    version,
+    about = "The Bramble leader: desired state, scheduling and the cluster API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new cluster: data dir, CA, certificates, leader.toml and admin.toml.
+    Init {
+        #[arg(long, env = "BRAMBLE_LEADER_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// UDP address to serve QUIC on.
+        #[arg(long, env = "BRAMBLE_LEADER_LISTEN", default_value = DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        #[arg(long, default_value = "bramble")]
+        cluster_name: String,
+        /// Also run an agent inside the leader (a one-board cluster).
+        #[arg(long)]
+        embedded_agent: bool,
+    },
+    /// Serve the cluster.
+    Run {
+        /// The config file (default: <data-dir>/leader.toml).
+        #[arg(long, short, env = "BRAMBLE_LEADER_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long, env = "BRAMBLE_LEADER_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long, env = "BRAMBLE_LEADER_LISTEN")]
+        listen: Option<SocketAddr>,
+    },
+    /// Initialise on first use, then run a leader with an embedded agent: a one-board cluster.
+    Up {
+        #[arg(long, env = "BRAMBLE_LEADER_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long, env = "BRAMBLE_LEADER_LISTEN", default_value = "127.0.0.1:7443")]
+        listen: SocketAddr,
+    },
+}
+
+const EXIT_CONFIG: u8 = 2;
+const EXIT_RUNTIME: u8 = 1;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.command {
+        Command::Init {
+            data_dir,
+            listen,
+            cluster_name,
+            embedded_agent,
+        } => {
+            return match init(&data_dir, listen, &cluster_name, embedded_agent) {
+                Ok(out) => {
+                    println!(
+                        "initialised cluster {cluster_name:?} in {}",
+                        data_dir.display()
+                    );
+                    println!("  CA fingerprint: {}", out.ca_fingerprint);
+                    println!("  leader config:  {}", out.config_path.display());
+                    println!(
+                        "  admin config:   {} (copy to ~/.config/bramble/config.toml)",
+                        out.admin_path.display()
+                    );
+                    println!(
+                        "start it with: bramble-leader run --config {}",
+                        out.config_path.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("bramble-leader: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            };
+        }
+        Command::Run {
+            config,
+            data_dir,
+            listen,
+        } => load(config, data_dir, listen),
+        Command::Up { data_dir, listen } => up(data_dir, listen),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bramble-leader: {e:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    observability::init(config.log.level.as_deref());
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bramble-leader: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match rt.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("bramble-leader: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// file < environment < flags (clap folds the environment into the flags).
+fn load(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+) -> anyhow::Result<LeaderConfig> {
+    let path = match (&config, &data_dir) {
+        (Some(c), _) => c.clone(),
+        (None, Some(d)) => Layout::new(d).config(),
+        (None, None) => Layout::new(Path::new(DEFAULT_DATA_DIR)).config(),
+    };
+    let mut cfg = LeaderConfig::load(&path)?;
+    if let Some(d) = data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    Ok(cfg)
+}
+
+fn default_up_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from(DEFAULT_DATA_DIR);
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("bramble/leader")
+}
+
+fn up(data_dir: Option<PathBuf>, listen: SocketAddr) -> anyhow::Result<LeaderConfig> {
+    let dir = data_dir.unwrap_or_else(default_up_dir);
+    let layout = Layout::new(&dir);
+    if !layout.is_initialised() {
+        init(&dir, listen, "bramble", true).context("cannot initialise the cluster")?;
+        eprintln!("initialised a one-board cluster in {}", dir.display());
+    }
+    // Make `bramble` work without flags, unless the user already has a config.
+    if let Some(home) = std::env::var_os("HOME") {
+        let user_cfg = PathBuf::from(home).join(".config/bramble/config.toml");
+        if !user_cfg.exists() {
+            std::fs::create_dir_all(user_cfg.parent().expect("parent")).ok();
+            if std::fs::copy(layout.admin_config(), &user_cfg).is_ok() {
+                eprintln!("wrote the CLI config to {}", user_cfg.display());
+            }
+        }
+    }
+    let mut cfg = LeaderConfig::load(&layout.config())?;
+    cfg.agent.enabled = true;
+    eprintln!(
+        "the cluster is starting; in another terminal: bramble --config {} get nodes",
+        layout.admin_config().display()
+    );
+    Ok(cfg)
+}
+
+async fn serve(config: LeaderConfig) -> anyhow::Result<()> {
+    let leader = bramble_leader::start(&config).await?;
+    let agent = if config.agent.enabled {
+        Some(start_embedded_agent(&config, &leader)?)
+    } else {
+        None
+    };
+    systemd::notify("READY=1");
+    shutdown_signal(leader.cancelled()).await;
+    systemd::notify("STOPPING=1");
+    if let Some((cancel, task)) = agent {
+        cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+    }
+    leader.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+type AgentTask = (CancellationToken, tokio::task::JoinHandle<()>);
+
+/// An agent in the leader's process. It joins with a token the leader makes for it.
+fn start_embedded_agent(
+    config: &LeaderConfig,
+    leader: &RunningLeader,
+) -> anyhow::Result<AgentTask> {
+    let dir = config
+        .agent
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("agent"));
+    let mut agent = AgentConfig {
+        data_dir: dir.clone(),
+        name: config.agent.name.clone(),
+        ..AgentConfig::default()
+    };
+    let port = leader.local_addr.port();
+    let ip = if leader.local_addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        leader.local_addr.ip().to_string()
+    };
+    agent.leaders = vec![format!("{ip}:{port}")];
+    if !dir.join("node.crt").exists() {
+        let store = leader.api.store.clone();
+        let (token, _) = tokens::create(
+            store.as_ref(),
+            &leader.ca_fingerprint,
+            Duration::from_secs(600),
+            bramble_leader::api::now_ms(),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot make a token for the embedded agent: {e}"))?;
+        agent.token = Some(token.to_string());
+    }
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = bramble_agent::run(agent, c, || {}).await {
+            tracing::error!("embedded agent stopped: {e}");
+        }
+    });
+    Ok((cancel, task))
+}
+
+async fn shutdown_signal(cancelled: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = cancelled.cancelled() => {}
+    }
+}

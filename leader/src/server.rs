@@ -1,0 +1,416 @@
+//! The QUIC server: accepts connections, reads each stream's opening frame and serves calls and
+//! agent sessions; watches node readiness.
+
+use crate::api::{now_ms, Api};
+use crate::config::LeaderConfig;
+use crate::init::Layout;
+use crate::nodes::{NodeRegistry, Session};
+use crate::store::{RedbStore, Store, StoreError};
+use bramble_proto::codec::MAX_FRAME_LEN;
+use bramble_proto::wire::{
+    AgentMsg, ApiError, ErrorCode, Hello, LeaderMsg, Open, OpenKind, Response, PROTOCOL_VERSION,
+};
+use bramble_transport::pki::{identity_of, Ca, PkiError};
+use bramble_transport::quic::{read_frame, server_endpoint, write_frame};
+use bramble_transport::tls::{server_config, TlsError};
+use bramble_transport::{Identity, TransportError};
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+/// How long a peer has to send a stream's opening frame.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    #[error("{path} is not an initialised leader data dir (no pki/ca.crt); run `bramble-leader init` first")]
+    NotInitialised { path: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// A leader that is serving.
+#[derive(Debug)]
+pub struct RunningLeader {
+    pub local_addr: SocketAddr,
+    pub ca_fingerprint: String,
+    pub api: Arc<Api>,
+    endpoint: Endpoint,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl RunningLeader {
+    /// Stops accepting, closes every connection and waits (at most `deadline`) for tasks to end.
+    pub async fn shutdown(self, deadline: Duration) {
+        info!("leader shutting down");
+        self.cancel.cancel();
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"leader shutting down");
+        self.tasks.close();
+        let drain = async {
+            self.tasks.wait().await;
+            self.endpoint.wait_idle().await;
+        };
+        if tokio::time::timeout(deadline, drain).await.is_err() {
+            warn!("shutdown deadline of {deadline:?} passed; exiting with work still open");
+        }
+    }
+
+    pub fn cancelled(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}
+
+fn read(path: PathBuf) -> Result<String, LeaderError> {
+    std::fs::read_to_string(&path).map_err(|source| LeaderError::Read { path, source })
+}
+
+/// Opens the store and PKI of `config.data_dir` and starts serving on `config.listen`.
+pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> {
+    let layout = Layout::new(&config.data_dir);
+    if !layout.is_initialised() {
+        return Err(LeaderError::NotInitialised {
+            path: config.data_dir.clone(),
+        });
+    }
+    let ca_pem = read(layout.ca_cert())?;
+    let ca = Ca::load(&ca_pem, &read(layout.ca_key())?)?;
+    let tls = server_config(
+        &ca_pem,
+        &read(layout.leader_cert())?,
+        &read(layout.leader_key())?,
+    )?;
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&layout.store())?);
+    let registry = Arc::new(NodeRegistry::new(config.nodes.not_ready_after.0));
+    let ca_fingerprint = ca.fingerprint();
+    let api = Arc::new(Api {
+        store,
+        ca,
+        registry,
+    });
+    let endpoint = server_endpoint(config.listen, tls)?;
+    let local_addr = endpoint
+        .local_addr()
+        .map_err(|source| TransportError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(accept_loop(
+        endpoint.clone(),
+        api.clone(),
+        config.nodes.heartbeat.0,
+        cancel.clone(),
+        tasks.clone(),
+    ));
+    tasks.spawn(monitor_nodes(api.clone(), cancel.clone()));
+    info!(%local_addr, ca = %ca_fingerprint, "leader serving");
+    Ok(RunningLeader {
+        local_addr,
+        ca_fingerprint,
+        api,
+        endpoint,
+        cancel,
+        tasks,
+    })
+}
+
+async fn accept_loop(
+    endpoint: Endpoint,
+    api: Arc<Api>,
+    heartbeat: Duration,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = cancel.cancelled() => break,
+            i = endpoint.accept() => match i { Some(i) => i, None => break },
+        };
+        let remote = incoming.remote_address();
+        let span = tracing::info_span!("conn", %remote);
+        tasks.spawn(
+            serve_connection(incoming, api.clone(), heartbeat, tasks.clone()).instrument(span),
+        );
+    }
+}
+
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    api: Arc<Api>,
+    heartbeat: Duration,
+    tasks: TaskTracker,
+) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("handshake failed: {e}");
+            return;
+        }
+    };
+    let identity = peer_identity(&conn);
+    debug!(identity = ?identity, "connected");
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                tasks.spawn(
+                    serve_stream(
+                        conn.clone(),
+                        identity.clone(),
+                        api.clone(),
+                        heartbeat,
+                        send,
+                        recv,
+                    )
+                    .in_current_span(),
+                );
+            }
+            Err(e) => {
+                debug!("connection ended: {e}");
+                break;
+            }
+        }
+    }
+}
+
+/// The identity and key fingerprint from the peer's verified certificate, if it sent one.
+fn peer_identity(conn: &Connection) -> Option<(Identity, String)> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    match identity_of(certs.first()?) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            warn!("peer certificate has no usable identity: {e}");
+            None
+        }
+    }
+}
+
+async fn serve_stream(
+    conn: Connection,
+    identity: Option<(Identity, String)>,
+    api: Arc<Api>,
+    heartbeat: Duration,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let open = match tokio::time::timeout(
+        OPEN_TIMEOUT,
+        read_frame::<Open>(&mut recv, MAX_FRAME_LEN),
+    )
+    .await
+    {
+        Ok(Ok(Some(open))) => open,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            warn!("refusing stream: {e}");
+            let _ = send.reset(quinn::VarInt::from_u32(2));
+            return;
+        }
+        Err(_) => {
+            warn!("refusing stream: no opening frame within {OPEN_TIMEOUT:?}");
+            let _ = send.reset(quinn::VarInt::from_u32(2));
+            return;
+        }
+    };
+    let version_error = (open.version != PROTOCOL_VERSION).then(|| {
+        ApiError::new(
+            ErrorCode::VersionMismatch,
+            format!("protocol version {} is not supported; this leader speaks version {PROTOCOL_VERSION}", open.version),
+        )
+    });
+    match open.kind {
+        OpenKind::Call(request) => {
+            let response = match version_error {
+                Some(e) => Response::Error(e),
+                None => {
+                    let api = api.clone();
+                    let id = identity.map(|(id, _)| id);
+                    tokio::task::spawn_blocking(move || api.handle(id.as_ref(), request))
+                        .await
+                        .unwrap_or_else(|e| {
+                            Response::Error(ApiError::new(
+                                ErrorCode::Internal,
+                                format!("request failed: {e}"),
+                            ))
+                        })
+                }
+            };
+            if let Response::Error(e) = &response {
+                debug!(code = ?e.code, "request refused: {}", e.message);
+            }
+            if write_frame(&mut send, &response).await.is_ok() {
+                let _ = send.finish();
+                let _ = send.stopped().await;
+            }
+        }
+        OpenKind::Session(hello) => {
+            if let Some(e) = version_error {
+                let _ = write_frame(&mut send, &LeaderMsg::Refused(e)).await;
+                let _ = send.finish();
+                return;
+            }
+            let span = tracing::info_span!("session", node = %hello.node_name, epoch = hello.epoch);
+            session(conn, identity, api, heartbeat, hello, send, recv)
+                .instrument(span)
+                .await;
+        }
+    }
+}
+
+async fn refuse(send: &mut SendStream, e: ApiError) {
+    warn!("session refused: {}", e.message);
+    let _ = write_frame(send, &LeaderMsg::Refused(e)).await;
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}
+
+async fn session(
+    conn: Connection,
+    identity: Option<(Identity, String)>,
+    api: Arc<Api>,
+    heartbeat: Duration,
+    hello: Hello,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let name = hello.node_name.clone();
+    let key_fp = match identity {
+        Some((Identity::Node(n), fp)) if n == name => fp,
+        Some((id, _)) => {
+            let msg = format!("the certificate is for {id}, but the session says node:{name}");
+            return refuse(&mut send, ApiError::new(ErrorCode::PermissionDenied, msg)).await;
+        }
+        None => {
+            let msg = "a node certificate is required for a session; join with a token first";
+            return refuse(&mut send, ApiError::new(ErrorCode::Unauthenticated, msg)).await;
+        }
+    };
+    let info = hello.info.clone();
+    let a = api.clone();
+    let n = name.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        let (node, _) = a.load_node(&n).map_err(|_| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("node {n:?} is not registered with this leader; join again with a token"),
+            )
+        })?;
+        if node.key_fingerprint != key_fp {
+            return Err(ApiError::new(
+                ErrorCode::PermissionDenied,
+                format!("node {n:?} is bound to another key"),
+            ));
+        }
+        a.update_node(&n, |node| {
+            let changed = node.info != info;
+            node.info = info.clone();
+            Ok(changed)
+        })
+    })
+    .await;
+    match checked {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return refuse(&mut send, e).await,
+        Err(e) => {
+            return refuse(&mut send, ApiError::new(ErrorCode::Internal, e.to_string())).await
+        }
+    }
+    let registry = api.registry.clone();
+    let epoch = hello.epoch;
+    let address = conn.remote_address().to_string();
+    let s = Session {
+        epoch,
+        address,
+        connection: Some(conn.clone()),
+    };
+    if let Err(stale) = registry.connect(&name, s, Instant::now(), now_ms()) {
+        return refuse(
+            &mut send,
+            ApiError::new(ErrorCode::Conflict, stale.to_string()),
+        )
+        .await;
+    }
+    info!("session started");
+    let welcome = LeaderMsg::Welcome {
+        epoch,
+        heartbeat_ms: heartbeat.as_millis() as u64,
+    };
+    let reason = match write_frame(&mut send, &welcome).await {
+        Err(e) => e.to_string(),
+        Ok(()) => loop {
+            match read_frame::<AgentMsg>(&mut recv, MAX_FRAME_LEN).await {
+                Ok(Some(AgentMsg::Heartbeat { .. })) => {
+                    registry.heartbeat(&name, epoch, Instant::now(), now_ms());
+                }
+                Ok(Some(AgentMsg::Info(info))) => {
+                    registry.heartbeat(&name, epoch, Instant::now(), now_ms());
+                    let a = api.clone();
+                    let n = name.clone();
+                    let r = tokio::task::spawn_blocking(move || {
+                        a.update_node(&n, |node| {
+                            let changed = node.info != info;
+                            node.info = info.clone();
+                            Ok(changed)
+                        })
+                    })
+                    .await;
+                    if let Ok(Err(e)) = r {
+                        warn!("cannot record node info: {e}");
+                    }
+                }
+                Ok(None) => break "the agent ended the session".to_string(),
+                Err(e) => break e.to_string(),
+            }
+        },
+    };
+    info!("session ended: {reason}");
+    registry.disconnect(&name, epoch, &reason, now_ms());
+}
+
+/// Marks nodes NotReady when they fall silent; reads the store, never writes it.
+async fn monitor_nodes(api: Arc<Api>, cancel: CancellationToken) {
+    let period =
+        (api.registry.grace() / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let a = api.clone();
+        let names = tokio::task::spawn_blocking(move || a.nodes()).await;
+        match names {
+            Ok(Ok(nodes)) => {
+                api.registry.check(
+                    nodes.into_iter().map(|n| n.meta.name),
+                    Instant::now(),
+                    now_ms(),
+                );
+            }
+            Ok(Err(e)) => warn!("cannot list nodes: {e}"),
+            Err(e) => warn!("node monitor: {e}"),
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The leader's state store: a small key-value interface with compare-and-swap and watches.
+//!
+//! [`Store`] is what controllers and the API see; [`RedbStore`] is the embedded implementation.
+//! An etcd implementation can follow behind the same trait (DESIGN §6). Keys are `/kind/name`
+//! paths; values are JSON objects. Every write bumps one store-wide `revision`.
+
+mod redb_store;
+
+pub use redb_store::RedbStore;
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use tokio::sync::broadcast;
+
+/// A stored value with its revisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// Revision of the write that created the key.
+    pub create_revision: u64,
+    /// Revision of the last write to the key.
+    pub mod_revision: u64,
+}
+
+/// The condition a compare-and-swap write requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Write whatever is there.
+    Any,
+    /// Only if the key does not exist.
+    Absent,
+    /// Only if the key exists and was last written at this revision.
+    Revision(u64),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("conflict on {key}: expected {expected:?}, found revision {found:?}")]
+    Conflict {
+        key: String,
+        expected: Expect,
+        found: Option<u64>,
+    },
+    #[error("revision {requested} is no longer available to watch from (oldest is {oldest})")]
+    Compacted { requested: u64, oldest: u64 },
+    #[error("store: {0}")]
+    Backend(String),
+}
+
+/// A change, as delivered to watchers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub revision: u64,
+    pub key: String,
+    /// `None` for a delete.
+    pub value: Option<Vec<u8>>,
+}
+
+/// The key-value interface every backend provides.
+pub trait Store: Send + Sync + 'static {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+    /// All keys starting with `prefix`, in key order.
+    fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError>;
+    /// Writes `value` if `expect` holds; returns the new revision. Durable when it returns.
+    fn put(&self, key: &str, value: &[u8], expect: Expect) -> Result<u64, StoreError>;
+    /// Deletes `key` if `expect` holds; returns the new revision.
+    fn delete(&self, key: &str, expect: Expect) -> Result<u64, StoreError>;
+    /// The current revision.
+    fn revision(&self) -> u64;
+    /// Changes to keys under `prefix` after revision `after`: first those already made (from a
+    /// bounded in-memory history), then live ones.
+    fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError>;
+}
+
+/// A stream of changes under a prefix.
+#[derive(Debug)]
+pub struct Watch {
+    prefix: String,
+    backlog: VecDeque<WatchEvent>,
+    live: broadcast::Receiver<WatchEvent>,
+    last: u64,
+}
+
+impl Watch {
+    /// The next change. Errors with [`StoreError::Compacted`] if this watcher fell too far behind.
+    pub async fn next(&mut self) -> Result<WatchEvent, StoreError> {
+        loop {
+            let ev = match self.backlog.pop_front() {
+                Some(ev) => ev,
+                None => match self.live.recv().await {
+                    Ok(ev) => ev,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        return Err(StoreError::Compacted {
+                            requested: self.last + 1,
+                            oldest: 0,
+                        })
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(StoreError::Backend("store closed".into()))
+                    }
+                },
+            };
+            if ev.revision <= self.last {
+                continue;
+            }
+            self.last = ev.revision;
+            if ev.key.starts_with(&self.prefix) {
+                return Ok(ev);
+            }
+        }
+    }
+}
+
+/// History of recent changes and the channel to live watchers; shared by backends.
+#[derive(Debug)]
+pub(crate) struct Changes {
+    inner: Mutex<(VecDeque<WatchEvent>, broadcast::Sender<WatchEvent>)>,
+    capacity: usize,
+}
+
+impl Changes {
+    pub(crate) fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity);
+        Changes {
+            inner: Mutex::new((VecDeque::with_capacity(capacity), tx)),
+            capacity,
+        }
+    }
+
+    pub(crate) fn publish(&self, ev: WatchEvent) {
+        let mut g = self.inner.lock().expect("changes lock");
+        if g.0.len() == self.capacity {
+            g.0.pop_front();
+        }
+        g.0.push_back(ev.clone());
+        let _ = g.1.send(ev);
+    }
+
+    pub(crate) fn watch(
+        &self,
+        prefix: &str,
+        after: u64,
+        current: u64,
+    ) -> Result<Watch, StoreError> {
+        let g = self.inner.lock().expect("changes lock");
+        if after < current {
+            let oldest = g.0.front().map_or(current + 1, |e| e.revision);
+            if after + 1 < oldest {
+                return Err(StoreError::Compacted {
+                    requested: after + 1,
+                    oldest,
+                });
+            }
+        }
+        let backlog = g.0.iter().filter(|e| e.revision > after).cloned().collect();
+        Ok(Watch {
+            prefix: prefix.to_string(),
+            backlog,
+            live: g.1.subscribe(),
+            last: after,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

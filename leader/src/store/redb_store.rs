@@ -1,0 +1,174 @@
+//! The embedded store on redb: one file, durable commits, copy-on-write (a crash at any moment
+//! leaves the last committed state).
+
+use super::{Changes, Expect, KeyValue, Store, StoreError, Watch, WatchEvent};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const REVISION: &str = "revision";
+/// Changes kept in memory for watchers that resume.
+const HISTORY: usize = 4096;
+
+pub struct RedbStore {
+    db: Database,
+    revision: AtomicU64,
+    /// Serialises writers so revisions and published events stay in order.
+    write_lock: Mutex<()>,
+    changes: Changes,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("revision", &self.revision())
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// Values are stored as create revision, mod revision (8 bytes each, big-endian), then the data.
+fn pack(create: u64, modified: u64, value: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + value.len());
+    v.extend_from_slice(&create.to_be_bytes());
+    v.extend_from_slice(&modified.to_be_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
+fn unpack(key: &str, raw: &[u8]) -> Result<KeyValue, StoreError> {
+    if raw.len() < 16 {
+        return Err(StoreError::Backend(format!(
+            "corrupt record for {key}: {} bytes",
+            raw.len()
+        )));
+    }
+    let create = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
+    let modified = u64::from_be_bytes(raw[8..16].try_into().expect("8 bytes"));
+    Ok(KeyValue {
+        key: key.to_string(),
+        value: raw[16..].to_vec(),
+        create_revision: create,
+        mod_revision: modified,
+    })
+}
+
+impl RedbStore {
+    /// Opens the store file at `path`, creating it if needed.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(backend)?;
+        let revision = {
+            txn.open_table(KV).map_err(backend)?;
+            let meta = txn.open_table(META).map_err(backend)?;
+            let r = meta
+                .get(REVISION)
+                .map_err(backend)?
+                .map_or(0, |g| g.value());
+            r
+        };
+        txn.commit().map_err(backend)?;
+        Ok(RedbStore {
+            db,
+            revision: AtomicU64::new(revision),
+            write_lock: Mutex::new(()),
+            changes: Changes::new(HISTORY),
+        })
+    }
+
+    fn write(&self, key: &str, value: Option<&[u8]>, expect: Expect) -> Result<u64, StoreError> {
+        let _guard = self.write_lock.lock().expect("write lock");
+        let txn = self.db.begin_write().map_err(backend)?;
+        let rev = {
+            let mut kv = txn.open_table(KV).map_err(backend)?;
+            let existing = match kv.get(key).map_err(backend)? {
+                Some(g) => Some(unpack(key, g.value())?),
+                None => None,
+            };
+            let found = existing.as_ref().map(|e| e.mod_revision);
+            let ok = match expect {
+                Expect::Any => true,
+                Expect::Absent => existing.is_none(),
+                Expect::Revision(r) => found == Some(r),
+            };
+            if !ok || (value.is_none() && existing.is_none()) {
+                return Err(StoreError::Conflict {
+                    key: key.to_string(),
+                    expected: expect,
+                    found,
+                });
+            }
+            let rev = self.revision.load(Ordering::SeqCst) + 1;
+            match value {
+                Some(v) => {
+                    let create = existing.map_or(rev, |e| e.create_revision);
+                    kv.insert(key, pack(create, rev, v).as_slice())
+                        .map_err(backend)?;
+                }
+                None => {
+                    kv.remove(key).map_err(backend)?;
+                }
+            }
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            meta.insert(REVISION, rev).map_err(backend)?;
+            rev
+        };
+        txn.commit().map_err(backend)?;
+        self.revision.store(rev, Ordering::SeqCst);
+        self.changes.publish(WatchEvent {
+            revision: rev,
+            key: key.to_string(),
+            value: value.map(<[u8]>::to_vec),
+        });
+        Ok(rev)
+    }
+}
+
+impl Store for RedbStore {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let kv = txn.open_table(KV).map_err(backend)?;
+        match kv.get(key).map_err(backend)? {
+            Some(g) => Ok(Some(unpack(key, g.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let kv = txn.open_table(KV).map_err(backend)?;
+        let mut out = Vec::new();
+        for item in kv.range(prefix..).map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            let k = k.value();
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push(unpack(k, v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn put(&self, key: &str, value: &[u8], expect: Expect) -> Result<u64, StoreError> {
+        self.write(key, Some(value), expect)
+    }
+
+    fn delete(&self, key: &str, expect: Expect) -> Result<u64, StoreError> {
+        self.write(key, None, expect)
+    }
+
+    fn revision(&self) -> u64 {
+        self.revision.load(Ordering::SeqCst)
+    }
+
+    fn watch(&self, prefix: &str, after: u64) -> Result<Watch, StoreError> {
+        self.changes.watch(prefix, after, self.revision())
+    }
+}

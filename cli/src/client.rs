@@ -1,0 +1,124 @@
+//! Finding the config, reaching a leader, making calls; errors with distinct exit codes.
+
+use bramble_proto::wire::{ApiError, ErrorCode, Request, Response};
+use bramble_transport::admin::AdminConfig;
+use bramble_transport::quic::{call, client_endpoint, connect};
+use bramble_transport::tls::client_config;
+use bramble_transport::TransportError;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Exit codes: 0 ok, 1 error, 2 usage (clap), 3 cannot reach a leader, 4 not found, 5 refused.
+#[derive(Debug)]
+pub enum CliError {
+    Config(String),
+    Unreachable(String),
+    Api(ApiError),
+    Other(String),
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Config(m) | CliError::Unreachable(m) | CliError::Other(m) => f.write_str(m),
+            CliError::Api(e) => f.write_str(&e.message),
+        }
+    }
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Unreachable(_) => 3,
+            CliError::Api(e) if e.code == ErrorCode::NotFound => 4,
+            CliError::Api(e)
+                if matches!(
+                    e.code,
+                    ErrorCode::Unauthenticated | ErrorCode::PermissionDenied
+                ) =>
+            {
+                5
+            }
+            _ => 1,
+        }
+    }
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn config_path(flag: Option<PathBuf>) -> Result<PathBuf, CliError> {
+    if let Some(p) = flag {
+        return Ok(p);
+    }
+    let home = std::env::var_os("HOME").ok_or_else(|| {
+        CliError::Config("no --config, BRAMBLE_CONFIG or HOME to find the config".into())
+    })?;
+    Ok(PathBuf::from(home).join(".config/bramble/config.toml"))
+}
+
+/// Loads the config and sends one request to the first leader that answers.
+pub async fn request(config: Option<PathBuf>, req: Request) -> Result<Response, CliError> {
+    let path = config_path(config)?;
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        CliError::Config(format!(
+            "cannot read the CLI config {}: {e} (pass --config, set BRAMBLE_CONFIG, or copy a leader's admin.toml there)",
+            path.display()
+        ))
+    })?;
+    let cfg = AdminConfig::parse(&path.display().to_string(), &text)
+        .map_err(|e| CliError::Config(e.to_string()))?;
+    let tls = client_config(&cfg.ca, Some((&cfg.cert, &cfg.key)))
+        .map_err(|e| CliError::Config(format!("{}: {e}", path.display())))?;
+    let mut failures = Vec::new();
+    for leader in &cfg.leaders {
+        let addrs = match tokio::net::lookup_host(leader.as_str()).await {
+            Ok(a) => a.collect::<Vec<_>>(),
+            Err(e) => {
+                failures.push(format!("{leader}: {e}"));
+                continue;
+            }
+        };
+        for addr in addrs {
+            let endpoint = client_endpoint(addr).map_err(|e| CliError::Other(e.to_string()))?;
+            let conn = match connect(&endpoint, addr, tls.clone(), CONNECT_TIMEOUT).await {
+                Ok(c) => c,
+                Err(e) => {
+                    failures.push(explain(leader, &e));
+                    if e.is_unreachable() {
+                        continue;
+                    }
+                    return Err(CliError::Other(failures.pop().expect("just pushed")));
+                }
+            };
+            let result = call(&conn, req.clone(), CALL_TIMEOUT).await;
+            conn.close(quinn::VarInt::from_u32(0), b"done");
+            endpoint.wait_idle().await;
+            return match result {
+                Ok(Response::Error(e)) => Err(CliError::Api(e)),
+                Ok(r) => Ok(r),
+                Err(e) => Err(CliError::Other(format!("{leader}: {e}"))),
+            };
+        }
+    }
+    Err(CliError::Unreachable(format!(
+        "cannot reach a leader: {}",
+        failures.join("; ")
+    )))
+}
+
+fn explain(leader: &str, e: &TransportError) -> String {
+    let text = e.to_string();
+    if text.contains("handshake") || text.contains("certificate") {
+        format!("{leader}: TLS handshake failed ({text}); is this config for this cluster?")
+    } else {
+        format!("{leader}: {text}")
+    }
+}
+
+pub fn unexpected(r: &Response) -> CliError {
+    CliError::Other(format!(
+        "unexpected answer from the leader: {}",
+        serde_json::to_string(r).unwrap_or_default()
+    ))
+}

@@ -1,0 +1,67 @@
+//! `bramble`: drive a Bramble cluster.
+
+mod client;
+mod cmd;
+mod output;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "bramble", version, about = "Drive a Bramble cluster")]
+struct Cli {
+    /// The CLI config (default: $BRAMBLE_CONFIG, then ~/.config/bramble/config.toml).
+    #[arg(long, global = true, env = "BRAMBLE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List objects: `bramble get nodes`.
+    Get(cmd::get::Args),
+    /// Show one object in detail: `bramble describe node NAME`.
+    Describe(cmd::describe::Args),
+    /// Set (`k=v`) or remove (`k-`) labels: `bramble label node NAME k=v k2-`.
+    Label(cmd::label::Args),
+    /// Stop placing new replicas on a node.
+    Cordon(cmd::cordon::Args),
+    /// Allow new replicas on a node again.
+    Uncordon(cmd::cordon::Args),
+    /// Join tokens for new agents.
+    Token(cmd::token::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bramble: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async {
+        let config = cli.config;
+        match cli.command {
+            Command::Get(a) => cmd::get::run(config, a).await,
+            Command::Describe(a) => cmd::describe::run(config, a).await,
+            Command::Label(a) => cmd::label::run(config, a).await,
+            Command::Cordon(a) => cmd::cordon::run(config, a, true).await,
+            Command::Uncordon(a) => cmd::cordon::run(config, a, false).await,
+            Command::Token(a) => cmd::token::run(config, a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bramble: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -11,11 +11,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff {
-            base,
-            cap,
-            attempt: 0,
-        }
+        Backoff { base, cap, attempt: 0 }
     }
 
     /// The ceiling for the current attempt: `base * 2^attempt`, at most `cap`.
@@ -48,11 +44,7 @@ mod tests {
         for _ in 0..20 {
             let ceiling = b.ceiling();
             let d = b.next_delay();
-            assert!(
-                d >= ceiling / 2 && d <= ceiling,
-                "{d:?} within [{:?}, {ceiling:?}]",
-                ceiling / 2
-            );
+            assert!(d >= ceiling / 2 && d <= ceiling, "{d:?} within [{:?}, {ceiling:?}]", ceiling / 2);
             assert!(ceiling >= last_ceiling && ceiling <= Duration::from_secs(30));
             last_ceiling = ceiling;
         }

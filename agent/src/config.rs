@@ -13,10 +13,7 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/bramble/agent";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Parse(#[from] SourceError),
     #[error("{0}")]
@@ -129,10 +126,7 @@ pub struct Overrides {
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Self::parse(&path.display().to_string(), &text)
     }
 
@@ -150,15 +144,12 @@ impl AgentConfig {
             .into());
         }
         if let Some(name) = &cfg.name {
-            check_dns_subdomain(name)
-                .map_err(|e| SourceError::at(file, text, at("name"), "name", e.to_string()))?;
+            check_dns_subdomain(name).map_err(|e| SourceError::at(file, text, at("name"), "name", e.to_string()))?;
         }
         for (k, v) in &cfg.labels {
             check_label_key(k)
                 .and_then(|_| check_label_value(v))
-                .map_err(|e| {
-                    SourceError::at(file, text, at(k), &format!("labels.{k}"), e.to_string())
-                })?;
+                .map_err(|e| SourceError::at(file, text, at(k), &format!("labels.{k}"), e.to_string()))?;
         }
         Ok(cfg)
     }
@@ -188,9 +179,8 @@ impl AgentConfig {
                 .to_string_lossy()
                 .to_lowercase(),
         };
-        check_dns_subdomain(&name).map_err(|e| {
-            ConfigError::Invalid(format!("node {e}; set `name` in the config or --name"))
-        })?;
+        check_dns_subdomain(&name)
+            .map_err(|e| ConfigError::Invalid(format!("node {e}; set `name` in the config or --name")))?;
         Ok(name)
     }
 }
@@ -201,60 +191,31 @@ mod tests {
 
     #[test]
     fn precedence_file_then_overrides() {
-        let mut c = AgentConfig::parse(
-            "a.toml",
-            "version = 1\nname = \"pi-1\"\nleaders = [\"10.0.0.1:7443\"]\n",
-        )
-        .unwrap();
-        c.apply(Overrides {
-            name: Some("pi-2".into()),
-            ..Default::default()
-        });
+        let mut c =
+            AgentConfig::parse("a.toml", "version = 1\nname = \"pi-1\"\nleaders = [\"10.0.0.1:7443\"]\n").unwrap();
+        c.apply(Overrides { name: Some("pi-2".into()), ..Default::default() });
         assert_eq!(c.name.as_deref(), Some("pi-2"));
-        assert_eq!(
-            c.leaders,
-            ["10.0.0.1:7443"],
-            "unset overrides keep the file's value"
-        );
+        assert_eq!(c.leaders, ["10.0.0.1:7443"], "unset overrides keep the file's value");
     }
 
     #[test]
     fn bad_values_name_the_line_and_field() {
-        let e = AgentConfig::parse(
-            "a.toml",
-            "version = 1\n[resources]\nreserved_memory = \"1GB\"\n",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.starts_with(
-                "a.toml:3:19: resources.reserved_memory: invalid memory quantity \"1GB\""
-            ),
-            "{e}"
-        );
-        let e = AgentConfig::parse("a.toml", "version = 1\nlables = {}\n")
+        let e = AgentConfig::parse("a.toml", "version = 1\n[resources]\nreserved_memory = \"1GB\"\n")
             .unwrap_err()
             .to_string();
-        assert!(
-            e.starts_with("a.toml:2:1: lables: unknown field `lables`"),
-            "{e}"
-        );
-        let e = AgentConfig::parse("a.toml", "version = 1\nname = \"Pi_1\"\n")
-            .unwrap_err()
-            .to_string();
+        assert!(e.starts_with("a.toml:3:19: resources.reserved_memory: invalid memory quantity \"1GB\""), "{e}");
+        let e = AgentConfig::parse("a.toml", "version = 1\nlables = {}\n").unwrap_err().to_string();
+        assert!(e.starts_with("a.toml:2:1: lables: unknown field `lables`"), "{e}");
+        let e = AgentConfig::parse("a.toml", "version = 1\nname = \"Pi_1\"\n").unwrap_err().to_string();
         assert!(e.starts_with("a.toml:2:1: name: invalid name"), "{e}");
-        let e = AgentConfig::parse("a.toml", "version = 1\nlabels = { \"bad key\" = \"x\" }\n")
-            .unwrap_err()
-            .to_string();
+        let e =
+            AgentConfig::parse("a.toml", "version = 1\nlabels = { \"bad key\" = \"x\" }\n").unwrap_err().to_string();
         assert!(e.contains("labels.bad key: invalid label key"), "{e}");
     }
 
     #[test]
     fn debug_hides_the_token() {
-        let c = AgentConfig {
-            token: Some("BR1secret".into()),
-            ..Default::default()
-        };
+        let c = AgentConfig { token: Some("BR1secret".into()), ..Default::default() };
         assert!(!format!("{c:?}").contains("BR1secret"));
     }
 }

@@ -23,10 +23,7 @@ pub enum JoinError {
     #[error(transparent)]
     Token(#[from] bramble_proto::token::TokenError),
     #[error("join via {addr} failed: {source}")]
-    Transport {
-        addr: SocketAddr,
-        source: TransportError,
-    },
+    Transport { addr: SocketAddr, source: TransportError },
     #[error("the leader refused to join: {0}")]
     Refused(String),
     #[error("the leader answered the join with something unexpected")]
@@ -34,16 +31,9 @@ pub enum JoinError {
     #[error("the CA the leader sent does not match the join token's fingerprint")]
     CaMismatch,
     #[error("the data dir {dir} belongs to node {found:?}, but this agent is configured as {configured:?}; use the same name or another data dir")]
-    NameMismatch {
-        dir: PathBuf,
-        found: String,
-        configured: String,
-    },
+    NameMismatch { dir: PathBuf, found: String, configured: String },
     #[error("cannot use {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("the identity in {path} is unusable: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }
@@ -59,9 +49,7 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        f.debug_struct("Credentials").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
@@ -72,29 +60,17 @@ struct Files {
 }
 
 fn files(dir: &Path) -> Files {
-    Files {
-        ca: dir.join("ca.crt"),
-        cert: dir.join("node.crt"),
-        key: dir.join("node.key"),
-    }
+    Files { ca: dir.join("ca.crt"), cert: dir.join("node.crt"), key: dir.join("node.key") }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JoinError + '_ {
-    move |source| JoinError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| JoinError::Io { path: path.to_path_buf(), source }
 }
 
 fn write_atomic(path: &Path, contents: &str, mode: u32) -> Result<(), JoinError> {
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(io(&tmp))?;
     f.write_all(contents.as_bytes()).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
@@ -107,24 +83,13 @@ pub fn load(dir: &Path, configured_name: &str) -> Result<Option<Credentials>, Jo
         return Ok(None);
     }
     let read = |p: &Path| std::fs::read_to_string(p).map_err(io(p));
-    let creds = Credentials {
-        name: String::new(),
-        ca_pem: read(&f.ca)?,
-        cert_pem: read(&f.cert)?,
-        key_pem: read(&f.key)?,
-    };
-    let corrupt = |reason: String| JoinError::Corrupt {
-        path: f.cert.clone(),
-        reason,
-    };
+    let creds =
+        Credentials { name: String::new(), ca_pem: read(&f.ca)?, cert_pem: read(&f.cert)?, key_pem: read(&f.key)? };
+    let corrupt = |reason: String| JoinError::Corrupt { path: f.cert.clone(), reason };
     let der = cert_der_from_pem(&creds.cert_pem).map_err(|e| corrupt(e.to_string()))?;
     let name = match identity_of(&der).map_err(|e| corrupt(e.to_string()))?.0 {
         Identity::Node(n) => n,
-        other => {
-            return Err(corrupt(format!(
-                "it is a certificate for {other}, not for a node"
-            )))
-        }
+        other => return Err(corrupt(format!("it is a certificate for {other}, not for a node"))),
     };
     if name != configured_name {
         return Err(JoinError::NameMismatch {
@@ -145,31 +110,18 @@ pub async fn join(
     info: NodeInfo,
 ) -> Result<Credentials, JoinError> {
     let token: JoinToken = token.parse()?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io(dir))?;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir))?;
     let (csr_pem, key_pem) = node_csr(name).map_err(|e| JoinError::Refused(e.to_string()))?;
     let t = |source| JoinError::Transport { addr, source };
     let endpoint = client_endpoint(addr).map_err(t)?;
     let tls = pinned_client_config(&token.ca_fingerprint).map_err(|e| t(e.into()))?;
-    let conn = connect(&endpoint, addr, tls, CALL_TIMEOUT)
-        .await
-        .map_err(t)?;
-    let request = Request::Join {
-        token: token.to_string(),
-        node_name: name.to_string(),
-        csr_pem,
-        info,
-    };
+    let conn = connect(&endpoint, addr, tls, CALL_TIMEOUT).await.map_err(t)?;
+    let request = Request::Join { token: token.to_string(), node_name: name.to_string(), csr_pem, info };
     let response = call(&conn, request, CALL_TIMEOUT).await.map_err(t);
     conn.close(quinn::VarInt::from_u32(0), b"joined");
     endpoint.wait_idle().await;
     let (cert_pem, ca_pem) = match response? {
-        Response::Joined {
-            cert_pem, ca_pem, ..
-        } => (cert_pem, ca_pem),
+        Response::Joined { cert_pem, ca_pem, .. } => (cert_pem, ca_pem),
         Response::Error(e) => return Err(JoinError::Refused(e.message)),
         _ => return Err(JoinError::Unexpected),
     };
@@ -182,12 +134,7 @@ pub async fn join(
     write_atomic(&f.ca, &ca_pem, 0o644)?;
     // The certificate goes last: its presence means the agent has joined.
     write_atomic(&f.cert, &cert_pem, 0o644)?;
-    Ok(Credentials {
-        name: name.to_string(),
-        ca_pem,
-        cert_pem,
-        key_pem,
-    })
+    Ok(Credentials { name: name.to_string(), ca_pem, cert_pem, key_pem })
 }
 
 /// Whether `config` has what joining needs.

@@ -9,11 +9,7 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(
-    name = "bramble-agent",
-    version,
-    about = "The Bramble agent: runs workloads on one board"
-)]
+#[command(name = "bramble-agent", version, about = "The Bramble agent: runs workloads on one board")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,11 +56,7 @@ fn main() -> ExitCode {
         }
     };
     observability::init(config.log.level.as_deref());
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bramble-agent: cannot start the runtime: {e}");
@@ -88,9 +80,7 @@ fn main() -> ExitCode {
             eprintln!("bramble-agent: {e}");
             ExitCode::from(match e {
                 bramble_agent::AgentError::Join(_) => EXIT_JOIN,
-                bramble_agent::AgentError::Config(_) | bramble_agent::AgentError::NoLeader => {
-                    EXIT_CONFIG
-                }
+                bramble_agent::AgentError::Config(_) | bramble_agent::AgentError::NoLeader => EXIT_CONFIG,
                 _ => EXIT_RUNTIME,
             })
         }
@@ -102,12 +92,7 @@ fn load(args: RunArgs) -> anyhow::Result<AgentConfig> {
         Some(path) => AgentConfig::load(path)?,
         None => AgentConfig::default(),
     };
-    config.apply(Overrides {
-        leaders: args.leaders,
-        token: args.token,
-        name: args.name,
-        data_dir: args.data_dir,
-    });
+    config.apply(Overrides { leaders: args.leaders, token: args.token, name: args.name, data_dir: args.data_dir });
     config.node_name().context("invalid node name")?;
     Ok(config)
 }

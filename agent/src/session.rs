@@ -6,9 +6,7 @@ use crate::config::{AgentConfig, ConfigError};
 use crate::join::{self, Credentials, JoinError};
 use crate::sysinfo::node_info;
 use bramble_proto::codec::MAX_FRAME_LEN;
-use bramble_proto::wire::{
-    AgentMsg, ErrorCode, Hello, LeaderMsg, Open, OpenKind, PROTOCOL_VERSION,
-};
+use bramble_proto::wire::{AgentMsg, ErrorCode, Hello, LeaderMsg, Open, OpenKind, PROTOCOL_VERSION};
 use bramble_transport::quic::{client_endpoint, connect, read_frame, write_frame};
 use bramble_transport::tls::client_config;
 use bramble_transport::TransportError;
@@ -34,10 +32,7 @@ pub enum AgentError {
     #[error("cannot resolve leader address {0:?}")]
     Resolve(String),
     #[error("cannot use {path}: {source}")]
-    Io {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: std::path::PathBuf, source: std::io::Error },
 }
 
 /// What happened to one session.
@@ -56,9 +51,7 @@ enum SessionError {
 async fn resolve(leaders: &[String]) -> Result<Vec<SocketAddr>, AgentError> {
     let mut out = Vec::new();
     for l in leaders {
-        let addrs = tokio::net::lookup_host(l.as_str())
-            .await
-            .map_err(|_| AgentError::Resolve(l.clone()))?;
+        let addrs = tokio::net::lookup_host(l.as_str()).await.map_err(|_| AgentError::Resolve(l.clone()))?;
         out.extend(addrs);
     }
     if out.is_empty() {
@@ -70,18 +63,12 @@ async fn resolve(leaders: &[String]) -> Result<Vec<SocketAddr>, AgentError> {
 /// Reads and bumps the session epoch kept in the data dir, so epochs grow across restarts.
 fn next_epoch(dir: &Path) -> Result<u64, AgentError> {
     let path = dir.join("epoch");
-    let current = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+    let current = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
     let next = current + 1;
     let tmp = dir.join("epoch.tmp");
     std::fs::write(&tmp, next.to_string())
         .and_then(|_| std::fs::rename(&tmp, &path))
-        .map_err(|source| AgentError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        .map_err(|source| AgentError::Io { path: path.clone(), source })?;
     Ok(next)
 }
 
@@ -112,14 +99,10 @@ pub async fn run(
                             break;
                         }
                         // A refusal is final: retrying with the same token will not help.
-                        Err(
-                            e @ (JoinError::Refused(_)
-                            | JoinError::CaMismatch
-                            | JoinError::Token(_)),
-                        ) => return Err(e.into()),
-                        Err(e @ JoinError::Transport { .. }) if is_pin_failure(&e) => {
+                        Err(e @ (JoinError::Refused(_) | JoinError::CaMismatch | JoinError::Token(_))) => {
                             return Err(e.into())
                         }
+                        Err(e @ JoinError::Transport { .. }) if is_pin_failure(&e) => return Err(e.into()),
                         Err(e) => {
                             warn!("{e}");
                             last = Some(Err(e));
@@ -145,9 +128,7 @@ pub async fn run(
             let epoch = next_epoch(&dir)?;
             let started = Instant::now();
             let span = tracing::info_span!("session", leader = %addr, epoch);
-            let result = session(&config, &creds, addr, epoch, &cancel, &mut ready)
-                .instrument(span)
-                .await;
+            let result = session(&config, &creds, addr, epoch, &cancel, &mut ready).instrument(span).await;
             if cancel.is_cancelled() {
                 return Ok(());
             }
@@ -183,34 +164,15 @@ async fn session(
     cancel: &CancellationToken,
     ready: &mut Option<impl FnOnce()>,
 ) -> Result<(), SessionError> {
-    let tls = client_config(&creds.ca_pem, Some((&creds.cert_pem, &creds.key_pem)))
-        .map_err(TransportError::from)?;
+    let tls = client_config(&creds.ca_pem, Some((&creds.cert_pem, &creds.key_pem))).map_err(TransportError::from)?;
     let endpoint = client_endpoint(addr)?;
     let conn = connect(&endpoint, addr, tls, CONNECT_TIMEOUT).await?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(TransportError::from)?;
-    let hello = Hello {
-        node_name: creds.name.clone(),
-        epoch,
-        info: node_info(config),
-    };
-    write_frame(
-        &mut send,
-        &Open {
-            version: PROTOCOL_VERSION,
-            kind: OpenKind::Session(hello),
-        },
-    )
-    .await?;
+    let hello = Hello { node_name: creds.name.clone(), epoch, info: node_info(config) };
+    write_frame(&mut send, &Open { version: PROTOCOL_VERSION, kind: OpenKind::Session(hello) }).await?;
     let heartbeat = match read_frame::<LeaderMsg>(&mut recv, MAX_FRAME_LEN).await? {
-        Some(LeaderMsg::Welcome { heartbeat_ms, .. }) => {
-            Duration::from_millis(heartbeat_ms.clamp(100, 60_000))
-        }
-        Some(LeaderMsg::Refused(e)) => {
-            return Err(SessionError::Refused {
-                code: e.code,
-                message: e.message,
-            })
-        }
+        Some(LeaderMsg::Welcome { heartbeat_ms, .. }) => Duration::from_millis(heartbeat_ms.clamp(100, 60_000)),
+        Some(LeaderMsg::Refused(e)) => return Err(SessionError::Refused { code: e.code, message: e.message }),
         None => return Err(SessionError::Closed),
     };
     info!("session established");

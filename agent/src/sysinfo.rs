@@ -7,15 +7,8 @@ use std::net::IpAddr;
 /// Reads the board's facts and applies the reservations from the config.
 pub fn node_info(config: &AgentConfig) -> NodeInfo {
     let cpu_millis = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64 * 1000;
-    let memory_bytes = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| parse_mem_total(&m))
-        .unwrap_or(0);
-    let capacity = Resources {
-        cpu_millis,
-        memory_bytes,
-        replicas: config.resources.max_replicas,
-    };
+    let memory_bytes = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| parse_mem_total(&m)).unwrap_or(0);
+    let capacity = Resources { cpu_millis, memory_bytes, replicas: config.resources.max_replicas };
     let allocatable = Resources {
         cpu_millis: cpu_millis.saturating_sub(config.resources.reserved_cpu.0),
         memory_bytes: memory_bytes.saturating_sub(config.resources.reserved_memory.0),
@@ -24,10 +17,8 @@ pub fn node_info(config: &AgentConfig) -> NodeInfo {
     NodeInfo {
         arch: Arch::host(),
         os: os_name(),
-        kernel: nix::sys::utsname::uname().map_or_else(
-            |_| "unknown".into(),
-            |u| u.release().to_string_lossy().into_owned(),
-        ),
+        kernel: nix::sys::utsname::uname()
+            .map_or_else(|_| "unknown".into(), |u| u.release().to_string_lossy().into_owned()),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         labels: config.labels.clone(),
         capacity,
@@ -83,14 +74,10 @@ mod tests {
 
     #[test]
     fn parses_proc_files() {
-        assert_eq!(
-            parse_mem_total("MemTotal:        3884460 kB\nMemFree: 1 kB\n"),
-            Some(3884460 * 1024)
-        );
+        assert_eq!(parse_mem_total("MemTotal:        3884460 kB\nMemFree: 1 kB\n"), Some(3884460 * 1024));
         assert_eq!(parse_mem_total("nothing"), None);
         assert_eq!(
-            parse_os_release("ID=debian\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n")
-                .as_deref(),
+            parse_os_release("ID=debian\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n").as_deref(),
             Some("Debian GNU/Linux 12 (bookworm)")
         );
     }
@@ -102,10 +89,7 @@ mod tests {
         assert!(info.capacity.cpu_millis >= 1000);
         assert!(info.capacity.memory_bytes > 0);
         assert_eq!(info.allocatable.cpu_millis, info.capacity.cpu_millis - 100);
-        assert_eq!(
-            info.allocatable.memory_bytes,
-            info.capacity.memory_bytes - (128 << 20)
-        );
+        assert_eq!(info.allocatable.memory_bytes, info.capacity.memory_bytes - (128 << 20));
         assert!(!info.kernel.is_empty());
     }
 }

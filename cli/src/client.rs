@@ -31,14 +31,7 @@ impl CliError {
         match self {
             CliError::Unreachable(_) => 3,
             CliError::Api(e) if e.code == ErrorCode::NotFound => 4,
-            CliError::Api(e)
-                if matches!(
-                    e.code,
-                    ErrorCode::Unauthenticated | ErrorCode::PermissionDenied
-                ) =>
-            {
-                5
-            }
+            CliError::Api(e) if matches!(e.code, ErrorCode::Unauthenticated | ErrorCode::PermissionDenied) => 5,
             _ => 1,
         }
     }
@@ -51,9 +44,8 @@ fn config_path(flag: Option<PathBuf>) -> Result<PathBuf, CliError> {
     if let Some(p) = flag {
         return Ok(p);
     }
-    let home = std::env::var_os("HOME").ok_or_else(|| {
-        CliError::Config("no --config, BRAMBLE_CONFIG or HOME to find the config".into())
-    })?;
+    let home = std::env::var_os("HOME")
+        .ok_or_else(|| CliError::Config("no --config, BRAMBLE_CONFIG or HOME to find the config".into()))?;
     Ok(PathBuf::from(home).join(".config/bramble/config.toml"))
 }
 
@@ -66,8 +58,7 @@ pub async fn request(config: Option<PathBuf>, req: Request) -> Result<Response, 
             path.display()
         ))
     })?;
-    let cfg = AdminConfig::parse(&path.display().to_string(), &text)
-        .map_err(|e| CliError::Config(e.to_string()))?;
+    let cfg = AdminConfig::parse(&path.display().to_string(), &text).map_err(|e| CliError::Config(e.to_string()))?;
     let tls = client_config(&cfg.ca, Some((&cfg.cert, &cfg.key)))
         .map_err(|e| CliError::Config(format!("{}: {e}", path.display())))?;
     let mut failures = Vec::new();
@@ -101,10 +92,7 @@ pub async fn request(config: Option<PathBuf>, req: Request) -> Result<Response, 
             };
         }
     }
-    Err(CliError::Unreachable(format!(
-        "cannot reach a leader: {}",
-        failures.join("; ")
-    )))
+    Err(CliError::Unreachable(format!("cannot reach a leader: {}", failures.join("; "))))
 }
 
 fn explain(leader: &str, e: &TransportError) -> String {
@@ -117,8 +105,5 @@ fn explain(leader: &str, e: &TransportError) -> String {
 }
 
 pub fn unexpected(r: &Response) -> CliError {
-    CliError::Other(format!(
-        "unexpected answer from the leader: {}",
-        serde_json::to_string(r).unwrap_or_default()
-    ))
+    CliError::Other(format!("unexpected answer from the leader: {}", serde_json::to_string(r).unwrap_or_default()))
 }

@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 pub fn node_key(name: &str) -> String {
@@ -47,19 +45,18 @@ impl Api {
         }
     }
 
-    fn dispatch(
-        &self,
-        identity: Option<&Identity>,
-        request: Request,
-    ) -> Result<Response, ApiError> {
-        if let Request::Join {
-            token,
-            node_name,
-            csr_pem,
-            info,
-        } = request
-        {
-            return self.join(&token, &node_name, &csr_pem, info);
+    fn dispatch(&self, identity: Option<&Identity>, request: Request) -> Result<Response, ApiError> {
+        if let Request::Join { token, node_name, csr_pem, info } = request {
+            return self.join(&token, &node_name, &csr_pem, info).inspect_err(|e| {
+                let name = if check_dns_subdomain(&node_name).is_ok() { node_name.as_str() } else { "<invalid>" };
+                tracing::warn!(node = name, "{}", e.message);
+                self.registry.record(Event {
+                    time_ms: now_ms(),
+                    object: format!("node/{name}"),
+                    reason: "JoinRefused".into(),
+                    message: e.message.clone(),
+                });
+            });
         }
         match identity {
             None => {
@@ -79,10 +76,7 @@ impl Api {
             Request::GetNode { name } => {
                 let node = self.load_node(&name)?.0;
                 let events = self.registry.events_for(&format!("node/{name}"));
-                Ok(Response::Node {
-                    node: Box::new(self.view(node)),
-                    events,
-                })
+                Ok(Response::Node { node: Box::new(self.view(node)), events })
             }
             Request::LabelNode { name, set, remove } => self.label(&name, set, remove),
             Request::SetCordon { name, cordoned } => {
@@ -95,18 +89,11 @@ impl Api {
                 if changed {
                     self.record(
                         &name,
-                        if cordoned {
-                            "NodeCordoned"
-                        } else {
-                            "NodeUncordoned"
-                        },
+                        if cordoned { "NodeCordoned" } else { "NodeUncordoned" },
                         format!("node {verb} by an admin"),
                     );
                 }
-                Ok(Response::Done(format!(
-                    "node/{name} {verb}{}",
-                    if changed { "" } else { " (no change)" }
-                )))
+                Ok(Response::Done(format!("node/{name} {verb}{}", if changed { "" } else { " (no change)" })))
             }
             Request::CreateToken { ttl_secs } => {
                 let (token, expires_ms) = tokens::create(
@@ -115,10 +102,7 @@ impl Api {
                     Duration::from_secs(ttl_secs),
                     now_ms(),
                 )?;
-                Ok(Response::Token {
-                    token: token.to_string(),
-                    expires_ms,
-                })
+                Ok(Response::Token { token: token.to_string(), expires_ms })
             }
         }
     }
@@ -133,20 +117,10 @@ impl Api {
         });
     }
 
-    fn join(
-        &self,
-        token: &str,
-        node_name: &str,
-        csr_pem: &str,
-        info: NodeInfo,
-    ) -> Result<Response, ApiError> {
+    fn join(&self, token: &str, node_name: &str, csr_pem: &str, info: NodeInfo) -> Result<Response, ApiError> {
         tokens::verify(self.store.as_ref(), &self.ca.fingerprint(), token, now_ms())?;
-        check_dns_subdomain(node_name).map_err(|e| {
-            err(
-                ErrorCode::InvalidArgument,
-                format!("join refused: node {e}"),
-            )
-        })?;
+        check_dns_subdomain(node_name)
+            .map_err(|e| err(ErrorCode::InvalidArgument, format!("join refused: node {e}")))?;
         let (cert_pem, key_fp) = self
             .ca
             .sign_node_csr(csr_pem, node_name)
@@ -168,12 +142,7 @@ impl Api {
             }
             None => {
                 let node = Node {
-                    meta: ObjectMeta {
-                        name: node_name.to_string(),
-                        generation: 1,
-                        revision: 0,
-                        created_ms: now_ms(),
-                    },
+                    meta: ObjectMeta { name: node_name.to_string(), generation: 1, revision: 0, created_ms: now_ms() },
                     key_fingerprint: key_fp,
                     labels: Default::default(),
                     taints: Vec::new(),
@@ -183,23 +152,16 @@ impl Api {
                 };
                 let value = serde_json::to_vec(&node).expect("node serialises");
                 self.store.put(&key, &value, Expect::Absent).map_err(|e| match e {
-                    crate::store::StoreError::Conflict { .. } => {
-                        err(ErrorCode::Conflict, format!("join refused: node name {node_name:?} was taken at the same moment"))
-                    }
+                    crate::store::StoreError::Conflict { .. } => err(
+                        ErrorCode::Conflict,
+                        format!("join refused: node name {node_name:?} was taken at the same moment"),
+                    ),
                     e => store_error(e),
                 })?;
-                self.record(
-                    node_name,
-                    "NodeJoined",
-                    "the node joined the cluster".into(),
-                );
+                self.record(node_name, "NodeJoined", "the node joined the cluster".into());
             }
         }
-        Ok(Response::Joined {
-            node_name: node_name.to_string(),
-            cert_pem,
-            ca_pem: self.ca.cert_pem().to_string(),
-        })
+        Ok(Response::Joined { node_name: node_name.to_string(), cert_pem, ca_pem: self.ca.cert_pem().to_string() })
     }
 
     fn label(
@@ -229,11 +191,7 @@ impl Api {
         })?;
         let mut parts: Vec<String> = set.iter().map(|(k, v)| format!("{k}={v}")).collect();
         parts.extend(remove.iter().map(|k| format!("{k}-")));
-        self.record(
-            name,
-            "NodeLabeled",
-            format!("labels changed: {}", parts.join(" ")),
-        );
+        self.record(name, "NodeLabeled", format!("labels changed: {}", parts.join(" ")));
         Ok(Response::Done(format!("node/{name} labeled")))
     }
 
@@ -262,19 +220,13 @@ impl Api {
             }
             node.meta.generation += 1;
             let value = serde_json::to_vec(&node).expect("node serialises");
-            match self
-                .store
-                .put(&node_key(name), &value, Expect::Revision(rev))
-            {
+            match self.store.put(&node_key(name), &value, Expect::Revision(rev)) {
                 Ok(_) => return Ok(true),
                 Err(crate::store::StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(store_error(e)),
             }
         }
-        Err(err(
-            ErrorCode::Conflict,
-            format!("node {name} kept changing; try again"),
-        ))
+        Err(err(ErrorCode::Conflict, format!("node {name} kept changing; try again")))
     }
 
     pub fn nodes(&self) -> Result<Vec<Node>, ApiError> {
@@ -305,6 +257,5 @@ impl Api {
 }
 
 fn decode_node(bytes: &[u8]) -> Result<Node, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| err(ErrorCode::Internal, format!("stored node is corrupt: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| err(ErrorCode::Internal, format!("stored node is corrupt: {e}")))
 }

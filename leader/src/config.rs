@@ -14,10 +14,7 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/bramble/leader";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Parse(#[from] SourceError),
     #[error("{path}: unsupported config version {found}: expected {CONFIG_VERSION}")]
@@ -59,10 +56,7 @@ pub struct NodesConfig {
 
 impl Default for NodesConfig {
     fn default() -> Self {
-        NodesConfig {
-            not_ready_after: default_grace(),
-            heartbeat: default_heartbeat(),
-        }
+        NodesConfig { not_ready_after: default_grace(), heartbeat: default_heartbeat() }
     }
 }
 
@@ -117,20 +111,14 @@ impl LeaderConfig {
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Self::parse(&path.display().to_string(), &text)
     }
 
     pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
         let cfg: LeaderConfig = parse_toml(file, text)?;
         if cfg.version != CONFIG_VERSION {
-            return Err(ConfigError::Version {
-                path: file.into(),
-                found: cfg.version,
-            });
+            return Err(ConfigError::Version { path: file.into(), found: cfg.version });
         }
         if cfg.nodes.heartbeat.0 >= cfg.nodes.not_ready_after.0 {
             let offset = text.find("heartbeat").unwrap_or(0);
@@ -196,40 +184,20 @@ mod tests {
     #[test]
     fn rendered_config_parses_back() {
         let cfg = LeaderConfig::new("/tmp/x".into(), "127.0.0.1:7443".parse().unwrap());
-        assert_eq!(
-            LeaderConfig::parse("leader.toml", &cfg.render()).unwrap(),
-            cfg
-        );
+        assert_eq!(LeaderConfig::parse("leader.toml", &cfg.render()).unwrap(), cfg);
     }
 
     #[test]
     fn errors_name_file_line_and_field() {
-        let e = LeaderConfig::parse("l.toml", "version = 1\nlisten = \"nowhere\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("l.toml:2:10: listen: invalid socket address"),
-            "{e}"
-        );
-        let e = LeaderConfig::parse("l.toml", "version = 1\n[nodes]\ngrace = \"10s\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("l.toml:3:1: nodes.grace: unknown field `grace`"),
-            "{e}"
-        );
-        let e = LeaderConfig::parse("l.toml", "version = 2\n")
-            .unwrap_err()
-            .to_string();
+        let e = LeaderConfig::parse("l.toml", "version = 1\nlisten = \"nowhere\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("l.toml:2:10: listen: invalid socket address"), "{e}");
+        let e = LeaderConfig::parse("l.toml", "version = 1\n[nodes]\ngrace = \"10s\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("l.toml:3:1: nodes.grace: unknown field `grace`"), "{e}");
+        let e = LeaderConfig::parse("l.toml", "version = 2\n").unwrap_err().to_string();
         assert!(e.contains("unsupported config version 2"), "{e}");
         let e = LeaderConfig::parse("l.toml", "").unwrap_err().to_string();
         assert!(e.contains("missing field `version`"), "{e}");
-        let e = LeaderConfig::parse("l.toml", "version = 1\n[nodes]\nheartbeat = \"20s\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("l.toml:3:1: nodes.heartbeat: expected a heartbeat shorter"),
-            "{e}"
-        );
+        let e = LeaderConfig::parse("l.toml", "version = 1\n[nodes]\nheartbeat = \"20s\"\n").unwrap_err().to_string();
+        assert!(e.contains("l.toml:3:1: nodes.heartbeat: expected a heartbeat shorter"), "{e}");
     }
 }

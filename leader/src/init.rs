@@ -14,10 +14,7 @@ pub enum InitError {
     #[error("a cluster already exists in {0} (found pki/ca.crt); refusing to overwrite it")]
     Exists(PathBuf),
     #[error("cannot write {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Pki(#[from] PkiError),
 }
@@ -30,9 +27,7 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(dir: &Path) -> Self {
-        Layout {
-            dir: dir.to_path_buf(),
-        }
+        Layout { dir: dir.to_path_buf() }
     }
     pub fn pki(&self) -> PathBuf {
         self.dir.join("pki")
@@ -65,18 +60,9 @@ impl Layout {
 
 /// Writes `contents` to a new file with `mode`, atomically (temp file, fsync, rename).
 pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), InitError> {
-    let io = |source| InitError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| InitError::Io { path: path.to_path_buf(), source };
     let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(io)?;
     f.write_all(contents).map_err(io)?;
     f.sync_all().map_err(io)?;
     fs::rename(&tmp, path).map_err(io)
@@ -106,10 +92,7 @@ pub fn init(
             .recursive(true)
             .mode(mode)
             .create(p)
-            .map_err(|source| InitError::Io {
-                path: p.into(),
-                source,
-            })
+            .map_err(|source| InitError::Io { path: p.into(), source })
     };
     mkdir(data_dir, 0o755)?;
     mkdir(&layout.pki(), 0o700)?;
@@ -138,11 +121,7 @@ pub fn init(
 
     let dial = if listen.ip().is_unspecified() {
         SocketAddr::new(
-            if listen.is_ipv6() {
-                "::1".parse().expect("ip")
-            } else {
-                "127.0.0.1".parse().expect("ip")
-            },
+            if listen.is_ipv6() { "::1".parse().expect("ip") } else { "127.0.0.1".parse().expect("ip") },
             listen.port(),
         )
     } else {
@@ -175,35 +154,17 @@ mod tests {
         let d = dir.path().join("leader");
         let out = init(&d, "127.0.0.1:7443".parse().unwrap(), "test", false).unwrap();
         let l = Layout::new(&d);
-        for p in [
-            l.ca_cert(),
-            l.ca_key(),
-            l.leader_cert(),
-            l.leader_key(),
-            l.config(),
-            l.admin_config(),
-        ] {
+        for p in [l.ca_cert(), l.ca_key(), l.leader_cert(), l.leader_key(), l.config(), l.admin_config()] {
             assert!(p.exists(), "{} exists", p.display());
         }
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            fs::metadata(l.ca_key()).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(fs::metadata(l.ca_key()).unwrap().permissions().mode() & 0o777, 0o600);
         let cfg = LeaderConfig::load(&out.config_path).unwrap();
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:7443");
-        let admin = AdminConfig::parse("admin.toml", &fs::read_to_string(&out.admin_path).unwrap())
-            .unwrap();
+        let admin = AdminConfig::parse("admin.toml", &fs::read_to_string(&out.admin_path).unwrap()).unwrap();
         assert_eq!(admin.leaders, ["127.0.0.1:7443"]);
         let before = fs::read(l.ca_key()).unwrap();
-        assert!(matches!(
-            init(&d, "127.0.0.1:7443".parse().unwrap(), "test", false),
-            Err(InitError::Exists(_))
-        ));
-        assert_eq!(
-            fs::read(l.ca_key()).unwrap(),
-            before,
-            "the existing CA is untouched"
-        );
+        assert!(matches!(init(&d, "127.0.0.1:7443".parse().unwrap(), "test", false), Err(InitError::Exists(_))));
+        assert_eq!(fs::read(l.ca_key()).unwrap(), before, "the existing CA is untouched");
     }
 }

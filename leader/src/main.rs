@@ -63,28 +63,14 @@ const EXIT_RUNTIME: u8 = 1;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match cli.command {
-        Command::Init {
-            data_dir,
-            listen,
-            cluster_name,
-            embedded_agent,
-        } => {
+        Command::Init { data_dir, listen, cluster_name, embedded_agent } => {
             return match init(&data_dir, listen, &cluster_name, embedded_agent) {
                 Ok(out) => {
-                    println!(
-                        "initialised cluster {cluster_name:?} in {}",
-                        data_dir.display()
-                    );
+                    println!("initialised cluster {cluster_name:?} in {}", data_dir.display());
                     println!("  CA fingerprint: {}", out.ca_fingerprint);
                     println!("  leader config:  {}", out.config_path.display());
-                    println!(
-                        "  admin config:   {} (copy to ~/.config/bramble/config.toml)",
-                        out.admin_path.display()
-                    );
-                    println!(
-                        "start it with: bramble-leader run --config {}",
-                        out.config_path.display()
-                    );
+                    println!("  admin config:   {} (copy to ~/.config/bramble/config.toml)", out.admin_path.display());
+                    println!("start it with: bramble-leader run --config {}", out.config_path.display());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -93,11 +79,7 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Run {
-            config,
-            data_dir,
-            listen,
-        } => load(config, data_dir, listen),
+        Command::Run { config, data_dir, listen } => load(config, data_dir, listen),
         Command::Up { data_dir, listen } => up(data_dir, listen),
     };
     let config = match config {
@@ -108,11 +90,7 @@ fn main() -> ExitCode {
         }
     };
     observability::init(config.log.level.as_deref());
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bramble-leader: cannot start the runtime: {e}");
@@ -189,11 +167,7 @@ fn up(data_dir: Option<PathBuf>, listen: SocketAddr) -> anyhow::Result<LeaderCon
 
 async fn serve(config: LeaderConfig) -> anyhow::Result<()> {
     let leader = bramble_leader::start(&config).await?;
-    let agent = if config.agent.enabled {
-        Some(start_embedded_agent(&config, &leader)?)
-    } else {
-        None
-    };
+    let agent = if config.agent.enabled { Some(start_embedded_agent(&config, &leader)?) } else { None };
     systemd::notify("READY=1");
     shutdown_signal(leader.cancelled()).await;
     systemd::notify("STOPPING=1");
@@ -208,20 +182,9 @@ async fn serve(config: LeaderConfig) -> anyhow::Result<()> {
 type AgentTask = (CancellationToken, tokio::task::JoinHandle<()>);
 
 /// An agent in the leader's process. It joins with a token the leader makes for it.
-fn start_embedded_agent(
-    config: &LeaderConfig,
-    leader: &RunningLeader,
-) -> anyhow::Result<AgentTask> {
-    let dir = config
-        .agent
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| config.data_dir.join("agent"));
-    let mut agent = AgentConfig {
-        data_dir: dir.clone(),
-        name: config.agent.name.clone(),
-        ..AgentConfig::default()
-    };
+fn start_embedded_agent(config: &LeaderConfig, leader: &RunningLeader) -> anyhow::Result<AgentTask> {
+    let dir = config.agent.data_dir.clone().unwrap_or_else(|| config.data_dir.join("agent"));
+    let mut agent = AgentConfig { data_dir: dir.clone(), name: config.agent.name.clone(), ..AgentConfig::default() };
     let port = leader.local_addr.port();
     let ip = if leader.local_addr.ip().is_unspecified() {
         "127.0.0.1".to_string()

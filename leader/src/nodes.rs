@@ -53,11 +53,7 @@ pub struct LiveView {
 
 impl NodeRegistry {
     pub fn new(grace: Duration) -> Self {
-        NodeRegistry {
-            grace,
-            live: Mutex::new(HashMap::new()),
-            events: Mutex::new(VecDeque::new()),
-        }
+        NodeRegistry { grace, live: Mutex::new(HashMap::new()), events: Mutex::new(VecDeque::new()) }
     }
 
     pub fn grace(&self) -> Duration {
@@ -81,42 +77,25 @@ impl NodeRegistry {
 
     /// Registers a session; a newer epoch replaces (and closes) an older session, an older epoch
     /// is refused so that a stale connection can never evict a new one.
-    pub fn connect(
-        &self,
-        name: &str,
-        session: Session,
-        now: Instant,
-        now_ms: u64,
-    ) -> Result<(), StaleSession> {
+    pub fn connect(&self, name: &str, session: Session, now: Instant, now_ms: u64) -> Result<(), StaleSession> {
         let replaced = {
             let mut live = self.live.lock().expect("registry lock");
             let l = Self::entry(&mut live, name, now_ms);
             if let Some(cur) = &l.session {
                 if session.epoch < cur.epoch {
-                    return Err(StaleSession {
-                        offered: session.epoch,
-                        current: cur.epoch,
-                    });
+                    return Err(StaleSession { offered: session.epoch, current: cur.epoch });
                 }
             }
             let replaced = l.session.replace(session.clone());
             l.last_seen = Some(now);
             l.last_seen_ms = now_ms;
-            let changed = set_ready(
-                &mut l.ready,
-                ConditionStatus::True,
-                "AgentConnected",
-                "the agent is connected",
-                now_ms,
-            );
+            let changed =
+                set_ready(&mut l.ready, ConditionStatus::True, "AgentConnected", "the agent is connected", now_ms);
             if changed {
                 self.event(
                     name,
                     "NodeReady",
-                    format!(
-                        "agent connected from {} (session {})",
-                        session.address, session.epoch
-                    ),
+                    format!("agent connected from {} (session {})", session.address, session.epoch),
                     now_ms,
                     &mut live,
                 );
@@ -140,20 +119,8 @@ impl NodeRegistry {
         }
         l.last_seen = Some(now);
         l.last_seen_ms = now_ms;
-        if set_ready(
-            &mut l.ready,
-            ConditionStatus::True,
-            "AgentConnected",
-            "the agent is connected",
-            now_ms,
-        ) {
-            self.event(
-                name,
-                "NodeReady",
-                "heartbeats resumed".into(),
-                now_ms,
-                &mut live,
-            );
+        if set_ready(&mut l.ready, ConditionStatus::True, "AgentConnected", "the agent is connected", now_ms) {
+            self.event(name, "NodeReady", "heartbeats resumed".into(), now_ms, &mut live);
         }
         true
     }
@@ -164,23 +131,12 @@ impl NodeRegistry {
         let Some(l) = live.get_mut(name) else { return };
         if l.session.as_ref().map(|s| s.epoch) == Some(epoch) {
             l.session = None;
-            self.event(
-                name,
-                "SessionEnded",
-                format!("session {epoch} ended: {reason}"),
-                now_ms,
-                &mut live,
-            );
+            self.event(name, "SessionEnded", format!("session {epoch} ended: {reason}"), now_ms, &mut live);
         }
     }
 
     /// Marks nodes without contact for longer than the grace period NotReady; returns their names.
-    pub fn check(
-        &self,
-        nodes: impl IntoIterator<Item = String>,
-        now: Instant,
-        now_ms: u64,
-    ) -> Vec<String> {
+    pub fn check(&self, nodes: impl IntoIterator<Item = String>, now: Instant, now_ms: u64) -> Vec<String> {
         let mut live = self.live.lock().expect("registry lock");
         let mut changed = Vec::new();
         for name in nodes {
@@ -195,13 +151,7 @@ impl NodeRegistry {
                     silent_for.as_secs(),
                     self.grace.as_secs()
                 );
-                set_ready(
-                    &mut l.ready,
-                    ConditionStatus::False,
-                    "NodeStatusUnknown",
-                    &msg,
-                    now_ms,
-                );
+                set_ready(&mut l.ready, ConditionStatus::False, "NodeStatusUnknown", &msg, now_ms);
                 self.event(&name, "NodeNotReady", msg, now_ms, &mut live);
                 changed.push(name);
             }
@@ -220,21 +170,9 @@ impl NodeRegistry {
         }
     }
 
-    fn event(
-        &self,
-        name: &str,
-        reason: &str,
-        message: String,
-        now_ms: u64,
-        _held: &mut HashMap<String, Live>,
-    ) {
+    fn event(&self, name: &str, reason: &str, message: String, now_ms: u64, _held: &mut HashMap<String, Live>) {
         tracing::info!(node = name, reason, "{message}");
-        self.record(Event {
-            time_ms: now_ms,
-            object: format!("node/{name}"),
-            reason: reason.into(),
-            message,
-        });
+        self.record(Event { time_ms: now_ms, object: format!("node/{name}"), reason: reason.into(), message });
     }
 
     /// Adds an event to the bounded history.
@@ -248,23 +186,11 @@ impl NodeRegistry {
 
     /// Events about `object` (`kind/name`), oldest first.
     pub fn events_for(&self, object: &str) -> Vec<Event> {
-        self.events
-            .lock()
-            .expect("events lock")
-            .iter()
-            .filter(|e| e.object == object)
-            .cloned()
-            .collect()
+        self.events.lock().expect("events lock").iter().filter(|e| e.object == object).cloned().collect()
     }
 }
 
-fn set_ready(
-    c: &mut Condition,
-    status: ConditionStatus,
-    reason: &str,
-    message: &str,
-    now_ms: u64,
-) -> bool {
+fn set_ready(c: &mut Condition, status: ConditionStatus, reason: &str, message: &str, now_ms: u64) -> bool {
     let changed = c.status != status;
     if changed {
         c.last_transition_ms = now_ms;
@@ -280,11 +206,7 @@ mod tests {
     use super::*;
 
     fn session(epoch: u64) -> Session {
-        Session {
-            epoch,
-            address: "10.0.0.2:5000".into(),
-            connection: None,
-        }
+        Session { epoch, address: "10.0.0.2:5000".into(), connection: None }
     }
 
     #[test]
@@ -292,21 +214,12 @@ mod tests {
         let r = NodeRegistry::new(Duration::from_secs(15));
         let t = Instant::now();
         r.connect("pi", session(5), t, 0).unwrap();
-        assert_eq!(
-            r.connect("pi", session(4), t, 0),
-            Err(StaleSession {
-                offered: 4,
-                current: 5
-            })
-        );
+        assert_eq!(r.connect("pi", session(4), t, 0), Err(StaleSession { offered: 4, current: 5 }));
         r.connect("pi", session(6), t, 0).unwrap();
         // The old session's end must not remove the new one.
         r.disconnect("pi", 5, "closed", 0);
         assert_eq!(r.view("pi", 0).session_epoch, Some(6));
-        assert!(
-            !r.heartbeat("pi", 5, t, 0),
-            "heartbeats of old sessions are ignored"
-        );
+        assert!(!r.heartbeat("pi", 5, t, 0), "heartbeats of old sessions are ignored");
         assert!(r.heartbeat("pi", 6, t, 0));
         r.disconnect("pi", 6, "closed", 0);
         assert_eq!(r.view("pi", 0).session_epoch, None);
@@ -319,31 +232,16 @@ mod tests {
         r.connect("pi", session(1), t0, 1_000).unwrap();
         assert_eq!(r.view("pi", 1_000).ready.status, ConditionStatus::True);
         assert!(
-            r.check(["pi".to_string()], t0 + Duration::from_secs(15), 16_000)
-                .is_empty(),
+            r.check(["pi".to_string()], t0 + Duration::from_secs(15), 16_000).is_empty(),
             "not before the grace period ends"
         );
-        assert_eq!(
-            r.check(["pi".to_string()], t0 + Duration::from_secs(16), 17_000),
-            ["pi"]
-        );
+        assert_eq!(r.check(["pi".to_string()], t0 + Duration::from_secs(16), 17_000), ["pi"]);
         let v = r.view("pi", 17_000);
-        assert_eq!(
-            (v.ready.status, v.ready.last_transition_ms),
-            (ConditionStatus::False, 17_000)
-        );
-        assert!(
-            r.check(["pi".to_string()], t0 + Duration::from_secs(30), 31_000)
-                .is_empty(),
-            "reported once"
-        );
+        assert_eq!((v.ready.status, v.ready.last_transition_ms), (ConditionStatus::False, 17_000));
+        assert!(r.check(["pi".to_string()], t0 + Duration::from_secs(30), 31_000).is_empty(), "reported once");
         assert!(r.heartbeat("pi", 1, t0 + Duration::from_secs(31), 32_000));
         assert_eq!(r.view("pi", 32_000).ready.status, ConditionStatus::True);
-        let reasons: Vec<_> = r
-            .events_for("node/pi")
-            .into_iter()
-            .map(|e| e.reason)
-            .collect();
+        let reasons: Vec<_> = r.events_for("node/pi").into_iter().map(|e| e.reason).collect();
         assert_eq!(reasons, ["NodeReady", "NodeNotReady", "NodeReady"]);
     }
 

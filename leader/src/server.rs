@@ -31,10 +31,7 @@ pub enum LeaderError {
     #[error("{path} is not an initialised leader data dir (no pki/ca.crt); run `bramble-leader init` first")]
     NotInitialised { path: PathBuf },
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Pki(#[from] PkiError),
     #[error(transparent)]
@@ -61,8 +58,7 @@ impl RunningLeader {
     pub async fn shutdown(self, deadline: Duration) {
         info!("leader shutting down");
         self.cancel.cancel();
-        self.endpoint
-            .close(quinn::VarInt::from_u32(0), b"leader shutting down");
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"leader shutting down");
         self.tasks.close();
         let drain = async {
             self.tasks.wait().await;
@@ -86,51 +82,23 @@ fn read(path: PathBuf) -> Result<String, LeaderError> {
 pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> {
     let layout = Layout::new(&config.data_dir);
     if !layout.is_initialised() {
-        return Err(LeaderError::NotInitialised {
-            path: config.data_dir.clone(),
-        });
+        return Err(LeaderError::NotInitialised { path: config.data_dir.clone() });
     }
     let ca_pem = read(layout.ca_cert())?;
     let ca = Ca::load(&ca_pem, &read(layout.ca_key())?)?;
-    let tls = server_config(
-        &ca_pem,
-        &read(layout.leader_cert())?,
-        &read(layout.leader_key())?,
-    )?;
+    let tls = server_config(&ca_pem, &read(layout.leader_cert())?, &read(layout.leader_key())?)?;
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&layout.store())?);
     let registry = Arc::new(NodeRegistry::new(config.nodes.not_ready_after.0));
     let ca_fingerprint = ca.fingerprint();
-    let api = Arc::new(Api {
-        store,
-        ca,
-        registry,
-    });
+    let api = Arc::new(Api { store, ca, registry });
     let endpoint = server_endpoint(config.listen, tls)?;
-    let local_addr = endpoint
-        .local_addr()
-        .map_err(|source| TransportError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let local_addr = endpoint.local_addr().map_err(|source| TransportError::Bind { addr: config.listen, source })?;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
-    tasks.spawn(accept_loop(
-        endpoint.clone(),
-        api.clone(),
-        config.nodes.heartbeat.0,
-        cancel.clone(),
-        tasks.clone(),
-    ));
+    tasks.spawn(accept_loop(endpoint.clone(), api.clone(), config.nodes.heartbeat.0, cancel.clone(), tasks.clone()));
     tasks.spawn(monitor_nodes(api.clone(), cancel.clone()));
     info!(%local_addr, ca = %ca_fingerprint, "leader serving");
-    Ok(RunningLeader {
-        local_addr,
-        ca_fingerprint,
-        api,
-        endpoint,
-        cancel,
-        tasks,
-    })
+    Ok(RunningLeader { local_addr, ca_fingerprint, api, endpoint, cancel, tasks })
 }
 
 async fn accept_loop(
@@ -147,18 +115,11 @@ async fn accept_loop(
         };
         let remote = incoming.remote_address();
         let span = tracing::info_span!("conn", %remote);
-        tasks.spawn(
-            serve_connection(incoming, api.clone(), heartbeat, tasks.clone()).instrument(span),
-        );
+        tasks.spawn(serve_connection(incoming, api.clone(), heartbeat, tasks.clone()).instrument(span));
     }
 }
 
-async fn serve_connection(
-    incoming: quinn::Incoming,
-    api: Arc<Api>,
-    heartbeat: Duration,
-    tasks: TaskTracker,
-) {
+async fn serve_connection(incoming: quinn::Incoming, api: Arc<Api>, heartbeat: Duration, tasks: TaskTracker) {
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -172,15 +133,7 @@ async fn serve_connection(
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 tasks.spawn(
-                    serve_stream(
-                        conn.clone(),
-                        identity.clone(),
-                        api.clone(),
-                        heartbeat,
-                        send,
-                        recv,
-                    )
-                    .in_current_span(),
+                    serve_stream(conn.clone(), identity.clone(), api.clone(), heartbeat, send, recv).in_current_span(),
                 );
             }
             Err(e) => {
@@ -193,10 +146,7 @@ async fn serve_connection(
 
 /// The identity and key fingerprint from the peer's verified certificate, if it sent one.
 fn peer_identity(conn: &Connection) -> Option<(Identity, String)> {
-    let certs = conn
-        .peer_identity()?
-        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-        .ok()?;
+    let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
     match identity_of(certs.first()?) {
         Ok(id) => Some(id),
         Err(e) => {
@@ -214,12 +164,7 @@ async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let open = match tokio::time::timeout(
-        OPEN_TIMEOUT,
-        read_frame::<Open>(&mut recv, MAX_FRAME_LEN),
-    )
-    .await
-    {
+    let open = match tokio::time::timeout(OPEN_TIMEOUT, read_frame::<Open>(&mut recv, MAX_FRAME_LEN)).await {
         Ok(Ok(Some(open))) => open,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
@@ -236,7 +181,10 @@ async fn serve_stream(
     let version_error = (open.version != PROTOCOL_VERSION).then(|| {
         ApiError::new(
             ErrorCode::VersionMismatch,
-            format!("protocol version {} is not supported; this leader speaks version {PROTOCOL_VERSION}", open.version),
+            format!(
+                "protocol version {} is not supported; this leader speaks version {PROTOCOL_VERSION}",
+                open.version
+            ),
         )
     });
     match open.kind {
@@ -246,14 +194,9 @@ async fn serve_stream(
                 None => {
                     let api = api.clone();
                     let id = identity.map(|(id, _)| id);
-                    tokio::task::spawn_blocking(move || api.handle(id.as_ref(), request))
-                        .await
-                        .unwrap_or_else(|e| {
-                            Response::Error(ApiError::new(
-                                ErrorCode::Internal,
-                                format!("request failed: {e}"),
-                            ))
-                        })
+                    tokio::task::spawn_blocking(move || api.handle(id.as_ref(), request)).await.unwrap_or_else(|e| {
+                        Response::Error(ApiError::new(ErrorCode::Internal, format!("request failed: {e}")))
+                    })
                 }
             };
             if let Response::Error(e) = &response {
@@ -271,9 +214,7 @@ async fn serve_stream(
                 return;
             }
             let span = tracing::info_span!("session", node = %hello.node_name, epoch = hello.epoch);
-            session(conn, identity, api, heartbeat, hello, send, recv)
-                .instrument(span)
-                .await;
+            session(conn, identity, api, heartbeat, hello, send, recv).instrument(span).await;
         }
     }
 }
@@ -317,10 +258,7 @@ async fn session(
             )
         })?;
         if node.key_fingerprint != key_fp {
-            return Err(ApiError::new(
-                ErrorCode::PermissionDenied,
-                format!("node {n:?} is bound to another key"),
-            ));
+            return Err(ApiError::new(ErrorCode::PermissionDenied, format!("node {n:?} is bound to another key")));
         }
         a.update_node(&n, |node| {
             let changed = node.info != info;
@@ -332,30 +270,17 @@ async fn session(
     match checked {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return refuse(&mut send, e).await,
-        Err(e) => {
-            return refuse(&mut send, ApiError::new(ErrorCode::Internal, e.to_string())).await
-        }
+        Err(e) => return refuse(&mut send, ApiError::new(ErrorCode::Internal, e.to_string())).await,
     }
     let registry = api.registry.clone();
     let epoch = hello.epoch;
     let address = conn.remote_address().to_string();
-    let s = Session {
-        epoch,
-        address,
-        connection: Some(conn.clone()),
-    };
+    let s = Session { epoch, address, connection: Some(conn.clone()) };
     if let Err(stale) = registry.connect(&name, s, Instant::now(), now_ms()) {
-        return refuse(
-            &mut send,
-            ApiError::new(ErrorCode::Conflict, stale.to_string()),
-        )
-        .await;
+        return refuse(&mut send, ApiError::new(ErrorCode::Conflict, stale.to_string())).await;
     }
     info!("session started");
-    let welcome = LeaderMsg::Welcome {
-        epoch,
-        heartbeat_ms: heartbeat.as_millis() as u64,
-    };
+    let welcome = LeaderMsg::Welcome { epoch, heartbeat_ms: heartbeat.as_millis() as u64 };
     let reason = match write_frame(&mut send, &welcome).await {
         Err(e) => e.to_string(),
         Ok(()) => loop {
@@ -390,8 +315,7 @@ async fn session(
 
 /// Marks nodes NotReady when they fall silent; reads the store, never writes it.
 async fn monitor_nodes(api: Arc<Api>, cancel: CancellationToken) {
-    let period =
-        (api.registry.grace() / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let period = (api.registry.grace() / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -403,11 +327,7 @@ async fn monitor_nodes(api: Arc<Api>, cancel: CancellationToken) {
         let names = tokio::task::spawn_blocking(move || a.nodes()).await;
         match names {
             Ok(Ok(nodes)) => {
-                api.registry.check(
-                    nodes.into_iter().map(|n| n.meta.name),
-                    Instant::now(),
-                    now_ms(),
-                );
+                api.registry.check(nodes.into_iter().map(|n| n.meta.name), Instant::now(), now_ms());
             }
             Ok(Err(e)) => warn!("cannot list nodes: {e}"),
             Err(e) => warn!("node monitor: {e}"),

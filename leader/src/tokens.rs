@@ -31,8 +31,7 @@ fn random_chars(n: usize) -> Result<String, ApiError> {
     let mut out = String::with_capacity(n);
     while out.len() < n {
         let mut b = [0u8; 1];
-        rng.fill(&mut b)
-            .map_err(|_| ApiError::new(ErrorCode::Internal, "system random generator failed"))?;
+        rng.fill(&mut b).map_err(|_| ApiError::new(ErrorCode::Internal, "system random generator failed"))?;
         // 252 = 7 * 36: reject the tail so every character is equally likely.
         if b[0] < 252 {
             out.push(ALPHABET[(b[0] % 36) as usize] as char);
@@ -51,65 +50,35 @@ pub fn create(
     if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
         return Err(ApiError::new(
             ErrorCode::InvalidArgument,
-            format!(
-                "token ttl {} is out of range: expected 1m to 365d",
-                format_duration(ttl)
-            ),
+            format!("token ttl {} is out of range: expected 1m to 365d", format_duration(ttl)),
         ));
     }
-    let token = JoinToken {
-        ca_fingerprint: ca_fingerprint.to_string(),
-        id: random_chars(8)?,
-        secret: random_chars(32)?,
-    };
+    let token =
+        JoinToken { ca_fingerprint: ca_fingerprint.to_string(), id: random_chars(8)?, secret: random_chars(32)? };
     let expires_ms = now_ms + ttl.as_millis() as u64;
-    let stored = StoredToken {
-        secret_sha256: sha256_hex(token.secret.as_bytes()),
-        created_ms: now_ms,
-        expires_ms,
-    };
+    let stored = StoredToken { secret_sha256: sha256_hex(token.secret.as_bytes()), created_ms: now_ms, expires_ms };
     let value = serde_json::to_vec(&stored).expect("token serialises");
-    store
-        .put(&key(&token.id), &value, Expect::Absent)
-        .map_err(store_error)?;
+    store.put(&key(&token.id), &value, Expect::Absent).map_err(store_error)?;
     Ok((token, expires_ms))
 }
 
 /// Checks a token presented by a joining agent.
-pub fn verify(
-    store: &dyn Store,
-    ca_fingerprint: &str,
-    token: &str,
-    now_ms: u64,
-) -> Result<(), ApiError> {
+pub fn verify(store: &dyn Store, ca_fingerprint: &str, token: &str, now_ms: u64) -> Result<(), ApiError> {
     let unauth = |m: String| ApiError::new(ErrorCode::Unauthenticated, m);
-    let token: JoinToken = token
-        .parse()
-        .map_err(|e| unauth(format!("join refused: {e}")))?;
+    let token: JoinToken = token.parse().map_err(|e| unauth(format!("join refused: {e}")))?;
     if token.ca_fingerprint != ca_fingerprint {
-        return Err(unauth(
-            "join refused: the token was made for another cluster (its CA fingerprint differs)"
-                .into(),
-        ));
+        return Err(unauth("join refused: the token was made for another cluster (its CA fingerprint differs)".into()));
     }
-    let kv = store
-        .get(&key(&token.id))
-        .map_err(store_error)?
-        .ok_or_else(|| unauth(format!("join refused: token {} is not known to this leader (it was never created or was removed)", token.id)))?;
-    let stored: StoredToken = serde_json::from_slice(&kv.value).map_err(|e| {
-        ApiError::new(
-            ErrorCode::Internal,
-            format!("stored token {} is corrupt: {e}", token.id),
-        )
-    })?;
-    if !constant_time_eq(
-        stored.secret_sha256.as_bytes(),
-        sha256_hex(token.secret.as_bytes()).as_bytes(),
-    ) {
-        return Err(unauth(format!(
-            "join refused: wrong secret for token {}",
+    let kv = store.get(&key(&token.id)).map_err(store_error)?.ok_or_else(|| {
+        unauth(format!(
+            "join refused: token {} is not known to this leader (it was never created or was removed)",
             token.id
-        )));
+        ))
+    })?;
+    let stored: StoredToken = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("stored token {} is corrupt: {e}", token.id)))?;
+    if !constant_time_eq(stored.secret_sha256.as_bytes(), sha256_hex(token.secret.as_bytes()).as_bytes()) {
+        return Err(unauth(format!("join refused: wrong secret for token {}", token.id)));
     }
     if now_ms >= stored.expires_ms {
         let ago = Duration::from_millis(now_ms - stored.expires_ms);
@@ -148,30 +117,12 @@ mod tests {
         verify(&store, &fp, &t.to_string(), 2_000).unwrap();
         let e = verify(&store, &fp, &t.to_string(), expires + 5_000).unwrap_err();
         assert!(e.message.contains("expired 5s ago"), "{e}");
-        let wrong = JoinToken {
-            secret: "z".repeat(32),
-            ..t.clone()
-        };
-        assert!(verify(&store, &fp, &wrong.to_string(), 2_000)
-            .unwrap_err()
-            .message
-            .contains("wrong secret"));
-        let other = JoinToken {
-            ca_fingerprint: "b".repeat(64),
-            ..t.clone()
-        };
-        assert!(verify(&store, &fp, &other.to_string(), 2_000)
-            .unwrap_err()
-            .message
-            .contains("another cluster"));
-        let unknown = JoinToken {
-            id: "zzzzzzzz".into(),
-            ..t
-        };
-        assert!(verify(&store, &fp, &unknown.to_string(), 2_000)
-            .unwrap_err()
-            .message
-            .contains("not known"));
+        let wrong = JoinToken { secret: "z".repeat(32), ..t.clone() };
+        assert!(verify(&store, &fp, &wrong.to_string(), 2_000).unwrap_err().message.contains("wrong secret"));
+        let other = JoinToken { ca_fingerprint: "b".repeat(64), ..t.clone() };
+        assert!(verify(&store, &fp, &other.to_string(), 2_000).unwrap_err().message.contains("another cluster"));
+        let unknown = JoinToken { id: "zzzzzzzz".into(), ..t };
+        assert!(verify(&store, &fp, &unknown.to_string(), 2_000).unwrap_err().message.contains("not known"));
         assert!(create(&store, &fp, Duration::from_secs(1), 0).is_err());
     }
 }

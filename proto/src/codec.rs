@@ -55,10 +55,7 @@ pub struct FrameDecoder {
 
 impl FrameDecoder {
     pub fn new(max: usize) -> Self {
-        FrameDecoder {
-            buf: Vec::new(),
-            max,
-        }
+        FrameDecoder { buf: Vec::new(), max }
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
@@ -96,12 +93,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn open() -> Open {
-        Open {
-            version: PROTOCOL_VERSION,
-            kind: OpenKind::Call(Request::GetNode {
-                name: "pi-1".into(),
-            }),
-        }
+        Open { version: PROTOCOL_VERSION, kind: OpenKind::Call(Request::GetNode { name: "pi-1".into() }) }
     }
 
     #[test]
@@ -122,13 +114,8 @@ mod tests {
     fn oversized_frames_are_refused_before_allocating() {
         let mut d = FrameDecoder::new(1024);
         d.push(&u32::MAX.to_be_bytes());
-        assert!(
-            matches!(d.next::<Open>(), Err(CodecError::TooLarge { len, max: 1024 }) if len == u32::MAX as usize)
-        );
-        assert!(matches!(
-            encode(&"x".repeat(2000), 1024),
-            Err(CodecError::TooLarge { .. })
-        ));
+        assert!(matches!(d.next::<Open>(), Err(CodecError::TooLarge { len, max: 1024 }) if len == u32::MAX as usize));
+        assert!(matches!(encode(&"x".repeat(2000), 1024), Err(CodecError::TooLarge { .. })));
     }
 
     #[test]

@@ -44,31 +44,19 @@ impl ImageRef {
 impl FromStr for ImageRef {
     type Err = ImageRefError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let fail = |reason: &str| ImageRefError {
-            reference: s.to_string(),
-            reason: reason.to_string(),
-        };
+        let fail = |reason: &str| ImageRefError { reference: s.to_string(), reason: reason.to_string() };
         if s.is_empty() {
-            return Err(fail(
-                "expected a reference like \"registry.lan:5000/team/web:1.4\"",
-            ));
+            return Err(fail("expected a reference like \"registry.lan:5000/team/web:1.4\""));
         }
         if s.len() > 512 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(fail("expected at most 512 characters without spaces"));
         }
         let (rest, digest) = match s.split_once('@') {
             Some((r, d)) => {
-                let hex = d
-                    .strip_prefix("sha256:")
-                    .ok_or_else(|| fail("expected the digest as sha256:<64 hex digits>"))?;
-                if hex.len() != 64
-                    || !hex
-                        .bytes()
-                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-                {
-                    return Err(fail(
-                        "expected the digest as sha256:<64 lowercase hex digits>",
-                    ));
+                let hex =
+                    d.strip_prefix("sha256:").ok_or_else(|| fail("expected the digest as sha256:<64 hex digits>"))?;
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                    return Err(fail("expected the digest as sha256:<64 lowercase hex digits>"));
                 }
                 (r, Some(d.to_string()))
             }
@@ -83,24 +71,15 @@ impl FromStr for ImageRef {
         if let Some(tag) = tag {
             let ok = !tag.is_empty()
                 && tag.len() <= 128
-                && tag
-                    .bytes()
-                    .next()
-                    .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
-                && tag
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                && tag.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
             if !ok {
-                return Err(fail(
-                    "expected a tag of at most 128 letters, digits, '_', '.' or '-'",
-                ));
+                return Err(fail("expected a tag of at most 128 letters, digits, '_', '.' or '-'"));
             }
         }
         let mut parts: Vec<&str> = name.split('/').collect();
         let first = parts[0];
-        let registry = if parts.len() > 1
-            && (first.contains('.') || first.contains(':') || first == "localhost")
-        {
+        let registry = if parts.len() > 1 && (first.contains('.') || first.contains(':') || first == "localhost") {
             parts.remove(0);
             check_host(first).map_err(|r| fail(&r))?;
             first.to_string()
@@ -118,13 +97,7 @@ impl FromStr for ImageRef {
         if registry == DEFAULT_REGISTRY && parts.len() == 1 {
             repository = format!("library/{repository}");
         }
-        Ok(ImageRef {
-            registry,
-            repository,
-            tag: tag.map(str::to_string),
-            digest,
-            original: s.to_string(),
-        })
+        Ok(ImageRef { registry, repository, tag: tag.map(str::to_string), digest, original: s.to_string() })
     }
 }
 
@@ -135,9 +108,7 @@ fn check_host(host: &str) -> Result<(), String> {
     };
     if let Some(p) = port {
         if p.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err(format!(
-                "expected a registry port from 1 to 65535, found {p:?}"
-            ));
+            return Err(format!("expected a registry port from 1 to 65535, found {p:?}"));
         }
     }
     let ok = !h.is_empty()
@@ -159,10 +130,7 @@ fn path_component_ok(p: &str) -> bool {
     if b.is_empty() || !b[0].is_ascii_alphanumeric() || !b[b.len() - 1].is_ascii_alphanumeric() {
         return false;
     }
-    if !b
-        .iter()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
-    {
+    if !b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c)) {
         return false;
     }
     // Separators: '.', '_', '__' or runs of '-'; never two separators of other kinds in a row.
@@ -201,11 +169,7 @@ mod tests {
     fn parses_common_forms() {
         let r: ImageRef = "busybox".parse().unwrap();
         assert_eq!(
-            (
-                r.registry.as_str(),
-                r.repository.as_str(),
-                r.tag_or_default()
-            ),
+            (r.registry.as_str(), r.repository.as_str(), r.tag_or_default()),
             ("docker.io", "library/busybox", Some("latest"))
         );
         let r: ImageRef = "registry.lan:5000/team/web:1.4".parse().unwrap();

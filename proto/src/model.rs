@@ -288,25 +288,14 @@ mod tests {
         assert_eq!(Arch::try_from("arm64/v8".to_string()).unwrap(), Arch::Arm64);
         let json = serde_json::to_string(&Arch::ArmV7).unwrap();
         assert_eq!(json, "\"arm/v7\"");
-        assert_eq!(
-            Arch::host(),
-            if cfg!(target_arch = "x86_64") {
-                Arch::Amd64
-            } else {
-                Arch::host()
-            }
-        );
+        assert_eq!(Arch::host(), if cfg!(target_arch = "x86_64") { Arch::Amd64 } else { Arch::host() });
     }
 
     #[test]
     fn secret_debug_hides_data() {
         let mut data = BTreeMap::new();
         data.insert("password".to_string(), b"hunter2".to_vec());
-        let s = Secret {
-            meta: ObjectMeta::default(),
-            data,
-            version: 1,
-        };
+        let s = Secret { meta: ObjectMeta::default(), data, version: 1 };
         assert!(!format!("{s:?}").contains("hunter2"));
     }
 }

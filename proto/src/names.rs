@@ -10,11 +10,11 @@ pub struct NameError(pub String);
 
 /// Checks an RFC 1123 DNS label: 1–63 of `a-z`, `0-9`, `-`, starting and ending alphanumeric.
 pub fn check_dns_label(s: &str) -> Result<(), NameError> {
-    let expected = "expected a DNS label: 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit";
+    let expected =
+        "expected a DNS label: 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit";
     let ok = !s.is_empty()
         && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-');
     if ok {
@@ -41,11 +41,8 @@ pub fn check_label_key(s: &str) -> Result<(), NameError> {
         None => (None, s),
     };
     if let Some(p) = prefix {
-        check_dns_subdomain(p).map_err(|_| {
-            NameError(format!(
-                "invalid label key {s:?}: the prefix before '/' must be a DNS name"
-            ))
-        })?;
+        check_dns_subdomain(p)
+            .map_err(|_| NameError(format!("invalid label key {s:?}: the prefix before '/' must be a DNS name")))?;
     }
     if !label_chars_ok(name) || name.is_empty() {
         return Err(NameError(format!(
@@ -68,8 +65,7 @@ pub fn check_label_value(s: &str) -> Result<(), NameError> {
 
 fn label_chars_ok(s: &str) -> bool {
     s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
 }
@@ -77,9 +73,7 @@ fn label_chars_ok(s: &str) -> bool {
 /// Checks an environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
 pub fn check_env_name(s: &str) -> Result<(), NameError> {
     let mut bytes = s.bytes();
-    let ok = bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+    let ok = bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if ok {
         Ok(())

@@ -35,8 +35,7 @@ impl FromStr for Cpu {
         } else {
             parse_decimal_thousandths(s).ok_or_else(err)?
         };
-        Cpu::from_millis(millis)
-            .map_err(|e| QuantityError(format!("invalid cpu quantity {s:?}: {e}")))
+        Cpu::from_millis(millis).map_err(|e| QuantityError(format!("invalid cpu quantity {s:?}: {e}")))
     }
 }
 
@@ -58,18 +57,11 @@ fn parse_decimal_thousandths(s: &str) -> Option<u64> {
     if int.is_empty() && frac.is_empty() {
         return None;
     }
-    if !int.bytes().all(|b| b.is_ascii_digit())
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-        || frac.len() > 3
-    {
+    if !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) || frac.len() > 3 {
         return None;
     }
     let int: u64 = if int.is_empty() { 0 } else { int.parse().ok()? };
-    let frac_val: u64 = if frac.is_empty() {
-        0
-    } else {
-        frac.parse::<u64>().ok()? * 10u64.pow(3 - frac.len() as u32)
-    };
+    let frac_val: u64 = if frac.is_empty() { 0 } else { frac.parse::<u64>().ok()? * 10u64.pow(3 - frac.len() as u32) };
     int.checked_mul(1000)?.checked_add(frac_val)
 }
 
@@ -119,19 +111,12 @@ impl FromStr for Memory {
         let mult = if unit.is_empty() {
             1
         } else {
-            MEMORY_UNITS
-                .iter()
-                .find(|(u, _)| *u == unit)
-                .map(|(_, m)| *m)
-                .ok_or_else(err)?
+            MEMORY_UNITS.iter().find(|(u, _)| *u == unit).map(|(_, m)| *m).ok_or_else(err)?
         };
-        let bytes = num
-            .checked_mul(mult)
-            .ok_or_else(|| QuantityError(format!("invalid memory quantity {s:?}: too large")))?;
+        let bytes =
+            num.checked_mul(mult).ok_or_else(|| QuantityError(format!("invalid memory quantity {s:?}: too large")))?;
         if bytes == 0 {
-            return Err(QuantityError(format!(
-                "invalid memory quantity {s:?}: expected more than zero"
-            )));
+            return Err(QuantityError(format!("invalid memory quantity {s:?}: expected more than zero")));
         }
         Ok(Memory(bytes))
     }
@@ -150,14 +135,8 @@ impl fmt::Display for Memory {
 
 /// Formats bytes for humans in tables (`3.8Gi`, `512Mi`).
 pub fn human_bytes(bytes: u64) -> String {
-    let units = [
-        ("Ei", 1u64 << 60),
-        ("Pi", 1 << 50),
-        ("Ti", 1 << 40),
-        ("Gi", 1 << 30),
-        ("Mi", 1 << 20),
-        ("Ki", 1 << 10),
-    ];
+    let units =
+        [("Ei", 1u64 << 60), ("Pi", 1 << 50), ("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)];
     for (unit, mult) in units {
         if bytes >= mult {
             let v = bytes as f64 / mult as f64;
@@ -195,9 +174,7 @@ impl FromStr for HumanDuration {
             }
             let n: u64 = rest[..digits].parse().map_err(|_| err())?;
             rest = &rest[digits..];
-            let unit_len = rest
-                .find(|c: char| c.is_ascii_digit())
-                .unwrap_or(rest.len());
+            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
             let part = match &rest[..unit_len] {
                 "ms" => Duration::from_millis(n),
                 "s" => Duration::from_secs(n),
@@ -273,25 +250,19 @@ macro_rules! string_serde {
 
 string_serde!(Cpu, "a cpu quantity like \"250m\" or \"0.5\"", |v| {
     if v < 0 {
-        return Err(QuantityError(format!(
-            "invalid cpu quantity {v}: expected more than zero"
-        )));
+        return Err(QuantityError(format!("invalid cpu quantity {v}: expected more than zero")));
     }
     Cpu::from_millis((v as u64).saturating_mul(1000))
         .map_err(|e| QuantityError(format!("invalid cpu quantity {v}: {e}")))
 });
 string_serde!(Memory, "a memory quantity like \"64Mi\"", |v| {
     if v <= 0 {
-        return Err(QuantityError(format!(
-            "invalid memory quantity {v}: expected more than zero bytes"
-        )));
+        return Err(QuantityError(format!("invalid memory quantity {v}: expected more than zero bytes")));
     }
     Ok(Memory(v as u64))
 });
 string_serde!(HumanDuration, "a duration like \"10s\" or \"5m\"", |v| {
-    Err(QuantityError(format!(
-        "invalid duration {v}: expected a string with a unit like \"{v}s\""
-    )))
+    Err(QuantityError(format!("invalid duration {v}: expected a string with a unit like \"{v}s\"")))
 });
 
 #[cfg(test)]
@@ -304,17 +275,7 @@ mod tests {
         assert_eq!("0.5".parse::<Cpu>().unwrap(), Cpu(500));
         assert_eq!("2".parse::<Cpu>().unwrap(), Cpu(2000));
         assert_eq!(".25".parse::<Cpu>().unwrap(), Cpu(250));
-        for bad in [
-            "0.25cores",
-            "",
-            "m",
-            "-1",
-            "1.2345",
-            "0",
-            "0m",
-            "2000",
-            "1e3",
-        ] {
+        for bad in ["0.25cores", "", "m", "-1", "1.2345", "0", "0m", "2000", "1e3"] {
             assert!(bad.parse::<Cpu>().is_err(), "{bad:?}");
         }
         assert_eq!(Cpu(250).to_string(), "250m");
@@ -337,14 +298,8 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(
-            "1h30m".parse::<HumanDuration>().unwrap().0,
-            Duration::from_secs(5400)
-        );
-        assert_eq!(
-            "500ms".parse::<HumanDuration>().unwrap().0,
-            Duration::from_millis(500)
-        );
+        assert_eq!("1h30m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(5400));
+        assert_eq!("500ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(500));
         for bad in ["", "10", "s", "1x", "1.5h", "-1s"] {
             assert!(bad.parse::<HumanDuration>().is_err(), "{bad:?}");
         }

@@ -28,21 +28,9 @@ impl fmt::Display for SourceError {
 
 impl SourceError {
     /// Builds an error located at byte offset `offset` of `text`.
-    pub fn at(
-        file: &str,
-        text: &str,
-        offset: usize,
-        field: &str,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn at(file: &str, text: &str, offset: usize, field: &str, message: impl Into<String>) -> Self {
         let (line, column) = line_col(text, offset);
-        SourceError {
-            file: file.to_string(),
-            line,
-            column,
-            field: field.to_string(),
-            message: message.into(),
-        }
+        SourceError { file: file.to_string(), line, column, field: field.to_string(), message: message.into() }
     }
 }
 
@@ -107,9 +95,7 @@ pub fn locate(text: &str, path: &[Seg<'_>]) -> usize {
     let mut array = None;
     for seg in path {
         let value = match (*seg, table, array) {
-            (Seg::Key(k), Some(t), _) => {
-                t.iter().find(|(key, _)| key.get_ref() == k).map(|(_, v)| v)
-            }
+            (Seg::Key(k), Some(t), _) => t.iter().find(|(key, _)| key.get_ref() == k).map(|(_, v)| v),
             (Seg::Index(i), _, Some(a)) => {
                 let a: &toml::de::DeArray<'_> = a;
                 a.get(i)
@@ -136,26 +122,9 @@ mod locate_tests {
     #[test]
     fn finds_nested_values() {
         let t = "[[app]]\nname = \"a\"\n\n[[app]]\nname = \"b\"\n[app.resources]\ncpu = \"1\"\n";
+        assert_eq!(line_col(t, locate(t, &[Seg::Key("app"), Seg::Index(1), Seg::Key("name")])), (5, 8));
         assert_eq!(
-            line_col(
-                t,
-                locate(t, &[Seg::Key("app"), Seg::Index(1), Seg::Key("name")])
-            ),
-            (5, 8)
-        );
-        assert_eq!(
-            line_col(
-                t,
-                locate(
-                    t,
-                    &[
-                        Seg::Key("app"),
-                        Seg::Index(1),
-                        Seg::Key("resources"),
-                        Seg::Key("cpu")
-                    ]
-                )
-            ),
+            line_col(t, locate(t, &[Seg::Key("app"), Seg::Index(1), Seg::Key("resources"), Seg::Key("cpu")])),
             (7, 7)
         );
     }

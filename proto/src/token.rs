@@ -37,54 +37,30 @@ impl FromStr for JoinToken {
     type Err = TokenError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        let rest = s.strip_prefix(PREFIX).ok_or(TokenError(
-            "expected it to start with \"BR1\" (as printed by `bramble token create`)",
-        ))?;
-        let (fp, cred) = rest
-            .split_once("::")
-            .ok_or(TokenError("expected BR1<ca-sha256>::<id>.<secret>"))?;
-        if fp.len() != 64
-            || !fp
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        {
-            return Err(TokenError(
-                "expected 64 lowercase hex digits of the CA fingerprint after \"BR1\"",
-            ));
+        let rest = s
+            .strip_prefix(PREFIX)
+            .ok_or(TokenError("expected it to start with \"BR1\" (as printed by `bramble token create`)"))?;
+        let (fp, cred) = rest.split_once("::").ok_or(TokenError("expected BR1<ca-sha256>::<id>.<secret>"))?;
+        if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+            return Err(TokenError("expected 64 lowercase hex digits of the CA fingerprint after \"BR1\""));
         }
-        let (id, secret) = cred
-            .split_once('.')
-            .ok_or(TokenError("expected <id>.<secret> after \"::\""))?;
+        let (id, secret) = cred.split_once('.').ok_or(TokenError("expected <id>.<secret> after \"::\""))?;
         let alnum = |v: &str, min, max| {
-            (min..=max).contains(&v.len())
-                && v.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            (min..=max).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         };
         if !alnum(id, 6, 16) {
-            return Err(TokenError(
-                "expected a token id of 6 to 16 lowercase letters or digits",
-            ));
+            return Err(TokenError("expected a token id of 6 to 16 lowercase letters or digits"));
         }
         if !alnum(secret, 16, 64) {
-            return Err(TokenError(
-                "expected a token secret of 16 to 64 lowercase letters or digits",
-            ));
+            return Err(TokenError("expected a token secret of 16 to 64 lowercase letters or digits"));
         }
-        Ok(JoinToken {
-            ca_fingerprint: fp.to_string(),
-            id: id.to_string(),
-            secret: secret.to_string(),
-        })
+        Ok(JoinToken { ca_fingerprint: fp.to_string(), id: id.to_string(), secret: secret.to_string() })
     }
 }
 
 impl fmt::Display for JoinToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{PREFIX}{}::{}.{}",
-            self.ca_fingerprint, self.id, self.secret
-        )
+        write!(f, "{PREFIX}{}::{}.{}", self.ca_fingerprint, self.id, self.secret)
     }
 }
 
@@ -95,9 +71,7 @@ mod tests {
     #[test]
     fn round_trip_and_refusals() {
         let fp = "ab".repeat(32);
-        let t: JoinToken = format!("BR1{fp}::abc123.0123456789abcdef0123")
-            .parse()
-            .unwrap();
+        let t: JoinToken = format!("BR1{fp}::abc123.0123456789abcdef0123").parse().unwrap();
         assert_eq!(t.id, "abc123");
         assert_eq!(t.to_string().parse::<JoinToken>().unwrap(), t);
         assert!(!format!("{t:?}").contains("0123456789abcdef"));

@@ -22,9 +22,7 @@ pub struct AdminConfig {
 
 impl std::fmt::Debug for AdminConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminConfig")
-            .field("leaders", &self.leaders)
-            .finish_non_exhaustive()
+        f.debug_struct("AdminConfig").field("leaders", &self.leaders).finish_non_exhaustive()
     }
 }
 
@@ -38,21 +36,12 @@ impl AdminConfig {
                 text,
                 at,
                 "version",
-                format!(
-                    "expected version {ADMIN_CONFIG_VERSION}, found {}",
-                    cfg.version
-                ),
+                format!("expected version {ADMIN_CONFIG_VERSION}, found {}", cfg.version),
             ));
         }
         if cfg.leaders.is_empty() {
             let at = text.find("leaders").unwrap_or(0);
-            return Err(SourceError::at(
-                file,
-                text,
-                at,
-                "leaders",
-                "expected at least one leader address",
-            ));
+            return Err(SourceError::at(file, text, at, "leaders", "expected at least one leader address"));
         }
         Ok(cfg)
     }
@@ -89,11 +78,7 @@ mod tests {
             key: "k\n".into(),
         };
         assert_eq!(AdminConfig::parse("a.toml", &c.render()).unwrap(), c);
-        let e = AdminConfig::parse(
-            "a.toml",
-            "version = 1\nleaders = []\nca=''\ncert=''\nkey=''\n",
-        )
-        .unwrap_err();
+        let e = AdminConfig::parse("a.toml", "version = 1\nleaders = []\nca=''\ncert=''\nkey=''\n").unwrap_err();
         assert_eq!((e.line, e.field.as_str()), (2, "leaders"));
     }
 }

@@ -7,8 +7,8 @@
 
 use bramble_proto::wire::LEADER_SERVER_NAME;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use ring::rand::SecureRandom;
 use rustls::pki_types::pem::PemObject;
@@ -62,9 +62,7 @@ pub struct Issued {
 
 impl std::fmt::Debug for Issued {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Issued")
-            .field("cert_pem", &self.cert_pem)
-            .finish_non_exhaustive()
+        f.debug_struct("Issued").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
     }
 }
 
@@ -77,9 +75,7 @@ pub struct Ca {
 
 impl std::fmt::Debug for Ca {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ca")
-            .field("fingerprint", &self.fingerprint())
-            .finish_non_exhaustive()
+        f.debug_struct("Ca").field("fingerprint", &self.fingerprint()).finish_non_exhaustive()
     }
 }
 
@@ -90,30 +86,18 @@ impl Ca {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = dn(&format!("bramble cluster CA {cluster}"));
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         validity(&mut params, CA_VALIDITY)?;
         let cert = params.self_signed(&key)?;
-        Ok(Ca {
-            cert_pem: cert.pem(),
-            cert_der: cert.der().to_vec(),
-            key,
-        })
+        Ok(Ca { cert_pem: cert.pem(), cert_der: cert.der().to_vec(), key })
     }
 
     /// Loads a CA from its certificate and key (PEM).
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<Ca, PkiError> {
-        let key =
-            KeyPair::from_pem(key_pem).map_err(|e| PkiError::BadPem(format!("CA key: {e}")))?;
+        let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::BadPem(format!("CA key: {e}")))?;
         let cert_der = cert_der_from_pem(cert_pem)?.to_vec();
-        let ca = Ca {
-            cert_pem: cert_pem.to_string(),
-            cert_der,
-            key,
-        };
+        let ca = Ca { cert_pem: cert_pem.to_string(), cert_der, key };
         ca.issuer()?; // refuse a certificate we cannot sign with
         Ok(ca)
     }
@@ -147,10 +131,7 @@ impl Ca {
         names.dedup();
         let mut params = CertificateParams::new(names)?;
         params.distinguished_name = dn("leader");
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(params)
     }
 
@@ -167,20 +148,13 @@ impl Ca {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         validity(&mut params, LEAF_VALIDITY)?;
         let cert = params.signed_by(&key, &self.issuer()?)?;
-        Ok(Issued {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
     /// Signs a node's CSR for `node_name`. Only the CSR's public key is used (after its signature
     /// is verified); the names and usages come from the CA. Returns the certificate (PEM) and the
     /// fingerprint of the node's public key.
-    pub fn sign_node_csr(
-        &self,
-        csr_pem: &str,
-        node_name: &str,
-    ) -> Result<(String, String), PkiError> {
+    pub fn sign_node_csr(&self, csr_pem: &str, node_name: &str) -> Result<(String, String), PkiError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)?;
         let mut params = CertificateParams::new(vec![node_name.to_string()])?;
         params.distinguished_name = dn(&format!("node:{node_name}"));
@@ -188,10 +162,7 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         validity(&mut params, LEAF_VALIDITY)?;
         let cert = params.signed_by(&csr.public_key, &self.issuer()?)?;
-        Ok((
-            cert.pem(),
-            sha256_hex(rcgen::PublicKeyData::der_bytes(&csr.public_key)),
-        ))
+        Ok((cert.pem(), sha256_hex(rcgen::PublicKeyData::der_bytes(&csr.public_key))))
     }
 }
 
@@ -208,9 +179,7 @@ fn validity(params: &mut CertificateParams, valid_for: Duration) -> Result<(), P
     params.not_before = now - Duration::from_secs(3600);
     params.not_after = now + valid_for;
     let mut serial = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut serial)
-        .map_err(|_| PkiError::Random)?;
+    ring::rand::SystemRandom::new().fill(&mut serial).map_err(|_| PkiError::Random)?;
     serial[0] &= 0x7f;
     params.serial_number = Some(SerialNumber::from_slice(&serial));
     Ok(())
@@ -227,29 +196,23 @@ pub fn node_csr(node_name: &str) -> Result<(String, String), PkiError> {
 
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The first certificate in a PEM text, as DER.
 pub fn cert_der_from_pem(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
-    CertificateDer::from_pem_slice(pem.as_bytes())
-        .map_err(|e| PkiError::BadPem(format!("certificate: {e}")))
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::BadPem(format!("certificate: {e}")))
 }
 
 /// The first private key in a PEM text, as DER.
 pub fn key_der_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes())
-        .map_err(|e| PkiError::BadPem(format!("private key: {e}")))
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::BadPem(format!("private key: {e}")))
 }
 
 /// Reads the identity (subject common name) and public-key fingerprint of a certificate (DER).
 pub fn identity_of(cert_der: &[u8]) -> Result<(Identity, String), PkiError> {
     use x509_parser::prelude::*;
-    let (_, cert) =
-        X509Certificate::from_der(cert_der).map_err(|e| PkiError::BadCert(e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(cert_der).map_err(|e| PkiError::BadCert(e.to_string()))?;
     let cn = cert
         .subject()
         .iter_common_name()
@@ -263,9 +226,7 @@ pub fn identity_of(cert_der: &[u8]) -> Result<(Identity, String), PkiError> {
     } else if let Some(n) = cn.strip_prefix("admin:") {
         Identity::Admin(n.to_string())
     } else {
-        return Err(PkiError::BadCert(format!(
-            "unknown identity {cn:?} in certificate"
-        )));
+        return Err(PkiError::BadCert(format!("unknown identity {cn:?} in certificate")));
     };
     let key_fp = sha256_hex(&cert.public_key().subject_public_key.data);
     Ok((identity, key_fp))
@@ -301,10 +262,7 @@ mod tests {
     #[test]
     fn garbage_csr_is_refused() {
         let ca = Ca::generate("test").unwrap();
-        assert!(matches!(
-            ca.sign_node_csr("not a csr", "x"),
-            Err(PkiError::BadCsr(_))
-        ));
+        assert!(matches!(ca.sign_node_csr("not a csr", "x"), Err(PkiError::BadCsr(_))));
         let (csr, _) = node_csr("pi-1").unwrap();
         let tampered = csr.replacen("MII", "MIJ", 1);
         assert!(ca.sign_node_csr(&tampered, "pi-1").is_err());

@@ -2,13 +2,9 @@
 
 use crate::tls::TlsError;
 use bramble_proto::codec::{self, CodecError, MAX_FRAME_LEN};
-use bramble_proto::wire::{
-    Open, OpenKind, Request, Response, LEADER_SERVER_NAME, PROTOCOL_VERSION,
-};
+use bramble_proto::wire::{Open, OpenKind, Request, Response, LEADER_SERVER_NAME, PROTOCOL_VERSION};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{
-    ClientConfig, Connection, Endpoint, RecvStream, SendStream, ServerConfig, TransportConfig,
-};
+use quinn::{ClientConfig, Connection, Endpoint, RecvStream, SendStream, ServerConfig, TransportConfig};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -25,20 +21,11 @@ pub enum TransportError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot open a QUIC endpoint on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: SocketAddr,
-        source: quinn::ConnectError,
-    },
+    Connect { addr: SocketAddr, source: quinn::ConnectError },
     #[error("connection to {addr} failed: {source}")]
-    Handshake {
-        addr: SocketAddr,
-        source: quinn::ConnectionError,
-    },
+    Handshake { addr: SocketAddr, source: quinn::ConnectionError },
     #[error("connection lost: {0}")]
     Connection(#[from] quinn::ConnectionError),
     #[error("cannot send: {0}")]
@@ -51,6 +38,8 @@ pub enum TransportError {
     Codec(#[from] CodecError),
     #[error("the peer closed the stream without answering")]
     NoResponse,
+    #[error("{0}")]
+    Rejected(String),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
 }
@@ -59,9 +48,7 @@ impl TransportError {
     /// Whether the error means the leader could not be reached at all (as opposed to a refusal).
     pub fn is_unreachable(&self) -> bool {
         match self {
-            TransportError::Timeout(_)
-            | TransportError::Bind { .. }
-            | TransportError::Connect { .. } => true,
+            TransportError::Timeout(_) | TransportError::Bind { .. } | TransportError::Connect { .. } => true,
             TransportError::Handshake { source, .. } => matches!(
                 source,
                 quinn::ConnectionError::TimedOut
@@ -87,12 +74,9 @@ fn transport_config() -> Arc<TransportConfig> {
 }
 
 /// A server endpoint (the leader).
-pub fn server_endpoint(
-    addr: SocketAddr,
-    tls: rustls::ServerConfig,
-) -> Result<Endpoint, TransportError> {
-    let crypto = QuicServerConfig::try_from(tls)
-        .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+pub fn server_endpoint(addr: SocketAddr, tls: rustls::ServerConfig) -> Result<Endpoint, TransportError> {
+    let crypto =
+        QuicServerConfig::try_from(tls).map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
     let mut cfg = ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(transport_config());
     Endpoint::server(cfg, addr).map_err(|source| TransportError::Bind { addr, source })
@@ -100,11 +84,8 @@ pub fn server_endpoint(
 
 /// A client endpoint bound to an ephemeral port of the right address family.
 pub fn client_endpoint(peer: SocketAddr) -> Result<Endpoint, TransportError> {
-    let bind: SocketAddr = if peer.is_ipv6() {
-        "[::]:0".parse().expect("addr")
-    } else {
-        "0.0.0.0:0".parse().expect("addr")
-    };
+    let bind: SocketAddr =
+        if peer.is_ipv6() { "[::]:0".parse().expect("addr") } else { "0.0.0.0:0".parse().expect("addr") };
     Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })
 }
 
@@ -115,8 +96,8 @@ pub async fn connect(
     tls: rustls::ClientConfig,
     timeout: Duration,
 ) -> Result<Connection, TransportError> {
-    let crypto = QuicClientConfig::try_from(tls)
-        .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+    let crypto =
+        QuicClientConfig::try_from(tls).map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
     let mut cfg = ClientConfig::new(Arc::new(crypto));
     cfg.transport_config(transport_config());
     let connecting = endpoint
@@ -130,20 +111,14 @@ pub async fn connect(
 }
 
 /// Writes one frame.
-pub async fn write_frame<T: Serialize>(
-    send: &mut SendStream,
-    msg: &T,
-) -> Result<(), TransportError> {
+pub async fn write_frame<T: Serialize>(send: &mut SendStream, msg: &T) -> Result<(), TransportError> {
     let frame = codec::encode(msg, MAX_FRAME_LEN)?;
     send.write_all(&frame).await?;
     Ok(())
 }
 
 /// Reads one frame; `None` when the peer finished the stream cleanly between frames.
-pub async fn read_frame<T: DeserializeOwned>(
-    recv: &mut RecvStream,
-    max: usize,
-) -> Result<Option<T>, TransportError> {
+pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream, max: usize) -> Result<Option<T>, TransportError> {
     let mut prefix = [0u8; 4];
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
@@ -154,36 +129,44 @@ pub async fn read_frame<T: DeserializeOwned>(
     let len = codec::frame_len(prefix, max)?;
     let mut payload = vec![0u8; len];
     recv.read_exact(&mut payload).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(n) => {
-            TransportError::Codec(CodecError::Truncated(4 + n))
-        }
+        quinn::ReadExactError::FinishedEarly(n) => TransportError::Codec(CodecError::Truncated(4 + n)),
         e => e.into(),
     })?;
     Ok(Some(codec::decode(&payload)?))
 }
 
 /// Sends one request on a new stream and waits for its response.
-pub async fn call(
-    conn: &Connection,
-    request: Request,
-    timeout: Duration,
-) -> Result<Response, TransportError> {
+pub async fn call(conn: &Connection, request: Request, timeout: Duration) -> Result<Response, TransportError> {
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await?;
-        write_frame(
-            &mut send,
-            &Open {
-                version: PROTOCOL_VERSION,
-                kind: OpenKind::Call(request),
-            },
-        )
-        .await?;
+        write_frame(&mut send, &Open { version: PROTOCOL_VERSION, kind: OpenKind::Call(request) }).await?;
         send.finish()?;
-        read_frame::<Response>(&mut recv, MAX_FRAME_LEN)
-            .await?
-            .ok_or(TransportError::NoResponse)
+        read_frame::<Response>(&mut recv, MAX_FRAME_LEN).await?.ok_or(TransportError::NoResponse)
     };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| TransportError::Timeout(timeout))?
+    let result = tokio::time::timeout(timeout, exchange).await.map_err(|_| TransportError::Timeout(timeout))?;
+    // With TLS 1.3 the server checks our certificate after the client has finished its side of
+    // the handshake, so a refusal shows up as a closed connection: say why.
+    result.map_err(|e| rejection(conn).unwrap_or(e))
+}
+
+/// Why the peer closed `conn` during the TLS handshake, in words, if it did.
+pub fn rejection(conn: &Connection) -> Option<TransportError> {
+    let quinn::ConnectionError::ConnectionClosed(close) = conn.close_reason()? else { return None };
+    let code = u64::from(close.error_code);
+    if !(0x100..0x200).contains(&code) {
+        return None;
+    }
+    let alert = code - 0x100;
+    let what = match alert {
+        42 => "bad certificate",
+        43 => "unsupported certificate",
+        44 => "certificate revoked",
+        45 => "certificate expired",
+        46 => "certificate unknown",
+        48 => "certificate from an unknown CA (not this cluster's)",
+        116 => "a certificate is required",
+        120 => "no common application protocol (not a Bramble peer?)",
+        _ => "handshake failure",
+    };
+    Some(TransportError::Rejected(format!("the peer rejected the TLS handshake: {what} (alert {alert})")))
 }

@@ -11,15 +11,7 @@ pub struct Args {
 }
 
 pub async fn run(config: Option<PathBuf>, args: Args, cordoned: bool) -> Result<(), CliError> {
-    match request(
-        config,
-        Request::SetCordon {
-            name: args.name,
-            cordoned,
-        },
-    )
-    .await?
-    {
+    match request(config, Request::SetCordon { name: args.name, cordoned }).await? {
         Response::Done(m) => {
             println!("{m}");
             Ok(())

@@ -28,10 +28,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         r => return Err(unexpected(&r)),
     };
     if args.output == Format::Json {
-        print!(
-            "{}",
-            json(&serde_json::json!({ "node": v, "events": events }))
-        );
+        print!("{}", json(&serde_json::json!({ "node": v, "events": events })));
         return Ok(());
     }
     let n = &v.node;
@@ -45,11 +42,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         if labels.is_empty() {
             "<none>".into()
         } else {
-            labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join("\n               ")
+            labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\n               ")
         }
     );
     let _ = writeln!(s, "Unschedulable: {}", n.unschedulable);
@@ -61,11 +54,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let _ = writeln!(s, "  Agent:       {}", n.info.agent_version);
     let _ = writeln!(s, "Addresses:");
     if let Some(a) = &v.session_address {
-        let _ = writeln!(
-            s,
-            "  Session:     {a} (epoch {})",
-            v.session_epoch.unwrap_or(0)
-        );
+        let _ = writeln!(s, "  Session:     {a} (epoch {})", v.session_epoch.unwrap_or(0));
     }
     for a in &n.info.addresses {
         let _ = writeln!(s, "  Interface:   {a}");
@@ -109,13 +98,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         let _ = writeln!(s, "  <none>");
     }
     for e in events.iter().rev().take(20).rev() {
-        let _ = writeln!(
-            s,
-            "  {:>8} ago  {:<16} {}",
-            super::age(e.time_ms),
-            e.reason,
-            e.message
-        );
+        let _ = writeln!(s, "  {:>8} ago  {:<16} {}", super::age(e.time_ms), e.reason, e.message);
     }
     print!("{s}");
     Ok(())

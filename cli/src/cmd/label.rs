@@ -34,16 +34,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
             )));
         }
     }
-    match request(
-        config,
-        Request::LabelNode {
-            name: args.name,
-            set,
-            remove,
-        },
-    )
-    .await?
-    {
+    match request(config, Request::LabelNode { name: args.name, set, remove }).await? {
         Response::Done(m) => {
             println!("{m}");
             Ok(())

@@ -9,9 +9,7 @@ pub mod token;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Time since `ms`, kubectl style (`5m`, `3h12m`).
@@ -19,7 +17,5 @@ pub fn age(ms: u64) -> String {
     if ms == 0 {
         return "<unknown>".into();
     }
-    bramble_proto::quantity::format_duration(std::time::Duration::from_secs(
-        now_ms().saturating_sub(ms) / 1000,
-    ))
+    bramble_proto::quantity::format_duration(std::time::Duration::from_secs(now_ms().saturating_sub(ms) / 1000))
 }

@@ -23,14 +23,7 @@ enum Action {
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let Action::Create { ttl } = args.action;
-    match request(
-        config,
-        Request::CreateToken {
-            ttl_secs: ttl.0.as_secs(),
-        },
-    )
-    .await?
-    {
+    match request(config, Request::CreateToken { ttl_secs: ttl.0.as_secs() }).await? {
         Response::Token { token, .. } => {
             println!("{token}");
             Ok(())

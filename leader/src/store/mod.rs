@@ -37,11 +37,7 @@ pub enum Expect {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("conflict on {key}: expected {expected:?}, found revision {found:?}")]
-    Conflict {
-        key: String,
-        expected: Expect,
-        found: Option<u64>,
-    },
+    Conflict { key: String, expected: Expect, found: Option<u64> },
     #[error("revision {requested} is no longer available to watch from (oldest is {oldest})")]
     Compacted { requested: u64, oldest: u64 },
     #[error("store: {0}")]
@@ -91,14 +87,9 @@ impl Watch {
                 None => match self.live.recv().await {
                     Ok(ev) => ev,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        return Err(StoreError::Compacted {
-                            requested: self.last + 1,
-                            oldest: 0,
-                        })
+                        return Err(StoreError::Compacted { requested: self.last + 1, oldest: 0 })
                     }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return Err(StoreError::Backend("store closed".into()))
-                    }
+                    Err(broadcast::error::RecvError::Closed) => return Err(StoreError::Backend("store closed".into())),
                 },
             };
             if ev.revision <= self.last {
@@ -122,10 +113,7 @@ pub(crate) struct Changes {
 impl Changes {
     pub(crate) fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity);
-        Changes {
-            inner: Mutex::new((VecDeque::with_capacity(capacity), tx)),
-            capacity,
-        }
+        Changes { inner: Mutex::new((VecDeque::with_capacity(capacity), tx)), capacity }
     }
 
     pub(crate) fn publish(&self, ev: WatchEvent) {
@@ -137,29 +125,16 @@ impl Changes {
         let _ = g.1.send(ev);
     }
 
-    pub(crate) fn watch(
-        &self,
-        prefix: &str,
-        after: u64,
-        current: u64,
-    ) -> Result<Watch, StoreError> {
+    pub(crate) fn watch(&self, prefix: &str, after: u64, current: u64) -> Result<Watch, StoreError> {
         let g = self.inner.lock().expect("changes lock");
         if after < current {
             let oldest = g.0.front().map_or(current + 1, |e| e.revision);
             if after + 1 < oldest {
-                return Err(StoreError::Compacted {
-                    requested: after + 1,
-                    oldest,
-                });
+                return Err(StoreError::Compacted { requested: after + 1, oldest });
             }
         }
         let backlog = g.0.iter().filter(|e| e.revision > after).cloned().collect();
-        Ok(Watch {
-            prefix: prefix.to_string(),
-            backlog,
-            live: g.1.subscribe(),
-            last: after,
-        })
+        Ok(Watch { prefix: prefix.to_string(), backlog, live: g.1.subscribe(), last: after })
     }
 }
 

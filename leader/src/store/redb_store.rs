@@ -23,9 +23,7 @@ pub struct RedbStore {
 
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbStore")
-            .field("revision", &self.revision())
-            .finish_non_exhaustive()
+        f.debug_struct("RedbStore").field("revision", &self.revision()).finish_non_exhaustive()
     }
 }
 
@@ -44,34 +42,23 @@ fn pack(create: u64, modified: u64, value: &[u8]) -> Vec<u8> {
 
 fn unpack(key: &str, raw: &[u8]) -> Result<KeyValue, StoreError> {
     if raw.len() < 16 {
-        return Err(StoreError::Backend(format!(
-            "corrupt record for {key}: {} bytes",
-            raw.len()
-        )));
+        return Err(StoreError::Backend(format!("corrupt record for {key}: {} bytes", raw.len())));
     }
     let create = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
     let modified = u64::from_be_bytes(raw[8..16].try_into().expect("8 bytes"));
-    Ok(KeyValue {
-        key: key.to_string(),
-        value: raw[16..].to_vec(),
-        create_revision: create,
-        mod_revision: modified,
-    })
+    Ok(KeyValue { key: key.to_string(), value: raw[16..].to_vec(), create_revision: create, mod_revision: modified })
 }
 
 impl RedbStore {
     /// Opens the store file at `path`, creating it if needed.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path)
-            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        let db =
+            Database::create(path).map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(backend)?;
         let revision = {
             txn.open_table(KV).map_err(backend)?;
             let meta = txn.open_table(META).map_err(backend)?;
-            let r = meta
-                .get(REVISION)
-                .map_err(backend)?
-                .map_or(0, |g| g.value());
+            let r = meta.get(REVISION).map_err(backend)?.map_or(0, |g| g.value());
             r
         };
         txn.commit().map_err(backend)?;
@@ -99,18 +86,13 @@ impl RedbStore {
                 Expect::Revision(r) => found == Some(r),
             };
             if !ok || (value.is_none() && existing.is_none()) {
-                return Err(StoreError::Conflict {
-                    key: key.to_string(),
-                    expected: expect,
-                    found,
-                });
+                return Err(StoreError::Conflict { key: key.to_string(), expected: expect, found });
             }
             let rev = self.revision.load(Ordering::SeqCst) + 1;
             match value {
                 Some(v) => {
                     let create = existing.map_or(rev, |e| e.create_revision);
-                    kv.insert(key, pack(create, rev, v).as_slice())
-                        .map_err(backend)?;
+                    kv.insert(key, pack(create, rev, v).as_slice()).map_err(backend)?;
                 }
                 None => {
                     kv.remove(key).map_err(backend)?;
@@ -122,11 +104,7 @@ impl RedbStore {
         };
         txn.commit().map_err(backend)?;
         self.revision.store(rev, Ordering::SeqCst);
-        self.changes.publish(WatchEvent {
-            revision: rev,
-            key: key.to_string(),
-            value: value.map(<[u8]>::to_vec),
-        });
+        self.changes.publish(WatchEvent { revision: rev, key: key.to_string(), value: value.map(<[u8]>::to_vec) });
         Ok(rev)
     }
 }

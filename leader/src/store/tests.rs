@@ -16,16 +16,8 @@ fn put_get_list_delete_with_revisions() {
     s.put("/tokens/x", b"t", Expect::Any).unwrap();
     assert_eq!((r1, r2), (1, 2));
     let a = s.get("/nodes/a").unwrap().unwrap();
-    assert_eq!(
-        (a.value.as_slice(), a.create_revision, a.mod_revision),
-        (&b"1"[..], 1, 1)
-    );
-    let keys: Vec<_> = s
-        .list("/nodes/")
-        .unwrap()
-        .into_iter()
-        .map(|kv| kv.key)
-        .collect();
+    assert_eq!((a.value.as_slice(), a.create_revision, a.mod_revision), (&b"1"[..], 1, 1));
+    let keys: Vec<_> = s.list("/nodes/").unwrap().into_iter().map(|kv| kv.key).collect();
     assert_eq!(keys, ["/nodes/a", "/nodes/b"]);
     let r4 = s.put("/nodes/a", b"1b", Expect::Revision(1)).unwrap();
     let a = s.get("/nodes/a").unwrap().unwrap();
@@ -43,28 +35,12 @@ fn compare_and_swap_refuses_stale_writes() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
     s.put("/k", b"v1", Expect::Absent).unwrap();
-    assert!(matches!(
-        s.put("/k", b"x", Expect::Absent),
-        Err(StoreError::Conflict { found: Some(1), .. })
-    ));
+    assert!(matches!(s.put("/k", b"x", Expect::Absent), Err(StoreError::Conflict { found: Some(1), .. })));
     s.put("/k", b"v2", Expect::Revision(1)).unwrap();
-    assert!(matches!(
-        s.put("/k", b"x", Expect::Revision(1)),
-        Err(StoreError::Conflict { found: Some(2), .. })
-    ));
-    assert!(matches!(
-        s.delete("/k", Expect::Revision(1)),
-        Err(StoreError::Conflict { .. })
-    ));
-    assert!(matches!(
-        s.delete("/missing", Expect::Any),
-        Err(StoreError::Conflict { found: None, .. })
-    ));
-    assert_eq!(
-        s.get("/k").unwrap().unwrap().value,
-        b"v2",
-        "a refused write changes nothing"
-    );
+    assert!(matches!(s.put("/k", b"x", Expect::Revision(1)), Err(StoreError::Conflict { found: Some(2), .. })));
+    assert!(matches!(s.delete("/k", Expect::Revision(1)), Err(StoreError::Conflict { .. })));
+    assert!(matches!(s.delete("/missing", Expect::Any), Err(StoreError::Conflict { found: None, .. })));
+    assert_eq!(s.get("/k").unwrap().unwrap().value, b"v2", "a refused write changes nothing");
     assert_eq!(s.revision(), 2);
 }
 
@@ -77,14 +53,10 @@ async fn watch_replays_history_then_follows_live_changes() {
     let mut w = s.watch("/nodes/", 0).unwrap();
     s.put("/nodes/b", b"2", Expect::Any).unwrap();
     s.delete("/nodes/a", Expect::Any).unwrap();
-    let got: Vec<_> = [
-        w.next().await.unwrap(),
-        w.next().await.unwrap(),
-        w.next().await.unwrap(),
-    ]
-    .into_iter()
-    .map(|e| (e.revision, e.key, e.value))
-    .collect();
+    let got: Vec<_> = [w.next().await.unwrap(), w.next().await.unwrap(), w.next().await.unwrap()]
+        .into_iter()
+        .map(|e| (e.revision, e.key, e.value))
+        .collect();
     assert_eq!(
         got,
         [
@@ -106,13 +78,7 @@ fn watch_from_forgotten_history_says_compacted() {
     drop(s);
     let s = open(&dir); // history is in memory only
     s.put("/a", b"2", Expect::Any).unwrap();
-    assert!(matches!(
-        s.watch("/", 0),
-        Err(StoreError::Compacted {
-            requested: 1,
-            oldest: 2
-        })
-    ));
+    assert!(matches!(s.watch("/", 0), Err(StoreError::Compacted { requested: 1, oldest: 2 })));
     assert!(s.watch("/", 1).is_ok());
 }
 
@@ -130,8 +96,7 @@ fn crash_writer_process() {
     let mut out = std::io::stdout().lock();
     for i in start.. {
         let value = format!("value-{i}-{}", "x".repeat((i % 200) as usize));
-        s.put(&format!("/crash/{i:08}"), value.as_bytes(), Expect::Absent)
-            .unwrap();
+        s.put(&format!("/crash/{i:08}"), value.as_bytes(), Expect::Absent).unwrap();
         writeln!(out, "acked {i}").unwrap();
         out.flush().unwrap();
     }
@@ -142,12 +107,7 @@ fn kill_9_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     for round in 0..5u64 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "store::tests::crash_writer_process",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args(["--exact", "store::tests::crash_writer_process", "--nocapture", "--test-threads=1"])
             .env(CRASH_DIR, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -166,11 +126,8 @@ fn kill_9_loses_no_acknowledged_write() {
                 }
             }
         }
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL)
+            .unwrap();
         child.wait().unwrap();
         let last_acked = last_acked.expect("the writer acknowledged writes");
         let s = open(&dir);
@@ -182,16 +139,8 @@ fn kill_9_loses_no_acknowledged_write() {
         );
         for (i, kv) in keys.iter().enumerate() {
             assert_eq!(kv.key, format!("/crash/{i:08}"), "keys are contiguous");
-            assert!(
-                kv.value.starts_with(format!("value-{i}-").as_bytes()),
-                "value of {} is intact",
-                kv.key
-            );
+            assert!(kv.value.starts_with(format!("value-{i}-").as_bytes()), "value of {} is intact", kv.key);
         }
-        assert_eq!(
-            s.revision(),
-            keys.len() as u64,
-            "the revision matches the committed writes"
-        );
+        assert_eq!(s.revision(), keys.len() as u64, "the revision matches the committed writes");
     }
 }

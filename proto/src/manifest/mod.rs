@@ -45,10 +45,7 @@ pub fn parse_manifest(file: &str, text: &str) -> Result<Manifest, ManifestErrors
     let mut errors = Vec::new();
     let names = manifest.apps.iter().map(|a| (a.name.as_str(), a.check()));
     check_kind(file, text, "app", names, &mut errors);
-    let names = manifest
-        .services
-        .iter()
-        .map(|s| (s.name.as_str(), s.check()));
+    let names = manifest.services.iter().map(|s| (s.name.as_str(), s.check()));
     check_kind(file, text, "service", names, &mut errors);
     if errors.is_empty() {
         Ok(manifest)
@@ -71,16 +68,11 @@ fn check_kind<'a>(
         let mut report = |rest: &[Seg<'_>], field: &str, message: String| {
             let mut path = vec![Seg::Key(kind), Seg::Index(i)];
             path.extend_from_slice(rest);
-            errors.push(SourceError::at(
-                file,
-                text,
-                locate(text, &path),
-                &format!("{kind}[{i}].{field}"),
-                message,
-            ));
+            errors.push(SourceError::at(file, text, locate(text, &path), &format!("{kind}[{i}].{field}"), message));
         };
         if !seen.insert(name) {
-            let message = format!("duplicate {kind} name {name:?}: expected each {kind} in a manifest to have its own name");
+            let message =
+                format!("duplicate {kind} name {name:?}: expected each {kind} in a manifest to have its own name");
             report(&[Seg::Key("name")], "name", message);
         }
         for problem in problems {

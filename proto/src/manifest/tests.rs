@@ -46,10 +46,7 @@ fn a_full_manifest_parses() {
     assert_eq!(app.ports[0].host.map(|p| p.0), Some(8080));
     assert_eq!(app.restart, RestartPolicy::OnFailure);
     assert_eq!(app.image.registry, "registry.lan:5000");
-    assert_eq!(
-        m.services[0].ports[0].target,
-        Some(PortTarget::Name(crate::names::Name::new("http").unwrap()))
-    );
+    assert_eq!(m.services[0].ports[0].target, Some(PortTarget::Name(crate::names::Name::new("http").unwrap())));
     // What the leader stores and sends is the same object after a JSON round trip.
     let json = serde_json::to_string(&m).unwrap();
     assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);
@@ -67,21 +64,12 @@ fn defaults_are_sensible() {
 
 /// Parses `text` expecting exactly one error; checks its line, column, field and message.
 fn fails(text: &str, line: usize, column: usize, field: &str, message_part: &str) {
-    let errs = parse_manifest("m.toml", text)
-        .expect_err("the manifest should be refused")
-        .0;
+    let errs = parse_manifest("m.toml", text).expect_err("the manifest should be refused").0;
     let e = &errs[0];
     assert_eq!((e.line, e.column), (line, column), "position of: {e}");
     assert_eq!(e.field, field, "field of: {e}");
-    assert!(
-        e.message.contains(message_part),
-        "message of {e:?} should contain {message_part:?}"
-    );
-    assert!(
-        e.to_string()
-            .starts_with(&format!("m.toml:{line}:{column}: ")),
-        "{e}"
-    );
+    assert!(e.message.contains(message_part), "message of {e:?} should contain {message_part:?}");
+    assert!(e.to_string().starts_with(&format!("m.toml:{line}:{column}: ")), "{e}");
 }
 
 fn app(body: &str) -> String {
@@ -90,68 +78,32 @@ fn app(body: &str) -> String {
 
 #[test]
 fn memory_with_mb_is_refused() {
-    fails(
-        &app("resources = { memory = \"64MB\" }\n"),
-        4,
-        24,
-        "app[0].resources.memory",
-        "\"64Mi\" or \"64M\"",
-    );
+    fails(&app("resources = { memory = \"64MB\" }\n"), 4, 24, "app[0].resources.memory", "\"64Mi\" or \"64M\"");
 }
 
 #[test]
 fn cpu_in_cores_word_is_refused() {
-    fails(
-        &app("resources = { cpu = \"0.25cores\" }\n"),
-        4,
-        21,
-        "app[0].resources.cpu",
-        "\"250m\"",
-    );
+    fails(&app("resources = { cpu = \"0.25cores\" }\n"), 4, 21, "app[0].resources.cpu", "\"250m\"");
 }
 
 #[test]
 fn negative_replicas() {
-    fails(
-        &app("replicas = -1\n"),
-        4,
-        12,
-        "app[0].replicas",
-        "expected a replica count from 0 to 1000, found -1",
-    );
+    fails(&app("replicas = -1\n"), 4, 12, "app[0].replicas", "expected a replica count from 0 to 1000, found -1");
 }
 
 #[test]
 fn absurd_replicas() {
-    fails(
-        &app("replicas = 100000000\n"),
-        4,
-        12,
-        "app[0].replicas",
-        "from 0 to 1000",
-    );
+    fails(&app("replicas = 100000000\n"), 4, 12, "app[0].replicas", "from 0 to 1000");
 }
 
 #[test]
 fn replicas_of_the_wrong_type() {
-    fails(
-        &app("replicas = \"three\"\n"),
-        4,
-        12,
-        "app[0].replicas",
-        "expected a replica count",
-    );
+    fails(&app("replicas = \"three\"\n"), 4, 12, "app[0].replicas", "expected a replica count");
 }
 
 #[test]
 fn unknown_field_in_app() {
-    fails(
-        &app("replica = 3\n"),
-        4,
-        1,
-        "app[0].replica",
-        "unknown field `replica`",
-    );
+    fails(&app("replica = 3\n"), 4, 1, "app[0].replica", "unknown field `replica`");
 }
 
 #[test]
@@ -167,76 +119,40 @@ fn unknown_top_level_kind() {
 
 #[test]
 fn missing_image() {
-    fails(
-        "[[app]]\nname = \"web\"\n",
-        1,
-        1,
-        "app[0]",
-        "missing field `image`",
-    );
+    fails("[[app]]\nname = \"web\"\n", 1, 1, "app[0]", "missing field `image`");
 }
 
 #[test]
 fn name_not_a_dns_label() {
-    fails(
-        "[[app]]\nname = \"Web_1\"\nimage = \"busybox\"\n",
-        2,
-        8,
-        "app[0].name",
-        "expected a DNS label",
-    );
+    fails("[[app]]\nname = \"Web_1\"\nimage = \"busybox\"\n", 2, 8, "app[0].name", "expected a DNS label");
 }
 
 #[test]
 fn name_too_long() {
-    let text = format!(
-        "[[app]]\nname = \"{}\"\nimage = \"busybox\"\n",
-        "a".repeat(64)
-    );
+    let text = format!("[[app]]\nname = \"{}\"\nimage = \"busybox\"\n", "a".repeat(64));
     fails(&text, 2, 8, "app[0].name", "1 to 63");
 }
 
 #[test]
 fn duplicate_app_names() {
-    let text = format!(
-        "{}\n[[app]]\nname = \"web\"\nimage = \"busybox\"\n",
-        app("")
-    );
+    let text = format!("{}\n[[app]]\nname = \"web\"\nimage = \"busybox\"\n", app(""));
     fails(&text, 6, 8, "app[1].name", "duplicate app name \"web\"");
 }
 
 #[test]
 fn duplicate_service_names() {
     let svc = "[[service]]\nname = \"s\"\napp = \"web\"\nports = [{ port = 80 }]\n";
-    fails(
-        &format!("{svc}{svc}"),
-        6,
-        8,
-        "service[1].name",
-        "duplicate service name",
-    );
+    fails(&format!("{svc}{svc}"), 6, 8, "service[1].name", "duplicate service name");
 }
 
 #[test]
 fn bad_image_reference() {
-    fails(
-        "[[app]]\nname = \"web\"\nimage = \"Registry.lan/Web\"\n",
-        3,
-        9,
-        "app[0].image",
-        "invalid image reference",
-    );
+    fails("[[app]]\nname = \"web\"\nimage = \"Registry.lan/Web\"\n", 3, 9, "app[0].image", "invalid image reference");
 }
 
 #[test]
 fn image_with_bad_digest() {
-    fails(
-        "[[app]]\nname = \"web\"\nimage = \"web@sha256:abc\"\n",
-        3,
-        9,
-        "app[0].image",
-        "sha256:<64",
-    );
+    fails("[[app]]\nname = \"web\"\nimage = \"web@sha256:abc\"\n", 3, 9, "app[0].image", "sha256:<64");
 }
 
 #[test]
@@ -252,24 +168,12 @@ fn port_zero() {
 
 #[test]
 fn port_too_large() {
-    fails(
-        &app("ports = [{ container = 80, host = 70000 }]\n"),
-        4,
-        35,
-        "app[0].ports[0].host",
-        "found 70000",
-    );
+    fails(&app("ports = [{ container = 80, host = 70000 }]\n"), 4, 35, "app[0].ports[0].host", "found 70000");
 }
 
 #[test]
 fn port_as_string() {
-    fails(
-        &app("ports = [{ container = \"80\" }]\n"),
-        4,
-        24,
-        "app[0].ports[0].container",
-        "expected a port number",
-    );
+    fails(&app("ports = [{ container = \"80\" }]\n"), 4, 24, "app[0].ports[0].container", "expected a port number");
 }
 
 #[test]
@@ -307,24 +211,12 @@ fn bad_restart_policy() {
 
 #[test]
 fn bad_env_name() {
-    fails(
-        &app("env = { \"1BAD\" = \"x\" }\n"),
-        4,
-        9,
-        "app[0].env.1BAD",
-        "invalid environment variable name \"1BAD\"",
-    );
+    fails(&app("env = { \"1BAD\" = \"x\" }\n"), 4, 9, "app[0].env.1BAD", "invalid environment variable name \"1BAD\"");
 }
 
 #[test]
 fn env_value_not_a_string() {
-    fails(
-        &app("env = { PORT = 80 }\n"),
-        4,
-        16,
-        "app[0].env.PORT",
-        "expected a string",
-    );
+    fails(&app("env = { PORT = 80 }\n"), 4, 16, "app[0].env.PORT", "expected a string");
 }
 
 #[test]
@@ -341,25 +233,13 @@ fn bad_node_selector_key() {
 #[test]
 fn probe_with_two_handlers() {
     let text = app("[app.probes.liveness]\nexec = [\"true\"]\ntcp = { port = 80 }\n");
-    fails(
-        &text,
-        4,
-        1,
-        "app[0].probes.liveness",
-        "exactly one of `exec`, `http` or `tcp`",
-    );
+    fails(&text, 4, 1, "app[0].probes.liveness", "exactly one of `exec`, `http` or `tcp`");
 }
 
 #[test]
 fn bad_probe_duration() {
     let text = app("[app.probes.liveness]\ntcp = { port = 80 }\nperiod = \"5 seconds\"\n");
-    fails(
-        &text,
-        6,
-        10,
-        "app[0].probes.liveness.period",
-        "invalid duration",
-    );
+    fails(&text, 6, 10, "app[0].probes.liveness.period", "invalid duration");
 }
 
 #[test]
@@ -375,13 +255,7 @@ fn update_that_cannot_progress() {
 
 #[test]
 fn service_without_ports() {
-    fails(
-        "[[service]]\nname = \"s\"\napp = \"web\"\nports = []\n",
-        4,
-        9,
-        "service[0].ports",
-        "at least one port",
-    );
+    fails("[[service]]\nname = \"s\"\napp = \"web\"\nports = []\n", 4, 9, "service[0].ports", "at least one port");
 }
 
 #[test]
@@ -402,13 +276,7 @@ fn not_toml_at_all() {
 
 #[test]
 fn app_must_be_an_array_of_tables() {
-    fails(
-        "[app]\nname = \"web\"\nimage = \"busybox\"\n",
-        1,
-        1,
-        "app",
-        "expected a sequence",
-    );
+    fails("[app]\nname = \"web\"\nimage = \"busybox\"\n", 1, 1, "app", "expected a sequence");
 }
 
 #[test]

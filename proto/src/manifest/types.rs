@@ -72,9 +72,7 @@ impl Default for Replicas {
     }
 }
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -240,10 +238,7 @@ fn one_step() -> Step {
 
 impl Default for UpdateStrategy {
     fn default() -> Self {
-        UpdateStrategy {
-            max_surge: Step(1),
-            max_unavailable: Step(0),
-        }
+        UpdateStrategy { max_surge: Step(1), max_unavailable: Step(0) }
     }
 }
 
@@ -303,10 +298,7 @@ pub enum PathPart {
 
 impl Problem {
     fn new(path: Vec<PathPart>, message: impl Into<String>) -> Self {
-        Problem {
-            path,
-            message: message.into(),
-        }
+        Problem { path, message: message.into() }
     }
 
     /// The dotted field path, as `ports[1].container`.
@@ -360,16 +352,9 @@ impl AppSpec {
                 }
             }
         }
-        for (which, probe) in [
-            ("liveness", &self.probes.liveness),
-            ("readiness", &self.probes.readiness),
-        ] {
+        for (which, probe) in [("liveness", &self.probes.liveness), ("readiness", &self.probes.readiness)] {
             let Some(probe) = probe else { continue };
-            let handlers = [
-                probe.exec.is_some(),
-                probe.http.is_some(),
-                probe.tcp.is_some(),
-            ];
+            let handlers = [probe.exec.is_some(), probe.http.is_some(), probe.tcp.is_some()];
             if handlers.iter().filter(|h| **h).count() != 1 {
                 out.push(Problem::new(
                     vec![Key("probes"), Key(which)],
@@ -405,10 +390,7 @@ impl AppSpec {
         }
         if let Some(w) = &self.workdir {
             if !w.starts_with('/') {
-                out.push(Problem::new(
-                    vec![Key("workdir")],
-                    format!("expected an absolute path, found {w:?}"),
-                ));
+                out.push(Problem::new(vec![Key("workdir")], format!("expected an absolute path, found {w:?}")));
             }
         }
         out
@@ -451,10 +433,7 @@ impl ServiceSpec {
     pub fn check(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         if self.ports.is_empty() {
-            out.push(Problem::new(
-                vec![Key("ports")],
-                "expected at least one port",
-            ));
+            out.push(Problem::new(vec![Key("ports")], "expected at least one port"));
         }
         let mut seen = BTreeSet::new();
         for (i, p) in self.ports.iter().enumerate() {

@@ -1,0 +1,185 @@
+//! A whole cluster of real processes: a leader and N agents, each in its own network namespace.
+
+use crate::netlab::NetLab;
+use crate::process::{bin_dir, Proc};
+use crate::wait_for;
+use bramble_proto::model::{ConditionStatus, NodeView};
+use nix::sys::signal::Signal;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+pub const LEADER_PORT: u16 = 7443;
+
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub agents: usize,
+    /// The leader's `nodes.not_ready_after`.
+    pub not_ready_after: &'static str,
+    /// The leader's `nodes.heartbeat`.
+    pub heartbeat: &'static str,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions { agents: 3, not_ready_after: "3s", heartbeat: "1s" }
+    }
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub agents: Vec<Option<Proc>>,
+    pub leader: Option<Proc>,
+    pub token: String,
+    pub dir: tempfile::TempDir,
+    bins: PathBuf,
+    // Dropped last: processes die before their namespaces go.
+    pub lab: NetLab,
+}
+
+impl Cluster {
+    pub fn start(opts: ClusterOptions) -> Cluster {
+        let lab = NetLab::new(opts.agents);
+        let bins = bin_dir();
+        let dir = tempfile::Builder::new().prefix("bramble-e2e-").tempdir().expect("temp dir");
+        let leader_dir = dir.path().join("leader");
+        let listen = format!("{}:{LEADER_PORT}", lab.addr(0));
+        let out = Command::new(bins.join("bramble-leader"))
+            .args(["init", "--data-dir", leader_dir.to_str().expect("utf-8"), "--listen", &listen])
+            .output()
+            .expect("run bramble-leader init");
+        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let cfg_path = leader_dir.join("leader.toml");
+        let cfg = std::fs::read_to_string(&cfg_path)
+            .expect("leader.toml")
+            .replace("not_ready_after = \"15s\"", &format!("not_ready_after = \"{}\"", opts.not_ready_after))
+            .replace("heartbeat = \"5s\"", &format!("heartbeat = \"{}\"", opts.heartbeat));
+        std::fs::write(&cfg_path, cfg).expect("write leader.toml");
+        let mut c = Cluster {
+            agents: (0..opts.agents).map(|_| None).collect(),
+            leader: None,
+            token: String::new(),
+            dir,
+            bins,
+            lab,
+        };
+        c.start_leader();
+        let out = c.cli(&["token", "create", "--ttl", "1h"]);
+        assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
+        c.token = String::from_utf8(out.stdout).expect("utf-8").trim().to_string();
+        for i in 1..=opts.agents {
+            c.start_agent(i);
+        }
+        for i in 1..=opts.agents {
+            c.wait_status(i, ConditionStatus::True, Duration::from_secs(30));
+        }
+        c
+    }
+
+    pub fn leader_dir(&self) -> PathBuf {
+        self.dir.path().join("leader")
+    }
+
+    /// Starts (or restarts) the leader and waits until it answers.
+    pub fn start_leader(&mut self) {
+        let cfg = self.leader_dir().join("leader.toml");
+        let args = vec!["run".to_string(), "--config".into(), cfg.display().to_string()];
+        let log = self.dir.path().join("leader.log");
+        self.leader = Some(Proc::spawn("leader", &self.lab.ns(0), &self.bins.join("bramble-leader"), &args, &log));
+        wait_for("the leader to answer", Duration::from_secs(20), || {
+            self.cli(&["get", "nodes"]).status.success().then_some(())
+        });
+    }
+
+    pub fn leader(&self) -> &Proc {
+        self.leader.as_ref().expect("leader running")
+    }
+
+    pub fn node_name(i: usize) -> String {
+        format!("board-{i}")
+    }
+
+    /// Starts agent `i` (1-based) in its namespace; it joins with the token on its first start.
+    pub fn start_agent(&mut self, i: usize) {
+        let data = self.dir.path().join(format!("agent-{i}"));
+        let leader = format!("{}:{LEADER_PORT}", self.lab.addr(0));
+        let args: Vec<String> = [
+            "run",
+            "--leader",
+            &leader,
+            "--token",
+            &self.token,
+            "--name",
+            &Self::node_name(i),
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let log = self.dir.path().join(format!("agent-{i}.log"));
+        self.agents[i - 1] =
+            Some(Proc::spawn(&Self::node_name(i), &self.lab.ns(i), &self.bins.join("bramble-agent"), &args, &log));
+    }
+
+    pub fn agent(&self, i: usize) -> &Proc {
+        self.agents[i - 1].as_ref().expect("agent running")
+    }
+
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut p) = self.agents[i - 1].take() {
+            p.stop(Signal::SIGKILL);
+        }
+    }
+
+    /// Runs the CLI in the leader's namespace with the admin config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let admin = self.leader_dir().join("admin.toml");
+        Command::new("ip")
+            .args(["netns", "exec", &self.lab.ns(0)])
+            .arg(self.bins.join("bramble"))
+            .arg("--config")
+            .arg(admin)
+            .args(args)
+            .output()
+            .expect("run bramble")
+    }
+
+    pub fn nodes(&self) -> Vec<NodeView> {
+        let out = self.cli(&["get", "nodes", "-o", "json"]);
+        assert!(out.status.success(), "get nodes: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("get nodes -o json parses")
+    }
+
+    pub fn node(&self, i: usize) -> NodeView {
+        let name = Self::node_name(i);
+        self.nodes().into_iter().find(|n| n.node.meta.name == name).unwrap_or_else(|| panic!("node {name} is listed"))
+    }
+
+    /// Waits until node `i`'s Ready condition has `status`.
+    pub fn wait_status(&self, i: usize, status: ConditionStatus, timeout: Duration) -> NodeView {
+        wait_for(&format!("node {} to be {status:?}", Self::node_name(i)), timeout, || {
+            self.nodes().into_iter().find(|n| n.node.meta.name == Self::node_name(i) && n.ready.status == status)
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for a in self.agents.iter_mut() {
+            a.take();
+        }
+        self.leader.take();
+        if std::thread::panicking() {
+            // Keep the logs of a failed run where a human can read them.
+            let keep = std::env::temp_dir().join(format!("bramble-e2e-failed-{}", self.lab.prefix));
+            let _ = std::fs::create_dir_all(&keep);
+            for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+                if entry.path().extension().is_some_and(|e| e == "log") {
+                    let _ = std::fs::copy(entry.path(), keep.join(entry.file_name()));
+                }
+            }
+            eprintln!("logs of the failed run are in {}", keep.display());
+        }
+    }
+}

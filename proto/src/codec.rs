@@ -63,7 +63,7 @@ impl FrameDecoder {
     }
 
     /// The next complete frame, if one has arrived.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
+    pub fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
         let Some(prefix) = self.buf.get(..4) else {
             return Ok(None);
         };
@@ -101,12 +101,12 @@ mod tests {
         let frame = encode(&open(), MAX_FRAME_LEN).unwrap();
         let mut d = FrameDecoder::new(MAX_FRAME_LEN);
         for b in frame.iter().chain(frame.iter()) {
-            assert!(d.finish().is_err() || d.next::<Open>().unwrap().is_none());
+            assert!(d.finish().is_err() || d.next_frame::<Open>().unwrap().is_none());
             d.push(&[*b]);
         }
-        assert_eq!(d.next::<Open>().unwrap(), Some(open()));
-        assert_eq!(d.next::<Open>().unwrap(), Some(open()));
-        assert_eq!(d.next::<Open>().unwrap(), None);
+        assert_eq!(d.next_frame::<Open>().unwrap(), Some(open()));
+        assert_eq!(d.next_frame::<Open>().unwrap(), Some(open()));
+        assert_eq!(d.next_frame::<Open>().unwrap(), None);
         d.finish().unwrap();
     }
 
@@ -114,7 +114,9 @@ mod tests {
     fn oversized_frames_are_refused_before_allocating() {
         let mut d = FrameDecoder::new(1024);
         d.push(&u32::MAX.to_be_bytes());
-        assert!(matches!(d.next::<Open>(), Err(CodecError::TooLarge { len, max: 1024 }) if len == u32::MAX as usize));
+        assert!(
+            matches!(d.next_frame::<Open>(), Err(CodecError::TooLarge { len, max: 1024 }) if len == u32::MAX as usize)
+        );
         assert!(matches!(encode(&"x".repeat(2000), 1024), Err(CodecError::TooLarge { .. })));
     }
 
@@ -122,10 +124,10 @@ mod tests {
     fn garbage_is_an_error() {
         let mut d = FrameDecoder::new(1024);
         d.push(&[0, 0, 0, 3, b'{', b'x', b'}']);
-        assert!(matches!(d.next::<Open>(), Err(CodecError::Decode(_))));
+        assert!(matches!(d.next_frame::<Open>(), Err(CodecError::Decode(_))));
         let mut d = FrameDecoder::new(1024);
         d.push(&[0, 0, 0, 9, b'{']);
-        assert!(d.next::<Open>().unwrap().is_none());
+        assert!(d.next_frame::<Open>().unwrap().is_none());
         assert!(matches!(d.finish(), Err(CodecError::Truncated(5))));
     }
 
@@ -138,9 +140,9 @@ mod tests {
             let mut d = FrameDecoder::new(256);
             let cut = cut.min(bytes.len());
             d.push(&bytes[..cut]);
-            let _ = d.next::<Open>();
+            let _ = d.next_frame::<Open>();
             d.push(&bytes[cut..]);
-            while let Ok(Some(_)) = d.next::<Open>() {}
+            while let Ok(Some(_)) = d.next_frame::<Open>() {}
             let _ = d.finish();
         }
 
@@ -152,7 +154,7 @@ mod tests {
             frame[pos] = byte;
             let mut d = FrameDecoder::new(MAX_FRAME_LEN);
             d.push(&frame);
-            let _ = d.next::<Open>();
+            let _ = d.next_frame::<Open>();
         }
     }
 }

@@ -67,7 +67,7 @@ fn parse_decimal_thousandths(s: &str) -> Option<u64> {
 
 impl fmt::Display for Cpu {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 1000 == 0 {
+        if self.0.is_multiple_of(1000) {
             write!(f, "{}", self.0 / 1000)
         } else {
             write!(f, "{}m", self.0)
@@ -125,7 +125,7 @@ impl FromStr for Memory {
 impl fmt::Display for Memory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (unit, mult) in MEMORY_UNITS.iter().take(6).rev() {
-            if self.0 >= *mult && self.0 % mult == 0 {
+            if self.0 >= *mult && self.0.is_multiple_of(*mult) {
                 return write!(f, "{}{unit}", self.0 / mult);
             }
         }
@@ -140,7 +140,7 @@ pub fn human_bytes(bytes: u64) -> String {
     for (unit, mult) in units {
         if bytes >= mult {
             let v = bytes as f64 / mult as f64;
-            return if v >= 10.0 || bytes % mult == 0 {
+            return if v >= 10.0 || bytes.is_multiple_of(mult) {
                 format!("{:.0}{unit}", v.floor())
             } else {
                 format!("{v:.1}{unit}")
@@ -204,11 +204,11 @@ pub fn format_duration(d: Duration) -> String {
     }
     match s {
         0..=59 => format!("{s}s"),
-        60..=3599 if s % 60 == 0 => format!("{}m", s / 60),
+        60..=3599 if s.is_multiple_of(60) => format!("{}m", s / 60),
         60..=3599 => format!("{}m{}s", s / 60, s % 60),
-        3600..=86399 if s % 3600 == 0 => format!("{}h", s / 3600),
+        3600..=86399 if s.is_multiple_of(3600) => format!("{}h", s / 3600),
         3600..=86399 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
-        _ if s % 86400 == 0 => format!("{}d", s / 86400),
+        _ if s.is_multiple_of(86400) => format!("{}d", s / 86400),
         _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
     }
 }

@@ -57,14 +57,9 @@ ranged_int!(
 );
 ranged_int!(
     /// Replicas a rolling update may add or take away at once.
+    #[derive(Default)]
     Step, u32, 0, MAX_REPLICAS, "a replica count"
 );
-
-impl Default for Step {
-    fn default() -> Self {
-        Step(0)
-    }
-}
 
 impl Default for Replicas {
     fn default() -> Self {

@@ -219,3 +219,14 @@ mod tests {
         assert!(!format!("{c:?}").contains("BR1secret"));
     }
 }
+
+#[cfg(test)]
+mod sample_tests {
+    #[test]
+    fn the_commented_sample_in_dist_parses() {
+        let text = include_str!("../../dist/agent.toml");
+        let cfg = super::AgentConfig::parse("dist/agent.toml", text).unwrap();
+        assert_eq!(cfg.leaders, ["192.168.1.10:7443"]);
+        assert_eq!(cfg.resources.max_replicas, 64);
+    }
+}

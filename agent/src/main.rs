@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Join the cluster (first run) and keep a session with the leader.
     Run(RunArgs),
+    /// Check the configuration and print it as `run` would use it (the token redacted).
+    Check(RunArgs),
 }
 
 #[derive(clap::Args)]
@@ -47,7 +49,10 @@ const EXIT_RUNTIME: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Run(args) = cli.command;
+    let (args, check_only) = match cli.command {
+        Command::Run(a) => (a, false),
+        Command::Check(a) => (a, true),
+    };
     let config = match load(args) {
         Ok(c) => c,
         Err(e) => {
@@ -55,6 +60,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if check_only {
+        let mut shown = config.clone();
+        if shown.token.is_some() {
+            shown.token = Some("<redacted>".into());
+        }
+        match toml::to_string(&shown) {
+            Ok(text) => print!("{text}"),
+            Err(e) => eprintln!("bramble-agent: cannot print the config: {e}"),
+        }
+        return ExitCode::SUCCESS;
+    }
     observability::init(config.log.level.as_deref());
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,

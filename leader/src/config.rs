@@ -201,3 +201,14 @@ mod tests {
         assert!(e.contains("l.toml:3:1: nodes.heartbeat: expected a heartbeat shorter"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod sample_tests {
+    #[test]
+    fn the_commented_sample_in_dist_parses() {
+        let text = include_str!("../../dist/leader.toml");
+        let cfg = super::LeaderConfig::parse("dist/leader.toml", text).unwrap();
+        assert_eq!(cfg.listen.to_string(), super::DEFAULT_LISTEN);
+        assert_eq!(cfg.data_dir.to_str(), Some(super::DEFAULT_DATA_DIR));
+    }
+}

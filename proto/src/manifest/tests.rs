@@ -289,3 +289,38 @@ fn every_problem_is_reported_at_once() {
     assert_eq!(errs.0.len(), 3, "{errs}");
     assert!(errs.0.windows(2).all(|w| w[0].line <= w[1].line));
 }
+
+#[test]
+fn the_examples_parse() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            parse_manifest(&path.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "examples/ holds manifests");
+}
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        /// Manifest-like text in any combination: an error or a manifest, never a panic, and
+        /// every error points at a line of the text.
+        #[test]
+        fn any_text(text in "(\\[\\[app\\]\\]\n|\\[\\[service\\]\\]\n|\\[app\\.[a-z]{1,9}\\]\n|[a-z_]{1,12} = (\"[a-zA-Z0-9:/.@ -]{0,20}\"|-?[0-9]{1,12}|\\[\\]|\\{ \\}|true)\n|[\\[\\]{}=\"\n]){0,24}") {
+            if let Err(errs) = parse_manifest("p.toml", &text) {
+                for e in errs.0 {
+                    prop_assert!(e.line >= 1 && e.line <= text.lines().count() + 1, "{e}");
+                }
+            }
+        }
+    }
+}

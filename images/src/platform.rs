@@ -1,0 +1,112 @@
+//! OCI platforms (`linux/arm/v7`) and how they match a board.
+//!
+//! Unlike a resolver that takes the first `arm` entry of an index, the variant counts: an
+//! `arm/v7` board can run `v7`, `v6` and `v5` images, preferring the newest; an `arm/v6` board
+//! (Pi Zero, Pi 1) must never get a `v7` image.
+
+use bramble_proto::model::Arch;
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid platform {0:?}: expected os/arch[/variant], like \"linux/arm/v7\"")]
+pub struct PlatformError(String);
+
+impl FromStr for Platform {
+    type Err = PlatformError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split('/').collect();
+        if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
+            return Err(PlatformError(s.to_string()));
+        }
+        Ok(Platform {
+            os: parts[0].into(),
+            architecture: parts[1].into(),
+            variant: parts.get(2).map(|v| v.to_string()),
+        })
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Platform {
+    /// How well this image platform suits a Linux board of `arch`: `None` if it cannot run
+    /// there, otherwise a score where higher is better (an exact variant beats an older one).
+    pub fn suits(&self, arch: &Arch) -> Option<u32> {
+        if self.os != "linux" {
+            return None;
+        }
+        let variant = self.variant.as_deref();
+        match (arch, self.architecture.as_str()) {
+            (Arch::Amd64, "amd64") => Some(10),
+            (Arch::Arm64, "arm64") => match variant {
+                None | Some("v8") => Some(10),
+                _ => None,
+            },
+            (Arch::ArmV7 | Arch::ArmV6, "arm") => {
+                let board = if *arch == Arch::ArmV7 { 7 } else { 6 };
+                // An index entry without a variant is conventionally v7.
+                let image: u32 = match variant {
+                    None => 7,
+                    Some(v) => v.strip_prefix('v')?.parse().ok()?,
+                };
+                (image <= board && image >= 5).then_some(image)
+            }
+            (Arch::Other(a), other) => (a == other).then_some(10),
+            _ => None,
+        }
+    }
+
+    /// The index of the best platform in `offered` for `arch`.
+    pub fn choose(offered: &[Platform], arch: &Arch) -> Option<usize> {
+        offered
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.suits(arch).map(|s| (s, i)))
+            .max_by_key(|(s, i)| (*s, usize::MAX - i))
+            .map(|(_, i)| i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(ps: &[&str]) -> Vec<Platform> {
+        ps.iter().map(|p| p.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn variants_matter() {
+        let offered = list(&["linux/amd64", "linux/arm/v6", "linux/arm/v7", "linux/arm64/v8"]);
+        assert_eq!(Platform::choose(&offered, &Arch::Amd64), Some(0));
+        assert_eq!(Platform::choose(&offered, &Arch::ArmV6), Some(1));
+        assert_eq!(Platform::choose(&offered, &Arch::ArmV7), Some(2), "v7 preferred over v6 on a v7 board");
+        assert_eq!(Platform::choose(&offered, &Arch::Arm64), Some(3));
+        assert_eq!(Platform::choose(&list(&["linux/arm/v7"]), &Arch::ArmV6), None, "a v6 board never runs v7");
+        assert_eq!(Platform::choose(&list(&["linux/arm/v6"]), &Arch::ArmV7), Some(0), "v7 runs v6");
+        assert_eq!(Platform::choose(&list(&["windows/amd64"]), &Arch::Amd64), None);
+    }
+
+    #[test]
+    fn parse_and_print() {
+        assert_eq!("linux/arm/v7".parse::<Platform>().unwrap().to_string(), "linux/arm/v7");
+        assert!("linux".parse::<Platform>().is_err());
+        assert!("linux//v7".parse::<Platform>().is_err());
+    }
+}

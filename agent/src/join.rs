@@ -4,13 +4,12 @@ use crate::config::AgentConfig;
 use bramble_proto::model::NodeInfo;
 use bramble_proto::token::JoinToken;
 use bramble_proto::wire::{Request, Response};
-use bramble_transport::pki::{cert_der_from_pem, identity_of, node_csr, sha256_hex};
+use bramble_transport::pki::{cert_der_from_pem, identity_of, node_csr, sha256_hex, write_file_atomic};
 use bramble_transport::quic::{call, client_endpoint, connect};
 use bramble_transport::tls::pinned_client_config;
 use bramble_transport::{Identity, TransportError};
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -68,12 +67,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JoinError + '_ {
 }
 
 fn write_atomic(path: &Path, contents: &str, mode: u32) -> Result<(), JoinError> {
-    let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(io(&tmp))?;
-    f.write_all(contents.as_bytes()).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    write_file_atomic(path, contents.as_bytes(), mode).map_err(io(path))
 }
 
 /// Loads the credentials from `dir`, if the agent has joined.

@@ -6,6 +6,7 @@ pub mod config;
 pub mod join;
 pub mod observability;
 pub mod session;
+pub mod signals;
 pub mod sysinfo;
 pub mod systemd;
 

@@ -80,10 +80,14 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async {
+        let mut shutdown = match bramble_agent::signals::Shutdown::install() {
+            Ok(s) => s,
+            Err(e) => return Err(bramble_agent::AgentError::Io { path: "signal handlers".into(), source: e }),
+        };
         let cancel = CancellationToken::new();
         let c = cancel.clone();
         tokio::spawn(async move {
-            shutdown_signal().await;
+            shutdown.wait().await;
             systemd::notify("STOPPING=1");
             c.cancel();
         });
@@ -111,14 +115,4 @@ fn load(args: RunArgs) -> anyhow::Result<AgentConfig> {
     config.apply(Overrides { leaders: args.leaders, token: args.token, name: args.name, data_dir: args.data_dir });
     config.node_name().context("invalid node name")?;
     Ok(config)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

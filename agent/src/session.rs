@@ -65,9 +65,7 @@ fn next_epoch(dir: &Path) -> Result<u64, AgentError> {
     let path = dir.join("epoch");
     let current = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
     let next = current + 1;
-    let tmp = dir.join("epoch.tmp");
-    std::fs::write(&tmp, next.to_string())
-        .and_then(|_| std::fs::rename(&tmp, &path))
+    bramble_transport::pki::write_file_atomic(&path, next.to_string().as_bytes(), 0o644)
         .map_err(|source| AgentError::Io { path: path.clone(), source })?;
     Ok(next)
 }

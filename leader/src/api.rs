@@ -3,7 +3,7 @@
 use crate::nodes::NodeRegistry;
 use crate::store::{Expect, Store};
 use crate::tokens::{self, store_error};
-use bramble_proto::model::{Event, Node, NodeInfo, NodeView, ObjectMeta};
+use bramble_proto::model::{Node, NodeInfo, NodeView, ObjectMeta};
 use bramble_proto::names::{check_dns_subdomain, check_label_key, check_label_value};
 use bramble_proto::wire::{ApiError, ErrorCode, Request, Response};
 use bramble_transport::pki::Ca;
@@ -49,13 +49,7 @@ impl Api {
         if let Request::Join { token, node_name, csr_pem, info } = request {
             return self.join(&token, &node_name, &csr_pem, info).inspect_err(|e| {
                 let name = if check_dns_subdomain(&node_name).is_ok() { node_name.as_str() } else { "<invalid>" };
-                tracing::warn!(node = name, "{}", e.message);
-                self.registry.record(Event {
-                    time_ms: now_ms(),
-                    object: format!("node/{name}"),
-                    reason: "JoinRefused".into(),
-                    message: e.message.clone(),
-                });
+                self.record(name, "JoinRefused", e.message.clone());
             });
         }
         match identity {
@@ -108,13 +102,7 @@ impl Api {
     }
 
     fn record(&self, name: &str, reason: &str, message: String) {
-        tracing::info!(node = name, reason, "{message}");
-        self.registry.record(Event {
-            time_ms: now_ms(),
-            object: format!("node/{name}"),
-            reason: reason.into(),
-            message,
-        });
+        self.registry.node_event(name, reason, message, now_ms());
     }
 
     fn join(&self, token: &str, node_name: &str, csr_pem: &str, info: NodeInfo) -> Result<Response, ApiError> {
@@ -227,6 +215,15 @@ impl Api {
             }
         }
         Err(err(ErrorCode::Conflict, format!("node {name} kept changing; try again")))
+    }
+
+    /// Records what an agent reports about its board; writes only if it changed.
+    pub fn set_node_info(&self, name: &str, info: NodeInfo) -> Result<bool, ApiError> {
+        self.update_node(name, |node| {
+            let changed = node.info != info;
+            node.info = info.clone();
+            Ok(changed)
+        })
     }
 
     pub fn nodes(&self) -> Result<Vec<Node>, ApiError> {

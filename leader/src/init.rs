@@ -2,11 +2,10 @@
 
 use crate::config::LeaderConfig;
 use bramble_transport::admin::{AdminConfig, ADMIN_CONFIG_VERSION};
-use bramble_transport::pki::{Ca, PkiError};
+use bramble_transport::pki::{write_file_atomic, Ca, PkiError};
 use std::fs;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -58,14 +57,8 @@ impl Layout {
     }
 }
 
-/// Writes `contents` to a new file with `mode`, atomically (temp file, fsync, rename).
-pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), InitError> {
-    let io = |source| InitError::Io { path: path.to_path_buf(), source };
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(io)?;
-    f.write_all(contents).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), InitError> {
+    write_file_atomic(path, contents, mode).map_err(|source| InitError::Io { path: path.to_path_buf(), source })
 }
 
 /// What `init` made.

@@ -1,6 +1,7 @@
 //! `bramble-leader`: keeps the cluster's desired state and serves the API.
 
 use anyhow::Context;
+use bramble_agent::signals::Shutdown;
 use bramble_agent::{observability, systemd, AgentConfig};
 use bramble_leader::config::{LeaderConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
 use bramble_leader::init::{init, Layout};
@@ -166,10 +167,15 @@ fn up(data_dir: Option<PathBuf>, listen: SocketAddr) -> anyhow::Result<LeaderCon
 }
 
 async fn serve(config: LeaderConfig) -> anyhow::Result<()> {
+    let mut shutdown = Shutdown::install().context("cannot install signal handlers")?;
     let leader = bramble_leader::start(&config).await?;
     let agent = if config.agent.enabled { Some(start_embedded_agent(&config, &leader)?) } else { None };
     systemd::notify("READY=1");
-    shutdown_signal(leader.cancelled()).await;
+    let cancelled = leader.cancelled();
+    tokio::select! {
+        _ = shutdown.wait() => {}
+        _ = cancelled.cancelled() => {}
+    }
     systemd::notify("STOPPING=1");
     if let Some((cancel, task)) = agent {
         cancel.cancel();
@@ -211,15 +217,4 @@ fn start_embedded_agent(config: &LeaderConfig, leader: &RunningLeader) -> anyhow
         }
     });
     Ok((cancel, task))
-}
-
-async fn shutdown_signal(cancelled: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-        _ = cancelled.cancelled() => {}
-    }
 }

@@ -92,12 +92,11 @@ impl NodeRegistry {
             let changed =
                 set_ready(&mut l.ready, ConditionStatus::True, "AgentConnected", "the agent is connected", now_ms);
             if changed {
-                self.event(
+                self.node_event(
                     name,
                     "NodeReady",
                     format!("agent connected from {} (session {})", session.address, session.epoch),
                     now_ms,
-                    &mut live,
                 );
             }
             replaced
@@ -120,7 +119,7 @@ impl NodeRegistry {
         l.last_seen = Some(now);
         l.last_seen_ms = now_ms;
         if set_ready(&mut l.ready, ConditionStatus::True, "AgentConnected", "the agent is connected", now_ms) {
-            self.event(name, "NodeReady", "heartbeats resumed".into(), now_ms, &mut live);
+            self.node_event(name, "NodeReady", "heartbeats resumed".into(), now_ms);
         }
         true
     }
@@ -131,7 +130,7 @@ impl NodeRegistry {
         let Some(l) = live.get_mut(name) else { return };
         if l.session.as_ref().map(|s| s.epoch) == Some(epoch) {
             l.session = None;
-            self.event(name, "SessionEnded", format!("session {epoch} ended: {reason}"), now_ms, &mut live);
+            self.node_event(name, "SessionEnded", format!("session {epoch} ended: {reason}"), now_ms);
         }
     }
 
@@ -152,7 +151,7 @@ impl NodeRegistry {
                     self.grace.as_secs()
                 );
                 set_ready(&mut l.ready, ConditionStatus::False, "NodeStatusUnknown", &msg, now_ms);
-                self.event(&name, "NodeNotReady", msg, now_ms, &mut live);
+                self.node_event(&name, "NodeNotReady", msg, now_ms);
                 changed.push(name);
             }
         }
@@ -170,7 +169,8 @@ impl NodeRegistry {
         }
     }
 
-    fn event(&self, name: &str, reason: &str, message: String, now_ms: u64, _held: &mut HashMap<String, Live>) {
+    /// Logs and records an event about node `name`.
+    pub fn node_event(&self, name: &str, reason: &str, message: String, now_ms: u64) {
         tracing::info!(node = name, reason, "{message}");
         self.record(Event { time_ms: now_ms, object: format!("node/{name}"), reason: reason.into(), message });
     }

@@ -260,11 +260,7 @@ async fn session(
         if node.key_fingerprint != key_fp {
             return Err(ApiError::new(ErrorCode::PermissionDenied, format!("node {n:?} is bound to another key")));
         }
-        a.update_node(&n, |node| {
-            let changed = node.info != info;
-            node.info = info.clone();
-            Ok(changed)
-        })
+        a.set_node_info(&n, info)
     })
     .await;
     match checked {
@@ -292,14 +288,7 @@ async fn session(
                     registry.heartbeat(&name, epoch, Instant::now(), now_ms());
                     let a = api.clone();
                     let n = name.clone();
-                    let r = tokio::task::spawn_blocking(move || {
-                        a.update_node(&n, |node| {
-                            let changed = node.info != info;
-                            node.info = info.clone();
-                            Ok(changed)
-                        })
-                    })
-                    .await;
+                    let r = tokio::task::spawn_blocking(move || a.set_node_info(&n, info)).await;
                     if let Ok(Err(e)) = r {
                         warn!("cannot record node info: {e}");
                     }

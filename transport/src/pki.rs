@@ -84,7 +84,12 @@ impl Ca {
     pub fn generate(cluster: &str) -> Result<Ca, PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = dn(&format!("bramble cluster CA {cluster}"));
+        // A random part keeps the names of two clusters' CAs apart, so a certificate from the
+        // wrong cluster is reported as "unknown CA" rather than as a bad signature.
+        let mut id = [0u8; 4];
+        ring::rand::SystemRandom::new().fill(&mut id).map_err(|_| PkiError::Random)?;
+        let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        params.distinguished_name = dn(&format!("bramble cluster CA {cluster} {id}"));
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages =
             vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];

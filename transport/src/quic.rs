@@ -164,6 +164,7 @@ pub fn rejection(conn: &Connection) -> Option<TransportError> {
         45 => "certificate expired",
         46 => "certificate unknown",
         48 => "certificate from an unknown CA (not this cluster's)",
+        51 => "a signature did not verify (a certificate from another cluster?)",
         116 => "a certificate is required",
         120 => "no common application protocol (not a Bramble peer?)",
         _ => "handshake failure",

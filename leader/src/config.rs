@@ -17,8 +17,6 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Parse(#[from] SourceError),
-    #[error("{path}: unsupported config version {found}: expected {CONFIG_VERSION}")]
-    Version { path: PathBuf, found: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,7 +116,9 @@ impl LeaderConfig {
     pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
         let cfg: LeaderConfig = parse_toml(file, text)?;
         if cfg.version != CONFIG_VERSION {
-            return Err(ConfigError::Version { path: file.into(), found: cfg.version });
+            let at = text.find("version").unwrap_or(0);
+            let message = format!("unsupported config version {}: expected {CONFIG_VERSION}", cfg.version);
+            return Err(SourceError::at(file, text, at, "version", message).into());
         }
         if cfg.nodes.heartbeat.0 >= cfg.nodes.not_ready_after.0 {
             let offset = text.find("heartbeat").unwrap_or(0);

@@ -1,9 +1,17 @@
-//! Images for the agent.
+//! Images for the agent: pull from registries, store content once, unpack layers safely, give each
+//! container a root filesystem, import for air-gapped boards, collect garbage.
 //!
-//! Today: [`platform`], choosing the right entry of a multi-platform image for a board, variant
-//! included. The registry client, content store, safe unpacking and import follow (roadmap item 2).
+//! - [`registry`]: the OCI distribution client (auth, HTTPS, digests verified).
+//! - [`store`]: the content store under the agent's data dir (blobs, unpacked layers, image records).
+//! - [`unpack`]: layer tar → directory, with whiteouts, and no way out of the directory.
+//! - [`platform`]: the right entry of a multi-platform image for a board, variant included.
 
+pub mod digest;
+pub mod oci;
 pub mod platform;
+pub mod registry;
+pub mod unpack;
 
 pub use bramble_proto::image_ref::ImageRef;
+pub use digest::Digest;
 pub use platform::Platform;

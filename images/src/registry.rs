@@ -1,0 +1,421 @@
+//! A registry client for the OCI distribution API (Docker registry v2): manifests and blobs, with
+//! anonymous, Bearer-token and basic auth; HTTPS unless a registry is listed as insecure.
+//!
+//! Blocking on purpose: it streams a blob straight into a file (never into memory) and is called
+//! from a blocking thread. Every byte it returns has been checked against its digest.
+
+use crate::digest::{Digest, HashingWriter};
+use crate::oci::{MANIFEST_ACCEPT, MAX_DOCUMENT};
+use base64::Engine;
+use bramble_proto::image_ref::{ImageRef, DEFAULT_REGISTRY};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How to reach one registry (from the agent's config).
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// `host[:port]` as written in image references.
+    pub host: String,
+    /// Plain HTTP instead of HTTPS.
+    #[serde(default)]
+    pub insecure: bool,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A CA certificate (PEM) to trust for this registry instead of the public roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("host", &self.host)
+            .field("insecure", &self.insecure)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot reach registry {host}: {message}")]
+    Unreachable { host: String, message: String },
+    #[error("{what} not found in registry {host}")]
+    NotFound { host: String, what: String },
+    #[error("registry {host} refused access to {repository}: {message}")]
+    Denied { host: String, repository: String, message: String },
+    #[error("registry {host} answered {status} for {what}: {message}")]
+    Status { host: String, status: u16, what: String, message: String },
+    #[error("{what} from registry {host} is corrupt: expected {expected}, got {actual}")]
+    DigestMismatch { host: String, what: String, expected: String, actual: String },
+    #[error("{what} from registry {host} is {size} bytes, more than the {limit} allowed")]
+    TooLarge { host: String, what: String, size: u64, limit: u64 },
+    #[error("cannot read the CA file {path}: {message}")]
+    CaFile { path: PathBuf, message: String },
+    #[error("writing {what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+/// A fetched manifest document.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub bytes: Vec<u8>,
+    pub media_type: Option<String>,
+    pub digest: Digest,
+}
+
+/// The registry client; cheap to share between threads.
+pub struct RegistryClient {
+    registries: Vec<RegistryConfig>,
+    agents: Mutex<HashMap<String, ureq::Agent>>,
+    tokens: Mutex<HashMap<(String, String), String>>,
+}
+
+impl std::fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryClient").field("registries", &self.registries).finish_non_exhaustive()
+    }
+}
+
+/// Docker Hub's API host differs from the name in references.
+fn api_host(host: &str) -> &str {
+    if host == DEFAULT_REGISTRY {
+        "registry-1.docker.io"
+    } else {
+        host
+    }
+}
+
+/// A challenge from `WWW-Authenticate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    Basic,
+    Bearer { realm: String, service: Option<String>, scope: Option<String> },
+}
+
+/// Parses `Bearer realm="…",service="…",scope="…"` or `Basic realm="…"`.
+pub fn parse_challenge(header: &str) -> Option<Challenge> {
+    let header = header.trim();
+    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+    if scheme.eq_ignore_ascii_case("basic") {
+        return Some(Challenge::Basic);
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut params = HashMap::new();
+    let mut rest = rest.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let key = key.trim().to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, tail) = if let Some(quoted) = after.strip_prefix('"') {
+            let end = quoted.find('"')?;
+            (&quoted[..end], &quoted[end + 1..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim(), &after[end..])
+        };
+        params.insert(key, value.to_string());
+        rest = tail.trim_start().trim_start_matches(',').trim_start();
+    }
+    Some(Challenge::Bearer {
+        realm: params.remove("realm")?,
+        service: params.remove("service"),
+        scope: params.remove("scope"),
+    })
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<ErrorItem>,
+}
+
+#[derive(Deserialize)]
+struct ErrorItem {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+fn error_text(body: &[u8]) -> String {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) if !b.errors.is_empty() => {
+            b.errors.iter().map(|e| format!("{} ({})", e.message, e.code)).collect::<Vec<_>>().join("; ")
+        }
+        _ => String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string(),
+    }
+}
+
+impl RegistryClient {
+    pub fn new(registries: Vec<RegistryConfig>) -> Self {
+        RegistryClient { registries, agents: Mutex::new(HashMap::new()), tokens: Mutex::new(HashMap::new()) }
+    }
+
+    fn config(&self, host: &str) -> RegistryConfig {
+        self.registries
+            .iter()
+            .find(|r| r.host == host)
+            .cloned()
+            .unwrap_or_else(|| RegistryConfig { host: host.to_string(), ..Default::default() })
+    }
+
+    fn agent(&self, host: &str) -> Result<ureq::Agent, RegistryError> {
+        let mut agents = self.agents.lock().expect("agents lock");
+        if let Some(a) = agents.get(host) {
+            return Ok(a.clone());
+        }
+        let cfg = self.config(host);
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(path) = &cfg.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| RegistryError::CaFile { path: path.clone(), message: e.to_string() })?;
+            let cert = ureq::tls::Certificate::from_pem(&pem)
+                .map_err(|e| RegistryError::CaFile { path: path.clone(), message: e.to_string() })?;
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&[cert.to_owned()]));
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(15)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .timeout_per_read(Some(Duration::from_secs(60)))
+            .max_redirects(5)
+            .user_agent(concat!("bramble/", env!("CARGO_PKG_VERSION")))
+            .tls_config(tls.build())
+            .build()
+            .into();
+        agents.insert(host.to_string(), agent.clone());
+        Ok(agent)
+    }
+
+    fn url(&self, image: &ImageRef, path: &str) -> String {
+        let cfg = self.config(&image.registry);
+        let scheme = if cfg.insecure { "http" } else { "https" };
+        format!("{scheme}://{}/v2/{}/{path}", api_host(&image.registry), image.repository)
+    }
+
+    /// GET with auth: on 401, answers the challenge and retries once.
+    fn get(
+        &self,
+        image: &ImageRef,
+        path: &str,
+        accept: &str,
+    ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
+        let host = &image.registry;
+        let agent = self.agent(host)?;
+        let url = self.url(image, path);
+        let key = (host.clone(), image.repository.clone());
+        let unreachable = |e: ureq::Error| RegistryError::Unreachable { host: host.clone(), message: e.to_string() };
+        let send = |auth: Option<String>| {
+            let mut req = agent.get(&url).header("Accept", accept);
+            if let Some(a) = auth {
+                req = req.header("Authorization", a);
+            }
+            req.call()
+        };
+        let cached = self.tokens.lock().expect("tokens lock").get(&key).cloned();
+        let resp = send(cached).map_err(unreachable)?;
+        if resp.status() != 401 {
+            return Ok(resp);
+        }
+        let challenge = resp.headers().get("www-authenticate").and_then(|h| h.to_str().ok()).and_then(parse_challenge);
+        let cfg = self.config(host);
+        let denied = |message: String| RegistryError::Denied {
+            host: host.clone(),
+            repository: image.repository.clone(),
+            message,
+        };
+        let auth = match challenge {
+            Some(Challenge::Basic) => {
+                let (Some(u), Some(p)) = (&cfg.username, &cfg.password) else {
+                    return Err(denied(
+                        "it asks for a user name and password; add them to this registry in the agent config".into(),
+                    ));
+                };
+                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")))
+            }
+            Some(Challenge::Bearer { realm, service, scope }) => {
+                let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", image.repository));
+                let mut req = agent.get(&realm).query("scope", &scope);
+                if let Some(s) = &service {
+                    req = req.query("service", s);
+                }
+                if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
+                    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+                    req = req.header("Authorization", format!("Basic {basic}"));
+                }
+                let mut tr = req.call().map_err(unreachable)?;
+                let body = tr.body_mut().with_config().limit(MAX_DOCUMENT).read_to_vec().map_err(unreachable)?;
+                if tr.status() != 200 {
+                    return Err(denied(format!(
+                        "the token service {realm} answered {}: {}",
+                        tr.status(),
+                        error_text(&body)
+                    )));
+                }
+                let t: TokenResponse = serde_json::from_slice(&body)
+                    .map_err(|e| denied(format!("bad answer from the token service: {e}")))?;
+                let token =
+                    t.token.or(t.access_token).ok_or_else(|| denied("the token service sent no token".into()))?;
+                format!("Bearer {token}")
+            }
+            None => return Err(denied("it answered 401 without a usable challenge".into())),
+        };
+        let resp = send(Some(auth.clone())).map_err(unreachable)?;
+        if resp.status() == 401 || resp.status() == 403 {
+            return Err(denied("the credentials were not accepted".into()));
+        }
+        self.tokens.lock().expect("tokens lock").insert(key, auth);
+        Ok(resp)
+    }
+
+    fn check_status(
+        &self,
+        image: &ImageRef,
+        resp: &mut ureq::http::Response<ureq::Body>,
+        what: &str,
+    ) -> Result<(), RegistryError> {
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let body = resp.body_mut().with_config().limit(64 << 10).read_to_vec().unwrap_or_default();
+        let host = image.registry.clone();
+        Err(match status {
+            404 => RegistryError::NotFound { host, what: what.to_string() },
+            401 | 403 => {
+                RegistryError::Denied { host, repository: image.repository.clone(), message: error_text(&body) }
+            }
+            _ => RegistryError::Status { host, status, what: what.to_string(), message: error_text(&body) },
+        })
+    }
+
+    /// Fetches a manifest or index by tag or digest; checks it against the digest when given one.
+    pub fn manifest(&self, image: &ImageRef, reference: &str) -> Result<Fetched, RegistryError> {
+        let what = format!("manifest {}:{reference}", image.repository);
+        let mut resp = self.get(image, &format!("manifests/{reference}"), MANIFEST_ACCEPT)?;
+        self.check_status(image, &mut resp, &what)?;
+        let media_type = resp.headers().get("content-type").and_then(|h| h.to_str().ok()).map(str::to_string);
+        let bytes = resp.body_mut().with_config().limit(MAX_DOCUMENT).read_to_vec().map_err(|e| {
+            RegistryError::Unreachable { host: image.registry.clone(), message: format!("reading {what}: {e}") }
+        })?;
+        let digest = Digest::of(&bytes);
+        if let Ok(expected) = reference.parse::<Digest>() {
+            if expected != digest {
+                return Err(RegistryError::DigestMismatch {
+                    host: image.registry.clone(),
+                    what,
+                    expected: expected.to_string(),
+                    actual: digest.to_string(),
+                });
+            }
+        }
+        Ok(Fetched { bytes, media_type, digest })
+    }
+
+    /// Streams blob `digest` (of `size` bytes) into `sink`, calling `progress` with bytes so far.
+    /// Fails, having written at most `size` bytes, if the content does not match.
+    pub fn blob(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        size: u64,
+        sink: &mut dyn Write,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), RegistryError> {
+        let what = format!("blob {digest}");
+        let mut resp = self.get(image, &format!("blobs/{digest}"), "*/*")?;
+        self.check_status(image, &mut resp, &what)?;
+        let host = image.registry.clone();
+        let mut reader = resp.body_mut().with_config().limit(size + 1).reader();
+        let mut writer = HashingWriter::new(sink);
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| RegistryError::Unreachable {
+                host: host.clone(),
+                message: format!("reading {what}: {e}"),
+            })?;
+            if n == 0 {
+                break;
+            }
+            if writer.count() + n as u64 > size {
+                return Err(RegistryError::TooLarge { host, what, size: writer.count() + n as u64, limit: size });
+            }
+            writer.write_all(&buf[..n]).map_err(|source| RegistryError::Io { what: what.clone(), source })?;
+            progress(writer.count());
+        }
+        let (_, actual, count) = writer.finish();
+        if count != size || &actual != digest {
+            return Err(RegistryError::DigestMismatch {
+                host,
+                what,
+                expected: format!("{digest} ({size} bytes)"),
+                actual: format!("{actual} ({count} bytes)"),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges() {
+        let h = r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#;
+        assert_eq!(
+            parse_challenge(h),
+            Some(Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into()),
+                scope: Some("repository:library/busybox:pull".into()),
+            })
+        );
+        assert_eq!(parse_challenge("Basic realm=\"Registry Realm\""), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge("bearer realm=x"),
+            Some(Challenge::Bearer { realm: "x".into(), service: None, scope: None })
+        );
+        assert_eq!(parse_challenge("Negotiate"), None);
+        assert_eq!(parse_challenge("Bearer service=\"x\""), None, "a realm is required");
+    }
+
+    #[test]
+    fn urls_and_errors() {
+        let c = RegistryClient::new(vec![RegistryConfig {
+            host: "127.0.0.1:5000".into(),
+            insecure: true,
+            ..Default::default()
+        }]);
+        let i: ImageRef = "127.0.0.1:5000/team/web:1".parse().unwrap();
+        assert_eq!(c.url(&i, "manifests/1"), "http://127.0.0.1:5000/v2/team/web/manifests/1");
+        let i: ImageRef = "busybox".parse().unwrap();
+        assert_eq!(c.url(&i, "manifests/latest"), "https://registry-1.docker.io/v2/library/busybox/manifests/latest");
+        assert_eq!(
+            error_text(br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#),
+            "manifest unknown (MANIFEST_UNKNOWN)"
+        );
+        let cfg = RegistryConfig { password: Some("hunter2".into()), ..Default::default() };
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
+}

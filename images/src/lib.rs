@@ -7,11 +7,20 @@
 //! - [`platform`]: the right entry of a multi-platform image for a board, variant included.
 
 pub mod digest;
+pub mod gc;
+pub mod import;
 pub mod oci;
 pub mod platform;
+pub mod progress;
+pub mod pull;
 pub mod registry;
+pub mod rootfs;
+pub mod store;
 pub mod unpack;
 
 pub use bramble_proto::image_ref::ImageRef;
 pub use digest::Digest;
 pub use platform::Platform;
+pub use progress::Progress;
+pub use pull::{PullError, PullPolicy, Puller};
+pub use store::{ContentStore, ImageRecord};

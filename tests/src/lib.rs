@@ -14,6 +14,8 @@
 pub mod cluster;
 pub mod netlab;
 pub mod process;
+pub mod registry;
+pub mod testimages;
 
 pub use cluster::{Cluster, ClusterOptions};
 pub use netlab::NetLab;

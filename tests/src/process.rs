@@ -46,6 +46,20 @@ impl Proc {
         Proc { child: Some(child), log: log.to_path_buf(), name: name.to_string() }
     }
 
+    /// Starts `bin args` in the host's namespaces.
+    pub fn spawn_host(name: &str, bin: &Path, args: &[String], log: &Path) -> Proc {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        let err = file.try_clone().expect("log file");
+        let child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { child: Some(child), log: log.to_path_buf(), name: name.to_string() }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }

@@ -14,7 +14,7 @@
 //!   where overlayfs is missing): whiteouts delete, opaque directories are emptied of what lower
 //!   layers put there, and a directory replaces a lower layer's symlink or file as overlayfs would.
 
-mod walk;
+pub(crate) mod walk;
 
 use crate::digest::{Digest, HashingReader};
 use nix::errno::Errno;

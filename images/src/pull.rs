@@ -1,0 +1,190 @@
+//! Pulling an image: resolve the reference to this board's platform, fetch what the store lacks,
+//! verify every digest and every layer's diff_id, unpack each layer once, record the image.
+
+use crate::oci::{parse_manifest_doc, Descriptor, ImageConfig, Manifest, ManifestDoc};
+use crate::platform::Platform;
+use crate::progress::{LayerPhase, Progress};
+use crate::registry::{RegistryClient, RegistryError};
+use crate::store::{now_ms, ContentStore, ImageRecord, LayerRecord, StoreError};
+use crate::unpack::UnpackOptions;
+use bramble_proto::image_ref::ImageRef;
+use bramble_proto::model::Arch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("image {image} has no variant for this node ({arch}); it offers {}", offered.join(", "))]
+    NoPlatform { image: String, arch: String, offered: Vec<String> },
+    #[error("image {image} is for {platform}, which cannot run on this node ({arch})")]
+    WrongPlatform { image: String, platform: String, arch: String },
+    #[error("image {image}: {reason}")]
+    BadImage { image: String, reason: String },
+}
+
+/// When to ask the registry even though the store has the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    /// Use the stored image if the reference was pulled before (digest references never change).
+    #[default]
+    IfNotPresent,
+    /// Resolve the reference again (tags move).
+    Always,
+}
+
+pub struct Puller<'a> {
+    pub store: &'a ContentStore,
+    pub client: &'a RegistryClient,
+    pub arch: Arch,
+    pub unpack: UnpackOptions,
+}
+
+impl Puller<'_> {
+    pub fn pull(&self, image: &ImageRef, policy: PullPolicy, progress: &Progress) -> Result<ImageRecord, PullError> {
+        let reference = image.as_str().to_string();
+        if policy == PullPolicy::IfNotPresent {
+            if let Some(r) = self.store.image(&reference)? {
+                if self.complete(&r) {
+                    progress.set_layers(r.layers.iter().map(|l| (l.digest.clone(), l.size)));
+                    for l in &r.layers {
+                        progress.update(&l.digest, l.size, LayerPhase::Cached);
+                    }
+                    return Ok(r);
+                }
+            }
+        }
+        let bad = |reason: String| PullError::BadImage { image: reference.clone(), reason };
+        let tag_or_digest =
+            image.digest.clone().or_else(|| image.tag_or_default().map(str::to_string)).expect("a tag or a digest");
+        let top = self.client.manifest(image, &tag_or_digest)?;
+        let doc = parse_manifest_doc(top.media_type.as_deref(), &top.bytes).map_err(bad)?;
+        let (index_digest, manifest_bytes, manifest_digest) = match doc {
+            ManifestDoc::Index(index) => {
+                let offered: Vec<Platform> = index
+                    .manifests
+                    .iter()
+                    .map(|d| {
+                        d.platform.as_ref().map(Platform::from).unwrap_or(Platform {
+                            os: "?".into(),
+                            architecture: "?".into(),
+                            variant: None,
+                        })
+                    })
+                    .collect();
+                let Some(i) = Platform::choose(&offered, &self.arch) else {
+                    return Err(PullError::NoPlatform {
+                        image: reference,
+                        arch: self.arch.to_string(),
+                        offered: offered.iter().map(|p| p.to_string()).collect(),
+                    });
+                };
+                let chosen = &index.manifests[i];
+                let m = self.client.manifest(image, &chosen.digest.to_string())?;
+                self.store.write_blob(&top.digest, &top.bytes)?;
+                (Some(top.digest), m.bytes, m.digest)
+            }
+            ManifestDoc::Image(_) => (None, top.bytes, top.digest),
+        };
+        let manifest: Manifest = match parse_manifest_doc(None, &manifest_bytes).map_err(bad)? {
+            ManifestDoc::Image(m) => m,
+            ManifestDoc::Index(_) => return Err(bad("an index inside an index is not supported".into())),
+        };
+        let config_bytes = self.fetch_small(image, &manifest.config)?;
+        let config: ImageConfig =
+            serde_json::from_slice(&config_bytes).map_err(|e| bad(format!("invalid image config: {e}")))?;
+        if config.platform().suits(&self.arch).is_none() {
+            return Err(PullError::WrongPlatform {
+                image: reference,
+                platform: config.platform().to_string(),
+                arch: self.arch.to_string(),
+            });
+        }
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(bad(format!(
+                "the manifest lists {} layers but the config {} diff_ids",
+                manifest.layers.len(),
+                config.rootfs.diff_ids.len()
+            )));
+        }
+        let layers: Vec<LayerRecord> = manifest
+            .layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .map(|(d, diff_id)| LayerRecord {
+                digest: d.digest.clone(),
+                media_type: d.media_type.clone(),
+                size: d.size,
+                diff_id: diff_id.clone(),
+            })
+            .collect();
+        progress.set_layers(layers.iter().map(|l| (l.digest.clone(), l.size)));
+        for layer in &layers {
+            self.fetch_layer(image, layer, progress)?;
+        }
+        self.store.write_blob(&manifest_digest, &manifest_bytes)?;
+        let record = ImageRecord {
+            reference,
+            index_digest,
+            manifest_digest,
+            config_digest: manifest.config.digest.clone(),
+            platform: config.platform().to_string(),
+            layers,
+            created_ms: now_ms(),
+        };
+        self.store.put_image(&record)?;
+        Ok(record)
+    }
+
+    /// Whether everything a record names is in the store.
+    fn complete(&self, r: &ImageRecord) -> bool {
+        r.blobs().all(|d| self.store.has_blob(d)) && r.layers.iter().all(|l| self.store.has_layer(&l.diff_id))
+    }
+
+    fn fetch_small(&self, image: &ImageRef, d: &Descriptor) -> Result<Vec<u8>, PullError> {
+        if self.store.has_blob(&d.digest) {
+            if let Ok(b) = self.store.read_blob(&d.digest) {
+                return Ok(b);
+            }
+        }
+        if d.size > crate::oci::MAX_DOCUMENT {
+            return Err(PullError::BadImage {
+                image: image.to_string(),
+                reason: format!("config of {} bytes is too large", d.size),
+            });
+        }
+        let mut bytes = Vec::with_capacity(d.size as usize);
+        self.client.blob(image, &d.digest, d.size, &mut bytes, &mut |_| {})?;
+        self.store.write_blob(&d.digest, &bytes)?;
+        Ok(bytes)
+    }
+
+    fn fetch_layer(&self, image: &ImageRef, layer: &LayerRecord, progress: &Progress) -> Result<(), PullError> {
+        if self.store.has_layer(&layer.diff_id) && self.store.has_blob(&layer.digest) {
+            progress.update(&layer.digest, layer.size, LayerPhase::Cached);
+            return Ok(());
+        }
+        if !self.store.has_blob(&layer.digest) {
+            let mut ingest = self.store.ingest(&layer.digest)?;
+            progress.update(&layer.digest, 0, LayerPhase::Downloading);
+            self.client.blob(image, &layer.digest, layer.size, ingest.writer(), &mut |done| {
+                progress.update(&layer.digest, done, LayerPhase::Downloading)
+            })?;
+            ingest.commit()?;
+        }
+        progress.update(&layer.digest, layer.size, LayerPhase::Unpacking);
+        self.store.unpack_layer(layer, &self.unpack)?;
+        progress.update(&layer.digest, layer.size, LayerPhase::Done);
+        Ok(())
+    }
+}
+
+/// The image config of a stored image.
+pub fn config(store: &ContentStore, record: &ImageRecord) -> Result<ImageConfig, PullError> {
+    let bytes = store.read_blob(&record.config_digest)?;
+    serde_json::from_slice(&bytes).map_err(|e| PullError::BadImage {
+        image: record.reference.clone(),
+        reason: format!("invalid image config: {e}"),
+    })
+}

@@ -1,0 +1,354 @@
+//! The content store under the agent's data dir.
+//!
+//! ```text
+//! images/
+//!   blobs/sha256/<hex>      verified blobs: manifests, configs, compressed layers (shared)
+//!   ingest/                 downloads in progress; emptied on open
+//!   layers/<diff-id hex>/   unpacked layers, each once, overlayfs whiteouts inside
+//!   layers/<hex>.tmp-*      unpacks in progress; removed on open
+//!   refs/<sha256(ref)>.json one record per image reference
+//! ```
+//!
+//! Everything becomes visible by a rename after it is complete and synced, so `kill -9` or a power
+//! cut at any moment leaves either the old state or the new one, and the next pull finishes.
+
+use crate::digest::{Digest, HashingWriter};
+use crate::oci::{layer_compression, Compression};
+use crate::unpack::{unpack, Target, UnpackError, UnpackOptions, UnpackStats};
+use bramble_proto::quantity::format_duration;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: io::Error },
+    #[error("blob {digest} in the store is corrupt (it hashes to {actual})")]
+    Corrupt { digest: Digest, actual: Digest },
+    #[error("layer {blob}: {source}")]
+    Unpack { blob: Digest, source: UnpackError },
+    #[error("layer {blob} unpacks to {actual}, but the image config says its diff_id is {expected}")]
+    DiffId { blob: Digest, expected: Digest, actual: Digest },
+    #[error("layer {blob}: {reason}")]
+    Layer { blob: Digest, reason: String },
+    #[error("image record {path} is unreadable: {reason}")]
+    BadRecord { path: PathBuf, reason: String },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { what, path: path.to_path_buf(), source }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One layer of an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    /// Digest of the (compressed) blob.
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    /// Digest of the uncompressed tar: the unpacked directory's name.
+    pub diff_id: Digest,
+}
+
+/// What the store knows about one image reference.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// As the user wrote it (`registry.lan:5000/team/web:1.4`).
+    pub reference: String,
+    /// The index or manifest list the reference pointed at, for multi-platform images.
+    #[serde(default)]
+    pub index_digest: Option<Digest>,
+    pub manifest_digest: Digest,
+    pub config_digest: Digest,
+    /// `linux/arm/v7`.
+    pub platform: String,
+    pub layers: Vec<LayerRecord>,
+    /// When it was pulled or imported.
+    pub created_ms: u64,
+}
+
+impl ImageRecord {
+    /// Compressed size of the layers.
+    pub fn size(&self) -> u64 {
+        self.layers.iter().map(|l| l.size).sum()
+    }
+
+    /// Every blob the image needs.
+    pub fn blobs(&self) -> impl Iterator<Item = &Digest> {
+        self.index_digest
+            .iter()
+            .chain([&self.manifest_digest, &self.config_digest])
+            .chain(self.layers.iter().map(|l| &l.digest))
+    }
+}
+
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn tmp_suffix() -> String {
+    format!("{}-{}", std::process::id(), TMP_SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A blob being written: becomes visible only by [`Ingest::commit`], after its digest checked out.
+pub struct Ingest {
+    writer: Option<HashingWriter<File>>,
+    tmp: PathBuf,
+    dest: PathBuf,
+    expected: Digest,
+}
+
+impl Ingest {
+    pub fn writer(&mut self) -> &mut dyn Write {
+        self.writer.as_mut().expect("not committed")
+    }
+
+    pub fn written(&self) -> u64 {
+        self.writer.as_ref().map_or(0, |w| w.count())
+    }
+
+    /// Syncs, checks the digest and renames into the store.
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        let (file, actual, _) = self.writer.take().expect("not committed").finish();
+        file.sync_all().map_err(io_err("cannot sync", &self.tmp))?;
+        drop(file);
+        if actual != self.expected {
+            let _ = fs::remove_file(&self.tmp);
+            return Err(StoreError::Corrupt { digest: self.expected.clone(), actual });
+        }
+        fs::rename(&self.tmp, &self.dest).map_err(io_err("cannot store", &self.dest))?;
+        sync_dir(self.dest.parent().expect("blob dir"))
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("cannot sync", dir))
+}
+
+/// The content store.
+#[derive(Debug, Clone)]
+pub struct ContentStore {
+    root: PathBuf,
+}
+
+impl ContentStore {
+    /// Opens (creating) the store at `root` and clears what an interrupted run left half-done.
+    pub fn open(root: &Path) -> Result<ContentStore, StoreError> {
+        let s = ContentStore { root: root.to_path_buf() };
+        for d in [s.root.join("blobs/sha256"), s.root.join("ingest"), s.root.join("layers"), s.root.join("refs")] {
+            fs::create_dir_all(&d).map_err(io_err("cannot create", &d))?;
+        }
+        let ingest = s.root.join("ingest");
+        for e in fs::read_dir(&ingest).map_err(io_err("cannot read", &ingest))?.flatten() {
+            remove_tree(&e.path())
+                .or_else(|_| fs::remove_file(e.path()).map_err(io_err("cannot remove", &e.path())))?;
+        }
+        for e in fs::read_dir(s.root.join("layers")).map_err(io_err("cannot read", &s.root))?.flatten() {
+            if e.file_name().to_string_lossy().contains(".tmp-") {
+                tracing::info!(path = %e.path().display(), "removing an interrupted unpack");
+                remove_tree(&e.path())?;
+            }
+        }
+        Ok(s)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(d.hex())
+    }
+
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    /// Reads a small blob (manifest, config), checking its digest.
+    pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
+        let p = self.blob_path(d);
+        let bytes = fs::read(&p).map_err(io_err("cannot read", &p))?;
+        let actual = Digest::of(&bytes);
+        if &actual != d {
+            return Err(StoreError::Corrupt { digest: d.clone(), actual });
+        }
+        Ok(bytes)
+    }
+
+    /// Stores a small blob held in memory.
+    pub fn write_blob(&self, d: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
+        if self.has_blob(d) {
+            return Ok(());
+        }
+        let mut i = self.ingest(d)?;
+        i.writer().write_all(bytes).map_err(io_err("cannot write", &self.root))?;
+        i.commit()
+    }
+
+    /// Starts writing blob `d`.
+    pub fn ingest(&self, d: &Digest) -> Result<Ingest, StoreError> {
+        let tmp = self.root.join("ingest").join(format!("{}.{}", d.hex(), tmp_suffix()));
+        let file = File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
+        Ok(Ingest { writer: Some(HashingWriter::new(file)), tmp, dest: self.blob_path(d), expected: d.clone() })
+    }
+
+    pub fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
+        self.root.join("layers").join(diff_id.hex())
+    }
+
+    pub fn has_layer(&self, diff_id: &Digest) -> bool {
+        self.layer_dir(diff_id).is_dir()
+    }
+
+    /// Opens a layer blob as its uncompressed tar stream.
+    pub fn layer_reader(&self, layer: &LayerRecord) -> Result<Box<dyn Read>, StoreError> {
+        let compression = layer_compression(&layer.media_type)
+            .map_err(|reason| StoreError::Layer { blob: layer.digest.clone(), reason })?;
+        let p = self.blob_path(&layer.digest);
+        let f = BufReader::with_capacity(64 << 10, File::open(&p).map_err(io_err("cannot open", &p))?);
+        Ok(match compression {
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
+            Compression::None => Box::new(f),
+        })
+    }
+
+    /// Unpacks a stored layer blob into `layers/<diff_id>` (once), checking the diff_id.
+    pub fn unpack_layer(&self, layer: &LayerRecord, opts: &UnpackOptions) -> Result<Option<UnpackStats>, StoreError> {
+        let dest = self.layer_dir(&layer.diff_id);
+        if dest.is_dir() {
+            return Ok(None);
+        }
+        let tmp = self.root.join("layers").join(format!("{}.tmp-{}", layer.diff_id.hex(), tmp_suffix()));
+        fs::create_dir(&tmp).map_err(io_err("cannot create", &tmp))?;
+        let started = std::time::Instant::now();
+        let result = self.layer_reader(layer).and_then(|r| {
+            unpack(r, &tmp, Target::Layer, opts)
+                .map_err(|source| StoreError::Unpack { blob: layer.digest.clone(), source })
+        });
+        let (diff_id, stats) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = remove_tree(&tmp);
+                return Err(e);
+            }
+        };
+        if diff_id != layer.diff_id {
+            let _ = remove_tree(&tmp);
+            return Err(StoreError::DiffId {
+                blob: layer.digest.clone(),
+                expected: layer.diff_id.clone(),
+                actual: diff_id,
+            });
+        }
+        // Unpacked files reach the disk before the directory becomes visible.
+        let dir = File::open(&tmp).map_err(io_err("cannot open", &tmp))?;
+        nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)).map_err(|e| StoreError::Io {
+            what: "cannot sync",
+            path: tmp.clone(),
+            source: e.into(),
+        })?;
+        drop(dir);
+        match fs::rename(&tmp, &dest) {
+            Ok(()) => {}
+            // Another pull unpacked the same layer meanwhile.
+            Err(_) if dest.is_dir() => {
+                let _ = remove_tree(&tmp);
+                return Ok(None);
+            }
+            Err(e) => return Err(StoreError::Io { what: "cannot store", path: dest, source: e }),
+        }
+        sync_dir(&self.root.join("layers"))?;
+        tracing::debug!(layer = %layer.diff_id, took = %format_duration(started.elapsed()), entries = stats.entries, "layer unpacked");
+        Ok(Some(stats))
+    }
+
+    fn ref_path(&self, reference: &str) -> PathBuf {
+        self.root.join("refs").join(format!("{}.json", Digest::of(reference.as_bytes()).hex()))
+    }
+
+    pub fn image(&self, reference: &str) -> Result<Option<ImageRecord>, StoreError> {
+        let p = self.ref_path(reference);
+        match fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StoreError::BadRecord { path: p, reason: e.to_string() }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io { what: "cannot read", path: p, source: e }),
+        }
+    }
+
+    /// Records an image; everything it names must already be in the store.
+    pub fn put_image(&self, record: &ImageRecord) -> Result<(), StoreError> {
+        let p = self.ref_path(&record.reference);
+        let tmp = p.with_extension(format!("tmp-{}", tmp_suffix()));
+        let bytes = serde_json::to_vec_pretty(record).expect("record serialises");
+        let mut f = File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
+        f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io_err("cannot write", &tmp))?;
+        fs::rename(&tmp, &p).map_err(io_err("cannot store", &p))?;
+        sync_dir(&self.root.join("refs"))
+    }
+
+    pub fn remove_image(&self, reference: &str) -> Result<bool, StoreError> {
+        let p = self.ref_path(reference);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::Io { what: "cannot remove", path: p, source: e }),
+        }
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        let dir = self.root.join("refs");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io_err("cannot read", &dir))?.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                let b = fs::read(&p).map_err(io_err("cannot read", &p))?;
+                out.push(
+                    serde_json::from_slice(&b).map_err(|e| StoreError::BadRecord { path: p, reason: e.to_string() })?,
+                );
+            }
+        }
+        out.sort_by(|a: &ImageRecord, b| a.reference.cmp(&b.reference));
+        Ok(out)
+    }
+}
+
+/// Removes a directory tree that may hold read-only directories and whiteout devices.
+pub fn remove_tree(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            // Read-only directories from a layer: make them writable, then try again.
+            make_writable(path);
+            fs::remove_dir_all(path).map_err(io_err("cannot remove", path))
+        }
+    }
+}
+
+fn make_writable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(md) = fs::symlink_metadata(path) {
+        if md.is_dir() {
+            let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
+            if let Ok(rd) = fs::read_dir(path) {
+                for e in rd.flatten() {
+                    make_writable(&e.path());
+                }
+            }
+        }
+    }
+}

@@ -41,7 +41,68 @@ pub struct AgentConfig {
     #[serde(default)]
     pub resources: ResourcesConfig,
     #[serde(default)]
+    pub images: ImagesConfig,
+    #[serde(default)]
     pub log: LogConfig,
+}
+
+/// Where images live and how they are fetched.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// The content store (default: `<data_dir>/images`).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// When the disk holding the store is fuller than this (percent), unused images are removed…
+    #[serde(default = "default_gc_high")]
+    pub gc_high_percent: u8,
+    /// …until it is below this.
+    #[serde(default = "default_gc_low")]
+    pub gc_low_percent: u8,
+    /// Device nodes in image layers: "skip" (default), "refuse" or "create".
+    #[serde(default)]
+    pub devices: DevicePolicyConfig,
+    /// Per-registry settings: plain HTTP, credentials, a private CA.
+    #[serde(default, rename = "registry")]
+    pub registries: Vec<bramble_images::registry::RegistryConfig>,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            dir: None,
+            gc_high_percent: default_gc_high(),
+            gc_low_percent: default_gc_low(),
+            devices: DevicePolicyConfig::default(),
+            registries: Vec::new(),
+        }
+    }
+}
+
+fn default_gc_high() -> u8 {
+    85
+}
+fn default_gc_low() -> u8 {
+    70
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DevicePolicyConfig {
+    #[default]
+    Skip,
+    Refuse,
+    Create,
+}
+
+impl From<DevicePolicyConfig> for bramble_images::unpack::DevicePolicy {
+    fn from(p: DevicePolicyConfig) -> Self {
+        match p {
+            DevicePolicyConfig::Skip => Self::Skip,
+            DevicePolicyConfig::Refuse => Self::Refuse,
+            DevicePolicyConfig::Create => Self::Create,
+        }
+    }
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -110,6 +171,7 @@ impl Default for AgentConfig {
             data_dir: default_data_dir(),
             labels: BTreeMap::new(),
             resources: ResourcesConfig::default(),
+            images: ImagesConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -146,6 +208,27 @@ impl AgentConfig {
         if let Some(name) = &cfg.name {
             check_dns_subdomain(name).map_err(|e| SourceError::at(file, text, at("name"), "name", e.to_string()))?;
         }
+        let gc = &cfg.images;
+        if gc.gc_low_percent >= gc.gc_high_percent || gc.gc_high_percent > 100 {
+            let message = format!(
+                "expected gc_low_percent ({}) below gc_high_percent ({}), both at most 100",
+                gc.gc_low_percent, gc.gc_high_percent
+            );
+            return Err(SourceError::at(file, text, at("gc_"), "images.gc_high_percent", message).into());
+        }
+        for (i, r) in cfg.images.registries.iter().enumerate() {
+            if r.host.is_empty() || r.host.contains('/') || r.username.is_some() != r.password.is_some() {
+                let message = "expected host[:port] without a scheme, and username and password together".to_string();
+                return Err(SourceError::at(
+                    file,
+                    text,
+                    at("[[images.registry]]"),
+                    &format!("images.registry[{i}]"),
+                    message,
+                )
+                .into());
+            }
+        }
         for (k, v) in &cfg.labels {
             check_label_key(k)
                 .and_then(|_| check_label_value(v))
@@ -168,6 +251,11 @@ impl AgentConfig {
         if let Some(d) = o.data_dir {
             self.data_dir = d;
         }
+    }
+
+    /// The image store's directory.
+    pub fn images_dir(&self) -> PathBuf {
+        self.images.dir.clone().unwrap_or_else(|| self.data_dir.join("images"))
     }
 
     /// The node name: configured, or the host name.

@@ -1,5 +1,7 @@
 //! `bramble-agent`: runs on every board.
 
+mod image_cmd;
+
 use anyhow::Context;
 use bramble_agent::config::{AgentConfig, Overrides};
 use bramble_agent::{observability, systemd};
@@ -21,6 +23,13 @@ enum Command {
     Run(RunArgs),
     /// Check the configuration and print it as `run` would use it (the token redacted).
     Check(RunArgs),
+    /// This board's image store: pull, import, ls, rm, prune.
+    Image {
+        #[command(flatten)]
+        args: RunArgs,
+        #[command(subcommand)]
+        command: image_cmd::ImageCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -52,6 +61,23 @@ fn main() -> ExitCode {
     let (args, check_only) = match cli.command {
         Command::Run(a) => (a, false),
         Command::Check(a) => (a, true),
+        Command::Image { args, command } => {
+            let config = match load(args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("bramble-agent: {e:#}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            observability::init(Some(config.log.level.as_deref().unwrap_or("warn")));
+            return match image_cmd::run(&config, command) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bramble-agent: {e:#}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            };
+        }
     };
     let config = match load(args) {
         Ok(c) => c,

@@ -63,6 +63,7 @@ pub fn run(config: &AgentConfig, cmd: ImageCommand) -> anyhow::Result<()> {
             let progress = Progress::default();
             let started = Instant::now();
             let rec = with_progress(&progress, "pulling", || puller.pull(&image, policy, &progress))?;
+            relieve(config, &store, &roots)?;
             println!(
                 "{} {} ({}, {} layers, {})",
                 rec.reference,
@@ -77,6 +78,7 @@ pub fn run(config: &AgentConfig, cmd: ImageCommand) -> anyhow::Result<()> {
             let recs = with_progress(&progress, "importing", || {
                 import(&store, &path, &Arch::host(), &ImportOptions { name }, &progress)
             })?;
+            relieve(config, &store, &roots)?;
             for r in recs {
                 println!("{} {} ({})", r.reference, r.manifest_digest, r.platform);
             }
@@ -107,6 +109,19 @@ pub fn run(config: &AgentConfig, cmd: ImageCommand) -> anyhow::Result<()> {
             }
             println!("freed {} ({} blobs, {} layers)", human_bytes(r.bytes_freed), r.blobs_removed, r.layers_removed);
         }
+    }
+    Ok(())
+}
+
+/// Keeps the disk below the configured threshold after adding an image.
+fn relieve(config: &AgentConfig, store: &ContentStore, roots: &Rootfses) -> anyhow::Result<()> {
+    let (high, low) = (config.images.gc_high_percent, config.images.gc_low_percent);
+    if let Some(r) = gc::relieve_disk(store, &roots.leases(), high, low, bramble_images::store::now_ms())? {
+        eprintln!(
+            "disk above {high}%: removed {} unused image(s), freed {}",
+            r.images_removed.len(),
+            human_bytes(r.bytes_freed)
+        );
     }
     Ok(())
 }

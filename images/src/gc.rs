@@ -90,15 +90,28 @@ pub fn disk_used_percent(path: &Path) -> Option<u8> {
     Some((100 - avail * 100 / total) as u8)
 }
 
-/// When the disk is fuller than `high` percent, removes unused images, oldest first, until it is
-/// below `low` percent or nothing unused is left.
-pub fn relieve_disk(store: &ContentStore, leases: &[Lease], high: u8, low: u8) -> Result<Option<GcReport>, StoreError> {
+/// Images younger than this are never removed to make room (they were just pulled for a reason).
+pub const MIN_AGE_MS: u64 = 2 * 60 * 1000;
+
+/// When the disk is fuller than `high` percent, removes images no container uses, oldest first
+/// and none younger than [`MIN_AGE_MS`], until it is below `low` percent or none is left.
+pub fn relieve_disk(
+    store: &ContentStore,
+    leases: &[Lease],
+    high: u8,
+    low: u8,
+    now_ms: u64,
+) -> Result<Option<GcReport>, StoreError> {
     let used = |s: &ContentStore| disk_used_percent(s.root()).unwrap_or(0);
     if used(store) < high {
         return Ok(None);
     }
     let in_use: HashSet<&str> = leases.iter().map(|l| l.image.as_str()).collect();
-    let mut images: Vec<_> = store.images()?.into_iter().filter(|i| !in_use.contains(i.reference.as_str())).collect();
+    let mut images: Vec<_> = store
+        .images()?
+        .into_iter()
+        .filter(|i| !in_use.contains(i.reference.as_str()) && now_ms.saturating_sub(i.created_ms) >= MIN_AGE_MS)
+        .collect();
     images.sort_by_key(|i| i.created_ms);
     let mut total = collect(store, leases)?;
     for image in images {

@@ -9,7 +9,11 @@ use std::time::Duration;
 /// The directory holding the workspace's binaries (next to the test executable's `deps/`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    // Tests run from target/<profile>/deps/, programs such as the benchmarks from target/<profile>/.
+    let parent = exe.parent().expect("exe dir");
+    let dir =
+        if parent.file_name().is_some_and(|n| n == "deps") { parent.parent().expect("profile dir") } else { parent }
+            .to_path_buf();
     for bin in ["bramble-leader", "bramble-agent", "bramble"] {
         assert!(
             dir.join(bin).exists(),

@@ -162,3 +162,28 @@ fn overlay_and_copy_root_filesystems_run_busybox_and_are_removed() {
     ));
     let _: Option<StoreError> = None;
 }
+
+#[test]
+fn docker_schema_2_manifest_lists_pull_too() {
+    let reg = Registry::start(None, None);
+    let dir = tempfile::tempdir().unwrap();
+    busybox_layout(&dir.path().join("layout"), "1.35");
+    let dest = format!("{}/docker/busybox:1.35", reg.addr);
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--all", "--dest-tls-verify=false", "--format", "v2s2"])
+        .arg(format!("oci:{}:1.35", dir.path().join("layout").display()))
+        .arg(format!("docker://{dest}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let client = client(&reg);
+    let store = ContentStore::open(&dir.path().join("store")).unwrap();
+    let image: ImageRef = dest.parse().unwrap();
+    let rec = puller(&store, &client, Arch::ArmV7).pull(&image, PullPolicy::Always, &Progress::default()).unwrap();
+    assert_eq!(rec.platform, "linux/arm/v7");
+    assert_eq!(rec.layers[0].media_type, "application/vnd.docker.image.rootfs.diff.tar.gzip");
+    let manifest = store.read_blob(&rec.manifest_digest).unwrap();
+    assert!(String::from_utf8_lossy(&manifest).contains("application/vnd.docker.distribution.manifest.v2+json"));
+    let index = store.read_blob(rec.index_digest.as_ref().unwrap()).unwrap();
+    assert!(String::from_utf8_lossy(&index).contains("application/vnd.docker.distribution.manifest.list.v2+json"));
+}

@@ -232,3 +232,57 @@ fn kill_9_mid_pull_leaves_nothing_half_done_and_a_100_mib_layer_streams() {
         .unwrap();
     assert_eq!(std::fs::metadata(noise_file).unwrap().len(), 100 << 20);
 }
+
+/// On a small filesystem (a tmpfs), filling past the high mark removes the oldest unused images.
+#[test]
+fn a_full_disk_triggers_garbage_collection_of_old_unused_images() {
+    use bramble_images::gc::{disk_used_percent, relieve_disk, MIN_AGE_MS};
+    use bramble_images::import::{import, ImportOptions};
+    use bramble_images::rootfs::Lease;
+    use bramble_images::store::ContentStore;
+    use bramble_images::Progress;
+    use bramble_proto::model::Arch;
+    assert!(nix::unistd::geteuid().is_root(), "this test needs root (it mounts a tmpfs); run it as root, as CI does");
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    nix::mount::mount(Some("tmpfs"), &mnt, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=24m")).unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let store = ContentStore::open(&mnt.join("images")).unwrap();
+    // Four images of ~3 MiB each (a distinct 1.5 MiB layer, stored compressed and unpacked).
+    for i in 0..4u8 {
+        let layout = dir.path().join(format!("img{i}"));
+        let l = Layout::new(&layout);
+        let data: Vec<u8> = noise(3 << 19).into_iter().map(|b| b ^ i).collect();
+        let m = l.image("amd64", None, &[TarBuilder::default().file("data", 0o644, &data).finish()], &["sh"]);
+        l.finish(&format!("{i}"), vec![m], false);
+        import(&store, &layout, &Arch::Amd64, &ImportOptions { name: Some("local/img".into()) }, &Progress::default())
+            .unwrap();
+    }
+    let before = disk_used_percent(&mnt).unwrap();
+    assert!(before >= 40, "the images fill the small disk ({before}%)");
+    let in_use = vec![Lease {
+        image: "local/img:0".into(),
+        diff_ids: Vec::new(),
+        kind: bramble_images::rootfs::RootfsKind::Overlay,
+    }];
+    // Just imported: too young to be removed.
+    let now = bramble_images::store::now_ms();
+    let r = relieve_disk(&store, &in_use, 30, 20, now).unwrap().unwrap();
+    assert!(r.images_removed.is_empty());
+    // Later: the oldest unused images go until the disk is below the low mark; the one in use stays.
+    let r = relieve_disk(&store, &in_use, 30, 20, now + MIN_AGE_MS).unwrap().unwrap();
+    let left: Vec<String> = store.images().unwrap().into_iter().map(|i| i.reference).collect();
+    assert!(left.contains(&"local/img:0".to_string()), "the image in use stays: {left:?}");
+    assert_eq!(r.images_removed.first().map(String::as_str), Some("local/img:1"), "oldest unused first: {r:?}");
+    let after = disk_used_percent(&mnt).unwrap();
+    assert!(after < 20 || left == ["local/img:0"], "below the low mark ({after}%) or nothing unused left: {left:?}");
+    assert!(after < before);
+    assert!(relieve_disk(&store, &in_use, 99, 98, now).unwrap().is_none(), "nothing to do below the high mark");
+}

@@ -1,0 +1,130 @@
+//! Pull + unpack of the busybox test image: `bramble-agent image pull` against `skopeo copy` +
+//! `umoci unpack`, alternating run by run against the same local registry; then the peak RSS of
+//! each while pulling a 100 MiB layer.
+
+use crate::stats::summarize;
+use bramble_tests::process::bin_dir;
+use bramble_tests::registry::Registry;
+use bramble_tests::testimages::{busybox_layer, busybox_layout, push, Layout, TarBuilder};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn agent_cfg(dir: &Path, reg: &Registry) -> std::path::PathBuf {
+    let p = dir.join("agent.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "version = 1\nname = \"bench\"\ndata_dir = \"{}\"\n[[images.registry]]\nhost = \"{}\"\ninsecure = true\n",
+            dir.join("agent").display(),
+            reg.addr
+        ),
+    )
+    .expect("agent.toml");
+    p
+}
+
+/// Runs a command to completion; returns its wall time and peak RSS (KiB), polled from /proc.
+fn measure(cmd: &mut Command) -> (Duration, u64) {
+    let t = Instant::now();
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut peak = 0;
+    while child.try_wait().expect("wait").is_none() {
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{}/status", child.id())) {
+            if let Some(v) =
+                s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+            {
+                peak = peak.max(v);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let took = t.elapsed();
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    (took, peak)
+}
+
+fn bramble_pull(cfg: &Path, dir: &Path, reference: &str) -> (Duration, u64) {
+    let _ = std::fs::remove_dir_all(dir.join("agent"));
+    measure(
+        Command::new(bin_dir().join("bramble-agent")).args(["image", "--config"]).arg(cfg).args(["pull", reference]),
+    )
+}
+
+fn peer_pull(dir: &Path, reference: &str) -> (Duration, u64, u64) {
+    let layout = dir.join("peer-layout");
+    let bundle = dir.join("peer-bundle");
+    let _ = std::fs::remove_dir_all(&layout);
+    let _ = std::fs::remove_dir_all(&bundle);
+    let (copy, copy_rss) = measure(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", "--src-tls-verify=false"])
+            .arg(format!("docker://{reference}"))
+            .arg(format!("oci:{}:x", layout.display())),
+    );
+    let (unpack, unpack_rss) =
+        measure(Command::new("umoci").args(["unpack", "--image"]).arg(format!("{}:x", layout.display())).arg(&bundle));
+    (copy + unpack, copy_rss, unpack_rss)
+}
+
+pub fn run(runs: usize) -> serde_json::Value {
+    for tool in ["skopeo", "umoci"] {
+        let ok = Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
+        assert!(ok, "the peer needs {tool}: apt-get install {tool}");
+    }
+    let reg = Registry::start(None, None);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let layout = dir.path().join("layout");
+    busybox_layout(&layout, "1.35");
+    let small = format!("{}/bramble/busybox:1.35", reg.addr);
+    push(&layout, "1.35", &small);
+    let cfg = agent_cfg(dir.path(), &reg);
+
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        ours.push(bramble_pull(&cfg, dir.path(), &small).0);
+        theirs.push(peer_pull(dir.path(), &small).0);
+    }
+    let (o, t) = (summarize(&ours), summarize(&theirs));
+    println!("pull + unpack of busybox (1 layer, ~1 MiB compressed), {runs} runs each, alternating:");
+    println!("  {:<36} {:>9} {:>9} {:>9}", "", "min ms", "median", "p95");
+    println!("  {:<36} {:>9.1} {:>9.1} {:>9.1}", "bramble-agent image pull", o.min, o.median, o.p95);
+    println!("  {:<36} {:>9.1} {:>9.1} {:>9.1}", "skopeo copy + umoci unpack", t.min, t.median, t.p95);
+    println!("  ratio of medians (bramble / peer): {:.2}", o.median / t.median);
+
+    // One 100 MiB layer of incompressible bytes.
+    let big_layout = dir.path().join("big");
+    let l = Layout::new(&big_layout);
+    let mut noise = vec![0u8; 100 << 20];
+    let mut x = 0x9E3779B97F4A7C15u64;
+    for chunk in noise.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let big_layer = TarBuilder::default().file("noise", 0o644, &noise).finish();
+    drop(noise);
+    let m = l.image("amd64", None, &[busybox_layer("amd64"), big_layer], &["sh"]);
+    l.finish("big", vec![m], false);
+    let big = format!("{}/bramble/big:1", reg.addr);
+    push(&big_layout, "big", &big);
+    let (bt, brss) = bramble_pull(&cfg, dir.path(), &big);
+    let (pt, copy_rss, unpack_rss) = peer_pull(dir.path(), &big);
+    println!("pull + unpack of a 100 MiB layer:");
+    println!("  bramble-agent image pull      {:>8.0} ms, peak RSS {:>7} KiB", bt.as_secs_f64() * 1e3, brss);
+    println!(
+        "  skopeo copy + umoci unpack    {:>8.0} ms, peak RSS {:>7} KiB (skopeo) / {} KiB (umoci)",
+        pt.as_secs_f64() * 1e3,
+        copy_rss,
+        unpack_rss
+    );
+    serde_json::json!({
+        "busybox": { "bramble": o.json(), "skopeo_umoci": t.json(), "ratio_median": o.median / t.median },
+        "layer_100mib": {
+            "bramble": { "ms": bt.as_secs_f64() * 1e3, "peak_rss_kib": brss },
+            "skopeo_umoci": { "ms": pt.as_secs_f64() * 1e3, "peak_rss_kib_skopeo": copy_rss, "peak_rss_kib_umoci": unpack_rss },
+        },
+    })
+}

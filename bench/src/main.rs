@@ -1,0 +1,44 @@
+//! `bramble-bench`: figures measured side by side with a peer in the same run, printed as a table
+//! and written as JSON to `target/bench/`. Nothing here is a test assertion.
+//!
+//!   cargo build --release --bins && target/release/bramble-bench images [--runs 10]
+
+mod images;
+mod stats;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bramble-bench", about = "Bramble's figures, side by side with peers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pull + unpack against skopeo copy + umoci unpack; peak memory pulling a 100 MiB layer.
+    Images {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
+    /// Every benchmark.
+    All {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let results = match cli.command {
+        Command::Images { runs } | Command::All { runs } => vec![("images", images::run(runs))],
+    };
+    let dir = bramble_tests::testimages::assets_dir().parent().expect("target dir").join("bench");
+    std::fs::create_dir_all(&dir).expect("target/bench");
+    for (name, json) in results {
+        let path = dir.join(format!("{name}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&json).expect("json")).expect("write results");
+        println!("wrote {}", path.display());
+    }
+}

@@ -1,0 +1,25 @@
+//! Summaries of repeated measurements.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub min: f64,
+    pub median: f64,
+    pub p95: f64,
+    pub runs: usize,
+}
+
+/// Milliseconds: min, median, 95th percentile (nearest rank).
+pub fn summarize(samples: &[Duration]) -> Summary {
+    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    let rank = |q: f64| ms[((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
+    Summary { min: ms[0], median: rank(0.5), p95: rank(0.95), runs: ms.len() }
+}
+
+impl Summary {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "min_ms": self.min, "median_ms": self.median, "p95_ms": self.p95, "runs": self.runs })
+    }
+}

@@ -8,11 +8,34 @@ cd "$(dirname "$0")/.."
 cross/setup.sh
 profile=${CROSS_PROFILE:-release}
 jobs=${CARGO_BUILD_JOBS:-2}
+
+# libcontainer 0.7 does not compile for 32-bit ARM: tty.rs passes a 64-bit DEVPTS_SUPER_MAGIC to
+# nix's FsType, which is 32-bit there. We patch a copy at build time (never committing one) and
+# point cargo at it for the armv7 build only; Cargo.lock is restored afterwards.
+lc_version=$(awk '/^name = "libcontainer"$/{getline; gsub(/"/, "", $3); print $3}' Cargo.lock)
+lc_src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"libcontainer-$lc_version" 2>/dev/null | head -1)
+if [ -z "$lc_src" ]; then
+  cargo fetch --locked >/dev/null
+  lc_src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"libcontainer-$lc_version" | head -1)
+fi
+lc_patched=target/cross-patches/libcontainer-$lc_version
+rm -rf "$lc_patched" && mkdir -p target/cross-patches && cp -r "$lc_src" "$lc_patched"
+sed -i 's/FsType(DEVPTS_SUPER_MAGIC)/FsType(DEVPTS_SUPER_MAGIC as _)/' "$lc_patched/src/tty.rs"
+[ "$(grep -c 'FsType(DEVPTS_SUPER_MAGIC as _)' "$lc_patched/src/tty.rs")" -eq 2 ] || { echo "cross/build.sh: the libcontainer patch no longer applies" >&2; exit 1; }
+cp Cargo.lock target/cross-patches/Cargo.lock.orig
+trap 'cp target/cross-patches/Cargo.lock.orig Cargo.lock' EXIT
+patch_for() {
+  if [ "$1" = armv7-unknown-linux-musleabihf ]; then
+    echo "--config=patch.crates-io.libcontainer.path=\"$lc_patched\""
+  fi
+}
+
 for t in aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf; do
   echo "== $t: unit tests of bramble-proto under qemu"
   cargo test --config cross/config.toml --target "$t" -j "$jobs" -p bramble-proto --lib
   echo "== $t: binaries ($profile)"
-  cargo build --config cross/config.toml --target "$t" -j "$jobs" --profile "$profile" \
+  # shellcheck disable=SC2046
+  cargo build --config cross/config.toml $(patch_for "$t") --target "$t" -j "$jobs" --profile "$profile" \
     -p bramble-leader -p bramble-agent -p bramble-cli --bins
 done
 dir() { [ "$profile" = dev ] && echo debug || echo "$profile"; }

@@ -5,6 +5,7 @@ pub mod backoff;
 pub mod config;
 pub mod join;
 pub mod observability;
+pub mod runtime;
 pub mod session;
 pub mod signals;
 pub mod sysinfo;

@@ -23,6 +23,12 @@ enum Command {
     Run(RunArgs),
     /// Check the configuration and print it as `run` would use it (the token redacted).
     Check(RunArgs),
+    /// Run as the shim of one container (started by the agent; not for humans).
+    #[command(hide = true)]
+    Shim {
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// This board's image store: pull, import, ls, rm, prune.
     Image {
         #[command(flatten)]
@@ -61,6 +67,18 @@ fn main() -> ExitCode {
     let (args, check_only) = match cli.command {
         Command::Run(a) => (a, false),
         Command::Check(a) => (a, true),
+        Command::Shim { dir } => {
+            // libcontainer's warnings would land in the output of execs (it logs from the forked
+            // child after its stderr became the exec's pipe): keep only its errors.
+            observability::init_shim();
+            return match bramble_agent::runtime::shim::main(bramble_agent::runtime::ContainerDir(dir)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bramble-agent shim: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            };
+        }
         Command::Image { args, command } => {
             let config = match load(args) {
                 Ok(c) => c,

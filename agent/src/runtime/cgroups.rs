@@ -1,0 +1,228 @@
+//! Reading a container's cgroup: limits and usage, on cgroup v1 (this development machine, hybrid)
+//! and v2 (Raspberry Pi OS). Plain file reads; no D-Bus, no library.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// What a container uses, from its cgroup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stats {
+    pub cpu_usage_ns: u64,
+    /// Usage minus inactive file cache, as the kubelet counts it.
+    pub memory_working_set: u64,
+    pub memory_limit: Option<u64>,
+    pub pids: u64,
+    pub oom_kills: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Limits {
+    pub cpu_quota_us: Option<u64>,
+    pub cpu_period_us: Option<u64>,
+    pub memory: Option<u64>,
+    pub pids: Option<u64>,
+}
+
+/// The cgroup filesystem: `/sys/fs/cgroup`, or a fake tree in tests.
+#[derive(Debug, Clone)]
+pub struct CgroupFs {
+    root: PathBuf,
+    pub version: Version,
+}
+
+fn read(p: &Path) -> io::Result<String> {
+    fs::read_to_string(p).map(|s| s.trim().to_string())
+}
+
+fn num(p: &Path) -> io::Result<u64> {
+    let s = read(p)?;
+    s.parse().map_err(|_| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("{}: expected a number, found {s:?}", p.display()))
+    })
+}
+
+/// `key value` lines (memory.stat, cpu.stat, memory.events, memory.oom_control).
+fn keyed(p: &Path, key: &str) -> io::Result<Option<u64>> {
+    Ok(read(p)?
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())))
+}
+
+/// "max" means no limit (v2); v1 reports absurdly large numbers for none.
+fn limit(s: &str) -> Option<u64> {
+    match s {
+        "max" | "-1" => None,
+        s => s.parse().ok().filter(|v| *v < (1u64 << 60)),
+    }
+}
+
+impl CgroupFs {
+    /// The host's cgroups: v2 when `/sys/fs/cgroup` is the unified hierarchy.
+    pub fn host() -> CgroupFs {
+        let root = PathBuf::from("/sys/fs/cgroup");
+        let version = if root.join("cgroup.controllers").exists() { Version::V2 } else { Version::V1 };
+        CgroupFs { root, version }
+    }
+
+    pub fn at(root: &Path, version: Version) -> CgroupFs {
+        CgroupFs { root: root.to_path_buf(), version }
+    }
+
+    fn dir(&self, controller: &str, path: &str) -> PathBuf {
+        let rel = path.trim_start_matches('/');
+        match self.version {
+            Version::V2 => self.root.join(rel),
+            Version::V1 => self.root.join(controller).join(rel),
+        }
+    }
+
+    /// Whether the cgroup exists (in any hierarchy, for v1).
+    pub fn exists(&self, path: &str) -> bool {
+        match self.version {
+            Version::V2 => self.dir("", path).is_dir(),
+            Version::V1 => ["memory", "pids", "cpu", "cpuacct", "devices", "freezer", "blkio"]
+                .iter()
+                .any(|c| self.dir(c, path).is_dir()),
+        }
+    }
+
+    pub fn stats(&self, path: &str) -> io::Result<Stats> {
+        match self.version {
+            Version::V2 => {
+                let d = self.dir("", path);
+                let current = num(&d.join("memory.current"))?;
+                let inactive = keyed(&d.join("memory.stat"), "inactive_file")?.unwrap_or(0);
+                Ok(Stats {
+                    cpu_usage_ns: keyed(&d.join("cpu.stat"), "usage_usec")?.unwrap_or(0) * 1000,
+                    memory_working_set: current.saturating_sub(inactive),
+                    memory_limit: read(&d.join("memory.max")).ok().and_then(|s| limit(&s)),
+                    pids: num(&d.join("pids.current"))?,
+                    oom_kills: self.oom_kills(path)?,
+                })
+            }
+            Version::V1 => {
+                let mem = self.dir("memory", path);
+                let usage = num(&mem.join("memory.usage_in_bytes"))?;
+                let inactive = keyed(&mem.join("memory.stat"), "total_inactive_file")?.unwrap_or(0);
+                Ok(Stats {
+                    cpu_usage_ns: num(&self.dir("cpuacct", path).join("cpuacct.usage"))?,
+                    memory_working_set: usage.saturating_sub(inactive),
+                    memory_limit: read(&mem.join("memory.limit_in_bytes")).ok().and_then(|s| limit(&s)),
+                    pids: num(&self.dir("pids", path).join("pids.current"))?,
+                    oom_kills: self.oom_kills(path)?,
+                })
+            }
+        }
+    }
+
+    /// How many processes of the cgroup the kernel killed for running out of memory.
+    pub fn oom_kills(&self, path: &str) -> io::Result<u64> {
+        Ok(match self.version {
+            Version::V2 => keyed(&self.dir("", path).join("memory.events"), "oom_kill")?.unwrap_or(0),
+            Version::V1 => keyed(&self.dir("memory", path).join("memory.oom_control"), "oom_kill")?.unwrap_or(0),
+        })
+    }
+
+    pub fn limits(&self, path: &str) -> io::Result<Limits> {
+        match self.version {
+            Version::V2 => {
+                let d = self.dir("", path);
+                let cpu = read(&d.join("cpu.max"))?;
+                let mut parts = cpu.split_whitespace();
+                let quota = parts.next().and_then(limit);
+                let period = parts.next().and_then(|p| p.parse().ok());
+                Ok(Limits {
+                    cpu_quota_us: quota,
+                    cpu_period_us: period,
+                    memory: limit(&read(&d.join("memory.max"))?),
+                    pids: limit(&read(&d.join("pids.max"))?),
+                })
+            }
+            Version::V1 => {
+                let cpu = self.dir("cpu", path);
+                Ok(Limits {
+                    cpu_quota_us: limit(&read(&cpu.join("cpu.cfs_quota_us"))?),
+                    cpu_period_us: read(&cpu.join("cpu.cfs_period_us"))?.parse().ok(),
+                    memory: limit(&read(&self.dir("memory", path).join("memory.limit_in_bytes"))?),
+                    pids: limit(&read(&self.dir("pids", path).join("pids.max"))?),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+
+    #[test]
+    fn v2_from_a_fake_tree() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        write(r, "bramble/c1/memory.current", "10485760\n");
+        write(r, "bramble/c1/memory.stat", "anon 1\nfile 3\ninactive_file 2097152\nactive_file 1\n");
+        write(r, "bramble/c1/memory.max", "67108864\n");
+        write(r, "bramble/c1/memory.events", "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n");
+        write(r, "bramble/c1/cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n");
+        write(r, "bramble/c1/cpu.max", "25000 100000\n");
+        write(r, "bramble/c1/pids.current", "3\n");
+        write(r, "bramble/c1/pids.max", "max\n");
+        let cg = CgroupFs::at(r, Version::V2);
+        assert!(cg.exists("/bramble/c1") && !cg.exists("/bramble/c2"));
+        let s = cg.stats("/bramble/c1").unwrap();
+        assert_eq!(
+            s,
+            Stats {
+                cpu_usage_ns: 1_500_000,
+                memory_working_set: 8 << 20,
+                memory_limit: Some(64 << 20),
+                pids: 3,
+                oom_kills: 1
+            }
+        );
+        let l = cg.limits("/bramble/c1").unwrap();
+        assert_eq!(
+            l,
+            Limits { cpu_quota_us: Some(25000), cpu_period_us: Some(100000), memory: Some(64 << 20), pids: None }
+        );
+        assert!(cg.stats("/bramble/missing").is_err());
+    }
+
+    #[test]
+    fn v1_from_a_fake_tree() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        write(r, "memory/bramble/c1/memory.usage_in_bytes", "4096000");
+        write(r, "memory/bramble/c1/memory.stat", "cache 1\ntotal_inactive_file 96000\n");
+        write(r, "memory/bramble/c1/memory.limit_in_bytes", "9223372036854771712");
+        write(r, "memory/bramble/c1/memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n");
+        write(r, "cpuacct/bramble/c1/cpuacct.usage", "123456789");
+        write(r, "cpu/bramble/c1/cpu.cfs_quota_us", "-1");
+        write(r, "cpu/bramble/c1/cpu.cfs_period_us", "100000");
+        write(r, "pids/bramble/c1/pids.current", "1");
+        write(r, "pids/bramble/c1/pids.max", "100");
+        let cg = CgroupFs::at(r, Version::V1);
+        let s = cg.stats("/bramble/c1").unwrap();
+        assert_eq!(
+            s,
+            Stats { cpu_usage_ns: 123456789, memory_working_set: 4_000_000, memory_limit: None, pids: 1, oom_kills: 2 }
+        );
+        assert_eq!(
+            cg.limits("/bramble/c1").unwrap(),
+            Limits { cpu_quota_us: None, cpu_period_us: Some(100000), memory: None, pids: Some(100) }
+        );
+    }
+}

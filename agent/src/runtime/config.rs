@@ -1,0 +1,82 @@
+//! What the agent asks a shim to run: a container, resolved to plain values and persisted next to
+//! the shim, so the shim can restart it on its own while the agent is away.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// Where a container's output goes: a file capped in size, rotated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogConfig {
+    pub path: PathBuf,
+    /// A file is rotated when it would grow past this.
+    pub max_bytes: u64,
+    /// Rotated files kept (`path.1` … `path.N`).
+    pub max_files: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    /// Letters, digits, `-`, `_`, `.`: also the directory and cgroup name.
+    pub id: String,
+    pub rootfs: PathBuf,
+    /// The final argv (entrypoint and cmd already merged).
+    pub args: Vec<String>,
+    /// `NAME=value`.
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+    pub hostname: String,
+    #[serde(default)]
+    pub readonly_rootfs: bool,
+    /// CPU limit in millicores (quota/period and shares/weight).
+    #[serde(default)]
+    pub cpu_millis: Option<u64>,
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// Process limit; a sane default keeps a fork bomb from taking the board.
+    pub pids_limit: i64,
+    pub restart: RestartPolicy,
+    /// Between SIGTERM and SIGKILL on stop.
+    pub stop_grace_ms: u64,
+    /// The first restart delay (default 10 s, doubling to 5 min).
+    #[serde(default)]
+    pub backoff_base_ms: Option<u64>,
+    pub log: LogConfig,
+}
+
+/// The default process limit per container.
+pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
+
+impl ContainerConfig {
+    /// The cgroup path, the same under cgroup v1 and v2.
+    pub fn cgroups_path(&self) -> String {
+        format!("/bramble/{}", self.id)
+    }
+}
+
+/// Checks a container id (also a directory name and a cgroup name).
+pub fn check_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid container id {id:?}: expected 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"
+        ))
+    }
+}

@@ -1,0 +1,268 @@
+//! Containers on the agent: one shim process per container, driven over a unix socket.
+//!
+//! ```text
+//! <run_dir>/<id>/config.json     what to run (ContainerConfig), written by the agent
+//! <run_dir>/<id>/shim.sock       the shim's socket
+//! <run_dir>/<id>/state.json      the shim's persisted lifecycle (with this boot's id)
+//! <run_dir>/<id>/bundle/         the OCI bundle (config.json) libcontainer reads
+//! <run_dir>/<id>/libcontainer/   libcontainer's state
+//! ```
+//!
+//! libcontainer forks with a raw `clone3` and must not be called from the multi-threaded agent;
+//! the shim (the agent binary re-executed, single-threaded) does it, and outlives the agent.
+
+pub mod cgroups;
+pub mod config;
+pub mod lifecycle;
+pub mod logs;
+pub mod protocol;
+pub mod resolve;
+pub mod shim;
+pub mod spec;
+
+use config::{check_id, ContainerConfig};
+use protocol::{ShimRequest, ShimResponse, ShimState};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The files of one container's shim.
+#[derive(Debug, Clone)]
+pub struct ContainerDir(pub PathBuf);
+
+impl ContainerDir {
+    pub fn config(&self) -> PathBuf {
+        self.0.join("config.json")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.0.join("shim.sock")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.0.join("state.json")
+    }
+    pub fn bundle(&self) -> PathBuf {
+        self.0.join("bundle")
+    }
+    pub fn libcontainer(&self) -> PathBuf {
+        self.0.join("libcontainer")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{0}")]
+    BadId(String),
+    #[error("container {0} already exists")]
+    Exists(String),
+    #[error("container {0} does not exist")]
+    NotFound(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("the shim of {id} did not come up within {secs}s (see {log})")]
+    ShimStart { id: String, secs: u64, log: String },
+    #[error("the shim of {id} answered: {message}")]
+    Shim { id: String, message: String },
+}
+
+/// The agent's side: creates shims, talks to them, adopts them after a restart.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    run_dir: PathBuf,
+    /// The binary to run as `<bin> shim --dir <dir>` (the agent itself).
+    bin: PathBuf,
+}
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Runtime {
+    pub fn new(run_dir: &Path, bin: &Path) -> Runtime {
+        Runtime { run_dir: run_dir.to_path_buf(), bin: bin.to_path_buf() }
+    }
+
+    pub fn dir(&self, id: &str) -> ContainerDir {
+        ContainerDir(self.run_dir.join(id))
+    }
+
+    /// Starts a shim that creates, starts and keeps `config`'s container.
+    pub fn create(&self, config: &ContainerConfig) -> Result<ShimState, RuntimeError> {
+        check_id(&config.id).map_err(RuntimeError::BadId)?;
+        let dir = self.dir(&config.id);
+        if dir.0.exists() {
+            return Err(RuntimeError::Exists(config.id.clone()));
+        }
+        let ioe = |what: &str| {
+            let what = what.to_string();
+            move |source| RuntimeError::Io { what, source }
+        };
+        std::fs::create_dir_all(&dir.0).map_err(ioe("create the container dir"))?;
+        let bytes = serde_json::to_vec_pretty(config).expect("config serialises");
+        bramble_transport::pki::write_file_atomic(&dir.config(), &bytes, 0o600)
+            .map_err(ioe("write the container config"))?;
+        let log = dir.0.join("shim.log");
+        let out = std::fs::File::create(&log).map_err(ioe("create the shim log"))?;
+        let err = out.try_clone().map_err(ioe("shim log"))?;
+        let status = std::process::Command::new(&self.bin)
+            .arg("shim")
+            .arg("--dir")
+            .arg(&dir.0)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .status()
+            .map_err(ioe("start the shim"))?;
+        if !status.success() {
+            return Err(RuntimeError::ShimStart { id: config.id.clone(), secs: 0, log: log.display().to_string() });
+        }
+        let started = Instant::now();
+        loop {
+            if let Ok(s) = self.state(&config.id) {
+                return Ok(s);
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                return Err(RuntimeError::ShimStart {
+                    id: config.id.clone(),
+                    secs: 10,
+                    log: log.display().to_string(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn call(&self, id: &str, req: &ShimRequest, timeout: Duration) -> Result<ShimResponse, RuntimeError> {
+        let dir = self.dir(id);
+        if !dir.0.exists() {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        }
+        shim::request(&dir.socket(), req, timeout)
+            .map_err(|source| RuntimeError::Io { what: format!("talk to the shim of {id}"), source })
+    }
+
+    pub fn state(&self, id: &str) -> Result<ShimState, RuntimeError> {
+        match self.call(id, &ShimRequest::State, REQUEST_TIMEOUT)? {
+            ShimResponse::State(s) => Ok(s),
+            other => Err(RuntimeError::Shim { id: id.into(), message: format!("{other:?}") }),
+        }
+    }
+
+    fn ok(&self, id: &str, req: ShimRequest) -> Result<(), RuntimeError> {
+        match self.call(id, &req, REQUEST_TIMEOUT)? {
+            ShimResponse::Ok => Ok(()),
+            ShimResponse::Error { message } => Err(RuntimeError::Shim { id: id.into(), message }),
+            other => Err(RuntimeError::Shim { id: id.into(), message: format!("{other:?}") }),
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; the container is not restarted.
+    pub fn stop(&self, id: &str, grace: Option<Duration>) -> Result<(), RuntimeError> {
+        self.ok(id, ShimRequest::Stop { grace_ms: grace.map(|g| g.as_millis() as u64) })
+    }
+
+    pub fn signal(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {
+        self.ok(id, ShimRequest::Signal { signal })
+    }
+
+    /// Runs `args` in the container; returns (exit code, output, timed out).
+    pub fn exec(
+        &self,
+        id: &str,
+        args: Vec<String>,
+        env: Vec<String>,
+        timeout: Duration,
+    ) -> Result<(i32, String, bool), RuntimeError> {
+        let req = ShimRequest::Exec { args, env, timeout_ms: timeout.as_millis() as u64 };
+        match self.call(id, &req, timeout + REQUEST_TIMEOUT)? {
+            ShimResponse::Exec { exit_code, output, timed_out } => Ok((exit_code, output, timed_out)),
+            ShimResponse::Error { message } => Err(RuntimeError::Shim { id: id.into(), message }),
+            other => Err(RuntimeError::Shim { id: id.into(), message: format!("{other:?}") }),
+        }
+    }
+
+    /// Stops and deletes the container, ends its shim, removes its directory. Done if it is gone.
+    pub fn remove(&self, id: &str, timeout: Duration) -> Result<(), RuntimeError> {
+        let dir = self.dir(id);
+        if !dir.0.exists() {
+            return Ok(());
+        }
+        if self.ok(id, ShimRequest::Remove).is_ok() {
+            let started = Instant::now();
+            while dir.socket().exists() && started.elapsed() < timeout {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.cleanup(id);
+        Ok(())
+    }
+
+    /// Forcefully removes what a dead shim left: the container (killed), its cgroup and state.
+    fn cleanup(&self, id: &str) {
+        let dir = self.dir(id);
+        if let Ok(bytes) = std::fs::read(dir.state()) {
+            if let Ok(state) = serde_json::from_slice::<ShimState>(&bytes) {
+                let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(state.shim_pid), None).is_ok();
+                if alive && state.boot_id == protocol::boot_id() && shim_is(state.shim_pid, &self.bin) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(state.shim_pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                if let lifecycle::Phase::Running { pid, .. } = state.lifecycle.phase {
+                    if state.boot_id == protocol::boot_id() {
+                        let _ =
+                            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    }
+                }
+            }
+        }
+        // libcontainer's delete removes the cgroup; it forks nothing, so the agent may call it.
+        let lc = dir.libcontainer().join(id);
+        if let Ok(mut c) = libcontainer::container::Container::load(lc) {
+            let _ = c.delete(true);
+        }
+        let _ = std::fs::remove_dir_all(&dir.0);
+    }
+
+    /// The containers with a directory here (live or not).
+    pub fn ids(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(&self.run_dir) else { return Vec::new() };
+        let mut ids: Vec<String> =
+            rd.flatten().filter(|e| e.path().is_dir()).filter_map(|e| e.file_name().into_string().ok()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// After an agent (re)start: the state of every live container; what a previous boot or a
+    /// dead shim left is cleaned up, without touching live containers.
+    pub fn adopt(&self) -> Vec<ShimState> {
+        let boot = protocol::boot_id();
+        let mut live = Vec::new();
+        for id in self.ids() {
+            match self.state(&id) {
+                Ok(s) if s.boot_id == boot => live.push(s),
+                _ => {
+                    // A shim that answered nothing: read what it last persisted.
+                    let persisted = std::fs::read(self.dir(&id).state())
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<ShimState>(&b).ok());
+                    match persisted {
+                        Some(s)
+                            if s.boot_id == boot && !matches!(s.lifecycle.phase, lifecycle::Phase::Running { .. }) =>
+                        {
+                            // It ended while nobody listened; keep its record (the exit code) for the agent.
+                            live.push(s);
+                        }
+                        _ => {
+                            tracing::info!(id, "removing a container left by a dead shim or an earlier boot");
+                            self.cleanup(&id);
+                        }
+                    }
+                }
+            }
+        }
+        live
+    }
+}
+
+/// Whether `pid` runs `bin` (so a recycled pid is never killed).
+fn shim_is(pid: i32, bin: &Path) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == bin)
+}

@@ -1,0 +1,53 @@
+//! Agent ↔ shim messages: one JSON object per line over the shim's unix socket.
+
+use super::cgroups::Stats;
+use super::lifecycle::Lifecycle;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ShimRequest {
+    State,
+    /// SIGTERM, then SIGKILL after the grace period; no restarts afterwards.
+    Stop {
+        grace_ms: Option<u64>,
+    },
+    Signal {
+        signal: i32,
+    },
+    /// Runs a command in the container's namespaces and cgroup; answers when it ends.
+    Exec {
+        args: Vec<String>,
+        env: Vec<String>,
+        timeout_ms: u64,
+    },
+    /// Stops the container, deletes it and its cgroup, and ends the shim.
+    Remove,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShimState {
+    pub id: String,
+    pub shim_pid: i32,
+    pub boot_id: String,
+    pub lifecycle: Lifecycle,
+    #[serde(default)]
+    pub stats: Option<Stats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ShimResponse {
+    State(ShimState),
+    Ok,
+    Exec { exit_code: i32, output: String, timed_out: bool },
+    Error { message: String },
+}
+
+/// The most output an exec returns (the rest is dropped).
+pub const MAX_EXEC_OUTPUT: usize = 64 << 10;
+
+/// This boot's id: state from another boot is stale.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+}

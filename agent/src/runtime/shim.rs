@@ -1,0 +1,552 @@
+//! The shim: one single-threaded process per container (the agent binary re-executed, no tokio).
+//!
+//! It is the container's parent and sub-reaper. It creates and starts the container with
+//! libcontainer, copies its output into a capped log file, waits for it, records how it ended
+//! (exit code, signal, OOM kill), restarts it by its policy with backoff, runs execs, and answers
+//! the agent on a unix socket. It outlives the agent: `kill -9` of the agent touches no container.
+//!
+//! One `poll(2)` loop over: the socket, clients, the container's stdout/stderr pipes, exec output
+//! pipes, and a signalfd for SIGCHLD/SIGTERM. SIGCHLD and SIGTERM are blocked except while
+//! libcontainer forks, so containers never inherit a blocked mask.
+
+use super::cgroups::CgroupFs;
+use super::config::ContainerConfig;
+use super::lifecycle::{BackoffPolicy, Exit, Lifecycle, Phase};
+use super::logs::LogWriter;
+use super::protocol::{boot_id, ShimRequest, ShimResponse, ShimState, MAX_EXEC_OUTPUT};
+use super::{spec, ContainerDir};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{pipe2, Pid};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("{what}: {source}")]
+    Sys { what: String, source: nix::Error },
+    #[error("{0}")]
+    Config(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ShimError {
+    let what = what.into();
+    move |source| ShimError::Io { what, source }
+}
+
+fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> ShimError {
+    let what = what.into();
+    move |source| ShimError::Sys { what, source }
+}
+
+/// A running exec.
+struct Exec {
+    pid: Pid,
+    output: OwnedFd,
+    buf: Vec<u8>,
+    client: UnixStream,
+    deadline_ms: u64,
+    status: Option<i32>,
+    timed_out: bool,
+}
+
+struct Shim {
+    dir: ContainerDir,
+    config: ContainerConfig,
+    lifecycle: Lifecycle,
+    log: LogWriter,
+    cgroups: CgroupFs,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    /// When a stop escalates to SIGKILL.
+    kill_at_ms: Option<u64>,
+    removing: bool,
+    execs: Vec<Exec>,
+    clients: HashMap<i32, (UnixStream, Vec<u8>)>,
+    boot_id: String,
+}
+
+fn blocked() -> SigSet {
+    let mut s = SigSet::empty();
+    s.add(Signal::SIGCHLD);
+    s.add(Signal::SIGTERM);
+    s.add(Signal::SIGINT);
+    s
+}
+
+/// Runs the shim for the container in `dir` until it is removed. Forks once first, so the agent
+/// gets its child back at once and the shim is adopted by init (or the sub-reaper).
+pub fn main(dir: ContainerDir) -> Result<(), ShimError> {
+    // SAFETY: the process is single-threaded here (the agent's main has not started a runtime).
+    match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
+        nix::unistd::ForkResult::Parent { .. } => std::process::exit(0),
+        nix::unistd::ForkResult::Child => {}
+    }
+    nix::unistd::setsid().map_err(sys("setsid"))?;
+    nix::sys::prctl::set_child_subreaper(true).map_err(sys("become a sub-reaper"))?;
+    let config: ContainerConfig =
+        serde_json::from_slice(&std::fs::read(dir.config()).map_err(io("read the container config"))?)
+            .map_err(|e| ShimError::Config(format!("container config: {e}")))?;
+    let spec = spec::build(&config).map_err(ShimError::Config)?;
+    std::fs::create_dir_all(dir.bundle()).map_err(io("create the bundle"))?;
+    spec.save(dir.bundle().join("config.json"))
+        .map_err(|e| ShimError::Config(format!("write the runtime spec: {e}")))?;
+    let log = LogWriter::open(config.log.path.clone(), config.log.max_bytes, config.log.max_files)
+        .map_err(io("open the log"))?;
+    let backoff = BackoffPolicy { base_ms: config.backoff_base_ms.unwrap_or(10_000), ..Default::default() };
+    let mut shim = Shim {
+        lifecycle: Lifecycle::new(config.restart, backoff),
+        dir,
+        config,
+        log,
+        cgroups: CgroupFs::host(),
+        stdout: None,
+        stderr: None,
+        kill_at_ms: None,
+        removing: false,
+        execs: Vec::new(),
+        clients: HashMap::new(),
+        boot_id: boot_id(),
+    };
+    let _ = std::fs::remove_file(shim.dir.socket());
+    let listener = UnixListener::bind(shim.dir.socket()).map_err(io("bind the shim socket"))?;
+    listener.set_nonblocking(true).map_err(io("socket"))?;
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked()), None).map_err(sys("block signals"))?;
+    let sigfd =
+        SignalFd::with_flags(&blocked(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(sys("signalfd"))?;
+    shim.persist();
+    shim.run(&listener, &sigfd)
+}
+
+impl Shim {
+    fn persist(&self) {
+        let state = self.state(false);
+        let bytes = serde_json::to_vec(&state).expect("state serialises");
+        let _ = bramble_transport::pki::write_file_atomic(&self.dir.state(), &bytes, 0o600);
+    }
+
+    fn state(&self, with_stats: bool) -> ShimState {
+        let stats = if with_stats && matches!(self.lifecycle.phase, Phase::Running { .. }) {
+            self.cgroups.stats(&self.config.cgroups_path()).ok()
+        } else {
+            None
+        };
+        ShimState {
+            id: self.config.id.clone(),
+            shim_pid: std::process::id() as i32,
+            boot_id: self.boot_id.clone(),
+            lifecycle: self.lifecycle.clone(),
+            stats,
+        }
+    }
+
+    fn running_pid(&self) -> Option<Pid> {
+        match self.lifecycle.phase {
+            Phase::Running { pid, .. } => Some(Pid::from_raw(pid)),
+            _ => None,
+        }
+    }
+
+    fn run(&mut self, listener: &UnixListener, sigfd: &SignalFd) -> Result<(), ShimError> {
+        loop {
+            let now = now_ms();
+            if self.lifecycle.can_start(now) {
+                self.start();
+                self.persist();
+            }
+            if let Some(at) = self.kill_at_ms {
+                if now >= at {
+                    if let Some(pid) = self.running_pid() {
+                        let _ = kill(pid, Signal::SIGKILL);
+                    }
+                    self.kill_at_ms = None;
+                }
+            }
+            self.expire_execs(now);
+            if self.removing && self.running_pid().is_none() && self.execs.is_empty() {
+                return self.finish_removal();
+            }
+            let mut wake = [self.lifecycle.wake_at(), self.kill_at_ms]
+                .into_iter()
+                .flatten()
+                .chain(self.execs.iter().map(|e| e.deadline_ms))
+                .min();
+            if self.stdout.is_some() || self.stderr.is_some() {
+                wake = Some(wake.unwrap_or(u64::MAX).min(now + 1000));
+            }
+            let timeout = match wake {
+                Some(at) => {
+                    PollTimeout::try_from(at.saturating_sub(now).min(60_000) as i32).unwrap_or(PollTimeout::NONE)
+                }
+                None => PollTimeout::from(60_000u16),
+            };
+            let readable = self.wait(listener, sigfd, timeout)?;
+            for r in readable {
+                match r {
+                    Ready::Signal => self.on_signals(sigfd),
+                    Ready::Listener => self.accept(listener),
+                    Ready::Output(stream) => self.drain(stream),
+                    Ready::ExecOutput(i) => self.drain_exec(i),
+                    Ready::Client(fd) => self.read_client(fd),
+                }
+            }
+            self.reap();
+        }
+    }
+
+    fn wait(&self, listener: &UnixListener, sigfd: &SignalFd, timeout: PollTimeout) -> Result<Vec<Ready>, ShimError> {
+        let mut kinds = vec![Ready::Signal, Ready::Listener];
+        let mut fds =
+            vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN), PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        for (i, fd) in [&self.stdout, &self.stderr].into_iter().enumerate() {
+            if let Some(fd) = fd {
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                kinds.push(Ready::Output(i));
+            }
+        }
+        for (i, e) in self.execs.iter().enumerate() {
+            fds.push(PollFd::new(e.output.as_fd(), PollFlags::POLLIN));
+            kinds.push(Ready::ExecOutput(i));
+        }
+        for (fd, (stream, _)) in &self.clients {
+            fds.push(PollFd::new(stream.as_fd(), PollFlags::POLLIN));
+            kinds.push(Ready::Client(*fd));
+        }
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(ShimError::Sys { what: "poll".into(), source: e }),
+        }
+        let ready = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty()));
+        let mut out: Vec<Ready> = kinds.into_iter().zip(ready).filter(|(_, r)| *r).map(|(k, _)| k).collect();
+        // Exec outputs by index must be drained from the highest index down (removal shifts).
+        out.sort_by_key(|r| std::cmp::Reverse(matches!(r, Ready::ExecOutput(_))));
+        Ok(out)
+    }
+
+    /// Creates and starts the container; records it running, or failed with a backoff.
+    fn start(&mut self) {
+        match self.create_and_start() {
+            Ok(pid) => {
+                let _ = self.lifecycle.started(pid.as_raw(), now_ms());
+                tracing::info!(id = %self.config.id, pid = pid.as_raw(), "container started");
+            }
+            Err(reason) => {
+                let _ = self.log.write(1, format!("bramble: cannot start the container: {reason}\n").as_bytes());
+                self.lifecycle.start_failed(reason, now_ms());
+            }
+        }
+    }
+
+    fn create_and_start(&mut self) -> Result<Pid, String> {
+        let root = self.dir.libcontainer();
+        // A leftover from an earlier run of this container (a crash between create and delete).
+        if root.join(&self.config.id).exists() {
+            if let Ok(mut c) = Container::load(root.join(&self.config.id)) {
+                let _ = c.delete(true);
+            }
+            let _ = std::fs::remove_dir_all(root.join(&self.config.id));
+        }
+        std::fs::create_dir_all(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| e.to_string())?;
+        let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| e.to_string())?;
+        // The container's ends block like any program expects.
+        for fd in [&out_w, &err_w] {
+            let _ =
+                nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(fd), nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()));
+        }
+        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&blocked()), None);
+        let built = ContainerBuilder::new(self.config.id.clone(), SyscallType::default())
+            .with_root_path(&root)
+            .and_then(|b| b.validate_id())
+            .map(|b| b.with_stdout(out_w).with_stderr(err_w))
+            .and_then(|b| b.as_init(self.dir.bundle()).with_systemd(false).with_detach(true).build());
+        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked()), None);
+        let mut container = built.map_err(|e| format!("create: {e}"))?;
+        if let Err(e) = container.start() {
+            let _ = container.delete(true);
+            return Err(format!("start: {e}"));
+        }
+        self.stdout = Some(out_r);
+        self.stderr = Some(err_r);
+        container.pid().ok_or_else(|| "the container has no pid".to_string())
+    }
+
+    fn on_signals(&mut self, sigfd: &SignalFd) {
+        while let Ok(Some(info)) = sigfd.read_signal() {
+            let sig = info.ssi_signo as i32;
+            if sig == Signal::SIGTERM as i32 || sig == Signal::SIGINT as i32 {
+                tracing::info!("shim asked to stop: stopping the container and exiting");
+                self.removing = true;
+                self.stop(self.config.stop_grace_ms);
+            }
+        }
+    }
+
+    fn stop(&mut self, grace_ms: u64) {
+        self.lifecycle.stop();
+        if let Some(pid) = self.running_pid() {
+            let _ = kill(pid, Signal::SIGTERM);
+            self.kill_at_ms = Some(now_ms() + grace_ms);
+        }
+        self.persist();
+    }
+
+    /// Collects every child that ended: the container, execs, strays.
+    fn reap(&mut self) {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(status) => {
+                    let (pid, code, signal) = match status {
+                        WaitStatus::Exited(pid, code) => (pid, code, None),
+                        WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as i32, Some(sig as i32)),
+                        _ => continue,
+                    };
+                    if Some(pid) == self.running_pid() {
+                        self.container_exited(code, signal);
+                    } else if let Some(e) = self.execs.iter_mut().find(|e| e.pid == pid) {
+                        e.status = Some(code);
+                    }
+                }
+            }
+        }
+        self.finish_execs();
+    }
+
+    fn container_exited(&mut self, code: i32, signal: Option<i32>) {
+        self.drain(0);
+        self.drain(1);
+        let _ = self.log.flush_partial();
+        self.stdout = None;
+        self.stderr = None;
+        let path = self.config.cgroups_path();
+        let oom_killed = signal == Some(Signal::SIGKILL as i32) && self.cgroups.oom_kills(&path).unwrap_or(0) > 0;
+        if let Ok(mut c) = Container::load(self.dir.libcontainer().join(&self.config.id)) {
+            if let Err(e) = c.delete(true) {
+                tracing::warn!("cannot delete the container: {e}");
+            }
+        }
+        let exit = Exit { code, signal, oom_killed, finished_ms: now_ms() };
+        tracing::info!(id = %self.config.id, code, ?signal, oom_killed, "container exited");
+        let _ = self.lifecycle.exited(exit);
+        self.kill_at_ms = None;
+        self.persist();
+    }
+
+    fn drain(&mut self, stream: usize) {
+        let fd = if stream == 0 { &self.stdout } else { &self.stderr };
+        let Some(fd) = fd else { return };
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(fd), &mut buf) {
+                Ok(0) => {
+                    if stream == 0 {
+                        self.stdout = None;
+                    } else {
+                        self.stderr = None;
+                    }
+                    break;
+                }
+                Ok(n) => {
+                    let _ = self.log.write(stream, &buf[..n]);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn accept(&mut self, listener: &UnixListener) {
+        while let Ok((stream, _)) = listener.accept() {
+            let _ = stream.set_nonblocking(true);
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+            self.clients.insert(fd, (stream, Vec::new()));
+        }
+    }
+
+    fn read_client(&mut self, fd: i32) {
+        let Some((stream, buf)) = self.clients.get_mut(&fd) else { return };
+        let mut chunk = [0u8; 4096];
+        let closed = match stream.read(&mut chunk) {
+            Ok(0) => true,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                buf.len() > 1 << 20
+            }
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        };
+        let line = buf.iter().position(|b| *b == b'\n').map(|i| buf.drain(..=i).collect::<Vec<u8>>());
+        if closed && line.is_none() {
+            self.clients.remove(&fd);
+            return;
+        }
+        let Some(line) = line else { return };
+        let (mut stream, _) = self.clients.remove(&fd).expect("client");
+        let _ = stream.set_nonblocking(false);
+        let response = match serde_json::from_slice::<ShimRequest>(&line) {
+            Ok(ShimRequest::Exec { args, env, timeout_ms }) => {
+                match self.exec(args, env, timeout_ms, stream.try_clone()) {
+                    Ok(()) => return, // answered when it ends
+                    Err(message) => ShimResponse::Error { message },
+                }
+            }
+            Ok(req) => self.handle(req),
+            Err(e) => ShimResponse::Error { message: format!("bad request: {e}") },
+        };
+        respond(&mut stream, &response);
+    }
+
+    fn handle(&mut self, req: ShimRequest) -> ShimResponse {
+        match req {
+            ShimRequest::State => ShimResponse::State(self.state(true)),
+            ShimRequest::Stop { grace_ms } => {
+                self.stop(grace_ms.unwrap_or(self.config.stop_grace_ms));
+                ShimResponse::Ok
+            }
+            ShimRequest::Signal { signal } => match (self.running_pid(), Signal::try_from(signal)) {
+                (Some(pid), Ok(sig)) => match kill(pid, sig) {
+                    Ok(()) => ShimResponse::Ok,
+                    Err(e) => ShimResponse::Error { message: format!("cannot signal the container: {e}") },
+                },
+                (None, _) => ShimResponse::Error { message: "the container is not running".into() },
+                (_, Err(_)) => ShimResponse::Error { message: format!("unknown signal {signal}") },
+            },
+            ShimRequest::Remove => {
+                self.removing = true;
+                self.stop(self.config.stop_grace_ms);
+                ShimResponse::Ok
+            }
+            ShimRequest::Exec { .. } => unreachable!("handled by the caller"),
+        }
+    }
+
+    fn exec(
+        &mut self,
+        args: Vec<String>,
+        env: Vec<String>,
+        timeout_ms: u64,
+        client: std::io::Result<UnixStream>,
+    ) -> Result<(), String> {
+        let client = client.map_err(|e| e.to_string())?;
+        if self.running_pid().is_none() {
+            return Err("the container is not running".into());
+        }
+        if args.is_empty() {
+            return Err("no command to run".into());
+        }
+        let (r, w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| e.to_string())?;
+        let _ = nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&w), nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()));
+        let w2 = w.try_clone().map_err(|e| e.to_string())?;
+        let env: HashMap<String, String> =
+            env.iter().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&blocked()), None);
+        let built = ContainerBuilder::new(self.config.id.clone(), SyscallType::default())
+            .with_root_path(self.dir.libcontainer())
+            .map(|b| b.with_stdout(w).with_stderr(w2))
+            .and_then(|b| b.as_tenant().with_container_args(args).with_env(env).with_detach(true).build());
+        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked()), None);
+        let pid = built.map_err(|e| format!("exec: {e}"))?;
+        self.execs.push(Exec {
+            pid,
+            output: r,
+            buf: Vec::new(),
+            client,
+            deadline_ms: now_ms() + timeout_ms.max(1),
+            status: None,
+            timed_out: false,
+        });
+        Ok(())
+    }
+
+    fn drain_exec(&mut self, i: usize) {
+        let Some(e) = self.execs.get_mut(i) else { return };
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&e.output), &mut buf) {
+            if n == 0 {
+                break;
+            }
+            let room = MAX_EXEC_OUTPUT.saturating_sub(e.buf.len());
+            e.buf.extend_from_slice(&buf[..n.min(room)]);
+        }
+    }
+
+    fn expire_execs(&mut self, now: u64) {
+        for e in &mut self.execs {
+            if e.status.is_none() && now >= e.deadline_ms && !e.timed_out {
+                let _ = kill(e.pid, Signal::SIGKILL);
+                e.timed_out = true;
+            }
+        }
+    }
+
+    fn finish_execs(&mut self) {
+        let mut i = 0;
+        while i < self.execs.len() {
+            if let Some(code) = self.execs[i].status {
+                self.drain_exec(i);
+                let mut e = self.execs.remove(i);
+                let output = String::from_utf8_lossy(&e.buf).into_owned();
+                respond(&mut e.client, &ShimResponse::Exec { exit_code: code, output, timed_out: e.timed_out });
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn finish_removal(&mut self) -> Result<(), ShimError> {
+        for (_, (mut s, _)) in self.clients.drain() {
+            respond(&mut s, &ShimResponse::Error { message: "the container was removed".into() });
+        }
+        let _ = std::fs::remove_dir_all(self.dir.libcontainer());
+        let _ = std::fs::remove_file(self.dir.socket());
+        self.persist();
+        tracing::info!(id = %self.config.id, "container removed; shim exiting");
+        Ok(())
+    }
+}
+
+enum Ready {
+    Signal,
+    Listener,
+    Output(usize),
+    ExecOutput(usize),
+    Client(i32),
+}
+
+fn respond(stream: &mut UnixStream, r: &ShimResponse) {
+    let mut line = serde_json::to_vec(r).expect("response serialises");
+    line.push(b'\n');
+    let _ = stream.write_all(&line);
+}
+
+/// Sends one request to the shim at `socket` and reads its answer.
+pub fn request(
+    socket: &std::path::Path,
+    req: &ShimRequest,
+    timeout: std::time::Duration,
+) -> std::io::Result<ShimResponse> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut line = serde_json::to_vec(req).expect("request serialises");
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer)?;
+    serde_json::from_str(&answer)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad answer from the shim: {e}")))
+}

@@ -1,0 +1,144 @@
+//! The OCI runtime spec for a container: Docker's defaults (capabilities, masked and read-only
+//! paths, mounts), our resources, no new privileges. A pure function of the config.
+
+use super::config::ContainerConfig;
+use libcontainer::oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder,
+    LinuxResourcesBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+};
+use std::collections::HashSet;
+
+/// The capabilities Docker gives a container by default.
+pub const DOCKER_CAPS: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// The CFS period used for CPU limits (100 ms, as Docker and Kubernetes use).
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// cgroup v1 `cpu.shares` from millicores, as Kubernetes computes it (min 2).
+pub fn cpu_shares(millis: u64) -> u64 {
+    (millis * 1024 / 1000).max(2)
+}
+
+pub fn build(c: &ContainerConfig) -> Result<Spec, String> {
+    let e = |x: libcontainer::oci_spec::OciSpecError| x.to_string();
+    let caps: HashSet<Capability> = DOCKER_CAPS.into_iter().collect();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps.clone())
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
+        .build()
+        .map_err(e)?;
+    let user =
+        UserBuilder::default().uid(c.uid).gid(c.gid).additional_gids(c.additional_gids.clone()).build().map_err(e)?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(user)
+        .args(c.args.clone())
+        .env(c.env.clone())
+        .cwd(c.cwd.clone())
+        .capabilities(capabilities)
+        .no_new_privileges(true)
+        .build()
+        .map_err(e)?;
+    let root = RootBuilder::default().path(c.rootfs.clone()).readonly(c.readonly_rootfs).build().map_err(e)?;
+
+    let mut resources = LinuxResourcesBuilder::default();
+    if let Some(m) = c.cpu_millis {
+        let quota = (m * CPU_PERIOD_US / 1000).max(1000) as i64;
+        resources = resources.cpu(
+            LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD_US).shares(cpu_shares(m)).build().map_err(e)?,
+        );
+    }
+    if let Some(m) = c.memory_bytes {
+        // No swap beyond the limit: memory+swap equal to memory.
+        resources = resources.memory(LinuxMemoryBuilder::default().limit(m as i64).swap(m as i64).build().map_err(e)?);
+    }
+    resources = resources.pids(LinuxPidsBuilder::default().limit(c.pids_limit).build().map_err(e)?);
+
+    // The default Linux section (namespaces, masked and read-only paths, devices) with our
+    // resources and cgroup path.
+    let defaults = Spec::default().linux().clone().unwrap_or_default();
+    let linux = LinuxBuilder::default()
+        .namespaces(defaults.namespaces().clone().unwrap_or_default())
+        .masked_paths(defaults.masked_paths().clone().unwrap_or_default())
+        .readonly_paths(defaults.readonly_paths().clone().unwrap_or_default())
+        .resources(resources.build().map_err(e)?)
+        .cgroups_path(std::path::PathBuf::from(c.cgroups_path()))
+        .build()
+        .map_err(e)?;
+    let mut spec = Spec::default();
+    spec.set_process(Some(process)).set_root(Some(root)).set_hostname(Some(c.hostname.clone())).set_linux(Some(linux));
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::config::{LogConfig, RestartPolicy};
+
+    pub fn config() -> ContainerConfig {
+        ContainerConfig {
+            id: "web-1".into(),
+            rootfs: "/r".into(),
+            args: vec!["/bin/sh".into(), "-c".into(), "true".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            uid: 1000,
+            gid: 1000,
+            additional_gids: vec![],
+            hostname: "web-1".into(),
+            readonly_rootfs: true,
+            cpu_millis: Some(250),
+            memory_bytes: Some(64 << 20),
+            pids_limit: 100,
+            restart: RestartPolicy::Always,
+            stop_grace_ms: 1000,
+            backoff_base_ms: None,
+            log: LogConfig { path: "/l".into(), max_bytes: 1 << 20, max_files: 2 },
+        }
+    }
+
+    #[test]
+    fn resources_and_hardening() {
+        let s = build(&config()).unwrap();
+        let linux = s.linux().as_ref().unwrap();
+        let r = linux.resources().as_ref().unwrap();
+        let cpu = r.cpu().as_ref().unwrap();
+        assert_eq!((cpu.quota(), cpu.period(), cpu.shares()), (Some(25_000), Some(100_000), Some(256)));
+        assert_eq!(r.memory().as_ref().unwrap().limit(), Some(64 << 20));
+        assert_eq!(r.pids().as_ref().unwrap().limit(), 100);
+        assert_eq!(linux.cgroups_path().as_ref().unwrap().to_str(), Some("/bramble/web-1"));
+        assert!(linux.masked_paths().as_ref().unwrap().iter().any(|p| p == "/proc/kcore"));
+        assert!(linux.readonly_paths().as_ref().unwrap().iter().any(|p| p == "/proc/sys"));
+        let p = s.process().as_ref().unwrap();
+        assert_eq!(p.no_new_privileges(), Some(true));
+        let caps = p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap();
+        assert_eq!(caps.len(), 14);
+        assert!(!caps.contains(&Capability::SysAdmin));
+        assert_eq!((p.user().uid(), p.user().gid()), (1000, 1000));
+        assert_eq!(s.root().as_ref().unwrap().readonly(), Some(true));
+        let mounts: Vec<_> =
+            s.mounts().as_ref().unwrap().iter().map(|m| m.destination().display().to_string()).collect();
+        for m in ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys"] {
+            assert!(mounts.contains(&m.to_string()), "{m} in {mounts:?}");
+        }
+        assert_eq!(cpu_shares(1), 2);
+    }
+}

@@ -1,0 +1,304 @@
+//! Real containers through libcontainer and a shim per container, from the busybox test image,
+//! with real cgroups. Needs root.
+
+use bramble_agent::runtime::cgroups::CgroupFs;
+use bramble_agent::runtime::config::{ContainerConfig, LogConfig, RestartPolicy, DEFAULT_PIDS_LIMIT};
+use bramble_agent::runtime::lifecycle::Phase;
+use bramble_agent::runtime::protocol::ShimState;
+use bramble_agent::runtime::Runtime;
+use bramble_images::import::{import, ImportOptions};
+use bramble_images::rootfs::{RootfsKind, Rootfses};
+use bramble_images::store::ContentStore;
+use bramble_images::{ImageRecord, Progress};
+use bramble_proto::model::Arch;
+use bramble_tests::process::bin_dir;
+use bramble_tests::testimages::busybox_layout;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+struct Env {
+    dir: tempfile::TempDir,
+    runtime: Runtime,
+    roots: Rootfses,
+    image: ImageRecord,
+    ids: Vec<String>,
+}
+
+impl Env {
+    fn new() -> Env {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "container tests need root (namespaces, cgroups, mounts); run them as root, as CI does"
+        );
+        let dir = tempfile::Builder::new().prefix("bramble-ctr-").tempdir().unwrap();
+        busybox_layout(&dir.path().join("layout"), "1");
+        let store = ContentStore::open(&dir.path().join("images")).unwrap();
+        let image = import(
+            &store,
+            &dir.path().join("layout"),
+            &Arch::Amd64,
+            &ImportOptions { name: Some("t/busybox".into()) },
+            &Progress::default(),
+        )
+        .unwrap()
+        .remove(0);
+        let roots = Rootfses::new(store, &dir.path().join("rootfs")).with_kind(RootfsKind::Overlay);
+        let runtime = Runtime::new(&dir.path().join("run"), &bin_dir().join("bramble-agent"));
+        Env { dir, runtime, roots, image, ids: Vec::new() }
+    }
+
+    fn log(&self, id: &str) -> PathBuf {
+        self.dir.path().join("logs").join(format!("{id}.log"))
+    }
+
+    fn config(&mut self, id: &str, args: &[&str]) -> ContainerConfig {
+        let rootfs = self.roots.prepare(id, &self.image).unwrap().path;
+        self.ids.push(id.to_string());
+        ContainerConfig {
+            id: id.to_string(),
+            rootfs,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec!["PATH=/bin".into(), "GREETING=hi".into()],
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+            hostname: id.to_string(),
+            readonly_rootfs: false,
+            cpu_millis: None,
+            memory_bytes: None,
+            pids_limit: DEFAULT_PIDS_LIMIT,
+            restart: RestartPolicy::Never,
+            stop_grace_ms: 500,
+            backoff_base_ms: Some(200),
+            log: LogConfig { path: self.log(id), max_bytes: 1 << 20, max_files: 2 },
+        }
+    }
+
+    fn wait(&self, id: &str, what: &str, f: impl Fn(&ShimState) -> bool) -> ShimState {
+        let start = Instant::now();
+        loop {
+            let s = self.runtime.state(id).unwrap();
+            if f(&s) {
+                return s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "{id}: timed out waiting for {what}; state {s:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn exited(&self, id: &str) -> bramble_agent::runtime::lifecycle::Exit {
+        match self.wait(id, "exit", |s| matches!(s.lifecycle.phase, Phase::Exited { .. })).lifecycle.phase {
+            Phase::Exited { last, .. } => last,
+            _ => unreachable!(),
+        }
+    }
+
+    fn log_lines(&self, id: &str) -> Vec<String> {
+        std::fs::read_to_string(self.log(id))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split_once(' ').map_or("", |x| x.1).to_string())
+            .collect()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for id in self.ids.clone() {
+            let _ = self.runtime.remove(&id, Duration::from_secs(5));
+            let _ = self.roots.remove(&id);
+        }
+        if !std::thread::panicking() {
+            let cg = CgroupFs::host();
+            for id in &self.ids {
+                assert!(!cg.exists(&format!("/bramble/{id}")), "cgroup of {id} removed");
+            }
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            assert!(!mounts.contains(&self.dir.path().display().to_string()), "no mounts left");
+        }
+    }
+}
+
+fn pids_of_exe(path_part: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(path_part))
+        })
+        .count()
+}
+
+#[test]
+fn exit_codes_output_and_environment() {
+    let mut env = Env::new();
+    let c = env.config("exit3", &["sh", "-c", "echo out $GREETING; echo err >&2; hostname; exit 3"]);
+    env.runtime.create(&c).unwrap();
+    let exit = env.exited("exit3");
+    assert_eq!((exit.code, exit.signal, exit.oom_killed), (3, None, false));
+    let lines = env.log_lines("exit3");
+    assert!(lines.contains(&"stdout F out hi".to_string()), "{lines:?}");
+    assert!(lines.contains(&"stderr F err".to_string()), "{lines:?}");
+    assert!(lines.contains(&"stdout F exit3".to_string()), "hostname: {lines:?}");
+    let c = env.config("ok", &["true"]);
+    env.runtime.create(&c).unwrap();
+    assert!(env.exited("ok").success());
+    assert!(env.runtime.create(&c).is_err(), "ids are unique");
+}
+
+#[test]
+fn limits_are_in_the_cgroup_files_and_stats_are_read() {
+    let mut env = Env::new();
+    let mut c = env.config("limited", &["sleep", "30"]);
+    c.cpu_millis = Some(250);
+    c.memory_bytes = Some(32 << 20);
+    c.pids_limit = 64;
+    env.runtime.create(&c).unwrap();
+    let s = env.wait("limited", "running with stats", |s| {
+        matches!(s.lifecycle.phase, Phase::Running { .. }) && s.stats.is_some()
+    });
+    let cg = CgroupFs::host();
+    let l = cg.limits("/bramble/limited").unwrap();
+    assert_eq!(
+        (l.cpu_quota_us, l.cpu_period_us, l.memory, l.pids),
+        (Some(25_000), Some(100_000), Some(32 << 20), Some(64))
+    );
+    let stats = s.stats.unwrap();
+    assert!(stats.pids >= 1 && stats.memory_working_set > 0, "{stats:?}");
+    assert_eq!(stats.memory_limit, Some(32 << 20));
+}
+
+#[test]
+fn an_oom_kill_is_detected() {
+    let mut env = Env::new();
+    let mut c = env.config("oom", &["sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"]);
+    c.memory_bytes = Some(16 << 20);
+    env.runtime.create(&c).unwrap();
+    let exit = env.exited("oom");
+    assert!(exit.oom_killed, "{exit:?}: log {:?}", env.log_lines("oom"));
+    assert!(!env.log_lines("oom").iter().any(|l| l.contains("survived")));
+}
+
+#[test]
+fn stop_escalates_to_sigkill_for_a_shell_that_ignores_sigterm() {
+    let mut env = Env::new();
+    let c = env.config("stubborn", &["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]);
+    env.runtime.create(&c).unwrap();
+    env.wait("stubborn", "running", |s| matches!(s.lifecycle.phase, Phase::Running { .. }));
+    let t = Instant::now();
+    env.runtime.stop("stubborn", Some(Duration::from_millis(300))).unwrap();
+    let exit = env.exited("stubborn");
+    assert_eq!((exit.code, exit.signal), (137, Some(9)), "killed after the grace period");
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    // A well-behaved one ends on SIGTERM.
+    let c = env.config("polite", &["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]);
+    env.runtime.create(&c).unwrap();
+    env.wait("polite", "running", |s| matches!(s.lifecycle.phase, Phase::Running { .. }));
+    std::thread::sleep(Duration::from_millis(200));
+    env.runtime.stop("polite", Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(env.exited("polite").code, 0);
+}
+
+#[test]
+fn restarts_back_off_and_stop_ends_them() {
+    let mut env = Env::new();
+    let mut c = env.config("crashy", &["sh", "-c", "echo run; exit 1"]);
+    c.restart = RestartPolicy::Always;
+    env.runtime.create(&c).unwrap();
+    let s = env.wait("crashy", "three restarts", |s| s.lifecycle.restarts >= 3);
+    // 200, 400, 800 ms: at least 1.4 s for three restarts.
+    assert!(s.lifecycle.next_backoff_ms >= 1600, "{:?}", s.lifecycle);
+    assert!(env.log_lines("crashy").iter().filter(|l| l.ends_with("F run")).count() >= 3);
+    env.runtime.stop("crashy", None).unwrap();
+    let s = env.wait("crashy", "stopped", |s| matches!(s.lifecycle.phase, Phase::Exited { stopped: true, .. }));
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(env.runtime.state("crashy").unwrap().lifecycle.restarts, s.lifecycle.restarts, "no restart after stop");
+}
+
+#[test]
+fn exec_runs_inside_the_container() {
+    let mut env = Env::new();
+    let c = env.config("target", &["sh", "-c", "echo inside > /tmp/marker; sleep 30"]);
+    env.runtime.create(&c).unwrap();
+    env.wait("target", "running", |s| matches!(s.lifecycle.phase, Phase::Running { .. }));
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, out, timed_out) = env
+        .runtime
+        .exec(
+            "target",
+            vec!["sh".into(), "-c".into(), "cat /tmp/marker; hostname; exit 4".into()],
+            vec!["PATH=/bin".into()],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert_eq!((code, out.as_str(), timed_out), (4, "inside\ntarget\n", false));
+    let (_, _, timed_out) =
+        env.runtime.exec("target", vec!["sleep".into(), "10".into()], vec![], Duration::from_millis(300)).unwrap();
+    assert!(timed_out);
+}
+
+#[test]
+fn containers_outlive_the_agent_and_are_adopted_unchanged() {
+    let mut env = Env::new();
+    for i in 0..5 {
+        let c = env.config(
+            &format!("keep{i}"),
+            &["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"],
+        );
+        env.runtime.create(&c).unwrap();
+    }
+    let c = env.config("short", &["sh", "-c", "sleep 1; exit 7"]);
+    env.runtime.create(&c).unwrap();
+    let before: Vec<ShimState> = (0..5)
+        .map(|i| env.wait(&format!("keep{i}"), "running", |s| matches!(s.lifecycle.phase, Phase::Running { .. })))
+        .collect();
+    // "Kill -9 the agent": this Runtime is gone; a new one (a restarted agent) adopts the shims.
+    let runtime = Runtime::new(&env.dir.path().join("run"), &bin_dir().join("bramble-agent"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let adopted = runtime.adopt();
+    assert_eq!(adopted.len(), 6);
+    for (i, b) in before.iter().enumerate() {
+        let a = adopted.iter().find(|s| s.id == format!("keep{i}")).unwrap();
+        assert_eq!(a.lifecycle.phase, b.lifecycle.phase, "same pid, same start: not restarted");
+        assert_eq!(a.lifecycle.restarts, 0);
+    }
+    let short = adopted.iter().find(|s| s.id == "short").unwrap();
+    assert!(
+        matches!(short.lifecycle.phase, Phase::Exited { last, .. } if last.code == 7),
+        "its real exit code: {short:?}"
+    );
+    let lines = env.log_lines("keep0").len();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(env.log_lines("keep0").len() > lines, "logs continue");
+    // A dead shim's leftovers (as after a reboot) are cleaned without touching live containers.
+    let stale = env.dir.path().join("run/ghost");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("state.json"), br#"{"id":"ghost","shim_pid":999999,"boot_id":"another-boot","lifecycle":{"phase":{"phase":"running","pid":999999,"started_ms":1},"restarts":0,"next_backoff_ms":1,"policy":"always","backoff":{"base_ms":1,"cap_ms":1,"reset_after_ms":1},"stopping":false}}"#).unwrap();
+    let again = runtime.adopt();
+    assert_eq!(again.len(), 6);
+    assert!(!stale.exists(), "stale state removed");
+    assert!(pids_of_exe(&format!("shim --dir {}", env.dir.path().display())) >= 6, "the shims run on");
+}
+
+#[test]
+fn nothing_is_left_after_remove() {
+    let mut env = Env::new();
+    let c = env.config("tidy", &["sleep", "30"]);
+    env.runtime.create(&c).unwrap();
+    let s = env.wait("tidy", "running", |s| matches!(s.lifecycle.phase, Phase::Running { .. }));
+    let Phase::Running { pid, .. } = s.lifecycle.phase else { unreachable!() };
+    env.runtime.remove("tidy", Duration::from_secs(5)).unwrap();
+    env.roots.remove("tidy").unwrap();
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(), "the container's process is gone");
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.shim_pid), None).is_err()
+            || !Path::new(&format!("/proc/{}", s.shim_pid)).exists()
+            || std::fs::read_to_string(format!("/proc/{}/stat", s.shim_pid)).unwrap_or_default().contains(" Z "),
+        "the shim is gone"
+    );
+    assert!(!env.dir.path().join("run/tidy").exists(), "state removed");
+    assert!(!CgroupFs::host().exists("/bramble/tidy"), "cgroup removed");
+}

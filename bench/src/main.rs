@@ -3,6 +3,7 @@
 //!
 //!   cargo build --release --bins && target/release/bramble-bench images [--runs 10]
 
+mod containers;
 mod images;
 mod stats;
 
@@ -22,6 +23,12 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
+    /// Container start (request → process running) against `runc run -d` on the same bundle;
+    /// shim memory per container.
+    Containers {
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+    },
     /// Every benchmark.
     All {
         #[arg(long, default_value_t = 10)]
@@ -32,7 +39,9 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let results = match cli.command {
-        Command::Images { runs } | Command::All { runs } => vec![("images", images::run(runs))],
+        Command::Images { runs } => vec![("images", images::run(runs))],
+        Command::Containers { runs } => vec![("containers", containers::run(runs))],
+        Command::All { runs } => vec![("images", images::run(runs)), ("containers", containers::run(runs.max(50)))],
     };
     let dir = bramble_tests::testimages::assets_dir().parent().expect("target dir").join("bench");
     std::fs::create_dir_all(&dir).expect("target/bench");

@@ -377,9 +377,7 @@ impl Unpacker<'_> {
         let mode = Mode::from_bits_truncate(header.mode().unwrap_or(0o644) & 0o7777);
         let uid = header.uid().unwrap_or(0);
         let gid = header.gid().unwrap_or(0);
-        // time_t is 32 bits on some ARM targets: clamp rather than wrap.
-        let secs = header.mtime().unwrap_or(0).min(nix::libc::time_t::MAX as u64);
-        let mtime = TimeSpec::new(secs as nix::libc::time_t, 0);
+        let mtime = TimeSpec::from_duration(std::time::Duration::from_secs(header.mtime().unwrap_or(0)));
         let is_symlink = header.entry_type() == tar::EntryType::Symlink;
         if self.opts.chown {
             let (u, g) = (Some(Uid::from_raw(uid as u32)), Some(Gid::from_raw(gid as u32)));

@@ -56,6 +56,31 @@ pub struct Rootfs {
     pub kind: RootfsKind,
 }
 
+/// Reads the file `rel` inside the root filesystem `root` (at most `limit` bytes) without
+/// following a symlink anywhere on the way; `None` if it is missing or a path part is a symlink.
+pub fn read_file_inside(root: &Path, rel: &str, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use crate::unpack::walk::{components, Dir};
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let comps = components(rel.as_bytes()).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let Some((name, parents)) = comps.split_last() else { return Ok(None) };
+    let dir = Dir::open_root(root).map_err(std::io::Error::from)?;
+    let Ok(parent) = dir.walk(parents) else { return Ok(None) };
+    let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC;
+    let fd = match nix::fcntl::openat(Some(parent.raw()), name.as_os_str(), flags, nix::sys::stat::Mode::empty()) {
+        Ok(fd) => fd,
+        Err(_) => return Ok(None),
+    };
+    // SAFETY: a descriptor just returned by openat, owned by nobody else.
+    let file = unsafe { fs::File::from_raw_fd(fd) };
+    if !file.metadata()?.is_file() {
+        return Ok(None);
+    }
+    let mut bytes = Vec::new();
+    file.take(limit).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
 /// Whether this kernel offers overlayfs.
 pub fn overlay_available() -> bool {
     fs::read_to_string("/proc/filesystems")

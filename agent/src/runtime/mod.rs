@@ -11,6 +11,7 @@
 //! libcontainer forks with a raw `clone3` and must not be called from the multi-threaded agent;
 //! the shim (the agent binary re-executed, single-threaded) does it, and outlives the agent.
 
+pub mod build;
 pub mod cgroups;
 pub mod config;
 pub mod lifecycle;

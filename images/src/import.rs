@@ -5,7 +5,7 @@
 //! directory; every path the tarball's index names is then opened without following symlinks.
 
 use crate::digest::{Digest, HashingReader};
-use crate::oci::{self, parse_manifest_doc, Descriptor, ImageConfig, Manifest, ManifestDoc, PlatformSpec};
+use crate::oci::{self, parse_manifest_doc, Descriptor, ImageConfig, Manifest, ManifestDoc};
 use crate::platform::Platform;
 use crate::progress::{LayerPhase, Progress};
 use crate::store::{now_ms, ContentStore, ImageRecord, LayerRecord, StoreError};
@@ -211,7 +211,7 @@ fn import_oci(
             match parse_manifest_doc(Some(&top.media_type), &bytes).map_err(invalid)? {
                 ManifestDoc::Index(inner) => {
                     let platforms: Vec<Platform> =
-                        inner.manifests.iter().map(|d| platform_of(d.platform.as_ref())).collect();
+                        inner.manifests.iter().map(|d| oci::platform_of(d.platform.as_ref())).collect();
                     let Some(i) = Platform::choose(&platforms, arch) else {
                         offered.extend(platforms.iter().map(|p| p.to_string()));
                         continue;
@@ -238,7 +238,7 @@ fn import_oci(
             continue;
         }
         let name = reference(opts, &top.annotations, shown)?;
-        let layers = layer_records(&manifest, &config).map_err(invalid)?;
+        let layers = crate::store::layer_records(&manifest, &config).map_err(invalid)?;
         progress.set_layers(layers.iter().map(|l| (l.digest.clone(), l.size)));
         for l in &layers {
             progress.update(&l.digest, 0, LayerPhase::Downloading);
@@ -265,31 +265,6 @@ fn import_oci(
         return Err(ImportError::NoPlatform { path: shown.into(), arch: arch.to_string(), offered });
     }
     Ok(out)
-}
-
-fn platform_of(p: Option<&PlatformSpec>) -> Platform {
-    p.map(Platform::from).unwrap_or(Platform { os: "?".into(), architecture: "?".into(), variant: None })
-}
-
-fn layer_records(manifest: &Manifest, config: &ImageConfig) -> Result<Vec<LayerRecord>, String> {
-    if manifest.layers.len() != config.rootfs.diff_ids.len() {
-        return Err(format!(
-            "the manifest lists {} layers but the config {} diff_ids",
-            manifest.layers.len(),
-            config.rootfs.diff_ids.len()
-        ));
-    }
-    Ok(manifest
-        .layers
-        .iter()
-        .zip(&config.rootfs.diff_ids)
-        .map(|(d, diff_id)| LayerRecord {
-            digest: d.digest.clone(),
-            media_type: d.media_type.clone(),
-            size: d.size,
-            diff_id: diff_id.clone(),
-        })
-        .collect())
 }
 
 #[derive(Deserialize)]

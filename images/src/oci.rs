@@ -33,6 +33,11 @@ pub struct PlatformSpec {
     pub variant: Option<String>,
 }
 
+/// The platform of an index entry; `?/?` (which suits no node) when it names none.
+pub fn platform_of(p: Option<&PlatformSpec>) -> Platform {
+    p.map(Platform::from).unwrap_or(Platform { os: "?".into(), architecture: "?".into(), variant: None })
+}
+
 impl From<&PlatformSpec> for Platform {
     fn from(p: &PlatformSpec) -> Platform {
         Platform { os: p.os.clone(), architecture: p.architecture.clone(), variant: p.variant.clone() }

@@ -101,24 +101,7 @@ impl Puller<'_> {
                 arch: self.arch.to_string(),
             });
         }
-        if config.rootfs.diff_ids.len() != manifest.layers.len() {
-            return Err(bad(format!(
-                "the manifest lists {} layers but the config {} diff_ids",
-                manifest.layers.len(),
-                config.rootfs.diff_ids.len()
-            )));
-        }
-        let layers: Vec<LayerRecord> = manifest
-            .layers
-            .iter()
-            .zip(&config.rootfs.diff_ids)
-            .map(|(d, diff_id)| LayerRecord {
-                digest: d.digest.clone(),
-                media_type: d.media_type.clone(),
-                size: d.size,
-                diff_id: diff_id.clone(),
-            })
-            .collect();
+        let layers = crate::store::layer_records(&manifest, &config).map_err(bad)?;
         progress.set_layers(layers.iter().map(|l| (l.digest.clone(), l.size)));
         for layer in &layers {
             self.fetch_layer(image, layer, progress)?;

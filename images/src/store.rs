@@ -58,6 +58,31 @@ pub struct LayerRecord {
     pub diff_id: Digest,
 }
 
+/// The layers of an image: the manifest's blobs paired with the config's diff_ids.
+pub fn layer_records(
+    manifest: &crate::oci::Manifest,
+    config: &crate::oci::ImageConfig,
+) -> Result<Vec<LayerRecord>, String> {
+    if manifest.layers.len() != config.rootfs.diff_ids.len() {
+        return Err(format!(
+            "the manifest lists {} layers but the config {} diff_ids",
+            manifest.layers.len(),
+            config.rootfs.diff_ids.len()
+        ));
+    }
+    Ok(manifest
+        .layers
+        .iter()
+        .zip(&config.rootfs.diff_ids)
+        .map(|(d, diff_id)| LayerRecord {
+            digest: d.digest.clone(),
+            media_type: d.media_type.clone(),
+            size: d.size,
+            diff_id: diff_id.clone(),
+        })
+        .collect())
+}
+
 /// What the store knows about one image reference.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {

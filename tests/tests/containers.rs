@@ -283,6 +283,60 @@ fn containers_outlive_the_agent_and_are_adopted_unchanged() {
     assert!(pids_of_exe(&format!("shim --dir {}", env.dir.path().display())) >= 6, "the shims run on");
 }
 
+const STAND_IN: &str = "BRAMBLE_AGENT_STAND_IN_DIR";
+
+/// Not a test on its own: the process `kill_9_of_the_process_that_started_the_containers` starts
+/// and kills — it plays the agent: creates five containers through the runtime, says so, waits.
+#[test]
+fn agent_stand_in_process() {
+    let Some(dir) = std::env::var_os(STAND_IN) else { return };
+    let dir = PathBuf::from(dir);
+    let runtime = Runtime::new(&dir.join("run"), &bin_dir().join("bramble-agent"));
+    let config: Vec<ContainerConfig> =
+        serde_json::from_slice(&std::fs::read(dir.join("configs.json")).unwrap()).unwrap();
+    for c in &config {
+        runtime.create(c).unwrap();
+    }
+    println!("created");
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn kill_9_of_the_process_that_started_the_containers_touches_none() {
+    let mut env = Env::new();
+    let configs: Vec<ContainerConfig> = (0..5)
+        .map(|i| env.config(&format!("k9-{i}"), &["sh", "-c", "while true; do echo beat; sleep 0.2; done"]))
+        .collect();
+    std::fs::write(env.dir.path().join("configs.json"), serde_json::to_vec(&configs).unwrap()).unwrap();
+    let mut agent = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "agent_stand_in_process", "--nocapture", "--test-threads=1"])
+        .env(STAND_IN, env.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(agent.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("created") {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0, "the stand-in agent died");
+    }
+    let before: Vec<ShimState> = (0..5)
+        .map(|i| env.wait(&format!("k9-{i}"), "running", |s| matches!(s.lifecycle.phase, Phase::Running { .. })))
+        .collect();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    agent.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let adopted = Runtime::new(&env.dir.path().join("run"), &bin_dir().join("bramble-agent")).adopt();
+    for b in &before {
+        let a = adopted.iter().find(|s| s.id == b.id).expect("adopted");
+        assert_eq!(a.lifecycle.phase, b.lifecycle.phase, "{}: same pid, never restarted", b.id);
+        assert_eq!(a.lifecycle.restarts, 0);
+        let Phase::Running { pid, .. } = a.lifecycle.phase else { unreachable!() };
+        assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok(), "{}: its process lives", b.id);
+    }
+}
+
 #[test]
 fn nothing_is_left_after_remove() {
     let mut env = Env::new();

@@ -4,6 +4,7 @@ pub mod api;
 pub mod config;
 pub mod init;
 pub mod nodes;
+pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod tokens;

@@ -1,0 +1,225 @@
+//! The scheduler: a pure function from a snapshot of nodes and a replica to a node, or to the
+//! reasons it fits nowhere. Filter (ready, not cordoned, image platform, cpu, memory, replica
+//! slots, node selector, taints, host ports, max per node) → score (spread the app, least
+//! allocated, image already there) → the best node, ties broken by name.
+//!
+//! No I/O and no clock: the caller builds the snapshot, binds with compare-and-swap, and calls
+//! again for the next replica with the snapshot updated (see [`Scheduler::bind`]).
+
+use bramble_images::Platform;
+use bramble_proto::manifest::{AppSpec, Protocol, TolerationOperator};
+use bramble_proto::model::{Arch, Resources, Taint, TaintEffect};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// What the scheduler knows about one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSnapshot {
+    pub name: String,
+    pub arch: Arch,
+    pub ready: bool,
+    pub unschedulable: bool,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    pub allocatable: Resources,
+    /// What the replicas bound to it ask for.
+    pub requested: Resources,
+    pub host_ports: BTreeSet<(u16, Protocol)>,
+    /// Image references the node has in its store.
+    pub images: BTreeSet<String>,
+    /// Replicas per app bound to it.
+    pub apps: BTreeMap<String, u32>,
+}
+
+/// One replica to place.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub app: &'a str,
+    pub spec: &'a AppSpec,
+    /// The platforms the image offers, if known (otherwise any node's arch is accepted).
+    pub platforms: Option<&'a [Platform]>,
+}
+
+/// Why a node was filtered out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    NotReady,
+    Cordoned,
+    ArchMismatch,
+    InsufficientCpu,
+    InsufficientMemory,
+    TooManyReplicas,
+    NodeSelector,
+    Taint,
+    HostPort,
+    MaxPerNode,
+}
+
+impl Reason {
+    fn text(self) -> &'static str {
+        match self {
+            Reason::NotReady => "not ready",
+            Reason::Cordoned => "cordoned",
+            Reason::ArchMismatch => "arch mismatch",
+            Reason::InsufficientCpu => "insufficient cpu",
+            Reason::InsufficientMemory => "insufficient memory",
+            Reason::TooManyReplicas => "too many replicas",
+            Reason::NodeSelector => "node selector mismatch",
+            Reason::Taint => "untolerated taint",
+            Reason::HostPort => "host port in use",
+            Reason::MaxPerNode => "max per node reached",
+        }
+    }
+}
+
+/// A replica that fits nowhere, with a reason a human can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unschedulable {
+    pub nodes: usize,
+    /// First failing filter per node, counted.
+    pub reasons: BTreeMap<Reason, usize>,
+}
+
+impl fmt::Display for Unschedulable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.nodes == 0 {
+            return f.write_str("0/0 nodes: no nodes in the cluster");
+        }
+        let mut parts: Vec<(usize, Reason)> = self.reasons.iter().map(|(r, n)| (*n, *r)).collect();
+        parts.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let text: Vec<String> = parts.iter().map(|(n, r)| format!("{n} {}", r.text())).collect();
+        write!(f, "0/{} nodes: {}", self.nodes, text.join(", "))
+    }
+}
+
+impl std::error::Error for Unschedulable {}
+
+fn tolerates(spec: &AppSpec, t: &Taint) -> bool {
+    spec.placement.tolerations.iter().any(|tol| {
+        let key_ok = match &tol.key {
+            None => tol.operator == TolerationOperator::Exists,
+            Some(k) => k == &t.key,
+        };
+        let value_ok = tol.operator == TolerationOperator::Exists || tol.value.as_deref().unwrap_or("") == t.value;
+        let effect_ok = tol.effect.is_none_or(|e| e == t.effect);
+        key_ok && value_ok && effect_ok
+    })
+}
+
+/// The first filter `node` fails for `req`, if any.
+pub fn filter(node: &NodeSnapshot, req: &Request<'_>) -> Option<Reason> {
+    let spec = req.spec;
+    if !node.ready {
+        return Some(Reason::NotReady);
+    }
+    if node.unschedulable {
+        return Some(Reason::Cordoned);
+    }
+    if let Some(platforms) = req.platforms {
+        if Platform::choose(platforms, &node.arch).is_none() {
+            return Some(Reason::ArchMismatch);
+        }
+    }
+    let cpu = spec.resources.cpu.map_or(0, |c| c.0);
+    let mem = spec.resources.memory.map_or(0, |m| m.0);
+    if node.requested.cpu_millis + cpu > node.allocatable.cpu_millis {
+        return Some(Reason::InsufficientCpu);
+    }
+    if node.requested.memory_bytes + mem > node.allocatable.memory_bytes {
+        return Some(Reason::InsufficientMemory);
+    }
+    if node.requested.replicas + 1 > node.allocatable.replicas {
+        return Some(Reason::TooManyReplicas);
+    }
+    if spec.placement.node_selector.0.iter().any(|(k, v)| node.labels.get(k) != Some(v)) {
+        return Some(Reason::NodeSelector);
+    }
+    if node.taints.iter().any(|t| t.effect != TaintEffect::PreferNoSchedule && !tolerates(spec, t)) {
+        return Some(Reason::Taint);
+    }
+    if spec.ports.iter().any(|p| p.host.is_some_and(|h| node.host_ports.contains(&(h.0, p.protocol)))) {
+        return Some(Reason::HostPort);
+    }
+    if let Some(max) = spec.placement.max_per_node {
+        if node.apps.get(req.app).copied().unwrap_or(0) >= max.0 {
+            return Some(Reason::MaxPerNode);
+        }
+    }
+    None
+}
+
+/// Higher is better. Spread dominates, then free resources, then image locality.
+pub fn score(node: &NodeSnapshot, req: &Request<'_>) -> i64 {
+    let same_app = i64::from(node.apps.get(req.app).copied().unwrap_or(0));
+    let free = |used: u64, total: u64| if total == 0 { 0 } else { (total.saturating_sub(used) * 100 / total) as i64 };
+    let cpu = req.spec.resources.cpu.map_or(0, |c| c.0);
+    let mem = req.spec.resources.memory.map_or(0, |m| m.0);
+    let least_allocated = (free(node.requested.cpu_millis + cpu, node.allocatable.cpu_millis)
+        + free(node.requested.memory_bytes + mem, node.allocatable.memory_bytes))
+        / 2;
+    let image = if node.images.contains(req.spec.image.as_str()) { 10 } else { 0 };
+    let prefer_not =
+        node.taints.iter().filter(|t| t.effect == TaintEffect::PreferNoSchedule && !tolerates(req.spec, t)).count()
+            as i64;
+    -same_app * 1000 + least_allocated + image - prefer_not * 50
+}
+
+/// Places replicas one by one over a snapshot it keeps up to date.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    pub nodes: Vec<NodeSnapshot>,
+}
+
+impl Scheduler {
+    pub fn new(mut nodes: Vec<NodeSnapshot>) -> Self {
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Scheduler { nodes }
+    }
+
+    /// The best node for `req` (its index), or why there is none. Changes nothing.
+    pub fn place(&self, req: &Request<'_>) -> Result<usize, Unschedulable> {
+        let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
+        let mut best: Option<(i64, usize)> = None;
+        for (i, n) in self.nodes.iter().enumerate() {
+            match filter(n, req) {
+                Some(r) => *reasons.entry(r).or_default() += 1,
+                None => {
+                    let s = score(n, req);
+                    // Strictly better only: ties go to the first name.
+                    if best.is_none_or(|(b, _)| s > b) {
+                        best = Some((s, i));
+                    }
+                }
+            }
+        }
+        best.map(|(_, i)| i).ok_or(Unschedulable { nodes: self.nodes.len(), reasons })
+    }
+
+    /// Records that a replica of `req` is bound to node `i`.
+    pub fn bind(&mut self, i: usize, req: &Request<'_>) {
+        let n = &mut self.nodes[i];
+        n.requested.cpu_millis += req.spec.resources.cpu.map_or(0, |c| c.0);
+        n.requested.memory_bytes += req.spec.resources.memory.map_or(0, |m| m.0);
+        n.requested.replicas += 1;
+        for p in &req.spec.ports {
+            if let Some(h) = p.host {
+                n.host_ports.insert((h.0, p.protocol));
+            }
+        }
+        *n.apps.entry(req.app.to_string()).or_default() += 1;
+    }
+
+    /// Places and binds `count` replicas; returns the node names (or the first failure).
+    pub fn place_many(&mut self, req: &Request<'_>, count: usize) -> Result<Vec<String>, Unschedulable> {
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
+            let i = self.place(req)?;
+            self.bind(i, req);
+            out.push(self.nodes[i].name.clone());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

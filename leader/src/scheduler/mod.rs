@@ -151,7 +151,7 @@ pub fn filter(node: &NodeSnapshot, req: &Request<'_>) -> Option<Reason> {
 /// Higher is better. Spread dominates, then free resources, then image locality.
 pub fn score(node: &NodeSnapshot, req: &Request<'_>) -> i64 {
     let same_app = i64::from(node.apps.get(req.app).copied().unwrap_or(0));
-    let free = |used: u64, total: u64| if total == 0 { 0 } else { (total.saturating_sub(used) * 100 / total) as i64 };
+    let free = |used: u64, total: u64| (total.saturating_sub(used) * 100).checked_div(total).unwrap_or(0) as i64;
     let cpu = req.spec.resources.cpu.map_or(0, |c| c.0);
     let mem = req.spec.resources.memory.map_or(0, |m| m.0);
     let least_allocated = (free(node.requested.cpu_millis + cpu, node.allocatable.cpu_millis)

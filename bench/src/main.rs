@@ -5,6 +5,7 @@
 
 mod containers;
 mod images;
+mod scheduler;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,13 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         runs: usize,
     },
+    /// Placements per second: 10,000 replicas on 1,000 simulated nodes, pure and committed.
+    Scheduler {
+        #[arg(long, default_value_t = 10_000)]
+        replicas: usize,
+        #[arg(long, default_value_t = 1_000)]
+        nodes: usize,
+    },
     /// Every benchmark.
     All {
         #[arg(long, default_value_t = 10)]
@@ -41,7 +49,12 @@ fn main() {
     let results = match cli.command {
         Command::Images { runs } => vec![("images", images::run(runs))],
         Command::Containers { runs } => vec![("containers", containers::run(runs))],
-        Command::All { runs } => vec![("images", images::run(runs)), ("containers", containers::run(runs.max(50)))],
+        Command::Scheduler { replicas, nodes } => vec![("scheduler", scheduler::run(nodes, replicas))],
+        Command::All { runs } => vec![
+            ("images", images::run(runs)),
+            ("containers", containers::run(runs.max(50))),
+            ("scheduler", scheduler::run(1_000, 10_000)),
+        ],
     };
     let dir = bramble_tests::testimages::assets_dir().parent().expect("target dir").join("bench");
     std::fs::create_dir_all(&dir).expect("target/bench");

@@ -207,7 +207,8 @@ impl Runtime {
                     );
                 }
                 if let lifecycle::Phase::Running { pid, .. } = state.lifecycle.phase {
-                    if state.boot_id == protocol::boot_id() {
+                    // Only if that pid is still this container's (pids are reused).
+                    if state.boot_id == protocol::boot_id() && in_cgroup(pid, &format!("/bramble/{id}")) {
                         let _ =
                             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
                     }
@@ -261,6 +262,12 @@ impl Runtime {
         }
         live
     }
+}
+
+/// Whether process `pid` is in the cgroup `path` (in any hierarchy).
+fn in_cgroup(pid: i32, path: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .is_ok_and(|s| s.lines().any(|l| l.rsplit(':').next() == Some(path)))
 }
 
 /// Whether `pid` runs `bin` (so a recycled pid is never killed).

@@ -44,6 +44,13 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// One write of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOp {
+    Put { key: String, value: Vec<u8>, expect: Expect },
+    Delete { key: String, expect: Expect },
+}
+
 /// A change, as delivered to watchers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchEvent {
@@ -62,6 +69,9 @@ pub trait Store: Send + Sync + 'static {
     fn put(&self, key: &str, value: &[u8], expect: Expect) -> Result<u64, StoreError>;
     /// Deletes `key` if `expect` holds; returns the new revision.
     fn delete(&self, key: &str, expect: Expect) -> Result<u64, StoreError>;
+    /// Applies every op or none: all conditions are checked first, then all writes are made in
+    /// one durable commit; each op gets its own revision. Returns the last revision.
+    fn txn(&self, ops: &[TxnOp]) -> Result<u64, StoreError>;
     /// The current revision.
     fn revision(&self) -> u64;
     /// Changes to keys under `prefix` after revision `after`: first those already made (from a

@@ -1,7 +1,7 @@
 //! The embedded store on redb: one file, durable commits, copy-on-write (a crash at any moment
 //! leaves the last committed state).
 
-use super::{Changes, Expect, KeyValue, Store, StoreError, Watch, WatchEvent};
+use super::{Changes, Expect, KeyValue, Store, StoreError, TxnOp, Watch, WatchEvent};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,40 +71,65 @@ impl RedbStore {
     }
 
     fn write(&self, key: &str, value: Option<&[u8]>, expect: Expect) -> Result<u64, StoreError> {
+        let op = match value {
+            Some(v) => TxnOp::Put { key: key.to_string(), value: v.to_vec(), expect },
+            None => TxnOp::Delete { key: key.to_string(), expect },
+        };
+        self.apply(std::slice::from_ref(&op))
+    }
+
+    fn apply(&self, ops: &[TxnOp]) -> Result<u64, StoreError> {
         let _guard = self.write_lock.lock().expect("write lock");
         let txn = self.db.begin_write().map_err(backend)?;
-        let rev = {
+        let mut rev = self.revision.load(Ordering::SeqCst);
+        let mut events = Vec::with_capacity(ops.len());
+        {
             let mut kv = txn.open_table(KV).map_err(backend)?;
-            let existing = match kv.get(key).map_err(backend)? {
-                Some(g) => Some(unpack(key, g.value())?),
-                None => None,
-            };
-            let found = existing.as_ref().map(|e| e.mod_revision);
-            let ok = match expect {
-                Expect::Any => true,
-                Expect::Absent => existing.is_none(),
-                Expect::Revision(r) => found == Some(r),
-            };
-            if !ok || (value.is_none() && existing.is_none()) {
-                return Err(StoreError::Conflict { key: key.to_string(), expected: expect, found });
-            }
-            let rev = self.revision.load(Ordering::SeqCst) + 1;
-            match value {
-                Some(v) => {
-                    let create = existing.map_or(rev, |e| e.create_revision);
-                    kv.insert(key, pack(create, rev, v).as_slice()).map_err(backend)?;
+            // Conditions first, against the state before the transaction: nothing is written
+            // unless every one holds.
+            let mut existing = Vec::with_capacity(ops.len());
+            for op in ops {
+                let (key, expect, is_delete) = match op {
+                    TxnOp::Put { key, expect, .. } => (key, *expect, false),
+                    TxnOp::Delete { key, expect } => (key, *expect, true),
+                };
+                let current = match kv.get(key.as_str()).map_err(backend)? {
+                    Some(g) => Some(unpack(key, g.value())?),
+                    None => None,
+                };
+                let found = current.as_ref().map(|e| e.mod_revision);
+                let ok = match expect {
+                    Expect::Any => true,
+                    Expect::Absent => current.is_none(),
+                    Expect::Revision(r) => found == Some(r),
+                };
+                if !ok || (is_delete && current.is_none()) {
+                    return Err(StoreError::Conflict { key: key.clone(), expected: expect, found });
                 }
-                None => {
-                    kv.remove(key).map_err(backend)?;
+                existing.push(current);
+            }
+            for (op, current) in ops.iter().zip(existing) {
+                rev += 1;
+                match op {
+                    TxnOp::Put { key, value, .. } => {
+                        let create = current.map_or(rev, |e| e.create_revision);
+                        kv.insert(key.as_str(), pack(create, rev, value).as_slice()).map_err(backend)?;
+                        events.push(WatchEvent { revision: rev, key: key.clone(), value: Some(value.clone()) });
+                    }
+                    TxnOp::Delete { key, .. } => {
+                        kv.remove(key.as_str()).map_err(backend)?;
+                        events.push(WatchEvent { revision: rev, key: key.clone(), value: None });
+                    }
                 }
             }
             let mut meta = txn.open_table(META).map_err(backend)?;
             meta.insert(REVISION, rev).map_err(backend)?;
-            rev
-        };
+        }
         txn.commit().map_err(backend)?;
         self.revision.store(rev, Ordering::SeqCst);
-        self.changes.publish(WatchEvent { revision: rev, key: key.to_string(), value: value.map(<[u8]>::to_vec) });
+        for ev in events {
+            self.changes.publish(ev);
+        }
         Ok(rev)
     }
 }
@@ -140,6 +165,10 @@ impl Store for RedbStore {
 
     fn delete(&self, key: &str, expect: Expect) -> Result<u64, StoreError> {
         self.write(key, None, expect)
+    }
+
+    fn txn(&self, ops: &[TxnOp]) -> Result<u64, StoreError> {
+        self.apply(ops)
     }
 
     fn revision(&self) -> u64 {

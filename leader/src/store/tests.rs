@@ -44,6 +44,28 @@ fn compare_and_swap_refuses_stale_writes() {
     assert_eq!(s.revision(), 2);
 }
 
+#[test]
+fn a_transaction_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.put("/apps/a", b"1", Expect::Any).unwrap();
+    let ops = vec![
+        TxnOp::Put { key: "/apps/b".into(), value: b"2".to_vec(), expect: Expect::Absent },
+        TxnOp::Put { key: "/apps/a".into(), value: b"x".to_vec(), expect: Expect::Absent },
+    ];
+    assert!(matches!(s.txn(&ops), Err(StoreError::Conflict { ref key, .. }) if key == "/apps/a"));
+    assert!(s.get("/apps/b").unwrap().is_none(), "the first op was not applied either");
+    assert_eq!(s.revision(), 1);
+    let ops = vec![
+        TxnOp::Put { key: "/apps/b".into(), value: b"2".to_vec(), expect: Expect::Absent },
+        TxnOp::Put { key: "/apps/a".into(), value: b"1b".to_vec(), expect: Expect::Revision(1) },
+        TxnOp::Delete { key: "/apps/a".into(), expect: Expect::Any },
+    ];
+    assert_eq!(s.txn(&ops).unwrap(), 4);
+    assert!(s.get("/apps/a").unwrap().is_none());
+    assert_eq!(s.get("/apps/b").unwrap().unwrap().mod_revision, 2);
+}
+
 #[tokio::test]
 async fn watch_replays_history_then_follows_live_changes() {
     let dir = tempfile::tempdir().unwrap();

@@ -20,7 +20,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List objects: `bramble get nodes`.
+    /// Create or update apps and services from TOML manifests: `bramble apply -f app.toml`.
+    Apply(cmd::apply::Args),
+    /// Delete apps and services: `bramble delete app NAME` or `bramble delete -f app.toml`.
+    Delete(cmd::delete::Args),
+    /// List objects: `bramble get nodes|apps|services`.
     Get(cmd::get::Args),
     /// Show one object in detail: `bramble describe node NAME`.
     Describe(cmd::describe::Args),
@@ -46,6 +50,8 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         let config = cli.config;
         match cli.command {
+            Command::Apply(a) => cmd::apply::run(config, a).await,
+            Command::Delete(a) => cmd::delete::run(config, a).await,
             Command::Get(a) => cmd::get::run(config, a).await,
             Command::Describe(a) => cmd::describe::run(config, a).await,
             Command::Label(a) => cmd::label::run(config, a).await,

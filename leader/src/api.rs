@@ -89,6 +89,10 @@ impl Api {
                 }
                 Ok(Response::Done(format!("node/{name} {verb}{}", if changed { "" } else { " (no change)" })))
             }
+            Request::Apply { apps, services } => Ok(Response::Applied(crate::apps::apply(self, apps, services)?)),
+            Request::GetApps => Ok(Response::Apps(crate::apps::apps(self)?)),
+            Request::GetServices => Ok(Response::Services(crate::apps::services(self)?)),
+            Request::Delete { apps, services } => Ok(Response::Done(crate::apps::delete(self, apps, services)?)),
             Request::CreateToken { ttl_secs } => {
                 let (token, expires_ms) = tokens::create(
                     self.store.as_ref(),

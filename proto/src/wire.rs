@@ -5,7 +5,8 @@
 //! (one per connected agent) then carries [`LeaderMsg`] down and [`AgentMsg`] up for as long as the
 //! agent is connected.
 
-use crate::model::{Event, NodeInfo, NodeView};
+use crate::manifest::{AppSpec, ServiceSpec};
+use crate::model::{App, Event, NodeInfo, NodeView, Service};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -58,12 +59,24 @@ pub enum Request {
     CreateToken {
         ttl_secs: u64,
     },
+    /// Creates or updates every object, or none of them.
+    Apply {
+        apps: Vec<AppSpec>,
+        services: Vec<ServiceSpec>,
+    },
+    GetApps,
+    GetServices,
+    /// Deletes the named objects (all must exist), or none of them.
+    Delete {
+        apps: Vec<String>,
+        services: Vec<String>,
+    },
 }
 
 impl Request {
     /// Whether the request changes state (admins only).
     pub fn is_write(&self) -> bool {
-        !matches!(self, Request::GetNodes | Request::GetNode { .. })
+        !matches!(self, Request::GetNodes | Request::GetNode { .. } | Request::GetApps | Request::GetServices)
     }
 }
 
@@ -86,7 +99,39 @@ pub enum Response {
     },
     /// Done, with a sentence for humans (e.g. `node/pi-1 cordoned`).
     Done(String),
+    /// What `Apply` did to each object, in order.
+    Applied(Vec<Applied>),
+    Apps(Vec<App>),
+    Services(Vec<Service>),
     Error(ApiError),
+}
+
+/// What applying did to one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// `app` or `service`.
+    pub kind: String,
+    pub name: String,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+impl std::fmt::Display for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let o = match self.outcome {
+            Outcome::Created => "created",
+            Outcome::Configured => "configured",
+            Outcome::Unchanged => "unchanged",
+        };
+        write!(f, "{}/{} {o}", self.kind, self.name)
+    }
 }
 
 /// Errors the leader returns, with codes a client can act on.

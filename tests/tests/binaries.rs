@@ -137,3 +137,78 @@ fn systemd_units_pass_systemd_analyze() {
     let problems: Vec<&str> = err.lines().filter(|l| l.contains("bramble")).collect();
     assert!(out.status.success() && problems.is_empty(), "systemd-analyze verify: {err}");
 }
+
+/// A leader on loopback and the real CLI: apply is all or nothing, reports each object's fate,
+/// and delete takes names or files.
+#[test]
+fn apply_get_and_delete_apps_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("leader");
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = Command::new(bin_dir().join("bramble-leader"))
+        .args(["init", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _leader = Kill(
+        Command::new(bin_dir().join("bramble-leader"))
+            .args(["run", "--data-dir"])
+            .arg(&d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let admin = d.join("admin.toml");
+    let cli = |args: &[&str]| {
+        Command::new(bin_dir().join("bramble")).arg("--config").arg(&admin).args(args).output().unwrap()
+    };
+    let start = std::time::Instant::now();
+    while !cli(&["get", "nodes"]).status.success() {
+        assert!(start.elapsed() < Duration::from_secs(10), "leader did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let m1 = dir.path().join("web.toml");
+    std::fs::write(&m1, "[[app]]\nname = \"web\"\nimage = \"reg.lan/web:1\"\nreplicas = 2\n\n[[service]]\nname = \"web\"\napp = \"web\"\nports = [{ port = 80 }]\n").unwrap();
+    assert_eq!(text(cli(&["apply", "-f", m1.to_str().unwrap()])), "app/web created\nservice/web created\n");
+    assert_eq!(text(cli(&["apply", "-f", m1.to_str().unwrap()])), "app/web unchanged\nservice/web unchanged\n");
+    std::fs::write(&m1, "[[app]]\nname = \"web\"\nimage = \"reg.lan/web:2\"\nreplicas = 2\n\n[[service]]\nname = \"web\"\napp = \"web\"\nports = [{ port = 80 }]\n").unwrap();
+    assert_eq!(text(cli(&["apply", "-f", m1.to_str().unwrap()])), "app/web configured\nservice/web unchanged\n");
+    let apps: serde_json::Value = serde_json::from_str(&text(cli(&["get", "apps", "-o", "json"]))).unwrap();
+    assert_eq!(apps[0]["meta"]["generation"], 2);
+    assert_eq!(apps[0]["spec"]["image"], "reg.lan/web:2");
+    // One bad object in a directory of manifests: nothing is applied, every problem is listed.
+    let many = dir.path().join("many");
+    std::fs::create_dir(&many).unwrap();
+    std::fs::write(many.join("a.toml"), "[[app]]\nname = \"api\"\nimage = \"reg.lan/api:1\"\n").unwrap();
+    std::fs::write(
+        many.join("b.toml"),
+        "[[app]]\nname = \"db\"\nimage = \"reg.lan/db:1\"\nresources = { memory = \"1GB\" }\n",
+    )
+    .unwrap();
+    let out = cli(&["apply", "-f", many.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing applied") && err.contains("b.toml:4:24: app[0].resources.memory"), "{err}");
+    let table = text(cli(&["get", "apps"]));
+    assert!(!table.contains("api"), "the valid file was not applied either: {table}");
+    assert!(table.starts_with("NAME   REPLICAS   IMAGE"), "{table}");
+    // Delete: all or nothing too.
+    let out = cli(&["delete", "app", "web", "ghost"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing deleted: app/ghost not found"));
+    assert_eq!(text(cli(&["delete", "-f", m1.to_str().unwrap()])), "app/web deleted\nservice/web deleted\n");
+    assert_eq!(text(cli(&["get", "apps"])).lines().count(), 1);
+}

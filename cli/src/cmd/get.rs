@@ -18,19 +18,81 @@ pub struct Args {
 enum Kind {
     #[value(alias = "node", alias = "no")]
     Nodes,
+    #[value(alias = "app")]
+    Apps,
+    #[value(alias = "service", alias = "svc")]
+    Services,
 }
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
-    let Kind::Nodes = args.kind;
+    match args.kind {
+        Kind::Nodes => nodes(config, args.output).await,
+        Kind::Apps => apps(config, args.output).await,
+        Kind::Services => services(config, args.output).await,
+    }
+}
+
+async fn apps(config: Option<PathBuf>, output: Format) -> Result<(), CliError> {
+    let apps = match request(config, Request::GetApps).await? {
+        Response::Apps(a) => a,
+        r => return Err(unexpected(&r)),
+    };
+    if output == Format::Json {
+        print!("{}", json(&apps));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = apps
+        .iter()
+        .map(|a| {
+            vec![
+                a.meta.name.clone(),
+                a.spec.replicas.0.to_string(),
+                a.spec.image.to_string(),
+                a.meta.generation.to_string(),
+                super::age(a.meta.created_ms),
+            ]
+        })
+        .collect();
+    print!("{}", table(&["NAME", "REPLICAS", "IMAGE", "GENERATION", "AGE"], &rows));
+    Ok(())
+}
+
+async fn services(config: Option<PathBuf>, output: Format) -> Result<(), CliError> {
+    let services = match request(config, Request::GetServices).await? {
+        Response::Services(s) => s,
+        r => return Err(unexpected(&r)),
+    };
+    if output == Format::Json {
+        print!("{}", json(&services));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            let ports: Vec<String> = s.spec.ports.iter().map(|p| p.port.0.to_string()).collect();
+            vec![
+                s.meta.name.clone(),
+                s.spec.app.to_string(),
+                ports.join(","),
+                s.vip.clone().unwrap_or_else(|| "<pending>".into()),
+                super::age(s.meta.created_ms),
+            ]
+        })
+        .collect();
+    print!("{}", table(&["NAME", "APP", "PORTS", "VIP", "AGE"], &rows));
+    Ok(())
+}
+
+async fn nodes(config: Option<PathBuf>, output: Format) -> Result<(), CliError> {
     let nodes = match request(config, Request::GetNodes).await? {
         Response::Nodes(n) => n,
         r => return Err(unexpected(&r)),
     };
-    if args.output == Format::Json {
+    if output == Format::Json {
         print!("{}", json(&nodes));
         return Ok(());
     }
-    let wide = args.output == Format::Wide;
+    let wide = output == Format::Wide;
     let mut header = vec!["NAME", "STATUS", "ARCH", "CPU", "MEMORY", "AGE", "VERSION"];
     if wide {
         header.extend(["ADDRESS", "OS", "KERNEL"]);

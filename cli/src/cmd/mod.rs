@@ -1,6 +1,8 @@
 //! One file per subcommand.
 
+pub mod apply;
 pub mod cordon;
+pub mod delete;
 pub mod describe;
 pub mod get;
 pub mod label;

@@ -1,0 +1,44 @@
+//! `bramble delete app NAME…` or `bramble delete -f FILE`: all or nothing.
+
+use crate::client::{request, unexpected, CliError};
+use bramble_proto::wire::{Request, Response};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// `app` or `service`, then names; or use -f.
+    #[arg(value_name = "KIND NAME")]
+    what: Vec<String>,
+    /// Delete what these manifests declare.
+    #[arg(short = 'f', long = "filename")]
+    files: Vec<String>,
+}
+
+pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
+    let (mut apps, mut services) = (Vec::new(), Vec::new());
+    if !args.files.is_empty() {
+        let m = super::apply::load(&args.files)?;
+        apps.extend(m.apps.iter().map(|a| a.name.to_string()));
+        services.extend(m.services.iter().map(|s| s.name.to_string()));
+    }
+    if let Some((kind, names)) = args.what.split_first() {
+        if names.is_empty() {
+            return Err(CliError::Other(format!("delete {kind}: expected one or more names")));
+        }
+        match kind.as_str() {
+            "app" | "apps" => apps.extend(names.iter().cloned()),
+            "service" | "services" | "svc" => services.extend(names.iter().cloned()),
+            other => return Err(CliError::Other(format!("cannot delete {other:?}: expected app or service"))),
+        }
+    }
+    if apps.is_empty() && services.is_empty() {
+        return Err(CliError::Other("nothing to delete: give `app NAME` or -f FILE".into()));
+    }
+    match request(config, Request::Delete { apps, services }).await? {
+        Response::Done(m) => {
+            println!("{m}");
+            Ok(())
+        }
+        r => Err(unexpected(&r)),
+    }
+}

@@ -248,23 +248,47 @@ fn import_oci(
             progress.update(&l.digest, l.size, LayerPhase::Done);
         }
         store.write_blob(&manifest.config.digest, &config_bytes)?;
-        store.write_blob(&desc.digest, &manifest_bytes)?;
-        let record = ImageRecord {
-            reference: name,
+        out.push(record(
+            store,
+            name,
             index_digest,
-            manifest_digest: desc.digest.clone(),
-            config_digest: manifest.config.digest.clone(),
-            platform: config.platform().to_string(),
+            &desc.digest,
+            &manifest_bytes,
+            &manifest.config.digest,
+            &config,
             layers,
-            created_ms: now_ms(),
-        };
-        store.put_image(&record)?;
-        out.push(record);
+        )?);
     }
     if out.is_empty() {
         return Err(ImportError::NoPlatform { path: shown.into(), arch: arch.to_string(), offered });
     }
     Ok(out)
+}
+
+/// Stores the manifest and records the image (its layers and config are in the store already).
+#[allow(clippy::too_many_arguments)]
+fn record(
+    store: &ContentStore,
+    reference: String,
+    index_digest: Option<Digest>,
+    manifest_digest: &Digest,
+    manifest_bytes: &[u8],
+    config_digest: &Digest,
+    config: &ImageConfig,
+    layers: Vec<LayerRecord>,
+) -> Result<ImageRecord, ImportError> {
+    store.write_blob(manifest_digest, manifest_bytes)?;
+    let record = ImageRecord {
+        reference,
+        index_digest,
+        manifest_digest: manifest_digest.clone(),
+        config_digest: config_digest.clone(),
+        platform: config.platform().to_string(),
+        layers,
+        created_ms: now_ms(),
+    };
+    store.put_image(&record)?;
+    Ok(record)
 }
 
 #[derive(Deserialize)]
@@ -355,18 +379,7 @@ fn import_docker(
         };
         let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serialises");
         let manifest_digest = Digest::of(&manifest_bytes);
-        store.write_blob(&manifest_digest, &manifest_bytes)?;
-        let record = ImageRecord {
-            reference: name,
-            index_digest: None,
-            manifest_digest,
-            config_digest,
-            platform: config.platform().to_string(),
-            layers,
-            created_ms: now_ms(),
-        };
-        store.put_image(&record)?;
-        out.push(record);
+        out.push(record(store, name, None, &manifest_digest, &manifest_bytes, &config_digest, &config, layers)?);
     }
     if out.is_empty() {
         return Err(ImportError::NoPlatform { path: shown.into(), arch: arch.to_string(), offered });

@@ -34,28 +34,23 @@ pub struct Proc {
 impl Proc {
     /// Starts `bin args` inside network namespace `ns`; stdout and stderr go to `log`.
     pub fn spawn(name: &str, ns: &str, bin: &Path, args: &[String], log: &Path) -> Proc {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
-        let err = file.try_clone().expect("log file");
         // `ip netns exec` enters the namespace and execs the binary: the child's PID is the binary's.
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(bin)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { child: Some(child), log: log.to_path_buf(), name: name.to_string() }
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(bin).args(args).env("RUST_LOG", "info");
+        Self::start(name, cmd, log)
     }
 
     /// Starts `bin args` in the host's namespaces.
     pub fn spawn_host(name: &str, bin: &Path, args: &[String], log: &Path) -> Proc {
+        let mut cmd = Command::new(bin);
+        cmd.args(args);
+        Self::start(name, cmd, log)
+    }
+
+    fn start(name: &str, mut cmd: Command, log: &Path) -> Proc {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
         let err = file.try_clone().expect("log file");
-        let child = Command::new(bin)
-            .args(args)
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err)

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod apps;
 pub mod config;
+pub mod controllers;
 pub mod init;
 pub mod nodes;
 pub mod scheduler;

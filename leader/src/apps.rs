@@ -26,38 +26,72 @@ fn corrupt(key: &str, e: serde_json::Error) -> ApiError {
     ApiError::new(ErrorCode::Internal, format!("stored object {key} is corrupt: {e}"))
 }
 
-/// The op that brings `key` to `desired`, if anything changes, and what it means.
-fn plan<T: Serialize + DeserializeOwned + Clone>(
-    api: &Api,
-    key: &str,
-    name: &str,
-    spec_of: impl Fn(&T) -> serde_json::Value,
-    build: impl Fn(ObjectMeta) -> T,
-    desired: serde_json::Value,
-) -> Result<(Option<TxnOp>, Outcome), ApiError> {
-    match api.store.get(key).map_err(store_error)? {
-        None => {
-            let obj = build(ObjectMeta { name: name.to_string(), generation: 1, revision: 0, created_ms: now_ms() });
-            let value = serde_json::to_vec(&obj).expect("object serialises");
-            Ok((Some(TxnOp::Put { key: key.to_string(), value, expect: Expect::Absent }), Outcome::Created))
-        }
-        Some(kv) => {
-            let current: T = serde_json::from_slice(&kv.value).map_err(|e| corrupt(key, e))?;
-            if spec_of(&current) == desired {
-                return Ok((None, Outcome::Unchanged));
-            }
-            let mut meta: ObjectMeta =
-                serde_json::from_value(serde_json::to_value(&current).expect("json")["meta"].clone())
-                    .map_err(|e| corrupt(key, e))?;
-            meta.generation += 1;
-            let obj = build(meta);
-            let value = serde_json::to_vec(&obj).expect("object serialises");
-            Ok((
-                Some(TxnOp::Put { key: key.to_string(), value, expect: Expect::Revision(kv.mod_revision) }),
-                Outcome::Configured,
-            ))
-        }
+/// A stored object: metadata plus the spec a user applies.
+trait Object: Serialize + DeserializeOwned {
+    type Spec: PartialEq + Clone;
+    const KIND: &'static str;
+    fn key(name: &str) -> String;
+    fn meta(&self) -> &ObjectMeta;
+    fn spec(&self) -> &Self::Spec;
+    fn build(meta: ObjectMeta, spec: Self::Spec) -> Self;
+}
+
+impl Object for App {
+    type Spec = AppSpec;
+    const KIND: &'static str = "app";
+    fn key(name: &str) -> String {
+        app_key(name)
     }
+    fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+    fn spec(&self) -> &AppSpec {
+        &self.spec
+    }
+    fn build(meta: ObjectMeta, spec: AppSpec) -> Self {
+        App { meta, spec }
+    }
+}
+
+impl Object for Service {
+    type Spec = ServiceSpec;
+    const KIND: &'static str = "service";
+    fn key(name: &str) -> String {
+        service_key(name)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+    fn spec(&self) -> &ServiceSpec {
+        &self.spec
+    }
+    fn build(meta: ObjectMeta, spec: ServiceSpec) -> Self {
+        Service { meta, spec, vip: None, endpoints: Vec::new() }
+    }
+}
+
+/// The op that brings object `name` to `desired`, if anything changes, and what that means.
+fn plan<T: Object>(api: &Api, name: &str, desired: &T::Spec) -> Result<(Option<TxnOp>, Applied), ApiError> {
+    let key = T::key(name);
+    let applied = |outcome| Applied { kind: T::KIND.into(), name: name.to_string(), outcome };
+    let (meta, expect, outcome) = match api.store.get(&key).map_err(store_error)? {
+        None => (
+            ObjectMeta { name: name.to_string(), generation: 1, revision: 0, created_ms: now_ms() },
+            Expect::Absent,
+            Outcome::Created,
+        ),
+        Some(kv) => {
+            let current: T = serde_json::from_slice(&kv.value).map_err(|e| corrupt(&key, e))?;
+            if current.spec() == desired {
+                return Ok((None, applied(Outcome::Unchanged)));
+            }
+            let mut meta = current.meta().clone();
+            meta.generation += 1;
+            (meta, Expect::Revision(kv.mod_revision), Outcome::Configured)
+        }
+    };
+    let value = serde_json::to_vec(&T::build(meta, desired.clone())).expect("object serialises");
+    Ok((Some(TxnOp::Put { key, value, expect }), applied(outcome)))
 }
 
 /// Applies every object or none.
@@ -82,33 +116,14 @@ pub fn apply(api: &Api, apps: Vec<AppSpec>, services: Vec<ServiceSpec>) -> Resul
     }
     let mut ops = Vec::new();
     let mut results = Vec::new();
-    for spec in apps {
-        let name = spec.name.to_string();
-        let desired = serde_json::to_value(&spec).expect("json");
-        let (op, outcome) = plan::<App>(
-            api,
-            &app_key(&name),
-            &name,
-            |a| serde_json::to_value(&a.spec).expect("json"),
-            |meta| App { meta, spec: spec.clone() },
-            desired,
-        )?;
+    let planned = apps
+        .iter()
+        .map(|a| plan::<App>(api, a.name.as_str(), a))
+        .chain(services.iter().map(|s| plan::<Service>(api, s.name.as_str(), s)));
+    for p in planned {
+        let (op, applied) = p?;
         ops.extend(op);
-        results.push(Applied { kind: "app".into(), name, outcome });
-    }
-    for spec in services {
-        let name = spec.name.to_string();
-        let desired = serde_json::to_value(&spec).expect("json");
-        let (op, outcome) = plan::<Service>(
-            api,
-            &service_key(&name),
-            &name,
-            |s| serde_json::to_value(&s.spec).expect("json"),
-            |meta| Service { meta, spec: spec.clone(), vip: None, endpoints: Vec::new() },
-            desired,
-        )?;
-        ops.extend(op);
-        results.push(Applied { kind: "service".into(), name, outcome });
+        results.push(applied);
     }
     if !ops.is_empty() {
         api.store.txn(&ops).map_err(|e| match e {

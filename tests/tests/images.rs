@@ -4,7 +4,7 @@
 use bramble_images::pull::{PullError, PullPolicy, Puller};
 use bramble_images::registry::{RegistryClient, RegistryConfig, RegistryError};
 use bramble_images::rootfs::{RootfsKind, Rootfses};
-use bramble_images::store::{ContentStore, StoreError};
+use bramble_images::store::ContentStore;
 use bramble_images::unpack::UnpackOptions;
 use bramble_images::{Digest, ImageRef, Progress};
 use bramble_proto::model::Arch;
@@ -160,7 +160,6 @@ fn overlay_and_copy_root_filesystems_run_busybox_and_are_removed() {
         Rootfses::new(store.clone(), dir.path()).prepare("../x", &rec),
         Err(bramble_images::rootfs::RootfsError::BadId(_))
     ));
-    let _: Option<StoreError> = None;
 }
 
 #[test]

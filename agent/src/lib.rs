@@ -4,12 +4,14 @@
 pub mod backoff;
 pub mod config;
 pub mod join;
+pub mod logserve;
 pub mod observability;
 pub mod runtime;
 pub mod session;
 pub mod signals;
 pub mod sysinfo;
 pub mod systemd;
+pub mod workloads;
 
 pub use config::AgentConfig;
 pub use session::{run, AgentError};

@@ -5,8 +5,9 @@ use crate::backoff::Backoff;
 use crate::config::{AgentConfig, ConfigError};
 use crate::join::{self, Credentials, JoinError};
 use crate::sysinfo::node_info;
+use crate::workloads::{Command, Handle, Statuses};
 use bramble_proto::codec::MAX_FRAME_LEN;
-use bramble_proto::wire::{AgentMsg, ErrorCode, Hello, LeaderMsg, Open, OpenKind, PROTOCOL_VERSION};
+use bramble_proto::wire::{AgentMsg, ErrorCode, Hello, LeaderMsg, Open, OpenKind, ReplicaStatus, PROTOCOL_VERSION};
 use bramble_transport::quic::{client_endpoint, connect, read_frame, write_frame};
 use bramble_transport::tls::client_config;
 use bramble_transport::TransportError;
@@ -33,6 +34,8 @@ pub enum AgentError {
     Resolve(String),
     #[error("cannot use {path}: {source}")]
     Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot start the container reconciler: {0}")]
+    Workloads(std::io::Error),
 }
 
 /// What happened to one session.
@@ -81,6 +84,9 @@ pub async fn run(
     }
     let name = config.node_name()?;
     let dir = config.data_dir.clone();
+    // Containers first: what this board ran before keeps running even if no leader answers.
+    let shim_bin = std::env::current_exe().map_err(AgentError::Workloads)?;
+    let mut work = crate::workloads::spawn(&config, &shim_bin).map_err(AgentError::Workloads)?;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let creds = match join::load(&dir, &name)? {
         Some(c) => c,
@@ -126,7 +132,7 @@ pub async fn run(
             let epoch = next_epoch(&dir)?;
             let started = Instant::now();
             let span = tracing::info_span!("session", leader = %addr, epoch);
-            let result = session(&config, &creds, addr, epoch, &cancel, &mut ready).instrument(span).await;
+            let result = session(&config, &creds, addr, epoch, &cancel, &mut ready, &mut work).instrument(span).await;
             if cancel.is_cancelled() {
                 return Ok(());
             }
@@ -161,6 +167,7 @@ async fn session(
     epoch: u64,
     cancel: &CancellationToken,
     ready: &mut Option<impl FnOnce()>,
+    work: &mut Handle,
 ) -> Result<(), SessionError> {
     let tls = client_config(&creds.ca_pem, Some((&creds.cert_pem, &creds.key_pem))).map_err(TransportError::from)?;
     let endpoint = client_endpoint(addr)?;
@@ -171,6 +178,7 @@ async fn session(
     let heartbeat = match read_frame::<LeaderMsg>(&mut recv, MAX_FRAME_LEN).await? {
         Some(LeaderMsg::Welcome { heartbeat_ms, .. }) => Duration::from_millis(heartbeat_ms.clamp(100, 60_000)),
         Some(LeaderMsg::Refused(e)) => return Err(SessionError::Refused { code: e.code, message: e.message }),
+        Some(LeaderMsg::Desired { .. }) => return Err(SessionError::Unexpected),
         None => return Err(SessionError::Closed),
     };
     info!("session established");
@@ -189,10 +197,33 @@ async fn session(
             }
         }
     });
+    // The leader opens streams on this connection to read containers' logs.
+    let log_dir = work.log_dir.clone();
+    let streams = conn.clone();
+    let log_server = tokio::spawn(async move {
+        while let Ok((s, r)) = streams.accept_bi().await {
+            tokio::spawn(crate::logserve::serve(log_dir.clone(), s, r));
+        }
+    });
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
+    let mut status = work.status.clone();
+    let mut sent: Option<Statuses> = None;
     let result = loop {
+        // Report replica states: all at the start of the session, then what changed.
+        let now = status.borrow_and_update().clone();
+        let changed: Vec<ReplicaStatus> = match &sent {
+            None => now.values().cloned().collect(),
+            Some(before) => now.iter().filter(|(k, v)| before.get(*k) != Some(*v)).map(|(_, v)| v.clone()).collect(),
+        };
+        if sent.is_none() || !changed.is_empty() {
+            let msg = AgentMsg::Status { full: sent.is_none(), replicas: changed };
+            if let Err(e) = write_frame(&mut send, &msg).await {
+                break Err(e.into());
+            }
+            sent = Some(now);
+        }
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
             _ = tick.tick() => {
@@ -201,7 +232,18 @@ async fn session(
                     break Err(e.into());
                 }
             }
+            _ = status.changed() => {}
+            Some(ev) = work.events.recv() => {
+                if let Err(e) = write_frame(&mut send, &AgentMsg::Event(ev)).await {
+                    break Err(e.into());
+                }
+            }
             msg = rx.recv() => match msg {
+                Some(Ok(Some(LeaderMsg::Desired { full, upsert, remove }))) => {
+                    if work.commands.send(Command::Desired { full, upsert, remove }).is_err() {
+                        break Err(SessionError::Unexpected);
+                    }
+                }
                 Some(Ok(Some(LeaderMsg::Refused(e)))) => break Err(SessionError::Refused { code: e.code, message: e.message }),
                 Some(Ok(Some(LeaderMsg::Welcome { .. }))) => break Err(SessionError::Unexpected),
                 Some(Ok(None)) | None => break Err(SessionError::Closed),
@@ -210,6 +252,7 @@ async fn session(
         }
     };
     reader.abort();
+    log_server.abort();
     let _ = send.finish();
     conn.close(quinn::VarInt::from_u32(0), b"agent closing session");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;

@@ -1,8 +1,9 @@
 //! Finding the config, reaching a leader, making calls; errors with distinct exit codes.
 
-use bramble_proto::wire::{ApiError, ErrorCode, Request, Response};
+use bramble_proto::codec::MAX_FRAME_LEN;
+use bramble_proto::wire::{ApiError, ErrorCode, Open, OpenKind, Request, Response, PROTOCOL_VERSION};
 use bramble_transport::admin::AdminConfig;
-use bramble_transport::quic::{call, client_endpoint, connect};
+use bramble_transport::quic::{call, client_endpoint, connect, read_frame, rejection, write_frame};
 use bramble_transport::tls::client_config;
 use bramble_transport::TransportError;
 use std::path::PathBuf;
@@ -49,8 +50,8 @@ fn config_path(flag: Option<PathBuf>) -> Result<PathBuf, CliError> {
     Ok(PathBuf::from(home).join(".config/bramble/config.toml"))
 }
 
-/// Loads the config and sends one request to the first leader that answers.
-pub async fn request(config: Option<PathBuf>, req: Request) -> Result<Response, CliError> {
+/// Loads the config and connects to the first leader that answers.
+async fn connect_any(config: Option<PathBuf>) -> Result<(quinn::Endpoint, quinn::Connection, String), CliError> {
     let path = config_path(config)?;
     let text = std::fs::read_to_string(&path).map_err(|e| {
         CliError::Config(format!(
@@ -72,8 +73,8 @@ pub async fn request(config: Option<PathBuf>, req: Request) -> Result<Response, 
         };
         for addr in addrs {
             let endpoint = client_endpoint(addr).map_err(|e| CliError::Other(e.to_string()))?;
-            let conn = match connect(&endpoint, addr, tls.clone(), CONNECT_TIMEOUT).await {
-                Ok(c) => c,
+            match connect(&endpoint, addr, tls.clone(), CONNECT_TIMEOUT).await {
+                Ok(c) => return Ok((endpoint, c, leader.clone())),
                 Err(e) => {
                     failures.push(explain(leader, &e));
                     if e.is_unreachable() {
@@ -82,17 +83,50 @@ pub async fn request(config: Option<PathBuf>, req: Request) -> Result<Response, 
                     return Err(CliError::Other(failures.pop().expect("just pushed")));
                 }
             };
-            let result = call(&conn, req.clone(), CALL_TIMEOUT).await;
-            conn.close(quinn::VarInt::from_u32(0), b"done");
-            endpoint.wait_idle().await;
-            return match result {
-                Ok(Response::Error(e)) => Err(CliError::Api(e)),
-                Ok(r) => Ok(r),
-                Err(e) => Err(CliError::Other(format!("{leader}: {e}"))),
-            };
         }
     }
     Err(CliError::Unreachable(format!("cannot reach a leader: {}", failures.join("; "))))
+}
+
+/// Loads the config and sends one request to the first leader that answers.
+pub async fn request(config: Option<PathBuf>, req: Request) -> Result<Response, CliError> {
+    let (endpoint, conn, leader) = connect_any(config).await?;
+    let result = call(&conn, req, CALL_TIMEOUT).await;
+    conn.close(quinn::VarInt::from_u32(0), b"done");
+    endpoint.wait_idle().await;
+    match result {
+        Ok(Response::Error(e)) => Err(CliError::Api(e)),
+        Ok(r) => Ok(r),
+        Err(e) => Err(CliError::Other(format!("{leader}: {e}"))),
+    }
+}
+
+/// Sends a request whose answer is a stream of frames ended by `Done` (or an error); `each` gets
+/// every other frame as it comes.
+pub async fn stream(
+    config: Option<PathBuf>,
+    req: Request,
+    mut each: impl FnMut(Response) -> Result<(), CliError>,
+) -> Result<(), CliError> {
+    let (endpoint, conn, leader) = connect_any(config).await?;
+    let result = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| CliError::Other(format!("{leader}: {e}")))?;
+        let open = Open { version: PROTOCOL_VERSION, kind: OpenKind::Call(req) };
+        write_frame(&mut send, &open).await.map_err(|e| CliError::Other(format!("{leader}: {e}")))?;
+        loop {
+            match read_frame::<Response>(&mut recv, MAX_FRAME_LEN).await {
+                Ok(Some(Response::Done(_))) => return Ok(()),
+                Ok(Some(Response::Error(e))) => return Err(CliError::Api(e)),
+                Ok(Some(r)) => each(r)?,
+                Ok(None) => return Err(CliError::Other(format!("{leader}: the stream ended early"))),
+                Err(e) => return Err(CliError::Other(format!("{leader}: {}", rejection(&conn).unwrap_or(e)))),
+            }
+        }
+    }
+    .await;
+    conn.close(quinn::VarInt::from_u32(0), b"done");
+    endpoint.wait_idle().await;
+    result
 }
 
 fn explain(leader: &str, e: &TransportError) -> String {

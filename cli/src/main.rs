@@ -24,10 +24,16 @@ enum Command {
     Apply(cmd::apply::Args),
     /// Delete apps and services: `bramble delete app NAME` or `bramble delete -f app.toml`.
     Delete(cmd::delete::Args),
-    /// List objects: `bramble get nodes|apps|services`.
+    /// List objects: `bramble get nodes|apps|replicas|services`.
     Get(cmd::get::Args),
-    /// Show one object in detail: `bramble describe node NAME`.
+    /// Show one object in detail: `bramble describe node|app|replica NAME`.
     Describe(cmd::describe::Args),
+    /// A replica's output: `bramble logs REPLICA|app/NAME [-f] [--tail N] [--since 10m]`.
+    Logs(cmd::logs::Args),
+    /// Set an app's replica count: `bramble scale app NAME --replicas N`.
+    Scale(cmd::scale::Args),
+    /// What happened in the cluster: `bramble events [-w]`.
+    Events(cmd::events::Args),
     /// Set (`k=v`) or remove (`k-`) labels: `bramble label node NAME k=v k2-`.
     Label(cmd::label::Args),
     /// Stop placing new replicas on a node.
@@ -54,6 +60,9 @@ fn main() -> ExitCode {
             Command::Delete(a) => cmd::delete::run(config, a).await,
             Command::Get(a) => cmd::get::run(config, a).await,
             Command::Describe(a) => cmd::describe::run(config, a).await,
+            Command::Logs(a) => cmd::logs::run(config, a).await,
+            Command::Scale(a) => cmd::scale::run(config, a).await,
+            Command::Events(a) => cmd::events::run(config, a).await,
             Command::Label(a) => cmd::label::run(config, a).await,
             Command::Cordon(a) => cmd::cordon::run(config, a, true).await,
             Command::Uncordon(a) => cmd::cordon::run(config, a, false).await,

@@ -1,5 +1,6 @@
 //! Requests from the CLI and from joining agents: who may do what, and what it does to the store.
 
+use crate::controllers::run::DesiredSets;
 use crate::nodes::NodeRegistry;
 use crate::store::{Expect, Store};
 use crate::tokens::{self, store_error};
@@ -8,7 +9,8 @@ use bramble_proto::names::{check_dns_subdomain, check_label_key, check_label_val
 use bramble_proto::wire::{ApiError, ErrorCode, Request, Response};
 use bramble_transport::pki::Ca;
 use bramble_transport::Identity;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub fn now_ms() -> u64 {
@@ -24,6 +26,13 @@ pub struct Api {
     pub store: Arc<dyn Store>,
     pub ca: Ca,
     pub registry: Arc<NodeRegistry>,
+    /// Each node's desired set, as the replica controller last computed it (`None` until its
+    /// first pass: no session is told anything before that).
+    pub desired: tokio::sync::watch::Sender<Option<Arc<DesiredSets>>>,
+    /// Asks the replica controller for a pass now.
+    pub kick: tokio::sync::Notify,
+    /// Live detail per replica (e.g. pull progress), in memory only.
+    pub details: Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -37,6 +46,17 @@ fn err(code: ErrorCode, message: impl Into<String>) -> ApiError {
 }
 
 impl Api {
+    pub fn new(store: Arc<dyn Store>, ca: Ca, registry: Arc<NodeRegistry>) -> Api {
+        Api {
+            store,
+            ca,
+            registry,
+            desired: tokio::sync::watch::Sender::new(None),
+            kick: tokio::sync::Notify::new(),
+            details: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Handles one request from a peer with `identity` (None: no client certificate).
     pub fn handle(&self, identity: Option<&Identity>, request: Request) -> Response {
         match self.dispatch(identity, request) {
@@ -93,6 +113,14 @@ impl Api {
             Request::GetApps => Ok(Response::Apps(crate::apps::apps(self)?)),
             Request::GetServices => Ok(Response::Services(crate::apps::services(self)?)),
             Request::Delete { apps, services } => Ok(Response::Done(crate::apps::delete(self, apps, services)?)),
+            Request::GetReplicas { app } => Ok(Response::Replicas(crate::replicas::list(self, app.as_deref())?)),
+            Request::GetApp { name } => crate::replicas::describe_app(self, &name),
+            Request::GetReplica { name } => crate::replicas::describe_replica(self, &name),
+            Request::Scale { app, replicas, expect_generation } => {
+                Ok(Response::Done(crate::replicas::scale(self, &app, replicas, expect_generation)?))
+            }
+            Request::GetEvents { since_ms } => Ok(Response::Events(self.registry.events_since(since_ms))),
+            Request::Logs(_) => Err(err(ErrorCode::InvalidArgument, "logs are streamed; this call cannot carry them")),
             Request::CreateToken { ttl_secs } => {
                 let (token, expires_ms) = tokens::create(
                     self.store.as_ref(),

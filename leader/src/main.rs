@@ -49,6 +49,12 @@ enum Command {
         #[arg(long, env = "BRAMBLE_LEADER_LISTEN")]
         listen: Option<SocketAddr>,
     },
+    /// Run as the shim of one container of the embedded agent (not for humans).
+    #[command(hide = true)]
+    Shim {
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Initialise on first use, then run a leader with an embedded agent: a one-board cluster.
     Up {
         #[arg(long, env = "BRAMBLE_LEADER_DATA_DIR")]
@@ -77,6 +83,16 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("bramble-leader: {e}");
                     ExitCode::from(EXIT_CONFIG)
+                }
+            };
+        }
+        Command::Shim { dir } => {
+            observability::init_shim();
+            return match bramble_agent::runtime::shim::main(bramble_agent::runtime::ContainerDir(dir)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bramble-leader shim: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
                 }
             };
         }

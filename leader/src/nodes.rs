@@ -184,6 +184,27 @@ impl NodeRegistry {
         ev.push_back(event);
     }
 
+    /// Events at or after `since_ms`, oldest first.
+    pub fn events_since(&self, since_ms: u64) -> Vec<Event> {
+        self.events.lock().expect("events lock").iter().filter(|e| e.time_ms >= since_ms).cloned().collect()
+    }
+
+    /// Events `keep` selects, oldest first.
+    pub fn events_where(&self, keep: impl Fn(&Event) -> bool) -> Vec<Event> {
+        self.events.lock().expect("events lock").iter().filter(|e| keep(e)).cloned().collect()
+    }
+
+    /// The connection of `name`'s current session, if it has one.
+    pub fn connection(&self, name: &str) -> Option<quinn::Connection> {
+        self.live.lock().expect("registry lock").get(name)?.session.as_ref()?.connection.clone()
+    }
+
+    /// Whether `epoch` is `name`'s current session.
+    pub fn is_current(&self, name: &str, epoch: u64) -> bool {
+        self.live.lock().expect("registry lock").get(name).and_then(|l| l.session.as_ref()).map(|s| s.epoch)
+            == Some(epoch)
+    }
+
     /// Events about `object` (`kind/name`), oldest first.
     pub fn events_for(&self, object: &str) -> Vec<Event> {
         self.events.lock().expect("events lock").iter().filter(|e| e.object == object).cloned().collect()

@@ -8,13 +8,14 @@ use crate::nodes::{NodeRegistry, Session};
 use crate::store::{RedbStore, Store, StoreError};
 use bramble_proto::codec::MAX_FRAME_LEN;
 use bramble_proto::wire::{
-    AgentMsg, ApiError, ErrorCode, Hello, LeaderMsg, Open, OpenKind, Response, PROTOCOL_VERSION,
+    AgentMsg, ApiError, Assignment, ErrorCode, Hello, LeaderMsg, Open, OpenKind, Request, Response, PROTOCOL_VERSION,
 };
 use bramble_transport::pki::{identity_of, Ca, PkiError};
 use bramble_transport::quic::{read_frame, server_endpoint, write_frame};
 use bramble_transport::tls::{server_config, TlsError};
 use bramble_transport::{Identity, TransportError};
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -90,13 +91,14 @@ pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> 
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&layout.store())?);
     let registry = Arc::new(NodeRegistry::new(config.nodes.not_ready_after.0));
     let ca_fingerprint = ca.fingerprint();
-    let api = Arc::new(Api { store, ca, registry });
+    let api = Arc::new(Api::new(store, ca, registry));
     let endpoint = server_endpoint(config.listen, tls)?;
     let local_addr = endpoint.local_addr().map_err(|source| TransportError::Bind { addr: config.listen, source })?;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(accept_loop(endpoint.clone(), api.clone(), config.nodes.heartbeat.0, cancel.clone(), tasks.clone()));
     tasks.spawn(monitor_nodes(api.clone(), cancel.clone()));
+    tasks.spawn(crate::controllers::run::run(api.clone(), cancel.clone()));
     info!(%local_addr, ca = %ca_fingerprint, "leader serving");
     Ok(RunningLeader { local_addr, ca_fingerprint, api, endpoint, cancel, tasks })
 }
@@ -188,6 +190,16 @@ async fn serve_stream(
         )
     });
     match open.kind {
+        OpenKind::Call(Request::Logs(req)) if version_error.is_none() => {
+            let allowed = matches!(identity, Some((Identity::Admin(_) | Identity::Leader, _)));
+            if !allowed {
+                let e = ApiError::new(ErrorCode::PermissionDenied, "only admins may read logs");
+                let _ = write_frame(&mut send, &Response::Error(e)).await;
+                let _ = send.finish();
+                return;
+            }
+            crate::logs::serve(api, req, send, recv).await;
+        }
         OpenKind::Call(request) => {
             let response = match version_error {
                 Some(e) => Response::Error(e),
@@ -233,7 +245,7 @@ async fn session(
     heartbeat: Duration,
     hello: Hello,
     mut send: SendStream,
-    mut recv: RecvStream,
+    recv: RecvStream,
 ) {
     let name = hello.node_name.clone();
     let key_fp = match identity {
@@ -276,30 +288,99 @@ async fn session(
         return refuse(&mut send, ApiError::new(ErrorCode::Conflict, stale.to_string())).await;
     }
     info!("session started");
+    api.kick.notify_one();
     let welcome = LeaderMsg::Welcome { epoch, heartbeat_ms: heartbeat.as_millis() as u64 };
     let reason = match write_frame(&mut send, &welcome).await {
         Err(e) => e.to_string(),
-        Ok(()) => loop {
-            match read_frame::<AgentMsg>(&mut recv, MAX_FRAME_LEN).await {
-                Ok(Some(AgentMsg::Heartbeat { .. })) => {
-                    registry.heartbeat(&name, epoch, Instant::now(), now_ms());
-                }
-                Ok(Some(AgentMsg::Info(info))) => {
-                    registry.heartbeat(&name, epoch, Instant::now(), now_ms());
-                    let a = api.clone();
-                    let n = name.clone();
-                    let r = tokio::task::spawn_blocking(move || a.set_node_info(&n, info)).await;
-                    if let Ok(Err(e)) = r {
-                        warn!("cannot record node info: {e}");
-                    }
-                }
-                Ok(None) => break "the agent ended the session".to_string(),
-                Err(e) => break e.to_string(),
-            }
-        },
+        Ok(()) => serve_session(&api, &name, epoch, send, recv).await,
     };
     info!("session ended: {reason}");
     registry.disconnect(&name, epoch, &reason, now_ms());
+    api.kick.notify_one();
+}
+
+/// The body of a session: the node's desired set down (full, then deltas), reports up.
+async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStream, mut recv: RecvStream) -> String {
+    let registry = api.registry.clone();
+    // Frames arrive through a channel so that the loop selects only on cancel-safe futures.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let reader = tokio::spawn(async move {
+        loop {
+            let r = read_frame::<AgentMsg>(&mut recv, MAX_FRAME_LEN).await;
+            let end = !matches!(r, Ok(Some(_)));
+            if tx.send(r).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    let mut desired = api.desired.subscribe();
+    let mut sent: Option<BTreeMap<String, Assignment>> = None;
+    let reason = loop {
+        // Send what changed in this node's desired set (everything the first time), once the
+        // replica controller has made its first pass.
+        let now = desired.borrow_and_update().as_ref().map(|d| d.get(name).cloned().unwrap_or_default());
+        let msg = match (&now, &sent) {
+            (None, _) => None,
+            (Some(now), None) => {
+                Some(LeaderMsg::Desired { full: true, upsert: now.values().cloned().collect(), remove: Vec::new() })
+            }
+            (Some(now), Some(before)) => {
+                let upsert: Vec<Assignment> =
+                    now.iter().filter(|(k, v)| before.get(*k) != Some(*v)).map(|(_, v)| v.clone()).collect();
+                let remove: Vec<String> = before.keys().filter(|k| !now.contains_key(*k)).cloned().collect();
+                (!upsert.is_empty() || !remove.is_empty()).then_some(LeaderMsg::Desired { full: false, upsert, remove })
+            }
+        };
+        if let Some(msg) = msg {
+            if let Err(e) = write_frame(&mut send, &msg).await {
+                break e.to_string();
+            }
+            sent = now;
+        }
+        tokio::select! {
+            r = desired.changed() => if r.is_err() { break "the leader is stopping".to_string() },
+            msg = rx.recv() => match msg {
+                Some(Ok(Some(msg))) => {
+                    // Only the current session speaks for the node (fencing by epoch).
+                    if !registry.heartbeat(name, epoch, Instant::now(), now_ms()) {
+                        break "a newer session replaced this one".to_string();
+                    }
+                    handle_agent_msg(api, name, msg).await;
+                }
+                Some(Ok(None)) | None => break "the agent ended the session".to_string(),
+                Some(Err(e)) => break e.to_string(),
+            },
+        }
+    };
+    reader.abort();
+    reason
+}
+
+async fn handle_agent_msg(api: &Arc<Api>, name: &str, msg: AgentMsg) {
+    let a = api.clone();
+    let n = name.to_string();
+    match msg {
+        AgentMsg::Heartbeat { .. } => {}
+        AgentMsg::Info(info) => {
+            let r = tokio::task::spawn_blocking(move || a.set_node_info(&n, info)).await;
+            if let Ok(Err(e)) = r {
+                warn!("cannot record node info: {e}");
+            }
+        }
+        AgentMsg::Status { replicas, .. } => {
+            let _ = tokio::task::spawn_blocking(move || crate::replicas::record_status(&a, &n, replicas)).await;
+        }
+        AgentMsg::Event(mut e) => {
+            // The board speaks only for its own replicas and itself; keep its words short.
+            if !(e.object.starts_with("replica/") || e.object == format!("node/{name}")) {
+                return;
+            }
+            e.message = e.message.chars().take(1024).collect();
+            e.reason = e.reason.chars().take(64).collect();
+            e.message = format!("{} (node {name})", e.message);
+            api.registry.record(e);
+        }
+    }
 }
 
 /// Marks nodes NotReady when they fall silent; reads the store, never writes it.

@@ -6,7 +6,7 @@
 //! agent is connected.
 
 use crate::manifest::{AppSpec, ServiceSpec};
-use crate::model::{App, Event, NodeInfo, NodeView, Service};
+use crate::model::{App, Event, NodeInfo, NodeView, Replica, ReplicaPhase, Service};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -71,12 +71,56 @@ pub enum Request {
         apps: Vec<String>,
         services: Vec<String>,
     },
+    /// Replicas, of one app or all.
+    GetReplicas {
+        app: Option<String>,
+    },
+    GetApp {
+        name: String,
+    },
+    GetReplica {
+        name: String,
+    },
+    /// Sets an app's replica count; `expect_generation` refuses the change if the app changed since.
+    Scale {
+        app: String,
+        replicas: u32,
+        expect_generation: Option<u64>,
+    },
+    /// Events at or after `since_ms`, oldest first.
+    GetEvents {
+        since_ms: u64,
+    },
+    /// A replica's output (or every replica of `app/NAME`), streamed as [`Response::Log`] frames
+    /// and ended by [`Response::Done`].
+    Logs(LogRequest),
+}
+
+/// What output to send: the last `tail` lines, lines since `since_ms`, and with `follow` new ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRequest {
+    /// A replica name, or `app/NAME` for every replica of an app.
+    pub target: String,
+    pub tail: Option<u64>,
+    pub since_ms: Option<u64>,
+    pub follow: bool,
 }
 
 impl Request {
     /// Whether the request changes state (admins only).
     pub fn is_write(&self) -> bool {
-        !matches!(self, Request::GetNodes | Request::GetNode { .. } | Request::GetApps | Request::GetServices)
+        !matches!(
+            self,
+            Request::GetNodes
+                | Request::GetNode { .. }
+                | Request::GetApps
+                | Request::GetServices
+                | Request::GetReplicas { .. }
+                | Request::GetApp { .. }
+                | Request::GetReplica { .. }
+                | Request::GetEvents { .. }
+                | Request::Logs(_)
+        )
     }
 }
 
@@ -103,6 +147,24 @@ pub enum Response {
     Applied(Vec<Applied>),
     Apps(Vec<App>),
     Services(Vec<Service>),
+    Replicas(Vec<Replica>),
+    App {
+        app: Box<App>,
+        replicas: Vec<Replica>,
+        events: Vec<Event>,
+    },
+    Replica {
+        replica: Box<Replica>,
+        /// Live detail the leader keeps in memory only (e.g. image pull progress).
+        detail: Option<String>,
+        events: Vec<Event>,
+    },
+    Events(Vec<Event>),
+    /// Lines of a replica's output (CRI log records without the stream tag).
+    Log {
+        replica: String,
+        lines: Vec<String>,
+    },
     Error(ApiError),
 }
 
@@ -187,6 +249,54 @@ pub enum LeaderMsg {
     Welcome { epoch: u64, heartbeat_ms: u64 },
     /// The session is refused or ended; the agent should not retry at once.
     Refused(ApiError),
+    /// The replicas this node must run. `full`: exactly these (anything else is stopped), sent at
+    /// every session start; otherwise a delta: `upsert` added or changed, `remove` gone.
+    Desired { full: bool, upsert: Vec<Assignment>, remove: Vec<String> },
+}
+
+/// One replica a node must run. Replica names are never reused, so a replica that moved away
+/// is stopped by name when its old node comes back (fencing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub replica: String,
+    pub app: String,
+    pub revision: String,
+    pub spec: AppSpec,
+}
+
+/// What an agent reports about one replica it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub replica: String,
+    pub phase: ReplicaPhase,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub restarts: u32,
+    pub exit_code: Option<i32>,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    pub container_id: Option<String>,
+    /// Live detail such as image pull progress (kept in the leader's memory, never stored).
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// Leader → agent on a stream the leader opens on the agent's connection: send this output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentLogRequest {
+    pub replica: String,
+    pub tail: Option<u64>,
+    pub since_ms: Option<u64>,
+    pub follow: bool,
+}
+
+/// Agent → leader on such a stream: lines until the end, or an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFrame {
+    Lines(Vec<String>),
+    Error(String),
 }
 
 /// Agent → leader on a session stream.
@@ -198,4 +308,11 @@ pub enum AgentMsg {
     },
     /// What the board reports changed (labels in config, capacity, addresses).
     Info(NodeInfo),
+    /// Replica states: all of them when `full` (at session start), else only those that changed.
+    Status {
+        full: bool,
+        replicas: Vec<ReplicaStatus>,
+    },
+    /// Something that happened on the board (a container started, crashed, an image was pulled).
+    Event(Event),
 }

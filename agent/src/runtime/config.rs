@@ -69,14 +69,14 @@ impl ContainerConfig {
 /// Checks a container id (also a directory name and a cgroup name).
 pub fn check_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
-        && id.len() <= 64
+        && id.len() <= 128
         && !id.starts_with('.')
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "invalid container id {id:?}: expected 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"
+            "invalid container id {id:?}: expected 1 to 128 letters, digits, '-', '_' or '.', not starting with '.'"
         ))
     }
 }

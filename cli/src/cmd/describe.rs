@@ -1,7 +1,8 @@
-//! `bramble describe node NAME`.
+//! `bramble describe node|app|replica NAME`.
 
 use crate::client::{request, unexpected, CliError};
 use crate::output::{json, Format};
+use bramble_proto::model::{Event, ReplicaPhase};
 use bramble_proto::quantity::{human_bytes, Cpu};
 use bramble_proto::wire::{Request, Response};
 use std::fmt::Write;
@@ -19,10 +20,111 @@ pub struct Args {
 enum Kind {
     #[value(alias = "nodes", alias = "no")]
     Node,
+    #[value(alias = "apps")]
+    App,
+    #[value(alias = "replicas", alias = "rs")]
+    Replica,
 }
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
-    let Kind::Node = args.kind;
+    match args.kind {
+        Kind::Node => node(config, args).await,
+        Kind::App => app(config, args).await,
+        Kind::Replica => replica(config, args).await,
+    }
+}
+
+fn events_section(s: &mut String, events: &[Event]) {
+    let _ = writeln!(s, "Events:");
+    if events.is_empty() {
+        let _ = writeln!(s, "  <none>");
+    }
+    for e in events.iter().rev().take(20).rev() {
+        let _ = writeln!(s, "  {:>8} ago  {:<18} {:<28} {}", super::age(e.time_ms), e.reason, e.object, e.message);
+    }
+}
+
+fn when(ms: Option<u64>) -> String {
+    ms.map_or("-".into(), |m| format!("{} ago", super::age(m)))
+}
+
+async fn app(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
+    let (app, replicas, events) = match request(config, Request::GetApp { name: args.name }).await? {
+        Response::App { app, replicas, events } => (app, replicas, events),
+        r => return Err(unexpected(&r)),
+    };
+    if args.output == Format::Json {
+        print!("{}", json(&serde_json::json!({ "app": app, "replicas": replicas, "events": events })));
+        return Ok(());
+    }
+    let spec = &app.spec;
+    let mut s = String::new();
+    let _ = writeln!(s, "Name:        {}", app.meta.name);
+    let _ = writeln!(s, "Image:       {}", spec.image);
+    let _ = writeln!(s, "Generation:  {}", app.meta.generation);
+    let running = replicas.iter().filter(|r| r.phase == ReplicaPhase::Running).count();
+    let _ = writeln!(s, "Replicas:    {} desired, {} existing, {running} running", spec.replicas.0, replicas.len());
+    if !spec.command.is_empty() || !spec.args.is_empty() {
+        let _ = writeln!(s, "Command:     {:?} {:?}", spec.command, spec.args);
+    }
+    let _ = writeln!(
+        s,
+        "Resources:   cpu {}, memory {}",
+        spec.resources.cpu.map_or("-".into(), |c| c.to_string()),
+        spec.resources.memory.map_or("-".into(), |m| human_bytes(m.0))
+    );
+    let _ = writeln!(s, "Restart:     {:?}", spec.restart);
+    if let Some(d) = &spec.replace_after {
+        let _ = writeln!(s, "Replace after node loss: {d}");
+    }
+    let _ = writeln!(s, "Replicas:");
+    for r in &replicas {
+        let _ = writeln!(
+            s,
+            "  {:<32} {:<12} {:<10} restarts {}{}",
+            r.meta.name,
+            r.node.as_deref().unwrap_or("<none>"),
+            format!("{:?}", r.phase),
+            r.restarts,
+            if r.reason.is_empty() { String::new() } else { format!("  ({})", r.reason) }
+        );
+    }
+    events_section(&mut s, &events);
+    print!("{s}");
+    Ok(())
+}
+
+async fn replica(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
+    let (r, detail, events) = match request(config, Request::GetReplica { name: args.name }).await? {
+        Response::Replica { replica, detail, events } => (replica, detail, events),
+        r => return Err(unexpected(&r)),
+    };
+    if args.output == Format::Json {
+        print!("{}", json(&serde_json::json!({ "replica": r, "detail": detail, "events": events })));
+        return Ok(());
+    }
+    let mut s = String::new();
+    let _ = writeln!(s, "Name:        {}", r.meta.name);
+    let _ = writeln!(s, "App:         {} (revision {})", r.app, r.revision_hash);
+    let _ = writeln!(s, "Node:        {}", r.node.as_deref().unwrap_or("<none>"));
+    let _ = writeln!(s, "Phase:       {:?}", r.phase);
+    if !r.reason.is_empty() {
+        let _ = writeln!(s, "Reason:      {}", r.reason);
+    }
+    if let Some(d) = &detail {
+        let _ = writeln!(s, "Progress:    {d}");
+    }
+    let _ = writeln!(s, "Restarts:    {}", r.restarts);
+    let _ = writeln!(s, "Last exit:   {}", r.exit_code.map_or("-".into(), |c| c.to_string()));
+    let _ = writeln!(s, "Started:     {}", when(r.started_ms));
+    let _ = writeln!(s, "Finished:    {}", when(r.finished_ms));
+    let _ = writeln!(s, "Created:     {} ago", super::age(r.meta.created_ms));
+    events_section(&mut s, &events);
+    print!("{s}");
+    Ok(())
+}
+
+async fn node(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let (v, events) = match request(config, Request::GetNode { name: args.name }).await? {
         Response::Node { node, events } => (node, events),
         r => return Err(unexpected(&r)),
@@ -93,13 +195,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
             format!("{} ago", super::age(v.last_seen_ms))
         }
     );
-    let _ = writeln!(s, "Events:");
-    if events.is_empty() {
-        let _ = writeln!(s, "  <none>");
-    }
-    for e in events.iter().rev().take(20).rev() {
-        let _ = writeln!(s, "  {:>8} ago  {:<16} {}", super::age(e.time_ms), e.reason, e.message);
-    }
+    events_section(&mut s, &events);
     print!("{s}");
     Ok(())
 }

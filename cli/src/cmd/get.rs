@@ -1,4 +1,4 @@
-//! `bramble get nodes`.
+//! `bramble get nodes|apps|replicas|services`.
 
 use crate::client::{request, unexpected, CliError};
 use crate::output::{json, table, Format};
@@ -10,6 +10,9 @@ use std::path::PathBuf;
 pub struct Args {
     /// What to list.
     kind: Kind,
+    /// Only the replicas of this app (with `get replicas`).
+    #[arg(long)]
+    app: Option<String>,
     #[arg(short, long, value_enum, default_value_t)]
     output: Format,
 }
@@ -22,6 +25,8 @@ enum Kind {
     Apps,
     #[value(alias = "service", alias = "svc")]
     Services,
+    #[value(alias = "replica", alias = "rs")]
+    Replicas,
 }
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
@@ -29,7 +34,45 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         Kind::Nodes => nodes(config, args.output).await,
         Kind::Apps => apps(config, args.output).await,
         Kind::Services => services(config, args.output).await,
+        Kind::Replicas => replicas(config, args.app, args.output).await,
     }
+}
+
+async fn replicas(config: Option<PathBuf>, app: Option<String>, output: Format) -> Result<(), CliError> {
+    let replicas = match request(config, Request::GetReplicas { app }).await? {
+        Response::Replicas(r) => r,
+        r => return Err(unexpected(&r)),
+    };
+    if output == Format::Json {
+        print!("{}", json(&replicas));
+        return Ok(());
+    }
+    let wide = output == Format::Wide;
+    let mut header = vec!["NAME", "APP", "NODE", "PHASE", "RESTARTS", "AGE"];
+    if wide {
+        header.extend(["REVISION", "EXIT", "REASON"]);
+    }
+    let rows: Vec<Vec<String>> = replicas
+        .iter()
+        .map(|r| {
+            let mut row = vec![
+                r.meta.name.clone(),
+                r.app.clone(),
+                r.node.clone().unwrap_or_else(|| "<none>".into()),
+                format!("{:?}", r.phase),
+                r.restarts.to_string(),
+                super::age(r.meta.created_ms),
+            ];
+            if wide {
+                row.push(r.revision_hash.clone());
+                row.push(r.exit_code.map_or("-".into(), |c| c.to_string()));
+                row.push(if r.reason.is_empty() { "-".into() } else { r.reason.clone() });
+            }
+            row
+        })
+        .collect();
+    print!("{}", table(&header, &rows));
+    Ok(())
 }
 
 async fn apps(config: Option<PathBuf>, output: Format) -> Result<(), CliError> {

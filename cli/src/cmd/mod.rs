@@ -4,8 +4,11 @@ pub mod apply;
 pub mod cordon;
 pub mod delete;
 pub mod describe;
+pub mod events;
 pub mod get;
 pub mod label;
+pub mod logs;
+pub mod scale;
 pub mod token;
 
 use std::time::{SystemTime, UNIX_EPOCH};

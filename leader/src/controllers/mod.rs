@@ -1,4 +1,6 @@
-//! Controllers: pure functions from desired and observed state (and `now`) to actions. The loops
-//! that feed them from the store and write their actions back come with the apps issue.
+//! Controllers: pure functions from desired and observed state (and `now`) to actions
+//! ([`replicas`]), and the loop that feeds them from the store and writes their actions back
+//! ([`run`]).
 
 pub mod replicas;
+pub mod run;

@@ -47,8 +47,20 @@ pub enum StoreError {
 /// One write of a transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxnOp {
-    Put { key: String, value: Vec<u8>, expect: Expect },
-    Delete { key: String, expect: Expect },
+    Put {
+        key: String,
+        value: Vec<u8>,
+        expect: Expect,
+    },
+    Delete {
+        key: String,
+        expect: Expect,
+    },
+    /// Writes nothing; the transaction happens only if `expect` holds for `key`.
+    Check {
+        key: String,
+        expect: Expect,
+    },
 }
 
 /// A change, as delivered to watchers.
@@ -70,7 +82,7 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes `key` if `expect` holds; returns the new revision.
     fn delete(&self, key: &str, expect: Expect) -> Result<u64, StoreError>;
     /// Applies every op or none: all conditions are checked first, then all writes are made in
-    /// one durable commit; each op gets its own revision. Returns the last revision.
+    /// one durable commit; each write gets its own revision. Returns the last revision.
     fn txn(&self, ops: &[TxnOp]) -> Result<u64, StoreError>;
     /// The current revision.
     fn revision(&self) -> u64;

@@ -92,6 +92,7 @@ impl RedbStore {
                 let (key, expect, is_delete) = match op {
                     TxnOp::Put { key, expect, .. } => (key, *expect, false),
                     TxnOp::Delete { key, expect } => (key, *expect, true),
+                    TxnOp::Check { key, expect } => (key, *expect, false),
                 };
                 let current = match kv.get(key.as_str()).map_err(backend)? {
                     Some(g) => Some(unpack(key, g.value())?),
@@ -109,8 +110,12 @@ impl RedbStore {
                 existing.push(current);
             }
             for (op, current) in ops.iter().zip(existing) {
+                if matches!(op, TxnOp::Check { .. }) {
+                    continue;
+                }
                 rev += 1;
                 match op {
+                    TxnOp::Check { .. } => unreachable!("skipped above"),
                     TxnOp::Put { key, value, .. } => {
                         let create = current.map_or(rev, |e| e.create_revision);
                         kv.insert(key.as_str(), pack(create, rev, value).as_slice()).map_err(backend)?;

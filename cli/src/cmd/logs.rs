@@ -1,0 +1,45 @@
+//! `bramble logs REPLICA|app/NAME [-f] [--tail N] [--since 10m]`: output streamed from the
+//! agents through the leader.
+
+use crate::client::{stream, unexpected, CliError};
+use bramble_proto::quantity::HumanDuration;
+use bramble_proto::wire::{LogRequest, Request, Response};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A replica name, or app/NAME for every replica of an app (lines prefixed with the replica).
+    target: String,
+    /// Keep printing new output.
+    #[arg(short, long)]
+    follow: bool,
+    /// Only the last N lines.
+    #[arg(long)]
+    tail: Option<u64>,
+    /// Only output newer than this (e.g. 10m).
+    #[arg(long)]
+    since: Option<HumanDuration>,
+}
+
+pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
+    let prefix = args.target.starts_with("app/");
+    let req = LogRequest {
+        target: args.target,
+        tail: args.tail,
+        since_ms: args.since.map(|d| super::now_ms().saturating_sub(d.0.as_millis() as u64)),
+        follow: args.follow,
+    };
+    let mut out = std::io::stdout().lock();
+    stream(config, Request::Logs(req), |r| match r {
+        Response::Log { replica, lines } => {
+            for l in lines {
+                let written = if prefix { writeln!(out, "[{replica}] {l}") } else { writeln!(out, "{l}") };
+                written.map_err(|e| CliError::Other(format!("cannot write the output: {e}")))?;
+            }
+            out.flush().map_err(|e| CliError::Other(format!("cannot write the output: {e}")))
+        }
+        r => Err(unexpected(&r)),
+    })
+    .await
+}

@@ -1,0 +1,104 @@
+//! `bramble logs`: the leader asks each replica's agent for its output on a stream of the agent's
+//! session connection and relays what comes back to the CLI.
+
+use crate::api::Api;
+use bramble_proto::codec::MAX_FRAME_LEN;
+use bramble_proto::wire::{AgentLogRequest, ApiError, ErrorCode, LogFrame, LogRequest, Response};
+use bramble_transport::quic::{read_frame, write_frame};
+use quinn::{RecvStream, SendStream};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+async fn fail(send: &mut SendStream, code: ErrorCode, message: String) {
+    let _ = write_frame(send, &Response::Error(ApiError::new(code, message))).await;
+    let _ = send.finish();
+}
+
+/// Streams the output `req` names to the CLI on `send`, until it ends (or the CLI goes away).
+pub async fn serve(api: Arc<Api>, req: LogRequest, mut send: SendStream, _recv: RecvStream) {
+    let a = api.clone();
+    let target = req.target.clone();
+    let replicas = tokio::task::spawn_blocking(move || match target.strip_prefix("app/") {
+        Some(app) => crate::replicas::list(&a, Some(app)),
+        None => crate::replicas::list(&a, None).and_then(|all| {
+            let found: Vec<_> = all.into_iter().filter(|r| r.meta.name == target).collect();
+            if found.is_empty() {
+                Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("replica {target:?} not found (use app/NAME for every replica of an app)"),
+                ))
+            } else {
+                Ok(found)
+            }
+        }),
+    })
+    .await;
+    let replicas = match replicas {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return fail(&mut send, e.code, e.message).await,
+        Err(e) => return fail(&mut send, ErrorCode::Internal, e.to_string()).await,
+    };
+    let (tx, mut rx) = mpsc::channel::<Response>(16);
+    let mut readers = Vec::new();
+    for r in replicas {
+        let name = r.meta.name.clone();
+        let Some(node) = r.node.clone() else {
+            let msg = format!("replica {name} is not scheduled to a node yet, so it has no output");
+            let _ = tx.send(Response::Error(ApiError::new(ErrorCode::Unavailable, msg))).await;
+            continue;
+        };
+        let Some(conn) = api.registry.connection(&node) else {
+            let msg = format!("node {node} (running {name}) is not connected; its logs cannot be read now");
+            let _ = tx.send(Response::Error(ApiError::new(ErrorCode::Unavailable, msg))).await;
+            continue;
+        };
+        let ask = AgentLogRequest { replica: name.clone(), tail: req.tail, since_ms: req.since_ms, follow: req.follow };
+        let tx = tx.clone();
+        readers.push(tokio::spawn(async move {
+            let result: Result<(), String> = async {
+                let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                write_frame(&mut s, &ask).await.map_err(|e| e.to_string())?;
+                let _ = s.finish();
+                loop {
+                    match read_frame::<LogFrame>(&mut r, MAX_FRAME_LEN).await.map_err(|e| e.to_string())? {
+                        Some(LogFrame::Lines(lines)) => {
+                            if tx.send(Response::Log { replica: ask.replica.clone(), lines }).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        Some(LogFrame::Error(e)) => return Err(e),
+                        None => return Ok(()),
+                    }
+                }
+            }
+            .await;
+            if let Err(e) = result {
+                let msg = format!("{}: {e}", ask.replica);
+                let _ = tx.send(Response::Error(ApiError::new(ErrorCode::Unavailable, msg))).await;
+            }
+        }));
+    }
+    drop(tx);
+    let mut errors = Vec::new();
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(Response::Error(e)) => errors.push(e.message),
+                Some(m) => if write_frame(&mut send, &m).await.is_err() { break },
+                None => break,
+            },
+            _ = send.stopped() => { debug!("the client stopped reading logs"); break }
+        }
+    }
+    for r in readers {
+        r.abort();
+    }
+    let end = if errors.is_empty() {
+        Response::Done(String::new())
+    } else {
+        Response::Error(ApiError::new(ErrorCode::Unavailable, errors.join("; ")))
+    };
+    let _ = write_frame(&mut send, &end).await;
+    let _ = send.finish();
+}

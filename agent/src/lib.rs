@@ -6,6 +6,7 @@ pub mod config;
 pub mod join;
 pub mod logserve;
 pub mod observability;
+pub mod ports;
 pub mod runtime;
 pub mod session;
 pub mod signals;

@@ -87,6 +87,7 @@ pub async fn run(
     // Containers first: what this board ran before keeps running even if no leader answers.
     let shim_bin = std::env::current_exe().map_err(AgentError::Workloads)?;
     let mut work = crate::workloads::spawn(&config, &shim_bin).map_err(AgentError::Workloads)?;
+    tokio::spawn(crate::ports::run(work.ports.clone(), work.shims_dir.clone(), cancel.clone()));
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let creds = match join::load(&dir, &name)? {
         Some(c) => c,

@@ -18,7 +18,7 @@ use bramble_images::rootfs::Rootfses;
 use bramble_images::store::ContentStore;
 use bramble_images::unpack::UnpackOptions;
 use bramble_images::Progress;
-use bramble_proto::manifest::RestartPolicy as AppRestart;
+use bramble_proto::manifest::{Protocol, RestartPolicy as AppRestart};
 use bramble_proto::model::{Arch, Event, ReplicaPhase};
 use bramble_proto::quantity::human_bytes;
 use bramble_proto::wire::{Assignment, ReplicaStatus};
@@ -45,6 +45,9 @@ pub struct Handle {
     /// Events for the leader; bounded, the oldest dropped while nobody listens.
     pub events: tokio::sync::mpsc::Receiver<Event>,
     pub log_dir: PathBuf,
+    /// Host ports to forward into containers.
+    pub ports: tokio::sync::watch::Receiver<Vec<crate::ports::Binding>>,
+    pub shims_dir: PathBuf,
     pub thread: std::thread::JoinHandle<()>,
 }
 
@@ -85,10 +88,13 @@ struct Reconciler {
     /// `None` until known: a set that could not be read never removes anything.
     desired: Option<BTreeMap<String, Assignment>>,
     retry: HashMap<String, Retry>,
+    /// The pid whose network namespace got its loopback up, per container.
+    loopback: HashMap<String, i32>,
     status: Statuses,
     /// Containers being stopped and removed in the background.
     removing: std::sync::Arc<std::sync::Mutex<BTreeSet<String>>>,
     status_tx: tokio::sync::watch::Sender<Statuses>,
+    ports_tx: tokio::sync::watch::Sender<Vec<crate::ports::Binding>>,
     events: tokio::sync::mpsc::Sender<Event>,
 }
 
@@ -102,6 +108,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path) -> std::io::Result<Handle> {
     let (tx, rx) = mpsc::channel();
     let (status_tx, status) = tokio::sync::watch::channel(Statuses::new());
     let (ev_tx, events) = tokio::sync::mpsc::channel(256);
+    let (ports_tx, ports) = tokio::sync::watch::channel(Vec::new());
     let dir = config.data_dir.clone();
     let desired = match std::fs::read(dir.join(DESIRED_FILE)) {
         Ok(bytes) => match serde_json::from_slice(&bytes) {
@@ -127,9 +134,11 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path) -> std::io::Result<Handle> {
         log_dir: paths.logs.clone(),
         desired,
         retry: HashMap::new(),
+        loopback: HashMap::new(),
         status: Statuses::new(),
         removing: Default::default(),
         status_tx,
+        ports_tx,
         events: ev_tx,
     };
     let thread = std::thread::Builder::new().name("reconciler".into()).spawn(move || {
@@ -147,7 +156,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path) -> std::io::Result<Handle> {
             r.pass();
         }
     })?;
-    Ok(Handle { commands: tx, status, events, log_dir: paths.logs, thread })
+    Ok(Handle { commands: tx, status, events, log_dir: paths.logs, ports, shims_dir: paths.shims, thread })
 }
 
 fn overrides(a: &Assignment) -> AppOverrides {
@@ -322,16 +331,52 @@ impl Reconciler {
             }
             match self.runtime.state(&id) {
                 Ok(s) => {
+                    // A fresh network namespace has its loopback down; bring it up once per run.
+                    if let Phase::Running { pid, .. } = s.lifecycle.phase {
+                        if self.loopback.get(&id) != Some(&pid) {
+                            match crate::ports::loopback_up(pid) {
+                                Ok(()) => {
+                                    self.loopback.insert(id.clone(), pid);
+                                }
+                                Err(e) => warn!(replica = %a.replica, "cannot bring up the loopback: {e}"),
+                            }
+                        }
+                    }
                     let st = status_of(&a.replica, &s);
                     self.publish(&a.replica, st);
                 }
                 Err(e) => warn!(replica = %a.replica, "cannot read the container's state: {e}"),
             }
         }
+        // Host ports of the desired replicas (the forwarder finds each container when a
+        // connection comes).
+        let mut ports: Vec<crate::ports::Binding> = self
+            .desired
+            .iter()
+            .flat_map(|d| d.values())
+            .flat_map(|a| {
+                a.spec.ports.iter().filter(|p| p.protocol == Protocol::Tcp).filter_map(|p| {
+                    Some(crate::ports::Binding {
+                        host: p.host?.0,
+                        container: p.container.0,
+                        replica: a.replica.clone(),
+                    })
+                })
+            })
+            .collect();
+        ports.sort();
+        self.ports_tx.send_if_modified(|cur| {
+            let changed = *cur != ports;
+            if changed {
+                *cur = ports;
+            }
+            changed
+        });
         // Forget the status of what is no longer desired.
         if let Some(d) = &self.desired {
             let before = self.status.len();
             self.status.retain(|k, _| d.contains_key(k));
+            self.loopback.retain(|k, _| d.contains_key(k));
             if self.status.len() != before {
                 let snapshot = self.status.clone();
                 self.status_tx.send_replace(snapshot);

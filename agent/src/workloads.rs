@@ -192,6 +192,10 @@ fn status_of(replica: &str, s: &ShimState) -> ReplicaStatus {
         container_id: Some(s.id.clone()),
         detail: None,
     };
+    if let Some(last) = &l.last_exit {
+        st.exit_code = Some(last.code);
+        st.finished_ms = Some(last.finished_ms);
+    }
     match &l.phase {
         Phase::Starting => {}
         Phase::Running { started_ms, .. } => {

@@ -18,11 +18,13 @@ pub struct ClusterOptions {
     pub not_ready_after: &'static str,
     /// The leader's `nodes.heartbeat`.
     pub heartbeat: &'static str,
+    /// More TOML for every agent's config file (e.g. `[[images.registry]]` tables).
+    pub agent_toml: String,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { agents: 3, not_ready_after: "3s", heartbeat: "1s" }
+        ClusterOptions { agents: 3, not_ready_after: "3s", heartbeat: "1s", agent_toml: String::new() }
     }
 }
 
@@ -33,13 +35,20 @@ pub struct Cluster {
     pub token: String,
     pub dir: tempfile::TempDir,
     bins: PathBuf,
+    agent_toml: String,
     // Dropped last: processes die before their namespaces go.
     pub lab: NetLab,
 }
 
 impl Cluster {
     pub fn start(opts: ClusterOptions) -> Cluster {
+        Self::start_with(opts, |_| String::new())
+    }
+
+    /// Like [`Cluster::start`], with more agent config made from the lab (e.g. its addresses).
+    pub fn start_with(mut opts: ClusterOptions, agent_toml: impl Fn(&NetLab) -> String) -> Cluster {
         let lab = NetLab::new(opts.agents);
+        opts.agent_toml.push_str(&agent_toml(&lab));
         let bins = bin_dir();
         let dir = tempfile::Builder::new().prefix("bramble-e2e-").tempdir().expect("temp dir");
         let leader_dir = dir.path().join("leader");
@@ -61,6 +70,7 @@ impl Cluster {
             token: String::new(),
             dir,
             bins,
+            agent_toml: opts.agent_toml.clone(),
             lab,
         };
         c.start_leader();
@@ -99,12 +109,21 @@ impl Cluster {
         format!("board-{i}")
     }
 
+    /// Agent `i`'s data dir.
+    pub fn agent_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("agent-{i}"))
+    }
+
     /// Starts agent `i` (1-based) in its namespace; it joins with the token on its first start.
     pub fn start_agent(&mut self, i: usize) {
-        let data = self.dir.path().join(format!("agent-{i}"));
+        let data = self.agent_dir(i);
         let leader = format!("{}:{LEADER_PORT}", self.lab.addr(0));
+        let config = self.dir.path().join(format!("agent-{i}.toml"));
+        std::fs::write(&config, format!("version = 1\n{}", self.agent_toml)).expect("write the agent config");
         let args: Vec<String> = [
             "run",
+            "--config",
+            config.to_str().expect("utf-8"),
             "--leader",
             &leader,
             "--token",
@@ -164,12 +183,33 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Stops every container the agents left (they outlive agents by design), their shims,
+    /// cgroups and mounts.
+    pub fn remove_containers(&self) {
+        let runtime_bin = self.bins.join("bramble-agent");
+        for i in 1..=self.agents.len() {
+            let shims = self.agent_dir(i).join("shims");
+            let runtime = bramble_agent::runtime::Runtime::new(&shims, &runtime_bin);
+            for id in runtime.ids() {
+                let _ = runtime.remove(&id, Duration::from_secs(5));
+            }
+        }
+        let base = self.dir.path().to_string_lossy().to_string();
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        for m in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&base)) {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for a in self.agents.iter_mut() {
             a.take();
         }
         self.leader.take();
+        self.remove_containers();
         if std::thread::panicking() {
             // Keep the logs of a failed run where a human can read them.
             let keep = std::env::temp_dir().join(format!("bramble-e2e-failed-{}", self.lab.prefix));

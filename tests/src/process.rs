@@ -34,9 +34,11 @@ pub struct Proc {
 impl Proc {
     /// Starts `bin args` inside network namespace `ns`; stdout and stderr go to `log`.
     pub fn spawn(name: &str, ns: &str, bin: &Path, args: &[String], log: &Path) -> Proc {
-        // `ip netns exec` enters the namespace and execs the binary: the child's PID is the binary's.
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]).arg(bin).args(args).env("RUST_LOG", "info");
+        // nsenter joins only the network namespace and execs the binary (the child's PID is the
+        // binary's). Not `ip netns exec`: it also remounts /sys for the namespace, which hides
+        // /sys/fs/cgroup from the agent's containers.
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(bin).args(args).env("RUST_LOG", "info");
         Self::start(name, cmd, log)
     }
 

@@ -20,8 +20,18 @@ fn free_port() -> u16 {
 }
 
 impl Registry {
-    /// Starts a registry; `htpasswd` (a file) turns on basic auth, `tls` = (cert, key) HTTPS.
+    /// Starts a registry on loopback; `htpasswd` (a file) turns on basic auth, `tls` = (cert, key) HTTPS.
     pub fn start(htpasswd: Option<&Path>, tls: Option<(&Path, &Path)>) -> Registry {
+        Self::start_in(None, htpasswd, tls)
+    }
+
+    /// Starts a plain-HTTP registry inside network namespace `ns` on `ip:5000`, for agents in
+    /// other namespaces of the same lab.
+    pub fn start_in_netns(ns: &str, ip: &str) -> Registry {
+        Self::start_in(Some((ns, ip)), None, None)
+    }
+
+    fn start_in(netns: Option<(&str, &str)>, htpasswd: Option<&Path>, tls: Option<(&Path, &Path)>) -> Registry {
         let bin = Path::new("/usr/bin/docker-registry");
         assert!(
             bin.exists(),
@@ -29,9 +39,12 @@ impl Registry {
         );
         let dir = tempfile::Builder::new().prefix("bramble-registry-").tempdir().expect("temp dir");
         let storage = dir.path().join("storage");
-        let port = free_port();
+        let (host, port) = match netns {
+            Some((_, ip)) => (ip.to_string(), 5000),
+            None => ("127.0.0.1".to_string(), free_port()),
+        };
         let mut cfg = format!(
-            "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp:\n  addr: {host}:{port}\n",
             storage.display()
         );
         if let Some((cert, key)) = tls {
@@ -43,11 +56,23 @@ impl Registry {
         let cfg_path = dir.path().join("config.yml");
         std::fs::write(&cfg_path, cfg).expect("registry config");
         let log = dir.path().join("registry.log");
-        let proc = Proc::spawn_host("registry", bin, &["serve".into(), cfg_path.display().to_string()], &log);
-        let addr = format!("127.0.0.1:{port}");
+        let args = ["serve".to_string(), cfg_path.display().to_string()];
+        let proc = match netns {
+            Some((ns, _)) => Proc::spawn("registry", ns, bin, &args, &log),
+            None => Proc::spawn_host("registry", bin, &args, &log),
+        };
+        let addr = format!("{host}:{port}");
         let start = Instant::now();
         loop {
-            if let Ok(mut s) = TcpStream::connect(&addr) {
+            if let Some((ns, _)) = netns {
+                // Reachable from inside its namespace (bash's /dev/tcp: no extra tool needed).
+                let probe = std::process::Command::new("ip")
+                    .args(["netns", "exec", ns, "bash", "-c", &format!("exec 3<>/dev/tcp/{host}/{port}")])
+                    .output();
+                if probe.is_ok_and(|o| o.status.success()) {
+                    break;
+                }
+            } else if let Ok(mut s) = TcpStream::connect(&addr) {
                 if tls.is_some() {
                     break; // accepting connections; HTTPS is checked by the client under test
                 }

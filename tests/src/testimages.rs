@@ -165,7 +165,20 @@ pub fn busybox_layout(dir: &Path, tag: &str) -> Digest {
 
 /// Pushes an OCI layout to a registry with skopeo (an independent client).
 pub fn push(layout: &Path, tag: &str, dest: &str) {
-    let out = std::process::Command::new("skopeo")
+    push_from(None, layout, tag, dest)
+}
+
+/// Pushes with skopeo run inside network namespace `ns` (if given).
+pub fn push_from(ns: Option<&str>, layout: &Path, tag: &str, dest: &str) {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", ns, "skopeo"]);
+            c
+        }
+        None => std::process::Command::new("skopeo"),
+    };
+    let out = cmd
         .args(["copy", "--quiet", "--all", "--dest-tls-verify=false", "--preserve-digests"])
         .arg(format!("oci:{}:{tag}", layout.display()))
         .arg(format!("docker://{dest}"))

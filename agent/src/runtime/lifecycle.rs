@@ -71,6 +71,9 @@ pub struct Lifecycle {
     pub backoff: BackoffPolicy,
     /// A stop was asked for: no more restarts.
     pub stopping: bool,
+    /// How the previous run ended (kept while the next one runs).
+    #[serde(default)]
+    pub last_exit: Option<Exit>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -101,6 +104,7 @@ impl Lifecycle {
             policy,
             backoff,
             stopping: false,
+            last_exit: None,
         }
     }
 
@@ -144,6 +148,7 @@ impl Lifecycle {
     /// The running container exited; decides whether and when it restarts.
     pub fn exited(&mut self, exit: Exit) -> Result<(), BadTransition> {
         let Phase::Running { started_ms, .. } = self.phase else { return Err(self.bad("record the exit of")) };
+        self.last_exit = Some(exit);
         if exit.finished_ms.saturating_sub(started_ms) >= self.backoff.reset_after_ms {
             self.next_backoff_ms = self.backoff.base_ms;
         }

@@ -9,7 +9,8 @@ use bramble_transport::TransportError;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Exit codes: 0 ok, 1 error, 2 usage (clap), 3 cannot reach a leader, 4 not found, 5 refused.
+/// Exit codes: 0 ok, 1 error, 2 usage (clap), 3 cannot reach a leader, 4 not found, 5 refused,
+/// 6 conflict (someone else changed the object meanwhile: look again and retry).
 #[derive(Debug)]
 pub enum CliError {
     Config(String),
@@ -33,6 +34,7 @@ impl CliError {
             CliError::Unreachable(_) => 3,
             CliError::Api(e) if e.code == ErrorCode::NotFound => 4,
             CliError::Api(e) if matches!(e.code, ErrorCode::Unauthenticated | ErrorCode::PermissionDenied) => 5,
+            CliError::Api(e) if e.code == ErrorCode::Conflict => 6,
             _ => 1,
         }
     }

@@ -134,7 +134,7 @@ memory = "8Mi"
     });
     assert_eq!(per_node(&r).len(), 2, "two replicas on two different boards: {:?}", per_node(&r));
     let stale = c.cli(&["scale", "app", "web", "--replicas", "3", "--generation", "1"]);
-    assert_eq!(stale.status.code(), Some(1));
+    assert_eq!(stale.status.code(), Some(6), "a conflict has its own exit code");
     assert!(String::from_utf8_lossy(&stale.stderr).contains("changed since generation 1"), "a stale scale is refused");
 
     // 3. Kill a container's process: its shim restarts it (with backoff), the leader shows it.

@@ -76,7 +76,7 @@ async fn replicas(config: Option<PathBuf>, app: Option<String>, output: Format) 
 }
 
 async fn apps(config: Option<PathBuf>, output: Format) -> Result<(), CliError> {
-    let apps = match request(config, Request::GetApps).await? {
+    let apps = match request(config.clone(), Request::GetApps).await? {
         Response::Apps(a) => a,
         r => return Err(unexpected(&r)),
     };
@@ -84,19 +84,27 @@ async fn apps(config: Option<PathBuf>, output: Format) -> Result<(), CliError> {
         print!("{}", json(&apps));
         return Ok(());
     }
+    let replicas = match request(config, Request::GetReplicas { app: None }).await? {
+        Response::Replicas(r) => r,
+        r => return Err(unexpected(&r)),
+    };
     let rows: Vec<Vec<String>> = apps
         .iter()
         .map(|a| {
+            let running = replicas
+                .iter()
+                .filter(|r| r.app == a.meta.name && r.phase == bramble_proto::model::ReplicaPhase::Running)
+                .count();
             vec![
                 a.meta.name.clone(),
-                a.spec.replicas.0.to_string(),
+                format!("{running}/{}", a.spec.replicas.0),
                 a.spec.image.to_string(),
                 a.meta.generation.to_string(),
                 super::age(a.meta.created_ms),
             ]
         })
         .collect();
-    print!("{}", table(&["NAME", "REPLICAS", "IMAGE", "GENERATION", "AGE"], &rows));
+    print!("{}", table(&["NAME", "RUNNING", "IMAGE", "GENERATION", "AGE"], &rows));
     Ok(())
 }
 

@@ -6,12 +6,15 @@ use bramble_proto::manifest::AppSpec;
 use bramble_proto::model::{Replica, ReplicaPhase};
 use sha2::{Digest, Sha256};
 
-/// The revision of an app's pod template: everything but the replica count. Replicas of one
-/// revision are interchangeable; a rolling update moves them to the next.
+/// The revision of an app's pod template: everything but the replica count, the update strategy
+/// and the node-loss hold-off (changing those restarts nothing). Replicas of one revision are
+/// interchangeable; a rolling update moves them to the next.
 pub fn revision_hash(spec: &AppSpec) -> String {
     let mut v = serde_json::to_value(spec).expect("spec serialises");
     if let Some(o) = v.as_object_mut() {
-        o.remove("replicas");
+        for k in ["replicas", "update", "replace_after"] {
+            o.remove(k);
+        }
     }
     let digest = Sha256::digest(serde_json::to_vec(&v).expect("json"));
     digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
@@ -48,7 +51,9 @@ fn deletion_rank(r: &Replica) -> (u8, std::cmp::Reverse<u64>) {
     (rank, std::cmp::Reverse(r.meta.created_ms))
 }
 
-/// What to do so that `app` has `spec.replicas` replicas, given its current `replicas`.
+/// What to do so that `app` has `spec.replicas` replicas of the current revision. Replicas of an
+/// older revision are replaced as a rolling update: at most `max_surge` above the count, and at
+/// most `max_unavailable` below it in Running replicas.
 pub fn reconcile(app: &str, spec: &AppSpec, replicas: &[Replica], now_ms: u64) -> Vec<Action> {
     let revision = revision_hash(spec);
     let mut actions = Vec::new();
@@ -57,26 +62,49 @@ pub fn reconcile(app: &str, spec: &AppSpec, replicas: &[Replica], now_ms: u64) -
     for r in replicas.iter().filter(|r| r.phase == ReplicaPhase::Lost && !counts(r, spec, now_ms)) {
         actions.push(Action::Delete { name: r.meta.name.clone(), reason: "its node was lost" });
     }
-    let mut live: Vec<&Replica> = replicas.iter().filter(|r| counts(r, spec, now_ms)).collect();
+    let live: Vec<&Replica> = replicas.iter().filter(|r| counts(r, spec, now_ms)).collect();
+    let (mut current, mut old): (Vec<&Replica>, Vec<&Replica>) = live.iter().partition(|r| r.revision_hash == revision);
     let want = spec.replicas.0 as usize;
-    if live.len() > want {
-        live.sort_by_key(|r| deletion_rank(r));
-        for r in &live[..live.len() - want] {
-            actions.push(Action::Delete { name: r.meta.name.clone(), reason: "scaled down" });
+    let mut creates = 0;
+    if old.is_empty() {
+        if current.len() > want {
+            current.sort_by_key(|r| deletion_rank(r));
+            for r in &current[..current.len() - want] {
+                actions.push(Action::Delete { name: r.meta.name.clone(), reason: "scaled down" });
+            }
+        } else {
+            creates = want - current.len();
         }
     } else {
-        let taken: std::collections::BTreeSet<&str> = replicas.iter().map(|r| r.meta.name.as_str()).collect();
-        let mut i = 0;
-        for _ in live.len()..want {
-            let name = loop {
-                let n = format!("{app}-{revision}-{i}");
-                i += 1;
-                if !taken.contains(n.as_str()) {
-                    break n;
+        // A rolling update: new replicas first (within the surge), old ones go as new ones run.
+        let max_total = want + spec.update.max_surge.0 as usize;
+        creates = want.saturating_sub(current.len()).min(max_total.saturating_sub(live.len()));
+        let min_running = want.saturating_sub(spec.update.max_unavailable.0 as usize);
+        let mut running = live.iter().filter(|r| r.phase == ReplicaPhase::Running).count();
+        // Old replicas that do not run serve nobody and go at once; running ones go while enough
+        // others run.
+        old.sort_by_key(|r| deletion_rank(r));
+        for r in &old {
+            let is_running = r.phase == ReplicaPhase::Running;
+            if !is_running || running > min_running {
+                actions.push(Action::Delete { name: r.meta.name.clone(), reason: "replaced by a new revision" });
+                if is_running {
+                    running -= 1;
                 }
-            };
-            actions.push(Action::Create { name, revision: revision.clone() });
+            }
         }
+    }
+    let taken: std::collections::BTreeSet<&str> = replicas.iter().map(|r| r.meta.name.as_str()).collect();
+    let mut i = 0;
+    for _ in 0..creates {
+        let name = loop {
+            let n = format!("{app}-{revision}-{i}");
+            i += 1;
+            if !taken.contains(n.as_str()) {
+                break n;
+            }
+        };
+        actions.push(Action::Create { name, revision: revision.clone() });
     }
     actions
 }
@@ -95,10 +123,14 @@ mod tests {
     }
 
     fn replica(name: &str, node: Option<&str>, phase: ReplicaPhase, created: u64) -> Replica {
+        replica_of(&revision_hash(&spec("")), name, node, phase, created)
+    }
+
+    fn replica_of(rev: &str, name: &str, node: Option<&str>, phase: ReplicaPhase, created: u64) -> Replica {
         Replica {
             meta: ObjectMeta { name: name.into(), generation: 1, revision: 0, created_ms: created },
             app: "web".into(),
-            revision_hash: "x".into(),
+            revision_hash: rev.into(),
             node: node.map(str::to_string),
             phase,
             reason: String::new(),
@@ -153,6 +185,45 @@ mod tests {
         assert_eq!(deleted, ["r-pending", "r-failed", "r-new"]);
     }
 
+    /// Applies the actions the way the controller does; new replicas start Pending.
+    fn step(s: &AppSpec, rs: &mut Vec<Replica>, now: u64) -> Vec<Action> {
+        let actions = reconcile("web", s, rs, now);
+        for a in &actions {
+            match a {
+                Action::Delete { name, .. } => rs.retain(|r| &r.meta.name != name),
+                Action::Create { name, revision } => {
+                    rs.push(replica_of(revision, name, Some("a"), ReplicaPhase::Pending, now))
+                }
+            }
+        }
+        actions
+    }
+
+    #[test]
+    fn a_new_revision_rolls_within_surge_and_unavailability() {
+        let v1 = spec("replicas = 3");
+        let mut rs = Vec::new();
+        step(&v1, &mut rs, 0);
+        rs.iter_mut().for_each(|r| r.phase = ReplicaPhase::Running);
+        let v2 = spec("replicas = 3\nargs = [\"-v\"]");
+        let new_rev = revision_hash(&v2);
+        for round in 1..=10 {
+            step(&v2, &mut rs, round);
+            let running = rs.iter().filter(|r| r.phase == ReplicaPhase::Running).count();
+            assert!(rs.len() <= 4, "at most one above the count (max_surge 1): {}", rs.len());
+            assert!(running >= 3 || rs.iter().all(|r| r.revision_hash == new_rev), "never below 3 running");
+            rs.iter_mut().for_each(|r| r.phase = ReplicaPhase::Running);
+        }
+        assert_eq!(rs.len(), 3);
+        assert!(rs.iter().all(|r| r.revision_hash == new_rev), "all replaced");
+        assert!(step(&v2, &mut rs, 11).is_empty(), "and then steady");
+        // Old replicas that are not running go at once.
+        let mut rs: Vec<Replica> =
+            (0..3).map(|i| replica_of("old", &format!("o{i}"), Some("a"), ReplicaPhase::Failed, 1)).collect();
+        let deleted = step(&v2, &mut rs, 1).iter().filter(|a| matches!(a, Action::Delete { .. })).count();
+        assert_eq!(deleted, 3, "crash-looping old replicas do not hold the rollout");
+    }
+
     #[test]
     fn lost_replicas_are_replaced_after_the_hold_off() {
         let existing =
@@ -162,6 +233,12 @@ mod tests {
         assert!(actions.contains(&Action::Delete { name: "r2".into(), reason: "its node was lost" }));
         assert_eq!(actions.iter().filter(|a| matches!(a, Action::Create { .. })).count(), 1, "a replacement");
         let held = spec("replicas = 2\nreplace_after = \"30s\"");
+        let rev = revision_hash(&held);
+        assert_eq!(rev, revision_hash(&s), "the hold-off is not part of the template");
+        let existing = [
+            replica_of(&rev, "r1", Some("a"), ReplicaPhase::Running, 1),
+            replica_of(&rev, "r2", Some("gone"), ReplicaPhase::Lost, 1),
+        ];
         assert!(reconcile("web", &held, &existing, 2000).is_empty(), "held while the board may come back");
         assert_eq!(reconcile("web", &held, &existing, 31_001).len(), 2, "then replaced");
     }

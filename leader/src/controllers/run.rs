@@ -74,6 +74,13 @@ pub fn pass(api: &Api, now: u64) -> Result<DesiredSets, ApiError> {
             }
         }
     }
+    // Pod templates of deleted apps go too.
+    for kv in api.store.list("/revisions/").map_err(crate::tokens::store_error)? {
+        let app = kv.key.trim_start_matches("/revisions/").split('/').next().unwrap_or_default();
+        if !apps.contains_key(app) && !by_app.contains_key(app) {
+            let _ = api.store.delete(&kv.key, Expect::Revision(kv.mod_revision));
+        }
+    }
     // The scheduler's view: every bound replica that still holds its node.
     let mut snapshot: Vec<NodeSnapshot> = nodes
         .iter()
@@ -109,16 +116,14 @@ pub fn pass(api: &Api, now: u64) -> Result<DesiredSets, ApiError> {
         let list = by_app.remove(name).unwrap_or_default();
         match app_pass(api, app, list, &lost, &mut scheduler, now, &mut events) {
             Ok(kept) => {
-                let revision = revision_hash(&app.spec);
-                for r in kept {
+                for (r, spec) in kept {
                     if let Some(node) = r.node.clone() {
                         let a = Assignment {
                             replica: r.meta.name.clone(),
                             app: name.clone(),
                             revision: r.revision_hash.clone(),
-                            spec: app.spec.clone(),
+                            spec,
                         };
-                        debug_assert!(r.revision_hash == revision || !r.revision_hash.is_empty());
                         desired.entry(node).or_default().insert(r.meta.name.clone(), a);
                     }
                 }
@@ -150,9 +155,14 @@ fn app_pass(
     scheduler: &mut Scheduler,
     now: u64,
     events: &mut Vec<Event>,
-) -> Result<Vec<Replica>, ApiError> {
+) -> Result<Vec<(Replica, AppSpec)>, ApiError> {
     let name = app.spec.name.as_str();
     let spec: &AppSpec = &app.spec;
+    let first_event = events.len();
+    let original: Vec<Replica> = list.iter().map(|s| s.replica.clone()).collect();
+    // The pod template of every revision that still has replicas, so that old replicas keep
+    // theirs during a rolling update.
+    let revisions = load_revisions(api, name)?;
     let mut ops = Vec::new();
     let mut current: Vec<(Replica, Option<u64>)> = list.into_iter().map(|s| (s.replica, Some(s.rev))).collect();
     // Replicas on nodes that stopped answering are Lost from the moment the node is NotReady.
@@ -237,20 +247,62 @@ fn app_pass(
             }
         }
     }
+    let current_rev = revision_hash(spec);
+    let used: BTreeSet<&str> = current.iter().map(|(r, _)| r.revision_hash.as_str()).collect();
+    if used.contains(current_rev.as_str()) && !revisions.contains_key(&current_rev) {
+        let value = serde_json::to_vec(spec).expect("spec serialises");
+        ops.push(TxnOp::Put { key: revision_key(name, &current_rev), value, expect: Expect::Absent });
+    }
+    for (hash, (_, rev)) in &revisions {
+        if !used.contains(hash.as_str()) {
+            ops.push(TxnOp::Delete { key: revision_key(name, hash), expect: Expect::Revision(*rev) });
+        }
+    }
+    let spec_of = |r: &Replica| revisions.get(&r.revision_hash).map_or_else(|| spec.clone(), |(s, _)| s.clone());
     if !ops.is_empty() {
         // The app must not have changed since it was read.
         ops.push(TxnOp::Check { key: app_key(name), expect: Expect::Revision(app.meta.revision) });
         match api.store.txn(&ops) {
             Ok(_) => {}
             Err(StoreError::Conflict { key, .. }) => {
+                // Nothing was written: the replicas stay as they were read; the next pass retries.
                 debug!(app = name, "changed meanwhile ({key}); next pass");
-                events.clear();
-                return Ok(current.into_iter().filter(|(_, rev)| rev.is_some()).map(|(r, _)| r).collect());
+                events.truncate(first_event);
+                return Ok(original
+                    .into_iter()
+                    .map(|r| {
+                        let s = spec_of(&r);
+                        (r, s)
+                    })
+                    .collect());
             }
             Err(e) => return Err(crate::tokens::store_error(e)),
         }
     }
-    Ok(current.into_iter().map(|(r, _)| r).collect())
+    Ok(current
+        .into_iter()
+        .map(|(r, _)| {
+            let s = spec_of(&r);
+            (r, s)
+        })
+        .collect())
+}
+
+fn revision_key(app: &str, hash: &str) -> String {
+    format!("/revisions/{app}/{hash}")
+}
+
+/// An app's stored pod templates by revision hash, with their store revisions.
+fn load_revisions(api: &Api, app: &str) -> Result<BTreeMap<String, (AppSpec, u64)>, ApiError> {
+    let prefix = format!("/revisions/{app}/");
+    let kvs = api.store.list(&prefix).map_err(crate::tokens::store_error)?;
+    kvs.into_iter()
+        .map(|kv| {
+            let spec: AppSpec = serde_json::from_slice(&kv.value)
+                .map_err(|e| ApiError::new(ErrorCode::Internal, format!("stored object {} is corrupt: {e}", kv.key)))?;
+            Ok((kv.key[prefix.len()..].to_string(), (spec, kv.mod_revision)))
+        })
+        .collect()
 }
 
 fn unbind(s: &mut Scheduler, i: usize, app: &str, spec: &AppSpec) {
@@ -290,6 +342,8 @@ pub async fn run(api: Arc<Api>, cancel: CancellationToken) {
         let a = api.clone();
         match tokio::task::spawn_blocking(move || pass(&a, now_ms())).await {
             Ok(Ok(desired)) => {
+                // Live detail of replicas that are gone is forgotten.
+                api.details.lock().expect("details lock").retain(|k, _| desired.values().any(|s| s.contains_key(k)));
                 api.desired.send_if_modified(|cur| {
                     if cur.as_deref() == Some(&desired) {
                         false
@@ -302,5 +356,191 @@ pub async fn run(api: Arc<Api>, cancel: CancellationToken) {
             Ok(Err(e)) => warn!("replica controller: {}", e.message),
             Err(e) => warn!("replica controller: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::node_key;
+    use crate::nodes::{NodeRegistry, Session};
+    use crate::store::{RedbStore, Store};
+    use bramble_proto::manifest::parse_manifest;
+    use bramble_proto::model::{Arch, Node, NodeInfo};
+    use std::time::Instant;
+
+    fn node(name: &str) -> Node {
+        let res = Resources { cpu_millis: 4000, memory_bytes: 4 << 30, replicas: 64 };
+        Node {
+            meta: ObjectMeta { name: name.into(), generation: 1, revision: 0, created_ms: 1 },
+            key_fingerprint: "x".into(),
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            unschedulable: false,
+            info: NodeInfo {
+                arch: Arch::Arm64,
+                os: "linux".into(),
+                kernel: "6.1".into(),
+                agent_version: "0".into(),
+                labels: BTreeMap::new(),
+                capacity: res,
+                allocatable: res,
+                addresses: Vec::new(),
+            },
+            pod_cidr: None,
+        }
+    }
+
+    fn cluster(dir: &std::path::Path, registry: Arc<NodeRegistry>) -> Api {
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join("s.redb")).unwrap());
+        for n in ["pi-1", "pi-2", "pi-3"] {
+            let _ = store.put(&node_key(n), &serde_json::to_vec(&node(n)).unwrap(), Expect::Absent);
+        }
+        Api::new(store, bramble_transport::pki::Ca::generate("test").unwrap(), registry)
+    }
+
+    fn connect(r: &NodeRegistry, names: &[&str], at: Instant) {
+        for n in names {
+            let s = Session { epoch: 1, address: "10.0.0.1:1".into(), connection: None };
+            r.connect(n, s, at, 0).unwrap();
+        }
+    }
+
+    fn counts(d: &DesiredSets) -> Vec<usize> {
+        let mut v: Vec<(String, usize)> = d.iter().map(|(n, s)| (n.clone(), s.len())).collect();
+        v.sort();
+        v.into_iter().map(|(_, c)| c).collect()
+    }
+
+    fn apply(api: &Api, text: &str) {
+        let apps = parse_manifest("t.toml", text).unwrap().apps;
+        crate::apps::apply(api, apps, Vec::new()).unwrap();
+    }
+
+    const WEB: &str = "[[app]]\nname = \"web\"\nimage = \"reg/web:1\"\nreplicas = 6\n";
+
+    #[test]
+    fn places_spread_writes_nothing_when_steady_and_replaces_lost_replicas() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(NodeRegistry::new(Duration::from_secs(15)));
+        let api = cluster(dir.path(), registry.clone());
+        let t0 = Instant::now();
+        connect(&registry, &["pi-1", "pi-2", "pi-3"], t0);
+        apply(&api, WEB);
+        let d = pass(&api, 1_000).unwrap();
+        assert_eq!(counts(&d), [2, 2, 2]);
+        let rev = api.store.revision();
+        assert_eq!(pass(&api, 2_000).unwrap(), d, "the same desired sets");
+        assert_eq!(api.store.revision(), rev, "a steady cluster writes nothing");
+
+        // pi-3 falls silent past the grace period: its replicas are Lost, then replaced.
+        let later = t0 + Duration::from_secs(16);
+        registry.heartbeat("pi-1", 1, later, 16_000);
+        registry.heartbeat("pi-2", 1, later, 16_000);
+        registry.check(["pi-1".into(), "pi-2".into(), "pi-3".into()], later, 16_000);
+        pass(&api, 16_000).unwrap();
+        let lost: Vec<Replica> = list_replicas(&api)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.replica)
+            .filter(|r| r.phase == ReplicaPhase::Lost)
+            .collect();
+        assert_eq!(lost.len(), 2);
+        assert!(lost.iter().all(|r| r.node.as_deref() == Some("pi-3") && r.reason == "node pi-3 is not ready"));
+        let d = pass(&api, 16_100).unwrap();
+        assert_eq!(counts(&d), [3, 3, 0], "replaced on the nodes that answer");
+        let names: BTreeSet<String> = d.values().flat_map(|s| s.keys().cloned()).collect();
+        assert!(lost.iter().all(|r| !names.contains(&r.meta.name)), "replacements get new names (fencing)");
+
+        // Scale down, then delete: replicas go with the app.
+        apply(&api, &WEB.replace("replicas = 6", "replicas = 2"));
+        assert_eq!(counts(&pass(&api, 17_000).unwrap()).iter().sum::<usize>(), 2);
+        crate::apps::delete(&api, vec!["web".into()], Vec::new()).unwrap();
+        assert!(pass(&api, 18_000).unwrap().values().all(|s| s.is_empty()));
+        assert!(list_replicas(&api).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_restarted_leader_loses_nothing_before_the_grace_period_and_holds_off_if_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(NodeRegistry::new(Duration::from_secs(15)));
+        let api = cluster(dir.path(), registry.clone());
+        let t0 = Instant::now();
+        connect(&registry, &["pi-1", "pi-2", "pi-3"], t0);
+        apply(&api, &format!("{WEB}replace_after = \"1m\"\n"));
+        let before = pass(&api, 1_000).unwrap();
+        drop(api);
+        // A new leader process: nodes Unknown until they reconnect or the grace period passes.
+        let registry = Arc::new(NodeRegistry::new(Duration::from_secs(15)));
+        let api = cluster(dir.path(), registry.clone());
+        assert_eq!(pass(&api, 2_000).unwrap(), before, "Unknown is not Lost");
+        // pi-1 never comes back: Lost after the grace period, held for replace_after.
+        connect(&registry, &["pi-2", "pi-3"], t0);
+        registry.check(["pi-1".into()], t0, 20_000);
+        let d = pass(&api, 20_000).unwrap();
+        assert_eq!(counts(&d), [2, 2, 2], "pi-1 keeps its two (Lost) in case it comes back");
+        let lost = list_replicas(&api).unwrap().iter().filter(|s| s.replica.phase == ReplicaPhase::Lost).count();
+        assert_eq!(lost, 2);
+        assert_eq!(counts(&pass(&api, 70_000).unwrap()), [2, 2, 2], "held off for a minute");
+        assert_eq!(counts(&pass(&api, 81_000).unwrap()), [0, 3, 3], "then replaced");
+    }
+
+    fn mark_all_running(api: &Api) {
+        for s in list_replicas(api).unwrap() {
+            let mut r = s.replica;
+            if r.phase == ReplicaPhase::Pending && r.node.is_some() {
+                r.phase = ReplicaPhase::Running;
+                api.store
+                    .put(&replica_key(&r.meta.name), &serde_json::to_vec(&r).unwrap(), Expect::Revision(s.rev))
+                    .unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_revision_rolls_out_and_old_replicas_keep_their_template() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(NodeRegistry::new(Duration::from_secs(15)));
+        let api = cluster(dir.path(), registry.clone());
+        connect(&registry, &["pi-1", "pi-2", "pi-3"], Instant::now());
+        let v1 = WEB.replace("replicas = 6", "replicas = 3");
+        apply(&api, &v1);
+        pass(&api, 1_000).unwrap();
+        mark_all_running(&api);
+        apply(&api, &format!("{v1}args = [\"-v\"]\n"));
+        let mut saw_both = false;
+        for t in 2..20 {
+            let d = pass(&api, t * 1000).unwrap();
+            let all: Vec<&Assignment> = d.values().flat_map(|s| s.values()).collect();
+            assert!(all.len() <= 4, "max_surge 1");
+            let (new, old): (Vec<&&Assignment>, Vec<&&Assignment>) = all.iter().partition(|a| a.spec.args == ["-v"]);
+            assert!(old.iter().all(|a| a.spec.args.is_empty()), "old replicas keep the old template");
+            saw_both |= !new.is_empty() && !old.is_empty();
+            mark_all_running(&api);
+        }
+        let d = pass(&api, 30_000).unwrap();
+        assert!(saw_both, "a rolling update, not all at once");
+        assert_eq!(d.values().map(|s| s.len()).sum::<usize>(), 3);
+        assert!(d.values().flat_map(|s| s.values()).all(|a| a.spec.args == ["-v"]));
+        let templates = api.store.list("/revisions/web/").unwrap();
+        assert_eq!(templates.len(), 1, "the old template goes with its last replica");
+    }
+
+    #[test]
+    fn a_replica_that_fits_nowhere_stays_pending_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(NodeRegistry::new(Duration::from_secs(15)));
+        let api = cluster(dir.path(), registry.clone());
+        connect(&registry, &["pi-1", "pi-2", "pi-3"], Instant::now());
+        apply(&api, "[[app]]\nname = \"big\"\nimage = \"reg/big:1\"\nresources = { memory = \"8Gi\" }\n");
+        pass(&api, 1_000).unwrap();
+        let r = list_replicas(&api).unwrap().remove(0).replica;
+        assert_eq!(
+            (r.phase, r.node, r.reason.as_str()),
+            (ReplicaPhase::Pending, None, "0/3 nodes: 3 insufficient memory")
+        );
+        let rev = api.store.revision();
+        pass(&api, 2_000).unwrap();
+        assert_eq!(api.store.revision(), rev, "the same reason is not written again");
     }
 }

@@ -10,6 +10,7 @@ pub mod ports;
 pub mod runtime;
 pub mod session;
 pub mod signals;
+pub mod streams;
 pub mod sysinfo;
 pub mod systemd;
 pub mod workloads;

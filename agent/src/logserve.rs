@@ -3,10 +3,9 @@
 
 use crate::runtime::config::check_id;
 use crate::runtime::logs::{read_log, LogReader};
-use bramble_proto::codec::MAX_FRAME_LEN;
 use bramble_proto::wire::{AgentLogRequest, LogFrame};
-use bramble_transport::quic::{read_frame, write_frame};
-use quinn::{RecvStream, SendStream};
+use bramble_transport::quic::write_frame;
+use quinn::SendStream;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,11 +14,7 @@ use std::time::Duration;
 const LINES_PER_FRAME: usize = 500;
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
-pub async fn serve(log_dir: PathBuf, mut send: SendStream, mut recv: RecvStream) {
-    let req = match read_frame::<AgentLogRequest>(&mut recv, MAX_FRAME_LEN).await {
-        Ok(Some(r)) => r,
-        _ => return,
-    };
+pub async fn serve(log_dir: PathBuf, req: AgentLogRequest, mut send: SendStream) {
     if let Err(e) = check_id(&req.replica) {
         let _ = write_frame(&mut send, &LogFrame::Error(e)).await;
         let _ = send.finish();

@@ -198,12 +198,12 @@ async fn session(
             }
         }
     });
-    // The leader opens streams on this connection to read containers' logs.
-    let log_dir = work.log_dir.clone();
+    // The leader opens streams on this connection: containers' logs, the image store.
+    let ctx = std::sync::Arc::new(crate::streams::Context::new(config));
     let streams = conn.clone();
     let log_server = tokio::spawn(async move {
         while let Ok((s, r)) = streams.accept_bi().await {
-            tokio::spawn(crate::logserve::serve(log_dir.clone(), s, r));
+            tokio::spawn(crate::streams::serve(ctx.clone(), s, r));
         }
     });
     let mut tick = tokio::time::interval(heartbeat);

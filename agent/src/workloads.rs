@@ -434,22 +434,30 @@ impl Reconciler {
         }
         let started = Instant::now();
         let (store, client, unpack) = (self.store.clone(), self.client.clone(), self.unpack.clone());
-        let record = std::thread::scope(|scope| {
-            let job = scope.spawn(|| {
-                let puller = Puller { store: &store, client: &client, arch: Arch::host(), unpack };
-                puller.pull(image, PullPolicy::IfNotPresent, &progress)
-            });
-            while !job.is_finished() {
-                std::thread::sleep(Duration::from_millis(200));
-                if !cached {
-                    let (done, total) = progress.totals();
-                    let detail = format!("pulling {image}: {} of {}", human_bytes(done), human_bytes(total));
-                    let st = self.pending(a, ReplicaPhase::Pulling, Some(detail));
-                    self.publish(&a.replica, st);
+        let pull = |progress: &Progress| {
+            let puller = Puller { store: &store, client: &client, arch: Arch::host(), unpack };
+            puller.pull(image, PullPolicy::IfNotPresent, progress).map_err(|e| format!("pulling {image}: {e}"))
+        };
+        let record = if cached {
+            pull(&progress)?
+        } else {
+            // The pull runs on a thread of its own; its progress is reported twice a second.
+            std::thread::scope(|scope| {
+                let job = scope.spawn(|| pull(&progress));
+                let mut reported = Instant::now();
+                while !job.is_finished() {
+                    std::thread::sleep(Duration::from_millis(10));
+                    if reported.elapsed() >= Duration::from_millis(500) {
+                        reported = Instant::now();
+                        let (done, total) = progress.totals();
+                        let detail = format!("pulling {image}: {} of {}", human_bytes(done), human_bytes(total));
+                        let st = self.pending(a, ReplicaPhase::Pulling, Some(detail));
+                        self.publish(&a.replica, st);
+                    }
                 }
-            }
-            job.join().map_err(|_| "the pull panicked".to_string())?.map_err(|e| format!("pulling {image}: {e}"))
-        })?;
+                job.join().map_err(|_| "the pull panicked".to_string())?
+            })?
+        };
         if !cached {
             let msg = format!("pulled {image} in {} ms", started.elapsed().as_millis());
             self.event(&a.replica, "Pulled", msg);

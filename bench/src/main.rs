@@ -3,6 +3,7 @@
 //!
 //!   cargo build --release --bins && target/release/bramble-bench images [--runs 10]
 
+mod apps;
 mod containers;
 mod images;
 mod scheduler;
@@ -37,6 +38,14 @@ enum Command {
         #[arg(long, default_value_t = 1_000)]
         nodes: usize,
     },
+    /// Apply -> all replicas Running (1, 10, 100 on one board, cached image); node loss ->
+    /// replacement Running. A real cluster in network namespaces.
+    Apps {
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        #[arg(long, default_value_t = 5)]
+        loss_runs: usize,
+    },
     /// Every benchmark.
     All {
         #[arg(long, default_value_t = 10)]
@@ -50,10 +59,12 @@ fn main() {
         Command::Images { runs } => vec![("images", images::run(runs))],
         Command::Containers { runs } => vec![("containers", containers::run(runs))],
         Command::Scheduler { replicas, nodes } => vec![("scheduler", scheduler::run(nodes, replicas))],
+        Command::Apps { runs, loss_runs } => vec![("apps", apps::run(runs, loss_runs))],
         Command::All { runs } => vec![
             ("images", images::run(runs)),
             ("containers", containers::run(runs.max(50))),
             ("scheduler", scheduler::run(1_000, 10_000)),
+            ("apps", apps::run(runs.max(20), 5)),
         ],
     };
     let dir = bramble_tests::testimages::assets_dir().parent().expect("target dir").join("bench");

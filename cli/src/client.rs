@@ -131,6 +131,47 @@ pub async fn stream(
     result
 }
 
+/// Sends a request followed by the raw bytes of `body` on the same stream, then waits for one
+/// response. `sent` is told how many bytes went out so far.
+pub async fn upload(
+    config: Option<PathBuf>,
+    req: Request,
+    mut body: impl tokio::io::AsyncRead + Unpin,
+    mut sent: impl FnMut(u64),
+) -> Result<Response, CliError> {
+    let (endpoint, conn, leader) = connect_any(config).await?;
+    let result = async {
+        let other = |e: String| CliError::Other(format!("{leader}: {e}"));
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| other(e.to_string()))?;
+        let open = Open { version: PROTOCOL_VERSION, kind: OpenKind::Call(req) };
+        write_frame(&mut send, &open).await.map_err(|e| other(e.to_string()))?;
+        let mut buf = vec![0u8; 256 << 10];
+        let mut total = 0u64;
+        loop {
+            let n = tokio::io::AsyncReadExt::read(&mut body, &mut buf)
+                .await
+                .map_err(|e| CliError::Other(format!("reading the archive: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            send.write_all(&buf[..n]).await.map_err(|e| other(e.to_string()))?;
+            total += n as u64;
+            sent(total);
+        }
+        send.finish().map_err(|e| other(e.to_string()))?;
+        match read_frame::<Response>(&mut recv, MAX_FRAME_LEN).await {
+            Ok(Some(Response::Error(e))) => Err(CliError::Api(e)),
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(other("no answer".into())),
+            Err(e) => Err(other(rejection(&conn).unwrap_or(e).to_string())),
+        }
+    }
+    .await;
+    conn.close(quinn::VarInt::from_u32(0), b"done");
+    endpoint.wait_idle().await;
+    result
+}
+
 fn explain(leader: &str, e: &TransportError) -> String {
     let text = e.to_string();
     if text.contains("handshake") || text.contains("certificate") {

@@ -34,6 +34,8 @@ enum Command {
     Scale(cmd::scale::Args),
     /// What happened in the cluster: `bramble events [-w]`.
     Events(cmd::events::Args),
+    /// A node's image store through the leader: `bramble image ls|rm|import --node NODE`.
+    Image(cmd::image::Args),
     /// Set (`k=v`) or remove (`k-`) labels: `bramble label node NAME k=v k2-`.
     Label(cmd::label::Args),
     /// Stop placing new replicas on a node.
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
             Command::Logs(a) => cmd::logs::run(config, a).await,
             Command::Scale(a) => cmd::scale::run(config, a).await,
             Command::Events(a) => cmd::events::run(config, a).await,
+            Command::Image(a) => cmd::image::run(config, a).await,
             Command::Label(a) => cmd::label::run(config, a).await,
             Command::Cordon(a) => cmd::cordon::run(config, a, true).await,
             Command::Uncordon(a) => cmd::cordon::run(config, a, false).await,

@@ -120,7 +120,9 @@ impl Api {
                 Ok(Response::Done(crate::replicas::scale(self, &app, replicas, expect_generation)?))
             }
             Request::GetEvents { since_ms } => Ok(Response::Events(self.registry.events_since(since_ms))),
-            Request::Logs(_) => Err(err(ErrorCode::InvalidArgument, "logs are streamed; this call cannot carry them")),
+            Request::Logs(_) | Request::Image { .. } => {
+                Err(err(ErrorCode::InvalidArgument, "this request is relayed to an agent on a stream of its own"))
+            }
             Request::CreateToken { ttl_secs } => {
                 let (token, expires_ms) = tokens::create(
                     self.store.as_ref(),

@@ -190,15 +190,19 @@ async fn serve_stream(
         )
     });
     match open.kind {
-        OpenKind::Call(Request::Logs(req)) if version_error.is_none() => {
+        OpenKind::Call(req @ (Request::Logs(_) | Request::Image { .. })) if version_error.is_none() => {
             let allowed = matches!(identity, Some((Identity::Admin(_) | Identity::Leader, _)));
             if !allowed {
-                let e = ApiError::new(ErrorCode::PermissionDenied, "only admins may read logs");
+                let e = ApiError::new(ErrorCode::PermissionDenied, "only admins may do this");
                 let _ = write_frame(&mut send, &Response::Error(e)).await;
                 let _ = send.finish();
                 return;
             }
-            crate::logs::serve(api, req, send, recv).await;
+            match req {
+                Request::Logs(req) => crate::relay::serve(api, req, send, recv).await,
+                Request::Image { node, op } => crate::relay::image(api, node, op, send, recv).await,
+                _ => unreachable!("matched above"),
+            }
         }
         OpenKind::Call(request) => {
             let response = match version_error {

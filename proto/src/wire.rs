@@ -94,6 +94,37 @@ pub enum Request {
     /// A replica's output (or every replica of `app/NAME`), streamed as [`Response::Log`] frames
     /// and ended by [`Response::Done`].
     Logs(LogRequest),
+    /// The image store of one node. For `Import`, the archive's bytes follow the opening frame
+    /// on the same stream, raw, until the client finishes its side.
+    Image {
+        node: String,
+        op: ImageOp,
+    },
+}
+
+/// What to do with a node's image store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageOp {
+    Ls,
+    Rm {
+        reference: String,
+    },
+    /// An OCI layout (as a tar), an OCI archive or a `docker save` tarball of `size` bytes.
+    Import {
+        name: Option<String>,
+        size: u64,
+    },
+}
+
+/// One image in a node's store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    pub reference: String,
+    pub digest: String,
+    pub platform: String,
+    pub size: u64,
+    pub layers: usize,
 }
 
 /// What output to send: the last `tail` lines, lines since `since_ms`, and with `follow` new ones.
@@ -120,6 +151,7 @@ impl Request {
                 | Request::GetReplica { .. }
                 | Request::GetEvents { .. }
                 | Request::Logs(_)
+                | Request::Image { op: ImageOp::Ls, .. }
         )
     }
 }
@@ -160,6 +192,7 @@ pub enum Response {
         events: Vec<Event>,
     },
     Events(Vec<Event>),
+    Images(Vec<ImageInfo>),
     /// Lines of a replica's output (CRI log records without the stream tag).
     Log {
         replica: String,
@@ -282,7 +315,17 @@ pub struct ReplicaStatus {
     pub detail: Option<String>,
 }
 
-/// Leader → agent on a stream the leader opens on the agent's connection: send this output.
+/// Leader → agent: the first frame of a stream the leader opens on the agent's connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentRequest {
+    /// Answered with [`LogFrame`]s.
+    Logs(AgentLogRequest),
+    /// Answered with one [`Response`]; an import's bytes follow this frame.
+    Image(ImageOp),
+}
+
+/// Send this replica's output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentLogRequest {
     pub replica: String,

@@ -123,6 +123,24 @@ memory = "8Mi"
     let logs = cli_ok(&c, &["logs", &r[0].meta.name]);
     assert_eq!(logs.trim(), format!("started {}", r[0].meta.name), "output read through the leader");
 
+    // A node's image store through the leader: in use (refused), import, list, unknown node.
+    let busy = c.cli(&["image", "rm", &image, "--node", "board-1"]);
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("in use by a container"), "{busy:?}");
+    let imported = cli_ok(
+        &c,
+        &["image", "import", layout_dir.path().to_str().unwrap(), "--node", "board-1", "--name", "local/busybox:2"],
+    );
+    assert!(imported.contains("local/busybox:2") && imported.contains("imported on board-1"), "{imported}");
+    let listed: Vec<bramble_proto::wire::ImageInfo> =
+        serde_json::from_str(&cli_ok(&c, &["image", "ls", "--node", "board-1", "-o", "json"])).unwrap();
+    let refs: BTreeSet<&str> = listed.iter().map(|i| i.reference.as_str()).collect();
+    assert!(refs.contains(image.as_str()) && refs.contains("local/busybox:2"), "{refs:?}");
+    assert_eq!(c.cli(&["image", "ls", "--node", "board-9"]).status.code(), Some(4), "an unknown node");
+    assert_eq!(
+        cli_ok(&c, &["image", "rm", "local/busybox:2", "--node", "board-1"]).starts_with("removed local/busybox:2"),
+        true
+    );
+
     // 2. Scale to 9 (3 per board), then to 2: the others' containers are stopped and removed.
     cli_ok(&c, &["scale", "app", "web", "--replicas", "9"]);
     let r = wait_running(&c, "web", 9, Duration::from_secs(60));

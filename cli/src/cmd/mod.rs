@@ -6,6 +6,7 @@ pub mod delete;
 pub mod describe;
 pub mod events;
 pub mod get;
+pub mod image;
 pub mod label;
 pub mod logs;
 pub mod scale;

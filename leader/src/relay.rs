@@ -1,9 +1,11 @@
-//! `bramble logs`: the leader asks each replica's agent for its output on a stream of the agent's
-//! session connection and relays what comes back to the CLI.
+//! Requests the leader relays to an agent on a stream of the agent's session connection:
+//! `bramble logs` (each replica's agent sends its output) and `bramble image … --node`.
 
 use crate::api::Api;
 use bramble_proto::codec::MAX_FRAME_LEN;
-use bramble_proto::wire::{AgentLogRequest, ApiError, ErrorCode, LogFrame, LogRequest, Response};
+use bramble_proto::wire::{
+    AgentLogRequest, AgentRequest, ApiError, ErrorCode, ImageOp, LogFrame, LogRequest, Response,
+};
 use bramble_transport::quic::{read_frame, write_frame};
 use quinn::{RecvStream, SendStream};
 use std::sync::Arc;
@@ -58,7 +60,7 @@ pub async fn serve(api: Arc<Api>, req: LogRequest, mut send: SendStream, _recv: 
         readers.push(tokio::spawn(async move {
             let result: Result<(), String> = async {
                 let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
-                write_frame(&mut s, &ask).await.map_err(|e| e.to_string())?;
+                write_frame(&mut s, &AgentRequest::Logs(ask.clone())).await.map_err(|e| e.to_string())?;
                 let _ = s.finish();
                 loop {
                     match read_frame::<LogFrame>(&mut r, MAX_FRAME_LEN).await.map_err(|e| e.to_string())? {
@@ -101,4 +103,37 @@ pub async fn serve(api: Arc<Api>, req: LogRequest, mut send: SendStream, _recv: 
     };
     let _ = write_frame(&mut send, &end).await;
     let _ = send.finish();
+}
+
+/// Relays an image request to `node`'s agent; for an import, the archive's bytes that follow the
+/// request on the client's stream are copied to the agent's.
+pub async fn image(api: Arc<Api>, node: String, op: ImageOp, mut send: SendStream, mut recv: RecvStream) {
+    let a = api.clone();
+    let n = node.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || a.load_node(&n)).await {
+        return fail(&mut send, e.code, e.message).await;
+    }
+    let Some(conn) = api.registry.connection(&node) else {
+        let msg = format!("node {node} is not connected; its image store cannot be reached now");
+        return fail(&mut send, ErrorCode::Unavailable, msg).await;
+    };
+    let result: Result<Response, String> = async {
+        let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let upload = matches!(op, ImageOp::Import { .. });
+        write_frame(&mut s, &AgentRequest::Image(op)).await.map_err(|e| e.to_string())?;
+        if upload {
+            tokio::io::copy(&mut recv, &mut s).await.map_err(|e| format!("relaying the archive: {e}"))?;
+        }
+        let _ = s.finish();
+        read_frame::<Response>(&mut r, MAX_FRAME_LEN)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the agent closed the stream without an answer".to_string())
+    }
+    .await;
+    let response =
+        result.unwrap_or_else(|e| Response::Error(ApiError::new(ErrorCode::Unavailable, format!("node {node}: {e}"))));
+    let _ = write_frame(&mut send, &response).await;
+    let _ = send.finish();
+    let _ = send.stopped().await;
 }

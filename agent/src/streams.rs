@@ -1,0 +1,151 @@
+//! Streams the leader opens on the agent's session connection: logs, and the image store
+//! (`bramble image ls|rm|import --node`).
+
+use crate::config::AgentConfig;
+use bramble_images::import::{import, ImportOptions};
+use bramble_images::rootfs::Rootfses;
+use bramble_images::store::ContentStore;
+use bramble_images::{gc, Progress};
+use bramble_proto::codec::MAX_FRAME_LEN;
+use bramble_proto::model::Arch;
+use bramble_proto::quantity::human_bytes;
+use bramble_proto::wire::{AgentRequest, ApiError, ErrorCode, ImageInfo, ImageOp, Response};
+use bramble_transport::quic::{read_frame, write_frame};
+use quinn::{RecvStream, SendStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+
+/// The largest archive an import accepts.
+pub const MAX_IMPORT: u64 = 4 << 30;
+
+/// What the handlers need from the agent's config.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub log_dir: PathBuf,
+    pub images_dir: PathBuf,
+    pub rootfs_dir: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+impl Context {
+    pub fn new(config: &AgentConfig) -> Context {
+        let paths = crate::workloads::Paths::new(&config.data_dir);
+        Context {
+            log_dir: paths.logs,
+            images_dir: config.images_dir(),
+            rootfs_dir: paths.rootfs,
+            data_dir: config.data_dir.clone(),
+        }
+    }
+}
+
+pub async fn serve(ctx: Arc<Context>, send: SendStream, mut recv: RecvStream) {
+    match read_frame::<AgentRequest>(&mut recv, MAX_FRAME_LEN).await {
+        Ok(Some(AgentRequest::Logs(req))) => crate::logserve::serve(ctx.log_dir.clone(), req, send).await,
+        Ok(Some(AgentRequest::Image(op))) => image(ctx, op, send, recv).await,
+        _ => {}
+    }
+}
+
+fn error(message: String) -> Response {
+    Response::Error(ApiError::new(ErrorCode::InvalidArgument, message))
+}
+
+async fn image(ctx: Arc<Context>, op: ImageOp, mut send: SendStream, mut recv: RecvStream) {
+    let response = match op {
+        ImageOp::Import { name, size } => receive_and_import(&ctx, name, size, &mut recv).await,
+        op => {
+            let c = ctx.clone();
+            tokio::task::spawn_blocking(move || local(&c, op)).await.unwrap_or_else(|e| error(e.to_string()))
+        }
+    };
+    let _ = write_frame(&mut send, &response).await;
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}
+
+fn info(r: &bramble_images::ImageRecord) -> ImageInfo {
+    ImageInfo {
+        reference: r.reference.clone(),
+        digest: r.manifest_digest.to_string(),
+        platform: r.platform.to_string(),
+        size: r.size(),
+        layers: r.layers.len(),
+    }
+}
+
+/// `ls` and `rm`, on the store directly (blocking).
+fn local(ctx: &Context, op: ImageOp) -> Response {
+    let result = (|| -> Result<Response, String> {
+        let store = ContentStore::open(&ctx.images_dir).map_err(|e| e.to_string())?;
+        match op {
+            ImageOp::Ls => Ok(Response::Images(store.images().map_err(|e| e.to_string())?.iter().map(info).collect())),
+            ImageOp::Rm { reference } => {
+                let roots = Rootfses::new(store.clone(), &ctx.rootfs_dir);
+                let leases = roots.leases();
+                if leases.iter().any(|l| l.image == reference) {
+                    return Err(format!("image {reference} is in use by a container on this node"));
+                }
+                if !store.remove_image(&reference).map_err(|e| e.to_string())? {
+                    return Ok(Response::Error(ApiError::new(
+                        ErrorCode::NotFound,
+                        format!("image {reference} is not in this node's store"),
+                    )));
+                }
+                let r = gc::collect(&store, &leases).map_err(|e| e.to_string())?;
+                Ok(Response::Done(format!("removed {reference} (freed {})", human_bytes(r.bytes_freed))))
+            }
+            ImageOp::Import { .. } => unreachable!("handled by the caller"),
+        }
+    })();
+    result.unwrap_or_else(error)
+}
+
+/// Receives the archive into a temporary file in the data dir, then imports it.
+async fn receive_and_import(ctx: &Context, name: Option<String>, size: u64, recv: &mut RecvStream) -> Response {
+    if size > MAX_IMPORT {
+        return error(format!("the archive is {}; at most {} is accepted", human_bytes(size), human_bytes(MAX_IMPORT)));
+    }
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = TempFile(ctx.data_dir.join(format!(".import-{}-{n}.tar", std::process::id())));
+    let path = tmp.0.clone();
+    let received = async {
+        let mut file = tokio::fs::File::create(&path).await?;
+        let mut limited = tokio::io::AsyncReadExt::take(recv, size + 1);
+        let n = tokio::io::copy(&mut limited, &mut file).await?;
+        file.flush().await?;
+        Ok::<u64, std::io::Error>(n)
+    }
+    .await;
+    match received {
+        Ok(n) if n == size => {}
+        Ok(n) => return error(format!("expected {size} bytes of archive, received {n}")),
+        Err(e) => return error(format!("receiving the archive: {e}")),
+    }
+    let dir = ctx.images_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let store = match ContentStore::open(&dir) {
+            Ok(s) => s,
+            Err(e) => return error(e.to_string()),
+        };
+        let result = import(&store, &tmp.0, &Arch::host(), &ImportOptions { name }, &Progress::default());
+        drop(tmp);
+        match result {
+            Ok(records) => Response::Images(records.iter().map(info).collect()),
+            Err(e) => error(format!("import refused: {e}")),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| error(e.to_string()))
+}
+
+/// A file removed when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

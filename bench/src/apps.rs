@@ -1,0 +1,152 @@
+//! Apply → all replicas Running (1, 10, 100 replicas, one board, image cached) and node loss →
+//! replacement Running, on a real cluster: the leader and agents as processes in network
+//! namespaces, the image from a real registry, real containers.
+//!
+//! Times come from the cluster's own clocks where it can: a replica's `started_ms` (written by its
+//! shim when the process runs) minus the wall-clock time just before `bramble apply` (or the
+//! kill), so the CLI's polling does not blur them.
+
+use crate::stats::summarize;
+use bramble_proto::model::{ConditionStatus, Replica, ReplicaPhase};
+use bramble_tests::registry::Registry;
+use bramble_tests::testimages::{busybox_layout, push_from};
+use bramble_tests::{Cluster, ClusterOptions};
+use nix::sys::signal::Signal;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn replicas(c: &Cluster, app: &str) -> Vec<Replica> {
+    let out = c.cli(&["get", "replicas", "--app", app, "-o", "json"]);
+    if !out.status.success() {
+        return Vec::new();
+    }
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn manifest(c: &Cluster, name: &str, image: &str, replicas: usize) -> String {
+    let path = c.dir.path().join(format!("{name}.toml"));
+    let text = format!(
+        "[[app]]\nname = \"{name}\"\nimage = \"{image}\"\nreplicas = {replicas}\n\
+         command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
+    );
+    std::fs::write(&path, text).expect("write the manifest");
+    path.display().to_string()
+}
+
+fn containers_on(c: &Cluster, board: usize) -> usize {
+    std::fs::read_dir(c.agent_dir(board).join("shims")).map_or(0, |d| d.count())
+}
+
+fn setup(agents: usize, agent_toml: &str) -> (Cluster, Registry, String) {
+    let extra = agent_toml.to_string();
+    let c = Cluster::start_with(ClusterOptions { agents, ..Default::default() }, move |lab| {
+        format!("{extra}[[images.registry]]\nhost = \"{}:5000\"\ninsecure = true\n", lab.addr(0))
+    });
+    let registry = Registry::start_in_netns(&c.lab.ns(0), &c.lab.addr(0));
+    let layout = c.dir.path().join("layout");
+    busybox_layout(&layout, "1");
+    let image = format!("{}/bench/busybox:1", registry.addr);
+    push_from(Some(&c.lab.ns(0)), &layout, "1", &image);
+    (c, registry, image)
+}
+
+fn apply_to_running(runs: usize) -> serde_json::Value {
+    let (c, _registry, image) = setup(1, "[resources]\nmax_replicas = 250\n");
+    // Warm the image cache once.
+    let warm = manifest(&c, "warm", &image, 1);
+    assert!(c.cli(&["apply", "-f", &warm]).status.success());
+    wait("the warm-up replica", Duration::from_secs(60), || {
+        replicas(&c, "warm").iter().any(|r| r.phase == ReplicaPhase::Running).then_some(())
+    });
+    assert!(c.cli(&["delete", "app", "warm"]).status.success());
+    wait("the warm-up container to go", Duration::from_secs(30), || (containers_on(&c, 1) == 0).then_some(()));
+
+    let mut out = serde_json::Map::new();
+    println!("apply -> all replicas Running, one board, image cached, {runs} runs each:");
+    println!("  {:<12} {:>9} {:>9} {:>9} {:>14}", "replicas", "min ms", "median", "p95", "per replica");
+    for n in [1usize, 10, 100] {
+        let mut samples = Vec::new();
+        for run in 0..runs {
+            let name = format!("a{n}x{run}");
+            let path = manifest(&c, &name, &image, n);
+            let t0 = now_ms();
+            let applied = c.cli(&["apply", "-f", &path]);
+            assert!(applied.status.success(), "apply: {}", String::from_utf8_lossy(&applied.stderr));
+            let rs = wait(&format!("{n} replicas Running"), Duration::from_secs(120), || {
+                let rs = replicas(&c, &name);
+                (rs.len() == n && rs.iter().all(|r| r.phase == ReplicaPhase::Running)).then_some(rs)
+            });
+            let last = rs.iter().filter_map(|r| r.started_ms).max().expect("started");
+            samples.push(Duration::from_millis(last.saturating_sub(t0)));
+            assert!(c.cli(&["delete", "app", &name]).status.success());
+            wait("the containers to go", Duration::from_secs(60), || (containers_on(&c, 1) == 0).then_some(()));
+        }
+        let s = summarize(&samples);
+        println!("  {:<12} {:>9.0} {:>9.0} {:>9.0} {:>11.1} ms", n, s.min, s.median, s.p95, s.median / n as f64);
+        out.insert(format!("replicas_{n}"), s.json());
+    }
+    serde_json::Value::Object(out)
+}
+
+fn node_loss(runs: usize) -> serde_json::Value {
+    let (mut c, _registry, image) = setup(2, "");
+    let mut samples = Vec::new();
+    println!("node loss -> replacement Running (agent killed and link cut; grace 3s, heartbeat 1s), {runs} runs:");
+    for run in 0..runs {
+        let name = format!("n{run}");
+        let path = manifest(&c, &name, &image, 1);
+        assert!(c.cli(&["apply", "-f", &path]).status.success());
+        let r = wait("the replica Running", Duration::from_secs(60), || {
+            replicas(&c, &name).into_iter().find(|r| r.phase == ReplicaPhase::Running)
+        });
+        let node = r.node.clone().expect("bound");
+        let board: usize = node.trim_start_matches("board-").parse().expect("board");
+        let t0 = now_ms();
+        c.kill_agent(board);
+        c.lab.set_link(board, false);
+        let replacement = wait("a replacement Running", Duration::from_secs(60), || {
+            replicas(&c, &name)
+                .into_iter()
+                .find(|x| x.meta.name != r.meta.name && x.phase == ReplicaPhase::Running && x.node != r.node)
+        });
+        samples.push(Duration::from_millis(replacement.started_ms.expect("started").saturating_sub(t0)));
+        // Heal, and leave nothing behind for the next run.
+        c.lab.set_link(board, true);
+        c.start_agent(board);
+        c.wait_status(board, ConditionStatus::True, Duration::from_secs(30));
+        assert!(c.cli(&["delete", "app", &name]).status.success());
+        wait("the containers to go", Duration::from_secs(60), || {
+            (containers_on(&c, 1) + containers_on(&c, 2) == 0).then_some(())
+        });
+    }
+    let s = summarize(&samples);
+    println!("  {:<38} {:>9} {:>9} {:>9}", "", "min ms", "median", "p95");
+    println!("  {:<38} {:>9.0} {:>9.0} {:>9.0}", "kill -> replacement Running", s.min, s.median, s.p95);
+    println!("  (of which the grace period before NotReady: 3000 ms)");
+    if let Some(mut leader) = c.leader.take() {
+        leader.stop(Signal::SIGTERM);
+    }
+    s.json()
+}
+
+pub fn run(runs: usize, loss_runs: usize) -> serde_json::Value {
+    assert!(nix::unistd::geteuid().is_root(), "the apps benchmark needs root (namespaces, containers)");
+    serde_json::json!({
+        "apply_to_running": apply_to_running(runs),
+        "node_loss_to_replacement_running": node_loss(loss_runs),
+    })
+}

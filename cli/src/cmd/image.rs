@@ -109,7 +109,7 @@ async fn import(config: Option<PathBuf>, path: PathBuf, node: String, name: Opti
     let req = Request::Image { node: node.clone(), op: ImageOp::Import { name, size } };
     let response = upload(config, req, body, |sent| {
         if tty {
-            let pct = if size == 0 { 100 } else { sent * 100 / size };
+            let pct = (sent * 100).checked_div(size).unwrap_or(100);
             eprint!("\rsending to {node}: {} of {} ({pct}%)", human_bytes(sent), human_bytes(size));
             let _ = std::io::stderr().flush();
         }

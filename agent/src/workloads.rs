@@ -54,6 +54,8 @@ pub struct Handle {
 const DESIRED_FILE: &str = "desired.json";
 /// How long a removed container's shim may take to stop it (its grace period is inside this).
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Containers started at once.
+const PARALLEL_STARTS: usize = 4;
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -297,41 +299,48 @@ impl Reconciler {
             }
         }
         let desired: Vec<Assignment> = self.desired.iter().flat_map(|d| d.values().cloned()).collect();
-        for a in desired {
-            let id = container_id(&a.replica).to_string();
-            if self.removing.lock().expect("removing lock").contains(&id) {
-                continue;
+        let removing = self.removing.lock().expect("removing lock").clone();
+        let missing: Vec<&Assignment> = desired
+            .iter()
+            .filter(|a| {
+                let id = container_id(&a.replica);
+                !existing.contains(id)
+                    && !removing.contains(id)
+                    && self.retry.get(&a.replica).is_none_or(|r| Instant::now() >= r.at)
+            })
+            .collect();
+        // Images first (each pulled once, the others find it cached), then the starts, a few at
+        // a time: most of a start is waiting on fork and exec.
+        let mut ready = Vec::new();
+        for a in missing {
+            match self.ensure_image(a) {
+                Ok(record) => ready.push((a, record)),
+                Err(reason) => self.failed(a, reason),
             }
-            if !existing.contains(&id) {
-                if self.retry.get(&a.replica).is_some_and(|r| Instant::now() < r.at) {
-                    continue;
+        }
+        let queue = std::sync::Mutex::new(ready.iter());
+        let results = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..PARALLEL_STARTS.min(ready.len()) {
+                scope.spawn(|| loop {
+                    let Some((a, record)) = queue.lock().expect("queue lock").next() else { break };
+                    let r = self.launch(a, record);
+                    results.lock().expect("results lock").push((*a, r));
+                });
+            }
+        });
+        for (a, r) in results.into_inner().expect("results lock") {
+            match r {
+                Ok(()) => {
+                    self.retry.remove(&a.replica);
                 }
-                match self.start(&a) {
-                    Ok(()) => {
-                        self.retry.remove(&a.replica);
-                    }
-                    Err(reason) => {
-                        let delay = self
-                            .retry
-                            .get(&a.replica)
-                            .map_or(Duration::from_secs(1), |r| (r.delay * 2).min(Duration::from_secs(60)));
-                        self.retry.insert(a.replica.clone(), Retry { at: Instant::now() + delay, delay });
-                        let st = ReplicaStatus {
-                            replica: a.replica.clone(),
-                            phase: ReplicaPhase::Failed,
-                            reason: format!("{reason}; retrying in {}s", delay.as_secs()),
-                            restarts: 0,
-                            exit_code: None,
-                            started_ms: None,
-                            finished_ms: None,
-                            container_id: None,
-                            detail: None,
-                        };
-                        warn!(replica = %a.replica, "{}", st.reason);
-                        self.publish(&a.replica, st);
-                        continue;
-                    }
-                }
+                Err(reason) => self.failed(a, reason),
+            }
+        }
+        for a in &desired {
+            let id = container_id(&a.replica).to_string();
+            if removing.contains(&id) || (self.retry.contains_key(&a.replica) && !self.runtime.dir(&id).0.exists()) {
+                continue;
             }
             match self.runtime.state(&id) {
                 Ok(s) => {
@@ -388,6 +397,26 @@ impl Reconciler {
         }
     }
 
+    /// Records a failed start and when to try again (backing off up to a minute).
+    fn failed(&mut self, a: &Assignment, reason: String) {
+        let delay =
+            self.retry.get(&a.replica).map_or(Duration::from_secs(1), |r| (r.delay * 2).min(Duration::from_secs(60)));
+        self.retry.insert(a.replica.clone(), Retry { at: Instant::now() + delay, delay });
+        let st = ReplicaStatus {
+            replica: a.replica.clone(),
+            phase: ReplicaPhase::Failed,
+            reason: format!("{reason}; retrying in {}s", delay.as_secs()),
+            restarts: 0,
+            exit_code: None,
+            started_ms: None,
+            finished_ms: None,
+            container_id: None,
+            detail: None,
+        };
+        warn!(replica = %a.replica, "{}", st.reason);
+        self.publish(&a.replica, st);
+    }
+
     /// Stops and removes containers, each on its own thread (each may wait out its grace period)
     /// so that the passes go on meanwhile.
     fn remove_all(&mut self, ids: &[String]) {
@@ -422,9 +451,8 @@ impl Reconciler {
         }
     }
 
-    /// Pulls (if needed), prepares the root filesystem and starts the shim.
-    fn start(&mut self, a: &Assignment) -> Result<(), String> {
-        let id = container_id(&a.replica).to_string();
+    /// Pulls the replica's image if the store lacks it, reporting progress.
+    fn ensure_image(&mut self, a: &Assignment) -> Result<bramble_images::ImageRecord, String> {
         let image = &a.spec.image;
         let cached = self.store.image(image.as_str()).ok().flatten().is_some();
         let progress = Progress::default();
@@ -464,10 +492,16 @@ impl Reconciler {
         }
         let st = self.pending(a, ReplicaPhase::Starting, None);
         self.publish(&a.replica, st);
-        let image_config = pull::config(&self.store, &record).map_err(|e| e.to_string())?;
+        Ok(record)
+    }
+
+    /// Prepares the root filesystem and starts the shim (only shared access: runs in parallel).
+    fn launch(&self, a: &Assignment, record: &bramble_images::ImageRecord) -> Result<(), String> {
+        let id = container_id(&a.replica).to_string();
+        let image_config = pull::config(&self.store, record).map_err(|e| e.to_string())?;
         // Whatever a failed earlier attempt left is replaced.
         let _ = self.roots.remove(&id);
-        let rootfs = self.roots.prepare(&id, &record).map_err(|e| format!("preparing the root filesystem: {e}"))?;
+        let rootfs = self.roots.prepare(&id, record).map_err(|e| format!("preparing the root filesystem: {e}"))?;
         let hostname: String = a.replica.chars().take(63).collect();
         let cc = container_config(&id, &hostname, rootfs.path, &image_config.config, &overrides(a), &self.log_dir)
             .inspect_err(|_| {

@@ -1,6 +1,7 @@
 //! The Bramble agent: joins the cluster once with a token, then keeps one session with the
 //! leader, reconnecting with capped exponential backoff, and reports what its board is.
 
+pub mod alloc;
 pub mod backoff;
 pub mod config;
 pub mod join;

@@ -63,6 +63,7 @@ const EXIT_JOIN: u8 = 3;
 const EXIT_RUNTIME: u8 = 1;
 
 fn main() -> ExitCode {
+    bramble_agent::alloc::limit_arenas();
     let cli = Cli::parse();
     let (args, check_only) = match cli.command {
         Command::Run(a) => (a, false),
@@ -116,7 +117,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     observability::init(config.log.level.as_deref());
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bramble-agent: cannot start the runtime: {e}");

@@ -6,6 +6,7 @@
 mod apps;
 mod containers;
 mod images;
+mod scale;
 mod scheduler;
 mod stats;
 
@@ -46,6 +47,17 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         loss_runs: usize,
     },
+    /// A leader with many simulated boards (the real protocol, no containers): memory, apply ->
+    /// all Running, and the leader's writes while steady.
+    Scale {
+        #[arg(long, default_value_t = 50)]
+        agents: usize,
+        #[arg(long, default_value_t = 1_000)]
+        replicas: usize,
+        /// How long to measure writes in the steady state.
+        #[arg(long, default_value_t = 60)]
+        steady_secs: u64,
+    },
     /// Every benchmark.
     All {
         #[arg(long, default_value_t = 10)]
@@ -60,11 +72,13 @@ fn main() {
         Command::Containers { runs } => vec![("containers", containers::run(runs))],
         Command::Scheduler { replicas, nodes } => vec![("scheduler", scheduler::run(nodes, replicas))],
         Command::Apps { runs, loss_runs } => vec![("apps", apps::run(runs, loss_runs))],
+        Command::Scale { agents, replicas, steady_secs } => vec![("scale", scale::run(agents, replicas, steady_secs))],
         Command::All { runs } => vec![
             ("images", images::run(runs)),
             ("containers", containers::run(runs.max(50))),
             ("scheduler", scheduler::run(1_000, 10_000)),
             ("apps", apps::run(runs.max(20), 5)),
+            ("scale", scale::run(50, 1_000, 60)),
         ],
     };
     let dir = bramble_tests::testimages::assets_dir().parent().expect("target dir").join("bench");

@@ -68,6 +68,7 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_RUNTIME: u8 = 1;
 
 fn main() -> ExitCode {
+    bramble_agent::alloc::limit_arenas();
     let cli = Cli::parse();
     let config = match cli.command {
         Command::Init { data_dir, listen, cluster_name, embedded_agent } => {
@@ -107,7 +108,12 @@ fn main() -> ExitCode {
         }
     };
     observability::init(config.log.level.as_deref());
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bramble-leader: cannot start the runtime: {e}");

@@ -1,0 +1,205 @@
+//! The leader with many boards: a real leader process and N simulated agents that speak the real
+//! protocol (join with a token, a session with heartbeats, desired sets down, status up) but run
+//! no containers — they report every replica Running at once. Measures the leader's memory, the
+//! time to get every replica Running, and the leader's writes while the cluster is steady.
+
+use bramble_proto::codec::MAX_FRAME_LEN;
+use bramble_proto::model::{Arch, NodeInfo, ReplicaPhase, Resources};
+use bramble_proto::wire::{AgentMsg, Hello, LeaderMsg, Open, OpenKind, ReplicaStatus, PROTOCOL_VERSION};
+use bramble_tests::process::{bin_dir, Proc};
+use bramble_transport::quic::{client_endpoint, connect, read_frame, write_frame};
+use bramble_transport::tls::client_config;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn kib(pid: u32, file: &str, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
+    s.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+}
+
+fn info() -> NodeInfo {
+    let r = Resources { cpu_millis: 4000, memory_bytes: 4 << 30, replicas: 110 };
+    NodeInfo {
+        arch: Arch::Arm64,
+        os: "Debian GNU/Linux 12".into(),
+        kernel: "6.1.0-rpi".into(),
+        agent_version: "sim".into(),
+        labels: BTreeMap::new(),
+        capacity: r,
+        allocatable: r,
+        addresses: Vec::new(),
+    }
+}
+
+/// One simulated board: joins, then keeps a session, answering every desired set with Running.
+async fn sim_agent(dir: std::path::PathBuf, addr: SocketAddr, token: String, name: String) {
+    let creds = bramble_agent::join::join(&dir, addr, &token, &name, info()).await.expect("join");
+    let tls = client_config(&creds.ca_pem, Some((&creds.cert_pem, &creds.key_pem))).expect("tls");
+    let endpoint = client_endpoint(addr).expect("endpoint");
+    let conn = connect(&endpoint, addr, tls, Duration::from_secs(10)).await.expect("connect");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    let hello = Hello { node_name: name.clone(), epoch: 1, info: info() };
+    write_frame(&mut send, &Open { version: PROTOCOL_VERSION, kind: OpenKind::Session(hello) }).await.expect("hello");
+    let heartbeat = match read_frame::<LeaderMsg>(&mut recv, MAX_FRAME_LEN).await {
+        Ok(Some(LeaderMsg::Welcome { heartbeat_ms, .. })) => Duration::from_millis(heartbeat_ms),
+        other => panic!("{name}: no welcome: {other:?}"),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok(Some(m)) = read_frame::<LeaderMsg>(&mut recv, MAX_FRAME_LEN).await {
+            if tx.send(m).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut tick = tokio::time::interval(heartbeat);
+    let mut seq = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                seq += 1;
+                if write_frame(&mut send, &AgentMsg::Heartbeat { seq }).await.is_err() { return }
+            }
+            m = rx.recv() => match m {
+                Some(LeaderMsg::Desired { upsert, .. }) => {
+                    let now = now_ms();
+                    let replicas = upsert.into_iter().map(|a| ReplicaStatus {
+                        replica: a.replica.clone(),
+                        phase: ReplicaPhase::Running,
+                        reason: String::new(),
+                        restarts: 0,
+                        exit_code: None,
+                        started_ms: Some(now),
+                        finished_ms: None,
+                        container_id: Some(a.replica),
+                        detail: None,
+                    }).collect();
+                    if write_frame(&mut send, &AgentMsg::Status { full: false, replicas }).await.is_err() { return }
+                }
+                Some(_) => {}
+                None => return,
+            }
+        }
+    }
+}
+
+fn cli(bins: &Path, admin: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(bins.join("bramble")).arg("--config").arg(admin).args(args).output().expect("run bramble")
+}
+
+fn running(bins: &Path, admin: &Path) -> usize {
+    let out = cli(bins, admin, &["get", "replicas", "-o", "json"]);
+    let v: Vec<bramble_proto::model::Replica> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.iter().filter(|r| r.phase == ReplicaPhase::Running).count()
+}
+
+pub fn run(agents: usize, replicas: usize, steady_secs: u64) -> serde_json::Value {
+    let bins = bin_dir();
+    let dir = tempfile::Builder::new().prefix("bramble-bench-scale-").tempdir().expect("temp dir");
+    let leader_dir = dir.path().join("leader");
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let out = Command::new(bins.join("bramble-leader"))
+        .args(["init", "--listen", &listen, "--data-dir", leader_dir.to_str().unwrap()])
+        .output()
+        .expect("init");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let args = vec!["run".to_string(), "--config".into(), leader_dir.join("leader.toml").display().to_string()];
+    let leader = Proc::spawn_host("leader", &bins.join("bramble-leader"), &args, &dir.path().join("leader.log"));
+    let admin = leader_dir.join("admin.toml");
+    let t = Instant::now();
+    let token = loop {
+        let out = cli(&bins, &admin, &["token", "create"]);
+        if out.status.success() {
+            break String::from_utf8(out.stdout).unwrap().trim().to_string();
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "the leader did not answer");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let addr: SocketAddr = listen.parse().unwrap();
+    for i in 0..agents {
+        let d = dir.path().join(format!("sim-{i}"));
+        rt.spawn(sim_agent(d, addr, token.clone(), format!("sim-{i}")));
+    }
+    let t = Instant::now();
+    loop {
+        let out = cli(&bins, &admin, &["get", "nodes"]);
+        let ready = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(" Ready ")).count();
+        if ready == agents {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "only {ready}/{agents} simulated boards Ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid = leader.pid();
+    std::thread::sleep(Duration::from_secs(2));
+    let (rss0, pss0) = (kib(pid, "status", "VmRSS:"), kib(pid, "smaps_rollup", "Pss:"));
+
+    // Apps of 100 replicas each (the most one app may have is 1,000).
+    let apps = replicas.div_ceil(100);
+    let mut text = String::new();
+    for a in 0..apps {
+        let n = (replicas - a * 100).min(100);
+        text.push_str(&format!(
+            "[[app]]\nname = \"app-{a}\"\nimage = \"registry.lan/app-{a}:1\"\nreplicas = {n}\n\
+             [app.resources]\ncpu = \"10m\"\nmemory = \"16Mi\"\n"
+        ));
+    }
+    let manifest = dir.path().join("apps.toml");
+    std::fs::write(&manifest, text).unwrap();
+    let t = Instant::now();
+    let out = cli(&bins, &admin, &["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+    loop {
+        if running(&bins, &admin) == replicas {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(300), "not all replicas Running");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let to_running = t.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+    let (rss1, pss1) = (kib(pid, "status", "VmRSS:"), kib(pid, "smaps_rollup", "Pss:"));
+    let store = leader_dir.join("store.redb");
+    let size_before = std::fs::metadata(&store).map_or(0, |m| m.len());
+    let w0 = leader.write_bytes();
+    std::thread::sleep(Duration::from_secs(steady_secs));
+    let written = leader.write_bytes().saturating_sub(w0);
+    let size_after = std::fs::metadata(&store).map_or(0, |m| m.len());
+    let rss2 = kib(pid, "status", "VmRSS:");
+    let per_day_mb = written as f64 * (86_400.0 / steady_secs as f64) / 1e6;
+    println!("a leader with {agents} simulated boards (real protocol, no containers):");
+    println!(
+        "  {agents} boards Ready, no apps:              RSS {:.1} MiB, PSS {:.1} MiB",
+        rss0 as f64 / 1024.0,
+        pss0 as f64 / 1024.0
+    );
+    println!("  apply {replicas} replicas ({apps} apps) -> all Running: {:.2} s", to_running.as_secs_f64());
+    println!(
+        "  {replicas} replicas Running:                RSS {:.1} MiB, PSS {:.1} MiB",
+        rss1 as f64 / 1024.0,
+        pss1 as f64 / 1024.0
+    );
+    println!(
+        "  steady {steady_secs} s: leader wrote {written} bytes (store {size_before} -> {size_after} bytes) = {per_day_mb:.2} MB/day; RSS after {:.1} MiB",
+        rss2 as f64 / 1024.0
+    );
+    rt.shutdown_timeout(Duration::from_secs(1));
+    drop(leader);
+    serde_json::json!({
+        "agents": agents,
+        "replicas": replicas,
+        "leader_idle": { "rss_kib": rss0, "pss_kib": pss0 },
+        "leader_with_replicas": { "rss_kib": rss1, "pss_kib": pss1 },
+        "apply_to_all_running_ms": to_running.as_millis() as u64,
+        "steady": { "seconds": steady_secs, "write_bytes": written, "mb_per_day": per_day_mb, "rss_kib_after": rss2 },
+    })
+}

@@ -18,7 +18,7 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn replicas(c: &Cluster, app: &str) -> Vec<Replica> {
+pub(crate) fn replicas(c: &Cluster, app: &str) -> Vec<Replica> {
     let out = c.cli(&["get", "replicas", "--app", app, "-o", "json"]);
     if !out.status.success() {
         return Vec::new();
@@ -26,7 +26,7 @@ fn replicas(c: &Cluster, app: &str) -> Vec<Replica> {
     serde_json::from_slice(&out.stdout).unwrap_or_default()
 }
 
-fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let t = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -51,7 +51,7 @@ fn containers_on(c: &Cluster, board: usize) -> usize {
     std::fs::read_dir(c.agent_dir(board).join("shims")).map_or(0, |d| d.count())
 }
 
-fn setup(agents: usize, agent_toml: &str) -> (Cluster, Registry, String) {
+pub(crate) fn setup(agents: usize, agent_toml: &str) -> (Cluster, Registry, String) {
     let extra = agent_toml.to_string();
     let c = Cluster::start_with(ClusterOptions { agents, ..Default::default() }, move |lab| {
         format!("{extra}[[images.registry]]\nhost = \"{}:5000\"\ninsecure = true\n", lab.addr(0))

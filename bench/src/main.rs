@@ -3,6 +3,7 @@
 //!
 //!   cargo build --release --bins && target/release/bramble-bench images [--runs 10]
 
+mod agent;
 mod apps;
 mod containers;
 mod images;
@@ -58,6 +59,14 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         steady_secs: u64,
     },
+    /// The agent's memory idle and with containers (each container's cost, shim included) and
+    /// its writes per day.
+    Agent {
+        #[arg(long, default_value_t = 20)]
+        containers: usize,
+        #[arg(long, default_value_t = 60)]
+        steady_secs: u64,
+    },
     /// Every benchmark.
     All {
         #[arg(long, default_value_t = 10)]
@@ -72,6 +81,7 @@ fn main() {
         Command::Containers { runs } => vec![("containers", containers::run(runs))],
         Command::Scheduler { replicas, nodes } => vec![("scheduler", scheduler::run(nodes, replicas))],
         Command::Apps { runs, loss_runs } => vec![("apps", apps::run(runs, loss_runs))],
+        Command::Agent { containers, steady_secs } => vec![("agent", agent::run(containers, steady_secs))],
         Command::Scale { agents, replicas, steady_secs } => vec![("scale", scale::run(agents, replicas, steady_secs))],
         Command::All { runs } => vec![
             ("images", images::run(runs)),
@@ -79,6 +89,7 @@ fn main() {
             ("scheduler", scheduler::run(1_000, 10_000)),
             ("apps", apps::run(runs.max(20), 5)),
             ("scale", scale::run(50, 1_000, 60)),
+            ("agent", agent::run(20, 60)),
         ],
     };
     let dir = bramble_tests::testimages::assets_dir().parent().expect("target dir").join("bench");

@@ -184,15 +184,9 @@ fn overrides(a: &Assignment) -> AppOverrides {
 fn status_of(replica: &str, s: &ShimState) -> ReplicaStatus {
     let l = &s.lifecycle;
     let mut st = ReplicaStatus {
-        replica: replica.to_string(),
-        phase: ReplicaPhase::Starting,
-        reason: String::new(),
         restarts: l.restarts,
-        exit_code: None,
-        started_ms: None,
-        finished_ms: None,
         container_id: Some(s.id.clone()),
-        detail: None,
+        ..ReplicaStatus::new(replica, ReplicaPhase::Starting)
     };
     if let Some(last) = &l.last_exit {
         st.exit_code = Some(last.code);
@@ -403,15 +397,8 @@ impl Reconciler {
             self.retry.get(&a.replica).map_or(Duration::from_secs(1), |r| (r.delay * 2).min(Duration::from_secs(60)));
         self.retry.insert(a.replica.clone(), Retry { at: Instant::now() + delay, delay });
         let st = ReplicaStatus {
-            replica: a.replica.clone(),
-            phase: ReplicaPhase::Failed,
             reason: format!("{reason}; retrying in {}s", delay.as_secs()),
-            restarts: 0,
-            exit_code: None,
-            started_ms: None,
-            finished_ms: None,
-            container_id: None,
-            detail: None,
+            ..ReplicaStatus::new(&a.replica, ReplicaPhase::Failed)
         };
         warn!(replica = %a.replica, "{}", st.reason);
         self.publish(&a.replica, st);
@@ -516,17 +503,7 @@ impl Reconciler {
     }
 
     fn pending(&self, a: &Assignment, phase: ReplicaPhase, detail: Option<String>) -> ReplicaStatus {
-        ReplicaStatus {
-            replica: a.replica.clone(),
-            phase,
-            reason: String::new(),
-            restarts: 0,
-            exit_code: None,
-            started_ms: None,
-            finished_ms: None,
-            container_id: None,
-            detail,
-        }
+        ReplicaStatus { detail, ..ReplicaStatus::new(&a.replica, phase) }
     }
 }
 

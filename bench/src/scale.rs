@@ -71,15 +71,9 @@ async fn sim_agent(dir: std::path::PathBuf, addr: SocketAddr, token: String, nam
                 Some(LeaderMsg::Desired { upsert, .. }) => {
                     let now = now_ms();
                     let replicas = upsert.into_iter().map(|a| ReplicaStatus {
-                        replica: a.replica.clone(),
-                        phase: ReplicaPhase::Running,
-                        reason: String::new(),
-                        restarts: 0,
-                        exit_code: None,
                         started_ms: Some(now),
-                        finished_ms: None,
-                        container_id: Some(a.replica),
-                        detail: None,
+                        container_id: Some(a.replica.clone()),
+                        ..ReplicaStatus::new(&a.replica, ReplicaPhase::Running)
                     }).collect();
                     if write_frame(&mut send, &AgentMsg::Status { full: false, replicas }).await.is_err() { return }
                 }

@@ -77,6 +77,10 @@ pub struct EmbeddedAgent {
     /// The embedded agent's data dir (default: `<data_dir>/agent`).
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// An agent.toml for the rest of the embedded agent's settings (registries, labels,
+    /// resources, images); its `leaders`, `token`, `name` and `data_dir` are the leader's.
+    #[serde(default)]
+    pub config: Option<PathBuf>,
 }
 
 fn default_cluster() -> String {
@@ -166,6 +170,8 @@ heartbeat = "{heartbeat}"
 [agent]
 # Run an agent inside the leader process so that one board is a whole cluster.
 enabled = {agent}
+# Registries, labels, resources for it: an agent.toml (see dist/agent.toml).
+# config = "/etc/bramble/agent.toml"
 "#,
             cluster = self.cluster_name,
             listen = self.listen,
@@ -210,5 +216,10 @@ mod sample_tests {
         let cfg = super::LeaderConfig::parse("dist/leader.toml", text).unwrap();
         assert_eq!(cfg.listen.to_string(), super::DEFAULT_LISTEN);
         assert_eq!(cfg.data_dir.to_str(), Some(super::DEFAULT_DATA_DIR));
+        assert!(!cfg.agent.enabled);
+        let text = include_str!("../../dist/leader-single.toml");
+        let cfg = super::LeaderConfig::parse("dist/leader-single.toml", text).unwrap();
+        assert!(cfg.agent.enabled, "the one-board sample runs the embedded agent");
+        assert_eq!(cfg.agent.config, None);
     }
 }

@@ -212,7 +212,12 @@ type AgentTask = (CancellationToken, tokio::task::JoinHandle<()>);
 /// An agent in the leader's process. It joins with a token the leader makes for it.
 fn start_embedded_agent(config: &LeaderConfig, leader: &RunningLeader) -> anyhow::Result<AgentTask> {
     let dir = config.agent.data_dir.clone().unwrap_or_else(|| config.data_dir.join("agent"));
-    let mut agent = AgentConfig { data_dir: dir.clone(), name: config.agent.name.clone(), ..AgentConfig::default() };
+    let mut agent = match &config.agent.config {
+        Some(path) => AgentConfig::load(path)?,
+        None => AgentConfig::default(),
+    };
+    agent.data_dir = dir.clone();
+    agent.name = config.agent.name.clone().or(agent.name);
     let port = leader.local_addr.port();
     let ip = if leader.local_addr.ip().is_unspecified() {
         "127.0.0.1".to_string()

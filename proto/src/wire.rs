@@ -315,6 +315,23 @@ pub struct ReplicaStatus {
     pub detail: Option<String>,
 }
 
+impl ReplicaStatus {
+    /// A replica in `phase`, with nothing else known yet.
+    pub fn new(replica: &str, phase: ReplicaPhase) -> ReplicaStatus {
+        ReplicaStatus {
+            replica: replica.to_string(),
+            phase,
+            reason: String::new(),
+            restarts: 0,
+            exit_code: None,
+            started_ms: None,
+            finished_ms: None,
+            container_id: None,
+            detail: None,
+        }
+    }
+}
+
 /// Leader → agent: the first frame of a stream the leader opens on the agent's connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

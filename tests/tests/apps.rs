@@ -122,6 +122,12 @@ memory = "8Mi"
     assert!(describe.contains("Phase:       Running") && describe.contains("Pulled"), "{describe}");
     let logs = cli_ok(&c, &["logs", &r[0].meta.name]);
     assert_eq!(logs.trim(), format!("started {}", r[0].meta.name), "output read through the leader");
+    let all = cli_ok(&c, &["logs", "app/web", "--tail", "1"]);
+    assert_eq!(all.lines().count(), 6, "one line from each replica:\n{all}");
+    for rep in &r {
+        assert!(all.contains(&format!("[{0}] started {0}", rep.meta.name)), "{all}");
+    }
+    assert_eq!(c.cli(&["logs", "web-nosuch-0"]).status.code(), Some(4), "an unknown replica");
 
     // A node's image store through the leader: in use (refused), import, list, unknown node.
     let busy = c.cli(&["image", "rm", &image, "--node", "board-1"]);

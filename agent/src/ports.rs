@@ -133,14 +133,14 @@ fn loopback_up_here() -> std::io::Result<()> {
         for (i, b) in b"lo".iter().enumerate() {
             req.ifr_name[i] = *b as libc::c_char;
         }
-        if libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+        if libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) < 0 {
             return Err(std::io::Error::last_os_error());
         }
         let flags = req.ifr_ifru.ifru_flags;
         let up = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
         if flags & up != up {
             req.ifr_ifru.ifru_flags = flags | up;
-            if libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            if libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
         }

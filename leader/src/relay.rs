@@ -46,8 +46,11 @@ pub async fn serve(api: Arc<Api>, req: LogRequest, mut send: SendStream, _recv: 
     for r in replicas {
         let name = r.meta.name.clone();
         let Some(node) = r.node.clone() else {
-            let msg = format!("replica {name} is not scheduled to a node yet, so it has no output");
-            let _ = tx.send(Response::Error(ApiError::new(ErrorCode::Unavailable, msg))).await;
+            // Of a whole app, replicas not placed yet have nothing to show; asked by name, say so.
+            if !req.target.starts_with("app/") {
+                let msg = format!("replica {name} is not scheduled to a node yet, so it has no output");
+                let _ = tx.send(Response::Error(ApiError::new(ErrorCode::Unavailable, msg))).await;
+            }
             continue;
         };
         let Some(conn) = api.registry.connection(&node) else {

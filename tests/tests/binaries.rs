@@ -121,7 +121,7 @@ fn systemd_units_pass_systemd_analyze() {
     let dir = tempfile::tempdir().unwrap();
     let units = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/systemd");
     let mut paths = Vec::new();
-    for unit in ["bramble-leader.service", "bramble-agent.service"] {
+    for unit in ["bramble-leader.service", "bramble-agent.service", "bramble-single.service"] {
         let text = std::fs::read_to_string(format!("{units}/{unit}")).unwrap();
         // Point ExecStart at the binaries just built, which systemd-analyze checks exist.
         let text = text.replace("/usr/local/bin/", &format!("{}/", bin_dir().display()));
@@ -130,8 +130,10 @@ fn systemd_units_pass_systemd_analyze() {
         std::fs::write(&p, text).unwrap();
         paths.push(p);
     }
-    let agent = std::fs::read_to_string(&paths[1]).unwrap();
-    assert!(agent.contains("KillMode=process"), "containers outlive agent restarts");
+    for p in &paths[1..] {
+        let text = std::fs::read_to_string(p).unwrap();
+        assert!(text.contains("KillMode=process"), "containers outlive restarts of {}", p.display());
+    }
     let out = Command::new("systemd-analyze").arg("verify").args(&paths).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     let problems: Vec<&str> = err.lines().filter(|l| l.contains("bramble")).collect();

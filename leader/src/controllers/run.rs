@@ -337,6 +337,14 @@ pub async fn run(api: Arc<Api>, cancel: CancellationToken) {
                 if r.is_err() {
                     watch = None;
                 }
+                // One pass for a burst of changes (e.g. statuses from many boards at once).
+                while let Some(w) = watch.as_mut() {
+                    match tokio::time::timeout(Duration::ZERO, w.next()).await {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(_)) => watch = None,
+                        Err(_) => break,
+                    }
+                }
             }
         }
         let a = api.clone();

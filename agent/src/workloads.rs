@@ -12,7 +12,7 @@ use crate::runtime::config::RestartPolicy;
 use crate::runtime::lifecycle::Phase;
 use crate::runtime::protocol::ShimState;
 use crate::runtime::Runtime;
-use bramble_images::pull::{self, PullPolicy, Puller};
+use bramble_images::pull::{self, PullError, PullPolicy, Puller};
 use bramble_images::registry::RegistryClient;
 use bramble_images::rootfs::Rootfses;
 use bramble_images::store::ContentStore;
@@ -21,7 +21,7 @@ use bramble_images::Progress;
 use bramble_proto::manifest::{Protocol, RestartPolicy as AppRestart};
 use bramble_proto::model::{Arch, Event, ReplicaPhase};
 use bramble_proto::quantity::human_bytes;
-use bramble_proto::wire::{Assignment, ReplicaStatus};
+use bramble_proto::wire::{Assignment, PlatformMiss, ReplicaStatus};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -90,6 +90,8 @@ struct Reconciler {
     /// `None` until known: a set that could not be read never removes anything.
     desired: Option<BTreeMap<String, Assignment>>,
     retry: HashMap<String, Retry>,
+    /// Pulls refused because the image offers no platform for this node, per replica.
+    platform_misses: HashMap<String, PlatformMiss>,
     /// The pid whose network namespace got its loopback up, per container.
     loopback: HashMap<String, i32>,
     status: Statuses,
@@ -137,6 +139,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path) -> std::io::Result<Handle> {
         desired,
         retry: HashMap::new(),
         loopback: HashMap::new(),
+        platform_misses: HashMap::new(),
         status: Statuses::new(),
         removing: Default::default(),
         status_tx,
@@ -398,6 +401,7 @@ impl Reconciler {
         self.retry.insert(a.replica.clone(), Retry { at: Instant::now() + delay, delay });
         let st = ReplicaStatus {
             reason: format!("{reason}; retrying in {}s", delay.as_secs()),
+            platform_miss: self.platform_misses.remove(&a.replica),
             ..ReplicaStatus::new(&a.replica, ReplicaPhase::Failed)
         };
         warn!(replica = %a.replica, "{}", st.reason);
@@ -451,10 +455,15 @@ impl Reconciler {
         let (store, client, unpack) = (self.store.clone(), self.client.clone(), self.unpack.clone());
         let pull = |progress: &Progress| {
             let puller = Puller { store: &store, client: &client, arch: Arch::host(), unpack };
-            puller.pull(image, PullPolicy::IfNotPresent, progress).map_err(|e| format!("pulling {image}: {e}"))
+            puller.pull(image, PullPolicy::IfNotPresent, progress)
         };
-        let record = if cached {
-            pull(&progress)?
+        let miss = |e: &PullError| match e {
+            PullError::NoPlatform { offered, .. } => Some(offered.clone()),
+            PullError::WrongPlatform { platform, .. } => Some(vec![platform.clone()]),
+            _ => None,
+        };
+        let pulled = if cached {
+            pull(&progress)
         } else {
             // The pull runs on a thread of its own; its progress is reported twice a second.
             std::thread::scope(|scope| {
@@ -470,9 +479,18 @@ impl Reconciler {
                         self.publish(&a.replica, st);
                     }
                 }
-                job.join().map_err(|_| "the pull panicked".to_string())?
-            })?
+                job.join().unwrap_or_else(|_| {
+                    Err(PullError::BadImage { image: image.to_string(), reason: "the pull panicked".into() })
+                })
+            })
         };
+        let record = pulled.map_err(|e| {
+            if let Some(offered) = miss(&e) {
+                // The leader learns what the image offers and places the replica elsewhere.
+                self.platform_misses.insert(a.replica.clone(), PlatformMiss { image: image.to_string(), offered });
+            }
+            format!("pulling {image}: {e}")
+        })?;
         if !cached {
             let msg = format!("pulled {image} in {} ms", started.elapsed().as_millis());
             self.event(&a.replica, "Pulled", msg);

@@ -33,6 +33,8 @@ pub struct Api {
     pub kick: tokio::sync::Notify,
     /// Live detail per replica (e.g. pull progress), in memory only.
     pub details: Mutex<HashMap<String, String>>,
+    /// The platforms an image offers, learned from boards whose arch it lacked (memory only).
+    pub image_platforms: Mutex<HashMap<String, Vec<bramble_images::Platform>>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -54,6 +56,7 @@ impl Api {
             desired: tokio::sync::watch::Sender::new(None),
             kick: tokio::sync::Notify::new(),
             details: Mutex::new(HashMap::new()),
+            image_platforms: Mutex::new(HashMap::new()),
         }
     }
 

@@ -100,6 +100,13 @@ pub fn scale(api: &Api, name: &str, replicas: u32, expect_generation: Option<u64
 /// Only changes are written.
 pub fn record_status(api: &Api, node: &str, statuses: Vec<ReplicaStatus>) {
     for s in statuses {
+        if let Some(miss) = &s.platform_miss {
+            let offered: Vec<bramble_images::Platform> = miss.offered.iter().filter_map(|p| p.parse().ok()).collect();
+            if !offered.is_empty() {
+                api.image_platforms.lock().expect("platforms lock").insert(miss.image.clone(), offered);
+                api.kick.notify_one();
+            }
+        }
         {
             let mut details = api.details.lock().expect("details lock");
             match &s.detail {

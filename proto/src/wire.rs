@@ -313,6 +313,16 @@ pub struct ReplicaStatus {
     /// Live detail such as image pull progress (kept in the leader's memory, never stored).
     #[serde(default)]
     pub detail: Option<String>,
+    /// Set when the replica's image offers no platform for this node: what it does offer.
+    #[serde(default)]
+    pub platform_miss: Option<PlatformMiss>,
+}
+
+/// An image that offers no platform for a node, and the platforms it offers (`linux/arm64`, …).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformMiss {
+    pub image: String,
+    pub offered: Vec<String>,
 }
 
 impl ReplicaStatus {
@@ -328,6 +338,7 @@ impl ReplicaStatus {
             finished_ms: None,
             container_id: None,
             detail: None,
+            platform_miss: None,
         }
     }
 }

@@ -4,9 +4,10 @@
 
 use bramble_agent::runtime::lifecycle::Phase;
 use bramble_agent::runtime::protocol::ShimState;
+use bramble_proto::model::Arch;
 use bramble_proto::model::{Replica, ReplicaPhase};
 use bramble_tests::registry::Registry;
-use bramble_tests::testimages::{busybox_layout, push_from};
+use bramble_tests::testimages::{busybox_layer, busybox_layout, push_from, Layout};
 use bramble_tests::{wait_for, Cluster, ClusterOptions};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -246,6 +247,29 @@ memory = "8Mi"
         let roots = std::fs::read_dir(c.agent_dir(i).join("containers")).unwrap().count();
         assert_eq!(roots, 0, "no root filesystem left on board {i}");
     }
+
+    // 8. An image that offers no platform for these boards: the board that tried reports what
+    //    it offers, the leader takes the replica off, and it waits with a reason to act on.
+    let other_arch =
+        if Arch::host() == Arch::Arm64 { ("amd64", None, "amd64") } else { ("arm64", Some("v8"), "arm64") };
+    let arm_dir = tempfile::tempdir().unwrap();
+    let l = Layout::new(arm_dir.path());
+    let m = l.image(other_arch.0, other_arch.1, &[busybox_layer(other_arch.2)], &["sh"]);
+    l.finish("1", vec![m], false);
+    let foreign = format!("{}/bramble/foreign:1", registry.addr);
+    push_from(Some(&c.lab.ns(0)), arm_dir.path(), "1", &foreign);
+    let m = c.dir.path().join("foreign.toml");
+    std::fs::write(&m, format!("[[app]]\nname = \"foreign\"\nimage = \"{foreign}\"\n")).unwrap();
+    cli_ok(&c, &["apply", "-f", m.to_str().unwrap()]);
+    let pending = wait_for("the replica to wait for a board of its arch", Duration::from_secs(60), || {
+        replicas(&c, "foreign")
+            .into_iter()
+            .find(|r| r.phase == ReplicaPhase::Pending && r.reason.contains("arch mismatch"))
+    });
+    assert_eq!(pending.reason, "0/3 nodes: 3 arch mismatch");
+    let events = cli_ok(&c, &["events"]);
+    assert!(events.contains("ImagePlatform"), "{events}");
+    cli_ok(&c, &["delete", "app", "foreign"]);
     drop(registry);
 }
 

@@ -112,9 +112,11 @@ pub fn pass(api: &Api, now: u64) -> Result<DesiredSets, ApiError> {
         }
     }
     let mut desired: DesiredSets = nodes.iter().map(|n| (n.meta.name.clone(), BTreeMap::new())).collect();
+    let platforms = api.image_platforms.lock().expect("platforms lock").clone();
     for (name, app) in &apps {
         let list = by_app.remove(name).unwrap_or_default();
-        match app_pass(api, app, list, &lost, &mut scheduler, now, &mut events) {
+        let known = Known { lost_nodes: &lost, offered: platforms.get(app.spec.image.as_str()).map(Vec::as_slice) };
+        match app_pass(api, app, list, &known, &mut scheduler, now, &mut events) {
             Ok(kept) => {
                 for (r, spec) in kept {
                     if let Some(node) = r.node.clone() {
@@ -146,18 +148,26 @@ fn event(now: u64, replica: &str, reason: &str, message: String) -> Event {
     Event { time_ms: now, object: format!("replica/{replica}"), reason: reason.into(), message }
 }
 
+/// What a pass knows beyond the store: nodes whose replicas are Lost, and the platforms the
+/// app's image offers (if a board has told).
+struct Known<'a> {
+    lost_nodes: &'a BTreeSet<String>,
+    offered: Option<&'a [bramble_images::Platform]>,
+}
+
 /// Brings one app's replicas to its spec; returns the replicas that exist afterwards.
 fn app_pass(
     api: &Api,
     app: &App,
     list: Vec<Stored>,
-    lost_nodes: &BTreeSet<String>,
+    known: &Known<'_>,
     scheduler: &mut Scheduler,
     now: u64,
     events: &mut Vec<Event>,
 ) -> Result<Vec<(Replica, AppSpec)>, ApiError> {
     let name = app.spec.name.as_str();
     let spec: &AppSpec = &app.spec;
+    let (lost_nodes, offered) = (known.lost_nodes, known.offered);
     let first_event = events.len();
     let original: Vec<Replica> = list.iter().map(|s| s.replica.clone()).collect();
     // The pod template of every revision that still has replicas, so that old replicas keep
@@ -177,8 +187,30 @@ fn app_pass(
             *rev = None; // written in this transaction; not to be written again
         }
     }
-    let replicas: Vec<Replica> = current.iter().map(|(r, _)| r.clone()).collect();
     let mut gone = BTreeSet::new();
+    // A replica on a board whose arch the image does not offer can never run there: it goes, and
+    // its replacement is placed where the image runs.
+    if let Some(offered) = offered {
+        for (r, rev) in &current {
+            let Some(node) = &r.node else { continue };
+            let Some(i) = scheduler.nodes.iter().position(|n| &n.name == node) else { continue };
+            let arch = scheduler.nodes[i].arch.clone();
+            if bramble_images::Platform::choose(offered, &arch).is_some() {
+                continue;
+            }
+            let Some(rev) = rev else { continue };
+            ops.push(TxnOp::Delete { key: replica_key(&r.meta.name), expect: Expect::Revision(*rev) });
+            if holds_node(r) {
+                unbind(scheduler, i, name, spec);
+            }
+            let list: Vec<String> = offered.iter().map(|p| p.to_string()).collect();
+            let why = format!("deleted: the image offers {} and node {node} is {arch}", list.join(", "));
+            events.push(event(now, &r.meta.name, "ImagePlatform", why));
+            gone.insert(r.meta.name.clone());
+        }
+        current.retain(|(r, _)| !gone.contains(&r.meta.name));
+    }
+    let replicas: Vec<Replica> = current.iter().map(|(r, _)| r.clone()).collect();
     for action in reconcile(name, spec, &replicas, now) {
         match action {
             Action::Delete { name: victim, reason } => {
@@ -220,7 +252,7 @@ fn app_pass(
         if r.node.is_some() {
             continue;
         }
-        let req = Placement { app: name, spec, platforms: None };
+        let req = Placement { app: name, spec, platforms: offered };
         let before = (r.node.clone(), r.reason.clone());
         match scheduler.place(&req) {
             Ok(i) => {
@@ -532,6 +564,29 @@ mod tests {
         assert!(d.values().flat_map(|s| s.values()).all(|a| a.spec.args == ["-v"]));
         let templates = api.store.list("/revisions/web/").unwrap();
         assert_eq!(templates.len(), 1, "the old template goes with its last replica");
+    }
+
+    #[test]
+    fn an_image_that_lacks_a_boards_arch_is_moved_to_boards_it_runs_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(NodeRegistry::new(Duration::from_secs(15)));
+        let api = cluster(dir.path(), registry.clone());
+        let mut pc = node("pc-1");
+        pc.info.arch = Arch::Amd64;
+        api.store.put(&node_key("pc-1"), &serde_json::to_vec(&pc).unwrap(), Expect::Absent).unwrap();
+        connect(&registry, &["pi-1", "pi-2", "pi-3", "pc-1"], Instant::now());
+        apply(&api, &WEB.replace("replicas = 6", "replicas = 4"));
+        let d = pass(&api, 1_000).unwrap();
+        assert_eq!(counts(&d), [1, 1, 1, 1], "spread while nothing is known of the image");
+        // A board reports that the image offers only amd64.
+        api.image_platforms.lock().unwrap().insert("reg/web:1".into(), vec!["linux/amd64".parse().unwrap()]);
+        pass(&api, 2_000).unwrap();
+        let d = pass(&api, 2_100).unwrap();
+        let on: BTreeMap<String, usize> = d.iter().map(|(n, s)| (n.clone(), s.len())).collect();
+        assert_eq!(on["pc-1"], 4, "every replica where the image runs: {on:?}");
+        let events = registry.events_where(|e| e.reason == "ImagePlatform");
+        assert_eq!(events.len(), 3);
+        assert!(events[0].message.contains("the image offers linux/amd64 and node pi-"), "{}", events[0].message);
     }
 
     #[test]

@@ -211,7 +211,15 @@ async fn session(
     let mut seq = 0u64;
     let mut status = work.status.clone();
     let mut sent: Option<Statuses> = None;
+    let mut images = work.images.clone();
+    images.mark_changed();
     let result = loop {
+        if images.has_changed().unwrap_or(false) {
+            let list = images.borrow_and_update().clone();
+            if let Err(e) = write_frame(&mut send, &AgentMsg::Images(list)).await {
+                break Err(e.into());
+            }
+        }
         // Report replica states: all at the start of the session, then what changed.
         let now = status.borrow_and_update().clone();
         let changed: Vec<ReplicaStatus> = match &sent {
@@ -234,6 +242,7 @@ async fn session(
                 }
             }
             _ = status.changed() => {}
+            _ = images.changed() => {}
             Some(ev) = work.events.recv() => {
                 if let Err(e) = write_frame(&mut send, &AgentMsg::Event(ev)).await {
                     break Err(e.into());

@@ -47,6 +47,8 @@ pub struct Handle {
     pub log_dir: PathBuf,
     /// Host ports to forward into containers.
     pub ports: tokio::sync::watch::Receiver<Vec<crate::ports::Binding>>,
+    /// The image references in the store.
+    pub images: tokio::sync::watch::Receiver<Vec<String>>,
     pub shims_dir: PathBuf,
     pub thread: std::thread::JoinHandle<()>,
 }
@@ -99,6 +101,7 @@ struct Reconciler {
     removing: std::sync::Arc<std::sync::Mutex<BTreeSet<String>>>,
     status_tx: tokio::sync::watch::Sender<Statuses>,
     ports_tx: tokio::sync::watch::Sender<Vec<crate::ports::Binding>>,
+    images_tx: tokio::sync::watch::Sender<Vec<String>>,
     events: tokio::sync::mpsc::Sender<Event>,
 }
 
@@ -113,6 +116,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path) -> std::io::Result<Handle> {
     let (status_tx, status) = tokio::sync::watch::channel(Statuses::new());
     let (ev_tx, events) = tokio::sync::mpsc::channel(256);
     let (ports_tx, ports) = tokio::sync::watch::channel(Vec::new());
+    let (images_tx, images) = tokio::sync::watch::channel(Vec::new());
     let dir = config.data_dir.clone();
     let desired = match std::fs::read(dir.join(DESIRED_FILE)) {
         Ok(bytes) => match serde_json::from_slice(&bytes) {
@@ -144,6 +148,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path) -> std::io::Result<Handle> {
         removing: Default::default(),
         status_tx,
         ports_tx,
+        images_tx,
         events: ev_tx,
     };
     let thread = std::thread::Builder::new().name("reconciler".into()).spawn(move || {
@@ -161,7 +166,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path) -> std::io::Result<Handle> {
             r.pass();
         }
     })?;
-    Ok(Handle { commands: tx, status, events, log_dir: paths.logs, ports, shims_dir: paths.shims, thread })
+    Ok(Handle { commands: tx, status, events, log_dir: paths.logs, ports, images, shims_dir: paths.shims, thread })
 }
 
 fn overrides(a: &Assignment) -> AppOverrides {
@@ -382,6 +387,18 @@ impl Reconciler {
             }
             changed
         });
+        // What the store holds (imports and GC change it too, so it is looked at every pass).
+        if let Ok(records) = self.store.images() {
+            let mut refs: Vec<String> = records.into_iter().map(|r| r.reference).collect();
+            refs.sort();
+            self.images_tx.send_if_modified(|cur| {
+                let changed = *cur != refs;
+                if changed {
+                    *cur = refs;
+                }
+                changed
+            });
+        }
         // Forget the status of what is no longer desired.
         if let Some(d) = &self.desired {
             let before = self.status.len();

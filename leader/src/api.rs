@@ -35,6 +35,8 @@ pub struct Api {
     pub details: Mutex<HashMap<String, String>>,
     /// The platforms an image offers, learned from boards whose arch it lacked (memory only).
     pub image_platforms: Mutex<HashMap<String, Vec<bramble_images::Platform>>>,
+    /// The image references each node holds, as its agent last said (memory only).
+    pub node_images: Mutex<HashMap<String, std::collections::BTreeSet<String>>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -57,6 +59,7 @@ impl Api {
             kick: tokio::sync::Notify::new(),
             details: Mutex::new(HashMap::new()),
             image_platforms: Mutex::new(HashMap::new()),
+            node_images: Mutex::new(HashMap::new()),
         }
     }
 
@@ -281,11 +284,18 @@ impl Api {
     fn view(&self, node: Node) -> NodeView {
         let live = self.registry.view(&node.meta.name, now_ms());
         NodeView {
-            node,
             ready: live.ready,
             last_seen_ms: live.last_seen_ms,
             session_epoch: live.session_epoch,
             session_address: live.session_address,
+            images: self
+                .node_images
+                .lock()
+                .expect("images lock")
+                .get(&node.meta.name)
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default(),
+            node,
         }
     }
 }

@@ -374,6 +374,11 @@ async fn handle_agent_msg(api: &Arc<Api>, name: &str, msg: AgentMsg) {
         AgentMsg::Status { replicas, .. } => {
             let _ = tokio::task::spawn_blocking(move || crate::replicas::record_status(&a, &n, replicas)).await;
         }
+        AgentMsg::Images(list) => {
+            // Bounded: a board's word about its store is a hint for scoring, nothing more.
+            let set = list.into_iter().take(4096).filter(|r| r.len() <= 512).collect();
+            api.node_images.lock().expect("images lock").insert(name.to_string(), set);
+        }
         AgentMsg::Event(mut e) => {
             // The board speaks only for its own replicas and itself; keep its words short.
             if !(e.object.starts_with("replica/") || e.object == format!("node/{name}")) {

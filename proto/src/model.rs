@@ -177,6 +177,9 @@ pub struct NodeView {
     pub session_epoch: Option<u64>,
     /// The address the leader sees the agent's session come from.
     pub session_address: Option<String>,
+    /// The images in the node's store, as its agent last said.
+    #[serde(default)]
+    pub images: Vec<String>,
 }
 
 impl NodeView {

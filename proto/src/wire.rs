@@ -386,4 +386,7 @@ pub enum AgentMsg {
     },
     /// Something that happened on the board (a container started, crashed, an image was pulled).
     Event(Event),
+    /// The image references in the board's store (at session start and when they change), so
+    /// that the scheduler prefers boards that need no pull.
+    Images(Vec<String>),
 }

@@ -188,6 +188,11 @@ async fn node(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     );
     let _ = writeln!(
         s,
+        "Images:        {}",
+        if v.images.is_empty() { "<none>".into() } else { v.images.join("\n               ") }
+    );
+    let _ = writeln!(
+        s,
         "Last contact:  {}",
         if v.last_seen_ms == 0 {
             "never since the leader started".into()

@@ -82,6 +82,7 @@ pub fn pass(api: &Api, now: u64) -> Result<DesiredSets, ApiError> {
         }
     }
     // The scheduler's view: every bound replica that still holds its node.
+    let node_images = api.node_images.lock().expect("images lock").clone();
     let mut snapshot: Vec<NodeSnapshot> = nodes
         .iter()
         .map(|n| NodeSnapshot {
@@ -94,7 +95,7 @@ pub fn pass(api: &Api, now: u64) -> Result<DesiredSets, ApiError> {
             allocatable: n.info.allocatable,
             requested: Resources::default(),
             host_ports: BTreeSet::new(),
-            images: BTreeSet::new(),
+            images: node_images.get(&n.meta.name).cloned().unwrap_or_default(),
             apps: BTreeMap::new(),
         })
         .collect();
@@ -587,6 +588,18 @@ mod tests {
         let events = registry.events_where(|e| e.reason == "ImagePlatform");
         assert_eq!(events.len(), 3);
         assert!(events[0].message.contains("the image offers linux/amd64 and node pi-"), "{}", events[0].message);
+    }
+
+    #[test]
+    fn boards_that_hold_the_image_are_preferred() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(NodeRegistry::new(Duration::from_secs(15)));
+        let api = cluster(dir.path(), registry.clone());
+        connect(&registry, &["pi-1", "pi-2", "pi-3"], Instant::now());
+        api.node_images.lock().unwrap().insert("pi-2".into(), ["reg/web:1".to_string()].into());
+        apply(&api, &WEB.replace("replicas = 6", "replicas = 1"));
+        let d = pass(&api, 1_000).unwrap();
+        assert_eq!(d["pi-2"].len(), 1, "no pull needed there: {d:?}");
     }
 
     #[test]

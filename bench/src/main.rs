@@ -9,6 +9,7 @@ mod containers;
 mod images;
 mod scale;
 mod scheduler;
+mod startup;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -67,6 +68,11 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         steady_secs: u64,
     },
+    /// Process start -> ready (leader serving, agent session up), and binary sizes.
+    Startup {
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
     /// Every benchmark.
     All {
         #[arg(long, default_value_t = 10)]
@@ -81,6 +87,7 @@ fn main() {
         Command::Containers { runs } => vec![("containers", containers::run(runs))],
         Command::Scheduler { replicas, nodes } => vec![("scheduler", scheduler::run(nodes, replicas))],
         Command::Apps { runs, loss_runs } => vec![("apps", apps::run(runs, loss_runs))],
+        Command::Startup { runs } => vec![("startup", startup::run(runs))],
         Command::Agent { containers, steady_secs } => vec![("agent", agent::run(containers, steady_secs))],
         Command::Scale { agents, replicas, steady_secs } => vec![("scale", scale::run(agents, replicas, steady_secs))],
         Command::All { runs } => vec![
@@ -90,6 +97,7 @@ fn main() {
             ("apps", apps::run(runs.max(20), 5)),
             ("scale", scale::run(50, 1_000, 60)),
             ("agent", agent::run(20, 60)),
+            ("startup", startup::run(runs.max(20))),
         ],
     };
     let dir = bramble_tests::testimages::assets_dir().parent().expect("target dir").join("bench");

@@ -212,13 +212,16 @@ async fn session(
     let mut status = work.status.clone();
     let mut sent: Option<Statuses> = None;
     let mut images = work.images.clone();
-    images.mark_changed();
+    let mut sent_images: Option<Vec<String>> = None;
     let result = loop {
-        if images.has_changed().unwrap_or(false) {
-            let list = images.borrow_and_update().clone();
-            if let Err(e) = write_frame(&mut send, &AgentMsg::Images(list)).await {
+        // What the store holds: at the start of the session, then when it changes. (`changed()`
+        // below marks a value seen, so the comparison is with what was sent, not with "changed".)
+        let list = images.borrow_and_update().clone();
+        if sent_images.as_ref() != Some(&list) {
+            if let Err(e) = write_frame(&mut send, &AgentMsg::Images(list.clone())).await {
                 break Err(e.into());
             }
+            sent_images = Some(list);
         }
         // Report replica states: all at the start of the session, then what changed.
         let now = status.borrow_and_update().clone();

@@ -121,8 +121,10 @@ memory = "8Mi"
     }
     let describe = cli_ok(&c, &["describe", "replica", &r[0].meta.name]);
     assert!(describe.contains("Phase:       Running") && describe.contains("Pulled"), "{describe}");
-    let node = cli_ok(&c, &["describe", "node", "board-1"]);
-    assert!(node.contains(&format!("Images:        {image}")), "the board told what it holds:\n{node}");
+    // The board tells what its store holds after the pass that pulled (eventually, not at once).
+    wait_for("board-1 to tell the leader what its store holds", Duration::from_secs(10), || {
+        cli_ok(&c, &["describe", "node", "board-1"]).contains(&format!("Images:        {image}")).then_some(())
+    });
     let logs = cli_ok(&c, &["logs", &r[0].meta.name]);
     assert_eq!(logs.trim(), format!("started {}", r[0].meta.name), "output read through the leader");
     let all = cli_ok(&c, &["logs", "app/web", "--tail", "1"]);

@@ -97,14 +97,7 @@ fn running(bins: &Path, admin: &Path) -> usize {
 pub fn run(agents: usize, replicas: usize, steady_secs: u64) -> serde_json::Value {
     let bins = bin_dir();
     let dir = tempfile::Builder::new().prefix("bramble-bench-scale-").tempdir().expect("temp dir");
-    let leader_dir = dir.path().join("leader");
-    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
-    let out = Command::new(bins.join("bramble-leader"))
-        .args(["init", "--listen", &listen, "--data-dir", leader_dir.to_str().unwrap()])
-        .output()
-        .expect("init");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (leader_dir, listen) = crate::stats::init_leader(&bins, dir.path());
     let args = vec!["run".to_string(), "--config".into(), leader_dir.join("leader.toml").display().to_string()];
     let leader = Proc::spawn_host("leader", &bins.join("bramble-leader"), &args, &dir.path().join("leader.log"));
     let admin = leader_dir.join("admin.toml");

@@ -39,14 +39,7 @@ pub fn run(runs: usize) -> serde_json::Value {
     let bins = bin_dir();
     let dir = tempfile::Builder::new().prefix("bramble-bench-start-").tempdir().expect("temp dir");
     let d = dir.path();
-    let leader_dir = d.join("leader");
-    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
-    let out = Command::new(bins.join("bramble-leader"))
-        .args(["init", "--listen", &listen, "--data-dir", leader_dir.to_str().unwrap()])
-        .output()
-        .expect("init");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (leader_dir, listen) = crate::stats::init_leader(&bins, d);
     let sock_path = d.join("notify");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();

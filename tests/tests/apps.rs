@@ -252,7 +252,34 @@ memory = "8Mi"
         assert_eq!(roots, 0, "no root filesystem left on board {i}");
     }
 
-    // 8. An image that offers no platform for these boards: the board that tried reports what
+    // 8. A host port: the board forwards TCP connections into the container's own network
+    //    namespace (reached here from the leader's namespace, as another machine would).
+    let m = c.dir.path().join("httpd.toml");
+    std::fs::write(
+        &m,
+        format!(
+            "[[app]]\nname = \"httpd\"\nimage = \"{image}\"\ncommand = [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/\"]\n\
+             [[app.ports]]\ncontainer = 8080\nhost = 18080\n"
+        ),
+    )
+    .unwrap();
+    cli_ok(&c, &["apply", "-f", m.to_str().unwrap()]);
+    let h = wait_running(&c, "httpd", 1, Duration::from_secs(60)).remove(0);
+    let ip = c.lab.addr(board_of(h.node.as_deref().unwrap()));
+    let answer = wait_for("an HTTP answer through the host port", Duration::from_secs(20), || {
+        let script = format!("exec 3<>/dev/tcp/{ip}/18080 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3");
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &c.lab.ns(0), "bash", "-c", &script])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.starts_with("HTTP/1.").then_some(text)
+    });
+    assert!(answer.starts_with("HTTP/1."), "{answer}");
+    cli_ok(&c, &["delete", "app", "httpd"]);
+    wait_for("the httpd container to go", Duration::from_secs(30), || all_containers(&c).is_empty().then_some(()));
+
+    // 9. An image that offers no platform for these boards: the board that tried reports what
     //    it offers, the leader takes the replica off, and it waits with a reason to act on.
     let other_arch =
         if Arch::host() == Arch::Arm64 { ("amd64", None, "amd64") } else { ("arm64", Some("v8"), "arm64") };

@@ -116,7 +116,7 @@ pub fn run(config: &AgentConfig, cmd: ImageCommand) -> anyhow::Result<()> {
 /// Keeps the disk below the configured threshold after adding an image.
 fn relieve(config: &AgentConfig, store: &ContentStore, roots: &Rootfses) -> anyhow::Result<()> {
     let (high, low) = (config.images.gc_high_percent, config.images.gc_low_percent);
-    if let Some(r) = gc::relieve_disk(store, &roots.leases(), high, low, bramble_images::store::now_ms())? {
+    if let Some(r) = gc::relieve_disk(store, &roots.leases(), high, low, bramble_proto::time::now_ms())? {
         eprintln!(
             "disk above {high}%: removed {} unused image(s), freed {}",
             r.images_removed.len(),

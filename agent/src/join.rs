@@ -1,10 +1,11 @@
 //! The agent's identity: joining once with a token, then the certificate in the data dir.
 
 use crate::config::AgentConfig;
+use bramble_proto::fsutil::write_file_atomic;
 use bramble_proto::model::NodeInfo;
 use bramble_proto::token::JoinToken;
 use bramble_proto::wire::{Request, Response};
-use bramble_transport::pki::{cert_der_from_pem, identity_of, node_csr, sha256_hex, write_file_atomic};
+use bramble_transport::pki::{cert_der_from_pem, identity_of, node_csr, sha256_hex};
 use bramble_transport::quic::{call, client_endpoint, connect};
 use bramble_transport::tls::pinned_client_config;
 use bramble_transport::{Identity, TransportError};

@@ -8,13 +8,13 @@ pub mod join;
 pub mod logserve;
 pub mod observability;
 pub mod ports;
+pub mod reconcile;
 pub mod runtime;
 pub mod session;
 pub mod signals;
 pub mod streams;
 pub mod sysinfo;
 pub mod systemd;
-pub mod workloads;
 
 pub use config::AgentConfig;
 pub use session::{run, AgentError};

@@ -3,6 +3,7 @@
 //! port>` there (what docker-proxy does). The container keeps its own network namespace.
 //! UDP host ports are not forwarded yet.
 
+use crate::reconcile::Binding;
 use crate::runtime::lifecycle::Phase;
 use crate::runtime::protocol::ShimState;
 use std::collections::HashMap;
@@ -15,15 +16,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-
-/// One forwarded port.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Binding {
-    pub host: u16,
-    pub container: u16,
-    /// The container (replica) that receives the connections.
-    pub replica: String,
-}
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

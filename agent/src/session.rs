@@ -4,8 +4,8 @@
 use crate::backoff::Backoff;
 use crate::config::{AgentConfig, ConfigError};
 use crate::join::{self, Credentials, JoinError};
+use crate::reconcile::{Handle, Input, Statuses};
 use crate::sysinfo::node_info;
-use crate::workloads::{Command, Handle, Statuses};
 use bramble_proto::codec::MAX_FRAME_LEN;
 use bramble_proto::wire::{AgentMsg, ErrorCode, Hello, LeaderMsg, Open, OpenKind, ReplicaStatus, PROTOCOL_VERSION};
 use bramble_transport::quic::{client_endpoint, connect, read_frame, write_frame};
@@ -68,7 +68,7 @@ fn next_epoch(dir: &Path) -> Result<u64, AgentError> {
     let path = dir.join("epoch");
     let current = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
     let next = current + 1;
-    bramble_transport::pki::write_file_atomic(&path, next.to_string().as_bytes(), 0o644)
+    bramble_proto::fsutil::write_file_atomic(&path, next.to_string().as_bytes(), 0o644)
         .map_err(|source| AgentError::Io { path: path.clone(), source })?;
     Ok(next)
 }
@@ -86,7 +86,7 @@ pub async fn run(
     let dir = config.data_dir.clone();
     // Containers first: what this board ran before keeps running even if no leader answers.
     let shim_bin = std::env::current_exe().map_err(AgentError::Workloads)?;
-    let mut work = crate::workloads::spawn(&config, &shim_bin).map_err(AgentError::Workloads)?;
+    let mut work = crate::reconcile::spawn(&config, &shim_bin).map_err(AgentError::Workloads)?;
     tokio::spawn(crate::ports::run(work.ports.clone(), work.shims_dir.clone(), cancel.clone()));
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let creds = match join::load(&dir, &name)? {
@@ -253,7 +253,10 @@ async fn session(
             }
             msg = rx.recv() => match msg {
                 Some(Ok(Some(LeaderMsg::Desired { full, upsert, remove }))) => {
-                    if work.commands.send(Command::Desired { full, upsert, remove }).is_err() {
+                    // The reconciler's inputs are bounded: wait for room off the async threads.
+                    let inputs = work.inputs.clone();
+                    let sent = tokio::task::spawn_blocking(move || inputs.send(Input::Desired { full, upsert, remove }));
+                    if !matches!(sent.await, Ok(Ok(()))) {
                         break Err(SessionError::Unexpected);
                     }
                 }

@@ -30,7 +30,7 @@ pub struct Context {
 
 impl Context {
     pub fn new(config: &AgentConfig) -> Context {
-        let paths = crate::workloads::Paths::new(&config.data_dir);
+        let paths = crate::reconcile::Paths::new(&config.data_dir);
         Context {
             log_dir: paths.logs,
             images_dir: config.images_dir(),

@@ -12,11 +12,9 @@ use bramble_tests::registry::Registry;
 use bramble_tests::testimages::{busybox_layout, push_from};
 use bramble_tests::{Cluster, ClusterOptions};
 use nix::sys::signal::Signal;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+use bramble_proto::time::now_ms;
 
 pub(crate) fn replicas(c: &Cluster, app: &str) -> Vec<Replica> {
     let out = c.cli(&["get", "replicas", "--app", app, "-o", "json"]);

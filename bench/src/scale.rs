@@ -13,11 +13,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+use bramble_proto::time::now_ms;
 
 fn kib(pid: u32, file: &str, key: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();

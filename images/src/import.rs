@@ -6,13 +6,14 @@
 
 use crate::digest::{Digest, HashingReader};
 use crate::oci::{self, parse_manifest_doc, Descriptor, ImageConfig, Manifest, ManifestDoc};
-use crate::platform::Platform;
 use crate::progress::{LayerPhase, Progress};
-use crate::store::{now_ms, ContentStore, ImageRecord, LayerRecord, StoreError};
+use crate::store::{ContentStore, ImageRecord, LayerRecord, StoreError};
 use crate::unpack::walk::{components, Dir};
 use crate::unpack::{unpack, Target, UnpackOptions};
 use bramble_proto::image_ref::ImageRef;
 use bramble_proto::model::Arch;
+use bramble_proto::platform::Platform;
+use bramble_proto::time::now_ms;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use serde::Deserialize;

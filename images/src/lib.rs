@@ -10,7 +10,6 @@ pub mod digest;
 pub mod gc;
 pub mod import;
 pub mod oci;
-pub mod platform;
 pub mod progress;
 pub mod pull;
 pub mod registry;
@@ -19,8 +18,8 @@ pub mod store;
 pub mod unpack;
 
 pub use bramble_proto::image_ref::ImageRef;
+pub use bramble_proto::platform::Platform;
 pub use digest::Digest;
-pub use platform::Platform;
 pub use progress::Progress;
 pub use pull::{PullError, PullPolicy, Puller};
 pub use store::{ContentStore, ImageRecord};

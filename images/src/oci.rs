@@ -1,7 +1,7 @@
 //! The OCI (and Docker schema 2) documents we read: indexes, manifests, image configs.
 
 use crate::digest::Digest;
-use crate::platform::Platform;
+use bramble_proto::platform::Platform;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

@@ -2,13 +2,14 @@
 //! verify every digest and every layer's diff_id, unpack each layer once, record the image.
 
 use crate::oci::{parse_manifest_doc, Descriptor, ImageConfig, Manifest, ManifestDoc};
-use crate::platform::Platform;
 use crate::progress::{LayerPhase, Progress};
 use crate::registry::{RegistryClient, RegistryError};
-use crate::store::{now_ms, ContentStore, ImageRecord, LayerRecord, StoreError};
+use crate::store::{ContentStore, ImageRecord, LayerRecord, StoreError};
 use crate::unpack::UnpackOptions;
 use bramble_proto::image_ref::ImageRef;
 use bramble_proto::model::Arch;
+use bramble_proto::platform::Platform;
+use bramble_proto::time::now_ms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -16,12 +17,16 @@ pub enum PullError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("image {image} has no variant for this node ({arch}); it offers {}", offered.join(", "))]
-    NoPlatform { image: String, arch: String, offered: Vec<String> },
+    #[error("image {image} has no variant for this node ({arch}); it offers {}", list(offered))]
+    NoPlatform { image: String, arch: String, offered: Vec<Platform> },
     #[error("image {image} is for {platform}, which cannot run on this node ({arch})")]
-    WrongPlatform { image: String, platform: String, arch: String },
+    WrongPlatform { image: String, platform: Platform, arch: String },
     #[error("image {image}: {reason}")]
     BadImage { image: String, reason: String },
+}
+
+fn list(platforms: &[Platform]) -> String {
+    platforms.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// When to ask the registry even though the store has the image.
@@ -74,11 +79,7 @@ impl Puller<'_> {
                     })
                     .collect();
                 let Some(i) = Platform::choose(&offered, &self.arch) else {
-                    return Err(PullError::NoPlatform {
-                        image: reference,
-                        arch: self.arch.to_string(),
-                        offered: offered.iter().map(|p| p.to_string()).collect(),
-                    });
+                    return Err(PullError::NoPlatform { image: reference, arch: self.arch.to_string(), offered });
                 };
                 let chosen = &index.manifests[i];
                 let m = self.client.manifest(image, &chosen.digest.to_string())?;
@@ -97,7 +98,7 @@ impl Puller<'_> {
         if config.platform().suits(&self.arch).is_none() {
             return Err(PullError::WrongPlatform {
                 image: reference,
-                platform: config.platform().to_string(),
+                platform: config.platform(),
                 arch: self.arch.to_string(),
             });
         }

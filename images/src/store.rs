@@ -21,7 +21,6 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -41,10 +40,6 @@ pub enum StoreError {
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
     move |source| StoreError::Io { what, path: path.to_path_buf(), source }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One layer of an image.
@@ -317,12 +312,8 @@ impl ContentStore {
     /// Records an image; everything it names must already be in the store.
     pub fn put_image(&self, record: &ImageRecord) -> Result<(), StoreError> {
         let p = self.ref_path(&record.reference);
-        let tmp = p.with_extension(format!("tmp-{}", tmp_suffix()));
         let bytes = serde_json::to_vec_pretty(record).expect("record serialises");
-        let mut f = File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
-        f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io_err("cannot write", &tmp))?;
-        fs::rename(&tmp, &p).map_err(io_err("cannot store", &p))?;
-        sync_dir(&self.root.join("refs"))
+        bramble_proto::fsutil::write_file_atomic(&p, &bytes, 0o644).map_err(io_err("cannot store", &p))
     }
 
     pub fn remove_image(&self, reference: &str) -> Result<bool, StoreError> {

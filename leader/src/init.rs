@@ -1,8 +1,9 @@
 //! `bramble-leader init`: a new cluster's data dir, CA, certificates and config files.
 
 use crate::config::LeaderConfig;
+use bramble_proto::fsutil::write_file_atomic;
 use bramble_transport::admin::{AdminConfig, ADMIN_CONFIG_VERSION};
-use bramble_transport::pki::{write_file_atomic, Ca, PkiError};
+use bramble_transport::pki::{Ca, PkiError};
 use std::fs;
 use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;

@@ -1,13 +1,16 @@
 //! The Bramble leader: keeps the desired state, admits nodes, serves the API over QUIC.
 
 pub mod api;
-pub mod apps;
 pub mod config;
 pub mod controllers;
+pub mod error;
+pub mod events;
 pub mod init;
 pub mod nodes;
+pub mod objects;
+pub mod observed;
 pub mod relay;
-pub mod replicas;
+pub mod reports;
 pub mod scheduler;
 pub mod server;
 pub mod store;

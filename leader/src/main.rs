@@ -226,12 +226,11 @@ fn start_embedded_agent(config: &LeaderConfig, leader: &RunningLeader) -> anyhow
     };
     agent.leaders = vec![format!("{ip}:{port}")];
     if !dir.join("node.crt").exists() {
-        let store = leader.api.store.clone();
         let (token, _) = tokens::create(
-            store.as_ref(),
+            &leader.api.objects,
             &leader.ca_fingerprint,
             Duration::from_secs(600),
-            bramble_leader::api::now_ms(),
+            bramble_proto::time::now_ms(),
         )
         .map_err(|e| anyhow::anyhow!("cannot make a token for the embedded agent: {e}"))?;
         agent.token = Some(token.to_string());

@@ -1,13 +1,11 @@
 //! The leader's live view of nodes: sessions, heartbeats and readiness. All of it lives in memory;
 //! only the node objects themselves (identity, info, labels) are stored.
 
-use bramble_proto::model::{Condition, ConditionStatus, Event};
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use crate::events::Events;
+use bramble_proto::model::{Condition, ConditionStatus, EventReason};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Events kept for `describe`.
-pub const EVENT_HISTORY: usize = 1000;
 
 /// A connected agent's session.
 #[derive(Debug, Clone)]
@@ -39,7 +37,7 @@ pub struct StaleSession {
 pub struct NodeRegistry {
     grace: Duration,
     live: Mutex<HashMap<String, Live>>,
-    events: Mutex<VecDeque<Event>>,
+    events: Arc<Events>,
 }
 
 /// What the registry shows about one node.
@@ -52,8 +50,9 @@ pub struct LiveView {
 }
 
 impl NodeRegistry {
-    pub fn new(grace: Duration) -> Self {
-        NodeRegistry { grace, live: Mutex::new(HashMap::new()), events: Mutex::new(VecDeque::new()) }
+    /// Node events (ready, not ready, session ended) go to `events`.
+    pub fn new(grace: Duration, events: Arc<Events>) -> Self {
+        NodeRegistry { grace, live: Mutex::new(HashMap::new()), events }
     }
 
     pub fn grace(&self) -> Duration {
@@ -92,9 +91,9 @@ impl NodeRegistry {
             let changed =
                 set_ready(&mut l.ready, ConditionStatus::True, "AgentConnected", "the agent is connected", now_ms);
             if changed {
-                self.node_event(
+                self.events.node(
                     name,
-                    "NodeReady",
+                    EventReason::NodeReady,
                     format!("agent connected from {} (session {})", session.address, session.epoch),
                     now_ms,
                 );
@@ -119,7 +118,7 @@ impl NodeRegistry {
         l.last_seen = Some(now);
         l.last_seen_ms = now_ms;
         if set_ready(&mut l.ready, ConditionStatus::True, "AgentConnected", "the agent is connected", now_ms) {
-            self.node_event(name, "NodeReady", "heartbeats resumed".into(), now_ms);
+            self.events.node(name, EventReason::NodeReady, "heartbeats resumed", now_ms);
         }
         true
     }
@@ -130,7 +129,7 @@ impl NodeRegistry {
         let Some(l) = live.get_mut(name) else { return };
         if l.session.as_ref().map(|s| s.epoch) == Some(epoch) {
             l.session = None;
-            self.node_event(name, "SessionEnded", format!("session {epoch} ended: {reason}"), now_ms);
+            self.events.node(name, EventReason::SessionEnded, format!("session {epoch} ended: {reason}"), now_ms);
         }
     }
 
@@ -151,7 +150,7 @@ impl NodeRegistry {
                     self.grace.as_secs()
                 );
                 set_ready(&mut l.ready, ConditionStatus::False, "NodeStatusUnknown", &msg, now_ms);
-                self.node_event(&name, "NodeNotReady", msg, now_ms);
+                self.events.node(&name, EventReason::NodeNotReady, msg, now_ms);
                 changed.push(name);
             }
         }
@@ -169,45 +168,9 @@ impl NodeRegistry {
         }
     }
 
-    /// Logs and records an event about node `name`.
-    pub fn node_event(&self, name: &str, reason: &str, message: String, now_ms: u64) {
-        tracing::info!(node = name, reason, "{message}");
-        self.record(Event { time_ms: now_ms, object: format!("node/{name}"), reason: reason.into(), message });
-    }
-
-    /// Adds an event to the bounded history.
-    pub fn record(&self, event: Event) {
-        let mut ev = self.events.lock().expect("events lock");
-        if ev.len() == EVENT_HISTORY {
-            ev.pop_front();
-        }
-        ev.push_back(event);
-    }
-
-    /// Events at or after `since_ms`, oldest first.
-    pub fn events_since(&self, since_ms: u64) -> Vec<Event> {
-        self.events.lock().expect("events lock").iter().filter(|e| e.time_ms >= since_ms).cloned().collect()
-    }
-
-    /// Events `keep` selects, oldest first.
-    pub fn events_where(&self, keep: impl Fn(&Event) -> bool) -> Vec<Event> {
-        self.events.lock().expect("events lock").iter().filter(|e| keep(e)).cloned().collect()
-    }
-
     /// The connection of `name`'s current session, if it has one.
     pub fn connection(&self, name: &str) -> Option<quinn::Connection> {
         self.live.lock().expect("registry lock").get(name)?.session.as_ref()?.connection.clone()
-    }
-
-    /// Whether `epoch` is `name`'s current session.
-    pub fn is_current(&self, name: &str, epoch: u64) -> bool {
-        self.live.lock().expect("registry lock").get(name).and_then(|l| l.session.as_ref()).map(|s| s.epoch)
-            == Some(epoch)
-    }
-
-    /// Events about `object` (`kind/name`), oldest first.
-    pub fn events_for(&self, object: &str) -> Vec<Event> {
-        self.events.lock().expect("events lock").iter().filter(|e| e.object == object).cloned().collect()
     }
 }
 
@@ -225,6 +188,12 @@ fn set_ready(c: &mut Condition, status: ConditionStatus, reason: &str, message: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bramble_proto::model::ObjectRef;
+
+    fn registry() -> (NodeRegistry, Arc<Events>) {
+        let events = Arc::new(Events::new());
+        (NodeRegistry::new(Duration::from_secs(15), events.clone()), events)
+    }
 
     fn session(epoch: u64) -> Session {
         Session { epoch, address: "10.0.0.2:5000".into(), connection: None }
@@ -232,7 +201,7 @@ mod tests {
 
     #[test]
     fn a_stale_session_never_evicts_a_newer_one() {
-        let r = NodeRegistry::new(Duration::from_secs(15));
+        let (r, _) = registry();
         let t = Instant::now();
         r.connect("pi", session(5), t, 0).unwrap();
         assert_eq!(r.connect("pi", session(4), t, 0), Err(StaleSession { offered: 4, current: 5 }));
@@ -248,7 +217,7 @@ mod tests {
 
     #[test]
     fn ready_after_contact_not_ready_after_grace_ready_again_on_heartbeat() {
-        let r = NodeRegistry::new(Duration::from_secs(15));
+        let (r, events) = registry();
         let t0 = Instant::now();
         r.connect("pi", session(1), t0, 1_000).unwrap();
         assert_eq!(r.view("pi", 1_000).ready.status, ConditionStatus::True);
@@ -262,13 +231,13 @@ mod tests {
         assert!(r.check(["pi".to_string()], t0 + Duration::from_secs(30), 31_000).is_empty(), "reported once");
         assert!(r.heartbeat("pi", 1, t0 + Duration::from_secs(31), 32_000));
         assert_eq!(r.view("pi", 32_000).ready.status, ConditionStatus::True);
-        let reasons: Vec<_> = r.events_for("node/pi").into_iter().map(|e| e.reason).collect();
-        assert_eq!(reasons, ["NodeReady", "NodeNotReady", "NodeReady"]);
+        let reasons: Vec<_> = events.about(&ObjectRef::node("pi")).into_iter().map(|e| e.reason).collect();
+        assert_eq!(reasons, [EventReason::NodeReady, EventReason::NodeNotReady, EventReason::NodeReady]);
     }
 
     #[test]
     fn nodes_never_seen_since_start_go_not_ready_after_grace() {
-        let r = NodeRegistry::new(Duration::from_secs(15));
+        let (r, _) = registry();
         let t0 = Instant::now();
         assert!(r.check(["pi".to_string()], t0, 0).is_empty());
         assert_eq!(r.view("pi", 0).ready.status, ConditionStatus::Unknown);

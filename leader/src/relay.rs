@@ -3,6 +3,7 @@
 
 use crate::api::Api;
 use bramble_proto::codec::MAX_FRAME_LEN;
+use bramble_proto::model::{Node, Replica};
 use bramble_proto::wire::{
     AgentLogRequest, AgentRequest, ApiError, ErrorCode, ImageOp, LogFrame, LogRequest, Response,
 };
@@ -22,18 +23,15 @@ pub async fn serve(api: Arc<Api>, req: LogRequest, mut send: SendStream, _recv: 
     let a = api.clone();
     let target = req.target.clone();
     let replicas = tokio::task::spawn_blocking(move || match target.strip_prefix("app/") {
-        Some(app) => crate::replicas::list(&a, Some(app)),
-        None => crate::replicas::list(&a, None).and_then(|all| {
-            let found: Vec<_> = all.into_iter().filter(|r| r.meta.name == target).collect();
-            if found.is_empty() {
-                Err(ApiError::new(
-                    ErrorCode::NotFound,
-                    format!("replica {target:?} not found (use app/NAME for every replica of an app)"),
-                ))
-            } else {
-                Ok(found)
-            }
-        }),
+        Some(app) => a.replicas(Some(app)).map_err(ApiError::from),
+        None => match a.objects.get::<Replica>(&target) {
+            Ok(Some(r)) => Ok(vec![r.value]),
+            Ok(None) => Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("replica {target:?} not found (use app/NAME for every replica of an app)"),
+            )),
+            Err(e) => Err(e.into()),
+        },
     })
     .await;
     let replicas = match replicas {
@@ -113,7 +111,8 @@ pub async fn serve(api: Arc<Api>, req: LogRequest, mut send: SendStream, _recv: 
 pub async fn image(api: Arc<Api>, node: String, op: ImageOp, mut send: SendStream, mut recv: RecvStream) {
     let a = api.clone();
     let n = node.clone();
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || a.load_node(&n)).await {
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || a.objects.load::<Node>(&n)).await {
+        let e = ApiError::from(e);
         return fail(&mut send, e.code, e.message).await;
     }
     let Some(conn) = api.registry.connection(&node) else {

@@ -1,21 +1,25 @@
 //! The QUIC server: accepts connections, reads each stream's opening frame and serves calls and
 //! agent sessions; watches node readiness.
 
-use crate::api::{now_ms, Api};
+use crate::api::Api;
 use crate::config::LeaderConfig;
+use crate::controllers::desired::{self, DesiredSet};
+use crate::events::Events;
 use crate::init::Layout;
 use crate::nodes::{NodeRegistry, Session};
+use crate::objects::Objects;
 use crate::store::{RedbStore, Store, StoreError};
 use bramble_proto::codec::MAX_FRAME_LEN;
+use bramble_proto::model::Node;
+use bramble_proto::time::now_ms;
 use bramble_proto::wire::{
-    AgentMsg, ApiError, Assignment, ErrorCode, Hello, LeaderMsg, Open, OpenKind, Request, Response, PROTOCOL_VERSION,
+    AgentMsg, ApiError, ErrorCode, Hello, LeaderMsg, Open, OpenKind, Request, Response, PROTOCOL_VERSION,
 };
 use bramble_transport::pki::{identity_of, Ca, PkiError};
 use bramble_transport::quic::{read_frame, server_endpoint, write_frame};
 use bramble_transport::tls::{server_config, TlsError};
 use bramble_transport::{Identity, TransportError};
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -89,16 +93,17 @@ pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> 
     let ca = Ca::load(&ca_pem, &read(layout.ca_key())?)?;
     let tls = server_config(&ca_pem, &read(layout.leader_cert())?, &read(layout.leader_key())?)?;
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&layout.store())?);
-    let registry = Arc::new(NodeRegistry::new(config.nodes.not_ready_after.0));
+    let events = Arc::new(Events::new());
+    let registry = Arc::new(NodeRegistry::new(config.nodes.not_ready_after.0, events.clone()));
     let ca_fingerprint = ca.fingerprint();
-    let api = Arc::new(Api::new(store, ca, registry));
+    let api = Arc::new(Api::new(Objects::new(store), ca, registry, events));
     let endpoint = server_endpoint(config.listen, tls)?;
     let local_addr = endpoint.local_addr().map_err(|source| TransportError::Bind { addr: config.listen, source })?;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(accept_loop(endpoint.clone(), api.clone(), config.nodes.heartbeat.0, cancel.clone(), tasks.clone()));
     tasks.spawn(monitor_nodes(api.clone(), cancel.clone()));
-    tasks.spawn(crate::controllers::run::run(api.clone(), cancel.clone()));
+    tasks.spawn(crate::controllers::run::run(Arc::new(api.context()), api.published.clone(), cancel.clone()));
     info!(%local_addr, ca = %ca_fingerprint, "leader serving");
     Ok(RunningLeader { local_addr, ca_fingerprint, api, endpoint, cancel, tasks })
 }
@@ -267,16 +272,16 @@ async fn session(
     let a = api.clone();
     let n = name.clone();
     let checked = tokio::task::spawn_blocking(move || {
-        let (node, _) = a.load_node(&n).map_err(|_| {
+        let node = a.objects.load::<Node>(&n).map_err(|_| {
             ApiError::new(
                 ErrorCode::NotFound,
                 format!("node {n:?} is not registered with this leader; join again with a token"),
             )
         })?;
-        if node.key_fingerprint != key_fp {
+        if node.value.key_fingerprint != key_fp {
             return Err(ApiError::new(ErrorCode::PermissionDenied, format!("node {n:?} is bound to another key")));
         }
-        a.set_node_info(&n, info)
+        a.set_node_info(&n, info).map_err(ApiError::from)
     })
     .await;
     match checked {
@@ -292,7 +297,7 @@ async fn session(
         return refuse(&mut send, ApiError::new(ErrorCode::Conflict, stale.to_string())).await;
     }
     info!("session started");
-    api.kick.notify_one();
+    api.published.kick.notify_one();
     let welcome = LeaderMsg::Welcome { epoch, heartbeat_ms: heartbeat.as_millis() as u64 };
     let reason = match write_frame(&mut send, &welcome).await {
         Err(e) => e.to_string(),
@@ -300,7 +305,7 @@ async fn session(
     };
     info!("session ended: {reason}");
     registry.disconnect(&name, epoch, &reason, now_ms());
-    api.kick.notify_one();
+    api.published.kick.notify_one();
 }
 
 /// The body of a session: the node's desired set down (full, then deltas), reports up.
@@ -317,29 +322,19 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
             }
         }
     });
-    let mut desired = api.desired.subscribe();
-    let mut sent: Option<BTreeMap<String, Assignment>> = None;
+    let mut desired = api.published.desired.subscribe();
+    let mut sent: Option<DesiredSet> = None;
     let reason = loop {
         // Send what changed in this node's desired set (everything the first time), once the
         // replica controller has made its first pass.
         let now = desired.borrow_and_update().as_ref().map(|d| d.get(name).cloned().unwrap_or_default());
-        let msg = match (&now, &sent) {
-            (None, _) => None,
-            (Some(now), None) => {
-                Some(LeaderMsg::Desired { full: true, upsert: now.values().cloned().collect(), remove: Vec::new() })
+        if let Some(now) = now {
+            if let Some(msg) = desired::delta(sent.as_ref(), &now) {
+                if let Err(e) = write_frame(&mut send, &msg).await {
+                    break e.to_string();
+                }
             }
-            (Some(now), Some(before)) => {
-                let upsert: Vec<Assignment> =
-                    now.iter().filter(|(k, v)| before.get(*k) != Some(*v)).map(|(_, v)| v.clone()).collect();
-                let remove: Vec<String> = before.keys().filter(|k| !now.contains_key(*k)).cloned().collect();
-                (!upsert.is_empty() || !remove.is_empty()).then_some(LeaderMsg::Desired { full: false, upsert, remove })
-            }
-        };
-        if let Some(msg) = msg {
-            if let Err(e) = write_frame(&mut send, &msg).await {
-                break e.to_string();
-            }
-            sent = now;
+            sent = Some(now);
         }
         tokio::select! {
             r = desired.changed() => if r.is_err() { break "the leader is stopping".to_string() },
@@ -372,23 +367,14 @@ async fn handle_agent_msg(api: &Arc<Api>, name: &str, msg: AgentMsg) {
             }
         }
         AgentMsg::Status { replicas, .. } => {
-            let _ = tokio::task::spawn_blocking(move || crate::replicas::record_status(&a, &n, replicas)).await;
-        }
-        AgentMsg::Images(list) => {
-            // Bounded: a board's word about its store is a hint for scoring, nothing more.
-            let set = list.into_iter().take(4096).filter(|r| r.len() <= 512).collect();
-            api.node_images.lock().expect("images lock").insert(name.to_string(), set);
-        }
-        AgentMsg::Event(mut e) => {
-            // The board speaks only for its own replicas and itself; keep its words short.
-            if !(e.object.starts_with("replica/") || e.object == format!("node/{name}")) {
-                return;
+            let ctx = api.context();
+            let kick = tokio::task::spawn_blocking(move || crate::reports::statuses(&ctx, &n, replicas)).await;
+            if kick.unwrap_or(false) {
+                api.published.kick.notify_one();
             }
-            e.message = e.message.chars().take(1024).collect();
-            e.reason = e.reason.chars().take(64).collect();
-            e.message = format!("{} (node {name})", e.message);
-            api.registry.record(e);
         }
+        AgentMsg::Images(list) => crate::reports::images(&api.context(), name, list),
+        AgentMsg::Event(e) => crate::reports::event(&api.context(), name, e),
     }
 }
 
@@ -403,10 +389,10 @@ async fn monitor_nodes(api: Arc<Api>, cancel: CancellationToken) {
             _ = tick.tick() => {}
         }
         let a = api.clone();
-        let names = tokio::task::spawn_blocking(move || a.nodes()).await;
+        let names = tokio::task::spawn_blocking(move || a.objects.list::<Node>()).await;
         match names {
             Ok(Ok(nodes)) => {
-                api.registry.check(nodes.into_iter().map(|n| n.meta.name), Instant::now(), now_ms());
+                api.registry.check(nodes.into_iter().map(|n| n.value.meta.name), Instant::now(), now_ms());
             }
             Ok(Err(e)) => warn!("cannot list nodes: {e}"),
             Err(e) => warn!("node monitor: {e}"),

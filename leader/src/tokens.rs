@@ -1,10 +1,11 @@
 //! Join tokens: created by admins, checked when an agent joins. The store keeps only a hash of
 //! each secret.
 
-use crate::store::{Expect, Store, StoreError};
+use crate::error::{Error, Result};
+use crate::objects::{keys, Objects};
+use crate::store::Expect;
 use bramble_proto::quantity::format_duration;
 use bramble_proto::token::JoinToken;
-use bramble_proto::wire::{ApiError, ErrorCode};
 use bramble_transport::pki::sha256_hex;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
@@ -20,18 +21,14 @@ struct StoredToken {
     expires_ms: u64,
 }
 
-fn key(id: &str) -> String {
-    format!("/tokens/{id}")
-}
-
 /// `n` random characters from `[a-z0-9]`, from the system's secure generator.
-fn random_chars(n: usize) -> Result<String, ApiError> {
+fn random_chars(n: usize) -> Result<String> {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let rng = SystemRandom::new();
     let mut out = String::with_capacity(n);
     while out.len() < n {
         let mut b = [0u8; 1];
-        rng.fill(&mut b).map_err(|_| ApiError::new(ErrorCode::Internal, "system random generator failed"))?;
+        rng.fill(&mut b).map_err(|_| Error::Internal("system random generator failed".into()))?;
         // 252 = 7 * 36: reject the tail so every character is equally likely.
         if b[0] < 252 {
             out.push(ALPHABET[(b[0] % 36) as usize] as char);
@@ -41,42 +38,31 @@ fn random_chars(n: usize) -> Result<String, ApiError> {
 }
 
 /// Creates a token valid for `ttl` from `now_ms`.
-pub fn create(
-    store: &dyn Store,
-    ca_fingerprint: &str,
-    ttl: Duration,
-    now_ms: u64,
-) -> Result<(JoinToken, u64), ApiError> {
+pub fn create(objects: &Objects, ca_fingerprint: &str, ttl: Duration, now_ms: u64) -> Result<(JoinToken, u64)> {
     if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidArgument,
-            format!("token ttl {} is out of range: expected 1m to 365d", format_duration(ttl)),
-        ));
+        return Err(Error::Invalid(format!("token ttl {} is out of range: expected 1m to 365d", format_duration(ttl))));
     }
     let token =
         JoinToken { ca_fingerprint: ca_fingerprint.to_string(), id: random_chars(8)?, secret: random_chars(32)? };
     let expires_ms = now_ms + ttl.as_millis() as u64;
     let stored = StoredToken { secret_sha256: sha256_hex(token.secret.as_bytes()), created_ms: now_ms, expires_ms };
-    let value = serde_json::to_vec(&stored).expect("token serialises");
-    store.put(&key(&token.id), &value, Expect::Absent).map_err(store_error)?;
+    objects.put_at(&keys::token(&token.id), &stored, Expect::Absent)?;
     Ok((token, expires_ms))
 }
 
 /// Checks a token presented by a joining agent.
-pub fn verify(store: &dyn Store, ca_fingerprint: &str, token: &str, now_ms: u64) -> Result<(), ApiError> {
-    let unauth = |m: String| ApiError::new(ErrorCode::Unauthenticated, m);
+pub fn verify(objects: &Objects, ca_fingerprint: &str, token: &str, now_ms: u64) -> Result<()> {
+    let unauth = Error::Unauthenticated;
     let token: JoinToken = token.parse().map_err(|e| unauth(format!("join refused: {e}")))?;
     if token.ca_fingerprint != ca_fingerprint {
         return Err(unauth("join refused: the token was made for another cluster (its CA fingerprint differs)".into()));
     }
-    let kv = store.get(&key(&token.id)).map_err(store_error)?.ok_or_else(|| {
+    let stored: StoredToken = objects.get_at(&keys::token(&token.id))?.ok_or_else(|| {
         unauth(format!(
             "join refused: token {} is not known to this leader (it was never created or was removed)",
             token.id
         ))
     })?;
-    let stored: StoredToken = serde_json::from_slice(&kv.value)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("stored token {} is corrupt: {e}", token.id)))?;
     if !constant_time_eq(stored.secret_sha256.as_bytes(), sha256_hex(token.secret.as_bytes()).as_bytes()) {
         return Err(unauth(format!("join refused: wrong secret for token {}", token.id)));
     }
@@ -95,34 +81,26 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub(crate) fn store_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::Conflict { .. } => ApiError::new(ErrorCode::Conflict, e.to_string()),
-        e => ApiError::new(ErrorCode::Unavailable, e.to_string()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::RedbStore;
+    use crate::store::MemStore;
 
     #[test]
     fn tokens_verify_until_they_expire() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+        let store = Objects::new(std::sync::Arc::new(MemStore::new()));
         let fp = "a".repeat(64);
         let (t, expires) = create(&store, &fp, Duration::from_secs(3600), 1_000).unwrap();
         assert_eq!(expires, 1_000 + 3_600_000);
         verify(&store, &fp, &t.to_string(), 2_000).unwrap();
         let e = verify(&store, &fp, &t.to_string(), expires + 5_000).unwrap_err();
-        assert!(e.message.contains("expired 5s ago"), "{e}");
+        assert!(e.to_string().contains("expired 5s ago"), "{e}");
         let wrong = JoinToken { secret: "z".repeat(32), ..t.clone() };
-        assert!(verify(&store, &fp, &wrong.to_string(), 2_000).unwrap_err().message.contains("wrong secret"));
+        assert!(verify(&store, &fp, &wrong.to_string(), 2_000).unwrap_err().to_string().contains("wrong secret"));
         let other = JoinToken { ca_fingerprint: "b".repeat(64), ..t.clone() };
-        assert!(verify(&store, &fp, &other.to_string(), 2_000).unwrap_err().message.contains("another cluster"));
+        assert!(verify(&store, &fp, &other.to_string(), 2_000).unwrap_err().to_string().contains("another cluster"));
         let unknown = JoinToken { id: "zzzzzzzz".into(), ..t };
-        assert!(verify(&store, &fp, &unknown.to_string(), 2_000).unwrap_err().message.contains("not known"));
+        assert!(verify(&store, &fp, &unknown.to_string(), 2_000).unwrap_err().to_string().contains("not known"));
         assert!(create(&store, &fp, Duration::from_secs(1), 0).is_err());
     }
 }

@@ -4,8 +4,8 @@
 use bramble_agent::join::{self, JoinError};
 use bramble_agent::sysinfo::node_info;
 use bramble_agent::AgentConfig;
-use bramble_leader::api::now_ms;
 use bramble_leader::{init::init, tokens, LeaderConfig, RunningLeader};
+use bramble_proto::time::now_ms;
 use bramble_proto::wire::{ErrorCode, Request, Response};
 use bramble_transport::pki::{node_csr, Ca};
 use bramble_transport::quic::{call, client_endpoint, connect};
@@ -33,8 +33,7 @@ async fn cluster() -> Cluster {
 
 impl Cluster {
     fn token(&self, ttl: Duration, created_ms: u64) -> String {
-        let (t, _) =
-            tokens::create(self.leader.api.store.as_ref(), &self.leader.ca_fingerprint, ttl, created_ms).unwrap();
+        let (t, _) = tokens::create(&self.leader.api.objects, &self.leader.ca_fingerprint, ttl, created_ms).unwrap();
         t.to_string()
     }
 
@@ -45,10 +44,10 @@ impl Cluster {
     fn join_refusals(&self, name: &str) -> Vec<String> {
         self.leader
             .api
-            .registry
-            .events_for(&format!("node/{name}"))
+            .events
+            .about(&bramble_proto::model::ObjectRef::node(name))
             .into_iter()
-            .filter(|e| e.reason == "JoinRefused")
+            .filter(|e| e.reason == bramble_proto::model::EventReason::JoinRefused)
             .map(|e| e.message)
             .collect()
     }

@@ -1,16 +1,21 @@
 //! Bramble's shared language: the object model, TOML manifests parsed into validated types, and the
 //! wire messages with their length-prefixed codec.
 //!
-//! This crate does no I/O. Everything that comes from a user (manifests, configs) or from the
+//! This crate does no I/O (but for [`fsutil`], the one atomic file writer every crate shares). Everything that comes from a user (manifests, configs) or from the
 //! network (frames) is parsed here once, at the edge, into types that are valid by construction.
 
 pub mod codec;
+pub mod event;
+pub mod fsutil;
 pub mod image_ref;
 pub mod manifest;
 pub mod model;
 pub mod names;
+pub mod object;
+pub mod platform;
 pub mod quantity;
 pub mod source;
+pub mod time;
 pub mod token;
 pub mod wire;
 

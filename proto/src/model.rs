@@ -3,6 +3,10 @@
 //! Times are milliseconds since the Unix epoch (`*_ms`). Every stored object carries `generation`
 //! (bumped when its desired part changes) and the store `revision` it was last written at.
 
+pub use crate::event::{Event, Reason as EventReason};
+pub use crate::object::{Kind, ObjectRef};
+pub use crate::platform::Platform;
+
 use crate::manifest::{AppSpec, ServiceSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -265,17 +269,6 @@ impl fmt::Debug for Secret {
             .field("version", &self.version)
             .finish()
     }
-}
-
-/// Something that happened, for humans; kept in a bounded ring, not forever.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    pub time_ms: u64,
-    /// `kind/name`, e.g. `node/pi-1`.
-    pub object: String,
-    /// CamelCase reason, e.g. `NodeNotReady`.
-    pub reason: String,
-    pub message: String,
 }
 
 #[cfg(test)]

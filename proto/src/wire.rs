@@ -6,7 +6,7 @@
 //! agent is connected.
 
 use crate::manifest::{AppSpec, ServiceSpec};
-use crate::model::{App, Event, NodeInfo, NodeView, Replica, ReplicaPhase, Service};
+use crate::model::{App, Event, NodeInfo, NodeView, Platform, Replica, ReplicaPhase, Service};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -135,25 +135,6 @@ pub struct LogRequest {
     pub tail: Option<u64>,
     pub since_ms: Option<u64>,
     pub follow: bool,
-}
-
-impl Request {
-    /// Whether the request changes state (admins only).
-    pub fn is_write(&self) -> bool {
-        !matches!(
-            self,
-            Request::GetNodes
-                | Request::GetNode { .. }
-                | Request::GetApps
-                | Request::GetServices
-                | Request::GetReplicas { .. }
-                | Request::GetApp { .. }
-                | Request::GetReplica { .. }
-                | Request::GetEvents { .. }
-                | Request::Logs(_)
-                | Request::Image { op: ImageOp::Ls, .. }
-        )
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -318,11 +299,12 @@ pub struct ReplicaStatus {
     pub platform_miss: Option<PlatformMiss>,
 }
 
-/// An image that offers no platform for a node, and the platforms it offers (`linux/arm64`, …).
+/// An image that offers no platform for a node, and the platforms it offers (`linux/arm64`, …);
+/// a platform that does not parse makes the whole message fail to decode (refused, not dropped).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlatformMiss {
     pub image: String,
-    pub offered: Vec<String>,
+    pub offered: Vec<Platform>,
 }
 
 impl ReplicaStatus {

@@ -273,7 +273,7 @@ fn a_full_disk_triggers_garbage_collection_of_old_unused_images() {
         kind: bramble_images::rootfs::RootfsKind::Overlay,
     }];
     // Just imported: too young to be removed.
-    let now = bramble_images::store::now_ms();
+    let now = bramble_proto::time::now_ms();
     let r = relieve_disk(&store, &in_use, 30, 20, now).unwrap().unwrap();
     assert!(r.images_removed.is_empty());
     // Later: the oldest unused images go until the disk is below the low mark; the one in use stays.

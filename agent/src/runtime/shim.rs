@@ -15,6 +15,7 @@ use super::lifecycle::{BackoffPolicy, Exit, Lifecycle, Phase};
 use super::logs::LogWriter;
 use super::protocol::{boot_id, ShimRequest, ShimResponse, ShimState, MAX_EXEC_OUTPUT};
 use super::{spec, ContainerDir};
+use bramble_proto::time::now_ms;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
@@ -28,11 +29,6 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
@@ -137,7 +133,7 @@ impl Shim {
     fn persist(&self) {
         let state = self.state(false);
         let bytes = serde_json::to_vec(&state).expect("state serialises");
-        let _ = bramble_transport::pki::write_file_atomic(&self.dir.state(), &bytes, 0o600);
+        let _ = bramble_proto::fsutil::write_file_atomic(&self.dir.state(), &bytes, 0o600);
     }
 
     fn state(&self, with_stats: bool) -> ShimState {

@@ -29,7 +29,7 @@ fn print(events: &[Event], output: Format, header: bool) {
     }
     let rows: Vec<Vec<String>> = events
         .iter()
-        .map(|e| vec![super::age(e.time_ms), e.object.clone(), e.reason.clone(), e.message.clone()])
+        .map(|e| vec![super::age(e.time_ms), e.object.to_string(), e.reason.to_string(), e.message.clone()])
         .collect();
     let text = table(&["AGE", "OBJECT", "REASON", "MESSAGE"], &rows);
     let text = if header { text.as_str() } else { text.split_once('\n').map_or("", |(_, rest)| rest) };

@@ -12,11 +12,7 @@ pub mod logs;
 pub mod scale;
 pub mod token;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+pub use bramble_proto::time::now_ms;
 
 /// Time since `ms`, kubectl style (`5m`, `3h12m`).
 pub fn age(ms: u64) -> String {

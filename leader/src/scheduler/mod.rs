@@ -6,8 +6,8 @@
 //! No I/O and no clock: the caller builds the snapshot, binds with compare-and-swap, and calls
 //! again for the next replica with the snapshot updated (see [`Scheduler::bind`]).
 
-use bramble_images::Platform;
 use bramble_proto::manifest::{AppSpec, Protocol, TolerationOperator};
+use bramble_proto::model::Platform;
 use bramble_proto::model::{Arch, Resources, Taint, TaintEffect};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -207,6 +207,27 @@ impl Scheduler {
             }
         }
         *n.apps.entry(req.app.to_string()).or_default() += 1;
+    }
+
+    /// Records that a replica of `app` (with `spec`) no longer takes room on node `i`.
+    pub fn unbind(&mut self, i: usize, app: &str, spec: &AppSpec) {
+        let n = &mut self.nodes[i];
+        n.requested.cpu_millis = n.requested.cpu_millis.saturating_sub(spec.resources.cpu.map_or(0, |c| c.0));
+        n.requested.memory_bytes = n.requested.memory_bytes.saturating_sub(spec.resources.memory.map_or(0, |m| m.0));
+        n.requested.replicas = n.requested.replicas.saturating_sub(1);
+        for p in &spec.ports {
+            if let Some(h) = p.host {
+                n.host_ports.remove(&(h.0, p.protocol));
+            }
+        }
+        if let Some(c) = n.apps.get_mut(app) {
+            *c = c.saturating_sub(1);
+        }
+    }
+
+    /// The index of node `name` (nodes are sorted by name).
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.binary_search_by(|n| n.name.as_str().cmp(name)).ok()
     }
 
     /// Places and binds `count` replicas; returns the node names (or the first failure).

@@ -1,11 +1,14 @@
 //! The leader's state store: a small key-value interface with compare-and-swap and watches.
 //!
-//! [`Store`] is what controllers and the API see; [`RedbStore`] is the embedded implementation.
-//! An etcd implementation can follow behind the same trait (DESIGN §6). Keys are `/kind/name`
+//! [`Store`] is what controllers and the API see; [`RedbStore`] is the embedded implementation,
+//! [`MemStore`] one in memory for simulations and tests. Both pass one conformance suite
+//! (`tests.rs`); an etcd implementation can follow behind the same trait (DESIGN §6). Keys are `/kind/name`
 //! paths; values are JSON objects. Every write bumps one store-wide `revision`.
 
+mod mem_store;
 mod redb_store;
 
+pub use mem_store::MemStore;
 pub use redb_store::RedbStore;
 
 use std::collections::VecDeque;
@@ -123,6 +126,60 @@ impl Watch {
             }
         }
     }
+}
+
+/// One write a transaction makes, after every condition held.
+#[derive(Debug)]
+pub(crate) enum Write {
+    Put(KeyValue),
+    Delete(String),
+}
+
+/// Checks every op's condition against the state before the transaction (`current`), then
+/// returns the writes in order with their revisions (the first after `rev`). Shared by every
+/// backend, so they agree on what a transaction means.
+pub(crate) fn plan_txn(
+    ops: &[TxnOp],
+    rev: u64,
+    mut current: impl FnMut(&str) -> Result<Option<KeyValue>, StoreError>,
+) -> Result<Vec<Write>, StoreError> {
+    let mut existing = Vec::with_capacity(ops.len());
+    for op in ops {
+        let (key, expect, is_delete) = match op {
+            TxnOp::Put { key, expect, .. } => (key, *expect, false),
+            TxnOp::Delete { key, expect } => (key, *expect, true),
+            TxnOp::Check { key, expect } => (key, *expect, false),
+        };
+        let now = current(key)?;
+        let found = now.as_ref().map(|e| e.mod_revision);
+        let ok = match expect {
+            Expect::Any => true,
+            Expect::Absent => now.is_none(),
+            Expect::Revision(r) => found == Some(r),
+        };
+        if !ok || (is_delete && now.is_none()) {
+            return Err(StoreError::Conflict { key: key.clone(), expected: expect, found });
+        }
+        existing.push(now);
+    }
+    let mut rev = rev;
+    let mut writes = Vec::with_capacity(ops.len());
+    for (op, now) in ops.iter().zip(existing) {
+        match op {
+            TxnOp::Check { .. } => {}
+            TxnOp::Put { key, value, .. } => {
+                rev += 1;
+                let create_revision = now.map_or(rev, |e| e.create_revision);
+                let kv = KeyValue { key: key.clone(), value: value.clone(), create_revision, mod_revision: rev };
+                writes.push(Write::Put(kv));
+            }
+            TxnOp::Delete { key, .. } => {
+                rev += 1;
+                writes.push(Write::Delete(key.clone()));
+            }
+        }
+    }
+    Ok(writes)
 }
 
 /// History of recent changes and the channel to live watchers; shared by backends.

@@ -1,7 +1,7 @@
 //! The embedded store on redb: one file, durable commits, copy-on-write (a crash at any moment
 //! leaves the last committed state).
 
-use super::{Changes, Expect, KeyValue, Store, StoreError, TxnOp, Watch, WatchEvent};
+use super::{plan_txn, Changes, Expect, KeyValue, Store, StoreError, TxnOp, Watch, WatchEvent, Write};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,45 +85,21 @@ impl RedbStore {
         let mut events = Vec::with_capacity(ops.len());
         {
             let mut kv = txn.open_table(KV).map_err(backend)?;
-            // Conditions first, against the state before the transaction: nothing is written
-            // unless every one holds.
-            let mut existing = Vec::with_capacity(ops.len());
-            for op in ops {
-                let (key, expect, is_delete) = match op {
-                    TxnOp::Put { key, expect, .. } => (key, *expect, false),
-                    TxnOp::Delete { key, expect } => (key, *expect, true),
-                    TxnOp::Check { key, expect } => (key, *expect, false),
-                };
-                let current = match kv.get(key.as_str()).map_err(backend)? {
-                    Some(g) => Some(unpack(key, g.value())?),
-                    None => None,
-                };
-                let found = current.as_ref().map(|e| e.mod_revision);
-                let ok = match expect {
-                    Expect::Any => true,
-                    Expect::Absent => current.is_none(),
-                    Expect::Revision(r) => found == Some(r),
-                };
-                if !ok || (is_delete && current.is_none()) {
-                    return Err(StoreError::Conflict { key: key.clone(), expected: expect, found });
-                }
-                existing.push(current);
-            }
-            for (op, current) in ops.iter().zip(existing) {
-                if matches!(op, TxnOp::Check { .. }) {
-                    continue;
-                }
+            let writes = plan_txn(ops, rev, |key| match kv.get(key).map_err(backend)? {
+                Some(g) => Ok(Some(unpack(key, g.value())?)),
+                None => Ok(None),
+            })?;
+            for w in writes {
                 rev += 1;
-                match op {
-                    TxnOp::Check { .. } => unreachable!("skipped above"),
-                    TxnOp::Put { key, value, .. } => {
-                        let create = current.map_or(rev, |e| e.create_revision);
-                        kv.insert(key.as_str(), pack(create, rev, value).as_slice()).map_err(backend)?;
-                        events.push(WatchEvent { revision: rev, key: key.clone(), value: Some(value.clone()) });
+                match w {
+                    Write::Put(e) => {
+                        kv.insert(e.key.as_str(), pack(e.create_revision, e.mod_revision, &e.value).as_slice())
+                            .map_err(backend)?;
+                        events.push(WatchEvent { revision: rev, key: e.key, value: Some(e.value) });
                     }
-                    TxnOp::Delete { key, .. } => {
+                    Write::Delete(key) => {
                         kv.remove(key.as_str()).map_err(backend)?;
-                        events.push(WatchEvent { revision: rev, key: key.clone(), value: None });
+                        events.push(WatchEvent { revision: rev, key, value: None });
                     }
                 }
             }

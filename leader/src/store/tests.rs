@@ -6,10 +6,45 @@ fn open(dir: &tempfile::TempDir) -> RedbStore {
     RedbStore::open(&dir.path().join("store.redb")).unwrap()
 }
 
-#[test]
-fn put_get_list_delete_with_revisions() {
+/// Runs a conformance case against every backend: redb in a temporary directory, and memory.
+fn each_store(case: impl Fn(&dyn Store)) {
     let dir = tempfile::tempdir().unwrap();
+    case(&open(&dir));
+    case(&MemStore::new());
+}
+
+#[test]
+fn conformance_put_get_list_delete_with_revisions() {
+    each_store(put_get_list_delete_with_revisions);
+}
+
+#[test]
+fn conformance_compare_and_swap_refuses_stale_writes() {
+    each_store(compare_and_swap_refuses_stale_writes);
+}
+
+#[test]
+fn conformance_a_transaction_is_all_or_nothing() {
+    each_store(a_transaction_is_all_or_nothing);
+}
+
+#[tokio::test]
+async fn conformance_watch_replays_history_then_follows_live_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    watch_replays_history_then_follows_live_changes(&open(&dir)).await;
+    watch_replays_history_then_follows_live_changes(&MemStore::new()).await;
+}
+
+#[test]
+fn redb_keeps_everything_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    put_get_list_delete_with_revisions(&open(&dir));
     let s = open(&dir);
+    assert_eq!(s.revision(), 5, "the revision survives a reopen");
+    assert_eq!(s.get("/nodes/a").unwrap().unwrap().value, b"1b");
+}
+
+fn put_get_list_delete_with_revisions(s: &dyn Store) {
     assert_eq!(s.revision(), 0);
     let r1 = s.put("/nodes/a", b"1", Expect::Absent).unwrap();
     let r2 = s.put("/nodes/b", b"2", Expect::Any).unwrap();
@@ -24,16 +59,11 @@ fn put_get_list_delete_with_revisions() {
     assert_eq!((a.create_revision, a.mod_revision), (1, r4));
     s.delete("/nodes/b", Expect::Revision(2)).unwrap();
     assert!(s.get("/nodes/b").unwrap().is_none());
-    drop(s);
-    let s = open(&dir);
-    assert_eq!(s.revision(), 5, "the revision survives a reopen");
-    assert_eq!(s.get("/nodes/a").unwrap().unwrap().value, b"1b");
+    let keys: Vec<_> = s.list("/").unwrap().into_iter().map(|kv| kv.key).collect();
+    assert_eq!(keys, ["/nodes/a", "/tokens/x"], "list with a prefix of everything, in key order");
 }
 
-#[test]
-fn compare_and_swap_refuses_stale_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
+fn compare_and_swap_refuses_stale_writes(s: &dyn Store) {
     s.put("/k", b"v1", Expect::Absent).unwrap();
     assert!(matches!(s.put("/k", b"x", Expect::Absent), Err(StoreError::Conflict { found: Some(1), .. })));
     s.put("/k", b"v2", Expect::Revision(1)).unwrap();
@@ -44,10 +74,7 @@ fn compare_and_swap_refuses_stale_writes() {
     assert_eq!(s.revision(), 2);
 }
 
-#[test]
-fn a_transaction_is_all_or_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
+fn a_transaction_is_all_or_nothing(s: &dyn Store) {
     s.put("/apps/a", b"1", Expect::Any).unwrap();
     let ops = vec![
         TxnOp::Put { key: "/apps/b".into(), value: b"2".to_vec(), expect: Expect::Absent },
@@ -64,12 +91,15 @@ fn a_transaction_is_all_or_nothing() {
     assert_eq!(s.txn(&ops).unwrap(), 4);
     assert!(s.get("/apps/a").unwrap().is_none());
     assert_eq!(s.get("/apps/b").unwrap().unwrap().mod_revision, 2);
+    // A check writes nothing, and a failing one stops the rest.
+    let check = |expect| TxnOp::Check { key: "/apps/b".into(), expect };
+    let put = TxnOp::Put { key: "/apps/c".into(), value: b"3".to_vec(), expect: Expect::Absent };
+    assert!(matches!(s.txn(&[check(Expect::Revision(1)), put.clone()]), Err(StoreError::Conflict { .. })));
+    assert!(s.get("/apps/c").unwrap().is_none());
+    assert_eq!(s.txn(&[check(Expect::Revision(2)), put]).unwrap(), 5, "one revision: the put");
 }
 
-#[tokio::test]
-async fn watch_replays_history_then_follows_live_changes() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
+async fn watch_replays_history_then_follows_live_changes(s: &dyn Store) {
     s.put("/nodes/a", b"1", Expect::Any).unwrap();
     s.put("/other", b"x", Expect::Any).unwrap();
     let mut w = s.watch("/nodes/", 0).unwrap();

@@ -4,11 +4,15 @@
 //! `arm/v7` board can run `v7`, `v6` and `v5` images, preferring the newest; an `arm/v6` board
 //! (Pi Zero, Pi 1) must never get a `v7` image.
 
-use bramble_proto::model::Arch;
+use crate::model::Arch;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// An image platform. On the wire and in JSON it is the string form (`linux/arm/v7`); a string
+/// that is not one is refused when it is decoded, never dropped in silence.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Platform {
     pub os: String,
     pub architecture: String,
@@ -23,7 +27,7 @@ impl FromStr for Platform {
     type Err = PlatformError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split('/').collect();
-        if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
+        if s.len() > 128 || !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
             return Err(PlatformError(s.to_string()));
         }
         Ok(Platform {
@@ -31,6 +35,19 @@ impl FromStr for Platform {
             architecture: parts[1].into(),
             variant: parts.get(2).map(|v| v.to_string()),
         })
+    }
+}
+
+impl TryFrom<String> for Platform {
+    type Error = PlatformError;
+    fn try_from(s: String) -> Result<Self, PlatformError> {
+        s.parse()
+    }
+}
+
+impl From<Platform> for String {
+    fn from(p: Platform) -> String {
+        p.to_string()
     }
 }
 
@@ -108,5 +125,9 @@ mod tests {
         assert_eq!("linux/arm/v7".parse::<Platform>().unwrap().to_string(), "linux/arm/v7");
         assert!("linux".parse::<Platform>().is_err());
         assert!("linux//v7".parse::<Platform>().is_err());
+        let json = serde_json::to_string(&"linux/arm64".parse::<Platform>().unwrap()).unwrap();
+        assert_eq!(json, "\"linux/arm64\"");
+        let e = serde_json::from_str::<Vec<Platform>>("[\"linux/amd64\", \"nonsense\"]").unwrap_err();
+        assert!(e.to_string().contains("invalid platform \"nonsense\""), "a bad entry is refused: {e}");
     }
 }

@@ -1,0 +1,55 @@
+//! The reconciler's side effects, each behind a narrow trait with a real implementation
+//! (`real.rs`: shims, the content store and registry, network namespaces) and a recording fake
+//! (`fake.rs`, for tests and the simulated cluster).
+
+use crate::runtime::protocol::ShimState;
+use bramble_images::Progress;
+use bramble_proto::image_ref::ImageRef;
+use bramble_proto::model::Platform;
+use bramble_proto::wire::Assignment;
+use std::collections::BTreeSet;
+
+/// Why a replica could not be started (kept with its retry, shown in its status).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReconcileError {
+    /// The image offers no platform for this board: the leader places the replica elsewhere.
+    #[error("pulling {image}: {message}")]
+    NoPlatform { image: String, offered: Vec<Platform>, message: String },
+    #[error("pulling {image}: {message}")]
+    Pull { image: String, message: String },
+    #[error("image {0} is not in the store")]
+    NotPulled(String),
+    #[error("preparing the root filesystem: {0}")]
+    Rootfs(String),
+    /// The app and the image do not make a container (e.g. an unknown user).
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Containers on this board (one shim each, in production).
+pub trait Containers: Send + Sync {
+    /// Every container with a directory here, live or not, sorted.
+    fn ids(&self) -> Vec<String>;
+    /// Asks the container's shim for its state (`None` if it does not answer).
+    fn state(&self, id: &str) -> Option<ShimState>;
+    /// Prepares the root filesystem and starts the container of `a` (its image is in the store).
+    fn start(&self, a: &Assignment) -> Result<(), ReconcileError>;
+    /// Stops (within the grace period) and removes a container with its root filesystem and logs.
+    fn remove(&self, id: &str) -> Result<(), ReconcileError>;
+}
+
+/// The images this board can run.
+pub trait Images: Send + Sync {
+    /// The references the store holds.
+    fn present(&self) -> BTreeSet<String>;
+    /// Fetches `image` into the store, reporting bytes on `progress`.
+    fn pull(&self, image: &ImageRef, progress: &Progress) -> Result<(), ReconcileError>;
+}
+
+/// The network of containers.
+pub trait Network: Send + Sync {
+    /// Sets up the network of container `id`, whose process is `pid`. Idempotent.
+    fn attach(&self, id: &str, pid: i32) -> Result<(), ReconcileError>;
+}

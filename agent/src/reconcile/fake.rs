@@ -1,0 +1,228 @@
+//! Recording fakes of the reconciler's effects, for unit tests and the simulated cluster. The
+//! fake containers keep the real [`Lifecycle`] (restart policy and backoff) on a clock the test
+//! moves, as shims do on the board.
+
+use super::effects::{Containers, Images, Network, ReconcileError};
+use crate::runtime::config::RestartPolicy;
+use crate::runtime::lifecycle::{BackoffPolicy, Exit, Lifecycle, Phase};
+use crate::runtime::protocol::ShimState;
+use bramble_images::Progress;
+use bramble_proto::image_ref::ImageRef;
+use bramble_proto::manifest::RestartPolicy as AppRestart;
+use bramble_proto::model::{Arch, Platform};
+use bramble_proto::time::Clock;
+use bramble_proto::wire::Assignment;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+/// What a fake was asked to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Start(String),
+    Remove(String),
+}
+
+#[derive(Debug)]
+struct Container {
+    lifecycle: Lifecycle,
+    app: String,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    containers: BTreeMap<String, Container>,
+    next_pid: i32,
+    calls: Vec<Call>,
+    /// Replicas whose start fails, with why.
+    failing: HashMap<String, String>,
+}
+
+/// Containers in memory, run by the real lifecycle on the given clock.
+#[derive(Debug)]
+pub struct FakeContainers {
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+}
+
+impl FakeContainers {
+    pub fn new(clock: Arc<dyn Clock>) -> FakeContainers {
+        FakeContainers { clock, state: Mutex::new(State { next_pid: 100, ..Default::default() }) }
+    }
+
+    /// What a shim does on its own: restarts what its backoff allows.
+    pub fn tick(&self) {
+        let now = self.clock.now_ms();
+        let mut g = self.state.lock().expect("fake lock");
+        let State { containers, next_pid, .. } = &mut *g;
+        for c in containers.values_mut() {
+            if c.lifecycle.can_start(now) {
+                *next_pid += 1;
+                let _ = c.lifecycle.started(*next_pid, now);
+            }
+        }
+    }
+
+    /// The container's process exits with `code`; returns whether it was running.
+    pub fn crash(&self, id: &str, code: i32) -> bool {
+        let now = self.clock.now_ms();
+        let mut g = self.state.lock().expect("fake lock");
+        let Some(c) = g.containers.get_mut(id) else { return false };
+        let exit = Exit { code, signal: None, oom_killed: false, finished_ms: now };
+        c.lifecycle.exited(exit).is_ok()
+    }
+
+    /// Every container with its pid, if it runs.
+    pub fn running(&self) -> BTreeMap<String, Option<i32>> {
+        let g = self.state.lock().expect("fake lock");
+        g.containers
+            .iter()
+            .map(|(id, c)| {
+                let pid = match c.lifecycle.phase {
+                    Phase::Running { pid, .. } => Some(pid),
+                    _ => None,
+                };
+                (id.clone(), pid)
+            })
+            .collect()
+    }
+
+    /// The app of every container.
+    pub fn apps(&self) -> BTreeMap<String, String> {
+        self.state.lock().expect("fake lock").containers.iter().map(|(k, c)| (k.clone(), c.app.clone())).collect()
+    }
+
+    pub fn lifecycle(&self, id: &str) -> Option<Lifecycle> {
+        self.state.lock().expect("fake lock").containers.get(id).map(|c| c.lifecycle.clone())
+    }
+
+    /// Makes the start of `replica` fail with `why` (until [`FakeContainers::heal_start`]).
+    pub fn fail_start(&self, replica: &str, why: &str) {
+        self.state.lock().expect("fake lock").failing.insert(replica.into(), why.into());
+    }
+
+    pub fn heal_start(&self, replica: &str) {
+        self.state.lock().expect("fake lock").failing.remove(replica);
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.lock().expect("fake lock").calls.clone()
+    }
+
+    /// Forgets the calls made so far.
+    pub fn clear_calls(&self) {
+        self.state.lock().expect("fake lock").calls.clear();
+    }
+}
+
+impl Containers for FakeContainers {
+    fn ids(&self) -> Vec<String> {
+        self.state.lock().expect("fake lock").containers.keys().cloned().collect()
+    }
+
+    fn state(&self, id: &str) -> Option<ShimState> {
+        self.tick();
+        let g = self.state.lock().expect("fake lock");
+        let c = g.containers.get(id)?;
+        Some(ShimState {
+            id: id.into(),
+            shim_pid: 1,
+            boot_id: "sim".into(),
+            lifecycle: c.lifecycle.clone(),
+            stats: None,
+        })
+    }
+
+    fn start(&self, a: &Assignment) -> Result<(), ReconcileError> {
+        let now = self.clock.now_ms();
+        let mut g = self.state.lock().expect("fake lock");
+        g.calls.push(Call::Start(a.replica.clone()));
+        if let Some(why) = g.failing.get(&a.replica) {
+            return Err(ReconcileError::Runtime(why.clone()));
+        }
+        if g.containers.contains_key(&a.replica) {
+            return Err(ReconcileError::Runtime(format!("container {} already exists", a.replica)));
+        }
+        let policy = match a.spec.restart {
+            AppRestart::Always => RestartPolicy::Always,
+            AppRestart::OnFailure => RestartPolicy::OnFailure,
+            AppRestart::Never => RestartPolicy::Never,
+        };
+        let mut lifecycle = Lifecycle::new(policy, BackoffPolicy::default());
+        g.next_pid += 1;
+        let pid = g.next_pid;
+        let _ = lifecycle.started(pid, now);
+        g.containers.insert(a.replica.clone(), Container { lifecycle, app: a.app.clone() });
+        Ok(())
+    }
+
+    fn remove(&self, id: &str) -> Result<(), ReconcileError> {
+        let mut g = self.state.lock().expect("fake lock");
+        g.calls.push(Call::Remove(id.into()));
+        g.containers.remove(id);
+        Ok(())
+    }
+}
+
+/// An image store in memory: pulls succeed at once, unless the image offers no platform for the
+/// board's arch.
+#[derive(Debug)]
+pub struct FakeImages {
+    arch: Arch,
+    present: Mutex<BTreeSet<String>>,
+    /// Images that offer only these platforms (others offer every one).
+    platforms: Mutex<HashMap<String, Vec<Platform>>>,
+    pulls: Mutex<Vec<String>>,
+}
+
+impl FakeImages {
+    pub fn new(arch: Arch) -> FakeImages {
+        FakeImages { arch, present: Mutex::default(), platforms: Mutex::default(), pulls: Mutex::default() }
+    }
+
+    /// `image` offers only `platforms`.
+    pub fn offer(&self, image: &str, platforms: Vec<Platform>) {
+        self.platforms.lock().expect("fake lock").insert(image.into(), platforms);
+    }
+
+    pub fn pulls(&self) -> Vec<String> {
+        self.pulls.lock().expect("fake lock").clone()
+    }
+}
+
+impl Images for FakeImages {
+    fn present(&self) -> BTreeSet<String> {
+        self.present.lock().expect("fake lock").clone()
+    }
+
+    fn pull(&self, image: &ImageRef, _progress: &Progress) -> Result<(), ReconcileError> {
+        let name = image.as_str().to_string();
+        self.pulls.lock().expect("fake lock").push(name.clone());
+        if let Some(offered) = self.platforms.lock().expect("fake lock").get(&name) {
+            if Platform::choose(offered, &self.arch).is_none() {
+                let message = format!("image {name} has no variant for this node ({})", self.arch);
+                return Err(ReconcileError::NoPlatform { image: name, offered: offered.clone(), message });
+            }
+        }
+        self.present.lock().expect("fake lock").insert(name);
+        Ok(())
+    }
+}
+
+/// Records which containers' networks were set up.
+#[derive(Debug, Default)]
+pub struct FakeNetwork {
+    attached: Mutex<Vec<(String, i32)>>,
+}
+
+impl FakeNetwork {
+    pub fn attached(&self) -> Vec<(String, i32)> {
+        self.attached.lock().expect("fake lock").clone()
+    }
+}
+
+impl Network for FakeNetwork {
+    fn attach(&self, id: &str, pid: i32) -> Result<(), ReconcileError> {
+        self.attached.lock().expect("fake lock").push((id.into(), pid));
+        Ok(())
+    }
+}

@@ -1,0 +1,218 @@
+//! The agent's reconciler: makes the containers on this board match the desired set the leader
+//! sends, level-triggered — every pass looks at what runs and what should, and every action is
+//! safe to repeat. The desired set is persisted (it never holds secrets), so with the leader away
+//! the board keeps its replicas, across agent restarts too; the shims restart crashed containers
+//! on their own.
+//!
+//! ```text
+//! plan.rs        the decisions, pure: plan(desired, observed, retries, now) -> actions; statuses
+//! effects.rs     the side effects behind narrow traits (containers, images, network)
+//! real.rs        their real implementations; fake.rs their recording fakes
+//! reconciler.rs  the state machine: inputs in, one pass (observe, plan, act, report), jobs out
+//! mod.rs         this file: the reconciler on its own thread, pulls on a small pool, removals on
+//!                threads of their own, everything over bounded channels
+//! ```
+
+pub mod effects;
+pub mod fake;
+pub mod plan;
+pub mod real;
+pub mod reconciler;
+
+pub use effects::{Containers, Images, Network, ReconcileError};
+pub use plan::{Binding, Statuses};
+pub use reconciler::{Input, Job, Reconciler};
+
+use crate::config::AgentConfig;
+use crate::runtime::Runtime;
+use bramble_images::registry::RegistryClient;
+use bramble_images::rootfs::Rootfses;
+use bramble_images::store::ContentStore;
+use bramble_images::unpack::UnpackOptions;
+use bramble_proto::model::{Arch, Event};
+use bramble_proto::time::now_ms;
+use real::{NamespaceNetwork, ShimContainers, StoreImages};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// Inputs waiting for the reconciler (desired sets, finished jobs).
+const INPUTS: usize = 64;
+/// Pulls waiting for a puller.
+const PULL_QUEUE: usize = 16;
+/// Pulls at once.
+const PULLERS: usize = 2;
+/// Events waiting for the session; the oldest are dropped while nobody listens.
+const EVENTS: usize = 256;
+
+/// The session's side of the reconciler.
+#[derive(Debug)]
+pub struct Handle {
+    /// Desired sets from the leader (bounded: send from a blocking context).
+    pub inputs: SyncSender<Input>,
+    pub status: tokio::sync::watch::Receiver<Statuses>,
+    /// Events for the leader.
+    pub events: tokio::sync::mpsc::Receiver<Event>,
+    pub log_dir: PathBuf,
+    /// Host ports to forward into containers.
+    pub ports: tokio::sync::watch::Receiver<Vec<Binding>>,
+    /// The image references in the store.
+    pub images: tokio::sync::watch::Receiver<Vec<String>>,
+    pub shims_dir: PathBuf,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Where the agent keeps containers' pieces.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub shims: PathBuf,
+    pub rootfs: PathBuf,
+    pub logs: PathBuf,
+}
+
+impl Paths {
+    pub fn new(data_dir: &Path) -> Paths {
+        Paths { shims: data_dir.join("shims"), rootfs: data_dir.join("containers"), logs: data_dir.join("logs") }
+    }
+}
+
+/// What the thread publishes after each pass.
+struct Outputs {
+    status: tokio::sync::watch::Sender<Statuses>,
+    ports: tokio::sync::watch::Sender<Vec<Binding>>,
+    images: tokio::sync::watch::Sender<Vec<String>>,
+    events: tokio::sync::mpsc::Sender<Event>,
+}
+
+fn publish<T: PartialEq>(tx: &tokio::sync::watch::Sender<T>, value: T) {
+    tx.send_if_modified(|cur| {
+        let changed = *cur != value;
+        if changed {
+            *cur = value;
+        }
+        changed
+    });
+}
+
+/// Starts the reconciler thread with the real effects. `shim_bin` serves `shim --dir`.
+pub fn spawn(config: &AgentConfig, shim_bin: &Path) -> std::io::Result<Handle> {
+    let paths = Paths::new(&config.data_dir);
+    for d in [&paths.shims, &paths.rootfs, &paths.logs] {
+        std::fs::create_dir_all(d)?;
+    }
+    let store = ContentStore::open(&config.images_dir()).map_err(std::io::Error::other)?;
+    let runtime = Runtime::new(&paths.shims, shim_bin);
+    let containers = Arc::new(ShimContainers {
+        runtime: runtime.clone(),
+        roots: Rootfses::new(store.clone(), &paths.rootfs),
+        store: store.clone(),
+        log_dir: paths.logs.clone(),
+    });
+    let images = Arc::new(StoreImages {
+        store,
+        client: Arc::new(RegistryClient::new(config.images.registries.clone())),
+        unpack: UnpackOptions { devices: config.images.devices.into(), ..Default::default() },
+        arch: Arch::host(),
+    });
+    let (inputs, rx) = sync_channel(INPUTS);
+    let (status_tx, status) = tokio::sync::watch::channel(Statuses::new());
+    let (ev_tx, events) = tokio::sync::mpsc::channel(EVENTS);
+    let (ports_tx, ports) = tokio::sync::watch::channel(Vec::new());
+    let (images_tx, images_rx) = tokio::sync::watch::channel(Vec::new());
+    let out = Outputs { status: status_tx, ports: ports_tx, images: images_tx, events: ev_tx };
+    let pulls = pullers(images.clone(), inputs.clone())?;
+    let dir = config.data_dir.clone();
+    let done = inputs.clone();
+    let thread = std::thread::Builder::new().name("reconciler".into()).spawn(move || {
+        let adopted = runtime.adopt();
+        info!(containers = adopted.len(), "adopted the containers already running");
+        let r = Reconciler::new(containers.clone(), images, Arc::new(NamespaceNetwork), Some(dir));
+        drive(r, &rx, &pulls, &done, containers, &out);
+    })?;
+    Ok(Handle { inputs, status, events, log_dir: paths.logs, ports, images: images_rx, shims_dir: paths.shims, thread })
+}
+
+/// A small pool of pullers: each takes a pull, does it, and tells the reconciler.
+fn pullers(images: Arc<StoreImages>, done: SyncSender<Input>) -> std::io::Result<SyncSender<Job>> {
+    let (tx, rx) = sync_channel::<Job>(PULL_QUEUE);
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    for i in 0..PULLERS {
+        let (rx, images, done) = (rx.clone(), images.clone(), done.clone());
+        std::thread::Builder::new().name(format!("pull-{i}")).spawn(move || loop {
+            let job = rx.lock().expect("pull queue lock").recv();
+            let Ok(Job::Pull { image, progress }) = job else { break };
+            let started = Instant::now();
+            let result = images.pull(&image, &progress);
+            let took_ms = started.elapsed().as_millis() as u64;
+            if done.send(Input::Pulled { image: image.to_string(), result, took_ms }).is_err() {
+                break;
+            }
+        })?;
+    }
+    Ok(tx)
+}
+
+/// The reconciler's loop: inputs (or a tick), a pass, its jobs handed out, its outputs published.
+fn drive<C: Containers + 'static, I: Images, N: Network>(
+    mut r: Reconciler<C, I, N>,
+    rx: &Receiver<Input>,
+    pulls: &SyncSender<Job>,
+    done: &SyncSender<Input>,
+    containers: Arc<C>,
+    out: &Outputs,
+) {
+    loop {
+        // Pull progress is worth reporting twice a second.
+        let tick = if r.pulling() { Duration::from_millis(500) } else { Duration::from_secs(1) };
+        match rx.recv_timeout(tick) {
+            Ok(input) => r.input(input, now_ms()),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        while let Ok(input) = rx.try_recv() {
+            r.input(input, now_ms());
+        }
+        for job in r.pass(now_ms()) {
+            match job {
+                Job::Pull { .. } => match pulls.try_send(job) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => r.job_refused(&job),
+                },
+                Job::Remove { id } => remove_in_background(containers.clone(), id, done.clone(), &mut r),
+            }
+        }
+        for e in r.take_events() {
+            let _ = out.events.try_send(e);
+        }
+        out.status.send_if_modified(|cur| {
+            let changed = cur != r.statuses();
+            if changed {
+                *cur = r.statuses().clone();
+            }
+            changed
+        });
+        publish(&out.ports, r.bindings());
+        publish(&out.images, r.images());
+    }
+}
+
+/// Stops and removes a container on a thread of its own (it may wait out its grace period), so
+/// that the passes go on meanwhile.
+fn remove_in_background<C: Containers + 'static, I: Images, N: Network>(
+    containers: Arc<C>,
+    id: String,
+    done: SyncSender<Input>,
+    r: &mut Reconciler<C, I, N>,
+) {
+    let job = Job::Remove { id: id.clone() };
+    let spawned = std::thread::Builder::new().name("remove".into()).spawn(move || {
+        let result = containers.remove(&id);
+        let _ = done.send(Input::Removed { id, result });
+    });
+    if let Err(e) = spawned {
+        warn!("cannot start a thread to remove a container: {e}");
+        r.job_refused(&job);
+    }
+}

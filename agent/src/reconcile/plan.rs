@@ -1,0 +1,226 @@
+//! The agent's decisions, pure: from the desired set, what the board shows and the retries
+//! waiting, to the actions that make them agree — and each replica's status, and the events its
+//! changes mean. No shims, no registry, no clock: time comes in as `now_ms`.
+
+use super::effects::ReconcileError;
+use crate::runtime::lifecycle::Phase;
+use crate::runtime::protocol::ShimState;
+use bramble_proto::manifest::Protocol;
+use bramble_proto::model::{EventReason, ReplicaPhase};
+use bramble_proto::quantity::human_bytes;
+use bramble_proto::wire::{Assignment, PlatformMiss, ReplicaStatus};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The replicas this board must run, by name.
+pub type Desired = BTreeMap<String, Assignment>;
+/// Each desired replica's status.
+pub type Statuses = BTreeMap<String, ReplicaStatus>;
+
+/// What the board shows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    /// Every container with a directory here, with its shim's state (`None`: it did not answer).
+    pub containers: BTreeMap<String, Option<ShimState>>,
+    /// Containers being stopped and removed in the background.
+    pub removing: BTreeSet<String>,
+    /// Image references the store holds.
+    pub images: BTreeSet<String>,
+    /// Pulls in flight: image → (bytes done, bytes total).
+    pub pulling: BTreeMap<String, (u64, u64)>,
+    /// The pid whose network was set up, per container.
+    pub attached: BTreeMap<String, i32>,
+}
+
+/// A failed start or pull, waiting for its next try.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    pub at_ms: u64,
+    pub delay_ms: u64,
+    pub error: ReconcileError,
+}
+
+/// Retries by replica.
+pub type Retries = BTreeMap<String, Retry>;
+
+/// The first retry delay and its cap (it doubles in between).
+pub const RETRY_BASE_MS: u64 = 1_000;
+pub const RETRY_CAP_MS: u64 = 60_000;
+
+impl Retry {
+    /// The retry after `previous` (if any) for `error` at `now_ms`.
+    pub fn after(previous: Option<&Retry>, error: ReconcileError, now_ms: u64) -> Retry {
+        let delay_ms = previous.map_or(RETRY_BASE_MS, |r| (r.delay_ms * 2).min(RETRY_CAP_MS));
+        Retry { at_ms: now_ms + delay_ms, delay_ms, error }
+    }
+
+    pub fn waiting(&self, now_ms: u64) -> bool {
+        now_ms < self.at_ms
+    }
+}
+
+/// What the reconciler does next.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    /// Stop and remove a container no longer desired (in the background: it waits out its grace).
+    Remove { id: String },
+    /// Fetch an image (off the reconciler thread: one cold image never delays the others).
+    Pull { image: String },
+    /// Create the replica's container (its image is in the store).
+    Start { replica: String },
+    /// Set up the network of a container that runs as `pid` (a new process has a new namespace).
+    Attach { id: String, pid: i32 },
+}
+
+/// The actions that bring the board towards `desired`. With `desired` unknown (a set that could
+/// not be read), nothing is removed.
+pub fn plan(desired: Option<&Desired>, observed: &Observed, retries: &Retries, now_ms: u64) -> Vec<Action> {
+    let mut actions = Vec::new();
+    if let Some(d) = desired {
+        for id in observed.containers.keys() {
+            if !d.contains_key(id) && !observed.removing.contains(id) {
+                actions.push(Action::Remove { id: id.clone() });
+            }
+        }
+    }
+    let mut pulls = BTreeSet::new();
+    for (name, a) in desired.into_iter().flatten() {
+        let image = a.spec.image.as_str();
+        // A replica that comes back while its old container is still going waits for it.
+        if observed.containers.contains_key(name) || observed.removing.contains(name) {
+            continue;
+        }
+        if retries.get(name).is_some_and(|r| r.waiting(now_ms)) {
+            continue;
+        }
+        if observed.images.contains(image) {
+            actions.push(Action::Start { replica: name.clone() });
+        } else if !observed.pulling.contains_key(image) && pulls.insert(image) {
+            actions.push(Action::Pull { image: image.to_string() });
+        }
+    }
+    for (id, state) in &observed.containers {
+        let Some(Phase::Running { pid, .. }) = state.as_ref().map(|s| &s.lifecycle.phase) else { continue };
+        let wanted = desired.is_none_or(|d| d.contains_key(id));
+        if wanted && observed.attached.get(id) != Some(pid) {
+            actions.push(Action::Attach { id: id.clone(), pid: *pid });
+        }
+    }
+    actions
+}
+
+/// The status of desired replica `a`.
+pub fn status(a: &Assignment, observed: &Observed, retry: Option<&Retry>) -> ReplicaStatus {
+    let name = &a.replica;
+    if let Some(Some(state)) = observed.containers.get(name) {
+        return status_of(name, state);
+    }
+    let image = a.spec.image.as_str();
+    if let Some(r) = retry {
+        let platform_miss = match &r.error {
+            ReconcileError::NoPlatform { image, offered, .. } => {
+                Some(PlatformMiss { image: image.clone(), offered: offered.clone() })
+            }
+            _ => None,
+        };
+        // Stable text (no countdown), so the report does not change every second.
+        let reason = format!("{}; retrying in {}s", r.error, r.delay_ms / 1000);
+        return ReplicaStatus { reason, platform_miss, ..ReplicaStatus::new(name, ReplicaPhase::Failed) };
+    }
+    if let Some((done, total)) = observed.pulling.get(image) {
+        let detail = format!("pulling {image}: {} of {}", human_bytes(*done), human_bytes(*total));
+        return ReplicaStatus { detail: Some(detail), ..ReplicaStatus::new(name, ReplicaPhase::Pulling) };
+    }
+    let phase = if observed.images.contains(image) { ReplicaPhase::Starting } else { ReplicaPhase::Pending };
+    ReplicaStatus::new(name, phase)
+}
+
+/// A replica's status from its shim's state.
+pub fn status_of(replica: &str, s: &ShimState) -> ReplicaStatus {
+    let l = &s.lifecycle;
+    let mut st = ReplicaStatus {
+        restarts: l.restarts,
+        container_id: Some(s.id.clone()),
+        ..ReplicaStatus::new(replica, ReplicaPhase::Starting)
+    };
+    if let Some(last) = &l.last_exit {
+        st.exit_code = Some(last.code);
+        st.finished_ms = Some(last.finished_ms);
+    }
+    match &l.phase {
+        Phase::Starting => {}
+        Phase::Running { started_ms, .. } => {
+            st.phase = ReplicaPhase::Running;
+            st.started_ms = Some(*started_ms);
+        }
+        Phase::BackingOff { until_ms, last } => {
+            st.phase = ReplicaPhase::Failed;
+            st.exit_code = Some(last.code);
+            st.finished_ms = Some(last.finished_ms);
+            // Stable text (no countdown), so that the report does not change every second.
+            let secs = until_ms.saturating_sub(last.finished_ms).div_ceil(1000);
+            let how = if last.oom_killed { " (OOM killed)".to_string() } else { String::new() };
+            st.reason = format!("CrashLoopBackOff: exited with code {}{how}; back-off {secs}s", last.code);
+        }
+        Phase::Exited { last, stopped } => {
+            st.phase = if last.success() { ReplicaPhase::Succeeded } else { ReplicaPhase::Failed };
+            st.exit_code = Some(last.code);
+            st.finished_ms = Some(last.finished_ms);
+            st.reason = if *stopped { "stopped".into() } else { format!("exited with code {}", last.code) };
+        }
+        Phase::Failed { reason, .. } => {
+            st.phase = ReplicaPhase::Failed;
+            st.reason = format!("cannot start: {reason}");
+        }
+    }
+    st
+}
+
+/// The events a status change means (none the first time a replica is seen, but for its phase).
+pub fn transitions(old: Option<&ReplicaStatus>, new: &ReplicaStatus) -> Vec<(EventReason, String)> {
+    let mut out = Vec::new();
+    if let Some(o) = old {
+        if new.restarts > o.restarts {
+            out.push((EventReason::Restarted, format!("container restarted (restart {})", new.restarts)));
+        }
+    }
+    if old.map(|o| o.phase) != Some(new.phase) {
+        match new.phase {
+            ReplicaPhase::Pulling => {
+                out.push((EventReason::Pulling, format!("pulling {}", new.detail.clone().unwrap_or_default())))
+            }
+            ReplicaPhase::Running => out.push((EventReason::Started, "container started".into())),
+            ReplicaPhase::Failed => out.push((EventReason::BackOff, new.reason.clone())),
+            ReplicaPhase::Succeeded => out.push((EventReason::Completed, new.reason.clone())),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// One host port to forward into a container.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Binding {
+    pub host: u16,
+    pub container: u16,
+    /// The container (replica) that receives the connections.
+    pub replica: String,
+}
+
+/// The TCP host ports the desired replicas ask for, sorted.
+pub fn bindings(desired: Option<&Desired>) -> Vec<Binding> {
+    let mut out: Vec<Binding> =
+        desired
+            .into_iter()
+            .flat_map(|d| d.values())
+            .flat_map(|a| {
+                a.spec.ports.iter().filter(|p| p.protocol == Protocol::Tcp).filter_map(|p| {
+                    Some(Binding { host: p.host?.0, container: p.container.0, replica: a.replica.clone() })
+                })
+            })
+            .collect();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,153 @@
+//! The real effects: containers are shims over libcontainer with overlay root filesystems; images
+//! come from the content store and registries; the network is each container's namespace.
+
+use super::effects::{Containers, Images, Network, ReconcileError};
+use crate::runtime::build::{container_config, AppOverrides};
+use crate::runtime::config::RestartPolicy;
+use crate::runtime::protocol::ShimState;
+use crate::runtime::Runtime;
+use bramble_images::pull::{self, PullError, PullPolicy, Puller};
+use bramble_images::registry::RegistryClient;
+use bramble_images::rootfs::Rootfses;
+use bramble_images::store::ContentStore;
+use bramble_images::unpack::UnpackOptions;
+use bramble_images::Progress;
+use bramble_proto::image_ref::ImageRef;
+use bramble_proto::manifest::RestartPolicy as AppRestart;
+use bramble_proto::model::Arch;
+use bramble_proto::wire::Assignment;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a removed container's shim may take to stop it (its grace period is inside this).
+pub const REMOVE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Containers as shims (one per container), each with a root filesystem from the store.
+#[derive(Debug, Clone)]
+pub struct ShimContainers {
+    pub runtime: Runtime,
+    pub roots: Rootfses,
+    pub store: ContentStore,
+    pub log_dir: PathBuf,
+}
+
+fn overrides(a: &Assignment) -> AppOverrides {
+    let s = &a.spec;
+    AppOverrides {
+        command: s.command.clone(),
+        args: s.args.clone(),
+        env: s.env.iter().map(|(k, v)| (k.0.clone(), v.clone())).collect(),
+        workdir: s.workdir.clone(),
+        user: s.user.clone(),
+        cpu_millis: s.resources.cpu.map(|c| c.0),
+        memory_bytes: s.resources.memory.map(|m| m.0),
+        readonly_rootfs: false,
+        restart: match s.restart {
+            AppRestart::Always => RestartPolicy::Always,
+            AppRestart::OnFailure => RestartPolicy::OnFailure,
+            AppRestart::Never => RestartPolicy::Never,
+        },
+    }
+}
+
+impl Containers for ShimContainers {
+    fn ids(&self) -> Vec<String> {
+        self.runtime.ids()
+    }
+
+    fn state(&self, id: &str) -> Option<ShimState> {
+        self.runtime.state(id).ok()
+    }
+
+    fn start(&self, a: &Assignment) -> Result<(), ReconcileError> {
+        // A container's id (and directory and cgroup name) is its replica's name: replica names
+        // are DNS labels with a suffix, valid ids as they are.
+        let id = a.replica.as_str();
+        let image = a.spec.image.as_str();
+        let record = self
+            .store
+            .image(image)
+            .map_err(|e| ReconcileError::Runtime(e.to_string()))?
+            .ok_or_else(|| ReconcileError::NotPulled(image.to_string()))?;
+        let image_config = pull::config(&self.store, &record).map_err(|e| ReconcileError::Config(e.to_string()))?;
+        // Whatever a failed earlier attempt left is replaced.
+        let _ = self.roots.remove(id);
+        let rootfs = self.roots.prepare(id, &record).map_err(|e| ReconcileError::Rootfs(e.to_string()))?;
+        let hostname: String = id.chars().take(63).collect();
+        let cc = container_config(id, &hostname, rootfs.path, &image_config.config, &overrides(a), &self.log_dir)
+            .map_err(|e| {
+                let _ = self.roots.remove(id);
+                ReconcileError::Config(e)
+            })?;
+        if let Err(e) = self.runtime.create(&cc) {
+            let _ = self.runtime.remove(id, REMOVE_TIMEOUT);
+            let _ = self.roots.remove(id);
+            return Err(ReconcileError::Runtime(e.to_string()));
+        }
+        Ok(())
+    }
+
+    fn remove(&self, id: &str) -> Result<(), ReconcileError> {
+        self.runtime.remove(id, REMOVE_TIMEOUT).map_err(|e| ReconcileError::Runtime(e.to_string()))?;
+        self.roots.remove(id).map_err(|e| ReconcileError::Rootfs(e.to_string()))?;
+        remove_logs(&self.log_dir, id);
+        Ok(())
+    }
+}
+
+/// Removes a container's log and its rotated files.
+fn remove_logs(dir: &Path, id: &str) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let base = format!("{id}.log");
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name == base || name.strip_prefix(&base).is_some_and(|rest| rest.starts_with('.')) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Images from the content store, pulled from registries.
+#[derive(Debug, Clone)]
+pub struct StoreImages {
+    pub store: ContentStore,
+    pub client: Arc<RegistryClient>,
+    pub unpack: UnpackOptions,
+    pub arch: Arch,
+}
+
+impl Images for StoreImages {
+    fn present(&self) -> BTreeSet<String> {
+        self.store.images().map(|v| v.into_iter().map(|r| r.reference).collect()).unwrap_or_default()
+    }
+
+    fn pull(&self, image: &ImageRef, progress: &Progress) -> Result<(), ReconcileError> {
+        let puller =
+            Puller { store: &self.store, client: &self.client, arch: self.arch.clone(), unpack: self.unpack.clone() };
+        let name = image.to_string();
+        puller.pull(image, PullPolicy::IfNotPresent, progress).map(|_| ()).map_err(|e| match e {
+            PullError::NoPlatform { ref offered, .. } => {
+                ReconcileError::NoPlatform { image: name, offered: offered.clone(), message: e.to_string() }
+            }
+            PullError::WrongPlatform { ref platform, .. } => {
+                ReconcileError::NoPlatform { image: name, offered: vec![platform.clone()], message: e.to_string() }
+            }
+            e => ReconcileError::Pull { image: name, message: e.to_string() },
+        })
+    }
+}
+
+/// Each container keeps its own network namespace; its loopback is brought up (a new namespace
+/// has it down).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NamespaceNetwork;
+
+impl Network for NamespaceNetwork {
+    fn attach(&self, _id: &str, pid: i32) -> Result<(), ReconcileError> {
+        crate::ports::loopback_up(pid)
+            .map_err(|e| ReconcileError::Runtime(format!("cannot bring up the loopback: {e}")))
+    }
+}

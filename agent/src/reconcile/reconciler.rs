@@ -1,0 +1,325 @@
+//! The reconciler's state machine: inputs in (desired sets, finished pulls and removals),
+//! background jobs out (pulls, removals), and in between one pass — observe, [`plan`], act,
+//! report. It does no waiting of its own, so a test drives it step by step with fakes and a
+//! manual clock; `mod.rs` drives it on a thread with the real effects.
+
+use super::effects::{Containers, Images, Network, ReconcileError};
+use super::plan::{self, bindings, plan, transitions, Action, Binding, Desired, Observed, Retries, Retry, Statuses};
+use bramble_images::Progress;
+use bramble_proto::image_ref::ImageRef;
+use bramble_proto::model::{Event, EventReason};
+use bramble_proto::wire::Assignment;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tracing::{info, warn};
+
+/// The file that keeps the desired set across agent restarts (it never holds secrets).
+pub const DESIRED_FILE: &str = "desired.json";
+/// Containers started at once: most of a start is waiting on fork and exec.
+pub const PARALLEL_STARTS: usize = 4;
+
+/// What the reconciler is told.
+#[derive(Debug)]
+pub enum Input {
+    /// `full`: exactly these replicas; otherwise add/replace `upsert` and drop `remove`.
+    Desired { full: bool, upsert: Vec<Assignment>, remove: Vec<String> },
+    /// A pull ended.
+    Pulled { image: String, result: Result<(), ReconcileError>, took_ms: u64 },
+    /// A removal ended.
+    Removed { id: String, result: Result<(), ReconcileError> },
+}
+
+/// Work that waits (on the network, on a grace period): done off the reconciler's thread, its
+/// end comes back as an [`Input`].
+#[derive(Debug, Clone)]
+pub enum Job {
+    Pull { image: ImageRef, progress: Progress },
+    Remove { id: String },
+}
+
+pub struct Reconciler<C, I, N> {
+    containers: Arc<C>,
+    images: Arc<I>,
+    network: Arc<N>,
+    /// Where [`DESIRED_FILE`] lives (none: not persisted).
+    dir: Option<PathBuf>,
+    /// `None` until known: a set that could not be read never removes anything.
+    desired: Option<Desired>,
+    observed: Observed,
+    retries: Retries,
+    statuses: Statuses,
+    progress: HashMap<String, Progress>,
+    /// The app of every container this reconciler has known, for its events.
+    apps: HashMap<String, String>,
+    events: Vec<Event>,
+    parallel_starts: usize,
+}
+
+impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
+    /// A reconciler that keeps its desired set in `dir` (and reads it back from there).
+    pub fn new(containers: Arc<C>, images: Arc<I>, network: Arc<N>, dir: Option<PathBuf>) -> Self {
+        let desired = match &dir {
+            Some(d) => load_desired(&d.join(DESIRED_FILE)),
+            None => Some(Desired::new()),
+        };
+        let apps = desired.iter().flatten().map(|(k, a)| (k.clone(), a.app.clone())).collect();
+        Reconciler {
+            containers,
+            images,
+            network,
+            dir,
+            desired,
+            observed: Observed::default(),
+            retries: Retries::new(),
+            statuses: Statuses::new(),
+            progress: HashMap::new(),
+            apps,
+            events: Vec::new(),
+            parallel_starts: PARALLEL_STARTS,
+        }
+    }
+
+    /// Starts one container at a time (for deterministic tests).
+    pub fn with_parallel_starts(mut self, n: usize) -> Self {
+        self.parallel_starts = n.max(1);
+        self
+    }
+
+    pub fn desired(&self) -> Option<&Desired> {
+        self.desired.as_ref()
+    }
+
+    pub fn statuses(&self) -> &Statuses {
+        &self.statuses
+    }
+
+    /// The host ports of the desired replicas.
+    pub fn bindings(&self) -> Vec<Binding> {
+        bindings(self.desired.as_ref())
+    }
+
+    /// The image references in the store, as last seen.
+    pub fn images(&self) -> Vec<String> {
+        self.observed.images.iter().cloned().collect()
+    }
+
+    /// Whether pulls are in flight (their progress is worth reporting often).
+    pub fn pulling(&self) -> bool {
+        !self.observed.pulling.is_empty()
+    }
+
+    /// Events since the last call.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn event(&mut self, replica: &str, reason: EventReason, message: String, now_ms: u64) {
+        info!(replica, %reason, "{message}");
+        let app = self.apps.get(replica).cloned().unwrap_or_default();
+        self.events.push(Event::replica(now_ms, &app, replica, reason, message));
+    }
+
+    pub fn input(&mut self, input: Input, now_ms: u64) {
+        match input {
+            Input::Desired { full, upsert, remove } => self.set_desired(full, upsert, remove),
+            Input::Pulled { image, result, took_ms } => self.pulled(&image, result, took_ms, now_ms),
+            Input::Removed { id, result } => {
+                self.observed.removing.remove(&id);
+                self.observed.attached.remove(&id);
+                match result {
+                    Ok(()) => {
+                        let msg = "container stopped and removed: no longer assigned to this node".to_string();
+                        self.event(&id, EventReason::Stopped, msg, now_ms);
+                    }
+                    Err(e) => warn!(id, "cannot remove the container: {e}"),
+                }
+                if !self.desired.as_ref().is_some_and(|d| d.contains_key(&id)) {
+                    self.apps.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn set_desired(&mut self, full: bool, upsert: Vec<Assignment>, remove: Vec<String>) {
+        let mut d = if full { Desired::new() } else { self.desired.clone().unwrap_or_default() };
+        for a in upsert {
+            self.apps.insert(a.replica.clone(), a.app.clone());
+            d.insert(a.replica.clone(), a);
+        }
+        for r in remove {
+            d.remove(&r);
+        }
+        if self.desired.as_ref() == Some(&d) {
+            return;
+        }
+        if let Some(dir) = &self.dir {
+            let bytes = serde_json::to_vec(&d).expect("desired set serialises");
+            if let Err(e) = bramble_proto::fsutil::write_file_atomic(&dir.join(DESIRED_FILE), &bytes, 0o600) {
+                warn!("cannot persist the desired set: {e}");
+            }
+        }
+        self.desired = Some(d);
+    }
+
+    /// Replicas that wait for `image` (desired, no container yet).
+    fn waiting_for(&self, image: &str) -> Vec<String> {
+        let d = self.desired.iter().flatten();
+        d.filter(|(k, a)| a.spec.image.as_str() == image && !self.observed.containers.contains_key(*k))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    fn pulled(&mut self, image: &str, result: Result<(), ReconcileError>, took_ms: u64, now_ms: u64) {
+        self.observed.pulling.remove(image);
+        self.progress.remove(image);
+        let waiting = self.waiting_for(image);
+        match result {
+            Ok(()) => {
+                self.observed.images.insert(image.to_string());
+                for r in waiting {
+                    self.retries.remove(&r);
+                    self.event(&r, EventReason::Pulled, format!("pulled {image} in {took_ms} ms"), now_ms);
+                }
+            }
+            Err(e) => {
+                warn!(image, "{e}");
+                for r in waiting {
+                    let retry = Retry::after(self.retries.get(&r), e.clone(), now_ms);
+                    self.retries.insert(r, retry);
+                }
+            }
+        }
+    }
+
+    /// One pass: observe, plan, act, report. Returns the work to do in the background.
+    pub fn pass(&mut self, now_ms: u64) -> Vec<Job> {
+        self.observe();
+        let actions = plan(self.desired.as_ref(), &self.observed, &self.retries, now_ms);
+        let mut jobs = Vec::new();
+        let mut starts = Vec::new();
+        for action in actions {
+            match action {
+                Action::Remove { id } => {
+                    self.observed.removing.insert(id.clone());
+                    self.retries.remove(&id);
+                    jobs.push(Job::Remove { id });
+                }
+                Action::Pull { image } => jobs.extend(self.pull(&image)),
+                Action::Start { replica } => starts.push(replica),
+                Action::Attach { id, pid } => match self.network.attach(&id, pid) {
+                    Ok(()) => {
+                        self.observed.attached.insert(id, pid);
+                    }
+                    Err(e) => warn!(id, "cannot set up the network: {e}"),
+                },
+            }
+        }
+        self.start_all(&starts, now_ms);
+        self.report(now_ms);
+        jobs
+    }
+
+    /// Marks a pull as in flight and makes its job.
+    fn pull(&mut self, image: &str) -> Option<Job> {
+        let reference =
+            self.desired.iter().flatten().map(|(_, a)| &a.spec.image).find(|i| i.as_str() == image)?.clone();
+        let progress = Progress::default();
+        self.progress.insert(image.to_string(), progress.clone());
+        self.observed.pulling.insert(image.to_string(), (0, 0));
+        Some(Job::Pull { image: reference, progress })
+    }
+
+    /// The job could not be handed over (its queue is full): it is planned again next pass.
+    pub fn job_refused(&mut self, job: &Job) {
+        match job {
+            Job::Pull { image, .. } => {
+                self.observed.pulling.remove(image.as_str());
+                self.progress.remove(image.as_str());
+            }
+            Job::Remove { id } => {
+                self.observed.removing.remove(id);
+            }
+        }
+    }
+
+    fn observe(&mut self) {
+        let ids = self.containers.ids();
+        self.observed.containers = ids.into_iter().map(|id| (id.clone(), self.containers.state(&id))).collect();
+        self.observed.images = self.images.present();
+        for (image, p) in &self.progress {
+            self.observed.pulling.insert(image.clone(), p.totals());
+        }
+        let known = &self.observed.containers;
+        self.observed.attached.retain(|id, _| known.contains_key(id));
+    }
+
+    /// Starts containers, a few at a time; failures wait for a retry.
+    fn start_all(&mut self, replicas: &[String], now_ms: u64) {
+        let Some(desired) = &self.desired else { return };
+        let todo: Vec<&Assignment> = replicas.iter().filter_map(|r| desired.get(r)).collect();
+        let queue = std::sync::Mutex::new(todo.iter());
+        let results = std::sync::Mutex::new(Vec::new());
+        let containers = &self.containers;
+        std::thread::scope(|scope| {
+            for _ in 0..self.parallel_starts.min(todo.len()) {
+                scope.spawn(|| loop {
+                    let Some(a) = queue.lock().expect("queue lock").next() else { break };
+                    let r = containers.start(a);
+                    results.lock().expect("results lock").push((a.replica.clone(), r));
+                });
+            }
+        });
+        let mut results = results.into_inner().expect("results lock");
+        results.sort_by(|a, b| a.0.cmp(&b.0));
+        for (replica, r) in results {
+            match r {
+                Ok(()) => {
+                    self.retries.remove(&replica);
+                    let state = self.containers.state(&replica);
+                    self.observed.containers.insert(replica, state);
+                }
+                Err(e) => {
+                    warn!(replica, "{e}");
+                    let retry = Retry::after(self.retries.get(&replica), e, now_ms);
+                    self.retries.insert(replica, retry);
+                }
+            }
+        }
+    }
+
+    /// Every desired replica's status; changes become events.
+    fn report(&mut self, now_ms: u64) {
+        let Some(desired) = self.desired.clone() else { return };
+        for (name, a) in &desired {
+            let st = plan::status(a, &self.observed, self.retries.get(name));
+            let old = self.statuses.get(name);
+            if old == Some(&st) {
+                continue;
+            }
+            for (reason, message) in transitions(old, &st) {
+                self.event(name, reason, message, now_ms);
+            }
+            self.statuses.insert(name.clone(), st);
+        }
+        self.statuses.retain(|k, _| desired.contains_key(k));
+        self.retries.retain(|k, _| desired.contains_key(k));
+    }
+}
+
+fn load_desired(path: &std::path::Path) -> Option<Desired> {
+    match std::fs::read(path) {
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                warn!("ignoring {}: {e}; nothing is removed until the leader sends the desired set", path.display());
+                None
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Desired::new()),
+        Err(e) => {
+            warn!("cannot read {}: {e}; nothing is removed until the leader sends the desired set", path.display());
+            None
+        }
+    }
+}

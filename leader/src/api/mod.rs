@@ -1,0 +1,121 @@
+//! Requests from the CLI and from joining agents: who may do what, and what it does. Handlers
+//! return the leader's typed [`Error`]; it becomes the wire's `ApiError` here, at the edge.
+//!
+//! ```text
+//! nodes.rs     join, get/describe nodes, label, cordon, what agents report about their board
+//! apps.rs      apply (all or nothing), list and delete apps and services
+//! replicas.rs  list and describe replicas and apps, scale
+//! ```
+
+pub mod apps;
+pub mod nodes;
+pub mod replicas;
+
+use crate::controllers::{Context, Published};
+use crate::error::{Error, Result};
+use crate::events::Events;
+use crate::nodes::NodeRegistry;
+use crate::objects::Objects;
+use crate::observed::Observed;
+use bramble_proto::model::EventReason;
+use bramble_proto::names::check_dns_subdomain;
+use bramble_proto::time::now_ms;
+use bramble_proto::wire::{Request, Response};
+use bramble_transport::pki::Ca;
+use bramble_transport::Identity;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the API handlers share.
+pub struct Api {
+    pub objects: Objects,
+    pub ca: Ca,
+    pub registry: Arc<NodeRegistry>,
+    pub events: Arc<Events>,
+    pub observed: Arc<Observed>,
+    pub published: Arc<Published>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").finish_non_exhaustive()
+    }
+}
+
+/// Who made a change, as events say it.
+const BY_ADMIN: &str = "an admin";
+
+impl Api {
+    pub fn new(objects: Objects, ca: Ca, registry: Arc<NodeRegistry>, events: Arc<Events>) -> Api {
+        Api { objects, ca, registry, events, observed: Arc::new(Observed::new()), published: Arc::default() }
+    }
+
+    /// What the controllers get: the store, the registry, observations and events.
+    pub fn context(&self) -> Context {
+        Context {
+            objects: self.objects.clone(),
+            registry: self.registry.clone(),
+            observed: self.observed.clone(),
+            events: self.events.clone(),
+        }
+    }
+
+    /// Handles one request from a peer with `identity` (None: no client certificate).
+    pub fn handle(&self, identity: Option<&Identity>, request: Request) -> Response {
+        match self.dispatch(identity, request) {
+            Ok(r) => r,
+            Err(e) => Response::Error(e.into()),
+        }
+    }
+
+    fn dispatch(&self, identity: Option<&Identity>, request: Request) -> Result<Response> {
+        if let Request::Join { token, node_name, csr_pem, info } = request {
+            return self.join(&token, &node_name, &csr_pem, info).inspect_err(|e| {
+                let name = if check_dns_subdomain(&node_name).is_ok() { node_name.as_str() } else { "<invalid>" };
+                self.events.node(name, EventReason::JoinRefused, e.to_string(), now_ms());
+            });
+        }
+        authorize(identity)?;
+        match request {
+            Request::Join { .. } => unreachable!("handled above"),
+            Request::GetNodes => Ok(Response::Nodes(self.node_views()?)),
+            Request::GetNode { name } => self.describe_node(&name),
+            Request::LabelNode { name, set, remove } => self.label(&name, set, remove),
+            Request::SetCordon { name, cordoned } => self.cordon(&name, cordoned),
+            Request::Apply { apps, services } => {
+                let applied = apps::apply(&self.objects, &self.events, apps, services, BY_ADMIN)?;
+                Ok(Response::Applied(applied))
+            }
+            Request::GetApps => Ok(Response::Apps(apps::list(&self.objects)?)),
+            Request::GetServices => Ok(Response::Services(apps::list(&self.objects)?)),
+            Request::Delete { apps, services } => Ok(Response::Done(apps::delete(&self.objects, apps, services)?)),
+            Request::GetReplicas { app } => Ok(Response::Replicas(self.replicas(app.as_deref())?)),
+            Request::GetApp { name } => self.describe_app(&name),
+            Request::GetReplica { name } => self.describe_replica(&name),
+            Request::Scale { app, replicas, expect_generation } => {
+                Ok(Response::Done(self.scale(&app, replicas, expect_generation)?))
+            }
+            Request::GetEvents { since_ms } => Ok(Response::Events(self.events.since(since_ms))),
+            Request::Logs(_) | Request::Image { .. } => {
+                Err(Error::Invalid("this request is relayed to an agent on a stream of its own".into()))
+            }
+            Request::CreateToken { ttl_secs } => {
+                let fp = self.ca.fingerprint();
+                let (token, expires_ms) =
+                    crate::tokens::create(&self.objects, &fp, Duration::from_secs(ttl_secs), now_ms())?;
+                Ok(Response::Token { token: token.to_string(), expires_ms })
+            }
+        }
+    }
+}
+
+/// Admin requests need an admin (or the leader's own) certificate.
+pub fn authorize(identity: Option<&Identity>) -> Result<()> {
+    match identity {
+        None => Err(Error::Unauthenticated(
+            "a client certificate signed by this cluster's CA is required (only joining works without one)".into(),
+        )),
+        Some(Identity::Admin(_) | Identity::Leader) => Ok(()),
+        Some(id @ Identity::Node(_)) => Err(Error::PermissionDenied(format!("{id} may not make admin requests"))),
+    }
+}

@@ -1,0 +1,120 @@
+//! Nodes through the API: joining with a token, listing, describing, labels and cordons, and what
+//! an agent reports about its board.
+
+use super::Api;
+use crate::error::{Error, Result};
+use crate::store::{Expect, StoreError};
+use bramble_proto::model::{EventReason, Node, NodeInfo, NodeView, ObjectMeta, ObjectRef};
+use bramble_proto::names::{check_dns_subdomain, check_label_key, check_label_value};
+use bramble_proto::time::now_ms;
+use bramble_proto::wire::Response;
+use std::collections::BTreeMap;
+
+impl Api {
+    pub(super) fn join(&self, token: &str, node_name: &str, csr_pem: &str, info: NodeInfo) -> Result<Response> {
+        crate::tokens::verify(&self.objects, &self.ca.fingerprint(), token, now_ms())?;
+        check_dns_subdomain(node_name).map_err(|e| Error::Invalid(format!("join refused: node {e}")))?;
+        let (cert_pem, key_fp) =
+            self.ca.sign_node_csr(csr_pem, node_name).map_err(|e| Error::Invalid(format!("join refused: {e}")))?;
+        match self.objects.get::<Node>(node_name)? {
+            Some(existing) if existing.value.key_fingerprint != key_fp => {
+                return Err(Error::Conflict(format!(
+                    "join refused: node name {node_name:?} already belongs to another board (a different key); \
+                     choose another name, or remove the old node first"
+                )));
+            }
+            // The same board joining again (e.g. it lost its certificate but kept its key).
+            Some(_) => {}
+            None => {
+                let node = Node {
+                    meta: ObjectMeta { name: node_name.to_string(), generation: 1, revision: 0, created_ms: now_ms() },
+                    key_fingerprint: key_fp,
+                    labels: Default::default(),
+                    taints: Vec::new(),
+                    unschedulable: false,
+                    info,
+                    pod_cidr: None,
+                };
+                self.objects.put(&node, Expect::Absent).map_err(|e| match e {
+                    StoreError::Conflict { .. } => {
+                        Error::Conflict(format!("join refused: node name {node_name:?} was taken at the same moment"))
+                    }
+                    e => e.into(),
+                })?;
+                self.events.node(node_name, EventReason::NodeJoined, "the node joined the cluster", now_ms());
+            }
+        }
+        Ok(Response::Joined { node_name: node_name.to_string(), cert_pem, ca_pem: self.ca.cert_pem().to_string() })
+    }
+
+    pub(super) fn describe_node(&self, name: &str) -> Result<Response> {
+        let node = self.objects.load::<Node>(name)?.value;
+        let events = self.events.about(&ObjectRef::node(name));
+        Ok(Response::Node { node: Box::new(self.view(node)), events })
+    }
+
+    pub(super) fn cordon(&self, name: &str, cordoned: bool) -> Result<Response> {
+        let changed = self.objects.update::<Node>(name, |n| {
+            let changed = n.unschedulable != cordoned;
+            n.unschedulable = cordoned;
+            Ok(changed)
+        })?;
+        let verb = if cordoned { "cordoned" } else { "uncordoned" };
+        if changed {
+            let reason = if cordoned { EventReason::NodeCordoned } else { EventReason::NodeUncordoned };
+            self.events.node(name, reason, format!("node {verb} by an admin"), now_ms());
+        }
+        Ok(Response::Done(format!("node/{name} {verb}{}", if changed { "" } else { " (no change)" })))
+    }
+
+    pub(super) fn label(&self, name: &str, set: BTreeMap<String, String>, remove: Vec<String>) -> Result<Response> {
+        for (k, v) in &set {
+            check_label_key(k).map_err(|e| Error::Invalid(e.to_string()))?;
+            check_label_value(v).map_err(|e| Error::Invalid(e.to_string()))?;
+        }
+        self.objects.update::<Node>(name, |n| {
+            for k in &remove {
+                if n.labels.remove(k).is_none() {
+                    let msg = if n.info.labels.contains_key(k) {
+                        format!("label {k:?} on node {name} comes from the agent's config file; change it there")
+                    } else {
+                        format!("node {name} has no label {k:?}")
+                    };
+                    return Err(Error::Invalid(msg));
+                }
+            }
+            let before = n.labels.clone();
+            n.labels.extend(set.clone());
+            Ok(before != n.labels || !remove.is_empty())
+        })?;
+        let mut parts: Vec<String> = set.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        parts.extend(remove.iter().map(|k| format!("{k}-")));
+        self.events.node(name, EventReason::NodeLabeled, format!("labels changed: {}", parts.join(" ")), now_ms());
+        Ok(Response::Done(format!("node/{name} labeled")))
+    }
+
+    /// Records what an agent reports about its board; writes only if it changed.
+    pub fn set_node_info(&self, name: &str, info: NodeInfo) -> Result<bool> {
+        self.objects.update::<Node>(name, |node| {
+            let changed = node.info != info;
+            node.info = info.clone();
+            Ok(changed)
+        })
+    }
+
+    pub(super) fn node_views(&self) -> Result<Vec<NodeView>> {
+        Ok(self.objects.list::<Node>()?.into_iter().map(|v| self.view(v.value)).collect())
+    }
+
+    fn view(&self, node: Node) -> NodeView {
+        let live = self.registry.view(&node.meta.name, now_ms());
+        NodeView {
+            ready: live.ready,
+            last_seen_ms: live.last_seen_ms,
+            session_epoch: live.session_epoch,
+            session_address: live.session_address,
+            images: self.observed.node_images(&node.meta.name).into_iter().collect(),
+            node,
+        }
+    }
+}

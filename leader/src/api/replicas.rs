@@ -1,0 +1,64 @@
+//! Replicas through the API: list, describe (with an app's), scale.
+
+use super::{Api, BY_ADMIN};
+use crate::error::{Error, Result};
+use crate::store::{Expect, StoreError};
+use bramble_proto::manifest::{Replicas, MAX_REPLICAS};
+use bramble_proto::model::{App, Event, EventReason, ObjectRef, Replica};
+use bramble_proto::time::now_ms;
+use bramble_proto::wire::Response;
+
+impl Api {
+    /// Replicas of `app` (all if `None`), by name.
+    pub fn replicas(&self, app: Option<&str>) -> Result<Vec<Replica>> {
+        if let Some(a) = app {
+            self.objects.load::<App>(a)?;
+        }
+        let all = self.objects.list::<Replica>()?.into_iter().map(|v| v.value);
+        Ok(all.filter(|r| app.is_none_or(|a| r.app == a)).collect())
+    }
+
+    pub(super) fn describe_app(&self, name: &str) -> Result<Response> {
+        let app = self.objects.load::<App>(name)?.value;
+        let replicas = self.replicas(Some(name))?;
+        Ok(Response::App { app: Box::new(app), replicas, events: self.events.of_app(name) })
+    }
+
+    pub(super) fn describe_replica(&self, name: &str) -> Result<Response> {
+        let replica = self.objects.load::<Replica>(name)?.value;
+        let detail = self.observed.detail(name);
+        let events = self.events.about(&ObjectRef::replica(name));
+        Ok(Response::Replica { replica: Box::new(replica), detail, events })
+    }
+
+    /// Sets an app's replica count (refused if `expect_generation` is given and the app moved on).
+    pub(super) fn scale(&self, name: &str, replicas: u32, expect_generation: Option<u64>) -> Result<String> {
+        if replicas > MAX_REPLICAS {
+            return Err(Error::Invalid(format!("expected a replica count from 0 to {MAX_REPLICAS}, found {replicas}")));
+        }
+        let current = self.objects.load::<App>(name)?;
+        let mut app = current.value;
+        if let Some(g) = expect_generation.filter(|g| *g != app.meta.generation) {
+            return Err(Error::Conflict(format!(
+                "app {name} changed since generation {g} (it is at generation {}); look again and retry",
+                app.meta.generation
+            )));
+        }
+        let from = app.spec.replicas.0;
+        if from == replicas {
+            return Ok(format!("app/{name} unchanged ({replicas} replicas)"));
+        }
+        app.spec.replicas = Replicas(replicas);
+        app.meta.generation += 1;
+        self.objects.put(&app, Expect::Revision(current.rev)).map_err(|e| match e {
+            StoreError::Conflict { .. } => {
+                Error::Conflict(format!("app {name} was changed by someone else meanwhile; try again"))
+            }
+            e => e.into(),
+        })?;
+        let message = format!("scaled from {from} to {replicas} replicas by {BY_ADMIN}");
+        self.events.record(Event::new(now_ms(), ObjectRef::app(name), EventReason::Scaled, message));
+        self.published.kick.notify_one();
+        Ok(format!("app/{name} scaled from {from} to {replicas}"))
+    }
+}

@@ -1,0 +1,384 @@
+//! The replica controller's planner: a pure function from a snapshot of the cluster and `now` to
+//! a plan — which replicas to create, delete, bind or mark Lost, which pod templates to keep or
+//! drop, and the events that say so. No store, no clock, no network: `run.rs` reads the
+//! snapshot, calls [`plan`], and commits each app's part in one transaction.
+//!
+//! Per app, in order: replicas of nodes that stopped answering are marked Lost; replicas on
+//! boards whose arch the image lacks go; the count and rolling update decide creates and deletes
+//! ([`super::replicas::reconcile`]); unbound replicas are placed by the scheduler; revisions no
+//! replica uses any more are dropped.
+
+use super::replicas::{reconcile, revision_hash, Action};
+use crate::objects::Versioned;
+use crate::scheduler::{NodeSnapshot, Request as Placement, Scheduler};
+use bramble_proto::manifest::AppSpec;
+use bramble_proto::model::{
+    App, ConditionStatus, Event, EventReason, Node, ObjectMeta, Platform, Replica, ReplicaPhase, Resources,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// A node as the planner sees it.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    pub node: Node,
+    /// `False`: its replicas are Lost. `Unknown` (not heard from since the leader started):
+    /// neither placed on nor lost, until the grace period decides.
+    pub ready: ConditionStatus,
+    /// Image references its store holds, as its agent last said.
+    pub images: BTreeSet<String>,
+}
+
+/// An app with its replicas and stored pod templates.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// `meta.revision` is the store revision it was read at (the commit checks it).
+    pub app: App,
+    pub replicas: Vec<Versioned<Replica>>,
+    pub revisions: BTreeMap<String, Versioned<AppSpec>>,
+}
+
+/// Everything one pass looks at.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub nodes: Vec<NodeState>,
+    pub apps: BTreeMap<String, AppState>,
+    /// Replicas whose app is gone.
+    pub orphans: Vec<Versioned<Replica>>,
+    /// Stored revisions `(app, hash, store revision)` of apps that are gone.
+    pub orphan_revisions: Vec<(String, String, u64)>,
+    /// The platforms an image offers, per image reference, where a board has told.
+    pub platforms: HashMap<String, Vec<Platform>>,
+}
+
+/// One write of an app's transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Create(Replica),
+    Update { replica: Replica, expect: u64 },
+    Delete { name: String, expect: u64 },
+    PutRevision { hash: String, spec: Box<AppSpec> },
+    DeleteRevision { hash: String, expect: u64 },
+}
+
+/// A replica with the pod template it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kept {
+    pub replica: Replica,
+    pub spec: AppSpec,
+}
+
+/// One app's part of a plan: committed all or nothing, with the app's revision checked.
+#[derive(Debug, Clone)]
+pub struct AppPlan {
+    pub app: String,
+    /// The store revision of the app the plan was made from.
+    pub app_revision: u64,
+    pub changes: Vec<Change>,
+    /// Recorded only if the changes are committed.
+    pub events: Vec<Event>,
+    /// The replicas once the changes are committed.
+    pub after: Vec<Kept>,
+    /// The replicas as they are (what stays if the commit fails).
+    pub before: Vec<Kept>,
+}
+
+/// Garbage of apps that are gone, each removed on its own.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Garbage {
+    Replica { replica: Replica, expect: u64 },
+    Revision { app: String, hash: String, expect: u64 },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub apps: Vec<AppPlan>,
+    pub garbage: Vec<Garbage>,
+}
+
+/// Plans one pass over the whole cluster at `now_ms`.
+pub fn plan(snapshot: &Snapshot, now_ms: u64) -> Plan {
+    let mut scheduler = scheduler_for(snapshot);
+    let lost: BTreeSet<&str> = snapshot
+        .nodes
+        .iter()
+        .filter(|n| n.ready == ConditionStatus::False)
+        .map(|n| n.node.meta.name.as_str())
+        .collect();
+    let apps = snapshot
+        .apps
+        .values()
+        .map(|a| {
+            let offered = snapshot.platforms.get(a.app.spec.image.as_str()).map(Vec::as_slice);
+            plan_app(a, &lost, offered, &mut scheduler, now_ms)
+        })
+        .collect();
+    Plan { apps, garbage: garbage(snapshot) }
+}
+
+/// The scheduler's view: every node, with what the bound replicas of live apps already take.
+fn scheduler_for(snapshot: &Snapshot) -> Scheduler {
+    let mut nodes: Vec<NodeSnapshot> = snapshot
+        .nodes
+        .iter()
+        .map(|n| NodeSnapshot {
+            name: n.node.meta.name.clone(),
+            arch: n.node.info.arch.clone(),
+            ready: n.ready == ConditionStatus::True,
+            unschedulable: n.node.unschedulable,
+            labels: n.node.effective_labels(),
+            taints: n.node.taints.clone(),
+            allocatable: n.node.info.allocatable,
+            requested: Resources::default(),
+            host_ports: BTreeSet::new(),
+            images: n.images.clone(),
+            apps: BTreeMap::new(),
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut scheduler = Scheduler::new(nodes);
+    for (name, a) in &snapshot.apps {
+        for r in a.replicas.iter().map(|v| &v.value).filter(|r| holds_node(r)) {
+            if let Some(i) = r.node.as_deref().and_then(|n| scheduler.index_of(n)) {
+                scheduler.bind(i, &Placement { app: name, spec: &a.app.spec, platforms: None });
+            }
+        }
+    }
+    scheduler
+}
+
+/// Whether a replica still takes room on its node.
+pub fn holds_node(r: &Replica) -> bool {
+    !matches!(r.phase, ReplicaPhase::Succeeded | ReplicaPhase::Lost)
+}
+
+fn garbage(snapshot: &Snapshot) -> Vec<Garbage> {
+    let orphans = snapshot.orphans.iter().map(|v| Garbage::Replica { replica: v.value.clone(), expect: v.rev });
+    let with_replicas: BTreeSet<&str> = snapshot.orphans.iter().map(|v| v.value.app.as_str()).collect();
+    let revisions = snapshot
+        .orphan_revisions
+        .iter()
+        .filter(|(app, _, _)| !with_replicas.contains(app.as_str()))
+        .map(|(app, hash, rev)| Garbage::Revision { app: app.clone(), hash: hash.clone(), expect: *rev });
+    orphans.chain(revisions).collect()
+}
+
+/// One app's work in progress: the replicas as they will be, and what was there.
+struct Work<'a> {
+    app: &'a AppState,
+    name: &'a str,
+    now: u64,
+    replicas: Vec<Replica>,
+    /// Marked Lost in this pass: written now, deleted in a later pass (one write per key).
+    just_lost: BTreeSet<String>,
+    events: Vec<Event>,
+}
+
+impl Work<'_> {
+    fn event(&mut self, replica: &str, reason: EventReason, message: String) {
+        self.events.push(Event::replica(self.now, self.name, replica, reason, message));
+    }
+
+    fn spec(&self) -> &AppSpec {
+        &self.app.app.spec
+    }
+}
+
+fn plan_app(
+    app: &AppState,
+    lost: &BTreeSet<&str>,
+    offered: Option<&[Platform]>,
+    scheduler: &mut Scheduler,
+    now: u64,
+) -> AppPlan {
+    let name = app.app.spec.name.as_str();
+    let mut w = Work {
+        app,
+        name,
+        now,
+        replicas: app.replicas.iter().map(|v| v.value.clone()).collect(),
+        just_lost: BTreeSet::new(),
+        events: Vec::new(),
+    };
+    mark_lost(&mut w, lost);
+    if let Some(offered) = offered {
+        evict_foreign(&mut w, offered, scheduler);
+    }
+    keep_count(&mut w, scheduler);
+    place(&mut w, offered, scheduler);
+    let mut changes = replica_changes(app, &w.replicas);
+    changes.extend(revision_changes(app, &w.replicas));
+    let templates = |rs: &mut dyn Iterator<Item = Replica>| -> Vec<Kept> {
+        rs.map(|replica| {
+            let spec =
+                app.revisions.get(&replica.revision_hash).map_or_else(|| app.app.spec.clone(), |v| v.value.clone());
+            Kept { replica, spec }
+        })
+        .collect()
+    };
+    AppPlan {
+        app: name.to_string(),
+        app_revision: app.app.meta.revision,
+        after: templates(&mut w.replicas.clone().into_iter()),
+        before: templates(&mut app.replicas.iter().map(|v| v.value.clone())),
+        changes,
+        events: w.events,
+    }
+}
+
+/// Replicas on nodes that stopped answering are Lost from the moment the node is NotReady.
+fn mark_lost(w: &mut Work<'_>, lost: &BTreeSet<&str>) {
+    let now = w.now;
+    let mut marked = Vec::new();
+    for r in &mut w.replicas {
+        let Some(node) = r.node.as_deref().filter(|n| lost.contains(n)) else { continue };
+        if matches!(r.phase, ReplicaPhase::Lost | ReplicaPhase::Succeeded) {
+            continue;
+        }
+        r.phase = ReplicaPhase::Lost;
+        r.reason = format!("node {node} is not ready");
+        r.finished_ms = Some(now);
+        marked.push((r.meta.name.clone(), r.reason.clone()));
+    }
+    for (replica, reason) in marked {
+        w.event(&replica, EventReason::ReplicaLost, reason);
+        w.just_lost.insert(replica);
+    }
+}
+
+/// A replica on a board whose arch the image does not offer can never run there: it goes, and
+/// its replacement is placed where the image runs.
+fn evict_foreign(w: &mut Work<'_>, offered: &[Platform], scheduler: &mut Scheduler) {
+    let mut gone = Vec::new();
+    for r in &w.replicas {
+        let Some(i) = r.node.as_deref().and_then(|n| scheduler.index_of(n)) else { continue };
+        let arch = scheduler.nodes[i].arch.clone();
+        if Platform::choose(offered, &arch).is_some() || w.just_lost.contains(&r.meta.name) {
+            continue;
+        }
+        if holds_node(r) {
+            scheduler.unbind(i, w.name, w.spec());
+        }
+        let list: Vec<String> = offered.iter().map(|p| p.to_string()).collect();
+        let node = &scheduler.nodes[i].name;
+        gone.push((
+            r.meta.name.clone(),
+            format!("deleted: the image offers {} and node {node} is {arch}", list.join(", ")),
+        ));
+    }
+    for (replica, why) in gone {
+        w.replicas.retain(|r| r.meta.name != replica);
+        w.event(&replica, EventReason::ImagePlatform, why);
+    }
+}
+
+/// The count, the rolling update and Lost replicas past their hold-off.
+fn keep_count(w: &mut Work<'_>, scheduler: &mut Scheduler) {
+    for action in reconcile(w.name, w.spec(), &w.replicas, w.now) {
+        match action {
+            Action::Delete { name: victim, reason } => {
+                // A replica just marked Lost is deleted in a later pass (one write per key).
+                if w.just_lost.contains(&victim) {
+                    continue;
+                }
+                let Some(pos) = w.replicas.iter().position(|r| r.meta.name == victim) else { continue };
+                let r = w.replicas.remove(pos);
+                if holds_node(&r) {
+                    if let Some(i) = r.node.as_deref().and_then(|n| scheduler.index_of(n)) {
+                        scheduler.unbind(i, w.name, w.spec());
+                    }
+                }
+                w.event(&victim, EventReason::Deleted, format!("deleted: {reason}"));
+            }
+            Action::Create { name: new, revision } => {
+                w.replicas.push(new_replica(w.name, &new, revision, w.now));
+                w.event(&new, EventReason::Created, format!("created for app {}", w.name));
+            }
+        }
+    }
+}
+
+fn new_replica(app: &str, name: &str, revision: String, now: u64) -> Replica {
+    Replica {
+        meta: ObjectMeta { name: name.to_string(), generation: 1, revision: 0, created_ms: now },
+        app: app.to_string(),
+        revision_hash: revision,
+        node: None,
+        phase: ReplicaPhase::Pending,
+        reason: String::new(),
+        restarts: 0,
+        exit_code: None,
+        started_ms: None,
+        finished_ms: None,
+        container_id: None,
+        ip: None,
+    }
+}
+
+/// Places what is unbound; what fits nowhere keeps a reason (an event only when it changes).
+fn place(w: &mut Work<'_>, offered: Option<&[Platform]>, scheduler: &mut Scheduler) {
+    let spec = &w.app.app.spec;
+    let req = Placement { app: w.name, spec, platforms: offered };
+    let mut events = Vec::new();
+    for r in w.replicas.iter_mut().filter(|r| r.node.is_none()) {
+        match scheduler.place(&req) {
+            Ok(i) => {
+                scheduler.bind(i, &req);
+                let node = scheduler.nodes[i].name.clone();
+                events.push((r.meta.name.clone(), EventReason::Scheduled, format!("assigned to node {node}")));
+                r.node = Some(node);
+                r.reason = String::new();
+            }
+            Err(why) => {
+                let why = why.to_string();
+                if r.reason != why {
+                    events.push((r.meta.name.clone(), EventReason::FailedScheduling, why.clone()));
+                }
+                r.reason = why;
+            }
+        }
+    }
+    for (replica, reason, message) in events {
+        w.event(&replica, reason, message);
+    }
+}
+
+/// The writes that turn the stored replicas into `after`: one per key at most.
+fn replica_changes(app: &AppState, after: &[Replica]) -> Vec<Change> {
+    let before: BTreeMap<&str, &Versioned<Replica>> =
+        app.replicas.iter().map(|v| (v.value.meta.name.as_str(), v)).collect();
+    let names: BTreeSet<&str> = after.iter().map(|r| r.meta.name.as_str()).collect();
+    let mut changes = Vec::new();
+    for r in after {
+        match before.get(r.meta.name.as_str()) {
+            None => changes.push(Change::Create(r.clone())),
+            Some(v) if v.value != *r => changes.push(Change::Update { replica: r.clone(), expect: v.rev }),
+            Some(_) => {}
+        }
+    }
+    for (name, v) in &before {
+        if !names.contains(name) {
+            changes.push(Change::Delete { name: name.to_string(), expect: v.rev });
+        }
+    }
+    changes
+}
+
+/// The current revision's template is stored once a replica runs it; a template no replica
+/// uses any more goes.
+fn revision_changes(app: &AppState, after: &[Replica]) -> Vec<Change> {
+    let current = revision_hash(&app.app.spec);
+    let used: BTreeSet<&str> = after.iter().map(|r| r.revision_hash.as_str()).collect();
+    let mut changes = Vec::new();
+    if used.contains(current.as_str()) && !app.revisions.contains_key(&current) {
+        changes.push(Change::PutRevision { hash: current, spec: Box::new(app.app.spec.clone()) });
+    }
+    for (hash, v) in &app.revisions {
+        if !used.contains(hash.as_str()) {
+            changes.push(Change::DeleteRevision { hash: hash.clone(), expect: v.rev });
+        }
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests;

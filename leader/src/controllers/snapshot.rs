@@ -1,0 +1,49 @@
+//! Reads what one pass of the replica controller looks at: nodes with their readiness (from the
+//! registry) and images (from what boards told), apps with their replicas and templates, and
+//! what is left of apps that are gone.
+
+use super::plan::{AppState, NodeState, Snapshot};
+use super::Context;
+use crate::error::Result;
+use bramble_proto::model::{App, Node, Replica};
+use std::collections::BTreeMap;
+
+pub fn read(ctx: &Context, now_ms: u64) -> Result<Snapshot> {
+    let nodes = ctx
+        .objects
+        .list::<Node>()?
+        .into_iter()
+        .map(|v| {
+            let name = v.value.meta.name.clone();
+            NodeState {
+                ready: ctx.registry.view(&name, now_ms).ready.status,
+                images: ctx.observed.node_images(&name),
+                node: v.value,
+            }
+        })
+        .collect();
+    let mut revisions = ctx.objects.revisions()?;
+    let mut apps: BTreeMap<String, AppState> = ctx
+        .objects
+        .list::<App>()?
+        .into_iter()
+        .map(|v| {
+            let name = v.value.spec.name.as_str().to_string();
+            let state =
+                AppState { app: v.value, replicas: Vec::new(), revisions: revisions.remove(&name).unwrap_or_default() };
+            (name, state)
+        })
+        .collect();
+    let mut orphans = Vec::new();
+    for v in ctx.objects.list::<Replica>()? {
+        match apps.get_mut(&v.value.app) {
+            Some(a) => a.replicas.push(v),
+            None => orphans.push(v),
+        }
+    }
+    let orphan_revisions = revisions
+        .into_iter()
+        .flat_map(|(app, hashes)| hashes.into_iter().map(move |(hash, v)| (app.clone(), hash, v.rev)))
+        .collect();
+    Ok(Snapshot { nodes, apps, orphans, orphan_revisions, platforms: ctx.observed.platforms() })
+}

@@ -1,0 +1,231 @@
+//! The typed object layer: every store key, every encode and decode, and the one path that
+//! reports a stored value that does not decode. Nothing else in the leader builds a key or
+//! parses stored bytes.
+//!
+//! ```text
+//! /nodes/<name>              Node
+//! /apps/<name>               App
+//! /services/<name>           Service
+//! /replicas/<name>           Replica
+//! /revisions/<app>/<hash>    AppSpec: the pod template of a revision that still has replicas
+//! /tokens/<id>               a join token (hash of its secret)
+//! ```
+
+use crate::error::{Error, Result};
+use crate::store::{Expect, KeyValue, Store, StoreError, TxnOp};
+use bramble_proto::manifest::AppSpec;
+use bramble_proto::model::{App, Node, ObjectMeta, Replica, Service};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Where each kind lives.
+pub mod keys {
+    pub const NODES: &str = "/nodes/";
+    pub const APPS: &str = "/apps/";
+    pub const SERVICES: &str = "/services/";
+    pub const REPLICAS: &str = "/replicas/";
+    pub const REVISIONS: &str = "/revisions/";
+    pub const TOKENS: &str = "/tokens/";
+
+    pub fn revisions_of(app: &str) -> String {
+        format!("{REVISIONS}{app}/")
+    }
+
+    pub fn revision(app: &str, hash: &str) -> String {
+        format!("{REVISIONS}{app}/{hash}")
+    }
+
+    /// `(app, hash)` of a revision key.
+    pub fn parse_revision(key: &str) -> Option<(&str, &str)> {
+        key.strip_prefix(REVISIONS)?.split_once('/')
+    }
+
+    pub fn token(id: &str) -> String {
+        format!("{TOKENS}{id}")
+    }
+}
+
+/// A stored object kind with a name and metadata.
+pub trait Object: Serialize + DeserializeOwned + Clone {
+    /// The kind as users name it (`app`), for messages.
+    const KIND: &'static str;
+    const PREFIX: &'static str;
+    fn meta(&self) -> &ObjectMeta;
+    fn meta_mut(&mut self) -> &mut ObjectMeta;
+}
+
+macro_rules! object {
+    ($t:ty, $kind:literal, $prefix:expr) => {
+        impl Object for $t {
+            const KIND: &'static str = $kind;
+            const PREFIX: &'static str = $prefix;
+            fn meta(&self) -> &ObjectMeta {
+                &self.meta
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.meta
+            }
+        }
+    };
+}
+
+object!(Node, "node", keys::NODES);
+object!(App, "app", keys::APPS);
+object!(Service, "service", keys::SERVICES);
+object!(Replica, "replica", keys::REPLICAS);
+
+/// The key of object `name` of kind `T`.
+pub fn key<T: Object>(name: &str) -> String {
+    format!("{}{name}", T::PREFIX)
+}
+
+/// A value with the store revision it was read at (for compare-and-swap).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub rev: u64,
+}
+
+/// Decodes a stored value; the one place a corrupt value is reported.
+pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| Error::Corrupt { key: key.to_string(), source })
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("objects serialise")
+}
+
+fn decode_object<T: Object>(kv: &KeyValue) -> Result<Versioned<T>> {
+    let mut value: T = decode(&kv.key, &kv.value)?;
+    value.meta_mut().revision = kv.mod_revision;
+    Ok(Versioned { value, rev: kv.mod_revision })
+}
+
+/// Typed access to the store.
+#[derive(Clone)]
+pub struct Objects {
+    store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for Objects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Objects").field("revision", &self.store.revision()).finish()
+    }
+}
+
+impl Objects {
+    pub fn new(store: Arc<dyn Store>) -> Objects {
+        Objects { store }
+    }
+
+    /// The store underneath, for watches and revisions.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn get<T: Object>(&self, name: &str) -> Result<Option<Versioned<T>>> {
+        self.store.get(&key::<T>(name))?.map(|kv| decode_object(&kv)).transpose()
+    }
+
+    /// Like [`Objects::get`], with "not found" as an error that names the object.
+    pub fn load<T: Object>(&self, name: &str) -> Result<Versioned<T>> {
+        self.get(name)?.ok_or_else(|| Error::NotFound(format!("{} {name:?} not found", T::KIND)))
+    }
+
+    pub fn list<T: Object>(&self) -> Result<Vec<Versioned<T>>> {
+        self.store.list(T::PREFIX)?.iter().map(decode_object).collect()
+    }
+
+    pub fn put_op<T: Object>(value: &T, expect: Expect) -> TxnOp {
+        TxnOp::Put { key: key::<T>(&value.meta().name), value: encode(value), expect }
+    }
+
+    pub fn delete_op<T: Object>(name: &str, expect: Expect) -> TxnOp {
+        TxnOp::Delete { key: key::<T>(name), expect }
+    }
+
+    pub fn check_op<T: Object>(name: &str, expect: Expect) -> TxnOp {
+        TxnOp::Check { key: key::<T>(name), expect }
+    }
+
+    pub fn put<T: Object>(&self, value: &T, expect: Expect) -> Result<u64, StoreError> {
+        self.store.put(&key::<T>(&value.meta().name), &encode(value), expect)
+    }
+
+    pub fn delete<T: Object>(&self, name: &str, expect: Expect) -> Result<u64, StoreError> {
+        self.store.delete(&key::<T>(name), expect)
+    }
+
+    /// Every op or none.
+    pub fn txn(&self, ops: &[TxnOp]) -> Result<u64, StoreError> {
+        self.store.txn(ops)
+    }
+
+    /// Read-modify-write with compare-and-swap, retried when someone else wrote in between.
+    /// `change` returns whether it changed anything; nothing is written if not. The generation
+    /// is bumped on every write.
+    pub fn update<T: Object>(&self, name: &str, change: impl Fn(&mut T) -> Result<bool>) -> Result<bool> {
+        for _ in 0..5 {
+            let Versioned { mut value, rev } = self.load::<T>(name)?;
+            if !change(&mut value)? {
+                return Ok(false);
+            }
+            value.meta_mut().generation += 1;
+            match self.put(&value, Expect::Revision(rev)) {
+                Ok(_) => return Ok(true),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Conflict(format!("{} {name} kept changing; try again", T::KIND)))
+    }
+
+    /// Every stored pod template: app → hash → template.
+    pub fn revisions(&self) -> Result<BTreeMap<String, BTreeMap<String, Versioned<AppSpec>>>> {
+        let mut out: BTreeMap<String, BTreeMap<String, Versioned<AppSpec>>> = BTreeMap::new();
+        for kv in self.store.list(keys::REVISIONS)? {
+            let Some((app, hash)) = keys::parse_revision(&kv.key) else { continue };
+            let value = decode(&kv.key, &kv.value)?;
+            out.entry(app.to_string()).or_default().insert(hash.to_string(), Versioned { value, rev: kv.mod_revision });
+        }
+        Ok(out)
+    }
+
+    pub fn put_revision_op(app: &str, hash: &str, spec: &AppSpec) -> TxnOp {
+        TxnOp::Put { key: keys::revision(app, hash), value: encode(spec), expect: Expect::Absent }
+    }
+
+    pub fn delete_revision_op(app: &str, hash: &str, rev: u64) -> TxnOp {
+        TxnOp::Delete { key: keys::revision(app, hash), expect: Expect::Revision(rev) }
+    }
+
+    /// A value stored at `key` outside the object kinds (tokens).
+    pub fn get_at<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        self.store.get(key)?.map(|kv| decode(&kv.key, &kv.value)).transpose()
+    }
+
+    pub fn put_at<T: Serialize>(&self, key: &str, value: &T, expect: Expect) -> Result<u64, StoreError> {
+        self.store.put(key, &encode(value), expect)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+
+    #[test]
+    fn keys_round_trip_and_corrupt_values_name_their_key() {
+        assert_eq!(key::<App>("web"), "/apps/web");
+        assert_eq!(keys::parse_revision(&keys::revision("web", "abc")), Some(("web", "abc")));
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        store.put("/apps/web", b"{not json", Expect::Any).unwrap();
+        let objects = Objects::new(store);
+        let e = objects.list::<App>().unwrap_err();
+        assert!(e.to_string().starts_with("stored object /apps/web is corrupt: "), "{e}");
+        let e = objects.load::<Node>("pi").unwrap_err();
+        assert_eq!(e.to_string(), "node \"pi\" not found");
+    }
+}

@@ -1,0 +1,68 @@
+//! What the leader learns from boards and keeps in memory only (relearned after a restart):
+//! live detail per replica (pull progress), the platforms an image offers, the images each
+//! board holds. Controllers read it; sessions write it.
+
+use bramble_proto::model::Platform;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+/// Image references a board may report, and their longest accepted form.
+const MAX_IMAGES: usize = 4096;
+const MAX_REFERENCE: usize = 512;
+
+#[derive(Debug, Default)]
+pub struct Observed {
+    details: Mutex<HashMap<String, String>>,
+    platforms: Mutex<HashMap<String, Vec<Platform>>>,
+    node_images: Mutex<HashMap<String, BTreeSet<String>>>,
+}
+
+impl Observed {
+    pub fn new() -> Observed {
+        Observed::default()
+    }
+
+    pub fn detail(&self, replica: &str) -> Option<String> {
+        self.details.lock().expect("details lock").get(replica).cloned()
+    }
+
+    pub fn set_detail(&self, replica: &str, detail: Option<String>) {
+        let mut d = self.details.lock().expect("details lock");
+        match detail {
+            Some(text) => d.insert(replica.to_string(), text),
+            None => d.remove(replica),
+        };
+    }
+
+    /// Forgets the detail of replicas `keep` rejects.
+    pub fn retain_details(&self, keep: impl Fn(&str) -> bool) {
+        self.details.lock().expect("details lock").retain(|k, _| keep(k));
+    }
+
+    /// Records what `image` offers; returns whether that is news.
+    pub fn set_platforms(&self, image: &str, offered: Vec<Platform>) -> bool {
+        if offered.is_empty() {
+            return false;
+        }
+        let mut p = self.platforms.lock().expect("platforms lock");
+        p.insert(image.to_string(), offered.clone()) != Some(offered)
+    }
+
+    pub fn platforms(&self) -> HashMap<String, Vec<Platform>> {
+        self.platforms.lock().expect("platforms lock").clone()
+    }
+
+    /// Records the images `node` holds (bounded: a hint for scoring, nothing more).
+    pub fn set_node_images(&self, node: &str, images: Vec<String>) {
+        let set = images.into_iter().take(MAX_IMAGES).filter(|r| r.len() <= MAX_REFERENCE).collect();
+        self.node_images.lock().expect("images lock").insert(node.to_string(), set);
+    }
+
+    pub fn node_images(&self, node: &str) -> BTreeSet<String> {
+        self.node_images.lock().expect("images lock").get(node).cloned().unwrap_or_default()
+    }
+
+    pub fn all_node_images(&self) -> HashMap<String, BTreeSet<String>> {
+        self.node_images.lock().expect("images lock").clone()
+    }
+}

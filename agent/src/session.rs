@@ -7,7 +7,7 @@ use crate::join::{self, Credentials, JoinError};
 use crate::reconcile::{Handle, Input, Statuses};
 use crate::sysinfo::node_info;
 use bramble_proto::codec::MAX_FRAME_LEN;
-use bramble_proto::wire::{AgentMsg, ErrorCode, Hello, LeaderMsg, Open, OpenKind, ReplicaStatus, PROTOCOL_VERSION};
+use bramble_proto::wire::{AgentMsg, ErrorCode, Hello, LeaderMsg, Open, OpenKind, PROTOCOL_VERSION};
 use bramble_transport::quic::{client_endpoint, connect, read_frame, write_frame};
 use bramble_transport::tls::client_config;
 use bramble_transport::TransportError;
@@ -225,13 +225,8 @@ async fn session(
         }
         // Report replica states: all at the start of the session, then what changed.
         let now = status.borrow_and_update().clone();
-        let changed: Vec<ReplicaStatus> = match &sent {
-            None => now.values().cloned().collect(),
-            Some(before) => now.iter().filter(|(k, v)| before.get(*k) != Some(*v)).map(|(_, v)| v.clone()).collect(),
-        };
-        if sent.is_none() || !changed.is_empty() {
-            let msg = AgentMsg::Status { full: sent.is_none(), replicas: changed };
-            if let Err(e) = write_frame(&mut send, &msg).await {
+        if let Some((full, replicas)) = crate::reconcile::plan::status_delta(sent.as_ref(), &now) {
+            if let Err(e) = write_frame(&mut send, &AgentMsg::Status { full, replicas }).await {
                 break Err(e.into());
             }
             sent = Some(now);

@@ -9,12 +9,13 @@
 //! /replicas/<name>           Replica
 //! /revisions/<app>/<hash>    AppSpec: the pod template of a revision that still has replicas
 //! /tokens/<id>               a join token (hash of its secret)
+//! /images/<reference>        ImagePlatforms: what an image offers, as a board found out
 //! ```
 
 use crate::error::{Error, Result};
 use crate::store::{Expect, KeyValue, Store, StoreError, TxnOp};
 use bramble_proto::manifest::AppSpec;
-use bramble_proto::model::{App, Node, ObjectMeta, Replica, Service};
+use bramble_proto::model::{App, Node, ObjectMeta, Platform, Replica, Service};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -28,6 +29,11 @@ pub mod keys {
     pub const REPLICAS: &str = "/replicas/";
     pub const REVISIONS: &str = "/revisions/";
     pub const TOKENS: &str = "/tokens/";
+    pub const IMAGES: &str = "/images/";
+
+    pub fn image(reference: &str) -> String {
+        format!("{IMAGES}{reference}")
+    }
 
     pub fn revisions_of(app: &str) -> String {
         format!("{REVISIONS}{app}/")
@@ -79,6 +85,16 @@ object!(Replica, "replica", keys::REPLICAS);
 /// The key of object `name` of kind `T`.
 pub fn key<T: Object>(name: &str) -> String {
     format!("{}{name}", T::PREFIX)
+}
+
+/// The platforms an image offers, learned from a board whose arch it lacked; written once, so
+/// that a restarted leader does not place the image on such boards again. Dropped when no app
+/// uses the image any more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ImagePlatforms {
+    pub image: String,
+    pub offered: Vec<Platform>,
+    pub learned_ms: u64,
 }
 
 /// A value with the store revision it was read at (for compare-and-swap).
@@ -199,6 +215,33 @@ impl Objects {
 
     pub fn delete_revision_op(app: &str, hash: &str, rev: u64) -> TxnOp {
         TxnOp::Delete { key: keys::revision(app, hash), expect: Expect::Revision(rev) }
+    }
+
+    /// What each image offers, where a board has told: image → platforms (with the store revision).
+    pub fn image_platforms(&self) -> Result<BTreeMap<String, Versioned<Vec<Platform>>>> {
+        self.store
+            .list(keys::IMAGES)?
+            .into_iter()
+            .map(|kv| {
+                let v: ImagePlatforms = decode(&kv.key, &kv.value)?;
+                Ok((v.image, Versioned { value: v.offered, rev: kv.mod_revision }))
+            })
+            .collect()
+    }
+
+    /// Records what `image` offers, if it is news; returns whether it was.
+    pub fn learn_platforms(&self, image: &str, offered: &[Platform], now_ms: u64) -> Result<bool> {
+        let key = keys::image(image);
+        if offered.is_empty() || self.get_at::<ImagePlatforms>(&key)?.is_some_and(|v| v.offered == offered) {
+            return Ok(false);
+        }
+        let value = ImagePlatforms { image: image.to_string(), offered: offered.to_vec(), learned_ms: now_ms };
+        self.put_at(&key, &value, Expect::Any)?;
+        Ok(true)
+    }
+
+    pub fn delete_image_platforms_op(image: &str, rev: u64) -> TxnOp {
+        TxnOp::Delete { key: keys::image(image), expect: Expect::Revision(rev) }
     }
 
     /// A value stored at `key` outside the object kinds (tokens).

@@ -1,8 +1,7 @@
 //! What the leader learns from boards and keeps in memory only (relearned after a restart):
-//! live detail per replica (pull progress), the platforms an image offers, the images each
-//! board holds. Controllers read it; sessions write it.
+//! live detail per replica (pull progress) and the images each board holds. Controllers read it;
+//! sessions write it. (What an image offers is stored: see `objects::ImagePlatforms`.)
 
-use bramble_proto::model::Platform;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
@@ -13,7 +12,6 @@ const MAX_REFERENCE: usize = 512;
 #[derive(Debug, Default)]
 pub struct Observed {
     details: Mutex<HashMap<String, String>>,
-    platforms: Mutex<HashMap<String, Vec<Platform>>>,
     node_images: Mutex<HashMap<String, BTreeSet<String>>>,
 }
 
@@ -37,19 +35,6 @@ impl Observed {
     /// Forgets the detail of replicas `keep` rejects.
     pub fn retain_details(&self, keep: impl Fn(&str) -> bool) {
         self.details.lock().expect("details lock").retain(|k, _| keep(k));
-    }
-
-    /// Records what `image` offers; returns whether that is news.
-    pub fn set_platforms(&self, image: &str, offered: Vec<Platform>) -> bool {
-        if offered.is_empty() {
-            return false;
-        }
-        let mut p = self.platforms.lock().expect("platforms lock");
-        p.insert(image.to_string(), offered.clone()) != Some(offered)
-    }
-
-    pub fn platforms(&self) -> HashMap<String, Vec<Platform>> {
-        self.platforms.lock().expect("platforms lock").clone()
     }
 
     /// Records the images `node` holds (bounded: a hint for scoring, nothing more).

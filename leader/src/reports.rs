@@ -5,6 +5,7 @@ use crate::controllers::Context;
 use crate::objects::Objects;
 use crate::store::{Expect, StoreError};
 use bramble_proto::model::{Event, Kind, ObjectRef, Replica};
+use bramble_proto::time::now_ms;
 use bramble_proto::wire::ReplicaStatus;
 use tracing::{debug, warn};
 
@@ -16,7 +17,10 @@ pub fn statuses(ctx: &Context, node: &str, statuses: Vec<ReplicaStatus>) -> bool
     let mut kick = false;
     for s in statuses {
         if let Some(miss) = &s.platform_miss {
-            kick |= ctx.observed.set_platforms(&miss.image, miss.offered.clone());
+            match ctx.objects.learn_platforms(&miss.image, &miss.offered, now_ms()) {
+                Ok(news) => kick |= news,
+                Err(e) => warn!("cannot record what {} offers: {e}", miss.image),
+            }
         }
         ctx.observed.set_detail(&s.replica, s.detail.clone());
         record(&ctx.objects, node, &s);

@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod netlab;
 pub mod process;
 pub mod registry;
+pub mod sim;
 pub mod testimages;
 
 pub use cluster::{Cluster, ClusterOptions};

@@ -197,6 +197,19 @@ pub fn transitions(old: Option<&ReplicaStatus>, new: &ReplicaStatus) -> Vec<(Eve
     out
 }
 
+/// What to report to a leader that was last sent `sent` (`None`: nothing yet this session):
+/// every status the first time, then those that changed; `None` when nothing did.
+pub fn status_delta(sent: Option<&Statuses>, now: &Statuses) -> Option<(bool, Vec<ReplicaStatus>)> {
+    match sent {
+        None => Some((true, now.values().cloned().collect())),
+        Some(before) => {
+            let changed: Vec<ReplicaStatus> =
+                now.iter().filter(|(k, v)| before.get(*k) != Some(*v)).map(|(_, v)| v.clone()).collect();
+            (!changed.is_empty()).then_some((false, changed))
+        }
+    }
+}
+
 /// One host port to forward into a container.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Binding {

@@ -66,6 +66,9 @@ pub fn garbage(ctx: &Context, garbage: &[Garbage], now_ms: u64) {
             Garbage::Revision { app, hash, expect } => {
                 ctx.objects.txn(&[Objects::delete_revision_op(app, hash, *expect)]).map(|_| ())
             }
+            Garbage::ImagePlatforms { image, expect } => {
+                ctx.objects.txn(&[Objects::delete_image_platforms_op(image, *expect)]).map(|_| ())
+            }
         };
         match result {
             Ok(()) | Err(StoreError::Conflict { .. }) => {}

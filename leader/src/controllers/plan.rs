@@ -15,7 +15,7 @@ use bramble_proto::manifest::AppSpec;
 use bramble_proto::model::{
     App, ConditionStatus, Event, EventReason, Node, ObjectMeta, Platform, Replica, ReplicaPhase, Resources,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A node as the planner sees it.
 #[derive(Debug, Clone)]
@@ -47,7 +47,9 @@ pub struct Snapshot {
     /// Stored revisions `(app, hash, store revision)` of apps that are gone.
     pub orphan_revisions: Vec<(String, String, u64)>,
     /// The platforms an image offers, per image reference, where a board has told.
-    pub platforms: HashMap<String, Vec<Platform>>,
+    pub platforms: BTreeMap<String, Versioned<Vec<Platform>>>,
+    /// The store revision the snapshot was read at: with the time, what makes new names unique.
+    pub revision: u64,
 }
 
 /// One write of an app's transaction.
@@ -85,8 +87,20 @@ pub struct AppPlan {
 /// Garbage of apps that are gone, each removed on its own.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Garbage {
-    Replica { replica: Replica, expect: u64 },
-    Revision { app: String, hash: String, expect: u64 },
+    Replica {
+        replica: Replica,
+        expect: u64,
+    },
+    Revision {
+        app: String,
+        hash: String,
+        expect: u64,
+    },
+    /// What an image offers, once no app uses the image.
+    ImagePlatforms {
+        image: String,
+        expect: u64,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -108,8 +122,8 @@ pub fn plan(snapshot: &Snapshot, now_ms: u64) -> Plan {
         .apps
         .values()
         .map(|a| {
-            let offered = snapshot.platforms.get(a.app.spec.image.as_str()).map(Vec::as_slice);
-            plan_app(a, &lost, offered, &mut scheduler, now_ms)
+            let offered = snapshot.platforms.get(a.app.spec.image.as_str()).map(|v| v.value.as_slice());
+            plan_app(a, &lost, offered, &mut scheduler, now_ms, salt(snapshot.revision, now_ms))
         })
         .collect();
     Plan { apps, garbage: garbage(snapshot) }
@@ -159,7 +173,13 @@ fn garbage(snapshot: &Snapshot) -> Vec<Garbage> {
         .iter()
         .filter(|(app, _, _)| !with_replicas.contains(app.as_str()))
         .map(|(app, hash, rev)| Garbage::Revision { app: app.clone(), hash: hash.clone(), expect: *rev });
-    orphans.chain(revisions).collect()
+    let used: BTreeSet<&str> = snapshot.apps.values().map(|a| a.app.spec.image.as_str()).collect();
+    let images = snapshot
+        .platforms
+        .iter()
+        .filter(|(image, _)| !used.contains(image.as_str()))
+        .map(|(image, v)| Garbage::ImagePlatforms { image: image.clone(), expect: v.rev });
+    orphans.chain(revisions).chain(images).collect()
 }
 
 /// One app's work in progress: the replicas as they will be, and what was there.
@@ -167,6 +187,8 @@ struct Work<'a> {
     app: &'a AppState,
     name: &'a str,
     now: u64,
+    /// Unique per pass (new names come from it).
+    salt: u64,
     replicas: Vec<Replica>,
     /// Marked Lost in this pass: written now, deleted in a later pass (one write per key).
     just_lost: BTreeSet<String>,
@@ -183,18 +205,26 @@ impl Work<'_> {
     }
 }
 
+/// What makes this pass's new names its own: no two committed passes share a store revision
+/// and a time.
+fn salt(revision: u64, now_ms: u64) -> u64 {
+    revision.rotate_left(40) ^ now_ms
+}
+
 fn plan_app(
     app: &AppState,
     lost: &BTreeSet<&str>,
     offered: Option<&[Platform]>,
     scheduler: &mut Scheduler,
     now: u64,
+    salt: u64,
 ) -> AppPlan {
     let name = app.app.spec.name.as_str();
     let mut w = Work {
         app,
         name,
         now,
+        salt,
         replicas: app.replicas.iter().map(|v| v.value.clone()).collect(),
         just_lost: BTreeSet::new(),
         events: Vec::new(),
@@ -273,7 +303,7 @@ fn evict_foreign(w: &mut Work<'_>, offered: &[Platform], scheduler: &mut Schedul
 
 /// The count, the rolling update and Lost replicas past their hold-off.
 fn keep_count(w: &mut Work<'_>, scheduler: &mut Scheduler) {
-    for action in reconcile(w.name, w.spec(), &w.replicas, w.now) {
+    for action in reconcile(w.name, w.spec(), &w.replicas, w.now, w.salt) {
         match action {
             Action::Delete { name: victim, reason } => {
                 // A replica just marked Lost is deleted in a later pass (one write per key).

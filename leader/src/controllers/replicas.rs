@@ -51,10 +51,28 @@ fn deletion_rank(r: &Replica) -> (u8, std::cmp::Reverse<u64>) {
     (rank, std::cmp::Reverse(r.meta.created_ms))
 }
 
+/// Characters of name suffixes: no vowels (no words) and no look-alikes, as Kubernetes does.
+const SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// A name for a new replica: `<app>-<revision>-<5 characters>`. Names are never reused, because a
+/// board that was cut off fences its copies by name: the suffix comes from `salt` (unique per
+/// pass: the store revision and the time) and a counter, and skips names in `taken`.
+pub fn fresh_name(app: &str, revision: &str, salt: u64, taken: &dyn Fn(&str) -> bool) -> String {
+    (0u64..)
+        .map(|i| {
+            let digest = Sha256::digest(format!("{app}/{revision}/{salt}/{i}"));
+            let suffix: String =
+                digest.iter().take(5).map(|b| SUFFIX_ALPHABET[*b as usize % SUFFIX_ALPHABET.len()] as char).collect();
+            format!("{app}-{revision}-{suffix}")
+        })
+        .find(|n| !taken(n))
+        .expect("an unbounded search ends")
+}
+
 /// What to do so that `app` has `spec.replicas` replicas of the current revision. Replicas of an
 /// older revision are replaced as a rolling update: at most `max_surge` above the count, and at
-/// most `max_unavailable` below it in Running replicas.
-pub fn reconcile(app: &str, spec: &AppSpec, replicas: &[Replica], now_ms: u64) -> Vec<Action> {
+/// most `max_unavailable` below it in Running replicas. New names come from `salt`.
+pub fn reconcile(app: &str, spec: &AppSpec, replicas: &[Replica], now_ms: u64, salt: u64) -> Vec<Action> {
     let revision = revision_hash(spec);
     let mut actions = Vec::new();
     // Lost replicas past their hold-off are replaced: delete the record (the agent fences by
@@ -94,16 +112,10 @@ pub fn reconcile(app: &str, spec: &AppSpec, replicas: &[Replica], now_ms: u64) -
             }
         }
     }
-    let taken: std::collections::BTreeSet<&str> = replicas.iter().map(|r| r.meta.name.as_str()).collect();
-    let mut i = 0;
+    let mut taken: std::collections::BTreeSet<String> = replicas.iter().map(|r| r.meta.name.clone()).collect();
     for _ in 0..creates {
-        let name = loop {
-            let n = format!("{app}-{revision}-{i}");
-            i += 1;
-            if !taken.contains(n.as_str()) {
-                break n;
-            }
-        };
+        let name = fresh_name(app, &revision, salt, &|n| taken.contains(n));
+        taken.insert(name.clone());
         actions.push(Action::Create { name, revision: revision.clone() });
     }
     actions
@@ -114,6 +126,7 @@ mod tests {
     use super::*;
     use bramble_proto::manifest::parse_manifest;
     use bramble_proto::model::ObjectMeta;
+    use std::collections::BTreeSet;
 
     fn spec(extra: &str) -> AppSpec {
         parse_manifest("t.toml", &format!("[[app]]\nname = \"web\"\nimage = \"reg/web:1\"\n{extra}"))
@@ -154,16 +167,25 @@ mod tests {
     fn creates_up_to_the_count_with_fresh_names() {
         let s = spec("replicas = 3");
         let rev = revision_hash(&s);
-        let existing = [replica(&format!("web-{rev}-0"), Some("a"), ReplicaPhase::Running, 1)];
-        let actions = reconcile("web", &s, &existing, 0);
-        assert_eq!(
-            actions,
-            [
-                Action::Create { name: format!("web-{rev}-1"), revision: rev.clone() },
-                Action::Create { name: format!("web-{rev}-2"), revision: rev }
-            ]
-        );
-        assert!(reconcile("web", &s, &[], 0).len() == 3);
+        let taken = fresh_name("web", &rev, 7, &|_| false);
+        let existing = [replica(&taken, Some("a"), ReplicaPhase::Running, 1)];
+        let names: Vec<String> = reconcile("web", &s, &existing, 0, 7)
+            .into_iter()
+            .map(|a| match a {
+                Action::Create { name, revision } if revision == rev => name,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(names.len(), 2);
+        for n in &names {
+            assert!(n.starts_with(&format!("web-{rev}-")) && n.len() == "web-".len() + 10 + 6, "{n}");
+            assert_ne!(n, &taken, "a name in use is skipped");
+        }
+        assert_ne!(names[0], names[1]);
+        assert!(reconcile("web", &s, &[], 0, 7).len() == 3);
+        // Another pass (another salt) never comes back to a name by its index.
+        let later: BTreeSet<String> = (0..1000).map(|salt| fresh_name("web", &rev, salt, &|_| false)).collect();
+        assert_eq!(later.len(), 1000, "a thousand passes, a thousand names");
     }
 
     #[test]
@@ -175,7 +197,7 @@ mod tests {
             replica("r-pending", None, ReplicaPhase::Pending, 5),
             replica("r-failed", Some("c"), ReplicaPhase::Failed, 2),
         ];
-        let deleted: Vec<String> = reconcile("web", &s, &existing, 0)
+        let deleted: Vec<String> = reconcile("web", &s, &existing, 0, 0)
             .into_iter()
             .map(|a| match a {
                 Action::Delete { name, .. } => name,
@@ -187,7 +209,7 @@ mod tests {
 
     /// Applies the actions the way the controller does; new replicas start Pending.
     fn step(s: &AppSpec, rs: &mut Vec<Replica>, now: u64) -> Vec<Action> {
-        let actions = reconcile("web", s, rs, now);
+        let actions = reconcile("web", s, rs, now, now);
         for a in &actions {
             match a {
                 Action::Delete { name, .. } => rs.retain(|r| &r.meta.name != name),
@@ -229,7 +251,7 @@ mod tests {
         let existing =
             [replica("r1", Some("a"), ReplicaPhase::Running, 1), replica("r2", Some("gone"), ReplicaPhase::Lost, 1)];
         let s = spec("replicas = 2");
-        let actions = reconcile("web", &s, &existing, 2000);
+        let actions = reconcile("web", &s, &existing, 2000, 0);
         assert!(actions.contains(&Action::Delete { name: "r2".into(), reason: "its node was lost" }));
         assert_eq!(actions.iter().filter(|a| matches!(a, Action::Create { .. })).count(), 1, "a replacement");
         let held = spec("replicas = 2\nreplace_after = \"30s\"");
@@ -239,7 +261,7 @@ mod tests {
             replica_of(&rev, "r1", Some("a"), ReplicaPhase::Running, 1),
             replica_of(&rev, "r2", Some("gone"), ReplicaPhase::Lost, 1),
         ];
-        assert!(reconcile("web", &held, &existing, 2000).is_empty(), "held while the board may come back");
-        assert_eq!(reconcile("web", &held, &existing, 31_001).len(), 2, "then replaced");
+        assert!(reconcile("web", &held, &existing, 2000, 0).is_empty(), "held while the board may come back");
+        assert_eq!(reconcile("web", &held, &existing, 31_001, 0).len(), 2, "then replaced");
     }
 }

@@ -9,6 +9,7 @@ use bramble_proto::model::{App, Node, Replica};
 use std::collections::BTreeMap;
 
 pub fn read(ctx: &Context, now_ms: u64) -> Result<Snapshot> {
+    let revision = ctx.objects.store().revision();
     let nodes = ctx
         .objects
         .list::<Node>()?
@@ -45,5 +46,5 @@ pub fn read(ctx: &Context, now_ms: u64) -> Result<Snapshot> {
         .into_iter()
         .flat_map(|(app, hashes)| hashes.into_iter().map(move |(hash, v)| (app.clone(), hash, v.rev)))
         .collect();
-    Ok(Snapshot { nodes, apps, orphans, orphan_revisions, platforms: ctx.observed.platforms() })
+    Ok(Snapshot { nodes, apps, orphans, orphan_revisions, platforms: ctx.objects.image_platforms()?, revision })
 }

@@ -1,1 +1,285 @@
+//! The agent's planner alone, then the reconciler driven step by step with recording fakes and a
+//! manual clock: no shims, no registry, no threads.
 
+use super::*;
+use crate::reconcile::effects::{Containers, Images};
+use crate::reconcile::fake::{Call, FakeContainers, FakeImages, FakeNetwork};
+use crate::reconcile::reconciler::{Input, Job, Reconciler};
+use crate::runtime::lifecycle::{BackoffPolicy, Lifecycle};
+use bramble_proto::manifest::parse_manifest;
+use bramble_proto::model::{Arch, Platform};
+use bramble_proto::time::{Clock, ManualClock};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn assignment(replica: &str, image: &str) -> Assignment {
+    let spec =
+        parse_manifest("t.toml", &format!("[[app]]\nname = \"web\"\nimage = \"{image}\"\n")).unwrap().apps.remove(0);
+    Assignment { replica: replica.into(), app: "web".into(), revision: "r1".into(), spec }
+}
+
+fn desired(list: &[(&str, &str)]) -> Desired {
+    list.iter().map(|(r, i)| (r.to_string(), assignment(r, i))).collect()
+}
+
+fn running(id: &str, pid: i32) -> ShimState {
+    let mut l = Lifecycle::new(crate::runtime::config::RestartPolicy::Always, BackoffPolicy::default());
+    l.started(pid, 5).unwrap();
+    ShimState { id: id.into(), shim_pid: 1, boot_id: "b".into(), lifecycle: l, stats: None }
+}
+
+#[test]
+fn undesired_containers_go_but_never_while_the_desired_set_is_unknown() {
+    let mut o = Observed::default();
+    o.containers.insert("old".into(), Some(running("old", 7)));
+    o.attached.insert("old".into(), 7);
+    let d = desired(&[]);
+    assert_eq!(plan(Some(&d), &o, &Retries::new(), 0), [Action::Remove { id: "old".into() }]);
+    assert!(plan(None, &o, &Retries::new(), 0).is_empty(), "a set that could not be read removes nothing");
+    o.removing.insert("old".into());
+    assert!(plan(Some(&d), &o, &Retries::new(), 0).is_empty(), "already on its way out");
+}
+
+#[test]
+fn each_image_is_pulled_once_and_present_images_start_at_once() {
+    let d = desired(&[("a-1", "reg/a:1"), ("a-2", "reg/a:1"), ("b-1", "reg/b:1"), ("c-1", "reg/c:1")]);
+    let mut o = Observed::default();
+    o.images.insert("reg/b:1".into());
+    o.pulling.insert("reg/c:1".into(), (5, 10));
+    let actions = plan(Some(&d), &o, &Retries::new(), 0);
+    assert_eq!(
+        actions,
+        [Action::Pull { image: "reg/a:1".into() }, Action::Start { replica: "b-1".into() }],
+        "one pull for two replicas, none for a pull in flight, and b starts without waiting for a"
+    );
+    let st = status(&d["c-1"], &o, None);
+    assert_eq!((st.phase, st.detail.as_deref()), (ReplicaPhase::Pulling, Some("pulling reg/c:1: 5 of 10")));
+    assert_eq!(status(&d["b-1"], &o, None).phase, ReplicaPhase::Starting);
+    assert_eq!(status(&d["a-1"], &o, None).phase, ReplicaPhase::Pending);
+}
+
+#[test]
+fn retries_wait_and_a_returning_replica_waits_for_its_old_container() {
+    let d = desired(&[("a-1", "reg/a:1")]);
+    let mut o = Observed::default();
+    o.images.insert("reg/a:1".into());
+    let mut retries = Retries::new();
+    let e = ReconcileError::Runtime("no space".into());
+    retries.insert("a-1".into(), Retry::after(None, e, 1_000));
+    assert!(plan(Some(&d), &o, &retries, 1_999).is_empty(), "not before its time");
+    assert_eq!(plan(Some(&d), &o, &retries, 2_000), [Action::Start { replica: "a-1".into() }]);
+    let st = status(&d["a-1"], &o, retries.get("a-1"));
+    assert_eq!((st.phase, st.reason.as_str()), (ReplicaPhase::Failed, "no space; retrying in 1s"));
+    o.removing.insert("a-1".into());
+    assert!(plan(Some(&d), &o, &Retries::new(), 0).is_empty());
+    let delays: Vec<u64> = (0..8)
+        .scan(None, |prev: &mut Option<Retry>, _| {
+            let r = Retry::after(prev.as_ref(), ReconcileError::NotPulled("x".into()), 0);
+            *prev = Some(r.clone());
+            Some(r.delay_ms / 1000)
+        })
+        .collect();
+    assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60], "doubling to a minute");
+}
+
+#[test]
+fn a_container_whose_process_changed_gets_its_network_again() {
+    let d = desired(&[("a-1", "reg/a:1")]);
+    let mut o = Observed::default();
+    o.containers.insert("a-1".into(), Some(running("a-1", 42)));
+    assert_eq!(plan(Some(&d), &o, &Retries::new(), 0), [Action::Attach { id: "a-1".into(), pid: 42 }]);
+    o.attached.insert("a-1".into(), 42);
+    assert!(plan(Some(&d), &o, &Retries::new(), 0).is_empty());
+    o.containers.insert("a-1".into(), Some(running("a-1", 43)));
+    assert_eq!(plan(Some(&d), &o, &Retries::new(), 0), [Action::Attach { id: "a-1".into(), pid: 43 }]);
+}
+
+#[test]
+fn a_platform_miss_is_reported_with_what_the_image_offers() {
+    let d = desired(&[("a-1", "reg/a:1")]);
+    let offered = vec!["linux/amd64".parse::<Platform>().unwrap()];
+    let e =
+        ReconcileError::NoPlatform { image: "reg/a:1".into(), offered: offered.clone(), message: "no arm64".into() };
+    let st = status(&d["a-1"], &Observed::default(), Some(&Retry::after(None, e, 0)));
+    assert_eq!(st.platform_miss.unwrap().offered, offered);
+    assert_eq!(st.reason, "pulling reg/a:1: no arm64; retrying in 1s");
+}
+
+#[test]
+fn status_changes_become_events() {
+    let mut s = ReplicaStatus::new("a-1", ReplicaPhase::Running);
+    let first = transitions(None, &s);
+    assert_eq!(first.iter().map(|(r, _)| r.clone()).collect::<Vec<_>>(), [EventReason::Started]);
+    let old = s.clone();
+    s.restarts = 1;
+    assert_eq!(transitions(Some(&old), &s)[0].0, EventReason::Restarted);
+    let mut failed = s.clone();
+    failed.phase = ReplicaPhase::Failed;
+    failed.reason = "CrashLoopBackOff".into();
+    assert_eq!(transitions(Some(&s), &failed), [(EventReason::BackOff, "CrashLoopBackOff".into())]);
+}
+
+#[test]
+fn host_ports_of_the_desired_replicas() {
+    let mut a = assignment("a-1", "reg/a:1");
+    a.spec = parse_manifest(
+        "t.toml",
+        "[[app]]\nname = \"web\"\nimage = \"reg/a:1\"\n[[app.ports]]\ncontainer = 80\nhost = 8080\n\
+         [[app.ports]]\ncontainer = 53\nhost = 5353\nprotocol = \"udp\"\n",
+    )
+    .unwrap()
+    .apps
+    .remove(0);
+    let d: Desired = [("a-1".to_string(), a)].into();
+    assert_eq!(bindings(Some(&d)), [Binding { host: 8080, container: 80, replica: "a-1".into() }]);
+}
+
+// The reconciler with fakes.
+
+struct Board {
+    clock: Arc<ManualClock>,
+    containers: Arc<FakeContainers>,
+    images: Arc<FakeImages>,
+    r: Reconciler<FakeContainers, FakeImages, FakeNetwork>,
+}
+
+fn board(dir: Option<std::path::PathBuf>) -> Board {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let containers = Arc::new(FakeContainers::new(clock.clone()));
+    let images = Arc::new(FakeImages::new(Arch::Arm64));
+    let r = Reconciler::new(containers.clone(), images.clone(), Arc::new(FakeNetwork::default()), dir)
+        .with_parallel_starts(1);
+    Board { clock, containers, images, r }
+}
+
+impl Board {
+    fn send(&mut self, d: &[(&str, &str)]) {
+        let upsert = desired(d).into_values().collect();
+        self.r.input(Input::Desired { full: true, upsert, remove: Vec::new() }, self.clock.now_ms());
+    }
+
+    /// A pass; returns its jobs without doing them.
+    fn pass(&mut self) -> Vec<Job> {
+        self.r.pass(self.clock.now_ms())
+    }
+
+    /// Does `job` as the pools would, and tells the reconciler.
+    fn finish(&mut self, job: Job) {
+        let now = self.clock.now_ms();
+        let input = match job {
+            Job::Pull { image, progress } => {
+                let result = self.images.pull(&image, &progress);
+                Input::Pulled { image: image.to_string(), result, took_ms: 3 }
+            }
+            Job::Remove { id } => Input::Removed { result: self.containers.remove(&id), id },
+        };
+        self.r.input(input, now);
+    }
+
+    fn phase(&self, replica: &str) -> ReplicaPhase {
+        self.r.statuses()[replica].phase
+    }
+}
+
+#[test]
+fn a_cold_image_never_delays_the_others() {
+    let mut b = board(None);
+    b.send(&[("a-1", "reg/a:1")]);
+    let jobs = b.pass();
+    assert!(matches!(&jobs[..], [Job::Pull { .. }]));
+    assert_eq!(b.phase("a-1"), ReplicaPhase::Pulling);
+    // While a's pull is still going, b arrives with an image that is already there.
+    b.images.pull(&"reg/b:1".parse().unwrap(), &Default::default()).unwrap();
+    b.send(&[("a-1", "reg/a:1"), ("b-1", "reg/b:1")]);
+    assert!(b.pass().is_empty(), "no second pull of a");
+    assert_eq!(b.phase("b-1"), ReplicaPhase::Running, "b started without waiting for a's pull");
+    assert_eq!(b.containers.calls(), [Call::Start("b-1".into())]);
+    for j in jobs {
+        b.finish(j);
+    }
+    b.pass();
+    assert_eq!(b.phase("a-1"), ReplicaPhase::Running);
+    let events: Vec<EventReason> = b.r.take_events().into_iter().map(|e| e.reason).collect();
+    assert!(events.contains(&EventReason::Pulled) && events.contains(&EventReason::Started), "{events:?}");
+}
+
+#[test]
+fn a_failed_pull_is_retried_with_backoff_and_a_platform_miss_goes_up() {
+    let mut b = board(None);
+    b.images.offer("reg/x86:1", vec!["linux/amd64".parse().unwrap()]);
+    b.send(&[("a-1", "reg/x86:1")]);
+    for j in b.pass() {
+        b.finish(j);
+    }
+    b.pass();
+    let st = &b.r.statuses()["a-1"];
+    assert_eq!(st.phase, ReplicaPhase::Failed);
+    assert!(st.platform_miss.is_some() && st.reason.ends_with("retrying in 1s"), "{st:?}");
+    assert!(b.pass().is_empty(), "waits for the retry");
+    b.clock.advance(Duration::from_secs(1));
+    let jobs = b.pass();
+    assert_eq!(jobs.len(), 1, "tried again");
+    for j in jobs {
+        b.finish(j);
+    }
+    b.pass();
+    assert!(b.r.statuses()["a-1"].reason.ends_with("retrying in 2s"), "the delay doubles");
+    assert_eq!(b.images.pulls().len(), 2);
+}
+
+#[test]
+fn crashes_are_restarted_by_the_shim_with_backoff_and_reported() {
+    let mut b = board(None);
+    b.images.pull(&"reg/a:1".parse().unwrap(), &Default::default()).unwrap();
+    b.send(&[("a-1", "reg/a:1")]);
+    b.pass();
+    b.r.take_events();
+    let mut delays = Vec::new();
+    for _ in 0..3 {
+        assert!(b.containers.crash("a-1", 1));
+        b.pass();
+        assert_eq!(b.phase("a-1"), ReplicaPhase::Failed);
+        let mut waited = 0;
+        while b.phase("a-1") != ReplicaPhase::Running {
+            b.clock.advance(Duration::from_secs(1));
+            waited += 1;
+            b.pass();
+        }
+        delays.push(waited);
+    }
+    assert_eq!(delays, [10, 20, 40], "10 s doubling");
+    assert_eq!(b.r.statuses()["a-1"].restarts, 3);
+    let reasons: Vec<EventReason> = b.r.take_events().into_iter().map(|e| e.reason).collect();
+    assert_eq!(reasons.iter().filter(|r| **r == EventReason::BackOff).count(), 3);
+    assert_eq!(reasons.iter().filter(|r| **r == EventReason::Restarted).count(), 3);
+    assert_eq!(b.containers.calls(), [Call::Start("a-1".into())], "the agent started it once; the shim did the rest");
+}
+
+#[test]
+fn removals_happen_in_the_background_and_the_desired_set_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = board(Some(dir.path().to_path_buf()));
+    b.images.pull(&"reg/a:1".parse().unwrap(), &Default::default()).unwrap();
+    b.send(&[("a-1", "reg/a:1"), ("a-2", "reg/a:1")]);
+    b.pass();
+    b.send(&[("a-1", "reg/a:1")]);
+    let jobs = b.pass();
+    assert!(matches!(&jobs[..], [Job::Remove { id }] if id == "a-2"));
+    assert!(b.pass().is_empty(), "asked once");
+    for j in jobs {
+        b.finish(j);
+    }
+    assert!(b.r.take_events().iter().any(|e| e.reason == EventReason::Stopped && e.app.as_deref() == Some("web")));
+    // A new agent process on the same board: same desired set, nothing started or removed.
+    let containers = b.containers.clone();
+    containers.clear_calls();
+    let mut again = Reconciler::new(
+        containers.clone(),
+        b.images.clone(),
+        Arc::new(FakeNetwork::default()),
+        Some(dir.path().to_path_buf()),
+    );
+    assert_eq!(again.desired().map(|d| d.keys().cloned().collect::<Vec<_>>()), Some(vec!["a-1".to_string()]));
+    assert!(again.pass(b.clock.now_ms()).is_empty());
+    assert!(containers.calls().is_empty(), "an agent restart changes no container");
+}

@@ -1,1 +1,506 @@
+//! The planner alone: snapshots built by hand, plans checked, and a pretend commit that applies
+//! a plan the way the store would (and checks every compare-and-swap it asks for). No redb, no CA,
+//! no runtime, no clock.
 
+use super::*;
+use bramble_proto::manifest::parse_manifest;
+use bramble_proto::model::{Arch, NodeInfo};
+use proptest::prelude::*;
+
+fn spec(text: &str) -> AppSpec {
+    parse_manifest("t.toml", &format!("[[app]]\nname = \"web\"\nimage = \"reg/web:1\"\n{text}")).unwrap().apps.remove(0)
+}
+
+fn node(name: &str, arch: Arch, ready: ConditionStatus) -> NodeState {
+    let res = Resources { cpu_millis: 4000, memory_bytes: 4 << 30, replicas: 64 };
+    NodeState {
+        node: Node {
+            meta: ObjectMeta { name: name.into(), generation: 1, revision: 1, created_ms: 1 },
+            key_fingerprint: "x".into(),
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            unschedulable: false,
+            info: NodeInfo {
+                arch,
+                os: "linux".into(),
+                kernel: "6.1".into(),
+                agent_version: "0".into(),
+                labels: BTreeMap::new(),
+                capacity: res,
+                allocatable: res,
+                addresses: Vec::new(),
+            },
+            pod_cidr: None,
+        },
+        ready,
+        images: BTreeSet::new(),
+    }
+}
+
+fn ready_nodes(n: usize) -> Vec<NodeState> {
+    (1..=n).map(|i| node(&format!("pi-{i}"), Arch::Arm64, ConditionStatus::True)).collect()
+}
+
+/// A snapshot of `nodes` and one app, `web`, with `spec`.
+fn snapshot(nodes: Vec<NodeState>, spec: AppSpec) -> Snapshot {
+    let app = App { meta: ObjectMeta { name: "web".into(), generation: 1, revision: 1, created_ms: 0 }, spec };
+    let mut s = Snapshot { nodes, ..Default::default() };
+    s.apps.insert("web".into(), AppState { app, replicas: Vec::new(), revisions: BTreeMap::new() });
+    s
+}
+
+/// Applies `plan` as the store would; panics on a compare-and-swap the store would refuse.
+fn commit(s: &mut Snapshot, plan: &Plan, rev: &mut u64) {
+    for p in &plan.apps {
+        let a = s.apps.get_mut(&p.app).expect("planned app exists");
+        assert_eq!(p.app_revision, a.app.meta.revision, "the plan checks the revision it read");
+        let mut keys = BTreeSet::new();
+        for c in &p.changes {
+            *rev += 1;
+            let key = match c {
+                Change::Create(r) => {
+                    assert!(a.replicas.iter().all(|v| v.value.meta.name != r.meta.name), "created twice: {r:?}");
+                    a.replicas.push(Versioned { value: r.clone(), rev: *rev });
+                    r.meta.name.clone()
+                }
+                Change::Update { replica, expect } => {
+                    let v = a.replicas.iter_mut().find(|v| v.value.meta.name == replica.meta.name).expect("exists");
+                    assert_eq!(v.rev, *expect, "update expects the revision read");
+                    *v = Versioned { value: replica.clone(), rev: *rev };
+                    replica.meta.name.clone()
+                }
+                Change::Delete { name, expect } => {
+                    let i = a.replicas.iter().position(|v| &v.value.meta.name == name).expect("exists");
+                    assert_eq!(a.replicas[i].rev, *expect, "delete expects the revision read");
+                    a.replicas.remove(i);
+                    name.clone()
+                }
+                Change::PutRevision { hash, spec } => {
+                    assert!(a
+                        .revisions
+                        .insert(hash.clone(), Versioned { value: (**spec).clone(), rev: *rev })
+                        .is_none());
+                    format!("rev/{hash}")
+                }
+                Change::DeleteRevision { hash, expect } => {
+                    assert_eq!(a.revisions.remove(hash).expect("exists").rev, *expect);
+                    format!("rev/{hash}")
+                }
+            };
+            assert!(keys.insert(key.clone()), "one write per key in a transaction: {key}");
+        }
+    }
+}
+
+/// What agents do: bound replicas that wait start running.
+fn run_bound(s: &mut Snapshot, rev: &mut u64) {
+    for a in s.apps.values_mut() {
+        for v in &mut a.replicas {
+            if v.value.node.is_some() && v.value.phase == ReplicaPhase::Pending {
+                v.value.phase = ReplicaPhase::Running;
+                *rev += 1;
+                v.rev = *rev;
+            }
+        }
+    }
+}
+
+fn replicas(s: &Snapshot) -> Vec<&Replica> {
+    s.apps["web"].replicas.iter().map(|v| &v.value).collect()
+}
+
+/// Plans, commits, lets agents run what is bound; returns the plan.
+fn pass(s: &mut Snapshot, now: u64, rev: &mut u64) -> Plan {
+    let p = plan(s, now);
+    commit(s, &p, rev);
+    run_bound(s, rev);
+    p
+}
+
+#[test]
+fn a_steady_app_plans_nothing() {
+    let mut s = snapshot(ready_nodes(3), spec("replicas = 3"));
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    pass(&mut s, 2_000, &mut rev);
+    let p = plan(&s, 3_000);
+    assert!(p.apps[0].changes.is_empty() && p.apps[0].events.is_empty(), "{:?}", p.apps[0]);
+    assert_eq!(p.apps[0].after, p.apps[0].before);
+    let on: BTreeSet<_> = replicas(&s).iter().map(|r| r.node.clone().unwrap()).collect();
+    assert_eq!(on.len(), 3, "spread over the three nodes");
+}
+
+#[test]
+fn a_lost_node_marks_its_replicas_lost_then_they_are_replaced_after_the_hold_off() {
+    let mut s = snapshot(ready_nodes(3), spec("replicas = 3\nreplace_after = \"30s\""));
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    s.nodes[2].ready = ConditionStatus::False;
+    let p = pass(&mut s, 20_000, &mut rev);
+    let lost: Vec<Replica> = replicas(&s).into_iter().filter(|r| r.phase == ReplicaPhase::Lost).cloned().collect();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].reason, "node pi-3 is not ready");
+    assert!(p.apps[0].events.iter().any(|e| e.reason == EventReason::ReplicaLost));
+    assert!(!p.apps[0].changes.iter().any(|c| matches!(c, Change::Create(_))), "not replaced at once");
+    let p = pass(&mut s, 49_999, &mut rev);
+    assert!(p.apps[0].changes.is_empty(), "held while the board may come back: {:?}", p.apps[0].changes);
+    let p = pass(&mut s, 50_001, &mut rev);
+    assert_eq!(p.apps[0].changes.iter().filter(|c| matches!(c, Change::Create(_))).count(), 1);
+    assert_eq!(p.apps[0].changes.iter().filter(|c| matches!(c, Change::Delete { .. })).count(), 1);
+    let names: BTreeSet<_> = replicas(&s).iter().map(|r| r.meta.name.clone()).collect();
+    assert!(!names.contains(&lost[0].meta.name.clone()), "the replacement has a new name (fencing)");
+    assert!(replicas(&s).iter().all(|r| r.node.as_deref() != Some("pi-3")));
+}
+
+#[test]
+fn nodes_not_heard_from_since_the_leader_started_are_neither_lost_nor_used() {
+    let mut s = snapshot(ready_nodes(2), spec("replicas = 2"));
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    for n in &mut s.nodes {
+        n.ready = ConditionStatus::Unknown;
+    }
+    let p = plan(&s, 2_000);
+    assert!(p.apps[0].changes.is_empty(), "Unknown is not Lost");
+    s.apps.get_mut("web").unwrap().app.spec.replicas = bramble_proto::manifest::Replicas(3);
+    let p = plan(&s, 3_000);
+    let created: Vec<&Replica> =
+        p.apps[0].changes.iter().filter_map(|c| if let Change::Create(r) = c { Some(r) } else { None }).collect();
+    assert_eq!(created.len(), 1);
+    assert_eq!((created[0].node.as_deref(), created[0].reason.as_str()), (None, "0/2 nodes: 2 not ready"));
+}
+
+#[test]
+fn replicas_leave_boards_whose_arch_the_image_lacks() {
+    let mut nodes = ready_nodes(2);
+    nodes.push(node("pc-1", Arch::Amd64, ConditionStatus::True));
+    let mut s = snapshot(nodes, spec("replicas = 3"));
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    s.platforms.insert("reg/web:1".into(), Versioned { value: vec!["linux/amd64".parse().unwrap()], rev: 5 });
+    let p = pass(&mut s, 2_000, &mut rev);
+    let moved = p.apps[0].events.iter().filter(|e| e.reason == EventReason::ImagePlatform).count();
+    assert_eq!(moved, 2);
+    assert!(replicas(&s).iter().all(|r| r.node.as_deref() == Some("pc-1")), "{:?}", replicas(&s));
+    assert_eq!(replicas(&s).len(), 3);
+}
+
+#[test]
+fn whatever_is_left_of_a_deleted_app_is_garbage() {
+    let mut s = snapshot(ready_nodes(1), spec("replicas = 2"));
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    let gone = s.apps.remove("web").unwrap();
+    s.orphans = gone.replicas.clone();
+    s.orphan_revisions = gone.revisions.iter().map(|(h, v)| ("web".to_string(), h.clone(), v.rev)).collect();
+    let p = plan(&s, 2_000);
+    assert!(p.apps.is_empty());
+    assert_eq!(p.garbage.iter().filter(|g| matches!(g, Garbage::Replica { .. })).count(), 2);
+    assert!(!p.garbage.iter().any(|g| matches!(g, Garbage::Revision { .. })), "templates wait for the replicas");
+    s.orphans.clear();
+    assert_eq!(plan(&s, 3_000).garbage.len(), 1, "then the template goes");
+    s.platforms.insert("reg/web:1".into(), Versioned { value: vec!["linux/amd64".parse().unwrap()], rev: 5 });
+    s.platforms.insert("reg/other:1".into(), Versioned { value: vec!["linux/amd64".parse().unwrap()], rev: 6 });
+    s.apps.insert("web".into(), gone);
+    s.orphan_revisions.clear();
+    let garbage = plan(&s, 4_000).garbage;
+    assert_eq!(garbage, [Garbage::ImagePlatforms { image: "reg/other:1".into(), expect: 6 }], "what no app uses");
+}
+
+#[test]
+fn a_rolling_update_keeps_old_templates_and_drops_them_with_their_last_replica() {
+    let mut s = snapshot(ready_nodes(3), spec("replicas = 3"));
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    let old = revision_hash(&s.apps["web"].app.spec);
+    let a = s.apps.get_mut("web").unwrap();
+    a.app.spec = spec("replicas = 3\nargs = [\"-v\"]");
+    a.app.meta.revision = 99;
+    let new = revision_hash(&a.app.spec);
+    let mut both = false;
+    for t in 2..20 {
+        let p = pass(&mut s, t * 1000, &mut rev);
+        for k in &p.apps[0].after {
+            let expected = if k.replica.revision_hash == old { Vec::<String>::new() } else { vec!["-v".into()] };
+            assert_eq!(k.spec.args, expected, "each replica keeps its own template");
+        }
+        both |= p.apps[0].after.iter().any(|k| k.replica.revision_hash == old)
+            && p.apps[0].after.iter().any(|k| k.replica.revision_hash == new);
+    }
+    assert!(both, "a rolling update, not all at once");
+    assert!(replicas(&s).iter().all(|r| r.revision_hash == new));
+    assert_eq!(s.apps["web"].revisions.keys().cloned().collect::<Vec<_>>(), [new]);
+}
+
+#[test]
+fn a_plan_that_cannot_be_committed_leaves_what_was_read() {
+    let mut s = snapshot(ready_nodes(2), spec("replicas = 2"));
+    let p = plan(&s, 1_000);
+    assert!(p.apps[0].before.is_empty() && p.apps[0].after.len() == 2);
+    let mut rev = 0;
+    commit(&mut s, &p, &mut rev);
+    assert_eq!(plan(&s, 1_001).apps[0].before.len(), 2);
+}
+
+// Property tests: random clusters, random states, many passes.
+
+#[derive(Debug, Clone)]
+struct World {
+    nodes: Vec<(Arch, ConditionStatus, bool)>,
+    apps: Vec<(u32, u32, u32, Option<u64>, bool)>,
+    replicas: Vec<(usize, bool, Option<usize>, ReplicaPhase, u64)>,
+    offered: Option<Arch>,
+    now: u64,
+}
+
+fn arch() -> impl Strategy<Value = Arch> {
+    prop_oneof![Just(Arch::Amd64), Just(Arch::Arm64)]
+}
+
+fn phase() -> impl Strategy<Value = ReplicaPhase> {
+    prop_oneof![
+        Just(ReplicaPhase::Pending),
+        Just(ReplicaPhase::Running),
+        Just(ReplicaPhase::Failed),
+        Just(ReplicaPhase::Lost),
+        Just(ReplicaPhase::Succeeded),
+        Just(ReplicaPhase::Starting),
+    ]
+}
+
+fn world() -> impl Strategy<Value = World> {
+    let status = prop_oneof![Just(ConditionStatus::True), Just(ConditionStatus::False), Just(ConditionStatus::Unknown)];
+    (
+        prop::collection::vec((arch(), status, any::<bool>()), 1..6),
+        prop::collection::vec((0u32..7, 0u32..3, 0u32..3, prop::option::of(0u64..120_000), any::<bool>()), 1..4),
+        prop::collection::vec((0usize..3, any::<bool>(), prop::option::of(0usize..6), phase(), 0u64..200_000), 0..16),
+        prop::option::of(arch()),
+        0u64..300_000,
+    )
+        .prop_map(|(nodes, apps, replicas, offered, now)| World { nodes, apps, replicas, offered, now })
+}
+
+fn app_spec(name: &str, (count, surge, unavailable, hold, new): (u32, u32, u32, Option<u64>, bool)) -> AppSpec {
+    let surge = if surge == 0 && unavailable == 0 { 1 } else { surge };
+    let mut text = format!(
+        "[[app]]\nname = \"{name}\"\nimage = \"reg/{name}:1\"\nreplicas = {count}\n\
+         update = {{ max_surge = {surge}, max_unavailable = {unavailable} }}\n"
+    );
+    if let Some(h) = hold {
+        text.push_str(&format!("replace_after = \"{h}ms\"\n"));
+    }
+    if new {
+        text.push_str("args = [\"v2\"]\n");
+    }
+    parse_manifest("t.toml", &text).unwrap().apps.remove(0)
+}
+
+fn build(w: &World) -> Snapshot {
+    let nodes = w
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (arch, ready, cordoned))| {
+            let mut n = node(&format!("n-{i}"), arch.clone(), *ready);
+            n.node.unschedulable = *cordoned;
+            n
+        })
+        .collect();
+    let mut s = Snapshot { nodes, ..Default::default() };
+    for (i, a) in w.apps.iter().enumerate() {
+        let name = format!("app{i}");
+        let spec = app_spec(&name, *a);
+        // The other revision: the same app with or without `args`.
+        let other = app_spec(&name, (a.0, a.1, a.2, a.3, !a.4));
+        let app = App { meta: ObjectMeta { name: name.clone(), generation: 1, revision: 1, created_ms: 0 }, spec };
+        let mut revisions = BTreeMap::new();
+        revisions.insert(revision_hash(&other), Versioned { value: other, rev: 2 });
+        s.apps.insert(name.clone(), AppState { app, replicas: Vec::new(), revisions });
+        if let Some(arch) = &w.offered {
+            let p = if *arch == Arch::Amd64 { "linux/amd64" } else { "linux/arm64" };
+            s.platforms.insert(format!("reg/{name}:1"), Versioned { value: vec![p.parse().unwrap()], rev: 5 });
+        }
+    }
+    for (k, (app, current, node, phase, finished)) in w.replicas.iter().enumerate() {
+        let name = format!("app{}", app % w.apps.len());
+        let a = s.apps.get_mut(&name).unwrap();
+        let hash = if *current { revision_hash(&a.app.spec) } else { a.revisions.keys().next().unwrap().clone() };
+        let mut r = new_replica(&name, &format!("{name}-{hash}-{k}"), hash, 0);
+        r.node = node.map(|n| format!("n-{}", n % w.nodes.len()));
+        r.phase = if r.node.is_none() { ReplicaPhase::Pending } else { *phase };
+        r.finished_ms = Some(*finished);
+        a.replicas.push(Versioned { value: r, rev: 10 + k as u64 });
+    }
+    s
+}
+
+/// Whether a replica counts toward its app's replicas at `now` (as the planner counts).
+fn counts(r: &Replica, spec: &AppSpec, now: u64) -> bool {
+    match r.phase {
+        ReplicaPhase::Lost => {
+            now < r.finished_ms.unwrap_or(0) + spec.replace_after.map_or(0, |d| d.0.as_millis() as u64)
+        }
+        ReplicaPhase::Succeeded => false,
+        _ => true,
+    }
+}
+
+fn check_plan(s: &Snapshot, p: &Plan, now: u64) {
+    let before: BTreeSet<String> =
+        s.apps.values().flat_map(|a| a.replicas.iter().map(|v| v.value.meta.name.clone())).collect();
+    let mut live = BTreeSet::new();
+    for ap in &p.apps {
+        let a = &s.apps[&ap.app];
+        let spec = &a.app.spec;
+        let current = revision_hash(spec);
+        for k in &ap.after {
+            assert!(live.insert(k.replica.meta.name.clone()), "never two live replicas with one name");
+        }
+        let created: Vec<&Replica> =
+            ap.changes.iter().filter_map(|c| if let Change::Create(r) = c { Some(r) } else { None }).collect();
+        for r in &created {
+            assert!(!before.contains(&r.meta.name), "a name is never reused: {}", r.meta.name);
+            assert_eq!(r.revision_hash, current, "only the current revision is created");
+        }
+        if !created.is_empty() {
+            let counting = ap.after.iter().filter(|k| counts(&k.replica, spec, now)).count();
+            let limit = spec.replicas.0 + spec.update.max_surge.0;
+            assert!(counting as u32 <= limit, "never more than max_surge above the count: {counting} > {limit}");
+        }
+        // A Lost replica within its hold-off still counts: nothing is created in its place, and
+        // it goes only as an extra (a scale down) or with its old revision.
+        let want = spec.replicas.0 as usize;
+        // (Replicas on boards whose arch the image lacks go first, and do not count.)
+        let runs_there = |r: &Replica| {
+            let offered = s.platforms.get(spec.image.as_str());
+            let arch = r
+                .node
+                .as_deref()
+                .and_then(|n| s.nodes.iter().find(|x| x.node.meta.name == n))
+                .map(|n| &n.node.info.arch);
+            match (offered, arch) {
+                (Some(o), Some(arch)) => Platform::choose(&o.value, arch).is_some(),
+                _ => true,
+            }
+        };
+        // Replicas of NotReady nodes are judged as they are once marked Lost (at `now`).
+        let marked: Vec<Replica> = a
+            .replicas
+            .iter()
+            .map(|v| {
+                let mut r = v.value.clone();
+                let down = r.node.as_deref().is_some_and(|n| {
+                    s.nodes.iter().any(|x| x.node.meta.name == n && x.ready == ConditionStatus::False)
+                });
+                if down && !matches!(r.phase, ReplicaPhase::Lost | ReplicaPhase::Succeeded) {
+                    r.phase = ReplicaPhase::Lost;
+                    r.finished_ms = Some(now);
+                }
+                r
+            })
+            .collect();
+        let counting_now: Vec<&Replica> =
+            marked.iter().filter(|r| r.revision_hash == current && counts(r, spec, now) && runs_there(r)).collect();
+        let rolling = marked.iter().any(|r| r.revision_hash != current && counts(r, spec, now));
+        let room = want + if rolling { spec.update.max_surge.0 as usize } else { 0 };
+        assert!(created.len() <= room.saturating_sub(counting_now.len()), "held Lost replicas count: {created:?}");
+        for r in &counting_now {
+            let kept = ap.after.iter().any(|k| k.replica.meta.name == r.meta.name);
+            if r.phase == ReplicaPhase::Lost && !kept {
+                assert!(counting_now.len() > want, "a held Lost replica goes only as an extra");
+            }
+        }
+        for k in &ap.after {
+            let was_bound =
+                a.replicas.iter().any(|v| v.value.meta.name == k.replica.meta.name && v.value.node.is_some());
+            let Some(node) = k.replica.node.as_deref().filter(|_| !was_bound) else { continue };
+            let n = s.nodes.iter().find(|n| n.node.meta.name == node).expect("bound to a known node");
+            assert_eq!(n.ready, ConditionStatus::True, "placed only on Ready nodes");
+            assert!(!n.node.unschedulable, "never on a cordoned node");
+            if let Some(offered) = s.platforms.get(spec.image.as_str()) {
+                assert!(
+                    Platform::choose(&offered.value, &n.node.info.arch).is_some(),
+                    "never where the image cannot run"
+                );
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// One plan over any state keeps the invariants and asks only for writes the store accepts.
+    #[test]
+    fn any_plan_keeps_the_invariants(w in world()) {
+        let mut s = build(&w);
+        let p = plan(&s, w.now);
+        check_plan(&s, &p, w.now);
+        let mut rev = 1000;
+        commit(&mut s, &p, &mut rev);
+    }
+
+    /// Pass after pass, with boards that run what they get: the invariants hold at every step,
+    /// and once every node answers, every app converges to its count of its current revision.
+    #[test]
+    fn passes_converge_when_the_cluster_is_healthy(w in world()) {
+        let mut s = build(&w);
+        let mut rev = 1000;
+        let mut now = w.now;
+        for step in 0..30 {
+            if step == 10 {
+                for n in &mut s.nodes {
+                    n.ready = ConditionStatus::True;
+                    n.node.unschedulable = false;
+                }
+                s.platforms.clear();
+            }
+            let p = plan(&s, now);
+            check_plan(&s, &p, now);
+            commit(&mut s, &p, &mut rev);
+            run_bound(&mut s, &mut rev);
+            for a in s.apps.values_mut() {
+                for v in &mut a.replicas {
+                    if v.value.phase == ReplicaPhase::Failed || v.value.phase == ReplicaPhase::Starting {
+                        v.value.phase = ReplicaPhase::Running;
+                    }
+                }
+            }
+            now += 5 * 60_000;
+        }
+        for a in s.apps.values() {
+            let current = revision_hash(&a.app.spec);
+            let live: Vec<&Replica> = a.replicas.iter().map(|v| &v.value).filter(|r| r.phase != ReplicaPhase::Succeeded).collect();
+            prop_assert_eq!(live.len() as u32, a.app.spec.replicas.0, "{:?}", live);
+            prop_assert!(live.iter().all(|r| r.revision_hash == current && r.phase == ReplicaPhase::Running && r.node.is_some()));
+        }
+    }
+
+    /// A rolling update from a full, running app never goes above the surge nor below the
+    /// availability it allows.
+    #[test]
+    fn a_rolling_update_stays_within_surge_and_unavailability(count in 1u32..6, surge in 0u32..3, unavailable in 0u32..3) {
+        let surge = if surge == 0 && unavailable == 0 { 1 } else { surge };
+        let text = |args: &str| format!("replicas = {count}\nupdate = {{ max_surge = {surge}, max_unavailable = {unavailable} }}\n{args}");
+        let mut s = snapshot(ready_nodes(3), spec(&text("")));
+        let mut rev = 10;
+        for t in 0..3 {
+            pass(&mut s, t, &mut rev);
+        }
+        let a = s.apps.get_mut("web").unwrap();
+        a.app.spec = spec(&text("args = [\"v2\"]"));
+        a.app.meta.revision = 99;
+        for t in 3..40u64 {
+            let p = plan(&s, t * 1000);
+            commit(&mut s, &p, &mut rev);
+            let total = replicas(&s).len() as u32;
+            prop_assert!(total <= count + surge, "{total} replicas > {count} + {surge}");
+            let running = replicas(&s).iter().filter(|r| r.phase == ReplicaPhase::Running).count() as u32;
+            prop_assert!(running + unavailable >= count, "{running} running < {count} - {unavailable}");
+            run_bound(&mut s, &mut rev);
+        }
+        let new = revision_hash(&s.apps["web"].app.spec);
+        prop_assert!(replicas(&s).iter().all(|r| r.revision_hash == new));
+        prop_assert_eq!(replicas(&s).len() as u32, count);
+    }
+}

@@ -186,7 +186,7 @@ fn an_image_that_lacks_a_boards_arch_is_moved_to_boards_it_runs_on() {
     let d = pass(&api, 1_000).unwrap();
     assert_eq!(counts(&d), [1, 1, 1, 1], "spread while nothing is known of the image");
     // A board reports that the image offers only amd64.
-    api.observed.set_platforms("reg/web:1", vec!["linux/amd64".parse().unwrap()]);
+    api.objects.learn_platforms("reg/web:1", &["linux/amd64".parse().unwrap()], 1).unwrap();
     pass(&api, 2_000).unwrap();
     let d = pass(&api, 2_100).unwrap();
     let on: BTreeMap<String, usize> = d.iter().map(|(n, s)| (n.clone(), s.len())).collect();

@@ -1,0 +1,439 @@
+//! A simulated cluster in one process: the leader's real planner, store (in memory), node
+//! registry and status handling, and N boards each running the agent's real reconciler against
+//! fake containers and images — on a clock moved by hand. Sessions are direct calls: the same
+//! delta functions the real sessions use decide what crosses. Faults: [`Sim::partition`],
+//! [`Sim::crash`], agent and leader restarts.
+//!
+//! One [`Sim::step`] is one tick of every loop: boards finish their background jobs and make a
+//! pass, statuses go up, the leader checks readiness and makes a pass, desired sets go down.
+
+use bramble_agent::reconcile::fake::{Call, FakeContainers, FakeImages, FakeNetwork};
+use bramble_agent::reconcile::plan::{status_delta, Statuses};
+use bramble_agent::reconcile::{Containers, Images, Input, Job, Reconciler};
+use bramble_leader::controllers::desired::{delta, DesiredSet, DesiredSets};
+use bramble_leader::controllers::{run, Context};
+use bramble_leader::events::Events;
+use bramble_leader::nodes::{NodeRegistry, Session};
+use bramble_leader::objects::Objects;
+use bramble_leader::observed::Observed;
+use bramble_leader::store::{Expect, MemStore, Store};
+use bramble_proto::manifest::{parse_manifest, AppSpec};
+use bramble_proto::model::{Arch, Node, NodeInfo, ObjectMeta, Platform, Replica, ReplicaPhase, Resources};
+use bramble_proto::time::{Clock, ManualClock};
+use bramble_proto::wire::LeaderMsg;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The leader's grace period before a silent node is NotReady (the default).
+pub const GRACE: Duration = Duration::from_secs(15);
+
+type AgentReconciler = Reconciler<FakeContainers, FakeImages, FakeNetwork>;
+
+/// One board.
+pub struct Board {
+    pub name: String,
+    pub arch: Arch,
+    pub containers: Arc<FakeContainers>,
+    pub images: Arc<FakeImages>,
+    /// The agent process (`None` while it is down); its containers live on regardless.
+    agent: Option<AgentReconciler>,
+    dir: tempfile::TempDir,
+    /// Cut off from the leader.
+    pub partitioned: bool,
+    epoch: u64,
+    session: Option<SimSession>,
+    jobs: Vec<Job>,
+}
+
+/// One live session: what each side last sent the other.
+struct SimSession {
+    epoch: u64,
+    desired_sent: Option<DesiredSet>,
+    status_sent: Option<Statuses>,
+}
+
+/// The leader's memory (lost when it restarts); its store survives.
+struct Leader {
+    ctx: Context,
+}
+
+pub struct Sim {
+    pub clock: Arc<ManualClock>,
+    store: Arc<dyn Store>,
+    leader: Option<Leader>,
+    pub boards: Vec<Board>,
+    /// What the replica controller last published.
+    pub published: Option<DesiredSets>,
+    /// The image platforms restricted images offer (told to boards' fakes).
+    offered: BTreeMap<String, Vec<Platform>>,
+}
+
+fn node(name: &str, arch: Arch) -> Node {
+    let res = Resources { cpu_millis: 4000, memory_bytes: 4 << 30, replicas: 64 };
+    Node {
+        meta: ObjectMeta { name: name.into(), generation: 1, revision: 0, created_ms: 1 },
+        key_fingerprint: format!("key-{name}"),
+        labels: BTreeMap::new(),
+        taints: Vec::new(),
+        unschedulable: false,
+        info: NodeInfo {
+            arch,
+            os: "linux".into(),
+            kernel: "6.1".into(),
+            agent_version: "sim".into(),
+            labels: BTreeMap::new(),
+            capacity: res,
+            allocatable: res,
+            addresses: Vec::new(),
+        },
+        pod_cidr: None,
+    }
+}
+
+fn new_leader(store: &Arc<dyn Store>) -> Leader {
+    let events = Arc::new(Events::new());
+    let ctx = Context {
+        objects: Objects::new(store.clone()),
+        registry: Arc::new(NodeRegistry::new(GRACE, events.clone())),
+        observed: Arc::new(Observed::new()),
+        events,
+    };
+    Leader { ctx }
+}
+
+impl Sim {
+    /// A leader and boards of these archs (`board-1` …), all joined, none connected yet.
+    pub fn new(archs: &[Arch]) -> Sim {
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let objects = Objects::new(store.clone());
+        let mut boards = Vec::new();
+        for (i, arch) in archs.iter().enumerate() {
+            let name = format!("board-{}", i + 1);
+            objects.put(&node(&name, arch.clone()), Expect::Absent).expect("node stored");
+            let containers = Arc::new(FakeContainers::new(clock.clone()));
+            let images = Arc::new(FakeImages::new(arch.clone()));
+            let dir = tempfile::tempdir().expect("temp dir");
+            let mut b = Board {
+                name,
+                arch: arch.clone(),
+                containers,
+                images,
+                agent: None,
+                dir,
+                partitioned: false,
+                epoch: 0,
+                session: None,
+                jobs: Vec::new(),
+            };
+            b.start_agent();
+            boards.push(b);
+        }
+        let leader = Some(new_leader(&store));
+        Sim { clock, store, leader, boards, published: None, offered: BTreeMap::new() }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The leader's context (panics while the leader is down).
+    pub fn ctx(&self) -> &Context {
+        &self.leader.as_ref().expect("the leader is up").ctx
+    }
+
+    pub fn objects(&self) -> Objects {
+        Objects::new(self.store.clone())
+    }
+
+    /// Applies a manifest (all of its apps) as `bramble apply` would.
+    pub fn apply(&self, text: &str) {
+        let apps = parse_manifest("sim.toml", text).expect("manifest parses").apps;
+        self.apply_specs(apps);
+    }
+
+    fn apply_specs(&self, apps: Vec<AppSpec>) {
+        let events = self.leader.as_ref().map(|l| l.ctx.events.clone()).unwrap_or_default();
+        bramble_leader::api::apps::apply(&self.objects(), &events, apps, Vec::new(), "the sim").expect("apply");
+    }
+
+    /// Sets an app's replica count.
+    pub fn scale(&self, app: &str, replicas: u32) {
+        let mut spec = self.spec(app);
+        spec.replicas = bramble_proto::manifest::Replicas(replicas);
+        self.apply_specs(vec![spec]);
+    }
+
+    /// A new revision of `app`: its arguments change.
+    pub fn roll(&self, app: &str, arg: &str) {
+        let mut spec = self.spec(app);
+        spec.args = vec![arg.to_string()];
+        self.apply_specs(vec![spec]);
+    }
+
+    pub fn spec(&self, app: &str) -> AppSpec {
+        self.objects().load::<bramble_proto::model::App>(app).expect("app exists").value.spec
+    }
+
+    /// `image` offers only these platforms (boards of other archs cannot pull it).
+    pub fn restrict(&mut self, image: &str, platforms: &[&str]) {
+        let list: Vec<Platform> = platforms.iter().map(|p| p.parse().expect("platform")).collect();
+        for b in &self.boards {
+            b.images.offer(image, list.clone());
+        }
+        self.offered.insert(image.into(), list);
+    }
+
+    /// Tells the leader what `image` offers, as if a board had said so already.
+    pub fn leader_knows(&self, image: &str) {
+        if let Some(list) = self.offered.get(image) {
+            self.objects().learn_platforms(image, list, self.now_ms()).expect("stored");
+        }
+    }
+
+    pub fn board(&self, name: &str) -> &Board {
+        self.boards.iter().find(|b| b.name == name).expect("a board of the sim")
+    }
+
+    fn board_mut(&mut self, name: &str) -> &mut Board {
+        self.boards.iter_mut().find(|b| b.name == name).expect("a board of the sim")
+    }
+
+    /// Cuts `board` off from the leader (its agent and containers go on).
+    pub fn partition(&mut self, board: &str) {
+        let b = self.board_mut(board);
+        b.partitioned = true;
+        b.session = None;
+    }
+
+    pub fn heal(&mut self, board: &str) {
+        self.board_mut(board).partitioned = false;
+    }
+
+    /// The process of `replica`'s container on `board` exits with code 1.
+    pub fn crash(&self, board: &str, replica: &str) -> bool {
+        self.board(board).containers.crash(replica, 1)
+    }
+
+    /// Kills and restarts the agent of `board` (containers keep running).
+    pub fn restart_agent(&mut self, board: &str) {
+        let b = self.board_mut(board);
+        b.agent = None;
+        b.session = None;
+        b.jobs.clear();
+        b.start_agent();
+    }
+
+    /// Stops the leader (its memory is lost; the store stays).
+    pub fn stop_leader(&mut self) {
+        self.leader = None;
+        self.published = None;
+        for b in &mut self.boards {
+            b.session = None;
+        }
+    }
+
+    pub fn start_leader(&mut self) {
+        if self.leader.is_none() {
+            self.leader = Some(new_leader(&self.store));
+        }
+    }
+
+    pub fn restart_leader(&mut self) {
+        self.stop_leader();
+        self.start_leader();
+    }
+
+    /// Moves time on by `dt` and runs one tick of every loop.
+    pub fn step(&mut self, dt: Duration) {
+        self.clock.advance(dt);
+        let now = self.clock.now_ms();
+        for b in &mut self.boards {
+            b.containers.tick();
+            b.agent_pass(now);
+        }
+        let Some(leader) = &self.leader else { return };
+        let ctx = leader.ctx.clone();
+        let instant = self.clock.instant();
+        for b in &mut self.boards {
+            b.talk_up(&ctx, instant, now);
+        }
+        let names: Vec<String> = self.boards.iter().map(|b| b.name.clone()).collect();
+        ctx.registry.check(names, instant, now);
+        let sets = run::pass(&ctx, now).expect("a controller pass");
+        for b in &mut self.boards {
+            b.talk_down(&sets, now);
+        }
+        self.published = Some(sets);
+    }
+
+    /// Steps of one second, `n` times.
+    pub fn run_for(&mut self, n: usize) {
+        for _ in 0..n {
+            self.step(Duration::from_secs(1));
+        }
+    }
+
+    /// Steps of one second until `done` holds (at most `max` steps); returns the steps taken.
+    pub fn run_until(&mut self, max: usize, mut done: impl FnMut(&Sim) -> bool) -> Option<usize> {
+        for i in 0..=max {
+            if done(self) {
+                return Some(i);
+            }
+            self.step(Duration::from_secs(1));
+        }
+        None
+    }
+
+    pub fn replicas(&self, app: &str) -> Vec<Replica> {
+        self.objects()
+            .list::<Replica>()
+            .expect("replicas")
+            .into_iter()
+            .map(|v| v.value)
+            .filter(|r| r.app == app)
+            .collect()
+    }
+
+    /// Containers per board: board → replica → pid (if it runs).
+    pub fn containers(&self) -> BTreeMap<String, BTreeMap<String, Option<i32>>> {
+        self.boards.iter().map(|b| (b.name.clone(), b.containers.running())).collect()
+    }
+
+    /// Every start and removal the boards' agents asked for, per board.
+    pub fn calls(&self) -> BTreeMap<String, Vec<Call>> {
+        self.boards.iter().map(|b| (b.name.clone(), b.containers.calls())).collect()
+    }
+
+    pub fn clear_calls(&self) {
+        for b in &self.boards {
+            b.containers.clear_calls();
+        }
+    }
+
+    /// Invariant: no replica has a container on two boards at once.
+    pub fn check_no_duplicates(&self) {
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        for (board, list) in self.containers() {
+            for id in list.keys() {
+                if let Some(other) = seen.insert(id.clone(), board.clone()) {
+                    panic!("replica {id} has a container on {other} and on {board}");
+                }
+            }
+        }
+    }
+
+    /// Invariant: no replica is bound to a board whose arch its image does not offer.
+    pub fn check_bindings(&self) {
+        for r in self.objects().list::<Replica>().expect("replicas").into_iter().map(|v| v.value) {
+            let Some(node) = &r.node else { continue };
+            let image = self.spec(&r.app).image.to_string();
+            let Some(offered) = self.offered.get(&image) else { continue };
+            let arch = &self.board(node).arch;
+            assert!(
+                Platform::choose(offered, arch).is_some(),
+                "{} of {image} is bound to {node} ({arch})",
+                r.meta.name
+            );
+        }
+    }
+
+    /// Whether the cluster has settled: every app has its count of Running replicas of its
+    /// current revision, and every board runs exactly what is bound to it.
+    pub fn converged(&self) -> bool {
+        let objects = self.objects();
+        let apps = objects.list::<bramble_proto::model::App>().expect("apps");
+        let replicas: Vec<Replica> =
+            objects.list::<Replica>().expect("replicas").into_iter().map(|v| v.value).collect();
+        for a in &apps {
+            let spec = &a.value.spec;
+            let rev = bramble_leader::controllers::replicas::revision_hash(spec);
+            let mine: Vec<&Replica> = replicas.iter().filter(|r| r.app == spec.name.as_str()).collect();
+            let ok = mine.len() == spec.replicas.0 as usize
+                && mine.iter().all(|r| r.phase == ReplicaPhase::Running && r.revision_hash == rev);
+            if !ok {
+                return false;
+            }
+        }
+        let containers = self.containers();
+        for b in &self.boards {
+            let bound: BTreeSet<&str> =
+                replicas.iter().filter(|r| r.node.as_deref() == Some(&b.name)).map(|r| r.meta.name.as_str()).collect();
+            let running: BTreeSet<&str> = containers[&b.name].keys().map(String::as_str).collect();
+            if bound != running {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+impl Board {
+    fn start_agent(&mut self) {
+        let r = Reconciler::new(
+            self.containers.clone(),
+            self.images.clone(),
+            Arc::new(FakeNetwork::default()),
+            Some(self.dir.path().to_path_buf()),
+        )
+        .with_parallel_starts(1);
+        self.agent = Some(r);
+    }
+
+    /// Background jobs of the last pass end now; then a pass.
+    fn agent_pass(&mut self, now: u64) {
+        let Some(agent) = self.agent.as_mut() else { return };
+        for job in std::mem::take(&mut self.jobs) {
+            let input = match job {
+                Job::Pull { image, progress } => {
+                    let result = self.images.pull(&image, &progress);
+                    Input::Pulled { image: image.to_string(), result, took_ms: 1 }
+                }
+                Job::Remove { id } => Input::Removed { result: self.containers.remove(&id), id },
+            };
+            agent.input(input, now);
+        }
+        self.jobs = agent.pass(now);
+    }
+
+    /// Session start, heartbeat, statuses and events up.
+    fn talk_up(&mut self, ctx: &Context, instant: std::time::Instant, now: u64) {
+        let Some(agent) = self.agent.as_mut() else {
+            self.session = None;
+            return;
+        };
+        if self.partitioned {
+            return;
+        }
+        if self.session.is_none() {
+            self.epoch += 1;
+            let s = Session { epoch: self.epoch, address: format!("{}:1", self.name), connection: None };
+            if ctx.registry.connect(&self.name, s, instant, now).is_err() {
+                return;
+            }
+            self.session = Some(SimSession { epoch: self.epoch, desired_sent: None, status_sent: None });
+        }
+        let session = self.session.as_mut().expect("set above");
+        ctx.registry.heartbeat(&self.name, session.epoch, instant, now);
+        let statuses = agent.statuses().clone();
+        if let Some((_, list)) = status_delta(session.status_sent.as_ref(), &statuses) {
+            bramble_leader::reports::statuses(ctx, &self.name, list);
+            session.status_sent = Some(statuses);
+        }
+        bramble_leader::reports::images(ctx, &self.name, agent.images());
+        for e in agent.take_events() {
+            bramble_leader::reports::event(ctx, &self.name, e);
+        }
+    }
+
+    /// The desired set down: everything first, then deltas.
+    fn talk_down(&mut self, sets: &DesiredSets, now: u64) {
+        let (Some(agent), Some(session)) = (self.agent.as_mut(), self.session.as_mut()) else { return };
+        let set = sets.get(&self.name).cloned().unwrap_or_default();
+        if let Some(LeaderMsg::Desired { full, upsert, remove }) = delta(session.desired_sent.as_ref(), &set) {
+            agent.input(Input::Desired { full, upsert, remove }, now);
+        }
+        session.desired_sent = Some(set);
+    }
+}

@@ -1,0 +1,241 @@
+//! Scenarios in the simulated cluster (`bramble_tests::sim`): the leader's real planner and
+//! store, the agents' real reconcilers against fake containers, a clock moved by hand. Each runs
+//! in milliseconds; the real-process versions of some of them are in `apps.rs`.
+
+use bramble_agent::reconcile::fake::Call;
+use bramble_proto::model::{Arch, EventReason, ReplicaPhase};
+use bramble_tests::sim::{Sim, GRACE};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+const WEB: &str = "[[app]]\nname = \"web\"\nimage = \"reg/web:1\"\nreplicas = 6\n";
+
+fn three_boards() -> Sim {
+    Sim::new(&[Arch::Arm64, Arch::Arm64, Arch::Arm64])
+}
+
+/// A cluster with `WEB` settled.
+fn settled() -> Sim {
+    let mut sim = three_boards();
+    sim.apply(WEB);
+    assert!(sim.run_until(10, Sim::converged).is_some(), "six replicas run");
+    sim
+}
+
+fn per_board(sim: &Sim, app: &str) -> Vec<usize> {
+    let mut out: Vec<usize> = sim
+        .boards
+        .iter()
+        .map(|b| sim.replicas(app).iter().filter(|r| r.node.as_deref() == Some(&b.name)).count())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn node_loss_replaces_its_replicas_after_the_grace_period_and_not_before() {
+    let t = Instant::now();
+    let mut sim = settled();
+    assert_eq!(per_board(&sim, "web"), [2, 2, 2]);
+    let lost: BTreeSet<String> =
+        sim.replicas("web").into_iter().filter(|r| r.node.as_deref() == Some("board-3")).map(|r| r.meta.name).collect();
+    sim.partition("board-3");
+    let grace = GRACE.as_secs() as usize;
+    sim.run_for(grace - 1);
+    assert!(sim.replicas("web").iter().all(|r| r.phase != ReplicaPhase::Lost), "nothing lost within the grace period");
+    let steps = sim
+        .run_until(10, |s| {
+            let r = s.replicas("web");
+            r.len() == 6 && r.iter().all(|r| r.phase == ReplicaPhase::Running && r.node.as_deref() != Some("board-3"))
+        })
+        .expect("replaced");
+    eprintln!("replaced {} s after the partition (grace {} s)", grace - 1 + steps, grace);
+    let names: BTreeSet<String> = sim.replicas("web").into_iter().map(|r| r.meta.name).collect();
+    assert!(names.is_disjoint(&lost), "replacements have new names");
+    assert_eq!(per_board(&sim, "web"), [0, 3, 3]);
+    let lost_events = sim.ctx().events.filter(|e| e.reason == EventReason::ReplicaLost);
+    assert_eq!(lost_events.len(), 2);
+    assert!(sim.board("board-3").containers.running().len() == 2, "the cut-off board still runs its copies");
+    sim.check_no_duplicates();
+    assert!(t.elapsed() < Duration::from_secs(2), "simulated, not waited: {:?}", t.elapsed());
+}
+
+#[test]
+fn a_board_that_returns_stops_its_moved_copies() {
+    let mut sim = settled();
+    sim.partition("board-3");
+    sim.run_until(30, |s| s.replicas("web").iter().all(|r| r.node.as_deref() != Some("board-3"))).expect("moved");
+    sim.run_for(2);
+    sim.heal("board-3");
+    let steps = sim.run_until(10, Sim::converged).expect("settles");
+    assert!(sim.board("board-3").containers.running().is_empty(), "its old copies are stopped");
+    let removed: Vec<Call> = sim.calls()["board-3"].iter().filter(|c| matches!(c, Call::Remove(_))).cloned().collect();
+    assert_eq!(removed.len(), 2, "{removed:?}");
+    sim.check_no_duplicates();
+    eprintln!("the returning board settled in {steps} s");
+}
+
+#[test]
+fn a_rolling_update_stays_within_surge_and_unavailability() {
+    let mut sim = three_boards();
+    sim.apply(&format!("{WEB}update = {{ max_surge = 2, max_unavailable = 1 }}\n"));
+    sim.run_until(10, Sim::converged).expect("settled");
+    sim.roll("web", "-v");
+    let mut seen_both = false;
+    for _ in 0..40 {
+        sim.step(Duration::from_secs(1));
+        let r = sim.replicas("web");
+        assert!(r.len() <= 8, "never more than max_surge above the count: {}", r.len());
+        let running = r.iter().filter(|r| r.phase == ReplicaPhase::Running).count();
+        assert!(running >= 5, "never more than max_unavailable below it: {running} running");
+        let revisions: BTreeSet<&str> = r.iter().map(|r| r.revision_hash.as_str()).collect();
+        seen_both |= revisions.len() == 2;
+        sim.check_no_duplicates();
+        if seen_both && sim.converged() {
+            break;
+        }
+    }
+    assert!(seen_both, "old and new side by side: a rolling update");
+    assert!(sim.converged());
+    let containers: usize = sim.containers().values().map(|c| c.len()).sum();
+    assert_eq!(containers, 6, "and the old containers are gone");
+}
+
+#[test]
+fn a_crash_loop_backs_off_from_ten_seconds_to_five_minutes() {
+    let mut sim = three_boards();
+    sim.apply("[[app]]\nname = \"crash\"\nimage = \"reg/crash:1\"\n");
+    sim.run_until(10, Sim::converged).expect("running");
+    let r = sim.replicas("crash").remove(0);
+    let board = r.node.clone().unwrap();
+    let mut delays = Vec::new();
+    for _ in 0..7 {
+        assert!(sim.crash(&board, &r.meta.name));
+        let crashed = sim.now_ms();
+        sim.step(Duration::from_millis(100));
+        assert_eq!(sim.replicas("crash")[0].phase, ReplicaPhase::Failed, "shown while it waits");
+        sim.run_until(400, |s| s.replicas("crash")[0].phase == ReplicaPhase::Running).expect("restarted");
+        delays.push((sim.now_ms() - crashed).div_ceil(1000));
+    }
+    // Restarts happen at the shim's time; the leader sees them at its next one-second tick.
+    assert_eq!(delays, [11, 21, 41, 81, 161, 301, 301], "10 s doubling to 5 min");
+    let shown = sim.replicas("crash").remove(0);
+    assert_eq!((shown.restarts, shown.exit_code), (7, Some(1)));
+    assert_eq!(sim.calls()[&board], [Call::Start(r.meta.name.clone())], "the shim restarts; the agent does not");
+    let backoffs = sim.ctx().events.filter(|e| e.reason == EventReason::BackOff).len();
+    assert_eq!(backoffs, 7);
+}
+
+#[test]
+fn a_leader_restart_changes_nothing_on_the_boards() {
+    let mut sim = settled();
+    sim.clear_calls();
+    let before = sim.containers();
+    sim.restart_leader();
+    sim.run_for(30);
+    assert!(sim.converged());
+    assert_eq!(sim.containers(), before, "same containers, same processes");
+    assert!(sim.calls().values().all(|c| c.is_empty()), "no start, no removal: {:?}", sim.calls());
+    // And with the leader away for longer than the grace period.
+    sim.stop_leader();
+    sim.run_for(60);
+    sim.start_leader();
+    sim.run_for(30);
+    assert_eq!(sim.containers(), before);
+    assert!(sim.calls().values().all(|c| c.is_empty()));
+}
+
+#[test]
+fn scaling_under_a_partition_settles_when_it_heals() {
+    let mut sim = settled();
+    sim.partition("board-2");
+    sim.scale("web", 9);
+    sim.run_for(5);
+    sim.scale("web", 2);
+    sim.run_for(40);
+    sim.check_no_duplicates();
+    sim.heal("board-2");
+    sim.run_until(20, Sim::converged).expect("settles");
+    assert_eq!(sim.replicas("web").len(), 2);
+    let containers: usize = sim.containers().values().map(|c| c.len()).sum();
+    assert_eq!(containers, 2, "{:?}", sim.containers());
+    sim.check_no_duplicates();
+}
+
+#[test]
+fn an_image_for_another_arch_moves_to_the_boards_that_run_it() {
+    let mut sim = Sim::new(&[Arch::Arm64, Arch::Arm64, Arch::Amd64]);
+    sim.restrict("reg/x86:1", &["linux/amd64"]);
+    sim.apply("[[app]]\nname = \"x86\"\nimage = \"reg/x86:1\"\nreplicas = 3\n");
+    sim.run_until(20, Sim::converged).expect("settles on the amd64 board");
+    assert!(sim.replicas("x86").iter().all(|r| r.node.as_deref() == Some("board-3")));
+    sim.check_bindings();
+    assert!(!sim.ctx().events.filter(|e| e.reason == EventReason::ImagePlatform).is_empty(), "moved, with an event");
+}
+
+/// Random partitions, crashes, agent and leader restarts, scales and new revisions; the
+/// invariants after every step; convergence once everything heals. Seeds from 1 (or
+/// `BRAMBLE_SIM_SEEDS=a..b`); each seed runs 300 steps.
+#[test]
+fn random_faults_keep_the_invariants_and_the_cluster_converges_when_healed() {
+    let seeds = std::env::var("BRAMBLE_SIM_SEEDS").ok().and_then(|s| {
+        let (a, b) = s.split_once("..")?;
+        Some(a.parse::<u64>().ok()?..b.parse::<u64>().ok()?)
+    });
+    let t = Instant::now();
+    for seed in seeds.unwrap_or(1..9) {
+        random_run(seed, 300);
+    }
+    eprintln!("random runs took {:?}", t.elapsed());
+}
+
+fn random_run(seed: u64, steps: usize) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut sim = Sim::new(&[Arch::Arm64, Arch::Arm64, Arch::Amd64, Arch::Arm64]);
+    sim.restrict("reg/x86:1", &["linux/amd64"]);
+    sim.leader_knows("reg/x86:1");
+    sim.apply(
+        "[[app]]\nname = \"web\"\nimage = \"reg/web:1\"\nreplicas = 4\n\
+         [[app]]\nname = \"db\"\nimage = \"reg/db:1\"\nreplicas = 1\nreplace_after = \"20s\"\n\
+         [[app]]\nname = \"x86\"\nimage = \"reg/x86:1\"\nreplicas = 2\n",
+    );
+    let boards: Vec<String> = sim.boards.iter().map(|b| b.name.clone()).collect();
+    let apps = ["web", "db", "x86"];
+    for step in 0..steps {
+        let board = &boards[rng.usize(..boards.len())];
+        match rng.u32(..100) {
+            0..4 => sim.partition(board),
+            4..12 => sim.heal(board),
+            12..16 => {
+                let list: Vec<String> = sim.board(board).containers.running().into_keys().collect();
+                if !list.is_empty() {
+                    sim.crash(board, &list[rng.usize(..list.len())]);
+                }
+            }
+            16..18 => sim.restart_agent(board),
+            18..19 => sim.restart_leader(),
+            19..22 => sim.scale(apps[rng.usize(..apps.len())], rng.u32(0..6)),
+            22..24 => sim.roll(apps[rng.usize(..2)], &format!("v{step}")),
+            _ => {}
+        }
+        sim.step(Duration::from_millis(rng.u64(200..3000)));
+        sim.check_no_duplicates();
+        if sim.published.is_some() {
+            sim.check_bindings();
+        }
+    }
+    sim.start_leader();
+    for b in &boards {
+        sim.heal(b);
+    }
+    let settled = sim.run_until(400, Sim::converged);
+    assert!(settled.is_some(), "seed {seed}: the cluster converges once healed: {:?}\n{:?}", sim.containers(), {
+        let mut r = Vec::new();
+        for a in apps {
+            r.extend(sim.replicas(a).into_iter().map(|r| (r.meta.name, r.node, r.phase, r.reason)));
+        }
+        r
+    });
+    sim.check_no_duplicates();
+    sim.check_bindings();
+}

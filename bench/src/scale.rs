@@ -9,7 +9,6 @@ use bramble_proto::wire::{AgentMsg, Hello, LeaderMsg, Open, OpenKind, ReplicaSta
 use bramble_tests::process::{bin_dir, Proc};
 use bramble_transport::quic::{client_endpoint, connect, read_frame, write_frame};
 use bramble_transport::tls::client_config;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -24,16 +23,7 @@ fn kib(pid: u32, file: &str, key: &str) -> u64 {
 
 fn info() -> NodeInfo {
     let r = Resources { cpu_millis: 4000, memory_bytes: 4 << 30, replicas: 110 };
-    NodeInfo {
-        arch: Arch::Arm64,
-        os: "Debian GNU/Linux 12".into(),
-        kernel: "6.1.0-rpi".into(),
-        agent_version: "sim".into(),
-        labels: BTreeMap::new(),
-        capacity: r,
-        allocatable: r,
-        addresses: Vec::new(),
-    }
+    NodeInfo { os: "Debian GNU/Linux 12".into(), kernel: "6.1.0-rpi".into(), ..NodeInfo::board(Arch::Arm64, r) }
 }
 
 /// One simulated board: joins, then keeps a session, answering every desired set with Running.

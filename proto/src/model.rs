@@ -108,6 +108,22 @@ pub struct NodeInfo {
     pub addresses: Vec<String>,
 }
 
+impl NodeInfo {
+    /// A Linux board of `arch` offering `resources` (capacity and allocatable), nothing more known.
+    pub fn board(arch: Arch, resources: Resources) -> NodeInfo {
+        NodeInfo {
+            arch,
+            os: "linux".into(),
+            kernel: String::new(),
+            agent_version: String::new(),
+            labels: BTreeMap::new(),
+            capacity: resources,
+            allocatable: resources,
+            addresses: Vec::new(),
+        }
+    }
+}
+
 /// A taint keeps replicas off a node unless they tolerate it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Taint {
@@ -144,6 +160,19 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node that has just joined: its key, what its agent reports, nothing set by operators.
+    pub fn joined(name: &str, key_fingerprint: String, info: NodeInfo, created_ms: u64) -> Node {
+        Node {
+            meta: ObjectMeta { name: name.to_string(), generation: 1, revision: 0, created_ms },
+            key_fingerprint,
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            unschedulable: false,
+            info,
+            pod_cidr: None,
+        }
+    }
+
     /// The labels in effect: the agent's own, overridden by operators'.
     pub fn effective_labels(&self) -> BTreeMap<String, String> {
         let mut l = self.info.labels.clone();

@@ -18,7 +18,7 @@ use bramble_leader::objects::Objects;
 use bramble_leader::observed::Observed;
 use bramble_leader::store::{Expect, MemStore, Store};
 use bramble_proto::manifest::{parse_manifest, AppSpec};
-use bramble_proto::model::{Arch, Node, NodeInfo, ObjectMeta, Platform, Replica, ReplicaPhase, Resources};
+use bramble_proto::model::{Arch, Node, NodeInfo, Platform, Replica, ReplicaPhase, Resources};
 use bramble_proto::time::{Clock, ManualClock};
 use bramble_proto::wire::LeaderMsg;
 use std::collections::{BTreeMap, BTreeSet};
@@ -71,24 +71,7 @@ pub struct Sim {
 
 fn node(name: &str, arch: Arch) -> Node {
     let res = Resources { cpu_millis: 4000, memory_bytes: 4 << 30, replicas: 64 };
-    Node {
-        meta: ObjectMeta { name: name.into(), generation: 1, revision: 0, created_ms: 1 },
-        key_fingerprint: format!("key-{name}"),
-        labels: BTreeMap::new(),
-        taints: Vec::new(),
-        unschedulable: false,
-        info: NodeInfo {
-            arch,
-            os: "linux".into(),
-            kernel: "6.1".into(),
-            agent_version: "sim".into(),
-            labels: BTreeMap::new(),
-            capacity: res,
-            allocatable: res,
-            addresses: Vec::new(),
-        },
-        pod_cidr: None,
-    }
+    Node::joined(name, format!("key-{name}"), NodeInfo::board(arch, res), 1)
 }
 
 fn new_leader(store: &Arc<dyn Store>) -> Leader {

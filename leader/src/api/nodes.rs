@@ -4,7 +4,7 @@
 use super::Api;
 use crate::error::{Error, Result};
 use crate::store::{Expect, StoreError};
-use bramble_proto::model::{EventReason, Node, NodeInfo, NodeView, ObjectMeta, ObjectRef};
+use bramble_proto::model::{EventReason, Node, NodeInfo, NodeView, ObjectRef};
 use bramble_proto::names::{check_dns_subdomain, check_label_key, check_label_value};
 use bramble_proto::time::now_ms;
 use bramble_proto::wire::Response;
@@ -26,15 +26,7 @@ impl Api {
             // The same board joining again (e.g. it lost its certificate but kept its key).
             Some(_) => {}
             None => {
-                let node = Node {
-                    meta: ObjectMeta { name: node_name.to_string(), generation: 1, revision: 0, created_ms: now_ms() },
-                    key_fingerprint: key_fp,
-                    labels: Default::default(),
-                    taints: Vec::new(),
-                    unschedulable: false,
-                    info,
-                    pod_cidr: None,
-                };
+                let node = Node::joined(node_name, key_fp, info, now_ms());
                 self.objects.put(&node, Expect::Absent).map_err(|e| match e {
                     StoreError::Conflict { .. } => {
                         Error::Conflict(format!("join refused: node name {node_name:?} was taken at the same moment"))

@@ -13,28 +13,7 @@ fn spec(text: &str) -> AppSpec {
 
 fn node(name: &str, arch: Arch, ready: ConditionStatus) -> NodeState {
     let res = Resources { cpu_millis: 4000, memory_bytes: 4 << 30, replicas: 64 };
-    NodeState {
-        node: Node {
-            meta: ObjectMeta { name: name.into(), generation: 1, revision: 1, created_ms: 1 },
-            key_fingerprint: "x".into(),
-            labels: BTreeMap::new(),
-            taints: Vec::new(),
-            unschedulable: false,
-            info: NodeInfo {
-                arch,
-                os: "linux".into(),
-                kernel: "6.1".into(),
-                agent_version: "0".into(),
-                labels: BTreeMap::new(),
-                capacity: res,
-                allocatable: res,
-                addresses: Vec::new(),
-            },
-            pod_cidr: None,
-        },
-        ready,
-        images: BTreeSet::new(),
-    }
+    NodeState { node: Node::joined(name, "x".into(), NodeInfo::board(arch, res), 1), ready, images: BTreeSet::new() }
 }
 
 fn ready_nodes(n: usize) -> Vec<NodeState> {

@@ -8,31 +8,14 @@ use crate::objects::{Objects, Versioned};
 use crate::observed::Observed;
 use crate::store::{Expect, RedbStore, Store};
 use bramble_proto::manifest::parse_manifest;
-use bramble_proto::model::{Arch, EventReason, Node, NodeInfo, ObjectMeta, Replica, ReplicaPhase, Resources};
+use bramble_proto::model::{Arch, EventReason, Node, NodeInfo, Replica, ReplicaPhase, Resources};
 use bramble_proto::wire::Assignment;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 fn node(name: &str) -> Node {
     let res = Resources { cpu_millis: 4000, memory_bytes: 4 << 30, replicas: 64 };
-    Node {
-        meta: ObjectMeta { name: name.into(), generation: 1, revision: 0, created_ms: 1 },
-        key_fingerprint: "x".into(),
-        labels: BTreeMap::new(),
-        taints: Vec::new(),
-        unschedulable: false,
-        info: NodeInfo {
-            arch: Arch::Arm64,
-            os: "linux".into(),
-            kernel: "6.1".into(),
-            agent_version: "0".into(),
-            labels: BTreeMap::new(),
-            capacity: res,
-            allocatable: res,
-            addresses: Vec::new(),
-        },
-        pod_cidr: None,
-    }
+    Node::joined(name, "x".into(), NodeInfo::board(Arch::Arm64, res), 1)
 }
 
 fn new_registry() -> Arc<NodeRegistry> {

@@ -275,7 +275,8 @@ pub struct Assignment {
     pub replica: String,
     pub app: String,
     pub revision: String,
-    pub spec: AppSpec,
+    /// Shared by every replica of a revision (in the leader's desired sets and sessions).
+    pub spec: std::sync::Arc<AppSpec>,
 }
 
 /// What an agent reports about one replica it runs.

@@ -16,6 +16,7 @@ use bramble_proto::model::{
     App, ConditionStatus, Event, EventReason, Node, ObjectMeta, Platform, Replica, ReplicaPhase, Resources,
 };
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// A node as the planner sees it.
 #[derive(Debug, Clone)]
@@ -66,7 +67,8 @@ pub enum Change {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Kept {
     pub replica: Replica,
-    pub spec: AppSpec,
+    /// Shared by the replicas of one revision.
+    pub spec: Arc<AppSpec>,
 }
 
 /// One app's part of a plan: committed all or nothing, with the app's revision checked.
@@ -237,10 +239,13 @@ fn plan_app(
     place(&mut w, offered, scheduler);
     let mut changes = replica_changes(app, &w.replicas);
     changes.extend(revision_changes(app, &w.replicas));
+    // One template per revision, shared by its replicas.
+    let current = Arc::new(app.app.spec.clone());
+    let stored: BTreeMap<&str, Arc<AppSpec>> =
+        app.revisions.iter().map(|(h, v)| (h.as_str(), Arc::new(v.value.clone()))).collect();
     let templates = |rs: &mut dyn Iterator<Item = Replica>| -> Vec<Kept> {
         rs.map(|replica| {
-            let spec =
-                app.revisions.get(&replica.revision_hash).map_or_else(|| app.app.spec.clone(), |v| v.value.clone());
+            let spec = stored.get(replica.revision_hash.as_str()).unwrap_or(&current).clone();
             Kept { replica, spec }
         })
         .collect()

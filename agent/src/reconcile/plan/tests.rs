@@ -15,7 +15,7 @@ use std::time::Duration;
 fn assignment(replica: &str, image: &str) -> Assignment {
     let spec =
         parse_manifest("t.toml", &format!("[[app]]\nname = \"web\"\nimage = \"{image}\"\n")).unwrap().apps.remove(0);
-    Assignment { replica: replica.into(), app: "web".into(), revision: "r1".into(), spec }
+    Assignment { replica: replica.into(), app: "web".into(), revision: "r1".into(), spec: spec.into() }
 }
 
 fn desired(list: &[(&str, &str)]) -> Desired {
@@ -129,7 +129,8 @@ fn host_ports_of_the_desired_replicas() {
     )
     .unwrap()
     .apps
-    .remove(0);
+    .remove(0)
+    .into();
     let d: Desired = [("a-1".to_string(), a)].into();
     assert_eq!(bindings(Some(&d)), [Binding { host: 8080, container: 80, replica: "a-1".into() }]);
 }

@@ -44,6 +44,47 @@ pub struct AgentConfig {
     pub images: ImagesConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
+}
+
+/// The board's side of pod networking (the cluster's side is chosen at the leader's init).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// The pods' bridge.
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+    /// The MTU of the board's LAN (pods get 50 less with the vxlan backend).
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+    /// Resolvers for names outside the cluster (default: those of /etc/resolv.conf).
+    #[serde(default)]
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig { bridge: default_bridge(), mtu: default_mtu(), dns_upstreams: Vec::new() }
+    }
+}
+
+fn default_bridge() -> String {
+    "bramble0".into()
+}
+fn default_mtu() -> u32 {
+    1500
+}
+
+impl NetworkConfig {
+    pub fn settings(&self, data_dir: &Path) -> crate::net::node::Settings {
+        crate::net::node::Settings {
+            bridge: self.bridge.clone(),
+            mtu: self.mtu,
+            dns_upstreams: self.dns_upstreams.clone(),
+            state_file: data_dir.join("pods").join("network.json"),
+        }
+    }
 }
 
 /// Where images live and how they are fetched.
@@ -173,6 +214,7 @@ impl Default for AgentConfig {
             resources: ResourcesConfig::default(),
             images: ImagesConfig::default(),
             log: LogConfig::default(),
+            network: NetworkConfig::default(),
         }
     }
 }

@@ -114,7 +114,14 @@ fn main() -> ExitCode {
             Ok(text) => print!("{text}"),
             Err(e) => eprintln!("bramble-agent: cannot print the config: {e}"),
         }
-        return ExitCode::SUCCESS;
+        // What pod networking needs, as TOML comments (the output stays a valid agent.toml).
+        println!("\n# pod networking:");
+        let findings = bramble_agent::net::check::network();
+        for f in &findings {
+            println!("#   {:<7} {:<46} {}", if f.ok { "ok" } else { "MISSING" }, f.what, f.detail);
+        }
+        let blocking = findings.iter().any(|f| !f.ok && f.required);
+        return if blocking { ExitCode::from(EXIT_CONFIG) } else { ExitCode::SUCCESS };
     }
     observability::init(config.log.level.as_deref());
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -4,6 +4,8 @@
 use crate::backoff::Backoff;
 use crate::config::{AgentConfig, ConfigError};
 use crate::join::{self, Credentials, JoinError};
+use crate::net::{self, node::NetInput, pods::Pods};
+use crate::reconcile::real::PodNetwork;
 use crate::reconcile::{Handle, Input, Statuses};
 use crate::sysinfo::node_info;
 use bramble_proto::codec::MAX_FRAME_LEN;
@@ -13,6 +15,7 @@ use bramble_transport::tls::client_config;
 use bramble_transport::TransportError;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +39,8 @@ pub enum AgentError {
     Io { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot start the container reconciler: {0}")]
     Workloads(std::io::Error),
+    #[error("cannot set up pod networking: {0}")]
+    Network(String),
 }
 
 /// What happened to one session.
@@ -84,10 +89,24 @@ pub async fn run(
     }
     let name = config.node_name()?;
     let dir = config.data_dir.clone();
-    // Containers first: what this board ran before keeps running even if no leader answers.
+    // Containers and their network first: what this board ran before keeps running, reachable,
+    // even if no leader answers.
     let shim_bin = std::env::current_exe().map_err(AgentError::Workloads)?;
-    let mut work = crate::reconcile::spawn(&config, &shim_bin).map_err(AgentError::Workloads)?;
-    tokio::spawn(crate::ports::run(work.ports.clone(), work.shims_dir.clone(), cancel.clone()));
+    let pods = Arc::new(Pods::open(&config.data_dir.join("pods")).map_err(|e| AgentError::Network(e.to_string()))?);
+    let (net_tx, net_rx) = std::sync::mpsc::sync_channel(64);
+    let network = PodNetwork { pods: pods.clone(), changed: net_tx.clone() };
+    let mut work = crate::reconcile::spawn(&config, &shim_bin, network).map_err(AgentError::Workloads)?;
+    let controller = net::node::Controller::new(
+        config.network.settings(&config.data_dir),
+        pods,
+        work.ports.clone(),
+        tokio::runtime::Handle::current(),
+    );
+    std::thread::Builder::new()
+        .name("network".into())
+        .spawn(move || controller.run(net_rx))
+        .map_err(AgentError::Workloads)?;
+    work.network = Some(net_tx);
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let creds = match join::load(&dir, &name)? {
         Some(c) => c,
@@ -179,7 +198,7 @@ async fn session(
     let heartbeat = match read_frame::<LeaderMsg>(&mut recv, MAX_FRAME_LEN).await? {
         Some(LeaderMsg::Welcome { heartbeat_ms, .. }) => Duration::from_millis(heartbeat_ms.clamp(100, 60_000)),
         Some(LeaderMsg::Refused(e)) => return Err(SessionError::Refused { code: e.code, message: e.message }),
-        Some(LeaderMsg::Desired { .. }) => return Err(SessionError::Unexpected),
+        Some(LeaderMsg::Desired { .. } | LeaderMsg::Network { .. }) => return Err(SessionError::Unexpected),
         None => return Err(SessionError::Closed),
     };
     info!("session established");
@@ -253,6 +272,15 @@ async fn session(
                     let sent = tokio::task::spawn_blocking(move || inputs.send(Input::Desired { full, upsert, remove }));
                     if !matches!(sent.await, Ok(Ok(()))) {
                         break Err(SessionError::Unexpected);
+                    }
+                }
+                Some(Ok(Some(LeaderMsg::Network { node, full, upsert, remove }))) => {
+                    if let Some(tx) = work.network.clone() {
+                        let input = NetInput::Leader { node, full, upsert, remove };
+                        let sent = tokio::task::spawn_blocking(move || tx.send(input).map_err(|_| ()));
+                        if !matches!(sent.await, Ok(Ok(()))) {
+                            break Err(SessionError::Unexpected);
+                        }
                     }
                 }
                 Some(Ok(Some(LeaderMsg::Refused(e)))) => break Err(SessionError::Refused { code: e.code, message: e.message }),

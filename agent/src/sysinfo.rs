@@ -52,6 +52,10 @@ fn addresses() -> Vec<String> {
     };
     let mut out = Vec::new();
     for ifa in ifaddrs {
+        // Not the board's own addresses: the pods' bridge, the vxlan device, pods' veths.
+        if ["bramble", "bv", "bp"].iter().any(|p| ifa.interface_name.starts_with(p)) {
+            continue;
+        }
         let Some(addr) = ifa.address else { continue };
         let ip: IpAddr = if let Some(v4) = addr.as_sockaddr_in() {
             IpAddr::V4(v4.ip())

@@ -36,6 +36,8 @@ fn config(id: &str, rootfs: &Path, logs: &Path) -> ContainerConfig {
         stop_grace_ms: 100,
         backoff_base_ms: None,
         log: LogConfig { path: logs.join(format!("{id}.log")), max_bytes: 1 << 20, max_files: 1 },
+        netns: None,
+        files: Vec::new(),
     }
 }
 

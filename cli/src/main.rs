@@ -22,11 +22,11 @@ struct Cli {
 enum Command {
     /// Create or update apps and services from TOML manifests: `bramble apply -f app.toml`.
     Apply(cmd::apply::Args),
-    /// Delete apps and services: `bramble delete app NAME` or `bramble delete -f app.toml`.
+    /// Delete apps, services or nodes: `bramble delete app NAME`, `delete node NAME`, `delete -f app.toml`.
     Delete(cmd::delete::Args),
     /// List objects: `bramble get nodes|apps|replicas|services`.
     Get(cmd::get::Args),
-    /// Show one object in detail: `bramble describe node|app|replica NAME`.
+    /// Show one object in detail: `bramble describe node|app|replica|service NAME`.
     Describe(cmd::describe::Args),
     /// A replica's output: `bramble logs REPLICA|app/NAME [-f] [--tail N] [--since 10m]`.
     Logs(cmd::logs::Args),

@@ -1,5 +1,6 @@
 //! `leader.toml`: versioned, every key checked, precedence file < environment < flags.
 
+use bramble_proto::network::ClusterNetwork;
 use bramble_proto::quantity::HumanDuration;
 use bramble_proto::source::{parse_toml, SourceError};
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,10 @@ pub struct LeaderConfig {
     /// An agent inside the leader process, so that one board is a whole cluster.
     #[serde(default)]
     pub agent: EmbeddedAgent,
+    /// The cluster's network, chosen at `init`: pod and service addresses, the DNS domain, how
+    /// boards reach each other. Kept for the cluster's life (the leader refuses a change).
+    #[serde(default)]
+    pub network: ClusterNetwork,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,6 +114,7 @@ impl LeaderConfig {
             nodes: NodesConfig::default(),
             log: LogConfig::default(),
             agent: EmbeddedAgent::default(),
+            network: ClusterNetwork::default(),
         }
     }
 
@@ -137,6 +143,10 @@ impl LeaderConfig {
                 ),
             )
             .into());
+        }
+        if let Some((field, message)) = cfg.network.check().into_iter().next() {
+            let offset = text.find(field).or_else(|| text.find("[network]")).unwrap_or(0);
+            return Err(SourceError::at(file, text, offset, &format!("network.{field}"), message).into());
         }
         Ok(cfg)
     }
@@ -172,6 +182,21 @@ heartbeat = "{heartbeat}"
 enabled = {agent}
 # Registries, labels, resources for it: an agent.toml (see dist/agent.toml).
 # config = "/etc/bramble/agent.toml"
+
+[network]
+# Chosen at init and kept for the cluster's life: the leader refuses to start if these change.
+# Pod addresses; each board gets a /{node_prefix} of them.
+cluster_cidr = "{cluster_cidr}"
+node_prefix = {node_prefix}
+# Service virtual IPs.
+service_cidr = "{service_cidr}"
+# Services answer as <service> and <service>.{domain} inside containers.
+domain = "{domain}"
+# "direct": routes to other boards' pod subnets via their addresses (boards on one LAN);
+# "vxlan": a kernel vxlan device, for boards on different subnets (UDP port vxlan_port).
+backend = "{backend}"
+vxlan_port = {vxlan_port}
+vxlan_vni = {vxlan_vni}
 "#,
             cluster = self.cluster_name,
             listen = self.listen,
@@ -179,6 +204,13 @@ enabled = {agent}
             grace = self.nodes.not_ready_after,
             heartbeat = self.nodes.heartbeat,
             agent = self.agent.enabled,
+            cluster_cidr = self.network.cluster_cidr,
+            node_prefix = self.network.node_prefix,
+            service_cidr = self.network.service_cidr,
+            domain = self.network.domain,
+            backend = self.network.backend,
+            vxlan_port = self.network.vxlan_port,
+            vxlan_vni = self.network.vxlan_vni,
         )
     }
 }
@@ -205,6 +237,14 @@ mod tests {
         assert!(e.contains("missing field `version`"), "{e}");
         let e = LeaderConfig::parse("l.toml", "version = 1\n[nodes]\nheartbeat = \"20s\"\n").unwrap_err().to_string();
         assert!(e.contains("l.toml:3:1: nodes.heartbeat: expected a heartbeat shorter"), "{e}");
+        let e = LeaderConfig::parse("l.toml", "version = 1\n[network]\nservice_cidr = \"10.42.0.0/24\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("l.toml:3:1: network.service_cidr: 10.42.0.0/24 overlaps the cluster CIDR"), "{e}");
+        let e = LeaderConfig::parse("l.toml", "version = 1\n[network]\ncluster_cidr = \"10.42.1.0/16\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("network.cluster_cidr: invalid address block \"10.42.1.0/16\": host bits are set"), "{e}");
     }
 }
 

@@ -2,6 +2,7 @@
 
 use crate::config::LeaderConfig;
 use bramble_proto::fsutil::write_file_atomic;
+use bramble_proto::network::ClusterNetwork;
 use bramble_transport::admin::{AdminConfig, ADMIN_CONFIG_VERSION};
 use bramble_transport::pki::{Ca, PkiError};
 use std::fs;
@@ -17,6 +18,8 @@ pub enum InitError {
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Pki(#[from] PkiError),
+    #[error("nothing created: {0}")]
+    Network(String),
 }
 
 /// Paths inside a leader's data dir.
@@ -76,10 +79,16 @@ pub fn init(
     listen: SocketAddr,
     cluster_name: &str,
     embedded_agent: bool,
+    network: &ClusterNetwork,
 ) -> Result<Initialised, InitError> {
     let layout = Layout::new(data_dir);
     if layout.is_initialised() {
         return Err(InitError::Exists(data_dir.to_path_buf()));
+    }
+    if !network.check().is_empty() {
+        let problems: Vec<String> =
+            network.check().into_iter().map(|(f, m)| format!("--{}: {m}", f.replace('_', "-"))).collect();
+        return Err(InitError::Network(problems.join("; ")));
     }
     let mkdir = |p: &Path, mode| {
         fs::DirBuilder::new()
@@ -111,6 +120,7 @@ pub fn init(
     let mut config = LeaderConfig::new(data_dir.to_path_buf(), listen);
     config.cluster_name = cluster_name.to_string();
     config.agent.enabled = embedded_agent;
+    config.network = network.clone();
     write_file(&layout.config(), config.render().as_bytes(), 0o644)?;
 
     let dial = if listen.ip().is_unspecified() {
@@ -146,7 +156,7 @@ mod tests {
     fn init_creates_everything_and_refuses_to_run_twice() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join("leader");
-        let out = init(&d, "127.0.0.1:7443".parse().unwrap(), "test", false).unwrap();
+        let out = init(&d, "127.0.0.1:7443".parse().unwrap(), "test", false, &ClusterNetwork::default()).unwrap();
         let l = Layout::new(&d);
         for p in [l.ca_cert(), l.ca_key(), l.leader_cert(), l.leader_key(), l.config(), l.admin_config()] {
             assert!(p.exists(), "{} exists", p.display());
@@ -158,7 +168,8 @@ mod tests {
         let admin = AdminConfig::parse("admin.toml", &fs::read_to_string(&out.admin_path).unwrap()).unwrap();
         assert_eq!(admin.leaders, ["127.0.0.1:7443"]);
         let before = fs::read(l.ca_key()).unwrap();
-        assert!(matches!(init(&d, "127.0.0.1:7443".parse().unwrap(), "test", false), Err(InitError::Exists(_))));
+        let again = init(&d, "127.0.0.1:7443".parse().unwrap(), "test", false, &ClusterNetwork::default());
+        assert!(matches!(again, Err(InitError::Exists(_))));
         assert_eq!(fs::read(l.ca_key()).unwrap(), before, "the existing CA is untouched");
     }
 }

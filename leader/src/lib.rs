@@ -6,6 +6,7 @@ pub mod controllers;
 pub mod error;
 pub mod events;
 pub mod init;
+pub mod network;
 pub mod nodes;
 pub mod objects;
 pub mod observed;

@@ -6,6 +6,7 @@ use bramble_agent::{observability, systemd, AgentConfig};
 use bramble_leader::config::{LeaderConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
 use bramble_leader::init::{init, Layout};
 use bramble_leader::{tokens, RunningLeader};
+use bramble_proto::network;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,8 @@ enum Command {
         /// Also run an agent inside the leader (a one-board cluster).
         #[arg(long)]
         embedded_agent: bool,
+        #[command(flatten)]
+        network: NetworkArgs,
     },
     /// Serve the cluster.
     Run {
@@ -64,6 +67,39 @@ enum Command {
     },
 }
 
+/// The cluster's network, chosen once at init.
+#[derive(clap::Args)]
+struct NetworkArgs {
+    /// Pod addresses; each board gets a block of --node-prefix bits.
+    #[arg(long, default_value = network::DEFAULT_CLUSTER_CIDR)]
+    cluster_cidr: network::Cidr,
+    /// Service virtual IPs.
+    #[arg(long, default_value = network::DEFAULT_SERVICE_CIDR)]
+    service_cidr: network::Cidr,
+    /// The prefix length of each board's pod subnet (24: 253 pods a board).
+    #[arg(long, default_value_t = network::DEFAULT_NODE_PREFIX)]
+    node_prefix: u8,
+    /// The DNS domain of services inside containers.
+    #[arg(long, default_value = network::DEFAULT_DOMAIN)]
+    cluster_domain: String,
+    /// How pod traffic crosses boards: direct (one LAN) or vxlan (boards on different subnets).
+    #[arg(long, default_value = "direct", value_parser = ["direct", "vxlan"])]
+    network_backend: String,
+}
+
+impl NetworkArgs {
+    fn settings(self) -> network::ClusterNetwork {
+        network::ClusterNetwork {
+            cluster_cidr: self.cluster_cidr,
+            service_cidr: self.service_cidr,
+            node_prefix: self.node_prefix,
+            domain: self.cluster_domain,
+            backend: if self.network_backend == "vxlan" { network::Backend::Vxlan } else { network::Backend::Direct },
+            ..Default::default()
+        }
+    }
+}
+
 const EXIT_CONFIG: u8 = 2;
 const EXIT_RUNTIME: u8 = 1;
 
@@ -71,8 +107,8 @@ fn main() -> ExitCode {
     bramble_agent::alloc::limit_arenas();
     let cli = Cli::parse();
     let config = match cli.command {
-        Command::Init { data_dir, listen, cluster_name, embedded_agent } => {
-            return match init(&data_dir, listen, &cluster_name, embedded_agent) {
+        Command::Init { data_dir, listen, cluster_name, embedded_agent, network } => {
+            return match init(&data_dir, listen, &cluster_name, embedded_agent, &network.settings()) {
                 Ok(out) => {
                     println!("initialised cluster {cluster_name:?} in {}", data_dir.display());
                     println!("  CA fingerprint: {}", out.ca_fingerprint);
@@ -166,7 +202,8 @@ fn up(data_dir: Option<PathBuf>, listen: SocketAddr) -> anyhow::Result<LeaderCon
     let dir = data_dir.unwrap_or_else(default_up_dir);
     let layout = Layout::new(&dir);
     if !layout.is_initialised() {
-        init(&dir, listen, "bramble", true).context("cannot initialise the cluster")?;
+        init(&dir, listen, "bramble", true, &network::ClusterNetwork::default())
+            .context("cannot initialise the cluster")?;
         eprintln!("initialised a one-board cluster in {}", dir.display());
     }
     // Make `bramble` work without flags, unless the user already has a config.

@@ -10,6 +10,9 @@
 //! /revisions/<app>/<hash>    AppSpec: the pod template of a revision that still has replicas
 //! /tokens/<id>               a join token (hash of its secret)
 //! /images/<reference>        ImagePlatforms: what an image offers, as a board found out
+//! /cluster/network           ClusterNetwork: the network chosen at init
+//! /subnets/<cidr>            the node holding a pod subnet (a claim: one holder at most)
+//! /vips/<ip>                 the service holding a virtual IP (a claim)
 //! ```
 
 use crate::error::{Error, Result};
@@ -30,6 +33,18 @@ pub mod keys {
     pub const REVISIONS: &str = "/revisions/";
     pub const TOKENS: &str = "/tokens/";
     pub const IMAGES: &str = "/images/";
+    pub const CLUSTER_NETWORK: &str = "/cluster/network";
+    pub const SUBNETS: &str = "/subnets/";
+    pub const VIPS: &str = "/vips/";
+
+    pub fn subnet(cidr: &bramble_proto::network::Cidr) -> String {
+        // "/" inside the CIDR would read as a path: the prefix length follows a "_".
+        format!("{SUBNETS}{}_{}", cidr.addr(), cidr.prefix())
+    }
+
+    pub fn vip(ip: &std::net::Ipv4Addr) -> String {
+        format!("{VIPS}{ip}")
+    }
 
     pub fn image(reference: &str) -> String {
         format!("{IMAGES}{reference}")
@@ -242,6 +257,19 @@ impl Objects {
 
     pub fn delete_image_platforms_op(image: &str, rev: u64) -> TxnOp {
         TxnOp::Delete { key: keys::image(image), expect: Expect::Revision(rev) }
+    }
+
+    /// Every claim under `prefix` (subnets, VIPs): key → holder.
+    pub fn claims(&self, prefix: &str) -> Result<BTreeMap<String, String>> {
+        self.store.list(prefix)?.into_iter().map(|kv| Ok((kv.key.clone(), decode(&kv.key, &kv.value)?))).collect()
+    }
+
+    pub fn claim_op(key: String, holder: &str) -> TxnOp {
+        TxnOp::Put { key, value: encode(&holder), expect: Expect::Absent }
+    }
+
+    pub fn release_op(key: String) -> TxnOp {
+        TxnOp::Delete { key, expect: Expect::Any }
     }
 
     /// A value stored at `key` outside the object kinds (tokens).

@@ -44,6 +44,8 @@ fn record(objects: &Objects, node: &str, s: &ReplicaStatus) {
         r.started_ms = s.started_ms;
         r.finished_ms = s.finished_ms;
         r.container_id = s.container_id.clone();
+        // The address stays with the replica's network namespace (across container restarts).
+        r.ip = s.ip.or(r.ip);
         if r == before {
             return;
         }

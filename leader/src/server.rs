@@ -6,6 +6,7 @@ use crate::config::LeaderConfig;
 use crate::controllers::desired::{self, DesiredSet};
 use crate::events::Events;
 use crate::init::Layout;
+use crate::network::view;
 use crate::nodes::{NodeRegistry, Session};
 use crate::objects::Objects;
 use crate::store::{RedbStore, Store, StoreError};
@@ -45,6 +46,8 @@ pub enum LeaderError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A leader that is serving.
@@ -96,7 +99,9 @@ pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> 
     let events = Arc::new(Events::new());
     let registry = Arc::new(NodeRegistry::new(config.nodes.not_ready_after.0, events.clone()));
     let ca_fingerprint = ca.fingerprint();
-    let api = Arc::new(Api::new(Objects::new(store), ca, registry, events));
+    let objects = Objects::new(store);
+    crate::network::ensure_settings(&objects, &config.network).map_err(|e| LeaderError::Config(e.to_string()))?;
+    let api = Arc::new(Api::new(objects, ca, registry, events, config.network.clone()));
     let endpoint = server_endpoint(config.listen, tls)?;
     let local_addr = endpoint.local_addr().map_err(|source| TransportError::Bind { addr: config.listen, source })?;
     let cancel = CancellationToken::new();
@@ -271,6 +276,14 @@ async fn session(
     let info = hello.info.clone();
     let a = api.clone();
     let n = name.clone();
+    let seen = match conn.remote_address().ip() {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+    };
+    // An agent on the leader's own board comes over loopback: other boards reach it at the
+    // address it reports instead.
+    let reported = || hello.info.addresses.iter().find_map(|a| a.parse::<std::net::Ipv4Addr>().ok());
+    let address = seen.filter(|ip| !ip.is_loopback()).or_else(reported).or(seen);
     let checked = tokio::task::spawn_blocking(move || {
         let node = a.objects.load::<Node>(&n).map_err(|_| {
             ApiError::new(
@@ -281,7 +294,7 @@ async fn session(
         if node.value.key_fingerprint != key_fp {
             return Err(ApiError::new(ErrorCode::PermissionDenied, format!("node {n:?} is bound to another key")));
         }
-        a.set_node_info(&n, info).map_err(ApiError::from)
+        a.set_node_info(&n, info, address).map_err(ApiError::from)
     })
     .await;
     match checked {
@@ -308,7 +321,8 @@ async fn session(
     api.published.kick.notify_one();
 }
 
-/// The body of a session: the node's desired set down (full, then deltas), reports up.
+/// The body of a session: the network and the node's desired set down (all first, then deltas),
+/// reports up.
 async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStream, mut recv: RecvStream) -> String {
     let registry = api.registry.clone();
     // Frames arrive through a channel so that the loop selects only on cancel-safe futures.
@@ -323,10 +337,23 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
         }
     });
     let mut desired = api.published.desired.subscribe();
+    let mut network = api.published.network.subscribe();
     let mut sent: Option<DesiredSet> = None;
+    let mut sent_network: Option<view::Sent> = None;
     let reason = loop {
-        // Send what changed in this node's desired set (everything the first time), once the
-        // replica controller has made its first pass.
+        // What changed in the network and in this node's desired set (everything the first
+        // time), once the replica controller has made its first pass; the network first, so that
+        // a board knows its pod subnet before it starts pods.
+        let net = network.borrow_and_update().clone();
+        if let Some(view) = net {
+            let (msg, now) = view::delta(sent_network.as_ref(), &view, name);
+            if let Some(msg) = msg {
+                if let Err(e) = write_frame(&mut send, &msg).await {
+                    break e.to_string();
+                }
+            }
+            sent_network = Some(now);
+        }
         let now = desired.borrow_and_update().as_ref().map(|d| d.get(name).cloned().unwrap_or_default());
         if let Some(now) = now {
             if let Some(msg) = desired::delta(sent.as_ref(), &now) {
@@ -338,6 +365,7 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
         }
         tokio::select! {
             r = desired.changed() => if r.is_err() { break "the leader is stopping".to_string() },
+            r = network.changed() => if r.is_err() { break "the leader is stopping".to_string() },
             msg = rx.recv() => match msg {
                 Some(Ok(Some(msg))) => {
                     // Only the current session speaks for the node (fencing by epoch).
@@ -361,7 +389,7 @@ async fn handle_agent_msg(api: &Arc<Api>, name: &str, msg: AgentMsg) {
     match msg {
         AgentMsg::Heartbeat { .. } => {}
         AgentMsg::Info(info) => {
-            let r = tokio::task::spawn_blocking(move || a.set_node_info(&n, info)).await;
+            let r = tokio::task::spawn_blocking(move || a.set_node_info(&n, info, None)).await;
             if let Ok(Err(e)) = r {
                 warn!("cannot record node info: {e}");
             }

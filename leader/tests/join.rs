@@ -22,7 +22,7 @@ struct Cluster {
 async fn cluster() -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("leader");
-    let out = init(&data, "127.0.0.1:0".parse().unwrap(), "test", false).unwrap();
+    let out = init(&data, "127.0.0.1:0".parse().unwrap(), "test", false, &Default::default()).unwrap();
     let config = LeaderConfig::load(&out.config_path).unwrap();
     let leader = bramble_leader::start(&config).await.unwrap();
     let ca_pem = std::fs::read_to_string(data.join("pki/ca.crt")).unwrap();

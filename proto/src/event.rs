@@ -72,7 +72,7 @@ reasons! {
     Scheduled, FailedScheduling, ReplicaLost, ImagePlatform,
     // Nodes.
     NodeJoined, JoinRefused, NodeReady, NodeNotReady, SessionEnded, NodeCordoned, NodeUncordoned,
-    NodeLabeled,
+    NodeLabeled, NodeDeleted, NoPodSubnet, PodSubnet,
     // Containers, from the boards.
     Pulling, Pulled, Started, BackOff, Restarted, Completed, Stopped, Failed,
 }

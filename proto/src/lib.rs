@@ -11,6 +11,7 @@ pub mod image_ref;
 pub mod manifest;
 pub mod model;
 pub mod names;
+pub mod network;
 pub mod object;
 pub mod platform;
 pub mod quantity;

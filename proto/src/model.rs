@@ -8,9 +8,11 @@ pub use crate::object::{Kind, ObjectRef};
 pub use crate::platform::Platform;
 
 use crate::manifest::{AppSpec, ServiceSpec};
+use crate::network::{Cidr, Endpoint};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::Ipv4Addr;
 
 /// Metadata every stored object carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -155,8 +157,13 @@ pub struct Node {
     #[serde(default)]
     pub unschedulable: bool,
     pub info: NodeInfo,
+    /// Its pod subnet, allocated by the leader from the cluster CIDR; released when the node is
+    /// deleted.
     #[serde(default)]
-    pub pod_cidr: Option<String>,
+    pub pod_cidr: Option<Cidr>,
+    /// The address the leader sees its agent at (routes and vxlan entries of other boards use it).
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
 }
 
 impl Node {
@@ -170,6 +177,7 @@ impl Node {
             unschedulable: false,
             info,
             pod_cidr: None,
+            address: None,
         }
     }
 
@@ -269,7 +277,8 @@ pub struct Replica {
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
     pub container_id: Option<String>,
-    pub ip: Option<String>,
+    /// Its pod address on its board.
+    pub ip: Option<Ipv4Addr>,
 }
 
 /// A stable name and virtual IP in front of the ready replicas of an app.
@@ -277,9 +286,11 @@ pub struct Replica {
 pub struct Service {
     pub meta: ObjectMeta,
     pub spec: ServiceSpec,
-    pub vip: Option<String>,
-    #[serde(default)]
-    pub endpoints: Vec<String>,
+    /// Allocated by the leader from the service CIDR when the service is created; kept for life.
+    pub vip: Option<Ipv4Addr>,
+    /// The app's replicas that take traffic (derived when read, never stored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
 }
 
 /// Named key/value bytes, encrypted at rest by the leader; `get` never prints `data`.

@@ -7,12 +7,15 @@
 
 use crate::manifest::{AppSpec, ServiceSpec};
 use crate::model::{App, Event, NodeInfo, NodeView, Platform, Replica, ReplicaPhase, Service};
+use crate::network::{NodeNetwork, ServiceRoute};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::Ipv4Addr;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: pod networking (`LeaderMsg::Network`, replica addresses), typed event references.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The TLS ALPN protocol id.
 pub const ALPN: &[u8] = b"bramble/1";
 /// The name every leader certificate carries and every client verifies.
@@ -86,6 +89,14 @@ pub enum Request {
         app: String,
         replicas: u32,
         expect_generation: Option<u64>,
+    },
+    /// A service with its endpoints.
+    GetService {
+        name: String,
+    },
+    /// Removes a node (its pod subnet is released; its replicas are replaced elsewhere).
+    DeleteNode {
+        name: String,
     },
     /// Events at or after `since_ms`, oldest first.
     GetEvents {
@@ -170,6 +181,16 @@ pub enum Response {
         replica: Box<Replica>,
         /// Live detail the leader keeps in memory only (e.g. image pull progress).
         detail: Option<String>,
+        events: Vec<Event>,
+    },
+    Service {
+        service: Box<Service>,
+        /// Whether the app it sends to exists (a service may come before its app).
+        app_exists: bool,
+        /// Each port with the app's port it sends to (names resolved).
+        ports: Vec<crate::network::RoutePort>,
+        /// Where each endpoint replica runs and its phase, for `describe`.
+        replicas: Vec<Replica>,
         events: Vec<Event>,
     },
     Events(Vec<Event>),
@@ -266,6 +287,10 @@ pub enum LeaderMsg {
     /// The replicas this node must run. `full`: exactly these (anything else is stopped), sent at
     /// every session start; otherwise a delta: `upsert` added or changed, `remove` gone.
     Desired { full: bool, upsert: Vec<Assignment>, remove: Vec<String> },
+    /// The network: this board's part (`node`, when it changed; always at session start) and the
+    /// cluster's services — `full`: exactly these; otherwise `upsert` added or changed, `remove`
+    /// gone. Sent before the first desired set of a session.
+    Network { node: Option<NodeNetwork>, full: bool, upsert: Vec<ServiceRoute>, remove: Vec<String> },
 }
 
 /// One replica a node must run. Replica names are never reused, so a replica that moved away
@@ -292,6 +317,9 @@ pub struct ReplicaStatus {
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
     pub container_id: Option<String>,
+    /// The replica's pod address.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
     /// Live detail such as image pull progress (kept in the leader's memory, never stored).
     #[serde(default)]
     pub detail: Option<String>,
@@ -320,6 +348,7 @@ impl ReplicaStatus {
             started_ms: None,
             finished_ms: None,
             container_id: None,
+            ip: None,
             detail: None,
             platform_miss: None,
         }

@@ -20,11 +20,22 @@ pub struct ClusterOptions {
     pub heartbeat: &'static str,
     /// More TOML for every agent's config file (e.g. `[[images.registry]]` tables).
     pub agent_toml: String,
+    /// More `bramble-leader init` flags (e.g. `--network-backend vxlan`).
+    pub init_args: Vec<String>,
+    /// Boards from this index on are on a second LAN behind a router (none: one LAN).
+    pub second_lan_from: Option<usize>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { agents: 3, not_ready_after: "3s", heartbeat: "1s", agent_toml: String::new() }
+        ClusterOptions {
+            agents: 3,
+            not_ready_after: "3s",
+            heartbeat: "1s",
+            agent_toml: String::new(),
+            init_args: Vec::new(),
+            second_lan_from: None,
+        }
     }
 }
 
@@ -47,7 +58,10 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with more agent config made from the lab (e.g. its addresses).
     pub fn start_with(mut opts: ClusterOptions, agent_toml: impl Fn(&NetLab) -> String) -> Cluster {
-        let lab = NetLab::new(opts.agents);
+        let lab = match opts.second_lan_from {
+            Some(from) => NetLab::routed(opts.agents, from),
+            None => NetLab::new(opts.agents),
+        };
         opts.agent_toml.push_str(&agent_toml(&lab));
         let bins = bin_dir();
         let dir = tempfile::Builder::new().prefix("bramble-e2e-").tempdir().expect("temp dir");
@@ -55,6 +69,7 @@ impl Cluster {
         let listen = format!("{}:{LEADER_PORT}", lab.addr(0));
         let out = Command::new(bins.join("bramble-leader"))
             .args(["init", "--data-dir", leader_dir.to_str().expect("utf-8"), "--listen", &listen])
+            .args(&opts.init_args)
             .output()
             .expect("run bramble-leader init");
         assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -9,7 +9,7 @@
 
 use bramble_agent::reconcile::fake::{Call, FakeContainers, FakeImages, FakeNetwork};
 use bramble_agent::reconcile::plan::{status_delta, Statuses};
-use bramble_agent::reconcile::{Containers, Images, Input, Job, Reconciler};
+use bramble_agent::reconcile::{Containers, Images, Input, Job, Network, Reconciler};
 use bramble_leader::controllers::desired::{delta, DesiredSet, DesiredSets};
 use bramble_leader::controllers::{run, Context};
 use bramble_leader::events::Events;
@@ -36,6 +36,8 @@ pub struct Board {
     pub arch: Arch,
     pub containers: Arc<FakeContainers>,
     pub images: Arc<FakeImages>,
+    /// Pods' addresses (kept across agent restarts, as the real IPAM is).
+    pub network: Arc<FakeNetwork>,
     /// The agent process (`None` while it is down); its containers live on regardless.
     agent: Option<AgentReconciler>,
     dir: tempfile::TempDir,
@@ -81,6 +83,7 @@ fn new_leader(store: &Arc<dyn Store>) -> Leader {
         registry: Arc::new(NodeRegistry::new(GRACE, events.clone())),
         observed: Arc::new(Observed::new()),
         events,
+        network: Arc::new(bramble_proto::network::ClusterNetwork::default()),
     };
     Leader { ctx }
 }
@@ -97,12 +100,15 @@ impl Sim {
             objects.put(&node(&name, arch.clone()), Expect::Absent).expect("node stored");
             let containers = Arc::new(FakeContainers::new(clock.clone()));
             let images = Arc::new(FakeImages::new(arch.clone()));
+            let subnet = format!("10.42.{}.0/24", i + 1).parse().expect("a subnet");
+            let network = Arc::new(FakeNetwork::new(subnet));
             let dir = tempfile::tempdir().expect("temp dir");
             let mut b = Board {
                 name,
                 arch: arch.clone(),
                 containers,
                 images,
+                network,
                 agent: None,
                 dir,
                 partitioned: false,
@@ -138,7 +144,9 @@ impl Sim {
 
     fn apply_specs(&self, apps: Vec<AppSpec>) {
         let events = self.leader.as_ref().map(|l| l.ctx.events.clone()).unwrap_or_default();
-        bramble_leader::api::apps::apply(&self.objects(), &events, apps, Vec::new(), "the sim").expect("apply");
+        let network = bramble_proto::network::ClusterNetwork::default();
+        bramble_leader::api::apps::apply(&self.objects(), &events, &network, apps, Vec::new(), "the sim")
+            .expect("apply");
     }
 
     /// Sets an app's replica count.
@@ -244,7 +252,7 @@ impl Sim {
         }
         let names: Vec<String> = self.boards.iter().map(|b| b.name.clone()).collect();
         ctx.registry.check(names, instant, now);
-        let sets = run::pass(&ctx, now).expect("a controller pass");
+        let sets = run::pass(&ctx, now).expect("a controller pass").desired;
         for b in &mut self.boards {
             b.talk_down(&sets, now);
         }
@@ -357,7 +365,7 @@ impl Board {
         let r = Reconciler::new(
             self.containers.clone(),
             self.images.clone(),
-            Arc::new(FakeNetwork::default()),
+            self.network.clone(),
             Some(self.dir.path().to_path_buf()),
         )
         .with_parallel_starts(1);
@@ -373,7 +381,10 @@ impl Board {
                     let result = self.images.pull(&image, &progress);
                     Input::Pulled { image: image.to_string(), result, took_ms: 1 }
                 }
-                Job::Remove { id } => Input::Removed { result: self.containers.remove(&id), id },
+                Job::Remove { id } => {
+                    let result = self.containers.remove(&id).and_then(|()| self.network.release(&id));
+                    Input::Removed { result, id }
+                }
             };
             agent.input(input, now);
         }

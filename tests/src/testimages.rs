@@ -25,8 +25,10 @@ pub fn busybox(arch: &str) -> PathBuf {
 pub const PLATFORMS: [(&str, Option<&str>, &str); 3] =
     [("amd64", None, "amd64"), ("arm64", Some("v8"), "arm64"), ("arm", Some("v7"), "armhf")];
 
-const APPLETS: [&str; 12] =
-    ["cat", "echo", "false", "hostname", "httpd", "id", "ls", "sh", "sleep", "true", "wget", "yes"];
+const APPLETS: [&str; 18] = [
+    "cat", "echo", "false", "hostname", "httpd", "id", "ip", "kill", "ls", "mkdir", "nc", "nslookup", "ps", "sh",
+    "sleep", "true", "wget", "yes",
+];
 
 /// A reproducible tar stream.
 pub struct TarBuilder(tar::Builder<Vec<u8>>);

@@ -72,6 +72,8 @@ impl Env {
             stop_grace_ms: 500,
             backoff_base_ms: Some(200),
             log: LogConfig { path: self.log(id), max_bytes: 1 << 20, max_files: 2 },
+            netns: None,
+            files: Vec::new(),
         }
     }
 

@@ -8,6 +8,9 @@ use bramble_proto::image_ref::ImageRef;
 use bramble_proto::model::Platform;
 use bramble_proto::wire::Assignment;
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+pub use crate::net::pods::PodNet;
 
 /// Why a replica could not be started (kept with its retry, shown in its status).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -26,6 +29,8 @@ pub enum ReconcileError {
     Config(String),
     #[error("{0}")]
     Runtime(String),
+    #[error("network: {0}")]
+    Network(String),
 }
 
 /// Containers on this board (one shim each, in production).
@@ -34,8 +39,9 @@ pub trait Containers: Send + Sync {
     fn ids(&self) -> Vec<String>;
     /// Asks the container's shim for its state (`None` if it does not answer).
     fn state(&self, id: &str) -> Option<ShimState>;
-    /// Prepares the root filesystem and starts the container of `a` (its image is in the store).
-    fn start(&self, a: &Assignment) -> Result<(), ReconcileError>;
+    /// Prepares the root filesystem and starts the container of `a` (its image is in the store)
+    /// in the pod network `net`.
+    fn start(&self, a: &Assignment, net: &PodNet) -> Result<(), ReconcileError>;
     /// Stops (within the grace period) and removes a container with its root filesystem and logs.
     fn remove(&self, id: &str) -> Result<(), ReconcileError>;
 }
@@ -48,8 +54,12 @@ pub trait Images: Send + Sync {
     fn pull(&self, image: &ImageRef, progress: &Progress) -> Result<(), ReconcileError>;
 }
 
-/// The network of containers.
+/// Pods' networks.
 pub trait Network: Send + Sync {
-    /// Sets up the network of container `id`, whose process is `pid`. Idempotent.
-    fn attach(&self, id: &str, pid: i32) -> Result<(), ReconcileError>;
+    /// The network of `replica`'s pod, made if it is not there. Safe to repeat.
+    fn prepare(&self, replica: &str) -> Result<PodNet, ReconcileError>;
+    /// Removes the network of `replica`'s pod. Safe to repeat.
+    fn release(&self, replica: &str) -> Result<(), ReconcileError>;
+    /// The address of `replica`'s pod, if it has one.
+    fn ip(&self, replica: &str) -> Option<Ipv4Addr>;
 }

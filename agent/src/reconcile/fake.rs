@@ -2,7 +2,7 @@
 //! fake containers keep the real [`Lifecycle`] (restart policy and backoff) on a clock the test
 //! moves, as shims do on the board.
 
-use super::effects::{Containers, Images, Network, ReconcileError};
+use super::effects::{Containers, Images, Network, PodNet, ReconcileError};
 use crate::runtime::config::RestartPolicy;
 use crate::runtime::lifecycle::{BackoffPolicy, Exit, Lifecycle, Phase};
 use crate::runtime::protocol::ShimState;
@@ -132,7 +132,7 @@ impl Containers for FakeContainers {
         })
     }
 
-    fn start(&self, a: &Assignment) -> Result<(), ReconcileError> {
+    fn start(&self, a: &Assignment, _net: &PodNet) -> Result<(), ReconcileError> {
         let now = self.clock.now_ms();
         let mut g = self.state.lock().expect("fake lock");
         g.calls.push(Call::Start(a.replica.clone()));
@@ -208,21 +208,55 @@ impl Images for FakeImages {
     }
 }
 
-/// Records which containers' networks were set up.
-#[derive(Debug, Default)]
+/// Pod networks in memory: each pod gets the next address of a subnet, kept until released.
+#[derive(Debug)]
 pub struct FakeNetwork {
-    attached: Mutex<Vec<(String, i32)>>,
+    subnet: bramble_proto::network::Cidr,
+    pods: Mutex<BTreeMap<String, std::net::Ipv4Addr>>,
 }
 
 impl FakeNetwork {
-    pub fn attached(&self) -> Vec<(String, i32)> {
-        self.attached.lock().expect("fake lock").clone()
+    pub fn new(subnet: bramble_proto::network::Cidr) -> FakeNetwork {
+        FakeNetwork { subnet, pods: Mutex::default() }
+    }
+
+    /// Every pod's address.
+    pub fn pods(&self) -> BTreeMap<String, std::net::Ipv4Addr> {
+        self.pods.lock().expect("fake lock").clone()
+    }
+}
+
+impl Default for FakeNetwork {
+    fn default() -> Self {
+        FakeNetwork::new("10.42.0.0/24".parse().expect("a subnet"))
     }
 }
 
 impl Network for FakeNetwork {
-    fn attach(&self, id: &str, pid: i32) -> Result<(), ReconcileError> {
-        self.attached.lock().expect("fake lock").push((id.into(), pid));
+    fn prepare(&self, replica: &str) -> Result<PodNet, ReconcileError> {
+        let mut g = self.pods.lock().expect("fake lock");
+        let ip = match g.get(replica) {
+            Some(ip) => *ip,
+            None => {
+                let used: BTreeSet<_> = g.values().copied().collect();
+                let ip = (2..self.subnet.size() - 1)
+                    .filter_map(|i| self.subnet.nth(i))
+                    .find(|ip| !used.contains(ip))
+                    .ok_or_else(|| ReconcileError::Network(format!("pod subnet {} is full", self.subnet)))?;
+                g.insert(replica.to_string(), ip);
+                ip
+            }
+        };
+        let dir = std::path::PathBuf::from("/fake/pods").join(replica);
+        Ok(PodNet { netns: dir.join("netns"), ip, resolv_conf: dir.join("resolv.conf"), hosts: dir.join("hosts") })
+    }
+
+    fn release(&self, replica: &str) -> Result<(), ReconcileError> {
+        self.pods.lock().expect("fake lock").remove(replica);
         Ok(())
+    }
+
+    fn ip(&self, replica: &str) -> Option<std::net::Ipv4Addr> {
+        self.pods.lock().expect("fake lock").get(replica).copied()
     }
 }

@@ -31,7 +31,7 @@ use bramble_images::store::ContentStore;
 use bramble_images::unpack::UnpackOptions;
 use bramble_proto::model::{Arch, Event};
 use bramble_proto::time::now_ms;
-use real::{NamespaceNetwork, ShimContainers, StoreImages};
+use real::{PodNetwork, ShimContainers, StoreImages};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -62,6 +62,8 @@ pub struct Handle {
     pub images: tokio::sync::watch::Receiver<Vec<String>>,
     pub shims_dir: PathBuf,
     pub thread: std::thread::JoinHandle<()>,
+    /// The board's network controller, for what the leader says of the network.
+    pub network: Option<SyncSender<crate::net::node::NetInput>>,
 }
 
 /// Where the agent keeps containers' pieces.
@@ -97,7 +99,7 @@ fn publish<T: PartialEq>(tx: &tokio::sync::watch::Sender<T>, value: T) {
 }
 
 /// Starts the reconciler thread with the real effects. `shim_bin` serves `shim --dir`.
-pub fn spawn(config: &AgentConfig, shim_bin: &Path) -> std::io::Result<Handle> {
+pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std::io::Result<Handle> {
     let paths = Paths::new(&config.data_dir);
     for d in [&paths.shims, &paths.rootfs, &paths.logs] {
         std::fs::create_dir_all(d)?;
@@ -128,10 +130,21 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path) -> std::io::Result<Handle> {
     let thread = std::thread::Builder::new().name("reconciler".into()).spawn(move || {
         let adopted = runtime.adopt();
         info!(containers = adopted.len(), "adopted the containers already running");
-        let r = Reconciler::new(containers.clone(), images, Arc::new(NamespaceNetwork), Some(dir));
-        drive(r, &rx, &pulls, &done, containers, &out);
+        let network = Arc::new(network);
+        let r = Reconciler::new(containers.clone(), images, network.clone(), Some(dir));
+        drive(r, &rx, &pulls, &done, (containers, network), &out);
     })?;
-    Ok(Handle { inputs, status, events, log_dir: paths.logs, ports, images: images_rx, shims_dir: paths.shims, thread })
+    Ok(Handle {
+        inputs,
+        status,
+        events,
+        log_dir: paths.logs,
+        ports,
+        images: images_rx,
+        shims_dir: paths.shims,
+        thread,
+        network: None,
+    })
 }
 
 /// A small pool of pullers: each takes a pull, does it, and tells the reconciler.
@@ -155,12 +168,12 @@ fn pullers(images: Arc<StoreImages>, done: SyncSender<Input>) -> std::io::Result
 }
 
 /// The reconciler's loop: inputs (or a tick), a pass, its jobs handed out, its outputs published.
-fn drive<C: Containers + 'static, I: Images, N: Network>(
+fn drive<C: Containers + 'static, I: Images, N: Network + 'static>(
     mut r: Reconciler<C, I, N>,
     rx: &Receiver<Input>,
     pulls: &SyncSender<Job>,
     done: &SyncSender<Input>,
-    containers: Arc<C>,
+    effects: (Arc<C>, Arc<N>),
     out: &Outputs,
 ) {
     loop {
@@ -180,7 +193,7 @@ fn drive<C: Containers + 'static, I: Images, N: Network>(
                     Ok(()) => {}
                     Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => r.job_refused(&job),
                 },
-                Job::Remove { id } => remove_in_background(containers.clone(), id, done.clone(), &mut r),
+                Job::Remove { id } => remove_in_background(effects.clone(), id, done.clone(), &mut r),
             }
         }
         for e in r.take_events() {
@@ -198,17 +211,17 @@ fn drive<C: Containers + 'static, I: Images, N: Network>(
     }
 }
 
-/// Stops and removes a container on a thread of its own (it may wait out its grace period), so
-/// that the passes go on meanwhile.
-fn remove_in_background<C: Containers + 'static, I: Images, N: Network>(
-    containers: Arc<C>,
+/// Stops and removes a container, then its pod's network, on a thread of its own (it may wait
+/// out its grace period), so that the passes go on meanwhile.
+fn remove_in_background<C: Containers + 'static, I: Images, N: Network + 'static>(
+    (containers, network): (Arc<C>, Arc<N>),
     id: String,
     done: SyncSender<Input>,
     r: &mut Reconciler<C, I, N>,
 ) {
     let job = Job::Remove { id: id.clone() };
     let spawned = std::thread::Builder::new().name("remove".into()).spawn(move || {
-        let result = containers.remove(&id);
+        let result = containers.remove(&id).and_then(|()| network.release(&id));
         let _ = done.send(Input::Removed { id, result });
     });
     if let Err(e) = spawned {

@@ -10,6 +10,7 @@ use bramble_proto::model::{EventReason, ReplicaPhase};
 use bramble_proto::quantity::human_bytes;
 use bramble_proto::wire::{Assignment, PlatformMiss, ReplicaStatus};
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
 /// The replicas this board must run, by name.
 pub type Desired = BTreeMap<String, Assignment>;
@@ -27,8 +28,8 @@ pub struct Observed {
     pub images: BTreeSet<String>,
     /// Pulls in flight: image → (bytes done, bytes total).
     pub pulling: BTreeMap<String, (u64, u64)>,
-    /// The pid whose network was set up, per container.
-    pub attached: BTreeMap<String, i32>,
+    /// Pods' addresses.
+    pub ips: BTreeMap<String, Ipv4Addr>,
 }
 
 /// A failed start or pull, waiting for its next try.
@@ -65,10 +66,8 @@ pub enum Action {
     Remove { id: String },
     /// Fetch an image (off the reconciler thread: one cold image never delays the others).
     Pull { image: String },
-    /// Create the replica's container (its image is in the store).
+    /// Make the replica's pod network and create its container (its image is in the store).
     Start { replica: String },
-    /// Set up the network of a container that runs as `pid` (a new process has a new namespace).
-    Attach { id: String, pid: i32 },
 }
 
 /// The actions that bring the board towards `desired`. With `desired` unknown (a set that could
@@ -98,13 +97,6 @@ pub fn plan(desired: Option<&Desired>, observed: &Observed, retries: &Retries, n
             actions.push(Action::Pull { image: image.to_string() });
         }
     }
-    for (id, state) in &observed.containers {
-        let Some(Phase::Running { pid, .. }) = state.as_ref().map(|s| &s.lifecycle.phase) else { continue };
-        let wanted = desired.is_none_or(|d| d.contains_key(id));
-        if wanted && observed.attached.get(id) != Some(pid) {
-            actions.push(Action::Attach { id: id.clone(), pid: *pid });
-        }
-    }
     actions
 }
 
@@ -112,7 +104,7 @@ pub fn plan(desired: Option<&Desired>, observed: &Observed, retries: &Retries, n
 pub fn status(a: &Assignment, observed: &Observed, retry: Option<&Retry>) -> ReplicaStatus {
     let name = &a.replica;
     if let Some(Some(state)) = observed.containers.get(name) {
-        return status_of(name, state);
+        return ReplicaStatus { ip: observed.ips.get(name).copied(), ..status_of(name, state) };
     }
     let image = a.spec.image.as_str();
     if let Some(r) = retry {
@@ -210,27 +202,28 @@ pub fn status_delta(sent: Option<&Statuses>, now: &Statuses) -> Option<(bool, Ve
     }
 }
 
-/// One host port to forward into a container.
+/// One host port to send into a pod.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Binding {
+    pub protocol: Protocol,
     pub host: u16,
     pub container: u16,
-    /// The container (replica) that receives the connections.
+    /// The pod (replica) that receives the traffic.
     pub replica: String,
 }
 
-/// The TCP host ports the desired replicas ask for, sorted.
+/// The host ports the desired replicas ask for, sorted.
 pub fn bindings(desired: Option<&Desired>) -> Vec<Binding> {
-    let mut out: Vec<Binding> =
-        desired
-            .into_iter()
-            .flat_map(|d| d.values())
-            .flat_map(|a| {
-                a.spec.ports.iter().filter(|p| p.protocol == Protocol::Tcp).filter_map(|p| {
-                    Some(Binding { host: p.host?.0, container: p.container.0, replica: a.replica.clone() })
-                })
+    let mut out: Vec<Binding> = desired
+        .into_iter()
+        .flat_map(|d| d.values())
+        .flat_map(|a| {
+            a.spec.ports.iter().filter_map(|p| {
+                let (protocol, host, container) = (p.protocol, p.host?.0, p.container.0);
+                Some(Binding { protocol, host, container, replica: a.replica.clone() })
             })
-            .collect();
+        })
+        .collect();
     out.sort();
     out
 }

@@ -1,8 +1,10 @@
 //! The real effects: containers are shims over libcontainer with overlay root filesystems; images
 //! come from the content store and registries; the network is each container's namespace.
 
-use super::effects::{Containers, Images, Network, ReconcileError};
-use crate::runtime::build::{container_config, AppOverrides};
+use super::effects::{Containers, Images, Network, PodNet, ReconcileError};
+use crate::net::node::NetInput;
+use crate::net::pods::Pods;
+use crate::runtime::build::{container_config, with_network, AppOverrides};
 use crate::runtime::config::RestartPolicy;
 use crate::runtime::protocol::ShimState;
 use crate::runtime::Runtime;
@@ -61,7 +63,7 @@ impl Containers for ShimContainers {
         self.runtime.state(id).ok()
     }
 
-    fn start(&self, a: &Assignment) -> Result<(), ReconcileError> {
+    fn start(&self, a: &Assignment, net: &PodNet) -> Result<(), ReconcileError> {
         // A container's id (and directory and cgroup name) is its replica's name: replica names
         // are DNS labels with a suffix, valid ids as they are.
         let id = a.replica.as_str();
@@ -81,6 +83,7 @@ impl Containers for ShimContainers {
                 let _ = self.roots.remove(id);
                 ReconcileError::Config(e)
             })?;
+        let cc = with_network(cc, &net.netns, &net.resolv_conf, &net.hosts);
         if let Err(e) = self.runtime.create(&cc) {
             let _ = self.runtime.remove(id, REMOVE_TIMEOUT);
             let _ = self.roots.remove(id);
@@ -140,14 +143,35 @@ impl Images for StoreImages {
     }
 }
 
-/// Each container keeps its own network namespace; its loopback is brought up (a new namespace
-/// has it down).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NamespaceNetwork;
+/// Pods on the board's network (`crate::net`); the board's controller hears of every change (its
+/// rules follow pods' addresses).
+#[derive(Debug)]
+pub struct PodNetwork {
+    pub pods: Arc<Pods>,
+    pub changed: std::sync::mpsc::SyncSender<NetInput>,
+}
 
-impl Network for NamespaceNetwork {
-    fn attach(&self, _id: &str, pid: i32) -> Result<(), ReconcileError> {
-        crate::ports::loopback_up(pid)
-            .map_err(|e| ReconcileError::Runtime(format!("cannot bring up the loopback: {e}")))
+impl PodNetwork {
+    fn tell(&self) {
+        // Full: the controller has news pending anyway.
+        let _ = self.changed.try_send(NetInput::PodsChanged);
+    }
+}
+
+impl Network for PodNetwork {
+    fn prepare(&self, replica: &str) -> Result<PodNet, ReconcileError> {
+        let net = self.pods.prepare(replica).map_err(|e| ReconcileError::Network(e.to_string()))?;
+        self.tell();
+        Ok(net)
+    }
+
+    fn release(&self, replica: &str) -> Result<(), ReconcileError> {
+        self.pods.release(replica).map_err(|e| ReconcileError::Network(e.to_string()))?;
+        self.tell();
+        Ok(())
+    }
+
+    fn ip(&self, replica: &str) -> Option<std::net::Ipv4Addr> {
+        self.pods.ip(replica)
     }
 }

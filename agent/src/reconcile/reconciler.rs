@@ -126,7 +126,7 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
             Input::Pulled { image, result, took_ms } => self.pulled(&image, result, took_ms, now_ms),
             Input::Removed { id, result } => {
                 self.observed.removing.remove(&id);
-                self.observed.attached.remove(&id);
+                self.observed.ips.remove(&id);
                 match result {
                     Ok(()) => {
                         let msg = "container stopped and removed: no longer assigned to this node".to_string();
@@ -207,12 +207,6 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
                 }
                 Action::Pull { image } => jobs.extend(self.pull(&image)),
                 Action::Start { replica } => starts.push(replica),
-                Action::Attach { id, pid } => match self.network.attach(&id, pid) {
-                    Ok(()) => {
-                        self.observed.attached.insert(id, pid);
-                    }
-                    Err(e) => warn!(id, "cannot set up the network: {e}"),
-                },
             }
         }
         self.start_all(&starts, now_ms);
@@ -250,8 +244,8 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
         for (image, p) in &self.progress {
             self.observed.pulling.insert(image.clone(), p.totals());
         }
-        let known = &self.observed.containers;
-        self.observed.attached.retain(|id, _| known.contains_key(id));
+        let ids: Vec<String> = self.observed.containers.keys().cloned().collect();
+        self.observed.ips = ids.into_iter().filter_map(|id| Some((id.clone(), self.network.ip(&id)?))).collect();
     }
 
     /// Starts containers, a few at a time; failures wait for a retry.
@@ -260,12 +254,13 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
         let todo: Vec<&Assignment> = replicas.iter().filter_map(|r| desired.get(r)).collect();
         let queue = std::sync::Mutex::new(todo.iter());
         let results = std::sync::Mutex::new(Vec::new());
-        let containers = &self.containers;
+        let (containers, network) = (&self.containers, &self.network);
         std::thread::scope(|scope| {
             for _ in 0..self.parallel_starts.min(todo.len()) {
                 scope.spawn(|| loop {
                     let Some(a) = queue.lock().expect("queue lock").next() else { break };
-                    let r = containers.start(a);
+                    // The pod's network first: the process starts with its address and DNS.
+                    let r = network.prepare(&a.replica).and_then(|net| containers.start(a, &net));
                     results.lock().expect("results lock").push((a.replica.clone(), r));
                 });
             }
@@ -277,6 +272,9 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
                 Ok(()) => {
                     self.retries.remove(&replica);
                     let state = self.containers.state(&replica);
+                    if let Some(ip) = self.network.ip(&replica) {
+                        self.observed.ips.insert(replica.clone(), ip);
+                    }
                     self.observed.containers.insert(replica, state);
                 }
                 Err(e) => {

@@ -2,7 +2,7 @@
 //! working dir and user, overridden by the app's, with the user resolved from the image's own
 //! `/etc/passwd` and `/etc/group` (read without following a symlink out of the root filesystem).
 
-use super::config::{ContainerConfig, LogConfig, RestartPolicy, DEFAULT_PIDS_LIMIT};
+use super::config::{ContainerConfig, FileMount, LogConfig, RestartPolicy, DEFAULT_PIDS_LIMIT};
 use super::resolve;
 use bramble_images::oci::RunConfig;
 use std::collections::BTreeMap;
@@ -36,6 +36,7 @@ pub fn container_config(
     app: &AppOverrides,
     log_dir: &Path,
 ) -> Result<ContainerConfig, String> {
+    // The pod's network (namespace, resolv.conf, hosts) comes from `with_network`.
     let args = resolve::argv(
         image.entrypoint.as_deref().unwrap_or_default(),
         image.cmd.as_deref().unwrap_or_default(),
@@ -71,7 +72,19 @@ pub fn container_config(
         stop_grace_ms: 10_000,
         backoff_base_ms: None,
         log: LogConfig { path: log_dir.join(format!("{id}.log")), max_bytes: 10 << 20, max_files: 2 },
+        netns: None,
+        files: Vec::new(),
     })
+}
+
+/// `config` in a pod network: its namespace, and its resolv.conf and hosts over the image's.
+pub fn with_network(mut config: ContainerConfig, netns: &Path, resolv_conf: &Path, hosts: &Path) -> ContainerConfig {
+    config.netns = Some(netns.to_path_buf());
+    config.files = vec![
+        FileMount { source: resolv_conf.to_path_buf(), destination: "/etc/resolv.conf".into() },
+        FileMount { source: hosts.to_path_buf(), destination: "/etc/hosts".into() },
+    ];
+    config
 }
 
 #[cfg(test)]

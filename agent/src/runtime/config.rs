@@ -54,6 +54,19 @@ pub struct ContainerConfig {
     #[serde(default)]
     pub backoff_base_ms: Option<u64>,
     pub log: LogConfig,
+    /// A network namespace to join (the pod's, held by a file); none: a new, empty one.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// Files of the host mounted into the container (its resolv.conf, hosts), read-only.
+    #[serde(default)]
+    pub files: Vec<FileMount>,
+}
+
+/// A host file seen at `destination` inside the container, read-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMount {
+    pub source: PathBuf,
+    pub destination: String,
 }
 
 /// The default process limit per container.

@@ -3,8 +3,9 @@
 
 use super::config::ContainerConfig;
 use libcontainer::oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder,
-    LinuxResourcesBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec,
+    UserBuilder,
 };
 use std::collections::HashSet;
 
@@ -75,8 +76,16 @@ pub fn build(c: &ContainerConfig) -> Result<Spec, String> {
     // The default Linux section (namespaces, masked and read-only paths, devices) with our
     // resources and cgroup path.
     let defaults = Spec::default().linux().clone().unwrap_or_default();
+    let mut namespaces = defaults.namespaces().clone().unwrap_or_default();
+    // The pod's network namespace, if it has one: it outlives the container's restarts.
+    if let Some(path) = &c.netns {
+        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+        namespaces.push(
+            LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(path.clone()).build().map_err(e)?,
+        );
+    }
     let linux = LinuxBuilder::default()
-        .namespaces(defaults.namespaces().clone().unwrap_or_default())
+        .namespaces(namespaces)
         .masked_paths(defaults.masked_paths().clone().unwrap_or_default())
         .readonly_paths(defaults.readonly_paths().clone().unwrap_or_default())
         .resources(resources.build().map_err(e)?)
@@ -84,7 +93,23 @@ pub fn build(c: &ContainerConfig) -> Result<Spec, String> {
         .build()
         .map_err(e)?;
     let mut spec = Spec::default();
-    spec.set_process(Some(process)).set_root(Some(root)).set_hostname(Some(c.hostname.clone())).set_linux(Some(linux));
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for f in &c.files {
+        let options = ["rbind", "ro", "nosuid", "nodev", "noexec"].map(String::from).to_vec();
+        let m = MountBuilder::default()
+            .destination(std::path::PathBuf::from(&f.destination))
+            .typ("bind")
+            .source(f.source.clone())
+            .options(options)
+            .build()
+            .map_err(e)?;
+        mounts.push(m);
+    }
+    spec.set_process(Some(process))
+        .set_root(Some(root))
+        .set_hostname(Some(c.hostname.clone()))
+        .set_linux(Some(linux))
+        .set_mounts(Some(mounts));
     Ok(spec)
 }
 
@@ -112,6 +137,11 @@ mod tests {
             stop_grace_ms: 1000,
             backoff_base_ms: None,
             log: LogConfig { path: "/l".into(), max_bytes: 1 << 20, max_files: 2 },
+            netns: Some("/run/pods/web-1/netns".into()),
+            files: vec![crate::runtime::config::FileMount {
+                source: "/run/pods/web-1/resolv.conf".into(),
+                destination: "/etc/resolv.conf".into(),
+            }],
         }
     }
 
@@ -136,9 +166,12 @@ mod tests {
         assert_eq!(s.root().as_ref().unwrap().readonly(), Some(true));
         let mounts: Vec<_> =
             s.mounts().as_ref().unwrap().iter().map(|m| m.destination().display().to_string()).collect();
-        for m in ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys"] {
+        for m in ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/etc/resolv.conf"] {
             assert!(mounts.contains(&m.to_string()), "{m} in {mounts:?}");
         }
+        let net = linux.namespaces().as_ref().unwrap().iter().filter(|n| n.typ() == LinuxNamespaceType::Network);
+        let paths: Vec<_> = net.map(|n| n.path().clone()).collect();
+        assert_eq!(paths, [Some("/run/pods/web-1/netns".into())], "the pod's namespace, once");
         assert_eq!(cpu_shares(1), 2);
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// `app` or `service`, then names; or use -f.
+    /// `app`, `service` or `node`, then names; or use -f.
     #[arg(value_name = "KIND NAME")]
     what: Vec<String>,
     /// Delete what these manifests declare.
@@ -25,10 +25,13 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         if names.is_empty() {
             return Err(CliError::Other(format!("delete {kind}: expected one or more names")));
         }
+        if matches!(kind.as_str(), "node" | "nodes") {
+            return delete_nodes(config, names).await;
+        }
         match kind.as_str() {
             "app" | "apps" => apps.extend(names.iter().cloned()),
             "service" | "services" | "svc" => services.extend(names.iter().cloned()),
-            other => return Err(CliError::Other(format!("cannot delete {other:?}: expected app or service"))),
+            other => return Err(CliError::Other(format!("cannot delete {other:?}: expected app, service or node"))),
         }
     }
     if apps.is_empty() && services.is_empty() {
@@ -41,4 +44,15 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         }
         r => Err(unexpected(&r)),
     }
+}
+
+/// Removes boards from the cluster (their pod subnets are released; their replicas move).
+async fn delete_nodes(config: Option<PathBuf>, names: &[String]) -> Result<(), CliError> {
+    for name in names {
+        match request(config.clone(), Request::DeleteNode { name: name.clone() }).await? {
+            Response::Done(m) => println!("{m}"),
+            r => return Err(unexpected(&r)),
+        }
+    }
+    Ok(())
 }

@@ -24,6 +24,8 @@ enum Kind {
     App,
     #[value(alias = "replicas", alias = "rs")]
     Replica,
+    #[value(alias = "services", alias = "svc")]
+    Service,
 }
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
@@ -31,7 +33,59 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         Kind::Node => node(config, args).await,
         Kind::App => app(config, args).await,
         Kind::Replica => replica(config, args).await,
+        Kind::Service => service(config, args).await,
     }
+}
+
+async fn service(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
+    let (svc, app_exists, ports, replicas, events) =
+        match request(config, Request::GetService { name: args.name }).await? {
+            Response::Service { service, app_exists, ports, replicas, events } => {
+                (service, app_exists, ports, replicas, events)
+            }
+            r => return Err(unexpected(&r)),
+        };
+    if args.output == Format::Json {
+        let v = serde_json::json!({ "service": svc, "app_exists": app_exists, "ports": ports, "replicas": replicas, "events": events });
+        print!("{}", json(&v));
+        return Ok(());
+    }
+    let mut s = String::new();
+    let _ = writeln!(s, "Name:        {}", svc.meta.name);
+    let app_note = if app_exists { String::new() } else { " (no such app yet: no endpoints until it exists)".into() };
+    let _ = writeln!(s, "App:         {}{app_note}", svc.spec.app);
+    let _ = writeln!(s, "VIP:         {}", svc.vip.map_or("<pending>".into(), |v| v.to_string()));
+    let _ = writeln!(s, "Ports:");
+    for p in &svc.spec.ports {
+        let named = match &p.target {
+            Some(bramble_proto::manifest::PortTarget::Name(n)) => format!(" ({n})"),
+            _ => String::new(),
+        };
+        let resolved = ports.iter().find(|r| r.port == p.port.0 && r.protocol == p.protocol);
+        let target = resolved.map_or("<app port unknown>".to_string(), |r| r.target.to_string());
+        let name = p.name.as_ref().map(|n| format!("{n}: ")).unwrap_or_default();
+        let _ = writeln!(s, "  {name}{}/{} -> {target}{named}", p.port.0, super::protocol(p.protocol));
+    }
+    let ready = svc.endpoints.iter().filter(|e| e.ready).count();
+    let _ = writeln!(s, "Endpoints:   {ready} ready of {}", svc.endpoints.len());
+    let target = |e: &bramble_proto::network::Endpoint| {
+        let list: Vec<String> = ports.iter().map(|p| format!("{}:{}", e.ip, p.target)).collect();
+        list.join(", ")
+    };
+    for e in &svc.endpoints {
+        let phase = replicas.iter().find(|r| r.meta.name == e.replica).map_or("?".into(), |r| format!("{:?}", r.phase));
+        let _ = writeln!(
+            s,
+            "  {:<34} {:<12} {:<22} {}",
+            e.replica,
+            e.node,
+            target(e),
+            if e.ready { "ready".to_string() } else { format!("not ready ({phase})") }
+        );
+    }
+    events_section(&mut s, &events);
+    print!("{s}");
+    Ok(())
 }
 
 fn events_section(s: &mut String, events: &[Event]) {
@@ -107,6 +161,7 @@ async fn replica(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let _ = writeln!(s, "Name:        {}", r.meta.name);
     let _ = writeln!(s, "App:         {} (revision {})", r.app, r.revision_hash);
     let _ = writeln!(s, "Node:        {}", r.node.as_deref().unwrap_or("<none>"));
+    let _ = writeln!(s, "IP:          {}", r.ip.map_or("<none>".into(), |ip| ip.to_string()));
     let _ = writeln!(s, "Phase:       {:?}", r.phase);
     if !r.reason.is_empty() {
         let _ = writeln!(s, "Reason:      {}", r.reason);
@@ -148,6 +203,8 @@ async fn node(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         }
     );
     let _ = writeln!(s, "Unschedulable: {}", n.unschedulable);
+    let _ = writeln!(s, "Pod subnet:    {}", n.pod_cidr.map_or("<none>".into(), |c| c.to_string()));
+    let _ = writeln!(s, "Address:       {}", n.address.map_or("<none>".into(), |a| a.to_string()));
     let _ = writeln!(s, "Created:       {} ago", super::age(n.meta.created_ms));
     let _ = writeln!(s, "System:");
     let _ = writeln!(s, "  Arch:        {}", n.info.arch);

@@ -50,7 +50,7 @@ async fn replicas(config: Option<PathBuf>, app: Option<String>, output: Format) 
     let wide = output == Format::Wide;
     let mut header = vec!["NAME", "APP", "NODE", "PHASE", "RESTARTS", "AGE"];
     if wide {
-        header.extend(["REVISION", "EXIT", "REASON"]);
+        header.extend(["IP", "REVISION", "EXIT", "REASON"]);
     }
     let rows: Vec<Vec<String>> = replicas
         .iter()
@@ -64,6 +64,7 @@ async fn replicas(config: Option<PathBuf>, app: Option<String>, output: Format) 
                 super::age(r.meta.created_ms),
             ];
             if wide {
+                row.push(r.ip.map_or("-".into(), |ip| ip.to_string()));
                 row.push(r.revision_hash.clone());
                 row.push(r.exit_code.map_or("-".into(), |c| c.to_string()));
                 row.push(if r.reason.is_empty() { "-".into() } else { r.reason.clone() });
@@ -117,20 +118,33 @@ async fn services(config: Option<PathBuf>, output: Format) -> Result<(), CliErro
         print!("{}", json(&services));
         return Ok(());
     }
+    let wide = output == Format::Wide;
     let rows: Vec<Vec<String>> = services
         .iter()
         .map(|s| {
-            let ports: Vec<String> = s.spec.ports.iter().map(|p| p.port.0.to_string()).collect();
-            vec![
+            let ports: Vec<String> =
+                s.spec.ports.iter().map(|p| format!("{}/{}", p.port.0, super::protocol(p.protocol))).collect();
+            let ready = s.endpoints.iter().filter(|e| e.ready).count();
+            let mut row = vec![
                 s.meta.name.clone(),
-                s.spec.app.to_string(),
+                s.vip.map_or_else(|| "<pending>".into(), |v| v.to_string()),
                 ports.join(","),
-                s.vip.clone().unwrap_or_else(|| "<pending>".into()),
+                format!("{ready}/{}", s.endpoints.len()),
                 super::age(s.meta.created_ms),
-            ]
+            ];
+            if wide {
+                row.push(s.spec.app.to_string());
+                let eps: Vec<String> = s.endpoints.iter().filter(|e| e.ready).map(|e| e.ip.to_string()).collect();
+                row.push(if eps.is_empty() { "-".into() } else { eps.join(",") });
+            }
+            row
         })
         .collect();
-    print!("{}", table(&["NAME", "APP", "PORTS", "VIP", "AGE"], &rows));
+    let mut header = vec!["NAME", "VIP", "PORTS", "ENDPOINTS", "AGE"];
+    if wide {
+        header.extend(["APP", "ADDRESSES"]);
+    }
+    print!("{}", table(&header, &rows));
     Ok(())
 }
 

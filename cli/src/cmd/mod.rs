@@ -14,6 +14,14 @@ pub mod token;
 
 pub use bramble_proto::time::now_ms;
 
+/// `tcp` or `udp`.
+pub fn protocol(p: bramble_proto::manifest::Protocol) -> &'static str {
+    match p {
+        bramble_proto::manifest::Protocol::Tcp => "tcp",
+        bramble_proto::manifest::Protocol::Udp => "udp",
+    }
+}
+
 /// Time since `ms`, kubectl style (`5m`, `3h12m`).
 pub fn age(ms: u64) -> String {
     if ms == 0 {

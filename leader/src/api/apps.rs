@@ -3,20 +3,24 @@
 
 use crate::error::{Error, Result};
 use crate::events::Events;
-use crate::objects::{key, Object, Objects};
+use crate::network::alloc::free_vip;
+use crate::objects::{key, keys, Object, Objects};
 use crate::store::{Expect, StoreError, TxnOp};
 use bramble_proto::manifest::{AppSpec, ServiceSpec};
 use bramble_proto::model::{App, Event, EventReason, Kind, ObjectMeta, ObjectRef, Service};
+use bramble_proto::network::ClusterNetwork;
 use bramble_proto::time::now_ms;
 use bramble_proto::wire::{Applied, Outcome};
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 
 /// A stored object whose desired part a user applies.
 trait Applicable: Object {
     type Spec: PartialEq + Clone;
     const REF: Kind;
     fn spec(&self) -> &Self::Spec;
-    fn build(meta: ObjectMeta, spec: Self::Spec) -> Self;
+    /// The new version of `current` (none: a new object) with `spec`.
+    fn build(meta: ObjectMeta, spec: Self::Spec, current: Option<&Self>) -> Self;
 }
 
 impl Applicable for App {
@@ -25,7 +29,7 @@ impl Applicable for App {
     fn spec(&self) -> &AppSpec {
         &self.spec
     }
-    fn build(meta: ObjectMeta, spec: AppSpec) -> Self {
+    fn build(meta: ObjectMeta, spec: AppSpec, _: Option<&Self>) -> Self {
         App { meta, spec }
     }
 }
@@ -36,19 +40,24 @@ impl Applicable for Service {
     fn spec(&self) -> &ServiceSpec {
         &self.spec
     }
-    fn build(meta: ObjectMeta, spec: ServiceSpec) -> Self {
-        Service { meta, spec, vip: None, endpoints: Vec::new() }
+    /// A service keeps its virtual IP for life.
+    fn build(meta: ObjectMeta, spec: ServiceSpec, current: Option<&Self>) -> Self {
+        Service { meta, spec, vip: current.and_then(|c| c.vip), endpoints: Vec::new() }
     }
 }
 
-/// The op that brings object `name` to `desired`, if anything changes, and what that means.
-fn plan<T: Applicable>(objects: &Objects, name: &str, desired: &T::Spec) -> Result<(Option<TxnOp>, Applied)> {
+/// The new object that brings `name` to `desired`, with the condition to write it under, if
+/// anything changes; and what that means.
+type Planned<T> = (Option<(T, Expect)>, Applied);
+
+fn plan<T: Applicable>(objects: &Objects, name: &str, desired: &T::Spec) -> Result<Planned<T>> {
     let applied = |outcome| Applied { kind: T::KIND.into(), name: name.to_string(), outcome };
-    let (meta, expect, outcome) = match objects.get::<T>(name)? {
+    let (meta, expect, outcome, current) = match objects.get::<T>(name)? {
         None => (
             ObjectMeta { name: name.to_string(), generation: 1, revision: 0, created_ms: now_ms() },
             Expect::Absent,
             Outcome::Created,
+            None,
         ),
         Some(current) => {
             if current.value.spec() == desired {
@@ -56,10 +65,63 @@ fn plan<T: Applicable>(objects: &Objects, name: &str, desired: &T::Spec) -> Resu
             }
             let mut meta = current.value.meta().clone();
             meta.generation += 1;
-            (meta, Expect::Revision(current.rev), Outcome::Configured)
+            (meta, Expect::Revision(current.rev), Outcome::Configured, Some(current.value))
         }
     };
-    Ok((Some(Objects::put_op(&T::build(meta, desired.clone()), expect)), applied(outcome)))
+    Ok((Some((T::build(meta, desired.clone(), current.as_ref()), expect)), applied(outcome)))
+}
+
+/// Gives every new service a virtual IP no other service holds (its claim is in the same
+/// transaction, so a concurrent apply cannot take it too).
+fn allocate_vips(
+    objects: &Objects,
+    network: &ClusterNetwork,
+    services: &mut [(Service, Expect)],
+) -> Result<Vec<TxnOp>> {
+    let claims = objects.claims(keys::VIPS)?;
+    let mut taken: BTreeSet<Ipv4Addr> =
+        claims.keys().filter_map(|k| k.strip_prefix(keys::VIPS)?.parse().ok()).collect();
+    let mut ops = Vec::new();
+    for (s, _) in services.iter_mut().filter(|(s, _)| s.vip.is_none()) {
+        let ip = free_vip(&network.service_cidr, &taken).ok_or_else(|| {
+            Error::Invalid(format!(
+                "nothing applied: service/{}: the service CIDR {} has no virtual IP left ({} services hold one)",
+                s.meta.name,
+                network.service_cidr,
+                taken.len()
+            ))
+        })?;
+        taken.insert(ip);
+        s.vip = Some(ip);
+        ops.push(Objects::claim_op(keys::vip(&ip), &s.meta.name));
+    }
+    Ok(ops)
+}
+
+/// Services whose app is known (applied with them, or stored) must name ports the app has.
+fn check_targets(objects: &Objects, apps: &[AppSpec], services: &[ServiceSpec]) -> Result<()> {
+    let mut problems = Vec::new();
+    for s in services {
+        let stored;
+        let app = match apps.iter().find(|a| a.name == s.app) {
+            Some(a) => a,
+            None => match objects.get::<App>(s.app.as_str())? {
+                Some(v) => {
+                    stored = v.value.spec;
+                    &stored
+                }
+                // A service may come before its app: it has no endpoints until then.
+                None => continue,
+            },
+        };
+        let found = s.check_against(app).into_iter();
+        problems.extend(found.map(|p| format!("service/{}: {}: {}", s.name, p.field(), p.message)));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("nothing applied: {}", problems.join("; "))))
+    }
 }
 
 /// Problems that span objects, found before anything is written.
@@ -89,22 +151,28 @@ fn check(apps: &[AppSpec], services: &[ServiceSpec]) -> Result<()> {
 pub fn apply(
     objects: &Objects,
     events: &Events,
+    network: &ClusterNetwork,
     apps: Vec<AppSpec>,
     services: Vec<ServiceSpec>,
     who: &str,
 ) -> Result<Vec<Applied>> {
     check(&apps, &services)?;
+    check_targets(objects, &apps, &services)?;
     let mut ops = Vec::new();
     let mut results = Vec::new();
-    let planned = apps
-        .iter()
-        .map(|a| (App::REF, plan::<App>(objects, a.name.as_str(), a)))
-        .chain(services.iter().map(|s| (Service::REF, plan::<Service>(objects, s.name.as_str(), s))));
-    for (kind, p) in planned {
-        let (op, applied) = p?;
-        ops.extend(op);
-        results.push((kind, applied));
+    for a in &apps {
+        let (new, applied) = plan::<App>(objects, a.name.as_str(), a)?;
+        ops.extend(new.map(|(app, expect)| Objects::put_op(&app, expect)));
+        results.push((App::REF, applied));
     }
+    let mut changed_services = Vec::new();
+    for s in &services {
+        let (new, applied) = plan::<Service>(objects, s.name.as_str(), s)?;
+        changed_services.extend(new);
+        results.push((Service::REF, applied));
+    }
+    ops.extend(allocate_vips(objects, network, &mut changed_services)?);
+    ops.extend(changed_services.iter().map(|(s, expect)| Objects::put_op(s, *expect)));
     if !ops.is_empty() {
         objects.txn(&ops).map_err(|e| match e {
             StoreError::Conflict { key, .. } => Error::Conflict(format!(
@@ -142,6 +210,11 @@ pub fn delete(objects: &Objects, apps: Vec<String>, services: Vec<String>) -> Re
     for (key, kind, n) in names {
         match objects.store().get(&key)? {
             Some(kv) => {
+                // A service's virtual IP goes with it.
+                if kind == Service::KIND {
+                    let vip = crate::objects::decode::<Service>(&kv.key, &kv.value)?.vip;
+                    ops.extend(vip.map(|ip| Objects::release_op(keys::vip(&ip))));
+                }
                 ops.push(TxnOp::Delete { key, expect: Expect::Revision(kv.mod_revision) });
                 done.push(format!("{kind}/{n} deleted"));
             }

@@ -5,11 +5,13 @@
 //! nodes.rs     join, get/describe nodes, label, cordon, what agents report about their board
 //! apps.rs      apply (all or nothing), list and delete apps and services
 //! replicas.rs  list and describe replicas and apps, scale
+//! services.rs  list and describe services with their virtual IPs and endpoints
 //! ```
 
 pub mod apps;
 pub mod nodes;
 pub mod replicas;
+pub mod services;
 
 use crate::controllers::{Context, Published};
 use crate::error::{Error, Result};
@@ -19,6 +21,7 @@ use crate::objects::Objects;
 use crate::observed::Observed;
 use bramble_proto::model::EventReason;
 use bramble_proto::names::check_dns_subdomain;
+use bramble_proto::network::ClusterNetwork;
 use bramble_proto::time::now_ms;
 use bramble_proto::wire::{Request, Response};
 use bramble_transport::pki::Ca;
@@ -34,6 +37,7 @@ pub struct Api {
     pub events: Arc<Events>,
     pub observed: Arc<Observed>,
     pub published: Arc<Published>,
+    pub network: Arc<ClusterNetwork>,
 }
 
 impl std::fmt::Debug for Api {
@@ -46,8 +50,15 @@ impl std::fmt::Debug for Api {
 const BY_ADMIN: &str = "an admin";
 
 impl Api {
-    pub fn new(objects: Objects, ca: Ca, registry: Arc<NodeRegistry>, events: Arc<Events>) -> Api {
-        Api { objects, ca, registry, events, observed: Arc::new(Observed::new()), published: Arc::default() }
+    pub fn new(
+        objects: Objects,
+        ca: Ca,
+        registry: Arc<NodeRegistry>,
+        events: Arc<Events>,
+        network: ClusterNetwork,
+    ) -> Api {
+        let (observed, published, network) = (Arc::new(Observed::new()), Arc::default(), Arc::new(network));
+        Api { objects, ca, registry, events, observed, published, network }
     }
 
     /// What the controllers get: the store, the registry, observations and events.
@@ -57,6 +68,7 @@ impl Api {
             registry: self.registry.clone(),
             observed: self.observed.clone(),
             events: self.events.clone(),
+            network: self.network.clone(),
         }
     }
 
@@ -83,11 +95,14 @@ impl Api {
             Request::LabelNode { name, set, remove } => self.label(&name, set, remove),
             Request::SetCordon { name, cordoned } => self.cordon(&name, cordoned),
             Request::Apply { apps, services } => {
-                let applied = apps::apply(&self.objects, &self.events, apps, services, BY_ADMIN)?;
+                let applied = apps::apply(&self.objects, &self.events, &self.network, apps, services, BY_ADMIN)?;
+                self.published.kick.notify_one();
                 Ok(Response::Applied(applied))
             }
             Request::GetApps => Ok(Response::Apps(apps::list(&self.objects)?)),
-            Request::GetServices => Ok(Response::Services(apps::list(&self.objects)?)),
+            Request::GetServices => Ok(Response::Services(self.services()?)),
+            Request::GetService { name } => self.describe_service(&name),
+            Request::DeleteNode { name } => Ok(Response::Done(self.delete_node(&name)?)),
             Request::Delete { apps, services } => Ok(Response::Done(apps::delete(&self.objects, apps, services)?)),
             Request::GetReplicas { app } => Ok(Response::Replicas(self.replicas(app.as_deref())?)),
             Request::GetApp { name } => self.describe_app(&name),

@@ -3,12 +3,14 @@
 
 use super::Api;
 use crate::error::{Error, Result};
+use crate::objects::{keys, Objects};
 use crate::store::{Expect, StoreError};
-use bramble_proto::model::{EventReason, Node, NodeInfo, NodeView, ObjectRef};
+use bramble_proto::model::{ConditionStatus, EventReason, Node, NodeInfo, NodeView, ObjectRef};
 use bramble_proto::names::{check_dns_subdomain, check_label_key, check_label_value};
 use bramble_proto::time::now_ms;
 use bramble_proto::wire::Response;
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 impl Api {
     pub(super) fn join(&self, token: &str, node_name: &str, csr_pem: &str, info: NodeInfo) -> Result<Response> {
@@ -85,13 +87,34 @@ impl Api {
         Ok(Response::Done(format!("node/{name} labeled")))
     }
 
-    /// Records what an agent reports about its board; writes only if it changed.
-    pub fn set_node_info(&self, name: &str, info: NodeInfo) -> Result<bool> {
+    /// Records what an agent reports about its board, and the address its session comes from;
+    /// writes only if something changed.
+    pub fn set_node_info(&self, name: &str, info: NodeInfo, address: Option<Ipv4Addr>) -> Result<bool> {
         self.objects.update::<Node>(name, |node| {
-            let changed = node.info != info;
+            let changed = node.info != info || (address.is_some() && node.address != address);
             node.info = info.clone();
+            node.address = address.or(node.address);
             Ok(changed)
         })
+    }
+
+    /// Removes a node: its pod subnet is released, its replicas are replaced elsewhere. A board
+    /// that is still running is refused the next time it connects, until it joins again.
+    pub(super) fn delete_node(&self, name: &str) -> Result<String> {
+        let v = self.objects.load::<Node>(name)?;
+        let mut ops = vec![Objects::delete_op::<Node>(name, Expect::Revision(v.rev))];
+        ops.extend(v.value.pod_cidr.map(|c| Objects::release_op(keys::subnet(&c))));
+        self.objects.txn(&ops).map_err(|e| match e {
+            StoreError::Conflict { .. } => Error::Conflict(format!("node {name} changed meanwhile; try again")),
+            e => e.into(),
+        })?;
+        let freed = v.value.pod_cidr.map(|c| format!("; pod subnet {c} released")).unwrap_or_default();
+        self.events.node(name, EventReason::NodeDeleted, format!("node deleted by an admin{freed}"), now_ms());
+        if let Some(conn) = self.registry.connection(name) {
+            conn.close(quinn::VarInt::from_u32(3), b"node deleted");
+        }
+        self.published.kick.notify_one();
+        Ok(format!("node/{name} deleted{freed}"))
     }
 
     pub(super) fn node_views(&self) -> Result<Vec<NodeView>> {
@@ -100,8 +123,20 @@ impl Api {
 
     fn view(&self, node: Node) -> NodeView {
         let live = self.registry.view(&node.meta.name, now_ms());
+        let mut ready = live.ready;
+        // A board without a pod subnet runs no pods: not ready, and why.
+        if node.pod_cidr.is_none() && ready.status == ConditionStatus::True {
+            ready.status = ConditionStatus::False;
+            ready.reason = "NoPodSubnet".into();
+            let held = self.objects.claims(keys::SUBNETS).map(|c| c.len() as u64).unwrap_or(0);
+            ready.message = if held >= self.network.node_subnets() {
+                crate::network::out_of_subnets(&self.network)
+            } else {
+                "waiting for a pod subnet from the leader".into()
+            };
+        }
         NodeView {
-            ready: live.ready,
+            ready,
             last_seen_ms: live.last_seen_ms,
             session_epoch: live.session_epoch,
             session_address: live.session_address,

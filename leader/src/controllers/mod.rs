@@ -17,9 +17,11 @@ pub mod run;
 pub mod snapshot;
 
 use crate::events::Events;
+use crate::network::view::NetworkView;
 use crate::nodes::NodeRegistry;
 use crate::objects::Objects;
 use crate::observed::Observed;
+use bramble_proto::network::ClusterNetwork;
 use desired::DesiredSets;
 use std::sync::Arc;
 
@@ -30,6 +32,8 @@ pub struct Context {
     pub registry: Arc<NodeRegistry>,
     pub observed: Arc<Observed>,
     pub events: Arc<Events>,
+    /// The cluster's network, as chosen at init.
+    pub network: Arc<ClusterNetwork>,
 }
 
 /// What the replica controller publishes for the sessions, and what wakes it early.
@@ -38,26 +42,38 @@ pub struct Published {
     /// Each node's desired set as the controller last computed it (`None` until its first pass:
     /// no session is told anything before that).
     pub desired: tokio::sync::watch::Sender<Option<Arc<DesiredSets>>>,
+    /// The network as boards must know it (`None` until the first pass).
+    pub network: tokio::sync::watch::Sender<Option<Arc<NetworkView>>>,
     /// Asks the replica controller for a pass now.
     pub kick: tokio::sync::Notify,
 }
 
 impl Default for Published {
     fn default() -> Self {
-        Published { desired: tokio::sync::watch::Sender::new(None), kick: tokio::sync::Notify::new() }
+        Published {
+            desired: tokio::sync::watch::Sender::new(None),
+            network: tokio::sync::watch::Sender::new(None),
+            kick: tokio::sync::Notify::new(),
+        }
     }
 }
 
 impl Published {
-    /// Publishes `sets` if they differ from what was published.
-    pub fn publish(&self, sets: DesiredSets) {
-        self.desired.send_if_modified(|cur| {
-            if cur.as_deref() == Some(&sets) {
-                false
-            } else {
-                *cur = Some(Arc::new(sets));
-                true
-            }
-        });
+    /// Publishes what a pass left, where it differs from what was published.
+    pub fn publish(&self, sets: DesiredSets, network: NetworkView) {
+        // The network first: a board learns of its subnet before it is told to start pods.
+        replace_if_changed(&self.network, network);
+        replace_if_changed(&self.desired, sets);
     }
+}
+
+fn replace_if_changed<T: PartialEq>(tx: &tokio::sync::watch::Sender<Option<Arc<T>>>, value: T) {
+    tx.send_if_modified(|cur| {
+        if cur.as_deref() == Some(&value) {
+            false
+        } else {
+            *cur = Some(Arc::new(value));
+            true
+        }
+    });
 }

@@ -51,6 +51,8 @@ pub struct Snapshot {
     pub platforms: BTreeMap<String, Versioned<Vec<Platform>>>,
     /// The store revision the snapshot was read at: with the time, what makes new names unique.
     pub revision: u64,
+    /// Every service (for the endpoints; the planner does not change them).
+    pub services: Vec<bramble_proto::model::Service>,
 }
 
 /// One write of an app's transaction.
@@ -114,12 +116,19 @@ pub struct Plan {
 /// Plans one pass over the whole cluster at `now_ms`.
 pub fn plan(snapshot: &Snapshot, now_ms: u64) -> Plan {
     let mut scheduler = scheduler_for(snapshot);
-    let lost: BTreeSet<&str> = snapshot
+    let not_ready: BTreeSet<&str> = snapshot
         .nodes
         .iter()
         .filter(|n| n.ready == ConditionStatus::False)
         .map(|n| n.node.meta.name.as_str())
         .collect();
+    let known: BTreeSet<&str> = snapshot.nodes.iter().map(|n| n.node.meta.name.as_str()).collect();
+    // Why a node's replicas are Lost, if they are.
+    let lost = |node: &str| match (not_ready.contains(node), known.contains(node)) {
+        (true, _) => Some("is not ready"),
+        (_, false) => Some("was deleted"),
+        _ => None,
+    };
     let apps = snapshot
         .apps
         .values()
@@ -215,7 +224,7 @@ fn salt(revision: u64, now_ms: u64) -> u64 {
 
 fn plan_app(
     app: &AppState,
-    lost: &BTreeSet<&str>,
+    lost: &dyn Fn(&str) -> Option<&'static str>,
     offered: Option<&[Platform]>,
     scheduler: &mut Scheduler,
     now: u64,
@@ -260,17 +269,18 @@ fn plan_app(
     }
 }
 
-/// Replicas on nodes that stopped answering are Lost from the moment the node is NotReady.
-fn mark_lost(w: &mut Work<'_>, lost: &BTreeSet<&str>) {
+/// Replicas on nodes that stopped answering are Lost from the moment the node is NotReady (or
+/// deleted).
+fn mark_lost(w: &mut Work<'_>, lost: &dyn Fn(&str) -> Option<&'static str>) {
     let now = w.now;
     let mut marked = Vec::new();
     for r in &mut w.replicas {
-        let Some(node) = r.node.as_deref().filter(|n| lost.contains(n)) else { continue };
+        let Some((node, why)) = r.node.as_deref().and_then(|n| Some((n, lost(n)?))) else { continue };
         if matches!(r.phase, ReplicaPhase::Lost | ReplicaPhase::Succeeded) {
             continue;
         }
         r.phase = ReplicaPhase::Lost;
-        r.reason = format!("node {node} is not ready");
+        r.reason = format!("node {node} {why}");
         r.finished_ms = Some(now);
         marked.push((r.meta.name.clone(), r.reason.clone()));
     }

@@ -6,14 +6,24 @@
 use super::desired::{self, DesiredSets};
 use super::{commit, plan, snapshot, Context, Published};
 use crate::error::Result;
+use crate::network::{self, view::NetworkView};
+use bramble_proto::model::Replica;
 use bramble_proto::time::now_ms;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-/// One pass over the whole cluster at `now_ms`; returns the desired sets it leaves.
-pub fn pass(ctx: &Context, now_ms: u64) -> Result<DesiredSets> {
+/// What one pass leaves for the sessions.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub desired: DesiredSets,
+    pub network: NetworkView,
+}
+
+/// One pass over the whole cluster at `now_ms`.
+pub fn pass(ctx: &Context, now_ms: u64) -> Result<Outcome> {
+    network::assign_subnets(ctx, now_ms)?;
     let snapshot = snapshot::read(ctx, now_ms)?;
     let plan = plan::plan(&snapshot, now_ms);
     commit::garbage(ctx, &plan.garbage, now_ms);
@@ -26,7 +36,15 @@ pub fn pass(ctx: &Context, now_ms: u64) -> Result<DesiredSets> {
         // What was not committed stays as it was read.
         kept.extend(if committed { &app.after } else { &app.before });
     }
-    Ok(desired::sets(snapshot.nodes.iter().map(|n| n.node.meta.name.as_str()), kept))
+    let desired = desired::sets(snapshot.nodes.iter().map(|n| n.node.meta.name.as_str()), kept.iter().copied());
+    let apps = snapshot.apps.iter().map(|(name, a)| (name.clone(), &a.app.spec)).collect();
+    let replicas: Vec<&Replica> = kept.iter().map(|k| &k.replica).collect();
+    let network = NetworkView {
+        cluster: (*ctx.network).clone(),
+        nodes: snapshot.nodes.iter().map(|n| (n.node.meta.name.clone(), (n.node.pod_cidr, n.node.address))).collect(),
+        services: network::endpoints::routes(&snapshot.services, &apps, &replicas),
+    };
+    Ok(Outcome { desired, network })
 }
 
 /// Runs passes on every change to the store, every kick and at least every second, until
@@ -60,10 +78,10 @@ pub async fn run(ctx: Arc<Context>, published: Arc<Published>, cancel: Cancellat
         }
         let c = ctx.clone();
         match tokio::task::spawn_blocking(move || pass(&c, now_ms())).await {
-            Ok(Ok(sets)) => {
+            Ok(Ok(out)) => {
                 // Live detail of replicas that are gone is forgotten.
-                ctx.observed.retain_details(|k| sets.values().any(|s| s.contains_key(k)));
-                published.publish(sets);
+                ctx.observed.retain_details(|k| out.desired.values().any(|s| s.contains_key(k)));
+                published.publish(out.desired, out.network);
             }
             Ok(Err(e)) => warn!("replica controller: {e}"),
             Err(e) => warn!("replica controller: {e}"),

@@ -5,7 +5,7 @@
 use super::plan::{AppState, NodeState, Snapshot};
 use super::Context;
 use crate::error::Result;
-use bramble_proto::model::{App, Node, Replica};
+use bramble_proto::model::{App, ConditionStatus, Node, Replica, Service};
 use std::collections::BTreeMap;
 
 pub fn read(ctx: &Context, now_ms: u64) -> Result<Snapshot> {
@@ -16,11 +16,13 @@ pub fn read(ctx: &Context, now_ms: u64) -> Result<Snapshot> {
         .into_iter()
         .map(|v| {
             let name = v.value.meta.name.clone();
-            NodeState {
-                ready: ctx.registry.view(&name, now_ms).ready.status,
-                images: ctx.observed.node_images(&name),
-                node: v.value,
+            // A board without a pod subnet cannot start pods: nothing is placed there (but what it
+            // runs is not lost for that).
+            let mut ready = ctx.registry.view(&name, now_ms).ready.status;
+            if v.value.pod_cidr.is_none() && ready == ConditionStatus::True {
+                ready = ConditionStatus::Unknown;
             }
+            NodeState { ready, images: ctx.observed.node_images(&name), node: v.value }
         })
         .collect();
     let mut revisions = ctx.objects.revisions()?;
@@ -46,5 +48,14 @@ pub fn read(ctx: &Context, now_ms: u64) -> Result<Snapshot> {
         .into_iter()
         .flat_map(|(app, hashes)| hashes.into_iter().map(move |(hash, v)| (app.clone(), hash, v.rev)))
         .collect();
-    Ok(Snapshot { nodes, apps, orphans, orphan_revisions, platforms: ctx.objects.image_platforms()?, revision })
+    let services: Vec<Service> = ctx.objects.list::<Service>()?.into_iter().map(|v| v.value).collect();
+    Ok(Snapshot {
+        nodes,
+        apps,
+        orphans,
+        orphan_revisions,
+        platforms: ctx.objects.image_platforms()?,
+        revision,
+        services,
+    })
 }

@@ -45,7 +45,14 @@ pub fn parse_manifest(file: &str, text: &str) -> Result<Manifest, ManifestErrors
     let mut errors = Vec::new();
     let names = manifest.apps.iter().map(|a| (a.name.as_str(), a.check()));
     check_kind(file, text, "app", names, &mut errors);
-    let names = manifest.services.iter().map(|s| (s.name.as_str(), s.check()));
+    let names = manifest.services.iter().map(|s| {
+        let mut problems = s.check();
+        // A service and its app in one manifest: the ports it names must be the app's.
+        if let Some(app) = manifest.apps.iter().find(|a| a.name == s.app) {
+            problems.extend(s.check_against(app));
+        }
+        (s.name.as_str(), problems)
+    });
     check_kind(file, text, "service", names, &mut errors);
     if errors.is_empty() {
         Ok(manifest)

@@ -324,3 +324,32 @@ mod never_panics {
         }
     }
 }
+
+#[test]
+fn a_service_port_that_names_a_port_its_app_lacks() {
+    let text = "[[app]]\nname = \"web\"\nimage = \"reg/web:1\"\n[[app.ports]]\nname = \"http\"\ncontainer = 8080\n\
+                [[app.ports]]\nname = \"dns\"\ncontainer = 53\nprotocol = \"udp\"\n\
+                [[service]]\nname = \"web\"\napp = \"web\"\nports = [{ port = 80, target = \"web\" }, { port = 53, target = \"dns\" }]\n";
+    let e = parse_manifest("m.toml", text).unwrap_err();
+    assert_eq!(e.0.len(), 2, "{e}");
+    assert_eq!(e.0[0].field, "service[0].ports[0].target");
+    assert_eq!(e.0[0].line, 14);
+    assert!(e.0[0].message.contains("app web has no port named \"web\" (it has ports http, dns)"), "{e}");
+    assert!(e.0[1].message.contains("port \"dns\" of app web is udp, this service port is tcp"), "{e}");
+    let ok = text
+        .replace("target = \"web\"", "target = \"http\"")
+        .replace("{ port = 53, target = \"dns\" }", "{ port = 53, target = \"dns\", protocol = \"udp\" }");
+    let m = parse_manifest("m.toml", &ok).unwrap();
+    let s = &m.services[0];
+    assert_eq!(s.target_port(&s.ports[0], &m.apps[0]), Ok(8080));
+    assert_eq!(s.target_port(&s.ports[1], &m.apps[0]), Ok(53));
+}
+
+#[test]
+fn a_service_of_an_app_elsewhere_is_not_checked_here() {
+    parse_manifest(
+        "m.toml",
+        "[[service]]\nname = \"s\"\napp = \"other\"\nports = [{ port = 80, target = \"http\" }]\n",
+    )
+    .unwrap();
+}

@@ -32,7 +32,6 @@ fn running(id: &str, pid: i32) -> ShimState {
 fn undesired_containers_go_but_never_while_the_desired_set_is_unknown() {
     let mut o = Observed::default();
     o.containers.insert("old".into(), Some(running("old", 7)));
-    o.attached.insert("old".into(), 7);
     let d = desired(&[]);
     assert_eq!(plan(Some(&d), &o, &Retries::new(), 0), [Action::Remove { id: "old".into() }]);
     assert!(plan(None, &o, &Retries::new(), 0).is_empty(), "a set that could not be read removes nothing");
@@ -83,15 +82,15 @@ fn retries_wait_and_a_returning_replica_waits_for_its_old_container() {
 }
 
 #[test]
-fn a_container_whose_process_changed_gets_its_network_again() {
+fn a_running_replica_reports_its_pod_address() {
     let d = desired(&[("a-1", "reg/a:1")]);
     let mut o = Observed::default();
     o.containers.insert("a-1".into(), Some(running("a-1", 42)));
-    assert_eq!(plan(Some(&d), &o, &Retries::new(), 0), [Action::Attach { id: "a-1".into(), pid: 42 }]);
-    o.attached.insert("a-1".into(), 42);
-    assert!(plan(Some(&d), &o, &Retries::new(), 0).is_empty());
-    o.containers.insert("a-1".into(), Some(running("a-1", 43)));
-    assert_eq!(plan(Some(&d), &o, &Retries::new(), 0), [Action::Attach { id: "a-1".into(), pid: 43 }]);
+    assert!(plan(Some(&d), &o, &Retries::new(), 0).is_empty(), "running: nothing to do");
+    assert_eq!(status(&d["a-1"], &o, None).ip, None);
+    o.ips.insert("a-1".into(), "10.42.0.7".parse().unwrap());
+    let st = status(&d["a-1"], &o, None);
+    assert_eq!((st.phase, st.ip), (ReplicaPhase::Running, Some("10.42.0.7".parse().unwrap())));
 }
 
 #[test]
@@ -132,7 +131,13 @@ fn host_ports_of_the_desired_replicas() {
     .remove(0)
     .into();
     let d: Desired = [("a-1".to_string(), a)].into();
-    assert_eq!(bindings(Some(&d)), [Binding { host: 8080, container: 80, replica: "a-1".into() }]);
+    assert_eq!(
+        bindings(Some(&d)),
+        [
+            Binding { protocol: Protocol::Tcp, host: 8080, container: 80, replica: "a-1".into() },
+            Binding { protocol: Protocol::Udp, host: 5353, container: 53, replica: "a-1".into() },
+        ]
+    );
 }
 
 // The reconciler with fakes.

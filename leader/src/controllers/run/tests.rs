@@ -28,7 +28,13 @@ fn cluster(dir: &std::path::Path, registry: Arc<NodeRegistry>) -> Context {
     for n in ["pi-1", "pi-2", "pi-3"] {
         let _ = objects.put(&node(n), Expect::Absent);
     }
-    Context { objects, registry, observed: Arc::new(Observed::new()), events: Arc::new(Events::new()) }
+    let network = Arc::new(bramble_proto::network::ClusterNetwork::default());
+    Context { objects, registry, observed: Arc::new(Observed::new()), events: Arc::new(Events::new()), network }
+}
+
+/// A pass; its desired sets.
+fn sets(ctx: &Context, now: u64) -> Result<DesiredSets> {
+    pass(ctx, now).map(|o| o.desired)
 }
 
 fn list_replicas(ctx: &Context) -> Vec<Versioned<Replica>> {
@@ -50,7 +56,7 @@ fn counts(d: &DesiredSets) -> Vec<usize> {
 
 fn apply(ctx: &Context, text: &str) {
     let apps = parse_manifest("t.toml", text).unwrap().apps;
-    crate::api::apps::apply(&ctx.objects, &ctx.events, apps, Vec::new(), "an admin").unwrap();
+    crate::api::apps::apply(&ctx.objects, &ctx.events, &ctx.network, apps, Vec::new(), "an admin").unwrap();
 }
 
 const WEB: &str = "[[app]]\nname = \"web\"\nimage = \"reg/web:1\"\nreplicas = 6\n";
@@ -63,10 +69,10 @@ fn places_spread_writes_nothing_when_steady_and_replaces_lost_replicas() {
     let t0 = Instant::now();
     connect(&registry, &["pi-1", "pi-2", "pi-3"], t0);
     apply(&api, WEB);
-    let d = pass(&api, 1_000).unwrap();
+    let d = sets(&api, 1_000).unwrap();
     assert_eq!(counts(&d), [2, 2, 2]);
     let rev = api.objects.store().revision();
-    assert_eq!(pass(&api, 2_000).unwrap(), d, "the same desired sets");
+    assert_eq!(sets(&api, 2_000).unwrap(), d, "the same desired sets");
     assert_eq!(api.objects.store().revision(), rev, "a steady cluster writes nothing");
 
     // pi-3 falls silent past the grace period: its replicas are Lost, then replaced.
@@ -74,21 +80,21 @@ fn places_spread_writes_nothing_when_steady_and_replaces_lost_replicas() {
     registry.heartbeat("pi-1", 1, later, 16_000);
     registry.heartbeat("pi-2", 1, later, 16_000);
     registry.check(["pi-1".into(), "pi-2".into(), "pi-3".into()], later, 16_000);
-    pass(&api, 16_000).unwrap();
+    sets(&api, 16_000).unwrap();
     let lost: Vec<Replica> =
         list_replicas(&api).into_iter().map(|s| s.value).filter(|r| r.phase == ReplicaPhase::Lost).collect();
     assert_eq!(lost.len(), 2);
     assert!(lost.iter().all(|r| r.node.as_deref() == Some("pi-3") && r.reason == "node pi-3 is not ready"));
-    let d = pass(&api, 16_100).unwrap();
+    let d = sets(&api, 16_100).unwrap();
     assert_eq!(counts(&d), [3, 3, 0], "replaced on the nodes that answer");
     let names: BTreeSet<String> = d.values().flat_map(|s| s.keys().cloned()).collect();
     assert!(lost.iter().all(|r| !names.contains(&r.meta.name)), "replacements get new names (fencing)");
 
     // Scale down, then delete: replicas go with the app.
     apply(&api, &WEB.replace("replicas = 6", "replicas = 2"));
-    assert_eq!(counts(&pass(&api, 17_000).unwrap()).iter().sum::<usize>(), 2);
+    assert_eq!(counts(&sets(&api, 17_000).unwrap()).iter().sum::<usize>(), 2);
     crate::api::apps::delete(&api.objects, vec!["web".into()], Vec::new()).unwrap();
-    assert!(pass(&api, 18_000).unwrap().values().all(|s| s.is_empty()));
+    assert!(sets(&api, 18_000).unwrap().values().all(|s| s.is_empty()));
     assert!(list_replicas(&api).is_empty());
 }
 
@@ -100,21 +106,21 @@ fn a_restarted_leader_loses_nothing_before_the_grace_period_and_holds_off_if_ask
     let t0 = Instant::now();
     connect(&registry, &["pi-1", "pi-2", "pi-3"], t0);
     apply(&api, &format!("{WEB}replace_after = \"1m\"\n"));
-    let before = pass(&api, 1_000).unwrap();
+    let before = sets(&api, 1_000).unwrap();
     drop(api);
     // A new leader process: nodes Unknown until they reconnect or the grace period passes.
     let registry = new_registry();
     let api = cluster(dir.path(), registry.clone());
-    assert_eq!(pass(&api, 2_000).unwrap(), before, "Unknown is not Lost");
+    assert_eq!(sets(&api, 2_000).unwrap(), before, "Unknown is not Lost");
     // pi-1 never comes back: Lost after the grace period, held for replace_after.
     connect(&registry, &["pi-2", "pi-3"], t0);
     registry.check(["pi-1".into()], t0, 20_000);
-    let d = pass(&api, 20_000).unwrap();
+    let d = sets(&api, 20_000).unwrap();
     assert_eq!(counts(&d), [2, 2, 2], "pi-1 keeps its two (Lost) in case it comes back");
     let lost = list_replicas(&api).iter().filter(|s| s.value.phase == ReplicaPhase::Lost).count();
     assert_eq!(lost, 2);
-    assert_eq!(counts(&pass(&api, 70_000).unwrap()), [2, 2, 2], "held off for a minute");
-    assert_eq!(counts(&pass(&api, 81_000).unwrap()), [0, 3, 3], "then replaced");
+    assert_eq!(counts(&sets(&api, 70_000).unwrap()), [2, 2, 2], "held off for a minute");
+    assert_eq!(counts(&sets(&api, 81_000).unwrap()), [0, 3, 3], "then replaced");
 }
 
 fn mark_all_running(api: &Context) {
@@ -135,12 +141,12 @@ fn a_new_revision_rolls_out_and_old_replicas_keep_their_template() {
     connect(&registry, &["pi-1", "pi-2", "pi-3"], Instant::now());
     let v1 = WEB.replace("replicas = 6", "replicas = 3");
     apply(&api, &v1);
-    pass(&api, 1_000).unwrap();
+    sets(&api, 1_000).unwrap();
     mark_all_running(&api);
     apply(&api, &format!("{v1}args = [\"-v\"]\n"));
     let mut saw_both = false;
     for t in 2..20 {
-        let d = pass(&api, t * 1000).unwrap();
+        let d = sets(&api, t * 1000).unwrap();
         let all: Vec<&Assignment> = d.values().flat_map(|s| s.values()).collect();
         assert!(all.len() <= 4, "max_surge 1");
         let (new, old): (Vec<&&Assignment>, Vec<&&Assignment>) = all.iter().partition(|a| a.spec.args == ["-v"]);
@@ -148,7 +154,7 @@ fn a_new_revision_rolls_out_and_old_replicas_keep_their_template() {
         saw_both |= !new.is_empty() && !old.is_empty();
         mark_all_running(&api);
     }
-    let d = pass(&api, 30_000).unwrap();
+    let d = sets(&api, 30_000).unwrap();
     assert!(saw_both, "a rolling update, not all at once");
     assert_eq!(d.values().map(|s| s.len()).sum::<usize>(), 3);
     assert!(d.values().flat_map(|s| s.values()).all(|a| a.spec.args == ["-v"]));
@@ -166,12 +172,12 @@ fn an_image_that_lacks_a_boards_arch_is_moved_to_boards_it_runs_on() {
     api.objects.put(&pc, Expect::Absent).unwrap();
     connect(&registry, &["pi-1", "pi-2", "pi-3", "pc-1"], Instant::now());
     apply(&api, &WEB.replace("replicas = 6", "replicas = 4"));
-    let d = pass(&api, 1_000).unwrap();
+    let d = sets(&api, 1_000).unwrap();
     assert_eq!(counts(&d), [1, 1, 1, 1], "spread while nothing is known of the image");
     // A board reports that the image offers only amd64.
     api.objects.learn_platforms("reg/web:1", &["linux/amd64".parse().unwrap()], 1).unwrap();
-    pass(&api, 2_000).unwrap();
-    let d = pass(&api, 2_100).unwrap();
+    sets(&api, 2_000).unwrap();
+    let d = sets(&api, 2_100).unwrap();
     let on: BTreeMap<String, usize> = d.iter().map(|(n, s)| (n.clone(), s.len())).collect();
     assert_eq!(on["pc-1"], 4, "every replica where the image runs: {on:?}");
     let events = api.events.filter(|e| e.reason == EventReason::ImagePlatform);
@@ -187,7 +193,7 @@ fn boards_that_hold_the_image_are_preferred() {
     connect(&registry, &["pi-1", "pi-2", "pi-3"], Instant::now());
     api.observed.set_node_images("pi-2", vec!["reg/web:1".to_string()]);
     apply(&api, &WEB.replace("replicas = 6", "replicas = 1"));
-    let d = pass(&api, 1_000).unwrap();
+    let d = sets(&api, 1_000).unwrap();
     assert_eq!(d["pi-2"].len(), 1, "no pull needed there: {d:?}");
 }
 
@@ -198,10 +204,10 @@ fn a_replica_that_fits_nowhere_stays_pending_with_a_reason() {
     let api = cluster(dir.path(), registry.clone());
     connect(&registry, &["pi-1", "pi-2", "pi-3"], Instant::now());
     apply(&api, "[[app]]\nname = \"big\"\nimage = \"reg/big:1\"\nresources = { memory = \"8Gi\" }\n");
-    pass(&api, 1_000).unwrap();
+    sets(&api, 1_000).unwrap();
     let r = list_replicas(&api).remove(0).value;
     assert_eq!((r.phase, r.node, r.reason.as_str()), (ReplicaPhase::Pending, None, "0/3 nodes: 3 insufficient memory"));
     let rev = api.objects.store().revision();
-    pass(&api, 2_000).unwrap();
+    sets(&api, 2_000).unwrap();
     assert_eq!(api.objects.store().revision(), rev, "the same reason is not written again");
 }

@@ -1,0 +1,267 @@
+//! The board's network controller: one thread that keeps the bridge, the routes to other boards
+//! (or the vxlan device), the nft table and the DNS server in line with what the leader last
+//! said, which it keeps in `network.json` — so after an agent restart with the leader away, the
+//! board's network is rebuilt from it, and established connections (in conntrack) survive.
+
+use super::dns::{self, Names};
+use super::link::{sysctl, Netlink};
+use super::pods::{Board, Pods};
+use super::rules::{self, HostPort, Model};
+use super::{conntrack, nft, NetError};
+use crate::reconcile::Binding;
+use bramble_proto::network::{Backend, Cidr, NodeNetwork, ServiceRoute};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// The vxlan device (at most 15 characters).
+pub const VXLAN_DEVICE: &str = "bramble-vx";
+/// vxlan's encapsulation: 50 bytes per packet.
+const VXLAN_OVERHEAD: u32 = 50;
+/// Everything is checked again this often (something may have flushed a table or a route).
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// What the controller is told.
+#[derive(Debug)]
+pub enum NetInput {
+    /// From the leader: this board's part (when it changed) and the services (`full`: exactly
+    /// these; otherwise changes).
+    Leader { node: Option<NodeNetwork>, full: bool, upsert: Vec<ServiceRoute>, remove: Vec<String> },
+    /// A pod got or lost its network.
+    PodsChanged,
+}
+
+/// The agent's network settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bridge: String,
+    pub mtu: u32,
+    /// Where names outside the cluster go (empty: the board's resolv.conf).
+    pub dns_upstreams: Vec<SocketAddr>,
+    pub state_file: PathBuf,
+}
+
+/// What the leader last said, as kept on disk.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Known {
+    node: Option<NodeNetwork>,
+    services: BTreeMap<String, ServiceRoute>,
+}
+
+pub struct Controller {
+    settings: Settings,
+    pods: Arc<Pods>,
+    bindings: tokio::sync::watch::Receiver<Vec<Binding>>,
+    rt: tokio::runtime::Handle,
+    known: Known,
+    names: Arc<Names>,
+    /// What the nft table holds (none: unknown, write it whole).
+    applied: Option<Model>,
+    dns: Option<(Ipv4Addr, tokio::task::JoinHandle<()>)>,
+    last_full: Instant,
+}
+
+/// The MAC address of a board's vxlan device, derived from its pod subnet (every board can
+/// compute every other board's; locally administered, unicast).
+pub fn vxlan_mac(subnet: &Cidr) -> [u8; 6] {
+    let a = subnet.addr().octets();
+    [0x0a, subnet.prefix(), a[0], a[1], a[2], a[3]]
+}
+
+impl Controller {
+    pub fn new(
+        settings: Settings,
+        pods: Arc<Pods>,
+        bindings: tokio::sync::watch::Receiver<Vec<Binding>>,
+        rt: tokio::runtime::Handle,
+    ) -> Controller {
+        let known = match std::fs::read(&settings.state_file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                warn!("ignoring {}: {e}", settings.state_file.display());
+                Known::default()
+            }),
+            Err(_) => Known::default(),
+        };
+        Controller {
+            settings,
+            pods,
+            bindings,
+            rt,
+            known,
+            names: Arc::default(),
+            applied: None,
+            dns: None,
+            last_full: Instant::now(),
+        }
+    }
+
+    /// Runs until `inputs` closes.
+    pub fn run(mut self, inputs: Receiver<NetInput>) {
+        self.sync(true);
+        loop {
+            let changed = match inputs.recv_timeout(Duration::from_millis(500)) {
+                Ok(input) => {
+                    self.input(input);
+                    while let Ok(more) = inputs.try_recv() {
+                        self.input(more);
+                    }
+                    true
+                }
+                Err(RecvTimeoutError::Timeout) => false,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let full = self.last_full.elapsed() >= RESYNC;
+            if changed || full || self.bindings.has_changed().unwrap_or(false) {
+                self.sync(full);
+            }
+        }
+    }
+
+    fn input(&mut self, input: NetInput) {
+        let NetInput::Leader { node, full, upsert, remove } = input else { return };
+        let mut k = self.known.clone();
+        if let Some(n) = node {
+            k.node = Some(n);
+        }
+        if full {
+            k.services.clear();
+        }
+        for s in upsert {
+            k.services.insert(s.name.clone(), s);
+        }
+        for r in remove {
+            k.services.remove(&r);
+        }
+        if k != self.known {
+            let bytes = serde_json::to_vec(&k).expect("network state serialises");
+            if let Err(e) = bramble_proto::fsutil::write_file_atomic(&self.settings.state_file, &bytes, 0o600) {
+                warn!("cannot keep the network state: {e}");
+            }
+            self.known = k;
+        }
+    }
+
+    /// Brings the board in line with what is known; `full` rewrites the whole nft table.
+    fn sync(&mut self, full: bool) {
+        let Some(node) = self.known.node.clone() else { return };
+        let Some(subnet) = node.pod_cidr else {
+            warn!("this board has no pod subnet yet: pods cannot start here");
+            return;
+        };
+        if full {
+            self.last_full = Instant::now();
+        }
+        if let Err(e) = self.board(&node, subnet) {
+            warn!("cannot set up the board's network: {e}");
+            return;
+        }
+        self.rules(&node, full);
+        self.serve_dns(subnet.gateway(), &node.cluster.domain);
+    }
+
+    /// The bridge, forwarding, and the routes to services and other boards' pods.
+    fn board(&mut self, node: &NodeNetwork, subnet: Cidr) -> Result<(), NetError> {
+        let s = &self.settings;
+        let vxlan = node.cluster.backend == Backend::Vxlan;
+        let mtu = if vxlan { s.mtu - VXLAN_OVERHEAD } else { s.mtu };
+        let nl = Netlink::open()?;
+        let bridge = nl.ensure_bridge(&s.bridge, subnet.gateway(), subnet.prefix(), mtu)?;
+        sysctl("net/ipv4/ip_forward", "1")?;
+        // The board's own 127.0.0.1 may reach host ports (DNAT to a pod, then masqueraded).
+        sysctl(&format!("net/ipv4/conf/{}/route_localnet", s.bridge), "1")?;
+        self.pods.set_board(Board { bridge: s.bridge.clone(), subnet, mtu, domain: node.cluster.domain.clone() })?;
+        let mut wanted = BTreeSet::from([node.cluster.service_cidr]);
+        // Locally made traffic to a VIP needs a route before the output hook rewrites it.
+        nl.route(node.cluster.service_cidr, None, Some(bridge))?;
+        if vxlan {
+            let c = &node.cluster;
+            let vx =
+                nl.ensure_vxlan(VXLAN_DEVICE, c.vxlan_vni, c.vxlan_port, vxlan_mac(&subnet), subnet.addr(), mtu)?;
+            for p in &node.peers {
+                let mac = vxlan_mac(&p.pod_cidr);
+                nl.fdb(vx, mac, p.address)?;
+                nl.neighbour(vx, p.pod_cidr.addr(), mac)?;
+                nl.route(p.pod_cidr, Some(p.pod_cidr.addr()), Some(vx))?;
+                wanted.insert(p.pod_cidr);
+            }
+        } else {
+            for p in &node.peers {
+                if let Err(e) = nl.route(p.pod_cidr, Some(p.address), None) {
+                    warn!(peer = %p.node, "{e} (is {} on this board's LAN? boards on other subnets need network.backend = \"vxlan\")", p.address);
+                    continue;
+                }
+                wanted.insert(p.pod_cidr);
+            }
+        }
+        for stale in nl.our_routes()?.into_iter().filter(|r| !wanted.contains(r)) {
+            info!(route = %stale, "removing a route to a board that is gone");
+            nl.delete_route(stale)?;
+        }
+        Ok(())
+    }
+
+    fn model(&mut self, node: &NodeNetwork) -> Model {
+        let bindings = self.bindings.borrow_and_update().clone();
+        let host_ports: Vec<HostPort> = bindings
+            .iter()
+            .filter_map(|b| {
+                Some(HostPort {
+                    protocol: b.protocol,
+                    port: b.host,
+                    ip: self.pods.ip(&b.replica)?,
+                    target: b.container,
+                })
+            })
+            .collect();
+        let pods = self.pods.addresses().into_iter().map(|(_, ip)| ip);
+        Model::new(Some(node.cluster.cluster_cidr), &self.known.services, &host_ports, pods)
+    }
+
+    fn rules(&mut self, node: &NodeNetwork, full: bool) {
+        let model = self.model(node);
+        let script = match &self.applied {
+            Some(old) if !full => rules::diff(old, &model),
+            _ => rules::full(&model),
+        };
+        if script.is_empty() {
+            return;
+        }
+        match nft::apply(&script) {
+            Ok(took) => {
+                tracing::debug!(took_ms = took.as_millis() as u64, lines = script.lines().count(), "nft rules synced");
+                if let Some(old) = &self.applied {
+                    for (vip, port, endpoint) in rules::udp_gone(old, &model) {
+                        conntrack::forget_udp(vip, port, endpoint);
+                    }
+                }
+                self.applied = Some(model);
+            }
+            Err(e) => {
+                warn!("{e}");
+                self.applied = None;
+            }
+        }
+    }
+
+    fn serve_dns(&mut self, addr: Ipv4Addr, domain: &str) {
+        self.names.set(domain, self.known.services.values().map(|s| (s.name.clone(), s.vip)));
+        if self.dns.as_ref().is_some_and(|(a, task)| *a == addr && !task.is_finished()) {
+            return;
+        }
+        if let Some((_, task)) = self.dns.take() {
+            task.abort();
+        }
+        let upstreams = if self.settings.dns_upstreams.is_empty() {
+            dns::system_resolvers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+        } else {
+            self.settings.dns_upstreams.clone()
+        };
+        let task = self.rt.spawn(dns::serve(addr, self.names.clone(), upstreams));
+        self.dns = Some((addr, task));
+    }
+}

@@ -1,0 +1,155 @@
+//! Each pod's network: a named network namespace (kept across container restarts, so its
+//! address is too), a veth pair from it to the board's bridge, an address from the board's
+//! subnet as a /32 with a default route via the bridge (every packet goes through the board, so
+//! services and conntrack see both directions), and the container's resolv.conf and hosts.
+
+use super::ipam::Ipam;
+use super::link::Netlink;
+use super::{netns, NetError};
+use bramble_proto::network::Cidr;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// What a container needs of its pod's network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodNet {
+    pub netns: PathBuf,
+    pub ip: Ipv4Addr,
+    pub resolv_conf: PathBuf,
+    pub hosts: PathBuf,
+}
+
+/// The board's side, set by the node controller once the leader has given a subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Board {
+    pub bridge: String,
+    pub subnet: Cidr,
+    pub mtu: u32,
+    pub domain: String,
+}
+
+#[derive(Debug)]
+struct Inner {
+    ipam: Ipam,
+    board: Option<Board>,
+}
+
+/// Pods' networks on this board.
+#[derive(Debug)]
+pub struct Pods {
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+/// The host-side name of a pod's veth: short (15 characters at most) and stable.
+fn veth_name(replica: &str, prefix: &str) -> String {
+    let h = replica.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    format!("{prefix}{:010x}", h & 0xff_ffff_ffff)
+}
+
+impl Pods {
+    /// Pods' files live in `dir` (`<data>/pods/<replica>/`), addresses in `dir/ipam.json`.
+    pub fn open(dir: &Path) -> Result<Pods, NetError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| NetError::Io { what: format!("create {}", dir.display()), error: e })?;
+        let ipam = Ipam::load(dir.join("ipam.json"))?;
+        Ok(Pods { dir: dir.to_path_buf(), inner: Mutex::new(Inner { ipam, board: None }) })
+    }
+
+    /// The board's bridge is up with its subnet: pods can be made.
+    pub fn set_board(&self, board: Board) -> Result<(), NetError> {
+        let mut g = self.inner.lock().expect("pods lock");
+        g.ipam.set_subnet(board.subnet)?;
+        g.board = Some(board);
+        Ok(())
+    }
+
+    pub fn ip(&self, replica: &str) -> Option<Ipv4Addr> {
+        self.inner.lock().expect("pods lock").ipam.get(replica)
+    }
+
+    /// Every pod's address on this board.
+    pub fn addresses(&self) -> Vec<(String, Ipv4Addr)> {
+        self.inner.lock().expect("pods lock").ipam.all().iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    fn netns_path(&self, replica: &str) -> PathBuf {
+        self.dir.join(replica).join("netns")
+    }
+
+    /// The pod's network, made if it is not there yet. Safe to repeat.
+    pub fn prepare(&self, replica: &str) -> Result<PodNet, NetError> {
+        let mut g = self.inner.lock().expect("pods lock");
+        let board = g.board.clone().ok_or_else(|| {
+            NetError::Missing(
+                "this board's network is not set up yet (it waits for its pod subnet from the leader)".into(),
+            )
+        })?;
+        let ip = g.ipam.allocate(replica)?;
+        drop(g);
+        let dir = self.dir.join(replica);
+        let ns = self.netns_path(replica);
+        netns::create(&ns)?;
+        let host = veth_name(replica, "bv");
+        let nl = Netlink::open()?;
+        if nl.index(&host)?.is_none() {
+            let peer = veth_name(replica, "bp");
+            let _ = nl.delete(&peer); // a half-made pair from an earlier attempt
+            let bridge = nl
+                .index(&board.bridge)?
+                .ok_or_else(|| NetError::Missing(format!("bridge {} is gone", board.bridge)))?;
+            nl.veth(&host, &peer, bridge, board.mtu)?;
+            let file = std::fs::File::open(&ns)
+                .map_err(|e| NetError::Io { what: format!("open {}", ns.display()), error: e })?;
+            nl.move_to(&peer, &file, "eth0", board.mtu)?;
+        }
+        let gateway = board.subnet.gateway();
+        netns::inside(&ns, move || configure_inside(ip, gateway))?;
+        let resolv_conf = dir.join("resolv.conf");
+        let hosts = dir.join("hosts");
+        let resolv = format!("nameserver {gateway}\nsearch {}\noptions ndots:1\n", board.domain);
+        let host_name: String = replica.chars().take(63).collect();
+        let hosts_text =
+            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{host_name}\n");
+        for (path, text) in [(&resolv_conf, resolv), (&hosts, hosts_text)] {
+            bramble_proto::fsutil::write_file_atomic(path, text.as_bytes(), 0o644)
+                .map_err(|e| NetError::Io { what: format!("write {}", path.display()), error: e })?;
+        }
+        Ok(PodNet { netns: ns, ip, resolv_conf, hosts })
+    }
+
+    /// Removes the pod's network: its veth pair, namespace, address and files. Safe to repeat.
+    pub fn release(&self, replica: &str) -> Result<(), NetError> {
+        let nl = Netlink::open()?;
+        nl.delete(&veth_name(replica, "bv"))?;
+        netns::delete(&self.netns_path(replica))?;
+        let _ = std::fs::remove_dir_all(self.dir.join(replica));
+        self.inner.lock().expect("pods lock").ipam.release(replica)
+    }
+}
+
+/// Inside the pod's namespace: loopback and eth0 up, the address as a /32, a link route to the
+/// gateway and the default route through it.
+fn configure_inside(ip: Ipv4Addr, gateway: Ipv4Addr) -> Result<(), NetError> {
+    let nl = Netlink::open()?;
+    for name in ["lo", "eth0"] {
+        let index = nl.index(name)?.ok_or_else(|| NetError::Missing(format!("the pod has no {name}")))?;
+        nl.up(index, name)?;
+    }
+    let eth0 = nl.index("eth0")?.expect("checked above");
+    nl.add_address(eth0, ip, 32)?;
+    nl.route(Cidr::new(gateway, 32).expect("a /32"), None, Some(eth0))?;
+    nl.route(Cidr::new(Ipv4Addr::UNSPECIFIED, 0).expect("the default route"), Some(gateway), Some(eth0))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn veth_names_fit_the_kernels_limit_and_differ() {
+        let a = super::veth_name("web-1855f90dee-x2k4q", "bv");
+        assert_eq!(a.len(), 12);
+        assert_ne!(a, super::veth_name("web-1855f90dee-x2k4r", "bv"));
+        assert_eq!(a, super::veth_name("web-1855f90dee-x2k4q", "bv"), "stable");
+    }
+}

@@ -167,6 +167,10 @@ mod tests {
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:7443");
         let admin = AdminConfig::parse("admin.toml", &fs::read_to_string(&out.admin_path).unwrap()).unwrap();
         assert_eq!(admin.leaders, ["127.0.0.1:7443"]);
+        let bad = ClusterNetwork { service_cidr: "10.42.3.0/24".parse().unwrap(), ..Default::default() };
+        let e = init(&dir.path().join("other"), "127.0.0.1:7443".parse().unwrap(), "t", false, &bad).unwrap_err();
+        assert!(e.to_string().starts_with("nothing created: --service-cidr: 10.42.3.0/24 overlaps"), "{e}");
+        assert!(!dir.path().join("other").exists(), "nothing created");
         let before = fs::read(l.ca_key()).unwrap();
         let again = init(&d, "127.0.0.1:7443".parse().unwrap(), "test", false, &ClusterNetwork::default());
         assert!(matches!(again, Err(InitError::Exists(_))));

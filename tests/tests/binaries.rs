@@ -214,3 +214,17 @@ fn apply_get_and_delete_apps_through_the_cli() {
     assert_eq!(text(cli(&["delete", "-f", m1.to_str().unwrap()])), "app/web deleted\nservice/web deleted\n");
     assert_eq!(text(cli(&["get", "apps"])).lines().count(), 1);
 }
+
+#[test]
+fn agent_check_tries_what_pod_networking_needs() {
+    bramble_tests::require_root_and_ip();
+    let out = agent_check("version = 1\nname = \"pi-1\"\n", &[], &[]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "this machine has what pods need:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    for what in ["bridge (the pods' bridge)", "veth", "vxlan", "nf_tables with NAT", "IPv4 forwarding"] {
+        let line = text.lines().find(|l| l.contains(what)).unwrap_or_else(|| panic!("{what} is checked:\n{text}"));
+        assert!(line.starts_with("#   ok"), "{line}");
+    }
+    let config: toml::Table = text.parse().expect("the output is still a valid agent.toml");
+    assert_eq!(config["network"]["bridge"].as_str(), Some("bramble0"));
+}

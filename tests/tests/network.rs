@@ -141,6 +141,7 @@ replicas = 2
 [[app.ports]]
 name = "echo"
 container = 5353
+host = 15353
 protocol = "udp"
 
 [[service]]
@@ -260,6 +261,21 @@ fn services_dns_and_pod_networking_on_one_lan() {
         let first = wait_for("a UDP answer", Duration::from_secs(10), || ask(&sock));
         (first, sock, Instant::now())
     });
+    // A UDP host port: from another namespace to a board running a replica of the udp app.
+    let ub = board_of(&udp[0]);
+    let host: Ipv4Addr = c.lab.addr(ub).parse().unwrap();
+    let answered = in_netns(&c.lab.ns_path(0), move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        wait_for("an answer through the UDP host port", Duration::from_secs(10), || {
+            sock.send_to(b"hi", (host, 15353)).ok()?;
+            let mut buf = [0u8; 128];
+            let n = sock.recv(&mut buf).ok()?;
+            Some(String::from_utf8_lossy(&buf[..n]).to_string())
+        })
+    });
+    let on_ub: BTreeSet<String> = udp.iter().filter(|r| board_of(r) == ub).map(|r| r.meta.name.clone()).collect();
+    assert!(on_ub.contains(&answered), "the board's own replica answers its UDP host port: {answered}");
     let gone = udp.iter().find(|r| r.meta.name == first).unwrap().clone();
     stop_process(&c, &gone);
     wait_for("the stopped replica to leave the UDP service", Duration::from_secs(20), || {
@@ -346,13 +362,31 @@ fn services_dns_and_pod_networking_on_one_lan() {
     // 10. Delete everything: no veth, namespace, address, rule or route of the apps is left.
     cli_ok(&c, &["delete", "-f", c.dir.path().join("net.toml").to_str().unwrap()]);
     wait_for("every pod to go", Duration::from_secs(60), || (1..=3).all(|i| pods_left(&c, i).is_empty()).then_some(()));
-    for i in 1..=3 {
+    let gone: Vec<Replica> = web.iter().chain(&udp).chain([&client, &front]).cloned().collect();
+    let left = |i: usize| {
         let ns = c.lab.ns_path(i);
-        let (links, rules) = in_netns(&ns, || {
-            let links = std::process::Command::new("ip").args(["-o", "link"]).output().unwrap();
-            let rules = std::process::Command::new("nft").args(["list", "table", "ip", "bramble"]).output().unwrap();
-            (String::from_utf8_lossy(&links.stdout).to_string(), String::from_utf8_lossy(&rules.stdout).to_string())
-        });
+        in_netns(&ns, || {
+            let run = |cmd: &[&str]| {
+                let out = std::process::Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+                String::from_utf8_lossy(&out.stdout).to_string()
+            };
+            (run(&["ip", "-o", "link"]), run(&["nft", "list", "table", "ip", "bramble"]), run(&["conntrack", "-L"]))
+        })
+    };
+    // The rules and flows follow the pods within moments.
+    wait_for("the rules and flows of the deleted pods to go", Duration::from_secs(15), || {
+        (1..=3)
+            .all(|i| {
+                let (_, rules, flows) = left(i);
+                gone.iter().all(|r| {
+                    let ip = r.ip.unwrap().to_string();
+                    !rules.contains(&ip) && !flows.contains(&format!("={ip} "))
+                })
+            })
+            .then_some(())
+    });
+    for i in 1..=3 {
+        let (links, rules, flows) = left(i);
         assert!(!links.contains(": bv"), "board {i}: no pod veth left:\n{links}");
         for r in web.iter().chain(&udp).chain([&client, &front]) {
             assert!(!rules.contains(&r.ip.unwrap().to_string()), "board {i}: no rule for {}:\n{rules}", r.meta.name);
@@ -360,6 +394,10 @@ fn services_dns_and_pod_networking_on_one_lan() {
         assert!(!rules.contains(&vip.to_string()), "board {i}: the service's VIP is gone from the rules");
         let ipam = std::fs::read_to_string(c.agent_dir(i).join("pods/ipam.json")).unwrap_or_default();
         assert!(!ipam.contains("web-") && !ipam.contains("client-"), "board {i}: addresses released: {ipam}");
+        for r in &gone {
+            let ip = format!("={} ", r.ip.unwrap());
+            assert!(!flows.contains(&ip), "board {i}: no conntrack entry of {} left:\n{flows}", r.meta.name);
+        }
     }
 }
 

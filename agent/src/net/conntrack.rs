@@ -26,3 +26,28 @@ pub fn forget_udp(vip: Ipv4Addr, port: u16, endpoint: Ipv4Addr) {
         Err(e) => warn!("cannot run conntrack (install Debian's conntrack package): {e}"),
     }
 }
+
+/// Deletes every flow from or to `ip` (a pod that is gone), in both directions.
+pub fn forget_address(ip: Ipv4Addr) {
+    let ip = ip.to_string();
+    for flag in ["--orig-src", "--orig-dst", "--reply-src", "--reply-dst"] {
+        let status =
+            Command::new("conntrack").args(["-D", flag, &ip]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        if let Err(e) = status {
+            warn!("cannot run conntrack (install Debian's conntrack package): {e}");
+            return;
+        }
+    }
+}
+
+/// Deletes the flows this board sent to `ip` (its DNAT to a pod that is gone from every service).
+pub fn forget_replies(ip: Ipv4Addr) {
+    let status = Command::new("conntrack")
+        .args(["-D", "--reply-src", &ip.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if let Err(e) = status {
+        warn!("cannot run conntrack (install Debian's conntrack package): {e}");
+    }
+}

@@ -64,6 +64,8 @@ pub struct Controller {
     applied: Option<Model>,
     dns: Option<(Ipv4Addr, tokio::task::JoinHandle<()>)>,
     last_full: Instant,
+    /// Every endpoint address of every service (ready or not), as last programmed.
+    endpoint_ips: BTreeSet<Ipv4Addr>,
 }
 
 /// The MAC address of a board's vxlan device, derived from its pod subnet (every board can
@@ -97,6 +99,7 @@ impl Controller {
             applied: None,
             dns: None,
             last_full: Instant::now(),
+            endpoint_ips: BTreeSet::new(),
         }
     }
 
@@ -240,6 +243,14 @@ impl Controller {
                     }
                 }
                 self.applied = Some(model);
+                // A pod gone from every service (deleted, not just unready: established
+                // connections to a draining replica are kept): this board's flows to it go.
+                let now: BTreeSet<Ipv4Addr> =
+                    self.known.services.values().flat_map(|s| s.endpoints.iter().map(|e| e.ip)).collect();
+                for ip in self.endpoint_ips.difference(&now) {
+                    conntrack::forget_replies(*ip);
+                }
+                self.endpoint_ips = now;
             }
             Err(e) => {
                 warn!("{e}");

@@ -119,11 +119,15 @@ impl Pods {
         Ok(PodNet { netns: ns, ip, resolv_conf, hosts })
     }
 
-    /// Removes the pod's network: its veth pair, namespace, address and files. Safe to repeat.
+    /// Removes the pod's network: its veth pair, namespace, address, conntrack entries and
+    /// files. Safe to repeat.
     pub fn release(&self, replica: &str) -> Result<(), NetError> {
         let nl = Netlink::open()?;
         nl.delete(&veth_name(replica, "bv"))?;
         netns::delete(&self.netns_path(replica))?;
+        if let Some(ip) = self.ip(replica) {
+            super::conntrack::forget_address(ip);
+        }
         let _ = std::fs::remove_dir_all(self.dir.join(replica));
         self.inner.lock().expect("pods lock").ipam.release(replica)
     }

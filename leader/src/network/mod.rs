@@ -78,3 +78,6 @@ pub fn out_of_subnets(network: &ClusterNetwork) -> String {
         network.node_prefix
     )
 }
+
+#[cfg(test)]
+mod tests;

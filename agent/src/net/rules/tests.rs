@@ -1,4 +1,5 @@
-//! The ruleset rendered from models (the real nft applies it in the end-to-end tests).
+//! The ruleset rendered from models, and (last test) the real nft: every diff applied on top of
+//! a table must leave exactly what the whole table of the new model gives.
 
 use super::*;
 use bramble_proto::network::{Endpoint, RoutePort};
@@ -110,4 +111,92 @@ fn a_host_port_that_moves_is_deleted_by_key_then_added() {
         d,
         "delete element ip bramble host_udp { 5353 }\nadd element ip bramble host_udp { 5353 : 10.42.1.6 . 53 }\n"
     );
+}
+
+/// A model drawn from a small universe, so that consecutive draws share, change and drop
+/// services, endpoints, host ports and pods.
+fn random_model(rng: &mut fastrand::Rng) -> Model {
+    let mut services = Vec::new();
+    for v in 1..=5u8 {
+        if rng.u8(0..4) == 0 {
+            continue;
+        }
+        let protocol = if rng.bool() { Protocol::Tcp } else { Protocol::Udp };
+        let eps: Vec<String> =
+            (0..rng.usize(0..4)).map(|_| format!("10.42.{}.{}", rng.u8(1..3), rng.u8(2..8))).collect();
+        let mut eps: Vec<&str> = eps.iter().map(String::as_str).collect::<BTreeSet<_>>().into_iter().collect();
+        rng.shuffle(&mut eps);
+        let mut s = service(&format!("s{v}"), &format!("10.43.0.{v}"), protocol, &eps);
+        if rng.bool() {
+            s.ports.push(RoutePort { port: 443, protocol, target: 8443 });
+        }
+        services.push(s);
+    }
+    let hosts: Vec<HostPort> = (0..rng.u16(0..3))
+        .map(|i| HostPort {
+            protocol: if rng.bool() { Protocol::Tcp } else { Protocol::Udp },
+            port: 18080 + i,
+            ip: Ipv4Addr::new(10, 42, 1, rng.u8(2..5)),
+            target: 8080,
+        })
+        .collect();
+    let map: BTreeMap<String, ServiceRoute> = services.iter().map(|s| (s.name.clone(), s.clone())).collect();
+    let pods: Vec<Ipv4Addr> = (2..6u8).filter(|_| rng.bool()).map(|i| Ipv4Addr::new(10, 42, 1, i)).collect();
+    Model::new(Some("10.42.0.0/16".parse().unwrap()), &map, &hosts, pods)
+}
+
+/// `nft -j list table ip bramble`, without handles, objects in a stable order, set elements sorted.
+fn listed() -> serde_json::Value {
+    let out = std::process::Command::new("nft").args(["-j", "list", "table", "ip", TABLE]).output().expect("nft");
+    assert!(out.status.success(), "nft list: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft's JSON");
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(o) => {
+                o.remove("handle");
+                if let Some(serde_json::Value::Array(elems)) = o.get_mut("elem") {
+                    elems.sort_by_key(|e| e.to_string());
+                }
+                o.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut objects: Vec<serde_json::Value> =
+        v["nftables"].as_array().expect("objects").iter().filter(|o| o.get("metainfo").is_none()).cloned().collect();
+    objects.iter_mut().for_each(strip);
+    // Rules keep their order within a chain (a stable sort on the chain's name only).
+    let key = |o: &serde_json::Value| {
+        let (kind, body) = o.as_object().and_then(|m| m.iter().next()).expect("one kind per object");
+        let name = body.get("name").or_else(|| body.get("chain")).map(|n| n.to_string()).unwrap_or_default();
+        (kind.clone(), name)
+    };
+    objects.sort_by_key(key);
+    serde_json::Value::Array(objects)
+}
+
+#[test]
+fn every_diff_on_the_real_nft_leaves_what_the_whole_table_gives() {
+    let run = std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("this test needs root and network namespaces (unshare CLONE_NEWNET)");
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut old = random_model(&mut rng);
+        crate::net::nft::apply(&full(&old)).expect("the first table (needs Debian's nftables: nft)");
+        for step in 0..40 {
+            let new = random_model(&mut rng);
+            let d = diff(&old, &new);
+            if !d.is_empty() {
+                if let Err(e) = crate::net::nft::apply(&d) {
+                    panic!("step {step}: nft refused the diff: {e}\n--- diff\n{d}--- from\n{}", full(&old));
+                }
+            }
+            let after_diff = listed();
+            crate::net::nft::apply(&full(&new)).expect("the whole table");
+            assert_eq!(after_diff, listed(), "step {step}: the diff\n{d}left another table than\n{}", full(&new));
+            old = new;
+        }
+    });
+    run.join().expect("the nft round trip");
 }

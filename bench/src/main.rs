@@ -7,6 +7,7 @@ mod agent;
 mod apps;
 mod containers;
 mod images;
+mod net;
 mod scale;
 mod scheduler;
 mod startup;
@@ -73,6 +74,12 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
+    /// The network: endpoint propagation, nft rule sync (100 services x 10 endpoints), iperf3 pod
+    /// to pod vs board to board and VIP vs pod, host port requests/s vs the old userspace forwarder.
+    Net {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
     /// Every benchmark.
     All {
         #[arg(long, default_value_t = 10)]
@@ -88,6 +95,7 @@ fn main() {
         Command::Scheduler { replicas, nodes } => vec![("scheduler", scheduler::run(nodes, replicas))],
         Command::Apps { runs, loss_runs } => vec![("apps", apps::run(runs, loss_runs))],
         Command::Startup { runs } => vec![("startup", startup::run(runs))],
+        Command::Net { runs } => vec![("net", net::run(runs))],
         Command::Agent { containers, steady_secs } => vec![("agent", agent::run(containers, steady_secs))],
         Command::Scale { agents, replicas, steady_secs } => vec![("scale", scale::run(agents, replicas, steady_secs))],
         Command::All { runs } => vec![
@@ -98,6 +106,7 @@ fn main() {
             ("scale", scale::run(50, 1_000, 60)),
             ("agent", agent::run(20, 60)),
             ("startup", startup::run(runs.max(20))),
+            ("net", net::run(runs)),
         ],
     };
     let dir = bramble_tests::testimages::assets_dir().parent().expect("target dir").join("bench");

@@ -358,5 +358,6 @@ mod sample_tests {
         let cfg = super::AgentConfig::parse("dist/agent.toml", text).unwrap();
         assert_eq!(cfg.leaders, ["192.168.1.10:7443"]);
         assert_eq!(cfg.resources.max_replicas, 64);
+        assert_eq!((cfg.network.bridge.as_str(), cfg.network.mtu), ("bramble0", 1500), "the sample shows the defaults");
     }
 }

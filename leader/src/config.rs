@@ -261,5 +261,8 @@ mod sample_tests {
         let cfg = super::LeaderConfig::parse("dist/leader-single.toml", text).unwrap();
         assert!(cfg.agent.enabled, "the one-board sample runs the embedded agent");
         assert_eq!(cfg.agent.config, None);
+        assert_eq!(cfg.network, bramble_proto::network::ClusterNetwork::default(), "the samples show the defaults");
+        let cfg = super::LeaderConfig::parse("dist/leader.toml", include_str!("../../dist/leader.toml")).unwrap();
+        assert_eq!(cfg.network, bramble_proto::network::ClusterNetwork::default(), "the samples show the defaults");
     }
 }

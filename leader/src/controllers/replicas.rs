@@ -51,6 +51,34 @@ fn deletion_rank(r: &Replica) -> (u8, std::cmp::Reverse<u64>) {
     (rank, std::cmp::Reverse(r.meta.created_ms))
 }
 
+/// The `n` replicas a scale-down removes: unscheduled, then unhealthy, then starting ones; among
+/// equals, one from the node that holds the most of them (so the spread survives, as Kubernetes
+/// ranks co-located pods first), then the newest.
+fn scale_down<'a>(replicas: &[&'a Replica], n: usize) -> Vec<&'a Replica> {
+    let mut per_node: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for r in replicas {
+        if let Some(node) = r.node.as_deref() {
+            *per_node.entry(node).or_default() += 1;
+        }
+    }
+    let mut left: Vec<&Replica> = replicas.to_vec();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n.min(left.len()) {
+        let key = |r: &Replica| {
+            let (rank, newest) = deletion_rank(r);
+            let crowd = r.node.as_deref().map_or(0, |n| per_node[n]);
+            (rank, std::cmp::Reverse(crowd), newest, r.meta.name.clone())
+        };
+        let (i, _) = left.iter().enumerate().min_by_key(|(_, r)| key(r)).expect("one left");
+        let r = left.swap_remove(i);
+        if let Some(node) = r.node.as_deref() {
+            *per_node.get_mut(node).expect("counted") -= 1;
+        }
+        out.push(r);
+    }
+    out
+}
+
 /// Characters of name suffixes: no vowels (no words) and no look-alikes, as Kubernetes does.
 const SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
@@ -86,8 +114,7 @@ pub fn reconcile(app: &str, spec: &AppSpec, replicas: &[Replica], now_ms: u64, s
     let mut creates = 0;
     if old.is_empty() {
         if current.len() > want {
-            current.sort_by_key(|r| deletion_rank(r));
-            for r in &current[..current.len() - want] {
+            for r in scale_down(&current, current.len() - want) {
                 actions.push(Action::Delete { name: r.meta.name.clone(), reason: "scaled down" });
             }
         } else {
@@ -205,6 +232,32 @@ mod tests {
             })
             .collect();
         assert_eq!(deleted, ["r-pending", "r-failed", "r-new"]);
+    }
+
+    #[test]
+    fn scaling_down_keeps_the_spread() {
+        // Six replicas made in one pass (equal ages), two per node, plus three newer ones: down to
+        // two leaves two nodes with one each, whatever the names.
+        let mut existing = Vec::new();
+        for (i, node) in ["a", "b", "c", "a", "b", "c"].iter().enumerate() {
+            existing.push(replica(&format!("r-{}", (b'z' - i as u8) as char), Some(node), ReplicaPhase::Running, 1));
+        }
+        for node in ["a", "b", "c"] {
+            existing.push(replica(&format!("r-new-{node}"), Some(node), ReplicaPhase::Running, 9));
+        }
+        let s = spec("replicas = 2");
+        let deleted: BTreeSet<String> = reconcile("web", &s, &existing, 0, 0)
+            .into_iter()
+            .map(|a| match a {
+                Action::Delete { name, .. } => name,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(deleted.len(), 7);
+        let kept: Vec<&str> =
+            existing.iter().filter(|r| !deleted.contains(&r.meta.name)).map(|r| r.node.as_deref().unwrap()).collect();
+        assert_eq!(kept.iter().collect::<BTreeSet<_>>().len(), 2, "two nodes keep one each: {kept:?}");
+        assert!(deleted.contains("r-new-a") && deleted.contains("r-new-b"), "the newest go among equals");
     }
 
     /// Applies the actions the way the controller does; new replicas start Pending.

@@ -281,6 +281,26 @@ pub struct Replica {
     pub ip: Option<Ipv4Addr>,
 }
 
+impl Replica {
+    /// A new replica of `app` at `revision_hash`, created at `now_ms`: Pending, on no node yet.
+    pub fn new(app: &str, name: &str, revision_hash: &str, now_ms: u64) -> Replica {
+        Replica {
+            meta: ObjectMeta { name: name.to_string(), generation: 1, revision: 0, created_ms: now_ms },
+            app: app.to_string(),
+            revision_hash: revision_hash.to_string(),
+            node: None,
+            phase: ReplicaPhase::Pending,
+            reason: String::new(),
+            restarts: 0,
+            exit_code: None,
+            started_ms: None,
+            finished_ms: None,
+            container_id: None,
+            ip: None,
+        }
+    }
+}
+
 /// A stable name and virtual IP in front of the ready replicas of an app.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Service {

@@ -13,7 +13,7 @@ use crate::objects::Versioned;
 use crate::scheduler::{NodeSnapshot, Request as Placement, Scheduler};
 use bramble_proto::manifest::AppSpec;
 use bramble_proto::model::{
-    App, ConditionStatus, Event, EventReason, Node, ObjectMeta, Platform, Replica, ReplicaPhase, Resources,
+    App, ConditionStatus, Event, EventReason, Node, Platform, Replica, ReplicaPhase, Resources,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -335,27 +335,10 @@ fn keep_count(w: &mut Work<'_>, scheduler: &mut Scheduler) {
                 w.event(&victim, EventReason::Deleted, format!("deleted: {reason}"));
             }
             Action::Create { name: new, revision } => {
-                w.replicas.push(new_replica(w.name, &new, revision, w.now));
+                w.replicas.push(Replica::new(w.name, &new, &revision, w.now));
                 w.event(&new, EventReason::Created, format!("created for app {}", w.name));
             }
         }
-    }
-}
-
-fn new_replica(app: &str, name: &str, revision: String, now: u64) -> Replica {
-    Replica {
-        meta: ObjectMeta { name: name.to_string(), generation: 1, revision: 0, created_ms: now },
-        app: app.to_string(),
-        revision_hash: revision,
-        node: None,
-        phase: ReplicaPhase::Pending,
-        reason: String::new(),
-        restarts: 0,
-        exit_code: None,
-        started_ms: None,
-        finished_ms: None,
-        container_id: None,
-        ip: None,
     }
 }
 

@@ -109,7 +109,7 @@ pub fn reconcile(app: &str, spec: &AppSpec, replicas: &[Replica], now_ms: u64, s
         actions.push(Action::Delete { name: r.meta.name.clone(), reason: "its node was lost" });
     }
     let live: Vec<&Replica> = replicas.iter().filter(|r| counts(r, spec, now_ms)).collect();
-    let (mut current, mut old): (Vec<&Replica>, Vec<&Replica>) = live.iter().partition(|r| r.revision_hash == revision);
+    let (current, mut old): (Vec<&Replica>, Vec<&Replica>) = live.iter().partition(|r| r.revision_hash == revision);
     let want = spec.replicas.0 as usize;
     let mut creates = 0;
     if old.is_empty() {
@@ -152,7 +152,6 @@ pub fn reconcile(app: &str, spec: &AppSpec, replicas: &[Replica], now_ms: u64, s
 mod tests {
     use super::*;
     use bramble_proto::manifest::parse_manifest;
-    use bramble_proto::model::ObjectMeta;
     use std::collections::BTreeSet;
 
     fn spec(extra: &str) -> AppSpec {
@@ -168,18 +167,10 @@ mod tests {
 
     fn replica_of(rev: &str, name: &str, node: Option<&str>, phase: ReplicaPhase, created: u64) -> Replica {
         Replica {
-            meta: ObjectMeta { name: name.into(), generation: 1, revision: 0, created_ms: created },
-            app: "web".into(),
-            revision_hash: rev.into(),
             node: node.map(str::to_string),
             phase,
-            reason: String::new(),
-            restarts: 0,
-            exit_code: None,
-            started_ms: None,
             finished_ms: Some(1000),
-            container_id: None,
-            ip: None,
+            ..Replica::new("web", name, rev, created)
         }
     }
 

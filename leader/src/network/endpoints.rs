@@ -62,18 +62,10 @@ mod tests {
 
     fn replica(name: &str, app: &str, phase: ReplicaPhase, ip: Option<&str>) -> Replica {
         Replica {
-            meta: ObjectMeta { name: name.into(), ..Default::default() },
-            app: app.into(),
-            revision_hash: "r".into(),
             node: Some("pi-1".into()),
             phase,
-            reason: String::new(),
-            restarts: 0,
-            exit_code: None,
-            started_ms: None,
-            finished_ms: None,
-            container_id: None,
             ip: ip.map(|i| i.parse().unwrap()),
+            ..Replica::new(app, name, "r", 0)
         }
     }
 

@@ -4,7 +4,7 @@
 
 use super::*;
 use bramble_proto::manifest::parse_manifest;
-use bramble_proto::model::{Arch, NodeInfo};
+use bramble_proto::model::{Arch, NodeInfo, ObjectMeta};
 use proptest::prelude::*;
 
 fn spec(text: &str) -> AppSpec {
@@ -304,7 +304,7 @@ fn build(w: &World) -> Snapshot {
         let name = format!("app{}", app % w.apps.len());
         let a = s.apps.get_mut(&name).unwrap();
         let hash = if *current { revision_hash(&a.app.spec) } else { a.revisions.keys().next().unwrap().clone() };
-        let mut r = new_replica(&name, &format!("{name}-{hash}-{k}"), hash, 0);
+        let mut r = Replica::new(&name, &format!("{name}-{hash}-{k}"), &hash, 0);
         r.node = node.map(|n| format!("n-{}", n % w.nodes.len()));
         r.phase = if r.node.is_none() { ReplicaPhase::Pending } else { *phase };
         r.finished_ms = Some(*finished);

@@ -38,6 +38,9 @@ fn config(id: &str, rootfs: &Path, logs: &Path) -> ContainerConfig {
         log: LogConfig { path: logs.join(format!("{id}.log")), max_bytes: 1 << 20, max_files: 1 },
         netns: None,
         files: Vec::new(),
+        ip: None,
+        stop_signal: 15,
+        probes: Vec::new(),
     }
 }
 

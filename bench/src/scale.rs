@@ -61,6 +61,7 @@ async fn sim_agent(dir: std::path::PathBuf, addr: SocketAddr, token: String, nam
                     let replicas = upsert.into_iter().map(|a| ReplicaStatus {
                         started_ms: Some(now),
                         container_id: Some(a.replica.clone()),
+                        ready: true,
                         ..ReplicaStatus::new(&a.replica, ReplicaPhase::Running)
                     }).collect();
                     if write_frame(&mut send, &AgentMsg::Status { full: false, replicas }).await.is_err() { return }

@@ -1,7 +1,8 @@
 //! What the leader learns from boards and keeps in memory only (relearned after a restart):
-//! live detail per replica (pull progress) and the images each board holds. Controllers read it;
+//! live detail per replica (pull progress, probe results) and the images each board holds. Controllers read it;
 //! sessions write it. (What an image offers is stored: see `objects::ImagePlatforms`.)
 
+use bramble_proto::wire::ProbeStatus;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
@@ -12,6 +13,7 @@ const MAX_REFERENCE: usize = 512;
 #[derive(Debug, Default)]
 pub struct Observed {
     details: Mutex<HashMap<String, String>>,
+    probes: Mutex<HashMap<String, Vec<ProbeStatus>>>,
     node_images: Mutex<HashMap<String, BTreeSet<String>>>,
 }
 
@@ -32,8 +34,22 @@ impl Observed {
         };
     }
 
-    /// Forgets the detail of replicas `keep` rejects.
+    pub fn probes(&self, replica: &str) -> Vec<ProbeStatus> {
+        self.probes.lock().expect("probes lock").get(replica).cloned().unwrap_or_default()
+    }
+
+    pub fn set_probes(&self, replica: &str, probes: Vec<ProbeStatus>) {
+        let mut p = self.probes.lock().expect("probes lock");
+        if probes.is_empty() {
+            p.remove(replica);
+        } else {
+            p.insert(replica.to_string(), probes);
+        }
+    }
+
+    /// Forgets the detail and probe results of replicas `keep` rejects.
     pub fn retain_details(&self, keep: impl Fn(&str) -> bool) {
+        self.probes.lock().expect("probes lock").retain(|k, _| keep(k));
         self.details.lock().expect("details lock").retain(|k, _| keep(k));
     }
 

@@ -4,7 +4,7 @@
 use crate::controllers::Context;
 use crate::objects::Objects;
 use crate::store::{Expect, StoreError};
-use bramble_proto::model::{Event, Kind, ObjectRef, Replica};
+use bramble_proto::model::{Event, Kind, ObjectRef, Replica, ReplicaPhase};
 use bramble_proto::time::now_ms;
 use bramble_proto::wire::ReplicaStatus;
 use tracing::{debug, warn};
@@ -23,18 +23,20 @@ pub fn statuses(ctx: &Context, node: &str, statuses: Vec<ReplicaStatus>) -> bool
             }
         }
         ctx.observed.set_detail(&s.replica, s.detail.clone());
-        record(&ctx.objects, node, &s);
+        ctx.observed.set_probes(&s.replica, s.probes.clone());
+        kick |= record(&ctx.objects, node, &s);
     }
     kick
 }
 
-fn record(objects: &Objects, node: &str, s: &ReplicaStatus) {
+/// Writes what changed; true when readiness changed (endpoints and rollouts move on it).
+fn record(objects: &Objects, node: &str, s: &ReplicaStatus) -> bool {
     for _ in 0..5 {
-        let Ok(Some(current)) = objects.get::<Replica>(&s.replica) else { return };
+        let Ok(Some(current)) = objects.get::<Replica>(&s.replica) else { return false };
         let mut r = current.value;
         if r.node.as_deref() != Some(node) {
             debug!(replica = %s.replica, node, "status from a node the replica is not bound to; ignored");
-            return;
+            return false;
         }
         let before = r.clone();
         r.phase = s.phase;
@@ -46,18 +48,25 @@ fn record(objects: &Objects, node: &str, s: &ReplicaStatus) {
         r.container_id = s.container_id.clone();
         // The address stays with the replica's network namespace (across container restarts).
         r.ip = s.ip.or(r.ip);
+        r.restart_at_ms = s.restart_at_ms;
+        let ready = s.ready && s.phase == ReplicaPhase::Running;
+        if ready && !r.ready {
+            r.ready_ms = Some(now_ms());
+        }
+        r.ready = ready;
         if r == before {
-            return;
+            return false;
         }
         match objects.put(&r, Expect::Revision(current.rev)) {
-            Ok(_) => return,
+            Ok(_) => return r.ready != before.ready,
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => {
                 warn!("cannot record the status of {}: {e}", s.replica);
-                return;
+                return false;
             }
         }
     }
+    false
 }
 
 /// Records an event a board sent: it speaks only for its replicas and itself, briefly.

@@ -74,7 +74,7 @@ reasons! {
     NodeJoined, JoinRefused, NodeReady, NodeNotReady, SessionEnded, NodeCordoned, NodeUncordoned,
     NodeLabeled, NodeDeleted, NoPodSubnet, PodSubnet,
     // Containers, from the boards.
-    Pulling, Pulled, Started, BackOff, Restarted, Completed, Stopped, Failed,
+    Pulling, Pulled, Started, BackOff, Restarted, Completed, Stopped, Failed, Unhealthy, Killing,
 }
 
 impl fmt::Display for Reason {

@@ -253,8 +253,10 @@ pub enum ReplicaPhase {
     Pulling,
     Starting,
     Running,
-    Ready,
+    /// Exited (or could not start) and restarts at `restart_at_ms`.
+    BackOff,
     Succeeded,
+    /// Exited and will not be restarted (its restart policy says so).
     Failed,
     Lost,
 }
@@ -279,9 +281,27 @@ pub struct Replica {
     pub container_id: Option<String>,
     /// Its pod address on its board.
     pub ip: Option<Ipv4Addr>,
+    /// Running and passing its readiness probe (or running, without one): it takes traffic.
+    #[serde(default)]
+    pub ready: bool,
+    /// When it last became ready (the leader's clock).
+    #[serde(default)]
+    pub ready_ms: Option<u64>,
+    /// In BackOff: when it restarts.
+    #[serde(default)]
+    pub restart_at_ms: Option<u64>,
+    /// Being stopped since then: out of every service's endpoints, stopped once every board has
+    /// applied that (or after a short bound).
+    #[serde(default)]
+    pub terminating_ms: Option<u64>,
 }
 
 impl Replica {
+    /// Whether it should receive traffic: ready, running and not being stopped.
+    pub fn serving(&self) -> bool {
+        self.ready && self.phase == ReplicaPhase::Running && self.terminating_ms.is_none()
+    }
+
     /// A new replica of `app` at `revision_hash`, created at `now_ms`: Pending, on no node yet.
     pub fn new(app: &str, name: &str, revision_hash: &str, now_ms: u64) -> Replica {
         Replica {
@@ -297,6 +317,10 @@ impl Replica {
             finished_ms: None,
             container_id: None,
             ip: None,
+            ready: false,
+            ready_ms: None,
+            restart_at_ms: None,
+            terminating_ms: None,
         }
     }
 }

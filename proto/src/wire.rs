@@ -15,7 +15,8 @@ use std::net::Ipv4Addr;
 
 /// The protocol version this build speaks.
 /// 2: pod networking (`LeaderMsg::Network`, replica addresses), typed event references.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: probes and readiness, BackOff, draining replicas, rollouts.
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The TLS ALPN protocol id.
 pub const ALPN: &[u8] = b"bramble/1";
 /// The name every leader certificate carries and every client verifies.
@@ -181,6 +182,9 @@ pub enum Response {
         replica: Box<Replica>,
         /// Live detail the leader keeps in memory only (e.g. image pull progress).
         detail: Option<String>,
+        /// Each probe's latest result (memory only).
+        #[serde(default)]
+        probes: Vec<ProbeStatus>,
         events: Vec<Event>,
     },
     Service {
@@ -326,6 +330,34 @@ pub struct ReplicaStatus {
     /// Set when the replica's image offers no platform for this node: what it does offer.
     #[serde(default)]
     pub platform_miss: Option<PlatformMiss>,
+    /// Running and passing its readiness probe (running, without one).
+    #[serde(default)]
+    pub ready: bool,
+    /// In BackOff: when it restarts.
+    #[serde(default)]
+    pub restart_at_ms: Option<u64>,
+    /// Each probe's latest result (kept in the leader's memory, never stored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ProbeStatus>,
+}
+
+/// What a probe found lately.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeStatus {
+    /// `startup`, `liveness` or `readiness`.
+    pub probe: String,
+    /// `http :8080/healthz`, `tcp :5432`, `exec cat /ready`.
+    pub action: String,
+    /// None until it has run once.
+    pub ok: Option<bool>,
+    /// Failures in a row.
+    pub failures: u32,
+    /// Why the last failure failed.
+    #[serde(default)]
+    pub message: String,
+    /// Times a liveness or startup probe had the container killed.
+    #[serde(default)]
+    pub kills: u32,
 }
 
 /// An image that offers no platform for a node, and the platforms it offers (`linux/arm64`, …);
@@ -351,6 +383,9 @@ impl ReplicaStatus {
             ip: None,
             detail: None,
             platform_miss: None,
+            ready: false,
+            restart_at_ms: None,
+            probes: Vec::new(),
         }
     }
 }

@@ -164,20 +164,33 @@ memory = "8Mi"
     assert_eq!(stale.status.code(), Some(6), "a conflict has its own exit code");
     assert!(String::from_utf8_lossy(&stale.stderr).contains("changed since generation 1"), "a stale scale is refused");
 
-    // 3. Kill a container's process: its shim restarts it (with backoff), the leader shows it.
+    // 3. Kill a container's process: its shim restarts it at once, the leader shows it; killed
+    // again right away, it waits (BackOff, with the time left), then runs again.
     let victim = r[0].meta.name.clone();
     let board = board_of(r[0].node.as_deref().unwrap());
     let pid = running_pid(&containers(&c, board)[&victim]).expect("running");
     kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
-    let restarted = wait_for("the killed container to restart", Duration::from_secs(40), || {
+    let restarted = wait_for("the killed container to restart at once", Duration::from_secs(5), || {
         replicas(&c, "web")
             .into_iter()
             .find(|x| x.meta.name == victim && x.restarts >= 1 && x.phase == ReplicaPhase::Running)
     });
     assert_eq!(restarted.exit_code, Some(137), "the last exit is shown (128 + SIGKILL)");
     let describe = cli_ok(&c, &["describe", "replica", &victim]);
-    assert!(describe.contains("BackOff") && describe.contains("Restarted"), "{describe}");
-    assert_ne!(running_pid(&containers(&c, board)[&victim]), Some(pid));
+    assert!(describe.contains("Restarted") && !describe.contains("BackOff"), "{describe}");
+    let pid2 = running_pid(&containers(&c, board)[&victim]).expect("running again");
+    assert_ne!(pid2, pid);
+    kill(Pid::from_raw(pid2), Signal::SIGKILL).unwrap();
+    let waiting = wait_for("a second crash in a row to back off", Duration::from_secs(5), || {
+        let t = cli_ok(&c, &["get", "replicas", "--app", "web"]);
+        t.lines().find(|l| l.starts_with(&victim) && l.contains("BackOff (")).map(str::to_string)
+    });
+    assert!(waiting.contains(" 0/1 "), "not ready while it waits: {waiting}");
+    let describe = cli_ok(&c, &["describe", "replica", &victim]);
+    assert!(describe.contains("Phase:       BackOff (") && describe.contains("restarting after 10s"), "{describe}");
+    wait_for("the second restart after its back-off", Duration::from_secs(20), || {
+        replicas(&c, "web").into_iter().find(|x| x.meta.name == victim && x.restarts >= 2 && x.serving())
+    });
 
     // 4. A board vanishes (agent killed, link cut): its replica is Lost, then replaced elsewhere.
     let r = replicas(&c, "web");

@@ -206,7 +206,7 @@ fn apply_get_and_delete_apps_through_the_cli() {
     assert!(err.contains("nothing applied") && err.contains("b.toml:4:24: app[0].resources.memory"), "{err}");
     let table = text(cli(&["get", "apps"]));
     assert!(!table.contains("api"), "the valid file was not applied either: {table}");
-    assert!(table.starts_with("NAME   RUNNING   IMAGE"), "{table}");
+    assert!(table.starts_with("NAME   READY   IMAGE"), "{table}");
     // Delete: all or nothing too.
     let out = cli(&["delete", "app", "web", "ghost"]);
     assert_eq!(out.status.code(), Some(4));

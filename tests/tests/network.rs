@@ -277,7 +277,7 @@ fn services_dns_and_pod_networking_on_one_lan() {
     let on_ub: BTreeSet<String> = udp.iter().filter(|r| board_of(r) == ub).map(|r| r.meta.name.clone()).collect();
     assert!(on_ub.contains(&answered), "the board's own replica answers its UDP host port: {answered}");
     let gone = udp.iter().find(|r| r.meta.name == first).unwrap().clone();
-    stop_process(&c, &gone);
+    crash_twice(&c, &gone);
     wait_for("the stopped replica to leave the UDP service", Duration::from_secs(20), || {
         (!ready(&service(&c, "echo")).contains(&gone.meta.name)).then_some(())
     });
@@ -312,9 +312,10 @@ fn services_dns_and_pod_networking_on_one_lan() {
     let local = in_netns(&c.lab.ns_path(fb), || http_get("127.0.0.1:18080".parse().unwrap())).unwrap();
     assert_eq!(local, front.meta.name, "the board's own 127.0.0.1 reaches its host port");
 
-    // 7. A killed replica leaves the endpoints and comes back when its shim restarts it.
+    // 7. A replica that crashes again right after a restart leaves the endpoints while it backs
+    // off, and comes back when its shim restarts it.
     let victim = web[1].clone();
-    stop_process(&c, &victim);
+    crash_twice(&c, &victim);
     wait_for("the killed replica to leave the endpoints", Duration::from_secs(20), || {
         (!ready(&service(&c, "web")).contains(&victim.meta.name)).then_some(())
     });
@@ -430,14 +431,23 @@ fn pods_left(c: &Cluster, i: usize) -> Vec<String> {
 }
 
 /// Stops a replica's process (its shim restarts it after the backoff).
-fn stop_process(c: &Cluster, r: &Replica) {
-    let state =
-        Runtime::new(&c.agent_dir(board_of(r)).join("shims"), &bramble_tests::process::bin_dir().join("bramble-agent"))
-            .state(&r.meta.name)
-            .expect("the replica's shim");
-    let bramble_agent::runtime::lifecycle::Phase::Running { pid, .. } = state.lifecycle.phase else {
-        panic!("{} is not running", r.meta.name)
+/// Kills the replica's container twice in a row: the shim restarts the first crash at once, and
+/// holds the second back (BackOff, 10 s), out of its services.
+fn crash_twice(c: &Cluster, r: &Replica) {
+    let runtime =
+        Runtime::new(&c.agent_dir(board_of(r)).join("shims"), &bramble_tests::process::bin_dir().join("bramble-agent"));
+    let running = || {
+        let s = runtime.state(&r.meta.name).expect("the replica's shim");
+        match s.lifecycle.phase {
+            bramble_agent::runtime::lifecycle::Phase::Running { pid, .. } => Some((pid, s.lifecycle.restarts)),
+            _ => None,
+        }
     };
+    let (pid, restarts) = running().unwrap_or_else(|| panic!("{} is not running", r.meta.name));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let (pid, _) = wait_for("the first crash restarted at once", Duration::from_secs(5), || {
+        running().filter(|(_, n)| *n > restarts)
+    });
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
 }
 

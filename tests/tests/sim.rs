@@ -102,28 +102,32 @@ fn a_rolling_update_stays_within_surge_and_unavailability() {
 }
 
 #[test]
-fn a_crash_loop_backs_off_from_ten_seconds_to_five_minutes() {
+fn a_crash_restarts_at_once_and_a_crash_loop_backs_off_from_ten_seconds_to_five_minutes() {
     let mut sim = three_boards();
     sim.apply("[[app]]\nname = \"crash\"\nimage = \"reg/crash:1\"\n");
     sim.run_until(10, Sim::converged).expect("running");
     let r = sim.replicas("crash").remove(0);
     let board = r.node.clone().unwrap();
     let mut delays = Vec::new();
-    for _ in 0..7 {
+    for i in 0..7 {
         assert!(sim.crash(&board, &r.meta.name));
         let crashed = sim.now_ms();
         sim.step(Duration::from_millis(100));
-        assert_eq!(sim.replicas("crash")[0].phase, ReplicaPhase::Failed, "shown while it waits");
+        if i > 0 {
+            let shown = sim.replicas("crash").remove(0);
+            assert_eq!(shown.phase, ReplicaPhase::BackOff, "shown while it waits");
+            assert!(shown.restart_at_ms.is_some_and(|at| at > sim.now_ms()), "with when it restarts");
+        }
         sim.run_until(400, |s| s.replicas("crash")[0].phase == ReplicaPhase::Running).expect("restarted");
         delays.push((sim.now_ms() - crashed).div_ceil(1000));
     }
     // Restarts happen at the shim's time; the leader sees them at its next one-second tick.
-    assert_eq!(delays, [11, 21, 41, 81, 161, 301, 301], "10 s doubling to 5 min");
+    assert_eq!(delays, [1, 11, 21, 41, 81, 161, 301], "at once, then 10 s doubling to 5 min");
     let shown = sim.replicas("crash").remove(0);
     assert_eq!((shown.restarts, shown.exit_code), (7, Some(1)));
     assert_eq!(sim.calls()[&board], [Call::Start(r.meta.name.clone())], "the shim restarts; the agent does not");
     let backoffs = sim.ctx().events.filter(|e| e.reason == EventReason::BackOff).len();
-    assert_eq!(backoffs, 7);
+    assert_eq!(backoffs, 6, "no BackOff for the first, immediate restart");
 }
 
 #[test]

@@ -67,7 +67,7 @@ impl FakeContainers {
         let now = self.clock.now_ms();
         let mut g = self.state.lock().expect("fake lock");
         let Some(c) = g.containers.get_mut(id) else { return false };
-        let exit = Exit { code, signal: None, oom_killed: false, finished_ms: now };
+        let exit = Exit { code, signal: None, oom_killed: false, finished_ms: now, killed_by: None };
         c.lifecycle.exited(exit).is_ok()
     }
 
@@ -129,6 +129,8 @@ impl Containers for FakeContainers {
             boot_id: "sim".into(),
             lifecycle: c.lifecycle.clone(),
             stats: None,
+            ready: matches!(c.lifecycle.phase, Phase::Running { .. }),
+            probes: Vec::new(),
         })
     }
 

@@ -116,7 +116,7 @@ pub fn status(a: &Assignment, observed: &Observed, retry: Option<&Retry>) -> Rep
         };
         // Stable text (no countdown), so the report does not change every second.
         let reason = format!("{}; retrying in {}s", r.error, r.delay_ms / 1000);
-        return ReplicaStatus { reason, platform_miss, ..ReplicaStatus::new(name, ReplicaPhase::Failed) };
+        return ReplicaStatus { reason, platform_miss, ..ReplicaStatus::new(name, ReplicaPhase::BackOff) };
     }
     if let Some((done, total)) = observed.pulling.get(image) {
         let detail = format!("pulling {image}: {} of {}", human_bytes(*done), human_bytes(*total));
@@ -132,6 +132,8 @@ pub fn status_of(replica: &str, s: &ShimState) -> ReplicaStatus {
     let mut st = ReplicaStatus {
         restarts: l.restarts,
         container_id: Some(s.id.clone()),
+        ready: s.ready,
+        probes: s.probes.clone(),
         ..ReplicaStatus::new(replica, ReplicaPhase::Starting)
     };
     if let Some(last) = &l.last_exit {
@@ -145,32 +147,60 @@ pub fn status_of(replica: &str, s: &ShimState) -> ReplicaStatus {
             st.started_ms = Some(*started_ms);
         }
         Phase::BackingOff { until_ms, last } => {
-            st.phase = ReplicaPhase::Failed;
+            st.phase = ReplicaPhase::BackOff;
             st.exit_code = Some(last.code);
             st.finished_ms = Some(last.finished_ms);
-            // Stable text (no countdown), so that the report does not change every second.
+            st.restart_at_ms = Some(*until_ms);
+            // Stable text (no countdown: `restart_at_ms` says when), so that the report does not
+            // change every second.
             let secs = until_ms.saturating_sub(last.finished_ms).div_ceil(1000);
-            let how = if last.oom_killed { " (OOM killed)".to_string() } else { String::new() };
-            st.reason = format!("CrashLoopBackOff: exited with code {}{how}; back-off {secs}s", last.code);
+            st.reason = format!("{}; restarting after {secs}s", how_it_ended(last));
         }
         Phase::Exited { last, stopped } => {
             st.phase = if last.success() { ReplicaPhase::Succeeded } else { ReplicaPhase::Failed };
             st.exit_code = Some(last.code);
             st.finished_ms = Some(last.finished_ms);
-            st.reason = if *stopped { "stopped".into() } else { format!("exited with code {}", last.code) };
+            st.reason = if *stopped {
+                "stopped".into()
+            } else {
+                format!("{}; not restarted (restart policy)", how_it_ended(last))
+            };
         }
-        Phase::Failed { reason, .. } => {
-            st.phase = ReplicaPhase::Failed;
+        Phase::Failed { reason, until_ms } => {
+            st.phase = ReplicaPhase::BackOff;
+            st.restart_at_ms = Some(*until_ms);
             st.reason = format!("cannot start: {reason}");
         }
     }
     st
 }
 
+/// `exited with code 1`, `killed: liveness probe failed 3 times: …`, `OOM killed`.
+fn how_it_ended(last: &crate::runtime::lifecycle::Exit) -> String {
+    match &last.killed_by {
+        Some(why) => format!("killed: {why}"),
+        None if last.oom_killed => format!("exited with code {} (OOM killed)", last.code),
+        None => format!("exited with code {}", last.code),
+    }
+}
+
 /// The events a status change means (none the first time a replica is seen, but for its phase).
 pub fn transitions(old: Option<&ReplicaStatus>, new: &ReplicaStatus) -> Vec<(EventReason, String)> {
     let mut out = Vec::new();
     if let Some(o) = old {
+        // Probes: each failure in a row is Unhealthy (Kubernetes' event), a kill is Killing.
+        for p in &new.probes {
+            let before = o.probes.iter().find(|q| q.probe == p.probe);
+            if p.failures > before.map_or(0, |b| b.failures) {
+                out.push((EventReason::Unhealthy, format!("{} probe failed ({}): {}", p.probe, p.action, p.message)));
+            }
+            if p.kills > before.map_or(0, |b| b.kills) {
+                out.push((
+                    EventReason::Killing,
+                    format!("the container failed its {} probe and will be restarted", p.probe),
+                ));
+            }
+        }
         if new.restarts > o.restarts {
             out.push((EventReason::Restarted, format!("container restarted (restart {})", new.restarts)));
         }
@@ -181,7 +211,8 @@ pub fn transitions(old: Option<&ReplicaStatus>, new: &ReplicaStatus) -> Vec<(Eve
                 out.push((EventReason::Pulling, format!("pulling {}", new.detail.clone().unwrap_or_default())))
             }
             ReplicaPhase::Running => out.push((EventReason::Started, "container started".into())),
-            ReplicaPhase::Failed => out.push((EventReason::BackOff, new.reason.clone())),
+            ReplicaPhase::BackOff => out.push((EventReason::BackOff, new.reason.clone())),
+            ReplicaPhase::Failed => out.push((EventReason::Failed, new.reason.clone())),
             ReplicaPhase::Succeeded => out.push((EventReason::Completed, new.reason.clone())),
             _ => {}
         }

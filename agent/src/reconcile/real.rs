@@ -6,6 +6,7 @@ use crate::net::node::NetInput;
 use crate::net::pods::Pods;
 use crate::runtime::build::{container_config, with_network, AppOverrides};
 use crate::runtime::config::RestartPolicy;
+use crate::runtime::probe::{ProbeAction, ProbeConfig, ProbeKind};
 use crate::runtime::protocol::ShimState;
 use crate::runtime::Runtime;
 use bramble_images::pull::{self, PullError, PullPolicy, Puller};
@@ -51,7 +52,41 @@ fn overrides(a: &Assignment) -> AppOverrides {
             AppRestart::OnFailure => RestartPolicy::OnFailure,
             AppRestart::Never => RestartPolicy::Never,
         },
+        stop_grace_ms: s.stop_grace().as_millis() as u64,
+        stop_signal: s.stop_signal.unwrap_or_default().0,
+        probes: probes(s),
     }
+}
+
+/// The app's probes, resolved for the shim (ports as numbers; the manifest checked they exist).
+fn probes(s: &bramble_proto::manifest::AppSpec) -> Vec<ProbeConfig> {
+    let kinds = [
+        (ProbeKind::Startup, &s.probes.startup),
+        (ProbeKind::Liveness, &s.probes.liveness),
+        (ProbeKind::Readiness, &s.probes.readiness),
+    ];
+    kinds
+        .into_iter()
+        .filter_map(|(kind, p)| {
+            let p = p.as_ref()?;
+            let action = if let Some(args) = &p.exec {
+                ProbeAction::Exec { args: args.clone() }
+            } else if let Some(h) = &p.http {
+                ProbeAction::Http { port: s.tcp_port(&h.port).ok()?, path: h.path.clone() }
+            } else {
+                ProbeAction::Tcp { port: s.tcp_port(&p.tcp.as_ref()?.port).ok()? }
+            };
+            Some(ProbeConfig {
+                kind,
+                action,
+                initial_delay_ms: p.initial_delay().as_millis() as u64,
+                period_ms: p.period().as_millis() as u64,
+                timeout_ms: p.timeout().as_millis() as u64,
+                failure_threshold: p.failure_threshold(),
+                success_threshold: p.success_threshold(),
+            })
+        })
+        .collect()
 }
 
 impl Containers for ShimContainers {
@@ -83,7 +118,7 @@ impl Containers for ShimContainers {
                 let _ = self.roots.remove(id);
                 ReconcileError::Config(e)
             })?;
-        let cc = with_network(cc, &net.netns, &net.resolv_conf, &net.hosts);
+        let cc = with_network(cc, net.ip, &net.netns, &net.resolv_conf, &net.hosts);
         if let Err(e) = self.runtime.create(&cc) {
             let _ = self.runtime.remove(id, REMOVE_TIMEOUT);
             let _ = self.roots.remove(id);

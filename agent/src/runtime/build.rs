@@ -3,13 +3,14 @@
 //! `/etc/passwd` and `/etc/group` (read without following a symlink out of the root filesystem).
 
 use super::config::{ContainerConfig, FileMount, LogConfig, RestartPolicy, DEFAULT_PIDS_LIMIT};
+use super::probe::ProbeConfig;
 use super::resolve;
 use bramble_images::oci::RunConfig;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// What an app asks of one container (the parts of `AppSpec` the runtime needs).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AppOverrides {
     pub command: Vec<String>,
     pub args: Vec<String>,
@@ -20,6 +21,28 @@ pub struct AppOverrides {
     pub memory_bytes: Option<u64>,
     pub readonly_rootfs: bool,
     pub restart: RestartPolicy,
+    pub stop_grace_ms: u64,
+    pub stop_signal: i32,
+    pub probes: Vec<ProbeConfig>,
+}
+
+impl Default for AppOverrides {
+    fn default() -> Self {
+        AppOverrides {
+            command: Vec::new(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            workdir: None,
+            user: None,
+            cpu_millis: None,
+            memory_bytes: None,
+            readonly_rootfs: false,
+            restart: RestartPolicy::default(),
+            stop_grace_ms: 10_000,
+            stop_signal: libc::SIGTERM,
+            probes: Vec::new(),
+        }
+    }
 }
 
 /// Reads a small file inside `rootfs` without following symlinks anywhere on the way.
@@ -69,17 +92,27 @@ pub fn container_config(
         memory_bytes: app.memory_bytes,
         pids_limit: DEFAULT_PIDS_LIMIT,
         restart: app.restart,
-        stop_grace_ms: 10_000,
+        stop_grace_ms: app.stop_grace_ms,
         backoff_base_ms: None,
         log: LogConfig { path: log_dir.join(format!("{id}.log")), max_bytes: 10 << 20, max_files: 2 },
         netns: None,
         files: Vec::new(),
+        ip: None,
+        stop_signal: app.stop_signal,
+        probes: app.probes.clone(),
     })
 }
 
 /// `config` in a pod network: its namespace, and its resolv.conf and hosts over the image's.
-pub fn with_network(mut config: ContainerConfig, netns: &Path, resolv_conf: &Path, hosts: &Path) -> ContainerConfig {
+pub fn with_network(
+    mut config: ContainerConfig,
+    ip: std::net::Ipv4Addr,
+    netns: &Path,
+    resolv_conf: &Path,
+    hosts: &Path,
+) -> ContainerConfig {
     config.netns = Some(netns.to_path_buf());
+    config.ip = Some(ip);
     config.files = vec![
         FileMount { source: resolv_conf.to_path_buf(), destination: "/etc/resolv.conf".into() },
         FileMount { source: hosts.to_path_buf(), destination: "/etc/hosts".into() },

@@ -60,6 +60,19 @@ pub struct ContainerConfig {
     /// Files of the host mounted into the container (its resolv.conf, hosts), read-only.
     #[serde(default)]
     pub files: Vec<FileMount>,
+    /// The pod's address (http and tcp probes connect to it).
+    #[serde(default)]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// The signal that asks the container to stop (SIGKILL follows after `stop_grace_ms`).
+    #[serde(default = "sigterm")]
+    pub stop_signal: i32,
+    /// Startup, liveness and readiness probes, run by the shim.
+    #[serde(default)]
+    pub probes: Vec<super::probe::ProbeConfig>,
+}
+
+fn sigterm() -> i32 {
+    libc::SIGTERM
 }
 
 /// A host file seen at `destination` inside the container, read-only.

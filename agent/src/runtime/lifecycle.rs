@@ -1,18 +1,22 @@
 //! A container's lifecycle as the shim runs it: an enum with guarded transitions, persisted, and
-//! the restart decision with Kubernetes' backoff (10 s doubling to 5 min, reset after 10 min of
-//! running). Pure: time comes in as `now_ms`.
+//! the restart decision: the first restart after a crash is immediate; crashes that repeat wait
+//! as Kubernetes' backoff does (10 s doubling to 5 min), reset after 10 min of running. Pure: time
+//! comes in as `now_ms`.
 
 use super::config::RestartPolicy;
 use serde::{Deserialize, Serialize};
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exit {
     /// The exit code, or 128 + signal when killed by one.
     pub code: i32,
     pub signal: Option<i32>,
     pub oom_killed: bool,
     pub finished_ms: u64,
+    /// Why Bramble killed it, if it did (a failing liveness or startup probe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub killed_by: Option<String>,
 }
 
 impl Exit {
@@ -65,7 +69,7 @@ impl Default for BackoffPolicy {
 pub struct Lifecycle {
     pub phase: Phase,
     pub restarts: u32,
-    /// The delay the next backoff will use.
+    /// The delay the next restart waits (0 after a long run: the first restart is immediate).
     pub next_backoff_ms: u64,
     pub policy: RestartPolicy,
     pub backoff: BackoffPolicy,
@@ -100,7 +104,7 @@ impl Lifecycle {
         Lifecycle {
             phase: Phase::Starting,
             restarts: 0,
-            next_backoff_ms: backoff.base_ms,
+            next_backoff_ms: 0,
             policy,
             backoff,
             stopping: false,
@@ -141,16 +145,16 @@ impl Lifecycle {
 
     fn take_backoff(&mut self) -> u64 {
         let d = self.next_backoff_ms;
-        self.next_backoff_ms = (d * 2).min(self.backoff.cap_ms);
+        self.next_backoff_ms = if d == 0 { self.backoff.base_ms } else { (d * 2).min(self.backoff.cap_ms) };
         d
     }
 
     /// The running container exited; decides whether and when it restarts.
     pub fn exited(&mut self, exit: Exit) -> Result<(), BadTransition> {
         let Phase::Running { started_ms, .. } = self.phase else { return Err(self.bad("record the exit of")) };
-        self.last_exit = Some(exit);
+        self.last_exit = Some(exit.clone());
         if exit.finished_ms.saturating_sub(started_ms) >= self.backoff.reset_after_ms {
-            self.next_backoff_ms = self.backoff.base_ms;
+            self.next_backoff_ms = 0;
         }
         let restart = !self.stopping
             && match self.policy {
@@ -171,10 +175,10 @@ impl Lifecycle {
     pub fn stop(&mut self) {
         self.stopping = true;
         match &self.phase {
-            Phase::BackingOff { last, .. } => self.phase = Phase::Exited { last: *last, stopped: true },
+            Phase::BackingOff { last, .. } => self.phase = Phase::Exited { last: last.clone(), stopped: true },
             Phase::Failed { .. } | Phase::Starting => {
                 self.phase = Phase::Exited {
-                    last: Exit { code: 0, signal: None, oom_killed: false, finished_ms: 0 },
+                    last: Exit { code: 0, signal: None, oom_killed: false, finished_ms: 0, killed_by: None },
                     stopped: true,
                 }
             }
@@ -196,7 +200,7 @@ mod tests {
     use super::*;
 
     fn exit(code: i32, at: u64) -> Exit {
-        Exit { code, signal: None, oom_killed: false, finished_ms: at }
+        Exit { code, signal: None, oom_killed: false, finished_ms: at, killed_by: None }
     }
 
     #[test]
@@ -213,12 +217,15 @@ mod tests {
             assert!(!l.can_start(until - 1), "not before the backoff ends");
             now = until;
         }
-        assert_eq!(delays, [10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(delays, [0, 10, 20, 40, 80, 160, 300], "the first restart at once, then backing off");
         assert_eq!(l.restarts, 6);
         l.started(1, now).unwrap();
         now += 600_000;
         l.exited(exit(1, now)).unwrap();
-        assert_eq!(l.wake_at().unwrap() - now, 10_000, "ten minutes of running reset the backoff");
+        assert_eq!(l.wake_at().unwrap() - now, 0, "ten minutes of running reset the backoff");
+        l.started(1, now).unwrap();
+        l.exited(exit(1, now + 5)).unwrap();
+        assert_eq!(l.wake_at().unwrap() - (now + 5), 10_000, "a second crash in a row waits");
     }
 
     #[test]
@@ -229,7 +236,7 @@ mod tests {
         assert!(matches!(l.phase, Phase::Exited { stopped: false, .. }), "on-failure: success stays exited");
         let mut l = Lifecycle::new(RestartPolicy::OnFailure, BackoffPolicy::default());
         l.started(1, 0).unwrap();
-        l.exited(Exit { code: 137, signal: Some(9), oom_killed: true, finished_ms: 5 }).unwrap();
+        l.exited(Exit { code: 137, signal: Some(9), oom_killed: true, finished_ms: 5, killed_by: None }).unwrap();
         assert!(matches!(l.phase, Phase::BackingOff { .. }));
         let mut l = Lifecycle::new(RestartPolicy::Never, BackoffPolicy::default());
         l.started(1, 0).unwrap();

@@ -16,6 +16,7 @@ pub mod cgroups;
 pub mod config;
 pub mod lifecycle;
 pub mod logs;
+pub mod probe;
 pub mod protocol;
 pub mod resolve;
 pub mod shim;
@@ -140,7 +141,7 @@ impl Runtime {
 
     pub fn state(&self, id: &str) -> Result<ShimState, RuntimeError> {
         match self.call(id, &ShimRequest::State, REQUEST_TIMEOUT)? {
-            ShimResponse::State(s) => Ok(s),
+            ShimResponse::State(s) => Ok(*s),
             other => Err(RuntimeError::Shim { id: id.into(), message: format!("{other:?}") }),
         }
     }

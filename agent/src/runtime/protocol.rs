@@ -33,12 +33,18 @@ pub struct ShimState {
     pub lifecycle: Lifecycle,
     #[serde(default)]
     pub stats: Option<Stats>,
+    /// Running and passing its probes (see `probe::Tracker::ready`).
+    #[serde(default)]
+    pub ready: bool,
+    /// Each probe's latest result (live only: not written to state.json on every result).
+    #[serde(default)]
+    pub probes: Vec<bramble_proto::wire::ProbeStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum ShimResponse {
-    State(ShimState),
+    State(Box<ShimState>),
     Ok,
     Exec { exit_code: i32, output: String, timed_out: bool },
     Error { message: String },

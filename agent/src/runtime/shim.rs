@@ -2,17 +2,19 @@
 //!
 //! It is the container's parent and sub-reaper. It creates and starts the container with
 //! libcontainer, copies its output into a capped log file, waits for it, records how it ended
-//! (exit code, signal, OOM kill), restarts it by its policy with backoff, runs execs, and answers
-//! the agent on a unix socket. It outlives the agent: `kill -9` of the agent touches no container.
+//! (exit code, signal, OOM kill), restarts it by its policy with backoff, runs its probes and
+//! execs, and answers the agent on a unix socket. It outlives the agent: `kill -9` of the agent
+//! touches no container, and probes keep running.
 //!
 //! One `poll(2)` loop over: the socket, clients, the container's stdout/stderr pipes, exec output
-//! pipes, and a signalfd for SIGCHLD/SIGTERM. SIGCHLD and SIGTERM are blocked except while
+//! pipes, probe sockets, and a signalfd for SIGCHLD/SIGTERM. SIGCHLD and SIGTERM are blocked except while
 //! libcontainer forks, so containers never inherit a blocked mask.
 
 use super::cgroups::CgroupFs;
 use super::config::ContainerConfig;
 use super::lifecycle::{BackoffPolicy, Exit, Lifecycle, Phase};
 use super::logs::LogWriter;
+use super::probe::{NetAttempt, ProbeAction, Step, Tracker, Verdict};
 use super::protocol::{boot_id, ShimRequest, ShimResponse, ShimState, MAX_EXEC_OUTPUT};
 use super::{spec, ContainerDir};
 use bramble_proto::time::now_ms;
@@ -50,15 +52,20 @@ fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> ShimError {
     move |source| ShimError::Sys { what, source }
 }
 
-/// A running exec.
+/// A running exec: for a client, or an exec probe.
 struct Exec {
     pid: Pid,
     output: OwnedFd,
     buf: Vec<u8>,
-    client: UnixStream,
+    owner: ExecOwner,
     deadline_ms: u64,
     status: Option<i32>,
     timed_out: bool,
+}
+
+enum ExecOwner {
+    Client(UnixStream),
+    Probe(usize),
 }
 
 struct Shim {
@@ -75,6 +82,10 @@ struct Shim {
     execs: Vec<Exec>,
     clients: HashMap<i32, (UnixStream, Vec<u8>)>,
     boot_id: String,
+    probes: Tracker,
+    net_probes: Vec<NetAttempt>,
+    /// Why the running container is being killed by a probe.
+    killing_for: Option<String>,
 }
 
 fn blocked() -> SigSet {
@@ -105,6 +116,7 @@ pub fn main(dir: ContainerDir) -> Result<(), ShimError> {
     let log = LogWriter::open(config.log.path.clone(), config.log.max_bytes, config.log.max_files)
         .map_err(io("open the log"))?;
     let backoff = BackoffPolicy { base_ms: config.backoff_base_ms.unwrap_or(10_000), ..Default::default() };
+    let config_probes = config.probes.clone();
     let mut shim = Shim {
         lifecycle: Lifecycle::new(config.restart, backoff),
         dir,
@@ -118,6 +130,9 @@ pub fn main(dir: ContainerDir) -> Result<(), ShimError> {
         execs: Vec::new(),
         clients: HashMap::new(),
         boot_id: boot_id(),
+        probes: Tracker::new(&config_probes),
+        net_probes: Vec::new(),
+        killing_for: None,
     };
     let _ = std::fs::remove_file(shim.dir.socket());
     let listener = UnixListener::bind(shim.dir.socket()).map_err(io("bind the shim socket"))?;
@@ -148,6 +163,8 @@ impl Shim {
             boot_id: self.boot_id.clone(),
             lifecycle: self.lifecycle.clone(),
             stats,
+            ready: self.probes.ready(self.running_pid().is_some() && self.killing_for.is_none()),
+            probes: self.probes.statuses(),
         }
     }
 
@@ -174,13 +191,15 @@ impl Shim {
                 }
             }
             self.expire_execs(now);
+            self.run_probes(now);
             if self.removing && self.running_pid().is_none() && self.execs.is_empty() {
                 return self.finish_removal();
             }
-            let mut wake = [self.lifecycle.wake_at(), self.kill_at_ms]
+            let mut wake = [self.lifecycle.wake_at(), self.kill_at_ms, self.probes.next_due()]
                 .into_iter()
                 .flatten()
                 .chain(self.execs.iter().map(|e| e.deadline_ms))
+                .chain(self.net_probes.iter().map(|a| a.deadline_ms))
                 .min();
             if self.stdout.is_some() || self.stderr.is_some() {
                 wake = Some(wake.unwrap_or(u64::MAX).min(now + 1000));
@@ -199,8 +218,10 @@ impl Shim {
                     Ready::Output(stream) => self.drain(stream),
                     Ready::ExecOutput(i) => self.drain_exec(i),
                     Ready::Client(fd) => self.read_client(fd),
+                    Ready::Probe(i) => self.advance_probe(i),
                 }
             }
+            self.finish_net_probes();
             self.reap();
         }
     }
@@ -223,6 +244,11 @@ impl Shim {
             fds.push(PollFd::new(stream.as_fd(), PollFlags::POLLIN));
             kinds.push(Ready::Client(*fd));
         }
+        for (i, a) in self.net_probes.iter().enumerate() {
+            let flags = if a.interest() == Step::WantWrite { PollFlags::POLLOUT } else { PollFlags::POLLIN };
+            fds.push(PollFd::new(a.stream.as_fd(), flags));
+            kinds.push(Ready::Probe(i));
+        }
         match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::Error::EINTR) => {}
             Err(e) => return Err(ShimError::Sys { what: "poll".into(), source: e }),
@@ -238,7 +264,9 @@ impl Shim {
     fn start(&mut self) {
         match self.create_and_start() {
             Ok(pid) => {
-                let _ = self.lifecycle.started(pid.as_raw(), now_ms());
+                let now = now_ms();
+                let _ = self.lifecycle.started(pid.as_raw(), now);
+                self.probes.container_started(now);
                 tracing::info!(id = %self.config.id, pid = pid.as_raw(), "container started");
             }
             Err(reason) => {
@@ -295,11 +323,81 @@ impl Shim {
 
     fn stop(&mut self, grace_ms: u64) {
         self.lifecycle.stop();
-        if let Some(pid) = self.running_pid() {
-            let _ = kill(pid, Signal::SIGTERM);
-            self.kill_at_ms = Some(now_ms() + grace_ms);
-        }
+        self.signal_stop(grace_ms);
         self.persist();
+    }
+
+    /// The app's stop signal now, SIGKILL after `grace_ms` if it still runs.
+    fn signal_stop(&mut self, grace_ms: u64) {
+        if let Some(pid) = self.running_pid() {
+            let sig = Signal::try_from(self.config.stop_signal).unwrap_or(Signal::SIGTERM);
+            let _ = kill(pid, sig);
+            let at = now_ms() + grace_ms;
+            self.kill_at_ms = Some(self.kill_at_ms.map_or(at, |k| k.min(at)));
+        }
+    }
+
+    /// Starts every probe that is due; results come back through `record_probe`.
+    fn run_probes(&mut self, now: u64) {
+        if self.running_pid().is_none() || self.killing_for.is_some() || self.lifecycle.stopping {
+            return;
+        }
+        for (i, probe) in self.probes.take_due(now) {
+            let deadline = now + probe.timeout_ms.max(1);
+            let started = match &probe.action {
+                ProbeAction::Exec { args } => {
+                    self.exec(args.clone(), Vec::new(), probe.timeout_ms, ExecOwner::Probe(i))
+                }
+                action => match self.config.ip {
+                    None => Err("the replica has no address".to_string()),
+                    Some(ip) => NetAttempt::start(i, ip, action, deadline).map(|a| self.net_probes.push(a)),
+                },
+            };
+            if let Err(message) = started {
+                self.record_probe(i, false, &message);
+            }
+        }
+    }
+
+    fn advance_probe(&mut self, i: usize) {
+        let Some(a) = self.net_probes.get_mut(i) else { return };
+        if let Step::Done(ok, message) = a.advance() {
+            // Recorded (and removed) in `finish_net_probes`, after every ready one has moved.
+            a.deadline_ms = 0;
+            a.result = Some((ok, message));
+        }
+    }
+
+    /// Records finished and timed-out network probes.
+    fn finish_net_probes(&mut self) {
+        let now = now_ms();
+        let mut done = Vec::new();
+        self.net_probes.retain_mut(|a| {
+            let result = match a.result.take() {
+                Some(r) => Some(r),
+                None if now >= a.deadline_ms => Some((false, "timed out".to_string())),
+                None => None,
+            };
+            match result {
+                Some((ok, message)) => {
+                    done.push((a.probe, ok, message));
+                    false
+                }
+                None => true,
+            }
+        });
+        for (i, ok, message) in done {
+            self.record_probe(i, ok, &message);
+        }
+    }
+
+    fn record_probe(&mut self, i: usize, ok: bool, message: &str) {
+        if let Verdict::Kill(why) = self.probes.record(i, ok, message, now_ms()) {
+            tracing::info!(id = %self.config.id, "{why}: killing the container");
+            let _ = self.log.write(1, format!("bramble: {why}; stopping the container\n").as_bytes());
+            self.killing_for = Some(why);
+            self.signal_stop(self.config.stop_grace_ms);
+        }
     }
 
     /// Collects every child that ended: the container, execs, strays.
@@ -337,9 +435,11 @@ impl Shim {
                 tracing::warn!("cannot delete the container: {e}");
             }
         }
-        let exit = Exit { code, signal, oom_killed, finished_ms: now_ms() };
+        let exit = Exit { code, signal, oom_killed, finished_ms: now_ms(), killed_by: self.killing_for.take() };
         tracing::info!(id = %self.config.id, code, ?signal, oom_killed, "container exited");
         let _ = self.lifecycle.exited(exit);
+        self.probes.container_stopped();
+        self.net_probes.clear();
         self.kill_at_ms = None;
         self.persist();
     }
@@ -395,7 +495,11 @@ impl Shim {
         let _ = stream.set_nonblocking(false);
         let response = match serde_json::from_slice::<ShimRequest>(&line) {
             Ok(ShimRequest::Exec { args, env, timeout_ms }) => {
-                match self.exec(args, env, timeout_ms, stream.try_clone()) {
+                let started = match stream.try_clone() {
+                    Ok(client) => self.exec(args, env, timeout_ms, ExecOwner::Client(client)),
+                    Err(e) => Err(e.to_string()),
+                };
+                match started {
                     Ok(()) => return, // answered when it ends
                     Err(message) => ShimResponse::Error { message },
                 }
@@ -408,7 +512,7 @@ impl Shim {
 
     fn handle(&mut self, req: ShimRequest) -> ShimResponse {
         match req {
-            ShimRequest::State => ShimResponse::State(self.state(true)),
+            ShimRequest::State => ShimResponse::State(Box::new(self.state(true))),
             ShimRequest::Stop { grace_ms } => {
                 self.stop(grace_ms.unwrap_or(self.config.stop_grace_ms));
                 ShimResponse::Ok
@@ -430,14 +534,7 @@ impl Shim {
         }
     }
 
-    fn exec(
-        &mut self,
-        args: Vec<String>,
-        env: Vec<String>,
-        timeout_ms: u64,
-        client: std::io::Result<UnixStream>,
-    ) -> Result<(), String> {
-        let client = client.map_err(|e| e.to_string())?;
+    fn exec(&mut self, args: Vec<String>, env: Vec<String>, timeout_ms: u64, owner: ExecOwner) -> Result<(), String> {
         if self.running_pid().is_none() {
             return Err("the container is not running".into());
         }
@@ -460,7 +557,7 @@ impl Shim {
             pid,
             output: r,
             buf: Vec::new(),
-            client,
+            owner,
             deadline_ms: now_ms() + timeout_ms.max(1),
             status: None,
             timed_out: false,
@@ -494,9 +591,25 @@ impl Shim {
         while i < self.execs.len() {
             if let Some(code) = self.execs[i].status {
                 self.drain_exec(i);
-                let mut e = self.execs.remove(i);
+                let e = self.execs.remove(i);
                 let output = String::from_utf8_lossy(&e.buf).into_owned();
-                respond(&mut e.client, &ShimResponse::Exec { exit_code: code, output, timed_out: e.timed_out });
+                match e.owner {
+                    ExecOwner::Client(mut client) => {
+                        respond(&mut client, &ShimResponse::Exec { exit_code: code, output, timed_out: e.timed_out })
+                    }
+                    ExecOwner::Probe(p) => {
+                        let message = if e.timed_out {
+                            "timed out".to_string()
+                        } else {
+                            let first = output.lines().next().unwrap_or("").chars().take(200).collect::<String>();
+                            format!(
+                                "exit code {code}{}",
+                                if first.is_empty() { String::new() } else { format!(": {first}") }
+                            )
+                        };
+                        self.record_probe(p, code == 0 && !e.timed_out, &message);
+                    }
+                }
             } else {
                 i += 1;
             }
@@ -521,6 +634,7 @@ enum Ready {
     Output(usize),
     ExecOutput(usize),
     Client(i32),
+    Probe(usize),
 }
 
 fn respond(stream: &mut UnixStream, r: &ShimResponse) {

@@ -142,6 +142,9 @@ mod tests {
                 source: "/run/pods/web-1/resolv.conf".into(),
                 destination: "/etc/resolv.conf".into(),
             }],
+            ip: None,
+            stop_signal: 15,
+            probes: Vec::new(),
         }
     }
 

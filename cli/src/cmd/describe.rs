@@ -117,7 +117,13 @@ async fn app(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let _ = writeln!(s, "Image:       {}", spec.image);
     let _ = writeln!(s, "Generation:  {}", app.meta.generation);
     let running = replicas.iter().filter(|r| r.phase == ReplicaPhase::Running).count();
-    let _ = writeln!(s, "Replicas:    {} desired, {} existing, {running} running", spec.replicas.0, replicas.len());
+    let ready = replicas.iter().filter(|r| r.serving()).count();
+    let _ = writeln!(
+        s,
+        "Replicas:    {} desired, {} existing, {running} running, {ready} ready",
+        spec.replicas.0,
+        replicas.len()
+    );
     if !spec.command.is_empty() || !spec.args.is_empty() {
         let _ = writeln!(s, "Command:     {:?} {:?}", spec.command, spec.args);
     }
@@ -135,10 +141,11 @@ async fn app(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     for r in &replicas {
         let _ = writeln!(
             s,
-            "  {:<32} {:<12} {:<10} restarts {}{}",
+            "  {:<32} {:<12} {:<4} {:<12} restarts {}{}",
             r.meta.name,
             r.node.as_deref().unwrap_or("<none>"),
-            format!("{:?}", r.phase),
+            super::ready(r),
+            super::phase(r),
             r.restarts,
             if r.reason.is_empty() { String::new() } else { format!("  ({})", r.reason) }
         );
@@ -149,12 +156,13 @@ async fn app(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
 }
 
 async fn replica(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
-    let (r, detail, events) = match request(config, Request::GetReplica { name: args.name }).await? {
-        Response::Replica { replica, detail, events } => (replica, detail, events),
+    let (r, detail, probes, events) = match request(config, Request::GetReplica { name: args.name }).await? {
+        Response::Replica { replica, detail, probes, events } => (replica, detail, probes, events),
         r => return Err(unexpected(&r)),
     };
     if args.output == Format::Json {
-        print!("{}", json(&serde_json::json!({ "replica": r, "detail": detail, "events": events })));
+        let all = serde_json::json!({ "replica": r, "detail": detail, "probes": probes, "events": events });
+        print!("{}", json(&all));
         return Ok(());
     }
     let mut s = String::new();
@@ -162,9 +170,22 @@ async fn replica(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let _ = writeln!(s, "App:         {} (revision {})", r.app, r.revision_hash);
     let _ = writeln!(s, "Node:        {}", r.node.as_deref().unwrap_or("<none>"));
     let _ = writeln!(s, "IP:          {}", r.ip.map_or("<none>".into(), |ip| ip.to_string()));
-    let _ = writeln!(s, "Phase:       {:?}", r.phase);
+    let _ = writeln!(s, "Phase:       {}", super::phase(&r));
+    let _ = writeln!(s, "Ready:       {}", if r.serving() { "yes" } else { "no" });
     if !r.reason.is_empty() {
         let _ = writeln!(s, "Reason:      {}", r.reason);
+    }
+    if !probes.is_empty() {
+        let _ = writeln!(s, "Probes:");
+        for p in &probes {
+            let result = match p.ok {
+                None => "not run yet".to_string(),
+                Some(true) => "success".to_string(),
+                Some(false) => format!("failure ({} in a row): {}", p.failures, p.message),
+            };
+            let kills = if p.kills > 0 { format!("; killed the container {} times", p.kills) } else { String::new() };
+            let _ = writeln!(s, "  {:<10} {:<24} {result}{kills}", p.probe, p.action);
+        }
     }
     if let Some(d) = &detail {
         let _ = writeln!(s, "Progress:    {d}");

@@ -48,7 +48,7 @@ async fn replicas(config: Option<PathBuf>, app: Option<String>, output: Format) 
         return Ok(());
     }
     let wide = output == Format::Wide;
-    let mut header = vec!["NAME", "APP", "NODE", "PHASE", "RESTARTS", "AGE"];
+    let mut header = vec!["NAME", "APP", "NODE", "READY", "PHASE", "RESTARTS", "AGE"];
     if wide {
         header.extend(["IP", "REVISION", "EXIT", "REASON"]);
     }
@@ -59,7 +59,8 @@ async fn replicas(config: Option<PathBuf>, app: Option<String>, output: Format) 
                 r.meta.name.clone(),
                 r.app.clone(),
                 r.node.clone().unwrap_or_else(|| "<none>".into()),
-                format!("{:?}", r.phase),
+                super::ready(r).into(),
+                super::phase(r),
                 r.restarts.to_string(),
                 super::age(r.meta.created_ms),
             ];
@@ -92,20 +93,18 @@ async fn apps(config: Option<PathBuf>, output: Format) -> Result<(), CliError> {
     let rows: Vec<Vec<String>> = apps
         .iter()
         .map(|a| {
-            let running = replicas
-                .iter()
-                .filter(|r| r.app == a.meta.name && r.phase == bramble_proto::model::ReplicaPhase::Running)
-                .count();
+            let mine: Vec<_> = replicas.iter().filter(|r| r.app == a.meta.name).collect();
+            let ready = mine.iter().filter(|r| r.serving()).count();
             vec![
                 a.meta.name.clone(),
-                format!("{running}/{}", a.spec.replicas.0),
+                format!("{ready}/{}", a.spec.replicas.0),
                 a.spec.image.to_string(),
                 a.meta.generation.to_string(),
                 super::age(a.meta.created_ms),
             ]
         })
         .collect();
-    print!("{}", table(&["NAME", "RUNNING", "IMAGE", "GENERATION", "AGE"], &rows));
+    print!("{}", table(&["NAME", "READY", "IMAGE", "GENERATION", "AGE"], &rows));
     Ok(())
 }
 

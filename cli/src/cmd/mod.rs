@@ -22,6 +22,30 @@ pub fn protocol(p: bramble_proto::manifest::Protocol) -> &'static str {
     }
 }
 
+/// A replica's phase as people read it: `Terminating` while it drains, `BackOff (8s)` with the
+/// time left before its restart.
+pub fn phase(r: &bramble_proto::model::Replica) -> String {
+    if r.terminating_ms.is_some() {
+        return "Terminating".into();
+    }
+    match (r.phase, r.restart_at_ms) {
+        (bramble_proto::model::ReplicaPhase::BackOff, Some(at)) => {
+            let left = std::time::Duration::from_millis(at.saturating_sub(now_ms()));
+            format!("BackOff ({})", bramble_proto::quantity::format_duration(left))
+        }
+        (p, _) => format!("{p:?}"),
+    }
+}
+
+/// `1/1` when the replica takes traffic, `0/1` when not (kubectl's READY).
+pub fn ready(r: &bramble_proto::model::Replica) -> &'static str {
+    if r.serving() {
+        "1/1"
+    } else {
+        "0/1"
+    }
+}
+
 /// Time since `ms`, kubectl style (`5m`, `3h12m`).
 pub fn age(ms: u64) -> String {
     if ms == 0 {

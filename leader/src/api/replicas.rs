@@ -27,8 +27,9 @@ impl Api {
     pub(super) fn describe_replica(&self, name: &str) -> Result<Response> {
         let replica = self.objects.load::<Replica>(name)?.value;
         let detail = self.observed.detail(name);
+        let probes = self.observed.probes(name);
         let events = self.events.about(&ObjectRef::replica(name));
-        Ok(Response::Replica { replica: Box::new(replica), detail, events })
+        Ok(Response::Replica { replica: Box::new(replica), detail, probes, events })
     }
 
     /// Sets an app's replica count (refused if `expect_generation` is given and the app moved on).

@@ -92,7 +92,7 @@ pub struct AppPlan {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Garbage {
     Replica {
-        replica: Replica,
+        replica: Box<Replica>,
         expect: u64,
     },
     Revision {
@@ -177,7 +177,8 @@ pub fn holds_node(r: &Replica) -> bool {
 }
 
 fn garbage(snapshot: &Snapshot) -> Vec<Garbage> {
-    let orphans = snapshot.orphans.iter().map(|v| Garbage::Replica { replica: v.value.clone(), expect: v.rev });
+    let orphans =
+        snapshot.orphans.iter().map(|v| Garbage::Replica { replica: Box::new(v.value.clone()), expect: v.rev });
     let with_replicas: BTreeSet<&str> = snapshot.orphans.iter().map(|v| v.value.app.as_str()).collect();
     let revisions = snapshot
         .orphan_revisions

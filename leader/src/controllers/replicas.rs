@@ -44,7 +44,7 @@ fn counts(r: &Replica, spec: &AppSpec, now_ms: u64) -> bool {
 fn deletion_rank(r: &Replica) -> (u8, std::cmp::Reverse<u64>) {
     let rank = match (r.node.is_none(), r.phase) {
         (true, _) => 0,
-        (_, ReplicaPhase::Lost | ReplicaPhase::Failed) => 1,
+        (_, ReplicaPhase::Lost | ReplicaPhase::Failed | ReplicaPhase::BackOff) => 1,
         (_, ReplicaPhase::Pending | ReplicaPhase::Pulling | ReplicaPhase::Starting) => 2,
         _ => 3,
     };

@@ -2,7 +2,7 @@
 //! them — the app's Running replicas that have an address (Ready ones once probes exist). Pure.
 
 use bramble_proto::manifest::AppSpec;
-use bramble_proto::model::{Replica, ReplicaPhase, Service};
+use bramble_proto::model::{Replica, Service};
 use bramble_proto::network::{Endpoint, RoutePort, ServiceRoute};
 use std::collections::BTreeMap;
 
@@ -41,7 +41,7 @@ pub fn routes<'a>(
                         replica: r.meta.name.clone(),
                         node: r.node.clone()?,
                         ip: r.ip?,
-                        ready: r.phase == ReplicaPhase::Running,
+                        ready: r.serving(),
                     })
                 })
                 .collect()
@@ -58,12 +58,14 @@ pub fn routes<'a>(
 mod tests {
     use super::*;
     use bramble_proto::manifest::parse_manifest;
-    use bramble_proto::model::ObjectMeta;
+    use bramble_proto::model::{ObjectMeta, ReplicaPhase};
 
     fn replica(name: &str, app: &str, phase: ReplicaPhase, ip: Option<&str>) -> Replica {
+        let ready = phase == ReplicaPhase::Running;
         Replica {
             node: Some("pi-1".into()),
             phase,
+            ready,
             ip: ip.map(|i| i.parse().unwrap()),
             ..Replica::new(app, name, "r", 0)
         }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::quantity::{Cpu, Memory};
+use std::time::Duration;
 
 const GOOD: &str = r#"
 [[app]]
@@ -352,4 +353,81 @@ fn a_service_of_an_app_elsewhere_is_not_checked_here() {
         "[[service]]\nname = \"s\"\napp = \"other\"\nports = [{ port = 80, target = \"http\" }]\n",
     )
     .unwrap();
+}
+
+const PORTS: &str = "[[app.ports]]\nname = \"http\"\ncontainer = 8080\n";
+
+#[test]
+fn probes_with_kubernetes_defaults_and_a_startup_probe() {
+    let text = app(&format!(
+        "{PORTS}[app.probes.startup]\nhttp = {{ port = \"http\", path = \"/up\" }}\nfailure_threshold = 30\n\
+         [app.probes.liveness]\ntcp = {{ port = 8080 }}\n[app.probes.readiness]\nexec = [\"cat\", \"/ready\"]\n"
+    ));
+    let m = parse_manifest("m.toml", &text).unwrap();
+    let a = &m.apps[0];
+    let startup = a.probes.startup.as_ref().unwrap();
+    assert_eq!(startup.port(a), Some(Ok(8080)));
+    assert_eq!((startup.failure_threshold(), startup.success_threshold()), (30, 1));
+    let live = a.probes.liveness.as_ref().unwrap();
+    assert_eq!((live.period(), live.timeout()), (PROBE_PERIOD, PROBE_TIMEOUT));
+    assert_eq!((live.failure_threshold(), live.initial_delay()), (3, Duration::ZERO));
+    assert_eq!(a.probes.readiness.as_ref().unwrap().port(a), None, "exec has no port");
+    assert_eq!(a.probes.each().map(|(k, _)| k).collect::<Vec<_>>(), ["startup", "liveness", "readiness"]);
+}
+
+#[test]
+fn a_probe_on_a_port_the_app_does_not_declare() {
+    let text = app(&format!("{PORTS}[app.probes.readiness]\nhttp = {{ port = 9090 }}\n"));
+    fails(
+        &text,
+        8,
+        17,
+        "app[0].probes.readiness.http.port",
+        "expected one of the app's TCP ports (declared: 8080 (http)), found port 9090",
+    );
+    let text = app(&format!("{PORTS}[app.probes.liveness]\ntcp = {{ port = \"metrics\" }}\n"));
+    fails(&text, 8, 16, "app[0].probes.liveness.tcp.port", "found a port named \"metrics\"");
+}
+
+#[test]
+fn a_probe_threshold_of_zero() {
+    let text = app(&format!("{PORTS}[app.probes.readiness]\ntcp = {{ port = 8080 }}\nfailure_threshold = 0\n"));
+    fails(&text, 9, 21, "app[0].probes.readiness.failure_threshold", "expected a count from 1 to 100, found 0");
+}
+
+#[test]
+fn a_probe_timeout_longer_than_its_period() {
+    let text =
+        app(&format!("{PORTS}[app.probes.readiness]\ntcp = {{ port = 8080 }}\nperiod = \"2s\"\ntimeout = \"5s\"\n"));
+    fails(&text, 10, 11, "app[0].probes.readiness.timeout", "no longer than the period (2s), found 5s");
+}
+
+#[test]
+fn only_readiness_may_ask_for_several_successes() {
+    let text = app(&format!("{PORTS}[app.probes.liveness]\ntcp = {{ port = 8080 }}\nsuccess_threshold = 2\n"));
+    fails(&text, 9, 21, "app[0].probes.liveness.success_threshold", "expected 1 for a liveness probe");
+}
+
+#[test]
+fn stop_signal_and_grace_and_rollout_settings() {
+    let text = app("stop_signal = \"SIGQUIT\"\nstop_grace = \"30s\"\nupdate = { min_ready = \"5s\", progress_deadline = \"2m\", auto_rollback = false }\n");
+    let a = parse_manifest("m.toml", &text).unwrap().apps.remove(0);
+    assert_eq!((a.stop_signal, a.stop_grace()), (Some(StopSignal(3)), Duration::from_secs(30)));
+    assert_eq!(a.update.min_ready(), Duration::from_secs(5));
+    assert_eq!(a.update.progress_deadline(), Duration::from_secs(120));
+    assert!(!a.update.auto_rollback());
+    let json = serde_json::to_string(&a).unwrap();
+    assert!(json.contains("\"stop_signal\":\"SIGQUIT\""), "{json}");
+    assert_eq!(serde_json::from_str::<AppSpec>(&json).unwrap(), a);
+    let d = parse_manifest("m.toml", &app("")).unwrap().apps.remove(0);
+    assert_eq!(
+        (d.stop_grace(), d.update.progress_deadline(), d.update.auto_rollback()),
+        (STOP_GRACE, PROGRESS_DEADLINE, true)
+    );
+    let json = serde_json::to_string(&d).unwrap();
+    assert!(
+        !json.contains("stop_") && !json.contains("startup") && !json.contains("min_ready"),
+        "unset fields stay out (revision hashes do not move): {json}"
+    );
+    fails(&app("stop_signal = \"SIGSTOP\"\n"), 4, 15, "app[0].stop_signal", "expected one of SIGHUP, SIGINT");
 }

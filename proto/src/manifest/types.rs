@@ -8,6 +8,7 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::time::Duration;
 
 /// The most replicas one app may ask for.
 pub const MAX_REPLICAS: u32 = 1000;
@@ -160,23 +161,34 @@ pub struct Placement {
     pub max_per_node: Option<Replicas>,
 }
 
+/// `GET path` on the replica's address; a 2xx or 3xx answer is a success (redirects are not
+/// followed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpProbe {
     #[serde(default = "root_path")]
     pub path: String,
-    pub port: Port,
+    /// One of the app's TCP ports: its number or its name.
+    pub port: PortTarget,
 }
 
 fn root_path() -> String {
     "/".to_string()
 }
 
+/// A TCP connection to the replica's address is accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcpProbe {
-    pub port: Port,
+    /// One of the app's TCP ports: its number or its name.
+    pub port: PortTarget,
 }
+
+/// Kubernetes' probe defaults.
+pub const PROBE_PERIOD: Duration = Duration::from_secs(10);
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+pub const PROBE_FAILURE_THRESHOLD: u32 = 3;
+pub const PROBE_SUCCESS_THRESHOLD: u32 = 1;
 
 /// A health check. Exactly one of `exec`, `http` and `tcp` is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +212,31 @@ pub struct Probe {
     pub success_threshold: Option<Threshold>,
 }
 
+impl Probe {
+    pub fn period(&self) -> Duration {
+        self.period.map_or(PROBE_PERIOD, |d| d.0)
+    }
+    pub fn timeout(&self) -> Duration {
+        self.timeout.map_or(PROBE_TIMEOUT, |d| d.0)
+    }
+    pub fn initial_delay(&self) -> Duration {
+        self.initial_delay.map_or(Duration::ZERO, |d| d.0)
+    }
+    pub fn failure_threshold(&self) -> u32 {
+        self.failure_threshold.map_or(PROBE_FAILURE_THRESHOLD, |t| t.0)
+    }
+    pub fn success_threshold(&self) -> u32 {
+        self.success_threshold.map_or(PROBE_SUCCESS_THRESHOLD, |t| t.0)
+    }
+    /// The port an http or tcp probe connects to, resolved against the app's ports.
+    pub fn port(&self, app: &AppSpec) -> Option<Result<u16, String>> {
+        let target = self.http.as_ref().map(|h| &h.port).or(self.tcp.as_ref().map(|t| &t.port))?;
+        Some(app.tcp_port(target))
+    }
+}
+
+/// Liveness restarts a container that fails it; readiness decides whether a replica receives
+/// traffic; a startup probe holds both back until it has passed once (for slow starters).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Probes {
@@ -207,6 +244,58 @@ pub struct Probes {
     pub liveness: Option<Probe>,
     #[serde(default)]
     pub readiness: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<Probe>,
+}
+
+impl Probes {
+    /// Each probe that is set, with its name.
+    pub fn each(&self) -> impl Iterator<Item = (&'static str, &Probe)> {
+        [("startup", &self.startup), ("liveness", &self.liveness), ("readiness", &self.readiness)]
+            .into_iter()
+            .filter_map(|(k, p)| Some((k, p.as_ref()?)))
+    }
+}
+
+/// A signal a container is stopped with: `SIGTERM`, `TERM`, `SIGQUIT`, `SIGINT`, …
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct StopSignal(pub i32);
+
+/// The signals a container may ask to be stopped with, by name and number.
+const STOP_SIGNALS: &[(&str, i32)] =
+    &[("HUP", 1), ("INT", 2), ("QUIT", 3), ("KILL", 9), ("USR1", 10), ("USR2", 12), ("TERM", 15), ("WINCH", 28)];
+
+impl StopSignal {
+    pub fn name(&self) -> &'static str {
+        STOP_SIGNALS.iter().find(|(_, n)| *n == self.0).map_or("TERM", |(s, _)| s)
+    }
+}
+
+impl Default for StopSignal {
+    fn default() -> Self {
+        StopSignal(15)
+    }
+}
+
+impl From<StopSignal> for String {
+    fn from(s: StopSignal) -> String {
+        format!("SIG{}", s.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for StopSignal {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let bare = s.strip_prefix("SIG").unwrap_or(&s);
+        match STOP_SIGNALS.iter().find(|(n, _)| *n == bare) {
+            Some((_, n)) => Ok(StopSignal(*n)),
+            None => {
+                let names: Vec<String> = STOP_SIGNALS.iter().map(|(n, _)| format!("SIG{n}")).collect();
+                Err(de::Error::custom(format!("expected one of {}, found {s:?}", names.join(", "))))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -218,6 +307,8 @@ pub enum RestartPolicy {
     Never,
 }
 
+/// How a new revision replaces the old one: new replicas first (at most `max_surge` above the
+/// count), old ones removed as new ones are ready (at most `max_unavailable` below it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateStrategy {
@@ -225,6 +316,31 @@ pub struct UpdateStrategy {
     pub max_surge: Step,
     #[serde(default)]
     pub max_unavailable: Step,
+    /// A new replica counts as available once it has been ready this long (default 0 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ready: Option<HumanDuration>,
+    /// A rollout that makes no progress for this long has failed (default 10 m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline: Option<HumanDuration>,
+    /// A failed rollout goes back to the previous revision (default true); otherwise it stops
+    /// where it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_rollback: Option<bool>,
+}
+
+/// The default progress deadline of a rollout.
+pub const PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
+
+impl UpdateStrategy {
+    pub fn min_ready(&self) -> Duration {
+        self.min_ready.map_or(Duration::ZERO, |d| d.0)
+    }
+    pub fn progress_deadline(&self) -> Duration {
+        self.progress_deadline.map_or(PROGRESS_DEADLINE, |d| d.0)
+    }
+    pub fn auto_rollback(&self) -> bool {
+        self.auto_rollback.unwrap_or(true)
+    }
 }
 
 fn one_step() -> Step {
@@ -233,7 +349,13 @@ fn one_step() -> Step {
 
 impl Default for UpdateStrategy {
     fn default() -> Self {
-        UpdateStrategy { max_surge: Step(1), max_unavailable: Step(0) }
+        UpdateStrategy {
+            max_surge: Step(1),
+            max_unavailable: Step(0),
+            min_ready: None,
+            progress_deadline: None,
+            auto_rollback: None,
+        }
     }
 }
 
@@ -276,6 +398,50 @@ pub struct AppSpec {
     /// How long a lost node's replicas wait before they are replaced elsewhere (default: at once).
     #[serde(default)]
     pub replace_after: Option<HumanDuration>,
+    /// Between the stop signal and SIGKILL (default 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace: Option<HumanDuration>,
+    /// The signal that asks the container to stop (default SIGTERM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<StopSignal>,
+    /// Set by `bramble rollout restart` (a time): a new revision of the same spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted_at: Option<String>,
+}
+
+/// The default grace period between the stop signal and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+impl AppSpec {
+    pub fn stop_grace(&self) -> Duration {
+        self.stop_grace.map_or(STOP_GRACE, |d| d.0)
+    }
+
+    /// One of the app's TCP ports by number or name, for probes.
+    pub fn tcp_port(&self, target: &PortTarget) -> Result<u16, String> {
+        let tcp = self.ports.iter().filter(|p| p.protocol == Protocol::Tcp);
+        let found = match target {
+            PortTarget::Number(n) => tcp.clone().find(|p| p.container == *n),
+            PortTarget::Name(n) => tcp.clone().find(|p| p.name.as_ref() == Some(n)),
+        };
+        match found {
+            Some(p) => Ok(p.container.0),
+            None => {
+                let have: Vec<String> = tcp
+                    .map(|p| match &p.name {
+                        Some(n) => format!("{} ({})", p.container.0, n.as_str()),
+                        None => p.container.0.to_string(),
+                    })
+                    .collect();
+                let have = if have.is_empty() { "none".to_string() } else { have.join(", ") };
+                let what = match target {
+                    PortTarget::Number(n) => format!("port {}", n.0),
+                    PortTarget::Name(n) => format!("a port named {:?}", n.as_str()),
+                };
+                Err(format!("expected one of the app's TCP ports (declared: {have}), found {what}"))
+            }
+        }
+    }
 }
 
 /// A problem that spans several fields, found after parsing.
@@ -347,8 +513,7 @@ impl AppSpec {
                 }
             }
         }
-        for (which, probe) in [("liveness", &self.probes.liveness), ("readiness", &self.probes.readiness)] {
-            let Some(probe) = probe else { continue };
+        for (which, probe) in self.probes.each() {
             let handlers = [probe.exec.is_some(), probe.http.is_some(), probe.tcp.is_some()];
             if handlers.iter().filter(|h| **h).count() != 1 {
                 out.push(Problem::new(
@@ -362,6 +527,32 @@ impl AppSpec {
                     "expected a command, found an empty list",
                 ));
             }
+            if let Some(Err(e)) = probe.port(self) {
+                let how = if probe.http.is_some() { "http" } else { "tcp" };
+                out.push(Problem::new(vec![Key("probes"), Key(which), Key(how), Key("port")], e));
+            }
+            if probe.timeout() > probe.period() {
+                out.push(Problem::new(
+                    vec![Key("probes"), Key(which), Key("timeout")],
+                    format!(
+                        "expected a timeout no longer than the period ({}), found {}",
+                        HumanDuration(probe.period()),
+                        HumanDuration(probe.timeout())
+                    ),
+                ));
+            }
+            if which != "readiness" && probe.success_threshold() != 1 {
+                out.push(Problem::new(
+                    vec![Key("probes"), Key(which), Key("success_threshold")],
+                    format!("expected 1 for a {which} probe (only readiness may ask for more)"),
+                ));
+            }
+            if probe.period().is_zero() {
+                out.push(Problem::new(vec![Key("probes"), Key(which), Key("period")], "expected more than 0s"));
+            }
+        }
+        if self.update.progress_deadline.is_some_and(|d| d.0.is_zero()) {
+            out.push(Problem::new(vec![Key("update"), Key("progress_deadline")], "expected more than 0s"));
         }
         for (i, t) in self.placement.tolerations.iter().enumerate() {
             if t.operator == TolerationOperator::Exists && t.value.is_some() {

@@ -25,7 +25,15 @@ fn desired(list: &[(&str, &str)]) -> Desired {
 fn running(id: &str, pid: i32) -> ShimState {
     let mut l = Lifecycle::new(crate::runtime::config::RestartPolicy::Always, BackoffPolicy::default());
     l.started(pid, 5).unwrap();
-    ShimState { id: id.into(), shim_pid: 1, boot_id: "b".into(), lifecycle: l, stats: None }
+    ShimState {
+        id: id.into(),
+        shim_pid: 1,
+        boot_id: "b".into(),
+        lifecycle: l,
+        stats: None,
+        ready: true,
+        probes: Vec::new(),
+    }
 }
 
 #[test]
@@ -68,7 +76,7 @@ fn retries_wait_and_a_returning_replica_waits_for_its_old_container() {
     assert!(plan(Some(&d), &o, &retries, 1_999).is_empty(), "not before its time");
     assert_eq!(plan(Some(&d), &o, &retries, 2_000), [Action::Start { replica: "a-1".into() }]);
     let st = status(&d["a-1"], &o, retries.get("a-1"));
-    assert_eq!((st.phase, st.reason.as_str()), (ReplicaPhase::Failed, "no space; retrying in 1s"));
+    assert_eq!((st.phase, st.reason.as_str()), (ReplicaPhase::BackOff, "no space; retrying in 1s"));
     o.removing.insert("a-1".into());
     assert!(plan(Some(&d), &o, &Retries::new(), 0).is_empty());
     let delays: Vec<u64> = (0..8)
@@ -112,10 +120,36 @@ fn status_changes_become_events() {
     let old = s.clone();
     s.restarts = 1;
     assert_eq!(transitions(Some(&old), &s)[0].0, EventReason::Restarted);
+    let mut waiting = s.clone();
+    waiting.phase = ReplicaPhase::BackOff;
+    waiting.reason = "exited with code 1; restarting after 10s".into();
+    assert_eq!(transitions(Some(&s), &waiting), [(EventReason::BackOff, waiting.reason.clone())]);
     let mut failed = s.clone();
     failed.phase = ReplicaPhase::Failed;
-    failed.reason = "CrashLoopBackOff".into();
-    assert_eq!(transitions(Some(&s), &failed), [(EventReason::BackOff, "CrashLoopBackOff".into())]);
+    failed.reason = "exited with code 1; not restarted (restart policy)".into();
+    assert_eq!(transitions(Some(&s), &failed), [(EventReason::Failed, failed.reason.clone())]);
+    // Probes: a failure in a row is Unhealthy, a kill is Killing.
+    let probe = |failures, kills| bramble_proto::wire::ProbeStatus {
+        probe: "liveness".into(),
+        action: "http :8080/healthz".into(),
+        ok: Some(failures == 0),
+        failures,
+        message: "HTTP status 500".into(),
+        kills,
+    };
+    let mut a = s.clone();
+    a.probes = vec![probe(0, 0)];
+    let mut b = a.clone();
+    b.probes = vec![probe(1, 0)];
+    assert_eq!(
+        transitions(Some(&a), &b),
+        [(EventReason::Unhealthy, "liveness probe failed (http :8080/healthz): HTTP status 500".into())]
+    );
+    let mut c = b.clone();
+    c.probes = vec![probe(3, 1)];
+    let reasons: Vec<EventReason> = transitions(Some(&b), &c).into_iter().map(|(r, _)| r).collect();
+    assert_eq!(reasons, [EventReason::Unhealthy, EventReason::Killing]);
+    assert!(transitions(Some(&c), &c).is_empty(), "nothing new, no event");
 }
 
 #[test]
@@ -219,7 +253,7 @@ fn a_failed_pull_is_retried_with_backoff_and_a_platform_miss_goes_up() {
     }
     b.pass();
     let st = &b.r.statuses()["a-1"];
-    assert_eq!(st.phase, ReplicaPhase::Failed);
+    assert_eq!(st.phase, ReplicaPhase::BackOff);
     assert!(st.platform_miss.is_some() && st.reason.ends_with("retrying in 1s"), "{st:?}");
     assert!(b.pass().is_empty(), "waits for the retry");
     b.clock.advance(Duration::from_secs(1));
@@ -241,10 +275,14 @@ fn crashes_are_restarted_by_the_shim_with_backoff_and_reported() {
     b.pass();
     b.r.take_events();
     let mut delays = Vec::new();
-    for _ in 0..3 {
+    for i in 0..3 {
         assert!(b.containers.crash("a-1", 1));
         b.pass();
-        assert_eq!(b.phase("a-1"), ReplicaPhase::Failed);
+        if i > 0 {
+            let st = &b.r.statuses()["a-1"];
+            assert_eq!(st.phase, ReplicaPhase::BackOff, "a crash that repeats waits");
+            assert!(st.restart_at_ms.is_some() && st.reason.starts_with("exited with code 1; restarting after"));
+        }
         let mut waited = 0;
         while b.phase("a-1") != ReplicaPhase::Running {
             b.clock.advance(Duration::from_secs(1));
@@ -253,10 +291,10 @@ fn crashes_are_restarted_by_the_shim_with_backoff_and_reported() {
         }
         delays.push(waited);
     }
-    assert_eq!(delays, [10, 20, 40], "10 s doubling");
+    assert_eq!(delays, [0, 10, 20], "the first restart at once, then 10 s doubling");
     assert_eq!(b.r.statuses()["a-1"].restarts, 3);
     let reasons: Vec<EventReason> = b.r.take_events().into_iter().map(|e| e.reason).collect();
-    assert_eq!(reasons.iter().filter(|r| **r == EventReason::BackOff).count(), 3);
+    assert_eq!(reasons.iter().filter(|r| **r == EventReason::BackOff).count(), 2);
     assert_eq!(reasons.iter().filter(|r| **r == EventReason::Restarted).count(), 3);
     assert_eq!(b.containers.calls(), [Call::Start("a-1".into())], "the agent started it once; the shim did the rest");
 }

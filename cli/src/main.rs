@@ -32,6 +32,8 @@ enum Command {
     Logs(cmd::logs::Args),
     /// Set an app's replica count: `bramble scale app NAME --replicas N`.
     Scale(cmd::scale::Args),
+    /// Follow, list, undo or restart rollouts: `bramble rollout status app/NAME --timeout 5m`.
+    Rollout(cmd::rollout::Args),
     /// What happened in the cluster: `bramble events [-w]`.
     Events(cmd::events::Args),
     /// A node's image store through the leader: `bramble image ls|rm|import --node NODE`.
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
             Command::Describe(a) => cmd::describe::run(config, a).await,
             Command::Logs(a) => cmd::logs::run(config, a).await,
             Command::Scale(a) => cmd::scale::run(config, a).await,
+            Command::Rollout(a) => cmd::rollout::run(config, a).await,
             Command::Events(a) => cmd::events::run(config, a).await,
             Command::Image(a) => cmd::image::run(config, a).await,
             Command::Label(a) => cmd::label::run(config, a).await,

@@ -8,6 +8,7 @@
 //! /services/<name>           Service
 //! /replicas/<name>           Replica
 //! /revisions/<app>/<hash>    AppSpec: the pod template of a revision that still has replicas
+//! /history/<app>/<number>    RevisionRecord: a revision and its rollout (the last ten)
 //! /tokens/<id>               a join token (hash of its secret)
 //! /images/<reference>        ImagePlatforms: what an image offers, as a board found out
 //! /cluster/network           ClusterNetwork: the network chosen at init
@@ -18,7 +19,7 @@
 use crate::error::{Error, Result};
 use crate::store::{Expect, KeyValue, Store, StoreError, TxnOp};
 use bramble_proto::manifest::AppSpec;
-use bramble_proto::model::{App, Node, ObjectMeta, Platform, Replica, Service};
+use bramble_proto::model::{App, Node, ObjectMeta, Platform, Replica, RevisionRecord, Service};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -31,6 +32,7 @@ pub mod keys {
     pub const SERVICES: &str = "/services/";
     pub const REPLICAS: &str = "/replicas/";
     pub const REVISIONS: &str = "/revisions/";
+    pub const HISTORY: &str = "/history/";
     pub const TOKENS: &str = "/tokens/";
     pub const IMAGES: &str = "/images/";
     pub const CLUSTER_NETWORK: &str = "/cluster/network";
@@ -61,6 +63,15 @@ pub mod keys {
     /// `(app, hash)` of a revision key.
     pub fn parse_revision(key: &str) -> Option<(&str, &str)> {
         key.strip_prefix(REVISIONS)?.split_once('/')
+    }
+
+    /// Numbers are zero-padded so that keys sort as numbers do.
+    pub fn history(app: &str, number: u64) -> String {
+        format!("{HISTORY}{app}/{number:010}")
+    }
+
+    pub fn history_of(app: &str) -> String {
+        format!("{HISTORY}{app}/")
     }
 
     pub fn token(id: &str) -> String {
@@ -222,6 +233,33 @@ impl Objects {
             out.entry(app.to_string()).or_default().insert(hash.to_string(), Versioned { value, rev: kv.mod_revision });
         }
         Ok(out)
+    }
+
+    /// An app's revision records, oldest first.
+    pub fn history(&self, app: &str) -> Result<Vec<Versioned<RevisionRecord>>> {
+        self.store
+            .list(&keys::history_of(app))?
+            .iter()
+            .map(|kv| Ok(Versioned { value: decode(&kv.key, &kv.value)?, rev: kv.mod_revision }))
+            .collect()
+    }
+
+    /// Every app's revision records (also of apps that are gone), oldest first.
+    pub fn all_history(&self) -> Result<BTreeMap<String, Vec<Versioned<RevisionRecord>>>> {
+        let mut out: BTreeMap<String, Vec<Versioned<RevisionRecord>>> = BTreeMap::new();
+        for kv in self.store.list(keys::HISTORY)? {
+            let value: RevisionRecord = decode(&kv.key, &kv.value)?;
+            out.entry(value.app.clone()).or_default().push(Versioned { value, rev: kv.mod_revision });
+        }
+        Ok(out)
+    }
+
+    pub fn put_history_op(record: &RevisionRecord, expect: Expect) -> TxnOp {
+        TxnOp::Put { key: keys::history(&record.app, record.number), value: encode(record), expect }
+    }
+
+    pub fn delete_history_op(app: &str, number: u64, rev: u64) -> TxnOp {
+        TxnOp::Delete { key: keys::history(app, number), expect: Expect::Revision(rev) }
     }
 
     pub fn put_revision_op(app: &str, hash: &str, spec: &AppSpec) -> TxnOp {

@@ -5,7 +5,6 @@ use crate::controllers::Context;
 use crate::objects::Objects;
 use crate::store::{Expect, StoreError};
 use bramble_proto::model::{Event, Kind, ObjectRef, Replica, ReplicaPhase};
-use bramble_proto::time::now_ms;
 use bramble_proto::wire::ReplicaStatus;
 use tracing::{debug, warn};
 
@@ -13,24 +12,24 @@ use tracing::{debug, warn};
 /// node (moved away, deleted) are ignored: the node's desired set stops them. Only changes are
 /// written. Returns whether the controller should look again now (an image's platforms became
 /// known).
-pub fn statuses(ctx: &Context, node: &str, statuses: Vec<ReplicaStatus>) -> bool {
+pub fn statuses(ctx: &Context, node: &str, statuses: Vec<ReplicaStatus>, now: u64) -> bool {
     let mut kick = false;
     for s in statuses {
         if let Some(miss) = &s.platform_miss {
-            match ctx.objects.learn_platforms(&miss.image, &miss.offered, now_ms()) {
+            match ctx.objects.learn_platforms(&miss.image, &miss.offered, now) {
                 Ok(news) => kick |= news,
                 Err(e) => warn!("cannot record what {} offers: {e}", miss.image),
             }
         }
         ctx.observed.set_detail(&s.replica, s.detail.clone());
         ctx.observed.set_probes(&s.replica, s.probes.clone());
-        kick |= record(&ctx.objects, node, &s);
+        kick |= record(&ctx.objects, node, &s, now);
     }
     kick
 }
 
 /// Writes what changed; true when readiness changed (endpoints and rollouts move on it).
-fn record(objects: &Objects, node: &str, s: &ReplicaStatus) -> bool {
+fn record(objects: &Objects, node: &str, s: &ReplicaStatus, now: u64) -> bool {
     for _ in 0..5 {
         let Ok(Some(current)) = objects.get::<Replica>(&s.replica) else { return false };
         let mut r = current.value;
@@ -51,7 +50,7 @@ fn record(objects: &Objects, node: &str, s: &ReplicaStatus) -> bool {
         r.restart_at_ms = s.restart_at_ms;
         let ready = s.ready && s.phase == ReplicaPhase::Running;
         if ready && !r.ready {
-            r.ready_ms = Some(now_ms());
+            r.ready_ms = Some(now);
         }
         r.ready = ready;
         if r == before {

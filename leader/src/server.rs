@@ -396,7 +396,8 @@ async fn handle_agent_msg(api: &Arc<Api>, name: &str, msg: AgentMsg) {
         }
         AgentMsg::Status { replicas, .. } => {
             let ctx = api.context();
-            let kick = tokio::task::spawn_blocking(move || crate::reports::statuses(&ctx, &n, replicas)).await;
+            let kick =
+                tokio::task::spawn_blocking(move || crate::reports::statuses(&ctx, &n, replicas, now_ms())).await;
             if kick.unwrap_or(false) {
                 api.published.kick.notify_one();
             }

@@ -70,6 +70,8 @@ reasons! {
     Created, Configured, Deleted, Scaled,
     // Placement, by the replica controller.
     Scheduled, FailedScheduling, ReplicaLost, ImagePlatform,
+    // Rollouts.
+    RolloutComplete, RolloutFailed, RolledBack,
     // Nodes.
     NodeJoined, JoinRefused, NodeReady, NodeNotReady, SessionEnded, NodeCordoned, NodeUncordoned,
     NodeLabeled, NodeDeleted, NoPodSubnet, PodSubnet,

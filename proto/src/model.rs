@@ -325,6 +325,51 @@ impl Replica {
     }
 }
 
+/// How rolling out one revision went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RolloutState {
+    /// Replicas are being replaced.
+    Progressing,
+    /// Every replica runs this revision and is ready.
+    Complete,
+    /// No progress within the deadline; held where it was (`auto_rollback = false`).
+    Failed,
+    /// No progress within the deadline; the app went back to the revision before.
+    RolledBack,
+    /// Another revision was applied before this one completed.
+    Superseded,
+}
+
+impl RolloutState {
+    /// Whether the rollout has ended.
+    pub fn done(self) -> bool {
+        self != RolloutState::Progressing
+    }
+}
+
+/// One revision of an app's pod template and how rolling it out went (`rollout history`). The
+/// last ten are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevisionRecord {
+    pub app: String,
+    /// 1, 2, 3… per app.
+    pub number: u64,
+    pub hash: String,
+    pub spec: AppSpec,
+    pub created_ms: u64,
+    /// Why it exists: `created`, `apply`, `undo to revision 3`, `restart`, `rollback of revision 5`.
+    pub cause: String,
+    pub state: RolloutState,
+    /// When it last made progress (more of its replicas available, or fewer old ones).
+    pub progress_ms: u64,
+    pub finished_ms: Option<u64>,
+    /// Why it ended, or where it stands.
+    pub message: String,
+    /// Its replicas available, and old replicas left, when it last moved.
+    pub available: u32,
+    pub old: u32,
+}
+
 /// A stable name and virtual IP in front of the ready replicas of an app.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Service {

@@ -6,7 +6,7 @@
 //! agent is connected.
 
 use crate::manifest::{AppSpec, ServiceSpec};
-use crate::model::{App, Event, NodeInfo, NodeView, Platform, Replica, ReplicaPhase, Service};
+use crate::model::{App, Event, NodeInfo, NodeView, Platform, Replica, ReplicaPhase, RevisionRecord, Service};
 use crate::network::{NodeNetwork, ServiceRoute};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -84,6 +84,19 @@ pub enum Request {
     },
     GetReplica {
         name: String,
+    },
+    /// An app's revisions, oldest first, with how each rollout went.
+    RolloutHistory {
+        app: String,
+    },
+    /// Goes back to revision `to` (default: the one before the current) as a new revision.
+    RolloutUndo {
+        app: String,
+        to: Option<u64>,
+    },
+    /// Replaces every replica with a new one of the same spec, rolled like any update.
+    RolloutRestart {
+        app: String,
     },
     /// Sets an app's replica count; `expect_generation` refuses the change if the app changed since.
     Scale {
@@ -177,7 +190,11 @@ pub enum Response {
         app: Box<App>,
         replicas: Vec<Replica>,
         events: Vec<Event>,
+        /// The latest revision and its rollout.
+        #[serde(default)]
+        rollout: Option<Box<RevisionRecord>>,
     },
+    History(Vec<RevisionRecord>),
     Replica {
         replica: Box<Replica>,
         /// Live detail the leader keeps in memory only (e.g. image pull progress).

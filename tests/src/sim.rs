@@ -145,7 +145,8 @@ impl Sim {
     fn apply_specs(&self, apps: Vec<AppSpec>) {
         let events = self.leader.as_ref().map(|l| l.ctx.events.clone()).unwrap_or_default();
         let network = bramble_proto::network::ClusterNetwork::default();
-        bramble_leader::api::apps::apply(&self.objects(), &events, &network, apps, Vec::new(), "the sim")
+        let now = self.clock.now_ms();
+        bramble_leader::api::apps::apply(&self.objects(), &events, &network, (apps, Vec::new()), "the sim", now)
             .expect("apply");
     }
 
@@ -165,6 +166,18 @@ impl Sim {
 
     pub fn spec(&self, app: &str) -> AppSpec {
         self.objects().load::<bramble_proto::model::App>(app).expect("app exists").value.spec
+    }
+
+    /// Containers of `image` run but never pass readiness, on every board.
+    pub fn never_ready(&self, image: &str) {
+        for b in &self.boards {
+            b.containers.never_ready(image);
+        }
+    }
+
+    /// The app's revision records, oldest first.
+    pub fn history(&self, app: &str) -> Vec<bramble_proto::model::RevisionRecord> {
+        self.objects().history(app).expect("history").into_iter().map(|v| v.value).collect()
     }
 
     /// `image` offers only these platforms (boards of other archs cannot pull it).
@@ -342,7 +355,7 @@ impl Sim {
             let rev = bramble_leader::controllers::replicas::revision_hash(spec);
             let mine: Vec<&Replica> = replicas.iter().filter(|r| r.app == spec.name.as_str()).collect();
             let ok = mine.len() == spec.replicas.0 as usize
-                && mine.iter().all(|r| r.phase == ReplicaPhase::Running && r.revision_hash == rev);
+                && mine.iter().all(|r| r.phase == ReplicaPhase::Running && r.serving() && r.revision_hash == rev);
             if !ok {
                 return false;
             }
@@ -412,7 +425,7 @@ impl Board {
         ctx.registry.heartbeat(&self.name, session.epoch, instant, now);
         let statuses = agent.statuses().clone();
         if let Some((_, list)) = status_delta(session.status_sent.as_ref(), &statuses) {
-            bramble_leader::reports::statuses(ctx, &self.name, list);
+            bramble_leader::reports::statuses(ctx, &self.name, list, now);
             session.status_sent = Some(statuses);
         }
         bramble_leader::reports::images(ctx, &self.name, agent.images());

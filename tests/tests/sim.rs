@@ -243,3 +243,86 @@ fn random_run(seed: u64, steps: usize) {
     sim.check_no_duplicates();
     sim.check_bindings();
 }
+
+/// Applies `image` as the new image of `app`.
+fn new_image(sim: &Sim, app: &str, image: &str) {
+    let mut spec = sim.spec(app);
+    spec.image = image.parse().unwrap();
+    sim.apply(&toml_of(&spec));
+}
+
+fn toml_of(spec: &bramble_proto::manifest::AppSpec) -> String {
+    let m = bramble_proto::manifest::Manifest { apps: vec![spec.clone()], services: Vec::new() };
+    toml::to_string(&m).expect("a manifest")
+}
+
+#[test]
+fn a_rollout_that_never_gets_ready_stays_within_its_limits_then_rolls_back() {
+    use bramble_proto::model::RolloutState;
+    let mut sim = three_boards();
+    sim.apply(
+        "[[app]]\nname = \"web\"\nimage = \"reg/web:1\"\nreplicas = 3\nupdate = { progress_deadline = \"1m\" }\n",
+    );
+    sim.run_until(10, Sim::converged).expect("running");
+    sim.run_for(1);
+    assert_eq!(sim.history("web")[0].state, RolloutState::Complete, "the first revision rolled out");
+    sim.never_ready("reg/web:2");
+    new_image(&sim, "web", "reg/web:2");
+    // Within max_surge 1 / max_unavailable 0: one new replica beside three old ones that serve.
+    for _ in 0..50 {
+        sim.step(Duration::from_secs(1));
+        let rs = sim.replicas("web");
+        assert!(rs.len() <= 4, "at most one above the count: {}", rs.len());
+        let old_serving = rs.iter().filter(|r| r.serving() && sim.spec("web").image.as_str() == "reg/web:2").count();
+        let serving = rs.iter().filter(|r| r.serving()).count();
+        assert!(serving >= 3, "the old replicas keep serving: {serving} ({old_serving})");
+    }
+    assert_eq!(sim.history("web")[1].state, RolloutState::Progressing, "still within its deadline");
+    let r = sim.run_until(30, |s| s.history("web")[1].state != RolloutState::Progressing);
+    assert!(r.is_some(), "the deadline passes: {:#?} {:#?}", sim.history("web"), sim.replicas("web"));
+    let h = sim.history("web");
+    assert_eq!(h[1].state, RolloutState::RolledBack);
+    assert!(h[1].message.contains("no progress for 1m") && h[1].message.ends_with("rolled back to revision 1"));
+    assert_eq!((h[2].number, h[2].cause.as_str()), (3, "rollback of revision 2 to revision 1"));
+    assert_eq!(sim.spec("web").image.as_str(), "reg/web:1", "the app is back on the old image");
+    sim.run_until(20, Sim::converged).expect("settled on the old image");
+    assert!(sim.replicas("web").iter().all(|r| r.serving()));
+    sim.run_for(1);
+    assert_eq!(sim.history("web")[2].state, RolloutState::Complete, "the rollback rolled out");
+    let rolled_back = sim.ctx().events.filter(|e| e.reason == EventReason::RolledBack).len();
+    assert_eq!(rolled_back, 1);
+}
+
+#[test]
+fn without_auto_rollback_a_failed_rollout_holds_where_it_is() {
+    use bramble_proto::model::RolloutState;
+    let mut sim = three_boards();
+    let spec = "[[app]]\nname = \"web\"\nimage = \"reg/web:1\"\nreplicas = 3\n\
+                update = { progress_deadline = \"30s\", auto_rollback = false }\n";
+    sim.apply(spec);
+    sim.run_until(10, Sim::converged).expect("running");
+    sim.never_ready("reg/web:2");
+    new_image(&sim, "web", "reg/web:2");
+    sim.run_until(60, |s| s.history("web")[1].state != RolloutState::Progressing).expect("the deadline passes");
+    assert_eq!(sim.history("web")[1].state, RolloutState::Failed);
+    let before: BTreeSet<String> = sim.replicas("web").iter().map(|r| r.meta.name.clone()).collect();
+    sim.run_for(30);
+    let after: BTreeSet<String> = sim.replicas("web").iter().map(|r| r.meta.name.clone()).collect();
+    assert_eq!(before, after, "held: nothing added or removed");
+    assert_eq!(sim.spec("web").image.as_str(), "reg/web:2", "no rollback");
+    assert_eq!(sim.replicas("web").iter().filter(|r| r.serving()).count(), 3, "the old ones serve");
+}
+
+#[test]
+fn min_ready_paces_a_rollout() {
+    use bramble_proto::model::RolloutState;
+    let mut sim = three_boards();
+    sim.apply("[[app]]\nname = \"web\"\nimage = \"reg/web:1\"\nreplicas = 3\nupdate = { min_ready = \"10s\" }\n");
+    sim.run_until(10, Sim::converged).expect("running");
+    sim.run_for(10);
+    let t0 = sim.now_ms();
+    new_image(&sim, "web", "reg/web:2");
+    sim.run_until(120, |s| s.history("web").last().unwrap().state == RolloutState::Complete).expect("complete");
+    let took = sim.now_ms() - t0;
+    assert!(took >= 30_000, "three replicas, each available only after 10 s ready: {took} ms");
+}

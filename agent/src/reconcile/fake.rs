@@ -26,6 +26,7 @@ pub enum Call {
 struct Container {
     lifecycle: Lifecycle,
     app: String,
+    image: String,
 }
 
 #[derive(Debug, Default)]
@@ -35,6 +36,8 @@ struct State {
     calls: Vec<Call>,
     /// Replicas whose start fails, with why.
     failing: HashMap<String, String>,
+    /// Images whose containers run but never pass readiness.
+    unready: BTreeSet<String>,
 }
 
 /// Containers in memory, run by the real lifecycle on the given clock.
@@ -100,6 +103,11 @@ impl FakeContainers {
         self.state.lock().expect("fake lock").failing.insert(replica.into(), why.into());
     }
 
+    /// Containers of `image` run but are never ready (a readiness probe that never passes).
+    pub fn never_ready(&self, image: &str) {
+        self.state.lock().expect("fake lock").unready.insert(image.into());
+    }
+
     pub fn heal_start(&self, replica: &str) {
         self.state.lock().expect("fake lock").failing.remove(replica);
     }
@@ -129,7 +137,7 @@ impl Containers for FakeContainers {
             boot_id: "sim".into(),
             lifecycle: c.lifecycle.clone(),
             stats: None,
-            ready: matches!(c.lifecycle.phase, Phase::Running { .. }),
+            ready: matches!(c.lifecycle.phase, Phase::Running { .. }) && !g.unready.contains(&c.image),
             probes: Vec::new(),
         })
     }
@@ -153,7 +161,8 @@ impl Containers for FakeContainers {
         g.next_pid += 1;
         let pid = g.next_pid;
         let _ = lifecycle.started(pid, now);
-        g.containers.insert(a.replica.clone(), Container { lifecycle, app: a.app.clone() });
+        let image = a.spec.image.to_string();
+        g.containers.insert(a.replica.clone(), Container { lifecycle, app: a.app.clone(), image });
         Ok(())
     }
 

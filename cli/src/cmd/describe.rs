@@ -103,12 +103,13 @@ fn when(ms: Option<u64>) -> String {
 }
 
 async fn app(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
-    let (app, replicas, events) = match request(config, Request::GetApp { name: args.name }).await? {
-        Response::App { app, replicas, events } => (app, replicas, events),
+    let (app, replicas, events, rollout) = match request(config, Request::GetApp { name: args.name }).await? {
+        Response::App { app, replicas, events, rollout } => (app, replicas, events, rollout),
         r => return Err(unexpected(&r)),
     };
     if args.output == Format::Json {
-        print!("{}", json(&serde_json::json!({ "app": app, "replicas": replicas, "events": events })));
+        let all = serde_json::json!({ "app": app, "replicas": replicas, "events": events, "rollout": rollout });
+        print!("{}", json(&all));
         return Ok(());
     }
     let spec = &app.spec;
@@ -136,6 +137,27 @@ async fn app(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let _ = writeln!(s, "Restart:     {:?}", spec.restart);
     if let Some(d) = &spec.replace_after {
         let _ = writeln!(s, "Replace after node loss: {d}");
+    }
+    let u = &spec.update;
+    let _ = writeln!(
+        s,
+        "Update:      max_surge {}, max_unavailable {}, min_ready {}, progress_deadline {}, auto_rollback {}",
+        u.max_surge.0,
+        u.max_unavailable.0,
+        bramble_proto::quantity::HumanDuration(u.min_ready()),
+        bramble_proto::quantity::HumanDuration(u.progress_deadline()),
+        u.auto_rollback()
+    );
+    if let Some(r) = &rollout {
+        let _ = writeln!(
+            s,
+            "Rollout:     revision {} {:?} ({}), {} ago{}",
+            r.number,
+            r.state,
+            r.cause,
+            super::age(r.created_ms),
+            if r.message.is_empty() { String::new() } else { format!(": {}", r.message) }
+        );
     }
     let _ = writeln!(s, "Replicas:");
     for r in &replicas {

@@ -9,6 +9,7 @@ pub mod get;
 pub mod image;
 pub mod label;
 pub mod logs;
+pub mod rollout;
 pub mod scale;
 pub mod token;
 

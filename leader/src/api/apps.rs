@@ -1,13 +1,15 @@
 //! Apps and services: apply (create, configure or leave unchanged — all or nothing), list,
 //! delete.
 
+use crate::controllers::replicas::revision_hash;
+use crate::controllers::rollout::new_revision;
 use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::network::alloc::free_vip;
 use crate::objects::{key, keys, Object, Objects};
 use crate::store::{Expect, StoreError, TxnOp};
 use bramble_proto::manifest::{AppSpec, ServiceSpec};
-use bramble_proto::model::{App, Event, EventReason, Kind, ObjectMeta, ObjectRef, Service};
+use bramble_proto::model::{App, Event, EventReason, Kind, ObjectMeta, ObjectRef, Replica, Service};
 use bramble_proto::network::ClusterNetwork;
 use bramble_proto::time::now_ms;
 use bramble_proto::wire::{Applied, Outcome};
@@ -147,22 +149,44 @@ fn check(apps: &[AppSpec], services: &[ServiceSpec]) -> Result<()> {
     }
 }
 
-/// Applies every object or none; `who` made the change (for the events).
+/// Applies every object or none at `now` (the revision records' time); `who` made the change
+/// (for the events).
 pub fn apply(
     objects: &Objects,
     events: &Events,
     network: &ClusterNetwork,
-    apps: Vec<AppSpec>,
-    services: Vec<ServiceSpec>,
+    (apps, services): (Vec<AppSpec>, Vec<ServiceSpec>),
     who: &str,
+    now: u64,
 ) -> Result<Vec<Applied>> {
     check(&apps, &services)?;
     check_targets(objects, &apps, &services)?;
     let mut ops = Vec::new();
     let mut results = Vec::new();
+    let mut all_replicas: Option<Vec<Replica>> = None;
     for a in &apps {
         let (new, applied) = plan::<App>(objects, a.name.as_str(), a)?;
-        ops.extend(new.map(|(app, expect)| Objects::put_op(&app, expect)));
+        if let Some((app, expect)) = new {
+            // A new template is a new revision, recorded; its rollout is followed from there.
+            let before = objects.get::<App>(a.name.as_str())?.map(|v| revision_hash(&v.value.spec));
+            if before.as_deref() != Some(revision_hash(a).as_str()) {
+                let cause = match objects.get::<App>(a.name.as_str())? {
+                    None => "created".to_string(),
+                    Some(old) if old.value.spec.image != a.image => {
+                        format!("apply: image {} -> {}", old.value.spec.image, a.image)
+                    }
+                    Some(_) => "apply".to_string(),
+                };
+                let replicas = match &all_replicas {
+                    Some(r) => r,
+                    None => all_replicas.insert(objects.list::<Replica>()?.into_iter().map(|v| v.value).collect()),
+                };
+                let mine: Vec<Replica> = replicas.iter().filter(|r| r.app == a.name.as_str()).cloned().collect();
+                let history = objects.history(a.name.as_str())?;
+                ops.extend(new_revision(a.name.as_str(), &history, a, &cause, &mine, now).1);
+            }
+            ops.push(Objects::put_op(&app, expect));
+        }
         results.push((App::REF, applied));
     }
     let mut changed_services = Vec::new();

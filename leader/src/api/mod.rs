@@ -11,6 +11,7 @@
 pub mod apps;
 pub mod nodes;
 pub mod replicas;
+pub mod rollouts;
 pub mod services;
 
 use crate::controllers::{Context, Published};
@@ -95,7 +96,8 @@ impl Api {
             Request::LabelNode { name, set, remove } => self.label(&name, set, remove),
             Request::SetCordon { name, cordoned } => self.cordon(&name, cordoned),
             Request::Apply { apps, services } => {
-                let applied = apps::apply(&self.objects, &self.events, &self.network, apps, services, BY_ADMIN)?;
+                let objects = (apps, services);
+                let applied = apps::apply(&self.objects, &self.events, &self.network, objects, BY_ADMIN, now_ms())?;
                 self.published.kick.notify_one();
                 Ok(Response::Applied(applied))
             }
@@ -106,6 +108,9 @@ impl Api {
             Request::Delete { apps, services } => Ok(Response::Done(apps::delete(&self.objects, apps, services)?)),
             Request::GetReplicas { app } => Ok(Response::Replicas(self.replicas(app.as_deref())?)),
             Request::GetApp { name } => self.describe_app(&name),
+            Request::RolloutHistory { app } => self.history(&app),
+            Request::RolloutUndo { app, to } => Ok(Response::Done(self.undo(&app, to)?)),
+            Request::RolloutRestart { app } => Ok(Response::Done(self.restart(&app)?)),
             Request::GetReplica { name } => self.describe_replica(&name),
             Request::Scale { app, replicas, expect_generation } => {
                 Ok(Response::Done(self.scale(&app, replicas, expect_generation)?))

@@ -21,7 +21,8 @@ impl Api {
     pub(super) fn describe_app(&self, name: &str) -> Result<Response> {
         let app = self.objects.load::<App>(name)?.value;
         let replicas = self.replicas(Some(name))?;
-        Ok(Response::App { app: Box::new(app), replicas, events: self.events.of_app(name) })
+        let rollout = self.objects.history(name)?.pop().map(|v| Box::new(v.value));
+        Ok(Response::App { app: Box::new(app), replicas, events: self.events.of_app(name), rollout })
     }
 
     pub(super) fn describe_replica(&self, name: &str) -> Result<Response> {

@@ -21,9 +21,15 @@ pub fn ops(plan: &AppPlan) -> Vec<TxnOp> {
             Change::Delete { name, expect } => Objects::delete_op::<Replica>(name, Expect::Revision(*expect)),
             Change::PutRevision { hash, spec } => Objects::put_revision_op(&plan.app, hash, spec),
             Change::DeleteRevision { hash, expect } => Objects::delete_revision_op(&plan.app, hash, *expect),
+            Change::PutHistory { record, expect } => {
+                Objects::put_history_op(record, expect.map_or(Expect::Absent, Expect::Revision))
+            }
+            Change::DeleteHistory { number, expect } => Objects::delete_history_op(&plan.app, *number, *expect),
+            Change::PutApp(app) => Objects::put_op(app.as_ref(), Expect::Revision(plan.app_revision)),
         })
         .collect();
-    if !ops.is_empty() {
+    let writes_app = plan.changes.iter().any(|c| matches!(c, Change::PutApp(_)));
+    if !ops.is_empty() && !writes_app {
         // The app must not have changed since the plan was made.
         ops.push(Objects::check_op::<App>(&plan.app, Expect::Revision(plan.app_revision)));
     }
@@ -65,6 +71,9 @@ pub fn garbage(ctx: &Context, garbage: &[Garbage], now_ms: u64) {
             }
             Garbage::Revision { app, hash, expect } => {
                 ctx.objects.txn(&[Objects::delete_revision_op(app, hash, *expect)]).map(|_| ())
+            }
+            Garbage::History { app, number, expect } => {
+                ctx.objects.txn(&[Objects::delete_history_op(app, *number, *expect)]).map(|_| ())
             }
             Garbage::ImagePlatforms { image, expect } => {
                 ctx.objects.txn(&[Objects::delete_image_platforms_op(image, *expect)]).map(|_| ())

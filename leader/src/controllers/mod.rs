@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! replicas.rs   per app: the count, the rolling update, Lost replicas (pure)
+//! rollout.rs    revision records and how the latest rollout stands (pure)
 //! plan.rs       a whole pass: snapshot + now → plan (pure; unit and property tests)
 //! snapshot.rs   reads a snapshot: the store, the node registry, what boards told
 //! commit.rs     writes a plan: one transaction per app, the app's revision checked
@@ -13,6 +14,7 @@ pub mod commit;
 pub mod desired;
 pub mod plan;
 pub mod replicas;
+pub mod rollout;
 pub mod run;
 pub mod snapshot;
 

@@ -5,15 +5,18 @@
 //!
 //! Per app, in order: replicas of nodes that stopped answering are marked Lost; replicas on
 //! boards whose arch the image lacks go; the count and rolling update decide creates and deletes
-//! ([`super::replicas::reconcile`]); unbound replicas are placed by the scheduler; revisions no
-//! replica uses any more are dropped.
+//! ([`super::replicas::reconcile`]); unbound replicas are placed by the scheduler; templates no
+//! replica uses any more are dropped; the latest rollout is followed ([`super::rollout`]): its
+//! progress recorded, its completion, or its failure and the rollback.
 
 use super::replicas::{reconcile, revision_hash, Action};
+use super::rollout::{self, Step};
 use crate::objects::Versioned;
 use crate::scheduler::{NodeSnapshot, Request as Placement, Scheduler};
 use bramble_proto::manifest::AppSpec;
 use bramble_proto::model::{
-    App, ConditionStatus, Event, EventReason, Node, Platform, Replica, ReplicaPhase, Resources,
+    App, ConditionStatus, Event, EventReason, Node, ObjectRef, Platform, Replica, ReplicaPhase, Resources,
+    RevisionRecord, RolloutState,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -36,6 +39,8 @@ pub struct AppState {
     pub app: App,
     pub replicas: Vec<Versioned<Replica>>,
     pub revisions: BTreeMap<String, Versioned<AppSpec>>,
+    /// Its revision records, oldest first.
+    pub history: Vec<Versioned<RevisionRecord>>,
 }
 
 /// Everything one pass looks at.
@@ -47,6 +52,8 @@ pub struct Snapshot {
     pub orphans: Vec<Versioned<Replica>>,
     /// Stored revisions `(app, hash, store revision)` of apps that are gone.
     pub orphan_revisions: Vec<(String, String, u64)>,
+    /// Revision records `(app, number, store revision)` of apps that are gone.
+    pub orphan_history: Vec<(String, u64, u64)>,
     /// The platforms an image offers, per image reference, where a board has told.
     pub platforms: BTreeMap<String, Versioned<Vec<Platform>>>,
     /// The store revision the snapshot was read at: with the time, what makes new names unique.
@@ -59,10 +66,33 @@ pub struct Snapshot {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     Create(Replica),
-    Update { replica: Replica, expect: u64 },
-    Delete { name: String, expect: u64 },
-    PutRevision { hash: String, spec: Box<AppSpec> },
-    DeleteRevision { hash: String, expect: u64 },
+    Update {
+        replica: Replica,
+        expect: u64,
+    },
+    Delete {
+        name: String,
+        expect: u64,
+    },
+    PutRevision {
+        hash: String,
+        spec: Box<AppSpec>,
+    },
+    DeleteRevision {
+        hash: String,
+        expect: u64,
+    },
+    /// A revision record: new (`expect` None) or updated.
+    PutHistory {
+        record: Box<RevisionRecord>,
+        expect: Option<u64>,
+    },
+    DeleteHistory {
+        number: u64,
+        expect: u64,
+    },
+    /// The app itself, with a new spec (a rollback), under the app's revision.
+    PutApp(Box<App>),
 }
 
 /// A replica with the pod template it runs.
@@ -98,6 +128,11 @@ pub enum Garbage {
     Revision {
         app: String,
         hash: String,
+        expect: u64,
+    },
+    History {
+        app: String,
+        number: u64,
         expect: u64,
     },
     /// What an image offers, once no app uses the image.
@@ -185,13 +220,18 @@ fn garbage(snapshot: &Snapshot) -> Vec<Garbage> {
         .iter()
         .filter(|(app, _, _)| !with_replicas.contains(app.as_str()))
         .map(|(app, hash, rev)| Garbage::Revision { app: app.clone(), hash: hash.clone(), expect: *rev });
+    let history = snapshot
+        .orphan_history
+        .iter()
+        .filter(|(app, _, _)| !with_replicas.contains(app.as_str()))
+        .map(|(app, number, rev)| Garbage::History { app: app.clone(), number: *number, expect: *rev });
     let used: BTreeSet<&str> = snapshot.apps.values().map(|a| a.app.spec.image.as_str()).collect();
     let images = snapshot
         .platforms
         .iter()
         .filter(|(image, _)| !used.contains(image.as_str()))
         .map(|(image, v)| Garbage::ImagePlatforms { image: image.clone(), expect: v.rev });
-    orphans.chain(revisions).chain(images).collect()
+    orphans.chain(revisions).chain(history).chain(images).collect()
 }
 
 /// One app's work in progress: the replicas as they will be, and what was there.
@@ -249,6 +289,7 @@ fn plan_app(
     place(&mut w, offered, scheduler);
     let mut changes = replica_changes(app, &w.replicas);
     changes.extend(revision_changes(app, &w.replicas));
+    changes.extend(follow_rollout(&mut w));
     // One template per revision, shared by its replicas.
     let current = Arc::new(app.app.spec.clone());
     let stored: BTreeMap<&str, Arc<AppSpec>> =
@@ -317,9 +358,12 @@ fn evict_foreign(w: &mut Work<'_>, offered: &[Platform], scheduler: &mut Schedul
     }
 }
 
-/// The count, the rolling update and Lost replicas past their hold-off.
+/// The count, the rolling update and Lost replicas past their hold-off. A rollout that failed
+/// and holds (no rollback) stays as it is.
 fn keep_count(w: &mut Work<'_>, scheduler: &mut Scheduler) {
-    for action in reconcile(w.name, w.spec(), &w.replicas, w.now, w.salt) {
+    let current = revision_hash(w.spec());
+    let frozen = w.app.history.last().is_some_and(|h| h.value.state == RolloutState::Failed && h.value.hash == current);
+    for action in reconcile(w.name, w.spec(), &w.replicas, w.now, w.salt, frozen) {
         match action {
             Action::Delete { name: victim, reason } => {
                 // A replica just marked Lost is deleted in a later pass (one write per key).
@@ -369,6 +413,66 @@ fn place(w: &mut Work<'_>, offered: Option<&[Platform]>, scheduler: &mut Schedul
     for (replica, reason, message) in events {
         w.event(&replica, reason, message);
     }
+}
+
+/// The latest rollout: recorded if the app has no record of its template yet, its progress,
+/// completion or failure written, and a rollback when it failed; the oldest records beyond
+/// [`rollout::KEEP`] dropped.
+fn follow_rollout(w: &mut Work<'_>) -> Vec<Change> {
+    let spec = w.spec().clone();
+    let history: Vec<RevisionRecord> = w.app.history.iter().map(|v| v.value.clone()).collect();
+    let latest = w.app.history.last();
+    let mut changes = Vec::new();
+    let app_event = |reason, message: String| Event {
+        app: Some(w.name.to_string()),
+        ..Event::new(w.now, ObjectRef::app(w.name), reason, message)
+    };
+    let mut events = Vec::new();
+    match latest {
+        Some(v) if v.value.hash == revision_hash(&spec) => match rollout::evaluate(&spec, &history, &w.replicas, w.now)
+        {
+            Step::Unchanged => {}
+            Step::Update(r) => {
+                match r.state {
+                    RolloutState::Complete => events.push(app_event(
+                        EventReason::RolloutComplete,
+                        format!("revision {} rolled out: {}", r.number, r.message),
+                    )),
+                    RolloutState::Failed => events.push(app_event(
+                        EventReason::RolloutFailed,
+                        format!("revision {} failed: {}", r.number, r.message),
+                    )),
+                    _ => {}
+                }
+                changes.push(Change::PutHistory { record: r, expect: Some(v.rev) });
+            }
+            Step::Rollback { failed, spec: to, record } => {
+                events.push(app_event(
+                    EventReason::RolledBack,
+                    format!("revision {} failed: {}", failed.number, failed.message),
+                ));
+                changes.push(Change::PutHistory { record: failed, expect: Some(v.rev) });
+                let mut app = w.app.app.clone();
+                app.spec = *to;
+                app.meta.generation += 1;
+                changes.push(Change::PutApp(Box::new(app)));
+                changes.push(Change::PutHistory { record, expect: None });
+            }
+        },
+        _ => {
+            // No record of this template (an app from before rollouts were recorded): one now.
+            let number = latest.map_or(1, |v| v.value.number + 1);
+            let old = rollout::old_replicas(&w.replicas, &revision_hash(&spec));
+            let record = rollout::new_record(w.name, number, &spec, "recorded", old, w.now);
+            changes.push(Change::PutHistory { record: Box::new(record), expect: None });
+        }
+    }
+    w.events.extend(events);
+    let excess = w.app.history.len().saturating_sub(rollout::KEEP);
+    for v in &w.app.history[..excess] {
+        changes.push(Change::DeleteHistory { number: v.value.number, expect: v.rev });
+    }
+    changes
 }
 
 /// The writes that turn the stored replicas into `after`: one per key at most.

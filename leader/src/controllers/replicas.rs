@@ -2,6 +2,7 @@
 //! delete — Lost ones are replaced (after the app's `replace_after`, if set), extras go
 //! unscheduled first, then those on unhealthy nodes, then the newest.
 
+use super::rollout::available;
 use bramble_proto::manifest::AppSpec;
 use bramble_proto::model::{Replica, ReplicaPhase};
 use sha2::{Digest, Sha256};
@@ -99,8 +100,10 @@ pub fn fresh_name(app: &str, revision: &str, salt: u64, taken: &dyn Fn(&str) -> 
 
 /// What to do so that `app` has `spec.replicas` replicas of the current revision. Replicas of an
 /// older revision are replaced as a rolling update: at most `max_surge` above the count, and at
-/// most `max_unavailable` below it in Running replicas. New names come from `salt`.
-pub fn reconcile(app: &str, spec: &AppSpec, replicas: &[Replica], now_ms: u64, salt: u64) -> Vec<Action> {
+/// most `max_unavailable` below it in available replicas (ready, for `min_ready`). A `frozen`
+/// rollout (it failed, and holds where it is) neither adds nor removes. New names come from
+/// `salt`.
+pub fn reconcile(app: &str, spec: &AppSpec, replicas: &[Replica], now_ms: u64, salt: u64, frozen: bool) -> Vec<Action> {
     let revision = revision_hash(spec);
     let mut actions = Vec::new();
     // Lost replicas past their hold-off are replaced: delete the record (the agent fences by
@@ -120,21 +123,22 @@ pub fn reconcile(app: &str, spec: &AppSpec, replicas: &[Replica], now_ms: u64, s
         } else {
             creates = want - current.len();
         }
-    } else {
-        // A rolling update: new replicas first (within the surge), old ones go as new ones run.
+    } else if !frozen {
+        // A rolling update: new replicas first (within the surge), old ones go as new ones are
+        // available.
         let max_total = want + spec.update.max_surge.0 as usize;
         creates = want.saturating_sub(current.len()).min(max_total.saturating_sub(live.len()));
-        let min_running = want.saturating_sub(spec.update.max_unavailable.0 as usize);
-        let mut running = live.iter().filter(|r| r.phase == ReplicaPhase::Running).count();
-        // Old replicas that do not run serve nobody and go at once; running ones go while enough
-        // others run.
+        let min_available = want.saturating_sub(spec.update.max_unavailable.0 as usize);
+        let mut up = live.iter().filter(|r| available(r, spec, now_ms)).count();
+        // Old replicas that serve nobody go at once; those that serve go while enough others
+        // are available.
         old.sort_by_key(|r| deletion_rank(r));
         for r in &old {
-            let is_running = r.phase == ReplicaPhase::Running;
-            if !is_running || running > min_running {
+            let is_up = available(r, spec, now_ms);
+            if !r.serving() || up > min_available {
                 actions.push(Action::Delete { name: r.meta.name.clone(), reason: "replaced by a new revision" });
-                if is_running {
-                    running -= 1;
+                if is_up {
+                    up -= 1;
                 }
             }
         }
@@ -169,6 +173,7 @@ mod tests {
         Replica {
             node: node.map(str::to_string),
             phase,
+            ready: phase == ReplicaPhase::Running,
             finished_ms: Some(1000),
             ..Replica::new("web", name, rev, created)
         }
@@ -187,7 +192,7 @@ mod tests {
         let rev = revision_hash(&s);
         let taken = fresh_name("web", &rev, 7, &|_| false);
         let existing = [replica(&taken, Some("a"), ReplicaPhase::Running, 1)];
-        let names: Vec<String> = reconcile("web", &s, &existing, 0, 7)
+        let names: Vec<String> = reconcile("web", &s, &existing, 0, 7, false)
             .into_iter()
             .map(|a| match a {
                 Action::Create { name, revision } if revision == rev => name,
@@ -200,7 +205,7 @@ mod tests {
             assert_ne!(n, &taken, "a name in use is skipped");
         }
         assert_ne!(names[0], names[1]);
-        assert!(reconcile("web", &s, &[], 0, 7).len() == 3);
+        assert!(reconcile("web", &s, &[], 0, 7, false).len() == 3);
         // Another pass (another salt) never comes back to a name by its index.
         let later: BTreeSet<String> = (0..1000).map(|salt| fresh_name("web", &rev, salt, &|_| false)).collect();
         assert_eq!(later.len(), 1000, "a thousand passes, a thousand names");
@@ -215,7 +220,7 @@ mod tests {
             replica("r-pending", None, ReplicaPhase::Pending, 5),
             replica("r-failed", Some("c"), ReplicaPhase::Failed, 2),
         ];
-        let deleted: Vec<String> = reconcile("web", &s, &existing, 0, 0)
+        let deleted: Vec<String> = reconcile("web", &s, &existing, 0, 0, false)
             .into_iter()
             .map(|a| match a {
                 Action::Delete { name, .. } => name,
@@ -237,7 +242,7 @@ mod tests {
             existing.push(replica(&format!("r-new-{node}"), Some(node), ReplicaPhase::Running, 9));
         }
         let s = spec("replicas = 2");
-        let deleted: BTreeSet<String> = reconcile("web", &s, &existing, 0, 0)
+        let deleted: BTreeSet<String> = reconcile("web", &s, &existing, 0, 0, false)
             .into_iter()
             .map(|a| match a {
                 Action::Delete { name, .. } => name,
@@ -251,9 +256,15 @@ mod tests {
         assert!(deleted.contains("r-new-a") && deleted.contains("r-new-b"), "the newest go among equals");
     }
 
+    /// Running and ready.
+    fn up(r: &mut Replica) {
+        r.phase = ReplicaPhase::Running;
+        r.ready = true;
+    }
+
     /// Applies the actions the way the controller does; new replicas start Pending.
     fn step(s: &AppSpec, rs: &mut Vec<Replica>, now: u64) -> Vec<Action> {
-        let actions = reconcile("web", s, rs, now, now);
+        let actions = reconcile("web", s, rs, now, now, false);
         for a in &actions {
             match a {
                 Action::Delete { name, .. } => rs.retain(|r| &r.meta.name != name),
@@ -270,15 +281,15 @@ mod tests {
         let v1 = spec("replicas = 3");
         let mut rs = Vec::new();
         step(&v1, &mut rs, 0);
-        rs.iter_mut().for_each(|r| r.phase = ReplicaPhase::Running);
+        rs.iter_mut().for_each(up);
         let v2 = spec("replicas = 3\nargs = [\"-v\"]");
         let new_rev = revision_hash(&v2);
         for round in 1..=10 {
             step(&v2, &mut rs, round);
-            let running = rs.iter().filter(|r| r.phase == ReplicaPhase::Running).count();
+            let ready = rs.iter().filter(|r| r.serving()).count();
             assert!(rs.len() <= 4, "at most one above the count (max_surge 1): {}", rs.len());
-            assert!(running >= 3 || rs.iter().all(|r| r.revision_hash == new_rev), "never below 3 running");
-            rs.iter_mut().for_each(|r| r.phase = ReplicaPhase::Running);
+            assert!(ready >= 3 || rs.iter().all(|r| r.revision_hash == new_rev), "never below 3 ready");
+            rs.iter_mut().for_each(up);
         }
         assert_eq!(rs.len(), 3);
         assert!(rs.iter().all(|r| r.revision_hash == new_rev), "all replaced");
@@ -295,7 +306,7 @@ mod tests {
         let existing =
             [replica("r1", Some("a"), ReplicaPhase::Running, 1), replica("r2", Some("gone"), ReplicaPhase::Lost, 1)];
         let s = spec("replicas = 2");
-        let actions = reconcile("web", &s, &existing, 2000, 0);
+        let actions = reconcile("web", &s, &existing, 2000, 0, false);
         assert!(actions.contains(&Action::Delete { name: "r2".into(), reason: "its node was lost" }));
         assert_eq!(actions.iter().filter(|a| matches!(a, Action::Create { .. })).count(), 1, "a replacement");
         let held = spec("replicas = 2\nreplace_after = \"30s\"");
@@ -305,7 +316,7 @@ mod tests {
             replica_of(&rev, "r1", Some("a"), ReplicaPhase::Running, 1),
             replica_of(&rev, "r2", Some("gone"), ReplicaPhase::Lost, 1),
         ];
-        assert!(reconcile("web", &held, &existing, 2000, 0).is_empty(), "held while the board may come back");
-        assert_eq!(reconcile("web", &held, &existing, 31_001, 0).len(), 2, "then replaced");
+        assert!(reconcile("web", &held, &existing, 2000, 0, false).is_empty(), "held while the board may come back");
+        assert_eq!(reconcile("web", &held, &existing, 31_001, 0, false).len(), 2, "then replaced");
     }
 }

@@ -26,14 +26,19 @@ pub fn read(ctx: &Context, now_ms: u64) -> Result<Snapshot> {
         })
         .collect();
     let mut revisions = ctx.objects.revisions()?;
+    let mut history = ctx.objects.all_history()?;
     let mut apps: BTreeMap<String, AppState> = ctx
         .objects
         .list::<App>()?
         .into_iter()
         .map(|v| {
             let name = v.value.spec.name.as_str().to_string();
-            let state =
-                AppState { app: v.value, replicas: Vec::new(), revisions: revisions.remove(&name).unwrap_or_default() };
+            let state = AppState {
+                app: v.value,
+                replicas: Vec::new(),
+                revisions: revisions.remove(&name).unwrap_or_default(),
+                history: history.remove(&name).unwrap_or_default(),
+            };
             (name, state)
         })
         .collect();
@@ -48,12 +53,17 @@ pub fn read(ctx: &Context, now_ms: u64) -> Result<Snapshot> {
         .into_iter()
         .flat_map(|(app, hashes)| hashes.into_iter().map(move |(hash, v)| (app.clone(), hash, v.rev)))
         .collect();
+    let orphan_history = history
+        .into_iter()
+        .flat_map(|(app, records)| records.into_iter().map(move |v| (app.clone(), v.value.number, v.rev)))
+        .collect();
     let services: Vec<Service> = ctx.objects.list::<Service>()?.into_iter().map(|v| v.value).collect();
     Ok(Snapshot {
         nodes,
         apps,
         orphans,
         orphan_revisions,
+        orphan_history,
         platforms: ctx.objects.image_platforms()?,
         revision,
         services,

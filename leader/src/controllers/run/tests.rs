@@ -56,7 +56,7 @@ fn counts(d: &DesiredSets) -> Vec<usize> {
 
 fn apply(ctx: &Context, text: &str) {
     let apps = parse_manifest("t.toml", text).unwrap().apps;
-    crate::api::apps::apply(&ctx.objects, &ctx.events, &ctx.network, apps, Vec::new(), "an admin").unwrap();
+    crate::api::apps::apply(&ctx.objects, &ctx.events, &ctx.network, (apps, Vec::new()), "an admin", now_ms()).unwrap();
 }
 
 const WEB: &str = "[[app]]\nname = \"web\"\nimage = \"reg/web:1\"\nreplicas = 6\n";
@@ -128,6 +128,7 @@ fn mark_all_running(api: &Context) {
         let mut r = s.value;
         if r.phase == ReplicaPhase::Pending && r.node.is_some() {
             r.phase = ReplicaPhase::Running;
+            r.ready = true;
             api.objects.put(&r, Expect::Revision(s.rev)).unwrap();
         }
     }

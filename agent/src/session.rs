@@ -102,6 +102,7 @@ pub async fn run(
         work.ports.clone(),
         tokio::runtime::Handle::current(),
     );
+    work.network_applied = Some(controller.applied_versions());
     std::thread::Builder::new()
         .name("network".into())
         .spawn(move || controller.run(net_rx))
@@ -232,7 +233,20 @@ async fn session(
     let mut sent: Option<Statuses> = None;
     let mut images = work.images.clone();
     let mut sent_images: Option<Vec<String>> = None;
+    // Network views this session passed on, and the one last confirmed: only views of this
+    // session's leader are confirmed (another leader's numbers mean nothing here).
+    let mut applied = work.network_applied.clone();
+    let mut forwarded: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
     let result = loop {
+        if let Some(rx) = applied.as_mut() {
+            let v = *rx.borrow_and_update();
+            if forwarded.remove(&v) {
+                forwarded.retain(|f| *f > v);
+                if let Err(e) = write_frame(&mut send, &AgentMsg::NetworkApplied { version: v }).await {
+                    break Err(e.into());
+                }
+            }
+        }
         // What the store holds: at the start of the session, then when it changes. (`changed()`
         // below marks a value seen, so the comparison is with what was sent, not with "changed".)
         let list = images.borrow_and_update().clone();
@@ -259,6 +273,11 @@ async fn session(
                 }
             }
             _ = status.changed() => {}
+            r = async { applied.as_mut().expect("checked").changed().await }, if applied.is_some() => {
+                if r.is_err() {
+                    applied = None;
+                }
+            }
             _ = images.changed() => {}
             Some(ev) = work.events.recv() => {
                 if let Err(e) = write_frame(&mut send, &AgentMsg::Event(ev)).await {
@@ -274,9 +293,10 @@ async fn session(
                         break Err(SessionError::Unexpected);
                     }
                 }
-                Some(Ok(Some(LeaderMsg::Network { node, full, upsert, remove }))) => {
+                Some(Ok(Some(LeaderMsg::Network { node, full, upsert, remove, version }))) => {
                     if let Some(tx) = work.network.clone() {
-                        let input = NetInput::Leader { node, full, upsert, remove };
+                        forwarded.insert(version);
+                        let input = NetInput::Leader { node, full, upsert, remove, version };
                         let sent = tokio::task::spawn_blocking(move || tx.send(input).map_err(|_| ()));
                         if !matches!(sent.await, Ok(Ok(()))) {
                             break Err(SessionError::Unexpected);

@@ -318,6 +318,7 @@ async fn session(
     };
     info!("session ended: {reason}");
     registry.disconnect(&name, epoch, &reason, now_ms());
+    api.drain.forget_node(&name);
     api.published.kick.notify_one();
 }
 
@@ -403,6 +404,11 @@ async fn handle_agent_msg(api: &Arc<Api>, name: &str, msg: AgentMsg) {
             }
         }
         AgentMsg::Images(list) => crate::reports::images(&api.context(), name, list),
+        AgentMsg::NetworkApplied { version } => {
+            api.drain.applied(name, version);
+            // A replica may now be drained: look at once.
+            api.published.kick.notify_one();
+        }
         AgentMsg::Event(e) => crate::reports::event(&api.context(), name, e),
     }
 }

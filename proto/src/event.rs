@@ -71,7 +71,7 @@ reasons! {
     // Placement, by the replica controller.
     Scheduled, FailedScheduling, ReplicaLost, ImagePlatform,
     // Rollouts.
-    RolloutComplete, RolloutFailed, RolledBack,
+    RolloutComplete, RolloutFailed, RolledBack, Draining,
     // Nodes.
     NodeJoined, JoinRefused, NodeReady, NodeNotReady, SessionEnded, NodeCordoned, NodeUncordoned,
     NodeLabeled, NodeDeleted, NoPodSubnet, PodSubnet,

@@ -311,7 +311,16 @@ pub enum LeaderMsg {
     /// The network: this board's part (`node`, when it changed; always at session start) and the
     /// cluster's services — `full`: exactly these; otherwise `upsert` added or changed, `remove`
     /// gone. Sent before the first desired set of a session.
-    Network { node: Option<NodeNetwork>, full: bool, upsert: Vec<ServiceRoute>, remove: Vec<String> },
+    /// `version` names the view; the board says when it has applied it
+    /// ([`AgentMsg::NetworkApplied`]), so the leader knows when no board sends to a replica any more.
+    Network {
+        node: Option<NodeNetwork>,
+        full: bool,
+        upsert: Vec<ServiceRoute>,
+        remove: Vec<String>,
+        #[serde(default)]
+        version: u64,
+    },
 }
 
 /// One replica a node must run. Replica names are never reused, so a replica that moved away
@@ -453,4 +462,8 @@ pub enum AgentMsg {
     /// The image references in the board's store (at session start and when they change), so
     /// that the scheduler prefers boards that need no pull.
     Images(Vec<String>),
+    /// The network view `version` is in the board's kernel (routes, nft rules).
+    NetworkApplied {
+        version: u64,
+    },
 }

@@ -58,6 +58,8 @@ struct SimSession {
 /// The leader's memory (lost when it restarts); its store survives.
 struct Leader {
     ctx: Context,
+    /// What its controller publishes for sessions (the network view's versions).
+    bus: bramble_leader::controllers::Published,
 }
 
 pub struct Sim {
@@ -69,6 +71,8 @@ pub struct Sim {
     pub published: Option<DesiredSets>,
     /// The image platforms restricted images offer (told to boards' fakes).
     offered: BTreeMap<String, Vec<Platform>>,
+    /// Boards whose confirmations of network views never reach the leader.
+    muted: BTreeSet<String>,
 }
 
 fn node(name: &str, arch: Arch) -> Node {
@@ -84,8 +88,9 @@ fn new_leader(store: &Arc<dyn Store>) -> Leader {
         observed: Arc::new(Observed::new()),
         events,
         network: Arc::new(bramble_proto::network::ClusterNetwork::default()),
+        drain: Arc::default(),
     };
-    Leader { ctx }
+    Leader { ctx, bus: Default::default() }
 }
 
 impl Sim {
@@ -120,7 +125,7 @@ impl Sim {
             boards.push(b);
         }
         let leader = Some(new_leader(&store));
-        Sim { clock, store, leader, boards, published: None, offered: BTreeMap::new() }
+        Sim { clock, store, leader, boards, published: None, offered: BTreeMap::new(), muted: BTreeSet::new() }
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -138,15 +143,19 @@ impl Sim {
 
     /// Applies a manifest (all of its apps) as `bramble apply` would.
     pub fn apply(&self, text: &str) {
-        let apps = parse_manifest("sim.toml", text).expect("manifest parses").apps;
-        self.apply_specs(apps);
+        let m = parse_manifest("sim.toml", text).expect("manifest parses");
+        self.apply_objects(m.apps, m.services);
     }
 
     fn apply_specs(&self, apps: Vec<AppSpec>) {
+        self.apply_objects(apps, Vec::new());
+    }
+
+    fn apply_objects(&self, apps: Vec<AppSpec>, services: Vec<bramble_proto::manifest::ServiceSpec>) {
         let events = self.leader.as_ref().map(|l| l.ctx.events.clone()).unwrap_or_default();
         let network = bramble_proto::network::ClusterNetwork::default();
         let now = self.clock.now_ms();
-        bramble_leader::api::apps::apply(&self.objects(), &events, &network, (apps, Vec::new()), "the sim", now)
+        bramble_leader::api::apps::apply(&self.objects(), &events, &network, (apps, services), "the sim", now)
             .expect("apply");
     }
 
@@ -166,6 +175,11 @@ impl Sim {
 
     pub fn spec(&self, app: &str) -> AppSpec {
         self.objects().load::<bramble_proto::model::App>(app).expect("app exists").value.spec
+    }
+
+    /// `board` stays connected but its confirmations of network views are lost.
+    pub fn mute_confirmations(&mut self, board: &str) {
+        self.muted.insert(board.to_string());
     }
 
     /// Containers of `image` run but never pass readiness, on every board.
@@ -265,9 +279,15 @@ impl Sim {
         }
         let names: Vec<String> = self.boards.iter().map(|b| b.name.clone()).collect();
         ctx.registry.check(names, instant, now);
-        let sets = run::pass(&ctx, now).expect("a controller pass").desired;
+        let out = run::pass(&ctx, now).expect("a controller pass");
+        let sets = out.desired.clone();
+        let version = run::publish(&ctx, &leader.bus, out);
         for b in &mut self.boards {
             b.talk_down(&sets, now);
+            // A board with a session applies the network view at once (the fakes have no kernel).
+            if b.session.is_some() && !self.muted.contains(&b.name) {
+                ctx.drain.applied(&b.name, version);
+            }
         }
         self.published = Some(sets);
     }

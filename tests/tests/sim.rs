@@ -326,3 +326,49 @@ fn min_ready_paces_a_rollout() {
     let took = sim.now_ms() - t0;
     assert!(took >= 30_000, "three replicas, each available only after 10 s ready: {took} ms");
 }
+
+#[test]
+fn replicas_behind_a_service_leave_it_before_they_stop() {
+    let mut sim = three_boards();
+    sim.apply(
+        "[[app]]\nname = \"web\"\nimage = \"reg/web:1\"\nreplicas = 3\n[[app.ports]]\nname = \"http\"\ncontainer = 80\n\
+         [[service]]\nname = \"web\"\napp = \"web\"\nports = [{ port = 80, target = \"http\" }]\n\
+         [[app]]\nname = \"batch\"\nimage = \"reg/batch:1\"\nreplicas = 3\n",
+    );
+    sim.run_until(10, Sim::converged).expect("running");
+    sim.scale("web", 1);
+    sim.scale("batch", 1);
+    sim.step(Duration::from_millis(100));
+    let web = sim.replicas("web");
+    let leaving: Vec<_> = web.iter().filter(|r| r.terminating_ms.is_some()).collect();
+    assert_eq!((web.len(), leaving.len()), (3, 2), "two leave their service first: {web:?}");
+    assert!(leaving.iter().all(|r| !r.serving()), "out of the endpoints at once");
+    let running: usize = sim.containers().values().map(|c| c.keys().filter(|k| k.starts_with("web")).count()).sum();
+    assert_eq!(running, 3, "and still running while the boards catch up");
+    assert_eq!(sim.replicas("batch").len(), 1, "without a service there is nothing to leave: gone at once");
+    sim.step(Duration::from_millis(100));
+    assert_eq!(sim.replicas("web").len(), 1, "every board applied it: stopped");
+    let draining = sim.ctx().events.filter(|e| e.reason == EventReason::Draining).len();
+    assert_eq!(draining, 2);
+    sim.run_until(10, Sim::converged).expect("settled");
+}
+
+#[test]
+fn a_board_that_does_not_confirm_holds_a_drain_for_two_seconds_at_most() {
+    let mut sim = three_boards();
+    sim.apply(
+        "[[app]]\nname = \"web\"\nimage = \"reg/web:1\"\nreplicas = 2\n[[app.ports]]\ncontainer = 80\n\
+         [[service]]\nname = \"web\"\napp = \"web\"\nports = [{ port = 80 }]\n",
+    );
+    sim.run_until(10, Sim::converged).expect("running");
+    sim.mute_confirmations("board-1");
+    sim.scale("web", 1);
+    sim.step(Duration::from_millis(100));
+    assert_eq!(sim.replicas("web").len(), 2, "one is leaving");
+    sim.step(Duration::from_millis(1_000));
+    assert_eq!(sim.replicas("web").len(), 2, "waiting for board-1");
+    sim.step(Duration::from_millis(1_000));
+    assert_eq!(sim.replicas("web").len(), 1, "stopped after the bound");
+    let deleted = sim.ctx().events.filter(|e| e.message.contains("not every board confirmed in time")).len();
+    assert_eq!(deleted, 1);
+}

@@ -13,6 +13,10 @@ struct State {
     subnet: Option<Cidr>,
     /// Replica → address.
     addresses: BTreeMap<String, Ipv4Addr>,
+    /// The address given last: the next is searched after it, so a released address is given
+    /// again only when the others have been (clients and caches forget an old pod slowly).
+    #[serde(default)]
+    last: Option<Ipv4Addr>,
 }
 
 #[derive(Debug)]
@@ -62,9 +66,9 @@ impl Ipam {
         &self.state.addresses
     }
 
-    /// The replica's address: the one it has, or the lowest free one (saved before it is
-    /// returned). The subnet's network address, first address (the bridge) and broadcast
-    /// address are never given.
+    /// The replica's address: the one it has, or the next free one after the last given
+    /// (saved before it is returned). The subnet's network address, first address (the bridge)
+    /// and broadcast address are never given.
     pub fn allocate(&mut self, replica: &str) -> Result<Ipv4Addr, NetError> {
         if let Some(ip) = self.get(replica) {
             return Ok(ip);
@@ -73,11 +77,14 @@ impl Ipam {
             NetError::Missing("this board has no pod subnet yet (the leader gives one when the board connects)".into())
         })?;
         let used: std::collections::BTreeSet<&Ipv4Addr> = self.state.addresses.values().collect();
-        let ip = (2..subnet.size().saturating_sub(1))
-            .filter_map(|i| subnet.nth(i))
+        let usable: Vec<Ipv4Addr> = (2..subnet.size().saturating_sub(1)).filter_map(|i| subnet.nth(i)).collect();
+        let start = self.state.last.and_then(|l| usable.iter().position(|ip| *ip == l)).map_or(0, |i| i + 1);
+        let ip = (0..usable.len())
+            .map(|k| usable[(start + k) % usable.len()])
             .find(|ip| !used.contains(ip))
             .ok_or_else(|| NetError::Missing(format!("pod subnet {subnet} is full ({} pods)", used.len())))?;
         self.state.addresses.insert(replica.to_string(), ip);
+        self.state.last = Some(ip);
         self.save()?;
         Ok(ip)
     }
@@ -121,7 +128,11 @@ mod tests {
         assert_eq!(again.get("a"), Some(a), "kept across an agent restart");
         assert_eq!(again.get("c"), None);
         let mut again = again;
-        assert_eq!(again.allocate("f").unwrap().to_string(), "10.42.3.4", "a released one is given again");
+        assert_eq!(again.allocate("f").unwrap().to_string(), "10.42.3.4", "the only free one, given again");
+        again.release("a").unwrap();
+        again.release("b").unwrap();
+        assert_eq!(again.allocate("g").unwrap().to_string(), "10.42.3.2", "after the last given, wrapping");
+        assert_eq!(again.allocate("h").unwrap().to_string(), "10.42.3.3", "released ones come back last");
         let e = again.set_subnet("10.42.9.0/24".parse().unwrap()).unwrap_err().to_string();
         assert!(e.contains("pods hold addresses from 10.42.3.0/29"), "{e}");
     }

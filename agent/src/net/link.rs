@@ -224,6 +224,21 @@ impl Netlink {
         self.rt.block_on(req.execute()).map_err(ctx(format!("neighbour {ip}")))
     }
 
+    /// Forgets what link `index` learned of `ip`'s hardware address: a pod that gets an address
+    /// another pod had must not be sent frames meant for the old one's MAC.
+    pub fn forget_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetError> {
+        use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+        use rtnetlink::packet_route::AddressFamily;
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        match self.rt.block_on(self.handle.neighbours().del(msg).execute()) {
+            Err(e) if !is_errno(&e, libc::ENOENT) => Err(ctx(format!("forget neighbour {ip}"))(e)),
+            _ => Ok(()),
+        }
+    }
+
     /// A forwarding entry on vxlan device `index`: frames for `mac` go to `dst`.
     pub fn fdb(&self, index: u32, mac: [u8; 6], dst: Ipv4Addr) -> Result<(), NetError> {
         let req = self

@@ -31,7 +31,7 @@ const RESYNC: Duration = Duration::from_secs(30);
 pub enum NetInput {
     /// From the leader: this board's part (when it changed) and the services (`full`: exactly
     /// these; otherwise changes).
-    Leader { node: Option<NodeNetwork>, full: bool, upsert: Vec<ServiceRoute>, remove: Vec<String> },
+    Leader { node: Option<NodeNetwork>, full: bool, upsert: Vec<ServiceRoute>, remove: Vec<String>, version: u64 },
     /// A pod got or lost its network.
     PodsChanged,
 }
@@ -66,6 +66,9 @@ pub struct Controller {
     last_full: Instant,
     /// Every endpoint address of every service (ready or not), as last programmed.
     endpoint_ips: BTreeSet<Ipv4Addr>,
+    /// The leader's view version received and not yet confirmed, and where confirmations go.
+    pending_version: Option<u64>,
+    applied_version: tokio::sync::watch::Sender<u64>,
 }
 
 /// The MAC address of a board's vxlan device, derived from its pod subnet (every board can
@@ -100,7 +103,14 @@ impl Controller {
             dns: None,
             last_full: Instant::now(),
             endpoint_ips: BTreeSet::new(),
+            pending_version: None,
+            applied_version: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// The leader's network view versions this board has applied (the latest).
+    pub fn applied_versions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied_version.subscribe()
     }
 
     /// Runs until `inputs` closes.
@@ -122,11 +132,17 @@ impl Controller {
             if changed || full || self.bindings.has_changed().unwrap_or(false) {
                 self.sync(full);
             }
+            // What the leader said is in the kernel now (or the board cannot route yet).
+            if let Some(v) = self.pending_version.take() {
+                self.applied_version.send_replace(v);
+            }
         }
     }
 
     fn input(&mut self, input: NetInput) {
-        let NetInput::Leader { node, full, upsert, remove } = input else { return };
+        let NetInput::Leader { node, full, upsert, remove, version } = input else { return };
+        // The latest said (a restarted leader counts from 1 again: not the largest).
+        self.pending_version = Some(version);
         let mut k = self.known.clone();
         if let Some(n) = node {
             k.node = Some(n);

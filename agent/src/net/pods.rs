@@ -127,6 +127,13 @@ impl Pods {
         netns::delete(&self.netns_path(replica))?;
         if let Some(ip) = self.ip(replica) {
             super::conntrack::forget_address(ip);
+            // The board's cached MAC of this address goes with the pod.
+            let board = self.inner.lock().expect("pods lock").board.clone();
+            if let Some(bridge) = board.and_then(|b| nl.index(&b.bridge).ok().flatten()) {
+                if let Err(e) = nl.forget_neighbour(bridge, ip) {
+                    tracing::warn!("{e}");
+                }
+            }
         }
         let _ = std::fs::remove_dir_all(self.dir.join(replica));
         self.inner.lock().expect("pods lock").ipam.release(replica)

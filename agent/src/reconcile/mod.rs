@@ -64,6 +64,8 @@ pub struct Handle {
     pub thread: std::thread::JoinHandle<()>,
     /// The board's network controller, for what the leader says of the network.
     pub network: Option<SyncSender<crate::net::node::NetInput>>,
+    /// The latest network view version the controller has applied (to confirm to the leader).
+    pub network_applied: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// Where the agent keeps containers' pieces.
@@ -144,6 +146,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
         shims_dir: paths.shims,
         thread,
         network: None,
+        network_applied: None,
     })
 }
 

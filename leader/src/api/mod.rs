@@ -39,6 +39,7 @@ pub struct Api {
     pub observed: Arc<Observed>,
     pub published: Arc<Published>,
     pub network: Arc<ClusterNetwork>,
+    pub drain: Arc<crate::controllers::drain::Drain>,
 }
 
 impl std::fmt::Debug for Api {
@@ -59,7 +60,7 @@ impl Api {
         network: ClusterNetwork,
     ) -> Api {
         let (observed, published, network) = (Arc::new(Observed::new()), Arc::default(), Arc::new(network));
-        Api { objects, ca, registry, events, observed, published, network }
+        Api { objects, ca, registry, events, observed, published, network, drain: Arc::default() }
     }
 
     /// What the controllers get: the store, the registry, observations and events.
@@ -70,6 +71,7 @@ impl Api {
             observed: self.observed.clone(),
             events: self.events.clone(),
             network: self.network.clone(),
+            drain: self.drain.clone(),
         }
     }
 

@@ -3,6 +3,7 @@
 //! ```text
 //! replicas.rs   per app: the count, the rolling update, Lost replicas (pure)
 //! rollout.rs    revision records and how the latest rollout stands (pure)
+//! drain.rs      which replicas being stopped every board has stopped sending to
 //! plan.rs       a whole pass: snapshot + now → plan (pure; unit and property tests)
 //! snapshot.rs   reads a snapshot: the store, the node registry, what boards told
 //! commit.rs     writes a plan: one transaction per app, the app's revision checked
@@ -12,6 +13,7 @@
 
 pub mod commit;
 pub mod desired;
+pub mod drain;
 pub mod plan;
 pub mod replicas;
 pub mod rollout;
@@ -36,6 +38,8 @@ pub struct Context {
     pub events: Arc<Events>,
     /// The cluster's network, as chosen at init.
     pub network: Arc<ClusterNetwork>,
+    /// Replicas leaving their services before they stop, and what boards applied.
+    pub drain: Arc<drain::Drain>,
 }
 
 /// What the replica controller publishes for the sessions, and what wakes it early.
@@ -61,11 +65,26 @@ impl Default for Published {
 }
 
 impl Published {
-    /// Publishes what a pass left, where it differs from what was published.
-    pub fn publish(&self, sets: DesiredSets, network: NetworkView) {
+    /// Publishes what a pass left, where it differs from what was published; returns the
+    /// version of the network view now published (a new one when it changed).
+    pub fn publish(&self, sets: DesiredSets, network: NetworkView) -> u64 {
         // The network first: a board learns of its subnet before it is told to start pods.
-        replace_if_changed(&self.network, network);
+        let mut incoming = Some(network);
+        let mut version = 0;
+        self.network.send_if_modified(|cur| {
+            let mut view = incoming.take().expect("once");
+            view.version = cur.as_ref().map_or(0, |c| c.version);
+            if cur.as_deref() == Some(&view) {
+                version = view.version;
+                return false;
+            }
+            view.version += 1;
+            version = view.version;
+            *cur = Some(Arc::new(view));
+            true
+        });
         replace_if_changed(&self.desired, sets);
+        version
     }
 }
 

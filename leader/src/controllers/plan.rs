@@ -9,6 +9,7 @@
 //! replica uses any more are dropped; the latest rollout is followed ([`super::rollout`]): its
 //! progress recorded, its completion, or its failure and the rollback.
 
+use super::drain::DRAIN_TIMEOUT_MS;
 use super::replicas::{reconcile, revision_hash, Action};
 use super::rollout::{self, Step};
 use crate::objects::Versioned;
@@ -60,6 +61,8 @@ pub struct Snapshot {
     pub revision: u64,
     /// Every service (for the endpoints; the planner does not change them).
     pub services: Vec<bramble_proto::model::Service>,
+    /// Replicas being stopped that every connected board has stopped sending to.
+    pub drained: BTreeSet<String>,
 }
 
 /// One write of an app's transaction.
@@ -164,12 +167,14 @@ pub fn plan(snapshot: &Snapshot, now_ms: u64) -> Plan {
         (_, false) => Some("was deleted"),
         _ => None,
     };
+    let served: BTreeSet<&str> = snapshot.services.iter().map(|s| s.spec.app.as_str()).collect();
     let apps = snapshot
         .apps
         .values()
         .map(|a| {
             let offered = snapshot.platforms.get(a.app.spec.image.as_str()).map(|v| v.value.as_slice());
-            plan_app(a, &lost, offered, &mut scheduler, now_ms, salt(snapshot.revision, now_ms))
+            let drain = DrainInput { served: served.contains(a.app.spec.name.as_str()), drained: &snapshot.drained };
+            plan_app(a, &lost, offered, &drain, &mut scheduler, now_ms, salt(snapshot.revision, now_ms))
         })
         .collect();
     Plan { apps, garbage: garbage(snapshot) }
@@ -257,6 +262,13 @@ impl Work<'_> {
     }
 }
 
+/// What draining needs to know of one app.
+struct DrainInput<'a> {
+    /// A service sends traffic to the app: its replicas leave it before they stop.
+    served: bool,
+    drained: &'a BTreeSet<String>,
+}
+
 /// What makes this pass's new names its own: no two committed passes share a store revision
 /// and a time.
 fn salt(revision: u64, now_ms: u64) -> u64 {
@@ -267,6 +279,7 @@ fn plan_app(
     app: &AppState,
     lost: &dyn Fn(&str) -> Option<&'static str>,
     offered: Option<&[Platform]>,
+    drain: &DrainInput<'_>,
     scheduler: &mut Scheduler,
     now: u64,
     salt: u64,
@@ -285,7 +298,8 @@ fn plan_app(
     if let Some(offered) = offered {
         evict_foreign(&mut w, offered, scheduler);
     }
-    keep_count(&mut w, scheduler);
+    finish_draining(&mut w, drain, scheduler);
+    keep_count(&mut w, drain, scheduler);
     place(&mut w, offered, scheduler);
     let mut changes = replica_changes(app, &w.replicas);
     changes.extend(revision_changes(app, &w.replicas));
@@ -358,25 +372,64 @@ fn evict_foreign(w: &mut Work<'_>, offered: &[Platform], scheduler: &mut Schedul
     }
 }
 
+/// Replicas that were leaving their services go once every board stopped sending to them, or
+/// after the bound.
+fn finish_draining(w: &mut Work<'_>, drain: &DrainInput<'_>, scheduler: &mut Scheduler) {
+    let done: Vec<(String, &'static str)> = w
+        .replicas
+        .iter()
+        .filter_map(|r| {
+            let since = r.terminating_ms?;
+            if drain.drained.contains(&r.meta.name) {
+                Some((r.meta.name.clone(), "every board stopped sending to it"))
+            } else if w.now >= since + DRAIN_TIMEOUT_MS {
+                Some((r.meta.name.clone(), "not every board confirmed in time"))
+            } else {
+                None
+            }
+        })
+        .collect();
+    for (name, why) in done {
+        remove_replica(w, &name, scheduler);
+        w.event(&name, EventReason::Deleted, format!("deleted after leaving its services ({why})"));
+    }
+}
+
+/// Takes replica `name` out of the plan and off its node.
+fn remove_replica(w: &mut Work<'_>, name: &str, scheduler: &mut Scheduler) {
+    let Some(pos) = w.replicas.iter().position(|r| r.meta.name == name) else { return };
+    let r = w.replicas.remove(pos);
+    if holds_node(&r) {
+        if let Some(i) = r.node.as_deref().and_then(|n| scheduler.index_of(n)) {
+            scheduler.unbind(i, w.name, w.spec());
+        }
+    }
+}
+
 /// The count, the rolling update and Lost replicas past their hold-off. A rollout that failed
-/// and holds (no rollback) stays as it is.
-fn keep_count(w: &mut Work<'_>, scheduler: &mut Scheduler) {
+/// and holds (no rollback) stays as it is. A replica that takes traffic leaves its services
+/// first (it drains) and goes in a later pass; others go at once.
+fn keep_count(w: &mut Work<'_>, drain: &DrainInput<'_>, scheduler: &mut Scheduler) {
     let current = revision_hash(w.spec());
     let frozen = w.app.history.last().is_some_and(|h| h.value.state == RolloutState::Failed && h.value.hash == current);
-    for action in reconcile(w.name, w.spec(), &w.replicas, w.now, w.salt, frozen) {
+    // Replicas already leaving count no more.
+    let counted: Vec<Replica> = w.replicas.iter().filter(|r| r.terminating_ms.is_none()).cloned().collect();
+    for action in reconcile(w.name, w.spec(), &counted, w.now, w.salt, frozen) {
         match action {
             Action::Delete { name: victim, reason } => {
                 // A replica just marked Lost is deleted in a later pass (one write per key).
                 if w.just_lost.contains(&victim) {
                     continue;
                 }
-                let Some(pos) = w.replicas.iter().position(|r| r.meta.name == victim) else { continue };
-                let r = w.replicas.remove(pos);
-                if holds_node(&r) {
-                    if let Some(i) = r.node.as_deref().and_then(|n| scheduler.index_of(n)) {
-                        scheduler.unbind(i, w.name, w.spec());
-                    }
+                let now = w.now;
+                let Some(r) = w.replicas.iter_mut().find(|r| r.meta.name == victim) else { continue };
+                if drain.served && r.serving() {
+                    r.terminating_ms = Some(now);
+                    let why = format!("leaving its services before it stops ({reason})");
+                    w.event(&victim, EventReason::Draining, why);
+                    continue;
                 }
+                remove_replica(w, &victim, scheduler);
                 w.event(&victim, EventReason::Deleted, format!("deleted: {reason}"));
             }
             Action::Create { name: new, revision } => {

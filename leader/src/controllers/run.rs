@@ -19,6 +19,8 @@ use tracing::warn;
 pub struct Outcome {
     pub desired: DesiredSets,
     pub network: NetworkView,
+    /// Replicas leaving their services before they stop.
+    pub terminating: Vec<String>,
 }
 
 /// One pass over the whole cluster at `now_ms`.
@@ -39,12 +41,22 @@ pub fn pass(ctx: &Context, now_ms: u64) -> Result<Outcome> {
     let desired = desired::sets(snapshot.nodes.iter().map(|n| n.node.meta.name.as_str()), kept.iter().copied());
     let apps = snapshot.apps.iter().map(|(name, a)| (name.clone(), &a.app.spec)).collect();
     let replicas: Vec<&Replica> = kept.iter().map(|k| &k.replica).collect();
+    let terminating = replicas.iter().filter(|r| r.terminating_ms.is_some()).map(|r| r.meta.name.clone()).collect();
     let network = NetworkView {
+        version: 0,
         cluster: (*ctx.network).clone(),
         nodes: snapshot.nodes.iter().map(|n| (n.node.meta.name.clone(), (n.node.pod_cidr, n.node.address))).collect(),
         services: network::endpoints::routes(&snapshot.services, &apps, &replicas),
     };
-    Ok(Outcome { desired, network })
+    Ok(Outcome { desired, network, terminating })
+}
+
+/// Publishes a pass's outcome for the sessions, and notes which view first left out each
+/// replica being drained.
+pub fn publish(ctx: &Context, published: &Published, out: Outcome) -> u64 {
+    let version = published.publish(out.desired, out.network);
+    ctx.drain.published(version, out.terminating.iter().map(String::as_str));
+    version
 }
 
 /// Runs passes on every change to the store, every kick and at least every second, until
@@ -81,7 +93,7 @@ pub async fn run(ctx: Arc<Context>, published: Arc<Published>, cancel: Cancellat
             Ok(Ok(out)) => {
                 // Live detail of replicas that are gone is forgotten.
                 ctx.observed.retain_details(|k| out.desired.values().any(|s| s.contains_key(k)));
-                published.publish(out.desired, out.network);
+                publish(&ctx, &published, out);
             }
             Ok(Err(e)) => warn!("replica controller: {e}"),
             Err(e) => warn!("replica controller: {e}"),

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 pub fn read(ctx: &Context, now_ms: u64) -> Result<Snapshot> {
     let revision = ctx.objects.store().revision();
-    let nodes = ctx
+    let nodes: Vec<NodeState> = ctx
         .objects
         .list::<Node>()?
         .into_iter()
@@ -58,6 +58,8 @@ pub fn read(ctx: &Context, now_ms: u64) -> Result<Snapshot> {
         .flat_map(|(app, records)| records.into_iter().map(move |v| (app.clone(), v.value.number, v.rev)))
         .collect();
     let services: Vec<Service> = ctx.objects.list::<Service>()?.into_iter().map(|v| v.value).collect();
+    let connected = nodes.iter().filter(|n| n.ready == ConditionStatus::True).map(|n| n.node.meta.name.as_str());
+    let drained = ctx.drain.drained(connected);
     Ok(Snapshot {
         nodes,
         apps,
@@ -67,5 +69,6 @@ pub fn read(ctx: &Context, now_ms: u64) -> Result<Snapshot> {
         platforms: ctx.objects.image_platforms()?,
         revision,
         services,
+        drained,
     })
 }

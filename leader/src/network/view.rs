@@ -11,6 +11,8 @@ use std::net::Ipv4Addr;
 /// What the controller publishes for the sessions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkView {
+    /// Bumped by each publication that changes the view; boards say which one they applied.
+    pub version: u64,
     pub cluster: ClusterNetwork,
     /// Every node: its pod subnet and address, where known.
     pub nodes: BTreeMap<String, (Option<Cidr>, Option<Ipv4Addr>)>,
@@ -34,21 +36,26 @@ impl NetworkView {
 /// What a session last sent its board.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sent {
+    pub version: u64,
     pub node: NodeNetwork,
     pub services: Routes,
 }
 
 /// The message that brings a board from `sent` (none yet this session) to `view`; `None` when
-/// nothing changed. A changed service is sent alone, not the whole list.
+/// the version is the same. A changed service is sent alone, not the whole list; a new version
+/// with nothing new for this board is still sent (empty), so that the board confirms it.
 pub fn delta(sent: Option<&Sent>, view: &NetworkView, name: &str) -> (Option<LeaderMsg>, Sent) {
-    let now = Sent { node: view.node(name), services: view.services.clone() };
+    let now = Sent { version: view.version, node: view.node(name), services: view.services.clone() };
+    let version = view.version;
     let msg = match sent {
         None => Some(LeaderMsg::Network {
             node: Some(now.node.clone()),
             full: true,
             upsert: now.services.values().cloned().collect(),
             remove: Vec::new(),
+            version,
         }),
+        Some(before) if before.version == version && before.node == now.node && before.services == now.services => None,
         Some(before) => {
             let node = (before.node != now.node).then(|| now.node.clone());
             let upsert: Vec<_> = now
@@ -59,12 +66,7 @@ pub fn delta(sent: Option<&Sent>, view: &NetworkView, name: &str) -> (Option<Lea
                 .collect();
             let remove: Vec<String> =
                 before.services.keys().filter(|k| !now.services.contains_key(*k)).cloned().collect();
-            (node.is_some() || !upsert.is_empty() || !remove.is_empty()).then_some(LeaderMsg::Network {
-                node,
-                full: false,
-                upsert,
-                remove,
-            })
+            Some(LeaderMsg::Network { node, full: false, upsert, remove, version })
         }
     };
     (msg, now)
@@ -88,6 +90,7 @@ mod tests {
             )
         };
         NetworkView {
+            version: 1,
             cluster: ClusterNetwork::default(),
             nodes: nodes.into(),
             services: [svc("web", "10.43.0.1"), svc("db", "10.43.0.2")].into(),
@@ -106,16 +109,24 @@ mod tests {
         );
         assert_eq!(delta(Some(&sent), &v, "pi-1").0, None, "nothing changed");
         let mut v2 = v.clone();
+        v2.version = 2;
         v2.services.remove("db");
         v2.services.get_mut("web").unwrap().vip = "10.43.0.9".parse().unwrap();
         let (msg, _) = delta(Some(&sent), &v2, "pi-1");
         match msg {
-            Some(LeaderMsg::Network { node: None, full: false, upsert, remove }) => {
+            Some(LeaderMsg::Network { node: None, full: false, upsert, remove, version: 2 }) => {
                 assert_eq!(upsert.len(), 1);
                 assert_eq!(remove, ["db"]);
             }
             other => panic!("{other:?}"),
         }
+        let mut v3 = v.clone();
+        v3.version = 3;
+        let (msg, _) = delta(Some(&sent), &v3, "pi-1");
+        assert!(
+            matches!(msg, Some(LeaderMsg::Network { node: None, ref upsert, ref remove, version: 3, .. }) if upsert.is_empty() && remove.is_empty()),
+            "a new version with nothing new for this board is still sent, to be confirmed: {msg:?}"
+        );
         v2.nodes.get_mut("pi-2").unwrap().1 = Some("192.168.1.22".parse().unwrap());
         assert!(
             matches!(delta(Some(&sent), &v2, "pi-1").0, Some(LeaderMsg::Network { node: Some(_), .. })),

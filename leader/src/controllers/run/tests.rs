@@ -29,7 +29,8 @@ fn cluster(dir: &std::path::Path, registry: Arc<NodeRegistry>) -> Context {
         let _ = objects.put(&node(n), Expect::Absent);
     }
     let network = Arc::new(bramble_proto::network::ClusterNetwork::default());
-    Context { objects, registry, observed: Arc::new(Observed::new()), events: Arc::new(Events::new()), network }
+    let (observed, events) = (Arc::new(Observed::new()), Arc::new(Events::new()));
+    Context { objects, registry, observed, events, network, drain: Arc::default() }
 }
 
 /// A pass; its desired sets.

@@ -17,6 +17,8 @@ pub enum CliError {
     Unreachable(String),
     Api(ApiError),
     Other(String),
+    /// Not an error: the command said what it had to and ends with this exit code.
+    Exit(u8),
 }
 
 impl std::fmt::Display for CliError {
@@ -24,6 +26,7 @@ impl std::fmt::Display for CliError {
         match self {
             CliError::Config(m) | CliError::Unreachable(m) | CliError::Other(m) => f.write_str(m),
             CliError::Api(e) => f.write_str(&e.message),
+            CliError::Exit(code) => write!(f, "exit code {code}"),
         }
     }
 }
@@ -32,6 +35,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Unreachable(_) => 3,
+            CliError::Exit(code) => *code,
             CliError::Api(e) if e.code == ErrorCode::NotFound => 4,
             CliError::Api(e) if matches!(e.code, ErrorCode::Unauthenticated | ErrorCode::PermissionDenied) => 5,
             CliError::Api(e) if e.code == ErrorCode::Conflict => 6,

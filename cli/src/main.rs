@@ -2,6 +2,7 @@
 
 mod client;
 mod cmd;
+mod diff;
 mod output;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Create or update apps and services from TOML manifests: `bramble apply -f app.toml`.
     Apply(cmd::apply::Args),
+    /// What applying manifests would change, as a diff per object: exit 0 none, 1 some.
+    Diff(cmd::diff::Args),
     /// Delete apps, services or nodes: `bramble delete app NAME`, `delete node NAME`, `delete -f app.toml`.
     Delete(cmd::delete::Args),
     /// List objects: `bramble get nodes|apps|replicas|services`.
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         let config = cli.config;
         match cli.command {
             Command::Apply(a) => cmd::apply::run(config, a).await,
+            Command::Diff(a) => cmd::diff::run(config, a).await,
             Command::Delete(a) => cmd::delete::run(config, a).await,
             Command::Get(a) => cmd::get::run(config, a).await,
             Command::Describe(a) => cmd::describe::run(config, a).await,
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(crate::client::CliError::Exit(code)) => ExitCode::from(code),
         Err(e) => {
             eprintln!("bramble: {e}");
             ExitCode::from(e.exit_code())

@@ -63,10 +63,13 @@ pub enum Request {
     CreateToken {
         ttl_secs: u64,
     },
-    /// Creates or updates every object, or none of them.
+    /// Creates or updates every object, or none of them. With `dry_run`, the leader checks and
+    /// plans everything as for real, stores nothing, and answers [`Response::Planned`].
     Apply {
         apps: Vec<AppSpec>,
         services: Vec<ServiceSpec>,
+        #[serde(default)]
+        dry_run: bool,
     },
     GetApps,
     GetServices,
@@ -183,6 +186,8 @@ pub enum Response {
     Done(String),
     /// What `Apply` did to each object, in order.
     Applied(Vec<Applied>),
+    /// What a dry-run `Apply` would do.
+    Planned(ApplyPlan),
     Apps(Vec<App>),
     Services(Vec<Service>),
     Replicas(Vec<Replica>),
@@ -250,6 +255,49 @@ impl std::fmt::Display for Applied {
         };
         write!(f, "{}/{} {o}", self.kind, self.name)
     }
+}
+
+/// What `apply --dry-run` found: each object's outcome, and where each app's replicas would go
+/// once its rollout has run (as `nomad job plan` shows it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyPlan {
+    pub applied: Vec<Applied>,
+    /// One per app in the manifests, in their order.
+    pub apps: Vec<AppPlanView>,
+}
+
+/// One app's part of a dry run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppPlanView {
+    pub app: String,
+    /// The revision a new pod template would get (None: the template stays).
+    pub revision: Option<u64>,
+    /// Why there is a new revision (`apply: image A -> B`).
+    pub cause: Option<String>,
+    pub changes: Vec<PlannedChange>,
+    /// How the rollout would end if every new replica became ready: `complete`, or why it
+    /// would stop.
+    pub outcome: String,
+}
+
+/// One replica that would be created, replaced or removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedChange {
+    pub action: PlannedAction,
+    /// The replica that goes (replace, remove).
+    pub replica: Option<String>,
+    /// The board it runs or would run on (None: no board would take it).
+    pub node: Option<String>,
+    /// Why a new replica would stay Pending.
+    pub pending: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlannedAction {
+    Create,
+    Replace,
+    Remove,
 }
 
 /// Errors the leader returns, with codes a client can act on.

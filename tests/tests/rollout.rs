@@ -267,6 +267,38 @@ fn a_rollout_under_load_drops_nothing_and_a_bad_one_is_rolled_back() {
     });
     let vip = service(&c).vip.expect("a VIP");
 
+    // 0. Before applying: `diff` says what would change (exit 1) or that nothing would (exit 0),
+    // and `apply --dry-run` shows each replica replaced on its board, storing nothing.
+    let next = c.dir.path().join("next.toml");
+    std::fs::write(&next, manifest(&v2, "2", "")).unwrap();
+    let same = c.dir.path().join("same.toml");
+    std::fs::write(&same, manifest(&v1, "1", "")).unwrap();
+    let out = c.cli(&["diff", "-f", same.to_str().unwrap()]);
+    assert_eq!((out.status.code(), out.stdout.len()), (Some(0), 0), "nothing would change");
+    let out = c.cli(&["diff", "-f", next.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "something would change: {said}");
+    assert!(said.starts_with("--- app/web (stored)\n+++ app/web (new)\n@@ "), "{said}");
+    assert!(said.contains(&format!("\n-image = \"{v1}\"\n+image = \"{v2}\"\n")), "{said}");
+    assert!(said.contains("\n-VERSION = \"1\"\n+VERSION = \"2\"\n"), "{said}");
+    assert!(!said.contains("service/web"), "the service would not change: {said}");
+    let before = (replicas(&c), history(&c), cli_ok(&c, &["get", "apps", "-o", "json"]));
+    let plan = cli_ok(&c, &["apply", "--dry-run", "-f", next.to_str().unwrap()]);
+    assert!(plan.contains(&format!("app/web configured (revision 2: apply: image {v1} -> {v2})")), "{plan}");
+    for r in &before.0 {
+        let line = format!("~ replace {:<20} on {}", r.meta.name, r.node.as_deref().unwrap());
+        assert!(plan.contains(&line), "{line:?} in {plan}");
+    }
+    assert!(plan.contains("service/web unchanged") && plan.contains("dry run: nothing was stored"), "{plan}");
+    let json: bramble_proto::wire::ApplyPlan =
+        serde_json::from_str(&cli_ok(&c, &["apply", "--dry-run", "-o", "json", "-f", next.to_str().unwrap()])).unwrap();
+    assert_eq!(json.apps[0].changes.len(), 3, "{json:?}");
+    let after = (replicas(&c), history(&c), cli_ok(&c, &["get", "apps", "-o", "json"]));
+    assert_eq!(after.1, before.1, "a dry run records no revision");
+    assert_eq!(after.2, before.2, "a dry run stores no spec");
+    let names = |rs: &[Replica]| rs.iter().map(|r| r.meta.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&after.0), names(&before.0), "a dry run starts and stops nothing");
+
     // 1. A new image under load: not one request fails.
     let stats = Arc::new(Stats::default());
     let stop = Arc::new(AtomicBool::new(false));

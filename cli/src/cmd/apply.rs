@@ -1,9 +1,11 @@
-//! `bramble apply -f FILE|DIR|-`: every object in every file is validated first; one invalid object
-//! changes nothing.
+//! `bramble apply -f FILE|DIR|- [--dry-run]`: every object in every file is validated first; one
+//! invalid object changes nothing. With `--dry-run` the leader checks and plans it all as for real
+//! and stores nothing: what would be created, replaced or removed, and on which boards.
 
 use crate::client::{request, unexpected, CliError};
+use crate::output::{json, Format};
 use bramble_proto::manifest::{parse_manifest, Manifest};
-use bramble_proto::wire::{Request, Response};
+use bramble_proto::wire::{AppPlanView, ApplyPlan, PlannedAction, Request, Response};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -12,6 +14,13 @@ pub struct Args {
     /// Manifest files or directories (`*.toml` inside), or `-` for standard input.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<String>,
+    /// Check and plan everything on the leader, store nothing, and print which replicas would be
+    /// created, replaced or removed on which boards (and why any would stay Pending).
+    #[arg(long)]
+    dry_run: bool,
+    /// `json` prints what was applied (or the plan) for scripts.
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Format,
 }
 
 /// Reads and validates every manifest; all problems are reported together.
@@ -68,13 +77,66 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     if m.apps.is_empty() && m.services.is_empty() {
         return Err(CliError::Other("nothing to apply: the manifests hold no [[app]] or [[service]]".into()));
     }
-    match request(config, Request::Apply { apps: m.apps, services: m.services }).await? {
+    let dry_run = args.dry_run;
+    match request(config, Request::Apply { apps: m.apps, services: m.services, dry_run }).await? {
+        Response::Applied(results) if args.output == Format::Json => {
+            print!("{}", json(&results));
+            Ok(())
+        }
         Response::Applied(results) => {
             for r in results {
                 println!("{r}");
             }
             Ok(())
         }
+        Response::Planned(plan) if args.output == Format::Json => {
+            print!("{}", json(&plan));
+            Ok(())
+        }
+        Response::Planned(plan) => {
+            print!("{}", show_plan(&plan));
+            Ok(())
+        }
         r => Err(unexpected(&r)),
     }
+}
+
+/// A dry run for people: each object's outcome, then per app the replicas that would change.
+pub fn show_plan(plan: &ApplyPlan) -> String {
+    let mut out = String::new();
+    for a in &plan.applied {
+        let app = plan.apps.iter().find(|p| a.kind == "app" && p.app == a.name);
+        match app.and_then(|p| Some((p.revision?, p.cause.as_deref()?))) {
+            Some((n, cause)) => out.push_str(&format!("{a} (revision {n}: {cause})\n")),
+            None => out.push_str(&format!("{a}\n")),
+        }
+        if let Some(p) = app {
+            out.push_str(&show_app(p));
+        }
+    }
+    out.push_str("dry run: nothing was stored\n");
+    out
+}
+
+fn show_app(p: &AppPlanView) -> String {
+    let mut out = String::new();
+    for c in &p.changes {
+        let (sign, verb) = match c.action {
+            PlannedAction::Create => ('+', "create"),
+            PlannedAction::Replace => ('~', "replace"),
+            PlannedAction::Remove => ('-', "remove"),
+        };
+        let what = c.replica.as_deref().unwrap_or("a new replica");
+        let place = match (&c.node, &c.pending) {
+            (Some(n), _) => format!("on {n}"),
+            (None, Some(why)) => format!("Pending: {why}"),
+            (None, None) => "Pending".to_string(),
+        };
+        out.push_str(&format!("  {sign} {verb:<8}{what:<20} {place}\n"));
+    }
+    if p.changes.is_empty() {
+        out.push_str("  no replica would change\n");
+    }
+    out.push_str(&format!("  rollout: {}\n", p.outcome));
+    out
 }

@@ -4,6 +4,7 @@ pub mod apply;
 pub mod cordon;
 pub mod delete;
 pub mod describe;
+pub mod diff;
 pub mod events;
 pub mod get;
 pub mod image;

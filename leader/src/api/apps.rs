@@ -3,16 +3,17 @@
 
 use crate::controllers::replicas::revision_hash;
 use crate::controllers::rollout::new_revision;
+use crate::controllers::{dry_run, snapshot, Context};
 use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::network::alloc::free_vip;
 use crate::objects::{key, keys, Object, Objects};
 use crate::store::{Expect, StoreError, TxnOp};
 use bramble_proto::manifest::{AppSpec, ServiceSpec};
-use bramble_proto::model::{App, Event, EventReason, Kind, ObjectMeta, ObjectRef, Replica, Service};
+use bramble_proto::model::{App, Event, EventReason, Kind, ObjectMeta, ObjectRef, Replica, RevisionRecord, Service};
 use bramble_proto::network::ClusterNetwork;
 use bramble_proto::time::now_ms;
-use bramble_proto::wire::{Applied, Outcome};
+use bramble_proto::wire::{Applied, ApplyPlan, Outcome};
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
@@ -149,24 +150,33 @@ fn check(apps: &[AppSpec], services: &[ServiceSpec]) -> Result<()> {
     }
 }
 
-/// Applies every object or none at `now` (the revision records' time); `who` made the change
-/// (for the events).
-pub fn apply(
+/// What an apply would write, and what it means.
+struct Prepared {
+    ops: Vec<TxnOp>,
+    results: Vec<(Kind, Applied)>,
+    /// Apps with a new spec, each with the record of its new template if it has one.
+    apps: Vec<dry_run::Applied>,
+    /// Services with a new spec.
+    services: Vec<Service>,
+}
+
+/// Checks every object and works out the writes of applying them at `now`, without writing.
+fn prepare(
     objects: &Objects,
-    events: &Events,
     network: &ClusterNetwork,
     (apps, services): (Vec<AppSpec>, Vec<ServiceSpec>),
-    who: &str,
     now: u64,
-) -> Result<Vec<Applied>> {
+) -> Result<Prepared> {
     check(&apps, &services)?;
     check_targets(objects, &apps, &services)?;
     let mut ops = Vec::new();
     let mut results = Vec::new();
     let mut all_replicas: Option<Vec<Replica>> = None;
+    let mut changed_apps = Vec::new();
     for a in &apps {
         let (new, applied) = plan::<App>(objects, a.name.as_str(), a)?;
         if let Some((app, expect)) = new {
+            let mut record = None;
             // A new template is a new revision, recorded; its rollout is followed from there.
             let before = objects.get::<App>(a.name.as_str())?.map(|v| revision_hash(&v.value.spec));
             if before.as_deref() != Some(revision_hash(a).as_str()) {
@@ -183,9 +193,12 @@ pub fn apply(
                 };
                 let mine: Vec<Replica> = replicas.iter().filter(|r| r.app == a.name.as_str()).cloned().collect();
                 let history = objects.history(a.name.as_str())?;
-                ops.extend(new_revision(a.name.as_str(), &history, a, &cause, &mine, now).1);
+                let (new, writes) = new_revision(a.name.as_str(), &history, a, &cause, &mine, now);
+                ops.extend(writes);
+                record = Some(new);
             }
             ops.push(Objects::put_op(&app, expect));
+            changed_apps.push(dry_run::Applied { spec: a.clone(), record });
         }
         results.push((App::REF, applied));
     }
@@ -197,6 +210,21 @@ pub fn apply(
     }
     ops.extend(allocate_vips(objects, network, &mut changed_services)?);
     ops.extend(changed_services.iter().map(|(s, expect)| Objects::put_op(s, *expect)));
+    let services = changed_services.into_iter().map(|(s, _)| s).collect();
+    Ok(Prepared { ops, results, apps: changed_apps, services })
+}
+
+/// Applies every object or none at `now` (the revision records' time); `who` made the change
+/// (for the events).
+pub fn apply(
+    objects: &Objects,
+    events: &Events,
+    network: &ClusterNetwork,
+    specs: (Vec<AppSpec>, Vec<ServiceSpec>),
+    who: &str,
+    now: u64,
+) -> Result<Vec<Applied>> {
+    let Prepared { ops, results, .. } = prepare(objects, network, specs, now)?;
     if !ops.is_empty() {
         objects.txn(&ops).map_err(|e| match e {
             StoreError::Conflict { key, .. } => Error::Conflict(format!(
@@ -215,6 +243,24 @@ pub fn apply(
         events.record(Event::new(now_ms(), ObjectRef::new(*kind, r.name.clone()), reason, format!("{r} by {who}")));
     }
     Ok(results.into_iter().map(|(_, r)| r).collect())
+}
+
+/// Checks and plans an apply as [`apply`] would, writes nothing, and says what would change and
+/// where each app's replicas would go.
+pub fn dry_run(ctx: &Context, specs: (Vec<AppSpec>, Vec<ServiceSpec>), now: u64) -> Result<ApplyPlan> {
+    let names: Vec<String> = specs.0.iter().map(|a| a.name.as_str().to_string()).collect();
+    let prepared = prepare(&ctx.objects, &ctx.network, specs, now)?;
+    let mut snapshot = snapshot::read(ctx, now)?;
+    dry_run::overlay(&mut snapshot, &prepared.apps, &prepared.services, now);
+    let records: Vec<(String, Option<&RevisionRecord>)> = names
+        .iter()
+        .map(|n| {
+            let record = prepared.apps.iter().find(|a| a.spec.name.as_str() == n).and_then(|a| a.record.as_ref());
+            (n.clone(), record)
+        })
+        .collect();
+    let apps = dry_run::simulate(snapshot, &records, now);
+    Ok(ApplyPlan { applied: prepared.results.into_iter().map(|(_, r)| r).collect(), apps })
 }
 
 /// Every object of kind `T`.

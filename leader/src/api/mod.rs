@@ -97,7 +97,10 @@ impl Api {
             Request::GetNode { name } => self.describe_node(&name),
             Request::LabelNode { name, set, remove } => self.label(&name, set, remove),
             Request::SetCordon { name, cordoned } => self.cordon(&name, cordoned),
-            Request::Apply { apps, services } => {
+            Request::Apply { apps, services, dry_run: true } => {
+                Ok(Response::Planned(apps::dry_run(&self.context(), (apps, services), now_ms())?))
+            }
+            Request::Apply { apps, services, dry_run: false } => {
                 let objects = (apps, services);
                 let applied = apps::apply(&self.objects, &self.events, &self.network, objects, BY_ADMIN, now_ms())?;
                 self.published.kick.notify_one();

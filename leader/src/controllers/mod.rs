@@ -14,6 +14,7 @@
 pub mod commit;
 pub mod desired;
 pub mod drain;
+pub mod dry_run;
 pub mod plan;
 pub mod replicas;
 pub mod rollout;

@@ -197,6 +197,7 @@ fn scheduler_for(snapshot: &Snapshot) -> Scheduler {
             host_ports: BTreeSet::new(),
             images: n.images.clone(),
             apps: BTreeMap::new(),
+            revisions: BTreeMap::new(),
         })
         .collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -204,7 +205,8 @@ fn scheduler_for(snapshot: &Snapshot) -> Scheduler {
     for (name, a) in &snapshot.apps {
         for r in a.replicas.iter().map(|v| &v.value).filter(|r| holds_node(r)) {
             if let Some(i) = r.node.as_deref().and_then(|n| scheduler.index_of(n)) {
-                scheduler.bind(i, &Placement { app: name, spec: &a.app.spec, platforms: None });
+                let req = Placement { app: name, spec: &a.app.spec, platforms: None, revision: &r.revision_hash };
+                scheduler.bind(i, &req);
             }
         }
     }
@@ -357,7 +359,7 @@ fn evict_foreign(w: &mut Work<'_>, offered: &[Platform], scheduler: &mut Schedul
             continue;
         }
         if holds_node(r) {
-            scheduler.unbind(i, w.name, w.spec());
+            scheduler.unbind(i, w.name, w.spec(), &r.revision_hash);
         }
         let list: Vec<String> = offered.iter().map(|p| p.to_string()).collect();
         let node = &scheduler.nodes[i].name;
@@ -401,7 +403,7 @@ fn remove_replica(w: &mut Work<'_>, name: &str, scheduler: &mut Scheduler) {
     let r = w.replicas.remove(pos);
     if holds_node(&r) {
         if let Some(i) = r.node.as_deref().and_then(|n| scheduler.index_of(n)) {
-            scheduler.unbind(i, w.name, w.spec());
+            scheduler.unbind(i, w.name, w.spec(), &r.revision_hash);
         }
     }
 }
@@ -443,7 +445,8 @@ fn keep_count(w: &mut Work<'_>, drain: &DrainInput<'_>, scheduler: &mut Schedule
 /// Places what is unbound; what fits nowhere keeps a reason (an event only when it changes).
 fn place(w: &mut Work<'_>, offered: Option<&[Platform]>, scheduler: &mut Scheduler) {
     let spec = &w.app.app.spec;
-    let req = Placement { app: w.name, spec, platforms: offered };
+    let revision = revision_hash(spec);
+    let req = Placement { app: w.name, spec, platforms: offered, revision: &revision };
     let mut events = Vec::new();
     for r in w.replicas.iter_mut().filter(|r| r.node.is_none()) {
         match scheduler.place(&req) {

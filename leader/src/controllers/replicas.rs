@@ -131,8 +131,17 @@ pub fn reconcile(app: &str, spec: &AppSpec, replicas: &[Replica], now_ms: u64, s
         let min_available = want.saturating_sub(spec.update.max_unavailable.0 as usize);
         let mut up = live.iter().filter(|r| available(r, spec, now_ms)).count();
         // Old replicas that serve nobody go at once; those that serve go while enough others
-        // are available.
-        old.sort_by_key(|r| deletion_rank(r));
+        // are available. Among equals, first from the node holding the most of the app (where a
+        // new one just started), so the update ends as spread as it began.
+        let mut per_node: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+        for node in live.iter().filter_map(|r| r.node.as_deref()) {
+            *per_node.entry(node).or_default() += 1;
+        }
+        let crowd = |r: &Replica| r.node.as_deref().map_or(0, |n| per_node[n]);
+        old.sort_by_key(|r| {
+            let (rank, newest) = deletion_rank(r);
+            (rank, std::cmp::Reverse(crowd(r)), newest, r.meta.name.clone())
+        });
         for r in &old {
             let is_up = available(r, spec, now_ms);
             if !r.serving() || up > min_available {

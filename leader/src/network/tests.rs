@@ -33,7 +33,7 @@ fn admin(api: &Api, req: Request) -> Response {
 
 fn apply(api: &Api, text: &str) -> Response {
     let m = parse_manifest("t.toml", text).unwrap();
-    admin(api, Request::Apply { apps: m.apps, services: m.services })
+    admin(api, Request::Apply { apps: m.apps, services: m.services, dry_run: false })
 }
 
 fn vip(api: &Api, name: &str) -> std::net::Ipv4Addr {

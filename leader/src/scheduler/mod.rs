@@ -29,6 +29,8 @@ pub struct NodeSnapshot {
     pub images: BTreeSet<String>,
     /// Replicas per app bound to it.
     pub apps: BTreeMap<String, u32>,
+    /// Replicas per pod template (revision hash) bound to it.
+    pub revisions: BTreeMap<String, u32>,
 }
 
 /// One replica to place.
@@ -38,6 +40,8 @@ pub struct Request<'a> {
     pub spec: &'a AppSpec,
     /// The platforms the image offers, if known (otherwise any node's arch is accepted).
     pub platforms: Option<&'a [Platform]>,
+    /// The pod template's revision hash.
+    pub revision: &'a str,
 }
 
 /// Why a node was filtered out.
@@ -148,9 +152,11 @@ pub fn filter(node: &NodeSnapshot, req: &Request<'_>) -> Option<Reason> {
     None
 }
 
-/// Higher is better. Spread dominates, then free resources, then image locality.
+/// Higher is better. Spread dominates — of the replicas of the same template first (so a rolling
+/// update ends as spread as it began), then of the app — then free resources, then image locality.
 pub fn score(node: &NodeSnapshot, req: &Request<'_>) -> i64 {
     let same_app = i64::from(node.apps.get(req.app).copied().unwrap_or(0));
+    let same_revision = i64::from(node.revisions.get(req.revision).copied().unwrap_or(0));
     let free = |used: u64, total: u64| (total.saturating_sub(used) * 100).checked_div(total).unwrap_or(0) as i64;
     let cpu = req.spec.resources.cpu.map_or(0, |c| c.0);
     let mem = req.spec.resources.memory.map_or(0, |m| m.0);
@@ -161,7 +167,7 @@ pub fn score(node: &NodeSnapshot, req: &Request<'_>) -> i64 {
     let prefer_not =
         node.taints.iter().filter(|t| t.effect == TaintEffect::PreferNoSchedule && !tolerates(req.spec, t)).count()
             as i64;
-    -same_app * 1000 + least_allocated + image - prefer_not * 50
+    -same_revision * 100_000 - same_app * 1000 + least_allocated + image - prefer_not * 50
 }
 
 /// Places replicas one by one over a snapshot it keeps up to date.
@@ -207,10 +213,11 @@ impl Scheduler {
             }
         }
         *n.apps.entry(req.app.to_string()).or_default() += 1;
+        *n.revisions.entry(req.revision.to_string()).or_default() += 1;
     }
 
-    /// Records that a replica of `app` (with `spec`) no longer takes room on node `i`.
-    pub fn unbind(&mut self, i: usize, app: &str, spec: &AppSpec) {
+    /// Records that a replica of `app` (with `spec`, at `revision`) no longer takes room on node `i`.
+    pub fn unbind(&mut self, i: usize, app: &str, spec: &AppSpec, revision: &str) {
         let n = &mut self.nodes[i];
         n.requested.cpu_millis = n.requested.cpu_millis.saturating_sub(spec.resources.cpu.map_or(0, |c| c.0));
         n.requested.memory_bytes = n.requested.memory_bytes.saturating_sub(spec.resources.memory.map_or(0, |m| m.0));
@@ -221,6 +228,9 @@ impl Scheduler {
             }
         }
         if let Some(c) = n.apps.get_mut(app) {
+            *c = c.saturating_sub(1);
+        }
+        if let Some(c) = n.revisions.get_mut(revision) {
             *c = c.saturating_sub(1);
         }
     }

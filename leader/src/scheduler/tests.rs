@@ -22,11 +22,12 @@ fn node(name: &str, cpu: u64, mem_mi: u64) -> NodeSnapshot {
         host_ports: BTreeSet::new(),
         images: BTreeSet::new(),
         apps: BTreeMap::new(),
+        revisions: BTreeMap::new(),
     }
 }
 
 fn req<'a>(spec: &'a AppSpec, platforms: Option<&'a [Platform]>) -> Request<'a> {
-    Request { app: "web", spec, platforms }
+    Request { app: "web", spec, platforms, revision: "r1" }
 }
 
 #[test]

@@ -31,84 +31,12 @@ fn snapshot(nodes: Vec<NodeState>, spec: AppSpec) -> Snapshot {
 
 /// Applies `plan` as the store would; panics on a compare-and-swap the store would refuse.
 fn commit(s: &mut Snapshot, plan: &Plan, rev: &mut u64) {
-    for p in &plan.apps {
-        let a = s.apps.get_mut(&p.app).expect("planned app exists");
-        assert_eq!(p.app_revision, a.app.meta.revision, "the plan checks the revision it read");
-        let mut keys = BTreeSet::new();
-        for c in &p.changes {
-            *rev += 1;
-            let key = match c {
-                Change::Create(r) => {
-                    assert!(a.replicas.iter().all(|v| v.value.meta.name != r.meta.name), "created twice: {r:?}");
-                    a.replicas.push(Versioned { value: r.clone(), rev: *rev });
-                    r.meta.name.clone()
-                }
-                Change::Update { replica, expect } => {
-                    let v = a.replicas.iter_mut().find(|v| v.value.meta.name == replica.meta.name).expect("exists");
-                    assert_eq!(v.rev, *expect, "update expects the revision read");
-                    *v = Versioned { value: replica.clone(), rev: *rev };
-                    replica.meta.name.clone()
-                }
-                Change::Delete { name, expect } => {
-                    let i = a.replicas.iter().position(|v| &v.value.meta.name == name).expect("exists");
-                    assert_eq!(a.replicas[i].rev, *expect, "delete expects the revision read");
-                    a.replicas.remove(i);
-                    name.clone()
-                }
-                Change::PutRevision { hash, spec } => {
-                    assert!(a
-                        .revisions
-                        .insert(hash.clone(), Versioned { value: (**spec).clone(), rev: *rev })
-                        .is_none());
-                    format!("rev/{hash}")
-                }
-                Change::DeleteRevision { hash, expect } => {
-                    assert_eq!(a.revisions.remove(hash).expect("exists").rev, *expect);
-                    format!("rev/{hash}")
-                }
-                Change::PutHistory { record, expect } => {
-                    let at = a.history.iter().position(|v| v.value.number == record.number);
-                    match (at, expect) {
-                        (None, None) => a.history.push(Versioned { value: (**record).clone(), rev: *rev }),
-                        (Some(i), Some(e)) => {
-                            assert_eq!(a.history[i].rev, *e, "a record update expects the revision read");
-                            a.history[i] = Versioned { value: (**record).clone(), rev: *rev };
-                        }
-                        other => panic!("a record put that the store would refuse: {other:?}"),
-                    }
-                    a.history.sort_by_key(|v| v.value.number);
-                    format!("history/{}", record.number)
-                }
-                Change::DeleteHistory { number, expect } => {
-                    let i = a.history.iter().position(|v| v.value.number == *number).expect("exists");
-                    assert_eq!(a.history[i].rev, *expect);
-                    a.history.remove(i);
-                    format!("history/{number}")
-                }
-                Change::PutApp(app) => {
-                    assert_eq!(app.meta.generation, a.app.meta.generation + 1, "a new generation");
-                    a.app = (**app).clone();
-                    a.app.meta.revision = *rev;
-                    "app".to_string()
-                }
-            };
-            assert!(keys.insert(key.clone()), "one write per key in a transaction: {key}");
-        }
-    }
+    crate::controllers::dry_run::commit(s, plan, rev).expect("the store takes the plan");
 }
 
-/// What agents do: bound replicas that wait start running.
+/// What agents do: bound replicas that wait start running (and are ready).
 fn run_bound(s: &mut Snapshot, rev: &mut u64) {
-    for a in s.apps.values_mut() {
-        for v in &mut a.replicas {
-            if v.value.node.is_some() && v.value.phase == ReplicaPhase::Pending {
-                v.value.phase = ReplicaPhase::Running;
-                v.value.ready = true;
-                *rev += 1;
-                v.rev = *rev;
-            }
-        }
-    }
+    crate::controllers::dry_run::start_bound(s, 0, rev);
 }
 
 fn replicas(s: &Snapshot) -> Vec<&Replica> {
@@ -178,6 +106,67 @@ fn nodes_not_heard_from_since_the_leader_started_are_neither_lost_nor_used() {
         p.apps[0].changes.iter().filter_map(|c| if let Change::Create(r) = c { Some(r) } else { None }).collect();
     assert_eq!(created.len(), 1);
     assert_eq!((created[0].node.as_deref(), created[0].reason.as_str()), (None, "0/2 nodes: 2 not ready"));
+}
+
+/// The app as an apply of `text` would leave it, with its revision record, laid over `s`.
+fn overlay_web(s: &mut Snapshot, text: &str, now: u64) -> Vec<bramble_proto::wire::AppPlanView> {
+    use crate::controllers::dry_run::{overlay, simulate, Applied};
+    let new = spec(text);
+    let record = crate::controllers::rollout::new_record("web", 2, &new, "apply", 3, now);
+    overlay(s, &[Applied { spec: new, record: Some(record.clone()) }], &[], now);
+    simulate(s.clone(), &[("web".to_string(), Some(&record))], now)
+}
+
+#[test]
+fn a_dry_run_of_a_new_image_replaces_each_replica_on_its_board_and_changes_nothing() {
+    use bramble_proto::wire::PlannedAction;
+    // Replicas of different ages (the newest is not the one that shares a board with a new one).
+    let mut s = snapshot(ready_nodes(3), spec("replicas = 2"));
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    s.apps.get_mut("web").unwrap().app.spec.replicas = bramble_proto::manifest::Replicas(3);
+    pass(&mut s, 2_000, &mut rev);
+    pass(&mut s, 3_000, &mut rev);
+    // Behind a service: old replicas drain (still on their board) while the next new one is placed.
+    let text = "[[service]]\nname = \"web\"\napp = \"web\"\nports = [{ port = 80, target = 8080 }]\n";
+    let svc = parse_manifest("s.toml", text).unwrap().services.remove(0);
+    let meta = ObjectMeta { name: "web".into(), generation: 1, revision: 1, created_ms: 0 };
+    s.services.push(bramble_proto::model::Service { meta, spec: svc, vip: None, endpoints: Vec::new() });
+    let before: Vec<Replica> = replicas(&s).into_iter().cloned().collect();
+    let mut copy = s.clone();
+    let views = overlay_web(&mut copy, "replicas = 3\nenv = { V = \"2\" }", 4_000);
+    assert_eq!(replicas(&s).into_iter().cloned().collect::<Vec<_>>(), before, "the snapshot itself is untouched");
+    let v = &views[0];
+    assert_eq!(v.revision, Some(2));
+    let replaced: BTreeSet<(Option<String>, Option<String>)> = v
+        .changes
+        .iter()
+        .filter(|c| c.action == PlannedAction::Replace)
+        .map(|c| (c.replica.clone(), c.node.clone()))
+        .collect();
+    let expected: BTreeSet<(Option<String>, Option<String>)> =
+        before.iter().map(|r| (Some(r.meta.name.clone()), r.node.clone())).collect();
+    assert_eq!(replaced, expected, "each old replica replaced on its own board: {v:?}");
+    assert_eq!(v.changes.len(), 3, "{v:?}");
+    assert!(v.outcome.starts_with("complete: 3 of 3"), "{}", v.outcome);
+}
+
+#[test]
+fn a_dry_run_says_why_new_replicas_would_stay_pending() {
+    use bramble_proto::wire::PlannedAction;
+    let mut s = snapshot(ready_nodes(2), spec("replicas = 2"));
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    let views = overlay_web(&mut s, "replicas = 3\nresources = { memory = \"64Gi\" }", 3_000);
+    let v = &views[0];
+    let pending: Vec<&str> = v.changes.iter().filter_map(|c| c.pending.as_deref()).collect();
+    assert!(!pending.is_empty(), "{v:?}");
+    assert!(pending.iter().all(|p| p.contains("memory")), "{pending:?}");
+    assert!(
+        v.changes.iter().all(|c| c.action != PlannedAction::Remove),
+        "old replicas stay while new ones cannot start: {v:?}"
+    );
+    assert!(v.outcome.contains("would stay Pending"), "{}", v.outcome);
 }
 
 #[test]

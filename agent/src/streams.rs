@@ -1,5 +1,5 @@
-//! Streams the leader opens on the agent's session connection: logs, and the image store
-//! (`bramble image ls|rm|import --node`).
+//! Streams the leader opens on the agent's session connection: logs, the image store
+//! (`bramble image ls|rm|import --node`) and `bramble exec`.
 
 use crate::config::AgentConfig;
 use bramble_images::import::{import, ImportOptions};
@@ -26,6 +26,8 @@ pub struct Context {
     pub images_dir: PathBuf,
     pub rootfs_dir: PathBuf,
     pub data_dir: PathBuf,
+    /// Where each container's shim has its socket.
+    pub shims_dir: PathBuf,
 }
 
 impl Context {
@@ -36,6 +38,7 @@ impl Context {
             images_dir: config.images_dir(),
             rootfs_dir: paths.rootfs,
             data_dir: config.data_dir.clone(),
+            shims_dir: paths.shims,
         }
     }
 }
@@ -44,6 +47,7 @@ pub async fn serve(ctx: Arc<Context>, send: SendStream, mut recv: RecvStream) {
     match read_frame::<AgentRequest>(&mut recv, MAX_FRAME_LEN).await {
         Ok(Some(AgentRequest::Logs(req))) => crate::logserve::serve(ctx.log_dir.clone(), req, send).await,
         Ok(Some(AgentRequest::Image(op))) => image(ctx, op, send, recv).await,
+        Ok(Some(AgentRequest::Exec(req))) => crate::exec::serve(ctx.shims_dir.clone(), req, send, recv).await,
         _ => {}
     }
 }

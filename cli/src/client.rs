@@ -135,6 +135,26 @@ pub async fn stream(
     result
 }
 
+/// An open call stream for requests that talk both ways (exec): the endpoint and connection
+/// (to close when done), the stream's two halves, and the leader's address.
+pub struct Duplex {
+    pub endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+    pub leader: String,
+}
+
+/// Opens a call stream with `req` as its first frame, and leaves the rest to the caller.
+pub async fn duplex(config: Option<PathBuf>, req: Request) -> Result<Duplex, CliError> {
+    let (endpoint, conn, leader) = connect_any(config).await?;
+    let other = |e: String| CliError::Other(format!("{leader}: {e}"));
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| other(e.to_string()))?;
+    let open = Open { version: PROTOCOL_VERSION, kind: OpenKind::Call(req) };
+    write_frame(&mut send, &open).await.map_err(|e| other(e.to_string()))?;
+    Ok(Duplex { endpoint, conn, send, recv, leader })
+}
+
 /// Sends a request followed by the raw bytes of `body` on the same stream, then waits for one
 /// response. `sent` is told how many bytes went out so far.
 pub async fn upload(

@@ -35,6 +35,8 @@ enum Command {
     Logs(cmd::logs::Args),
     /// Set an app's replica count: `bramble scale app NAME --replicas N`.
     Scale(cmd::scale::Args),
+    /// Run a command in a running replica: `bramble exec web-1-abcde -it -- sh` (exit code passed through).
+    Exec(cmd::exec::Args),
     /// Follow, list, undo or restart rollouts: `bramble rollout status app/NAME --timeout 5m`.
     Rollout(cmd::rollout::Args),
     /// What happened in the cluster: `bramble events [-w]`.
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
             Command::Logs(a) => cmd::logs::run(config, a).await,
             Command::Scale(a) => cmd::scale::run(config, a).await,
             Command::Rollout(a) => cmd::rollout::run(config, a).await,
+            Command::Exec(a) => cmd::exec::run(config, a).await,
             Command::Events(a) => cmd::events::run(config, a).await,
             Command::Image(a) => cmd::image::run(config, a).await,
             Command::Label(a) => cmd::label::run(config, a).await,

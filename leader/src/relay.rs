@@ -1,11 +1,13 @@
 //! Requests the leader relays to an agent on a stream of the agent's session connection:
-//! `bramble logs` (each replica's agent sends its output) and `bramble image … --node`.
+//! `bramble logs` (each replica's agent sends its output), `bramble image … --node` and
+//! `bramble exec`.
 
 use crate::api::Api;
 use bramble_proto::codec::MAX_FRAME_LEN;
-use bramble_proto::model::{Node, Replica};
+use bramble_proto::model::{Node, Replica, ReplicaPhase};
 use bramble_proto::wire::{
-    AgentLogRequest, AgentRequest, ApiError, ErrorCode, ImageOp, LogFrame, LogRequest, Response,
+    AgentLogRequest, AgentRequest, ApiError, ErrorCode, ExecOutput, ExecRequest, ImageOp, LogFrame, LogRequest,
+    Response,
 };
 use bramble_transport::quic::{read_frame, write_frame};
 use quinn::{RecvStream, SendStream};
@@ -138,4 +140,75 @@ pub async fn image(api: Arc<Api>, node: String, op: ImageOp, mut send: SendStrea
     let _ = write_frame(&mut send, &response).await;
     let _ = send.finish();
     let _ = send.stopped().await;
+}
+
+/// The replica `target` names (`app/NAME`: a running one of the app's, ready ones first), if it
+/// runs; otherwise why not.
+fn exec_target(api: &Api, target: &str) -> Result<Replica, ApiError> {
+    let running = |r: &Replica| r.phase == ReplicaPhase::Running && r.terminating_ms.is_none();
+    if let Some(app) = target.strip_prefix("app/") {
+        let mut all = api.replicas(Some(app)).map_err(ApiError::from)?;
+        all.sort_by_key(|r| (!r.serving(), r.meta.name.clone()));
+        return all.into_iter().find(running).ok_or_else(|| {
+            ApiError::new(ErrorCode::Unavailable, format!("app {app} has no running replica to exec in"))
+        });
+    }
+    let r = match api.objects.get::<Replica>(target) {
+        Ok(Some(r)) => r.value,
+        Ok(None) => {
+            let msg = format!("replica {target:?} not found (use app/NAME for one of an app's replicas)");
+            return Err(ApiError::new(ErrorCode::NotFound, msg));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !running(&r) {
+        let state = if r.terminating_ms.is_some() { "Terminating".to_string() } else { format!("{:?}", r.phase) };
+        let msg = format!("replica {target} is {state}, not running: exec needs a running container");
+        return Err(ApiError::new(ErrorCode::Unavailable, msg));
+    }
+    Ok(r)
+}
+
+/// Relays `bramble exec` to the agent of the replica's board: the request, then the client's
+/// input up and the command's output down, byte for byte, until the command's exit code.
+pub async fn exec(api: Arc<Api>, mut req: ExecRequest, mut send: SendStream, mut recv: RecvStream) {
+    let a = api.clone();
+    let target = req.replica.clone();
+    let replica = match tokio::task::spawn_blocking(move || exec_target(&a, &target)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return fail(&mut send, e.code, e.message).await,
+        Err(e) => return fail(&mut send, ErrorCode::Internal, e.to_string()).await,
+    };
+    let node = replica.node.clone().unwrap_or_default();
+    let Some(conn) = api.registry.connection(&node) else {
+        let msg = format!("node {node} (running {}) is not connected; exec cannot reach it now", replica.meta.name);
+        return fail(&mut send, ErrorCode::Unavailable, msg).await;
+    };
+    req.replica = replica.meta.name.clone();
+    let result: Result<(), String> = async {
+        let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        write_frame(&mut s, &AgentRequest::Exec(req)).await.map_err(|e| e.to_string())?;
+        let up = async {
+            let _ = tokio::io::copy(&mut recv, &mut s).await;
+            let _ = s.finish();
+        };
+        let down = async {
+            let copied = tokio::io::copy(&mut r, &mut send).await;
+            let _ = send.finish();
+            copied
+        };
+        // The command's end (the agent finishing its side) ends the relay; input may still be open.
+        tokio::pin!(down);
+        tokio::select! {
+            copied = &mut down => copied.map(|_| ()).map_err(|e| e.to_string()),
+            _ = up => down.await.map(|_| ()).map_err(|e| e.to_string()),
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        debug!(node = %node, "exec relay ended: {e}");
+        let msg = format!("node {node}: {e}");
+        let _ = write_frame(&mut send, &ExecOutput::Error(ApiError::new(ErrorCode::Unavailable, msg))).await;
+        let _ = send.finish();
+    }
 }

@@ -200,7 +200,9 @@ async fn serve_stream(
         )
     });
     match open.kind {
-        OpenKind::Call(req @ (Request::Logs(_) | Request::Image { .. })) if version_error.is_none() => {
+        OpenKind::Call(req @ (Request::Logs(_) | Request::Image { .. } | Request::Exec(_)))
+            if version_error.is_none() =>
+        {
             let allowed = matches!(identity, Some((Identity::Admin(_) | Identity::Leader, _)));
             if !allowed {
                 let e = ApiError::new(ErrorCode::PermissionDenied, "only admins may do this");
@@ -211,6 +213,7 @@ async fn serve_stream(
             match req {
                 Request::Logs(req) => crate::relay::serve(api, req, send, recv).await,
                 Request::Image { node, op } => crate::relay::image(api, node, op, send, recv).await,
+                Request::Exec(req) => crate::relay::exec(api, req, send, recv).await,
                 _ => unreachable!("matched above"),
             }
         }

@@ -128,6 +128,52 @@ pub enum Request {
         node: String,
         op: ImageOp,
     },
+    /// A command in a running replica's container: [`ExecInput`] frames follow on the client's
+    /// side, [`ExecOutput`] frames come back (an error instead of `Started` if it cannot run).
+    Exec(ExecRequest),
+}
+
+/// What `bramble exec` runs, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// A replica name, or `app/NAME` for one of the app's running replicas.
+    pub replica: String,
+    pub command: Vec<String>,
+    /// Give the command standard input (otherwise it reads end-of-file).
+    pub stdin: bool,
+    /// Run it on a terminal (one stream: stderr goes to stdout).
+    pub tty: bool,
+    /// The terminal's size, rows and columns.
+    pub size: Option<(u16, u16)>,
+}
+
+/// Client → replica, after an [`ExecRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecInput {
+    Stdin(Vec<u8>),
+    /// The client's terminal changed size.
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+    /// No more input.
+    Eof,
+}
+
+/// Replica → client: the command started, its output, then its exit code (or an error).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecOutput {
+    /// Running, in `replica` (the one chosen for `app/NAME`).
+    Started {
+        replica: String,
+    },
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// The exit code (128 + the signal for a command killed by a signal).
+    Exit(i32),
+    Error(ApiError),
 }
 
 /// What to do with a node's image store.
@@ -472,6 +518,8 @@ pub enum AgentRequest {
     Logs(AgentLogRequest),
     /// Answered with one [`Response`]; an import's bytes follow this frame.
     Image(ImageOp),
+    /// Answered with [`ExecOutput`] frames; [`ExecInput`] frames follow this one.
+    Exec(ExecRequest),
 }
 
 /// Send this replica's output.

@@ -179,6 +179,26 @@ impl Cluster {
             .expect("run bramble")
     }
 
+    /// Runs the CLI with `input` on its standard input.
+    pub fn cli_input(&self, args: &[&str], input: &[u8]) -> Output {
+        let admin = self.leader_dir().join("admin.toml");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.lab.ns(0)])
+            .arg(self.bins.join("bramble"))
+            .arg("--config")
+            .arg(admin)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run bramble");
+        let mut stdin = child.stdin.take().expect("piped");
+        std::io::Write::write_all(&mut stdin, input).expect("write the input");
+        drop(stdin);
+        child.wait_with_output().expect("bramble ends")
+    }
+
     pub fn nodes(&self) -> Vec<NodeView> {
         let out = self.cli(&["get", "nodes", "-o", "json"]);
         assert!(out.status.success(), "get nodes: {}", String::from_utf8_lossy(&out.stderr));

@@ -402,5 +402,29 @@ fn a_rollout_under_load_drops_nothing_and_a_bad_one_is_rolled_back() {
     let bad_undo = c.cli(&["rollout", "undo", "app/web", "--to-revision", "42"]);
     assert_eq!(bad_undo.status.code(), Some(4), "an unknown revision");
     assert!(String::from_utf8_lossy(&bad_undo.stderr).contains("app web has no revision 42 (kept: 1 to 6)"));
+
+    // 4. exec: output streams and the exit code, standard input, a terminal, bad targets.
+    let name = after[0].meta.name.clone();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+    let out = c.cli(&["exec", &name, "--", "sh", "-c", "echo out $VERSION; echo err >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "the command's exit code: {}", text(&out.stderr));
+    assert_eq!((text(&out.stdout), text(&out.stderr)), ("out 1\n".into(), "err\n".into()), "as the container runs");
+    let out =
+        c.cli_input(&["exec", "app/web", "-i", "--", "sh", "-c", "read x; echo \"got $x\"; cat"], b"hello\nrest\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "got hello\nrest\n");
+    let out = c.cli(&["exec", &name, "-t", "--", "sh", "-c", "tty; stty size"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(said.starts_with("/dev/pts/") && said.contains("24 80\r\n"), "a terminal of the default size: {said:?}");
+    let out = c.cli_input(&["exec", &name, "-it", "--", "sh"], b"echo $((6*7))\nexit 5\n");
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("42\r\n"), "an interactive shell answered: {:?}", text(&out.stdout));
+    let out = c.cli(&["exec", "web-nothing", "--", "true"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("replica \"web-nothing\" not found"), "{}", text(&out.stderr));
+    let out = c.cli(&["exec", &name, "--", "/no/such/program"]);
+    assert_ne!(out.status.code(), Some(0), "a command that cannot run fails");
+    assert!(!text(&out.stderr).is_empty(), "and says why");
     c.remove_containers();
 }

@@ -21,6 +21,16 @@ pub enum ShimRequest {
         env: Vec<String>,
         timeout_ms: u64,
     },
+    /// Runs a command in the container as its process runs, and hands its standard streams (or
+    /// its terminal, with `tty`) to the caller with the answer; its exit code follows as
+    /// [`ShimResponse::Exited`] on the same connection.
+    Attach {
+        args: Vec<String>,
+        env: Vec<String>,
+        tty: bool,
+        rows: u16,
+        cols: u16,
+    },
     /// Stops the container, deletes it and its cgroup, and ends the shim.
     Remove,
 }
@@ -46,8 +56,21 @@ pub struct ShimState {
 pub enum ShimResponse {
     State(Box<ShimState>),
     Ok,
-    Exec { exit_code: i32, output: String, timed_out: bool },
-    Error { message: String },
+    Exec {
+        exit_code: i32,
+        output: String,
+        timed_out: bool,
+    },
+    /// The attached command runs: its descriptors come with this line.
+    Attached {
+        pid: i32,
+    },
+    Exited {
+        exit_code: i32,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// The most output an exec returns (the rest is dropped).

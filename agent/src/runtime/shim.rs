@@ -52,10 +52,11 @@ fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> ShimError {
     move |source| ShimError::Sys { what, source }
 }
 
-/// A running exec: for a client, or an exec probe.
+/// A running exec: for a client, an exec probe, or an attached client (`bramble exec`).
 struct Exec {
     pid: Pid,
-    output: OwnedFd,
+    /// What it writes (an attached client reads its output itself).
+    output: Option<OwnedFd>,
     buf: Vec<u8>,
     owner: ExecOwner,
     deadline_ms: u64,
@@ -66,6 +67,8 @@ struct Exec {
 enum ExecOwner {
     Client(UnixStream),
     Probe(usize),
+    /// Has the command's standard streams; gets its exit code.
+    Attached(UnixStream),
 }
 
 struct Shim {
@@ -86,6 +89,8 @@ struct Shim {
     net_probes: Vec<NetAttempt>,
     /// Why the running container is being killed by a probe.
     killing_for: Option<String>,
+    /// Numbers the files of attached execs.
+    attach_seq: u64,
 }
 
 fn blocked() -> SigSet {
@@ -133,6 +138,7 @@ pub fn main(dir: ContainerDir) -> Result<(), ShimError> {
         probes: Tracker::new(&config_probes),
         net_probes: Vec::new(),
         killing_for: None,
+        attach_seq: 0,
     };
     let _ = std::fs::remove_file(shim.dir.socket());
     let listener = UnixListener::bind(shim.dir.socket()).map_err(io("bind the shim socket"))?;
@@ -237,8 +243,10 @@ impl Shim {
             }
         }
         for (i, e) in self.execs.iter().enumerate() {
-            fds.push(PollFd::new(e.output.as_fd(), PollFlags::POLLIN));
-            kinds.push(Ready::ExecOutput(i));
+            if let Some(output) = &e.output {
+                fds.push(PollFd::new(output.as_fd(), PollFlags::POLLIN));
+                kinds.push(Ready::ExecOutput(i));
+            }
         }
         for (fd, (stream, _)) in &self.clients {
             fds.push(PollFd::new(stream.as_fd(), PollFlags::POLLIN));
@@ -494,6 +502,28 @@ impl Shim {
         let (mut stream, _) = self.clients.remove(&fd).expect("client");
         let _ = stream.set_nonblocking(false);
         let response = match serde_json::from_slice::<ShimRequest>(&line) {
+            Ok(ShimRequest::Attach { args, env, tty, rows, cols }) => match self.attach(args, env, tty, (rows, cols)) {
+                Ok((pid, fds)) => match send_fds(&stream, &ShimResponse::Attached { pid: pid.as_raw() }, &fds) {
+                    Ok(()) => {
+                        let exec = Exec {
+                            pid,
+                            output: None,
+                            buf: Vec::new(),
+                            owner: ExecOwner::Attached(stream),
+                            deadline_ms: u64::MAX,
+                            status: None,
+                            timed_out: false,
+                        };
+                        self.execs.push(exec);
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = kill(pid, Signal::SIGKILL);
+                        ShimResponse::Error { message: format!("cannot hand over the command's streams: {e}") }
+                    }
+                },
+                Err(message) => ShimResponse::Error { message },
+            },
             Ok(ShimRequest::Exec { args, env, timeout_ms }) => {
                 let started = match stream.try_clone() {
                     Ok(client) => self.exec(args, env, timeout_ms, ExecOwner::Client(client)),
@@ -530,7 +560,7 @@ impl Shim {
                 self.stop(self.config.stop_grace_ms);
                 ShimResponse::Ok
             }
-            ShimRequest::Exec { .. } => unreachable!("handled by the caller"),
+            ShimRequest::Exec { .. } | ShimRequest::Attach { .. } => unreachable!("handled by the caller"),
         }
     }
 
@@ -555,7 +585,7 @@ impl Shim {
         let pid = built.map_err(|e| format!("exec: {e}"))?;
         self.execs.push(Exec {
             pid,
-            output: r,
+            output: Some(r),
             buf: Vec::new(),
             owner,
             deadline_ms: now_ms() + timeout_ms.max(1),
@@ -565,10 +595,86 @@ impl Shim {
         Ok(())
     }
 
+    /// Starts `args` in the container as its own process runs (user, working directory,
+    /// environment plus `env`), on a new terminal of `size` when `tty`. Returns its pid and the
+    /// descriptors for the caller: the terminal, or stdin, stdout and stderr.
+    fn attach(
+        &mut self,
+        args: Vec<String>,
+        env: Vec<String>,
+        tty: bool,
+        size: (u16, u16),
+    ) -> Result<(Pid, Vec<OwnedFd>), String> {
+        if self.running_pid().is_none() {
+            return Err("the container is not running".into());
+        }
+        if args.is_empty() {
+            return Err("no command to run".into());
+        }
+        let spec = spec::build(&self.config)?;
+        let mut process = spec.process().clone().ok_or("the container has no process")?;
+        let mut all_env = process.env().clone().unwrap_or_default();
+        all_env.extend(env);
+        process.set_args(Some(args)).set_env(Some(all_env)).set_terminal(Some(tty));
+        self.attach_seq += 1;
+        let process_path = self.dir.0.join(format!("exec-{}.json", self.attach_seq));
+        let json = serde_json::to_vec(&process).map_err(|e| e.to_string())?;
+        std::fs::write(&process_path, json).map_err(|e| format!("cannot write {}: {e}", process_path.display()))?;
+        let console = self.dir.0.join(format!("console-{}.sock", self.attach_seq));
+        let result = self.attach_with(&process_path, tty.then_some(console.as_path()), size);
+        let _ = std::fs::remove_file(&process_path);
+        let _ = std::fs::remove_file(&console);
+        result
+    }
+
+    fn attach_with(
+        &mut self,
+        process: &std::path::Path,
+        console: Option<&std::path::Path>,
+        (rows, cols): (u16, u16),
+    ) -> Result<(Pid, Vec<OwnedFd>), String> {
+        let listener = match console {
+            Some(path) => Some(UnixListener::bind(path).map_err(|e| format!("console socket: {e}"))?),
+            None => None,
+        };
+        let mut ours = Vec::new();
+        let mut builder = ContainerBuilder::new(self.config.id.clone(), SyscallType::default())
+            .with_root_path(self.dir.libcontainer())
+            .map_err(|e| format!("exec: {e}"))?;
+        match console {
+            Some(path) => builder = builder.with_console_socket(Some(path)),
+            None => {
+                let (in_r, in_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
+                let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
+                let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
+                builder = builder.with_stdin(in_r).with_stdout(out_w).with_stderr(err_w);
+                ours = vec![in_w, out_r, err_r];
+            }
+        }
+        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&blocked()), None);
+        let built = builder.as_tenant().with_process(Some(process)).with_detach(true).build();
+        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked()), None);
+        let pid = built.map_err(|e| format!("exec: {e}"))?;
+        if let Some(listener) = listener {
+            // The command's side sent its terminal's master end before it ran the command.
+            let master = match receive_fd(&listener) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    let _ = kill(pid, Signal::SIGKILL);
+                    return Err(format!("no terminal from the command: {e}"));
+                }
+            };
+            set_window_size(&master, rows, cols);
+            ours = vec![master];
+        }
+        Ok((pid, ours))
+    }
+
     fn drain_exec(&mut self, i: usize) {
         let Some(e) = self.execs.get_mut(i) else { return };
+        let Some(output) = &e.output else { return };
         let mut buf = [0u8; 8192];
-        while let Ok(n) = nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&e.output), &mut buf) {
+        while let Ok(n) = nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(output), &mut buf) {
             if n == 0 {
                 break;
             }
@@ -597,6 +703,7 @@ impl Shim {
                     ExecOwner::Client(mut client) => {
                         respond(&mut client, &ShimResponse::Exec { exit_code: code, output, timed_out: e.timed_out })
                     }
+                    ExecOwner::Attached(mut client) => respond(&mut client, &ShimResponse::Exited { exit_code: code }),
                     ExecOwner::Probe(p) => {
                         let message = if e.timed_out {
                             "timed out".to_string()
@@ -635,6 +742,71 @@ enum Ready {
     ExecOutput(usize),
     Client(i32),
     Probe(usize),
+}
+
+/// Sends `r` as a line with `fds` attached (SCM_RIGHTS).
+fn send_fds(stream: &UnixStream, r: &ShimResponse, fds: &[OwnedFd]) -> nix::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let mut line = serde_json::to_vec(r).expect("response serialises");
+    line.push(b'\n');
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    sendmsg::<UnixAddr>(stream.as_raw_fd(), &[std::io::IoSlice::new(&line)], &cmsg, MsgFlags::empty(), None)?;
+    Ok(())
+}
+
+/// Receives up to four descriptors sent with one message on `stream`, with the message.
+pub fn receive_fds(stream: &UnixStream) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut buf = vec![0u8; 4096];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<UnixAddr>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(std::io::Error::from)?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: the kernel just installed these descriptors in this process for us.
+            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    let n = msg.bytes;
+    buf.truncate(n);
+    Ok((buf, fds))
+}
+
+/// Waits (5 s at most) for libcontainer's side of a console socket and takes the terminal it sends.
+fn receive_fd(listener: &UnixListener) -> std::io::Result<OwnedFd> {
+    listener.set_nonblocking(true)?;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let (_, mut fds) = receive_fds(&stream)?;
+    fds.pop().ok_or_else(|| std::io::Error::other("the console socket sent no descriptor"))
+}
+
+/// Sets a terminal's size (rows and columns; 0 leaves it as it is).
+pub fn set_window_size(fd: &OwnedFd, rows: u16, cols: u16) {
+    use std::os::fd::AsRawFd;
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let size = nix::libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which lives across the call.
+    unsafe {
+        nix::libc::ioctl(fd.as_raw_fd(), nix::libc::TIOCSWINSZ, &size);
+    }
 }
 
 fn respond(stream: &mut UnixStream, r: &ShimResponse) {

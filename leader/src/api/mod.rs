@@ -121,7 +121,7 @@ impl Api {
                 Ok(Response::Done(self.scale(&app, replicas, expect_generation)?))
             }
             Request::GetEvents { since_ms } => Ok(Response::Events(self.events.since(since_ms))),
-            Request::Logs(_) | Request::Image { .. } => {
+            Request::Logs(_) | Request::Image { .. } | Request::Exec(_) => {
                 Err(Error::Invalid("this request is relayed to an agent on a stream of its own".into()))
             }
             Request::CreateToken { ttl_secs } => {

@@ -4,6 +4,7 @@
 # ARCH is a Debian architecture (amd64, arm64, armhf; default: this machine's). The busybox comes
 # from target/test-assets/busybox-ARCH if scripts/fetch-test-assets made it, else from the host's
 # busybox-static package (/bin/busybox). The output is reproducible: same busybox, same digests.
+# PAGE, if set, is the web page's text (a new version's build: examples/ci/deploy.sh).
 set -euo pipefail
 out=${1:?usage: examples/make-image.sh OUT_DIR [ARCH]}
 arch=${2:-$(dpkg --print-architecture)}
@@ -31,9 +32,13 @@ for app in sh ash cat echo env httpd ls ps sleep wget true false hostname id; do
 done
 printf 'root:x:0:0:root:/:/bin/sh\nwww:x:33:33:www:/www:/bin/false\n' > "$root/etc/passwd"
 printf 'root:x:0:\nwww:x:33:\n' > "$root/etc/group"
-cat > "$root/www/index.html" <<'HTML'
+if [ -n "${PAGE:-}" ]; then
+  printf '%s\n' "$PAGE" > "$root/www/index.html"
+else
+  cat > "$root/www/index.html" <<'HTML'
 <!doctype html><title>hello from bramble</title><h1>Hello from a Bramble replica</h1>
 HTML
+fi
 chmod 1777 "$root/tmp"
 
 layer="$work/layer.tar"

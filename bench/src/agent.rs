@@ -6,7 +6,7 @@ use crate::apps::{replicas, setup, wait};
 use bramble_proto::model::ReplicaPhase;
 use std::time::Duration;
 
-fn kib(pid: i32, file: &str, key: &str) -> u64 {
+pub(crate) fn kib(pid: i32, file: &str, key: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
     s.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
 }

@@ -8,6 +8,7 @@ mod apps;
 mod containers;
 mod images;
 mod net;
+mod rollout;
 mod scale;
 mod scheduler;
 mod startup;
@@ -80,6 +81,12 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
+    /// Rolling updates with readiness probes (apply -> complete, beside Ankaios' published
+    /// figure) and failed requests under load; apply -> ready for 1 and 10; the cost of probes.
+    Rollout {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
     /// Every benchmark.
     All {
         #[arg(long, default_value_t = 10)]
@@ -96,6 +103,7 @@ fn main() {
         Command::Apps { runs, loss_runs } => vec![("apps", apps::run(runs, loss_runs))],
         Command::Startup { runs } => vec![("startup", startup::run(runs))],
         Command::Net { runs } => vec![("net", net::run(runs))],
+        Command::Rollout { runs } => vec![("rollout", rollout::run(runs))],
         Command::Agent { containers, steady_secs } => vec![("agent", agent::run(containers, steady_secs))],
         Command::Scale { agents, replicas, steady_secs } => vec![("scale", scale::run(agents, replicas, steady_secs))],
         Command::All { runs } => vec![
@@ -107,6 +115,7 @@ fn main() {
             ("agent", agent::run(20, 60)),
             ("startup", startup::run(runs.max(20))),
             ("net", net::run(runs)),
+            ("rollout", rollout::run(runs)),
         ],
     };
     let dir = bramble_tests::testimages::assets_dir().parent().expect("target dir").join("bench");

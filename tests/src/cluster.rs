@@ -45,7 +45,7 @@ pub struct Cluster {
     pub leader: Option<Proc>,
     pub token: String,
     pub dir: tempfile::TempDir,
-    bins: PathBuf,
+    pub bins: PathBuf,
     agent_toml: String,
     // Dropped last: processes die before their namespaces go.
     pub lab: NetLab,

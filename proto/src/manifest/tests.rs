@@ -292,18 +292,27 @@ fn every_problem_is_reported_at_once() {
 }
 
 #[test]
-fn the_examples_parse() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+fn the_examples_and_the_readme_parse() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let mut seen = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            let text = std::fs::read_to_string(&path).unwrap();
-            parse_manifest(&path.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"));
-            seen += 1;
+    for dir in ["examples", "examples/ci"] {
+        for entry in std::fs::read_dir(format!("{root}/{dir}")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                // The CI example's image is filled in by its script.
+                let text = std::fs::read_to_string(&path).unwrap().replace("\"IMAGE\"", "\"reg/app:1\"");
+                parse_manifest(&path.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"));
+                seen += 1;
+            }
         }
     }
-    assert!(seen > 0, "examples/ holds manifests");
+    assert!(seen >= 2, "examples/ holds manifests");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let blocks: Vec<&str> = readme.split("```toml\n").skip(1).filter_map(|b| b.split("```").next()).collect();
+    assert!(blocks.len() >= 2, "the README shows manifests");
+    for b in blocks {
+        parse_manifest("README.md", b).unwrap_or_else(|e| panic!("{e}\n{b}"));
+    }
 }
 
 mod never_panics {

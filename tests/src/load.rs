@@ -34,6 +34,32 @@ done
 pub const RUN: &str = "echo \"$HANDLER\" > /h.sh; chmod +x /h.sh; nc -ll -p 8080 -e /h.sh & pid=$!; \
                    trap 'kill $pid; exit 0' TERM; wait $pid";
 
+/// An app of `replicas` serving [`HANDLER`] on its port `http` (8080), answering
+/// "`hostname` v`version`", behind a service of the same name on port 80. `keys` go in the app's
+/// table (e.g. `update = …`), `tables` after its port (e.g. probes).
+pub fn web_app(name: &str, image: &str, replicas: usize, version: &str, keys: &str, tables: &str) -> String {
+    format!(
+        r#"[[app]]
+name = "{name}"
+image = "{image}"
+replicas = {replicas}
+command = ["/bin/sh", "-c", "{run}"]
+env = {{ VERSION = "{version}", HANDLER = '''{HANDLER}''' }}
+stop_grace = "5s"
+{keys}
+[[app.ports]]
+name = "http"
+container = 8080
+{tables}
+[[service]]
+name = "{name}"
+app = "{name}"
+ports = [{{ port = 80, target = "http" }}]
+"#,
+        run = RUN.replace('"', "\\\"")
+    )
+}
+
 /// What the load generator saw.
 #[derive(Debug, Default)]
 pub struct Stats {

@@ -188,6 +188,10 @@ memory = "8Mi"
     assert!(waiting.contains(" 0/1 "), "not ready while it waits: {waiting}");
     let describe = cli_ok(&c, &["describe", "replica", &victim]);
     assert!(describe.contains("Phase:       BackOff (") && describe.contains("restarting after 10s"), "{describe}");
+    let exec = c.cli(&["exec", &victim, "--", "true"]);
+    let said = String::from_utf8_lossy(&exec.stderr);
+    assert_eq!(exec.status.code(), Some(1), "{said}");
+    assert!(said.contains(&format!("replica {victim} is BackOff, not running")), "exec is refused: {said}");
     wait_for("the second restart after its back-off", Duration::from_secs(20), || {
         replicas(&c, "web").into_iter().find(|x| x.meta.name == victim && x.restarts >= 2 && x.serving())
     });

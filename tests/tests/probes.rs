@@ -77,6 +77,17 @@ period = "1s"
 failure_threshold = 2
 
 [[app]]
+name = "hang"
+image = "{image}"
+command = ["/bin/sh", "-c", "{LIVE}"]
+stop_grace = "1s"
+[app.probes.liveness]
+exec = ["sleep", "60"]
+period = "2s"
+timeout = "1s"
+failure_threshold = 1
+
+[[app]]
 name = "slow"
 image = "{image}"
 command = ["/bin/sh", "-c", "{SLOW}"]
@@ -157,6 +168,13 @@ fn probes_decide_readiness_restart_unhealthy_containers_and_spare_slow_starters(
     assert!(describe.contains("Killing") && describe.contains("killed the container 1 times"), "{describe}");
     let r = replicas(&c, "live").remove(0);
     assert!(r.serving(), "alive again (the new run made /tmp/alive): {r:?}");
+
+    // A probe that hangs is killed at its timeout, and counts as a failure.
+    let hung = wait_for("the hanging probe's container restarted", Duration::from_secs(30), || {
+        replicas(&c, "hang").into_iter().find(|r| r.restarts >= 1)
+    });
+    let describe = cli_ok(&c, &["describe", "replica", &hung.meta.name]);
+    assert!(describe.contains("liveness probe failed (exec sleep 60): timed out"), "{describe}");
 
     // 3. A slow starter: 6 s before it listens, a liveness probe that would kill it at its
     // first failure — but the startup probe holds it back until the port answers.

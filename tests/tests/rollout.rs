@@ -6,7 +6,7 @@
 //! back; `rollout history`, `undo` and `restart`.
 
 use bramble_proto::model::{Replica, RevisionRecord, RolloutState, Service};
-use bramble_tests::load::{load, Stats, HANDLER, RUN};
+use bramble_tests::load::{load, web_app, Stats};
 use bramble_tests::registry::Registry;
 use bramble_tests::testimages::{busybox_layout, push_from};
 use bramble_tests::{wait_for, Cluster, ClusterOptions};
@@ -35,31 +35,11 @@ fn history(c: &Cluster) -> Vec<RevisionRecord> {
     serde_json::from_str(&cli_ok(c, &["rollout", "history", "app/web", "-o", "json"])).expect("history parse")
 }
 
+/// The web app at `version`, with a readiness probe and a short progress deadline; `extra` goes
+/// after its port.
 fn manifest(image: &str, version: &str, extra: &str) -> String {
-    format!(
-        r#"[[app]]
-name = "web"
-image = "{image}"
-replicas = 3
-command = ["/bin/sh", "-c", "{run}"]
-env = {{ VERSION = "{version}", HANDLER = '''{HANDLER}''' }}
-stop_grace = "5s"
-update = {{ progress_deadline = "20s" }}
-[[app.ports]]
-name = "http"
-container = 8080
-{extra}
-[app.probes.readiness]
-http = {{ port = "http", path = "/" }}
-period = "1s"
-
-[[service]]
-name = "web"
-app = "web"
-ports = [{{ port = 80, target = "http" }}]
-"#,
-        run = RUN.replace('"', "\\\"")
-    )
+    let probe = "[app.probes.readiness]\nhttp = { port = \"http\", path = \"/\" }\nperiod = \"1s\"\n";
+    web_app("web", image, 3, version, "update = { progress_deadline = \"20s\" }", &format!("{extra}\n{probe}"))
 }
 
 fn apply(c: &Cluster, text: &str) {

@@ -180,8 +180,15 @@ fn drive<C: Containers + 'static, I: Images, N: Network + 'static>(
     out: &Outputs,
 ) {
     loop {
-        // Pull progress is worth reporting twice a second.
-        let tick = if r.pulling() { Duration::from_millis(500) } else { Duration::from_secs(1) };
+        // A replica becoming ready is worth seeing at once (a rollout waits for it); pull progress
+        // is worth reporting twice a second.
+        let tick = if r.awaiting_readiness(now_ms()) {
+            Duration::from_millis(100)
+        } else if r.pulling() {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(1)
+        };
         match rx.recv_timeout(tick) {
             Ok(input) => r.input(input, now_ms()),
             Err(RecvTimeoutError::Timeout) => {}

@@ -38,6 +38,10 @@ pub enum Job {
     Remove { id: String },
 }
 
+/// How long after a container starts the reconciler looks for it to become ready ten times a
+/// second (then once a second, as for everything else).
+pub const WATCH_READINESS_MS: u64 = 30_000;
+
 pub struct Reconciler<C, I, N> {
     containers: Arc<C>,
     images: Arc<I>,
@@ -107,6 +111,16 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
     /// Whether pulls are in flight (their progress is worth reporting often).
     pub fn pulling(&self) -> bool {
         !self.observed.pulling.is_empty()
+    }
+
+    /// Whether a container started in the last [`WATCH_READINESS_MS`] runs but is not ready yet:
+    /// the moment it becomes ready is worth seeing soon (a rollout waits for it).
+    pub fn awaiting_readiness(&self, now_ms: u64) -> bool {
+        self.statuses.values().any(|s| {
+            s.phase == bramble_proto::model::ReplicaPhase::Running
+                && !s.ready
+                && s.started_ms.is_some_and(|t| now_ms.saturating_sub(t) < WATCH_READINESS_MS)
+        })
     }
 
     /// Events since the last call.

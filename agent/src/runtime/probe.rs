@@ -4,6 +4,10 @@
 //! shim's poll loop drives. Exec probes run through the shim's exec path.
 
 use bramble_proto::wire::ProbeStatus;
+
+/// How often a readiness probe is tried until it first passes after a start (its period, if
+/// shorter): a new replica should take traffic as soon as it answers, not a period later.
+pub const UNTIL_READY_PERIOD_MS: u64 = 250;
 use serde::{Deserialize, Serialize};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -75,6 +79,8 @@ struct State {
     kills: u32,
     /// Startup: has passed. Readiness: is ready.
     passed: bool,
+    /// Has passed since the container last started.
+    passed_once: bool,
     /// When it is next due (None: not while the container does not run, or held by startup).
     next_ms: Option<u64>,
     in_flight: bool,
@@ -99,6 +105,7 @@ impl Tracker {
                 message: String::new(),
                 kills: 0,
                 passed: false,
+                passed_once: false,
                 next_ms: None,
                 in_flight: false,
             })
@@ -119,6 +126,7 @@ impl Tracker {
             p.successes = 0;
             p.failures = 0;
             p.passed = false;
+            p.passed_once = false;
             p.in_flight = false;
             let held = gated && p.config.kind != ProbeKind::Startup;
             p.next_ms = (!held).then_some(now_ms + p.config.initial_delay_ms);
@@ -162,11 +170,17 @@ impl Tracker {
             p.failures = 0;
             if p.successes >= p.config.success_threshold {
                 p.passed = true;
+                p.passed_once = true;
             }
         } else {
             p.failures += 1;
             p.successes = 0;
             p.message = message.to_string();
+        }
+        // A readiness probe that has not passed since the container started is tried again
+        // sooner: the replica is not ready either way, and takes traffic as soon as it answers.
+        if p.config.kind == ProbeKind::Readiness && !p.passed_once {
+            p.next_ms = Some(now_ms + p.config.period_ms.min(UNTIL_READY_PERIOD_MS));
         }
         let kind = p.config.kind;
         let failed = !ok && p.failures >= p.config.failure_threshold;

@@ -54,16 +54,22 @@ fn readiness_comes_and_goes_with_its_thresholds() {
     assert_eq!(t.next_due(), Some(4_000), "after the initial delay");
     run(&mut t, 4_000, true);
     assert!(!t.ready(true), "two successes asked");
-    run(&mut t, 14_000, true);
+    assert_eq!(t.next_due(), Some(4_250), "until it first passes, tried every 250 ms");
+    run(&mut t, 4_250, true);
     assert!(t.ready(true));
+    assert_eq!(t.next_due(), Some(14_250), "then every period");
     assert!(!t.ready(false), "never ready while not running");
     run(&mut t, 24_000, false);
     run(&mut t, 34_000, false);
     assert!(t.ready(true), "two failures of three: still ready");
     assert_eq!(run(&mut t, 44_000, false), [Verdict::Nothing], "readiness never kills");
     assert!(!t.ready(true));
+    assert_eq!(t.next_due(), Some(54_000), "unready again: still every period (no extra load)");
     t.container_stopped();
     assert_eq!(t.next_due(), None);
+    t.container_started(60_000);
+    run(&mut t, 63_000, false);
+    assert_eq!(t.next_due(), Some(63_250), "a new run is tried sooner again until it passes");
 }
 
 #[test]

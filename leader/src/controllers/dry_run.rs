@@ -231,11 +231,17 @@ fn changes(
     after: &[Versioned<bramble_proto::model::Replica>],
 ) -> Vec<PlannedChange> {
     let kept: BTreeSet<&str> = after.iter().map(|v| v.value.meta.name.as_str()).collect();
-    let known: BTreeSet<&str> = before.iter().map(|(n, _)| n.as_str()).collect();
+    // Replicas that were there and placed: a Pending one that gets a board arrives like a new one.
+    let known: BTreeSet<&str> = before.iter().filter(|(_, node)| node.is_some()).map(|(n, _)| n.as_str()).collect();
     let mut gone: Vec<(String, Option<String>)> =
         before.iter().filter(|(n, _)| !kept.contains(n.as_str())).cloned().collect();
     let mut out = Vec::new();
-    for r in after.iter().map(|v| &v.value).filter(|r| !known.contains(r.meta.name.as_str())) {
+    let waiting: BTreeSet<&str> = before.iter().filter(|(_, node)| node.is_none()).map(|(n, _)| n.as_str()).collect();
+    // What stays as it was (placed, or Pending already) is no change.
+    let unchanged = |r: &bramble_proto::model::Replica| {
+        known.contains(r.meta.name.as_str()) || (r.node.is_none() && waiting.contains(r.meta.name.as_str()))
+    };
+    for r in after.iter().map(|v| &v.value).filter(|r| !unchanged(r)) {
         let pending = (r.node.is_none()).then(|| r.reason.clone()).filter(|s| !s.is_empty());
         let pending = pending.or_else(|| r.node.is_none().then(|| "not placed yet".to_string()));
         match gone.iter().position(|(_, node)| node.is_some() && *node == r.node) {

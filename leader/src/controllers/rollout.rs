@@ -112,13 +112,27 @@ pub fn evaluate(spec: &AppSpec, history: &[RevisionRecord], replicas: &[Replica]
         r.message = format!("{available} of {want} updated replicas available, {old} old left");
         return Step::Update(Box::new(r));
     }
+    // What holds it up, when a new replica cannot be placed (said once, as it changes).
+    let stuck = live
+        .iter()
+        .find(|x| x.revision_hash == latest.hash && x.node.is_none() && !x.reason.is_empty())
+        .map(|x| format!("a new replica is Pending: {}", x.reason));
     let deadline = spec.update.progress_deadline().as_millis() as u64;
     if now_ms.saturating_sub(r.progress_ms) <= deadline {
-        return Step::Unchanged;
+        let waiting = match &stuck {
+            Some(s) => format!("{available} of {want} updated replicas available, {old} old left; {s}"),
+            None => return Step::Unchanged,
+        };
+        if r.message == waiting {
+            return Step::Unchanged;
+        }
+        r.message = waiting;
+        return Step::Update(Box::new(r));
     }
     let why = format!(
-        "no progress for {} ({available} of {want} updated replicas available, {old} old left)",
-        bramble_proto::quantity::HumanDuration(spec.update.progress_deadline())
+        "no progress for {} ({available} of {want} updated replicas available, {old} old left{})",
+        bramble_proto::quantity::HumanDuration(spec.update.progress_deadline()),
+        stuck.map(|s| format!("; {s}")).unwrap_or_default()
     );
     r.finished_ms = Some(now_ms);
     // Back to the last revision that completed, with another template.

@@ -503,3 +503,24 @@ proptest! {
         prop_assert_eq!(replicas(&s).len() as u32, count);
     }
 }
+
+#[test]
+fn a_dry_run_shows_a_host_port_rollout_stuck_on_one_board_and_the_in_place_one_that_is_not() {
+    use bramble_proto::wire::PlannedAction;
+    let port = "replicas = 1\nports = [{ container = 8080, host = 8080 }]\n";
+    let mut s = snapshot(ready_nodes(1), spec(port));
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    pass(&mut s, 2_000, &mut rev);
+    let old = replicas(&s)[0].meta.name.clone();
+    let v = &overlay_web(&mut s.clone(), &format!("{port}env = {{ V = \"2\" }}"), 3_000)[0];
+    assert_eq!(v.changes.len(), 1, "{v:?}");
+    assert_eq!(v.changes[0].action, PlannedAction::Create);
+    assert!(v.changes[0].pending.as_deref().is_some_and(|p| p.contains("host port")), "{v:?}");
+    assert!(v.outcome.contains("would stay Pending"), "{}", v.outcome);
+    let in_place = format!("{port}env = {{ V = \"2\" }}\nupdate = {{ max_surge = 0, max_unavailable = 1 }}");
+    let v = &overlay_web(&mut s.clone(), &in_place, 3_000)[0];
+    assert_eq!(v.changes.len(), 1, "{v:?}");
+    assert_eq!((v.changes[0].action, v.changes[0].replica.as_deref()), (PlannedAction::Replace, Some(old.as_str())));
+    assert!(v.outcome.starts_with("complete"), "{}", v.outcome);
+}

@@ -111,3 +111,22 @@ fn a_new_revision_supersedes_one_still_going() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_new_replica_that_cannot_be_placed_is_said_once_and_named_in_the_failure() {
+    let (v1, v2) = (spec(""), spec("args = [\"-v\"]"));
+    let (h1, h2) = (revision_hash(&v1), revision_hash(&v2));
+    let history =
+        vec![complete(new_record("web", 1, &v1, "created", 0, 0)), new_record("web", 2, &v2, "apply", 2, 100)];
+    let mut pending = Replica::new("web", "c", &h2, 100);
+    pending.reason = "0/1 nodes: 1 host port in use".into();
+    let rs = vec![replica("a", &h1, Some(0)), replica("b", &h1, Some(0)), pending];
+    let Step::Update(r) = evaluate(&v2, &history, &rs, 200) else { panic!("the reason is recorded") };
+    assert_eq!(r.state, RolloutState::Progressing);
+    assert_eq!(r.progress_ms, 100, "saying why is not progress");
+    assert!(r.message.ends_with("a new replica is Pending: 0/1 nodes: 1 host port in use"), "{}", r.message);
+    let history = vec![history[0].clone(), *r];
+    assert_eq!(evaluate(&v2, &history, &rs, 300), Step::Unchanged, "said once");
+    let Step::Rollback { failed, .. } = evaluate(&v2, &history, &rs, 100 + 600_001) else { panic!("deadline") };
+    assert!(failed.message.contains("a new replica is Pending: 0/1 nodes: 1 host port in use"), "{}", failed.message);
+}

@@ -187,6 +187,44 @@ fn an_oom_kill_is_detected() {
     assert!(!env.log_lines("oom").iter().any(|l| l.contains("survived")));
 }
 
+/// CPU ticks (user + system) a process used so far.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<i64> = rest.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    f.get(10..12).map_or(0, |t| t.iter().sum::<i64>().max(0) as u64)
+}
+
+#[test]
+fn a_shim_with_probes_waits_quietly_while_a_stop_runs_out_its_grace() {
+    use bramble_agent::runtime::probe::{ProbeAction, ProbeConfig, ProbeKind};
+    let mut env = Env::new();
+    let mut c = env.config("graceful", &["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]);
+    // A probe due every 100 ms (an exec: the container has no address), which must not run — nor
+    // wake the shim — once the stop began.
+    c.probes = vec![ProbeConfig {
+        kind: ProbeKind::Liveness,
+        action: ProbeAction::Exec { args: vec!["true".into()] },
+        initial_delay_ms: 0,
+        period_ms: 100,
+        timeout_ms: 50,
+        failure_threshold: 3,
+        success_threshold: 1,
+    }];
+    let s = env.runtime.create(&c).unwrap();
+    env.wait("graceful", "running", |s| matches!(s.lifecycle.phase, Phase::Running { .. }));
+    std::thread::sleep(Duration::from_millis(500));
+    env.runtime.stop("graceful", Some(Duration::from_secs(3))).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let before = cpu_ticks(s.shim_pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(s.shim_pid) - before;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as u64;
+    // A spinning loop uses the whole 2 s (2 × hz ticks); waiting uses next to nothing.
+    assert!(used < hz / 2, "the shim used {used} ticks ({hz}/s) in 2 s of grace: it spins");
+    assert_eq!(env.exited("graceful").code, 137, "killed at the end of the grace period");
+}
+
 #[test]
 fn stop_escalates_to_sigkill_for_a_shell_that_ignores_sigterm() {
     let mut env = Env::new();

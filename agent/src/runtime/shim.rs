@@ -201,7 +201,9 @@ impl Shim {
             if self.removing && self.running_pid().is_none() && self.execs.is_empty() {
                 return self.finish_removal();
             }
-            let mut wake = [self.lifecycle.wake_at(), self.kill_at_ms, self.probes.next_due()]
+            // Probes that may not run now must not wake the loop (it would spin until the stop).
+            let probe_due = self.probes.next_due().filter(|_| self.probing());
+            let mut wake = [self.lifecycle.wake_at(), self.kill_at_ms, probe_due]
                 .into_iter()
                 .flatten()
                 .chain(self.execs.iter().map(|e| e.deadline_ms))
@@ -345,9 +347,14 @@ impl Shim {
         }
     }
 
+    /// Whether probes run now: not while the container is down, being killed or stopped.
+    fn probing(&self) -> bool {
+        self.running_pid().is_some() && self.killing_for.is_none() && !self.lifecycle.stopping
+    }
+
     /// Starts every probe that is due; results come back through `record_probe`.
     fn run_probes(&mut self, now: u64) {
-        if self.running_pid().is_none() || self.killing_for.is_some() || self.lifecycle.stopping {
+        if !self.probing() {
             return;
         }
         for (i, probe) in self.probes.take_due(now) {

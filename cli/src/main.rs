@@ -49,6 +49,8 @@ enum Command {
     Cordon(cmd::cordon::Args),
     /// Allow new replicas on a node again.
     Uncordon(cmd::cordon::Args),
+    /// Secrets (write-only): `bramble secret create db --from-literal password=… --from-file tls.key=PATH`.
+    Secret(cmd::secret::Args),
     /// Join tokens for new agents.
     Token(cmd::token::Args),
 }
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
             Command::Cordon(a) => cmd::cordon::run(config, a, true).await,
             Command::Uncordon(a) => cmd::cordon::run(config, a, false).await,
             Command::Token(a) => cmd::token::run(config, a).await,
+            Command::Secret(a) => cmd::secret::run(config, a).await,
         }
     });
     match result {

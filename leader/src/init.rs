@@ -32,6 +32,10 @@ impl Layout {
     pub fn new(dir: &Path) -> Self {
         Layout { dir: dir.to_path_buf() }
     }
+    /// The key that seals secrets' values in the store (0600; never in the store).
+    pub fn secrets_key(&self) -> PathBuf {
+        self.dir.join("secrets.key")
+    }
     pub fn pki(&self) -> PathBuf {
         self.dir.join("pki")
     }

@@ -13,6 +13,7 @@ pub mod observed;
 pub mod relay;
 pub mod reports;
 pub mod scheduler;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod tokens;

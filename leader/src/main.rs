@@ -58,6 +58,11 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// The key that seals secrets in the store.
+    Secrets {
+        #[command(subcommand)]
+        what: SecretsCommand,
+    },
     /// Initialise on first use, then run a leader with an embedded agent: a one-board cluster.
     Up {
         #[arg(long, env = "BRAMBLE_LEADER_DATA_DIR")]
@@ -65,6 +70,32 @@ enum Command {
         #[arg(long, env = "BRAMBLE_LEADER_LISTEN", default_value = "127.0.0.1:7443")]
         listen: SocketAddr,
     },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Re-seal every secret under a new key and drop the old one (stop the leader first: the
+    /// store is opened directly).
+    RotateKey {
+        #[arg(long, env = "BRAMBLE_LEADER_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+}
+
+/// Re-seals every secret in the store of `data_dir` under a new key.
+fn rotate_key(data_dir: &std::path::Path) -> Result<String, String> {
+    let layout = bramble_leader::init::Layout::new(data_dir);
+    if !layout.is_initialised() {
+        return Err(format!("no cluster in {}", data_dir.display()));
+    }
+    let store = bramble_leader::store::RedbStore::open(&layout.store()).map_err(|e| {
+        format!("cannot open the store {} ({e}); is the leader running? stop it first", layout.store().display())
+    })?;
+    let objects = bramble_leader::objects::Objects::new(std::sync::Arc::new(store));
+    let mut keyring =
+        bramble_leader::secrets::Keyring::load_or_create(&layout.secrets_key()).map_err(|e| e.to_string())?;
+    let (id, n) = bramble_leader::secrets::rotate(&objects, &mut keyring)?;
+    Ok(format!("re-sealed {n} secrets with key {id}; the old key is gone from {}", layout.secrets_key().display()))
 }
 
 /// The cluster's network, chosen once at init.
@@ -129,6 +160,18 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("bramble-leader shim: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            };
+        }
+        Command::Secrets { what: SecretsCommand::RotateKey { data_dir } } => {
+            return match rotate_key(&data_dir) {
+                Ok(said) => {
+                    println!("{said}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("bramble-leader: {e}");
                     ExitCode::from(EXIT_RUNTIME)
                 }
             };

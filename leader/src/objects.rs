@@ -38,6 +38,7 @@ pub mod keys {
     pub const CLUSTER_NETWORK: &str = "/cluster/network";
     pub const SUBNETS: &str = "/subnets/";
     pub const VIPS: &str = "/vips/";
+    pub const SECRETS: &str = "/secrets/";
 
     pub fn subnet(cidr: &bramble_proto::network::Cidr) -> String {
         // "/" inside the CIDR would read as a path: the prefix length follows a "_".
@@ -107,6 +108,7 @@ object!(Node, "node", keys::NODES);
 object!(App, "app", keys::APPS);
 object!(Service, "service", keys::SERVICES);
 object!(Replica, "replica", keys::REPLICAS);
+object!(crate::secrets::StoredSecret, "secret", keys::SECRETS);
 
 /// The key of object `name` of kind `T`.
 pub fn key<T: Object>(name: &str) -> String {

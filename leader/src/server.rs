@@ -101,7 +101,9 @@ pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> 
     let ca_fingerprint = ca.fingerprint();
     let objects = Objects::new(store);
     crate::network::ensure_settings(&objects, &config.network).map_err(|e| LeaderError::Config(e.to_string()))?;
-    let api = Arc::new(Api::new(objects, ca, registry, events, config.network.clone()));
+    let keyring = crate::secrets::Keyring::load_or_create(&layout.secrets_key())
+        .map_err(|e| LeaderError::Config(e.to_string()))?;
+    let api = Arc::new(Api::new(objects, ca, registry, events, config.network.clone()).with_keyring(keyring));
     let endpoint = server_endpoint(config.listen, tls)?;
     let local_addr = endpoint.local_addr().map_err(|source| TransportError::Bind { addr: config.listen, source })?;
     let cancel = CancellationToken::new();

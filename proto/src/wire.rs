@@ -77,6 +77,19 @@ pub enum Request {
     Delete {
         apps: Vec<String>,
         services: Vec<String>,
+        #[serde(default)]
+        secrets: Vec<String>,
+    },
+    /// Creates a secret (`create`: refused if it exists) or replaces its keys (refused if it does
+    /// not). Write-only: no request ever returns a value.
+    PutSecret {
+        name: String,
+        values: BTreeMap<String, Vec<u8>>,
+        create: bool,
+    },
+    GetSecrets,
+    GetSecret {
+        name: String,
     },
     /// Replicas, of one app or all.
     GetReplicas {
@@ -267,12 +280,29 @@ pub enum Response {
     },
     Events(Vec<Event>),
     Images(Vec<ImageInfo>),
+    /// Secrets without their values.
+    Secrets(Vec<SecretInfo>),
+    Secret {
+        secret: SecretInfo,
+        events: Vec<Event>,
+    },
     /// Lines of a replica's output (CRI log records without the stream tag).
     Log {
         replica: String,
         lines: Vec<String>,
     },
     Error(ApiError),
+}
+
+/// What may be shown of a secret: its keys and their sizes, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretInfo {
+    pub name: String,
+    /// Each key's value size in bytes.
+    pub keys: BTreeMap<String, u64>,
+    pub version: u64,
+    pub created_ms: u64,
+    pub updated_ms: u64,
 }
 
 /// What applying did to one object.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// `app`, `service` or `node`, then names; or use -f.
+    /// `app`, `service`, `secret` or `node`, then names; or use -f.
     #[arg(value_name = "KIND NAME")]
     what: Vec<String>,
     /// Delete what these manifests declare.
@@ -15,7 +15,7 @@ pub struct Args {
 }
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
-    let (mut apps, mut services) = (Vec::new(), Vec::new());
+    let (mut apps, mut services, mut secrets) = (Vec::new(), Vec::new(), Vec::new());
     if !args.files.is_empty() {
         let m = super::apply::load(&args.files)?;
         apps.extend(m.apps.iter().map(|a| a.name.to_string()));
@@ -31,13 +31,16 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         match kind.as_str() {
             "app" | "apps" => apps.extend(names.iter().cloned()),
             "service" | "services" | "svc" => services.extend(names.iter().cloned()),
-            other => return Err(CliError::Other(format!("cannot delete {other:?}: expected app, service or node"))),
+            "secret" | "secrets" => secrets.extend(names.iter().cloned()),
+            other => {
+                return Err(CliError::Other(format!("cannot delete {other:?}: expected app, service, secret or node")))
+            }
         }
     }
-    if apps.is_empty() && services.is_empty() {
+    if apps.is_empty() && services.is_empty() && secrets.is_empty() {
         return Err(CliError::Other("nothing to delete: give `app NAME` or -f FILE".into()));
     }
-    match request(config, Request::Delete { apps, services }).await? {
+    match request(config, Request::Delete { apps, services, secrets }).await? {
         Response::Done(m) => {
             println!("{m}");
             Ok(())

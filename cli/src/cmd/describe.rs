@@ -26,6 +26,8 @@ enum Kind {
     Replica,
     #[value(alias = "services", alias = "svc")]
     Service,
+    #[value(alias = "secrets")]
+    Secret,
 }
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
@@ -34,7 +36,31 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         Kind::App => app(config, args).await,
         Kind::Replica => replica(config, args).await,
         Kind::Service => service(config, args).await,
+        Kind::Secret => secret(config, args).await,
     }
+}
+
+/// Keys and their sizes, the version and the events; never a value.
+async fn secret(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
+    let (secret, events) = match request(config, Request::GetSecret { name: args.name }).await? {
+        Response::Secret { secret, events } => (secret, events),
+        r => return Err(unexpected(&r)),
+    };
+    if args.output == Format::Json {
+        print!("{}", json(&serde_json::json!({ "secret": secret, "events": events })));
+        return Ok(());
+    }
+    let mut s = String::new();
+    let _ = writeln!(s, "Name:        {}", secret.name);
+    let _ = writeln!(s, "Version:     {} (updated {} ago)", secret.version, super::age(secret.updated_ms));
+    let _ = writeln!(s, "Created:     {} ago", super::age(secret.created_ms));
+    let _ = writeln!(s, "Keys:");
+    for (k, size) in &secret.keys {
+        let _ = writeln!(s, "  {k:<30} {size} bytes");
+    }
+    events_section(&mut s, &events);
+    print!("{s}");
+    Ok(())
 }
 
 async fn service(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {

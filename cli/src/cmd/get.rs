@@ -1,4 +1,4 @@
-//! `bramble get nodes|apps|replicas|services`.
+//! `bramble get nodes|apps|replicas|services|secrets`.
 
 use crate::client::{request, unexpected, CliError};
 use crate::output::{json, table, Format};
@@ -27,6 +27,9 @@ enum Kind {
     Services,
     #[value(alias = "replica", alias = "rs")]
     Replicas,
+    /// Names, keys and ages; never values.
+    #[value(alias = "secret")]
+    Secrets,
 }
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
@@ -35,7 +38,28 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         Kind::Apps => apps(config, args.output).await,
         Kind::Services => services(config, args.output).await,
         Kind::Replicas => replicas(config, args.app, args.output).await,
+        Kind::Secrets => secrets(config, args.output).await,
     }
+}
+
+async fn secrets(config: Option<PathBuf>, output: Format) -> Result<(), CliError> {
+    let list = match request(config, Request::GetSecrets).await? {
+        Response::Secrets(s) => s,
+        r => return Err(unexpected(&r)),
+    };
+    if output == Format::Json {
+        print!("{}", json(&list));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|s| {
+            let keys: Vec<&str> = s.keys.keys().map(String::as_str).collect();
+            vec![s.name.clone(), keys.join(","), s.version.to_string(), super::age(s.created_ms)]
+        })
+        .collect();
+    print!("{}", table(&["NAME", "KEYS", "VERSION", "AGE"], &rows));
+    Ok(())
 }
 
 async fn replicas(config: Option<PathBuf>, app: Option<String>, output: Format) -> Result<(), CliError> {

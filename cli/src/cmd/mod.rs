@@ -13,6 +13,7 @@ pub mod label;
 pub mod logs;
 pub mod rollout;
 pub mod scale;
+pub mod secret;
 pub mod token;
 
 pub use bramble_proto::time::now_ms;

@@ -269,7 +269,7 @@ pub fn list<T: Object>(objects: &Objects) -> Result<Vec<T>> {
 }
 
 /// Deletes every named object, or none if one is missing.
-pub fn delete(objects: &Objects, apps: Vec<String>, services: Vec<String>) -> Result<String> {
+pub fn delete(objects: &Objects, apps: Vec<String>, services: Vec<String>, secrets: Vec<String>) -> Result<String> {
     let mut ops = Vec::new();
     let mut missing = Vec::new();
     let mut done = Vec::new();
@@ -291,6 +291,10 @@ pub fn delete(objects: &Objects, apps: Vec<String>, services: Vec<String>) -> Re
             None => missing.push(format!("{kind}/{n}")),
         }
     }
+    let (secret_ops, secrets_done, secrets_missing) = super::secrets::delete_ops(objects, &secrets)?;
+    ops.extend(secret_ops);
+    done.extend(secrets_done);
+    missing.extend(secrets_missing);
     if !missing.is_empty() {
         return Err(Error::NotFound(format!("nothing deleted: {} not found", missing.join(", "))));
     }

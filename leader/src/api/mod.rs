@@ -12,6 +12,7 @@ pub mod apps;
 pub mod nodes;
 pub mod replicas;
 pub mod rollouts;
+pub mod secrets;
 pub mod services;
 
 use crate::controllers::{Context, Published};
@@ -40,6 +41,8 @@ pub struct Api {
     pub published: Arc<Published>,
     pub network: Arc<ClusterNetwork>,
     pub drain: Arc<crate::controllers::drain::Drain>,
+    /// Seals secrets' values (the data dir's `secrets.key`; in memory for tests).
+    pub keyring: Arc<crate::secrets::Keyring>,
 }
 
 impl std::fmt::Debug for Api {
@@ -60,7 +63,14 @@ impl Api {
         network: ClusterNetwork,
     ) -> Api {
         let (observed, published, network) = (Arc::new(Observed::new()), Arc::default(), Arc::new(network));
-        Api { objects, ca, registry, events, observed, published, network, drain: Arc::default() }
+        let keyring = Arc::new(crate::secrets::Keyring::ephemeral().expect("randomness for a secrets key"));
+        Api { objects, ca, registry, events, observed, published, network, drain: Arc::default(), keyring }
+    }
+
+    /// Seals secrets with `keyring` (the leader's `secrets.key`) instead of a key in memory.
+    pub fn with_keyring(mut self, keyring: crate::secrets::Keyring) -> Api {
+        self.keyring = Arc::new(keyring);
+        self
     }
 
     /// What the controllers get: the store, the registry, observations and events.
@@ -110,7 +120,14 @@ impl Api {
             Request::GetServices => Ok(Response::Services(self.services()?)),
             Request::GetService { name } => self.describe_service(&name),
             Request::DeleteNode { name } => Ok(Response::Done(self.delete_node(&name)?)),
-            Request::Delete { apps, services } => Ok(Response::Done(apps::delete(&self.objects, apps, services)?)),
+            Request::Delete { apps, services, secrets } => {
+                Ok(Response::Done(apps::delete(&self.objects, apps, services, secrets)?))
+            }
+            Request::PutSecret { name, values, create } => {
+                Ok(Response::Done(self.put_secret(&name, values, create, BY_ADMIN)?))
+            }
+            Request::GetSecrets => Ok(Response::Secrets(self.secrets()?)),
+            Request::GetSecret { name } => self.describe_secret(&name),
             Request::GetReplicas { app } => Ok(Response::Replicas(self.replicas(app.as_deref())?)),
             Request::GetApp { name } => self.describe_app(&name),
             Request::RolloutHistory { app } => self.history(&app),

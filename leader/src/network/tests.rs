@@ -52,7 +52,7 @@ fn a_service_keeps_its_vip_for_life_and_gives_it_back_when_deleted() {
     assert_eq!(vip(&api, "web"), first, "kept when the service changes");
     apply(&api, &SVC.replace("\"web\"\napp", "\"db\"\napp"));
     assert_eq!(vip(&api, "db").to_string(), "10.43.0.2", "another service, another VIP");
-    admin(&api, Request::Delete { apps: vec![], services: vec!["web".into()] });
+    admin(&api, Request::Delete { apps: vec![], services: vec!["web".into()], secrets: vec![] });
     apply(&api, &SVC.replace("\"web\"\napp", "\"cache\"\napp"));
     assert_eq!(vip(&api, "cache"), first, "the deleted one's VIP is free again");
 }

@@ -1,0 +1,136 @@
+//! Secrets end to end, with a real leader: created from literals and files, listed and described
+//! without their values, updated, refused when malformed or too big, re-sealed by `rotate-key`
+//! (refused while the leader runs), deleted — and their values appear nowhere in the leader's
+//! data dir (store, key file aside), its log, or any answer.
+
+use bramble_tests::{Cluster, ClusterOptions};
+use nix::sys::signal::Signal;
+use std::path::Path;
+use std::process::Output;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(out.status.success(), "{what}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(t)
+                    if t.is_file() && std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) =>
+                {
+                    found.push(p.display().to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn secrets_are_write_only_sealed_at_rest_and_rotated() {
+    let mut c = Cluster::start(ClusterOptions { agents: 1, ..Default::default() });
+    // Values no other byte sequence in the data dir would hold by chance.
+    let password = format!("pw-{}-{}", std::process::id(), bramble_proto::time::now_ms());
+    let cert = format!("-----CERT {}-----", bramble_proto::time::now_ms() * 7);
+    let cert_file = c.dir.path().join("tls.crt");
+    std::fs::write(&cert_file, &cert).unwrap();
+    let said = ok(
+        c.cli(&[
+            "secret",
+            "create",
+            "db",
+            "--from-literal",
+            &format!("password={password}"),
+            "--from-file",
+            &format!("tls.crt={}", cert_file.display()),
+        ]),
+        "secret create",
+    );
+    assert_eq!(said, "secret/db created\n");
+
+    // Listed and described by keys and sizes only.
+    let table = ok(c.cli(&["get", "secrets"]), "get secrets");
+    assert!(table.starts_with("NAME") && table.contains("db") && table.contains("password,tls.crt"), "{table}");
+    let json = ok(c.cli(&["get", "secrets", "-o", "json"]), "get secrets -o json");
+    let described = ok(c.cli(&["describe", "secret", "db"]), "describe secret");
+    assert!(described.contains(&format!("password                       {} bytes", password.len())), "{described}");
+    assert!(described.contains("Created") && described.contains("secret/db created by an admin"), "{described}");
+    let events = ok(c.cli(&["events"]), "events");
+    for shown in [&table, &json, &described, &events] {
+        assert!(!shown.contains(&password) && !shown.contains(&cert), "a value was shown: {shown}");
+    }
+
+    // Mistakes: each refused with its exit code and a reason, nothing changed.
+    let again = c.cli(&["secret", "create", "db", "--from-literal", "a=b"]);
+    assert_eq!(again.status.code(), Some(6), "exists: a conflict");
+    assert!(text(&again.stderr).contains("secret db exists; `bramble secret update db` replaces its keys"));
+    let missing = c.cli(&["secret", "update", "nope", "--from-literal", "a=b"]);
+    assert_eq!(missing.status.code(), Some(4), "{}", text(&missing.stderr));
+    let big = c.dir.path().join("big");
+    std::fs::write(&big, vec![b'x'; 600 << 10]).unwrap();
+    let too_big = c.cli(&["secret", "create", "big", "--from-file", &format!("blob={}", big.display())]);
+    assert_eq!(too_big.status.code(), Some(1));
+    assert!(text(&too_big.stderr).contains("a secret holds at most 524288 bytes"), "{}", text(&too_big.stderr));
+    let bad_key = c.cli(&["secret", "create", "k", "--from-literal", "../x=1"]);
+    assert!(text(&bad_key.stderr).contains("is not a file name"), "{}", text(&bad_key.stderr));
+    let no_eq = c.cli(&["secret", "create", "k", "--from-literal", "novalue"]);
+    assert!(text(&no_eq.stderr).contains("expected KEY=VALUE"), "{}", text(&no_eq.stderr));
+    assert!(!ok(c.cli(&["get", "secrets"]), "get").contains("big"), "nothing half-made");
+
+    // An update: new version, new keys.
+    let new_password = format!("{password}-v2");
+    ok(c.cli(&["secret", "update", "db", "--from-literal", &format!("password={new_password}")]), "update");
+    let described = ok(c.cli(&["describe", "secret", "db"]), "describe");
+    let keys = described.split("Events:").next().unwrap();
+    assert!(keys.contains("Version:     2") && !keys.contains("tls.crt"), "the keys replaced: {described}");
+
+    // Nowhere on disk in the clear: not in the store, not in the log, not anywhere in the data dir.
+    let leader_dir = c.leader_dir();
+    for v in [&password, &new_password, &cert] {
+        assert_eq!(files_containing(&leader_dir, v.as_bytes()), Vec::<String>::new(), "{v} found on disk");
+        // The whole test dir: agents' data dirs and every process's log too.
+        let expected = if v == &cert { vec![cert_file.display().to_string()] } else { Vec::new() };
+        assert_eq!(files_containing(c.dir.path(), v.as_bytes()), expected, "only the file it was read from");
+    }
+    let key = std::fs::metadata(leader_dir.join("secrets.key")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777, 0o600);
+
+    // rotate-key: refused while the leader holds the store; then re-seals.
+    let rotate = |dir: &Path| {
+        std::process::Command::new(bramble_tests::process::bin_dir().join("bramble-leader"))
+            .args(["secrets", "rotate-key", "--data-dir"])
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    let busy = rotate(&leader_dir);
+    assert!(!busy.status.success() && text(&busy.stderr).contains("is the leader running? stop it first"));
+    let before = std::fs::read_to_string(leader_dir.join("secrets.key")).unwrap();
+    c.leader.take().unwrap().stop(Signal::SIGTERM);
+    let rotated = rotate(&leader_dir);
+    assert!(rotated.status.success(), "{}", text(&rotated.stderr));
+    assert!(text(&rotated.stdout).starts_with("re-sealed 1 secrets with key 2"), "{}", text(&rotated.stdout));
+    let after = std::fs::read_to_string(leader_dir.join("secrets.key")).unwrap();
+    assert!(after.starts_with("2 ") && after.lines().count() == 1 && !after.contains(before.trim()), "{after}");
+    c.start_leader();
+    let described = ok(c.cli(&["describe", "secret", "db"]), "describe after the rotation");
+    assert!(described.contains("Version:     2"), "{described}");
+    ok(c.cli(&["secret", "update", "db", "--from-literal", "password=x"]), "writes go on under the new key");
+
+    ok(c.cli(&["delete", "secret", "db"]), "delete");
+    assert!(!ok(c.cli(&["get", "secrets"]), "get").contains("db"));
+    let gone = c.cli(&["describe", "secret", "db"]);
+    assert_eq!(gone.status.code(), Some(4));
+}

@@ -11,6 +11,7 @@ pub mod net;
 pub mod observability;
 pub mod reconcile;
 pub mod runtime;
+pub mod secrets;
 pub mod session;
 pub mod signals;
 pub mod streams;

@@ -14,13 +14,14 @@ use bramble_proto::codec::MAX_FRAME_LEN;
 use bramble_proto::model::Node;
 use bramble_proto::time::now_ms;
 use bramble_proto::wire::{
-    AgentMsg, ApiError, ErrorCode, Hello, LeaderMsg, Open, OpenKind, Request, Response, PROTOCOL_VERSION,
+    AgentMsg, ApiError, ErrorCode, Hello, LeaderMsg, Open, OpenKind, Request, Response, SecretPayload, PROTOCOL_VERSION,
 };
 use bramble_transport::pki::{identity_of, Ca, PkiError};
 use bramble_transport::quic::{read_frame, server_endpoint, write_frame};
 use bramble_transport::tls::{server_config, TlsError};
 use bramble_transport::{Identity, TransportError};
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -346,6 +347,8 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
     let mut network = api.published.network.subscribe();
     let mut sent: Option<DesiredSet> = None;
     let mut sent_network: Option<view::Sent> = None;
+    let mut secrets = api.published.secrets.subscribe();
+    let mut sent_secrets: BTreeMap<String, u64> = BTreeMap::new();
     let reason = loop {
         // What changed in the network and in this node's desired set (everything the first
         // time), once the replica controller has made its first pass; the network first, so that
@@ -361,6 +364,19 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
             sent_network = Some(now);
         }
         let now = desired.borrow_and_update().as_ref().map(|d| d.get(name).cloned().unwrap_or_default());
+        secrets.borrow_and_update();
+        // The secrets its replicas use, before the set that needs them.
+        if let Some(set) = now.as_ref().or(sent.as_ref()) {
+            match secrets_delta(api, set, &mut sent_secrets).await {
+                Ok(Some(msg)) => {
+                    if let Err(e) = write_frame(&mut send, &msg).await {
+                        break e.to_string();
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => warn!("cannot send secrets: {e}"),
+            }
+        }
         if let Some(now) = now {
             if let Some(msg) = desired::delta(sent.as_ref(), &now) {
                 if let Err(e) = write_frame(&mut send, &msg).await {
@@ -372,6 +388,7 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
         tokio::select! {
             r = desired.changed() => if r.is_err() { break "the leader is stopping".to_string() },
             r = network.changed() => if r.is_err() { break "the leader is stopping".to_string() },
+            r = secrets.changed() => if r.is_err() { break "the leader is stopping".to_string() },
             msg = rx.recv() => match msg {
                 Some(Ok(Some(msg))) => {
                     // Only the current session speaks for the node (fencing by epoch).
@@ -387,6 +404,48 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
     };
     reader.abort();
     reason
+}
+
+/// What a board must be sent of the secrets the replicas of `set` use: each one new or changed
+/// since `sent` (opened from the store), and those no replica there uses any more. A board never
+/// gets a secret none of its replicas uses.
+async fn secrets_delta(
+    api: &Arc<Api>,
+    set: &DesiredSet,
+    sent: &mut BTreeMap<String, u64>,
+) -> Result<Option<LeaderMsg>, String> {
+    let needed: std::collections::BTreeSet<String> =
+        set.values().flat_map(|a| a.spec.secrets.iter().map(|n| n.as_str().to_string())).collect();
+    let a = api.clone();
+    let known = sent.clone();
+    let wanted = needed.clone();
+    let put = tokio::task::spawn_blocking(move || -> Result<Vec<SecretPayload>, String> {
+        let mut put = Vec::new();
+        for name in &wanted {
+            let Some(v) = a.objects.get::<crate::secrets::StoredSecret>(name).map_err(|e| e.to_string())? else {
+                continue; // not created yet: the replica waits, and says so
+            };
+            if known.get(name) == Some(&v.value.version) {
+                continue;
+            }
+            let values = a.keyring.open(name, &v.value.sealed).map_err(|e| e.to_string())?;
+            put.push(SecretPayload { name: name.clone(), version: v.value.version, values });
+        }
+        Ok(put)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let drop: Vec<String> = sent.keys().filter(|n| !needed.contains(*n)).cloned().collect();
+    if put.is_empty() && drop.is_empty() {
+        return Ok(None);
+    }
+    for p in &put {
+        sent.insert(p.name.clone(), p.version);
+    }
+    for d in &drop {
+        sent.remove(d);
+    }
+    Ok(Some(LeaderMsg::Secrets { put, drop }))
 }
 
 async fn handle_agent_msg(api: &Arc<Api>, name: &str, msg: AgentMsg) {

@@ -445,6 +445,28 @@ pub enum LeaderMsg {
         #[serde(default)]
         version: u64,
     },
+    /// Secrets the board's replicas use: `put` new or changed ones (values in the clear, inside
+    /// the mTLS session only), `drop` those no replica here uses any more. Sent before the desired
+    /// set that needs them.
+    Secrets { put: Vec<SecretPayload>, drop: Vec<String> },
+}
+
+/// One secret's values for a board. `Debug` never shows a value.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretPayload {
+    pub name: String,
+    pub version: u64,
+    pub values: BTreeMap<String, Vec<u8>>,
+}
+
+impl fmt::Debug for SecretPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretPayload")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("keys", &self.values.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// One replica a node must run. Replica names are never reused, so a replica that moved away

@@ -134,3 +134,91 @@ fn secrets_are_write_only_sealed_at_rest_and_rotated() {
     let gone = c.cli(&["describe", "secret", "db"]);
     assert_eq!(gone.status.code(), Some(4));
 }
+
+/// Whether a tmpfs is mounted at `path`.
+fn tmpfs_at(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let p = path.display().to_string();
+    mounts.lines().any(|l| l.split(' ').nth(4) == Some(p.as_str()) && l.contains(" - tmpfs "))
+}
+
+#[test]
+fn a_secret_reaches_only_the_board_that_runs_its_replica_and_only_its_memory() {
+    use bramble_tests::registry::Registry;
+    use bramble_tests::testimages::{busybox_layout, push_from};
+    let c = Cluster::start_with(ClusterOptions { agents: 2, ..Default::default() }, |lab| {
+        format!("[[images.registry]]\nhost = \"{}:5000\"\ninsecure = true\n", lab.addr(0))
+    });
+    let registry = Registry::start_in_netns(&c.lab.ns(0), &c.lab.addr(0));
+    let layout = tempfile::tempdir().unwrap();
+    busybox_layout(layout.path(), "1");
+    let image = format!("{}/bramble/busybox:1", registry.addr);
+    push_from(Some(&c.lab.ns(0)), layout.path(), "1", &image);
+    ok(c.cli(&["label", "node", "board-1", "role=db"]), "label");
+    let password = format!("pw-{}-{}", std::process::id(), bramble_proto::time::now_ms());
+    ok(c.cli(&["secret", "create", "db", "--from-literal", &format!("password={password}")]), "create");
+    let manifest = c.dir.path().join("apps.toml");
+    let app = |name: &str, secret: &str| {
+        format!(
+            "[[app]]\nname = \"{name}\"\nimage = \"{image}\"\nsecrets = [\"{secret}\"]\n\
+             command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n\
+             [app.placement]\nnode_selector = {{ role = \"db\" }}\n"
+        )
+    };
+    std::fs::write(&manifest, app("reader", "db") + &app("waiter", "later")).unwrap();
+    ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
+    let replicas = |app: &str| -> Vec<bramble_proto::model::Replica> {
+        serde_json::from_str(&ok(c.cli(&["get", "replicas", "--app", app, "-o", "json"]), "get")).unwrap()
+    };
+    let reader = bramble_tests::wait_for("the reader running", std::time::Duration::from_secs(60), || {
+        replicas("reader").into_iter().find(|r| r.phase == bramble_proto::model::ReplicaPhase::Running)
+    });
+    assert_eq!(reader.node.as_deref(), Some("board-1"));
+    let id = reader.meta.name.clone();
+
+    // The container reads the file: the value, read-only, 0400, its user's.
+    let out = ok(c.cli(&["exec", &id, "--", "cat", "/run/secrets/db/password"]), "cat");
+    assert_eq!(out, password);
+    let out = ok(c.cli(&["exec", &id, "--", "busybox", "stat", "-c", "%a %u", "/run/secrets/db/password"]), "stat");
+    assert_eq!(out.trim(), "400 0");
+    let write = c.cli(&["exec", &id, "--", "sh", "-c", "echo x > /run/secrets/db/password"]);
+    assert!(!write.status.success(), "the mount is read-only");
+
+    // Only board-1 got it, and only in memory: a tmpfs for the replica, nothing on any disk.
+    let secrets_dir = c.agent_dir(1).join("secrets").join(&id);
+    assert!(tmpfs_at(&secrets_dir), "a tmpfs at {}", secrets_dir.display());
+    let logs = |i: usize| std::fs::read_to_string(c.dir.path().join(format!("agent-{i}.log"))).unwrap_or_default();
+    assert!(logs(1).contains("secrets from the leader") && logs(1).contains("db v1"), "board-1 got it");
+    assert!(!logs(2).contains("secrets from the leader"), "board-2 never got a secret: {}", logs(2));
+    let mut on_disk = files_containing(c.dir.path(), password.as_bytes());
+    on_disk.retain(|p| !p.starts_with(&secrets_dir.display().to_string()));
+    assert_eq!(on_disk, Vec::<String>::new(), "the value is on no disk (the tmpfs aside)");
+    let desired = std::fs::read_to_string(c.agent_dir(1).join("desired.json")).unwrap();
+    assert!(desired.contains("\"secrets\"") && !desired.contains(&password), "names only in desired.json");
+
+    // An update reaches the running container's file.
+    let updated = format!("{password}-v2");
+    ok(c.cli(&["secret", "update", "db", "--from-literal", &format!("password={updated}")]), "update");
+    bramble_tests::wait_for("the new value in the container", std::time::Duration::from_secs(10), || {
+        let out = c.cli(&["exec", &id, "--", "cat", "/run/secrets/db/password"]);
+        (text(&out.stdout) == updated).then_some(())
+    });
+
+    // A replica whose secret does not exist yet waits and says why; it starts once it exists.
+    let waiting = bramble_tests::wait_for("the waiter's reason", std::time::Duration::from_secs(30), || {
+        replicas("waiter").into_iter().find(|r| r.reason.contains("waiting for secret later from the leader"))
+    });
+    assert_ne!(waiting.phase, bramble_proto::model::ReplicaPhase::Running);
+    ok(c.cli(&["secret", "create", "later", "--from-literal", "k=v"]), "create later");
+    let waiter = bramble_tests::wait_for("the waiter running", std::time::Duration::from_secs(90), || {
+        replicas("waiter").into_iter().find(|r| r.phase == bramble_proto::model::ReplicaPhase::Running)
+    });
+    assert_eq!(ok(c.cli(&["exec", &waiter.meta.name, "--", "cat", "/run/secrets/later/k"]), "cat"), "v");
+
+    // Deleting the apps unmounts their secrets.
+    ok(c.cli(&["delete", "app", "reader", "waiter"]), "delete");
+    bramble_tests::wait_for("the tmpfs gone", std::time::Duration::from_secs(30), || {
+        (!tmpfs_at(&secrets_dir) && !secrets_dir.exists()).then_some(())
+    });
+    c.remove_containers();
+}

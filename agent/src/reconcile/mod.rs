@@ -66,6 +66,8 @@ pub struct Handle {
     pub network: Option<SyncSender<crate::net::node::NetInput>>,
     /// The latest network view version the controller has applied (to confirm to the leader).
     pub network_applied: Option<tokio::sync::watch::Receiver<u64>>,
+    /// Secrets the leader sent for this board's replicas (memory and tmpfs only).
+    pub secrets: Arc<crate::secrets::Secrets>,
 }
 
 /// Where the agent keeps containers' pieces.
@@ -74,11 +76,18 @@ pub struct Paths {
     pub shims: PathBuf,
     pub rootfs: PathBuf,
     pub logs: PathBuf,
+    /// Mount points of the secrets' tmpfs (nothing on disk beneath them).
+    pub secrets: PathBuf,
 }
 
 impl Paths {
     pub fn new(data_dir: &Path) -> Paths {
-        Paths { shims: data_dir.join("shims"), rootfs: data_dir.join("containers"), logs: data_dir.join("logs") }
+        Paths {
+            shims: data_dir.join("shims"),
+            rootfs: data_dir.join("containers"),
+            logs: data_dir.join("logs"),
+            secrets: data_dir.join("secrets"),
+        }
     }
 }
 
@@ -108,11 +117,13 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
     }
     let store = ContentStore::open(&config.images_dir()).map_err(std::io::Error::other)?;
     let runtime = Runtime::new(&paths.shims, shim_bin);
+    let secrets = Arc::new(crate::secrets::Secrets::new(&paths.secrets));
     let containers = Arc::new(ShimContainers {
         runtime: runtime.clone(),
         roots: Rootfses::new(store.clone(), &paths.rootfs),
         store: store.clone(),
         log_dir: paths.logs.clone(),
+        secrets: secrets.clone(),
     });
     let images = Arc::new(StoreImages {
         store,
@@ -147,6 +158,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
         thread,
         network: None,
         network_applied: None,
+        secrets,
     })
 }
 

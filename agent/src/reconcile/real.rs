@@ -5,7 +5,7 @@ use super::effects::{Containers, Images, Network, PodNet, ReconcileError};
 use crate::net::node::NetInput;
 use crate::net::pods::Pods;
 use crate::runtime::build::{container_config, with_network, AppOverrides};
-use crate::runtime::config::RestartPolicy;
+use crate::runtime::config::{FileMount, RestartPolicy};
 use crate::runtime::probe::{ProbeAction, ProbeConfig, ProbeKind};
 use crate::runtime::protocol::ShimState;
 use crate::runtime::Runtime;
@@ -34,6 +34,8 @@ pub struct ShimContainers {
     pub roots: Rootfses,
     pub store: ContentStore,
     pub log_dir: PathBuf,
+    /// Secrets the leader sent, and their tmpfs per replica.
+    pub secrets: std::sync::Arc<crate::secrets::Secrets>,
 }
 
 fn overrides(a: &Assignment) -> AppOverrides {
@@ -118,10 +120,20 @@ impl Containers for ShimContainers {
                 let _ = self.roots.remove(id);
                 ReconcileError::Config(e)
             })?;
-        let cc = with_network(cc, net.ip, &net.netns, &net.resolv_conf, &net.hosts);
+        let mut cc = with_network(cc, net.ip, &net.netns, &net.resolv_conf, &net.hosts);
+        let names: Vec<String> = a.spec.secrets.iter().map(|n| n.as_str().to_string()).collect();
+        match self.secrets.prepare(id, &names, cc.uid, cc.gid) {
+            Ok(Some(dir)) => cc.files.push(FileMount { source: dir, destination: "/run/secrets".into() }),
+            Ok(None) => {}
+            Err(e) => {
+                let _ = self.roots.remove(id);
+                return Err(ReconcileError::Config(e.to_string()));
+            }
+        }
         if let Err(e) = self.runtime.create(&cc) {
             let _ = self.runtime.remove(id, REMOVE_TIMEOUT);
             let _ = self.roots.remove(id);
+            self.secrets.release(id);
             return Err(ReconcileError::Runtime(e.to_string()));
         }
         Ok(())
@@ -129,6 +141,7 @@ impl Containers for ShimContainers {
 
     fn remove(&self, id: &str) -> Result<(), ReconcileError> {
         self.runtime.remove(id, REMOVE_TIMEOUT).map_err(|e| ReconcileError::Runtime(e.to_string()))?;
+        self.secrets.release(id);
         self.roots.remove(id).map_err(|e| ReconcileError::Rootfs(e.to_string()))?;
         remove_logs(&self.log_dir, id);
         Ok(())

@@ -63,6 +63,7 @@ impl Api {
         let keys = keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
         let message = format!("secret/{name} {done} by {who} (version {version}; keys: {keys})");
         self.events.record(Event::new(now, ObjectRef::new(Kind::Secret, name), reason, message));
+        self.published.secrets.send_modify(|v| *v += 1);
         Ok(format!("secret/{name} {done}"))
     }
 

@@ -53,6 +53,8 @@ pub struct Published {
     pub network: tokio::sync::watch::Sender<Option<Arc<NetworkView>>>,
     /// Asks the replica controller for a pass now.
     pub kick: tokio::sync::Notify,
+    /// Bumped when a secret changes: sessions send boards what changed of theirs.
+    pub secrets: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for Published {
@@ -61,6 +63,7 @@ impl Default for Published {
             desired: tokio::sync::watch::Sender::new(None),
             network: tokio::sync::watch::Sender::new(None),
             kick: tokio::sync::Notify::new(),
+            secrets: tokio::sync::watch::Sender::new(0),
         }
     }
 }

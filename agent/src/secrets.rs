@@ -1,0 +1,174 @@
+//! Secrets on a board: kept in memory as the leader sent them (only those of replicas this board
+//! runs), and written only to a tmpfs per replica that is bind-mounted read-only into its container
+//! at `/run/secrets/<NAME>/<KEY>` (0400, owned by the container's user). Never in `desired.json`,
+//! never on the data dir's disk: the tmpfs lives in memory and goes with the replica. After an
+//! agent restart the memory is empty until the leader sends them again; mounted files stay.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// A secret's values and version, as the leader sent them.
+#[derive(Clone, PartialEq, Eq)]
+struct Held {
+    version: u64,
+    values: BTreeMap<String, Vec<u8>>,
+}
+
+/// One replica's mounted secrets: which, and who owns the files.
+#[derive(Debug, Clone)]
+struct Mounted {
+    names: Vec<String>,
+    uid: u32,
+    gid: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("waiting for secret {0} from the leader")]
+    Missing(String),
+    #[error("secrets of {id}: {what}: {source}")]
+    Io { id: String, what: String, source: std::io::Error },
+}
+
+/// The secrets this board holds and the tmpfs mounts it made.
+pub struct Secrets {
+    /// Under the data dir: mount points only (each a tmpfs).
+    root: PathBuf,
+    held: Mutex<HashMap<String, Held>>,
+    mounted: Mutex<HashMap<String, Mounted>>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held: Vec<String> = self.held.lock().map(|h| h.keys().cloned().collect()).unwrap_or_default();
+        f.debug_struct("Secrets").field("root", &self.root).field("held", &held).finish_non_exhaustive()
+    }
+}
+
+impl Secrets {
+    pub fn new(root: &Path) -> Secrets {
+        Secrets { root: root.to_path_buf(), held: Mutex::default(), mounted: Mutex::default() }
+    }
+
+    /// The tmpfs of replica `id`.
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// What the leader sent: new or changed secrets, and those no longer needed here. Files of
+    /// running replicas are rewritten in place.
+    pub fn update(&self, put: Vec<(String, u64, BTreeMap<String, Vec<u8>>)>, drop: &[String]) {
+        let mut changed = BTreeSet::new();
+        {
+            let mut held = self.held.lock().expect("not poisoned");
+            for (name, version, values) in put {
+                held.insert(name.clone(), Held { version, values });
+                changed.insert(name);
+            }
+            for name in drop {
+                held.remove(name);
+            }
+        }
+        let mounted: Vec<(String, Mounted)> =
+            self.mounted.lock().expect("not poisoned").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (id, m) in mounted {
+            for name in m.names.iter().filter(|n| changed.contains(*n)) {
+                if let Err(e) = self.write_one(&id, name, m.uid, m.gid) {
+                    tracing::warn!(replica = %id, secret = %name, "cannot update the secret's files: {e}");
+                }
+            }
+        }
+    }
+
+    /// The version of a secret held here.
+    pub fn version(&self, name: &str) -> Option<u64> {
+        self.held.lock().expect("not poisoned").get(name).map(|h| h.version)
+    }
+
+    /// Mounts a tmpfs for replica `id` with `names`' files owned by `uid:gid`; the directory to
+    /// bind into the container (None: it uses no secret). Missing secrets are an error to wait on.
+    pub fn prepare(&self, id: &str, names: &[String], uid: u32, gid: u32) -> Result<Option<PathBuf>, SecretsError> {
+        if names.is_empty() {
+            return Ok(None);
+        }
+        let size: usize = {
+            let held = self.held.lock().expect("not poisoned");
+            let mut size = 0;
+            for n in names {
+                let h = held.get(n).ok_or_else(|| SecretsError::Missing(n.clone()))?;
+                size += h.values.values().map(Vec::len).sum::<usize>();
+            }
+            size
+        };
+        let dir = self.dir(id);
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |source| SecretsError::Io { id: id.to_string(), what, source }
+        };
+        self.release(id);
+        std::fs::create_dir_all(&dir).map_err(io("create the mount point"))?;
+        // Room for updates that grow (two copies while a file is replaced) and the directories.
+        let bytes = (size * 2 + (64 << 10)).next_multiple_of(4096);
+        let options = format!("size={bytes},mode=0711,uid=0,gid=0");
+        nix::mount::mount(
+            Some("tmpfs"),
+            &dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+            Some(options.as_str()),
+        )
+        .map_err(|e| SecretsError::Io {
+            id: id.to_string(),
+            what: "mount a tmpfs".into(),
+            source: e.into(),
+        })?;
+        self.mounted.lock().expect("not poisoned").insert(id.to_string(), Mounted { names: names.to_vec(), uid, gid });
+        for n in names {
+            if let Err(e) = self.write_one(id, n, uid, gid) {
+                self.release(id);
+                return Err(e);
+            }
+        }
+        Ok(Some(dir))
+    }
+
+    /// Writes secret `name`'s files into replica `id`'s tmpfs, each replaced whole (rename).
+    fn write_one(&self, id: &str, name: &str, uid: u32, gid: u32) -> Result<(), SecretsError> {
+        use std::os::unix::fs::{chown, PermissionsExt};
+        let io = |what: String| move |source| SecretsError::Io { id: id.to_string(), what, source };
+        let held = self.held.lock().expect("not poisoned").get(name).cloned();
+        let Some(held) = held else { return Err(SecretsError::Missing(name.to_string())) };
+        let dir = self.dir(id).join(name);
+        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+        chown(&dir, Some(uid), Some(gid)).map_err(io(format!("chown {}", dir.display())))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o500))
+            .map_err(io(format!("chmod {}", dir.display())))?;
+        for (key, value) in &held.values {
+            let tmp = dir.join(format!(".{key}.new"));
+            std::fs::write(&tmp, value).map_err(io(format!("write {}", tmp.display())))?;
+            chown(&tmp, Some(uid), Some(gid)).map_err(io(format!("chown {}", tmp.display())))?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o400))
+                .map_err(io(format!("chmod {}", tmp.display())))?;
+            std::fs::rename(&tmp, dir.join(key)).map_err(io(format!("rename into {}", dir.display())))?;
+        }
+        // Keys the secret no longer has go.
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let file = e.file_name().to_string_lossy().to_string();
+            if !held.values.contains_key(&file) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmounts replica `id`'s tmpfs (its files vanish with it) and removes the mount point.
+    pub fn release(&self, id: &str) {
+        self.mounted.lock().expect("not poisoned").remove(id);
+        let dir = self.dir(id);
+        if dir.exists() {
+            let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}

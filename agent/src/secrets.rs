@@ -15,14 +15,6 @@ struct Held {
     values: BTreeMap<String, Vec<u8>>,
 }
 
-/// One replica's mounted secrets: which, and who owns the files.
-#[derive(Debug, Clone)]
-struct Mounted {
-    names: Vec<String>,
-    uid: u32,
-    gid: u32,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
     #[error("waiting for secret {0} from the leader")]
@@ -31,12 +23,12 @@ pub enum SecretsError {
     Io { id: String, what: String, source: std::io::Error },
 }
 
-/// The secrets this board holds and the tmpfs mounts it made.
+/// The secrets this board holds. The tmpfs mounts it made are found on disk (`root/<id>/<name>`),
+/// so an agent restarted under running containers still updates their files.
 pub struct Secrets {
     /// Under the data dir: mount points only (each a tmpfs).
     root: PathBuf,
     held: Mutex<HashMap<String, Held>>,
-    mounted: Mutex<HashMap<String, Mounted>>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -48,7 +40,7 @@ impl std::fmt::Debug for Secrets {
 
 impl Secrets {
     pub fn new(root: &Path) -> Secrets {
-        Secrets { root: root.to_path_buf(), held: Mutex::default(), mounted: Mutex::default() }
+        Secrets { root: root.to_path_buf(), held: Mutex::default() }
     }
 
     /// The tmpfs of replica `id`.
@@ -70,11 +62,14 @@ impl Secrets {
                 held.remove(name);
             }
         }
-        let mounted: Vec<(String, Mounted)> =
-            self.mounted.lock().expect("not poisoned").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        for (id, m) in mounted {
-            for name in m.names.iter().filter(|n| changed.contains(*n)) {
-                if let Err(e) = self.write_one(&id, name, m.uid, m.gid) {
+        // Every replica's tmpfs that holds a changed secret, with the owner its files have.
+        for replica in std::fs::read_dir(&self.root).into_iter().flatten().flatten() {
+            let id = replica.file_name().to_string_lossy().to_string();
+            for name in &changed {
+                let Ok(meta) = std::fs::metadata(replica.path().join(name)) else { continue };
+                let (uid, gid) =
+                    (std::os::unix::fs::MetadataExt::uid(&meta), std::os::unix::fs::MetadataExt::gid(&meta));
+                if let Err(e) = self.write_one(&id, name, uid, gid) {
                     tracing::warn!(replica = %id, secret = %name, "cannot update the secret's files: {e}");
                 }
             }
@@ -123,7 +118,6 @@ impl Secrets {
             what: "mount a tmpfs".into(),
             source: e.into(),
         })?;
-        self.mounted.lock().expect("not poisoned").insert(id.to_string(), Mounted { names: names.to_vec(), uid, gid });
         for n in names {
             if let Err(e) = self.write_one(id, n, uid, gid) {
                 self.release(id);
@@ -164,7 +158,6 @@ impl Secrets {
 
     /// Unmounts replica `id`'s tmpfs (its files vanish with it) and removes the mount point.
     pub fn release(&self, id: &str) {
-        self.mounted.lock().expect("not poisoned").remove(id);
         let dir = self.dir(id);
         if dir.exists() {
             let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);

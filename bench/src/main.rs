@@ -11,6 +11,7 @@ mod net;
 mod rollout;
 mod scale;
 mod scheduler;
+mod secrets;
 mod startup;
 mod stats;
 
@@ -87,6 +88,11 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
+    /// Secret update -> the new value in a running container's file.
+    Secrets {
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
     /// Every benchmark.
     All {
         #[arg(long, default_value_t = 10)]
@@ -104,6 +110,7 @@ fn main() {
         Command::Startup { runs } => vec![("startup", startup::run(runs))],
         Command::Net { runs } => vec![("net", net::run(runs))],
         Command::Rollout { runs } => vec![("rollout", rollout::run(runs))],
+        Command::Secrets { runs } => vec![("secrets", secrets::run(runs))],
         Command::Agent { containers, steady_secs } => vec![("agent", agent::run(containers, steady_secs))],
         Command::Scale { agents, replicas, steady_secs } => vec![("scale", scale::run(agents, replicas, steady_secs))],
         Command::All { runs } => vec![
@@ -116,6 +123,7 @@ fn main() {
             ("startup", startup::run(runs.max(20))),
             ("net", net::run(runs)),
             ("rollout", rollout::run(runs)),
+            ("secrets", secrets::run(runs.max(20))),
         ],
     };
     let dir = bramble_tests::testimages::assets_dir().parent().expect("target dir").join("bench");

@@ -146,7 +146,7 @@ fn tmpfs_at(path: &Path) -> bool {
 fn a_secret_reaches_only_the_board_that_runs_its_replica_and_only_its_memory() {
     use bramble_tests::registry::Registry;
     use bramble_tests::testimages::{busybox_layout, push_from};
-    let c = Cluster::start_with(ClusterOptions { agents: 2, ..Default::default() }, |lab| {
+    let mut c = Cluster::start_with(ClusterOptions { agents: 2, ..Default::default() }, |lab| {
         format!("[[images.registry]]\nhost = \"{}:5000\"\ninsecure = true\n", lab.addr(0))
     });
     let registry = Registry::start_in_netns(&c.lab.ns(0), &c.lab.addr(0));
@@ -167,11 +167,11 @@ fn a_secret_reaches_only_the_board_that_runs_its_replica_and_only_its_memory() {
     };
     std::fs::write(&manifest, app("reader", "db") + &app("waiter", "later")).unwrap();
     ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
-    let replicas = |app: &str| -> Vec<bramble_proto::model::Replica> {
+    fn replicas_of(c: &Cluster, app: &str) -> Vec<bramble_proto::model::Replica> {
         serde_json::from_str(&ok(c.cli(&["get", "replicas", "--app", app, "-o", "json"]), "get")).unwrap()
-    };
+    }
     let reader = bramble_tests::wait_for("the reader running", std::time::Duration::from_secs(60), || {
-        replicas("reader").into_iter().find(|r| r.phase == bramble_proto::model::ReplicaPhase::Running)
+        replicas_of(&c, "reader").into_iter().find(|r| r.phase == bramble_proto::model::ReplicaPhase::Running)
     });
     assert_eq!(reader.node.as_deref(), Some("board-1"));
     let id = reader.meta.name.clone();
@@ -191,6 +191,7 @@ fn a_secret_reaches_only_the_board_that_runs_its_replica_and_only_its_memory() {
     assert!(logs(1).contains("secrets from the leader") && logs(1).contains("db v1"), "board-1 got it");
     assert!(!logs(2).contains("secrets from the leader"), "board-2 never got a secret: {}", logs(2));
     let mut on_disk = files_containing(c.dir.path(), password.as_bytes());
+    // (The secrets' tmpfs is memory: a file read through it is not on a disk.)
     on_disk.retain(|p| !p.starts_with(&secrets_dir.display().to_string()));
     assert_eq!(on_disk, Vec::<String>::new(), "the value is on no disk (the tmpfs aside)");
     let desired = std::fs::read_to_string(c.agent_dir(1).join("desired.json")).unwrap();
@@ -204,14 +205,27 @@ fn a_secret_reaches_only_the_board_that_runs_its_replica_and_only_its_memory() {
         (text(&out.stdout) == updated).then_some(())
     });
 
+    // An agent killed and restarted under the running container: the leader sends the secret
+    // again (the agent's memory was empty), and a later update still reaches the same container.
+    c.kill_agent(1);
+    c.start_agent(1);
+    let third = format!("{password}-v3");
+    ok(c.cli(&["secret", "update", "db", "--from-literal", &format!("password={third}")]), "update again");
+    bramble_tests::wait_for("the update after an agent restart", std::time::Duration::from_secs(20), || {
+        let out = c.cli(&["exec", &id, "--", "cat", "/run/secrets/db/password"]);
+        (text(&out.stdout) == third).then_some(())
+    });
+    let same = replicas_of(&c, "reader").into_iter().find(|r| r.meta.name == id).expect("the same replica");
+    assert_eq!((same.restarts, same.container_id.clone()), (0, reader.container_id.clone()), "not restarted");
+
     // A replica whose secret does not exist yet waits and says why; it starts once it exists.
     let waiting = bramble_tests::wait_for("the waiter's reason", std::time::Duration::from_secs(30), || {
-        replicas("waiter").into_iter().find(|r| r.reason.contains("waiting for secret later from the leader"))
+        replicas_of(&c, "waiter").into_iter().find(|r| r.reason.contains("waiting for secret later from the leader"))
     });
     assert_ne!(waiting.phase, bramble_proto::model::ReplicaPhase::Running);
     ok(c.cli(&["secret", "create", "later", "--from-literal", "k=v"]), "create later");
     let waiter = bramble_tests::wait_for("the waiter running", std::time::Duration::from_secs(90), || {
-        replicas("waiter").into_iter().find(|r| r.phase == bramble_proto::model::ReplicaPhase::Running)
+        replicas_of(&c, "waiter").into_iter().find(|r| r.phase == bramble_proto::model::ReplicaPhase::Running)
     });
     assert_eq!(ok(c.cli(&["exec", &waiter.meta.name, "--", "cat", "/run/secrets/later/k"]), "cat"), "v");
 

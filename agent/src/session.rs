@@ -310,7 +310,7 @@ async fn session(
                     let secrets = work.secrets.clone();
                     let names: Vec<String> = put.iter().map(|s| format!("{} v{}", s.name, s.version)).collect();
                     info!(received = ?names, dropped = ?drop, "secrets from the leader");
-                    let put = put.into_iter().map(|s| (s.name, s.version, s.values)).collect();
+                    let put = put.into_iter().map(|s| (s.name, s.version, s.values.0)).collect();
                     let _ = tokio::task::spawn_blocking(move || secrets.update(put, &drop)).await;
                 }
                 Some(Ok(Some(LeaderMsg::Refused(e)))) => break Err(SessionError::Refused { code: e.code, message: e.message }),

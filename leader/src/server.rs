@@ -14,7 +14,8 @@ use bramble_proto::codec::MAX_FRAME_LEN;
 use bramble_proto::model::Node;
 use bramble_proto::time::now_ms;
 use bramble_proto::wire::{
-    AgentMsg, ApiError, ErrorCode, Hello, LeaderMsg, Open, OpenKind, Request, Response, SecretPayload, PROTOCOL_VERSION,
+    AgentMsg, ApiError, ErrorCode, Hello, LeaderMsg, Open, OpenKind, Request, Response, SecretPayload, SecretValues,
+    PROTOCOL_VERSION,
 };
 use bramble_transport::pki::{identity_of, Ca, PkiError};
 use bramble_transport::quic::{read_frame, server_endpoint, write_frame};
@@ -429,7 +430,7 @@ async fn secrets_delta(
                 continue;
             }
             let values = a.keyring.open(name, &v.value.sealed).map_err(|e| e.to_string())?;
-            put.push(SecretPayload { name: name.clone(), version: v.value.version, values });
+            put.push(SecretPayload { name: name.clone(), version: v.value.version, values: SecretValues(values) });
         }
         Ok(put)
     })

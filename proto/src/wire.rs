@@ -84,7 +84,7 @@ pub enum Request {
     /// not). Write-only: no request ever returns a value.
     PutSecret {
         name: String,
-        values: BTreeMap<String, Vec<u8>>,
+        values: SecretValues,
         create: bool,
     },
     GetSecrets,
@@ -451,21 +451,23 @@ pub enum LeaderMsg {
     Secrets { put: Vec<SecretPayload>, drop: Vec<String> },
 }
 
-/// One secret's values for a board. `Debug` never shows a value.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One secret's values for a board.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretPayload {
     pub name: String,
     pub version: u64,
-    pub values: BTreeMap<String, Vec<u8>>,
+    pub values: SecretValues,
 }
 
-impl fmt::Debug for SecretPayload {
+/// A secret's keys and values. `Debug` shows the keys only, so no log of a message that carries
+/// one (a request, a session frame) can show a value.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretValues(pub BTreeMap<String, Vec<u8>>);
+
+impl fmt::Debug for SecretValues {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SecretPayload")
-            .field("name", &self.name)
-            .field("version", &self.version)
-            .field("keys", &self.values.keys().collect::<Vec<_>>())
-            .finish()
+        write!(f, "SecretValues {{ keys: {:?} }}", self.0.keys().collect::<Vec<_>>())
     }
 }
 
@@ -614,4 +616,24 @@ pub enum AgentMsg {
     NetworkApplied {
         version: u64,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_debug_output_of_a_message_shows_a_secret_value() {
+        let values = SecretValues(BTreeMap::from([("password".to_string(), b"hunter2".to_vec())]));
+        let req = Request::PutSecret { name: "db".into(), values: values.clone(), create: true };
+        let msg = LeaderMsg::Secrets {
+            put: vec![SecretPayload { name: "db".into(), version: 1, values: values.clone() }],
+            drop: vec![],
+        };
+        for shown in [format!("{req:?}"), format!("{msg:?}"), format!("{req:#?}")] {
+            assert!(shown.contains("password") && !shown.contains("hunter2"), "{shown}");
+        }
+        let json = serde_json::to_string(&values).unwrap();
+        assert_eq!(json, r#"{"password":[104,117,110,116,101,114,50]}"#, "the wire form is the map itself");
+    }
 }

@@ -58,7 +58,8 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         What::Create(v) => (v, true),
         What::Update(v) => (v, false),
     };
-    let req = Request::PutSecret { name: v.name.clone(), values: values(v)?, create };
+    let req =
+        Request::PutSecret { name: v.name.clone(), values: bramble_proto::wire::SecretValues(values(v)?), create };
     match request(config, req).await? {
         Response::Done(m) => {
             println!("{m}");

@@ -124,7 +124,7 @@ impl Api {
                 Ok(Response::Done(apps::delete(&self.objects, apps, services, secrets)?))
             }
             Request::PutSecret { name, values, create } => {
-                Ok(Response::Done(self.put_secret(&name, values, create, BY_ADMIN)?))
+                Ok(Response::Done(self.put_secret(&name, values.0, create, BY_ADMIN)?))
             }
             Request::GetSecrets => Ok(Response::Secrets(self.secrets()?)),
             Request::GetSecret { name } => self.describe_secret(&name),

@@ -51,7 +51,7 @@ enum Command {
     Uncordon(cmd::cordon::Args),
     /// Secrets (write-only): `bramble secret create db --from-literal password=… --from-file tls.key=PATH`.
     Secret(cmd::secret::Args),
-    /// Join tokens for new agents.
+    /// Join tokens for new agents: `bramble token create|ls|revoke`.
     Token(cmd::token::Args),
 }
 

@@ -312,6 +312,11 @@ impl Objects {
         TxnOp::Delete { key, expect: Expect::Any }
     }
 
+    /// Every value stored under `prefix` outside the object kinds (tokens): key → value.
+    pub fn list_at<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>> {
+        self.store.list(prefix)?.into_iter().map(|kv| Ok((kv.key.clone(), decode(&kv.key, &kv.value)?))).collect()
+    }
+
     /// A value stored at `key` outside the object kinds (tokens).
     pub fn get_at<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         self.store.get(key)?.map(|kv| decode(&kv.key, &kv.value)).transpose()

@@ -117,6 +117,31 @@ async fn an_expired_token_is_refused() {
 }
 
 #[tokio::test]
+async fn a_single_use_token_lets_one_board_in_and_a_revoked_one_none() {
+    let c = cluster().await;
+    let admin = Some((c.admin.cert.as_str(), c.admin.key.as_str()));
+    let create = |single_use| Request::CreateToken { ttl_secs: 3600, single_use };
+    let Response::Token { token: once, .. } = c.call_as(admin, create(true)).await.unwrap() else { panic!() };
+    let Response::Token { token: revoked, .. } = c.call_as(admin, create(false)).await.unwrap() else { panic!() };
+    let Response::Tokens(list) = c.call_as(admin, Request::GetTokens).await.unwrap() else { panic!() };
+    let mut kinds: Vec<bool> = list.iter().map(|t| t.single_use).collect();
+    kinds.sort();
+    assert_eq!(kinds, [false, true], "two tokens, one of them single-use: {list:?}");
+    let (d1, d2, d3) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    c.join(d1.path(), &once, "pi-1").await.unwrap();
+    let e = c.join(d2.path(), &once, "pi-2").await.unwrap_err();
+    assert!(e.to_string().contains("is not known to this leader"), "used up: {e}");
+    let id = revoked.split("::").nth(1).unwrap().split('.').next().unwrap().to_string();
+    let r = c.call_as(admin, Request::RevokeToken { id: id.clone() }).await.unwrap();
+    assert_eq!(r, Response::Done(format!("token {id} revoked")));
+    let e = c.join(d3.path(), &revoked, "pi-3").await.unwrap_err();
+    assert!(e.to_string().contains("is not known to this leader"), "revoked: {e}");
+    let Response::Tokens(list) = c.call_as(admin, Request::GetTokens).await.unwrap() else { panic!() };
+    assert!(list.is_empty(), "both gone: {list:?}");
+    c.leader.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
 async fn a_leader_whose_ca_does_not_match_the_pin_is_not_trusted() {
     let c = cluster().await;
     let dir = tempfile::tempdir().unwrap();
@@ -137,7 +162,7 @@ async fn a_client_without_a_certificate_may_only_join() {
     let c = cluster().await;
     for request in [
         Request::GetNodes,
-        Request::CreateToken { ttl_secs: 3600 },
+        Request::CreateToken { ttl_secs: 3600, single_use: false },
         Request::SetCordon { name: "x".into(), cordoned: true },
     ] {
         match c.call_as(None, request).await.unwrap() {

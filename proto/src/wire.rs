@@ -62,6 +62,13 @@ pub enum Request {
     },
     CreateToken {
         ttl_secs: u64,
+        /// Gone after the first board joins with it.
+        #[serde(default)]
+        single_use: bool,
+    },
+    GetTokens,
+    RevokeToken {
+        id: String,
     },
     /// Creates or updates every object, or none of them. With `dry_run`, the leader checks and
     /// plans everything as for real, stores nothing, and answers [`Response::Planned`].
@@ -282,6 +289,8 @@ pub enum Response {
     Images(Vec<ImageInfo>),
     /// Secrets without their values.
     Secrets(Vec<SecretInfo>),
+    /// Join tokens without their secrets.
+    Tokens(Vec<TokenInfo>),
     Secret {
         secret: SecretInfo,
         events: Vec<Event>,
@@ -292,6 +301,16 @@ pub enum Response {
         lines: Vec<String>,
     },
     Error(ApiError),
+}
+
+/// A join token as `token ls` shows it (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    pub expired: bool,
+    pub single_use: bool,
 }
 
 /// What may be shown of a secret: its keys and their sizes, never a value.

@@ -141,10 +141,12 @@ impl Api {
             Request::Logs(_) | Request::Image { .. } | Request::Exec(_) => {
                 Err(Error::Invalid("this request is relayed to an agent on a stream of its own".into()))
             }
-            Request::CreateToken { ttl_secs } => {
+            Request::GetTokens => Ok(Response::Tokens(crate::tokens::list(&self.objects, now_ms())?)),
+            Request::RevokeToken { id } => Ok(Response::Done(crate::tokens::revoke(&self.objects, &id)?)),
+            Request::CreateToken { ttl_secs, single_use } => {
                 let fp = self.ca.fingerprint();
-                let (token, expires_ms) =
-                    crate::tokens::create(&self.objects, &fp, Duration::from_secs(ttl_secs), now_ms())?;
+                let ttl = Duration::from_secs(ttl_secs);
+                let (token, expires_ms) = crate::tokens::create_with(&self.objects, &fp, ttl, single_use, now_ms())?;
                 Ok(Response::Token { token: token.to_string(), expires_ms })
             }
         }

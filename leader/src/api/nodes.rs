@@ -38,6 +38,7 @@ impl Api {
                 self.events.node(node_name, EventReason::NodeJoined, "the node joined the cluster", now_ms());
             }
         }
+        crate::tokens::used(&self.objects, token)?;
         Ok(Response::Joined { node_name: node_name.to_string(), cert_pem, ca_pem: self.ca.cert_pem().to_string() })
     }
 

@@ -41,6 +41,7 @@ fn config(id: &str, rootfs: &Path, logs: &Path) -> ContainerConfig {
         ip: None,
         stop_signal: 15,
         probes: Vec::new(),
+        tmpfs: Vec::new(),
     }
 }
 

@@ -77,6 +77,7 @@ impl Env {
             ip: None,
             stop_signal: 15,
             probes: Vec::new(),
+            tmpfs: Vec::new(),
         }
     }
 
@@ -223,6 +224,18 @@ fn a_shim_with_probes_waits_quietly_while_a_stop_runs_out_its_grace() {
     // A spinning loop uses the whole 2 s (2 × hz ticks); waiting uses next to nothing.
     assert!(used < hz / 2, "the shim used {used} ticks ({hz}/s) in 2 s of grace: it spins");
     assert_eq!(env.exited("graceful").code, 137, "killed at the end of the grace period");
+}
+
+#[test]
+fn a_pipeline_ends_when_its_reader_does() {
+    // `yes` ends by SIGPIPE when `head` has read enough: only if the container does not inherit
+    // an ignored SIGPIPE from the (Rust) shim.
+    let mut env = Env::new();
+    let c = env.config("pipe", &["sh", "-c", "yes | busybox head -c 5 >/dev/null; echo done"]);
+    env.runtime.create(&c).unwrap();
+    let exit = env.exited("pipe");
+    assert_eq!(exit.code, 0);
+    assert_eq!(env.log_lines("pipe"), ["stdout F done"]);
 }
 
 #[test]

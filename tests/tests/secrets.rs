@@ -165,7 +165,8 @@ fn a_secret_reaches_only_the_board_that_runs_its_replica_and_only_its_memory() {
              [app.placement]\nnode_selector = {{ role = \"db\" }}\n"
         )
     };
-    std::fs::write(&manifest, app("reader", "db") + &app("waiter", "later")).unwrap();
+    let cache = "[[app.volumes]]\ntype = \"tmpfs\"\npath = \"/cache\"\nsize = \"1Mi\"\n";
+    std::fs::write(&manifest, app("reader", "db") + cache + &app("waiter", "later")).unwrap();
     ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
     fn replicas_of(c: &Cluster, app: &str) -> Vec<bramble_proto::model::Replica> {
         serde_json::from_str(&ok(c.cli(&["get", "replicas", "--app", app, "-o", "json"]), "get")).unwrap()
@@ -183,6 +184,16 @@ fn a_secret_reaches_only_the_board_that_runs_its_replica_and_only_its_memory() {
     assert_eq!(out.trim(), "400 0");
     let write = c.cli(&["exec", &id, "--", "sh", "-c", "echo x > /run/secrets/db/password"]);
     assert!(!write.status.success(), "the mount is read-only");
+
+    // A tmpfs volume: mounted where the app said, capped at its size.
+    let df = ok(c.cli(&["exec", &id, "--", "busybox", "df", "-k", "/cache"]), "df");
+    assert!(
+        df.lines().nth(1).is_some_and(|l| l.starts_with("tmpfs") && l.split_whitespace().nth(1) == Some("1024")),
+        "{df}"
+    );
+    ok(c.cli(&["exec", &id, "--", "sh", "-c", "echo kept > /cache/f && cat /cache/f"]), "write into the tmpfs");
+    let full = c.cli(&["exec", &id, "--", "sh", "-c", "yes 0123456789 | busybox head -c 2000000 > /cache/big"]);
+    assert!(!full.status.success(), "2 MB does not fit in 1 MiB");
 
     // Only board-1 got it, and only in memory: a tmpfs for the replica, nothing on any disk.
     let secrets_dir = c.agent_dir(1).join("secrets").join(&id);

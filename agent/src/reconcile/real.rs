@@ -121,6 +121,7 @@ impl Containers for ShimContainers {
                 ReconcileError::Config(e)
             })?;
         let mut cc = with_network(cc, net.ip, &net.netns, &net.resolv_conf, &net.hosts);
+        cc.tmpfs = a.spec.volumes.iter().map(|v| (v.path.clone(), v.size_bytes())).collect();
         let names: Vec<String> = a.spec.secrets.iter().map(|n| n.as_str().to_string()).collect();
         match self.secrets.prepare(id, &names, cc.uid, cc.gid) {
             Ok(Some(dir)) => cc.files.push(FileMount { source: dir, destination: "/run/secrets".into() }),

@@ -100,6 +100,7 @@ pub fn container_config(
         ip: None,
         stop_signal: app.stop_signal,
         probes: app.probes.clone(),
+        tmpfs: Vec::new(),
     })
 }
 

@@ -69,6 +69,9 @@ pub struct ContainerConfig {
     /// Startup, liveness and readiness probes, run by the shim.
     #[serde(default)]
     pub probes: Vec<super::probe::ProbeConfig>,
+    /// tmpfs volumes: where, and how many bytes at most.
+    #[serde(default)]
+    pub tmpfs: Vec<(String, u64)>,
 }
 
 fn sigterm() -> i32 {

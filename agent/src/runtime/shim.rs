@@ -93,6 +93,19 @@ struct Shim {
     attach_seq: u64,
 }
 
+extern "C" fn on_sigpipe(_: nix::libc::c_int) {}
+
+/// A Rust program ignores SIGPIPE, and an ignored signal stays ignored across exec: every
+/// container and exec would start with SIGPIPE ignored, and `yes | head` would never end. A
+/// handler that does nothing keeps the shim's own writes safe (they fail with EPIPE) and is reset
+/// to the default by exec, so what runs in a container gets the SIGPIPE any program expects.
+fn catch_sigpipe() -> nix::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler};
+    let action = SigAction::new(SigHandler::Handler(on_sigpipe), SaFlags::SA_RESTART, SigSet::empty());
+    // SAFETY: the handler does nothing, which is async-signal-safe.
+    unsafe { sigaction(Signal::SIGPIPE, &action) }.map(|_| ())
+}
+
 fn blocked() -> SigSet {
     let mut s = SigSet::empty();
     s.add(Signal::SIGCHLD);
@@ -111,6 +124,7 @@ pub fn main(dir: ContainerDir) -> Result<(), ShimError> {
     }
     nix::unistd::setsid().map_err(sys("setsid"))?;
     nix::sys::prctl::set_child_subreaper(true).map_err(sys("become a sub-reaper"))?;
+    catch_sigpipe().map_err(sys("handle SIGPIPE"))?;
     let config: ContainerConfig =
         serde_json::from_slice(&std::fs::read(dir.config()).map_err(io("read the container config"))?)
             .map_err(|e| ShimError::Config(format!("container config: {e}")))?;

@@ -105,6 +105,17 @@ pub fn build(c: &ContainerConfig) -> Result<Spec, String> {
             .map_err(e)?;
         mounts.push(m);
     }
+    for (destination, size) in &c.tmpfs {
+        let options = ["nosuid", "nodev", "mode=1777"].map(String::from).into_iter().chain([format!("size={size}")]);
+        let m = MountBuilder::default()
+            .destination(std::path::PathBuf::from(destination))
+            .typ("tmpfs")
+            .source("tmpfs")
+            .options(options.collect::<Vec<_>>())
+            .build()
+            .map_err(e)?;
+        mounts.push(m);
+    }
     spec.set_process(Some(process))
         .set_root(Some(root))
         .set_hostname(Some(c.hostname.clone()))
@@ -145,6 +156,7 @@ mod tests {
             ip: None,
             stop_signal: 15,
             probes: Vec::new(),
+            tmpfs: Vec::new(),
         }
     }
 

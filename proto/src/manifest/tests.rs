@@ -440,3 +440,39 @@ fn stop_signal_and_grace_and_rollout_settings() {
     );
     fails(&app("stop_signal = \"SIGSTOP\"\n"), 4, 15, "app[0].stop_signal", "expected one of SIGHUP, SIGINT");
 }
+
+#[test]
+fn tmpfs_volumes_parse_with_a_default_size_and_bad_paths_are_refused_with_their_line() {
+    let m = parse_manifest(
+        "m.toml",
+        &app("[[app.volumes]]\ntype = \"tmpfs\"\npath = \"/cache\"\n[[app.volumes]]\ntype = \"tmpfs\"\npath = \"/tmp\"\nsize = \"1Mi\"\n"),
+    )
+    .unwrap();
+    let v = &m.apps[0].volumes;
+    assert_eq!((v[0].size_bytes(), v[1].size_bytes()), (64 << 20, 1 << 20));
+    fails(
+        &app("[[app.volumes]]\ntype = \"tmpfs\"\npath = \"cache\"\n"),
+        6,
+        8,
+        "app[0].volumes[0].path",
+        "an absolute path",
+    );
+    fails(
+        &app("[[app.volumes]]\ntype = \"tmpfs\"\npath = \"/run/secrets/x\"\n"),
+        6,
+        8,
+        "app[0].volumes[0].path",
+        "the container's own",
+    );
+    fails(
+        &app("[[app.volumes]]\ntype = \"tmpfs\"\npath = \"/a/../proc\"\n"),
+        6,
+        8,
+        "app[0].volumes[0].path",
+        "without . or ..",
+    );
+    let twice =
+        app("[[app.volumes]]\ntype = \"tmpfs\"\npath = \"/c\"\n[[app.volumes]]\ntype = \"tmpfs\"\npath = \"/c/\"\n");
+    fails(&twice, 9, 8, "app[0].volumes[1].path", "/c is mounted twice");
+    fails(&app("[[app.volumes]]\ntype = \"nfs\"\npath = \"/c\"\n"), 5, 8, "app[0].volumes[0].type", "tmpfs");
+}

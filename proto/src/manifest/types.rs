@@ -119,6 +119,35 @@ pub struct PortSpec {
     pub protocol: Protocol,
 }
 
+/// A volume mounted into every replica of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    /// `tmpfs`: memory, per replica, gone when its container stops (charged to its memory).
+    #[serde(rename = "type")]
+    pub kind: VolumeKind,
+    /// Where it is mounted in the container (absolute).
+    pub path: String,
+    /// The most it may hold (tmpfs; default 64Mi).
+    #[serde(default)]
+    pub size: Option<Memory>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeKind {
+    Tmpfs,
+}
+
+/// The size of a tmpfs volume that names none.
+pub const DEFAULT_TMPFS_SIZE: u64 = 64 << 20;
+
+impl VolumeSpec {
+    pub fn size_bytes(&self) -> u64 {
+        self.size.map_or(DEFAULT_TMPFS_SIZE, |m| m.0)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceSpec {
@@ -386,6 +415,9 @@ pub struct AppSpec {
     pub placement: Placement,
     #[serde(default)]
     pub probes: Probes,
+    /// Volumes mounted into each replica.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeSpec>,
     #[serde(default)]
     pub restart: RestartPolicy,
     #[serde(default)]
@@ -511,6 +543,29 @@ impl AppSpec {
                         format!("host port {} is listed twice", h.0),
                     ));
                 }
+            }
+        }
+        let mut paths = BTreeSet::new();
+        for (i, v) in self.volumes.iter().enumerate() {
+            let at = || vec![Key("volumes"), Index(i), Key("path")];
+            let p = v.path.trim_end_matches('/');
+            let reserved = ["/proc", "/sys", "/dev", "/run/secrets", "/etc/resolv.conf", "/etc/hosts"];
+            if !v.path.starts_with('/') || p.is_empty() {
+                out.push(Problem::new(at(), format!("expected an absolute path other than /, found {:?}", v.path)));
+            } else if p.split('/').any(|c| c == ".." || c == ".") {
+                out.push(Problem::new(at(), format!("expected a path without . or .., found {:?}", v.path)));
+            } else if reserved.iter().any(|r| p == *r || p.starts_with(&format!("{r}/"))) {
+                out.push(Problem::new(
+                    at(),
+                    format!(
+                        "{p} is the container's own (/proc, /sys, /dev, /run/secrets, /etc/resolv.conf, /etc/hosts)"
+                    ),
+                ));
+            } else if !paths.insert(p.to_string()) {
+                out.push(Problem::new(at(), format!("{p} is mounted twice")));
+            }
+            if v.size.is_some_and(|s| s.0 < 4096) {
+                out.push(Problem::new(vec![Key("volumes"), Index(i), Key("size")], "expected at least 4Ki"));
             }
         }
         for (which, probe) in self.probes.each() {

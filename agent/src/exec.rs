@@ -159,16 +159,12 @@ pub async fn serve(shims: std::path::PathBuf, req: ExecRequest, mut send: SendSt
     if write_frame(&mut send, &ExecOutput::Started { replica: req.replica.clone() }).await.is_err() {
         return;
     }
-    let input = if req.stdin || req.tty {
-        tokio::spawn(pump_input(recv, input, req.tty))
-    } else {
-        drop(input); // the command reads end-of-file
-        tokio::spawn(async move {
-            let _ = recv;
-        })
-    };
+    // Without input the command reads end-of-file (its stdin pipe closes here).
+    let input = (req.stdin || req.tty).then(|| tokio::spawn(pump_input(recv, input, req.tty)));
     let end = output(&mut send, stdout, stderr, exited).await;
-    input.abort();
+    if let Some(input) = input {
+        input.abort();
+    }
     let last = match end {
         Ok(code) => ExecOutput::Exit(code),
         Err(e) => ExecOutput::Error(ApiError::new(ErrorCode::Unavailable, format!("replica {}: {e}", req.replica))),

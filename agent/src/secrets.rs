@@ -76,11 +76,6 @@ impl Secrets {
         }
     }
 
-    /// The version of a secret held here.
-    pub fn version(&self, name: &str) -> Option<u64> {
-        self.held.lock().expect("not poisoned").get(name).map(|h| h.version)
-    }
-
     /// Mounts a tmpfs for replica `id` with `names`' files owned by `uid:gid`; the directory to
     /// bind into the container (None: it uses no secret). Missing secrets are an error to wait on.
     pub fn prepare(&self, id: &str, names: &[String], uid: u32, gid: u32) -> Result<Option<PathBuf>, SecretsError> {

@@ -8,9 +8,7 @@
 
 use crate::stats::summarize;
 use bramble_proto::model::{ConditionStatus, Replica, ReplicaPhase};
-use bramble_tests::registry::Registry;
-use bramble_tests::testimages::{busybox_layout, push_from};
-use bramble_tests::{Cluster, ClusterOptions};
+use bramble_tests::Cluster;
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
@@ -49,17 +47,8 @@ fn containers_on(c: &Cluster, board: usize) -> usize {
     std::fs::read_dir(c.agent_dir(board).join("shims")).map_or(0, |d| d.count())
 }
 
-pub(crate) fn setup(agents: usize, agent_toml: &str) -> (Cluster, Registry, String) {
-    let extra = agent_toml.to_string();
-    let c = Cluster::start_with(ClusterOptions { agents, ..Default::default() }, move |lab| {
-        format!("{extra}[[images.registry]]\nhost = \"{}:5000\"\ninsecure = true\n", lab.addr(0))
-    });
-    let registry = Registry::start_in_netns(&c.lab.ns(0), &c.lab.addr(0));
-    let layout = c.dir.path().join("layout");
-    busybox_layout(&layout, "1");
-    let image = format!("{}/bench/busybox:1", registry.addr);
-    push_from(Some(&c.lab.ns(0)), &layout, "1", &image);
-    (c, registry, image)
+pub(crate) fn setup(agents: usize, agent_toml: &str) -> (Cluster, bramble_tests::registry::Registry, String) {
+    bramble_tests::cluster::with_busybox(agents, agent_toml)
 }
 
 fn apply_to_running(runs: usize) -> serde_json::Value {

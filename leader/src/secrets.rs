@@ -127,10 +127,6 @@ impl Keyring {
             .map_err(|source| SecretsError::Io { path: self.path.clone(), source })
     }
 
-    pub fn current_id(&self) -> u32 {
-        self.keys[0].0
-    }
-
     pub fn ids(&self) -> Vec<u32> {
         self.keys.iter().map(|(id, _)| *id).collect()
     }

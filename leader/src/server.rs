@@ -350,6 +350,8 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
     let mut sent_network: Option<view::Sent> = None;
     let mut secrets = api.published.secrets.subscribe();
     let mut sent_secrets: BTreeMap<String, u64> = BTreeMap::new();
+    // Secrets are looked at when a secret or this node's set changed, not on every heartbeat.
+    let mut check_secrets = true;
     let reason = loop {
         // What changed in the network and in this node's desired set (everything the first
         // time), once the replica controller has made its first pass; the network first, so that
@@ -365,9 +367,12 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
             sent_network = Some(now);
         }
         let now = desired.borrow_and_update().as_ref().map(|d| d.get(name).cloned().unwrap_or_default());
-        secrets.borrow_and_update();
+        if now.is_some() && now != sent {
+            check_secrets = true;
+        }
         // The secrets its replicas use, before the set that needs them.
-        if let Some(set) = now.as_ref().or(sent.as_ref()) {
+        if let Some(set) = now.as_ref().filter(|_| check_secrets) {
+            check_secrets = false;
             match secrets_delta(api, set, &mut sent_secrets).await {
                 Ok(Some(msg)) => {
                     if let Err(e) = write_frame(&mut send, &msg).await {
@@ -389,7 +394,10 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
         tokio::select! {
             r = desired.changed() => if r.is_err() { break "the leader is stopping".to_string() },
             r = network.changed() => if r.is_err() { break "the leader is stopping".to_string() },
-            r = secrets.changed() => if r.is_err() { break "the leader is stopping".to_string() },
+            r = secrets.changed() => match r {
+                Ok(()) => check_secrets = true,
+                Err(_) => break "the leader is stopping".to_string(),
+            },
             msg = rx.recv() => match msg {
                 Some(Ok(Some(msg))) => {
                     // Only the current session speaks for the node (fencing by epoch).

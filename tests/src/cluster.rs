@@ -258,3 +258,20 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// A cluster of `agents` boards (and `agent_toml` more in each agent's config) whose agents pull
+/// from Debian's registry in the leader's namespace, which holds the busybox test image as
+/// `bramble/busybox:1` (its OCI layout in `<dir>/layout`). Returns the cluster, the registry (keep
+/// it alive) and the image reference.
+pub fn with_busybox(agents: usize, agent_toml: &str) -> (Cluster, crate::registry::Registry, String) {
+    let extra = agent_toml.to_string();
+    let c = Cluster::start_with(ClusterOptions { agents, ..Default::default() }, move |lab| {
+        format!("{extra}[[images.registry]]\nhost = \"{}:5000\"\ninsecure = true\n", lab.addr(0))
+    });
+    let registry = crate::registry::Registry::start_in_netns(&c.lab.ns(0), &c.lab.addr(0));
+    let layout = c.dir.path().join("layout");
+    crate::testimages::busybox_layout(&layout, "1");
+    let image = format!("{}/bramble/busybox:1", registry.addr);
+    crate::testimages::push_from(Some(&c.lab.ns(0)), &layout, "1", &image);
+    (c, registry, image)
+}

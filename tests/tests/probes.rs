@@ -5,9 +5,7 @@
 
 use bramble_agent::runtime::Runtime;
 use bramble_proto::model::{Replica, ReplicaPhase, Service};
-use bramble_tests::registry::Registry;
-use bramble_tests::testimages::{busybox_layout, push_from};
-use bramble_tests::{wait_for, Cluster, ClusterOptions};
+use bramble_tests::{wait_for, Cluster};
 use std::time::{Duration, Instant};
 
 fn cli_ok(c: &Cluster, args: &[&str]) -> String {
@@ -107,14 +105,7 @@ failure_threshold = 1
 
 #[test]
 fn probes_decide_readiness_restart_unhealthy_containers_and_spare_slow_starters() {
-    let c = Cluster::start_with(ClusterOptions::default(), |lab| {
-        format!("[[images.registry]]\nhost = \"{}:5000\"\ninsecure = true\n", lab.addr(0))
-    });
-    let registry = Registry::start_in_netns(&c.lab.ns(0), &c.lab.addr(0));
-    let layout = tempfile::tempdir().unwrap();
-    busybox_layout(layout.path(), "1");
-    let image = format!("{}/bramble/busybox:1", registry.addr);
-    push_from(Some(&c.lab.ns(0)), layout.path(), "1", &image);
+    let (c, _registry, image) = bramble_tests::cluster::with_busybox(3, "");
     let path = c.dir.path().join("probes.toml");
     std::fs::write(&path, manifest(&image)).unwrap();
     let applied_at = Instant::now();

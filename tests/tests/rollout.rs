@@ -7,9 +7,8 @@
 
 use bramble_proto::model::{Replica, RevisionRecord, RolloutState, Service};
 use bramble_tests::load::{load, web_app, Stats};
-use bramble_tests::registry::Registry;
-use bramble_tests::testimages::{busybox_layout, push_from};
-use bramble_tests::{wait_for, Cluster, ClusterOptions};
+use bramble_tests::testimages::push_from;
+use bramble_tests::{wait_for, Cluster};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -50,16 +49,9 @@ fn apply(c: &Cluster, text: &str) {
 
 #[test]
 fn a_rollout_under_load_drops_nothing_and_a_bad_one_is_rolled_back() {
-    let c = Cluster::start_with(ClusterOptions::default(), |lab| {
-        format!("[[images.registry]]\nhost = \"{}:5000\"\ninsecure = true\n", lab.addr(0))
-    });
-    let registry = Registry::start_in_netns(&c.lab.ns(0), &c.lab.addr(0));
-    let layout = tempfile::tempdir().unwrap();
-    busybox_layout(layout.path(), "1");
-    let v1 = format!("{}/bramble/busybox:1", registry.addr);
+    let (c, registry, v1) = bramble_tests::cluster::with_busybox(3, "");
     let v2 = format!("{}/bramble/busybox:2", registry.addr);
-    push_from(Some(&c.lab.ns(0)), layout.path(), "1", &v1);
-    push_from(Some(&c.lab.ns(0)), layout.path(), "1", &v2);
+    push_from(Some(&c.lab.ns(0)), &c.dir.path().join("layout"), "1", &v2);
 
     apply(&c, &manifest(&v1, "1", ""));
     let out = c.cli(&["rollout", "status", "app/web", "--timeout", "90s"]);

@@ -144,16 +144,7 @@ fn tmpfs_at(path: &Path) -> bool {
 
 #[test]
 fn a_secret_reaches_only_the_board_that_runs_its_replica_and_only_its_memory() {
-    use bramble_tests::registry::Registry;
-    use bramble_tests::testimages::{busybox_layout, push_from};
-    let mut c = Cluster::start_with(ClusterOptions { agents: 2, ..Default::default() }, |lab| {
-        format!("[[images.registry]]\nhost = \"{}:5000\"\ninsecure = true\n", lab.addr(0))
-    });
-    let registry = Registry::start_in_netns(&c.lab.ns(0), &c.lab.addr(0));
-    let layout = tempfile::tempdir().unwrap();
-    busybox_layout(layout.path(), "1");
-    let image = format!("{}/bramble/busybox:1", registry.addr);
-    push_from(Some(&c.lab.ns(0)), layout.path(), "1", &image);
+    let (mut c, _registry, image) = bramble_tests::cluster::with_busybox(2, "");
     ok(c.cli(&["label", "node", "board-1", "role=db"]), "label");
     let password = format!("pw-{}-{}", std::process::id(), bramble_proto::time::now_ms());
     ok(c.cli(&["secret", "create", "db", "--from-literal", &format!("password={password}")]), "create");

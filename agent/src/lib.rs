@@ -17,6 +17,7 @@ pub mod signals;
 pub mod streams;
 pub mod sysinfo;
 pub mod systemd;
+pub mod volumes;
 
 pub use config::AgentConfig;
 pub use session::{run, AgentError};

@@ -222,6 +222,8 @@ async fn session(
     });
     // The leader opens streams on this connection: containers' logs, the image store.
     let ctx = std::sync::Arc::new(crate::streams::Context::new(config));
+    let volumes = crate::volumes::Volumes::new(&config.data_dir);
+    let mut sent_volumes: Option<Vec<String>> = None;
     let streams = conn.clone();
     let log_server = tokio::spawn(async move {
         while let Ok((s, r)) = streams.accept_bi().await {
@@ -257,6 +259,14 @@ async fn session(
                 break Err(e.into());
             }
             sent_images = Some(list);
+        }
+        // The local volumes (a directory listing): pinned replicas come back to them.
+        let names = volumes.names();
+        if sent_volumes.as_ref() != Some(&names) {
+            if let Err(e) = write_frame(&mut send, &AgentMsg::Volumes(names.clone())).await {
+                break Err(e.into());
+            }
+            sent_volumes = Some(names);
         }
         // Report replica states: all at the start of the session, then what changed.
         let now = status.borrow_and_update().clone();

@@ -1,5 +1,5 @@
 //! Streams the leader opens on the agent's session connection: logs, the image store
-//! (`bramble image ls|rm|import --node`) and `bramble exec`.
+//! (`bramble image ls|rm|import --node`), `bramble exec` and `bramble volume ls|rm`.
 
 use crate::config::AgentConfig;
 use bramble_images::import::{import, ImportOptions};
@@ -9,7 +9,7 @@ use bramble_images::{gc, Progress};
 use bramble_proto::codec::MAX_FRAME_LEN;
 use bramble_proto::model::Arch;
 use bramble_proto::quantity::human_bytes;
-use bramble_proto::wire::{AgentRequest, ApiError, ErrorCode, ImageInfo, ImageOp, Response};
+use bramble_proto::wire::{AgentRequest, ApiError, ErrorCode, ImageInfo, ImageOp, Response, VolumeOp};
 use bramble_transport::quic::{read_frame, write_frame};
 use quinn::{RecvStream, SendStream};
 use std::path::PathBuf;
@@ -48,8 +48,29 @@ pub async fn serve(ctx: Arc<Context>, send: SendStream, mut recv: RecvStream) {
         Ok(Some(AgentRequest::Logs(req))) => crate::logserve::serve(ctx.log_dir.clone(), req, send).await,
         Ok(Some(AgentRequest::Image(op))) => image(ctx, op, send, recv).await,
         Ok(Some(AgentRequest::Exec(req))) => crate::exec::serve(ctx.shims_dir.clone(), req, send, recv).await,
+        Ok(Some(AgentRequest::Volume(op))) => volume(ctx, op, send).await,
         _ => {}
     }
+}
+
+/// `bramble volume ls|rm` (the leader has checked that no replica here uses a volume it removes).
+async fn volume(ctx: Arc<Context>, op: VolumeOp, mut send: SendStream) {
+    let volumes = crate::volumes::Volumes::new(&ctx.data_dir);
+    let response = tokio::task::spawn_blocking(move || match op {
+        VolumeOp::Ls => Response::Volumes(volumes.list()),
+        VolumeOp::Rm { name } => match volumes.remove(&name) {
+            Ok(freed) => Response::Done(format!("removed volume {name} (freed {})", human_bytes(freed))),
+            Err(e @ crate::volumes::VolumeError::NotFound(_)) => {
+                Response::Error(ApiError::new(ErrorCode::NotFound, e.to_string()))
+            }
+            Err(e) => error(e.to_string()),
+        },
+    })
+    .await
+    .unwrap_or_else(|e| error(e.to_string()));
+    let _ = write_frame(&mut send, &response).await;
+    let _ = send.finish();
+    let _ = send.stopped().await;
 }
 
 fn error(message: String) -> Response {

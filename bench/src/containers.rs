@@ -42,6 +42,7 @@ fn config(id: &str, rootfs: &Path, logs: &Path) -> ContainerConfig {
         stop_signal: 15,
         probes: Vec::new(),
         tmpfs: Vec::new(),
+        binds: Vec::new(),
     }
 }
 

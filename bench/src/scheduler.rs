@@ -32,6 +32,7 @@ fn nodes(n: usize) -> Vec<NodeSnapshot> {
                 requested: Resources::default(),
                 host_ports: BTreeSet::new(),
                 images: BTreeSet::new(),
+                volumes: BTreeSet::new(),
                 apps: BTreeMap::new(),
                 revisions: BTreeMap::new(),
             }
@@ -63,7 +64,7 @@ pub fn run(node_count: usize, replicas: usize) -> serde_json::Value {
     let mut placed = 0;
     for r in 0..replicas {
         let a = r % specs.len();
-        let req = Request { app: &names[a], spec: &specs[a], platforms: None, revision: &names[a] };
+        let req = Request { app: &names[a], spec: &specs[a], platforms: None, revision: &names[a], homes: None };
         if let Ok(i) = s.place(&req) {
             s.bind(i, &req);
             placed += 1;
@@ -79,7 +80,7 @@ pub fn run(node_count: usize, replicas: usize) -> serde_json::Value {
     let t = Instant::now();
     for r in 0..committed_count {
         let a = r % specs.len();
-        let req = Request { app: &names[a], spec: &specs[a], platforms: None, revision: &names[a] };
+        let req = Request { app: &names[a], spec: &specs[a], platforms: None, revision: &names[a], homes: None };
         if let Ok(i) = s.place(&req) {
             let key = format!("/replicas/{}-{r}", names[a]);
             let value =

@@ -53,6 +53,8 @@ enum Command {
     Secret(cmd::secret::Args),
     /// Join tokens for new agents: `bramble token create|ls|revoke`.
     Token(cmd::token::Args),
+    /// Local volumes on the boards: `bramble volume ls [--node NODE]`, `volume rm NAME --node NODE`.
+    Volume(cmd::volume::Args),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
             Command::Uncordon(a) => cmd::cordon::run(config, a, false).await,
             Command::Token(a) => cmd::token::run(config, a).await,
             Command::Secret(a) => cmd::secret::run(config, a).await,
+            Command::Volume(a) => cmd::volume::run(config, a).await,
         }
     });
     match result {

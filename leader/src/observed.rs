@@ -1,5 +1,5 @@
 //! What the leader learns from boards and keeps in memory only (relearned after a restart):
-//! live detail per replica (pull progress, probe results) and the images each board holds. Controllers read it;
+//! live detail per replica (pull progress, probe results) and the images and local volumes each board holds. Controllers read it;
 //! sessions write it. (What an image offers is stored: see `objects::ImagePlatforms`.)
 
 use bramble_proto::wire::ProbeStatus;
@@ -15,6 +15,7 @@ pub struct Observed {
     details: Mutex<HashMap<String, String>>,
     probes: Mutex<HashMap<String, Vec<ProbeStatus>>>,
     node_images: Mutex<HashMap<String, BTreeSet<String>>>,
+    node_volumes: Mutex<HashMap<String, BTreeSet<String>>>,
 }
 
 impl Observed {
@@ -61,6 +62,16 @@ impl Observed {
 
     pub fn node_images(&self, node: &str) -> BTreeSet<String> {
         self.node_images.lock().expect("images lock").get(node).cloned().unwrap_or_default()
+    }
+
+    /// Records the local volumes `node` holds (bounded like images; where pinned apps return).
+    pub fn set_node_volumes(&self, node: &str, volumes: Vec<String>) {
+        let set = volumes.into_iter().take(MAX_IMAGES).filter(|r| r.len() <= MAX_REFERENCE).collect();
+        self.node_volumes.lock().expect("volumes lock").insert(node.to_string(), set);
+    }
+
+    pub fn node_volumes(&self, node: &str) -> BTreeSet<String> {
+        self.node_volumes.lock().expect("volumes lock").get(node).cloned().unwrap_or_default()
     }
 
     pub fn all_node_images(&self) -> HashMap<String, BTreeSet<String>> {

@@ -1,13 +1,13 @@
 //! Requests the leader relays to an agent on a stream of the agent's session connection:
-//! `bramble logs` (each replica's agent sends its output), `bramble image … --node` and
-//! `bramble exec`.
+//! `bramble logs` (each replica's agent sends its output), `bramble image … --node`,
+//! `bramble exec` and `bramble volume ls|rm`.
 
 use crate::api::Api;
 use bramble_proto::codec::MAX_FRAME_LEN;
 use bramble_proto::model::{Node, Replica, ReplicaPhase};
 use bramble_proto::wire::{
     AgentLogRequest, AgentRequest, ApiError, ErrorCode, ExecOutput, ExecRequest, ImageOp, LogFrame, LogRequest,
-    Response,
+    Response, VolumeOp,
 };
 use bramble_transport::quic::{read_frame, write_frame};
 use quinn::{RecvStream, SendStream};
@@ -137,6 +137,96 @@ pub async fn image(api: Arc<Api>, node: String, op: ImageOp, mut send: SendStrea
     .await;
     let response =
         result.unwrap_or_else(|e| Response::Error(ApiError::new(ErrorCode::Unavailable, format!("node {node}: {e}"))));
+    let _ = write_frame(&mut send, &response).await;
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}
+
+/// Replicas the leader wants on `node` whose app mounts local volume `name`.
+fn volume_users(api: &Api, node: &str, name: &str) -> Vec<String> {
+    let desired = api.published.desired.borrow().clone();
+    let Some(set) = desired.as_ref().and_then(|d| d.get(node).cloned()) else { return Vec::new() };
+    set.values().filter(|a| a.spec.local_volumes().any(|v| v == name)).map(|a| a.replica.clone()).collect()
+}
+
+/// Asks `node`'s agent about its local volumes.
+async fn ask_volumes(api: &Api, node: &str, op: VolumeOp) -> Response {
+    let Some(conn) = api.registry.connection(node) else {
+        let msg = format!("node {node} is not connected; its volumes cannot be reached now");
+        return Response::Error(ApiError::new(ErrorCode::Unavailable, msg));
+    };
+    let result: Result<Response, String> = async {
+        let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        write_frame(&mut s, &AgentRequest::Volume(op)).await.map_err(|e| e.to_string())?;
+        let _ = s.finish();
+        read_frame::<Response>(&mut r, MAX_FRAME_LEN)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the agent closed the stream without an answer".to_string())
+    }
+    .await;
+    match result {
+        Ok(Response::Volumes(mut list)) => {
+            for v in &mut list {
+                v.node = node.to_string();
+                v.used_by = volume_users(api, node, &v.name);
+            }
+            Response::Volumes(list)
+        }
+        Ok(other) => other,
+        Err(e) => Response::Error(ApiError::new(ErrorCode::Unavailable, format!("node {node}: {e}"))),
+    }
+}
+
+/// `bramble volume ls` (one node, or every node that is connected) and `volume rm` (refused
+/// while a replica the leader wants on that node mounts it).
+pub async fn volume(api: Arc<Api>, node: Option<String>, op: VolumeOp, mut send: SendStream) {
+    let a = api.clone();
+    let nodes = tokio::task::spawn_blocking(move || match &node {
+        Some(n) => a.objects.load::<Node>(n).map(|_| vec![n.clone()]),
+        None => a.objects.list::<Node>().map(|l| l.into_iter().map(|v| v.value.meta.name).collect()),
+    })
+    .await;
+    let nodes = match nodes {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => {
+            let e = ApiError::from(e);
+            return fail(&mut send, e.code, e.message).await;
+        }
+        Err(e) => return fail(&mut send, ErrorCode::Internal, e.to_string()).await,
+    };
+    let response = match op {
+        VolumeOp::Rm { name } => {
+            let node = nodes.first().cloned().unwrap_or_default();
+            let users = volume_users(&api, &node, &name);
+            if users.is_empty() {
+                ask_volumes(&api, &node, VolumeOp::Rm { name }).await
+            } else {
+                let msg = format!(
+                    "volume {name} on node {node} is in use by {} (delete or move the app first)",
+                    users.join(", ")
+                );
+                Response::Error(ApiError::new(ErrorCode::Conflict, msg))
+            }
+        }
+        VolumeOp::Ls => {
+            let mut all = Vec::new();
+            let mut unreachable = Vec::new();
+            for n in &nodes {
+                match ask_volumes(&api, n, VolumeOp::Ls).await {
+                    Response::Volumes(list) => all.extend(list),
+                    Response::Error(e) if nodes.len() == 1 => {
+                        return fail(&mut send, e.code, e.message).await;
+                    }
+                    _ => unreachable.push(n.clone()),
+                }
+            }
+            if !unreachable.is_empty() {
+                tracing::debug!(?unreachable, "volume ls: nodes not connected");
+            }
+            Response::Volumes(all)
+        }
+    };
     let _ = write_frame(&mut send, &response).await;
     let _ = send.finish();
     let _ = send.stopped().await;

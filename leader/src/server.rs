@@ -204,9 +204,9 @@ async fn serve_stream(
         )
     });
     match open.kind {
-        OpenKind::Call(req @ (Request::Logs(_) | Request::Image { .. } | Request::Exec(_)))
-            if version_error.is_none() =>
-        {
+        OpenKind::Call(
+            req @ (Request::Logs(_) | Request::Image { .. } | Request::Exec(_) | Request::Volume { .. }),
+        ) if version_error.is_none() => {
             let allowed = matches!(identity, Some((Identity::Admin(_) | Identity::Leader, _)));
             if !allowed {
                 let e = ApiError::new(ErrorCode::PermissionDenied, "only admins may do this");
@@ -218,6 +218,7 @@ async fn serve_stream(
                 Request::Logs(req) => crate::relay::serve(api, req, send, recv).await,
                 Request::Image { node, op } => crate::relay::image(api, node, op, send, recv).await,
                 Request::Exec(req) => crate::relay::exec(api, req, send, recv).await,
+                Request::Volume { node, op } => crate::relay::volume(api, node, op, send).await,
                 _ => unreachable!("matched above"),
             }
         }
@@ -477,6 +478,7 @@ async fn handle_agent_msg(api: &Arc<Api>, name: &str, msg: AgentMsg) {
             }
         }
         AgentMsg::Images(list) => crate::reports::images(&api.context(), name, list),
+        AgentMsg::Volumes(list) => api.context().observed.set_node_volumes(name, list),
         AgentMsg::NetworkApplied { version } => {
             api.drain.applied(name, version);
             // A replica may now be drained: look at once.

@@ -148,6 +148,11 @@ pub enum Request {
         node: String,
         op: ImageOp,
     },
+    /// The local volumes of one node (`ls` of every connected node when `node` is None).
+    Volume {
+        node: Option<String>,
+        op: VolumeOp,
+    },
     /// A command in a running replica's container: [`ExecInput`] frames follow on the client's
     /// side, [`ExecOutput`] frames come back (an error instead of `Started` if it cannot run).
     Exec(ExecRequest),
@@ -209,6 +214,30 @@ pub enum ImageOp {
         name: Option<String>,
         size: u64,
     },
+}
+
+/// `bramble volume ls|rm`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VolumeOp {
+    Ls,
+    /// Refused while a replica on the node uses it.
+    Rm {
+        name: String,
+    },
+}
+
+/// One local volume on a board.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub node: String,
+    pub name: String,
+    /// Bytes its files take (as `du` counts, apparent sizes).
+    pub size: u64,
+    pub files: u64,
+    pub created_ms: u64,
+    /// Replicas on the node whose app mounts it.
+    pub used_by: Vec<String>,
 }
 
 /// One image in a node's store.
@@ -287,6 +316,7 @@ pub enum Response {
     },
     Events(Vec<Event>),
     Images(Vec<ImageInfo>),
+    Volumes(Vec<VolumeInfo>),
     /// Secrets without their values.
     Secrets(Vec<SecretInfo>),
     /// Join tokens without their secrets.
@@ -593,6 +623,8 @@ pub enum AgentRequest {
     Image(ImageOp),
     /// Answered with [`ExecOutput`] frames; [`ExecInput`] frames follow this one.
     Exec(ExecRequest),
+    /// Answered with one [`Response`].
+    Volume(VolumeOp),
 }
 
 /// Send this replica's output.
@@ -635,6 +667,9 @@ pub enum AgentMsg {
     NetworkApplied {
         version: u64,
     },
+    /// The local volumes the board holds (at session start and when they change), so that
+    /// replicas pinned by them come back here.
+    Volumes(Vec<String>),
 }
 
 #[cfg(test)]

@@ -78,6 +78,7 @@ impl Env {
             stop_signal: 15,
             probes: Vec::new(),
             tmpfs: Vec::new(),
+            binds: Vec::new(),
         }
     }
 

@@ -124,6 +124,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
         store: store.clone(),
         log_dir: paths.logs.clone(),
         secrets: secrets.clone(),
+        volumes: crate::volumes::Volumes::new(&config.data_dir),
     });
     let images = Arc::new(StoreImages {
         store,

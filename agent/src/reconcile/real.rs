@@ -5,10 +5,11 @@ use super::effects::{Containers, Images, Network, PodNet, ReconcileError};
 use crate::net::node::NetInput;
 use crate::net::pods::Pods;
 use crate::runtime::build::{container_config, with_network, AppOverrides};
-use crate::runtime::config::{FileMount, RestartPolicy};
+use crate::runtime::config::{BindMount, ContainerConfig, FileMount, RestartPolicy};
 use crate::runtime::probe::{ProbeAction, ProbeConfig, ProbeKind};
 use crate::runtime::protocol::ShimState;
 use crate::runtime::Runtime;
+use crate::volumes::VolumeError;
 use bramble_images::pull::{self, PullError, PullPolicy, Puller};
 use bramble_images::registry::RegistryClient;
 use bramble_images::rootfs::Rootfses;
@@ -16,7 +17,7 @@ use bramble_images::store::ContentStore;
 use bramble_images::unpack::UnpackOptions;
 use bramble_images::Progress;
 use bramble_proto::image_ref::ImageRef;
-use bramble_proto::manifest::RestartPolicy as AppRestart;
+use bramble_proto::manifest::{RestartPolicy as AppRestart, VolumeKind};
 use bramble_proto::model::Arch;
 use bramble_proto::wire::Assignment;
 use std::collections::BTreeSet;
@@ -36,6 +37,28 @@ pub struct ShimContainers {
     pub log_dir: PathBuf,
     /// Secrets the leader sent, and their tmpfs per replica.
     pub secrets: std::sync::Arc<crate::secrets::Secrets>,
+    /// Local volumes and host paths.
+    pub volumes: crate::volumes::Volumes,
+}
+
+/// The app's volumes in `cc`: tmpfs sizes, local volumes made (owned by the container's user)
+/// and host paths checked.
+fn volumes(v: &crate::volumes::Volumes, a: &Assignment, cc: &mut ContainerConfig) -> Result<(), VolumeError> {
+    for vol in &a.spec.volumes {
+        let source = match vol.kind {
+            VolumeKind::Tmpfs => {
+                cc.tmpfs.push((vol.path.clone(), vol.size_bytes()));
+                continue;
+            }
+            VolumeKind::Local => {
+                let name = vol.name.as_ref().map(|n| n.as_str()).unwrap_or_default();
+                v.prepare_local(name, cc.uid, cc.gid)?
+            }
+            VolumeKind::Host => v.check_host(vol.host_path.as_deref().unwrap_or_default())?,
+        };
+        cc.binds.push(BindMount { source, destination: vol.path.clone(), read_only: vol.read_only });
+    }
+    Ok(())
 }
 
 fn overrides(a: &Assignment) -> AppOverrides {
@@ -121,7 +144,10 @@ impl Containers for ShimContainers {
                 ReconcileError::Config(e)
             })?;
         let mut cc = with_network(cc, net.ip, &net.netns, &net.resolv_conf, &net.hosts);
-        cc.tmpfs = a.spec.volumes.iter().map(|v| (v.path.clone(), v.size_bytes())).collect();
+        if let Err(e) = volumes(&self.volumes, a, &mut cc) {
+            let _ = self.roots.remove(id);
+            return Err(ReconcileError::Config(e.to_string()));
+        }
         let names: Vec<String> = a.spec.secrets.iter().map(|n| n.as_str().to_string()).collect();
         match self.secrets.prepare(id, &names, cc.uid, cc.gid) {
             Ok(Some(dir)) => cc.files.push(FileMount { source: dir, destination: "/run/secrets".into() }),

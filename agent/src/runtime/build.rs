@@ -101,6 +101,7 @@ pub fn container_config(
         stop_signal: app.stop_signal,
         probes: app.probes.clone(),
         tmpfs: Vec::new(),
+        binds: Vec::new(),
     })
 }
 

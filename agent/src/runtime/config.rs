@@ -72,6 +72,17 @@ pub struct ContainerConfig {
     /// tmpfs volumes: where, and how many bytes at most.
     #[serde(default)]
     pub tmpfs: Vec<(String, u64)>,
+    /// Directories of the board (local and host volumes) mounted into the container.
+    #[serde(default)]
+    pub binds: Vec<BindMount>,
+}
+
+/// A directory of the board seen at `destination` inside the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub destination: String,
+    pub read_only: bool,
 }
 
 fn sigterm() -> i32 {

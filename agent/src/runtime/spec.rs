@@ -105,6 +105,20 @@ pub fn build(c: &ContainerConfig) -> Result<Spec, String> {
             .map_err(e)?;
         mounts.push(m);
     }
+    for b in &c.binds {
+        let mut options = vec!["rbind".to_string(), "nosuid".into(), "nodev".into()];
+        if b.read_only {
+            options.push("ro".into());
+        }
+        let m = MountBuilder::default()
+            .destination(std::path::PathBuf::from(&b.destination))
+            .typ("bind")
+            .source(b.source.clone())
+            .options(options)
+            .build()
+            .map_err(e)?;
+        mounts.push(m);
+    }
     for (destination, size) in &c.tmpfs {
         let options = ["nosuid", "nodev", "mode=1777"].map(String::from).into_iter().chain([format!("size={size}")]);
         let m = MountBuilder::default()
@@ -157,6 +171,7 @@ mod tests {
             stop_signal: 15,
             probes: Vec::new(),
             tmpfs: Vec::new(),
+            binds: Vec::new(),
         }
     }
 

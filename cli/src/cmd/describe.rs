@@ -164,6 +164,35 @@ async fn app(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     if let Some(d) = &spec.replace_after {
         let _ = writeln!(s, "Replace after node loss: {d}");
     }
+    if !spec.secrets.is_empty() {
+        let names: Vec<&str> = spec.secrets.iter().map(|n| n.as_str()).collect();
+        let _ = writeln!(s, "Secrets:     {} (files in /run/secrets/NAME/KEY)", names.join(", "));
+    }
+    for v in &spec.volumes {
+        use bramble_proto::manifest::VolumeKind;
+        let ro = if v.read_only { ", read-only" } else { "" };
+        let what = match v.kind {
+            VolumeKind::Tmpfs => format!("tmpfs of {} per replica", human_bytes(v.size_bytes())),
+            VolumeKind::Local => format!("local volume {}", v.name.as_ref().map_or("?", |n| n.as_str())),
+            VolumeKind::Host => format!(
+                "host path {} on nodes labelled {}",
+                v.host_path.as_deref().unwrap_or("?"),
+                v.node_label.as_deref().unwrap_or("?")
+            ),
+        };
+        let _ = writeln!(s, "Volume:      {} <- {what}{ro}", v.path);
+    }
+    if spec.pinned() {
+        let _ = writeln!(
+            s,
+            "Pinned:      replicas stay on the nodes that hold their local volumes; a lost node's replicas wait for it (placement.may_move = true to replace them elsewhere, empty)"
+        );
+    } else if spec.local_volumes().next().is_some() {
+        let _ = writeln!(
+            s,
+            "Pinned:      no: a lost node's replicas are replaced elsewhere with empty volumes (placement.may_move)"
+        );
+    }
     let u = &spec.update;
     let _ = writeln!(
         s,

@@ -138,7 +138,7 @@ impl Api {
                 Ok(Response::Done(self.scale(&app, replicas, expect_generation)?))
             }
             Request::GetEvents { since_ms } => Ok(Response::Events(self.events.since(since_ms))),
-            Request::Logs(_) | Request::Image { .. } | Request::Exec(_) => {
+            Request::Logs(_) | Request::Image { .. } | Request::Exec(_) | Request::Volume { .. } => {
                 Err(Error::Invalid("this request is relayed to an agent on a stream of its own".into()))
             }
             Request::GetTokens => Ok(Response::Tokens(crate::tokens::list(&self.objects, now_ms())?)),

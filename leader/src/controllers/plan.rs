@@ -22,6 +22,9 @@ use bramble_proto::model::{
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+/// Why a replica is Lost when its node is gone for good.
+pub const NODE_DELETED: &str = "was deleted";
+
 /// A node as the planner sees it.
 #[derive(Debug, Clone)]
 pub struct NodeState {
@@ -31,6 +34,8 @@ pub struct NodeState {
     pub ready: ConditionStatus,
     /// Image references its store holds, as its agent last said.
     pub images: BTreeSet<String>,
+    /// The local volumes it holds, as its agent last said.
+    pub volumes: BTreeSet<String>,
 }
 
 /// An app with its replicas and stored pod templates.
@@ -164,7 +169,7 @@ pub fn plan(snapshot: &Snapshot, now_ms: u64) -> Plan {
     // Why a node's replicas are Lost, if they are.
     let lost = |node: &str| match (not_ready.contains(node), known.contains(node)) {
         (true, _) => Some("is not ready"),
-        (_, false) => Some("was deleted"),
+        (_, false) => Some(NODE_DELETED),
         _ => None,
     };
     let served: BTreeSet<&str> = snapshot.services.iter().map(|s| s.spec.app.as_str()).collect();
@@ -196,6 +201,7 @@ fn scheduler_for(snapshot: &Snapshot) -> Scheduler {
             requested: Resources::default(),
             host_ports: BTreeSet::new(),
             images: n.images.clone(),
+            volumes: n.volumes.clone(),
             apps: BTreeMap::new(),
             revisions: BTreeMap::new(),
         })
@@ -205,7 +211,13 @@ fn scheduler_for(snapshot: &Snapshot) -> Scheduler {
     for (name, a) in &snapshot.apps {
         for r in a.replicas.iter().map(|v| &v.value).filter(|r| holds_node(r)) {
             if let Some(i) = r.node.as_deref().and_then(|n| scheduler.index_of(n)) {
-                let req = Placement { app: name, spec: &a.app.spec, platforms: None, revision: &r.revision_hash };
+                let req = Placement {
+                    app: name,
+                    spec: &a.app.spec,
+                    platforms: None,
+                    revision: &r.revision_hash,
+                    homes: None,
+                };
                 scheduler.bind(i, &req);
             }
         }
@@ -334,11 +346,20 @@ fn mark_lost(w: &mut Work<'_>, lost: &dyn Fn(&str) -> Option<&'static str>) {
     let mut marked = Vec::new();
     for r in &mut w.replicas {
         let Some((node, why)) = r.node.as_deref().and_then(|n| Some((n, lost(n)?))) else { continue };
+        if r.phase == ReplicaPhase::Lost && why == NODE_DELETED && !r.reason.contains(NODE_DELETED) {
+            // Waiting for its node, which is now gone for good: replaced (its volumes went too).
+            r.reason = format!("node {node} {why}");
+            marked.push((r.meta.name.clone(), r.reason.clone()));
+            continue;
+        }
         if matches!(r.phase, ReplicaPhase::Lost | ReplicaPhase::Succeeded) {
             continue;
         }
         r.phase = ReplicaPhase::Lost;
         r.reason = format!("node {node} {why}");
+        if w.app.app.spec.pinned() && why != NODE_DELETED {
+            r.reason.push_str("; it waits for its node, which holds its local volumes (placement.may_move = false)");
+        }
         r.finished_ms = Some(now);
         marked.push((r.meta.name.clone(), r.reason.clone()));
     }
@@ -442,11 +463,28 @@ fn keep_count(w: &mut Work<'_>, drain: &DrainInput<'_>, scheduler: &mut Schedule
     }
 }
 
+/// Where a pinned app's replicas may go: the boards its replicas are bound to (lost ones too) and
+/// those that hold one of its local volumes — once there are as many as it has replicas. Before,
+/// anywhere (a new replica makes a new home; spreading keeps them apart).
+fn homes(w: &Work<'_>, scheduler: &Scheduler) -> Option<BTreeSet<String>> {
+    let spec = w.spec();
+    if !spec.pinned() {
+        return None;
+    }
+    let names: BTreeSet<&str> = spec.local_volumes().collect();
+    let mut homes: BTreeSet<String> = w.replicas.iter().filter_map(|r| r.node.clone()).collect();
+    homes.extend(
+        scheduler.nodes.iter().filter(|n| n.volumes.iter().any(|v| names.contains(v.as_str()))).map(|n| n.name.clone()),
+    );
+    (homes.len() >= spec.replicas.0 as usize).then_some(homes)
+}
+
 /// Places what is unbound; what fits nowhere keeps a reason (an event only when it changes).
 fn place(w: &mut Work<'_>, offered: Option<&[Platform]>, scheduler: &mut Scheduler) {
     let spec = &w.app.app.spec;
     let revision = revision_hash(spec);
-    let req = Placement { app: w.name, spec, platforms: offered, revision: &revision };
+    let homes = homes(w, scheduler);
+    let req = Placement { app: w.name, spec, platforms: offered, revision: &revision, homes: homes.as_ref() };
     let mut events = Vec::new();
     for r in w.replicas.iter_mut().filter(|r| r.node.is_none()) {
         match scheduler.place(&req) {

@@ -30,6 +30,8 @@ pub enum Action {
 /// Whether a replica still counts toward the app's replicas at `now_ms`.
 fn counts(r: &Replica, spec: &AppSpec, now_ms: u64) -> bool {
     match r.phase {
+        // Pinned by its local volumes: it waits for its node, unless the node was deleted.
+        ReplicaPhase::Lost if spec.pinned() && !r.reason.contains(super::plan::NODE_DELETED) => true,
         ReplicaPhase::Lost => {
             // Held for boards that drop briefly: not replaced until the hold-off passes.
             let hold = spec.replace_after.map_or(0, |d| d.0.as_millis() as u64);
@@ -327,5 +329,30 @@ mod tests {
         ];
         assert!(reconcile("web", &held, &existing, 2000, 0, false).is_empty(), "held while the board may come back");
         assert_eq!(reconcile("web", &held, &existing, 31_001, 0, false).len(), 2, "then replaced");
+    }
+
+    #[test]
+    fn replicas_pinned_by_local_volumes_wait_for_their_node_unless_it_was_deleted() {
+        let vol = "[[app.volumes]]\ntype = \"local\"\nname = \"d\"\npath = \"/d\"\n";
+        let pinned = spec(&format!("replicas = 2\n{vol}"));
+        let rev = revision_hash(&pinned);
+        let mut lost = replica_of(&rev, "r2", Some("gone"), ReplicaPhase::Lost, 1);
+        lost.reason = "node gone is not ready; it waits for its node".into();
+        let existing = [replica_of(&rev, "r1", Some("a"), ReplicaPhase::Running, 1), lost.clone()];
+        assert!(reconcile("web", &pinned, &existing, 10_000_000, 0, false).is_empty(), "it waits");
+        lost.reason = format!("node gone {}", super::super::plan::NODE_DELETED);
+        let existing = [replica_of(&rev, "r1", Some("a"), ReplicaPhase::Running, 1), lost];
+        assert_eq!(
+            reconcile("web", &pinned, &existing, 10_000_000, 0, false).len(),
+            2,
+            "replaced: its volume went too"
+        );
+        let moving = spec(&format!("replicas = 2\nplacement = {{ may_move = true }}\n{vol}"));
+        let rev = revision_hash(&moving);
+        let existing = [
+            replica_of(&rev, "r1", Some("a"), ReplicaPhase::Running, 1),
+            replica_of(&rev, "r2", Some("gone"), ReplicaPhase::Lost, 1),
+        ];
+        assert_eq!(reconcile("web", &moving, &existing, 10_000_000, 0, false).len(), 2, "may_move: replaced");
     }
 }

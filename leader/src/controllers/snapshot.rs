@@ -22,7 +22,12 @@ pub fn read(ctx: &Context, now_ms: u64) -> Result<Snapshot> {
             if v.value.pod_cidr.is_none() && ready == ConditionStatus::True {
                 ready = ConditionStatus::Unknown;
             }
-            NodeState { ready, images: ctx.observed.node_images(&name), node: v.value }
+            NodeState {
+                ready,
+                images: ctx.observed.node_images(&name),
+                volumes: ctx.observed.node_volumes(&name),
+                node: v.value,
+            }
         })
         .collect();
     let mut revisions = ctx.objects.revisions()?;

@@ -27,6 +27,8 @@ pub struct NodeSnapshot {
     pub host_ports: BTreeSet<(u16, Protocol)>,
     /// Image references the node has in its store.
     pub images: BTreeSet<String>,
+    /// Local volumes the node holds.
+    pub volumes: BTreeSet<String>,
     /// Replicas per app bound to it.
     pub apps: BTreeMap<String, u32>,
     /// Replicas per pod template (revision hash) bound to it.
@@ -42,6 +44,8 @@ pub struct Request<'a> {
     pub platforms: Option<&'a [Platform]>,
     /// The pod template's revision hash.
     pub revision: &'a str,
+    /// Apps pinned by local volumes: the only nodes it may go to (where its volumes are).
+    pub homes: Option<&'a BTreeSet<String>>,
 }
 
 /// Why a node was filtered out.
@@ -57,6 +61,8 @@ pub enum Reason {
     Taint,
     HostPort,
     MaxPerNode,
+    HostVolume,
+    VolumeElsewhere,
 }
 
 impl Reason {
@@ -72,6 +78,8 @@ impl Reason {
             Reason::Taint => "untolerated taint",
             Reason::HostPort => "host port in use",
             Reason::MaxPerNode => "max per node reached",
+            Reason::HostVolume => "no host volume label",
+            Reason::VolumeElsewhere => "local volume on another node",
         }
     }
 }
@@ -137,6 +145,15 @@ pub fn filter(node: &NodeSnapshot, req: &Request<'_>) -> Option<Reason> {
     }
     if spec.placement.node_selector.0.iter().any(|(k, v)| node.labels.get(k) != Some(v)) {
         return Some(Reason::NodeSelector);
+    }
+    if spec.host_volume_labels().any(|(k, v)| match v {
+        Some(v) => node.labels.get(k).map(String::as_str) != Some(v),
+        None => !node.labels.contains_key(k),
+    }) {
+        return Some(Reason::HostVolume);
+    }
+    if req.homes.is_some_and(|h| !h.contains(&node.name)) {
+        return Some(Reason::VolumeElsewhere);
     }
     if node.taints.iter().any(|t| t.effect != TaintEffect::PreferNoSchedule && !tolerates(spec, t)) {
         return Some(Reason::Taint);

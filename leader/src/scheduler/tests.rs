@@ -21,13 +21,14 @@ fn node(name: &str, cpu: u64, mem_mi: u64) -> NodeSnapshot {
         requested: Resources::default(),
         host_ports: BTreeSet::new(),
         images: BTreeSet::new(),
+        volumes: BTreeSet::new(),
         apps: BTreeMap::new(),
         revisions: BTreeMap::new(),
     }
 }
 
 fn req<'a>(spec: &'a AppSpec, platforms: Option<&'a [Platform]>) -> Request<'a> {
-    Request { app: "web", spec, platforms, revision: "r1" }
+    Request { app: "web", spec, platforms, revision: "r1", homes: None }
 }
 
 #[test]
@@ -160,4 +161,30 @@ proptest! {
         let counts: Vec<u32> = s.nodes.iter().map(|x| x.apps.get("web").copied().unwrap_or(0)).collect();
         prop_assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1, "{:?}", counts);
     }
+}
+
+#[test]
+fn host_volumes_need_their_label_and_local_volumes_keep_their_homes() {
+    let spec =
+        app("[[app.volumes]]\ntype = \"host\"\nhost_path = \"/srv/m\"\nnode_label = \"media=usb\"\npath = \"/m\"\n");
+    let mut with = node("b", 4000, 4096);
+    with.labels.insert("media".into(), "usb".into());
+    let mut other_value = node("c", 4000, 4096);
+    other_value.labels.insert("media".into(), "sd".into());
+    let s = Scheduler::new(vec![node("a", 4000, 4096), with, other_value]);
+    assert_eq!(s.nodes[s.place(&req(&spec, None)).unwrap()].name, "b");
+    let only_a = Scheduler::new(vec![node("a", 4000, 4096)]);
+    assert_eq!(only_a.place(&req(&spec, None)).unwrap_err().to_string(), "0/1 nodes: 1 no host volume label");
+
+    let local = app("[[app.volumes]]\ntype = \"local\"\nname = \"db\"\npath = \"/d\"\n");
+    let homes: BTreeSet<String> = ["c".to_string()].into();
+    let s = Scheduler::new(vec![node("a", 4000, 4096), node("b", 4000, 4096), node("c", 4000, 4096)]);
+    let pinned = Request { homes: Some(&homes), ..req(&local, None) };
+    assert_eq!(s.nodes[s.place(&pinned).unwrap()].name, "c");
+    let mut c_down = s.clone();
+    c_down.nodes[2].ready = false;
+    assert_eq!(
+        c_down.place(&pinned).unwrap_err().to_string(),
+        "0/3 nodes: 2 local volume on another node, 1 not ready"
+    );
 }

@@ -476,3 +476,72 @@ fn tmpfs_volumes_parse_with_a_default_size_and_bad_paths_are_refused_with_their_
     fails(&twice, 9, 8, "app[0].volumes[1].path", "/c is mounted twice");
     fails(&app("[[app.volumes]]\ntype = \"nfs\"\npath = \"/c\"\n"), 5, 8, "app[0].volumes[0].type", "tmpfs");
 }
+
+#[test]
+fn local_and_host_volumes_need_their_fields_and_refuse_others() {
+    let m = parse_manifest(
+        "m.toml",
+        &app("[[app.volumes]]\ntype = \"local\"\nname = \"data\"\npath = \"/data\"\n[[app.volumes]]\ntype = \"host\"\nhost_path = \"/srv/media\"\nnode_label = \"media=usb\"\npath = \"/media\"\nread_only = true\n"),
+    )
+    .unwrap();
+    let a = &m.apps[0];
+    assert_eq!(a.local_volumes().collect::<Vec<_>>(), ["data"]);
+    assert!(a.pinned());
+    assert_eq!(a.host_volume_labels().collect::<Vec<_>>(), [("media", Some("usb"))]);
+    assert!(a.volumes[1].read_only);
+    let moving = parse_manifest(
+        "m.toml",
+        &app("placement = { may_move = true }\n[[app.volumes]]\ntype = \"local\"\nname = \"data\"\npath = \"/data\"\n"),
+    )
+    .unwrap();
+    assert!(!moving.apps[0].pinned());
+    fails(
+        &app("[[app.volumes]]\ntype = \"local\"\npath = \"/data\"\n"),
+        5,
+        8,
+        "app[0].volumes[0].type",
+        "needs a `name`",
+    );
+    fails(
+        &app("[[app.volumes]]\ntype = \"local\"\nname = \"d\"\npath = \"/data\"\nsize = \"1Mi\"\n"),
+        8,
+        8,
+        "app[0].volumes[0].size",
+        "not used by a local volume",
+    );
+    fails(
+        &app("[[app.volumes]]\ntype = \"host\"\nhost_path = \"/srv\"\npath = \"/m\"\n"),
+        5,
+        8,
+        "app[0].volumes[0].type",
+        "needs a `node_label`",
+    );
+    fails(
+        &app("[[app.volumes]]\ntype = \"host\"\nhost_path = \"/etc/ssh\"\nnode_label = \"x\"\npath = \"/m\"\n"),
+        6,
+        13,
+        "app[0].volumes[0].host_path",
+        "belongs to the board's system",
+    );
+    fails(
+        &app("[[app.volumes]]\ntype = \"host\"\nhost_path = \"/srv/../etc\"\nnode_label = \"x\"\npath = \"/m\"\n"),
+        6,
+        13,
+        "app[0].volumes[0].host_path",
+        "without . or ..",
+    );
+    fails(
+        &app("[[app.volumes]]\ntype = \"host\"\nhost_path = \"/srv\"\nnode_label = \"bad key!\"\npath = \"/m\"\n"),
+        7,
+        14,
+        "app[0].volumes[0].node_label",
+        "",
+    );
+    fails(
+        &app("[[app.volumes]]\ntype = \"local\"\nname = \"Bad_Name\"\npath = \"/d\"\n"),
+        6,
+        8,
+        "app[0].volumes[0].name",
+        "",
+    );
+}

@@ -124,19 +124,36 @@ pub struct PortSpec {
 #[serde(deny_unknown_fields)]
 pub struct VolumeSpec {
     /// `tmpfs`: memory, per replica, gone when its container stops (charged to its memory).
+    /// `local`: a named directory the agent keeps under its data dir, across container and agent
+    /// restarts and app updates; the replica stays on its board. `host`: a path on the board.
     #[serde(rename = "type")]
     pub kind: VolumeKind,
     /// Where it is mounted in the container (absolute).
     pub path: String,
     /// The most it may hold (tmpfs; default 64Mi).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<Memory>,
+    /// The local volume's name on the board (apps that name the same volume share it there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Name>,
+    /// The directory on the board (host volumes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_path: Option<String>,
+    /// Host volumes: the node label (`key` or `key=value`) of the boards that have `host_path`;
+    /// replicas are placed only there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_label: Option<String>,
+    /// Mounted read-only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VolumeKind {
     Tmpfs,
+    Local,
+    Host,
 }
 
 /// The size of a tmpfs volume that names none.
@@ -145,6 +162,68 @@ pub const DEFAULT_TMPFS_SIZE: u64 = 64 << 20;
 impl VolumeSpec {
     pub fn size_bytes(&self) -> u64 {
         self.size.map_or(DEFAULT_TMPFS_SIZE, |m| m.0)
+    }
+
+    /// The fields its type needs and those it must not have: `(field, message)`.
+    fn check_kind(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let kind = match self.kind {
+            VolumeKind::Tmpfs => "tmpfs",
+            VolumeKind::Local => "local",
+            VolumeKind::Host => "host",
+        };
+        let mut not_for = |field: &'static str, set: bool| {
+            if set {
+                out.push((field, format!("`{field}` is not used by a {kind} volume")));
+            }
+        };
+        not_for("size", self.kind != VolumeKind::Tmpfs && self.size.is_some());
+        not_for("name", self.kind != VolumeKind::Local && self.name.is_some());
+        not_for("host_path", self.kind != VolumeKind::Host && self.host_path.is_some());
+        not_for("node_label", self.kind != VolumeKind::Host && self.node_label.is_some());
+        match self.kind {
+            VolumeKind::Tmpfs => {}
+            VolumeKind::Local if self.name.is_none() => {
+                out.push(("type", "a local volume needs a `name` (its directory on the board)".into()))
+            }
+            VolumeKind::Local => {}
+            VolumeKind::Host => {
+                match self.host_path.as_deref() {
+                    None => out.push(("type", "a host volume needs a `host_path` (a directory on the board)".into())),
+                    Some(p) => {
+                        let t = p.trim_end_matches('/');
+                        let system = ["/proc", "/sys", "/dev", "/boot", "/etc", "/run", "/var/lib/bramble"];
+                        if !p.starts_with('/') || t.is_empty() {
+                            out.push(("host_path", format!("expected an absolute path other than /, found {p:?}")));
+                        } else if t.split('/').any(|c| c == ".." || c == ".") {
+                            out.push(("host_path", format!("expected a path without . or .., found {p:?}")));
+                        } else if system.iter().any(|s| t == *s || t.starts_with(&format!("{s}/"))) {
+                            out.push((
+                                "host_path",
+                                format!(
+                                    "{t} belongs to the board's system ({}); choose a data directory",
+                                    system.join(", ")
+                                ),
+                            ));
+                        }
+                    }
+                }
+                match self.node_label.as_deref() {
+                    None => out.push((
+                        "type",
+                        "a host volume needs a `node_label` (`key` or `key=value`) naming the boards that have the path"
+                            .into(),
+                    )),
+                    Some(l) => {
+                        let (k, v) = l.split_once('=').unwrap_or((l, ""));
+                        if let Err(e) = check_label_key(k).and_then(|_| check_label_value(v)) {
+                            out.push(("node_label", e.to_string()));
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
@@ -188,6 +267,10 @@ pub struct Placement {
     /// At most this many replicas of the app on one node.
     #[serde(default)]
     pub max_per_node: Option<Replicas>,
+    /// A replica with a local volume may be replaced on another board when its board is lost
+    /// (it starts there with an empty volume). Otherwise it waits for its board.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub may_move: bool,
 }
 
 /// `GET path` on the replica's address; a 2xx or 3xx answer is a success (redirects are not
@@ -449,6 +532,27 @@ impl AppSpec {
         self.stop_grace.map_or(STOP_GRACE, |d| d.0)
     }
 
+    /// The names of its local volumes.
+    pub fn local_volumes(&self) -> impl Iterator<Item = &str> {
+        self.volumes.iter().filter(|v| v.kind == VolumeKind::Local).filter_map(|v| v.name.as_ref().map(|n| n.as_str()))
+    }
+
+    /// Its replicas stay on the board that holds their local volumes, even when it is lost.
+    pub fn pinned(&self) -> bool {
+        self.local_volumes().next().is_some() && !self.placement.may_move
+    }
+
+    /// The node labels its host volumes need: `(key, Some(value))` or `(key, None)` for any value.
+    pub fn host_volume_labels(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.volumes.iter().filter(|v| v.kind == VolumeKind::Host).filter_map(|v| {
+            let l = v.node_label.as_deref()?;
+            Some(match l.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (l, None),
+            })
+        })
+    }
+
     /// One of the app's TCP ports by number or name, for probes.
     pub fn tcp_port(&self, target: &PortTarget) -> Result<u16, String> {
         let tcp = self.ports.iter().filter(|p| p.protocol == Protocol::Tcp);
@@ -567,6 +671,9 @@ impl AppSpec {
             if v.size.is_some_and(|s| s.0 < 4096) {
                 out.push(Problem::new(vec![Key("volumes"), Index(i), Key("size")], "expected at least 4Ki"));
             }
+            out.extend(
+                v.check_kind().into_iter().map(|(key, m)| Problem::new(vec![Key("volumes"), Index(i), Key(key)], m)),
+            );
         }
         for (which, probe) in self.probes.each() {
             let handlers = [probe.exec.is_some(), probe.http.is_some(), probe.tcp.is_some()];

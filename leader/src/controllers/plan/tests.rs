@@ -13,7 +13,12 @@ fn spec(text: &str) -> AppSpec {
 
 fn node(name: &str, arch: Arch, ready: ConditionStatus) -> NodeState {
     let res = Resources { cpu_millis: 4000, memory_bytes: 4 << 30, replicas: 64 };
-    NodeState { node: Node::joined(name, "x".into(), NodeInfo::board(arch, res), 1), ready, images: BTreeSet::new() }
+    NodeState {
+        node: Node::joined(name, "x".into(), NodeInfo::board(arch, res), 1),
+        ready,
+        images: BTreeSet::new(),
+        volumes: BTreeSet::new(),
+    }
 }
 
 fn ready_nodes(n: usize) -> Vec<NodeState> {

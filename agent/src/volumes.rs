@@ -1,0 +1,220 @@
+//! Volumes on a board that outlive a container: named local volumes, directories the agent
+//! keeps under `<data>/volumes/<NAME>` across container restarts, agent restarts and app updates
+//! (removed only by `bramble volume rm`), and host paths an app names. Nothing is followed
+//! through a symlink: a volume directory or a host path with a symlink anywhere in it is
+//! refused, so no mount can lead a container out into the rest of the board.
+
+use bramble_proto::names::Name;
+use bramble_proto::wire::VolumeInfo;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("volume {name}: {what}")]
+    Refused { name: String, what: String },
+    #[error("volume {name}: {what}: {source}")]
+    Io { name: String, what: String, source: std::io::Error },
+    #[error("volume {0} is not on this node")]
+    NotFound(String),
+}
+
+/// The local volumes under one directory.
+#[derive(Debug, Clone)]
+pub struct Volumes {
+    root: PathBuf,
+    /// The agent's data dir: host paths inside it are refused.
+    data_dir: PathBuf,
+}
+
+fn io(name: &str, what: &str) -> impl FnOnce(std::io::Error) -> VolumeError {
+    let (name, what) = (name.to_string(), what.to_string());
+    move |source| VolumeError::Io { name, what, source }
+}
+
+/// Refuses `path` unless it is a directory reached without a symlink in any component.
+fn real_dir(name: &str, path: &Path) -> Result<(), VolumeError> {
+    let mut at = PathBuf::new();
+    for c in path.components() {
+        at.push(c);
+        if matches!(c, Component::RootDir) {
+            continue;
+        }
+        let md = std::fs::symlink_metadata(&at).map_err(io(name, &format!("{}", at.display())))?;
+        if md.file_type().is_symlink() {
+            return Err(VolumeError::Refused {
+                name: name.into(),
+                what: format!("{} is a symlink; volume paths may not contain one", at.display()),
+            });
+        }
+    }
+    if !std::fs::symlink_metadata(path).map_err(io(name, "stat"))?.is_dir() {
+        return Err(VolumeError::Refused { name: name.into(), what: format!("{} is not a directory", path.display()) });
+    }
+    Ok(())
+}
+
+impl Volumes {
+    pub fn new(data_dir: &Path) -> Volumes {
+        Volumes { root: data_dir.join("volumes"), data_dir: data_dir.to_path_buf() }
+    }
+
+    /// Local volume `name`'s directory, made (owned by `uid:gid`, 0755) if it is not there.
+    pub fn prepare_local(&self, name: &str, uid: u32, gid: u32) -> Result<PathBuf, VolumeError> {
+        Name::new(name).map_err(|e| VolumeError::Refused { name: name.into(), what: e.to_string() })?;
+        std::fs::create_dir_all(&self.root).map_err(io(name, "create the volumes directory"))?;
+        let dir = self.root.join(name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {
+                std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(io(name, "chown"))?;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(io(name, "chmod"))?;
+                tracing::info!(volume = name, "local volume created");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(name, "create")(e)),
+        }
+        real_dir(name, &dir)?;
+        Ok(dir)
+    }
+
+    /// A host volume's path, checked: a directory, no symlink on the way, not in the data dir.
+    pub fn check_host(&self, path: &str) -> Result<PathBuf, VolumeError> {
+        let p = PathBuf::from(path);
+        if !p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+            return Err(VolumeError::Refused { name: path.into(), what: "expected an absolute, plain path".into() });
+        }
+        if p.starts_with(&self.data_dir) {
+            let what = format!("it is inside the agent's data dir {}", self.data_dir.display());
+            return Err(VolumeError::Refused { name: path.into(), what });
+        }
+        if !p.exists() && std::fs::symlink_metadata(&p).is_err() {
+            let what = "the directory does not exist on this node (make it, or label only the nodes that have it)";
+            return Err(VolumeError::Refused { name: path.into(), what: what.into() });
+        }
+        real_dir(path, &p)?;
+        Ok(p)
+    }
+
+    /// The names of the local volumes here.
+    pub fn names(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(&self.root) else { return Vec::new() };
+        let mut out: Vec<String> = rd
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Each local volume with its size (`node` and `used_by` are the leader's to fill).
+    pub fn list(&self) -> Vec<VolumeInfo> {
+        self.names()
+            .into_iter()
+            .map(|name| {
+                let dir = self.root.join(&name);
+                let created_ms = std::fs::symlink_metadata(&dir)
+                    .ok()
+                    .and_then(|m| m.created().or_else(|_| m.modified()).ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_millis() as u64);
+                let (size, files) = usage(&dir);
+                VolumeInfo { node: String::new(), name, size, files, created_ms, used_by: Vec::new() }
+            })
+            .collect()
+    }
+
+    /// Removes local volume `name` and everything in it. Symlinks inside are removed, never
+    /// followed. It goes under a hidden name first, so a half-done removal is not a volume.
+    pub fn remove(&self, name: &str) -> Result<u64, VolumeError> {
+        Name::new(name).map_err(|e| VolumeError::Refused { name: name.into(), what: e.to_string() })?;
+        let dir = self.root.join(name);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            _ => return Err(VolumeError::NotFound(name.into())),
+        }
+        let (size, _) = usage(&dir);
+        let doomed = self.root.join(format!(".removing-{name}"));
+        let _ = std::fs::remove_dir_all(&doomed);
+        std::fs::rename(&dir, &doomed).map_err(io(name, "rename"))?;
+        std::fs::remove_dir_all(&doomed).map_err(io(name, "remove"))?;
+        tracing::info!(volume = name, "local volume removed");
+        Ok(size)
+    }
+}
+
+/// Bytes and files under `dir`, without following symlinks or crossing into other filesystems.
+fn usage(dir: &Path) -> (u64, u64) {
+    let Ok(top) = std::fs::symlink_metadata(dir) else { return (0, 0) };
+    let dev = top.dev();
+    let (mut bytes, mut files) = (0u64, 0u64);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                if m.dev() == dev {
+                    stack.push(e.path());
+                }
+            } else {
+                bytes += m.len();
+                files += 1;
+            }
+        }
+    }
+    (bytes, files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_volumes_are_made_once_kept_listed_and_removed() {
+        let t = tempfile::tempdir().unwrap();
+        let v = Volumes::new(t.path());
+        let dir = v.prepare_local("db", 1000, 1000).unwrap();
+        std::fs::write(dir.join("x"), b"12345").unwrap();
+        // A second prepare keeps what is there.
+        assert_eq!(v.prepare_local("db", 1000, 1000).unwrap(), dir);
+        assert_eq!(std::fs::read(dir.join("x")).unwrap(), b"12345");
+        assert_eq!(std::fs::metadata(&dir).unwrap().uid(), 1000);
+        let l = v.list();
+        assert_eq!((l[0].name.as_str(), l[0].size, l[0].files), ("db", 5, 1));
+        assert!(matches!(v.prepare_local("../etc", 0, 0), Err(VolumeError::Refused { .. })));
+        assert_eq!(v.remove("db").unwrap(), 5);
+        assert!(v.names().is_empty());
+        assert!(matches!(v.remove("db"), Err(VolumeError::NotFound(_))));
+    }
+
+    #[test]
+    fn symlinks_are_refused_never_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let v = Volumes::new(&t.path().join("data"));
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::create_dir_all(t.path().join("data/volumes")).unwrap();
+        // A volume directory replaced by a symlink to elsewhere.
+        std::os::unix::fs::symlink(&outside, t.path().join("data/volumes/evil")).unwrap();
+        let e = v.prepare_local("evil", 0, 0).unwrap_err().to_string();
+        assert!(e.contains("is a symlink"), "{e}");
+        // A host path through a symlink.
+        std::os::unix::fs::symlink(&outside, t.path().join("link")).unwrap();
+        let e = v.check_host(t.path().join("link/sub").to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("does not exist") || e.contains("symlink"), "{e}");
+        std::fs::create_dir_all(outside.join("sub")).unwrap();
+        let e = v.check_host(t.path().join("link/sub").to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("is a symlink"), "{e}");
+        assert_eq!(v.check_host(outside.to_str().unwrap()).unwrap(), outside);
+        let e = v.check_host(t.path().join("data/volumes").to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("inside the agent's data dir"), "{e}");
+        // Removing a volume that holds a symlink removes the link, not its target.
+        let d = v.prepare_local("ok", 0, 0).unwrap();
+        std::fs::write(outside.join("keep"), b"k").unwrap();
+        std::os::unix::fs::symlink(&outside, d.join("l")).unwrap();
+        v.remove("ok").unwrap();
+        assert!(outside.join("keep").exists());
+    }
+}

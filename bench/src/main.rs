@@ -14,6 +14,7 @@ mod scheduler;
 mod secrets;
 mod startup;
 mod stats;
+mod users;
 
 use clap::{Parser, Subcommand};
 
@@ -93,6 +94,11 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
+    /// The revocation check on every connection vs the connection itself.
+    Revocation {
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+    },
     /// Every benchmark.
     All {
         #[arg(long, default_value_t = 10)]
@@ -111,6 +117,7 @@ fn main() {
         Command::Net { runs } => vec![("net", net::run(runs))],
         Command::Rollout { runs } => vec![("rollout", rollout::run(runs))],
         Command::Secrets { runs } => vec![("secrets", secrets::run(runs))],
+        Command::Revocation { runs } => vec![("revocation", users::run(runs))],
         Command::Agent { containers, steady_secs } => vec![("agent", agent::run(containers, steady_secs))],
         Command::Scale { agents, replicas, steady_secs } => vec![("scale", scale::run(agents, replicas, steady_secs))],
         Command::All { runs } => vec![
@@ -124,6 +131,7 @@ fn main() {
             ("net", net::run(runs)),
             ("rollout", rollout::run(runs)),
             ("secrets", secrets::run(runs.max(20))),
+            ("revocation", users::run(runs.max(50))),
         ],
     };
     let dir = bramble_tests::testimages::assets_dir().parent().expect("target dir").join("bench");

@@ -56,8 +56,8 @@ fn config_path(flag: Option<PathBuf>) -> Result<PathBuf, CliError> {
     Ok(PathBuf::from(home).join(".config/bramble/config.toml"))
 }
 
-/// Loads the config and connects to the first leader that answers.
-async fn connect_any(config: Option<PathBuf>) -> Result<(quinn::Endpoint, quinn::Connection, String), CliError> {
+/// The CLI config (`--config`, `BRAMBLE_CONFIG` or `~/.config/bramble/config.toml`) and its path.
+pub fn load_config(config: Option<PathBuf>) -> Result<(AdminConfig, PathBuf), CliError> {
     let path = config_path(config)?;
     let text = std::fs::read_to_string(&path).map_err(|e| {
         CliError::Config(format!(
@@ -66,6 +66,34 @@ async fn connect_any(config: Option<PathBuf>) -> Result<(quinn::Endpoint, quinn:
         ))
     })?;
     let cfg = AdminConfig::parse(&path.display().to_string(), &text).map_err(|e| CliError::Config(e.to_string()))?;
+    Ok((cfg, path))
+}
+
+/// Refuses a config whose certificate has expired, saying so (the leader's TLS would only say
+/// "handshake failed").
+fn check_expiry(cfg: &AdminConfig, path: &std::path::Path) -> Result<(), CliError> {
+    let der = bramble_transport::pki::cert_der_from_pem(&cfg.cert)
+        .map_err(|e| CliError::Config(format!("{}: {e}", path.display())))?;
+    let Ok(not_after) = bramble_transport::pki::not_after_ms(&der) else { return Ok(()) };
+    let now = bramble_proto::time::now_ms();
+    if now >= not_after {
+        let who = bramble_transport::pki::identity_of(&der).map(|(id, _)| id.to_string()).unwrap_or_default();
+        return Err(CliError::Api(ApiError::new(
+            ErrorCode::Unauthenticated,
+            format!(
+                "the certificate in {} ({who}) expired {} ago; ask an admin for a new one (`bramble user create`)",
+                path.display(),
+                bramble_proto::quantity::format_duration(Duration::from_secs((now - not_after) / 1000))
+            ),
+        )));
+    }
+    Ok(())
+}
+
+/// Loads the config and connects to the first leader that answers.
+async fn connect_any(config: Option<PathBuf>) -> Result<(quinn::Endpoint, quinn::Connection, String), CliError> {
+    let (cfg, path) = load_config(config)?;
+    check_expiry(&cfg, &path)?;
     let tls = client_config(&cfg.ca, Some((&cfg.cert, &cfg.key)))
         .map_err(|e| CliError::Config(format!("{}: {e}", path.display())))?;
     let mut failures = Vec::new();

@@ -53,6 +53,8 @@ enum Command {
     Secret(cmd::secret::Args),
     /// Join tokens for new agents: `bramble token create|ls|revoke`.
     Token(cmd::token::Args),
+    /// People and pipelines: `bramble user create ci --role deployer --ttl 30d -o ci.toml`, `user ls`, `user revoke NAME`.
+    User(cmd::user::Args),
     /// Local volumes on the boards: `bramble volume ls [--node NODE]`, `volume rm NAME --node NODE`.
     Volume(cmd::volume::Args),
 }
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
             Command::Token(a) => cmd::token::run(config, a).await,
             Command::Secret(a) => cmd::secret::run(config, a).await,
             Command::Volume(a) => cmd::volume::run(config, a).await,
+            Command::User(a) => cmd::user::run(config, a).await,
         }
     });
     match result {

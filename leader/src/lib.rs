@@ -17,6 +17,7 @@ pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod tokens;
+pub mod users;
 
 pub use config::LeaderConfig;
 pub use server::{start, LeaderError, RunningLeader};

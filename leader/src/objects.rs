@@ -10,6 +10,8 @@
 //! /revisions/<app>/<hash>    AppSpec: the pod template of a revision that still has replicas
 //! /history/<app>/<number>    RevisionRecord: a revision and its rollout (the last ten)
 //! /tokens/<id>               a join token (hash of its secret)
+//! /users/<name>              a user: role, key fingerprint, expiry, who made it, revoked when
+//! /revoked/<key fingerprint> a revoked user certificate (until it would have expired)
 //! /images/<reference>        ImagePlatforms: what an image offers, as a board found out
 //! /cluster/network           ClusterNetwork: the network chosen at init
 //! /subnets/<cidr>            the node holding a pod subnet (a claim: one holder at most)
@@ -39,6 +41,8 @@ pub mod keys {
     pub const SUBNETS: &str = "/subnets/";
     pub const VIPS: &str = "/vips/";
     pub const SECRETS: &str = "/secrets/";
+    pub const USERS: &str = "/users/";
+    pub const REVOKED: &str = "/revoked/";
 
     pub fn subnet(cidr: &bramble_proto::network::Cidr) -> String {
         // "/" inside the CIDR would read as a path: the prefix length follows a "_".
@@ -77,6 +81,10 @@ pub mod keys {
 
     pub fn token(id: &str) -> String {
         format!("{TOKENS}{id}")
+    }
+
+    pub fn user(name: &str) -> String {
+        format!("{USERS}{name}")
     }
 }
 

@@ -279,7 +279,7 @@ mod tests {
         let mut ring = Keyring::load_or_create(&dir.path().join("secrets.key")).unwrap();
         let objects = Objects::new(std::sync::Arc::new(MemStore::new()));
         for name in ["db", "api"] {
-            let meta = ObjectMeta { name: name.into(), generation: 1, revision: 0, created_ms: 1 };
+            let meta = ObjectMeta { name: name.into(), generation: 1, revision: 0, created_ms: 1, changed_by: None };
             let sealed = ring.seal(name, &values()).unwrap();
             let s = StoredSecret { meta, version: 1, updated_ms: 1, sizes: BTreeMap::new(), sealed };
             objects.txn(&[Objects::put_op(&s, Expect::Absent)]).unwrap();

@@ -105,6 +105,12 @@ pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> 
     crate::network::ensure_settings(&objects, &config.network).map_err(|e| LeaderError::Config(e.to_string()))?;
     let keyring = crate::secrets::Keyring::load_or_create(&layout.secrets_key())
         .map_err(|e| LeaderError::Config(e.to_string()))?;
+    // The first admin (init's admin.toml) is a user like the others: listed, revocable.
+    if let Ok(text) = std::fs::read_to_string(layout.admin_config()) {
+        if let Err(e) = crate::users::record_init_admin(&objects, &text, bramble_proto::time::now_ms()) {
+            warn!("cannot record the first admin as a user: {e}");
+        }
+    }
     let api = Arc::new(Api::new(objects, ca, registry, events, config.network.clone()).with_keyring(keyring));
     let endpoint = server_endpoint(config.listen, tls)?;
     let local_addr = endpoint.local_addr().map_err(|source| TransportError::Bind { addr: config.listen, source })?;
@@ -194,6 +200,13 @@ async fn serve_stream(
             return;
         }
     };
+    // The revocation list, on every stream of every connection: a hash lookup.
+    if let Some(why) = identity.as_ref().and_then(|(id, fp)| api.revoked.refusal(id, fp)) {
+        warn!("refused: {why}");
+        let _ = write_frame(&mut send, &Response::Error(ApiError::new(ErrorCode::Unauthenticated, why))).await;
+        let _ = send.finish();
+        return;
+    }
     let version_error = (open.version != PROTOCOL_VERSION).then(|| {
         ApiError::new(
             ErrorCode::VersionMismatch,
@@ -207,10 +220,8 @@ async fn serve_stream(
         OpenKind::Call(
             req @ (Request::Logs(_) | Request::Image { .. } | Request::Exec(_) | Request::Volume { .. }),
         ) if version_error.is_none() => {
-            let allowed = matches!(identity, Some((Identity::Admin(_) | Identity::Leader, _)));
-            if !allowed {
-                let e = ApiError::new(ErrorCode::PermissionDenied, "only admins may do this");
-                let _ = write_frame(&mut send, &Response::Error(e)).await;
+            if let Err(e) = crate::api::authorize(identity.as_ref().map(|(i, _)| i), crate::api::required_role(&req)) {
+                let _ = write_frame(&mut send, &Response::Error(e.into())).await;
                 let _ = send.finish();
                 return;
             }

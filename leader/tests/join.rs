@@ -79,12 +79,12 @@ async fn a_node_joins_once_and_then_uses_its_certificate() {
     // The node exists on the leader.
     let r = c.call_as(Some((&c.admin.cert, &c.admin.key)), Request::GetNode { name: "pi-1".into() }).await.unwrap();
     assert!(matches!(r, Response::Node { .. }), "{r:?}");
-    // A node certificate does not make an admin.
+    // A node certificate is no user: it may not even read.
     let r = c.call_as(Some((&creds.cert_pem, &creds.key_pem)), Request::GetNodes).await.unwrap();
     match r {
         Response::Error(e) => {
             assert_eq!(e.code, ErrorCode::PermissionDenied);
-            assert!(e.message.contains("node:pi-1 may not make admin requests"), "{}", e.message);
+            assert!(e.message.contains("node:pi-1 may not make client requests"), "{}", e.message);
         }
         r => panic!("expected a refusal, got {r:?}"),
     }

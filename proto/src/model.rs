@@ -26,6 +26,9 @@ pub struct ObjectMeta {
     pub revision: u64,
     #[serde(default)]
     pub created_ms: u64,
+    /// Who made the last change to its desired part (`deployer:ci`), where it is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_by: Option<String>,
 }
 
 /// A CPU architecture in OCI terms: `amd64`, `arm64`, `arm/v7`, `arm/v6`.
@@ -170,7 +173,7 @@ impl Node {
     /// A node that has just joined: its key, what its agent reports, nothing set by operators.
     pub fn joined(name: &str, key_fingerprint: String, info: NodeInfo, created_ms: u64) -> Node {
         Node {
-            meta: ObjectMeta { name: name.to_string(), generation: 1, revision: 0, created_ms },
+            meta: ObjectMeta { name: name.to_string(), generation: 1, revision: 0, created_ms, changed_by: None },
             key_fingerprint,
             labels: BTreeMap::new(),
             taints: Vec::new(),
@@ -305,7 +308,13 @@ impl Replica {
     /// A new replica of `app` at `revision_hash`, created at `now_ms`: Pending, on no node yet.
     pub fn new(app: &str, name: &str, revision_hash: &str, now_ms: u64) -> Replica {
         Replica {
-            meta: ObjectMeta { name: name.to_string(), generation: 1, revision: 0, created_ms: now_ms },
+            meta: ObjectMeta {
+                name: name.to_string(),
+                generation: 1,
+                revision: 0,
+                created_ms: now_ms,
+                changed_by: None,
+            },
             app: app.to_string(),
             revision_hash: revision_hash.to_string(),
             node: None,

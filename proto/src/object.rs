@@ -14,10 +14,11 @@ pub enum Kind {
     Replica,
     Service,
     Secret,
+    User,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::Node, Kind::App, Kind::Replica, Kind::Service, Kind::Secret];
+    pub const ALL: [Kind; 6] = [Kind::Node, Kind::App, Kind::Replica, Kind::Service, Kind::Secret, Kind::User];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -26,6 +27,7 @@ impl Kind {
             Kind::Replica => "replica",
             Kind::Service => "service",
             Kind::Secret => "secret",
+            Kind::User => "user",
         }
     }
 }
@@ -40,7 +42,7 @@ impl FromStr for Kind {
     type Err = ObjectRefError;
     fn from_str(s: &str) -> Result<Kind, ObjectRefError> {
         Kind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
-            ObjectRefError(format!("unknown kind {s:?}: expected node, app, replica, service or secret"))
+            ObjectRefError(format!("unknown kind {s:?}: expected node, app, replica, service, secret or user"))
         })
     }
 }

@@ -70,6 +70,18 @@ pub enum Request {
     RevokeToken {
         id: String,
     },
+    /// Signs a CSR as user `name` with `role` (`admin`, `deployer`, `viewer`) for `ttl_secs`.
+    CreateUser {
+        name: String,
+        role: String,
+        ttl_secs: u64,
+        csr_pem: String,
+    },
+    GetUsers,
+    /// Refuses the user's certificate from the next connection on.
+    RevokeUser {
+        name: String,
+    },
     /// Creates or updates every object, or none of them. With `dry_run`, the leader checks and
     /// plans everything as for real, stores nothing, and answers [`Response::Planned`].
     Apply {
@@ -277,6 +289,13 @@ pub enum Response {
         token: String,
         expires_ms: u64,
     },
+    /// A user's new certificate, and the CA that signed it (for the CLI config it goes into).
+    User {
+        cert_pem: String,
+        ca_pem: String,
+        expires_ms: u64,
+    },
+    Users(Vec<UserInfo>),
     /// Done, with a sentence for humans (e.g. `node/pi-1 cordoned`).
     Done(String),
     /// What `Apply` did to each object, in order.
@@ -333,6 +352,18 @@ pub enum Response {
     Error(ApiError),
 }
 
+/// A user as `user ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub name: String,
+    pub role: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    pub expired: bool,
+    pub revoked_ms: Option<u64>,
+    pub created_by: String,
+}
+
 /// A join token as `token ls` shows it (never its secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenInfo {
@@ -352,6 +383,9 @@ pub struct SecretInfo {
     pub version: u64,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// Who wrote it last (`deployer:ci`).
+    #[serde(default)]
+    pub changed_by: Option<String>,
 }
 
 /// What applying did to one object.

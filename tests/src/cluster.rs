@@ -5,7 +5,7 @@ use crate::process::{bin_dir, Proc};
 use crate::wait_for;
 use bramble_proto::model::{ConditionStatus, NodeView};
 use nix::sys::signal::Signal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -168,12 +168,16 @@ impl Cluster {
 
     /// Runs the CLI in the leader's namespace with the admin config.
     pub fn cli(&self, args: &[&str]) -> Output {
-        let admin = self.leader_dir().join("admin.toml");
+        self.cli_as(&self.leader_dir().join("admin.toml"), args)
+    }
+
+    /// Runs the CLI in the leader's namespace with the CLI config `config` (another user's).
+    pub fn cli_as(&self, config: &Path, args: &[&str]) -> Output {
         Command::new("ip")
             .args(["netns", "exec", &self.lab.ns(0)])
             .arg(self.bins.join("bramble"))
             .arg("--config")
-            .arg(admin)
+            .arg(config)
             .args(args)
             .output()
             .expect("run bramble")

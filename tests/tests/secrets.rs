@@ -66,7 +66,7 @@ fn secrets_are_write_only_sealed_at_rest_and_rotated() {
     let json = ok(c.cli(&["get", "secrets", "-o", "json"]), "get secrets -o json");
     let described = ok(c.cli(&["describe", "secret", "db"]), "describe secret");
     assert!(described.contains(&format!("password                       {} bytes", password.len())), "{described}");
-    assert!(described.contains("Created") && described.contains("secret/db created by an admin"), "{described}");
+    assert!(described.contains("Created") && described.contains("secret/db created by admin:admin"), "{described}");
     let events = ok(c.cli(&["events"]), "events");
     for shown in [&table, &json, &described, &events] {
         assert!(!shown.contains(&password) && !shown.contains(&cert), "a value was shown: {shown}");

@@ -31,12 +31,72 @@ pub enum PkiError {
     Random,
 }
 
+/// What a person or pipeline may do. Each role may do everything the roles before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// get, describe, logs, events.
+    Viewer,
+    /// That, plus apply, diff, scale, rollout, and deleting apps, services and secrets; writing
+    /// secrets (never reading them).
+    Deployer,
+    /// Everything: nodes, tokens, users, exec, images and volumes on boards.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Deployer => "deployer",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "deployer" => Ok(Role::Deployer),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!("expected admin, deployer or viewer, found {s:?}")),
+        }
+    }
+}
+
 /// Who a certificate says its holder is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Identity {
     Leader,
     Node(String),
-    Admin(String),
+    /// A person or pipeline: `<role>:<name>` in the certificate.
+    User {
+        name: String,
+        role: Role,
+    },
+}
+
+impl Identity {
+    pub fn admin(name: &str) -> Identity {
+        Identity::User { name: name.to_string(), role: Role::Admin }
+    }
+
+    /// What it may do as a client of the API (the leader's own certificate: everything).
+    pub fn role(&self) -> Option<Role> {
+        match self {
+            Identity::Leader => Some(Role::Admin),
+            Identity::Node(_) => None,
+            Identity::User { role, .. } => Some(*role),
+        }
+    }
 }
 
 impl std::fmt::Display for Identity {
@@ -44,7 +104,7 @@ impl std::fmt::Display for Identity {
         match self {
             Identity::Leader => f.write_str("leader"),
             Identity::Node(n) => write!(f, "node:{n}"),
-            Identity::Admin(n) => write!(f, "admin:{n}"),
+            Identity::User { name, role } => write!(f, "{role}:{name}"),
         }
     }
 }
@@ -137,7 +197,7 @@ impl Ca {
         let mut params = CertificateParams::new(names)?;
         params.distinguished_name = dn("leader");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        self.issue(params)
+        self.issue(params, LEAF_VALIDITY)
     }
 
     /// An operator's client certificate.
@@ -145,13 +205,32 @@ impl Ca {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = dn(&format!("admin:{name}"));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.issue(params)
+        self.issue(params, LEAF_VALIDITY)
     }
 
-    fn issue(&self, mut params: CertificateParams) -> Result<Issued, PkiError> {
+    /// Signs a user's CSR as `<role>:<name>`, valid for `valid_for`. Only the CSR's public key is
+    /// used. Returns the certificate (PEM) and its public key's fingerprint.
+    pub fn sign_user_csr(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        role: Role,
+        valid_for: Duration,
+    ) -> Result<(String, String), PkiError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = dn(&format!("{role}:{name}"));
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        validity(&mut params, valid_for)?;
+        let cert = params.signed_by(&csr.public_key, &self.issuer()?)?;
+        Ok((cert.pem(), sha256_hex(rcgen::PublicKeyData::der_bytes(&csr.public_key))))
+    }
+
+    fn issue(&self, mut params: CertificateParams, valid_for: Duration) -> Result<Issued, PkiError> {
         let key = KeyPair::generate()?;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        validity(&mut params, LEAF_VALIDITY)?;
+        validity(&mut params, valid_for)?;
         let cert = params.signed_by(&key, &self.issuer()?)?;
         Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
@@ -199,6 +278,23 @@ pub fn node_csr(node_name: &str) -> Result<(String, String), PkiError> {
     Ok((csr.pem()?, key.serialize_pem()))
 }
 
+/// Makes a key pair and a CSR for a user (the CA sets the name and role it signs); returns
+/// (CSR PEM, private key PEM). The key never leaves the machine that made it.
+pub fn user_csr(name: &str) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = dn(name);
+    let csr = params.serialize_request(&key)?;
+    Ok((csr.pem()?, key.serialize_pem()))
+}
+
+/// When a certificate (DER) stops being valid, in ms since the epoch.
+pub fn not_after_ms(cert_der: &[u8]) -> Result<u64, PkiError> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(cert_der).map_err(|e| PkiError::BadCert(e.to_string()))?;
+    Ok((cert.validity().not_after.timestamp().max(0) as u64) * 1000)
+}
+
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
@@ -228,8 +324,8 @@ pub fn identity_of(cert_der: &[u8]) -> Result<(Identity, String), PkiError> {
         Identity::Leader
     } else if let Some(n) = cn.strip_prefix("node:") {
         Identity::Node(n.to_string())
-    } else if let Some(n) = cn.strip_prefix("admin:") {
-        Identity::Admin(n.to_string())
+    } else if let Some((role, n)) = cn.split_once(':').and_then(|(r, n)| Some((r.parse::<Role>().ok()?, n))) {
+        Identity::User { name: n.to_string(), role }
     } else {
         return Err(PkiError::BadCert(format!("unknown identity {cn:?} in certificate")));
     };
@@ -252,7 +348,13 @@ mod tests {
         assert_eq!(fp, key_fp);
         let admin = ca.issue_admin("root").unwrap();
         let (id, _) = identity_of(&cert_der_from_pem(&admin.cert_pem).unwrap()).unwrap();
-        assert_eq!(id, Identity::Admin("root".into()));
+        assert_eq!(id, Identity::admin("root"));
+        let (csr, _key) = user_csr("ci").unwrap();
+        let (pem, fp) = ca.sign_user_csr(&csr, "ci", Role::Deployer, Duration::from_secs(3600)).unwrap();
+        let der = cert_der_from_pem(&pem).unwrap();
+        assert_eq!(identity_of(&der).unwrap(), (Identity::User { name: "ci".into(), role: Role::Deployer }, fp));
+        let left = not_after_ms(&der).unwrap() as i64 - bramble_proto::time::now_ms() as i64;
+        assert!((3_590_000..=3_600_000).contains(&left), "{left}");
     }
 
     #[test]

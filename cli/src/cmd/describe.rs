@@ -53,6 +53,9 @@ async fn secret(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let mut s = String::new();
     let _ = writeln!(s, "Name:        {}", secret.name);
     let _ = writeln!(s, "Version:     {} (updated {} ago)", secret.version, super::age(secret.updated_ms));
+    if let Some(by) = &secret.changed_by {
+        let _ = writeln!(s, "Changed by:  {by}");
+    }
     let _ = writeln!(s, "Created:     {} ago", super::age(secret.created_ms));
     let _ = writeln!(s, "Keys:");
     for (k, size) in &secret.keys {
@@ -143,6 +146,9 @@ async fn app(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let _ = writeln!(s, "Name:        {}", app.meta.name);
     let _ = writeln!(s, "Image:       {}", spec.image);
     let _ = writeln!(s, "Generation:  {}", app.meta.generation);
+    if let Some(by) = &app.meta.changed_by {
+        let _ = writeln!(s, "Changed by:  {by}");
+    }
     let running = replicas.iter().filter(|r| r.phase == ReplicaPhase::Running).count();
     let ready = replicas.iter().filter(|r| r.serving()).count();
     let _ = writeln!(

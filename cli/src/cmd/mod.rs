@@ -15,6 +15,7 @@ pub mod rollout;
 pub mod scale;
 pub mod secret;
 pub mod token;
+pub mod user;
 pub mod volume;
 
 pub use bramble_proto::time::now_ms;

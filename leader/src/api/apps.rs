@@ -53,11 +53,11 @@ impl Applicable for Service {
 /// anything changes; and what that means.
 type Planned<T> = (Option<(T, Expect)>, Applied);
 
-fn plan<T: Applicable>(objects: &Objects, name: &str, desired: &T::Spec) -> Result<Planned<T>> {
+fn plan<T: Applicable>(objects: &Objects, name: &str, desired: &T::Spec, who: &str) -> Result<Planned<T>> {
     let applied = |outcome| Applied { kind: T::KIND.into(), name: name.to_string(), outcome };
     let (meta, expect, outcome, current) = match objects.get::<T>(name)? {
         None => (
-            ObjectMeta { name: name.to_string(), generation: 1, revision: 0, created_ms: now_ms() },
+            ObjectMeta { name: name.to_string(), generation: 1, revision: 0, created_ms: now_ms(), changed_by: None },
             Expect::Absent,
             Outcome::Created,
             None,
@@ -71,6 +71,7 @@ fn plan<T: Applicable>(objects: &Objects, name: &str, desired: &T::Spec) -> Resu
             (meta, Expect::Revision(current.rev), Outcome::Configured, Some(current.value))
         }
     };
+    let meta = ObjectMeta { changed_by: Some(who.to_string()), ..meta };
     Ok((Some((T::build(meta, desired.clone(), current.as_ref()), expect)), applied(outcome)))
 }
 
@@ -165,6 +166,7 @@ fn prepare(
     objects: &Objects,
     network: &ClusterNetwork,
     (apps, services): (Vec<AppSpec>, Vec<ServiceSpec>),
+    who: &str,
     now: u64,
 ) -> Result<Prepared> {
     check(&apps, &services)?;
@@ -174,7 +176,7 @@ fn prepare(
     let mut all_replicas: Option<Vec<Replica>> = None;
     let mut changed_apps = Vec::new();
     for a in &apps {
-        let (new, applied) = plan::<App>(objects, a.name.as_str(), a)?;
+        let (new, applied) = plan::<App>(objects, a.name.as_str(), a, who)?;
         if let Some((app, expect)) = new {
             let mut record = None;
             // A new template is a new revision, recorded; its rollout is followed from there.
@@ -204,7 +206,7 @@ fn prepare(
     }
     let mut changed_services = Vec::new();
     for s in &services {
-        let (new, applied) = plan::<Service>(objects, s.name.as_str(), s)?;
+        let (new, applied) = plan::<Service>(objects, s.name.as_str(), s, who)?;
         changed_services.extend(new);
         results.push((Service::REF, applied));
     }
@@ -224,7 +226,7 @@ pub fn apply(
     who: &str,
     now: u64,
 ) -> Result<Vec<Applied>> {
-    let Prepared { ops, results, .. } = prepare(objects, network, specs, now)?;
+    let Prepared { ops, results, .. } = prepare(objects, network, specs, who, now)?;
     if !ops.is_empty() {
         objects.txn(&ops).map_err(|e| match e {
             StoreError::Conflict { key, .. } => Error::Conflict(format!(
@@ -249,7 +251,7 @@ pub fn apply(
 /// where each app's replicas would go.
 pub fn dry_run(ctx: &Context, specs: (Vec<AppSpec>, Vec<ServiceSpec>), now: u64) -> Result<ApplyPlan> {
     let names: Vec<String> = specs.0.iter().map(|a| a.name.as_str().to_string()).collect();
-    let prepared = prepare(&ctx.objects, &ctx.network, specs, now)?;
+    let prepared = prepare(&ctx.objects, &ctx.network, specs, "a dry run", now)?;
     let mut snapshot = snapshot::read(ctx, now)?;
     dry_run::overlay(&mut snapshot, &prepared.apps, &prepared.services, now);
     let records: Vec<(String, Option<&RevisionRecord>)> = names

@@ -21,12 +21,13 @@ use crate::events::Events;
 use crate::nodes::NodeRegistry;
 use crate::objects::Objects;
 use crate::observed::Observed;
-use bramble_proto::model::EventReason;
+use bramble_proto::model::{Event, EventReason, ObjectRef};
 use bramble_proto::names::check_dns_subdomain;
 use bramble_proto::network::ClusterNetwork;
+use bramble_proto::object::Kind;
 use bramble_proto::time::now_ms;
-use bramble_proto::wire::{Request, Response};
-use bramble_transport::pki::Ca;
+use bramble_proto::wire::{ImageOp, Request, Response, VolumeOp};
+use bramble_transport::pki::{Ca, Role};
 use bramble_transport::Identity;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +44,8 @@ pub struct Api {
     pub drain: Arc<crate::controllers::drain::Drain>,
     /// Seals secrets' values (the data dir's `secrets.key`; in memory for tests).
     pub keyring: Arc<crate::secrets::Keyring>,
+    /// Revoked user certificates, checked on every connection.
+    pub revoked: Arc<crate::users::Revoked>,
 }
 
 impl std::fmt::Debug for Api {
@@ -50,9 +53,6 @@ impl std::fmt::Debug for Api {
         f.debug_struct("Api").finish_non_exhaustive()
     }
 }
-
-/// Who made a change, as events say it.
-const BY_ADMIN: &str = "an admin";
 
 impl Api {
     pub fn new(
@@ -64,7 +64,8 @@ impl Api {
     ) -> Api {
         let (observed, published, network) = (Arc::new(Observed::new()), Arc::default(), Arc::new(network));
         let keyring = Arc::new(crate::secrets::Keyring::ephemeral().expect("randomness for a secrets key"));
-        Api { objects, ca, registry, events, observed, published, network, drain: Arc::default(), keyring }
+        let revoked = Arc::new(crate::users::Revoked::load_or_refuse_all(&objects));
+        Api { objects, ca, registry, events, observed, published, network, drain: Arc::default(), keyring, revoked }
     }
 
     /// Seals secrets with `keyring` (the leader's `secrets.key`) instead of a key in memory.
@@ -100,7 +101,9 @@ impl Api {
                 self.events.node(name, EventReason::JoinRefused, e.to_string(), now_ms());
             });
         }
-        authorize(identity)?;
+        authorize(identity, required_role(&request))?;
+        let who = identity.map_or_else(|| "the leader".to_string(), |i| i.to_string());
+        let who = who.as_str();
         match request {
             Request::Join { .. } => unreachable!("handled above"),
             Request::GetNodes => Ok(Response::Nodes(self.node_views()?)),
@@ -112,7 +115,7 @@ impl Api {
             }
             Request::Apply { apps, services, dry_run: false } => {
                 let objects = (apps, services);
-                let applied = apps::apply(&self.objects, &self.events, &self.network, objects, BY_ADMIN, now_ms())?;
+                let applied = apps::apply(&self.objects, &self.events, &self.network, objects, who, now_ms())?;
                 self.published.kick.notify_one();
                 Ok(Response::Applied(applied))
             }
@@ -121,21 +124,28 @@ impl Api {
             Request::GetService { name } => self.describe_service(&name),
             Request::DeleteNode { name } => Ok(Response::Done(self.delete_node(&name)?)),
             Request::Delete { apps, services, secrets } => {
-                Ok(Response::Done(apps::delete(&self.objects, apps, services, secrets)?))
+                let done = apps::delete(&self.objects, apps, services, secrets)?;
+                for line in done.lines() {
+                    let Some(object) = line.split(' ').next().and_then(|r| r.parse::<ObjectRef>().ok()) else {
+                        continue;
+                    };
+                    self.events.record(Event::new(now_ms(), object, EventReason::Deleted, format!("{line} by {who}")));
+                }
+                Ok(Response::Done(done))
             }
             Request::PutSecret { name, values, create } => {
-                Ok(Response::Done(self.put_secret(&name, values.0, create, BY_ADMIN)?))
+                Ok(Response::Done(self.put_secret(&name, values.0, create, who)?))
             }
             Request::GetSecrets => Ok(Response::Secrets(self.secrets()?)),
             Request::GetSecret { name } => self.describe_secret(&name),
             Request::GetReplicas { app } => Ok(Response::Replicas(self.replicas(app.as_deref())?)),
             Request::GetApp { name } => self.describe_app(&name),
             Request::RolloutHistory { app } => self.history(&app),
-            Request::RolloutUndo { app, to } => Ok(Response::Done(self.undo(&app, to)?)),
-            Request::RolloutRestart { app } => Ok(Response::Done(self.restart(&app)?)),
+            Request::RolloutUndo { app, to } => Ok(Response::Done(self.undo(&app, to, who)?)),
+            Request::RolloutRestart { app } => Ok(Response::Done(self.restart(&app, who)?)),
             Request::GetReplica { name } => self.describe_replica(&name),
             Request::Scale { app, replicas, expect_generation } => {
-                Ok(Response::Done(self.scale(&app, replicas, expect_generation)?))
+                Ok(Response::Done(self.scale(&app, replicas, expect_generation, who)?))
             }
             Request::GetEvents { since_ms } => Ok(Response::Events(self.events.since(since_ms))),
             Request::Logs(_) | Request::Image { .. } | Request::Exec(_) | Request::Volume { .. } => {
@@ -149,17 +159,90 @@ impl Api {
                 let (token, expires_ms) = crate::tokens::create_with(&self.objects, &fp, ttl, single_use, now_ms())?;
                 Ok(Response::Token { token: token.to_string(), expires_ms })
             }
+            Request::CreateUser { name, role, ttl_secs, csr_pem } => {
+                let role: Role = role.parse().map_err(|e| Error::Invalid(format!("role: {e}")))?;
+                let ttl = Duration::from_secs(ttl_secs);
+                let (cert_pem, expires_ms) =
+                    crate::users::create(&self.objects, &self.ca, &name, role, ttl, &csr_pem, who, now_ms())?;
+                self.events.record(Event::new(
+                    now_ms(),
+                    ObjectRef::new(Kind::User, name.clone()),
+                    EventReason::Created,
+                    format!(
+                        "user {name} ({role}) created by {who}, valid for {}",
+                        bramble_proto::quantity::format_duration(ttl)
+                    ),
+                ));
+                Ok(Response::User { cert_pem, ca_pem: self.ca.cert_pem().to_string(), expires_ms })
+            }
+            Request::GetUsers => Ok(Response::Users(crate::users::list(&self.objects, now_ms())?)),
+            Request::RevokeUser { name } => {
+                let done = crate::users::revoke(&self.objects, &self.revoked, &name, now_ms())?;
+                self.events.record(Event::new(
+                    now_ms(),
+                    ObjectRef::new(Kind::User, name.clone()),
+                    EventReason::Revoked,
+                    format!("{done} (by {who})"),
+                ));
+                Ok(Response::Done(done))
+            }
         }
     }
 }
 
-/// Admin requests need an admin (or the leader's own) certificate.
-pub fn authorize(identity: Option<&Identity>) -> Result<()> {
+/// The least role that may make `request`. Viewers read (never a secret's value: nothing
+/// returns one); deployers change apps, services and secrets; admins do everything, including
+/// nodes, tokens, users, `exec` (which could read a secret) and the boards' images and volumes.
+pub fn required_role(request: &Request) -> Role {
+    match request {
+        Request::GetNodes
+        | Request::GetNode { .. }
+        | Request::GetApps
+        | Request::GetServices
+        | Request::GetService { .. }
+        | Request::GetSecrets
+        | Request::GetSecret { .. }
+        | Request::GetReplicas { .. }
+        | Request::GetApp { .. }
+        | Request::GetReplica { .. }
+        | Request::RolloutHistory { .. }
+        | Request::GetEvents { .. }
+        | Request::Logs(_)
+        | Request::Volume { op: VolumeOp::Ls, .. }
+        | Request::Image { op: ImageOp::Ls, .. }
+        | Request::Join { .. } => Role::Viewer,
+        Request::Apply { .. }
+        | Request::Delete { .. }
+        | Request::PutSecret { .. }
+        | Request::RolloutUndo { .. }
+        | Request::RolloutRestart { .. }
+        | Request::Scale { .. } => Role::Deployer,
+        Request::LabelNode { .. }
+        | Request::SetCordon { .. }
+        | Request::CreateToken { .. }
+        | Request::GetTokens
+        | Request::RevokeToken { .. }
+        | Request::DeleteNode { .. }
+        | Request::Image { .. }
+        | Request::Exec(_)
+        | Request::Volume { .. }
+        | Request::CreateUser { .. }
+        | Request::GetUsers
+        | Request::RevokeUser { .. } => Role::Admin,
+    }
+}
+
+/// Whether a peer with `identity` may make a request that needs `need`; if not, says which role
+/// it needs and what the peer is.
+pub fn authorize(identity: Option<&Identity>, need: Role) -> Result<()> {
     match identity {
         None => Err(Error::Unauthenticated(
             "a client certificate signed by this cluster's CA is required (only joining works without one)".into(),
         )),
-        Some(Identity::Admin(_) | Identity::Leader) => Ok(()),
-        Some(id @ Identity::Node(_)) => Err(Error::PermissionDenied(format!("{id} may not make admin requests"))),
+        Some(id) => match id.role() {
+            Some(have) if have >= need => Ok(()),
+            Some(_) => Err(Error::PermissionDenied(format!("this needs the {need} role; you are {id}"))),
+            None => Err(Error::PermissionDenied(format!("{id} may not make client requests"))),
+        },
     }
 }

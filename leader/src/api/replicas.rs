@@ -1,6 +1,6 @@
 //! Replicas through the API: list, describe (with an app's), scale.
 
-use super::{Api, BY_ADMIN};
+use super::Api;
 use crate::error::{Error, Result};
 use crate::store::{Expect, StoreError};
 use bramble_proto::manifest::{Replicas, MAX_REPLICAS};
@@ -34,7 +34,7 @@ impl Api {
     }
 
     /// Sets an app's replica count (refused if `expect_generation` is given and the app moved on).
-    pub(super) fn scale(&self, name: &str, replicas: u32, expect_generation: Option<u64>) -> Result<String> {
+    pub(super) fn scale(&self, name: &str, replicas: u32, expect_generation: Option<u64>, who: &str) -> Result<String> {
         if replicas > MAX_REPLICAS {
             return Err(Error::Invalid(format!("expected a replica count from 0 to {MAX_REPLICAS}, found {replicas}")));
         }
@@ -52,13 +52,14 @@ impl Api {
         }
         app.spec.replicas = Replicas(replicas);
         app.meta.generation += 1;
+        app.meta.changed_by = Some(who.to_string());
         self.objects.put(&app, Expect::Revision(current.rev)).map_err(|e| match e {
             StoreError::Conflict { .. } => {
                 Error::Conflict(format!("app {name} was changed by someone else meanwhile; try again"))
             }
             e => e.into(),
         })?;
-        let message = format!("scaled from {from} to {replicas} replicas by {BY_ADMIN}");
+        let message = format!("scaled from {from} to {replicas} replicas by {who}");
         self.events.record(Event::new(now_ms(), ObjectRef::app(name), EventReason::Scaled, message));
         self.published.kick.notify_one();
         Ok(format!("app/{name} scaled from {from} to {replicas}"))

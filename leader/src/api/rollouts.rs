@@ -20,8 +20,8 @@ impl Api {
     }
 
     /// Back to revision `to`, or to the newest one with another template than the current.
-    pub(super) fn undo(&self, app: &str, to: Option<u64>) -> Result<String> {
-        let (number, target) = self.new_template(app, |spec, history| {
+    pub(super) fn undo(&self, app: &str, to: Option<u64>, who: &str) -> Result<String> {
+        let (number, target) = self.new_template(app, who, |spec, history| {
             let current = revision_hash(spec);
             let found = match to {
                 Some(n) => history.iter().find(|r| r.number == n).ok_or_else(|| {
@@ -47,8 +47,8 @@ impl Api {
     }
 
     /// Every replica replaced by a new one of the same spec, rolled like any update.
-    pub(super) fn restart(&self, app: &str) -> Result<String> {
-        let (number, _) = self.new_template(app, |spec, _| {
+    pub(super) fn restart(&self, app: &str, who: &str) -> Result<String> {
+        let (number, _) = self.new_template(app, who, |spec, _| {
             let mut s = spec.clone();
             s.restarted_at = Some(now_ms().to_string());
             Ok((s, "restart".to_string(), 0))
@@ -62,6 +62,7 @@ impl Api {
     fn new_template(
         &self,
         name: &str,
+        who: &str,
         change: impl Fn(&AppSpec, &[RevisionRecord]) -> Result<(AppSpec, String, u64)>,
     ) -> Result<(u64, u64)> {
         for _ in 0..5 {
@@ -76,10 +77,11 @@ impl Api {
             let mut app = current.value;
             app.spec = spec;
             app.meta.generation += 1;
+            app.meta.changed_by = Some(who.to_string());
             ops.push(Objects::put_op(&app, Expect::Revision(current.rev)));
             match self.objects.txn(&ops) {
                 Ok(_) => {
-                    let message = format!("revision {} ({cause}) by an admin", record.number);
+                    let message = format!("revision {} ({cause}) by {who}", record.number);
                     self.events.record(Event::new(now, ObjectRef::app(name), EventReason::Configured, message));
                     self.published.kick.notify_one();
                     return Ok((record.number, extra));

@@ -20,6 +20,7 @@ fn info(s: &StoredSecret) -> SecretInfo {
         version: s.version,
         created_ms: s.meta.created_ms,
         updated_ms: s.updated_ms,
+        changed_by: s.meta.changed_by.clone(),
     }
 }
 
@@ -41,9 +42,11 @@ impl Api {
                     "secret {name} not found; `bramble secret create {name}` makes it"
                 )))
             }
-            (None, true) => {
-                (ObjectMeta { name: name.to_string(), generation: 1, revision: 0, created_ms: now }, 1, Expect::Absent)
-            }
+            (None, true) => (
+                ObjectMeta { name: name.to_string(), generation: 1, revision: 0, created_ms: now, changed_by: None },
+                1,
+                Expect::Absent,
+            ),
             (Some(v), false) => {
                 let mut meta = v.value.meta.clone();
                 meta.generation += 1;
@@ -52,6 +55,8 @@ impl Api {
         };
         let sealed = self.keyring.seal(name, &values).map_err(|e| Error::Internal(e.to_string()))?;
         let sizes = values.iter().map(|(k, v)| (k.clone(), v.len() as u64)).collect();
+        let mut meta = meta;
+        meta.changed_by = Some(who.to_string());
         let stored = StoredSecret { meta, version, updated_ms: now, sizes, sealed };
         self.objects.txn(&[Objects::put_op(&stored, expect)]).map_err(|e| match e {
             StoreError::Conflict { .. } => Error::Conflict(format!("secret {name} changed meanwhile; try again")),

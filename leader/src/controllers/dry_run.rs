@@ -138,7 +138,7 @@ pub fn overlay(s: &mut Snapshot, apps: &[Applied], services: &[Service], now: u6
         let name = a.spec.name.as_str().to_string();
         let state = s.apps.entry(name.clone()).or_insert_with(|| AppState {
             app: App {
-                meta: ObjectMeta { name: name.clone(), generation: 0, revision: 0, created_ms: now },
+                meta: ObjectMeta { name: name.clone(), generation: 0, revision: 0, created_ms: now, changed_by: None },
                 spec: a.spec.clone(),
             },
             replicas: Vec::new(),

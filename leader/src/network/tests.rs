@@ -28,7 +28,7 @@ fn add_node(api: &Api, name: &str) {
 }
 
 fn admin(api: &Api, req: Request) -> Response {
-    api.handle(Some(&Identity::Admin("test".into())), req)
+    api.handle(Some(&Identity::admin("test")), req)
 }
 
 fn apply(api: &Api, text: &str) -> Response {

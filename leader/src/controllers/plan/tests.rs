@@ -27,7 +27,10 @@ fn ready_nodes(n: usize) -> Vec<NodeState> {
 
 /// A snapshot of `nodes` and one app, `web`, with `spec`.
 fn snapshot(nodes: Vec<NodeState>, spec: AppSpec) -> Snapshot {
-    let app = App { meta: ObjectMeta { name: "web".into(), generation: 1, revision: 1, created_ms: 0 }, spec };
+    let app = App {
+        meta: ObjectMeta { name: "web".into(), generation: 1, revision: 1, created_ms: 0, changed_by: None },
+        spec,
+    };
     let mut s = Snapshot { nodes, ..Default::default() };
     s.apps
         .insert("web".into(), AppState { app, replicas: Vec::new(), revisions: BTreeMap::new(), history: Vec::new() });
@@ -135,7 +138,7 @@ fn a_dry_run_of_a_new_image_replaces_each_replica_on_its_board_and_changes_nothi
     // Behind a service: old replicas drain (still on their board) while the next new one is placed.
     let text = "[[service]]\nname = \"web\"\napp = \"web\"\nports = [{ port = 80, target = 8080 }]\n";
     let svc = parse_manifest("s.toml", text).unwrap().services.remove(0);
-    let meta = ObjectMeta { name: "web".into(), generation: 1, revision: 1, created_ms: 0 };
+    let meta = ObjectMeta { name: "web".into(), generation: 1, revision: 1, created_ms: 0, changed_by: None };
     s.services.push(bramble_proto::model::Service { meta, spec: svc, vip: None, endpoints: Vec::new() });
     let before: Vec<Replica> = replicas(&s).into_iter().cloned().collect();
     let mut copy = s.clone();
@@ -316,7 +319,10 @@ fn build(w: &World) -> Snapshot {
         let spec = app_spec(&name, *a);
         // The other revision: the same app with or without `args`.
         let other = app_spec(&name, (a.0, a.1, a.2, a.3, !a.4));
-        let app = App { meta: ObjectMeta { name: name.clone(), generation: 1, revision: 1, created_ms: 0 }, spec };
+        let app = App {
+            meta: ObjectMeta { name: name.clone(), generation: 1, revision: 1, created_ms: 0, changed_by: None },
+            spec,
+        };
         let mut revisions = BTreeMap::new();
         revisions.insert(revision_hash(&other), Versioned { value: other, rev: 2 });
         s.apps.insert(name.clone(), AppState { app, replicas: Vec::new(), revisions, history: Vec::new() });

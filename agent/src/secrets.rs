@@ -17,8 +17,8 @@ struct Held {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
-    #[error("waiting for secret {0} from the leader")]
-    Missing(String),
+    #[error("waiting for {what} {name} from the leader")]
+    Missing { what: &'static str, name: String },
     #[error("secrets of {id}: {what}: {source}")]
     Io { id: String, what: String, source: std::io::Error },
 }
@@ -29,6 +29,10 @@ pub struct Secrets {
     /// Under the data dir: mount points only (each a tmpfs).
     root: PathBuf,
     held: Mutex<HashMap<String, Held>>,
+    /// `secret`, or `config` for configs, which travel and land the same way but are readable by
+    /// anyone in the container (0444).
+    what: &'static str,
+    file_mode: u32,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -40,7 +44,12 @@ impl std::fmt::Debug for Secrets {
 
 impl Secrets {
     pub fn new(root: &Path) -> Secrets {
-        Secrets { root: root.to_path_buf(), held: Mutex::default() }
+        Secrets { root: root.to_path_buf(), held: Mutex::default(), what: "secret", file_mode: 0o400 }
+    }
+
+    /// The same for configs: files 0444, directories 0555.
+    pub fn configs(root: &Path) -> Secrets {
+        Secrets { root: root.to_path_buf(), held: Mutex::default(), what: "config", file_mode: 0o444 }
     }
 
     /// The tmpfs of replica `id`.
@@ -86,7 +95,7 @@ impl Secrets {
             let held = self.held.lock().expect("not poisoned");
             let mut size = 0;
             for n in names {
-                let h = held.get(n).ok_or_else(|| SecretsError::Missing(n.clone()))?;
+                let h = held.get(n).ok_or_else(|| SecretsError::Missing { what: self.what, name: n.clone() })?;
                 size += h.values.values().map(Vec::len).sum::<usize>();
             }
             size
@@ -127,17 +136,19 @@ impl Secrets {
         use std::os::unix::fs::{chown, PermissionsExt};
         let io = |what: String| move |source| SecretsError::Io { id: id.to_string(), what, source };
         let held = self.held.lock().expect("not poisoned").get(name).cloned();
-        let Some(held) = held else { return Err(SecretsError::Missing(name.to_string())) };
+        let Some(held) = held else { return Err(SecretsError::Missing { what: self.what, name: name.to_string() }) };
         let dir = self.dir(id).join(name);
         std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
         chown(&dir, Some(uid), Some(gid)).map_err(io(format!("chown {}", dir.display())))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o500))
+        // Directories: read and search for whoever may read the files.
+        let dir_mode = self.file_mode | ((self.file_mode & 0o444) >> 2);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(dir_mode))
             .map_err(io(format!("chmod {}", dir.display())))?;
         for (key, value) in &held.values {
             let tmp = dir.join(format!(".{key}.new"));
             std::fs::write(&tmp, value).map_err(io(format!("write {}", tmp.display())))?;
             chown(&tmp, Some(uid), Some(gid)).map_err(io(format!("chown {}", tmp.display())))?;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o400))
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(self.file_mode))
                 .map_err(io(format!("chmod {}", tmp.display())))?;
             std::fs::rename(&tmp, dir.join(key)).map_err(io(format!("rename into {}", dir.display())))?;
         }

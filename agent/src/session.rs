@@ -199,9 +199,12 @@ async fn session(
     let heartbeat = match read_frame::<LeaderMsg>(&mut recv, MAX_FRAME_LEN).await? {
         Some(LeaderMsg::Welcome { heartbeat_ms, .. }) => Duration::from_millis(heartbeat_ms.clamp(100, 60_000)),
         Some(LeaderMsg::Refused(e)) => return Err(SessionError::Refused { code: e.code, message: e.message }),
-        Some(LeaderMsg::Desired { .. } | LeaderMsg::Network { .. } | LeaderMsg::Secrets { .. }) => {
-            return Err(SessionError::Unexpected)
-        }
+        Some(
+            LeaderMsg::Desired { .. }
+            | LeaderMsg::Network { .. }
+            | LeaderMsg::Secrets { .. }
+            | LeaderMsg::Configs { .. },
+        ) => return Err(SessionError::Unexpected),
         None => return Err(SessionError::Closed),
     };
     info!("session established");
@@ -322,6 +325,13 @@ async fn session(
                     info!(received = ?names, dropped = ?drop, "secrets from the leader");
                     let put = put.into_iter().map(|s| (s.name, s.version, s.values.0)).collect();
                     let _ = tokio::task::spawn_blocking(move || secrets.update(put, &drop)).await;
+                }
+                Some(Ok(Some(LeaderMsg::Configs { put, drop }))) => {
+                    let configs = work.configs.clone();
+                    let names: Vec<String> = put.iter().map(|s| format!("{} v{}", s.name, s.version)).collect();
+                    info!(received = ?names, dropped = ?drop, "configs from the leader");
+                    let put = put.into_iter().map(|s| (s.name, s.version, s.values.0)).collect();
+                    let _ = tokio::task::spawn_blocking(move || configs.update(put, &drop)).await;
                 }
                 Some(Ok(Some(LeaderMsg::Refused(e)))) => break Err(SessionError::Refused { code: e.code, message: e.message }),
                 Some(Ok(Some(LeaderMsg::Welcome { .. }))) => break Err(SessionError::Unexpected),

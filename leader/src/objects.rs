@@ -10,6 +10,7 @@
 //! /revisions/<app>/<hash>    AppSpec: the pod template of a revision that still has replicas
 //! /history/<app>/<number>    RevisionRecord: a revision and its rollout (the last ten)
 //! /tokens/<id>               a join token (hash of its secret)
+//! /configs/<name>           Config: files apps mount (plain: configs are not secret)
 //! /users/<name>              a user: role, key fingerprint, expiry, who made it, revoked when
 //! /revoked/<key fingerprint> a revoked user certificate (until it would have expired)
 //! /images/<reference>        ImagePlatforms: what an image offers, as a board found out
@@ -42,6 +43,7 @@ pub mod keys {
     pub const VIPS: &str = "/vips/";
     pub const SECRETS: &str = "/secrets/";
     pub const USERS: &str = "/users/";
+    pub const CONFIGS: &str = "/configs/";
     pub const REVOKED: &str = "/revoked/";
 
     pub fn subnet(cidr: &bramble_proto::network::Cidr) -> String {
@@ -117,6 +119,7 @@ object!(App, "app", keys::APPS);
 object!(Service, "service", keys::SERVICES);
 object!(Replica, "replica", keys::REPLICAS);
 object!(crate::secrets::StoredSecret, "secret", keys::SECRETS);
+object!(bramble_proto::model::Config, "config", keys::CONFIGS);
 
 /// The key of object `name` of kind `T`.
 pub fn key<T: Object>(name: &str) -> String {

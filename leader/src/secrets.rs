@@ -185,12 +185,7 @@ pub fn check(name: &str, values: &BTreeMap<String, Vec<u8>>) -> Result<(), Strin
         return Err(format!("secret {name}: no keys (give --from-literal KEY=VALUE or --from-file KEY=PATH)"));
     }
     for k in values.keys() {
-        let ok = !k.is_empty()
-            && k.len() <= 253
-            && k != "."
-            && k != ".."
-            && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !ok {
+        if !bramble_proto::manifest::is_file_key(k) {
             return Err(format!(
                 "secret {name}: key {k:?} is not a file name (letters, digits, '.', '_', '-'; not '.' or '..')"
             ));

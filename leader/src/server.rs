@@ -362,6 +362,7 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
     let mut sent_network: Option<view::Sent> = None;
     let mut secrets = api.published.secrets.subscribe();
     let mut sent_secrets: BTreeMap<String, u64> = BTreeMap::new();
+    let mut sent_configs: BTreeMap<String, u64> = BTreeMap::new();
     // Secrets are looked at when a secret or this node's set changed, not on every heartbeat.
     let mut check_secrets = true;
     let reason = loop {
@@ -385,14 +386,21 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
         // The secrets its replicas use, before the set that needs them.
         if let Some(set) = now.as_ref().filter(|_| check_secrets) {
             check_secrets = false;
-            match secrets_delta(api, set, &mut sent_secrets).await {
-                Ok(Some(msg)) => {
-                    if let Err(e) = write_frame(&mut send, &msg).await {
-                        break e.to_string();
+            let mut failed = None;
+            for (kind, sent) in [(Payload::Secrets, &mut sent_secrets), (Payload::Configs, &mut sent_configs)] {
+                match payloads_delta(api, set, sent, kind).await {
+                    Ok(Some(msg)) => {
+                        if let Err(e) = write_frame(&mut send, &msg).await {
+                            failed = Some(e.to_string());
+                            break;
+                        }
                     }
+                    Ok(None) => {}
+                    Err(e) => warn!("cannot send {kind:?}: {e}"),
                 }
-                Ok(None) => {}
-                Err(e) => warn!("cannot send secrets: {e}"),
+            }
+            if let Some(e) = failed {
+                break e;
             }
         }
         if let Some(now) = now {
@@ -427,30 +435,70 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
     reason
 }
 
-/// What a board must be sent of the secrets the replicas of `set` use: each one new or changed
-/// since `sent` (opened from the store), and those no replica there uses any more. A board never
-/// gets a secret none of its replicas uses.
-async fn secrets_delta(
+/// A secret's or config's version and its files.
+type Versioned = (u64, BTreeMap<String, Vec<u8>>);
+
+/// Secrets or configs: what a board is sent for its replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Payload {
+    Secrets,
+    Configs,
+}
+
+impl Payload {
+    /// The names the replicas of `set` use.
+    fn needed(self, set: &DesiredSet) -> std::collections::BTreeSet<String> {
+        set.values()
+            .flat_map(|a| match self {
+                Payload::Secrets => a.spec.secrets.iter().map(|n| n.as_str().to_string()).collect::<Vec<_>>(),
+                Payload::Configs => a.spec.configs.iter().map(|c| c.name.as_str().to_string()).collect(),
+            })
+            .collect()
+    }
+
+    /// `name`'s version and files, if it exists (a secret opened from its sealed form).
+    fn load(self, api: &Api, name: &str) -> Result<Option<Versioned>, String> {
+        match self {
+            Payload::Secrets => {
+                let Some(v) = api.objects.get::<crate::secrets::StoredSecret>(name).map_err(|e| e.to_string())? else {
+                    return Ok(None);
+                };
+                let values = api.keyring.open(name, &v.value.sealed).map_err(|e| e.to_string())?;
+                Ok(Some((v.value.version, values)))
+            }
+            Payload::Configs => {
+                let Some(v) = api.objects.get::<bramble_proto::model::Config>(name).map_err(|e| e.to_string())? else {
+                    return Ok(None);
+                };
+                let files = v.value.spec.files.into_iter().map(|(k, s)| (k, s.into_bytes())).collect();
+                Ok(Some((v.value.meta.generation, files)))
+            }
+        }
+    }
+}
+
+/// What a board must be sent of the secrets (or configs) the replicas of `set` use: each one new
+/// or changed since `sent` (read from the store), and those no replica there uses any more. A
+/// board never gets a secret none of its replicas uses.
+async fn payloads_delta(
     api: &Arc<Api>,
     set: &DesiredSet,
     sent: &mut BTreeMap<String, u64>,
+    kind: Payload,
 ) -> Result<Option<LeaderMsg>, String> {
-    let needed: std::collections::BTreeSet<String> =
-        set.values().flat_map(|a| a.spec.secrets.iter().map(|n| n.as_str().to_string())).collect();
+    let needed = kind.needed(set);
     let a = api.clone();
     let known = sent.clone();
     let wanted = needed.clone();
     let put = tokio::task::spawn_blocking(move || -> Result<Vec<SecretPayload>, String> {
         let mut put = Vec::new();
         for name in &wanted {
-            let Some(v) = a.objects.get::<crate::secrets::StoredSecret>(name).map_err(|e| e.to_string())? else {
-                continue; // not created yet: the replica waits, and says so
-            };
-            if known.get(name) == Some(&v.value.version) {
+            // Not created yet: the replica waits, and says so.
+            let Some((version, values)) = kind.load(&a, name)? else { continue };
+            if known.get(name) == Some(&version) {
                 continue;
             }
-            let values = a.keyring.open(name, &v.value.sealed).map_err(|e| e.to_string())?;
-            put.push(SecretPayload { name: name.clone(), version: v.value.version, values: SecretValues(values) });
+            put.push(SecretPayload { name: name.clone(), version, values: SecretValues(values) });
         }
         Ok(put)
     })
@@ -466,7 +514,10 @@ async fn secrets_delta(
     for d in &drop {
         sent.remove(d);
     }
-    Ok(Some(LeaderMsg::Secrets { put, drop }))
+    Ok(Some(match kind {
+        Payload::Secrets => LeaderMsg::Secrets { put, drop },
+        Payload::Configs => LeaderMsg::Configs { put, drop },
+    }))
 }
 
 async fn handle_agent_msg(api: &Arc<Api>, name: &str, msg: AgentMsg) {

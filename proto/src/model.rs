@@ -391,6 +391,13 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
 }
 
+/// Files mounted into apps that name it (`[[config]]`); its generation is its version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    pub meta: ObjectMeta,
+    pub spec: crate::manifest::ConfigSpec,
+}
+
 /// Named key/value bytes, encrypted at rest by the leader; `get` never prints `data`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Secret {

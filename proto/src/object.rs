@@ -15,10 +15,12 @@ pub enum Kind {
     Service,
     Secret,
     User,
+    Config,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [Kind::Node, Kind::App, Kind::Replica, Kind::Service, Kind::Secret, Kind::User];
+    pub const ALL: [Kind; 7] =
+        [Kind::Node, Kind::App, Kind::Replica, Kind::Service, Kind::Secret, Kind::User, Kind::Config];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -28,6 +30,7 @@ impl Kind {
             Kind::Service => "service",
             Kind::Secret => "secret",
             Kind::User => "user",
+            Kind::Config => "config",
         }
     }
 }
@@ -42,7 +45,7 @@ impl FromStr for Kind {
     type Err = ObjectRefError;
     fn from_str(s: &str) -> Result<Kind, ObjectRefError> {
         Kind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
-            ObjectRefError(format!("unknown kind {s:?}: expected node, app, replica, service, secret or user"))
+            ObjectRefError(format!("unknown kind {s:?}: expected node, app, replica, service, secret, user or config"))
         })
     }
 }

@@ -5,8 +5,8 @@
 //! (one per connected agent) then carries [`LeaderMsg`] down and [`AgentMsg`] up for as long as the
 //! agent is connected.
 
-use crate::manifest::{AppSpec, ServiceSpec};
-use crate::model::{App, Event, NodeInfo, NodeView, Platform, Replica, ReplicaPhase, RevisionRecord, Service};
+use crate::manifest::{AppSpec, ConfigSpec, ServiceSpec};
+use crate::model::{App, Config, Event, NodeInfo, NodeView, Platform, Replica, ReplicaPhase, RevisionRecord, Service};
 use crate::network::{NodeNetwork, ServiceRoute};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -88,7 +88,13 @@ pub enum Request {
         apps: Vec<AppSpec>,
         services: Vec<ServiceSpec>,
         #[serde(default)]
+        configs: Vec<ConfigSpec>,
+        #[serde(default)]
         dry_run: bool,
+    },
+    GetConfigs,
+    GetConfig {
+        name: String,
     },
     GetApps,
     GetServices,
@@ -98,6 +104,8 @@ pub enum Request {
         services: Vec<String>,
         #[serde(default)]
         secrets: Vec<String>,
+        #[serde(default)]
+        configs: Vec<String>,
     },
     /// Creates a secret (`create`: refused if it exists) or replaces its keys (refused if it does
     /// not). Write-only: no request ever returns a value.
@@ -296,6 +304,11 @@ pub enum Response {
         expires_ms: u64,
     },
     Users(Vec<UserInfo>),
+    Configs(Vec<Config>),
+    Config {
+        config: Config,
+        events: Vec<Event>,
+    },
     /// Done, with a sentence for humans (e.g. `node/pi-1 cordoned`).
     Done(String),
     /// What `Apply` did to each object, in order.
@@ -532,6 +545,9 @@ pub enum LeaderMsg {
     /// the mTLS session only), `drop` those no replica here uses any more. Sent before the desired
     /// set that needs them.
     Secrets { put: Vec<SecretPayload>, drop: Vec<String> },
+    /// Configs the board's replicas mount, as `Secrets` (files by name; `version` is the
+    /// config's generation).
+    Configs { put: Vec<SecretPayload>, drop: Vec<String> },
 }
 
 /// One secret's values for a board.

@@ -155,8 +155,15 @@ impl Sim {
         let events = self.leader.as_ref().map(|l| l.ctx.events.clone()).unwrap_or_default();
         let network = bramble_proto::network::ClusterNetwork::default();
         let now = self.clock.now_ms();
-        bramble_leader::api::apps::apply(&self.objects(), &events, &network, (apps, services), "the sim", now)
-            .expect("apply");
+        bramble_leader::api::apps::apply(
+            &self.objects(),
+            &events,
+            &network,
+            (apps, services, Vec::new()),
+            "the sim",
+            now,
+        )
+        .expect("apply");
     }
 
     /// Sets an app's replica count.

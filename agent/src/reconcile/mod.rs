@@ -68,6 +68,8 @@ pub struct Handle {
     pub network_applied: Option<tokio::sync::watch::Receiver<u64>>,
     /// Secrets the leader sent for this board's replicas (memory and tmpfs only).
     pub secrets: Arc<crate::secrets::Secrets>,
+    /// Configs the leader sent for this board's replicas (the same way, readable by all).
+    pub configs: Arc<crate::secrets::Secrets>,
 }
 
 /// Where the agent keeps containers' pieces.
@@ -78,6 +80,8 @@ pub struct Paths {
     pub logs: PathBuf,
     /// Mount points of the secrets' tmpfs (nothing on disk beneath them).
     pub secrets: PathBuf,
+    /// Mount points of the configs' tmpfs.
+    pub configs: PathBuf,
 }
 
 impl Paths {
@@ -87,6 +91,7 @@ impl Paths {
             rootfs: data_dir.join("containers"),
             logs: data_dir.join("logs"),
             secrets: data_dir.join("secrets"),
+            configs: data_dir.join("configs"),
         }
     }
 }
@@ -118,12 +123,14 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
     let store = ContentStore::open(&config.images_dir()).map_err(std::io::Error::other)?;
     let runtime = Runtime::new(&paths.shims, shim_bin);
     let secrets = Arc::new(crate::secrets::Secrets::new(&paths.secrets));
+    let configs = Arc::new(crate::secrets::Secrets::configs(&paths.configs));
     let containers = Arc::new(ShimContainers {
         runtime: runtime.clone(),
         roots: Rootfses::new(store.clone(), &paths.rootfs),
         store: store.clone(),
         log_dir: paths.logs.clone(),
         secrets: secrets.clone(),
+        configs: configs.clone(),
         volumes: crate::volumes::Volumes::new(&config.data_dir),
     });
     let images = Arc::new(StoreImages {
@@ -160,6 +167,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
         network: None,
         network_applied: None,
         secrets,
+        configs,
     })
 }
 

@@ -37,6 +37,8 @@ pub struct ShimContainers {
     pub log_dir: PathBuf,
     /// Secrets the leader sent, and their tmpfs per replica.
     pub secrets: std::sync::Arc<crate::secrets::Secrets>,
+    /// Configs the leader sent, and their tmpfs per replica.
+    pub configs: std::sync::Arc<crate::secrets::Secrets>,
     /// Local volumes and host paths.
     pub volumes: crate::volumes::Volumes,
 }
@@ -157,10 +159,25 @@ impl Containers for ShimContainers {
                 return Err(ReconcileError::Config(e.to_string()));
             }
         }
+        let names: Vec<String> = a.spec.configs.iter().map(|c| c.name.as_str().to_string()).collect();
+        match self.configs.prepare(id, &names, cc.uid, cc.gid) {
+            Ok(Some(dir)) => {
+                for c in &a.spec.configs {
+                    cc.files.push(FileMount { source: dir.join(c.name.as_str()), destination: c.path.clone() });
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = self.roots.remove(id);
+                self.secrets.release(id);
+                return Err(ReconcileError::Config(e.to_string()));
+            }
+        }
         if let Err(e) = self.runtime.create(&cc) {
             let _ = self.runtime.remove(id, REMOVE_TIMEOUT);
             let _ = self.roots.remove(id);
             self.secrets.release(id);
+            self.configs.release(id);
             return Err(ReconcileError::Runtime(e.to_string()));
         }
         Ok(())
@@ -169,6 +186,7 @@ impl Containers for ShimContainers {
     fn remove(&self, id: &str) -> Result<(), ReconcileError> {
         self.runtime.remove(id, REMOVE_TIMEOUT).map_err(|e| ReconcileError::Runtime(e.to_string()))?;
         self.secrets.release(id);
+        self.configs.release(id);
         self.roots.remove(id).map_err(|e| ReconcileError::Rootfs(e.to_string()))?;
         remove_logs(&self.log_dir, id);
         Ok(())

@@ -62,6 +62,7 @@ pub fn load(files: &[String]) -> Result<Manifest, CliError> {
             Ok(m) => {
                 all.apps.extend(m.apps);
                 all.services.extend(m.services);
+                all.configs.extend(m.configs);
             }
             Err(e) => errors.extend(e.0.iter().map(|e| e.to_string())),
         }
@@ -74,11 +75,13 @@ pub fn load(files: &[String]) -> Result<Manifest, CliError> {
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let m = load(&args.files)?;
-    if m.apps.is_empty() && m.services.is_empty() {
-        return Err(CliError::Other("nothing to apply: the manifests hold no [[app]] or [[service]]".into()));
+    if m.apps.is_empty() && m.services.is_empty() && m.configs.is_empty() {
+        return Err(CliError::Other(
+            "nothing to apply: the manifests hold no [[app]], [[service]] or [[config]]".into(),
+        ));
     }
     let dry_run = args.dry_run;
-    match request(config, Request::Apply { apps: m.apps, services: m.services, dry_run }).await? {
+    match request(config, Request::Apply { apps: m.apps, services: m.services, configs: m.configs, dry_run }).await? {
         Response::Applied(results) if args.output == Format::Json => {
             print!("{}", json(&results));
             Ok(())

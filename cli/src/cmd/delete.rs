@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// `app`, `service`, `secret` or `node`, then names; or use -f.
+    /// `app`, `service`, `secret`, `config` or `node`, then names; or use -f.
     #[arg(value_name = "KIND NAME")]
     what: Vec<String>,
     /// Delete what these manifests declare.
@@ -15,11 +15,12 @@ pub struct Args {
 }
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
-    let (mut apps, mut services, mut secrets) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut apps, mut services, mut secrets, mut configs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     if !args.files.is_empty() {
         let m = super::apply::load(&args.files)?;
         apps.extend(m.apps.iter().map(|a| a.name.to_string()));
         services.extend(m.services.iter().map(|s| s.name.to_string()));
+        configs.extend(m.configs.iter().map(|c| c.name.to_string()));
     }
     if let Some((kind, names)) = args.what.split_first() {
         if names.is_empty() {
@@ -32,15 +33,18 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
             "app" | "apps" => apps.extend(names.iter().cloned()),
             "service" | "services" | "svc" => services.extend(names.iter().cloned()),
             "secret" | "secrets" => secrets.extend(names.iter().cloned()),
+            "config" | "configs" => configs.extend(names.iter().cloned()),
             other => {
-                return Err(CliError::Other(format!("cannot delete {other:?}: expected app, service, secret or node")))
+                return Err(CliError::Other(format!(
+                    "cannot delete {other:?}: expected app, service, secret, config or node"
+                )))
             }
         }
     }
-    if apps.is_empty() && services.is_empty() && secrets.is_empty() {
+    if apps.is_empty() && services.is_empty() && secrets.is_empty() && configs.is_empty() {
         return Err(CliError::Other("nothing to delete: give `app NAME` or -f FILE".into()));
     }
-    match request(config, Request::Delete { apps, services, secrets }).await? {
+    match request(config, Request::Delete { apps, services, secrets, configs }).await? {
         Response::Done(m) => {
             println!("{m}");
             Ok(())

@@ -28,6 +28,8 @@ enum Kind {
     Service,
     #[value(alias = "secrets")]
     Secret,
+    #[value(alias = "configs", alias = "cm")]
+    Config,
 }
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
@@ -37,6 +39,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         Kind::Replica => replica(config, args).await,
         Kind::Service => service(config, args).await,
         Kind::Secret => secret(config, args).await,
+        Kind::Config => config_(config, args).await,
     }
 }
 
@@ -60,6 +63,34 @@ async fn secret(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let _ = writeln!(s, "Keys:");
     for (k, size) in &secret.keys {
         let _ = writeln!(s, "  {k:<30} {size} bytes");
+    }
+    events_section(&mut s, &events);
+    print!("{s}");
+    Ok(())
+}
+
+/// A config: its files with their sizes and contents (configs are not secret).
+async fn config_(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
+    let (c, events) = match request(config, Request::GetConfig { name: args.name }).await? {
+        Response::Config { config, events } => (config, events),
+        r => return Err(unexpected(&r)),
+    };
+    if args.output == Format::Json {
+        print!("{}", json(&serde_json::json!({ "config": c, "events": events })));
+        return Ok(());
+    }
+    let mut s = String::new();
+    let _ = writeln!(s, "Name:        {}", c.meta.name);
+    let _ = writeln!(s, "Version:     {}", c.meta.generation);
+    if let Some(by) = &c.meta.changed_by {
+        let _ = writeln!(s, "Changed by:  {by}");
+    }
+    let _ = writeln!(s, "Created:     {} ago", super::age(c.meta.created_ms));
+    for (name, text) in &c.spec.files {
+        let _ = writeln!(s, "File {name} ({} bytes):", text.len());
+        for line in text.lines() {
+            let _ = writeln!(s, "  {line}");
+        }
     }
     events_section(&mut s, &events);
     print!("{s}");
@@ -173,6 +204,10 @@ async fn app(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     if !spec.secrets.is_empty() {
         let names: Vec<&str> = spec.secrets.iter().map(|n| n.as_str()).collect();
         let _ = writeln!(s, "Secrets:     {} (files in /run/secrets/NAME/KEY)", names.join(", "));
+    }
+    for c in &spec.configs {
+        let roll = if c.roll { ", rolls on change" } else { "" };
+        let _ = writeln!(s, "Config:      {} <- config {} (read-only{roll})", c.path, c.name);
     }
     for v in &spec.volumes {
         use bramble_proto::manifest::VolumeKind;

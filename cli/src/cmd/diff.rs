@@ -5,7 +5,7 @@
 use super::apply::load;
 use crate::client::{request, unexpected, CliError};
 use crate::output::{json, Format};
-use bramble_proto::manifest::{AppSpec, ServiceSpec};
+use bramble_proto::manifest::{AppSpec, ConfigSpec, ServiceSpec};
 use bramble_proto::wire::{Request, Response};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -41,6 +41,11 @@ struct ServiceDoc<'a> {
     service: [&'a ServiceSpec; 1],
 }
 
+#[derive(Serialize)]
+struct ConfigDoc<'a> {
+    config: [&'a ConfigSpec; 1],
+}
+
 /// An object as a manifest would hold it.
 fn toml_of<T: Serialize>(doc: &T) -> Result<String, CliError> {
     toml::to_string(doc).map_err(|e| CliError::Other(format!("cannot show a spec as TOML: {e}")))
@@ -72,9 +77,17 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         Response::Apps(a) => a,
         r => return Err(unexpected(&r)),
     };
-    let services = match request(config, Request::GetServices).await? {
+    let services = match request(config.clone(), Request::GetServices).await? {
         Response::Services(s) => s,
         r => return Err(unexpected(&r)),
+    };
+    let configs = if m.configs.is_empty() {
+        Vec::new()
+    } else {
+        match request(config, Request::GetConfigs).await? {
+            Response::Configs(c) => c,
+            r => return Err(unexpected(&r)),
+        }
     };
     let mut diffs = Vec::new();
     for a in &m.apps {
@@ -84,6 +97,10 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     for s in &m.services {
         let stored = services.iter().find(|v| v.spec.name == s.name).map(|v| &v.spec);
         diffs.push(compare("service", s.name.as_str(), stored, s, |v| toml_of(&ServiceDoc { service: [v] }))?);
+    }
+    for c in &m.configs {
+        let stored = configs.iter().find(|v| v.spec.name == c.name).map(|v| &v.spec);
+        diffs.push(compare("config", c.name.as_str(), stored, c, |v| toml_of(&ConfigDoc { config: [v] }))?);
     }
     if args.output == Format::Json {
         print!("{}", json(&diffs));

@@ -1,4 +1,4 @@
-//! `bramble get nodes|apps|replicas|services|secrets`.
+//! `bramble get nodes|apps|replicas|services|secrets|configs`.
 
 use crate::client::{request, unexpected, CliError};
 use crate::output::{json, table, Format};
@@ -30,6 +30,9 @@ enum Kind {
     /// Names, keys and ages; never values.
     #[value(alias = "secret")]
     Secrets,
+    /// Names, files and sizes.
+    #[value(alias = "config", alias = "cm")]
+    Configs,
 }
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
@@ -39,7 +42,35 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         Kind::Services => services(config, args.output).await,
         Kind::Replicas => replicas(config, args.app, args.output).await,
         Kind::Secrets => secrets(config, args.output).await,
+        Kind::Configs => configs(config, args.output).await,
     }
+}
+
+async fn configs(config: Option<PathBuf>, output: Format) -> Result<(), CliError> {
+    let list = match request(config, Request::GetConfigs).await? {
+        Response::Configs(c) => c,
+        r => return Err(unexpected(&r)),
+    };
+    if output == Format::Json {
+        print!("{}", json(&list));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|c| {
+            let files: Vec<&str> = c.spec.files.keys().map(String::as_str).collect();
+            let size: usize = c.spec.files.values().map(String::len).sum();
+            vec![
+                c.meta.name.clone(),
+                files.join(","),
+                human_bytes(size as u64),
+                c.meta.generation.to_string(),
+                super::age(c.meta.created_ms),
+            ]
+        })
+        .collect();
+    print!("{}", table(&["NAME", "FILES", "SIZE", "VERSION", "AGE"], &rows));
+    Ok(())
 }
 
 async fn secrets(config: Option<PathBuf>, output: Format) -> Result<(), CliError> {

@@ -22,8 +22,8 @@ enum What {
 }
 
 #[derive(clap::Args)]
-struct Values {
-    name: String,
+pub(super) struct Values {
+    pub(super) name: String,
     /// A key and its value: `password=s3cret` (shell history keeps it: prefer --from-file).
     #[arg(long = "from-literal", value_name = "KEY=VALUE")]
     literal: Vec<String>,
@@ -33,7 +33,7 @@ struct Values {
 }
 
 /// The key → value map the flags give; a key given twice is an error.
-fn values(v: &Values) -> Result<BTreeMap<String, Vec<u8>>, CliError> {
+pub(super) fn values(v: &Values) -> Result<BTreeMap<String, Vec<u8>>, CliError> {
     let mut out = BTreeMap::new();
     let pairs = v.literal.iter().map(|s| (s, false)).chain(v.file.iter().map(|s| (s, true)));
     for (arg, is_file) in pairs {

@@ -9,8 +9,10 @@ use crate::events::Events;
 use crate::network::alloc::free_vip;
 use crate::objects::{key, keys, Object, Objects};
 use crate::store::{Expect, StoreError, TxnOp};
-use bramble_proto::manifest::{AppSpec, ServiceSpec};
-use bramble_proto::model::{App, Event, EventReason, Kind, ObjectMeta, ObjectRef, Replica, RevisionRecord, Service};
+use bramble_proto::manifest::{AppSpec, ConfigSpec, ServiceSpec};
+use bramble_proto::model::{
+    App, Config, Event, EventReason, Kind, ObjectMeta, ObjectRef, Replica, RevisionRecord, Service,
+};
 use bramble_proto::network::ClusterNetwork;
 use bramble_proto::time::now_ms;
 use bramble_proto::wire::{Applied, ApplyPlan, Outcome};
@@ -34,6 +36,17 @@ impl Applicable for App {
     }
     fn build(meta: ObjectMeta, spec: AppSpec, _: Option<&Self>) -> Self {
         App { meta, spec }
+    }
+}
+
+impl Applicable for Config {
+    type Spec = ConfigSpec;
+    const REF: Kind = Kind::Config;
+    fn spec(&self) -> &ConfigSpec {
+        &self.spec
+    }
+    fn build(meta: ObjectMeta, spec: ConfigSpec, _: Option<&Self>) -> Self {
+        Config { meta, spec }
     }
 }
 
@@ -129,7 +142,10 @@ fn check_targets(objects: &Objects, apps: &[AppSpec], services: &[ServiceSpec]) 
 }
 
 /// Problems that span objects, found before anything is written.
-fn check(apps: &[AppSpec], services: &[ServiceSpec]) -> Result<()> {
+/// What one apply brings: apps, services and configs.
+pub type Specs = (Vec<AppSpec>, Vec<ServiceSpec>, Vec<ConfigSpec>);
+
+fn check(apps: &[AppSpec], services: &[ServiceSpec], configs: &[ConfigSpec]) -> Result<()> {
     let mut problems = Vec::new();
     let mut seen = BTreeSet::new();
     for a in apps {
@@ -143,6 +159,12 @@ fn check(apps: &[AppSpec], services: &[ServiceSpec]) -> Result<()> {
             problems.push(format!("service/{}: listed twice", s.name));
         }
         problems.extend(s.check().into_iter().map(|p| format!("service/{}: {}: {}", s.name, p.field(), p.message)));
+    }
+    for c in configs {
+        if !seen.insert(("config", c.name.as_str())) {
+            problems.push(format!("config/{}: listed twice", c.name));
+        }
+        problems.extend(c.check().into_iter().map(|p| format!("config/{}: {}: {}", c.name, p.field(), p.message)));
     }
     if problems.is_empty() {
         Ok(())
@@ -165,11 +187,11 @@ struct Prepared {
 fn prepare(
     objects: &Objects,
     network: &ClusterNetwork,
-    (apps, services): (Vec<AppSpec>, Vec<ServiceSpec>),
+    (apps, services, configs): Specs,
     who: &str,
     now: u64,
 ) -> Result<Prepared> {
-    check(&apps, &services)?;
+    check(&apps, &services, &configs)?;
     check_targets(objects, &apps, &services)?;
     let mut ops = Vec::new();
     let mut results = Vec::new();
@@ -212,6 +234,11 @@ fn prepare(
     }
     ops.extend(allocate_vips(objects, network, &mut changed_services)?);
     ops.extend(changed_services.iter().map(|(s, expect)| Objects::put_op(s, *expect)));
+    for c in &configs {
+        let (new, applied) = plan::<Config>(objects, c.name.as_str(), c, who)?;
+        ops.extend(new.map(|(c, expect)| Objects::put_op(&c, expect)));
+        results.push((Config::REF, applied));
+    }
     let services = changed_services.into_iter().map(|(s, _)| s).collect();
     Ok(Prepared { ops, results, apps: changed_apps, services })
 }
@@ -222,7 +249,7 @@ pub fn apply(
     objects: &Objects,
     events: &Events,
     network: &ClusterNetwork,
-    specs: (Vec<AppSpec>, Vec<ServiceSpec>),
+    specs: Specs,
     who: &str,
     now: u64,
 ) -> Result<Vec<Applied>> {
@@ -249,7 +276,7 @@ pub fn apply(
 
 /// Checks and plans an apply as [`apply`] would, writes nothing, and says what would change and
 /// where each app's replicas would go.
-pub fn dry_run(ctx: &Context, specs: (Vec<AppSpec>, Vec<ServiceSpec>), now: u64) -> Result<ApplyPlan> {
+pub fn dry_run(ctx: &Context, specs: Specs, now: u64) -> Result<ApplyPlan> {
     let names: Vec<String> = specs.0.iter().map(|a| a.name.as_str().to_string()).collect();
     let prepared = prepare(&ctx.objects, &ctx.network, specs, "a dry run", now)?;
     let mut snapshot = snapshot::read(ctx, now)?;
@@ -271,14 +298,21 @@ pub fn list<T: Object>(objects: &Objects) -> Result<Vec<T>> {
 }
 
 /// Deletes every named object, or none if one is missing.
-pub fn delete(objects: &Objects, apps: Vec<String>, services: Vec<String>, secrets: Vec<String>) -> Result<String> {
+pub fn delete(
+    objects: &Objects,
+    apps: Vec<String>,
+    services: Vec<String>,
+    secrets: Vec<String>,
+    configs: Vec<String>,
+) -> Result<String> {
     let mut ops = Vec::new();
     let mut missing = Vec::new();
     let mut done = Vec::new();
     let names = apps
         .iter()
         .map(|n| (key::<App>(n), App::KIND, n))
-        .chain(services.iter().map(|n| (key::<Service>(n), Service::KIND, n)));
+        .chain(services.iter().map(|n| (key::<Service>(n), Service::KIND, n)))
+        .chain(configs.iter().map(|n| (key::<Config>(n), Config::KIND, n)));
     for (key, kind, n) in names {
         match objects.store().get(&key)? {
             Some(kv) => {

@@ -110,21 +110,28 @@ impl Api {
             Request::GetNode { name } => self.describe_node(&name),
             Request::LabelNode { name, set, remove } => self.label(&name, set, remove),
             Request::SetCordon { name, cordoned } => self.cordon(&name, cordoned),
-            Request::Apply { apps, services, dry_run: true } => {
-                Ok(Response::Planned(apps::dry_run(&self.context(), (apps, services), now_ms())?))
+            Request::Apply { apps, services, configs, dry_run: true } => {
+                Ok(Response::Planned(apps::dry_run(&self.context(), (apps, services, configs), now_ms())?))
             }
-            Request::Apply { apps, services, dry_run: false } => {
-                let objects = (apps, services);
+            Request::Apply { apps, services, configs, dry_run: false } => {
+                let objects = (apps, services, configs);
                 let applied = apps::apply(&self.objects, &self.events, &self.network, objects, who, now_ms())?;
                 self.published.kick.notify_one();
+                self.after_configs_changed(&applied, who);
                 Ok(Response::Applied(applied))
+            }
+            Request::GetConfigs => Ok(Response::Configs(apps::list(&self.objects)?)),
+            Request::GetConfig { name } => {
+                let config = self.objects.load::<bramble_proto::model::Config>(&name)?.value;
+                let events = self.events.about(&ObjectRef::new(Kind::Config, name));
+                Ok(Response::Config { config, events })
             }
             Request::GetApps => Ok(Response::Apps(apps::list(&self.objects)?)),
             Request::GetServices => Ok(Response::Services(self.services()?)),
             Request::GetService { name } => self.describe_service(&name),
             Request::DeleteNode { name } => Ok(Response::Done(self.delete_node(&name)?)),
-            Request::Delete { apps, services, secrets } => {
-                let done = apps::delete(&self.objects, apps, services, secrets)?;
+            Request::Delete { apps, services, secrets, configs } => {
+                let done = apps::delete(&self.objects, apps, services, secrets, configs)?;
                 for line in done.lines() {
                     let Some(object) = line.split(' ').next().and_then(|r| r.parse::<ObjectRef>().ok()) else {
                         continue;
@@ -202,6 +209,8 @@ pub fn required_role(request: &Request) -> Role {
         | Request::GetService { .. }
         | Request::GetSecrets
         | Request::GetSecret { .. }
+        | Request::GetConfigs
+        | Request::GetConfig { .. }
         | Request::GetReplicas { .. }
         | Request::GetApp { .. }
         | Request::GetReplica { .. }

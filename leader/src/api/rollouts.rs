@@ -11,7 +11,7 @@ use crate::store::{Expect, StoreError};
 use bramble_proto::manifest::AppSpec;
 use bramble_proto::model::{App, Event, EventReason, ObjectRef, Replica, RevisionRecord};
 use bramble_proto::time::now_ms;
-use bramble_proto::wire::Response;
+use bramble_proto::wire::{Applied, Outcome, Response};
 
 impl Api {
     pub(super) fn history(&self, app: &str) -> Result<Response> {
@@ -48,12 +48,56 @@ impl Api {
 
     /// Every replica replaced by a new one of the same spec, rolled like any update.
     pub(super) fn restart(&self, app: &str, who: &str) -> Result<String> {
+        let number = self.roll(app, who, "restart")?;
+        Ok(format!("app/{app} restarting (revision {number})"))
+    }
+
+    /// A rolling restart of `app` because of `cause`; the new revision's number.
+    pub(super) fn roll(&self, app: &str, who: &str, cause: &str) -> Result<u64> {
         let (number, _) = self.new_template(app, who, |spec, _| {
             let mut s = spec.clone();
             s.restarted_at = Some(now_ms().to_string());
-            Ok((s, "restart".to_string(), 0))
+            Ok((s, cause.to_string(), 0))
         })?;
-        Ok(format!("app/{app} restarting (revision {number})"))
+        Ok(number)
+    }
+
+    /// After an apply: boards are sent changed configs (their files are updated in place), and
+    /// apps that mount a changed config with `roll = true` roll — unless the same apply changed
+    /// the app, which rolls it anyway.
+    pub(super) fn after_configs_changed(&self, applied: &[Applied], who: &str) {
+        let changed = |kind: &str| -> Vec<&str> {
+            applied
+                .iter()
+                .filter(|a| a.kind == kind && a.outcome == Outcome::Configured)
+                .map(|a| a.name.as_str())
+                .collect()
+        };
+        if applied.iter().any(|a| a.kind == "config" && a.outcome != Outcome::Unchanged) {
+            // Sessions look again at what their boards need (new and changed configs).
+            self.published.secrets.send_modify(|v| *v += 1);
+        }
+        let configs = changed("config");
+        if configs.is_empty() {
+            return;
+        }
+        let rolled_anyway = changed("app");
+        let apps = match self.objects.list::<App>() {
+            Ok(a) => a,
+            Err(e) => return tracing::warn!("cannot look for apps to roll: {e}"),
+        };
+        for a in apps.iter().map(|v| &v.value) {
+            let name = a.meta.name.as_str();
+            let Some(c) = a.spec.configs.iter().find(|c| c.roll && configs.contains(&c.name.as_str())) else {
+                continue;
+            };
+            if rolled_anyway.contains(&name) {
+                continue;
+            }
+            if let Err(e) = self.roll(name, who, &format!("config {} changed", c.name)) {
+                tracing::warn!(app = name, "cannot roll after config {} changed: {e}", c.name);
+            }
+        }
     }
 
     /// Writes the template `change` makes of app `name`'s spec as a new revision, with its record,

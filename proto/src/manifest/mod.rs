@@ -1,4 +1,4 @@
-//! TOML manifests: one file may hold many `[[app]]` and `[[service]]` objects.
+//! TOML manifests: one file may hold many `[[app]]`, `[[service]]` and `[[config]]` objects.
 //!
 //! Parsing and validation happen here, once. Field types validate themselves while they are
 //! deserialized (so the TOML parser knows the exact span of a bad value); checks that span several
@@ -21,6 +21,8 @@ pub struct Manifest {
     pub apps: Vec<AppSpec>,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceSpec>,
+    #[serde(default, rename = "config", skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<ConfigSpec>,
 }
 
 /// All problems found in a manifest, in source order.
@@ -54,6 +56,8 @@ pub fn parse_manifest(file: &str, text: &str) -> Result<Manifest, ManifestErrors
         (s.name.as_str(), problems)
     });
     check_kind(file, text, "service", names, &mut errors);
+    let names = manifest.configs.iter().map(|c| (c.name.as_str(), c.check()));
+    check_kind(file, text, "config", names, &mut errors);
     if errors.is_empty() {
         Ok(manifest)
     } else {

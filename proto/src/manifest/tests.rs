@@ -114,7 +114,7 @@ fn unknown_top_level_kind() {
         1,
         3,
         "deployment",
-        "unknown field `deployment`, expected `app` or `service`",
+        "unknown field `deployment`, expected one of `app`, `service`, `config`",
     );
 }
 
@@ -543,5 +543,41 @@ fn local_and_host_volumes_need_their_fields_and_refuse_others() {
         8,
         "app[0].volumes[0].name",
         "",
+    );
+}
+
+#[test]
+fn configs_parse_and_their_files_and_mounts_are_checked() {
+    let m = parse_manifest(
+        "m.toml",
+        "[[config]]\nname = \"site\"\nfiles = { \"index.html\" = \"<h1>hi</h1>\" }\n\n\
+         [[app]]\nname = \"web\"\nimage = \"busybox\"\n[[app.configs]]\nname = \"site\"\npath = \"/www\"\nroll = true\n",
+    )
+    .unwrap();
+    assert_eq!(m.configs[0].files["index.html"], "<h1>hi</h1>");
+    assert!(m.apps[0].configs[0].roll);
+    fails("[[config]]\nname = \"c\"\nfiles = {}\n", 3, 9, "config[0].files", "at least one file");
+    let big = format!("[[config]]\nname = \"c\"\nfiles = {{ a = \"{}\" }}\n", "x".repeat(600 << 10));
+    fails(&big, 3, 9, "config[0].files", "at most 524288 bytes");
+    fails(
+        &app("[[app.configs]]\nname = \"c\"\npath = \"/etc/app\"\n[[app.volumes]]\ntype = \"tmpfs\"\npath = \"/etc/app/\"\n"),
+        6,
+        8,
+        "app[0].configs[0].path",
+        "/etc/app is mounted twice",
+    );
+    fails(
+        &app("[[app.configs]]\nname = \"c\"\npath = \"/a\"\n[[app.configs]]\nname = \"c\"\npath = \"/b\"\n"),
+        8,
+        8,
+        "app[0].configs[1].name",
+        "config c is mounted twice",
+    );
+    fails(
+        &app("[[app.configs]]\nname = \"c\"\npath = \"/proc/x\"\n"),
+        6,
+        8,
+        "app[0].configs[0].path",
+        "the container's own",
     );
 }

@@ -501,6 +501,9 @@ pub struct AppSpec {
     /// Volumes mounted into each replica.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeSpec>,
+    /// Configs whose files are mounted into each replica.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<ConfigMount>,
     #[serde(default)]
     pub restart: RestartPolicy,
     #[serde(default)]
@@ -650,14 +653,20 @@ impl AppSpec {
             }
         }
         let mut paths = BTreeSet::new();
-        for (i, v) in self.volumes.iter().enumerate() {
-            let at = || vec![Key("volumes"), Index(i), Key("path")];
-            let p = v.path.trim_end_matches('/');
+        let mounts = self
+            .volumes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| ("volumes", i, v.path.as_str()))
+            .chain(self.configs.iter().enumerate().map(|(i, c)| ("configs", i, c.path.as_str())));
+        for (list, i, path) in mounts {
+            let at = || vec![Key(list), Index(i), Key("path")];
+            let p = path.trim_end_matches('/');
             let reserved = ["/proc", "/sys", "/dev", "/run/secrets", "/etc/resolv.conf", "/etc/hosts"];
-            if !v.path.starts_with('/') || p.is_empty() {
-                out.push(Problem::new(at(), format!("expected an absolute path other than /, found {:?}", v.path)));
+            if !path.starts_with('/') || p.is_empty() {
+                out.push(Problem::new(at(), format!("expected an absolute path other than /, found {path:?}")));
             } else if p.split('/').any(|c| c == ".." || c == ".") {
-                out.push(Problem::new(at(), format!("expected a path without . or .., found {:?}", v.path)));
+                out.push(Problem::new(at(), format!("expected a path without . or .., found {path:?}")));
             } else if reserved.iter().any(|r| p == *r || p.starts_with(&format!("{r}/"))) {
                 out.push(Problem::new(
                     at(),
@@ -668,6 +677,17 @@ impl AppSpec {
             } else if !paths.insert(p.to_string()) {
                 out.push(Problem::new(at(), format!("{p} is mounted twice")));
             }
+        }
+        let mut config_names = BTreeSet::new();
+        for (i, c) in self.configs.iter().enumerate() {
+            if !config_names.insert(c.name.as_str()) {
+                out.push(Problem::new(
+                    vec![Key("configs"), Index(i), Key("name")],
+                    format!("config {} is mounted twice", c.name),
+                ));
+            }
+        }
+        for (i, v) in self.volumes.iter().enumerate() {
             if v.size.is_some_and(|s| s.0 < 4096) {
                 out.push(Problem::new(vec![Key("volumes"), Index(i), Key("size")], "expected at least 4Ki"));
             }
@@ -772,6 +792,66 @@ pub struct ServicePort {
     pub target: Option<PortTarget>,
     #[serde(default)]
     pub protocol: Protocol,
+}
+
+/// Files an app reads, kept outside its image: `[[config]] name = "nginx"` with `files`, text
+/// each. Not secret (anyone who may read the cluster may read them); for secrets use secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSpec {
+    pub name: Name,
+    /// File name → content.
+    pub files: BTreeMap<String, String>,
+}
+
+/// The most a config holds, all files together.
+pub const MAX_CONFIG_BYTES: usize = 512 << 10;
+
+/// Whether `k` may be a file name in a secret or config: `[A-Za-z0-9._-]`, not `.` or `..`.
+pub fn is_file_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 253
+        && k != "."
+        && k != ".."
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+impl ConfigSpec {
+    pub fn check(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if self.files.is_empty() {
+            out.push(Problem::new(vec![Key("files")], "expected at least one file"));
+        }
+        for k in self.files.keys() {
+            if !is_file_key(k) {
+                out.push(Problem::new(
+                    vec![Key("files")],
+                    format!("{k:?} is not a file name (letters, digits, '.', '_', '-'; not '.' or '..')"),
+                ));
+            }
+        }
+        let total: usize = self.files.values().map(String::len).sum();
+        if total > MAX_CONFIG_BYTES {
+            out.push(Problem::new(
+                vec![Key("files")],
+                format!("{total} bytes of files; a config holds at most {MAX_CONFIG_BYTES} bytes (512 KiB)"),
+            ));
+        }
+        out
+    }
+}
+
+/// A config mounted into an app's replicas: its files, read-only, in the directory `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigMount {
+    pub name: Name,
+    /// The directory its files appear in (absolute).
+    pub path: String,
+    /// A change of the config rolls the app (a rolling restart) instead of only updating the
+    /// files in place.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub roll: bool,
 }
 
 /// A stable name and virtual IP in front of the ready replicas of one app.

@@ -57,7 +57,15 @@ fn counts(d: &DesiredSets) -> Vec<usize> {
 
 fn apply(ctx: &Context, text: &str) {
     let apps = parse_manifest("t.toml", text).unwrap().apps;
-    crate::api::apps::apply(&ctx.objects, &ctx.events, &ctx.network, (apps, Vec::new()), "an admin", now_ms()).unwrap();
+    crate::api::apps::apply(
+        &ctx.objects,
+        &ctx.events,
+        &ctx.network,
+        (apps, Vec::new(), Vec::new()),
+        "an admin",
+        now_ms(),
+    )
+    .unwrap();
 }
 
 const WEB: &str = "[[app]]\nname = \"web\"\nimage = \"reg/web:1\"\nreplicas = 6\n";
@@ -94,7 +102,7 @@ fn places_spread_writes_nothing_when_steady_and_replaces_lost_replicas() {
     // Scale down, then delete: replicas go with the app.
     apply(&api, &WEB.replace("replicas = 6", "replicas = 2"));
     assert_eq!(counts(&sets(&api, 17_000).unwrap()).iter().sum::<usize>(), 2);
-    crate::api::apps::delete(&api.objects, vec!["web".into()], Vec::new(), Vec::new()).unwrap();
+    crate::api::apps::delete(&api.objects, vec!["web".into()], Vec::new(), Vec::new(), Vec::new()).unwrap();
     assert!(sets(&api, 18_000).unwrap().values().all(|s| s.is_empty()));
     assert!(list_replicas(&api).is_empty());
 }

@@ -71,8 +71,23 @@ fn write_atomic(path: &Path, contents: &str, mode: u32) -> Result<(), JoinError>
     write_file_atomic(path, contents.as_bytes(), mode).map_err(io(path))
 }
 
+/// Saves a renewed certificate and its new key so that a crash at any point leaves a matching
+/// pair ([`load`] finishes a swap a crash interrupted).
+pub fn save_renewed(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<(), JoinError> {
+    let f = files(dir);
+    bramble_proto::fsutil::replace_pair((&f.key, key_pem.as_bytes(), 0o600), (&f.cert, cert_pem.as_bytes(), 0o644))
+        .map_err(io(&f.cert))
+}
+
+/// Finishes (or forgets) a renewal a crash interrupted.
+fn finish_renewal(dir: &Path) -> Result<(), JoinError> {
+    let f = files(dir);
+    bramble_proto::fsutil::finish_pair(&f.key, &f.cert).map_err(io(&f.cert))
+}
+
 /// Loads the credentials from `dir`, if the agent has joined.
 pub fn load(dir: &Path, configured_name: &str) -> Result<Option<Credentials>, JoinError> {
+    finish_renewal(dir)?;
     let f = files(dir);
     if !f.cert.exists() {
         return Ok(None);

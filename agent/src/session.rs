@@ -146,6 +146,7 @@ pub async fn run(
         }
     };
     backoff.reset();
+    let mut creds = creds;
     let mut ready = Some(ready);
     loop {
         let addrs = resolve(&config.leaders).await?;
@@ -153,7 +154,8 @@ pub async fn run(
             let epoch = next_epoch(&dir)?;
             let started = Instant::now();
             let span = tracing::info_span!("session", leader = %addr, epoch);
-            let result = session(&config, &creds, addr, epoch, &cancel, &mut ready, &mut work).instrument(span).await;
+            let result =
+                session(&config, &mut creds, addr, epoch, &cancel, &mut ready, &mut work).instrument(span).await;
             if cancel.is_cancelled() {
                 return Ok(());
             }
@@ -177,20 +179,89 @@ pub async fn run(
     }
 }
 
+/// Checks a renewed certificate (this node's, for the new key), saves it with its key and uses
+/// them from the next connection on. Returns when it expires, for the log.
+fn renewed(dir: &Path, creds: &mut Credentials, cert_pem: String, key_pem: String) -> Result<String, String> {
+    let der = bramble_transport::pki::cert_der_from_pem(&cert_pem).map_err(|e| e.to_string())?;
+    match bramble_transport::pki::identity_of(&der).map_err(|e| e.to_string())? {
+        (bramble_transport::Identity::Node(n), _) if n == creds.name => {}
+        (other, _) => return Err(format!("it is for {other}, not node:{}", creds.name)),
+    }
+    let until = bramble_transport::pki::not_after_ms(&der).map_err(|e| e.to_string())?;
+    join::save_renewed(dir, &cert_pem, &key_pem).map_err(|e| e.to_string())?;
+    creds.cert_pem = cert_pem;
+    creds.key_pem = key_pem;
+    let left = until.saturating_sub(bramble_proto::time::now_ms()) / 1000;
+    Ok(format!("{} from now", bramble_proto::quantity::format_duration(Duration::from_secs(left))))
+}
+
 fn is_pin_failure(e: &JoinError) -> bool {
     e.to_string().contains("does not match the join token")
 }
 
+/// A renewal this board asked for: the new key, kept until the certificate for it comes.
+struct Renewal {
+    key_pem: Option<String>,
+    /// No new request before this (after a refusal, or while one is pending).
+    next_try: Instant,
+}
+
+impl Renewal {
+    /// A CSR for a new key, when two thirds of the certificate's life have passed.
+    fn due(&mut self, creds: &Credentials) -> Option<String> {
+        if Instant::now() < self.next_try {
+            return None;
+        }
+        let der = bramble_transport::pki::cert_der_from_pem(&creds.cert_pem).ok()?;
+        if bramble_proto::time::now_ms() < bramble_transport::pki::renew_at_ms(&der).ok()? {
+            return None;
+        }
+        let (csr, key) = match bramble_transport::pki::node_csr(&creds.name) {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn!("cannot make a key to renew the certificate: {e}");
+                return None;
+            }
+        };
+        self.key_pem = Some(key);
+        self.next_try = Instant::now() + RENEW_RETRY;
+        Some(csr)
+    }
+}
+
+/// Between renewal attempts that got no certificate.
+const RENEW_RETRY: Duration = Duration::from_secs(30);
+
+/// Refuses to connect with a certificate that has expired, and says what to do.
+fn check_expiry(creds: &Credentials) -> Result<(), SessionError> {
+    let Ok(der) = bramble_transport::pki::cert_der_from_pem(&creds.cert_pem) else { return Ok(()) };
+    let Ok(not_after) = bramble_transport::pki::not_after_ms(&der) else { return Ok(()) };
+    let now = bramble_proto::time::now_ms();
+    if now < not_after {
+        return Ok(());
+    }
+    Err(SessionError::Refused {
+        code: ErrorCode::Unauthenticated,
+        message: format!(
+            "this board's certificate expired {} ago and was not renewed in time (was the board off?); \
+             join again: remove node.crt from the data dir and start the agent with a new token",
+            bramble_proto::quantity::format_duration(Duration::from_secs((now - not_after) / 1000))
+        ),
+    })
+}
+
 async fn session(
     config: &AgentConfig,
-    creds: &Credentials,
+    creds: &mut Credentials,
     addr: SocketAddr,
     epoch: u64,
     cancel: &CancellationToken,
     ready: &mut Option<impl FnOnce()>,
     work: &mut Handle,
 ) -> Result<(), SessionError> {
+    check_expiry(creds)?;
     let tls = client_config(&creds.ca_pem, Some((&creds.cert_pem, &creds.key_pem))).map_err(TransportError::from)?;
+    let mut renewal = Renewal { key_pem: None, next_try: Instant::now() };
     let endpoint = client_endpoint(addr)?;
     let conn = connect(&endpoint, addr, tls, CONNECT_TIMEOUT).await?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(TransportError::from)?;
@@ -203,7 +274,8 @@ async fn session(
             LeaderMsg::Desired { .. }
             | LeaderMsg::Network { .. }
             | LeaderMsg::Secrets { .. }
-            | LeaderMsg::Configs { .. },
+            | LeaderMsg::Configs { .. }
+            | LeaderMsg::Renewed { .. },
         ) => return Err(SessionError::Unexpected),
         None => return Err(SessionError::Closed),
     };
@@ -286,6 +358,12 @@ async fn session(
                 if let Err(e) = write_frame(&mut send, &AgentMsg::Heartbeat { seq }).await {
                     break Err(e.into());
                 }
+                if let Some(csr_pem) = renewal.due(creds) {
+                    info!("renewing this board's certificate (two thirds of its life have passed)");
+                    if let Err(e) = write_frame(&mut send, &AgentMsg::Renew { csr_pem }).await {
+                        break Err(e.into());
+                    }
+                }
             }
             _ = status.changed() => {}
             r = async { applied.as_mut().expect("checked").changed().await }, if applied.is_some() => {
@@ -332,6 +410,15 @@ async fn session(
                     info!(received = ?names, dropped = ?drop, "configs from the leader");
                     let put = put.into_iter().map(|s| (s.name, s.version, s.values.0)).collect();
                     let _ = tokio::task::spawn_blocking(move || configs.update(put, &drop)).await;
+                }
+                Some(Ok(Some(LeaderMsg::Renewed { cert_pem, error }))) => {
+                    match (cert_pem, renewal.key_pem.take()) {
+                        (Some(cert), Some(key)) => match renewed(&config.data_dir, creds, cert, key) {
+                            Ok(until) => info!("certificate renewed: valid until {until}"),
+                            Err(e) => warn!("cannot keep the renewed certificate: {e}"),
+                        },
+                        (_, _) => warn!("the leader did not renew the certificate: {}", error.unwrap_or_default()),
+                    }
                 }
                 Some(Ok(Some(LeaderMsg::Refused(e)))) => break Err(SessionError::Refused { code: e.code, message: e.message }),
                 Some(Ok(Some(LeaderMsg::Welcome { .. }))) => break Err(SessionError::Unexpected),

@@ -44,6 +44,33 @@ pub struct LeaderConfig {
     /// boards reach each other. Kept for the cluster's life (the leader refuses a change).
     #[serde(default)]
     pub network: ClusterNetwork,
+    #[serde(default)]
+    pub pki: PkiConfig,
+}
+
+/// How long the certificates the leader issues live; each is renewed two thirds in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PkiConfig {
+    /// Boards' certificates (renewed by their agents over the session).
+    #[serde(default = "default_node_cert")]
+    pub node_cert_lifetime: HumanDuration,
+    /// The leader's own serving certificate (renewed by the leader, without a restart).
+    #[serde(default = "default_leader_cert")]
+    pub leader_cert_lifetime: HumanDuration,
+}
+
+impl Default for PkiConfig {
+    fn default() -> Self {
+        PkiConfig { node_cert_lifetime: default_node_cert(), leader_cert_lifetime: default_leader_cert() }
+    }
+}
+
+fn default_node_cert() -> HumanDuration {
+    HumanDuration(bramble_transport::pki::NODE_VALIDITY)
+}
+fn default_leader_cert() -> HumanDuration {
+    HumanDuration(bramble_transport::pki::LEAF_VALIDITY)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +142,7 @@ impl LeaderConfig {
             log: LogConfig::default(),
             agent: EmbeddedAgent::default(),
             network: ClusterNetwork::default(),
+            pki: PkiConfig::default(),
         }
     }
 
@@ -143,6 +171,16 @@ impl LeaderConfig {
                 ),
             )
             .into());
+        }
+        for (field, d) in [
+            ("node_cert_lifetime", cfg.pki.node_cert_lifetime.0),
+            ("leader_cert_lifetime", cfg.pki.leader_cert_lifetime.0),
+        ] {
+            if !(Duration::from_secs(60)..=Duration::from_secs(10 * 365 * 86400)).contains(&d) {
+                let offset = text.find(field).unwrap_or(0);
+                let message = format!("expected a lifetime from 1m to 3650d, found {}", HumanDuration(d));
+                return Err(SourceError::at(file, text, offset, &format!("pki.{field}"), message).into());
+            }
         }
         if let Some((field, message)) = cfg.network.check().into_iter().next() {
             let offset = text.find(field).or_else(|| text.find("[network]")).unwrap_or(0);
@@ -197,6 +235,12 @@ domain = "{domain}"
 backend = "{backend}"
 vxlan_port = {vxlan_port}
 vxlan_vni = {vxlan_vni}
+
+[pki]
+# Boards' certificates: each agent renews its own over its session two thirds in.
+node_cert_lifetime = "{node_cert}"
+# The leader's serving certificate: renewed two thirds in (or at once when this is shortened).
+leader_cert_lifetime = "{leader_cert}"
 "#,
             cluster = self.cluster_name,
             listen = self.listen,
@@ -211,6 +255,8 @@ vxlan_vni = {vxlan_vni}
             backend = self.network.backend,
             vxlan_port = self.network.vxlan_port,
             vxlan_vni = self.network.vxlan_vni,
+            node_cert = self.pki.node_cert_lifetime,
+            leader_cert = self.pki.leader_cert_lifetime,
         )
     }
 }

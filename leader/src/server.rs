@@ -96,6 +96,9 @@ pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> 
     }
     let ca_pem = read(layout.ca_cert())?;
     let ca = Ca::load(&ca_pem, &read(layout.ca_key())?)?;
+    // A renewal of the serving certificate a crash interrupted is finished (or forgotten).
+    bramble_proto::fsutil::finish_pair(&layout.leader_key(), &layout.leader_cert())
+        .map_err(|source| LeaderError::Read { path: layout.leader_cert(), source })?;
     let tls = server_config(&ca_pem, &read(layout.leader_cert())?, &read(layout.leader_key())?)?;
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&layout.store())?);
     let events = Arc::new(Events::new());
@@ -111,13 +114,18 @@ pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> 
             warn!("cannot record the first admin as a user: {e}");
         }
     }
-    let api = Arc::new(Api::new(objects, ca, registry, events, config.network.clone()).with_keyring(keyring));
+    let mut api = Api::new(objects, ca, registry, events, config.network.clone()).with_keyring(keyring);
+    api.node_cert_lifetime = config.pki.node_cert_lifetime.0;
+    let api = Arc::new(api);
     let endpoint = server_endpoint(config.listen, tls)?;
     let local_addr = endpoint.local_addr().map_err(|source| TransportError::Bind { addr: config.listen, source })?;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(accept_loop(endpoint.clone(), api.clone(), config.nodes.heartbeat.0, cancel.clone(), tasks.clone()));
     tasks.spawn(monitor_nodes(api.clone(), cancel.clone()));
+    let renewal =
+        OwnCert { layout: layout.clone(), ca_pem: ca_pem.clone(), lifetime: config.pki.leader_cert_lifetime.0 };
+    tasks.spawn(renew_own_certificate(endpoint.clone(), api.clone(), renewal, cancel.clone()));
     tasks.spawn(crate::controllers::run::run(Arc::new(api.context()), api.published.clone(), cancel.clone()));
     info!(%local_addr, ca = %ca_fingerprint, "leader serving");
     Ok(RunningLeader { local_addr, ca_fingerprint, api, endpoint, cancel, tasks })
@@ -164,6 +172,78 @@ async fn serve_connection(incoming: quinn::Incoming, api: Arc<Api>, heartbeat: D
             }
         }
     }
+}
+
+/// What renewing the leader's serving certificate needs.
+struct OwnCert {
+    layout: Layout,
+    ca_pem: String,
+    lifetime: Duration,
+}
+
+impl OwnCert {
+    /// Renews the serving certificate if two thirds of its life have passed (or it lives longer
+    /// than configured): a new key and certificate for the same names, saved as a pair, swapped
+    /// into the running endpoint (connections already open keep theirs). Returns how long until
+    /// the next look.
+    fn check(&self, endpoint: &quinn::Endpoint, api: &Api) -> Result<Duration, String> {
+        use bramble_transport::pki::{cert_der_from_pem, renew_at_ms, subject_alt_names, validity_ms};
+        let pem = std::fs::read_to_string(self.layout.leader_cert()).map_err(|e| e.to_string())?;
+        let der = cert_der_from_pem(&pem).map_err(|e| e.to_string())?;
+        let (nb, na) = validity_ms(&der).map_err(|e| e.to_string())?;
+        let mut renew_at = renew_at_ms(&der).map_err(|e| e.to_string())?;
+        let lifetime_ms = self.lifetime.as_millis() as u64;
+        let now = now_ms();
+        // Longer than configured (plus the backdating for skewed clocks): shortened by the admin.
+        let too_long = na.saturating_sub(nb) > lifetime_ms + lifetime_ms / 4 + 60_000;
+        if now >= renew_at || too_long {
+            let names: Vec<String> = subject_alt_names(&der)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|n| n != bramble_proto::wire::LEADER_SERVER_NAME && n != "localhost")
+                .collect();
+            let issued = api.ca.issue_leader_for(&names, self.lifetime).map_err(|e| e.to_string())?;
+            let tls = server_config(&self.ca_pem, &issued.cert_pem, &issued.key_pem).map_err(|e| e.to_string())?;
+            let quic = bramble_transport::quic::quic_server_config(tls).map_err(|e| e.to_string())?;
+            bramble_proto::fsutil::replace_pair(
+                (&self.layout.leader_key(), issued.key_pem.as_bytes(), 0o600),
+                (&self.layout.leader_cert(), issued.cert_pem.as_bytes(), 0o644),
+            )
+            .map_err(|e| format!("saving the renewed certificate: {e}"))?;
+            endpoint.set_server_config(Some(quic));
+            let new = cert_der_from_pem(&issued.cert_pem).map_err(|e| e.to_string())?;
+            renew_at = renew_at_ms(&new).map_err(|e| e.to_string())?;
+            info!(
+                "serving certificate renewed (valid for {})",
+                bramble_proto::quantity::format_duration(self.lifetime)
+            );
+        }
+        let wait = renew_at.saturating_sub(now_ms());
+        Ok(Duration::from_millis(wait).clamp(Duration::from_secs(1), Duration::from_secs(3600)))
+    }
+}
+
+/// Keeps the leader's serving certificate fresh.
+async fn renew_own_certificate(endpoint: quinn::Endpoint, api: Arc<Api>, own: OwnCert, cancel: CancellationToken) {
+    loop {
+        let wait = match own.check(&endpoint, &api) {
+            Ok(wait) => wait,
+            Err(e) => {
+                warn!("cannot renew the serving certificate (trying again in a minute): {e}");
+                Duration::from_secs(60)
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// When the peer's certificate expires, if it sent one.
+fn peer_not_after(conn: &Connection) -> Option<u64> {
+    let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    bramble_transport::pki::not_after_ms(certs.first()?).ok()
 }
 
 /// The identity and key fingerprint from the peer's verified certificate, if it sent one.
@@ -295,6 +375,7 @@ async fn session(
     let info = hello.info.clone();
     let a = api.clone();
     let n = name.clone();
+    let cert_expires = peer_not_after(&conn);
     let seen = match conn.remote_address().ip() {
         std::net::IpAddr::V4(ip) => Some(ip),
         std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped(),
@@ -310,10 +391,11 @@ async fn session(
                 format!("node {n:?} is not registered with this leader; join again with a token"),
             )
         })?;
-        if node.value.key_fingerprint != key_fp {
+        // The key before the last renewal is still good (the board may not have saved the new one).
+        if node.value.key_fingerprint != key_fp && node.value.old_key_fingerprint.as_deref() != Some(key_fp.as_str()) {
             return Err(ApiError::new(ErrorCode::PermissionDenied, format!("node {n:?} is bound to another key")));
         }
-        a.set_node_info(&n, info, address).map_err(ApiError::from)
+        a.set_node_info(&n, info, address, cert_expires).map_err(ApiError::from)
     })
     .await;
     match checked {
@@ -424,6 +506,23 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
                     if !registry.heartbeat(name, epoch, Instant::now(), now_ms()) {
                         break "a newer session replaced this one".to_string();
                     }
+                    if let AgentMsg::Renew { csr_pem } = msg {
+                        let a = api.clone();
+                        let n = name.to_string();
+                        let signed = tokio::task::spawn_blocking(move || a.renew_node(&n, &csr_pem)).await;
+                        let reply = match signed {
+                            Ok(Ok(cert)) => LeaderMsg::Renewed { cert_pem: Some(cert), error: None },
+                            Ok(Err(e)) => LeaderMsg::Renewed { cert_pem: None, error: Some(e.to_string()) },
+                            Err(e) => LeaderMsg::Renewed { cert_pem: None, error: Some(e.to_string()) },
+                        };
+                        if let LeaderMsg::Renewed { error: Some(e), .. } = &reply {
+                            warn!("certificate renewal refused: {e}");
+                        }
+                        if let Err(e) = write_frame(&mut send, &reply).await {
+                            break e.to_string();
+                        }
+                        continue;
+                    }
                     handle_agent_msg(api, name, msg).await;
                 }
                 Some(Ok(None)) | None => break "the agent ended the session".to_string(),
@@ -526,7 +625,7 @@ async fn handle_agent_msg(api: &Arc<Api>, name: &str, msg: AgentMsg) {
     match msg {
         AgentMsg::Heartbeat { .. } => {}
         AgentMsg::Info(info) => {
-            let r = tokio::task::spawn_blocking(move || a.set_node_info(&n, info, None)).await;
+            let r = tokio::task::spawn_blocking(move || a.set_node_info(&n, info, None, None)).await;
             if let Ok(Err(e)) = r {
                 warn!("cannot record node info: {e}");
             }
@@ -541,6 +640,7 @@ async fn handle_agent_msg(api: &Arc<Api>, name: &str, msg: AgentMsg) {
         }
         AgentMsg::Images(list) => crate::reports::images(&api.context(), name, list),
         AgentMsg::Volumes(list) => api.context().observed.set_node_volumes(name, list),
+        AgentMsg::Renew { .. } => {} // answered by the session loop, which can reply
         AgentMsg::NetworkApplied { version } => {
             api.drain.applied(name, version);
             // A replica may now be drained: look at once.

@@ -235,3 +235,16 @@ async fn a_client_speaking_another_protocol_version_is_told_so() {
     assert!(matches!(r, Response::Nodes(_)));
     c.leader.shutdown(Duration::from_secs(2)).await;
 }
+
+#[tokio::test]
+async fn an_expired_node_certificate_is_refused_by_the_leader_itself() {
+    let c = cluster().await;
+    let ca = Ca::load(&c.ca_pem, &std::fs::read_to_string(c._dir.path().join("leader/pki/ca.key")).unwrap()).unwrap();
+    let (csr, key) = node_csr("pi-1").unwrap();
+    let (cert, _) = ca.sign_node_csr_for(&csr, "pi-1", Duration::from_secs(1)).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let refused = c.call_as(Some((&cert, &key)), Request::GetNodes).await;
+    let e = refused.expect_err("an expired certificate gets no answer");
+    assert!(e.to_lowercase().contains("expired"), "{e}");
+    c.leader.shutdown(Duration::from_secs(2)).await;
+}

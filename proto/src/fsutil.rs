@@ -49,3 +49,58 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// `path` with `.next` appended: where [`replace_pair`] stages a new version.
+fn staged(path: &Path) -> std::path::PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".next");
+    s.into()
+}
+
+/// Replaces two files that must match (a key and its certificate) so that a crash at any point
+/// leaves a matching pair: both are written as `<path>.next` first, then renamed, `first` before
+/// `second`. [`finish_pair`] completes or forgets a replacement a crash interrupted.
+pub fn replace_pair(first: (&Path, &[u8], u32), second: (&Path, &[u8], u32)) -> std::io::Result<()> {
+    let (a, b) = (staged(first.0), staged(second.0));
+    write_file_atomic(&a, first.1, first.2)?;
+    write_file_atomic(&b, second.1, second.2)?;
+    std::fs::rename(&a, first.0)?;
+    std::fs::rename(&b, second.0)
+}
+
+/// After a crash in [`replace_pair`]: both staged → both renamed; only `second` staged (`first`
+/// already moved) → it follows; only `first` staged → forgotten (the old pair stands).
+pub fn finish_pair(first: &Path, second: &Path) -> std::io::Result<()> {
+    let (a, b) = (staged(first), staged(second));
+    match (a.exists(), b.exists()) {
+        (true, true) => {
+            std::fs::rename(&a, first)?;
+            std::fs::rename(&b, second)
+        }
+        (false, true) => std::fs::rename(&b, second),
+        (true, false) => std::fs::remove_file(&a),
+        (false, false) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod pair_tests {
+    use super::*;
+
+    #[test]
+    fn a_pair_is_replaced_whole_or_not_at_all() {
+        let t = tempfile::tempdir().unwrap();
+        let (k, c) = (t.path().join("node.key"), t.path().join("node.crt"));
+        replace_pair((&k, b"k1", 0o600), (&c, b"c1", 0o644)).unwrap();
+        assert_eq!((std::fs::read(&k).unwrap(), std::fs::read(&c).unwrap()), (b"k1".to_vec(), b"c1".to_vec()));
+        // A crash after the key moved: the certificate follows.
+        std::fs::write(staged(&c), b"c2").unwrap();
+        std::fs::write(&k, b"k2").unwrap();
+        finish_pair(&k, &c).unwrap();
+        assert_eq!(std::fs::read(&c).unwrap(), b"c2");
+        // A crash before the certificate was staged: the new key is forgotten.
+        std::fs::write(staged(&k), b"k3").unwrap();
+        finish_pair(&k, &c).unwrap();
+        assert_eq!((std::fs::read(&k).unwrap(), staged(&k).exists()), (b"k2".to_vec(), false));
+    }
+}

@@ -151,6 +151,13 @@ pub struct Node {
     pub meta: ObjectMeta,
     /// SHA-256 (hex) of the node's public key; a name is bound to one key.
     pub key_fingerprint: String,
+    /// The key before its last renewal: accepted too until its certificate expires, so a board
+    /// that renewed but did not save the new certificate (power cut) still gets in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_key_fingerprint: Option<String>,
+    /// When the certificate the board last connected with (or was last given) expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_expires_ms: Option<u64>,
     /// Labels set by operators (`bramble label node`); they win over the agent's own.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -175,6 +182,8 @@ impl Node {
         Node {
             meta: ObjectMeta { name: name.to_string(), generation: 1, revision: 0, created_ms, changed_by: None },
             key_fingerprint,
+            old_key_fingerprint: None,
+            cert_expires_ms: None,
             labels: BTreeMap::new(),
             taints: Vec::new(),
             unschedulable: false,

@@ -548,6 +548,8 @@ pub enum LeaderMsg {
     /// Configs the board's replicas mount, as `Secrets` (files by name; `version` is the
     /// config's generation).
     Configs { put: Vec<SecretPayload>, drop: Vec<String> },
+    /// The answer to [`AgentMsg::Renew`]: the new certificate, or why there is none.
+    Renewed { cert_pem: Option<String>, error: Option<String> },
 }
 
 /// One secret's values for a board.
@@ -720,6 +722,10 @@ pub enum AgentMsg {
     /// The local volumes the board holds (at session start and when they change), so that
     /// replicas pinned by them come back here.
     Volumes(Vec<String>),
+    /// Two thirds of the board's certificate's life have passed: a CSR for a new key.
+    Renew {
+        csr_pem: String,
+    },
 }
 
 #[cfg(test)]

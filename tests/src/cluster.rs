@@ -24,6 +24,8 @@ pub struct ClusterOptions {
     pub init_args: Vec<String>,
     /// Boards from this index on are on a second LAN behind a router (none: one LAN).
     pub second_lan_from: Option<usize>,
+    /// The leader's `pki.node_cert_lifetime` and `pki.leader_cert_lifetime` (none: the defaults).
+    pub cert_lifetime: Option<&'static str>,
 }
 
 impl Default for ClusterOptions {
@@ -35,6 +37,7 @@ impl Default for ClusterOptions {
             agent_toml: String::new(),
             init_args: Vec::new(),
             second_lan_from: None,
+            cert_lifetime: None,
         }
     }
 }
@@ -78,6 +81,17 @@ impl Cluster {
             .expect("leader.toml")
             .replace("not_ready_after = \"15s\"", &format!("not_ready_after = \"{}\"", opts.not_ready_after))
             .replace("heartbeat = \"5s\"", &format!("heartbeat = \"{}\"", opts.heartbeat));
+        let cfg = match opts.cert_lifetime {
+            None => cfg,
+            Some(l) => cfg
+                .lines()
+                .map(|line| match line.split_once(" = ") {
+                    Some((k @ ("node_cert_lifetime" | "leader_cert_lifetime"), _)) => format!("{k} = \"{l}\""),
+                    _ => line.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        };
         std::fs::write(&cfg_path, cfg).expect("write leader.toml");
         let mut c = Cluster {
             agents: (0..opts.agents).map(|_| None).collect(),
@@ -268,8 +282,13 @@ impl Drop for Cluster {
 /// `bramble/busybox:1` (its OCI layout in `<dir>/layout`). Returns the cluster, the registry (keep
 /// it alive) and the image reference.
 pub fn with_busybox(agents: usize, agent_toml: &str) -> (Cluster, crate::registry::Registry, String) {
+    with_busybox_opts(ClusterOptions { agents, ..Default::default() }, agent_toml)
+}
+
+/// [`with_busybox`] with more options.
+pub fn with_busybox_opts(opts: ClusterOptions, agent_toml: &str) -> (Cluster, crate::registry::Registry, String) {
     let extra = agent_toml.to_string();
-    let c = Cluster::start_with(ClusterOptions { agents, ..Default::default() }, move |lab| {
+    let c = Cluster::start_with(opts, move |lab| {
         format!("{extra}[[images.registry]]\nhost = \"{}:5000\"\ninsecure = true\n", lab.addr(0))
     });
     let registry = crate::registry::Registry::start_in_netns(&c.lab.ns(0), &c.lab.addr(0));

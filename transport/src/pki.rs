@@ -112,6 +112,8 @@ impl std::fmt::Display for Identity {
 /// How long certificates the CA issues stay valid.
 pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86400);
 pub const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 86400);
+/// Boards' certificates: short, renewed by their agents over the session.
+pub const NODE_VALIDITY: Duration = Duration::from_secs(30 * 86400);
 
 /// A certificate with its private key, both PEM.
 #[derive(Clone)]
@@ -191,13 +193,18 @@ impl Ca {
 
     /// The leader's serving certificate (also valid as a client, for leader-to-leader traffic).
     pub fn issue_leader(&self, extra_names: &[String]) -> Result<Issued, PkiError> {
+        self.issue_leader_for(extra_names, LEAF_VALIDITY)
+    }
+
+    /// The leader's serving certificate, valid for `valid_for`.
+    pub fn issue_leader_for(&self, extra_names: &[String], valid_for: Duration) -> Result<Issued, PkiError> {
         let mut names = vec![LEADER_SERVER_NAME.to_string(), "localhost".to_string()];
         names.extend(extra_names.iter().cloned());
         names.dedup();
         let mut params = CertificateParams::new(names)?;
         params.distinguished_name = dn("leader");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        self.issue(params, LEAF_VALIDITY)
+        self.issue(params, valid_for)
     }
 
     /// An operator's client certificate.
@@ -239,12 +246,22 @@ impl Ca {
     /// is verified); the names and usages come from the CA. Returns the certificate (PEM) and the
     /// fingerprint of the node's public key.
     pub fn sign_node_csr(&self, csr_pem: &str, node_name: &str) -> Result<(String, String), PkiError> {
+        self.sign_node_csr_for(csr_pem, node_name, NODE_VALIDITY)
+    }
+
+    /// [`Ca::sign_node_csr`], valid for `valid_for`.
+    pub fn sign_node_csr_for(
+        &self,
+        csr_pem: &str,
+        node_name: &str,
+        valid_for: Duration,
+    ) -> Result<(String, String), PkiError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)?;
         let mut params = CertificateParams::new(vec![node_name.to_string()])?;
         params.distinguished_name = dn(&format!("node:{node_name}"));
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        validity(&mut params, LEAF_VALIDITY)?;
+        validity(&mut params, valid_for)?;
         let cert = params.signed_by(&csr.public_key, &self.issuer()?)?;
         Ok((cert.pem(), sha256_hex(rcgen::PublicKeyData::der_bytes(&csr.public_key))))
     }
@@ -259,8 +276,9 @@ fn dn(common_name: &str) -> DistinguishedName {
 
 fn validity(params: &mut CertificateParams, valid_for: Duration) -> Result<(), PkiError> {
     let now = OffsetDateTime::now_utc();
-    // Allow for boards whose clocks lag (a Pi has no RTC and may boot before NTP syncs).
-    params.not_before = now - Duration::from_secs(3600);
+    // Allow for boards whose clocks lag (a Pi has no RTC and may boot before NTP syncs): an hour,
+    // or a quarter of a short lifetime.
+    params.not_before = now - (valid_for / 4).min(Duration::from_secs(3600));
     params.not_after = now + valid_for;
     let mut serial = [0u8; 16];
     ring::rand::SystemRandom::new().fill(&mut serial).map_err(|_| PkiError::Random)?;
@@ -290,9 +308,54 @@ pub fn user_csr(name: &str) -> Result<(String, String), PkiError> {
 
 /// When a certificate (DER) stops being valid, in ms since the epoch.
 pub fn not_after_ms(cert_der: &[u8]) -> Result<u64, PkiError> {
+    Ok(validity_ms(cert_der)?.1)
+}
+
+/// A certificate's (not before, not after), in ms since the epoch.
+pub fn validity_ms(cert_der: &[u8]) -> Result<(u64, u64), PkiError> {
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(cert_der).map_err(|e| PkiError::BadCert(e.to_string()))?;
-    Ok((cert.validity().not_after.timestamp().max(0) as u64) * 1000)
+    let ms = |t: ASN1Time| (t.timestamp().max(0) as u64) * 1000;
+    Ok((ms(cert.validity().not_before), ms(cert.validity().not_after)))
+}
+
+/// When a certificate should be renewed: two thirds into its validity.
+pub fn renew_at_ms(cert_der: &[u8]) -> Result<u64, PkiError> {
+    let (nb, na) = validity_ms(cert_der)?;
+    Ok(nb + (na.saturating_sub(nb)) * 2 / 3)
+}
+
+/// The DNS names and IP addresses a certificate is for (its subject alternative names).
+pub fn subject_alt_names(cert_der: &[u8]) -> Result<Vec<String>, PkiError> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(cert_der).map_err(|e| PkiError::BadCert(e.to_string()))?;
+    let Some(san) = cert.subject_alternative_name().map_err(|e| PkiError::BadCert(e.to_string()))? else {
+        return Ok(Vec::new());
+    };
+    Ok(san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            GeneralName::IPAddress(b) if b.len() == 4 => {
+                Some(std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string())
+            }
+            GeneralName::IPAddress(b) if b.len() == 16 => {
+                let a: [u8; 16] = (*b).try_into().ok()?;
+                Some(std::net::Ipv6Addr::from(a).to_string())
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// A CSR for `node:<node_name>` with an existing key (PEM).
+pub fn node_csr_with_key(node_name: &str, key_pem: &str) -> Result<String, PkiError> {
+    let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::BadPem(format!("private key: {e}")))?;
+    let mut params = CertificateParams::new(vec![node_name.to_string()])?;
+    params.distinguished_name = dn(&format!("node:{node_name}"));
+    Ok(params.serialize_request(&key)?.pem()?)
 }
 
 /// Lowercase hex SHA-256.
@@ -355,6 +418,18 @@ mod tests {
         assert_eq!(identity_of(&der).unwrap(), (Identity::User { name: "ci".into(), role: Role::Deployer }, fp));
         let left = not_after_ms(&der).unwrap() as i64 - bramble_proto::time::now_ms() as i64;
         assert!((3_590_000..=3_600_000).contains(&left), "{left}");
+        // Renewal two thirds in; a short lifetime is backdated by a quarter of it, not an hour.
+        let (nb, na) = validity_ms(&der).unwrap();
+        assert_eq!(na - nb, 3_600_000 + 900_000);
+        assert_eq!(renew_at_ms(&der).unwrap(), nb + 3_000_000);
+        let leader = ca.issue_leader(&["10.0.0.1".into(), "pi-1".into()]).unwrap();
+        let names = subject_alt_names(&cert_der_from_pem(&leader.cert_pem).unwrap()).unwrap();
+        assert!(names.contains(&"10.0.0.1".to_string()) && names.contains(&"pi-1".to_string()), "{names:?}");
+        let key = KeyPair::generate().unwrap().serialize_pem();
+        let csr = node_csr_with_key("pi-9", &key).unwrap();
+        let (_, fp) = ca.sign_node_csr_for(&csr, "pi-9", Duration::from_secs(60)).unwrap();
+        let (_, fp2) = ca.sign_node_csr(&csr, "pi-9").unwrap();
+        assert_eq!(fp, fp2, "the same key");
     }
 
     #[test]

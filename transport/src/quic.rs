@@ -75,11 +75,17 @@ fn transport_config() -> Arc<TransportConfig> {
 
 /// A server endpoint (the leader).
 pub fn server_endpoint(addr: SocketAddr, tls: rustls::ServerConfig) -> Result<Endpoint, TransportError> {
+    Endpoint::server(quic_server_config(tls)?, addr).map_err(|source| TransportError::Bind { addr, source })
+}
+
+/// The QUIC server config for `tls` (what [`Endpoint::set_server_config`] takes to swap the
+/// certificate of a running endpoint).
+pub fn quic_server_config(tls: rustls::ServerConfig) -> Result<ServerConfig, TransportError> {
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
     let mut cfg = ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(transport_config());
-    Endpoint::server(cfg, addr).map_err(|source| TransportError::Bind { addr, source })
+    Ok(cfg)
 }
 
 /// A client endpoint bound to an ephemeral port of the right address family.

@@ -345,6 +345,16 @@ async fn node(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let _ = writeln!(s, "Pod subnet:    {}", n.pod_cidr.map_or("<none>".into(), |c| c.to_string()));
     let _ = writeln!(s, "Address:       {}", n.address.map_or("<none>".into(), |a| a.to_string()));
     let _ = writeln!(s, "Created:       {} ago", super::age(n.meta.created_ms));
+    if let Some(at) = n.cert_expires_ms {
+        let now = super::now_ms();
+        let left = |ms: u64| bramble_proto::quantity::format_duration(std::time::Duration::from_secs(ms / 1000));
+        let text = if at > now {
+            format!("expires in {} (the agent renews it two thirds in)", left(at - now))
+        } else {
+            format!("EXPIRED {} ago: the board must join again", left(now - at))
+        };
+        let _ = writeln!(s, "Certificate:   {text}");
+    }
     let _ = writeln!(s, "System:");
     let _ = writeln!(s, "  Arch:        {}", n.info.arch);
     let _ = writeln!(s, "  OS:          {}", n.info.os);

@@ -46,6 +46,8 @@ pub struct Api {
     pub keyring: Arc<crate::secrets::Keyring>,
     /// Revoked user certificates, checked on every connection.
     pub revoked: Arc<crate::users::Revoked>,
+    /// How long the certificates given to boards (at join and renewal) live.
+    pub node_cert_lifetime: Duration,
 }
 
 impl std::fmt::Debug for Api {
@@ -65,7 +67,19 @@ impl Api {
         let (observed, published, network) = (Arc::new(Observed::new()), Arc::default(), Arc::new(network));
         let keyring = Arc::new(crate::secrets::Keyring::ephemeral().expect("randomness for a secrets key"));
         let revoked = Arc::new(crate::users::Revoked::load_or_refuse_all(&objects));
-        Api { objects, ca, registry, events, observed, published, network, drain: Arc::default(), keyring, revoked }
+        Api {
+            objects,
+            ca,
+            registry,
+            events,
+            observed,
+            published,
+            network,
+            drain: Arc::default(),
+            keyring,
+            revoked,
+            node_cert_lifetime: bramble_transport::pki::NODE_VALIDITY,
+        }
     }
 
     /// Seals secrets with `keyring` (the leader's `secrets.key`) instead of a key in memory.

@@ -16,8 +16,10 @@ impl Api {
     pub(super) fn join(&self, token: &str, node_name: &str, csr_pem: &str, info: NodeInfo) -> Result<Response> {
         crate::tokens::verify(&self.objects, &self.ca.fingerprint(), token, now_ms())?;
         check_dns_subdomain(node_name).map_err(|e| Error::Invalid(format!("join refused: node {e}")))?;
-        let (cert_pem, key_fp) =
-            self.ca.sign_node_csr(csr_pem, node_name).map_err(|e| Error::Invalid(format!("join refused: {e}")))?;
+        let (cert_pem, key_fp) = self
+            .ca
+            .sign_node_csr_for(csr_pem, node_name, self.node_cert_lifetime)
+            .map_err(|e| Error::Invalid(format!("join refused: {e}")))?;
         match self.objects.get::<Node>(node_name)? {
             Some(existing) if existing.value.key_fingerprint != key_fp => {
                 return Err(Error::Conflict(format!(
@@ -90,13 +92,51 @@ impl Api {
 
     /// Records what an agent reports about its board, and the address its session comes from;
     /// writes only if something changed.
-    pub fn set_node_info(&self, name: &str, info: NodeInfo, address: Option<Ipv4Addr>) -> Result<bool> {
+    pub fn set_node_info(
+        &self,
+        name: &str,
+        info: NodeInfo,
+        address: Option<Ipv4Addr>,
+        cert_expires_ms: Option<u64>,
+    ) -> Result<bool> {
         self.objects.update::<Node>(name, |node| {
-            let changed = node.info != info || (address.is_some() && node.address != address);
+            let changed = node.info != info
+                || (address.is_some() && node.address != address)
+                || (cert_expires_ms.is_some() && node.cert_expires_ms != cert_expires_ms);
             node.info = info.clone();
             node.address = address.or(node.address);
+            node.cert_expires_ms = cert_expires_ms.or(node.cert_expires_ms);
             Ok(changed)
         })
+    }
+
+    /// Signs a board's renewal CSR (a new key) for `name`, whose session is authenticated:
+    /// the node is bound to the new key, the old one still accepted until its certificate
+    /// expires. Returns the certificate.
+    pub fn renew_node(&self, name: &str, csr_pem: &str) -> Result<String> {
+        let (cert_pem, key_fp) = self
+            .ca
+            .sign_node_csr_for(csr_pem, name, self.node_cert_lifetime)
+            .map_err(|e| Error::Invalid(format!("renewal refused: {e}")))?;
+        let der = bramble_transport::pki::cert_der_from_pem(&cert_pem).map_err(|e| Error::Internal(e.to_string()))?;
+        let expires = bramble_transport::pki::not_after_ms(&der).map_err(|e| Error::Internal(e.to_string()))?;
+        self.objects.update::<Node>(name, |node| {
+            if node.key_fingerprint != key_fp {
+                node.old_key_fingerprint = Some(std::mem::replace(&mut node.key_fingerprint, key_fp.clone()));
+            }
+            node.cert_expires_ms = Some(expires);
+            Ok(true)
+        })?;
+        let left = bramble_proto::quantity::format_duration(std::time::Duration::from_secs(
+            expires.saturating_sub(now_ms()) / 1000,
+        ));
+        self.events.node(
+            name,
+            EventReason::CertificateRenewed,
+            format!("certificate renewed, valid for {left}"),
+            now_ms(),
+        );
+        Ok(cert_pem)
     }
 
     /// Removes a node: its pod subnet is released, its replicas are replaced elsewhere. A board

@@ -549,7 +549,7 @@ impl Payload {
     fn needed(self, set: &DesiredSet) -> std::collections::BTreeSet<String> {
         set.values()
             .flat_map(|a| match self {
-                Payload::Secrets => a.spec.secrets.iter().map(|n| n.as_str().to_string()).collect::<Vec<_>>(),
+                Payload::Secrets => a.spec.secret_names().into_iter().collect::<Vec<_>>(),
                 Payload::Configs => a.spec.configs.iter().map(|c| c.name.as_str().to_string()).collect(),
             })
             .collect()

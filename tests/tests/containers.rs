@@ -79,6 +79,7 @@ impl Env {
             probes: Vec::new(),
             tmpfs: Vec::new(),
             binds: Vec::new(),
+            secret_env: Vec::new(),
         }
     }
 

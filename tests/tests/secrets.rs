@@ -135,6 +135,12 @@ fn secrets_are_write_only_sealed_at_rest_and_rotated() {
     assert_eq!(gone.status.code(), Some(4));
 }
 
+/// Every tmpfs mount point.
+fn tmpfs_mounts() -> Vec<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mounts.lines().filter(|l| l.contains(" - tmpfs ")).filter_map(|l| l.split(' ').nth(4)).map(String::from).collect()
+}
+
 /// Whether a tmpfs is mounted at `path`.
 fn tmpfs_at(path: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -157,7 +163,12 @@ fn a_secret_reaches_only_the_board_that_runs_its_replica_and_only_its_memory() {
         )
     };
     let cache = "[[app.volumes]]\ntype = \"tmpfs\"\npath = \"/cache\"\nsize = \"1Mi\"\n";
-    std::fs::write(&manifest, app("reader", "db") + cache + &app("waiter", "later")).unwrap();
+    let envy = format!(
+        "[[app]]\nname = \"envy\"\nimage = \"{image}\"\n\
+         command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n\
+         secret_env = {{ DB_PASSWORD = \"db/password\" }}\n[app.placement]\nnode_selector = {{ role = \"db\" }}\n"
+    );
+    std::fs::write(&manifest, app("reader", "db") + cache + &app("waiter", "later") + &envy).unwrap();
     ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
     fn replicas_of(c: &Cluster, app: &str) -> Vec<bramble_proto::model::Replica> {
         serde_json::from_str(&ok(c.cli(&["get", "replicas", "--app", app, "-o", "json"]), "get")).unwrap()
@@ -186,6 +197,13 @@ fn a_secret_reaches_only_the_board_that_runs_its_replica_and_only_its_memory() {
     let full = c.cli(&["exec", &id, "--", "sh", "-c", "yes 0123456789 | busybox head -c 2000000 > /cache/big"]);
     assert!(!full.status.success(), "2 MB does not fit in 1 MiB");
 
+    // Through the environment, where the app asks.
+    let envy = bramble_tests::wait_for("envy running", std::time::Duration::from_secs(60), || {
+        replicas_of(&c, "envy").into_iter().find(|r| r.phase == bramble_proto::model::ReplicaPhase::Running)
+    });
+    let env = ok(c.cli(&["exec", &envy.meta.name, "--", "sh", "-c", "echo \"$DB_PASSWORD\""]), "printenv");
+    assert_eq!(env.trim_end(), password);
+
     // Only board-1 got it, and only in memory: a tmpfs for the replica, nothing on any disk.
     let secrets_dir = c.agent_dir(1).join("secrets").join(&id);
     assert!(tmpfs_at(&secrets_dir), "a tmpfs at {}", secrets_dir.display());
@@ -193,9 +211,12 @@ fn a_secret_reaches_only_the_board_that_runs_its_replica_and_only_its_memory() {
     assert!(logs(1).contains("secrets from the leader") && logs(1).contains("db v1"), "board-1 got it");
     assert!(!logs(2).contains("secrets from the leader"), "board-2 never got a secret: {}", logs(2));
     let mut on_disk = files_containing(c.dir.path(), password.as_bytes());
-    // (The secrets' tmpfs is memory: a file read through it is not on a disk.)
-    on_disk.retain(|p| !p.starts_with(&secrets_dir.display().to_string()));
+    // (A tmpfs is memory: the secrets' of each replica, the bundle whose spec holds the
+    // environment.)
+    let in_memory = tmpfs_mounts();
+    on_disk.retain(|p| !in_memory.iter().any(|m| p.starts_with(&format!("{m}/"))));
     assert_eq!(on_disk, Vec::<String>::new(), "the value is on no disk (the tmpfs aside)");
+    assert!(in_memory.iter().any(|m| m.ends_with(&format!("{}/bundle", envy.meta.name))), "{in_memory:?}");
     let desired = std::fs::read_to_string(c.agent_dir(1).join("desired.json")).unwrap();
     assert!(desired.contains("\"secrets\"") && !desired.contains(&password), "names only in desired.json");
 
@@ -206,6 +227,19 @@ fn a_secret_reaches_only_the_board_that_runs_its_replica_and_only_its_memory() {
         let out = c.cli(&["exec", &id, "--", "cat", "/run/secrets/db/password"]);
         (text(&out.stdout) == updated).then_some(())
     });
+    // The app that takes it through its environment rolled: a new replica with the new value.
+    let rolled = bramble_tests::wait_for("envy rolled", std::time::Duration::from_secs(90), || {
+        let rs = replicas_of(&c, "envy");
+        (rs.len() == 1
+            && rs[0].meta.name != envy.meta.name
+            && rs[0].phase == bramble_proto::model::ReplicaPhase::Running)
+            .then(|| rs[0].clone())
+    });
+    let env =
+        ok(c.cli(&["exec", &rolled.meta.name, "--", "sh", "-c", "echo \"$DB_PASSWORD\""]), "printenv after the update");
+    assert_eq!(env.trim_end(), updated);
+    let history = ok(c.cli(&["rollout", "history", "app/envy"]), "history");
+    assert!(history.contains("secret db changed"), "{history}");
 
     // An agent killed and restarted under the running container: the leader sends the secret
     // again (the agent's memory was empty), and a later update still reaches the same container.
@@ -232,7 +266,7 @@ fn a_secret_reaches_only_the_board_that_runs_its_replica_and_only_its_memory() {
     assert_eq!(ok(c.cli(&["exec", &waiter.meta.name, "--", "cat", "/run/secrets/later/k"]), "cat"), "v");
 
     // Deleting the apps unmounts their secrets.
-    ok(c.cli(&["delete", "app", "reader", "waiter"]), "delete");
+    ok(c.cli(&["delete", "app", "reader", "waiter", "envy"]), "delete");
     bramble_tests::wait_for("the tmpfs gone", std::time::Duration::from_secs(30), || {
         (!tmpfs_at(&secrets_dir) && !secrets_dir.exists()).then_some(())
     });

@@ -150,9 +150,20 @@ impl Containers for ShimContainers {
             let _ = self.roots.remove(id);
             return Err(ReconcileError::Config(e.to_string()));
         }
-        let names: Vec<String> = a.spec.secrets.iter().map(|n| n.as_str().to_string()).collect();
+        let names: Vec<String> = a.spec.secret_names().into_iter().collect();
         match self.secrets.prepare(id, &names, cc.uid, cc.gid) {
-            Ok(Some(dir)) => cc.files.push(FileMount { source: dir, destination: "/run/secrets".into() }),
+            Ok(Some(dir)) => {
+                cc.secret_env =
+                    a.spec.secret_env_refs().map(|(v, s, k)| (v.to_string(), dir.join(s).join(k))).collect();
+                if let Some((v, _)) = cc.secret_env.iter().find(|(_, p)| !p.exists()) {
+                    let r =
+                        a.spec.secret_env.iter().find(|(k, _)| k.0 == *v).map(|(_, r)| r.clone()).unwrap_or_default();
+                    let _ = self.roots.remove(id);
+                    self.secrets.release(id);
+                    return Err(ReconcileError::Config(format!("secret variable {v}: secret {r:?} has no such key")));
+                }
+                cc.files.push(FileMount { source: dir, destination: "/run/secrets".into() });
+            }
             Ok(None) => {}
             Err(e) => {
                 let _ = self.roots.remove(id);

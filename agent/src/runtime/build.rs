@@ -102,6 +102,7 @@ pub fn container_config(
         probes: app.probes.clone(),
         tmpfs: Vec::new(),
         binds: Vec::new(),
+        secret_env: Vec::new(),
     })
 }
 

@@ -75,6 +75,10 @@ pub struct ContainerConfig {
     /// Directories of the board (local and host volumes) mounted into the container.
     #[serde(default)]
     pub binds: Vec<BindMount>,
+    /// Environment variables whose values are read, when the container starts, from these files
+    /// (in the replica's secrets tmpfs): never written into a file on disk.
+    #[serde(default)]
+    pub secret_env: Vec<(String, PathBuf)>,
 }
 
 /// A directory of the board seen at `destination` inside the container.
@@ -100,6 +104,11 @@ pub struct FileMount {
 pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
 
 impl ContainerConfig {
+    /// Its runtime spec holds secrets (its bundle lives on a tmpfs).
+    pub fn holds_secrets(&self) -> bool {
+        !self.secret_env.is_empty()
+    }
+
     /// The cgroup path, the same under cgroup v1 and v2.
     pub fn cgroups_path(&self) -> String {
         format!("/bramble/{}", self.id)

@@ -221,6 +221,8 @@ impl Runtime {
         if let Ok(mut c) = libcontainer::container::Container::load(lc) {
             let _ = c.delete(true);
         }
+        // A bundle on a tmpfs (its spec held secrets) goes with its memory.
+        let _ = nix::mount::umount2(&dir.bundle(), nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir_all(&dir.0);
     }
 

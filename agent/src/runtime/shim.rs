@@ -47,6 +47,12 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ShimError {
     move |source| ShimError::Io { what, source }
 }
 
+/// Whether a filesystem is mounted at `path` (a shim started again finds its bundle's tmpfs).
+fn is_mount_point(path: &std::path::Path) -> bool {
+    let p = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&p)))
+}
+
 fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> ShimError {
     let what = what.into();
     move |source| ShimError::Sys { what, source }
@@ -130,6 +136,17 @@ pub fn main(dir: ContainerDir) -> Result<(), ShimError> {
             .map_err(|e| ShimError::Config(format!("container config: {e}")))?;
     let spec = spec::build(&config).map_err(ShimError::Config)?;
     std::fs::create_dir_all(dir.bundle()).map_err(io("create the bundle"))?;
+    if config.holds_secrets() && !is_mount_point(&dir.bundle()) {
+        // The spec holds secret values: its bundle (and the exec processes' files) live in memory.
+        nix::mount::mount(
+            Some("tmpfs"),
+            &dir.bundle(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+            Some("size=4m,mode=0700"),
+        )
+        .map_err(sys("mount a tmpfs for the bundle"))?;
+    }
     spec.save(dir.bundle().join("config.json"))
         .map_err(|e| ShimError::Config(format!("write the runtime spec: {e}")))?;
     let log = LogWriter::open(config.log.path.clone(), config.log.max_bytes, config.log.max_files)
@@ -638,7 +655,8 @@ impl Shim {
         all_env.extend(env);
         process.set_args(Some(args)).set_env(Some(all_env)).set_terminal(Some(tty));
         self.attach_seq += 1;
-        let process_path = self.dir.0.join(format!("exec-{}.json", self.attach_seq));
+        // Beside the spec: a tmpfs when the environment holds secrets.
+        let process_path = self.dir.bundle().join(format!("exec-{}.json", self.attach_seq));
         let json = serde_json::to_vec(&process).map_err(|e| e.to_string())?;
         std::fs::write(&process_path, json).map_err(|e| format!("cannot write {}: {e}", process_path.display()))?;
         let console = self.dir.0.join(format!("console-{}.sock", self.attach_seq));

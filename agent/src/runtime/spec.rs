@@ -48,11 +48,20 @@ pub fn build(c: &ContainerConfig) -> Result<Spec, String> {
         .map_err(e)?;
     let user =
         UserBuilder::default().uid(c.uid).gid(c.gid).additional_gids(c.additional_gids.clone()).build().map_err(e)?;
+    // Secret variables come from the replica's secrets tmpfs, read now: they are in no file on
+    // disk (the bundle that holds this spec is a tmpfs too, see the shim).
+    let mut env = c.env.clone();
+    for (name, path) in &c.secret_env {
+        let value = std::fs::read(path).map_err(|err| format!("secret variable {name}: {}: {err}", path.display()))?;
+        let value = String::from_utf8(value).map_err(|_| format!("secret variable {name}: the value is not UTF-8"))?;
+        env.retain(|v| v.split_once('=').map(|(k, _)| k) != Some(name.as_str()));
+        env.push(format!("{name}={value}"));
+    }
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(user)
         .args(c.args.clone())
-        .env(c.env.clone())
+        .env(env)
         .cwd(c.cwd.clone())
         .capabilities(capabilities)
         .no_new_privileges(true)
@@ -172,6 +181,7 @@ mod tests {
             probes: Vec::new(),
             tmpfs: Vec::new(),
             binds: Vec::new(),
+            secret_env: Vec::new(),
         }
     }
 

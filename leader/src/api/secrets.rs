@@ -69,7 +69,20 @@ impl Api {
         let message = format!("secret/{name} {done} by {who} (version {version}; keys: {keys})");
         self.events.record(Event::new(now, ObjectRef::new(Kind::Secret, name), reason, message));
         self.published.secrets.send_modify(|v| *v += 1);
-        Ok(format!("secret/{name} {done}"))
+        // Files change in place; an environment cannot: apps that take it there roll.
+        let mut rolled = Vec::new();
+        if !create {
+            for app in self.objects.list::<bramble_proto::model::App>()?.into_iter().map(|v| v.value) {
+                if app.spec.secret_env_refs().any(|(_, s, _)| s == name) {
+                    match self.roll(&app.meta.name, who, &format!("secret {name} changed")) {
+                        Ok(_) => rolled.push(format!("app/{} rolling", app.meta.name)),
+                        Err(e) => tracing::warn!(app = %app.meta.name, "cannot roll after secret {name} changed: {e}"),
+                    }
+                }
+            }
+        }
+        let rolled = if rolled.is_empty() { String::new() } else { format!(" ({})", rolled.join(", ")) };
+        Ok(format!("secret/{name} {done}{rolled}"))
     }
 
     pub(super) fn secrets(&self) -> Result<Vec<SecretInfo>> {

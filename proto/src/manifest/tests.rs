@@ -581,3 +581,21 @@ fn configs_parse_and_their_files_and_mounts_are_checked() {
         "the container's own",
     );
 }
+
+#[test]
+fn secret_env_names_a_secret_and_key() {
+    let m = parse_manifest("m.toml", &app("secret_env = { DB_PASSWORD = \"db/password\" }\nsecrets = [\"tls\"]\n"))
+        .unwrap();
+    let a = &m.apps[0];
+    assert_eq!(a.secret_env_refs().collect::<Vec<_>>(), [("DB_PASSWORD", "db", "password")]);
+    assert_eq!(a.secret_names().into_iter().collect::<Vec<_>>(), ["db", "tls"]);
+    fails(&app("secret_env = { X = \"nokey\" }\n"), 4, 14, "app[0].secret_env", "expected \"SECRET/KEY\"");
+    fails(&app("secret_env = { X = \"db/../k\" }\n"), 4, 14, "app[0].secret_env", "expected \"SECRET/KEY\"");
+    fails(
+        &app("env = { X = \"1\" }\nsecret_env = { X = \"db/k\" }\n"),
+        5,
+        14,
+        "app[0].secret_env",
+        "X is also set in env",
+    );
+}

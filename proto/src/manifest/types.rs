@@ -2,7 +2,7 @@
 
 use crate::image_ref::ImageRef;
 use crate::model::TaintEffect;
-use crate::names::{check_env_name, check_label_key, check_label_value, Name};
+use crate::names::{check_dns_label, check_env_name, check_label_key, check_label_value, Name};
 use crate::quantity::{Cpu, HumanDuration, Memory};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -485,9 +485,13 @@ pub struct AppSpec {
     pub args: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<EnvName, String>,
-    /// Names of secrets whose keys become files and environment variables.
+    /// Names of secrets whose keys become files in `/run/secrets/<NAME>/<KEY>`.
     #[serde(default)]
     pub secrets: Vec<Name>,
+    /// Environment variables from secrets: `DB_PASSWORD = "db/password"` (secret/key). Updating
+    /// such a secret rolls the app (an environment cannot change under a running process).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<EnvName, String>,
     #[serde(default)]
     pub replicas: Replicas,
     #[serde(default)]
@@ -533,6 +537,21 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 impl AppSpec {
     pub fn stop_grace(&self) -> Duration {
         self.stop_grace.map_or(STOP_GRACE, |d| d.0)
+    }
+
+    /// Every secret it uses: as files and through the environment.
+    pub fn secret_names(&self) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = self.secrets.iter().map(|n| n.as_str().to_string()).collect();
+        out.extend(self.secret_env_refs().map(|(_, s, _)| s.to_string()));
+        out
+    }
+
+    /// Its secret environment variables: `(variable, secret, key)`.
+    pub fn secret_env_refs(&self) -> impl Iterator<Item = (&str, &str, &str)> {
+        self.secret_env.iter().filter_map(|(k, v)| {
+            let (s, key) = v.split_once('/')?;
+            Some((k.0.as_str(), s, key))
+        })
     }
 
     /// The names of its local volumes.
@@ -676,6 +695,17 @@ impl AppSpec {
                 ));
             } else if !paths.insert(p.to_string()) {
                 out.push(Problem::new(at(), format!("{p} is mounted twice")));
+            }
+        }
+        for (k, v) in &self.secret_env {
+            let ok = v.split_once('/').is_some_and(|(s, key)| check_dns_label(s).is_ok() && is_file_key(key));
+            if !ok {
+                out.push(Problem::new(
+                    vec![Key("secret_env")],
+                    format!("{}: expected \"SECRET/KEY\" (a secret's name and one of its keys), found {v:?}", k.0),
+                ));
+            } else if self.env.contains_key(k) {
+                out.push(Problem::new(vec![Key("secret_env")], format!("{} is also set in env", k.0)));
             }
         }
         let mut config_names = BTreeSet::new();

@@ -122,8 +122,8 @@ impl Api {
             Request::Join { .. } => unreachable!("handled above"),
             Request::GetNodes => Ok(Response::Nodes(self.node_views()?)),
             Request::GetNode { name } => self.describe_node(&name),
-            Request::LabelNode { name, set, remove } => self.label(&name, set, remove),
-            Request::SetCordon { name, cordoned } => self.cordon(&name, cordoned),
+            Request::LabelNode { name, set, remove } => self.label(&name, set, remove, who),
+            Request::SetCordon { name, cordoned } => self.cordon(&name, cordoned, who),
             Request::Apply { apps, services, configs, dry_run: true } => {
                 Ok(Response::Planned(apps::dry_run(&self.context(), (apps, services, configs), now_ms())?))
             }
@@ -143,7 +143,7 @@ impl Api {
             Request::GetApps => Ok(Response::Apps(apps::list(&self.objects)?)),
             Request::GetServices => Ok(Response::Services(self.services()?)),
             Request::GetService { name } => self.describe_service(&name),
-            Request::DeleteNode { name } => Ok(Response::Done(self.delete_node(&name)?)),
+            Request::DeleteNode { name } => Ok(Response::Done(self.delete_node(&name, who)?)),
             Request::Delete { apps, services, secrets, configs } => {
                 let done = apps::delete(&self.objects, apps, services, secrets, configs)?;
                 for line in done.lines() {

@@ -50,7 +50,7 @@ impl Api {
         Ok(Response::Node { node: Box::new(self.view(node)), events })
     }
 
-    pub(super) fn cordon(&self, name: &str, cordoned: bool) -> Result<Response> {
+    pub(super) fn cordon(&self, name: &str, cordoned: bool, who: &str) -> Result<Response> {
         let changed = self.objects.update::<Node>(name, |n| {
             let changed = n.unschedulable != cordoned;
             n.unschedulable = cordoned;
@@ -59,12 +59,18 @@ impl Api {
         let verb = if cordoned { "cordoned" } else { "uncordoned" };
         if changed {
             let reason = if cordoned { EventReason::NodeCordoned } else { EventReason::NodeUncordoned };
-            self.events.node(name, reason, format!("node {verb} by an admin"), now_ms());
+            self.events.node(name, reason, format!("node {verb} by {who}"), now_ms());
         }
         Ok(Response::Done(format!("node/{name} {verb}{}", if changed { "" } else { " (no change)" })))
     }
 
-    pub(super) fn label(&self, name: &str, set: BTreeMap<String, String>, remove: Vec<String>) -> Result<Response> {
+    pub(super) fn label(
+        &self,
+        name: &str,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+        who: &str,
+    ) -> Result<Response> {
         for (k, v) in &set {
             check_label_key(k).map_err(|e| Error::Invalid(e.to_string()))?;
             check_label_value(v).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -86,7 +92,12 @@ impl Api {
         })?;
         let mut parts: Vec<String> = set.iter().map(|(k, v)| format!("{k}={v}")).collect();
         parts.extend(remove.iter().map(|k| format!("{k}-")));
-        self.events.node(name, EventReason::NodeLabeled, format!("labels changed: {}", parts.join(" ")), now_ms());
+        self.events.node(
+            name,
+            EventReason::NodeLabeled,
+            format!("labels changed by {who}: {}", parts.join(" ")),
+            now_ms(),
+        );
         Ok(Response::Done(format!("node/{name} labeled")))
     }
 
@@ -141,7 +152,7 @@ impl Api {
 
     /// Removes a node: its pod subnet is released, its replicas are replaced elsewhere. A board
     /// that is still running is refused the next time it connects, until it joins again.
-    pub(super) fn delete_node(&self, name: &str) -> Result<String> {
+    pub(super) fn delete_node(&self, name: &str, who: &str) -> Result<String> {
         let v = self.objects.load::<Node>(name)?;
         let mut ops = vec![Objects::delete_op::<Node>(name, Expect::Revision(v.rev))];
         ops.extend(v.value.pod_cidr.map(|c| Objects::release_op(keys::subnet(&c))));
@@ -150,7 +161,7 @@ impl Api {
             e => e.into(),
         })?;
         let freed = v.value.pod_cidr.map(|c| format!("; pod subnet {c} released")).unwrap_or_default();
-        self.events.node(name, EventReason::NodeDeleted, format!("node deleted by an admin{freed}"), now_ms());
+        self.events.node(name, EventReason::NodeDeleted, format!("node deleted by {who}{freed}"), now_ms());
         if let Some(conn) = self.registry.connection(name) {
             conn.close(quinn::VarInt::from_u32(3), b"node deleted");
         }

@@ -180,6 +180,12 @@ impl Cluster {
         }
     }
 
+    /// The replicas of `app` (`bramble get replicas --app`).
+    pub fn replicas_of(&self, app: &str) -> Vec<bramble_proto::model::Replica> {
+        serde_json::from_str(&crate::ok(self.cli(&["get", "replicas", "--app", app, "-o", "json"]), "get replicas"))
+            .expect("replicas as JSON")
+    }
+
     /// Runs the CLI in the leader's namespace with the admin config.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.cli_as(&self.leader_dir().join("admin.toml"), args)

@@ -48,3 +48,14 @@ pub fn require_root_and_ip() {
         panic!("this end-to-end test needs `ip` from iproute2 (apt-get install iproute2)");
     }
 }
+
+/// A command's output as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+/// The standard output of a command that must succeed (else the test fails with its stderr).
+pub fn ok(out: std::process::Output, what: &str) -> String {
+    assert!(out.status.success(), "{what}: {}", text(&out.stderr));
+    text(&out.stdout)
+}

@@ -4,23 +4,10 @@
 //! leader renews its own serving certificate without a restart (the CLI keeps working); a board
 //! whose certificate expired (it was off too long) is refused with a message that says so.
 
-use bramble_proto::model::{ConditionStatus, EventReason, Replica, ReplicaPhase};
-use bramble_tests::{Cluster, ClusterOptions};
-use std::process::Output;
+use bramble_proto::model::{ConditionStatus, EventReason, ReplicaPhase};
+use bramble_tests::ok;
+use bramble_tests::ClusterOptions;
 use std::time::Duration;
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_string()
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(out.status.success(), "{what}: {}", text(&out.stderr));
-    text(&out.stdout)
-}
-
-fn replicas_of(c: &Cluster, app: &str) -> Vec<Replica> {
-    serde_json::from_str(&ok(c.cli(&["get", "replicas", "--app", app, "-o", "json"]), "get replicas")).unwrap()
-}
 
 #[test]
 fn board_and_leader_certificates_renew_themselves_and_an_expired_one_is_refused() {
@@ -37,7 +24,7 @@ fn board_and_leader_certificates_renew_themselves_and_an_expired_one_is_refused(
     .unwrap();
     ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
     let first = bramble_tests::wait_for("the app running", Duration::from_secs(60), || {
-        replicas_of(&c, "steady").into_iter().find(|r| r.phase == ReplicaPhase::Running)
+        c.replicas_of("steady").into_iter().find(|r| r.phase == ReplicaPhase::Running)
     });
     let node_crt = c.agent_dir(1).join("node.crt");
     let node_key = c.agent_dir(1).join("node.key");
@@ -63,7 +50,7 @@ fn board_and_leader_certificates_renew_themselves_and_an_expired_one_is_refused(
     let evs: Vec<bramble_proto::model::Event> =
         serde_json::from_str(&ok(c.cli(&["events", "-o", "json"]), "events json")).unwrap();
     assert!(!evs.iter().any(|e| e.reason == EventReason::NodeNotReady), "the board never left: {events}");
-    let now = replicas_of(&c, "steady").remove(0);
+    let now = c.replicas_of("steady").remove(0);
     assert_eq!((now.meta.name, now.container_id, now.restarts), (first.meta.name, first.container_id, 0));
     assert_eq!(c.node(1).ready.status, ConditionStatus::True);
 

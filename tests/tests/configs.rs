@@ -5,25 +5,12 @@
 
 use bramble_proto::model::{Replica, ReplicaPhase};
 use bramble_tests::Cluster;
-use std::process::Output;
+use bramble_tests::{ok, text};
 use std::time::Duration;
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_string()
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(out.status.success(), "{what}: {}", text(&out.stderr));
-    text(&out.stdout)
-}
-
-fn replicas_of(c: &Cluster, app: &str) -> Vec<Replica> {
-    serde_json::from_str(&ok(c.cli(&["get", "replicas", "--app", app, "-o", "json"]), "get replicas")).unwrap()
-}
 
 fn the_running(c: &Cluster, app: &str, not: Option<&str>) -> Replica {
     bramble_tests::wait_for(&format!("{app} running"), Duration::from_secs(90), || {
-        let rs = replicas_of(c, app);
+        let rs = c.replicas_of(app);
         (rs.len() == 1 && rs[0].phase == ReplicaPhase::Running && Some(rs[0].meta.name.as_str()) != not)
             .then(|| rs[0].clone())
     })
@@ -76,7 +63,7 @@ fn configs_are_mounted_read_only_updated_in_place_or_rolled() {
     bramble_tests::wait_for("the new file in the running container", Duration::from_secs(20), || {
         (cat(&web.meta.name, "/etc/app/app.conf") == "mode = 2\n").then_some(())
     });
-    let same = replicas_of(&c, "web").remove(0);
+    let same = c.replicas_of("web").remove(0);
     assert_eq!((same.meta.name.as_str(), same.restarts), (web.meta.name.as_str(), 0), "not restarted");
     let new = the_running(&c, "rolled", Some(&rolled.meta.name));
     assert_eq!(cat(&new.meta.name, "/etc/app/app.conf"), "mode = 2\n");
@@ -87,7 +74,7 @@ fn configs_are_mounted_read_only_updated_in_place_or_rolled() {
 
     // A replica whose config does not exist yet waits, and starts once it does.
     bramble_tests::wait_for("the waiter's reason", Duration::from_secs(30), || {
-        replicas_of(&c, "waiter").into_iter().find(|r| r.reason.contains("waiting for config later from the leader"))
+        c.replicas_of("waiter").into_iter().find(|r| r.reason.contains("waiting for config later from the leader"))
     });
     ok(c.cli(&["config", "create", "later", "--from-literal", "k=v"]), "create later");
     let waiter = the_running(&c, "waiter", None);

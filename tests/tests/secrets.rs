@@ -3,19 +3,10 @@
 //! (refused while the leader runs), deleted — and their values appear nowhere in the leader's
 //! data dir (store, key file aside), its log, or any answer.
 
+use bramble_tests::{ok, text};
 use bramble_tests::{Cluster, ClusterOptions};
 use nix::sys::signal::Signal;
 use std::path::Path;
-use std::process::Output;
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_string()
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(out.status.success(), "{what}: {}", text(&out.stderr));
-    text(&out.stdout)
-}
 
 /// Every file under `dir` whose bytes contain `needle`.
 fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
@@ -170,11 +161,8 @@ fn a_secret_reaches_only_the_board_that_runs_its_replica_and_only_its_memory() {
     );
     std::fs::write(&manifest, app("reader", "db") + cache + &app("waiter", "later") + &envy).unwrap();
     ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
-    fn replicas_of(c: &Cluster, app: &str) -> Vec<bramble_proto::model::Replica> {
-        serde_json::from_str(&ok(c.cli(&["get", "replicas", "--app", app, "-o", "json"]), "get")).unwrap()
-    }
     let reader = bramble_tests::wait_for("the reader running", std::time::Duration::from_secs(60), || {
-        replicas_of(&c, "reader").into_iter().find(|r| r.phase == bramble_proto::model::ReplicaPhase::Running)
+        c.replicas_of("reader").into_iter().find(|r| r.phase == bramble_proto::model::ReplicaPhase::Running)
     });
     assert_eq!(reader.node.as_deref(), Some("board-1"));
     let id = reader.meta.name.clone();
@@ -199,7 +187,7 @@ fn a_secret_reaches_only_the_board_that_runs_its_replica_and_only_its_memory() {
 
     // Through the environment, where the app asks.
     let envy = bramble_tests::wait_for("envy running", std::time::Duration::from_secs(60), || {
-        replicas_of(&c, "envy").into_iter().find(|r| r.phase == bramble_proto::model::ReplicaPhase::Running)
+        c.replicas_of("envy").into_iter().find(|r| r.phase == bramble_proto::model::ReplicaPhase::Running)
     });
     let env = ok(c.cli(&["exec", &envy.meta.name, "--", "sh", "-c", "echo \"$DB_PASSWORD\""]), "printenv");
     assert_eq!(env.trim_end(), password);
@@ -229,7 +217,7 @@ fn a_secret_reaches_only_the_board_that_runs_its_replica_and_only_its_memory() {
     });
     // The app that takes it through its environment rolled: a new replica with the new value.
     let rolled = bramble_tests::wait_for("envy rolled", std::time::Duration::from_secs(90), || {
-        let rs = replicas_of(&c, "envy");
+        let rs = c.replicas_of("envy");
         (rs.len() == 1
             && rs[0].meta.name != envy.meta.name
             && rs[0].phase == bramble_proto::model::ReplicaPhase::Running)
@@ -251,17 +239,17 @@ fn a_secret_reaches_only_the_board_that_runs_its_replica_and_only_its_memory() {
         let out = c.cli(&["exec", &id, "--", "cat", "/run/secrets/db/password"]);
         (text(&out.stdout) == third).then_some(())
     });
-    let same = replicas_of(&c, "reader").into_iter().find(|r| r.meta.name == id).expect("the same replica");
+    let same = c.replicas_of("reader").into_iter().find(|r| r.meta.name == id).expect("the same replica");
     assert_eq!((same.restarts, same.container_id.clone()), (0, reader.container_id.clone()), "not restarted");
 
     // A replica whose secret does not exist yet waits and says why; it starts once it exists.
     let waiting = bramble_tests::wait_for("the waiter's reason", std::time::Duration::from_secs(30), || {
-        replicas_of(&c, "waiter").into_iter().find(|r| r.reason.contains("waiting for secret later from the leader"))
+        c.replicas_of("waiter").into_iter().find(|r| r.reason.contains("waiting for secret later from the leader"))
     });
     assert_ne!(waiting.phase, bramble_proto::model::ReplicaPhase::Running);
     ok(c.cli(&["secret", "create", "later", "--from-literal", "k=v"]), "create later");
     let waiter = bramble_tests::wait_for("the waiter running", std::time::Duration::from_secs(90), || {
-        replicas_of(&c, "waiter").into_iter().find(|r| r.phase == bramble_proto::model::ReplicaPhase::Running)
+        c.replicas_of("waiter").into_iter().find(|r| r.phase == bramble_proto::model::ReplicaPhase::Running)
     });
     assert_eq!(ok(c.cli(&["exec", &waiter.meta.name, "--", "cat", "/run/secrets/later/k"]), "cat"), "v");
 

@@ -4,23 +4,14 @@
 //! its next connection (and after a leader restart), an expired certificate refused with a message
 //! that says so.
 
+use bramble_tests::{ok, text};
 use bramble_tests::{Cluster, ClusterOptions};
 use nix::sys::signal::Signal;
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_string()
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(out.status.success(), "{what}: {}", text(&out.stderr));
-    text(&out.stdout)
-}
-
 /// Refused with exit code 5 and a message containing `says`.
-fn refused(out: Output, says: &str) {
+fn refused(out: std::process::Output, says: &str) {
     assert_eq!(out.status.code(), Some(5), "stdout {} stderr {}", text(&out.stdout), text(&out.stderr));
     assert!(text(&out.stderr).contains(says), "{:?} should say {says:?}", text(&out.stderr));
 }

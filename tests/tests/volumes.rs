@@ -7,31 +7,18 @@
 
 use bramble_proto::model::{Replica, ReplicaPhase};
 use bramble_tests::Cluster;
-use std::process::Output;
+use bramble_tests::{ok, text};
 use std::time::Duration;
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).to_string()
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(out.status.success(), "{what}: {}", text(&out.stderr));
-    text(&out.stdout)
-}
-
-fn replicas_of(c: &Cluster, app: &str) -> Vec<Replica> {
-    serde_json::from_str(&ok(c.cli(&["get", "replicas", "--app", app, "-o", "json"]), "get replicas")).unwrap()
-}
 
 fn running(c: &Cluster, app: &str, what: &str) -> Replica {
     bramble_tests::wait_for(what, Duration::from_secs(90), || {
-        let rs = replicas_of(c, app);
+        let rs = c.replicas_of(app);
         let live: Vec<Replica> = rs.into_iter().filter(|r| r.terminating_ms.is_none()).collect();
         (live.len() == 1 && live[0].phase == ReplicaPhase::Running).then(|| live[0].clone())
     })
 }
 
-fn exec(c: &Cluster, id: &str, script: &str) -> Output {
+fn exec(c: &Cluster, id: &str, script: &str) -> std::process::Output {
     c.cli(&["exec", id, "--", "sh", "-c", script])
 }
 
@@ -67,7 +54,7 @@ fn local_volumes_outlive_containers_agents_and_updates_and_host_paths_stay_on_th
     // (PID 1 of a PID namespace ignores SIGKILL from inside it; its TERM trap exits.)
     let _ = exec(&c, &first.meta.name, "kill 1");
     bramble_tests::wait_for("the restart", Duration::from_secs(60), || {
-        replicas_of(&c, "db").into_iter().find(|r| r.restarts >= 1 && r.phase == ReplicaPhase::Running)
+        c.replicas_of("db").into_iter().find(|r| r.restarts >= 1 && r.phase == ReplicaPhase::Running)
     });
     assert_eq!(ok(exec(&c, &first.meta.name, "cat /data/f"), "cat after the crash"), "one\n");
     let cache = exec(&c, &first.meta.name, "cat /cache/f");
@@ -84,7 +71,7 @@ fn local_volumes_outlive_containers_agents_and_updates_and_host_paths_stay_on_th
     std::fs::write(&manifest, app(&image.replace(":1", ":2"))).unwrap();
     ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply :2");
     let updated = bramble_tests::wait_for("the update done", Duration::from_secs(90), || {
-        let rs = replicas_of(&c, "db");
+        let rs = c.replicas_of("db");
         (rs.len() == 1 && rs[0].phase == ReplicaPhase::Running && rs[0].meta.name != first.meta.name)
             .then(|| rs[0].clone())
     });
@@ -106,11 +93,11 @@ fn local_volumes_outlive_containers_agents_and_updates_and_host_paths_stay_on_th
     // Its board lost: the replica waits for it, with the reason, and is not placed elsewhere.
     c.kill_agent(home_i);
     let lost = bramble_tests::wait_for("the replica lost", Duration::from_secs(30), || {
-        replicas_of(&c, "db").into_iter().find(|r| r.phase == ReplicaPhase::Lost)
+        c.replicas_of("db").into_iter().find(|r| r.phase == ReplicaPhase::Lost)
     });
     assert!(lost.reason.contains("it waits for its node"), "{}", lost.reason);
     std::thread::sleep(Duration::from_secs(5));
-    let rs = replicas_of(&c, "db");
+    let rs = c.replicas_of("db");
     assert_eq!(rs.len(), 1, "not replaced elsewhere: {rs:?}");
     c.start_agent(home_i);
     let back = running(&c, "db", "the replica back on its board");
@@ -154,7 +141,7 @@ fn local_volumes_outlive_containers_agents_and_updates_and_host_paths_stay_on_th
     let write = exec(&c, &player.meta.name, "echo x > /media/new");
     assert!(!write.status.success() && !media.join("new").exists(), "read-only");
     let tricked = bramble_tests::wait_for("the symlink refused", Duration::from_secs(30), || {
-        replicas_of(&c, "tricked").into_iter().find(|r| r.reason.contains("is a symlink"))
+        c.replicas_of("tricked").into_iter().find(|r| r.reason.contains("is a symlink"))
     });
     assert_ne!(tricked.phase, ReplicaPhase::Running, "{tricked:?}");
     ok(c.cli(&["delete", "app", "player", "tricked"]), "delete host apps");

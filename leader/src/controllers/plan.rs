@@ -376,7 +376,8 @@ fn evict_foreign(w: &mut Work<'_>, offered: &[Platform], scheduler: &mut Schedul
     for r in &w.replicas {
         let Some(i) = r.node.as_deref().and_then(|n| scheduler.index_of(n)) else { continue };
         let arch = scheduler.nodes[i].arch.clone();
-        if Platform::choose(offered, &arch).is_some() || w.just_lost.contains(&r.meta.name) {
+        // (One just marked Lost goes too: it would never run there, so it holds no place.)
+        if Platform::choose(offered, &arch).is_some() {
             continue;
         }
         if holds_node(r) {

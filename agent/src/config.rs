@@ -46,6 +46,27 @@ pub struct AgentConfig {
     pub log: LogConfig,
     #[serde(default)]
     pub network: NetworkConfig,
+    #[serde(default)]
+    pub monitoring: MonitoringConfig,
+}
+
+/// Usage sampling (memory only: sent to the leader, never written).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringConfig {
+    /// How often the board and its replicas are measured (1s to 5m).
+    #[serde(default = "default_sample_interval")]
+    pub interval: bramble_proto::quantity::HumanDuration,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        MonitoringConfig { interval: default_sample_interval() }
+    }
+}
+
+fn default_sample_interval() -> bramble_proto::quantity::HumanDuration {
+    bramble_proto::quantity::HumanDuration(std::time::Duration::from_secs(15))
 }
 
 /// The board's side of pod networking (the cluster's side is chosen at the leader's init).
@@ -215,6 +236,7 @@ impl Default for AgentConfig {
             images: ImagesConfig::default(),
             log: LogConfig::default(),
             network: NetworkConfig::default(),
+            monitoring: MonitoringConfig::default(),
         }
     }
 }
@@ -270,6 +292,11 @@ impl AgentConfig {
                 )
                 .into());
             }
+        }
+        let interval = cfg.monitoring.interval.0;
+        if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(300)).contains(&interval) {
+            let message = format!("expected an interval from 1s to 5m, found {}", cfg.monitoring.interval);
+            return Err(SourceError::at(file, text, at("interval"), "monitoring.interval", message).into());
         }
         for (k, v) in &cfg.labels {
             check_label_key(k)

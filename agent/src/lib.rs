@@ -17,6 +17,7 @@ pub mod signals;
 pub mod streams;
 pub mod sysinfo;
 pub mod systemd;
+pub mod usage;
 pub mod volumes;
 
 pub use config::AgentConfig;

@@ -307,6 +307,10 @@ async fn session(
     });
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Usage: the board and its running replicas, every interval (memory only).
+    let sampler = Arc::new(crate::usage::Sampler::host(&config.data_dir));
+    let mut usage_tick = tokio::time::interval(config.monitoring.interval.0);
+    usage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
     let mut status = work.status.clone();
     let mut sent: Option<Statuses> = None;
@@ -366,6 +370,20 @@ async fn session(
                 }
             }
             _ = status.changed() => {}
+            _ = usage_tick.tick() => {
+                let running: Vec<String> = status
+                    .borrow()
+                    .iter()
+                    .filter(|(_, s)| s.phase == bramble_proto::model::ReplicaPhase::Running)
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                let s = sampler.clone();
+                if let Ok(sample) = tokio::task::spawn_blocking(move || s.sample(&running)).await {
+                    if let Err(e) = write_frame(&mut send, &AgentMsg::Usage(sample)).await {
+                        break Err(e.into());
+                    }
+                }
+            }
             r = async { applied.as_mut().expect("checked").changed().await }, if applied.is_some() => {
                 if r.is_err() {
                     applied = None;

@@ -39,6 +39,8 @@ enum Command {
     Exec(cmd::exec::Args),
     /// Follow, list, undo or restart rollouts: `bramble rollout status app/NAME --timeout 5m`.
     Rollout(cmd::rollout::Args),
+    /// What boards and replicas use, with the last minutes: `bramble top nodes`, `top replicas --app web`.
+    Top(cmd::top::Args),
     /// What happened in the cluster: `bramble events [-w]`.
     Events(cmd::events::Args),
     /// A node's image store through the leader: `bramble image ls|rm|import --node NODE`.
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
             Command::Rollout(a) => cmd::rollout::run(config, a).await,
             Command::Exec(a) => cmd::exec::run(config, a).await,
             Command::Events(a) => cmd::events::run(config, a).await,
+            Command::Top(a) => cmd::top::run(config, a).await,
             Command::Image(a) => cmd::image::run(config, a).await,
             Command::Label(a) => cmd::label::run(config, a).await,
             Command::Cordon(a) => cmd::cordon::run(config, a, true).await,

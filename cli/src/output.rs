@@ -43,3 +43,23 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 pub fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).expect("serialisable") + "\n"
 }
+
+/// The last `width` values as a small chart (`▁▂▃▄▅▆▇█`), scaled to their largest (and to `floor`,
+/// so that a flat low line stays low).
+pub fn sparkline(values: &[u64], width: usize, floor: u64) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let tail = &values[values.len().saturating_sub(width)..];
+    let max = tail.iter().copied().max().unwrap_or(0).max(floor).max(1);
+    tail.iter().map(|v| BARS[((v * 7 + max / 2) / max).min(7) as usize]).collect()
+}
+
+#[cfg(test)]
+mod sparkline_tests {
+    #[test]
+    fn scaled_to_the_largest_or_the_floor() {
+        assert_eq!(super::sparkline(&[0, 50, 100], 10, 0), "▁▅█");
+        assert_eq!(super::sparkline(&[10, 10], 10, 1000), "▁▁");
+        assert_eq!(super::sparkline(&[1, 2, 3, 4], 2, 0), "▆█");
+        assert_eq!(super::sparkline(&[], 5, 0), "");
+    }
+}

@@ -17,6 +17,7 @@ pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod tokens;
+pub mod usage;
 pub mod users;
 
 pub use config::LeaderConfig;

@@ -641,6 +641,14 @@ async fn handle_agent_msg(api: &Arc<Api>, name: &str, msg: AgentMsg) {
         AgentMsg::Images(list) => crate::reports::images(&api.context(), name, list),
         AgentMsg::Volumes(list) => api.context().observed.set_node_volumes(name, list),
         AgentMsg::Renew { .. } => {} // answered by the session loop, which can reply
+        AgentMsg::Usage(sample) => {
+            let desired = api.published.desired.borrow().clone();
+            let set = desired.as_ref().and_then(|d| d.get(name));
+            let bound_here = |r: &str| set.and_then(|s| s.get(r)).map(|a| a.app.clone());
+            for w in api.usage.record(name, sample, now_ms(), bound_here) {
+                warn!("{w}");
+            }
+        }
         AgentMsg::NetworkApplied { version } => {
             api.drain.applied(name, version);
             // A replica may now be drained: look at once.

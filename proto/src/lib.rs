@@ -18,6 +18,7 @@ pub mod quantity;
 pub mod source;
 pub mod time;
 pub mod token;
+pub mod usage;
 pub mod wire;
 
 pub use codec::CodecError;

@@ -78,6 +78,11 @@ pub enum Request {
         csr_pem: String,
     },
     GetUsers,
+    /// What boards and replicas use now, with their recent history (`bramble top`).
+    Top {
+        /// Only this app's replicas.
+        app: Option<String>,
+    },
     /// Refuses the user's certificate from the next connection on.
     RevokeUser {
         name: String,
@@ -304,6 +309,10 @@ pub enum Response {
         expires_ms: u64,
     },
     Users(Vec<UserInfo>),
+    Top {
+        nodes: Vec<crate::usage::NodeUsage>,
+        replicas: Vec<crate::usage::ReplicaUsage>,
+    },
     Configs(Vec<Config>),
     Config {
         config: Config,
@@ -726,6 +735,8 @@ pub enum AgentMsg {
     Renew {
         csr_pem: String,
     },
+    /// What the board and its replicas use (every `monitoring.interval`).
+    Usage(crate::usage::UsageSample),
 }
 
 #[cfg(test)]

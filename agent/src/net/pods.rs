@@ -42,6 +42,11 @@ pub struct Pods {
     inner: Mutex<Inner>,
 }
 
+/// The host-side end of replica `replica`'s veth (its counters are the pod's traffic).
+pub fn host_veth(replica: &str) -> String {
+    veth_name(replica, "bv")
+}
+
 /// The host-side name of a pod's veth: short (15 characters at most) and stable.
 fn veth_name(replica: &str, prefix: &str) -> String {
     let h = replica.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));

@@ -122,6 +122,14 @@ impl CgroupFs {
         }
     }
 
+    /// How long the CPU quota held the cgroup back (ns, a counter).
+    pub fn throttled_ns(&self, path: &str) -> io::Result<u64> {
+        Ok(match self.version {
+            Version::V2 => keyed(&self.dir("", path).join("cpu.stat"), "throttled_usec")?.unwrap_or(0) * 1000,
+            Version::V1 => keyed(&self.dir("cpu", path).join("cpu.stat"), "throttled_time")?.unwrap_or(0),
+        })
+    }
+
     /// How many processes of the cgroup the kernel killed for running out of memory.
     pub fn oom_kills(&self, path: &str) -> io::Result<u64> {
         Ok(match self.version {

@@ -16,6 +16,7 @@ pub mod rollout;
 pub mod scale;
 pub mod secret;
 pub mod token;
+pub mod top;
 pub mod user;
 pub mod volume;
 

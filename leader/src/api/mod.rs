@@ -14,6 +14,7 @@ pub mod replicas;
 pub mod rollouts;
 pub mod secrets;
 pub mod services;
+pub mod usage;
 
 use crate::controllers::{Context, Published};
 use crate::error::{Error, Result};
@@ -48,6 +49,8 @@ pub struct Api {
     pub revoked: Arc<crate::users::Revoked>,
     /// How long the certificates given to boards (at join and renewal) live.
     pub node_cert_lifetime: Duration,
+    /// What boards and replicas use (memory only).
+    pub usage: Arc<crate::usage::Usage>,
 }
 
 impl std::fmt::Debug for Api {
@@ -79,6 +82,7 @@ impl Api {
             keyring,
             revoked,
             node_cert_lifetime: bramble_transport::pki::NODE_VALIDITY,
+            usage: Arc::default(),
         }
     }
 
@@ -197,6 +201,7 @@ impl Api {
                 Ok(Response::User { cert_pem, ca_pem: self.ca.cert_pem().to_string(), expires_ms })
             }
             Request::GetUsers => Ok(Response::Users(crate::users::list(&self.objects, now_ms())?)),
+            Request::Top { app } => self.top(app.as_deref()),
             Request::RevokeUser { name } => {
                 let done = crate::users::revoke(&self.objects, &self.revoked, &name, now_ms())?;
                 self.events.record(Event::new(
@@ -225,6 +230,7 @@ pub fn required_role(request: &Request) -> Role {
         | Request::GetSecret { .. }
         | Request::GetConfigs
         | Request::GetConfig { .. }
+        | Request::Top { .. }
         | Request::GetReplicas { .. }
         | Request::GetApp { .. }
         | Request::GetReplica { .. }

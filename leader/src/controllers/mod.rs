@@ -11,6 +11,7 @@
 //! run.rs        the loop: on every store change and every second
 //! ```
 
+pub mod autoscale;
 pub mod commit;
 pub mod desired;
 pub mod drain;

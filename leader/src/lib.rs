@@ -1,6 +1,7 @@
 //! The Bramble leader: keeps the desired state, admits nodes, serves the API over QUIC.
 
 pub mod api;
+pub mod autoscaler;
 pub mod config;
 pub mod controllers;
 pub mod error;

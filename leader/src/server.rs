@@ -123,6 +123,7 @@ pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> 
     let tasks = TaskTracker::new();
     tasks.spawn(accept_loop(endpoint.clone(), api.clone(), config.nodes.heartbeat.0, cancel.clone(), tasks.clone()));
     tasks.spawn(monitor_nodes(api.clone(), cancel.clone()));
+    tasks.spawn(crate::autoscaler::run(api.clone(), cancel.clone()));
     let renewal =
         OwnCert { layout: layout.clone(), ca_pem: ca_pem.clone(), lifetime: config.pki.leader_cert_lifetime.0 };
     tasks.spawn(renew_own_certificate(endpoint.clone(), api.clone(), renewal, cancel.clone()));

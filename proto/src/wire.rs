@@ -334,6 +334,9 @@ pub enum Response {
         /// The latest revision and its rollout.
         #[serde(default)]
         rollout: Option<Box<RevisionRecord>>,
+        /// The autoscaler's last decision, if the app is autoscaled.
+        #[serde(default)]
+        autoscale: Option<String>,
     },
     History(Vec<RevisionRecord>),
     Replica {

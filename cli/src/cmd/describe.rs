@@ -163,12 +163,15 @@ fn when(ms: Option<u64>) -> String {
 }
 
 async fn app(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
-    let (app, replicas, events, rollout) = match request(config, Request::GetApp { name: args.name }).await? {
-        Response::App { app, replicas, events, rollout } => (app, replicas, events, rollout),
+    let (app, replicas, events, rollout, autoscale) = match request(config, Request::GetApp { name: args.name }).await?
+    {
+        Response::App { app, replicas, events, rollout, autoscale } => (app, replicas, events, rollout, autoscale),
         r => return Err(unexpected(&r)),
     };
     if args.output == Format::Json {
-        let all = serde_json::json!({ "app": app, "replicas": replicas, "events": events, "rollout": rollout });
+        let all = serde_json::json!({
+            "app": app, "replicas": replicas, "events": events, "rollout": rollout, "autoscale": autoscale
+        });
         print!("{}", json(&all));
         return Ok(());
     }
@@ -200,6 +203,14 @@ async fn app(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let _ = writeln!(s, "Restart:     {:?}", spec.restart);
     if let Some(d) = &spec.replace_after {
         let _ = writeln!(s, "Replace after node loss: {d}");
+    }
+    if let Some(a) = &spec.autoscale {
+        let targets: Vec<String> = [("cpu", a.cpu), ("memory", a.memory)]
+            .iter()
+            .filter_map(|(n, t)| t.map(|t| format!("{n} {}% of request", t.0)))
+            .collect();
+        let _ = writeln!(s, "Autoscale:   min {}, max {}, {}", a.min.0, a.max.0, targets.join(", "));
+        let _ = writeln!(s, "  Last pass: {}", autoscale.as_deref().unwrap_or("none yet"));
     }
     if !spec.secrets.is_empty() {
         let names: Vec<&str> = spec.secrets.iter().map(|n| n.as_str()).collect();

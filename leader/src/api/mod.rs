@@ -51,6 +51,8 @@ pub struct Api {
     pub node_cert_lifetime: Duration,
     /// What boards and replicas use (memory only).
     pub usage: Arc<crate::usage::Usage>,
+    /// The autoscaler's recommendations and last decisions (memory only).
+    pub autoscaler: Arc<crate::autoscaler::Autoscaler>,
 }
 
 impl std::fmt::Debug for Api {
@@ -83,6 +85,7 @@ impl Api {
             revoked,
             node_cert_lifetime: bramble_transport::pki::NODE_VALIDITY,
             usage: Arc::default(),
+            autoscaler: Arc::default(),
         }
     }
 

@@ -22,7 +22,8 @@ impl Api {
         let app = self.objects.load::<App>(name)?.value;
         let replicas = self.replicas(Some(name))?;
         let rollout = self.objects.history(name)?.pop().map(|v| Box::new(v.value));
-        Ok(Response::App { app: Box::new(app), replicas, events: self.events.of_app(name), rollout })
+        let autoscale = self.autoscaler.describe(name, now_ms());
+        Ok(Response::App { app: Box::new(app), replicas, events: self.events.of_app(name), rollout, autoscale })
     }
 
     pub(super) fn describe_replica(&self, name: &str) -> Result<Response> {
@@ -62,6 +63,13 @@ impl Api {
         let message = format!("scaled from {from} to {replicas} replicas by {who}");
         self.events.record(Event::new(now_ms(), ObjectRef::app(name), EventReason::Scaled, message));
         self.published.kick.notify_one();
-        Ok(format!("app/{name} scaled from {from} to {replicas}"))
+        let autoscaled = match &app.spec.autoscale {
+            Some(a) => format!(
+                "; it is autoscaled (min {}, max {}): the autoscaler sets the count again on its next pass",
+                a.min.0, a.max.0
+            ),
+            None => String::new(),
+        };
+        Ok(format!("app/{name} scaled from {from} to {replicas}{autoscaled}"))
     }
 }

@@ -599,3 +599,53 @@ fn secret_env_names_a_secret_and_key() {
         "X is also set in env",
     );
 }
+
+#[test]
+fn autoscale_needs_targets_and_requests_and_sane_bounds() {
+    let ok = app("resources = { cpu = \"250m\" }\n[app.autoscale]\nmin = 1\nmax = 10\ncpu = \"70%\"\nscale_down_window = \"1m\"\n");
+    let m = parse_manifest("m.toml", &ok).unwrap();
+    let a = m.apps[0].autoscale.as_ref().unwrap();
+    assert_eq!((a.min.0, a.max.0, a.cpu, a.memory), (1, 10, Some(Percent(70)), None));
+    fails(
+        &app("[app.autoscale]\nmin = 1\nmax = 3\ncpu = \"50%\"\n"),
+        7,
+        7,
+        "app[0].autoscale.cpu",
+        "set resources.cpu",
+    );
+    fails(
+        &app("resources = { cpu = \"1\" }\n[app.autoscale]\nmin = 5\nmax = 3\ncpu = \"50%\"\n"),
+        6,
+        7,
+        "app[0].autoscale.min",
+        "min (5) is above max (3)",
+    );
+    fails(
+        &app("resources = { cpu = \"1\" }\n[app.autoscale]\nmin = 1\nmax = 3\ncpu = \"0%\"\n"),
+        8,
+        7,
+        "app[0].autoscale.cpu",
+        "from 1% to 1000%",
+    );
+    fails(
+        &app("resources = { cpu = \"1\" }\n[app.autoscale]\nmin = 1\nmax = 3\ncpu = \"1200%\"\n"),
+        8,
+        7,
+        "app[0].autoscale.cpu",
+        "from 1% to 1000%",
+    );
+    fails(
+        &app("resources = { cpu = \"1\" }\n[app.autoscale]\nmin = 1\nmax = 3\ngpu = \"50%\"\n"),
+        8,
+        1,
+        "app[0].autoscale.gpu",
+        "unknown field `gpu`",
+    );
+    fails(
+        &app("resources = { cpu = \"1\" }\n[app.autoscale]\nmin = 1\nmax = 3\n"),
+        5,
+        1,
+        "app[0].autoscale",
+        "expected a target",
+    );
+}

@@ -62,6 +62,48 @@ ranged_int!(
     Step, u32, 0, MAX_REPLICAS, "a replica count"
 );
 
+/// A share of a request: `"70%"`, 1 to 1000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Percent(pub u32);
+
+impl Serialize for Percent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}%", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let n = s.strip_suffix('%').and_then(|n| n.trim().parse::<u32>().ok()).ok_or_else(|| {
+            de::Error::custom(format!("expected a share of the request such as \"70%\", found {s:?}"))
+        })?;
+        if !(1..=1000).contains(&n) {
+            return Err(de::Error::custom(format!("expected a target from 1% to 1000%, found {s:?}")));
+        }
+        Ok(Percent(n))
+    }
+}
+
+/// `[app.autoscale]`: the replica count follows usage, as Kubernetes' HorizontalPodAutoscaler
+/// does, between `min` and `max`; targets are shares of the app's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscaleSpec {
+    pub min: Replicas,
+    pub max: Replicas,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Percent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Percent>,
+    /// A scale down goes only as low as the highest recommendation of this window (5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_window: Option<HumanDuration>,
+    /// How often it may grow (at most doubling, or +4) (15s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_up_period: Option<HumanDuration>,
+}
+
 impl Default for Replicas {
     fn default() -> Self {
         Replicas(1)
@@ -520,6 +562,9 @@ pub struct AppSpec {
     /// How long a lost node's replicas wait before they are replaced elsewhere (default: at once).
     #[serde(default)]
     pub replace_after: Option<HumanDuration>,
+    /// The replica count follows usage (and `replicas` is where it starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleSpec>,
     /// Between the stop signal and SIGKILL (default 10 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace: Option<HumanDuration>,
@@ -706,6 +751,30 @@ impl AppSpec {
                 ));
             } else if self.env.contains_key(k) {
                 out.push(Problem::new(vec![Key("secret_env")], format!("{} is also set in env", k.0)));
+            }
+        }
+        if let Some(a) = &self.autoscale {
+            let at = |k: &'static str| vec![Key("autoscale"), Key(k)];
+            if a.min.0 < 1 {
+                out.push(Problem::new(at("min"), "expected at least 1"));
+            }
+            if a.min > a.max {
+                out.push(Problem::new(at("min"), format!("min ({}) is above max ({})", a.min.0, a.max.0)));
+            }
+            if a.cpu.is_none() && a.memory.is_none() {
+                out.push(Problem::new(vec![Key("autoscale")], "expected a target: cpu = \"70%\" or memory = \"80%\""));
+            }
+            if a.cpu.is_some() && self.resources.cpu.is_none() {
+                out.push(Problem::new(
+                    at("cpu"),
+                    "a CPU target is a share of the request: set resources.cpu (e.g. \"250m\")",
+                ));
+            }
+            if a.memory.is_some() && self.resources.memory.is_none() {
+                out.push(Problem::new(
+                    at("memory"),
+                    "a memory target is a share of the request: set resources.memory (e.g. \"128Mi\")",
+                ));
             }
         }
         let mut config_names = BTreeSet::new();

@@ -1,0 +1,142 @@
+//! The autoscaler's loop: for each app with `[app.autoscale]`, once per `scale_up_period`, the
+//! usage the boards sent (fresh samples only) goes into the pure decision
+//! ([`crate::controllers::autoscale::decide`]); a new count is written like `bramble scale` (by
+//! "autoscaler"), with an event that gives the figures. Recommendations and the last decision are
+//! kept in memory (`describe app` shows them); after a leader restart the window starts empty, so
+//! nothing shrinks until it has filled.
+
+use crate::api::Api;
+use crate::controllers::autoscale::{decide, Decision, Observed, Policy};
+use crate::error::Result;
+use bramble_proto::manifest::Replicas;
+use bramble_proto::model::{App, Event, EventReason, ObjectRef, Replica, ReplicaPhase};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// A sample older than this is no data.
+const FRESH_MS: u64 = 60_000;
+
+#[derive(Debug, Default)]
+struct AppState {
+    history: VecDeque<(u64, u32)>,
+    last_pass_ms: u64,
+    last: Option<(u64, Decision)>,
+}
+
+/// What the autoscaler remembers (memory only).
+#[derive(Debug, Default)]
+pub struct Autoscaler {
+    apps: Mutex<HashMap<String, AppState>>,
+}
+
+fn policy(app: &App) -> Option<(Policy, Duration)> {
+    let a = app.spec.autoscale.as_ref()?;
+    let r = &app.spec.resources;
+    let mut p = Policy::new(a.min.0, a.max.0);
+    p.cpu = a.cpu.zip(r.cpu).map(|(t, c)| (t.0, c.0));
+    p.memory = a.memory.zip(r.memory).map(|(t, m)| (t.0, m.0));
+    if let Some(w) = a.scale_down_window {
+        p.scale_down_window = w.0;
+    }
+    if let Some(u) = a.scale_up_period {
+        p.scale_up_period = u.0;
+    }
+    let period = p.scale_up_period;
+    Some((p, period))
+}
+
+impl Autoscaler {
+    /// One pass over every autoscaled app at `now_ms`.
+    pub fn pass(&self, api: &Api, now_ms: u64) -> Result<()> {
+        let apps: Vec<App> = api.objects.list::<App>()?.into_iter().map(|v| v.value).collect();
+        let mut state = self.apps.lock().expect("autoscaler lock");
+        state.retain(|name, _| apps.iter().any(|a| &a.meta.name == name && a.spec.autoscale.is_some()));
+        let autoscaled: Vec<(&App, Policy, Duration)> =
+            apps.iter().filter_map(|a| policy(a).map(|(p, d)| (a, p, d))).collect();
+        if autoscaled.is_empty() {
+            return Ok(());
+        }
+        let replicas: Vec<Replica> = api.objects.list::<Replica>()?.into_iter().map(|v| v.value).collect();
+        let usage: HashMap<String, bramble_proto::usage::ReplicaUsage> = api
+            .usage
+            .replicas()
+            .into_iter()
+            .filter(|u| u.at_ms + FRESH_MS >= now_ms && !u.cpu_history.is_empty())
+            .map(|u| (u.replica.clone(), u))
+            .collect();
+        for (app, policy, period) in autoscaled {
+            let name = app.meta.name.as_str();
+            let st = state.entry(name.to_string()).or_default();
+            if now_ms < st.last_pass_ms + period.as_millis() as u64 {
+                continue;
+            }
+            st.last_pass_ms = now_ms;
+            let observed: Vec<Observed> = replicas
+                .iter()
+                .filter(|r| r.app == name && r.terminating_ms.is_none())
+                .filter(|r| !matches!(r.phase, ReplicaPhase::Succeeded | ReplicaPhase::Lost | ReplicaPhase::Failed))
+                .map(|r| {
+                    let u = usage.get(&r.meta.name);
+                    Observed {
+                        ready: r.serving(),
+                        started_ms: r.ready_ms.or(r.started_ms),
+                        cpu_millis: u.map(|u| u.cpu_millis),
+                        memory: u.map(|u| u.memory_working_set),
+                    }
+                })
+                .collect();
+            let current = app.spec.replicas.0;
+            let window = policy.scale_down_window.as_millis() as u64;
+            st.history.retain(|(t, _)| t + window > now_ms);
+            let history: Vec<(u64, u32)> = st.history.iter().copied().collect();
+            let d = decide(current, &observed, &policy, &history, now_ms);
+            st.history.push_back((now_ms, d.recommended));
+            st.last = Some((now_ms, d.clone()));
+            if d.desired == current {
+                continue;
+            }
+            let changed = api.objects.update::<App>(name, |a| {
+                // Someone changed it meanwhile: the next pass looks again.
+                if a.spec.replicas.0 != current {
+                    return Ok(false);
+                }
+                a.spec.replicas = Replicas(d.desired);
+                a.meta.generation += 1;
+                a.meta.changed_by = Some("autoscaler".into());
+                Ok(true)
+            })?;
+            if changed {
+                let message = format!("autoscaled from {current} to {}: {}", d.desired, d.why);
+                api.events.record(Event::new(now_ms, ObjectRef::app(name), EventReason::Scaled, message));
+                api.published.kick.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    /// What `describe app` says of the autoscaler's view of `app`.
+    pub fn describe(&self, app: &str, now_ms: u64) -> Option<String> {
+        let state = self.apps.lock().expect("autoscaler lock");
+        let (at, d) = state.get(app)?.last.as_ref()?;
+        let ago = bramble_proto::quantity::format_duration(Duration::from_secs(now_ms.saturating_sub(*at) / 1000));
+        Some(format!("{} ago: {} → {} replicas (recommended {})", ago, d.why, d.desired, d.recommended))
+    }
+}
+
+/// Runs passes every second until `cancel` (each app is looked at once per its period).
+pub async fn run(api: std::sync::Arc<Api>, cancel: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let a = api.clone();
+        let r = tokio::task::spawn_blocking(move || a.autoscaler.pass(&a, bramble_proto::time::now_ms())).await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!("autoscaler pass failed: {e}");
+        }
+    }
+}

@@ -46,6 +46,18 @@ pub struct LeaderConfig {
     pub network: ClusterNetwork,
     #[serde(default)]
     pub pki: PkiConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `/metrics` for Prometheus, off unless `listen` is set.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `ip:port` to serve plain HTTP on (e.g. "127.0.0.1:9100"). A taken or invalid address is
+    /// logged and the leader runs without it.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 /// How long the certificates the leader issues live; each is renewed two thirds in.
@@ -143,6 +155,7 @@ impl LeaderConfig {
             agent: EmbeddedAgent::default(),
             network: ClusterNetwork::default(),
             pki: PkiConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 
@@ -241,6 +254,10 @@ vxlan_vni = {vxlan_vni}
 node_cert_lifetime = "{node_cert}"
 # The leader's serving certificate: renewed two thirds in (or at once when this is shortened).
 leader_cert_lifetime = "{leader_cert}"
+
+[metrics]
+# Prometheus metrics (plain HTTP): off unless set. Keep it on loopback or a management network.
+# listen = "127.0.0.1:9100"
 "#,
             cluster = self.cluster_name,
             listen = self.listen,

@@ -7,6 +7,7 @@ pub mod controllers;
 pub mod error;
 pub mod events;
 pub mod init;
+pub mod metrics;
 pub mod network;
 pub mod nodes;
 pub mod objects;

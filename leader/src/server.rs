@@ -116,6 +116,7 @@ pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> 
     }
     let mut api = Api::new(objects, ca, registry, events, config.network.clone()).with_keyring(keyring);
     api.node_cert_lifetime = config.pki.node_cert_lifetime.0;
+    api.store_path = Some(layout.store());
     let api = Arc::new(api);
     let endpoint = server_endpoint(config.listen, tls)?;
     let local_addr = endpoint.local_addr().map_err(|source| TransportError::Bind { addr: config.listen, source })?;
@@ -124,6 +125,9 @@ pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> 
     tasks.spawn(accept_loop(endpoint.clone(), api.clone(), config.nodes.heartbeat.0, cancel.clone(), tasks.clone()));
     tasks.spawn(monitor_nodes(api.clone(), cancel.clone()));
     tasks.spawn(crate::autoscaler::run(api.clone(), cancel.clone()));
+    if let Some(listen) = config.metrics.listen.clone() {
+        tasks.spawn(crate::metrics::serve(api.clone(), listen, cancel.clone()));
+    }
     let renewal =
         OwnCert { layout: layout.clone(), ca_pem: ca_pem.clone(), lifetime: config.pki.leader_cert_lifetime.0 };
     tasks.spawn(renew_own_certificate(endpoint.clone(), api.clone(), renewal, cancel.clone()));

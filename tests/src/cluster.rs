@@ -26,6 +26,8 @@ pub struct ClusterOptions {
     pub second_lan_from: Option<usize>,
     /// The leader's `pki.node_cert_lifetime` and `pki.leader_cert_lifetime` (none: the defaults).
     pub cert_lifetime: Option<&'static str>,
+    /// The leader's `metrics.listen` (none: off).
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -38,6 +40,7 @@ impl Default for ClusterOptions {
             init_args: Vec::new(),
             second_lan_from: None,
             cert_lifetime: None,
+            metrics_listen: None,
         }
     }
 }
@@ -81,6 +84,10 @@ impl Cluster {
             .expect("leader.toml")
             .replace("not_ready_after = \"15s\"", &format!("not_ready_after = \"{}\"", opts.not_ready_after))
             .replace("heartbeat = \"5s\"", &format!("heartbeat = \"{}\"", opts.heartbeat));
+        let cfg = match &opts.metrics_listen {
+            Some(l) => cfg.replace("# listen = \"127.0.0.1:9100\"", &format!("listen = \"{l}\"")),
+            None => cfg,
+        };
         let cfg = match opts.cert_lifetime {
             None => cfg,
             Some(l) => cfg

@@ -53,6 +53,8 @@ pub struct Api {
     pub usage: Arc<crate::usage::Usage>,
     /// The autoscaler's recommendations and last decisions (memory only).
     pub autoscaler: Arc<crate::autoscaler::Autoscaler>,
+    /// The store's file, for its size in `/metrics` (none: in memory).
+    pub store_path: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Api {
@@ -86,7 +88,13 @@ impl Api {
             node_cert_lifetime: bramble_transport::pki::NODE_VALIDITY,
             usage: Arc::default(),
             autoscaler: Arc::default(),
+            store_path: None,
         }
+    }
+
+    /// The size of the store's file, if it has one.
+    pub fn store_size(&self) -> Option<u64> {
+        std::fs::metadata(self.store_path.as_ref()?).ok().map(|m| m.len())
     }
 
     /// Seals secrets with `keyring` (the leader's `secrets.key`) instead of a key in memory.

@@ -56,6 +56,8 @@ pub struct Published {
     pub kick: tokio::sync::Notify,
     /// Bumped when a secret changes: sessions send boards what changed of theirs.
     pub secrets: tokio::sync::watch::Sender<u64>,
+    /// How long the controller's passes and plans take (for `/metrics`).
+    pub timings: crate::metrics::Timings,
 }
 
 impl Default for Published {
@@ -65,6 +67,7 @@ impl Default for Published {
             network: tokio::sync::watch::Sender::new(None),
             kick: tokio::sync::Notify::new(),
             secrets: tokio::sync::watch::Sender::new(0),
+            timings: crate::metrics::Timings::default(),
         }
     }
 }

@@ -21,13 +21,17 @@ pub struct Outcome {
     pub network: NetworkView,
     /// Replicas leaving their services before they stop.
     pub terminating: Vec<String>,
+    /// How long the pure plan (scheduling included) took.
+    pub plan_seconds: f64,
 }
 
 /// One pass over the whole cluster at `now_ms`.
 pub fn pass(ctx: &Context, now_ms: u64) -> Result<Outcome> {
     network::assign_subnets(ctx, now_ms)?;
     let snapshot = snapshot::read(ctx, now_ms)?;
+    let started = std::time::Instant::now();
     let plan = plan::plan(&snapshot, now_ms);
+    let plan_seconds = started.elapsed().as_secs_f64();
     commit::garbage(ctx, &plan.garbage, now_ms);
     let mut kept = Vec::new();
     for app in &plan.apps {
@@ -48,7 +52,7 @@ pub fn pass(ctx: &Context, now_ms: u64) -> Result<Outcome> {
         nodes: snapshot.nodes.iter().map(|n| (n.node.meta.name.clone(), (n.node.pod_cidr, n.node.address))).collect(),
         services: network::endpoints::routes(&snapshot.services, &apps, &replicas),
     };
-    Ok(Outcome { desired, network, terminating })
+    Ok(Outcome { desired, network, terminating, plan_seconds })
 }
 
 /// Publishes a pass's outcome for the sessions, and notes which view first left out each
@@ -89,8 +93,11 @@ pub async fn run(ctx: Arc<Context>, published: Arc<Published>, cancel: Cancellat
             }
         }
         let c = ctx.clone();
+        let started = std::time::Instant::now();
         match tokio::task::spawn_blocking(move || pass(&c, now_ms())).await {
             Ok(Ok(out)) => {
+                published.timings.pass.observe(started.elapsed().as_secs_f64());
+                published.timings.plan.observe(out.plan_seconds);
                 // Live detail of replicas that are gone is forgotten.
                 ctx.observed.retain_details(|k| out.desired.values().any(|s| s.contains_key(k)));
                 publish(&ctx, &published, out);

@@ -1,0 +1,83 @@
+//! `/metrics` scraped by a real Prometheus (Debian's package): the leader serves OpenMetrics text
+//! on the address leader.toml names; Prometheus, in the leader's namespace, scrapes it every second
+//! and answers queries through its HTTP API with the nodes' readiness, a replica's CPU and the
+//! controller's pass histogram.
+
+use bramble_tests::process::Proc;
+use bramble_tests::{ok, text, ClusterOptions};
+use nix::sys::signal::Signal;
+use std::time::Duration;
+
+/// GET `url` from inside network namespace `ns`.
+fn get(ns: &str, url: &str) -> String {
+    let out =
+        std::process::Command::new("ip").args(["netns", "exec", ns, "curl", "-sS", "--max-time", "5", url]).output();
+    out.map(|o| text(&o.stdout)).unwrap_or_default()
+}
+
+#[test]
+fn prometheus_scrapes_the_leader_and_answers_queries() {
+    let prometheus = std::path::Path::new("/usr/bin/prometheus");
+    assert!(prometheus.exists(), "Debian's prometheus package is missing (scripts/test installs it)");
+    let listen = "127.0.0.1:9100".to_string();
+    let opts = ClusterOptions { agents: 1, metrics_listen: Some(listen.clone()), ..Default::default() };
+    let (c, _registry, image) = bramble_tests::cluster::with_busybox_opts(opts, "[monitoring]\ninterval = \"1s\"\n");
+    let manifest = c.dir.path().join("web.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[[app]]\nname = \"web\"\nimage = \"{image}\"\nreplicas = 2\n\
+             command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
+        ),
+    )
+    .unwrap();
+    ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
+    let ns = c.lab.ns(0);
+
+    // The text itself: OpenMetrics, with our names.
+    let body = bramble_tests::wait_for("/metrics with the replicas' usage", Duration::from_secs(60), || {
+        let b = get(&ns, &format!("http://{listen}/metrics"));
+        b.contains("bramble_replica_cpu_usage_cores{").then_some(b)
+    });
+    for want in [
+        "# TYPE bramble_node_ready gauge",
+        "bramble_node_ready{node=\"board-1\"} 1",
+        "bramble_replicas{app=\"web\",phase=\"Running\"} 2",
+        "# TYPE bramble_controller_pass_duration_seconds histogram",
+        "\nbramble_store_size_bytes ",
+        "\nbramble_sessions 1.0\n",
+        "# EOF",
+    ] {
+        assert!(body.contains(want), "{want:?} missing from:\n{body}");
+    }
+    assert!(get(&ns, &format!("http://{listen}/nope")).contains("only /metrics"));
+
+    // A real Prometheus scrapes it and answers a query.
+    let config = c.dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: bramble\n    static_configs:\n      - targets: ['{listen}']\n"
+        ),
+    )
+    .unwrap();
+    let args: Vec<String> = vec![
+        format!("--config.file={}", config.display()),
+        format!("--storage.tsdb.path={}", c.dir.path().join("tsdb").display()),
+        "--web.listen-address=127.0.0.1:9090".into(),
+    ];
+    let mut prom = Proc::spawn("prometheus", &ns, prometheus, &args, &c.dir.path().join("prometheus.log"));
+    let query = |q: &str| get(&ns, &format!("http://127.0.0.1:9090/api/v1/query?query={q}"));
+    let ready = bramble_tests::wait_for("Prometheus to have scraped the leader", Duration::from_secs(60), || {
+        let r = query("bramble_node_ready");
+        r.contains("\"board-1\"").then_some(r)
+    });
+    assert!(ready.contains("\"status\":\"success\"") && ready.contains("\"1\"]"), "{ready}");
+    let running = query("sum(bramble_replicas%7Bphase%3D%22Running%22%7D)");
+    assert!(running.contains("\"2\"]"), "{running}");
+    let passes = query("bramble_controller_pass_duration_seconds_count");
+    assert!(passes.contains("\"status\":\"success\"") && passes.contains("bramble"), "{passes}");
+    prom.stop(Signal::SIGTERM);
+    ok(c.cli(&["delete", "app", "web"]), "delete");
+    c.remove_containers();
+}

@@ -4,6 +4,7 @@ pub mod api;
 pub mod autoscaler;
 pub mod config;
 pub mod controllers;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod init;

@@ -1,4 +1,4 @@
-//! `/metrics` for Prometheus (OpenMetrics text, with `prometheus-client`) and the small HTTP
+//! `/metrics` for Prometheus (and the dashboard, `/` and `/api/cluster`) (OpenMetrics text, with `prometheus-client`) and the small HTTP
 //! listener that serves it, on the address `[metrics] listen` names in leader.toml (off unless
 //! set). Gauges are filled from the leader's state at each scrape; the controller's timings are
 //! histograms kept for the leader's life. Plain HTTP on an address the admin chooses (loopback, or
@@ -209,7 +209,7 @@ pub fn render(api: &Api) -> Result<String, String> {
 
 /// Serves `/metrics` on `listen` until `cancel`. A taken or invalid address is said once, and
 /// the leader goes on serving the cluster without it.
-pub async fn serve(api: Arc<Api>, listen: String, cancel: CancellationToken) {
+pub async fn serve(api: Arc<Api>, listen: String, cluster_name: String, cancel: CancellationToken) {
     let addr: SocketAddr = match listen.parse() {
         Ok(a) => a,
         Err(e) => {
@@ -237,6 +237,7 @@ pub async fn serve(api: Arc<Api>, listen: String, cancel: CancellationToken) {
             },
         };
         let api = api.clone();
+        let cluster_name = cluster_name.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let n = match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await {
@@ -254,7 +255,22 @@ pub async fn serve(api: Arc<Api>, listen: String, cancel: CancellationToken) {
                         Err(e) => ("500 Internal Server Error", "text/plain", e.to_string()),
                     }
                 }
-                Some(_) => ("404 Not Found", "text/plain", "only /metrics is served here\n".to_string()),
+                Some("/") | Some("/index.html") => {
+                    ("200 OK", "text/html; charset=utf-8", crate::dashboard::INDEX_HTML.to_string())
+                }
+                Some("/api/cluster") => {
+                    let a = api.clone();
+                    match tokio::task::spawn_blocking(move || crate::dashboard::cluster(&a, &cluster_name)).await {
+                        Ok(Ok(v)) => ("200 OK", "application/json", v.to_string()),
+                        Ok(Err(e)) => ("500 Internal Server Error", "text/plain", e),
+                        Err(e) => ("500 Internal Server Error", "text/plain", e.to_string()),
+                    }
+                }
+                Some(_) => (
+                    "404 Not Found",
+                    "text/plain",
+                    "served here: / (the dashboard), /api/cluster, /metrics\n".to_string(),
+                ),
                 None => ("405 Method Not Allowed", "text/plain", "GET only\n".to_string()),
             };
             let response = format!(

@@ -126,7 +126,7 @@ pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> 
     tasks.spawn(monitor_nodes(api.clone(), cancel.clone()));
     tasks.spawn(crate::autoscaler::run(api.clone(), cancel.clone()));
     if let Some(listen) = config.metrics.listen.clone() {
-        tasks.spawn(crate::metrics::serve(api.clone(), listen, cancel.clone()));
+        tasks.spawn(crate::metrics::serve(api.clone(), listen, config.cluster_name.clone(), cancel.clone()));
     }
     let renewal =
         OwnCert { layout: layout.clone(), ca_pem: ca_pem.clone(), lifetime: config.pki.leader_cert_lifetime.0 };

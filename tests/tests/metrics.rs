@@ -50,7 +50,7 @@ fn prometheus_scrapes_the_leader_and_answers_queries() {
     ] {
         assert!(body.contains(want), "{want:?} missing from:\n{body}");
     }
-    assert!(get(&ns, &format!("http://{listen}/nope")).contains("only /metrics"));
+    assert!(get(&ns, &format!("http://{listen}/nope")).contains("served here: / (the dashboard)"));
 
     // A real Prometheus scrapes it and answers a query.
     let config = c.dir.path().join("prometheus.yml");

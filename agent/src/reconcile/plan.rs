@@ -208,7 +208,8 @@ pub fn transitions(old: Option<&ReplicaStatus>, new: &ReplicaStatus) -> Vec<(Eve
     if old.map(|o| o.phase) != Some(new.phase) {
         match new.phase {
             ReplicaPhase::Pulling => {
-                out.push((EventReason::Pulling, format!("pulling {}", new.detail.clone().unwrap_or_default())))
+                // The detail says "pulling IMAGE: …" already.
+                out.push((EventReason::Pulling, new.detail.clone().unwrap_or_else(|| "pulling the image".into())))
             }
             ReplicaPhase::Running => out.push((EventReason::Started, "container started".into())),
             ReplicaPhase::BackOff => out.push((EventReason::BackOff, new.reason.clone())),

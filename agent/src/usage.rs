@@ -64,6 +64,8 @@ pub struct Sampler {
     pub sys_dir: PathBuf,
     pub data_dir: PathBuf,
     pub cgroups: CgroupFs,
+    /// Where each container's shim keeps its state (OOM kills of earlier runs).
+    pub shims_dir: PathBuf,
 }
 
 impl Sampler {
@@ -73,6 +75,7 @@ impl Sampler {
             sys_dir: "/sys".into(),
             data_dir: data_dir.to_path_buf(),
             cgroups: CgroupFs::host(),
+            shims_dir: crate::reconcile::Paths::new(data_dir).shims,
         }
     }
 
@@ -112,13 +115,18 @@ impl Sampler {
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .unwrap_or(0)
         };
+        // Earlier runs' OOM kills (each run has a new cgroup) from the shim's state.
+        let earlier = std::fs::read(crate::runtime::ContainerDir(self.shims_dir.join(id)).state())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<crate::runtime::protocol::ShimState>(&b).ok())
+            .map_or(0, |s| s.lifecycle.oom_kills);
         Some(ReplicaSample {
             replica: id.to_string(),
             cpu_ns: stats.cpu_usage_ns,
             throttled_ns: self.cgroups.throttled_ns(&path).unwrap_or(0),
             memory_working_set: stats.memory_working_set,
             memory_limit: stats.memory_limit,
-            oom_kills: stats.oom_kills,
+            oom_kills: earlier + stats.oom_kills,
             pids: stats.pids,
             // The host side's receive is what the pod sent.
             net_rx: counter("tx_bytes"),

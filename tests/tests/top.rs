@@ -16,7 +16,10 @@ fn top_shows_what_boards_and_replicas_use() {
              resources = {{ cpu = \"300m\", memory = \"32Mi\" }}\n"
         )
     };
-    let text = app("burner", "while :; do :; done") + &app("idle", "trap 'exit 0' TERM; while true; do sleep 1; done");
+    let text = app("burner", "while :; do :; done")
+        + &app("idle", "trap 'exit 0' TERM; while true; do sleep 1; done")
+        // 64 MB in a shell variable, in 32 MiB: the kernel kills it, again after each restart.
+        + &app("hog", "sleep 2; x=$(yes abcdefgh | head -c 64000000); sleep 100");
     std::fs::write(&manifest, text).unwrap();
     ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
     let top = |what: &str| ok(c.cli(&["top", what, "-o", "json"]), "top");
@@ -36,15 +39,30 @@ fn top_shows_what_boards_and_replicas_use() {
     let n = nodes.iter().find(|n| n.node == "board-1").expect("board-1 sampled");
     assert!(n.cpu_millis >= 200 && n.cpus >= 1, "{n:?}");
     assert!(n.memory_used > 0 && n.memory_used <= n.memory_total && n.disk_free > 0, "{n:?}");
-    assert_eq!(n.requested_cpu_millis, 600, "{n:?}");
+    assert_eq!(n.requested_cpu_millis, 900, "three apps of 300m: {n:?}");
     // The tables a person reads.
     let table = ok(c.cli(&["top", "replicas", "--app", "burner"]), "top replicas");
     assert!(table.starts_with("NAME") && table.contains(&burner.replica) && !table.contains("idle-"), "{table}");
     assert!(table.contains("m/300m"), "{table}");
+    // describe shows usage too.
+    let d = ok(c.cli(&["describe", "replica", &burner.replica]), "describe replica");
+    assert!(d.contains("Usage:       cpu ") && d.contains("of 32Mi"), "{d}");
+    let d = ok(c.cli(&["describe", "node", "board-1"]), "describe node");
+    assert!(d.contains("Usage:         cpu ") && d.contains("disk free"), "{d}");
+    let d = ok(c.cli(&["describe", "app", "burner"]), "describe app");
+    assert!(d.contains("Usage:       cpu ") && d.contains("over 1 replicas"), "{d}");
     let table = ok(c.cli(&["top", "nodes"]), "top nodes");
     assert!(table.contains("board-1") && table.contains("CPU (15m)"), "{table}");
+    // The OOM kills of earlier runs show (each run has a new cgroup).
+    let hog = bramble_tests::wait_for("the hog's OOM kill in top", Duration::from_secs(90), || {
+        let rs: Vec<ReplicaUsage> = serde_json::from_str(&top("replicas")).unwrap();
+        rs.into_iter().find(|r| r.app == "hog" && r.oom_kills >= 1)
+    });
+    let table = ok(c.cli(&["top", "replicas", "--app", "hog"]), "top replicas hog");
+    let line = table.lines().find(|l| l.starts_with(&hog.replica)).expect("the hog's line");
+    assert!(line.split_whitespace().any(|w| w.parse::<u64>().is_ok_and(|n| n >= 1)), "{table}");
     let missing = c.cli(&["top", "replicas", "--app", "nope"]);
     assert_eq!(missing.status.code(), Some(4));
-    ok(c.cli(&["delete", "app", "burner", "idle"]), "delete");
+    ok(c.cli(&["delete", "app", "burner", "idle", "hog"]), "delete");
     c.remove_containers();
 }

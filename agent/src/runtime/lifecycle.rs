@@ -78,6 +78,10 @@ pub struct Lifecycle {
     /// How the previous run ended (kept while the next one runs).
     #[serde(default)]
     pub last_exit: Option<Exit>,
+    /// Runs the kernel ended for running out of memory (each restart makes a new cgroup, whose
+    /// own counter starts again).
+    #[serde(default)]
+    pub oom_kills: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -109,6 +113,7 @@ impl Lifecycle {
             backoff,
             stopping: false,
             last_exit: None,
+            oom_kills: 0,
         }
     }
 
@@ -152,6 +157,9 @@ impl Lifecycle {
     /// The running container exited; decides whether and when it restarts.
     pub fn exited(&mut self, exit: Exit) -> Result<(), BadTransition> {
         let Phase::Running { started_ms, .. } = self.phase else { return Err(self.bad("record the exit of")) };
+        if exit.oom_killed {
+            self.oom_kills += 1;
+        }
         self.last_exit = Some(exit.clone());
         if exit.finished_ms.saturating_sub(started_ms) >= self.backoff.reset_after_ms {
             self.next_backoff_ms = 0;

@@ -162,12 +162,23 @@ fn when(ms: Option<u64>) -> String {
     ms.map_or("-".into(), |m| format!("{} ago", super::age(m)))
 }
 
+/// The usage figures the leader holds (none if it cannot say).
+async fn usage(
+    config: Option<PathBuf>,
+    app: Option<&str>,
+) -> Option<(Vec<bramble_proto::usage::NodeUsage>, Vec<bramble_proto::usage::ReplicaUsage>)> {
+    match request(config, Request::Top { app: app.map(str::to_string) }).await {
+        Ok(Response::Top { nodes, replicas }) => Some((nodes, replicas)),
+        _ => None,
+    }
+}
+
 async fn app(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
-    let (app, replicas, events, rollout, autoscale) = match request(config, Request::GetApp { name: args.name }).await?
-    {
-        Response::App { app, replicas, events, rollout, autoscale } => (app, replicas, events, rollout, autoscale),
-        r => return Err(unexpected(&r)),
-    };
+    let (app, replicas, events, rollout, autoscale) =
+        match request(config.clone(), Request::GetApp { name: args.name }).await? {
+            Response::App { app, replicas, events, rollout, autoscale } => (app, replicas, events, rollout, autoscale),
+            r => return Err(unexpected(&r)),
+        };
     if args.output == Format::Json {
         let all = serde_json::json!({
             "app": app, "replicas": replicas, "events": events, "rollout": rollout, "autoscale": autoscale
@@ -279,13 +290,26 @@ async fn app(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
             if r.reason.is_empty() { String::new() } else { format!("  ({})", r.reason) }
         );
     }
+    if let Some((_, usage)) = usage(config, Some(app.meta.name.as_str())).await {
+        if !usage.is_empty() {
+            let cpu: u64 = usage.iter().map(|u| u.cpu_millis).sum();
+            let mem: u64 = usage.iter().map(|u| u.memory_working_set).sum();
+            let oom: u64 = usage.iter().map(|u| u.oom_kills).sum();
+            let _ = writeln!(
+                s,
+                "Usage:       cpu {cpu}m, memory {} over {} replicas, OOM kills {oom}",
+                human_bytes(mem),
+                usage.len()
+            );
+        }
+    }
     events_section(&mut s, &events);
     print!("{s}");
     Ok(())
 }
 
 async fn replica(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
-    let (r, detail, probes, events) = match request(config, Request::GetReplica { name: args.name }).await? {
+    let (r, detail, probes, events) = match request(config.clone(), Request::GetReplica { name: args.name }).await? {
         Response::Replica { replica, detail, probes, events } => (replica, detail, probes, events),
         r => return Err(unexpected(&r)),
     };
@@ -324,13 +348,29 @@ async fn replica(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let _ = writeln!(s, "Started:     {}", when(r.started_ms));
     let _ = writeln!(s, "Finished:    {}", when(r.finished_ms));
     let _ = writeln!(s, "Created:     {} ago", super::age(r.meta.created_ms));
+    if let Some(u) =
+        usage(config, Some(r.app.as_str())).await.and_then(|(_, rs)| rs.into_iter().find(|u| u.replica == r.meta.name))
+    {
+        let limit = u.memory_limit.map_or(String::new(), |l| format!(" of {}", human_bytes(l)));
+        let _ = writeln!(
+            s,
+            "Usage:       cpu {}m (throttled {}%), memory {}{limit}, pids {}, OOM kills {}, net in {}/s out {}/s",
+            u.cpu_millis,
+            u.throttled_permille / 10,
+            human_bytes(u.memory_working_set),
+            u.pids,
+            u.oom_kills,
+            human_bytes(u.net_rx_per_s),
+            human_bytes(u.net_tx_per_s)
+        );
+    }
     events_section(&mut s, &events);
     print!("{s}");
     Ok(())
 }
 
 async fn node(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
-    let (v, events) = match request(config, Request::GetNode { name: args.name }).await? {
+    let (v, events) = match request(config.clone(), Request::GetNode { name: args.name }).await? {
         Response::Node { node, events } => (node, events),
         r => return Err(unexpected(&r)),
     };
@@ -417,6 +457,20 @@ async fn node(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
             format!("{} ago", super::age(v.last_seen_ms))
         }
     );
+    if let Some(u) = usage(config, None).await.and_then(|(ns, _)| ns.into_iter().find(|u| u.node == n.meta.name)) {
+        let temp = u.temperature_mc.map_or("no sensor".into(), |t| format!("{:.1}°C", t as f64 / 1000.0));
+        let _ = writeln!(
+            s,
+            "Usage:         cpu {}m of {} CPUs, memory {} of {}, load {:.2}, disk free {}, temperature {temp}{}",
+            u.cpu_millis,
+            u.cpus,
+            human_bytes(u.memory_used),
+            human_bytes(u.memory_total),
+            u.load1_milli as f64 / 1000.0,
+            human_bytes(u.disk_free),
+            u.throttled.filter(|t| *t != 0).map_or(String::new(), |t| format!(", THROTTLED {t:#x}"))
+        );
+    }
     events_section(&mut s, &events);
     print!("{s}");
     Ok(())

@@ -7,6 +7,7 @@ mod agent;
 mod apps;
 mod containers;
 mod images;
+mod monitoring;
 mod net;
 mod rollout;
 mod scale;
@@ -94,6 +95,11 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
+    /// The cost of monitoring on a board: sampling time, session bytes.
+    Monitoring {
+        #[arg(long, default_value_t = 20)]
+        replicas: usize,
+    },
     /// The revocation check on every connection vs the connection itself.
     Revocation {
         #[arg(long, default_value_t = 50)]
@@ -118,6 +124,7 @@ fn main() {
         Command::Rollout { runs } => vec![("rollout", rollout::run(runs))],
         Command::Secrets { runs } => vec![("secrets", secrets::run(runs))],
         Command::Revocation { runs } => vec![("revocation", users::run(runs))],
+        Command::Monitoring { replicas } => vec![("monitoring", monitoring::run(replicas))],
         Command::Agent { containers, steady_secs } => vec![("agent", agent::run(containers, steady_secs))],
         Command::Scale { agents, replicas, steady_secs } => vec![("scale", scale::run(agents, replicas, steady_secs))],
         Command::All { runs } => vec![
@@ -132,6 +139,7 @@ fn main() {
             ("rollout", rollout::run(runs)),
             ("secrets", secrets::run(runs.max(20))),
             ("revocation", users::run(runs.max(50))),
+            ("monitoring", monitoring::run(20)),
         ],
     };
     let dir = bramble_tests::testimages::assets_dir().parent().expect("target dir").join("bench");

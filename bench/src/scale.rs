@@ -48,6 +48,10 @@ async fn sim_agent(dir: std::path::PathBuf, addr: SocketAddr, token: String, nam
         }
     });
     let mut tick = tokio::time::interval(heartbeat);
+    // Usage as a real agent sends it, every second here: 60 s of it fill as many points as the
+    // 15 minutes of history at the default 15 s.
+    let mut usage_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut running: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut seq = 0;
     loop {
         tokio::select! {
@@ -55,8 +59,19 @@ async fn sim_agent(dir: std::path::PathBuf, addr: SocketAddr, token: String, nam
                 seq += 1;
                 if write_frame(&mut send, &AgentMsg::Heartbeat { seq }).await.is_err() { return }
             }
+            _ = usage_tick.tick() => {
+                let sample = crate::monitoring::sample(seq, &running);
+                if write_frame(&mut send, &AgentMsg::Usage(sample)).await.is_err() { return }
+            }
             m = rx.recv() => match m {
-                Some(LeaderMsg::Desired { upsert, .. }) => {
+                Some(LeaderMsg::Desired { upsert, remove, full }) => {
+                    if full {
+                        running.clear();
+                    }
+                    for r in &remove {
+                        running.remove(r);
+                    }
+                    running.extend(upsert.iter().map(|a| a.replica.clone()));
                     let now = now_ms();
                     let replicas = upsert.into_iter().map(|a| ReplicaStatus {
                         started_ms: Some(now),

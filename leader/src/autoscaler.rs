@@ -8,6 +8,9 @@
 use crate::api::Api;
 use crate::controllers::autoscale::{decide, Decision, Observed, Policy};
 use crate::error::Result;
+use crate::events::Events;
+use crate::objects::Objects;
+use crate::usage::Usage;
 use bramble_proto::manifest::Replicas;
 use bramble_proto::model::{App, Event, EventReason, ObjectRef, Replica, ReplicaPhase};
 use std::collections::{HashMap, VecDeque};
@@ -47,19 +50,20 @@ fn policy(app: &App) -> Option<(Policy, Duration)> {
 }
 
 impl Autoscaler {
-    /// One pass over every autoscaled app at `now_ms`.
-    pub fn pass(&self, api: &Api, now_ms: u64) -> Result<()> {
-        let apps: Vec<App> = api.objects.list::<App>()?.into_iter().map(|v| v.value).collect();
+    /// One pass over every autoscaled app at `now_ms`; whether a count changed (the replica
+    /// controller should look again).
+    pub fn pass(&self, objects: &Objects, usage: &Usage, events: &Events, now_ms: u64) -> Result<bool> {
+        let mut any = false;
+        let apps: Vec<App> = objects.list::<App>()?.into_iter().map(|v| v.value).collect();
         let mut state = self.apps.lock().expect("autoscaler lock");
         state.retain(|name, _| apps.iter().any(|a| &a.meta.name == name && a.spec.autoscale.is_some()));
         let autoscaled: Vec<(&App, Policy, Duration)> =
             apps.iter().filter_map(|a| policy(a).map(|(p, d)| (a, p, d))).collect();
         if autoscaled.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
-        let replicas: Vec<Replica> = api.objects.list::<Replica>()?.into_iter().map(|v| v.value).collect();
-        let usage: HashMap<String, bramble_proto::usage::ReplicaUsage> = api
-            .usage
+        let replicas: Vec<Replica> = objects.list::<Replica>()?.into_iter().map(|v| v.value).collect();
+        let usage: HashMap<String, bramble_proto::usage::ReplicaUsage> = usage
             .replicas()
             .into_iter()
             .filter(|u| u.at_ms + FRESH_MS >= now_ms && !u.cpu_history.is_empty())
@@ -96,7 +100,7 @@ impl Autoscaler {
             if d.desired == current {
                 continue;
             }
-            let changed = api.objects.update::<App>(name, |a| {
+            let changed = objects.update::<App>(name, |a| {
                 // Someone changed it meanwhile: the next pass looks again.
                 if a.spec.replicas.0 != current {
                     return Ok(false);
@@ -108,11 +112,11 @@ impl Autoscaler {
             })?;
             if changed {
                 let message = format!("autoscaled from {current} to {}: {}", d.desired, d.why);
-                api.events.record(Event::new(now_ms, ObjectRef::app(name), EventReason::Scaled, message));
-                api.published.kick.notify_one();
+                events.record(Event::new(now_ms, ObjectRef::app(name), EventReason::Scaled, message));
+                any = true;
             }
         }
-        Ok(())
+        Ok(any)
     }
 
     /// What `describe app` says of the autoscaler's view of `app`.
@@ -134,9 +138,13 @@ pub async fn run(api: std::sync::Arc<Api>, cancel: tokio_util::sync::Cancellatio
             _ = tick.tick() => {}
         }
         let a = api.clone();
-        let r = tokio::task::spawn_blocking(move || a.autoscaler.pass(&a, bramble_proto::time::now_ms())).await;
-        if let Ok(Err(e)) = r {
-            tracing::warn!("autoscaler pass failed: {e}");
+        let now = bramble_proto::time::now_ms();
+        let r = tokio::task::spawn_blocking(move || a.autoscaler.pass(&a.objects, &a.usage, &a.events, now)).await;
+        match r {
+            Ok(Ok(true)) => api.published.kick.notify_one(),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!("autoscaler pass failed: {e}"),
+            Err(e) => tracing::warn!("autoscaler pass failed: {e}"),
         }
     }
 }

@@ -372,3 +372,83 @@ fn a_board_that_does_not_confirm_holds_a_drain_for_two_seconds_at_most() {
     let deleted = sim.ctx().events.filter(|e| e.message.contains("not every board confirmed in time")).len();
     assert_eq!(deleted, 1);
 }
+
+/// Usage as the boards would measure it: `load` millicores of work spread over the app's running
+/// replicas, each held at its request (its CPU quota). Counters grow by what each did in `dt`.
+fn measure(
+    sim: &Sim,
+    usage: &bramble_leader::usage::Usage,
+    counters: &mut std::collections::BTreeMap<String, u64>,
+    load: u64,
+    request: u64,
+) {
+    use bramble_proto::usage::{NodeSample, ReplicaSample, UsageSample};
+    let running: Vec<_> = sim.replicas("api").into_iter().filter(|r| r.phase == ReplicaPhase::Running).collect();
+    let each = if running.is_empty() { 0 } else { (load / running.len() as u64).min(request) };
+    for b in &sim.boards {
+        let mine: Vec<_> = running.iter().filter(|r| r.node.as_deref() == Some(b.name.as_str())).collect();
+        let replicas = mine
+            .iter()
+            .map(|r| {
+                let c = counters.entry(r.meta.name.clone()).or_default();
+                *c += each * 1_000_000; // one second of `each` millicores, in ns
+                ReplicaSample {
+                    replica: r.meta.name.clone(),
+                    cpu_ns: *c,
+                    memory_working_set: 1 << 20,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let node = NodeSample { cpus: 4, memory_total: 4 << 30, disk_total: 1 << 30, ..Default::default() };
+        let bound = |r: &str| mine.iter().any(|m| m.meta.name == r).then(|| "api".to_string());
+        usage.record(&b.name, UsageSample { at_ms: sim.now_ms(), node, replicas }, sim.now_ms(), bound);
+    }
+}
+
+#[test]
+fn the_autoscaler_follows_the_load_without_overshoot_and_shrinks_only_after_its_window() {
+    let mut sim = three_boards();
+    sim.apply(
+        "[[app]]\nname = \"api\"\nimage = \"reg/api:1\"\nresources = { cpu = \"500m\" }\n\
+         [app.autoscale]\nmin = 1\nmax = 6\ncpu = \"50%\"\nscale_down_window = \"60s\"\nscale_up_period = \"15s\"\n",
+    );
+    let usage = bramble_leader::usage::Usage::new();
+    let autoscaler = bramble_leader::autoscaler::Autoscaler::default();
+    let mut counters = std::collections::BTreeMap::new();
+    let count = |sim: &Sim| sim.spec("api").replicas.0;
+    let mut seen = Vec::new();
+    // 1 core of work with a 250m target: four replicas, reached by doubling, never more.
+    let mut load = 1000;
+    for _ in 0..150 {
+        sim.step(Duration::from_secs(1));
+        measure(&sim, &usage, &mut counters, load, 500);
+        let ctx = sim.ctx();
+        autoscaler.pass(&ctx.objects, &usage, &ctx.events, sim.now_ms()).expect("a pass");
+        seen.push(count(&sim));
+    }
+    assert_eq!(count(&sim), 4, "ceil(1000m / 250m): {seen:?}");
+    assert!(seen.windows(2).all(|w| w[1] >= w[0]), "it only grew: {seen:?}");
+    assert!(seen.iter().all(|c| *c <= 4), "no overshoot: {seen:?}");
+    // The load falls to 200m: it waits out its 60 s window, then goes to 1 in one step.
+    load = 200;
+    let mut shrunk_after = None;
+    for s in 1..=120 {
+        sim.step(Duration::from_secs(1));
+        measure(&sim, &usage, &mut counters, load, 500);
+        let ctx = sim.ctx();
+        autoscaler.pass(&ctx.objects, &usage, &ctx.events, sim.now_ms()).expect("a pass");
+        if count(&sim) < 4 && shrunk_after.is_none() {
+            shrunk_after = Some((s, count(&sim)));
+        }
+    }
+    let (after, to) = shrunk_after.expect("it shrank");
+    // (The last high recommendation came up to one period, 15 s, before the load fell.)
+    assert!(after >= 45, "not before the window: after {after} s");
+    assert_eq!((to, count(&sim)), (1, 1), "straight to what 200m needs");
+    let events: Vec<String> = sim.ctx().events.since(0).into_iter().map(|e| e.message).collect();
+    assert!(
+        events.iter().any(|m| m.starts_with("autoscaled from 1 to 2: cpu 100% of request (target 50%)")),
+        "{events:?}"
+    );
+}

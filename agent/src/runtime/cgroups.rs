@@ -184,7 +184,11 @@ mod tests {
         write(r, "bramble/c1/memory.stat", "anon 1\nfile 3\ninactive_file 2097152\nactive_file 1\n");
         write(r, "bramble/c1/memory.max", "67108864\n");
         write(r, "bramble/c1/memory.events", "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n");
-        write(r, "bramble/c1/cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n");
+        write(
+            r,
+            "bramble/c1/cpu.stat",
+            "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 9\nnr_throttled 2\nthrottled_usec 700\n",
+        );
         write(r, "bramble/c1/cpu.max", "25000 100000\n");
         write(r, "bramble/c1/pids.current", "3\n");
         write(r, "bramble/c1/pids.max", "max\n");
@@ -207,6 +211,7 @@ mod tests {
             Limits { cpu_quota_us: Some(25000), cpu_period_us: Some(100000), memory: Some(64 << 20), pids: None }
         );
         assert!(cg.stats("/bramble/missing").is_err());
+        assert_eq!(cg.throttled_ns("/bramble/c1").unwrap(), 700_000);
     }
 
     #[test]
@@ -220,6 +225,7 @@ mod tests {
         write(r, "cpuacct/bramble/c1/cpuacct.usage", "123456789");
         write(r, "cpu/bramble/c1/cpu.cfs_quota_us", "-1");
         write(r, "cpu/bramble/c1/cpu.cfs_period_us", "100000");
+        write(r, "cpu/bramble/c1/cpu.stat", "nr_periods 9\nnr_throttled 2\nthrottled_time 123000\n");
         write(r, "pids/bramble/c1/pids.current", "1");
         write(r, "pids/bramble/c1/pids.max", "100");
         let cg = CgroupFs::at(r, Version::V1);
@@ -232,5 +238,6 @@ mod tests {
             cg.limits("/bramble/c1").unwrap(),
             Limits { cpu_quota_us: None, cpu_period_us: Some(100000), memory: None, pids: Some(100) }
         );
+        assert_eq!(cg.throttled_ns("/bramble/c1").unwrap(), 123_000);
     }
 }

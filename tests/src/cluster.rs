@@ -298,6 +298,24 @@ pub fn with_busybox(agents: usize, agent_toml: &str) -> (Cluster, crate::registr
     with_busybox_opts(ClusterOptions { agents, ..Default::default() }, agent_toml)
 }
 
+/// One board sampled every second, the leader's metrics listener on `listen` (in its namespace)
+/// and app `web` with `replicas` idle replicas of the busybox image, applied.
+pub fn with_metrics_and_web(listen: &str, replicas: u32) -> (Cluster, crate::registry::Registry) {
+    let opts = ClusterOptions { agents: 1, metrics_listen: Some(listen.to_string()), ..Default::default() };
+    let (c, registry, image) = with_busybox_opts(opts, "[monitoring]\ninterval = \"1s\"\n");
+    let manifest = c.dir.path().join("web.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[[app]]\nname = \"web\"\nimage = \"{image}\"\nreplicas = {replicas}\n\
+             command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
+        ),
+    )
+    .expect("write the manifest");
+    crate::ok(c.cli(&["apply", "-f", manifest.to_str().expect("utf-8")]), "apply");
+    (c, registry)
+}
+
 /// [`with_busybox`] with more options.
 pub fn with_busybox_opts(opts: ClusterOptions, agent_toml: &str) -> (Cluster, crate::registry::Registry, String) {
     let extra = agent_toml.to_string();

@@ -3,7 +3,7 @@
 //! memory and temperature figures), its app with replicas by phase, and recent events. A
 //! screenshot is kept as `target/test-artifacts/dashboard.png`.
 
-use bramble_tests::{ok, text, ClusterOptions};
+use bramble_tests::{ok, text};
 use std::time::Duration;
 
 #[test]
@@ -11,18 +11,7 @@ fn the_dashboard_shows_the_cluster_in_a_real_browser() {
     let chromium = std::path::Path::new("/usr/bin/chromium");
     assert!(chromium.exists(), "Debian's chromium package is missing (scripts/test installs it)");
     let listen = "127.0.0.1:9100".to_string();
-    let opts = ClusterOptions { agents: 1, metrics_listen: Some(listen.clone()), ..Default::default() };
-    let (c, _registry, image) = bramble_tests::cluster::with_busybox_opts(opts, "[monitoring]\ninterval = \"1s\"\n");
-    let manifest = c.dir.path().join("web.toml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "[[app]]\nname = \"web\"\nimage = \"{image}\"\nreplicas = 2\n\
-             command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
-        ),
-    )
-    .unwrap();
-    ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
+    let (c, _registry) = bramble_tests::cluster::with_metrics_and_web(&listen, 2);
     let ns = c.lab.ns(0);
     let url = format!("http://{listen}/");
     let browser = |extra: &[&str]| {

@@ -4,7 +4,7 @@
 //! controller's pass histogram.
 
 use bramble_tests::process::Proc;
-use bramble_tests::{ok, text, ClusterOptions};
+use bramble_tests::{ok, text};
 use nix::sys::signal::Signal;
 use std::time::Duration;
 
@@ -20,18 +20,7 @@ fn prometheus_scrapes_the_leader_and_answers_queries() {
     let prometheus = std::path::Path::new("/usr/bin/prometheus");
     assert!(prometheus.exists(), "Debian's prometheus package is missing (scripts/test installs it)");
     let listen = "127.0.0.1:9100".to_string();
-    let opts = ClusterOptions { agents: 1, metrics_listen: Some(listen.clone()), ..Default::default() };
-    let (c, _registry, image) = bramble_tests::cluster::with_busybox_opts(opts, "[monitoring]\ninterval = \"1s\"\n");
-    let manifest = c.dir.path().join("web.toml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "[[app]]\nname = \"web\"\nimage = \"{image}\"\nreplicas = 2\n\
-             command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
-        ),
-    )
-    .unwrap();
-    ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
+    let (c, _registry) = bramble_tests::cluster::with_metrics_and_web(&listen, 2);
     let ns = c.lab.ns(0);
 
     // The text itself: OpenMetrics, with our names.

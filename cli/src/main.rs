@@ -55,6 +55,8 @@ enum Command {
     Secret(cmd::secret::Args),
     /// Configs (files apps mount): `bramble config create nginx --from-file nginx.conf=./nginx.conf`.
     Config(cmd::configcmd::Args),
+    /// A sealed backup of the whole cluster (admins): `bramble backup -o FILE --passphrase-file P`, `backup inspect FILE`.
+    Backup(cmd::backup::Args),
     /// Join tokens for new agents: `bramble token create|ls|revoke`.
     Token(cmd::token::Args),
     /// People and pipelines: `bramble user create ci --role deployer --ttl 30d -o ci.toml`, `user ls`, `user revoke NAME`.
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
             Command::Token(a) => cmd::token::run(config, a).await,
             Command::Secret(a) => cmd::secret::run(config, a).await,
             Command::Volume(a) => cmd::volume::run(config, a).await,
+            Command::Backup(a) => cmd::backup::run(config, a).await,
             Command::Config(a) => cmd::configcmd::run(config, a).await,
             Command::User(a) => cmd::user::run(config, a).await,
         }

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod autoscaler;
+pub mod backup;
 pub mod config;
 pub mod controllers;
 pub mod dashboard;

@@ -63,6 +63,20 @@ enum Command {
         #[command(subcommand)]
         what: SecretsCommand,
     },
+    /// Make a new leader from a backup (`bramble backup`): the same CA, secrets and objects; boards
+    /// reconnect by themselves. Refused where a cluster already is.
+    Restore {
+        #[arg(long, env = "BRAMBLE_LEADER_DATA_DIR")]
+        data_dir: PathBuf,
+        /// A file whose first line is the backup's passphrase.
+        #[arg(long)]
+        passphrase_file: PathBuf,
+        /// The address to serve on (default: the backed-up leader's).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// The backup file.
+        file: PathBuf,
+    },
     /// Initialise on first use, then run a leader with an embedded agent: a one-board cluster.
     Up {
         #[arg(long, env = "BRAMBLE_LEADER_DATA_DIR")]
@@ -172,6 +186,26 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("bramble-leader: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            };
+        }
+        Command::Restore { data_dir, passphrase_file, listen, file } => {
+            let restored = (|| -> Result<String, String> {
+                let pass = std::fs::read_to_string(&passphrase_file)
+                    .map_err(|e| format!("{}: {e}", passphrase_file.display()))?;
+                let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+                let snapshot = bramble_transport::backup::open(&bytes, pass.lines().next().unwrap_or("").as_bytes())
+                    .map_err(|e| format!("{}: {e}; nothing was written", file.display()))?;
+                bramble_leader::backup::restore(&snapshot, &data_dir, listen).map_err(|e| e.to_string())
+            })();
+            return match restored {
+                Ok(said) => {
+                    println!("{said}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("bramble-leader restore: {e}");
                     ExitCode::from(EXIT_RUNTIME)
                 }
             };

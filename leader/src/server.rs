@@ -117,6 +117,7 @@ pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> 
     let mut api = Api::new(objects, ca, registry, events, config.network.clone()).with_keyring(keyring);
     api.node_cert_lifetime = config.pki.node_cert_lifetime.0;
     api.store_path = Some(layout.store());
+    api.data_dir = Some((config.data_dir.clone(), config.cluster_name.clone()));
     let api = Arc::new(api);
     let endpoint = server_endpoint(config.listen, tls)?;
     let local_addr = endpoint.local_addr().map_err(|source| TransportError::Bind { addr: config.listen, source })?;

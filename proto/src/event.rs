@@ -67,7 +67,7 @@ macro_rules! reasons {
 
 reasons! {
     // Objects, by the API.
-    Created, Configured, Deleted, Scaled, Revoked,
+    Created, Configured, Deleted, Scaled, Revoked, BackupTaken,
     // Placement, by the replica controller.
     Scheduled, FailedScheduling, ReplicaLost, ImagePlatform,
     // Rollouts.

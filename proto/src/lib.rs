@@ -4,6 +4,7 @@
 //! This crate does no I/O (but for [`fsutil`], the one atomic file writer every crate shares). Everything that comes from a user (manifests, configs) or from the
 //! network (frames) is parsed here once, at the edge, into types that are valid by construction.
 
+pub mod backup;
 pub mod codec;
 pub mod event;
 pub mod fsutil;

@@ -78,6 +78,8 @@ pub enum Request {
         csr_pem: String,
     },
     GetUsers,
+    /// One consistent snapshot of the cluster, for the admin's CLI to seal (admins only).
+    Backup,
     /// What boards and replicas use now, with their recent history (`bramble top`).
     Top {
         /// Only this app's replicas.
@@ -309,6 +311,7 @@ pub enum Response {
         expires_ms: u64,
     },
     Users(Vec<UserInfo>),
+    Backup(Box<crate::backup::Snapshot>),
     Top {
         nodes: Vec<crate::usage::NodeUsage>,
         replicas: Vec<crate::usage::ReplicaUsage>,

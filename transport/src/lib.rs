@@ -6,6 +6,7 @@
 //! - [`quic`]: quinn endpoints and framed streams carrying `bramble-proto` messages.
 
 pub mod admin;
+pub mod backup;
 pub mod pki;
 pub mod quic;
 pub mod tls;

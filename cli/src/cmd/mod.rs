@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 pub mod apply;
+pub mod backup;
 pub mod configcmd;
 pub mod cordon;
 pub mod delete;

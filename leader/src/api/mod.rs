@@ -55,6 +55,8 @@ pub struct Api {
     pub autoscaler: Arc<crate::autoscaler::Autoscaler>,
     /// The store's file, for its size in `/metrics` (none: in memory).
     pub store_path: Option<std::path::PathBuf>,
+    /// The data dir and cluster name (backups read the PKI and configs there; none in tests).
+    pub data_dir: Option<(std::path::PathBuf, String)>,
 }
 
 impl std::fmt::Debug for Api {
@@ -89,6 +91,7 @@ impl Api {
             usage: Arc::default(),
             autoscaler: Arc::default(),
             store_path: None,
+            data_dir: None,
         }
     }
 
@@ -212,6 +215,25 @@ impl Api {
                 Ok(Response::User { cert_pem, ca_pem: self.ca.cert_pem().to_string(), expires_ms })
             }
             Request::GetUsers => Ok(Response::Users(crate::users::list(&self.objects, now_ms())?)),
+            Request::Backup => {
+                let (dir, name) = self
+                    .data_dir
+                    .as_ref()
+                    .ok_or_else(|| Error::Invalid("this leader has no data dir to back up".into()))?;
+                let snapshot = crate::backup::take(self.objects.store().as_ref(), dir, name)
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                self.events.record(Event::new(
+                    now_ms(),
+                    ObjectRef::new(Kind::Node, "leader"),
+                    EventReason::BackupTaken,
+                    format!(
+                        "backup of {} objects at revision {} taken by {who}",
+                        snapshot.objects.len(),
+                        snapshot.revision
+                    ),
+                ));
+                Ok(Response::Backup(Box::new(snapshot)))
+            }
             Request::Top { app } => self.top(app.as_deref()),
             Request::RevokeUser { name } => {
                 let done = crate::users::revoke(&self.objects, &self.revoked, &name, now_ms())?;
@@ -268,6 +290,7 @@ pub fn required_role(request: &Request) -> Role {
         | Request::Volume { .. }
         | Request::CreateUser { .. }
         | Request::GetUsers
+        | Request::Backup
         | Request::RevokeUser { .. } => Role::Admin,
     }
 }

@@ -1,0 +1,101 @@
+//! Backup and restore for real: a sealed backup of a running cluster, inspected; the leader's data
+//! dir destroyed; a new leader restored from the backup; the board reconnects by itself and every
+//! replica keeps its container (none restarted), with apps, secrets and configs as they were. Wrong
+//! passphrases and damaged files are refused, and nothing is written.
+
+use bramble_proto::model::{App, ReplicaPhase};
+use bramble_tests::{ok, text};
+use nix::sys::signal::Signal;
+use std::time::Duration;
+
+#[test]
+fn a_cluster_comes_back_from_its_backup_without_restarting_a_container() {
+    let (mut c, _registry, image) = bramble_tests::cluster::with_busybox(1, "");
+    let dir = c.dir.path().to_path_buf();
+    let manifest = dir.join("web.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[[config]]\nname = \"site\"\nfiles = {{ \"index.html\" = \"hi\" }}\n\n\
+             [[app]]\nname = \"web\"\nimage = \"{image}\"\nreplicas = 2\nsecrets = [\"db\"]\n\
+             command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n\
+             [[app.configs]]\nname = \"site\"\npath = \"/www\"\n"
+        ),
+    )
+    .unwrap();
+    ok(c.cli(&["secret", "create", "db", "--from-literal", "password=s3cret-value"]), "secret");
+    ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
+    let before = bramble_tests::wait_for("two replicas running", Duration::from_secs(60), || {
+        let rs = c.replicas_of("web");
+        (rs.len() == 2 && rs.iter().all(|r| r.phase == ReplicaPhase::Running)).then_some(rs)
+    });
+    let apps_before: Vec<App> = serde_json::from_str(&ok(c.cli(&["get", "apps", "-o", "json"]), "get apps")).unwrap();
+
+    let pass = dir.join("pass");
+    std::fs::write(&pass, "correct horse battery\n").unwrap();
+    let wrong = dir.join("wrong");
+    std::fs::write(&wrong, "not the passphrase\n").unwrap();
+    let file = dir.join("cluster.bak");
+    let said =
+        ok(c.cli(&["backup", "-o", file.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]), "backup");
+    assert!(said.starts_with("backup of cluster bramble written to"), "{said}");
+    let sealed = std::fs::read(&file).unwrap();
+    assert!(!sealed.windows(12).any(|w| w == b"s3cret-value") && !text(&sealed).contains("PRIVATE KEY"), "sealed");
+    let inspect = |p: &std::path::Path, f: &std::path::Path| {
+        c.cli(&["backup", "inspect", f.to_str().unwrap(), "--passphrase-file", p.to_str().unwrap()])
+    };
+    let shown = ok(inspect(&pass, &file), "inspect");
+    assert!(shown.contains("Cluster:     bramble") && shown.contains("replicas       2"), "{shown}");
+    assert!(shown.contains("apps           1") && shown.contains("secrets        1"), "{shown}");
+    let refused = inspect(&wrong, &file);
+    assert!(!refused.status.success() && text(&refused.stderr).contains("the passphrase is wrong"));
+    let truncated = dir.join("truncated.bak");
+    std::fs::write(&truncated, &sealed[..sealed.len() / 2]).unwrap();
+    assert!(text(&inspect(&pass, &truncated).stderr).contains("truncated or corrupted"));
+
+    // The leader's board dies with its data dir.
+    c.leader.take().unwrap().stop(Signal::SIGTERM);
+    let leader_dir = c.leader_dir();
+    std::fs::remove_dir_all(&leader_dir).unwrap();
+    let restore = |p: &std::path::Path, f: &std::path::Path| {
+        std::process::Command::new(bramble_tests::process::bin_dir().join("bramble-leader"))
+            .args(["restore", "--data-dir", leader_dir.to_str().unwrap(), "--passphrase-file"])
+            .arg(p)
+            .arg(f)
+            .output()
+            .unwrap()
+    };
+    let bad = restore(&wrong, &file);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("nothing was written"), "{}", text(&bad.stderr));
+    assert!(!leader_dir.exists(), "nothing written for a refused backup");
+    let bad = restore(&pass, &truncated);
+    assert!(!bad.status.success() && !leader_dir.exists());
+    let good = restore(&pass, &file);
+    assert!(good.status.success(), "{}", text(&good.stderr));
+    assert!(text(&good.stdout).starts_with("restored cluster bramble"), "{}", text(&good.stdout));
+    let again = restore(&pass, &file);
+    assert!(text(&again.stderr).contains("already holds a cluster"), "{}", text(&again.stderr));
+
+    // The new leader: the board reconnects by itself and adopts what it runs.
+    c.start_leader();
+    c.wait_status(1, bramble_proto::model::ConditionStatus::True, Duration::from_secs(30));
+    let apps_after: Vec<App> = serde_json::from_str(&ok(c.cli(&["get", "apps", "-o", "json"]), "get apps")).unwrap();
+    let specs = |a: &[App]| a.iter().map(|a| (a.meta.name.clone(), a.spec.clone())).collect::<Vec<_>>();
+    assert_eq!(specs(&apps_after), specs(&apps_before));
+    std::thread::sleep(Duration::from_secs(3));
+    let after = c.replicas_of("web");
+    let ids = |rs: &[bramble_proto::model::Replica]| {
+        let mut v: Vec<_> = rs.iter().map(|r| (r.meta.name.clone(), r.container_id.clone(), r.restarts)).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&after), ids(&before), "the same replicas, the same containers, no restart");
+    assert!(after.iter().all(|r| r.phase == ReplicaPhase::Running));
+    let secret = ok(c.cli(&["describe", "secret", "db"]), "the secret came back");
+    assert!(secret.contains("password"), "{secret}");
+    let id = &after[0].meta.name;
+    assert_eq!(ok(c.cli(&["exec", id, "--", "cat", "/run/secrets/db/password"]), "secret readable"), "s3cret-value");
+    ok(c.cli(&["describe", "config", "site"]), "the config came back");
+    ok(c.cli(&["delete", "app", "web"]), "delete");
+    c.remove_containers();
+}

@@ -161,3 +161,98 @@ mod tests {
         assert!(matches!(restore(&s, &t.path().join("l"), None), Err(BackupError::Exists(_))));
     }
 }
+
+/// Counts of scheduled backups, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct BackupStats {
+    pub failures: std::sync::atomic::AtomicU64,
+    /// When the last scheduled backup was written (ms; 0: none yet).
+    pub last_success_ms: std::sync::atomic::AtomicU64,
+}
+
+/// One scheduled backup into `dir`, sealed with the first line of `passphrase_file`; the oldest
+/// beyond `keep` are removed. Returns the file written.
+pub fn scheduled_once(
+    api: &crate::api::Api,
+    dir: &Path,
+    passphrase_file: &Path,
+    keep: u32,
+) -> Result<std::path::PathBuf, BackupError> {
+    let text = std::fs::read_to_string(passphrase_file).map_err(io(passphrase_file.display().to_string()))?;
+    let passphrase = text.lines().next().unwrap_or("").as_bytes().to_vec();
+    let (data_dir, name) = api.data_dir.as_ref().ok_or_else(|| BackupError::Other("no data dir".into()))?;
+    let snapshot = take(api.objects.store().as_ref(), data_dir, name)?;
+    let sealed =
+        bramble_transport::backup::seal(&snapshot, &passphrase).map_err(|e| BackupError::Other(e.to_string()))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir.display().to_string()))?;
+    }
+    let prefix = format!("bramble-{name}-");
+    // Milliseconds, zero-padded: names sort by time.
+    let path = dir.join(format!("{prefix}{:015}.bak", snapshot.created_ms));
+    bramble_proto::fsutil::write_file_atomic(&path, &sealed, 0o600).map_err(io(path.display().to_string()))?;
+    let mut ours: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir.display().to_string()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".bak"))
+        })
+        .collect();
+    ours.sort();
+    let extra = ours.len().saturating_sub(keep as usize);
+    for old in &ours[..extra] {
+        let _ = std::fs::remove_file(old);
+    }
+    Ok(path)
+}
+
+/// Backs the cluster up every `config.every` (the first soon after start) until `cancel`; each
+/// result is an event, failures are counted for `/metrics`.
+pub async fn schedule(
+    api: std::sync::Arc<crate::api::Api>,
+    config: crate::config::BackupConfig,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let (Some(dir), Some(pass)) = (config.dir.clone(), config.passphrase_file.clone()) else { return };
+    let mut wait = std::time::Duration::from_secs(5).min(config.every.0);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = config.every.0;
+        let (a, d, p) = (api.clone(), dir.clone(), pass.clone());
+        let keep = config.keep;
+        let result = tokio::task::spawn_blocking(move || scheduled_once(&a, &d, &p, keep))
+            .await
+            .unwrap_or_else(|e| Err(BackupError::Other(e.to_string())));
+        let now = bramble_proto::time::now_ms();
+        let leader = bramble_proto::model::ObjectRef::node("leader");
+        match result {
+            Ok(path) => {
+                api.backups.last_success_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+                let message = format!("scheduled backup written to {}", path.display());
+                tracing::info!("{message}");
+                api.events.record(bramble_proto::model::Event::new(
+                    now,
+                    leader,
+                    bramble_proto::model::EventReason::BackupTaken,
+                    message,
+                ));
+            }
+            Err(e) => {
+                api.backups.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let message = format!("scheduled backup into {} failed: {e}", dir.display());
+                tracing::warn!("{message}");
+                api.events.record(bramble_proto::model::Event::new(
+                    now,
+                    leader,
+                    bramble_proto::model::EventReason::BackupFailed,
+                    message,
+                ));
+            }
+        }
+    }
+}

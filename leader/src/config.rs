@@ -48,6 +48,39 @@ pub struct LeaderConfig {
     pub pki: PkiConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub backup: BackupConfig,
+}
+
+/// Scheduled backups, off unless `dir` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Where backups go (a USB stick, a network mount): `bramble-<cluster>-<time>.bak`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// A file whose first line is the passphrase that seals them (0600, on the leader).
+    #[serde(default)]
+    pub passphrase_file: Option<PathBuf>,
+    /// How often (10s to 30d).
+    #[serde(default = "default_backup_every")]
+    pub every: HumanDuration,
+    /// How many to keep (the oldest go).
+    #[serde(default = "default_backup_keep")]
+    pub keep: u32,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig { dir: None, passphrase_file: None, every: default_backup_every(), keep: default_backup_keep() }
+    }
+}
+
+fn default_backup_every() -> HumanDuration {
+    HumanDuration(Duration::from_secs(6 * 3600))
+}
+fn default_backup_keep() -> u32 {
+    7
 }
 
 /// `/metrics` for Prometheus, off unless `listen` is set.
@@ -156,6 +189,7 @@ impl LeaderConfig {
             network: ClusterNetwork::default(),
             pki: PkiConfig::default(),
             metrics: MetricsConfig::default(),
+            backup: BackupConfig::default(),
         }
     }
 
@@ -194,6 +228,20 @@ impl LeaderConfig {
                 let message = format!("expected a lifetime from 1m to 3650d, found {}", HumanDuration(d));
                 return Err(SourceError::at(file, text, offset, &format!("pki.{field}"), message).into());
             }
+        }
+        let b = &cfg.backup;
+        let backup_problem = if b.dir.is_some() && b.passphrase_file.is_none() {
+            Some(("passphrase_file", "scheduled backups need a passphrase_file to seal them".to_string()))
+        } else if !(Duration::from_secs(10)..=Duration::from_secs(30 * 86400)).contains(&b.every.0) {
+            Some(("every", format!("expected from 10s to 30d, found {}", b.every)))
+        } else if b.keep == 0 {
+            Some(("keep", "expected at least 1".to_string()))
+        } else {
+            None
+        };
+        if let Some((field, message)) = backup_problem {
+            let offset = text.find(field).or_else(|| text.find("[backup]")).unwrap_or(0);
+            return Err(SourceError::at(file, text, offset, &format!("backup.{field}"), message).into());
         }
         if let Some((field, message)) = cfg.network.check().into_iter().next() {
             let offset = text.find(field).or_else(|| text.find("[network]")).unwrap_or(0);
@@ -258,6 +306,13 @@ leader_cert_lifetime = "{leader_cert}"
 [metrics]
 # Prometheus metrics (plain HTTP): off unless set. Keep it on loopback or a management network.
 # listen = "127.0.0.1:9100"
+
+[backup]
+# Scheduled backups, sealed with the passphrase in passphrase_file: off unless dir is set.
+# dir = "/media/usb/bramble-backups"
+# passphrase_file = "/etc/bramble/backup.pass"
+every = "{backup_every}"
+keep = {backup_keep}
 "#,
             cluster = self.cluster_name,
             listen = self.listen,
@@ -274,6 +329,8 @@ leader_cert_lifetime = "{leader_cert}"
             vxlan_vni = self.network.vxlan_vni,
             node_cert = self.pki.node_cert_lifetime,
             leader_cert = self.pki.leader_cert_lifetime,
+            backup_every = self.backup.every,
+            backup_keep = self.backup.keep,
         )
     }
 }

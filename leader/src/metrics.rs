@@ -198,6 +198,18 @@ pub fn render(api: &Api) -> Result<String, String> {
     if let Some(size) = api.store_size() {
         family(&mut reg, "store_size_bytes", "The size of the leader's store file", vec![(Vec::new(), size as f64)]);
     }
+    let failures = prometheus_client::metrics::counter::Counter::<u64>::default();
+    failures.inc_by(api.backups.failures.load(std::sync::atomic::Ordering::Relaxed));
+    reg.register("backup_failures", "Scheduled backups that failed", failures);
+    let last = api.backups.last_success_ms.load(std::sync::atomic::Ordering::Relaxed);
+    if last > 0 {
+        family(
+            &mut reg,
+            "backup_last_success_timestamp_seconds",
+            "When the last scheduled backup was written",
+            vec![(Vec::new(), last as f64 / 1000.0)],
+        );
+    }
     let t = &api.published.timings;
     reg.register("controller_pass_duration_seconds", "One pass of the replica controller", t.pass.clone());
     reg.register("scheduler_plan_duration_seconds", "The pure plan of a pass, scheduling included", t.plan.clone());

@@ -126,6 +126,7 @@ pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> 
     tasks.spawn(accept_loop(endpoint.clone(), api.clone(), config.nodes.heartbeat.0, cancel.clone(), tasks.clone()));
     tasks.spawn(monitor_nodes(api.clone(), cancel.clone()));
     tasks.spawn(crate::autoscaler::run(api.clone(), cancel.clone()));
+    tasks.spawn(crate::backup::schedule(api.clone(), config.backup.clone(), cancel.clone()));
     if let Some(listen) = config.metrics.listen.clone() {
         tasks.spawn(crate::metrics::serve(api.clone(), listen, config.cluster_name.clone(), cancel.clone()));
     }

@@ -67,7 +67,7 @@ macro_rules! reasons {
 
 reasons! {
     // Objects, by the API.
-    Created, Configured, Deleted, Scaled, Revoked, BackupTaken,
+    Created, Configured, Deleted, Scaled, Revoked, BackupTaken, BackupFailed,
     // Placement, by the replica controller.
     Scheduled, FailedScheduling, ReplicaLost, ImagePlatform,
     // Rollouts.

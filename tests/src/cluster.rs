@@ -28,6 +28,8 @@ pub struct ClusterOptions {
     pub cert_lifetime: Option<&'static str>,
     /// The leader's `metrics.listen` (none: off).
     pub metrics_listen: Option<String>,
+    /// More edits of the rendered leader.toml: (text, replacement).
+    pub leader_toml_edits: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -41,6 +43,7 @@ impl Default for ClusterOptions {
             second_lan_from: None,
             cert_lifetime: None,
             metrics_listen: None,
+            leader_toml_edits: Vec::new(),
         }
     }
 }
@@ -84,6 +87,10 @@ impl Cluster {
             .expect("leader.toml")
             .replace("not_ready_after = \"15s\"", &format!("not_ready_after = \"{}\"", opts.not_ready_after))
             .replace("heartbeat = \"5s\"", &format!("heartbeat = \"{}\"", opts.heartbeat));
+        let cfg = opts.leader_toml_edits.iter().fold(cfg, |cfg, (from, to)| {
+            assert!(cfg.contains(from.as_str()), "leader.toml has no {from:?} to replace");
+            cfg.replace(from.as_str(), to)
+        });
         let cfg = match &opts.metrics_listen {
             Some(l) => cfg.replace("# listen = \"127.0.0.1:9100\"", &format!("listen = \"{l}\"")),
             None => cfg,

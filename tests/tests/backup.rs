@@ -99,3 +99,48 @@ fn a_cluster_comes_back_from_its_backup_without_restarting_a_container() {
     ok(c.cli(&["delete", "app", "web"]), "delete");
     c.remove_containers();
 }
+
+#[test]
+fn scheduled_backups_are_written_kept_to_their_number_and_failures_said() {
+    let dir = tempfile::Builder::new().prefix("bramble-e2e-backups-").tempdir().unwrap();
+    let backups = dir.path().join("usb");
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "scheduled passphrase\n").unwrap();
+    let edits = vec![
+        ("# dir = \"/media/usb/bramble-backups\"".to_string(), format!("dir = \"{}\"", backups.display())),
+        (
+            "# passphrase_file = \"/etc/bramble/backup.pass\"".to_string(),
+            format!("passphrase_file = \"{}\"", pass.display()),
+        ),
+        ("every = \"6h\"".to_string(), "every = \"10s\"".to_string()),
+        ("keep = 7".to_string(), "keep = 2".to_string()),
+    ];
+    let c = bramble_tests::Cluster::start(bramble_tests::ClusterOptions {
+        agents: 1,
+        leader_toml_edits: edits,
+        ..Default::default()
+    });
+    let taken = || {
+        let events = ok(c.cli(&["events"]), "events");
+        events.matches("scheduled backup written to").count()
+    };
+    // The first soon after start, then every 10 s: after the third, two are kept.
+    bramble_tests::wait_for("three scheduled backups", Duration::from_secs(60), || (taken() >= 3).then_some(()));
+    let files: Vec<_> = std::fs::read_dir(&backups).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    for f in &files {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(f).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600);
+        let shown = ok(
+            c.cli(&["backup", "inspect", f.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]),
+            "inspect a scheduled backup",
+        );
+        assert!(shown.contains("nodes          1"), "{shown}");
+    }
+    // A failure (the passphrase file is gone) is an event, and the leader goes on.
+    std::fs::remove_file(&pass).unwrap();
+    bramble_tests::wait_for("a failed backup said", Duration::from_secs(30), || {
+        ok(c.cli(&["events"]), "events").contains("BackupFailed").then_some(())
+    });
+    ok(c.cli(&["get", "nodes"]), "the leader serves on");
+}

@@ -57,6 +57,8 @@ pub struct Api {
     pub store_path: Option<std::path::PathBuf>,
     /// The data dir and cluster name (backups read the PKI and configs there; none in tests).
     pub data_dir: Option<(std::path::PathBuf, String)>,
+    /// Scheduled backups' results.
+    pub backups: Arc<crate::backup::BackupStats>,
 }
 
 impl std::fmt::Debug for Api {
@@ -92,6 +94,7 @@ impl Api {
             autoscaler: Arc::default(),
             store_path: None,
             data_dir: None,
+            backups: Arc::default(),
         }
     }
 

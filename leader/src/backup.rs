@@ -63,6 +63,7 @@ pub fn restore(
     snapshot: &Snapshot,
     data_dir: &Path,
     listen: Option<std::net::SocketAddr>,
+    prune: bool,
 ) -> Result<String, BackupError> {
     let layout = Layout::new(data_dir);
     if layout.is_initialised() {
@@ -84,11 +85,22 @@ pub fn restore(
     mkdir(&layout.pki(), 0o700)?;
     // The store first: if it cannot be made, nothing marks the dir as a cluster.
     let store = RedbStore::open(&layout.store()).map_err(|e| BackupError::Other(format!("the store: {e}")))?;
-    let ops: Vec<TxnOp> = snapshot
+    let mut ops: Vec<TxnOp> = snapshot
         .objects
         .iter()
+        .filter(|(k, _)| k.as_str() != crate::objects::keys::RESTORED)
         .map(|(k, v)| TxnOp::Put { key: k.clone(), value: v.clone().into_bytes(), expect: Expect::Absent })
         .collect();
+    // Without --prune, what boards run that the backup does not know is kept until every board
+    // has been seen (a backup may be older than the cluster it replaces).
+    if !prune {
+        let marker = serde_json::json!({ "at_ms": bramble_proto::time::now_ms() }).to_string();
+        ops.push(TxnOp::Put {
+            key: crate::objects::keys::RESTORED.into(),
+            value: marker.into_bytes(),
+            expect: Expect::Any,
+        });
+    }
     if !ops.is_empty() {
         store.txn(&ops).map_err(|e| BackupError::Other(format!("writing the objects: {e}")))?;
     }
@@ -151,14 +163,14 @@ mod tests {
     fn restore_makes_a_data_dir_once() {
         let t = tempfile::tempdir().unwrap();
         let s = snapshot();
-        let said = restore(&s, &t.path().join("l"), Some("127.0.0.1:9443".parse().unwrap())).unwrap();
+        let said = restore(&s, &t.path().join("l"), Some("127.0.0.1:9443".parse().unwrap()), false).unwrap();
         assert!(said.starts_with("restored cluster t (2 objects"), "{said}");
         let cfg = crate::LeaderConfig::load(&t.path().join("l/leader.toml")).unwrap();
         assert_eq!((cfg.data_dir, cfg.listen.port()), (t.path().join("l"), 9443));
         let store = RedbStore::open(&t.path().join("l/store.redb")).unwrap();
-        assert_eq!(store.list("/").unwrap().len(), 2);
+        assert_eq!(store.list("/").unwrap().len(), 3, "the objects and the restore marker");
         drop(store);
-        assert!(matches!(restore(&s, &t.path().join("l"), None), Err(BackupError::Exists(_))));
+        assert!(matches!(restore(&s, &t.path().join("l"), None, true), Err(BackupError::Exists(_))));
     }
 }
 
@@ -254,5 +266,57 @@ pub async fn schedule(
                 ));
             }
         }
+    }
+}
+
+/// After a restore without `--prune`: once every board in the store has been seen, the marker
+/// goes and sessions send boards their whole sets (which stops what the backup did not know).
+pub async fn release_when_all_seen(api: std::sync::Arc<crate::api::Api>, cancel: tokio_util::sync::CancellationToken) {
+    use std::sync::atomic::Ordering;
+    let key = crate::objects::keys::RESTORED;
+    match api.objects.store().get(key) {
+        Ok(Some(_)) => api.restored.store(true, Ordering::Relaxed),
+        _ => return,
+    }
+    tracing::info!("restored from a backup: boards keep what it does not know until every board has been seen");
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = bramble_proto::time::now_ms();
+        let nodes = match api.objects.list::<bramble_proto::model::Node>() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("restore: cannot list nodes: {e}");
+                continue;
+            }
+        };
+        let unseen: Vec<String> = nodes
+            .iter()
+            .map(|v| v.value.meta.name.clone())
+            .filter(|n| api.registry.view(n, now).last_seen_ms == 0)
+            .collect();
+        if !unseen.is_empty() {
+            continue;
+        }
+        if let Err(e) = api.objects.store().delete(key, Expect::Any) {
+            tracing::warn!("restore: cannot clear the marker: {e}");
+            continue;
+        }
+        api.restored.store(false, Ordering::Relaxed);
+        let message = format!(
+            "every board ({}) has been seen since the restore: boards now run exactly what the leader holds",
+            nodes.len()
+        );
+        tracing::info!("{message}");
+        api.events.record(bramble_proto::model::Event::new(
+            now,
+            bramble_proto::model::ObjectRef::node("leader"),
+            bramble_proto::model::EventReason::Configured,
+            message,
+        ));
+        return;
     }
 }

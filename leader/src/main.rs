@@ -74,6 +74,10 @@ enum Command {
         /// The address to serve on (default: the backed-up leader's).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Stop at once what boards run that the backup does not know (default: only once the
+        /// leader has seen every board).
+        #[arg(long)]
+        prune: bool,
         /// The backup file.
         file: PathBuf,
     },
@@ -190,14 +194,14 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Restore { data_dir, passphrase_file, listen, file } => {
+        Command::Restore { data_dir, passphrase_file, listen, prune, file } => {
             let restored = (|| -> Result<String, String> {
                 let pass = std::fs::read_to_string(&passphrase_file)
                     .map_err(|e| format!("{}: {e}", passphrase_file.display()))?;
                 let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
                 let snapshot = bramble_transport::backup::open(&bytes, pass.lines().next().unwrap_or("").as_bytes())
                     .map_err(|e| format!("{}: {e}; nothing was written", file.display()))?;
-                bramble_leader::backup::restore(&snapshot, &data_dir, listen).map_err(|e| e.to_string())
+                bramble_leader::backup::restore(&snapshot, &data_dir, listen, prune).map_err(|e| e.to_string())
             })();
             return match restored {
                 Ok(said) => {

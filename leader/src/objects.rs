@@ -39,6 +39,9 @@ pub mod keys {
     pub const TOKENS: &str = "/tokens/";
     pub const IMAGES: &str = "/images/";
     pub const CLUSTER_NETWORK: &str = "/cluster/network";
+    /// Set by a restore without `--prune`: boards keep what the backup does not know until the
+    /// leader has seen every board.
+    pub const RESTORED: &str = "/cluster/restored";
     pub const SUBNETS: &str = "/subnets/";
     pub const VIPS: &str = "/vips/";
     pub const SECRETS: &str = "/secrets/";

@@ -118,6 +118,10 @@ pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> 
     api.node_cert_lifetime = config.pki.node_cert_lifetime.0;
     api.store_path = Some(layout.store());
     api.data_dir = Some((config.data_dir.clone(), config.cluster_name.clone()));
+    // Before any session: a restored leader holds back whole sets from the first board on.
+    if api.objects.store().get(crate::objects::keys::RESTORED).ok().flatten().is_some() {
+        api.restored.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let api = Arc::new(api);
     let endpoint = server_endpoint(config.listen, tls)?;
     let local_addr = endpoint.local_addr().map_err(|source| TransportError::Bind { addr: config.listen, source })?;
@@ -127,6 +131,7 @@ pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> 
     tasks.spawn(monitor_nodes(api.clone(), cancel.clone()));
     tasks.spawn(crate::autoscaler::run(api.clone(), cancel.clone()));
     tasks.spawn(crate::backup::schedule(api.clone(), config.backup.clone(), cancel.clone()));
+    tasks.spawn(crate::backup::release_when_all_seen(api.clone(), cancel.clone()));
     if let Some(listen) = config.metrics.listen.clone() {
         tasks.spawn(crate::metrics::serve(api.clone(), listen, config.cluster_name.clone(), cancel.clone()));
     }
@@ -448,6 +453,7 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
     let mut desired = api.published.desired.subscribe();
     let mut network = api.published.network.subscribe();
     let mut sent: Option<DesiredSet> = None;
+    let mut held_back = false;
     let mut sent_network: Option<view::Sent> = None;
     let mut secrets = api.published.secrets.subscribe();
     let mut sent_secrets: BTreeMap<String, u64> = BTreeMap::new();
@@ -491,6 +497,16 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
             if let Some(e) = failed {
                 break e;
             }
+        }
+        // After a restore, until every board has been seen: additions only (a set sent whole would
+        // stop what the backup does not know). Then the whole set, once.
+        let holding = api.restored.load(std::sync::atomic::Ordering::Relaxed);
+        if holding && sent.is_none() {
+            sent = Some(DesiredSet::new());
+            held_back = true;
+        } else if !holding && held_back {
+            sent = None;
+            held_back = false;
         }
         if let Some(now) = now {
             if let Some(msg) = desired::delta(sent.as_ref(), &now) {

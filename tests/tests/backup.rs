@@ -144,3 +144,61 @@ fn scheduled_backups_are_written_kept_to_their_number_and_failures_said() {
     });
     ok(c.cli(&["get", "nodes"]), "the leader serves on");
 }
+
+#[test]
+fn a_stale_backup_stops_nothing_until_every_board_has_been_seen() {
+    let (mut c, _registry, image) = bramble_tests::cluster::with_busybox(2, "");
+    let dir = c.dir.path().to_path_buf();
+    ok(c.cli(&["label", "node", "board-1", "pin=1"]), "label");
+    let app = |name: &str| {
+        format!(
+            "[[app]]\nname = \"{name}\"\nimage = \"{image}\"\nplacement = {{ node_selector = {{ pin = \"1\" }} }}\n\
+             command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
+        )
+    };
+    let apply = |name: &str| {
+        let f = dir.join(format!("{name}.toml"));
+        std::fs::write(&f, app(name)).unwrap();
+        ok(c.cli(&["apply", "-f", f.to_str().unwrap()]), "apply");
+        bramble_tests::wait_for("running", Duration::from_secs(60), || {
+            c.replicas_of(name).into_iter().find(|r| r.phase == ReplicaPhase::Running)
+        })
+    };
+    let old = apply("old");
+    let pass = dir.join("pass");
+    std::fs::write(&pass, "correct horse battery\n").unwrap();
+    let file = dir.join("stale.bak");
+    ok(c.cli(&["backup", "-o", file.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]), "backup");
+    // After the backup: an app it does not know.
+    let new = apply("new");
+    let shim = c.agent_dir(1).join("shims").join(&new.meta.name);
+    assert!(shim.join("state.json").exists());
+
+    // Board 2 is off; the leader is lost and restored from the stale backup.
+    c.kill_agent(2);
+    c.leader.take().unwrap().stop(Signal::SIGTERM);
+    std::fs::remove_dir_all(c.leader_dir()).unwrap();
+    let out = std::process::Command::new(bramble_tests::process::bin_dir().join("bramble-leader"))
+        .args(["restore", "--data-dir", c.leader_dir().to_str().unwrap(), "--passphrase-file"])
+        .arg(&pass)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    c.start_leader();
+    c.wait_status(1, bramble_proto::model::ConditionStatus::True, Duration::from_secs(30));
+    // Board 1 is back, board 2 not seen yet: the unknown replica keeps running.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(shim.join("state.json").exists(), "not stopped while a board is unseen");
+    assert!(!ok(c.cli(&["get", "apps"]), "apps").contains("new"), "the backup does not know it");
+    let kept = c.replicas_of("old").remove(0);
+    assert_eq!((kept.meta.name, kept.container_id), (old.meta.name.clone(), old.container_id.clone()));
+
+    // Board 2 comes back: every board seen, the boards now run exactly what the leader holds.
+    c.start_agent(2);
+    bramble_tests::wait_for("the unknown replica stopped", Duration::from_secs(60), || (!shim.exists()).then_some(()));
+    assert!(ok(c.cli(&["events"]), "events").contains("has been seen since the restore"));
+    let still = c.replicas_of("old").remove(0);
+    assert_eq!(still.container_id, old.container_id, "the known one untouched");
+    c.remove_containers();
+}

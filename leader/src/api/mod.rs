@@ -59,6 +59,9 @@ pub struct Api {
     pub data_dir: Option<(std::path::PathBuf, String)>,
     /// Scheduled backups' results.
     pub backups: Arc<crate::backup::BackupStats>,
+    /// Restored without `--prune` and not every board seen yet: sessions send boards their sets
+    /// as additions only, so nothing the backup does not know is stopped.
+    pub restored: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Api {
@@ -95,6 +98,7 @@ impl Api {
             store_path: None,
             data_dir: None,
             backups: Arc::default(),
+            restored: Arc::default(),
         }
     }
 

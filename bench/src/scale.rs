@@ -183,9 +183,40 @@ pub fn run(agents: usize, replicas: usize, steady_secs: u64) -> serde_json::Valu
         "  steady {steady_secs} s: leader wrote {written} bytes (store {size_before} -> {size_after} bytes) = {per_day_mb:.2} MB/day; RSS after {:.1} MiB",
         rss2 as f64 / 1024.0
     );
+    // A backup of this cluster (CLI: snapshot over mTLS, sealed here), and a restore of it.
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "benchmark passphrase\n").expect("passphrase");
+    let file = dir.path().join("cluster.bak");
+    let t = Instant::now();
+    let out = cli(
+        &bins,
+        &admin,
+        &["backup", "-o", file.to_str().expect("utf-8"), "--passphrase-file", pass.to_str().expect("utf-8")],
+    );
+    let backup_time = t.elapsed();
+    assert!(out.status.success(), "backup: {}", String::from_utf8_lossy(&out.stderr));
+    let backup_size = std::fs::metadata(&file).map_or(0, |m| m.len());
+    let t = Instant::now();
+    let out = std::process::Command::new(bins.join("bramble-leader"))
+        .args(["restore", "--data-dir"])
+        .arg(dir.path().join("restored"))
+        .arg("--passphrase-file")
+        .arg(&pass)
+        .arg(&file)
+        .output()
+        .expect("restore");
+    let restore_time = t.elapsed();
+    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    println!(
+        "  backup of the cluster ({replicas} replicas): {:.2} s, {} KiB sealed; restore into a new data dir: {:.2} s",
+        backup_time.as_secs_f64(),
+        backup_size / 1024,
+        restore_time.as_secs_f64()
+    );
     rt.shutdown_timeout(Duration::from_secs(1));
     drop(leader);
     serde_json::json!({
+        "backup": { "ms": backup_time.as_millis() as u64, "bytes": backup_size, "restore_ms": restore_time.as_millis() as u64 },
         "agents": agents,
         "replicas": replicas,
         "leader_idle": { "rss_kib": rss0, "pss_kib": pss0 },

@@ -33,7 +33,7 @@ pub struct Autoscaler {
     apps: Mutex<HashMap<String, AppState>>,
 }
 
-fn policy(app: &App) -> Option<(Policy, Duration)> {
+fn policy(app: &App) -> Option<Policy> {
     let a = app.spec.autoscale.as_ref()?;
     let r = &app.spec.resources;
     let mut p = Policy::new(a.min.0, a.max.0);
@@ -45,8 +45,7 @@ fn policy(app: &App) -> Option<(Policy, Duration)> {
     if let Some(u) = a.scale_up_period {
         p.scale_up_period = u.0;
     }
-    let period = p.scale_up_period;
-    Some((p, period))
+    Some(p)
 }
 
 impl Autoscaler {
@@ -57,8 +56,7 @@ impl Autoscaler {
         let apps: Vec<App> = objects.list::<App>()?.into_iter().map(|v| v.value).collect();
         let mut state = self.apps.lock().expect("autoscaler lock");
         state.retain(|name, _| apps.iter().any(|a| &a.meta.name == name && a.spec.autoscale.is_some()));
-        let autoscaled: Vec<(&App, Policy, Duration)> =
-            apps.iter().filter_map(|a| policy(a).map(|(p, d)| (a, p, d))).collect();
+        let autoscaled: Vec<(&App, Policy)> = apps.iter().filter_map(|a| policy(a).map(|p| (a, p))).collect();
         if autoscaled.is_empty() {
             return Ok(false);
         }
@@ -69,10 +67,10 @@ impl Autoscaler {
             .filter(|u| u.at_ms + FRESH_MS >= now_ms && !u.cpu_history.is_empty())
             .map(|u| (u.replica.clone(), u))
             .collect();
-        for (app, policy, period) in autoscaled {
+        for (app, policy) in autoscaled {
             let name = app.meta.name.as_str();
             let st = state.entry(name.to_string()).or_default();
-            if now_ms < st.last_pass_ms + period.as_millis() as u64 {
+            if now_ms < st.last_pass_ms + policy.scale_up_period.as_millis() as u64 {
                 continue;
             }
             st.last_pass_ms = now_ms;

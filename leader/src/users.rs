@@ -79,14 +79,6 @@ impl Revoked {
             .map(|user| format!("the certificate of {identity} was revoked (user {user}); ask an admin for a new one"))
     }
 
-    pub fn len(&self) -> usize {
-        self.by_fp.read().expect("revoked lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Adds `fp` (tests and benchmarks fill it directly).
     pub fn insert(&self, fp: &str, user: &str) {
         self.by_fp.write().expect("revoked lock").insert(fp.to_string(), user.to_string());

@@ -4,7 +4,8 @@
 set -euo pipefail
 
 TARGETS=(aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf)
-PACKAGES=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross qemu-user-static)
+PACKAGES=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross qemu-user-static
+  protobuf-compiler)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

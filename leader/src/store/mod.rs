@@ -1,13 +1,17 @@
 //! The leader's state store: a small key-value interface with compare-and-swap and watches.
 //!
 //! [`Store`] is what controllers and the API see; [`RedbStore`] is the embedded implementation,
-//! [`MemStore`] one in memory for simulations and tests. Both pass one conformance suite
-//! (`tests.rs`); an etcd implementation can follow behind the same trait (DESIGN §6). Keys are `/kind/name`
-//! paths; values are JSON objects. Every write bumps one store-wide `revision`.
+//! [`EtcdStore`] keeps the cluster in etcd for highly available leaders, [`MemStore`] is one in
+//! memory for simulations and tests. All three pass one conformance suite (`tests.rs`; etcd's
+//! against a real etcd). Keys are `/kind/name` paths; values are JSON objects. Every write bumps
+//! one store-wide `revision`.
 
+mod etcd_store;
+pub mod local_etcd;
 mod mem_store;
 mod redb_store;
 
+pub use etcd_store::{EtcdOptions, EtcdStore, Fence};
 pub use mem_store::MemStore;
 pub use redb_store::RedbStore;
 
@@ -45,6 +49,9 @@ pub enum StoreError {
     Compacted { requested: u64, oldest: u64 },
     #[error("store: {0}")]
     Backend(String),
+    /// This leader lost (or never held) the right to write: another leader is active.
+    #[error("this leader is not the active one (its lease is gone); writes go to the active leader")]
+    Fenced,
 }
 
 /// One write of a transaction.
@@ -84,8 +91,9 @@ pub trait Store: Send + Sync + 'static {
     fn put(&self, key: &str, value: &[u8], expect: Expect) -> Result<u64, StoreError>;
     /// Deletes `key` if `expect` holds; returns the new revision.
     fn delete(&self, key: &str, expect: Expect) -> Result<u64, StoreError>;
-    /// Applies every op or none: all conditions are checked first, then all writes are made in
-    /// one durable commit; each write gets its own revision. Returns the last revision.
+    /// Applies every op or none: all conditions are checked first (against the state before the
+    /// transaction), then all writes are made in one durable commit. On redb each write gets its
+    /// own revision; on etcd they share one. Returns the last revision.
     fn txn(&self, ops: &[TxnOp]) -> Result<u64, StoreError>;
     /// The current revision.
     fn revision(&self) -> u64;
@@ -98,8 +106,11 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct Watch {
     prefix: String,
-    backlog: VecDeque<WatchEvent>,
-    live: broadcast::Receiver<WatchEvent>,
+    backlog: VecDeque<(u64, WatchEvent)>,
+    live: broadcast::Receiver<(u64, WatchEvent)>,
+    /// The sequence number (per store, one per change) of the last change seen. Revisions do
+    /// not serve: the writes of one etcd transaction share one.
+    seen: u64,
     last: u64,
 }
 
@@ -107,7 +118,7 @@ impl Watch {
     /// The next change. Errors with [`StoreError::Compacted`] if this watcher fell too far behind.
     pub async fn next(&mut self) -> Result<WatchEvent, StoreError> {
         loop {
-            let ev = match self.backlog.pop_front() {
+            let (seq, ev) = match self.backlog.pop_front() {
                 Some(ev) => ev,
                 None => match self.live.recv().await {
                     Ok(ev) => ev,
@@ -117,9 +128,10 @@ impl Watch {
                     Err(broadcast::error::RecvError::Closed) => return Err(StoreError::Backend("store closed".into())),
                 },
             };
-            if ev.revision <= self.last {
+            if seq <= self.seen || ev.revision < self.last {
                 continue;
             }
+            self.seen = seq;
             self.last = ev.revision;
             if ev.key.starts_with(&self.prefix) {
                 return Ok(ev);
@@ -185,35 +197,44 @@ pub(crate) fn plan_txn(
 /// History of recent changes and the channel to live watchers; shared by backends.
 #[derive(Debug)]
 pub(crate) struct Changes {
-    inner: Mutex<(VecDeque<WatchEvent>, broadcast::Sender<WatchEvent>)>,
+    inner: Mutex<ChangeLog>,
     capacity: usize,
+}
+
+#[derive(Debug)]
+struct ChangeLog {
+    history: VecDeque<(u64, WatchEvent)>,
+    live: broadcast::Sender<(u64, WatchEvent)>,
+    seq: u64,
 }
 
 impl Changes {
     pub(crate) fn new(capacity: usize) -> Self {
-        let (tx, _) = broadcast::channel(capacity);
-        Changes { inner: Mutex::new((VecDeque::with_capacity(capacity), tx)), capacity }
+        let (live, _) = broadcast::channel(capacity);
+        Changes { inner: Mutex::new(ChangeLog { history: VecDeque::with_capacity(capacity), live, seq: 0 }), capacity }
     }
 
     pub(crate) fn publish(&self, ev: WatchEvent) {
         let mut g = self.inner.lock().expect("changes lock");
-        if g.0.len() == self.capacity {
-            g.0.pop_front();
+        if g.history.len() == self.capacity {
+            g.history.pop_front();
         }
-        g.0.push_back(ev.clone());
-        let _ = g.1.send(ev);
+        g.seq += 1;
+        let item = (g.seq, ev);
+        g.history.push_back(item.clone());
+        let _ = g.live.send(item);
     }
 
     pub(crate) fn watch(&self, prefix: &str, after: u64, current: u64) -> Result<Watch, StoreError> {
         let g = self.inner.lock().expect("changes lock");
         if after < current {
-            let oldest = g.0.front().map_or(current + 1, |e| e.revision);
+            let oldest = g.history.front().map_or(current + 1, |e| e.1.revision);
             if after + 1 < oldest {
                 return Err(StoreError::Compacted { requested: after + 1, oldest });
             }
         }
-        let backlog = g.0.iter().filter(|e| e.revision > after).cloned().collect();
-        Ok(Watch { prefix: prefix.to_string(), backlog, live: g.1.subscribe(), last: after })
+        let backlog = g.history.iter().filter(|e| e.1.revision > after).cloned().collect();
+        Ok(Watch { prefix: prefix.to_string(), backlog, live: g.live.subscribe(), seen: 0, last: after })
     }
 }
 

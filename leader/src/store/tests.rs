@@ -1,3 +1,4 @@
+use super::local_etcd::LocalEtcd;
 use super::*;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -6,11 +7,28 @@ fn open(dir: &tempfile::TempDir) -> RedbStore {
     RedbStore::open(&dir.path().join("store.redb")).unwrap()
 }
 
-/// Runs a conformance case against every backend: redb in a temporary directory, and memory.
+/// A store on a fresh one-member etcd (Debian's `etcd-server`), under a prefix of its own.
+fn etcd() -> (LocalEtcd, EtcdStore) {
+    let e = LocalEtcd::start(1, "127.0.0.1", None, None);
+    let opts = EtcdOptions {
+        endpoints: e.endpoints(),
+        prefix: "/conformance".into(),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+    };
+    let s = EtcdStore::open(&opts).expect("open the etcd store");
+    (e, s)
+}
+
+/// Runs a conformance case against every backend: redb in a temporary directory, memory, and a
+/// real etcd.
 fn each_store(case: impl Fn(&dyn Store)) {
     let dir = tempfile::tempdir().unwrap();
     case(&open(&dir));
     case(&MemStore::new());
+    let (_etcd, s) = etcd();
+    case(&s);
 }
 
 #[test]
@@ -28,11 +46,13 @@ fn conformance_a_transaction_is_all_or_nothing() {
     each_store(a_transaction_is_all_or_nothing);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_watch_replays_history_then_follows_live_changes() {
     let dir = tempfile::tempdir().unwrap();
     watch_replays_history_then_follows_live_changes(&open(&dir)).await;
     watch_replays_history_then_follows_live_changes(&MemStore::new()).await;
+    let (_etcd, s) = etcd();
+    watch_replays_history_then_follows_live_changes(&s).await;
 }
 
 #[test]
@@ -44,37 +64,72 @@ fn redb_keeps_everything_across_a_reopen() {
     assert_eq!(s.get("/nodes/a").unwrap().unwrap().value, b"1b");
 }
 
+#[test]
+fn etcd_store_shares_writes_between_leaders_and_fences_a_stale_one() {
+    let e = LocalEtcd::start(1, "127.0.0.1", None, None);
+    let opts =
+        EtcdOptions { endpoints: e.endpoints(), prefix: "/c".into(), ca_file: None, cert_file: None, key_file: None };
+    let a = EtcdStore::open(&opts).unwrap();
+    let b = EtcdStore::open(&opts).unwrap();
+    let r = a.put("/apps/x", b"1", Expect::Absent).unwrap();
+    // The other leader's copy follows by its watch.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while b.get("/apps/x").unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "b never saw a's write");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(b.get("/apps/x").unwrap().unwrap().mod_revision, r);
+    // Stale compare from b is refused like any conflict.
+    a.put("/apps/x", b"2", Expect::Revision(r)).unwrap();
+    assert!(matches!(b.put("/apps/x", b"3", Expect::Revision(r)), Err(StoreError::Conflict { .. })));
+    // A fence on a key that is not there (a lease gone): every write refused, nothing written.
+    b.set_fence(Some(Fence { key: "/c/leaders/active".into(), create_revision: 7 }));
+    assert!(matches!(b.put("/apps/y", b"1", Expect::Any), Err(StoreError::Fenced)));
+    assert!(a.get("/apps/y").unwrap().is_none());
+    // Reopened, a store reads the whole cluster back.
+    drop(a);
+    let c = EtcdStore::open(&opts).unwrap();
+    assert_eq!(c.get("/apps/x").unwrap().unwrap().value, b"2");
+}
+
 fn put_get_list_delete_with_revisions(s: &dyn Store) {
-    assert_eq!(s.revision(), 0);
+    let b = s.revision();
     let r1 = s.put("/nodes/a", b"1", Expect::Absent).unwrap();
     let r2 = s.put("/nodes/b", b"2", Expect::Any).unwrap();
     s.put("/tokens/x", b"t", Expect::Any).unwrap();
-    assert_eq!((r1, r2), (1, 2));
+    assert_eq!((r1, r2), (b + 1, b + 2));
     let a = s.get("/nodes/a").unwrap().unwrap();
-    assert_eq!((a.value.as_slice(), a.create_revision, a.mod_revision), (&b"1"[..], 1, 1));
+    assert_eq!((a.value.as_slice(), a.create_revision, a.mod_revision), (&b"1"[..], b + 1, b + 1));
     let keys: Vec<_> = s.list("/nodes/").unwrap().into_iter().map(|kv| kv.key).collect();
     assert_eq!(keys, ["/nodes/a", "/nodes/b"]);
-    let r4 = s.put("/nodes/a", b"1b", Expect::Revision(1)).unwrap();
+    let r4 = s.put("/nodes/a", b"1b", Expect::Revision(b + 1)).unwrap();
     let a = s.get("/nodes/a").unwrap().unwrap();
-    assert_eq!((a.create_revision, a.mod_revision), (1, r4));
-    s.delete("/nodes/b", Expect::Revision(2)).unwrap();
+    assert_eq!((a.create_revision, a.mod_revision), (b + 1, r4));
+    s.delete("/nodes/b", Expect::Revision(b + 2)).unwrap();
     assert!(s.get("/nodes/b").unwrap().is_none());
     let keys: Vec<_> = s.list("/").unwrap().into_iter().map(|kv| kv.key).collect();
     assert_eq!(keys, ["/nodes/a", "/tokens/x"], "list with a prefix of everything, in key order");
+    assert_eq!(s.revision(), b + 5);
 }
 
 fn compare_and_swap_refuses_stale_writes(s: &dyn Store) {
+    let b = s.revision();
     s.put("/k", b"v1", Expect::Absent).unwrap();
-    assert!(matches!(s.put("/k", b"x", Expect::Absent), Err(StoreError::Conflict { found: Some(1), .. })));
-    s.put("/k", b"v2", Expect::Revision(1)).unwrap();
-    assert!(matches!(s.put("/k", b"x", Expect::Revision(1)), Err(StoreError::Conflict { found: Some(2), .. })));
-    assert!(matches!(s.delete("/k", Expect::Revision(1)), Err(StoreError::Conflict { .. })));
+    assert!(
+        matches!(s.put("/k", b"x", Expect::Absent), Err(StoreError::Conflict { found: Some(f), .. }) if f == b + 1)
+    );
+    s.put("/k", b"v2", Expect::Revision(b + 1)).unwrap();
+    assert!(
+        matches!(s.put("/k", b"x", Expect::Revision(b + 1)), Err(StoreError::Conflict { found: Some(f), .. }) if f == b + 2)
+    );
+    assert!(matches!(s.delete("/k", Expect::Revision(b + 1)), Err(StoreError::Conflict { .. })));
     assert!(matches!(s.delete("/missing", Expect::Any), Err(StoreError::Conflict { found: None, .. })));
     assert_eq!(s.get("/k").unwrap().unwrap().value, b"v2", "a refused write changes nothing");
-    assert_eq!(s.revision(), 2);
+    assert_eq!(s.revision(), b + 2);
 }
 
 fn a_transaction_is_all_or_nothing(s: &dyn Store) {
+    let b = s.revision();
     s.put("/apps/a", b"1", Expect::Any).unwrap();
     let ops = vec![
         TxnOp::Put { key: "/apps/b".into(), value: b"2".to_vec(), expect: Expect::Absent },
@@ -82,27 +137,31 @@ fn a_transaction_is_all_or_nothing(s: &dyn Store) {
     ];
     assert!(matches!(s.txn(&ops), Err(StoreError::Conflict { ref key, .. }) if key == "/apps/a"));
     assert!(s.get("/apps/b").unwrap().is_none(), "the first op was not applied either");
-    assert_eq!(s.revision(), 1);
+    assert_eq!(s.revision(), b + 1);
     let ops = vec![
         TxnOp::Put { key: "/apps/b".into(), value: b"2".to_vec(), expect: Expect::Absent },
-        TxnOp::Put { key: "/apps/a".into(), value: b"1b".to_vec(), expect: Expect::Revision(1) },
+        TxnOp::Put { key: "/apps/a".into(), value: b"1b".to_vec(), expect: Expect::Revision(b + 1) },
         TxnOp::Delete { key: "/apps/a".into(), expect: Expect::Any },
     ];
-    assert_eq!(s.txn(&ops).unwrap(), 4);
+    let r = s.txn(&ops).unwrap();
+    // Three writes: three revisions on redb, one shared on etcd.
+    assert!(r == b + 4 || r == b + 2, "revision after a three-write transaction: {r} (was {b})");
+    assert_eq!(s.revision(), r);
     assert!(s.get("/apps/a").unwrap().is_none());
-    assert_eq!(s.get("/apps/b").unwrap().unwrap().mod_revision, 2);
+    assert_eq!(s.get("/apps/b").unwrap().unwrap().mod_revision, b + 2);
     // A check writes nothing, and a failing one stops the rest.
     let check = |expect| TxnOp::Check { key: "/apps/b".into(), expect };
     let put = TxnOp::Put { key: "/apps/c".into(), value: b"3".to_vec(), expect: Expect::Absent };
-    assert!(matches!(s.txn(&[check(Expect::Revision(1)), put.clone()]), Err(StoreError::Conflict { .. })));
+    assert!(matches!(s.txn(&[check(Expect::Revision(b + 1)), put.clone()]), Err(StoreError::Conflict { .. })));
     assert!(s.get("/apps/c").unwrap().is_none());
-    assert_eq!(s.txn(&[check(Expect::Revision(2)), put]).unwrap(), 5, "one revision: the put");
+    assert_eq!(s.txn(&[check(Expect::Revision(b + 2)), put]).unwrap(), r + 1, "one revision: the put");
 }
 
 async fn watch_replays_history_then_follows_live_changes(s: &dyn Store) {
+    let b = s.revision();
     s.put("/nodes/a", b"1", Expect::Any).unwrap();
     s.put("/other", b"x", Expect::Any).unwrap();
-    let mut w = s.watch("/nodes/", 0).unwrap();
+    let mut w = s.watch("/nodes/", b).unwrap();
     s.put("/nodes/b", b"2", Expect::Any).unwrap();
     s.delete("/nodes/a", Expect::Any).unwrap();
     let got: Vec<_> = [w.next().await.unwrap(), w.next().await.unwrap(), w.next().await.unwrap()]
@@ -112,14 +171,22 @@ async fn watch_replays_history_then_follows_live_changes(s: &dyn Store) {
     assert_eq!(
         got,
         [
-            (1, "/nodes/a".to_string(), Some(b"1".to_vec())),
-            (3, "/nodes/b".to_string(), Some(b"2".to_vec())),
-            (4, "/nodes/a".to_string(), None)
+            (b + 1, "/nodes/a".to_string(), Some(b"1".to_vec())),
+            (b + 3, "/nodes/b".to_string(), Some(b"2".to_vec())),
+            (b + 4, "/nodes/a".to_string(), None)
         ]
     );
     // Resuming from a revision only gives what came after it.
-    let mut w = s.watch("/nodes/", 3).unwrap();
-    assert_eq!(w.next().await.unwrap().revision, 4);
+    let mut w = s.watch("/nodes/", b + 3).unwrap();
+    assert_eq!(w.next().await.unwrap().revision, b + 4);
+    // The writes of one transaction all reach a watcher, even when they share a revision.
+    let ops = [
+        TxnOp::Put { key: "/nodes/c".into(), value: b"3".to_vec(), expect: Expect::Absent },
+        TxnOp::Put { key: "/nodes/d".into(), value: b"4".to_vec(), expect: Expect::Absent },
+    ];
+    s.txn(&ops).unwrap();
+    let keys = [w.next().await.unwrap().key, w.next().await.unwrap().key];
+    assert_eq!(keys, ["/nodes/c", "/nodes/d"]);
 }
 
 #[test]

@@ -26,6 +26,9 @@ pub enum JoinError {
     Transport { addr: SocketAddr, source: TransportError },
     #[error("the leader refused to join: {0}")]
     Refused(String),
+    /// A standby leader answered; `active` is where the active one is, if there is one.
+    #[error("{message}")]
+    Standby { message: String, active: Option<String> },
     #[error("the leader answered the join with something unexpected")]
     Unexpected,
     #[error("the CA the leader sent does not match the join token's fingerprint")]
@@ -132,6 +135,10 @@ pub async fn join(
     endpoint.wait_idle().await;
     let (cert_pem, ca_pem) = match response? {
         Response::Joined { cert_pem, ca_pem, .. } => (cert_pem, ca_pem),
+        // A standby of highly available leaders: ask the active one (not a refusal).
+        Response::Error(e) if e.code == bramble_proto::wire::ErrorCode::Unavailable => {
+            return Err(JoinError::Standby { message: e.message, active: e.leader })
+        }
         Response::Error(e) => return Err(JoinError::Refused(e.message)),
         _ => return Err(JoinError::Unexpected),
     };

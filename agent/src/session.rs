@@ -49,7 +49,7 @@ enum SessionError {
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error("the leader refused the session ({code:?}): {message}")]
-    Refused { code: ErrorCode, message: String },
+    Refused { code: ErrorCode, message: String, active: Option<String> },
     #[error("the leader closed the session")]
     Closed,
     #[error("the leader sent an unexpected message")]
@@ -114,9 +114,10 @@ pub async fn run(
         None => {
             let token = join::token_of(&config)?.to_string();
             loop {
-                let addrs = resolve(&config.leaders).await?;
+                let mut addrs: std::collections::VecDeque<SocketAddr> = resolve(&config.leaders).await?.into();
                 let mut last = None;
-                for addr in addrs {
+                let mut redirects = 0;
+                while let Some(addr) = addrs.pop_front() {
                     match join::join(&dir, addr, &token, &name, node_info(&config)).await {
                         Ok(c) => {
                             info!(node = %name, %addr, "joined the cluster");
@@ -128,6 +129,16 @@ pub async fn run(
                             return Err(e.into())
                         }
                         Err(e @ JoinError::Transport { .. }) if is_pin_failure(&e) => return Err(e.into()),
+                        // A standby: the active leader next (at most a few hops per round).
+                        Err(JoinError::Standby { message, active }) => {
+                            info!(%addr, "{message}");
+                            if let Some(a) = active.filter(|_| redirects < 3) {
+                                redirects += 1;
+                                if let Ok(found) = resolve(std::slice::from_ref(&a)).await {
+                                    found.into_iter().rev().for_each(|f| addrs.push_front(f));
+                                }
+                            }
+                        }
                         Err(e) => {
                             warn!("{e}");
                             last = Some(Err(e));
@@ -149,8 +160,9 @@ pub async fn run(
     let mut creds = creds;
     let mut ready = Some(ready);
     loop {
-        let addrs = resolve(&config.leaders).await?;
-        for addr in addrs {
+        let mut addrs: std::collections::VecDeque<SocketAddr> = resolve(&config.leaders).await?.into();
+        let mut redirects = 0;
+        while let Some(addr) = addrs.pop_front() {
             let epoch = next_epoch(&dir)?;
             let started = Instant::now();
             let span = tracing::info_span!("session", leader = %addr, epoch);
@@ -164,7 +176,18 @@ pub async fn run(
             }
             match result {
                 Ok(()) => {}
-                Err(SessionError::Refused { code, message }) => {
+                // A standby of highly available leaders names the active one: go there now.
+                Err(SessionError::Refused { message, active: Some(active), .. }) if redirects < 3 => {
+                    info!(leader = %addr, "{message}");
+                    redirects += 1;
+                    if let Ok(found) = resolve(std::slice::from_ref(&active)).await {
+                        found.into_iter().rev().for_each(|f| addrs.push_front(f));
+                    }
+                }
+                Err(SessionError::Refused { code: ErrorCode::Unavailable, message, .. }) => {
+                    info!(leader = %addr, "{message}")
+                }
+                Err(SessionError::Refused { code, message, .. }) => {
                     error!(?code, "session refused: {message}")
                 }
                 Err(e) => warn!(leader = %addr, "session ended: {e}"),
@@ -241,6 +264,7 @@ fn check_expiry(creds: &Credentials) -> Result<(), SessionError> {
         return Ok(());
     }
     Err(SessionError::Refused {
+        active: None,
         code: ErrorCode::Unauthenticated,
         message: format!(
             "this board's certificate expired {} ago and was not renewed in time (was the board off?); \
@@ -269,7 +293,9 @@ async fn session(
     write_frame(&mut send, &Open { version: PROTOCOL_VERSION, kind: OpenKind::Session(hello) }).await?;
     let heartbeat = match read_frame::<LeaderMsg>(&mut recv, MAX_FRAME_LEN).await? {
         Some(LeaderMsg::Welcome { heartbeat_ms, .. }) => Duration::from_millis(heartbeat_ms.clamp(100, 60_000)),
-        Some(LeaderMsg::Refused(e)) => return Err(SessionError::Refused { code: e.code, message: e.message }),
+        Some(LeaderMsg::Refused(e)) => {
+            return Err(SessionError::Refused { code: e.code, message: e.message, active: e.leader })
+        }
         Some(
             LeaderMsg::Desired { .. }
             | LeaderMsg::Network { .. }
@@ -438,7 +464,9 @@ async fn session(
                         (_, _) => warn!("the leader did not renew the certificate: {}", error.unwrap_or_default()),
                     }
                 }
-                Some(Ok(Some(LeaderMsg::Refused(e)))) => break Err(SessionError::Refused { code: e.code, message: e.message }),
+                Some(Ok(Some(LeaderMsg::Refused(e)))) => {
+                    break Err(SessionError::Refused { code: e.code, message: e.message, active: e.leader })
+                }
                 Some(Ok(Some(LeaderMsg::Welcome { .. }))) => break Err(SessionError::Unexpected),
                 Some(Ok(None)) | None => break Err(SessionError::Closed),
                 Some(Err(e)) => break Err(e.into()),

@@ -45,6 +45,8 @@ impl CliError {
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one leader has to answer before the next in the config is tried as well.
+const STAGGER: Duration = Duration::from_millis(300);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn config_path(flag: Option<PathBuf>) -> Result<PathBuf, CliError> {
@@ -92,39 +94,70 @@ fn check_expiry(cfg: &AdminConfig, path: &std::path::Path) -> Result<(), CliErro
 
 /// Loads the config and connects to the first leader that answers.
 async fn connect_any(config: Option<PathBuf>) -> Result<(quinn::Endpoint, quinn::Connection, String), CliError> {
+    connect_to(config, None).await
+}
+
+/// Connects to `only` (the active leader a standby named), or else to the first leader of the
+/// config that answers.
+async fn connect_to(
+    config: Option<PathBuf>,
+    only: Option<&str>,
+) -> Result<(quinn::Endpoint, quinn::Connection, String), CliError> {
     let (cfg, path) = load_config(config)?;
     check_expiry(&cfg, &path)?;
     let tls = client_config(&cfg.ca, Some((&cfg.cert, &cfg.key)))
         .map_err(|e| CliError::Config(format!("{}: {e}", path.display())))?;
     let mut failures = Vec::new();
-    for leader in &cfg.leaders {
-        let addrs = match tokio::net::lookup_host(leader.as_str()).await {
-            Ok(a) => a.collect::<Vec<_>>(),
-            Err(e) => {
-                failures.push(format!("{leader}: {e}"));
-                continue;
-            }
-        };
-        for addr in addrs {
-            let endpoint = client_endpoint(addr).map_err(|e| CliError::Other(e.to_string()))?;
-            match connect(&endpoint, addr, tls.clone(), CONNECT_TIMEOUT).await {
-                Ok(c) => return Ok((endpoint, c, leader.clone())),
-                Err(e) => {
-                    failures.push(explain(leader, &e));
-                    if e.is_unreachable() {
-                        continue;
-                    }
-                    return Err(CliError::Other(failures.pop().expect("just pushed")));
-                }
-            };
+    let leaders = match only {
+        Some(l) => vec![l.to_string()],
+        None => cfg.leaders.clone(),
+    };
+    let mut targets = Vec::new();
+    for leader in &leaders {
+        match tokio::net::lookup_host(leader.as_str()).await {
+            Ok(a) => targets.extend(a.map(|addr| (leader.clone(), addr))),
+            Err(e) => failures.push(format!("{leader}: {e}")),
         }
+    }
+    // In the config's order, the next one starting if the one before has not answered within
+    // STAGGER: a dead leader first in the list (highly available leaders) costs a moment, not
+    // the whole connect timeout.
+    let mut attempts = tokio::task::JoinSet::new();
+    for (i, (leader, addr)) in targets.into_iter().enumerate() {
+        let endpoint = client_endpoint(addr).map_err(|e| CliError::Other(e.to_string()))?;
+        let tls = tls.clone();
+        attempts.spawn(async move {
+            tokio::time::sleep(STAGGER * i as u32).await;
+            let r = connect(&endpoint, addr, tls, CONNECT_TIMEOUT).await;
+            (endpoint, leader, r)
+        });
+    }
+    let mut refused = None;
+    while let Some(done) = attempts.join_next().await {
+        let Ok((endpoint, leader, r)) = done else { continue };
+        match r {
+            Ok(c) => return Ok((endpoint, c, leader)),
+            Err(e) if e.is_unreachable() => failures.push(explain(&leader, &e)),
+            Err(e) => refused = refused.or(Some(explain(&leader, &e))),
+        }
+    }
+    if let Some(r) = refused {
+        return Err(CliError::Other(r));
     }
     Err(CliError::Unreachable(format!("cannot reach a leader: {}", failures.join("; "))))
 }
 
-/// Loads the config and sends one request to the first leader that answers.
+/// Loads the config and sends one request to the first leader that answers (and, if that is a
+/// standby of highly available leaders, once more to the active one it names).
 pub async fn request(config: Option<PathBuf>, req: Request) -> Result<Response, CliError> {
-    let (endpoint, conn, leader) = connect_any(config).await?;
+    match request_at(config.clone(), None, req.clone()).await {
+        Err(CliError::Api(ApiError { leader: Some(active), .. })) => request_at(config, Some(&active), req).await,
+        other => other,
+    }
+}
+
+async fn request_at(config: Option<PathBuf>, only: Option<&str>, req: Request) -> Result<Response, CliError> {
+    let (endpoint, conn, leader) = connect_to(config, only).await?;
     let result = call(&conn, req, CALL_TIMEOUT).await;
     conn.close(quinn::VarInt::from_u32(0), b"done");
     endpoint.wait_idle().await;
@@ -142,7 +175,19 @@ pub async fn stream(
     req: Request,
     mut each: impl FnMut(Response) -> Result<(), CliError>,
 ) -> Result<(), CliError> {
-    let (endpoint, conn, leader) = connect_any(config).await?;
+    match stream_at(config.clone(), None, req.clone(), &mut each).await {
+        Err(CliError::Api(ApiError { leader: Some(active), .. })) => stream_at(config, Some(&active), req, each).await,
+        other => other,
+    }
+}
+
+async fn stream_at(
+    config: Option<PathBuf>,
+    only: Option<&str>,
+    req: Request,
+    mut each: impl FnMut(Response) -> Result<(), CliError>,
+) -> Result<(), CliError> {
+    let (endpoint, conn, leader) = connect_to(config, only).await?;
     let result = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| CliError::Other(format!("{leader}: {e}")))?;
         let open = Open { version: PROTOCOL_VERSION, kind: OpenKind::Call(req) };

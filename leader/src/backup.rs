@@ -65,6 +65,107 @@ pub fn restore(
     listen: Option<std::net::SocketAddr>,
     prune: bool,
 ) -> Result<String, BackupError> {
+    restore_with(snapshot, data_dir, &Target { listen, prune, ..Default::default() })
+}
+
+/// Where and how a backup is restored (beyond the data dir).
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// The address to serve on (default: the backed-up leader's).
+    pub listen: Option<std::net::SocketAddr>,
+    pub prune: bool,
+    /// Another store than the backed-up leader's (redb → etcd and back: a migration).
+    pub store: Option<crate::config::StoreConfig>,
+    /// Add a leader to the cluster already in etcd (the backup gives it the CA and the secrets
+    /// key; the objects are not written: they are there).
+    pub join: bool,
+}
+
+/// Objects per etcd transaction (etcd's default limit is 128 operations and 1.5 MiB a request).
+const ETCD_CHUNK: usize = 100;
+const ETCD_CHUNK_BYTES: usize = 1 << 20;
+
+/// Writes the objects into etcd under `config`'s prefix, refusing a prefix that holds a cluster
+/// already (or, joining, one that does not hold this backup's cluster). On a failure midway what
+/// was written is deleted again.
+fn restore_into_etcd(
+    config: &crate::config::StoreConfig,
+    ops: &[TxnOp],
+    snapshot: &Snapshot,
+    join: bool,
+) -> Result<(), BackupError> {
+    use crate::store::EtcdStore;
+    let store = EtcdStore::open(&config.etcd()).map_err(|e| BackupError::Other(e.to_string()))?;
+    let held = store.list("/").map_err(|e| BackupError::Other(e.to_string()))?;
+    let where_ = format!("etcd at {} under {}", config.endpoints.join(", "), config.prefix);
+    if join {
+        if held.is_empty() {
+            return Err(BackupError::Other(format!(
+                "{where_} holds no cluster to join; restore without --join to put this backup there"
+            )));
+        }
+        let ca = store.get(crate::objects::keys::CA).map_err(|e| BackupError::Other(e.to_string()))?;
+        if let Some(ca) = ca {
+            if ca.value != snapshot.ca_fingerprint.as_bytes() {
+                return Err(BackupError::Other(format!(
+                    "{where_} holds another cluster (CA {}) than this backup (CA {}); nothing was written",
+                    String::from_utf8_lossy(&ca.value).chars().take(16).collect::<String>(),
+                    &snapshot.ca_fingerprint[..16]
+                )));
+            }
+        }
+        return Ok(());
+    }
+    if !held.is_empty() {
+        return Err(BackupError::Other(format!(
+            "{where_} already holds a cluster ({} keys); add a leader to it with --join, or pick another prefix",
+            held.len()
+        )));
+    }
+    let mut done: Vec<String> = Vec::new();
+    let mut chunk: Vec<TxnOp> = Vec::new();
+    let mut bytes = 0;
+    let flush = |chunk: &mut Vec<TxnOp>, done: &mut Vec<String>| -> Result<(), BackupError> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        store.txn(chunk).map_err(|e| BackupError::Other(format!("writing the objects into {where_}: {e}")))?;
+        done.extend(chunk.drain(..).filter_map(|op| match op {
+            TxnOp::Put { key, .. } => Some(key),
+            _ => None,
+        }));
+        Ok(())
+    };
+    let mut result = Ok(());
+    for op in ops {
+        let size = match op {
+            TxnOp::Put { key, value, .. } => key.len() + value.len(),
+            _ => 0,
+        };
+        if chunk.len() == ETCD_CHUNK || (bytes + size > ETCD_CHUNK_BYTES && !chunk.is_empty()) {
+            result = flush(&mut chunk, &mut done);
+            bytes = 0;
+            if result.is_err() {
+                break;
+            }
+        }
+        chunk.push(op.clone());
+        bytes += size;
+    }
+    if result.is_ok() {
+        result = flush(&mut chunk, &mut done);
+    }
+    if result.is_err() {
+        for key in done {
+            let _ = store.delete(&key, Expect::Any);
+        }
+    }
+    result
+}
+
+/// Like [`restore`], with a choice of store (see [`Target`]).
+pub fn restore_with(snapshot: &Snapshot, data_dir: &Path, target: &Target) -> Result<String, BackupError> {
+    let (listen, prune) = (target.listen, target.prune);
     let layout = Layout::new(data_dir);
     if layout.is_initialised() {
         return Err(BackupError::Exists(data_dir.to_path_buf()));
@@ -75,6 +176,22 @@ pub fn restore(
     if let Some(l) = listen {
         config.listen = l;
     }
+    if let Some(store) = &target.store {
+        let backed_up = std::mem::replace(&mut config.store, store.clone());
+        // Endpoints and TLS not given: those of the backed-up leader, if it used etcd too.
+        if config.store.endpoints.is_empty() && backed_up.backend == crate::config::StoreBackend::Etcd {
+            config.store.endpoints = backed_up.endpoints;
+            config.store.ca_file = config.store.ca_file.take().or(backed_up.ca_file);
+            config.store.cert_file = config.store.cert_file.take().or(backed_up.cert_file);
+            config.store.key_file = config.store.key_file.take().or(backed_up.key_file);
+        }
+    }
+    // The whole config is checked before anything is written.
+    crate::LeaderConfig::parse("leader.toml (restored)", &config.render())
+        .map_err(|e| BackupError::Other(format!("{e}; nothing was written")))?;
+    if target.join && config.store.backend != crate::config::StoreBackend::Etcd {
+        return Err(BackupError::Other("--join adds a leader to a cluster in etcd: give --store etcd".into()));
+    }
     let ca = bramble_transport::pki::Ca::load(&snapshot.ca_cert, &snapshot.ca_key)
         .map_err(|e| BackupError::Contents(format!("the CA in the backup: {e}")))?;
     let mkdir = |p: &Path, mode: u32| {
@@ -83,8 +200,6 @@ pub fn restore(
     };
     mkdir(data_dir, 0o755)?;
     mkdir(&layout.pki(), 0o700)?;
-    // The store first: if it cannot be made, nothing marks the dir as a cluster.
-    let store = RedbStore::open(&layout.store()).map_err(|e| BackupError::Other(format!("the store: {e}")))?;
     let mut ops: Vec<TxnOp> = snapshot
         .objects
         .iter()
@@ -101,11 +216,17 @@ pub fn restore(
             expect: Expect::Any,
         });
     }
-    if !ops.is_empty() {
-        store.txn(&ops).map_err(|e| BackupError::Other(format!("writing the objects: {e}")))?;
+    // The store first: if it cannot be made, nothing marks the dir as a cluster.
+    if config.store.backend == crate::config::StoreBackend::Etcd {
+        restore_into_etcd(&config.store, &ops, snapshot, target.join)?;
+    } else {
+        let store = RedbStore::open(&layout.store()).map_err(|e| BackupError::Other(format!("the store: {e}")))?;
+        if !ops.is_empty() {
+            store.txn(&ops).map_err(|e| BackupError::Other(format!("writing the objects: {e}")))?;
+        }
+        // Closed before the leader opens it.
+        drop(store);
     }
-    // Closed before the leader opens it.
-    drop(store);
     let mut names = Vec::new();
     if !config.listen.ip().is_unspecified() {
         names.push(config.listen.ip().to_string());
@@ -128,6 +249,19 @@ pub fn restore(
         write(layout.admin_config(), admin, 0o600)?;
     }
     write(layout.ca_cert(), &snapshot.ca_cert, 0o644)?;
+    if target.join {
+        return Ok(format!(
+            "made leader {} of cluster {} (CA {}, store in etcd at {}) in {}; start it with: bramble-leader run --config {}\n\
+             add {} to the leaders in admin.toml and in the boards' agent.toml",
+            config.store.name.clone().unwrap_or_else(|| "(the host name)".into()),
+            snapshot.cluster_name,
+            &snapshot.ca_fingerprint[..16],
+            config.store.endpoints.join(", "),
+            data_dir.display(),
+            layout.config().display(),
+            config.advertise(),
+        ));
+    }
     Ok(format!(
         "restored cluster {} ({} objects, CA {}) into {}; start it with: bramble-leader run --config {}",
         snapshot.cluster_name,

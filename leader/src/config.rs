@@ -50,6 +50,124 @@ pub struct LeaderConfig {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub backup: BackupConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// Where the cluster is kept: `redb` (one file in the data dir, one leader) or `etcd` (shared by
+/// two or more leaders, one of them active).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default = "default_backend")]
+    pub backend: StoreBackend,
+    /// etcd's client URLs (`http://10.0.0.1:2379`; `https://` needs `ca_file`).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Keys live under this prefix (several clusters may share one etcd).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// TLS to etcd: the CA that signed etcd's certificates, and this leader's client pair.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The active leader's lease: when it stops renewing (crash, power cut, lost network) another
+    /// leader takes over after this long. 1s to 60s.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: HumanDuration,
+    /// How boards and the CLI reach this leader (`ip:port`), told to them by the other leaders
+    /// (default: `listen`, which must then name an address).
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
+    /// This leader's name among the leaders (default: the host name).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    Redb,
+    Etcd,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: default_backend(),
+            endpoints: Vec::new(),
+            prefix: default_prefix(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            lease_ttl: default_lease_ttl(),
+            advertise: None,
+            name: None,
+        }
+    }
+}
+
+fn default_backend() -> StoreBackend {
+    StoreBackend::Redb
+}
+fn default_prefix() -> String {
+    "/bramble".into()
+}
+fn default_lease_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
+
+impl StoreConfig {
+    /// What the etcd store needs.
+    pub fn etcd(&self) -> crate::store::EtcdOptions {
+        crate::store::EtcdOptions {
+            endpoints: self.endpoints.clone(),
+            prefix: self.prefix.clone(),
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        }
+    }
+
+    /// The first problem: (field, what is wrong).
+    fn check(&self, listen: SocketAddr) -> Option<(&'static str, String)> {
+        if self.backend == StoreBackend::Redb {
+            return None;
+        }
+        if self.endpoints.is_empty() {
+            return Some(("endpoints", "the etcd backend needs at least one endpoint (\"http://host:2379\")".into()));
+        }
+        for e in &self.endpoints {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Some(("endpoints", format!("expected http://host:port or https://host:port, found {e:?}")));
+            }
+            if e.starts_with("https://") && self.ca_file.is_none() {
+                return Some((
+                    "ca_file",
+                    format!("{e} is https: set ca_file to the CA that signed etcd's certificate"),
+                ));
+            }
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Some(("cert_file", "set both cert_file and key_file, or neither".into()));
+        }
+        if !self.prefix.starts_with('/') || self.prefix.len() < 2 {
+            return Some(("prefix", format!("expected a key prefix such as \"/bramble\", found {:?}", self.prefix)));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&self.lease_ttl.0) {
+            return Some(("lease_ttl", format!("expected from 1s to 60s, found {}", self.lease_ttl)));
+        }
+        if self.advertise.is_none() && listen.ip().is_unspecified() {
+            return Some((
+                "advertise",
+                format!("listen is {listen}: set advertise to the address boards reach this leader at"),
+            ));
+        }
+        None
+    }
 }
 
 /// Scheduled backups, off unless `dir` is set.
@@ -190,7 +308,13 @@ impl LeaderConfig {
             pki: PkiConfig::default(),
             metrics: MetricsConfig::default(),
             backup: BackupConfig::default(),
+            store: StoreConfig::default(),
         }
+    }
+
+    /// The address other leaders tell boards and the CLI to use for this one.
+    pub fn advertise(&self) -> SocketAddr {
+        self.store.advertise.unwrap_or(self.listen)
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -242,6 +366,10 @@ impl LeaderConfig {
         if let Some((field, message)) = backup_problem {
             let offset = text.find(field).or_else(|| text.find("[backup]")).unwrap_or(0);
             return Err(SourceError::at(file, text, offset, &format!("backup.{field}"), message).into());
+        }
+        if let Some((field, message)) = cfg.store.check(cfg.listen) {
+            let offset = text.find(&format!("\n{field}")).map(|o| o + 1).or_else(|| text.find("[store]")).unwrap_or(0);
+            return Err(SourceError::at(file, text, offset, &format!("store.{field}"), message).into());
         }
         if let Some((field, message)) = cfg.network.check().into_iter().next() {
             let offset = text.find(field).or_else(|| text.find("[network]")).unwrap_or(0);
@@ -313,7 +441,13 @@ leader_cert_lifetime = "{leader_cert}"
 # passphrase_file = "/etc/bramble/backup.pass"
 every = "{backup_every}"
 keep = {backup_keep}
-"#,
+
+[store]
+# "redb": the cluster in one file in data_dir, one leader. "etcd": in an etcd cluster shared by
+# two or more leaders; one is active, the others take over when its lease runs out (see
+# docs/ARCHITECTURE.md, "Highly available leaders", and dist/etcd/).
+backend = "{store_backend}"
+{store_etcd}"#,
             cluster = self.cluster_name,
             listen = self.listen,
             data_dir = self.data_dir.display(),
@@ -331,6 +465,41 @@ keep = {backup_keep}
             leader_cert = self.pki.leader_cert_lifetime,
             backup_every = self.backup.every,
             backup_keep = self.backup.keep,
+            store_backend = match self.store.backend {
+                StoreBackend::Redb => "redb",
+                StoreBackend::Etcd => "etcd",
+            },
+            store_etcd = self.render_etcd(),
+        )
+    }
+
+    fn render_etcd(&self) -> String {
+        let s = &self.store;
+        let list = |v: &[String]| v.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", ");
+        let opt = |k: &str, v: &Option<PathBuf>| match v {
+            Some(p) => format!("{k} = {:?}\n", p.display().to_string()),
+            None => format!("# {k} = \"/etc/bramble/etcd-{}.pem\"\n", k.trim_end_matches("_file")),
+        };
+        format!(
+            "# etcd's client URLs, and TLS to them (https:// needs ca_file).\nendpoints = [{}]\nprefix = {:?}\n{}{}{}\
+             # After the active leader stops renewing its lease this long, another takes over.\n\
+             lease_ttl = \"{}\"\n\
+             # How boards and the CLI reach this leader (default: listen).\n{}\
+             # This leader's name among the leaders (default: the host name).\n{}",
+            list(&s.endpoints),
+            s.prefix,
+            opt("ca_file", &s.ca_file),
+            opt("cert_file", &s.cert_file),
+            opt("key_file", &s.key_file),
+            s.lease_ttl,
+            match s.advertise {
+                Some(a) => format!("advertise = \"{a}\"\n"),
+                None => "# advertise = \"10.0.0.1:7443\"\n".into(),
+            },
+            match &s.name {
+                Some(n) => format!("name = {n:?}\n"),
+                None => "# name = \"leader-1\"\n".into(),
+            },
         )
     }
 }
@@ -341,7 +510,12 @@ mod tests {
 
     #[test]
     fn rendered_config_parses_back() {
-        let cfg = LeaderConfig::new("/tmp/x".into(), "127.0.0.1:7443".parse().unwrap());
+        let mut cfg = LeaderConfig::new("/tmp/x".into(), "127.0.0.1:7443".parse().unwrap());
+        assert_eq!(LeaderConfig::parse("leader.toml", &cfg.render()).unwrap(), cfg);
+        cfg.store.backend = StoreBackend::Etcd;
+        cfg.store.endpoints = vec!["http://10.0.0.1:2379".into(), "http://10.0.0.2:2379".into()];
+        cfg.store.name = Some("leader-a".into());
+        cfg.store.advertise = Some("10.0.0.1:7443".parse().unwrap());
         assert_eq!(LeaderConfig::parse("leader.toml", &cfg.render()).unwrap(), cfg);
     }
 
@@ -365,6 +539,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("network.cluster_cidr: invalid address block \"10.42.1.0/16\": host bits are set"), "{e}");
+        let e = LeaderConfig::parse("l.toml", "version = 1\n[store]\nbackend = \"etcd\"\n").unwrap_err().to_string();
+        assert!(e.contains("l.toml:2:1: store.endpoints: the etcd backend needs at least one endpoint"), "{e}");
+        let text = "version = 1\n[store]\nbackend = \"etcd\"\nendpoints = [\"10.0.0.1:2379\"]\n";
+        let e = LeaderConfig::parse("l.toml", text).unwrap_err().to_string();
+        assert!(e.contains("l.toml:4:1: store.endpoints: expected http://host:port"), "{e}");
+        let text = "version = 1\n[store]\nbackend = \"etcd\"\nendpoints = [\"http://a:2379\"]\n";
+        let e = LeaderConfig::parse("l.toml", text).unwrap_err().to_string();
+        assert!(e.contains("store.advertise: listen is 0.0.0.0:7443: set advertise"), "{e}");
+        let e = LeaderConfig::parse("l.toml", "version = 1\n[store]\nbackend = \"raft\"\n").unwrap_err().to_string();
+        assert!(e.contains("l.toml:3:11: store.backend: unknown variant `raft`"), "{e}");
     }
 }
 

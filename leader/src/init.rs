@@ -85,6 +85,18 @@ pub fn init(
     embedded_agent: bool,
     network: &ClusterNetwork,
 ) -> Result<Initialised, InitError> {
+    init_with(data_dir, listen, cluster_name, embedded_agent, network, &crate::config::StoreConfig::default())
+}
+
+/// Like [`init`], with the store's settings (`[store]` in leader.toml; etcd for HA leaders).
+pub fn init_with(
+    data_dir: &Path,
+    listen: SocketAddr,
+    cluster_name: &str,
+    embedded_agent: bool,
+    network: &ClusterNetwork,
+    store: &crate::config::StoreConfig,
+) -> Result<Initialised, InitError> {
     let layout = Layout::new(data_dir);
     if layout.is_initialised() {
         return Err(InitError::Exists(data_dir.to_path_buf()));
@@ -94,6 +106,10 @@ pub fn init(
             network.check().into_iter().map(|(f, m)| format!("--{}: {m}", f.replace('_', "-"))).collect();
         return Err(InitError::Network(problems.join("; ")));
     }
+    // The store's settings are checked before anything is written (e.g. etcd without endpoints).
+    let mut check = LeaderConfig::new(data_dir.to_path_buf(), listen);
+    check.store = store.clone();
+    LeaderConfig::parse("leader.toml", &check.render()).map_err(|e| InitError::Network(e.to_string()))?;
     let mkdir = |p: &Path, mode| {
         fs::DirBuilder::new()
             .recursive(true)
@@ -125,6 +141,7 @@ pub fn init(
     config.cluster_name = cluster_name.to_string();
     config.agent.enabled = embedded_agent;
     config.network = network.clone();
+    config.store = store.clone();
     write_file(&layout.config(), config.render().as_bytes(), 0o644)?;
 
     let dial = if listen.ip().is_unspecified() {

@@ -8,6 +8,7 @@ pub mod controllers;
 pub mod dashboard;
 pub mod error;
 pub mod events;
+pub mod ha;
 pub mod init;
 pub mod metrics;
 pub mod network;
@@ -25,4 +26,4 @@ pub mod usage;
 pub mod users;
 
 pub use config::LeaderConfig;
-pub use server::{start, LeaderError, RunningLeader};
+pub use server::{start, start_with, LeaderError, RunningLeader};

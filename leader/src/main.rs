@@ -3,8 +3,8 @@
 use anyhow::Context;
 use bramble_agent::signals::Shutdown;
 use bramble_agent::{observability, systemd, AgentConfig};
-use bramble_leader::config::{LeaderConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
-use bramble_leader::init::{init, Layout};
+use bramble_leader::config::{LeaderConfig, StoreBackend, StoreConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+use bramble_leader::init::{init, init_with, Layout};
 use bramble_leader::{tokens, RunningLeader};
 use bramble_proto::network;
 use clap::{Parser, Subcommand};
@@ -41,6 +41,8 @@ enum Command {
         embedded_agent: bool,
         #[command(flatten)]
         network: NetworkArgs,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Serve the cluster.
     Run {
@@ -78,6 +80,12 @@ enum Command {
         /// leader has seen every board).
         #[arg(long)]
         prune: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Add this leader to the cluster already in etcd (the backup gives it the CA and the
+        /// secrets key; the objects are there already).
+        #[arg(long)]
+        join: bool,
         /// The backup file.
         file: PathBuf,
     },
@@ -114,6 +122,61 @@ fn rotate_key(data_dir: &std::path::Path) -> Result<String, String> {
         bramble_leader::secrets::Keyring::load_or_create(&layout.secrets_key()).map_err(|e| e.to_string())?;
     let (id, n) = bramble_leader::secrets::rotate(&objects, &mut keyring)?;
     Ok(format!("re-sealed {n} secrets with key {id}; the old key is gone from {}", layout.secrets_key().display()))
+}
+
+/// Where the cluster is kept (`[store]` in leader.toml).
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// redb (one leader, a file in the data dir) or etcd (highly available leaders).
+    #[arg(long, value_parser = ["redb", "etcd"])]
+    store: Option<String>,
+    /// etcd's client URLs, comma-separated (http://10.0.0.1:2379,…).
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// The key prefix of this cluster in etcd.
+    #[arg(long, default_value = "/bramble")]
+    etcd_prefix: String,
+    /// TLS to etcd: its CA, and this leader's client certificate and key (PEM files).
+    #[arg(long)]
+    etcd_ca: Option<PathBuf>,
+    #[arg(long)]
+    etcd_cert: Option<PathBuf>,
+    #[arg(long)]
+    etcd_key: Option<PathBuf>,
+    /// How boards and the CLI reach this leader (default: --listen).
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// This leader's name among the leaders (default: the host name).
+    #[arg(long)]
+    leader_name: Option<String>,
+    /// The active leader's lease (1s–60s): failover takes about this long.
+    #[arg(long)]
+    lease_ttl: Option<bramble_proto::quantity::HumanDuration>,
+}
+
+impl StoreArgs {
+    /// The settings the flags give; none when no `--store` was given.
+    fn settings(self) -> Option<StoreConfig> {
+        let backend = match self.store.as_deref()? {
+            "etcd" => StoreBackend::Etcd,
+            _ => StoreBackend::Redb,
+        };
+        let mut s = StoreConfig {
+            backend,
+            endpoints: self.etcd_endpoints,
+            prefix: self.etcd_prefix,
+            ca_file: self.etcd_ca,
+            cert_file: self.etcd_cert,
+            key_file: self.etcd_key,
+            advertise: self.advertise,
+            name: self.leader_name,
+            ..StoreConfig::default()
+        };
+        if let Some(t) = self.lease_ttl {
+            s.lease_ttl = t;
+        }
+        Some(s)
+    }
 }
 
 /// The cluster's network, chosen once at init.
@@ -156,8 +219,9 @@ fn main() -> ExitCode {
     bramble_agent::alloc::limit_arenas();
     let cli = Cli::parse();
     let config = match cli.command {
-        Command::Init { data_dir, listen, cluster_name, embedded_agent, network } => {
-            return match init(&data_dir, listen, &cluster_name, embedded_agent, &network.settings()) {
+        Command::Init { data_dir, listen, cluster_name, embedded_agent, network, store } => {
+            let store = store.settings().unwrap_or_default();
+            return match init_with(&data_dir, listen, &cluster_name, embedded_agent, &network.settings(), &store) {
                 Ok(out) => {
                     println!("initialised cluster {cluster_name:?} in {}", data_dir.display());
                     println!("  CA fingerprint: {}", out.ca_fingerprint);
@@ -194,14 +258,15 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Restore { data_dir, passphrase_file, listen, prune, file } => {
+        Command::Restore { data_dir, passphrase_file, listen, prune, store, join, file } => {
+            let target = bramble_leader::backup::Target { listen, prune, store: store.settings(), join };
             let restored = (|| -> Result<String, String> {
                 let pass = std::fs::read_to_string(&passphrase_file)
                     .map_err(|e| format!("{}: {e}", passphrase_file.display()))?;
                 let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
                 let snapshot = bramble_transport::backup::open(&bytes, pass.lines().next().unwrap_or("").as_bytes())
                     .map_err(|e| format!("{}: {e}; nothing was written", file.display()))?;
-                bramble_leader::backup::restore(&snapshot, &data_dir, listen, prune).map_err(|e| e.to_string())
+                bramble_leader::backup::restore_with(&snapshot, &data_dir, &target).map_err(|e| e.to_string())
             })();
             return match restored {
                 Ok(said) => {
@@ -308,7 +373,13 @@ fn up(data_dir: Option<PathBuf>, listen: SocketAddr) -> anyhow::Result<LeaderCon
 
 async fn serve(config: LeaderConfig) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install().context("cannot install signal handlers")?;
-    let leader = bramble_leader::start(&config).await?;
+    // With etcd a leader may stand by for a long time: it is ready (serving) meanwhile.
+    let starting = bramble_leader::start_with(&config, || systemd::notify("READY=1\nSTATUS=standby"));
+    let leader = tokio::select! {
+        l = starting => l?,
+        _ = shutdown.wait() => return Ok(()),
+    };
+    systemd::notify("STATUS=active");
     let agent = if config.agent.enabled { Some(start_embedded_agent(&config, &leader)?) } else { None };
     systemd::notify("READY=1");
     let cancelled = leader.cancelled();
@@ -321,7 +392,11 @@ async fn serve(config: LeaderConfig) -> anyhow::Result<()> {
         cancel.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
     }
+    let lost = leader.lost_lease();
     leader.shutdown(Duration::from_secs(5)).await;
+    if lost {
+        anyhow::bail!("lost the leader lease (etcd unreachable or too slow); stopped so that another leader acts alone")
+    }
     Ok(())
 }
 

@@ -42,6 +42,9 @@ pub mod keys {
     /// Set by a restore without `--prune`: boards keep what the backup does not know until the
     /// leader has seen every board.
     pub const RESTORED: &str = "/cluster/restored";
+    /// The fingerprint of the CA the cluster's boards trust: a leader with another CA refuses
+    /// to serve this store (e.g. a second leader on the wrong etcd prefix).
+    pub const CA: &str = "/cluster/ca";
     pub const SUBNETS: &str = "/subnets/";
     pub const VIPS: &str = "/vips/";
     pub const SECRETS: &str = "/secrets/";

@@ -3,13 +3,15 @@
 
 use crate::api::Api;
 use crate::config::LeaderConfig;
+use crate::config::StoreBackend;
 use crate::controllers::desired::{self, DesiredSet};
 use crate::events::Events;
+use crate::ha::Ha;
 use crate::init::Layout;
 use crate::network::view;
 use crate::nodes::{NodeRegistry, Session};
 use crate::objects::Objects;
-use crate::store::{RedbStore, Store, StoreError};
+use crate::store::{EtcdStore, RedbStore, Store, StoreError};
 use bramble_proto::codec::MAX_FRAME_LEN;
 use bramble_proto::model::Node;
 use bramble_proto::time::now_ms;
@@ -61,13 +63,26 @@ pub struct RunningLeader {
     endpoint: Endpoint,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    /// Fires when the leader lost its etcd lease (it must stop: another may be active).
+    lost: CancellationToken,
 }
 
 impl RunningLeader {
+    /// Whether it stopped because it lost its lease.
+    pub fn lost_lease(&self) -> bool {
+        self.lost.is_cancelled()
+    }
+
     /// Stops accepting, closes every connection and waits (at most `deadline`) for tasks to end.
     pub async fn shutdown(self, deadline: Duration) {
         info!("leader shutting down");
         self.cancel.cancel();
+        // A clean stop hands over at once instead of after the lease's TTL.
+        if let Some(ha) = &self.api.ha {
+            if !self.lost.is_cancelled() {
+                ha.resign();
+            }
+        }
         self.endpoint.close(quinn::VarInt::from_u32(0), b"leader shutting down");
         self.tasks.close();
         let drain = async {
@@ -90,6 +105,28 @@ fn read(path: PathBuf) -> Result<String, LeaderError> {
 
 /// Opens the store and PKI of `config.data_dir` and starts serving on `config.listen`.
 pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> {
+    start_with(config, || {}).await
+}
+
+/// Opens the etcd store, retrying (with a word in the log) until etcd answers.
+async fn open_etcd(config: &LeaderConfig) -> Arc<EtcdStore> {
+    let options = config.store.etcd();
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let o = options.clone();
+        match tokio::task::spawn_blocking(move || EtcdStore::open(&o)).await {
+            Ok(Ok(s)) => return Arc::new(s),
+            Ok(Err(e)) => warn!("{e}; retrying in {:.1}s (boards keep running their containers)", delay.as_secs_f64()),
+            Err(e) => warn!("opening the etcd store: {e}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Like [`start`]; with the etcd store, `on_standby` is called once this leader is serving as a
+/// standby, and this returns when it has been elected.
+pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Result<RunningLeader, LeaderError> {
     let layout = Layout::new(&config.data_dir);
     if !layout.is_initialised() {
         return Err(LeaderError::NotInitialised { path: config.data_dir.clone() });
@@ -100,11 +137,68 @@ pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> 
     bramble_proto::fsutil::finish_pair(&layout.leader_key(), &layout.leader_cert())
         .map_err(|source| LeaderError::Read { path: layout.leader_cert(), source })?;
     let tls = server_config(&ca_pem, &read(layout.leader_cert())?, &read(layout.leader_key())?)?;
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&layout.store())?);
+    let endpoint = server_endpoint(config.listen, tls)?;
+    let local_addr = endpoint.local_addr().map_err(|source| TransportError::Bind { addr: config.listen, source })?;
+    let name = config.store.name.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "leader".into())
+    });
+    let lost = CancellationToken::new();
+    let (store, ha): (Arc<dyn Store>, _) = match config.store.backend {
+        StoreBackend::Redb => (Arc::new(RedbStore::open(&layout.store())?), None),
+        StoreBackend::Etcd => {
+            let etcd = open_etcd(config).await;
+            // Before standing for election: a leader of another cluster must not win it.
+            if let Some(kv) = etcd.get(crate::objects::keys::CA)? {
+                if kv.value != ca.fingerprint().as_bytes() {
+                    check_ca(&Objects::new(etcd.clone()), &ca.fingerprint())?;
+                }
+            }
+            let advertise = config.advertise().to_string();
+            let ha = loop {
+                match Ha::join(
+                    etcd.client(),
+                    etcd.runtime(),
+                    &config.store.etcd(),
+                    &name,
+                    &advertise,
+                    config.store.lease_ttl.0,
+                )
+                .await
+                {
+                    Ok(ha) => break ha,
+                    Err(e) => {
+                        warn!("{e}; retrying in 1s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            // Until elected: answer `get leaders`, send everyone else to the active leader.
+            let standby = CancellationToken::new();
+            let standby_tasks = TaskTracker::new();
+            standby_tasks.spawn(standby_loop(endpoint.clone(), ha.clone(), standby.clone(), standby_tasks.clone()));
+            info!(%local_addr, leader = %name, "standing by: waiting to be elected");
+            on_standby();
+            let never = CancellationToken::new();
+            let fence = ha.campaign(&never).await?;
+            etcd.set_fence(Some(fence));
+            standby.cancel();
+            standby_tasks.close();
+            let _ = tokio::time::timeout(Duration::from_secs(2), standby_tasks.wait()).await;
+            let l = ha.lost();
+            let mine = lost.clone();
+            tokio::spawn(async move {
+                l.cancelled().await;
+                mine.cancel();
+            });
+            let store: Arc<dyn Store> = etcd;
+            (store, Some(ha))
+        }
+    };
     let events = Arc::new(Events::new());
     let registry = Arc::new(NodeRegistry::new(config.nodes.not_ready_after.0, events.clone()));
     let ca_fingerprint = ca.fingerprint();
     let objects = Objects::new(store);
+    check_ca(&objects, &ca_fingerprint)?;
     crate::network::ensure_settings(&objects, &config.network).map_err(|e| LeaderError::Config(e.to_string()))?;
     let keyring = crate::secrets::Keyring::load_or_create(&layout.secrets_key())
         .map_err(|e| LeaderError::Config(e.to_string()))?;
@@ -116,16 +210,35 @@ pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> 
     }
     let mut api = Api::new(objects, ca, registry, events, config.network.clone()).with_keyring(keyring);
     api.node_cert_lifetime = config.pki.node_cert_lifetime.0;
-    api.store_path = Some(layout.store());
+    api.me.name = name;
+    api.me.addr = config.advertise().to_string();
+    if let Some(ha) = &ha {
+        api.me = ha.me();
+    } else {
+        api.store_path = Some(layout.store());
+    }
+    api.ha = ha;
     api.data_dir = Some((config.data_dir.clone(), config.cluster_name.clone()));
     // Before any session: a restored leader holds back whole sets from the first board on.
     if api.objects.store().get(crate::objects::keys::RESTORED).ok().flatten().is_some() {
         api.restored.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let api = Arc::new(api);
-    let endpoint = server_endpoint(config.listen, tls)?;
-    let local_addr = endpoint.local_addr().map_err(|source| TransportError::Bind { addr: config.listen, source })?;
     let cancel = CancellationToken::new();
+    {
+        // Lost the lease: stop acting at once (fenced writes already fail); systemd starts this
+        // leader again as a standby.
+        let (lost, cancel) = (lost.clone(), cancel.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = lost.cancelled() => {
+                    tracing::error!("lost the leader lease: stopping, so that another leader acts alone");
+                    cancel.cancel();
+                }
+                _ = cancel.cancelled() => {}
+            }
+        });
+    }
     let tasks = TaskTracker::new();
     tasks.spawn(accept_loop(endpoint.clone(), api.clone(), config.nodes.heartbeat.0, cancel.clone(), tasks.clone()));
     tasks.spawn(monitor_nodes(api.clone(), cancel.clone()));
@@ -140,7 +253,73 @@ pub async fn start(config: &LeaderConfig) -> Result<RunningLeader, LeaderError> 
     tasks.spawn(renew_own_certificate(endpoint.clone(), api.clone(), renewal, cancel.clone()));
     tasks.spawn(crate::controllers::run::run(Arc::new(api.context()), api.published.clone(), cancel.clone()));
     info!(%local_addr, ca = %ca_fingerprint, "leader serving");
-    Ok(RunningLeader { local_addr, ca_fingerprint, api, endpoint, cancel, tasks })
+    Ok(RunningLeader { local_addr, ca_fingerprint, api, endpoint, cancel, tasks, lost })
+}
+
+/// Records the CA's fingerprint in a new store, and refuses a store that holds a cluster of
+/// another CA (boards would not trust this leader; a second leader on the wrong etcd prefix).
+fn check_ca(objects: &Objects, fingerprint: &str) -> Result<(), LeaderError> {
+    let store = objects.store();
+    match store.get(crate::objects::keys::CA)? {
+        Some(kv) if kv.value == fingerprint.as_bytes() => Ok(()),
+        Some(kv) => Err(LeaderError::Config(format!(
+            "the store holds the cluster of another CA ({}…) than this leader's ({}…); is this the right store (etcd prefix)?",
+            String::from_utf8_lossy(&kv.value).chars().take(16).collect::<String>(),
+            &fingerprint[..16]
+        ))),
+        None => {
+            match store.put(crate::objects::keys::CA, fingerprint.as_bytes(), crate::store::Expect::Absent) {
+                Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+/// A standby's server: every connection gets `get leaders` answered and everything else (calls,
+/// sessions, joins) refused with the active leader's address. Its connections close when this
+/// leader is elected, so their peers come back to the active server.
+async fn standby_loop(endpoint: Endpoint, ha: Arc<Ha>, cancel: CancellationToken, tasks: TaskTracker) {
+    loop {
+        let incoming = tokio::select! {
+            _ = cancel.cancelled() => break,
+            i = endpoint.accept() => match i { Some(i) => i, None => break },
+        };
+        let (ha, cancel, t) = (ha.clone(), cancel.clone(), tasks.clone());
+        tasks.spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            let identity = peer_identity(&conn);
+            loop {
+                let (send, recv) = tokio::select! {
+                    _ = cancel.cancelled() => {
+                        conn.close(quinn::VarInt::from_u32(0), b"this leader was elected; connect again");
+                        return;
+                    }
+                    s = conn.accept_bi() => match s { Ok(s) => s, Err(_) => return },
+                };
+                t.spawn(standby_stream(ha.clone(), identity.is_some(), send, recv));
+            }
+        });
+    }
+}
+
+async fn standby_stream(ha: Arc<Ha>, identified: bool, mut send: SendStream, mut recv: RecvStream) {
+    let Ok(Ok(Some(open))) = tokio::time::timeout(OPEN_TIMEOUT, read_frame::<Open>(&mut recv, MAX_FRAME_LEN)).await
+    else {
+        return;
+    };
+    let refusal = ApiError::not_active(&ha.me().name, ha.active().as_ref());
+    let sent = match open.kind {
+        OpenKind::Call(Request::GetLeaders) if identified => {
+            write_frame(&mut send, &Response::Leaders(ha.leaders())).await
+        }
+        OpenKind::Call(_) => write_frame(&mut send, &Response::Error(refusal)).await,
+        OpenKind::Session(_) => write_frame(&mut send, &LeaderMsg::Refused(refusal)).await,
+    };
+    if sent.is_ok() {
+        let _ = send.finish();
+        let _ = send.stopped().await;
+    }
 }
 
 async fn accept_loop(

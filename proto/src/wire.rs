@@ -48,6 +48,8 @@ pub enum Request {
         info: NodeInfo,
     },
     GetNodes,
+    /// The leaders sharing the cluster's store and which one is active (any leader answers).
+    GetLeaders,
     GetNode {
         name: String,
     },
@@ -296,6 +298,7 @@ pub enum Response {
         ca_pem: String,
     },
     Nodes(Vec<NodeView>),
+    Leaders(Vec<LeaderInfo>),
     Node {
         node: Box<NodeView>,
         events: Vec<Event>,
@@ -492,12 +495,45 @@ pub enum PlannedAction {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// Set by a standby leader: the active leader's address, where to ask instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into() }
+        ApiError { code, message: message.into(), leader: None }
     }
+
+    /// A standby's answer to anything but `GetLeaders`: ask the active leader.
+    pub fn not_active(me: &str, active: Option<&LeaderInfo>) -> Self {
+        match active {
+            Some(a) => ApiError {
+                code: ErrorCode::Unavailable,
+                message: format!("leader {me} is a standby; the active leader is {} at {}", a.name, a.addr),
+                leader: Some(a.addr.clone()),
+            },
+            None => ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "leader {me} is a standby and no leader is active right now (an election is under way); try again"
+                ),
+            ),
+        }
+    }
+}
+
+/// One leader of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderInfo {
+    pub name: String,
+    /// Where boards and the CLI reach it.
+    pub addr: String,
+    pub active: bool,
+    /// Since when it has been running (standby) or active.
+    pub since_ms: u64,
+    /// `redb` or `etcd`.
+    pub store: String,
 }
 
 impl fmt::Display for ApiError {

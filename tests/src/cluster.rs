@@ -30,6 +30,9 @@ pub struct ClusterOptions {
     pub metrics_listen: Option<String>,
     /// More edits of the rendered leader.toml: (text, replacement).
     pub leader_toml_edits: Vec<(String, String)>,
+    /// Members of an etcd cluster in the leader's namespace that the leader keeps the cluster
+    /// in (0: redb). Agents then also know the second leader's address ([`Cluster::add_leader`]).
+    pub etcd: usize,
 }
 
 impl Default for ClusterOptions {
@@ -44,9 +47,15 @@ impl Default for ClusterOptions {
             cert_lifetime: None,
             metrics_listen: None,
             leader_toml_edits: Vec::new(),
+            etcd: 0,
         }
     }
 }
+
+/// The port of the second leader (highly available leaders on etcd).
+pub const SECOND_LEADER_PORT: u16 = 7444;
+/// The first etcd member's client port in the leader's namespace (then peer, client, …).
+pub const ETCD_PORT: u16 = 2379;
 
 #[derive(Debug)]
 pub struct Cluster {
@@ -56,6 +65,11 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub bins: PathBuf,
     agent_toml: String,
+    /// Leaders added by [`Cluster::add_leader`] (name, process).
+    pub more_leaders: Vec<(String, Option<Proc>)>,
+    /// Where agents look for leaders.
+    leader_addrs: Vec<String>,
+    pub etcd: Option<bramble_leader::store::local_etcd::LocalEtcd>,
     // Dropped last: processes die before their namespaces go.
     pub lab: NetLab,
 }
@@ -76,6 +90,21 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("bramble-e2e-").tempdir().expect("temp dir");
         let leader_dir = dir.path().join("leader");
         let listen = format!("{}:{LEADER_PORT}", lab.addr(0));
+        let mut leader_addrs = vec![listen.clone()];
+        let etcd = (opts.etcd > 0).then(|| {
+            let e = bramble_leader::store::local_etcd::LocalEtcd::start(
+                opts.etcd,
+                &lab.addr(0),
+                Some(&lab.ns(0)),
+                Some(ETCD_PORT),
+            );
+            opts.init_args.extend(
+                ["--store", "etcd", "--etcd-endpoints", &e.endpoints().join(","), "--leader-name", "leader-a"]
+                    .map(String::from),
+            );
+            leader_addrs.push(format!("{}:{SECOND_LEADER_PORT}", lab.addr(0)));
+            e
+        });
         let out = Command::new(bins.join("bramble-leader"))
             .args(["init", "--data-dir", leader_dir.to_str().expect("utf-8"), "--listen", &listen])
             .args(&opts.init_args)
@@ -114,6 +143,9 @@ impl Cluster {
             dir,
             bins,
             agent_toml: opts.agent_toml.clone(),
+            more_leaders: Vec::new(),
+            leader_addrs,
+            etcd,
             lab,
         };
         c.start_leader();
@@ -148,6 +180,64 @@ impl Cluster {
         self.leader.as_ref().expect("leader running")
     }
 
+    /// Adds a second leader (`leader-b`, on [`SECOND_LEADER_PORT`]) sharing the cluster's etcd: a
+    /// backup gives it the CA and the secrets key, `restore --join` makes its data dir; both
+    /// addresses go into admin.toml. Returns its index in `more_leaders`.
+    pub fn add_leader(&mut self) -> usize {
+        let dir = self.dir.path().join("leader-b");
+        let pass = self.dir.path().join("ha.pass");
+        std::fs::write(&pass, "a passphrase for the second leader\n").expect("write the passphrase");
+        let file = self.dir.path().join("ha.bak");
+        crate::ok(
+            self.cli(&[
+                "backup",
+                "-o",
+                file.to_str().expect("utf-8"),
+                "--passphrase-file",
+                pass.to_str().expect("utf-8"),
+            ]),
+            "backup for the second leader",
+        );
+        let endpoints = self.etcd.as_ref().expect("a cluster on etcd").endpoints().join(",");
+        let listen = format!("{}:{SECOND_LEADER_PORT}", self.lab.addr(0));
+        // In the leader's namespace, where etcd is.
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.lab.ns(0)])
+            .arg(self.bins.join("bramble-leader"))
+            .args(["restore", "--join", "--store", "etcd", "--etcd-endpoints", &endpoints, "--leader-name", "leader-b"])
+            .args(["--listen", &listen, "--data-dir", dir.to_str().expect("utf-8"), "--passphrase-file"])
+            .arg(&pass)
+            .arg(&file)
+            .output()
+            .expect("run bramble-leader restore --join");
+        assert!(out.status.success(), "restore --join: {}", String::from_utf8_lossy(&out.stderr));
+        let admin = self.leader_dir().join("admin.toml");
+        let text = std::fs::read_to_string(&admin).expect("admin.toml");
+        let first = format!("\"{}:{LEADER_PORT}\"", self.lab.addr(0));
+        assert!(text.contains(&first), "admin.toml names the first leader");
+        std::fs::write(&admin, text.replacen(&first, &format!("{first}, \"{listen}\""), 1)).expect("write admin.toml");
+        self.more_leaders.push(("leader-b".into(), None));
+        let i = self.more_leaders.len() - 1;
+        self.start_more_leader(i);
+        i
+    }
+
+    /// Starts (again) leader `more_leaders[i]`.
+    pub fn start_more_leader(&mut self, i: usize) {
+        let name = self.more_leaders[i].0.clone();
+        let cfg = self.dir.path().join(&name).join("leader.toml");
+        let args = vec!["run".to_string(), "--config".into(), cfg.display().to_string()];
+        let log = self.dir.path().join(format!("{name}.log"));
+        let p = Proc::spawn(&name, &self.lab.ns(0), &self.bins.join("bramble-leader"), &args, &log);
+        self.more_leaders[i].1 = Some(p);
+    }
+
+    /// `bramble get leaders -o json`.
+    pub fn leaders(&self) -> Vec<bramble_proto::wire::LeaderInfo> {
+        serde_json::from_str(&crate::ok(self.cli(&["get", "leaders", "-o", "json"]), "get leaders"))
+            .expect("leaders as JSON")
+    }
+
     pub fn node_name(i: usize) -> String {
         format!("board-{i}")
     }
@@ -160,7 +250,7 @@ impl Cluster {
     /// Starts agent `i` (1-based) in its namespace; it joins with the token on its first start.
     pub fn start_agent(&mut self, i: usize) {
         let data = self.agent_dir(i);
-        let leader = format!("{}:{LEADER_PORT}", self.lab.addr(0));
+        let leader = self.leader_addrs.join(",");
         let config = self.dir.path().join(format!("agent-{i}.toml"));
         std::fs::write(&config, format!("version = 1\n{}", self.agent_toml)).expect("write the agent config");
         let args: Vec<String> = [
@@ -282,6 +372,9 @@ impl Drop for Cluster {
             a.take();
         }
         self.leader.take();
+        for l in self.more_leaders.iter_mut() {
+            l.1.take();
+        }
         self.remove_containers();
         if std::thread::panicking() {
             // Keep the logs of a failed run where a human can read them.

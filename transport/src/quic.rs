@@ -11,10 +11,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often an idle connection sends a keep-alive.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(4);
-/// How long a silent connection lives.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often an idle connection sends a keep-alive (a few bytes; nothing is written to disk).
+pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// How long a silent connection lives. Short enough that boards notice a dead leader (and go to
+/// the next one) well within the new leader's `not_ready_after` (15 s by default); four lost
+/// keep-alives in a row.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {

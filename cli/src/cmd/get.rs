@@ -1,4 +1,4 @@
-//! `bramble get nodes|apps|replicas|services|secrets|configs`.
+//! `bramble get nodes|apps|replicas|services|secrets|configs|leaders`.
 
 use crate::client::{request, unexpected, CliError};
 use crate::output::{json, table, Format};
@@ -33,6 +33,9 @@ enum Kind {
     /// Names, files and sizes.
     #[value(alias = "config", alias = "cm")]
     Configs,
+    /// The leaders sharing the cluster's store, and which one is active.
+    #[value(alias = "leader")]
+    Leaders,
 }
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
@@ -43,7 +46,34 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         Kind::Replicas => replicas(config, args.app, args.output).await,
         Kind::Secrets => secrets(config, args.output).await,
         Kind::Configs => configs(config, args.output).await,
+        Kind::Leaders => leaders(config, args.output).await,
     }
+}
+
+async fn leaders(config: Option<PathBuf>, output: Format) -> Result<(), CliError> {
+    let mut list = match request(config, Request::GetLeaders).await? {
+        Response::Leaders(l) => l,
+        r => return Err(unexpected(&r)),
+    };
+    list.sort_by(|a, b| b.active.cmp(&a.active).then(a.name.cmp(&b.name)));
+    if output == Format::Json {
+        print!("{}", json(&list));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|l| {
+            vec![
+                l.name.clone(),
+                l.addr.clone(),
+                if l.active { "active" } else { "standby" }.to_string(),
+                l.store.clone(),
+                super::age(l.since_ms),
+            ]
+        })
+        .collect();
+    print!("{}", table(&["NAME", "ADDRESS", "ROLE", "STORE", "SINCE"], &rows));
+    Ok(())
 }
 
 async fn configs(config: Option<PathBuf>, output: Format) -> Result<(), CliError> {

@@ -62,6 +62,10 @@ pub struct Api {
     /// Restored without `--prune` and not every board seen yet: sessions send boards their sets
     /// as additions only, so nothing the backup does not know is stopped.
     pub restored: Arc<std::sync::atomic::AtomicBool>,
+    /// This leader, as `get leaders` shows it.
+    pub me: bramble_proto::wire::LeaderInfo,
+    /// The election, when leaders share etcd (none: the only leader, on redb).
+    pub ha: Option<Arc<crate::ha::Ha>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -99,6 +103,14 @@ impl Api {
             data_dir: None,
             backups: Arc::default(),
             restored: Arc::default(),
+            me: bramble_proto::wire::LeaderInfo {
+                name: "leader".into(),
+                addr: String::new(),
+                active: true,
+                since_ms: now_ms(),
+                store: "redb".into(),
+            },
+            ha: None,
         }
     }
 
@@ -146,6 +158,10 @@ impl Api {
         match request {
             Request::Join { .. } => unreachable!("handled above"),
             Request::GetNodes => Ok(Response::Nodes(self.node_views()?)),
+            Request::GetLeaders => Ok(Response::Leaders(match &self.ha {
+                Some(ha) => ha.leaders(),
+                None => vec![self.me.clone()],
+            })),
             Request::GetNode { name } => self.describe_node(&name),
             Request::LabelNode { name, set, remove } => self.label(&name, set, remove, who),
             Request::SetCordon { name, cordoned } => self.cordon(&name, cordoned, who),
@@ -262,6 +278,7 @@ impl Api {
 pub fn required_role(request: &Request) -> Role {
     match request {
         Request::GetNodes
+        | Request::GetLeaders
         | Request::GetNode { .. }
         | Request::GetApps
         | Request::GetServices

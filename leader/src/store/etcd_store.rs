@@ -18,6 +18,7 @@ use etcd_client::{
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -49,11 +50,11 @@ impl EtcdOptions {
         format!("{}/leaders/", self.prefix.trim_end_matches('/'))
     }
 
-    /// Connects (lazily: an unreachable etcd is found by the first request).
-    pub async fn connect(&self) -> Result<Client, StoreError> {
+    /// Connects to each endpoint (lazily: an unreachable member is found by the first request).
+    pub async fn connect(&self) -> Result<Pool, StoreError> {
         let mut opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(Duration::from_secs(3))
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(Duration::from_millis(1500))
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
@@ -69,9 +70,39 @@ impl EtcdOptions {
             }
             opts = opts.with_tls(tls);
         }
-        Client::connect(&self.endpoints, Some(opts))
-            .await
-            .map_err(|e| StoreError::Backend(format!("cannot reach etcd at {}: {e}", self.endpoints.join(", "))))
+        let mut clients = Vec::new();
+        for e in &self.endpoints {
+            let c = Client::connect([e], Some(opts.clone()))
+                .await
+                .map_err(|err| StoreError::Backend(format!("cannot reach etcd at {e}: {err}")))?;
+            clients.push(c);
+        }
+        Ok(Pool(Arc::new(PoolInner { clients, current: AtomicUsize::new(0) })))
+    }
+}
+
+/// One client per etcd member, and the one in use: a request that fails as a dead member's
+/// would moves everyone to the next member (etcd-client's own balancing keeps sending some
+/// requests to a member that is down).
+#[derive(Clone)]
+pub struct Pool(Arc<PoolInner>);
+
+struct PoolInner {
+    clients: Vec<Client>,
+    current: AtomicUsize,
+}
+
+impl Pool {
+    /// The member in use and its client.
+    pub fn get(&self) -> (usize, Client) {
+        let i = self.0.current.load(Ordering::Relaxed) % self.0.clients.len();
+        (i, self.0.clients[i].clone())
+    }
+
+    /// Member `i` failed a request: use the next one (unless someone moved on already).
+    pub fn failed(&self, i: usize) {
+        let next = (i + 1) % self.0.clients.len();
+        let _ = self.0.current.compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 
@@ -100,7 +131,7 @@ struct Shared {
 
 pub struct EtcdStore {
     shared: Arc<Shared>,
-    client: Client,
+    client: Pool,
     rt: tokio::runtime::Handle,
     fence: Mutex<Option<Fence>>,
     endpoints: String,
@@ -188,8 +219,8 @@ impl EtcdStore {
         *self.fence.lock().expect("fence lock") = fence;
     }
 
-    /// The client, for the election (same connection).
-    pub fn client(&self) -> Client {
+    /// The clients, for the election (the same connections).
+    pub fn client(&self) -> Pool {
         self.client.clone()
     }
 
@@ -235,9 +266,22 @@ fn wait<T: Send + 'static>(
 }
 
 /// Reads every key under the data prefix: the new copy and the revision it holds.
-async fn load(mut client: Client, shared: Arc<Shared>) -> Result<(BTreeMap<String, KeyValue>, u64), String> {
-    let resp =
-        client.get(shared.data.as_bytes(), Some(GetOptions::new().with_prefix())).await.map_err(|e| e.to_string())?;
+async fn load(pool: Pool, shared: Arc<Shared>) -> Result<(BTreeMap<String, KeyValue>, u64), String> {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let resp = loop {
+        let (i, mut client) = pool.get();
+        match client.get(shared.data.as_bytes(), Some(GetOptions::new().with_prefix())).await {
+            Ok(r) => break r,
+            Err(e) if Instant::now() < deadline && retryable(&e) => {
+                pool.failed(i);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                pool.failed(i);
+                return Err(e.to_string());
+            }
+        }
+    };
     let revision = resp.header().map_or(0, |h| rev(h.revision()));
     let mut map = BTreeMap::new();
     for kv in resp.kvs() {
@@ -286,7 +330,7 @@ fn convert(data: &str, kv: &etcd_client::KeyValue) -> Option<KeyValue> {
 
 /// Follows changes for as long as the store lives: watch from the copy's revision; on any
 /// failure say so, wait, and watch again (reloading everything if etcd compacted past us).
-async fn follow(client: Client, shared: Arc<Shared>, first: (BTreeMap<String, KeyValue>, u64)) {
+async fn follow(client: Pool, shared: Arc<Shared>, first: (BTreeMap<String, KeyValue>, u64)) {
     let mut from = first.1;
     let mut delay = Duration::from_millis(200);
     let mut reload = false;
@@ -324,18 +368,28 @@ enum WatchEnd {
     Failed(String),
 }
 
-async fn watch_once(mut client: Client, shared: &Shared, from: &mut u64) -> WatchEnd {
+async fn watch_once(pool: Pool, shared: &Shared, from: &mut u64) -> WatchEnd {
     let options = WatchOptions::new().with_prefix().with_start_revision(*from as i64 + 1).with_progress_notify();
+    let (i, mut client) = pool.get();
     let mut stream = match client.watch(shared.data.as_bytes(), Some(options)).await {
         Ok(s) => s,
-        Err(e) => return WatchEnd::Failed(e.to_string()),
+        Err(e) => {
+            pool.failed(i);
+            return WatchEnd::Failed(e.to_string());
+        }
     };
     let mut said = false;
     loop {
         let resp = match stream.message().await {
             Ok(Some(r)) => r,
-            Ok(None) => return WatchEnd::Failed("etcd closed the watch".into()),
-            Err(e) => return WatchEnd::Failed(e.to_string()),
+            Ok(None) => {
+                pool.failed(i);
+                return WatchEnd::Failed("etcd closed the watch".into());
+            }
+            Err(e) => {
+                pool.failed(i);
+                return WatchEnd::Failed(e.to_string());
+            }
         };
         if resp.compact_revision() > 0 {
             warn!(compacted = resp.compact_revision(), "etcd compacted past revision {from}; reading everything again");
@@ -467,12 +521,13 @@ impl Store for EtcdStore {
             // endpoints); another try goes to another one. A retried write whose first try did
             // land fails its compare, except `Any` puts, which write the same value again.
             let deadline = Instant::now() + REQUEST_TIMEOUT;
-            let mut client = client;
             loop {
-                match client.txn(txn.clone()).await {
+                let (i, mut c) = client.get();
+                match c.txn(txn.clone()).await {
                     Ok(r) => return Ok(r),
                     Err(e) if Instant::now() < deadline && retryable(&e) => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        client.failed(i);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     Err(e) => return Err(e),
                 }
@@ -538,7 +593,13 @@ impl Store for EtcdStore {
 pub(crate) fn retryable(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::GRpcStatus(s) => {
-            matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown)
+            matches!(
+                s.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Unknown
+                    | tonic::Code::Cancelled
+            )
         }
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         _ => false,

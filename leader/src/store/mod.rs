@@ -11,7 +11,7 @@ pub mod local_etcd;
 mod mem_store;
 mod redb_store;
 
-pub use etcd_store::{EtcdOptions, EtcdStore, Fence};
+pub use etcd_store::{EtcdOptions, EtcdStore, Fence, Pool};
 pub use mem_store::MemStore;
 pub use redb_store::RedbStore;
 

@@ -198,8 +198,6 @@ pub fn restore_with(snapshot: &Snapshot, data_dir: &Path, target: &Target) -> Re
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new().recursive(true).mode(mode).create(p).map_err(io(p.display().to_string()))
     };
-    mkdir(data_dir, 0o755)?;
-    mkdir(&layout.pki(), 0o700)?;
     let mut ops: Vec<TxnOp> = snapshot
         .objects
         .iter()
@@ -216,10 +214,15 @@ pub fn restore_with(snapshot: &Snapshot, data_dir: &Path, target: &Target) -> Re
             expect: Expect::Any,
         });
     }
-    // The store first: if it cannot be made, nothing marks the dir as a cluster.
+    // The store first: if it cannot be made, nothing marks the dir as a cluster (and etcd's
+    // refusals come before the data dir is made at all).
     if config.store.backend == crate::config::StoreBackend::Etcd {
         restore_into_etcd(&config.store, &ops, snapshot, target.join)?;
+        mkdir(data_dir, 0o755)?;
+        mkdir(&layout.pki(), 0o700)?;
     } else {
+        mkdir(data_dir, 0o755)?;
+        mkdir(&layout.pki(), 0o700)?;
         let store = RedbStore::open(&layout.store()).map_err(|e| BackupError::Other(format!("the store: {e}")))?;
         if !ops.is_empty() {
             store.txn(&ops).map_err(|e| BackupError::Other(format!("writing the objects: {e}")))?;

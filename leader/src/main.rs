@@ -100,8 +100,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum SecretsCommand {
-    /// Re-seal every secret under a new key and drop the old one (stop the leader first: the
-    /// store is opened directly).
+    /// Re-seal every secret under a new key and drop the old one (stop the leader — every
+    /// leader, on etcd — first: the store is opened directly).
     RotateKey {
         #[arg(long, env = "BRAMBLE_LEADER_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
@@ -114,14 +114,28 @@ fn rotate_key(data_dir: &std::path::Path) -> Result<String, String> {
     if !layout.is_initialised() {
         return Err(format!("no cluster in {}", data_dir.display()));
     }
-    let store = bramble_leader::store::RedbStore::open(&layout.store()).map_err(|e| {
-        format!("cannot open the store {} ({e}); is the leader running? stop it first", layout.store().display())
-    })?;
-    let objects = bramble_leader::objects::Objects::new(std::sync::Arc::new(store));
+    let config = LeaderConfig::load(&layout.config()).map_err(|e| e.to_string())?;
+    let on_etcd = config.store.backend == StoreBackend::Etcd;
+    let store: std::sync::Arc<dyn bramble_leader::store::Store> = if on_etcd {
+        std::sync::Arc::new(bramble_leader::store::EtcdStore::open(&config.store.etcd()).map_err(|e| e.to_string())?)
+    } else {
+        std::sync::Arc::new(bramble_leader::store::RedbStore::open(&layout.store()).map_err(|e| {
+            format!("cannot open the store {} ({e}); is the leader running? stop it first", layout.store().display())
+        })?)
+    };
+    let objects = bramble_leader::objects::Objects::new(store);
     let mut keyring =
         bramble_leader::secrets::Keyring::load_or_create(&layout.secrets_key()).map_err(|e| e.to_string())?;
     let (id, n) = bramble_leader::secrets::rotate(&objects, &mut keyring)?;
-    Ok(format!("re-sealed {n} secrets with key {id}; the old key is gone from {}", layout.secrets_key().display()))
+    let mut said =
+        format!("re-sealed {n} secrets with key {id}; the old key is gone from {}", layout.secrets_key().display());
+    if on_etcd {
+        said.push_str(&format!(
+            "\ncopy {} (0600) to every other leader before starting them: they share the store",
+            layout.secrets_key().display()
+        ));
+    }
+    Ok(said)
 }
 
 /// Where the cluster is kept (`[store]` in leader.toml).

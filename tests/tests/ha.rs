@@ -166,3 +166,73 @@ fn a_leader_that_lost_its_lease_stops_and_a_standby_takes_over() {
     assert!(text(&run.stderr).contains("holds the cluster of another CA"), "{}", text(&run.stderr));
     assert!(!c.leaders().iter().any(|l| l.name == "intruder"));
 }
+
+#[test]
+fn a_cluster_moves_from_etcd_to_redb_and_back_through_backup_and_restore() {
+    let opts = ClusterOptions { agents: 1, etcd: 1, not_ready_after: "15s", ..Default::default() };
+    let (mut c, _registry, image) = with_busybox_opts(opts, "");
+    let manifest = c.dir.path().join("web.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[[app]]\nname = \"web\"\nimage = \"{image}\"\nreplicas = 2\n\
+             command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
+        ),
+    )
+    .unwrap();
+    ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
+    let before = running(&c, "web", 2);
+    let pass = c.dir.path().join("pass");
+    std::fs::write(&pass, "moving day\n").unwrap();
+    let endpoints = c.etcd.as_ref().unwrap().endpoints().join(",");
+    // Backs up, stops the leader, empties its data dir and restores with `store_args`.
+    let migrate = |c: &mut Cluster, store_args: &[&str], expect_ok: bool| -> String {
+        let file = c.dir.path().join("move.bak");
+        let _ = std::fs::remove_file(&file);
+        ok(c.cli(&["backup", "-o", file.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]), "backup");
+        c.leader.take().unwrap().stop(Signal::SIGTERM);
+        let dir = c.leader_dir();
+        let keep = c.dir.path().join("leader-before");
+        let _ = std::fs::remove_dir_all(&keep);
+        std::fs::rename(&dir, &keep).unwrap();
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &c.lab.ns(0)])
+            .arg(c.bins.join("bramble-leader"))
+            .args(["restore", "--data-dir", dir.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()])
+            .args(store_args)
+            .arg(&file)
+            .output()
+            .unwrap();
+        if !expect_ok {
+            assert!(!out.status.success());
+            assert!(!dir.exists(), "nothing written for a refused restore");
+            std::fs::rename(&keep, &dir).unwrap();
+            c.start_leader();
+            return text(&out.stderr);
+        }
+        assert!(out.status.success(), "restore {store_args:?}: {}", text(&out.stderr));
+        c.start_leader();
+        c.wait_status(1, bramble_proto::model::ConditionStatus::True, Duration::from_secs(30));
+        text(&out.stdout)
+    };
+    migrate(&mut c, &["--store", "redb"], true);
+    assert_eq!(c.leaders()[0].store, "redb");
+    assert!(c.leader_dir().join("store.redb").exists());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ids(&running(&c, "web", 2)), ids(&before), "etcd -> redb: no container restarted");
+    // Back into etcd: not over the cluster still there under the old prefix...
+    let refused =
+        migrate(&mut c, &["--store", "etcd", "--etcd-endpoints", &endpoints, "--leader-name", "leader-a"], false);
+    assert!(refused.contains("already holds a cluster"), "{refused}");
+    // ...but under a new one.
+    let args =
+        ["--store", "etcd", "--etcd-endpoints", &endpoints, "--etcd-prefix", "/moved", "--leader-name", "leader-a"];
+    migrate(&mut c, &args, true);
+    assert_eq!(c.leaders()[0].store, "etcd");
+    assert!(!c.leader_dir().join("store.redb").exists());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ids(&running(&c, "web", 2)), ids(&before), "redb -> etcd: no container restarted");
+    ok(c.cli(&["delete", "app", "web"]), "delete");
+    wait_for("web gone", Duration::from_secs(60), || (containers_on_boards(&c) == 0).then_some(()));
+    c.remove_containers();
+}

@@ -1,5 +1,6 @@
-//! The replica controller over a real store (redb in a temporary directory): what one pass after
-//! another writes, and the desired sets it leaves.
+//! The replica controller over a real store (redb in a temporary directory; the same tests again
+//! on a real etcd in `the_same_passes_hold_on_etcd`): what one pass after another writes, and the
+//! desired sets it leaves.
 
 use super::*;
 use crate::events::Events;
@@ -22,8 +23,26 @@ fn new_registry() -> Arc<NodeRegistry> {
     Arc::new(NodeRegistry::new(Duration::from_secs(15), Arc::new(Events::new())))
 }
 
+thread_local! {
+    /// Set: the tests of this thread keep their cluster in this etcd, not in redb.
+    static ETCD: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
+}
+
 fn cluster(dir: &std::path::Path, registry: Arc<NodeRegistry>) -> Context {
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join("s.redb")).unwrap());
+    let store: Arc<dyn Store> = match ETCD.with(|e| e.borrow().clone()) {
+        // One prefix per directory: a "restarted leader" (the same dir) finds its cluster again.
+        Some(endpoints) => Arc::new(
+            crate::store::EtcdStore::open(&crate::store::EtcdOptions {
+                endpoints,
+                prefix: format!("/t{}", dir.display()),
+                ca_file: None,
+                cert_file: None,
+                key_file: None,
+            })
+            .unwrap(),
+        ),
+        None => Arc::new(RedbStore::open(&dir.join("s.redb")).unwrap()),
+    };
     let objects = Objects::new(store);
     for n in ["pi-1", "pi-2", "pi-3"] {
         let _ = objects.put(&node(n), Expect::Absent);
@@ -220,4 +239,20 @@ fn a_replica_that_fits_nowhere_stays_pending_with_a_reason() {
     let rev = api.objects.store().revision();
     sets(&api, 2_000).unwrap();
     assert_eq!(api.objects.store().revision(), rev, "the same reason is not written again");
+}
+
+/// Every test above again, with the cluster in a real etcd (one member of Debian's etcd) instead
+/// of redb: the controller does not depend on the backend (a transaction's writes share one
+/// revision there, and a write is read back from a copy kept by a watch).
+#[test]
+fn the_same_passes_hold_on_etcd() {
+    let etcd = crate::store::local_etcd::LocalEtcd::start(1, "127.0.0.1", None, None);
+    ETCD.with(|e| *e.borrow_mut() = Some(etcd.endpoints()));
+    places_spread_writes_nothing_when_steady_and_replaces_lost_replicas();
+    a_restarted_leader_loses_nothing_before_the_grace_period_and_holds_off_if_asked();
+    a_new_revision_rolls_out_and_old_replicas_keep_their_template();
+    an_image_that_lacks_a_boards_arch_is_moved_to_boards_it_runs_on();
+    boards_that_hold_the_image_are_preferred();
+    a_replica_that_fits_nowhere_stays_pending_with_a_reason();
+    ETCD.with(|e| *e.borrow_mut() = None);
 }

@@ -6,6 +6,7 @@
 mod agent;
 mod apps;
 mod containers;
+mod ha;
 mod images;
 mod monitoring;
 mod net;
@@ -105,6 +106,14 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         runs: usize,
     },
+    /// Highly available leaders on etcd: failover time, apply -> Running on etcd vs redb, steady
+    /// writes on etcd vs redb.
+    Ha {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        #[arg(long, default_value_t = 60)]
+        steady_secs: u64,
+    },
     /// Every benchmark.
     All {
         #[arg(long, default_value_t = 10)]
@@ -125,6 +134,7 @@ fn main() {
         Command::Secrets { runs } => vec![("secrets", secrets::run(runs))],
         Command::Revocation { runs } => vec![("revocation", users::run(runs))],
         Command::Monitoring { replicas } => vec![("monitoring", monitoring::run(replicas))],
+        Command::Ha { runs, steady_secs } => vec![("ha", ha::run(runs, steady_secs))],
         Command::Agent { containers, steady_secs } => vec![("agent", agent::run(containers, steady_secs))],
         Command::Scale { agents, replicas, steady_secs } => vec![("scale", scale::run(agents, replicas, steady_secs))],
         Command::All { runs } => vec![
@@ -140,6 +150,7 @@ fn main() {
             ("secrets", secrets::run(runs.max(20))),
             ("revocation", users::run(runs.max(50))),
             ("monitoring", monitoring::run(20)),
+            ("ha", ha::run(runs, 60)),
         ],
     };
     let dir = bramble_tests::testimages::assets_dir().parent().expect("target dir").join("bench");

@@ -88,6 +88,11 @@ impl LocalEtcd {
         self.members[i].child = Some(child);
     }
 
+    /// The PIDs of the running members (for their I/O counters).
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().filter_map(|m| m.child.as_ref().map(|c| c.id())).collect()
+    }
+
     /// The client URLs, for `[store] endpoints`.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client_url.clone()).collect()

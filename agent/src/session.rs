@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A session that lasted this long resets the backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(30);
 
@@ -159,10 +159,17 @@ pub async fn run(
     backoff.reset();
     let mut creds = creds;
     let mut ready = Some(ready);
+    // The leader of the last session: when it ends, the others are tried first (with highly
+    // available leaders the one that just went away is the least likely to answer).
+    let mut last_leader: Option<SocketAddr> = None;
     loop {
         let mut addrs: std::collections::VecDeque<SocketAddr> = resolve(&config.leaders).await?.into();
+        if let Some(i) = last_leader.and_then(|l| addrs.iter().position(|a| *a == l)) {
+            addrs.rotate_left(i + 1);
+        }
         let mut redirects = 0;
         while let Some(addr) = addrs.pop_front() {
+            last_leader = Some(addr);
             let epoch = next_epoch(&dir)?;
             let started = Instant::now();
             let span = tracing::info_span!("session", leader = %addr, epoch);

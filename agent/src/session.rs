@@ -197,7 +197,10 @@ pub async fn run(
                 Err(SessionError::Refused { code, message, .. }) => {
                     error!(?code, "session refused: {message}")
                 }
-                Err(e) => warn!(leader = %addr, "session ended: {e}"),
+                Err(e) => match another_ca(&e.to_string()) {
+                    Some(why) => error!(leader = %addr, "{why}"),
+                    None => warn!(leader = %addr, "session ended: {e}"),
+                },
             }
         }
         let delay = backoff.next_delay();
@@ -223,6 +226,16 @@ fn renewed(dir: &Path, creds: &mut Credentials, cert_pem: String, key_pem: Strin
     creds.key_pem = key_pem;
     let left = until.saturating_sub(bramble_proto::time::now_ms()) / 1000;
     Ok(format!("{} from now", bramble_proto::quantity::format_duration(Duration::from_secs(left))))
+}
+
+/// A leader whose certificate this board's CA did not sign: said plainly, with the likely cause.
+fn another_ca(error: &str) -> Option<String> {
+    (error.contains("UnknownIssuer") || error.contains("BadSignature")).then(|| {
+        "the leader presents a certificate from another CA than the one this board trusts (ca.crt in \
+         its data dir): is it another cluster's leader, or was a backup of another cluster restored \
+         there? This board keeps its containers running and tries again; it never trusts another CA"
+            .to_string()
+    })
 }
 
 fn is_pin_failure(e: &JoinError) -> bool {

@@ -568,5 +568,10 @@ mod sample_tests {
         assert_eq!(cfg.network, bramble_proto::network::ClusterNetwork::default(), "the samples show the defaults");
         let cfg = super::LeaderConfig::parse("dist/leader.toml", include_str!("../../dist/leader.toml")).unwrap();
         assert_eq!(cfg.network, bramble_proto::network::ClusterNetwork::default(), "the samples show the defaults");
+        assert_eq!(cfg.store, super::StoreConfig::default());
+        let cfg = super::LeaderConfig::parse("dist/leader-ha.toml", include_str!("../../dist/leader-ha.toml")).unwrap();
+        assert_eq!(cfg.store.backend, super::StoreBackend::Etcd);
+        assert_eq!(cfg.store.endpoints.len(), 3);
+        assert_eq!(cfg.advertise().to_string(), "10.0.0.1:7443");
     }
 }

@@ -393,9 +393,11 @@ async fn serve(config: LeaderConfig) -> anyhow::Result<()> {
         l = starting => l?,
         _ = shutdown.wait() => return Ok(()),
     };
-    systemd::notify("STATUS=active");
     let agent = if config.agent.enabled { Some(start_embedded_agent(&config, &leader)?) } else { None };
     systemd::notify("READY=1");
+    if config.store.backend == StoreBackend::Etcd {
+        systemd::notify("STATUS=active");
+    }
     let cancelled = leader.cancelled();
     tokio::select! {
         _ = shutdown.wait() => {}

@@ -202,3 +202,49 @@ fn a_stale_backup_stops_nothing_until_every_board_has_been_seen() {
     assert_eq!(still.container_id, old.container_id, "the known one untouched");
     c.remove_containers();
 }
+
+#[test]
+fn a_leader_of_another_ca_gets_nothing_from_the_boards_which_say_so_and_keep_their_containers() {
+    let (mut c, _registry, image) = bramble_tests::cluster::with_busybox(1, "");
+    let manifest = c.dir.path().join("web.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[[app]]\nname = \"web\"\nimage = \"{image}\"\nreplicas = 1\n\
+             command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
+        ),
+    )
+    .unwrap();
+    ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
+    let before = bramble_tests::wait_for("web running", Duration::from_secs(60), || {
+        c.replicas_of("web").into_iter().find(|r| r.phase == ReplicaPhase::Running)
+    });
+    // The leader's board is replaced by a leader of another cluster (another CA) at its address,
+    // as a backup of the wrong cluster restored there would be.
+    c.leader.take().unwrap().stop(Signal::SIGTERM);
+    let ours = c.dir.path().join("leader-ours");
+    std::fs::rename(c.leader_dir(), &ours).unwrap();
+    let listen = format!("{}:{}", c.lab.addr(0), bramble_tests::cluster::LEADER_PORT);
+    let out = std::process::Command::new(bramble_tests::process::bin_dir().join("bramble-leader"))
+        .args(["init", "--data-dir", c.leader_dir().to_str().unwrap(), "--listen", &listen, "--cluster-name", "other"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    c.start_leader();
+    bramble_tests::wait_for("the board to say why", Duration::from_secs(30), || {
+        c.agent(1).log_text().contains("presents a certificate from another CA").then_some(())
+    });
+    assert!(c.nodes().is_empty(), "the other cluster knows no board");
+    // Ours comes back: the board reconnects, its container untouched.
+    c.leader.take().unwrap().stop(Signal::SIGTERM);
+    std::fs::remove_dir_all(c.leader_dir()).unwrap();
+    std::fs::rename(&ours, c.leader_dir()).unwrap();
+    c.start_leader();
+    c.wait_status(1, bramble_proto::model::ConditionStatus::True, Duration::from_secs(30));
+    let after = c.replicas_of("web").remove(0);
+    assert_eq!(
+        (after.meta.name, after.container_id, after.restarts),
+        (before.meta.name, before.container_id, before.restarts)
+    );
+    c.remove_containers();
+}

@@ -134,6 +134,14 @@ fn systemd_units_pass_systemd_analyze() {
         let text = std::fs::read_to_string(p).unwrap();
         assert!(text.contains("KillMode=process"), "containers outlive restarts of {}", p.display());
     }
+    // The drop-in for HA leaders beside etcd, checked as part of the leader's unit (a unit may
+    // repeat a section, which is what a drop-in amounts to).
+    let leader = std::fs::read_to_string(&paths[0]).unwrap();
+    let dropin = std::fs::read_to_string(format!("{units}/bramble-leader.service.d/etcd.conf")).unwrap();
+    assert!(dropin.contains("After=etcd.service"));
+    let p = dir.path().join("bramble-leader-ha.service");
+    std::fs::write(&p, format!("{leader}\n{dropin}")).unwrap();
+    paths.push(p);
     let out = Command::new("systemd-analyze").arg("verify").args(&paths).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     let problems: Vec<&str> = err.lines().filter(|l| l.contains("bramble")).collect();

@@ -165,6 +165,27 @@ fn a_leader_that_lost_its_lease_stops_and_a_standby_takes_over() {
     assert!(!run.status.success());
     assert!(text(&run.stderr).contains("holds the cluster of another CA"), "{}", text(&run.stderr));
     assert!(!c.leaders().iter().any(|l| l.name == "intruder"));
+
+    // etcd goes away: the active leader cannot renew its lease and stops; a leader started
+    // meanwhile says etcd is unreachable and retries; the board keeps running. etcd back: a
+    // leader is elected and the board reconnects.
+    c.etcd.as_mut().unwrap().kill(0);
+    let mut b_proc = c.more_leaders[b].1.take().unwrap();
+    wait_for("leader-b to stop by itself", Duration::from_secs(20), || (!b_proc.running()).then_some(()));
+    assert!(b_proc.log_text().contains("lost the leader lease"), "{}", b_proc.log_text());
+    let log = c.dir.path().join("leader-again.log");
+    let args = vec!["run".to_string(), "--config".into(), c.leader_dir().join("leader.toml").display().to_string()];
+    let again =
+        bramble_tests::process::Proc::spawn("leader", &c.lab.ns(0), &c.bins.join("bramble-leader"), &args, &log);
+    wait_for("the leader to say etcd is unreachable", Duration::from_secs(20), || {
+        let t = again.log_text();
+        (t.contains("etcd") && t.contains("retrying")).then_some(())
+    });
+    assert!(c.agents[0].as_mut().unwrap().running(), "the board keeps running without any leader");
+    c.etcd.as_mut().unwrap().restart(0);
+    c.leader = Some(again);
+    wait_for("leader-a active", Duration::from_secs(30), || (active(&c).as_deref() == Some("leader-a")).then_some(()));
+    c.wait_status(1, bramble_proto::model::ConditionStatus::True, Duration::from_secs(30));
 }
 
 #[test]

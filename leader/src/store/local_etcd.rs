@@ -12,6 +12,17 @@ pub struct LocalEtcd {
     netns: Option<String>,
     dir: tempfile::TempDir,
     initial: String,
+    tls: Option<Tls>,
+}
+
+/// TLS for clients (peers talk plain HTTP among themselves here): the CA that signed both
+/// sides, the members' certificate and key (PEM files); clients must show a certificate of the
+/// same CA.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug)]
@@ -32,6 +43,12 @@ impl LocalEtcd {
     /// kernel of the host when `ip` is loopback) and waits until they answer. Panics with what is
     /// missing when etcd is not installed.
     pub fn start(n: usize, ip: &str, netns: Option<&str>, ports_from: Option<u16>) -> LocalEtcd {
+        Self::start_with(n, ip, netns, ports_from, None)
+    }
+
+    /// Like [`LocalEtcd::start`], serving clients over TLS when `tls` is given.
+    pub fn start_with(n: usize, ip: &str, netns: Option<&str>, ports_from: Option<u16>, tls: Option<Tls>) -> LocalEtcd {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         assert!(
             std::path::Path::new("/usr/bin/etcd").exists(),
             "etcd is not installed: `apt-get install etcd-server` (scripts/test does)"
@@ -45,13 +62,13 @@ impl LocalEtcd {
             };
             members.push(Member {
                 name: format!("m{i}"),
-                client_url: format!("http://{ip}:{c}"),
+                client_url: format!("{scheme}://{ip}:{c}"),
                 peer_url: format!("http://{ip}:{p}"),
                 child: None,
             });
         }
         let initial = members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
-        let mut e = LocalEtcd { members, netns: netns.map(str::to_string), dir, initial };
+        let mut e = LocalEtcd { members, netns: netns.map(str::to_string), dir, initial, tls };
         for i in 0..n {
             e.start_member(i);
         }
@@ -80,6 +97,17 @@ impl LocalEtcd {
             // As dist/etcd recommends for boards: quick elections on a LAN, few snapshots.
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000", "--snapshot-count", "10000"])
             .args(["--log-level", "warn"])
+            .args(self.tls.iter().flat_map(|t| {
+                [
+                    "--cert-file".into(),
+                    t.cert.display().to_string(),
+                    "--key-file".into(),
+                    t.key.display().to_string(),
+                    "--trusted-ca-file".into(),
+                    t.ca.display().to_string(),
+                    "--client-cert-auth".into(),
+                ]
+            }))
             .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH.replace("aarch64", "arm64"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -118,6 +146,18 @@ impl LocalEtcd {
     }
 
     fn healthy(&self, m: &Member) -> bool {
+        if let Some(t) = &self.tls {
+            let out = Command::new("curl")
+                .args(["-s", "--max-time", "2", "--cacert"])
+                .arg(&t.ca)
+                .arg("--cert")
+                .arg(&t.cert)
+                .arg("--key")
+                .arg(&t.key)
+                .arg(format!("{}/health", m.client_url))
+                .output();
+            return out.map(|o| String::from_utf8_lossy(&o.stdout).contains("\"health\":\"true\"")).unwrap_or(false);
+        }
         let addr = m.client_url.trim_start_matches("http://").to_string();
         let probe = format!(
             "exec 3<>/dev/tcp/{}/{} && printf 'GET /health HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3",

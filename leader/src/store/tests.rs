@@ -92,6 +92,41 @@ fn etcd_store_shares_writes_between_leaders_and_fences_a_stale_one() {
     assert_eq!(c.get("/apps/x").unwrap().unwrap().value, b"2");
 }
 
+#[test]
+fn etcd_store_over_tls_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = bramble_transport::pki::Ca::generate("etcd").unwrap();
+    let server = ca.issue_leader(&["127.0.0.1".into()]).unwrap();
+    let other = bramble_transport::pki::Ca::generate("someone else").unwrap().issue_admin("x").unwrap();
+    let w = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let tls = super::local_etcd::Tls {
+        ca: w("ca.pem", ca.cert_pem()),
+        cert: w("server.pem", &server.cert_pem),
+        key: w("server.key", &server.key_pem),
+    };
+    let e = LocalEtcd::start_with(1, "127.0.0.1", None, None, Some(tls.clone()));
+    assert!(e.endpoints()[0].starts_with("https://"));
+    let mut opts = EtcdOptions {
+        endpoints: e.endpoints(),
+        prefix: "/tls".into(),
+        ca_file: Some(tls.ca.clone()),
+        cert_file: Some(tls.cert.clone()),
+        key_file: Some(tls.key.clone()),
+    };
+    let s = EtcdStore::open(&opts).expect("open over TLS");
+    s.put("/apps/x", b"1", Expect::Absent).unwrap();
+    assert_eq!(s.get("/apps/x").unwrap().unwrap().value, b"1");
+    // A client certificate of another CA is refused: the store does not open.
+    opts.cert_file = Some(w("other.pem", &other.cert_pem));
+    opts.key_file = Some(w("other.key", &other.key_pem));
+    let err = EtcdStore::open(&opts).unwrap_err().to_string();
+    assert!(err.contains("etcd"), "{err}");
+}
+
 fn put_get_list_delete_with_revisions(s: &dyn Store) {
     let b = s.revision();
     let r1 = s.put("/nodes/a", b"1", Expect::Absent).unwrap();

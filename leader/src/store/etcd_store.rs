@@ -193,15 +193,17 @@ impl EtcdStore {
             let options = options.clone();
             async move { options.connect().await }
         })??;
-        let shared = Arc::new(Shared {
-            copy: Mutex::new(Copy::default()),
-            caught_up: Condvar::new(),
-            changes: Changes::new(HISTORY),
-            data: options.data_prefix(),
-        });
         // The first load happens here, so a store that opened has the cluster in it.
-        let first = wait(&rt, REQUEST_TIMEOUT, load(client.clone(), shared.clone()))?
+        let data = options.data_prefix();
+        let (map, revision) = wait(&rt, REQUEST_TIMEOUT, read_all(client.clone(), data.clone()))?
             .map_err(|e| StoreError::Backend(format!("cannot read the cluster from etcd: {e}")))?;
+        let shared = Arc::new(Shared {
+            copy: Mutex::new(Copy { map: map.clone(), revision, stale: None }),
+            caught_up: Condvar::new(),
+            changes: Changes::new(HISTORY, revision),
+            data,
+        });
+        let first = (map, revision);
         rt.spawn(follow(client.clone(), shared.clone(), first));
         Ok(EtcdStore {
             shared,
@@ -265,12 +267,12 @@ fn wait<T: Send + 'static>(
         .map_err(|_| StoreError::Backend(format!("etcd did not answer within {}s", timeout.as_secs())))
 }
 
-/// Reads every key under the data prefix: the new copy and the revision it holds.
-async fn load(pool: Pool, shared: Arc<Shared>) -> Result<(BTreeMap<String, KeyValue>, u64), String> {
+/// Reads every key under `data` and the revision that holds them.
+async fn read_all(pool: Pool, data: String) -> Result<(BTreeMap<String, KeyValue>, u64), String> {
     let deadline = Instant::now() + REQUEST_TIMEOUT;
     let resp = loop {
         let (i, mut client) = pool.get();
-        match client.get(shared.data.as_bytes(), Some(GetOptions::new().with_prefix())).await {
+        match client.get(data.as_bytes(), Some(GetOptions::new().with_prefix())).await {
             Ok(r) => break r,
             Err(e) if Instant::now() < deadline && retryable(&e) => {
                 pool.failed(i);
@@ -285,10 +287,17 @@ async fn load(pool: Pool, shared: Arc<Shared>) -> Result<(BTreeMap<String, KeyVa
     let revision = resp.header().map_or(0, |h| rev(h.revision()));
     let mut map = BTreeMap::new();
     for kv in resp.kvs() {
-        if let Some(kv) = convert(&shared.data, kv) {
+        if let Some(kv) = convert(&data, kv) {
             map.insert(kv.key.clone(), kv);
         }
     }
+    Ok((map, revision))
+}
+
+/// Reads every key under the data prefix again (after a compaction or a long outage) and makes
+/// the copy that; returns it and its revision.
+async fn load(pool: Pool, shared: Arc<Shared>) -> Result<(BTreeMap<String, KeyValue>, u64), String> {
+    let (map, revision) = read_all(pool, shared.data.clone()).await?;
     let mut g = shared.copy.lock().expect("copy lock");
     // Differences from what the copy held become events, so watchers miss nothing across a
     // reload (after a compaction or a long outage).
@@ -508,6 +517,7 @@ impl Store for EtcdStore {
         if writes.is_empty() && compares.is_empty() {
             return Ok(self.revision());
         }
+        let wrote = !writes.is_empty();
         // When it fails: read what is there, to say which condition did not hold.
         let mut reads: Vec<etcd_client::TxnOp> =
             keys.iter().map(|k| etcd_client::TxnOp::get(self.full(k), None)).collect();
@@ -536,6 +546,11 @@ impl Store for EtcdStore {
         .map_err(|e| backend("transaction", format!("{e} (endpoints {})", self.endpoints)))?;
         let revision = resp.header().map_or(0, |h| rev(h.revision()));
         if resp.succeeded() {
+            // Only checks: nothing to read back (and the revision may be of keys the copy does
+            // not follow, such as the leaders').
+            if !wrote {
+                return Ok(self.revision());
+            }
             self.catch_up(revision)?;
             return Ok(revision);
         }

@@ -21,7 +21,7 @@ impl Default for MemStore {
 
 impl MemStore {
     pub fn new() -> MemStore {
-        MemStore { state: Mutex::new((BTreeMap::new(), 0)), changes: Changes::new(HISTORY) }
+        MemStore { state: Mutex::new((BTreeMap::new(), 0)), changes: Changes::new(HISTORY, 0) }
     }
 }
 

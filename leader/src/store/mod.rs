@@ -206,18 +206,26 @@ struct ChangeLog {
     history: VecDeque<(u64, WatchEvent)>,
     live: broadcast::Sender<(u64, WatchEvent)>,
     seq: u64,
+    /// Every change after this revision is in `history` (the store's revision when it opened,
+    /// then the revision of the last change dropped). Revisions need not be contiguous: on etcd
+    /// other keys take some.
+    floor: u64,
 }
 
 impl Changes {
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// A history that starts at revision `floor` (the store's when it opened).
+    pub(crate) fn new(capacity: usize, floor: u64) -> Self {
         let (live, _) = broadcast::channel(capacity);
-        Changes { inner: Mutex::new(ChangeLog { history: VecDeque::with_capacity(capacity), live, seq: 0 }), capacity }
+        let log = ChangeLog { history: VecDeque::with_capacity(capacity), live, seq: 0, floor };
+        Changes { inner: Mutex::new(log), capacity }
     }
 
     pub(crate) fn publish(&self, ev: WatchEvent) {
         let mut g = self.inner.lock().expect("changes lock");
         if g.history.len() == self.capacity {
-            g.history.pop_front();
+            if let Some((_, dropped)) = g.history.pop_front() {
+                g.floor = g.floor.max(dropped.revision);
+            }
         }
         g.seq += 1;
         let item = (g.seq, ev);
@@ -227,11 +235,8 @@ impl Changes {
 
     pub(crate) fn watch(&self, prefix: &str, after: u64, current: u64) -> Result<Watch, StoreError> {
         let g = self.inner.lock().expect("changes lock");
-        if after < current {
-            let oldest = g.history.front().map_or(current + 1, |e| e.1.revision);
-            if after + 1 < oldest {
-                return Err(StoreError::Compacted { requested: after + 1, oldest });
-            }
+        if after < current && after < g.floor {
+            return Err(StoreError::Compacted { requested: after + 1, oldest: g.floor + 1 });
         }
         let backlog = g.history.iter().filter(|e| e.1.revision > after).cloned().collect();
         Ok(Watch { prefix: prefix.to_string(), backlog, live: g.live.subscribe(), seen: 0, last: after })

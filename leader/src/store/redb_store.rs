@@ -66,7 +66,7 @@ impl RedbStore {
             db,
             revision: AtomicU64::new(revision),
             write_lock: Mutex::new(()),
-            changes: Changes::new(HISTORY),
+            changes: Changes::new(HISTORY, revision),
         })
     }
 

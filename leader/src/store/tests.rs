@@ -127,6 +127,34 @@ fn etcd_store_over_tls_with_a_client_certificate() {
     assert!(err.contains("etcd"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_revisions_taken_by_other_keys_neither_compact_a_watch_nor_stall_a_check() {
+    let e = LocalEtcd::start(1, "127.0.0.1", None, None);
+    let opts = |prefix: &str| EtcdOptions {
+        endpoints: e.endpoints(),
+        prefix: prefix.into(),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+    };
+    let a = EtcdStore::open(&opts("/a")).unwrap();
+    let other = EtcdStore::open(&opts("/b")).unwrap();
+    let opened = a.revision();
+    // Revisions go to keys `a` does not follow (another cluster, the leaders' keys).
+    for i in 0..3 {
+        other.put(&format!("/x{i}"), b"1", Expect::Any).unwrap();
+    }
+    let r = a.put("/apps/w", b"1", Expect::Absent).unwrap();
+    assert!(r > opened + 1, "etcd revisions are not contiguous for one prefix");
+    let mut w = a.watch("/apps/", opened).expect("a watch from the revision the store opened at");
+    assert_eq!(w.next().await.unwrap().revision, r);
+    // A transaction of checks only returns at once, whatever etcd's revision is.
+    other.put("/y", b"1", Expect::Any).unwrap();
+    let t = std::time::Instant::now();
+    a.txn(&[TxnOp::Check { key: "/apps/w".into(), expect: Expect::Revision(r) }]).unwrap();
+    assert!(t.elapsed() < std::time::Duration::from_secs(2), "a check does not wait for a revision it will never see");
+}
+
 fn put_get_list_delete_with_revisions(s: &dyn Store) {
     let b = s.revision();
     let r1 = s.put("/nodes/a", b"1", Expect::Absent).unwrap();

@@ -135,6 +135,25 @@ fn a_leader_that_lost_its_lease_stops_and_a_standby_takes_over() {
     let mut c = Cluster::start(opts);
     let b = c.add_leader();
     wait_for("two leaders", Duration::from_secs(20), || (c.leaders().len() == 2).then_some(()));
+    // A board that knows only the standby is sent to the active leader.
+    c.kill_agent(1);
+    let standby = format!("{}:{}", c.lab.addr(0), bramble_tests::cluster::SECOND_LEADER_PORT);
+    let args: Vec<String> = ["run", "--leader", &standby, "--name", "board-1", "--data-dir"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([c.agent_dir(1).display().to_string()])
+        .collect();
+    let log = c.dir.path().join("agent-1-standby-only.log");
+    let only = bramble_tests::process::Proc::spawn("board-1", &c.lab.ns(1), &c.bins.join("bramble-agent"), &args, &log);
+    c.agents[0] = Some(only);
+    wait_for("the board sent to the active leader", Duration::from_secs(30), || {
+        c.agent(1).log_text().contains("is a standby; the active leader is leader-a").then_some(())
+    });
+    c.wait_status(1, bramble_proto::model::ConditionStatus::True, Duration::from_secs(30));
+    // Back to the config that names both leaders.
+    c.kill_agent(1);
+    c.start_agent(1);
+    c.wait_status(1, bramble_proto::model::ConditionStatus::True, Duration::from_secs(30));
     // Frozen past its lease's TTL (2 s): the standby is elected meanwhile.
     let pid = nix::unistd::Pid::from_raw(c.leader().pid() as i32);
     nix::sys::signal::kill(pid, Signal::SIGSTOP).unwrap();

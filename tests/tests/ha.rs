@@ -100,8 +100,25 @@ fn leaders_on_etcd_fail_over_without_restarting_or_duplicating_a_container() {
     ok(c.cli(&["scale", "app", "web", "--replicas", "2"]), "scale with an etcd member down");
     let two = running(&c, "web", 2);
 
-    // 4. The active leader dies during a scale: the scale either landed or is done again on the
-    // new leader; either way the app converges, nothing duplicated, nothing restarted.
+    // 4. The active leader dies during an apply and a scale: each either landed or is done again
+    // on the new leader; either way the apps converge, nothing duplicated, nothing restarted.
+    let api = c.dir.path().join("api.toml");
+    std::fs::write(
+        &api,
+        format!(
+            "[[app]]\nname = \"api\"\nimage = \"{image}\"\nreplicas = 1\n\
+             command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
+        ),
+    )
+    .unwrap();
+    let apply = std::process::Command::new("ip")
+        .args(["netns", "exec", &c.lab.ns(0)])
+        .arg(c.bins.join("bramble"))
+        .arg("--config")
+        .arg(c.leader_dir().join("admin.toml"))
+        .args(["apply", "-f", api.to_str().unwrap()])
+        .spawn()
+        .unwrap();
     let scale = std::process::Command::new("ip")
         .args(["netns", "exec", &c.lab.ns(0)])
         .arg(c.bins.join("bramble"))
@@ -116,15 +133,20 @@ fn leaders_on_etcd_fail_over_without_restarting_or_duplicating_a_container() {
     wait_for("leader-a active again", Duration::from_secs(20), || {
         (active(&c).as_deref() == Some("leader-a")).then_some(())
     });
-    eprintln!("failover during a scale: {:.2}s", killed.elapsed().as_secs_f64());
+    eprintln!("failover during an apply and a scale: {:.2}s", killed.elapsed().as_secs_f64());
     let _ = scale.wait_with_output();
+    let _ = apply.wait_with_output();
     ok(c.cli(&["scale", "app", "web", "--replicas", "4"]), "scale again on the new leader");
+    ok(c.cli(&["apply", "-f", api.to_str().unwrap()]), "apply again on the new leader");
+    running(&c, "api", 1);
     let four = running(&c, "web", 4);
     assert!(ids(&two).iter().all(|r| ids(&four).contains(r)), "the replicas before the scale untouched");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(c.replicas_of("web").len(), 4, "no replica duplicated");
-    assert_eq!(containers_on_boards(&c), 4, "four containers on the boards, no more");
+    assert_eq!(c.replicas_of("api").len(), 1, "no replica duplicated");
+    assert_eq!(containers_on_boards(&c), 5, "five containers on the boards, no more");
     ok(c.cli(&["delete", "app", "web"]), "delete");
+    ok(c.cli(&["delete", "app", "api"]), "delete");
     wait_for("web gone", Duration::from_secs(60), || (containers_on_boards(&c) == 0).then_some(()));
     c.remove_containers();
 }

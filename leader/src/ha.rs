@@ -207,10 +207,16 @@ impl Ha {
 }
 
 /// Renews the lease every third of its life, moving to another etcd member when one fails. If a
-/// renewal is refused (the lease is gone) or none succeeded for a whole TTL, the lease may be
-/// gone: an active leader must stop; a standby takes a new lease and registers again.
+/// renewal is refused (the lease is gone) or none succeeded for two TTLs, the lease may be gone:
+/// an active leader must stop; a standby takes a new lease and registers again.
 async fn keep_alive(ha: Arc<Ha>, mut lease: i64) {
     let every = (ha.ttl / 3).max(Duration::from_millis(300));
+    // etcd extends every lease when it elects a new leader of its own, so a member's death (and
+    // the election it may cause, ~1-2 s) costs no lease even when renewals stall meanwhile. A
+    // lease etcd says is gone is lost at once; one merely not renewed is given up after two TTLs
+    // (a stale leader's writes are fenced meanwhile; it only risks holding boards' sessions that
+    // long).
+    let give_up = ha.ttl * 2;
     let mut last_ok = Instant::now();
     loop {
         let lost = 'member: {
@@ -219,8 +225,8 @@ async fn keep_alive(ha: Arc<Ha>, mut lease: i64) {
                 Ok(k) => k,
                 Err(e) => {
                     ha.pool.failed(member);
-                    if last_ok.elapsed() >= ha.ttl {
-                        warn!("the leader lease was not renewed for {:?}: {e}", ha.ttl);
+                    if last_ok.elapsed() >= give_up {
+                        warn!("the leader lease was not renewed for {give_up:?}: {e}");
                         break 'member true;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -247,8 +253,8 @@ async fn keep_alive(ha: Arc<Ha>, mut lease: i64) {
                     }
                     Err(e) => {
                         ha.pool.failed(member);
-                        if last_ok.elapsed() >= ha.ttl {
-                            warn!("the leader lease was not renewed for {:?}: {e}", ha.ttl);
+                        if last_ok.elapsed() >= give_up {
+                            warn!("the leader lease was not renewed for {give_up:?}: {e}");
                             break 'member true;
                         }
                         warn!("renewing the leader lease failed, trying another etcd member: {e}");
@@ -374,4 +380,60 @@ fn publish(ha: &Ha, keys: &std::collections::BTreeMap<String, LeaderInfo>) {
         }
     }
     *ha.view.lock().expect("view lock") = out;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::local_etcd::LocalEtcd;
+    use crate::store::{EtcdStore, Expect, Store};
+
+    /// The death of any etcd member — one of them etcd's leader — costs the active leader
+    /// neither its lease nor its writes; a second leader stays standby throughout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_active_leader_keeps_its_lease_while_etcd_members_die_one_at_a_time() {
+        let mut etcd = LocalEtcd::start(3, "127.0.0.1", None, None);
+        let options = EtcdOptions {
+            endpoints: etcd.endpoints(),
+            prefix: "/ha".into(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+        };
+        let o = options.clone();
+        let store = Arc::new(tokio::task::spawn_blocking(move || EtcdStore::open(&o)).await.unwrap().unwrap());
+        let ttl = Duration::from_secs(2);
+        let a = Ha::join(store.client(), store.runtime(), &options, "a", "127.0.0.1:1", ttl).await.unwrap();
+        let fence = a.campaign(&CancellationToken::new()).await.unwrap();
+        store.set_fence(Some(fence));
+        let o = options.clone();
+        let other = Arc::new(tokio::task::spawn_blocking(move || EtcdStore::open(&o)).await.unwrap().unwrap());
+        let b = Ha::join(other.client(), other.runtime(), &options, "b", "127.0.0.1:2", ttl).await.unwrap();
+        let standby = {
+            let b = b.clone();
+            tokio::spawn(async move { b.campaign(&CancellationToken::new()).await })
+        };
+        for i in 0..3 {
+            etcd.kill(i);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            assert!(!a.lost().is_cancelled(), "the lease survived the death of member {i}");
+            let s = store.clone();
+            let key = format!("/k{i}");
+            tokio::task::spawn_blocking(move || s.put(&key, b"1", Expect::Absent)).await.unwrap().unwrap();
+            assert!(!standby.is_finished(), "b is still standing by after member {i} died");
+            etcd.restart(i);
+            etcd.wait_ready(Duration::from_secs(20));
+        }
+        assert_eq!(a.active().map(|l| l.name), Some("a".to_string()));
+        assert_eq!(b.leaders().len(), 2);
+        // A clean stop hands over at once.
+        let t = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || a.resign()).await.unwrap();
+        let fence = tokio::time::timeout(Duration::from_secs(5), standby).await.unwrap().unwrap().unwrap();
+        assert!(t.elapsed() < ttl, "no wait for the lease to run out: {:?}", t.elapsed());
+        other.set_fence(Some(fence));
+        let s = store.clone();
+        let stale = tokio::task::spawn_blocking(move || s.put("/after", b"1", Expect::Any)).await.unwrap();
+        assert!(matches!(stale, Err(StoreError::Fenced)), "the old leader's fence no longer holds: {stale:?}");
+    }
 }

@@ -249,7 +249,22 @@ pub fn restore_with(snapshot: &Snapshot, data_dir: &Path, target: &Target) -> Re
     write(layout.leader_key(), &leader.key_pem, 0o600)?;
     write(layout.config(), &config.render(), 0o644)?;
     if let Some(admin) = &snapshot.admin_toml {
-        write(layout.admin_config(), admin, 0o600)?;
+        // The CLI config asks this leader first (a restore onto another board has another
+        // address), then the ones it knew.
+        let text = match bramble_transport::admin::AdminConfig::parse("admin.toml (in the backup)", admin) {
+            Ok(mut a) => {
+                let me = if config.advertise().ip().is_unspecified() {
+                    format!("127.0.0.1:{}", config.advertise().port())
+                } else {
+                    config.advertise().to_string()
+                };
+                a.leaders.retain(|l| *l != me);
+                a.leaders.insert(0, me);
+                a.render()
+            }
+            Err(_) => admin.clone(),
+        };
+        write(layout.admin_config(), &text, 0o600)?;
     }
     write(layout.ca_cert(), &snapshot.ca_cert, 0o644)?;
     if target.join {

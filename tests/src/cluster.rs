@@ -33,6 +33,9 @@ pub struct ClusterOptions {
     /// Members of an etcd cluster in the leader's namespace that the leader keeps the cluster
     /// in (0: redb). Agents then also know the second leader's address ([`Cluster::add_leader`]).
     pub etcd: usize,
+    /// Boards whose address agents also know as a leader's (`<addr>:7443`): where a leader may be
+    /// restored.
+    pub leaders_also_on: Vec<usize>,
 }
 
 impl Default for ClusterOptions {
@@ -48,6 +51,7 @@ impl Default for ClusterOptions {
             metrics_listen: None,
             leader_toml_edits: Vec::new(),
             etcd: 0,
+            leaders_also_on: Vec::new(),
         }
     }
 }
@@ -91,6 +95,7 @@ impl Cluster {
         let leader_dir = dir.path().join("leader");
         let listen = format!("{}:{LEADER_PORT}", lab.addr(0));
         let mut leader_addrs = vec![listen.clone()];
+        leader_addrs.extend(opts.leaders_also_on.iter().map(|i| format!("{}:{LEADER_PORT}", lab.addr(*i))));
         let etcd = (opts.etcd > 0).then(|| {
             let e = bramble_leader::store::local_etcd::LocalEtcd::start(
                 opts.etcd,

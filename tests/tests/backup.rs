@@ -248,3 +248,71 @@ fn a_leader_of_another_ca_gets_nothing_from_the_boards_which_say_so_and_keep_the
     );
     c.remove_containers();
 }
+
+#[test]
+fn a_cluster_comes_back_on_another_board_from_its_backup() {
+    // The defaults of a real cluster: boards notice a killed leader within the QUIC idle timeout (8 s).
+    let opts = bramble_tests::cluster::ClusterOptions {
+        agents: 2,
+        leaders_also_on: vec![2],
+        not_ready_after: "15s",
+        ..Default::default()
+    };
+    let (mut c, _registry, image) = bramble_tests::cluster::with_busybox_opts(opts, "");
+    let manifest = c.dir.path().join("web.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[[app]]\nname = \"web\"\nimage = \"{image}\"\nreplicas = 2\n\
+             command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
+        ),
+    )
+    .unwrap();
+    ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
+    let before = bramble_tests::wait_for("two replicas running", Duration::from_secs(60), || {
+        let rs = c.replicas_of("web");
+        (rs.len() == 2 && rs.iter().all(|r| r.phase == ReplicaPhase::Running)).then_some(rs)
+    });
+    let apps_before = ok(c.cli(&["get", "apps", "-o", "json"]), "get apps");
+    let pass = c.dir.path().join("pass");
+    std::fs::write(&pass, "another board\n").unwrap();
+    let file = c.dir.path().join("cluster.bak");
+    ok(c.cli(&["backup", "-o", file.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]), "backup");
+
+    // The leader's board dies with its SD card; board 2 (its own network namespace and address)
+    // becomes the leader's board too.
+    c.leader.take().unwrap().stop(Signal::SIGKILL);
+    std::fs::remove_dir_all(c.leader_dir()).unwrap();
+    let listen = format!("{}:{}", c.lab.addr(2), bramble_tests::cluster::LEADER_PORT);
+    let out = std::process::Command::new(bramble_tests::process::bin_dir().join("bramble-leader"))
+        .args(["restore", "--data-dir", c.leader_dir().to_str().unwrap(), "--listen", &listen, "--passphrase-file"])
+        .arg(&pass)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let admin = std::fs::read_to_string(c.leader_dir().join("admin.toml")).unwrap();
+    assert!(admin.contains(&format!("leaders = [\"{listen}\"")), "the CLI asks the new leader first: {admin}");
+    let args = vec!["run".to_string(), "--config".into(), c.leader_dir().join("leader.toml").display().to_string()];
+    let log = c.dir.path().join("leader-board-2.log");
+    c.leader =
+        Some(bramble_tests::process::Proc::spawn("leader", &c.lab.ns(2), &c.bins.join("bramble-leader"), &args, &log));
+    for i in 1..=2 {
+        c.wait_status(i, bramble_proto::model::ConditionStatus::True, Duration::from_secs(60));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    // The same apps (the store's revisions are renumbered by the restore).
+    let specs = |json: &str| {
+        let apps: Vec<App> = serde_json::from_str(json).unwrap();
+        apps.into_iter().map(|a| (a.meta.name, a.meta.generation, a.spec)).collect::<Vec<_>>()
+    };
+    assert_eq!(specs(&ok(c.cli(&["get", "apps", "-o", "json"]), "get apps")), specs(&apps_before));
+    let after = c.replicas_of("web");
+    let ids = |rs: &[bramble_proto::model::Replica]| {
+        let mut v: Vec<_> = rs.iter().map(|r| (r.meta.name.clone(), r.container_id.clone(), r.restarts)).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&after), ids(&before), "the same replicas, the same containers, no restart");
+    c.remove_containers();
+}

@@ -34,13 +34,7 @@ pub(crate) fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Opti
 }
 
 fn manifest(c: &Cluster, name: &str, image: &str, replicas: usize) -> String {
-    let path = c.dir.path().join(format!("{name}.toml"));
-    let text = format!(
-        "[[app]]\nname = \"{name}\"\nimage = \"{image}\"\nreplicas = {replicas}\n\
-         command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
-    );
-    std::fs::write(&path, text).expect("write the manifest");
-    path.display().to_string()
+    bramble_tests::cluster::idle_app(c.dir.path(), name, image, replicas).display().to_string()
 }
 
 fn containers_on(c: &Cluster, board: usize) -> usize {

@@ -7,18 +7,13 @@ use crate::apps::{replicas, wait};
 use crate::stats::summarize;
 use bramble_proto::model::{ConditionStatus, NodeView, ReplicaPhase};
 use bramble_proto::time::now_ms;
-use bramble_tests::cluster::{with_busybox_opts, Cluster, ClusterOptions};
+use bramble_tests::cluster::{idle_app, with_busybox_opts, Cluster, ClusterOptions};
 use nix::sys::signal::Signal;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn opts(etcd: usize) -> ClusterOptions {
     ClusterOptions { agents: 1, etcd, not_ready_after: "15s", ..Default::default() }
-}
-
-/// The CLI with a config that names only `addr`: asks that leader and no other.
-fn cli_at(c: &Cluster, config: &Path, args: &[&str]) -> std::process::Output {
-    c.cli_as(config, args)
 }
 
 fn config_for(c: &Cluster, addr: &str, name: &str) -> std::path::PathBuf {
@@ -31,13 +26,13 @@ fn config_for(c: &Cluster, addr: &str, name: &str) -> std::path::PathBuf {
 }
 
 fn active_at(c: &Cluster, config: &Path) -> Option<String> {
-    let out = cli_at(c, config, &["get", "leaders", "-o", "json"]);
+    let out = c.cli_as(config, &["get", "leaders", "-o", "json"]);
     let list: Vec<bramble_proto::wire::LeaderInfo> = serde_json::from_slice(&out.stdout).ok()?;
     list.into_iter().find(|l| l.active).map(|l| l.name)
 }
 
 fn board_session_since(c: &Cluster, config: &Path) -> Option<u64> {
-    let out = cli_at(c, config, &["get", "nodes", "-o", "json"]);
+    let out = c.cli_as(config, &["get", "nodes", "-o", "json"]);
     let nodes: Vec<NodeView> = serde_json::from_slice(&out.stdout).ok()?;
     let n = nodes.first()?;
     (n.ready.status == ConditionStatus::True).then_some(n.ready.last_transition_ms)
@@ -52,15 +47,7 @@ fn failover(runs: usize) -> serde_json::Value {
     };
     let configs =
         [("leader-a", config_for(&c, &addr("leader-a"), "a")), ("leader-b", config_for(&c, &addr("leader-b"), "b"))];
-    let path = c.dir.path().join("web.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[[app]]\nname = \"web\"\nimage = \"{image}\"\nreplicas = 2\n\
-             command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
-        ),
-    )
-    .expect("manifest");
+    let path = idle_app(c.dir.path(), "web", &image, 2);
     assert!(c.cli(&["apply", "-f", path.to_str().expect("utf-8")]).status.success());
     let ids = |c: &Cluster| {
         let mut v: Vec<_> =
@@ -130,15 +117,7 @@ fn apply_to_running(etcd: usize, runs: usize) -> crate::stats::Summary {
     let mut samples = Vec::new();
     for run in 0..=runs {
         let name = format!("a{run}");
-        let path = c.dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                "[[app]]\nname = \"{name}\"\nimage = \"{image}\"\nreplicas = 10\n\
-                 command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
-            ),
-        )
-        .expect("manifest");
+        let path = idle_app(c.dir.path(), &name, &image, 10);
         let t0 = now_ms();
         assert!(c.cli(&["apply", "-f", path.to_str().expect("utf-8")]).status.success());
         let rs = wait("10 Running", Duration::from_secs(120), || {
@@ -163,15 +142,7 @@ fn apply_to_running(etcd: usize, runs: usize) -> crate::stats::Summary {
 /// etcd its members too.
 fn steady_writes(etcd: usize, secs: u64) -> (u64, u64) {
     let (c, _registry, image) = with_busybox_opts(opts(etcd), "");
-    let path = c.dir.path().join("s.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[[app]]\nname = \"s\"\nimage = \"{image}\"\nreplicas = 10\n\
-             command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
-        ),
-    )
-    .expect("manifest");
+    let path = idle_app(c.dir.path(), "s", &image, 10);
     assert!(c.cli(&["apply", "-f", path.to_str().expect("utf-8")]).status.success());
     wait("10 Running", Duration::from_secs(120), || {
         (replicas(&c, "s").iter().filter(|r| r.phase == ReplicaPhase::Running).count() == 10).then_some(())

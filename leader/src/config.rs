@@ -157,8 +157,13 @@ impl StoreConfig {
         if !self.prefix.starts_with('/') || self.prefix.len() < 2 {
             return Some(("prefix", format!("expected a key prefix such as \"/bramble\", found {:?}", self.prefix)));
         }
-        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&self.lease_ttl.0) {
-            return Some(("lease_ttl", format!("expected from 1s to 60s, found {}", self.lease_ttl)));
+        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&self.lease_ttl.0)
+            || self.lease_ttl.0.subsec_nanos() != 0
+        {
+            return Some((
+                "lease_ttl",
+                format!("expected whole seconds from 1s to 60s (etcd leases are), found {}", self.lease_ttl),
+            ));
         }
         if self.advertise.is_none() && listen.ip().is_unspecified() {
             return Some((
@@ -547,6 +552,9 @@ mod tests {
         let text = "version = 1\n[store]\nbackend = \"etcd\"\nendpoints = [\"http://a:2379\"]\n";
         let e = LeaderConfig::parse("l.toml", text).unwrap_err().to_string();
         assert!(e.contains("store.advertise: listen is 0.0.0.0:7443: set advertise"), "{e}");
+        let text = "version = 1\nlisten = \"10.0.0.1:7443\"\n[store]\nbackend = \"etcd\"\nendpoints = [\"http://a:2379\"]\nlease_ttl = \"1500ms\"\n";
+        let e = LeaderConfig::parse("l.toml", text).unwrap_err().to_string();
+        assert!(e.contains("l.toml:6:1: store.lease_ttl: expected whole seconds"), "{e}");
         let e = LeaderConfig::parse("l.toml", "version = 1\n[store]\nbackend = \"raft\"\n").unwrap_err().to_string();
         assert!(e.contains("l.toml:3:11: store.backend: unknown variant `raft`"), "{e}");
     }

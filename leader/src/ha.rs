@@ -104,13 +104,13 @@ impl Ha {
         Ok(())
     }
 
-    /// Waits until this leader is elected; returns the fence its writes must carry. While it
-    /// waits, `on_standby` has been called once.
-    pub async fn campaign(self: &Arc<Self>, cancel: &CancellationToken) -> Result<Fence, StoreError> {
+    /// Waits until this leader is elected (or its lease is lost); returns the fence its writes
+    /// must carry.
+    pub async fn campaign(self: &Arc<Self>) -> Result<Fence, StoreError> {
         let key = self.active_key();
         let mut delay = Duration::from_millis(200);
         loop {
-            if cancel.is_cancelled() || self.lost.is_cancelled() {
+            if self.lost.is_cancelled() {
                 return Err(StoreError::Backend("stopped before being elected".into()));
             }
             let lease = *self.lease.lock().expect("lease lock");
@@ -158,11 +158,7 @@ impl Ha {
                 }
             };
             loop {
-                let msg = tokio::select! {
-                    _ = cancel.cancelled() => return Err(StoreError::Backend("stopped before being elected".into())),
-                    m = stream.message() => m,
-                };
-                match msg {
+                match stream.message().await {
                     Ok(Some(r)) if r.events().iter().any(|e| e.event_type() == EventType::Delete) => break,
                     Ok(Some(r)) if r.canceled() => break,
                     Ok(Some(_)) => {}
@@ -404,14 +400,14 @@ mod tests {
         let store = Arc::new(tokio::task::spawn_blocking(move || EtcdStore::open(&o)).await.unwrap().unwrap());
         let ttl = Duration::from_secs(2);
         let a = Ha::join(store.client(), store.runtime(), &options, "a", "127.0.0.1:1", ttl).await.unwrap();
-        let fence = a.campaign(&CancellationToken::new()).await.unwrap();
+        let fence = a.campaign().await.unwrap();
         store.set_fence(Some(fence));
         let o = options.clone();
         let other = Arc::new(tokio::task::spawn_blocking(move || EtcdStore::open(&o)).await.unwrap().unwrap());
         let b = Ha::join(other.client(), other.runtime(), &options, "b", "127.0.0.1:2", ttl).await.unwrap();
         let standby = {
             let b = b.clone();
-            tokio::spawn(async move { b.campaign(&CancellationToken::new()).await })
+            tokio::spawn(async move { b.campaign().await })
         };
         for i in 0..3 {
             etcd.kill(i);

@@ -147,12 +147,9 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
         StoreBackend::Redb => (Arc::new(RedbStore::open(&layout.store())?), None),
         StoreBackend::Etcd => {
             let etcd = open_etcd(config).await;
-            // Before standing for election: a leader of another cluster must not win it.
-            if let Some(kv) = etcd.get(crate::objects::keys::CA)? {
-                if kv.value != ca.fingerprint().as_bytes() {
-                    check_ca(&Objects::new(etcd.clone()), &ca.fingerprint())?;
-                }
-            }
+            // Before standing for election (and without writing): a leader of another cluster
+            // must not win it.
+            refuse_another_ca(etcd.as_ref(), &ca.fingerprint())?;
             let advertise = config.advertise().to_string();
             let ha = loop {
                 match Ha::join(
@@ -178,8 +175,7 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
             standby_tasks.spawn(standby_loop(endpoint.clone(), ha.clone(), standby.clone(), standby_tasks.clone()));
             info!(%local_addr, leader = %name, "standing by: waiting to be elected");
             on_standby();
-            let never = CancellationToken::new();
-            let fence = ha.campaign(&never).await?;
+            let fence = ha.campaign().await?;
             etcd.set_fence(Some(fence));
             standby.cancel();
             standby_tasks.close();
@@ -256,23 +252,29 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
     Ok(RunningLeader { local_addr, ca_fingerprint, api, endpoint, cancel, tasks, lost })
 }
 
-/// Records the CA's fingerprint in a new store, and refuses a store that holds a cluster of
-/// another CA (boards would not trust this leader; a second leader on the wrong etcd prefix).
-fn check_ca(objects: &Objects, fingerprint: &str) -> Result<(), LeaderError> {
-    let store = objects.store();
+/// Refuses a store that holds a cluster of another CA (boards would not trust this leader; a
+/// second leader on the wrong etcd prefix). Reads only.
+fn refuse_another_ca(store: &dyn Store, fingerprint: &str) -> Result<(), LeaderError> {
     match store.get(crate::objects::keys::CA)? {
-        Some(kv) if kv.value == fingerprint.as_bytes() => Ok(()),
-        Some(kv) => Err(LeaderError::Config(format!(
+        Some(kv) if kv.value != fingerprint.as_bytes() => Err(LeaderError::Config(format!(
             "the store holds the cluster of another CA ({}…) than this leader's ({}…); is this the right store (etcd prefix)?",
             String::from_utf8_lossy(&kv.value).chars().take(16).collect::<String>(),
             &fingerprint[..16]
         ))),
-        None => {
-            match store.put(crate::objects::keys::CA, fingerprint.as_bytes(), crate::store::Expect::Absent) {
-                Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
-                Err(e) => Err(e.into()),
-            }
-        }
+        _ => Ok(()),
+    }
+}
+
+/// [`refuse_another_ca`], then records the fingerprint in a store that has none yet.
+fn check_ca(objects: &Objects, fingerprint: &str) -> Result<(), LeaderError> {
+    let store = objects.store();
+    refuse_another_ca(store.as_ref(), fingerprint)?;
+    if store.get(crate::objects::keys::CA)?.is_some() {
+        return Ok(());
+    }
+    match store.put(crate::objects::keys::CA, fingerprint.as_bytes(), crate::store::Expect::Absent) {
+        Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

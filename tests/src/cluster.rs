@@ -408,17 +408,24 @@ pub fn with_busybox(agents: usize, agent_toml: &str) -> (Cluster, crate::registr
 pub fn with_metrics_and_web(listen: &str, replicas: u32) -> (Cluster, crate::registry::Registry) {
     let opts = ClusterOptions { agents: 1, metrics_listen: Some(listen.to_string()), ..Default::default() };
     let (c, registry, image) = with_busybox_opts(opts, "[monitoring]\ninterval = \"1s\"\n");
-    let manifest = c.dir.path().join("web.toml");
+    let manifest = idle_app(c.dir.path(), "web", &image, replicas as usize);
+    crate::ok(c.cli(&["apply", "-f", manifest.to_str().expect("utf-8")]), "apply");
+    (c, registry)
+}
+
+/// Writes `<dir>/<name>.toml`: app `name` with `replicas` idle replicas of `image` (a shell that
+/// sleeps and exits on SIGTERM). Returns the path.
+pub fn idle_app(dir: &Path, name: &str, image: &str, replicas: usize) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
     std::fs::write(
-        &manifest,
+        &path,
         format!(
-            "[[app]]\nname = \"web\"\nimage = \"{image}\"\nreplicas = {replicas}\n\
+            "[[app]]\nname = \"{name}\"\nimage = \"{image}\"\nreplicas = {replicas}\n\
              command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
         ),
     )
     .expect("write the manifest");
-    crate::ok(c.cli(&["apply", "-f", manifest.to_str().expect("utf-8")]), "apply");
-    (c, registry)
+    path
 }
 
 /// [`with_busybox`] with more options.

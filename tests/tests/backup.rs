@@ -206,15 +206,7 @@ fn a_stale_backup_stops_nothing_until_every_board_has_been_seen() {
 #[test]
 fn a_leader_of_another_ca_gets_nothing_from_the_boards_which_say_so_and_keep_their_containers() {
     let (mut c, _registry, image) = bramble_tests::cluster::with_busybox(1, "");
-    let manifest = c.dir.path().join("web.toml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "[[app]]\nname = \"web\"\nimage = \"{image}\"\nreplicas = 1\n\
-             command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
-        ),
-    )
-    .unwrap();
+    let manifest = bramble_tests::cluster::idle_app(c.dir.path(), "web", &image, 1);
     ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
     let before = bramble_tests::wait_for("web running", Duration::from_secs(60), || {
         c.replicas_of("web").into_iter().find(|r| r.phase == ReplicaPhase::Running)
@@ -259,15 +251,7 @@ fn a_cluster_comes_back_on_another_board_from_its_backup() {
         ..Default::default()
     };
     let (mut c, _registry, image) = bramble_tests::cluster::with_busybox_opts(opts, "");
-    let manifest = c.dir.path().join("web.toml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "[[app]]\nname = \"web\"\nimage = \"{image}\"\nreplicas = 2\n\
-             command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
-        ),
-    )
-    .unwrap();
+    let manifest = bramble_tests::cluster::idle_app(c.dir.path(), "web", &image, 2);
     ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
     let before = bramble_tests::wait_for("two replicas running", Duration::from_secs(60), || {
         let rs = c.replicas_of("web");

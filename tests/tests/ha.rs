@@ -50,18 +50,9 @@ fn leaders_on_etcd_fail_over_without_restarting_or_duplicating_a_container() {
     let shown = ok(c.cli(&["get", "leaders"]), "get leaders");
     assert!(shown.contains("leader-a") && shown.contains("active") && shown.contains("standby"), "{shown}");
 
-    let manifest = c.dir.path().join("web.toml");
-    let write = |replicas: u32| {
-        std::fs::write(
-            &manifest,
-            format!(
-                "[[app]]\nname = \"web\"\nimage = \"{image}\"\nreplicas = {replicas}\n\
-                 command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
-            ),
-        )
-        .unwrap()
-    };
-    write(2);
+    let dir = c.dir.path().to_path_buf();
+    let write = |replicas: usize| bramble_tests::cluster::idle_app(&dir, "web", &image, replicas);
+    let manifest = write(2);
     ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
     let before = running(&c, "web", 2);
 
@@ -102,15 +93,7 @@ fn leaders_on_etcd_fail_over_without_restarting_or_duplicating_a_container() {
 
     // 4. The active leader dies during an apply and a scale: each either landed or is done again
     // on the new leader; either way the apps converge, nothing duplicated, nothing restarted.
-    let api = c.dir.path().join("api.toml");
-    std::fs::write(
-        &api,
-        format!(
-            "[[app]]\nname = \"api\"\nimage = \"{image}\"\nreplicas = 1\n\
-             command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
-        ),
-    )
-    .unwrap();
+    let api = bramble_tests::cluster::idle_app(c.dir.path(), "api", &image, 1);
     let apply = std::process::Command::new("ip")
         .args(["netns", "exec", &c.lab.ns(0)])
         .arg(c.bins.join("bramble"))
@@ -233,15 +216,7 @@ fn a_leader_that_lost_its_lease_stops_and_a_standby_takes_over() {
 fn a_cluster_moves_from_etcd_to_redb_and_back_through_backup_and_restore() {
     let opts = ClusterOptions { agents: 1, etcd: 1, not_ready_after: "15s", ..Default::default() };
     let (mut c, _registry, image) = with_busybox_opts(opts, "");
-    let manifest = c.dir.path().join("web.toml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "[[app]]\nname = \"web\"\nimage = \"{image}\"\nreplicas = 2\n\
-             command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
-        ),
-    )
-    .unwrap();
+    let manifest = bramble_tests::cluster::idle_app(c.dir.path(), "web", &image, 2);
     ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
     let before = running(&c, "web", 2);
     let pass = c.dir.path().join("pass");

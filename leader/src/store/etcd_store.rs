@@ -436,8 +436,10 @@ async fn watch_once(pool: Pool, shared: &Shared, from: &mut u64) -> WatchEnd {
                 }
             }
         }
-        if resp.events().is_empty() {
+        if resp.events().is_empty() && !resp.created() {
             // A progress notification: everything up to the header's revision has been sent.
+            // (Not the answer that creates the watch: its header is etcd's revision then, and
+            // events up to it may still be on their way — the copy would claim a write it lacks.)
             top = resp.header().map_or(0, |h| rev(h.revision()));
         }
         if top > g.revision {

@@ -93,6 +93,25 @@ fn etcd_store_shares_writes_between_leaders_and_fences_a_stale_one() {
 }
 
 #[test]
+fn an_etcd_store_reads_its_own_first_write_back_at_once() {
+    // The write races the watch's creation; the copy must not claim the write's revision before
+    // the write itself arrived (CI caught this once).
+    let e = LocalEtcd::start(1, "127.0.0.1", None, None);
+    for i in 0..100 {
+        let opts = EtcdOptions {
+            endpoints: e.endpoints(),
+            prefix: format!("/fresh{i}"),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+        };
+        let s = EtcdStore::open(&opts).unwrap();
+        s.put("/apps/x", b"1", Expect::Absent).unwrap();
+        assert!(s.get("/apps/x").unwrap().is_some(), "round {i}: a write not read back");
+    }
+}
+
+#[test]
 fn etcd_store_over_tls_with_a_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let ca = bramble_transport::pki::Ca::generate("etcd").unwrap();

@@ -5,6 +5,7 @@ mod image_cmd;
 use anyhow::Context;
 use bramble_agent::config::{AgentConfig, Overrides};
 use bramble_agent::{observability, systemd};
+use bramble_proto::report::Report;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,7 +85,7 @@ fn main() -> ExitCode {
             let config = match load(args) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("bramble-agent: {e:#}");
+                    eprintln!("bramble-agent: {}", Report(e.as_ref()));
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
@@ -92,7 +93,7 @@ fn main() -> ExitCode {
             return match image_cmd::run(&config, command) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("bramble-agent: {e:#}");
+                    eprintln!("bramble-agent: {}", Report(e.as_ref()));
                     ExitCode::from(EXIT_RUNTIME)
                 }
             };
@@ -101,7 +102,7 @@ fn main() -> ExitCode {
     let config = match load(args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("bramble-agent: {e:#}");
+            eprintln!("bramble-agent: {}", Report(e.as_ref()));
             return ExitCode::from(EXIT_CONFIG);
         }
     };

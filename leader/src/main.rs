@@ -7,6 +7,7 @@ use bramble_leader::config::{LeaderConfig, StoreBackend, StoreConfig, DEFAULT_DA
 use bramble_leader::init::{init, init_with, Layout};
 use bramble_leader::{tokens, RunningLeader};
 use bramble_proto::network;
+use bramble_proto::report::Report;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -299,7 +300,7 @@ fn main() -> ExitCode {
     let config = match config {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("bramble-leader: {e:#}");
+            eprintln!("bramble-leader: {}", Report(e.as_ref()));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -319,8 +320,8 @@ fn main() -> ExitCode {
     match rt.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("bramble-leader: {e:#}");
+            tracing::error!("{}", Report(e.as_ref()));
+            eprintln!("bramble-leader: {}", Report(e.as_ref()));
             ExitCode::from(EXIT_RUNTIME)
         }
     }

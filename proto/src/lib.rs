@@ -16,6 +16,7 @@ pub mod network;
 pub mod object;
 pub mod platform;
 pub mod quantity;
+pub mod report;
 pub mod source;
 pub mod time;
 pub mod token;

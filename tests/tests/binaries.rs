@@ -63,6 +63,34 @@ fn bad_configs_fail_with_file_line_and_field() {
     assert!(err.contains("leader.toml:2:10: listen: invalid socket address"), "{err}");
 }
 
+/// Each part of an error chain is printed once (the message of an error often includes its cause,
+/// which the chain also holds).
+#[test]
+fn errors_say_each_thing_once() {
+    let enoent = "No such file or directory (os error 2)";
+    let agent =
+        Command::new(bin_dir().join("bramble-agent")).args(["check", "--config", "/nonexistent"]).output().unwrap();
+    let leader =
+        Command::new(bin_dir().join("bramble-leader")).args(["run", "--config", "/nonexistent"]).output().unwrap();
+    for (out, who) in [(agent, "bramble-agent"), (leader, "bramble-leader")] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim(), format!("{who}: cannot read /nonexistent: {enoent}"), "{who} says it once");
+        assert_eq!(out.status.code(), Some(2), "{who}: a config error");
+    }
+    // A config that does not parse: file, line and field, once.
+    let out = agent_check(
+        "version = 1
+[log]
+level = 7
+",
+        &[],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("agent.toml:3:9: log.level").count(), 1, "file, line, column and field, once: {err}");
+    assert_eq!(err.matches("invalid type").count(), 1, "the problem once: {err}");
+}
+
 #[test]
 fn init_refuses_to_overwrite_a_cluster() {
     let dir = tempfile::tempdir().unwrap();

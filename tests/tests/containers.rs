@@ -409,7 +409,9 @@ fn nothing_is_left_after_remove() {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.shim_pid), None).is_err()
             || !Path::new(&format!("/proc/{}", s.shim_pid)).exists()
             || std::fs::read_to_string(format!("/proc/{}/stat", s.shim_pid)).unwrap_or_default().contains(" Z "),
-        "the shim is gone"
+        "the shim is gone, but /proc/{pid}/stat reads {:?}",
+        std::fs::read_to_string(format!("/proc/{}/stat", s.shim_pid)),
+        pid = s.shim_pid
     );
     assert!(!env.dir.path().join("run/tidy").exists(), "state removed");
     assert!(!CgroupFs::host().exists("/bramble/tidy"), "cgroup removed");

@@ -83,6 +83,21 @@ impl CgroupFs {
         }
     }
 
+    /// Creates the parents of a container's cgroup (v2). libcontainer creates each missing part of
+    /// the path with `mkdir` after checking it is absent, so two containers starting at once on a
+    /// fresh board race for `/sys/fs/cgroup/bramble` and one fails with "File exists". Creating the
+    /// parents first (an existing one is fine) leaves libcontainer only the container's own cgroup.
+    pub fn prepare_parents(&self, path: &str) -> io::Result<()> {
+        if self.version != Version::V2 {
+            return Ok(());
+        }
+        let Some(parent) = Path::new(path.trim_start_matches('/')).parent() else { return Ok(()) };
+        if parent.as_os_str().is_empty() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(self.root.join(parent))
+    }
+
     /// Whether the cgroup exists (in any hierarchy, for v1).
     pub fn exists(&self, path: &str) -> bool {
         match self.version {
@@ -174,6 +189,19 @@ mod tests {
         let p = root.join(rel);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(p, text).unwrap();
+    }
+
+    #[test]
+    fn parents_are_prepared_on_v2_only() {
+        let t = tempfile::tempdir().unwrap();
+        let v2 = CgroupFs::at(t.path(), Version::V2);
+        v2.prepare_parents("/bramble/c1").unwrap();
+        assert!(t.path().join("bramble").is_dir(), "the parent is created");
+        assert!(!t.path().join("bramble/c1").exists(), "the container's own cgroup is left to libcontainer");
+        v2.prepare_parents("/bramble/c2").unwrap();
+        let v1 = tempfile::tempdir().unwrap();
+        CgroupFs::at(v1.path(), Version::V1).prepare_parents("/bramble/c1").unwrap();
+        assert_eq!(std::fs::read_dir(v1.path()).unwrap().count(), 0, "v1: libcontainer creates each hierarchy's path");
     }
 
     #[test]

@@ -185,9 +185,22 @@ impl Runtime {
         if !dir.0.exists() {
             return Ok(());
         }
+        let shim = std::fs::read(dir.state())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ShimState>(&b).ok())
+            .filter(|s| s.boot_id == protocol::boot_id() && shim_is(s.shim_pid, &self.bin))
+            .and_then(|s| proc_stat(s.shim_pid).map(|(_, started)| (s.shim_pid, started)));
         if self.ok(id, ShimRequest::Remove).is_ok() {
+            // Done when the shim has exited, not only when its socket is gone: nothing of the
+            // container is left once this returns.
             let started = Instant::now();
-            while dir.socket().exists() && started.elapsed() < timeout {
+            let alive = || {
+                dir.socket().exists()
+                    || shim.is_some_and(|(pid, started)| {
+                        proc_stat(pid).is_some_and(|(state, at)| at == started && state != 'Z')
+                    })
+            };
+            while alive() && started.elapsed() < timeout {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
@@ -271,6 +284,17 @@ impl Runtime {
 fn in_cgroup(pid: i32, path: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .is_ok_and(|s| s.lines().any(|l| l.rsplit(':').next() == Some(path)))
+}
+
+/// A process's state letter and start time (in clock ticks since boot), from `/proc/PID/stat`:
+/// the pair tells the same process from a later one with a reused pid, even while it exits (its
+/// `exe` link is gone before it becomes a zombie).
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3 of stat(5), starttime field 22.
+    Some((fields.first()?.chars().next()?, fields.get(19)?.parse().ok()?))
 }
 
 /// Whether `pid` runs `bin` (so a recycled pid is never killed).

@@ -327,6 +327,10 @@ impl Shim {
             let _ = std::fs::remove_dir_all(root.join(&self.config.id));
         }
         std::fs::create_dir_all(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        let cgroup = self.config.cgroups_path();
+        self.cgroups
+            .prepare_parents(&cgroup)
+            .map_err(|e| format!("cannot create the parents of cgroup {cgroup}: {e}"))?;
         let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| e.to_string())?;
         let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| e.to_string())?;
         // The container's ends block like any program expects.

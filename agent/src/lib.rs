@@ -4,6 +4,7 @@
 pub mod alloc;
 pub mod backoff;
 pub mod config;
+pub mod doctor;
 pub mod exec;
 pub mod join;
 pub mod logserve;

@@ -22,8 +22,18 @@ struct Cli {
 enum Command {
     /// Join the cluster (first run) and keep a session with the leader.
     Run(RunArgs),
-    /// Check the configuration and print it as `run` would use it (the token redacted).
-    Check(RunArgs),
+    /// Check this board and the configuration: kernel, cgroups (v1 or v2, and the Raspberry Pi's
+    /// memory flag), namespaces, overlayfs in the data dir, seccomp, disk space and inodes, clock,
+    /// memory, and what pod networking needs (bridge, veth, vxlan, nf_tables). Prints the config as
+    /// `run` would use it (the token redacted) with the findings as comments, each problem with
+    /// its fix. Exits 2 when the board cannot run containers.
+    Check {
+        #[command(flatten)]
+        args: RunArgs,
+        /// `json`: {"config": …, "findings": [{"section", "what", "required", "ok", "detail"}], "ok"}.
+        #[arg(long, short, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Run as the shim of one container (started by the agent; not for humans).
     #[command(hide = true)]
     Shim {
@@ -37,6 +47,12 @@ enum Command {
         #[command(subcommand)]
         command: image_cmd::ImageCommand,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -67,8 +83,8 @@ fn main() -> ExitCode {
     bramble_agent::alloc::limit_arenas();
     let cli = Cli::parse();
     let (args, check_only) = match cli.command {
-        Command::Run(a) => (a, false),
-        Command::Check(a) => (a, true),
+        Command::Run(a) => (a, None),
+        Command::Check { args, output } => (args, Some(output)),
         Command::Shim { dir } => {
             // libcontainer's warnings would land in the output of execs (it logs from the forked
             // child after its stderr became the exec's pipe): keep only its errors.
@@ -106,23 +122,8 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if check_only {
-        let mut shown = config.clone();
-        if shown.token.is_some() {
-            shown.token = Some("<redacted>".into());
-        }
-        match toml::to_string(&shown) {
-            Ok(text) => print!("{text}"),
-            Err(e) => eprintln!("bramble-agent: cannot print the config: {e}"),
-        }
-        // What pod networking needs, as TOML comments (the output stays a valid agent.toml).
-        println!("\n# pod networking:");
-        let findings = bramble_agent::net::check::network();
-        for f in &findings {
-            println!("#   {:<7} {:<46} {}", if f.ok { "ok" } else { "MISSING" }, f.what, f.detail);
-        }
-        let blocking = findings.iter().any(|f| !f.ok && f.required);
-        return if blocking { ExitCode::from(EXIT_CONFIG) } else { ExitCode::SUCCESS };
+    if let Some(output) = check_only {
+        return check(config, output);
     }
     observability::init(config.log.level.as_deref());
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -162,6 +163,66 @@ fn main() -> ExitCode {
                 _ => EXIT_RUNTIME,
             })
         }
+    }
+}
+
+/// `bramble-agent check`: the config as `run` would use it and what the board offers.
+fn check(config: AgentConfig, output: Output) -> ExitCode {
+    let mut shown = config.clone();
+    if shown.token.is_some() {
+        shown.token = Some("<redacted>".into());
+    }
+    let sections = [
+        ("this board", bramble_agent::doctor::board(&config.data_dir)),
+        ("pod networking", bramble_agent::net::check::network()),
+    ];
+    let blocking = sections.iter().flat_map(|(_, f)| f).any(|f| !f.ok && f.required);
+    match output {
+        Output::Json => {
+            let findings: Vec<serde_json::Value> = sections
+                .iter()
+                .flat_map(|(section, findings)| {
+                    findings.iter().map(move |f| {
+                        serde_json::json!({
+                            "section": section, "what": f.what, "required": f.required, "ok": f.ok, "detail": f.detail,
+                        })
+                    })
+                })
+                .collect();
+            let doc = serde_json::json!({ "config": shown, "findings": findings, "ok": !blocking });
+            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        }
+        Output::Text => {
+            match toml::to_string(&shown) {
+                Ok(text) => print!("{text}"),
+                Err(e) => eprintln!("bramble-agent: cannot print the config: {e}"),
+            }
+            // The findings as TOML comments: the output stays a valid agent.toml.
+            for (section, findings) in &sections {
+                println!("\n# {section}:");
+                for f in findings {
+                    let verdict = match (f.ok, f.required) {
+                        (true, _) => "ok",
+                        (false, true) => "MISSING",
+                        (false, false) => "warning",
+                    };
+                    println!("#   {verdict:<7} {:<46} {}", f.what, f.detail);
+                }
+            }
+            println!(
+                "\n# {}",
+                if blocking {
+                    "this board cannot run containers: fix what is MISSING above"
+                } else {
+                    "this board can run containers"
+                }
+            );
+        }
+    }
+    if blocking {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -264,3 +264,57 @@ fn agent_check_tries_what_pod_networking_needs() {
     let config: toml::Table = text.parse().expect("the output is still a valid agent.toml");
     assert_eq!(config["network"]["bridge"].as_str(), Some("bramble0"));
 }
+
+/// The doctor on this machine (cgroup v1 hybrid; scripts/test-boards runs it on cgroup v2 and on
+/// an arm64 board): every piece found, tried where a look could mislead, and said in JSON too.
+#[test]
+fn agent_check_is_a_doctor_for_the_board() {
+    bramble_tests::require_root_and_ip();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = agent_check("version = 1\nname = \"pi-1\"\n", &[], &["--data-dir", data.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "this machine can run containers:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    for what in
+        ["root", "kernel", "cgroups", "namespaces", "overlayfs", "seccomp", "disk space of the data dir", "memory"]
+    {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!(" {what} ")))
+            .unwrap_or_else(|| panic!("{what} is checked:\n{text}"));
+        assert!(line.starts_with("#   ok"), "{line}");
+    }
+    let cgroups = text.lines().find(|l| l.contains(" cgroups ")).unwrap();
+    assert!(cgroups.contains("memory") && cgroups.contains("pids"), "{cgroups}");
+    // The overlay was tried in the data dir's filesystem (its nearest existing parent before the
+    // first run) and nothing of the try is left.
+    assert!(text.contains(&format!("mounts in {}", dir.path().display())), "{text}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the overlay try left nothing");
+    assert!(text.trim_end().ends_with("# this board can run containers"), "{text}");
+
+    let out = agent_check("version = 1\nname = \"pi-1\"\n", &[], &["-o", "json", "--data-dir", data.to_str().unwrap()]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check -o json");
+    assert_eq!(doc["ok"], true);
+    assert_eq!(doc["config"]["name"], "pi-1");
+    let findings = doc["findings"].as_array().unwrap();
+    assert!(findings.iter().any(|f| f["section"] == "this board" && f["what"] == "overlayfs" && f["ok"] == true));
+    assert!(findings
+        .iter()
+        .any(|f| f["section"] == "pod networking" && f["what"].as_str().unwrap().starts_with("veth")));
+
+    // A data dir where nothing can be written: the overlay try fails, the exit code says the board
+    // cannot run containers, and the line says what to do.
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    nix::mount::mount(Some("tmpfs"), &ro, Some("tmpfs"), nix::mount::MsFlags::MS_RDONLY, None::<&str>).unwrap();
+    let out = agent_check("version = 1\n", &[], &["--data-dir", ro.join("agent").to_str().unwrap()]);
+    let _ = nix::mount::umount(&ro);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    let line = text.lines().find(|l| l.contains(" overlayfs ")).unwrap();
+    assert!(
+        line.starts_with("#   MISSING") && line.contains("Read-only file system") && line.contains("data_dir"),
+        "{line}"
+    );
+    assert!(text.contains("this board cannot run containers: fix what is MISSING above"), "{text}");
+}

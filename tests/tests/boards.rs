@@ -91,7 +91,8 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
     std::fs::write(
         share.join("board.sh"),
         format!(
-            "RUST_LOG=info /mnt/bramble-agent run --config /mnt/agent.toml --leader {leader_ip}:{LEADER_PORT} \
+            "/mnt/bramble-agent check --data-dir /var/lib/bramble > /mnt/check.txt 2>&1; echo \"exit $?\" >> /mnt/check.txt\n\
+             RUST_LOG=info /mnt/bramble-agent run --config /mnt/agent.toml --leader {leader_ip}:{LEADER_PORT} \
              --token {} --name arm64-board --data-dir /var/lib/bramble > /mnt/agent.log 2>&1 &\n\
              agent=$!\n\
              while [ ! -e /mnt/stop ]; do sleep 1; done\n\
@@ -128,6 +129,23 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
         nodes.into_iter().find(|n| n.node.meta.name == "arm64-board" && n.ready.status == ConditionStatus::True)
     });
     let joined = started.elapsed();
+
+    // The doctor ran first on the board: a cgroup v2 kernel with every controller, overlayfs in
+    // the data dir; this busybox board has no nft, which it says with the fix, and exits 2.
+    let check = std::fs::read_to_string(share.join("check.txt")).expect("check.txt");
+    let line = |what: &str| {
+        check.lines().find(|l| l.contains(what)).unwrap_or_else(|| panic!("{what} in the check:\n{check}")).to_string()
+    };
+    assert!(
+        line(" cgroups ").starts_with("#   ok") && line(" cgroups ").contains("v2: cpuset cpu io memory"),
+        "{check}"
+    );
+    assert!(line(" overlayfs ").starts_with("#   ok"), "{check}");
+    assert!(line(" namespaces ").starts_with("#   ok"), "{check}");
+    assert!(line(" kernel ").contains("arm64"), "{check}");
+    let nft = line("nf_tables with NAT");
+    assert!(nft.starts_with("#   MISSING") && nft.contains("apt-get install nftables"), "{check}");
+    assert!(check.contains("this board cannot run containers") && check.trim_end().ends_with("exit 2"), "{check}");
     assert_eq!(node.node.info.arch, Arch::Arm64, "the board reports its architecture");
     assert!(node.node.info.kernel.contains("arm64"), "Debian's arm64 kernel: {}", node.node.info.kernel);
     let table = ok(c.cli(&["get", "nodes"]), "get nodes");

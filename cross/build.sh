@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Builds bramble-leader, bramble-agent and bramble as static binaries for aarch64 and armv7
-# (musl), runs bramble-proto's unit tests for both under qemu-user, and prints the sizes.
+# (musl), runs bramble-proto's unit tests for both under qemu-user, and prints the sizes. For the
+# armv7 userland (no 32-bit ARM machine QEMU can boot Debian on here): the image unpack tests and
+# `bramble-agent check` under qemu-arm. (The aarch64 binaries run on an emulated board:
+# scripts/test-boards.)
 #   cross/build.sh            release binaries in target/<triple>/release/
 #   CROSS_PROFILE=dev cross/build.sh   faster, unoptimised
 set -euo pipefail
@@ -39,15 +42,25 @@ for t in aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf; do
     -p bramble-leader -p bramble-agent -p bramble-cli --bins
 done
 dir() { [ "$profile" = dev ] && echo debug || echo "$profile"; }
-printf '%-34s %12s %12s %12s\n' target bramble-leader bramble-agent bramble
+
+echo "== armv7-unknown-linux-musleabihf: the image unpack tests under qemu-arm"
+cargo test --config cross/config.toml --target armv7-unknown-linux-musleabihf -j "$jobs" -p bramble-images --lib unpack
+if [ "$(id -u)" -eq 0 ]; then
+  echo "== armv7-unknown-linux-musleabihf: bramble-agent check under qemu-arm (this machine's kernel)"
+  check_dir=$(mktemp -d)
+  qemu-arm-static "target/armv7-unknown-linux-musleabihf/$(dir)/bramble-agent" check --data-dir "$check_dir/agent" |
+    sed -n '/^# this board:/,$p'
+  rmdir "$check_dir"
+fi
+printf '%-34s %14s %14s %14s %14s\n' target bramble-leader bramble-agent bramble-shim bramble
 for t in x86_64 aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf; do
   d=target/$t/$(dir)
   [ "$t" = x86_64 ] && d=target/$(dir)
   sizes=()
-  for b in bramble-leader bramble-agent bramble; do
+  for b in bramble-leader bramble-agent bramble-shim bramble; do
     if [ -f "$d/$b" ]; then sizes+=("$(stat -c %s "$d/$b")"); else sizes+=("-"); fi
   done
-  printf '%-34s %12s %12s %12s\n' "$t" "${sizes[@]}"
+  printf '%-34s %14s %14s %14s %14s\n' "$t" "${sizes[@]}"
 done
 for t in aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf; do
   file "target/$t/$(dir)/bramble-agent" 2>/dev/null | sed 's/, BuildID[^,]*//' || true

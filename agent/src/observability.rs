@@ -10,7 +10,14 @@ pub fn init(level: Option<&str>) {
 /// For the shim: libcontainer logs from forked children whose stderr is already a container's or
 /// an exec's, so only its errors are let through whatever `RUST_LOG` says.
 pub fn init_shim() {
-    init_with(None, Some("libcontainer=error"))
+    // A fixed filter, not `EnvFilter`: its regex engine would be most of a small shim's code.
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_target("libcontainer", tracing::Level::ERROR)
+        .with_target("libcgroups", tracing::Level::ERROR)
+        .with_default(tracing::Level::INFO);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(false);
+    let _ = tracing_subscriber::registry().with(layer).with(filter).try_init();
 }
 
 fn init_with(level: Option<&str>, extra: Option<&str>) {

@@ -91,7 +91,13 @@ pub async fn run(
     let dir = config.data_dir.clone();
     // Containers and their network first: what this board ran before keeps running, reachable,
     // even if no leader answers.
-    let shim_bin = std::env::current_exe().map_err(AgentError::Workloads)?;
+    let shim_bin = crate::runtime::shim_binary_for(&std::env::current_exe().map_err(AgentError::Workloads)?);
+    if !crate::runtime::is_shim_binary(&shim_bin) {
+        tracing::warn!(
+            "no bramble-shim beside {}: each container's shim runs this whole binary (more memory per container)",
+            shim_bin.display()
+        );
+    }
     let pods = Arc::new(Pods::open(&config.data_dir.join("pods")).map_err(|e| AgentError::Network(e.to_string()))?);
     let (net_tx, net_rx) = std::sync::mpsc::sync_channel(64);
     let network = PodNetwork { pods: pods.clone(), changed: net_tx.clone() };

@@ -17,7 +17,7 @@ fn write_bytes(pid: i32) -> u64 {
 }
 
 fn shim_pids(c: &bramble_tests::Cluster) -> Vec<i32> {
-    let shims = c.agent_dir(1).join("shims");
+    let shims = c.shims_dir(1);
     std::fs::read_dir(shims)
         .into_iter()
         .flatten()

@@ -38,7 +38,7 @@ fn manifest(c: &Cluster, name: &str, image: &str, replicas: usize) -> String {
 }
 
 fn containers_on(c: &Cluster, board: usize) -> usize {
-    std::fs::read_dir(c.agent_dir(board).join("shims")).map_or(0, |d| d.count())
+    std::fs::read_dir(c.shims_dir(board)).map_or(0, |d| d.count())
 }
 
 pub(crate) fn setup(agents: usize, agent_toml: &str) -> (Cluster, bramble_tests::registry::Registry, String) {

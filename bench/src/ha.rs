@@ -131,7 +131,7 @@ fn apply_to_running(etcd: usize, runs: usize) -> crate::stats::Summary {
         }
         assert!(c.cli(&["delete", "app", &name]).status.success());
         wait("containers gone", Duration::from_secs(60), || {
-            (std::fs::read_dir(c.agent_dir(1).join("shims")).map_or(0, |d| d.count()) == 0).then_some(())
+            (std::fs::read_dir(c.shims_dir(1)).map_or(0, |d| d.count()) == 0).then_some(())
         });
     }
     c.remove_containers();

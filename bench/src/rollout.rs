@@ -155,7 +155,7 @@ fn shims(c: &Cluster, app: &str) -> Vec<i32> {
         .iter()
         .filter_map(|r| {
             let board: usize = r.node.as_deref()?.trim_start_matches("board-").parse().ok()?;
-            let state = c.agent_dir(board).join("shims").join(&r.meta.name).join("state.json");
+            let state = c.shims_dir(board).join(&r.meta.name).join("state.json");
             let s: bramble_agent::runtime::protocol::ShimState =
                 serde_json::from_slice(&std::fs::read(state).ok()?).ok()?;
             Some(s.shim_pid)

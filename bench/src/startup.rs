@@ -99,7 +99,7 @@ pub fn run(runs: usize) -> serde_json::Value {
         ("aarch64-unknown-linux-musl", target.join("aarch64-unknown-linux-musl/release")),
         ("armv7-unknown-linux-musleabihf", target.join("armv7-unknown-linux-musleabihf/release")),
     ] {
-        let row: Vec<(String, Option<u64>)> = ["bramble-leader", "bramble-agent", "bramble"]
+        let row: Vec<(String, Option<u64>)> = ["bramble-leader", "bramble-agent", "bramble-shim", "bramble"]
             .iter()
             .map(|b| (b.to_string(), std::fs::metadata(dir.join(b)).ok().map(|m| m.len())))
             .collect();

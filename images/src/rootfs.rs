@@ -140,8 +140,13 @@ impl Rootfses {
             kind: self.prefer,
         };
         let lease_path = base.join("lease.json");
-        fs::write(&lease_path, serde_json::to_vec(&lease).expect("lease serialises"))
-            .map_err(Self::io("cannot write", &lease_path))?;
+        // Whole or absent after a power cut (garbage collection reads it to keep layers).
+        bramble_proto::fsutil::write_file_atomic(
+            &lease_path,
+            &serde_json::to_vec(&lease).expect("lease serialises"),
+            0o644,
+        )
+        .map_err(Self::io("cannot write", &lease_path))?;
         let result = match self.prefer {
             RootfsKind::Overlay => self.mount_overlay(&base, image),
             RootfsKind::Copy => self.copy(&rootfs, image),

@@ -279,6 +279,11 @@ impl Cluster {
             Some(Proc::spawn(&Self::node_name(i), &self.lab.ns(i), &self.bins.join("bramble-agent"), &args, &log));
     }
 
+    /// Where agent `i` keeps its shims (under `/run/bramble`: they last one boot).
+    pub fn shims_dir(&self, i: usize) -> PathBuf {
+        bramble_agent::reconcile::Paths::new(&self.agent_dir(i)).shims
+    }
+
     pub fn agent(&self, i: usize) -> &Proc {
         self.agents[i - 1].as_ref().expect("agent running")
     }
@@ -355,13 +360,14 @@ impl Cluster {
     /// Stops every container the agents left (they outlive agents by design), their shims,
     /// cgroups and mounts.
     pub fn remove_containers(&self) {
-        let runtime_bin = self.bins.join("bramble-agent");
+        let runtime_bin = self.bins.join("bramble-shim");
         for i in 1..=self.agents.len() {
-            let shims = self.agent_dir(i).join("shims");
+            let shims = self.shims_dir(i);
             let runtime = bramble_agent::runtime::Runtime::new(&shims, &runtime_bin);
             for id in runtime.ids() {
                 let _ = runtime.remove(&id, Duration::from_secs(5));
             }
+            let _ = std::fs::remove_dir_all(bramble_agent::reconcile::run_dir(&self.agent_dir(i)));
         }
         let base = self.dir.path().to_string_lossy().to_string();
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();

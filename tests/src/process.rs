@@ -14,7 +14,7 @@ pub fn bin_dir() -> PathBuf {
     let dir =
         if parent.file_name().is_some_and(|n| n == "deps") { parent.parent().expect("profile dir") } else { parent }
             .to_path_buf();
-    for bin in ["bramble-leader", "bramble-agent", "bramble"] {
+    for bin in ["bramble-leader", "bramble-agent", "bramble-shim", "bramble"] {
         assert!(
             dir.join(bin).exists(),
             "{} is missing: build the binaries first (`cargo build --bins`; ./scripts/test does it)",

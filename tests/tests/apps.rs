@@ -45,7 +45,7 @@ fn cli_ok(c: &Cluster, args: &[&str]) -> String {
 
 /// The containers on board `i`: id → persisted shim state.
 fn containers(c: &Cluster, i: usize) -> BTreeMap<String, ShimState> {
-    let shims = c.agent_dir(i).join("shims");
+    let shims = c.shims_dir(i);
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir(&shims).into_iter().flatten().flatten() {
         let id = e.file_name().to_string_lossy().to_string();

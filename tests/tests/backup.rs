@@ -171,7 +171,7 @@ fn a_stale_backup_stops_nothing_until_every_board_has_been_seen() {
     ok(c.cli(&["backup", "-o", file.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]), "backup");
     // After the backup: an app it does not know.
     let new = apply("new");
-    let shim = c.agent_dir(1).join("shims").join(&new.meta.name);
+    let shim = c.shims_dir(1).join(&new.meta.name);
     assert!(shim.join("state.json").exists());
 
     // Board 2 is off; the leader is lost and restored from the stale backup.

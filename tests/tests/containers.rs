@@ -43,7 +43,7 @@ impl Env {
         .unwrap()
         .remove(0);
         let roots = Rootfses::new(store, &dir.path().join("rootfs")).with_kind(RootfsKind::Overlay);
-        let runtime = Runtime::new(&dir.path().join("run"), &bin_dir().join("bramble-agent"));
+        let runtime = Runtime::new(&dir.path().join("run"), &bin_dir().join("bramble-shim"));
         Env { dir, runtime, roots, image, ids: Vec::new() }
     }
 
@@ -138,6 +138,20 @@ fn pids_of_exe(path_part: &str) -> usize {
                 .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(path_part))
         })
         .count()
+}
+
+/// The shim is its own small binary, and says which build and protocol it is (an agent after an
+/// upgrade reads them to know what it talks to).
+#[test]
+fn the_shim_is_bramble_shim_and_says_its_protocol() {
+    let mut env = Env::new();
+    let c = env.config("versioned", &["sleep", "30"]);
+    let s = env.runtime.create(&c).unwrap();
+    assert_eq!(s.protocol, bramble_agent::runtime::protocol::SHIM_PROTOCOL);
+    assert_eq!(s.version, env!("CARGO_PKG_VERSION"));
+    let exe = std::fs::read_link(format!("/proc/{}/exe", s.shim_pid)).unwrap();
+    assert_eq!(exe, bin_dir().join("bramble-shim"));
+    env.runtime.remove("versioned", Duration::from_secs(5)).unwrap();
 }
 
 #[test]
@@ -314,7 +328,7 @@ fn containers_outlive_the_agent_and_are_adopted_unchanged() {
         .map(|i| env.wait(&format!("keep{i}"), "running", |s| matches!(s.lifecycle.phase, Phase::Running { .. })))
         .collect();
     // "Kill -9 the agent": this Runtime is gone; a new one (a restarted agent) adopts the shims.
-    let runtime = Runtime::new(&env.dir.path().join("run"), &bin_dir().join("bramble-agent"));
+    let runtime = Runtime::new(&env.dir.path().join("run"), &bin_dir().join("bramble-shim"));
     std::thread::sleep(Duration::from_millis(1500));
     let adopted = runtime.adopt();
     assert_eq!(adopted.len(), 6);
@@ -349,7 +363,7 @@ const STAND_IN: &str = "BRAMBLE_AGENT_STAND_IN_DIR";
 fn agent_stand_in_process() {
     let Some(dir) = std::env::var_os(STAND_IN) else { return };
     let dir = PathBuf::from(dir);
-    let runtime = Runtime::new(&dir.join("run"), &bin_dir().join("bramble-agent"));
+    let runtime = Runtime::new(&dir.join("run"), &bin_dir().join("bramble-shim"));
     let config: Vec<ContainerConfig> =
         serde_json::from_slice(&std::fs::read(dir.join("configs.json")).unwrap()).unwrap();
     for c in &config {
@@ -385,7 +399,7 @@ fn kill_9_of_the_process_that_started_the_containers_touches_none() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     agent.wait().unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let adopted = Runtime::new(&env.dir.path().join("run"), &bin_dir().join("bramble-agent")).adopt();
+    let adopted = Runtime::new(&env.dir.path().join("run"), &bin_dir().join("bramble-shim")).adopt();
     for b in &before {
         let a = adopted.iter().find(|s| s.id == b.id).expect("adopted");
         assert_eq!(a.lifecycle.phase, b.lifecycle.phase, "{}: same pid, never restarted", b.id);

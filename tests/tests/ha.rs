@@ -35,7 +35,7 @@ fn active(c: &Cluster) -> Option<String> {
 
 /// Containers each board runs: the shims' directories, one per container.
 fn containers_on_boards(c: &Cluster) -> usize {
-    (1..=c.agents.len()).map(|i| std::fs::read_dir(c.agent_dir(i).join("shims")).map(|d| d.count()).unwrap_or(0)).sum()
+    (1..=c.agents.len()).map(|i| std::fs::read_dir(c.shims_dir(i)).map(|d| d.count()).unwrap_or(0)).sum()
 }
 
 #[test]

@@ -51,8 +51,7 @@ fn board_of(r: &Replica) -> usize {
 
 /// Runs `cmd` inside replica `r`'s container (its namespaces, its files) through its shim.
 fn exec(c: &Cluster, r: &Replica, cmd: &str) -> (i32, String) {
-    let runtime =
-        Runtime::new(&c.agent_dir(board_of(r)).join("shims"), &bramble_tests::process::bin_dir().join("bramble-agent"));
+    let runtime = Runtime::new(&c.shims_dir(board_of(r)), &bramble_tests::process::bin_dir().join("bramble-shim"));
     let args = vec!["/bin/sh".to_string(), "-c".into(), cmd.into()];
     let (code, out, timed_out) = runtime.exec(&r.meta.name, args, Vec::new(), Duration::from_secs(10)).expect("exec");
     assert!(!timed_out, "{cmd} timed out in {}", r.meta.name);
@@ -406,8 +405,7 @@ fn services_dns_and_pod_networking_on_one_lan() {
 fn containers(c: &Cluster) -> BTreeMap<String, Option<i32>> {
     let mut out = BTreeMap::new();
     for i in 1..=3 {
-        let runtime =
-            Runtime::new(&c.agent_dir(i).join("shims"), &bramble_tests::process::bin_dir().join("bramble-agent"));
+        let runtime = Runtime::new(&c.shims_dir(i), &bramble_tests::process::bin_dir().join("bramble-shim"));
         for id in runtime.ids() {
             let pid = runtime.state(&id).ok().and_then(|s| match s.lifecycle.phase {
                 bramble_agent::runtime::lifecycle::Phase::Running { pid, .. } => Some(pid),
@@ -434,8 +432,7 @@ fn pods_left(c: &Cluster, i: usize) -> Vec<String> {
 /// Kills the replica's container twice in a row: the shim restarts the first crash at once, and
 /// holds the second back (BackOff, 10 s), out of its services.
 fn crash_twice(c: &Cluster, r: &Replica) {
-    let runtime =
-        Runtime::new(&c.agent_dir(board_of(r)).join("shims"), &bramble_tests::process::bin_dir().join("bramble-agent"));
+    let runtime = Runtime::new(&c.shims_dir(board_of(r)), &bramble_tests::process::bin_dir().join("bramble-shim"));
     let running = || {
         let s = runtime.state(&r.meta.name).expect("the replica's shim");
         match s.lifecycle.phase {

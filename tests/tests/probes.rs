@@ -30,8 +30,7 @@ fn board_of(r: &Replica) -> usize {
 
 /// Runs `cmd` inside replica `r`'s container through its shim.
 fn exec(c: &Cluster, r: &Replica, cmd: &str) -> (i32, String) {
-    let runtime =
-        Runtime::new(&c.agent_dir(board_of(r)).join("shims"), &bramble_tests::process::bin_dir().join("bramble-agent"));
+    let runtime = Runtime::new(&c.shims_dir(board_of(r)), &bramble_tests::process::bin_dir().join("bramble-shim"));
     let args = vec!["/bin/sh".to_string(), "-c".into(), cmd.into()];
     let (code, out, _) = runtime.exec(&r.meta.name, args, Vec::new(), Duration::from_secs(10)).expect("exec");
     (code, out)

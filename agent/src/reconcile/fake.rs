@@ -134,6 +134,8 @@ impl Containers for FakeContainers {
         Some(ShimState {
             id: id.into(),
             shim_pid: 1,
+            protocol: crate::runtime::protocol::SHIM_PROTOCOL,
+            version: String::new(),
             boot_id: "sim".into(),
             lifecycle: c.lifecycle.clone(),
             stats: None,

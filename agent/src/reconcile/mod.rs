@@ -84,10 +84,28 @@ pub struct Paths {
     pub configs: PathBuf,
 }
 
+/// Where the shims of the agent with data dir `data_dir` keep what lasts one boot (sockets,
+/// `state.json`, OCI bundles, libcontainer's state): `/run/bramble/<data dir, '/' → '-'>/shims`, on
+/// the tmpfs every Debian board mounts at `/run`. None of it means anything after a reboot (the
+/// agent starts the board's replicas again from `desired.json`), so none of it is written to flash
+/// or left half-written by a power cut.
+pub fn run_dir(data_dir: &Path) -> PathBuf {
+    let name: String = data_dir.to_string_lossy().trim_matches('/').replace('/', "-");
+    PathBuf::from("/run/bramble").join(if name.is_empty() { "root".into() } else { name })
+}
+
+/// Where shims lived before they moved to [`run_dir`]: kept for shims an older agent started in
+/// this boot (an upgrade does not restart containers) until the next reboot empties it.
+fn legacy_shims(data_dir: &Path) -> PathBuf {
+    data_dir.join("shims")
+}
+
 impl Paths {
     pub fn new(data_dir: &Path) -> Paths {
+        let legacy = legacy_shims(data_dir);
+        let in_use = std::fs::read_dir(&legacy).is_ok_and(|mut d| d.next().is_some());
         Paths {
-            shims: data_dir.join("shims"),
+            shims: if in_use { legacy } else { run_dir(data_dir).join("shims") },
             rootfs: data_dir.join("containers"),
             logs: data_dir.join("logs"),
             secrets: data_dir.join("secrets"),
@@ -116,6 +134,22 @@ fn publish<T: PartialEq>(tx: &tokio::sync::watch::Sender<T>, value: T) {
 
 /// Starts the reconciler thread with the real effects. `shim_bin` serves `shim --dir`.
 pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std::io::Result<Handle> {
+    let legacy = legacy_shims(&config.data_dir);
+    if legacy.is_dir() {
+        // Shims of an older agent in the data dir: adopted where they are while they run (this
+        // boot); what an earlier boot left there is cleaned up, and then the directory goes.
+        let live = Runtime::new(&legacy, shim_bin).adopt();
+        if live.is_empty() {
+            let _ = std::fs::remove_dir_all(&legacy);
+        } else {
+            info!(
+                containers = live.len(),
+                "shims started by an older agent keep {} until the next reboot moves them to {}",
+                legacy.display(),
+                run_dir(&config.data_dir).display()
+            );
+        }
+    }
     let paths = Paths::new(&config.data_dir);
     for d in [&paths.shims, &paths.rootfs, &paths.logs] {
         std::fs::create_dir_all(d)?;

@@ -69,7 +69,8 @@ pub enum RuntimeError {
 #[derive(Debug, Clone)]
 pub struct Runtime {
     run_dir: PathBuf,
-    /// The binary to run as `<bin> shim --dir <dir>` (the agent itself).
+    /// The shim binary: `bramble-shim`, run as `bramble-shim --dir <dir>`, or a binary with a `shim`
+    /// subcommand (`bramble-agent`, `bramble-leader`), run as `<bin> shim --dir <dir>`.
     bin: PathBuf,
 }
 
@@ -102,8 +103,11 @@ impl Runtime {
         let log = dir.0.join("shim.log");
         let out = std::fs::File::create(&log).map_err(ioe("create the shim log"))?;
         let err = out.try_clone().map_err(ioe("shim log"))?;
-        let status = std::process::Command::new(&self.bin)
-            .arg("shim")
+        let mut command = std::process::Command::new(&self.bin);
+        if !is_shim_binary(&self.bin) {
+            command.arg("shim");
+        }
+        let status = command
             .arg("--dir")
             .arg(&dir.0)
             .stdin(std::process::Stdio::null())
@@ -188,7 +192,7 @@ impl Runtime {
         let shim = std::fs::read(dir.state())
             .ok()
             .and_then(|b| serde_json::from_slice::<ShimState>(&b).ok())
-            .filter(|s| s.boot_id == protocol::boot_id() && shim_is(s.shim_pid, &self.bin))
+            .filter(|s| s.boot_id == protocol::boot_id() && shim_of(s.shim_pid, &dir))
             .and_then(|s| proc_stat(s.shim_pid).map(|(_, started)| (s.shim_pid, started)));
         if self.ok(id, ShimRequest::Remove).is_ok() {
             // Done when the shim has exited, not only when its socket is gone: nothing of the
@@ -214,7 +218,7 @@ impl Runtime {
         if let Ok(bytes) = std::fs::read(dir.state()) {
             if let Ok(state) = serde_json::from_slice::<ShimState>(&bytes) {
                 let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(state.shim_pid), None).is_ok();
-                if alive && state.boot_id == protocol::boot_id() && shim_is(state.shim_pid, &self.bin) {
+                if alive && state.boot_id == protocol::boot_id() && shim_of(state.shim_pid, &dir) {
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(state.shim_pid),
                         nix::sys::signal::Signal::SIGKILL,
@@ -255,7 +259,24 @@ impl Runtime {
         let mut live = Vec::new();
         for id in self.ids() {
             match self.state(&id) {
-                Ok(s) if s.boot_id == boot => live.push(s),
+                Ok(s) if s.boot_id == boot => {
+                    if s.protocol != protocol::SHIM_PROTOCOL {
+                        let build =
+                            if s.version.is_empty() { "an unversioned build".to_string() } else { s.version.clone() };
+                        if !protocol::manages(s.protocol) {
+                            tracing::warn!(
+                                id,
+                                "the shim of {id} ({build}) speaks shim protocol {}, older than this agent manages \
+                                 ({}): its container keeps running; replace it (bramble rollout restart) to manage it again",
+                                s.protocol,
+                                protocol::MIN_SHIM_PROTOCOL
+                            );
+                        } else {
+                            tracing::info!(id, "adopted the shim of {id} from {build} (shim protocol {})", s.protocol);
+                        }
+                    }
+                    live.push(s)
+                }
                 _ => {
                     // A shim that answered nothing: read what it last persisted.
                     let persisted = std::fs::read(self.dir(&id).state())
@@ -297,7 +318,66 @@ fn proc_stat(pid: i32) -> Option<(char, u64)> {
     Some((fields.first()?.chars().next()?, fields.get(19)?.parse().ok()?))
 }
 
-/// Whether `pid` runs `bin` (so a recycled pid is never killed).
-fn shim_is(pid: i32, bin: &Path) -> bool {
-    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == bin)
+/// Whether `bin` is the shim's own binary (`bramble-shim`), which takes no subcommand.
+pub fn is_shim_binary(bin: &Path) -> bool {
+    bin.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("bramble-shim"))
+}
+
+/// The shim binary an agent running from `exe` starts: `bramble-shim` beside it when installed
+/// (the packages install both), else `exe` itself with its `shim` subcommand (a lone binary
+/// copied to a board works, at the cost of more memory per container).
+pub fn shim_binary_for(exe: &Path) -> PathBuf {
+    let beside = exe.with_file_name("bramble-shim");
+    if beside.is_file() {
+        beside
+    } else {
+        exe.to_path_buf()
+    }
+}
+
+/// Whether `pid` is the shim of container dir `dir` (so a recycled pid is never killed). Told by
+/// its command line (`… --dir <dir>`), not its binary: a shim started by an older build, whose
+/// binary an upgrade has since replaced, is still recognised.
+fn shim_of(pid: i32, dir: &ContainerDir) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let want = dir.0.as_os_str().as_encoded_bytes();
+    args.windows(2).any(|w| w[0] == b"--dir" && w[1] == want)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shim_binary_is_beside_the_agent_or_the_agent_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("bramble-agent");
+        std::fs::write(&agent, b"").unwrap();
+        assert_eq!(shim_binary_for(&agent), agent, "no bramble-shim: the agent's own `shim` subcommand");
+        assert!(!is_shim_binary(&agent));
+        std::fs::write(dir.path().join("bramble-shim"), b"").unwrap();
+        assert_eq!(shim_binary_for(&agent), dir.path().join("bramble-shim"));
+        assert!(is_shim_binary(&shim_binary_for(&agent)));
+    }
+
+    #[test]
+    fn a_shim_is_told_by_its_container_dir_not_its_binary() {
+        let dir = ContainerDir(PathBuf::from("/var/lib/bramble/agent/shims/web-1"));
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 5", "bramble-agent-old", "shim", "--dir", "/var/lib/bramble/agent/shims/web-1"])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let seen = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            shim_of(pid, &dir)
+        });
+        assert!(!shim_of(pid, &ContainerDir(PathBuf::from("/var/lib/bramble/agent/shims/web-2"))));
+        assert!(!shim_of(pid, &ContainerDir(PathBuf::from("/var/lib/bramble/agent/shims/web"))));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(seen, "the process with --dir <dir> is that container's shim");
+        assert!(!shim_of(pid, &dir), "a gone process is no shim");
+    }
 }

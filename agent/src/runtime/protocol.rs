@@ -35,10 +35,35 @@ pub enum ShimRequest {
     Remove,
 }
 
+/// The version of the agent ↔ shim protocol this build speaks. A shim outlives agent upgrades (its
+/// container keeps running), so an agent must understand the shims of older builds: it reads
+/// `protocol` from each shim's state and says so when one is older than
+/// [`MIN_SHIM_PROTOCOL`]. Raise this when a message changes meaning; adding an optional field
+/// or a request does not (an older shim answers an unknown request with an error).
+///
+/// 1: the first versioned protocol (the state says `protocol` and `version`); shims before it
+///    report neither and are protocol 0, which this agent still speaks.
+pub const SHIM_PROTOCOL: u32 = 1;
+/// The oldest shim protocol this agent can manage.
+pub const MIN_SHIM_PROTOCOL: u32 = 0;
+
+/// Whether this agent can manage a shim that speaks `protocol` (every one so far: the check is
+/// here for when [`MIN_SHIM_PROTOCOL`] is raised).
+#[allow(clippy::absurd_extreme_comparisons)]
+pub fn manages(protocol: u32) -> bool {
+    protocol >= MIN_SHIM_PROTOCOL
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShimState {
     pub id: String,
     pub shim_pid: i32,
+    /// The protocol the shim speaks (0: a shim from before versioning).
+    #[serde(default)]
+    pub protocol: u32,
+    /// The shim's build (`CARGO_PKG_VERSION`; empty before versioning).
+    #[serde(default)]
+    pub version: String,
     pub boot_id: String,
     pub lifecycle: Lifecycle,
     #[serde(default)]

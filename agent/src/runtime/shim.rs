@@ -197,6 +197,8 @@ impl Shim {
         ShimState {
             id: self.config.id.clone(),
             shim_pid: std::process::id() as i32,
+            protocol: super::protocol::SHIM_PROTOCOL,
+            version: env!("CARGO_PKG_VERSION").to_string(),
             boot_id: self.boot_id.clone(),
             lifecycle: self.lifecycle.clone(),
             stats,

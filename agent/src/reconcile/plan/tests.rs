@@ -26,6 +26,8 @@ fn running(id: &str, pid: i32) -> ShimState {
     let mut l = Lifecycle::new(crate::runtime::config::RestartPolicy::Always, BackoffPolicy::default());
     l.started(pid, 5).unwrap();
     ShimState {
+        protocol: crate::runtime::protocol::SHIM_PROTOCOL,
+        version: String::new(),
         id: id.into(),
         shim_pid: 1,
         boot_id: "b".into(),

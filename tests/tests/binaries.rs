@@ -91,6 +91,47 @@ level = 7
     assert_eq!(err.matches("invalid type").count(), 1, "the problem once: {err}");
 }
 
+/// Under systemd with `WatchdogSec=`, the agent feeds the watchdog while its reconciler goes round,
+/// even with no leader to talk to (a board keeps its containers then, so it is not hung).
+#[test]
+fn the_agent_feeds_systemds_watchdog() {
+    bramble_tests::require_root_and_ip();
+    let lab = bramble_tests::NetLab::new(1);
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let data = dir.path().join("agent");
+    let token = format!("BR1{}::abc123.0123456789abcdef0123", "ab".repeat(32));
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.ns(1)))
+        .arg("--")
+        .arg(bin_dir().join("bramble-agent"))
+        .args(["run", "--leader", "127.0.0.1:9", "--name", "watched", "--token", &token, "--data-dir"])
+        .arg(&data)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .env_remove("WATCHDOG_PID")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pings = 0;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    while pings < 3 && started.elapsed() < Duration::from_secs(20) {
+        if let Ok(n) = sock.recv(&mut buf) {
+            if &buf[..n] == b"WATCHDOG=1" {
+                pings += 1;
+            }
+        }
+    }
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(bramble_agent::reconcile::run_dir(&data));
+    assert_eq!(pings, 3, "three WATCHDOG=1 within 20 s at a 1 s watchdog");
+}
+
 #[test]
 fn init_refuses_to_overwrite_a_cluster() {
     let dir = tempfile::tempdir().unwrap();

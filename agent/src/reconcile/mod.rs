@@ -62,6 +62,8 @@ pub struct Handle {
     pub images: tokio::sync::watch::Receiver<Vec<String>>,
     pub shims_dir: PathBuf,
     pub thread: std::thread::JoinHandle<()>,
+    /// When the reconciler's loop last went round (ms since the epoch), for the watchdog.
+    pub heartbeat: Arc<std::sync::atomic::AtomicU64>,
     /// The board's network controller, for what the leader says of the network.
     pub network: Option<SyncSender<crate::net::node::NetInput>>,
     /// The latest network view version the controller has applied (to confirm to the leader).
@@ -182,12 +184,14 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
     let pulls = pullers(images.clone(), inputs.clone())?;
     let dir = config.data_dir.clone();
     let done = inputs.clone();
+    let heartbeat = Arc::new(std::sync::atomic::AtomicU64::new(now_ms()));
+    let beat = heartbeat.clone();
     let thread = std::thread::Builder::new().name("reconciler".into()).spawn(move || {
         let adopted = runtime.adopt();
         info!(containers = adopted.len(), "adopted the containers already running");
         let network = Arc::new(network);
         let r = Reconciler::new(containers.clone(), images, network.clone(), Some(dir));
-        drive(r, &rx, &pulls, &done, (containers, network), &out);
+        drive(r, &rx, &pulls, &done, (containers, network), &out, &beat);
     })?;
     Ok(Handle {
         inputs,
@@ -198,6 +202,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
         images: images_rx,
         shims_dir: paths.shims,
         thread,
+        heartbeat,
         network: None,
         network_applied: None,
         secrets,
@@ -233,8 +238,10 @@ fn drive<C: Containers + 'static, I: Images, N: Network + 'static>(
     done: &SyncSender<Input>,
     effects: (Arc<C>, Arc<N>),
     out: &Outputs,
+    heartbeat: &std::sync::atomic::AtomicU64,
 ) {
     loop {
+        heartbeat.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
         // A replica becoming ready is worth seeing at once (a rollout waits for it); pull progress
         // is worth reporting twice a second.
         let tick = if r.awaiting_readiness(now_ms()) {

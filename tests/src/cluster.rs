@@ -36,6 +36,8 @@ pub struct ClusterOptions {
     /// Boards whose address agents also know as a leader's (`<addr>:7443`): where a leader may be
     /// restored.
     pub leaders_also_on: Vec<usize>,
+    /// The agent binary the boards run (none: this build's).
+    pub agent_bin: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -52,6 +54,7 @@ impl Default for ClusterOptions {
             leader_toml_edits: Vec::new(),
             etcd: 0,
             leaders_also_on: Vec::new(),
+            agent_bin: None,
         }
     }
 }
@@ -68,6 +71,8 @@ pub struct Cluster {
     pub token: String,
     pub dir: tempfile::TempDir,
     pub bins: PathBuf,
+    /// The agent binary boards start (default: `bins/bramble-agent`; another build for upgrades).
+    pub agent_bin: PathBuf,
     agent_toml: String,
     /// Leaders added by [`Cluster::add_leader`] (name, process).
     pub more_leaders: Vec<(String, Option<Proc>)>,
@@ -146,6 +151,7 @@ impl Cluster {
             leader: None,
             token: String::new(),
             dir,
+            agent_bin: opts.agent_bin.clone().unwrap_or_else(|| bins.join("bramble-agent")),
             bins,
             agent_toml: opts.agent_toml.clone(),
             more_leaders: Vec::new(),
@@ -275,8 +281,7 @@ impl Cluster {
         .map(|s| s.to_string())
         .collect();
         let log = self.dir.path().join(format!("agent-{i}.log"));
-        self.agents[i - 1] =
-            Some(Proc::spawn(&Self::node_name(i), &self.lab.ns(i), &self.bins.join("bramble-agent"), &args, &log));
+        self.agents[i - 1] = Some(Proc::spawn(&Self::node_name(i), &self.lab.ns(i), &self.agent_bin, &args, &log));
     }
 
     /// Where agent `i` keeps its shims (under `/run/bramble`: they last one boot).

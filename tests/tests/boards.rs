@@ -102,7 +102,13 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
              RUST_LOG=info /mnt/bramble-agent run --config /mnt/agent.toml --leader {leader_ip}:{LEADER_PORT} \
              --token {} --name arm64-board --data-dir /var/lib/bramble > /mnt/agent.log 2>&1 &\n\
              agent=$!\n\
-             while [ ! -e /mnt/stop ]; do sleep 1; done\n\
+             while [ ! -e /mnt/stop ]; do\n\
+               {{ echo \"agent $(awk '/^Pss:/{{print $2}}' /proc/$agent/smaps_rollup) $(awk '/^VmRSS:/{{print $2}}' /proc/$agent/status)\"\n\
+                 for d in /proc/[0-9]*; do case \"$(tr '\\0' ' ' < $d/cmdline 2>/dev/null)\" in /mnt/bramble-shim\\ --dir*) \
+                   echo \"shim $(awk '/^Pss:/{{print $2}}' $d/smaps_rollup) $(awk '/^VmRSS:/{{print $2}}' $d/status)\";; esac; done\n\
+               }} > /mnt/mem.new; mv /mnt/mem.new /mnt/mem.txt\n\
+               sleep 1\n\
+             done\n\
              kill $agent; wait $agent; echo \"agent exited with $?\"\n",
             c.token
         ),
@@ -158,6 +164,25 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
     let table = ok(c.cli(&["get", "nodes"]), "get nodes");
     assert!(table.lines().any(|l| l.contains("arm64-board") && l.contains("arm64")), "get nodes shows arm64:\n{table}");
 
+    // The agent's memory on the board, idle (PSS and RSS in KiB, read in the guest).
+    let memory = || -> (u64, u64, Vec<u64>) {
+        let text = std::fs::read_to_string(share.join("mem.txt")).unwrap_or_default();
+        let mut agent = (0, 0);
+        let mut shims = Vec::new();
+        for l in text.lines() {
+            let f: Vec<u64> = l.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+            match (l.split_whitespace().next(), f.as_slice()) {
+                (Some("agent"), [pss, rss]) => agent = (*pss, *rss),
+                (Some("shim"), [pss, _]) => shims.push(*pss),
+                _ => {}
+            }
+        }
+        (agent.0, agent.1, shims)
+    };
+    std::thread::sleep(Duration::from_secs(5));
+    let (idle_pss, idle_rss, _) = memory();
+    assert!(idle_pss > 0, "the board reports its agent's memory");
+
     // An app from the multi-arch image: the board pulls its arm64 variant and runs it.
     let manifest = c.dir.path().join("uname.toml");
     std::fs::write(
@@ -182,6 +207,38 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
         text.contains("machine=").then_some(text)
     });
     assert!(logs.contains("machine=aarch64"), "the arm64 busybox runs on the arm64 board: {logs}");
+
+    // Ten containers: what each costs on an arm64 board (the agent's growth and its shim).
+    ok(c.cli(&["scale", "app", "uname", "--replicas", "10"]), "scale");
+    wait_for("ten replicas Running on the arm64 board", Duration::from_secs(600), || {
+        let r = c.replicas_of("uname");
+        (r.len() == 10 && r.iter().all(|r| r.phase == ReplicaPhase::Running)).then_some(())
+    });
+    let measured = Instant::now();
+    let (busy_pss, busy_rss, shims) = loop {
+        std::thread::sleep(Duration::from_secs(3));
+        let m = memory();
+        if m.2.len() == 10 {
+            break m;
+        }
+        assert!(
+            measured.elapsed() < Duration::from_secs(60),
+            "ten shims measured on the board:\n{}",
+            std::fs::read_to_string(share.join("mem.txt")).unwrap_or_default()
+        );
+    };
+    let shims_pss: u64 = shims.iter().sum();
+    let per_container = (busy_pss.saturating_sub(idle_pss) + shims_pss) as f64 / 10.0 / 1024.0;
+    eprintln!(
+        "arm64 board memory: agent idle PSS {:.1} MiB / RSS {:.1} MiB; with 10 containers agent PSS {:.1} MiB / RSS {:.1} MiB, \
+         shims PSS {:.2} MiB each; per container (agent growth + shim) {per_container:.2} MiB",
+        idle_pss as f64 / 1024.0,
+        idle_rss as f64 / 1024.0,
+        busy_pss as f64 / 1024.0,
+        busy_rss as f64 / 1024.0,
+        shims_pss as f64 / 10.0 / 1024.0,
+    );
+    assert!(shims.iter().all(|p| *p > 0), "every shim measured: {shims:?}");
     eprintln!(
         "arm64 board (TCG): Ready {:.1}s after boot started; apply -> Running {:.1}s (pull, unpack, start)",
         joined.as_secs_f64(),

@@ -72,6 +72,30 @@ impl Drop for Vm {
     }
 }
 
+/// A directory shared with a board's VM (its `/mnt`), holding its agent.toml: the registry in the
+/// leader's namespace, plain HTTP.
+fn board_share(c: &bramble_tests::Cluster, name: &str) -> PathBuf {
+    let share = c.dir.path().join(name);
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::write(
+        share.join("agent.toml"),
+        format!("version = 1\n[[images.registry]]\nhost = \"{}:5000\"\ninsecure = true\n", c.lab.addr(0)),
+    )
+    .unwrap();
+    share
+}
+
+/// Waits (minutes: an emulated board is slow) for node `name` to be Ready, failing at once if the
+/// VM stops.
+fn wait_board_ready(c: &bramble_tests::Cluster, vm: &mut Vm, name: &str, why: impl Fn() -> String) -> NodeView {
+    wait_for(&format!("{name} Ready"), Duration::from_secs(600), || {
+        assert!(vm.child.try_wait().unwrap().is_none(), "the VM stopped:\n{}\n{}", vm.console(), why());
+        let nodes: Vec<NodeView> =
+            serde_json::from_str(&ok(c.cli(&["get", "nodes", "-o", "json"]), "get nodes")).expect("nodes as JSON");
+        nodes.into_iter().find(|n| n.node.meta.name == name && n.ready.status == ConditionStatus::True)
+    })
+}
+
 #[test]
 #[ignore = "slow: an emulated arm64 board (minutes under TCG); scripts/test-boards runs it after cross/build.sh"]
 fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
@@ -85,16 +109,10 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
     let leader_ip = c.lab.addr(0);
 
     // What the board gets: the agent, its config and a script that runs it until told to stop.
-    let share = c.dir.path().join("arm64-board");
-    std::fs::create_dir_all(&share).unwrap();
+    let share = board_share(&c, "arm64-board");
     std::fs::copy(&agent, share.join("bramble-agent")).unwrap();
     // Its shim beside it, as the package installs them.
     std::fs::copy(agent.with_file_name("bramble-shim"), share.join("bramble-shim")).unwrap();
-    std::fs::write(
-        share.join("agent.toml"),
-        format!("version = 1\n[[images.registry]]\nhost = \"{leader_ip}:5000\"\ninsecure = true\n"),
-    )
-    .unwrap();
     std::fs::write(
         share.join("board.sh"),
         format!(
@@ -135,12 +153,7 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
     let agent_log = || std::fs::read_to_string(share.join("agent.log")).unwrap_or_default();
 
     // The board joins and says it is an arm64 machine.
-    let node: NodeView = wait_for("the arm64 board Ready", Duration::from_secs(600), || {
-        assert!(vm.child.try_wait().unwrap().is_none(), "the VM stopped:\n{}\nagent:\n{}", vm.console(), agent_log());
-        let nodes: Vec<NodeView> =
-            serde_json::from_str(&ok(c.cli(&["get", "nodes", "-o", "json"]), "get nodes")).expect("nodes as JSON");
-        nodes.into_iter().find(|n| n.node.meta.name == "arm64-board" && n.ready.status == ConditionStatus::True)
-    });
+    let node = wait_board_ready(&c, &mut vm, "arm64-board", agent_log);
     let joined = started.elapsed();
 
     // The doctor ran first on the board: a cgroup v2 kernel with every controller, overlayfs in
@@ -316,18 +329,12 @@ fn a_board_cut_from_power_starts_its_replicas_again_without_the_leader() {
     let opts = ClusterOptions { agents: 0, not_ready_after: "60s", heartbeat: "5s", ..Default::default() };
     let (mut c, _registry, image) = with_busybox_opts(opts, "");
     let leader_ip = c.lab.addr(0);
-    let share = c.dir.path().join("board");
-    std::fs::create_dir_all(&share).unwrap();
+    let share = board_share(&c, "board");
     // The board's data dir is on a disk of its own (ext4), which outlives the machine.
     let disk = c.dir.path().join("disk.img");
     std::fs::File::create(&disk).unwrap().set_len(512 << 20).unwrap();
     let out = Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&disk).output().expect("mkfs.ext4 (e2fsprogs)");
     assert!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
-    std::fs::write(
-        share.join("agent.toml"),
-        format!("version = 1\n[[images.registry]]\nhost = \"{leader_ip}:5000\"\ninsecure = true\n"),
-    )
-    .unwrap();
     // The guest's root is this machine's (read-only): the agent is the one built here.
     std::fs::write(
         share.join("board.sh"),
@@ -371,12 +378,7 @@ fn a_board_cut_from_power_starts_its_replicas_again_without_the_leader() {
 
     // 1. The board joins and runs two replicas.
     let mut vm = Vm::start(&c.lab.ns(0), &args, &c.dir.path().join("console-1.log"));
-    wait_for("the board Ready", Duration::from_secs(600), || {
-        assert!(vm.child.try_wait().unwrap().is_none(), "the VM stopped:\n{}", vm.console());
-        let nodes: Vec<NodeView> =
-            serde_json::from_str(&ok(c.cli(&["get", "nodes", "-o", "json"]), "get nodes")).unwrap();
-        nodes.into_iter().find(|n| n.node.meta.name == "vm-board" && n.ready.status == ConditionStatus::True)
-    });
+    wait_board_ready(&c, &mut vm, "vm-board", String::new);
     let manifest = bramble_tests::cluster::idle_app(c.dir.path(), "keep", &image, 2);
     ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
     let first_boot = boots()[0].clone();

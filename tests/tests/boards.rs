@@ -122,6 +122,7 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
              agent=$!\n\
              while [ ! -e /mnt/stop ]; do\n\
                {{ echo \"agent $(awk '/^Pss:/{{print $2}}' /proc/$agent/smaps_rollup) $(awk '/^VmRSS:/{{print $2}}' /proc/$agent/status)\"\n\
+                 echo \"board $(awk '/^MemAvailable:/{{print $2}}' /proc/meminfo) $(awk '/^MemTotal:/{{print $2}}' /proc/meminfo)\"\n\
                  for d in /proc/[0-9]*; do case \"$(tr '\\0' ' ' < $d/cmdline 2>/dev/null)\" in /mnt/bramble-shim\\ --dir*) \
                    echo \"shim $(awk '/^Pss:/{{print $2}}' $d/smaps_rollup) $(awk '/^VmRSS:/{{print $2}}' $d/status)\";; esac; done\n\
                }} > /mnt/mem.new; mv /mnt/mem.new /mnt/mem.txt\n\
@@ -139,6 +140,8 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
             "run",
             "--arch",
             "arm64",
+            "--mem",
+            "512",
             "--net",
             "--share",
             share.to_str().unwrap(),
@@ -178,6 +181,15 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
     assert!(table.lines().any(|l| l.contains("arm64-board") && l.contains("arm64")), "get nodes shows arm64:\n{table}");
 
     // The agent's memory on the board, idle (PSS and RSS in KiB, read in the guest).
+    let board_memory = || -> (u64, u64) {
+        let text = std::fs::read_to_string(share.join("mem.txt")).unwrap_or_default();
+        text.lines()
+            .find_map(|l| {
+                let f: Vec<u64> = l.strip_prefix("board ")?.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+                Some((*f.first()?, *f.get(1)?))
+            })
+            .unwrap_or((0, 0))
+    };
     let memory = || -> (u64, u64, Vec<u64>) {
         let text = std::fs::read_to_string(share.join("mem.txt")).unwrap_or_default();
         let mut agent = (0, 0);
@@ -252,6 +264,15 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
         shims_pss as f64 / 10.0 / 1024.0,
     );
     assert!(shims.iter().all(|p| *p > 0), "every shim measured: {shims:?}");
+    // A small board: 512 MB of RAM, the agent and ten containers, with room to spare.
+    let (available, total) = board_memory();
+    eprintln!(
+        "arm64 board with 512 MB: {} MiB available of {} MiB with the agent and 10 containers",
+        available / 1024,
+        total / 1024
+    );
+    assert!(total > 0 && total < 512 * 1024, "the board has 512 MB: {total} KiB");
+    assert!(available > 256 * 1024, "room to spare on a 512 MB board: {available} KiB available");
     eprintln!(
         "arm64 board (TCG): Ready {:.1}s after boot started; apply -> Running {:.1}s (pull, unpack, start)",
         joined.as_secs_f64(),

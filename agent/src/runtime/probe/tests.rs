@@ -172,6 +172,11 @@ fn tcp_and_http_attempts_on_real_sockets() {
     let a = NetAttempt::start(0, lo, &ProbeAction::Tcp { port }, 0).unwrap();
     assert_eq!(drive(a), (true, String::new()), "a listening port");
     drop(l);
+    // A port bound but never listening refuses, and stays ours: a port just released could be
+    // taken by another test running beside this one (seen in CI).
+    let closed = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    closed.bind(&std::net::SocketAddr::from((lo, 0)).into()).unwrap();
+    let port = closed.local_addr().unwrap().as_socket().unwrap().port();
     let a = NetAttempt::start(0, lo, &ProbeAction::Tcp { port }, 0).unwrap();
     let (ok, m) = drive(a);
     assert!(!ok && m.contains("refused"), "{m}");

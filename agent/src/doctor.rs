@@ -193,8 +193,8 @@ pub fn board(data_dir: &Path) -> Vec<Finding> {
     out.push(namespaces());
     out.push(overlay(data_dir));
     out.push(seccomp(&std::fs::read_to_string("/proc/self/status").unwrap_or_default()));
-    let (dir, stat) = existing(data_dir);
-    out.push(match stat {
+    let dir = nearest_existing(data_dir);
+    out.push(match nix::sys::statvfs::statvfs(&dir) {
         // (statvfs's fields are 32 bits on 32-bit ARM: the casts are not idle there.)
         #[allow(clippy::unnecessary_cast)]
         Ok(s) => {
@@ -220,8 +220,8 @@ fn ok_root() -> Finding {
     }
 }
 
-/// The data dir, or its nearest existing parent (before the first run), with its statvfs.
-fn existing(path: &Path) -> (PathBuf, nix::Result<nix::sys::statvfs::Statvfs>) {
+/// The data dir, or its nearest existing parent (before the first run).
+fn nearest_existing(path: &Path) -> PathBuf {
     let mut p = path.to_path_buf();
     while !p.exists() {
         match p.parent() {
@@ -229,8 +229,7 @@ fn existing(path: &Path) -> (PathBuf, nix::Result<nix::sys::statvfs::Statvfs>) {
             _ => break,
         }
     }
-    let stat = nix::sys::statvfs::statvfs(&p);
-    (p, stat)
+    p
 }
 
 fn clock_synced() -> bool {
@@ -273,11 +272,10 @@ fn namespaces() -> Finding {
 /// Mounts a small overlay in the data dir's filesystem (where the root filesystems go), in a
 /// mount namespace of its own, and removes it.
 fn overlay(data_dir: &Path) -> Finding {
-    let (base, _) = existing(data_dir);
-    let base = base.clone();
+    let base = nearest_existing(data_dir);
     let result = std::thread::spawn(move || -> Result<String, String> {
         use nix::mount::{mount, umount, MsFlags};
-        let dir = tempfile_in(&base)?;
+        let dir = probe_dir_in(&base)?;
         let r = (|| {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| format!("a mount namespace: {e}"))?;
             mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
@@ -321,7 +319,8 @@ fn overlay(data_dir: &Path) -> Finding {
     }
 }
 
-fn tempfile_in(base: &Path) -> Result<PathBuf, String> {
+/// A directory of this process's own to try things in, under `base`.
+fn probe_dir_in(base: &Path) -> Result<PathBuf, String> {
     let dir = base.join(format!(".bramble-check-{}", std::process::id()));
     std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     Ok(dir)

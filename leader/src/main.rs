@@ -55,7 +55,8 @@ enum Command {
         #[arg(long, env = "BRAMBLE_LEADER_LISTEN")]
         listen: Option<SocketAddr>,
     },
-    /// Run as the shim of one container of the embedded agent (not for humans).
+    /// Run as the shim of one container of the embedded agent when no `bramble-shim` is installed
+    /// beside this binary (not for humans).
     #[command(hide = true)]
     Shim {
         #[arg(long)]

@@ -137,9 +137,10 @@ fn publish<T: PartialEq>(tx: &tokio::sync::watch::Sender<T>, value: T) {
 /// Starts the reconciler thread with the real effects. `shim_bin` serves `shim --dir`.
 pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std::io::Result<Handle> {
     let legacy = legacy_shims(&config.data_dir);
+    // Shims of an older agent in the data dir: adopted where they are while they run (this boot);
+    // what an earlier boot left there is cleaned up, and then the directory goes.
+    let mut adopted_legacy = None;
     if legacy.is_dir() {
-        // Shims of an older agent in the data dir: adopted where they are while they run (this
-        // boot); what an earlier boot left there is cleaned up, and then the directory goes.
         let live = Runtime::new(&legacy, shim_bin).adopt();
         if live.is_empty() {
             let _ = std::fs::remove_dir_all(&legacy);
@@ -150,6 +151,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
                 legacy.display(),
                 run_dir(&config.data_dir).display()
             );
+            adopted_legacy = Some(live);
         }
     }
     let paths = Paths::new(&config.data_dir);
@@ -187,7 +189,8 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
     let heartbeat = Arc::new(std::sync::atomic::AtomicU64::new(now_ms()));
     let beat = heartbeat.clone();
     let thread = std::thread::Builder::new().name("reconciler".into()).spawn(move || {
-        let adopted = runtime.adopt();
+        // (Shims kept in the legacy directory were adopted above: not twice.)
+        let adopted = adopted_legacy.unwrap_or_else(|| runtime.adopt());
         info!(containers = adopted.len(), "adopted the containers already running");
         let network = Arc::new(network);
         let r = Reconciler::new(containers.clone(), images, network.clone(), Some(dir));

@@ -3,6 +3,8 @@
 # binaries (target/release for amd64; cross/build.sh's target/<triple>/release for the others).
 #   cross/deb.sh [amd64] [arm64] [armhf]   (default: every arch whose binaries are built)
 # Writes target/deb/bramble_<version>_<arch>.deb and lists what each holds.
+#   CROSS_PROFILE=dev cross/deb.sh amd64   a package of the debug build (target/debug), written to
+#                                          target/deb/dev/: what scripts/test-boards installs in a VM.
 #
 # One package per board: bramble-leader, bramble-agent, bramble-shim and bramble in /usr/bin, the
 # systemd units (enabled by nobody: the package never starts anything), config samples in
@@ -11,14 +13,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=$(awk -F'"' '/^version = /{print $2; exit}' Cargo.toml)
-out=target/deb
+profile=${CROSS_PROFILE:-release}
+case "$profile" in
+  release) out=target/deb dir=release compress=(-Zxz) ;;
+  dev) out=target/deb/dev dir=debug compress=(-Zgzip -z1) ;;
+  *) echo "cross/deb.sh: CROSS_PROFILE is release or dev, not $profile" >&2; exit 2 ;;
+esac
 mkdir -p "$out"
 
 bins_of() {
   case "$1" in
-    amd64) echo target/release ;;
-    arm64) echo target/aarch64-unknown-linux-musl/release ;;
-    armhf) echo target/armv7-unknown-linux-musleabihf/release ;;
+    amd64) echo "target/$dir" ;;
+    arm64) echo "target/aarch64-unknown-linux-musl/$dir" ;;
+    armhf) echo "target/armv7-unknown-linux-musleabihf/$dir" ;;
     *) echo "cross/deb.sh: unknown arch $1 (amd64, arm64 or armhf)" >&2; exit 2 ;;
   esac
 }
@@ -40,6 +47,8 @@ for arch in "${archs[@]}"; do
   mkdir -p "$root/DEBIAN" "$root/usr/bin" "$root/lib/systemd/system" "$root/etc/bramble" \
     "$root/usr/share/doc/bramble/examples"
   for b in "${binaries[@]}"; do install -m 0755 "$bins/$b" "$root/usr/bin/$b"; done
+  # (A debug build's line tables are most of its size.)
+  [ "$profile" = dev ] && strip --strip-debug "$root"/usr/bin/*
   for u in dist/systemd/*.service; do
     sed 's|/usr/local/bin/|/usr/bin/|g' "$u" > "$root/lib/systemd/system/$(basename "$u")"
   done
@@ -115,7 +124,7 @@ exit 0
 EOF
   chmod 0755 "$root/DEBIAN/postinst" "$root/DEBIAN/postrm"
   deb=$out/bramble_${version}_${arch}.deb
-  dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
+  dpkg-deb --root-owner-group "${compress[@]}" --build "$root" "$deb" >/dev/null
   rm -rf "$root"
   # What the package holds must hang together: every unit's program is in it, for this arch.
   check=$(mktemp -d)

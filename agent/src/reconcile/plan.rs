@@ -188,11 +188,18 @@ fn how_it_ended(last: &crate::runtime::lifecycle::Exit) -> String {
 pub fn transitions(old: Option<&ReplicaStatus>, new: &ReplicaStatus) -> Vec<(EventReason, String)> {
     let mut out = Vec::new();
     if let Some(o) = old {
-        // Probes: each failure in a row is Unhealthy (Kubernetes' event), a kill is Killing.
+        // Probes: failures in a row are Unhealthy (Kubernetes' event), a kill is Killing.
         for p in &new.probes {
             let before = o.probes.iter().find(|q| q.probe == p.probe);
-            if p.failures > before.map_or(0, |b| b.failures) {
-                out.push((EventReason::Unhealthy, format!("{} probe failed ({}): {}", p.probe, p.action, p.message)));
+            // (Fewer failures than last time: it passed in between, a new run of failures.)
+            let since = before.map_or(0, |b| b.failures);
+            let since = if p.failures < since { 0 } else { since };
+            if repeat_worth_an_event(since, p.failures) {
+                let mut text = format!("{} probe failed ({}): {}", p.probe, p.action, p.message);
+                if p.failures > 1 {
+                    text.push_str(&format!(" ({} times in a row)", p.failures));
+                }
+                out.push((EventReason::Unhealthy, text));
             }
             if p.kills > before.map_or(0, |b| b.kills) {
                 out.push((
@@ -219,6 +226,14 @@ pub fn transitions(old: Option<&ReplicaStatus>, new: &ReplicaStatus) -> Vec<(Eve
         }
     }
     out
+}
+
+/// Whether a run of failures that went from `before` to `now` in a row is worth an event: the 1st,
+/// 2nd, 4th, 8th… A probe that keeps failing (a readiness probe every 2 s that never passes) then
+/// says so 16 times a day instead of 43,200 — each an event, and a log line on the board and on
+/// the leader, that is flash written (BENCHMARKS.md, flash).
+pub fn repeat_worth_an_event(before: u32, now: u32) -> bool {
+    (before.saturating_add(1)..=now).any(u32::is_power_of_two)
 }
 
 /// What to report to a leader that was last sent `sent` (`None`: nothing yet this session):

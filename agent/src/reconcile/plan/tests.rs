@@ -149,9 +149,32 @@ fn status_changes_become_events() {
     );
     let mut c = b.clone();
     c.probes = vec![probe(3, 1)];
-    let reasons: Vec<EventReason> = transitions(Some(&b), &c).into_iter().map(|(r, _)| r).collect();
-    assert_eq!(reasons, [EventReason::Unhealthy, EventReason::Killing]);
+    let reasons: Vec<(EventReason, String)> = transitions(Some(&b), &c);
+    assert_eq!(
+        reasons,
+        [
+            (
+                EventReason::Unhealthy,
+                "liveness probe failed (http :8080/healthz): HTTP status 500 (3 times in a row)".into()
+            ),
+            (EventReason::Killing, "the container failed its liveness probe and will be restarted".into())
+        ]
+    );
     assert!(transitions(Some(&c), &c).is_empty(), "nothing new, no event");
+    // A probe that keeps failing says so on its 1st, 2nd, 4th, 8th… failure, not on each one.
+    let failing = |n| {
+        let mut r = s.clone();
+        r.probes = vec![probe(n, 0)];
+        r
+    };
+    let unhealthy = |from: u32, to: u32| transitions(Some(&failing(from)), &failing(to)).len();
+    assert_eq!((unhealthy(3, 4), unhealthy(4, 5), unhealthy(5, 7), unhealthy(7, 8), unhealthy(8, 15)), (1, 0, 0, 1, 0));
+    assert_eq!(unhealthy(15, 17), 1, "16 in between");
+    let said = (0..43_200u32).filter(|n| unhealthy(*n, n + 1) == 1).count();
+    assert_eq!(said, 16, "a day of a probe failing every 2 s");
+    // It passed in between (fewer failures than last time): a new run, said again.
+    assert_eq!(unhealthy(9, 1), 1);
+    assert!(repeat_worth_an_event(0, 1) && !repeat_worth_an_event(2, 3) && repeat_worth_an_event(2, 4));
 }
 
 #[test]

@@ -38,6 +38,8 @@ pub struct ClusterOptions {
     pub leaders_also_on: Vec<usize>,
     /// The agent binary the boards run (none: this build's).
     pub agent_bin: Option<PathBuf>,
+    /// The leader binary (none: this build's).
+    pub leader_bin: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -55,6 +57,7 @@ impl Default for ClusterOptions {
             etcd: 0,
             leaders_also_on: Vec::new(),
             agent_bin: None,
+            leader_bin: None,
         }
     }
 }
@@ -73,6 +76,8 @@ pub struct Cluster {
     pub bins: PathBuf,
     /// The agent binary boards start (default: `bins/bramble-agent`; another build for upgrades).
     pub agent_bin: PathBuf,
+    /// The leader binary [`Cluster::start_leader`] starts (default: `bins/bramble-leader`).
+    pub leader_bin: PathBuf,
     agent_toml: String,
     /// Leaders added by [`Cluster::add_leader`] (name, process).
     pub more_leaders: Vec<(String, Option<Proc>)>,
@@ -152,6 +157,7 @@ impl Cluster {
             token: String::new(),
             dir,
             agent_bin: opts.agent_bin.clone().unwrap_or_else(|| bins.join("bramble-agent")),
+            leader_bin: opts.leader_bin.clone().unwrap_or_else(|| bins.join("bramble-leader")),
             bins,
             agent_toml: opts.agent_toml.clone(),
             more_leaders: Vec::new(),
@@ -181,7 +187,7 @@ impl Cluster {
         let cfg = self.leader_dir().join("leader.toml");
         let args = vec!["run".to_string(), "--config".into(), cfg.display().to_string()];
         let log = self.dir.path().join("leader.log");
-        self.leader = Some(Proc::spawn("leader", &self.lab.ns(0), &self.bins.join("bramble-leader"), &args, &log));
+        self.leader = Some(Proc::spawn("leader", &self.lab.ns(0), &self.leader_bin, &args, &log));
         wait_for("the leader to answer", Duration::from_secs(20), || {
             self.cli(&["get", "nodes"]).status.success().then_some(())
         });

@@ -443,3 +443,341 @@ fn a_board_cut_from_power_starts_its_replicas_again_without_the_leader() {
     let status = vm.wait(Duration::from_secs(180)).expect("the VM powers off after the stop");
     assert!(status.success(), "the board's script failed:\n{}", vm.console());
 }
+
+/// The amd64 package (`CROSS_PROFILE=dev cross/deb.sh amd64`, which scripts/test-boards runs).
+fn amd64_package() -> PathBuf {
+    if let Some(p) = std::env::var_os("BRAMBLE_DEB") {
+        return PathBuf::from(p);
+    }
+    let dir = repo().join("target/deb/dev");
+    std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with("_amd64.deb")))
+        .unwrap_or_else(|| {
+            panic!("no amd64 package in {} (build it: CROSS_PROFILE=dev cross/deb.sh amd64)", dir.display())
+        })
+}
+
+/// The board script's last status: `agent MAINPID NRESTARTS ACTIVESTATE`, then the shims' states.
+fn unit_status(share: &Path) -> Option<(u32, u32, String)> {
+    let text = std::fs::read_to_string(share.join("status")).ok()?;
+    let mut f = text.lines().next()?.strip_prefix("agent ")?.split_whitespace();
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?, f.next()?.to_string()))
+}
+
+/// The PIDs of the containers the shims on the board say are running.
+fn container_pids(share: &Path) -> Vec<i32> {
+    let text = std::fs::read_to_string(share.join("status")).unwrap_or_default();
+    let mut pids: Vec<i32> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| serde_json::from_str::<bramble_agent::runtime::protocol::ShimState>(l).ok())
+        .filter_map(|s| match s.lifecycle.phase {
+            bramble_agent::runtime::lifecycle::Phase::Running { pid, .. } => Some(pid),
+            _ => None,
+        })
+        .collect();
+    pids.sort();
+    pids
+}
+
+#[test]
+#[ignore = "slow: a Debian board under systemd in a VM (minutes under TCG); scripts/test-boards runs it"]
+fn the_package_installs_its_agent_joins_under_systemd_and_the_watchdog_restarts_it_hung_without_touching_containers() {
+    let deb = amd64_package();
+    let opts = ClusterOptions { agents: 0, not_ready_after: "60s", heartbeat: "5s", ..Default::default() };
+    let (c, _registry, image) = with_busybox_opts(opts, "");
+    let leader_ip = c.lab.addr(0);
+    let share = c.dir.path().join("deb-board");
+    std::fs::create_dir_all(&share).unwrap();
+    // The board's data on a disk of its own (ext4, as on an SD card): the guest's root is an
+    // overlay, on which overlayfs cannot be mounted (the doctor says so).
+    let disk = c.dir.path().join("deb-board.img");
+    std::fs::File::create(&disk).unwrap().set_len(1 << 30).unwrap();
+    let out = Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&disk).output().expect("mkfs.ext4 (e2fsprogs)");
+    assert!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
+    // What an admin does on a fresh Debian board: install, configure, check, start.
+    std::fs::write(
+        share.join("board.sh"),
+        format!(
+                         "exec > /mnt/board.log 2>&1\n\
+             mkdir -p /var/lib/bramble && mount /dev/vda /var/lib/bramble || exit 9\n\
+             dpkg -i {deb} || exit 10\n\
+             {{ echo \"enabled $(systemctl is-enabled bramble-agent 2>&1)\"\n\
+               echo \"active $(systemctl is-active bramble-agent 2>&1)\"\n\
+               echo \"user $(getent passwd bramble)\"\n\
+               echo \"config $(stat -c '%U:%G %a' /etc/bramble/agent.toml)\"\n\
+               echo \"units $(ls /lib/systemd/system/bramble-*.service | tr '\\n' ' ')\"\n\
+             }} > /mnt/installed.txt\n\
+             printf '%s\\n' 'version = 1' 'name = \"deb-board\"' 'leaders = [\"{leader_ip}:{LEADER_PORT}\"]' \
+               'token = \"{token}\"' '[[images.registry]]' 'host = \"{leader_ip}:5000\"' 'insecure = true' \
+               > /etc/bramble/agent.toml\n\
+             bramble-agent check > /mnt/check.txt 2>&1; echo \"exit $?\" >> /mnt/check.txt\n\
+             systemctl start bramble-agent || {{ journalctl -u bramble-agent --no-pager > /mnt/journal.txt; exit 11; }}\n\
+             hung=\n\
+             while [ ! -e /mnt/stop ]; do\n\
+               main=$(systemctl show -p MainPID --value bramble-agent)\n\
+               {{ echo \"agent $main $(systemctl show -p NRestarts --value bramble-agent) $(systemctl is-active bramble-agent)\"\n\
+                 for s in /run/bramble/var-lib-bramble-agent/shims/*/state.json; do [ -f $s ] && tr -d '\\n' < $s && echo; done\n\
+               }} > /mnt/status.new; mv /mnt/status.new /mnt/status\n\
+               if [ -e /mnt/hang ] && [ -z \"$hung\" ]; then kill -STOP $main; hung=$main; echo \"stopped the agent ($main)\"; fi\n\
+               sleep 1\n\
+             done\n\
+             journalctl -u bramble-agent --no-pager -o short-monotonic > /mnt/journal.txt\n\
+             systemctl stop bramble-agent\n\
+             echo \"after stop: $(systemctl is-active bramble-agent)\"\n",
+            deb = deb.display(),
+            token = c.token,
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut vm = Vm::start(
+        &c.lab.ns(0),
+        &[
+            "run",
+            "--systemd",
+            "--net",
+            "--share",
+            share.to_str().unwrap(),
+            "--disk",
+            disk.to_str().unwrap(),
+            "--timeout",
+            "1500",
+            "--",
+            "sh",
+            "/mnt/board.sh",
+        ],
+        &c.dir.path().join("deb-console.log"),
+    );
+    let board_log = || {
+        format!(
+            "board.log:\n{}\nstatus:\n{}",
+            std::fs::read_to_string(share.join("board.log")).unwrap_or_default(),
+            std::fs::read_to_string(share.join("status")).unwrap_or_default()
+        )
+    };
+
+    // 1. Installed, nothing started; the agent, started by systemd, joins.
+    let node = wait_board_ready(&c, &mut vm, "deb-board", board_log);
+    let joined = started.elapsed();
+    let installed = std::fs::read_to_string(share.join("installed.txt")).expect("installed.txt");
+    assert!(installed.contains("enabled disabled"), "the package enables nothing:\n{installed}");
+    assert!(installed.contains("active inactive"), "the package starts nothing:\n{installed}");
+    assert!(installed.contains("user bramble:"), "the package adds the bramble user:\n{installed}");
+    assert!(installed.contains("config root:bramble 640"), "{installed}");
+    assert!(installed.contains("bramble-agent.service") && installed.contains("bramble-single.service"), "{installed}");
+    let check = std::fs::read_to_string(share.join("check.txt")).expect("check.txt");
+    assert!(
+        check.trim_end().ends_with("exit 0"),
+        "a Debian board with the package's dependencies passes the check:\n{check}"
+    );
+    assert_eq!(node.node.info.arch, Arch::Amd64);
+
+    // 2. Two containers.
+    let manifest = bramble_tests::cluster::idle_app(c.dir.path(), "keep", &image, 2);
+    ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
+    wait_for("two replicas Running on the board", Duration::from_secs(600), || {
+        assert!(vm.child.try_wait().unwrap().is_none(), "the VM stopped:\n{}\n{}", vm.console(), board_log());
+        let r = c.replicas_of("keep");
+        (r.len() == 2 && r.iter().all(|r| r.phase == ReplicaPhase::Running) && container_pids(&share).len() == 2)
+            .then_some(())
+    });
+    let before = container_pids(&share);
+    let (agent_before, restarts_before, _) = unit_status(&share).expect("the unit's status");
+    assert_eq!(restarts_before, 0, "{}", board_log());
+
+    // 3. The agent hangs (SIGSTOP): systemd's watchdog (WatchdogSec=60s) kills it and starts it
+    //    again; its containers keep running, adopted by the new agent.
+    std::fs::write(share.join("hang"), "").unwrap();
+    let hung = Instant::now();
+    let agent_after = wait_for("systemd to restart the hung agent", Duration::from_secs(400), || {
+        assert!(vm.child.try_wait().unwrap().is_none(), "the VM stopped:\n{}\n{}", vm.console(), board_log());
+        unit_status(&share)
+            .and_then(|(pid, n, state)| (n >= 1 && state == "active" && pid != agent_before).then_some(pid))
+    });
+    let restarted = hung.elapsed();
+    assert_ne!(agent_after, 0);
+    std::thread::sleep(Duration::from_secs(15));
+    wait_for("the replicas Running after the restart", Duration::from_secs(300), || {
+        let r = c.replicas_of("keep");
+        (r.len() == 2 && r.iter().all(|r| r.phase == ReplicaPhase::Running)).then_some(())
+    });
+    assert_eq!(container_pids(&share), before, "the same containers, never restarted:\n{}", board_log());
+    assert!(c.replicas_of("keep").iter().all(|r| r.restarts == 0), "{:?}", c.replicas_of("keep"));
+    eprintln!(
+        "deb board under systemd (TCG): Ready {:.1}s after boot started; hung agent restarted by the watchdog {:.1}s after SIGSTOP",
+        joined.as_secs_f64(),
+        restarted.as_secs_f64()
+    );
+
+    std::fs::write(share.join("stop"), "").unwrap();
+    let status = vm.wait(Duration::from_secs(180)).expect("the VM powers off after the stop");
+    assert!(status.success(), "the board's script failed:\n{}\n{}", vm.console(), board_log());
+    let journal = std::fs::read_to_string(share.join("journal.txt")).expect("journal.txt");
+    assert!(journal.contains("Watchdog timeout"), "systemd's watchdog fired:\n{journal}");
+    assert!(board_log().contains("after stop: inactive"), "{}", board_log());
+}
+
+/// Sectors (512 bytes) written to a guest disk, from `/sys/block/<dev>/stat`, as the board script
+/// logs them: `flash SECONDS LEADER_BYTES AGENT_BYTES LEADER_LOG_BYTES AGENT_LOG_BYTES`.
+fn flash_samples(share: &Path) -> Vec<[u64; 5]> {
+    std::fs::read_to_string(share.join("flash.txt"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<u64> = l.strip_prefix("flash ")?.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+            f.try_into().ok()
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "slow: a steady cluster on a virtual board for minutes (BRAMBLE_FLASH_MINUTES, default 2); scripts/test-boards runs it"]
+fn a_steady_cluster_writes_little_to_flash() {
+    let minutes: u64 = std::env::var("BRAMBLE_FLASH_MINUTES").ok().and_then(|m| m.parse().ok()).unwrap_or(2);
+    let opts = ClusterOptions { agents: 0, ..Default::default() };
+    // Only the registry (and its image) is used here: the leader and the agent both run on the
+    // board, each with its data dir and its log on a disk of its own (ext4, default options), so
+    // the disks' write counters say what each writes.
+    let (c, _registry, image) = with_busybox_opts(opts, "");
+    let share = board_share(&c, "flash-board");
+    let mut disks = Vec::new();
+    for name in ["leader.img", "agent.img"] {
+        let disk = c.dir.path().join(name);
+        std::fs::File::create(&disk).unwrap().set_len(512 << 20).unwrap();
+        // Inode tables and journal written now, not by the kernel in the background while measured.
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
+            .arg(&disk)
+            .output()
+            .expect("mkfs.ext4 (e2fsprogs)");
+        assert!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
+        disks.push(disk);
+    }
+    // A steady cluster: three idle replicas, two web servers behind a service with a readiness
+    // probe every 2 s (the replicas print nothing: container logs are not what is measured).
+    std::fs::write(
+        share.join("apps.toml"),
+        format!(
+            "[[app]]\nname = \"idle\"\nimage = \"{image}\"\nreplicas = 3\n\
+             command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n\
+             [[app]]\nname = \"web\"\nimage = \"{image}\"\nreplicas = 2\n\
+             command = [\"/bin/sh\", \"-c\", \"echo ok > /tmp/index.html && exec httpd -f -p 8080 -h /tmp\"]\n\
+             stop_grace = \"2s\"\n\
+             [[app.ports]]\nname = \"http\"\ncontainer = 8080\n\
+             [app.probes.readiness]\nhttp = {{ port = \"http\", path = \"/\" }}\nperiod = \"2s\"\n\
+             [[service]]\nname = \"web\"\napp = \"web\"\nports = [{{ port = 80, target = \"http\" }}]\n"
+        ),
+    )
+    .unwrap();
+    let bins = bramble_tests::process::bin_dir();
+    std::fs::write(
+        share.join("board.sh"),
+        format!(
+            "set -e\n\
+             B={bins}\n\
+             mkdir -p /tmp/l /tmp/a && mount /dev/vda /tmp/l && mount /dev/vdb /tmp/a\n\
+             $B/bramble-leader init --data-dir /tmp/l/leader --listen 127.0.0.1:7443 > /dev/null\n\
+             $B/bramble-leader run --config /tmp/l/leader/leader.toml >> /tmp/l/leader.log 2>&1 &\n\
+             leader=$!\n\
+             admin=/tmp/l/leader/admin.toml\n\
+             for i in $(seq 120); do $B/bramble --config $admin get nodes > /dev/null 2>&1 && break; sleep 1; done\n\
+             token=$($B/bramble --config $admin token create)\n\
+             $B/bramble-agent run --config /mnt/agent.toml --leader 127.0.0.1:7443 --token $token --name flash-board \
+               --data-dir /tmp/a/agent >> /tmp/a/agent.log 2>&1 &\n\
+             agent=$!\n\
+             $B/bramble --config $admin apply -f /mnt/apps.toml\n\
+             for i in $(seq 600); do\n\
+               [ \"$($B/bramble --config $admin get replicas | grep -cE ' 1/1 +Running ')\" -ge 5 ] && break; sleep 1\n\
+             done\n\
+             $B/bramble --config $admin get replicas > /mnt/replicas-before.txt\n\
+             sleep 30\n\
+             sync\n\
+             w() {{ awk '{{print $7 * 512}}' /sys/block/$1/stat; }}\n\
+             s() {{ stat -c %s $1; }}\n\
+             l0=$(w vda) a0=$(w vdb) ll0=$(s /tmp/l/leader.log) al0=$(s /tmp/a/agent.log) t0=$(date +%s)\n\
+             for m in $(seq {minutes}); do\n\
+               sleep 60\n\
+                              echo \"flash $(( $(date +%s) - t0 )) $(( $(w vda) - l0 )) $(( $(w vdb) - a0 )) $(( $(s /tmp/l/leader.log) - ll0 )) $(( $(s /tmp/a/agent.log) - al0 ))\" >> /mnt/flash.txt\n\
+             done\n\
+                          $B/bramble --config $admin get replicas > /mnt/replicas-after.txt\n\
+             dd if=/dev/zero of=/tmp/l/ruler bs=1M count=1 conv=fsync 2> /dev/null\n\
+             dd if=/dev/zero of=/tmp/a/ruler bs=1M count=1 conv=fsync 2> /dev/null\n\
+             echo \"ruler $(( $(w vda) - l0 )) $(( $(w vdb) - a0 ))\" >> /mnt/flash.txt\n\
+             kill $agent $leader; wait $agent $leader || true\n\
+                          cp /tmp/l/leader.log /tmp/a/agent.log /mnt/\n\
+             sync\n",
+            bins = bins.display(),
+        ),
+    )
+    .unwrap();
+    let mut args: Vec<String> =
+        ["run", "--net", "--mem", "1024", "--share", share.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
+    for d in &disks {
+        args.extend(["--disk".to_string(), d.display().to_string()]);
+    }
+    let timeout = (minutes * 60 + 900).to_string();
+    args.extend(["--timeout", &timeout, "--", "bash", "/mnt/board.sh"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut vm = Vm::start(&c.lab.ns(0), &args, &c.dir.path().join("flash-console.log"));
+    let status = vm.wait(Duration::from_secs(minutes * 60 + 1000)).expect("the board finishes its minutes");
+    let logs = || {
+        format!(
+            "console:\n{}\nleader.log:\n{}\nagent.log:\n{}",
+            vm.console(),
+            std::fs::read_to_string(share.join("leader.log")).unwrap_or_default(),
+            std::fs::read_to_string(share.join("agent.log")).unwrap_or_default()
+        )
+    };
+    assert!(status.success(), "the board's script failed:\n{}", logs());
+    let before = std::fs::read_to_string(share.join("replicas-before.txt")).unwrap_or_default();
+    let after = std::fs::read_to_string(share.join("replicas-after.txt")).unwrap_or_default();
+    let ready = |table: &str| table.lines().filter(|l| l.contains(" 1/1 ") && l.contains(" Running ")).count();
+    assert_eq!(ready(&before), 5, "five replicas Running and ready before:\n{before}\n{}", logs());
+    assert_eq!(ready(&after), 5, "and after:\n{after}");
+    let samples = flash_samples(&share);
+    assert_eq!(samples.len() as u64, minutes, "a sample a minute: {samples:?}");
+    let [secs, leader, agent, leader_log, agent_log] = *samples.last().unwrap();
+    let per_day = |bytes: u64| bytes as f64 * 86_400.0 / secs as f64 / 1e6;
+    eprintln!(
+        "flash over {:.1} min of a steady cluster (1 board, 5 replicas, a service, readiness probes every 2 s): \
+         leader {:.2} MB/day ({:.2} MB/day of it its log), agent {:.2} MB/day ({:.2} MB/day of it its log); \
+         written: leader {} KiB, agent {} KiB",
+        secs as f64 / 60.0,
+        per_day(leader),
+        per_day(leader_log),
+        per_day(agent),
+        per_day(agent_log),
+        leader / 1024,
+        agent / 1024
+    );
+    for s in &samples {
+        eprintln!("  after {:>5}s: leader {:>8} KiB, agent {:>8} KiB", s[0], s[1] / 1024, s[2] / 1024);
+    }
+    // The counters count: a 1 MiB file written (and synced) at the end on each disk moves them.
+    let flash = std::fs::read_to_string(share.join("flash.txt")).unwrap_or_default();
+    let ruler: Vec<u64> = flash
+        .lines()
+        .find_map(|l| l.strip_prefix("ruler "))
+        .map(|l| l.split_whitespace().filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_default();
+    assert!(
+        ruler.len() == 2 && ruler[0] >= leader + (1 << 20) && ruler[1] >= agent + (1 << 20),
+        "1 MiB more on each disk after the ruler file: {flash}"
+    );
+    let tail = |name: &str| {
+        let text = std::fs::read_to_string(share.join(name)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    // Within the goals: 5 MB/day for an agent, 20 MB/day for a leader.
+    if per_day(agent) > 5.0 || per_day(leader) > 20.0 {
+        eprintln!("the leader's log ends:\n{}\nthe agent's log ends:\n{}", tail("leader.log"), tail("agent.log"));
+    }
+    assert!(per_day(agent) <= 5.0, "the agent writes {:.2} MB/day: {samples:?}", per_day(agent));
+    assert!(per_day(leader) <= 20.0, "the leader writes {:.2} MB/day: {samples:?}", per_day(leader));
+}

@@ -37,6 +37,11 @@ fn running_in(dir: &std::path::Path) -> BTreeMap<String, (i32, i32, ShimState)> 
         .collect()
 }
 
+/// What must not change in an upgrade: each container's pid, its shim's and its restart count.
+fn pids(m: &BTreeMap<String, (i32, i32, ShimState)>) -> BTreeMap<String, (i32, i32, u32)> {
+    m.iter().map(|(id, (pid, shim, s))| (id.clone(), (*pid, *shim, s.lifecycle.restarts))).collect()
+}
+
 #[test]
 #[ignore = "needs the previous version's build (BRAMBLE_OLD_AGENT): scripts/test-boards builds it from git and runs this"]
 fn an_agent_upgrade_from_the_previous_version_restarts_no_container() {
@@ -66,11 +71,6 @@ fn an_agent_upgrade_from_the_previous_version_restarts_no_container() {
     c.wait_status(1, ConditionStatus::True, Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(3));
     let after = containers(&c);
-    let pids = |m: &BTreeMap<String, (i32, i32, ShimState)>| {
-        m.iter()
-            .map(|(id, (pid, shim, s))| (id.clone(), (*pid, *shim, s.lifecycle.restarts)))
-            .collect::<BTreeMap<_, _>>()
-    };
     assert_eq!(pids(&after), pids(&before), "the same containers, shims and restart counts after the upgrade");
     let replicas = c.replicas_of("steady");
     assert!(replicas.iter().all(|r| r.phase == ReplicaPhase::Running) && replicas.len() == 3, "{replicas:?}");
@@ -154,11 +154,6 @@ fn a_one_board_cluster_upgrade_from_the_previous_version_restarts_no_container()
     assert_eq!(node.node.meta.name, "single");
     std::thread::sleep(Duration::from_secs(3));
     let after = running_in(&shims());
-    let pids = |m: &BTreeMap<String, (i32, i32, ShimState)>| {
-        m.iter()
-            .map(|(id, (pid, shim, s))| (id.clone(), (*pid, *shim, s.lifecycle.restarts)))
-            .collect::<BTreeMap<_, _>>()
-    };
     assert_eq!(pids(&after), pids(&before), "the same containers, shims and restart counts after the upgrade");
     let replicas = c.replicas_of("steady");
     assert!(replicas.iter().all(|r| r.phase == ReplicaPhase::Running) && replicas.len() == 2, "{replicas:?}");

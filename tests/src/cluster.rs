@@ -372,13 +372,22 @@ impl Cluster {
     /// cgroups and mounts.
     pub fn remove_containers(&self) {
         let runtime_bin = self.bins.join("bramble-shim");
-        for i in 1..=self.agents.len() {
-            let shims = self.shims_dir(i);
-            let runtime = bramble_agent::runtime::Runtime::new(&shims, &runtime_bin);
-            for id in runtime.ids() {
-                let _ = runtime.remove(&id, Duration::from_secs(5));
+        // Every board's data dir, and the leader's embedded agent's (a one-board cluster).
+        let mut data_dirs: Vec<PathBuf> = (1..=self.agents.len()).map(|i| self.agent_dir(i)).collect();
+        data_dirs.push(self.leader_dir().join("agent"));
+        for data in data_dirs {
+            let run = bramble_agent::reconcile::run_dir(&data);
+            // Both places shims live: this build's (under /run) and an older build's (an upgrade).
+            for shims in [run.join("shims"), data.join("shims")] {
+                if !shims.is_dir() {
+                    continue;
+                }
+                let runtime = bramble_agent::runtime::Runtime::new(&shims, &runtime_bin);
+                for id in runtime.ids() {
+                    let _ = runtime.remove(&id, Duration::from_secs(5));
+                }
             }
-            let _ = std::fs::remove_dir_all(bramble_agent::reconcile::run_dir(&self.agent_dir(i)));
+            let _ = std::fs::remove_dir_all(run);
         }
         let base = self.dir.path().to_string_lossy().to_string();
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();

@@ -125,10 +125,20 @@ memory = "8Mi"
     wait_for("board-1 to tell the leader what its store holds", Duration::from_secs(10), || {
         cli_ok(&c, &["describe", "node", "board-1"]).contains(&format!("Images:        {image}")).then_some(())
     });
-    let logs = cli_ok(&c, &["logs", &r[0].meta.name]);
+    // Running means the process started; its shell prints its line a moment later (on a busy
+    // machine, possibly after the CLI asked), so the output is awaited, not assumed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut logs, mut all) = (String::new(), String::new());
+    while Instant::now() < deadline {
+        logs = cli_ok(&c, &["logs", &r[0].meta.name]);
+        all = cli_ok(&c, &["logs", "app/web", "--tail", "1"]);
+        if all.lines().count() == 6 && !logs.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_eq!(logs.trim(), format!("started {}", r[0].meta.name), "output read through the leader");
-    let all = cli_ok(&c, &["logs", "app/web", "--tail", "1"]);
-    assert_eq!(all.lines().count(), 6, "one line from each replica:\n{all}");
+    assert_eq!(all.lines().count(), 6, "one line from each replica within 10 s:\n{all}");
     for rep in &r {
         assert!(all.contains(&format!("[{0}] started {0}", rep.meta.name)), "{all}");
     }

@@ -13,3 +13,20 @@ pub fn limit_arenas() {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
+
+/// Keeps transparent huge pages out of the agent. Where THP is `always` (Debian's kernels), a
+/// thread's 2 MiB stack or a heap region that happens to be aligned gets a whole huge page at its
+/// first touch: measured in an amd64 VM, an idle agent's RSS jumped from 5.2 to 9.2 MiB by two
+/// such pages. The flag is inherited across fork and exec, so the shim clears it again
+/// (`allow_huge_pages`) before it starts a container: workloads keep the system's setting.
+pub fn no_huge_pages() {
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        tracing::debug!("cannot turn transparent huge pages off: {e}");
+    }
+}
+
+/// Gives a process started by the agent (a shim, and the containers it starts) the system's
+/// transparent huge page setting back.
+pub fn allow_huge_pages() {
+    let _ = nix::sys::prctl::set_thp_disable(false);
+}

@@ -183,7 +183,7 @@ pub fn seccomp(status: &str) -> Finding {
 /// Every check of the board, the pod network's included.
 pub fn board(data_dir: &Path) -> Vec<Finding> {
     let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().to_string()).unwrap_or_default();
-    let mut out = vec![ok_root(), kernel(&release)];
+    let mut out = vec![ok_root(), shim(), kernel(&release)];
     let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").ok();
     out.extend(cgroups(
         v2.as_deref(),
@@ -218,6 +218,47 @@ fn ok_root() -> Finding {
             "the agent runs as root (namespaces, cgroups, mounts): run it with sudo or as the systemd service",
         )
     }
+}
+
+/// `bramble-shim` beside this binary: there, executable, and built for the same machine. (Read,
+/// not run: under qemu-user without binfmt, as in `cross/build.sh`, running it would fail.)
+fn shim() -> Finding {
+    const WHAT: &str = "bramble-shim";
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return bad(WHAT, true, format!("cannot tell where this binary is: {e}")),
+    };
+    let bin = match crate::runtime::shim_binary_for(&exe) {
+        Ok(b) => b,
+        Err(e) => return bad(WHAT, true, e),
+    };
+    let executable = std::fs::metadata(&bin).is_ok_and(|m| {
+        use std::os::unix::fs::PermissionsExt;
+        m.permissions().mode() & 0o111 != 0
+    });
+    if !executable {
+        return bad(WHAT, true, format!("{} is not executable: chmod 755 it (or reinstall)", bin.display()));
+    }
+    match (elf_machine(Path::new("/proc/self/exe")), elf_machine(&bin)) {
+        (_, None) => bad(WHAT, true, format!("{} is not a program (no ELF header): reinstall it", bin.display())),
+        (Some(own), Some(its)) if own != its => bad(
+            WHAT,
+            true,
+            format!(
+                "{} is built for another machine (ELF machine {its}, this binary {own}): install the shim of this build",
+                bin.display()
+            ),
+        ),
+        _ => ok(WHAT, true, format!("{} (beside this binary, built for this machine)", bin.display())),
+    }
+}
+
+/// The `e_machine` of an ELF file (little-endian, as every target Bramble builds for).
+fn elf_machine(path: &Path) -> Option<u16> {
+    use std::io::Read;
+    let mut header = [0u8; 20];
+    std::fs::File::open(path).ok()?.read_exact(&mut header).ok()?;
+    (header[..4] == *b"\x7fELF").then(|| u16::from_le_bytes([header[18], header[19]]))
 }
 
 /// The data dir, or its nearest existing parent (before the first run).
@@ -329,6 +370,16 @@ fn probe_dir_in(base: &Path) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn programs_are_told_by_their_elf_machine() {
+        let own = elf_machine(Path::new("/proc/self/exe")).expect("this test is an ELF program");
+        assert_eq!(elf_machine(&std::env::current_exe().unwrap()), Some(own));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("script"), "#!/bin/sh\n").unwrap();
+        assert_eq!(elf_machine(&dir.path().join("script")), None);
+        assert_eq!(elf_machine(&dir.path().join("absent")), None);
+    }
 
     #[test]
     fn kernels_old_and_new() {

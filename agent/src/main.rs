@@ -34,12 +34,6 @@ enum Command {
         #[arg(long, short, value_enum, default_value = "text")]
         output: Output,
     },
-    /// Run as the shim of one container (started by the agent; not for humans).
-    #[command(hide = true)]
-    Shim {
-        #[arg(long)]
-        dir: PathBuf,
-    },
     /// This board's image store: pull, import, ls, rm, prune.
     Image {
         #[command(flatten)]
@@ -85,18 +79,6 @@ fn main() -> ExitCode {
     let (args, check_only) = match cli.command {
         Command::Run(a) => (a, None),
         Command::Check { args, output } => (args, Some(output)),
-        Command::Shim { dir } => {
-            // libcontainer's warnings would land in the output of execs (it logs from the forked
-            // child after its stderr became the exec's pipe): keep only its errors.
-            observability::init_shim();
-            return match bramble_agent::runtime::shim::main(bramble_agent::runtime::ContainerDir(dir)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("bramble-agent shim: {e}");
-                    ExitCode::from(EXIT_RUNTIME)
-                }
-            };
-        }
         Command::Image { args, command } => {
             let config = match load(args) {
                 Ok(c) => c,
@@ -125,6 +107,7 @@ fn main() -> ExitCode {
     if let Some(output) = check_only {
         return check(config, output);
     }
+    bramble_agent::alloc::no_huge_pages();
     observability::init(config.log.level.as_deref());
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

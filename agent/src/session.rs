@@ -41,6 +41,8 @@ pub enum AgentError {
     Workloads(std::io::Error),
     #[error("cannot set up pod networking: {0}")]
     Network(String),
+    #[error("cannot run containers: {0}")]
+    NoShim(String),
 }
 
 /// What happened to one session.
@@ -91,13 +93,8 @@ pub async fn run(
     let dir = config.data_dir.clone();
     // Containers and their network first: what this board ran before keeps running, reachable,
     // even if no leader answers.
-    let shim_bin = crate::runtime::shim_binary_for(&std::env::current_exe().map_err(AgentError::Workloads)?);
-    if !crate::runtime::is_shim_binary(&shim_bin) {
-        tracing::warn!(
-            "no bramble-shim beside {}: each container's shim runs this whole binary (more memory per container)",
-            shim_bin.display()
-        );
-    }
+    let exe = std::env::current_exe().map_err(AgentError::Workloads)?;
+    let shim_bin = crate::runtime::shim_binary_for(&exe).map_err(AgentError::NoShim)?;
     let pods = Arc::new(Pods::open(&config.data_dir.join("pods")).map_err(|e| AgentError::Network(e.to_string()))?);
     let (net_tx, net_rx) = std::sync::mpsc::sync_channel(64);
     let network = PodNetwork { pods: pods.clone(), changed: net_tx.clone() };

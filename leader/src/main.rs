@@ -55,13 +55,6 @@ enum Command {
         #[arg(long, env = "BRAMBLE_LEADER_LISTEN")]
         listen: Option<SocketAddr>,
     },
-    /// Run as the shim of one container of the embedded agent when no `bramble-shim` is installed
-    /// beside this binary (not for humans).
-    #[command(hide = true)]
-    Shim {
-        #[arg(long)]
-        dir: PathBuf,
-    },
     /// The key that seals secrets in the store.
     Secrets {
         #[command(subcommand)]
@@ -249,16 +242,6 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("bramble-leader: {e}");
                     ExitCode::from(EXIT_CONFIG)
-                }
-            };
-        }
-        Command::Shim { dir } => {
-            observability::init_shim();
-            return match bramble_agent::runtime::shim::main(bramble_agent::runtime::ContainerDir(dir)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("bramble-leader shim: {e}");
-                    ExitCode::from(EXIT_RUNTIME)
                 }
             };
         }

@@ -119,6 +119,17 @@ memory = "8Mi"
     for rep in &r {
         assert_eq!(on_boards[&rep.meta.name].0, board_of(rep.node.as_deref().unwrap()), "on the node it is bound to");
     }
+    // The agent keeps transparent huge pages out of itself; its shims and containers do not
+    // inherit that (the kernel's "THP_enabled" in /proc/<pid>/status).
+    let thp = |pid: i32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("THP_enabled:")).map(|v| v.trim().to_string()).unwrap()
+    };
+    assert_eq!(thp(c.agent(1).pid() as i32), "0", "the agent has no huge pages");
+    for (_, s) in on_boards.values() {
+        assert_eq!(thp(s.shim_pid), "1", "a shim has the system's setting");
+        assert_eq!(thp(running_pid(s).unwrap()), "1", "so does its container");
+    }
     let describe = cli_ok(&c, &["describe", "replica", &r[0].meta.name]);
     assert!(describe.contains("Phase:       Running") && describe.contains("Pulled"), "{describe}");
     // The board tells what its store holds after the pass that pulled (eventually, not at once).

@@ -13,6 +13,7 @@ use bramble_images::{ImageRecord, Progress};
 use bramble_proto::model::Arch;
 use bramble_tests::process::bin_dir;
 use bramble_tests::testimages::busybox_layout;
+use bramble_tests::wait_for;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -429,4 +430,32 @@ fn nothing_is_left_after_remove() {
     );
     assert!(!env.dir.path().join("run/tidy").exists(), "state removed");
     assert!(!CgroupFs::host().exists("/bramble/tidy"), "cgroup removed");
+}
+
+#[test]
+fn a_container_whose_shim_died_is_removed_whole_by_bramble_shim_delete() {
+    let mut env = Env::new();
+    let c = env.config("orphan", &["sleep", "30"]);
+    env.runtime.create(&c).unwrap();
+    let s = env.wait("orphan", "running", |s| matches!(s.lifecycle.phase, Phase::Running { .. }));
+    let Phase::Running { pid, .. } = s.lifecycle.phase else { unreachable!() };
+    // The shim dies; its container runs on, in its cgroup, with libcontainer's state on disk.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.shim_pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_for("the shim to die", Duration::from_secs(5), || {
+        (!Path::new(&format!("/proc/{}", s.shim_pid)).exists()
+            || std::fs::read_to_string(format!("/proc/{}/stat", s.shim_pid)).unwrap_or_default().contains(" Z "))
+        .then_some(())
+    });
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok(), "the container outlives its shim");
+    assert!(CgroupFs::host().exists("/bramble/orphan"));
+    // The agent's side has no libcontainer: it kills the process and runs `bramble-shim --delete`.
+    env.runtime.remove("orphan", Duration::from_secs(5)).unwrap();
+    env.roots.remove("orphan").unwrap();
+    wait_for("the container's process to go", Duration::from_secs(5), || {
+        (!Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(" Z "))
+        .then_some(())
+    });
+    assert!(!env.dir.path().join("run/orphan").exists(), "state removed");
+    assert!(!CgroupFs::host().exists("/bramble/orphan"), "cgroup removed");
 }

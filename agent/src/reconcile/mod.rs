@@ -134,7 +134,7 @@ fn publish<T: PartialEq>(tx: &tokio::sync::watch::Sender<T>, value: T) {
     });
 }
 
-/// Starts the reconciler thread with the real effects. `shim_bin` serves `shim --dir`.
+/// Starts the reconciler thread with the real effects. `shim_bin` is `bramble-shim`.
 pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std::io::Result<Handle> {
     let legacy = legacy_shims(&config.data_dir);
     // Shims of an older agent in the data dir: adopted where they are while they run (this boot);

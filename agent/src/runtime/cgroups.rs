@@ -108,6 +108,44 @@ impl CgroupFs {
         }
     }
 
+    /// Whether no process (zombies included: they stay in their cgroup until reaped) is in the
+    /// cgroup; a cgroup that is gone is empty.
+    pub fn is_empty(&self, path: &str) -> bool {
+        let controller = if self.version == Version::V2 { "" } else { "pids" };
+        match fs::read_to_string(self.dir(controller, path).join("cgroup.procs")) {
+            Ok(procs) => procs.trim().is_empty(),
+            Err(_) => true,
+        }
+    }
+
+    /// Removes the cgroup if it is empty (in every hierarchy, for v1); gone already is fine.
+    pub fn remove_empty(&self, path: &str) -> io::Result<()> {
+        let controllers: &[&str] = match self.version {
+            Version::V2 => &[""],
+            Version::V1 => &[
+                "memory",
+                "pids",
+                "cpu",
+                "cpuacct",
+                "cpuset",
+                "devices",
+                "freezer",
+                "blkio",
+                "net_cls",
+                "net_prio",
+                "perf_event",
+                "hugetlb",
+            ],
+        };
+        for c in controllers {
+            match fs::remove_dir(self.dir(c, path)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     pub fn stats(&self, path: &str) -> io::Result<Stats> {
         match self.version {
             Version::V2 => {

@@ -69,8 +69,8 @@ pub enum RuntimeError {
 #[derive(Debug, Clone)]
 pub struct Runtime {
     run_dir: PathBuf,
-    /// The shim binary: `bramble-shim`, run as `bramble-shim --dir <dir>`, or a binary with a `shim`
-    /// subcommand (`bramble-agent`, `bramble-leader`), run as `<bin> shim --dir <dir>`.
+    /// The shim binary, `bramble-shim`: run as `bramble-shim --dir <dir>` for each container, and
+    /// as `bramble-shim --delete --dir <dir>` to remove what a dead shim left.
     bin: PathBuf,
 }
 
@@ -103,11 +103,7 @@ impl Runtime {
         let log = dir.0.join("shim.log");
         let out = std::fs::File::create(&log).map_err(ioe("create the shim log"))?;
         let err = out.try_clone().map_err(ioe("shim log"))?;
-        let mut command = std::process::Command::new(&self.bin);
-        if !is_shim_binary(&self.bin) {
-            command.arg("shim");
-        }
-        let status = command
+        let status = std::process::Command::new(&self.bin)
             .arg("--dir")
             .arg(&dir.0)
             .stdin(std::process::Stdio::null())
@@ -233,10 +229,27 @@ impl Runtime {
                 }
             }
         }
-        // libcontainer's delete removes the cgroup; it forks nothing, so the agent may call it.
-        let lc = dir.libcontainer().join(id);
-        if let Ok(mut c) = libcontainer::container::Container::load(lc) {
-            let _ = c.delete(true);
+        // libcontainer's delete (its processes killed, its cgroup removed) runs in the shim's
+        // binary, so that the agent's own holds none of libcontainer's code.
+        if dir.libcontainer().join(id).exists() {
+            let deleted = std::process::Command::new(&self.bin)
+                .arg("--delete")
+                .arg("--dir")
+                .arg(&dir.0)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .output();
+            match deleted {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => tracing::warn!(
+                    id,
+                    "{} --delete failed ({}): {}",
+                    self.bin.display(),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                Err(e) => tracing::warn!(id, "cannot run {}: {e}", self.bin.display()),
+            }
         }
         // A bundle on a tmpfs (its spec held secrets) goes with its memory.
         let _ = nix::mount::umount2(&dir.bundle(), nix::mount::MntFlags::MNT_DETACH);
@@ -318,20 +331,21 @@ fn proc_stat(pid: i32) -> Option<(char, u64)> {
     Some((fields.first()?.chars().next()?, fields.get(19)?.parse().ok()?))
 }
 
-/// Whether `bin` is the shim's own binary (`bramble-shim`), which takes no subcommand.
-pub fn is_shim_binary(bin: &Path) -> bool {
-    bin.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("bramble-shim"))
-}
-
-/// The shim binary an agent running from `exe` starts: `bramble-shim` beside it when installed
-/// (the packages install both), else `exe` itself with its `shim` subcommand (a lone binary
-/// copied to a board works, at the cost of more memory per container).
-pub fn shim_binary_for(exe: &Path) -> PathBuf {
+/// The shim binary an agent (or a leader with its embedded agent) running from `exe` starts:
+/// `bramble-shim` beside it, as the packages install it and `cargo build` leaves it. Neither the
+/// agent nor the leader can be a shim themselves: that would put libcontainer's code in the
+/// agent's binary, and the whole agent in every container's memory.
+pub fn shim_binary_for(exe: &Path) -> Result<PathBuf, String> {
     let beside = exe.with_file_name("bramble-shim");
     if beside.is_file() {
-        beside
+        Ok(beside)
     } else {
-        exe.to_path_buf()
+        Err(format!(
+            "{} is missing: every container's shim runs it; install it beside {} (the packages do; \
+             copy it from the same build)",
+            beside.display(),
+            exe.display()
+        ))
     }
 }
 
@@ -350,15 +364,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_shim_binary_is_beside_the_agent_or_the_agent_itself() {
+    fn the_shim_binary_is_beside_the_agent() {
         let dir = tempfile::tempdir().unwrap();
         let agent = dir.path().join("bramble-agent");
         std::fs::write(&agent, b"").unwrap();
-        assert_eq!(shim_binary_for(&agent), agent, "no bramble-shim: the agent's own `shim` subcommand");
-        assert!(!is_shim_binary(&agent));
+        let e = shim_binary_for(&agent).unwrap_err();
+        assert!(e.contains("bramble-shim is missing") && e.contains("install it beside"), "{e}");
         std::fs::write(dir.path().join("bramble-shim"), b"").unwrap();
-        assert_eq!(shim_binary_for(&agent), dir.path().join("bramble-shim"));
-        assert!(is_shim_binary(&shim_binary_for(&agent)));
+        assert_eq!(shim_binary_for(&agent).unwrap(), dir.path().join("bramble-shim"));
     }
 
     #[test]

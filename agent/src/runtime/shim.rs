@@ -1,4 +1,4 @@
-//! The shim: one single-threaded process per container (the agent binary re-executed, no tokio).
+//! The shim: one single-threaded process per container (`bramble-shim`, no tokio).
 //!
 //! It is the container's parent and sub-reaper. It creates and starts the container with
 //! libcontainer, copies its output into a capped log file, waits for it, records how it ended
@@ -40,6 +40,29 @@ pub enum ShimError {
     Sys { what: String, source: nix::Error },
     #[error("{0}")]
     Config(String),
+    #[error("deleting the container: {0}")]
+    Delete(String),
+}
+
+/// `bramble-shim --delete --dir DIR`, run by the agent when a container's shim is gone: libcontainer's
+/// forced delete of what it left (the container's processes killed, its cgroup and state removed).
+/// Nothing to delete is not an error.
+pub fn delete(dir: &ContainerDir) -> Result<(), ShimError> {
+    let Some(id) = dir.0.file_name() else {
+        return Err(ShimError::Config(format!("{} names no container", dir.0.display())));
+    };
+    let state = dir.libcontainer().join(id);
+    if !state.exists() {
+        return Ok(());
+    }
+    let mut container = Container::load(state).map_err(|e| ShimError::Delete(e.to_string()))?;
+    let deleted = container.delete(true).map_err(|e| ShimError::Delete(e.to_string()));
+    let cgroup = std::fs::read(dir.config())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<ContainerConfig>(&b).ok())
+        .map_or_else(|| format!("/bramble/{}", id.to_string_lossy()), |c| c.cgroups_path());
+    let _ = CgroupFs::host().remove_empty(&cgroup);
+    deleted
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ShimError {
@@ -129,6 +152,8 @@ pub fn main(dir: ContainerDir) -> Result<(), ShimError> {
         nix::unistd::ForkResult::Child => {}
     }
     nix::unistd::setsid().map_err(sys("setsid"))?;
+    // The agent keeps huge pages out of itself; its containers get the system's setting.
+    crate::alloc::allow_huge_pages();
     nix::sys::prctl::set_child_subreaper(true).map_err(sys("become a sub-reaper"))?;
     catch_sigpipe().map_err(sys("handle SIGPIPE"))?;
     let config: ContainerConfig =
@@ -313,6 +338,7 @@ impl Shim {
                 tracing::info!(id = %self.config.id, pid = pid.as_raw(), "container started");
             }
             Err(reason) => {
+                tracing::warn!(id = %self.config.id, "cannot start the container: {reason}");
                 let _ = self.log.write(1, format!("bramble: cannot start the container: {reason}\n").as_bytes());
                 self.lifecycle.start_failed(reason, now_ms());
             }
@@ -347,7 +373,19 @@ impl Shim {
             .map(|b| b.with_stdout(out_w).with_stderr(err_w))
             .and_then(|b| b.as_init(self.dir.bundle()).with_systemd(false).with_detach(true).build());
         let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked()), None);
-        let mut container = built.map_err(|e| format!("create: {e}"))?;
+        let mut container = match built {
+            Ok(c) => c,
+            Err(e) => {
+                // libcontainer may have made the cgroup (and some state) before it failed.
+                if let Ok(mut c) = Container::load(root.join(&self.config.id)) {
+                    let _ = c.delete(true);
+                }
+                let _ = std::fs::remove_dir_all(root.join(&self.config.id));
+                self.reap_leftovers(&cgroup, std::time::Duration::from_secs(1));
+                let _ = self.cgroups.remove_empty(&cgroup);
+                return Err(format!("create: {e}"));
+            }
+        };
         if let Err(e) = container.start() {
             let _ = container.delete(true);
             return Err(format!("start: {e}"));
@@ -474,6 +512,32 @@ impl Shim {
         self.finish_execs();
     }
 
+    /// Once the container's first process has exited, the kernel kills what else ran in its pid
+    /// namespace — execs (probes among them) and its orphans, which come to this sub-reaper — but
+    /// each stays in the cgroup as a zombie until reaped, and libcontainer could not remove a
+    /// cgroup with zombies in it (it stayed behind, empty, once they were reaped later). So they
+    /// are reaped first, execs' results kept, for at most `within`.
+    fn reap_leftovers(&mut self, path: &str, within: std::time::Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            loop {
+                let (pid, code) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(pid, code)) => (pid, code),
+                    Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, 128 + sig as i32),
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(_) => continue,
+                };
+                if let Some(e) = self.execs.iter_mut().find(|e| e.pid == pid) {
+                    e.status = Some(code);
+                }
+            }
+            if self.cgroups.is_empty(path) || std::time::Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     fn container_exited(&mut self, code: i32, signal: Option<i32>) {
         self.drain(0);
         self.drain(1);
@@ -482,10 +546,16 @@ impl Shim {
         self.stderr = None;
         let path = self.config.cgroups_path();
         let oom_killed = signal == Some(Signal::SIGKILL as i32) && self.cgroups.oom_kills(&path).unwrap_or(0) > 0;
+        self.reap_leftovers(&path, std::time::Duration::from_secs(2));
         if let Ok(mut c) = Container::load(self.dir.libcontainer().join(&self.config.id)) {
             if let Err(e) = c.delete(true) {
                 tracing::warn!("cannot delete the container: {e}");
             }
+        }
+        // libcontainer's v1 delete gives up at the first hierarchy it cannot read (a cgroup being
+        // removed answers ENODEV), leaving the others: what is empty goes here.
+        if let Err(e) = self.cgroups.remove_empty(&path) {
+            tracing::warn!("cannot remove cgroup {path}: {e}");
         }
         let exit = Exit { code, signal, oom_killed, finished_ms: now_ms(), killed_by: self.killing_for.take() };
         tracing::info!(id = %self.config.id, code, ?signal, oom_killed, "container exited");
@@ -773,6 +843,7 @@ impl Shim {
             respond(&mut s, &ShimResponse::Error { message: "the container was removed".into() });
         }
         let _ = std::fs::remove_dir_all(self.dir.libcontainer());
+        let _ = self.cgroups.remove_empty(&self.config.cgroups_path());
         let _ = std::fs::remove_file(self.dir.socket());
         self.persist();
         tracing::info!(id = %self.config.id, "container removed; shim exiting");

@@ -298,6 +298,10 @@ impl AgentConfig {
             let message = format!("expected an interval from 1s to 5m, found {}", cfg.monitoring.interval);
             return Err(SourceError::at(file, text, at("interval"), "monitoring.interval", message).into());
         }
+        if let Some(level) = &cfg.log.level {
+            crate::observability::parse_filter(level)
+                .map_err(|e| SourceError::at(file, text, at("level"), "log.level", e))?;
+        }
         for (k, v) in &cfg.labels {
             check_label_key(k)
                 .and_then(|_| check_label_value(v))
@@ -368,6 +372,10 @@ mod tests {
         let e =
             AgentConfig::parse("a.toml", "version = 1\nlabels = { \"bad key\" = \"x\" }\n").unwrap_err().to_string();
         assert!(e.contains("labels.bad key: invalid label key"), "{e}");
+        // A typo in the log level is refused, not taken as a target that would silence the logs.
+        let e = AgentConfig::parse("a.toml", "version = 1\n[log]\nlevel = \"inf\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("a.toml:3:1: log.level: invalid log level \"inf\": \"inf\" is not a level"), "{e}");
+        assert!(AgentConfig::parse("a.toml", "version = 1\n[log]\nlevel = \"warn,bramble_agent=debug\"\n").is_ok());
     }
 
     #[test]

@@ -376,6 +376,12 @@ impl LeaderConfig {
             let offset = text.find(&format!("\n{field}")).map(|o| o + 1).or_else(|| text.find("[store]")).unwrap_or(0);
             return Err(SourceError::at(file, text, offset, &format!("store.{field}"), message).into());
         }
+        if let Some(level) = &cfg.log.level {
+            if let Err(message) = bramble_agent::observability::parse_filter(level) {
+                let offset = text.find("level").unwrap_or(0);
+                return Err(SourceError::at(file, text, offset, "log.level", message).into());
+            }
+        }
         if let Some((field, message)) = cfg.network.check().into_iter().next() {
             let offset = text.find(field).or_else(|| text.find("[network]")).unwrap_or(0);
             return Err(SourceError::at(file, text, offset, &format!("network.{field}"), message).into());

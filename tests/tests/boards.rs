@@ -109,6 +109,9 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
     let leader_ip = c.lab.addr(0);
 
     // What the board gets: the agent, its config and a script that runs it until told to stop.
+    // The script copies the binaries into the board's own (tmpfs) root first: run from the 9p
+    // share, which has no page cache, the agent would map only the pages it touches, and its
+    // memory would read lower than on a board's SD card.
     let share = board_share(&c, "arm64-board");
     std::fs::copy(&agent, share.join("bramble-agent")).unwrap();
     // Its shim beside it, as the package installs them.
@@ -116,14 +119,15 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
     std::fs::write(
         share.join("board.sh"),
         format!(
-            "/mnt/bramble-agent check --data-dir /var/lib/bramble > /mnt/check.txt 2>&1; echo \"exit $?\" >> /mnt/check.txt\n\
-             RUST_LOG=info /mnt/bramble-agent run --config /mnt/agent.toml --leader {leader_ip}:{LEADER_PORT} \
+            "mkdir -p /opt/bramble && cp /mnt/bramble-agent /mnt/bramble-shim /opt/bramble/\n\
+             /opt/bramble/bramble-agent check --data-dir /var/lib/bramble > /mnt/check.txt 2>&1; echo \"exit $?\" >> /mnt/check.txt\n\
+             RUST_LOG=info /opt/bramble/bramble-agent run --config /mnt/agent.toml --leader {leader_ip}:{LEADER_PORT} \
              --token {} --name arm64-board --data-dir /var/lib/bramble > /mnt/agent.log 2>&1 &\n\
              agent=$!\n\
              while [ ! -e /mnt/stop ]; do\n\
                {{ echo \"agent $(awk '/^Pss:/{{print $2}}' /proc/$agent/smaps_rollup) $(awk '/^VmRSS:/{{print $2}}' /proc/$agent/status)\"\n\
                  echo \"board $(awk '/^MemAvailable:/{{print $2}}' /proc/meminfo) $(awk '/^MemTotal:/{{print $2}}' /proc/meminfo)\"\n\
-                 for d in /proc/[0-9]*; do case \"$(tr '\\0' ' ' < $d/cmdline 2>/dev/null)\" in /mnt/bramble-shim\\ --dir*) \
+                 for d in /proc/[0-9]*; do case \"$(tr '\\0' ' ' < $d/cmdline 2>/dev/null)\" in /opt/bramble/bramble-shim\\ --dir*) \
                    echo \"shim $(awk '/^Pss:/{{print $2}}' $d/smaps_rollup) $(awk '/^VmRSS:/{{print $2}}' $d/status)\";; esac; done\n\
                }} > /mnt/mem.new; mv /mnt/mem.new /mnt/mem.txt\n\
                sleep 1\n\

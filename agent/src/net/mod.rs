@@ -3,7 +3,7 @@
 //! services and host ports as nftables DNAT in a table of its own; cluster DNS on the bridge.
 //!
 //! ```text
-//! link.rs       links, addresses, routes, neighbours through netlink (rtnetlink)
+//! link.rs       links, addresses, routes, neighbours over rtnetlink (messages built here)
 //! netns.rs      named network namespaces for pods
 //! ipam.rs       this board's pod addresses (persisted)
 //! pods.rs       one pod's network: namespace, veth, address, resolv.conf, hosts

@@ -642,7 +642,13 @@ fn flash_samples(share: &Path) -> Vec<[u64; 5]> {
 #[test]
 #[ignore = "slow: a steady cluster on a virtual board for minutes (BRAMBLE_FLASH_MINUTES, default 2); scripts/test-boards runs it"]
 fn a_steady_cluster_writes_little_to_flash() {
-    let minutes: u64 = std::env::var("BRAMBLE_FLASH_MINUTES").ok().and_then(|m| m.parse().ok()).unwrap_or(2);
+    let minutes: u64 =
+        match std::env::var("BRAMBLE_FLASH_MINUTES") {
+            Ok(m) => m.trim().parse().ok().filter(|m| *m > 0).unwrap_or_else(|| {
+                panic!("BRAMBLE_FLASH_MINUTES={m:?}: expected a whole number of minutes, at least 1")
+            }),
+            Err(_) => 2,
+        };
     let opts = ClusterOptions { agents: 0, ..Default::default() };
     // Only the registry (and its image) is used here: the leader and the agent both run on the
     // board, each with its data dir and its log on a disk of its own (ext4, default options), so

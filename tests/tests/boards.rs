@@ -488,18 +488,18 @@ fn container_pids(share: &Path) -> Vec<i32> {
     pids
 }
 
-#[test]
-#[ignore = "slow: a Debian board under systemd in a VM (minutes under TCG); scripts/test-boards runs it"]
-fn the_package_installs_its_agent_joins_under_systemd_and_the_watchdog_restarts_it_hung_without_touching_containers() {
-    let deb = amd64_package();
-    let opts = ClusterOptions { agents: 0, not_ready_after: "60s", heartbeat: "5s", ..Default::default() };
-    let (c, _registry, image) = with_busybox_opts(opts, "");
+/// A Debian board's script for `scripts/vm run --systemd`: what an admin does on a fresh board —
+/// install the package, configure the agent to join `c`, check, start — then report the unit and
+/// its shims every second (and SIGSTOP the agent once /mnt/hang appears) until /mnt/stop.
+/// Returns the shared directory and the board's data disk (ext4, as on an SD card: the guest's
+/// root is an overlay, on which overlayfs cannot be mounted; the doctor says so).
+fn package_board(c: &bramble_tests::Cluster, name: &str, deb: &Path) -> (PathBuf, PathBuf) {
     let leader_ip = c.lab.addr(0);
-    let share = c.dir.path().join("deb-board");
+    let share = c.dir.path().join(name);
     std::fs::create_dir_all(&share).unwrap();
     // The board's data on a disk of its own (ext4, as on an SD card): the guest's root is an
     // overlay, on which overlayfs cannot be mounted (the doctor says so).
-    let disk = c.dir.path().join("deb-board.img");
+    let disk = c.dir.path().join(format!("{name}.img"));
     std::fs::File::create(&disk).unwrap().set_len(1 << 30).unwrap();
     let out = Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&disk).output().expect("mkfs.ext4 (e2fsprogs)");
     assert!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
@@ -516,7 +516,7 @@ fn the_package_installs_its_agent_joins_under_systemd_and_the_watchdog_restarts_
                echo \"config $(stat -c '%U:%G %a' /etc/bramble/agent.toml)\"\n\
                echo \"units $(ls /lib/systemd/system/bramble-*.service | tr '\\n' ' ')\"\n\
              }} > /mnt/installed.txt\n\
-             printf '%s\\n' 'version = 1' 'name = \"deb-board\"' 'leaders = [\"{leader_ip}:{LEADER_PORT}\"]' \
+             printf '%s\\n' 'version = 1' 'name = \"{name}\"' 'leaders = [\"{leader_ip}:{LEADER_PORT}\"]' \
                'token = \"{token}\"' '[[images.registry]]' 'host = \"{leader_ip}:5000\"' 'insecure = true' \
                > /etc/bramble/agent.toml\n\
              bramble-agent check > /mnt/check.txt 2>&1; echo \"exit $?\" >> /mnt/check.txt\n\
@@ -538,6 +538,32 @@ fn the_package_installs_its_agent_joins_under_systemd_and_the_watchdog_restarts_
         ),
     )
     .unwrap();
+    (share, disk)
+}
+
+/// What `package_board`'s script saw after `dpkg -i`: nothing enabled or started, the user made,
+/// the config readable by the group only, the units there; and `bramble-agent check` passed.
+fn assert_installed_and_checked(share: &Path) {
+    let installed = std::fs::read_to_string(share.join("installed.txt")).expect("installed.txt");
+    assert!(installed.contains("enabled disabled"), "the package enables nothing:\n{installed}");
+    assert!(installed.contains("active inactive"), "the package starts nothing:\n{installed}");
+    assert!(installed.contains("user bramble:"), "the package adds the bramble user:\n{installed}");
+    assert!(installed.contains("config root:bramble 640"), "{installed}");
+    assert!(installed.contains("bramble-agent.service") && installed.contains("bramble-single.service"), "{installed}");
+    let check = std::fs::read_to_string(share.join("check.txt")).expect("check.txt");
+    assert!(
+        check.trim_end().ends_with("exit 0"),
+        "a Debian board with the package's dependencies passes the check:\n{check}"
+    );
+}
+
+#[test]
+#[ignore = "slow: a Debian board under systemd in a VM (minutes under TCG); scripts/test-boards runs it"]
+fn the_package_installs_its_agent_joins_under_systemd_and_the_watchdog_restarts_it_hung_without_touching_containers() {
+    let deb = amd64_package();
+    let opts = ClusterOptions { agents: 0, not_ready_after: "60s", heartbeat: "5s", ..Default::default() };
+    let (c, _registry, image) = with_busybox_opts(opts, "");
+    let (share, disk) = package_board(&c, "deb-board", &deb);
     let started = Instant::now();
     let mut vm = Vm::start(
         &c.lab.ns(0),
@@ -568,17 +594,7 @@ fn the_package_installs_its_agent_joins_under_systemd_and_the_watchdog_restarts_
     // 1. Installed, nothing started; the agent, started by systemd, joins.
     let node = wait_board_ready(&c, &mut vm, "deb-board", board_log);
     let joined = started.elapsed();
-    let installed = std::fs::read_to_string(share.join("installed.txt")).expect("installed.txt");
-    assert!(installed.contains("enabled disabled"), "the package enables nothing:\n{installed}");
-    assert!(installed.contains("active inactive"), "the package starts nothing:\n{installed}");
-    assert!(installed.contains("user bramble:"), "the package adds the bramble user:\n{installed}");
-    assert!(installed.contains("config root:bramble 640"), "{installed}");
-    assert!(installed.contains("bramble-agent.service") && installed.contains("bramble-single.service"), "{installed}");
-    let check = std::fs::read_to_string(share.join("check.txt")).expect("check.txt");
-    assert!(
-        check.trim_end().ends_with("exit 0"),
-        "a Debian board with the package's dependencies passes the check:\n{check}"
-    );
+    assert_installed_and_checked(&share);
     assert_eq!(node.node.info.arch, Arch::Amd64);
 
     // 2. Two containers.
@@ -623,6 +639,80 @@ fn the_package_installs_its_agent_joins_under_systemd_and_the_watchdog_restarts_
     assert!(status.success(), "the board's script failed:\n{}\n{}", vm.console(), board_log());
     let journal = std::fs::read_to_string(share.join("journal.txt")).expect("journal.txt");
     assert!(journal.contains("Watchdog timeout"), "systemd's watchdog fired:\n{journal}");
+    assert!(board_log().contains("after stop: inactive"), "{}", board_log());
+}
+
+fn arm64_package() -> PathBuf {
+    if let Some(p) = std::env::var_os("BRAMBLE_ARM64_DEB") {
+        return PathBuf::from(p);
+    }
+    let dir = repo().join("target/deb");
+    std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with("_arm64.deb")))
+        .unwrap_or_else(|| {
+            panic!("no arm64 package in {} (build it: cross/build.sh, then cross/deb.sh arm64)", dir.display())
+        })
+}
+
+#[test]
+#[ignore = "slow: an arm64 Debian board under systemd (debootstrap once, then TCG); run by scripts/test-arm64-package, not by CI (time)"]
+fn the_arm64_package_installs_on_an_arm64_debian_board_and_its_agent_joins_under_systemd() {
+    let deb = arm64_package();
+    let opts = ClusterOptions { agents: 0, not_ready_after: "120s", heartbeat: "5s", ..Default::default() };
+    let (c, _registry, image) = with_busybox_opts(opts, "");
+    let (share, disk) = package_board(&c, "pi-board", &deb);
+    let started = Instant::now();
+    let mut vm = Vm::start(
+        &c.lab.ns(0),
+        &[
+            "run",
+            "--arch",
+            "arm64",
+            "--systemd",
+            "--net",
+            "--share",
+            share.to_str().unwrap(),
+            "--disk",
+            disk.to_str().unwrap(),
+            "--timeout",
+            "2400",
+            "--",
+            "sh",
+            "/mnt/board.sh",
+        ],
+        &c.dir.path().join("pi-console.log"),
+    );
+    let board_log = || {
+        format!(
+            "board.log:\n{}\nstatus:\n{}",
+            std::fs::read_to_string(share.join("board.log")).unwrap_or_default(),
+            std::fs::read_to_string(share.join("status")).unwrap_or_default()
+        )
+    };
+    let node = wait_board_ready(&c, &mut vm, "pi-board", board_log);
+    let joined = started.elapsed();
+    assert_installed_and_checked(&share);
+    assert_eq!(node.node.info.arch, Arch::Arm64, "the board reports its architecture");
+
+    let manifest = bramble_tests::cluster::idle_app(c.dir.path(), "pi", &image, 2);
+    ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
+    wait_for("two replicas Running on the arm64 board", Duration::from_secs(900), || {
+        assert!(vm.child.try_wait().unwrap().is_none(), "the VM stopped:\n{}\n{}", vm.console(), board_log());
+        let r = c.replicas_of("pi");
+        (r.len() == 2 && r.iter().all(|r| r.phase == ReplicaPhase::Running) && container_pids(&share).len() == 2)
+            .then_some(())
+    });
+    let (agent, restarts, state) = unit_status(&share).expect("the unit's status");
+    assert!(agent != 0 && restarts == 0 && state == "active", "{}", board_log());
+    eprintln!("arm64 Debian board under systemd (TCG): Ready {:.1}s after boot started", joined.as_secs_f64());
+
+    std::fs::write(share.join("stop"), "").unwrap();
+    let status = vm.wait(Duration::from_secs(300)).expect("the VM powers off after the stop");
+    assert!(status.success(), "the board's script failed:\n{}\n{}", vm.console(), board_log());
     assert!(board_log().contains("after stop: inactive"), "{}", board_log());
 }
 

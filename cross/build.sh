@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Builds bramble-leader, bramble-agent and bramble as static binaries for aarch64 and armv7
 # (musl), runs bramble-proto's unit tests for both under qemu-user, and prints the sizes. For the
-# armv7 userland (no 32-bit ARM machine QEMU can boot Debian on here): the image unpack tests and
-# `bramble-agent check` under qemu-arm. (The aarch64 binaries run on an emulated board:
-# scripts/test-boards.)
+# armv7 userland: the image unpack tests and `bramble-agent check` under qemu-arm. (Both builds'
+# agents also run on emulated boards, arm64 and armhf, in scripts/test-boards.)
 #   cross/build.sh            release binaries in target/<triple>/release/
 #   CROSS_PROFILE=dev cross/build.sh   faster, unoptimised
 set -euo pipefail
@@ -16,7 +15,7 @@ jobs=${CARGO_BUILD_JOBS:-2}
 # nix's FsType, which is 32-bit there. We patch a copy at build time (never committing one) and
 # point cargo at it for the armv7 build only; Cargo.lock is restored afterwards.
 lc_version=$(awk '/^name = "libcontainer"$/{getline; gsub(/"/, "", $3); print $3}' Cargo.lock)
-lc_src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"libcontainer-$lc_version" 2>/dev/null | head -1)
+lc_src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"libcontainer-$lc_version" 2>/dev/null | head -1 || true)
 if [ -z "$lc_src" ]; then
   cargo fetch --locked >/dev/null
   lc_src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"libcontainer-$lc_version" | head -1)

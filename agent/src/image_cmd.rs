@@ -55,7 +55,7 @@ pub fn run(config: &AgentConfig, cmd: ImageCommand) -> anyhow::Result<()> {
             let image: ImageRef = reference.parse()?;
             let arch = match arch {
                 Some(a) => Arch::try_from(a).map_err(|e| anyhow::anyhow!(e))?,
-                None => Arch::host(),
+                None => bramble_agent::sysinfo::arch(),
             };
             let client = RegistryClient::new(config.images.registries.clone());
             let puller = Puller { store: &store, client: &client, arch, unpack };
@@ -76,7 +76,7 @@ pub fn run(config: &AgentConfig, cmd: ImageCommand) -> anyhow::Result<()> {
         ImageCommand::Import { path, name } => {
             let progress = Progress::default();
             let recs = with_progress(&progress, "importing", || {
-                import(&store, &path, &Arch::host(), &ImportOptions { name }, &progress)
+                import(&store, &path, &bramble_agent::sysinfo::arch(), &ImportOptions { name }, &progress)
             })?;
             relieve(config, &store, &roots)?;
             for r in recs {

@@ -7,7 +7,6 @@ use bramble_images::rootfs::Rootfses;
 use bramble_images::store::ContentStore;
 use bramble_images::{gc, Progress};
 use bramble_proto::codec::MAX_FRAME_LEN;
-use bramble_proto::model::Arch;
 use bramble_proto::quantity::human_bytes;
 use bramble_proto::wire::{AgentRequest, ApiError, ErrorCode, ImageInfo, ImageOp, Response, VolumeOp};
 use bramble_transport::quic::{read_frame, write_frame};
@@ -155,7 +154,7 @@ async fn receive_and_import(ctx: &Context, name: Option<String>, size: u64, recv
             Ok(s) => s,
             Err(e) => return error(e.to_string()),
         };
-        let result = import(&store, &tmp.0, &Arch::host(), &ImportOptions { name }, &Progress::default());
+        let result = import(&store, &tmp.0, &crate::sysinfo::arch(), &ImportOptions { name }, &Progress::default());
         drop(tmp);
         match result {
             Ok(records) => Response::Images(records.iter().map(info).collect()),

@@ -15,7 +15,7 @@ pub fn node_info(config: &AgentConfig) -> NodeInfo {
         replicas: config.resources.max_replicas,
     };
     NodeInfo {
-        arch: Arch::host(),
+        arch: arch(),
         os: os_name(),
         kernel: nix::sys::utsname::uname()
             .map_or_else(|_| "unknown".into(), |u| u.release().to_string_lossy().into_owned()),
@@ -25,6 +25,14 @@ pub fn node_info(config: &AgentConfig) -> NodeInfo {
         allocatable,
         addresses: addresses(),
     }
+}
+
+/// The architecture of the images this board runs: this binary's family at the version the kernel
+/// reports (`uname -m`), so an armv7 agent says `arm/v7` and pulls that variant (the compiler cannot
+/// tell v7 from v6).
+pub fn arch() -> Arch {
+    let machine = nix::sys::utsname::uname().map(|u| u.machine().to_string_lossy().into_owned()).unwrap_or_default();
+    Arch::of_board(std::env::consts::ARCH, &machine)
 }
 
 /// `MemTotal` from `/proc/meminfo`, in bytes.

@@ -43,13 +43,31 @@ pub enum Arch {
 }
 
 impl Arch {
-    /// The architecture of the running binary.
+    /// The architecture of the running binary, as far as the compiler knows it: on 32-bit ARM it
+    /// cannot tell v7 from v6 (Rust does not expose the ARM version to `cfg` on stable), so it says
+    /// `arm/v6`, which runs everywhere. An agent asks [`Arch::of_board`] with `uname -m` instead.
     pub fn host() -> Arch {
-        match std::env::consts::ARCH {
+        Arch::of_board(std::env::consts::ARCH, "")
+    }
+
+    /// The architecture a board runs images of: the running binary's family
+    /// (`std::env::consts::ARCH`) with the version the kernel reports (`uname -m`). A 32-bit
+    /// userland on an ARMv8 CPU (`aarch64` or `armv8l`, as on a Raspberry Pi 3 or 4 with a 32-bit
+    /// OS) runs `arm/v7` images, as Docker chooses there; `armv6l` (Pi Zero, Pi 1) runs `arm/v6`.
+    pub fn of_board(binary: &str, machine: &str) -> Arch {
+        match binary {
             "x86_64" => Arch::Amd64,
             "aarch64" => Arch::Arm64,
-            "arm" if cfg!(target_feature = "v7") => Arch::ArmV7,
-            "arm" => Arch::ArmV6,
+            "arm" => {
+                if machine.starts_with("armv7") || machine.starts_with("armv8") || machine == "aarch64" {
+                    Arch::ArmV7
+                } else if machine.starts_with("armv5") || machine.starts_with("armv4") {
+                    // Older than any variant the OCI names for images that run on such a board.
+                    Arch::Other(format!("arm/v{}", &machine[4..5]))
+                } else {
+                    Arch::ArmV6
+                }
+            }
             other => Arch::Other(other.to_string()),
         }
     }
@@ -438,7 +456,34 @@ mod tests {
         assert_eq!(Arch::try_from("arm64/v8".to_string()).unwrap(), Arch::Arm64);
         let json = serde_json::to_string(&Arch::ArmV7).unwrap();
         assert_eq!(json, "\"arm/v7\"");
-        assert_eq!(Arch::host(), if cfg!(target_arch = "x86_64") { Arch::Amd64 } else { Arch::host() });
+        let expected = match std::env::consts::ARCH {
+            "x86_64" => Arch::Amd64,
+            "aarch64" => Arch::Arm64,
+            "arm" => Arch::ArmV6,
+            other => Arch::Other(other.into()),
+        };
+        assert_eq!(Arch::host(), expected);
+    }
+
+    #[test]
+    fn a_board_runs_images_of_its_binary_family_at_the_version_its_kernel_reports() {
+        let cases = [
+            ("x86_64", "x86_64", Arch::Amd64),
+            ("aarch64", "aarch64", Arch::Arm64),
+            // A 32-bit userland: the kernel says the version.
+            ("arm", "armv7l", Arch::ArmV7),
+            ("arm", "armv6l", Arch::ArmV6),
+            // A Pi 3/4 with a 32-bit OS: an arm64 kernel (aarch64) or a 32-bit one on ARMv8 (armv8l).
+            ("arm", "aarch64", Arch::ArmV7),
+            ("arm", "armv8l", Arch::ArmV7),
+            ("arm", "armv5tel", Arch::Other("arm/v5".into())),
+            // Nothing known from the kernel: what runs on every 32-bit ARM board we support.
+            ("arm", "", Arch::ArmV6),
+            ("riscv64", "riscv64", Arch::Other("riscv64".into())),
+        ];
+        for (binary, machine, arch) in cases {
+            assert_eq!(Arch::of_board(binary, machine), arch, "{binary} binary, uname -m {machine:?}");
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ use bramble_images::registry::RegistryClient;
 use bramble_images::rootfs::Rootfses;
 use bramble_images::store::ContentStore;
 use bramble_images::unpack::UnpackOptions;
-use bramble_proto::model::{Arch, Event};
+use bramble_proto::model::Event;
 use bramble_proto::time::now_ms;
 use real::{PodNetwork, ShimContainers, StoreImages};
 use std::path::{Path, PathBuf};
@@ -175,7 +175,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
         store,
         client: Arc::new(RegistryClient::new(config.images.registries.clone())),
         unpack: UnpackOptions { devices: config.images.devices.into(), ..Default::default() },
-        arch: Arch::host(),
+        arch: crate::sysinfo::arch(),
     });
     let (inputs, rx) = sync_channel(INPUTS);
     let (status_tx, status) = tokio::sync::watch::channel(Statuses::new());

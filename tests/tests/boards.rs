@@ -1,6 +1,7 @@
-//! Virtual boards: the static aarch64 agent on an emulated arm64 machine (Debian's arm64 kernel under
-//! `qemu-system-aarch64`, cgroup v2) joins a leader in a network namespace on this machine, pulls
-//! the arm64 variant of the multi-arch busybox image and runs it.
+//! Virtual boards: the static aarch64 and armv7 agents on emulated arm64 and armhf machines
+//! (Debian's kernels under `qemu-system-aarch64` and `qemu-system-arm`, cgroup v2) join a leader
+//! in a network namespace on this machine, pull their variant of the multi-arch busybox image and
+//! run it; a board cut from power; the packages under systemd; flash writes.
 //!
 //! Slow (minutes under TCG) and it needs the aarch64 build, so it is ignored by `cargo test` and
 //! run by `scripts/test-boards` after `cross/build.sh` (CI runs both).
@@ -96,13 +97,55 @@ fn wait_board_ready(c: &bramble_tests::Cluster, vm: &mut Vm, name: &str, why: im
     })
 }
 
+/// An emulated ARM board: which QEMU machine, which static agent, what it must report.
+struct EmulatedBoard {
+    /// `scripts/vm --arch` and the board's name prefix.
+    vm: &'static str,
+    /// Where `cross/build.sh` puts its static agent (and its shim beside it).
+    triple: &'static str,
+    /// Overrides that path.
+    env: &'static str,
+    arch: Arch,
+    /// In Debian's kernel release of that arch (`6.1.0-57-arm64`, `6.1.0-57-armmp-lpae`).
+    kernel: &'static str,
+    /// `uname -m` in a container of the image's variant for that arch.
+    machine: &'static str,
+}
+
 #[test]
 #[ignore = "slow: an emulated arm64 board (minutes under TCG); scripts/test-boards runs it after cross/build.sh"]
 fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
-    let agent = std::env::var_os("BRAMBLE_ARM64_AGENT")
+    emulated_board(EmulatedBoard {
+        vm: "arm64",
+        triple: "aarch64-unknown-linux-musl",
+        env: "BRAMBLE_ARM64_AGENT",
+        arch: Arch::Arm64,
+        kernel: "arm64",
+        machine: "aarch64",
+    });
+}
+
+#[test]
+#[ignore = "slow: an emulated armhf board (minutes under TCG); scripts/test-boards runs it after cross/build.sh"]
+fn an_emulated_armhf_board_joins_pulls_the_arm_v7_image_and_runs_it() {
+    emulated_board(EmulatedBoard {
+        vm: "armhf",
+        triple: "armv7-unknown-linux-musleabihf",
+        env: "BRAMBLE_ARMHF_AGENT",
+        arch: Arch::ArmV7,
+        kernel: "armmp",
+        machine: "armv7l",
+    });
+}
+
+/// The board joins a leader on this machine, passes the doctor but for nft (a busybox root), says
+/// its arch, pulls its variant of the multi-arch image and runs it, then ten replicas on 512 MB.
+fn emulated_board(b: EmulatedBoard) {
+    let agent = std::env::var_os(b.env)
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/aarch64-unknown-linux-musl/release/bramble-agent"));
-    assert!(agent.exists(), "no aarch64 agent at {} (build it with cross/build.sh)", agent.display());
+        .unwrap_or_else(|| repo().join("target").join(b.triple).join("release/bramble-agent"));
+    assert!(agent.exists(), "no {} agent at {} (build it with cross/build.sh)", b.triple, agent.display());
+    let name = format!("{}-board", b.vm);
     // An emulated board answers slowly: more room before it counts as lost.
     let opts = ClusterOptions { agents: 0, not_ready_after: "60s", heartbeat: "5s", ..Default::default() };
     let (c, _registry, image) = with_busybox_opts(opts, "");
@@ -112,7 +155,7 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
     // The script copies the binaries into the board's own (tmpfs) root first: run from the 9p
     // share, which has no page cache, the agent would map only the pages it touches, and its
     // memory would read lower than on a board's SD card.
-    let share = board_share(&c, "arm64-board");
+    let share = board_share(&c, &name);
     std::fs::copy(&agent, share.join("bramble-agent")).unwrap();
     // Its shim beside it, as the package installs them.
     std::fs::copy(agent.with_file_name("bramble-shim"), share.join("bramble-shim")).unwrap();
@@ -122,7 +165,7 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
             "mkdir -p /opt/bramble && cp /mnt/bramble-agent /mnt/bramble-shim /opt/bramble/\n\
              /opt/bramble/bramble-agent check --data-dir /var/lib/bramble > /mnt/check.txt 2>&1; echo \"exit $?\" >> /mnt/check.txt\n\
              RUST_LOG=info /opt/bramble/bramble-agent run --config /mnt/agent.toml --leader {leader_ip}:{LEADER_PORT} \
-             --token {} --name arm64-board --data-dir /var/lib/bramble > /mnt/agent.log 2>&1 &\n\
+             --token {} --name {name} --data-dir /var/lib/bramble > /mnt/agent.log 2>&1 &\n\
              agent=$!\n\
              while [ ! -e /mnt/stop ]; do\n\
                {{ echo \"agent $(awk '/^Pss:/{{print $2}}' /proc/$agent/smaps_rollup) $(awk '/^VmRSS:/{{print $2}}' /proc/$agent/status)\"\n\
@@ -143,7 +186,7 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
         &[
             "run",
             "--arch",
-            "arm64",
+            b.vm,
             "--mem",
             "512",
             "--net",
@@ -155,12 +198,12 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
             "sh",
             "/mnt/board.sh",
         ],
-        &c.dir.path().join("arm64-console.log"),
+        &c.dir.path().join(format!("{}-console.log", b.vm)),
     );
     let agent_log = || std::fs::read_to_string(share.join("agent.log")).unwrap_or_default();
 
-    // The board joins and says it is an arm64 machine.
-    let node = wait_board_ready(&c, &mut vm, "arm64-board", agent_log);
+    // The board joins and says what machine it is.
+    let node = wait_board_ready(&c, &mut vm, &name, agent_log);
     let joined = started.elapsed();
 
     // The doctor ran first on the board: a cgroup v2 kernel with every controller, overlayfs in
@@ -175,14 +218,18 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
     );
     assert!(line(" overlayfs ").starts_with("#   ok"), "{check}");
     assert!(line(" namespaces ").starts_with("#   ok"), "{check}");
-    assert!(line(" kernel ").contains("arm64"), "{check}");
+    assert!(line(" kernel ").contains(b.kernel), "{check}");
     let nft = line("nf_tables with NAT");
     assert!(nft.starts_with("#   MISSING") && nft.contains("apt-get install nftables"), "{check}");
     assert!(check.contains("this board cannot run containers") && check.trim_end().ends_with("exit 2"), "{check}");
-    assert_eq!(node.node.info.arch, Arch::Arm64, "the board reports its architecture");
-    assert!(node.node.info.kernel.contains("arm64"), "Debian's arm64 kernel: {}", node.node.info.kernel);
+    assert_eq!(node.node.info.arch, b.arch, "the board reports its architecture");
+    assert!(node.node.info.kernel.contains(b.kernel), "Debian's {} kernel: {}", b.vm, node.node.info.kernel);
     let table = ok(c.cli(&["get", "nodes"]), "get nodes");
-    assert!(table.lines().any(|l| l.contains("arm64-board") && l.contains("arm64")), "get nodes shows arm64:\n{table}");
+    let arch = b.arch.to_string();
+    assert!(
+        table.lines().any(|l| l.contains(&name) && l.split_whitespace().any(|w| w == arch)),
+        "get nodes shows {arch}:\n{table}"
+    );
 
     // The agent's memory on the board, idle (PSS and RSS in KiB, read in the guest).
     let board_memory = || -> (u64, u64) {
@@ -212,7 +259,7 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
     let (idle_pss, idle_rss, _) = memory();
     assert!(idle_pss > 0, "the board reports its agent's memory");
 
-    // An app from the multi-arch image: the board pulls its arm64 variant and runs it.
+    // An app from the multi-arch image: the board pulls its own variant and runs it.
     let manifest = c.dir.path().join("uname.toml");
     std::fs::write(
         &manifest,
@@ -224,22 +271,22 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
     .unwrap();
     let applied = Instant::now();
     ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
-    let replica: Replica = wait_for("the replica Running on the arm64 board", Duration::from_secs(600), || {
+    let replica: Replica = wait_for(&format!("the replica Running on {name}"), Duration::from_secs(600), || {
         assert!(vm.child.try_wait().unwrap().is_none(), "the VM stopped:\n{}\nagent:\n{}", vm.console(), agent_log());
         c.replicas_of("uname").into_iter().find(|r| r.phase == ReplicaPhase::Running)
     });
     let running = applied.elapsed();
-    assert_eq!(replica.node.as_deref(), Some("arm64-board"));
+    assert_eq!(replica.node.as_deref(), Some(name.as_str()));
     let logs = wait_for("the container's output", Duration::from_secs(120), || {
         let out = c.cli(&["logs", &replica.meta.name]);
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         text.contains("machine=").then_some(text)
     });
-    assert!(logs.contains("machine=aarch64"), "the arm64 busybox runs on the arm64 board: {logs}");
+    assert!(logs.contains(&format!("machine={}\n", b.machine)), "the {} busybox runs on {name}: {logs}", b.vm);
 
-    // Ten containers: what each costs on an arm64 board (the agent's growth and its shim).
+    // Ten containers: what each costs on the board (the agent's growth and its shim).
     ok(c.cli(&["scale", "app", "uname", "--replicas", "10"]), "scale");
-    wait_for("ten replicas Running on the arm64 board", Duration::from_secs(600), || {
+    wait_for(&format!("ten replicas Running on {name}"), Duration::from_secs(600), || {
         let r = c.replicas_of("uname");
         (r.len() == 10 && r.iter().all(|r| r.phase == ReplicaPhase::Running)).then_some(())
     });
@@ -259,8 +306,9 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
     let shims_pss: u64 = shims.iter().sum();
     let per_container = (busy_pss.saturating_sub(idle_pss) + shims_pss) as f64 / 10.0 / 1024.0;
     eprintln!(
-        "arm64 board memory: agent idle PSS {:.1} MiB / RSS {:.1} MiB; with 10 containers agent PSS {:.1} MiB / RSS {:.1} MiB, \
+        "{} board memory: agent idle PSS {:.1} MiB / RSS {:.1} MiB; with 10 containers agent PSS {:.1} MiB / RSS {:.1} MiB, \
          shims PSS {:.2} MiB each; per container (agent growth + shim) {per_container:.2} MiB",
+        b.vm,
         idle_pss as f64 / 1024.0,
         idle_rss as f64 / 1024.0,
         busy_pss as f64 / 1024.0,
@@ -271,14 +319,16 @@ fn an_emulated_arm64_board_joins_pulls_the_arm64_image_and_runs_it() {
     // A small board: 512 MB of RAM, the agent and ten containers, with room to spare.
     let (available, total) = board_memory();
     eprintln!(
-        "arm64 board with 512 MB: {} MiB available of {} MiB with the agent and 10 containers",
+        "{} board with 512 MB: {} MiB available of {} MiB with the agent and 10 containers",
+        b.vm,
         available / 1024,
         total / 1024
     );
     assert!(total > 0 && total < 512 * 1024, "the board has 512 MB: {total} KiB");
     assert!(available > 256 * 1024, "room to spare on a 512 MB board: {available} KiB available");
     eprintln!(
-        "arm64 board (TCG): Ready {:.1}s after boot started; apply -> Running {:.1}s (pull, unpack, start)",
+        "{} board (TCG): Ready {:.1}s after boot started; apply -> Running {:.1}s (pull, unpack, start)",
+        b.vm,
         joined.as_secs_f64(),
         running.as_secs_f64()
     );
@@ -642,36 +692,56 @@ fn the_package_installs_its_agent_joins_under_systemd_and_the_watchdog_restarts_
     assert!(board_log().contains("after stop: inactive"), "{}", board_log());
 }
 
-fn arm64_package() -> PathBuf {
-    if let Some(p) = std::env::var_os("BRAMBLE_ARM64_DEB") {
+/// The package of a Debian arch (`arm64`, `armhf`) that `cross/deb.sh` made, or the one named by
+/// `env`.
+fn arm_package(deb_arch: &str, env: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
     let dir = repo().join("target/deb");
+    let suffix = format!("_{deb_arch}.deb");
     std::fs::read_dir(&dir)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with("_arm64.deb")))
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(&suffix)))
         .unwrap_or_else(|| {
-            panic!("no arm64 package in {} (build it: cross/build.sh, then cross/deb.sh arm64)", dir.display())
+            panic!(
+                "no {deb_arch} package in {} (build it: cross/build.sh, then cross/deb.sh {deb_arch})",
+                dir.display()
+            )
         })
 }
 
 #[test]
-#[ignore = "slow: an arm64 Debian board under systemd (debootstrap once, then TCG); run by scripts/test-arm64-package, not by CI (time)"]
+#[ignore = "slow: an arm64 Debian board under systemd (debootstrap once, then TCG); run by scripts/test-arm-packages (CI runs it last)"]
 fn the_arm64_package_installs_on_an_arm64_debian_board_and_its_agent_joins_under_systemd() {
-    let deb = arm64_package();
+    package_on_arm_board("arm64", Arch::Arm64, "BRAMBLE_ARM64_DEB");
+}
+
+#[test]
+#[ignore = "slow: an armhf Debian board under systemd (debootstrap once, then TCG); run by scripts/test-arm-packages (CI runs it last)"]
+fn the_armhf_package_installs_on_an_armhf_debian_board_and_its_agent_joins_under_systemd() {
+    package_on_arm_board("armhf", Arch::ArmV7, "BRAMBLE_ARMHF_DEB");
+}
+
+/// A Debian board of `deb_arch` (a debootstrapped root, `scripts/vm fetch-root`) booting systemd:
+/// the package installs, starts nothing, passes the doctor; started with systemctl, the agent
+/// joins, says `arch` and runs two containers of its variant of the image.
+fn package_on_arm_board(deb_arch: &str, arch: Arch, env: &str) {
+    let deb = arm_package(deb_arch, env);
     let opts = ClusterOptions { agents: 0, not_ready_after: "120s", heartbeat: "5s", ..Default::default() };
     let (c, _registry, image) = with_busybox_opts(opts, "");
-    let (share, disk) = package_board(&c, "pi-board", &deb);
+    let name = format!("pi-{deb_arch}");
+    let (share, disk) = package_board(&c, &name, &deb);
     let started = Instant::now();
     let mut vm = Vm::start(
         &c.lab.ns(0),
         &[
             "run",
             "--arch",
-            "arm64",
+            deb_arch,
             "--systemd",
             "--net",
             "--share",
@@ -684,7 +754,7 @@ fn the_arm64_package_installs_on_an_arm64_debian_board_and_its_agent_joins_under
             "sh",
             "/mnt/board.sh",
         ],
-        &c.dir.path().join("pi-console.log"),
+        &c.dir.path().join(format!("{name}-console.log")),
     );
     let board_log = || {
         format!(
@@ -693,14 +763,14 @@ fn the_arm64_package_installs_on_an_arm64_debian_board_and_its_agent_joins_under
             std::fs::read_to_string(share.join("status")).unwrap_or_default()
         )
     };
-    let node = wait_board_ready(&c, &mut vm, "pi-board", board_log);
+    let node = wait_board_ready(&c, &mut vm, &name, board_log);
     let joined = started.elapsed();
     assert_installed_and_checked(&share);
-    assert_eq!(node.node.info.arch, Arch::Arm64, "the board reports its architecture");
+    assert_eq!(node.node.info.arch, arch, "the board reports its architecture");
 
     let manifest = bramble_tests::cluster::idle_app(c.dir.path(), "pi", &image, 2);
     ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
-    wait_for("two replicas Running on the arm64 board", Duration::from_secs(900), || {
+    wait_for(&format!("two replicas Running on the {deb_arch} board"), Duration::from_secs(900), || {
         assert!(vm.child.try_wait().unwrap().is_none(), "the VM stopped:\n{}\n{}", vm.console(), board_log());
         let r = c.replicas_of("pi");
         (r.len() == 2 && r.iter().all(|r| r.phase == ReplicaPhase::Running) && container_pids(&share).len() == 2)
@@ -708,7 +778,7 @@ fn the_arm64_package_installs_on_an_arm64_debian_board_and_its_agent_joins_under
     });
     let (agent, restarts, state) = unit_status(&share).expect("the unit's status");
     assert!(agent != 0 && restarts == 0 && state == "active", "{}", board_log());
-    eprintln!("arm64 Debian board under systemd (TCG): Ready {:.1}s after boot started", joined.as_secs_f64());
+    eprintln!("{deb_arch} Debian board under systemd (TCG): Ready {:.1}s after boot started", joined.as_secs_f64());
 
     std::fs::write(share.join("stop"), "").unwrap();
     let status = vm.wait(Duration::from_secs(300)).expect("the VM powers off after the stop");

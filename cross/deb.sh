@@ -20,6 +20,10 @@ case "$profile" in
   *) echo "cross/deb.sh: CROSS_PROFILE is release or dev, not $profile" >&2; exit 2 ;;
 esac
 mkdir -p "$out"
+# Reproducible: every file dated at the last commit (SOURCE_DATE_EPOCH, which dpkg-deb also uses
+# for the archive's own dates), modes set explicitly, so the same binaries give the same package.
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
+umask 022
 
 bins_of() {
   case "$1" in
@@ -123,6 +127,7 @@ fi
 exit 0
 EOF
   chmod 0755 "$root/DEBIAN/postinst" "$root/DEBIAN/postrm"
+  find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
   deb=$out/bramble_${version}_${arch}.deb
   dpkg-deb --root-owner-group "${compress[@]}" --build "$root" "$deb" >/dev/null
   rm -rf "$root"

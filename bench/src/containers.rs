@@ -81,7 +81,7 @@ pub fn run(runs: usize) -> serde_json::Value {
     let roots = Rootfses::new(store, &dir.path().join("rootfs")).with_kind(RootfsKind::Overlay);
     // One read-only root filesystem shared by every run on both sides.
     let rootfs = roots.prepare("shared", &image).expect("rootfs").path;
-    let runtime = Runtime::new(&dir.path().join("run"), &bin_dir().join("bramble-agent"));
+    let runtime = Runtime::new(&dir.path().join("run"), &bin_dir().join("bramble-shim"));
     let runc_root = dir.path().join("runc");
     let bundle = dir.path().join("bundle");
     std::fs::create_dir_all(&bundle).expect("bundle");

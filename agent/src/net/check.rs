@@ -44,7 +44,7 @@ fn probe() -> Result<Vec<Finding>, String> {
                 .map_err(|e| format!("{e}: enable CONFIG_BRIDGE (or load the bridge module)")),
         )];
         let veth = match b {
-            Some(b) => nl.veth("check-a", "check-b", b, 1500).map_err(|e| e.to_string()),
+            Some(b) => nl.veth("check-a", "check-b", b, 1500, None).map_err(|e| e.to_string()),
             None => Err("needs the bridge".into()),
         };
         out.push(finding(

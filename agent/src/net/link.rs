@@ -545,31 +545,36 @@ impl Netlink {
         self.must(msg, &format!("add address {address}/{prefix}"))
     }
 
-    /// A veth pair `host` ↔ `peer`, both here; the host end attached to `bridge` with `mtu`, up.
-    pub fn veth(&self, host: &str, peer: &str, bridge: u32, mtu: u32) -> Result<(), NetError> {
+    /// A veth pair `host` ↔ `peer` with `mtu`, the host end attached to `bridge` and up. The
+    /// peer is made straight in the network namespace open as `peer_ns` when given: moving a link
+    /// between namespaces waits for an RCU grace period under the kernel's rtnl lock (about 20 ms
+    /// a pod on the development VM, one pod at a time), making it there costs under a millisecond.
+    pub fn veth(
+        &self,
+        host: &str,
+        peer: &str,
+        bridge: u32,
+        mtu: u32,
+        peer_ns: Option<&std::fs::File>,
+    ) -> Result<(), NetError> {
         let what = format!("create veth {host}");
-        let msg = Self::new_link(host, mtu, "veth")
-            .nest(sys::IFLA_INFO_DATA)
-            .nest(sys::VETH_INFO_PEER)
-            .raw(&ifinfomsg(0, 0, 0))
-            .attr_str(sys::IFLA_IFNAME, peer)
-            .end()
-            .end()
-            .end();
-        self.must(msg, &what)?;
+        self.must(Self::veth_request(host, peer, mtu, peer_ns.map(|f| f.as_raw_fd() as u32)), &what)?;
         let index = self.require(host)?;
         let msg = Self::set_link(index, sys::IFF_UP, sys::IFF_UP).attr_u32(sys::IFLA_MASTER, bridge);
         self.must(msg, &format!("attach {host} to the bridge"))
     }
 
-    /// Moves link `name` into the network namespace open as `ns`, renamed `new_name`.
-    pub fn move_to(&self, name: &str, ns: &std::fs::File, new_name: &str, mtu: u32) -> Result<(), NetError> {
-        let index = self.require(name)?;
-        let msg = Self::set_link(index, 0, 0)
-            .attr_u32(sys::IFLA_NET_NS_FD, ns.as_raw_fd() as u32)
-            .attr_str(sys::IFLA_IFNAME, new_name)
+    fn veth_request(host: &str, peer: &str, mtu: u32, peer_ns: Option<u32>) -> Message {
+        let mut msg = Self::new_link(host, mtu, "veth")
+            .nest(sys::IFLA_INFO_DATA)
+            .nest(sys::VETH_INFO_PEER)
+            .raw(&ifinfomsg(0, 0, 0))
+            .attr_str(sys::IFLA_IFNAME, peer)
             .attr_u32(sys::IFLA_MTU, mtu);
-        self.must(msg, &format!("move {name} into the pod"))
+        if let Some(fd) = peer_ns {
+            msg = msg.attr_u32(sys::IFLA_NET_NS_FD, fd);
+        }
+        msg.end().end().end()
     }
 
     /// Deletes link `name` if it exists.
@@ -694,15 +699,7 @@ mod tests {
 
     #[test]
     fn a_veth_request_nests_its_peer_with_every_length_right() {
-        let bytes = Netlink::new_link("bv-host", 1400, "veth")
-            .nest(sys::IFLA_INFO_DATA)
-            .nest(sys::VETH_INFO_PEER)
-            .raw(&ifinfomsg(0, 0, 0))
-            .attr_str(sys::IFLA_IFNAME, "bv-peer")
-            .end()
-            .end()
-            .end()
-            .finish(7);
+        let bytes = Netlink::veth_request("bv-host", "eth0", 1400, Some(9)).finish(7);
         assert_eq!(u32::from_ne_bytes(bytes[0..4].try_into().unwrap()) as usize, bytes.len());
         assert_eq!(word16(&bytes, 4), sys::RTM_NEWLINK);
         assert_eq!(u32::from_ne_bytes(bytes[8..12].try_into().unwrap()), 7, "the sequence number");
@@ -721,7 +718,23 @@ mod tests {
         assert_eq!(kind, sys::VETH_INFO_PEER);
         assert_eq!(&peer[..16], &[0u8; 16], "the peer's ifinfomsg");
         let peer_attrs: Vec<_> = attributes(&peer[16..]).collect();
-        assert_eq!(peer_attrs, [(sys::IFLA_IFNAME, &b"bv-peer\0"[..])]);
+        // Named, sized and made in the pod's namespace (the fd) in the same request.
+        assert_eq!(
+            peer_attrs,
+            [
+                (sys::IFLA_IFNAME, &b"eth0\0"[..]),
+                (sys::IFLA_MTU, &1400u32.to_ne_bytes()[..]),
+                (sys::IFLA_NET_NS_FD, &9u32.to_ne_bytes()[..])
+            ]
+        );
+        let here: Vec<_> = {
+            let bytes = Netlink::veth_request("check-a", "check-b", 1500, None).finish(1);
+            let top: Vec<_> = attributes(&bytes[HEADER + 16..]).map(|(k, v)| (k, v.to_vec())).collect();
+            let info: Vec<_> = attributes(&top[2].1).map(|(k, v)| (k, v.to_vec())).collect();
+            let data: Vec<_> = attributes(&info[1].1).map(|(k, v)| (k, v.to_vec())).collect();
+            attributes(&data[0].1[16..]).map(|(k, _)| k).collect()
+        };
+        assert_eq!(here, [sys::IFLA_IFNAME, sys::IFLA_MTU], "no namespace: the peer stays here");
         // The nests end exactly where the message ends.
         let linkinfo_at = HEADER + 16 + 12 + 8;
         assert_eq!(linkinfo_at + word16(&bytes, linkinfo_at) as usize, bytes.len());
@@ -824,18 +837,23 @@ mod tests {
                 [255, 255, 255, 0].into()
             )));
 
-            nl.veth("tv-host", "tv-peer", br, 1400).unwrap();
-            let host = nl.link("tv-host").unwrap().unwrap();
+            // Both ends here (what the doctor tries).
+            nl.veth("tv-both", "tv-peer", br, 1400, None).unwrap();
+            let host = nl.link("tv-both").unwrap().unwrap();
             assert_eq!((host.up, host.master, host.mtu), (true, Some(br), Some(1400)));
-            assert!(nl.link("tv-peer").unwrap().is_some());
-            let again = nl.veth("tv-host", "tv-peer", br, 1400).unwrap_err().to_string();
-            assert!(again.starts_with("create veth tv-host: File exists"), "{again}");
+            assert_eq!(nl.link("tv-peer").unwrap().and_then(|l| l.mtu), Some(1400));
+            let again = nl.veth("tv-both", "tv-peer", br, 1400, None).unwrap_err().to_string();
+            assert!(again.starts_with("create veth tv-both: File exists"), "{again}");
+            nl.delete("tv-both").unwrap();
+            assert_eq!(nl.index("tv-peer").unwrap(), None, "a veth pair goes as one");
 
-            // Into a pod's namespace, renamed eth0, configured from inside.
+            // A pod's: its end made in its namespace as eth0, configured from inside.
             crate::net::netns::create(&pod).unwrap();
             let file = std::fs::File::open(&pod).unwrap();
-            nl.move_to("tv-peer", &file, "eth0", 1400).unwrap();
-            assert_eq!(nl.index("tv-peer").unwrap(), None, "gone from here");
+            nl.veth("tv-host", "eth0", br, 1400, Some(&file)).unwrap();
+            let host = nl.link("tv-host").unwrap().unwrap();
+            assert_eq!((host.up, host.master, host.mtu), (true, Some(br), Some(1400)));
+            assert_eq!(nl.index("eth0").unwrap(), None, "the pod's end is not here");
             let ip = Ipv4Addr::new(10, 98, 0, 7);
             let inside = crate::net::netns::inside(&pod, move || {
                 let nl = Netlink::open()?;

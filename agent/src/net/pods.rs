@@ -99,15 +99,16 @@ impl Pods {
         let host = veth_name(replica, "bv");
         let nl = Netlink::open()?;
         if nl.index(&host)?.is_none() {
-            let peer = veth_name(replica, "bp");
-            let _ = nl.delete(&peer); // a half-made pair from an earlier attempt
+            // (An agent before 2026-12-04 made the peer here as bp… and moved it; one that died
+            // in between left it behind.)
+            let _ = nl.delete(&veth_name(replica, "bp"));
             let bridge = nl
                 .index(&board.bridge)?
                 .ok_or_else(|| NetError::Missing(format!("bridge {} is gone", board.bridge)))?;
-            nl.veth(&host, &peer, bridge, board.mtu)?;
             let file = std::fs::File::open(&ns)
                 .map_err(|e| NetError::Io { what: format!("open {}", ns.display()), error: e })?;
-            nl.move_to(&peer, &file, "eth0", board.mtu)?;
+            // The pod's end is made in its namespace as eth0: one request, no move.
+            nl.veth(&host, "eth0", bridge, board.mtu, Some(&file))?;
         }
         let gateway = board.subnet.gateway();
         netns::inside(&ns, move || configure_inside(ip, gateway))?;

@@ -10,7 +10,6 @@ use bramble_images::import::{import, ImportOptions};
 use bramble_images::rootfs::{RootfsKind, Rootfses};
 use bramble_images::store::ContentStore;
 use bramble_images::Progress;
-use bramble_proto::model::Arch;
 use bramble_tests::process::bin_dir;
 use bramble_tests::testimages::busybox_layout;
 use std::path::Path;
@@ -72,7 +71,7 @@ pub fn run(runs: usize) -> serde_json::Value {
     let image = import(
         &store,
         &dir.path().join("layout"),
-        &Arch::host(),
+        &bramble_agent::sysinfo::arch(),
         &ImportOptions { name: Some("bench/busybox".into()) },
         &Progress::default(),
     )

@@ -43,13 +43,6 @@ pub enum Arch {
 }
 
 impl Arch {
-    /// The architecture of the running binary, as far as the compiler knows it: on 32-bit ARM it
-    /// cannot tell v7 from v6 (Rust does not expose the ARM version to `cfg` on stable), so it says
-    /// `arm/v6`, which runs everywhere. An agent asks [`Arch::of_board`] with `uname -m` instead.
-    pub fn host() -> Arch {
-        Arch::of_board(std::env::consts::ARCH, "")
-    }
-
     /// The architecture a board runs images of: the running binary's family
     /// (`std::env::consts::ARCH`) with the version the kernel reports (`uname -m`). A 32-bit
     /// userland on an ARMv8 CPU (`aarch64` or `armv8l`, as on a Raspberry Pi 3 or 4 with a 32-bit
@@ -456,13 +449,6 @@ mod tests {
         assert_eq!(Arch::try_from("arm64/v8".to_string()).unwrap(), Arch::Arm64);
         let json = serde_json::to_string(&Arch::ArmV7).unwrap();
         assert_eq!(json, "\"arm/v7\"");
-        let expected = match std::env::consts::ARCH {
-            "x86_64" => Arch::Amd64,
-            "aarch64" => Arch::Arm64,
-            "arm" => Arch::ArmV6,
-            other => Arch::Other(other.into()),
-        };
-        assert_eq!(Arch::host(), expected);
     }
 
     #[test]

@@ -319,8 +319,11 @@ memory = "8Mi"
 
     // 9. An image that offers no platform for these boards: the board that tried reports what
     //    it offers, the leader takes the replica off, and it waits with a reason to act on.
-    let other_arch =
-        if Arch::host() == Arch::Arm64 { ("amd64", None, "amd64") } else { ("arm64", Some("v8"), "arm64") };
+    let other_arch = if bramble_agent::sysinfo::arch() == Arch::Arm64 {
+        ("amd64", None, "amd64")
+    } else {
+        ("arm64", Some("v8"), "arm64")
+    };
     let arm_dir = tempfile::tempdir().unwrap();
     let l = Layout::new(arm_dir.path());
     let m = l.image(other_arch.0, other_arch.1, &[busybox_layer(other_arch.2)], &["sh"]);

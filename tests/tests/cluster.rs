@@ -1,6 +1,6 @@
 //! A real leader and three real agents as processes, each agent in its own network namespace.
 
-use bramble_proto::model::{Arch, ConditionStatus};
+use bramble_proto::model::ConditionStatus;
 use bramble_tests::{Cluster, ClusterOptions};
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ fn nodes_go_not_ready_and_come_back() {
     for (i, n) in nodes.iter().enumerate() {
         assert_eq!(n.node.meta.name, Cluster::node_name(i + 1));
         assert_eq!(n.ready.status, ConditionStatus::True);
-        assert_eq!(n.node.info.arch, Arch::host());
+        assert_eq!(n.node.info.arch, bramble_agent::sysinfo::arch());
         assert_eq!(n.node.info.capacity.cpu_millis, cpus);
         assert_eq!(n.node.info.capacity.memory_bytes, mem_total());
         assert!(n.node.info.addresses.contains(&c.lab.addr(i + 1)), "{:?}", n.node.info.addresses);

@@ -697,6 +697,16 @@ mod tests {
         u16::from_ne_bytes([b[at], b[at + 1]])
     }
 
+    /// The attributes of a veth request's peer (linkinfo → info data → peer, after its ifinfomsg).
+    fn peer_attributes(request: &[u8]) -> Vec<(u16, Vec<u8>)> {
+        let nested = |bytes: &[u8], kind: u16| -> Vec<u8> {
+            attributes(bytes).find(|(k, _)| *k == kind).map(|(_, v)| v.to_vec()).expect("the nest")
+        };
+        let info = nested(&request[HEADER + 16..], sys::IFLA_LINKINFO);
+        let peer = nested(&nested(&info, sys::IFLA_INFO_DATA), sys::VETH_INFO_PEER);
+        attributes(&peer[16..]).map(|(k, v)| (k, v.to_vec())).collect()
+    }
+
     #[test]
     fn a_veth_request_nests_its_peer_with_every_length_right() {
         let bytes = Netlink::veth_request("bv-host", "eth0", 1400, Some(9)).finish(7);
@@ -727,14 +737,9 @@ mod tests {
                 (sys::IFLA_NET_NS_FD, &9u32.to_ne_bytes()[..])
             ]
         );
-        let here: Vec<_> = {
-            let bytes = Netlink::veth_request("check-a", "check-b", 1500, None).finish(1);
-            let top: Vec<_> = attributes(&bytes[HEADER + 16..]).map(|(k, v)| (k, v.to_vec())).collect();
-            let info: Vec<_> = attributes(&top[2].1).map(|(k, v)| (k, v.to_vec())).collect();
-            let data: Vec<_> = attributes(&info[1].1).map(|(k, v)| (k, v.to_vec())).collect();
-            attributes(&data[0].1[16..]).map(|(k, _)| k).collect()
-        };
-        assert_eq!(here, [sys::IFLA_IFNAME, sys::IFLA_MTU], "no namespace: the peer stays here");
+        let here = peer_attributes(&Netlink::veth_request("check-a", "check-b", 1500, None).finish(1));
+        let kinds: Vec<u16> = here.iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, [sys::IFLA_IFNAME, sys::IFLA_MTU], "no namespace: the peer stays here");
         // The nests end exactly where the message ends.
         let linkinfo_at = HEADER + 16 + 12 + 8;
         assert_eq!(linkinfo_at + word16(&bytes, linkinfo_at) as usize, bytes.len());

@@ -42,15 +42,11 @@ pub struct Pods {
     inner: Mutex<Inner>,
 }
 
-/// The host-side end of replica `replica`'s veth (its counters are the pod's traffic).
+/// The host-side end of replica `replica`'s veth (its counters are the pod's traffic): short (15
+/// characters at most) and stable.
 pub fn host_veth(replica: &str) -> String {
-    veth_name(replica, "bv")
-}
-
-/// The host-side name of a pod's veth: short (15 characters at most) and stable.
-fn veth_name(replica: &str, prefix: &str) -> String {
     let h = replica.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-    format!("{prefix}{:010x}", h & 0xff_ffff_ffff)
+    format!("bv{:010x}", h & 0xff_ffff_ffff)
 }
 
 impl Pods {
@@ -96,12 +92,9 @@ impl Pods {
         let dir = self.dir.join(replica);
         let ns = self.netns_path(replica);
         netns::create(&ns)?;
-        let host = veth_name(replica, "bv");
+        let host = host_veth(replica);
         let nl = Netlink::open()?;
         if nl.index(&host)?.is_none() {
-            // (An agent before 2026-12-04 made the peer here as bp… and moved it; one that died
-            // in between left it behind.)
-            let _ = nl.delete(&veth_name(replica, "bp"));
             let bridge = nl
                 .index(&board.bridge)?
                 .ok_or_else(|| NetError::Missing(format!("bridge {} is gone", board.bridge)))?;
@@ -129,7 +122,7 @@ impl Pods {
     /// files. Safe to repeat.
     pub fn release(&self, replica: &str) -> Result<(), NetError> {
         let nl = Netlink::open()?;
-        nl.delete(&veth_name(replica, "bv"))?;
+        nl.delete(&host_veth(replica))?;
         netns::delete(&self.netns_path(replica))?;
         if let Some(ip) = self.ip(replica) {
             super::conntrack::forget_address(ip);
@@ -164,9 +157,9 @@ fn configure_inside(ip: Ipv4Addr, gateway: Ipv4Addr) -> Result<(), NetError> {
 mod tests {
     #[test]
     fn veth_names_fit_the_kernels_limit_and_differ() {
-        let a = super::veth_name("web-1855f90dee-x2k4q", "bv");
+        let a = super::host_veth("web-1855f90dee-x2k4q");
         assert_eq!(a.len(), 12);
-        assert_ne!(a, super::veth_name("web-1855f90dee-x2k4r", "bv"));
-        assert_eq!(a, super::veth_name("web-1855f90dee-x2k4q", "bv"), "stable");
+        assert_ne!(a, super::host_veth("web-1855f90dee-x2k4r"));
+        assert_eq!(a, super::host_veth("web-1855f90dee-x2k4q"), "stable");
     }
 }

@@ -48,6 +48,32 @@ pub struct AgentConfig {
     pub network: NetworkConfig,
     #[serde(default)]
     pub monitoring: MonitoringConfig,
+    #[serde(default)]
+    pub volumes: VolumesConfig,
+    /// Directories and ports of Bramble's own on this board besides the agent's (the embedded
+    /// agent's leader sets them; never read from the file).
+    #[serde(skip)]
+    pub protected: Protected,
+}
+
+/// What a board lets apps mount (`[volumes]`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumesConfig {
+    /// Directories apps may mount as host volumes, with everything under them (default: none).
+    /// System directories, their parents and Bramble's data dirs are refused whatever this says.
+    #[serde(default)]
+    pub host_paths: Vec<String>,
+}
+
+/// Bramble's own directories and ports on a board that runs a leader too: never mounted, never
+/// forwarded.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Protected {
+    /// (what it is, directory)
+    pub dirs: Vec<(String, PathBuf)>,
+    /// (protocol, port, what it is)
+    pub ports: Vec<(bramble_proto::manifest::Protocol, u16, String)>,
 }
 
 /// Usage sampling (memory only: sent to the leader, never written).
@@ -82,11 +108,25 @@ pub struct NetworkConfig {
     /// Resolvers for names outside the cluster (default: those of /etc/resolv.conf).
     #[serde(default)]
     pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// The board's ports apps may take as host ports: `"1024-65535"` (the default); a board that
+    /// runs the ingress may widen it to `"80-65535"`.
+    #[serde(default)]
+    pub host_ports: crate::net::ports::PortRange,
+    /// Ports never forwarded to a pod, besides Bramble's own (the leaders' QUIC ports, etcd's
+    /// 2379-2380, the vxlan port, DNS) and any a process on the board listens on.
+    #[serde(default)]
+    pub reserved_ports: Vec<u16>,
 }
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        NetworkConfig { bridge: default_bridge(), mtu: default_mtu(), dns_upstreams: Vec::new() }
+        NetworkConfig {
+            bridge: default_bridge(),
+            mtu: default_mtu(),
+            dns_upstreams: Vec::new(),
+            host_ports: Default::default(),
+            reserved_ports: Vec::new(),
+        }
     }
 }
 
@@ -97,13 +137,16 @@ fn default_mtu() -> u32 {
     1500
 }
 
-impl NetworkConfig {
-    pub fn settings(&self, data_dir: &Path) -> crate::net::node::Settings {
+impl AgentConfig {
+    /// The board network controller's settings.
+    pub fn network_settings(&self) -> crate::net::node::Settings {
+        let n = &self.network;
         crate::net::node::Settings {
-            bridge: self.bridge.clone(),
-            mtu: self.mtu,
-            dns_upstreams: self.dns_upstreams.clone(),
-            state_file: data_dir.join("pods").join("network.json"),
+            bridge: n.bridge.clone(),
+            mtu: n.mtu,
+            dns_upstreams: n.dns_upstreams.clone(),
+            state_file: self.data_dir.join("pods").join("network.json"),
+            host_ports: self.host_port_policy(),
         }
     }
 }
@@ -237,6 +280,8 @@ impl Default for AgentConfig {
             log: LogConfig::default(),
             network: NetworkConfig::default(),
             monitoring: MonitoringConfig::default(),
+            volumes: VolumesConfig::default(),
+            protected: Protected::default(),
         }
     }
 }
@@ -307,7 +352,48 @@ impl AgentConfig {
                 .and_then(|_| check_label_value(v))
                 .map_err(|e| SourceError::at(file, text, at(k), &format!("labels.{k}"), e.to_string()))?;
         }
+        let mut cfg = cfg;
+        let data_dir = cfg.data_dir.display().to_string();
+        for (i, p) in cfg.volumes.host_paths.iter_mut().enumerate() {
+            let protected = [("the agent's data dir", data_dir.as_str())];
+            match bramble_proto::hostpath::check(p, &protected) {
+                Ok(n) => *p = n,
+                Err(e) => {
+                    let offset = text.find(p.as_str()).unwrap_or_else(|| at("host_paths"));
+                    return Err(SourceError::at(
+                        file,
+                        text,
+                        offset,
+                        &format!("volumes.host_paths[{i}]"),
+                        e.to_string(),
+                    )
+                    .into());
+                }
+            }
+        }
         Ok(cfg)
+    }
+
+    /// The host ports this board lets apps take: the configured range, never the reserved ports,
+    /// the leaders' QUIC ports or those of [`Protected`].
+    pub fn host_port_policy(&self) -> crate::net::ports::HostPortPolicy {
+        use bramble_proto::manifest::Protocol;
+        let mut own: Vec<(Protocol, u16, String)> = self
+            .leaders
+            .iter()
+            .filter_map(|l| l.rsplit_once(':')?.1.parse::<u16>().ok())
+            .map(|p| (Protocol::Udp, p, "a leader's QUIC port".to_string()))
+            .collect();
+        own.extend(self.protected.ports.iter().cloned());
+        crate::net::ports::HostPortPolicy::new(self.network.host_ports, &self.network.reserved_ports, &own)
+    }
+
+    /// Directories no host volume may be, be inside or hold: the agent's data dir and those in
+    /// [`Protected`].
+    pub fn protected_dirs(&self) -> Vec<(String, String)> {
+        let mut out = vec![("the agent's data dir".to_string(), self.data_dir.display().to_string())];
+        out.extend(self.protected.dirs.iter().map(|(w, d)| (w.clone(), d.display().to_string())));
+        out.into_iter().filter_map(|(w, d)| Some((w, bramble_proto::hostpath::normalize(&d).ok()?))).collect()
     }
 
     /// Applies environment and flag values over the file's.
@@ -376,6 +462,31 @@ mod tests {
         let e = AgentConfig::parse("a.toml", "version = 1\n[log]\nlevel = \"inf\"\n").unwrap_err().to_string();
         assert!(e.starts_with("a.toml:3:1: log.level: invalid log level \"inf\": \"inf\" is not a level"), "{e}");
         assert!(AgentConfig::parse("a.toml", "version = 1\n[log]\nlevel = \"warn,bramble_agent=debug\"\n").is_ok());
+    }
+
+    #[test]
+    fn host_paths_are_normalised_and_never_the_system() {
+        let c = AgentConfig::parse("a.toml", "version = 1\n[volumes]\nhost_paths = [\"//srv/\", \"/media/usb\"]\n")
+            .unwrap();
+        assert_eq!(c.volumes.host_paths, ["/srv", "/media/usb"]);
+        assert!(AgentConfig::default().volumes.host_paths.is_empty(), "nothing by default");
+        for (bad, says) in [
+            ("/var", "a.toml:3:16: volumes.host_paths[0]: /var holds the board's system directory /var/lib"),
+            ("/", "a.toml:3:16: volumes.host_paths[0]: / is the whole board"),
+            ("/etc//ssh", "a.toml:3:16: volumes.host_paths[0]: /etc/ssh is inside the board's system directory /etc"),
+        ] {
+            let e = AgentConfig::parse("a.toml", &format!("version = 1\n[volumes]\nhost_paths = [\"{bad}\"]\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(says), "{e}");
+        }
+        let e = AgentConfig::parse(
+            "a.toml",
+            "version = 1\ndata_dir = \"/data/bramble\"\n[volumes]\nhost_paths = [\"/data\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("/data holds the agent's data dir /data/bramble"), "{e}");
     }
 
     #[test]

@@ -167,17 +167,38 @@ pub fn memory(meminfo: &str) -> Finding {
     }
 }
 
-/// `Seccomp:` in `/proc/self/status`.
-pub fn seccomp(status: &str) -> Finding {
-    if status.lines().any(|l| l.starts_with("Seccomp:")) {
-        ok("seccomp", false, "available (CONFIG_SECCOMP)")
-    } else {
-        bad(
+/// The default seccomp profile, tried for real in a child (`runtime::seccomp::works`).
+pub fn seccomp(tried: Result<(), String>) -> Finding {
+    match tried {
+        Ok(()) => {
+            ok("seccomp", true, "the default profile installs and refuses keyctl (filters built in, no libseccomp)")
+        }
+        Err(e) => bad(
             "seccomp",
-            false,
-            "not in this kernel (CONFIG_SECCOMP, CONFIG_SECCOMP_FILTER): containers run without syscall filters",
-        )
+            true,
+            format!(
+                "{e}: containers cannot start with the default profile; a kernel with CONFIG_SECCOMP_FILTER is needed \
+                 (Raspberry Pi OS and Debian kernels have it)"
+            ),
+        ),
     }
+}
+
+/// On cgroup v2, the device rules are a BPF program (`runtime::devices`): loaded for real.
+pub fn device_program(v2: bool, tried: impl FnOnce() -> std::io::Result<()>) -> Option<Finding> {
+    if !v2 {
+        return None;
+    }
+    Some(match tried() {
+        Ok(()) => ok("devices (cgroup v2)", true, "the device program loads (CONFIG_CGROUP_BPF)"),
+        Err(e) => bad(
+            "devices (cgroup v2)",
+            true,
+            format!(
+                "{e}: containers cannot be kept from the board's devices; a kernel with CONFIG_CGROUP_BPF is needed"
+            ),
+        ),
+    })
 }
 
 /// Every check of the board, the pod network's included.
@@ -192,7 +213,10 @@ pub fn board(data_dir: &Path) -> Vec<Finding> {
     ));
     out.push(namespaces());
     out.push(overlay(data_dir));
-    out.push(seccomp(&std::fs::read_to_string("/proc/self/status").unwrap_or_default()));
+    out.push(seccomp(crate::runtime::seccomp::works()));
+    out.extend(device_program(v2.is_some(), || {
+        crate::runtime::devices::load(&crate::runtime::devices::DEFAULTS).map(drop)
+    }));
     let dir = nearest_existing(data_dir);
     out.push(match nix::sys::statvfs::statvfs(&dir) {
         // (statvfs's fields are 32 bits on 32-bit ARM: the casts are not idle there.)
@@ -457,8 +481,13 @@ mod tests {
     }
 
     #[test]
-    fn seccomp_from_status() {
-        assert!(seccomp("Name:\tx\nSeccomp:\t0\nSeccomp_filters:\t0\n").ok);
-        assert!(!seccomp("Name:\tx\n").ok);
+    fn seccomp_and_devices_are_tried_and_required() {
+        assert!(seccomp(Ok(())).ok);
+        let f = seccomp(Err("the kernel refused a seccomp filter".into()));
+        assert!(!f.ok && f.required, "{f:?}");
+        assert!(device_program(false, || unreachable!()).is_none(), "v1 has its devices controller");
+        let f = device_program(true, || Err(std::io::Error::other("EPERM"))).unwrap();
+        assert!(!f.ok && f.required && f.detail.contains("CONFIG_CGROUP_BPF"), "{f:?}");
+        assert!(seccomp(crate::runtime::seccomp::works()).ok, "this machine's kernel filters");
     }
 }

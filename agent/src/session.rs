@@ -104,7 +104,7 @@ pub async fn run(
         tokio::spawn(crate::systemd::watchdog(interval, vec![("reconciler", work.heartbeat.clone())]));
     }
     let controller = net::node::Controller::new(
-        config.network.settings(&config.data_dir),
+        config.network_settings(),
         pods,
         work.ports.clone(),
         tokio::runtime::Handle::current(),

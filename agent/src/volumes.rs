@@ -19,12 +19,15 @@ pub enum VolumeError {
     NotFound(String),
 }
 
-/// The local volumes under one directory.
+/// The local volumes under one directory, and the host paths the board allows.
 #[derive(Debug, Clone)]
 pub struct Volumes {
     root: PathBuf,
-    /// The agent's data dir: host paths inside it are refused.
-    data_dir: PathBuf,
+    /// Directories no host path may be, be inside or hold: (what, normalized path); the agent's
+    /// data dir first.
+    protected: Vec<(String, String)>,
+    /// The board's consent: host paths must be inside one of these (normalized).
+    allowed: Vec<String>,
 }
 
 fn io(name: &str, what: &str) -> impl FnOnce(std::io::Error) -> VolumeError {
@@ -55,8 +58,22 @@ fn real_dir(name: &str, path: &Path) -> Result<(), VolumeError> {
 }
 
 impl Volumes {
+    /// Local volumes under `data_dir`; no host path allowed.
     pub fn new(data_dir: &Path) -> Volumes {
-        Volumes { root: data_dir.join("volumes"), data_dir: data_dir.to_path_buf() }
+        let protected = bramble_proto::hostpath::normalize(&data_dir.display().to_string())
+            .map(|d| vec![("the agent's data dir".to_string(), d)])
+            .unwrap_or_default();
+        Volumes { root: data_dir.join("volumes"), protected, allowed: Vec::new() }
+    }
+
+    /// As the board's config says: the host paths it allows (`[volumes] host_paths`) and the
+    /// directories of Bramble's own.
+    pub fn from_config(config: &crate::config::AgentConfig) -> Volumes {
+        Volumes {
+            root: config.data_dir.join("volumes"),
+            protected: config.protected_dirs(),
+            allowed: config.volumes.host_paths.clone(),
+        }
     }
 
     /// Local volume `name`'s directory, made (owned by `uid:gid`, 0755) if it is not there.
@@ -77,21 +94,25 @@ impl Volumes {
         Ok(dir)
     }
 
-    /// A host volume's path, checked: a directory, no symlink on the way, not in the data dir.
+    /// A host volume's path, checked where it lands: normalized, not the board's system, not
+    /// Bramble's data, inside a directory the board allows, a directory, no symlink on the way.
     pub fn check_host(&self, path: &str) -> Result<PathBuf, VolumeError> {
-        let p = PathBuf::from(path);
-        if !p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
-            return Err(VolumeError::Refused { name: path.into(), what: "expected an absolute, plain path".into() });
+        let shown: String = path.chars().take(256).collect();
+        let refused = |what: String| VolumeError::Refused { name: shown.clone(), what };
+        let protected: Vec<(&str, &str)> = self.protected.iter().map(|(w, d)| (w.as_str(), d.as_str())).collect();
+        let p = bramble_proto::hostpath::check(path, &protected).map_err(|e| refused(e.to_string()))?;
+        if !bramble_proto::hostpath::allowed(&p, self.allowed.iter().map(String::as_str)) {
+            let allowed = if self.allowed.is_empty() { "none".to_string() } else { self.allowed.join(", ") };
+            return Err(refused(format!(
+                "this board does not allow mounting {p} (allowed: {allowed}); add it to [volumes] host_paths in its agent.toml"
+            )));
         }
-        if p.starts_with(&self.data_dir) {
-            let what = format!("it is inside the agent's data dir {}", self.data_dir.display());
-            return Err(VolumeError::Refused { name: path.into(), what });
-        }
+        let p = PathBuf::from(p);
         if !p.exists() && std::fs::symlink_metadata(&p).is_err() {
             let what = "the directory does not exist on this node (make it, or label only the nodes that have it)";
-            return Err(VolumeError::Refused { name: path.into(), what: what.into() });
+            return Err(refused(what.into()));
         }
-        real_dir(path, &p)?;
+        real_dir(&shown, &p)?;
         Ok(p)
     }
 
@@ -189,10 +210,41 @@ mod tests {
         assert!(matches!(v.remove("db"), Err(VolumeError::NotFound(_))));
     }
 
+    /// Volumes under `data` that allow host paths under `allowed`.
+    fn allowing(data: &Path, allowed: &Path) -> Volumes {
+        let mut v = Volumes::new(data);
+        v.allowed = vec![allowed.display().to_string()];
+        v
+    }
+
+    #[test]
+    fn host_paths_need_the_boards_consent_and_never_reach_the_system() {
+        let t = tempfile::tempdir().unwrap();
+        let srv = t.path().join("srv");
+        std::fs::create_dir_all(srv.join("media")).unwrap();
+        let none = Volumes::new(&t.path().join("data"));
+        let e = none.check_host(srv.join("media").to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("does not allow mounting") && e.contains("(allowed: none)"), "{e}");
+        let v = allowing(&t.path().join("data"), &srv);
+        let doubled = format!("/{}//media/", srv.display());
+        assert_eq!(v.check_host(&doubled).unwrap(), srv.join("media"), "normalized, then allowed");
+        // Whatever the board allows, never the system, a parent of it, or the data dir.
+        let mut all = Volumes::new(&t.path().join("data"));
+        all.allowed = vec!["/".into()];
+        for bad in ["/etc", "//etc", "/var/lib", "/var", "/usr/", "/root", "/"] {
+            assert!(all.check_host(bad).is_err(), "{bad}");
+        }
+        let e = all.check_host(t.path().to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("holds the agent's data dir"), "{e}");
+        // A name from the network is cut in the error.
+        let long = format!("/srv/{}", "x".repeat(5000));
+        assert!(all.check_host(&long).unwrap_err().to_string().len() < 600);
+    }
+
     #[test]
     fn symlinks_are_refused_never_followed() {
         let t = tempfile::tempdir().unwrap();
-        let v = Volumes::new(&t.path().join("data"));
+        let v = allowing(&t.path().join("data"), t.path());
         let outside = t.path().join("outside");
         std::fs::create_dir_all(&outside).unwrap();
         std::fs::create_dir_all(t.path().join("data/volumes")).unwrap();
@@ -209,7 +261,7 @@ mod tests {
         assert!(e.contains("is a symlink"), "{e}");
         assert_eq!(v.check_host(outside.to_str().unwrap()).unwrap(), outside);
         let e = v.check_host(t.path().join("data/volumes").to_str().unwrap()).unwrap_err().to_string();
-        assert!(e.contains("inside the agent's data dir"), "{e}");
+        assert!(e.contains("is inside the agent's data dir"), "{e}");
         // Removing a volume that holds a symlink removes the link, not its target.
         let d = v.prepare_local("ok", 0, 0).unwrap();
         std::fs::write(outside.join("keep"), b"k").unwrap();

@@ -43,6 +43,7 @@ fn config(id: &str, rootfs: &Path, logs: &Path) -> ContainerConfig {
         tmpfs: Vec::new(),
         binds: Vec::new(),
         secret_env: Vec::new(),
+        unconfined: false,
     }
 }
 

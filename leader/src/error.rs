@@ -2,7 +2,7 @@
 //! API edge (`From<Error> for ApiError`).
 
 use crate::store::StoreError;
-use bramble_proto::wire::{ApiError, ErrorCode};
+use bramble_proto::wire::{ApiError, ErrorCode, ObjectProblem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -10,6 +10,9 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    /// Objects a user sent that cannot be applied, each problem by object and field.
+    #[error("nothing applied: {}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Problems(Vec<ObjectProblem>),
     /// Someone else changed the object meanwhile, or a name is taken.
     #[error("{0}")]
     Conflict(String),
@@ -32,14 +35,18 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
         let code = match &e {
             Error::NotFound(_) => ErrorCode::NotFound,
-            Error::Invalid(_) => ErrorCode::InvalidArgument,
+            Error::Invalid(_) | Error::Problems(_) => ErrorCode::InvalidArgument,
             Error::Conflict(_) | Error::Store(StoreError::Conflict { .. }) => ErrorCode::Conflict,
             Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
             Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
             Error::Store(_) => ErrorCode::Unavailable,
             Error::Corrupt { .. } | Error::Internal(_) => ErrorCode::Internal,
         };
-        ApiError::new(code, e.to_string())
+        let mut out = ApiError::new(code, e.to_string());
+        if let Error::Problems(p) = e {
+            out.problems = p;
+        }
+        out
     }
 }
 

@@ -413,6 +413,14 @@ fn start_embedded_agent(config: &LeaderConfig, leader: &RunningLeader) -> anyhow
     agent.data_dir = dir.clone();
     agent.name = config.agent.name.clone().or(agent.name);
     let port = leader.local_addr.port();
+    // This board runs the leader too: its data dir is never a host volume, its ports never a
+    // pod's host port.
+    use bramble_proto::manifest::Protocol;
+    agent.protected.dirs.push(("the leader's data dir".into(), config.data_dir.clone()));
+    agent.protected.ports.push((Protocol::Udp, port, "the leader's QUIC port".into()));
+    if let Some(m) = config.metrics.listen.as_deref().and_then(|l| l.parse::<SocketAddr>().ok()) {
+        agent.protected.ports.push((Protocol::Tcp, m.port(), "the leader's metrics listener".into()));
+    }
     let ip = if leader.local_addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
     } else {

@@ -215,6 +215,12 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
     }
     api.ha = ha;
     api.data_dir = Some((config.data_dir.clone(), config.cluster_name.clone()));
+    let metrics_port = config.metrics.listen.as_deref().and_then(|l| l.parse::<std::net::SocketAddr>().ok());
+    api.reserved = Arc::new(crate::api::apps::Reserved::of_leader(
+        local_addr.port(),
+        metrics_port.map(|m| m.port()),
+        Some(&config.data_dir),
+    ));
     // Before any session: a restored leader holds back whole sets from the first board on.
     if api.objects.store().get(crate::objects::keys::RESTORED).ok().flatten().is_some() {
         api.restored.store(true, std::sync::atomic::Ordering::Relaxed);

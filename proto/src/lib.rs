@@ -8,6 +8,7 @@ pub mod backup;
 pub mod codec;
 pub mod event;
 pub mod fsutil;
+pub mod hostpath;
 pub mod image_ref;
 pub mod manifest;
 pub mod model;

@@ -498,11 +498,36 @@ pub struct ApiError {
     /// Set by a standby leader: the active leader's address, where to ask instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
+    /// What the leader found wrong in the objects of an apply, each by object and field, so the
+    /// CLI can point at the file and line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<ObjectProblem>,
+}
+
+/// A problem with one field of one object a user sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectProblem {
+    /// `app`, `service`, `config`, `secret`.
+    pub kind: String,
+    pub name: String,
+    /// The dotted field, as `ports[0].host` (empty: the whole object).
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ObjectProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}: ", self.kind, self.name)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), leader: None }
+        ApiError { code, message: message.into(), leader: None, problems: Vec::new() }
     }
 
     /// A standby's answer to anything but `GetLeaders`: ask the active leader.
@@ -512,6 +537,7 @@ impl ApiError {
                 code: ErrorCode::Unavailable,
                 message: format!("leader {me} is a standby; the active leader is {} at {}", a.name, a.addr),
                 leader: Some(a.addr.clone()),
+                problems: Vec::new(),
             },
             None => ApiError::new(
                 ErrorCode::Unavailable,

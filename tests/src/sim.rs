@@ -158,7 +158,7 @@ impl Sim {
         bramble_leader::api::apps::apply(
             &self.objects(),
             &events,
-            &network,
+            (&network, &bramble_leader::api::apps::Reserved::default()),
             (apps, services, Vec::new()),
             "the sim",
             now,

@@ -81,6 +81,7 @@ impl Env {
             tmpfs: Vec::new(),
             binds: Vec::new(),
             secret_env: Vec::new(),
+            unconfined: false,
         }
     }
 
@@ -458,4 +459,124 @@ fn a_container_whose_shim_died_is_removed_whole_by_bramble_shim_delete() {
     });
     assert!(!env.dir.path().join("run/orphan").exists(), "state removed");
     assert!(!CgroupFs::host().exists("/bramble/orphan"), "cgroup removed");
+}
+
+/// What a process in a container may do, asked with the board's own Python (its /usr and /lib
+/// bound read-only): the seccomp mode, and the errno of keyctl, unshare of a user namespace,
+/// opening a device node the test put in the root filesystem (kmsg, 1:11) and mknod.
+fn confinement_script() -> String {
+    format!(
+        "import ctypes, os\n\
+         l = ctypes.CDLL(None, use_errno=True)\n\
+         def err(r): return 0 if r >= 0 else ctypes.get_errno()\n\
+         print('seccomp', [x.split()[1] for x in open('/proc/self/status') if x.startswith('Seccomp:')][0])\n\
+         print('keyctl', err(l.syscall({keyctl}, 0, 0, 0, 0, 0)))\n\
+         print('unshare', err(l.unshare(0x10000000)))\n\
+         def attempt(f):\n\
+         \x20   try:\n\
+         \x20       f(); return 0\n\
+         \x20   except OSError as e: return e.errno\n\
+         print('kmsg', attempt(lambda: os.close(os.open('/kmsg', os.O_RDONLY))))\n\
+         print('mknod', attempt(lambda: os.mknod('/sda', 0o600 | 0o060000, os.makedev(8, 0))))\n\
+         print('uid', os.getuid(), os.getgid())\n",
+        keyctl = libc::SYS_keyctl
+    )
+}
+
+/// A container's stdout, its lines as written.
+fn output(env: &Env, id: &str) -> String {
+    let lines = env.log_lines(id);
+    lines.iter().map(|l| l.strip_prefix("stdout F ").unwrap_or(l)).collect::<Vec<_>>().join("\n")
+}
+
+fn python_binds() -> Vec<bramble_agent::runtime::config::BindMount> {
+    ["/usr", "/lib", "/lib64"]
+        .into_iter()
+        .filter(|p| Path::new(p).exists())
+        .map(|p| bramble_agent::runtime::config::BindMount { source: p.into(), destination: p.into(), read_only: true })
+        .collect()
+}
+
+fn kmsg_in(rootfs: &Path) {
+    let dev = nix::sys::stat::makedev(1, 11);
+    nix::sys::stat::mknod(
+        &rootfs.join("kmsg"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        dev,
+    )
+    .expect("mknod in the test's root filesystem");
+}
+
+#[test]
+fn containers_are_confined_like_dockers_unless_unconfined() {
+    assert!(
+        Path::new("/usr/bin/python3").exists(),
+        "this test asks the board's /usr/bin/python3 (apt-get install python3)"
+    );
+    let mut env = Env::new();
+    let script = confinement_script();
+    let mut c = env.config("confined", &["/usr/bin/python3", "-c", &script]);
+    c.binds = python_binds();
+    kmsg_in(&c.rootfs);
+    env.runtime.create(&c).unwrap();
+    let exit = env.exited("confined");
+    let out = output(&env, "confined");
+    assert_eq!(exit.code, 0, "{out}");
+    let eperm = libc::EPERM.to_string();
+    for (what, want) in [("seccomp", "2"), ("keyctl", eperm.as_str()), ("unshare", eperm.as_str())] {
+        assert!(out.lines().any(|l| l == format!("{what} {want}")), "{what} should be {want}:\n{out}");
+    }
+    assert!(out.lines().any(|l| l == format!("kmsg {eperm}")), "the devices cgroup refuses kmsg:\n{out}");
+    assert!(out.lines().any(|l| l == format!("mknod {eperm}")), "no CAP_MKNOD:\n{out}");
+
+    // An admin's app with `seccomp = "unconfined"`: no filter, keyctl reaches the kernel.
+    let mut c = env.config("unconfined", &["/usr/bin/python3", "-c", &script]);
+    c.binds = python_binds();
+    c.unconfined = true;
+    kmsg_in(&c.rootfs);
+    env.runtime.create(&c).unwrap();
+    env.exited("unconfined");
+    let out = output(&env, "unconfined");
+    assert!(out.lines().any(|l| l == "seccomp 0"), "{out}");
+    assert!(!out.lines().any(|l| l == format!("keyctl {eperm}")), "{out}");
+    assert!(out.lines().any(|l| l == format!("kmsg {eperm}")), "devices stay confined:\n{out}");
+}
+
+#[test]
+fn the_devices_cgroup_denies_all_but_the_defaults() {
+    let mut env = Env::new();
+    let c = env.config("devices", &["sleep", "30"]);
+    env.runtime.create(&c).unwrap();
+    env.wait("devices", "running", |s| matches!(s.lifecycle.phase, Phase::Running { .. }));
+    let cg = CgroupFs::host();
+    match cg.version {
+        bramble_agent::runtime::cgroups::Version::V1 => {
+            let list = std::fs::read_to_string("/sys/fs/cgroup/devices/bramble/devices/devices.list").unwrap();
+            assert!(!list.contains("a *:* rwm"), "not everything: {list}");
+            for want in ["c 1:3 rwm", "c 1:9 rwm", "c 136:* rwm"] {
+                assert!(list.lines().any(|l| l == want), "{want} in {list}");
+            }
+            assert!(!list.lines().any(|l| l.starts_with("b ") && l.ends_with('r')), "no block device readable: {list}");
+        }
+        bramble_agent::runtime::cgroups::Version::V2 => {
+            // No devices files on v2: the kernel lists the program attached to the container's
+            // cgroup (what it refuses, the confinement test shows).
+            let dir = cg.v2_dir("/bramble/devices").unwrap();
+            assert_eq!(bramble_agent::runtime::devices::attached(&dir).unwrap(), 1, "{}", dir.display());
+        }
+    }
+}
+
+#[test]
+fn exec_and_exec_probes_run_as_the_containers_user() {
+    let mut env = Env::new();
+    let mut c = env.config("user", &["sleep", "30"]);
+    (c.uid, c.gid, c.additional_gids) = (1000, 1001, vec![1002]);
+    env.runtime.create(&c).unwrap();
+    env.wait("user", "running", |s| matches!(s.lifecycle.phase, Phase::Running { .. }));
+    let (code, out, _) =
+        env.runtime.exec("user", vec!["id".into()], vec!["PATH=/bin".into()], Duration::from_secs(10)).unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("uid=1000 gid=1001") && out.contains("1002"), "not root: {out}");
 }

@@ -24,7 +24,11 @@ fn exec(c: &Cluster, id: &str, script: &str) -> std::process::Output {
 
 #[test]
 fn local_volumes_outlive_containers_agents_and_updates_and_host_paths_stay_on_their_boards() {
-    let (mut c, registry, image) = bramble_tests::cluster::with_busybox(2, "");
+    // The boards allow host volumes under one directory of their own (the leader's and agents'
+    // data dirs are elsewhere, under the cluster's directory).
+    let host = tempfile::Builder::new().prefix("bramble-host-").tempdir().unwrap();
+    let allow = format!("[volumes]\nhost_paths = [\"{}\"]\n", host.path().display());
+    let (mut c, registry, image) = bramble_tests::cluster::with_busybox(2, &allow);
     // The same image under a second tag: an update is a new revision.
     bramble_tests::testimages::push_from(
         Some(&c.lab.ns(0)),
@@ -118,10 +122,10 @@ fn local_volumes_outlive_containers_agents_and_updates_and_host_paths_stay_on_th
     assert!(!volume_dir.exists());
 
     // A host path: only on the labelled board, read-only; through a symlink it is refused.
-    let media = c.dir.path().join("media");
+    let media = host.path().join("media");
     std::fs::create_dir_all(&media).unwrap();
     std::fs::write(media.join("song"), "la\n").unwrap();
-    std::os::unix::fs::symlink(&media, c.dir.path().join("media-link")).unwrap();
+    std::os::unix::fs::symlink(&media, host.path().join("media-link")).unwrap();
     ok(c.cli(&["label", "node", "board-2", "media=usb"]), "label");
     let host_app = |name: &str, path: &std::path::Path| {
         format!(
@@ -132,8 +136,7 @@ fn local_volumes_outlive_containers_agents_and_updates_and_host_paths_stay_on_th
         )
     };
     let hosts = c.dir.path().join("host.toml");
-    std::fs::write(&hosts, host_app("player", &media) + &host_app("tricked", &c.dir.path().join("media-link")))
-        .unwrap();
+    std::fs::write(&hosts, host_app("player", &media) + &host_app("tricked", &host.path().join("media-link"))).unwrap();
     ok(c.cli(&["apply", "-f", hosts.to_str().unwrap()]), "apply host apps");
     let player = running(&c, "player", "the player running");
     assert_eq!(player.node.as_deref(), Some("board-2"));
@@ -145,5 +148,34 @@ fn local_volumes_outlive_containers_agents_and_updates_and_host_paths_stay_on_th
     });
     assert_ne!(tricked.phase, ReplicaPhase::Running, "{tricked:?}");
     ok(c.cli(&["delete", "app", "player", "tricked"]), "delete host apps");
+
+    // What a deployer tried (issue 27): the system, its parents, doubled slashes, the leader's
+    // data dir — refused at apply with the file and line; nothing is stored.
+    let leader_dir = c.leader_dir();
+    for path in ["/var/lib", "//etc", "/var", &format!("/{}", leader_dir.display())] {
+        let bad = c.dir.path().join("bad.toml");
+        std::fs::write(&bad, host_app("thief", std::path::Path::new(path))).unwrap();
+        let out = c.cli(&["apply", "-f", bad.to_str().unwrap()]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success() && err.contains("bad.toml:7:13: app[0].volumes[0].host_path"), "{path}: {err}");
+        assert!(err.contains("system directory") || err.contains("the leader's data dir"), "{path}: {err}");
+    }
+    let apps = ok(c.cli(&["get", "apps", "-o", "json"]), "get apps");
+    assert!(!apps.contains("\"thief\""), "nothing stored: {apps}");
+    // A path the leader cannot judge but the board does not allow: it waits, with the board's
+    // reason — inside an agent's data dir, and outside the directory it allows.
+    let outside = tempfile::Builder::new().prefix("bramble-outside-").tempdir().unwrap();
+    for (app, path, says) in [
+        ("thief", c.agent_dir(2).join("pki"), "is inside the agent's data dir"),
+        ("stranger", outside.path().to_path_buf(), "does not allow mounting"),
+    ] {
+        std::fs::write(&hosts, host_app(app, &path)).unwrap();
+        ok(c.cli(&["apply", "-f", hosts.to_str().unwrap()]), "apply a path the board refuses");
+        let r = bramble_tests::wait_for("the board's refusal", Duration::from_secs(30), || {
+            c.replicas_of(app).into_iter().find(|r| r.reason.contains(says))
+        });
+        assert_ne!(r.phase, ReplicaPhase::Running, "{r:?}");
+        ok(c.cli(&["delete", "app", app]), "delete");
+    }
     c.remove_containers();
 }

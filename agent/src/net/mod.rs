@@ -12,6 +12,7 @@
 //! conntrack.rs  forgets UDP flows to endpoints that went away
 //! dns.rs        cluster DNS
 //! node.rs       the board's controller: bridge, routes, rules and DNS from what the leader says
+//! ports.rs      which host ports a board lets apps take
 //! check.rs      what the kernel must offer, for `bramble-agent check`
 //! ```
 
@@ -24,6 +25,7 @@ pub mod netns;
 pub mod nft;
 pub mod node;
 pub mod pods;
+pub mod ports;
 pub mod rules;
 
 use std::path::PathBuf;

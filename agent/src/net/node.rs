@@ -9,6 +9,7 @@ use super::pods::{Board, Pods};
 use super::rules::{self, HostPort, Model};
 use super::{conntrack, nft, NetError};
 use crate::reconcile::Binding;
+use bramble_proto::manifest::Protocol;
 use bramble_proto::network::{Backend, Cidr, NodeNetwork, ServiceRoute};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,6 +45,8 @@ pub struct Settings {
     /// Where names outside the cluster go (empty: the board's resolv.conf).
     pub dns_upstreams: Vec<SocketAddr>,
     pub state_file: PathBuf,
+    /// The host ports the board lets pods take (a refused one is never forwarded).
+    pub host_ports: super::ports::HostPortPolicy,
 }
 
 /// What the leader last said, as kept on disk.
@@ -226,15 +229,30 @@ impl Controller {
 
     fn model(&mut self, node: &NodeNetwork) -> Model {
         let bindings = self.bindings.borrow_and_update().clone();
+        let mut policy = self.settings.host_ports.clone();
+        if node.cluster.backend == Backend::Vxlan {
+            policy.reserved.insert((Protocol::Udp, node.cluster.vxlan_port), "the vxlan port".into());
+        }
+        let forwarded =
+            |p: Protocol, port: u16| self.applied.as_ref().is_some_and(|m| m.host_ports.contains_key(&(p, port)));
+        let mut listening = None;
         let host_ports: Vec<HostPort> = bindings
             .iter()
             .filter_map(|b| {
-                Some(HostPort {
-                    protocol: b.protocol,
-                    port: b.host,
-                    ip: self.pods.ip(&b.replica)?,
-                    target: b.container,
-                })
+                let h =
+                    HostPort { protocol: b.protocol, port: b.host, ip: self.pods.ip(&b.replica)?, target: b.container };
+                // The reconciler refused to start such a replica; its port is never forwarded
+                // either. A port already forwarded is no process's (the DNAT takes it first).
+                if let Err(why) = policy.check(h.protocol, h.port) {
+                    tracing::debug!(replica = %b.replica, "{why}");
+                    return None;
+                }
+                if !forwarded(h.protocol, h.port)
+                    && listening.get_or_insert_with(super::ports::listening).contains(&(h.protocol, h.port))
+                {
+                    return None;
+                }
+                Some(h)
             })
             .collect();
         let pods = self.pods.addresses().into_iter().map(|(_, ip)| ip);

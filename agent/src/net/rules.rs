@@ -105,10 +105,14 @@ fn service_elements(m: &Model) -> String {
     list(live, |(k, _)| format!("{} . {} . {} : goto {}", k.0, proto(k.1), k.2, chain(k)))
 }
 
-fn hook_rules(out: &mut String) {
+/// Services, then host ports: to the board's own addresses but never the bridge's (nor any
+/// other address of the cluster's range), so a pod cannot take the board's DNS or a port of the
+/// bridge from the pods next to it.
+fn hook_rules(out: &mut String, cluster: Option<Cidr>) {
     out.push_str("    ip daddr . meta l4proto . th dport vmap @services\n");
+    let not_cluster = cluster.map(|c| format!("ip daddr != {c} ")).unwrap_or_default();
     for p in ["tcp", "udp"] {
-        let _ = writeln!(out, "    fib daddr type local meta l4proto {p} dnat to {p} dport map @host_{p}");
+        let _ = writeln!(out, "    fib daddr type local {not_cluster}meta l4proto {p} dnat to {p} dport map @host_{p}");
     }
 }
 
@@ -147,9 +151,9 @@ pub fn full(m: &Model) -> String {
         let _ = writeln!(out, "  chain {} {{\n    {}\n  }}", chain(k), dnat_rule(k, eps));
     }
     out.push_str("  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n");
-    hook_rules(&mut out);
+    hook_rules(&mut out, m.cluster);
     out.push_str("  }\n  chain output {\n    type nat hook output priority -100; policy accept;\n");
-    hook_rules(&mut out);
+    hook_rules(&mut out, m.cluster);
     out.push_str("  }\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
     out.push_str("    ct status dnat ip saddr . ip daddr @hairpin masquerade\n");
     out.push_str("    ip saddr 127.0.0.0/8 ct status dnat masquerade\n");

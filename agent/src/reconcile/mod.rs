@@ -169,7 +169,8 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
         log_dir: paths.logs.clone(),
         secrets: secrets.clone(),
         configs: configs.clone(),
-        volumes: crate::volumes::Volumes::new(&config.data_dir),
+        volumes: crate::volumes::Volumes::from_config(config),
+        host_ports: config.host_port_policy(),
     });
     let images = Arc::new(StoreImages {
         store,

@@ -41,6 +41,23 @@ pub struct ShimContainers {
     pub configs: std::sync::Arc<crate::secrets::Secrets>,
     /// Local volumes and host paths.
     pub volumes: crate::volumes::Volumes,
+    /// The host ports this board allows.
+    pub host_ports: crate::net::ports::HostPortPolicy,
+}
+
+/// Refuses a replica whose host ports the board keeps: outside its range, Bramble's own, or
+/// one a process on the board listens on.
+pub fn check_host_ports(policy: &crate::net::ports::HostPortPolicy, a: &Assignment) -> Result<(), String> {
+    let mut listening = None;
+    for p in &a.spec.ports {
+        let Some(h) = p.host else { continue };
+        policy.check(p.protocol, h.0)?;
+        if listening.get_or_insert_with(crate::net::ports::listening).contains(&(p.protocol, h.0)) {
+            let proto = if p.protocol == bramble_proto::manifest::Protocol::Udp { "udp" } else { "tcp" };
+            return Err(format!("host port {}/{proto} is taken: a process on this board listens on it", h.0));
+        }
+    }
+    Ok(())
 }
 
 /// The app's volumes in `cc`: tmpfs sizes, local volumes made (owned by the container's user)
@@ -129,6 +146,7 @@ impl Containers for ShimContainers {
         // A container's id (and directory and cgroup name) is its replica's name: replica names
         // are DNS labels with a suffix, valid ids as they are.
         let id = a.replica.as_str();
+        check_host_ports(&self.host_ports, a).map_err(ReconcileError::Config)?;
         let image = a.spec.image.as_str();
         let record = self
             .store
@@ -146,6 +164,7 @@ impl Containers for ShimContainers {
                 ReconcileError::Config(e)
             })?;
         let mut cc = with_network(cc, net.ip, &net.netns, &net.resolv_conf, &net.hosts);
+        cc.unconfined = a.spec.security.seccomp == bramble_proto::manifest::SeccompProfile::Unconfined;
         if let Err(e) = volumes(&self.volumes, a, &mut cc) {
             let _ = self.roots.remove(id);
             return Err(ReconcileError::Config(e.to_string()));

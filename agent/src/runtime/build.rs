@@ -103,6 +103,7 @@ pub fn container_config(
         tmpfs: Vec::new(),
         binds: Vec::new(),
         secret_env: Vec::new(),
+        unconfined: false,
     })
 }
 

@@ -83,6 +83,11 @@ impl CgroupFs {
         }
     }
 
+    /// A container's cgroup directory on v2 (none on v1).
+    pub fn v2_dir(&self, path: &str) -> Option<PathBuf> {
+        (self.version == Version::V2).then(|| self.dir("", path))
+    }
+
     /// Creates the parents of a container's cgroup (v2). libcontainer creates each missing part of
     /// the path with `mkdir` after checking it is absent, so two containers starting at once on a
     /// fresh board race for `/sys/fs/cgroup/bramble` and one fails with "File exists". Creating the

@@ -79,6 +79,9 @@ pub struct ContainerConfig {
     /// (in the replica's secrets tmpfs): never written into a file on disk.
     #[serde(default)]
     pub secret_env: Vec<(String, PathBuf)>,
+    /// Without the default seccomp profile (`security = { seccomp = "unconfined" }`, admins only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unconfined: bool,
 }
 
 /// A directory of the board seen at `destination` inside the container.

@@ -14,11 +14,13 @@
 pub mod build;
 pub mod cgroups;
 pub mod config;
+pub mod devices;
 pub mod lifecycle;
 pub mod logs;
 pub mod probe;
 pub mod protocol;
 pub mod resolve;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 

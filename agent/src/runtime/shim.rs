@@ -345,6 +345,13 @@ impl Shim {
         }
     }
 
+    /// A libcontainer builder for this container's processes (its init, execs, probes), with
+    /// the default seccomp profile unless the app is unconfined.
+    fn builder(&self, root: &std::path::Path) -> Result<ContainerBuilder, libcontainer::error::LibcontainerError> {
+        let b = ContainerBuilder::new(self.config.id.clone(), SyscallType::default()).with_root_path(root)?;
+        Ok(if self.config.unconfined { b } else { b.with_executor(super::seccomp::Confined) })
+    }
+
     fn create_and_start(&mut self) -> Result<Pid, String> {
         let root = self.dir.libcontainer();
         // A leftover from an earlier run of this container (a crash between create and delete).
@@ -367,8 +374,8 @@ impl Shim {
                 nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(fd), nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()));
         }
         let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&blocked()), None);
-        let built = ContainerBuilder::new(self.config.id.clone(), SyscallType::default())
-            .with_root_path(&root)
+        let built = self
+            .builder(&root)
             .and_then(|b| b.validate_id())
             .map(|b| b.with_stdout(out_w).with_stderr(err_w))
             .and_then(|b| b.as_init(self.dir.bundle()).with_systemd(false).with_detach(true).build());
@@ -386,6 +393,13 @@ impl Shim {
                 return Err(format!("create: {e}"));
             }
         };
+        // cgroup v2 has no devices files: the same rules as a program, before anything runs.
+        if let Some(dir) = self.cgroups.v2_dir(&cgroup) {
+            if let Err(e) = super::devices::restrict(&dir) {
+                let _ = container.delete(true);
+                return Err(format!("cannot confine the container's devices: {e}"));
+            }
+        }
         if let Err(e) = container.start() {
             let _ = container.delete(true);
             return Err(format!("start: {e}"));
@@ -691,10 +705,19 @@ impl Shim {
         let env: HashMap<String, String> =
             env.iter().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&blocked()), None);
-        let built = ContainerBuilder::new(self.config.id.clone(), SyscallType::default())
-            .with_root_path(self.dir.libcontainer())
-            .map(|b| b.with_stdout(w).with_stderr(w2))
-            .and_then(|b| b.as_tenant().with_container_args(args).with_env(env).with_detach(true).build());
+        // As the container's own process runs: its user, group and supplementary groups.
+        let c = &self.config;
+        let (uid, gid, groups) = (c.uid, c.gid, c.additional_gids.clone());
+        let built = self.builder(&self.dir.libcontainer()).map(|b| b.with_stdout(w).with_stderr(w2)).and_then(|b| {
+            b.as_tenant()
+                .with_container_args(args)
+                .with_env(env)
+                .with_user(Some(uid))
+                .with_group(Some(gid))
+                .with_additional_gids(groups)
+                .with_detach(true)
+                .build()
+        });
         let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked()), None);
         let pid = built.map_err(|e| format!("exec: {e}"))?;
         self.execs.push(Exec {
@@ -753,9 +776,7 @@ impl Shim {
             None => None,
         };
         let mut ours = Vec::new();
-        let mut builder = ContainerBuilder::new(self.config.id.clone(), SyscallType::default())
-            .with_root_path(self.dir.libcontainer())
-            .map_err(|e| format!("exec: {e}"))?;
+        let mut builder = self.builder(&self.dir.libcontainer()).map_err(|e| format!("exec: {e}"))?;
         match console {
             Some(path) => builder = builder.with_console_socket(Some(path)),
             None => {

@@ -3,19 +3,19 @@
 
 use super::config::ContainerConfig;
 use libcontainer::oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec,
-    UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, ProcessBuilder,
+    RootBuilder, Spec, UserBuilder,
 };
 use std::collections::HashSet;
 
-/// The capabilities Docker gives a container by default.
-pub const DOCKER_CAPS: [Capability; 14] = [
+/// The capabilities Docker gives a container by default, but CAP_MKNOD: no container makes
+/// device nodes (on cgroup v2 a node it could make would be checked only by the device program).
+pub const DOCKER_CAPS: [Capability; 13] = [
     Capability::Chown,
     Capability::DacOverride,
     Capability::Fsetid,
     Capability::Fowner,
-    Capability::Mknod,
     Capability::NetRaw,
     Capability::Setgid,
     Capability::Setuid,
@@ -81,6 +81,10 @@ pub fn build(c: &ContainerConfig) -> Result<Spec, String> {
         resources = resources.memory(LinuxMemoryBuilder::default().limit(m as i64).swap(m as i64).build().map_err(e)?);
     }
     resources = resources.pids(LinuxPidsBuilder::default().limit(c.pids_limit).build().map_err(e)?);
+    // Every device denied first; libcontainer then allows the defaults (super::devices) on
+    // cgroup v1; on v2 the shim attaches the same rules as a program.
+    let deny_all = LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(e)?;
+    resources = resources.devices(vec![deny_all]);
 
     // The default Linux section (namespaces, masked and read-only paths, devices) with our
     // resources and cgroup path.
@@ -103,6 +107,12 @@ pub fn build(c: &ContainerConfig) -> Result<Spec, String> {
         .map_err(e)?;
     let mut spec = Spec::default();
     let mut mounts = spec.mounts().clone().unwrap_or_default();
+    // Nothing runs from /dev (Docker mounts it noexec too).
+    for m in mounts.iter_mut().filter(|m| m.destination() == std::path::Path::new("/dev")) {
+        let mut options = m.options().clone().unwrap_or_default();
+        options.push("noexec".into());
+        m.set_options(Some(options));
+    }
     for f in &c.files {
         let options = ["rbind", "ro", "nosuid", "nodev", "noexec"].map(String::from).to_vec();
         let m = MountBuilder::default()
@@ -182,6 +192,7 @@ mod tests {
             tmpfs: Vec::new(),
             binds: Vec::new(),
             secret_env: Vec::new(),
+            unconfined: false,
         }
     }
 
@@ -200,8 +211,14 @@ mod tests {
         let p = s.process().as_ref().unwrap();
         assert_eq!(p.no_new_privileges(), Some(true));
         let caps = p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap();
-        assert_eq!(caps.len(), 14);
+        assert_eq!(caps.len(), 13);
         assert!(!caps.contains(&Capability::SysAdmin));
+        assert!(!caps.contains(&Capability::Mknod));
+        let devices = r.devices().as_ref().unwrap();
+        assert_eq!((devices[0].allow(), devices[0].access().as_deref()), (false, Some("rwm")), "deny all first");
+        let dev = s.mounts().as_ref().unwrap().iter().find(|m| m.destination().to_str() == Some("/dev")).unwrap();
+        let options = dev.options().as_ref().unwrap();
+        assert!(["nosuid", "noexec"].iter().all(|o| options.iter().any(|x| x == o)), "{options:?}");
         assert_eq!((p.user().uid(), p.user().gid()), (1000, 1000));
         assert_eq!(s.root().as_ref().unwrap().readonly(), Some(true));
         let mounts: Vec<_> =

@@ -5,7 +5,8 @@
 use crate::client::{request, unexpected, CliError};
 use crate::output::{json, Format};
 use bramble_proto::manifest::{parse_manifest, Manifest};
-use bramble_proto::wire::{AppPlanView, ApplyPlan, PlannedAction, Request, Response};
+use bramble_proto::source::{line_col, locate, Seg};
+use bramble_proto::wire::{AppPlanView, ApplyPlan, ObjectProblem, PlannedAction, Request, Response};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -23,8 +24,56 @@ pub struct Args {
     output: Format,
 }
 
+/// Where each object of an apply came from: (kind, name) → (file as shown, its text, the
+/// object's index among its kind in that file).
+#[derive(Debug, Default)]
+pub struct Sources(std::collections::BTreeMap<(String, String), (String, std::sync::Arc<str>, usize)>);
+
+impl Sources {
+    /// `file:line:column: field: message` for a problem the leader found, where the object and
+    /// its field can be found; the leader's own words otherwise.
+    pub fn show(&self, p: &ObjectProblem) -> String {
+        let Some((file, text, index)) = self.0.get(&(p.kind.clone(), p.name.clone())) else { return p.to_string() };
+        let mut path = vec![Seg::Key(p.kind.as_str()), Seg::Index(*index)];
+        path.extend(field_path(&p.field));
+        let (line, column) = line_col(text, locate(text, &path));
+        let field = if p.field.is_empty() { String::new() } else { format!(".{}", p.field) };
+        format!("{file}:{line}:{column}: {}[{index}]{field}: {}", p.kind, p.message)
+    }
+
+    /// A refusal from the leader with each problem pointed at its file and line.
+    pub fn explain(&self, e: CliError) -> CliError {
+        match e {
+            CliError::Api(mut api) if !api.problems.is_empty() => {
+                let lines: Vec<String> = api.problems.iter().map(|p| self.show(p)).collect();
+                api.message = format!("nothing applied:\n{}", lines.join("\n"));
+                CliError::Api(api)
+            }
+            e => e,
+        }
+    }
+}
+
+/// `ports[0].host` as path segments.
+fn field_path(field: &str) -> Vec<Seg<'_>> {
+    let mut out = Vec::new();
+    for part in field.split('.').filter(|p| !p.is_empty()) {
+        let mut it = part.split('[');
+        if let Some(key) = it.next().filter(|k| !k.is_empty()) {
+            out.push(Seg::Key(key));
+        }
+        out.extend(it.filter_map(|i| i.trim_end_matches(']').parse().ok()).map(Seg::Index));
+    }
+    out
+}
+
 /// Reads and validates every manifest; all problems are reported together.
 pub fn load(files: &[String]) -> Result<Manifest, CliError> {
+    load_with_sources(files).map(|(m, _)| m)
+}
+
+/// [`load`], and where each object came from.
+pub fn load_with_sources(files: &[String]) -> Result<(Manifest, Sources), CliError> {
     let mut paths: Vec<(String, Option<PathBuf>)> = Vec::new();
     for f in files {
         if f == "-" {
@@ -46,6 +95,7 @@ pub fn load(files: &[String]) -> Result<Manifest, CliError> {
         }
     }
     let mut all = Manifest::default();
+    let mut sources = Sources::default();
     let mut errors = Vec::new();
     for (shown, path) in paths {
         let text = match &path {
@@ -60,6 +110,14 @@ pub fn load(files: &[String]) -> Result<Manifest, CliError> {
         };
         match parse_manifest(&shown, &text) {
             Ok(m) => {
+                let text: std::sync::Arc<str> = text.into();
+                let names = m.apps.iter().map(|a| ("app", a.name.as_str().to_string())).enumerate();
+                let names = names
+                    .chain(m.services.iter().map(|s| ("service", s.name.as_str().to_string())).enumerate())
+                    .chain(m.configs.iter().map(|c| ("config", c.name.as_str().to_string())).enumerate());
+                for (i, (kind, name)) in names {
+                    sources.0.entry((kind.to_string(), name)).or_insert_with(|| (shown.clone(), text.clone(), i));
+                }
                 all.apps.extend(m.apps);
                 all.services.extend(m.services);
                 all.configs.extend(m.configs);
@@ -70,18 +128,19 @@ pub fn load(files: &[String]) -> Result<Manifest, CliError> {
     if !errors.is_empty() {
         return Err(CliError::Other(format!("nothing applied:\n{}", errors.join("\n"))));
     }
-    Ok(all)
+    Ok((all, sources))
 }
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
-    let m = load(&args.files)?;
+    let (m, sources) = load_with_sources(&args.files)?;
     if m.apps.is_empty() && m.services.is_empty() && m.configs.is_empty() {
         return Err(CliError::Other(
             "nothing to apply: the manifests hold no [[app]], [[service]] or [[config]]".into(),
         ));
     }
     let dry_run = args.dry_run;
-    match request(config, Request::Apply { apps: m.apps, services: m.services, configs: m.configs, dry_run }).await? {
+    let req = Request::Apply { apps: m.apps, services: m.services, configs: m.configs, dry_run };
+    match request(config, req).await.map_err(|e| sources.explain(e))? {
         Response::Applied(results) if args.output == Format::Json => {
             print!("{}", json(&results));
             Ok(())
@@ -142,4 +201,25 @@ fn show_app(p: &AppPlanView) -> String {
     }
     out.push_str(&format!("  rollout: {}\n", p.outcome));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leaders_problems_point_at_the_file() {
+        let text = "[[app]]\nname = \"a\"\nimage = \"x\"\n\n[[app]]\nname = \"b\"\nimage = \"x\"\nports = [{ container = 80, host = 7443, protocol = \"udp\" }]\n";
+        let mut sources = Sources::default();
+        sources.0.insert(("app".into(), "b".into()), ("m.toml".into(), text.into(), 1));
+        let p = ObjectProblem {
+            kind: "app".into(),
+            name: "b".into(),
+            field: "ports[0].host".into(),
+            message: "host port 7443/udp is the cluster's own".into(),
+        };
+        assert_eq!(sources.show(&p), "m.toml:8:35: app[1].ports[0].host: host port 7443/udp is the cluster's own");
+        let elsewhere = ObjectProblem { name: "c".into(), ..p };
+        assert_eq!(sources.show(&elsewhere), "app/c: ports[0].host: host port 7443/udp is the cluster's own");
+    }
 }

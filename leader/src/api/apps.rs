@@ -10,14 +10,95 @@ use crate::network::alloc::free_vip;
 use crate::objects::{key, keys, Object, Objects};
 use crate::store::{Expect, StoreError, TxnOp};
 use bramble_proto::manifest::{AppSpec, ConfigSpec, ServiceSpec};
+use bramble_proto::manifest::{Protocol, VolumeKind};
 use bramble_proto::model::{
     App, Config, Event, EventReason, Kind, ObjectMeta, ObjectRef, Replica, RevisionRecord, Service,
 };
 use bramble_proto::network::ClusterNetwork;
 use bramble_proto::time::now_ms;
-use bramble_proto::wire::{Applied, ApplyPlan, Outcome};
+use bramble_proto::wire::{Applied, ApplyPlan, ObjectProblem, Outcome};
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+
+/// What the cluster keeps for itself on its boards: ports no app may take as a host port (the
+/// leaders' QUIC port, etcd's, DNS, the metrics listener) and directories no host volume may be,
+/// be inside or hold (the leader's data dir). Boards keep more of their own (agent.toml).
+#[derive(Debug, Clone, Default)]
+pub struct Reserved {
+    /// (protocol, port, what it is)
+    pub ports: Vec<(Protocol, u16, String)>,
+    /// (what it is, normalized directory)
+    pub dirs: Vec<(String, String)>,
+}
+
+impl Reserved {
+    /// Etcd's ports and DNS, the leader's QUIC port and metrics listener, its data dir.
+    pub fn of_leader(quic: u16, metrics: Option<u16>, data_dir: Option<&std::path::Path>) -> Reserved {
+        let mut ports = vec![
+            (Protocol::Udp, quic, "the leader's QUIC port".to_string()),
+            (Protocol::Tcp, 2379, "etcd's client port".to_string()),
+            (Protocol::Tcp, 2380, "etcd's peer port".to_string()),
+            (Protocol::Udp, 53, "DNS".to_string()),
+            (Protocol::Tcp, 53, "DNS".to_string()),
+        ];
+        ports.extend(metrics.map(|m| (Protocol::Tcp, m, "the leader's metrics listener".to_string())));
+        let dirs = data_dir
+            .and_then(|d| bramble_proto::hostpath::normalize(&d.display().to_string()).ok())
+            .map(|d| vec![("the leader's data dir".to_string(), d)])
+            .unwrap_or_default();
+        Reserved { ports, dirs }
+    }
+
+    /// The problems of `a` against what the cluster keeps.
+    fn check(&self, a: &AppSpec) -> Vec<ObjectProblem> {
+        let mut out = Vec::new();
+        let name = a.name.as_str();
+        for (i, p) in a.ports.iter().enumerate() {
+            let Some(h) = p.host else { continue };
+            if let Some((proto, port, what)) = self.ports.iter().find(|(q, port, _)| *q == p.protocol && *port == h.0) {
+                let proto = if *proto == Protocol::Udp { "udp" } else { "tcp" };
+                let msg = format!("host port {port}/{proto} is the cluster's own ({what}); choose another");
+                out.push(problem("app", name, format!("ports[{i}].host"), msg));
+            }
+        }
+        let dirs: Vec<(&str, &str)> = self.dirs.iter().map(|(w, d)| (w.as_str(), d.as_str())).collect();
+        for (i, v) in a.volumes.iter().enumerate().filter(|(_, v)| v.kind == VolumeKind::Host) {
+            if let Err(e) = bramble_proto::hostpath::check(v.host_path.as_deref().unwrap_or_default(), &dirs) {
+                out.push(problem("app", name, format!("volumes[{i}].host_path"), e.to_string()));
+            }
+        }
+        out
+    }
+}
+
+/// The apps of an apply that only an admin may write: a new or changed spec that asks for more
+/// than the defaults (`security`). Each with what it asks.
+pub fn needing_admin(objects: &Objects, apps: &[AppSpec]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for a in apps {
+        let asks = a.security.privileged();
+        if asks.is_empty() {
+            continue;
+        }
+        let stored = objects.get::<App>(a.name.as_str())?.map(|v| v.value.spec);
+        if stored.as_ref() != Some(a) {
+            out.push(format!("app/{} asks for {}", a.name, asks.join(" and ")));
+        }
+    }
+    Ok(out)
+}
+
+fn problem(kind: &str, name: &str, field: impl Into<String>, message: impl Into<String>) -> ObjectProblem {
+    ObjectProblem { kind: kind.into(), name: name.into(), field: field.into(), message: message.into() }
+}
+
+fn refuse(problems: Vec<ObjectProblem>) -> Result<()> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Problems(problems))
+    }
+}
 
 /// A stored object whose desired part a user applies.
 trait Applicable: Object {
@@ -132,45 +213,43 @@ fn check_targets(objects: &Objects, apps: &[AppSpec], services: &[ServiceSpec]) 
             },
         };
         let found = s.check_against(app).into_iter();
-        problems.extend(found.map(|p| format!("service/{}: {}: {}", s.name, p.field(), p.message)));
+        problems.extend(found.map(|p| problem("service", s.name.as_str(), p.field(), p.message)));
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!("nothing applied: {}", problems.join("; "))))
-    }
+    refuse(problems)
 }
 
 /// Problems that span objects, found before anything is written.
 /// What one apply brings: apps, services and configs.
 pub type Specs = (Vec<AppSpec>, Vec<ServiceSpec>, Vec<ConfigSpec>);
 
-fn check(apps: &[AppSpec], services: &[ServiceSpec], configs: &[ConfigSpec]) -> Result<()> {
+/// Every object's own checks, run again where they land (the CLI ran them too), and what the
+/// cluster keeps for itself.
+fn check(reserved: &Reserved, apps: &[AppSpec], services: &[ServiceSpec], configs: &[ConfigSpec]) -> Result<()> {
     let mut problems = Vec::new();
     let mut seen = BTreeSet::new();
     for a in apps {
-        if !seen.insert(("app", a.name.as_str())) {
-            problems.push(format!("app/{}: listed twice", a.name));
+        let name = a.name.as_str();
+        if !seen.insert(("app", name)) {
+            problems.push(problem("app", name, "", "listed twice"));
         }
-        problems.extend(a.check().into_iter().map(|p| format!("app/{}: {}: {}", a.name, p.field(), p.message)));
+        problems.extend(a.check().into_iter().map(|p| problem("app", name, p.field(), p.message)));
+        problems.extend(reserved.check(a));
     }
     for s in services {
-        if !seen.insert(("service", s.name.as_str())) {
-            problems.push(format!("service/{}: listed twice", s.name));
+        let name = s.name.as_str();
+        if !seen.insert(("service", name)) {
+            problems.push(problem("service", name, "", "listed twice"));
         }
-        problems.extend(s.check().into_iter().map(|p| format!("service/{}: {}: {}", s.name, p.field(), p.message)));
+        problems.extend(s.check().into_iter().map(|p| problem("service", name, p.field(), p.message)));
     }
     for c in configs {
-        if !seen.insert(("config", c.name.as_str())) {
-            problems.push(format!("config/{}: listed twice", c.name));
+        let name = c.name.as_str();
+        if !seen.insert(("config", name)) {
+            problems.push(problem("config", name, "", "listed twice"));
         }
-        problems.extend(c.check().into_iter().map(|p| format!("config/{}: {}: {}", c.name, p.field(), p.message)));
+        problems.extend(c.check().into_iter().map(|p| problem("config", name, p.field(), p.message)));
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!("nothing applied: {}", problems.join("; "))))
-    }
+    refuse(problems)
 }
 
 /// What an apply would write, and what it means.
@@ -186,12 +265,12 @@ struct Prepared {
 /// Checks every object and works out the writes of applying them at `now`, without writing.
 fn prepare(
     objects: &Objects,
-    network: &ClusterNetwork,
+    (network, reserved): (&ClusterNetwork, &Reserved),
     (apps, services, configs): Specs,
     who: &str,
     now: u64,
 ) -> Result<Prepared> {
-    check(&apps, &services, &configs)?;
+    check(reserved, &apps, &services, &configs)?;
     check_targets(objects, &apps, &services)?;
     let mut ops = Vec::new();
     let mut results = Vec::new();
@@ -248,12 +327,12 @@ fn prepare(
 pub fn apply(
     objects: &Objects,
     events: &Events,
-    network: &ClusterNetwork,
+    cluster: (&ClusterNetwork, &Reserved),
     specs: Specs,
     who: &str,
     now: u64,
 ) -> Result<Vec<Applied>> {
-    let Prepared { ops, results, .. } = prepare(objects, network, specs, who, now)?;
+    let Prepared { ops, results, .. } = prepare(objects, cluster, specs, who, now)?;
     if !ops.is_empty() {
         objects.txn(&ops).map_err(|e| match e {
             StoreError::Conflict { key, .. } => Error::Conflict(format!(
@@ -276,9 +355,9 @@ pub fn apply(
 
 /// Checks and plans an apply as [`apply`] would, writes nothing, and says what would change and
 /// where each app's replicas would go.
-pub fn dry_run(ctx: &Context, specs: Specs, now: u64) -> Result<ApplyPlan> {
+pub fn dry_run(ctx: &Context, reserved: &Reserved, specs: Specs, now: u64) -> Result<ApplyPlan> {
     let names: Vec<String> = specs.0.iter().map(|a| a.name.as_str().to_string()).collect();
-    let prepared = prepare(&ctx.objects, &ctx.network, specs, "a dry run", now)?;
+    let prepared = prepare(&ctx.objects, (&ctx.network, reserved), specs, "a dry run", now)?;
     let mut snapshot = snapshot::read(ctx, now)?;
     dry_run::overlay(&mut snapshot, &prepared.apps, &prepared.services, now);
     let records: Vec<(String, Option<&RevisionRecord>)> = names

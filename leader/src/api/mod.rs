@@ -66,6 +66,8 @@ pub struct Api {
     pub me: bramble_proto::wire::LeaderInfo,
     /// The election, when leaders share etcd (none: the only leader, on redb).
     pub ha: Option<Arc<crate::ha::Ha>>,
+    /// Ports and directories no app may take on the cluster's boards.
+    pub reserved: Arc<apps::Reserved>,
 }
 
 impl std::fmt::Debug for Api {
@@ -111,6 +113,7 @@ impl Api {
                 store: "redb".into(),
             },
             ha: None,
+            reserved: Arc::new(apps::Reserved::of_leader(7443, None, None)),
         }
     }
 
@@ -155,6 +158,18 @@ impl Api {
         authorize(identity, required_role(&request))?;
         let who = identity.map_or_else(|| "the leader".to_string(), |i| i.to_string());
         let who = who.as_str();
+        // Containers with more than the defaults: admins only, however the app is written.
+        if let Request::Apply { apps, .. } = &request {
+            if identity.and_then(|i| i.role()) != Some(Role::Admin) {
+                let privileged = apps::needing_admin(&self.objects, apps)?;
+                if !privileged.is_empty() {
+                    return Err(Error::PermissionDenied(format!(
+                        "nothing applied: {}; this needs the admin role; you are {who}",
+                        privileged.join(", ")
+                    )));
+                }
+            }
+        }
         match request {
             Request::Join { .. } => unreachable!("handled above"),
             Request::GetNodes => Ok(Response::Nodes(self.node_views()?)),
@@ -165,12 +180,16 @@ impl Api {
             Request::GetNode { name } => self.describe_node(&name),
             Request::LabelNode { name, set, remove } => self.label(&name, set, remove, who),
             Request::SetCordon { name, cordoned } => self.cordon(&name, cordoned, who),
-            Request::Apply { apps, services, configs, dry_run: true } => {
-                Ok(Response::Planned(apps::dry_run(&self.context(), (apps, services, configs), now_ms())?))
-            }
+            Request::Apply { apps, services, configs, dry_run: true } => Ok(Response::Planned(apps::dry_run(
+                &self.context(),
+                &self.reserved,
+                (apps, services, configs),
+                now_ms(),
+            )?)),
             Request::Apply { apps, services, configs, dry_run: false } => {
                 let objects = (apps, services, configs);
-                let applied = apps::apply(&self.objects, &self.events, &self.network, objects, who, now_ms())?;
+                let cluster = (self.network.as_ref(), self.reserved.as_ref());
+                let applied = apps::apply(&self.objects, &self.events, cluster, objects, who, now_ms())?;
                 self.published.kick.notify_one();
                 self.after_configs_changed(&applied, who);
                 Ok(Response::Applied(applied))

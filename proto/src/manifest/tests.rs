@@ -469,8 +469,18 @@ fn tmpfs_volumes_parse_with_a_default_size_and_bad_paths_are_refused_with_their_
         6,
         8,
         "app[0].volumes[0].path",
-        "without . or ..",
+        "expected a path without ..",
     );
+    // A doubled slash or a dot does not get past the container's own paths.
+    for path in ["//proc", "/./dev/x", "/run//secrets"] {
+        fails(
+            &app(&format!("[[app.volumes]]\ntype = \"tmpfs\"\npath = \"{path}\"\n")),
+            6,
+            8,
+            "app[0].volumes[0].path",
+            "the container's own",
+        );
+    }
     let twice =
         app("[[app.volumes]]\ntype = \"tmpfs\"\npath = \"/c\"\n[[app.volumes]]\ntype = \"tmpfs\"\npath = \"/c/\"\n");
     fails(&twice, 9, 8, "app[0].volumes[1].path", "/c is mounted twice");
@@ -521,14 +531,35 @@ fn local_and_host_volumes_need_their_fields_and_refuse_others() {
         6,
         13,
         "app[0].volumes[0].host_path",
-        "belongs to the board's system",
+        "/etc/ssh is inside the board's system directory /etc",
     );
+    // What a deployer tried (issue 27): parents of system directories, doubled slashes.
+    for (path, says) in [
+        ("/var/lib", "/var/lib is the board's system directory /var/lib"),
+        ("/var", "/var holds the board's system directory /var/lib"),
+        ("//etc", "/etc is the board's system directory /etc"),
+        ("//var/lib/bramble/leader", "/var/lib/bramble/leader is inside the board's system directory /var/lib"),
+        ("/usr/", "/usr is the board's system directory /usr"),
+        ("/./root", "/root is the board's system directory /root"),
+        ("/home", "/home is the board's system directory /home"),
+        ("//", "/ is the whole board"),
+    ] {
+        fails(
+            &app(&format!(
+                "[[app.volumes]]\ntype = \"host\"\nhost_path = \"{path}\"\nnode_label = \"x\"\npath = \"/m\"\n"
+            )),
+            6,
+            13,
+            "app[0].volumes[0].host_path",
+            says,
+        );
+    }
     fails(
         &app("[[app.volumes]]\ntype = \"host\"\nhost_path = \"/srv/../etc\"\nnode_label = \"x\"\npath = \"/m\"\n"),
         6,
         13,
         "app[0].volumes[0].host_path",
-        "without . or ..",
+        "expected a path without ..",
     );
     fails(
         &app("[[app.volumes]]\ntype = \"host\"\nhost_path = \"/srv\"\nnode_label = \"bad key!\"\npath = \"/m\"\n"),

@@ -161,6 +161,46 @@ pub struct PortSpec {
     pub protocol: Protocol,
 }
 
+/// `security = { seccomp = "unconfined", control_plane = true }`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySpec {
+    /// `default`: Docker's default seccomp profile; `unconfined`: none (debuggers, 32-bit
+    /// binaries of another ABI, programs that need refused syscalls).
+    #[serde(default)]
+    pub seccomp: SeccompProfile,
+    /// Its pods may reach the cluster's own ports on every board (the leaders' QUIC port, etcd,
+    /// the metrics listener), as a Prometheus running as an app must.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub control_plane: bool,
+}
+
+impl SecuritySpec {
+    pub fn is_default(&self) -> bool {
+        *self == SecuritySpec::default()
+    }
+
+    /// What in it needs the admin role, in words (none: a deployer may apply it).
+    pub fn privileged(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.seccomp == SeccompProfile::Unconfined {
+            out.push("security.seccomp = \"unconfined\"");
+        }
+        if self.control_plane {
+            out.push("security.control_plane = true");
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeccompProfile {
+    #[default]
+    Default,
+    Unconfined,
+}
+
 /// A volume mounted into every replica of an app.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -233,20 +273,8 @@ impl VolumeSpec {
                 match self.host_path.as_deref() {
                     None => out.push(("type", "a host volume needs a `host_path` (a directory on the board)".into())),
                     Some(p) => {
-                        let t = p.trim_end_matches('/');
-                        let system = ["/proc", "/sys", "/dev", "/boot", "/etc", "/run", "/var/lib/bramble"];
-                        if !p.starts_with('/') || t.is_empty() {
-                            out.push(("host_path", format!("expected an absolute path other than /, found {p:?}")));
-                        } else if t.split('/').any(|c| c == ".." || c == ".") {
-                            out.push(("host_path", format!("expected a path without . or .., found {p:?}")));
-                        } else if system.iter().any(|s| t == *s || t.starts_with(&format!("{s}/"))) {
-                            out.push((
-                                "host_path",
-                                format!(
-                                    "{t} belongs to the board's system ({}); choose a data directory",
-                                    system.join(", ")
-                                ),
-                            ));
+                        if let Err(e) = crate::hostpath::check(p, &[]) {
+                            out.push(("host_path", e.to_string()));
                         }
                     }
                 }
@@ -574,6 +602,10 @@ pub struct AppSpec {
     /// Set by `bramble rollout restart` (a time): a new revision of the same spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarted_at: Option<String>,
+    /// What the app's containers may do beyond the defaults; anything but the defaults needs
+    /// the admin role.
+    #[serde(default, skip_serializing_if = "SecuritySpec::is_default")]
+    pub security: SecuritySpec,
 }
 
 /// The default grace period between the stop signal and SIGKILL.
@@ -725,21 +757,23 @@ impl AppSpec {
             .chain(self.configs.iter().enumerate().map(|(i, c)| ("configs", i, c.path.as_str())));
         for (list, i, path) in mounts {
             let at = || vec![Key(list), Index(i), Key("path")];
-            let p = path.trim_end_matches('/');
             let reserved = ["/proc", "/sys", "/dev", "/run/secrets", "/etc/resolv.conf", "/etc/hosts"];
-            if !path.starts_with('/') || p.is_empty() {
-                out.push(Problem::new(at(), format!("expected an absolute path other than /, found {path:?}")));
-            } else if p.split('/').any(|c| c == ".." || c == ".") {
-                out.push(Problem::new(at(), format!("expected a path without . or .., found {path:?}")));
-            } else if reserved.iter().any(|r| p == *r || p.starts_with(&format!("{r}/"))) {
-                out.push(Problem::new(
+            match crate::hostpath::normalize(path) {
+                Err(e) => out.push(Problem::new(at(), e.to_string())),
+                Ok(p) if p == "/" => {
+                    out.push(Problem::new(at(), format!("expected an absolute path other than /, found {path:?}")))
+                }
+                Ok(p) if reserved.iter().any(|r| crate::hostpath::within(&p, r)) => out.push(Problem::new(
                     at(),
                     format!(
                         "{p} is the container's own (/proc, /sys, /dev, /run/secrets, /etc/resolv.conf, /etc/hosts)"
                     ),
-                ));
-            } else if !paths.insert(p.to_string()) {
-                out.push(Problem::new(at(), format!("{p} is mounted twice")));
+                )),
+                Ok(p) => {
+                    if !paths.insert(p.clone()) {
+                        out.push(Problem::new(at(), format!("{p} is mounted twice")));
+                    }
+                }
             }
         }
         for (k, v) in &self.secret_env {

@@ -64,7 +64,7 @@ pub fn run(node_count: usize, replicas: usize) -> serde_json::Value {
     let mut placed = 0;
     for r in 0..replicas {
         let a = r % specs.len();
-        let req = Request { app: &names[a], spec: &specs[a], platforms: None, revision: &names[a], homes: None };
+        let req = Request { app: &names[a], spec: &specs[a], misses: None, revision: &names[a], homes: None };
         if let Ok(i) = s.place(&req) {
             s.bind(i, &req);
             placed += 1;
@@ -80,7 +80,7 @@ pub fn run(node_count: usize, replicas: usize) -> serde_json::Value {
     let t = Instant::now();
     for r in 0..committed_count {
         let a = r % specs.len();
-        let req = Request { app: &names[a], spec: &specs[a], platforms: None, revision: &names[a], homes: None };
+        let req = Request { app: &names[a], spec: &specs[a], misses: None, revision: &names[a], homes: None };
         if let Ok(i) = s.place(&req) {
             let key = format!("/replicas/{}-{r}", names[a]);
             let value =

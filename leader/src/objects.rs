@@ -17,6 +17,8 @@
 //! /cluster/network           ClusterNetwork: the network chosen at init
 //! /subnets/<cidr>            the node holding a pod subnet (a claim: one holder at most)
 //! /vips/<ip>                 the service holding a virtual IP (a claim)
+//! /volume-homes/<node>/<vol> when a replica mounting local volume <vol> first ran on <node>:
+//!                            what makes that board's report of the volume believed
 //! ```
 
 use crate::error::{Error, Result};
@@ -51,6 +53,11 @@ pub mod keys {
     pub const USERS: &str = "/users/";
     pub const CONFIGS: &str = "/configs/";
     pub const REVOKED: &str = "/revoked/";
+    pub const VOLUME_HOMES: &str = "/volume-homes/";
+
+    pub fn volume_home(node: &str, volume: &str) -> String {
+        format!("{VOLUME_HOMES}{node}/{volume}")
+    }
 
     pub fn subnet(cidr: &bramble_proto::network::Cidr) -> String {
         // "/" inside the CIDR would read as a path: the prefix length follows a "_".
@@ -132,15 +139,20 @@ pub fn key<T: Object>(name: &str) -> String {
     format!("{}{name}", T::PREFIX)
 }
 
-/// The platforms an image offers, learned from a board whose arch it lacked; written once, so
-/// that a restarted leader does not place the image on such boards again. Dropped when no app
-/// uses the image any more.
+/// What an image offers, as each board whose arch it lacked found (board → platforms): kept per
+/// board, since a board speaks only for itself; written when a board's finding changes, so that
+/// a restarted leader does not place the image on such boards again. Dropped when no app uses
+/// the image any more.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ImagePlatforms {
     pub image: String,
-    pub offered: Vec<Platform>,
+    #[serde(default)]
+    pub boards: BTreeMap<String, Vec<Platform>>,
     pub learned_ms: u64,
 }
+
+/// The most platforms a board may say an image offers (a real index has a dozen at most).
+pub const MAX_OFFERED: usize = 64;
 
 /// A value with the store revision it was read at (for compare-and-swap).
 #[derive(Debug, Clone, PartialEq)]
@@ -289,31 +301,77 @@ impl Objects {
         TxnOp::Delete { key: keys::revision(app, hash), expect: Expect::Revision(rev) }
     }
 
-    /// What each image offers, where a board has told: image → platforms (with the store revision).
-    pub fn image_platforms(&self) -> Result<BTreeMap<String, Versioned<Vec<Platform>>>> {
+    /// What each image offers, per board that has told: image → board → platforms (with the
+    /// store revision).
+    pub fn image_platforms(&self) -> Result<BTreeMap<String, Versioned<crate::scheduler::Misses>>> {
         self.store
             .list(keys::IMAGES)?
             .into_iter()
             .map(|kv| {
                 let v: ImagePlatforms = decode(&kv.key, &kv.value)?;
-                Ok((v.image, Versioned { value: v.offered, rev: kv.mod_revision }))
+                Ok((v.image, Versioned { value: v.boards, rev: kv.mod_revision }))
             })
             .collect()
     }
 
-    /// Records what `image` offers, if it is news; returns whether it was.
-    pub fn learn_platforms(&self, image: &str, offered: &[Platform], now_ms: u64) -> Result<bool> {
+    /// Records what `node` found `image` offers, if it is news; returns whether it was.
+    pub fn learn_platforms(&self, image: &str, node: &str, offered: &[Platform], now_ms: u64) -> Result<bool> {
         let key = keys::image(image);
-        if offered.is_empty() || self.get_at::<ImagePlatforms>(&key)?.is_some_and(|v| v.offered == offered) {
+        if offered.is_empty() || offered.len() > MAX_OFFERED {
             return Ok(false);
         }
-        let value = ImagePlatforms { image: image.to_string(), offered: offered.to_vec(), learned_ms: now_ms };
-        self.put_at(&key, &value, Expect::Any)?;
-        Ok(true)
+        for _ in 0..5 {
+            let current = self.store.get(&key)?;
+            let (mut value, expect) = match &current {
+                Some(kv) => (decode::<ImagePlatforms>(&kv.key, &kv.value)?, Expect::Revision(kv.mod_revision)),
+                None => (
+                    ImagePlatforms { image: image.to_string(), boards: BTreeMap::new(), learned_ms: now_ms },
+                    Expect::Absent,
+                ),
+            };
+            if value.boards.get(node).is_some_and(|o| o == offered) {
+                return Ok(false);
+            }
+            value.boards.insert(node.to_string(), offered.to_vec());
+            value.learned_ms = now_ms;
+            match self.put_at(&key, &value, expect) {
+                Ok(_) => return Ok(true),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(false)
     }
 
     pub fn delete_image_platforms_op(image: &str, rev: u64) -> TxnOp {
         TxnOp::Delete { key: keys::image(image), expect: Expect::Revision(rev) }
+    }
+
+    /// Records that a replica mounting local volume `volume` ran on `node` (once).
+    pub fn record_volume_home(&self, node: &str, volume: &str, now_ms: u64) -> Result<()> {
+        let key = keys::volume_home(node, volume);
+        if self.store.get(&key)?.is_some() {
+            return Ok(());
+        }
+        match self.put_at(&key, &now_ms, Expect::Absent) {
+            Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The local volumes the leader saw replicas use on each board: node → names.
+    pub fn volume_homes(&self) -> Result<BTreeMap<String, std::collections::BTreeSet<String>>> {
+        let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+        for kv in self.store.list(keys::VOLUME_HOMES)? {
+            if let Some((node, vol)) = kv.key.strip_prefix(keys::VOLUME_HOMES).and_then(|r| r.split_once('/')) {
+                out.entry(node.to_string()).or_default().insert(vol.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn forget_volume_home_op(node: &str, volume: &str) -> TxnOp {
+        TxnOp::Delete { key: keys::volume_home(node, volume), expect: Expect::Any }
     }
 
     /// Every claim under `prefix` (subnets, VIPs): key → holder.

@@ -200,7 +200,15 @@ pub async fn volume(api: Arc<Api>, node: Option<String>, op: VolumeOp, mut send:
             let node = nodes.first().cloned().unwrap_or_default();
             let users = volume_users(&api, &node, &name);
             if users.is_empty() {
-                ask_volumes(&api, &node, VolumeOp::Rm { name }).await
+                let answer = ask_volumes(&api, &node, VolumeOp::Rm { name: name.clone() }).await;
+                if matches!(answer, Response::Done(_)) {
+                    // Gone from the board: its home is forgotten too.
+                    let forget = crate::objects::Objects::forget_volume_home_op(&node, &name);
+                    if let Err(e) = api.objects.txn(&[forget]) {
+                        tracing::warn!("cannot forget volume {name} on {node}: {e}");
+                    }
+                }
+                answer
             } else {
                 let msg = format!(
                     "volume {name} on node {node} is in use by {} (delete or move the app first)",

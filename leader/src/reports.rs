@@ -16,9 +16,14 @@ pub fn statuses(ctx: &Context, node: &str, statuses: Vec<ReplicaStatus>, now: u6
     let mut kick = false;
     for s in statuses {
         if let Some(miss) = &s.platform_miss {
-            match ctx.objects.learn_platforms(&miss.image, &miss.offered, now) {
-                Ok(news) => kick |= news,
-                Err(e) => warn!("cannot record what {} offers: {e}", miss.image),
+            // A board speaks of its own replicas, running the image it names, and for itself.
+            if runs_image(&ctx.objects, node, &s.replica, &miss.image) {
+                match ctx.objects.learn_platforms(&miss.image, node, &miss.offered, now) {
+                    Ok(news) => kick |= news,
+                    Err(e) => warn!("cannot record what {} offers: {e}", cut(&miss.image)),
+                }
+            } else {
+                debug!(node, replica = %cut(&s.replica), "a platform miss about a replica this node does not run; ignored");
             }
         }
         ctx.observed.set_detail(&s.replica, s.detail.clone());
@@ -26,6 +31,36 @@ pub fn statuses(ctx: &Context, node: &str, statuses: Vec<ReplicaStatus>, now: u6
         kick |= record(&ctx.objects, node, &s, now);
     }
     kick
+}
+
+/// A replica running on `node` makes its local volumes' home there believed.
+fn note_volume_homes(objects: &Objects, node: &str, r: &Replica, now: u64) {
+    let key = crate::objects::keys::revision(&r.app, &r.revision_hash);
+    let Ok(Some(spec)) = objects.get_at::<bramble_proto::manifest::AppSpec>(&key) else { return };
+    for v in spec.local_volumes() {
+        if let Err(e) = objects.record_volume_home(node, v, now) {
+            warn!("cannot record volume {v} on {node}: {e}");
+        }
+    }
+}
+
+/// Whether `replica` is bound to `node` and its template (the app's, or its revision's) runs
+/// `image`.
+fn runs_image(objects: &Objects, node: &str, replica: &str, image: &str) -> bool {
+    let Ok(Some(r)) = objects.get::<Replica>(replica) else { return false };
+    if r.value.node.as_deref() != Some(node) {
+        return false;
+    }
+    let r = r.value;
+    let key = crate::objects::keys::revision(&r.app, &r.revision_hash);
+    let template = objects.get_at::<bramble_proto::manifest::AppSpec>(&key).ok().flatten();
+    let app = objects.get::<bramble_proto::model::App>(&r.app).ok().flatten().map(|v| v.value.spec);
+    [template, app].into_iter().flatten().any(|spec| spec.image.as_str() == image)
+}
+
+/// Text a board chose, cut for a log line.
+fn cut(s: &str) -> String {
+    s.chars().take(128).collect()
 }
 
 /// Writes what changed; true when readiness changed (endpoints and rollouts move on it).
@@ -57,7 +92,12 @@ fn record(objects: &Objects, node: &str, s: &ReplicaStatus, now: u64) -> bool {
             return false;
         }
         match objects.put(&r, Expect::Revision(current.rev)) {
-            Ok(_) => return r.ready != before.ready,
+            Ok(_) => {
+                if r.phase == ReplicaPhase::Running && before.phase != ReplicaPhase::Running {
+                    note_volume_homes(objects, node, &r, now);
+                }
+                return r.ready != before.ready;
+            }
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => {
                 warn!("cannot record the status of {}: {e}", s.replica);
@@ -70,10 +110,21 @@ fn record(objects: &Objects, node: &str, s: &ReplicaStatus, now: u64) -> bool {
 
 /// Records an event a board sent: it speaks only for its replicas and itself, briefly.
 pub fn event(ctx: &Context, node: &str, mut e: Event) {
-    let allowed = e.object.kind == Kind::Replica || e.object == ObjectRef::node(node);
+    // About itself, or about a replica bound to it (or one already gone from the store: its
+    // last words, such as Stopped, come after the leader deleted it).
+    let allowed = match e.object.kind {
+        Kind::Replica => match ctx.objects.get::<Replica>(&e.object.name) {
+            Ok(Some(r)) => r.value.node.as_deref() == Some(node),
+            Ok(None) => true,
+            Err(_) => false,
+        },
+        _ => e.object == ObjectRef::node(node),
+    };
     if !allowed {
+        debug!(node, object = %cut(&e.object.to_string()), "an event about another board's replica; ignored");
         return;
     }
+    e.object.name = e.object.name.chars().take(253).collect();
     e.message = format!("{} (node {node})", e.message.chars().take(1024).collect::<String>());
     e.app = e.app.map(|a| a.chars().take(63).collect());
     ctx.events.record(e);

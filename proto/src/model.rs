@@ -124,7 +124,55 @@ pub struct NodeInfo {
     pub addresses: Vec<String>,
 }
 
+/// The prefix of the labels a board reports about itself.
+pub const BOARD_LABELS: &str = "board.bramble.dev/";
+/// What a board may report about itself: at most this many labels, addresses and bytes of text.
+pub const MAX_BOARD_LABELS: usize = 64;
+pub const MAX_BOARD_ADDRESSES: usize = 32;
+pub const MAX_BOARD_TEXT: usize = 256;
+
 impl NodeInfo {
+    /// What a board said about itself, kept within bounds where it lands on the leader: labels
+    /// with plain keys (no prefix: the board's all go under [`BOARD_LABELS`]) and valid values,
+    /// at most [`MAX_BOARD_LABELS`]; addresses that parse; text cut. Returns what was dropped.
+    pub fn sanitize(&mut self) -> Vec<String> {
+        let mut dropped = Vec::new();
+        let cut = |s: &mut String| {
+            if s.len() > MAX_BOARD_TEXT {
+                let mut end = MAX_BOARD_TEXT;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                s.truncate(end);
+            }
+        };
+        cut(&mut self.os);
+        cut(&mut self.kernel);
+        cut(&mut self.agent_version);
+        let labels = std::mem::take(&mut self.labels);
+        for (k, v) in labels {
+            let ok = !k.contains('/')
+                && crate::names::check_label_key(&k).is_ok()
+                && crate::names::check_label_value(&v).is_ok()
+                && self.labels.len() < MAX_BOARD_LABELS;
+            if ok {
+                self.labels.insert(k, v);
+            } else {
+                dropped.push(format!("label {}", k.chars().take(64).collect::<String>()));
+            }
+        }
+        let before = self.addresses.len();
+        self.addresses.retain(|a| a.len() <= 64 && a.parse::<std::net::IpAddr>().is_ok());
+        self.addresses.truncate(MAX_BOARD_ADDRESSES);
+        if self.addresses.len() < before {
+            dropped.push(format!("{} addresses", before - self.addresses.len()));
+        }
+        if let Arch::Other(a) = &mut self.arch {
+            cut(a);
+        }
+        dropped
+    }
+
     /// A Linux board of `arch` offering `resources` (capacity and allocatable), nothing more known.
     pub fn board(arch: Arch, resources: Resources) -> NodeInfo {
         NodeInfo {
@@ -204,9 +252,12 @@ impl Node {
         }
     }
 
-    /// The labels in effect: the agent's own, overridden by operators'.
+    /// The labels in effect: the operators', and the board's own under [`BOARD_LABELS`] (a board
+    /// cannot set an operator's label: `disk=ssd` from agent.toml is `board.bramble.dev/disk=ssd`,
+    /// which only a selector naming it matches).
     pub fn effective_labels(&self) -> BTreeMap<String, String> {
-        let mut l = self.info.labels.clone();
+        let mut l: BTreeMap<String, String> =
+            self.info.labels.iter().map(|(k, v)| (format!("{BOARD_LABELS}{k}"), v.clone())).collect();
         l.extend(self.labels.clone());
         l
     }
@@ -478,5 +529,35 @@ mod tests {
         data.insert("password".to_string(), b"hunter2".to_vec());
         let s = Secret { meta: ObjectMeta::default(), data, version: 1 };
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}
+
+#[cfg(test)]
+mod board_tests {
+    use super::*;
+
+    #[test]
+    fn a_board_cannot_set_an_operators_label_or_report_without_bounds() {
+        let mut info = NodeInfo::board(Arch::Arm64, Resources::default());
+        info.labels.insert("disk".into(), "ssd".into());
+        info.labels.insert("example.com/role".into(), "db".into());
+        info.labels.insert("bad key".into(), "x".into());
+        for i in 0..100 {
+            info.labels.insert(format!("l{i:03}"), "v".into());
+        }
+        info.addresses = vec!["10.0.0.1".into(), "not an address".into()];
+        info.kernel = "k".repeat(10_000);
+        let dropped = info.sanitize();
+        assert_eq!(info.labels.len(), MAX_BOARD_LABELS);
+        assert!(!info.labels.contains_key("example.com/role") && !info.labels.contains_key("bad key"));
+        assert_eq!(info.addresses, ["10.0.0.1"]);
+        assert_eq!(info.kernel.len(), MAX_BOARD_TEXT);
+        assert!(dropped.iter().any(|d| d == "label example.com/role"), "{dropped:?}");
+        let mut node = Node::joined("pi-1", "x".into(), info, 0);
+        node.labels.insert("zone".into(), "kitchen".into());
+        let l = node.effective_labels();
+        assert_eq!(l.get("board.bramble.dev/disk").map(String::as_str), Some("ssd"));
+        assert!(!l.contains_key("disk"), "the board's own labels are not operators'");
+        assert_eq!(l.get("zone").map(String::as_str), Some("kitchen"));
     }
 }

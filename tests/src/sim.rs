@@ -210,10 +210,12 @@ impl Sim {
         self.offered.insert(image.into(), list);
     }
 
-    /// Tells the leader what `image` offers, as if a board had said so already.
+    /// Tells the leader what `image` offers, as if every board had said so already.
     pub fn leader_knows(&self, image: &str) {
         if let Some(list) = self.offered.get(image) {
-            self.objects().learn_platforms(image, list, self.now_ms()).expect("stored");
+            for b in &self.boards {
+                self.objects().learn_platforms(image, &b.name, list, self.now_ms()).expect("stored");
+            }
         }
     }
 

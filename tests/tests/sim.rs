@@ -177,6 +177,71 @@ fn an_image_for_another_arch_moves_to_the_boards_that_run_it() {
     assert!(!sim.ctx().events.filter(|e| e.reason == EventReason::ImagePlatform).is_empty(), "moved, with an event");
 }
 
+/// A rogue (or buggy) board's status about a replica that does not exist, saying the app's image
+/// offers only riscv64, and one about another board's replica: nothing moves anywhere (issue 27).
+/// Its honest miss about a replica it does run moves only its own replicas.
+#[test]
+fn a_rogue_boards_platform_miss_changes_nothing_elsewhere() {
+    use bramble_proto::wire::{PlatformMiss, ReplicaStatus};
+    let mut sim = settled();
+    let before: Vec<(String, Option<String>)> =
+        sim.replicas("web").into_iter().map(|r| (r.meta.name, r.node)).collect();
+    let lie = |replica: &str| {
+        let mut s = ReplicaStatus::new(replica, ReplicaPhase::Pending);
+        s.platform_miss =
+            Some(PlatformMiss { image: "reg/web:1".into(), offered: vec!["linux/riscv64".parse().unwrap()] });
+        s
+    };
+    let elsewhere = before.iter().find(|(_, n)| n.as_deref() != Some("board-1")).unwrap().0.clone();
+    let now = sim.now_ms();
+    bramble_leader::reports::statuses(sim.ctx(), "board-1", vec![lie("web-nosuch-abcde"), lie(&elsewhere)], now);
+    for _ in 0..5 {
+        sim.step(Duration::from_secs(1));
+    }
+    let after: Vec<(String, Option<String>)> = sim.replicas("web").into_iter().map(|r| (r.meta.name, r.node)).collect();
+    assert_eq!(before, after, "nothing moved, nothing stopped");
+    assert!(sim.replicas("web").iter().all(|r| r.phase == ReplicaPhase::Running));
+    // Nor does it speak in another board's replica's name.
+    let mine = before.iter().find(|(_, n)| n.as_deref() == Some("board-1")).unwrap().0.clone();
+    for r in [&elsewhere, &mine] {
+        let e = bramble_proto::model::Event::replica(now, "web", r, EventReason::Unhealthy, "made up");
+        bramble_leader::reports::event(sim.ctx(), "board-1", e);
+    }
+    let made_up: Vec<String> =
+        sim.ctx().events.filter(|e| e.message.starts_with("made up")).into_iter().map(|e| e.object.name).collect();
+    assert_eq!(made_up, [mine], "only about its own replica");
+    // About its own replica: only board-1's replicas move.
+    let own = before.iter().find(|(_, n)| n.as_deref() == Some("board-1")).unwrap().0.clone();
+    let now = sim.now_ms();
+    bramble_leader::reports::statuses(sim.ctx(), "board-1", vec![lie(&own)], now);
+    sim.run_until(30, Sim::converged).expect("settles");
+    let rs = sim.replicas("web");
+    assert_eq!(rs.len(), 6);
+    assert!(rs.iter().all(|r| r.node.as_deref() != Some("board-1") && r.phase == ReplicaPhase::Running), "{rs:?}");
+    sim.check_no_duplicates();
+}
+
+/// A board that says it holds a local volume it never had is not believed: only a board where a
+/// replica mounting the volume ran becomes its home (a claim would draw the app and its
+/// secrets). Both boards report the volume; the planner sees it only on the real home.
+#[test]
+fn a_boards_claim_to_hold_a_volume_counts_only_where_a_replica_used_it() {
+    let mut sim = three_boards();
+    sim.apply(
+        "[[app]]\nname = \"db\"\nimage = \"reg/db:1\"\n[[app.volumes]]\ntype = \"local\"\nname = \"dbdata\"\npath = \"/data\"\n",
+    );
+    sim.run_until(20, Sim::converged).expect("settles");
+    let home = sim.replicas("db")[0].node.clone().expect("placed");
+    let rogue = ["board-1", "board-2", "board-3"].into_iter().find(|b| *b != home).unwrap();
+    for b in [home.as_str(), rogue] {
+        sim.ctx().observed.set_node_volumes(b, vec!["dbdata".into()]);
+    }
+    let snap = bramble_leader::controllers::snapshot::read(sim.ctx(), sim.now_ms()).expect("snapshot");
+    let holds = |n: &str| snap.nodes.iter().find(|x| x.node.meta.name == n).unwrap().volumes.contains("dbdata");
+    assert!(holds(&home), "the board where it ran");
+    assert!(!holds(rogue), "not the board that only says so");
+}
+
 /// Random partitions, crashes, agent and leader restarts, scales and new revisions; the
 /// invariants after every step; convergence once everything heals. Seeds from 1 (or
 /// `BRAMBLE_SIM_SEEDS=a..b`); each seed runs 300 steps.

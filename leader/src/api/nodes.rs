@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 impl Api {
-    pub(super) fn join(&self, token: &str, node_name: &str, csr_pem: &str, info: NodeInfo) -> Result<Response> {
+    pub(super) fn join(&self, token: &str, node_name: &str, csr_pem: &str, mut info: NodeInfo) -> Result<Response> {
         crate::tokens::verify(&self.objects, &self.ca.fingerprint(), token, now_ms())?;
         check_dns_subdomain(node_name).map_err(|e| Error::Invalid(format!("join refused: node {e}")))?;
         let (cert_pem, key_fp) = self
@@ -30,6 +30,7 @@ impl Api {
             // The same board joining again (e.g. it lost its certificate but kept its key).
             Some(_) => {}
             None => {
+                info.sanitize();
                 let node = Node::joined(node_name, key_fp, info, now_ms());
                 self.objects.put(&node, Expect::Absent).map_err(|e| match e {
                     StoreError::Conflict { .. } => {
@@ -78,7 +79,8 @@ impl Api {
         self.objects.update::<Node>(name, |n| {
             for k in &remove {
                 if n.labels.remove(k).is_none() {
-                    let msg = if n.info.labels.contains_key(k) {
+                    let board = k.strip_prefix(bramble_proto::model::BOARD_LABELS);
+                    let msg = if board.is_some_and(|b| n.info.labels.contains_key(b)) {
                         format!("label {k:?} on node {name} comes from the agent's config file; change it there")
                     } else {
                         format!("node {name} has no label {k:?}")
@@ -106,10 +108,14 @@ impl Api {
     pub fn set_node_info(
         &self,
         name: &str,
-        info: NodeInfo,
+        mut info: NodeInfo,
         address: Option<Ipv4Addr>,
         cert_expires_ms: Option<u64>,
     ) -> Result<bool> {
+        let dropped = info.sanitize();
+        if !dropped.is_empty() {
+            tracing::debug!(node = name, ?dropped, "what the board reported was cut to bounds");
+        }
         self.objects.update::<Node>(name, |node| {
             let changed = node.info != info
                 || (address.is_some() && node.address != address)
@@ -156,6 +162,8 @@ impl Api {
         let v = self.objects.load::<Node>(name)?;
         let mut ops = vec![Objects::delete_op::<Node>(name, Expect::Revision(v.rev))];
         ops.extend(v.value.pod_cidr.map(|c| Objects::release_op(keys::subnet(&c))));
+        let homes = self.objects.volume_homes()?.remove(name).unwrap_or_default();
+        ops.extend(homes.iter().map(|vol| Objects::forget_volume_home_op(name, vol)));
         self.objects.txn(&ops).map_err(|e| match e {
             StoreError::Conflict { .. } => Error::Conflict(format!("node {name} changed meanwhile; try again")),
             e => e.into(),

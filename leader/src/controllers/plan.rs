@@ -13,7 +13,7 @@ use super::drain::DRAIN_TIMEOUT_MS;
 use super::replicas::{reconcile, revision_hash, Action};
 use super::rollout::{self, Step};
 use crate::objects::Versioned;
-use crate::scheduler::{NodeSnapshot, Request as Placement, Scheduler};
+use crate::scheduler::{Misses, NodeSnapshot, Request as Placement, Scheduler};
 use bramble_proto::manifest::AppSpec;
 use bramble_proto::model::{
     App, ConditionStatus, Event, EventReason, Node, ObjectRef, Platform, Replica, ReplicaPhase, Resources,
@@ -60,8 +60,8 @@ pub struct Snapshot {
     pub orphan_revisions: Vec<(String, String, u64)>,
     /// Revision records `(app, number, store revision)` of apps that are gone.
     pub orphan_history: Vec<(String, u64, u64)>,
-    /// The platforms an image offers, per image reference, where a board has told.
-    pub platforms: BTreeMap<String, Versioned<Vec<Platform>>>,
+    /// What an image offers, per image reference and per board that has told.
+    pub platforms: BTreeMap<String, Versioned<Misses>>,
     /// The store revision the snapshot was read at: with the time, what makes new names unique.
     pub revision: u64,
     /// Every service (for the endpoints; the planner does not change them).
@@ -177,7 +177,7 @@ pub fn plan(snapshot: &Snapshot, now_ms: u64) -> Plan {
         .apps
         .values()
         .map(|a| {
-            let offered = snapshot.platforms.get(a.app.spec.image.as_str()).map(|v| v.value.as_slice());
+            let offered = snapshot.platforms.get(a.app.spec.image.as_str()).map(|v| &v.value);
             let drain = DrainInput { served: served.contains(a.app.spec.name.as_str()), drained: &snapshot.drained };
             plan_app(a, &lost, offered, &drain, &mut scheduler, now_ms, salt(snapshot.revision, now_ms))
         })
@@ -211,13 +211,8 @@ fn scheduler_for(snapshot: &Snapshot) -> Scheduler {
     for (name, a) in &snapshot.apps {
         for r in a.replicas.iter().map(|v| &v.value).filter(|r| holds_node(r)) {
             if let Some(i) = r.node.as_deref().and_then(|n| scheduler.index_of(n)) {
-                let req = Placement {
-                    app: name,
-                    spec: &a.app.spec,
-                    platforms: None,
-                    revision: &r.revision_hash,
-                    homes: None,
-                };
+                let req =
+                    Placement { app: name, spec: &a.app.spec, misses: None, revision: &r.revision_hash, homes: None };
                 scheduler.bind(i, &req);
             }
         }
@@ -292,7 +287,7 @@ fn salt(revision: u64, now_ms: u64) -> u64 {
 fn plan_app(
     app: &AppState,
     lost: &dyn Fn(&str) -> Option<&'static str>,
-    offered: Option<&[Platform]>,
+    offered: Option<&Misses>,
     drain: &DrainInput<'_>,
     scheduler: &mut Scheduler,
     now: u64,
@@ -371,12 +366,13 @@ fn mark_lost(w: &mut Work<'_>, lost: &dyn Fn(&str) -> Option<&'static str>) {
 
 /// A replica on a board whose arch the image does not offer can never run there: it goes, and
 /// its replacement is placed where the image runs.
-fn evict_foreign(w: &mut Work<'_>, offered: &[Platform], scheduler: &mut Scheduler) {
+fn evict_foreign(w: &mut Work<'_>, misses: &Misses, scheduler: &mut Scheduler) {
     let mut gone = Vec::new();
     for r in &w.replicas {
         let Some(i) = r.node.as_deref().and_then(|n| scheduler.index_of(n)) else { continue };
         let arch = scheduler.nodes[i].arch.clone();
         // (One just marked Lost goes too: it would never run there, so it holds no place.)
+        let Some(offered) = misses.get(&scheduler.nodes[i].name) else { continue };
         if Platform::choose(offered, &arch).is_some() {
             continue;
         }
@@ -481,11 +477,11 @@ fn homes(w: &Work<'_>, scheduler: &Scheduler) -> Option<BTreeSet<String>> {
 }
 
 /// Places what is unbound; what fits nowhere keeps a reason (an event only when it changes).
-fn place(w: &mut Work<'_>, offered: Option<&[Platform]>, scheduler: &mut Scheduler) {
+fn place(w: &mut Work<'_>, offered: Option<&Misses>, scheduler: &mut Scheduler) {
     let spec = &w.app.app.spec;
     let revision = revision_hash(spec);
     let homes = homes(w, scheduler);
-    let req = Placement { app: w.name, spec, platforms: offered, revision: &revision, homes: homes.as_ref() };
+    let req = Placement { app: w.name, spec, misses: offered, revision: &revision, homes: homes.as_ref() };
     let mut events = Vec::new();
     for r in w.replicas.iter_mut().filter(|r| r.node.is_none()) {
         match scheduler.place(&req) {

@@ -10,11 +10,15 @@ use std::collections::BTreeMap;
 
 pub fn read(ctx: &Context, now_ms: u64) -> Result<Snapshot> {
     let revision = ctx.objects.store().revision();
+    let homes = ctx.objects.volume_homes()?;
     let nodes: Vec<NodeState> = ctx
         .objects
         .list::<Node>()?
         .into_iter()
         .map(|v| {
+            // A board's word that it holds a volume counts only where a replica mounting it
+            // ran (a board could otherwise claim any volume and draw its app and secrets).
+            let believed = homes.get(&v.value.meta.name);
             let name = v.value.meta.name.clone();
             // A board without a pod subnet cannot start pods: nothing is placed there (but what it
             // runs is not lost for that).
@@ -25,7 +29,12 @@ pub fn read(ctx: &Context, now_ms: u64) -> Result<Snapshot> {
             NodeState {
                 ready,
                 images: ctx.observed.node_images(&name),
-                volumes: ctx.observed.node_volumes(&name),
+                volumes: ctx
+                    .observed
+                    .node_volumes(&name)
+                    .into_iter()
+                    .filter(|vol| believed.is_some_and(|b| b.contains(vol)))
+                    .collect(),
                 node: v.value,
             }
         })

@@ -35,13 +35,23 @@ pub struct NodeSnapshot {
     pub revisions: BTreeMap<String, u32>,
 }
 
+/// Board → the platforms the image offers, as that board found when it could not pull it.
+pub type Misses = BTreeMap<String, Vec<Platform>>;
+
+/// Whether `node`'s own miss says the image cannot run there.
+pub fn missed(misses: &Misses, node: &str, arch: &bramble_proto::model::Arch) -> bool {
+    misses.get(node).is_some_and(|offered| Platform::choose(offered, arch).is_none())
+}
+
 /// One replica to place.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
     pub app: &'a str,
     pub spec: &'a AppSpec,
-    /// The platforms the image offers, if known (otherwise any node's arch is accepted).
-    pub platforms: Option<&'a [Platform]>,
+    /// What boards found the image offers (board → platforms), each about itself only: a node
+    /// is refused when its own miss says the image lacks its arch. (One board cannot speak for
+    /// others: a rogue one would stop an app everywhere.)
+    pub misses: Option<&'a Misses>,
     /// The pod template's revision hash.
     pub revision: &'a str,
     /// Apps pinned by local volumes: the only nodes it may go to (where its volumes are).
@@ -127,10 +137,8 @@ pub fn filter(node: &NodeSnapshot, req: &Request<'_>) -> Option<Reason> {
     if node.unschedulable {
         return Some(Reason::Cordoned);
     }
-    if let Some(platforms) = req.platforms {
-        if Platform::choose(platforms, &node.arch).is_none() {
-            return Some(Reason::ArchMismatch);
-        }
+    if req.misses.is_some_and(|m| missed(m, &node.name, &node.arch)) {
+        return Some(Reason::ArchMismatch);
     }
     let cpu = spec.resources.cpu.map_or(0, |c| c.0);
     let mem = spec.resources.memory.map_or(0, |m| m.0);

@@ -27,8 +27,8 @@ fn node(name: &str, cpu: u64, mem_mi: u64) -> NodeSnapshot {
     }
 }
 
-fn req<'a>(spec: &'a AppSpec, platforms: Option<&'a [Platform]>) -> Request<'a> {
-    Request { app: "web", spec, platforms, revision: "r1", homes: None }
+fn req<'a>(spec: &'a AppSpec, misses: Option<&'a Misses>) -> Request<'a> {
+    Request { app: "web", spec, misses, revision: "r1", homes: None }
 }
 
 #[test]
@@ -52,9 +52,11 @@ fn reasons_a_human_can_act_on() {
     small2.arch = Arch::Arm64;
     let mut armv7 = node("c", 4000, 4096);
     armv7.arch = Arch::ArmV7;
+    // Board c found the image offers arm64 and amd64 only (what a or b found is their own).
     let platforms: Vec<Platform> = vec!["linux/arm64".parse().unwrap(), "linux/amd64".parse().unwrap()];
+    let misses = Misses::from([("c".to_string(), platforms)]);
     let s = Scheduler::new(vec![small, small2, armv7]);
-    let e = s.place(&req(&spec, Some(&platforms))).unwrap_err();
+    let e = s.place(&req(&spec, Some(&misses))).unwrap_err();
     assert_eq!(e.to_string(), "0/3 nodes: 2 insufficient memory, 1 arch mismatch");
     assert_eq!(
         Scheduler::new(vec![]).place(&req(&spec, None)).unwrap_err().to_string(),

@@ -21,6 +21,12 @@ fn node(name: &str, arch: Arch, ready: ConditionStatus) -> NodeState {
     }
 }
 
+/// What every board of `s` found the image offers.
+fn told_by_all(s: &Snapshot, platform: &str, rev: u64) -> Versioned<Misses> {
+    let value = s.nodes.iter().map(|n| (n.node.meta.name.clone(), vec![platform.parse().unwrap()])).collect();
+    Versioned { value, rev }
+}
+
 fn ready_nodes(n: usize) -> Vec<NodeState> {
     (1..=n).map(|i| node(&format!("pi-{i}"), Arch::Arm64, ConditionStatus::True)).collect()
 }
@@ -184,12 +190,30 @@ fn replicas_leave_boards_whose_arch_the_image_lacks() {
     let mut s = snapshot(nodes, spec("replicas = 3"));
     let mut rev = 10;
     pass(&mut s, 1_000, &mut rev);
-    s.platforms.insert("reg/web:1".into(), Versioned { value: vec!["linux/amd64".parse().unwrap()], rev: 5 });
+    let all = told_by_all(&s, "linux/amd64", 5);
+    s.platforms.insert("reg/web:1".into(), all);
     let p = pass(&mut s, 2_000, &mut rev);
     let moved = p.apps[0].events.iter().filter(|e| e.reason == EventReason::ImagePlatform).count();
     assert_eq!(moved, 2);
     assert!(replicas(&s).iter().all(|r| r.node.as_deref() == Some("pc-1")), "{:?}", replicas(&s));
     assert_eq!(replicas(&s).len(), 3);
+}
+
+/// A board speaks only for itself: one board's miss (even a lie: "riscv64 only") moves the
+/// replicas off that board, never off the others.
+#[test]
+fn a_boards_platform_miss_moves_replicas_off_that_board_only() {
+    let mut s = snapshot(ready_nodes(3), spec("replicas = 6"));
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    let on = |s: &Snapshot, n: &str| replicas(s).iter().filter(|r| r.node.as_deref() == Some(n)).count();
+    assert_eq!((on(&s, "pi-1"), on(&s, "pi-2"), on(&s, "pi-3")), (2, 2, 2));
+    let lie = BTreeMap::from([("pi-1".to_string(), vec!["linux/riscv64".parse().unwrap()])]);
+    s.platforms.insert("reg/web:1".into(), Versioned { value: lie, rev: 5 });
+    pass(&mut s, 2_000, &mut rev);
+    pass(&mut s, 3_000, &mut rev);
+    assert_eq!((on(&s, "pi-1"), on(&s, "pi-2"), on(&s, "pi-3")), (0, 3, 3), "{:?}", replicas(&s));
+    assert!(replicas(&s).iter().all(|r| r.phase != ReplicaPhase::Pending || r.node.is_some()));
 }
 
 #[test]
@@ -206,8 +230,9 @@ fn whatever_is_left_of_a_deleted_app_is_garbage() {
     assert!(!p.garbage.iter().any(|g| matches!(g, Garbage::Revision { .. })), "templates wait for the replicas");
     s.orphans.clear();
     assert_eq!(plan(&s, 3_000).garbage.len(), 1, "then the template goes");
-    s.platforms.insert("reg/web:1".into(), Versioned { value: vec!["linux/amd64".parse().unwrap()], rev: 5 });
-    s.platforms.insert("reg/other:1".into(), Versioned { value: vec!["linux/amd64".parse().unwrap()], rev: 6 });
+    let (web, other) = (told_by_all(&s, "linux/amd64", 5), told_by_all(&s, "linux/amd64", 6));
+    s.platforms.insert("reg/web:1".into(), web);
+    s.platforms.insert("reg/other:1".into(), other);
     s.apps.insert("web".into(), gone);
     s.orphan_revisions.clear();
     let garbage = plan(&s, 4_000).garbage;
@@ -328,7 +353,8 @@ fn build(w: &World) -> Snapshot {
         s.apps.insert(name.clone(), AppState { app, replicas: Vec::new(), revisions, history: Vec::new() });
         if let Some(arch) = &w.offered {
             let p = if *arch == Arch::Amd64 { "linux/amd64" } else { "linux/arm64" };
-            s.platforms.insert(format!("reg/{name}:1"), Versioned { value: vec![p.parse().unwrap()], rev: 5 });
+            let all = told_by_all(&s, p, 5);
+            s.platforms.insert(format!("reg/{name}:1"), all);
         }
     }
     for (k, (app, current, node, phase, finished)) in w.replicas.iter().enumerate() {
@@ -383,13 +409,9 @@ fn check_plan(s: &Snapshot, p: &Plan, now: u64) {
         // (Replicas on boards whose arch the image lacks go first, and do not count.)
         let runs_there = |r: &Replica| {
             let offered = s.platforms.get(spec.image.as_str());
-            let arch = r
-                .node
-                .as_deref()
-                .and_then(|n| s.nodes.iter().find(|x| x.node.meta.name == n))
-                .map(|n| &n.node.info.arch);
-            match (offered, arch) {
-                (Some(o), Some(arch)) => Platform::choose(&o.value, arch).is_some(),
+            let node = r.node.as_deref().and_then(|n| s.nodes.iter().find(|x| x.node.meta.name == n));
+            match (offered, node) {
+                (Some(o), Some(n)) => !crate::scheduler::missed(&o.value, &n.node.meta.name, &n.node.info.arch),
                 _ => true,
             }
         };
@@ -429,7 +451,7 @@ fn check_plan(s: &Snapshot, p: &Plan, now: u64) {
             assert!(!n.node.unschedulable, "never on a cordoned node");
             if let Some(offered) = s.platforms.get(spec.image.as_str()) {
                 assert!(
-                    Platform::choose(&offered.value, &n.node.info.arch).is_some(),
+                    !crate::scheduler::missed(&offered.value, node, &n.node.info.arch),
                     "never where the image cannot run"
                 );
             }

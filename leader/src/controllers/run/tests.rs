@@ -203,8 +203,10 @@ fn an_image_that_lacks_a_boards_arch_is_moved_to_boards_it_runs_on() {
     apply(&api, &WEB.replace("replicas = 6", "replicas = 4"));
     let d = sets(&api, 1_000).unwrap();
     assert_eq!(counts(&d), [1, 1, 1, 1], "spread while nothing is known of the image");
-    // A board reports that the image offers only amd64.
-    api.objects.learn_platforms("reg/web:1", &["linux/amd64".parse().unwrap()], 1).unwrap();
+    // Each arm64 board reports that the image offers only amd64 (each speaks for itself).
+    for pi in ["pi-1", "pi-2", "pi-3"] {
+        api.objects.learn_platforms("reg/web:1", pi, &["linux/amd64".parse().unwrap()], 1).unwrap();
+    }
     sets(&api, 2_000).unwrap();
     let d = sets(&api, 2_100).unwrap();
     let on: BTreeMap<String, usize> = d.iter().map(|(n, s)| (n.clone(), s.len())).collect();

@@ -170,6 +170,25 @@ pub struct ImagesConfig {
     /// Per-registry settings: plain HTTP, credentials, a private CA.
     #[serde(default, rename = "registry")]
     pub registries: Vec<bramble_images::registry::RegistryConfig>,
+    /// The most one image may unpack to (all its layers); also never more than the disk has
+    /// free beyond 256 MiB.
+    #[serde(default = "default_max_image_size")]
+    pub max_image_size: Memory,
+}
+
+fn default_max_image_size() -> Memory {
+    Memory(bramble_images::unpack::MAX_IMAGE_BYTES)
+}
+
+impl ImagesConfig {
+    /// How layers are unpacked on this board.
+    pub fn unpack_options(&self) -> bramble_images::unpack::UnpackOptions {
+        bramble_images::unpack::UnpackOptions {
+            devices: self.devices.into(),
+            max_image_bytes: self.max_image_size.0,
+            ..Default::default()
+        }
+    }
 }
 
 impl Default for ImagesConfig {
@@ -180,6 +199,7 @@ impl Default for ImagesConfig {
             gc_low_percent: default_gc_low(),
             devices: DevicePolicyConfig::default(),
             registries: Vec::new(),
+            max_image_size: default_max_image_size(),
         }
     }
 }

@@ -8,7 +8,6 @@ use bramble_images::pull::{PullPolicy, Puller};
 use bramble_images::registry::RegistryClient;
 use bramble_images::rootfs::Rootfses;
 use bramble_images::store::ContentStore;
-use bramble_images::unpack::UnpackOptions;
 use bramble_images::{ImageRecord, ImageRef, Progress};
 use bramble_proto::model::Arch;
 use bramble_proto::quantity::{format_duration, human_bytes};
@@ -49,7 +48,7 @@ pub enum ImageCommand {
 pub fn run(config: &AgentConfig, cmd: ImageCommand) -> anyhow::Result<()> {
     let store = ContentStore::open(&config.images_dir())?;
     let roots = Rootfses::new(store.clone(), &config.data_dir.join("containers"));
-    let unpack = UnpackOptions { devices: config.images.devices.into(), ..Default::default() };
+    let unpack = config.images.unpack_options();
     match cmd {
         ImageCommand::Pull { reference, always, arch } => {
             let image: ImageRef = reference.parse()?;

@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod config;
 pub mod doctor;
 pub mod exec;
+pub mod hardening;
 pub mod join;
 pub mod logserve;
 pub mod net;

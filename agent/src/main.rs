@@ -108,7 +108,9 @@ fn main() -> ExitCode {
         return check(config, output);
     }
     bramble_agent::alloc::no_huge_pages();
+    let nofile = bramble_agent::hardening::harden();
     observability::init(config.log.level.as_deref());
+    tracing::debug!(nofile, "no core dumps; open files up to the hard limit");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)

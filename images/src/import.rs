@@ -241,11 +241,13 @@ fn import_oci(
         let name = reference(opts, &top.annotations, shown)?;
         let layers = crate::store::layer_records(&manifest, &config).map_err(invalid)?;
         progress.set_layers(layers.iter().map(|l| (l.digest.clone(), l.size)));
+        let copies = layers.iter().filter(|l| !store.has_blob(&l.digest)).map(|l| l.size).sum();
+        let mut budget = crate::store::Budget::new(store, &UnpackOptions::default(), copies)?;
         for l in &layers {
             progress.update(&l.digest, 0, LayerPhase::Downloading);
             copy_blob(store, root, &blob_rel(&l.digest), &l.digest, shown)?;
             progress.update(&l.digest, l.size, LayerPhase::Unpacking);
-            store.unpack_layer(l, &UnpackOptions::default())?;
+            store.unpack_layer_within(l, &UnpackOptions::default(), &mut budget)?;
             progress.update(&l.digest, l.size, LayerPhase::Done);
         }
         store.write_blob(&manifest.config.digest, &config_bytes)?;
@@ -338,6 +340,7 @@ fn import_docker(
         let config_digest = Digest::of(&config_bytes);
         store.write_blob(&config_digest, &config_bytes)?;
         let mut layers = Vec::new();
+        let mut budget = crate::store::Budget::new(store, &UnpackOptions::default(), 0)?;
         progress.set_layers(entry.layers.iter().zip(&config.rootfs.diff_ids).map(|(_, d)| (d.clone(), 0)));
         for (rel, diff_id) in entry.layers.iter().zip(&config.rootfs.diff_ids) {
             progress.update(diff_id, 0, LayerPhase::Downloading);
@@ -352,7 +355,7 @@ fn import_docker(
             copy_blob(store, root, rel, &digest, shown)?;
             let layer = LayerRecord { digest, media_type: media_type.into(), size, diff_id: diff_id.clone() };
             progress.update(diff_id, size, LayerPhase::Unpacking);
-            store.unpack_layer(&layer, &UnpackOptions::default())?;
+            store.unpack_layer_within(&layer, &UnpackOptions::default(), &mut budget)?;
             progress.update(diff_id, size, LayerPhase::Done);
             layers.push(layer);
         }

@@ -104,8 +104,10 @@ impl Puller<'_> {
         }
         let layers = crate::store::layer_records(&manifest, &config).map_err(bad)?;
         progress.set_layers(layers.iter().map(|l| (l.digest.clone(), l.size)));
+        let download = layers.iter().filter(|l| !self.store.has_blob(&l.digest)).map(|l| l.size).sum();
+        let mut budget = crate::store::Budget::new(self.store, &self.unpack, download)?;
         for layer in &layers {
-            self.fetch_layer(image, layer, progress)?;
+            self.fetch_layer(image, layer, progress, &mut budget)?;
         }
         self.store.write_blob(&manifest_digest, &manifest_bytes)?;
         let record = ImageRecord {
@@ -144,7 +146,13 @@ impl Puller<'_> {
         Ok(bytes)
     }
 
-    fn fetch_layer(&self, image: &ImageRef, layer: &LayerRecord, progress: &Progress) -> Result<(), PullError> {
+    fn fetch_layer(
+        &self,
+        image: &ImageRef,
+        layer: &LayerRecord,
+        progress: &Progress,
+        budget: &mut crate::store::Budget,
+    ) -> Result<(), PullError> {
         if self.store.has_layer(&layer.diff_id) && self.store.has_blob(&layer.digest) {
             progress.update(&layer.digest, layer.size, LayerPhase::Cached);
             return Ok(());
@@ -158,7 +166,7 @@ impl Puller<'_> {
             ingest.commit()?;
         }
         progress.update(&layer.digest, layer.size, LayerPhase::Unpacking);
-        self.store.unpack_layer(layer, &self.unpack)?;
+        self.store.unpack_layer_within(layer, &self.unpack, budget)?;
         progress.update(&layer.digest, layer.size, LayerPhase::Done);
         Ok(())
     }

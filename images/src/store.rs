@@ -36,6 +36,51 @@ pub enum StoreError {
     Layer { blob: Digest, reason: String },
     #[error("image record {path} is unreadable: {reason}")]
     BadRecord { path: PathBuf, reason: String },
+    #[error("{0}")]
+    NoRoom(String),
+}
+
+/// Disk kept free whatever an image wants: the board needs room for its logs and state.
+pub const RESERVE: u64 = 256 << 20;
+
+/// Free bytes (for an unprivileged user) on the filesystem of `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    // (statvfs's fields are 32 bits on 32-bit ARM: the casts are not idle there.)
+    #[allow(clippy::unnecessary_cast)]
+    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
+}
+
+/// What one image may still take: its cap (`UnpackOptions::max_image_bytes`) less what its
+/// layers unpacked so far, and never more than the disk has free beyond [`RESERVE`].
+#[derive(Debug)]
+pub struct Budget {
+    left: u64,
+}
+
+impl Budget {
+    /// For an image whose missing blobs weigh `download` bytes: refused at once when the disk
+    /// cannot take even those.
+    pub fn new(store: &ContentStore, opts: &UnpackOptions, download: u64) -> Result<Budget, StoreError> {
+        if let Some(free) = free_bytes(&store.root) {
+            if free < download.saturating_add(RESERVE) {
+                return Err(StoreError::NoRoom(format!(
+                    "{} MiB free on the image store's disk; the image's layers need {} MiB to download, \
+                     and {} MiB stay free for the board (bramble-agent image prune)",
+                    free >> 20,
+                    download.div_ceil(1 << 20),
+                    RESERVE >> 20
+                )));
+            }
+        }
+        Ok(Budget { left: opts.max_image_bytes })
+    }
+
+    /// `opts` for the next layer: at most what is left of the image's cap and of the disk.
+    fn layer_opts(&self, store: &ContentStore, opts: &UnpackOptions) -> UnpackOptions {
+        let disk = free_bytes(&store.root).map_or(u64::MAX, |f| f.saturating_sub(RESERVE));
+        UnpackOptions { max_bytes: opts.max_bytes.min(self.left).min(disk), ..opts.clone() }
+    }
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -245,6 +290,18 @@ impl ContentStore {
     }
 
     /// Unpacks a stored layer blob into `layers/<diff_id>` (once), checking the diff_id.
+    /// [`ContentStore::unpack_layer`] within what is left of `budget`, which it then spends.
+    pub fn unpack_layer_within(
+        &self,
+        layer: &LayerRecord,
+        opts: &UnpackOptions,
+        budget: &mut Budget,
+    ) -> Result<Option<UnpackStats>, StoreError> {
+        let stats = self.unpack_layer(layer, &budget.layer_opts(self, opts))?;
+        budget.left = budget.left.saturating_sub(stats.as_ref().map_or(0, |s| s.bytes));
+        Ok(stats)
+    }
+
     pub fn unpack_layer(&self, layer: &LayerRecord, opts: &UnpackOptions) -> Result<Option<UnpackStats>, StoreError> {
         let dest = self.layer_dir(&layer.diff_id);
         if dest.is_dir() {
@@ -366,5 +423,28 @@ fn make_writable(path: &Path) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn an_image_gets_its_cap_and_the_disk_less_the_reserve_never_more() {
+        let t = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(t.path()).unwrap();
+        let free = free_bytes(t.path()).unwrap();
+        let e = Budget::new(&store, &UnpackOptions::default(), free).unwrap_err().to_string();
+        assert!(e.contains("MiB free on the image store's disk"), "{e}");
+        let opts = UnpackOptions { max_image_bytes: 1000, ..Default::default() };
+        let mut b = Budget::new(&store, &opts, 0).unwrap();
+        assert_eq!(b.layer_opts(&store, &opts).max_bytes, 1000);
+        b.left -= 600;
+        assert_eq!(b.layer_opts(&store, &opts).max_bytes, 400, "what the first layers took is gone");
+        let big = UnpackOptions { max_image_bytes: u64::MAX, ..Default::default() };
+        let b = Budget::new(&store, &big, 0).unwrap();
+        assert!(b.layer_opts(&store, &big).max_bytes <= free.saturating_sub(RESERVE).max(big.max_bytes.min(free)));
+        assert!(b.layer_opts(&store, &big).max_bytes <= free);
     }
 }

@@ -226,6 +226,7 @@ const EXIT_RUNTIME: u8 = 1;
 
 fn main() -> ExitCode {
     bramble_agent::alloc::limit_arenas();
+    bramble_agent::hardening::harden();
     let cli = Cli::parse();
     let config = match cli.command {
         Command::Init { data_dir, listen, cluster_name, embedded_agent, network, store } => {

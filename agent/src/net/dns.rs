@@ -17,6 +17,73 @@ use tracing::{debug, info, warn};
 const TTL: u32 = 5;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What pods may hold of the board's DNS server (each is a descriptor of the agent's, or a task):
+/// TCP connections per pod and in all, idle ones closed; UDP queries waiting for an upstream per
+/// pod and in all (more are refused at once).
+pub const MAX_TCP_PER_CLIENT: usize = 8;
+pub const MAX_TCP: usize = 128;
+pub const TCP_IDLE: Duration = Duration::from_secs(10);
+pub const MAX_UDP_PER_CLIENT: usize = 32;
+pub const MAX_UDP: usize = 256;
+
+/// Counts per client and in all, with a cap on each; a [`Slot`] gives its place back when dropped.
+#[derive(Debug)]
+pub struct Limiter {
+    per_client: usize,
+    total: usize,
+    held: std::sync::Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
+}
+
+/// A place taken in a [`Limiter`].
+#[derive(Debug)]
+pub struct Slot {
+    limiter: Arc<Limiter>,
+    client: std::net::IpAddr,
+}
+
+impl Limiter {
+    pub fn new(per_client: usize, total: usize) -> Arc<Limiter> {
+        Arc::new(Limiter { per_client, total, held: Default::default() })
+    }
+
+    /// A place for `client`, if it and everyone together are under their caps.
+    pub fn take(self: &Arc<Self>, client: std::net::IpAddr) -> Option<Slot> {
+        let mut g = self.held.lock().expect("limiter lock");
+        let (total, map) = &mut *g;
+        let mine = map.entry(client).or_insert(0);
+        if *total >= self.total || *mine >= self.per_client {
+            return None;
+        }
+        *mine += 1;
+        *total += 1;
+        Some(Slot { limiter: self.clone(), client })
+    }
+
+    /// Places held (all clients).
+    pub fn held(&self) -> usize {
+        self.held.lock().expect("limiter lock").0
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut g = self.limiter.held.lock().expect("limiter lock");
+        let (total, map) = &mut *g;
+        *total -= 1;
+        if let Some(n) = map.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// The 16-bit id of a DNS message.
+fn id_of(msg: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes([*msg.first()?, *msg.get(1)?]))
+}
+
 /// Service names and their virtual IPs.
 #[derive(Debug, Default)]
 pub struct Names {
@@ -92,14 +159,25 @@ pub fn system_resolvers(resolv_conf: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// Asks the upstreams in turn. Only an answer from the upstream asked (a connected socket), to
+/// this query (its id), is taken: anything else is dropped while the wait goes on.
 async fn forward_udp(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
+    let id = id_of(query)?;
     for up in upstreams {
         let Ok(sock) = UdpSocket::bind("0.0.0.0:0").await else { continue };
-        if sock.send_to(query, up).await.is_err() {
+        if sock.connect(up).await.is_err() || sock.send(query).await.is_err() {
             continue;
         }
         let mut buf = vec![0u8; 4096];
-        if let Ok(Ok((n, _))) = tokio::time::timeout(UPSTREAM_TIMEOUT, sock.recv_from(&mut buf)).await {
+        let wait = async {
+            loop {
+                let n = sock.recv(&mut buf).await.ok()?;
+                if id_of(&buf[..n]) == Some(id) {
+                    return Some(n);
+                }
+            }
+        };
+        if let Ok(Some(n)) = tokio::time::timeout(UPSTREAM_TIMEOUT, wait).await {
             buf.truncate(n);
             return Some(buf);
         }
@@ -117,7 +195,7 @@ async fn forward_tcp(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> 
             let len = s.read_u16().await.ok()?;
             let mut buf = vec![0u8; len as usize];
             s.read_exact(&mut buf).await.ok()?;
-            Some(buf)
+            (id_of(&buf) == id_of(query)).then_some(buf)
         };
         if let Ok(Some(b)) = tokio::time::timeout(UPSTREAM_TIMEOUT, exchange).await {
             return Some(b);
@@ -140,36 +218,84 @@ pub async fn serve(addr: Ipv4Addr, names: Arc<Names>, upstreams: Vec<SocketAddr>
     let tcp = TcpListener::bind((addr, 53)).await;
     info!(%addr, upstreams = ?upstreams, "serving cluster DNS");
     let upstreams = Arc::new(upstreams);
-    if let Ok(l) = tcp {
-        let (names, upstreams) = (names.clone(), upstreams.clone());
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                tokio::spawn(serve_tcp(s, names.clone(), upstreams.clone()));
-            }
-        });
+    match tcp {
+        Ok(l) => {
+            tokio::spawn(accept_tcp(l, names.clone(), upstreams.clone(), Limiter::new(MAX_TCP_PER_CLIENT, MAX_TCP)));
+        }
+        Err(e) => warn!(%addr, "cannot serve DNS over TCP: {e}"),
     }
+    let inflight = Limiter::new(MAX_UDP_PER_CLIENT, MAX_UDP);
     let mut buf = vec![0u8; 4096];
     loop {
-        let Ok((n, peer)) = sock.recv_from(&mut buf).await else { continue };
+        let (n, peer) = match sock.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!("DNS over UDP: {e}");
+                continue;
+            }
+        };
         let query = buf[..n].to_vec();
-        let (sock, names, upstreams) = (sock.clone(), names.clone(), upstreams.clone());
+        if let Some(r) = answer(&query, &names) {
+            let _ = sock.send_to(&r, peer).await;
+            continue;
+        }
+        // Waiting for an upstream holds a socket: a bounded number per pod and in all.
+        let Some(slot) = inflight.take(peer.ip()) else {
+            debug!(%peer, "too many DNS queries in flight; refused");
+            if let Some(r) = refused(&query) {
+                let _ = sock.send_to(&r, peer).await;
+            }
+            continue;
+        };
+        let (sock, upstreams) = (sock.clone(), upstreams.clone());
         tokio::spawn(async move {
-            let reply = match answer(&query, &names) {
-                Some(r) => Some(r),
-                None => forward_udp(&query, &upstreams).await.or_else(|| server_failure(&query)),
-            };
+            let reply = forward_udp(&query, &upstreams).await.or_else(|| server_failure(&query));
             if let Some(r) = reply {
                 let _ = sock.send_to(&r, peer).await;
             }
+            drop(slot);
         });
     }
 }
 
+/// The REFUSED answer to a query over the limits.
+fn refused(query: &[u8]) -> Option<Vec<u8>> {
+    let q = Packet::parse(query).ok()?;
+    let mut reply = q.into_reply();
+    *reply.rcode_mut() = RCODE::Refused;
+    reply.build_bytes_vec().ok()
+}
+
+/// Accepts TCP clients within the limits, for as long as the listener lives: an error (out of
+/// descriptors, a client gone before it was accepted) is waited out, not the end.
+async fn accept_tcp(l: TcpListener, names: Arc<Names>, upstreams: Arc<Vec<SocketAddr>>, limits: Arc<Limiter>) {
+    loop {
+        let (s, peer) = match l.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!("DNS over TCP: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(slot) = limits.take(peer.ip()) else {
+            debug!(%peer, "too many DNS connections; closed");
+            continue;
+        };
+        let (names, upstreams) = (names.clone(), upstreams.clone());
+        tokio::spawn(async move {
+            serve_tcp(s, names, upstreams).await;
+            drop(slot);
+        });
+    }
+}
+
+/// One TCP client: queries until it closes, or is idle for [`TCP_IDLE`].
 async fn serve_tcp(mut s: TcpStream, names: Arc<Names>, upstreams: Arc<Vec<SocketAddr>>) {
     loop {
-        let Ok(len) = s.read_u16().await else { return };
+        let Ok(Ok(len)) = tokio::time::timeout(TCP_IDLE, s.read_u16()).await else { return };
         let mut query = vec![0u8; len as usize];
-        if s.read_exact(&mut query).await.is_err() {
+        if !matches!(tokio::time::timeout(TCP_IDLE, s.read_exact(&mut query)).await, Ok(Ok(_))) {
             return;
         }
         let reply = match answer(&query, &names) {
@@ -225,6 +351,54 @@ mod tests {
         assert_eq!(answer(&query("example.com", TYPE::A), &n), None, "forwarded");
         assert_eq!(answer(&query("xbramble.internal", TYPE::A), &n), None, "not in the domain");
         assert_eq!(answer(b"garbage", &n), None);
+    }
+
+    #[test]
+    fn limits_per_client_and_in_all_and_places_come_back() {
+        let l = Limiter::new(2, 3);
+        let (a, b, c): (std::net::IpAddr, std::net::IpAddr, std::net::IpAddr) =
+            ("10.42.0.2".parse().unwrap(), "10.42.0.3".parse().unwrap(), "10.42.0.4".parse().unwrap());
+        let a1 = l.take(a).unwrap();
+        let _a2 = l.take(a).unwrap();
+        assert!(l.take(a).is_none(), "per client");
+        let _b1 = l.take(b).unwrap();
+        assert!(l.take(c).is_none(), "in all");
+        drop(a1);
+        let _c = l.take(c).expect("given back");
+        assert_eq!(l.held(), 3);
+    }
+
+    /// A pod holding many idle TCP connections to the DNS server gets only its share; the rest
+    /// are closed at once, idle ones after TCP_IDLE, and a reply's id must match its query's.
+    #[tokio::test]
+    async fn tcp_connections_are_capped_and_idle_ones_closed() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let limits = Limiter::new(MAX_TCP_PER_CLIENT, MAX_TCP);
+        tokio::spawn(accept_tcp(l, Arc::new(names()), Arc::new(Vec::new()), limits.clone()));
+        let mut held = Vec::new();
+        for _ in 0..(MAX_TCP_PER_CLIENT + 5) {
+            held.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(limits.held(), MAX_TCP_PER_CLIENT);
+        let mut closed = 0;
+        for s in &mut held {
+            let mut b = [0u8; 1];
+            if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(50), s.read(&mut b)).await {
+                closed += 1;
+            }
+        }
+        assert_eq!(closed, 5, "those over the cap are closed");
+        // A query still works on a held one.
+        let q = query("web", TYPE::A);
+        let s = &mut held[0];
+        s.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
+        s.write_all(&q).await.unwrap();
+        let n = s.read_u16().await.unwrap();
+        let mut r = vec![0u8; n as usize];
+        s.read_exact(&mut r).await.unwrap();
+        assert_eq!(id_of(&r), Some(7));
     }
 
     #[test]

@@ -28,7 +28,6 @@ use crate::runtime::Runtime;
 use bramble_images::registry::RegistryClient;
 use bramble_images::rootfs::Rootfses;
 use bramble_images::store::ContentStore;
-use bramble_images::unpack::UnpackOptions;
 use bramble_proto::model::Event;
 use bramble_proto::time::now_ms;
 use real::{PodNetwork, ShimContainers, StoreImages};
@@ -175,7 +174,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
     let images = Arc::new(StoreImages {
         store,
         client: Arc::new(RegistryClient::new(config.images.registries.clone())),
-        unpack: UnpackOptions { devices: config.images.devices.into(), ..Default::default() },
+        unpack: config.images.unpack_options(),
         arch: crate::sysinfo::arch(),
     });
     let (inputs, rx) = sync_channel(INPUTS);

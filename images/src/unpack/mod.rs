@@ -14,6 +14,7 @@
 //!   where overlayfs is missing): whiteouts delete, opaque directories are emptied of what lower
 //!   layers put there, and a directory replaces a lower layer's symlink or file as overlayfs would.
 
+pub mod guard;
 pub(crate) mod walk;
 
 use crate::digest::{Digest, HashingReader};
@@ -50,11 +51,27 @@ pub struct UnpackOptions {
     pub max_bytes: u64,
     /// Apply the entries' owners (needs root; off otherwise).
     pub chown: bool,
+    /// Refuse layers with more entries than this.
+    pub max_entries: u64,
+    /// Refuse images whose layers unpack to more than this in all.
+    pub max_image_bytes: u64,
 }
+
+/// Defaults: a layer unpacks to at most 16 GiB and 1,000,000 entries (the pull caps the whole
+/// image lower still, and by the disk's free space).
+pub const MAX_LAYER_BYTES: u64 = 16 << 30;
+pub const MAX_LAYER_ENTRIES: u64 = 1_000_000;
+pub const MAX_IMAGE_BYTES: u64 = 8 << 30;
 
 impl Default for UnpackOptions {
     fn default() -> Self {
-        UnpackOptions { devices: DevicePolicy::Skip, max_bytes: 64 << 30, chown: nix::unistd::geteuid().is_root() }
+        UnpackOptions {
+            devices: DevicePolicy::Skip,
+            max_bytes: MAX_LAYER_BYTES,
+            chown: nix::unistd::geteuid().is_root(),
+            max_entries: MAX_LAYER_ENTRIES,
+            max_image_bytes: MAX_IMAGE_BYTES,
+        }
     }
 }
 
@@ -89,8 +106,14 @@ const WHITEOUT: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
+/// An entry's name as an error shows it: at most 256 bytes of it (the layer chose it).
 fn entry_err(entry: &[u8], reason: impl Into<String>) -> UnpackError {
-    UnpackError::Entry { entry: String::from_utf8_lossy(entry).into_owned(), reason: reason.into() }
+    let shown = &entry[..entry.len().min(256)];
+    let mut name = String::from_utf8_lossy(shown).into_owned();
+    if entry.len() > shown.len() {
+        name.push('…');
+    }
+    UnpackError::Entry { entry: name, reason: reason.into() }
 }
 
 /// Unpacks the tar stream `reader` into `dest` (which must exist); returns the digest of the
@@ -104,7 +127,7 @@ pub fn unpack(
     let root = Dir::open_root(dest).map_err(|source| UnpackError::Open { path: dest.display().to_string(), source })?;
     let mut hashing = HashingReader::new(reader);
     let stats = {
-        let mut archive = tar::Archive::new(&mut hashing);
+        let mut archive = tar::Archive::new(guard::MetaGuard::new(&mut hashing, opts.max_entries));
         let mut u = Unpacker { root, target, opts, stats: UnpackStats::default(), created: HashSet::new() };
         for entry in archive.entries().map_err(UnpackError::Tar)? {
             let mut entry = entry.map_err(UnpackError::Tar)?;

@@ -309,3 +309,42 @@ fn flat_target_applies_whiteouts_and_replaces_lower_symlinks_with_directories() 
     refused(s.unpack(&tar, Target::Flat), "own/x", "refusing to write through it");
     s.outside_untouched();
 }
+
+/// Issue 27: a gzip layer of half a megabyte holding a GNU long name of 512 MiB. Refused at its
+/// header: the parser never allocates for it, little of the stream is read, and the error does
+/// not quote the name.
+#[test]
+fn a_long_name_bomb_is_refused_at_its_header() {
+    use std::io::Write;
+    struct Counting<R>(R, std::rc::Rc<std::cell::Cell<u64>>);
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.read(b)?;
+            self.1.set(self.1.get() + n as u64);
+            Ok(n)
+        }
+    }
+    let huge: u64 = 512 << 20;
+    let mut h = tar::Header::new_gnu();
+    h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_entry_type(EntryType::GNULongName);
+    h.set_size(huge);
+    h.set_cksum();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(h.as_bytes()).unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    for _ in 0..(huge >> 20) {
+        gz.write_all(&chunk).unwrap();
+    }
+    let layer = gz.finish().unwrap();
+    assert!(layer.len() < 1 << 20, "a small layer: {} bytes", layer.len());
+    let read = std::rc::Rc::new(std::cell::Cell::new(0));
+    let s = Sandbox::new();
+    let r = Counting(flate2::read::GzDecoder::new(&layer[..]), read.clone());
+    let e = unpack(r, s.dir.path().join("layer").as_path(), Target::Layer, &UnpackOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("a GNU long name of 536870912 bytes (at most 4096)"), "{e}");
+    assert!(e.len() < 200, "the name is not quoted: {} bytes", e.len());
+    assert!(read.get() < 1 << 20, "read {} bytes of 512 MiB", read.get());
+}

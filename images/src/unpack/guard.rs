@@ -75,7 +75,7 @@ impl<R: Read> MetaGuard<R> {
         let meta = matches!(kind, b'L' | b'K' | b'x' | b'g');
         // A PAX `size` is for the next real entry only.
         let size = if meta { stated } else { self.pax_size.take().unwrap_or(stated) };
-        let name = || String::from_utf8_lossy(&h[..100].split(|b| *b == 0).next().unwrap_or(&[])).into_owned();
+        let name = || String::from_utf8_lossy(h[..100].split(|b| *b == 0).next().unwrap_or(&[])).into_owned();
         let cap = match kind {
             b'L' | b'K' => Some((MAX_LONG_NAME, "a GNU long name")),
             b'x' | b'g' => Some((MAX_PAX, "a PAX header")),

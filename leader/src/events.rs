@@ -71,3 +71,48 @@ mod tests {
         assert_eq!(ev.about(&ObjectRef::node("pi")).len(), EVENT_HISTORY - 2, "two more went for the replicas");
     }
 }
+
+/// Refusals that a stranger can cause at will (joins with a bad token): the first of each
+/// minute is an event (and a log line); the rest are counted and summed up in one event when the
+/// next minute's first comes, so that a flood writes neither a line each to the journal (flash)
+/// nor pushes the real events out of the ring.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    state: std::sync::Mutex<(u64, u64)>,
+}
+
+/// How long one summary covers.
+pub const THROTTLE_WINDOW_MS: u64 = 60_000;
+
+impl Throttle {
+    /// What to record for a refusal at `now`: none (counted), or the event's message with how
+    /// many were counted since the last one.
+    pub fn admit(&self, now_ms: u64) -> Option<u64> {
+        let mut g = self.state.lock().expect("throttle lock");
+        let (window_start, suppressed) = &mut *g;
+        if *window_start != 0 && now_ms < *window_start + THROTTLE_WINDOW_MS {
+            *suppressed += 1;
+            return None;
+        }
+        let before = *suppressed;
+        *window_start = now_ms.max(1);
+        *suppressed = 0;
+        Some(before)
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::*;
+
+    #[test]
+    fn one_a_minute_and_a_count_of_the_rest() {
+        let t = Throttle::default();
+        assert_eq!(t.admit(1_000), Some(0));
+        for i in 0..500 {
+            assert_eq!(t.admit(2_000 + i), None);
+        }
+        assert_eq!(t.admit(61_001), Some(500), "the next minute's first says how many were left out");
+        assert_eq!(t.admit(61_002), None);
+    }
+}

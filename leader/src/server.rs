@@ -337,22 +337,43 @@ async fn accept_loop(
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let connections = bramble_proto::limit::Limiter::new(MAX_CONNECTIONS_PER_PEER, MAX_CONNECTIONS);
     loop {
         let incoming = tokio::select! {
             _ = cancel.cancelled() => break,
             i = endpoint.accept() => match i { Some(i) => i, None => break },
         };
         let remote = incoming.remote_address();
+        // Connections per address and in all are capped (each holds memory and a task); a board
+        // holds one, a CLI one a command.
+        let Some(slot) = connections.take(remote.ip()) else {
+            debug!(%remote, "too many connections; refused");
+            incoming.refuse();
+            continue;
+        };
         let span = tracing::info_span!("conn", %remote);
-        tasks.spawn(serve_connection(incoming, api.clone(), heartbeat, tasks.clone()).instrument(span));
+        let serve = serve_connection(incoming, api.clone(), heartbeat, tasks.clone());
+        tasks.spawn(
+            async move {
+                serve.await;
+                drop(slot);
+            }
+            .instrument(span),
+        );
     }
 }
+
+/// Connections one address may hold at once, and all together.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 32;
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Before a peer has shown a certificate it may only join: its opening frame is read up to this.
+pub const MAX_UNAUTHENTICATED_FRAME: usize = 64 << 10;
 
 async fn serve_connection(incoming: quinn::Incoming, api: Arc<Api>, heartbeat: Duration, tasks: TaskTracker) {
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
-            warn!("handshake failed: {e}");
+            debug!("handshake failed: {e}");
             return;
         }
     };
@@ -465,16 +486,24 @@ async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let open = match tokio::time::timeout(OPEN_TIMEOUT, read_frame::<Open>(&mut recv, MAX_FRAME_LEN)).await {
+    // Without a certificate only a join is taken, and its frame is small: nothing larger is read
+    // (or decoded) from a stranger.
+    let limit = if identity.is_some() { MAX_FRAME_LEN } else { MAX_UNAUTHENTICATED_FRAME };
+    let open = match tokio::time::timeout(OPEN_TIMEOUT, read_frame::<Open>(&mut recv, limit)).await {
         Ok(Ok(Some(open))) => open,
         Ok(Ok(None)) => return,
+        // (A stranger's junk is not worth a line in the journal each time.)
         Ok(Err(e)) => {
-            warn!("refusing stream: {e}");
+            if identity.is_some() {
+                warn!("refusing stream: {e}");
+            } else {
+                debug!("refusing a stream without a certificate: {e}");
+            }
             let _ = send.reset(quinn::VarInt::from_u32(2));
             return;
         }
         Err(_) => {
-            warn!("refusing stream: no opening frame within {OPEN_TIMEOUT:?}");
+            debug!("refusing stream: no opening frame within {OPEN_TIMEOUT:?}");
             let _ = send.reset(quinn::VarInt::from_u32(2));
             return;
         }

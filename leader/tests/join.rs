@@ -248,3 +248,40 @@ async fn an_expired_node_certificate_is_refused_by_the_leader_itself() {
     assert!(e.to_lowercase().contains("expired"), "{e}");
     c.leader.shutdown(Duration::from_secs(2)).await;
 }
+
+/// Issue 27: before a peer shows a certificate, only a small opening frame is read (a join); a
+/// flood of refused joins is one event a minute with a count, not one event (and log line) each.
+#[tokio::test]
+async fn strangers_get_a_small_frame_and_a_flood_of_bad_joins_one_event() {
+    use bramble_proto::wire::{Open, OpenKind};
+    use bramble_transport::quic::{read_frame, write_frame};
+    let c = cluster().await;
+    let tls = client_config(&c.ca_pem, None).unwrap();
+    let endpoint = client_endpoint(c.leader.local_addr).unwrap();
+    let conn = connect(&endpoint, c.leader.local_addr, tls, Duration::from_secs(5)).await.unwrap();
+    // A join whose token is 1 MiB: over the 64 KiB a stranger may send; the stream is reset.
+    let big = Request::Join {
+        token: "x".repeat(1 << 20),
+        node_name: "pi-9".into(),
+        csr_pem: String::new(),
+        info: node_info(&AgentConfig::default()),
+    };
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let _ = write_frame(&mut send, &Open { version: bramble_proto::wire::PROTOCOL_VERSION, kind: OpenKind::Call(big) })
+        .await;
+    let _ = send.finish();
+    assert!(read_frame::<Response>(&mut recv, 1 << 20).await.is_err(), "no answer to an oversized frame");
+    assert!(c.join_refusals("pi-9").is_empty(), "not even decoded");
+    // Fifty joins with a wrong token: one event, the rest counted.
+    let good: bramble_proto::token::JoinToken = c.token(Duration::from_secs(3600), now_ms()).parse().unwrap();
+    let wrong = bramble_proto::token::JoinToken { secret: "0".repeat(32), ..good }.to_string();
+    for _ in 0..50 {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(c.join(dir.path(), &wrong, "pi-8").await.is_err());
+    }
+    assert_eq!(c.join_refusals("pi-8").len(), 1, "{:?}", c.join_refusals("pi-8"));
+    // The leader still serves.
+    let r = c.call_as(Some((&c.admin.cert, &c.admin.key)), Request::GetNodes).await.unwrap();
+    assert!(matches!(r, Response::Nodes(_)));
+    c.leader.shutdown(Duration::from_secs(2)).await;
+}

@@ -10,6 +10,7 @@ pub mod event;
 pub mod fsutil;
 pub mod hostpath;
 pub mod image_ref;
+pub mod limit;
 pub mod manifest;
 pub mod model;
 pub mod names;

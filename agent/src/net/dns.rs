@@ -3,6 +3,7 @@
 //! exist; every other name goes, as it was asked, to the board's own resolvers and their answer
 //! comes back as it was given. Packets are read and written with the `simple-dns` crate.
 
+use bramble_proto::limit::Limiter;
 use simple_dns::rdata::{RData, A};
 use simple_dns::{Packet, PacketFlag, ResourceRecord, CLASS, QTYPE, RCODE, TYPE};
 use std::collections::HashMap;
@@ -25,59 +26,6 @@ pub const MAX_TCP: usize = 128;
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
 pub const MAX_UDP_PER_CLIENT: usize = 32;
 pub const MAX_UDP: usize = 256;
-
-/// Counts per client and in all, with a cap on each; a [`Slot`] gives its place back when dropped.
-#[derive(Debug)]
-pub struct Limiter {
-    per_client: usize,
-    total: usize,
-    held: std::sync::Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
-}
-
-/// A place taken in a [`Limiter`].
-#[derive(Debug)]
-pub struct Slot {
-    limiter: Arc<Limiter>,
-    client: std::net::IpAddr,
-}
-
-impl Limiter {
-    pub fn new(per_client: usize, total: usize) -> Arc<Limiter> {
-        Arc::new(Limiter { per_client, total, held: Default::default() })
-    }
-
-    /// A place for `client`, if it and everyone together are under their caps.
-    pub fn take(self: &Arc<Self>, client: std::net::IpAddr) -> Option<Slot> {
-        let mut g = self.held.lock().expect("limiter lock");
-        let (total, map) = &mut *g;
-        let mine = map.entry(client).or_insert(0);
-        if *total >= self.total || *mine >= self.per_client {
-            return None;
-        }
-        *mine += 1;
-        *total += 1;
-        Some(Slot { limiter: self.clone(), client })
-    }
-
-    /// Places held (all clients).
-    pub fn held(&self) -> usize {
-        self.held.lock().expect("limiter lock").0
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut g = self.limiter.held.lock().expect("limiter lock");
-        let (total, map) = &mut *g;
-        *total -= 1;
-        if let Some(n) = map.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.client);
-            }
-        }
-    }
-}
 
 /// The 16-bit id of a DNS message.
 fn id_of(msg: &[u8]) -> Option<u16> {
@@ -351,21 +299,6 @@ mod tests {
         assert_eq!(answer(&query("example.com", TYPE::A), &n), None, "forwarded");
         assert_eq!(answer(&query("xbramble.internal", TYPE::A), &n), None, "not in the domain");
         assert_eq!(answer(b"garbage", &n), None);
-    }
-
-    #[test]
-    fn limits_per_client_and_in_all_and_places_come_back() {
-        let l = Limiter::new(2, 3);
-        let (a, b, c): (std::net::IpAddr, std::net::IpAddr, std::net::IpAddr) =
-            ("10.42.0.2".parse().unwrap(), "10.42.0.3".parse().unwrap(), "10.42.0.4".parse().unwrap());
-        let a1 = l.take(a).unwrap();
-        let _a2 = l.take(a).unwrap();
-        assert!(l.take(a).is_none(), "per client");
-        let _b1 = l.take(b).unwrap();
-        assert!(l.take(c).is_none(), "in all");
-        drop(a1);
-        let _c = l.take(c).expect("given back");
-        assert_eq!(l.held(), 3);
     }
 
     /// A pod holding many idle TCP connections to the DNS server gets only its share; the rest

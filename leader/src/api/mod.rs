@@ -68,6 +68,8 @@ pub struct Api {
     pub ha: Option<Arc<crate::ha::Ha>>,
     /// Ports and directories no app may take on the cluster's boards.
     pub reserved: Arc<apps::Reserved>,
+    /// Refused joins: one event a minute, the rest counted.
+    pub join_refusals: crate::events::Throttle,
 }
 
 impl std::fmt::Debug for Api {
@@ -114,6 +116,7 @@ impl Api {
             },
             ha: None,
             reserved: Arc::new(apps::Reserved::of_leader(7443, None, None)),
+            join_refusals: Default::default(),
         }
     }
 
@@ -151,8 +154,16 @@ impl Api {
     fn dispatch(&self, identity: Option<&Identity>, request: Request) -> Result<Response> {
         if let Request::Join { token, node_name, csr_pem, info } = request {
             return self.join(&token, &node_name, &csr_pem, info).inspect_err(|e| {
+                let now = now_ms();
+                let Some(left_out) = self.join_refusals.admit(now) else { return };
                 let name = if check_dns_subdomain(&node_name).is_ok() { node_name.as_str() } else { "<invalid>" };
-                self.events.node(name, EventReason::JoinRefused, e.to_string(), now_ms());
+                let more = if left_out > 0 {
+                    format!(" ({left_out} more joins were refused in the minute before; only the first of each minute is shown)")
+                } else {
+                    String::new()
+                };
+                let message: String = e.to_string().chars().take(300).collect();
+                self.events.node(name, EventReason::JoinRefused, format!("{message}{more}"), now);
             });
         }
         authorize(identity, required_role(&request))?;

@@ -10,7 +10,6 @@ use bramble_transport::quic::{call, client_endpoint, connect};
 use bramble_transport::tls::pinned_client_config;
 use bramble_transport::{Identity, TransportError};
 use std::net::SocketAddr;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -123,7 +122,7 @@ pub async fn join(
     info: NodeInfo,
 ) -> Result<Credentials, JoinError> {
     let token: JoinToken = token.parse()?;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir))?;
+    bramble_proto::fsutil::private_dir(dir).map_err(io(dir))?;
     let (csr_pem, key_pem) = node_csr(name).map_err(|e| JoinError::Refused(e.to_string()))?;
     let t = |source| JoinError::Transport { addr, source };
     let endpoint = client_endpoint(addr).map_err(t)?;

@@ -91,6 +91,8 @@ pub async fn run(
     }
     let name = config.node_name()?;
     let dir = config.data_dir.clone();
+    // The board's key, its state and the secrets' mounts: the agent's alone, whatever the umask.
+    bramble_proto::fsutil::private_dir(&dir).map_err(AgentError::Workloads)?;
     // Containers and their network first: what this board ran before keeps running, reachable,
     // even if no leader answers.
     let exe = std::env::current_exe().map_err(AgentError::Workloads)?;

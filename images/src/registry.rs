@@ -31,6 +31,57 @@ pub struct RegistryConfig {
     /// A CA certificate (PEM) to trust for this registry instead of the public roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Token services on other hosts that may receive the credentials (the registry's own
+    /// domain is always allowed, over HTTPS).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_hosts: Vec<String>,
+}
+
+/// The host of `url` (`scheme://host[:port]/…`), and whether it is HTTPS.
+fn url_host(url: &str) -> Option<(bool, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    Some((scheme.eq_ignore_ascii_case("https"), host))
+}
+
+/// The last two labels of a DNS name (`auth.docker.io` → `docker.io`); an address as it is.
+fn domain_of(host: &str) -> &str {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return host;
+    }
+    let mut dots = host.rmatch_indices('.');
+    match (dots.next(), dots.next()) {
+        (Some(_), Some((i, _))) => &host[i + 1..],
+        _ => host,
+    }
+}
+
+/// Whether a token service at `realm` may be sent the credentials of registry `cfg` (reached at
+/// `api_host`): over HTTPS, on the registry's domain or a host listed in `token_hosts` — or
+/// anywhere when the registry is `insecure` (a trusted LAN, said so in the config).
+pub fn may_send_credentials(cfg: &RegistryConfig, api_host: &str, realm: &str) -> Result<(), String> {
+    if cfg.insecure {
+        return Ok(());
+    }
+    let Some((https, host)) = url_host(realm) else { return Err("its address is not a URL".into()) };
+    if !https {
+        return Err("it is not HTTPS".into());
+    }
+    let registry = api_host.rsplit_once(':').map_or(api_host, |(h, _)| h);
+    let listed = cfg.token_hosts.iter().any(|t| t.eq_ignore_ascii_case(host));
+    if listed || domain_of(host).eq_ignore_ascii_case(domain_of(registry)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{host} is not on the registry's domain ({}); list it in token_hosts to allow it",
+            domain_of(registry)
+        ))
+    }
 }
 
 impl std::fmt::Debug for RegistryConfig {
@@ -41,6 +92,7 @@ impl std::fmt::Debug for RegistryConfig {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("ca_file", &self.ca_file)
+            .field("token_hosts", &self.token_hosts)
             .finish()
     }
 }
@@ -260,6 +312,12 @@ impl RegistryClient {
                     req = req.query("service", s);
                 }
                 if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
+                    // The registry names the token service: its credentials go only where they
+                    // belong.
+                    let shown: String = realm.chars().take(200).collect();
+                    may_send_credentials(&cfg, api_host(host), &realm).map_err(|why| {
+                        denied(format!("its token service {shown} was not sent the credentials: {why}"))
+                    })?;
                     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
                     req = req.header("Authorization", format!("Basic {basic}"));
                 }
@@ -417,5 +475,31 @@ mod tests {
         );
         let cfg = RegistryConfig { password: Some("hunter2".into()), ..Default::default() };
         assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn credentials_go_only_to_token_services_of_the_registrys_domain_over_https() {
+        let cfg = RegistryConfig { host: "registry.lan".into(), ..Default::default() };
+        let ok = |realm: &str| may_send_credentials(&cfg, "registry.lan", realm);
+        assert!(ok("https://registry.lan/token").is_ok());
+        assert!(ok("https://auth.registry.lan:8443/token?x=1").is_ok(), "a host of its domain");
+        assert!(ok("http://registry.lan/token").unwrap_err().contains("not HTTPS"));
+        assert!(ok("https://evil.example/token").unwrap_err().contains("not on the registry's domain"));
+        assert!(ok("https://registry.lan@evil.example/token").is_err(), "user info is not the host");
+        // Docker Hub: the registry and its token service share docker.io.
+        let hub = RegistryConfig::default();
+        assert!(may_send_credentials(&hub, "registry-1.docker.io", "https://auth.docker.io/token").is_ok());
+        assert!(may_send_credentials(&hub, "registry-1.docker.io", "https://docker.io.evil.example/t").is_err());
+        let listed = RegistryConfig { token_hosts: vec!["sso.example.com".into()], ..Default::default() };
+        assert!(may_send_credentials(&listed, "reg.lan:5000", "https://sso.example.com/token").is_ok());
+        let lan = RegistryConfig { insecure: true, ..Default::default() };
+        assert!(
+            may_send_credentials(&lan, "10.0.0.5:5000", "http://10.0.0.9/token").is_ok(),
+            "insecure: the operator said so"
+        );
+        assert!(
+            may_send_credentials(&cfg, "10.0.0.5:5000", "https://10.0.0.9/token").is_err(),
+            "addresses match exactly"
+        );
     }
 }

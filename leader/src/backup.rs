@@ -218,10 +218,10 @@ pub fn restore_with(snapshot: &Snapshot, data_dir: &Path, target: &Target) -> Re
     // refusals come before the data dir is made at all).
     if config.store.backend == crate::config::StoreBackend::Etcd {
         restore_into_etcd(&config.store, &ops, snapshot, target.join)?;
-        mkdir(data_dir, 0o755)?;
+        bramble_proto::fsutil::private_dir(data_dir).map_err(io(data_dir.display().to_string()))?;
         mkdir(&layout.pki(), 0o700)?;
     } else {
-        mkdir(data_dir, 0o755)?;
+        bramble_proto::fsutil::private_dir(data_dir).map_err(io(data_dir.display().to_string()))?;
         mkdir(&layout.pki(), 0o700)?;
         let store = RedbStore::open(&layout.store()).map_err(|e| BackupError::Other(format!("the store: {e}")))?;
         if !ops.is_empty() {

@@ -117,7 +117,7 @@ pub fn init_with(
             .create(p)
             .map_err(|source| InitError::Io { path: p.into(), source })
     };
-    mkdir(data_dir, 0o755)?;
+    bramble_proto::fsutil::private_dir(data_dir).map_err(|source| InitError::Io { path: data_dir.into(), source })?;
     mkdir(&layout.pki(), 0o700)?;
 
     let ca = Ca::generate(cluster_name)?;
@@ -184,6 +184,7 @@ mod tests {
         }
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(fs::metadata(l.ca_key()).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700, "the data dir is private");
         let cfg = LeaderConfig::load(&out.config_path).unwrap();
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:7443");
         let admin = AdminConfig::parse("admin.toml", &fs::read_to_string(&out.admin_path).unwrap()).unwrap();

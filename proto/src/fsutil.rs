@@ -6,6 +6,15 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// `path` as a directory only its owner may enter (0700), made if missing (with its parents),
+/// and made so if it was there with another mode — whatever the umask. For data dirs: they hold
+/// keys, the store and secrets.
+pub fn private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Writes `contents` to `path` with `mode` atomically: a temporary file next to it (unique per
 /// process and call, so concurrent writers never share one), fsync, rename, fsync of the
 /// directory. Readers see the old file or the new one, never a part, even after a power cut.

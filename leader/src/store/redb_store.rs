@@ -54,6 +54,10 @@ impl RedbStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db =
             Database::create(path).map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        // The cluster's objects (sealed secrets among them): the leader's alone, whatever the umask.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| StoreError::Backend(format!("cannot make {} private: {e}", path.display())))?;
         let txn = db.begin_write().map_err(backend)?;
         let revision = {
             txn.open_table(KV).map_err(backend)?;

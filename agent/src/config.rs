@@ -147,6 +147,7 @@ impl AgentConfig {
             dns_upstreams: n.dns_upstreams.clone(),
             state_file: self.data_dir.join("pods").join("network.json"),
             host_ports: self.host_port_policy(),
+            control_ports: self.control_ports(),
         }
     }
 }
@@ -392,6 +393,19 @@ impl AgentConfig {
             }
         }
         Ok(cfg)
+    }
+
+    /// Bramble's own ports this board knows: its leaders' QUIC ports, etcd's, and those of a
+    /// leader in this process ([`Protected`]).
+    pub fn control_ports(&self) -> std::collections::BTreeSet<(bramble_proto::manifest::Protocol, u16)> {
+        use bramble_proto::manifest::Protocol;
+        let leaders = self.leaders.iter().filter_map(|l| l.rsplit_once(':')?.1.parse::<u16>().ok());
+        let etcd = crate::net::ports::ETCD_PORTS.into_iter().map(|p| (Protocol::Tcp, p));
+        leaders
+            .map(|p| (Protocol::Udp, p))
+            .chain(etcd)
+            .chain(self.protected.ports.iter().map(|(p, n, _)| (*p, *n)))
+            .collect()
     }
 
     /// The host ports this board lets apps take: the configured range, never the reserved ports,

@@ -272,6 +272,10 @@ pub struct NodeNetwork {
     pub pod_cidr: Option<Cidr>,
     /// Every other board with a pod subnet and a known address.
     pub peers: Vec<Peer>,
+    /// The cluster's own ports (the leaders' QUIC port, etcd's, the metrics listener): pods may
+    /// not reach them on any board, unless their app has `security.control_plane`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control_ports: Vec<(Protocol, u16)>,
 }
 
 /// One port of a service as boards program it: the virtual port and the endpoints' port.

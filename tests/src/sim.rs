@@ -89,6 +89,7 @@ fn new_leader(store: &Arc<dyn Store>) -> Leader {
         events,
         network: Arc::new(bramble_proto::network::ClusterNetwork::default()),
         drain: Arc::default(),
+        control_ports: Arc::default(),
     };
     Leader { ctx, bus: Default::default() }
 }

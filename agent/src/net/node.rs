@@ -8,7 +8,7 @@ use super::link::{sysctl, Netlink};
 use super::pods::{Board, Pods};
 use super::rules::{self, HostPort, Model};
 use super::{conntrack, nft, NetError};
-use crate::reconcile::Binding;
+use crate::reconcile::PodRules;
 use bramble_proto::manifest::Protocol;
 use bramble_proto::network::{Backend, Cidr, NodeNetwork, ServiceRoute};
 use serde::{Deserialize, Serialize};
@@ -47,6 +47,9 @@ pub struct Settings {
     pub state_file: PathBuf,
     /// The host ports the board lets pods take (a refused one is never forwarded).
     pub host_ports: super::ports::HostPortPolicy,
+    /// Bramble's own ports this board knows of (its leaders', etcd's, an embedded leader's
+    /// metrics), besides those the leader names: no pod reaches them.
+    pub control_ports: BTreeSet<(Protocol, u16)>,
 }
 
 /// What the leader last said, as kept on disk.
@@ -59,7 +62,7 @@ struct Known {
 pub struct Controller {
     settings: Settings,
     pods: Arc<Pods>,
-    bindings: tokio::sync::watch::Receiver<Vec<Binding>>,
+    bindings: tokio::sync::watch::Receiver<PodRules>,
     rt: tokio::runtime::Handle,
     known: Known,
     names: Arc<Names>,
@@ -85,7 +88,7 @@ impl Controller {
     pub fn new(
         settings: Settings,
         pods: Arc<Pods>,
-        bindings: tokio::sync::watch::Receiver<Vec<Binding>>,
+        bindings: tokio::sync::watch::Receiver<PodRules>,
         rt: tokio::runtime::Handle,
     ) -> Controller {
         let known = match std::fs::read(&settings.state_file) {
@@ -228,7 +231,8 @@ impl Controller {
     }
 
     fn model(&mut self, node: &NodeNetwork) -> Model {
-        let bindings = self.bindings.borrow_and_update().clone();
+        let rules = self.bindings.borrow_and_update().clone();
+        let bindings = &rules.host_ports;
         let mut policy = self.settings.host_ports.clone();
         if node.cluster.backend == Backend::Vxlan {
             policy.reserved.insert((Protocol::Udp, node.cluster.vxlan_port), "the vxlan port".into());
@@ -255,8 +259,13 @@ impl Controller {
                 Some(h)
             })
             .collect();
-        let pods = self.pods.addresses().into_iter().map(|(_, ip)| ip);
-        Model::new(Some(node.cluster.cluster_cidr), &self.known.services, &host_ports, pods)
+        let addresses = self.pods.addresses();
+        let pods = addresses.iter().map(|(_, ip)| *ip);
+        let mut m = Model::new(Some(node.cluster.cluster_cidr), &self.known.services, &host_ports, pods);
+        m.control_ports = self.settings.control_ports.iter().chain(&node.control_ports).copied().collect();
+        m.control_plane =
+            addresses.iter().filter(|(r, _)| rules.control_plane.contains(r.as_str())).map(|(_, ip)| *ip).collect();
+        m
     }
 
     fn rules(&mut self, node: &NodeNetwork, full: bool) {

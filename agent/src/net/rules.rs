@@ -9,8 +9,10 @@
 //!   set no_endpoints    vip . proto . port                     → reject at once, never a black hole
 //!   map host_tcp/udp    port : pod ip . port                   → host ports by DNAT
 //!   set hairpin         pod ip . pod ip                        → a pod reaching itself is masqueraded
+//!   set control_ports   proto . port                           → the cluster's own: no pod reaches them
+//!   set control_plane   pod ip                                 → … but those of control-plane apps
 //!   chain svc-…         dnat to numgen random mod N map { i : ip . port }   (an even spread)
-//!   chains prerouting, output (nat), postrouting (masquerade), forward, filter-output (reject)
+//!   chains prerouting, output (nat), postrouting (masquerade), input, forward, filter-output (reject)
 //! ```
 //!
 //! Only this table is ever touched: never another table, never iptables.
@@ -45,6 +47,11 @@ pub struct Model {
     pub host_ports: BTreeMap<(Protocol, u16), (Ipv4Addr, u16)>,
     /// Pods on this board (a pod reaching itself through a service is masqueraded).
     pub local_pods: BTreeSet<Ipv4Addr>,
+    /// The cluster's own ports (leaders' QUIC, etcd, metrics): pods may not reach them, on this
+    /// board (input) or any other (forward, before the masquerade).
+    pub control_ports: BTreeSet<(Protocol, u16)>,
+    /// Pods on this board whose app may reach them (`security.control_plane`).
+    pub control_plane: BTreeSet<Ipv4Addr>,
 }
 
 fn proto(p: Protocol) -> &'static str {
@@ -79,6 +86,8 @@ impl Model {
             ports,
             host_ports: host_ports.iter().map(|h| ((h.protocol, h.port), (h.ip, h.target))).collect(),
             local_pods: local_pods.into_iter().collect(),
+            control_ports: BTreeSet::new(),
+            control_plane: BTreeSet::new(),
         }
     }
 }
@@ -136,6 +145,16 @@ pub fn full(m: &Model) -> String {
         "  set hairpin {{ type ipv4_addr . ipv4_addr;{} }}",
         elements(list(&m.local_pods, |ip| format!("{ip} . {ip}")))
     );
+    let _ = writeln!(
+        out,
+        "  set control_ports {{ type inet_proto . inet_service;{} }}",
+        elements(list(&m.control_ports, control_port))
+    );
+    let _ = writeln!(
+        out,
+        "  set control_plane {{ type ipv4_addr;{} }}",
+        elements(list(&m.control_plane, |ip| ip.to_string()))
+    );
     for p in [Protocol::Tcp, Protocol::Udp] {
         let items = list(m.host_ports.iter().filter(|((q, _), _)| *q == p), |((_, port), (ip, t))| {
             format!("{port} : {ip} . {t}")
@@ -161,13 +180,35 @@ pub fn full(m: &Model) -> String {
         let _ = writeln!(out, "    ip saddr {c} ip daddr != {c} masquerade");
     }
     out.push_str("  }\n  chain reject-service {\n    meta l4proto tcp reject with tcp reset\n    reject\n  }\n");
+    // Pods never reach the cluster's own ports: not on this board, not elsewhere (before the
+    // masquerade hides which pod it was).
+    if let Some(c) = m.cluster {
+        let _ = writeln!(out, "  chain input {{\n    type filter hook input priority filter; policy accept;");
+        let _ = writeln!(out, "    {}\n  }}", control_rule(c, false));
+    }
     for (name, hook) in [("forward", "forward"), ("filter-output", "output")] {
         let _ = writeln!(out, "  chain {name} {{\n    type filter hook {hook} priority filter; policy accept;");
+        if let (Some(c), "forward") = (m.cluster, name) {
+            let _ = writeln!(out, "    {}", control_rule(c, true));
+        }
         out.push_str("    ip daddr . meta l4proto . th dport @no_endpoints goto reject-service\n");
         out.push_str("    ip daddr @vips goto reject-service\n  }\n");
     }
     out.push_str("}\n");
     out
+}
+
+fn control_port((p, port): &(Protocol, u16)) -> String {
+    format!("{} . {port}", proto(*p))
+}
+
+/// Refuses pods' packets to the cluster's own ports (`outward`: only those leaving the cluster's
+/// range, i.e. to boards, not to other pods or services).
+fn control_rule(cluster: Cidr, outward: bool) -> String {
+    let to = if outward { format!("ip daddr != {cluster} ") } else { String::new() };
+    format!(
+        "ip saddr {cluster} {to}ip saddr != @control_plane meta l4proto . th dport @control_ports reject with icmp type admin-prohibited"
+    )
 }
 
 /// Elements removed from and added to `set` between `old` and `new`: deleted by their key,
@@ -222,6 +263,8 @@ pub fn diff(old: &Model, new: &Model) -> String {
     set_diff(&mut out, "vips", (&old.vips, &new.vips), vip, vip);
     let pair = |ip: &Ipv4Addr| format!("{ip} . {ip}");
     set_diff(&mut out, "hairpin", (&old.local_pods, &new.local_pods), pair, pair);
+    set_diff(&mut out, "control_ports", (&old.control_ports, &new.control_ports), control_port, control_port);
+    set_diff(&mut out, "control_plane", (&old.control_plane, &new.control_plane), vip, vip);
     for p in [Protocol::Tcp, Protocol::Udp] {
         let pick = |m: &Model| -> BTreeSet<(u16, Ipv4Addr, u16)> {
             m.host_ports.iter().filter(|((q, _), _)| *q == p).map(|((_, port), (ip, t))| (*port, *ip, *t)).collect()

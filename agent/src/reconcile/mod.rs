@@ -20,7 +20,7 @@ pub mod real;
 pub mod reconciler;
 
 pub use effects::{Containers, Images, Network, ReconcileError};
-pub use plan::{Binding, Statuses};
+pub use plan::{Binding, PodRules, Statuses};
 pub use reconciler::{Input, Job, Reconciler};
 
 use crate::config::AgentConfig;
@@ -56,7 +56,7 @@ pub struct Handle {
     pub events: tokio::sync::mpsc::Receiver<Event>,
     pub log_dir: PathBuf,
     /// Host ports to forward into containers.
-    pub ports: tokio::sync::watch::Receiver<Vec<Binding>>,
+    pub ports: tokio::sync::watch::Receiver<PodRules>,
     /// The image references in the store.
     pub images: tokio::sync::watch::Receiver<Vec<String>>,
     pub shims_dir: PathBuf,
@@ -118,7 +118,7 @@ impl Paths {
 /// What the thread publishes after each pass.
 struct Outputs {
     status: tokio::sync::watch::Sender<Statuses>,
-    ports: tokio::sync::watch::Sender<Vec<Binding>>,
+    ports: tokio::sync::watch::Sender<PodRules>,
     images: tokio::sync::watch::Sender<Vec<String>>,
     events: tokio::sync::mpsc::Sender<Event>,
 }
@@ -180,7 +180,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
     let (inputs, rx) = sync_channel(INPUTS);
     let (status_tx, status) = tokio::sync::watch::channel(Statuses::new());
     let (ev_tx, events) = tokio::sync::mpsc::channel(EVENTS);
-    let (ports_tx, ports) = tokio::sync::watch::channel(Vec::new());
+    let (ports_tx, ports) = tokio::sync::watch::channel(PodRules::default());
     let (images_tx, images_rx) = tokio::sync::watch::channel(Vec::new());
     let out = Outputs { status: status_tx, ports: ports_tx, images: images_tx, events: ev_tx };
     let pulls = pullers(images.clone(), inputs.clone())?;
@@ -281,7 +281,7 @@ fn drive<C: Containers + 'static, I: Images, N: Network + 'static>(
             }
             changed
         });
-        publish(&out.ports, r.bindings());
+        publish(&out.ports, r.pod_rules());
         publish(&out.images, r.images());
     }
 }

@@ -259,6 +259,25 @@ pub struct Binding {
     pub replica: String,
 }
 
+/// What the board's rules need of the desired replicas: their host ports, and which may reach
+/// the cluster's own ports (`security.control_plane`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PodRules {
+    pub host_ports: Vec<Binding>,
+    pub control_plane: std::collections::BTreeSet<String>,
+}
+
+/// [`PodRules`] of the desired set.
+pub fn pod_rules(desired: Option<&Desired>) -> PodRules {
+    let control_plane = desired
+        .into_iter()
+        .flat_map(|d| d.values())
+        .filter(|a| a.spec.security.control_plane)
+        .map(|a| a.replica.clone())
+        .collect();
+    PodRules { host_ports: bindings(desired), control_plane }
+}
+
 /// The host ports the desired replicas ask for, sorted.
 pub fn bindings(desired: Option<&Desired>) -> Vec<Binding> {
     let mut out: Vec<Binding> = desired

@@ -4,7 +4,7 @@
 //! manual clock; `mod.rs` drives it on a thread with the real effects.
 
 use super::effects::{Containers, Images, Network, ReconcileError};
-use super::plan::{self, bindings, plan, transitions, Action, Binding, Desired, Observed, Retries, Retry, Statuses};
+use super::plan::{self, plan, transitions, Action, Desired, Observed, Retries, Retry, Statuses};
 use bramble_images::Progress;
 use bramble_proto::image_ref::ImageRef;
 use bramble_proto::model::{Event, EventReason};
@@ -98,9 +98,9 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
         &self.statuses
     }
 
-    /// The host ports of the desired replicas.
-    pub fn bindings(&self) -> Vec<Binding> {
-        bindings(self.desired.as_ref())
+    /// The host ports of the desired replicas, and which may reach the cluster's own ports.
+    pub fn pod_rules(&self) -> plan::PodRules {
+        plan::pod_rules(self.desired.as_ref())
     }
 
     /// The image references in the store, as last seen.

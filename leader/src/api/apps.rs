@@ -49,6 +49,11 @@ impl Reserved {
         Reserved { ports, dirs }
     }
 
+    /// The ports pods may not reach (all but DNS, which pods need).
+    pub fn control_ports(&self) -> Vec<(Protocol, u16)> {
+        self.ports.iter().filter(|(_, port, _)| *port != 53).map(|(p, port, _)| (*p, *port)).collect()
+    }
+
     /// The problems of `a` against what the cluster keeps.
     fn check(&self, a: &AppSpec) -> Vec<ObjectProblem> {
         let mut out = Vec::new();

@@ -140,6 +140,7 @@ impl Api {
             events: self.events.clone(),
             network: self.network.clone(),
             drain: self.drain.clone(),
+            control_ports: Arc::new(self.reserved.control_ports()),
         }
     }
 

@@ -42,6 +42,8 @@ pub struct Context {
     pub network: Arc<ClusterNetwork>,
     /// Replicas leaving their services before they stop, and what boards applied.
     pub drain: Arc<drain::Drain>,
+    /// The cluster's own ports, told to boards so that pods cannot reach them.
+    pub control_ports: Arc<Vec<(bramble_proto::manifest::Protocol, u16)>>,
 }
 
 /// What the replica controller publishes for the sessions, and what wakes it early.

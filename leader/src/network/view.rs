@@ -17,6 +17,8 @@ pub struct NetworkView {
     /// Every node: its pod subnet and address, where known.
     pub nodes: BTreeMap<String, (Option<Cidr>, Option<Ipv4Addr>)>,
     pub services: Routes,
+    /// The cluster's own ports, which no pod but a control-plane app's may reach.
+    pub control_ports: Vec<(bramble_proto::manifest::Protocol, u16)>,
 }
 
 impl NetworkView {
@@ -29,7 +31,7 @@ impl NetworkView {
             .filter(|(n, _)| n.as_str() != name)
             .filter_map(|(n, (cidr, addr))| Some(Peer { node: n.clone(), address: (*addr)?, pod_cidr: (*cidr)? }))
             .collect();
-        NodeNetwork { cluster: self.cluster.clone(), pod_cidr, peers }
+        NodeNetwork { cluster: self.cluster.clone(), pod_cidr, peers, control_ports: self.control_ports.clone() }
     }
 }
 
@@ -94,6 +96,7 @@ mod tests {
             cluster: ClusterNetwork::default(),
             nodes: nodes.into(),
             services: [svc("web", "10.43.0.1"), svc("db", "10.43.0.2")].into(),
+            control_ports: Vec::new(),
         }
     }
 

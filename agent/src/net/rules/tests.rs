@@ -55,6 +55,28 @@ fn the_whole_table_spreads_each_port_and_rejects_ports_without_endpoints() {
 }
 
 #[test]
+fn pods_cannot_reach_the_clusters_own_ports_but_control_plane_apps_can() {
+    let mut m = model(&[], &[]);
+    m.control_ports = [(Protocol::Udp, 7443), (Protocol::Tcp, 2379)].into();
+    m.control_plane = ["10.42.1.9".parse().unwrap()].into();
+    let s = full(&m);
+    assert!(
+        s.contains("set control_ports { type inet_proto . inet_service; elements = { tcp . 2379, udp . 7443 } }"),
+        "{s}"
+    );
+    assert!(s.contains("set control_plane { type ipv4_addr; elements = { 10.42.1.9 } }"), "{s}");
+    assert!(s.contains("chain input {\n    type filter hook input priority filter; policy accept;\n    ip saddr 10.42.0.0/16 ip saddr != @control_plane meta l4proto . th dport @control_ports reject"), "{s}");
+    assert!(s.contains("ip saddr 10.42.0.0/16 ip daddr != 10.42.0.0/16 ip saddr != @control_plane meta l4proto . th dport @control_ports reject"), "forward, to other boards: {s}");
+    let mut n = m.clone();
+    n.control_plane.clear();
+    n.control_ports.insert((Protocol::Tcp, 9464));
+    assert_eq!(
+        diff(&m, &n),
+        "add element ip bramble control_ports { tcp . 9464 }\ndelete element ip bramble control_plane { 10.42.1.9 }\n"
+    );
+}
+
+#[test]
 fn one_changed_endpoint_rewrites_only_its_service() {
     let a = model(
         &[
@@ -142,7 +164,13 @@ fn random_model(rng: &mut fastrand::Rng) -> Model {
         .collect();
     let map: BTreeMap<String, ServiceRoute> = services.iter().map(|s| (s.name.clone(), s.clone())).collect();
     let pods: Vec<Ipv4Addr> = (2..6u8).filter(|_| rng.bool()).map(|i| Ipv4Addr::new(10, 42, 1, i)).collect();
-    Model::new(Some("10.42.0.0/16".parse().unwrap()), &map, &hosts, pods)
+    let mut m = Model::new(Some("10.42.0.0/16".parse().unwrap()), &map, &hosts, pods.clone());
+    m.control_ports = [(Protocol::Udp, 7443), (Protocol::Tcp, 2379), (Protocol::Tcp, 9464)]
+        .into_iter()
+        .filter(|_| rng.bool())
+        .collect();
+    m.control_plane = pods.into_iter().filter(|_| rng.bool()).collect();
+    m
 }
 
 /// `nft -j list table ip bramble`, without handles, objects in a stable order, set elements sorted.

@@ -49,7 +49,7 @@ fn cluster(dir: &std::path::Path, registry: Arc<NodeRegistry>) -> Context {
     }
     let network = Arc::new(bramble_proto::network::ClusterNetwork::default());
     let (observed, events) = (Arc::new(Observed::new()), Arc::new(Events::new()));
-    Context { objects, registry, observed, events, network, drain: Arc::default() }
+    Context { objects, registry, observed, events, network, drain: Arc::default(), control_ports: Arc::default() }
 }
 
 /// A pass; its desired sets.

@@ -189,6 +189,12 @@ pub fn restore_with(snapshot: &Snapshot, data_dir: &Path, target: &Target) -> Re
     // The whole config is checked before anything is written.
     crate::LeaderConfig::parse("leader.toml (restored)", &config.render())
         .map_err(|e| BackupError::Other(format!("{e}; nothing was written")))?;
+    // And every object, as an apply would check it.
+    let metrics = config.metrics.listen.as_deref().and_then(|l| l.parse::<std::net::SocketAddr>().ok());
+    let reserved =
+        crate::api::apps::Reserved::of_leader(config.listen.port(), metrics.map(|m| m.port()), Some(data_dir));
+    crate::api::apps::check_restored(&snapshot.objects, &reserved)
+        .map_err(|e| BackupError::Contents(format!("{e}; the backup is refused, nothing was written")))?;
     if target.join && config.store.backend != crate::config::StoreBackend::Etcd {
         return Err(BackupError::Other("--join adds a leader to a cluster in etcd: give --store etcd".into()));
     }
@@ -294,6 +300,19 @@ pub fn restore_with(snapshot: &Snapshot, data_dir: &Path, target: &Target) -> Re
 mod tests {
     use super::*;
 
+    fn app(extra: &str) -> String {
+        let text = format!("[[app]]\nname = \"web\"\nimage = \"busybox\"\n{extra}");
+        let spec = bramble_proto::manifest::parse_manifest("t.toml", &text).unwrap().apps.remove(0);
+        let meta = bramble_proto::model::ObjectMeta {
+            name: "web".into(),
+            generation: 1,
+            revision: 0,
+            created_ms: 1,
+            changed_by: None,
+        };
+        serde_json::to_string(&bramble_proto::model::App { meta, spec }).unwrap()
+    }
+
     fn snapshot() -> Snapshot {
         let ca = bramble_transport::pki::Ca::generate("t").unwrap();
         let config = crate::LeaderConfig::new("/old".into(), "127.0.0.1:7443".parse().unwrap());
@@ -307,7 +326,7 @@ mod tests {
             secrets_key: "1 00\n".into(),
             leader_toml: config.render(),
             admin_toml: None,
-            objects: [("/apps/web".to_string(), "{}".to_string()), ("/nodes/pi-1".into(), "{}".into())].into(),
+            objects: [("/apps/web".to_string(), app("")), ("/nodes/pi-1".into(), "{}".into())].into(),
         }
     }
 
@@ -323,6 +342,34 @@ mod tests {
         assert_eq!(store.list("/").unwrap().len(), 3, "the objects and the restore marker");
         drop(store);
         assert!(matches!(restore(&s, &t.path().join("l"), None, true), Err(BackupError::Exists(_))));
+    }
+
+    /// A backup edited by hand (or by whoever held it) is no way around apply's checks.
+    #[test]
+    fn a_backup_with_objects_apply_would_refuse_is_refused_whole() {
+        let t = tempfile::tempdir().unwrap();
+        for (objects, says) in [
+            (
+                vec![(
+                    "/apps/web".to_string(),
+                    app("[[app.volumes]]\ntype = \"host\"\nhost_path = \"/srv\"\nnode_label = \"x\"\npath = \"/m\"\n")
+                        .replace("/srv", "/etc"),
+                )],
+                "app/web: volumes[0].host_path: /etc is the board's system directory /etc",
+            ),
+            (
+                vec![("/apps/web".to_string(), app("ports = [{ container = 1, host = 7443, protocol = \"udp\" }]\n"))],
+                "host port 7443/udp is the cluster's own",
+            ),
+            (vec![("/apps/other".to_string(), app(""))], "stored under /apps/other, which names another object"),
+            (vec![("/apps/web".to_string(), "{".to_string())], "stored object /apps/web is corrupt"),
+        ] {
+            let s = Snapshot { objects: objects.into_iter().collect(), ..snapshot() };
+            let dir = t.path().join("x");
+            let e = restore(&s, &dir, None, false).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains("nothing was written"), "{e}");
+            assert!(!dir.exists(), "nothing was written");
+        }
     }
 }
 

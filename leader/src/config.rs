@@ -214,6 +214,11 @@ pub struct MetricsConfig {
     /// logged and the leader runs without it.
     #[serde(default)]
     pub listen: Option<String>,
+    /// A file whose first line is a token: `/api/cluster` shows events in full (messages name
+    /// users, secrets and keys, and quote probe output) only to a request bearing it
+    /// (`Authorization: Bearer TOKEN`; the page: `…/#token=TOKEN`). Without one, never.
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// How long the certificates the leader issues live; each is renewed two thirds in.

@@ -221,7 +221,26 @@ pub fn render(api: &Api) -> Result<String, String> {
 
 /// Serves `/metrics` on `listen` until `cancel`. A taken or invalid address is said once, and
 /// the leader goes on serving the cluster without it.
-pub async fn serve(api: Arc<Api>, listen: String, cluster_name: String, cancel: CancellationToken) {
+/// Whether the request `head` bears `token` (`Authorization: Bearer …`), compared in constant
+/// time.
+pub fn bears(head: &str, token: Option<&str>) -> bool {
+    let Some(token) = token.filter(|t| !t.is_empty()) else { return false };
+    let given = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim().eq_ignore_ascii_case("authorization").then(|| value.trim())?.strip_prefix("Bearer ")
+    });
+    let Some(given) = given else { return false };
+    given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+pub async fn serve(
+    api: Arc<Api>,
+    listen: String,
+    cluster_name: String,
+    token: Option<String>,
+    cancel: CancellationToken,
+) {
+    let token: Option<Arc<str>> = token.map(Into::into);
     let addr: SocketAddr = match listen.parse() {
         Ok(a) => a,
         Err(e) => {
@@ -250,6 +269,7 @@ pub async fn serve(api: Arc<Api>, listen: String, cluster_name: String, cancel: 
         };
         let api = api.clone();
         let cluster_name = cluster_name.clone();
+        let token = token.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let n = match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await {
@@ -272,7 +292,10 @@ pub async fn serve(api: Arc<Api>, listen: String, cluster_name: String, cancel: 
                 }
                 Some("/api/cluster") => {
                     let a = api.clone();
-                    match tokio::task::spawn_blocking(move || crate::dashboard::cluster(&a, &cluster_name)).await {
+                    let details = bears(&head, token.as_deref());
+                    match tokio::task::spawn_blocking(move || crate::dashboard::cluster(&a, &cluster_name, details))
+                        .await
+                    {
                         Ok(Ok(v)) => ("200 OK", "application/json", v.to_string()),
                         Ok(Err(e)) => ("500 Internal Server Error", "text/plain", e),
                         Err(e) => ("500 Internal Server Error", "text/plain", e.to_string()),

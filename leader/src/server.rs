@@ -248,7 +248,14 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
     tasks.spawn(crate::backup::schedule(api.clone(), config.backup.clone(), cancel.clone()));
     tasks.spawn(crate::backup::release_when_all_seen(api.clone(), cancel.clone()));
     if let Some(listen) = config.metrics.listen.clone() {
-        tasks.spawn(crate::metrics::serve(api.clone(), listen, config.cluster_name.clone(), cancel.clone()));
+        let token = config.metrics.token_file.as_ref().and_then(|f| match std::fs::read_to_string(f) {
+            Ok(t) => t.lines().next().map(|l| l.trim().to_string()).filter(|t| !t.is_empty()),
+            Err(e) => {
+                warn!("metrics: cannot read the token file {}: {e}; the dashboard shows no details", f.display());
+                None
+            }
+        });
+        tasks.spawn(crate::metrics::serve(api.clone(), listen, config.cluster_name.clone(), token, cancel.clone()));
     }
     let renewal =
         OwnCert { layout: layout.clone(), ca_pem: ca_pem.clone(), lifetime: config.pki.leader_cert_lifetime.0 };

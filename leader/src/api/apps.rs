@@ -227,6 +227,40 @@ fn check_targets(objects: &Objects, apps: &[AppSpec], services: &[ServiceSpec]) 
 /// What one apply brings: apps, services and configs.
 pub type Specs = (Vec<AppSpec>, Vec<ServiceSpec>, Vec<ConfigSpec>);
 
+/// The objects of a backup about to be restored, through the checks an apply makes: each must
+/// decode, be named as its key says, and pass [`check`] (a hand-edited or hostile backup is no
+/// way around them).
+pub fn check_restored(objects: &std::collections::BTreeMap<String, String>, reserved: &Reserved) -> Result<()> {
+    use crate::objects::{decode, keys};
+    let (mut apps, mut services, mut configs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut problems = Vec::new();
+    for (key, value) in objects {
+        let named = |kind: &str, name: &str, prefix: &str| {
+            (key.strip_prefix(prefix) != Some(name))
+                .then(|| problem(kind, name, "", format!("stored under {key}, which names another object")))
+        };
+        if key.starts_with(keys::APPS) {
+            let a: App = decode(key, value.as_bytes())?;
+            problems.extend(named("app", a.spec.name.as_str(), keys::APPS));
+            apps.push(a.spec);
+        } else if key.starts_with(keys::SERVICES) {
+            let s: Service = decode(key, value.as_bytes())?;
+            problems.extend(named("service", s.spec.name.as_str(), keys::SERVICES));
+            services.push(s.spec);
+        } else if key.starts_with(keys::CONFIGS) {
+            let c: Config = decode(key, value.as_bytes())?;
+            problems.extend(named("config", c.spec.name.as_str(), keys::CONFIGS));
+            configs.push(c.spec);
+        } else if key.starts_with(keys::REVISIONS) {
+            let spec: AppSpec = decode(key, value.as_bytes())?;
+            problems.extend(spec.check().into_iter().map(|p| problem("app", spec.name.as_str(), p.field(), p.message)));
+            problems.extend(reserved.check(&spec));
+        }
+    }
+    refuse(problems)?;
+    check(reserved, &apps, &services, &configs)
+}
+
 /// Every object's own checks, run again where they land (the CLI ran them too), and what the
 /// cluster keeps for itself.
 fn check(reserved: &Reserved, apps: &[AppSpec], services: &[ServiceSpec], configs: &[ConfigSpec]) -> Result<()> {

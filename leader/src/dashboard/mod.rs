@@ -13,8 +13,10 @@ pub const INDEX_HTML: &str = include_str!("index.html");
 /// How many recent events the page shows.
 const EVENTS: usize = 30;
 
-/// Everything the page shows, as JSON.
-pub fn cluster(api: &Api, cluster_name: &str) -> Result<serde_json::Value, String> {
+/// Everything the page shows, as JSON. Without `details` (no token, or a wrong one) events show
+/// no message — messages name users, secrets and keys and quote probe output — and events
+/// about secrets, configs and users are left out.
+pub fn cluster(api: &Api, cluster_name: &str, details: bool) -> Result<serde_json::Value, String> {
     let err = |e: crate::error::Error| e.to_string();
     let nodes: Vec<Node> = api.objects.list::<Node>().map_err(err)?.into_iter().map(|v| v.value).collect();
     let apps: Vec<App> = api.objects.list::<App>().map_err(err)?.into_iter().map(|v| v.value).collect();
@@ -61,6 +63,59 @@ pub fn cluster(api: &Api, cluster_name: &str) -> Result<serde_json::Value, Strin
         .collect();
     let mut events = api.events.since(0);
     events.reverse();
-    events.truncate(EVENTS);
-    Ok(json!({ "cluster": cluster_name, "nodes": nodes, "apps": apps, "events": events }))
+    let events: Vec<serde_json::Value> = if details {
+        events.into_iter().take(EVENTS).map(|e| json!(e)).collect()
+    } else {
+        use bramble_proto::object::Kind;
+        events
+            .into_iter()
+            .filter(|e| !matches!(e.object.kind, Kind::Secret | Kind::Config | Kind::User))
+            .take(EVENTS)
+            .map(|e| json!({ "time_ms": e.time_ms, "object": e.object, "reason": e.reason, "app": e.app }))
+            .collect()
+    };
+    Ok(json!({ "cluster": cluster_name, "nodes": nodes, "apps": apps, "events": events, "details": details }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Events;
+    use crate::nodes::NodeRegistry;
+    use crate::objects::Objects;
+    use crate::store::{MemStore, Store};
+    use bramble_proto::model::{Event, EventReason, ObjectRef};
+    use bramble_proto::object::Kind;
+    use std::sync::Arc;
+
+    #[test]
+    fn without_the_token_no_secret_names_users_or_probe_output() {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let events = Arc::new(Events::new());
+        let registry = Arc::new(NodeRegistry::new(std::time::Duration::from_secs(15), events.clone()));
+        let ca = bramble_transport::pki::Ca::generate("test").unwrap();
+        let api = Api::new(Objects::new(store), ca, registry, events, Default::default());
+        let secret = ObjectRef::new(Kind::Secret, "db-password".to_string());
+        api.events.record(Event::new(1, secret, EventReason::Configured, "secret/db-password keys pw by deployer:ci"));
+        let probe = "liveness probe failed: HTTP 500: token=abc123";
+        api.events.record(Event::replica(2, "web", "web-1", EventReason::Unhealthy, probe));
+        let plain = cluster(&api, "c", false).unwrap().to_string();
+        for hidden in ["db-password", "deployer:ci", "abc123", "liveness probe failed"] {
+            assert!(!plain.contains(hidden), "{hidden} shown without the token: {plain}");
+        }
+        assert!(plain.contains("web-1") && plain.contains("\"details\":false"), "{plain}");
+        let full = cluster(&api, "c", true).unwrap().to_string();
+        assert!(full.contains("abc123") && full.contains("db-password"), "{full}");
+    }
+
+    #[test]
+    fn the_token_is_a_bearer_header_compared_whole() {
+        use crate::metrics::bears;
+        let head = "GET /api/cluster HTTP/1.1\r\nHost: x\r\nauthorization: Bearer s3cret\r\n\r\n";
+        assert!(bears(head, Some("s3cret")));
+        assert!(!bears(head, Some("s3cre")), "a prefix is not the token");
+        assert!(!bears(head, Some("other")));
+        assert!(!bears(head, None), "no token configured: never");
+        assert!(!bears("GET / HTTP/1.1\r\n\r\n", Some("s3cret")));
+    }
 }

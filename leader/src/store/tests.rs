@@ -146,6 +146,37 @@ fn etcd_store_over_tls_with_a_client_certificate() {
     assert!(err.contains("etcd"), "{err}");
 }
 
+/// The shipped dist/etcd/make-certs.sh: its member certificate serves etcd with client
+/// certificates required, its leader certificate opens the store, and no certificate is refused.
+#[test]
+fn the_shipped_etcd_certificates_work_and_etcd_refuses_clients_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/etcd/make-certs.sh");
+    let out = std::process::Command::new("sh")
+        .arg(&script)
+        .arg(dir.path())
+        .arg("pi-1=127.0.0.1")
+        .output()
+        .expect("run make-certs.sh (needs openssl)");
+    assert!(out.status.success(), "make-certs.sh: {}", String::from_utf8_lossy(&out.stderr));
+    let p = |n: &str| dir.path().join(n);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(p("leader.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    let tls = super::local_etcd::Tls { ca: p("ca.crt"), cert: p("pi-1.crt"), key: p("pi-1.key") };
+    let e = LocalEtcd::start_with(1, "127.0.0.1", None, None, Some(tls));
+    let mut opts = EtcdOptions {
+        endpoints: e.endpoints(),
+        prefix: "/shipped".into(),
+        ca_file: Some(p("ca.crt")),
+        cert_file: Some(p("leader.crt")),
+        key_file: Some(p("leader.key")),
+    };
+    let s = EtcdStore::open(&opts).expect("the leader's certificate opens the store");
+    s.put("/apps/x", b"1", Expect::Absent).unwrap();
+    (opts.cert_file, opts.key_file) = (None, None);
+    assert!(EtcdStore::open(&opts).is_err(), "without a client certificate etcd refuses");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_revisions_taken_by_other_keys_neither_compact_a_watch_nor_stall_a_check() {
     let e = LocalEtcd::start(1, "127.0.0.1", None, None);

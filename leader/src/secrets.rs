@@ -40,6 +40,10 @@ pub struct StoredSecret {
     /// Each key's value size in bytes (never the value).
     pub sizes: BTreeMap<String, u64>,
     pub sealed: Sealed,
+    /// The apps that may use it (none: any app). Set by admins only (`bramble secret allow`);
+    /// apply refuses an app that names a secret it is not allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_apps: Option<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for StoredSecret {
@@ -276,7 +280,8 @@ mod tests {
         for name in ["db", "api"] {
             let meta = ObjectMeta { name: name.into(), generation: 1, revision: 0, created_ms: 1, changed_by: None };
             let sealed = ring.seal(name, &values()).unwrap();
-            let s = StoredSecret { meta, version: 1, updated_ms: 1, sizes: BTreeMap::new(), sealed };
+            let s =
+                StoredSecret { meta, version: 1, updated_ms: 1, sizes: BTreeMap::new(), sealed, allowed_apps: None };
             objects.txn(&[Objects::put_op(&s, Expect::Absent)]).unwrap();
         }
         assert_eq!(rotate(&objects, &mut ring).unwrap(), (2, 2));

@@ -123,6 +123,11 @@ pub enum Request {
         values: SecretValues,
         create: bool,
     },
+    /// Which apps may use a secret (`None`: any). Admins only.
+    AllowSecret {
+        name: String,
+        apps: Option<Vec<String>>,
+    },
     GetSecrets,
     GetSecret {
         name: String,
@@ -417,6 +422,9 @@ pub struct SecretInfo {
     /// Who wrote it last (`deployer:ci`).
     #[serde(default)]
     pub changed_by: Option<String>,
+    /// The apps that may use it (none: any app).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_apps: Option<Vec<String>>,
 }
 
 /// What applying did to one object.

@@ -60,6 +60,12 @@ async fn secret(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         let _ = writeln!(s, "Changed by:  {by}");
     }
     let _ = writeln!(s, "Created:     {} ago", super::age(secret.created_ms));
+    let allowed = match &secret.allowed_apps {
+        None => "any app (bramble secret allow NAME --apps … narrows it)".to_string(),
+        Some(a) if a.is_empty() => "no app".to_string(),
+        Some(a) => a.join(", "),
+    };
+    let _ = writeln!(s, "Used by:     {allowed}");
     let _ = writeln!(s, "Keys:");
     for (k, size) in &secret.keys {
         let _ = writeln!(s, "  {k:<30} {size} bytes");

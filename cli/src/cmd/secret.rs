@@ -1,6 +1,7 @@
 //! `bramble secret create|update NAME --from-literal KEY=VALUE … --from-file KEY=PATH …`: values go
 //! to the leader, which seals them before they are stored; nothing ever reads them back (`get
-//! secrets` and `describe secret` show keys and sizes).
+//! secrets` and `describe secret` show keys and sizes). `bramble secret allow NAME --apps a,b`
+//! (admins) says which apps may use it: apply refuses any other.
 
 use crate::client::{request, unexpected, CliError};
 use bramble_proto::wire::{Request, Response};
@@ -19,6 +20,20 @@ enum What {
     Create(Values),
     /// Replace a secret's keys and values (refused if it does not exist).
     Update(Values),
+    /// Which apps may use the secret (admins only): apply refuses an app that names it otherwise.
+    /// Whoever may create an app may otherwise mount any secret in it and read it.
+    Allow(Allow),
+}
+
+#[derive(clap::Args)]
+pub(super) struct Allow {
+    name: String,
+    /// The apps that may use it, comma-separated (an empty list: none).
+    #[arg(long, value_delimiter = ',', conflicts_with = "any_app", required_unless_present = "any_app")]
+    apps: Option<Vec<String>>,
+    /// Any app may use it again (the default of a new secret).
+    #[arg(long)]
+    any_app: bool,
 }
 
 #[derive(clap::Args)]
@@ -57,6 +72,16 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let (v, create) = match &args.what {
         What::Create(v) => (v, true),
         What::Update(v) => (v, false),
+        What::Allow(a) => {
+            let apps = a.apps.clone().map(|l| l.into_iter().filter(|s| !s.is_empty()).collect());
+            return match request(config, Request::AllowSecret { name: a.name.clone(), apps }).await? {
+                Response::Done(m) => {
+                    println!("{m}");
+                    Ok(())
+                }
+                r => Err(unexpected(&r)),
+            };
+        }
     };
     let req =
         Request::PutSecret { name: v.name.clone(), values: bramble_proto::wire::SecretValues(values(v)?), create };

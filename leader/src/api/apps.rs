@@ -311,7 +311,9 @@ fn prepare(
 ) -> Result<Prepared> {
     check(reserved, &apps, &services, &configs)?;
     check_targets(objects, &apps, &services)?;
-    let mut ops = Vec::new();
+    let (denied, secret_checks) = super::secrets::access(objects, &apps)?;
+    refuse(denied)?;
+    let mut ops = secret_checks;
     let mut results = Vec::new();
     let mut all_replicas: Option<Vec<Replica>> = None;
     let mut changed_apps = Vec::new();

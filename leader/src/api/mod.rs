@@ -229,6 +229,7 @@ impl Api {
             Request::PutSecret { name, values, create } => {
                 Ok(Response::Done(self.put_secret(&name, values.0, create, who)?))
             }
+            Request::AllowSecret { name, apps } => Ok(Response::Done(self.allow_secret(&name, apps, who)?)),
             Request::GetSecrets => Ok(Response::Secrets(self.secrets()?)),
             Request::GetSecret { name } => self.describe_secret(&name),
             Request::GetReplicas { app } => Ok(Response::Replicas(self.replicas(app.as_deref())?)),
@@ -346,6 +347,7 @@ pub fn required_role(request: &Request) -> Role {
         | Request::CreateUser { .. }
         | Request::GetUsers
         | Request::Backup
+        | Request::AllowSecret { .. }
         | Request::RevokeUser { .. } => Role::Admin,
     }
 }

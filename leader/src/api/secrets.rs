@@ -21,7 +21,45 @@ fn info(s: &StoredSecret) -> SecretInfo {
         created_ms: s.meta.created_ms,
         updated_ms: s.updated_ms,
         changed_by: s.meta.changed_by.clone(),
+        allowed_apps: s.allowed_apps.as_ref().map(|a| a.iter().cloned().collect()),
     }
+}
+
+/// The problems of apps that name a secret they may not use, and a check of each such secret's
+/// revision for the apply's transaction (so that a concurrent `secret allow` cannot slip between).
+pub(super) fn access(
+    objects: &Objects,
+    apps: &[bramble_proto::manifest::AppSpec],
+) -> Result<(Vec<bramble_proto::wire::ObjectProblem>, Vec<TxnOp>)> {
+    let (mut problems, mut checks) = (Vec::new(), Vec::new());
+    let mut seen = std::collections::BTreeSet::new();
+    for a in apps {
+        for name in a.secret_names() {
+            let Some(v) = objects.get::<StoredSecret>(&name)? else { continue };
+            if seen.insert(name.clone()) {
+                checks.push(TxnOp::Check { key: key::<StoredSecret>(&name), expect: Expect::Revision(v.rev) });
+            }
+            if let Some(allowed) = &v.value.allowed_apps {
+                if !allowed.contains(a.name.as_str()) {
+                    let who = if allowed.is_empty() {
+                        "no app".to_string()
+                    } else {
+                        allowed.iter().cloned().collect::<Vec<_>>().join(", ")
+                    };
+                    let field = if a.secrets.iter().any(|s| s.as_str() == name) { "secrets" } else { "secret_env" };
+                    problems.push(bramble_proto::wire::ObjectProblem {
+                        kind: "app".into(),
+                        name: a.name.as_str().into(),
+                        field: field.into(),
+                        message: format!(
+                            "secret {name} may be used only by {who} (an admin changes that: bramble secret allow {name} --apps …)"
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok((problems, checks))
 }
 
 impl Api {
@@ -57,7 +95,9 @@ impl Api {
         let sizes = values.iter().map(|(k, v)| (k.clone(), v.len() as u64)).collect();
         let mut meta = meta;
         meta.changed_by = Some(who.to_string());
-        let stored = StoredSecret { meta, version, updated_ms: now, sizes, sealed };
+        // An update keeps who may use it: only `secret allow` (admins) changes that.
+        let allowed_apps = current.as_ref().and_then(|v| v.value.allowed_apps.clone());
+        let stored = StoredSecret { meta, version, updated_ms: now, sizes, sealed, allowed_apps };
         self.objects.txn(&[Objects::put_op(&stored, expect)]).map_err(|e| match e {
             StoreError::Conflict { .. } => Error::Conflict(format!("secret {name} changed meanwhile; try again")),
             e => e.into(),
@@ -85,6 +125,57 @@ impl Api {
         Ok(format!("secret/{name} {done}{rolled}"))
     }
 
+    /// Which apps may use secret `name` (`None`: any). Refused while an app outside the list
+    /// uses it (it would be left waiting for a secret it can no longer have).
+    pub(super) fn allow_secret(&self, name: &str, apps: Option<Vec<String>>, who: &str) -> Result<String> {
+        let apps: Option<std::collections::BTreeSet<String>> = match apps {
+            None => None,
+            Some(list) => {
+                for a in &list {
+                    check_dns_label(a).map_err(|e| Error::Invalid(format!("app name {a:?}: {e}")))?;
+                }
+                Some(list.into_iter().collect())
+            }
+        };
+        let current = self.objects.load::<StoredSecret>(name)?;
+        if let Some(allowed) = &apps {
+            let users: Vec<String> = self
+                .objects
+                .list::<bramble_proto::model::App>()?
+                .into_iter()
+                .map(|v| v.value.spec)
+                .filter(|s| s.secret_names().contains(name) && !allowed.contains(s.name.as_str()))
+                .map(|s| s.name.as_str().to_string())
+                .collect();
+            if !users.is_empty() {
+                return Err(Error::Conflict(format!(
+                    "secret {name} is used by {} (not in the list); remove it from those apps first",
+                    users.join(", ")
+                )));
+            }
+        }
+        let mut stored = current.value;
+        stored.allowed_apps = apps.clone();
+        stored.meta.changed_by = Some(who.to_string());
+        self.objects.txn(&[Objects::put_op(&stored, Expect::Revision(current.rev))]).map_err(|e| match e {
+            StoreError::Conflict { .. } => Error::Conflict(format!("secret {name} changed meanwhile; try again")),
+            e => e.into(),
+        })?;
+        let said = match &apps {
+            None => "any app".to_string(),
+            Some(a) if a.is_empty() => "no app".to_string(),
+            Some(a) => a.iter().cloned().collect::<Vec<_>>().join(", "),
+        };
+        let message = format!("secret/{name} may be used by {said} (set by {who})");
+        self.events.record(Event::new(
+            now_ms(),
+            ObjectRef::new(Kind::Secret, name),
+            EventReason::Configured,
+            message.clone(),
+        ));
+        Ok(message)
+    }
+
     pub(super) fn secrets(&self) -> Result<Vec<SecretInfo>> {
         Ok(self.objects.list::<StoredSecret>()?.iter().map(|v| info(&v.value)).collect())
     }
@@ -110,4 +201,62 @@ pub(super) fn delete_ops(objects: &Objects, names: &[String]) -> Result<(Vec<Txn
         }
     }
     Ok((ops, done, missing))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::api::Api;
+    use crate::error::Error;
+    use crate::events::Events;
+    use crate::nodes::NodeRegistry;
+    use crate::objects::Objects;
+    use crate::store::{MemStore, Store};
+    use bramble_proto::manifest::parse_manifest;
+    use bramble_proto::wire::{Request, Response};
+    use bramble_transport::pki::Role;
+    use std::sync::Arc;
+
+    fn api() -> Api {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let events = Arc::new(Events::new());
+        let registry = Arc::new(NodeRegistry::new(std::time::Duration::from_secs(15), events.clone()));
+        let ca = bramble_transport::pki::Ca::generate("test").unwrap();
+        Api::new(Objects::new(store), ca, registry, events, Default::default())
+    }
+
+    fn apply(api: &Api, app: &str) -> crate::error::Result<()> {
+        let text = format!("[[app]]\nname = \"{app}\"\nimage = \"busybox\"\nsecrets = [\"db\"]\n");
+        let apps = parse_manifest("t.toml", &text).unwrap().apps;
+        let cluster = (api.network.as_ref(), api.reserved.as_ref());
+        crate::api::apps::apply(&api.objects, &api.events, cluster, (apps, vec![], vec![]), "deployer:ci", 1).map(drop)
+    }
+
+    #[test]
+    fn only_the_apps_an_admin_allows_may_use_a_secret() {
+        let api = api();
+        let values = [("pw".to_string(), b"x".to_vec())].into();
+        api.put_secret("db", values, true, "deployer:ci").unwrap();
+        apply(&api, "web").unwrap();
+        assert_eq!(crate::api::required_role(&Request::AllowSecret { name: "db".into(), apps: None }), Role::Admin);
+        // Not while an app outside the list uses it.
+        let e = api.allow_secret("db", Some(vec!["api".into()]), "admin:root").unwrap_err();
+        assert!(matches!(&e, Error::Conflict(m) if m.contains("used by web")), "{e}");
+        api.allow_secret("db", Some(vec!["web".into()]), "admin:root").unwrap();
+        match apply(&api, "thief").unwrap_err() {
+            Error::Problems(p) => {
+                assert_eq!((p[0].name.as_str(), p[0].field.as_str()), ("thief", "secrets"));
+                assert!(p[0].message.contains("secret db may be used only by web"), "{}", p[0].message);
+            }
+            e => panic!("{e}"),
+        }
+        apply(&api, "web").unwrap();
+        // An update by a deployer keeps the list.
+        api.put_secret("db", [("pw".to_string(), b"y".to_vec())].into(), false, "deployer:ci").unwrap();
+        match api.describe_secret("db").unwrap() {
+            Response::Secret { secret, .. } => assert_eq!(secret.allowed_apps, Some(vec!["web".to_string()])),
+            r => panic!("{r:?}"),
+        }
+        api.allow_secret("db", None, "admin:root").unwrap();
+        apply(&api, "thief").unwrap();
+    }
 }

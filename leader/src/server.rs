@@ -866,41 +866,52 @@ async fn payloads_delta(
 }
 
 async fn handle_agent_msg(api: &Arc<Api>, name: &str, msg: AgentMsg) {
-    let a = api.clone();
-    let n = name.to_string();
+    let (a, n) = (api.clone(), name.to_string());
+    let kick = tokio::task::spawn_blocking(move || absorb(&a, &n, msg, now_ms())).await;
+    if kick.unwrap_or(false) {
+        api.published.kick.notify_one();
+    }
+}
+
+/// What board `name`'s message changes on the leader (the store, memory); true when the
+/// controller should look again at once. Everything a board says is checked here, where it lands
+/// (`leader/fuzz/fuzz_targets/agent_messages.rs` sends it anything).
+pub fn absorb(api: &Api, name: &str, msg: AgentMsg, now: u64) -> bool {
     match msg {
-        AgentMsg::Heartbeat { .. } => {}
+        AgentMsg::Heartbeat { .. } | AgentMsg::Renew { .. } => false, // (Renew: the session loop answers it)
         AgentMsg::Info(info) => {
-            let r = tokio::task::spawn_blocking(move || a.set_node_info(&n, info, None, None)).await;
-            if let Ok(Err(e)) = r {
+            if let Err(e) = api.set_node_info(name, info, None, None) {
                 warn!("cannot record node info: {e}");
             }
+            false
         }
-        AgentMsg::Status { replicas, .. } => {
-            let ctx = api.context();
-            let kick =
-                tokio::task::spawn_blocking(move || crate::reports::statuses(&ctx, &n, replicas, now_ms())).await;
-            if kick.unwrap_or(false) {
-                api.published.kick.notify_one();
-            }
+        AgentMsg::Status { replicas, .. } => crate::reports::statuses(&api.context(), name, replicas, now),
+        AgentMsg::Images(list) => {
+            crate::reports::images(&api.context(), name, list);
+            false
         }
-        AgentMsg::Images(list) => crate::reports::images(&api.context(), name, list),
-        AgentMsg::Volumes(list) => api.context().observed.set_node_volumes(name, list),
-        AgentMsg::Renew { .. } => {} // answered by the session loop, which can reply
+        AgentMsg::Volumes(list) => {
+            api.observed.set_node_volumes(name, list);
+            false
+        }
         AgentMsg::Usage(sample) => {
             let desired = api.published.desired.borrow().clone();
             let set = desired.as_ref().and_then(|d| d.get(name));
             let bound_here = |r: &str| set.and_then(|s| s.get(r)).map(|a| a.app.clone());
-            for w in api.usage.record(name, sample, now_ms(), bound_here) {
-                warn!("{w}");
+            for w in api.usage.record(name, sample, now, bound_here) {
+                debug!("{w}");
             }
+            false
         }
         AgentMsg::NetworkApplied { version } => {
             api.drain.applied(name, version);
             // A replica may now be drained: look at once.
-            api.published.kick.notify_one();
+            true
         }
-        AgentMsg::Event(e) => crate::reports::event(&api.context(), name, e),
+        AgentMsg::Event(e) => {
+            crate::reports::event(&api.context(), name, e);
+            false
+        }
     }
 }
 

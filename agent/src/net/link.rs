@@ -221,6 +221,58 @@ impl std::fmt::Display for Refusal {
 }
 
 /// Reads an `NLMSG_ERROR` body (after the netlink header): `Ok(())` for an ack.
+/// One datagram of the kernel's answers to request `seq`: the messages for it are added to
+/// `answers`; `Some` once the answer is complete (an error message, an ack, or a dump's end),
+/// `None` when more datagrams follow. Answers to other requests are skipped; a malformed length
+/// is an error, never a read past the end.
+fn read_answers(datagram: &[u8], seq: u32, answers: &mut Vec<Answer>) -> Result<Option<Result<(), Refusal>>, String> {
+    let mut rest = datagram;
+    while rest.len() >= HEADER {
+        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+        let flags = u16::from_ne_bytes([rest[6], rest[7]]);
+        let their_seq = u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]);
+        if len < HEADER || len > rest.len() {
+            return Err(format!("a malformed answer (length {len} of {} bytes)", rest.len()));
+        }
+        let body = &rest[HEADER..len];
+        rest = &rest[align(len).min(rest.len())..];
+        if their_seq != seq {
+            continue; // an answer to an earlier request that gave up (timeout)
+        }
+        match kind {
+            sys::NLMSG_ERROR => return Ok(Some(parse_error(flags, body))),
+            sys::NLMSG_DONE => {
+                // A dump's end: its body is an error code (0, or why it stopped).
+                if body.len() >= 4 {
+                    let code = i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
+                    if code < 0 {
+                        return Ok(Some(Err(Refusal { errno: code.saturating_neg(), message: None })));
+                    }
+                }
+                return Ok(Some(Ok(())));
+            }
+            _ => answers.push((kind, body.to_vec())),
+        }
+    }
+    Ok(None)
+}
+
+/// For fuzzing (agent/fuzz) and the property test below: `data` as the kernel's answer to
+/// request 1, through everything that reads answers. Never panics, whatever the bytes.
+pub fn read_untrusted(data: &[u8]) -> usize {
+    let mut answers = Vec::new();
+    let end = read_answers(data, 1, &mut answers);
+    let mut seen = answers.len();
+    if let Ok(Some(Err(r))) = end {
+        seen += r.to_string().len();
+    }
+    for (kind, body) in &answers {
+        seen += usize::from(Link::parse(*kind, body).is_some()) + usize::from(ours(*kind, body).is_some());
+    }
+    seen
+}
+
 fn parse_error(flags: u16, body: &[u8]) -> Result<(), Refusal> {
     let Some(code) = body.get(0..4) else {
         return Err(Refusal { errno: libc::EPROTO, message: Some("a truncated error from the kernel".into()) });
@@ -396,39 +448,10 @@ impl Netlink {
                     message: format!("an answer of {n} bytes did not fit the {} byte buffer", buf.len()),
                 });
             }
-            let mut rest = &buf[..n];
-            while rest.len() >= HEADER {
-                let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-                let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-                let flags = u16::from_ne_bytes([rest[6], rest[7]]);
-                let their_seq = u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]);
-                if len < HEADER || len > rest.len() {
-                    return Err(NetError::Netlink {
-                        what: what.into(),
-                        message: format!("a malformed answer (length {len} of {} bytes)", rest.len()),
-                    });
-                }
-                let body = &rest[HEADER..len];
-                rest = &rest[align(len).min(rest.len())..];
-                if their_seq != seq {
-                    continue; // an answer to an earlier request that gave up (timeout)
-                }
-                match kind {
-                    sys::NLMSG_ERROR => {
-                        return Ok(parse_error(flags, body).map(|()| answers));
-                    }
-                    sys::NLMSG_DONE => {
-                        // A dump's end: its body is an error code (0, or why it stopped).
-                        if body.len() >= 4 {
-                            let code = i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
-                            if code < 0 {
-                                return Ok(Err(Refusal { errno: -code, message: None }));
-                            }
-                        }
-                        return Ok(Ok(answers));
-                    }
-                    _ => answers.push((kind, body.to_vec())),
-                }
+            match read_answers(&buf[..n], seq, &mut answers) {
+                Ok(Some(end)) => return Ok(end.map(|()| answers)),
+                Ok(None) => {}
+                Err(message) => return Err(NetError::Netlink { what: what.into(), message }),
             }
         }
     }
@@ -771,6 +794,30 @@ mod tests {
         body.extend_from_slice(&sys::NLMSGERR_ATTR_MSG.to_ne_bytes());
         body.extend_from_slice(b"dup\0");
         assert_eq!(parse_error(sys::NLM_F_ACK_TLVS, &body).unwrap_err().message.as_deref(), Some("dup"));
+    }
+
+    #[test]
+    fn hostile_answers_never_panic() {
+        // A dump's end carrying i32::MIN: negating it overflowed.
+        let mut done = vec![0u8; HEADER + 4];
+        done[..4].copy_from_slice(&((HEADER + 4) as u32).to_ne_bytes());
+        done[4..6].copy_from_slice(&sys::NLMSG_DONE.to_ne_bytes());
+        done[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        done[HEADER..].copy_from_slice(&i32::MIN.to_ne_bytes());
+        read_untrusted(&done);
+        // Random bytes, and random messages with plausible headers for request 1.
+        let mut rng = fastrand::Rng::with_seed(27);
+        for _ in 0..20_000 {
+            let mut data: Vec<u8> = (0..rng.usize(0..200)).map(|_| rng.u8(..)).collect();
+            if rng.bool() && data.len() >= HEADER {
+                let len = rng.usize(HEADER..=data.len()) as u32;
+                data[..4].copy_from_slice(&len.to_ne_bytes());
+                let kinds = [sys::NLMSG_ERROR, sys::NLMSG_DONE, sys::RTM_NEWLINK, sys::RTM_NEWROUTE];
+                data[4..6].copy_from_slice(&kinds[rng.usize(..kinds.len())].to_ne_bytes());
+                data[8..12].copy_from_slice(&1u32.to_ne_bytes());
+            }
+            read_untrusted(&data);
+        }
     }
 
     #[test]

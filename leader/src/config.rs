@@ -450,6 +450,9 @@ leader_cert_lifetime = "{leader_cert}"
 [metrics]
 # Prometheus metrics (plain HTTP): off unless set. Keep it on loopback or a management network.
 # listen = "127.0.0.1:9100"
+# The dashboard's data names no secret, key or user and quotes no probe output unless a request
+# bears this file's token (Authorization: Bearer …; the page: http://…/#token=…).
+# token_file = "/etc/bramble/dashboard.token"
 
 [backup]
 # Scheduled backups, sealed with the passphrase in passphrase_file: off unless dir is set.

@@ -45,6 +45,18 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
+    fn a_data_dir_is_private_whatever_it_was() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("a/b");
+        private_dir(&d).unwrap();
+        assert_eq!(std::fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700);
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&d).unwrap();
+        assert_eq!(std::fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700, "an existing one too");
+    }
+
+    #[test]
     fn writes_whole_files_with_their_mode_and_leaves_no_temporary() {
         let dir = std::env::temp_dir().join(format!("bramble-fsutil-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -211,8 +211,10 @@ struct ErrorItem {
 
 fn error_text(body: &[u8]) -> String {
     match serde_json::from_slice::<ErrorBody>(body) {
+        // The registry chose these words: a few hundred bytes of them at most.
         Ok(b) if !b.errors.is_empty() => {
-            b.errors.iter().map(|e| format!("{} ({})", e.message, e.code)).collect::<Vec<_>>().join("; ")
+            let all = b.errors.iter().take(4).map(|e| format!("{} ({})", e.message, e.code)).collect::<Vec<_>>();
+            all.join("; ").chars().take(300).collect()
         }
         _ => String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string(),
     }

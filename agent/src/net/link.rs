@@ -277,7 +277,7 @@ fn parse_error(flags: u16, body: &[u8]) -> Result<(), Refusal> {
     let Some(code) = body.get(0..4) else {
         return Err(Refusal { errno: libc::EPROTO, message: Some("a truncated error from the kernel".into()) });
     };
-    let errno = -i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
+    let errno = i32::from_ne_bytes([code[0], code[1], code[2], code[3]]).saturating_neg();
     if errno == 0 {
         return Ok(());
     }
@@ -805,6 +805,10 @@ mod tests {
         done[8..12].copy_from_slice(&1u32.to_ne_bytes());
         done[HEADER..].copy_from_slice(&i32::MIN.to_ne_bytes());
         read_untrusted(&done);
+        // So does an error message's code (found by agent/fuzz).
+        let mut error = done.clone();
+        error[4..6].copy_from_slice(&sys::NLMSG_ERROR.to_ne_bytes());
+        read_untrusted(&error);
         // Random bytes, and random messages with plausible headers for request 1.
         let mut rng = fastrand::Rng::with_seed(27);
         for _ in 0..20_000 {

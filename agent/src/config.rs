@@ -172,7 +172,7 @@ pub struct ImagesConfig {
     #[serde(default, rename = "registry")]
     pub registries: Vec<bramble_images::registry::RegistryConfig>,
     /// The most one image may unpack to (all its layers); also never more than the disk has
-    /// free beyond 256 MiB.
+    /// free beyond 256 MiB (a twentieth of a smaller disk).
     #[serde(default = "default_max_image_size")]
     pub max_image_size: Memory,
 }

@@ -40,15 +40,23 @@ pub enum StoreError {
     NoRoom(String),
 }
 
-/// Disk kept free whatever an image wants: the board needs room for its logs and state.
+/// Disk kept free whatever an image wants (the board needs room for its logs and state): 256 MiB,
+/// or a twentieth of a smaller filesystem.
 pub const RESERVE: u64 = 256 << 20;
 
-/// Free bytes (for an unprivileged user) on the filesystem of `path`.
-pub fn free_bytes(path: &Path) -> Option<u64> {
+/// Free bytes (for an unprivileged user) on the filesystem of `path`, and what stays free there.
+pub fn free_and_reserve(path: &Path) -> Option<(u64, u64)> {
     let st = nix::sys::statvfs::statvfs(path).ok()?;
     // (statvfs's fields are 32 bits on 32-bit ARM: the casts are not idle there.)
     #[allow(clippy::unnecessary_cast)]
-    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
+    let (free, total) =
+        (st.blocks_available() as u64 * st.fragment_size() as u64, st.blocks() as u64 * st.fragment_size() as u64);
+    Some((free, RESERVE.min(total / 20)))
+}
+
+/// Free bytes (for an unprivileged user) on the filesystem of `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    free_and_reserve(path).map(|(f, _)| f)
 }
 
 /// What one image may still take: its cap (`UnpackOptions::max_image_bytes`) less what its
@@ -62,14 +70,14 @@ impl Budget {
     /// For an image whose missing blobs weigh `download` bytes: refused at once when the disk
     /// cannot take even those.
     pub fn new(store: &ContentStore, opts: &UnpackOptions, download: u64) -> Result<Budget, StoreError> {
-        if let Some(free) = free_bytes(&store.root) {
-            if free < download.saturating_add(RESERVE) {
+        if let Some((free, reserve)) = free_and_reserve(&store.root) {
+            if free < download.saturating_add(reserve) {
                 return Err(StoreError::NoRoom(format!(
                     "{} MiB free on the image store's disk; the image's layers need {} MiB to download, \
                      and {} MiB stay free for the board (bramble-agent image prune)",
                     free >> 20,
                     download.div_ceil(1 << 20),
-                    RESERVE >> 20
+                    reserve.div_ceil(1 << 20)
                 )));
             }
         }
@@ -78,7 +86,7 @@ impl Budget {
 
     /// `opts` for the next layer: at most what is left of the image's cap and of the disk.
     fn layer_opts(&self, store: &ContentStore, opts: &UnpackOptions) -> UnpackOptions {
-        let disk = free_bytes(&store.root).map_or(u64::MAX, |f| f.saturating_sub(RESERVE));
+        let disk = free_and_reserve(&store.root).map_or(u64::MAX, |(f, r)| f.saturating_sub(r));
         UnpackOptions { max_bytes: opts.max_bytes.min(self.left).min(disk), ..opts.clone() }
     }
 }
@@ -444,7 +452,10 @@ mod budget_tests {
         assert_eq!(b.layer_opts(&store, &opts).max_bytes, 400, "what the first layers took is gone");
         let big = UnpackOptions { max_image_bytes: u64::MAX, ..Default::default() };
         let b = Budget::new(&store, &big, 0).unwrap();
-        assert!(b.layer_opts(&store, &big).max_bytes <= free.saturating_sub(RESERVE).max(big.max_bytes.min(free)));
-        assert!(b.layer_opts(&store, &big).max_bytes <= free);
+        let (_, reserve) = free_and_reserve(t.path()).unwrap();
+        assert!(
+            b.layer_opts(&store, &big).max_bytes <= free.saturating_sub(reserve) + (1 << 20),
+            "the disk less its reserve"
+        );
     }
 }

@@ -360,6 +360,10 @@ fn prepare(
         results.push((Config::REF, applied));
     }
     let services = changed_services.into_iter().map(|(s, _)| s).collect();
+    // Checks alone change nothing: no transaction (and no write to the disk) for them.
+    if ops.iter().all(|o| matches!(o, TxnOp::Check { .. })) {
+        ops.clear();
+    }
     Ok(Prepared { ops, results, apps: changed_apps, services })
 }
 

@@ -116,6 +116,10 @@ pub struct NetworkConfig {
     /// 2379-2380, the vxlan port, DNS) and any a process on the board listens on.
     #[serde(default)]
     pub reserved_ports: Vec<u16>,
+    /// How often the agent checks and repairs what it owns of the board's network (the bridge's
+    /// address, routes, the nft table, stray veths): from 1s to 5m, default 30s.
+    #[serde(default = "default_check_every")]
+    pub check_every: bramble_proto::quantity::HumanDuration,
 }
 
 impl Default for NetworkConfig {
@@ -126,8 +130,13 @@ impl Default for NetworkConfig {
             dns_upstreams: Vec::new(),
             host_ports: Default::default(),
             reserved_ports: Vec::new(),
+            check_every: default_check_every(),
         }
     }
+}
+
+fn default_check_every() -> bramble_proto::quantity::HumanDuration {
+    bramble_proto::quantity::HumanDuration(std::time::Duration::from_secs(30))
 }
 
 fn default_bridge() -> String {
@@ -148,6 +157,7 @@ impl AgentConfig {
             state_file: self.data_dir.join("pods").join("network.json"),
             host_ports: self.host_port_policy(),
             control_ports: self.control_ports(),
+            check_every: n.check_every.0,
         }
     }
 }
@@ -359,6 +369,11 @@ impl AgentConfig {
                 .into());
             }
         }
+        let every = cfg.network.check_every.0;
+        if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(300)).contains(&every) {
+            let message = format!("expected a period from 1s to 5m, found {}", cfg.network.check_every);
+            return Err(SourceError::at(file, text, at("check_every"), "network.check_every", message).into());
+        }
         let interval = cfg.monitoring.interval.0;
         if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(300)).contains(&interval) {
             let message = format!("expected an interval from 1s to 5m, found {}", cfg.monitoring.interval);
@@ -539,5 +554,15 @@ mod sample_tests {
         assert_eq!(cfg.leaders, ["192.168.1.10:7443"]);
         assert_eq!(cfg.resources.max_replicas, 64);
         assert_eq!((cfg.network.bridge.as_str(), cfg.network.mtu), ("bramble0", 1500), "the sample shows the defaults");
+        assert_eq!(cfg.network.check_every, super::NetworkConfig::default().check_every);
+    }
+
+    #[test]
+    fn the_network_check_period_is_bounded_and_the_error_says_where() {
+        let text = "version = 1\n[network]\ncheck_every = \"100ms\"\n";
+        let e = super::AgentConfig::parse("a.toml", text).unwrap_err().to_string();
+        assert!(e.contains("a.toml:3:1: network.check_every: expected a period from 1s to 5m, found 100ms"), "{e}");
+        let ok = super::AgentConfig::parse("a.toml", "version = 1\n[network]\ncheck_every = \"2s\"\n").unwrap();
+        assert_eq!(ok.network.check_every.0, std::time::Duration::from_secs(2));
     }
 }

@@ -128,7 +128,8 @@ pub async fn join(
     let endpoint = client_endpoint(addr).map_err(t)?;
     let tls = pinned_client_config(&token.ca_fingerprint).map_err(|e| t(e.into()))?;
     let conn = connect(&endpoint, addr, tls, CALL_TIMEOUT).await.map_err(t)?;
-    let request = Request::Join { token: token.to_string(), node_name: name.to_string(), csr_pem, info };
+    let request =
+        Request::Join { token: token.to_string(), node_name: name.to_string(), csr_pem, info: Box::new(info) };
     let response = call(&conn, request, CALL_TIMEOUT).await.map_err(t);
     conn.close(quinn::VarInt::from_u32(0), b"joined");
     endpoint.wait_idle().await;

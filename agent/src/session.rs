@@ -112,6 +112,7 @@ pub async fn run(
         tokio::runtime::Handle::current(),
     );
     work.network_applied = Some(controller.applied_versions());
+    work.network_problem = Some(controller.problems());
     std::thread::Builder::new()
         .name("network".into())
         .spawn(move || controller.run(net_rx))
@@ -318,7 +319,15 @@ async fn session(
     let endpoint = client_endpoint(addr)?;
     let conn = connect(&endpoint, addr, tls, CONNECT_TIMEOUT).await?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(TransportError::from)?;
-    let hello = Hello { node_name: creds.name.clone(), epoch, info: node_info(config) };
+    // What the board says of itself: at the start, then again when its network breaks or heals.
+    let mut problems = work.network_problem.clone();
+    let info_now =
+        |problems: &mut Option<tokio::sync::watch::Receiver<Option<bramble_proto::model::NetworkProblem>>>| {
+            let mut info = node_info(config);
+            info.network_problem = problems.as_mut().and_then(|p| p.borrow_and_update().clone());
+            info
+        };
+    let hello = Hello { node_name: creds.name.clone(), epoch, info: info_now(&mut problems) };
     write_frame(&mut send, &Open { version: PROTOCOL_VERSION, kind: OpenKind::Session(hello) }).await?;
     let heartbeat = match read_frame::<LeaderMsg>(&mut recv, MAX_FRAME_LEN).await? {
         Some(LeaderMsg::Welcome { heartbeat_ms, .. }) => Duration::from_millis(heartbeat_ms.clamp(100, 60_000)),
@@ -445,6 +454,13 @@ async fn session(
                 }
             }
             _ = images.changed() => {}
+            r = async { problems.as_mut().expect("checked").changed().await }, if problems.is_some() => {
+                if r.is_err() {
+                    problems = None;
+                } else if let Err(e) = write_frame(&mut send, &AgentMsg::Info(info_now(&mut problems))).await {
+                    break Err(e.into());
+                }
+            }
             Some(ev) = work.events.recv() => {
                 if let Err(e) = write_frame(&mut send, &AgentMsg::Event(ev)).await {
                     break Err(e.into());

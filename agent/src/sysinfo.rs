@@ -24,6 +24,7 @@ pub fn node_info(config: &AgentConfig) -> NodeInfo {
         capacity,
         allocatable,
         addresses: addresses(),
+        network_problem: None,
     }
 }
 

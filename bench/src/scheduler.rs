@@ -26,6 +26,7 @@ fn nodes(n: usize) -> Vec<NodeSnapshot> {
                 arch: if i % 4 == 0 { Arch::ArmV7 } else { Arch::Arm64 },
                 ready: true,
                 unschedulable: false,
+                network_unavailable: false,
                 labels,
                 taints,
                 allocatable: Resources { cpu_millis: 4000, memory_bytes: 8 << 30, replicas: 110 },

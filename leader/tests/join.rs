@@ -202,7 +202,10 @@ async fn a_second_board_cannot_take_an_existing_name() {
     // Requests with a CSR for a name that is not a DNS name are refused too.
     let (csr, _) = node_csr("x").unwrap();
     let info = node_info(&AgentConfig::default());
-    let r = c.call_as(None, Request::Join { token, node_name: "Bad_Name".into(), csr_pem: csr, info }).await.unwrap();
+    let r = c
+        .call_as(None, Request::Join { token, node_name: "Bad_Name".into(), csr_pem: csr, info: Box::new(info) })
+        .await
+        .unwrap();
     assert!(
         matches!(r, Response::Error(e) if e.code == ErrorCode::InvalidArgument && e.message.contains("invalid name"))
     );
@@ -264,7 +267,7 @@ async fn strangers_get_a_small_frame_and_a_flood_of_bad_joins_one_event() {
         token: "x".repeat(1 << 20),
         node_name: "pi-9".into(),
         csr_pem: String::new(),
-        info: node_info(&AgentConfig::default()),
+        info: Box::new(node_info(&AgentConfig::default())),
     };
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let _ = write_frame(&mut send, &Open { version: bramble_proto::wire::PROTOCOL_VERSION, kind: OpenKind::Call(big) })

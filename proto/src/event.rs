@@ -74,7 +74,7 @@ reasons! {
     RolloutComplete, RolloutFailed, RolledBack, Draining,
     // Nodes.
     NodeJoined, JoinRefused, NodeReady, NodeNotReady, SessionEnded, NodeCordoned, NodeUncordoned,
-    NodeLabeled, NodeDeleted, NoPodSubnet, PodSubnet, CertificateRenewed,
+    NodeLabeled, NodeDeleted, NoPodSubnet, PodSubnet, CertificateRenewed, NetworkUnavailable, NetworkAvailable,
     // Containers, from the boards.
     Pulling, Pulled, Started, BackOff, Restarted, Completed, Stopped, Failed, Unhealthy, Killing,
 }

@@ -122,7 +122,27 @@ pub struct NodeInfo {
     /// Addresses of the board's interfaces (the leader adds the one it sees the session from).
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// Why the board cannot give pods a network now, if it cannot (the `NetworkUnavailable`
+    /// condition: no new replica is placed there until it clears).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_problem: Option<NetworkProblem>,
 }
+
+/// Why a board cannot network its pods, as its agent found: missing `nft`, a bridge or a route
+/// the kernel refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkProblem {
+    /// A CamelCase word: `NftMissing`, `RulesRefused`, `BridgeRefused`, `RoutesRefused`.
+    pub reason: String,
+    /// What failed, and what to do about it.
+    pub message: String,
+    /// Since when the leader has known it (its clock; set where it lands).
+    #[serde(default)]
+    pub since_ms: u64,
+}
+
+/// How long a board's network problem's message may be.
+pub const MAX_PROBLEM_TEXT: usize = 1024;
 
 /// The prefix of the labels a board reports about itself.
 pub const BOARD_LABELS: &str = "board.bramble.dev/";
@@ -137,15 +157,26 @@ impl NodeInfo {
     /// at most [`MAX_BOARD_LABELS`]; addresses that parse; text cut. Returns what was dropped.
     pub fn sanitize(&mut self) -> Vec<String> {
         let mut dropped = Vec::new();
-        let cut = |s: &mut String| {
-            if s.len() > MAX_BOARD_TEXT {
-                let mut end = MAX_BOARD_TEXT;
+        let cut_to = |s: &mut String, max: usize| {
+            if s.len() > max {
+                let mut end = max;
                 while !s.is_char_boundary(end) {
                     end -= 1;
                 }
                 s.truncate(end);
             }
         };
+        let cut = |s: &mut String| cut_to(s, MAX_BOARD_TEXT);
+        if let Some(p) = &mut self.network_problem {
+            let word =
+                !p.reason.is_empty() && p.reason.len() <= 64 && p.reason.chars().all(|c| c.is_ascii_alphanumeric());
+            if !word {
+                p.reason = "NetworkUnavailable".into();
+            }
+            cut_to(&mut p.message, MAX_PROBLEM_TEXT);
+            // The leader's clock says since when, not the board's.
+            p.since_ms = 0;
+        }
         cut(&mut self.os);
         cut(&mut self.kernel);
         cut(&mut self.agent_version);
@@ -184,6 +215,7 @@ impl NodeInfo {
             capacity: resources,
             allocatable: resources,
             addresses: Vec::new(),
+            network_problem: None,
         }
     }
 }
@@ -295,21 +327,29 @@ pub struct NodeView {
     /// The images in the node's store, as its agent last said.
     #[serde(default)]
     pub images: Vec<String>,
+    /// The node's other conditions that hold (`NetworkUnavailable`), besides `ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
 
 impl NodeView {
-    /// `Ready`, `NotReady` or `Unknown`, with `,SchedulingDisabled` when cordoned.
+    /// `Ready`, `NotReady` or `Unknown`, then the conditions that hold (`,NetworkUnavailable`),
+    /// and `,SchedulingDisabled` when cordoned.
     pub fn status_text(&self) -> String {
         let s = match self.ready.status {
             ConditionStatus::True => "Ready",
             ConditionStatus::False => "NotReady",
             ConditionStatus::Unknown => "Unknown",
         };
-        if self.node.unschedulable {
-            format!("{s},SchedulingDisabled")
-        } else {
-            s.to_string()
+        let mut text = s.to_string();
+        for c in self.conditions.iter().filter(|c| c.status == ConditionStatus::True) {
+            text.push(',');
+            text.push_str(&c.kind);
         }
+        if self.node.unschedulable {
+            text.push_str(",SchedulingDisabled");
+        }
+        text
     }
 }
 
@@ -559,5 +599,41 @@ mod board_tests {
         assert_eq!(l.get("board.bramble.dev/disk").map(String::as_str), Some("ssd"));
         assert!(!l.contains_key("disk"), "the board's own labels are not operators'");
         assert_eq!(l.get("zone").map(String::as_str), Some("kitchen"));
+    }
+
+    #[test]
+    fn a_boards_network_problem_is_kept_within_bounds_and_timed_by_the_leader() {
+        let mut info = NodeInfo::board(Arch::Arm64, Resources::default());
+        info.network_problem =
+            Some(NetworkProblem { reason: "<script>".into(), message: "é".repeat(5_000), since_ms: 1 });
+        info.sanitize();
+        let p = info.network_problem.clone().unwrap();
+        assert_eq!(p.reason, "NetworkUnavailable", "not a word: replaced");
+        assert!(p.message.len() <= MAX_PROBLEM_TEXT && p.message.len() >= MAX_PROBLEM_TEXT - 1);
+        assert_eq!(p.since_ms, 0, "the board's clock is not taken");
+        info.network_problem = Some(NetworkProblem { reason: "NftMissing".into(), message: "m".into(), since_ms: 0 });
+        info.sanitize();
+        assert_eq!(info.network_problem.as_ref().unwrap().reason, "NftMissing");
+        // Older agents send no problem; older leaders ignore the field.
+        let json = serde_json::to_value(NodeInfo::board(Arch::Arm64, Resources::default())).unwrap();
+        assert!(json.get("network_problem").is_none());
+        let mut view = NodeView {
+            node: Node::joined("pi", "x".into(), info.clone(), 0),
+            ready: Condition {
+                kind: "Ready".into(),
+                status: ConditionStatus::True,
+                reason: String::new(),
+                message: String::new(),
+                last_transition_ms: 0,
+            },
+            last_seen_ms: 0,
+            session_epoch: None,
+            session_address: None,
+            images: Vec::new(),
+            conditions: Vec::new(),
+        };
+        view.conditions.push(Condition { kind: "NetworkUnavailable".into(), ..view.ready.clone() });
+        view.node.unschedulable = true;
+        assert_eq!(view.status_text(), "Ready,NetworkUnavailable,SchedulingDisabled");
     }
 }

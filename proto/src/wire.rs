@@ -45,7 +45,7 @@ pub enum Request {
         token: String,
         node_name: String,
         csr_pem: String,
-        info: NodeInfo,
+        info: Box<NodeInfo>,
     },
     GetNodes,
     /// The leaders sharing the cluster's store and which one is active (any leader answers).

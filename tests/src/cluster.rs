@@ -40,6 +40,8 @@ pub struct ClusterOptions {
     pub agent_bin: Option<PathBuf>,
     /// The leader binary (none: this build's).
     pub leader_bin: Option<PathBuf>,
+    /// The PATH agents run with (none: this process's): where they find `nft` and `conntrack`.
+    pub agent_path: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -58,6 +60,7 @@ impl Default for ClusterOptions {
             leaders_also_on: Vec::new(),
             agent_bin: None,
             leader_bin: None,
+            agent_path: None,
         }
     }
 }
@@ -79,6 +82,7 @@ pub struct Cluster {
     /// The leader binary [`Cluster::start_leader`] starts (default: `bins/bramble-leader`).
     pub leader_bin: PathBuf,
     agent_toml: String,
+    agent_path: Option<String>,
     /// Leaders added by [`Cluster::add_leader`] (name, process).
     pub more_leaders: Vec<(String, Option<Proc>)>,
     /// Where agents look for leaders.
@@ -160,6 +164,7 @@ impl Cluster {
             leader_bin: opts.leader_bin.clone().unwrap_or_else(|| bins.join("bramble-leader")),
             bins,
             agent_toml: opts.agent_toml.clone(),
+            agent_path: opts.agent_path.clone(),
             more_leaders: Vec::new(),
             leader_addrs,
             etcd,
@@ -287,7 +292,9 @@ impl Cluster {
         .map(|s| s.to_string())
         .collect();
         let log = self.dir.path().join(format!("agent-{i}.log"));
-        self.agents[i - 1] = Some(Proc::spawn(&Self::node_name(i), &self.lab.ns(i), &self.agent_bin, &args, &log));
+        let env: Vec<(&str, &str)> = self.agent_path.iter().map(|p| ("PATH", p.as_str())).collect();
+        self.agents[i - 1] =
+            Some(Proc::spawn_env(&Self::node_name(i), &self.lab.ns(i), &self.agent_bin, &args, &log, &env));
     }
 
     /// Where agent `i` keeps its shims (under `/run/bramble`: they last one boot).

@@ -34,11 +34,21 @@ pub struct Proc {
 impl Proc {
     /// Starts `bin args` inside network namespace `ns`; stdout and stderr go to `log`.
     pub fn spawn(name: &str, ns: &str, bin: &Path, args: &[String], log: &Path) -> Proc {
+        Self::spawn_env(name, ns, bin, args, log, &[])
+    }
+
+    /// Like [`Proc::spawn`], with more environment variables (`PATH`).
+    pub fn spawn_env(name: &str, ns: &str, bin: &Path, args: &[String], log: &Path, env: &[(&str, &str)]) -> Proc {
         // nsenter joins only the network namespace and execs the binary (the child's PID is the
         // binary's). Not `ip netns exec`: it also remounts /sys for the namespace, which hides
         // /sys/fs/cgroup from the agent's containers.
-        let mut cmd = Command::new("nsenter");
+        // Found on this process's PATH (a PATH in `env` is the binary's, and would be searched).
+        let nsenter = std::env::var_os("PATH")
+            .and_then(|p| std::env::split_paths(&p).map(|d| d.join("nsenter")).find(|f| f.is_file()))
+            .unwrap_or_else(|| PathBuf::from("nsenter"));
+        let mut cmd = Command::new(nsenter);
         cmd.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(bin).args(args).env("RUST_LOG", "info");
+        cmd.envs(env.iter().copied());
         Self::start(name, cmd, log)
     }
 

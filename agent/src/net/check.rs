@@ -22,7 +22,8 @@ fn finding(what: &'static str, required: bool, result: Result<String, String>) -
     }
 }
 
-fn binary(name: &str) -> bool {
+/// Whether `name` is a program on the PATH.
+pub fn binary(name: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
 }
 

@@ -43,6 +43,8 @@ mod sys {
     pub const RTM_GETLINK: u16 = 18;
     pub const RTM_SETLINK: u16 = 19;
     pub const RTM_NEWADDR: u16 = 20;
+    pub const RTM_DELADDR: u16 = 21;
+    pub const RTM_GETADDR: u16 = 22;
     pub const RTM_NEWROUTE: u16 = 24;
     pub const RTM_DELROUTE: u16 = 25;
     pub const RTM_GETROUTE: u16 = 26;
@@ -73,11 +75,13 @@ mod sys {
     pub const RTA_DST: u16 = 1;
     pub const RTA_OIF: u16 = 4;
     pub const RTA_GATEWAY: u16 = 5;
+    pub const RTA_PRIORITY: u16 = 6;
     pub const RT_TABLE_MAIN: u8 = 254;
     pub const RT_SCOPE_UNIVERSE: u8 = 0;
     pub const RT_SCOPE_LINK: u8 = 253;
     pub const RT_SCOPE_NOWHERE: u8 = 255;
     pub const RTN_UNICAST: u8 = 1;
+    pub const RTN_UNREACHABLE: u8 = 7;
     pub const RTNH_F_ONLINK: u32 = 0x4;
 
     pub const NDA_DST: u16 = 1;
@@ -169,10 +173,22 @@ fn ifinfomsg(index: u32, flags: u32, change: u32) -> [u8; 16] {
     b
 }
 
-/// `struct rtmsg` for an IPv4 route in the main table.
+/// `struct rtmsg` for an IPv4 unicast route in the main table.
 fn rtmsg(dst_len: u8, protocol: u8, scope: u8, flags: u32) -> [u8; 12] {
-    let mut b = [sys::AF_INET, dst_len, 0, 0, sys::RT_TABLE_MAIN, protocol, scope, sys::RTN_UNICAST, 0, 0, 0, 0];
+    typed_rtmsg(dst_len, protocol, scope, flags, sys::RTN_UNICAST)
+}
+
+/// `struct rtmsg` for an IPv4 route of `kind` (`RTN_*`) in the main table.
+fn typed_rtmsg(dst_len: u8, protocol: u8, scope: u8, flags: u32, kind: u8) -> [u8; 12] {
+    let mut b = [sys::AF_INET, dst_len, 0, 0, sys::RT_TABLE_MAIN, protocol, scope, kind, 0, 0, 0, 0];
     b[8..12].copy_from_slice(&flags.to_ne_bytes());
+    b
+}
+
+/// `struct ifaddrmsg`: family, prefix length, flags, scope, index.
+fn ifaddrmsg(prefix: u8, index: u32) -> [u8; 8] {
+    let mut b = [sys::AF_INET, prefix, 0, sys::RT_SCOPE_UNIVERSE, 0, 0, 0, 0];
+    b[4..8].copy_from_slice(&index.to_ne_bytes());
     b
 }
 
@@ -300,6 +316,7 @@ fn parse_error(flags: u16, body: &[u8]) -> Result<(), Refusal> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
     pub index: u32,
+    pub name: String,
     pub up: bool,
     pub mtu: Option<u32>,
     /// The index of the bridge it is attached to.
@@ -318,8 +335,13 @@ impl Link {
                 _ => None,
             })
         };
+        let name = attributes(&body[16..])
+            .find(|(k, _)| *k == sys::IFLA_IFNAME)
+            .map(|(_, v)| String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or_default()).into_owned())
+            .unwrap_or_default();
         Some(Link {
             index: word(4),
+            name,
             up: word(8) & sys::IFF_UP != 0,
             mtu: u32_attr(sys::IFLA_MTU),
             master: u32_attr(sys::IFLA_MASTER),
@@ -555,10 +577,8 @@ impl Netlink {
 
     /// Adds `address/prefix` to link `index` (nothing if it is there).
     pub fn add_address(&self, index: u32, address: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
-        let mut fixed = [sys::AF_INET, prefix, 0, sys::RT_SCOPE_UNIVERSE, 0, 0, 0, 0];
-        fixed[4..8].copy_from_slice(&index.to_ne_bytes());
         let flags = sys::NLM_F_REQUEST | sys::NLM_F_ACK | sys::NLM_F_CREATE | sys::NLM_F_REPLACE;
-        let mut msg = Message::new(sys::RTM_NEWADDR, flags, &fixed)
+        let mut msg = Message::new(sys::RTM_NEWADDR, flags, &ifaddrmsg(prefix, index))
             .attr(sys::IFA_LOCAL, &address.octets())
             .attr(sys::IFA_ADDRESS, &address.octets());
         if prefix < 31 {
@@ -566,6 +586,36 @@ impl Netlink {
             msg = msg.attr(sys::IFA_BROADCAST, &broadcast.octets());
         }
         self.must(msg, &format!("add address {address}/{prefix}"))
+    }
+
+    /// The IPv4 addresses on link `index`, with their prefix lengths.
+    pub fn addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetError> {
+        let msg = Message::new(sys::RTM_GETADDR, sys::NLM_F_REQUEST | sys::NLM_F_DUMP, &ifaddrmsg(0, 0));
+        let answers = self.call(msg, "list addresses")?.map_err(|r| refused("list addresses", &r))?;
+        Ok(answers.iter().filter_map(|(kind, body)| address_of(*kind, body, index)).collect())
+    }
+
+    /// Removes `address/prefix` from link `index` (nothing if it is not there).
+    pub fn delete_address(&self, index: u32, address: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
+        let what = format!("remove address {address}/{prefix}");
+        let msg = Message::new(sys::RTM_DELADDR, sys::NLM_F_REQUEST | sys::NLM_F_ACK, &ifaddrmsg(prefix, index))
+            .attr(sys::IFA_LOCAL, &address.octets());
+        match self.ack(msg, &what)? {
+            Err(r) if r.errno != libc::EADDRNOTAVAIL => Err(refused(what, &r)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every link of the namespace.
+    pub fn links(&self) -> Result<Vec<Link>, NetError> {
+        let msg = Message::new(sys::RTM_GETLINK, sys::NLM_F_REQUEST | sys::NLM_F_DUMP, &ifinfomsg(0, 0, 0));
+        let answers = self.call(msg, "list links")?.map_err(|r| refused("list links", &r))?;
+        Ok(answers.iter().filter_map(|(kind, body)| Link::parse(*kind, body)).collect())
+    }
+
+    /// Takes link `index` off the bridge it is attached to.
+    pub fn detach(&self, index: u32, name: &str) -> Result<(), NetError> {
+        self.must(Self::set_link(index, 0, 0).attr_u32(sys::IFLA_MASTER, 0), &format!("detach {name} from the bridge"))
     }
 
     /// A veth pair `host` ↔ `peer` with `mtu`, the host end attached to `bridge` and up. The
@@ -631,15 +681,52 @@ impl Netlink {
         self.must(msg, &format!("route {dst}{via}"))
     }
 
-    /// The destinations of the routes Bramble added.
-    pub fn our_routes(&self) -> Result<Vec<Cidr>, NetError> {
+    /// An `unreachable` route to `dst` at `metric` (a high one: a fallback that more specific or
+    /// better routes win over), so traffic to `dst` that nothing else routes is refused here
+    /// instead of leaving by the default route.
+    pub fn unreachable(&self, dst: Cidr, metric: u32) -> Result<(), NetError> {
+        let flags = sys::NLM_F_REQUEST | sys::NLM_F_ACK | sys::NLM_F_CREATE | sys::NLM_F_REPLACE;
+        let fixed = typed_rtmsg(dst.prefix(), ROUTE_PROTOCOL, sys::RT_SCOPE_UNIVERSE, 0, sys::RTN_UNREACHABLE);
+        let mut msg = Message::new(sys::RTM_NEWROUTE, flags, &fixed).attr_u32(sys::RTA_PRIORITY, metric);
+        if dst.prefix() > 0 {
+            msg = msg.attr(sys::RTA_DST, &dst.addr().octets());
+        }
+        self.must(msg, &format!("unreachable route {dst}"))
+    }
+
+    /// The destinations of the `unreachable` routes Bramble added.
+    pub fn our_unreachable(&self) -> Result<Vec<Cidr>, NetError> {
+        Ok(self.route_dump()?.into_iter().filter(|(_, kind)| *kind == sys::RTN_UNREACHABLE).map(|(c, _)| c).collect())
+    }
+
+    /// Removes Bramble's `unreachable` route to `dst`, if it is there.
+    pub fn delete_unreachable(&self, dst: Cidr) -> Result<(), NetError> {
+        let what = format!("delete unreachable route {dst}");
+        let fixed = typed_rtmsg(dst.prefix(), ROUTE_PROTOCOL, sys::RT_SCOPE_NOWHERE, 0, sys::RTN_UNREACHABLE);
+        let mut msg = Message::new(sys::RTM_DELROUTE, sys::NLM_F_REQUEST | sys::NLM_F_ACK, &fixed);
+        if dst.prefix() > 0 {
+            msg = msg.attr(sys::RTA_DST, &dst.addr().octets());
+        }
+        match self.ack(msg, &what)? {
+            Err(r) if r.errno != libc::ESRCH => Err(refused(what, &r)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Bramble's routes of the main table: destination and type.
+    fn route_dump(&self) -> Result<Vec<(Cidr, u8)>, NetError> {
         let msg = Message::new(
             sys::RTM_GETROUTE,
             sys::NLM_F_REQUEST | sys::NLM_F_DUMP,
             &rtmsg(0, 0, sys::RT_SCOPE_UNIVERSE, 0),
         );
         let answers = self.call(msg, "list routes")?.map_err(|r| refused("list routes", &r))?;
-        Ok(answers.iter().filter_map(|(kind, body)| ours(*kind, body)).collect())
+        Ok(answers.iter().filter_map(|(kind, body)| ours(*kind, body).map(|c| (c, body[7]))).collect())
+    }
+
+    /// The destinations of the (unicast) routes Bramble added.
+    pub fn our_routes(&self) -> Result<Vec<Cidr>, NetError> {
+        Ok(self.route_dump()?.into_iter().filter(|(_, kind)| *kind == sys::RTN_UNICAST).map(|(c, _)| c).collect())
     }
 
     /// Removes the route to `dst` that Bramble added, if it is there.
@@ -692,6 +779,23 @@ impl Netlink {
                 .attr(sys::NDA_DST, &dst.octets());
         self.must(msg, &format!("forwarding entry to {dst}"))
     }
+}
+
+/// An address of link `index` in a dump.
+fn address_of(kind: u16, body: &[u8], index: u32) -> Option<(Ipv4Addr, u8)> {
+    if kind != sys::RTM_NEWADDR || body.len() < 8 || body[0] != sys::AF_INET {
+        return None;
+    }
+    if u32::from_ne_bytes([body[4], body[5], body[6], body[7]]) != index {
+        return None;
+    }
+    let find = |want: u16| {
+        attributes(&body[8..]).find_map(|(k, v)| match v {
+            [a, b, c, d] if k == want => Some(Ipv4Addr::new(*a, *b, *c, *d)),
+            _ => None,
+        })
+    };
+    Some((find(sys::IFA_LOCAL).or_else(|| find(sys::IFA_ADDRESS))?, body[1]))
 }
 
 /// A route of a dump, if it is one of Bramble's (IPv4, our protocol, with a destination).
@@ -944,6 +1048,46 @@ mod tests {
             nl.delete_route(far).unwrap();
             nl.delete_route(far).unwrap(); // already gone: fine
             assert_eq!(nl.our_routes().unwrap(), [via]);
+
+            // Addresses: listed per link, a stray one removed (with the kernel's route for it).
+            nl.add_address(br, Ipv4Addr::new(10, 95, 1, 1), 24).unwrap();
+            let mut addrs = nl.addresses(br).unwrap();
+            addrs.sort();
+            assert_eq!(addrs, [(Ipv4Addr::new(10, 95, 1, 1), 24), (gateway, 24)]);
+            assert!(!nl.addresses(1).unwrap().contains(&(gateway, 24)), "only the link asked about");
+            nl.delete_address(br, Ipv4Addr::new(10, 95, 1, 1), 24).unwrap();
+            nl.delete_address(br, Ipv4Addr::new(10, 95, 1, 1), 24).unwrap(); // already gone: fine
+            assert_eq!(nl.addresses(br).unwrap(), [(gateway, 24)]);
+            assert!(!proc_routes().iter().any(|r| r.0 == Ipv4Addr::new(10, 95, 1, 0)), "{:?}", proc_routes());
+
+            // Unreachable fallbacks: ours, listed apart from unicast routes, removed by type.
+            let range = Cidr::new(Ipv4Addr::new(10, 90, 0, 0), 16).unwrap();
+            nl.unreachable(range, 4242).unwrap();
+            nl.unreachable(range, 4242).unwrap(); // replaced
+            assert_eq!(nl.our_unreachable().unwrap(), [range]);
+            assert_eq!(nl.our_routes().unwrap(), [via], "unicast only");
+            let text = String::from_utf8(
+                std::process::Command::new("ip")
+                    .args(["route", "show", "type", "unreachable"])
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .unwrap();
+            assert!(text.contains("unreachable 10.90.0.0/16") && text.contains("metric 4242"), "{text}");
+            nl.delete_unreachable(range).unwrap();
+            nl.delete_unreachable(range).unwrap(); // already gone: fine
+            assert_eq!(nl.our_unreachable().unwrap(), []);
+
+            // Links: every one listed with its name; one taken off the bridge.
+            nl.veth("tv-loose", "tv-loose-p", br, 1400, None).unwrap();
+            let all = nl.links().unwrap();
+            let loose = all.iter().find(|l| l.name == "tv-loose").expect("listed by name");
+            assert_eq!(loose.master, Some(br));
+            assert!(all.iter().any(|l| l.name == "lo" && l.index == 1));
+            nl.detach(loose.index, "tv-loose").unwrap();
+            assert_eq!(nl.link("tv-loose").unwrap().unwrap().master, None);
+            nl.delete("tv-loose").unwrap();
 
             // Neighbours: a permanent entry, then forgotten.
             let mac = [0x0a, 0x58, 0x0a, 0x62, 0x00, 0x09];

@@ -10,6 +10,7 @@ use super::rules::{self, HostPort, Model};
 use super::{conntrack, nft, NetError};
 use crate::reconcile::PodRules;
 use bramble_proto::manifest::Protocol;
+use bramble_proto::model::NetworkProblem;
 use bramble_proto::network::{Backend, Cidr, NodeNetwork, ServiceRoute};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,8 +25,9 @@ use tracing::{info, warn};
 pub const VXLAN_DEVICE: &str = "bramble-vx";
 /// vxlan's encapsulation: 50 bytes per packet.
 const VXLAN_OVERHEAD: u32 = 50;
-/// Everything is checked again this often (something may have flushed a table or a route).
-const RESYNC: Duration = Duration::from_secs(30);
+/// The metric of the `unreachable` routes for the cluster's pod and service ranges: a fallback
+/// any real route wins over.
+pub const UNREACHABLE_METRIC: u32 = 4242;
 
 /// What the controller is told.
 #[derive(Debug)]
@@ -50,6 +52,9 @@ pub struct Settings {
     /// Bramble's own ports this board knows of (its leaders', etcd's, an embedded leader's
     /// metrics), besides those the leader names: no pod reaches them.
     pub control_ports: BTreeSet<(Protocol, u16)>,
+    /// Everything is checked (and repaired) again this often: something may have flushed a
+    /// table, deleted a route or added an address.
+    pub check_every: Duration,
 }
 
 /// What the leader last said, as kept on disk.
@@ -75,6 +80,12 @@ pub struct Controller {
     /// The leader's view version received and not yet confirmed, and where confirmations go.
     pending_version: Option<u64>,
     applied_version: tokio::sync::watch::Sender<u64>,
+    /// Why pods cannot be networked here now, if they cannot (the node's `NetworkUnavailable`).
+    problem: tokio::sync::watch::Sender<Option<NetworkProblem>>,
+}
+
+fn problem(reason: &str, message: String) -> NetworkProblem {
+    NetworkProblem { reason: reason.into(), message, since_ms: 0 }
 }
 
 /// The MAC address of a board's vxlan device, derived from its pod subnet (every board can
@@ -111,7 +122,13 @@ impl Controller {
             endpoint_ips: BTreeSet::new(),
             pending_version: None,
             applied_version: tokio::sync::watch::Sender::new(0),
+            problem: tokio::sync::watch::Sender::new(None),
         }
+    }
+
+    /// Why the board cannot network pods now (none: it can, or it does not know yet).
+    pub fn problems(&self) -> tokio::sync::watch::Receiver<Option<NetworkProblem>> {
+        self.problem.subscribe()
     }
 
     /// The leader's network view versions this board has applied (the latest).
@@ -134,7 +151,7 @@ impl Controller {
                 Err(RecvTimeoutError::Timeout) => false,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let full = self.last_full.elapsed() >= RESYNC;
+            let full = self.last_full.elapsed() >= self.settings.check_every;
             if changed || full || self.bindings.has_changed().unwrap_or(false) {
                 self.sync(full);
             }
@@ -171,7 +188,8 @@ impl Controller {
         }
     }
 
-    /// Brings the board in line with what is known; `full` rewrites the whole nft table.
+    /// Brings the board in line with what is known, repairing what someone changed; `full`
+    /// rewrites the whole nft table. Says what keeps pods from being networked, if anything.
     fn sync(&mut self, full: bool) {
         let Some(node) = self.known.node.clone() else { return };
         let Some(subnet) = node.pod_cidr else {
@@ -181,37 +199,82 @@ impl Controller {
         if full {
             self.last_full = Instant::now();
         }
-        if let Err(e) = self.board(&node, subnet) {
-            warn!("cannot set up the board's network: {e}");
-            return;
-        }
-        self.rules(&node, full);
-        self.serve_dns(subnet.gateway(), &node.cluster.domain);
+        let problem = match self.board(&node, subnet) {
+            Ok(()) => {
+                let p = self.rules(&node, full);
+                self.serve_dns(subnet.gateway(), &node.cluster.domain);
+                p
+            }
+            Err(p) => Some(p),
+        };
+        self.problem.send_if_modified(|old| {
+            let same =
+                old.as_ref().map(|o| (&o.reason, &o.message)) == problem.as_ref().map(|p| (&p.reason, &p.message));
+            if !same {
+                match &problem {
+                    Some(p) => warn!(reason = %p.reason, "pods cannot be networked here: {}", p.message),
+                    None if old.is_some() => info!("the board's network works again"),
+                    None => {}
+                }
+                *old = problem;
+            }
+            !same
+        });
     }
 
-    /// The bridge, forwarding, and the routes to services and other boards' pods.
-    fn board(&mut self, node: &NodeNetwork, subnet: Cidr) -> Result<(), NetError> {
+    /// The bridge with exactly its address, forwarding, the route to this board's pods through
+    /// the bridge, routes to services and other boards' pods, `unreachable` fallbacks for the
+    /// cluster's ranges; and nothing else of Bramble's: no stray address, route or veth.
+    fn board(&mut self, node: &NodeNetwork, subnet: Cidr) -> Result<(), NetworkProblem> {
         let s = &self.settings;
         let vxlan = node.cluster.backend == Backend::Vxlan;
         let mtu = if vxlan { s.mtu - VXLAN_OVERHEAD } else { s.mtu };
-        let nl = Netlink::open()?;
-        let bridge = nl.ensure_bridge(&s.bridge, subnet.gateway(), subnet.prefix(), mtu)?;
-        sysctl("net/ipv4/ip_forward", "1")?;
+        let bridge_failed = |e: NetError| {
+            problem(
+                "BridgeRefused",
+                format!(
+                    "the pods' bridge {} with {}/{}: {e} (`bramble-agent check` tries every piece the kernel must offer)",
+                    s.bridge,
+                    subnet.gateway(),
+                    subnet.prefix()
+                ),
+            )
+        };
+        let routes_failed = |e: NetError| {
+            problem("RoutesRefused", format!("the routes of pod subnet {subnet}: {e} (`ip route` shows what is there)"))
+        };
+        let nl = Netlink::open().map_err(bridge_failed)?;
+        let bridge = nl.ensure_bridge(&s.bridge, subnet.gateway(), subnet.prefix(), mtu).map_err(bridge_failed)?;
+        // Exactly its address: another (an older cluster's subnet) would route pods' traffic astray.
+        for (a, p) in nl.addresses(bridge).map_err(bridge_failed)? {
+            if (a, p) != (subnet.gateway(), subnet.prefix()) {
+                warn!(bridge = %s.bridge, "removing a stray address {a}/{p} from the pods' bridge");
+                nl.delete_address(bridge, a, p).map_err(bridge_failed)?;
+            }
+        }
+        self.stray_links(&nl, bridge).map_err(bridge_failed)?;
+        sysctl("net/ipv4/ip_forward", "1").map_err(bridge_failed)?;
         // The board's own 127.0.0.1 may reach host ports (DNAT to a pod, then masqueraded).
-        sysctl(&format!("net/ipv4/conf/{}/route_localnet", s.bridge), "1")?;
-        self.pods.set_board(Board { bridge: s.bridge.clone(), subnet, mtu, domain: node.cluster.domain.clone() })?;
-        let mut wanted = BTreeSet::from([node.cluster.service_cidr]);
+        sysctl(&format!("net/ipv4/conf/{}/route_localnet", s.bridge), "1").map_err(bridge_failed)?;
+        self.pods
+            .set_board(Board { bridge: s.bridge.clone(), subnet, mtu, domain: node.cluster.domain.clone() })
+            .map_err(bridge_failed)?;
+        // This board's pods through the bridge (the kernel's own route for the address, made ours:
+        // it comes back if someone deletes it).
+        nl.route(subnet, None, Some(bridge)).map_err(routes_failed)?;
+        let mut wanted = BTreeSet::from([node.cluster.service_cidr, subnet]);
         // Locally made traffic to a VIP needs a route before the output hook rewrites it.
-        nl.route(node.cluster.service_cidr, None, Some(bridge))?;
+        nl.route(node.cluster.service_cidr, None, Some(bridge)).map_err(routes_failed)?;
         if vxlan {
             let c = &node.cluster;
-            let vx =
-                nl.ensure_vxlan(VXLAN_DEVICE, c.vxlan_vni, c.vxlan_port, vxlan_mac(&subnet), subnet.addr(), mtu)?;
+            let vx = nl
+                .ensure_vxlan(VXLAN_DEVICE, c.vxlan_vni, c.vxlan_port, vxlan_mac(&subnet), subnet.addr(), mtu)
+                .map_err(routes_failed)?;
             for p in &node.peers {
                 let mac = vxlan_mac(&p.pod_cidr);
-                nl.fdb(vx, mac, p.address)?;
-                nl.neighbour(vx, p.pod_cidr.addr(), mac)?;
-                nl.route(p.pod_cidr, Some(p.pod_cidr.addr()), Some(vx))?;
+                nl.fdb(vx, mac, p.address).map_err(routes_failed)?;
+                nl.neighbour(vx, p.pod_cidr.addr(), mac).map_err(routes_failed)?;
+                nl.route(p.pod_cidr, Some(p.pod_cidr.addr()), Some(vx)).map_err(routes_failed)?;
                 wanted.insert(p.pod_cidr);
             }
         } else {
@@ -223,9 +286,38 @@ impl Controller {
                 wanted.insert(p.pod_cidr);
             }
         }
-        for stale in nl.our_routes()?.into_iter().filter(|r| !wanted.contains(r)) {
+        for stale in nl.our_routes().map_err(routes_failed)?.into_iter().filter(|r| !wanted.contains(r)) {
             info!(route = %stale, "removing a route to a board that is gone");
-            nl.delete_route(stale)?;
+            nl.delete_route(stale).map_err(routes_failed)?;
+        }
+        // Pod traffic no route above takes is refused here, never sent out of the default
+        // gateway to the LAN.
+        let ranges = BTreeSet::from([node.cluster.cluster_cidr, node.cluster.service_cidr]);
+        for r in &ranges {
+            nl.unreachable(*r, UNREACHABLE_METRIC).map_err(routes_failed)?;
+        }
+        for stale in nl.our_unreachable().map_err(routes_failed)?.into_iter().filter(|r| !ranges.contains(r)) {
+            info!(route = %stale, "removing an unreachable route of another cluster");
+            nl.delete_unreachable(stale).map_err(routes_failed)?;
+        }
+        Ok(())
+    }
+
+    /// Links on the pods' bridge that are no live pod's: a veth of ours (`bv…`) is deleted,
+    /// anything else is taken off the bridge (it could see and send pods' traffic).
+    fn stray_links(&self, nl: &Netlink, bridge: u32) -> Result<(), NetError> {
+        // The links first, then the pods: a pod is given its address before its veth is made,
+        // so a veth listed here belongs to a pod listed after it, unless it is stray.
+        let links = nl.links()?;
+        let live: BTreeSet<String> = self.pods.addresses().iter().map(|(r, _)| super::pods::host_veth(r)).collect();
+        for l in links.iter().filter(|l| l.master == Some(bridge) && !live.contains(&l.name)) {
+            if l.name.starts_with(super::pods::VETH_PREFIX) {
+                warn!(link = %l.name, "deleting a veth on the pods' bridge that is no live pod's");
+                nl.delete(&l.name)?;
+            } else {
+                warn!(link = %l.name, "taking a link that is no pod's off the pods' bridge");
+                nl.detach(l.index, &l.name)?;
+            }
         }
         Ok(())
     }
@@ -268,14 +360,24 @@ impl Controller {
         m
     }
 
-    fn rules(&mut self, node: &NodeNetwork, full: bool) {
+    /// The nft table; a problem when it cannot be written.
+    fn rules(&mut self, node: &NodeNetwork, full: bool) -> Option<NetworkProblem> {
+        if !super::check::binary("nft") {
+            self.applied = None;
+            return Some(problem(
+                "NftMissing",
+                "nft is missing: services, host ports and the pods' firewall need it — apt-get install nftables \
+                 (the board picks it up by itself)"
+                    .into(),
+            ));
+        }
         let model = self.model(node);
         let script = match &self.applied {
             Some(old) if !full => rules::diff(old, &model),
             _ => rules::full(&model),
         };
         if script.is_empty() {
-            return;
+            return None;
         }
         match nft::apply(&script) {
             Ok(took) => {
@@ -294,10 +396,14 @@ impl Controller {
                     conntrack::forget_replies(*ip);
                 }
                 self.endpoint_ips = now;
+                None
             }
             Err(e) => {
-                warn!("{e}");
                 self.applied = None;
+                Some(problem(
+                    "RulesRefused",
+                    format!("{e} (does the kernel have nf_tables with NAT? `bramble-agent check` tries it)"),
+                ))
             }
         }
     }

@@ -46,8 +46,11 @@ pub struct Pods {
 /// characters at most) and stable.
 pub fn host_veth(replica: &str) -> String {
     let h = replica.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-    format!("bv{:010x}", h & 0xff_ffff_ffff)
+    format!("{VETH_PREFIX}{:010x}", h & 0xff_ffff_ffff)
 }
+
+/// The start of every pod veth's host-side name.
+pub const VETH_PREFIX: &str = "bv";
 
 impl Pods {
     /// Pods' files live in `dir` (`<data>/pods/<replica>/`), addresses in `dir/ipam.json`.

@@ -67,6 +67,8 @@ pub struct Handle {
     pub network: Option<SyncSender<crate::net::node::NetInput>>,
     /// The latest network view version the controller has applied (to confirm to the leader).
     pub network_applied: Option<tokio::sync::watch::Receiver<u64>>,
+    /// Why the board cannot network pods now, as the controller found (`NetworkUnavailable`).
+    pub network_problem: Option<tokio::sync::watch::Receiver<Option<bramble_proto::model::NetworkProblem>>>,
     /// Secrets the leader sent for this board's replicas (memory and tmpfs only).
     pub secrets: Arc<crate::secrets::Secrets>,
     /// Configs the leader sent for this board's replicas (the same way, readable by all).
@@ -208,6 +210,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
         heartbeat,
         network: None,
         network_applied: None,
+        network_problem: None,
         secrets,
         configs,
     })

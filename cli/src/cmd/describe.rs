@@ -439,16 +439,17 @@ async fn node(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         n.info.allocatable.replicas
     );
     let _ = writeln!(s, "Conditions:");
-    let c = &v.ready;
-    let _ = writeln!(
-        s,
-        "  {}  {:?}  {}  {} (since {} ago)",
-        c.kind,
-        c.status,
-        c.reason,
-        c.message,
-        super::age(c.last_transition_ms)
-    );
+    for c in std::iter::once(&v.ready).chain(&v.conditions) {
+        let _ = writeln!(
+            s,
+            "  {}  {:?}  {}  {} (since {} ago)",
+            c.kind,
+            c.status,
+            c.reason,
+            c.message,
+            super::age(c.last_transition_ms)
+        );
+    }
     let _ = writeln!(
         s,
         "Images:        {}",

@@ -154,7 +154,7 @@ impl Api {
 
     fn dispatch(&self, identity: Option<&Identity>, request: Request) -> Result<Response> {
         if let Request::Join { token, node_name, csr_pem, info } = request {
-            return self.join(&token, &node_name, &csr_pem, info).inspect_err(|e| {
+            return self.join(&token, &node_name, &csr_pem, *info).inspect_err(|e| {
                 let now = now_ms();
                 let Some(left_out) = self.join_refusals.admit(now) else { return };
                 let name = if check_dns_subdomain(&node_name).is_ok() { node_name.as_str() } else { "<invalid>" };

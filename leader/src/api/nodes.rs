@@ -5,7 +5,7 @@ use super::Api;
 use crate::error::{Error, Result};
 use crate::objects::{keys, Objects};
 use crate::store::{Expect, StoreError};
-use bramble_proto::model::{ConditionStatus, EventReason, Node, NodeInfo, NodeView, ObjectRef};
+use bramble_proto::model::{Condition, ConditionStatus, EventReason, Node, NodeInfo, NodeView, ObjectRef};
 use bramble_proto::names::{check_dns_subdomain, check_label_key, check_label_value};
 use bramble_proto::time::now_ms;
 use bramble_proto::wire::Response;
@@ -116,15 +116,38 @@ impl Api {
         if !dropped.is_empty() {
             tracing::debug!(node = name, ?dropped, "what the board reported was cut to bounds");
         }
-        self.objects.update::<Node>(name, |node| {
+        let news = std::cell::RefCell::new(None);
+        let changed = self.objects.update::<Node>(name, |node| {
+            // Since when the board's network has been unavailable, by this leader's clock.
+            let mut info = info.clone();
+            match (&node.info.network_problem, &mut info.network_problem) {
+                (Some(old), Some(new)) if old.reason == new.reason => new.since_ms = old.since_ms,
+                (_, Some(new)) => {
+                    new.since_ms = now_ms();
+                    *news.borrow_mut() =
+                        Some((EventReason::NetworkUnavailable, format!("{}: {}", new.reason, new.message)));
+                }
+                (Some(_), None) => {
+                    *news.borrow_mut() =
+                        Some((EventReason::NetworkAvailable, "the board's network works again".to_string()));
+                }
+                (None, None) => {}
+            }
             let changed = node.info != info
                 || (address.is_some() && node.address != address)
                 || (cert_expires_ms.is_some() && node.cert_expires_ms != cert_expires_ms);
-            node.info = info.clone();
+            node.info = info;
             node.address = address.or(node.address);
             node.cert_expires_ms = cert_expires_ms.or(node.cert_expires_ms);
             Ok(changed)
-        })
+        })?;
+        if let Some((reason, message)) = news.into_inner().filter(|_| changed) {
+            tracing::warn!(node = name, "{message}");
+            self.events.node(name, reason, message, now_ms());
+            // No new replica goes to a board that cannot network it (or back, once it can).
+            self.published.kick.notify_one();
+        }
+        Ok(changed)
     }
 
     /// Signs a board's renewal CSR (a new key) for `name`, whose session is authenticated:
@@ -195,7 +218,20 @@ impl Api {
                 "waiting for a pod subnet from the leader".into()
             };
         }
+        let conditions = node
+            .info
+            .network_problem
+            .iter()
+            .map(|p| Condition {
+                kind: "NetworkUnavailable".into(),
+                status: ConditionStatus::True,
+                reason: p.reason.clone(),
+                message: p.message.clone(),
+                last_transition_ms: p.since_ms,
+            })
+            .collect();
         NodeView {
+            conditions,
             ready,
             last_seen_ms: live.last_seen_ms,
             session_epoch: live.session_epoch,

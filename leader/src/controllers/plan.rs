@@ -195,6 +195,7 @@ fn scheduler_for(snapshot: &Snapshot) -> Scheduler {
             arch: n.node.info.arch.clone(),
             ready: n.ready == ConditionStatus::True,
             unschedulable: n.node.unschedulable,
+            network_unavailable: n.node.info.network_problem.is_some(),
             labels: n.node.effective_labels(),
             taints: n.node.taints.clone(),
             allocatable: n.node.info.allocatable,

@@ -1,5 +1,5 @@
 //! The scheduler: a pure function from a snapshot of nodes and a replica to a node, or to the
-//! reasons it fits nowhere. Filter (ready, not cordoned, image platform, cpu, memory, replica
+//! reasons it fits nowhere. Filter (ready, not cordoned, networked, image platform, cpu, memory, replica
 //! slots, node selector, taints, host ports, max per node) → score (spread the app, least
 //! allocated, image already there) → the best node, ties broken by name.
 //!
@@ -19,6 +19,8 @@ pub struct NodeSnapshot {
     pub arch: Arch,
     pub ready: bool,
     pub unschedulable: bool,
+    /// The board cannot network pods now (`NetworkUnavailable`).
+    pub network_unavailable: bool,
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<Taint>,
     pub allocatable: Resources,
@@ -63,6 +65,7 @@ pub struct Request<'a> {
 pub enum Reason {
     NotReady,
     Cordoned,
+    NetworkUnavailable,
     ArchMismatch,
     InsufficientCpu,
     InsufficientMemory,
@@ -80,6 +83,7 @@ impl Reason {
         match self {
             Reason::NotReady => "not ready",
             Reason::Cordoned => "cordoned",
+            Reason::NetworkUnavailable => "network unavailable",
             Reason::ArchMismatch => "arch mismatch",
             Reason::InsufficientCpu => "insufficient cpu",
             Reason::InsufficientMemory => "insufficient memory",
@@ -136,6 +140,9 @@ pub fn filter(node: &NodeSnapshot, req: &Request<'_>) -> Option<Reason> {
     }
     if node.unschedulable {
         return Some(Reason::Cordoned);
+    }
+    if node.network_unavailable {
+        return Some(Reason::NetworkUnavailable);
     }
     if req.misses.is_some_and(|m| missed(m, &node.name, &node.arch)) {
         return Some(Reason::ArchMismatch);

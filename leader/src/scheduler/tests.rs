@@ -15,6 +15,7 @@ fn node(name: &str, cpu: u64, mem_mi: u64) -> NodeSnapshot {
         arch: Arch::Arm64,
         ready: true,
         unschedulable: false,
+        network_unavailable: false,
         labels: BTreeMap::new(),
         taints: Vec::new(),
         allocatable: Resources { cpu_millis: cpu, memory_bytes: mem_mi << 20, replicas: 110 },
@@ -80,6 +81,9 @@ fn every_filter_applies() {
     let mut n = ok.clone();
     n.unschedulable = true;
     assert_eq!(filter(&n, &r), Some(Reason::Cordoned));
+    let mut n = ok.clone();
+    n.network_unavailable = true;
+    assert_eq!(filter(&n, &r), Some(Reason::NetworkUnavailable));
     let mut n = ok.clone();
     n.labels.clear();
     assert_eq!(filter(&n, &r), Some(Reason::NodeSelector));

@@ -28,13 +28,48 @@ fn init_with(level: Option<&str>) {
         eprintln!("{e}; using info");
         Targets::new().with_default(tracing::Level::INFO)
     });
-    // Under systemd the journal adds its own timestamps.
+    // Under systemd the journal adds its own timestamps, and takes each line's priority from a
+    // `<N>` prefix (`journalctl -p err` finds the errors).
     let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
     let registry = tracing_subscriber::registry().with(filter);
-    let _ =
-        if under_systemd { registry.with(layer.without_time()).try_init() } else { registry.with(layer).try_init() };
+    let _ = if under_systemd {
+        let format = tracing_subscriber::fmt::format().without_time().with_target(false).with_ansi(false);
+        registry.with(layer.with_ansi(false).event_format(Journal(format))).try_init()
+    } else {
+        registry.with(layer).try_init()
+    };
+}
+
+/// The syslog priority journald reads from a line's `<N>` prefix (`sd-daemon.h`).
+pub fn priority(level: &tracing::Level) -> u8 {
+    match *level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        _ => 7,
+    }
+}
+
+/// A line format that starts each event with its priority for the journal.
+struct Journal<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Journal<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "<{}>", priority(event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
 }
 
 /// A log filter: a level (`debug`), per-target levels (`bramble_agent::net=debug`), or both,
@@ -64,6 +99,15 @@ pub fn parse_filter(s: &str) -> Result<Targets, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_priorities_are_syslogs() {
+        assert_eq!(priority(&tracing::Level::ERROR), 3);
+        assert_eq!(priority(&tracing::Level::WARN), 4);
+        assert_eq!(priority(&tracing::Level::INFO), 6);
+        assert_eq!(priority(&tracing::Level::DEBUG), 7);
+        assert_eq!(priority(&tracing::Level::TRACE), 7);
+    }
 
     #[test]
     fn filters_take_levels_and_targets_and_refuse_the_rest() {

@@ -312,6 +312,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// Tells systemd `WATCHDOG=1` every half interval while the leader is alive: its async runtime
+/// runs this task, and its store answers a read (of the nodes) on the blocking pool within the
+/// half interval. A hung store or a starved runtime stops the pings, and systemd restarts the
+/// leader (boards keep their containers meanwhile).
+async fn watchdog(interval: Duration, api: std::sync::Arc<bramble_leader::api::Api>) {
+    let mut said = false;
+    loop {
+        tokio::time::sleep(interval / 2).await;
+        let a = api.clone();
+        let read = tokio::task::spawn_blocking(move || a.objects.list::<bramble_proto::model::Node>().map(|n| n.len()));
+        match tokio::time::timeout(interval / 2, read).await {
+            Ok(Ok(Ok(_))) => {
+                systemd::notify("WATCHDOG=1");
+                said = false;
+            }
+            other if !said => {
+                let why = match other {
+                    Ok(Ok(Err(e))) => format!("the store refused a read: {e}"),
+                    Ok(Err(e)) => format!("the store read failed: {e}"),
+                    _ => format!("the store did not answer a read in {} ms", (interval / 2).as_millis()),
+                };
+                tracing::error!("{why}: not telling systemd's watchdog that the leader is alive");
+                said = true;
+            }
+            _ => {}
+        }
+    }
+}
+
 /// file < environment < flags (clap folds the environment into the flags).
 fn load(
     config: Option<PathBuf>,
@@ -380,6 +409,10 @@ async fn serve(config: LeaderConfig) -> anyhow::Result<()> {
         _ = shutdown.wait() => return Ok(()),
     };
     let agent = if config.agent.enabled { Some(start_embedded_agent(&config, &leader)?) } else { None };
+    if let Some(interval) = systemd::watchdog_interval() {
+        tracing::info!("feeding systemd's watchdog every {} ms while the store answers", interval.as_millis() / 2);
+        tokio::spawn(watchdog(interval, leader.api.clone()));
+    }
     systemd::notify("READY=1");
     if config.store.backend == StoreBackend::Etcd {
         systemd::notify("STATUS=active");

@@ -133,6 +133,44 @@ fn the_agent_feeds_systemds_watchdog() {
 }
 
 #[test]
+fn the_leader_feeds_systemds_watchdog_while_its_store_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("leader");
+    let init = Command::new(bin_dir().join("bramble-leader"))
+        .args(["init", "--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let sock_path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut child = Command::new(bin_dir().join("bramble-leader"))
+        .args(["run", "--data-dir", data.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .env_remove("WATCHDOG_PID")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut pings, mut ready) = (0, false);
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    while pings < 3 && started.elapsed() < Duration::from_secs(20) {
+        if let Ok(n) = sock.recv(&mut buf) {
+            ready |= buf[..n].starts_with(b"READY=1");
+            if &buf[..n] == b"WATCHDOG=1" {
+                pings += 1;
+            }
+        }
+    }
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
+    assert!(ready, "READY=1 first");
+    assert_eq!(pings, 3, "three WATCHDOG=1 within 20 s at a 1 s watchdog");
+}
+
+#[test]
 fn init_refuses_to_overwrite_a_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("leader");
@@ -195,6 +233,7 @@ fn systemd_units_pass_systemd_analyze() {
         // Point ExecStart at the binaries just built, which systemd-analyze checks exist.
         let text = text.replace("/usr/local/bin/", &format!("{}/", bin_dir().display()));
         assert!(text.contains("Type=notify"), "{unit} waits for READY=1");
+        assert!(text.contains("WatchdogSec="), "{unit} is restarted when it hangs");
         let p = dir.path().join(unit);
         std::fs::write(&p, text).unwrap();
         paths.push(p);
@@ -358,4 +397,38 @@ fn agent_check_is_a_doctor_for_the_board() {
         "{line}"
     );
     assert!(text.contains("this board cannot run containers: fix what is MISSING above"), "{text}");
+}
+
+#[test]
+fn under_systemd_each_log_line_carries_its_priority_for_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("leader");
+    let init = Command::new(bin_dir().join("bramble-leader"))
+        .args(["init", "--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    // The leader's first line is an info one: "leader serving".
+    let run = |journal: bool| {
+        let mut cmd = Command::new(bin_dir().join("bramble-leader"));
+        cmd.args(["run", "--data-dir", data.to_str().unwrap()]).env_remove("RUST_LOG").stderr(Stdio::piped());
+        if journal {
+            cmd.env("JOURNAL_STREAM", "8:12345");
+        } else {
+            cmd.env_remove("JOURNAL_STREAM");
+        }
+        let child = cmd.spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let journal = run(true);
+    let serving = journal.lines().find(|l| l.contains("leader serving")).unwrap_or_else(|| panic!("{journal}"));
+    assert!(serving.starts_with("<6>"), "info is priority 6: {serving}");
+    assert!(journal.lines().filter(|l| !l.is_empty()).all(|l| l.starts_with('<')), "every line: {journal}");
+    let terminal = run(false);
+    let serving = terminal.lines().find(|l| l.contains("leader serving")).unwrap_or_else(|| panic!("{terminal}"));
+    assert!(!serving.starts_with('<'), "no prefix outside systemd: {serving}");
 }

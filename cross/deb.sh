@@ -63,7 +63,9 @@ for arch in "${archs[@]}"; do
     install -m 0640 "dist/$f" "$root/etc/bramble/$f.sample"
   done
   cp dist/etcd/etcd.env "$root/usr/share/doc/bramble/examples/"
-  cp README.md docs/ARCHITECTURE.md "$root/usr/share/doc/bramble/"
+  cp README.md docs/ARCHITECTURE.md docs/OPERATIONS.md docs/SECURITY.md "$root/usr/share/doc/bramble/"
+  mkdir -p "$root/usr/share/doc/bramble/examples/prometheus"
+  cp dist/prometheus/*.yml "$root/usr/share/doc/bramble/examples/prometheus/"
   installed=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
   # (Unquoted: $version, $arch and $installed expand; nothing else in it may.)
   cat > "$root/DEBIAN/control" <<EOF

@@ -210,7 +210,7 @@ fn default_backup_keep() -> u32 {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// `ip:port` to serve plain HTTP on (e.g. "127.0.0.1:9100"). A taken or invalid address is
+    /// `ip:port` to serve plain HTTP on (e.g. "127.0.0.1:7449": 9100 is node_exporter's, which boards often run). A taken or invalid address is
     /// logged and the leader runs without it.
     #[serde(default)]
     pub listen: Option<String>,
@@ -449,7 +449,7 @@ leader_cert_lifetime = "{leader_cert}"
 
 [metrics]
 # Prometheus metrics (plain HTTP): off unless set. Keep it on loopback or a management network.
-# listen = "127.0.0.1:9100"
+# listen = "127.0.0.1:7449"
 # The dashboard's data names no secret, key or user and quotes no probe output unless a request
 # bears this file's token (Authorization: Bearer …; the page: http://…/#token=…).
 # token_file = "/etc/bramble/dashboard.token"

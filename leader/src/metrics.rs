@@ -80,6 +80,26 @@ pub fn render(api: &Api) -> Result<String, String> {
         })
         .collect();
     family(&mut reg, "node_ready", "Whether the node is Ready (1) or not (0)", ready);
+    let unnetworked = nodes
+        .iter()
+        .map(|n| (labels(&[("node", &n.meta.name)]), if n.info.network_problem.is_some() { 1.0 } else { 0.0 }))
+        .collect();
+    family(
+        &mut reg,
+        "node_network_unavailable",
+        "Whether the node's agent cannot network pods (NetworkUnavailable: no nft, a refused bridge or route)",
+        unnetworked,
+    );
+    let expiring = nodes
+        .iter()
+        .filter_map(|n| Some((labels(&[("node", &n.meta.name)]), n.cert_expires_ms? as f64 / 1000.0)))
+        .collect();
+    family(
+        &mut reg,
+        "node_certificate_expiry_timestamp_seconds",
+        "When the node's certificate expires (agents renew two thirds in)",
+        expiring,
+    );
     let connected = nodes.iter().filter(|n| api.registry.connection(&n.meta.name).is_some()).count();
     family(&mut reg, "sessions", "Agents connected to this leader", vec![(Vec::new(), connected as f64)]);
 
@@ -173,6 +193,11 @@ pub fn render(api: &Api) -> Result<String, String> {
     }
     let phases = by_phase.into_iter().map(|((a, p), v)| (labels(&[("app", &a), ("phase", &p)]), v)).collect();
     family(&mut reg, "replicas", "Replicas by app and phase", phases);
+    let restarts = replicas
+        .iter()
+        .map(|r| (labels(&[("app", &r.app), ("replica", &r.meta.name)]), f64::from(r.restarts)))
+        .collect();
+    family(&mut reg, "replica_restarts", "How often the replica's container was restarted", restarts);
     let desired = apps.iter().map(|a| (labels(&[("app", &a.meta.name)]), f64::from(a.spec.replicas.0))).collect();
     family(&mut reg, "app_desired_replicas", "The replica count each app asks for", desired);
     let held = replicas.iter().filter(|r| holds_node(r) && r.node.is_some()).count();

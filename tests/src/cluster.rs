@@ -140,7 +140,7 @@ impl Cluster {
             cfg.replace(from.as_str(), to)
         });
         let cfg = match &opts.metrics_listen {
-            Some(l) => cfg.replace("# listen = \"127.0.0.1:9100\"", &format!("listen = \"{l}\"")),
+            Some(l) => cfg.replace("# listen = \"127.0.0.1:7449\"", &format!("listen = \"{l}\"")),
             None => cfg,
         };
         let cfg = match opts.cert_lifetime {

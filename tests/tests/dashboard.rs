@@ -10,7 +10,7 @@ use std::time::Duration;
 fn the_dashboard_shows_the_cluster_in_a_real_browser() {
     let chromium = std::path::Path::new("/usr/bin/chromium");
     assert!(chromium.exists(), "Debian's chromium package is missing (scripts/test installs it)");
-    let listen = "127.0.0.1:9100".to_string();
+    let listen = "127.0.0.1:7449".to_string();
     let (c, _registry) = bramble_tests::cluster::with_metrics_and_web(&listen, 2);
     let ns = c.lab.ns(0);
     let url = format!("http://{listen}/");

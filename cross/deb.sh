@@ -6,8 +6,8 @@
 #   CROSS_PROFILE=dev cross/deb.sh amd64   a package of the debug build (target/debug), written to
 #                                          target/deb/dev/: what scripts/test-boards installs in a VM.
 #
-# One package per board: bramble-leader, bramble-agent, bramble-shim and bramble in /usr/bin, the
-# systemd units (enabled by nobody: the package never starts anything), config samples in
+# One package per board: bramble-leader, bramble-agent, bramble-shim and bramble in /usr/bin, its
+# shell completions (bash, zsh, fish) and man pages, the systemd units (enabled by nobody: the package never starts anything), config samples in
 # /etc/bramble/, the data dirs, and a `bramble` system user and group that own /etc/bramble and
 # may read the CLI config (the agent and leader run as root: namespaces, cgroups, mounts).
 set -euo pipefail
@@ -63,6 +63,20 @@ for arch in "${archs[@]}"; do
     install -m 0640 "dist/$f" "$root/etc/bramble/$f.sample"
   done
   cp dist/etcd/etcd.env "$root/usr/share/doc/bramble/examples/"
+  # Shell completions and man pages, made by a bramble this machine runs (they are the same for
+  # every arch: the package's own if it runs here, else this machine's build).
+  cli=
+  for c in "$bins/bramble" "target/$dir/bramble" target/release/bramble target/debug/bramble; do
+    if [ -x "$c" ] && "$c" --version >/dev/null 2>&1; then cli=$c; break; fi
+  done
+  [ -n "$cli" ] || { echo "cross/deb.sh: no bramble runs here to make completions and man pages (cargo build -p bramble-cli)" >&2; exit 1; }
+  mkdir -p "$root/usr/share/bash-completion/completions" "$root/usr/share/zsh/vendor-completions" \
+    "$root/usr/share/fish/vendor_completions.d" "$root/usr/share/man/man1"
+  "$cli" completion bash > "$root/usr/share/bash-completion/completions/bramble"
+  "$cli" completion zsh > "$root/usr/share/zsh/vendor-completions/_bramble"
+  "$cli" completion fish > "$root/usr/share/fish/vendor_completions.d/bramble.fish"
+  "$cli" man --out "$root/usr/share/man/man1" 2>/dev/null
+  gzip -9n "$root"/usr/share/man/man1/*.1
   cp README.md docs/ARCHITECTURE.md docs/OPERATIONS.md docs/SECURITY.md "$root/usr/share/doc/bramble/"
   mkdir -p "$root/usr/share/doc/bramble/examples/prometheus"
   cp dist/prometheus/*.yml "$root/usr/share/doc/bramble/examples/prometheus/"

@@ -63,6 +63,10 @@ enum Command {
     User(cmd::user::Args),
     /// Local volumes on the boards: `bramble volume ls [--node NODE]`, `volume rm NAME --node NODE`.
     Volume(cmd::volume::Args),
+    /// A shell's completion script: `source <(bramble completion bash)`; also zsh and fish.
+    Completion(cmd::shell::CompletionArgs),
+    /// Write the man pages (`bramble.1`, `bramble-get.1`, …): `bramble man --out DIR`.
+    Man(cmd::shell::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +102,8 @@ fn main() -> ExitCode {
             Command::Backup(a) => cmd::backup::run(config, a).await,
             Command::Config(a) => cmd::configcmd::run(config, a).await,
             Command::User(a) => cmd::user::run(config, a).await,
+            Command::Completion(a) => cmd::shell::completion(cmd::shell::command::<Cli>(), a),
+            Command::Man(a) => cmd::shell::man(cmd::shell::command::<Cli>(), a),
         }
     });
     match result {

@@ -432,3 +432,46 @@ fn under_systemd_each_log_line_carries_its_priority_for_the_journal() {
     let serving = terminal.lines().find(|l| l.contains("leader serving")).unwrap_or_else(|| panic!("{terminal}"));
     assert!(!serving.starts_with('<'), "no prefix outside systemd: {serving}");
 }
+
+#[test]
+fn the_cli_makes_its_completions_and_man_pages_and_suggests_commands() {
+    let bramble = bin_dir().join("bramble");
+    let run = |args: &[&str]| Command::new(&bramble).args(args).env_remove("BRAMBLE_CONFIG").output().unwrap();
+    let bash = run(&["completion", "bash"]);
+    assert!(bash.status.success());
+    let script = String::from_utf8(bash.stdout).unwrap();
+    assert!(script.contains("complete -F _bramble") && script.contains("rollout") && script.contains("--output"));
+    // The script is valid bash, and completes `bramble ro` to `rollout`.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bramble.bash"), &script).unwrap();
+    let complete = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; COMP_WORDS=(bramble ro); COMP_CWORD=1; _bramble bramble ro bramble; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            dir.path().join("bramble.bash").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(complete.status.success(), "{}", String::from_utf8_lossy(&complete.stderr));
+    assert_eq!(String::from_utf8_lossy(&complete.stdout).trim(), "rollout");
+    for shell in ["zsh", "fish"] {
+        let out = run(&["completion", shell]);
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("rollout"), "{shell}");
+    }
+    assert!(!run(&["completion", "ksh"]).status.success(), "an unknown shell is refused");
+
+    let man = dir.path().join("man");
+    let out = run(&["man", "--out", man.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for page in ["bramble.1", "bramble-get.1", "bramble-rollout-status.1", "bramble-completion.1"] {
+        let text = std::fs::read_to_string(man.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH "), "{page} is a man page");
+    }
+    let get = std::fs::read_to_string(man.join("bramble-get.1")).unwrap();
+    assert!(get.contains("List objects"), "the same text as --help");
+
+    // A mistyped command gets a suggestion, and the usage exit code.
+    let typo = run(&["aply", "-f", "x.toml"]);
+    assert_eq!(typo.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("a similar subcommand exists: 'apply'"));
+}

@@ -565,6 +565,7 @@ fn package_board(c: &bramble_tests::Cluster, name: &str, deb: &Path) -> (PathBuf
                echo \"user $(getent passwd bramble)\"\n\
                echo \"config $(stat -c '%U:%G %a' /etc/bramble/agent.toml)\"\n\
                echo \"units $(ls /lib/systemd/system/bramble-*.service | tr '\\n' ' ')\"\n\
+               echo \"docs $(ls /usr/share/man/man1/bramble.1.gz /usr/share/man/man1/bramble-get.1.gz /usr/share/bash-completion/completions/bramble /usr/share/doc/bramble/OPERATIONS.md 2>&1 | tr '\\n' ' ')\"\n\
              }} > /mnt/installed.txt\n\
              printf '%s\\n' 'version = 1' 'name = \"{name}\"' 'leaders = [\"{leader_ip}:{LEADER_PORT}\"]' \
                'token = \"{token}\"' '[[images.registry]]' 'host = \"{leader_ip}:5000\"' 'insecure = true' \
@@ -600,6 +601,9 @@ fn assert_installed_and_checked(share: &Path) {
     assert!(installed.contains("user bramble:"), "the package adds the bramble user:\n{installed}");
     assert!(installed.contains("config root:bramble 640"), "{installed}");
     assert!(installed.contains("bramble-agent.service") && installed.contains("bramble-single.service"), "{installed}");
+    for f in ["man1/bramble.1.gz ", "man1/bramble-get.1.gz ", "completions/bramble ", "OPERATIONS.md "] {
+        assert!(installed.contains(f), "the package installs {f}(man pages, completions, docs):\n{installed}");
+    }
     let check = std::fs::read_to_string(share.join("check.txt")).expect("check.txt");
     assert!(
         check.trim_end().ends_with("exit 0"),

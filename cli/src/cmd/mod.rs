@@ -16,6 +16,7 @@ pub mod logs;
 pub mod rollout;
 pub mod scale;
 pub mod secret;
+pub mod shell;
 pub mod token;
 pub mod top;
 pub mod user;

@@ -307,6 +307,16 @@ fn apply_get_and_delete_apps_through_the_cli() {
     let apps: serde_json::Value = serde_json::from_str(&text(cli(&["get", "apps", "-o", "json"]))).unwrap();
     assert_eq!(apps[0]["meta"]["generation"], 2);
     assert_eq!(apps[0]["spec"]["image"], "reg.lan/web:2");
+    // One object by name: a table row, the object as JSON, `kind/name` lines; none: exit 4.
+    let one = text(cli(&["get", "app", "web"]));
+    assert!(one.starts_with("NAME") && one.lines().count() == 2 && one.contains("reg.lan/web:2"), "{one}");
+    let obj: serde_json::Value = serde_json::from_str(&text(cli(&["get", "app", "web", "-o", "json"]))).unwrap();
+    assert_eq!(obj["meta"]["name"], "web", "an object, not a list: {obj}");
+    assert_eq!(text(cli(&["get", "services", "-o", "name"])), "service/web\n");
+    assert_eq!(text(cli(&["get", "service", "web", "-o", "name"])), "service/web\n");
+    let missing = cli(&["get", "app", "nope"]);
+    assert_eq!(missing.status.code(), Some(4), "not found");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("app \"nope\" not found"));
     // One bad object in a directory of manifests: nothing is applied, every problem is listed.
     let many = dir.path().join("many");
     std::fs::create_dir(&many).unwrap();

@@ -1,4 +1,5 @@
-//! `bramble get nodes|apps|replicas|services|secrets|configs|leaders`.
+//! `bramble get nodes|apps|replicas|services|secrets|configs|leaders [NAME]`: a table, a wide
+//! one, JSON, or `kind/name` lines; with NAME only that object (exit 4 when there is none).
 
 use crate::client::{request, unexpected, CliError};
 use crate::output::{json, table, Format};
@@ -10,11 +11,70 @@ use std::path::PathBuf;
 pub struct Args {
     /// What to list.
     kind: Kind,
+    /// Only this object (`bramble get app web`); exit 4 when there is none.
+    name: Option<String>,
     /// Only the replicas of this app (with `get replicas`).
     #[arg(long)]
     app: Option<String>,
     #[arg(short, long, value_enum, default_value_t)]
-    output: Format,
+    output: Output,
+}
+
+/// How to print what `get` found.
+#[derive(Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    /// A table.
+    #[default]
+    Table,
+    /// A wider table.
+    Wide,
+    /// JSON, for scripts (one object when NAME is given).
+    Json,
+    /// `kind/name` a line, for scripts (`bramble get replicas -o name | xargs …`).
+    Name,
+}
+
+impl Output {
+    fn format(self) -> Format {
+        match self {
+            Output::Table | Output::Name => Format::Table,
+            Output::Wide => Format::Wide,
+            Output::Json => Format::Json,
+        }
+    }
+}
+
+/// The objects `get` lists, narrowed to `name` when given (refused when there is no such one),
+/// and printed as JSON or names when asked; what is left for the table, if anything.
+fn pick<T: serde::Serialize>(
+    list: Vec<T>,
+    kind: &str,
+    name: Option<&str>,
+    output: Output,
+    name_of: impl Fn(&T) -> &str,
+) -> Result<Option<Vec<T>>, CliError> {
+    let list: Vec<T> = match name {
+        None => list,
+        Some(n) => {
+            let found: Vec<T> = list.into_iter().filter(|o| name_of(o) == n).collect();
+            if found.is_empty() {
+                return Err(CliError::Api(bramble_proto::wire::ApiError {
+                    code: bramble_proto::wire::ErrorCode::NotFound,
+                    message: format!("{kind} {n:?} not found"),
+                    leader: None,
+                    problems: Vec::new(),
+                }));
+            }
+            found
+        }
+    };
+    match output {
+        Output::Json if name.is_some() => print!("{}", json(&list[0])),
+        Output::Json => print!("{}", json(&list)),
+        Output::Name => list.iter().for_each(|o| println!("{kind}/{}", name_of(o))),
+        Output::Table | Output::Wide => return Ok(Some(list)),
+    }
+    Ok(None)
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -39,27 +99,25 @@ enum Kind {
 }
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
+    let (name, output) = (args.name.as_deref(), args.output);
     match args.kind {
-        Kind::Nodes => nodes(config, args.output).await,
-        Kind::Apps => apps(config, args.output).await,
-        Kind::Services => services(config, args.output).await,
-        Kind::Replicas => replicas(config, args.app, args.output).await,
-        Kind::Secrets => secrets(config, args.output).await,
-        Kind::Configs => configs(config, args.output).await,
-        Kind::Leaders => leaders(config, args.output).await,
+        Kind::Nodes => nodes(config, name, output).await,
+        Kind::Apps => apps(config, name, output).await,
+        Kind::Services => services(config, name, output).await,
+        Kind::Replicas => replicas(config, args.app, name, output).await,
+        Kind::Secrets => secrets(config, name, output).await,
+        Kind::Configs => configs(config, name, output).await,
+        Kind::Leaders => leaders(config, name, output).await,
     }
 }
 
-async fn leaders(config: Option<PathBuf>, output: Format) -> Result<(), CliError> {
+async fn leaders(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<(), CliError> {
     let mut list = match request(config, Request::GetLeaders).await? {
         Response::Leaders(l) => l,
         r => return Err(unexpected(&r)),
     };
     list.sort_by(|a, b| b.active.cmp(&a.active).then(a.name.cmp(&b.name)));
-    if output == Format::Json {
-        print!("{}", json(&list));
-        return Ok(());
-    }
+    let Some(list) = pick(list, "leader", name, output, |l| &l.name)? else { return Ok(()) };
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|l| {
@@ -76,15 +134,12 @@ async fn leaders(config: Option<PathBuf>, output: Format) -> Result<(), CliError
     Ok(())
 }
 
-async fn configs(config: Option<PathBuf>, output: Format) -> Result<(), CliError> {
+async fn configs(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<(), CliError> {
     let list = match request(config, Request::GetConfigs).await? {
         Response::Configs(c) => c,
         r => return Err(unexpected(&r)),
     };
-    if output == Format::Json {
-        print!("{}", json(&list));
-        return Ok(());
-    }
+    let Some(list) = pick(list, "config", name, output, |c| &c.meta.name)? else { return Ok(()) };
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|c| {
@@ -103,15 +158,12 @@ async fn configs(config: Option<PathBuf>, output: Format) -> Result<(), CliError
     Ok(())
 }
 
-async fn secrets(config: Option<PathBuf>, output: Format) -> Result<(), CliError> {
+async fn secrets(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<(), CliError> {
     let list = match request(config, Request::GetSecrets).await? {
         Response::Secrets(s) => s,
         r => return Err(unexpected(&r)),
     };
-    if output == Format::Json {
-        print!("{}", json(&list));
-        return Ok(());
-    }
+    let Some(list) = pick(list, "secret", name, output, |s| &s.name)? else { return Ok(()) };
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|s| {
@@ -123,16 +175,18 @@ async fn secrets(config: Option<PathBuf>, output: Format) -> Result<(), CliError
     Ok(())
 }
 
-async fn replicas(config: Option<PathBuf>, app: Option<String>, output: Format) -> Result<(), CliError> {
+async fn replicas(
+    config: Option<PathBuf>,
+    app: Option<String>,
+    name: Option<&str>,
+    output: Output,
+) -> Result<(), CliError> {
     let replicas = match request(config, Request::GetReplicas { app }).await? {
         Response::Replicas(r) => r,
         r => return Err(unexpected(&r)),
     };
-    if output == Format::Json {
-        print!("{}", json(&replicas));
-        return Ok(());
-    }
-    let wide = output == Format::Wide;
+    let Some(replicas) = pick(replicas, "replica", name, output, |r| &r.meta.name)? else { return Ok(()) };
+    let wide = output.format() == Format::Wide;
     let mut header = vec!["NAME", "APP", "NODE", "READY", "PHASE", "RESTARTS", "AGE"];
     if wide {
         header.extend(["IP", "REVISION", "EXIT", "REASON"]);
@@ -162,15 +216,12 @@ async fn replicas(config: Option<PathBuf>, app: Option<String>, output: Format) 
     Ok(())
 }
 
-async fn apps(config: Option<PathBuf>, output: Format) -> Result<(), CliError> {
+async fn apps(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<(), CliError> {
     let apps = match request(config.clone(), Request::GetApps).await? {
         Response::Apps(a) => a,
         r => return Err(unexpected(&r)),
     };
-    if output == Format::Json {
-        print!("{}", json(&apps));
-        return Ok(());
-    }
+    let Some(apps) = pick(apps, "app", name, output, |a| &a.meta.name)? else { return Ok(()) };
     let replicas = match request(config, Request::GetReplicas { app: None }).await? {
         Response::Replicas(r) => r,
         r => return Err(unexpected(&r)),
@@ -193,16 +244,13 @@ async fn apps(config: Option<PathBuf>, output: Format) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn services(config: Option<PathBuf>, output: Format) -> Result<(), CliError> {
+async fn services(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<(), CliError> {
     let services = match request(config, Request::GetServices).await? {
         Response::Services(s) => s,
         r => return Err(unexpected(&r)),
     };
-    if output == Format::Json {
-        print!("{}", json(&services));
-        return Ok(());
-    }
-    let wide = output == Format::Wide;
+    let Some(services) = pick(services, "service", name, output, |s| &s.meta.name)? else { return Ok(()) };
+    let wide = output.format() == Format::Wide;
     let rows: Vec<Vec<String>> = services
         .iter()
         .map(|s| {
@@ -232,16 +280,13 @@ async fn services(config: Option<PathBuf>, output: Format) -> Result<(), CliErro
     Ok(())
 }
 
-async fn nodes(config: Option<PathBuf>, output: Format) -> Result<(), CliError> {
+async fn nodes(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<(), CliError> {
     let nodes = match request(config, Request::GetNodes).await? {
         Response::Nodes(n) => n,
         r => return Err(unexpected(&r)),
     };
-    if output == Format::Json {
-        print!("{}", json(&nodes));
-        return Ok(());
-    }
-    let wide = output == Format::Wide;
+    let Some(nodes) = pick(nodes, "node", name, output, |n| &n.node.meta.name)? else { return Ok(()) };
+    let wide = output.format() == Format::Wide;
     let mut header = vec!["NAME", "STATUS", "ARCH", "CPU", "MEMORY", "AGE", "VERSION"];
     if wide {
         header.extend(["ADDRESS", "OS", "KERNEL"]);

@@ -2,7 +2,8 @@
 # Debian packages of Bramble for amd64, arm64 and armhf, made with dpkg-deb alone from the release
 # binaries (target/release for amd64; cross/build.sh's target/<triple>/release for the others).
 #   cross/deb.sh [amd64] [arm64] [armhf]   (default: every arch whose binaries are built)
-# Writes target/deb/bramble_<version>_<arch>.deb and lists what each holds.
+# Writes target/deb/bramble_<version>_<arch>.deb (a board) and bramble-cli_<version>_<arch>.deb (the
+# CLI alone) and lists what each holds.
 #   CROSS_PROFILE=dev cross/deb.sh amd64   a package of the debug build (target/debug), written to
 #                                          target/deb/dev/: what scripts/test-boards installs in a VM.
 #
@@ -89,6 +90,9 @@ Architecture: $arch
 Maintainer: Bramble developers <bramble@example.invalid>
 Installed-Size: $installed
 Depends: nftables, conntrack
+Provides: bramble-cli
+Conflicts: bramble-cli
+Replaces: bramble-cli
 Recommends: systemd-timesyncd | time-daemon
 Suggests: etcd-server
 Section: admin
@@ -146,6 +150,44 @@ EOF
   find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
   deb=$out/bramble_${version}_${arch}.deb
   dpkg-deb --root-owner-group "${compress[@]}" --build "$root" "$deb" >/dev/null
+  # The CLI alone, for a laptop or a CI runner: bramble, its completions, man pages and README.
+  # (The board package above holds the same, so each replaces the other.)
+  cliroot=$out/cli-root-$arch
+  rm -rf "$cliroot"
+  mkdir -p "$cliroot/DEBIAN" "$cliroot/usr/bin" "$cliroot/usr/share/doc/bramble-cli" "$cliroot/usr/share/man"
+  install -m 0755 "$root/usr/bin/bramble" "$cliroot/usr/bin/bramble"
+  cp -r "$root/usr/share/bash-completion" "$root/usr/share/zsh" "$root/usr/share/fish" "$cliroot/usr/share/"
+  cp -r "$root/usr/share/man/man1" "$cliroot/usr/share/man/"
+  cp README.md "$cliroot/usr/share/doc/bramble-cli/"
+  cat > "$cliroot/DEBIAN/control" <<CONTROL
+Package: bramble-cli
+Version: $version
+Architecture: $arch
+Maintainer: Bramble developers <bramble@example.invalid>
+Installed-Size: $(du -sk --exclude=DEBIAN "$cliroot" | cut -f1)
+Conflicts: bramble
+Replaces: bramble
+Section: admin
+Priority: optional
+Homepage: https://example.invalid/bramble
+Description: command-line client of Bramble clusters
+ bramble drives a Bramble cluster (an orchestrator for single-board computers)
+ over QUIC with mutual TLS: apply apps, follow rollouts, read logs, exec into
+ replicas. No daemon; boards install the bramble package instead.
+CONTROL
+  find "$cliroot" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+  clideb=$out/bramble-cli_${version}_${arch}.deb
+  dpkg-deb --root-owner-group "${compress[@]}" --build "$cliroot" "$clideb" >/dev/null
+  rm -rf "$cliroot"
+  # It holds the CLI for this arch, its man page and completions, and nothing of a board's.
+  held=$(dpkg-deb --contents "$clideb" | awk '{print $6}')
+  for f in ./usr/bin/bramble ./usr/share/man/man1/bramble.1.gz ./usr/share/bash-completion/completions/bramble; do
+    grep -qx "$f" <<< "$held" || { echo "cross/deb.sh: $clideb lacks $f" >&2; exit 1; }
+  done
+  if grep -qE 'bramble-(agent|leader|shim)$|systemd' <<< "$held"; then
+    echo "cross/deb.sh: $clideb holds more than the CLI" >&2; exit 1
+  fi
+  echo "== $clideb ($(stat -c %s "$clideb") bytes)"
   rm -rf "$root"
   # What the package holds must hang together: every unit's program is in it, for this arch.
   check=$(mktemp -d)

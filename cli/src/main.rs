@@ -55,11 +55,11 @@ enum Command {
     Secret(cmd::secret::Args),
     /// Configs (files apps mount): `bramble config create nginx --from-file nginx.conf=./nginx.conf`.
     Config(cmd::configcmd::Args),
-    /// A sealed backup of the whole cluster (admins): `bramble backup -o FILE --passphrase-file P`, `backup inspect FILE`.
+    /// A sealed backup of the whole cluster (admins): `bramble backup --out FILE --passphrase-file P`, `backup inspect FILE`.
     Backup(cmd::backup::Args),
     /// Join tokens for new agents: `bramble token create|ls|revoke`.
     Token(cmd::token::Args),
-    /// People and pipelines: `bramble user create ci --role deployer --ttl 30d -o ci.toml`, `user ls`, `user revoke NAME`.
+    /// People and pipelines: `bramble user create ci --role deployer --ttl 30d --out ci.toml`, `user ls`, `user revoke NAME`.
     User(cmd::user::Args),
     /// Local volumes on the boards: `bramble volume ls [--node NODE]`, `volume rm NAME --node NODE`.
     Volume(cmd::volume::Args),

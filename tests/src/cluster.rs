@@ -213,7 +213,7 @@ impl Cluster {
         crate::ok(
             self.cli(&[
                 "backup",
-                "-o",
+                "--out",
                 file.to_str().expect("utf-8"),
                 "--passphrase-file",
                 pass.to_str().expect("utf-8"),

@@ -37,7 +37,7 @@ fn a_cluster_comes_back_from_its_backup_without_restarting_a_container() {
     std::fs::write(&wrong, "not the passphrase\n").unwrap();
     let file = dir.join("cluster.bak");
     let said =
-        ok(c.cli(&["backup", "-o", file.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]), "backup");
+        ok(c.cli(&["backup", "--out", file.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]), "backup");
     assert!(said.starts_with("backup of cluster bramble written to"), "{said}");
     let sealed = std::fs::read(&file).unwrap();
     assert!(!sealed.windows(12).any(|w| w == b"s3cret-value") && !text(&sealed).contains("PRIVATE KEY"), "sealed");
@@ -168,7 +168,7 @@ fn a_stale_backup_stops_nothing_until_every_board_has_been_seen() {
     let pass = dir.join("pass");
     std::fs::write(&pass, "correct horse battery\n").unwrap();
     let file = dir.join("stale.bak");
-    ok(c.cli(&["backup", "-o", file.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]), "backup");
+    ok(c.cli(&["backup", "--out", file.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]), "backup");
     // After the backup: an app it does not know.
     let new = apply("new");
     let shim = c.shims_dir(1).join(&new.meta.name);
@@ -261,7 +261,7 @@ fn a_cluster_comes_back_on_another_board_from_its_backup() {
     let pass = c.dir.path().join("pass");
     std::fs::write(&pass, "another board\n").unwrap();
     let file = c.dir.path().join("cluster.bak");
-    ok(c.cli(&["backup", "-o", file.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]), "backup");
+    ok(c.cli(&["backup", "--out", file.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]), "backup");
 
     // The leader's board dies with its SD card; board 2 (its own network namespace and address)
     // becomes the leader's board too.

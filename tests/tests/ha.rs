@@ -226,7 +226,7 @@ fn a_cluster_moves_from_etcd_to_redb_and_back_through_backup_and_restore() {
     let migrate = |c: &mut Cluster, store_args: &[&str], expect_ok: bool| -> String {
         let file = c.dir.path().join("move.bak");
         let _ = std::fs::remove_file(&file);
-        ok(c.cli(&["backup", "-o", file.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]), "backup");
+        ok(c.cli(&["backup", "--out", file.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]), "backup");
         c.leader.take().unwrap().stop(Signal::SIGTERM);
         let dir = c.leader_dir();
         let keep = c.dir.path().join("leader-before");

@@ -70,7 +70,7 @@ fn hostile_host_ports_pods_and_deployers_are_kept_in_their_place() {
 
     // A deployer.
     let ci = dir.join("ci.toml");
-    ok(&c, &["user", "create", "ci", "--role", "deployer", "-o", ci.to_str().unwrap()]);
+    ok(&c, &["user", "create", "ci", "--role", "deployer", "--out", ci.to_str().unwrap()]);
     let app = |name: &str, extra: &str| {
         format!(
             "[[app]]\nname = \"{name}\"\nimage = \"{image}\"\n\

@@ -23,19 +23,22 @@ fn roles_limit_what_users_do_writes_name_their_author_and_revoked_or_expired_cer
     let ci = dir.join("ci.toml");
     let viewer = dir.join("viewer.toml");
     let said = ok(
-        c.cli(&["user", "create", "ci", "--role", "deployer", "--ttl", "30d", "-o", ci.to_str().unwrap()]),
+        c.cli(&["user", "create", "ci", "--role", "deployer", "--ttl", "30d", "--out", ci.to_str().unwrap()]),
         "create ci",
     );
     assert!(said.starts_with("user/ci created (deployer, valid for 29d"), "{said}");
-    ok(c.cli(&["user", "create", "watcher", "--role", "viewer", "-o", viewer.to_str().unwrap()]), "create watcher");
+    // The old spelling of --out still works for a release, with a warning.
+    let old = c.cli(&["user", "create", "watcher", "--role", "viewer", "-o", viewer.to_str().unwrap()]);
+    assert!(old.status.success(), "{}", String::from_utf8_lossy(&old.stderr));
+    assert!(String::from_utf8_lossy(&old.stderr).contains("-o FILE (--output-file) is deprecated: use --out FILE"));
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&ci).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "the config holds a key");
-    let again = c.cli(&["user", "create", "ci", "--role", "admin", "-o", dir.join("x.toml").to_str().unwrap()]);
+    let again = c.cli(&["user", "create", "ci", "--role", "admin", "--out", dir.join("x.toml").to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(6), "{}", text(&again.stderr));
     assert!(!dir.join("x.toml").exists(), "no config left behind for a refused user");
-    let exists = c.cli(&["user", "create", "y", "--role", "viewer", "-o", ci.to_str().unwrap()]);
+    let exists = c.cli(&["user", "create", "y", "--role", "viewer", "--out", ci.to_str().unwrap()]);
     assert!(text(&exists.stderr).contains("File exists"), "{}", text(&exists.stderr));
-    let bad_role = c.cli(&["user", "create", "z", "--role", "root", "-o", dir.join("z.toml").to_str().unwrap()]);
+    let bad_role = c.cli(&["user", "create", "z", "--role", "root", "--out", dir.join("z.toml").to_str().unwrap()]);
     assert_eq!(bad_role.status.code(), Some(2), "a usage error: {}", text(&bad_role.stderr));
 
     // The private key never went to the leader: only the CSR did.
@@ -93,7 +96,7 @@ fn roles_limit_what_users_do_writes_name_their_author_and_revoked_or_expired_cer
     ok(c.cli_as(&viewer, &["get", "apps"]), "others still get in");
     // The name may be given a new certificate; the old one stays refused.
     let ci2 = dir.join("ci2.toml");
-    ok(c.cli(&["user", "create", "ci", "--role", "deployer", "-o", ci2.to_str().unwrap()]), "ci again");
+    ok(c.cli(&["user", "create", "ci", "--role", "deployer", "--out", ci2.to_str().unwrap()]), "ci again");
     ok(c.cli_as(&ci2, &["get", "apps"]), "the new certificate");
     refused(c.cli_as(&ci, &["get", "apps"]), "was revoked");
 

@@ -1,4 +1,4 @@
-//! `bramble backup -o FILE --passphrase-file P` (admins): one consistent snapshot of the cluster —
+//! `bramble backup --out FILE --passphrase-file P` (admins): one consistent snapshot of the cluster —
 //! every object, the CA and its key, the secrets key, the leader's configs — sealed here with the
 //! passphrase (it never leaves this machine) and written atomically (0600).
 //! `bramble backup inspect FILE --passphrase-file P`: what a backup holds, without restoring it.
@@ -14,9 +14,9 @@ use std::path::PathBuf;
 pub struct Args {
     #[command(subcommand)]
     inspect: Option<Inspect>,
-    /// Where to write the backup.
-    #[arg(short = 'o', long = "output-file")]
-    output_file: Option<PathBuf>,
+    /// Where to write the backup: --out FILE.
+    #[command(flatten)]
+    output_file: super::OutFile,
     /// A file whose first line is the passphrase (at least 8 bytes).
     #[arg(long)]
     passphrase_file: Option<PathBuf>,
@@ -66,9 +66,9 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         }
         return Ok(());
     }
-    let (Some(out), Some(pass)) = (args.output_file, args.passphrase_file) else {
+    let (Some(out), Some(pass)) = (args.output_file.path(), args.passphrase_file) else {
         return Err(CliError::Other(
-            "bramble backup: give -o FILE and --passphrase-file PATH (or `backup inspect`)".into(),
+            "bramble backup: give --out FILE and --passphrase-file PATH (or `backup inspect`)".into(),
         ));
     };
     let passphrase = passphrase(&pass)?;

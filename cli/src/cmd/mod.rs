@@ -24,6 +24,28 @@ pub mod volume;
 
 pub use bramble_proto::time::now_ms;
 
+/// The file a command writes: `--out FILE`; `-o FILE` / `--output-file FILE` still work for one
+/// release, with a warning (`-o` is an output format everywhere else).
+#[derive(clap::Args)]
+pub struct OutFile {
+    /// Where to write it.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<std::path::PathBuf>,
+    /// The old spelling of --out.
+    #[arg(short = 'o', long = "output-file", value_name = "FILE", hide = true, conflicts_with = "out")]
+    pub old: Option<std::path::PathBuf>,
+}
+
+impl OutFile {
+    /// The file, saying so when the old spelling named it.
+    pub fn path(self) -> Option<std::path::PathBuf> {
+        if self.old.is_some() {
+            eprintln!("bramble: warning: -o FILE (--output-file) is deprecated: use --out FILE (-o will be only an output format)");
+        }
+        self.out.or(self.old)
+    }
+}
+
 /// `tcp` or `udp`.
 pub fn protocol(p: bramble_proto::manifest::Protocol) -> &'static str {
     match p {

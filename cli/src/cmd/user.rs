@@ -1,4 +1,4 @@
-//! `bramble user create NAME --role admin|deployer|viewer [--ttl 90d] -o FILE`, `user ls`,
+//! `bramble user create NAME --role admin|deployer|viewer [--ttl 90d] --out FILE`, `user ls`,
 //! `user revoke NAME`. The key is made here and never leaves this machine: the leader signs a
 //! CSR, and the new CLI config (leaders, CA, certificate, key) is written to FILE (0600).
 
@@ -31,9 +31,9 @@ enum Action {
         /// How long its certificate is valid (1m to 1825d).
         #[arg(long, default_value = "90d")]
         ttl: HumanDuration,
-        /// Where to write the new CLI config (refused if it exists).
-        #[arg(short = 'o', long = "output-file")]
-        output_file: PathBuf,
+        /// Where to write the new CLI config (refused if it exists): --out FILE.
+        #[command(flatten)]
+        output_file: super::OutFile,
     },
     /// List users: role, age, expiry, revoked or not, who made them.
     Ls {
@@ -47,6 +47,9 @@ enum Action {
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     match args.action {
         Action::Create { name, role, ttl, output_file } => {
+            let output_file = output_file
+                .path()
+                .ok_or_else(|| CliError::Other("bramble user create: give --out FILE for the new CLI config".into()))?;
             let (mine, _) = load_config(config.clone())?;
             let (csr_pem, key_pem) =
                 bramble_transport::pki::user_csr(&name).map_err(|e| CliError::Other(e.to_string()))?;

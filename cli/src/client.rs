@@ -49,7 +49,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const STAGGER: Duration = Duration::from_millis(300);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn config_path(flag: Option<PathBuf>) -> Result<PathBuf, CliError> {
+pub fn config_path(flag: Option<PathBuf>) -> Result<PathBuf, CliError> {
     if let Some(p) = flag {
         return Ok(p);
     }
@@ -67,6 +67,16 @@ pub fn load_config(config: Option<PathBuf>) -> Result<(AdminConfig, PathBuf), Cl
             path.display()
         ))
     })?;
+    // A list of contexts: the chosen one's credentials.
+    let (text, path) = match crate::contexts::resolve(&path, &text)? {
+        None => (text, path),
+        Some(file) => {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                CliError::Config(format!("cannot read {} (a context of {}): {e}", file.display(), path.display()))
+            })?;
+            (text, file)
+        }
+    };
     let cfg = AdminConfig::parse(&path.display().to_string(), &text).map_err(|e| CliError::Config(e.to_string()))?;
     Ok((cfg, path))
 }

@@ -2,6 +2,7 @@
 
 mod client;
 mod cmd;
+mod contexts;
 mod diff;
 mod output;
 
@@ -15,6 +16,9 @@ struct Cli {
     /// The CLI config (default: $BRAMBLE_CONFIG, then ~/.config/bramble/config.toml).
     #[arg(long, global = true, env = "BRAMBLE_CONFIG")]
     config: Option<PathBuf>,
+    /// The cluster to talk to, when the config lists several (`bramble config get-contexts`).
+    #[arg(long, global = true, env = "BRAMBLE_CONTEXT")]
+    context: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,7 +57,8 @@ enum Command {
     Uncordon(cmd::cordon::Args),
     /// Secrets (write-only): `bramble secret create db --from-literal password=… --from-file tls.key=PATH`.
     Secret(cmd::secret::Args),
-    /// Configs (files apps mount): `bramble config create nginx --from-file nginx.conf=./nginx.conf`.
+    /// Configs (files apps mount): `bramble config create nginx --from-file nginx.conf=./nginx.conf`;
+    /// and the CLI's own clusters: `bramble config get-contexts|use-context NAME|add-context NAME --from FILE`.
     Config(cmd::configcmd::Args),
     /// A sealed backup of the whole cluster (admins): `bramble backup --out FILE --passphrase-file P`, `backup inspect FILE`.
     Backup(cmd::backup::Args),
@@ -71,6 +76,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    contexts::choose(cli.context.clone());
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -485,3 +485,87 @@ fn the_cli_makes_its_completions_and_man_pages_and_suggests_commands() {
     assert_eq!(typo.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&typo.stderr).contains("a similar subcommand exists: 'apply'"));
 }
+
+#[test]
+fn one_cli_config_holds_several_clusters_as_contexts() {
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut leaders = Vec::new();
+    let mut admins = Vec::new();
+    for name in ["home", "lab"] {
+        let d = dir.path().join(name);
+        let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let out = Command::new(bin_dir().join("bramble-leader"))
+            .args(["init", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(&d)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        leaders.push(Kill(
+            Command::new(bin_dir().join("bramble-leader"))
+                .args(["run", "--data-dir"])
+                .arg(&d)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+        admins.push((port, d.join("admin.toml")));
+    }
+    // The user's config starts as one cluster's credentials (what `bramble-leader up` writes).
+    let config = dir.path().join("cli/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::copy(&admins[0].1, &config).unwrap();
+    let cli = |args: &[&str]| {
+        Command::new(bin_dir().join("bramble"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env_remove("BRAMBLE_CONTEXT")
+            .output()
+            .unwrap()
+    };
+    let text = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let port_of = |o: std::process::Output| -> u16 {
+        let v: serde_json::Value = serde_json::from_str(&text(o)).unwrap();
+        v[0]["addr"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap()
+    };
+    let start = std::time::Instant::now();
+    while !cli(&["get", "leaders"]).status.success() {
+        assert!(start.elapsed() < Duration::from_secs(10), "leader did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refused = cli(&["--context", "lab", "get", "leaders"]);
+    assert!(!refused.status.success(), "--context with a one-cluster config is refused, not ignored");
+
+    // Adding a second cluster keeps the first as `default`, still current.
+    assert_eq!(
+        text(cli(&["config", "add-context", "lab", "--from", admins[1].1.to_str().unwrap()])),
+        "context/lab added\n"
+    );
+    let listed = text(cli(&["config", "get-contexts"]));
+    assert!(listed.contains("*         default") && listed.contains("lab"), "{listed}");
+    assert_eq!(port_of(cli(&["get", "leaders", "-o", "json"])), admins[0].0);
+    // One command elsewhere, then the current one changed.
+    assert_eq!(port_of(cli(&["--context", "lab", "get", "leaders", "-o", "json"])), admins[1].0);
+    assert_eq!(text(cli(&["config", "use-context", "lab"])), "now talking to context lab\n");
+    assert_eq!(port_of(cli(&["get", "leaders", "-o", "json"])), admins[1].0);
+    assert_eq!(port_of(cli(&["--context", "default", "get", "leaders", "-o", "json"])), admins[0].0);
+    let unknown = cli(&["--context", "work", "get", "leaders"]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no context \"work\""));
+    assert!(!cli(&["config", "use-context", "work"]).status.success());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("cli/contexts/lab.toml")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "credentials stay private");
+    drop(leaders);
+}

@@ -22,12 +22,42 @@ enum What {
     /// Replace a config's files (refused if it does not exist). Running replicas see the new files;
     /// apps that mount it with `roll = true` roll.
     Update(Values),
+    /// The clusters this CLI config knows (`*` marks the current one).
+    GetContexts,
+    /// The cluster commands talk to from now on (`--context NAME` for one command).
+    UseContext { name: String },
+    /// Add a cluster: its credentials (an admin.toml, a `user create --out` file) copied in.
+    AddContext {
+        name: String,
+        #[arg(long)]
+        from: PathBuf,
+    },
 }
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let (v, create) = match &args.what {
         What::Create(v) => (v, true),
         What::Update(v) => (v, false),
+        What::GetContexts => {
+            let rows: Vec<Vec<String>> = crate::contexts::list(&crate::client::config_path(config)?)?
+                .into_iter()
+                .map(|(current, name, file)| {
+                    vec![if current { "*".into() } else { String::new() }, name, file.display().to_string()]
+                })
+                .collect();
+            print!("{}", crate::output::table(&["CURRENT", "NAME", "CREDENTIALS"], &rows));
+            return Ok(());
+        }
+        What::UseContext { name } => {
+            crate::contexts::use_context(&crate::client::config_path(config)?, name)?;
+            println!("now talking to context {name}");
+            return Ok(());
+        }
+        What::AddContext { name, from } => {
+            crate::contexts::add(&crate::client::config_path(config)?, name, from)?;
+            println!("context/{name} added");
+            return Ok(());
+        }
     };
     let name = Name::new(v.name.clone()).map_err(|e| CliError::Other(format!("config name {:?}: {e}", v.name)))?;
     let mut files = std::collections::BTreeMap::new();

@@ -314,6 +314,36 @@ fn apply_get_and_delete_apps_through_the_cli() {
     assert_eq!(obj["meta"]["name"], "web", "an object, not a list: {obj}");
     assert_eq!(text(cli(&["get", "services", "-o", "name"])), "service/web\n");
     assert_eq!(text(cli(&["get", "service", "web", "-o", "name"])), "service/web\n");
+    // A running app back as a manifest that apply takes unchanged (diff exits 0).
+    let back = dir.path().join("back.toml");
+    std::fs::write(&back, text(cli(&["get", "app", "web", "-o", "toml"]))).unwrap();
+    let d = cli(&["diff", "-f", back.to_str().unwrap()]);
+    assert_eq!(
+        d.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&d.stdout),
+        std::fs::read_to_string(&back).unwrap()
+    );
+    assert_eq!(text(cli(&["apply", "-f", back.to_str().unwrap()])), "app/web unchanged\n");
+    let all = dir.path().join("all.toml");
+    std::fs::write(&all, text(cli(&["get", "services", "-o", "toml"]))).unwrap();
+    assert_eq!(text(cli(&["apply", "-f", all.to_str().unwrap()])), "service/web unchanged\n");
+    // The same for the example, with probes, resources, ports, env and update settings.
+    let hello = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hello.toml");
+    text(cli(&["apply", "-f", hello]));
+    std::fs::write(&back, text(cli(&["get", "app", "hello", "-o", "toml"]))).unwrap();
+    let d = cli(&["diff", "-f", back.to_str().unwrap()]);
+    assert_eq!(
+        d.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&d.stdout),
+        std::fs::read_to_string(&back).unwrap()
+    );
+    text(cli(&["delete", "app", "hello"]));
+    let nodes = cli(&["get", "nodes", "-o", "toml"]);
+    assert!(String::from_utf8_lossy(&nodes.stderr).contains("a node has no manifest form: use -o json"));
     let missing = cli(&["get", "app", "nope"]);
     assert_eq!(missing.status.code(), Some(4), "not found");
     assert!(String::from_utf8_lossy(&missing.stderr).contains("app \"nope\" not found"));

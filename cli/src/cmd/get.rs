@@ -32,12 +32,14 @@ enum Output {
     Json,
     /// `kind/name` a line, for scripts (`bramble get replicas -o name | xargs …`).
     Name,
+    /// Apps, services and configs as a manifest `bramble apply` takes back unchanged.
+    Toml,
 }
 
 impl Output {
     fn format(self) -> Format {
         match self {
-            Output::Table | Output::Name => Format::Table,
+            Output::Table | Output::Name | Output::Toml => Format::Table,
             Output::Wide => Format::Wide,
             Output::Json => Format::Json,
         }
@@ -45,13 +47,25 @@ impl Output {
 }
 
 /// The objects `get` lists, narrowed to `name` when given (refused when there is no such one),
-/// and printed as JSON or names when asked; what is left for the table, if anything.
+/// and printed as JSON, names or a manifest when asked; what is left for the table, if anything.
 fn pick<T: serde::Serialize>(
     list: Vec<T>,
     kind: &str,
     name: Option<&str>,
     output: Output,
     name_of: impl Fn(&T) -> &str,
+) -> Result<Option<Vec<T>>, CliError> {
+    pick_manifest(list, kind, name, output, name_of, |_: &T| None::<()>)
+}
+
+/// [`pick`] for kinds with a manifest form: `spec_of` gives what `[[kind]]` holds.
+fn pick_manifest<T: serde::Serialize, S: serde::Serialize>(
+    list: Vec<T>,
+    kind: &str,
+    name: Option<&str>,
+    output: Output,
+    name_of: impl Fn(&T) -> &str,
+    spec_of: impl Fn(&T) -> Option<S>,
 ) -> Result<Option<Vec<T>>, CliError> {
     let list: Vec<T> = match name {
         None => list,
@@ -72,6 +86,14 @@ fn pick<T: serde::Serialize>(
         Output::Json if name.is_some() => print!("{}", json(&list[0])),
         Output::Json => print!("{}", json(&list)),
         Output::Name => list.iter().for_each(|o| println!("{kind}/{}", name_of(o))),
+        Output::Toml => {
+            let specs: Vec<S> = list.iter().filter_map(&spec_of).collect();
+            if specs.len() != list.len() || !matches!(kind, "app" | "service" | "config") {
+                return Err(CliError::Other(format!("a {kind} has no manifest form: use -o json")));
+            }
+            let doc = std::collections::BTreeMap::from([(kind, specs)]);
+            print!("{}", toml::to_string(&doc).map_err(|e| CliError::Other(format!("cannot show as TOML: {e}")))?);
+        }
         Output::Table | Output::Wide => return Ok(Some(list)),
     }
     Ok(None)
@@ -139,7 +161,9 @@ async fn configs(config: Option<PathBuf>, name: Option<&str>, output: Output) ->
         Response::Configs(c) => c,
         r => return Err(unexpected(&r)),
     };
-    let Some(list) = pick(list, "config", name, output, |c| &c.meta.name)? else { return Ok(()) };
+    let Some(list) = pick_manifest(list, "config", name, output, |c| &c.meta.name, |c| Some(c.spec.clone()))? else {
+        return Ok(());
+    };
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|c| {
@@ -221,7 +245,9 @@ async fn apps(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Re
         Response::Apps(a) => a,
         r => return Err(unexpected(&r)),
     };
-    let Some(apps) = pick(apps, "app", name, output, |a| &a.meta.name)? else { return Ok(()) };
+    let Some(apps) = pick_manifest(apps, "app", name, output, |a| &a.meta.name, |a| Some(a.spec.clone()))? else {
+        return Ok(());
+    };
     let replicas = match request(config, Request::GetReplicas { app: None }).await? {
         Response::Replicas(r) => r,
         r => return Err(unexpected(&r)),
@@ -249,7 +275,10 @@ async fn services(config: Option<PathBuf>, name: Option<&str>, output: Output) -
         Response::Services(s) => s,
         r => return Err(unexpected(&r)),
     };
-    let Some(services) = pick(services, "service", name, output, |s| &s.meta.name)? else { return Ok(()) };
+    let Some(services) = pick_manifest(services, "service", name, output, |s| &s.meta.name, |s| Some(s.spec.clone()))?
+    else {
+        return Ok(());
+    };
     let wide = output.format() == Format::Wide;
     let rows: Vec<Vec<String>> = services
         .iter()

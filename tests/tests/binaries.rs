@@ -363,6 +363,44 @@ fn apply_get_and_delete_apps_through_the_cli() {
     let table = text(cli(&["get", "apps"]));
     assert!(!table.contains("api"), "the valid file was not applied either: {table}");
     assert!(table.starts_with("NAME   READY   IMAGE"), "{table}");
+    // Watch: the table, then a row when an app changes and when it goes.
+    let mut watch = Command::new(bin_dir().join("bramble"))
+        .arg("--config")
+        .arg(&admin)
+        .args(["get", "apps", "-w"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let (out, lines) = (watch.stdout.take().unwrap(), lines.clone());
+        std::thread::spawn(move || {
+            for l in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+                lines.lock().unwrap().push(l);
+            }
+        })
+    };
+    let wait_line = |what: &str, f: &dyn Fn(&str) -> bool| {
+        let start = std::time::Instant::now();
+        while !lines.lock().unwrap().iter().any(|l| f(l)) {
+            assert!(start.elapsed() < Duration::from_secs(10), "{what}: {:?}", lines.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_line("the table", &|l: &str| l.starts_with("NAME"));
+    text(cli(&["scale", "app", "web", "--replicas", "3"]));
+    wait_line("web's new row", &|l: &str| l.starts_with("web ") && l.contains("0/3"));
+    std::fs::write(dir.path().join("tmp.toml"), "[[app]]\nname = \"tmp\"\nimage = \"reg.lan/tmp:1\"\n").unwrap();
+    text(cli(&["apply", "-f", dir.path().join("tmp.toml").to_str().unwrap()]));
+    wait_line("tmp's row", &|l: &str| l.starts_with("tmp "));
+    text(cli(&["delete", "app", "tmp"]));
+    wait_line("tmp gone", &|l: &str| l.starts_with("tmp ") && l.contains("<deleted>"));
+    let headers = lines.lock().unwrap().iter().filter(|l| l.starts_with("NAME")).count();
+    assert_eq!(headers, 1, "one header, then rows");
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let _ = reader.join();
+    assert!(!cli(&["get", "apps", "-w", "-o", "json"]).status.success(), "-w prints rows");
     // Delete: all or nothing too.
     let out = cli(&["delete", "app", "web", "ghost"]);
     assert_eq!(out.status.code(), Some(4));

@@ -18,6 +18,9 @@ pub struct Args {
     app: Option<String>,
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
+    /// After the table, a row each time an object changes or goes, until interrupted.
+    #[arg(short, long)]
+    watch: bool,
 }
 
 /// How to print what `get` found.
@@ -120,26 +123,78 @@ enum Kind {
     Leaders,
 }
 
+/// A table: its header and rows.
+type Rows = (Vec<&'static str>, Vec<Vec<String>>);
+
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
-    let (name, output) = (args.name.as_deref(), args.output);
+    if args.watch && !matches!(args.output, Output::Table | Output::Wide) {
+        return Err(CliError::Other("--watch prints table rows: use it with -o wide or no -o".into()));
+    }
+    let Some((header, rows)) = fetch(&config, &args).await? else { return Ok(()) };
+    print!("{}", table(&header, &rows));
+    if !args.watch {
+        return Ok(());
+    }
+    // Then a row each time an object's row changes (its age aside), and when one goes.
+    let age = header.iter().position(|h| *h == "AGE" || *h == "SINCE");
+    let key = |row: &Vec<String>| {
+        let mut r = row.clone();
+        if let Some(a) = age {
+            r.remove(a);
+        }
+        r
+    };
+    let mut seen: std::collections::BTreeMap<String, Vec<String>> =
+        rows.iter().map(|r| (r[0].clone(), key(r))).collect();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let Some((header, rows)) = fetch(&config, &args).await? else { return Ok(()) };
+        let mut now = std::collections::BTreeMap::new();
+        let mut changed = Vec::new();
+        for r in rows {
+            let k = key(&r);
+            if seen.get(&r[0]) != Some(&k) {
+                changed.push(r.clone());
+            }
+            now.insert(r[0].clone(), k);
+        }
+        for (_, mut row) in seen.into_iter().filter(|(n, _)| !now.contains_key(n)) {
+            if let Some(a) = age {
+                row.insert(a, "<deleted>".into());
+            }
+            changed.push(row);
+        }
+        if !changed.is_empty() {
+            // The rows alone, as wide as the first table's columns would need for them.
+            let text = table(&header, &changed);
+            print!("{}", text.split_once('\n').map_or("", |(_, rest)| rest));
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        }
+        seen = now;
+    }
+}
+
+async fn fetch(config: &Option<PathBuf>, args: &Args) -> Result<Option<Rows>, CliError> {
+    let (config, name, output) = (config.clone(), args.name.as_deref(), args.output);
     match args.kind {
         Kind::Nodes => nodes(config, name, output).await,
         Kind::Apps => apps(config, name, output).await,
         Kind::Services => services(config, name, output).await,
-        Kind::Replicas => replicas(config, args.app, name, output).await,
+        Kind::Replicas => replicas(config, args.app.clone(), name, output).await,
         Kind::Secrets => secrets(config, name, output).await,
         Kind::Configs => configs(config, name, output).await,
         Kind::Leaders => leaders(config, name, output).await,
     }
 }
 
-async fn leaders(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<(), CliError> {
+async fn leaders(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<Option<Rows>, CliError> {
     let mut list = match request(config, Request::GetLeaders).await? {
         Response::Leaders(l) => l,
         r => return Err(unexpected(&r)),
     };
     list.sort_by(|a, b| b.active.cmp(&a.active).then(a.name.cmp(&b.name)));
-    let Some(list) = pick(list, "leader", name, output, |l| &l.name)? else { return Ok(()) };
+    let Some(list) = pick(list, "leader", name, output, |l| &l.name)? else { return Ok(None) };
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|l| {
@@ -152,17 +207,16 @@ async fn leaders(config: Option<PathBuf>, name: Option<&str>, output: Output) ->
             ]
         })
         .collect();
-    print!("{}", table(&["NAME", "ADDRESS", "ROLE", "STORE", "SINCE"], &rows));
-    Ok(())
+    Ok(Some((vec!["NAME", "ADDRESS", "ROLE", "STORE", "SINCE"], rows)))
 }
 
-async fn configs(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<(), CliError> {
+async fn configs(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<Option<Rows>, CliError> {
     let list = match request(config, Request::GetConfigs).await? {
         Response::Configs(c) => c,
         r => return Err(unexpected(&r)),
     };
     let Some(list) = pick_manifest(list, "config", name, output, |c| &c.meta.name, |c| Some(c.spec.clone()))? else {
-        return Ok(());
+        return Ok(None);
     };
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -178,16 +232,15 @@ async fn configs(config: Option<PathBuf>, name: Option<&str>, output: Output) ->
             ]
         })
         .collect();
-    print!("{}", table(&["NAME", "FILES", "SIZE", "VERSION", "AGE"], &rows));
-    Ok(())
+    Ok(Some((vec!["NAME", "FILES", "SIZE", "VERSION", "AGE"], rows)))
 }
 
-async fn secrets(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<(), CliError> {
+async fn secrets(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<Option<Rows>, CliError> {
     let list = match request(config, Request::GetSecrets).await? {
         Response::Secrets(s) => s,
         r => return Err(unexpected(&r)),
     };
-    let Some(list) = pick(list, "secret", name, output, |s| &s.name)? else { return Ok(()) };
+    let Some(list) = pick(list, "secret", name, output, |s| &s.name)? else { return Ok(None) };
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|s| {
@@ -195,8 +248,7 @@ async fn secrets(config: Option<PathBuf>, name: Option<&str>, output: Output) ->
             vec![s.name.clone(), keys.join(","), s.version.to_string(), super::age(s.created_ms)]
         })
         .collect();
-    print!("{}", table(&["NAME", "KEYS", "VERSION", "AGE"], &rows));
-    Ok(())
+    Ok(Some((vec!["NAME", "KEYS", "VERSION", "AGE"], rows)))
 }
 
 async fn replicas(
@@ -204,12 +256,12 @@ async fn replicas(
     app: Option<String>,
     name: Option<&str>,
     output: Output,
-) -> Result<(), CliError> {
+) -> Result<Option<Rows>, CliError> {
     let replicas = match request(config, Request::GetReplicas { app }).await? {
         Response::Replicas(r) => r,
         r => return Err(unexpected(&r)),
     };
-    let Some(replicas) = pick(replicas, "replica", name, output, |r| &r.meta.name)? else { return Ok(()) };
+    let Some(replicas) = pick(replicas, "replica", name, output, |r| &r.meta.name)? else { return Ok(None) };
     let wide = output.format() == Format::Wide;
     let mut header = vec!["NAME", "APP", "NODE", "READY", "PHASE", "RESTARTS", "AGE"];
     if wide {
@@ -236,17 +288,16 @@ async fn replicas(
             row
         })
         .collect();
-    print!("{}", table(&header, &rows));
-    Ok(())
+    Ok(Some((header, rows)))
 }
 
-async fn apps(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<(), CliError> {
+async fn apps(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<Option<Rows>, CliError> {
     let apps = match request(config.clone(), Request::GetApps).await? {
         Response::Apps(a) => a,
         r => return Err(unexpected(&r)),
     };
     let Some(apps) = pick_manifest(apps, "app", name, output, |a| &a.meta.name, |a| Some(a.spec.clone()))? else {
-        return Ok(());
+        return Ok(None);
     };
     let replicas = match request(config, Request::GetReplicas { app: None }).await? {
         Response::Replicas(r) => r,
@@ -266,18 +317,17 @@ async fn apps(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Re
             ]
         })
         .collect();
-    print!("{}", table(&["NAME", "READY", "IMAGE", "GENERATION", "AGE"], &rows));
-    Ok(())
+    Ok(Some((vec!["NAME", "READY", "IMAGE", "GENERATION", "AGE"], rows)))
 }
 
-async fn services(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<(), CliError> {
+async fn services(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<Option<Rows>, CliError> {
     let services = match request(config, Request::GetServices).await? {
         Response::Services(s) => s,
         r => return Err(unexpected(&r)),
     };
     let Some(services) = pick_manifest(services, "service", name, output, |s| &s.meta.name, |s| Some(s.spec.clone()))?
     else {
-        return Ok(());
+        return Ok(None);
     };
     let wide = output.format() == Format::Wide;
     let rows: Vec<Vec<String>> = services
@@ -305,16 +355,15 @@ async fn services(config: Option<PathBuf>, name: Option<&str>, output: Output) -
     if wide {
         header.extend(["APP", "ADDRESSES"]);
     }
-    print!("{}", table(&header, &rows));
-    Ok(())
+    Ok(Some((header, rows)))
 }
 
-async fn nodes(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<(), CliError> {
+async fn nodes(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<Option<Rows>, CliError> {
     let nodes = match request(config, Request::GetNodes).await? {
         Response::Nodes(n) => n,
         r => return Err(unexpected(&r)),
     };
-    let Some(nodes) = pick(nodes, "node", name, output, |n| &n.node.meta.name)? else { return Ok(()) };
+    let Some(nodes) = pick(nodes, "node", name, output, |n| &n.node.meta.name)? else { return Ok(None) };
     let wide = output.format() == Format::Wide;
     let mut header = vec!["NAME", "STATUS", "ARCH", "CPU", "MEMORY", "AGE", "VERSION"];
     if wide {
@@ -346,6 +395,5 @@ async fn nodes(config: Option<PathBuf>, name: Option<&str>, output: Output) -> R
             row
         })
         .collect();
-    print!("{}", table(&header, &rows));
-    Ok(())
+    Ok(Some((header, rows)))
 }

@@ -4,6 +4,7 @@
 pub mod alloc;
 pub mod backoff;
 pub mod config;
+pub mod discover;
 pub mod doctor;
 pub mod exec;
 pub mod hardening;

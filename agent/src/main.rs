@@ -54,7 +54,9 @@ struct RunArgs {
     /// The config file (e.g. /etc/bramble/agent.toml).
     #[arg(long, short, env = "BRAMBLE_AGENT_CONFIG")]
     config: Option<PathBuf>,
-    /// A leader address (host:port); repeat for several.
+    /// A leader address (host:port); repeat for several. With none here or in the config, the
+    /// board finds its cluster's leaders on the LAN (mDNS `_bramble._udp`; the token's CA pin,
+    /// or the CA it has, decides which answers count).
     #[arg(long = "leader", env = "BRAMBLE_AGENT_LEADER", value_delimiter = ',')]
     leaders: Vec<String>,
     /// A join token, needed on the first run only.

@@ -70,6 +70,26 @@ async fn resolve(leaders: &[String]) -> Result<Vec<SocketAddr>, AgentError> {
     Ok(out)
 }
 
+/// Where the leaders are: those configured, or, with none, those that answer on the LAN for the
+/// cluster whose CA has `ca_fingerprint` (mDNS; none found: empty, and the caller tries again).
+async fn leaders_of(config: &AgentConfig, ca_fingerprint: &str) -> Result<Vec<SocketAddr>, AgentError> {
+    if !config.leaders.is_empty() {
+        return resolve(&config.leaders).await;
+    }
+    let found = crate::discover::leaders(ca_fingerprint, crate::discover::WAIT).await;
+    if found.is_empty() {
+        warn!("no leader configured and none answered on the LAN (mDNS _bramble._udp): set `leaders` or pass --leader if multicast does not reach it");
+    }
+    Ok(found)
+}
+
+/// The fingerprint of the CA in `ca_pem` (what the board pins once it has joined).
+fn ca_fingerprint(ca_pem: &str) -> String {
+    bramble_transport::pki::cert_der_from_pem(ca_pem)
+        .map(|d| bramble_transport::pki::sha256_hex(&d))
+        .unwrap_or_default()
+}
+
 /// Reads and bumps the session epoch kept in the data dir, so epochs grow across restarts.
 fn next_epoch(dir: &Path) -> Result<u64, AgentError> {
     let path = dir.join("epoch");
@@ -86,9 +106,6 @@ pub async fn run(
     cancel: CancellationToken,
     ready: impl FnOnce() + Send,
 ) -> Result<(), AgentError> {
-    if config.leaders.is_empty() {
-        return Err(AgentError::NoLeader);
-    }
     let name = config.node_name()?;
     let dir = config.data_dir.clone();
     // The board's key, its state and the secrets' mounts: the agent's alone, whatever the umask.
@@ -123,8 +140,9 @@ pub async fn run(
         Some(c) => c,
         None => {
             let token = join::token_of(&config)?.to_string();
+            let pin = token.parse::<bramble_proto::token::JoinToken>().map(|t| t.ca_fingerprint).unwrap_or_default();
             loop {
-                let mut addrs: std::collections::VecDeque<SocketAddr> = resolve(&config.leaders).await?.into();
+                let mut addrs: std::collections::VecDeque<SocketAddr> = leaders_of(&config, &pin).await?.into();
                 let mut last = None;
                 let mut redirects = 0;
                 while let Some(addr) = addrs.pop_front() {
@@ -173,7 +191,8 @@ pub async fn run(
     // available leaders the one that just went away is the least likely to answer).
     let mut last_leader: Option<SocketAddr> = None;
     loop {
-        let mut addrs: std::collections::VecDeque<SocketAddr> = resolve(&config.leaders).await?.into();
+        let mut addrs: std::collections::VecDeque<SocketAddr> =
+            leaders_of(&config, &ca_fingerprint(&creds.ca_pem)).await?.into();
         if let Some(i) = last_leader.and_then(|l| addrs.iter().position(|a| *a == l)) {
             addrs.rotate_left(i + 1);
         }

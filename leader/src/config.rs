@@ -52,6 +52,28 @@ pub struct LeaderConfig {
     pub backup: BackupConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
+}
+
+/// How boards find this leader without an address: mDNS / DNS-SD `_bramble._udp` on the LAN.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// Answer boards' `_bramble._udp.local` queries (UDP 5353 on every interface; the answer
+    /// names the QUIC port and the CA fingerprint, nothing secret). Default on.
+    #[serde(default = "default_true")]
+    pub mdns: bool,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig { mdns: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Where the cluster is kept: `redb` (one file in the data dir, one leader) or `etcd` (shared by
@@ -317,6 +339,7 @@ impl LeaderConfig {
             network: ClusterNetwork::default(),
             pki: PkiConfig::default(),
             metrics: MetricsConfig::default(),
+            discovery: DiscoveryConfig::default(),
             backup: BackupConfig::default(),
             store: StoreConfig::default(),
         }
@@ -446,6 +469,11 @@ vxlan_vni = {vxlan_vni}
 node_cert_lifetime = "{node_cert}"
 # The leader's serving certificate: renewed two thirds in (or at once when this is shortened).
 leader_cert_lifetime = "{leader_cert}"
+
+[discovery]
+# Boards with no leader configured find this one on the LAN (mDNS, _bramble._udp on UDP 5353;
+# the answer names the QUIC port and the CA fingerprint, nothing secret).
+mdns = true
 
 [metrics]
 # Prometheus metrics (plain HTTP): off unless set. Keep it on loopback or a management network.

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod config;
 pub mod controllers;
 pub mod dashboard;
+pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod ha;

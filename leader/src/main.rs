@@ -409,6 +409,17 @@ async fn serve(config: LeaderConfig) -> anyhow::Result<()> {
         _ = shutdown.wait() => return Ok(()),
     };
     let agent = if config.agent.enabled { Some(start_embedded_agent(&config, &leader)?) } else { None };
+    let discovery = CancellationToken::new();
+    if config.discovery.mdns {
+        let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        let instance = if host.is_empty() { config.cluster_name.clone() } else { host };
+        bramble_leader::discovery::spawn(
+            instance,
+            leader.local_addr.port(),
+            leader.ca_fingerprint.clone(),
+            discovery.clone(),
+        );
+    }
     if let Some(interval) = systemd::watchdog_interval() {
         tracing::info!("feeding systemd's watchdog every {} ms while the store answers", interval.as_millis() / 2);
         tokio::spawn(watchdog(interval, leader.api.clone()));
@@ -423,6 +434,7 @@ async fn serve(config: LeaderConfig) -> anyhow::Result<()> {
         _ = cancelled.cancelled() => {}
     }
     systemd::notify("STOPPING=1");
+    discovery.cancel();
     if let Some((cancel, task)) = agent {
         cancel.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(3), task).await;

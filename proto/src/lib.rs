@@ -12,6 +12,7 @@ pub mod hostpath;
 pub mod image_ref;
 pub mod limit;
 pub mod manifest;
+pub mod mdns;
 pub mod model;
 pub mod names;
 pub mod network;

@@ -42,6 +42,8 @@ pub struct ClusterOptions {
     pub leader_bin: Option<PathBuf>,
     /// The PATH agents run with (none: this process's): where they find `nft` and `conntrack`.
     pub agent_path: Option<String>,
+    /// Agents get no leader address: they find the leader on the lab's LAN (mDNS).
+    pub discover: bool,
 }
 
 impl Default for ClusterOptions {
@@ -61,6 +63,7 @@ impl Default for ClusterOptions {
             agent_bin: None,
             leader_bin: None,
             agent_path: None,
+            discover: false,
         }
     }
 }
@@ -83,6 +86,7 @@ pub struct Cluster {
     pub leader_bin: PathBuf,
     agent_toml: String,
     agent_path: Option<String>,
+    discover: bool,
     /// Leaders added by [`Cluster::add_leader`] (name, process).
     pub more_leaders: Vec<(String, Option<Proc>)>,
     /// Where agents look for leaders.
@@ -165,6 +169,7 @@ impl Cluster {
             bins,
             agent_toml: opts.agent_toml.clone(),
             agent_path: opts.agent_path.clone(),
+            discover: opts.discover,
             more_leaders: Vec::new(),
             leader_addrs,
             etcd,
@@ -275,22 +280,14 @@ impl Cluster {
         let leader = self.leader_addrs.join(",");
         let config = self.dir.path().join(format!("agent-{i}.toml"));
         std::fs::write(&config, format!("version = 1\n{}", self.agent_toml)).expect("write the agent config");
-        let args: Vec<String> = [
-            "run",
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--leader",
-            &leader,
-            "--token",
-            &self.token,
-            "--name",
-            &Self::node_name(i),
-            "--data-dir",
-            data.to_str().expect("utf-8"),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> = vec!["run".into(), "--config".into(), config.to_str().expect("utf-8").into()];
+        if !self.discover {
+            args.extend(["--leader".to_string(), leader]);
+        }
+        args.extend(
+            ["--token", &self.token, "--name", &Self::node_name(i), "--data-dir", data.to_str().expect("utf-8")]
+                .map(String::from),
+        );
         let log = self.dir.path().join(format!("agent-{i}.log"));
         let env: Vec<(&str, &str)> = self.agent_path.iter().map(|p| ("PATH", p.as_str())).collect();
         self.agents[i - 1] =

@@ -44,6 +44,57 @@ pub fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).expect("serialisable") + "\n"
 }
 
+/// `v` as YAML (block style). Every string is written as a JSON string, which is a YAML
+/// double-quoted scalar, so nothing in a value can change the document's structure.
+pub fn yaml<T: Serialize>(v: &T) -> String {
+    let v = serde_json::to_value(v).expect("serialisable");
+    let mut out = String::from("---\n");
+    yaml_block(&v, 0, &mut out);
+    out
+}
+
+fn yaml_scalar(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "null".into(),
+        serde_json::Value::Array(a) if a.is_empty() => "[]".into(),
+        serde_json::Value::Object(o) if o.is_empty() => "{}".into(),
+        other => other.to_string(),
+    }
+}
+
+fn is_block(v: &serde_json::Value) -> bool {
+    matches!(v, serde_json::Value::Array(a) if !a.is_empty())
+        || matches!(v, serde_json::Value::Object(o) if !o.is_empty())
+}
+
+fn yaml_block(v: &serde_json::Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match v {
+        serde_json::Value::Object(o) if !o.is_empty() => {
+            for (k, val) in o {
+                let key = serde_json::Value::String(k.clone()).to_string();
+                if is_block(val) {
+                    out.push_str(&format!("{pad}{key}:\n"));
+                    yaml_block(val, indent + 2, out);
+                } else {
+                    out.push_str(&format!("{pad}{key}: {}\n", yaml_scalar(val)));
+                }
+            }
+        }
+        serde_json::Value::Array(a) if !a.is_empty() => {
+            for item in a {
+                if is_block(item) {
+                    out.push_str(&format!("{pad}-\n"));
+                    yaml_block(item, indent + 2, out);
+                } else {
+                    out.push_str(&format!("{pad}- {}\n", yaml_scalar(item)));
+                }
+            }
+        }
+        scalar => out.push_str(&format!("{pad}{}\n", yaml_scalar(scalar))),
+    }
+}
+
 /// The last `width` values as a small chart (`▁▂▃▄▅▆▇█`), scaled to their largest (and to `floor`,
 /// so that a flat low line stays low).
 pub fn sparkline(values: &[u64], width: usize, floor: u64) -> String {
@@ -61,5 +112,23 @@ mod sparkline_tests {
         assert_eq!(super::sparkline(&[10, 10], 10, 1000), "▁▁");
         assert_eq!(super::sparkline(&[1, 2, 3, 4], 2, 0), "▆█");
         assert_eq!(super::sparkline(&[], 5, 0), "");
+    }
+}
+
+#[cfg(test)]
+mod yaml_tests {
+    #[test]
+    fn yaml_quotes_every_string_so_values_cannot_change_the_structure() {
+        let v = serde_json::json!({
+            "name": "a: b\n- c # d",
+            "list": [1, "x", {"k": null}, []],
+            "empty": {},
+            "nested": {"deep": [true]}
+        });
+        let y = super::yaml(&v);
+        assert_eq!(
+            y,
+            "---\n\"empty\": {}\n\"list\":\n  - 1\n  - \"x\"\n  -\n    \"k\": null\n  - []\n\"name\": \"a: b\\n- c # d\"\n\"nested\":\n  \"deep\":\n    - true\n"
+        );
     }
 }

@@ -342,6 +342,18 @@ fn apply_get_and_delete_apps_through_the_cli() {
         std::fs::read_to_string(&back).unwrap()
     );
     text(cli(&["delete", "app", "hello"]));
+    // YAML is the same object as JSON (read back by PyYAML).
+    let as_json: serde_json::Value = serde_json::from_str(&text(cli(&["get", "app", "web", "-o", "json"]))).unwrap();
+    let y = dir.path().join("web.yaml");
+    std::fs::write(&y, text(cli(&["get", "app", "web", "-o", "yaml"]))).unwrap();
+    let read = Command::new("python3")
+        .args(["-c", "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))"])
+        .arg(&y)
+        .output()
+        .expect("python3 (scripts/test installs it, with python3-yaml)");
+    assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
+    let from_yaml: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
+    assert_eq!(from_yaml, as_json, "{}", std::fs::read_to_string(&y).unwrap());
     let nodes = cli(&["get", "nodes", "-o", "toml"]);
     assert!(String::from_utf8_lossy(&nodes.stderr).contains("a node has no manifest form: use -o json"));
     let missing = cli(&["get", "app", "nope"]);

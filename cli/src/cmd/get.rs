@@ -37,12 +37,14 @@ enum Output {
     Name,
     /// Apps, services and configs as a manifest `bramble apply` takes back unchanged.
     Toml,
+    /// YAML, as JSON is (one object when NAME is given).
+    Yaml,
 }
 
 impl Output {
     fn format(self) -> Format {
         match self {
-            Output::Table | Output::Name | Output::Toml => Format::Table,
+            Output::Table | Output::Name | Output::Toml | Output::Yaml => Format::Table,
             Output::Wide => Format::Wide,
             Output::Json => Format::Json,
         }
@@ -88,6 +90,8 @@ fn pick_manifest<T: serde::Serialize, S: serde::Serialize>(
     match output {
         Output::Json if name.is_some() => print!("{}", json(&list[0])),
         Output::Json => print!("{}", json(&list)),
+        Output::Yaml if name.is_some() => print!("{}", crate::output::yaml(&list[0])),
+        Output::Yaml => print!("{}", crate::output::yaml(&list)),
         Output::Name => list.iter().for_each(|o| println!("{kind}/{}", name_of(o))),
         Output::Toml => {
             let specs: Vec<S> = list.iter().filter_map(&spec_of).collect();

@@ -120,6 +120,16 @@ pub struct NetworkConfig {
     /// address, routes, the nft table, stray veths): from 1s to 5m, default 30s.
     #[serde(default = "default_check_every")]
     pub check_every: bramble_proto::quantity::HumanDuration,
+    /// Program services, host ports and the pods' firewall with nft (the default). `false` is for a
+    /// board that cannot have nft: its pods then reach no service VIP, take no host port, and
+    /// are not kept from Bramble's own ports — the board says so, and is not NetworkUnavailable
+    /// for the want of nft.
+    #[serde(default = "default_nft")]
+    pub nft: bool,
+}
+
+fn default_nft() -> bool {
+    true
 }
 
 impl Default for NetworkConfig {
@@ -131,6 +141,7 @@ impl Default for NetworkConfig {
             host_ports: Default::default(),
             reserved_ports: Vec::new(),
             check_every: default_check_every(),
+            nft: true,
         }
     }
 }
@@ -158,6 +169,7 @@ impl AgentConfig {
             host_ports: self.host_port_policy(),
             control_ports: self.control_ports(),
             check_every: n.check_every.0,
+            nft: n.nft,
         }
     }
 }

@@ -156,6 +156,11 @@ fn emulated_board(b: EmulatedBoard) {
     // share, which has no page cache, the agent would map only the pages it touches, and its
     // memory would read lower than on a board's SD card.
     let share = board_share(&c, &name);
+    // The emulated board is busybox in an initramfs: no nft. Without it the board is
+    // NetworkUnavailable and gets no replica (tests/tests/network_repair.rs), so its admin says
+    // it runs pods without services and firewall.
+    let toml = std::fs::read_to_string(share.join("agent.toml")).unwrap();
+    std::fs::write(share.join("agent.toml"), format!("{toml}[network]\nnft = false\n")).unwrap();
     std::fs::copy(&agent, share.join("bramble-agent")).unwrap();
     // Its shim beside it, as the package installs them.
     std::fs::copy(agent.with_file_name("bramble-shim"), share.join("bramble-shim")).unwrap();

@@ -55,6 +55,8 @@ pub struct Settings {
     /// Everything is checked (and repaired) again this often: something may have flushed a
     /// table, deleted a route or added an address.
     pub check_every: Duration,
+    /// Whether services, host ports and the pods' firewall are programmed (`network.nft`).
+    pub nft: bool,
 }
 
 /// What the leader last said, as kept on disk.
@@ -102,6 +104,9 @@ impl Controller {
         bindings: tokio::sync::watch::Receiver<PodRules>,
         rt: tokio::runtime::Handle,
     ) -> Controller {
+        if !settings.nft {
+            warn!("network.nft = false: no service VIPs, host ports or pod firewall on this board");
+        }
         let known = match std::fs::read(&settings.state_file) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 warn!("ignoring {}: {e}", settings.state_file.display());
@@ -362,6 +367,9 @@ impl Controller {
 
     /// The nft table; a problem when it cannot be written.
     fn rules(&mut self, node: &NodeNetwork, full: bool) -> Option<NetworkProblem> {
+        if !self.settings.nft {
+            return None; // said once, at the start
+        }
         if !super::check::binary("nft") {
             self.applied = None;
             return Some(problem(

@@ -173,6 +173,8 @@ impl NodeInfo {
             if !word {
                 p.reason = "NetworkUnavailable".into();
             }
+            // Logged and shown by the leader: one line, no control characters.
+            p.message = p.message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
             cut_to(&mut p.message, MAX_PROBLEM_TEXT);
             // The leader's clock says since when, not the board's.
             p.since_ms = 0;
@@ -611,9 +613,15 @@ mod board_tests {
         assert_eq!(p.reason, "NetworkUnavailable", "not a word: replaced");
         assert!(p.message.len() <= MAX_PROBLEM_TEXT && p.message.len() >= MAX_PROBLEM_TEXT - 1);
         assert_eq!(p.since_ms, 0, "the board's clock is not taken");
-        info.network_problem = Some(NetworkProblem { reason: "NftMissing".into(), message: "m".into(), since_ms: 0 });
+        info.network_problem =
+            Some(NetworkProblem { reason: "NftMissing".into(), message: "m\nWARN forged\x1b[0m".into(), since_ms: 0 });
         info.sanitize();
-        assert_eq!(info.network_problem.as_ref().unwrap().reason, "NftMissing");
+        let p = info.network_problem.as_ref().unwrap();
+        assert_eq!(
+            (p.reason.as_str(), p.message.as_str()),
+            ("NftMissing", "m WARN forged [0m"),
+            "one line, no escapes"
+        );
         // Older agents send no problem; older leaders ignore the field.
         let json = serde_json::to_value(NodeInfo::board(Arch::Arm64, Resources::default())).unwrap();
         assert!(json.get("network_problem").is_none());

@@ -503,6 +503,14 @@ fn a_board_cut_from_power_starts_its_replicas_again_without_the_leader() {
     assert!(status.success(), "the board's script failed:\n{}", vm.console());
 }
 
+/// Whether `p` is the board package of `deb_arch` (`bramble_<version>_<arch>.deb`), not the CLI's
+/// (`bramble-cli_…`, which conflicts with it: installing that one removed the agent).
+fn is_board_package(p: &Path, deb_arch: &str) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.strip_prefix("bramble_").is_some_and(|rest| rest.ends_with(&format!("_{deb_arch}.deb"))))
+}
+
 /// The amd64 package (`CROSS_PROFILE=dev cross/deb.sh amd64`, which scripts/test-boards runs).
 fn amd64_package() -> PathBuf {
     if let Some(p) = std::env::var_os("BRAMBLE_DEB") {
@@ -514,7 +522,7 @@ fn amd64_package() -> PathBuf {
         .flatten()
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with("_amd64.deb")))
+        .find(|p| is_board_package(p, "amd64"))
         .unwrap_or_else(|| {
             panic!("no amd64 package in {} (build it: CROSS_PROFILE=dev cross/deb.sh amd64)", dir.display())
         })
@@ -597,6 +605,13 @@ fn package_board(c: &bramble_tests::Cluster, name: &str, deb: &Path) -> (PathBuf
     (share, disk)
 }
 
+/// What a package board's script wrote: its log, the last status and (when the agent failed to
+/// start or the board stopped) the agent's journal.
+fn board_report(share: &Path) -> String {
+    let read = |f: &str| std::fs::read_to_string(share.join(f)).unwrap_or_default();
+    format!("board.log:\n{}\nstatus:\n{}\njournal.txt:\n{}", read("board.log"), read("status"), read("journal.txt"))
+}
+
 /// What `package_board`'s script saw after `dpkg -i`: nothing enabled or started, the user made,
 /// the config readable by the group only, the units there; and `bramble-agent check` passed.
 fn assert_installed_and_checked(share: &Path) {
@@ -642,13 +657,7 @@ fn the_package_installs_its_agent_joins_under_systemd_and_the_watchdog_restarts_
         ],
         &c.dir.path().join("deb-console.log"),
     );
-    let board_log = || {
-        format!(
-            "board.log:\n{}\nstatus:\n{}",
-            std::fs::read_to_string(share.join("board.log")).unwrap_or_default(),
-            std::fs::read_to_string(share.join("status")).unwrap_or_default()
-        )
-    };
+    let board_log = || board_report(&share);
 
     // 1. Installed, nothing started; the agent, started by systemd, joins.
     let node = wait_board_ready(&c, &mut vm, "deb-board", board_log);
@@ -708,13 +717,12 @@ fn arm_package(deb_arch: &str, env: &str) -> PathBuf {
         return PathBuf::from(p);
     }
     let dir = repo().join("target/deb");
-    let suffix = format!("_{deb_arch}.deb");
     std::fs::read_dir(&dir)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(&suffix)))
+        .find(|p| is_board_package(p, deb_arch))
         .unwrap_or_else(|| {
             panic!(
                 "no {deb_arch} package in {} (build it: cross/build.sh, then cross/deb.sh {deb_arch})",
@@ -765,13 +773,7 @@ fn package_on_arm_board(deb_arch: &str, arch: Arch, env: &str) {
         ],
         &c.dir.path().join(format!("{name}-console.log")),
     );
-    let board_log = || {
-        format!(
-            "board.log:\n{}\nstatus:\n{}",
-            std::fs::read_to_string(share.join("board.log")).unwrap_or_default(),
-            std::fs::read_to_string(share.join("status")).unwrap_or_default()
-        )
-    };
+    let board_log = || board_report(&share);
     let node = wait_board_ready(&c, &mut vm, &name, board_log);
     let joined = started.elapsed();
     assert_installed_and_checked(&share);

@@ -100,7 +100,12 @@ fn next_epoch(dir: &Path) -> Result<u64, AgentError> {
     Ok(next)
 }
 
-/// Runs the agent until `cancel` fires. `ready` is called once the first session is up.
+/// Runs the agent until `cancel` fires. `ready` is called once the board's own machinery runs
+/// (containers adopted, the reconciler and the network controller going), before any leader
+/// answers: a board that boots with its leader unreachable keeps its replicas running, and under
+/// systemd (`Type=notify`) its start must not time out waiting for a leader (it did: the unit was
+/// killed and started again every 90 s). Joining and sessions follow; their trouble is in the log
+/// and in `bramble get nodes`.
 pub async fn run(
     config: AgentConfig,
     cancel: CancellationToken,
@@ -135,6 +140,7 @@ pub async fn run(
         .spawn(move || controller.run(net_rx))
         .map_err(AgentError::Workloads)?;
     work.network = Some(net_tx);
+    ready();
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let creds = match join::load(&dir, &name)? {
         Some(c) => c,
@@ -186,7 +192,6 @@ pub async fn run(
     };
     backoff.reset();
     let mut creds = creds;
-    let mut ready = Some(ready);
     // The leader of the last session: when it ends, the others are tried first (with highly
     // available leaders the one that just went away is the least likely to answer).
     let mut last_leader: Option<SocketAddr> = None;
@@ -202,8 +207,7 @@ pub async fn run(
             let epoch = next_epoch(&dir)?;
             let started = Instant::now();
             let span = tracing::info_span!("session", leader = %addr, epoch);
-            let result =
-                session(&config, &mut creds, addr, epoch, &cancel, &mut ready, &mut work).instrument(span).await;
+            let result = session(&config, &mut creds, addr, epoch, &cancel, &mut work).instrument(span).await;
             if cancel.is_cancelled() {
                 return Ok(());
             }
@@ -329,7 +333,6 @@ async fn session(
     addr: SocketAddr,
     epoch: u64,
     cancel: &CancellationToken,
-    ready: &mut Option<impl FnOnce()>,
     work: &mut Handle,
 ) -> Result<(), SessionError> {
     check_expiry(creds)?;
@@ -363,9 +366,6 @@ async fn session(
         None => return Err(SessionError::Closed),
     };
     info!("session established");
-    if let Some(f) = ready.take() {
-        f();
-    }
     // Frames from the leader arrive through a channel so the loop below selects only on
     // cancel-safe operations.
     let (tx, mut rx) = mpsc::channel::<Result<Option<LeaderMsg>, TransportError>>(8);

@@ -128,7 +128,10 @@ impl Cluster {
             leader_addrs.push(format!("{}:{SECOND_LEADER_PORT}", lab.addr(0)));
             e
         });
-        let out = Command::new(bins.join("bramble-leader"))
+        // Made by the leader that runs it (an older version in the upgrade tests: the config a
+        // cluster of that version has, which the new one must read).
+        let init_bin = opts.leader_bin.clone().unwrap_or_else(|| bins.join("bramble-leader"));
+        let out = Command::new(init_bin)
             .args(["init", "--data-dir", leader_dir.to_str().expect("utf-8"), "--listen", &listen])
             .args(&opts.init_args)
             .output()

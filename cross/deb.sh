@@ -130,7 +130,8 @@ if [ "$1" = configure ]; then
   if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
   if [ -z "$2" ]; then
     echo "bramble: installed; nothing started. Edit /etc/bramble/agent.toml, run 'bramble-agent check',"
-    echo "bramble: then 'systemctl enable --now bramble-agent' (or see /etc/bramble/*.sample for a leader)."
+    echo "bramble: then 'systemctl enable --now bramble-agent'. A leader: 'bramble-leader init --data-dir"
+    echo "bramble: /var/lib/bramble/leader --listen 0.0.0.0:7443', then 'systemctl enable --now bramble-leader'."
   fi
 fi
 exit 0

@@ -238,6 +238,9 @@ fn main() -> ExitCode {
                     println!("  leader config:  {}", out.config_path.display());
                     println!("  admin config:   {} (copy to ~/.config/bramble/config.toml)", out.admin_path.display());
                     println!("start it with: bramble-leader run --config {}", out.config_path.display());
+                    if data_dir == Path::new("/var/lib/bramble/leader") {
+                        println!("  (from the package: systemctl enable --now bramble-leader runs that)");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -8,6 +8,8 @@
 
 use bramble_proto::model::{Arch, ConditionStatus, NodeView, Replica, ReplicaPhase};
 use bramble_tests::cluster::{with_busybox_opts, ClusterOptions, LEADER_PORT};
+use bramble_tests::netlab::{ip, NetLab};
+use bramble_tests::registry::Registry;
 use bramble_tests::{ok, wait_for};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -528,10 +530,10 @@ fn amd64_package() -> PathBuf {
         })
 }
 
-/// The board script's last status: `agent MAINPID NRESTARTS ACTIVESTATE`, then the shims' states.
+/// The board script's last status: `unit MAINPID NRESTARTS ACTIVESTATE`, then the shims' states.
 fn unit_status(share: &Path) -> Option<(u32, u32, String)> {
     let text = std::fs::read_to_string(share.join("status")).ok()?;
-    let mut f = text.lines().next()?.strip_prefix("agent ")?.split_whitespace();
+    let mut f = text.lines().next()?.strip_prefix("unit ")?.split_whitespace();
     Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?, f.next()?.to_string()))
 }
 
@@ -552,69 +554,101 @@ fn container_pids(share: &Path) -> Vec<i32> {
 }
 
 /// A Debian board's script for `scripts/vm run --systemd`: what an admin does on a fresh board —
-/// install the package, configure the agent to join `c`, check, start — then report the unit and
-/// its shims every second (and SIGSTOP the agent once /mnt/hang appears) until /mnt/stop.
-/// Returns the shared directory and the board's data disk (ext4, as on an SD card: the guest's
-/// root is an overlay, on which overlayfs cannot be mounted; the doctor says so).
-fn package_board(c: &bramble_tests::Cluster, name: &str, deb: &Path) -> (PathBuf, PathBuf) {
-    let leader_ip = c.lab.addr(0);
-    let share = c.dir.path().join(name);
+/// install the package (`dpkg -i`), then `setup` (the README's lines for the board's role), which
+/// starts `unit` — then report the unit and its shims every second until /mnt/stop, and meanwhile:
+/// SIGSTOP the unit's process once /mnt/hang appears; run /mnt/cmd (a shell script the test
+/// writes) and leave its output and exit code in /mnt/cmd.out. Returns the shared directory and the
+/// board's data disk (ext4, as on an SD card: the guest's root is an overlay, on which overlayfs
+/// cannot be mounted; the doctor says so).
+fn systemd_board(dir: &Path, name: &str, deb: &Path, unit: &str, setup: &str) -> (PathBuf, PathBuf) {
+    let share = dir.join(name);
     std::fs::create_dir_all(&share).unwrap();
-    // The board's data on a disk of its own (ext4, as on an SD card): the guest's root is an
-    // overlay, on which overlayfs cannot be mounted (the doctor says so).
-    let disk = c.dir.path().join(format!("{name}.img"));
+    let disk = dir.join(format!("{name}.img"));
     std::fs::File::create(&disk).unwrap().set_len(1 << 30).unwrap();
     let out = Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&disk).output().expect("mkfs.ext4 (e2fsprogs)");
     assert!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
-    // What an admin does on a fresh Debian board: install, configure, check, start.
     std::fs::write(
         share.join("board.sh"),
         format!(
-                         "exec > /mnt/board.log 2>&1\n\
+            "exec > /mnt/board.log 2>&1\n\
              mkdir -p /var/lib/bramble && mount /dev/vda /var/lib/bramble || exit 9\n\
              dpkg -i {deb} || exit 10\n\
-             {{ echo \"enabled $(systemctl is-enabled bramble-agent 2>&1)\"\n\
-               echo \"active $(systemctl is-active bramble-agent 2>&1)\"\n\
+             {{ echo \"enabled $(systemctl is-enabled {unit} 2>&1)\"\n\
+               echo \"active $(systemctl is-active {unit} 2>&1)\"\n\
                echo \"user $(getent passwd bramble)\"\n\
                echo \"config $(stat -c '%U:%G %a' /etc/bramble/agent.toml)\"\n\
                echo \"units $(ls /lib/systemd/system/bramble-*.service | tr '\\n' ' ')\"\n\
                echo \"docs $(ls /usr/share/man/man1/bramble.1.gz /usr/share/man/man1/bramble-get.1.gz /usr/share/bash-completion/completions/bramble /usr/share/doc/bramble/OPERATIONS.md 2>&1 | tr '\\n' ' ')\"\n\
              }} > /mnt/installed.txt\n\
-             printf '%s\\n' 'version = 1' 'name = \"{name}\"' 'leaders = [\"{leader_ip}:{LEADER_PORT}\"]' \
-               'token = \"{token}\"' '[[images.registry]]' 'host = \"{leader_ip}:5000\"' 'insecure = true' \
-               > /etc/bramble/agent.toml\n\
-             bramble-agent check > /mnt/check.txt 2>&1; echo \"exit $?\" >> /mnt/check.txt\n\
-             systemctl start bramble-agent || {{ journalctl -u bramble-agent --no-pager > /mnt/journal.txt; exit 11; }}\n\
+             started() {{ systemctl is-active -q {unit} || {{ journalctl -u {unit} --no-pager > /mnt/journal.txt; exit 11; }}; }}\n\
+             {setup}\n\
+             started\n\
              hung=\n\
              while [ ! -e /mnt/stop ]; do\n\
-               main=$(systemctl show -p MainPID --value bramble-agent)\n\
-               {{ echo \"agent $main $(systemctl show -p NRestarts --value bramble-agent) $(systemctl is-active bramble-agent)\"\n\
+               main=$(systemctl show -p MainPID --value {unit})\n\
+               {{ echo \"unit $main $(systemctl show -p NRestarts --value {unit}) $(systemctl is-active {unit})\"\n\
                  for s in /run/bramble/var-lib-bramble-agent/shims/*/state.json; do [ -f $s ] && tr -d '\\n' < $s && echo; done\n\
                }} > /mnt/status.new; mv /mnt/status.new /mnt/status\n\
-               if [ -e /mnt/hang ] && [ -z \"$hung\" ]; then kill -STOP $main; hung=$main; echo \"stopped the agent ($main)\"; fi\n\
+               if [ -e /mnt/hang ] && [ -z \"$hung\" ]; then kill -STOP $main; hung=$main; echo \"stopped {unit} ($main)\"; fi\n\
+               if [ -f /mnt/cmd ]; then\n\
+                 sh /mnt/cmd > /mnt/cmd.new 2>&1; echo \"exit $?\" >> /mnt/cmd.new; rm -f /mnt/cmd; mv /mnt/cmd.new /mnt/cmd.out\n\
+               fi\n\
                sleep 1\n\
              done\n\
-             journalctl -u bramble-agent --no-pager -o short-monotonic > /mnt/journal.txt\n\
-             systemctl stop bramble-agent\n\
-             echo \"after stop: $(systemctl is-active bramble-agent)\"\n",
+             journalctl -u {unit} --no-pager -o short-monotonic > /mnt/journal.txt\n\
+             systemctl stop {unit}\n\
+             echo \"after stop: $(systemctl is-active {unit})\"\n",
             deb = deb.display(),
-            token = c.token,
         ),
     )
     .unwrap();
     (share, disk)
 }
 
-/// What a package board's script wrote: its log, the last status and (when the agent failed to
-/// start or the board stopped) the agent's journal.
+/// Boots a [`systemd_board`] (`scripts/vm run --systemd` with `opts`) in namespace `ns`.
+fn start_systemd_board(ns: &str, opts: &[&str], share: &Path, disk: &Path, console: &Path) -> Vm {
+    let mut args = vec!["run", "--systemd"];
+    args.extend_from_slice(opts);
+    let (share, disk) = (share.to_str().unwrap(), disk.to_str().unwrap());
+    args.extend_from_slice(&["--share", share, "--disk", disk, "--timeout", "2400", "--", "sh", "/mnt/board.sh"]);
+    Vm::start(ns, &args, console)
+}
+
+/// An agent board's setup in [`systemd_board`]: the README's lines (check, then the config with
+/// `leaders` — none: the agent finds them on the LAN — and the token, then start).
+fn agent_setup(name: &str, leaders: &[String], token: &str, registry: &str) -> String {
+    let leaders = leaders.iter().map(|l| format!("\"{l}\"")).collect::<Vec<_>>().join(", ");
+    let leaders = if leaders.is_empty() { String::new() } else { format!("'leaders = [{leaders}]' ") };
+    format!(
+        "bramble-agent check > /mnt/check.txt 2>&1; echo \"exit $?\" >> /mnt/check.txt\n\
+         printf '%s\\n' 'version = 1' 'name = \"{name}\"' {leaders}'token = \"{token}\"' \
+           '[[images.registry]]' 'host = \"{registry}\"' 'insecure = true' > /etc/bramble/agent.toml\n\
+         systemctl enable --now bramble-agent"
+    )
+}
+
+/// Runs `script` on a [`systemd_board`] (as root, with sh) and returns its output and exit code.
+fn board_run(vm: &mut Vm, share: &Path, script: &str, timeout: Duration) -> (String, i32) {
+    let _ = std::fs::remove_file(share.join("cmd.out"));
+    std::fs::write(share.join("cmd"), script).unwrap();
+    let text = wait_for(&format!("the board to run: {script}"), timeout, || {
+        assert!(vm.child.try_wait().unwrap().is_none(), "the VM stopped:\n{}\n{}", vm.console(), board_report(share));
+        std::fs::read_to_string(share.join("cmd.out")).ok()
+    });
+    let (out, code) = text.trim_end().rsplit_once("exit ").expect("the exit line");
+    (out.to_string(), code.trim().parse().expect("an exit code"))
+}
+
+/// What a package board's script wrote: its log, the last status and (when the unit failed to
+/// start or the board stopped) the unit's journal.
 fn board_report(share: &Path) -> String {
     let read = |f: &str| std::fs::read_to_string(share.join(f)).unwrap_or_default();
     format!("board.log:\n{}\nstatus:\n{}\njournal.txt:\n{}", read("board.log"), read("status"), read("journal.txt"))
 }
 
-/// What `package_board`'s script saw after `dpkg -i`: nothing enabled or started, the user made,
-/// the config readable by the group only, the units there; and `bramble-agent check` passed.
-fn assert_installed_and_checked(share: &Path) {
+/// What [`systemd_board`]'s script saw after `dpkg -i`: nothing enabled or started, the user made,
+/// the config readable by the group only, the units, man pages, completions and docs there.
+fn assert_installed(share: &Path) {
     let installed = std::fs::read_to_string(share.join("installed.txt")).expect("installed.txt");
     assert!(installed.contains("enabled disabled"), "the package enables nothing:\n{installed}");
     assert!(installed.contains("active inactive"), "the package starts nothing:\n{installed}");
@@ -624,6 +658,11 @@ fn assert_installed_and_checked(share: &Path) {
     for f in ["man1/bramble.1.gz ", "man1/bramble-get.1.gz ", "completions/bramble ", "OPERATIONS.md "] {
         assert!(installed.contains(f), "the package installs {f}(man pages, completions, docs):\n{installed}");
     }
+}
+
+/// [`assert_installed`], and `bramble-agent check` passed on the board.
+fn assert_installed_and_checked(share: &Path) {
+    assert_installed(share);
     let check = std::fs::read_to_string(share.join("check.txt")).expect("check.txt");
     assert!(
         check.trim_end().ends_with("exit 0"),
@@ -632,82 +671,279 @@ fn assert_installed_and_checked(share: &Path) {
 }
 
 #[test]
-#[ignore = "slow: a Debian board under systemd in a VM (minutes under TCG); scripts/test-boards runs it"]
-fn the_package_installs_its_agent_joins_under_systemd_and_the_watchdog_restarts_it_hung_without_touching_containers() {
+#[ignore = "slow: three Debian boards under systemd in VMs (minutes under TCG); scripts/test-boards runs it"]
+fn three_package_boards_install_as_the_readme_says_serve_through_a_vip_upgrade_without_restarts_and_the_watchdogs_restart_hung_daemons(
+) {
     let deb = amd64_package();
-    let opts = ClusterOptions { agents: 0, not_ready_after: "60s", heartbeat: "5s", ..Default::default() };
-    let (c, _registry, image) = with_busybox_opts(opts, "");
-    let (share, disk) = package_board(&c, "deb-board", &deb);
-    let started = Instant::now();
-    let mut vm = Vm::start(
-        &c.lab.ns(0),
-        &[
-            "run",
-            "--systemd",
-            "--net",
-            "--share",
-            share.to_str().unwrap(),
-            "--disk",
-            disk.to_str().unwrap(),
-            "--timeout",
-            "1500",
-            "--",
-            "sh",
-            "/mnt/board.sh",
-        ],
-        &c.dir.path().join("deb-console.log"),
+    let lab = NetLab::new(3);
+    let dir = KeptOnFailure(Some(tempfile::tempdir().unwrap()));
+    let dir = dir.0.as_ref().unwrap();
+    let registry = Registry::start_in_netns(&lab.ns(0), &lab.addr(0));
+    let layout = dir.path().join("layout");
+    bramble_tests::testimages::busybox_layout(&layout, "1");
+    let image = format!("{}/bramble/busybox:1", registry.addr);
+    bramble_tests::testimages::push_from(Some(&lab.ns(0)), &layout, "1", &image);
+
+    // Board i (1..=3) is a VM bridged onto the lab's LAN at the lab's address of host i: its
+    // namespace keeps no address, only a bridge joining its cable (eth0) and the VM's tap.
+    for i in 1..=3 {
+        let ns = lab.ns(i);
+        ip(&["-n", &ns, "addr", "flush", "dev", "eth0"]);
+        ip(&["-n", &ns, "link", "add", "vmbr", "type", "bridge"]);
+        ip(&["-n", &ns, "link", "set", "eth0", "master", "vmbr"]);
+        ip(&["-n", &ns, "tuntap", "add", "dev", "vmtap", "mode", "tap"]);
+        ip(&["-n", &ns, "link", "set", "vmtap", "master", "vmbr", "up"]);
+        ip(&["-n", &ns, "link", "set", "vmbr", "up"]);
+    }
+
+    // The README's lines ("A cluster of several boards"; the Debian package): the leader on
+    // board 1, agents on boards 2 and 3 joining with its token and finding it on the LAN (mDNS).
+    let leader_setup = format!(
+        "bramble-leader init --data-dir /var/lib/bramble/leader --listen 0.0.0.0:7443 || exit 12\n\
+         systemctl enable --now bramble-leader; started\n\
+         bramble --config /var/lib/bramble/leader/admin.toml token create > /mnt/token.new || exit 13\n\
+         mv /mnt/token.new /mnt/token\n\
+         sed 's/127.0.0.1:7443/{}:7443/' /var/lib/bramble/leader/admin.toml > /mnt/admin.toml",
+        lab.addr(1)
     );
-    let board_log = || board_report(&share);
+    let (lshare, ldisk) = systemd_board(dir.path(), "pi-1", &deb, "bramble-leader", &leader_setup);
+    let boot = |i: usize, share: &Path, disk: &Path| {
+        let lan = format!("vmtap:{}/24", lab.addr(i));
+        let opts = ["--cpus", "1", "--mem", "1024", "--lan", &lan];
+        start_systemd_board(&lab.ns(i), &opts, share, disk, &dir.path().join(format!("pi-{i}-console.log")))
+    };
+    let started = Instant::now();
+    let mut leader_vm = boot(1, &lshare, &ldisk);
+    let token = wait_for("the leader board's token", Duration::from_secs(600), || {
+        assert!(
+            leader_vm.child.try_wait().unwrap().is_none(),
+            "the leader's VM stopped:\n{}\n{}",
+            leader_vm.console(),
+            board_report(&lshare)
+        );
+        std::fs::read_to_string(lshare.join("token")).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
+    });
+    let leader_up = started.elapsed();
+    assert_installed(&lshare);
+    let admin = lshare.join("admin.toml");
+    let cli = |args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &lab.ns(0)])
+            .arg(bramble_tests::process::bin_dir().join("bramble"))
+            .arg("--config")
+            .arg(&admin)
+            .args(args)
+            .output()
+            .expect("run bramble")
+    };
+    // How many boards the leader says are Ready.
+    let ready_boards = || {
+        let nodes: Vec<NodeView> =
+            serde_json::from_slice(&cli(&["get", "nodes", "-o", "json"]).stdout).unwrap_or_default();
+        nodes.iter().filter(|n| n.ready.status == ConditionStatus::True).count()
+    };
+    let mut boards = Vec::new();
+    for i in [2, 3] {
+        let name = format!("pi-{i}");
+        let setup = agent_setup(&name, &[], &token, &format!("{}:5000", lab.addr(0)));
+        let (share, disk) = systemd_board(dir.path(), &name, &deb, "bramble-agent", &setup);
+        let vm = boot(i, &share, &disk);
+        boards.push((name, share, vm));
+    }
+    let report = |boards: &[(String, PathBuf, Vm)]| {
+        let mut text = format!("pi-1 (leader):\n{}\n", board_report(&lshare));
+        for (name, share, vm) in boards {
+            text += &format!("{name}:\n{}\nconsole:\n{}\n", board_report(share), vm.console());
+        }
+        text
+    };
 
-    // 1. Installed, nothing started; the agent, started by systemd, joins.
-    let node = wait_board_ready(&c, &mut vm, "deb-board", board_log);
+    // 1. Both agents join (no address configured: mDNS), the packaged leader under systemd.
+    wait_for("both agent boards Ready", Duration::from_secs(900), || {
+        let stopped = boards.iter_mut().any(|(_, _, vm)| vm.child.try_wait().unwrap().is_some())
+            || leader_vm.child.try_wait().unwrap().is_some();
+        assert!(!stopped, "a board's VM stopped:\n{}", report(&boards));
+        (ready_boards() == 2).then_some(())
+    });
     let joined = started.elapsed();
-    assert_installed_and_checked(&share);
-    assert_eq!(node.node.info.arch, Arch::Amd64);
+    for (_, share, _) in &boards {
+        assert_installed_and_checked(share);
+    }
 
-    // 2. Two containers.
-    let manifest = bramble_tests::cluster::idle_app(c.dir.path(), "keep", &image, 2);
-    ok(c.cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
-    wait_for("two replicas Running on the board", Duration::from_secs(600), || {
-        assert!(vm.child.try_wait().unwrap().is_none(), "the VM stopped:\n{}\n{}", vm.console(), board_log());
-        let r = c.replicas_of("keep");
-        (r.len() == 2 && r.iter().all(|r| r.phase == ReplicaPhase::Running) && container_pids(&share).len() == 2)
+    // 2. An app of two web servers behind a service, one per board; its page through the VIP
+    //    from a board.
+    let manifest = dir.path().join("web.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[[app]]\nname = \"web\"\nimage = \"{image}\"\nreplicas = 2\n\
+             command = [\"/bin/sh\", \"-c\", \"hostname > /tmp/index.html && exec httpd -f -p 8080 -h /tmp\"]\n\
+             [app.placement]\nmax_per_node = 1\n\
+             [[app.ports]]\nname = \"http\"\ncontainer = 8080\n\
+             [app.probes.readiness]\nhttp = {{ port = \"http\", path = \"/\" }}\nperiod = \"2s\"\n\
+             [[service]]\nname = \"web\"\napp = \"web\"\nports = [{{ port = 80, target = \"http\" }}]\n"
+        ),
+    )
+    .unwrap();
+    ok(cli(&["apply", "-f", manifest.to_str().unwrap()]), "apply");
+    let replicas = || -> Vec<Replica> {
+        serde_json::from_slice(&cli(&["get", "replicas", "--app", "web", "-o", "json"]).stdout).unwrap_or_default()
+    };
+    wait_for("two web replicas Running, one on each agent board", Duration::from_secs(900), || {
+        let r = replicas();
+        let on: std::collections::BTreeSet<_> = r.iter().filter_map(|r| r.node.clone()).collect();
+        (r.len() == 2 && r.iter().all(|r| r.phase == ReplicaPhase::Running) && on.len() == 2).then_some(())
+    });
+    let services: Vec<bramble_proto::model::Service> =
+        serde_json::from_str(&ok(cli(&["get", "services", "-o", "json"]), "get services")).expect("services");
+    let vip = services.iter().find(|s| s.meta.name == "web").and_then(|s| s.vip).expect("the service's VIP");
+    let through_vip = |boards: &mut Vec<(String, PathBuf, Vm)>| {
+        let (_, share, vm) = &mut boards[0];
+        let script = format!("for i in 1 2 3 4 5 6; do curl -fsS --max-time 5 http://{vip}/ || exit 1; done");
+        wait_for("the page through the VIP from a board", Duration::from_secs(300), || {
+            let (out, code) = board_run(vm, share, &script, Duration::from_secs(120));
+            (code == 0).then_some(out)
+        })
+    };
+    let pages = through_vip(&mut boards);
+    let names: std::collections::BTreeSet<_> = replicas().iter().map(|r| r.meta.name.clone()).collect();
+    let served: std::collections::BTreeSet<_> = pages.lines().map(|l| l.trim().to_string()).collect();
+    assert!(
+        !served.is_empty() && served.is_subset(&names),
+        "the VIP serves the replicas' pages: {served:?} of {names:?}"
+    );
+    let pids_before: Vec<Vec<i32>> = boards.iter().map(|(_, share, _)| container_pids(share)).collect();
+    assert!(pids_before.iter().all(|p| p.len() == 1), "one container per board: {pids_before:?}");
+
+    // 3. An upgrade on every board, as the README says: `dpkg -i` the new package, restart the
+    //    daemon. Nothing restarts: the same containers, no replica restarted, the page served.
+    let upgrade = dir.path().join("upgrade");
+    let new_deb = repack_with_version(&deb, "0.1.0+upgrade1", &upgrade);
+    for share in std::iter::once(&lshare).chain(boards.iter().map(|(_, share, _)| share)) {
+        std::fs::copy(&new_deb, share.join("upgrade.deb")).unwrap();
+    }
+    let (out, code) = board_run(
+        &mut leader_vm,
+        &lshare,
+        "dpkg -i /mnt/upgrade.deb && systemctl restart bramble-leader && dpkg-query -W bramble",
+        Duration::from_secs(300),
+    );
+    assert!(code == 0 && out.contains("0.1.0+upgrade1"), "the leader board upgraded:\n{out}");
+    for (_, share, vm) in boards.iter_mut() {
+        let (out, code) = board_run(
+            vm,
+            share,
+            "dpkg -i /mnt/upgrade.deb && systemctl restart bramble-agent && dpkg-query -W bramble",
+            Duration::from_secs(300),
+        );
+        assert!(code == 0 && out.contains("0.1.0+upgrade1"), "an agent board upgraded:\n{out}");
+    }
+    wait_for("both boards Ready again after the upgrade", Duration::from_secs(600), || {
+        (ready_boards() == 2).then_some(())
+    });
+    through_vip(&mut boards);
+    let pids_after: Vec<Vec<i32>> = boards.iter().map(|(_, share, _)| container_pids(share)).collect();
+    assert_eq!(pids_after, pids_before, "the upgrade restarted no container:\n{}", report(&boards));
+    let after = replicas();
+    assert!(
+        after.len() == 2 && after.iter().all(|r| r.restarts == 0 && names.contains(&r.meta.name)),
+        "the same replicas, none restarted: {after:?}"
+    );
+
+    // 4. The leader and an agent hang (SIGSTOP): systemd's watchdogs (WatchdogSec=60s) kill them
+    //    and start them again; the containers keep running, adopted by the new agent.
+    let status = |share: &Path| unit_status(share).expect("the unit's status");
+    let (leader_before, _, _) = status(&lshare);
+    let (agent_before, _, _) = status(&boards[1].1);
+    std::fs::write(lshare.join("hang"), "").unwrap();
+    std::fs::write(boards[1].1.join("hang"), "").unwrap();
+    let hung = Instant::now();
+    wait_for("systemd to restart the hung leader and agent", Duration::from_secs(600), || {
+        assert!(leader_vm.child.try_wait().unwrap().is_none(), "the leader's VM stopped");
+        let (l, ln, ls) = status(&lshare);
+        let (a, an, as_) = status(&boards[1].1);
+        (l != leader_before && ln >= 1 && ls == "active" && a != agent_before && an >= 1 && as_ == "active")
             .then_some(())
     });
-    let before = container_pids(&share);
-    let (agent_before, restarts_before, _) = unit_status(&share).expect("the unit's status");
-    assert_eq!(restarts_before, 0, "{}", board_log());
-
-    // 3. The agent hangs (SIGSTOP): systemd's watchdog (WatchdogSec=60s) kills it and starts it
-    //    again; its containers keep running, adopted by the new agent.
-    std::fs::write(share.join("hang"), "").unwrap();
-    let hung = Instant::now();
-    let agent_after = wait_for("systemd to restart the hung agent", Duration::from_secs(400), || {
-        assert!(vm.child.try_wait().unwrap().is_none(), "the VM stopped:\n{}\n{}", vm.console(), board_log());
-        unit_status(&share)
-            .and_then(|(pid, n, state)| (n >= 1 && state == "active" && pid != agent_before).then_some(pid))
-    });
     let restarted = hung.elapsed();
-    assert_ne!(agent_after, 0);
-    std::thread::sleep(Duration::from_secs(15));
-    wait_for("the replicas Running after the restart", Duration::from_secs(300), || {
-        let r = c.replicas_of("keep");
-        (r.len() == 2 && r.iter().all(|r| r.phase == ReplicaPhase::Running)).then_some(())
-    });
-    assert_eq!(container_pids(&share), before, "the same containers, never restarted:\n{}", board_log());
-    assert!(c.replicas_of("keep").iter().all(|r| r.restarts == 0), "{:?}", c.replicas_of("keep"));
+    wait_for("both boards Ready after the watchdogs", Duration::from_secs(600), || (ready_boards() == 2).then_some(()));
+    through_vip(&mut boards);
+    let pids_now: Vec<Vec<i32>> = boards.iter().map(|(_, share, _)| container_pids(share)).collect();
+    assert_eq!(pids_now, pids_before, "the watchdogs restarted no container:\n{}", report(&boards));
+    assert!(replicas().iter().all(|r| r.restarts == 0), "{:?}", replicas());
     eprintln!(
-        "deb board under systemd (TCG): Ready {:.1}s after boot started; hung agent restarted by the watchdog {:.1}s after SIGSTOP",
+        "three package boards under systemd (TCG): leader's token {:.1}s after boot started, both agents Ready {:.1}s; \
+         hung leader and agent restarted by their watchdogs {:.1}s after SIGSTOP",
+        leader_up.as_secs_f64(),
         joined.as_secs_f64(),
         restarted.as_secs_f64()
     );
 
-    std::fs::write(share.join("stop"), "").unwrap();
-    let status = vm.wait(Duration::from_secs(180)).expect("the VM powers off after the stop");
-    assert!(status.success(), "the board's script failed:\n{}\n{}", vm.console(), board_log());
-    let journal = std::fs::read_to_string(share.join("journal.txt")).expect("journal.txt");
-    assert!(journal.contains("Watchdog timeout"), "systemd's watchdog fired:\n{journal}");
-    assert!(board_log().contains("after stop: inactive"), "{}", board_log());
+    // 5. Stopped cleanly; the journals say the watchdogs fired.
+    for share in std::iter::once(&lshare).chain(boards.iter().map(|(_, share, _)| share)) {
+        std::fs::write(share.join("stop"), "").unwrap();
+    }
+    for (i, (share, vm)) in
+        std::iter::once((&lshare, &mut leader_vm)).chain(boards.iter_mut().map(|(_, s, vm)| (&*s, vm))).enumerate()
+    {
+        let status = vm.wait(Duration::from_secs(300)).expect("the VM powers off after the stop");
+        assert!(status.success(), "board {}'s script failed:\n{}\n{}", i + 1, vm.console(), board_report(share));
+        assert!(board_report(share).contains("after stop: inactive"), "{}", board_report(share));
+    }
+    for share in [&lshare, &boards[1].1] {
+        let journal = std::fs::read_to_string(share.join("journal.txt")).expect("journal.txt");
+        assert!(journal.contains("Watchdog timeout"), "systemd's watchdog fired:\n{journal}");
+    }
+    drop(registry);
+}
+
+/// A test's directory, moved to `/tmp/bramble-e2e-failed-<pid>` (disk images aside) when the test
+/// fails, for a human to read the boards' logs.
+struct KeptOnFailure(Option<tempfile::TempDir>);
+
+impl Drop for KeptOnFailure {
+    fn drop(&mut self) {
+        let Some(dir) = self.0.take() else { return };
+        if std::thread::panicking() {
+            let keep = std::env::temp_dir().join(format!("bramble-e2e-failed-{}", std::process::id()));
+            let path = dir.keep();
+            for e in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                if e.path().extension().is_some_and(|x| x == "img") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+            let _ = std::fs::remove_dir_all(&keep);
+            match std::fs::rename(&path, &keep) {
+                Ok(()) => eprintln!("the boards' files of the failed run are in {}", keep.display()),
+                Err(_) => eprintln!("the boards' files of the failed run are in {}", path.display()),
+            }
+        }
+    }
+}
+
+/// `deb` again with version `version` in `dir`: an upgrade for `dpkg -i` (same binaries).
+fn repack_with_version(deb: &Path, version: &str, dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let out = Command::new("dpkg-deb").arg("-R").arg(deb).arg(&root).output().expect("dpkg-deb -R");
+    assert!(out.status.success(), "dpkg-deb -R: {}", String::from_utf8_lossy(&out.stderr));
+    let control = root.join("DEBIAN/control");
+    let text = std::fs::read_to_string(&control).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| if l.starts_with("Version:") { format!("Version: {version}\n") } else { format!("{l}\n") })
+        .collect();
+    std::fs::write(&control, text).unwrap();
+    let new = dir.join(format!("bramble_{version}_amd64.deb"));
+    let out = Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-Zgzip", "-z1", "--build"])
+        .arg(&root)
+        .arg(&new)
+        .output()
+        .expect("dpkg-deb --build");
+    assert!(out.status.success(), "dpkg-deb --build: {}", String::from_utf8_lossy(&out.stderr));
+    new
 }
 
 /// The package of a Debian arch (`arm64`, `armhf`) that `cross/deb.sh` made, or the one named by
@@ -751,28 +987,12 @@ fn package_on_arm_board(deb_arch: &str, arch: Arch, env: &str) {
     let opts = ClusterOptions { agents: 0, not_ready_after: "120s", heartbeat: "5s", ..Default::default() };
     let (c, _registry, image) = with_busybox_opts(opts, "");
     let name = format!("pi-{deb_arch}");
-    let (share, disk) = package_board(&c, &name, &deb);
+    let leader = format!("{}:{LEADER_PORT}", c.lab.addr(0));
+    let setup = agent_setup(&name, &[leader], &c.token, &format!("{}:5000", c.lab.addr(0)));
+    let (share, disk) = systemd_board(c.dir.path(), &name, &deb, "bramble-agent", &setup);
     let started = Instant::now();
-    let mut vm = Vm::start(
-        &c.lab.ns(0),
-        &[
-            "run",
-            "--arch",
-            deb_arch,
-            "--systemd",
-            "--net",
-            "--share",
-            share.to_str().unwrap(),
-            "--disk",
-            disk.to_str().unwrap(),
-            "--timeout",
-            "2400",
-            "--",
-            "sh",
-            "/mnt/board.sh",
-        ],
-        &c.dir.path().join(format!("{name}-console.log")),
-    );
+    let console = c.dir.path().join(format!("{name}-console.log"));
+    let mut vm = start_systemd_board(&c.lab.ns(0), &["--arch", deb_arch, "--net"], &share, &disk, &console);
     let board_log = || board_report(&share);
     let node = wait_board_ready(&c, &mut vm, &name, board_log);
     let joined = started.elapsed();

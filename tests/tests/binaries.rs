@@ -3,8 +3,49 @@
 
 use bramble_tests::process::bin_dir;
 use std::os::unix::net::UnixDatagram;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+/// `bramble-leader init` of a throwaway cluster in `data`, listening on `listen`.
+fn init_leader(data: &Path, listen: &str) -> std::process::Output {
+    let out = Command::new(bin_dir().join("bramble-leader"))
+        .args(["init", "--listen", listen, "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A free UDP port on loopback, for a leader whose CLI config must name it.
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `bramble-leader run` of an initialised data dir, killed when dropped.
+struct Leader(std::process::Child);
+
+impl Leader {
+    fn run(data: &Path) -> Self {
+        Leader(
+            Command::new(bin_dir().join("bramble-leader"))
+                .args(["run", "--data-dir"])
+                .arg(data)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 fn agent_check(file: &str, env: &[(&str, &str)], flags: &[&str]) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
@@ -140,11 +181,7 @@ fn the_agent_feeds_systemds_watchdog() {
 fn the_leader_feeds_systemds_watchdog_while_its_store_answers() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("leader");
-    let init = Command::new(bin_dir().join("bramble-leader"))
-        .args(["init", "--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    init_leader(&data, "127.0.0.1:0");
     let sock_path = dir.path().join("notify");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -199,12 +236,7 @@ fn init_refuses_to_overwrite_a_cluster() {
 fn the_leader_tells_systemd_when_it_is_ready_and_when_it_stops() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("leader");
-    let out = Command::new(bin_dir().join("bramble-leader"))
-        .args(["init", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&d)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    init_leader(&d, "127.0.0.1:0");
     let sock_path = dir.path().join("notify");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -266,29 +298,8 @@ fn systemd_units_pass_systemd_analyze() {
 fn apply_get_and_delete_apps_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("leader");
-    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let out = Command::new(bin_dir().join("bramble-leader"))
-        .args(["init", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(&d)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _leader = Kill(
-        Command::new(bin_dir().join("bramble-leader"))
-            .args(["run", "--data-dir"])
-            .arg(&d)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    init_leader(&d, &format!("127.0.0.1:{}", free_port()));
+    let _leader = Leader::run(&d);
     let admin = d.join("admin.toml");
     let cli = |args: &[&str]| {
         Command::new(bin_dir().join("bramble")).arg("--config").arg(&admin).args(args).output().unwrap()
@@ -497,11 +508,7 @@ fn agent_check_is_a_doctor_for_the_board() {
 fn under_systemd_each_log_line_carries_its_priority_for_the_journal() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("leader");
-    let init = Command::new(bin_dir().join("bramble-leader"))
-        .args(["init", "--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    init_leader(&data, "127.0.0.1:0");
     // The leader's first line is an info one: "leader serving".
     let run = |journal: bool| {
         let mut cmd = Command::new(bin_dir().join("bramble-leader"));
@@ -572,34 +579,14 @@ fn the_cli_makes_its_completions_and_man_pages_and_suggests_commands() {
 
 #[test]
 fn one_cli_config_holds_several_clusters_as_contexts() {
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
     let mut leaders = Vec::new();
     let mut admins = Vec::new();
     for name in ["home", "lab"] {
         let d = dir.path().join(name);
-        let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let out = Command::new(bin_dir().join("bramble-leader"))
-            .args(["init", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(&d)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        leaders.push(Kill(
-            Command::new(bin_dir().join("bramble-leader"))
-                .args(["run", "--data-dir"])
-                .arg(&d)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        ));
+        let port = free_port();
+        init_leader(&d, &format!("127.0.0.1:{port}"));
+        leaders.push(Leader::run(&d));
         admins.push((port, d.join("admin.toml")));
     }
     // The user's config starts as one cluster's credentials (what `bramble-leader up` writes).

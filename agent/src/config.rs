@@ -392,7 +392,7 @@ impl AgentConfig {
             return Err(SourceError::at(file, text, at("interval"), "monitoring.interval", message).into());
         }
         if let Some(level) = &cfg.log.level {
-            crate::observability::parse_filter(level)
+            bramble_daemon::observability::parse_filter(level)
                 .map_err(|e| SourceError::at(file, text, at("level"), "log.level", e))?;
         }
         for (k, v) in &cfg.labels {

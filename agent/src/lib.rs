@@ -1,25 +1,20 @@
 //! The Bramble agent: joins the cluster once with a token, then keeps one session with the
 //! leader, reconnecting with capped exponential backoff, and reports what its board is.
 
-pub mod alloc;
 pub mod backoff;
 pub mod config;
 pub mod discover;
 pub mod doctor;
 pub mod exec;
-pub mod hardening;
 pub mod join;
 pub mod logserve;
 pub mod net;
-pub mod observability;
 pub mod reconcile;
 pub mod runtime;
 pub mod secrets;
 pub mod session;
-pub mod signals;
 pub mod streams;
 pub mod sysinfo;
-pub mod systemd;
 pub mod usage;
 pub mod volumes;
 

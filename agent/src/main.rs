@@ -4,7 +4,7 @@ mod image_cmd;
 
 use anyhow::Context;
 use bramble_agent::config::{AgentConfig, Overrides};
-use bramble_agent::{observability, systemd};
+use bramble_daemon::{observability, systemd};
 use bramble_proto::report::Report;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -76,7 +76,7 @@ const EXIT_JOIN: u8 = 3;
 const EXIT_RUNTIME: u8 = 1;
 
 fn main() -> ExitCode {
-    bramble_agent::alloc::limit_arenas();
+    bramble_daemon::alloc::limit_arenas();
     let cli = Cli::parse();
     let (args, check_only) = match cli.command {
         Command::Run(a) => (a, None),
@@ -109,8 +109,8 @@ fn main() -> ExitCode {
     if let Some(output) = check_only {
         return check(config, output);
     }
-    bramble_agent::alloc::no_huge_pages();
-    let nofile = bramble_agent::hardening::harden();
+    bramble_daemon::alloc::no_huge_pages();
+    let nofile = bramble_daemon::hardening::harden();
     observability::init(config.log.level.as_deref());
     tracing::debug!(nofile, "no core dumps; open files up to the hard limit");
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -126,7 +126,7 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async {
-        let mut shutdown = match bramble_agent::signals::Shutdown::install() {
+        let mut shutdown = match bramble_daemon::signals::Shutdown::install() {
             Ok(s) => s,
             Err(e) => return Err(bramble_agent::AgentError::Io { path: "signal handlers".into(), source: e }),
         };

@@ -123,9 +123,9 @@ pub async fn run(
     let (net_tx, net_rx) = std::sync::mpsc::sync_channel(64);
     let network = PodNetwork { pods: pods.clone(), changed: net_tx.clone() };
     let mut work = crate::reconcile::spawn(&config, &shim_bin, network).map_err(AgentError::Workloads)?;
-    if let Some(interval) = crate::systemd::watchdog_interval() {
+    if let Some(interval) = bramble_daemon::systemd::watchdog_interval() {
         info!("feeding systemd's watchdog every {} ms while the reconciler goes round", interval.as_millis() / 2);
-        tokio::spawn(crate::systemd::watchdog(interval, vec![("reconciler", work.heartbeat.clone())]));
+        tokio::spawn(bramble_daemon::systemd::watchdog(interval, vec![("reconciler", work.heartbeat.clone())]));
     }
     let controller = net::node::Controller::new(
         config.network_settings(),

@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     let dir = match args.as_slice() {
         [flag, dir] if flag == "--dir" => PathBuf::from(dir),
         [delete, flag, dir] if delete == "--delete" && flag == "--dir" => {
-            bramble_agent::observability::init_shim();
+            bramble_daemon::observability::init_shim();
             return match shim::delete(&ContainerDir(PathBuf::from(dir))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    bramble_agent::observability::init_shim();
+    bramble_daemon::observability::init_shim();
     match shim::main(ContainerDir(dir)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

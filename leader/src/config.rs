@@ -405,7 +405,7 @@ impl LeaderConfig {
             return Err(SourceError::at(file, text, offset, &format!("store.{field}"), message).into());
         }
         if let Some(level) = &cfg.log.level {
-            if let Err(message) = bramble_agent::observability::parse_filter(level) {
+            if let Err(message) = bramble_daemon::observability::parse_filter(level) {
                 let offset = text.find("level").unwrap_or(0);
                 return Err(SourceError::at(file, text, offset, "log.level", message).into());
             }

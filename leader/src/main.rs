@@ -1,11 +1,11 @@
 //! `bramble-leader`: keeps the cluster's desired state and serves the API.
 
 use anyhow::Context;
-use bramble_agent::signals::Shutdown;
-use bramble_agent::{observability, systemd, AgentConfig};
+use bramble_daemon::signals::Shutdown;
+use bramble_daemon::{observability, systemd};
 use bramble_leader::config::{LeaderConfig, StoreBackend, StoreConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
 use bramble_leader::init::{init, init_with, Layout};
-use bramble_leader::{tokens, RunningLeader};
+use bramble_leader::RunningLeader;
 use bramble_proto::network;
 use bramble_proto::report::Report;
 use clap::{Parser, Subcommand};
@@ -225,8 +225,8 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_RUNTIME: u8 = 1;
 
 fn main() -> ExitCode {
-    bramble_agent::alloc::limit_arenas();
-    bramble_agent::hardening::harden();
+    bramble_daemon::alloc::limit_arenas();
+    bramble_daemon::hardening::harden();
     let cli = Cli::parse();
     let config = match cli.command {
         Command::Init { data_dir, listen, cluster_name, embedded_agent, network, store } => {
@@ -452,8 +452,19 @@ async fn serve(config: LeaderConfig) -> anyhow::Result<()> {
 
 type AgentTask = (CancellationToken, tokio::task::JoinHandle<()>);
 
+/// Built without the embedded agent: a config that asks for one is refused, saying why.
+#[cfg(not(feature = "embedded-agent"))]
+fn start_embedded_agent(_: &LeaderConfig, _: &RunningLeader) -> anyhow::Result<AgentTask> {
+    anyhow::bail!(
+        "[agent] enabled = true, but this bramble-leader was built without the embedded agent \
+         (cargo feature `embedded-agent`): run bramble-agent beside it, or set [agent] enabled = false"
+    )
+}
+
 /// An agent in the leader's process. It joins with a token the leader makes for it.
+#[cfg(feature = "embedded-agent")]
 fn start_embedded_agent(config: &LeaderConfig, leader: &RunningLeader) -> anyhow::Result<AgentTask> {
+    use bramble_agent::AgentConfig;
     let dir = config.agent.data_dir.clone().unwrap_or_else(|| config.data_dir.join("agent"));
     let mut agent = match &config.agent.config {
         Some(path) => AgentConfig::load(path)?,
@@ -477,7 +488,7 @@ fn start_embedded_agent(config: &LeaderConfig, leader: &RunningLeader) -> anyhow
     };
     agent.leaders = vec![format!("{ip}:{port}")];
     if !dir.join("node.crt").exists() {
-        let (token, _) = tokens::create(
+        let (token, _) = bramble_leader::tokens::create(
             &leader.api.objects,
             &leader.ca_fingerprint,
             Duration::from_secs(600),

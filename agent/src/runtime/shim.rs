@@ -153,7 +153,7 @@ pub fn main(dir: ContainerDir) -> Result<(), ShimError> {
     }
     nix::unistd::setsid().map_err(sys("setsid"))?;
     // The agent keeps huge pages out of itself; its containers get the system's setting.
-    crate::alloc::allow_huge_pages();
+    bramble_daemon::alloc::allow_huge_pages();
     nix::sys::prctl::set_child_subreaper(true).map_err(sys("become a sub-reaper"))?;
     catch_sigpipe().map_err(sys("handle SIGPIPE"))?;
     let config: ContainerConfig =

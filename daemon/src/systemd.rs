@@ -47,7 +47,8 @@ pub fn alive(now_ms: u64, beats: &[(&str, u64)], interval: std::time::Duration) 
 
 /// Tells systemd `WATCHDOG=1` every half interval while each loop in `beats` goes round (that this
 /// task runs at all shows the async runtime is alive). When one hangs, the pings stop and systemd
-/// restarts the agent (`KillMode=process`: its containers, under their shims, are not touched).
+/// restarts the process (the agent's unit has `KillMode=process`: its containers, under their
+/// shims, are not touched).
 pub async fn watchdog(
     interval: std::time::Duration,
     beats: Vec<(&'static str, std::sync::Arc<std::sync::atomic::AtomicU64>)>,
@@ -55,7 +56,9 @@ pub async fn watchdog(
     let mut said = false;
     loop {
         tokio::time::sleep(interval / 2).await;
-        let now = bramble_proto::time::now_ms();
+        // Wall-clock ms, as the loops store their beats (bramble_proto::time::now_ms).
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let seen: Vec<(&str, u64)> =
             beats.iter().map(|(n, b)| (*n, b.load(std::sync::atomic::Ordering::Relaxed))).collect();
         match alive(now, &seen, interval) {
@@ -64,7 +67,7 @@ pub async fn watchdog(
                 said = false;
             }
             Err(why) if !said => {
-                tracing::error!("{why}: not telling systemd's watchdog that the agent is alive");
+                tracing::error!("{why}: not telling systemd's watchdog that this process is alive");
                 said = true;
             }
             Err(_) => {}

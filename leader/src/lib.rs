@@ -1,7 +1,6 @@
 //! The Bramble leader: keeps the desired state, admits nodes, serves the API over QUIC.
 
 pub mod api;
-pub mod autoscaler;
 pub mod backup;
 pub mod config;
 pub mod controllers;

@@ -244,7 +244,7 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
     let tasks = TaskTracker::new();
     tasks.spawn(accept_loop(endpoint.clone(), api.clone(), config.nodes.heartbeat.0, cancel.clone(), tasks.clone()));
     tasks.spawn(monitor_nodes(api.clone(), cancel.clone()));
-    tasks.spawn(crate::autoscaler::run(api.clone(), cancel.clone()));
+    tasks.spawn(crate::controllers::autoscaler::run(api.clone(), cancel.clone()));
     tasks.spawn(crate::backup::schedule(api.clone(), config.backup.clone(), cancel.clone()));
     tasks.spawn(crate::backup::release_when_all_seen(api.clone(), cancel.clone()));
     if let Some(listen) = config.metrics.listen.clone() {

@@ -479,7 +479,7 @@ fn the_autoscaler_follows_the_load_without_overshoot_and_shrinks_only_after_its_
          [app.autoscale]\nmin = 1\nmax = 6\ncpu = \"50%\"\nscale_down_window = \"60s\"\nscale_up_period = \"15s\"\n",
     );
     let usage = bramble_leader::usage::Usage::new();
-    let autoscaler = bramble_leader::autoscaler::Autoscaler::default();
+    let autoscaler = bramble_leader::controllers::autoscaler::Autoscaler::default();
     let mut counters = std::collections::BTreeMap::new();
     let count = |sim: &Sim| sim.spec("api").replicas.0;
     let mut seen = Vec::new();

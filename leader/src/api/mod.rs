@@ -5,8 +5,13 @@
 //! nodes.rs     join, get/describe nodes, label, cordon, what agents report about their board
 //! apps.rs      apply (all or nothing), list and delete apps and services
 //! replicas.rs  list and describe replicas and apps, scale
+//! rollouts.rs  an app's revision history, undo, restart
 //! services.rs  list and describe services with their virtual IPs and endpoints
+//! secrets.rs   create, update, list, describe and delete secrets — never read their values
+//! usage.rs     `bramble top`: what boards and replicas use beside what they ask for
 //! ```
+//! The rest — users, tokens, configs, images, volumes, backups, leaders, events — is answered in
+//! `handle` below; logs and exec go on to the board through `crate::relay`.
 
 pub mod apps;
 pub mod nodes;
@@ -52,7 +57,7 @@ pub struct Api {
     /// What boards and replicas use (memory only).
     pub usage: Arc<crate::usage::Usage>,
     /// The autoscaler's recommendations and last decisions (memory only).
-    pub autoscaler: Arc<crate::autoscaler::Autoscaler>,
+    pub autoscaler: Arc<crate::controllers::autoscaler::Autoscaler>,
     /// The store's file, for its size in `/metrics` (none: in memory).
     pub store_path: Option<std::path::PathBuf>,
     /// The data dir and cluster name (backups read the PKI and configs there; none in tests).

@@ -1,17 +1,22 @@
 //! Controllers: pure planners, and the loops that feed them and write their plans back.
 //!
 //! ```text
-//! replicas.rs   per app: the count, the rolling update, Lost replicas (pure)
-//! rollout.rs    revision records and how the latest rollout stands (pure)
-//! drain.rs      which replicas being stopped every board has stopped sending to
-//! plan.rs       a whole pass: snapshot + now → plan (pure; unit and property tests)
-//! snapshot.rs   reads a snapshot: the store, the node registry, what boards told
-//! commit.rs     writes a plan: one transaction per app, the app's revision checked
-//! desired.rs    each node's desired set, and the delta a session sends
-//! run.rs        the loop: on every store change and every second
+//! replicas.rs    per app: the count, the rolling update, Lost replicas (pure)
+//! rollout.rs     revision records and how the latest rollout stands (no I/O: `new_revision`
+//!                returns the store writes it needs as values, `commit.rs` makes them)
+//! drain.rs       which replicas being stopped every board has stopped sending to
+//! plan.rs        a whole pass: snapshot + now → plan (pure; unit and property tests)
+//! dry_run.rs     `apply --dry-run`: passes of the real plan over an in-memory copy
+//! snapshot.rs    reads a snapshot: the store, the node registry, what boards told
+//! commit.rs      writes a plan: one transaction per app, the app's revision checked
+//! desired.rs     each node's desired set, and the delta a session sends
+//! run.rs         the loop: on every store change and every second
+//! autoscale.rs   the autoscaler's decision (pure: usage, targets, recommendations → a count)
+//! autoscaler.rs  the autoscaler's loop: fresh usage in, a count written like `bramble scale`
 //! ```
 
 pub mod autoscale;
+pub mod autoscaler;
 pub mod commit;
 pub mod desired;
 pub mod drain;

@@ -11,11 +11,14 @@
 //! nft.rs        applies nft scripts atomically
 //! conntrack.rs  forgets UDP flows to endpoints that went away
 //! dns.rs        cluster DNS
-//! node.rs       the board's controller: bridge, routes, rules and DNS from what the leader says
+//! board.rs      the bridge and routes wanted, drift repaired, through the `Links` trait (netlink
+//!               on a board, a recording fake in its unit tests)
+//! node.rs       the board's controller thread: board.rs, rules and DNS from what the leader says
 //! ports.rs      which host ports a board lets apps take
 //! check.rs      what the kernel must offer, for `bramble-agent check`
 //! ```
 
+pub mod board;
 pub mod check;
 pub mod conntrack;
 pub mod dns;

@@ -3,11 +3,12 @@
 //! said, which it keeps in `network.json` — so after an agent restart with the leader away, the
 //! board's network is rebuilt from it, and established connections (in conntrack) survive.
 
+use super::board::{self, problem, Want};
 use super::dns::{self, Names};
-use super::link::{sysctl, Netlink};
+use super::link::Netlink;
 use super::pods::{Board, Pods};
 use super::rules::{self, HostPort, Model};
-use super::{conntrack, nft, NetError};
+use super::{conntrack, nft};
 use crate::reconcile::PodRules;
 use bramble_proto::manifest::Protocol;
 use bramble_proto::model::NetworkProblem;
@@ -20,14 +21,6 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
-
-/// The vxlan device (at most 15 characters).
-pub const VXLAN_DEVICE: &str = "bramble-vx";
-/// vxlan's encapsulation: 50 bytes per packet.
-const VXLAN_OVERHEAD: u32 = 50;
-/// The metric of the `unreachable` routes for the cluster's pod and service ranges: a fallback
-/// any real route wins over.
-pub const UNREACHABLE_METRIC: u32 = 4242;
 
 /// What the controller is told.
 #[derive(Debug)]
@@ -84,17 +77,6 @@ pub struct Controller {
     applied_version: tokio::sync::watch::Sender<u64>,
     /// Why pods cannot be networked here now, if they cannot (the node's `NetworkUnavailable`).
     problem: tokio::sync::watch::Sender<Option<NetworkProblem>>,
-}
-
-fn problem(reason: &str, message: String) -> NetworkProblem {
-    NetworkProblem { reason: reason.into(), message, since_ms: 0 }
-}
-
-/// The MAC address of a board's vxlan device, derived from its pod subnet (every board can
-/// compute every other board's; locally administered, unicast).
-pub fn vxlan_mac(subnet: &Cidr) -> [u8; 6] {
-    let a = subnet.addr().octets();
-    [0x0a, subnet.prefix(), a[0], a[1], a[2], a[3]]
 }
 
 impl Controller {
@@ -227,104 +209,22 @@ impl Controller {
         });
     }
 
-    /// The bridge with exactly its address, forwarding, the route to this board's pods through
-    /// the bridge, routes to services and other boards' pods, `unreachable` fallbacks for the
-    /// cluster's ranges; and nothing else of Bramble's: no stray address, route or veth.
+    /// The bridge, the routes and the pods' board settings (`super::board`); a problem when the
+    /// kernel refuses a piece.
     fn board(&mut self, node: &NodeNetwork, subnet: Cidr) -> Result<(), NetworkProblem> {
-        let s = &self.settings;
-        let vxlan = node.cluster.backend == Backend::Vxlan;
-        let mtu = if vxlan { s.mtu - VXLAN_OVERHEAD } else { s.mtu };
-        let bridge_failed = |e: NetError| {
-            problem(
-                "BridgeRefused",
-                format!(
-                    "the pods' bridge {} with {}/{}: {e} (`bramble-agent check` tries every piece the kernel must offer)",
-                    s.bridge,
-                    subnet.gateway(),
-                    subnet.prefix()
-                ),
-            )
-        };
-        let routes_failed = |e: NetError| {
-            problem("RoutesRefused", format!("the routes of pod subnet {subnet}: {e} (`ip route` shows what is there)"))
-        };
-        let nl = Netlink::open().map_err(bridge_failed)?;
-        let bridge = nl.ensure_bridge(&s.bridge, subnet.gateway(), subnet.prefix(), mtu).map_err(bridge_failed)?;
-        // Exactly its address: another (an older cluster's subnet) would route pods' traffic astray.
-        for (a, p) in nl.addresses(bridge).map_err(bridge_failed)? {
-            if (a, p) != (subnet.gateway(), subnet.prefix()) {
-                warn!(bridge = %s.bridge, "removing a stray address {a}/{p} from the pods' bridge");
-                nl.delete_address(bridge, a, p).map_err(bridge_failed)?;
-            }
-        }
-        self.stray_links(&nl, bridge).map_err(bridge_failed)?;
-        sysctl("net/ipv4/ip_forward", "1").map_err(bridge_failed)?;
-        // The board's own 127.0.0.1 may reach host ports (DNAT to a pod, then masqueraded).
-        sysctl(&format!("net/ipv4/conf/{}/route_localnet", s.bridge), "1").map_err(bridge_failed)?;
-        self.pods
-            .set_board(Board { bridge: s.bridge.clone(), subnet, mtu, domain: node.cluster.domain.clone() })
-            .map_err(bridge_failed)?;
-        // This board's pods through the bridge (the kernel's own route for the address, made ours:
-        // it comes back if someone deletes it).
-        nl.route(subnet, None, Some(bridge)).map_err(routes_failed)?;
-        let mut wanted = BTreeSet::from([node.cluster.service_cidr, subnet]);
-        // Locally made traffic to a VIP needs a route before the output hook rewrites it.
-        nl.route(node.cluster.service_cidr, None, Some(bridge)).map_err(routes_failed)?;
-        if vxlan {
-            let c = &node.cluster;
-            let vx = nl
-                .ensure_vxlan(VXLAN_DEVICE, c.vxlan_vni, c.vxlan_port, vxlan_mac(&subnet), subnet.addr(), mtu)
-                .map_err(routes_failed)?;
-            for p in &node.peers {
-                let mac = vxlan_mac(&p.pod_cidr);
-                nl.fdb(vx, mac, p.address).map_err(routes_failed)?;
-                nl.neighbour(vx, p.pod_cidr.addr(), mac).map_err(routes_failed)?;
-                nl.route(p.pod_cidr, Some(p.pod_cidr.addr()), Some(vx)).map_err(routes_failed)?;
-                wanted.insert(p.pod_cidr);
-            }
-        } else {
-            for p in &node.peers {
-                if let Err(e) = nl.route(p.pod_cidr, Some(p.address), None) {
-                    warn!(peer = %p.node, "{e} (is {} on this board's LAN? boards on other subnets need network.backend = \"vxlan\")", p.address);
-                    continue;
-                }
-                wanted.insert(p.pod_cidr);
-            }
-        }
-        for stale in nl.our_routes().map_err(routes_failed)?.into_iter().filter(|r| !wanted.contains(r)) {
-            info!(route = %stale, "removing a route to a board that is gone");
-            nl.delete_route(stale).map_err(routes_failed)?;
-        }
-        // Pod traffic no route above takes is refused here, never sent out of the default
-        // gateway to the LAN.
-        let ranges = BTreeSet::from([node.cluster.cluster_cidr, node.cluster.service_cidr]);
-        for r in &ranges {
-            nl.unreachable(*r, UNREACHABLE_METRIC).map_err(routes_failed)?;
-        }
-        for stale in nl.our_unreachable().map_err(routes_failed)?.into_iter().filter(|r| !ranges.contains(r)) {
-            info!(route = %stale, "removing an unreachable route of another cluster");
-            nl.delete_unreachable(stale).map_err(routes_failed)?;
-        }
-        Ok(())
-    }
-
-    /// Links on the pods' bridge that are no live pod's: a veth of ours (`bv…`) is deleted,
-    /// anything else is taken off the bridge (it could see and send pods' traffic).
-    fn stray_links(&self, nl: &Netlink, bridge: u32) -> Result<(), NetError> {
-        // The links first, then the pods: a pod is given its address before its veth is made,
-        // so a veth listed here belongs to a pod listed after it, unless it is stray.
-        let links = nl.links()?;
-        let live: BTreeSet<String> = self.pods.addresses().iter().map(|(r, _)| super::pods::host_veth(r)).collect();
-        for l in links.iter().filter(|l| l.master == Some(bridge) && !live.contains(&l.name)) {
-            if l.name.starts_with(super::pods::VETH_PREFIX) {
-                warn!(link = %l.name, "deleting a veth on the pods' bridge that is no live pod's");
-                nl.delete(&l.name)?;
-            } else {
-                warn!(link = %l.name, "taking a link that is no pod's off the pods' bridge");
-                nl.detach(l.index, &l.name)?;
-            }
-        }
-        Ok(())
+        let want = Want { bridge: &self.settings.bridge, mtu: self.settings.mtu, node, subnet };
+        let nl = Netlink::open().map_err(|e| board::bridge_refused(&want, e))?;
+        let pods = &self.pods;
+        let bridge =
+            board::bridge(&nl, &want, || pods.addresses().iter().map(|(r, _)| super::pods::host_veth(r)).collect())?;
+        pods.set_board(Board {
+            bridge: want.bridge.to_string(),
+            subnet,
+            mtu: want.pod_mtu(),
+            domain: node.cluster.domain.clone(),
+        })
+        .map_err(|e| board::bridge_refused(&want, e))?;
+        board::routes(&nl, &want, bridge)
     }
 
     fn model(&mut self, node: &NodeNetwork) -> Model {

@@ -1,0 +1,63 @@
+//! Messages between the CLI, agents and the leader.
+//!
+//! Every QUIC stream starts with one [`Open`] frame that carries the protocol version. A *call*
+//! stream (CLI requests, an agent's join) then carries one [`Response`] back. A *session* stream
+//! (one per connected agent) then carries [`LeaderMsg`] down and [`AgentMsg`] up for as long as the
+//! agent is connected.
+//!
+//! ```text
+//! api.rs      calls: a CLI's (or a joining agent's) Request, and its one Response
+//! session.rs  an agent's session: Hello, LeaderMsg down, AgentMsg up
+//! ```
+
+mod api;
+mod session;
+
+pub use api::*;
+pub use session::*;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks.
+/// 2: pod networking (`LeaderMsg::Network`, replica addresses), typed event references.
+/// 3: probes and readiness, BackOff, draining replicas, rollouts.
+pub const PROTOCOL_VERSION: u32 = 3;
+/// The TLS ALPN protocol id.
+pub const ALPN: &[u8] = b"bramble/1";
+/// The name every leader certificate carries and every client verifies.
+pub const LEADER_SERVER_NAME: &str = "bramble-leader";
+
+/// The first frame of every stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Open {
+    pub version: u32,
+    pub kind: OpenKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpenKind {
+    Call(Request),
+    Session(Hello),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn no_debug_output_of_a_message_shows_a_secret_value() {
+        let values = SecretValues(BTreeMap::from([("password".to_string(), b"hunter2".to_vec())]));
+        let req = Request::PutSecret { name: "db".into(), values: values.clone(), create: true };
+        let msg = LeaderMsg::Secrets {
+            put: vec![SecretPayload { name: "db".into(), version: 1, values: values.clone() }],
+            drop: vec![],
+        };
+        for shown in [format!("{req:?}"), format!("{msg:?}"), format!("{req:#?}")] {
+            assert!(shown.contains("password") && !shown.contains("hunter2"), "{shown}");
+        }
+        let json = serde_json::to_string(&values).unwrap();
+        assert_eq!(json, r#"{"password":[104,117,110,116,101,114,50]}"#, "the wire form is the map itself");
+    }
+}

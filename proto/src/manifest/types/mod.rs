@@ -1,0 +1,21 @@
+//! The validated types a manifest is made of, by object.
+//!
+//! ```text
+//! common.rs   ranged numbers, percentages, autoscale, protocols, env names, labels
+//! app.rs      [[app]] and its parts; the checks that span its fields
+//! service.rs  [[service]] and its ports
+//! config.rs   [[config]] and config mounts
+//! problem.rs  a problem found after parsing, with its field's path
+//! ```
+
+mod app;
+mod common;
+mod config;
+mod problem;
+mod service;
+
+pub use app::*;
+pub use common::*;
+pub use config::*;
+pub use problem::*;
+pub use service::*;

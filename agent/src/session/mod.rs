@@ -1,18 +1,21 @@
 //! The agent's life: join if needed, then one session with the leader at a time, reconnecting with
-//! backoff until told to stop.
+//! backoff until told to stop. One session's rules are `machine.rs` (no I/O); `session` below drives it.
+
+pub mod machine;
 
 use crate::backoff::Backoff;
 use crate::config::{AgentConfig, ConfigError};
 use crate::join::{self, Credentials, JoinError};
-use crate::net::{self, node::NetInput, pods::Pods};
+use crate::net::{self, pods::Pods};
 use crate::reconcile::real::PodNetwork;
-use crate::reconcile::{Handle, Input, Statuses};
+use crate::reconcile::{Handle, Input};
 use crate::sysinfo::node_info;
 use bramble_proto::codec::MAX_FRAME_LEN;
 use bramble_proto::wire::{AgentMsg, ErrorCode, Hello, LeaderMsg, Open, OpenKind, PROTOCOL_VERSION};
 use bramble_transport::quic::{client_endpoint, connect, read_frame, write_frame};
 use bramble_transport::tls::client_config;
 use bramble_transport::TransportError;
+use machine::{Output, Session, SessionError};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -43,19 +46,6 @@ pub enum AgentError {
     Network(String),
     #[error("cannot run containers: {0}")]
     NoShim(String),
-}
-
-/// What happened to one session.
-#[derive(Debug, thiserror::Error)]
-enum SessionError {
-    #[error(transparent)]
-    Transport(#[from] TransportError),
-    #[error("the leader refused the session ({code:?}): {message}")]
-    Refused { code: ErrorCode, message: String, active: Option<String> },
-    #[error("the leader closed the session")]
-    Closed,
-    #[error("the leader sent an unexpected message")]
-    Unexpected,
 }
 
 async fn resolve(leaders: &[String]) -> Result<Vec<SocketAddr>, AgentError> {
@@ -275,39 +265,6 @@ fn is_pin_failure(e: &JoinError) -> bool {
     e.to_string().contains("does not match the join token")
 }
 
-/// A renewal this board asked for: the new key, kept until the certificate for it comes.
-struct Renewal {
-    key_pem: Option<String>,
-    /// No new request before this (after a refusal, or while one is pending).
-    next_try: Instant,
-}
-
-impl Renewal {
-    /// A CSR for a new key, when two thirds of the certificate's life have passed.
-    fn due(&mut self, creds: &Credentials) -> Option<String> {
-        if Instant::now() < self.next_try {
-            return None;
-        }
-        let der = bramble_transport::pki::cert_der_from_pem(&creds.cert_pem).ok()?;
-        if bramble_proto::time::now_ms() < bramble_transport::pki::renew_at_ms(&der).ok()? {
-            return None;
-        }
-        let (csr, key) = match bramble_transport::pki::node_csr(&creds.name) {
-            Ok(pair) => pair,
-            Err(e) => {
-                warn!("cannot make a key to renew the certificate: {e}");
-                return None;
-            }
-        };
-        self.key_pem = Some(key);
-        self.next_try = Instant::now() + RENEW_RETRY;
-        Some(csr)
-    }
-}
-
-/// Between renewal attempts that got no certificate.
-const RENEW_RETRY: Duration = Duration::from_secs(30);
-
 /// Refuses to connect with a certificate that has expired, and says what to do.
 fn check_expiry(creds: &Credentials) -> Result<(), SessionError> {
     let Ok(der) = bramble_transport::pki::cert_der_from_pem(&creds.cert_pem) else { return Ok(()) };
@@ -327,6 +284,14 @@ fn check_expiry(creds: &Credentials) -> Result<(), SessionError> {
     })
 }
 
+/// When two thirds of this board's certificate's life have passed (none: it cannot be read).
+fn renew_at(creds: &Credentials) -> Option<u64> {
+    let der = bramble_transport::pki::cert_der_from_pem(&creds.cert_pem).ok()?;
+    bramble_transport::pki::renew_at_ms(&der).ok()
+}
+
+/// The driver of one session: reads frames and timers, hands them to [`Session`] with the time,
+/// writes what it says to send and does what it says to do.
 async fn session(
     config: &AgentConfig,
     creds: &mut Credentials,
@@ -337,7 +302,7 @@ async fn session(
 ) -> Result<(), SessionError> {
     check_expiry(creds)?;
     let tls = client_config(&creds.ca_pem, Some((&creds.cert_pem, &creds.key_pem))).map_err(TransportError::from)?;
-    let mut renewal = Renewal { key_pem: None, next_try: Instant::now() };
+    let mut machine = Session::new(work.network.is_some());
     let endpoint = client_endpoint(addr)?;
     let conn = connect(&endpoint, addr, tls, CONNECT_TIMEOUT).await?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(TransportError::from)?;
@@ -351,20 +316,7 @@ async fn session(
         };
     let hello = Hello { node_name: creds.name.clone(), epoch, info: info_now(&mut problems) };
     write_frame(&mut send, &Open { version: PROTOCOL_VERSION, kind: OpenKind::Session(hello) }).await?;
-    let heartbeat = match read_frame::<LeaderMsg>(&mut recv, MAX_FRAME_LEN).await? {
-        Some(LeaderMsg::Welcome { heartbeat_ms, .. }) => Duration::from_millis(heartbeat_ms.clamp(100, 60_000)),
-        Some(LeaderMsg::Refused(e)) => {
-            return Err(SessionError::Refused { code: e.code, message: e.message, active: e.leader })
-        }
-        Some(
-            LeaderMsg::Desired { .. }
-            | LeaderMsg::Network { .. }
-            | LeaderMsg::Secrets { .. }
-            | LeaderMsg::Configs { .. }
-            | LeaderMsg::Renewed { .. },
-        ) => return Err(SessionError::Unexpected),
-        None => return Err(SessionError::Closed),
-    };
+    let heartbeat = machine.welcome(read_frame::<LeaderMsg>(&mut recv, MAX_FRAME_LEN).await?)?;
     info!("session established");
     // Frames from the leader arrive through a channel so the loop below selects only on
     // cancel-safe operations.
@@ -381,7 +333,6 @@ async fn session(
     // The leader opens streams on this connection: containers' logs, the image store.
     let ctx = std::sync::Arc::new(crate::streams::Context::new(config));
     let volumes = crate::volumes::Volumes::new(&config.data_dir);
-    let mut sent_volumes: Option<Vec<String>> = None;
     let streams = conn.clone();
     let log_server = tokio::spawn(async move {
         while let Ok((s, r)) = streams.accept_bi().await {
@@ -394,62 +345,29 @@ async fn session(
     let sampler = Arc::new(crate::usage::Sampler::host(&config.data_dir));
     let mut usage_tick = tokio::time::interval(config.monitoring.interval.0);
     usage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seq = 0u64;
     let mut status = work.status.clone();
-    let mut sent: Option<Statuses> = None;
     let mut images = work.images.clone();
-    let mut sent_images: Option<Vec<String>> = None;
-    // Network views this session passed on, and the one last confirmed: only views of this
-    // session's leader are confirmed (another leader's numbers mean nothing here).
     let mut applied = work.network_applied.clone();
-    let mut forwarded: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
-    let result = loop {
+    let result: Result<(), SessionError> = loop {
+        let mut out = Vec::new();
         if let Some(rx) = applied.as_mut() {
-            let v = *rx.borrow_and_update();
-            if forwarded.remove(&v) {
-                forwarded.retain(|f| *f > v);
-                if let Err(e) = write_frame(&mut send, &AgentMsg::NetworkApplied { version: v }).await {
-                    break Err(e.into());
-                }
-            }
+            out.extend(machine.network_applied(*rx.borrow_and_update()));
         }
-        // What the store holds: at the start of the session, then when it changes. (`changed()`
-        // below marks a value seen, so the comparison is with what was sent, not with "changed".)
+        // (`changed()` below marks a value seen; the machine compares with what it sent.)
         let list = images.borrow_and_update().clone();
-        if sent_images.as_ref() != Some(&list) {
-            if let Err(e) = write_frame(&mut send, &AgentMsg::Images(list.clone())).await {
-                break Err(e.into());
-            }
-            sent_images = Some(list);
-        }
-        // The local volumes (a directory listing): pinned replicas come back to them.
-        let names = volumes.names();
-        if sent_volumes.as_ref() != Some(&names) {
-            if let Err(e) = write_frame(&mut send, &AgentMsg::Volumes(names.clone())).await {
-                break Err(e.into());
-            }
-            sent_volumes = Some(names);
-        }
-        // Report replica states: all at the start of the session, then what changed.
         let now = status.borrow_and_update().clone();
-        if let Some((full, replicas)) = crate::reconcile::plan::status_delta(sent.as_ref(), &now) {
-            if let Err(e) = write_frame(&mut send, &AgentMsg::Status { full, replicas }).await {
-                break Err(e.into());
-            }
-            sent = Some(now);
+        out.extend(machine.report(&list, &volumes.names(), &now));
+        if let Err(e) = send_all(&mut send, &out).await {
+            break Err(e);
         }
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
             _ = tick.tick() => {
-                seq += 1;
-                if let Err(e) = write_frame(&mut send, &AgentMsg::Heartbeat { seq }).await {
-                    break Err(e.into());
-                }
-                if let Some(csr_pem) = renewal.due(creds) {
-                    info!("renewing this board's certificate (two thirds of its life have passed)");
-                    if let Err(e) = write_frame(&mut send, &AgentMsg::Renew { csr_pem }).await {
-                        break Err(e.into());
-                    }
+                let out = machine.tick(bramble_proto::time::now_ms(), renew_at(creds), || {
+                    bramble_transport::pki::node_csr(&creds.name).map_err(|e| e.to_string())
+                });
+                if let Err(e) = send_all(&mut send, &out).await {
+                    break Err(e);
                 }
             }
             _ = status.changed() => {}
@@ -486,52 +404,14 @@ async fn session(
                 }
             }
             msg = rx.recv() => match msg {
-                Some(Ok(Some(LeaderMsg::Desired { full, upsert, remove }))) => {
-                    // The reconciler's inputs are bounded: wait for room off the async threads.
-                    let inputs = work.inputs.clone();
-                    let sent = tokio::task::spawn_blocking(move || inputs.send(Input::Desired { full, upsert, remove }));
-                    if !matches!(sent.await, Ok(Ok(()))) {
-                        break Err(SessionError::Unexpected);
-                    }
-                }
-                Some(Ok(Some(LeaderMsg::Network { node, full, upsert, remove, version }))) => {
-                    if let Some(tx) = work.network.clone() {
-                        forwarded.insert(version);
-                        let input = NetInput::Leader { node, full, upsert, remove, version };
-                        let sent = tokio::task::spawn_blocking(move || tx.send(input).map_err(|_| ()));
-                        if !matches!(sent.await, Ok(Ok(()))) {
-                            break Err(SessionError::Unexpected);
+                Some(Ok(Some(msg))) => match machine.from_leader(msg) {
+                    Ok(outputs) => {
+                        if let Err(e) = perform(config, creds, work, outputs).await {
+                            break Err(e);
                         }
                     }
-                }
-                Some(Ok(Some(LeaderMsg::Secrets { put, drop }))) => {
-                    // Memory, and the tmpfs of replicas that use them (files rewritten in place).
-                    let secrets = work.secrets.clone();
-                    let names: Vec<String> = put.iter().map(|s| format!("{} v{}", s.name, s.version)).collect();
-                    info!(received = ?names, dropped = ?drop, "secrets from the leader");
-                    let put = put.into_iter().map(|s| (s.name, s.version, s.values.0)).collect();
-                    let _ = tokio::task::spawn_blocking(move || secrets.update(put, &drop)).await;
-                }
-                Some(Ok(Some(LeaderMsg::Configs { put, drop }))) => {
-                    let configs = work.configs.clone();
-                    let names: Vec<String> = put.iter().map(|s| format!("{} v{}", s.name, s.version)).collect();
-                    info!(received = ?names, dropped = ?drop, "configs from the leader");
-                    let put = put.into_iter().map(|s| (s.name, s.version, s.values.0)).collect();
-                    let _ = tokio::task::spawn_blocking(move || configs.update(put, &drop)).await;
-                }
-                Some(Ok(Some(LeaderMsg::Renewed { cert_pem, error }))) => {
-                    match (cert_pem, renewal.key_pem.take()) {
-                        (Some(cert), Some(key)) => match renewed(&config.data_dir, creds, cert, key) {
-                            Ok(until) => info!("certificate renewed: valid until {until}"),
-                            Err(e) => warn!("cannot keep the renewed certificate: {e}"),
-                        },
-                        (_, _) => warn!("the leader did not renew the certificate: {}", error.unwrap_or_default()),
-                    }
-                }
-                Some(Ok(Some(LeaderMsg::Refused(e)))) => {
-                    break Err(SessionError::Refused { code: e.code, message: e.message, active: e.leader })
-                }
-                Some(Ok(Some(LeaderMsg::Welcome { .. }))) => break Err(SessionError::Unexpected),
+                    Err(e) => break Err(e),
+                },
                 Some(Ok(None)) | None => break Err(SessionError::Closed),
                 Some(Err(e)) => break Err(e.into()),
             },
@@ -543,4 +423,53 @@ async fn session(
     conn.close(quinn::VarInt::from_u32(0), b"agent closing session");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     result
+}
+
+async fn send_all(send: &mut quinn::SendStream, msgs: &[AgentMsg]) -> Result<(), SessionError> {
+    for m in msgs {
+        write_frame(send, m).await?;
+    }
+    Ok(())
+}
+
+/// Does what the session says, in order. The reconciler's and the network controller's inputs are
+/// bounded: room is waited for off the async threads.
+async fn perform(
+    config: &AgentConfig,
+    creds: &mut Credentials,
+    work: &Handle,
+    outputs: Vec<Output>,
+) -> Result<(), SessionError> {
+    for o in outputs {
+        match o {
+            Output::Desired { full, upsert, remove } => {
+                let inputs = work.inputs.clone();
+                let sent = tokio::task::spawn_blocking(move || inputs.send(Input::Desired { full, upsert, remove }));
+                if !matches!(sent.await, Ok(Ok(()))) {
+                    return Err(SessionError::Unexpected);
+                }
+            }
+            Output::Network(input) => {
+                let Some(tx) = work.network.clone() else { continue };
+                let sent = tokio::task::spawn_blocking(move || tx.send(input).map_err(|_| ()));
+                if !matches!(sent.await, Ok(Ok(()))) {
+                    return Err(SessionError::Unexpected);
+                }
+            }
+            // Memory, and the tmpfs of replicas that use them (files rewritten in place).
+            Output::Secrets { put, drop } => {
+                let secrets = work.secrets.clone();
+                let _ = tokio::task::spawn_blocking(move || secrets.update(put, &drop)).await;
+            }
+            Output::Configs { put, drop } => {
+                let configs = work.configs.clone();
+                let _ = tokio::task::spawn_blocking(move || configs.update(put, &drop)).await;
+            }
+            Output::Renewed { cert_pem, key_pem } => match renewed(&config.data_dir, creds, cert_pem, key_pem) {
+                Ok(until) => info!("certificate renewed: valid until {until}"),
+                Err(e) => warn!("cannot keep the renewed certificate: {e}"),
+            },
+        }
+    }
+    Ok(())
 }

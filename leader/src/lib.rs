@@ -20,6 +20,7 @@ pub mod reports;
 pub mod scheduler;
 pub mod secrets;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod tokens;
 pub mod usage;

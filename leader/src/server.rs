@@ -4,27 +4,24 @@
 use crate::api::Api;
 use crate::config::LeaderConfig;
 use crate::config::StoreBackend;
-use crate::controllers::desired::{self, DesiredSet};
 use crate::events::Events;
 use crate::ha::Ha;
 use crate::init::Layout;
-use crate::network::view;
 use crate::nodes::{NodeRegistry, Session};
 use crate::objects::Objects;
+use crate::sessions::machine::{self, Payload, Versioned};
 use crate::store::{EtcdStore, RedbStore, Store, StoreError};
 use bramble_proto::codec::MAX_FRAME_LEN;
 use bramble_proto::model::Node;
 use bramble_proto::time::now_ms;
 use bramble_proto::wire::{
-    AgentMsg, ApiError, ErrorCode, Hello, LeaderMsg, Open, OpenKind, Request, Response, SecretPayload, SecretValues,
-    PROTOCOL_VERSION,
+    AgentMsg, ApiError, ErrorCode, Hello, LeaderMsg, Open, OpenKind, Request, Response, PROTOCOL_VERSION,
 };
 use bramble_transport::pki::{identity_of, Ca, PkiError};
 use bramble_transport::quic::{read_frame, server_endpoint, write_frame};
 use bramble_transport::tls::{server_config, TlsError};
 use bramble_transport::{Identity, TransportError};
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -675,75 +672,50 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
     });
     let mut desired = api.published.desired.subscribe();
     let mut network = api.published.network.subscribe();
-    let mut sent: Option<DesiredSet> = None;
-    let mut held_back = false;
-    let mut sent_network: Option<view::Sent> = None;
     let mut secrets = api.published.secrets.subscribe();
-    let mut sent_secrets: BTreeMap<String, u64> = BTreeMap::new();
-    let mut sent_configs: BTreeMap<String, u64> = BTreeMap::new();
-    // Secrets are looked at when a secret or this node's set changed, not on every heartbeat.
-    let mut check_secrets = true;
+    // What this board is sent, and in which order: `sessions::machine`.
+    let mut machine = Some(machine::Session::new(name));
     let reason = loop {
-        // What changed in the network and in this node's desired set (everything the first
-        // time), once the replica controller has made its first pass; the network first, so that
-        // a board knows its pod subnet before it starts pods.
-        let net = network.borrow_and_update().clone();
-        if let Some(view) = net {
-            let (msg, now) = view::delta(sent_network.as_ref(), &view, name);
-            if let Some(msg) = msg {
-                if let Err(e) = write_frame(&mut send, &msg).await {
-                    break e.to_string();
+        let view = network.borrow_and_update().clone();
+        // Nothing of the set before the replica controller's first pass.
+        let set = desired.borrow_and_update().as_ref().map(|d| d.get(name).cloned().unwrap_or_default());
+        let restoring = api.restored.load(std::sync::atomic::Ordering::Relaxed);
+        let mut m = machine.take().expect("the session's machine is back after each poll");
+        let msgs = if m.reads_store(set.as_ref()) {
+            // Secrets and configs come from the store (etcd may be across the network).
+            let a = api.clone();
+            let polled = tokio::task::spawn_blocking(move || {
+                let msgs = m.poll(view.as_deref(), set, restoring, |kind, n| load(&a, kind, n));
+                (m, msgs)
+            })
+            .await;
+            match polled {
+                Ok((m, msgs)) => {
+                    machine = Some(m);
+                    msgs
                 }
+                Err(e) => break format!("the session's step failed: {e}"),
             }
-            sent_network = Some(now);
-        }
-        let now = desired.borrow_and_update().as_ref().map(|d| d.get(name).cloned().unwrap_or_default());
-        if now.is_some() && now != sent {
-            check_secrets = true;
-        }
-        // The secrets its replicas use, before the set that needs them.
-        if let Some(set) = now.as_ref().filter(|_| check_secrets) {
-            check_secrets = false;
-            let mut failed = None;
-            for (kind, sent) in [(Payload::Secrets, &mut sent_secrets), (Payload::Configs, &mut sent_configs)] {
-                match payloads_delta(api, set, sent, kind).await {
-                    Ok(Some(msg)) => {
-                        if let Err(e) = write_frame(&mut send, &msg).await {
-                            failed = Some(e.to_string());
-                            break;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => warn!("cannot send {kind:?}: {e}"),
-                }
-            }
-            if let Some(e) = failed {
-                break e;
+        } else {
+            let msgs = m.poll(view.as_deref(), set, restoring, |_, _| Ok(None));
+            machine = Some(m);
+            msgs
+        };
+        let mut failed = None;
+        for msg in &msgs {
+            if let Err(e) = write_frame(&mut send, msg).await {
+                failed = Some(e.to_string());
+                break;
             }
         }
-        // After a restore, until every board has been seen: additions only (a set sent whole would
-        // stop what the backup does not know). Then the whole set, once.
-        let holding = api.restored.load(std::sync::atomic::Ordering::Relaxed);
-        if holding && sent.is_none() {
-            sent = Some(DesiredSet::new());
-            held_back = true;
-        } else if !holding && held_back {
-            sent = None;
-            held_back = false;
-        }
-        if let Some(now) = now {
-            if let Some(msg) = desired::delta(sent.as_ref(), &now) {
-                if let Err(e) = write_frame(&mut send, &msg).await {
-                    break e.to_string();
-                }
-            }
-            sent = Some(now);
+        if let Some(e) = failed {
+            break e;
         }
         tokio::select! {
             r = desired.changed() => if r.is_err() { break "the leader is stopping".to_string() },
             r = network.changed() => if r.is_err() { break "the leader is stopping".to_string() },
             r = secrets.changed() => match r {
-                Ok(()) => check_secrets = true,
+                Ok(()) => machine.as_mut().expect("back").payloads_changed(),
                 Err(_) => break "the leader is stopping".to_string(),
             },
             msg = rx.recv() => match msg {
@@ -780,89 +752,24 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
     reason
 }
 
-/// A secret's or config's version and its files.
-type Versioned = (u64, BTreeMap<String, Vec<u8>>);
-
-/// Secrets or configs: what a board is sent for its replicas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Payload {
-    Secrets,
-    Configs,
-}
-
-impl Payload {
-    /// The names the replicas of `set` use.
-    fn needed(self, set: &DesiredSet) -> std::collections::BTreeSet<String> {
-        set.values()
-            .flat_map(|a| match self {
-                Payload::Secrets => a.spec.secret_names().into_iter().collect::<Vec<_>>(),
-                Payload::Configs => a.spec.configs.iter().map(|c| c.name.as_str().to_string()).collect(),
-            })
-            .collect()
-    }
-
-    /// `name`'s version and files, if it exists (a secret opened from its sealed form).
-    fn load(self, api: &Api, name: &str) -> Result<Option<Versioned>, String> {
-        match self {
-            Payload::Secrets => {
-                let Some(v) = api.objects.get::<crate::secrets::StoredSecret>(name).map_err(|e| e.to_string())? else {
-                    return Ok(None);
-                };
-                let values = api.keyring.open(name, &v.value.sealed).map_err(|e| e.to_string())?;
-                Ok(Some((v.value.version, values)))
-            }
-            Payload::Configs => {
-                let Some(v) = api.objects.get::<bramble_proto::model::Config>(name).map_err(|e| e.to_string())? else {
-                    return Ok(None);
-                };
-                let files = v.value.spec.files.into_iter().map(|(k, s)| (k, s.into_bytes())).collect();
-                Ok(Some((v.value.meta.generation, files)))
-            }
+/// `name`'s current version and files, if it exists (a secret opened from its sealed form).
+fn load(api: &Api, kind: Payload, name: &str) -> Result<Option<Versioned>, String> {
+    match kind {
+        Payload::Secrets => {
+            let Some(v) = api.objects.get::<crate::secrets::StoredSecret>(name).map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            let values = api.keyring.open(name, &v.value.sealed).map_err(|e| e.to_string())?;
+            Ok(Some((v.value.version, values)))
+        }
+        Payload::Configs => {
+            let Some(v) = api.objects.get::<bramble_proto::model::Config>(name).map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            let files = v.value.spec.files.into_iter().map(|(k, s)| (k, s.into_bytes())).collect();
+            Ok(Some((v.value.meta.generation, files)))
         }
     }
-}
-
-/// What a board must be sent of the secrets (or configs) the replicas of `set` use: each one new
-/// or changed since `sent` (read from the store), and those no replica there uses any more. A
-/// board never gets a secret none of its replicas uses.
-async fn payloads_delta(
-    api: &Arc<Api>,
-    set: &DesiredSet,
-    sent: &mut BTreeMap<String, u64>,
-    kind: Payload,
-) -> Result<Option<LeaderMsg>, String> {
-    let needed = kind.needed(set);
-    let a = api.clone();
-    let known = sent.clone();
-    let wanted = needed.clone();
-    let put = tokio::task::spawn_blocking(move || -> Result<Vec<SecretPayload>, String> {
-        let mut put = Vec::new();
-        for name in &wanted {
-            // Not created yet: the replica waits, and says so.
-            let Some((version, values)) = kind.load(&a, name)? else { continue };
-            if known.get(name) == Some(&version) {
-                continue;
-            }
-            put.push(SecretPayload { name: name.clone(), version, values: SecretValues(values) });
-        }
-        Ok(put)
-    })
-    .await
-    .map_err(|e| e.to_string())??;
-    let drop: Vec<String> = sent.keys().filter(|n| !needed.contains(*n)).cloned().collect();
-    if put.is_empty() && drop.is_empty() {
-        return Ok(None);
-    }
-    for p in &put {
-        sent.insert(p.name.clone(), p.version);
-    }
-    for d in &drop {
-        sent.remove(d);
-    }
-    Ok(Some(match kind {
-        Payload::Secrets => LeaderMsg::Secrets { put, drop },
-        Payload::Configs => LeaderMsg::Configs { put, drop },
-    }))
 }
 
 async fn handle_agent_msg(api: &Arc<Api>, name: &str, msg: AgentMsg) {

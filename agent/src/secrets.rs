@@ -57,15 +57,29 @@ impl Secrets {
         self.root.join(id)
     }
 
-    /// What the leader sent: new or changed secrets, and those no longer needed here. Files of
-    /// running replicas are rewritten in place.
-    pub fn update(&self, put: Vec<(String, u64, BTreeMap<String, Vec<u8>>)>, drop: &[String]) {
+    /// What the leader sent: new or changed secrets, and those no longer needed here (`full`:
+    /// `put` is every one needed here; any other held is dropped). Files of running replicas are
+    /// rewritten in place.
+    pub fn update(&self, put: Vec<(String, u64, BTreeMap<String, Vec<u8>>)>, drop: &[String], full: bool) {
         let mut changed = BTreeSet::new();
         {
             let mut held = self.held.lock().expect("not poisoned");
+            let unchanged = |held: &HashMap<String, Held>, name: &str, version: u64| {
+                held.get(name).is_some_and(|h| h.version == version)
+            };
+            if full {
+                let needed: BTreeSet<&str> = put.iter().map(|(n, _, _)| n.as_str()).collect();
+                let stale: Vec<String> = held.keys().filter(|n| !needed.contains(n.as_str())).cloned().collect();
+                if !stale.is_empty() {
+                    tracing::info!(dropped = ?stale, "{}s no replica here uses (left from an earlier session)", self.what);
+                }
+                held.retain(|name, _| needed.contains(name.as_str()));
+            }
             for (name, version, values) in put {
-                held.insert(name.clone(), Held { version, values });
-                changed.insert(name);
+                if !unchanged(&held, &name, version) {
+                    changed.insert(name.clone());
+                }
+                held.insert(name, Held { version, values });
             }
             for name in drop {
                 held.remove(name);
@@ -169,5 +183,33 @@ impl Secrets {
             let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
             let _ = std::fs::remove_dir(&dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(s: &Secrets) -> Vec<String> {
+        let mut v: Vec<String> = s.held.lock().unwrap().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_full_update_drops_what_an_earlier_session_left_and_a_delta_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Secrets::new(dir.path());
+        let one = |n: &str, v: u64| (n.to_string(), v, BTreeMap::from([("k".to_string(), b"v".to_vec())]));
+        s.update(vec![one("a", 1), one("b", 1)], &[], false);
+        assert_eq!(held(&s), ["a", "b"]);
+        s.update(vec![one("c", 1)], &[], false);
+        assert_eq!(held(&s), ["a", "b", "c"], "a change keeps the others");
+        // A new session's first message: exactly these are needed here.
+        s.update(vec![one("a", 2)], &[], true);
+        assert_eq!(held(&s), ["a"]);
+        assert_eq!(s.held.lock().unwrap()["a"].version, 2);
+        s.update(vec![], &[], true);
+        assert!(held(&s).is_empty(), "none needed: none held");
     }
 }

@@ -1,26 +1,29 @@
 //! A simulated cluster in one process: the leader's real planner, store (in memory), node
 //! registry and status handling, and N boards each running the agent's real reconciler against
-//! fake containers and images — on a clock moved by hand. Sessions are direct calls: the same
-//! delta functions the real sessions use decide what crosses. Faults: [`Sim::partition`],
-//! [`Sim::crash`], agent and leader restarts.
+//! fake containers and images — on a clock moved by hand. Sessions are the real session state
+//! machines of both sides (`bramble_leader::sessions::machine`, `bramble_agent::session::machine`)
+//! joined by direct calls instead of QUIC: what crosses, and in which order — network views,
+//! secrets and configs, desired sets, statuses, confirmations — is what real boards see. Faults:
+//! [`Sim::partition`], [`Sim::crash`], agent and leader restarts.
 //!
 //! One [`Sim::step`] is one tick of every loop: boards finish their background jobs and make a
 //! pass, statuses go up, the leader checks readiness and makes a pass, desired sets go down.
 
 use bramble_agent::reconcile::fake::{Call, FakeContainers, FakeImages, FakeNetwork};
-use bramble_agent::reconcile::plan::{status_delta, Statuses};
 use bramble_agent::reconcile::{Containers, Images, Input, Job, Network, Reconciler};
-use bramble_leader::controllers::desired::{delta, DesiredSet, DesiredSets};
+use bramble_agent::session::machine::{Output, Session as AgentSession};
+use bramble_leader::controllers::desired::DesiredSets;
 use bramble_leader::controllers::{run, Context};
 use bramble_leader::events::Events;
 use bramble_leader::nodes::{NodeRegistry, Session};
 use bramble_leader::objects::Objects;
 use bramble_leader::observed::Observed;
+use bramble_leader::sessions::machine::{Payload, Session as LeaderSession};
 use bramble_leader::store::{Expect, MemStore, Store};
 use bramble_proto::manifest::{parse_manifest, AppSpec};
 use bramble_proto::model::{Arch, Node, NodeInfo, Platform, Replica, ReplicaPhase, Resources};
 use bramble_proto::time::{Clock, ManualClock};
-use bramble_proto::wire::LeaderMsg;
+use bramble_proto::wire::AgentMsg;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,13 +49,19 @@ pub struct Board {
     epoch: u64,
     session: Option<SimSession>,
     jobs: Vec<Job>,
+    /// The secrets (name → version) and configs the board holds, as its sessions gave them.
+    pub secrets: BTreeMap<String, u64>,
+    pub configs: BTreeMap<String, u64>,
 }
 
-/// One live session: what each side last sent the other.
+/// One live session: both sides' real session machines.
 struct SimSession {
     epoch: u64,
-    desired_sent: Option<DesiredSet>,
-    status_sent: Option<Statuses>,
+    leader: LeaderSession,
+    agent: AgentSession,
+    /// The latest network view the board was passed (its fakes apply it at once, unless its
+    /// confirmations are muted).
+    view: Option<u64>,
 }
 
 /// The leader's memory (lost when it restarts); its store survives.
@@ -121,6 +130,8 @@ impl Sim {
                 epoch: 0,
                 session: None,
                 jobs: Vec::new(),
+                secrets: BTreeMap::new(),
+                configs: BTreeMap::new(),
             };
             b.start_agent();
             boards.push(b);
@@ -188,6 +199,56 @@ impl Sim {
     /// `board` stays connected but its confirmations of network views are lost.
     pub fn mute_confirmations(&mut self, board: &str) {
         self.muted.insert(board.to_string());
+    }
+
+    /// Creates secret `name`, or updates it (a new version), as `bramble secret create|set` does;
+    /// every session hears that a secret changed. (The sim keeps no values: versions are what the
+    /// rules are about.)
+    pub fn put_secret(&mut self, name: &str) {
+        use bramble_leader::secrets::{Sealed, StoredSecret};
+        let objects = self.objects();
+        let now = self.clock.now_ms();
+        let current = objects.get::<StoredSecret>(name).expect("secrets read");
+        let (meta, version, expect) = match &current {
+            None => (
+                bramble_proto::model::ObjectMeta {
+                    name: name.to_string(),
+                    generation: 1,
+                    revision: 0,
+                    created_ms: now,
+                    changed_by: None,
+                },
+                1,
+                Expect::Absent,
+            ),
+            Some(v) => (v.value.meta.clone(), v.value.version + 1, Expect::Revision(v.rev)),
+        };
+        let sealed = Sealed { key_id: 1, nonce: String::new(), ciphertext: String::new() };
+        let stored =
+            StoredSecret { meta, version, updated_ms: now, sizes: BTreeMap::new(), sealed, allowed_apps: None };
+        objects.put(&stored, expect).expect("secret stored");
+        for b in &mut self.boards {
+            if let Some(session) = b.session.as_mut() {
+                session.leader.payloads_changed();
+            }
+        }
+    }
+
+    /// Invariant: a board with a session holds exactly the secrets its desired set uses that
+    /// exist, each at its current version — never one no replica there uses.
+    pub fn check_secrets(&self) {
+        use bramble_leader::secrets::StoredSecret;
+        let Some(sets) = &self.published else { return };
+        let objects = self.objects();
+        for b in self.boards.iter().filter(|b| b.session.is_some()) {
+            let set = sets.get(&b.name).cloned().unwrap_or_default();
+            let wanted: BTreeMap<String, u64> = Payload::Secrets
+                .needed(&set)
+                .into_iter()
+                .filter_map(|n| objects.get::<StoredSecret>(&n).expect("secrets read").map(|v| (n, v.value.version)))
+                .collect();
+            assert_eq!(b.secrets, wanted, "{}'s secrets", b.name);
+        }
     }
 
     /// Containers of `image` run but never pass readiness, on every board.
@@ -292,11 +353,13 @@ impl Sim {
         let out = run::pass(&ctx, now).expect("a controller pass");
         let sets = out.desired.clone();
         let version = run::publish(&ctx, &leader.bus, out);
+        let _ = version;
+        let view = leader.bus.network.borrow().clone();
         for b in &mut self.boards {
-            b.talk_down(&sets, now);
-            // A board with a session applies the network view at once (the fakes have no kernel).
-            if b.session.is_some() && !self.muted.contains(&b.name) {
-                ctx.drain.applied(&b.name, version);
+            b.talk_down(&ctx, view.as_deref(), &sets, now);
+            // A board applies the network view at once (the fakes have no kernel), unless muted.
+            if !self.muted.contains(&b.name) {
+                b.confirm_view(&ctx);
             }
         }
         self.published = Some(sets);
@@ -449,28 +512,97 @@ impl Board {
             if ctx.registry.connect(&self.name, s, instant, now).is_err() {
                 return;
             }
-            self.session = Some(SimSession { epoch: self.epoch, desired_sent: None, status_sent: None });
+            self.session = Some(SimSession {
+                epoch: self.epoch,
+                leader: LeaderSession::new(&self.name),
+                agent: AgentSession::new(true),
+                view: None,
+            });
         }
         let session = self.session.as_mut().expect("set above");
         ctx.registry.heartbeat(&self.name, session.epoch, instant, now);
+        let images = agent.images();
         let statuses = agent.statuses().clone();
-        if let Some((_, list)) = status_delta(session.status_sent.as_ref(), &statuses) {
-            bramble_leader::reports::statuses(ctx, &self.name, list, now);
-            session.status_sent = Some(statuses);
+        for msg in session.agent.report(&images, &[], &statuses) {
+            match msg {
+                AgentMsg::Status { replicas, .. } => {
+                    bramble_leader::reports::statuses(ctx, &self.name, replicas, now);
+                }
+                AgentMsg::Images(list) => bramble_leader::reports::images(ctx, &self.name, list),
+                _ => {}
+            }
         }
-        bramble_leader::reports::images(ctx, &self.name, agent.images());
         for e in agent.take_events() {
             bramble_leader::reports::event(ctx, &self.name, e);
         }
     }
 
-    /// The desired set down: everything first, then deltas.
-    fn talk_down(&mut self, sets: &DesiredSets, now: u64) {
+    /// What the leader's session sends now, through the agent's session into the board.
+    fn talk_down(
+        &mut self,
+        ctx: &Context,
+        view: Option<&bramble_leader::network::view::NetworkView>,
+        sets: &DesiredSets,
+        now: u64,
+    ) {
         let (Some(agent), Some(session)) = (self.agent.as_mut(), self.session.as_mut()) else { return };
         let set = sets.get(&self.name).cloned().unwrap_or_default();
-        if let Some(LeaderMsg::Desired { full, upsert, remove }) = delta(session.desired_sent.as_ref(), &set) {
-            agent.input(Input::Desired { full, upsert, remove }, now);
+        let objects = &ctx.objects;
+        // The sim keeps no values: versions are what the rules are about.
+        let load = |kind: Payload, name: &str| -> Result<_, String> {
+            Ok(match kind {
+                Payload::Secrets => objects
+                    .get::<bramble_leader::secrets::StoredSecret>(name)
+                    .map_err(|e| e.to_string())?
+                    .map(|v| (v.value.version, BTreeMap::new())),
+                Payload::Configs => objects
+                    .get::<bramble_proto::model::Config>(name)
+                    .map_err(|e| e.to_string())?
+                    .map(|v| (v.value.meta.generation, BTreeMap::new())),
+            })
+        };
+        for msg in session.leader.poll(view, Some(set), false, load) {
+            let outputs = session.agent.from_leader(msg).expect("the leader's session sends what the agent's takes");
+            for o in outputs {
+                match o {
+                    Output::Desired { full, upsert, remove } => {
+                        agent.input(Input::Desired { full, upsert, remove }, now)
+                    }
+                    Output::Network(bramble_agent::net::node::NetInput::Leader { version, .. }) => {
+                        session.view = Some(version)
+                    }
+                    Output::Network(_) => {}
+                    Output::Secrets { put, drop, full } => apply(&mut self.secrets, put, &drop, full),
+                    Output::Configs { put, drop, full } => apply(&mut self.configs, put, &drop, full),
+                    Output::Renewed { .. } => {}
+                }
+            }
         }
-        session.desired_sent = Some(set);
+    }
+
+    /// The board says it applied the latest view it was passed (once per view).
+    fn confirm_view(&mut self, ctx: &Context) {
+        let Some(session) = self.session.as_mut() else { return };
+        if let Some(AgentMsg::NetworkApplied { version }) = session.view.and_then(|v| session.agent.network_applied(v))
+        {
+            ctx.drain.applied(&self.name, version);
+        }
+    }
+}
+
+fn apply(
+    held: &mut BTreeMap<String, u64>,
+    put: bramble_agent::session::machine::Payloads,
+    drop: &[String],
+    full: bool,
+) {
+    if full {
+        held.retain(|n, _| put.iter().any(|(p, _, _)| p == n));
+    }
+    for (name, version, _) in put {
+        held.insert(name, version);
+    }
+    for d in drop {
+        held.remove(d);
     }
 }

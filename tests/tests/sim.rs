@@ -266,6 +266,7 @@ fn random_run(seed: u64, steps: usize) {
     sim.apply(
         "[[app]]\nname = \"web\"\nimage = \"reg/web:1\"\nreplicas = 4\n\
          [[app]]\nname = \"db\"\nimage = \"reg/db:1\"\nreplicas = 1\nreplace_after = \"20s\"\n\
+         secret_env = { PASSWORD = \"db-password/value\" }\n\
          [[app]]\nname = \"x86\"\nimage = \"reg/x86:1\"\nreplicas = 2\n",
     );
     let boards: Vec<String> = sim.boards.iter().map(|b| b.name.clone()).collect();
@@ -285,10 +286,12 @@ fn random_run(seed: u64, steps: usize) {
             18..19 => sim.restart_leader(),
             19..22 => sim.scale(apps[rng.usize(..apps.len())], rng.u32(0..6)),
             22..24 => sim.roll(apps[rng.usize(..2)], &format!("v{step}")),
+            24..27 => sim.put_secret(["db-password", "web-token"][rng.usize(..2)]),
             _ => {}
         }
         sim.step(Duration::from_millis(rng.u64(200..3000)));
         sim.check_no_duplicates();
+        sim.check_secrets();
         if sim.published.is_some() {
             sim.check_bindings();
         }
@@ -307,6 +310,7 @@ fn random_run(seed: u64, steps: usize) {
     });
     sim.check_no_duplicates();
     sim.check_bindings();
+    sim.check_secrets();
 }
 
 /// Applies `image` as the new image of `app`.
@@ -516,4 +520,33 @@ fn the_autoscaler_follows_the_load_without_overshoot_and_shrinks_only_after_its_
         events.iter().any(|m| m.starts_with("autoscaled from 1 to 2: cpu 100% of request (target 50%)")),
         "{events:?}"
     );
+}
+
+#[test]
+fn a_secret_updated_during_a_partition_reaches_the_board_when_it_heals_and_leaves_with_its_replicas() {
+    let mut sim = three_boards();
+    sim.put_secret("db");
+    sim.apply("[[app]]\nname = \"web\"\nimage = \"reg/web:1\"\nreplicas = 3\nsecret_env = { DB = \"db/password\" }\n");
+    assert!(sim.run_until(10, Sim::converged).is_some());
+    sim.check_secrets();
+    let held = |sim: &Sim, b: &str| sim.board(b).secrets.get("db").copied();
+    for b in ["board-1", "board-2", "board-3"] {
+        assert_eq!(held(&sim, b), Some(1), "{b} runs a web replica, so it holds db v1");
+    }
+    sim.partition("board-2");
+    sim.put_secret("db");
+    sim.run_for(2);
+    sim.check_secrets();
+    assert_eq!((held(&sim, "board-1"), held(&sim, "board-3")), (Some(2), Some(2)), "connected boards get v2 at once");
+    assert_eq!(held(&sim, "board-2"), Some(1), "the cut-off board keeps what it had");
+    sim.heal("board-2");
+    sim.run_for(2);
+    sim.check_secrets();
+    assert_eq!(held(&sim, "board-2"), Some(2), "and gets v2 when it is back");
+    // A board that runs no replica needing it holds it no more.
+    sim.scale("web", 1);
+    assert!(sim.run_until(20, Sim::converged).is_some());
+    sim.check_secrets();
+    let holders = ["board-1", "board-2", "board-3"].iter().filter(|b| held(&sim, b).is_some()).count();
+    assert_eq!(holders, 1, "only the board with the last web replica holds db");
 }

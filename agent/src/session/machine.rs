@@ -42,14 +42,16 @@ pub enum Output {
     },
     /// To the network controller: the leader's network view.
     Network(crate::net::node::NetInput),
-    /// Into memory and the replicas' tmpfs.
+    /// Into memory and the replicas' tmpfs (`full`: `put` is all that is needed; drop any other).
     Secrets {
         put: Payloads,
         drop: Vec<String>,
+        full: bool,
     },
     Configs {
         put: Payloads,
         drop: Vec<String>,
+        full: bool,
     },
     /// A certificate for the key this session asked with: check it is this node's, keep both.
     Renewed {
@@ -114,13 +116,17 @@ impl Session {
                 self.forwarded.insert(version);
                 vec![Output::Network(crate::net::node::NetInput::Leader { node, full, upsert, remove, version })]
             }
-            LeaderMsg::Secrets { put, drop } => {
-                info!(received = ?names(&put), dropped = ?drop, "secrets from the leader");
-                vec![Output::Secrets { put: payloads(put), drop }]
+            LeaderMsg::Secrets { put, drop, full } => {
+                if !put.is_empty() || !drop.is_empty() {
+                    info!(received = ?names(&put), dropped = ?drop, full, "secrets from the leader");
+                }
+                vec![Output::Secrets { put: payloads(put), drop, full }]
             }
-            LeaderMsg::Configs { put, drop } => {
-                info!(received = ?names(&put), dropped = ?drop, "configs from the leader");
-                vec![Output::Configs { put: payloads(put), drop }]
+            LeaderMsg::Configs { put, drop, full } => {
+                if !put.is_empty() || !drop.is_empty() {
+                    info!(received = ?names(&put), dropped = ?drop, full, "configs from the leader");
+                }
+                vec![Output::Configs { put: payloads(put), drop, full }]
             }
             LeaderMsg::Renewed { cert_pem, error } => match (cert_pem, self.renew_key.take()) {
                 (Some(cert_pem), Some(key_pem)) => vec![Output::Renewed { cert_pem, key_pem }],

@@ -457,13 +457,13 @@ async fn perform(
                 }
             }
             // Memory, and the tmpfs of replicas that use them (files rewritten in place).
-            Output::Secrets { put, drop } => {
+            Output::Secrets { put, drop, full } => {
                 let secrets = work.secrets.clone();
-                let _ = tokio::task::spawn_blocking(move || secrets.update(put, &drop)).await;
+                let _ = tokio::task::spawn_blocking(move || secrets.update(put, &drop, full)).await;
             }
-            Output::Configs { put, drop } => {
+            Output::Configs { put, drop, full } => {
                 let configs = work.configs.clone();
-                let _ = tokio::task::spawn_blocking(move || configs.update(put, &drop)).await;
+                let _ = tokio::task::spawn_blocking(move || configs.update(put, &drop, full)).await;
             }
             Output::Renewed { cert_pem, key_pem } => match renewed(&config.data_dir, creds, cert_pem, key_pem) {
                 Ok(until) => info!("certificate renewed: valid until {until}"),

@@ -47,6 +47,9 @@ pub struct Session {
     held_back: bool,
     sent_secrets: BTreeMap<String, u64>,
     sent_configs: BTreeMap<String, u64>,
+    /// Whether this session has sent secrets, configs (the first message of each is `full`: the
+    /// board may hold some from an earlier session that it no longer needs).
+    sent_payloads: [bool; 2],
     /// Secrets and configs are looked at when one changed or this board's set did, not on every
     /// heartbeat.
     check_payloads: bool,
@@ -61,6 +64,7 @@ impl Session {
             held_back: false,
             sent_secrets: BTreeMap::new(),
             sent_configs: BTreeMap::new(),
+            sent_payloads: [false; 2],
             check_payloads: true,
         }
     }
@@ -93,13 +97,14 @@ impl Session {
             out.extend(msg);
             self.sent_network = Some(now);
         }
-        if set.is_some() && set != self.sent {
+        // Released from a restore's hold-back: the payloads are said whole now.
+        if set.is_some() && (set != self.sent || (!restoring && self.held_back)) {
             self.check_payloads = true;
         }
         if let Some(set) = set.as_ref().filter(|_| self.check_payloads) {
             self.check_payloads = false;
             for kind in [Payload::Secrets, Payload::Configs] {
-                match self.payloads(kind, set, &mut load) {
+                match self.payloads(kind, set, restoring, &mut load) {
                     Ok(msg) => out.extend(msg),
                     Err(e) => tracing::warn!("cannot send {kind:?}: {e}"),
                 }
@@ -120,17 +125,20 @@ impl Session {
     }
 
     /// Each secret (or config) the replicas of `set` use that is new or changed since it was sent,
-    /// and those no replica there uses any more.
+    /// and those no replica there uses any more; the first time in a session, all of them (`full`),
+    /// even none — but not while a restore holds sets back (a board's replicas the backup does not
+    /// know run on, and keep what they use).
     fn payloads(
         &mut self,
         kind: Payload,
         set: &DesiredSet,
+        restoring: bool,
         load: &mut impl FnMut(Payload, &str) -> Result<Option<Versioned>, String>,
     ) -> Result<Option<LeaderMsg>, String> {
         let needed = kind.needed(set);
-        let sent = match kind {
-            Payload::Secrets => &mut self.sent_secrets,
-            Payload::Configs => &mut self.sent_configs,
+        let (sent, started) = match kind {
+            Payload::Secrets => (&mut self.sent_secrets, &mut self.sent_payloads[0]),
+            Payload::Configs => (&mut self.sent_configs, &mut self.sent_payloads[1]),
         };
         let mut put = Vec::new();
         for name in &needed {
@@ -140,7 +148,9 @@ impl Session {
             }
         }
         let drop: Vec<String> = sent.keys().filter(|n| !needed.contains(*n)).cloned().collect();
-        if put.is_empty() && drop.is_empty() {
+        let full = !*started && !restoring;
+        *started |= full;
+        if put.is_empty() && drop.is_empty() && !full {
             return Ok(None);
         }
         for p in &put {
@@ -150,8 +160,8 @@ impl Session {
             sent.remove(d);
         }
         Ok(Some(match kind {
-            Payload::Secrets => LeaderMsg::Secrets { put, drop },
-            Payload::Configs => LeaderMsg::Configs { put, drop },
+            Payload::Secrets => LeaderMsg::Secrets { put, drop, full },
+            Payload::Configs => LeaderMsg::Configs { put, drop, full },
         }))
     }
 }

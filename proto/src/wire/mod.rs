@@ -53,6 +53,7 @@ mod tests {
         let msg = LeaderMsg::Secrets {
             put: vec![SecretPayload { name: "db".into(), version: 1, values: values.clone() }],
             drop: vec![],
+            full: true,
         };
         for shown in [format!("{req:?}"), format!("{msg:?}"), format!("{req:#?}")] {
             assert!(shown.contains("password") && !shown.contains("hunter2"), "{shown}");

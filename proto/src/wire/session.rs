@@ -45,11 +45,23 @@ pub enum LeaderMsg {
     },
     /// Secrets the board's replicas use: `put` new or changed ones (values in the clear, inside
     /// the mTLS session only), `drop` those no replica here uses any more. Sent before the desired
-    /// set that needs them.
-    Secrets { put: Vec<SecretPayload>, drop: Vec<String> },
+    /// set that needs them. `full` (the first of a session): `put` is every one needed here, and
+    /// the board drops any other it holds — from an earlier session, whose leader could not say
+    /// (absent from older leaders: false).
+    Secrets {
+        put: Vec<SecretPayload>,
+        drop: Vec<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        full: bool,
+    },
     /// Configs the board's replicas mount, as `Secrets` (files by name; `version` is the
     /// config's generation).
-    Configs { put: Vec<SecretPayload>, drop: Vec<String> },
+    Configs {
+        put: Vec<SecretPayload>,
+        drop: Vec<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        full: bool,
+    },
     /// The answer to [`AgentMsg::Renew`]: the new certificate, or why there is none.
     Renewed { cert_pem: Option<String>, error: Option<String> },
 }

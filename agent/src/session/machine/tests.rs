@@ -117,9 +117,9 @@ fn leader_messages_become_actions_in_order_and_a_refusal_ends_the_session() {
     let mut s = Session::new(true);
     let values = SecretValues(BTreeMap::from([("k".to_string(), b"v".to_vec())]));
     let put = vec![SecretPayload { name: "db".into(), version: 2, values }];
-    let out = s.from_leader(LeaderMsg::Secrets { put, drop: vec!["old".into()] }).unwrap();
+    let out = s.from_leader(LeaderMsg::Secrets { put, drop: vec!["old".into()], full: false }).unwrap();
     match out.as_slice() {
-        [Output::Secrets { put, drop }] => {
+        [Output::Secrets { put, drop, full: false }] => {
             assert_eq!((put[0].0.as_str(), put[0].1), ("db", 2));
             assert_eq!(drop, &["old".to_string()]);
         }
@@ -127,8 +127,8 @@ fn leader_messages_become_actions_in_order_and_a_refusal_ends_the_session() {
     }
     let out = s.from_leader(LeaderMsg::Desired { full: true, upsert: vec![], remove: vec![] }).unwrap();
     assert!(matches!(out.as_slice(), [Output::Desired { full: true, .. }]));
-    let out = s.from_leader(LeaderMsg::Configs { put: vec![], drop: vec![] }).unwrap();
-    assert!(matches!(out.as_slice(), [Output::Configs { .. }]));
+    let out = s.from_leader(LeaderMsg::Configs { put: vec![], drop: vec![], full: true }).unwrap();
+    assert!(matches!(out.as_slice(), [Output::Configs { full: true, .. }]));
     let refused = LeaderMsg::Refused(ApiError::new(ErrorCode::Unauthenticated, "revoked"));
     assert!(matches!(s.from_leader(refused), Err(SessionError::Refused { code: ErrorCode::Unauthenticated, .. })));
     assert!(matches!(

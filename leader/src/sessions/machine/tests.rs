@@ -63,12 +63,16 @@ fn kinds(msgs: &[LeaderMsg]) -> Vec<String> {
     msgs.iter()
         .map(|m| match m {
             LeaderMsg::Network { full, .. } => format!("network(full={full})"),
-            LeaderMsg::Secrets { put, drop } => {
-                format!("secrets(put={:?},drop={drop:?})", put.iter().map(|p| (&p.name, p.version)).collect::<Vec<_>>())
-            }
-            LeaderMsg::Configs { put, drop } => {
-                format!("configs(put={:?},drop={drop:?})", put.iter().map(|p| (&p.name, p.version)).collect::<Vec<_>>())
-            }
+            LeaderMsg::Secrets { put, drop, full } => format!(
+                "secrets(put={:?},drop={drop:?}{})",
+                put.iter().map(|p| (&p.name, p.version)).collect::<Vec<_>>(),
+                if *full { ",full" } else { "" }
+            ),
+            LeaderMsg::Configs { put, drop, full } => format!(
+                "configs(put={:?},drop={drop:?}{})",
+                put.iter().map(|p| (&p.name, p.version)).collect::<Vec<_>>(),
+                if *full { ",full" } else { "" }
+            ),
             LeaderMsg::Desired { full, upsert, remove } => format!(
                 "desired(full={full},upsert={:?},remove={remove:?})",
                 upsert.iter().map(|a| a.replica.as_str()).collect::<Vec<_>>()
@@ -87,8 +91,8 @@ fn network_first_then_the_payloads_the_set_needs_then_the_set() {
         kinds(&out),
         [
             "network(full=true)",
-            r#"secrets(put=[("db", 1)],drop=[])"#,
-            r#"configs(put=[("site", 4)],drop=[])"#,
+            r#"secrets(put=[("db", 1)],drop=[],full)"#,
+            r#"configs(put=[("site", 4)],drop=[],full)"#,
             r#"desired(full=true,upsert=["web-1"],remove=[])"#,
         ],
         "a secret no replica here uses is never sent"
@@ -104,7 +108,11 @@ fn nothing_of_the_set_before_the_controllers_first_pass() {
     let out = s.poll(Some(&view(1)), None, false, |_, _| panic!("no set, no read"));
     assert_eq!(kinds(&out), ["network(full=true)"]);
     let out = s.poll(Some(&view(1)), Some(DesiredSet::new()), false, loader(&Store::new()));
-    assert_eq!(kinds(&out), ["desired(full=true,upsert=[],remove=[])"], "an empty set is still said, whole");
+    assert_eq!(
+        kinds(&out),
+        ["secrets(put=[],drop=[],full)", "configs(put=[],drop=[],full)", "desired(full=true,upsert=[],remove=[])"],
+        "an empty set is still said, whole; so are the payloads it needs (none: the board drops what it holds)"
+    );
 }
 
 #[test]
@@ -136,7 +144,15 @@ fn a_secret_created_after_its_replica_is_sent_when_it_appears() {
     let mut store = Store::new();
     let mut s = Session::new("b1");
     let out = s.poll(None, Some(set(&[("web-1", "web")])), false, loader(&store));
-    assert_eq!(kinds(&out), [r#"desired(full=true,upsert=["web-1"],remove=[])"#], "the replica waits, saying why");
+    assert_eq!(
+        kinds(&out),
+        [
+            "secrets(put=[],drop=[],full)",
+            "configs(put=[],drop=[],full)",
+            r#"desired(full=true,upsert=["web-1"],remove=[])"#
+        ],
+        "the replica waits, saying why"
+    );
     store.insert(("secret", "db"), 1);
     s.payloads_changed();
     let out = s.poll(None, Some(set(&[("web-1", "web")])), false, loader(&store));
@@ -148,6 +164,10 @@ fn a_store_that_fails_a_read_does_not_stop_the_set() {
     let mut s = Session::new("b1");
     let out = s.poll(None, Some(set(&[("web-1", "web")])), false, |_, _| Err("etcd: deadline".into()));
     assert_eq!(kinds(&out), [r#"desired(full=true,upsert=["web-1"],remove=[])"#]);
+    // The next look says them whole (the failed read sent nothing).
+    s.payloads_changed();
+    let out = s.poll(None, Some(set(&[("web-1", "web")])), false, |_, _| Ok(Some((1, BTreeMap::new()))));
+    assert_eq!(kinds(&out), [r#"secrets(put=[("db", 1)],drop=[],full)"#, r#"configs(put=[("site", 1)],drop=[],full)"#]);
 }
 
 #[test]
@@ -158,12 +178,20 @@ fn after_a_restore_only_additions_until_every_board_is_seen_then_the_whole_set_o
     assert_eq!(
         kinds(&out),
         [r#"desired(full=false,upsert=["plain-1"],remove=[])"#],
-        "held back: a whole set would stop what the backup does not know"
+        "held back: a whole set (or whole payloads) would stop what the backup does not know"
     );
     let out = s.poll(None, Some(set(&[("plain-2", "plain")])), true, loader(&store));
     assert_eq!(kinds(&out), [r#"desired(full=false,upsert=["plain-2"],remove=["plain-1"])"#]);
     let out = s.poll(None, Some(set(&[("plain-2", "plain")])), false, loader(&store));
-    assert_eq!(kinds(&out), [r#"desired(full=true,upsert=["plain-2"],remove=[])"#], "released: whole, once");
+    assert_eq!(
+        kinds(&out),
+        [
+            "secrets(put=[],drop=[],full)",
+            "configs(put=[],drop=[],full)",
+            r#"desired(full=true,upsert=["plain-2"],remove=[])"#
+        ],
+        "released: whole, once"
+    );
     assert!(s.poll(None, Some(set(&[("plain-2", "plain")])), false, loader(&store)).is_empty());
 }
 

@@ -52,6 +52,9 @@ pub struct Board {
     /// The secrets (name → version) and configs the board holds, as its sessions gave them.
     pub secrets: BTreeMap<String, u64>,
     pub configs: BTreeMap<String, u64>,
+    /// The services (with their endpoints) the board's network was told, as its network
+    /// controller keeps them (kept across sessions, as `network.json` is).
+    pub services: BTreeMap<String, bramble_proto::network::ServiceRoute>,
 }
 
 /// One live session: both sides' real session machines.
@@ -132,6 +135,7 @@ impl Sim {
                 jobs: Vec::new(),
                 secrets: BTreeMap::new(),
                 configs: BTreeMap::new(),
+                services: BTreeMap::new(),
             };
             b.start_agent();
             boards.push(b);
@@ -248,6 +252,16 @@ impl Sim {
                 .filter_map(|n| objects.get::<StoredSecret>(&n).expect("secrets read").map(|v| (n, v.value.version)))
                 .collect();
             assert_eq!(b.secrets, wanted, "{}'s secrets", b.name);
+        }
+    }
+
+    /// Invariant: every board with a session has been told exactly the leader's services and
+    /// endpoints.
+    pub fn check_endpoints(&self) {
+        let Some(leader) = &self.leader else { return };
+        let Some(view) = leader.bus.network.borrow().clone() else { return };
+        for b in self.boards.iter().filter(|b| b.session.is_some()) {
+            assert_eq!(b.services, view.services, "{}'s services and endpoints", b.name);
         }
     }
 
@@ -568,7 +582,23 @@ impl Board {
                     Output::Desired { full, upsert, remove } => {
                         agent.input(Input::Desired { full, upsert, remove }, now)
                     }
-                    Output::Network(bramble_agent::net::node::NetInput::Leader { version, .. }) => {
+                    Output::Network(bramble_agent::net::node::NetInput::Leader {
+                        version,
+                        full,
+                        upsert,
+                        remove,
+                        ..
+                    }) => {
+                        // As the network controller takes a view (`net::node::Controller::input`).
+                        if full {
+                            self.services.clear();
+                        }
+                        for s in upsert {
+                            self.services.insert(s.name.clone(), s);
+                        }
+                        for r in remove {
+                            self.services.remove(&r);
+                        }
                         session.view = Some(version)
                     }
                     Output::Network(_) => {}

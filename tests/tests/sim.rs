@@ -247,6 +247,8 @@ fn a_boards_claim_to_hold_a_volume_counts_only_where_a_replica_used_it() {
 /// `BRAMBLE_SIM_SEEDS=a..b`); each seed runs 300 steps.
 #[test]
 fn random_faults_keep_the_invariants_and_the_cluster_converges_when_healed() {
+    // Faults: partitions, crashes, agent and leader restarts, scaling, rollouts, secret updates;
+    // endpoints change as replicas come and go while boards flap.
     let seeds = std::env::var("BRAMBLE_SIM_SEEDS").ok().and_then(|s| {
         let (a, b) = s.split_once("..")?;
         Some(a.parse::<u64>().ok()?..b.parse::<u64>().ok()?)
@@ -267,7 +269,9 @@ fn random_run(seed: u64, steps: usize) {
         "[[app]]\nname = \"web\"\nimage = \"reg/web:1\"\nreplicas = 4\n\
          [[app]]\nname = \"db\"\nimage = \"reg/db:1\"\nreplicas = 1\nreplace_after = \"20s\"\n\
          secret_env = { PASSWORD = \"db-password/value\" }\n\
-         [[app]]\nname = \"x86\"\nimage = \"reg/x86:1\"\nreplicas = 2\n",
+         [[app]]\nname = \"x86\"\nimage = \"reg/x86:1\"\nreplicas = 2\n\
+         [[service]]\nname = \"web\"\napp = \"web\"\nports = [{ port = 80 }]\n\
+         [[service]]\nname = \"db\"\napp = \"db\"\nports = [{ port = 5432 }]\n",
     );
     let boards: Vec<String> = sim.boards.iter().map(|b| b.name.clone()).collect();
     let apps = ["web", "db", "x86"];
@@ -292,6 +296,7 @@ fn random_run(seed: u64, steps: usize) {
         sim.step(Duration::from_millis(rng.u64(200..3000)));
         sim.check_no_duplicates();
         sim.check_secrets();
+        sim.check_endpoints();
         if sim.published.is_some() {
             sim.check_bindings();
         }
@@ -311,6 +316,7 @@ fn random_run(seed: u64, steps: usize) {
     sim.check_no_duplicates();
     sim.check_bindings();
     sim.check_secrets();
+    sim.check_endpoints();
 }
 
 /// Applies `image` as the new image of `app`.

@@ -366,8 +366,8 @@ impl Sim {
         ctx.registry.check(names, instant, now);
         let out = run::pass(&ctx, now).expect("a controller pass");
         let sets = out.desired.clone();
-        let version = run::publish(&ctx, &leader.bus, out);
-        let _ = version;
+        // (The view goes down through each board's session, which confirms what it applied.)
+        run::publish(&ctx, &leader.bus, out);
         let view = leader.bus.network.borrow().clone();
         for b in &mut self.boards {
             b.talk_down(&ctx, view.as_deref(), &sets, now);

@@ -8,14 +8,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// `bramble-leader init` of a throwaway cluster in `data`, listening on `listen`.
-fn init_leader(data: &Path, listen: &str) -> std::process::Output {
+fn init_leader(data: &Path, listen: &str) {
     let out = Command::new(bin_dir().join("bramble-leader"))
         .args(["init", "--listen", listen, "--data-dir"])
         .arg(data)
         .output()
         .unwrap();
     assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
-    out
 }
 
 /// A free UDP port on loopback, for a leader whose CLI config must name it.

@@ -14,7 +14,7 @@
 //! changes the current one; `bramble config add-context NAME --from FILE` copies credentials in
 //! (and turns a one-cluster config into a list, keeping it as the context `default`).
 
-use crate::client::CliError;
+use crate::error::CliError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

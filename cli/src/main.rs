@@ -4,6 +4,7 @@ mod client;
 mod cmd;
 mod contexts;
 mod diff;
+mod error;
 mod output;
 
 use clap::{Parser, Subcommand};

@@ -192,8 +192,8 @@ pub fn restore_with(snapshot: &Snapshot, data_dir: &Path, target: &Target) -> Re
     // And every object, as an apply would check it.
     let metrics = config.metrics.listen.as_deref().and_then(|l| l.parse::<std::net::SocketAddr>().ok());
     let reserved =
-        crate::api::apps::Reserved::of_leader(config.listen.port(), metrics.map(|m| m.port()), Some(data_dir));
-    crate::api::apps::check_restored(&snapshot.objects, &reserved)
+        crate::admission::Reserved::of_leader(config.listen.port(), metrics.map(|m| m.port()), Some(data_dir));
+    crate::admission::check_restored(&snapshot.objects, &reserved)
         .map_err(|e| BackupError::Contents(format!("{e}; the backup is refused, nothing was written")))?;
     if target.join && config.store.backend != crate::config::StoreBackend::Etcd {
         return Err(BackupError::Other("--join adds a leader to a cluster in etcd: give --store etcd".into()));
@@ -383,8 +383,22 @@ pub struct BackupStats {
 
 /// One scheduled backup into `dir`, sealed with the first line of `passphrase_file`; the oldest
 /// beyond `keep` are removed. Returns the file written.
+/// What scheduled backups and the restore hold-back use.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    pub objects: crate::objects::Objects,
+    pub events: std::sync::Arc<crate::events::Events>,
+    /// Which boards have been seen since the leader started.
+    pub registry: std::sync::Arc<crate::nodes::NodeRegistry>,
+    /// Restored without `--prune` and not every board seen yet (sessions read it).
+    pub restored: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub backups: std::sync::Arc<BackupStats>,
+    /// The data dir and cluster name (backups read the PKI and configs there; none in tests).
+    pub data_dir: Option<(std::path::PathBuf, String)>,
+}
+
 pub fn scheduled_once(
-    api: &crate::api::Api,
+    api: &Handles,
     dir: &Path,
     passphrase_file: &Path,
     keep: u32,
@@ -421,11 +435,7 @@ pub fn scheduled_once(
 
 /// Backs the cluster up every `config.every` (the first soon after start) until `cancel`; each
 /// result is an event, failures are counted for `/metrics`.
-pub async fn schedule(
-    api: std::sync::Arc<crate::api::Api>,
-    config: crate::config::BackupConfig,
-    cancel: tokio_util::sync::CancellationToken,
-) {
+pub async fn schedule(api: Handles, config: crate::config::BackupConfig, cancel: tokio_util::sync::CancellationToken) {
     let (Some(dir), Some(pass)) = (config.dir.clone(), config.passphrase_file.clone()) else { return };
     let mut wait = std::time::Duration::from_secs(5).min(config.every.0);
     loop {
@@ -470,7 +480,7 @@ pub async fn schedule(
 
 /// After a restore without `--prune`: once every board in the store has been seen, the marker
 /// goes and sessions send boards their whole sets (which stops what the backup did not know).
-pub async fn release_when_all_seen(api: std::sync::Arc<crate::api::Api>, cancel: tokio_util::sync::CancellationToken) {
+pub async fn release_when_all_seen(api: Handles, cancel: tokio_util::sync::CancellationToken) {
     use std::sync::atomic::Ordering;
     let key = crate::objects::keys::RESTORED;
     match api.objects.store().get(key) {

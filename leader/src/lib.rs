@@ -1,5 +1,6 @@
 //! The Bramble leader: keeps the desired state, admits nodes, serves the API over QUIC.
 
+pub mod admission;
 pub mod api;
 pub mod backup;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod store;
 pub mod tokens;
 pub mod usage;
 pub mod users;
+pub mod wiring;
 
 pub use config::LeaderConfig;
-pub use server::{start, start_with, LeaderError, RunningLeader};
+pub use wiring::{start, start_with, LeaderError, RunningLeader};

@@ -4,13 +4,11 @@
 //! histograms kept for the leader's life. Plain HTTP on an address the admin chooses (loopback, or
 //! a management network): the figures are usage and counts, never secrets.
 
-use crate::api::Api;
 use crate::controllers::plan::holds_node;
 use bramble_proto::model::{App, ConditionStatus, Node, Replica, RolloutState};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,22 +18,30 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// The controller's timings, kept for the leader's life.
+/// What `/metrics` and the dashboard read.
 #[derive(Debug, Clone)]
-pub struct Timings {
-    /// A whole pass: snapshot, plan, commits.
-    pub pass: Histogram,
-    /// The pure plan, scheduling included.
-    pub plan: Histogram,
+pub struct Handles {
+    /// The store, readiness, usage and events (the dashboard reads only these).
+    pub dashboard: crate::dashboard::Handles,
+    /// The store's file, for its size (none: in memory).
+    pub store_path: Option<std::path::PathBuf>,
+    /// Scheduled backups' results.
+    pub backups: Arc<crate::backup::BackupStats>,
+    /// The replica controller's timings.
+    pub published: Arc<crate::controllers::Published>,
 }
 
-impl Default for Timings {
-    fn default() -> Self {
-        // 50 µs to ~1.6 s.
-        Timings {
-            pass: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
-            plan: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
-        }
+impl std::ops::Deref for Handles {
+    type Target = crate::dashboard::Handles;
+    fn deref(&self) -> &crate::dashboard::Handles {
+        &self.dashboard
+    }
+}
+
+impl Handles {
+    /// The size of the store's file, if it has one.
+    pub fn store_size(&self) -> Option<u64> {
+        std::fs::metadata(self.store_path.as_ref()?).ok().map(|m| m.len())
     }
 }
 
@@ -64,7 +70,7 @@ fn family(reg: &mut Registry, name: &str, help: &str, values: Vec<(Labels, f64)>
 }
 
 /// The OpenMetrics text of everything the leader knows now.
-pub fn render(api: &Api) -> Result<String, String> {
+pub fn render(api: &Handles) -> Result<String, String> {
     let err = |e: crate::error::Error| e.to_string();
     let nodes: Vec<Node> = api.objects.list::<Node>().map_err(err)?.into_iter().map(|v| v.value).collect();
     let apps: Vec<App> = api.objects.list::<App>().map_err(err)?.into_iter().map(|v| v.value).collect();
@@ -259,7 +265,7 @@ pub fn bears(head: &str, token: Option<&str>) -> bool {
 }
 
 pub async fn serve(
-    api: Arc<Api>,
+    api: Handles,
     listen: String,
     cluster_name: String,
     token: Option<String>,
@@ -318,8 +324,10 @@ pub async fn serve(
                 Some("/api/cluster") => {
                     let a = api.clone();
                     let details = bears(&head, token.as_deref());
-                    match tokio::task::spawn_blocking(move || crate::dashboard::cluster(&a, &cluster_name, details))
-                        .await
+                    match tokio::task::spawn_blocking(move || {
+                        crate::dashboard::cluster(&a.dashboard, &cluster_name, details)
+                    })
+                    .await
                     {
                         Ok(Ok(v)) => ("200 OK", "application/json", v.to_string()),
                         Ok(Err(e)) => ("500 Internal Server Error", "text/plain", e),

@@ -185,6 +185,36 @@ fn set_ready(c: &mut Condition, status: ConditionStatus, reason: &str, message: 
     changed
 }
 
+/// Marks nodes NotReady when they fall silent; reads the store, never writes it.
+pub async fn monitor(
+    objects: crate::objects::Objects,
+    registry: Arc<NodeRegistry>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let period = (registry.grace() / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let a = objects.clone();
+        let names = tokio::task::spawn_blocking(move || a.list::<bramble_proto::model::Node>()).await;
+        match names {
+            Ok(Ok(nodes)) => {
+                registry.check(
+                    nodes.into_iter().map(|n| n.value.meta.name),
+                    Instant::now(),
+                    bramble_proto::time::now_ms(),
+                );
+            }
+            Ok(Err(e)) => tracing::warn!("cannot list nodes: {e}"),
+            Err(e) => tracing::warn!("node monitor: {e}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -131,7 +131,6 @@ object!(Node, "node", keys::NODES);
 object!(App, "app", keys::APPS);
 object!(Service, "service", keys::SERVICES);
 object!(Replica, "replica", keys::REPLICAS);
-object!(crate::secrets::StoredSecret, "secret", keys::SECRETS);
 object!(bramble_proto::model::Config, "config", keys::CONFIGS);
 
 /// The key of object `name` of kind `T`.
@@ -189,6 +188,15 @@ impl std::fmt::Debug for Objects {
 }
 
 impl Objects {
+    /// Replicas of `app` (all if `None`; an unknown app is an error), by name.
+    pub fn replicas(&self, app: Option<&str>) -> Result<Vec<Replica>> {
+        if let Some(a) = app {
+            self.load::<App>(a)?;
+        }
+        let all = self.list::<Replica>()?.into_iter().map(|v| v.value);
+        Ok(all.filter(|r| app.is_none_or(|a| r.app == a)).collect())
+    }
+
     pub fn new(store: Arc<dyn Store>) -> Objects {
         Objects { store }
     }

@@ -2,7 +2,6 @@
 //! `bramble logs` (each replica's agent sends its output), `bramble image … --node`,
 //! `bramble exec` and `bramble volume ls|rm`.
 
-use crate::api::Api;
 use bramble_proto::codec::MAX_FRAME_LEN;
 use bramble_proto::model::{Node, Replica, ReplicaPhase};
 use bramble_proto::wire::{
@@ -15,17 +14,26 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::debug;
 
+/// What relaying uses: the store, the boards' connections and the desired sets (which replicas
+/// use a volume).
+#[derive(Debug, Clone)]
+pub struct Handles {
+    pub objects: crate::objects::Objects,
+    pub registry: Arc<crate::nodes::NodeRegistry>,
+    pub published: Arc<crate::controllers::Published>,
+}
+
 async fn fail(send: &mut SendStream, code: ErrorCode, message: String) {
     let _ = write_frame(send, &Response::Error(ApiError::new(code, message))).await;
     let _ = send.finish();
 }
 
 /// Streams the output `req` names to the CLI on `send`, until it ends (or the CLI goes away).
-pub async fn serve(api: Arc<Api>, req: LogRequest, mut send: SendStream, _recv: RecvStream) {
+pub async fn serve(api: Handles, req: LogRequest, mut send: SendStream, _recv: RecvStream) {
     let a = api.clone();
     let target = req.target.clone();
     let replicas = tokio::task::spawn_blocking(move || match target.strip_prefix("app/") {
-        Some(app) => a.replicas(Some(app)).map_err(ApiError::from),
+        Some(app) => a.objects.replicas(Some(app)).map_err(ApiError::from),
         None => match a.objects.get::<Replica>(&target) {
             Ok(Some(r)) => Ok(vec![r.value]),
             Ok(None) => Err(ApiError::new(
@@ -110,7 +118,7 @@ pub async fn serve(api: Arc<Api>, req: LogRequest, mut send: SendStream, _recv: 
 
 /// Relays an image request to `node`'s agent; for an import, the archive's bytes that follow the
 /// request on the client's stream are copied to the agent's.
-pub async fn image(api: Arc<Api>, node: String, op: ImageOp, mut send: SendStream, mut recv: RecvStream) {
+pub async fn image(api: Handles, node: String, op: ImageOp, mut send: SendStream, mut recv: RecvStream) {
     let a = api.clone();
     let n = node.clone();
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || a.objects.load::<Node>(&n)).await {
@@ -143,14 +151,14 @@ pub async fn image(api: Arc<Api>, node: String, op: ImageOp, mut send: SendStrea
 }
 
 /// Replicas the leader wants on `node` whose app mounts local volume `name`.
-fn volume_users(api: &Api, node: &str, name: &str) -> Vec<String> {
+fn volume_users(api: &Handles, node: &str, name: &str) -> Vec<String> {
     let desired = api.published.desired.borrow().clone();
     let Some(set) = desired.as_ref().and_then(|d| d.get(node).cloned()) else { return Vec::new() };
     set.values().filter(|a| a.spec.local_volumes().any(|v| v == name)).map(|a| a.replica.clone()).collect()
 }
 
 /// Asks `node`'s agent about its local volumes.
-async fn ask_volumes(api: &Api, node: &str, op: VolumeOp) -> Response {
+async fn ask_volumes(api: &Handles, node: &str, op: VolumeOp) -> Response {
     let Some(conn) = api.registry.connection(node) else {
         let msg = format!("node {node} is not connected; its volumes cannot be reached now");
         return Response::Error(ApiError::new(ErrorCode::Unavailable, msg));
@@ -180,7 +188,7 @@ async fn ask_volumes(api: &Api, node: &str, op: VolumeOp) -> Response {
 
 /// `bramble volume ls` (one node, or every node that is connected) and `volume rm` (refused
 /// while a replica the leader wants on that node mounts it).
-pub async fn volume(api: Arc<Api>, node: Option<String>, op: VolumeOp, mut send: SendStream) {
+pub async fn volume(api: Handles, node: Option<String>, op: VolumeOp, mut send: SendStream) {
     let a = api.clone();
     let nodes = tokio::task::spawn_blocking(move || match &node {
         Some(n) => a.objects.load::<Node>(n).map(|_| vec![n.clone()]),
@@ -242,10 +250,10 @@ pub async fn volume(api: Arc<Api>, node: Option<String>, op: VolumeOp, mut send:
 
 /// The replica `target` names (`app/NAME`: a running one of the app's, ready ones first), if it
 /// runs; otherwise why not.
-fn exec_target(api: &Api, target: &str) -> Result<Replica, ApiError> {
+fn exec_target(api: &Handles, target: &str) -> Result<Replica, ApiError> {
     let running = |r: &Replica| r.phase == ReplicaPhase::Running && r.terminating_ms.is_none();
     if let Some(app) = target.strip_prefix("app/") {
-        let mut all = api.replicas(Some(app)).map_err(ApiError::from)?;
+        let mut all = api.objects.replicas(Some(app)).map_err(ApiError::from)?;
         all.sort_by_key(|r| (!r.serving(), r.meta.name.clone()));
         return all.into_iter().find(running).ok_or_else(|| {
             ApiError::new(ErrorCode::Unavailable, format!("app {app} has no running replica to exec in"))
@@ -269,7 +277,7 @@ fn exec_target(api: &Api, target: &str) -> Result<Replica, ApiError> {
 
 /// Relays `bramble exec` to the agent of the replica's board: the request, then the client's
 /// input up and the command's output down, byte for byte, until the command's exit code.
-pub async fn exec(api: Arc<Api>, mut req: ExecRequest, mut send: SendStream, mut recv: RecvStream) {
+pub async fn exec(api: Handles, mut req: ExecRequest, mut send: SendStream, mut recv: RecvStream) {
     let a = api.clone();
     let target = req.replica.clone();
     let replica = match tokio::task::spawn_blocking(move || exec_target(&a, &target)).await {

@@ -204,6 +204,18 @@ pub fn check(name: &str, values: &BTreeMap<String, Vec<u8>>) -> Result<(), Strin
     Ok(())
 }
 
+// Stored beside the other objects (secrets depend on objects, never the other way).
+impl crate::objects::Object for StoredSecret {
+    const KIND: &'static str = "secret";
+    const PREFIX: &'static str = crate::objects::keys::SECRETS;
+    fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.meta
+    }
+}
+
 /// Re-seals every secret in `objects` under a new key, then forgets the old keys. Crash-safe:
 /// the new key is saved (beside the old ones) before anything is re-sealed, and the old ones are
 /// dropped only after every secret is. Returns the new key's id and how many secrets were re-sealed.

@@ -1,4 +1,4 @@
-//! What a board says, mutated at random, through the leader's `server::absorb` (what the fuzz
+//! What a board says, mutated at random, through the leader's `sessions::absorb` (what the fuzz
 //! target `leader/fuzz` does without a fuzzer, so CI runs it): nothing panics, nothing a board
 //! says changes another board's replica, and what it reports about itself stays within bounds.
 
@@ -81,7 +81,7 @@ fn mutated_board_messages_never_panic_nor_reach_another_board() {
         }
         if let Ok(msg) = serde_json::from_str::<AgentMsg>(&text) {
             decoded += 1;
-            bramble_leader::server::absorb(&api, "pi-1", msg, 1);
+            bramble_leader::sessions::absorb(&api, "pi-1", msg, 1);
         }
     }
     assert!(decoded > 1000, "the mutations must reach absorb: {decoded} decoded");

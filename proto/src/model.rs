@@ -31,72 +31,8 @@ pub struct ObjectMeta {
     pub changed_by: Option<String>,
 }
 
-/// A CPU architecture in OCI terms: `amd64`, `arm64`, `arm/v7`, `arm/v6`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum Arch {
-    Amd64,
-    Arm64,
-    ArmV7,
-    ArmV6,
-    Other(String),
-}
-
-impl Arch {
-    /// The architecture a board runs images of: the running binary's family
-    /// (`std::env::consts::ARCH`) with the version the kernel reports (`uname -m`). A 32-bit
-    /// userland on an ARMv8 CPU (`aarch64` or `armv8l`, as on a Raspberry Pi 3 or 4 with a 32-bit
-    /// OS) runs `arm/v7` images, as Docker chooses there; `armv6l` (Pi Zero, Pi 1) runs `arm/v6`.
-    pub fn of_board(binary: &str, machine: &str) -> Arch {
-        match binary {
-            "x86_64" => Arch::Amd64,
-            "aarch64" => Arch::Arm64,
-            "arm" => {
-                if machine.starts_with("armv7") || machine.starts_with("armv8") || machine == "aarch64" {
-                    Arch::ArmV7
-                } else if machine.starts_with("armv5") || machine.starts_with("armv4") {
-                    // Older than any variant the OCI names for images that run on such a board.
-                    Arch::Other(format!("arm/v{}", &machine[4..5]))
-                } else {
-                    Arch::ArmV6
-                }
-            }
-            other => Arch::Other(other.to_string()),
-        }
-    }
-}
-
-impl fmt::Display for Arch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Arch::Amd64 => "amd64",
-            Arch::Arm64 => "arm64",
-            Arch::ArmV7 => "arm/v7",
-            Arch::ArmV6 => "arm/v6",
-            Arch::Other(s) => s,
-        })
-    }
-}
-
-impl TryFrom<String> for Arch {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        Ok(match s.as_str() {
-            "amd64" => Arch::Amd64,
-            "arm64" | "arm64/v8" => Arch::Arm64,
-            "arm/v7" => Arch::ArmV7,
-            "arm/v6" => Arch::ArmV6,
-            "" => return Err("expected an architecture like \"arm64\" or \"arm/v7\"".into()),
-            _ => Arch::Other(s),
-        })
-    }
-}
-
-impl From<Arch> for String {
-    fn from(a: Arch) -> String {
-        a.to_string()
-    }
-}
+pub use crate::manifest::TaintEffect;
+pub use crate::platform::Arch;
 
 /// Amounts of the resources the scheduler shares out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -229,13 +165,6 @@ pub struct Taint {
     #[serde(default)]
     pub value: String,
     pub effect: TaintEffect,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TaintEffect {
-    NoSchedule,
-    PreferNoSchedule,
-    NoExecute,
 }
 
 /// A board that joined, as stored by the leader.

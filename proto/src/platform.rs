@@ -4,10 +4,76 @@
 //! `arm/v7` board can run `v7`, `v6` and `v5` images, preferring the newest; an `arm/v6` board
 //! (Pi Zero, Pi 1) must never get a `v7` image.
 
-use crate::model::Arch;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
+
+/// A CPU architecture in OCI terms: `amd64`, `arm64`, `arm/v7`, `arm/v6`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Arch {
+    Amd64,
+    Arm64,
+    ArmV7,
+    ArmV6,
+    Other(String),
+}
+
+impl Arch {
+    /// The architecture a board runs images of: the running binary's family
+    /// (`std::env::consts::ARCH`) with the version the kernel reports (`uname -m`). A 32-bit
+    /// userland on an ARMv8 CPU (`aarch64` or `armv8l`, as on a Raspberry Pi 3 or 4 with a 32-bit
+    /// OS) runs `arm/v7` images, as Docker chooses there; `armv6l` (Pi Zero, Pi 1) runs `arm/v6`.
+    pub fn of_board(binary: &str, machine: &str) -> Arch {
+        match binary {
+            "x86_64" => Arch::Amd64,
+            "aarch64" => Arch::Arm64,
+            "arm" => {
+                if machine.starts_with("armv7") || machine.starts_with("armv8") || machine == "aarch64" {
+                    Arch::ArmV7
+                } else if machine.starts_with("armv5") || machine.starts_with("armv4") {
+                    // Older than any variant the OCI names for images that run on such a board.
+                    Arch::Other(format!("arm/v{}", &machine[4..5]))
+                } else {
+                    Arch::ArmV6
+                }
+            }
+            other => Arch::Other(other.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+            Arch::ArmV7 => "arm/v7",
+            Arch::ArmV6 => "arm/v6",
+            Arch::Other(s) => s,
+        })
+    }
+}
+
+impl TryFrom<String> for Arch {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Ok(match s.as_str() {
+            "amd64" => Arch::Amd64,
+            "arm64" | "arm64/v8" => Arch::Arm64,
+            "arm/v7" => Arch::ArmV7,
+            "arm/v6" => Arch::ArmV6,
+            "" => return Err("expected an architecture like \"arm64\" or \"arm/v7\"".into()),
+            _ => Arch::Other(s),
+        })
+    }
+}
+
+impl From<Arch> for String {
+    fn from(a: Arch) -> String {
+        a.to_string()
+    }
+}
 
 /// An image platform. On the wire and in JSON it is the string form (`linux/arm/v7`); a string
 /// that is not one is refused when it is decoded, never dropped in silence.

@@ -174,7 +174,7 @@ impl Sim {
         bramble_leader::api::apps::apply(
             &self.objects(),
             &events,
-            (&network, &bramble_leader::api::apps::Reserved::default()),
+            (&network, &bramble_leader::admission::Reserved::default()),
             (apps, services, Vec::new()),
             "the sim",
             now,

@@ -9,7 +9,7 @@ use super::link::Netlink;
 use super::pods::{Board, Pods};
 use super::rules::{self, HostPort, Model};
 use super::{conntrack, nft};
-use crate::reconcile::PodRules;
+use crate::net::ports::PodRules;
 use bramble_proto::manifest::Protocol;
 use bramble_proto::model::NetworkProblem;
 use bramble_proto::network::{Backend, Cidr, NodeNetwork, ServiceRoute};

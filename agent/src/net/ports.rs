@@ -7,6 +7,24 @@ use bramble_proto::manifest::Protocol;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// One host port to send into a pod.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Binding {
+    pub protocol: Protocol,
+    pub host: u16,
+    pub container: u16,
+    /// The pod (replica) that receives the traffic.
+    pub replica: String,
+}
+
+/// What the board's rules need of the desired replicas: their host ports, and which may reach
+/// the cluster's own ports (`security.control_plane`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PodRules {
+    pub host_ports: Vec<Binding>,
+    pub control_plane: BTreeSet<String>,
+}
+
 /// A range of ports, `"1024-65535"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortRange {

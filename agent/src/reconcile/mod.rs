@@ -19,8 +19,9 @@ pub mod plan;
 pub mod real;
 pub mod reconciler;
 
+pub use crate::net::ports::{Binding, PodRules};
 pub use effects::{Containers, Images, Network, ReconcileError};
-pub use plan::{Binding, PodRules, Statuses};
+pub use plan::Statuses;
 pub use reconciler::{Input, Job, Reconciler};
 
 use crate::config::AgentConfig;

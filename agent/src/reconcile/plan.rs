@@ -3,9 +3,9 @@
 //! changes mean. No shims, no registry, no clock: time comes in as `now_ms`.
 
 use super::effects::ReconcileError;
+use crate::net::ports::{Binding, PodRules};
 use crate::runtime::lifecycle::Phase;
 use crate::runtime::protocol::ShimState;
-use bramble_proto::manifest::Protocol;
 use bramble_proto::model::{EventReason, ReplicaPhase};
 use bramble_proto::quantity::human_bytes;
 use bramble_proto::wire::{Assignment, PlatformMiss, ReplicaStatus};
@@ -247,24 +247,6 @@ pub fn status_delta(sent: Option<&Statuses>, now: &Statuses) -> Option<(bool, Ve
             (!changed.is_empty()).then_some((false, changed))
         }
     }
-}
-
-/// One host port to send into a pod.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Binding {
-    pub protocol: Protocol,
-    pub host: u16,
-    pub container: u16,
-    /// The pod (replica) that receives the traffic.
-    pub replica: String,
-}
-
-/// What the board's rules need of the desired replicas: their host ports, and which may reach
-/// the cluster's own ports (`security.control_plane`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PodRules {
-    pub host_ports: Vec<Binding>,
-    pub control_plane: std::collections::BTreeSet<String>,
 }
 
 /// [`PodRules`] of the desired set.

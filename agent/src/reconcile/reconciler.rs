@@ -99,7 +99,7 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
     }
 
     /// The host ports of the desired replicas, and which may reach the cluster's own ports.
-    pub fn pod_rules(&self) -> plan::PodRules {
+    pub fn pod_rules(&self) -> crate::net::ports::PodRules {
         plan::pod_rules(self.desired.as_ref())
     }
 

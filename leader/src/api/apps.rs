@@ -1,6 +1,7 @@
 //! Apps and services: apply (create, configure or leave unchanged — all or nothing), list,
 //! delete.
 
+use crate::admission::{check, problem, refuse, Reserved};
 use crate::controllers::replicas::revision_hash;
 use crate::controllers::rollout::new_revision;
 use crate::controllers::{dry_run, snapshot, Context};
@@ -10,71 +11,14 @@ use crate::network::alloc::free_vip;
 use crate::objects::{key, keys, Object, Objects};
 use crate::store::{Expect, StoreError, TxnOp};
 use bramble_proto::manifest::{AppSpec, ConfigSpec, ServiceSpec};
-use bramble_proto::manifest::{Protocol, VolumeKind};
 use bramble_proto::model::{
     App, Config, Event, EventReason, Kind, ObjectMeta, ObjectRef, Replica, RevisionRecord, Service,
 };
 use bramble_proto::network::ClusterNetwork;
 use bramble_proto::time::now_ms;
-use bramble_proto::wire::{Applied, ApplyPlan, ObjectProblem, Outcome};
+use bramble_proto::wire::{Applied, ApplyPlan, Outcome};
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-
-/// What the cluster keeps for itself on its boards: ports no app may take as a host port (the
-/// leaders' QUIC port, etcd's, DNS, the metrics listener) and directories no host volume may be,
-/// be inside or hold (the leader's data dir). Boards keep more of their own (agent.toml).
-#[derive(Debug, Clone, Default)]
-pub struct Reserved {
-    /// (protocol, port, what it is)
-    pub ports: Vec<(Protocol, u16, String)>,
-    /// (what it is, normalized directory)
-    pub dirs: Vec<(String, String)>,
-}
-
-impl Reserved {
-    /// Etcd's ports and DNS, the leader's QUIC port and metrics listener, its data dir.
-    pub fn of_leader(quic: u16, metrics: Option<u16>, data_dir: Option<&std::path::Path>) -> Reserved {
-        let mut ports = vec![
-            (Protocol::Udp, quic, "the leader's QUIC port".to_string()),
-            (Protocol::Tcp, 2379, "etcd's client port".to_string()),
-            (Protocol::Tcp, 2380, "etcd's peer port".to_string()),
-            (Protocol::Udp, 53, "DNS".to_string()),
-            (Protocol::Tcp, 53, "DNS".to_string()),
-        ];
-        ports.extend(metrics.map(|m| (Protocol::Tcp, m, "the leader's metrics listener".to_string())));
-        let dirs = data_dir
-            .and_then(|d| bramble_proto::hostpath::normalize(&d.display().to_string()).ok())
-            .map(|d| vec![("the leader's data dir".to_string(), d)])
-            .unwrap_or_default();
-        Reserved { ports, dirs }
-    }
-
-    /// The ports pods may not reach (all but DNS, which pods need).
-    pub fn control_ports(&self) -> Vec<(Protocol, u16)> {
-        self.ports.iter().filter(|(_, port, _)| *port != 53).map(|(p, port, _)| (*p, *port)).collect()
-    }
-
-    /// The problems of `a` against what the cluster keeps.
-    fn check(&self, a: &AppSpec) -> Vec<ObjectProblem> {
-        let mut out = Vec::new();
-        let name = a.name.as_str();
-        for (i, p) in a.ports.iter().enumerate() {
-            let Some(h) = p.host else { continue };
-            if let Some((proto, port, what)) = self.ports.iter().find(|(q, port, _)| *q == p.protocol && *port == h.0) {
-                let proto = if *proto == Protocol::Udp { "udp" } else { "tcp" };
-                let msg = format!("host port {port}/{proto} is the cluster's own ({what}); choose another");
-                out.push(problem("app", name, format!("ports[{i}].host"), msg));
-            }
-        }
-        let dirs: Vec<(&str, &str)> = self.dirs.iter().map(|(w, d)| (w.as_str(), d.as_str())).collect();
-        for (i, v) in a.volumes.iter().enumerate().filter(|(_, v)| v.kind == VolumeKind::Host) {
-            if let Err(e) = bramble_proto::hostpath::check(v.host_path.as_deref().unwrap_or_default(), &dirs) {
-                out.push(problem("app", name, format!("volumes[{i}].host_path"), e.to_string()));
-            }
-        }
-        out
-    }
-}
 
 /// The apps of an apply that only an admin may write: a new or changed spec that asks for more
 /// than the defaults (`security`). Each with what it asks.
@@ -91,18 +35,6 @@ pub fn needing_admin(objects: &Objects, apps: &[AppSpec]) -> Result<Vec<String>>
         }
     }
     Ok(out)
-}
-
-fn problem(kind: &str, name: &str, field: impl Into<String>, message: impl Into<String>) -> ObjectProblem {
-    ObjectProblem { kind: kind.into(), name: name.into(), field: field.into(), message: message.into() }
-}
-
-fn refuse(problems: Vec<ObjectProblem>) -> Result<()> {
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Problems(problems))
-    }
 }
 
 /// A stored object whose desired part a user applies.
@@ -223,73 +155,8 @@ fn check_targets(objects: &Objects, apps: &[AppSpec], services: &[ServiceSpec]) 
     refuse(problems)
 }
 
-/// Problems that span objects, found before anything is written.
 /// What one apply brings: apps, services and configs.
 pub type Specs = (Vec<AppSpec>, Vec<ServiceSpec>, Vec<ConfigSpec>);
-
-/// The objects of a backup about to be restored, through the checks an apply makes: each must
-/// decode, be named as its key says, and pass [`check`] (a hand-edited or hostile backup is no
-/// way around them).
-pub fn check_restored(objects: &std::collections::BTreeMap<String, String>, reserved: &Reserved) -> Result<()> {
-    use crate::objects::{decode, keys};
-    let (mut apps, mut services, mut configs) = (Vec::new(), Vec::new(), Vec::new());
-    let mut problems = Vec::new();
-    for (key, value) in objects {
-        let named = |kind: &str, name: &str, prefix: &str| {
-            (key.strip_prefix(prefix) != Some(name))
-                .then(|| problem(kind, name, "", format!("stored under {key}, which names another object")))
-        };
-        if key.starts_with(keys::APPS) {
-            let a: App = decode(key, value.as_bytes())?;
-            problems.extend(named("app", a.spec.name.as_str(), keys::APPS));
-            apps.push(a.spec);
-        } else if key.starts_with(keys::SERVICES) {
-            let s: Service = decode(key, value.as_bytes())?;
-            problems.extend(named("service", s.spec.name.as_str(), keys::SERVICES));
-            services.push(s.spec);
-        } else if key.starts_with(keys::CONFIGS) {
-            let c: Config = decode(key, value.as_bytes())?;
-            problems.extend(named("config", c.spec.name.as_str(), keys::CONFIGS));
-            configs.push(c.spec);
-        } else if key.starts_with(keys::REVISIONS) {
-            let spec: AppSpec = decode(key, value.as_bytes())?;
-            problems.extend(spec.check().into_iter().map(|p| problem("app", spec.name.as_str(), p.field(), p.message)));
-            problems.extend(reserved.check(&spec));
-        }
-    }
-    refuse(problems)?;
-    check(reserved, &apps, &services, &configs)
-}
-
-/// Every object's own checks, run again where they land (the CLI ran them too), and what the
-/// cluster keeps for itself.
-fn check(reserved: &Reserved, apps: &[AppSpec], services: &[ServiceSpec], configs: &[ConfigSpec]) -> Result<()> {
-    let mut problems = Vec::new();
-    let mut seen = BTreeSet::new();
-    for a in apps {
-        let name = a.name.as_str();
-        if !seen.insert(("app", name)) {
-            problems.push(problem("app", name, "", "listed twice"));
-        }
-        problems.extend(a.check().into_iter().map(|p| problem("app", name, p.field(), p.message)));
-        problems.extend(reserved.check(a));
-    }
-    for s in services {
-        let name = s.name.as_str();
-        if !seen.insert(("service", name)) {
-            problems.push(problem("service", name, "", "listed twice"));
-        }
-        problems.extend(s.check().into_iter().map(|p| problem("service", name, p.field(), p.message)));
-    }
-    for c in configs {
-        let name = c.name.as_str();
-        if !seen.insert(("config", name)) {
-            problems.push(problem("config", name, "", "listed twice"));
-        }
-        problems.extend(c.check().into_iter().map(|p| problem("config", name, p.field(), p.message)));
-    }
-    refuse(problems)
-}
 
 /// What an apply would write, and what it means.
 struct Prepared {

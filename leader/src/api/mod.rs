@@ -72,7 +72,7 @@ pub struct Api {
     /// The election, when leaders share etcd (none: the only leader, on redb).
     pub ha: Option<Arc<crate::ha::Ha>>,
     /// Ports and directories no app may take on the cluster's boards.
-    pub reserved: Arc<apps::Reserved>,
+    pub reserved: Arc<crate::admission::Reserved>,
     /// Refused joins: one event a minute, the rest counted.
     pub join_refusals: crate::events::Throttle,
 }
@@ -120,7 +120,7 @@ impl Api {
                 store: "redb".into(),
             },
             ha: None,
-            reserved: Arc::new(apps::Reserved::of_leader(7443, None, None)),
+            reserved: Arc::new(crate::admission::Reserved::of_leader(7443, None, None)),
             join_refusals: Default::default(),
         }
     }

@@ -11,11 +11,7 @@ use bramble_proto::wire::Response;
 impl Api {
     /// Replicas of `app` (all if `None`), by name.
     pub fn replicas(&self, app: Option<&str>) -> Result<Vec<Replica>> {
-        if let Some(a) = app {
-            self.objects.load::<App>(a)?;
-        }
-        let all = self.objects.list::<Replica>()?.into_iter().map(|v| v.value);
-        Ok(all.filter(|r| app.is_none_or(|a| r.app == a)).collect())
+        self.objects.replicas(app)
     }
 
     pub(super) fn describe_app(&self, name: &str) -> Result<Response> {

@@ -5,7 +5,6 @@
 //! kept in memory (`describe app` shows them); after a leader restart the window starts empty, so
 //! nothing shrinks until it has filled.
 
-use crate::api::Api;
 use crate::controllers::autoscale::{decide, Decision, Observed, Policy};
 use crate::error::Result;
 use crate::events::Events;
@@ -126,8 +125,19 @@ impl Autoscaler {
     }
 }
 
+/// What the autoscaler's loop uses: the store, the boards' usage, events, its own memory and the
+/// replica controller's wake-up.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    pub objects: Objects,
+    pub usage: std::sync::Arc<Usage>,
+    pub events: std::sync::Arc<Events>,
+    pub autoscaler: std::sync::Arc<Autoscaler>,
+    pub published: std::sync::Arc<super::Published>,
+}
+
 /// Runs passes every second until `cancel` (each app is looked at once per its period).
-pub async fn run(api: std::sync::Arc<Api>, cancel: tokio_util::sync::CancellationToken) {
+pub async fn run(h: Handles, cancel: tokio_util::sync::CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -135,11 +145,11 @@ pub async fn run(api: std::sync::Arc<Api>, cancel: tokio_util::sync::Cancellatio
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let a = api.clone();
+        let a = h.clone();
         let now = bramble_proto::time::now_ms();
         let r = tokio::task::spawn_blocking(move || a.autoscaler.pass(&a.objects, &a.usage, &a.events, now)).await;
         match r {
-            Ok(Ok(true)) => api.published.kick.notify_one(),
+            Ok(Ok(true)) => h.published.kick.notify_one(),
             Ok(Ok(false)) => {}
             Ok(Err(e)) => tracing::warn!("autoscaler pass failed: {e}"),
             Err(e) => tracing::warn!("autoscaler pass failed: {e}"),

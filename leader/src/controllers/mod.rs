@@ -34,6 +34,7 @@ use crate::objects::Objects;
 use crate::observed::Observed;
 use bramble_proto::network::ClusterNetwork;
 use desired::DesiredSets;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::sync::Arc;
 
 /// What the controllers read and write — nothing more (not the API, not the CA).
@@ -64,7 +65,7 @@ pub struct Published {
     /// Bumped when a secret changes: sessions send boards what changed of theirs.
     pub secrets: tokio::sync::watch::Sender<u64>,
     /// How long the controller's passes and plans take (for `/metrics`).
-    pub timings: crate::metrics::Timings,
+    pub timings: Timings,
 }
 
 impl Default for Published {
@@ -74,7 +75,7 @@ impl Default for Published {
             network: tokio::sync::watch::Sender::new(None),
             kick: tokio::sync::Notify::new(),
             secrets: tokio::sync::watch::Sender::new(0),
-            timings: crate::metrics::Timings::default(),
+            timings: Timings::default(),
         }
     }
 }
@@ -112,4 +113,23 @@ fn replace_if_changed<T: PartialEq>(tx: &tokio::sync::watch::Sender<Option<Arc<T
             true
         }
     });
+}
+
+/// The controller's timings, kept for the leader's life.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// A whole pass: snapshot, plan, commits.
+    pub pass: Histogram,
+    /// The pure plan, scheduling included.
+    pub plan: Histogram,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        // 50 µs to ~1.6 s.
+        Timings {
+            pass: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            plan: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+        }
+    }
 }

@@ -27,7 +27,7 @@ pub struct Outcome {
 
 /// One pass over the whole cluster at `now_ms`.
 pub fn pass(ctx: &Context, now_ms: u64) -> Result<Outcome> {
-    network::assign_subnets(ctx, now_ms)?;
+    network::assign_subnets(&ctx.objects, &ctx.events, &ctx.network, now_ms)?;
     let snapshot = snapshot::read(ctx, now_ms)?;
     let started = std::time::Instant::now();
     let plan = plan::plan(&snapshot, now_ms);

@@ -3,20 +3,33 @@
 //! charts of the last minutes, apps with their replicas by phase, recent events. Served by the
 //! metrics listener.
 
-use crate::api::Api;
+use crate::events::Events;
+use crate::nodes::NodeRegistry;
+use crate::objects::Objects;
+use crate::usage::Usage;
 use bramble_proto::model::{App, ConditionStatus, Node, Replica};
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub const INDEX_HTML: &str = include_str!("index.html");
 
 /// How many recent events the page shows.
 const EVENTS: usize = 30;
 
+/// What the page reads: the store, readiness, usage and events.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    pub objects: Objects,
+    pub registry: Arc<NodeRegistry>,
+    pub usage: Arc<Usage>,
+    pub events: Arc<Events>,
+}
+
 /// Everything the page shows, as JSON. Without `details` (no token, or a wrong one) events show
 /// no message — messages name users, secrets and keys and quote probe output — and events
 /// about secrets, configs and users are left out.
-pub fn cluster(api: &Api, cluster_name: &str, details: bool) -> Result<serde_json::Value, String> {
+pub fn cluster(api: &Handles, cluster_name: &str, details: bool) -> Result<serde_json::Value, String> {
     let err = |e: crate::error::Error| e.to_string();
     let nodes: Vec<Node> = api.objects.list::<Node>().map_err(err)?.into_iter().map(|v| v.value).collect();
     let apps: Vec<App> = api.objects.list::<App>().map_err(err)?.into_iter().map(|v| v.value).collect();
@@ -80,9 +93,6 @@ pub fn cluster(api: &Api, cluster_name: &str, details: bool) -> Result<serde_jso
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::Events;
-    use crate::nodes::NodeRegistry;
-    use crate::objects::Objects;
     use crate::store::{MemStore, Store};
     use bramble_proto::model::{Event, EventReason, ObjectRef};
     use bramble_proto::object::Kind;
@@ -93,8 +103,7 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(MemStore::new());
         let events = Arc::new(Events::new());
         let registry = Arc::new(NodeRegistry::new(std::time::Duration::from_secs(15), events.clone()));
-        let ca = bramble_transport::pki::Ca::generate("test").unwrap();
-        let api = Api::new(Objects::new(store), ca, registry, events, Default::default());
+        let api = Handles { objects: Objects::new(store), registry, usage: Arc::default(), events };
         let secret = ObjectRef::new(Kind::Secret, "db-password".to_string());
         api.events.record(Event::new(1, secret, EventReason::Configured, "secret/db-password keys pw by deployer:ci"));
         let probe = "liveness probe failed: HTTP 500: token=abc123";

@@ -36,29 +36,34 @@ pub fn ensure_settings(objects: &Objects, configured: &ClusterNetwork) -> Result
 
 /// Gives a pod subnet to every node that lacks one, each with a claim in the same transaction
 /// (so two nodes never share one). A node that cannot get one says why, once.
-pub fn assign_subnets(ctx: &crate::controllers::Context, now_ms: u64) -> Result<()> {
+pub fn assign_subnets(
+    objects: &Objects,
+    events: &crate::events::Events,
+    network: &ClusterNetwork,
+    now_ms: u64,
+) -> Result<()> {
     use bramble_proto::model::{EventReason, Node};
-    let nodes = ctx.objects.list::<Node>()?;
+    let nodes = objects.list::<Node>()?;
     if nodes.iter().all(|n| n.value.pod_cidr.is_some()) {
         return Ok(());
     }
     let mut taken: std::collections::BTreeSet<_> = nodes.iter().filter_map(|n| n.value.pod_cidr).collect();
     for v in nodes.into_iter().filter(|n| n.value.pod_cidr.is_none()) {
         let name = v.value.meta.name.clone();
-        let Some(cidr) = alloc::free_subnet(&ctx.network, &taken) else {
-            let told = ctx.events.about(&bramble_proto::model::ObjectRef::node(&name)).last().map(|e| e.reason.clone());
+        let Some(cidr) = alloc::free_subnet(network, &taken) else {
+            let told = events.about(&bramble_proto::model::ObjectRef::node(&name)).last().map(|e| e.reason.clone());
             if told != Some(EventReason::NoPodSubnet) {
-                ctx.events.node(&name, EventReason::NoPodSubnet, out_of_subnets(&ctx.network), now_ms);
+                events.node(&name, EventReason::NoPodSubnet, out_of_subnets(network), now_ms);
             }
             continue;
         };
         let mut node = v.value;
         node.pod_cidr = Some(cidr);
         let ops = [Objects::claim_op(keys::subnet(&cidr), &name), Objects::put_op(&node, Expect::Revision(v.rev))];
-        match ctx.objects.txn(&ops) {
+        match objects.txn(&ops) {
             Ok(_) => {
                 taken.insert(cidr);
-                ctx.events.node(&name, EventReason::PodSubnet, format!("pod subnet {cidr}"), now_ms);
+                events.node(&name, EventReason::PodSubnet, format!("pod subnet {cidr}"), now_ms);
             }
             // Changed meanwhile (or the subnet was just claimed): the next pass tries again.
             Err(crate::store::StoreError::Conflict { .. }) => {}

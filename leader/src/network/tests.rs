@@ -78,7 +78,7 @@ fn nodes_get_a_subnet_each_and_one_too_many_is_not_ready_saying_why() {
         add_node(&api, n);
     }
     let ctx = api.context();
-    assign_subnets(&ctx, 5).unwrap();
+    assign_subnets(&ctx.objects, &ctx.events, &ctx.network, 5).unwrap();
     let views = match admin(&api, Request::GetNodes) {
         Response::Nodes(v) => v,
         r => panic!("{r:?}"),
@@ -93,12 +93,12 @@ fn nodes_get_a_subnet_each_and_one_too_many_is_not_ready_saying_why() {
         left.ready.message
     );
     assert_eq!(api.events.filter(|e| e.reason == EventReason::NoPodSubnet).len(), 1);
-    assign_subnets(&ctx, 6).unwrap();
+    assign_subnets(&ctx.objects, &ctx.events, &ctx.network, 6).unwrap();
     assert_eq!(api.events.filter(|e| e.reason == EventReason::NoPodSubnet).len(), 1, "said once");
     // A board that is gone is deleted: its subnet goes to the one that waited.
     let Response::Done(m) = admin(&api, Request::DeleteNode { name: "pi-1".into() }) else { panic!() };
     assert!(m.contains("pod subnet 10.42.0.0/24 released"), "{m}");
-    assign_subnets(&ctx, 7).unwrap();
+    assign_subnets(&ctx.objects, &ctx.events, &ctx.network, 7).unwrap();
     let node = api.objects.load::<Node>(&left.node.meta.name).unwrap().value;
     assert_eq!(node.pod_cidr.unwrap().to_string(), "10.42.0.0/24");
 }

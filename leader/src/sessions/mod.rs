@@ -1,5 +1,271 @@
 //! A board's session on the leader. `machine.rs` holds one session's rules without I/O — what
-//! the board is sent and in which order — with unit tests; `crate::server` drives it (frames,
-//! watches, the store reads it asks for off the async threads).
+//! the board is sent and in which order — with unit tests; [`session`] is its driver (frames,
+//! watches, the store reads the machine asks for off the async threads), and [`absorb`] is what
+//! each message from the board changes. `crate::server` hands it the session's stream.
 
 pub mod machine;
+
+use crate::api::Api;
+use crate::nodes::Session;
+use bramble_proto::codec::MAX_FRAME_LEN;
+use bramble_proto::model::Node;
+use bramble_proto::time::now_ms;
+use bramble_proto::wire::{AgentMsg, ApiError, ErrorCode, Hello, LeaderMsg};
+use bramble_transport::quic::{read_frame, write_frame};
+use bramble_transport::Identity;
+use machine::{Payload, Versioned};
+use quinn::{Connection, RecvStream, SendStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+fn peer_not_after(conn: &Connection) -> Option<u64> {
+    let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    bramble_transport::pki::not_after_ms(certs.first()?).ok()
+}
+
+async fn refuse(send: &mut SendStream, e: ApiError) {
+    warn!("session refused: {}", e.message);
+    let _ = write_frame(send, &LeaderMsg::Refused(e)).await;
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}
+
+pub(crate) async fn session(
+    conn: Connection,
+    identity: Option<(Identity, String)>,
+    api: Arc<Api>,
+    heartbeat: Duration,
+    hello: Hello,
+    mut send: SendStream,
+    recv: RecvStream,
+) {
+    let name = hello.node_name.clone();
+    let key_fp = match identity {
+        Some((Identity::Node(n), fp)) if n == name => fp,
+        Some((id, _)) => {
+            let msg = format!("the certificate is for {id}, but the session says node:{name}");
+            return refuse(&mut send, ApiError::new(ErrorCode::PermissionDenied, msg)).await;
+        }
+        None => {
+            let msg = "a node certificate is required for a session; join with a token first";
+            return refuse(&mut send, ApiError::new(ErrorCode::Unauthenticated, msg)).await;
+        }
+    };
+    let info = hello.info.clone();
+    let a = api.clone();
+    let n = name.clone();
+    let cert_expires = peer_not_after(&conn);
+    let seen = match conn.remote_address().ip() {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+    };
+    // An agent on the leader's own board comes over loopback: other boards reach it at the
+    // address it reports instead.
+    let reported = || hello.info.addresses.iter().find_map(|a| a.parse::<std::net::Ipv4Addr>().ok());
+    let address = seen.filter(|ip| !ip.is_loopback()).or_else(reported).or(seen);
+    let checked = tokio::task::spawn_blocking(move || {
+        let node = a.objects.load::<Node>(&n).map_err(|_| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("node {n:?} is not registered with this leader; join again with a token"),
+            )
+        })?;
+        // The key before the last renewal is still good (the board may not have saved the new one).
+        if node.value.key_fingerprint != key_fp && node.value.old_key_fingerprint.as_deref() != Some(key_fp.as_str()) {
+            return Err(ApiError::new(ErrorCode::PermissionDenied, format!("node {n:?} is bound to another key")));
+        }
+        a.set_node_info(&n, info, address, cert_expires).map_err(ApiError::from)
+    })
+    .await;
+    match checked {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return refuse(&mut send, e).await,
+        Err(e) => return refuse(&mut send, ApiError::new(ErrorCode::Internal, e.to_string())).await,
+    }
+    let registry = api.registry.clone();
+    let epoch = hello.epoch;
+    let address = conn.remote_address().to_string();
+    let s = Session { epoch, address, connection: Some(conn.clone()) };
+    if let Err(stale) = registry.connect(&name, s, Instant::now(), now_ms()) {
+        return refuse(&mut send, ApiError::new(ErrorCode::Conflict, stale.to_string())).await;
+    }
+    info!("session started");
+    api.published.kick.notify_one();
+    let welcome = LeaderMsg::Welcome { epoch, heartbeat_ms: heartbeat.as_millis() as u64 };
+    let reason = match write_frame(&mut send, &welcome).await {
+        Err(e) => e.to_string(),
+        Ok(()) => serve_session(&api, &name, epoch, send, recv).await,
+    };
+    info!("session ended: {reason}");
+    registry.disconnect(&name, epoch, &reason, now_ms());
+    api.drain.forget_node(&name);
+    api.published.kick.notify_one();
+}
+
+/// The body of a session: the network and the node's desired set down (all first, then deltas),
+/// reports up.
+async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStream, mut recv: RecvStream) -> String {
+    let registry = api.registry.clone();
+    // Frames arrive through a channel so that the loop selects only on cancel-safe futures.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let reader = tokio::spawn(async move {
+        loop {
+            let r = read_frame::<AgentMsg>(&mut recv, MAX_FRAME_LEN).await;
+            let end = !matches!(r, Ok(Some(_)));
+            if tx.send(r).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    let mut desired = api.published.desired.subscribe();
+    let mut network = api.published.network.subscribe();
+    let mut secrets = api.published.secrets.subscribe();
+    // What this board is sent, and in which order: `sessions::machine`.
+    let mut machine = Some(machine::Session::new(name));
+    let reason = loop {
+        let view = network.borrow_and_update().clone();
+        // Nothing of the set before the replica controller's first pass.
+        let set = desired.borrow_and_update().as_ref().map(|d| d.get(name).cloned().unwrap_or_default());
+        let restoring = api.restored.load(std::sync::atomic::Ordering::Relaxed);
+        let mut m = machine.take().expect("the session's machine is back after each poll");
+        let msgs = if m.reads_store(set.as_ref()) {
+            // Secrets and configs come from the store (etcd may be across the network).
+            let a = api.clone();
+            let polled = tokio::task::spawn_blocking(move || {
+                let msgs = m.poll(view.as_deref(), set, restoring, |kind, n| load(&a, kind, n));
+                (m, msgs)
+            })
+            .await;
+            match polled {
+                Ok((m, msgs)) => {
+                    machine = Some(m);
+                    msgs
+                }
+                Err(e) => break format!("the session's step failed: {e}"),
+            }
+        } else {
+            let msgs = m.poll(view.as_deref(), set, restoring, |_, _| Ok(None));
+            machine = Some(m);
+            msgs
+        };
+        let mut failed = None;
+        for msg in &msgs {
+            if let Err(e) = write_frame(&mut send, msg).await {
+                failed = Some(e.to_string());
+                break;
+            }
+        }
+        if let Some(e) = failed {
+            break e;
+        }
+        tokio::select! {
+            r = desired.changed() => if r.is_err() { break "the leader is stopping".to_string() },
+            r = network.changed() => if r.is_err() { break "the leader is stopping".to_string() },
+            r = secrets.changed() => match r {
+                Ok(()) => machine.as_mut().expect("back").payloads_changed(),
+                Err(_) => break "the leader is stopping".to_string(),
+            },
+            msg = rx.recv() => match msg {
+                Some(Ok(Some(msg))) => {
+                    // Only the current session speaks for the node (fencing by epoch).
+                    if !registry.heartbeat(name, epoch, Instant::now(), now_ms()) {
+                        break "a newer session replaced this one".to_string();
+                    }
+                    if let AgentMsg::Renew { csr_pem } = msg {
+                        let a = api.clone();
+                        let n = name.to_string();
+                        let signed = tokio::task::spawn_blocking(move || a.renew_node(&n, &csr_pem)).await;
+                        let reply = match signed {
+                            Ok(Ok(cert)) => LeaderMsg::Renewed { cert_pem: Some(cert), error: None },
+                            Ok(Err(e)) => LeaderMsg::Renewed { cert_pem: None, error: Some(e.to_string()) },
+                            Err(e) => LeaderMsg::Renewed { cert_pem: None, error: Some(e.to_string()) },
+                        };
+                        if let LeaderMsg::Renewed { error: Some(e), .. } = &reply {
+                            warn!("certificate renewal refused: {e}");
+                        }
+                        if let Err(e) = write_frame(&mut send, &reply).await {
+                            break e.to_string();
+                        }
+                        continue;
+                    }
+                    handle_agent_msg(api, name, msg).await;
+                }
+                Some(Ok(None)) | None => break "the agent ended the session".to_string(),
+                Some(Err(e)) => break e.to_string(),
+            },
+        }
+    };
+    reader.abort();
+    reason
+}
+
+/// `name`'s current version and files, if it exists (a secret opened from its sealed form).
+fn load(api: &Api, kind: Payload, name: &str) -> Result<Option<Versioned>, String> {
+    match kind {
+        Payload::Secrets => {
+            let Some(v) = api.objects.get::<crate::secrets::StoredSecret>(name).map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            let values = api.keyring.open(name, &v.value.sealed).map_err(|e| e.to_string())?;
+            Ok(Some((v.value.version, values)))
+        }
+        Payload::Configs => {
+            let Some(v) = api.objects.get::<bramble_proto::model::Config>(name).map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            let files = v.value.spec.files.into_iter().map(|(k, s)| (k, s.into_bytes())).collect();
+            Ok(Some((v.value.meta.generation, files)))
+        }
+    }
+}
+
+async fn handle_agent_msg(api: &Arc<Api>, name: &str, msg: AgentMsg) {
+    let (a, n) = (api.clone(), name.to_string());
+    let kick = tokio::task::spawn_blocking(move || absorb(&a, &n, msg, now_ms())).await;
+    if kick.unwrap_or(false) {
+        api.published.kick.notify_one();
+    }
+}
+
+/// What board `name`'s message changes on the leader (the store, memory); true when the
+/// controller should look again at once. Everything a board says is checked here, where it lands
+/// (`leader/fuzz/fuzz_targets/agent_messages.rs` sends it anything).
+pub fn absorb(api: &Api, name: &str, msg: AgentMsg, now: u64) -> bool {
+    match msg {
+        AgentMsg::Heartbeat { .. } | AgentMsg::Renew { .. } => false, // (Renew: the session loop answers it)
+        AgentMsg::Info(info) => {
+            if let Err(e) = api.set_node_info(name, info, None, None) {
+                warn!("cannot record node info: {e}");
+            }
+            false
+        }
+        AgentMsg::Status { replicas, .. } => crate::reports::statuses(&api.context(), name, replicas, now),
+        AgentMsg::Images(list) => {
+            crate::reports::images(&api.context(), name, list);
+            false
+        }
+        AgentMsg::Volumes(list) => {
+            api.observed.set_node_volumes(name, list);
+            false
+        }
+        AgentMsg::Usage(sample) => {
+            let desired = api.published.desired.borrow().clone();
+            let set = desired.as_ref().and_then(|d| d.get(name));
+            let bound_here = |r: &str| set.and_then(|s| s.get(r)).map(|a| a.app.clone());
+            for w in api.usage.record(name, sample, now, bound_here) {
+                debug!("{w}");
+            }
+            false
+        }
+        AgentMsg::NetworkApplied { version } => {
+            api.drain.applied(name, version);
+            // A replica may now be drained: look at once.
+            true
+        }
+        AgentMsg::Event(e) => {
+            crate::reports::event(&api.context(), name, e);
+            false
+        }
+    }
+}

@@ -7,6 +7,7 @@ use crate::reconcile::fake::{Call, FakeContainers, FakeImages, FakeNetwork};
 use crate::reconcile::reconciler::{Input, Job, Reconciler};
 use crate::runtime::lifecycle::{BackoffPolicy, Lifecycle};
 use bramble_proto::manifest::parse_manifest;
+use bramble_proto::manifest::Protocol;
 use bramble_proto::model::{Arch, Platform};
 use bramble_proto::time::{Clock, ManualClock};
 use std::sync::Arc;

@@ -79,7 +79,7 @@ fn apply(ctx: &Context, text: &str) {
     crate::api::apps::apply(
         &ctx.objects,
         &ctx.events,
-        (&ctx.network, &crate::api::apps::Reserved::default()),
+        (&ctx.network, &crate::admission::Reserved::default()),
         (apps, Vec::new(), Vec::new()),
         "an admin",
         now_ms(),

@@ -4,7 +4,6 @@
 use super::PathPart::{Index, Key};
 use super::*;
 use crate::image_ref::ImageRef;
-use crate::model::TaintEffect;
 use crate::names::{check_dns_label, check_label_key, check_label_value, Name};
 use crate::quantity::{Cpu, HumanDuration, Memory};
 use serde::de;
@@ -723,4 +722,12 @@ impl AppSpec {
         }
         out
     }
+}
+
+/// What a taint does to replicas that do not tolerate it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaintEffect {
+    NoSchedule,
+    PreferNoSchedule,
+    NoExecute,
 }

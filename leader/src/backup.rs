@@ -482,8 +482,7 @@ pub async fn schedule(api: Handles, config: crate::config::BackupConfig, cancel:
 /// goes and sessions send boards their whole sets (which stops what the backup did not know).
 pub async fn release_when_all_seen(api: Handles, cancel: tokio_util::sync::CancellationToken) {
     use std::sync::atomic::Ordering;
-    let key = crate::objects::keys::RESTORED;
-    match api.objects.store().get(key) {
+    match api.objects.store().get(crate::objects::keys::RESTORED) {
         Ok(Some(_)) => api.restored.store(true, Ordering::Relaxed),
         _ => return,
     }
@@ -495,37 +494,47 @@ pub async fn release_when_all_seen(api: Handles, cancel: tokio_util::sync::Cance
             _ = tick.tick() => {}
         }
         let now = bramble_proto::time::now_ms();
-        let nodes = match api.objects.list::<bramble_proto::model::Node>() {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!("restore: cannot list nodes: {e}");
-                continue;
-            }
-        };
-        let unseen: Vec<String> = nodes
-            .iter()
-            .map(|v| v.value.meta.name.clone())
-            .filter(|n| api.registry.view(n, now).last_seen_ms == 0)
-            .collect();
-        if !unseen.is_empty() {
-            continue;
+        match release_once(&api.objects, &api.registry, &api.restored, &api.events, now) {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => tracing::warn!("restore: {e}"),
         }
-        if let Err(e) = api.objects.store().delete(key, Expect::Any) {
-            tracing::warn!("restore: cannot clear the marker: {e}");
-            continue;
-        }
-        api.restored.store(false, Ordering::Relaxed);
-        let message = format!(
-            "every board ({}) has been seen since the restore: boards now run exactly what the leader holds",
-            nodes.len()
-        );
-        tracing::info!("{message}");
-        api.events.record(bramble_proto::model::Event::new(
-            now,
-            bramble_proto::model::ObjectRef::node("leader"),
-            bramble_proto::model::EventReason::Configured,
-            message,
-        ));
-        return;
     }
+}
+
+/// One look of the restore hold-back: once every board has been seen since this leader started,
+/// clears the store's marker and `restored` (sessions then send whole sets again) and says so in an
+/// event. True when released (or nothing was held).
+pub fn release_once(
+    objects: &crate::objects::Objects,
+    registry: &crate::nodes::NodeRegistry,
+    restored: &std::sync::atomic::AtomicBool,
+    events: &crate::events::Events,
+    now: u64,
+) -> Result<bool, String> {
+    use std::sync::atomic::Ordering;
+    if !restored.load(Ordering::Relaxed) {
+        return Ok(true);
+    }
+    let nodes = objects.list::<bramble_proto::model::Node>().map_err(|e| format!("cannot list nodes: {e}"))?;
+    if nodes.iter().any(|v| registry.view(&v.value.meta.name, now).last_seen_ms == 0) {
+        return Ok(false);
+    }
+    objects
+        .store()
+        .delete(crate::objects::keys::RESTORED, Expect::Any)
+        .map_err(|e| format!("cannot clear the marker: {e}"))?;
+    restored.store(false, Ordering::Relaxed);
+    let message = format!(
+        "every board ({}) has been seen since the restore: boards now run exactly what the leader holds",
+        nodes.len()
+    );
+    tracing::info!("{message}");
+    events.record(bramble_proto::model::Event::new(
+        now,
+        bramble_proto::model::ObjectRef::node("leader"),
+        bramble_proto::model::EventReason::Configured,
+        message,
+    ));
+    Ok(true)
 }

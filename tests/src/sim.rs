@@ -4,7 +4,8 @@
 //! machines of both sides (`bramble_leader::sessions::machine`, `bramble_agent::session::machine`)
 //! joined by direct calls instead of QUIC: what crosses, and in which order — network views,
 //! secrets and configs, desired sets, statuses, confirmations — is what real boards see. Faults:
-//! [`Sim::partition`], [`Sim::crash`], agent and leader restarts.
+//! [`Sim::partition`], [`Sim::crash`], agent and leader restarts, restores from a backup
+//! ([`Sim::restore_without`]); certificate renewals ([`Sim::certificate_due`]) are signed by a real CA.
 //!
 //! One [`Sim::step`] is one tick of every loop: boards finish their background jobs and make a
 //! pass, statuses go up, the leader checks readiness and makes a pass, desired sets go down.
@@ -23,7 +24,7 @@ use bramble_leader::store::{Expect, MemStore, Store};
 use bramble_proto::manifest::{parse_manifest, AppSpec};
 use bramble_proto::model::{Arch, Node, NodeInfo, Platform, Replica, ReplicaPhase, Resources};
 use bramble_proto::time::{Clock, ManualClock};
-use bramble_proto::wire::AgentMsg;
+use bramble_proto::wire::{AgentMsg, LeaderMsg};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +56,10 @@ pub struct Board {
     /// The services (with their endpoints) the board's network was told, as its network
     /// controller keeps them (kept across sessions, as `network.json` is).
     pub services: BTreeMap<String, bramble_proto::network::ServiceRoute>,
+    /// When its certificate is due for renewal (none: not modelled until [`Sim::certificate_due`]).
+    pub renew_at: Option<u64>,
+    /// Certificates it was given by renewals, newest last.
+    pub renewed: Vec<String>,
 }
 
 /// One live session: both sides' real session machines.
@@ -65,6 +70,9 @@ struct SimSession {
     /// The latest network view the board was passed (its fakes apply it at once, unless its
     /// confirmations are muted).
     view: Option<u64>,
+    /// A renewal request on its way to the leader (answered in the next step; lost with the
+    /// session).
+    renewal: Option<String>,
 }
 
 /// The leader's memory (lost when it restarts); its store survives.
@@ -72,6 +80,8 @@ struct Leader {
     ctx: Context,
     /// What its controller publishes for sessions (the network view's versions).
     bus: bramble_leader::controllers::Published,
+    /// Restored from a backup and not every board seen yet: sessions hold sets back.
+    restored: std::sync::atomic::AtomicBool,
 }
 
 pub struct Sim {
@@ -85,6 +95,8 @@ pub struct Sim {
     offered: BTreeMap<String, Vec<Platform>>,
     /// Boards whose confirmations of network views never reach the leader.
     muted: BTreeSet<String>,
+    /// The cluster's CA (in the store's place on disk: it survives leader restarts).
+    ca: bramble_transport::pki::Ca,
 }
 
 fn node(name: &str, arch: Arch) -> Node {
@@ -103,7 +115,9 @@ fn new_leader(store: &Arc<dyn Store>) -> Leader {
         drain: Arc::default(),
         control_ports: Arc::default(),
     };
-    Leader { ctx, bus: Default::default() }
+    // As the leader's wiring does before any session.
+    let restored = store.get(bramble_leader::objects::keys::RESTORED).expect("the store answers").is_some();
+    Leader { ctx, bus: Default::default(), restored: restored.into() }
 }
 
 impl Sim {
@@ -136,12 +150,15 @@ impl Sim {
                 secrets: BTreeMap::new(),
                 configs: BTreeMap::new(),
                 services: BTreeMap::new(),
+                renew_at: None,
+                renewed: Vec::new(),
             };
             b.start_agent();
             boards.push(b);
         }
         let leader = Some(new_leader(&store));
-        Sim { clock, store, leader, boards, published: None, offered: BTreeMap::new(), muted: BTreeSet::new() }
+        let ca = bramble_transport::pki::Ca::generate("sim").expect("a CA");
+        Sim { clock, store, leader, boards, published: None, offered: BTreeMap::new(), muted: BTreeSet::new(), ca }
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -239,7 +256,9 @@ impl Sim {
     }
 
     /// Invariant: a board with a session holds exactly the secrets its desired set uses that
-    /// exist, each at its current version — never one no replica there uses.
+    /// exist, each at its current version — never one no replica there uses. While a restore holds
+    /// sets back, a board keeps what the replicas the backup does not know use: then it holds at
+    /// least those of its set, each at its current version.
     pub fn check_secrets(&self) {
         use bramble_leader::secrets::StoredSecret;
         let Some(sets) = &self.published else { return };
@@ -251,7 +270,12 @@ impl Sim {
                 .into_iter()
                 .filter_map(|n| objects.get::<StoredSecret>(&n).expect("secrets read").map(|v| (n, v.value.version)))
                 .collect();
-            assert_eq!(b.secrets, wanted, "{}'s secrets", b.name);
+            if self.restoring() {
+                let missing: Vec<_> = wanted.iter().filter(|(n, v)| b.secrets.get(*n) != Some(*v)).collect();
+                assert!(missing.is_empty(), "{} lacks {missing:?} during a restore's hold-back", b.name);
+            } else {
+                assert_eq!(b.secrets, wanted, "{}'s secrets", b.name);
+            }
         }
     }
 
@@ -343,6 +367,39 @@ impl Sim {
         }
     }
 
+    /// `board`'s certificate is due for renewal now (two thirds of its life have passed).
+    pub fn certificate_due(&mut self, board: &str) {
+        let now = self.now_ms();
+        self.board_mut(board).renew_at = Some(now);
+    }
+
+    /// Whether `board` has a renewal request on its way to the leader.
+    pub fn renewal_in_flight(&self, board: &str) -> bool {
+        self.board(board).session.as_ref().is_some_and(|s| s.renewal.is_some())
+    }
+
+    /// The leader is restored (without `--prune`) from a backup taken before `apps` were applied:
+    /// they, their replicas and revisions are not in it. It starts holding sets back.
+    pub fn restore_without(&mut self, apps: &[&str]) {
+        self.stop_leader();
+        let objects = self.objects();
+        for app in apps {
+            let mut ops = vec![Objects::delete_op::<bramble_proto::model::App>(app, Expect::Any)];
+            for r in objects.list::<Replica>().expect("replicas").into_iter().filter(|r| r.value.app == *app) {
+                ops.push(Objects::delete_op::<Replica>(&r.value.meta.name, Expect::Any));
+            }
+            objects.txn(&ops).expect("the backup's store");
+        }
+        let marker = bramble_leader::objects::keys::RESTORED;
+        self.store.put(marker, b"restored", Expect::Any).expect("the restore's marker");
+        self.start_leader();
+    }
+
+    /// Whether the leader holds sets back after a restore.
+    pub fn restoring(&self) -> bool {
+        self.leader.as_ref().is_some_and(|l| l.restored.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     pub fn restart_leader(&mut self) {
         self.stop_leader();
         self.start_leader();
@@ -360,17 +417,20 @@ impl Sim {
         let ctx = leader.ctx.clone();
         let instant = self.clock.instant();
         for b in &mut self.boards {
-            b.talk_up(&ctx, instant, now);
+            b.talk_up(&ctx, &self.ca, instant, now);
         }
         let names: Vec<String> = self.boards.iter().map(|b| b.name.clone()).collect();
         ctx.registry.check(names, instant, now);
+        bramble_leader::backup::release_once(&ctx.objects, &ctx.registry, &leader.restored, &ctx.events, now)
+            .expect("the restore hold-back's look");
+        let restoring = leader.restored.load(std::sync::atomic::Ordering::Relaxed);
         let out = run::pass(&ctx, now).expect("a controller pass");
         let sets = out.desired.clone();
         // (The view goes down through each board's session, which confirms what it applied.)
         run::publish(&ctx, &leader.bus, out);
         let view = leader.bus.network.borrow().clone();
         for b in &mut self.boards {
-            b.talk_down(&ctx, view.as_deref(), &sets, now);
+            b.talk_down(&ctx, view.as_deref(), &sets, restoring, now);
             // A board applies the network view at once (the fakes have no kernel), unless muted.
             if !self.muted.contains(&b.name) {
                 b.confirm_view(&ctx);
@@ -511,8 +571,9 @@ impl Board {
         self.jobs = agent.pass(now);
     }
 
-    /// Session start, heartbeat, statuses and events up.
-    fn talk_up(&mut self, ctx: &Context, instant: std::time::Instant, now: u64) {
+    /// Session start, heartbeat (with a renewal when due), statuses and events up; the answer to
+    /// the renewal asked in the step before.
+    fn talk_up(&mut self, ctx: &Context, ca: &bramble_transport::pki::Ca, instant: std::time::Instant, now: u64) {
         let Some(agent) = self.agent.as_mut() else {
             self.session = None;
             return;
@@ -531,10 +592,33 @@ impl Board {
                 leader: LeaderSession::new(&self.name),
                 agent: AgentSession::new(true),
                 view: None,
+                renewal: None,
             });
         }
         let session = self.session.as_mut().expect("set above");
         ctx.registry.heartbeat(&self.name, session.epoch, instant, now);
+        if let Some(csr) = session.renewal.take() {
+            let lifetime = bramble_transport::pki::NODE_VALIDITY;
+            let reply =
+                match bramble_leader::sessions::renew(ca, &ctx.objects, &ctx.events, lifetime, &self.name, &csr, now) {
+                    Ok(cert) => LeaderMsg::Renewed { cert_pem: Some(cert), error: None },
+                    Err(e) => LeaderMsg::Renewed { cert_pem: None, error: Some(e.to_string()) },
+                };
+            for o in session.agent.from_leader(reply).expect("the agent takes a renewal's answer") {
+                if let Output::Renewed { cert_pem, .. } = o {
+                    let der = bramble_transport::pki::cert_der_from_pem(&cert_pem).expect("a certificate");
+                    self.renew_at = Some(bramble_transport::pki::renew_at_ms(&der).expect("its validity"));
+                    self.renewed.push(cert_pem);
+                }
+            }
+        }
+        let name = self.name.clone();
+        let csr = || bramble_transport::pki::node_csr(&name).map_err(|e| e.to_string());
+        for msg in session.agent.tick(now, self.renew_at, csr) {
+            if let AgentMsg::Renew { csr_pem } = msg {
+                session.renewal = Some(csr_pem);
+            }
+        }
         let images = agent.images();
         let statuses = agent.statuses().clone();
         for msg in session.agent.report(&images, &[], &statuses) {
@@ -557,6 +641,7 @@ impl Board {
         ctx: &Context,
         view: Option<&bramble_leader::network::view::NetworkView>,
         sets: &DesiredSets,
+        restoring: bool,
         now: u64,
     ) {
         let (Some(agent), Some(session)) = (self.agent.as_mut(), self.session.as_mut()) else { return };
@@ -575,7 +660,7 @@ impl Board {
                     .map(|v| (v.value.meta.generation, BTreeMap::new())),
             })
         };
-        for msg in session.leader.poll(view, Some(set), false, load) {
+        for msg in session.leader.poll(view, Some(set), restoring, load) {
             let outputs = session.agent.from_leader(msg).expect("the leader's session sends what the agent's takes");
             for o in outputs {
                 match o {

@@ -247,7 +247,8 @@ fn a_boards_claim_to_hold_a_volume_counts_only_where_a_replica_used_it() {
 /// `BRAMBLE_SIM_SEEDS=a..b`); each seed runs 300 steps.
 #[test]
 fn random_faults_keep_the_invariants_and_the_cluster_converges_when_healed() {
-    // Faults: partitions, crashes, agent and leader restarts, scaling, rollouts, secret updates;
+    // Faults: partitions, crashes, agent and leader restarts, restores from a backup, certificate
+    // renewals, scaling, rollouts, secret updates;
     // endpoints change as replicas come and go while boards flap.
     let seeds = std::env::var("BRAMBLE_SIM_SEEDS").ok().and_then(|s| {
         let (a, b) = s.split_once("..")?;
@@ -291,6 +292,9 @@ fn random_run(seed: u64, steps: usize) {
             19..22 => sim.scale(apps[rng.usize(..apps.len())], rng.u32(0..6)),
             22..24 => sim.roll(apps[rng.usize(..2)], &format!("v{step}")),
             24..27 => sim.put_secret(["db-password", "web-token"][rng.usize(..2)]),
+            // A restore from a backup as new as the store: sets held back until every board is seen.
+            27..28 => sim.restore_without(&[]),
+            28..30 => sim.certificate_due(board),
             _ => {}
         }
         sim.step(Duration::from_millis(rng.u64(200..3000)));
@@ -555,4 +559,110 @@ fn a_secret_updated_during_a_partition_reaches_the_board_when_it_heals_and_leave
     sim.check_secrets();
     let holders = ["board-1", "board-2", "board-3"].iter().filter(|b| held(&sim, b).is_some()).count();
     assert_eq!(holders, 1, "only the board with the last web replica holds db");
+}
+
+/// Containers of `app` on each board, by board name.
+fn containers_of(sim: &Sim, app: &str) -> std::collections::BTreeMap<String, usize> {
+    let prefix = format!("{app}-");
+    sim.containers().into_iter().map(|(b, c)| (b, c.keys().filter(|r| r.starts_with(&prefix)).count())).collect()
+}
+
+#[test]
+fn a_restore_with_a_board_offline_holds_sets_back_until_it_is_seen_then_stops_what_the_backup_lacked() {
+    let mut sim = settled();
+    sim.apply("[[app]]\nname = \"extra\"\nimage = \"reg/extra:1\"\nreplicas = 3\n");
+    assert!(sim.run_until(10, Sim::converged).is_some());
+    let before = containers_of(&sim, "extra");
+    assert_eq!(before.values().sum::<usize>(), 3);
+    sim.partition("board-3");
+    // The backup was taken before `extra` was applied.
+    sim.restore_without(&["extra"]);
+    sim.clear_calls();
+    sim.run_for(60);
+    assert!(sim.restoring(), "board-3 has not been seen since the restore: sets are still held back");
+    let held = containers_of(&sim, "extra");
+    for b in ["board-1", "board-2"] {
+        assert_eq!(held[b], before[b], "{b} keeps what the backup does not know while board-3 is unseen");
+    }
+    assert!(sim.replicas("extra").is_empty(), "the leader holds only what the backup had");
+    sim.check_no_duplicates();
+    // Held back means additions only: board-3's web replicas were replaced on the others meanwhile.
+    assert_eq!(sim.replicas("web").iter().filter(|r| r.node.as_deref() == Some("board-3")).count(), 0);
+    sim.heal("board-3");
+    let settled = sim.run_until(30, |s| !s.restoring() && s.converged());
+    assert!(settled.is_some(), "every board seen: the hold-back ends and the cluster converges");
+    assert_eq!(containers_of(&sim, "extra").values().sum::<usize>(), 0, "what the backup lacked stops everywhere");
+    assert_eq!(containers_of(&sim, "web").values().sum::<usize>(), 6);
+    sim.check_no_duplicates();
+}
+
+#[test]
+fn endpoints_converge_on_every_board_while_one_flaps() {
+    let mut sim = three_boards();
+    sim.apply(
+        "[[app]]\nname = \"web\"\nimage = \"reg/web:1\"\nreplicas = 4\n\
+         [[service]]\nname = \"web\"\napp = \"web\"\nports = [{ port = 80 }]\n",
+    );
+    assert!(sim.run_until(10, Sim::converged).is_some());
+    sim.check_endpoints();
+    let endpoints = |sim: &Sim, b: &str| sim.board(b).services.get("web").map(|s| s.ready().count());
+    for round in 0..12u32 {
+        // board-2 drops off for a few seconds, comes back for a few, while endpoints change.
+        if round % 2 == 0 {
+            sim.partition("board-2");
+        } else {
+            sim.heal("board-2");
+        }
+        match round % 4 {
+            0 => sim.scale("web", 2 + round % 5),
+            1 => sim.roll("web", &format!("v{round}")),
+            2 => {
+                let running: Vec<String> = sim.board("board-1").containers.running().into_keys().collect();
+                if let Some(r) = running.first() {
+                    sim.crash("board-1", r);
+                }
+            }
+            _ => {}
+        }
+        for _ in 0..3 {
+            sim.step(Duration::from_secs(1));
+            sim.check_endpoints();
+            sim.check_no_duplicates();
+        }
+    }
+    sim.heal("board-2");
+    assert!(sim.run_until(60, Sim::converged).is_some(), "settles once the flapping stops");
+    sim.check_endpoints();
+    let ready = sim.replicas("web").len();
+    for b in ["board-1", "board-2", "board-3"] {
+        assert_eq!(endpoints(&sim, b), Some(ready), "{b} knows every ready replica of web as an endpoint");
+    }
+}
+
+#[test]
+fn a_renewal_lost_to_a_leader_restart_is_asked_again_and_completes_without_touching_a_container() {
+    let mut sim = settled();
+    let before = sim.containers();
+    sim.clear_calls();
+    let node = |sim: &Sim| sim.objects().get::<bramble_proto::model::Node>("board-2").unwrap().unwrap().value;
+    let key = node(&sim).key_fingerprint;
+    assert_eq!(node(&sim).cert_expires_ms, None);
+    sim.certificate_due("board-2");
+    sim.step(Duration::from_secs(1));
+    assert!(sim.renewal_in_flight("board-2"), "board-2 asked for a new certificate");
+    sim.restart_leader();
+    assert!(!sim.renewal_in_flight("board-2"), "the request went with the session");
+    assert_eq!(node(&sim).cert_expires_ms, None, "nothing was signed");
+    sim.run_for(3);
+    assert_eq!(sim.board("board-2").renewed.len(), 1, "asked again on the new session, and signed once");
+    let renewed = node(&sim);
+    assert!(renewed.cert_expires_ms.is_some(), "the leader records the new certificate's expiry");
+    assert_ne!(renewed.key_fingerprint, key, "bound to the new key");
+    assert_eq!(renewed.old_key_fingerprint, Some(key), "the old key still good until its certificate expires");
+    assert!(sim.board("board-2").renew_at > Some(sim.now_ms()), "the next renewal is two thirds into the new one");
+    assert!(sim.board("board-1").renewed.is_empty() && sim.board("board-3").renewed.is_empty());
+    sim.run_for(10);
+    assert_eq!(sim.board("board-2").renewed.len(), 1, "once renewed, nothing more is asked");
+    assert_eq!(sim.containers(), before, "no container touched");
+    assert!(sim.calls().values().all(|c| c.is_empty()), "{:?}", sim.calls());
 }

@@ -150,35 +150,6 @@ impl Api {
         Ok(changed)
     }
 
-    /// Signs a board's renewal CSR (a new key) for `name`, whose session is authenticated:
-    /// the node is bound to the new key, the old one still accepted until its certificate
-    /// expires. Returns the certificate.
-    pub fn renew_node(&self, name: &str, csr_pem: &str) -> Result<String> {
-        let (cert_pem, key_fp) = self
-            .ca
-            .sign_node_csr_for(csr_pem, name, self.node_cert_lifetime)
-            .map_err(|e| Error::Invalid(format!("renewal refused: {e}")))?;
-        let der = bramble_transport::pki::cert_der_from_pem(&cert_pem).map_err(|e| Error::Internal(e.to_string()))?;
-        let expires = bramble_transport::pki::not_after_ms(&der).map_err(|e| Error::Internal(e.to_string()))?;
-        self.objects.update::<Node>(name, |node| {
-            if node.key_fingerprint != key_fp {
-                node.old_key_fingerprint = Some(std::mem::replace(&mut node.key_fingerprint, key_fp.clone()));
-            }
-            node.cert_expires_ms = Some(expires);
-            Ok(true)
-        })?;
-        let left = bramble_proto::quantity::format_duration(std::time::Duration::from_secs(
-            expires.saturating_sub(now_ms()) / 1000,
-        ));
-        self.events.node(
-            name,
-            EventReason::CertificateRenewed,
-            format!("certificate renewed, valid for {left}"),
-            now_ms(),
-        );
-        Ok(cert_pem)
-    }
-
     /// Removes a node: its pod subnet is released, its replicas are replaced elsewhere. A board
     /// that is still running is refused the next time it connects, until it joins again.
     pub(super) fn delete_node(&self, name: &str, who: &str) -> Result<String> {

@@ -140,15 +140,17 @@ impl Session {
             Payload::Secrets => (&mut self.sent_secrets, &mut self.sent_payloads[0]),
             Payload::Configs => (&mut self.sent_configs, &mut self.sent_payloads[1]),
         };
+        // A full message replaces what the board holds: it carries every one the set uses, even
+        // those sent before (during a restore's hold-back).
+        let full = !*started && !restoring;
         let mut put = Vec::new();
         for name in &needed {
             let Some((version, values)) = load(kind, name)? else { continue };
-            if sent.get(name) != Some(&version) {
+            if full || sent.get(name) != Some(&version) {
                 put.push(SecretPayload { name: name.clone(), version, values: SecretValues(values) });
             }
         }
         let drop: Vec<String> = sent.keys().filter(|n| !needed.contains(*n)).cloned().collect();
-        let full = !*started && !restoring;
         *started |= full;
         if put.is_empty() && drop.is_empty() && !full {
             return Ok(None);

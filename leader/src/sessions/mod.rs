@@ -175,7 +175,10 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
                     if let AgentMsg::Renew { csr_pem } = msg {
                         let a = api.clone();
                         let n = name.to_string();
-                        let signed = tokio::task::spawn_blocking(move || a.renew_node(&n, &csr_pem)).await;
+                        let signed = tokio::task::spawn_blocking(move || {
+                            renew(&a.ca, &a.objects, &a.events, a.node_cert_lifetime, &n, &csr_pem, now_ms())
+                        })
+                        .await;
                         let reply = match signed {
                             Ok(Ok(cert)) => LeaderMsg::Renewed { cert_pem: Some(cert), error: None },
                             Ok(Err(e)) => LeaderMsg::Renewed { cert_pem: None, error: Some(e.to_string()) },
@@ -268,4 +271,37 @@ pub fn absorb(api: &Api, name: &str, msg: AgentMsg, now: u64) -> bool {
             false
         }
     }
+}
+
+/// Signs board `name`'s renewal `csr_pem` for `lifetime` and records the new key (the old one
+/// stays good until its certificate expires) and expiry; returns the certificate.
+pub fn renew(
+    ca: &bramble_transport::pki::Ca,
+    objects: &crate::objects::Objects,
+    events: &crate::events::Events,
+    lifetime: Duration,
+    name: &str,
+    csr_pem: &str,
+    now: u64,
+) -> crate::error::Result<String> {
+    use crate::error::Error;
+    let (cert_pem, key_fp) =
+        ca.sign_node_csr_for(csr_pem, name, lifetime).map_err(|e| Error::Invalid(format!("renewal refused: {e}")))?;
+    let der = bramble_transport::pki::cert_der_from_pem(&cert_pem).map_err(|e| Error::Internal(e.to_string()))?;
+    let expires = bramble_transport::pki::not_after_ms(&der).map_err(|e| Error::Internal(e.to_string()))?;
+    objects.update::<Node>(name, |node| {
+        if node.key_fingerprint != key_fp {
+            node.old_key_fingerprint = Some(std::mem::replace(&mut node.key_fingerprint, key_fp.clone()));
+        }
+        node.cert_expires_ms = Some(expires);
+        Ok(true)
+    })?;
+    let left = bramble_proto::quantity::format_duration(Duration::from_secs(expires.saturating_sub(now) / 1000));
+    events.node(
+        name,
+        bramble_proto::model::EventReason::CertificateRenewed,
+        format!("certificate renewed, valid for {left}"),
+        now,
+    );
+    Ok(cert_pem)
 }

@@ -196,6 +196,34 @@ fn after_a_restore_only_additions_until_every_board_is_seen_then_the_whole_set_o
 }
 
 #[test]
+fn the_whole_payloads_after_a_restore_carry_what_was_sent_during_the_hold_back() {
+    let store = Store::from([(("secret", "db"), 2), (("config", "site"), 1)]);
+    let mut s = Session::new("b1");
+    let web = || Some(set(&[("web-1", "web")]));
+    let out = s.poll(None, web(), true, loader(&store));
+    assert_eq!(
+        kinds(&out),
+        [
+            r#"secrets(put=[("db", 2)],drop=[])"#,
+            r#"configs(put=[("site", 1)],drop=[])"#,
+            r#"desired(full=false,upsert=["web-1"],remove=[])"#
+        ],
+        "held back: what the set uses is added, nothing else the board holds is touched"
+    );
+    let out = s.poll(None, web(), false, loader(&store));
+    assert_eq!(
+        kinds(&out),
+        [
+            r#"secrets(put=[("db", 2)],drop=[],full)"#,
+            r#"configs(put=[("site", 1)],drop=[],full)"#,
+            r#"desired(full=true,upsert=["web-1"],remove=[])"#
+        ],
+        "a whole message replaces what the board holds, so it names db and site again (found by the \
+         simulated cluster's random run: the board had dropped them)"
+    );
+}
+
+#[test]
 fn a_new_network_view_is_sent_even_with_nothing_new_for_this_board() {
     let mut s = Session::new("b1");
     s.poll(Some(&view(1)), None, false, |_, _| Ok(None));

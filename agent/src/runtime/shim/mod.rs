@@ -9,6 +9,22 @@
 //! One `poll(2)` loop over: the socket, clients, the container's stdout/stderr pipes, exec output
 //! pipes, probe sockets, and a signalfd for SIGCHLD/SIGTERM. SIGCHLD and SIGTERM are blocked except while
 //! libcontainer forks, so containers never inherit a blocked mask.
+//!
+//! ```text
+//! mod.rs        the state, the poll loop, reaping, clients and their requests, removal
+//! container.rs  create and start with libcontainer, stop, how the container ended
+//! exec.rs       processes in the running container: exec probes, `bramble exec`, their output
+//! probes.rs     which probes are due, network attempts, results into the tracker
+//! socket.rs     the unix socket's lines and passed descriptors, the agent's request
+//! ```
+
+mod container;
+mod exec;
+mod probes;
+mod socket;
+
+use socket::{receive_fd, respond, send_fds};
+pub use socket::{receive_fds, request, set_window_size};
 
 use super::cgroups::CgroupFs;
 use super::config::ContainerConfig;
@@ -28,7 +44,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{pipe2, Pid};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 
@@ -328,87 +344,6 @@ impl Shim {
         Ok(out)
     }
 
-    /// Creates and starts the container; records it running, or failed with a backoff.
-    fn start(&mut self) {
-        match self.create_and_start() {
-            Ok(pid) => {
-                let now = now_ms();
-                let _ = self.lifecycle.started(pid.as_raw(), now);
-                self.probes.container_started(now);
-                tracing::info!(id = %self.config.id, pid = pid.as_raw(), "container started");
-            }
-            Err(reason) => {
-                tracing::warn!(id = %self.config.id, "cannot start the container: {reason}");
-                let _ = self.log.write(1, format!("bramble: cannot start the container: {reason}\n").as_bytes());
-                self.lifecycle.start_failed(reason, now_ms());
-            }
-        }
-    }
-
-    /// A libcontainer builder for this container's processes (its init, execs, probes), with
-    /// the default seccomp profile unless the app is unconfined.
-    fn builder(&self, root: &std::path::Path) -> Result<ContainerBuilder, libcontainer::error::LibcontainerError> {
-        let b = ContainerBuilder::new(self.config.id.clone(), SyscallType::default()).with_root_path(root)?;
-        Ok(if self.config.unconfined { b } else { b.with_executor(super::seccomp::Confined) })
-    }
-
-    fn create_and_start(&mut self) -> Result<Pid, String> {
-        let root = self.dir.libcontainer();
-        // A leftover from an earlier run of this container (a crash between create and delete).
-        if root.join(&self.config.id).exists() {
-            if let Ok(mut c) = Container::load(root.join(&self.config.id)) {
-                let _ = c.delete(true);
-            }
-            let _ = std::fs::remove_dir_all(root.join(&self.config.id));
-        }
-        std::fs::create_dir_all(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
-        let cgroup = self.config.cgroups_path();
-        self.cgroups
-            .prepare_parents(&cgroup)
-            .map_err(|e| format!("cannot create the parents of cgroup {cgroup}: {e}"))?;
-        let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| e.to_string())?;
-        let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| e.to_string())?;
-        // The container's ends block like any program expects.
-        for fd in [&out_w, &err_w] {
-            let _ =
-                nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(fd), nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()));
-        }
-        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&blocked()), None);
-        let built = self
-            .builder(&root)
-            .and_then(|b| b.validate_id())
-            .map(|b| b.with_stdout(out_w).with_stderr(err_w))
-            .and_then(|b| b.as_init(self.dir.bundle()).with_systemd(false).with_detach(true).build());
-        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked()), None);
-        let mut container = match built {
-            Ok(c) => c,
-            Err(e) => {
-                // libcontainer may have made the cgroup (and some state) before it failed.
-                if let Ok(mut c) = Container::load(root.join(&self.config.id)) {
-                    let _ = c.delete(true);
-                }
-                let _ = std::fs::remove_dir_all(root.join(&self.config.id));
-                self.reap_leftovers(&cgroup, std::time::Duration::from_secs(1));
-                let _ = self.cgroups.remove_empty(&cgroup);
-                return Err(format!("create: {e}"));
-            }
-        };
-        // cgroup v2 has no devices files: the same rules as a program, before anything runs.
-        if let Some(dir) = self.cgroups.v2_dir(&cgroup) {
-            if let Err(e) = super::devices::restrict(&dir) {
-                let _ = container.delete(true);
-                return Err(format!("cannot confine the container's devices: {e}"));
-            }
-        }
-        if let Err(e) = container.start() {
-            let _ = container.delete(true);
-            return Err(format!("start: {e}"));
-        }
-        self.stdout = Some(out_r);
-        self.stderr = Some(err_r);
-        container.pid().ok_or_else(|| "the container has no pid".to_string())
-    }
-
     fn on_signals(&mut self, sigfd: &SignalFd) {
         while let Ok(Some(info)) = sigfd.read_signal() {
             let sig = info.ssi_signo as i32;
@@ -417,90 +352,6 @@ impl Shim {
                 self.removing = true;
                 self.stop(self.config.stop_grace_ms);
             }
-        }
-    }
-
-    fn stop(&mut self, grace_ms: u64) {
-        self.lifecycle.stop();
-        self.signal_stop(grace_ms);
-        self.persist();
-    }
-
-    /// The app's stop signal now, SIGKILL after `grace_ms` if it still runs.
-    fn signal_stop(&mut self, grace_ms: u64) {
-        if let Some(pid) = self.running_pid() {
-            let sig = Signal::try_from(self.config.stop_signal).unwrap_or(Signal::SIGTERM);
-            let _ = kill(pid, sig);
-            let at = now_ms() + grace_ms;
-            self.kill_at_ms = Some(self.kill_at_ms.map_or(at, |k| k.min(at)));
-        }
-    }
-
-    /// Whether probes run now: not while the container is down, being killed or stopped.
-    fn probing(&self) -> bool {
-        self.running_pid().is_some() && self.killing_for.is_none() && !self.lifecycle.stopping
-    }
-
-    /// Starts every probe that is due; results come back through `record_probe`.
-    fn run_probes(&mut self, now: u64) {
-        if !self.probing() {
-            return;
-        }
-        for (i, probe) in self.probes.take_due(now) {
-            let deadline = now + probe.timeout_ms.max(1);
-            let started = match &probe.action {
-                ProbeAction::Exec { args } => {
-                    self.exec(args.clone(), Vec::new(), probe.timeout_ms, ExecOwner::Probe(i))
-                }
-                action => match self.config.ip {
-                    None => Err("the replica has no address".to_string()),
-                    Some(ip) => NetAttempt::start(i, ip, action, deadline).map(|a| self.net_probes.push(a)),
-                },
-            };
-            if let Err(message) = started {
-                self.record_probe(i, false, &message);
-            }
-        }
-    }
-
-    fn advance_probe(&mut self, i: usize) {
-        let Some(a) = self.net_probes.get_mut(i) else { return };
-        if let Step::Done(ok, message) = a.advance() {
-            // Recorded (and removed) in `finish_net_probes`, after every ready one has moved.
-            a.deadline_ms = 0;
-            a.result = Some((ok, message));
-        }
-    }
-
-    /// Records finished and timed-out network probes.
-    fn finish_net_probes(&mut self) {
-        let now = now_ms();
-        let mut done = Vec::new();
-        self.net_probes.retain_mut(|a| {
-            let result = match a.result.take() {
-                Some(r) => Some(r),
-                None if now >= a.deadline_ms => Some((false, "timed out".to_string())),
-                None => None,
-            };
-            match result {
-                Some((ok, message)) => {
-                    done.push((a.probe, ok, message));
-                    false
-                }
-                None => true,
-            }
-        });
-        for (i, ok, message) in done {
-            self.record_probe(i, ok, &message);
-        }
-    }
-
-    fn record_probe(&mut self, i: usize, ok: bool, message: &str) {
-        if let Verdict::Kill(why) = self.probes.record(i, ok, message, now_ms()) {
-            tracing::info!(id = %self.config.id, "{why}: killing the container");
-            let _ = self.log.write(1, format!("bramble: {why}; stopping the container\n").as_bytes());
-            self.killing_for = Some(why);
-            self.signal_stop(self.config.stop_grace_ms);
         }
     }
 
@@ -550,34 +401,6 @@ impl Shim {
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-    }
-
-    fn container_exited(&mut self, code: i32, signal: Option<i32>) {
-        self.drain(0);
-        self.drain(1);
-        let _ = self.log.flush_partial();
-        self.stdout = None;
-        self.stderr = None;
-        let path = self.config.cgroups_path();
-        let oom_killed = signal == Some(Signal::SIGKILL as i32) && self.cgroups.oom_kills(&path).unwrap_or(0) > 0;
-        self.reap_leftovers(&path, std::time::Duration::from_secs(2));
-        if let Ok(mut c) = Container::load(self.dir.libcontainer().join(&self.config.id)) {
-            if let Err(e) = c.delete(true) {
-                tracing::warn!("cannot delete the container: {e}");
-            }
-        }
-        // libcontainer's v1 delete gives up at the first hierarchy it cannot read (a cgroup being
-        // removed answers ENODEV), leaving the others: what is empty goes here.
-        if let Err(e) = self.cgroups.remove_empty(&path) {
-            tracing::warn!("cannot remove cgroup {path}: {e}");
-        }
-        let exit = Exit { code, signal, oom_killed, finished_ms: now_ms(), killed_by: self.killing_for.take() };
-        tracing::info!(id = %self.config.id, code, ?signal, oom_killed, "container exited");
-        let _ = self.lifecycle.exited(exit);
-        self.probes.container_stopped();
-        self.net_probes.clear();
-        self.kill_at_ms = None;
-        self.persist();
     }
 
     fn drain(&mut self, stream: usize) {
@@ -692,173 +515,6 @@ impl Shim {
         }
     }
 
-    fn exec(&mut self, args: Vec<String>, env: Vec<String>, timeout_ms: u64, owner: ExecOwner) -> Result<(), String> {
-        if self.running_pid().is_none() {
-            return Err("the container is not running".into());
-        }
-        if args.is_empty() {
-            return Err("no command to run".into());
-        }
-        let (r, w) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| e.to_string())?;
-        let _ = nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&w), nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()));
-        let w2 = w.try_clone().map_err(|e| e.to_string())?;
-        let env: HashMap<String, String> =
-            env.iter().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&blocked()), None);
-        // As the container's own process runs: its user, group and supplementary groups.
-        let c = &self.config;
-        let (uid, gid, groups) = (c.uid, c.gid, c.additional_gids.clone());
-        let built = self.builder(&self.dir.libcontainer()).map(|b| b.with_stdout(w).with_stderr(w2)).and_then(|b| {
-            b.as_tenant()
-                .with_container_args(args)
-                .with_env(env)
-                .with_user(Some(uid))
-                .with_group(Some(gid))
-                .with_additional_gids(groups)
-                .with_detach(true)
-                .build()
-        });
-        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked()), None);
-        let pid = built.map_err(|e| format!("exec: {e}"))?;
-        self.execs.push(Exec {
-            pid,
-            output: Some(r),
-            buf: Vec::new(),
-            owner,
-            deadline_ms: now_ms() + timeout_ms.max(1),
-            status: None,
-            timed_out: false,
-        });
-        Ok(())
-    }
-
-    /// Starts `args` in the container as its own process runs (user, working directory,
-    /// environment plus `env`), on a new terminal of `size` when `tty`. Returns its pid and the
-    /// descriptors for the caller: the terminal, or stdin, stdout and stderr.
-    fn attach(
-        &mut self,
-        args: Vec<String>,
-        env: Vec<String>,
-        tty: bool,
-        size: (u16, u16),
-    ) -> Result<(Pid, Vec<OwnedFd>), String> {
-        if self.running_pid().is_none() {
-            return Err("the container is not running".into());
-        }
-        if args.is_empty() {
-            return Err("no command to run".into());
-        }
-        let spec = spec::build(&self.config)?;
-        let mut process = spec.process().clone().ok_or("the container has no process")?;
-        let mut all_env = process.env().clone().unwrap_or_default();
-        all_env.extend(env);
-        process.set_args(Some(args)).set_env(Some(all_env)).set_terminal(Some(tty));
-        self.attach_seq += 1;
-        // Beside the spec: a tmpfs when the environment holds secrets.
-        let process_path = self.dir.bundle().join(format!("exec-{}.json", self.attach_seq));
-        let json = serde_json::to_vec(&process).map_err(|e| e.to_string())?;
-        std::fs::write(&process_path, json).map_err(|e| format!("cannot write {}: {e}", process_path.display()))?;
-        let console = self.dir.0.join(format!("console-{}.sock", self.attach_seq));
-        let result = self.attach_with(&process_path, tty.then_some(console.as_path()), size);
-        let _ = std::fs::remove_file(&process_path);
-        let _ = std::fs::remove_file(&console);
-        result
-    }
-
-    fn attach_with(
-        &mut self,
-        process: &std::path::Path,
-        console: Option<&std::path::Path>,
-        (rows, cols): (u16, u16),
-    ) -> Result<(Pid, Vec<OwnedFd>), String> {
-        let listener = match console {
-            Some(path) => Some(UnixListener::bind(path).map_err(|e| format!("console socket: {e}"))?),
-            None => None,
-        };
-        let mut ours = Vec::new();
-        let mut builder = self.builder(&self.dir.libcontainer()).map_err(|e| format!("exec: {e}"))?;
-        match console {
-            Some(path) => builder = builder.with_console_socket(Some(path)),
-            None => {
-                let (in_r, in_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
-                let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
-                let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
-                builder = builder.with_stdin(in_r).with_stdout(out_w).with_stderr(err_w);
-                ours = vec![in_w, out_r, err_r];
-            }
-        }
-        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&blocked()), None);
-        let built = builder.as_tenant().with_process(Some(process)).with_detach(true).build();
-        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked()), None);
-        let pid = built.map_err(|e| format!("exec: {e}"))?;
-        if let Some(listener) = listener {
-            // The command's side sent its terminal's master end before it ran the command.
-            let master = match receive_fd(&listener) {
-                Ok(fd) => fd,
-                Err(e) => {
-                    let _ = kill(pid, Signal::SIGKILL);
-                    return Err(format!("no terminal from the command: {e}"));
-                }
-            };
-            set_window_size(&master, rows, cols);
-            ours = vec![master];
-        }
-        Ok((pid, ours))
-    }
-
-    fn drain_exec(&mut self, i: usize) {
-        let Some(e) = self.execs.get_mut(i) else { return };
-        let Some(output) = &e.output else { return };
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(output), &mut buf) {
-            if n == 0 {
-                break;
-            }
-            let room = MAX_EXEC_OUTPUT.saturating_sub(e.buf.len());
-            e.buf.extend_from_slice(&buf[..n.min(room)]);
-        }
-    }
-
-    fn expire_execs(&mut self, now: u64) {
-        for e in &mut self.execs {
-            if e.status.is_none() && now >= e.deadline_ms && !e.timed_out {
-                let _ = kill(e.pid, Signal::SIGKILL);
-                e.timed_out = true;
-            }
-        }
-    }
-
-    fn finish_execs(&mut self) {
-        let mut i = 0;
-        while i < self.execs.len() {
-            if let Some(code) = self.execs[i].status {
-                self.drain_exec(i);
-                let e = self.execs.remove(i);
-                let output = String::from_utf8_lossy(&e.buf).into_owned();
-                match e.owner {
-                    ExecOwner::Client(mut client) => {
-                        respond(&mut client, &ShimResponse::Exec { exit_code: code, output, timed_out: e.timed_out })
-                    }
-                    ExecOwner::Attached(mut client) => respond(&mut client, &ShimResponse::Exited { exit_code: code }),
-                    ExecOwner::Probe(p) => {
-                        let message = if e.timed_out {
-                            "timed out".to_string()
-                        } else {
-                            let first = output.lines().next().unwrap_or("").chars().take(200).collect::<String>();
-                            format!(
-                                "exit code {code}{}",
-                                if first.is_empty() { String::new() } else { format!(": {first}") }
-                            )
-                        };
-                        self.record_probe(p, code == 0 && !e.timed_out, &message);
-                    }
-                }
-            } else {
-                i += 1;
-            }
-        }
-    }
-
     fn finish_removal(&mut self) -> Result<(), ShimError> {
         for (_, (mut s, _)) in self.clients.drain() {
             respond(&mut s, &ShimResponse::Error { message: "the container was removed".into() });
@@ -879,93 +535,4 @@ enum Ready {
     ExecOutput(usize),
     Client(i32),
     Probe(usize),
-}
-
-/// Sends `r` as a line with `fds` attached (SCM_RIGHTS).
-fn send_fds(stream: &UnixStream, r: &ShimResponse, fds: &[OwnedFd]) -> nix::Result<()> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
-    use std::os::fd::AsRawFd;
-    let mut line = serde_json::to_vec(r).expect("response serialises");
-    line.push(b'\n');
-    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let cmsg = [ControlMessage::ScmRights(&raw)];
-    sendmsg::<UnixAddr>(stream.as_raw_fd(), &[std::io::IoSlice::new(&line)], &cmsg, MsgFlags::empty(), None)?;
-    Ok(())
-}
-
-/// Receives up to four descriptors sent with one message on `stream`, with the message.
-pub fn receive_fds(stream: &UnixStream) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let mut buf = vec![0u8; 4096];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let msg = recvmsg::<UnixAddr>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(std::io::Error::from)?;
-    let mut fds = Vec::new();
-    for c in msg.cmsgs().map_err(std::io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(raw) = c {
-            // SAFETY: the kernel just installed these descriptors in this process for us.
-            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-        }
-    }
-    let n = msg.bytes;
-    buf.truncate(n);
-    Ok((buf, fds))
-}
-
-/// Waits (5 s at most) for libcontainer's side of a console socket and takes the terminal it sends.
-fn receive_fd(listener: &UnixListener) -> std::io::Result<OwnedFd> {
-    listener.set_nonblocking(true)?;
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let stream = loop {
-        match listener.accept() {
-            Ok((s, _)) => break s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < until => {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-    let (_, mut fds) = receive_fds(&stream)?;
-    fds.pop().ok_or_else(|| std::io::Error::other("the console socket sent no descriptor"))
-}
-
-/// Sets a terminal's size (rows and columns; 0 leaves it as it is).
-pub fn set_window_size(fd: &OwnedFd, rows: u16, cols: u16) {
-    use std::os::fd::AsRawFd;
-    if rows == 0 || cols == 0 {
-        return;
-    }
-    let size = nix::libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
-    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which lives across the call.
-    unsafe {
-        nix::libc::ioctl(fd.as_raw_fd(), nix::libc::TIOCSWINSZ, &size);
-    }
-}
-
-fn respond(stream: &mut UnixStream, r: &ShimResponse) {
-    let mut line = serde_json::to_vec(r).expect("response serialises");
-    line.push(b'\n');
-    let _ = stream.write_all(&line);
-}
-
-/// Sends one request to the shim at `socket` and reads its answer.
-pub fn request(
-    socket: &std::path::Path,
-    req: &ShimRequest,
-    timeout: std::time::Duration,
-) -> std::io::Result<ShimResponse> {
-    let mut s = UnixStream::connect(socket)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    let mut line = serde_json::to_vec(req).expect("request serialises");
-    line.push(b'\n');
-    s.write_all(&line)?;
-    let mut answer = String::new();
-    BufReader::new(s).read_line(&mut answer)?;
-    serde_json::from_str(&answer)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad answer from the shim: {e}")))
 }

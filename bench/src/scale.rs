@@ -7,11 +7,12 @@ use bramble_proto::codec::MAX_FRAME_LEN;
 use bramble_proto::model::{Arch, NodeInfo, ReplicaPhase, Resources};
 use bramble_proto::wire::{AgentMsg, Hello, LeaderMsg, Open, OpenKind, ReplicaStatus, PROTOCOL_VERSION};
 use bramble_tests::process::{bin_dir, Proc};
-use bramble_transport::quic::{client_endpoint, connect, read_frame, write_frame};
+use bramble_transport::quic::{client_endpoint_at, connect, read_frame, write_frame};
 use bramble_transport::tls::client_config;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bramble_proto::time::now_ms;
@@ -26,11 +27,23 @@ fn info() -> NodeInfo {
     NodeInfo { os: "Debian GNU/Linux 12".into(), kernel: "6.1.0-rpi".into(), ..NodeInfo::board(Arch::Arm64, r) }
 }
 
-/// One simulated board: joins, then keeps a session, answering every desired set with Running.
-async fn sim_agent(dir: std::path::PathBuf, addr: SocketAddr, token: String, name: String) {
-    let creds = bramble_agent::join::join(&dir, addr, &token, &name, info()).await.expect("join");
+/// One simulated board: joins (a few at a time: joins come from the machine's own address, and
+/// the leader caps connections per address), then keeps a session from loopback address `source`,
+/// as a real board does from its own, answering every desired set with Running.
+async fn sim_agent(
+    dir: std::path::PathBuf,
+    addr: SocketAddr,
+    token: String,
+    name: String,
+    source: std::net::Ipv4Addr,
+    joins: Arc<tokio::sync::Semaphore>,
+) {
+    let creds = {
+        let _turn = joins.acquire().await.expect("the join semaphore");
+        bramble_agent::join::join(&dir, addr, &token, &name, info()).await.expect("join")
+    };
     let tls = client_config(&creds.ca_pem, Some((&creds.cert_pem, &creds.key_pem))).expect("tls");
-    let endpoint = client_endpoint(addr).expect("endpoint");
+    let endpoint = client_endpoint_at(SocketAddr::from((source, 0))).expect("endpoint");
     let conn = connect(&endpoint, addr, tls, Duration::from_secs(10)).await.expect("connect");
     let (mut send, mut recv) = conn.open_bi().await.expect("stream");
     let hello = Hello { node_name: name.clone(), epoch: 1, info: info() };
@@ -116,9 +129,12 @@ pub fn run(agents: usize, replicas: usize, steady_secs: u64) -> serde_json::Valu
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let addr: SocketAddr = listen.parse().unwrap();
+    let joins = Arc::new(tokio::sync::Semaphore::new(8));
     for i in 0..agents {
         let d = dir.path().join(format!("sim-{i}"));
-        rt.spawn(sim_agent(d, addr, token.clone(), format!("sim-{i}")));
+        // 127.0.1.1, 127.0.1.2, …: all of 127/8 is this machine's loopback.
+        let source = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(127, 0, 1, 1)) + i as u32);
+        rt.spawn(sim_agent(d, addr, token.clone(), format!("sim-{i}"), source, joins.clone()));
     }
     let t = Instant::now();
     loop {

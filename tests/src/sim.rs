@@ -10,6 +10,8 @@
 //! One [`Sim::step`] is one tick of every loop: boards finish their background jobs and make a
 //! pass, statuses go up, the leader checks readiness and makes a pass, desired sets go down.
 
+use bramble_agent::net::fake::FakeKernel;
+use bramble_agent::net::node::Controller as NetController;
 use bramble_agent::reconcile::fake::{Call, FakeContainers, FakeImages, FakeNetwork};
 use bramble_agent::reconcile::{Containers, Images, Input, Job, Network, Reconciler};
 use bramble_agent::session::machine::{Output, Session as AgentSession};
@@ -53,9 +55,16 @@ pub struct Board {
     /// The secrets (name → version) and configs the board holds, as its sessions gave them.
     pub secrets: BTreeMap<String, u64>,
     pub configs: BTreeMap<String, u64>,
-    /// The services (with their endpoints) the board's network was told, as its network
-    /// controller keeps them (kept across sessions, as `network.json` is).
-    pub services: BTreeMap<String, bramble_proto::network::ServiceRoute>,
+    /// The board's real network controller (`net::node`) against a recording kernel: what the
+    /// leader's views become in its nft table, its DNS and its `network.json`.
+    net: NetController<FakeKernel>,
+    /// The board's kernel as the controller left it (survives agent restarts).
+    pub kernel: FakeKernel,
+    /// The views the controller has put in the kernel (the latest).
+    net_applied: tokio::sync::watch::Receiver<u64>,
+    /// The host ports and control-plane pods the controller is told (none in the sim: its pods'
+    /// addresses are the reconciler's fakes').
+    _pod_rules: tokio::sync::watch::Sender<bramble_agent::net::ports::PodRules>,
     /// When its certificate is due for renewal (none: not modelled until [`Sim::certificate_due`]).
     pub renew_at: Option<u64>,
     /// Certificates it was given by renewals, newest last.
@@ -67,9 +76,6 @@ struct SimSession {
     epoch: u64,
     leader: LeaderSession,
     agent: AgentSession,
-    /// The latest network view the board was passed (its fakes apply it at once, unless its
-    /// confirmations are muted).
-    view: Option<u64>,
     /// A renewal request on its way to the leader (answered in the next step; lost with the
     /// session).
     renewal: Option<String>,
@@ -104,6 +110,33 @@ fn node(name: &str, arch: Arch) -> Node {
     Node::joined(name, format!("key-{name}"), NodeInfo::board(arch, res), 1)
 }
 
+/// A board's network controller as the agent starts it, against `kernel`, keeping its state in
+/// `dir` (so a restarted agent finds what the leader last said).
+fn network_controller(
+    dir: &std::path::Path,
+    kernel: &FakeKernel,
+) -> (
+    NetController<FakeKernel>,
+    tokio::sync::watch::Receiver<u64>,
+    tokio::sync::watch::Sender<bramble_agent::net::ports::PodRules>,
+) {
+    let settings = bramble_agent::net::node::Settings {
+        bridge: "bramble0".into(),
+        mtu: 1500,
+        dns_upstreams: vec!["192.0.2.53:53".parse().expect("an address")],
+        state_file: dir.join("network.json"),
+        host_ports: bramble_agent::net::ports::HostPortPolicy::new(Default::default(), &[], &[]),
+        control_ports: BTreeSet::new(),
+        check_every: Duration::from_secs(60),
+        nft: true,
+    };
+    let pods = Arc::new(bramble_agent::net::pods::Pods::open(&dir.join("pods")).expect("the pods' dir"));
+    let (tx, rx) = tokio::sync::watch::channel(Default::default());
+    let net = NetController::with_kernel(settings, pods, rx, kernel.clone());
+    let applied = net.applied_versions();
+    (net, applied, tx)
+}
+
 fn new_leader(store: &Arc<dyn Store>) -> Leader {
     let events = Arc::new(Events::new());
     let ctx = Context {
@@ -135,6 +168,8 @@ impl Sim {
             let subnet = format!("10.42.{}.0/24", i + 1).parse().expect("a subnet");
             let network = Arc::new(FakeNetwork::new(subnet));
             let dir = tempfile::tempdir().expect("temp dir");
+            let kernel = FakeKernel::default();
+            let (net, net_applied, pod_rules) = network_controller(dir.path(), &kernel);
             let mut b = Board {
                 name,
                 arch: arch.clone(),
@@ -149,7 +184,10 @@ impl Sim {
                 jobs: Vec::new(),
                 secrets: BTreeMap::new(),
                 configs: BTreeMap::new(),
-                services: BTreeMap::new(),
+                net,
+                kernel,
+                net_applied,
+                _pod_rules: pod_rules,
                 renew_at: None,
                 renewed: Vec::new(),
             };
@@ -280,12 +318,24 @@ impl Sim {
     }
 
     /// Invariant: every board with a session has been told exactly the leader's services and
-    /// endpoints.
+    /// endpoints, and its nft table sends each virtual port to exactly the ready ones.
     pub fn check_endpoints(&self) {
         let Some(leader) = &self.leader else { return };
         let Some(view) = leader.bus.network.borrow().clone() else { return };
         for b in self.boards.iter().filter(|b| b.session.is_some()) {
-            assert_eq!(b.services, view.services, "{}'s services and endpoints", b.name);
+            assert_eq!(b.services(), &view.services, "{}'s services and endpoints", b.name);
+            let Some(rules) = b.net.rules() else {
+                assert!(view.services.is_empty(), "{} has services but no nft table", b.name);
+                continue;
+            };
+            let mut wanted = BTreeMap::new();
+            for s in view.services.values() {
+                for p in &s.ports {
+                    let ready: Vec<_> = s.ready().map(|e| (e.ip, p.target)).collect();
+                    wanted.insert((s.vip, p.protocol, p.port), ready);
+                }
+            }
+            assert_eq!(rules.ports, wanted, "{}'s nft table: each virtual port to its ready endpoints", b.name);
         }
     }
 
@@ -350,6 +400,10 @@ impl Sim {
         b.session = None;
         b.jobs.clear();
         b.start_agent();
+        // Its network controller too: from `network.json`, before any word from the leader.
+        let (net, applied, rules) = network_controller(b.dir.path(), &b.kernel);
+        (b.net, b.net_applied, b._pod_rules) = (net, applied, rules);
+        b.net.turn(false, true);
     }
 
     /// Stops the leader (its memory is lost; the store stays).
@@ -591,7 +645,6 @@ impl Board {
                 epoch: self.epoch,
                 leader: LeaderSession::new(&self.name),
                 agent: AgentSession::new(true),
-                view: None,
                 renewal: None,
             });
         }
@@ -660,6 +713,7 @@ impl Board {
                     .map(|v| (v.value.meta.generation, BTreeMap::new())),
             })
         };
+        let mut network = false;
         for msg in session.leader.poll(view, Some(set), restoring, load) {
             let outputs = session.agent.from_leader(msg).expect("the leader's session sends what the agent's takes");
             for o in outputs {
@@ -667,41 +721,34 @@ impl Board {
                     Output::Desired { full, upsert, remove } => {
                         agent.input(Input::Desired { full, upsert, remove }, now)
                     }
-                    Output::Network(bramble_agent::net::node::NetInput::Leader {
-                        version,
-                        full,
-                        upsert,
-                        remove,
-                        ..
-                    }) => {
-                        // As the network controller takes a view (`net::node::Controller::input`).
-                        if full {
-                            self.services.clear();
-                        }
-                        for s in upsert {
-                            self.services.insert(s.name.clone(), s);
-                        }
-                        for r in remove {
-                            self.services.remove(&r);
-                        }
-                        session.view = Some(version)
+                    Output::Network(input) => {
+                        self.net.input(input);
+                        network = true;
                     }
-                    Output::Network(_) => {}
                     Output::Secrets { put, drop, full } => apply(&mut self.secrets, put, &drop, full),
                     Output::Configs { put, drop, full } => apply(&mut self.configs, put, &drop, full),
                     Output::Renewed { .. } => {}
                 }
             }
         }
+        // The network thread's turn: what the leader said goes into the (fake) kernel.
+        self.net.turn(network, false);
     }
 
-    /// The board says it applied the latest view it was passed (once per view).
+    /// The board says it applied the latest view its network controller put in the kernel (once
+    /// per view).
     fn confirm_view(&mut self, ctx: &Context) {
         let Some(session) = self.session.as_mut() else { return };
-        if let Some(AgentMsg::NetworkApplied { version }) = session.view.and_then(|v| session.agent.network_applied(v))
-        {
+        let applied = *self.net_applied.borrow();
+        if let Some(AgentMsg::NetworkApplied { version }) = session.agent.network_applied(applied) {
             ctx.drain.applied(&self.name, version);
         }
+    }
+
+    /// The services (with their endpoints) the board's network was told, as its network
+    /// controller keeps them (across sessions and agent restarts, in `network.json`).
+    pub fn services(&self) -> &BTreeMap<String, bramble_proto::network::ServiceRoute> {
+        self.net.services()
     }
 }
 

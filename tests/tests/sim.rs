@@ -605,7 +605,7 @@ fn endpoints_converge_on_every_board_while_one_flaps() {
     );
     assert!(sim.run_until(10, Sim::converged).is_some());
     sim.check_endpoints();
-    let endpoints = |sim: &Sim, b: &str| sim.board(b).services.get("web").map(|s| s.ready().count());
+    let endpoints = |sim: &Sim, b: &str| sim.board(b).services().get("web").map(|s| s.ready().count());
     for round in 0..12u32 {
         // board-2 drops off for a few seconds, comes back for a few, while endpoints change.
         if round % 2 == 0 {

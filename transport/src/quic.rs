@@ -94,6 +94,12 @@ pub fn quic_server_config(tls: rustls::ServerConfig) -> Result<ServerConfig, Tra
 pub fn client_endpoint(peer: SocketAddr) -> Result<Endpoint, TransportError> {
     let bind: SocketAddr =
         if peer.is_ipv6() { "[::]:0".parse().expect("addr") } else { "0.0.0.0:0".parse().expect("addr") };
+    client_endpoint_at(bind)
+}
+
+/// A client endpoint bound to `bind` (a source address of its own: many simulated boards on one
+/// machine, each from its own loopback address, as real boards each have theirs).
+pub fn client_endpoint_at(bind: SocketAddr) -> Result<Endpoint, TransportError> {
     Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })
 }
 

@@ -47,7 +47,7 @@ impl Names {
 
     /// What a name means here: `Some(Some(ip))` a service, `Some(None)` a name of the cluster
     /// that does not exist, `None` a name for the board's resolvers.
-    fn lookup(&self, name: &str) -> Option<Option<Ipv4Addr>> {
+    pub fn lookup(&self, name: &str) -> Option<Option<Ipv4Addr>> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         let g = self.inner.read().expect("names lock");
         let (domain, map) = &*g;

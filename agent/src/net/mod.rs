@@ -13,7 +13,9 @@
 //! dns.rs        cluster DNS
 //! board.rs      the bridge and routes wanted, drift repaired, through the `Links` trait (netlink
 //!               on a board, a recording fake in its unit tests)
-//! node.rs       the board's controller thread: board.rs, rules and DNS from what the leader says
+//! node.rs       the board's controller thread: board.rs, rules and DNS from what the leader says,
+//!               its effects through the `Kernel` trait
+//! fake.rs       a recording `Kernel` for the controller's tests and the simulated cluster
 //! ports.rs      which host ports a board lets apps take
 //! check.rs      what the kernel must offer, for `bramble-agent check`
 //! ```
@@ -22,6 +24,7 @@ pub mod board;
 pub mod check;
 pub mod conntrack;
 pub mod dns;
+pub mod fake;
 pub mod ipam;
 pub mod link;
 pub mod netns;

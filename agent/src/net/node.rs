@@ -2,13 +2,19 @@
 //! (or the vxlan device), the nft table and the DNS server in line with what the leader last
 //! said, which it keeps in `network.json` — so after an agent restart with the leader away, the
 //! board's network is rebuilt from it, and established connections (in conntrack) survive.
+//!
+//! What it decides is pure — the bridge and routes against the links it finds (`board.rs`), the nft
+//! model from the services, the pods and the host ports, the script from the model the table holds
+//! (`rules.rs`), which flows to forget — and what it does goes through [`Kernel`]: netlink, `nft`,
+//! `conntrack`, `/proc/net`, the DNS server. [`Real`] is the board's; the unit tests (`node/tests.rs`)
+//! and the simulated cluster record instead.
 
-use super::board::{self, problem, Want};
+use super::board::{self, problem, Links, Want};
 use super::dns::{self, Names};
 use super::link::Netlink;
 use super::pods::{Board, Pods};
 use super::rules::{self, HostPort, Model};
-use super::{conntrack, nft};
+use super::{conntrack, nft, NetError};
 use crate::net::ports::PodRules;
 use bramble_proto::manifest::Protocol;
 use bramble_proto::model::NetworkProblem;
@@ -21,6 +27,70 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
+
+/// What the network controller does to the board.
+pub trait Kernel {
+    type Links: Links;
+    /// A handle on the board's links, addresses and routes (netlink).
+    fn links(&self) -> Result<Self::Links, NetError>;
+    /// Whether `nft` can be run.
+    fn has_nft(&self) -> bool;
+    /// Applies an nft script as one transaction; how long it took.
+    fn apply_rules(&self, script: &str) -> Result<Duration, NetError>;
+    /// Forgets the UDP flows to `vip:port` that went to `endpoint`.
+    fn forget_udp(&self, vip: Ipv4Addr, port: u16, endpoint: Ipv4Addr);
+    /// Forgets the flows this board sent to `ip`.
+    fn forget_replies(&self, ip: Ipv4Addr);
+    /// The ports processes on the board listen on.
+    fn listening(&self) -> BTreeSet<(Protocol, u16)>;
+    /// Whether the DNS server serves on `addr`.
+    fn dns_serving(&self, addr: Ipv4Addr) -> bool;
+    /// (Re)starts the DNS server on `addr` with `names`, other names going to `upstreams`.
+    fn serve_dns(&mut self, addr: Ipv4Addr, names: Arc<Names>, upstreams: Vec<SocketAddr>);
+}
+
+/// The board's kernel and tools; the DNS server runs on `rt`.
+pub struct Real {
+    rt: tokio::runtime::Handle,
+    dns: Option<(Ipv4Addr, tokio::task::JoinHandle<()>)>,
+}
+
+impl Real {
+    pub fn new(rt: tokio::runtime::Handle) -> Real {
+        Real { rt, dns: None }
+    }
+}
+
+impl Kernel for Real {
+    type Links = Netlink;
+    fn links(&self) -> Result<Netlink, NetError> {
+        Netlink::open()
+    }
+    fn has_nft(&self) -> bool {
+        super::check::binary("nft")
+    }
+    fn apply_rules(&self, script: &str) -> Result<Duration, NetError> {
+        nft::apply(script)
+    }
+    fn forget_udp(&self, vip: Ipv4Addr, port: u16, endpoint: Ipv4Addr) {
+        conntrack::forget_udp(vip, port, endpoint)
+    }
+    fn forget_replies(&self, ip: Ipv4Addr) {
+        conntrack::forget_replies(ip)
+    }
+    fn listening(&self) -> BTreeSet<(Protocol, u16)> {
+        super::ports::listening()
+    }
+    fn dns_serving(&self, addr: Ipv4Addr) -> bool {
+        self.dns.as_ref().is_some_and(|(a, task)| *a == addr && !task.is_finished())
+    }
+    fn serve_dns(&mut self, addr: Ipv4Addr, names: Arc<Names>, upstreams: Vec<SocketAddr>) {
+        if let Some((_, task)) = self.dns.take() {
+            task.abort();
+        }
+        self.dns = Some((addr, self.rt.spawn(dns::serve(addr, names, upstreams))));
+    }
+}
 
 /// What the controller is told.
 #[derive(Debug)]
@@ -59,16 +129,15 @@ struct Known {
     services: BTreeMap<String, ServiceRoute>,
 }
 
-pub struct Controller {
+pub struct Controller<K: Kernel = Real> {
     settings: Settings,
     pods: Arc<Pods>,
     bindings: tokio::sync::watch::Receiver<PodRules>,
-    rt: tokio::runtime::Handle,
+    kernel: K,
     known: Known,
     names: Arc<Names>,
     /// What the nft table holds (none: unknown, write it whole).
     applied: Option<Model>,
-    dns: Option<(Ipv4Addr, tokio::task::JoinHandle<()>)>,
     last_full: Instant,
     /// Every endpoint address of every service (ready or not), as last programmed.
     endpoint_ips: BTreeSet<Ipv4Addr>,
@@ -79,13 +148,25 @@ pub struct Controller {
     problem: tokio::sync::watch::Sender<Option<NetworkProblem>>,
 }
 
-impl Controller {
+impl Controller<Real> {
+    /// The board's controller; its DNS server runs on `rt`.
     pub fn new(
         settings: Settings,
         pods: Arc<Pods>,
         bindings: tokio::sync::watch::Receiver<PodRules>,
         rt: tokio::runtime::Handle,
-    ) -> Controller {
+    ) -> Controller<Real> {
+        Controller::with_kernel(settings, pods, bindings, Real::new(rt))
+    }
+}
+
+impl<K: Kernel> Controller<K> {
+    pub fn with_kernel(
+        settings: Settings,
+        pods: Arc<Pods>,
+        bindings: tokio::sync::watch::Receiver<PodRules>,
+        kernel: K,
+    ) -> Controller<K> {
         if !settings.nft {
             warn!("network.nft = false: no service VIPs, host ports or pod firewall on this board");
         }
@@ -100,11 +181,10 @@ impl Controller {
             settings,
             pods,
             bindings,
-            rt,
+            kernel,
             known,
             names: Arc::default(),
             applied: None,
-            dns: None,
             last_full: Instant::now(),
             endpoint_ips: BTreeSet::new(),
             pending_version: None,
@@ -139,17 +219,34 @@ impl Controller {
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let full = self.last_full.elapsed() >= self.settings.check_every;
-            if changed || full || self.bindings.has_changed().unwrap_or(false) {
-                self.sync(full);
-            }
-            // What the leader said is in the kernel now (or the board cannot route yet).
-            if let Some(v) = self.pending_version.take() {
-                self.applied_version.send_replace(v);
-            }
+            self.turn(changed, full);
         }
     }
 
-    fn input(&mut self, input: NetInput) {
+    /// One turn after inputs (`changed`): brings the board in line if anything changed (`full`:
+    /// everything checked and the nft table rewritten whole), then confirms the leader's view.
+    pub fn turn(&mut self, changed: bool, full: bool) {
+        if changed || full || self.bindings.has_changed().unwrap_or(false) {
+            self.sync(full);
+        }
+        // What the leader said is in the kernel now (or the board cannot route yet).
+        if let Some(v) = self.pending_version.take() {
+            self.applied_version.send_replace(v);
+        }
+    }
+
+    /// The services (with their endpoints) the leader last said, as kept in `network.json`.
+    pub fn services(&self) -> &BTreeMap<String, ServiceRoute> {
+        &self.known.services
+    }
+
+    /// What the nft table holds, as far as this controller knows (none: unknown or not written).
+    pub fn rules(&self) -> Option<&Model> {
+        self.applied.as_ref()
+    }
+
+    /// Takes what the leader said.
+    pub fn input(&mut self, input: NetInput) {
         let NetInput::Leader { node, full, upsert, remove, version } = input else { return };
         // The latest said (a restarted leader counts from 1 again: not the largest).
         self.pending_version = Some(version);
@@ -188,7 +285,7 @@ impl Controller {
         }
         let problem = match self.board(&node, subnet) {
             Ok(()) => {
-                let p = self.rules(&node, full);
+                let p = self.sync_rules(&node, full);
                 self.serve_dns(subnet.gateway(), &node.cluster.domain);
                 p
             }
@@ -213,7 +310,7 @@ impl Controller {
     /// kernel refuses a piece.
     fn board(&mut self, node: &NodeNetwork, subnet: Cidr) -> Result<(), NetworkProblem> {
         let want = Want { bridge: &self.settings.bridge, mtu: self.settings.mtu, node, subnet };
-        let nl = Netlink::open().map_err(|e| board::bridge_refused(&want, e))?;
+        let nl = self.kernel.links().map_err(|e| board::bridge_refused(&want, e))?;
         let pods = &self.pods;
         let bridge =
             board::bridge(&nl, &want, || pods.addresses().iter().map(|(r, _)| super::pods::host_veth(r)).collect())?;
@@ -249,7 +346,7 @@ impl Controller {
                     return None;
                 }
                 if !forwarded(h.protocol, h.port)
-                    && listening.get_or_insert_with(super::ports::listening).contains(&(h.protocol, h.port))
+                    && listening.get_or_insert_with(|| self.kernel.listening()).contains(&(h.protocol, h.port))
                 {
                     return None;
                 }
@@ -266,11 +363,11 @@ impl Controller {
     }
 
     /// The nft table; a problem when it cannot be written.
-    fn rules(&mut self, node: &NodeNetwork, full: bool) -> Option<NetworkProblem> {
+    fn sync_rules(&mut self, node: &NodeNetwork, full: bool) -> Option<NetworkProblem> {
         if !self.settings.nft {
             return None; // said once, at the start
         }
-        if !super::check::binary("nft") {
+        if !self.kernel.has_nft() {
             self.applied = None;
             return Some(problem(
                 "NftMissing",
@@ -287,12 +384,12 @@ impl Controller {
         if script.is_empty() {
             return None;
         }
-        match nft::apply(&script) {
+        match self.kernel.apply_rules(&script) {
             Ok(took) => {
                 tracing::debug!(took_ms = took.as_millis() as u64, lines = script.lines().count(), "nft rules synced");
                 if let Some(old) = &self.applied {
                     for (vip, port, endpoint) in rules::udp_gone(old, &model) {
-                        conntrack::forget_udp(vip, port, endpoint);
+                        self.kernel.forget_udp(vip, port, endpoint);
                     }
                 }
                 self.applied = Some(model);
@@ -301,7 +398,7 @@ impl Controller {
                 let now: BTreeSet<Ipv4Addr> =
                     self.known.services.values().flat_map(|s| s.endpoints.iter().map(|e| e.ip)).collect();
                 for ip in self.endpoint_ips.difference(&now) {
-                    conntrack::forget_replies(*ip);
+                    self.kernel.forget_replies(*ip);
                 }
                 self.endpoint_ips = now;
                 None
@@ -318,18 +415,17 @@ impl Controller {
 
     fn serve_dns(&mut self, addr: Ipv4Addr, domain: &str) {
         self.names.set(domain, self.known.services.values().map(|s| (s.name.clone(), s.vip)));
-        if self.dns.as_ref().is_some_and(|(a, task)| *a == addr && !task.is_finished()) {
+        if self.kernel.dns_serving(addr) {
             return;
-        }
-        if let Some((_, task)) = self.dns.take() {
-            task.abort();
         }
         let upstreams = if self.settings.dns_upstreams.is_empty() {
             dns::system_resolvers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
         } else {
             self.settings.dns_upstreams.clone()
         };
-        let task = self.rt.spawn(dns::serve(addr, self.names.clone(), upstreams));
-        self.dns = Some((addr, task));
+        self.kernel.serve_dns(addr, self.names.clone(), upstreams);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -82,16 +82,22 @@ impl Pods {
         self.dir.join(replica).join("netns")
     }
 
+    /// The pod's address (kept in `ipam.json`), given now if it has none: the first step of
+    /// [`Pods::prepare`], without the kernel.
+    pub fn allocate(&self, replica: &str) -> Result<Ipv4Addr, NetError> {
+        self.inner.lock().expect("pods lock").ipam.allocate(replica)
+    }
+
     /// The pod's network, made if it is not there yet. Safe to repeat.
     pub fn prepare(&self, replica: &str) -> Result<PodNet, NetError> {
-        let mut g = self.inner.lock().expect("pods lock");
+        let g = self.inner.lock().expect("pods lock");
         let board = g.board.clone().ok_or_else(|| {
             NetError::Missing(
                 "this board's network is not set up yet (it waits for its pod subnet from the leader)".into(),
             )
         })?;
-        let ip = g.ipam.allocate(replica)?;
         drop(g);
+        let ip = self.allocate(replica)?;
         let dir = self.dir.join(replica);
         let ns = self.netns_path(replica);
         netns::create(&ns)?;

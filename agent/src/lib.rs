@@ -17,6 +17,8 @@ pub mod streams;
 pub mod sysinfo;
 pub mod usage;
 pub mod volumes;
+pub mod wiring;
 
 pub use config::AgentConfig;
-pub use session::{run, AgentError};
+pub use session::AgentError;
+pub use wiring::run;

@@ -1,4 +1,4 @@
-//! The agent's life: join if needed, then one session with the leader at a time, reconnecting with
+//! The agent's sessions: join if needed, then one session with the leader at a time, reconnecting with
 //! backoff until told to stop. One session's rules are `machine.rs` (no I/O); `session` below drives it.
 
 pub mod machine;
@@ -6,8 +6,6 @@ pub mod machine;
 use crate::backoff::Backoff;
 use crate::config::{AgentConfig, ConfigError};
 use crate::join::{self, Credentials, JoinError};
-use crate::net::{self, pods::Pods};
-use crate::reconcile::real::PodNetwork;
 use crate::reconcile::{Handle, Input};
 use crate::sysinfo::node_info;
 use bramble_proto::codec::MAX_FRAME_LEN;
@@ -90,47 +88,16 @@ fn next_epoch(dir: &Path) -> Result<u64, AgentError> {
     Ok(next)
 }
 
-/// Runs the agent until `cancel` fires. `ready` is called once the board's own machinery runs
-/// (containers adopted, the reconciler and the network controller going), before any leader
-/// answers: a board that boots with its leader unreachable keeps its replicas running, and under
-/// systemd (`Type=notify`) its start must not time out waiting for a leader (it did: the unit was
-/// killed and started again every 90 s). Joining and sessions follow; their trouble is in the log
-/// and in `bramble get nodes`.
-pub async fn run(
+/// Joins if the board has no certificate yet, then keeps one session with a leader at a time
+/// (reconnecting with backoff, trying the other leaders first) until `cancel` fires. `work` is
+/// what `crate::wiring` started: the reconciler, and the network thread's channels.
+pub async fn serve(
     config: AgentConfig,
+    name: String,
+    mut work: crate::reconcile::Handle,
     cancel: CancellationToken,
-    ready: impl FnOnce() + Send,
 ) -> Result<(), AgentError> {
-    let name = config.node_name()?;
     let dir = config.data_dir.clone();
-    // The board's key, its state and the secrets' mounts: the agent's alone, whatever the umask.
-    bramble_proto::fsutil::private_dir(&dir).map_err(AgentError::Workloads)?;
-    // Containers and their network first: what this board ran before keeps running, reachable,
-    // even if no leader answers.
-    let exe = std::env::current_exe().map_err(AgentError::Workloads)?;
-    let shim_bin = crate::runtime::shim_binary_for(&exe).map_err(AgentError::NoShim)?;
-    let pods = Arc::new(Pods::open(&config.data_dir.join("pods")).map_err(|e| AgentError::Network(e.to_string()))?);
-    let (net_tx, net_rx) = std::sync::mpsc::sync_channel(64);
-    let network = PodNetwork { pods: pods.clone(), changed: net_tx.clone() };
-    let mut work = crate::reconcile::spawn(&config, &shim_bin, network).map_err(AgentError::Workloads)?;
-    if let Some(interval) = bramble_daemon::systemd::watchdog_interval() {
-        info!("feeding systemd's watchdog every {} ms while the reconciler goes round", interval.as_millis() / 2);
-        tokio::spawn(bramble_daemon::systemd::watchdog(interval, vec![("reconciler", work.heartbeat.clone())]));
-    }
-    let controller = net::node::Controller::new(
-        config.network_settings(),
-        pods,
-        work.ports.clone(),
-        tokio::runtime::Handle::current(),
-    );
-    work.network_applied = Some(controller.applied_versions());
-    work.network_problem = Some(controller.problems());
-    std::thread::Builder::new()
-        .name("network".into())
-        .spawn(move || controller.run(net_rx))
-        .map_err(AgentError::Workloads)?;
-    work.network = Some(net_tx);
-    ready();
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let creds = match join::load(&dir, &name)? {
         Some(c) => c,

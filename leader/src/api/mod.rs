@@ -1,17 +1,20 @@
 //! Requests from the CLI and from joining agents: who may do what, and what it does. Handlers
 //! return the leader's typed [`Error`]; it becomes the wire's `ApiError` here, at the edge.
 //!
+//! Each area's handlers take only the handles they use: a small struct of borrows that [`Api`]
+//! lends them for the request (`Api::nodes()`, `Api::secrets()`, …).
+//!
 //! ```text
-//! nodes.rs     join, get/describe nodes, label, cordon, what agents report about their board
-//! apps.rs      apply (all or nothing), list and delete apps and services
-//! replicas.rs  list and describe replicas and apps, scale
-//! rollouts.rs  an app's revision history, undo, restart
-//! services.rs  list and describe services with their virtual IPs and endpoints
-//! secrets.rs   create, update, list, describe and delete secrets — never read their values
-//! usage.rs     `bramble top`: what boards and replicas use beside what they ask for
+//! nodes.rs     Nodes: join, get/describe nodes, label, cordon, delete, what agents report
+//! apps.rs      apply (all or nothing), dry run, list and delete apps, services and configs
+//! replicas.rs  Replicas: describe replicas and apps, scale
+//! rollouts.rs  Rollouts: an app's revision history, undo, restart; new revisions for changes
+//! services.rs  Services: list and describe services with their virtual IPs and endpoints
+//! secrets.rs   Secrets: create, update, allow, list, describe — never read their values
+//! usage.rs     Top: `bramble top`, what boards and replicas use beside what they ask for
 //! ```
 //! The rest — users, tokens, configs, images, volumes, backups, leaders, events — is answered in
-//! `handle` below; logs and exec go on to the board through `crate::relay`.
+//! `dispatch` below; logs, exec, images and volumes go on to the board through `crate::relay`.
 
 pub mod apps;
 pub mod nodes;
@@ -38,7 +41,8 @@ use bramble_transport::Identity;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What the API handlers share.
+/// The handles the API's handlers share, built once by `crate::wiring`; each area borrows the few
+/// it uses.
 pub struct Api {
     pub objects: Objects,
     pub ca: Ca,
@@ -149,6 +153,52 @@ impl Api {
         }
     }
 
+    /// The node requests' handles.
+    pub fn nodes(&self) -> nodes::Nodes<'_> {
+        nodes::Nodes {
+            objects: &self.objects,
+            ca: &self.ca,
+            registry: &self.registry,
+            events: &self.events,
+            observed: &self.observed,
+            published: &self.published,
+            network: &self.network,
+            node_cert_lifetime: self.node_cert_lifetime,
+        }
+    }
+
+    fn replicas(&self) -> replicas::Replicas<'_> {
+        replicas::Replicas {
+            objects: &self.objects,
+            events: &self.events,
+            observed: &self.observed,
+            published: &self.published,
+            autoscaler: &self.autoscaler,
+        }
+    }
+
+    fn rollouts(&self) -> rollouts::Rollouts<'_> {
+        rollouts::Rollouts { objects: &self.objects, events: &self.events, published: &self.published }
+    }
+
+    fn services(&self) -> services::Services<'_> {
+        services::Services { objects: &self.objects, events: &self.events }
+    }
+
+    /// The secret requests' handles.
+    pub fn secrets(&self) -> secrets::Secrets<'_> {
+        secrets::Secrets {
+            objects: &self.objects,
+            keyring: &self.keyring,
+            events: &self.events,
+            published: &self.published,
+        }
+    }
+
+    fn top(&self) -> usage::Top<'_> {
+        usage::Top { objects: &self.objects, usage: &self.usage }
+    }
+
     /// Handles one request from a peer with `identity` (None: no client certificate).
     pub fn handle(&self, identity: Option<&Identity>, request: Request) -> Response {
         match self.dispatch(identity, request) {
@@ -159,7 +209,7 @@ impl Api {
 
     fn dispatch(&self, identity: Option<&Identity>, request: Request) -> Result<Response> {
         if let Request::Join { token, node_name, csr_pem, info } = request {
-            return self.join(&token, &node_name, &csr_pem, *info).inspect_err(|e| {
+            return self.nodes().join(&token, &node_name, &csr_pem, *info).inspect_err(|e| {
                 let now = now_ms();
                 let Some(left_out) = self.join_refusals.admit(now) else { return };
                 let name = if check_dns_subdomain(&node_name).is_ok() { node_name.as_str() } else { "<invalid>" };
@@ -189,14 +239,14 @@ impl Api {
         }
         match request {
             Request::Join { .. } => unreachable!("handled above"),
-            Request::GetNodes => Ok(Response::Nodes(self.node_views()?)),
+            Request::GetNodes => Ok(Response::Nodes(self.nodes().node_views()?)),
             Request::GetLeaders => Ok(Response::Leaders(match &self.ha {
                 Some(ha) => ha.leaders(),
                 None => vec![self.me.clone()],
             })),
-            Request::GetNode { name } => self.describe_node(&name),
-            Request::LabelNode { name, set, remove } => self.label(&name, set, remove, who),
-            Request::SetCordon { name, cordoned } => self.cordon(&name, cordoned, who),
+            Request::GetNode { name } => self.nodes().describe_node(&name),
+            Request::LabelNode { name, set, remove } => self.nodes().label(&name, set, remove, who),
+            Request::SetCordon { name, cordoned } => self.nodes().cordon(&name, cordoned, who),
             Request::Apply { apps, services, configs, dry_run: true } => Ok(Response::Planned(apps::dry_run(
                 &self.context(),
                 &self.reserved,
@@ -208,7 +258,7 @@ impl Api {
                 let cluster = (self.network.as_ref(), self.reserved.as_ref());
                 let applied = apps::apply(&self.objects, &self.events, cluster, objects, who, now_ms())?;
                 self.published.kick.notify_one();
-                self.after_configs_changed(&applied, who);
+                self.rollouts().after_configs_changed(&applied, who);
                 Ok(Response::Applied(applied))
             }
             Request::GetConfigs => Ok(Response::Configs(apps::list(&self.objects)?)),
@@ -218,9 +268,9 @@ impl Api {
                 Ok(Response::Config { config, events })
             }
             Request::GetApps => Ok(Response::Apps(apps::list(&self.objects)?)),
-            Request::GetServices => Ok(Response::Services(self.services()?)),
-            Request::GetService { name } => self.describe_service(&name),
-            Request::DeleteNode { name } => Ok(Response::Done(self.delete_node(&name, who)?)),
+            Request::GetServices => Ok(Response::Services(self.services().services()?)),
+            Request::GetService { name } => self.services().describe_service(&name),
+            Request::DeleteNode { name } => Ok(Response::Done(self.nodes().delete_node(&name, who)?)),
             Request::Delete { apps, services, secrets, configs } => {
                 let done = apps::delete(&self.objects, apps, services, secrets, configs)?;
                 for line in done.lines() {
@@ -232,19 +282,19 @@ impl Api {
                 Ok(Response::Done(done))
             }
             Request::PutSecret { name, values, create } => {
-                Ok(Response::Done(self.put_secret(&name, values.0, create, who)?))
+                Ok(Response::Done(self.secrets().put_secret(&name, values.0, create, who)?))
             }
-            Request::AllowSecret { name, apps } => Ok(Response::Done(self.allow_secret(&name, apps, who)?)),
-            Request::GetSecrets => Ok(Response::Secrets(self.secrets()?)),
-            Request::GetSecret { name } => self.describe_secret(&name),
-            Request::GetReplicas { app } => Ok(Response::Replicas(self.replicas(app.as_deref())?)),
-            Request::GetApp { name } => self.describe_app(&name),
-            Request::RolloutHistory { app } => self.history(&app),
-            Request::RolloutUndo { app, to } => Ok(Response::Done(self.undo(&app, to, who)?)),
-            Request::RolloutRestart { app } => Ok(Response::Done(self.restart(&app, who)?)),
-            Request::GetReplica { name } => self.describe_replica(&name),
+            Request::AllowSecret { name, apps } => Ok(Response::Done(self.secrets().allow_secret(&name, apps, who)?)),
+            Request::GetSecrets => Ok(Response::Secrets(self.secrets().secrets()?)),
+            Request::GetSecret { name } => self.secrets().describe_secret(&name),
+            Request::GetReplicas { app } => Ok(Response::Replicas(self.objects.replicas(app.as_deref())?)),
+            Request::GetApp { name } => self.replicas().describe_app(&name),
+            Request::RolloutHistory { app } => self.rollouts().history(&app),
+            Request::RolloutUndo { app, to } => Ok(Response::Done(self.rollouts().undo(&app, to, who)?)),
+            Request::RolloutRestart { app } => Ok(Response::Done(self.rollouts().restart(&app, who)?)),
+            Request::GetReplica { name } => self.replicas().describe_replica(&name),
             Request::Scale { app, replicas, expect_generation } => {
-                Ok(Response::Done(self.scale(&app, replicas, expect_generation, who)?))
+                Ok(Response::Done(self.replicas().scale(&app, replicas, expect_generation, who)?))
             }
             Request::GetEvents { since_ms } => Ok(Response::Events(self.events.since(since_ms))),
             Request::Logs(_) | Request::Image { .. } | Request::Exec(_) | Request::Volume { .. } => {
@@ -294,7 +344,7 @@ impl Api {
                 ));
                 Ok(Response::Backup(Box::new(snapshot)))
             }
-            Request::Top { app } => self.top(app.as_deref()),
+            Request::Top { app } => self.top().top(app.as_deref()),
             Request::RevokeUser { name } => {
                 let done = crate::users::revoke(&self.objects, &self.revoked, &name, now_ms())?;
                 self.events.record(Event::new(

@@ -1,7 +1,6 @@
 //! Nodes through the API: joining with a token, listing, describing, labels and cordons, and what
 //! an agent reports about its board.
 
-use super::Api;
 use crate::error::{Error, Result};
 use crate::objects::{keys, Objects};
 use crate::store::{Expect, StoreError};
@@ -12,9 +11,23 @@ use bramble_proto::wire::Response;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-impl Api {
+/// What the node requests use: the store, the CA (joins), readiness, what boards reported, the
+/// cluster's network (pod subnets) and the replica controller's wake-up.
+pub struct Nodes<'a> {
+    pub objects: &'a Objects,
+    pub ca: &'a bramble_transport::pki::Ca,
+    pub registry: &'a crate::nodes::NodeRegistry,
+    pub events: &'a crate::events::Events,
+    pub observed: &'a crate::observed::Observed,
+    pub published: &'a crate::controllers::Published,
+    pub network: &'a bramble_proto::network::ClusterNetwork,
+    /// How long the certificates given at join live.
+    pub node_cert_lifetime: std::time::Duration,
+}
+
+impl Nodes<'_> {
     pub(super) fn join(&self, token: &str, node_name: &str, csr_pem: &str, mut info: NodeInfo) -> Result<Response> {
-        crate::tokens::verify(&self.objects, &self.ca.fingerprint(), token, now_ms())?;
+        crate::tokens::verify(self.objects, &self.ca.fingerprint(), token, now_ms())?;
         check_dns_subdomain(node_name).map_err(|e| Error::Invalid(format!("join refused: node {e}")))?;
         let (cert_pem, key_fp) = self
             .ca
@@ -41,7 +54,7 @@ impl Api {
                 self.events.node(node_name, EventReason::NodeJoined, "the node joined the cluster", now_ms());
             }
         }
-        crate::tokens::used(&self.objects, token)?;
+        crate::tokens::used(self.objects, token)?;
         Ok(Response::Joined { node_name: node_name.to_string(), cert_pem, ca_pem: self.ca.cert_pem().to_string() })
     }
 
@@ -184,7 +197,7 @@ impl Api {
             ready.reason = "NoPodSubnet".into();
             let held = self.objects.claims(keys::SUBNETS).map(|c| c.len() as u64).unwrap_or(0);
             ready.message = if held >= self.network.node_subnets() {
-                crate::network::out_of_subnets(&self.network)
+                crate::network::out_of_subnets(self.network)
             } else {
                 "waiting for a pod subnet from the leader".into()
             };

@@ -1,22 +1,26 @@
 //! Replicas through the API: list, describe (with an app's), scale.
 
-use super::Api;
 use crate::error::{Error, Result};
+use crate::objects::Objects;
 use crate::store::{Expect, StoreError};
-use bramble_proto::manifest::{Replicas, MAX_REPLICAS};
+use bramble_proto::manifest::MAX_REPLICAS;
 use bramble_proto::model::{App, Event, EventReason, ObjectRef, Replica};
 use bramble_proto::time::now_ms;
 use bramble_proto::wire::Response;
 
-impl Api {
-    /// Replicas of `app` (all if `None`), by name.
-    pub fn replicas(&self, app: Option<&str>) -> Result<Vec<Replica>> {
-        self.objects.replicas(app)
-    }
+/// What the replica requests use.
+pub struct Replicas<'a> {
+    pub objects: &'a Objects,
+    pub events: &'a crate::events::Events,
+    pub observed: &'a crate::observed::Observed,
+    pub published: &'a crate::controllers::Published,
+    pub autoscaler: &'a crate::controllers::autoscaler::Autoscaler,
+}
 
+impl Replicas<'_> {
     pub(super) fn describe_app(&self, name: &str) -> Result<Response> {
         let app = self.objects.load::<App>(name)?.value;
-        let replicas = self.replicas(Some(name))?;
+        let replicas = self.objects.replicas(Some(name))?;
         let rollout = self.objects.history(name)?.pop().map(|v| Box::new(v.value));
         let autoscale = self.autoscaler.describe(name, now_ms());
         Ok(Response::App { app: Box::new(app), replicas, events: self.events.of_app(name), rollout, autoscale })
@@ -47,7 +51,7 @@ impl Api {
         if from == replicas {
             return Ok(format!("app/{name} unchanged ({replicas} replicas)"));
         }
-        app.spec.replicas = Replicas(replicas);
+        app.spec.replicas = bramble_proto::manifest::Replicas(replicas);
         app.meta.generation += 1;
         app.meta.changed_by = Some(who.to_string());
         self.objects.put(&app, Expect::Revision(current.rev)).map_err(|e| match e {

@@ -2,7 +2,6 @@
 //! (`undo`), and rolling every replica again with the same spec (`restart`). Each is a new
 //! revision of the app, recorded and rolled out like an apply.
 
-use super::Api;
 use crate::controllers::replicas::revision_hash;
 use crate::controllers::rollout::{new_revision, with_template};
 use crate::error::{Error, Result};
@@ -13,7 +12,14 @@ use bramble_proto::model::{App, Event, EventReason, ObjectRef, Replica, Revision
 use bramble_proto::time::now_ms;
 use bramble_proto::wire::{Applied, Outcome, Response};
 
-impl Api {
+/// What rollouts (history, undo, restart, a new revision for changed configs or secrets) use.
+pub struct Rollouts<'a> {
+    pub objects: &'a Objects,
+    pub events: &'a crate::events::Events,
+    pub published: &'a crate::controllers::Published,
+}
+
+impl Rollouts<'_> {
     pub(super) fn history(&self, app: &str) -> Result<Response> {
         self.objects.load::<App>(app)?;
         Ok(Response::History(self.objects.history(app)?.into_iter().map(|v| v.value).collect()))

@@ -2,7 +2,6 @@
 //! are sealed before they reach the store (`crate::secrets`); answers, events and logs carry key
 //! names and sizes only.
 
-use super::Api;
 use crate::error::{Error, Result};
 use crate::objects::{key, Object, Objects};
 use crate::secrets::{check, StoredSecret};
@@ -62,7 +61,20 @@ pub(super) fn access(
     Ok((problems, checks))
 }
 
-impl Api {
+/// What the secret requests use: the store, the key that seals values, events, and the replica
+/// controller (apps using a changed secret roll).
+pub struct Secrets<'a> {
+    pub objects: &'a Objects,
+    pub keyring: &'a crate::secrets::Keyring,
+    pub events: &'a crate::events::Events,
+    pub published: &'a crate::controllers::Published,
+}
+
+impl Secrets<'_> {
+    fn rollouts(&self) -> super::rollouts::Rollouts<'_> {
+        super::rollouts::Rollouts { objects: self.objects, events: self.events, published: self.published }
+    }
+
     /// Creates secret `name` (`create`) or replaces its keys; `who` made the change.
     pub fn put_secret(&self, name: &str, values: BTreeMap<String, Vec<u8>>, create: bool, who: &str) -> Result<String> {
         check_dns_label(name).map_err(|e| Error::Invalid(format!("secret name {name:?}: {e}")))?;
@@ -114,7 +126,7 @@ impl Api {
         if !create {
             for app in self.objects.list::<bramble_proto::model::App>()?.into_iter().map(|v| v.value) {
                 if app.spec.secret_env_refs().any(|(_, s, _)| s == name) {
-                    match self.roll(&app.meta.name, who, &format!("secret {name} changed")) {
+                    match self.rollouts().roll(&app.meta.name, who, &format!("secret {name} changed")) {
                         Ok(_) => rolled.push(format!("app/{} rolling", app.meta.name)),
                         Err(e) => tracing::warn!(app = %app.meta.name, "cannot roll after secret {name} changed: {e}"),
                     }
@@ -235,13 +247,13 @@ mod tests {
     fn only_the_apps_an_admin_allows_may_use_a_secret() {
         let api = api();
         let values = [("pw".to_string(), b"x".to_vec())].into();
-        api.put_secret("db", values, true, "deployer:ci").unwrap();
+        api.secrets().put_secret("db", values, true, "deployer:ci").unwrap();
         apply(&api, "web").unwrap();
         assert_eq!(crate::api::required_role(&Request::AllowSecret { name: "db".into(), apps: None }), Role::Admin);
         // Not while an app outside the list uses it.
-        let e = api.allow_secret("db", Some(vec!["api".into()]), "admin:root").unwrap_err();
+        let e = api.secrets().allow_secret("db", Some(vec!["api".into()]), "admin:root").unwrap_err();
         assert!(matches!(&e, Error::Conflict(m) if m.contains("used by web")), "{e}");
-        api.allow_secret("db", Some(vec!["web".into()]), "admin:root").unwrap();
+        api.secrets().allow_secret("db", Some(vec!["web".into()]), "admin:root").unwrap();
         match apply(&api, "thief").unwrap_err() {
             Error::Problems(p) => {
                 assert_eq!((p[0].name.as_str(), p[0].field.as_str()), ("thief", "secrets"));
@@ -251,12 +263,12 @@ mod tests {
         }
         apply(&api, "web").unwrap();
         // An update by a deployer keeps the list.
-        api.put_secret("db", [("pw".to_string(), b"y".to_vec())].into(), false, "deployer:ci").unwrap();
-        match api.describe_secret("db").unwrap() {
+        api.secrets().put_secret("db", [("pw".to_string(), b"y".to_vec())].into(), false, "deployer:ci").unwrap();
+        match api.secrets().describe_secret("db").unwrap() {
             Response::Secret { secret, .. } => assert_eq!(secret.allowed_apps, Some(vec!["web".to_string()])),
             r => panic!("{r:?}"),
         }
-        api.allow_secret("db", None, "admin:root").unwrap();
+        api.secrets().allow_secret("db", None, "admin:root").unwrap();
         apply(&api, "thief").unwrap();
     }
 }

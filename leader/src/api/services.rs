@@ -1,7 +1,6 @@
 //! Services through the API: listed and described with their virtual IP and endpoints, which are
 //! derived from the replicas when asked (never stored).
 
-use super::Api;
 use crate::error::Result;
 use crate::network::endpoints::{routes, Routes};
 use bramble_proto::manifest::AppSpec;
@@ -9,7 +8,13 @@ use bramble_proto::model::{App, ObjectRef, Replica, Service};
 use bramble_proto::wire::Response;
 use std::collections::BTreeMap;
 
-impl Api {
+/// What the service requests use.
+pub struct Services<'a> {
+    pub objects: &'a crate::objects::Objects,
+    pub events: &'a crate::events::Events,
+}
+
+impl Services<'_> {
     /// Every service's endpoints, as the controller computes them.
     fn routes(&self) -> Result<(Vec<Service>, Routes, Vec<Replica>)> {
         let services: Vec<Service> = self.objects.list::<Service>()?.into_iter().map(|v| v.value).collect();

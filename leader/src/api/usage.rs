@@ -1,13 +1,18 @@
 //! `bramble top`: what boards and replicas use, beside what they ask for and offer.
 
-use super::Api;
 use crate::controllers::plan::holds_node;
 use crate::error::Result;
 use bramble_proto::model::{App, Node, Replica};
 use bramble_proto::wire::Response;
 use std::collections::{BTreeMap, BTreeSet};
 
-impl Api {
+/// What `bramble top` reads.
+pub struct Top<'a> {
+    pub objects: &'a crate::objects::Objects,
+    pub usage: &'a crate::usage::Usage,
+}
+
+impl Top<'_> {
     pub(super) fn top(&self, app: Option<&str>) -> Result<Response> {
         let nodes: Vec<Node> = self.objects.list::<Node>()?.into_iter().map(|v| v.value).collect();
         let replicas: Vec<Replica> = self.objects.list::<Replica>()?.into_iter().map(|v| v.value).collect();

@@ -75,7 +75,7 @@ pub(crate) async fn session(
         if node.value.key_fingerprint != key_fp && node.value.old_key_fingerprint.as_deref() != Some(key_fp.as_str()) {
             return Err(ApiError::new(ErrorCode::PermissionDenied, format!("node {n:?} is bound to another key")));
         }
-        a.set_node_info(&n, info, address, cert_expires).map_err(ApiError::from)
+        a.nodes().set_node_info(&n, info, address, cert_expires).map_err(ApiError::from)
     })
     .await;
     match checked {
@@ -238,7 +238,7 @@ pub fn absorb(api: &Api, name: &str, msg: AgentMsg, now: u64) -> bool {
     match msg {
         AgentMsg::Heartbeat { .. } | AgentMsg::Renew { .. } => false, // (Renew: the session loop answers it)
         AgentMsg::Info(info) => {
-            if let Err(e) = api.set_node_info(name, info, None, None) {
+            if let Err(e) = api.nodes().set_node_info(name, info, None, None) {
                 warn!("cannot record node info: {e}");
             }
             false

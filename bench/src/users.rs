@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 const REVOKED: usize = 10_000;
 
-fn lookups(revoked: &bramble_leader::users::Revoked, id: &bramble_transport::Identity, fp: &str) -> f64 {
+fn lookups(revoked: &bramble_leader::trust::users::Revoked, id: &bramble_transport::Identity, fp: &str) -> f64 {
     let n = 1_000_000;
     let t0 = Instant::now();
     for _ in 0..n {

@@ -389,7 +389,7 @@ pub struct Handles {
     pub objects: crate::objects::Objects,
     pub events: std::sync::Arc<crate::events::Events>,
     /// Which boards have been seen since the leader started.
-    pub registry: std::sync::Arc<crate::nodes::NodeRegistry>,
+    pub registry: std::sync::Arc<crate::boards::nodes::NodeRegistry>,
     /// Restored without `--prune` and not every board seen yet (sessions read it).
     pub restored: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub backups: std::sync::Arc<BackupStats>,
@@ -507,7 +507,7 @@ pub async fn release_when_all_seen(api: Handles, cancel: tokio_util::sync::Cance
 /// event. True when released (or nothing was held).
 pub fn release_once(
     objects: &crate::objects::Objects,
-    registry: &crate::nodes::NodeRegistry,
+    registry: &crate::boards::nodes::NodeRegistry,
     restored: &std::sync::atomic::AtomicBool,
     events: &crate::events::Events,
     now: u64,

@@ -120,8 +120,8 @@ fn rotate_key(data_dir: &std::path::Path) -> Result<String, String> {
     };
     let objects = bramble_leader::objects::Objects::new(store);
     let mut keyring =
-        bramble_leader::secrets::Keyring::load_or_create(&layout.secrets_key()).map_err(|e| e.to_string())?;
-    let (id, n) = bramble_leader::secrets::rotate(&objects, &mut keyring)?;
+        bramble_leader::trust::secrets::Keyring::load_or_create(&layout.secrets_key()).map_err(|e| e.to_string())?;
+    let (id, n) = bramble_leader::trust::secrets::rotate(&objects, &mut keyring)?;
     let mut said =
         format!("re-sealed {n} secrets with key {id}; the old key is gone from {}", layout.secrets_key().display());
     if on_etcd {
@@ -488,7 +488,7 @@ fn start_embedded_agent(config: &LeaderConfig, leader: &RunningLeader) -> anyhow
     };
     agent.leaders = vec![format!("{ip}:{port}")];
     if !dir.join("node.crt").exists() {
-        let (token, _) = bramble_leader::tokens::create(
+        let (token, _) = bramble_leader::trust::tokens::create(
             &leader.api.objects,
             &leader.ca_fingerprint,
             Duration::from_secs(600),

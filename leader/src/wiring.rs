@@ -5,13 +5,13 @@
 //! the serving certificate's renewal — and owns their shutdown order ([`RunningLeader::shutdown`]).
 
 use crate::api::Api;
+use crate::boards::nodes::NodeRegistry;
 use crate::config::{LeaderConfig, StoreBackend};
+use crate::edge::{accept_loop, renew_own_certificate, standby_loop, Edge, OwnCert};
 use crate::events::Events;
 use crate::ha::Ha;
 use crate::init::Layout;
-use crate::nodes::NodeRegistry;
 use crate::objects::Objects;
-use crate::server::{accept_loop, renew_own_certificate, standby_loop, Edge, OwnCert};
 use crate::store::{EtcdStore, RedbStore, Store, StoreError};
 use bramble_transport::pki::{Ca, PkiError};
 use bramble_transport::quic::server_endpoint;
@@ -186,11 +186,11 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
     let objects = Objects::new(store);
     check_ca(&objects, &ca_fingerprint)?;
     crate::network::ensure_settings(&objects, &config.network).map_err(|e| LeaderError::Config(e.to_string()))?;
-    let keyring = crate::secrets::Keyring::load_or_create(&layout.secrets_key())
+    let keyring = crate::trust::secrets::Keyring::load_or_create(&layout.secrets_key())
         .map_err(|e| LeaderError::Config(e.to_string()))?;
     // The first admin (init's admin.toml) is a user like the others: listed, revocable.
     if let Ok(text) = std::fs::read_to_string(layout.admin_config()) {
-        if let Err(e) = crate::users::record_init_admin(&objects, &text, bramble_proto::time::now_ms()) {
+        if let Err(e) = crate::trust::users::record_init_admin(&objects, &text, bramble_proto::time::now_ms()) {
             warn!("cannot record the first admin as a user: {e}");
         }
     }
@@ -235,7 +235,7 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
     let tasks = TaskTracker::new();
     let edge = Edge { api: api.clone(), relay: relay_handles(&api), heartbeat: config.nodes.heartbeat.0 };
     tasks.spawn(accept_loop(endpoint.clone(), edge, cancel.clone(), tasks.clone()));
-    tasks.spawn(crate::nodes::monitor(api.objects.clone(), api.registry.clone(), cancel.clone()));
+    tasks.spawn(crate::boards::nodes::monitor(api.objects.clone(), api.registry.clone(), cancel.clone()));
     tasks.spawn(crate::controllers::autoscaler::run(autoscaler_handles(&api), cancel.clone()));
     tasks.spawn(crate::backup::schedule(backup_handles(&api), config.backup.clone(), cancel.clone()));
     tasks.spawn(crate::backup::release_when_all_seen(backup_handles(&api), cancel.clone()));
@@ -247,8 +247,13 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
                 None
             }
         });
-        let serve =
-            crate::metrics::serve(metrics_handles(&api), listen, config.cluster_name.clone(), token, cancel.clone());
+        let serve = crate::observability::metrics::serve(
+            metrics_handles(&api),
+            listen,
+            config.cluster_name.clone(),
+            token,
+            cancel.clone(),
+        );
         tasks.spawn(serve);
     }
     let renewal =
@@ -309,9 +314,9 @@ fn backup_handles(api: &Api) -> crate::backup::Handles {
 }
 
 /// What `/metrics` and the dashboard read.
-pub fn metrics_handles(api: &Api) -> crate::metrics::Handles {
-    crate::metrics::Handles {
-        dashboard: crate::dashboard::Handles {
+pub fn metrics_handles(api: &Api) -> crate::observability::metrics::Handles {
+    crate::observability::metrics::Handles {
+        dashboard: crate::observability::dashboard::Handles {
             objects: api.objects.clone(),
             registry: api.registry.clone(),
             usage: api.usage.clone(),
@@ -324,8 +329,8 @@ pub fn metrics_handles(api: &Api) -> crate::metrics::Handles {
 }
 
 /// What relaying logs, exec, images and volumes to boards uses.
-fn relay_handles(api: &Api) -> crate::relay::Handles {
-    crate::relay::Handles {
+fn relay_handles(api: &Api) -> crate::edge::relay::Handles {
+    crate::edge::relay::Handles {
         objects: api.objects.clone(),
         registry: api.registry.clone(),
         published: api.published.clone(),

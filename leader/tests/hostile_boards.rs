@@ -11,7 +11,7 @@ fn api() -> bramble_leader::api::Api {
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
     let events = Arc::new(bramble_leader::events::Events::new());
     let registry =
-        Arc::new(bramble_leader::nodes::NodeRegistry::new(std::time::Duration::from_secs(15), events.clone()));
+        Arc::new(bramble_leader::boards::nodes::NodeRegistry::new(std::time::Duration::from_secs(15), events.clone()));
     let ca = bramble_transport::pki::Ca::generate("t").unwrap();
     let objects = bramble_leader::objects::Objects::new(store);
     let api = bramble_leader::api::Api::new(objects, ca, registry, events, Default::default());

@@ -4,7 +4,7 @@
 use bramble_agent::join::{self, JoinError};
 use bramble_agent::sysinfo::node_info;
 use bramble_agent::AgentConfig;
-use bramble_leader::{init::init, tokens, LeaderConfig, RunningLeader};
+use bramble_leader::{init::init, trust::tokens, LeaderConfig, RunningLeader};
 use bramble_proto::time::now_ms;
 use bramble_proto::wire::{ErrorCode, Request, Response};
 use bramble_transport::pki::{node_csr, Ca};

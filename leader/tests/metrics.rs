@@ -27,7 +27,8 @@ async fn a_taken_or_invalid_metrics_address_does_not_stop_the_leader() {
     }
     // The text is rendered from the leader's state even with nothing in it.
     let (_dir, leader) = start_with_metrics("127.0.0.1:0").await;
-    let text = bramble_leader::metrics::render(&bramble_leader::wiring::metrics_handles(&leader.api)).unwrap();
+    let text =
+        bramble_leader::observability::metrics::render(&bramble_leader::wiring::metrics_handles(&leader.api)).unwrap();
     assert!(text.contains("\nbramble_sessions 0.0\n") && text.ends_with("# EOF\n"), "{text}");
     assert!(text.contains("\nbramble_store_size_bytes "), "{text}");
     leader.shutdown(Duration::from_secs(2)).await;
@@ -53,7 +54,8 @@ async fn the_grafana_dashboard_asks_only_for_metrics_the_leader_serves() {
         let replicas = vec![ReplicaSample { replica: "web-1".into(), cpu_ns: ns / 4, ..Default::default() }];
         leader.api.usage.record("pi-1", UsageSample { at_ms: t, node, replicas }, 1_000 + t, |_| Some("web".into()));
     }
-    let text = bramble_leader::metrics::render(&bramble_leader::wiring::metrics_handles(&leader.api)).unwrap();
+    let text =
+        bramble_leader::observability::metrics::render(&bramble_leader::wiring::metrics_handles(&leader.api)).unwrap();
     assert!(text.contains("bramble_node_cpu_usage_cores{node=\"pi-1\"} 1.0"), "{text}");
     let dashboard = include_str!("../../dist/grafana/bramble-dashboard.json");
     let mut asked = std::collections::BTreeSet::new();
@@ -65,7 +67,7 @@ async fn the_grafana_dashboard_asks_only_for_metrics_the_leader_serves() {
     }
     assert!(asked.len() >= 8, "{asked:?}");
     // Served now, or (for what needs nodes and apps in the store) registered under that name.
-    let source = include_str!("../src/metrics.rs");
+    let source = include_str!("../src/observability/metrics.rs");
     for name in asked {
         let registered = source.contains(&format!("\"{}\"", name.trim_start_matches("bramble_")));
         assert!(

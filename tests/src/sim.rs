@@ -15,12 +15,12 @@ use bramble_agent::net::node::Controller as NetController;
 use bramble_agent::reconcile::fake::{Call, FakeContainers, FakeImages, FakeNetwork};
 use bramble_agent::reconcile::{Containers, Images, Input, Job, Network, Reconciler};
 use bramble_agent::session::machine::{Output, Session as AgentSession};
+use bramble_leader::boards::nodes::{NodeRegistry, Session};
+use bramble_leader::boards::observed::Observed;
 use bramble_leader::controllers::desired::DesiredSets;
 use bramble_leader::controllers::{run, Context};
 use bramble_leader::events::Events;
-use bramble_leader::nodes::{NodeRegistry, Session};
 use bramble_leader::objects::Objects;
-use bramble_leader::observed::Observed;
 use bramble_leader::sessions::machine::{Payload, Session as LeaderSession};
 use bramble_leader::store::{Expect, MemStore, Store};
 use bramble_proto::manifest::{parse_manifest, AppSpec};
@@ -264,7 +264,7 @@ impl Sim {
     /// every session hears that a secret changed. (The sim keeps no values: versions are what the
     /// rules are about.)
     pub fn put_secret(&mut self, name: &str) {
-        use bramble_leader::secrets::{Sealed, StoredSecret};
+        use bramble_leader::trust::secrets::{Sealed, StoredSecret};
         let objects = self.objects();
         let now = self.clock.now_ms();
         let current = objects.get::<StoredSecret>(name).expect("secrets read");
@@ -298,7 +298,7 @@ impl Sim {
     /// sets back, a board keeps what the replicas the backup does not know use: then it holds at
     /// least those of its set, each at its current version.
     pub fn check_secrets(&self) {
-        use bramble_leader::secrets::StoredSecret;
+        use bramble_leader::trust::secrets::StoredSecret;
         let Some(sets) = &self.published else { return };
         let objects = self.objects();
         for b in self.boards.iter().filter(|b| b.session.is_some()) {
@@ -677,14 +677,14 @@ impl Board {
         for msg in session.agent.report(&images, &[], &statuses) {
             match msg {
                 AgentMsg::Status { replicas, .. } => {
-                    bramble_leader::reports::statuses(ctx, &self.name, replicas, now);
+                    bramble_leader::sessions::reports::statuses(ctx, &self.name, replicas, now);
                 }
-                AgentMsg::Images(list) => bramble_leader::reports::images(ctx, &self.name, list),
+                AgentMsg::Images(list) => bramble_leader::sessions::reports::images(ctx, &self.name, list),
                 _ => {}
             }
         }
         for e in agent.take_events() {
-            bramble_leader::reports::event(ctx, &self.name, e);
+            bramble_leader::sessions::reports::event(ctx, &self.name, e);
         }
     }
 
@@ -704,7 +704,7 @@ impl Board {
         let load = |kind: Payload, name: &str| -> Result<_, String> {
             Ok(match kind {
                 Payload::Secrets => objects
-                    .get::<bramble_leader::secrets::StoredSecret>(name)
+                    .get::<bramble_leader::trust::secrets::StoredSecret>(name)
                     .map_err(|e| e.to_string())?
                     .map(|v| (v.value.version, BTreeMap::new())),
                 Payload::Configs => objects

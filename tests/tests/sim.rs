@@ -194,7 +194,12 @@ fn a_rogue_boards_platform_miss_changes_nothing_elsewhere() {
     };
     let elsewhere = before.iter().find(|(_, n)| n.as_deref() != Some("board-1")).unwrap().0.clone();
     let now = sim.now_ms();
-    bramble_leader::reports::statuses(sim.ctx(), "board-1", vec![lie("web-nosuch-abcde"), lie(&elsewhere)], now);
+    bramble_leader::sessions::reports::statuses(
+        sim.ctx(),
+        "board-1",
+        vec![lie("web-nosuch-abcde"), lie(&elsewhere)],
+        now,
+    );
     for _ in 0..5 {
         sim.step(Duration::from_secs(1));
     }
@@ -205,7 +210,7 @@ fn a_rogue_boards_platform_miss_changes_nothing_elsewhere() {
     let mine = before.iter().find(|(_, n)| n.as_deref() == Some("board-1")).unwrap().0.clone();
     for r in [&elsewhere, &mine] {
         let e = bramble_proto::model::Event::replica(now, "web", r, EventReason::Unhealthy, "made up");
-        bramble_leader::reports::event(sim.ctx(), "board-1", e);
+        bramble_leader::sessions::reports::event(sim.ctx(), "board-1", e);
     }
     let made_up: Vec<String> =
         sim.ctx().events.filter(|e| e.message.starts_with("made up")).into_iter().map(|e| e.object.name).collect();
@@ -213,7 +218,7 @@ fn a_rogue_boards_platform_miss_changes_nothing_elsewhere() {
     // About its own replica: only board-1's replicas move.
     let own = before.iter().find(|(_, n)| n.as_deref() == Some("board-1")).unwrap().0.clone();
     let now = sim.now_ms();
-    bramble_leader::reports::statuses(sim.ctx(), "board-1", vec![lie(&own)], now);
+    bramble_leader::sessions::reports::statuses(sim.ctx(), "board-1", vec![lie(&own)], now);
     sim.run_until(30, Sim::converged).expect("settles");
     let rs = sim.replicas("web");
     assert_eq!(rs.len(), 6);
@@ -456,7 +461,7 @@ fn a_board_that_does_not_confirm_holds_a_drain_for_two_seconds_at_most() {
 /// replicas, each held at its request (its CPU quota). Counters grow by what each did in `dt`.
 fn measure(
     sim: &Sim,
-    usage: &bramble_leader::usage::Usage,
+    usage: &bramble_leader::boards::usage::Usage,
     counters: &mut std::collections::BTreeMap<String, u64>,
     load: u64,
     request: u64,
@@ -492,7 +497,7 @@ fn the_autoscaler_follows_the_load_without_overshoot_and_shrinks_only_after_its_
         "[[app]]\nname = \"api\"\nimage = \"reg/api:1\"\nresources = { cpu = \"500m\" }\n\
          [app.autoscale]\nmin = 1\nmax = 6\ncpu = \"50%\"\nscale_down_window = \"60s\"\nscale_up_period = \"15s\"\n",
     );
-    let usage = bramble_leader::usage::Usage::new();
+    let usage = bramble_leader::boards::usage::Usage::new();
     let autoscaler = bramble_leader::controllers::autoscaler::Autoscaler::default();
     let mut counters = std::collections::BTreeMap::new();
     let count = |sim: &Sim| sim.spec("api").replicas.0;

@@ -16,7 +16,7 @@ fn api() -> &'static bramble_leader::api::Api {
         let store: Arc<dyn Store> = Arc::new(MemStore::new());
         let events = Arc::new(bramble_leader::events::Events::new());
         let registry =
-            Arc::new(bramble_leader::nodes::NodeRegistry::new(std::time::Duration::from_secs(15), events.clone()));
+            Arc::new(bramble_leader::boards::nodes::NodeRegistry::new(std::time::Duration::from_secs(15), events.clone()));
         let ca = bramble_transport::pki::Ca::generate("fuzz").unwrap();
         let api = bramble_leader::api::Api::new(
             bramble_leader::objects::Objects::new(store),

@@ -14,7 +14,7 @@
 //! usage.rs     Top: `bramble top`, what boards and replicas use beside what they ask for
 //! ```
 //! The rest — users, tokens, configs, images, volumes, backups, leaders, events — is answered in
-//! `dispatch` below; logs, exec, images and volumes go on to the board through `crate::relay`.
+//! `dispatch` below; logs, exec, images and volumes go on to the board through `crate::edge::relay`.
 
 pub mod apps;
 pub mod nodes;
@@ -24,12 +24,12 @@ pub mod secrets;
 pub mod services;
 pub mod usage;
 
+use crate::boards::nodes::NodeRegistry;
+use crate::boards::observed::Observed;
 use crate::controllers::{Context, Published};
 use crate::error::{Error, Result};
 use crate::events::Events;
-use crate::nodes::NodeRegistry;
 use crate::objects::Objects;
-use crate::observed::Observed;
 use bramble_proto::model::{Event, EventReason, ObjectRef};
 use bramble_proto::names::check_dns_subdomain;
 use bramble_proto::network::ClusterNetwork;
@@ -53,13 +53,13 @@ pub struct Api {
     pub network: Arc<ClusterNetwork>,
     pub drain: Arc<crate::controllers::drain::Drain>,
     /// Seals secrets' values (the data dir's `secrets.key`; in memory for tests).
-    pub keyring: Arc<crate::secrets::Keyring>,
+    pub keyring: Arc<crate::trust::secrets::Keyring>,
     /// Revoked user certificates, checked on every connection.
-    pub revoked: Arc<crate::users::Revoked>,
+    pub revoked: Arc<crate::trust::users::Revoked>,
     /// How long the certificates given to boards (at join and renewal) live.
     pub node_cert_lifetime: Duration,
     /// What boards and replicas use (memory only).
-    pub usage: Arc<crate::usage::Usage>,
+    pub usage: Arc<crate::boards::usage::Usage>,
     /// The autoscaler's recommendations and last decisions (memory only).
     pub autoscaler: Arc<crate::controllers::autoscaler::Autoscaler>,
     /// The store's file, for its size in `/metrics` (none: in memory).
@@ -96,8 +96,8 @@ impl Api {
         network: ClusterNetwork,
     ) -> Api {
         let (observed, published, network) = (Arc::new(Observed::new()), Arc::default(), Arc::new(network));
-        let keyring = Arc::new(crate::secrets::Keyring::ephemeral().expect("randomness for a secrets key"));
-        let revoked = Arc::new(crate::users::Revoked::load_or_refuse_all(&objects));
+        let keyring = Arc::new(crate::trust::secrets::Keyring::ephemeral().expect("randomness for a secrets key"));
+        let revoked = Arc::new(crate::trust::users::Revoked::load_or_refuse_all(&objects));
         Api {
             objects,
             ca,
@@ -135,7 +135,7 @@ impl Api {
     }
 
     /// Seals secrets with `keyring` (the leader's `secrets.key`) instead of a key in memory.
-    pub fn with_keyring(mut self, keyring: crate::secrets::Keyring) -> Api {
+    pub fn with_keyring(mut self, keyring: crate::trust::secrets::Keyring) -> Api {
         self.keyring = Arc::new(keyring);
         self
     }
@@ -300,19 +300,20 @@ impl Api {
             Request::Logs(_) | Request::Image { .. } | Request::Exec(_) | Request::Volume { .. } => {
                 Err(Error::Invalid("this request is relayed to an agent on a stream of its own".into()))
             }
-            Request::GetTokens => Ok(Response::Tokens(crate::tokens::list(&self.objects, now_ms())?)),
-            Request::RevokeToken { id } => Ok(Response::Done(crate::tokens::revoke(&self.objects, &id)?)),
+            Request::GetTokens => Ok(Response::Tokens(crate::trust::tokens::list(&self.objects, now_ms())?)),
+            Request::RevokeToken { id } => Ok(Response::Done(crate::trust::tokens::revoke(&self.objects, &id)?)),
             Request::CreateToken { ttl_secs, single_use } => {
                 let fp = self.ca.fingerprint();
                 let ttl = Duration::from_secs(ttl_secs);
-                let (token, expires_ms) = crate::tokens::create_with(&self.objects, &fp, ttl, single_use, now_ms())?;
+                let (token, expires_ms) =
+                    crate::trust::tokens::create_with(&self.objects, &fp, ttl, single_use, now_ms())?;
                 Ok(Response::Token { token: token.to_string(), expires_ms })
             }
             Request::CreateUser { name, role, ttl_secs, csr_pem } => {
                 let role: Role = role.parse().map_err(|e| Error::Invalid(format!("role: {e}")))?;
                 let ttl = Duration::from_secs(ttl_secs);
                 let (cert_pem, expires_ms) =
-                    crate::users::create(&self.objects, &self.ca, &name, role, ttl, &csr_pem, who, now_ms())?;
+                    crate::trust::users::create(&self.objects, &self.ca, &name, role, ttl, &csr_pem, who, now_ms())?;
                 self.events.record(Event::new(
                     now_ms(),
                     ObjectRef::new(Kind::User, name.clone()),
@@ -324,7 +325,7 @@ impl Api {
                 ));
                 Ok(Response::User { cert_pem, ca_pem: self.ca.cert_pem().to_string(), expires_ms })
             }
-            Request::GetUsers => Ok(Response::Users(crate::users::list(&self.objects, now_ms())?)),
+            Request::GetUsers => Ok(Response::Users(crate::trust::users::list(&self.objects, now_ms())?)),
             Request::Backup => {
                 let (dir, name) = self
                     .data_dir
@@ -346,7 +347,7 @@ impl Api {
             }
             Request::Top { app } => self.top().top(app.as_deref()),
             Request::RevokeUser { name } => {
-                let done = crate::users::revoke(&self.objects, &self.revoked, &name, now_ms())?;
+                let done = crate::trust::users::revoke(&self.objects, &self.revoked, &name, now_ms())?;
                 self.events.record(Event::new(
                     now_ms(),
                     ObjectRef::new(Kind::User, name.clone()),

@@ -16,9 +16,9 @@ use std::net::Ipv4Addr;
 pub struct Nodes<'a> {
     pub objects: &'a Objects,
     pub ca: &'a bramble_transport::pki::Ca,
-    pub registry: &'a crate::nodes::NodeRegistry,
+    pub registry: &'a crate::boards::nodes::NodeRegistry,
     pub events: &'a crate::events::Events,
-    pub observed: &'a crate::observed::Observed,
+    pub observed: &'a crate::boards::observed::Observed,
     pub published: &'a crate::controllers::Published,
     pub network: &'a bramble_proto::network::ClusterNetwork,
     /// How long the certificates given at join live.
@@ -27,7 +27,7 @@ pub struct Nodes<'a> {
 
 impl Nodes<'_> {
     pub(super) fn join(&self, token: &str, node_name: &str, csr_pem: &str, mut info: NodeInfo) -> Result<Response> {
-        crate::tokens::verify(self.objects, &self.ca.fingerprint(), token, now_ms())?;
+        crate::trust::tokens::verify(self.objects, &self.ca.fingerprint(), token, now_ms())?;
         check_dns_subdomain(node_name).map_err(|e| Error::Invalid(format!("join refused: node {e}")))?;
         let (cert_pem, key_fp) = self
             .ca
@@ -54,7 +54,7 @@ impl Nodes<'_> {
                 self.events.node(node_name, EventReason::NodeJoined, "the node joined the cluster", now_ms());
             }
         }
-        crate::tokens::used(self.objects, token)?;
+        crate::trust::tokens::used(self.objects, token)?;
         Ok(Response::Joined { node_name: node_name.to_string(), cert_pem, ca_pem: self.ca.cert_pem().to_string() })
     }
 

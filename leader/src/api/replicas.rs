@@ -12,7 +12,7 @@ use bramble_proto::wire::Response;
 pub struct Replicas<'a> {
     pub objects: &'a Objects,
     pub events: &'a crate::events::Events,
-    pub observed: &'a crate::observed::Observed,
+    pub observed: &'a crate::boards::observed::Observed,
     pub published: &'a crate::controllers::Published,
     pub autoscaler: &'a crate::controllers::autoscaler::Autoscaler,
 }

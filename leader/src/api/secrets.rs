@@ -1,11 +1,11 @@
 //! Secrets through the API: created, updated, listed, described and deleted — never read. Values
-//! are sealed before they reach the store (`crate::secrets`); answers, events and logs carry key
+//! are sealed before they reach the store (`crate::trust::secrets`); answers, events and logs carry key
 //! names and sizes only.
 
 use crate::error::{Error, Result};
 use crate::objects::{key, Object, Objects};
-use crate::secrets::{check, StoredSecret};
 use crate::store::{Expect, StoreError, TxnOp};
+use crate::trust::secrets::{check, StoredSecret};
 use bramble_proto::model::{Event, EventReason, Kind, ObjectMeta, ObjectRef};
 use bramble_proto::names::check_dns_label;
 use bramble_proto::time::now_ms;
@@ -65,7 +65,7 @@ pub(super) fn access(
 /// controller (apps using a changed secret roll).
 pub struct Secrets<'a> {
     pub objects: &'a Objects,
-    pub keyring: &'a crate::secrets::Keyring,
+    pub keyring: &'a crate::trust::secrets::Keyring,
     pub events: &'a crate::events::Events,
     pub published: &'a crate::controllers::Published,
 }
@@ -218,9 +218,9 @@ pub(super) fn delete_ops(objects: &Objects, names: &[String]) -> Result<(Vec<Txn
 #[cfg(test)]
 mod tests {
     use crate::api::Api;
+    use crate::boards::nodes::NodeRegistry;
     use crate::error::Error;
     use crate::events::Events;
-    use crate::nodes::NodeRegistry;
     use crate::objects::Objects;
     use crate::store::{MemStore, Store};
     use bramble_proto::manifest::parse_manifest;

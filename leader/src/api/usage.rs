@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 /// What `bramble top` reads.
 pub struct Top<'a> {
     pub objects: &'a crate::objects::Objects,
-    pub usage: &'a crate::usage::Usage,
+    pub usage: &'a crate::boards::usage::Usage,
 }
 
 impl Top<'_> {

@@ -5,11 +5,11 @@
 //! kept in memory (`describe app` shows them); after a leader restart the window starts empty, so
 //! nothing shrinks until it has filled.
 
+use crate::boards::usage::Usage;
 use crate::controllers::autoscale::{decide, Decision, Observed, Policy};
 use crate::error::Result;
 use crate::events::Events;
 use crate::objects::Objects;
-use crate::usage::Usage;
 use bramble_proto::manifest::Replicas;
 use bramble_proto::model::{App, Event, EventReason, ObjectRef, Replica, ReplicaPhase};
 use std::collections::{HashMap, VecDeque};

@@ -27,11 +27,11 @@ pub mod rollout;
 pub mod run;
 pub mod snapshot;
 
+use crate::boards::nodes::NodeRegistry;
+use crate::boards::observed::Observed;
 use crate::events::Events;
 use crate::network::view::NetworkView;
-use crate::nodes::NodeRegistry;
 use crate::objects::Objects;
-use crate::observed::Observed;
 use bramble_proto::network::ClusterNetwork;
 use desired::DesiredSets;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};

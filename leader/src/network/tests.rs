@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::api::Api;
+use crate::boards::nodes::{NodeRegistry, Session};
 use crate::events::Events;
-use crate::nodes::{NodeRegistry, Session};
 use crate::store::{MemStore, Store};
 use bramble_proto::manifest::parse_manifest;
 use bramble_proto::model::{Arch, ConditionStatus, EventReason, Node, NodeInfo, Resources, Service};

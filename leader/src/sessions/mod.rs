@@ -1,12 +1,13 @@
 //! A board's session on the leader. `machine.rs` holds one session's rules without I/O — what
 //! the board is sent and in which order — with unit tests; [`session`] is its driver (frames,
 //! watches, the store reads the machine asks for off the async threads), and [`absorb`] is what
-//! each message from the board changes. `crate::server` hands it the session's stream.
+//! each message from the board changes. `crate::edge` hands it the session's stream.
 
 pub mod machine;
+pub mod reports;
 
 use crate::api::Api;
-use crate::nodes::Session;
+use crate::boards::nodes::Session;
 use bramble_proto::codec::MAX_FRAME_LEN;
 use bramble_proto::model::Node;
 use bramble_proto::time::now_ms;
@@ -207,7 +208,8 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
 fn load(api: &Api, kind: Payload, name: &str) -> Result<Option<Versioned>, String> {
     match kind {
         Payload::Secrets => {
-            let Some(v) = api.objects.get::<crate::secrets::StoredSecret>(name).map_err(|e| e.to_string())? else {
+            let Some(v) = api.objects.get::<crate::trust::secrets::StoredSecret>(name).map_err(|e| e.to_string())?
+            else {
                 return Ok(None);
             };
             let values = api.keyring.open(name, &v.value.sealed).map_err(|e| e.to_string())?;
@@ -243,9 +245,9 @@ pub fn absorb(api: &Api, name: &str, msg: AgentMsg, now: u64) -> bool {
             }
             false
         }
-        AgentMsg::Status { replicas, .. } => crate::reports::statuses(&api.context(), name, replicas, now),
+        AgentMsg::Status { replicas, .. } => crate::sessions::reports::statuses(&api.context(), name, replicas, now),
         AgentMsg::Images(list) => {
-            crate::reports::images(&api.context(), name, list);
+            crate::sessions::reports::images(&api.context(), name, list);
             false
         }
         AgentMsg::Volumes(list) => {
@@ -267,7 +269,7 @@ pub fn absorb(api: &Api, name: &str, msg: AgentMsg, now: u64) -> bool {
             true
         }
         AgentMsg::Event(e) => {
-            crate::reports::event(&api.context(), name, e);
+            crate::sessions::reports::event(&api.context(), name, e);
             false
         }
     }

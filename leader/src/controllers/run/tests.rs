@@ -3,10 +3,10 @@
 //! desired sets it leaves.
 
 use super::*;
+use crate::boards::nodes::{NodeRegistry, Session};
+use crate::boards::observed::Observed;
 use crate::events::Events;
-use crate::nodes::{NodeRegistry, Session};
 use crate::objects::{Objects, Versioned};
-use crate::observed::Observed;
 use crate::store::{Expect, RedbStore, Store};
 use bramble_proto::manifest::parse_manifest;
 use bramble_proto::model::{Arch, EventReason, Node, NodeInfo, Replica, ReplicaPhase, Resources};

@@ -22,7 +22,7 @@ use tracing::{info, warn};
 #[derive(Debug, Clone)]
 pub struct Handles {
     /// The store, readiness, usage and events (the dashboard reads only these).
-    pub dashboard: crate::dashboard::Handles,
+    pub dashboard: crate::observability::dashboard::Handles,
     /// The store's file, for its size (none: in memory).
     pub store_path: Option<std::path::PathBuf>,
     /// Scheduled backups' results.
@@ -32,8 +32,8 @@ pub struct Handles {
 }
 
 impl std::ops::Deref for Handles {
-    type Target = crate::dashboard::Handles;
-    fn deref(&self) -> &crate::dashboard::Handles {
+    type Target = crate::observability::dashboard::Handles;
+    fn deref(&self) -> &crate::observability::dashboard::Handles {
         &self.dashboard
     }
 }
@@ -319,13 +319,13 @@ pub async fn serve(
                     }
                 }
                 Some("/") | Some("/index.html") => {
-                    ("200 OK", "text/html; charset=utf-8", crate::dashboard::INDEX_HTML.to_string())
+                    ("200 OK", "text/html; charset=utf-8", crate::observability::dashboard::INDEX_HTML.to_string())
                 }
                 Some("/api/cluster") => {
                     let a = api.clone();
                     let details = bears(&head, token.as_deref());
                     match tokio::task::spawn_blocking(move || {
-                        crate::dashboard::cluster(&a.dashboard, &cluster_name, details)
+                        crate::observability::dashboard::cluster(&a.dashboard, &cluster_name, details)
                     })
                     .await
                     {

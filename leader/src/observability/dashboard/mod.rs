@@ -3,10 +3,10 @@
 //! charts of the last minutes, apps with their replicas by phase, recent events. Served by the
 //! metrics listener.
 
+use crate::boards::nodes::NodeRegistry;
+use crate::boards::usage::Usage;
 use crate::events::Events;
-use crate::nodes::NodeRegistry;
 use crate::objects::Objects;
-use crate::usage::Usage;
 use bramble_proto::model::{App, ConditionStatus, Node, Replica};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -119,7 +119,7 @@ mod tests {
 
     #[test]
     fn the_token_is_a_bearer_header_compared_whole() {
-        use crate::metrics::bears;
+        use crate::observability::metrics::bears;
         let head = "GET /api/cluster HTTP/1.1\r\nHost: x\r\nauthorization: Bearer s3cret\r\n\r\n";
         assert!(bears(head, Some("s3cret")));
         assert!(!bears(head, Some("s3cre")), "a prefix is not the token");

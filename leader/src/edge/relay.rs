@@ -19,7 +19,7 @@ use tracing::debug;
 #[derive(Debug, Clone)]
 pub struct Handles {
     pub objects: crate::objects::Objects,
-    pub registry: Arc<crate::nodes::NodeRegistry>,
+    pub registry: Arc<crate::boards::nodes::NodeRegistry>,
     pub published: Arc<crate::controllers::Published>,
 }
 

@@ -2,6 +2,8 @@
 //! relays and agent sessions (`crate::sessions`); a standby's edge; the serving certificate's
 //! renewal. Started by `crate::wiring`.
 
+pub mod relay;
+
 use crate::api::Api;
 use crate::ha::Ha;
 use crate::init::Layout;
@@ -72,7 +74,7 @@ async fn standby_stream(ha: Arc<Ha>, identified: bool, mut send: SendStream, mut
 #[derive(Debug, Clone)]
 pub(crate) struct Edge {
     pub(crate) api: Arc<Api>,
-    pub(crate) relay: crate::relay::Handles,
+    pub(crate) relay: crate::edge::relay::Handles,
     /// How often boards send a heartbeat (told in the welcome).
     pub(crate) heartbeat: Duration,
 }
@@ -273,10 +275,10 @@ async fn serve_stream(
                 return;
             }
             match req {
-                Request::Logs(req) => crate::relay::serve(relay, req, send, recv).await,
-                Request::Image { node, op } => crate::relay::image(relay, node, op, send, recv).await,
-                Request::Exec(req) => crate::relay::exec(relay, req, send, recv).await,
-                Request::Volume { node, op } => crate::relay::volume(relay, node, op, send).await,
+                Request::Logs(req) => crate::edge::relay::serve(relay, req, send, recv).await,
+                Request::Image { node, op } => crate::edge::relay::image(relay, node, op, send, recv).await,
+                Request::Exec(req) => crate::edge::relay::exec(relay, req, send, recv).await,
+                Request::Volume { node, op } => crate::edge::relay::volume(relay, node, op, send).await,
                 _ => unreachable!("matched above"),
             }
         }

@@ -233,7 +233,8 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
     }
     // Each task gets the handles it uses, and nothing else.
     let tasks = TaskTracker::new();
-    let edge = Edge { api: api.clone(), relay: relay_handles(&api), heartbeat: config.nodes.heartbeat.0 };
+    let heartbeat = config.nodes.heartbeat.0;
+    let edge = Edge { api: api.clone(), relay: relay_handles(&api), sessions: session_handles(&api), heartbeat };
     tasks.spawn(accept_loop(endpoint.clone(), edge, cancel.clone(), tasks.clone()));
     tasks.spawn(crate::boards::nodes::monitor(api.objects.clone(), api.registry.clone(), cancel.clone()));
     tasks.spawn(crate::controllers::autoscaler::run(autoscaler_handles(&api), cancel.clone()));
@@ -334,5 +335,18 @@ fn relay_handles(api: &Api) -> crate::edge::relay::Handles {
         objects: api.objects.clone(),
         registry: api.registry.clone(),
         published: api.published.clone(),
+    }
+}
+
+/// What boards' sessions use.
+pub fn session_handles(api: &Api) -> crate::sessions::Handles {
+    crate::sessions::Handles {
+        ctx: api.context(),
+        published: api.published.clone(),
+        restored: api.restored.clone(),
+        keyring: api.keyring.clone(),
+        usage: api.usage.clone(),
+        ca: api.ca.clone(),
+        node_cert_lifetime: api.node_cert_lifetime,
     }
 }

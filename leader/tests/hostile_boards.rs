@@ -54,6 +54,7 @@ fn seeds() -> Vec<String> {
 #[test]
 fn mutated_board_messages_never_panic_nor_reach_another_board() {
     let api = api();
+    let sessions = bramble_leader::wiring::session_handles(&api);
     let mut rng: u64 = 0x2027;
     let mut next = |n: usize| {
         rng ^= rng << 13;
@@ -81,7 +82,7 @@ fn mutated_board_messages_never_panic_nor_reach_another_board() {
         }
         if let Ok(msg) = serde_json::from_str::<AgentMsg>(&text) {
             decoded += 1;
-            bramble_leader::sessions::absorb(&api, "pi-1", msg, 1);
+            bramble_leader::sessions::absorb(&sessions, "pi-1", msg, 1);
         }
     }
     assert!(decoded > 1000, "the mutations must reach absorb: {decoded} decoded");

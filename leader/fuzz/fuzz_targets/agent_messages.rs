@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
     let mut d = FrameDecoder::new(1 << 16);
     d.push(data);
     while let Ok(Some(msg)) = d.next_frame::<AgentMsg>() {
-        bramble_leader::sessions::absorb(api, "pi-1", msg, 1);
+        bramble_leader::sessions::absorb(&bramble_leader::wiring::session_handles(api), "pi-1", msg, 1);
     }
     let other = api.objects.get::<bramble_proto::model::Replica>("web-other").unwrap().unwrap().value;
     assert_eq!(other.node.as_deref(), Some("pi-2"));

@@ -5,7 +5,7 @@
 //! lends them for the request (`Api::nodes()`, `Api::secrets()`, …).
 //!
 //! ```text
-//! nodes.rs     Nodes: join, get/describe nodes, label, cordon, delete, what agents report
+//! nodes.rs     Nodes: join, get/describe nodes, label, cordon, delete
 //! apps.rs      apply (all or nothing), dry run, list and delete apps, services and configs
 //! replicas.rs  Replicas: describe replicas and apps, scale
 //! rollouts.rs  Rollouts: an app's revision history, undo, restart; new revisions for changes
@@ -45,7 +45,7 @@ use std::time::Duration;
 /// it uses.
 pub struct Api {
     pub objects: Objects,
-    pub ca: Ca,
+    pub ca: Arc<Ca>,
     pub registry: Arc<NodeRegistry>,
     pub events: Arc<Events>,
     pub observed: Arc<Observed>,
@@ -100,7 +100,7 @@ impl Api {
         let revoked = Arc::new(crate::trust::users::Revoked::load_or_refuse_all(&objects));
         Api {
             objects,
-            ca,
+            ca: Arc::new(ca),
             registry,
             events,
             observed,

@@ -1,5 +1,5 @@
-//! Nodes through the API: joining with a token, listing, describing, labels and cordons, and what
-//! an agent reports about its board.
+//! Nodes through the API: joining with a token, listing, describing, labels, cordons and
+//! deletion. (What an agent reports about its board is `crate::sessions::reports::node_info`.)
 
 use crate::error::{Error, Result};
 use crate::objects::{keys, Objects};
@@ -9,7 +9,6 @@ use bramble_proto::names::{check_dns_subdomain, check_label_key, check_label_val
 use bramble_proto::time::now_ms;
 use bramble_proto::wire::Response;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 
 /// What the node requests use: the store, the CA (joins), readiness, what boards reported, the
 /// cluster's network (pod subnets) and the replica controller's wake-up.
@@ -114,53 +113,6 @@ impl Nodes<'_> {
             now_ms(),
         );
         Ok(Response::Done(format!("node/{name} labeled")))
-    }
-
-    /// Records what an agent reports about its board, and the address its session comes from;
-    /// writes only if something changed.
-    pub fn set_node_info(
-        &self,
-        name: &str,
-        mut info: NodeInfo,
-        address: Option<Ipv4Addr>,
-        cert_expires_ms: Option<u64>,
-    ) -> Result<bool> {
-        let dropped = info.sanitize();
-        if !dropped.is_empty() {
-            tracing::debug!(node = name, ?dropped, "what the board reported was cut to bounds");
-        }
-        let news = std::cell::RefCell::new(None);
-        let changed = self.objects.update::<Node>(name, |node| {
-            // Since when the board's network has been unavailable, by this leader's clock.
-            let mut info = info.clone();
-            match (&node.info.network_problem, &mut info.network_problem) {
-                (Some(old), Some(new)) if old.reason == new.reason => new.since_ms = old.since_ms,
-                (_, Some(new)) => {
-                    new.since_ms = now_ms();
-                    *news.borrow_mut() =
-                        Some((EventReason::NetworkUnavailable, format!("{}: {}", new.reason, new.message)));
-                }
-                (Some(_), None) => {
-                    *news.borrow_mut() =
-                        Some((EventReason::NetworkAvailable, "the board's network works again".to_string()));
-                }
-                (None, None) => {}
-            }
-            let changed = node.info != info
-                || (address.is_some() && node.address != address)
-                || (cert_expires_ms.is_some() && node.cert_expires_ms != cert_expires_ms);
-            node.info = info;
-            node.address = address.or(node.address);
-            node.cert_expires_ms = cert_expires_ms.or(node.cert_expires_ms);
-            Ok(changed)
-        })?;
-        if let Some((reason, message)) = news.into_inner().filter(|_| changed) {
-            tracing::warn!(node = name, "{message}");
-            self.events.node(name, reason, message, now_ms());
-            // No new replica goes to a board that cannot network it (or back, once it can).
-            self.published.kick.notify_one();
-        }
-        Ok(changed)
     }
 
     /// Removes a node: its pod subnet is released, its replicas are replaced elsewhere. A board

@@ -75,6 +75,7 @@ async fn standby_stream(ha: Arc<Ha>, identified: bool, mut send: SendStream, mut
 pub(crate) struct Edge {
     pub(crate) api: Arc<Api>,
     pub(crate) relay: crate::edge::relay::Handles,
+    pub(crate) sessions: crate::sessions::Handles,
     /// How often boards send a heartbeat (told in the welcome).
     pub(crate) heartbeat: Duration,
 }
@@ -226,7 +227,7 @@ async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let Edge { api, relay, heartbeat } = edge;
+    let Edge { api, relay, sessions, heartbeat } = edge;
     // Without a certificate only a join is taken, and its frame is small: nothing larger is read
     // (or decoded) from a stranger.
     let limit = if identity.is_some() { MAX_FRAME_LEN } else { MAX_UNAUTHENTICATED_FRAME };
@@ -308,7 +309,7 @@ async fn serve_stream(
                 return;
             }
             let span = tracing::info_span!("session", node = %hello.node_name, epoch = hello.epoch);
-            crate::sessions::session(conn, identity, api, heartbeat, hello, send, recv).instrument(span).await;
+            crate::sessions::session(conn, identity, sessions, heartbeat, hello, send, recv).instrument(span).await;
         }
     }
 }

@@ -6,7 +6,6 @@
 pub mod machine;
 pub mod reports;
 
-use crate::api::Api;
 use crate::boards::nodes::Session;
 use bramble_proto::codec::MAX_FRAME_LEN;
 use bramble_proto::model::Node;
@@ -19,6 +18,21 @@ use quinn::{Connection, RecvStream, SendStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
+
+/// What a board's session uses: the controllers' context (the store, readiness, what boards
+/// report, events, the network, drains), what the replica controller publishes, the restore
+/// hold-back, the key that opens secrets, usage, and the CA that signs renewals.
+#[derive(Debug, Clone)]
+pub struct Handles {
+    pub ctx: crate::controllers::Context,
+    pub published: Arc<crate::controllers::Published>,
+    pub restored: Arc<std::sync::atomic::AtomicBool>,
+    pub keyring: Arc<crate::trust::secrets::Keyring>,
+    pub usage: Arc<crate::boards::usage::Usage>,
+    pub ca: Arc<bramble_transport::pki::Ca>,
+    /// How long renewed board certificates live.
+    pub node_cert_lifetime: Duration,
+}
 
 fn peer_not_after(conn: &Connection) -> Option<u64> {
     let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
@@ -35,7 +49,7 @@ async fn refuse(send: &mut SendStream, e: ApiError) {
 pub(crate) async fn session(
     conn: Connection,
     identity: Option<(Identity, String)>,
-    api: Arc<Api>,
+    api: Handles,
     heartbeat: Duration,
     hello: Hello,
     mut send: SendStream,
@@ -66,7 +80,7 @@ pub(crate) async fn session(
     let reported = || hello.info.addresses.iter().find_map(|a| a.parse::<std::net::Ipv4Addr>().ok());
     let address = seen.filter(|ip| !ip.is_loopback()).or_else(reported).or(seen);
     let checked = tokio::task::spawn_blocking(move || {
-        let node = a.objects.load::<Node>(&n).map_err(|_| {
+        let node = a.ctx.objects.load::<Node>(&n).map_err(|_| {
             ApiError::new(
                 ErrorCode::NotFound,
                 format!("node {n:?} is not registered with this leader; join again with a token"),
@@ -76,7 +90,8 @@ pub(crate) async fn session(
         if node.value.key_fingerprint != key_fp && node.value.old_key_fingerprint.as_deref() != Some(key_fp.as_str()) {
             return Err(ApiError::new(ErrorCode::PermissionDenied, format!("node {n:?} is bound to another key")));
         }
-        a.nodes().set_node_info(&n, info, address, cert_expires).map_err(ApiError::from)
+        reports::node_info(&a.ctx.objects, &a.ctx.events, &a.published.kick, &n, info, address, cert_expires)
+            .map_err(ApiError::from)
     })
     .await;
     match checked {
@@ -84,7 +99,7 @@ pub(crate) async fn session(
         Ok(Err(e)) => return refuse(&mut send, e).await,
         Err(e) => return refuse(&mut send, ApiError::new(ErrorCode::Internal, e.to_string())).await,
     }
-    let registry = api.registry.clone();
+    let registry = api.ctx.registry.clone();
     let epoch = hello.epoch;
     let address = conn.remote_address().to_string();
     let s = Session { epoch, address, connection: Some(conn.clone()) };
@@ -100,14 +115,14 @@ pub(crate) async fn session(
     };
     info!("session ended: {reason}");
     registry.disconnect(&name, epoch, &reason, now_ms());
-    api.drain.forget_node(&name);
+    api.ctx.drain.forget_node(&name);
     api.published.kick.notify_one();
 }
 
 /// The body of a session: the network and the node's desired set down (all first, then deltas),
 /// reports up.
-async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStream, mut recv: RecvStream) -> String {
-    let registry = api.registry.clone();
+async fn serve_session(api: &Handles, name: &str, epoch: u64, mut send: SendStream, mut recv: RecvStream) -> String {
+    let registry = api.ctx.registry.clone();
     // Frames arrive through a channel so that the loop selects only on cancel-safe futures.
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let reader = tokio::spawn(async move {
@@ -177,7 +192,7 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
                         let a = api.clone();
                         let n = name.to_string();
                         let signed = tokio::task::spawn_blocking(move || {
-                            renew(&a.ca, &a.objects, &a.events, a.node_cert_lifetime, &n, &csr_pem, now_ms())
+                            renew(&a.ca, &a.ctx.objects, &a.ctx.events, a.node_cert_lifetime, &n, &csr_pem, now_ms())
                         })
                         .await;
                         let reply = match signed {
@@ -205,10 +220,11 @@ async fn serve_session(api: &Arc<Api>, name: &str, epoch: u64, mut send: SendStr
 }
 
 /// `name`'s current version and files, if it exists (a secret opened from its sealed form).
-fn load(api: &Api, kind: Payload, name: &str) -> Result<Option<Versioned>, String> {
+fn load(api: &Handles, kind: Payload, name: &str) -> Result<Option<Versioned>, String> {
     match kind {
         Payload::Secrets => {
-            let Some(v) = api.objects.get::<crate::trust::secrets::StoredSecret>(name).map_err(|e| e.to_string())?
+            let Some(v) =
+                api.ctx.objects.get::<crate::trust::secrets::StoredSecret>(name).map_err(|e| e.to_string())?
             else {
                 return Ok(None);
             };
@@ -216,7 +232,7 @@ fn load(api: &Api, kind: Payload, name: &str) -> Result<Option<Versioned>, Strin
             Ok(Some((v.value.version, values)))
         }
         Payload::Configs => {
-            let Some(v) = api.objects.get::<bramble_proto::model::Config>(name).map_err(|e| e.to_string())? else {
+            let Some(v) = api.ctx.objects.get::<bramble_proto::model::Config>(name).map_err(|e| e.to_string())? else {
                 return Ok(None);
             };
             let files = v.value.spec.files.into_iter().map(|(k, s)| (k, s.into_bytes())).collect();
@@ -225,7 +241,7 @@ fn load(api: &Api, kind: Payload, name: &str) -> Result<Option<Versioned>, Strin
     }
 }
 
-async fn handle_agent_msg(api: &Arc<Api>, name: &str, msg: AgentMsg) {
+async fn handle_agent_msg(api: &Handles, name: &str, msg: AgentMsg) {
     let (a, n) = (api.clone(), name.to_string());
     let kick = tokio::task::spawn_blocking(move || absorb(&a, &n, msg, now_ms())).await;
     if kick.unwrap_or(false) {
@@ -236,22 +252,24 @@ async fn handle_agent_msg(api: &Arc<Api>, name: &str, msg: AgentMsg) {
 /// What board `name`'s message changes on the leader (the store, memory); true when the
 /// controller should look again at once. Everything a board says is checked here, where it lands
 /// (`leader/fuzz/fuzz_targets/agent_messages.rs` sends it anything).
-pub fn absorb(api: &Api, name: &str, msg: AgentMsg, now: u64) -> bool {
+pub fn absorb(api: &Handles, name: &str, msg: AgentMsg, now: u64) -> bool {
     match msg {
         AgentMsg::Heartbeat { .. } | AgentMsg::Renew { .. } => false, // (Renew: the session loop answers it)
         AgentMsg::Info(info) => {
-            if let Err(e) = api.nodes().set_node_info(name, info, None, None) {
+            if let Err(e) =
+                reports::node_info(&api.ctx.objects, &api.ctx.events, &api.published.kick, name, info, None, None)
+            {
                 warn!("cannot record node info: {e}");
             }
             false
         }
-        AgentMsg::Status { replicas, .. } => crate::sessions::reports::statuses(&api.context(), name, replicas, now),
+        AgentMsg::Status { replicas, .. } => reports::statuses(&api.ctx, name, replicas, now),
         AgentMsg::Images(list) => {
-            crate::sessions::reports::images(&api.context(), name, list);
+            reports::images(&api.ctx, name, list);
             false
         }
         AgentMsg::Volumes(list) => {
-            api.observed.set_node_volumes(name, list);
+            api.ctx.observed.set_node_volumes(name, list);
             false
         }
         AgentMsg::Usage(sample) => {
@@ -264,12 +282,12 @@ pub fn absorb(api: &Api, name: &str, msg: AgentMsg, now: u64) -> bool {
             false
         }
         AgentMsg::NetworkApplied { version } => {
-            api.drain.applied(name, version);
+            api.ctx.drain.applied(name, version);
             // A replica may now be drained: look at once.
             true
         }
         AgentMsg::Event(e) => {
-            crate::sessions::reports::event(&api.context(), name, e);
+            reports::event(&api.ctx, name, e);
             false
         }
     }

@@ -4,8 +4,10 @@
 use crate::controllers::Context;
 use crate::objects::Objects;
 use crate::store::{Expect, StoreError};
-use bramble_proto::model::{Event, Kind, ObjectRef, Replica, ReplicaPhase};
+use bramble_proto::model::{Event, EventReason, Kind, Node, NodeInfo, ObjectRef, Replica, ReplicaPhase};
+use bramble_proto::time::now_ms;
 use bramble_proto::wire::ReplicaStatus;
+use std::net::Ipv4Addr;
 use tracing::{debug, warn};
 
 /// Records what node `node` reports about its replicas. Reports about replicas not bound to that
@@ -133,4 +135,53 @@ pub fn event(ctx: &Context, node: &str, mut e: Event) {
 /// Records the images a board's store holds (a hint for scoring).
 pub fn images(ctx: &Context, node: &str, list: Vec<String>) {
     ctx.observed.set_node_images(node, list);
+}
+
+/// Records what an agent reports about its board, and the address its session comes from;
+/// writes only if something changed.
+pub fn node_info(
+    objects: &crate::objects::Objects,
+    events: &crate::events::Events,
+    kick: &tokio::sync::Notify,
+    name: &str,
+    mut info: NodeInfo,
+    address: Option<Ipv4Addr>,
+    cert_expires_ms: Option<u64>,
+) -> crate::error::Result<bool> {
+    let dropped = info.sanitize();
+    if !dropped.is_empty() {
+        tracing::debug!(node = name, ?dropped, "what the board reported was cut to bounds");
+    }
+    let news = std::cell::RefCell::new(None);
+    let changed = objects.update::<Node>(name, |node| {
+        // Since when the board's network has been unavailable, by this leader's clock.
+        let mut info = info.clone();
+        match (&node.info.network_problem, &mut info.network_problem) {
+            (Some(old), Some(new)) if old.reason == new.reason => new.since_ms = old.since_ms,
+            (_, Some(new)) => {
+                new.since_ms = now_ms();
+                *news.borrow_mut() =
+                    Some((EventReason::NetworkUnavailable, format!("{}: {}", new.reason, new.message)));
+            }
+            (Some(_), None) => {
+                *news.borrow_mut() =
+                    Some((EventReason::NetworkAvailable, "the board's network works again".to_string()));
+            }
+            (None, None) => {}
+        }
+        let changed = node.info != info
+            || (address.is_some() && node.address != address)
+            || (cert_expires_ms.is_some() && node.cert_expires_ms != cert_expires_ms);
+        node.info = info;
+        node.address = address.or(node.address);
+        node.cert_expires_ms = cert_expires_ms.or(node.cert_expires_ms);
+        Ok(changed)
+    })?;
+    if let Some((reason, message)) = news.into_inner().filter(|_| changed) {
+        tracing::warn!(node = name, "{message}");
+        events.node(name, reason, message, now_ms());
+        // No new replica goes to a board that cannot network it (or back, once it can).
+        kick.notify_one();
+    }
+    Ok(changed)
 }

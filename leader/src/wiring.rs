@@ -234,7 +234,12 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
     // Each task gets the handles it uses, and nothing else.
     let tasks = TaskTracker::new();
     let heartbeat = config.nodes.heartbeat.0;
-    let edge = Edge { api: api.clone(), relay: relay_handles(&api), sessions: session_handles(&api), heartbeat };
+    let edge = Arc::new(Edge {
+        api: api.clone(),
+        relay: relay_handles(&api),
+        sessions: Arc::new(session_handles(&api)),
+        heartbeat,
+    });
     tasks.spawn(accept_loop(endpoint.clone(), edge, cancel.clone(), tasks.clone()));
     tasks.spawn(crate::boards::nodes::monitor(api.objects.clone(), api.registry.clone(), cancel.clone()));
     tasks.spawn(crate::controllers::autoscaler::run(autoscaler_handles(&api), cancel.clone()));

@@ -75,9 +75,15 @@ fn edges(krate: &str) -> (Edges, usize) {
             continue;
         }
         let text = std::fs::read_to_string(&file).unwrap();
-        for (n, line) in text.lines().enumerate() {
+        let mut lines = text.lines().enumerate();
+        while let Some((n, line)) = lines.next() {
+            // A test module (`#[cfg(test)] mod tests { … }`) ends the file's code; any other
+            // test-only item (`mod tests;`, a `use`) is one line that is left out.
             if line.trim_start().starts_with("#[cfg(test)]") {
-                break;
+                match lines.next() {
+                    Some((_, item)) if item.trim_end().ends_with('{') => break,
+                    _ => continue,
+                }
             }
             let code = line.split("//").next().unwrap_or("");
             for m in used_modules(code) {

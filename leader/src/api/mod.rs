@@ -129,11 +129,6 @@ impl Api {
         }
     }
 
-    /// The size of the store's file, if it has one.
-    pub fn store_size(&self) -> Option<u64> {
-        std::fs::metadata(self.store_path.as_ref()?).ok().map(|m| m.len())
-    }
-
     /// Seals secrets with `keyring` (the leader's `secrets.key`) instead of a key in memory.
     pub fn with_keyring(mut self, keyring: crate::trust::secrets::Keyring) -> Api {
         self.keyring = Arc::new(keyring);

@@ -70,17 +70,18 @@ async fn standby_stream(ha: Arc<Ha>, identified: bool, mut send: SendStream, mut
     }
 }
 
-/// What the QUIC edge serves with: API calls, relays to boards, sessions.
+/// What the QUIC edge serves with: API calls, relays to boards, sessions (shared by every
+/// connection and stream through one `Arc`).
 #[derive(Debug, Clone)]
 pub(crate) struct Edge {
     pub(crate) api: Arc<Api>,
     pub(crate) relay: crate::edge::relay::Handles,
-    pub(crate) sessions: crate::sessions::Handles,
+    pub(crate) sessions: Arc<crate::sessions::Handles>,
     /// How often boards send a heartbeat (told in the welcome).
     pub(crate) heartbeat: Duration,
 }
 
-pub(crate) async fn accept_loop(endpoint: Endpoint, edge: Edge, cancel: CancellationToken, tasks: TaskTracker) {
+pub(crate) async fn accept_loop(endpoint: Endpoint, edge: Arc<Edge>, cancel: CancellationToken, tasks: TaskTracker) {
     let connections = bramble_proto::limit::Limiter::new(MAX_CONNECTIONS_PER_PEER, MAX_CONNECTIONS);
     loop {
         let incoming = tokio::select! {
@@ -113,7 +114,7 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// Before a peer has shown a certificate it may only join: its opening frame is read up to this.
 pub const MAX_UNAUTHENTICATED_FRAME: usize = 64 << 10;
 
-async fn serve_connection(incoming: quinn::Incoming, edge: Edge, tasks: TaskTracker) {
+async fn serve_connection(incoming: quinn::Incoming, edge: Arc<Edge>, tasks: TaskTracker) {
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -223,11 +224,11 @@ fn peer_identity(conn: &Connection) -> Option<(Identity, String)> {
 async fn serve_stream(
     conn: Connection,
     identity: Option<(Identity, String)>,
-    edge: Edge,
+    edge: Arc<Edge>,
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let Edge { api, relay, sessions, heartbeat } = edge;
+    let api = &edge.api;
     // Without a certificate only a join is taken, and its frame is small: nothing larger is read
     // (or decoded) from a stranger.
     let limit = if identity.is_some() { MAX_FRAME_LEN } else { MAX_UNAUTHENTICATED_FRAME };
@@ -276,10 +277,12 @@ async fn serve_stream(
                 return;
             }
             match req {
-                Request::Logs(req) => crate::edge::relay::serve(relay, req, send, recv).await,
-                Request::Image { node, op } => crate::edge::relay::image(relay, node, op, send, recv).await,
-                Request::Exec(req) => crate::edge::relay::exec(relay, req, send, recv).await,
-                Request::Volume { node, op } => crate::edge::relay::volume(relay, node, op, send).await,
+                Request::Logs(req) => crate::edge::relay::serve(edge.relay.clone(), req, send, recv).await,
+                Request::Image { node, op } => {
+                    crate::edge::relay::image(edge.relay.clone(), node, op, send, recv).await
+                }
+                Request::Exec(req) => crate::edge::relay::exec(edge.relay.clone(), req, send, recv).await,
+                Request::Volume { node, op } => crate::edge::relay::volume(edge.relay.clone(), node, op, send).await,
                 _ => unreachable!("matched above"),
             }
         }
@@ -309,7 +312,9 @@ async fn serve_stream(
                 return;
             }
             let span = tracing::info_span!("session", node = %hello.node_name, epoch = hello.epoch);
-            crate::sessions::session(conn, identity, sessions, heartbeat, hello, send, recv).instrument(span).await;
+            crate::sessions::session(conn, identity, edge.sessions.clone(), edge.heartbeat, hello, send, recv)
+                .instrument(span)
+                .await;
         }
     }
 }

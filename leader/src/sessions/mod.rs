@@ -49,7 +49,7 @@ async fn refuse(send: &mut SendStream, e: ApiError) {
 pub(crate) async fn session(
     conn: Connection,
     identity: Option<(Identity, String)>,
-    api: Handles,
+    api: Arc<Handles>,
     heartbeat: Duration,
     hello: Hello,
     mut send: SendStream,
@@ -121,7 +121,13 @@ pub(crate) async fn session(
 
 /// The body of a session: the network and the node's desired set down (all first, then deltas),
 /// reports up.
-async fn serve_session(api: &Handles, name: &str, epoch: u64, mut send: SendStream, mut recv: RecvStream) -> String {
+async fn serve_session(
+    api: &Arc<Handles>,
+    name: &str,
+    epoch: u64,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> String {
     let registry = api.ctx.registry.clone();
     // Frames arrive through a channel so that the loop selects only on cancel-safe futures.
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
@@ -241,7 +247,7 @@ fn load(api: &Handles, kind: Payload, name: &str) -> Result<Option<Versioned>, S
     }
 }
 
-async fn handle_agent_msg(api: &Handles, name: &str, msg: AgentMsg) {
+async fn handle_agent_msg(api: &Arc<Handles>, name: &str, msg: AgentMsg) {
     let (a, n) = (api.clone(), name.to_string());
     let kick = tokio::task::spawn_blocking(move || absorb(&a, &n, msg, now_ms())).await;
     if kick.unwrap_or(false) {

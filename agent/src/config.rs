@@ -50,6 +50,8 @@ pub struct AgentConfig {
     pub monitoring: MonitoringConfig,
     #[serde(default)]
     pub volumes: VolumesConfig,
+    #[serde(default)]
+    pub devices: DevicesConfig,
     /// Directories and ports of Bramble's own on this board besides the agent's (the embedded
     /// agent's leader sets them; never read from the file).
     #[serde(skip)]
@@ -64,6 +66,56 @@ pub struct VolumesConfig {
     /// System directories, their parents and Bramble's data dirs are refused whatever this says.
     #[serde(default)]
     pub host_paths: Vec<String>,
+}
+
+/// The board's devices apps may ask for (`[devices]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesConfig {
+    /// The classes this board offers (default: all of gpio, i2c, spi, serial, video, usb); `[]`
+    /// offers none.
+    #[serde(default = "all_classes")]
+    pub classes: Vec<bramble_proto::device::DeviceClass>,
+    /// How often the agent looks for devices plugged in or out (1s to 5m, default 5s).
+    #[serde(default = "default_scan_every")]
+    pub scan_every: bramble_proto::quantity::HumanDuration,
+    /// Where the device nodes are (`/dev`) and the kernel's view of them (`/sys`): other
+    /// directories only for tests and chroots.
+    #[serde(default = "default_dev_dir")]
+    pub dev_dir: PathBuf,
+    #[serde(default = "default_sys_dir")]
+    pub sys_dir: PathBuf,
+}
+
+fn all_classes() -> Vec<bramble_proto::device::DeviceClass> {
+    bramble_proto::device::DeviceClass::ALL.to_vec()
+}
+fn default_scan_every() -> bramble_proto::quantity::HumanDuration {
+    bramble_proto::quantity::HumanDuration(std::time::Duration::from_secs(5))
+}
+fn default_dev_dir() -> PathBuf {
+    "/dev".into()
+}
+fn default_sys_dir() -> PathBuf {
+    "/sys".into()
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        DevicesConfig {
+            classes: all_classes(),
+            scan_every: default_scan_every(),
+            dev_dir: default_dev_dir(),
+            sys_dir: default_sys_dir(),
+        }
+    }
+}
+
+impl DevicesConfig {
+    /// The devices the board offers now.
+    pub fn scan(&self) -> Vec<bramble_proto::device::Device> {
+        crate::devscan::scan(&self.dev_dir, &self.sys_dir, &self.classes)
+    }
 }
 
 /// Bramble's own directories and ports on a board that runs a leader too: never mounted, never
@@ -324,6 +376,7 @@ impl Default for AgentConfig {
             network: NetworkConfig::default(),
             monitoring: MonitoringConfig::default(),
             volumes: VolumesConfig::default(),
+            devices: DevicesConfig::default(),
             protected: Protected::default(),
         }
     }
@@ -390,6 +443,11 @@ impl AgentConfig {
         if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(300)).contains(&interval) {
             let message = format!("expected an interval from 1s to 5m, found {}", cfg.monitoring.interval);
             return Err(SourceError::at(file, text, at("interval"), "monitoring.interval", message).into());
+        }
+        let scan = cfg.devices.scan_every.0;
+        if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(300)).contains(&scan) {
+            let message = format!("expected a period from 1s to 5m, found {}", cfg.devices.scan_every);
+            return Err(SourceError::at(file, text, at("scan_every"), "devices.scan_every", message).into());
         }
         if let Some(level) = &cfg.log.level {
             bramble_daemon::observability::parse_filter(level)

@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod devscan;
 pub mod discover;
 pub mod doctor;
 pub mod exec;

@@ -25,6 +25,7 @@ pub fn node_info(config: &AgentConfig) -> NodeInfo {
         allocatable,
         addresses: addresses(),
         network_problem: None,
+        devices: config.devices.scan(),
     }
 }
 

@@ -44,6 +44,7 @@ fn config(id: &str, rootfs: &Path, logs: &Path) -> ContainerConfig {
         binds: Vec::new(),
         secret_env: Vec::new(),
         unconfined: false,
+        devices: Vec::new(),
     }
 }
 

@@ -47,7 +47,9 @@ async fn sim_agent(
     let conn = connect(&endpoint, addr, tls, Duration::from_secs(10)).await.expect("connect");
     let (mut send, mut recv) = conn.open_bi().await.expect("stream");
     let hello = Hello { node_name: name.clone(), epoch: 1, info: info() };
-    write_frame(&mut send, &Open { version: PROTOCOL_VERSION, kind: OpenKind::Session(hello) }).await.expect("hello");
+    write_frame(&mut send, &Open { version: PROTOCOL_VERSION, kind: OpenKind::Session(Box::new(hello)) })
+        .await
+        .expect("hello");
     let heartbeat = match read_frame::<LeaderMsg>(&mut recv, MAX_FRAME_LEN).await {
         Ok(Some(LeaderMsg::Welcome { heartbeat_ms, .. })) => Duration::from_millis(heartbeat_ms),
         other => panic!("{name}: no welcome: {other:?}"),

@@ -36,6 +36,7 @@ fn nodes(n: usize) -> Vec<NodeSnapshot> {
                 volumes: BTreeSet::new(),
                 apps: BTreeMap::new(),
                 revisions: BTreeMap::new(),
+                devices: Vec::new(),
             }
         })
         .collect()

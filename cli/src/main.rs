@@ -54,8 +54,11 @@ enum Command {
     Label(cmd::label::Args),
     /// Stop placing new replicas on a node.
     Cordon(cmd::cordon::Args),
-    /// Allow new replicas on a node again.
+    /// Allow new replicas on a node again (and stop a drain).
     Uncordon(cmd::cordon::Args),
+    /// Cordon a node and move its replicas away one app at a time, each new copy ready before the
+    /// old one stops and never below an app's min_available: `bramble drain pi-2 --timeout 5m`.
+    Drain(cmd::drain::Args),
     /// Secrets (write-only): `bramble secret create db --from-literal password=… --from-file tls.key=PATH`.
     Secret(cmd::secret::Args),
     /// Configs (files apps mount): `bramble config create nginx --from-file nginx.conf=./nginx.conf`;
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
             Command::Label(a) => cmd::label::run(config, a).await,
             Command::Cordon(a) => cmd::cordon::run(config, a, true).await,
             Command::Uncordon(a) => cmd::cordon::run(config, a, false).await,
+            Command::Drain(a) => cmd::drain::run(config, a).await,
             Command::Token(a) => cmd::token::run(config, a).await,
             Command::Secret(a) => cmd::secret::run(config, a).await,
             Command::Volume(a) => cmd::volume::run(config, a).await,

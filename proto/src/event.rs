@@ -69,12 +69,13 @@ reasons! {
     // Objects, by the API.
     Created, Configured, Deleted, Scaled, Revoked, BackupTaken, BackupFailed,
     // Placement, by the replica controller.
-    Scheduled, FailedScheduling, ReplicaLost, ImagePlatform,
+    Scheduled, FailedScheduling, ReplicaLost, ImagePlatform, DeviceMissing,
     // Rollouts.
     RolloutComplete, RolloutFailed, RolledBack, Draining,
     // Nodes.
     NodeJoined, JoinRefused, NodeReady, NodeNotReady, SessionEnded, NodeCordoned, NodeUncordoned,
     NodeLabeled, NodeDeleted, NoPodSubnet, PodSubnet, CertificateRenewed, NetworkUnavailable, NetworkAvailable,
+    DevicesChanged, NodeDraining, DrainBlocked, NodeDrained,
     // Containers, from the boards.
     Pulling, Pulled, Started, BackOff, Restarted, Completed, Stopped, Failed, Unhealthy, Killing,
 }

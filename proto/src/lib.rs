@@ -6,6 +6,7 @@
 
 pub mod backup;
 pub mod codec;
+pub mod device;
 pub mod event;
 pub mod fsutil;
 pub mod hostpath;
@@ -20,6 +21,7 @@ pub mod object;
 pub mod platform;
 pub mod quantity;
 pub mod report;
+pub mod selector;
 pub mod source;
 pub mod time;
 pub mod token;

@@ -62,6 +62,9 @@ pub struct NodeInfo {
     /// condition: no new replica is placed there until it clears).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_problem: Option<NetworkProblem>,
+    /// The devices the board has for apps (`gpio`, `i2c`, `spi`, `serial`, `video`, `usb`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<crate::device::Device>,
 }
 
 /// Why a board cannot network its pods, as its agent found: missing `nft`, a bridge or a route
@@ -139,6 +142,16 @@ impl NodeInfo {
         if let Arch::Other(a) = &mut self.arch {
             cut(a);
         }
+        let devices = std::mem::take(&mut self.devices);
+        for d in devices {
+            match d.check() {
+                Ok(()) if self.devices.len() < crate::device::MAX_BOARD_DEVICES => self.devices.push(d),
+                Ok(()) => dropped.push(format!("device {} (too many)", d.path)),
+                Err(e) => dropped.push(format!("device: {}", e.chars().take(160).collect::<String>())),
+            }
+        }
+        self.devices.sort();
+        self.devices.dedup_by(|a, b| a.path == b.path);
         dropped
     }
 
@@ -154,6 +167,7 @@ impl NodeInfo {
             allocatable: resources,
             addresses: Vec::new(),
             network_problem: None,
+            devices: Vec::new(),
         }
     }
 }
@@ -188,6 +202,9 @@ pub struct Node {
     /// Cordoned: no new replicas are placed here.
     #[serde(default)]
     pub unschedulable: bool,
+    /// Being drained (`bramble drain`): cordoned, and its replicas moved away one app at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining: Option<Draining>,
     pub info: NodeInfo,
     /// Its pod subnet, allocated by the leader from the cluster CIDR; released when the node is
     /// deleted.
@@ -196,6 +213,16 @@ pub struct Node {
     /// The address the leader sees its agent at (routes and vxlan entries of other boards use it).
     #[serde(default)]
     pub address: Option<Ipv4Addr>,
+}
+
+/// A drain under way: since when, by whom, and whether every-board apps leave the board too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Draining {
+    pub since_ms: u64,
+    #[serde(default)]
+    pub by: String,
+    #[serde(default)]
+    pub include_every_board: bool,
 }
 
 impl Node {
@@ -209,6 +236,7 @@ impl Node {
             labels: BTreeMap::new(),
             taints: Vec::new(),
             unschedulable: false,
+            draining: None,
             info,
             pod_cidr: None,
             address: None,

@@ -282,7 +282,9 @@ impl Cluster {
         let data = self.agent_dir(i);
         let leader = self.leader_addrs.join(",");
         let config = self.dir.path().join(format!("agent-{i}.toml"));
-        std::fs::write(&config, format!("version = 1\n{}", self.agent_toml)).expect("write the agent config");
+        // `@BOARD@` in the agent config: the board's number (a directory of its own, say).
+        let toml = self.agent_toml.replace("@BOARD@", &i.to_string());
+        std::fs::write(&config, format!("version = 1\n{toml}")).expect("write the agent config");
         let mut args: Vec<String> = vec!["run".into(), "--config".into(), config.to_str().expect("utf-8").into()];
         if !self.discover {
             args.extend(["--leader".to_string(), leader]);

@@ -153,6 +153,65 @@ fn new_leader(store: &Arc<dyn Store>) -> Leader {
     Leader { ctx, bus: Default::default(), restored: restored.into() }
 }
 
+/// Board `board-<n>` of `arch`: joined (its node stored), its agent started, not connected yet.
+fn make_board(objects: &Objects, clock: &Arc<ManualClock>, n: usize, arch: &Arch) -> Board {
+    let name = format!("board-{n}");
+    objects.put(&node(&name, arch.clone()), Expect::Absent).expect("node stored");
+    let containers = Arc::new(FakeContainers::new(clock.clone()));
+    let images = Arc::new(FakeImages::new(arch.clone()));
+    let subnet = format!("10.42.{n}.0/24").parse().expect("a subnet");
+    let network = Arc::new(FakeNetwork::new(subnet));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kernel = FakeKernel::default();
+    let (net, net_applied, pod_rules) = network_controller(dir.path(), &kernel);
+    let mut b = Board {
+        name,
+        arch: arch.clone(),
+        containers,
+        images,
+        network,
+        agent: None,
+        dir,
+        partitioned: false,
+        epoch: 0,
+        session: None,
+        jobs: Vec::new(),
+        secrets: BTreeMap::new(),
+        configs: BTreeMap::new(),
+        net,
+        kernel,
+        net_applied,
+        _pod_rules: pod_rules,
+        renew_at: None,
+        renewed: Vec::new(),
+    };
+    b.start_agent();
+    b
+}
+
+impl Sim {
+    /// A new board joins (`board-<n+1>`): stored, its agent started; it connects on the next step.
+    pub fn add_board(&mut self, arch: Arch) -> String {
+        let b = make_board(&self.objects(), &self.clock, self.boards.len() + 1, &arch);
+        let name = b.name.clone();
+        self.boards.push(b);
+        name
+    }
+
+    /// Sets (`Some`) or removes (`None`) an operator's label on a board's node.
+    pub fn label(&self, board: &str, key: &str, value: Option<&str>) {
+        self.objects()
+            .update::<bramble_proto::model::Node>(board, |n| {
+                match value {
+                    Some(v) => n.labels.insert(key.into(), v.into()),
+                    None => n.labels.remove(key),
+                };
+                Ok(true)
+            })
+            .expect("node labelled");
+    }
+}
+
 impl Sim {
     /// A leader and boards of these archs (`board-1` …), all joined, none connected yet.
     pub fn new(archs: &[Arch]) -> Sim {
@@ -161,38 +220,7 @@ impl Sim {
         let objects = Objects::new(store.clone());
         let mut boards = Vec::new();
         for (i, arch) in archs.iter().enumerate() {
-            let name = format!("board-{}", i + 1);
-            objects.put(&node(&name, arch.clone()), Expect::Absent).expect("node stored");
-            let containers = Arc::new(FakeContainers::new(clock.clone()));
-            let images = Arc::new(FakeImages::new(arch.clone()));
-            let subnet = format!("10.42.{}.0/24", i + 1).parse().expect("a subnet");
-            let network = Arc::new(FakeNetwork::new(subnet));
-            let dir = tempfile::tempdir().expect("temp dir");
-            let kernel = FakeKernel::default();
-            let (net, net_applied, pod_rules) = network_controller(dir.path(), &kernel);
-            let mut b = Board {
-                name,
-                arch: arch.clone(),
-                containers,
-                images,
-                network,
-                agent: None,
-                dir,
-                partitioned: false,
-                epoch: 0,
-                session: None,
-                jobs: Vec::new(),
-                secrets: BTreeMap::new(),
-                configs: BTreeMap::new(),
-                net,
-                kernel,
-                net_applied,
-                _pod_rules: pod_rules,
-                renew_at: None,
-                renewed: Vec::new(),
-            };
-            b.start_agent();
-            boards.push(b);
+            boards.push(make_board(&objects, &clock, i + 1, arch));
         }
         let leader = Some(new_leader(&store));
         let ca = bramble_transport::pki::Ca::generate("sim").expect("a CA");
@@ -575,7 +603,13 @@ impl Sim {
             let spec = &a.value.spec;
             let rev = bramble_leader::controllers::replicas::revision_hash(spec);
             let mine: Vec<&Replica> = replicas.iter().filter(|r| r.app == spec.name.as_str()).collect();
-            let ok = mine.len() == spec.replicas.0 as usize
+            let want = if spec.every_board() {
+                // One on each board it matches (these scenarios use labels alone), all up.
+                self.boards.iter().filter(|b| !b.partitioned && self.board_matches(&objects, &b.name, spec)).count()
+            } else {
+                spec.replicas.0 as usize
+            };
+            let ok = mine.len() == want
                 && mine.iter().all(|r| r.phase == ReplicaPhase::Running && r.serving() && r.revision_hash == rev);
             if !ok {
                 return false;
@@ -591,6 +625,28 @@ impl Sim {
             }
         }
         true
+    }
+}
+
+impl Sim {
+    /// Whether board `name`'s labels match `spec`'s node selector.
+    fn board_matches(&self, objects: &Objects, name: &str, spec: &AppSpec) -> bool {
+        let Ok(node) = objects.load::<bramble_proto::model::Node>(name) else { return false };
+        let labels = node.value.effective_labels();
+        spec.placement.node_selector.0.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    /// Every board runs at most one replica of every-board app `app`, and none is bound twice.
+    pub fn check_every_board(&self, app: &str) {
+        let mut on: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in self.replicas(app).into_iter().filter(|r| r.phase != ReplicaPhase::Lost) {
+            if let Some(n) = r.node.clone() {
+                on.entry(n).or_default().push(r.meta.name);
+            }
+        }
+        for (board, rs) in on {
+            assert!(rs.len() <= 1, "{app} has {} replicas bound to {board}: {rs:?}", rs.len());
+        }
     }
 }
 

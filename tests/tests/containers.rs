@@ -82,6 +82,7 @@ impl Env {
             binds: Vec::new(),
             secret_env: Vec::new(),
             unconfined: false,
+            devices: Vec::new(),
         }
     }
 

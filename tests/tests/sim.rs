@@ -279,8 +279,10 @@ fn random_run(seed: u64, steps: usize) {
          [[service]]\nname = \"web\"\napp = \"web\"\nports = [{ port = 80 }]\n\
          [[service]]\nname = \"db\"\napp = \"db\"\nports = [{ port = 5432 }]\n",
     );
+    sim.apply(EXPORTER);
     let boards: Vec<String> = sim.boards.iter().map(|b| b.name.clone()).collect();
     let apps = ["web", "db", "x86"];
+    let everything = ["web", "db", "x86", "exporter"];
     for step in 0..steps {
         let board = &boards[rng.usize(..boards.len())];
         match rng.u32(..100) {
@@ -300,9 +302,13 @@ fn random_run(seed: u64, steps: usize) {
             // A restore from a backup as new as the store: sets held back until every board is seen.
             27..28 => sim.restore_without(&[]),
             28..30 => sim.certificate_due(board),
+            // Boards start and stop matching the every-board app.
+            30..33 => sim.label(board, "role", Some("sensor")),
+            33..35 => sim.label(board, "role", None),
             _ => {}
         }
         sim.step(Duration::from_millis(rng.u64(200..3000)));
+        sim.check_every_board("exporter");
         sim.check_no_duplicates();
         sim.check_secrets();
         sim.check_endpoints();
@@ -314,10 +320,14 @@ fn random_run(seed: u64, steps: usize) {
     for b in &boards {
         sim.heal(b);
     }
+    // (Every board matches the exporter once healed: it is on each.)
+    for b in &boards {
+        sim.label(b, "role", Some("sensor"));
+    }
     let settled = sim.run_until(400, Sim::converged);
     assert!(settled.is_some(), "seed {seed}: the cluster converges once healed: {:?}\n{:?}", sim.containers(), {
         let mut r = Vec::new();
-        for a in apps {
+        for a in everything {
             r.extend(sim.replicas(a).into_iter().map(|r| (r.meta.name, r.node, r.phase, r.reason)));
         }
         r
@@ -670,4 +680,56 @@ fn a_renewal_lost_to_a_leader_restart_is_asked_again_and_completes_without_touch
     assert_eq!(sim.board("board-2").renewed.len(), 1, "once renewed, nothing more is asked");
     assert_eq!(sim.containers(), before, "no container touched");
     assert!(sim.calls().values().all(|c| c.is_empty()), "{:?}", sim.calls());
+}
+
+/// An every-board app on the boards labelled `role=sensor`.
+const EXPORTER: &str = "[[app]]\nname = \"exporter\"\nimage = \"reg/exporter:1\"\nmode = \"every-board\"\n\
+                        placement = { node_selector = { role = \"sensor\" } }\n\
+                        [[service]]\nname = \"exporter\"\napp = \"exporter\"\nports = [{ port = 9100 }]\n";
+
+#[test]
+fn an_every_board_app_follows_boards_that_join_match_flap_and_roll() {
+    let mut sim = three_boards();
+    for b in ["board-1", "board-2"] {
+        sim.label(b, "role", Some("sensor"));
+    }
+    sim.apply(EXPORTER);
+    sim.run_until(10, Sim::converged).expect("one on each sensor board");
+    assert_eq!(per_board(&sim, "exporter"), [0, 1, 1]);
+    // A board that joins and is labelled gets its replica.
+    let new = sim.add_board(Arch::Arm64);
+    sim.label(&new, "role", Some("sensor"));
+    sim.run_until(10, Sim::converged).expect("the new board runs one");
+    assert_eq!(sim.replicas("exporter").iter().filter(|r| r.node.as_deref() == Some(new.as_str())).count(), 1);
+    // One that stops matching loses it.
+    sim.label("board-1", "role", None);
+    sim.run_until(10, Sim::converged).expect("gone from board-1");
+    assert!(sim.board("board-1").containers.running().keys().all(|k| !k.starts_with("exporter")));
+    // A board that flaps: never two on one board; back to one each when it settles.
+    for i in 0..6 {
+        if i % 2 == 0 {
+            sim.partition("board-2");
+        } else {
+            sim.heal("board-2");
+        }
+        for _ in 0..8 {
+            sim.step(Duration::from_secs(1));
+            sim.check_every_board("exporter");
+            sim.check_no_duplicates();
+        }
+    }
+    sim.run_until(30, Sim::converged).expect("settles after the flapping");
+    assert_eq!(per_board(&sim, "exporter"), [0, 0, 1, 1]);
+    // A new image rolls one board at a time: never both sensor boards without a ready replica.
+    new_image(&sim, "exporter", "reg/exporter:2");
+    let steps = sim
+        .run_until(60, |s| {
+            let ready = s.replicas("exporter").iter().filter(|r| r.serving()).count();
+            assert!(ready >= 1, "one board at a time: {:?}", s.replicas("exporter"));
+            s.check_every_board("exporter");
+            Sim::converged(s)
+        })
+        .expect("rolled out");
+    eprintln!("every-board rollout over 2 boards: {steps} s simulated");
+    sim.check_endpoints();
 }

@@ -173,6 +173,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
         configs: configs.clone(),
         volumes: crate::volumes::Volumes::from_config(config),
         host_ports: config.host_port_policy(),
+        devices: config.devices.clone(),
     });
     let images = Arc::new(StoreImages {
         store,

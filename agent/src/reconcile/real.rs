@@ -16,6 +16,7 @@ use bramble_images::rootfs::Rootfses;
 use bramble_images::store::ContentStore;
 use bramble_images::unpack::UnpackOptions;
 use bramble_images::Progress;
+use bramble_proto::device::Device;
 use bramble_proto::image_ref::ImageRef;
 use bramble_proto::manifest::{RestartPolicy as AppRestart, VolumeKind};
 use bramble_proto::model::Arch;
@@ -43,6 +44,35 @@ pub struct ShimContainers {
     pub volumes: crate::volumes::Volumes,
     /// The host ports this board allows.
     pub host_ports: crate::net::ports::HostPortPolicy,
+    /// The devices this board offers apps.
+    pub devices: crate::config::DevicesConfig,
+}
+
+/// The board's devices `a` asks for, found now; refused when one is not there.
+pub fn devices_for(config: &crate::config::DevicesConfig, a: &Assignment) -> Result<Vec<Device>, String> {
+    if a.spec.devices.is_empty() {
+        return Ok(Vec::new());
+    }
+    let have = config.scan();
+    let missing = bramble_proto::device::missing(&a.spec.devices, &have);
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|r| r.to_string()).collect();
+        return Err(format!(
+            "the board has no device {} (unplugged, or not offered in its [devices] classes)",
+            list.join(", ")
+        ));
+    }
+    Ok(have.into_iter().filter(|d| a.spec.devices.iter().any(|r| r.matches(d))).collect())
+}
+
+/// The container's user gets each device's group, so a user other than root opens it as the
+/// board's own users in that group do.
+fn device_groups(cc: &mut ContainerConfig, devices: &[Device]) {
+    for d in devices {
+        if d.gid != 0 && d.gid != cc.gid && !cc.additional_gids.contains(&d.gid) {
+            cc.additional_gids.push(d.gid);
+        }
+    }
 }
 
 /// Refuses a replica whose host ports the board keeps: outside its range, Bramble's own, or
@@ -147,6 +177,7 @@ impl Containers for ShimContainers {
         // are DNS labels with a suffix, valid ids as they are.
         let id = a.replica.as_str();
         check_host_ports(&self.host_ports, a).map_err(ReconcileError::Config)?;
+        let devices = devices_for(&self.devices, a).map_err(ReconcileError::Config)?;
         let image = a.spec.image.as_str();
         let record = self
             .store
@@ -165,6 +196,8 @@ impl Containers for ShimContainers {
             })?;
         let mut cc = with_network(cc, net.ip, &net.netns, &net.resolv_conf, &net.hosts);
         cc.unconfined = a.spec.security.seccomp == bramble_proto::manifest::SeccompProfile::Unconfined;
+        device_groups(&mut cc, &devices);
+        cc.devices = devices;
         if let Err(e) = volumes(&self.volumes, a, &mut cc) {
             let _ = self.roots.remove(id);
             return Err(ReconcileError::Config(e.to_string()));

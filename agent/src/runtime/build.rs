@@ -104,6 +104,7 @@ pub fn container_config(
         binds: Vec::new(),
         secret_env: Vec::new(),
         unconfined: false,
+        devices: Vec::new(),
     })
 }
 

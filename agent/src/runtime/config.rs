@@ -82,6 +82,10 @@ pub struct ContainerConfig {
     /// Without the default seccomp profile (`security = { seccomp = "unconfined" }`, admins only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unconfined: bool,
+    /// Device nodes of the board the container gets: made at the same path inside, each allowed
+    /// read and write by a devices-cgroup rule of its own (never mknod).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<bramble_proto::device::Device>,
 }
 
 /// A directory of the board seen at `destination` inside the container.

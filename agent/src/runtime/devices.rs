@@ -194,11 +194,28 @@ pub fn load(rules: &[Rule]) -> std::io::Result<std::os::fd::OwnedFd> {
     }
 }
 
-/// Attaches the default devices' program to the cgroup v2 directory `cgroup`: from then on its
-/// processes open and create only those devices.
-pub fn restrict(cgroup: &std::path::Path) -> std::io::Result<()> {
+/// The rules for an app's devices: each node read and write (never mknod).
+pub fn rules_for(devices: &[bramble_proto::device::Device]) -> Vec<Rule> {
+    devices
+        .iter()
+        .map(|d| Rule {
+            typ: match d.kind {
+                bramble_proto::device::DeviceKind::Char => b'c',
+                bramble_proto::device::DeviceKind::Block => b'b',
+            },
+            major: Some(d.major),
+            minor: Some(d.minor),
+            access: READ | WRITE,
+        })
+        .collect()
+}
+
+/// Attaches a program for the default devices and `extra` to the cgroup v2 directory `cgroup`:
+/// from then on its processes open and create only those devices.
+pub fn restrict(cgroup: &std::path::Path, extra: &[Rule]) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let prog = load(&DEFAULTS)?;
+    let rules: Vec<Rule> = DEFAULTS.iter().chain(extra).copied().collect();
+    let prog = load(&rules)?;
     let dir = std::fs::File::open(cgroup)?;
     let mut attr = AttachAttr {
         target_fd: dir.as_raw_fd() as u32,
@@ -258,6 +275,38 @@ mod tests {
         assert_eq!(run(&p, b'b', 8, 0, MKNOD | READ), 0);
     }
 
+    #[test]
+    fn an_apps_devices_are_allowed_exactly() {
+        use bramble_proto::device::{Device, DeviceClass, DeviceKind};
+        let d = Device {
+            class: DeviceClass::Serial,
+            path: "/dev/ttyUSB0".into(),
+            kind: DeviceKind::Char,
+            major: 188,
+            minor: 0,
+            mode: 0o660,
+            gid: 20,
+            usb: None,
+            serial: None,
+        };
+        let loop7 = Device {
+            class: DeviceClass::Usb,
+            path: "/dev/bus/usb/001/002".into(),
+            kind: DeviceKind::Block,
+            major: 7,
+            minor: 3,
+            ..d.clone()
+        };
+        let rules: Vec<Rule> = DEFAULTS.iter().copied().chain(rules_for(&[d, loop7])).collect();
+        let p = program(&rules);
+        assert_eq!(run(&p, b'c', 188, 0, READ | WRITE), 1, "the app's serial port");
+        assert_eq!(run(&p, b'c', 188, 1, READ), 0, "the next one is not the app's");
+        assert_eq!(run(&p, b'b', 188, 0, READ), 0, "nor a block device of the same numbers");
+        assert_eq!(run(&p, b'b', 7, 3, READ | WRITE), 1);
+        assert_eq!(run(&p, b'c', 7, 3, READ), 0);
+        assert_eq!(run(&p, b'c', 1, 11, READ), 0, "/dev/kmsg still refused");
+    }
+
     /// The kernel's verifier takes it (needs root; this machine's cgroups are v1, so the attach
     /// itself is tried on the cgroup v2 board, `scripts/test-boards`).
     #[test]
@@ -279,7 +328,7 @@ mod tests {
         let dir = root.join(format!("bramble-devtest-{}", std::process::id()));
         std::fs::create_dir(&dir).unwrap();
         assert_eq!(attached(&dir).unwrap(), 0);
-        restrict(&dir).unwrap();
+        restrict(&dir, &[]).unwrap();
         assert_eq!(attached(&dir).unwrap(), 1);
         // SAFETY: the child makes raw syscalls and exits.
         let pid = unsafe { libc::fork() };

@@ -3,9 +3,9 @@
 
 use super::config::ContainerConfig;
 use libcontainer::oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, ProcessBuilder,
-    RootBuilder, Spec, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceBuilder, LinuxDeviceCgroupBuilder,
+    LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 use std::collections::HashSet;
 
@@ -84,7 +84,39 @@ pub fn build(c: &ContainerConfig) -> Result<Spec, String> {
     // Every device denied first; libcontainer then allows the defaults (super::devices) on
     // cgroup v1; on v2 the shim attaches the same rules as a program.
     let deny_all = LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(e)?;
-    resources = resources.devices(vec![deny_all]);
+    let mut rules = vec![deny_all];
+    // The app's devices: each node read and write, nothing else (on v2 the shim adds the same
+    // rules to its program: `devices::rules_for`).
+    let mut nodes = Vec::new();
+    for d in &c.devices {
+        let typ = match d.kind {
+            bramble_proto::device::DeviceKind::Char => LinuxDeviceType::C,
+            bramble_proto::device::DeviceKind::Block => LinuxDeviceType::B,
+        };
+        rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(typ)
+                .major(i64::from(d.major))
+                .minor(i64::from(d.minor))
+                .access("rw")
+                .build()
+                .map_err(e)?,
+        );
+        nodes.push(
+            LinuxDeviceBuilder::default()
+                .path(std::path::PathBuf::from(&d.path))
+                .typ(typ)
+                .major(i64::from(d.major))
+                .minor(i64::from(d.minor))
+                .file_mode(d.mode & 0o777)
+                .uid(0u32)
+                .gid(d.gid)
+                .build()
+                .map_err(e)?,
+        );
+    }
+    resources = resources.devices(rules);
 
     // The default Linux section (namespaces, masked and read-only paths, devices) with our
     // resources and cgroup path.
@@ -97,7 +129,11 @@ pub fn build(c: &ContainerConfig) -> Result<Spec, String> {
             LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(path.clone()).build().map_err(e)?,
         );
     }
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    if !nodes.is_empty() {
+        linux = linux.devices(nodes);
+    }
+    let linux = linux
         .namespaces(namespaces)
         .masked_paths(defaults.masked_paths().clone().unwrap_or_default())
         .readonly_paths(defaults.readonly_paths().clone().unwrap_or_default())
@@ -193,6 +229,7 @@ mod tests {
             binds: Vec::new(),
             secret_env: Vec::new(),
             unconfined: false,
+            devices: Vec::new(),
         }
     }
 

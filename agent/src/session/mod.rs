@@ -282,7 +282,11 @@ async fn session(
             info
         };
     let hello = Hello { node_name: creds.name.clone(), epoch, info: info_now(&mut problems) };
-    write_frame(&mut send, &Open { version: PROTOCOL_VERSION, kind: OpenKind::Session(hello) }).await?;
+    // Devices plugged in or out: looked for every `devices.scan_every`, said when they change.
+    let mut devices_sent = hello.info.devices.clone();
+    let mut device_tick = tokio::time::interval(config.devices.scan_every.0);
+    device_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    write_frame(&mut send, &Open { version: PROTOCOL_VERSION, kind: OpenKind::Session(Box::new(hello)) }).await?;
     let heartbeat = machine.welcome(read_frame::<LeaderMsg>(&mut recv, MAX_FRAME_LEN).await?)?;
     info!("session established");
     // Frames from the leader arrive through a channel so the loop below selects only on
@@ -358,6 +362,17 @@ async fn session(
                 }
             }
             _ = images.changed() => {}
+            _ = device_tick.tick() => {
+                let devices = config.devices.clone();
+                let Ok(now) = tokio::task::spawn_blocking(move || devices.scan()).await else { continue };
+                if now != devices_sent {
+                    info!(devices = now.len(), "the board's devices changed");
+                    devices_sent = now;
+                    if let Err(e) = write_frame(&mut send, &AgentMsg::Info(info_now(&mut problems))).await {
+                        break Err(e.into());
+                    }
+                }
+            }
             r = async { problems.as_mut().expect("checked").changed().await }, if problems.is_some() => {
                 if r.is_err() {
                     problems = None;

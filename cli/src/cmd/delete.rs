@@ -1,4 +1,5 @@
-//! `bramble delete app NAME…` or `bramble delete -f FILE`: all or nothing.
+//! `bramble delete app NAME…`, `bramble delete app -l SELECTOR` or `bramble delete -f FILE`: all or
+//! nothing.
 
 use crate::client::{request, unexpected, CliError};
 use bramble_proto::wire::{Request, Response};
@@ -12,6 +13,9 @@ pub struct Args {
     /// Delete what these manifests declare.
     #[arg(short = 'f', long = "filename")]
     files: Vec<String>,
+    /// Delete the apps whose labels match (`tier=web,env!=prod`), in the same all-or-nothing request.
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+    selector: Option<bramble_proto::selector::Selector>,
 }
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
@@ -22,7 +26,23 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         services.extend(m.services.iter().map(|s| s.name.to_string()));
         configs.extend(m.configs.iter().map(|c| c.name.to_string()));
     }
-    if let Some((kind, names)) = args.what.split_first() {
+    if let Some(sel) = &args.selector {
+        if sel.is_empty()
+            || !matches!(args.what.as_slice(), [] | [_])
+            || !matches!(args.what.first().map(String::as_str), None | Some("app" | "apps"))
+        {
+            return Err(CliError::Other("delete -l SELECTOR deletes apps: `bramble delete app -l tier=web`".into()));
+        }
+        let chosen: Vec<String> = match request(config.clone(), Request::GetApps).await? {
+            Response::Apps(a) => a.into_iter().filter(|a| sel.matches(&a.spec.labels)).map(|a| a.meta.name).collect(),
+            r => return Err(unexpected(&r)),
+        };
+        if chosen.is_empty() {
+            println!("no app matches {sel}");
+            return Ok(());
+        }
+        apps.extend(chosen);
+    } else if let Some((kind, names)) = args.what.split_first() {
         if names.is_empty() {
             return Err(CliError::Other(format!("delete {kind}: expected one or more names")));
         }

@@ -202,12 +202,28 @@ async fn app(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     }
     let running = replicas.iter().filter(|r| r.phase == ReplicaPhase::Running).count();
     let ready = replicas.iter().filter(|r| r.serving()).count();
-    let _ = writeln!(
-        s,
-        "Replicas:    {} desired, {} existing, {running} running, {ready} ready",
-        spec.replicas.0,
-        replicas.len()
-    );
+    if spec.every_board() {
+        let _ = writeln!(
+            s,
+            "Replicas:    one on every matching board: {} existing, {running} running, {ready} ready",
+            replicas.len()
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "Replicas:    {} desired, {} existing, {running} running, {ready} ready",
+            spec.replicas.0,
+            replicas.len()
+        );
+    }
+    if !spec.labels.is_empty() {
+        let labels: Vec<String> = spec.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(s, "Labels:      {}", labels.join(", "));
+    }
+    if !spec.devices.is_empty() {
+        let devices: Vec<String> = spec.devices.iter().map(|d| d.to_string()).collect();
+        let _ = writeln!(s, "Devices:     {}", devices.join(", "));
+    }
     if !spec.command.is_empty() || !spec.args.is_empty() {
         let _ = writeln!(s, "Command:     {:?} {:?}", spec.command, spec.args);
     }
@@ -438,6 +454,16 @@ async fn node(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         human_bytes(n.info.allocatable.memory_bytes),
         n.info.allocatable.replicas
     );
+    if n.info.devices.is_empty() {
+        let _ = writeln!(s, "Devices:       <none>");
+    } else {
+        let _ = writeln!(s, "Devices:");
+        for d in &n.info.devices {
+            let usb = d.usb.map(|u| format!("  usb {u}")).unwrap_or_default();
+            let serial = d.serial.as_ref().map(|x| format!("  serial {x}")).unwrap_or_default();
+            let _ = writeln!(s, "  {:<7}{}  group {}  mode {:o}{usb}{serial}", d.class.as_str(), d.path, d.gid, d.mode);
+        }
+    }
     let _ = writeln!(s, "Conditions:");
     for c in std::iter::once(&v.ready).chain(&v.conditions) {
         let _ = writeln!(

@@ -16,6 +16,9 @@ pub struct Args {
     /// Only the replicas of this app (with `get replicas`).
     #[arg(long)]
     app: Option<String>,
+    /// Only nodes, apps or the replicas of apps whose labels match: `tier=web,env!=test,critical,!legacy`.
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+    selector: Option<bramble_proto::selector::Selector>,
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
     /// After the table, a row each time an object changes or goes, until interrupted.
@@ -181,11 +184,15 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
 
 async fn fetch(config: &Option<PathBuf>, args: &Args) -> Result<Option<Rows>, CliError> {
     let (config, name, output) = (config.clone(), args.name.as_deref(), args.output);
+    let sel = args.selector.clone().unwrap_or_default();
+    if !sel.is_empty() && !matches!(args.kind, Kind::Nodes | Kind::Apps | Kind::Replicas) {
+        return Err(CliError::Other("-l selects nodes, apps and replicas (by their app's labels)".into()));
+    }
     match args.kind {
-        Kind::Nodes => nodes(config, name, output).await,
-        Kind::Apps => apps(config, name, output).await,
+        Kind::Nodes => nodes(config, name, output, &sel).await,
+        Kind::Apps => apps(config, name, output, &sel).await,
         Kind::Services => services(config, name, output).await,
-        Kind::Replicas => replicas(config, args.app.clone(), name, output).await,
+        Kind::Replicas => replicas(config, args.app.clone(), name, output, &sel).await,
         Kind::Secrets => secrets(config, name, output).await,
         Kind::Configs => configs(config, name, output).await,
         Kind::Leaders => leaders(config, name, output).await,
@@ -260,11 +267,19 @@ async fn replicas(
     app: Option<String>,
     name: Option<&str>,
     output: Output,
+    sel: &bramble_proto::selector::Selector,
 ) -> Result<Option<Rows>, CliError> {
-    let replicas = match request(config, Request::GetReplicas { app }).await? {
+    let mut replicas = match request(config.clone(), Request::GetReplicas { app }).await? {
         Response::Replicas(r) => r,
         r => return Err(unexpected(&r)),
     };
+    if !sel.is_empty() {
+        let chosen: std::collections::BTreeSet<String> = match request(config, Request::GetApps).await? {
+            Response::Apps(a) => a.into_iter().filter(|a| sel.matches(&a.spec.labels)).map(|a| a.meta.name).collect(),
+            r => return Err(unexpected(&r)),
+        };
+        replicas.retain(|r| chosen.contains(&r.app));
+    }
     let Some(replicas) = pick(replicas, "replica", name, output, |r| &r.meta.name)? else { return Ok(None) };
     let wide = output.format() == Format::Wide;
     let mut header = vec!["NAME", "APP", "NODE", "READY", "PHASE", "RESTARTS", "AGE"];
@@ -295,11 +310,17 @@ async fn replicas(
     Ok(Some((header, rows)))
 }
 
-async fn apps(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<Option<Rows>, CliError> {
-    let apps = match request(config.clone(), Request::GetApps).await? {
+async fn apps(
+    config: Option<PathBuf>,
+    name: Option<&str>,
+    output: Output,
+    sel: &bramble_proto::selector::Selector,
+) -> Result<Option<Rows>, CliError> {
+    let mut apps = match request(config.clone(), Request::GetApps).await? {
         Response::Apps(a) => a,
         r => return Err(unexpected(&r)),
     };
+    apps.retain(|a| sel.matches(&a.spec.labels));
     let Some(apps) = pick_manifest(apps, "app", name, output, |a| &a.meta.name, |a| Some(a.spec.clone()))? else {
         return Ok(None);
     };
@@ -307,21 +328,40 @@ async fn apps(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Re
         Response::Replicas(r) => r,
         r => return Err(unexpected(&r)),
     };
+    let wide = output.format() == Format::Wide;
     let rows: Vec<Vec<String>> = apps
         .iter()
         .map(|a| {
             let mine: Vec<_> = replicas.iter().filter(|r| r.app == a.meta.name).collect();
             let ready = mine.iter().filter(|r| r.serving()).count();
-            vec![
+            // An every-board app wants a replica on each board it matches: the planner keeps one
+            // there (Pending while the board is down).
+            let desired = if a.spec.every_board() {
+                mine.iter()
+                    .filter(|r| r.terminating_ms.is_none() && r.phase != bramble_proto::model::ReplicaPhase::Lost)
+                    .count() as u32
+            } else {
+                a.spec.replicas.0
+            };
+            let mut row = vec![
                 a.meta.name.clone(),
-                format!("{ready}/{}", a.spec.replicas.0),
+                format!("{ready}/{desired}"),
                 a.spec.image.to_string(),
                 a.meta.generation.to_string(),
                 super::age(a.meta.created_ms),
-            ]
+            ];
+            if wide {
+                let labels: Vec<String> = a.spec.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                row.push(if labels.is_empty() { "-".into() } else { labels.join(",") });
+            }
+            row
         })
         .collect();
-    Ok(Some((vec!["NAME", "READY", "IMAGE", "GENERATION", "AGE"], rows)))
+    let mut header = vec!["NAME", "READY", "IMAGE", "GENERATION", "AGE"];
+    if wide {
+        header.push("LABELS");
+    }
+    Ok(Some((header, rows)))
 }
 
 async fn services(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<Option<Rows>, CliError> {
@@ -362,11 +402,17 @@ async fn services(config: Option<PathBuf>, name: Option<&str>, output: Output) -
     Ok(Some((header, rows)))
 }
 
-async fn nodes(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<Option<Rows>, CliError> {
-    let nodes = match request(config, Request::GetNodes).await? {
+async fn nodes(
+    config: Option<PathBuf>,
+    name: Option<&str>,
+    output: Output,
+    sel: &bramble_proto::selector::Selector,
+) -> Result<Option<Rows>, CliError> {
+    let mut nodes = match request(config, Request::GetNodes).await? {
         Response::Nodes(n) => n,
         r => return Err(unexpected(&r)),
     };
+    nodes.retain(|n| sel.matches(&n.node.effective_labels()));
     let Some(nodes) = pick(nodes, "node", name, output, |n| &n.node.meta.name)? else { return Ok(None) };
     let wide = output.format() == Format::Wide;
     let mut header = vec!["NAME", "STATUS", "ARCH", "CPU", "MEMORY", "AGE", "VERSION"];

@@ -7,6 +7,7 @@ pub mod cordon;
 pub mod delete;
 pub mod describe;
 pub mod diff;
+pub mod drain;
 pub mod events;
 pub mod exec;
 pub mod get;

@@ -158,6 +158,7 @@ impl Api {
             observed: &self.observed,
             published: &self.published,
             network: &self.network,
+            drain: &self.drain,
             node_cert_lifetime: self.node_cert_lifetime,
         }
     }
@@ -242,6 +243,7 @@ impl Api {
             Request::GetNode { name } => self.nodes().describe_node(&name),
             Request::LabelNode { name, set, remove } => self.nodes().label(&name, set, remove, who),
             Request::SetCordon { name, cordoned } => self.nodes().cordon(&name, cordoned, who),
+            Request::Drain { name, include_every_board } => self.nodes().drain_node(&name, include_every_board, who),
             Request::Apply { apps, services, configs, dry_run: true } => Ok(Response::Planned(apps::dry_run(
                 &self.context(),
                 &self.reserved,
@@ -388,6 +390,7 @@ pub fn required_role(request: &Request) -> Role {
         | Request::Scale { .. } => Role::Deployer,
         Request::LabelNode { .. }
         | Request::SetCordon { .. }
+        | Request::Drain { .. }
         | Request::CreateToken { .. }
         | Request::GetTokens
         | Request::RevokeToken { .. }

@@ -20,6 +20,8 @@ pub struct Nodes<'a> {
     pub observed: &'a crate::boards::observed::Observed,
     pub published: &'a crate::controllers::Published,
     pub network: &'a bramble_proto::network::ClusterNetwork,
+    /// How drains stand (the replica controller's last pass).
+    pub drain: &'a crate::controllers::drain::Drain,
     /// How long the certificates given at join live.
     pub node_cert_lifetime: std::time::Duration,
 }
@@ -65,16 +67,44 @@ impl Nodes<'_> {
 
     pub(super) fn cordon(&self, name: &str, cordoned: bool, who: &str) -> Result<Response> {
         let changed = self.objects.update::<Node>(name, |n| {
-            let changed = n.unschedulable != cordoned;
+            // Uncordoned: a drain under way stops where it is.
+            let changed = n.unschedulable != cordoned || (!cordoned && n.draining.is_some());
             n.unschedulable = cordoned;
+            if !cordoned {
+                n.draining = None;
+            }
             Ok(changed)
         })?;
+        self.published.kick.notify_one();
         let verb = if cordoned { "cordoned" } else { "uncordoned" };
         if changed {
             let reason = if cordoned { EventReason::NodeCordoned } else { EventReason::NodeUncordoned };
             self.events.node(name, reason, format!("node {verb} by {who}"), now_ms());
         }
         Ok(Response::Done(format!("node/{name} {verb}{}", if changed { "" } else { " (no change)" })))
+    }
+
+    /// Cordons the node and moves its replicas away one app at a time (the replica controller
+    /// does it: see `controllers::plan::release_moved`); every-board apps stay unless
+    /// `include_every_board`. Asked again, it changes only that choice.
+    pub(super) fn drain_node(&self, name: &str, include_every_board: bool, who: &str) -> Result<Response> {
+        let started = std::cell::Cell::new(false);
+        self.objects.update::<Node>(name, |n| {
+            let before = (n.unschedulable, n.draining.clone());
+            started.set(n.draining.is_none());
+            let since_ms = n.draining.as_ref().map_or_else(now_ms, |d| d.since_ms);
+            let by = n.draining.as_ref().map_or_else(|| who.to_string(), |d| d.by.clone());
+            n.unschedulable = true;
+            n.draining = Some(bramble_proto::model::Draining { since_ms, by, include_every_board });
+            Ok((n.unschedulable, n.draining.clone()) != before)
+        })?;
+        let started = started.get();
+        if started {
+            let every = if include_every_board { ", every-board apps too" } else { "" };
+            self.events.node(name, EventReason::NodeDraining, format!("drain started by {who}{every}"), now_ms());
+        }
+        self.published.kick.notify_one();
+        Ok(Response::Done(format!("node/{name} {}", if started { "draining" } else { "draining (already)" })))
     }
 
     pub(super) fn label(
@@ -166,6 +196,22 @@ impl Nodes<'_> {
                 last_transition_ms: p.since_ms,
             })
             .collect();
+        let mut conditions: Vec<Condition> = conditions;
+        if let Some(d) = &node.draining {
+            let (reason, message) = match self.drain.board(&node.meta.name) {
+                Some(crate::controllers::plan::DrainStatus::Moving(m)) => ("Moving", m),
+                Some(crate::controllers::plan::DrainStatus::Blocked(m)) => ("Blocked", m),
+                Some(crate::controllers::plan::DrainStatus::Drained(m)) => ("Drained", m),
+                None => ("Starting", "the replica controller has not looked yet".to_string()),
+            };
+            conditions.push(Condition {
+                kind: "Draining".into(),
+                status: ConditionStatus::True,
+                reason: reason.into(),
+                message,
+                last_transition_ms: d.since_ms,
+            });
+        }
         NodeView {
             conditions,
             ready,

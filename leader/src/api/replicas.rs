@@ -47,6 +47,12 @@ impl Replicas<'_> {
                 app.meta.generation
             )));
         }
+        if app.spec.every_board() {
+            return Err(Error::Invalid(format!(
+                "app {name} runs one replica on every board it matches (mode = \"every-board\"): its count follows the boards; \
+                 change its placement instead"
+            )));
+        }
         let from = app.spec.replicas.0;
         if from == replicas {
             return Ok(format!("app/{name} unchanged ({replicas} replicas)"));

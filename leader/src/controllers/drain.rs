@@ -4,7 +4,7 @@
 //! applied (`AgentMsg::NetworkApplied`, after their nft sync); the controller notes which view
 //! first left each replica out. In memory only: after a leader restart the bound applies.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 /// The longest a replica waits for the boards before it is stopped anyway.
@@ -13,6 +13,8 @@ pub const DRAIN_TIMEOUT_MS: u64 = 2_000;
 #[derive(Debug, Default)]
 pub struct Drain {
     inner: Mutex<Inner>,
+    /// Boards being drained (`bramble drain`), and how each drain stood at the last pass.
+    boards: Mutex<BTreeMap<String, super::plan::DrainStatus>>,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +47,19 @@ impl Drain {
     /// A node's session ended: what it applied is forgotten (a new session starts over).
     pub fn forget_node(&self, node: &str) {
         self.inner.lock().expect("drain lock").applied.remove(node);
+    }
+
+    /// How the drains stand after a pass; returns those that changed since the last one.
+    pub fn boards(&self, now: BTreeMap<String, super::plan::DrainStatus>) -> Vec<(String, super::plan::DrainStatus)> {
+        let mut g = self.boards.lock().expect("drain lock");
+        let changed = now.iter().filter(|(b, s)| g.get(*b) != Some(*s)).map(|(b, s)| (b.clone(), s.clone())).collect();
+        *g = now;
+        changed
+    }
+
+    /// How the drain of `board` stood at the last pass (none: not being drained, or not yet seen).
+    pub fn board(&self, board: &str) -> Option<super::plan::DrainStatus> {
+        self.boards.lock().expect("drain lock").get(board).cloned()
     }
 
     /// The terminating replicas that every board in `connected` has stopped sending to.

@@ -154,6 +154,41 @@ pub enum Garbage {
 pub struct Plan {
     pub apps: Vec<AppPlan>,
     pub garbage: Vec<Garbage>,
+    /// Each board being drained, and how its drain stands in words (`drained` once nothing that
+    /// must leave is left on it).
+    pub drains: BTreeMap<String, DrainStatus>,
+}
+
+/// How a drain stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrainStatus {
+    /// Replicas are moving (which app, and what it waits for).
+    Moving(String),
+    /// It cannot go on: which app, and why.
+    Blocked(String),
+    /// Nothing that must leave is left (the words say what stays).
+    Drained(String),
+}
+
+/// What the drain of some boards asks of one app's replicas.
+struct Draining<'a> {
+    /// Board → whether every-board apps leave it too.
+    boards: &'a BTreeMap<&'a str, bool>,
+    /// This app is the one being moved now (one app at a time).
+    moving: bool,
+}
+
+/// The replicas of `app` a drain of `boards` must move (those that are not on their way out).
+fn drain_victims<'a>(app: &'a AppState, boards: &BTreeMap<&str, bool>) -> Vec<&'a Replica> {
+    app.replicas
+        .iter()
+        .map(|v| &v.value)
+        .filter(|r| {
+            r.terminating_ms.is_none()
+                && !matches!(r.phase, ReplicaPhase::Lost | ReplicaPhase::Succeeded)
+                && r.node.as_deref().and_then(|n| boards.get(n)).is_some_and(|all| *all || !app.app.spec.every_board())
+        })
+        .collect()
 }
 
 /// Plans one pass over the whole cluster at `now_ms`.
@@ -173,16 +208,60 @@ pub fn plan(snapshot: &Snapshot, now_ms: u64) -> Plan {
         _ => None,
     };
     let served: BTreeSet<&str> = snapshot.services.iter().map(|s| s.spec.app.as_str()).collect();
+    // Boards being drained; one app at a time moves off them: the first by name with a replica
+    // still there.
+    let boards: BTreeMap<&str, bool> = snapshot
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n.node.meta.name.as_str(), n.node.draining.as_ref()?.include_every_board)))
+        .collect();
+    let moving =
+        snapshot.apps.values().find(|a| !drain_victims(a, &boards).is_empty()).map(|a| a.app.spec.name.as_str());
+    let mut status = None;
     let apps = snapshot
         .apps
         .values()
         .map(|a| {
             let offered = snapshot.platforms.get(a.app.spec.image.as_str()).map(|v| &v.value);
             let drain = DrainInput { served: served.contains(a.app.spec.name.as_str()), drained: &snapshot.drained };
-            plan_app(a, &lost, offered, &drain, &mut scheduler, now_ms, salt(snapshot.revision, now_ms))
+            let draining = Draining { boards: &boards, moving: moving == Some(a.app.spec.name.as_str()) };
+            let (plan, s) =
+                plan_app(a, &lost, offered, &drain, &draining, &mut scheduler, now_ms, salt(snapshot.revision, now_ms));
+            if s.is_some() {
+                status = s;
+            }
+            plan
         })
         .collect();
-    Plan { apps, garbage: garbage(snapshot) }
+    let mut drains = BTreeMap::new();
+    for (board, all) in &boards {
+        let staying: Vec<&str> = snapshot
+            .apps
+            .values()
+            .filter(|a| a.app.spec.every_board() && !all)
+            .filter(|a| a.replicas.iter().any(|r| r.value.node.as_deref() == Some(*board)))
+            .map(|a| a.app.spec.name.as_str())
+            .collect();
+        // (Those leaving their services still count: drained is when they are gone.)
+        let left = snapshot.apps.values().any(|a| {
+            (*all || !a.app.spec.every_board())
+                && a.replicas.iter().any(|r| {
+                    r.value.node.as_deref() == Some(*board)
+                        && !matches!(r.value.phase, ReplicaPhase::Lost | ReplicaPhase::Succeeded)
+                })
+        });
+        let s = match (&status, left) {
+            (Some(s), true) => s.clone(),
+            (None, true) => DrainStatus::Moving("replicas are leaving".into()),
+            (_, false) if staying.is_empty() => DrainStatus::Drained("drained".into()),
+            (_, false) => DrainStatus::Drained(format!(
+                "drained; every-board apps stay: {} (--include-every-board moves them too)",
+                staying.join(", ")
+            )),
+        };
+        drains.insert(board.to_string(), s);
+    }
+    Plan { apps, garbage: garbage(snapshot), drains }
 }
 
 /// The scheduler's view: every node, with what the bound replicas of live apps already take.
@@ -205,6 +284,7 @@ fn scheduler_for(snapshot: &Snapshot) -> Scheduler {
             volumes: n.volumes.clone(),
             apps: BTreeMap::new(),
             revisions: BTreeMap::new(),
+            devices: n.node.info.devices.clone(),
         })
         .collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -260,6 +340,14 @@ struct Work<'a> {
     /// Marked Lost in this pass: written now, deleted in a later pass (one write per key).
     just_lost: BTreeSet<String>,
     events: Vec<Event>,
+    /// An every-board app's boards: its replicas go nowhere else.
+    boards: Option<BTreeSet<String>>,
+    /// Replicas a drain moves off their boards: not counted (so new copies are made), stopped
+    /// once those are ready (`release_moved`).
+    moving: BTreeSet<String>,
+    /// The spec the count and the rollout follow: the app's own, or for an every-board app one
+    /// with as many replicas as boards it matches, rolled without surge.
+    effective: std::borrow::Cow<'a, AppSpec>,
 }
 
 impl Work<'_> {
@@ -268,7 +356,51 @@ impl Work<'_> {
     }
 
     fn spec(&self) -> &AppSpec {
-        &self.app.app.spec
+        &self.effective
+    }
+}
+
+/// The boards an every-board app belongs on: those whose arch, labels, devices and taints let it
+/// (up or not, cordoned or not).
+fn every_board_nodes(spec: &AppSpec, offered: Option<&Misses>, scheduler: &Scheduler) -> BTreeSet<String> {
+    let req = Placement { app: spec.name.as_str(), spec, misses: offered, revision: "", homes: None };
+    scheduler.nodes.iter().filter(|n| crate::scheduler::mismatch(n, &req).is_none()).map(|n| n.name.clone()).collect()
+}
+
+/// An every-board app's spec for counting and rolling: one replica per board it belongs on, and
+/// a board at a time (a second replica on the same board is never placed, so no surge).
+fn every_board_spec(spec: &AppSpec, boards: usize) -> AppSpec {
+    let mut s = spec.clone();
+    s.replicas = bramble_proto::manifest::Replicas(boards.min(u32::MAX as usize) as u32);
+    s.update.max_surge = bramble_proto::manifest::Step(0);
+    s.update.max_unavailable = bramble_proto::manifest::Step(spec.update.max_unavailable.0.max(1));
+    s
+}
+
+/// Replicas of an every-board app on boards it no longer belongs on (a label gone, a device
+/// unplugged, the board deleted) go; those that take traffic leave their services first.
+fn leave_other_boards(w: &mut Work<'_>, boards: &BTreeSet<String>, drain: &DrainInput<'_>, scheduler: &mut Scheduler) {
+    let now = w.now;
+    let mut gone = Vec::new();
+    for r in w.replicas.iter_mut() {
+        let Some(node) = r.node.clone() else { continue };
+        if boards.contains(&node) || r.terminating_ms.is_some() || w.just_lost.contains(&r.meta.name) {
+            continue;
+        }
+        let drains = drain.served && r.serving();
+        if drains {
+            r.terminating_ms = Some(now);
+        }
+        gone.push((r.meta.name.clone(), drains, node));
+    }
+    for (name, drains, node) in gone {
+        let why = format!("node {node} is no longer one of the app's boards");
+        if !drains {
+            remove_replica(w, &name, scheduler);
+            w.event(&name, EventReason::Deleted, format!("deleted: {why}"));
+        } else {
+            w.event(&name, EventReason::Draining, format!("leaving its services before it stops ({why})"));
+        }
     }
 }
 
@@ -285,15 +417,17 @@ fn salt(revision: u64, now_ms: u64) -> u64 {
     revision.rotate_left(40) ^ now_ms
 }
 
+#[allow(clippy::too_many_arguments)]
 fn plan_app(
     app: &AppState,
     lost: &dyn Fn(&str) -> Option<&'static str>,
     offered: Option<&Misses>,
     drain: &DrainInput<'_>,
+    draining: &Draining<'_>,
     scheduler: &mut Scheduler,
     now: u64,
     salt: u64,
-) -> AppPlan {
+) -> (AppPlan, Option<DrainStatus>) {
     let name = app.app.spec.name.as_str();
     let mut w = Work {
         app,
@@ -303,14 +437,42 @@ fn plan_app(
         replicas: app.replicas.iter().map(|v| v.value.clone()).collect(),
         just_lost: BTreeSet::new(),
         events: Vec::new(),
+        effective: std::borrow::Cow::Borrowed(&app.app.spec),
+        moving: BTreeSet::new(),
+        boards: None,
     };
     mark_lost(&mut w, lost);
     if let Some(offered) = offered {
         evict_foreign(&mut w, offered, scheduler);
     }
+    if app.app.spec.every_board() {
+        let mut boards = every_board_nodes(&app.app.spec, offered, scheduler);
+        // Drained with --include-every-board: not one of its boards once its turn has come (or
+        // once it has nothing there), while the drain lasts.
+        boards.retain(|b| {
+            draining.boards.get(b.as_str()) != Some(&true)
+                || (!draining.moving
+                    && w.replicas.iter().any(|r| r.node.as_deref() == Some(b.as_str()) && r.terminating_ms.is_none()))
+        });
+        w.effective = std::borrow::Cow::Owned(every_board_spec(&app.app.spec, boards.len()));
+        leave_other_boards(&mut w, &boards, drain, scheduler);
+        w.boards = Some(boards);
+    } else {
+        evict_unplugged(&mut w, scheduler);
+        if draining.moving {
+            w.moving = drain_victims(app, draining.boards).iter().map(|r| r.meta.name.clone()).collect();
+        }
+    }
     finish_draining(&mut w, drain, scheduler);
     keep_count(&mut w, drain, scheduler);
     place(&mut w, offered, scheduler);
+    let status = if !draining.moving {
+        None
+    } else if app.app.spec.every_board() {
+        Some(DrainStatus::Moving(format!("app {name}: its every-board replicas are stopping")))
+    } else {
+        Some(release_moved(&mut w, drain, scheduler))
+    };
     let mut changes = replica_changes(app, &w.replicas);
     changes.extend(revision_changes(app, &w.replicas));
     changes.extend(follow_rollout(&mut w));
@@ -325,14 +487,76 @@ fn plan_app(
         })
         .collect()
     };
-    AppPlan {
+    let plan = AppPlan {
         app: name.to_string(),
         app_revision: app.app.meta.revision,
         after: templates(&mut w.replicas.clone().into_iter()),
         before: templates(&mut app.replicas.iter().map(|v| v.value.clone())),
         changes,
         events: w.events,
+    };
+    (plan, status)
+}
+
+/// The replicas a drain moves off their boards go once their new copies are ready — or, when a
+/// new copy cannot be placed, as long as the app keeps `min_available` ready; otherwise the
+/// drain waits and says why.
+fn release_moved(w: &mut Work<'_>, drain: &DrainInput<'_>, scheduler: &mut Scheduler) -> DrainStatus {
+    let name = w.name;
+    let want = w.spec().replicas.0;
+    let floor = w.app.app.spec.min_available(want);
+    let moving: Vec<String> = w.moving.iter().cloned().collect();
+    let others = |w: &Work<'_>| {
+        w.replicas
+            .iter()
+            .filter(|r| !w.moving.contains(&r.meta.name) && r.terminating_ms.is_none() && r.serving())
+            .count() as u32
+    };
+    let unplaced: Option<String> = w
+        .replicas
+        .iter()
+        .find(|r| r.node.is_none() && !r.reason.is_empty() && !w.moving.contains(&r.meta.name))
+        .map(|r| r.reason.clone());
+    let mut blocked = None;
+    for victim in moving {
+        let Some(r) = w.replicas.iter().find(|r| r.meta.name == victim) else { continue };
+        let node = r.node.clone().unwrap_or_default();
+        let serving = r.serving();
+        let ready = others(w);
+        let why = if !serving {
+            Some("it serves nobody".to_string())
+        } else if ready >= want {
+            Some("its new copy is ready".to_string())
+        } else if unplaced.is_some() && ready >= floor {
+            Some(format!("its new copy cannot be placed yet, and {ready} ready stay (min_available {floor})"))
+        } else {
+            None
+        };
+        let Some(why) = why else {
+            blocked = Some(match &unplaced {
+                Some(reason) => DrainStatus::Blocked(format!(
+                    "app {name}: its new copy cannot be placed ({reason}), and stopping {victim} on {node} would leave \
+                     {ready} ready, below min_available {floor}"
+                )),
+                None => DrainStatus::Moving(format!(
+                    "app {name}: waiting for its new copy to be ready ({ready} of {want} ready elsewhere)"
+                )),
+            });
+            continue;
+        };
+        let why = format!("moved off node {node}, which is being drained ({why})");
+        if drain.served && serving {
+            let now = w.now;
+            if let Some(r) = w.replicas.iter_mut().find(|r| r.meta.name == victim) {
+                r.terminating_ms = Some(now);
+            }
+            w.event(&victim, EventReason::Draining, format!("leaving its services before it stops: {why}"));
+        } else {
+            remove_replica(w, &victim, scheduler);
+            w.event(&victim, EventReason::Deleted, format!("deleted: {why}"));
+        }
     }
+    blocked.unwrap_or_else(|| DrainStatus::Moving(format!("app {name}: its replicas are leaving")))
 }
 
 /// Replicas on nodes that stopped answering are Lost from the moment the node is NotReady (or
@@ -393,6 +617,32 @@ fn evict_foreign(w: &mut Work<'_>, misses: &Misses, scheduler: &mut Scheduler) {
     }
 }
 
+/// A replica on a board that no longer has a device the app asks for (unplugged) goes; its
+/// replacement is placed on a board that has it, or waits Pending saying which device is missing.
+fn evict_unplugged(w: &mut Work<'_>, scheduler: &mut Scheduler) {
+    if w.spec().devices.is_empty() {
+        return;
+    }
+    let mut gone = Vec::new();
+    for r in &w.replicas {
+        if matches!(r.phase, ReplicaPhase::Lost | ReplicaPhase::Succeeded) || r.terminating_ms.is_some() {
+            continue;
+        }
+        let Some(i) = r.node.as_deref().and_then(|n| scheduler.index_of(n)) else { continue };
+        let missing = bramble_proto::device::missing(&w.app.app.spec.devices, &scheduler.nodes[i].devices);
+        if missing.is_empty() {
+            continue;
+        }
+        let list: Vec<String> = missing.iter().map(|d| d.to_string()).collect();
+        let node = &scheduler.nodes[i].name;
+        gone.push((r.meta.name.clone(), format!("deleted: node {node} no longer has device {}", list.join(", "))));
+    }
+    for (replica, why) in gone {
+        remove_replica(w, &replica, scheduler);
+        w.event(&replica, EventReason::DeviceMissing, why);
+    }
+}
+
 /// Replicas that were leaving their services go once every board stopped sending to them, or
 /// after the bound.
 fn finish_draining(w: &mut Work<'_>, drain: &DrainInput<'_>, scheduler: &mut Scheduler) {
@@ -433,8 +683,9 @@ fn remove_replica(w: &mut Work<'_>, name: &str, scheduler: &mut Scheduler) {
 fn keep_count(w: &mut Work<'_>, drain: &DrainInput<'_>, scheduler: &mut Scheduler) {
     let current = revision_hash(w.spec());
     let frozen = w.app.history.last().is_some_and(|h| h.value.state == RolloutState::Failed && h.value.hash == current);
-    // Replicas already leaving count no more.
-    let counted: Vec<Replica> = w.replicas.iter().filter(|r| r.terminating_ms.is_none()).cloned().collect();
+    // Replicas already leaving count no more, nor those a drain moves.
+    let counted: Vec<Replica> =
+        w.replicas.iter().filter(|r| r.terminating_ms.is_none() && !w.moving.contains(&r.meta.name)).cloned().collect();
     for action in reconcile(w.name, w.spec(), &counted, w.now, w.salt, frozen) {
         match action {
             Action::Delete { name: victim, reason } => {
@@ -481,7 +732,7 @@ fn homes(w: &Work<'_>, scheduler: &Scheduler) -> Option<BTreeSet<String>> {
 fn place(w: &mut Work<'_>, offered: Option<&Misses>, scheduler: &mut Scheduler) {
     let spec = &w.app.app.spec;
     let revision = revision_hash(spec);
-    let homes = homes(w, scheduler);
+    let homes = w.boards.clone().or_else(|| homes(w, scheduler));
     let req = Placement { app: w.name, spec, misses: offered, revision: &revision, homes: homes.as_ref() };
     let mut events = Vec::new();
     for r in w.replicas.iter_mut().filter(|r| r.node.is_none()) {
@@ -545,7 +796,9 @@ fn follow_rollout(w: &mut Work<'_>) -> Vec<Change> {
                 ));
                 changes.push(Change::PutHistory { record: failed, expect: Some(v.rev) });
                 let mut app = w.app.app.clone();
-                app.spec = *to;
+                // (The count and the update strategy stay the app's own, not an every-board
+                // app's effective ones.)
+                app.spec = super::rollout::with_template(&w.app.app.spec, &to);
                 app.meta.generation += 1;
                 changes.push(Change::PutApp(Box::new(app)));
                 changes.push(Change::PutHistory { record, expect: None });

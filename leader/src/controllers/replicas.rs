@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 pub fn revision_hash(spec: &AppSpec) -> String {
     let mut v = serde_json::to_value(spec).expect("spec serialises");
     if let Some(o) = v.as_object_mut() {
-        for k in ["replicas", "update", "replace_after", "autoscale"] {
+        for k in ["replicas", "update", "replace_after", "autoscale", "labels", "min_available"] {
             o.remove(k);
         }
     }
@@ -193,6 +193,12 @@ mod tests {
     #[test]
     fn the_revision_ignores_the_replica_count_only() {
         assert_eq!(revision_hash(&spec("replicas = 2")), revision_hash(&spec("replicas = 5")));
+        assert_eq!(
+            revision_hash(&spec("")),
+            revision_hash(&spec("labels = { tier = \"web\" }")),
+            "labels roll nothing"
+        );
+        assert_ne!(revision_hash(&spec("")), revision_hash(&spec("devices = [\"i2c\"]")));
         assert_ne!(revision_hash(&spec("")), revision_hash(&spec("args = [\"-v\"]")));
         assert_eq!(revision_hash(&spec("")).len(), 10);
     }

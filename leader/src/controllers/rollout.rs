@@ -21,7 +21,13 @@ pub fn available(r: &Replica, spec: &AppSpec, now_ms: u64) -> bool {
 /// `from`'s pod template with `current`'s count, update strategy and node-loss hold-off (what
 /// an undo or a rollback changes is the template, not how many or how).
 pub fn with_template(current: &AppSpec, from: &AppSpec) -> AppSpec {
-    AppSpec { replicas: current.replicas, update: current.update, replace_after: current.replace_after, ..from.clone() }
+    AppSpec {
+        replicas: current.replicas,
+        update: current.update,
+        replace_after: current.replace_after,
+        labels: current.labels.clone(),
+        ..from.clone()
+    }
 }
 
 /// A new revision's record; `old` is how many replicas of other revisions the app has (the

@@ -7,7 +7,7 @@ use super::desired::{self, DesiredSets};
 use super::{commit, plan, snapshot, Context, Published};
 use crate::error::Result;
 use crate::network::{self, view::NetworkView};
-use bramble_proto::model::Replica;
+use bramble_proto::model::{EventReason, Replica};
 use bramble_proto::time::now_ms;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +33,15 @@ pub fn pass(ctx: &Context, now_ms: u64) -> Result<Outcome> {
     let plan = plan::plan(&snapshot, now_ms);
     let plan_seconds = started.elapsed().as_secs_f64();
     commit::garbage(ctx, &plan.garbage, now_ms);
+    // Drains: said when they block, and when they are done.
+    for (board, status) in ctx.drain.boards(plan.drains.clone()) {
+        let (reason, text) = match status {
+            plan::DrainStatus::Moving(_) => continue,
+            plan::DrainStatus::Blocked(t) => (EventReason::DrainBlocked, format!("drain blocked: {t}")),
+            plan::DrainStatus::Drained(t) => (EventReason::NodeDrained, t),
+        };
+        ctx.events.node(&board, reason, text, now_ms);
+    }
     let mut kept = Vec::new();
     for app in &plan.apps {
         let committed = commit::app(ctx, app).unwrap_or_else(|e| {

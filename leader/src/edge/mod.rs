@@ -312,7 +312,7 @@ async fn serve_stream(
                 return;
             }
             let span = tracing::info_span!("session", node = %hello.node_name, epoch = hello.epoch);
-            crate::sessions::session(conn, identity, edge.sessions.clone(), edge.heartbeat, hello, send, recv)
+            crate::sessions::session(conn, identity, edge.sessions.clone(), edge.heartbeat, *hello, send, recv)
                 .instrument(span)
                 .await;
         }

@@ -35,6 +35,8 @@ pub struct NodeSnapshot {
     pub apps: BTreeMap<String, u32>,
     /// Replicas per pod template (revision hash) bound to it.
     pub revisions: BTreeMap<String, u32>,
+    /// The devices the board offers apps.
+    pub devices: Vec<bramble_proto::device::Device>,
 }
 
 /// Board → the platforms the image offers, as that board found when it could not pull it.
@@ -76,6 +78,11 @@ pub enum Reason {
     MaxPerNode,
     HostVolume,
     VolumeElsewhere,
+    MissingDevice,
+    /// An every-board app already has its replica there.
+    OnePerBoard,
+    /// Being drained, every-board apps included.
+    Draining,
 }
 
 impl Reason {
@@ -94,6 +101,9 @@ impl Reason {
             Reason::MaxPerNode => "max per node reached",
             Reason::HostVolume => "no host volume label",
             Reason::VolumeElsewhere => "local volume on another node",
+            Reason::MissingDevice => "missing device",
+            Reason::OnePerBoard => "already running one",
+            Reason::Draining => "being drained",
         }
     }
 }
@@ -104,6 +114,8 @@ pub struct Unschedulable {
     pub nodes: usize,
     /// First failing filter per node, counted.
     pub reasons: BTreeMap<Reason, usize>,
+    /// The devices asked for that the nodes refused for [`Reason::MissingDevice`] lack.
+    pub devices: BTreeSet<String>,
 }
 
 impl fmt::Display for Unschedulable {
@@ -113,7 +125,16 @@ impl fmt::Display for Unschedulable {
         }
         let mut parts: Vec<(usize, Reason)> = self.reasons.iter().map(|(r, n)| (*n, *r)).collect();
         parts.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        let text: Vec<String> = parts.iter().map(|(n, r)| format!("{n} {}", r.text())).collect();
+        let text: Vec<String> = parts
+            .iter()
+            .map(|(n, r)| match r {
+                Reason::MissingDevice if !self.devices.is_empty() => {
+                    let list: Vec<&str> = self.devices.iter().map(String::as_str).collect();
+                    format!("{n} {} {}", r.text(), list.join(", "))
+                }
+                _ => format!("{n} {}", r.text()),
+            })
+            .collect();
         write!(f, "0/{} nodes: {}", self.nodes, text.join(", "))
     }
 }
@@ -138,14 +159,18 @@ pub fn filter(node: &NodeSnapshot, req: &Request<'_>) -> Option<Reason> {
     if !node.ready {
         return Some(Reason::NotReady);
     }
-    if node.unschedulable {
+    // Every-board apps run on cordoned boards too (a drain leaves them alone unless asked).
+    if node.unschedulable && !spec.every_board() {
         return Some(Reason::Cordoned);
     }
     if node.network_unavailable {
         return Some(Reason::NetworkUnavailable);
     }
-    if req.misses.is_some_and(|m| missed(m, &node.name, &node.arch)) {
-        return Some(Reason::ArchMismatch);
+    if spec.every_board() && node.apps.get(req.app).is_some_and(|n| *n > 0) {
+        return Some(Reason::OnePerBoard);
+    }
+    if let Some(r) = mismatch(node, req) {
+        return Some(r);
     }
     let cpu = spec.resources.cpu.map_or(0, |c| c.0);
     let mem = spec.resources.memory.map_or(0, |m| m.0);
@@ -158,6 +183,29 @@ pub fn filter(node: &NodeSnapshot, req: &Request<'_>) -> Option<Reason> {
     if node.requested.replicas + 1 > node.allocatable.replicas {
         return Some(Reason::TooManyReplicas);
     }
+    if req.homes.is_some_and(|h| !h.contains(&node.name)) {
+        // (An every-board app's homes are its boards: one it matches is left out only while a
+        // drain moves it off.)
+        return Some(if spec.every_board() { Reason::Draining } else { Reason::VolumeElsewhere });
+    }
+    if spec.ports.iter().any(|p| p.host.is_some_and(|h| node.host_ports.contains(&(h.0, p.protocol)))) {
+        return Some(Reason::HostPort);
+    }
+    if let Some(max) = spec.placement.max_per_node {
+        if node.apps.get(req.app).copied().unwrap_or(0) >= max.0 {
+            return Some(Reason::MaxPerNode);
+        }
+    }
+    None
+}
+
+/// What about `node` itself keeps `req` off it, whatever runs there and whether it is up now: its
+/// arch, labels, devices and taints. An every-board app has a replica on each node this passes.
+pub fn mismatch(node: &NodeSnapshot, req: &Request<'_>) -> Option<Reason> {
+    let spec = req.spec;
+    if req.misses.is_some_and(|m| missed(m, &node.name, &node.arch)) {
+        return Some(Reason::ArchMismatch);
+    }
     if spec.placement.node_selector.0.iter().any(|(k, v)| node.labels.get(k) != Some(v)) {
         return Some(Reason::NodeSelector);
     }
@@ -167,19 +215,11 @@ pub fn filter(node: &NodeSnapshot, req: &Request<'_>) -> Option<Reason> {
     }) {
         return Some(Reason::HostVolume);
     }
-    if req.homes.is_some_and(|h| !h.contains(&node.name)) {
-        return Some(Reason::VolumeElsewhere);
+    if !bramble_proto::device::missing(&spec.devices, &node.devices).is_empty() {
+        return Some(Reason::MissingDevice);
     }
     if node.taints.iter().any(|t| t.effect != TaintEffect::PreferNoSchedule && !tolerates(spec, t)) {
         return Some(Reason::Taint);
-    }
-    if spec.ports.iter().any(|p| p.host.is_some_and(|h| node.host_ports.contains(&(h.0, p.protocol)))) {
-        return Some(Reason::HostPort);
-    }
-    if let Some(max) = spec.placement.max_per_node {
-        if node.apps.get(req.app).copied().unwrap_or(0) >= max.0 {
-            return Some(Reason::MaxPerNode);
-        }
     }
     None
 }
@@ -217,10 +257,18 @@ impl Scheduler {
     /// The best node for `req` (its index), or why there is none. Changes nothing.
     pub fn place(&self, req: &Request<'_>) -> Result<usize, Unschedulable> {
         let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
+        let mut devices = BTreeSet::new();
         let mut best: Option<(i64, usize)> = None;
         for (i, n) in self.nodes.iter().enumerate() {
             match filter(n, req) {
-                Some(r) => *reasons.entry(r).or_default() += 1,
+                Some(r) => {
+                    *reasons.entry(r).or_default() += 1;
+                    if r == Reason::MissingDevice {
+                        devices.extend(
+                            bramble_proto::device::missing(&req.spec.devices, &n.devices).iter().map(|d| d.to_string()),
+                        );
+                    }
+                }
                 None => {
                     let s = score(n, req);
                     // Strictly better only: ties go to the first name.
@@ -230,7 +278,7 @@ impl Scheduler {
                 }
             }
         }
-        best.map(|(_, i)| i).ok_or(Unschedulable { nodes: self.nodes.len(), reasons })
+        best.map(|(_, i)| i).ok_or(Unschedulable { nodes: self.nodes.len(), reasons, devices })
     }
 
     /// Records that a replica of `req` is bound to node `i`.

@@ -25,6 +25,7 @@ fn node(name: &str, cpu: u64, mem_mi: u64) -> NodeSnapshot {
         volumes: BTreeSet::new(),
         apps: BTreeMap::new(),
         revisions: BTreeMap::new(),
+        devices: Vec::new(),
     }
 }
 
@@ -193,4 +194,38 @@ fn host_volumes_need_their_label_and_local_volumes_keep_their_homes() {
         c_down.place(&pinned).unwrap_err().to_string(),
         "0/3 nodes: 2 local volume on another node, 1 not ready"
     );
+}
+
+#[test]
+fn devices_place_replicas_only_where_the_board_has_them() {
+    use bramble_proto::device::{Device, DeviceClass, DeviceKind};
+    let serial = |path: &str, usb: &str| Device {
+        class: DeviceClass::Serial,
+        path: path.into(),
+        kind: DeviceKind::Char,
+        major: 188,
+        minor: 0,
+        mode: 0o660,
+        gid: 20,
+        usb: Some(usb.parse().unwrap()),
+        serial: None,
+    };
+    let mut a = node("a", 4000, 4096);
+    a.devices = vec![serial("/dev/ttyUSB0", "1a86:7523")];
+    let mut b = node("b", 4000, 4096);
+    b.devices = vec![serial("/dev/ttyUSB0", "10c4:ea60")];
+    let c = node("c", 4000, 4096);
+    let s = Scheduler::new(vec![a, b, c]);
+    let zigbee = app("devices = [\"serial:10c4:ea60\"]");
+    assert_eq!(s.nodes[s.place(&req(&zigbee, None)).unwrap()].name, "b", "only b has the CP2102");
+    let any_serial = app("devices = [\"serial\"]");
+    let on = s.place(&req(&any_serial, None)).unwrap();
+    assert!(["a", "b"].contains(&s.nodes[on].name.as_str()));
+    let camera = app("devices = [\"/dev/video0\", \"serial\"]");
+    assert_eq!(
+        s.place(&req(&camera, None)).unwrap_err().to_string(),
+        "0/3 nodes: 3 missing device /dev/video0, serial"
+    );
+    let no_i2c = app("devices = [\"i2c\"]");
+    assert_eq!(s.place(&req(&no_i2c, None)).unwrap_err().to_string(), "0/3 nodes: 3 missing device i2c");
 }

@@ -137,6 +137,17 @@ pub fn images(ctx: &Context, node: &str, list: Vec<String>) {
     ctx.observed.set_node_images(node, list);
 }
 
+/// What changed between two device lists, in words: `+/dev/ttyUSB0 (serial 10c4:ea60), -/dev/video0`.
+pub fn device_diff(old: &[bramble_proto::device::Device], new: &[bramble_proto::device::Device]) -> String {
+    let word = |d: &bramble_proto::device::Device| match d.usb {
+        Some(id) => format!("{} ({} {id})", d.path, d.class),
+        None => format!("{} ({})", d.path, d.class),
+    };
+    let added = new.iter().filter(|d| !old.iter().any(|o| o.path == d.path)).map(|d| format!("+{}", word(d)));
+    let removed = old.iter().filter(|d| !new.iter().any(|n| n.path == d.path)).map(|d| format!("-{}", word(d)));
+    added.chain(removed).collect::<Vec<_>>().join(", ")
+}
+
 /// Records what an agent reports about its board, and the address its session comes from;
 /// writes only if something changed.
 pub fn node_info(
@@ -168,6 +179,13 @@ pub fn node_info(
                     Some((EventReason::NetworkAvailable, "the board's network works again".to_string()));
             }
             (None, None) => {}
+        }
+        // Devices plugged in or out: said, and the replica controller looks again.
+        if node.info.devices != info.devices {
+            let diff = device_diff(&node.info.devices, &info.devices);
+            if !diff.is_empty() && news.borrow().is_none() {
+                *news.borrow_mut() = Some((EventReason::DevicesChanged, format!("devices: {diff}")));
+            }
         }
         let changed = node.info != info
             || (address.is_some() && node.address != address)

@@ -680,3 +680,36 @@ fn autoscale_needs_targets_and_requests_and_sane_bounds() {
         "expected a target",
     );
 }
+
+#[test]
+fn devices_and_labels_parse() {
+    let m = parse_manifest(
+        "m.toml",
+        &app("labels = { tier = \"web\", \"example.com/team\" = \"edge\" }\ndevices = [\"i2c\", \"serial:10c4:ea60\", \"/dev/video0\"]\n"),
+    )
+    .unwrap();
+    let a = &m.apps[0];
+    assert_eq!(a.labels.get("tier").map(String::as_str), Some("web"));
+    let shown: Vec<String> = a.devices.iter().map(|d| d.to_string()).collect();
+    assert_eq!(shown, ["i2c", "serial:10c4:ea60", "/dev/video0"]);
+}
+
+#[test]
+fn a_bad_device_says_where_and_what() {
+    fails(
+        &app("devices = [\"gpu\"]\n"),
+        4,
+        11,
+        "app[0].devices[0]",
+        "expected a device class (gpio, i2c, spi, serial, video, usb)",
+    );
+    fails(&app("devices = [\"/etc/shadow\"]\n"), 4, 11, "app[0].devices[0]", "expected a path under /dev/");
+    fails(&app("devices = [\"/dev/../mem\"]\n"), 4, 11, "app[0].devices[0]", "no `..`");
+    fails(&app("devices = [\"i2c\", \"i2c\"]\n"), 4, 19, "app[0].devices[1]", "i2c is listed twice");
+}
+
+#[test]
+fn a_bad_label_is_refused() {
+    fails(&app("labels = { \"bad key\" = \"x\" }\n"), 4, 10, "app[0].labels", "invalid label key \"bad key\"");
+    fails(&app("labels = { tier = \"-web\" }\n"), 4, 10, "app[0].labels", "invalid label value \"-web\"");
+}

@@ -33,6 +33,12 @@ pub enum Request {
         name: String,
         cordoned: bool,
     },
+    /// Cordon, then move the node's replicas away one app at a time (`bramble drain`).
+    Drain {
+        name: String,
+        #[serde(default)]
+        include_every_board: bool,
+    },
     CreateToken {
         ttl_secs: u64,
         /// Gone after the first board joins with it.

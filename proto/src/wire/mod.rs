@@ -38,7 +38,7 @@ pub struct Open {
 #[serde(rename_all = "snake_case")]
 pub enum OpenKind {
     Call(Request),
-    Session(Hello),
+    Session(Box<Hello>),
 }
 
 #[cfg(test)]

@@ -74,7 +74,9 @@ impl Shim {
         };
         // cgroup v2 has no devices files: the same rules as a program, before anything runs.
         if let Some(dir) = self.cgroups.v2_dir(&cgroup) {
-            if let Err(e) = crate::runtime::devices::restrict(&dir) {
+            if let Err(e) =
+                crate::runtime::devices::restrict(&dir, &crate::runtime::devices::rules_for(&self.config.devices))
+            {
                 let _ = container.delete(true);
                 return Err(format!("cannot confine the container's devices: {e}"));
             }

@@ -199,6 +199,57 @@ fn replicas_leave_boards_whose_arch_the_image_lacks() {
     assert_eq!(replicas(&s).len(), 3);
 }
 
+fn zigbee_stick() -> bramble_proto::device::Device {
+    bramble_proto::device::Device {
+        class: bramble_proto::device::DeviceClass::Serial,
+        path: "/dev/ttyUSB0".into(),
+        kind: bramble_proto::device::DeviceKind::Char,
+        major: 188,
+        minor: 0,
+        mode: 0o660,
+        gid: 20,
+        usb: Some("10c4:ea60".parse().unwrap()),
+        serial: None,
+    }
+}
+
+/// A device unplugged: the replica leaves that board and goes where the device is, or waits
+/// Pending saying which; plugged back in, it is placed again.
+#[test]
+fn a_replica_follows_its_device() {
+    let mut nodes = ready_nodes(3);
+    nodes[1].node.info.devices = vec![zigbee_stick()];
+    let mut s = snapshot(nodes, spec("devices = [\"serial:10c4:ea60\"]"));
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    assert_eq!(replicas(&s)[0].node.as_deref(), Some("pi-2"), "only pi-2 has the stick");
+    // Unplugged from pi-2, plugged into pi-3.
+    s.nodes[1].node.info.devices.clear();
+    s.nodes[2].node.info.devices = vec![zigbee_stick()];
+    let p = pass(&mut s, 2_000, &mut rev);
+    let gone: Vec<&str> = p.apps[0]
+        .events
+        .iter()
+        .filter(|e| e.reason == EventReason::DeviceMissing)
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(gone, ["deleted: node pi-2 no longer has device serial:10c4:ea60"]);
+    pass(&mut s, 3_000, &mut rev);
+    assert_eq!(replicas(&s).len(), 1);
+    assert_eq!(replicas(&s)[0].node.as_deref(), Some("pi-3"));
+    // Gone from every board: the replica waits, saying why.
+    s.nodes[2].node.info.devices.clear();
+    pass(&mut s, 4_000, &mut rev);
+    pass(&mut s, 5_000, &mut rev);
+    let r = replicas(&s);
+    assert_eq!((r.len(), r[0].phase, r[0].node.as_deref()), (1, ReplicaPhase::Pending, None));
+    assert!(r[0].reason.contains("3 missing device serial:10c4:ea60"), "{}", r[0].reason);
+    // Back on pi-1.
+    s.nodes[0].node.info.devices = vec![zigbee_stick()];
+    pass(&mut s, 6_000, &mut rev);
+    assert_eq!(replicas(&s)[0].node.as_deref(), Some("pi-1"));
+}
+
 /// A board speaks only for itself: one board's miss (even a lie: "riscv64 only") moves the
 /// replicas off that board, never off the others.
 #[test]
@@ -556,4 +607,214 @@ fn a_dry_run_shows_a_host_port_rollout_stuck_on_one_board_and_the_in_place_one_t
     assert_eq!(v.changes.len(), 1, "{v:?}");
     assert_eq!((v.changes[0].action, v.changes[0].replica.as_deref()), (PlannedAction::Replace, Some(old.as_str())));
     assert!(v.outcome.starts_with("complete"), "{}", v.outcome);
+}
+
+fn every_board(extra: &str) -> AppSpec {
+    spec(&format!("mode = \"every-board\"\n{extra}"))
+}
+
+/// Replicas per board (bound ones), and the unbound count.
+fn by_board(s: &Snapshot) -> (BTreeMap<String, usize>, usize) {
+    let mut on = BTreeMap::new();
+    let mut unbound = 0;
+    for r in replicas(s) {
+        match &r.node {
+            Some(n) => *on.entry(n.clone()).or_default() += 1,
+            None => unbound += 1,
+        }
+    }
+    (on, unbound)
+}
+
+#[test]
+fn an_every_board_app_follows_the_boards_that_join_leave_and_match() {
+    let mut s = snapshot(ready_nodes(3), every_board(""));
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    let (on, unbound) = by_board(&s);
+    assert_eq!((on.len(), unbound), (3, 0), "{on:?}");
+    assert!(on.values().all(|n| *n == 1));
+    // A cordoned board keeps its replica; a board that joins gets one.
+    s.nodes[1].node.unschedulable = true;
+    s.nodes.push(node("pi-4", Arch::Arm64, ConditionStatus::True));
+    pass(&mut s, 2_000, &mut rev);
+    let (on, _) = by_board(&s);
+    assert_eq!(on.keys().map(String::as_str).collect::<Vec<_>>(), ["pi-1", "pi-2", "pi-3", "pi-4"]);
+    // A board deleted: its replica goes and nothing replaces it.
+    s.nodes.remove(0);
+    for t in 3..6 {
+        pass(&mut s, t * 1_000, &mut rev);
+    }
+    let (on, unbound) = by_board(&s);
+    assert_eq!((on.keys().map(String::as_str).collect::<Vec<_>>(), unbound), (vec!["pi-2", "pi-3", "pi-4"], 0));
+    assert_eq!(replicas(&s).len(), 3);
+}
+
+#[test]
+fn an_every_board_app_with_a_selector_comes_and_goes_with_the_label() {
+    let mut s = snapshot(ready_nodes(3), every_board("placement = { node_selector = { role = \"sensor\" } }"));
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    assert!(replicas(&s).is_empty(), "no board matches: no replica, none Pending");
+    s.nodes[2].node.labels.insert("role".into(), "sensor".into());
+    pass(&mut s, 2_000, &mut rev);
+    assert_eq!(by_board(&s), (BTreeMap::from([("pi-3".to_string(), 1)]), 0));
+    s.nodes[2].node.labels.remove("role");
+    let p = pass(&mut s, 3_000, &mut rev);
+    assert!(p.apps[0].events.iter().any(|e| e.message.contains("node pi-3 is no longer one of the app's boards")));
+    assert!(replicas(&s).is_empty(), "{:?}", replicas(&s));
+}
+
+#[test]
+fn an_every_board_replica_waits_for_its_board_while_it_is_down() {
+    let mut s = snapshot(ready_nodes(3), every_board(""));
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    s.nodes[1].ready = ConditionStatus::False;
+    pass(&mut s, 2_000, &mut rev);
+    pass(&mut s, 3_000, &mut rev);
+    let (on, unbound) = by_board(&s);
+    assert_eq!((on.len(), unbound), (2, 1), "replaced by one that waits: {:?}", replicas(&s));
+    assert!(on.values().all(|n| *n == 1), "never a second one on a board that has one: {on:?}");
+    let waiting = replicas(&s).into_iter().find(|r| r.node.is_none()).unwrap().clone();
+    assert_eq!(waiting.reason, "0/3 nodes: 2 already running one, 1 not ready");
+    s.nodes[1].ready = ConditionStatus::True;
+    pass(&mut s, 4_000, &mut rev);
+    let (on, unbound) = by_board(&s);
+    assert_eq!((on.len(), unbound), (3, 0));
+    assert_eq!(replicas(&s).iter().find(|r| r.meta.name == waiting.meta.name).unwrap().node.as_deref(), Some("pi-2"));
+}
+
+#[test]
+fn an_every_board_app_rolls_one_board_at_a_time() {
+    let mut s = snapshot(ready_nodes(4), every_board(""));
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    let old = revision_hash(&s.apps["web"].app.spec);
+    s.apps.get_mut("web").unwrap().app.spec.image = "reg/web:2".parse().unwrap();
+    let new = revision_hash(&s.apps["web"].app.spec);
+    for t in 2..40 {
+        pass(&mut s, t * 1_000, &mut rev);
+        let rs = replicas(&s);
+        let ready = rs.iter().filter(|r| r.serving()).count();
+        assert!(ready >= 3, "at most one board without its replica at a time: {rs:?}");
+        let (on, _) = by_board(&s);
+        assert!(on.values().all(|n| *n == 1), "one per board: {on:?}");
+        if rs.len() == 4 && rs.iter().all(|r| r.revision_hash == new && r.serving()) {
+            let stored = &s.apps["web"].app.spec;
+            assert_eq!((stored.update.max_surge.0, stored.replicas.0), (1, 1), "the app's own spec is untouched");
+            return;
+        }
+    }
+    panic!("not rolled out from {old} to {new}: {:?}", replicas(&s));
+}
+
+/// Starts a drain of `board` as `bramble drain` does.
+fn drain(s: &mut Snapshot, board: &str, include_every_board: bool) {
+    let n = s.nodes.iter_mut().find(|n| n.node.meta.name == board).unwrap();
+    n.node.unschedulable = true;
+    n.node.draining = Some(bramble_proto::model::Draining { since_ms: 0, by: "admin".into(), include_every_board });
+}
+
+fn add_app(s: &mut Snapshot, name: &str, text: &str) {
+    let spec = parse_manifest("t.toml", &format!("[[app]]\nname = \"{name}\"\nimage = \"reg/{name}:1\"\n{text}"))
+        .unwrap()
+        .apps
+        .remove(0);
+    let app = App {
+        meta: ObjectMeta { name: name.into(), generation: 1, revision: 1, created_ms: 0, changed_by: None },
+        spec,
+    };
+    s.apps.insert(name.into(), AppState { app, replicas: Vec::new(), revisions: BTreeMap::new(), history: Vec::new() });
+}
+
+fn on(s: &Snapshot, app: &str, board: &str) -> usize {
+    s.apps[app].replicas.iter().filter(|r| r.value.node.as_deref() == Some(board)).count()
+}
+
+#[test]
+fn a_drain_moves_one_app_at_a_time_each_new_copy_ready_before_the_old_stops() {
+    let mut s = snapshot(ready_nodes(3), spec("replicas = 3"));
+    add_app(&mut s, "api", "replicas = 2");
+    add_app(&mut s, "exporter", "mode = \"every-board\"");
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    let victims = on(&s, "web", "pi-2") + on(&s, "api", "pi-2");
+    assert!(victims >= 2, "something to move");
+    drain(&mut s, "pi-2", false);
+    let mut moved_apps = Vec::new();
+    for t in 2..30 {
+        let p = pass(&mut s, t * 1_000, &mut rev);
+        for (app, want) in [("web", 3), ("api", 2)] {
+            let ready = s.apps[app].replicas.iter().filter(|r| r.value.serving()).count();
+            assert!(ready >= want, "{app} never below its count: {ready} at {t} s");
+        }
+        let deleting: BTreeSet<&str> = p
+            .apps
+            .iter()
+            .filter(|a| a.events.iter().any(|e| e.message.contains("which is being drained")))
+            .map(|a| a.app.as_str())
+            .collect();
+        assert!(deleting.len() <= 1, "one app at a time: {deleting:?}");
+        moved_apps.extend(deleting.iter().map(|a| a.to_string()));
+        if let Some(DrainStatus::Drained(text)) = p.drains.get("pi-2") {
+            assert_eq!(on(&s, "web", "pi-2") + on(&s, "api", "pi-2"), 0);
+            assert_eq!(on(&s, "exporter", "pi-2"), 1, "every-board apps stay");
+            assert!(text.contains("every-board apps stay: exporter"), "{text}");
+            moved_apps.dedup();
+            assert_eq!(moved_apps, ["api", "web"], "by name, one after the other");
+            return;
+        }
+    }
+    panic!("not drained: {:?}", replicas(&s));
+}
+
+#[test]
+fn a_drain_that_would_break_a_budget_says_which_app_and_why() {
+    // Two boards, two replicas at most one per board: the moved copy has nowhere to go.
+    let mut s = snapshot(ready_nodes(2), spec("replicas = 2\nmin_available = 2\nplacement = { max_per_node = 1 }"));
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    drain(&mut s, "pi-2", false);
+    let mut last = None;
+    for t in 2..6 {
+        last = plan(&s, t * 1_000).drains.get("pi-2").cloned();
+        pass(&mut s, t * 1_000, &mut rev);
+    }
+    let Some(DrainStatus::Blocked(why)) = last else { panic!("{last:?}") };
+    assert!(
+        why.starts_with("app web: its new copy cannot be placed (0/2 nodes: 1 cordoned, 1 max per node reached)"),
+        "{why}"
+    );
+    assert!(why.ends_with("would leave 1 ready, below min_available 2"), "{why}");
+    assert_eq!(on(&s, "web", "pi-2"), 1, "nothing stopped");
+    // The default budget (one ready) lets it go; its copy waits for room.
+    s.apps.get_mut("web").unwrap().app.spec.min_available = None;
+    for t in 6..9 {
+        pass(&mut s, t * 1_000, &mut rev);
+    }
+    assert_eq!(on(&s, "web", "pi-2"), 0);
+    assert_eq!(s.apps["web"].replicas.iter().filter(|r| r.value.serving()).count(), 1);
+    assert!(matches!(plan(&s, 10_000).drains.get("pi-2"), Some(DrainStatus::Drained(_))));
+}
+
+#[test]
+fn a_drain_with_every_board_apps_moves_them_too_when_asked() {
+    let mut s = snapshot(ready_nodes(3), every_board(""));
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    drain(&mut s, "pi-1", true);
+    for t in 2..6 {
+        pass(&mut s, t * 1_000, &mut rev);
+    }
+    assert_eq!(on(&s, "web", "pi-1"), 0);
+    assert_eq!(replicas(&s).len(), 2, "not replaced elsewhere: one per board");
+    assert!(matches!(plan(&s, 7_000).drains.get("pi-1"), Some(DrainStatus::Drained(t)) if t == "drained"));
+    // Uncordoned: the board has its replica again.
+    let n = &mut s.nodes[0].node;
+    n.unschedulable = false;
+    n.draining = None;
+    pass(&mut s, 8_000, &mut rev);
+    pass(&mut s, 9_000, &mut rev);
+    assert_eq!(on(&s, "web", "pi-1"), 1);
 }

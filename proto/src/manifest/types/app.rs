@@ -353,6 +353,25 @@ pub enum RestartPolicy {
     Never,
 }
 
+/// How many replicas an app has: `replicas` of them, placed where they fit best, or one on every
+/// board that matches its placement (and has its devices).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AppMode {
+    #[default]
+    Replicated,
+    /// One replica per matching board: made when a board joins or starts to match, removed when
+    /// it leaves or stops matching; rolled one board at a time (`max_unavailable`, no surge).
+    /// Cordoned boards keep theirs.
+    EveryBoard,
+}
+
+impl AppMode {
+    pub fn is_default(&self) -> bool {
+        *self == AppMode::Replicated
+    }
+}
+
 /// How a new revision replaces the old one: new replicas first (at most `max_surge` above the
 /// count), old ones removed as new ones are ready (at most `max_unavailable` below it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -411,6 +430,17 @@ impl Default for UpdateStrategy {
 pub struct AppSpec {
     pub name: Name,
     pub image: ImageRef,
+    /// How many replicas a drain leaves ready at least, while it moves them off a board (a
+    /// count or `"50%"`; default: 1 for an app of more than one replica, else 0). The autoscaler
+    /// never goes below it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_available: Option<MinAvailable>,
+    /// `"every-board"`: one replica on each matching board instead of `replicas`.
+    #[serde(default, skip_serializing_if = "AppMode::is_default")]
+    pub mode: AppMode,
+    /// Labels of the app (`-l tier=web` selects it); changing them rolls nothing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// Replaces the image's entrypoint.
     #[serde(default)]
     pub command: Vec<String>,
@@ -470,12 +500,30 @@ pub struct AppSpec {
     /// the admin role.
     #[serde(default, skip_serializing_if = "SecuritySpec::is_default")]
     pub security: SecuritySpec,
+    /// Devices of the board bound into each replica: a class (`"i2c"`), a class with a USB id
+    /// (`"serial:10c4:ea60"`) or a path (`"/dev/video0"`). Replicas go only to boards that have
+    /// every one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<crate::device::DeviceRequest>,
 }
 
 /// The default grace period between the stop signal and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 impl AppSpec {
+    /// How many replicas a drain leaves ready at least (of `replicas`).
+    pub fn min_available(&self, replicas: u32) -> u32 {
+        match self.min_available {
+            Some(m) => m.of(replicas),
+            None => u32::from(replicas > 1),
+        }
+    }
+
+    /// One replica on every matching board.
+    pub fn every_board(&self) -> bool {
+        self.mode == AppMode::EveryBoard
+    }
+
     pub fn stop_grace(&self) -> Duration {
         self.stop_grace.map_or(STOP_GRACE, |d| d.0)
     }
@@ -635,6 +683,43 @@ impl AppSpec {
                     at("memory"),
                     "a memory target is a share of the request: set resources.memory (e.g. \"128Mi\")",
                 ));
+            }
+        }
+        for (k, v) in &self.labels {
+            if let Err(e) = crate::names::check_label_key(k).and_then(|_| crate::names::check_label_value(v)) {
+                out.push(Problem::new(vec![Key("labels")], e.to_string()));
+            }
+        }
+        if self.labels.len() > 64 {
+            out.push(Problem::new(
+                vec![Key("labels")],
+                format!("expected at most 64 labels, found {}", self.labels.len()),
+            ));
+        }
+        if self.mode == AppMode::EveryBoard {
+            if self.autoscale.is_some() {
+                out.push(Problem::new(
+                    vec![Key("autoscale")],
+                    "an every-board app has one replica per board: it cannot autoscale",
+                ));
+            }
+            if self.placement.max_per_node.is_some() {
+                out.push(Problem::new(
+                    vec![Key("placement"), Key("max_per_node")],
+                    "an every-board app has one replica per board already",
+                ));
+            }
+        }
+        if self.devices.len() > crate::device::MAX_APP_DEVICES {
+            out.push(Problem::new(
+                vec![Key("devices")],
+                format!("expected at most {} devices, found {}", crate::device::MAX_APP_DEVICES, self.devices.len()),
+            ));
+        }
+        let mut devices = BTreeSet::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            if !devices.insert(d) {
+                out.push(Problem::new(vec![Key("devices"), Index(i)], format!("{d} is listed twice")));
             }
         }
         let mut config_names = BTreeSet::new();

@@ -60,6 +60,61 @@ ranged_int!(
     Step, u32, 0, MAX_REPLICAS, "a replica count"
 );
 
+/// How many of an app's replicas a drain leaves ready at least: a count (`2`) or a share of its
+/// replicas (`"50%"`, rounded up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinAvailable {
+    Count(u32),
+    Percent(u32),
+}
+
+impl MinAvailable {
+    /// The count for an app of `replicas` replicas.
+    pub fn of(self, replicas: u32) -> u32 {
+        match self {
+            MinAvailable::Count(n) => n,
+            MinAvailable::Percent(p) => (u64::from(replicas) * u64::from(p)).div_ceil(100) as u32,
+        }
+    }
+}
+
+impl Serialize for MinAvailable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MinAvailable::Count(n) => s.serialize_u32(*n),
+            MinAvailable::Percent(p) => s.serialize_str(&format!("{p}%")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MinAvailable {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = MinAvailable;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a replica count from 0 to {MAX_REPLICAS} or a share such as \"50%\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<MinAvailable, E> {
+                if !(0..=i64::from(MAX_REPLICAS)).contains(&v) {
+                    return Err(E::custom(format!("expected a replica count from 0 to {MAX_REPLICAS}, found {v}")));
+                }
+                Ok(MinAvailable::Count(v as u32))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<MinAvailable, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<MinAvailable, E> {
+                match v.strip_suffix('%').and_then(|n| n.parse::<u32>().ok()) {
+                    Some(n) if n <= 100 => Ok(MinAvailable::Percent(n)),
+                    _ => Err(E::custom(format!("expected a share from \"0%\" to \"100%\" or a count, found {v:?}"))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// A share of a request: `"70%"`, 1 to 1000.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Percent(pub u32);

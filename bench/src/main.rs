@@ -6,6 +6,7 @@
 mod agent;
 mod apps;
 mod containers;
+mod drain;
 mod ha;
 mod images;
 mod monitoring;
@@ -91,6 +92,12 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
+    /// `bramble drain` of a board with 10 replicas of 3 apps vs losing that board; an every-board
+    /// rollout across 3 boards vs a 3-replica one.
+    Drain {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Secret update -> the new value in a running container's file.
     Secrets {
         #[arg(long, default_value_t = 20)]
@@ -132,6 +139,7 @@ fn main() {
         Command::Net { runs } => vec![("net", net::run(runs))],
         Command::Rollout { runs } => vec![("rollout", rollout::run(runs))],
         Command::Secrets { runs } => vec![("secrets", secrets::run(runs))],
+        Command::Drain { runs } => vec![("drain", drain::run(runs))],
         Command::Revocation { runs } => vec![("revocation", users::run(runs))],
         Command::Monitoring { replicas } => vec![("monitoring", monitoring::run(replicas))],
         Command::Ha { runs, steady_secs } => vec![("ha", ha::run(runs, steady_secs))],
@@ -147,6 +155,7 @@ fn main() {
             ("startup", startup::run(runs.max(20))),
             ("net", net::run(runs)),
             ("rollout", rollout::run(runs)),
+            ("drain", drain::run(runs.min(5))),
             ("secrets", secrets::run(runs.max(20))),
             ("revocation", users::run(runs.max(50))),
             ("monitoring", monitoring::run(20)),

@@ -45,6 +45,8 @@ fn config(id: &str, rootfs: &Path, logs: &Path) -> ContainerConfig {
         secret_env: Vec::new(),
         unconfined: false,
         devices: Vec::new(),
+        cap_add: Vec::new(),
+        cap_drop: Vec::new(),
     }
 }
 

@@ -59,6 +59,8 @@ enum Command {
     /// Cordon a node and move its replicas away one app at a time, each new copy ready before the
     /// old one stops and never below an app's min_available: `bramble drain pi-2 --timeout 5m`.
     Drain(cmd::drain::Args),
+    /// What an admin lets deployers ask for in one app: `bramble policy allow zigbee --cap-add NET_ADMIN`, `ls`, `rm`.
+    Policy(cmd::policy::Args),
     /// Secrets (write-only): `bramble secret create db --from-literal password=… --from-file tls.key=PATH`.
     Secret(cmd::secret::Args),
     /// Configs (files apps mount): `bramble config create nginx --from-file nginx.conf=./nginx.conf`;
@@ -107,6 +109,7 @@ fn main() -> ExitCode {
             Command::Cordon(a) => cmd::cordon::run(config, a, true).await,
             Command::Uncordon(a) => cmd::cordon::run(config, a, false).await,
             Command::Drain(a) => cmd::drain::run(config, a).await,
+            Command::Policy(a) => cmd::policy::run(config, a).await,
             Command::Token(a) => cmd::token::run(config, a).await,
             Command::Secret(a) => cmd::secret::run(config, a).await,
             Command::Volume(a) => cmd::volume::run(config, a).await,

@@ -52,6 +52,7 @@ pub mod keys {
     pub const SECRETS: &str = "/secrets/";
     pub const USERS: &str = "/users/";
     pub const CONFIGS: &str = "/configs/";
+    pub const POLICIES: &str = "/policies/";
     pub const REVOKED: &str = "/revoked/";
     pub const VOLUME_HOMES: &str = "/volume-homes/";
 
@@ -132,6 +133,7 @@ object!(App, "app", keys::APPS);
 object!(Service, "service", keys::SERVICES);
 object!(Replica, "replica", keys::REPLICAS);
 object!(bramble_proto::model::Config, "config", keys::CONFIGS);
+object!(bramble_proto::model::Policy, "policy", keys::POLICIES);
 
 /// The key of object `name` of kind `T`.
 pub fn key<T: Object>(name: &str) -> String {

@@ -461,6 +461,38 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
 }
 
+/// What an admin lets deployers ask for in one app (named after it): `bramble policy allow`.
+/// An apply by a deployer of that app may ask for no more than this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub meta: ObjectMeta,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<crate::manifest::CapName>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seccomp_unconfined: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub control_plane: bool,
+}
+
+impl Policy {
+    /// What of `security` this policy does not allow, in words.
+    pub fn refuses(&self, security: &crate::manifest::SecuritySpec) -> Vec<String> {
+        let mut out = Vec::new();
+        let extra: Vec<&str> =
+            security.cap_add.iter().filter(|c| !self.cap_add.contains(c)).map(|c| c.as_str()).collect();
+        if !extra.is_empty() {
+            out.push(format!("security.cap_add {}", extra.join(", ")));
+        }
+        if security.seccomp == crate::manifest::SeccompProfile::Unconfined && !self.seccomp_unconfined {
+            out.push("security.seccomp = \"unconfined\"".into());
+        }
+        if security.control_plane && !self.control_plane {
+            out.push("security.control_plane = true".into());
+        }
+        out
+    }
+}
+
 /// Files mounted into apps that name it (`[[config]]`); its generation is its version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {

@@ -198,6 +198,27 @@ impl Sim {
         name
     }
 
+    /// Starts a drain of `board` as `bramble drain` does (`None`: uncordons it, ending the drain).
+    pub fn drain(&self, board: &str, include_every_board: Option<bool>) {
+        let now = self.now_ms();
+        self.objects()
+            .update::<bramble_proto::model::Node>(board, |n| {
+                n.unschedulable = include_every_board.is_some();
+                n.draining = include_every_board.map(|all| bramble_proto::model::Draining {
+                    since_ms: now,
+                    by: "sim".into(),
+                    include_every_board: all,
+                });
+                Ok(true)
+            })
+            .expect("node updated");
+    }
+
+    /// How the drain of `board` stood at the replica controller's last pass.
+    pub fn drain_status(&self, board: &str) -> Option<bramble_leader::controllers::plan::DrainStatus> {
+        self.ctx().drain.board(board)
+    }
+
     /// Sets (`Some`) or removes (`None`) an operator's label on a board's node.
     pub fn label(&self, board: &str, key: &str, value: Option<&str>) {
         self.objects()

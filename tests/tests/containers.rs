@@ -83,6 +83,8 @@ impl Env {
             secret_env: Vec::new(),
             unconfined: false,
             devices: Vec::new(),
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
         }
     }
 

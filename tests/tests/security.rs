@@ -115,12 +115,48 @@ fn hostile_host_ports_pods_and_deployers_are_kept_in_their_place() {
     ok(&c, &["delete", "app", "taker"]);
 
     // 3. Containers without seccomp, or reaching the control plane: admins only.
-    for (name, security) in [("loose", "seccomp = \"unconfined\""), ("scraper", "control_plane = true")] {
+    for (name, security) in [
+        ("loose", "seccomp = \"unconfined\""),
+        ("scraper", "control_plane = true"),
+        ("netadmin", "cap_add = [\"NET_ADMIN\"]"),
+    ] {
         let f = file(&format!("{name}.toml"), app(name, &format!("security = {{ {security} }}\n")));
         let out = c.cli_as(&ci, &["apply", "-f", &f]);
         assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
         assert!(text(&out.stderr).contains("this needs the admin role; you are deployer:ci"), "{}", text(&out.stderr));
     }
+
+    // Capabilities: an admin's app gets NET_ADMIN (bit 12 of CapEff); a deployer may drop some
+    // (NET_RAW, bit 13) and gets nothing beyond the defaults.
+    // A deployer may not write a policy; an admin lets deployers give `netadmin` NET_ADMIN, and
+    // nothing more.
+    let out = c.cli_as(&ci, &["policy", "allow", "netadmin", "--cap-add", "NET_ADMIN"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    ok(&c, &["policy", "allow", "netadmin", "--cap-add", "net_admin"]);
+    assert!(ok(&c, &["policy", "ls"]).lines().any(|l| l.starts_with("netadmin") && l.contains("NET_ADMIN")));
+    let more = file("more.toml", app("netadmin", "security = { cap_add = [\"NET_ADMIN\", \"SYS_ADMIN\"] }\n"));
+    let out = c.cli_as(&ci, &["apply", "-f", &more]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("app/netadmin asks for security.cap_add SYS_ADMIN"), "{}", text(&out.stderr));
+    let netadmin_toml = file("netadmin.toml", app("netadmin", "security = { cap_add = [\"CAP_NET_ADMIN\"] }\n"));
+    let out = c.cli_as(&ci, &["apply", "-f", &netadmin_toml]);
+    assert!(out.status.success(), "the policy lets the deployer: {}", text(&out.stderr));
+    let f = file("dropper.toml", app("dropper", "security = { cap_drop = [\"net_raw\"] }\n"));
+    let out = c.cli_as(&ci, &["apply", "-f", &f]);
+    assert!(out.status.success(), "a deployer may drop capabilities: {}", text(&out.stderr));
+    let cap_eff = |r: &Replica| {
+        let (code, out) = exec(&c, r, "grep CapEff /proc/self/status");
+        assert_eq!(code, 0, "{out}");
+        u64::from_str_radix(out.split_whitespace().nth(1).expect("a mask"), 16).expect("hex")
+    };
+    let (netadmin, dropper) = (running(&c, "netadmin"), running(&c, "dropper"));
+    let (with, without) = (cap_eff(&netadmin), cap_eff(&dropper));
+    assert!(with & (1 << 12) != 0 && with & (1 << 13) != 0, "NET_ADMIN added, NET_RAW kept: {with:x}");
+    assert!(without & (1 << 12) == 0 && without & (1 << 13) == 0, "NET_RAW dropped: {without:x}");
+    ok(&c, &["delete", "app", "netadmin", "dropper"]);
+    ok(&c, &["policy", "rm", "netadmin"]);
+    let out = c.cli_as(&ci, &["apply", "-f", &netadmin_toml]);
+    assert_eq!(out.status.code(), Some(5), "no policy, no privileges: {}", text(&out.stderr));
 
     // 4. Pods cannot reach the leader's metrics listener (a port of the cluster's own), on any
     //    board; a control-plane app can; the service and DNS keep working for all.

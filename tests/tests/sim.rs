@@ -733,3 +733,76 @@ fn an_every_board_app_follows_boards_that_join_match_flap_and_roll() {
     eprintln!("every-board rollout over 2 boards: {steps} s simulated");
     sim.check_endpoints();
 }
+
+/// Drains with budgets, in the simulated cluster: one app at a time, never below the count while
+/// a new copy can be placed, never below `min_available` when it cannot; blocked says why; a board
+/// that flaps during the drain changes none of that.
+#[test]
+fn drains_move_apps_one_at_a_time_within_their_budgets() {
+    use bramble_leader::controllers::plan::DrainStatus;
+    let mut sim = three_boards();
+    sim.apply(
+        "[[app]]\nname = \"api\"\nimage = \"reg/api:1\"\nreplicas = 3\n\
+         [[app]]\nname = \"web\"\nimage = \"reg/web:1\"\nreplicas = 4\n\
+         [[service]]\nname = \"web\"\napp = \"web\"\nports = [{ port = 80 }]\n",
+    );
+    sim.apply(EXPORTER);
+    for b in ["board-1", "board-2", "board-3"] {
+        sim.label(b, "role", Some("sensor"));
+    }
+    sim.run_until(20, Sim::converged).expect("settled");
+    sim.drain("board-2", Some(false));
+    let mut order = Vec::new();
+    let steps = sim
+        .run_until(60, |s| {
+            for (app, want) in [("api", 3), ("web", 4)] {
+                let ready = s.replicas(app).iter().filter(|r| r.serving() && r.terminating_ms.is_none()).count();
+                assert!(ready >= want, "{app}: {ready} ready, below {want}");
+            }
+            if let Some(DrainStatus::Moving(m)) = s.drain_status("board-2") {
+                let app = m.split(':').next().unwrap_or_default().to_string();
+                if app.starts_with("app ") && order.last() != Some(&app) {
+                    order.push(app);
+                }
+            }
+            s.check_every_board("exporter");
+            s.check_no_duplicates();
+            matches!(s.drain_status("board-2"), Some(DrainStatus::Drained(_)))
+        })
+        .expect("drained");
+    eprintln!("drain of a board with api and web: {steps} s simulated; order {order:?}");
+    assert_eq!(order, ["app api", "app web"], "one app after the other, by name");
+    assert!(sim.replicas("api").iter().chain(&sim.replicas("web")).all(|r| r.node.as_deref() != Some("board-2")));
+    assert_eq!(sim.replicas("exporter").iter().filter(|r| r.node.as_deref() == Some("board-2")).count(), 1);
+    sim.check_endpoints();
+
+    // A budget: two replicas that need both, at most one per board; board-3 flaps meanwhile.
+    sim.drain("board-2", None);
+    sim.apply(
+        "[[app]]\nname = \"db\"\nimage = \"reg/db:1\"\nreplicas = 2\nmin_available = 2\n\
+         placement = { max_per_node = 1, node_selector = { role = \"sensor\" } }\n",
+    );
+    sim.label("board-3", "role", None);
+    sim.run_until(20, Sim::converged).expect("db on board-1 and board-2");
+    sim.drain("board-1", Some(false));
+    for i in 0..10 {
+        if i % 3 == 0 {
+            sim.partition("board-3");
+        } else {
+            sim.heal("board-3");
+        }
+        sim.step(Duration::from_secs(1));
+        let serving = sim.replicas("db").iter().filter(|r| r.serving()).count();
+        assert!(serving >= 2, "min_available 2 holds: {:?}", sim.replicas("db"));
+    }
+    sim.heal("board-3");
+    sim.run_for(3);
+    match sim.drain_status("board-1") {
+        Some(DrainStatus::Blocked(why)) => assert!(why.contains("app db") && why.contains("min_available 2"), "{why}"),
+        other => panic!("blocked, saying why: {other:?}"),
+    }
+    // Uncordoned: over, nothing moved.
+    sim.drain("board-1", None);
+    sim.run_until(20, Sim::converged).expect("settled again");
+    assert_eq!(sim.replicas("db").iter().filter(|r| r.node.as_deref() == Some("board-1")).count(), 1);
+}

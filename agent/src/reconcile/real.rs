@@ -198,6 +198,8 @@ impl Containers for ShimContainers {
         cc.unconfined = a.spec.security.seccomp == bramble_proto::manifest::SeccompProfile::Unconfined;
         device_groups(&mut cc, &devices);
         cc.devices = devices;
+        cc.cap_add = a.spec.security.cap_add.iter().map(|c| c.as_str().to_string()).collect();
+        cc.cap_drop = a.spec.security.cap_drop.iter().map(|c| c.as_str().to_string()).collect();
         if let Err(e) = volumes(&self.volumes, a, &mut cc) {
             let _ = self.roots.remove(id);
             return Err(ReconcileError::Config(e.to_string()));

@@ -105,6 +105,8 @@ pub fn container_config(
         secret_env: Vec::new(),
         unconfined: false,
         devices: Vec::new(),
+        cap_add: Vec::new(),
+        cap_drop: Vec::new(),
     })
 }
 

@@ -86,6 +86,12 @@ pub struct ContainerConfig {
     /// read and write by a devices-cgroup rule of its own (never mknod).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<bramble_proto::device::Device>,
+    /// Capabilities beyond the default set, and taken from it (`ALL`: every one), by the name
+    /// after `CAP_`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
 }
 
 /// A directory of the board seen at `destination` inside the container.

@@ -27,6 +27,20 @@ pub const DOCKER_CAPS: [Capability; 13] = [
     Capability::AuditWrite,
 ];
 
+/// Docker's default set, with `add` and without `drop` (`ALL` drops every one first).
+pub fn capabilities(add: &[String], drop: &[String]) -> Result<HashSet<Capability>, String> {
+    let parse = |n: &String| n.parse::<Capability>().map_err(|_| format!("unknown capability {n:?}"));
+    let mut caps: HashSet<Capability> =
+        if drop.iter().any(|d| d == "ALL") { HashSet::new() } else { DOCKER_CAPS.into_iter().collect() };
+    for d in drop.iter().filter(|d| *d != "ALL") {
+        caps.remove(&parse(d)?);
+    }
+    for a in add {
+        caps.insert(parse(a)?);
+    }
+    Ok(caps)
+}
+
 /// The CFS period used for CPU limits (100 ms, as Docker and Kubernetes use).
 pub const CPU_PERIOD_US: u64 = 100_000;
 
@@ -37,7 +51,7 @@ pub fn cpu_shares(millis: u64) -> u64 {
 
 pub fn build(c: &ContainerConfig) -> Result<Spec, String> {
     let e = |x: libcontainer::oci_spec::OciSpecError| x.to_string();
-    let caps: HashSet<Capability> = DOCKER_CAPS.into_iter().collect();
+    let caps = capabilities(&c.cap_add, &c.cap_drop)?;
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -230,7 +244,32 @@ mod tests {
             secret_env: Vec::new(),
             unconfined: false,
             devices: Vec::new(),
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
         }
+    }
+
+    #[test]
+    fn capabilities_added_and_dropped() {
+        let names = |add: &[&str], drop: &[&str]| {
+            let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+            let mut v: Vec<String> = capabilities(&s(add), &s(drop)).unwrap().iter().map(|c| c.to_string()).collect();
+            v.sort();
+            v
+        };
+        let default = names(&[], &[]);
+        assert_eq!(default.len(), 13);
+        assert!(!default.contains(&"NET_ADMIN".to_string()) && !default.contains(&"MKNOD".to_string()));
+        assert!(names(&["NET_ADMIN"], &[]).contains(&"NET_ADMIN".to_string()));
+        assert!(!names(&[], &["NET_RAW"]).contains(&"NET_RAW".to_string()));
+        assert_eq!(names(&["NET_BIND_SERVICE"], &["ALL"]), ["NET_BIND_SERVICE"]);
+        assert!(capabilities(&["NOPE".into()], &[]).is_err());
+        let mut c = config();
+        c.cap_add = vec!["SYS_TIME".into()];
+        let spec = build(&c).unwrap();
+        let caps = spec.process().as_ref().unwrap().capabilities().as_ref().unwrap();
+        assert!(caps.bounding().as_ref().unwrap().contains(&Capability::SysTime));
+        assert!(caps.effective().as_ref().unwrap().contains(&Capability::SysTime));
     }
 
     #[test]

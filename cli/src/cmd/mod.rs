@@ -14,6 +14,7 @@ pub mod get;
 pub mod image;
 pub mod label;
 pub mod logs;
+pub mod policy;
 pub mod rollout;
 pub mod scale;
 pub mod secret;

@@ -21,7 +21,8 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 /// The apps of an apply that only an admin may write: a new or changed spec that asks for more
-/// than the defaults (`security`). Each with what it asks.
+/// than the defaults (`security`) and more than an admin's policy for that app allows
+/// (`bramble policy allow`). Each with what it asks beyond that.
 pub fn needing_admin(objects: &Objects, apps: &[AppSpec]) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for a in apps {
@@ -30,8 +31,15 @@ pub fn needing_admin(objects: &Objects, apps: &[AppSpec]) -> Result<Vec<String>>
             continue;
         }
         let stored = objects.get::<App>(a.name.as_str())?.map(|v| v.value.spec);
-        if stored.as_ref() != Some(a) {
-            out.push(format!("app/{} asks for {}", a.name, asks.join(" and ")));
+        if stored.as_ref() == Some(a) {
+            continue;
+        }
+        let beyond: Vec<String> = match objects.get::<bramble_proto::model::Policy>(a.name.as_str())? {
+            Some(p) => p.value.refuses(&a.security),
+            None => asks.iter().map(|s| s.to_string()).collect(),
+        };
+        if !beyond.is_empty() {
+            out.push(format!("app/{} asks for {}", a.name, beyond.join(" and ")));
         }
     }
     Ok(out)
@@ -335,4 +343,99 @@ pub fn delete(
         })?;
     }
     Ok(done.join("\n"))
+}
+
+/// An admin lets deployers apply app `app` with these privileges (replacing what was allowed).
+#[allow(clippy::too_many_arguments)]
+pub fn allow_privileges(
+    objects: &Objects,
+    events: &Events,
+    app: &str,
+    cap_add: Vec<bramble_proto::manifest::CapName>,
+    seccomp_unconfined: bool,
+    control_plane: bool,
+    who: &str,
+) -> Result<bramble_proto::wire::Response> {
+    bramble_proto::names::check_dns_label(app).map_err(|e| Error::Invalid(format!("policy for app {e}")))?;
+    if cap_add.iter().any(|c| c.as_str() == "ALL") {
+        return Err(Error::Invalid("name the capabilities to allow (\"ALL\" is for cap_drop)".into()));
+    }
+    if cap_add.is_empty() && !seccomp_unconfined && !control_plane {
+        return Err(Error::Invalid(
+            "nothing to allow: give --cap-add, --seccomp-unconfined or --control-plane (policy rm takes one away)"
+                .into(),
+        ));
+    }
+    let current = objects.get::<bramble_proto::model::Policy>(app)?;
+    let mut cap_add = cap_add;
+    cap_add.sort();
+    cap_add.dedup();
+    let now = now_ms();
+    let meta = match &current {
+        Some(v) => ObjectMeta {
+            generation: v.value.meta.generation + 1,
+            changed_by: Some(who.to_string()),
+            ..v.value.meta.clone()
+        },
+        None => ObjectMeta {
+            name: app.to_string(),
+            generation: 1,
+            revision: 0,
+            created_ms: now,
+            changed_by: Some(who.to_string()),
+        },
+    };
+    let policy = bramble_proto::model::Policy { meta, cap_add, seccomp_unconfined, control_plane };
+    let expect = current.as_ref().map_or(Expect::Absent, |v| Expect::Revision(v.rev));
+    objects.put(&policy, expect).map_err(|e| match e {
+        StoreError::Conflict { .. } => Error::Conflict(format!("the policy of app {app} changed meanwhile; try again")),
+        e => e.into(),
+    })?;
+    let what = policy_words(&policy);
+    events.record(Event::new(
+        now,
+        ObjectRef::app(app),
+        EventReason::Configured,
+        format!("deployers may give app {app} {what} (by {who})"),
+    ));
+    Ok(bramble_proto::wire::Response::Done(format!("policy/{app}: deployers may apply it with {what}")))
+}
+
+/// What a policy allows, in words.
+pub fn policy_words(p: &bramble_proto::model::Policy) -> String {
+    let mut parts = Vec::new();
+    if !p.cap_add.is_empty() {
+        parts.push(format!("cap_add {}", p.cap_add.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(",")));
+    }
+    if p.seccomp_unconfined {
+        parts.push("seccomp unconfined".to_string());
+    }
+    if p.control_plane {
+        parts.push("the control plane".to_string());
+    }
+    parts.join(" and ")
+}
+
+/// An admin takes a policy away: the app as it runs is left alone; its next apply by a deployer
+/// that asks for privileges is refused.
+pub fn delete_policy(
+    objects: &Objects,
+    events: &Events,
+    app: &str,
+    who: &str,
+) -> Result<bramble_proto::wire::Response> {
+    let Some(current) = objects.get::<bramble_proto::model::Policy>(app)? else {
+        return Err(Error::NotFound(format!("no policy for app {app}")));
+    };
+    objects.delete::<bramble_proto::model::Policy>(app, Expect::Revision(current.rev)).map_err(|e| match e {
+        StoreError::Conflict { .. } => Error::Conflict(format!("the policy of app {app} changed meanwhile; try again")),
+        e => e.into(),
+    })?;
+    events.record(Event::new(
+        now_ms(),
+        ObjectRef::app(app),
+        EventReason::Configured,
+        format!("deployers may no longer give app {app} privileges (by {who})"),
+    ));
+    Ok(bramble_proto::wire::Response::Done(format!("policy/{app} deleted")))
 }

@@ -244,6 +244,19 @@ impl Api {
             Request::LabelNode { name, set, remove } => self.nodes().label(&name, set, remove, who),
             Request::SetCordon { name, cordoned } => self.nodes().cordon(&name, cordoned, who),
             Request::Drain { name, include_every_board } => self.nodes().drain_node(&name, include_every_board, who),
+            Request::AllowPrivileges { app, cap_add, seccomp_unconfined, control_plane } => apps::allow_privileges(
+                &self.objects,
+                &self.events,
+                &app,
+                cap_add,
+                seccomp_unconfined,
+                control_plane,
+                who,
+            ),
+            Request::GetPolicies => Ok(Response::Policies(
+                self.objects.list::<bramble_proto::model::Policy>()?.into_iter().map(|v| v.value).collect(),
+            )),
+            Request::DeletePolicy { app } => apps::delete_policy(&self.objects, &self.events, &app, who),
             Request::Apply { apps, services, configs, dry_run: true } => Ok(Response::Planned(apps::dry_run(
                 &self.context(),
                 &self.reserved,
@@ -371,6 +384,7 @@ pub fn required_role(request: &Request) -> Role {
         | Request::GetSecrets
         | Request::GetSecret { .. }
         | Request::GetConfigs
+        | Request::GetPolicies
         | Request::GetConfig { .. }
         | Request::Top { .. }
         | Request::GetReplicas { .. }
@@ -391,6 +405,8 @@ pub fn required_role(request: &Request) -> Role {
         Request::LabelNode { .. }
         | Request::SetCordon { .. }
         | Request::Drain { .. }
+        | Request::AllowPrivileges { .. }
+        | Request::DeletePolicy { .. }
         | Request::CreateToken { .. }
         | Request::GetTokens
         | Request::RevokeToken { .. }

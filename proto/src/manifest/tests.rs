@@ -713,3 +713,18 @@ fn a_bad_label_is_refused() {
     fails(&app("labels = { \"bad key\" = \"x\" }\n"), 4, 10, "app[0].labels", "invalid label key \"bad key\"");
     fails(&app("labels = { tier = \"-web\" }\n"), 4, 10, "app[0].labels", "invalid label value \"-web\"");
 }
+
+#[test]
+fn capabilities_are_named_as_the_kernel_names_them() {
+    let m =
+        parse_manifest("m.toml", &app("security = { cap_add = [\"cap_net_admin\"], cap_drop = [\"ALL\"] }\n")).unwrap();
+    let s = &m.apps[0].security;
+    assert_eq!((s.cap_add[0].as_str(), s.cap_drop[0].as_str()), ("NET_ADMIN", "ALL"));
+    assert_eq!(s.privileged(), ["security.cap_add"]);
+    let dropping = parse_manifest("m.toml", &app("security = { cap_drop = [\"NET_RAW\"] }\n")).unwrap();
+    assert!(dropping.apps[0].security.privileged().is_empty(), "dropping needs no admin");
+    let e = parse_manifest("m.toml", &app("security = { cap_add = [\"SUPERPOWER\"] }\n")).unwrap_err().0;
+    assert!(e[0].message.contains("expected a Linux capability such as \"NET_ADMIN\""), "{}", e[0]);
+    let e = parse_manifest("m.toml", &app("security = { cap_add = [\"ALL\"] }\n")).unwrap_err().0;
+    assert!(e[0].message.contains("\"ALL\" is for cap_drop"), "{}", e[0]);
+}

@@ -33,6 +33,20 @@ pub enum Request {
         name: String,
         cordoned: bool,
     },
+    /// Lets deployers apply app `app` with these privileges (admins only): `bramble policy allow`.
+    AllowPrivileges {
+        app: String,
+        #[serde(default)]
+        cap_add: Vec<crate::manifest::CapName>,
+        #[serde(default)]
+        seccomp_unconfined: bool,
+        #[serde(default)]
+        control_plane: bool,
+    },
+    GetPolicies,
+    DeletePolicy {
+        app: String,
+    },
     /// Cordon, then move the node's replicas away one app at a time (`bramble drain`).
     Drain {
         name: String,
@@ -302,6 +316,7 @@ pub enum Response {
         replicas: Vec<crate::usage::ReplicaUsage>,
     },
     Configs(Vec<Config>),
+    Policies(Vec<crate::model::Policy>),
     Config {
         config: Config,
         events: Vec<Event>,

@@ -37,6 +37,91 @@ pub struct SecuritySpec {
     /// the metrics listener), as a Prometheus running as an app must.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub control_plane: bool,
+    /// Capabilities beyond Docker's default set (`["NET_ADMIN"]`): admins only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<CapName>,
+    /// Capabilities taken from the default set (`["NET_RAW"]`, or `["ALL"]`): anyone may.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<CapName>,
+}
+
+/// The Linux capabilities, by the name after `CAP_`.
+pub const CAPABILITIES: [&str; 41] = [
+    "AUDIT_CONTROL",
+    "AUDIT_READ",
+    "AUDIT_WRITE",
+    "BLOCK_SUSPEND",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "KILL",
+    "LEASE",
+    "LINUX_IMMUTABLE",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "MKNOD",
+    "NET_ADMIN",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_RAW",
+    "PERFMON",
+    "SETGID",
+    "SETFCAP",
+    "SETPCAP",
+    "SETUID",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_CHROOT",
+    "SYS_MODULE",
+    "SYS_NICE",
+    "SYS_PACCT",
+    "SYS_PTRACE",
+    "SYS_RAWIO",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "SYSLOG",
+    "WAKE_ALARM",
+];
+
+/// A capability's name as the kernel has it after `CAP_` (`NET_ADMIN`), or `ALL` (in `cap_drop`);
+/// written with or without `CAP_`, in any case.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct CapName(String);
+
+impl CapName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for CapName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let up = s.trim().to_ascii_uppercase();
+        let name = up.strip_prefix("CAP_").unwrap_or(&up);
+        if name == "ALL" || CAPABILITIES.contains(&name) {
+            Ok(CapName(name.to_string()))
+        } else {
+            Err(format!(
+                "expected a Linux capability such as \"NET_ADMIN\" or \"SYS_RAWIO\" (or \"ALL\" to drop), found {s:?}"
+            ))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CapName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
 }
 
 impl SecuritySpec {
@@ -47,6 +132,9 @@ impl SecuritySpec {
     /// What in it needs the admin role, in words (none: a deployer may apply it).
     pub fn privileged(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
+        if !self.cap_add.is_empty() {
+            out.push("security.cap_add");
+        }
         if self.seccomp == SeccompProfile::Unconfined {
             out.push("security.seccomp = \"unconfined\"");
         }
@@ -694,6 +782,12 @@ impl AppSpec {
             out.push(Problem::new(
                 vec![Key("labels")],
                 format!("expected at most 64 labels, found {}", self.labels.len()),
+            ));
+        }
+        if self.security.cap_add.iter().any(|c| c.as_str() == "ALL") {
+            out.push(Problem::new(
+                vec![Key("security"), Key("cap_add")],
+                "name the capabilities to add (\"ALL\" is for cap_drop: no container gets every capability)",
             ));
         }
         if self.mode == AppMode::EveryBoard {

@@ -36,6 +36,7 @@ fn config(id: &str, rootfs: &Path, logs: &Path) -> ContainerConfig {
         backoff_base_ms: None,
         log: LogConfig { path: logs.join(format!("{id}.log")), max_bytes: 1 << 20, max_files: 1 },
         netns: None,
+        host_network: false,
         files: Vec::new(),
         ip: None,
         stop_signal: 15,

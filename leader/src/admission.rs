@@ -47,11 +47,16 @@ impl Reserved {
         let mut out = Vec::new();
         let name = a.name.as_str();
         for (i, p) in a.ports.iter().enumerate() {
-            let Some(h) = p.host else { continue };
+            // On the host network the container's port is the board's.
+            let (h, field) = match (p.host, a.host_network) {
+                (_, true) => (p.container, "container"),
+                (Some(h), false) => (h, "host"),
+                (None, false) => continue,
+            };
             if let Some((proto, port, what)) = self.ports.iter().find(|(q, port, _)| *q == p.protocol && *port == h.0) {
                 let proto = if *proto == Protocol::Udp { "udp" } else { "tcp" };
                 let msg = format!("host port {port}/{proto} is the cluster's own ({what}); choose another");
-                out.push(problem("app", name, format!("ports[{i}].host"), msg));
+                out.push(problem("app", name, format!("ports[{i}].{field}"), msg));
             }
         }
         let dirs: Vec<(&str, &str)> = self.dirs.iter().map(|(w, d)| (w.as_str(), d.as_str())).collect();

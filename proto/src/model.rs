@@ -463,7 +463,7 @@ pub struct Service {
 
 /// What an admin lets deployers ask for in one app (named after it): `bramble policy allow`.
 /// An apply by a deployer of that app may ask for no more than this.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Policy {
     pub meta: ObjectMeta,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -472,11 +472,14 @@ pub struct Policy {
     pub seccomp_unconfined: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub control_plane: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
 }
 
 impl Policy {
-    /// What of `security` this policy does not allow, in words.
-    pub fn refuses(&self, security: &crate::manifest::SecuritySpec) -> Vec<String> {
+    /// What of `app`'s privileges this policy does not allow, in words.
+    pub fn refuses(&self, app: &crate::manifest::AppSpec) -> Vec<String> {
+        let security = &app.security;
         let mut out = Vec::new();
         let extra: Vec<&str> =
             security.cap_add.iter().filter(|c| !self.cap_add.contains(c)).map(|c| c.as_str()).collect();
@@ -488,6 +491,9 @@ impl Policy {
         }
         if security.control_plane && !self.control_plane {
             out.push("security.control_plane = true".into());
+        }
+        if app.host_network && !self.host_network {
+            out.push("host_network = true".into());
         }
         out
     }

@@ -216,3 +216,59 @@ pub fn load(
         })
         .collect()
 }
+
+/// Apache's `ab`, an outside load generator beside ours: HTTP/1.0, a connection per request,
+/// from a board's namespace, until [`Ab::finish`].
+pub struct Ab {
+    child: std::process::Child,
+}
+
+/// What `ab` reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbReport {
+    pub complete: u64,
+    /// Connect, receive, length and exception failures.
+    pub failed: u64,
+    pub non_2xx: u64,
+    pub output: String,
+}
+
+impl Ab {
+    /// `ab` in network namespace `ns` (a name for `ip netns exec`) against `url`, `concurrency`
+    /// requests at a time; it keeps going through receive errors (`-r`: they are counted).
+    pub fn start(ns: &str, url: &str, concurrency: u32) -> Ab {
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "ab", "-r", "-s", "5", "-t", "3600", "-n", "50000000"])
+            .args(["-c", &concurrency.to_string(), url])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ab (Debian's apache2-utils; scripts/test installs it)");
+        Ab { child }
+    }
+
+    /// Stops it (SIGINT: it prints its report) and reads the report. Panics if it had stopped by
+    /// itself (ab gives up on a refused connection): that is a failure of the service.
+    pub fn finish(mut self) -> AbReport {
+        if let Some(status) = self.child.try_wait().expect("wait") {
+            let out = self.child.wait_with_output().expect("ab's output");
+            panic!("ab stopped by itself ({status}): {}{}", crate::text(&out.stdout), crate::text(&out.stderr));
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT to ab");
+        let out = self.child.wait_with_output().expect("ab's output");
+        let output = crate::text(&out.stdout) + &crate::text(&out.stderr);
+        let field = |name: &str| {
+            output
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        };
+        AbReport {
+            complete: field("Complete requests:").unwrap_or_else(|| panic!("no report from ab: {output}")),
+            failed: field("Failed requests:").unwrap_or_else(|| panic!("no report from ab: {output}")),
+            non_2xx: field("Non-2xx responses:").unwrap_or(0),
+            output,
+        }
+    }
+}

@@ -74,6 +74,7 @@ impl Env {
             backoff_base_ms: Some(200),
             log: LogConfig { path: self.log(id), max_bytes: 1 << 20, max_files: 2 },
             netns: None,
+            host_network: false,
             files: Vec::new(),
             ip: None,
             stop_signal: 15,

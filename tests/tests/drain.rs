@@ -1,12 +1,12 @@
 //! Operating boards, end to end (issue 30), all real: three boards; a web app of three replicas
 //! behind a service and an every-board exporter; labels on apps and `-l` selectors; a drain of a
-//! board under load through the service's VIP — not one request fails, each moved replica's new
-//! copy is ready before the old one stops, the exporter stays — then `uncordon`; a board that
-//! starts to match the exporter's selector gets its replica; a drain a budget blocks says which
-//! app and why.
+//! board under load through the service's VIP (our load generator and Apache's `ab` at once) —
+//! not one request fails, each moved replica's new copy is ready before the old one stops, the
+//! exporter stays — then `uncordon`; a board that starts to match the exporter's selector gets its
+//! replica; a drain a budget blocks says which app and why.
 
 use bramble_proto::model::{NodeView, Replica, ReplicaPhase, Service};
-use bramble_tests::load::{load, web_app, Stats};
+use bramble_tests::load::{load, web_app, Ab, Stats};
 use bramble_tests::{text, wait_for, Cluster};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,6 +84,8 @@ fn a_drain_under_load_drops_nothing_and_every_board_apps_follow_the_boards() {
     let stats = Arc::new(Stats::default());
     let stop = Arc::new(AtomicBool::new(false));
     let threads = load(c.lab.ns_path(1), SocketAddr::from((vip, 80)), stop.clone(), stats.clone());
+    // And an outside load generator beside ours.
+    let ab = Ab::start(&c.lab.ns(1), &format!("http://{vip}/"), 2);
     std::thread::sleep(Duration::from_secs(2));
     let started = Instant::now();
     // Ready replicas of web, sampled while the drain runs: never below the count.
@@ -118,6 +120,7 @@ fn a_drain_under_load_drops_nothing_and_every_board_apps_follow_the_boards() {
     assert!(text(&out.stderr).contains("Drained: drained; every-board apps stay: exporter"), "{}", text(&out.stderr));
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::SeqCst);
+    let ab = ab.finish();
     for t in threads {
         t.join().unwrap();
     }
@@ -125,6 +128,9 @@ fn a_drain_under_load_drops_nothing_and_every_board_apps_follow_the_boards() {
     eprintln!("drain of board-2 ({} web replicas) under load: {took:?}; {answered} answered, {failed} failed; at least {least} ready", victims.len());
     assert_eq!(failed, 0, "no request fails during the drain: {:?}", stats.failures.lock().unwrap());
     assert!(answered > 100, "the load really ran: {answered}");
+    eprintln!("ab: {} complete, {} failed, {} non-2xx", ab.complete, ab.failed, ab.non_2xx);
+    assert_eq!((ab.failed, ab.non_2xx), (0, 0), "ab saw failures: {}", ab.output);
+    assert!(ab.complete > 50, "ab really ran: {}", ab.output);
     assert!(least >= 3, "each new copy was ready before its old one stopped: {least} ready at the least");
     assert!(on(&c, "web", "board-2").is_empty());
     assert_eq!(on(&c, "exporter", "board-2").len(), 1, "every-board apps stay");

@@ -2,6 +2,10 @@
 //! address is too), a veth pair from it to the board's bridge, an address from the board's
 //! subnet as a /32 with a default route via the bridge (every packet goes through the board, so
 //! services and conntrack see both directions), and the container's resolv.conf and hosts.
+//!
+//! A pod on the host network (`host_network = true`) has no namespace, veth or address of its
+//! own: it is reached at the board's bridge address (the gateway of the board's subnet, which every
+//! pod and board routes to), recorded in `<replica>/host` so it survives the agent's restarts.
 
 use super::ipam::Ipam;
 use super::link::Netlink;
@@ -14,7 +18,8 @@ use std::sync::Mutex;
 /// What a container needs of its pod's network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodNet {
-    pub netns: PathBuf,
+    /// The namespace to join; none: the board's own (host network).
+    pub netns: Option<PathBuf>,
     pub ip: Ipv4Addr,
     pub resolv_conf: PathBuf,
     pub hosts: PathBuf,
@@ -70,7 +75,17 @@ impl Pods {
     }
 
     pub fn ip(&self, replica: &str) -> Option<Ipv4Addr> {
-        self.inner.lock().expect("pods lock").ipam.get(replica)
+        let ip = self.inner.lock().expect("pods lock").ipam.get(replica);
+        ip.or_else(|| self.host_ip(replica))
+    }
+
+    /// The address a host-network pod is reached at, if `replica` is one.
+    fn host_ip(&self, replica: &str) -> Option<Ipv4Addr> {
+        std::fs::read_to_string(self.host_marker(replica)).ok()?.trim().parse().ok()
+    }
+
+    fn host_marker(&self, replica: &str) -> PathBuf {
+        self.dir.join(replica).join("host")
     }
 
     /// Every pod's address on this board.
@@ -124,12 +139,47 @@ impl Pods {
             bramble_proto::fsutil::write_file_atomic(path, text.as_bytes(), 0o644)
                 .map_err(|e| NetError::Io { what: format!("write {}", path.display()), error: e })?;
         }
-        Ok(PodNet { netns: ns, ip, resolv_conf, hosts })
+        Ok(PodNet { netns: Some(ns), ip, resolv_conf, hosts })
+    }
+
+    /// A pod on the board's own network: no namespace or address of its own; its resolv.conf
+    /// points at the cluster DNS on the bridge (service names resolve as in any pod, other names
+    /// are forwarded), its hosts file names the board's address. Safe to repeat.
+    pub fn prepare_host(&self, replica: &str) -> Result<PodNet, NetError> {
+        let board = self.inner.lock().expect("pods lock").board.clone().ok_or_else(|| {
+            NetError::Missing(
+                "this board's network is not set up yet (it waits for its pod subnet from the leader)".into(),
+            )
+        })?;
+        let gateway = board.subnet.gateway();
+        let dir = self.dir.join(replica);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| NetError::Io { what: format!("create {}", dir.display()), error: e })?;
+        let (resolv_conf, hosts) = (dir.join("resolv.conf"), dir.join("hosts"));
+        let resolv = format!("nameserver {gateway}\nsearch {}\noptions ndots:1\n", board.domain);
+        let host_name: String = replica.chars().take(63).collect();
+        let hosts_text =
+            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{gateway}\t{host_name}\n");
+        let marker = self.host_marker(replica);
+        for (path, text) in [(&resolv_conf, resolv), (&hosts, hosts_text), (&marker, format!("{gateway}\n"))] {
+            bramble_proto::fsutil::write_file_atomic(path, text.as_bytes(), 0o644)
+                .map_err(|e| NetError::Io { what: format!("write {}", path.display()), error: e })?;
+        }
+        Ok(PodNet { netns: None, ip: gateway, resolv_conf, hosts })
     }
 
     /// Removes the pod's network: its veth pair, namespace, address, conntrack entries and
     /// files. Safe to repeat.
     pub fn release(&self, replica: &str) -> Result<(), NetError> {
+        if self.host_ip(replica).is_some() {
+            // The board's own network: nothing of the kernel's to undo (its flows are the
+            // board's, and its address is the bridge's).
+            let dir = self.dir.join(replica);
+            return std::fs::remove_dir_all(&dir).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(NetError::Io { what: format!("remove {}", dir.display()), error: e }),
+            });
+        }
         let nl = Netlink::open()?;
         nl.delete(&host_veth(replica))?;
         netns::delete(&self.netns_path(replica))?;

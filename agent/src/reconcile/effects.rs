@@ -56,8 +56,9 @@ pub trait Images: Send + Sync {
 
 /// Pods' networks.
 pub trait Network: Send + Sync {
-    /// The network of `replica`'s pod, made if it is not there. Safe to repeat.
-    fn prepare(&self, replica: &str) -> Result<PodNet, ReconcileError>;
+    /// The network of `replica`'s pod, made if it is not there (`host`: the board's own network,
+    /// `host_network = true`). Safe to repeat.
+    fn prepare(&self, replica: &str, host: bool) -> Result<PodNet, ReconcileError>;
     /// Removes the network of `replica`'s pod. Safe to repeat.
     fn release(&self, replica: &str) -> Result<(), ReconcileError>;
     /// The address of `replica`'s pod, if it has one.

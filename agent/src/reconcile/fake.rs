@@ -226,11 +226,13 @@ impl Images for FakeImages {
 pub struct FakeNetwork {
     subnet: bramble_proto::network::Cidr,
     pods: Mutex<BTreeMap<String, std::net::Ipv4Addr>>,
+    /// Pods on the host network, at the gateway.
+    host: Mutex<BTreeMap<String, std::net::Ipv4Addr>>,
 }
 
 impl FakeNetwork {
     pub fn new(subnet: bramble_proto::network::Cidr) -> FakeNetwork {
-        FakeNetwork { subnet, pods: Mutex::default() }
+        FakeNetwork { subnet, pods: Mutex::default(), host: Mutex::default() }
     }
 
     /// Every pod's address.
@@ -246,7 +248,14 @@ impl Default for FakeNetwork {
 }
 
 impl Network for FakeNetwork {
-    fn prepare(&self, replica: &str) -> Result<PodNet, ReconcileError> {
+    fn prepare(&self, replica: &str, host: bool) -> Result<PodNet, ReconcileError> {
+        let dir = std::path::PathBuf::from("/fake/pods").join(replica);
+        if host {
+            // The board's own network: its bridge address, the subnet's first.
+            let ip = self.subnet.gateway();
+            self.host.lock().expect("fake lock").insert(replica.to_string(), ip);
+            return Ok(PodNet { netns: None, ip, resolv_conf: dir.join("resolv.conf"), hosts: dir.join("hosts") });
+        }
         let mut g = self.pods.lock().expect("fake lock");
         let ip = match g.get(replica) {
             Some(ip) => *ip,
@@ -260,16 +269,22 @@ impl Network for FakeNetwork {
                 ip
             }
         };
-        let dir = std::path::PathBuf::from("/fake/pods").join(replica);
-        Ok(PodNet { netns: dir.join("netns"), ip, resolv_conf: dir.join("resolv.conf"), hosts: dir.join("hosts") })
+        Ok(PodNet {
+            netns: Some(dir.join("netns")),
+            ip,
+            resolv_conf: dir.join("resolv.conf"),
+            hosts: dir.join("hosts"),
+        })
     }
 
     fn release(&self, replica: &str) -> Result<(), ReconcileError> {
         self.pods.lock().expect("fake lock").remove(replica);
+        self.host.lock().expect("fake lock").remove(replica);
         Ok(())
     }
 
     fn ip(&self, replica: &str) -> Option<std::net::Ipv4Addr> {
-        self.pods.lock().expect("fake lock").get(replica).copied()
+        let pod = self.pods.lock().expect("fake lock").get(replica).copied();
+        pod.or_else(|| self.host.lock().expect("fake lock").get(replica).copied())
     }
 }

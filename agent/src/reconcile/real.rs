@@ -79,12 +79,11 @@ fn device_groups(cc: &mut ContainerConfig, devices: &[Device]) {
 /// one a process on the board listens on.
 pub fn check_host_ports(policy: &crate::net::ports::HostPortPolicy, a: &Assignment) -> Result<(), String> {
     let mut listening = None;
-    for p in &a.spec.ports {
-        let Some(h) = p.host else { continue };
-        policy.check(p.protocol, h.0)?;
-        if listening.get_or_insert_with(crate::net::ports::listening).contains(&(p.protocol, h.0)) {
-            let proto = if p.protocol == bramble_proto::manifest::Protocol::Udp { "udp" } else { "tcp" };
-            return Err(format!("host port {}/{proto} is taken: a process on this board listens on it", h.0));
+    for (port, protocol) in a.spec.board_ports() {
+        policy.check(protocol, port)?;
+        if listening.get_or_insert_with(crate::net::ports::listening).contains(&(protocol, port)) {
+            let proto = if protocol == bramble_proto::manifest::Protocol::Udp { "udp" } else { "tcp" };
+            return Err(format!("host port {port}/{proto} is taken: a process on this board listens on it"));
         }
     }
     Ok(())
@@ -194,7 +193,7 @@ impl Containers for ShimContainers {
                 let _ = self.roots.remove(id);
                 ReconcileError::Config(e)
             })?;
-        let mut cc = with_network(cc, net.ip, &net.netns, &net.resolv_conf, &net.hosts);
+        let mut cc = with_network(cc, net.ip, net.netns.as_deref(), &net.resolv_conf, &net.hosts);
         cc.unconfined = a.spec.security.seccomp == bramble_proto::manifest::SeccompProfile::Unconfined;
         device_groups(&mut cc, &devices);
         cc.devices = devices;
@@ -317,8 +316,9 @@ impl PodNetwork {
 }
 
 impl Network for PodNetwork {
-    fn prepare(&self, replica: &str) -> Result<PodNet, ReconcileError> {
-        let net = self.pods.prepare(replica).map_err(|e| ReconcileError::Network(e.to_string()))?;
+    fn prepare(&self, replica: &str, host: bool) -> Result<PodNet, ReconcileError> {
+        let net = if host { self.pods.prepare_host(replica) } else { self.pods.prepare(replica) };
+        let net = net.map_err(|e| ReconcileError::Network(e.to_string()))?;
         self.tell();
         Ok(net)
     }

@@ -274,7 +274,7 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
                 scope.spawn(|| loop {
                     let Some(a) = queue.lock().expect("queue lock").next() else { break };
                     // The pod's network first: the process starts with its address and DNS.
-                    let r = network.prepare(&a.replica).and_then(|net| containers.start(a, &net));
+                    let r = network.prepare(&a.replica, a.spec.host_network).and_then(|net| containers.start(a, &net));
                     results.lock().expect("results lock").push((a.replica.clone(), r));
                 });
             }

@@ -96,6 +96,7 @@ pub fn container_config(
         backoff_base_ms: None,
         log: LogConfig { path: log_dir.join(format!("{id}.log")), max_bytes: 10 << 20, max_files: 2 },
         netns: None,
+        host_network: false,
         files: Vec::new(),
         ip: None,
         stop_signal: app.stop_signal,
@@ -110,15 +111,17 @@ pub fn container_config(
     })
 }
 
-/// `config` in a pod network: its namespace, and its resolv.conf and hosts over the image's.
+/// `config` in a pod network: its namespace (none: the board's own), and its resolv.conf and
+/// hosts over the image's.
 pub fn with_network(
     mut config: ContainerConfig,
     ip: std::net::Ipv4Addr,
-    netns: &Path,
+    netns: Option<&Path>,
     resolv_conf: &Path,
     hosts: &Path,
 ) -> ContainerConfig {
-    config.netns = Some(netns.to_path_buf());
+    config.host_network = netns.is_none();
+    config.netns = netns.map(Path::to_path_buf);
     config.ip = Some(ip);
     config.files = vec![
         FileMount { source: resolv_conf.to_path_buf(), destination: "/etc/resolv.conf".into() },

@@ -57,6 +57,9 @@ pub struct ContainerConfig {
     /// A network namespace to join (the pod's, held by a file); none: a new, empty one.
     #[serde(default)]
     pub netns: Option<PathBuf>,
+    /// The board's own network namespace (`host_network = true`): none of its own at all.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
     /// Files of the host mounted into the container (its resolv.conf, hosts), read-only.
     #[serde(default)]
     pub files: Vec<FileMount>,

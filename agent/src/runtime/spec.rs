@@ -136,8 +136,11 @@ pub fn build(c: &ContainerConfig) -> Result<Spec, String> {
     // resources and cgroup path.
     let defaults = Spec::default().linux().clone().unwrap_or_default();
     let mut namespaces = defaults.namespaces().clone().unwrap_or_default();
-    // The pod's network namespace, if it has one: it outlives the container's restarts.
-    if let Some(path) = &c.netns {
+    // The pod's network namespace, if it has one: it outlives the container's restarts. On the
+    // host network, none: the container shares the board's (as the shim's own).
+    if c.host_network {
+        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+    } else if let Some(path) = &c.netns {
         namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
         namespaces.push(
             LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(path.clone()).build().map_err(e)?,
@@ -232,6 +235,7 @@ mod tests {
             backoff_base_ms: None,
             log: LogConfig { path: "/l".into(), max_bytes: 1 << 20, max_files: 2 },
             netns: Some("/run/pods/web-1/netns".into()),
+            host_network: false,
             files: vec![crate::runtime::config::FileMount {
                 source: "/run/pods/web-1/resolv.conf".into(),
                 destination: "/etc/resolv.conf".into(),
@@ -306,5 +310,30 @@ mod tests {
         let paths: Vec<_> = net.map(|n| n.path().clone()).collect();
         assert_eq!(paths, [Some("/run/pods/web-1/netns".into())], "the pod's namespace, once");
         assert_eq!(cpu_shares(1), 2);
+    }
+
+    #[test]
+    fn a_host_network_container_has_no_network_namespace_but_keeps_the_others() {
+        let c = ContainerConfig { netns: None, host_network: true, ..config() };
+        let s = build(&c).unwrap();
+        let kinds: Vec<_> =
+            s.linux().as_ref().unwrap().namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
+        assert!(!kinds.contains(&LinuxNamespaceType::Network), "{kinds:?}");
+        for k in [LinuxNamespaceType::Mount, LinuxNamespaceType::Pid, LinuxNamespaceType::Uts, LinuxNamespaceType::Ipc]
+        {
+            assert!(kinds.contains(&k), "{k:?} in {kinds:?}");
+        }
+        // Without host_network and without a pod, a new empty namespace (never the board's).
+        let s = build(&ContainerConfig { netns: None, ..config() }).unwrap();
+        let net = s
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|n| n.typ() == LinuxNamespaceType::Network);
+        assert_eq!(net.map(|n| n.path().clone()), Some(None), "a new one");
     }
 }

@@ -1,4 +1,5 @@
-//! `bramble policy allow APP --cap-add NET_ADMIN [--seccomp-unconfined] [--control-plane]`,
+//! `bramble policy allow APP --cap-add NET_ADMIN [--seccomp-unconfined] [--control-plane]
+//! [--host-network]`,
 //! `policy ls`, `policy rm APP`: what an admin lets deployers ask for in one app. Without a
 //! policy, only an admin may apply an app with more than the defaults.
 
@@ -28,6 +29,9 @@ enum Cmd {
         /// `security.control_plane = true`.
         #[arg(long)]
         control_plane: bool,
+        /// `host_network = true`: the board's network namespace, its ports the board's own.
+        #[arg(long)]
+        host_network: bool,
     },
     /// The policies: app, what it may have, who set it.
     Ls {
@@ -40,8 +44,8 @@ enum Cmd {
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let req = match args.cmd {
-        Cmd::Allow { app, cap_add, seccomp_unconfined, control_plane } => {
-            Request::AllowPrivileges { app, cap_add, seccomp_unconfined, control_plane }
+        Cmd::Allow { app, cap_add, seccomp_unconfined, control_plane, host_network } => {
+            Request::AllowPrivileges { app, cap_add, seccomp_unconfined, control_plane, host_network }
         }
         Cmd::Rm { app } => Request::DeletePolicy { app },
         Cmd::Ls { output } => {
@@ -62,11 +66,12 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
                         if caps.is_empty() { "-".into() } else { caps.join(",") },
                         if p.seccomp_unconfined { "unconfined" } else { "default" }.into(),
                         p.control_plane.to_string(),
+                        p.host_network.to_string(),
                         p.meta.changed_by.clone().unwrap_or_default(),
                     ]
                 })
                 .collect();
-            print!("{}", table(&["APP", "CAP_ADD", "SECCOMP", "CONTROL_PLANE", "BY"], &rows));
+            print!("{}", table(&["APP", "CAP_ADD", "SECCOMP", "CONTROL_PLANE", "HOST_NETWORK", "BY"], &rows));
             return Ok(());
         }
     };

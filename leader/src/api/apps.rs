@@ -26,7 +26,7 @@ use std::net::Ipv4Addr;
 pub fn needing_admin(objects: &Objects, apps: &[AppSpec]) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for a in apps {
-        let asks = a.security.privileged();
+        let asks = a.privileged();
         if asks.is_empty() {
             continue;
         }
@@ -35,7 +35,7 @@ pub fn needing_admin(objects: &Objects, apps: &[AppSpec]) -> Result<Vec<String>>
             continue;
         }
         let beyond: Vec<String> = match objects.get::<bramble_proto::model::Policy>(a.name.as_str())? {
-            Some(p) => p.value.refuses(&a.security),
+            Some(p) => p.value.refuses(a),
             None => asks.iter().map(|s| s.to_string()).collect(),
         };
         if !beyond.is_empty() {
@@ -354,15 +354,17 @@ pub fn allow_privileges(
     cap_add: Vec<bramble_proto::manifest::CapName>,
     seccomp_unconfined: bool,
     control_plane: bool,
+    host_network: bool,
     who: &str,
 ) -> Result<bramble_proto::wire::Response> {
     bramble_proto::names::check_dns_label(app).map_err(|e| Error::Invalid(format!("policy for app {e}")))?;
     if cap_add.iter().any(|c| c.as_str() == "ALL") {
         return Err(Error::Invalid("name the capabilities to allow (\"ALL\" is for cap_drop)".into()));
     }
-    if cap_add.is_empty() && !seccomp_unconfined && !control_plane {
+    if cap_add.is_empty() && !seccomp_unconfined && !control_plane && !host_network {
         return Err(Error::Invalid(
-            "nothing to allow: give --cap-add, --seccomp-unconfined or --control-plane (policy rm takes one away)"
+            "nothing to allow: give --cap-add, --seccomp-unconfined, --control-plane or --host-network (policy rm \
+             takes one away)"
                 .into(),
         ));
     }
@@ -385,7 +387,7 @@ pub fn allow_privileges(
             changed_by: Some(who.to_string()),
         },
     };
-    let policy = bramble_proto::model::Policy { meta, cap_add, seccomp_unconfined, control_plane };
+    let policy = bramble_proto::model::Policy { meta, cap_add, seccomp_unconfined, control_plane, host_network };
     let expect = current.as_ref().map_or(Expect::Absent, |v| Expect::Revision(v.rev));
     objects.put(&policy, expect).map_err(|e| match e {
         StoreError::Conflict { .. } => Error::Conflict(format!("the policy of app {app} changed meanwhile; try again")),
@@ -412,6 +414,9 @@ pub fn policy_words(p: &bramble_proto::model::Policy) -> String {
     }
     if p.control_plane {
         parts.push("the control plane".to_string());
+    }
+    if p.host_network {
+        parts.push("the host network".to_string());
     }
     parts.join(" and ")
 }

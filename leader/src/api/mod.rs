@@ -244,15 +244,18 @@ impl Api {
             Request::LabelNode { name, set, remove } => self.nodes().label(&name, set, remove, who),
             Request::SetCordon { name, cordoned } => self.nodes().cordon(&name, cordoned, who),
             Request::Drain { name, include_every_board } => self.nodes().drain_node(&name, include_every_board, who),
-            Request::AllowPrivileges { app, cap_add, seccomp_unconfined, control_plane } => apps::allow_privileges(
-                &self.objects,
-                &self.events,
-                &app,
-                cap_add,
-                seccomp_unconfined,
-                control_plane,
-                who,
-            ),
+            Request::AllowPrivileges { app, cap_add, seccomp_unconfined, control_plane, host_network } => {
+                apps::allow_privileges(
+                    &self.objects,
+                    &self.events,
+                    &app,
+                    cap_add,
+                    seccomp_unconfined,
+                    control_plane,
+                    host_network,
+                    who,
+                )
+            }
             Request::GetPolicies => Ok(Response::Policies(
                 self.objects.list::<bramble_proto::model::Policy>()?.into_iter().map(|v| v.value).collect(),
             )),

@@ -188,7 +188,7 @@ pub fn filter(node: &NodeSnapshot, req: &Request<'_>) -> Option<Reason> {
         // drain moves it off.)
         return Some(if spec.every_board() { Reason::Draining } else { Reason::VolumeElsewhere });
     }
-    if spec.ports.iter().any(|p| p.host.is_some_and(|h| node.host_ports.contains(&(h.0, p.protocol)))) {
+    if spec.board_ports().any(|port| node.host_ports.contains(&port)) {
         return Some(Reason::HostPort);
     }
     if let Some(max) = spec.placement.max_per_node {
@@ -287,11 +287,7 @@ impl Scheduler {
         n.requested.cpu_millis += req.spec.resources.cpu.map_or(0, |c| c.0);
         n.requested.memory_bytes += req.spec.resources.memory.map_or(0, |m| m.0);
         n.requested.replicas += 1;
-        for p in &req.spec.ports {
-            if let Some(h) = p.host {
-                n.host_ports.insert((h.0, p.protocol));
-            }
-        }
+        n.host_ports.extend(req.spec.board_ports());
         *n.apps.entry(req.app.to_string()).or_default() += 1;
         *n.revisions.entry(req.revision.to_string()).or_default() += 1;
     }
@@ -302,10 +298,8 @@ impl Scheduler {
         n.requested.cpu_millis = n.requested.cpu_millis.saturating_sub(spec.resources.cpu.map_or(0, |c| c.0));
         n.requested.memory_bytes = n.requested.memory_bytes.saturating_sub(spec.resources.memory.map_or(0, |m| m.0));
         n.requested.replicas = n.requested.replicas.saturating_sub(1);
-        for p in &spec.ports {
-            if let Some(h) = p.host {
-                n.host_ports.remove(&(h.0, p.protocol));
-            }
+        for port in spec.board_ports() {
+            n.host_ports.remove(&port);
         }
         if let Some(c) = n.apps.get_mut(app) {
             *c = c.saturating_sub(1);

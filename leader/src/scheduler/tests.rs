@@ -229,3 +229,25 @@ fn devices_place_replicas_only_where_the_board_has_them() {
     let no_i2c = app("devices = [\"i2c\"]");
     assert_eq!(s.place(&req(&no_i2c, None)).unwrap_err().to_string(), "0/3 nodes: 3 missing device i2c");
 }
+
+#[test]
+fn host_network_ports_are_the_boards_own() {
+    let spec = app("host_network = true\nports = [{ container = 9100 }, { container = 5353, protocol = \"udp\" }]\n");
+    assert_eq!(spec.board_ports().collect::<Vec<_>>(), [(9100, Protocol::Tcp), (5353, Protocol::Udp)]);
+    // Two replicas never share a board: the second goes to the other one, a third has nowhere.
+    let mut s = Scheduler::new(vec![node("pi-1", 4000, 4096), node("pi-2", 4000, 4096)]);
+    let placed = s.place_many(&req(&spec, None), 2).unwrap();
+    assert_ne!(placed[0], placed[1], "{placed:?}");
+    let e = s.place(&req(&spec, None)).unwrap_err();
+    assert_eq!(e.reasons.get(&Reason::HostPort), Some(&2), "{e:?}");
+    // A plain app with that port as a host port meets the same refusal; without a host port it
+    // fits (its port is its pod's).
+    let other = app("ports = [{ container = 80, host = 9100 }]\n");
+    assert!(s.place(&req(&other, None)).is_err());
+    let pod = app("ports = [{ container = 9100 }]\n");
+    assert!(s.place(&req(&pod, None)).is_ok());
+    // Unbound, the port is free again.
+    let i = s.index_of(&placed[0]).unwrap();
+    s.unbind(i, "web", &spec, "r1");
+    assert_eq!(s.place(&req(&spec, None)).unwrap(), i);
+}

@@ -728,3 +728,24 @@ fn capabilities_are_named_as_the_kernel_names_them() {
     let e = parse_manifest("m.toml", &app("security = { cap_add = [\"ALL\"] }\n")).unwrap_err().0;
     assert!(e[0].message.contains("\"ALL\" is for cap_drop"), "{}", e[0]);
 }
+
+#[test]
+fn host_network_needs_the_admin_and_takes_no_host_port() {
+    let m = parse_manifest("m.toml", &app("host_network = true\nports = [{ container = 9100 }]\n")).unwrap();
+    let a = &m.apps[0];
+    assert!(a.host_network);
+    assert_eq!(a.privileged(), ["host_network = true"]);
+    assert!(a.security.privileged().is_empty(), "not a security field");
+    fails(
+        &app("host_network = true\nports = [{ container = 9100, host = 9200 }]\n"),
+        5,
+        37,
+        "app[0].ports[0].host",
+        "on the host network the container's port is the board's own: leave out host",
+    );
+    // A policy that allows it lets a deployer; one that allows something else does not.
+    let mut policy = crate::model::Policy { cap_add: vec!["NET_ADMIN".parse().unwrap()], ..Default::default() };
+    assert_eq!(policy.refuses(a), ["host_network = true"]);
+    policy.host_network = true;
+    assert!(policy.refuses(a).is_empty());
+}

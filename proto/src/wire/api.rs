@@ -42,6 +42,8 @@ pub enum Request {
         seccomp_unconfined: bool,
         #[serde(default)]
         control_plane: bool,
+        #[serde(default)]
+        host_network: bool,
     },
     GetPolicies,
     DeletePolicy {

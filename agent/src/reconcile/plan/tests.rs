@@ -353,3 +353,20 @@ fn removals_happen_in_the_background_and_the_desired_set_survives_a_restart() {
     assert!(again.pass(b.clock.now_ms()).is_empty());
     assert!(containers.calls().is_empty(), "an agent restart changes no container");
 }
+
+#[test]
+fn a_host_network_replica_is_reached_at_the_boards_bridge_address() {
+    let mut b = board(None);
+    b.images.pull(&"reg/a:1".parse().unwrap(), &Default::default()).unwrap();
+    let mut d = desired(&[("a-1", "reg/a:1"), ("h-1", "reg/a:1")]);
+    let h = d.get_mut("h-1").unwrap();
+    let mut spec = (*h.spec).clone();
+    spec.host_network = true;
+    h.spec = spec.into();
+    b.r.input(Input::Desired { full: true, upsert: d.into_values().collect(), remove: Vec::new() }, b.clock.now_ms());
+    b.pass();
+    let st = b.r.statuses();
+    assert_eq!(st["h-1"].phase, ReplicaPhase::Running);
+    assert_eq!(st["h-1"].ip, Some("10.42.0.1".parse().unwrap()), "the gateway: the board itself");
+    assert_eq!(st["a-1"].ip, Some("10.42.0.2".parse().unwrap()), "a pod has its own");
+}

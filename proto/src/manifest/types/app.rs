@@ -593,6 +593,11 @@ pub struct AppSpec {
     /// every one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<crate::device::DeviceRequest>,
+    /// Its containers share the board's network namespace (no pod address, no veth): its ports are
+    /// the board's own, so two replicas never share a board's port. Admins only, or deployers
+    /// within an admin's policy for the app.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
 }
 
 /// The default grace period between the stop signal and SIGKILL.
@@ -605,6 +610,24 @@ impl AppSpec {
             Some(m) => m.of(replicas),
             None => u32::from(replicas > 1),
         }
+    }
+
+    /// What in it needs the admin role, in words (none: a deployer may apply it).
+    pub fn privileged(&self) -> Vec<&'static str> {
+        let mut out = self.security.privileged();
+        if self.host_network {
+            out.push("host_network = true");
+        }
+        out
+    }
+
+    /// The board's ports its replicas take: host ports, and on the host network its container
+    /// ports themselves.
+    pub fn board_ports(&self) -> impl Iterator<Item = (u16, Protocol)> + '_ {
+        self.ports.iter().filter_map(|p| {
+            let port = if self.host_network { Some(p.container) } else { p.host };
+            Some((port?.0, p.protocol))
+        })
     }
 
     /// One replica on every matching board.
@@ -699,6 +722,12 @@ impl AppSpec {
                 out.push(Problem::new(
                     vec![Key("ports"), Index(i), Key("container")],
                     format!("container port {} is listed twice", p.container.0),
+                ));
+            }
+            if p.host.is_some() && self.host_network {
+                out.push(Problem::new(
+                    vec![Key("ports"), Index(i), Key("host")],
+                    "on the host network the container's port is the board's own: leave out host".to_string(),
                 ));
             }
             if let Some(h) = p.host {

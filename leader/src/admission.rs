@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use bramble_proto::manifest::{AppSpec, ConfigSpec, Protocol, ServiceSpec, VolumeKind};
 use bramble_proto::model::{App, Config, Service};
 use bramble_proto::wire::ObjectProblem;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What the cluster keeps for itself on its boards: ports no app may take as a host port (the
 /// leaders' QUIC port, etcd's, DNS, the metrics listener) and directories no host volume may be,
@@ -143,4 +143,94 @@ pub fn check(reserved: &Reserved, apps: &[AppSpec], services: &[ServiceSpec], co
         problems.extend(c.check().into_iter().map(|p| problem("config", name, p.field(), p.message)));
     }
     refuse(problems)
+}
+
+/// Start order across the cluster: every name in an applied app's `after` is an app (applied now
+/// or already stored), and no app comes, through others, after itself. `graph` is every app's
+/// `after` as it will be once the apply lands (stored apps overlaid with the applied ones).
+pub fn check_after(applied: &[AppSpec], graph: &BTreeMap<String, Vec<String>>) -> Vec<ObjectProblem> {
+    let mut out = Vec::new();
+    let mut cycles: BTreeSet<BTreeSet<String>> = BTreeSet::new();
+    for a in applied {
+        let name = a.name.as_str();
+        for (i, dep) in a.after.iter().enumerate() {
+            if !graph.contains_key(dep.as_str()) {
+                let msg =
+                    format!("expected the name of an app (in this apply or the cluster), found {:?}", dep.as_str());
+                out.push(problem("app", name, format!("after[{i}]"), msg));
+            }
+        }
+        if let Some(path) = cycle_through(name, graph) {
+            if cycles.insert(path.iter().cloned().collect()) {
+                let msg = format!("start order has a cycle: {} -> {name}", path.join(" -> "));
+                out.push(problem("app", name, "after", msg));
+            }
+        }
+    }
+    out
+}
+
+/// A path of `after` edges from `start` back to itself (`start` first), if there is one.
+fn cycle_through(start: &str, graph: &BTreeMap<String, Vec<String>>) -> Option<Vec<String>> {
+    fn walk(
+        at: &str,
+        start: &str,
+        graph: &BTreeMap<String, Vec<String>>,
+        seen: &mut BTreeSet<String>,
+        path: &mut Vec<String>,
+    ) -> bool {
+        path.push(at.to_string());
+        for next in graph.get(at).into_iter().flatten() {
+            if next == start {
+                return true;
+            }
+            if seen.insert(next.clone()) && walk(next, start, graph, seen, path) {
+                return true;
+            }
+        }
+        path.pop();
+        false
+    }
+    let mut path = Vec::new();
+    walk(start, start, graph, &mut BTreeSet::new(), &mut path).then_some(path)
+}
+
+#[cfg(test)]
+mod after_tests {
+    use super::*;
+    use bramble_proto::manifest::parse_manifest;
+
+    fn apps(text: &str) -> Vec<AppSpec> {
+        parse_manifest("t.toml", text).unwrap().apps
+    }
+
+    fn graph(list: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+        list.iter().map(|(a, deps)| (a.to_string(), deps.iter().map(|d| d.to_string()).collect())).collect()
+    }
+
+    #[test]
+    fn start_order_names_apps_and_has_no_cycle() {
+        let web = apps("[[app]]\nname = \"web\"\nimage = \"r/w:1\"\nafter = [\"db\", \"cache\"]\n");
+        // db stored, cache nowhere.
+        let g = graph(&[("web", &["db", "cache"]), ("db", &[])]);
+        let p = check_after(&web, &g);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!((p[0].field.as_str(), p[0].name.as_str()), ("after[1]", "web"));
+        assert!(p[0].message.contains("found \"cache\""), "{}", p[0].message);
+        // db (stored) comes after migrate, which comes after web: a cycle through the apply.
+        let g = graph(&[("web", &["db", "cache"]), ("db", &["migrate"]), ("migrate", &["web"]), ("cache", &[])]);
+        let p = check_after(&web, &g);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].field, "after");
+        assert_eq!(p[0].message, "start order has a cycle: web -> db -> migrate -> web");
+        // Two apps of one apply in one cycle: said once.
+        let both = apps(
+            "[[app]]\nname = \"a\"\nimage = \"r/w:1\"\nafter = [\"b\"]\n[[app]]\nname = \"b\"\nimage = \"r/w:1\"\nafter = [\"a\"]\n",
+        );
+        let p = check_after(&both, &graph(&[("a", &["b"]), ("b", &["a"])]));
+        assert_eq!(p.len(), 1, "{p:?}");
+        // A diamond is no cycle.
+        let g = graph(&[("web", &["db", "cache"]), ("db", &["disk"]), ("cache", &["disk"]), ("disk", &[])]);
+        assert!(check_after(&web, &g).is_empty());
+    }
 }

@@ -69,7 +69,7 @@ reasons! {
     // Objects, by the API.
     Created, Configured, Deleted, Scaled, Revoked, BackupTaken, BackupFailed,
     // Placement, by the replica controller.
-    Scheduled, FailedScheduling, ReplicaLost, ImagePlatform, DeviceMissing,
+    Scheduled, FailedScheduling, ReplicaLost, ImagePlatform, DeviceMissing, WaitingForApps,
     // Rollouts.
     RolloutComplete, RolloutFailed, RolledBack, Draining,
     // Nodes.

@@ -224,6 +224,13 @@ async fn app(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         let devices: Vec<String> = spec.devices.iter().map(|d| d.to_string()).collect();
         let _ = writeln!(s, "Devices:     {}", devices.join(", "));
     }
+    if !spec.after.is_empty() {
+        let after: Vec<&str> = spec.after.iter().map(|n| n.as_str()).collect();
+        let _ = writeln!(s, "Starts after: {} (each with a ready replica)", after.join(", "));
+    }
+    if spec.host_network {
+        let _ = writeln!(s, "Network:     the board's own (host_network)");
+    }
     if !spec.command.is_empty() || !spec.args.is_empty() {
         let _ = writeln!(s, "Command:     {:?} {:?}", spec.command, spec.args);
     }

@@ -17,7 +17,7 @@ use bramble_proto::model::{
 use bramble_proto::network::ClusterNetwork;
 use bramble_proto::time::now_ms;
 use bramble_proto::wire::{Applied, ApplyPlan, Outcome};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 /// The apps of an apply that only an admin may write: a new or changed spec that asks for more
@@ -144,6 +144,16 @@ fn allocate_vips(
 /// Services whose app is known (applied with them, or stored) must name ports the app has.
 fn check_targets(objects: &Objects, apps: &[AppSpec], services: &[ServiceSpec]) -> Result<()> {
     let mut problems = Vec::new();
+    // Start order, against the cluster's apps as they will be.
+    if apps.iter().any(|a| !a.after.is_empty()) {
+        let mut graph: BTreeMap<String, Vec<String>> = objects
+            .list::<App>()?
+            .into_iter()
+            .map(|v| (v.value.spec.name.as_str().to_string(), names(&v.value.spec.after)))
+            .collect();
+        graph.extend(apps.iter().map(|a| (a.name.as_str().to_string(), names(&a.after))));
+        problems.extend(crate::admission::check_after(apps, &graph));
+    }
     for s in services {
         let stored;
         let app = match apps.iter().find(|a| a.name == s.app) {
@@ -161,6 +171,10 @@ fn check_targets(objects: &Objects, apps: &[AppSpec], services: &[ServiceSpec]) 
         problems.extend(found.map(|p| problem("service", s.name.as_str(), p.field(), p.message)));
     }
     refuse(problems)
+}
+
+fn names(list: &[bramble_proto::names::Name]) -> Vec<String> {
+    list.iter().map(|n| n.as_str().to_string()).collect()
 }
 
 /// What one apply brings: apps, services and configs.

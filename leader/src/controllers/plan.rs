@@ -208,6 +208,21 @@ pub fn plan(snapshot: &Snapshot, now_ms: u64) -> Plan {
         _ => None,
     };
     let served: BTreeSet<&str> = snapshot.services.iter().map(|s| s.spec.app.as_str()).collect();
+    // Start order: apps with a ready replica.
+    let ready: BTreeSet<&str> = snapshot
+        .apps
+        .values()
+        .filter(|a| a.replicas.iter().any(|r| r.value.serving()))
+        .map(|a| a.app.spec.name.as_str())
+        .collect();
+    let waiting = |spec: &AppSpec| {
+        let dep = spec.after.iter().find(|d| !ready.contains(d.as_str()))?;
+        Some(if snapshot.apps.contains_key(dep.as_str()) {
+            format!("waiting for app {dep} to have a ready replica (it starts after it)")
+        } else {
+            format!("waiting for app {dep}, which does not exist (it starts after it)")
+        })
+    };
     // Boards being drained; one app at a time moves off them: the first by name with a replica
     // still there.
     let boards: BTreeMap<&str, bool> = snapshot
@@ -225,8 +240,18 @@ pub fn plan(snapshot: &Snapshot, now_ms: u64) -> Plan {
             let offered = snapshot.platforms.get(a.app.spec.image.as_str()).map(|v| &v.value);
             let drain = DrainInput { served: served.contains(a.app.spec.name.as_str()), drained: &snapshot.drained };
             let draining = Draining { boards: &boards, moving: moving == Some(a.app.spec.name.as_str()) };
-            let (plan, s) =
-                plan_app(a, &lost, offered, &drain, &draining, &mut scheduler, now_ms, salt(snapshot.revision, now_ms));
+            let waiting = waiting(&a.app.spec);
+            let (plan, s) = plan_app(
+                a,
+                &lost,
+                offered,
+                &drain,
+                &draining,
+                &mut scheduler,
+                now_ms,
+                salt(snapshot.revision, now_ms),
+                waiting,
+            );
             if s.is_some() {
                 status = s;
             }
@@ -348,6 +373,8 @@ struct Work<'a> {
     /// The spec the count and the rollout follow: the app's own, or for an every-board app one
     /// with as many replicas as boards it matches, rolled without surge.
     effective: std::borrow::Cow<'a, AppSpec>,
+    /// Why its new replicas may not start yet (start order), if they may not.
+    waiting: Option<String>,
 }
 
 impl Work<'_> {
@@ -427,6 +454,7 @@ fn plan_app(
     scheduler: &mut Scheduler,
     now: u64,
     salt: u64,
+    waiting: Option<String>,
 ) -> (AppPlan, Option<DrainStatus>) {
     let name = app.app.spec.name.as_str();
     let mut w = Work {
@@ -440,6 +468,7 @@ fn plan_app(
         effective: std::borrow::Cow::Borrowed(&app.app.spec),
         moving: BTreeSet::new(),
         boards: None,
+        waiting,
     };
     mark_lost(&mut w, lost);
     if let Some(offered) = offered {
@@ -736,6 +765,13 @@ fn place(w: &mut Work<'_>, offered: Option<&Misses>, scheduler: &mut Scheduler) 
     let req = Placement { app: w.name, spec, misses: offered, revision: &revision, homes: homes.as_ref() };
     let mut events = Vec::new();
     for r in w.replicas.iter_mut().filter(|r| r.node.is_none()) {
+        if let Some(why) = &w.waiting {
+            if r.reason != *why {
+                events.push((r.meta.name.clone(), EventReason::WaitingForApps, why.clone()));
+                r.reason = why.clone();
+            }
+            continue;
+        }
         match scheduler.place(&req) {
             Ok(i) => {
                 scheduler.bind(i, &req);

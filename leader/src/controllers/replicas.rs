@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 pub fn revision_hash(spec: &AppSpec) -> String {
     let mut v = serde_json::to_value(spec).expect("spec serialises");
     if let Some(o) = v.as_object_mut() {
-        for k in ["replicas", "update", "replace_after", "autoscale", "labels", "min_available"] {
+        for k in ["replicas", "update", "replace_after", "autoscale", "labels", "min_available", "after"] {
             o.remove(k);
         }
     }

@@ -749,3 +749,12 @@ fn host_network_needs_the_admin_and_takes_no_host_port() {
     policy.host_network = true;
     assert!(policy.refuses(a).is_empty());
 }
+
+#[test]
+fn start_order_names_other_apps_once() {
+    let m = parse_manifest("m.toml", &app("after = [\"db\", \"cache\"]\n")).unwrap();
+    assert_eq!(m.apps[0].after.iter().map(|n| n.as_str()).collect::<Vec<_>>(), ["db", "cache"]);
+    fails(&app("after = [\"web\"]\n"), 4, 10, "app[0].after[0]", "an app cannot start after itself");
+    fails(&app("after = [\"db\", \"db\"]\n"), 4, 16, "app[0].after[1]", "app \"db\" is listed twice");
+    fails(&app("after = [\"Not A Name\"]\n"), 4, 9, "app[0].after[0]", "expected a DNS label");
+}

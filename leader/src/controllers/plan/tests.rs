@@ -818,3 +818,37 @@ fn a_drain_with_every_board_apps_moves_them_too_when_asked() {
     pass(&mut s, 9_000, &mut rev);
     assert_eq!(on(&s, "web", "pi-1"), 1);
 }
+
+#[test]
+fn an_app_starts_after_the_apps_it_names_have_a_ready_replica() {
+    let mut s = snapshot(ready_nodes(2), spec("replicas = 2\nafter = [\"db\"]"));
+    let mut rev = 10;
+    let p = pass(&mut s, 1_000, &mut rev);
+    let waiting: Vec<&Replica> = replicas(&s);
+    assert_eq!(waiting.len(), 2, "made, not placed");
+    assert!(
+        waiting.iter().all(|r| r.node.is_none() && r.reason.contains("app db, which does not exist")),
+        "{waiting:?}"
+    );
+    let said =
+        |p: &Plan| p.apps.iter().flat_map(|a| &a.events).filter(|e| e.reason == EventReason::WaitingForApps).count();
+    assert_eq!(said(&p), 2);
+    assert_eq!(said(&pass(&mut s, 2_000, &mut rev)), 0, "said once");
+    // db comes: bound, not ready yet — web still waits, now saying so.
+    add_app(&mut s, "db", "");
+    let p = plan(&s, 3_000);
+    commit(&mut s, &p, &mut rev);
+    let p = plan(&s, 4_000);
+    commit(&mut s, &p, &mut rev);
+    assert_eq!(on(&s, "db", "pi-1") + on(&s, "db", "pi-2"), 1);
+    assert!(replicas(&s).iter().all(|r| r.node.is_none() && r.reason.contains("app db to have a ready replica")));
+    // Ready: web is placed.
+    run_bound(&mut s, &mut rev);
+    pass(&mut s, 5_000, &mut rev);
+    assert!(replicas(&s).iter().all(|r| r.node.is_some() && r.reason.is_empty()), "{:?}", replicas(&s));
+    // Changing `after` rolls nothing: same template.
+    assert_eq!(
+        crate::controllers::replicas::revision_hash(&spec("replicas = 2\nafter = [\"db\"]")),
+        crate::controllers::replicas::revision_hash(&spec("replicas = 2"))
+    );
+}

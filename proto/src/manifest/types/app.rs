@@ -598,6 +598,10 @@ pub struct AppSpec {
     /// within an admin's policy for the app.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub host_network: bool,
+    /// Start order: its replicas start only once each app named here has a ready replica (they
+    /// wait Pending, saying which). Not part of the pod template: changing it rolls nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<Name>,
 }
 
 /// The default grace period between the stop signal and SIGKILL.
@@ -737,6 +741,15 @@ impl AppSpec {
                         format!("host port {} is listed twice", h.0),
                     ));
                 }
+            }
+        }
+        let mut after = BTreeSet::new();
+        for (i, a) in self.after.iter().enumerate() {
+            let at = || vec![Key("after"), Index(i)];
+            if *a == self.name {
+                out.push(Problem::new(at(), "an app cannot start after itself: name another app"));
+            } else if !after.insert(a) {
+                out.push(Problem::new(at(), format!("app {:?} is listed twice", a.as_str())));
             }
         }
         let mut paths = BTreeSet::new();

@@ -56,13 +56,13 @@ impl Reserved {
             if let Some((proto, port, what)) = self.ports.iter().find(|(q, port, _)| *q == p.protocol && *port == h.0) {
                 let proto = if *proto == Protocol::Udp { "udp" } else { "tcp" };
                 let msg = format!("host port {port}/{proto} is the cluster's own ({what}); choose another");
-                out.push(problem("app", name, format!("ports[{i}].{field}"), msg));
+                out.push(problem(a.kind_word(), name, format!("ports[{i}].{field}"), msg));
             }
         }
         let dirs: Vec<(&str, &str)> = self.dirs.iter().map(|(w, d)| (w.as_str(), d.as_str())).collect();
         for (i, v) in a.volumes.iter().enumerate().filter(|(_, v)| v.kind == VolumeKind::Host) {
             if let Err(e) = bramble_proto::hostpath::check(v.host_path.as_deref().unwrap_or_default(), &dirs) {
-                out.push(problem("app", name, format!("volumes[{i}].host_path"), e.to_string()));
+                out.push(problem(a.kind_word(), name, format!("volumes[{i}].host_path"), e.to_string()));
             }
         }
         out
@@ -107,7 +107,9 @@ pub fn check_restored(objects: &std::collections::BTreeMap<String, String>, rese
             configs.push(c.spec);
         } else if key.starts_with(keys::REVISIONS) {
             let spec: AppSpec = decode(key, value.as_bytes())?;
-            problems.extend(spec.check().into_iter().map(|p| problem("app", spec.name.as_str(), p.field(), p.message)));
+            problems.extend(
+                spec.check().into_iter().map(|p| problem(spec.kind_word(), spec.name.as_str(), p.field(), p.message)),
+            );
             problems.extend(reserved.check(&spec));
         }
     }
@@ -123,9 +125,9 @@ pub fn check(reserved: &Reserved, apps: &[AppSpec], services: &[ServiceSpec], co
     for a in apps {
         let name = a.name.as_str();
         if !seen.insert(("app", name)) {
-            problems.push(problem("app", name, "", "listed twice"));
+            problems.push(problem(a.kind_word(), name, "", "listed twice"));
         }
-        problems.extend(a.check().into_iter().map(|p| problem("app", name, p.field(), p.message)));
+        problems.extend(a.check().into_iter().map(|p| problem(a.kind_word(), name, p.field(), p.message)));
         problems.extend(reserved.check(a));
     }
     for s in services {
@@ -157,13 +159,13 @@ pub fn check_after(applied: &[AppSpec], graph: &BTreeMap<String, Vec<String>>) -
             if !graph.contains_key(dep.as_str()) {
                 let msg =
                     format!("expected the name of an app (in this apply or the cluster), found {:?}", dep.as_str());
-                out.push(problem("app", name, format!("after[{i}]"), msg));
+                out.push(problem(a.kind_word(), name, format!("after[{i}]"), msg));
             }
         }
         if let Some(path) = cycle_through(name, graph) {
             if cycles.insert(path.iter().cloned().collect()) {
                 let msg = format!("start order has a cycle: {} -> {name}", path.join(" -> "));
-                out.push(problem("app", name, "after", msg));
+                out.push(problem(a.kind_word(), name, "after", msg));
             }
         }
     }

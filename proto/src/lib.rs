@@ -11,6 +11,7 @@ pub mod event;
 pub mod fsutil;
 pub mod hostpath;
 pub mod image_ref;
+pub mod job;
 pub mod limit;
 pub mod manifest;
 pub mod mdns;

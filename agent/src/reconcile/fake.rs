@@ -70,7 +70,7 @@ impl FakeContainers {
         let now = self.clock.now_ms();
         let mut g = self.state.lock().expect("fake lock");
         let Some(c) = g.containers.get_mut(id) else { return false };
-        let exit = Exit { code, signal: None, oom_killed: false, finished_ms: now, killed_by: None };
+        let exit = Exit { code, signal: None, oom_killed: false, finished_ms: now, killed_by: None, started_ms: None };
         c.lifecycle.exited(exit).is_ok()
     }
 

@@ -139,6 +139,7 @@ pub fn status_of(replica: &str, s: &ShimState) -> ReplicaStatus {
     if let Some(last) = &l.last_exit {
         st.exit_code = Some(last.code);
         st.finished_ms = Some(last.finished_ms);
+        st.started_ms = last.started_ms;
     }
     match &l.phase {
         Phase::Starting => {}

@@ -121,6 +121,8 @@ fn overrides(a: &Assignment) -> AppOverrides {
         memory_bytes: s.resources.memory.map(|m| m.0),
         readonly_rootfs: false,
         restart: match s.restart {
+            // A job's run is never restarted in place: the leader starts another.
+            _ if s.is_job() => RestartPolicy::Never,
             AppRestart::Always => RestartPolicy::Always,
             AppRestart::OnFailure => RestartPolicy::OnFailure,
             AppRestart::Never => RestartPolicy::Never,

@@ -17,6 +17,10 @@ pub struct Exit {
     /// Why Bramble killed it, if it did (a failing liveness or startup probe).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub killed_by: Option<String>,
+    /// When that run started (set as the exit is recorded): a run over before anyone saw it
+    /// running still says when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
 }
 
 impl Exit {
@@ -157,6 +161,8 @@ impl Lifecycle {
     /// The running container exited; decides whether and when it restarts.
     pub fn exited(&mut self, exit: Exit) -> Result<(), BadTransition> {
         let Phase::Running { started_ms, .. } = self.phase else { return Err(self.bad("record the exit of")) };
+        let mut exit = exit;
+        exit.started_ms.get_or_insert(started_ms);
         if exit.oom_killed {
             self.oom_kills += 1;
         }
@@ -186,7 +192,14 @@ impl Lifecycle {
             Phase::BackingOff { last, .. } => self.phase = Phase::Exited { last: last.clone(), stopped: true },
             Phase::Failed { .. } | Phase::Starting => {
                 self.phase = Phase::Exited {
-                    last: Exit { code: 0, signal: None, oom_killed: false, finished_ms: 0, killed_by: None },
+                    last: Exit {
+                        code: 0,
+                        signal: None,
+                        oom_killed: false,
+                        finished_ms: 0,
+                        killed_by: None,
+                        started_ms: None,
+                    },
                     stopped: true,
                 }
             }
@@ -208,7 +221,7 @@ mod tests {
     use super::*;
 
     fn exit(code: i32, at: u64) -> Exit {
-        Exit { code, signal: None, oom_killed: false, finished_ms: at, killed_by: None }
+        Exit { code, signal: None, oom_killed: false, finished_ms: at, killed_by: None, started_ms: None }
     }
 
     #[test]
@@ -244,7 +257,15 @@ mod tests {
         assert!(matches!(l.phase, Phase::Exited { stopped: false, .. }), "on-failure: success stays exited");
         let mut l = Lifecycle::new(RestartPolicy::OnFailure, BackoffPolicy::default());
         l.started(1, 0).unwrap();
-        l.exited(Exit { code: 137, signal: Some(9), oom_killed: true, finished_ms: 5, killed_by: None }).unwrap();
+        l.exited(Exit {
+            code: 137,
+            signal: Some(9),
+            oom_killed: true,
+            finished_ms: 5,
+            killed_by: None,
+            started_ms: None,
+        })
+        .unwrap();
         assert!(matches!(l.phase, Phase::BackingOff { .. }));
         let mut l = Lifecycle::new(RestartPolicy::Never, BackoffPolicy::default());
         l.started(1, 0).unwrap();

@@ -113,12 +113,15 @@ pub fn load_with_sources(files: &[String]) -> Result<(Manifest, Sources), CliErr
                 let text: std::sync::Arc<str> = text.into();
                 let names = m.apps.iter().map(|a| ("app", a.name.as_str().to_string())).enumerate();
                 let names = names
+                    .chain(m.jobs.iter().map(|j| ("job", j.name.as_str().to_string())).enumerate())
                     .chain(m.services.iter().map(|s| ("service", s.name.as_str().to_string())).enumerate())
                     .chain(m.configs.iter().map(|c| ("config", c.name.as_str().to_string())).enumerate());
                 for (i, (kind, name)) in names {
                     sources.0.entry((kind.to_string(), name)).or_insert_with(|| (shown.clone(), text.clone(), i));
                 }
                 all.apps.extend(m.apps);
+                // Jobs go to the leader as apps whose mode is `job`.
+                all.apps.extend(m.jobs);
                 all.services.extend(m.services);
                 all.configs.extend(m.configs);
             }
@@ -135,7 +138,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let (m, sources) = load_with_sources(&args.files)?;
     if m.apps.is_empty() && m.services.is_empty() && m.configs.is_empty() {
         return Err(CliError::Other(
-            "nothing to apply: the manifests hold no [[app]], [[service]] or [[config]]".into(),
+            "nothing to apply: the manifests hold no [[app]], [[job]], [[service]] or [[config]]".into(),
         ));
     }
     let dry_run = args.dry_run;
@@ -167,7 +170,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
 pub fn show_plan(plan: &ApplyPlan) -> String {
     let mut out = String::new();
     for a in &plan.applied {
-        let app = plan.apps.iter().find(|p| a.kind == "app" && p.app == a.name);
+        let app = plan.apps.iter().find(|p| (a.kind == "app" || a.kind == "job") && p.app == a.name);
         match app.and_then(|p| Some((p.revision?, p.cause.as_deref()?))) {
             Some((n, cause)) => out.push_str(&format!("{a} (revision {n}: {cause})\n")),
             None => out.push_str(&format!("{a}\n")),

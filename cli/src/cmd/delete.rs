@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// `app`, `service`, `secret`, `config` or `node`, then names; or use -f.
+    /// `app`, `job`, `service`, `secret`, `config` or `node`, then names; or use -f.
     #[arg(value_name = "KIND NAME")]
     what: Vec<String>,
     /// Delete what these manifests declare.
@@ -50,13 +50,14 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
             return delete_nodes(config, names).await;
         }
         match kind.as_str() {
-            "app" | "apps" => apps.extend(names.iter().cloned()),
+            // A job is an app that runs to completion: deleting it stops its runs and drops them.
+            "app" | "apps" | "job" | "jobs" => apps.extend(names.iter().cloned()),
             "service" | "services" | "svc" => services.extend(names.iter().cloned()),
             "secret" | "secrets" => secrets.extend(names.iter().cloned()),
             "config" | "configs" => configs.extend(names.iter().cloned()),
             other => {
                 return Err(CliError::Other(format!(
-                    "cannot delete {other:?}: expected app, service, secret, config or node"
+                    "cannot delete {other:?}: expected app, job, service, secret, config or node"
                 )))
             }
         }

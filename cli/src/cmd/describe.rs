@@ -1,4 +1,4 @@
-//! `bramble describe node|app|replica NAME`.
+//! `bramble describe node|app|job|replica|service|secret|config NAME`.
 
 use crate::client::{request, unexpected, CliError};
 use crate::output::{json, Format};
@@ -22,6 +22,9 @@ enum Kind {
     Node,
     #[value(alias = "apps")]
     App,
+    /// A job: its settings, state, runs (node, phase, exit code, duration) and events.
+    #[value(alias = "jobs")]
+    Job,
     #[value(alias = "replicas", alias = "rs")]
     Replica,
     #[value(alias = "services", alias = "svc")]
@@ -36,6 +39,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     match args.kind {
         Kind::Node => node(config, args).await,
         Kind::App => app(config, args).await,
+        Kind::Job => job(config, args).await,
         Kind::Replica => replica(config, args).await,
         Kind::Service => service(config, args).await,
         Kind::Secret => secret(config, args).await,
@@ -147,6 +151,75 @@ async fn service(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
             e.node,
             target(e),
             if e.ready { "ready".to_string() } else { format!("not ready ({phase})") }
+        );
+    }
+    events_section(&mut s, &events);
+    print!("{s}");
+    Ok(())
+}
+
+async fn job(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
+    let (app, replicas, events) = match request(config.clone(), Request::GetApp { name: args.name.clone() }).await? {
+        Response::App { app, replicas, events, .. } => (app, replicas, events),
+        r => return Err(unexpected(&r)),
+    };
+    if !app.spec.is_job() {
+        return Err(CliError::Other(format!("{} is an app, not a job: bramble describe app {}", args.name, args.name)));
+    }
+    let runs: Vec<&bramble_proto::model::Replica> = replicas.iter().filter(|r| r.phase != ReplicaPhase::Lost).collect();
+    let status = bramble_proto::job::status(&app.spec, app.meta.created_ms, &runs, super::now_ms());
+    if args.output == Format::Json {
+        print!("{}", json(&serde_json::json!({ "job": app, "status": status, "runs": replicas, "events": events })));
+        return Ok(());
+    }
+    let (spec, settings) = (&app.spec, app.spec.job());
+    let view = super::get::JobView { meta: app.meta.clone(), spec: spec.clone(), status: status.clone() };
+    let mut s = String::new();
+    let _ = writeln!(s, "Name:        {}", app.meta.name);
+    let _ = writeln!(s, "Image:       {}", spec.image);
+    let _ = writeln!(s, "Status:      {}", super::get::job_state(&status));
+    let _ = writeln!(
+        s,
+        "Runs:        {} succeeded of {} wanted, {} failed (backoff_limit {}), {} active (parallelism {})",
+        status.succeeded,
+        settings.completions,
+        status.failed,
+        settings.backoff_limit,
+        status.active,
+        settings.parallelism
+    );
+    let _ =
+        writeln!(s, "Created:     {} ago; ran {}", super::age(app.meta.created_ms), super::get::job_duration(&view));
+    if let Some(d) = &spec.active_deadline {
+        let _ = writeln!(s, "Deadline:    {d} after its creation");
+    }
+    if let Some(t) = status.retry_at_ms.filter(|t| *t > super::now_ms()) {
+        let _ = writeln!(s, "Next run:    after a failure, in {}s", (t - super::now_ms()).div_ceil(1000));
+    }
+    if !spec.command.is_empty() || !spec.args.is_empty() {
+        let _ = writeln!(s, "Command:     {:?} {:?}", spec.command, spec.args);
+    }
+    let _ = writeln!(s, "Runs:");
+    if replicas.is_empty() {
+        let _ = writeln!(s, "  <none>");
+    }
+    let mut sorted: Vec<&bramble_proto::model::Replica> = replicas.iter().collect();
+    sorted.sort_by_key(|r| (r.meta.created_ms, r.meta.name.clone()));
+    for r in sorted {
+        let took = match (r.started_ms, r.finished_ms) {
+            (Some(a), Some(b)) => format!("{:.1}s", b.saturating_sub(a) as f64 / 1000.0),
+            (Some(a), None) => format!("{}s so far", super::now_ms().saturating_sub(a) / 1000),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            s,
+            "  {:<30} {:<10} {:<10} exit {:<4} {:<10} {}",
+            r.meta.name,
+            r.node.as_deref().unwrap_or("-"),
+            format!("{:?}", r.phase),
+            r.exit_code.map_or("-".into(), |c| c.to_string()),
+            took,
+            r.reason
         );
     }
     events_section(&mut s, &events);

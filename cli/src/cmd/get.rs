@@ -98,7 +98,7 @@ fn pick_manifest<T: serde::Serialize, S: serde::Serialize>(
         Output::Name => list.iter().for_each(|o| println!("{kind}/{}", name_of(o))),
         Output::Toml => {
             let specs: Vec<S> = list.iter().filter_map(&spec_of).collect();
-            if specs.len() != list.len() || !matches!(kind, "app" | "service" | "config") {
+            if specs.len() != list.len() || !matches!(kind, "app" | "job" | "service" | "config") {
                 return Err(CliError::Other(format!("a {kind} has no manifest form: use -o json")));
             }
             let doc = std::collections::BTreeMap::from([(kind, specs)]);
@@ -115,6 +115,9 @@ enum Kind {
     Nodes,
     #[value(alias = "app")]
     Apps,
+    /// Jobs: runs to completion (COMPLETIONS succeeded of wanted, STATUS, DURATION).
+    #[value(alias = "job")]
+    Jobs,
     #[value(alias = "service", alias = "svc")]
     Services,
     #[value(alias = "replica", alias = "rs")]
@@ -191,6 +194,7 @@ async fn fetch(config: &Option<PathBuf>, args: &Args) -> Result<Option<Rows>, Cl
     match args.kind {
         Kind::Nodes => nodes(config, name, output, &sel).await,
         Kind::Apps => apps(config, name, output, &sel).await,
+        Kind::Jobs => jobs(config, name, output).await,
         Kind::Services => services(config, name, output).await,
         Kind::Replicas => replicas(config, args.app.clone(), name, output, &sel).await,
         Kind::Secrets => secrets(config, name, output).await,
@@ -320,7 +324,7 @@ async fn apps(
         Response::Apps(a) => a,
         r => return Err(unexpected(&r)),
     };
-    apps.retain(|a| sel.matches(&a.spec.labels));
+    apps.retain(|a| sel.matches(&a.spec.labels) && !a.spec.is_job());
     let Some(apps) = pick_manifest(apps, "app", name, output, |a| &a.meta.name, |a| Some(a.spec.clone()))? else {
         return Ok(None);
     };
@@ -360,6 +364,88 @@ async fn apps(
     let mut header = vec!["NAME", "READY", "IMAGE", "GENERATION", "AGE"];
     if wide {
         header.push("LABELS");
+    }
+    Ok(Some((header, rows)))
+}
+
+/// A job as `get jobs -o json` shows it: the stored object and its state from its runs.
+#[derive(serde::Serialize)]
+pub struct JobView {
+    pub meta: bramble_proto::model::ObjectMeta,
+    pub spec: bramble_proto::manifest::AppSpec,
+    pub status: bramble_proto::job::JobStatus,
+}
+
+/// Every job with its state, read from its runs.
+pub async fn job_views(
+    config: Option<PathBuf>,
+) -> Result<(Vec<JobView>, Vec<bramble_proto::model::Replica>), CliError> {
+    let apps = match request(config.clone(), Request::GetApps).await? {
+        Response::Apps(a) => a,
+        r => return Err(unexpected(&r)),
+    };
+    let replicas = match request(config, Request::GetReplicas { app: None }).await? {
+        Response::Replicas(r) => r,
+        r => return Err(unexpected(&r)),
+    };
+    let now = bramble_proto::time::now_ms();
+    let views = apps
+        .into_iter()
+        .filter(|a| a.spec.is_job())
+        .map(|a| {
+            let runs: Vec<&bramble_proto::model::Replica> = replicas
+                .iter()
+                .filter(|r| r.app == a.meta.name && r.phase != bramble_proto::model::ReplicaPhase::Lost)
+                .collect();
+            let status = bramble_proto::job::status(&a.spec, a.meta.created_ms, &runs, now);
+            JobView { meta: a.meta, spec: a.spec, status }
+        })
+        .collect();
+    Ok((views, replicas))
+}
+
+/// `Complete`, `Running`, `Failed: why`.
+pub fn job_state(s: &bramble_proto::job::JobStatus) -> String {
+    match &s.state {
+        bramble_proto::job::JobState::Running => "Running".into(),
+        bramble_proto::job::JobState::Complete => "Complete".into(),
+        bramble_proto::job::JobState::Failed => format!("Failed: {}", s.reason),
+    }
+}
+
+/// How long a job ran (or has run so far).
+pub fn job_duration(v: &JobView) -> String {
+    let end = v.status.finished_ms.unwrap_or_else(bramble_proto::time::now_ms);
+    bramble_proto::quantity::format_duration(std::time::Duration::from_secs(
+        end.saturating_sub(v.meta.created_ms) / 1000,
+    ))
+}
+
+async fn jobs(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<Option<Rows>, CliError> {
+    let (views, _) = job_views(config).await?;
+    let Some(views) = pick_manifest(views, "job", name, output, |v| &v.meta.name, |v| Some(v.spec.clone()))? else {
+        return Ok(None);
+    };
+    let wide = output.format() == Format::Wide;
+    let rows = views
+        .iter()
+        .map(|v| {
+            let mut row = vec![
+                v.meta.name.clone(),
+                format!("{}/{}", v.status.succeeded, v.status.completions),
+                job_state(&v.status),
+                job_duration(v),
+                super::age(v.meta.created_ms),
+            ];
+            if wide {
+                row.extend([v.status.active.to_string(), v.status.failed.to_string(), v.spec.image.to_string()]);
+            }
+            row
+        })
+        .collect();
+    let mut header = vec!["NAME", "COMPLETIONS", "STATUS", "DURATION", "AGE"];
+    if wide {
+        header.extend(["ACTIVE", "FAILED", "IMAGE"]);
     }
     Ok(Some((header, rows)))
 }

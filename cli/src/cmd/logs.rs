@@ -1,4 +1,4 @@
-//! `bramble logs REPLICA|app/NAME [-f] [--tail N] [--since 10m]`: output streamed from the
+//! `bramble logs REPLICA|app/NAME|job/NAME [-f] [--tail N] [--since 10m]`: output streamed from the
 //! agents through the leader.
 
 use crate::client::{stream, unexpected, CliError};
@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A replica name, or app/NAME for every replica of an app (lines prefixed with the replica).
+    /// A replica name, or app/NAME (job/NAME) for every replica of an app (every run of a job),
+    /// lines prefixed with the replica.
     target: String,
     /// Keep printing new output.
     #[arg(short, long)]
@@ -23,9 +24,14 @@ pub struct Args {
 }
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
-    let prefix = args.target.starts_with("app/");
+    // A job's runs are its app's replicas.
+    let target = match args.target.strip_prefix("job/") {
+        Some(name) => format!("app/{name}"),
+        None => args.target,
+    };
+    let prefix = target.starts_with("app/");
     let req = LogRequest {
-        target: args.target,
+        target,
         tail: args.tail,
         since_ms: args.since.map(|d| super::now_ms().saturating_sub(d.0.as_millis() as u64)),
         follow: args.follow,

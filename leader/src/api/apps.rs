@@ -144,6 +144,24 @@ fn allocate_vips(
 /// Services whose app is known (applied with them, or stored) must name ports the app has.
 fn check_targets(objects: &Objects, apps: &[AppSpec], services: &[ServiceSpec]) -> Result<()> {
     let mut problems = Vec::new();
+    // A job keeps the template its runs ran; an app does not become a job or back.
+    for a in apps {
+        let Some(stored) = objects.get::<App>(a.name.as_str())?.map(|v| v.value.spec) else { continue };
+        let name = a.name.as_str();
+        if stored.is_job() != a.is_job() {
+            let msg = format!(
+                "{} {name} exists: an app and a job share their names (delete it first, or choose another name)",
+                stored.kind_word()
+            );
+            problems.push(problem(a.kind_word(), name, "", msg));
+        } else if a.is_job() && revision_hash(&stored) != revision_hash(a) {
+            let msg = format!(
+                "a job's template cannot change once created (only completions, parallelism, backoff_limit, \
+                 active_deadline, labels and after can): bramble delete job {name}, then apply it again"
+            );
+            problems.push(problem("job", name, "", msg));
+        }
+    }
     // Start order, against the cluster's apps as they will be.
     if apps.iter().any(|a| !a.after.is_empty()) {
         let mut graph: BTreeMap<String, Vec<String>> = objects
@@ -207,7 +225,8 @@ fn prepare(
     let mut all_replicas: Option<Vec<Replica>> = None;
     let mut changed_apps = Vec::new();
     for a in &apps {
-        let (new, applied) = plan::<App>(objects, a.name.as_str(), a, who)?;
+        let (new, mut applied) = plan::<App>(objects, a.name.as_str(), a, who)?;
+        applied.kind = a.kind_word().into();
         if let Some((app, expect)) = new {
             let mut record = None;
             // A new template is a new revision, recorded; its rollout is followed from there.

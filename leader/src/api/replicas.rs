@@ -47,6 +47,11 @@ impl Replicas<'_> {
                 app.meta.generation
             )));
         }
+        if app.spec.is_job() {
+            return Err(Error::Invalid(format!(
+                "{name} is a job: it runs to completion (its parallelism says how many runs at once)"
+            )));
+        }
         if app.spec.every_board() {
             return Err(Error::Invalid(format!(
                 "app {name} runs one replica on every board it matches (mode = \"every-board\"): its count follows the boards; \

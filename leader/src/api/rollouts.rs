@@ -117,6 +117,11 @@ impl Rollouts<'_> {
     ) -> Result<(u64, u64)> {
         for _ in 0..5 {
             let current = self.objects.load::<App>(name)?;
+            if current.value.spec.is_job() {
+                return Err(Error::Invalid(format!(
+                    "{name} is a job: its runs keep their template (delete the job and apply it again)"
+                )));
+            }
             let history = self.objects.history(name)?;
             let records: Vec<RevisionRecord> = history.iter().map(|v| v.value.clone()).collect();
             let (spec, cause, extra) = change(&current.value.spec, &records)?;

@@ -180,12 +180,15 @@ struct Draining<'a> {
 
 /// The replicas of `app` a drain of `boards` must move (those that are not on their way out).
 fn drain_victims<'a>(app: &'a AppState, boards: &BTreeMap<&str, bool>) -> Vec<&'a Replica> {
+    if app.app.spec.is_job() {
+        return Vec::new(); // a drain waits for runs to end
+    }
     app.replicas
         .iter()
         .map(|v| &v.value)
         .filter(|r| {
             r.terminating_ms.is_none()
-                && !matches!(r.phase, ReplicaPhase::Lost | ReplicaPhase::Succeeded)
+                && !matches!(r.phase, ReplicaPhase::Lost | ReplicaPhase::Succeeded | ReplicaPhase::Failed)
                 && r.node.as_deref().and_then(|n| boards.get(n)).is_some_and(|all| *all || !app.app.spec.every_board())
         })
         .collect()
@@ -268,15 +271,24 @@ pub fn plan(snapshot: &Snapshot, now_ms: u64) -> Plan {
             .map(|a| a.app.spec.name.as_str())
             .collect();
         // (Those leaving their services still count: drained is when they are gone.)
-        let left = snapshot.apps.values().any(|a| {
-            (*all || !a.app.spec.every_board())
-                && a.replicas.iter().any(|r| {
-                    r.value.node.as_deref() == Some(*board)
-                        && !matches!(r.value.phase, ReplicaPhase::Lost | ReplicaPhase::Succeeded)
-                })
-        });
+        let here = |a: &AppState| {
+            a.replicas.iter().any(|r| {
+                r.value.node.as_deref() == Some(*board)
+                    && !matches!(r.value.phase, ReplicaPhase::Lost | ReplicaPhase::Succeeded | ReplicaPhase::Failed)
+            })
+        };
+        let left = snapshot.apps.values().any(|a| (*all || !a.app.spec.every_board()) && here(a));
+        let jobs: Vec<&str> = snapshot
+            .apps
+            .values()
+            .filter(|a| a.app.spec.is_job() && here(a))
+            .map(|a| a.app.spec.name.as_str())
+            .collect();
         let s = match (&status, left) {
             (Some(s), true) => s.clone(),
+            (None, true) if !jobs.is_empty() => {
+                DrainStatus::Moving(format!("waiting for runs of job {} to end", jobs.join(", ")))
+            }
             (None, true) => DrainStatus::Moving("replicas are leaving".into()),
             (_, false) if staying.is_empty() => DrainStatus::Drained("drained".into()),
             (_, false) => DrainStatus::Drained(format!(
@@ -328,7 +340,7 @@ fn scheduler_for(snapshot: &Snapshot) -> Scheduler {
 
 /// Whether a replica still takes room on its node.
 pub fn holds_node(r: &Replica) -> bool {
-    !matches!(r.phase, ReplicaPhase::Succeeded | ReplicaPhase::Lost)
+    !matches!(r.phase, ReplicaPhase::Succeeded | ReplicaPhase::Failed | ReplicaPhase::Lost)
 }
 
 fn garbage(snapshot: &Snapshot) -> Vec<Garbage> {
@@ -474,7 +486,11 @@ fn plan_app(
     if let Some(offered) = offered {
         evict_foreign(&mut w, offered, scheduler);
     }
-    if app.app.spec.every_board() {
+    if app.app.spec.is_job() {
+        // Runs to completion: neither counted nor rolled nor moved by drains (a drain waits for
+        // them to end).
+        job_runs(&mut w, scheduler);
+    } else if app.app.spec.every_board() {
         let mut boards = every_board_nodes(&app.app.spec, offered, scheduler);
         // Drained with --include-every-board: not one of its boards once its turn has come (or
         // once it has nothing there), while the drain lasts.
@@ -492,8 +508,10 @@ fn plan_app(
             w.moving = drain_victims(app, draining.boards).iter().map(|r| r.meta.name.clone()).collect();
         }
     }
-    finish_draining(&mut w, drain, scheduler);
-    keep_count(&mut w, drain, scheduler);
+    if !app.app.spec.is_job() {
+        finish_draining(&mut w, drain, scheduler);
+        keep_count(&mut w, drain, scheduler);
+    }
     place(&mut w, offered, scheduler);
     let status = if !draining.moving {
         None
@@ -504,7 +522,9 @@ fn plan_app(
     };
     let mut changes = replica_changes(app, &w.replicas);
     changes.extend(revision_changes(app, &w.replicas));
-    changes.extend(follow_rollout(&mut w));
+    if !app.app.spec.is_job() {
+        changes.extend(follow_rollout(&mut w));
+    }
     // One template per revision, shared by its replicas.
     let current = Arc::new(app.app.spec.clone());
     let stored: BTreeMap<&str, Arc<AppSpec>> =
@@ -696,6 +716,45 @@ fn finish_draining(w: &mut Work<'_>, drain: &DrainInput<'_>, scheduler: &mut Sch
 }
 
 /// Takes replica `name` out of the plan and off its node.
+/// A job's runs: lost ones go (a new run replaces them); while it runs, new runs up to its
+/// parallelism (none while a failure's backoff lasts); once complete or failed, the runs still
+/// going stop. Finished runs stay (their logs and exit codes) until the job is deleted.
+fn job_runs(w: &mut Work<'_>, scheduler: &mut Scheduler) {
+    let lost: Vec<String> = w
+        .replicas
+        .iter()
+        .filter(|r| r.phase == ReplicaPhase::Lost && !w.just_lost.contains(&r.meta.name))
+        .map(|r| r.meta.name.clone())
+        .collect();
+    for name in lost {
+        remove_replica(w, &name, scheduler);
+        w.event(&name, EventReason::Deleted, "deleted: its node was lost (the job starts another run)".into());
+    }
+    let spec = w.spec().clone();
+    let runs: Vec<&Replica> = w.replicas.iter().filter(|r| r.phase != ReplicaPhase::Lost).collect();
+    let status = bramble_proto::job::status(&spec, w.app.app.meta.created_ms, &runs, w.now);
+    if status.state.finished() {
+        let going: Vec<String> =
+            w.replicas.iter().filter(|r| bramble_proto::job::is_active(r)).map(|r| r.meta.name.clone()).collect();
+        let why = match status.state {
+            bramble_proto::job::JobState::Failed => format!("the job failed ({})", status.reason),
+            _ => "the job is complete".to_string(),
+        };
+        for name in going {
+            remove_replica(w, &name, scheduler);
+            w.event(&name, EventReason::Deleted, format!("deleted: {why}"));
+        }
+        return;
+    }
+    let revision = revision_hash(&spec);
+    for _ in 0..bramble_proto::job::runs_to_start(&spec, &status, w.now) {
+        let taken = |n: &str| w.replicas.iter().any(|r| r.meta.name == n);
+        let name = super::replicas::fresh_name(w.name, &revision, w.salt, &taken);
+        w.replicas.push(Replica::new(w.name, &name, &revision, w.now));
+        w.event(&name, EventReason::Created, format!("run of job {} created", w.name));
+    }
+}
+
 fn remove_replica(w: &mut Work<'_>, name: &str, scheduler: &mut Scheduler) {
     let Some(pos) = w.replicas.iter().position(|r| r.meta.name == name) else { return };
     let r = w.replicas.remove(pos);

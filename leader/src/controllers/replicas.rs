@@ -13,7 +13,19 @@ use sha2::{Digest, Sha256};
 pub fn revision_hash(spec: &AppSpec) -> String {
     let mut v = serde_json::to_value(spec).expect("spec serialises");
     if let Some(o) = v.as_object_mut() {
-        for k in ["replicas", "update", "replace_after", "autoscale", "labels", "min_available", "after"] {
+        for k in [
+            "replicas",
+            "update",
+            "replace_after",
+            "autoscale",
+            "labels",
+            "min_available",
+            "after",
+            "completions",
+            "parallelism",
+            "backoff_limit",
+            "active_deadline",
+        ] {
             o.remove(k);
         }
     }

@@ -1,4 +1,6 @@
-//! TOML manifests: one file may hold many `[[app]]`, `[[service]]` and `[[config]]` objects.
+//! TOML manifests: one file may hold many `[[app]]`, `[[job]]`, `[[service]]` and `[[config]]`
+//! objects. A job is an app whose mode is `job` (its pod fields are an app's): the leader keeps
+//! both as apps.
 //!
 //! Parsing and validation happen here, once. Field types validate themselves while they are
 //! deserialized (so the TOML parser knows the exact span of a bad value); checks that span several
@@ -23,6 +25,16 @@ pub struct Manifest {
     pub services: Vec<ServiceSpec>,
     #[serde(default, rename = "config", skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<ConfigSpec>,
+    /// `[[job]]`: apps with `mode = "job"` (set by the parser).
+    #[serde(default, rename = "job", skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<AppSpec>,
+}
+
+impl Manifest {
+    /// Apps and jobs: what an apply sends as apps.
+    pub fn all_apps(&self) -> impl Iterator<Item = &AppSpec> {
+        self.apps.iter().chain(&self.jobs)
+    }
 }
 
 /// All problems found in a manifest, in source order.
@@ -43,10 +55,37 @@ impl fmt::Display for ManifestErrors {
 
 /// Parses and validates the manifest `text` read from `file`.
 pub fn parse_manifest(file: &str, text: &str) -> Result<Manifest, ManifestErrors> {
-    let manifest: Manifest = parse_toml(file, text).map_err(|e| ManifestErrors(vec![e]))?;
+    let mut manifest: Manifest = parse_toml(file, text).map_err(|e| ManifestErrors(vec![e]))?;
     let mut errors = Vec::new();
-    let names = manifest.apps.iter().map(|a| (a.name.as_str(), a.check()));
+    let names = manifest.apps.iter().map(|a| {
+        let mut problems = a.check();
+        if a.is_job() {
+            problems.push(Problem::new(vec![PathPart::Key("mode")], "a job is written as [[job]]"));
+        }
+        (a.name.as_str(), problems)
+    });
     check_kind(file, text, "app", names, &mut errors);
+    let mut modes = Vec::new();
+    for j in &mut manifest.jobs {
+        modes.push(j.mode);
+        j.mode = AppMode::Job;
+    }
+    let names = manifest.jobs.iter().zip(modes).map(|(j, mode)| {
+        let mut problems = j.check();
+        if !matches!(mode, AppMode::Replicated | AppMode::Job) {
+            problems.push(Problem::new(vec![PathPart::Key("mode")], "a job has no mode: it runs to completion"));
+        }
+        (j.name.as_str(), problems)
+    });
+    check_kind(file, text, "job", names, &mut errors);
+    for j in &manifest.jobs {
+        if manifest.apps.iter().any(|a| a.name == j.name) {
+            let i = manifest.jobs.iter().position(|x| x.name == j.name).unwrap_or(0);
+            let path = [Seg::Key("job"), Seg::Index(i), Seg::Key("name")];
+            let message = format!("app {:?} has this name too: a job and an app share their names", j.name.as_str());
+            errors.push(SourceError::at(file, text, locate(text, &path), &format!("job[{i}].name"), message));
+        }
+    }
     let names = manifest.services.iter().map(|s| {
         let mut problems = s.check();
         // A service and its app in one manifest: the ports it names must be the app's.

@@ -125,7 +125,14 @@ impl Shim {
         if let Err(e) = self.cgroups.remove_empty(&path) {
             tracing::warn!("cannot remove cgroup {path}: {e}");
         }
-        let exit = Exit { code, signal, oom_killed, finished_ms: now_ms(), killed_by: self.killing_for.take() };
+        let exit = Exit {
+            code,
+            signal,
+            oom_killed,
+            finished_ms: now_ms(),
+            killed_by: self.killing_for.take(),
+            started_ms: None,
+        };
         tracing::info!(id = %self.config.id, code, ?signal, oom_killed, "container exited");
         let _ = self.lifecycle.exited(exit);
         self.probes.container_stopped();

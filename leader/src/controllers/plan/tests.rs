@@ -852,3 +852,106 @@ fn an_app_starts_after_the_apps_it_names_have_a_ready_replica() {
         crate::controllers::replicas::revision_hash(&spec("replicas = 2"))
     );
 }
+
+/// Runs of app `name` as the agents would finish them: each bound, running one exits with the
+/// code `code_of` gives it.
+fn finish_runs(s: &mut Snapshot, name: &str, now: u64, rev: &mut u64, code_of: &mut dyn FnMut(&str) -> i32) {
+    for v in &mut s.apps.get_mut(name).unwrap().replicas {
+        if v.value.phase == ReplicaPhase::Running {
+            let code = code_of(&v.value.meta.name);
+            v.value.phase = if code == 0 { ReplicaPhase::Succeeded } else { ReplicaPhase::Failed };
+            v.value.exit_code = Some(code);
+            v.value.finished_ms = Some(now);
+            v.value.ready = false;
+            *rev += 1;
+            v.rev = *rev;
+        }
+    }
+}
+
+#[test]
+fn a_job_runs_its_completions_parallelism_at_a_time_retrying_a_failure_after_its_backoff() {
+    let mut s = Snapshot { nodes: ready_nodes(2), ..Default::default() };
+    add_app(&mut s, "batch", "");
+    let job =
+        parse_manifest("t.toml", "[[job]]\nname = \"batch\"\nimage = \"reg/b:1\"\ncompletions = 5\nparallelism = 2\n")
+            .unwrap()
+            .jobs
+            .remove(0);
+    s.apps.get_mut("batch").unwrap().app.spec = job;
+    let mut rev = 10;
+    let mut failed_once = false;
+    let (mut now, mut most) = (1_000, 0);
+    for _ in 0..40 {
+        pass(&mut s, now, &mut rev);
+        let running = s.apps["batch"].replicas.iter().filter(|r| r.value.phase == ReplicaPhase::Running).count();
+        most = most.max(running);
+        now += 1_000;
+        // The first run to finish fails; every other succeeds.
+        finish_runs(&mut s, "batch", now, &mut rev, &mut |_| {
+            if std::mem::replace(&mut failed_once, true) {
+                0
+            } else {
+                3
+            }
+        });
+        now += 1_000;
+    }
+    let runs: Vec<&Replica> = s.apps["batch"].replicas.iter().map(|v| &v.value).collect();
+    let st = bramble_proto::job::status(&s.apps["batch"].app.spec, 0, &runs, now);
+    assert_eq!((st.state, st.succeeded, st.failed, st.active), (bramble_proto::job::JobState::Complete, 5, 1, 0));
+    assert_eq!(most, 2, "parallelism 2");
+    assert_eq!(runs.len(), 6, "five successes and the failure, kept; no run more");
+    // The retry waited out the 10 s backoff: no run was created within 10 s of the failure.
+    let failure = runs.iter().find(|r| r.phase == ReplicaPhase::Failed).unwrap().finished_ms.unwrap();
+    assert!(runs.iter().all(|r| r.meta.created_ms <= failure || r.meta.created_ms >= failure + 10_000), "{runs:?}");
+    // Complete, it plans nothing more.
+    let p = plan(&s, now + 60_000);
+    assert!(p.apps[0].changes.is_empty(), "{:?}", p.apps[0].changes);
+}
+
+#[test]
+fn a_job_past_its_backoff_limit_stops_its_runs_and_a_lost_run_is_replaced() {
+    let mut s = Snapshot { nodes: ready_nodes(2), ..Default::default() };
+    add_app(&mut s, "flaky", "");
+    let job = parse_manifest(
+        "t.toml",
+        "[[job]]\nname = \"flaky\"\nimage = \"reg/f:1\"\ncompletions = 3\nparallelism = 2\nbackoff_limit = 0\n",
+    )
+    .unwrap()
+    .jobs
+    .remove(0);
+    s.apps.get_mut("flaky").unwrap().app.spec = job;
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    // One run's board is lost: the run is replaced by a new one, not counted as a failure.
+    let lost_node = s.apps["flaky"].replicas[0].value.node.clone().unwrap();
+    s.nodes.iter_mut().find(|n| n.node.meta.name == lost_node).unwrap().ready = ConditionStatus::False;
+    pass(&mut s, 2_000, &mut rev);
+    pass(&mut s, 3_000, &mut rev);
+    let runs: Vec<&Replica> = s.apps["flaky"].replicas.iter().map(|v| &v.value).collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs.iter().all(|r| r.phase == ReplicaPhase::Running && r.node.as_deref() != Some(lost_node.as_str())));
+    // One fails: over backoff_limit 0, the job fails and its other run stops.
+    let mut first = true;
+    let victim = s.apps["flaky"].replicas[0].value.meta.name.clone();
+    for v in &mut s.apps.get_mut("flaky").unwrap().replicas {
+        if std::mem::replace(&mut first, false) {
+            v.value.phase = ReplicaPhase::Failed;
+            v.value.exit_code = Some(1);
+            v.value.finished_ms = Some(4_000);
+        }
+    }
+    let p = pass(&mut s, 5_000, &mut rev);
+    let runs: Vec<&Replica> = s.apps["flaky"].replicas.iter().map(|v| &v.value).collect();
+    assert_eq!(
+        runs.iter().map(|r| r.meta.name.as_str()).collect::<Vec<_>>(),
+        [victim.as_str()],
+        "only the failed run is kept"
+    );
+    assert!(
+        p.apps[0].events.iter().any(|e| e.message.contains("the job failed (BackoffLimitExceeded")),
+        "{:?}",
+        p.apps[0].events
+    );
+}

@@ -452,6 +452,9 @@ pub enum AppMode {
     /// it leaves or stops matching; rolled one board at a time (`max_unavailable`, no surge).
     /// Cordoned boards keep theirs.
     EveryBoard,
+    /// A job (`[[job]]`): runs to completion `completions` times, `parallelism` at a time; a
+    /// failed run is retried as a new run (up to `backoff_limit`), never restarted in place.
+    Job,
 }
 
 impl AppMode {
@@ -602,6 +605,27 @@ pub struct AppSpec {
     /// wait Pending, saying which). Not part of the pod template: changing it rolls nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after: Vec<Name>,
+    /// Jobs: successful runs needed (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completions: Option<u32>,
+    /// Jobs: runs at once at most (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<u32>,
+    /// Jobs: failed runs retried before the job fails (default 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_limit: Option<u32>,
+    /// Jobs: the longest it may run from its creation; then its runs stop and it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_deadline: Option<HumanDuration>,
+}
+
+/// A job's settings with their defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobSettings {
+    pub completions: u32,
+    pub parallelism: u32,
+    pub backoff_limit: u32,
+    pub active_deadline_ms: Option<u64>,
 }
 
 /// The default grace period between the stop signal and SIGKILL.
@@ -632,6 +656,30 @@ impl AppSpec {
             let port = if self.host_network { Some(p.container) } else { p.host };
             Some((port?.0, p.protocol))
         })
+    }
+
+    /// A job: its replicas are runs to completion.
+    pub fn is_job(&self) -> bool {
+        self.mode == AppMode::Job
+    }
+
+    /// `app` or `job`: what the user wrote and the CLI calls it.
+    pub fn kind_word(&self) -> &'static str {
+        if self.is_job() {
+            "job"
+        } else {
+            "app"
+        }
+    }
+
+    /// A job's settings, with their defaults.
+    pub fn job(&self) -> JobSettings {
+        JobSettings {
+            completions: self.completions.unwrap_or(1),
+            parallelism: self.parallelism.unwrap_or(1),
+            backoff_limit: self.backoff_limit.unwrap_or(6),
+            active_deadline_ms: self.active_deadline.map(|d| d.0.as_millis() as u64),
+        }
     }
 
     /// One replica on every matching board.
@@ -831,6 +879,45 @@ impl AppSpec {
                 vec![Key("security"), Key("cap_add")],
                 "name the capabilities to add (\"ALL\" is for cap_drop: no container gets every capability)",
             ));
+        }
+        if self.is_job() {
+            let refuse = |key: &'static str, set: bool, out: &mut Vec<Problem>| {
+                if set {
+                    out.push(Problem::new(
+                        vec![Key(key)],
+                        format!(
+                            "a job runs to completion: it has no {key} (completions and parallelism say how many runs)"
+                        ),
+                    ));
+                }
+            };
+            refuse("replicas", self.replicas != Replicas::default(), &mut out);
+            refuse("autoscale", self.autoscale.is_some(), &mut out);
+            refuse("min_available", self.min_available.is_some(), &mut out);
+            refuse("update", self.update != UpdateStrategy::default(), &mut out);
+            refuse("replace_after", self.replace_after.is_some(), &mut out);
+            if self.restart == RestartPolicy::OnFailure {
+                out.push(Problem::new(
+                    vec![Key("restart")],
+                    "a job's runs are not restarted in place: a failed run is retried as a new run (backoff_limit)",
+                ));
+            }
+            for (key, v) in [("completions", self.completions), ("parallelism", self.parallelism)] {
+                if v == Some(0) || v.is_some_and(|n| n > 10_000) {
+                    out.push(Problem::new(vec![Key(key)], format!("expected 1 to 10000, found {}", v.unwrap_or(0))));
+                }
+            }
+        } else {
+            for (key, set) in [
+                ("completions", self.completions.is_some()),
+                ("parallelism", self.parallelism.is_some()),
+                ("backoff_limit", self.backoff_limit.is_some()),
+                ("active_deadline", self.active_deadline.is_some()),
+            ] {
+                if set {
+                    out.push(Problem::new(vec![Key(key)], format!("only a job ([[job]]) has {key}")));
+                }
+            }
         }
         if self.mode == AppMode::EveryBoard {
             if self.autoscale.is_some() {

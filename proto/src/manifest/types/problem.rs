@@ -14,7 +14,7 @@ pub enum PathPart {
 }
 
 impl Problem {
-    pub(super) fn new(path: Vec<PathPart>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: Vec<PathPart>, message: impl Into<String>) -> Self {
         Problem { path, message: message.into() }
     }
 

@@ -1,0 +1,127 @@
+//! Jobs end to end (issue 31), real containers on two boards: a job of 5 completions, 2 at a
+//! time, whose first run fails (exit 3) and is retried after its backoff; `get jobs`, `describe
+//! job`, `logs job/NAME`; a job past its backoff limit fails and says why; a job's bad fields are
+//! apply errors with their line; `delete job` takes its runs away.
+
+use bramble_proto::model::{Replica, ReplicaPhase};
+use bramble_tests::{text, wait_for, Cluster};
+use std::time::Duration;
+
+fn ok(c: &Cluster, args: &[&str]) -> String {
+    let out = c.cli(args);
+    assert!(out.status.success(), "bramble {}: {}", args.join(" "), text(&out.stderr));
+    text(&out.stdout)
+}
+
+fn job_status(c: &Cluster, name: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&ok(c, &["get", "jobs", name, "-o", "json"])).unwrap();
+    v["status"].clone()
+}
+
+#[test]
+fn jobs_run_to_completion_retry_failures_and_say_what_happened() {
+    // Both boards may mount one directory of this machine: the runs share it, wherever they run.
+    let host = tempfile::Builder::new().prefix("bramble-job-").tempdir().unwrap();
+    let allow = format!("[volumes]\nhost_paths = [\"{}\"]\n", host.path().display());
+    let (c, _registry, image) = bramble_tests::cluster::with_busybox(2, &allow);
+    ok(&c, &["label", "node", "board-1", "scratch=yes"]);
+    ok(&c, &["label", "node", "board-2", "scratch=yes"]);
+    let dir = c.dir.path();
+    let file = |name: &str, body: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let job = |name: &str, settings: &str, run: &str| {
+        format!(
+            "[[job]]\nname = \"{name}\"\nimage = \"{image}\"\n{settings}\
+             command = [\"/bin/sh\", \"-c\", \"{run}\"]\n\
+             [[job.volumes]]\ntype = \"host\"\nhost_path = \"{}\"\nnode_label = \"scratch=yes\"\npath = \"/shared\"\n",
+            host.path().display()
+        )
+    };
+
+    // Bad fields: refused with the line.
+    let bad = file("bad.toml", job("bad", "replicas = 3\n", "true"));
+    let out = c.cli(&["apply", "-f", &bad]);
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("bad.toml:4:12: job[0].replicas") && err.contains("runs to completion"),
+        "{err}"
+    );
+
+    // The first run to take the marker fails; the others take a second each and succeed.
+    let run = "if mkdir /shared/failed-once 2>/dev/null; then echo failing; exit 3; fi; \
+               sleep 1; echo ran >> /shared/log; echo done";
+    let batch = file("batch.toml", job("batch", "completions = 5\nparallelism = 2\nbackoff_limit = 2\n", run));
+    let out = ok(&c, &["apply", "-f", &batch]);
+    assert!(out.contains("job/batch created"), "{out}");
+    let started = std::time::Instant::now();
+    let status = wait_for("the job complete", Duration::from_secs(180), || {
+        let s = job_status(&c, "batch");
+        (s["state"] == "Complete").then_some(s)
+    });
+    eprintln!("job of 5 runs, 2 at a time, one failure: complete in {:?}", started.elapsed());
+    assert_eq!((status["succeeded"].as_u64(), status["failed"].as_u64()), (Some(5), Some(1)), "{status}");
+    let log = std::fs::read_to_string(host.path().join("log")).unwrap();
+    assert_eq!(log.lines().count(), 5, "five runs did the work: {log}");
+
+    // Its runs: never more than two at once; the failure's exit code kept.
+    let runs: Vec<Replica> = c.replicas_of("batch");
+    assert_eq!(runs.len(), 6, "{runs:?}");
+    let spans: Vec<(u64, u64)> = runs
+        .iter()
+        .map(|r| (r.started_ms.unwrap_or_else(|| panic!("{r:?}")), r.finished_ms.unwrap_or_else(|| panic!("{r:?}"))))
+        .collect();
+    for (a, _) in &spans {
+        let at_once = spans.iter().filter(|(s, e)| s <= a && a < e).count();
+        assert!(at_once <= 2, "{at_once} runs at once: {spans:?}");
+    }
+    let failed: Vec<&Replica> = runs.iter().filter(|r| r.phase == ReplicaPhase::Failed).collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].exit_code, Some(3));
+    let first_retry =
+        runs.iter().filter(|r| r.meta.created_ms > failed[0].finished_ms.unwrap()).map(|r| r.meta.created_ms).min();
+    if let Some(t) = first_retry {
+        assert!(t >= failed[0].finished_ms.unwrap() + 9_000, "the retry waited out the 10 s backoff");
+    }
+
+    let table = ok(&c, &["get", "jobs"]);
+    assert!(table.lines().any(|l| l.starts_with("batch") && l.contains("5/5") && l.contains("Complete")), "{table}");
+    assert!(!ok(&c, &["get", "apps"]).contains("batch"), "a job is not listed as an app");
+    let described = ok(&c, &["describe", "job", "batch"]);
+    assert!(described.contains("Status:      Complete") && described.contains("exit 3"), "{described}");
+    assert!(described.contains("5 succeeded of 5 wanted, 1 failed"), "{described}");
+    let logs = ok(&c, &["logs", "job/batch"]);
+    assert_eq!(logs.matches("] done").count(), 5, "{logs}");
+    assert!(logs.contains("] failing"), "{logs}");
+    let out = c.cli(&["scale", "app", "batch", "--replicas", "3"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("is a job"), "{}", text(&out.stderr));
+    // Its template is its runs': a change is refused; its parallelism may change.
+    let changed = file("changed.toml", job("batch", "completions = 5\nparallelism = 2\n", "echo other"));
+    let out = c.cli(&["apply", "-f", &changed]);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("a job's template cannot change"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Always failing, backoff_limit 1: the second failure fails the job, saying why.
+    let doomed = file("doomed.toml", job("doomed", "backoff_limit = 1\n", "echo no; exit 1"));
+    ok(&c, &["apply", "-f", &doomed]);
+    let status = wait_for("the job failed", Duration::from_secs(120), || {
+        let s = job_status(&c, "doomed");
+        (s["state"] == "Failed").then_some(s)
+    });
+    assert!(status["reason"].as_str().unwrap().starts_with("BackoffLimitExceeded: 2 failed runs"), "{status}");
+    assert_eq!(c.replicas_of("doomed").len(), 2, "no run after it failed");
+
+    // Deleted, its runs go from the boards.
+    ok(&c, &["delete", "job", "batch", "doomed"]);
+    wait_for("the runs gone", Duration::from_secs(60), || {
+        let out = c.cli(&["get", "replicas", "-o", "json"]);
+        let rs: Vec<Replica> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        rs.is_empty().then_some(())
+    });
+    c.remove_containers();
+}

@@ -147,19 +147,51 @@ pub fn check(reserved: &Reserved, apps: &[AppSpec], services: &[ServiceSpec], co
     refuse(problems)
 }
 
-/// Start order across the cluster: every name in an applied app's `after` is an app (applied now
-/// or already stored), and no app comes, through others, after itself. `graph` is every app's
-/// `after` as it will be once the apply lands (stored apps overlaid with the applied ones).
-pub fn check_after(applied: &[AppSpec], graph: &BTreeMap<String, Vec<String>>) -> Vec<ObjectProblem> {
+/// Start order across the cluster: every name in an applied app's `after` is an app or a job
+/// (applied now or already stored), and no app comes, through others, after itself. `graph` is every app's
+/// `after` as it will be once the apply lands (stored apps overlaid with the applied ones);
+/// `fleeting` the jobs among them with a `ttl_after_finished`: nothing may start after one (once
+/// it is deleted, what starts after it would wait for it for ever).
+pub fn check_after(
+    applied: &[AppSpec],
+    graph: &BTreeMap<String, Vec<String>>,
+    fleeting: &BTreeSet<String>,
+) -> Vec<ObjectProblem> {
     let mut out = Vec::new();
     let mut cycles: BTreeSet<BTreeSet<String>> = BTreeSet::new();
     for a in applied {
         let name = a.name.as_str();
         for (i, dep) in a.after.iter().enumerate() {
             if !graph.contains_key(dep.as_str()) {
-                let msg =
-                    format!("expected the name of an app (in this apply or the cluster), found {:?}", dep.as_str());
+                let msg = format!(
+                    "expected the name of an app or job (in this apply or the cluster), found {:?}",
+                    dep.as_str()
+                );
                 out.push(problem(a.kind_word(), name, format!("after[{i}]"), msg));
+            } else if fleeting.contains(dep.as_str()) {
+                let msg = format!(
+                    "job {dep} has ttl_after_finished: it is deleted once finished, and then nothing could start \
+                     after it (drop one of the two)"
+                );
+                out.push(problem(a.kind_word(), name, format!("after[{i}]"), msg));
+            }
+        }
+        if fleeting.contains(name) {
+            let mut waiting: Vec<&str> = graph
+                .iter()
+                .filter(|(other, deps)| {
+                    deps.iter().any(|d| d == name) && !applied.iter().any(|x| x.name.as_str() == *other)
+                })
+                .map(|(other, _)| other.as_str())
+                .collect();
+            waiting.dedup();
+            if !waiting.is_empty() {
+                let msg = format!(
+                    "{} start after this job: with ttl_after_finished it is deleted once finished, and then they \
+                     could not start (drop one of the two)",
+                    waiting.join(", ")
+                );
+                out.push(problem(a.kind_word(), name, "ttl_after_finished", msg));
             }
         }
         if let Some(path) = cycle_through(name, graph) {
@@ -215,13 +247,14 @@ mod after_tests {
         let web = apps("[[app]]\nname = \"web\"\nimage = \"r/w:1\"\nafter = [\"db\", \"cache\"]\n");
         // db stored, cache nowhere.
         let g = graph(&[("web", &["db", "cache"]), ("db", &[])]);
-        let p = check_after(&web, &g);
+        let none = BTreeSet::new();
+        let p = check_after(&web, &g, &none);
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!((p[0].field.as_str(), p[0].name.as_str()), ("after[1]", "web"));
         assert!(p[0].message.contains("found \"cache\""), "{}", p[0].message);
         // db (stored) comes after migrate, which comes after web: a cycle through the apply.
         let g = graph(&[("web", &["db", "cache"]), ("db", &["migrate"]), ("migrate", &["web"]), ("cache", &[])]);
-        let p = check_after(&web, &g);
+        let p = check_after(&web, &g, &none);
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].field, "after");
         assert_eq!(p[0].message, "start order has a cycle: web -> db -> migrate -> web");
@@ -229,10 +262,33 @@ mod after_tests {
         let both = apps(
             "[[app]]\nname = \"a\"\nimage = \"r/w:1\"\nafter = [\"b\"]\n[[app]]\nname = \"b\"\nimage = \"r/w:1\"\nafter = [\"a\"]\n",
         );
-        let p = check_after(&both, &graph(&[("a", &["b"]), ("b", &["a"])]));
+        let p = check_after(&both, &graph(&[("a", &["b"]), ("b", &["a"])]), &none);
         assert_eq!(p.len(), 1, "{p:?}");
         // A diamond is no cycle.
         let g = graph(&[("web", &["db", "cache"]), ("db", &["disk"]), ("cache", &["disk"]), ("disk", &[])]);
-        assert!(check_after(&web, &g).is_empty());
+        assert!(check_after(&web, &g, &none).is_empty());
+    }
+
+    #[test]
+    fn nothing_starts_after_a_job_that_deletes_itself() {
+        let g = graph(&[("web", &["migrate"]), ("migrate", &[])]);
+        let fleeting: BTreeSet<String> = ["migrate".to_string()].into();
+        // The app names a stored job with a ttl.
+        let web = apps("[[app]]\nname = \"web\"\nimage = \"r/w:1\"\nafter = [\"migrate\"]\n");
+        let p = check_after(&web, &g, &fleeting);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].field, "after[0]");
+        assert!(p[0].message.starts_with("job migrate has ttl_after_finished"), "{}", p[0].message);
+        // The job gets a ttl while a stored app starts after it.
+        let job =
+            parse_manifest("t.toml", "[[job]]\nname = \"migrate\"\nimage = \"r/m:1\"\nttl_after_finished = \"1h\"\n")
+                .unwrap()
+                .jobs;
+        let p = check_after(&job, &g, &fleeting);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!((p[0].kind.as_str(), p[0].field.as_str()), ("job", "ttl_after_finished"));
+        assert!(p[0].message.starts_with("web start after this job"), "{}", p[0].message);
+        // Without the ttl, an app may start after a job.
+        assert!(check_after(&web, &g, &BTreeSet::new()).is_empty());
     }
 }

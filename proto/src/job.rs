@@ -144,4 +144,18 @@ mod tests {
         assert!(s.state == JobState::Failed && s.reason.starts_with("DeadlineExceeded"), "{s:?}");
         assert_eq!(s.finished_ms, Some(61_000));
     }
+
+    #[test]
+    fn only_a_job_has_a_ttl_and_it_is_read_as_a_duration() {
+        assert_eq!(job("ttl_after_finished = \"1h\"\n").job().ttl_after_finished_ms, Some(3_600_000));
+        assert_eq!(job("").job().ttl_after_finished_ms, None);
+        let err = parse_manifest("t.toml", "[[app]]\nname = \"web\"\nimage = \"r/w:1\"\nttl_after_finished = \"1h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("t.toml:4:") && err.contains("only a job ([[job]]) has ttl_after_finished"), "{err}");
+        let err = parse_manifest("t.toml", "[[job]]\nname = \"b\"\nimage = \"r/b:1\"\nttl_after_finished = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("t.toml:4:") && err.contains("ttl_after_finished"), "{err}");
+    }
 }

@@ -1,7 +1,9 @@
 //! Jobs end to end (issue 31), real containers on two boards: a job of 5 completions, 2 at a
 //! time, whose first run fails (exit 3) and is retried after its backoff; `get jobs`, `describe
 //! job`, `logs job/NAME`; a job past its backoff limit fails and says why; a job's bad fields are
-//! apply errors with their line; `delete job` takes its runs away.
+//! apply errors with their line; `delete job` takes its runs away. A migration job that an app
+//! starts after (`after`), shown by `diff` as a job; a job that deletes itself once finished
+//! (`ttl_after_finished`), and what may not start after one.
 
 use bramble_proto::model::{Replica, ReplicaPhase};
 use bramble_tests::{text, wait_for, Cluster};
@@ -119,6 +121,105 @@ fn jobs_run_to_completion_retry_failures_and_say_what_happened() {
     // Deleted, its runs go from the boards.
     ok(&c, &["delete", "job", "batch", "doomed"]);
     wait_for("the runs gone", Duration::from_secs(60), || {
+        let out = c.cli(&["get", "replicas", "-o", "json"]);
+        let rs: Vec<Replica> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        rs.is_empty().then_some(())
+    });
+    c.remove_containers();
+}
+
+#[test]
+fn an_app_starts_after_a_job_completes_and_a_job_with_a_ttl_deletes_itself() {
+    let (c, _registry, image) = bramble_tests::cluster::with_busybox(1, "");
+    let dir = c.dir.path();
+    let file = |name: &str, body: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let migrate = |settings: &str| {
+        format!(
+            "[[job]]\nname = \"migrate\"\nimage = \"{image}\"\n{settings}\
+             command = [\"/bin/sh\", \"-c\", \"sleep 6; echo migrated\"]\n"
+        )
+    };
+    let web = format!(
+        "[[app]]\nname = \"web\"\nimage = \"{image}\"\nafter = [\"migrate\"]\n\
+         command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
+    );
+
+    // diff shows the job as one, written as [[job]].
+    let both = file("both.toml", migrate("") + &web);
+    let out = c.cli(&["diff", "-f", &both]);
+    let d = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "something would change: {d}{}", text(&out.stderr));
+    assert!(d.contains("+++ job/migrate (new)") && d.contains("+[[job]]") && !d.contains("mode ="), "{d}");
+    assert!(d.contains("+++ app/web (new)"), "{d}");
+
+    // web waits for the job to complete, not for its run to be running.
+    ok(&c, &["apply", "-f", &both]);
+    let waiting = wait_for("web waits for the job", Duration::from_secs(30), || {
+        let rs = c.replicas_of("web");
+        rs.iter().find(|r| r.reason.contains("waiting for job migrate to complete")).cloned()
+    });
+    assert!(waiting.node.is_none(), "{waiting:?}");
+    wait_for("the job's run running", Duration::from_secs(60), || {
+        c.replicas_of("migrate").iter().any(|r| r.phase == ReplicaPhase::Running).then_some(())
+    });
+    assert!(c.replicas_of("web").iter().all(|r| r.node.is_none()), "a running job is not a complete one");
+    let web_run = wait_for("web running", Duration::from_secs(90), || {
+        c.replicas_of("web").into_iter().find(|r| r.phase == ReplicaPhase::Running)
+    });
+    let run = c.replicas_of("migrate").into_iter().next().expect("the job's run");
+    let (done, started) = (run.finished_ms.expect("its end"), web_run.started_ms.expect("web's start"));
+    assert!(started >= done, "web started at {started}, before the job completed at {done}");
+    assert_eq!(ok(&c, &["diff", "-f", &both]), "", "applied: nothing would change");
+
+    // A ttl on a job an app starts after is refused (then nothing could start after it).
+    let fleeting = file("fleeting.toml", migrate("ttl_after_finished = \"3s\"\n"));
+    let out = c.cli(&["apply", "-f", &fleeting]);
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("fleeting.toml:4:")
+            && err.contains("job[0].ttl_after_finished")
+            && err.contains("web start after this job"),
+        "{err}"
+    );
+
+    // A job with a ttl, nothing after it: kept 3 s once complete, then deleted with its runs.
+    let once = file(
+        "once.toml",
+        format!(
+            "[[job]]\nname = \"once\"\nimage = \"{image}\"\nttl_after_finished = \"3s\"\n\
+             command = [\"/bin/sh\", \"-c\", \"echo once\"]\n"
+        ),
+    );
+    ok(&c, &["apply", "-f", &once]);
+    let finished = wait_for("once complete", Duration::from_secs(60), || {
+        let s = job_status(&c, "once");
+        (s["state"] == "Complete").then(|| s["finished_ms"].as_u64()).flatten()
+    });
+    let described = ok(&c, &["describe", "job", "once"]);
+    assert!(described.contains("Kept:        3s after it finishes (deleted "), "{described}");
+    wait_for("once deleted", Duration::from_secs(30), || {
+        let out = c.cli(&["get", "jobs", "once"]);
+        (!out.status.success()).then_some(())
+    });
+    let gone = bramble_proto::time::now_ms();
+    assert!(gone >= finished + 3_000, "deleted {} ms after it finished", gone - finished);
+    wait_for("its run gone", Duration::from_secs(30), || {
+        let out = c.cli(&["get", "replicas", "-o", "json"]);
+        let rs: Vec<Replica> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (out.status.success() && !rs.iter().any(|r| r.app == "once")).then_some(())
+    });
+    let events = ok(&c, &["events"]);
+    assert!(events.contains("job once deleted: finished 3s ago (ttl_after_finished)"), "{events}");
+    assert!(!ok(&c, &["get", "jobs"]).contains("once"));
+
+    ok(&c, &["delete", "app", "web"]);
+    ok(&c, &["delete", "job", "migrate"]);
+    wait_for("the replicas gone", Duration::from_secs(60), || {
         let out = c.cli(&["get", "replicas", "-o", "json"]);
         let rs: Vec<Replica> = serde_json::from_slice(&out.stdout).unwrap_or_default();
         rs.is_empty().then_some(())

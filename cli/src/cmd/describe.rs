@@ -193,6 +193,16 @@ async fn job(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     if let Some(d) = &spec.active_deadline {
         let _ = writeln!(s, "Deadline:    {d} after its creation");
     }
+    if let Some(t) = &spec.ttl_after_finished {
+        let when = match status.finished_ms {
+            Some(done) => {
+                let left = (done + t.0.as_millis() as u64).saturating_sub(super::now_ms());
+                format!("deleted {}s from now", left.div_ceil(1000))
+            }
+            None => "once finished".to_string(),
+        };
+        let _ = writeln!(s, "Kept:        {t} after it finishes ({when})");
+    }
     if let Some(t) = status.retry_at_ms.filter(|t| *t > super::now_ms()) {
         let _ = writeln!(s, "Next run:    after a failure, in {}s", (t - super::now_ms()).div_ceil(1000));
     }

@@ -1,6 +1,7 @@
-//! `bramble diff -f FILE|DIR|-`: what applying the manifests would change, per object, as a
-//! unified diff of the stored spec and the new one (both as TOML, defaults written out). Exit 0:
-//! nothing would change; 1: something would (kubectl's convention); above 1: an error.
+//! `bramble diff -f FILE|DIR|-`: what applying the manifests would change, per object (app, job,
+//! service, config), as a unified diff of the stored spec and the new one (both as TOML, defaults
+//! written out; a job as `[[job]]`). Exit 0: nothing would change; 1: something would (kubectl's
+//! convention); above 1: an error.
 
 use super::apply::load;
 use crate::client::{request, unexpected, CliError};
@@ -34,6 +35,21 @@ struct ObjectDiff {
 #[derive(Serialize)]
 struct AppDoc<'a> {
     app: [&'a AppSpec; 1],
+}
+
+#[derive(Serialize)]
+struct JobDoc<'a> {
+    job: [&'a AppSpec; 1],
+}
+
+/// An app, or a job as `[[job]]` writes it (the mode is the table's name).
+fn app_toml(s: &AppSpec) -> Result<String, CliError> {
+    if s.is_job() {
+        let plain = AppSpec { mode: Default::default(), ..s.clone() };
+        toml_of(&JobDoc { job: [&plain] })
+    } else {
+        toml_of(&AppDoc { app: [s] })
+    }
 }
 
 #[derive(Serialize)]
@@ -92,7 +108,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let mut diffs = Vec::new();
     for a in &m.apps {
         let stored = apps.iter().find(|s| s.spec.name == a.name).map(|s| &s.spec);
-        diffs.push(compare("app", a.name.as_str(), stored, a, |s| toml_of(&AppDoc { app: [s] }))?);
+        diffs.push(compare(a.kind_word(), a.name.as_str(), stored, a, app_toml)?);
     }
     for s in &m.services {
         let stored = services.iter().find(|v| v.spec.name == s.name).map(|v| &v.spec);

@@ -157,20 +157,28 @@ fn check_targets(objects: &Objects, apps: &[AppSpec], services: &[ServiceSpec]) 
         } else if a.is_job() && revision_hash(&stored) != revision_hash(a) {
             let msg = format!(
                 "a job's template cannot change once created (only completions, parallelism, backoff_limit, \
-                 active_deadline, labels and after can): bramble delete job {name}, then apply it again"
+                 active_deadline, ttl_after_finished, labels and after can): bramble delete job {name}, then apply \
+                 it again"
             );
             problems.push(problem("job", name, "", msg));
         }
     }
     // Start order, against the cluster's apps as they will be.
-    if apps.iter().any(|a| !a.after.is_empty()) {
-        let mut graph: BTreeMap<String, Vec<String>> = objects
-            .list::<App>()?
-            .into_iter()
-            .map(|v| (v.value.spec.name.as_str().to_string(), names(&v.value.spec.after)))
-            .collect();
+    if apps.iter().any(|a| !a.after.is_empty() || a.ttl_after_finished.is_some()) {
+        let stored: Vec<AppSpec> = objects.list::<App>()?.into_iter().map(|v| v.value.spec).collect();
+        let mut graph: BTreeMap<String, Vec<String>> =
+            stored.iter().map(|s| (s.name.as_str().to_string(), names(&s.after))).collect();
         graph.extend(apps.iter().map(|a| (a.name.as_str().to_string(), names(&a.after))));
-        problems.extend(crate::admission::check_after(apps, &graph));
+        // Jobs that delete themselves once finished, as they will be.
+        let applied: BTreeSet<&str> = apps.iter().map(|a| a.name.as_str()).collect();
+        let fleeting: BTreeSet<String> = stored
+            .iter()
+            .filter(|s| !applied.contains(s.name.as_str()))
+            .chain(apps)
+            .filter(|s| s.is_job() && s.ttl_after_finished.is_some())
+            .map(|s| s.name.as_str().to_string())
+            .collect();
+        problems.extend(crate::admission::check_after(apps, &graph, &fleeting));
     }
     for s in services {
         let stored;

@@ -26,9 +26,10 @@ pub fn ops(plan: &AppPlan) -> Vec<TxnOp> {
             }
             Change::DeleteHistory { number, expect } => Objects::delete_history_op(&plan.app, *number, *expect),
             Change::PutApp(app) => Objects::put_op(app.as_ref(), Expect::Revision(plan.app_revision)),
+            Change::DeleteApp => Objects::delete_op::<App>(&plan.app, Expect::Revision(plan.app_revision)),
         })
         .collect();
-    let writes_app = plan.changes.iter().any(|c| matches!(c, Change::PutApp(_)));
+    let writes_app = plan.changes.iter().any(|c| matches!(c, Change::PutApp(_) | Change::DeleteApp));
     if !ops.is_empty() && !writes_app {
         // The app must not have changed since the plan was made.
         ops.push(Objects::check_op::<App>(&plan.app, Expect::Revision(plan.app_revision)));

@@ -27,6 +27,14 @@ pub fn commit(s: &mut Snapshot, plan: &Plan, rev: &mut u64) -> Result<(), String
                 p.app, p.app_revision, a.app.meta.revision
             ));
         }
+        if p.changes.contains(&Change::DeleteApp) {
+            if p.changes.len() != 1 {
+                return Err(format!("app {}: deleted with other writes in one transaction", p.app));
+            }
+            *rev += 1;
+            s.apps.remove(&p.app);
+            continue;
+        }
         let mut keys = BTreeSet::new();
         for c in &p.changes {
             *rev += 1;
@@ -98,6 +106,7 @@ fn commit_change(a: &mut AppState, c: &Change, rev: u64) -> Result<String, Strin
             a.history.remove(i);
             format!("history/{number}")
         }
+        Change::DeleteApp => return Err("an app deleted with other writes".into()),
         Change::PutApp(app) => {
             if app.meta.generation != a.app.meta.generation + 1 {
                 return Err("an app put without a new generation".into());

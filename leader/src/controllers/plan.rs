@@ -101,6 +101,9 @@ pub enum Change {
     },
     /// The app itself, with a new spec (a rollback), under the app's revision.
     PutApp(Box<App>),
+    /// The app itself goes, under the app's revision (a finished job past its
+    /// `ttl_after_finished`); what is left of it is garbage for later passes.
+    DeleteApp,
 }
 
 /// A replica with the pod template it runs.
@@ -211,19 +214,27 @@ pub fn plan(snapshot: &Snapshot, now_ms: u64) -> Plan {
         _ => None,
     };
     let served: BTreeSet<&str> = snapshot.services.iter().map(|s| s.spec.app.as_str()).collect();
-    // Start order: apps with a ready replica.
+    // Start order: apps with a ready replica, and jobs that are complete.
     let ready: BTreeSet<&str> = snapshot
         .apps
         .values()
-        .filter(|a| a.replicas.iter().any(|r| r.value.serving()))
+        .filter(|a| match a.app.spec.is_job() {
+            true => job_status(a, now_ms).state == bramble_proto::job::JobState::Complete,
+            false => a.replicas.iter().any(|r| r.value.serving()),
+        })
         .map(|a| a.app.spec.name.as_str())
         .collect();
     let waiting = |spec: &AppSpec| {
         let dep = spec.after.iter().find(|d| !ready.contains(d.as_str()))?;
-        Some(if snapshot.apps.contains_key(dep.as_str()) {
-            format!("waiting for app {dep} to have a ready replica (it starts after it)")
-        } else {
-            format!("waiting for app {dep}, which does not exist (it starts after it)")
+        Some(match snapshot.apps.get(dep.as_str()) {
+            Some(d) if d.app.spec.is_job() => match job_status(d, now_ms) {
+                s if s.state == bramble_proto::job::JobState::Failed => {
+                    format!("waiting for job {dep} to complete; it failed ({}) (it starts after it)", s.reason)
+                }
+                _ => format!("waiting for job {dep} to complete (it starts after it)"),
+            },
+            Some(_) => format!("waiting for app {dep} to have a ready replica (it starts after it)"),
+            None => format!("waiting for app {dep}, which does not exist (it starts after it)"),
         })
     };
     // Boards being drained; one app at a time moves off them: the first by name with a replica
@@ -387,6 +398,8 @@ struct Work<'a> {
     effective: std::borrow::Cow<'a, AppSpec>,
     /// Why its new replicas may not start yet (start order), if they may not.
     waiting: Option<String>,
+    /// A finished job past its `ttl_after_finished`: the app goes, and why.
+    expired: Option<String>,
 }
 
 impl Work<'_> {
@@ -450,6 +463,12 @@ struct DrainInput<'a> {
     drained: &'a BTreeSet<String>,
 }
 
+/// A job's state from its stored runs (lost ones not counted).
+fn job_status(a: &AppState, now_ms: u64) -> bramble_proto::job::JobStatus {
+    let runs: Vec<&Replica> = a.replicas.iter().map(|v| &v.value).filter(|r| r.phase != ReplicaPhase::Lost).collect();
+    bramble_proto::job::status(&a.app.spec, a.app.meta.created_ms, &runs, now_ms)
+}
+
 /// What makes this pass's new names its own: no two committed passes share a store revision
 /// and a time.
 fn salt(revision: u64, now_ms: u64) -> u64 {
@@ -481,6 +500,7 @@ fn plan_app(
         moving: BTreeSet::new(),
         boards: None,
         waiting,
+        expired: None,
     };
     mark_lost(&mut w, lost);
     if let Some(offered) = offered {
@@ -520,6 +540,23 @@ fn plan_app(
     } else {
         Some(release_moved(&mut w, drain, scheduler))
     };
+    if let Some(why) = w.expired.take() {
+        // The app goes; its runs, templates and records are the garbage of a deleted app.
+        let event =
+            Event { app: Some(name.to_string()), ..Event::new(now, ObjectRef::app(name), EventReason::Deleted, why) };
+        w.events.push(event);
+        let kept = app.replicas.iter().map(|v| Kept { replica: v.value.clone(), spec: Arc::new(app.app.spec.clone()) });
+        let kept: Vec<Kept> = kept.collect();
+        let plan = AppPlan {
+            app: name.to_string(),
+            app_revision: app.app.meta.revision,
+            after: kept.clone(),
+            before: kept,
+            changes: vec![Change::DeleteApp],
+            events: w.events,
+        };
+        return (plan, None);
+    }
     let mut changes = replica_changes(app, &w.replicas);
     changes.extend(revision_changes(app, &w.replicas));
     if !app.app.spec.is_job() {
@@ -743,6 +780,13 @@ fn job_runs(w: &mut Work<'_>, scheduler: &mut Scheduler) {
         for name in going {
             remove_replica(w, &name, scheduler);
             w.event(&name, EventReason::Deleted, format!("deleted: {why}"));
+        }
+        let ttl = spec.job().ttl_after_finished_ms;
+        if let (Some(ttl), Some(done)) = (ttl, status.finished_ms) {
+            if w.now >= done.saturating_add(ttl) {
+                let after = spec.ttl_after_finished.map(|d| d.to_string()).unwrap_or_default();
+                w.expired = Some(format!("job {} deleted: finished {after} ago (ttl_after_finished)", w.name));
+            }
         }
         return;
     }

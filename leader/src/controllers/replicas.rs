@@ -25,6 +25,7 @@ pub fn revision_hash(spec: &AppSpec) -> String {
             "parallelism",
             "backoff_limit",
             "active_deadline",
+            "ttl_after_finished",
         ] {
             o.remove(k);
         }

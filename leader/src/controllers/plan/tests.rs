@@ -955,3 +955,58 @@ fn a_job_past_its_backoff_limit_stops_its_runs_and_a_lost_run_is_replaced() {
         p.apps[0].events
     );
 }
+
+#[test]
+fn an_app_after_a_job_waits_for_it_to_complete_and_a_job_goes_after_its_ttl() {
+    let mut s = snapshot(ready_nodes(2), spec("after = [\"migrate\"]"));
+    add_app(&mut s, "migrate", "");
+    let job =
+        parse_manifest("t.toml", "[[job]]\nname = \"migrate\"\nimage = \"reg/m:1\"\nttl_after_finished = \"30s\"\n")
+            .unwrap()
+            .jobs
+            .remove(0);
+    s.apps.get_mut("migrate").unwrap().app.spec = job;
+    let mut rev = 10;
+    // The job's run is placed and runs; web waits for the job, not for a ready replica.
+    pass(&mut s, 1_000, &mut rev);
+    assert_eq!(s.apps["migrate"].replicas.len(), 1);
+    assert!(
+        replicas(&s).iter().all(|r| r.node.is_none() && r.reason.contains("waiting for job migrate to complete")),
+        "{:?}",
+        replicas(&s)
+    );
+    pass(&mut s, 2_000, &mut rev);
+    assert!(replicas(&s).iter().all(|r| r.node.is_none()), "a running job is not a ready one");
+    // Its run succeeds at 3 s: complete, web is placed.
+    finish_runs(&mut s, "migrate", 3_000, &mut rev, &mut |_| 0);
+    pass(&mut s, 4_000, &mut rev);
+    assert!(replicas(&s).iter().all(|r| r.node.is_some() && r.reason.is_empty()), "{:?}", replicas(&s));
+    // Kept for its 30 s after it finished, then the job itself goes, in a transaction of its own.
+    let p = pass(&mut s, 32_999, &mut rev);
+    assert!(s.apps.contains_key("migrate") && p.apps.iter().all(|a| !a.changes.contains(&Change::DeleteApp)));
+    let p = plan(&s, 33_000);
+    let gone = p.apps.iter().find(|a| a.app == "migrate").unwrap();
+    assert_eq!(gone.changes, [Change::DeleteApp]);
+    assert!(gone.events.iter().any(|e| e.message == "job migrate deleted: finished 30s ago (ttl_after_finished)"));
+    let ops = crate::controllers::commit::ops(gone);
+    assert_eq!(ops.len(), 1, "the delete checks the app's revision itself: {ops:?}");
+    commit(&mut s, &p, &mut rev);
+    assert!(!s.apps.contains_key("migrate"));
+    // A failed job never lets web start; it says why.
+    let mut s = snapshot(ready_nodes(1), spec("after = [\"migrate\"]"));
+    add_app(&mut s, "migrate", "");
+    let job = parse_manifest("t.toml", "[[job]]\nname = \"migrate\"\nimage = \"reg/m:1\"\nbackoff_limit = 0\n")
+        .unwrap()
+        .jobs
+        .remove(0);
+    s.apps.get_mut("migrate").unwrap().app.spec = job;
+    pass(&mut s, 1_000, &mut rev);
+    finish_runs(&mut s, "migrate", 2_000, &mut rev, &mut |_| 1);
+    pass(&mut s, 3_000, &mut rev);
+    assert!(
+        replicas(&s).iter().all(|r| r.node.is_none() && r.reason.contains("it failed (BackoffLimitExceeded")),
+        "{:?}",
+        replicas(&s)
+    );
+    assert!(s.apps.contains_key("migrate"), "no ttl: kept");
+}

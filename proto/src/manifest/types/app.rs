@@ -617,6 +617,10 @@ pub struct AppSpec {
     /// Jobs: the longest it may run from its creation; then its runs stop and it fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_deadline: Option<HumanDuration>,
+    /// Jobs: how long a finished job (complete or failed) stays, with its runs and their logs;
+    /// then the leader deletes it. Unset: it stays until deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_after_finished: Option<HumanDuration>,
 }
 
 /// A job's settings with their defaults filled in.
@@ -626,6 +630,7 @@ pub struct JobSettings {
     pub parallelism: u32,
     pub backoff_limit: u32,
     pub active_deadline_ms: Option<u64>,
+    pub ttl_after_finished_ms: Option<u64>,
 }
 
 /// The default grace period between the stop signal and SIGKILL.
@@ -679,6 +684,7 @@ impl AppSpec {
             parallelism: self.parallelism.unwrap_or(1),
             backoff_limit: self.backoff_limit.unwrap_or(6),
             active_deadline_ms: self.active_deadline.map(|d| d.0.as_millis() as u64),
+            ttl_after_finished_ms: self.ttl_after_finished.map(|d| d.0.as_millis() as u64),
         }
     }
 
@@ -913,6 +919,7 @@ impl AppSpec {
                 ("parallelism", self.parallelism.is_some()),
                 ("backoff_limit", self.backoff_limit.is_some()),
                 ("active_deadline", self.active_deadline.is_some()),
+                ("ttl_after_finished", self.ttl_after_finished.is_some()),
             ] {
                 if set {
                     out.push(Problem::new(vec![Key(key)], format!("only a job ([[job]]) has {key}")));

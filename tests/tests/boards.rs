@@ -771,14 +771,17 @@ fn three_package_boards_install_as_the_readme_says_serve_through_a_vip_upgrade_w
     }
 
     // 2. An app of two web servers behind a service, one per board; its page through the VIP
-    //    from a board.
+    //    from a board. (`replace_after`: a hung agent is silent for a minute before its watchdog
+    //    restarts it, longer than `not_ready_after`; by default the leader would rightly replace
+    //    its replica — once, in a CI run, on the same board when it came back — and this test is
+    //    about the watchdogs leaving containers alone.)
     let manifest = dir.path().join("web.toml");
     std::fs::write(
         &manifest,
         format!(
             "[[app]]\nname = \"web\"\nimage = \"{image}\"\nreplicas = 2\n\
              command = [\"/bin/sh\", \"-c\", \"hostname > /tmp/index.html && exec httpd -f -p 8080 -h /tmp\"]\n\
-             [app.placement]\nmax_per_node = 1\n\
+             replace_after = \"1h\"\n[app.placement]\nmax_per_node = 1\n\
              [[app.ports]]\nname = \"http\"\ncontainer = 8080\n\
              [app.probes.readiness]\nhttp = {{ port = \"http\", path = \"/\" }}\nperiod = \"2s\"\n\
              [[service]]\nname = \"web\"\napp = \"web\"\nports = [{{ port = 80, target = \"http\" }}]\n"

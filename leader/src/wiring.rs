@@ -181,7 +181,9 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
         }
     };
     let events = Arc::new(Events::new());
-    let registry = Arc::new(NodeRegistry::new(config.nodes.not_ready_after.0, events.clone()));
+    let registry = Arc::new(
+        NodeRegistry::new(config.nodes.not_ready_after.0, events.clone()).with_heartbeat(config.nodes.heartbeat.0),
+    );
     let ca_fingerprint = ca.fingerprint();
     let objects = Objects::new(store);
     check_ca(&objects, &ca_fingerprint)?;

@@ -41,6 +41,18 @@ pub struct JobStatus {
     pub retry_at_ms: Option<u64>,
 }
 
+/// Added to [`lost_run_wait_ms`] for what takes time besides: the board's reconciler pass, the
+/// shim's kill, clocks a little apart.
+pub const FENCE_MARGIN_MS: u64 = 3_000;
+
+/// How long after its board went NotReady (`not_ready_after` of silence) a job's lost run may be
+/// replaced, so that it never runs twice at once: the board, cut off at most a heartbeat after
+/// the leader last heard it, notices within `idle_timeout_ms` (QUIC), waits the fence (the
+/// leader's `not_ready_after`, told in its welcome) and stops the run within `stop_grace_ms`.
+pub fn lost_run_wait_ms(heartbeat_ms: u64, idle_timeout_ms: u64, stop_grace_ms: u64) -> u64 {
+    heartbeat_ms + idle_timeout_ms + stop_grace_ms + FENCE_MARGIN_MS
+}
+
 /// Runs that are not over: neither finished nor lost, nor being stopped.
 pub fn is_active(r: &Replica) -> bool {
     !matches!(r.phase, ReplicaPhase::Succeeded | ReplicaPhase::Failed | ReplicaPhase::Lost)

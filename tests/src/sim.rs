@@ -696,6 +696,10 @@ impl Board {
                     let result = self.containers.remove(&id).and_then(|()| self.network.release(&id));
                     Input::Removed { result, id }
                 }
+                Job::Stop { id, grace } => {
+                    let result = self.containers.stop(&id, grace);
+                    Input::Stopped { result, id }
+                }
             };
             agent.input(input, now);
         }

@@ -3,8 +3,11 @@
 //! job`, `logs job/NAME`; a job past its backoff limit fails and says why; a job's bad fields are
 //! apply errors with their line; `delete job` takes its runs away. A migration job that an app
 //! starts after (`after`), shown by `diff` as a job; a job that deletes itself once finished
-//! (`ttl_after_finished`), and what may not start after one.
+//! (`ttl_after_finished`), and what may not start after one. A run on a board cut off from the
+//! leader: the board stops it (the fence) before the leader starts its replacement elsewhere.
 
+use bramble_agent::runtime::lifecycle::Phase;
+use bramble_agent::runtime::protocol::ShimState;
 use bramble_proto::model::{Replica, ReplicaPhase};
 use bramble_tests::{text, wait_for, Cluster};
 use std::time::Duration;
@@ -223,6 +226,69 @@ fn an_app_starts_after_a_job_completes_and_a_job_with_a_ttl_deletes_itself() {
         let out = c.cli(&["get", "replicas", "-o", "json"]);
         let rs: Vec<Replica> = serde_json::from_slice(&out.stdout).unwrap_or_default();
         rs.is_empty().then_some(())
+    });
+    c.remove_containers();
+}
+
+/// The state its shim keeps of container `id` on board `i`.
+fn shim_state(c: &Cluster, i: usize, id: &str) -> Option<ShimState> {
+    let bytes = std::fs::read(c.shims_dir(i).join(id).join("state.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+#[test]
+fn a_cut_off_board_stops_its_run_before_the_leader_starts_another() {
+    let (c, _registry, image) = bramble_tests::cluster::with_busybox(2, "");
+    let manifest = c.dir.path().join("long.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[[job]]\nname = \"long\"\nimage = \"{image}\"\nstop_grace = \"1s\"\n\
+             command = [\"/bin/sh\", \"-c\", \"exec sleep 600\"]\n"
+        ),
+    )
+    .unwrap();
+    ok(&c, &["apply", "-f", manifest.to_str().unwrap()]);
+    let first = wait_for("the run running", Duration::from_secs(60), || {
+        c.replicas_of("long").into_iter().find(|r| r.phase == ReplicaPhase::Running)
+    });
+    let board: usize = first.node.as_deref().unwrap().trim_start_matches("board-").parse().unwrap();
+    let other = 3 - board;
+
+    // Its board is cut off (the agent keeps running, alone).
+    let cut = bramble_proto::time::now_ms();
+    c.lab.set_link(board, false);
+    let second = wait_for("a new run running on the other board", Duration::from_secs(120), || {
+        c.replicas_of("long").into_iter().find(|r| r.meta.name != first.meta.name && r.phase == ReplicaPhase::Running)
+    });
+    assert_eq!(second.node, Some(format!("board-{other}")));
+    let started = second.started_ms.expect("its start");
+    // The cut-off board had stopped the first run by then: its shim says when it ended.
+    let old = shim_state(&c, board, &first.meta.name).expect("the first run's container is still on its board");
+    let ended = match &old.lifecycle.phase {
+        Phase::Exited { last, stopped: true } => last.finished_ms,
+        other => panic!("the first run still {other:?} on the cut-off board when the second started"),
+    };
+    eprintln!(
+        "cut at 0: the board stopped its run at {:.1}s, the leader started another at {:.1}s",
+        (ended - cut) as f64 / 1000.0,
+        (started - cut) as f64 / 1000.0
+    );
+    assert!(ended < started, "the first run ended at {ended}, after the second started at {started}");
+
+    // Back: the board says why it stopped the run, and keeps only the new one's place.
+    c.lab.set_link(board, true);
+    c.wait_status(board, bramble_proto::model::ConditionStatus::True, Duration::from_secs(60));
+    wait_for("the board's event", Duration::from_secs(30), || {
+        ok(&c, &["events"]).contains("stopped: no leader for").then_some(())
+    });
+    let runs = c.replicas_of("long");
+    assert_eq!(runs.iter().filter(|r| bramble_proto::job::is_active(r)).count(), 1, "{runs:?}");
+    ok(&c, &["delete", "job", "long"]);
+    wait_for("the runs gone", Duration::from_secs(60), || {
+        let out = c.cli(&["get", "replicas", "-o", "json"]);
+        let rs: Vec<Replica> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (out.status.success() && rs.is_empty()).then_some(())
     });
     c.remove_containers();
 }

@@ -44,6 +44,8 @@ pub trait Containers: Send + Sync {
     fn start(&self, a: &Assignment, net: &PodNet) -> Result<(), ReconcileError>;
     /// Stops (within the grace period) and removes a container with its root filesystem and logs.
     fn remove(&self, id: &str) -> Result<(), ReconcileError>;
+    /// Stops a container for good (SIGTERM, SIGKILL after `grace`), keeping it and its exit.
+    fn stop(&self, id: &str, grace: std::time::Duration) -> Result<(), ReconcileError>;
 }
 
 /// The images this board can run.

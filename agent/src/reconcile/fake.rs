@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 pub enum Call {
     Start(String),
     Remove(String),
+    Stop(String),
 }
 
 #[derive(Debug)]
@@ -155,6 +156,8 @@ impl Containers for FakeContainers {
             return Err(ReconcileError::Runtime(format!("container {} already exists", a.replica)));
         }
         let policy = match a.spec.restart {
+            // A job's runs are never restarted in place (as `real.rs`).
+            _ if a.spec.is_job() => RestartPolicy::Never,
             AppRestart::Always => RestartPolicy::Always,
             AppRestart::OnFailure => RestartPolicy::OnFailure,
             AppRestart::Never => RestartPolicy::Never,
@@ -165,6 +168,29 @@ impl Containers for FakeContainers {
         let _ = lifecycle.started(pid, now);
         let image = a.spec.image.to_string();
         g.containers.insert(a.replica.clone(), Container { lifecycle, app: a.app.clone(), image });
+        Ok(())
+    }
+
+    /// The process ends on SIGTERM at once (143), and is not restarted.
+    fn stop(&self, id: &str, _grace: std::time::Duration) -> Result<(), ReconcileError> {
+        let now = self.clock.now_ms();
+        let mut g = self.state.lock().expect("fake lock");
+        g.calls.push(Call::Stop(id.into()));
+        let Some(c) = g.containers.get_mut(id) else {
+            return Err(ReconcileError::Runtime(format!("no container {id}")));
+        };
+        c.lifecycle.stop();
+        if matches!(c.lifecycle.phase, Phase::Running { .. }) {
+            let exit = Exit {
+                code: 143,
+                signal: Some(15),
+                oom_killed: false,
+                finished_ms: now,
+                killed_by: None,
+                started_ms: None,
+            };
+            let _ = c.lifecycle.exited(exit);
+        }
         Ok(())
     }
 

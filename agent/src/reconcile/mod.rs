@@ -274,6 +274,18 @@ fn drive<C: Containers + 'static, I: Images, N: Network + 'static>(
                     Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => r.job_refused(&job),
                 },
                 Job::Remove { id } => remove_in_background(effects.clone(), id, done.clone(), &mut r),
+                Job::Stop { id, grace } => {
+                    let (containers, done) = (effects.0.clone(), done.clone());
+                    let job = Job::Stop { id: id.clone(), grace };
+                    let spawned = std::thread::Builder::new().name("stop".into()).spawn(move || {
+                        let result = containers.stop(&id, grace);
+                        let _ = done.send(Input::Stopped { id, result });
+                    });
+                    if let Err(e) = spawned {
+                        warn!("cannot start a thread to stop a container: {e}");
+                        r.job_refused(&job);
+                    }
+                }
             }
         }
         for e in r.take_events() {

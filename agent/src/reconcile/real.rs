@@ -249,6 +249,10 @@ impl Containers for ShimContainers {
         Ok(())
     }
 
+    fn stop(&self, id: &str, grace: Duration) -> Result<(), ReconcileError> {
+        self.runtime.stop(id, Some(grace)).map_err(|e| ReconcileError::Runtime(e.to_string()))
+    }
+
     fn remove(&self, id: &str) -> Result<(), ReconcileError> {
         self.runtime.remove(id, REMOVE_TIMEOUT).map_err(|e| ReconcileError::Runtime(e.to_string()))?;
         self.secrets.release(id);

@@ -1,6 +1,8 @@
-//! The reconciler's state machine: inputs in (desired sets, finished pulls and removals),
-//! background jobs out (pulls, removals), and in between one pass — observe, [`plan`], act,
-//! report. It does no waiting of its own, so a test drives it step by step with fakes and a
+//! The reconciler's state machine: inputs in (desired sets, finished pulls and removals, whether
+//! a leader is there), background jobs out (pulls, removals, stops), and in between one pass —
+//! observe, [`plan`], act, report. Cut off from every leader for the fence the last one set, it
+//! stops its jobs' runs (the leader replaces them only once that has surely happened: a job's
+//! run never runs twice at once). It does no waiting of its own, so a test drives it step by step with fakes and a
 //! manual clock; `mod.rs` drives it on a thread with the real effects.
 
 use super::effects::{Containers, Images, Network, ReconcileError};
@@ -9,13 +11,17 @@ use bramble_images::Progress;
 use bramble_proto::image_ref::ImageRef;
 use bramble_proto::model::{Event, EventReason};
 use bramble_proto::wire::Assignment;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::{info, warn};
 
 /// The file that keeps the desired set across agent restarts (it never holds secrets).
 pub const DESIRED_FILE: &str = "desired.json";
+/// The fence the last leader set (milliseconds), kept so that an agent restarted while cut off
+/// still fences.
+pub const FENCE_FILE: &str = "fence";
 /// Containers started at once: most of a start is waiting on fork and exec.
 pub const PARALLEL_STARTS: usize = 4;
 
@@ -28,14 +34,29 @@ pub enum Input {
     Pulled { image: String, result: Result<(), ReconcileError>, took_ms: u64 },
     /// A removal ended.
     Removed { id: String, result: Result<(), ReconcileError> },
+    /// A session with a leader is up (`fence`: what its welcome set), or ended (`fence` none:
+    /// the last one's stays).
+    Leader { connected: bool, fence: Option<Duration> },
+    /// A stop (a fenced run) ended.
+    Stopped { id: String, result: Result<(), ReconcileError> },
 }
 
 /// Work that waits (on the network, on a grace period): done off the reconciler's thread, its
 /// end comes back as an [`Input`].
 #[derive(Debug, Clone)]
 pub enum Job {
-    Pull { image: ImageRef, progress: Progress },
-    Remove { id: String },
+    Pull {
+        image: ImageRef,
+        progress: Progress,
+    },
+    Remove {
+        id: String,
+    },
+    /// SIGTERM, then SIGKILL after `grace`; the container stays, with its exit.
+    Stop {
+        id: String,
+        grace: Duration,
+    },
 }
 
 /// How long after a container starts the reconciler looks for it to become ready ten times a
@@ -58,6 +79,19 @@ pub struct Reconciler<C, I, N> {
     apps: HashMap<String, String>,
     events: Vec<Event>,
     parallel_starts: usize,
+    /// Whether a leader session is up, since when it is not, and the fence.
+    contact: Contact,
+    /// Jobs' runs stopped by the fence (never stopped twice).
+    fenced: BTreeSet<String>,
+}
+
+/// What the reconciler knows of the leader, for the fence.
+#[derive(Debug, Clone, Default)]
+struct Contact {
+    connected: bool,
+    /// Cut off since (none: not yet known, counted from the first pass: an agent starts cut off).
+    since_ms: Option<u64>,
+    fence: Option<Duration>,
 }
 
 impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
@@ -68,6 +102,12 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
             None => Some(Desired::new()),
         };
         let apps = desired.iter().flatten().map(|(k, a)| (k.clone(), a.app.clone())).collect();
+        let fence = dir
+            .as_ref()
+            .and_then(|d| std::fs::read_to_string(d.join(FENCE_FILE)).ok())
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis);
         Reconciler {
             containers,
             images,
@@ -81,6 +121,8 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
             apps,
             events: Vec::new(),
             parallel_starts: PARALLEL_STARTS,
+            contact: Contact { fence, ..Contact::default() },
+            fenced: BTreeSet::new(),
         }
     }
 
@@ -152,7 +194,69 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
                     self.apps.remove(&id);
                 }
             }
+            Input::Leader { connected: true, fence } => {
+                self.contact.connected = true;
+                self.contact.since_ms = None;
+                if fence != self.contact.fence {
+                    self.contact.fence = fence;
+                    self.persist_fence();
+                }
+            }
+            Input::Leader { connected: false, fence: _ } => {
+                if self.contact.connected || self.contact.since_ms.is_none() {
+                    self.contact.since_ms = Some(now_ms);
+                }
+                self.contact.connected = false;
+            }
+            Input::Stopped { id, result } => {
+                if let Err(e) = result {
+                    warn!(id, "cannot stop the fenced run: {e}");
+                    // Tried again next pass.
+                    self.fenced.remove(&id);
+                }
+            }
         }
+    }
+
+    fn persist_fence(&self) {
+        let Some(dir) = &self.dir else { return };
+        let ms = self.contact.fence.map_or(0, |f| f.as_millis() as u64);
+        if let Err(e) =
+            bramble_proto::fsutil::write_file_atomic(&dir.join(FENCE_FILE), ms.to_string().as_bytes(), 0o600)
+        {
+            warn!("cannot keep the leader's fence: {e}");
+        }
+    }
+
+    /// Cut off from every leader for the fence: the jobs' runs that still run stop (the leader
+    /// gives each a new run elsewhere once it is sure of it).
+    fn fence(&mut self, now_ms: u64) -> Vec<Job> {
+        let (Some(fence), false) = (self.contact.fence, self.contact.connected) else { return Vec::new() };
+        let since = *self.contact.since_ms.get_or_insert(now_ms);
+        if now_ms < since + fence.as_millis() as u64 {
+            return Vec::new();
+        }
+        let Some(desired) = &self.desired else { return Vec::new() };
+        let running: Vec<(String, Duration)> = desired
+            .iter()
+            .filter(|(id, a)| a.spec.is_job() && !self.fenced.contains(*id))
+            .filter(|(id, _)| {
+                let state = self.observed.containers.get(*id).and_then(|s| s.as_ref());
+                state.is_some_and(|s| matches!(s.lifecycle.phase, crate::runtime::lifecycle::Phase::Running { .. }))
+            })
+            .map(|(id, a)| (id.clone(), a.spec.stop_grace()))
+            .collect();
+        let mut jobs = Vec::new();
+        for (id, grace) in running {
+            let why = format!(
+                "stopped: no leader for {}s, the fence its last leader set; the job runs it again elsewhere",
+                (now_ms - since) / 1000
+            );
+            self.event(&id, EventReason::Stopped, why, now_ms);
+            self.fenced.insert(id.clone());
+            jobs.push(Job::Stop { id, grace });
+        }
+        jobs
     }
 
     fn set_desired(&mut self, full: bool, upsert: Vec<Assignment>, remove: Vec<String>) {
@@ -210,7 +314,7 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
     pub fn pass(&mut self, now_ms: u64) -> Vec<Job> {
         self.observe();
         let actions = plan(self.desired.as_ref(), &self.observed, &self.retries, now_ms);
-        let mut jobs = Vec::new();
+        let mut jobs = self.fence(now_ms);
         let mut starts = Vec::new();
         for action in actions {
             match action {
@@ -247,6 +351,9 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
             }
             Job::Remove { id } => {
                 self.observed.removing.remove(id);
+            }
+            Job::Stop { id, .. } => {
+                self.fenced.remove(id);
             }
         }
     }
@@ -315,6 +422,7 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
             self.statuses.insert(name.clone(), st);
         }
         self.statuses.retain(|k, _| desired.contains_key(k));
+        self.fenced.retain(|k| desired.contains_key(k));
         self.retries.retain(|k, _| desired.contains_key(k));
     }
 }

@@ -78,6 +78,15 @@ pub struct Session {
     renew_next_try_ms: u64,
 }
 
+/// What the leader's welcome says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Welcomed {
+    /// Send heartbeats this often.
+    pub heartbeat: Duration,
+    /// Cut off from every leader this long, stop the jobs' runs (none: never).
+    pub fence: Option<Duration>,
+}
+
 impl Session {
     pub fn new(network: bool) -> Session {
         Session {
@@ -92,11 +101,15 @@ impl Session {
         }
     }
 
-    /// The leader's first answer (none: it closed the stream): the heartbeat period, or why the
-    /// session ends.
-    pub fn welcome(&mut self, first: Option<LeaderMsg>) -> Result<Duration, SessionError> {
+    /// The leader's first answer (none: it closed the stream): the heartbeat period and the fence
+    /// of jobs' runs, or why the session ends.
+    pub fn welcome(&mut self, first: Option<LeaderMsg>) -> Result<Welcomed, SessionError> {
         match first {
-            Some(LeaderMsg::Welcome { heartbeat_ms, .. }) => Ok(Duration::from_millis(heartbeat_ms.clamp(100, 60_000))),
+            Some(LeaderMsg::Welcome { heartbeat_ms, fence_ms, .. }) => Ok(Welcomed {
+                heartbeat: Duration::from_millis(heartbeat_ms.clamp(100, 60_000)),
+                // (At least a second: a leader cannot have runs stopped at every hiccup.)
+                fence: (fence_ms > 0).then(|| Duration::from_millis(fence_ms.clamp(1_000, 86_400_000))),
+            }),
             Some(LeaderMsg::Refused(e)) => {
                 Err(SessionError::Refused { code: e.code, message: e.message, active: e.leader })
             }

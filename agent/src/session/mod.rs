@@ -168,6 +168,8 @@ pub async fn serve(
             if cancel.is_cancelled() {
                 return Ok(());
             }
+            // (Said after every attempt: the reconciler counts from the first one that failed.)
+            tell_reconciler(&work, Input::Leader { connected: false, fence: None }).await;
             if started.elapsed() >= STABLE_SESSION {
                 backoff.reset();
             }
@@ -287,8 +289,10 @@ async fn session(
     let mut device_tick = tokio::time::interval(config.devices.scan_every.0);
     device_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     write_frame(&mut send, &Open { version: PROTOCOL_VERSION, kind: OpenKind::Session(Box::new(hello)) }).await?;
-    let heartbeat = machine.welcome(read_frame::<LeaderMsg>(&mut recv, MAX_FRAME_LEN).await?)?;
+    let welcomed = machine.welcome(read_frame::<LeaderMsg>(&mut recv, MAX_FRAME_LEN).await?)?;
+    let heartbeat = welcomed.heartbeat;
     info!("session established");
+    tell_reconciler(work, Input::Leader { connected: true, fence: welcomed.fence }).await;
     // Frames from the leader arrive through a channel so the loop below selects only on
     // cancel-safe operations.
     let (tx, mut rx) = mpsc::channel::<Result<Option<LeaderMsg>, TransportError>>(8);
@@ -405,6 +409,13 @@ async fn session(
     conn.close(quinn::VarInt::from_u32(0), b"agent closing session");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     result
+}
+
+/// Whether a leader session is up, for the fence of jobs' runs (room waited for off the async
+/// threads; a reconciler gone is the agent stopping).
+async fn tell_reconciler(work: &Handle, input: Input) {
+    let inputs = work.inputs.clone();
+    let _ = tokio::task::spawn_blocking(move || inputs.send(input)).await;
 }
 
 async fn send_all(send: &mut quinn::SendStream, msgs: &[AgentMsg]) -> Result<(), SessionError> {

@@ -36,6 +36,8 @@ pub struct StaleSession {
 #[derive(Debug)]
 pub struct NodeRegistry {
     grace: Duration,
+    /// How often boards send heartbeats (the leader's `nodes.heartbeat`).
+    heartbeat: Duration,
     live: Mutex<HashMap<String, Live>>,
     events: Arc<Events>,
 }
@@ -52,11 +54,21 @@ pub struct LiveView {
 impl NodeRegistry {
     /// Node events (ready, not ready, session ended) go to `events`.
     pub fn new(grace: Duration, events: Arc<Events>) -> Self {
-        NodeRegistry { grace, live: Mutex::new(HashMap::new()), events }
+        NodeRegistry { grace, heartbeat: Duration::from_secs(5), live: Mutex::new(HashMap::new()), events }
+    }
+
+    /// Boards send heartbeats every `heartbeat`.
+    pub fn with_heartbeat(mut self, heartbeat: Duration) -> Self {
+        self.heartbeat = heartbeat;
+        self
     }
 
     pub fn grace(&self) -> Duration {
         self.grace
+    }
+
+    pub fn heartbeat_period(&self) -> Duration {
+        self.heartbeat
     }
 
     fn entry<'a>(live: &'a mut HashMap<String, Live>, name: &str, now_ms: u64) -> &'a mut Live {

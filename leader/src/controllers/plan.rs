@@ -68,6 +68,9 @@ pub struct Snapshot {
     pub services: Vec<bramble_proto::model::Service>,
     /// Replicas being stopped that every connected board has stopped sending to.
     pub drained: BTreeSet<String>,
+    /// How long after its board went NotReady a job's lost run waits before it is replaced,
+    /// besides its stop grace (`job::lost_run_wait_ms`): by then the board has fenced it.
+    pub lost_run_wait_ms: u64,
 }
 
 /// One write of an app's transaction.
@@ -265,6 +268,7 @@ pub fn plan(snapshot: &Snapshot, now_ms: u64) -> Plan {
                 now_ms,
                 salt(snapshot.revision, now_ms),
                 waiting,
+                snapshot.lost_run_wait_ms,
             );
             if s.is_some() {
                 status = s;
@@ -400,6 +404,8 @@ struct Work<'a> {
     waiting: Option<String>,
     /// A finished job past its `ttl_after_finished`: the app goes, and why.
     expired: Option<String>,
+    /// See [`Snapshot::lost_run_wait_ms`].
+    lost_run_wait_ms: u64,
 }
 
 impl Work<'_> {
@@ -486,6 +492,7 @@ fn plan_app(
     now: u64,
     salt: u64,
     waiting: Option<String>,
+    lost_run_wait_ms: u64,
 ) -> (AppPlan, Option<DrainStatus>) {
     let name = app.app.spec.name.as_str();
     let mut w = Work {
@@ -501,6 +508,7 @@ fn plan_app(
         boards: None,
         waiting,
         expired: None,
+        lost_run_wait_ms,
     };
     mark_lost(&mut w, lost);
     if let Some(offered) = offered {
@@ -753,20 +761,31 @@ fn finish_draining(w: &mut Work<'_>, drain: &DrainInput<'_>, scheduler: &mut Sch
 }
 
 /// Takes replica `name` out of the plan and off its node.
-/// A job's runs: lost ones go (a new run replaces them); while it runs, new runs up to its
-/// parallelism (none while a failure's backoff lasts); once complete or failed, the runs still
-/// going stop. Finished runs stay (their logs and exit codes) until the job is deleted.
+/// A job's runs: lost ones go once their board has surely stopped them (it fences them when cut
+/// off; until then they hold their place, so a run never runs twice at once) and a new run
+/// replaces them; while it runs, new runs up to its parallelism (none while a failure's backoff
+/// lasts); once complete or failed, the runs still going stop. Finished runs stay (their logs
+/// and exit codes) until the job is deleted.
 fn job_runs(w: &mut Work<'_>, scheduler: &mut Scheduler) {
-    let lost: Vec<String> = w
-        .replicas
-        .iter()
-        .filter(|r| r.phase == ReplicaPhase::Lost && !w.just_lost.contains(&r.meta.name))
-        .map(|r| r.meta.name.clone())
-        .collect();
-    for name in lost {
-        remove_replica(w, &name, scheduler);
-        w.event(&name, EventReason::Deleted, "deleted: its node was lost (the job starts another run)".into());
+    let wait = w.lost_run_wait_ms + w.spec().stop_grace().as_millis() as u64;
+    let (mut gone, mut held) = (Vec::new(), 0u32);
+    for r in w.replicas.iter().filter(|r| r.phase == ReplicaPhase::Lost && !w.just_lost.contains(&r.meta.name)) {
+        if w.now >= r.finished_ms.unwrap_or(0).saturating_add(wait) {
+            gone.push(r.meta.name.clone());
+        } else {
+            held += 1;
+        }
     }
+    for name in gone {
+        remove_replica(w, &name, scheduler);
+        w.event(
+            &name,
+            EventReason::Deleted,
+            "deleted: its node was lost and has stopped it (the job starts another run)".into(),
+        );
+    }
+    // (Just marked: held too.)
+    held += w.just_lost.len() as u32;
     let spec = w.spec().clone();
     let runs: Vec<&Replica> = w.replicas.iter().filter(|r| r.phase != ReplicaPhase::Lost).collect();
     let status = bramble_proto::job::status(&spec, w.app.app.meta.created_ms, &runs, w.now);
@@ -791,7 +810,7 @@ fn job_runs(w: &mut Work<'_>, scheduler: &mut Scheduler) {
         return;
     }
     let revision = revision_hash(&spec);
-    for _ in 0..bramble_proto::job::runs_to_start(&spec, &status, w.now) {
+    for _ in 0..bramble_proto::job::runs_to_start(&spec, &status, w.now).saturating_sub(held) {
         let taken = |n: &str| w.replicas.iter().any(|r| r.meta.name == n);
         let name = super::replicas::fresh_name(w.name, &revision, w.salt, &taken);
         w.replicas.push(Replica::new(w.name, &name, &revision, w.now));

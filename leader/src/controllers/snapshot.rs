@@ -84,5 +84,10 @@ pub fn read(ctx: &Context, now_ms: u64) -> Result<Snapshot> {
         revision,
         services,
         drained,
+        lost_run_wait_ms: bramble_proto::job::lost_run_wait_ms(
+            ctx.registry.heartbeat_period().as_millis() as u64,
+            bramble_transport::quic::IDLE_TIMEOUT.as_millis() as u64,
+            0,
+        ),
     })
 }

@@ -108,7 +108,10 @@ pub(crate) async fn session(
     }
     info!("session started");
     api.published.kick.notify_one();
-    let welcome = LeaderMsg::Welcome { epoch, heartbeat_ms: heartbeat.as_millis() as u64 };
+    // Cut off from us for as long as we wait before calling the board NotReady, it stops its
+    // jobs' runs: the planner replaces a lost run only once that has surely happened.
+    let fence_ms = registry.grace().as_millis() as u64;
+    let welcome = LeaderMsg::Welcome { epoch, heartbeat_ms: heartbeat.as_millis() as u64, fence_ms };
     let reason = match write_frame(&mut send, &welcome).await {
         Err(e) => e.to_string(),
         Ok(()) => serve_session(&api, &name, epoch, send, recv).await,

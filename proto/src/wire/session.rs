@@ -23,8 +23,15 @@ pub struct Hello {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LeaderMsg {
-    /// The session is accepted; send heartbeats this often.
-    Welcome { epoch: u64, heartbeat_ms: u64 },
+    /// The session is accepted; send heartbeats this often. `fence_ms`: once cut off from every
+    /// leader for this long, the board stops its jobs' runs (the leader replaces them only after
+    /// that, see `job::lost_run_wait_ms`); 0 (an older leader): never.
+    Welcome {
+        epoch: u64,
+        heartbeat_ms: u64,
+        #[serde(default)]
+        fence_ms: u64,
+    },
     /// The session is refused or ended; the agent should not retry at once.
     Refused(ApiError),
     /// The replicas this node must run. `full`: exactly these (anything else is stopped), sent at

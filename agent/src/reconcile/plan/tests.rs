@@ -238,6 +238,7 @@ impl Board {
                 Input::Pulled { image: image.to_string(), result, took_ms: 3 }
             }
             Job::Remove { id } => Input::Removed { result: self.containers.remove(&id), id },
+            Job::Stop { id, grace } => Input::Stopped { result: self.containers.stop(&id, grace), id },
         };
         self.r.input(input, now);
     }
@@ -369,4 +370,59 @@ fn a_host_network_replica_is_reached_at_the_boards_bridge_address() {
     assert_eq!(st["h-1"].phase, ReplicaPhase::Running);
     assert_eq!(st["h-1"].ip, Some("10.42.0.1".parse().unwrap()), "the gateway: the board itself");
     assert_eq!(st["a-1"].ip, Some("10.42.0.2".parse().unwrap()), "a pod has its own");
+}
+
+#[test]
+fn cut_off_for_the_fence_a_board_stops_its_jobs_runs_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = board(Some(dir.path().to_path_buf()));
+    b.images.pull(&"reg/a:1".parse().unwrap(), &Default::default()).unwrap();
+    let job = parse_manifest("t.toml", "[[job]]\nname = \"batch\"\nimage = \"reg/a:1\"\nstop_grace = \"2s\"\n")
+        .unwrap()
+        .jobs
+        .remove(0);
+    let run = Assignment { replica: "batch-1".into(), app: "batch".into(), revision: "r1".into(), spec: job.into() };
+    let upsert = vec![assignment("web-1", "reg/a:1"), run];
+    b.r.input(Input::Desired { full: true, upsert, remove: Vec::new() }, b.clock.now_ms());
+    b.r.input(Input::Leader { connected: true, fence: Some(Duration::from_secs(15)) }, b.clock.now_ms());
+    b.pass();
+    assert_eq!(b.phase("batch-1"), ReplicaPhase::Running);
+    // Connected, time passes: nothing is fenced.
+    b.clock.advance(Duration::from_secs(60));
+    assert!(b.pass().is_empty());
+    // Cut off: 14 s is not the fence; 15 s is — the run stops, the app's replica does not.
+    b.r.input(Input::Leader { connected: false, fence: None }, b.clock.now_ms());
+    b.clock.advance(Duration::from_secs(14));
+    assert!(b.pass().is_empty());
+    b.r.input(Input::Leader { connected: false, fence: None }, b.clock.now_ms());
+    b.clock.advance(Duration::from_secs(1));
+    let jobs = b.pass();
+    assert!(
+        matches!(&jobs[..], [Job::Stop { id, grace }] if id == "batch-1" && *grace == Duration::from_secs(2)),
+        "{jobs:?}"
+    );
+    assert!(b.pass().is_empty(), "stopped once");
+    for j in jobs {
+        b.finish(j);
+    }
+    b.pass();
+    assert_eq!(b.phase("batch-1"), ReplicaPhase::Failed, "the run ended on SIGTERM and is not restarted");
+    assert_eq!(b.phase("web-1"), ReplicaPhase::Running, "apps keep running without a leader");
+    let events = b.r.take_events();
+    assert!(events.iter().any(|e| e.message.starts_with("stopped: no leader for 15s")), "{events:?}");
+    // A new agent process, still cut off, keeps the fence it was told (and counts from its start).
+    let fence = std::fs::read_to_string(dir.path().join(crate::reconcile::reconciler::FENCE_FILE)).unwrap();
+    assert_eq!(fence, "15000");
+    // An older leader sets no fence: nothing is ever stopped.
+    let mut old = board(None);
+    old.images.pull(&"reg/a:1".parse().unwrap(), &Default::default()).unwrap();
+    let job = parse_manifest("t.toml", "[[job]]\nname = \"batch\"\nimage = \"reg/a:1\"\n").unwrap().jobs.remove(0);
+    let run = Assignment { replica: "batch-2".into(), app: "batch".into(), revision: "r1".into(), spec: job.into() };
+    old.r.input(Input::Desired { full: true, upsert: vec![run], remove: Vec::new() }, old.clock.now_ms());
+    old.r.input(Input::Leader { connected: true, fence: None }, old.clock.now_ms());
+    old.pass();
+    old.r.input(Input::Leader { connected: false, fence: None }, old.clock.now_ms());
+    old.clock.advance(Duration::from_secs(3600));
+    assert!(old.pass().is_empty());
+    assert_eq!(old.phase("batch-2"), ReplicaPhase::Running);
 }

@@ -15,10 +15,16 @@ fn statuses(list: &[(&str, ReplicaPhase)]) -> Statuses {
 #[test]
 fn the_welcome_sets_the_heartbeat_and_anything_else_ends_the_session() {
     let mut s = Session::new(true);
-    let hb = |ms| Session::new(true).welcome(Some(LeaderMsg::Welcome { epoch: 1, heartbeat_ms: ms })).unwrap();
+    let welcome =
+        |ms, fence_ms| Session::new(true).welcome(Some(LeaderMsg::Welcome { epoch: 1, heartbeat_ms: ms, fence_ms }));
+    let hb = |ms| welcome(ms, 0).unwrap().heartbeat;
     assert_eq!(hb(2000), Duration::from_secs(2));
     assert_eq!(hb(0), Duration::from_millis(100), "a leader cannot make the board spin");
     assert_eq!(hb(u64::MAX), Duration::from_secs(60), "nor go silent");
+    let fence = |ms| welcome(1000, ms).unwrap().fence;
+    assert_eq!(fence(0), None, "an older leader: runs are never fenced");
+    assert_eq!(fence(15_000), Some(Duration::from_secs(15)));
+    assert_eq!(fence(1), Some(Duration::from_secs(1)), "not at every hiccup");
     let refused = LeaderMsg::Refused(ApiError {
         leader: Some("10.0.0.2:7443".into()),
         ..ApiError::new(ErrorCode::Unavailable, "standby")
@@ -132,7 +138,7 @@ fn leader_messages_become_actions_in_order_and_a_refusal_ends_the_session() {
     let refused = LeaderMsg::Refused(ApiError::new(ErrorCode::Unauthenticated, "revoked"));
     assert!(matches!(s.from_leader(refused), Err(SessionError::Refused { code: ErrorCode::Unauthenticated, .. })));
     assert!(matches!(
-        s.from_leader(LeaderMsg::Welcome { epoch: 1, heartbeat_ms: 1000 }),
+        s.from_leader(LeaderMsg::Welcome { epoch: 1, heartbeat_ms: 1000, fence_ms: 0 }),
         Err(SessionError::Unexpected)
     ));
 }

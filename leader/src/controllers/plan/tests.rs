@@ -924,11 +924,18 @@ fn a_job_past_its_backoff_limit_stops_its_runs_and_a_lost_run_is_replaced() {
     s.apps.get_mut("flaky").unwrap().app.spec = job;
     let mut rev = 10;
     pass(&mut s, 1_000, &mut rev);
-    // One run's board is lost: the run is replaced by a new one, not counted as a failure.
+    // One run's board is lost: the run holds its place until its board has surely stopped it
+    // (the wait, 4 s here, and its stop grace, 10 s), then a new one replaces it, not counted as
+    // a failure.
+    s.lost_run_wait_ms = 4_000;
     let lost_node = s.apps["flaky"].replicas[0].value.node.clone().unwrap();
     s.nodes.iter_mut().find(|n| n.node.meta.name == lost_node).unwrap().ready = ConditionStatus::False;
     pass(&mut s, 2_000, &mut rev);
-    pass(&mut s, 3_000, &mut rev);
+    pass(&mut s, 15_999, &mut rev);
+    let runs: Vec<&Replica> = s.apps["flaky"].replicas.iter().map(|v| &v.value).collect();
+    assert_eq!(runs.len(), 2, "no new run while the lost one may still run: {runs:?}");
+    assert_eq!(runs.iter().filter(|r| r.phase == ReplicaPhase::Lost).count(), 1);
+    pass(&mut s, 16_000, &mut rev);
     let runs: Vec<&Replica> = s.apps["flaky"].replicas.iter().map(|v| &v.value).collect();
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert!(runs.iter().all(|r| r.phase == ReplicaPhase::Running && r.node.as_deref() != Some(lost_node.as_str())));

@@ -2,8 +2,8 @@
 //! a leader is there), background jobs out (pulls, removals, stops), and in between one pass —
 //! observe, [`plan`], act, report. Cut off from every leader for the fence the last one set, it
 //! stops its jobs' runs (the leader replaces them only once that has surely happened: a job's
-//! run never runs twice at once). It does no waiting of its own, so a test drives it step by step with fakes and a
-//! manual clock; `mod.rs` drives it on a thread with the real effects.
+//! run never runs twice at once). It does no waiting of its own, so a test drives it step by
+//! step with fakes and a manual clock; `mod.rs` drives it on a thread with the real effects.
 
 use super::effects::{Containers, Images, Network, ReconcileError};
 use super::plan::{self, plan, transitions, Action, Desired, Observed, Retries, Retry, Statuses};

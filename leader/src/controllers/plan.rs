@@ -666,7 +666,9 @@ fn mark_lost(w: &mut Work<'_>, lost: &dyn Fn(&str) -> Option<&'static str>) {
             marked.push((r.meta.name.clone(), r.reason.clone()));
             continue;
         }
-        if matches!(r.phase, ReplicaPhase::Lost | ReplicaPhase::Succeeded) {
+        // A job's failed run is its history (it counts toward backoff_limit), not lost work.
+        let finished_run = w.app.app.spec.is_job() && r.phase == ReplicaPhase::Failed;
+        if matches!(r.phase, ReplicaPhase::Lost | ReplicaPhase::Succeeded) || finished_run {
             continue;
         }
         r.phase = ReplicaPhase::Lost;
@@ -760,7 +762,6 @@ fn finish_draining(w: &mut Work<'_>, drain: &DrainInput<'_>, scheduler: &mut Sch
     }
 }
 
-/// Takes replica `name` out of the plan and off its node.
 /// A job's runs: lost ones go once their board has surely stopped them (it fences them when cut
 /// off; until then they hold their place, so a run never runs twice at once) and a new run
 /// replaces them; while it runs, new runs up to its parallelism (none while a failure's backoff
@@ -818,6 +819,7 @@ fn job_runs(w: &mut Work<'_>, scheduler: &mut Scheduler) {
     }
 }
 
+/// Takes replica `name` out of the plan and off its node.
 fn remove_replica(w: &mut Work<'_>, name: &str, scheduler: &mut Scheduler) {
     let Some(pos) = w.replicas.iter().position(|r| r.meta.name == name) else { return };
     let r = w.replicas.remove(pos);

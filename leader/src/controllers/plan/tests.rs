@@ -728,6 +728,13 @@ fn add_app(s: &mut Snapshot, name: &str, text: &str) {
     s.apps.insert(name.into(), AppState { app, replicas: Vec::new(), revisions: BTreeMap::new(), history: Vec::new() });
 }
 
+/// Job `name` of `fields`, stored (as an app whose mode is `job`).
+fn add_job(s: &mut Snapshot, name: &str, fields: &str) {
+    add_app(s, name, "");
+    let text = format!("[[job]]\nname = \"{name}\"\nimage = \"reg/{name}:1\"\n{fields}");
+    s.apps.get_mut(name).unwrap().app.spec = parse_manifest("t.toml", &text).unwrap().jobs.remove(0);
+}
+
 fn on(s: &Snapshot, app: &str, board: &str) -> usize {
     s.apps[app].replicas.iter().filter(|r| r.value.node.as_deref() == Some(board)).count()
 }
@@ -872,13 +879,7 @@ fn finish_runs(s: &mut Snapshot, name: &str, now: u64, rev: &mut u64, code_of: &
 #[test]
 fn a_job_runs_its_completions_parallelism_at_a_time_retrying_a_failure_after_its_backoff() {
     let mut s = Snapshot { nodes: ready_nodes(2), ..Default::default() };
-    add_app(&mut s, "batch", "");
-    let job =
-        parse_manifest("t.toml", "[[job]]\nname = \"batch\"\nimage = \"reg/b:1\"\ncompletions = 5\nparallelism = 2\n")
-            .unwrap()
-            .jobs
-            .remove(0);
-    s.apps.get_mut("batch").unwrap().app.spec = job;
+    add_job(&mut s, "batch", "completions = 5\nparallelism = 2\n");
     let mut rev = 10;
     let mut failed_once = false;
     let (mut now, mut most) = (1_000, 0);
@@ -913,15 +914,7 @@ fn a_job_runs_its_completions_parallelism_at_a_time_retrying_a_failure_after_its
 #[test]
 fn a_job_past_its_backoff_limit_stops_its_runs_and_a_lost_run_is_replaced() {
     let mut s = Snapshot { nodes: ready_nodes(2), ..Default::default() };
-    add_app(&mut s, "flaky", "");
-    let job = parse_manifest(
-        "t.toml",
-        "[[job]]\nname = \"flaky\"\nimage = \"reg/f:1\"\ncompletions = 3\nparallelism = 2\nbackoff_limit = 0\n",
-    )
-    .unwrap()
-    .jobs
-    .remove(0);
-    s.apps.get_mut("flaky").unwrap().app.spec = job;
+    add_job(&mut s, "flaky", "completions = 3\nparallelism = 2\nbackoff_limit = 0\n");
     let mut rev = 10;
     pass(&mut s, 1_000, &mut rev);
     // One run's board is lost: the run holds its place until its board has surely stopped it
@@ -966,13 +959,7 @@ fn a_job_past_its_backoff_limit_stops_its_runs_and_a_lost_run_is_replaced() {
 #[test]
 fn an_app_after_a_job_waits_for_it_to_complete_and_a_job_goes_after_its_ttl() {
     let mut s = snapshot(ready_nodes(2), spec("after = [\"migrate\"]"));
-    add_app(&mut s, "migrate", "");
-    let job =
-        parse_manifest("t.toml", "[[job]]\nname = \"migrate\"\nimage = \"reg/m:1\"\nttl_after_finished = \"30s\"\n")
-            .unwrap()
-            .jobs
-            .remove(0);
-    s.apps.get_mut("migrate").unwrap().app.spec = job;
+    add_job(&mut s, "migrate", "ttl_after_finished = \"30s\"\n");
     let mut rev = 10;
     // The job's run is placed and runs; web waits for the job, not for a ready replica.
     pass(&mut s, 1_000, &mut rev);
@@ -1001,12 +988,7 @@ fn an_app_after_a_job_waits_for_it_to_complete_and_a_job_goes_after_its_ttl() {
     assert!(!s.apps.contains_key("migrate"));
     // A failed job never lets web start; it says why.
     let mut s = snapshot(ready_nodes(1), spec("after = [\"migrate\"]"));
-    add_app(&mut s, "migrate", "");
-    let job = parse_manifest("t.toml", "[[job]]\nname = \"migrate\"\nimage = \"reg/m:1\"\nbackoff_limit = 0\n")
-        .unwrap()
-        .jobs
-        .remove(0);
-    s.apps.get_mut("migrate").unwrap().app.spec = job;
+    add_job(&mut s, "migrate", "backoff_limit = 0\n");
     pass(&mut s, 1_000, &mut rev);
     finish_runs(&mut s, "migrate", 2_000, &mut rev, &mut |_| 1);
     pass(&mut s, 3_000, &mut rev);
@@ -1016,4 +998,21 @@ fn an_app_after_a_job_waits_for_it_to_complete_and_a_job_goes_after_its_ttl() {
         replicas(&s)
     );
     assert!(s.apps.contains_key("migrate"), "no ttl: kept");
+}
+
+#[test]
+fn a_jobs_failed_run_on_a_lost_board_still_counts_as_a_failure() {
+    let mut s = Snapshot { nodes: ready_nodes(2), ..Default::default() };
+    add_job(&mut s, "flaky", "completions = 2\nbackoff_limit = 3\n");
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    finish_runs(&mut s, "flaky", 2_000, &mut rev, &mut |_| 1);
+    let failed = s.apps["flaky"].replicas[0].value.clone();
+    // Its board goes: the failed run stays Failed (history), and still counts.
+    let node = failed.node.clone().unwrap();
+    s.nodes.iter_mut().find(|n| n.node.meta.name == node).unwrap().ready = ConditionStatus::False;
+    pass(&mut s, 3_000, &mut rev);
+    let kept = s.apps["flaky"].replicas.iter().find(|v| v.value.meta.name == failed.meta.name).unwrap();
+    assert_eq!(kept.value.phase, ReplicaPhase::Failed);
+    assert_eq!(job_status(&s.apps["flaky"], 3_000).failed, 1);
 }

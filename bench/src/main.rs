@@ -6,6 +6,7 @@
 mod agent;
 mod apps;
 mod containers;
+mod cron;
 mod drain;
 mod ha;
 mod images;
@@ -121,6 +122,14 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         steady_secs: u64,
     },
+    /// The leader's cost of cron jobs: its pass with 1,000 of them (none due, all due) beside
+    /// the replica controller's pass over the same store; store bytes and RSS.
+    Cron {
+        #[arg(long, default_value_t = 1_000)]
+        cronjobs: usize,
+        #[arg(long, default_value_t = 50)]
+        passes: usize,
+    },
     /// Every benchmark.
     All {
         #[arg(long, default_value_t = 10)]
@@ -134,6 +143,7 @@ fn main() {
         Command::Images { runs } => vec![("images", images::run(runs))],
         Command::Containers { runs } => vec![("containers", containers::run(runs))],
         Command::Scheduler { replicas, nodes } => vec![("scheduler", scheduler::run(nodes, replicas))],
+        Command::Cron { cronjobs, passes } => vec![("cron", cron::run(cronjobs, passes))],
         Command::Apps { runs, loss_runs } => vec![("apps", apps::run(runs, loss_runs))],
         Command::Startup { runs } => vec![("startup", startup::run(runs))],
         Command::Net { runs } => vec![("net", net::run(runs))],
@@ -149,6 +159,7 @@ fn main() {
             ("images", images::run(runs)),
             ("containers", containers::run(runs.max(50))),
             ("scheduler", scheduler::run(1_000, 10_000)),
+            ("cron", cron::run(1_000, 50)),
             ("apps", apps::run(runs.max(20), 5)),
             ("scale", scale::run(50, 1_000, 60)),
             ("agent", agent::run(20, 60)),

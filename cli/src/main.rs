@@ -40,6 +40,8 @@ enum Command {
     Logs(cmd::logs::Args),
     /// Set an app's replica count: `bramble scale app NAME --replicas N`.
     Scale(cmd::scale::Args),
+    /// Jobs: `bramble job run NAME --from cronjob/NAME` runs a cron job's job at once.
+    Job(cmd::job::Args),
     /// Run a command in a running replica: `bramble exec web-1-abcde -it -- sh` (exit code passed through).
     Exec(cmd::exec::Args),
     /// Follow, list, undo or restart rollouts: `bramble rollout status app/NAME --timeout 5m`.
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
             Command::Scale(a) => cmd::scale::run(config, a).await,
             Command::Rollout(a) => cmd::rollout::run(config, a).await,
             Command::Exec(a) => cmd::exec::run(config, a).await,
+            Command::Job(a) => cmd::job::run(config, a).await,
             Command::Events(a) => cmd::events::run(config, a).await,
             Command::Top(a) => cmd::top::run(config, a).await,
             Command::Image(a) => cmd::image::run(config, a).await,

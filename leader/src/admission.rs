@@ -3,8 +3,8 @@
 //! (the CLI ran them too), and what the cluster keeps for itself on its boards. Pure.
 
 use crate::error::{Error, Result};
-use bramble_proto::manifest::{AppSpec, ConfigSpec, Protocol, ServiceSpec, VolumeKind};
-use bramble_proto::model::{App, Config, Service};
+use bramble_proto::manifest::{AppSpec, ConfigSpec, CronJobSpec, Protocol, ServiceSpec, VolumeKind};
+use bramble_proto::model::{App, Config, CronJob, Service};
 use bramble_proto::wire::ObjectProblem;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -86,7 +86,7 @@ pub fn refuse(problems: Vec<ObjectProblem>) -> Result<()> {
 /// way around them).
 pub fn check_restored(objects: &std::collections::BTreeMap<String, String>, reserved: &Reserved) -> Result<()> {
     use crate::objects::{decode, keys};
-    let (mut apps, mut services, mut configs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut apps, mut services, mut configs, mut cronjobs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut problems = Vec::new();
     for (key, value) in objects {
         let named = |kind: &str, name: &str, prefix: &str| {
@@ -105,6 +105,10 @@ pub fn check_restored(objects: &std::collections::BTreeMap<String, String>, rese
             let c: Config = decode(key, value.as_bytes())?;
             problems.extend(named("config", c.spec.name.as_str(), keys::CONFIGS));
             configs.push(c.spec);
+        } else if key.starts_with(keys::CRONJOBS) {
+            let c: CronJob = decode(key, value.as_bytes())?;
+            problems.extend(named("cronjob", c.spec.name.as_str(), keys::CRONJOBS));
+            cronjobs.push(c.spec);
         } else if key.starts_with(keys::REVISIONS) {
             let spec: AppSpec = decode(key, value.as_bytes())?;
             problems.extend(
@@ -113,6 +117,7 @@ pub fn check_restored(objects: &std::collections::BTreeMap<String, String>, rese
             problems.extend(reserved.check(&spec));
         }
     }
+    problems.extend(check_cronjobs(reserved, &cronjobs));
     refuse(problems)?;
     check(reserved, &apps, &services, &configs)
 }
@@ -145,6 +150,33 @@ pub fn check(reserved: &Reserved, apps: &[AppSpec], services: &[ServiceSpec], co
         problems.extend(c.check().into_iter().map(|p| problem("config", name, p.field(), p.message)));
     }
     refuse(problems)
+}
+
+/// Cron jobs' own checks, where they land: the schedule parsed as it was decoded; the zone must
+/// be one this leader's zoneinfo has; the template passes what an app's does (as `job.FIELD`).
+pub fn check_cronjobs(reserved: &Reserved, cronjobs: &[CronJobSpec]) -> Vec<ObjectProblem> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for c in cronjobs {
+        let name = c.name.as_str();
+        if !seen.insert(name) {
+            out.push(problem("cronjob", name, "", "listed twice"));
+        }
+        let own = c.check();
+        let zone_ok = !own.iter().any(|p| p.field() == "timezone");
+        out.extend(own.into_iter().map(|p| problem("cronjob", name, p.field(), p.message)));
+        if zone_ok {
+            if let Err(e) = crate::cron::zone(c.timezone.as_deref()) {
+                out.push(problem("cronjob", name, "timezone", e.to_string()));
+            }
+        }
+        out.extend(reserved.check(&c.job_named(c.name.clone())).into_iter().map(|p| ObjectProblem {
+            kind: "cronjob".into(),
+            field: format!("job.{}", p.field),
+            ..p
+        }));
+    }
+    out
 }
 
 /// Start order across the cluster: every name in an applied app's `after` is an app or a job

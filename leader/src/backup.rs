@@ -310,7 +310,7 @@ mod tests {
             created_ms: 1,
             changed_by: None,
         };
-        serde_json::to_string(&bramble_proto::model::App { meta, spec }).unwrap()
+        serde_json::to_string(&bramble_proto::model::App { meta, spec, cronjob: None }).unwrap()
     }
 
     fn snapshot() -> Snapshot {

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod boards;
 pub mod config;
 pub mod controllers;
+pub mod cron;
 pub mod discovery;
 pub mod edge;
 pub mod error;

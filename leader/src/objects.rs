@@ -11,6 +11,7 @@
 //! /history/<app>/<number>    RevisionRecord: a revision and its rollout (the last ten)
 //! /tokens/<id>               a join token (hash of its secret)
 //! /configs/<name>           Config: files apps mount (plain: configs are not secret)
+//! /cronjobs/<name>          CronJob: a schedule, its job template, the last run it made
 //! /users/<name>              a user: role, key fingerprint, expiry, who made it, revoked when
 //! /revoked/<key fingerprint> a revoked user certificate (until it would have expired)
 //! /images/<reference>        ImagePlatforms: what an image offers, as a board found out
@@ -52,6 +53,7 @@ pub mod keys {
     pub const SECRETS: &str = "/secrets/";
     pub const USERS: &str = "/users/";
     pub const CONFIGS: &str = "/configs/";
+    pub const CRONJOBS: &str = "/cronjobs/";
     pub const POLICIES: &str = "/policies/";
     pub const REVOKED: &str = "/revoked/";
     pub const VOLUME_HOMES: &str = "/volume-homes/";
@@ -133,6 +135,7 @@ object!(App, "app", keys::APPS);
 object!(Service, "service", keys::SERVICES);
 object!(Replica, "replica", keys::REPLICAS);
 object!(bramble_proto::model::Config, "config", keys::CONFIGS);
+object!(bramble_proto::model::CronJob, "cronjob", keys::CRONJOBS);
 object!(bramble_proto::model::Policy, "policy", keys::POLICIES);
 
 /// The key of object `name` of kind `T`.
@@ -175,6 +178,13 @@ fn decode_object<T: Object>(kv: &KeyValue) -> Result<Versioned<T>> {
     let mut value: T = decode(&kv.key, &kv.value)?;
     value.meta_mut().revision = kv.mod_revision;
     Ok(Versioned { value, rev: kv.mod_revision })
+}
+
+impl Objects {
+    /// An object listed raw from the store (with its revision), decoded.
+    pub fn decode_versioned<T: Object>(kv: &KeyValue) -> Result<Versioned<T>> {
+        decode_object(kv)
+    }
 }
 
 /// Typed access to the store.

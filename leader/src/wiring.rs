@@ -1,8 +1,8 @@
 //! The leader's wiring, and the only place that starts its tasks: opens the store and the PKI,
 //! waits to be elected (etcd), builds the shared handles once and gives each task the few it uses
 //! — the QUIC edge (API calls, relays, sessions), the readiness monitor, the replica controller,
-//! the autoscaler, scheduled backups and the restore hold-back, `/metrics` with the dashboard,
-//! the serving certificate's renewal — and owns their shutdown order ([`RunningLeader::shutdown`]).
+//! the autoscaler, the cron controller, scheduled backups and the restore hold-back, `/metrics`
+//! with the dashboard, the serving certificate's renewal — and owns their shutdown order ([`RunningLeader::shutdown`]).
 
 use crate::api::Api;
 use crate::boards::nodes::NodeRegistry;
@@ -245,6 +245,13 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
     tasks.spawn(accept_loop(endpoint.clone(), edge, cancel.clone(), tasks.clone()));
     tasks.spawn(crate::boards::nodes::monitor(api.objects.clone(), api.registry.clone(), cancel.clone()));
     tasks.spawn(crate::controllers::autoscaler::run(autoscaler_handles(&api), cancel.clone()));
+    let cron = crate::controllers::cron::Handles {
+        objects: api.objects.clone(),
+        events: api.events.clone(),
+        cron: Default::default(),
+        published: api.published.clone(),
+    };
+    tasks.spawn(crate::controllers::cron::run(cron, cancel.clone()));
     tasks.spawn(crate::backup::schedule(backup_handles(&api), config.backup.clone(), cancel.clone()));
     tasks.spawn(crate::backup::release_when_all_seen(backup_handles(&api), cancel.clone()));
     if let Some(listen) = config.metrics.listen.clone() {

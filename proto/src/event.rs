@@ -76,6 +76,8 @@ reasons! {
     NodeJoined, JoinRefused, NodeReady, NodeNotReady, SessionEnded, NodeCordoned, NodeUncordoned,
     NodeLabeled, NodeDeleted, NoPodSubnet, PodSubnet, CertificateRenewed, NetworkUnavailable, NetworkAvailable,
     DevicesChanged, NodeDraining, DrainBlocked, NodeDrained,
+    // Cron jobs, by the leader's cron controller.
+    JobCreated, MissedSchedule, RunWaiting, JobReplaced, HistoryPruned,
     // Containers, from the boards.
     Pulling, Pulled, Started, BackOff, Restarted, Completed, Stopped, Failed, Unhealthy, Killing,
 }

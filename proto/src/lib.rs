@@ -6,6 +6,7 @@
 
 pub mod backup;
 pub mod codec;
+pub mod cron;
 pub mod device;
 pub mod event;
 pub mod fsutil;

@@ -317,6 +317,30 @@ impl NodeView {
 pub struct App {
     pub meta: ObjectMeta,
     pub spec: AppSpec,
+    /// The cron job that made this job (its history keeps or deletes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cronjob: Option<String>,
+}
+
+/// Jobs made on a schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CronJob {
+    pub meta: ObjectMeta,
+    pub spec: crate::manifest::CronJobSpec,
+    #[serde(default)]
+    pub status: CronStatus,
+}
+
+/// What the leader's cron controller recorded, in the same write that made the job: a leader
+/// that takes over reads it and neither skips nor doubles a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronStatus {
+    /// The scheduled time of the last run made or skipped (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_ms: Option<u64>,
+    /// The job the last run made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_job: Option<String>,
 }
 
 /// The phase of one replica.

@@ -98,6 +98,14 @@ impl Name {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+    /// No name yet: a cron job's job template, named when a run is made (a check refuses it
+    /// anywhere else).
+    pub fn unnamed() -> Self {
+        Name(String::new())
+    }
+    pub fn is_unnamed(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl fmt::Display for Name {

@@ -16,11 +16,12 @@ pub enum Kind {
     Secret,
     User,
     Config,
+    CronJob,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] =
-        [Kind::Node, Kind::App, Kind::Replica, Kind::Service, Kind::Secret, Kind::User, Kind::Config];
+    pub const ALL: [Kind; 8] =
+        [Kind::Node, Kind::App, Kind::Replica, Kind::Service, Kind::Secret, Kind::User, Kind::Config, Kind::CronJob];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -31,6 +32,7 @@ impl Kind {
             Kind::Secret => "secret",
             Kind::User => "user",
             Kind::Config => "config",
+            Kind::CronJob => "cronjob",
         }
     }
 }
@@ -45,7 +47,9 @@ impl FromStr for Kind {
     type Err = ObjectRefError;
     fn from_str(s: &str) -> Result<Kind, ObjectRefError> {
         Kind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
-            ObjectRefError(format!("unknown kind {s:?}: expected node, app, replica, service, secret, user or config"))
+            ObjectRefError(format!(
+                "unknown kind {s:?}: expected node, app, replica, service, secret, user, config or cronjob"
+            ))
         })
     }
 }

@@ -279,7 +279,7 @@ impl Sim {
             &self.objects(),
             &events,
             (&network, &bramble_leader::admission::Reserved::default()),
-            (apps, services, Vec::new()),
+            bramble_leader::api::apps::Specs { apps, services, ..Default::default() },
             "the sim",
             now,
         )

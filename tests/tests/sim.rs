@@ -349,12 +349,7 @@ fn new_image(sim: &Sim, app: &str, image: &str) {
 }
 
 fn toml_of(spec: &bramble_proto::manifest::AppSpec) -> String {
-    let m = bramble_proto::manifest::Manifest {
-        apps: vec![spec.clone()],
-        services: Vec::new(),
-        configs: Vec::new(),
-        jobs: Vec::new(),
-    };
+    let m = bramble_proto::manifest::Manifest { apps: vec![spec.clone()], ..Default::default() };
     toml::to_string(&m).expect("a manifest")
 }
 

@@ -87,7 +87,13 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         }
         _ => {}
     }
-    let req = Request::Apply { apps: Vec::new(), services: Vec::new(), configs: vec![spec], dry_run: false };
+    let req = Request::Apply {
+        apps: Vec::new(),
+        services: Vec::new(),
+        configs: vec![spec],
+        cronjobs: Vec::new(),
+        dry_run: false,
+    };
     match request(config, req).await? {
         Response::Applied(applied) => {
             for a in applied {

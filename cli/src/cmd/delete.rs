@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// `app`, `job`, `service`, `secret`, `config` or `node`, then names; or use -f.
+    /// `app`, `job`, `cronjob` (with its jobs), `service`, `secret`, `config` or `node`, then names;
+    /// or use -f.
     #[arg(value_name = "KIND NAME")]
     what: Vec<String>,
     /// Delete what these manifests declare.
@@ -20,11 +21,13 @@ pub struct Args {
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let (mut apps, mut services, mut secrets, mut configs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut cronjobs = Vec::new();
     if !args.files.is_empty() {
         let m = super::apply::load(&args.files)?;
         apps.extend(m.apps.iter().map(|a| a.name.to_string()));
         services.extend(m.services.iter().map(|s| s.name.to_string()));
         configs.extend(m.configs.iter().map(|c| c.name.to_string()));
+        cronjobs.extend(m.cronjobs.iter().map(|c| c.name.to_string()));
     }
     if let Some(sel) = &args.selector {
         if sel.is_empty()
@@ -55,17 +58,19 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
             "service" | "services" | "svc" => services.extend(names.iter().cloned()),
             "secret" | "secrets" => secrets.extend(names.iter().cloned()),
             "config" | "configs" => configs.extend(names.iter().cloned()),
+            // Its jobs go with it.
+            "cronjob" | "cronjobs" | "cj" => cronjobs.extend(names.iter().cloned()),
             other => {
                 return Err(CliError::Other(format!(
-                    "cannot delete {other:?}: expected app, job, service, secret, config or node"
+                    "cannot delete {other:?}: expected app, job, cronjob, service, secret, config or node"
                 )))
             }
         }
     }
-    if apps.is_empty() && services.is_empty() && secrets.is_empty() && configs.is_empty() {
+    if apps.is_empty() && services.is_empty() && secrets.is_empty() && configs.is_empty() && cronjobs.is_empty() {
         return Err(CliError::Other("nothing to delete: give `app NAME` or -f FILE".into()));
     }
-    match request(config, Request::Delete { apps, services, secrets, configs }).await? {
+    match request(config, Request::Delete { apps, services, secrets, configs, cronjobs }).await? {
         Response::Done(m) => {
             println!("{m}");
             Ok(())

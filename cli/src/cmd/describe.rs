@@ -1,4 +1,4 @@
-//! `bramble describe node|app|job|replica|service|secret|config NAME`.
+//! `bramble describe node|app|job|cronjob|replica|service|secret|config NAME`.
 
 use crate::client::{request, unexpected, CliError};
 use crate::output::{json, Format};
@@ -33,6 +33,9 @@ enum Kind {
     Secret,
     #[value(alias = "configs", alias = "cm")]
     Config,
+    /// A cron job: its schedule, zone, concurrency, last and next runs, its jobs and events.
+    #[value(name = "cronjob", alias = "cronjobs", alias = "cj")]
+    CronJob,
 }
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
@@ -44,7 +47,69 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         Kind::Service => service(config, args).await,
         Kind::Secret => secret(config, args).await,
         Kind::Config => config_(config, args).await,
+        Kind::CronJob => cronjob(config, args).await,
     }
+}
+
+async fn cronjob(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
+    let list = match request(config.clone(), Request::GetCronJobs).await? {
+        Response::CronJobs(c) => c,
+        r => return Err(unexpected(&r)),
+    };
+    let Some(v) = list.into_iter().find(|v| v.cronjob.meta.name == args.name) else {
+        return Err(CliError::Other(format!("cronjob {:?} not found", args.name)));
+    };
+    let (jobs, _) = super::get::job_views(config).await?;
+    let mut mine: Vec<&super::get::JobView> =
+        jobs.iter().filter(|j| j.cronjob.as_deref() == Some(args.name.as_str())).collect();
+    mine.sort_by_key(|j| (j.meta.created_ms, j.meta.name.clone()));
+    if args.output == Format::Json {
+        print!(
+            "{}",
+            json(&serde_json::json!({ "cronjob": v.cronjob, "next_ms": v.next_ms, "jobs": mine, "events": v.events }))
+        );
+        return Ok(());
+    }
+    let (c, spec) = (&v.cronjob, &v.cronjob.spec);
+    let mut s = String::new();
+    let _ = writeln!(s, "Name:          {}", c.meta.name);
+    let _ = writeln!(s, "Schedule:      {} ({})", spec.schedule, spec.timezone.as_deref().unwrap_or("UTC"));
+    let _ = writeln!(s, "Concurrency:   {}", format!("{:?}", spec.concurrency).to_lowercase());
+    if let Some(d) = &spec.starting_deadline {
+        let _ = writeln!(s, "Deadline:      a run not started {d} after its time is skipped");
+    }
+    let _ =
+        writeln!(s, "History:       {} successful, {} failed jobs kept", spec.history.successful, spec.history.failed);
+    let _ = writeln!(s, "Suspended:     {}", spec.suspend);
+    let last = match (c.status.last_schedule_ms, &c.status.last_job) {
+        (Some(at), Some(job)) => format!("{} (job {job})", super::get::relative(at)),
+        (Some(at), None) => super::get::relative(at),
+        _ => "never".into(),
+    };
+    let _ = writeln!(s, "Last run:      {last}");
+    let _ = writeln!(s, "Next run:      {}", v.next_ms.map_or("-".into(), super::get::relative));
+    let _ = writeln!(s, "Image:         {}", spec.job.image);
+    if !spec.job.command.is_empty() || !spec.job.args.is_empty() {
+        let _ = writeln!(s, "Command:       {:?} {:?}", spec.job.command, spec.job.args);
+    }
+    let _ = writeln!(s, "Jobs:");
+    if mine.is_empty() {
+        let _ = writeln!(s, "  <none>");
+    }
+    for j in mine {
+        let _ = writeln!(
+            s,
+            "  {:<30} {:<28} {:>4}/{:<4} ran {}",
+            j.meta.name,
+            super::get::job_state(&j.status),
+            j.status.succeeded,
+            j.status.completions,
+            super::get::job_duration(j)
+        );
+    }
+    events_section(&mut s, &v.events);
+    print!("{s}");
+    Ok(())
 }
 
 /// Keys and their sizes, the version and the events; never a value.
@@ -173,11 +238,19 @@ async fn job(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         return Ok(());
     }
     let (spec, settings) = (&app.spec, app.spec.job());
-    let view = super::get::JobView { meta: app.meta.clone(), spec: spec.clone(), status: status.clone() };
+    let view = super::get::JobView {
+        meta: app.meta.clone(),
+        spec: spec.clone(),
+        status: status.clone(),
+        cronjob: app.cronjob.clone(),
+    };
     let mut s = String::new();
     let _ = writeln!(s, "Name:        {}", app.meta.name);
     let _ = writeln!(s, "Image:       {}", spec.image);
     let _ = writeln!(s, "Status:      {}", super::get::job_state(&status));
+    if let Some(c) = &app.cronjob {
+        let _ = writeln!(s, "Made by:     cronjob/{c}");
+    }
     let _ = writeln!(
         s,
         "Runs:        {} succeeded of {} wanted, {} failed (backoff_limit {}), {} active (parallelism {})",

@@ -6,7 +6,7 @@
 use super::apply::load;
 use crate::client::{request, unexpected, CliError};
 use crate::output::{json, Format};
-use bramble_proto::manifest::{AppSpec, ConfigSpec, ServiceSpec};
+use bramble_proto::manifest::{AppSpec, ConfigSpec, CronJobSpec, ServiceSpec};
 use bramble_proto::wire::{Request, Response};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -58,6 +58,11 @@ struct ServiceDoc<'a> {
 }
 
 #[derive(Serialize)]
+struct CronJobDoc<'a> {
+    cronjob: [&'a CronJobSpec; 1],
+}
+
+#[derive(Serialize)]
 struct ConfigDoc<'a> {
     config: [&'a ConfigSpec; 1],
 }
@@ -100,8 +105,16 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let configs = if m.configs.is_empty() {
         Vec::new()
     } else {
-        match request(config, Request::GetConfigs).await? {
+        match request(config.clone(), Request::GetConfigs).await? {
             Response::Configs(c) => c,
+            r => return Err(unexpected(&r)),
+        }
+    };
+    let cronjobs = if m.cronjobs.is_empty() {
+        Vec::new()
+    } else {
+        match request(config, Request::GetCronJobs).await? {
+            Response::CronJobs(c) => c,
             r => return Err(unexpected(&r)),
         }
     };
@@ -117,6 +130,10 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     for c in &m.configs {
         let stored = configs.iter().find(|v| v.spec.name == c.name).map(|v| &v.spec);
         diffs.push(compare("config", c.name.as_str(), stored, c, |v| toml_of(&ConfigDoc { config: [v] }))?);
+    }
+    for c in &m.cronjobs {
+        let stored = cronjobs.iter().find(|v| v.cronjob.spec.name == c.name).map(|v| &v.cronjob.spec);
+        diffs.push(compare("cronjob", c.name.as_str(), stored, c, |v| toml_of(&CronJobDoc { cronjob: [v] }))?);
     }
     if args.output == Format::Json {
         print!("{}", json(&diffs));

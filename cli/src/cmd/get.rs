@@ -98,7 +98,7 @@ fn pick_manifest<T: serde::Serialize, S: serde::Serialize>(
         Output::Name => list.iter().for_each(|o| println!("{kind}/{}", name_of(o))),
         Output::Toml => {
             let specs: Vec<S> = list.iter().filter_map(&spec_of).collect();
-            if specs.len() != list.len() || !matches!(kind, "app" | "job" | "service" | "config") {
+            if specs.len() != list.len() || !matches!(kind, "app" | "job" | "cronjob" | "service" | "config") {
                 return Err(CliError::Other(format!("a {kind} has no manifest form: use -o json")));
             }
             let doc = std::collections::BTreeMap::from([(kind, specs)]);
@@ -118,6 +118,9 @@ enum Kind {
     /// Jobs: runs to completion (COMPLETIONS succeeded of wanted, STATUS, DURATION).
     #[value(alias = "job")]
     Jobs,
+    /// Cron jobs: SCHEDULE in TIMEZONE, ACTIVE jobs, LAST run made and NEXT due.
+    #[value(name = "cronjobs", alias = "cronjob", alias = "cj")]
+    CronJobs,
     #[value(alias = "service", alias = "svc")]
     Services,
     #[value(alias = "replica", alias = "rs")]
@@ -195,6 +198,7 @@ async fn fetch(config: &Option<PathBuf>, args: &Args) -> Result<Option<Rows>, Cl
         Kind::Nodes => nodes(config, name, output, &sel).await,
         Kind::Apps => apps(config, name, output, &sel).await,
         Kind::Jobs => jobs(config, name, output).await,
+        Kind::CronJobs => cronjobs(config, name, output).await,
         Kind::Services => services(config, name, output).await,
         Kind::Replicas => replicas(config, args.app.clone(), name, output, &sel).await,
         Kind::Secrets => secrets(config, name, output).await,
@@ -374,6 +378,9 @@ pub struct JobView {
     pub meta: bramble_proto::model::ObjectMeta,
     pub spec: bramble_proto::manifest::AppSpec,
     pub status: bramble_proto::job::JobStatus,
+    /// The cron job that made it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cronjob: Option<String>,
 }
 
 /// Every job with its state, read from its runs.
@@ -398,7 +405,7 @@ pub async fn job_views(
                 .filter(|r| r.app == a.meta.name && r.phase != bramble_proto::model::ReplicaPhase::Lost)
                 .collect();
             let status = bramble_proto::job::status(&a.spec, a.meta.created_ms, &runs, now);
-            JobView { meta: a.meta, spec: a.spec, status }
+            JobView { meta: a.meta, spec: a.spec, status, cronjob: a.cronjob }
         })
         .collect();
     Ok((views, replicas))
@@ -446,6 +453,63 @@ async fn jobs(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Re
     let mut header = vec!["NAME", "COMPLETIONS", "STATUS", "DURATION", "AGE"];
     if wide {
         header.extend(["ACTIVE", "FAILED", "IMAGE"]);
+    }
+    Ok(Some((header, rows)))
+}
+
+/// How far off `ms` is from now: `3m ago`, `in 42s`.
+pub fn relative(ms: u64) -> String {
+    let now = bramble_proto::time::now_ms();
+    let text = |d: u64| bramble_proto::quantity::format_duration(std::time::Duration::from_secs(d / 1000));
+    if ms <= now {
+        format!("{} ago", text(now - ms))
+    } else {
+        format!("in {}", text(ms - now + 999))
+    }
+}
+
+async fn cronjobs(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<Option<Rows>, CliError> {
+    let list = match request(config.clone(), Request::GetCronJobs).await? {
+        Response::CronJobs(c) => c,
+        r => return Err(unexpected(&r)),
+    };
+    let spec_of = |v: &bramble_proto::wire::CronJobView| Some(v.cronjob.spec.clone());
+    let Some(list) = pick_manifest(list, "cronjob", name, output, |v| &v.cronjob.meta.name, spec_of)? else {
+        return Ok(None);
+    };
+    let (jobs, _) = job_views(config).await?;
+    let wide = output.format() == Format::Wide;
+    let rows = list
+        .iter()
+        .map(|v| {
+            let c = &v.cronjob;
+            let active = jobs
+                .iter()
+                .filter(|j| j.cronjob.as_deref() == Some(c.meta.name.as_str()) && !j.status.state.finished())
+                .count();
+            let mut row = vec![
+                c.meta.name.clone(),
+                c.spec.schedule.to_string(),
+                c.spec.timezone.clone().unwrap_or_else(|| "UTC".into()),
+                c.spec.suspend.to_string(),
+                active.to_string(),
+                c.status.last_schedule_ms.map_or("-".into(), relative),
+                v.next_ms.map_or("-".into(), relative),
+                super::age(c.meta.created_ms),
+            ];
+            if wide {
+                row.extend([
+                    format!("{:?}", c.spec.concurrency).to_lowercase(),
+                    c.status.last_job.clone().unwrap_or_else(|| "-".into()),
+                    c.spec.job.image.to_string(),
+                ]);
+            }
+            row
+        })
+        .collect();
+    let mut header = vec!["NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST", "NEXT", "AGE"];
+    if wide {
+        header.extend(["CONCURRENCY", "LAST JOB", "IMAGE"]);
     }
     Ok(Some((header, rows)))
 }

@@ -12,6 +12,7 @@ pub mod events;
 pub mod exec;
 pub mod get;
 pub mod image;
+pub mod job;
 pub mod label;
 pub mod logs;
 pub mod policy;

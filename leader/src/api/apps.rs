@@ -10,9 +10,9 @@ use crate::events::Events;
 use crate::network::alloc::free_vip;
 use crate::objects::{key, keys, Object, Objects};
 use crate::store::{Expect, StoreError, TxnOp};
-use bramble_proto::manifest::{AppSpec, ConfigSpec, ServiceSpec};
+use bramble_proto::manifest::{AppSpec, ConfigSpec, CronJobSpec, ServiceSpec};
 use bramble_proto::model::{
-    App, Config, Event, EventReason, Kind, ObjectMeta, ObjectRef, Replica, RevisionRecord, Service,
+    App, Config, CronJob, Event, EventReason, Kind, ObjectMeta, ObjectRef, Replica, RevisionRecord, Service,
 };
 use bramble_proto::network::ClusterNetwork;
 use bramble_proto::time::now_ms;
@@ -23,15 +23,23 @@ use std::net::Ipv4Addr;
 /// The apps of an apply that only an admin may write: a new or changed spec that asks for more
 /// than the defaults (`security`) and more than an admin's policy for that app allows
 /// (`bramble policy allow`). Each with what it asks beyond that.
-pub fn needing_admin(objects: &Objects, apps: &[AppSpec]) -> Result<Vec<String>> {
+pub fn needing_admin(objects: &Objects, apps: &[AppSpec], cronjobs: &[CronJobSpec]) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for a in apps {
+    // A cron job's template is its jobs' (named as the cron job, for its policy).
+    let templates: Vec<(AppSpec, &str)> = cronjobs.iter().map(|c| (c.job_named(c.name.clone()), "cronjob")).collect();
+    let all = apps.iter().map(|a| (a, a.kind_word())).chain(templates.iter().map(|(t, k)| (t, *k)));
+    for (a, kind) in all {
         let asks = a.privileged();
         if asks.is_empty() {
             continue;
         }
-        let stored = objects.get::<App>(a.name.as_str())?.map(|v| v.value.spec);
-        if stored.as_ref() == Some(a) {
+        let unchanged = if kind == "cronjob" {
+            let stored = objects.get::<CronJob>(a.name.as_str())?.map(|v| v.value.spec);
+            stored.is_some_and(|s| s.job_named(s.name.clone()) == *a)
+        } else {
+            objects.get::<App>(a.name.as_str())?.map(|v| v.value.spec).as_ref() == Some(a)
+        };
+        if unchanged {
             continue;
         }
         let beyond: Vec<String> = match objects.get::<bramble_proto::model::Policy>(a.name.as_str())? {
@@ -39,7 +47,7 @@ pub fn needing_admin(objects: &Objects, apps: &[AppSpec]) -> Result<Vec<String>>
             None => asks.iter().map(|s| s.to_string()).collect(),
         };
         if !beyond.is_empty() {
-            out.push(format!("app/{} asks for {}", a.name, beyond.join(" and ")));
+            out.push(format!("{kind}/{} asks for {}", a.name, beyond.join(" and ")));
         }
     }
     Ok(out)
@@ -60,8 +68,21 @@ impl Applicable for App {
     fn spec(&self) -> &AppSpec {
         &self.spec
     }
-    fn build(meta: ObjectMeta, spec: AppSpec, _: Option<&Self>) -> Self {
-        App { meta, spec }
+    /// A job keeps the cron job that made it.
+    fn build(meta: ObjectMeta, spec: AppSpec, current: Option<&Self>) -> Self {
+        App { meta, spec, cronjob: current.and_then(|c| c.cronjob.clone()) }
+    }
+}
+
+impl Applicable for CronJob {
+    type Spec = CronJobSpec;
+    const REF: Kind = Kind::CronJob;
+    fn spec(&self) -> &CronJobSpec {
+        &self.spec
+    }
+    /// A cron job keeps its record of runs.
+    fn build(meta: ObjectMeta, spec: CronJobSpec, current: Option<&Self>) -> Self {
+        CronJob { meta, spec, status: current.map(|c| c.status.clone()).unwrap_or_default() }
     }
 }
 
@@ -203,8 +224,14 @@ fn names(list: &[bramble_proto::names::Name]) -> Vec<String> {
     list.iter().map(|n| n.as_str().to_string()).collect()
 }
 
-/// What one apply brings: apps, services and configs.
-pub type Specs = (Vec<AppSpec>, Vec<ServiceSpec>, Vec<ConfigSpec>);
+/// What one apply brings.
+#[derive(Debug, Clone, Default)]
+pub struct Specs {
+    pub apps: Vec<AppSpec>,
+    pub services: Vec<ServiceSpec>,
+    pub configs: Vec<ConfigSpec>,
+    pub cronjobs: Vec<CronJobSpec>,
+}
 
 /// What an apply would write, and what it means.
 struct Prepared {
@@ -220,13 +247,27 @@ struct Prepared {
 fn prepare(
     objects: &Objects,
     (network, reserved): (&ClusterNetwork, &Reserved),
-    (apps, services, configs): Specs,
+    Specs { apps, services, configs, cronjobs }: Specs,
     who: &str,
     now: u64,
 ) -> Result<Prepared> {
     check(reserved, &apps, &services, &configs)?;
+    refuse(crate::admission::check_cronjobs(reserved, &cronjobs))?;
     check_targets(objects, &apps, &services)?;
-    let (denied, secret_checks) = super::secrets::access(objects, &apps)?;
+    let (mut denied, mut secret_checks) = super::secrets::access(objects, &apps)?;
+    // A cron job's jobs use secrets as the cron job (a secret allowed to `backup` is its jobs').
+    let templates: Vec<AppSpec> = cronjobs.iter().map(|c| c.job_named(c.name.clone())).collect();
+    let (cron_denied, cron_checks) = super::secrets::access(objects, &templates)?;
+    denied.extend(cron_denied.into_iter().map(|p| bramble_proto::wire::ObjectProblem {
+        kind: "cronjob".into(),
+        field: format!("job.{}", p.field),
+        ..p
+    }));
+    for c in cron_checks {
+        if !secret_checks.contains(&c) {
+            secret_checks.push(c);
+        }
+    }
     refuse(denied)?;
     let mut ops = secret_checks;
     let mut results = Vec::new();
@@ -275,6 +316,11 @@ fn prepare(
         ops.extend(new.map(|(c, expect)| Objects::put_op(&c, expect)));
         results.push((Config::REF, applied));
     }
+    for c in &cronjobs {
+        let (new, applied) = plan::<CronJob>(objects, c.name.as_str(), c, who)?;
+        ops.extend(new.map(|(c, expect)| Objects::put_op(&c, expect)));
+        results.push((CronJob::REF, applied));
+    }
     let services = changed_services.into_iter().map(|(s, _)| s).collect();
     // Checks alone change nothing: no transaction (and no write to the disk) for them.
     if ops.iter().all(|o| matches!(o, TxnOp::Check { .. })) {
@@ -317,7 +363,7 @@ pub fn apply(
 /// Checks and plans an apply as [`apply`] would, writes nothing, and says what would change and
 /// where each app's replicas would go.
 pub fn dry_run(ctx: &Context, reserved: &Reserved, specs: Specs, now: u64) -> Result<ApplyPlan> {
-    let names: Vec<String> = specs.0.iter().map(|a| a.name.as_str().to_string()).collect();
+    let names: Vec<String> = specs.apps.iter().map(|a| a.name.as_str().to_string()).collect();
     let prepared = prepare(&ctx.objects, (&ctx.network, reserved), specs, "a dry run", now)?;
     let mut snapshot = snapshot::read(ctx, now)?;
     dry_run::overlay(&mut snapshot, &prepared.apps, &prepared.services, now);
@@ -344,15 +390,27 @@ pub fn delete(
     services: Vec<String>,
     secrets: Vec<String>,
     configs: Vec<String>,
+    cronjobs: Vec<String>,
 ) -> Result<String> {
     let mut ops = Vec::new();
     let mut missing = Vec::new();
     let mut done = Vec::new();
+    // A cron job's jobs go with it (those running are stopped).
+    let mut apps = apps;
+    if !cronjobs.is_empty() {
+        for v in objects.list::<App>()? {
+            let owner = v.value.cronjob.as_deref();
+            if owner.is_some_and(|o| cronjobs.iter().any(|c| c == o)) && !apps.contains(&v.value.meta.name) {
+                apps.push(v.value.meta.name);
+            }
+        }
+    }
     let names = apps
         .iter()
         .map(|n| (key::<App>(n), App::KIND, n))
         .chain(services.iter().map(|n| (key::<Service>(n), Service::KIND, n)))
-        .chain(configs.iter().map(|n| (key::<Config>(n), Config::KIND, n)));
+        .chain(configs.iter().map(|n| (key::<Config>(n), Config::KIND, n)))
+        .chain(cronjobs.iter().map(|n| (key::<CronJob>(n), CronJob::KIND, n)));
     for (key, kind, n) in names {
         match objects.store().get(&key)? {
             Some(kv) => {

@@ -17,6 +17,7 @@
 //! `dispatch` below; logs, exec, images and volumes go on to the board through `crate::edge::relay`.
 
 pub mod apps;
+pub mod cronjobs;
 pub mod nodes;
 pub mod replicas;
 pub mod rollouts;
@@ -222,9 +223,9 @@ impl Api {
         let who = identity.map_or_else(|| "the leader".to_string(), |i| i.to_string());
         let who = who.as_str();
         // Containers with more than the defaults: admins only, however the app is written.
-        if let Request::Apply { apps, .. } = &request {
+        if let Request::Apply { apps, cronjobs, .. } = &request {
             if identity.and_then(|i| i.role()) != Some(Role::Admin) {
-                let privileged = apps::needing_admin(&self.objects, apps)?;
+                let privileged = apps::needing_admin(&self.objects, apps, cronjobs)?;
                 if !privileged.is_empty() {
                     return Err(Error::PermissionDenied(format!(
                         "nothing applied: {}; this needs the admin role; you are {who}",
@@ -260,14 +261,12 @@ impl Api {
                 self.objects.list::<bramble_proto::model::Policy>()?.into_iter().map(|v| v.value).collect(),
             )),
             Request::DeletePolicy { app } => apps::delete_policy(&self.objects, &self.events, &app, who),
-            Request::Apply { apps, services, configs, dry_run: true } => Ok(Response::Planned(apps::dry_run(
-                &self.context(),
-                &self.reserved,
-                (apps, services, configs),
-                now_ms(),
-            )?)),
-            Request::Apply { apps, services, configs, dry_run: false } => {
-                let objects = (apps, services, configs);
+            Request::Apply { apps, services, configs, cronjobs, dry_run: true } => {
+                let specs = apps::Specs { apps, services, configs, cronjobs };
+                Ok(Response::Planned(apps::dry_run(&self.context(), &self.reserved, specs, now_ms())?))
+            }
+            Request::Apply { apps, services, configs, cronjobs, dry_run: false } => {
+                let objects = apps::Specs { apps, services, configs, cronjobs };
                 let cluster = (self.network.as_ref(), self.reserved.as_ref());
                 let applied = apps::apply(&self.objects, &self.events, cluster, objects, who, now_ms())?;
                 self.published.kick.notify_one();
@@ -284,8 +283,14 @@ impl Api {
             Request::GetServices => Ok(Response::Services(self.services().services()?)),
             Request::GetService { name } => self.services().describe_service(&name),
             Request::DeleteNode { name } => Ok(Response::Done(self.nodes().delete_node(&name, who)?)),
-            Request::Delete { apps, services, secrets, configs } => {
-                let done = apps::delete(&self.objects, apps, services, secrets, configs)?;
+            Request::GetCronJobs => Ok(Response::CronJobs(cronjobs::views(&self.objects, &self.events, now_ms())?)),
+            Request::RunCronJob { cronjob, name } => {
+                let done = cronjobs::run_now(&self.objects, &self.events, &cronjob, &name, who, now_ms())?;
+                self.published.kick.notify_one();
+                Ok(Response::Done(done))
+            }
+            Request::Delete { apps, services, secrets, configs, cronjobs } => {
+                let done = apps::delete(&self.objects, apps, services, secrets, configs, cronjobs)?;
                 for line in done.lines() {
                     let Some(object) = line.split(' ').next().and_then(|r| r.parse::<ObjectRef>().ok()) else {
                         continue;
@@ -382,6 +387,7 @@ pub fn required_role(request: &Request) -> Role {
         | Request::GetLeaders
         | Request::GetNode { .. }
         | Request::GetApps
+        | Request::GetCronJobs
         | Request::GetServices
         | Request::GetService { .. }
         | Request::GetSecrets
@@ -401,6 +407,7 @@ pub fn required_role(request: &Request) -> Role {
         | Request::Join { .. } => Role::Viewer,
         Request::Apply { .. }
         | Request::Delete { .. }
+        | Request::RunCronJob { .. }
         | Request::PutSecret { .. }
         | Request::RolloutUndo { .. }
         | Request::RolloutRestart { .. }

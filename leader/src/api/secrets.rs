@@ -240,7 +240,15 @@ mod tests {
         let text = format!("[[app]]\nname = \"{app}\"\nimage = \"busybox\"\nsecrets = [\"db\"]\n");
         let apps = parse_manifest("t.toml", &text).unwrap().apps;
         let cluster = (api.network.as_ref(), api.reserved.as_ref());
-        crate::api::apps::apply(&api.objects, &api.events, cluster, (apps, vec![], vec![]), "deployer:ci", 1).map(drop)
+        crate::api::apps::apply(
+            &api.objects,
+            &api.events,
+            cluster,
+            crate::api::apps::Specs { apps, ..Default::default() },
+            "deployer:ci",
+            1,
+        )
+        .map(drop)
     }
 
     #[test]

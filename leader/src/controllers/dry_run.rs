@@ -149,6 +149,7 @@ pub fn overlay(s: &mut Snapshot, apps: &[Applied], services: &[Service], now: u6
             app: App {
                 meta: ObjectMeta { name: name.clone(), generation: 0, revision: 0, created_ms: now, changed_by: None },
                 spec: a.spec.clone(),
+                cronjob: None,
             },
             replicas: Vec::new(),
             revisions: BTreeMap::new(),

@@ -13,11 +13,13 @@
 //! run.rs         the loop: on every store change and every second
 //! autoscale.rs   the autoscaler's decision (pure: usage, targets, recommendations → a count)
 //! autoscaler.rs  the autoscaler's loop: fresh usage in, a count written like `bramble scale`
+//! cron.rs        the cron controller's loop: due runs' jobs made with the store's record of them
 //! ```
 
 pub mod autoscale;
 pub mod autoscaler;
 pub mod commit;
+pub mod cron;
 pub mod desired;
 pub mod drain;
 pub mod dry_run;

@@ -33,7 +33,10 @@ fn admin(api: &Api, req: Request) -> Response {
 
 fn apply(api: &Api, text: &str) -> Response {
     let m = parse_manifest("t.toml", text).unwrap();
-    admin(api, Request::Apply { apps: m.apps, services: m.services, configs: m.configs, dry_run: false })
+    admin(
+        api,
+        Request::Apply { apps: m.apps, services: m.services, configs: m.configs, cronjobs: m.cronjobs, dry_run: false },
+    )
 }
 
 fn vip(api: &Api, name: &str) -> std::net::Ipv4Addr {
@@ -52,7 +55,16 @@ fn a_service_keeps_its_vip_for_life_and_gives_it_back_when_deleted() {
     assert_eq!(vip(&api, "web"), first, "kept when the service changes");
     apply(&api, &SVC.replace("\"web\"\napp", "\"db\"\napp"));
     assert_eq!(vip(&api, "db").to_string(), "10.43.0.2", "another service, another VIP");
-    admin(&api, Request::Delete { apps: vec![], services: vec!["web".into()], secrets: vec![], configs: vec![] });
+    admin(
+        &api,
+        Request::Delete {
+            apps: vec![],
+            services: vec!["web".into()],
+            secrets: vec![],
+            configs: vec![],
+            cronjobs: vec![],
+        },
+    );
     apply(&api, &SVC.replace("\"web\"\napp", "\"cache\"\napp"));
     assert_eq!(vip(&api, "cache"), first, "the deleted one's VIP is free again");
 }

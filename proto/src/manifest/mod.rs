@@ -1,5 +1,5 @@
-//! TOML manifests: one file may hold many `[[app]]`, `[[job]]`, `[[service]]` and `[[config]]`
-//! objects. A job is an app whose mode is `job` (its pod fields are an app's): the leader keeps
+//! TOML manifests: one file may hold many `[[app]]`, `[[job]]`, `[[cronjob]]`, `[[service]]` and
+//! `[[config]]` objects. A job is an app whose mode is `job` (its pod fields are an app's): the leader keeps
 //! both as apps.
 //!
 //! Parsing and validation happen here, once. Field types validate themselves while they are
@@ -28,6 +28,9 @@ pub struct Manifest {
     /// `[[job]]`: apps with `mode = "job"` (set by the parser).
     #[serde(default, rename = "job", skip_serializing_if = "Vec::is_empty")]
     pub jobs: Vec<AppSpec>,
+    /// `[[cronjob]]`: jobs made on a schedule.
+    #[serde(default, rename = "cronjob", skip_serializing_if = "Vec::is_empty")]
+    pub cronjobs: Vec<CronJobSpec>,
 }
 
 impl Manifest {
@@ -97,6 +100,8 @@ pub fn parse_manifest(file: &str, text: &str) -> Result<Manifest, ManifestErrors
     check_kind(file, text, "service", names, &mut errors);
     let names = manifest.configs.iter().map(|c| (c.name.as_str(), c.check()));
     check_kind(file, text, "config", names, &mut errors);
+    let names = manifest.cronjobs.iter().map(|c| (c.name.as_str(), c.check()));
+    check_kind(file, text, "cronjob", names, &mut errors);
     if errors.is_empty() {
         Ok(manifest)
     } else {

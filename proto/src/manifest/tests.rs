@@ -758,3 +758,98 @@ fn start_order_names_other_apps_once() {
     fails(&app("after = [\"db\", \"db\"]\n"), 4, 16, "app[0].after[1]", "app \"db\" is listed twice");
     fails(&app("after = [\"Not A Name\"]\n"), 4, 9, "app[0].after[0]", "expected a DNS label");
 }
+
+fn cronjob(head: &str, job: &str) -> String {
+    format!("[[cronjob]]\nname = \"backup\"\n{head}[cronjob.job]\nimage = \"busybox\"\n{job}")
+}
+
+#[test]
+fn a_cron_job_parses_with_its_defaults_and_round_trips() {
+    let text = cronjob(
+        "schedule = \"@hourly\"\ntimezone = \"Europe/Berlin\"\nconcurrency = \"forbid\"\nstarting_deadline = \"5m\"\n",
+        "command = [\"tar\", \"c\"]\nbackoff_limit = 2\n",
+    );
+    let m = parse_manifest("c.toml", &text).unwrap();
+    let c = &m.cronjobs[0];
+    assert_eq!((c.name.as_str(), c.schedule.to_string().as_str()), ("backup", "@hourly"));
+    assert_eq!(
+        (c.concurrency, c.history, c.suspend),
+        (Concurrency::Forbid, History { successful: 3, failed: 1 }, false)
+    );
+    assert!(c.job.name.is_unnamed());
+    let job = c.job_named(c.job_name(60 * 60_000));
+    assert_eq!((job.name.as_str(), job.is_job(), job.job().backoff_limit), ("backup-60", true, 2));
+    // What `get cronjob -o toml` prints parses again to the same.
+    let again = toml::to_string(&m).unwrap();
+    assert_eq!(parse_manifest("again.toml", &again).unwrap(), m, "{again}");
+}
+
+#[test]
+fn a_bad_schedule_is_refused_at_its_value() {
+    fails(&cronjob("schedule = \"61 * * * *\"\n", ""), 3, 12, "cronjob[0].schedule", "minute");
+    fails(&cronjob("schedule = \"@sometimes\"\n", ""), 3, 12, "cronjob[0].schedule", "expected @yearly");
+    fails(&cronjob("schedule = \"* * *\"\n", ""), 3, 12, "cronjob[0].schedule", "expected five fields");
+}
+
+#[test]
+fn a_cron_jobs_template_has_no_name_mode_or_start_order() {
+    fails(&cronjob("schedule = \"@daily\"\n", "name = \"x\"\n"), 6, 8, "cronjob[0].job.name", "expected no name here");
+    fails(
+        &cronjob("schedule = \"@daily\"\n", "mode = \"every-board\"\n"),
+        6,
+        8,
+        "cronjob[0].job.mode",
+        "expected no mode",
+    );
+    fails(&cronjob("schedule = \"@daily\"\n", "after = [\"db\"]\n"), 6, 9, "cronjob[0].job.after", "no start order");
+    fails(
+        &cronjob("schedule = \"@daily\"\n", "replicas = 2\n"),
+        6,
+        12,
+        "cronjob[0].job.replicas",
+        "a job runs to completion",
+    );
+}
+
+#[test]
+fn cron_job_fields_are_checked() {
+    let long =
+        format!("[[cronjob]]\nname = \"{}\"\nschedule = \"@daily\"\n[cronjob.job]\nimage = \"b\"\n", "a".repeat(55));
+    fails(&long, 2, 8, "cronjob[0].name", "54 at most");
+    fails(
+        &cronjob("schedule = \"@daily\"\ntimezone = \"../../etc/passwd\"\n", ""),
+        4,
+        12,
+        "cronjob[0].timezone",
+        "not a time zone name",
+    );
+    fails(
+        &cronjob("schedule = \"@daily\"\nconcurrency = \"sometimes\"\n", ""),
+        4,
+        15,
+        "cronjob[0].concurrency",
+        "allow",
+    );
+    fails(
+        &cronjob("schedule = \"@daily\"\nhistory = { successful = 1000 }\n", ""),
+        4,
+        26,
+        "cronjob[0].history.successful",
+        "at most 100",
+    );
+    fails(
+        &cronjob("schedule = \"@daily\"\nstarting_deadline = \"1s\"\n", ""),
+        4,
+        21,
+        "cronjob[0].starting_deadline",
+        "at least 10s",
+    );
+    fails(&cronjob("", ""), 1, 1, "cronjob[0]", "missing field `schedule`");
+    let two = format!("{}\n{}", cronjob("schedule = \"@daily\"\n", ""), cronjob("schedule = \"@daily\"\n", ""));
+    fails(&two, 8, 8, "cronjob[1].name", "duplicate cronjob name");
+}
+
+#[test]
+fn an_app_without_a_name_is_refused() {
+    fails("[[app]]\nimage = \"b\"\n", 1, 1, "app[0].name", "expected a name");
+}

@@ -91,8 +91,18 @@ pub enum Request {
         services: Vec<ServiceSpec>,
         #[serde(default)]
         configs: Vec<ConfigSpec>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        cronjobs: Vec<crate::manifest::CronJobSpec>,
         #[serde(default)]
         dry_run: bool,
+    },
+    /// Every cron job, with when each runs next.
+    GetCronJobs,
+    /// Makes a job from cron job `cronjob`'s template at once, named `name` (its schedule and
+    /// record unchanged; its history counts the job).
+    RunCronJob {
+        cronjob: String,
+        name: String,
     },
     GetConfigs,
     GetConfig {
@@ -108,6 +118,8 @@ pub enum Request {
         secrets: Vec<String>,
         #[serde(default)]
         configs: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        cronjobs: Vec<String>,
     },
     /// Creates a secret (`create`: refused if it exists) or replaces its keys (refused if it does
     /// not). Write-only: no request ever returns a value.
@@ -330,6 +342,7 @@ pub enum Response {
     /// What a dry-run `Apply` would do.
     Planned(ApplyPlan),
     Apps(Vec<App>),
+    CronJobs(Vec<CronJobView>),
     Services(Vec<Service>),
     Replicas(Vec<Replica>),
     App {
@@ -380,6 +393,16 @@ pub enum Response {
         lines: Vec<String>,
     },
     Error(ApiError),
+}
+
+/// A cron job as `get cronjobs` shows it: stored, with its next run as the leader reads the
+/// schedule in its zone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CronJobView {
+    pub cronjob: crate::model::CronJob,
+    /// None: suspended, or a schedule that never comes again.
+    pub next_ms: Option<u64>,
+    pub events: Vec<Event>,
 }
 
 /// A user as `user ls` shows it.

@@ -36,6 +36,7 @@ fn snapshot(nodes: Vec<NodeState>, spec: AppSpec) -> Snapshot {
     let app = App {
         meta: ObjectMeta { name: "web".into(), generation: 1, revision: 1, created_ms: 0, changed_by: None },
         spec,
+        cronjob: None,
     };
     let mut s = Snapshot { nodes, ..Default::default() };
     s.apps
@@ -398,6 +399,7 @@ fn build(w: &World) -> Snapshot {
         let app = App {
             meta: ObjectMeta { name: name.clone(), generation: 1, revision: 1, created_ms: 0, changed_by: None },
             spec,
+            cronjob: None,
         };
         let mut revisions = BTreeMap::new();
         revisions.insert(revision_hash(&other), Versioned { value: other, rev: 2 });
@@ -724,6 +726,7 @@ fn add_app(s: &mut Snapshot, name: &str, text: &str) {
     let app = App {
         meta: ObjectMeta { name: name.into(), generation: 1, revision: 1, created_ms: 0, changed_by: None },
         spec,
+        cronjob: None,
     };
     s.apps.insert(name.into(), AppState { app, replicas: Vec::new(), revisions: BTreeMap::new(), history: Vec::new() });
 }

@@ -519,6 +519,8 @@ impl Default for UpdateStrategy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppSpec {
+    /// Unset only in a cron job's `[cronjob.job]` (its jobs are named after it).
+    #[serde(default = "Name::unnamed", skip_serializing_if = "Name::is_unnamed")]
     pub name: Name,
     pub image: ImageRef,
     /// How many replicas a drain leaves ready at least, while it moves them off a board (a
@@ -764,6 +766,9 @@ impl AppSpec {
     /// Checks that span fields; each problem names the field it is about.
     pub fn check(&self) -> Vec<Problem> {
         let mut out = Vec::new();
+        if self.name.is_unnamed() {
+            out.push(Problem::new(vec![PathPart::Key("name")], "expected a name"));
+        }
         let mut names = BTreeSet::new();
         let mut container_ports = BTreeSet::new();
         let mut host_ports = BTreeSet::new();

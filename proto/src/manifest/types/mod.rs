@@ -5,17 +5,20 @@
 //! app.rs      [[app]] and its parts; the checks that span its fields
 //! service.rs  [[service]] and its ports
 //! config.rs   [[config]] and config mounts
+//! cronjob.rs  [[cronjob]]: a schedule and the job it makes
 //! problem.rs  a problem found after parsing, with its field's path
 //! ```
 
 mod app;
 mod common;
 mod config;
+mod cronjob;
 mod problem;
 mod service;
 
 pub use app::*;
 pub use common::*;
 pub use config::*;
+pub use cronjob::*;
 pub use problem::*;
 pub use service::*;

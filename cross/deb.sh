@@ -93,7 +93,7 @@ Depends: nftables, conntrack
 Provides: bramble-cli
 Conflicts: bramble-cli
 Replaces: bramble-cli
-Recommends: systemd-timesyncd | time-daemon
+Recommends: systemd-timesyncd | time-daemon, tzdata
 Suggests: etcd-server
 Section: admin
 Priority: optional

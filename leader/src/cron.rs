@@ -18,10 +18,10 @@ pub struct ZoneError {
     pub why: String,
 }
 
-/// The time zone `name` (none: UTC).
+/// The time zone `name` (none: UTC; UTC needs no zoneinfo, others the board's tzdata).
 pub fn zone(name: Option<&str>) -> Result<TimeZone, ZoneError> {
     match name {
-        None => Ok(TimeZone::UTC),
+        None | Some("UTC") => Ok(TimeZone::UTC),
         Some(n) => TimeZone::get(n).map_err(|e| ZoneError { name: n.to_string(), why: e.to_string() }),
     }
 }

@@ -113,7 +113,20 @@ impl Cron {
                 }
             };
             let mine = made.get(name).map_or(&[][..], |m| m.as_slice());
-            let d = decide(&c.spec, &tz, c.meta.created_ms, c.status.last_schedule_ms, mine, now_ms);
+            let mut d = decide(&c.spec, &tz, c.meta.created_ms, c.status.last_schedule_ms, mine, now_ms);
+            // Its job's name taken by an object it did not make: that run is skipped, said.
+            if let Some(at) = d.run.filter(|at| revision_of.contains_key(c.spec.job_name(*at).as_str())) {
+                let job = c.spec.job_name(at);
+                d.run = None;
+                d.replace.clear();
+                d.say = vec![(
+                    EventReason::MissedSchedule,
+                    format!(
+                        "the run of {} was skipped: an app or job named {job} exists that this cron job did not make",
+                        crate::cron::show(&tz, at)
+                    ),
+                )];
+            }
             if let Some(why) = &d.waiting {
                 if said.insert((name.to_string(), why.clone())) {
                     events.record(Event::new(now_ms, about.clone(), EventReason::RunWaiting, why.clone()));

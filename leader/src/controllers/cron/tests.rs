@@ -387,3 +387,28 @@ fn the_leader_refuses_what_its_zoneinfo_lacks_its_own_ports_and_a_privileged_tem
     let needs = crate::api::apps::needing_admin(&objects, &[], &m.cronjobs).unwrap();
     assert_eq!(needs, ["cronjob/tick asks for security.cap_add"]);
 }
+
+#[test]
+fn a_run_whose_job_name_is_taken_is_skipped_and_said_not_retried_for_ever() {
+    let (objects, events) = world();
+    let t0 = utc("2026-12-06T10:00:00Z");
+    apply_at(&objects, &events, EVERY_MINUTE, t0);
+    created_at(&objects, "tick", t0);
+    // Someone applied a job with the name 10:01's run would have.
+    let m =
+        parse_manifest("j.toml", "[[job]]\nname = \"tick-29942521\"\nimage = \"registry.local/busybox:1\"\n").unwrap();
+    let specs = Specs { apps: m.jobs, ..Default::default() };
+    let reserved = Reserved::of_leader(7443, None, None);
+    apply(&objects, &events, (&ClusterNetwork::default(), &reserved), specs, "deployer:ci", t0).unwrap();
+    let cron = Cron::default();
+    assert!(cron.pass(&objects, &events, t0 + MINUTE + 1_000).unwrap(), "the skip is recorded");
+    let missed = said(&events, EventReason::MissedSchedule);
+    assert!(
+        missed[0].contains("an app or job named tick-29942521 exists that this cron job did not make"),
+        "{missed:?}"
+    );
+    assert_eq!(objects.load::<App>("tick-29942521").unwrap().value.cronjob, None, "left alone");
+    assert!(!cron.pass(&objects, &events, t0 + MINUTE + 2_000).unwrap(), "not tried again");
+    cron.pass(&objects, &events, t0 + 2 * MINUTE + 1_000).unwrap();
+    assert!(jobs(&objects).contains(&"tick-29942522".to_string()), "the next run is made");
+}

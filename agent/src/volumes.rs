@@ -76,6 +76,58 @@ impl Volumes {
         }
     }
 
+    /// Where the tmpfs volumes shared by a replica's containers are mounted.
+    fn shared_root(&self, replica: &str) -> Result<PathBuf, VolumeError> {
+        let ok = !replica.is_empty()
+            && replica.len() <= 128
+            && replica.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok {
+            return Err(VolumeError::Refused { name: replica.into(), what: "not a replica name".into() });
+        }
+        let data = self.root.parent().unwrap_or(&self.root);
+        Ok(data.join("pod-tmpfs").join(replica))
+    }
+
+    /// Tmpfs volume `index` of `replica`, shared by its containers: one tmpfs of `size` bytes
+    /// (owned by `uid:gid`), mounted the first time a container of the replica asks for it.
+    pub fn prepare_shared_tmpfs(
+        &self,
+        replica: &str,
+        index: usize,
+        size: u64,
+        uid: u32,
+        gid: u32,
+    ) -> Result<PathBuf, VolumeError> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.shared_root(replica)?.join(index.to_string());
+        let name = format!("tmpfs {index} of {replica}");
+        std::fs::create_dir_all(&dir).map_err(io(&name, "create the mount point"))?;
+        let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).map_err(io(&name, "stat"));
+        if dev(&dir)? == dev(dir.parent().unwrap_or(&dir))? {
+            let options = format!("size={size},mode=0755,uid={uid},gid={gid}");
+            nix::mount::mount(
+                Some("tmpfs"),
+                &dir,
+                Some("tmpfs"),
+                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                Some(options.as_str()),
+            )
+            .map_err(|e| io(&name, "mount a tmpfs")(std::io::Error::from(e)))?;
+        }
+        Ok(dir)
+    }
+
+    /// Unmounts `replica`'s shared tmpfs volumes (their files go with them).
+    pub fn release_shared_tmpfs(&self, replica: &str) {
+        let Ok(root) = self.shared_root(replica) else { return };
+        let Ok(rd) = std::fs::read_dir(&root) else { return };
+        for e in rd.flatten() {
+            let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(e.path());
+        }
+        let _ = std::fs::remove_dir(&root);
+    }
+
     /// Local volume `name`'s directory, made (owned by `uid:gid`, 0755) if it is not there.
     pub fn prepare_local(&self, name: &str, uid: u32, gid: u32) -> Result<PathBuf, VolumeError> {
         Name::new(name).map_err(|e| VolumeError::Refused { name: name.into(), what: e.to_string() })?;

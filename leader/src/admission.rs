@@ -46,7 +46,11 @@ impl Reserved {
     fn check(&self, a: &AppSpec) -> Vec<ObjectProblem> {
         let mut out = Vec::new();
         let name = a.name.as_str();
-        for (i, p) in a.ports.iter().enumerate() {
+        let own = a.ports.iter().enumerate().map(|(i, p)| (format!("ports[{i}]"), p));
+        let others = a.containers.iter().enumerate().flat_map(|(c, s)| {
+            s.ports.iter().enumerate().map(move |(i, p)| (format!("containers[{c}].ports[{i}]"), p))
+        });
+        for (at, p) in own.chain(others) {
             // On the host network the container's port is the board's.
             let (h, field) = match (p.host, a.host_network) {
                 (_, true) => (p.container, "container"),
@@ -56,7 +60,7 @@ impl Reserved {
             if let Some((proto, port, what)) = self.ports.iter().find(|(q, port, _)| *q == p.protocol && *port == h.0) {
                 let proto = if *proto == Protocol::Udp { "udp" } else { "tcp" };
                 let msg = format!("host port {port}/{proto} is the cluster's own ({what}); choose another");
-                out.push(problem(a.kind_word(), name, format!("ports[{i}].{field}"), msg));
+                out.push(problem(a.kind_word(), name, format!("{at}.{field}"), msg));
             }
         }
         let dirs: Vec<(&str, &str)> = self.dirs.iter().map(|(w, d)| (w.as_str(), d.as_str())).collect();

@@ -41,7 +41,9 @@ pub trait Containers: Send + Sync {
     fn state(&self, id: &str) -> Option<ShimState>;
     /// Prepares the root filesystem and starts the container of `a` (its image is in the store)
     /// in the pod network `net`.
-    fn start(&self, a: &Assignment, net: &PodNet) -> Result<(), ReconcileError>;
+    /// Creates and starts container `a.replica` (its id) in `net`; `pod`: the replica's name when
+    /// it has several containers (they share its tmpfs volumes).
+    fn start(&self, a: &Assignment, net: &PodNet, pod: Option<&str>) -> Result<(), ReconcileError>;
     /// Stops (within the grace period) and removes a container with its root filesystem and logs.
     fn remove(&self, id: &str) -> Result<(), ReconcileError>;
     /// Stops a container for good (SIGTERM, SIGKILL after `grace`), keeping it and its exit.

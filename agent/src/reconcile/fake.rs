@@ -145,7 +145,7 @@ impl Containers for FakeContainers {
         })
     }
 
-    fn start(&self, a: &Assignment, _net: &PodNet) -> Result<(), ReconcileError> {
+    fn start(&self, a: &Assignment, _net: &PodNet, _pod: Option<&str>) -> Result<(), ReconcileError> {
         let now = self.clock.now_ms();
         let mut g = self.state.lock().expect("fake lock");
         g.calls.push(Call::Start(a.replica.clone()));

@@ -313,7 +313,8 @@ fn remove_in_background<C: Containers + 'static, I: Images, N: Network + 'static
 ) {
     let job = Job::Remove { id: id.clone() };
     let spawned = std::thread::Builder::new().name("remove".into()).spawn(move || {
-        let result = containers.remove(&id).and_then(|()| network.release(&id));
+        // The pod's network goes with the replica's own container (its others went first).
+        let result = containers.remove(&id).and_then(|()| if id.contains('.') { Ok(()) } else { network.release(&id) });
         let _ = done.send(Input::Removed { id, result });
     });
     if let Err(e) = spawned {

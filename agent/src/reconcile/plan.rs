@@ -6,6 +6,7 @@ use super::effects::ReconcileError;
 use crate::net::ports::{Binding, PodRules};
 use crate::runtime::lifecycle::Phase;
 use crate::runtime::protocol::ShimState;
+use bramble_proto::manifest::{replica_of, Role};
 use bramble_proto::model::{EventReason, ReplicaPhase};
 use bramble_proto::quantity::human_bytes;
 use bramble_proto::wire::{Assignment, PlatformMiss, ReplicaStatus};
@@ -66,8 +67,28 @@ pub enum Action {
     Remove { id: String },
     /// Fetch an image (off the reconciler thread: one cold image never delays the others).
     Pull { image: String },
-    /// Make the replica's pod network and create its container (its image is in the store).
-    Start { replica: String },
+    /// Make the replica's pod network (once) and create its container `id` (its image is in
+    /// the store): the replica's own container has the replica's name, its others
+    /// `<replica>.<name>`.
+    Start { replica: String, id: String },
+    /// Stop a container and keep it with its exit: a job's other containers once its own ended.
+    Stop { id: String },
+}
+
+/// Whether container `id` ended well and is not restarted: an init container that did its work.
+fn succeeded(observed: &Observed, id: &str) -> bool {
+    matches!(
+        observed.containers.get(id),
+        Some(Some(s)) if matches!(&s.lifecycle.phase, Phase::Exited { last, .. } if last.success())
+    )
+}
+
+fn ended(observed: &Observed, id: &str) -> bool {
+    matches!(observed.containers.get(id), Some(Some(s)) if matches!(s.lifecycle.phase, Phase::Exited { .. }))
+}
+
+fn running(observed: &Observed, id: &str) -> bool {
+    matches!(observed.containers.get(id), Some(Some(s)) if matches!(s.lifecycle.phase, Phase::Running { .. }))
 }
 
 /// The actions that bring the board towards `desired`. With `desired` unknown (a set that could
@@ -75,38 +96,135 @@ pub enum Action {
 pub fn plan(desired: Option<&Desired>, observed: &Observed, retries: &Retries, now_ms: u64) -> Vec<Action> {
     let mut actions = Vec::new();
     if let Some(d) = desired {
+        let wanted: BTreeSet<String> = d.iter().flat_map(|(name, a)| unit_ids(name, a)).collect();
         for id in observed.containers.keys() {
-            if !d.contains_key(id) && !observed.removing.contains(id) {
-                actions.push(Action::Remove { id: id.clone() });
+            if wanted.contains(id) || observed.removing.contains(id) {
+                continue;
             }
+            // A replica's own container holds its pod's network: it goes after the others.
+            let siblings = observed
+                .containers
+                .keys()
+                .chain(&observed.removing)
+                .any(|other| other != id && other.starts_with(id.as_str()) && replica_of(other) == id);
+            if !id.contains('.') && siblings {
+                continue;
+            }
+            actions.push(Action::Remove { id: id.clone() });
         }
     }
     let mut pulls = BTreeSet::new();
     for (name, a) in desired.into_iter().flatten() {
-        let image = a.spec.image.as_str();
-        // A replica that comes back while its old container is still going waits for it.
-        if observed.containers.contains_key(name) || observed.removing.contains(name) {
+        let units = a.spec.units(name);
+        let inits_done = units.iter().filter(|u| matches!(u.role, Role::Init(_))).all(|u| succeeded(observed, &u.id));
+        // A job's run is over when its own container has ended: its other containers stop.
+        if a.spec.is_job() && ended(observed, name) {
+            for u in units.iter().filter(|u| u.role == Role::Sidecar && running(observed, &u.id)) {
+                actions.push(Action::Stop { id: u.id.clone() });
+            }
             continue;
         }
-        if retries.get(name).is_some_and(|r| r.waiting(now_ms)) {
-            continue;
-        }
-        if observed.images.contains(image) {
-            actions.push(Action::Start { replica: name.clone() });
-        } else if !observed.pulling.contains_key(image) && pulls.insert(image) {
-            actions.push(Action::Pull { image: image.to_string() });
+        for u in &units {
+            let ready_to_start = match u.role {
+                // The first init container not done yet, once those before it are.
+                Role::Init(i) => units[..i].iter().all(|b| succeeded(observed, &b.id)),
+                Role::Main | Role::Sidecar => inits_done,
+            };
+            // A replica that comes back while its old container is still going waits for it.
+            if observed.containers.contains_key(&u.id) || observed.removing.contains(&u.id) {
+                continue;
+            }
+            if retries.get(&u.id).is_some_and(|r| r.waiting(now_ms)) {
+                continue;
+            }
+            // Every image of a replica is pulled at once (while its init containers run).
+            let image = u.spec.image.as_str();
+            if !observed.images.contains(image) {
+                if !observed.pulling.contains_key(image) && pulls.insert(image.to_string()) {
+                    actions.push(Action::Pull { image: image.to_string() });
+                }
+            } else if ready_to_start {
+                actions.push(Action::Start { replica: name.clone(), id: u.id.clone() });
+            }
         }
     }
     actions
 }
 
-/// The status of desired replica `a`.
-pub fn status(a: &Assignment, observed: &Observed, retry: Option<&Retry>) -> ReplicaStatus {
+/// The ids of replica `name`'s containers.
+pub fn unit_ids(name: &str, a: &Assignment) -> Vec<String> {
+    if !a.spec.is_pod() {
+        return vec![name.to_string()];
+    }
+    a.spec.units(name).into_iter().map(|u| u.id).collect()
+}
+
+/// The status of desired replica `a`: its own container's, told by its others (init containers
+/// first: `Init:1/2`, `Init:Error`; then ready only when all are, restarts counted together).
+pub fn status(a: &Assignment, observed: &Observed, retries: &Retries) -> ReplicaStatus {
+    if !a.spec.is_pod() {
+        return container_status(a, &a.replica, &a.spec.image, observed, retries.get(&a.replica));
+    }
+    let name = a.replica.as_str();
+    let units = a.spec.units(name);
+    let inits: Vec<_> = units.iter().filter(|u| matches!(u.role, Role::Init(_))).collect();
+    let done = inits.iter().take_while(|u| succeeded(observed, &u.id)).count();
+    if let Some(u) = inits.get(done) {
+        let mut st = container_status(a, &u.id, &u.spec.image, observed, retries.get(&u.id));
+        let failing = matches!(st.phase, ReplicaPhase::BackOff | ReplicaPhase::Failed);
+        let state = if failing { "Init:Error".to_string() } else { format!("Init:{done}/{}", inits.len()) };
+        st.reason = if st.reason.is_empty() {
+            format!("{state} (init container {})", u.name)
+        } else {
+            format!("{state} (init container {}): {}", u.name, st.reason)
+        };
+        if !failing {
+            st.phase = if st.phase == ReplicaPhase::Pulling { ReplicaPhase::Pulling } else { ReplicaPhase::Starting };
+        }
+        st.ready = false;
+        st.replica = name.to_string();
+        st.container_id = None;
+        st.probes.clear();
+        return st;
+    }
+    let mut st = container_status(a, name, &a.spec.image, observed, retries.get(name));
+    for u in units.iter().filter(|u| u.role == Role::Sidecar) {
+        let other = container_status(a, &u.id, &u.spec.image, observed, retries.get(&u.id));
+        st.restarts += other.restarts;
+        st.ready &= other.ready;
+        if matches!(
+            other.phase,
+            ReplicaPhase::BackOff | ReplicaPhase::Failed | ReplicaPhase::Pulling | ReplicaPhase::Pending
+        ) && st.reason.is_empty()
+        {
+            st.reason = format!(
+                "container {}: {}",
+                u.name,
+                if other.reason.is_empty() { format!("{:?}", other.phase) } else { other.reason }
+            );
+        }
+        st.detail = st.detail.or(other.detail);
+        st.probes.extend(other.probes.into_iter().map(|mut p| {
+            p.probe = format!("{}/{}", u.name, p.probe);
+            p
+        }));
+    }
+    st
+}
+
+/// The status of one container `id` of replica `a` (image `image`), as its replica's.
+fn container_status(
+    a: &Assignment,
+    id: &str,
+    image: &bramble_proto::image_ref::ImageRef,
+    observed: &Observed,
+    retry: Option<&Retry>,
+) -> ReplicaStatus {
     let name = &a.replica;
-    if let Some(Some(state)) = observed.containers.get(name) {
+    if let Some(Some(state)) = observed.containers.get(id) {
         return ReplicaStatus { ip: observed.ips.get(name).copied(), ..status_of(name, state) };
     }
-    let image = a.spec.image.as_str();
+    let image = image.as_str();
     if let Some(r) = retry {
         let platform_miss = match &r.error {
             ReconcileError::NoPlatform { image, offered, .. } => {
@@ -267,7 +385,8 @@ pub fn bindings(desired: Option<&Desired>) -> Vec<Binding> {
         .into_iter()
         .flat_map(|d| d.values())
         .flat_map(|a| {
-            a.spec.ports.iter().filter_map(|p| {
+            // Any container's port: they share the replica's address.
+            a.spec.all_ports().filter_map(|p| {
                 let (protocol, host, container) = (p.protocol, p.host?.0, p.container.0);
                 Some(Binding { protocol, host, container, replica: a.replica.clone() })
             })

@@ -90,19 +90,28 @@ pub fn check_host_ports(policy: &crate::net::ports::HostPortPolicy, a: &Assignme
 }
 
 /// The app's volumes in `cc`: tmpfs sizes, local volumes made (owned by the container's user)
-/// and host paths checked.
-fn volumes(v: &crate::volumes::Volumes, a: &Assignment, cc: &mut ContainerConfig) -> Result<(), VolumeError> {
-    for vol in &a.spec.volumes {
-        let source = match vol.kind {
-            VolumeKind::Tmpfs => {
+/// and host paths checked. A replica of several containers (`pod`: its name) shares its tmpfs
+/// volumes: one tmpfs each on the board, bound into every container.
+fn volumes(
+    v: &crate::volumes::Volumes,
+    a: &Assignment,
+    pod: Option<&str>,
+    cc: &mut ContainerConfig,
+) -> Result<(), VolumeError> {
+    for (i, vol) in a.spec.volumes.iter().enumerate() {
+        let source = match (vol.kind, pod) {
+            (VolumeKind::Tmpfs, Some(replica)) => {
+                v.prepare_shared_tmpfs(replica, i, vol.size_bytes(), cc.uid, cc.gid)?
+            }
+            (VolumeKind::Tmpfs, None) => {
                 cc.tmpfs.push((vol.path.clone(), vol.size_bytes()));
                 continue;
             }
-            VolumeKind::Local => {
+            (VolumeKind::Local, _) => {
                 let name = vol.name.as_ref().map(|n| n.as_str()).unwrap_or_default();
                 v.prepare_local(name, cc.uid, cc.gid)?
             }
-            VolumeKind::Host => v.check_host(vol.host_path.as_deref().unwrap_or_default())?,
+            (VolumeKind::Host, _) => v.check_host(vol.host_path.as_deref().unwrap_or_default())?,
         };
         cc.binds.push(BindMount { source, destination: vol.path.clone(), read_only: vol.read_only });
     }
@@ -173,9 +182,9 @@ impl Containers for ShimContainers {
         self.runtime.state(id).ok()
     }
 
-    fn start(&self, a: &Assignment, net: &PodNet) -> Result<(), ReconcileError> {
-        // A container's id (and directory and cgroup name) is its replica's name: replica names
-        // are DNS labels with a suffix, valid ids as they are.
+    fn start(&self, a: &Assignment, net: &PodNet, pod: Option<&str>) -> Result<(), ReconcileError> {
+        // A container's id (and directory and cgroup name) is its replica's name, or
+        // `<replica>.<container>` for a replica's other containers: DNS labels and a dot.
         let id = a.replica.as_str();
         check_host_ports(&self.host_ports, a).map_err(ReconcileError::Config)?;
         let devices = devices_for(&self.devices, a).map_err(ReconcileError::Config)?;
@@ -189,7 +198,7 @@ impl Containers for ShimContainers {
         // Whatever a failed earlier attempt left is replaced.
         let _ = self.roots.remove(id);
         let rootfs = self.roots.prepare(id, &record).map_err(|e| ReconcileError::Rootfs(e.to_string()))?;
-        let hostname: String = id.chars().take(63).collect();
+        let hostname: String = bramble_proto::manifest::replica_of(id).chars().take(63).collect();
         let cc = container_config(id, &hostname, rootfs.path, &image_config.config, &overrides(a), &self.log_dir)
             .map_err(|e| {
                 let _ = self.roots.remove(id);
@@ -201,7 +210,7 @@ impl Containers for ShimContainers {
         cc.devices = devices;
         cc.cap_add = a.spec.security.cap_add.iter().map(|c| c.as_str().to_string()).collect();
         cc.cap_drop = a.spec.security.cap_drop.iter().map(|c| c.as_str().to_string()).collect();
-        if let Err(e) = volumes(&self.volumes, a, &mut cc) {
+        if let Err(e) = volumes(&self.volumes, a, pod, &mut cc) {
             let _ = self.roots.remove(id);
             return Err(ReconcileError::Config(e.to_string()));
         }
@@ -259,6 +268,10 @@ impl Containers for ShimContainers {
         self.configs.release(id);
         self.roots.remove(id).map_err(|e| ReconcileError::Rootfs(e.to_string()))?;
         remove_logs(&self.log_dir, id);
+        // The replica's own container goes last: its shared volumes with it.
+        if !id.contains('.') {
+            self.volumes.release_shared_tmpfs(id);
+        }
         Ok(())
     }
 }

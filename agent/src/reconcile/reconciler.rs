@@ -9,6 +9,7 @@ use super::effects::{Containers, Images, Network, ReconcileError};
 use super::plan::{self, plan, transitions, Action, Desired, Observed, Retries, Retry, Statuses};
 use bramble_images::Progress;
 use bramble_proto::image_ref::ImageRef;
+use bramble_proto::manifest::replica_of;
 use bramble_proto::model::{Event, EventReason};
 use bramble_proto::wire::Assignment;
 use std::collections::{BTreeSet, HashMap};
@@ -170,8 +171,15 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
         std::mem::take(&mut self.events)
     }
 
-    fn event(&mut self, replica: &str, reason: EventReason, message: String, now_ms: u64) {
-        info!(replica, %reason, "{message}");
+    /// An event about container `id`: its replica's, saying which container when it is not the
+    /// replica's own.
+    fn event(&mut self, id: &str, reason: EventReason, message: String, now_ms: u64) {
+        info!(container = id, %reason, "{message}");
+        let replica = replica_of(id);
+        let message = match id.split_once('.') {
+            Some((_, c)) => format!("container {c}: {message}"),
+            None => message,
+        };
         let app = self.apps.get(replica).cloned().unwrap_or_default();
         self.events.push(Event::replica(now_ms, &app, replica, reason, message));
     }
@@ -190,7 +198,7 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
                     }
                     Err(e) => warn!(id, "cannot remove the container: {e}"),
                 }
-                if !self.desired.as_ref().is_some_and(|d| d.contains_key(&id)) {
+                if !id.contains('.') && !self.desired.as_ref().is_some_and(|d| d.contains_key(&id)) {
                     self.apps.remove(&id);
                 }
             }
@@ -239,12 +247,13 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
         let Some(desired) = &self.desired else { return Vec::new() };
         let running: Vec<(String, Duration)> = desired
             .iter()
-            .filter(|(id, a)| a.spec.is_job() && !self.fenced.contains(*id))
+            .filter(|(_, a)| a.spec.is_job())
+            .flat_map(|(name, a)| plan::unit_ids(name, a).into_iter().map(|id| (id, a.spec.stop_grace())))
+            .filter(|(id, _)| !self.fenced.contains(id))
             .filter(|(id, _)| {
-                let state = self.observed.containers.get(*id).and_then(|s| s.as_ref());
+                let state = self.observed.containers.get(id).and_then(|s| s.as_ref());
                 state.is_some_and(|s| matches!(s.lifecycle.phase, crate::runtime::lifecycle::Phase::Running { .. }))
             })
-            .map(|(id, a)| (id.clone(), a.spec.stop_grace()))
             .collect();
         let mut jobs = Vec::new();
         for (id, grace) in running {
@@ -280,11 +289,12 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
         self.desired = Some(d);
     }
 
-    /// Replicas that wait for `image` (desired, no container yet).
+    /// Containers that wait for `image` (desired, not made yet).
     fn waiting_for(&self, image: &str) -> Vec<String> {
         let d = self.desired.iter().flatten();
-        d.filter(|(k, a)| a.spec.image.as_str() == image && !self.observed.containers.contains_key(*k))
-            .map(|(k, _)| k.clone())
+        d.flat_map(|(k, a)| a.spec.units(k))
+            .filter(|u| u.spec.image.as_str() == image && !self.observed.containers.contains_key(&u.id))
+            .map(|u| u.id)
             .collect()
     }
 
@@ -324,7 +334,15 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
                     jobs.push(Job::Remove { id });
                 }
                 Action::Pull { image } => jobs.extend(self.pull(&image)),
-                Action::Start { replica } => starts.push(replica),
+                Action::Start { replica, id } => starts.push((replica, id)),
+                Action::Stop { id } => {
+                    if self.fenced.insert(id.clone()) {
+                        let grace = self.grace_of(&id);
+                        let why = "stopped: the job's own container has ended".to_string();
+                        self.event(&id, EventReason::Stopped, why, now_ms);
+                        jobs.push(Job::Stop { id, grace });
+                    }
+                }
             }
         }
         self.start_all(&starts, now_ms);
@@ -334,8 +352,13 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
 
     /// Marks a pull as in flight and makes its job.
     fn pull(&mut self, image: &str) -> Option<Job> {
-        let reference =
-            self.desired.iter().flatten().map(|(_, a)| &a.spec.image).find(|i| i.as_str() == image)?.clone();
+        let reference = self
+            .desired
+            .iter()
+            .flatten()
+            .flat_map(|(k, a)| a.spec.units(k))
+            .map(|u| u.spec.image)
+            .find(|i| i.as_str() == image)?;
         let progress = Progress::default();
         self.progress.insert(image.to_string(), progress.clone());
         self.observed.pulling.insert(image.to_string(), (0, 0));
@@ -369,39 +392,59 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
         self.observed.ips = ids.into_iter().filter_map(|id| Some((id.clone(), self.network.ip(&id)?))).collect();
     }
 
-    /// Starts containers, a few at a time; failures wait for a retry.
-    fn start_all(&mut self, replicas: &[String], now_ms: u64) {
+    /// The stop grace of container `id`'s replica.
+    fn grace_of(&self, id: &str) -> Duration {
+        let d = self.desired.as_ref().and_then(|d| d.get(replica_of(id)));
+        d.map_or(bramble_proto::manifest::STOP_GRACE, |a| a.spec.stop_grace())
+    }
+
+    /// Starts containers, a few at a time; failures wait for a retry. Each is started as its
+    /// own assignment (its id, its spec) in its replica's pod network.
+    fn start_all(&mut self, starts: &[(String, String)], now_ms: u64) {
         let Some(desired) = &self.desired else { return };
-        let todo: Vec<&Assignment> = replicas.iter().filter_map(|r| desired.get(r)).collect();
+        let todo: Vec<(String, Assignment, bool)> = starts
+            .iter()
+            .filter_map(|(replica, id)| {
+                let a = desired.get(replica)?;
+                if id == replica && !a.spec.is_pod() {
+                    return Some((replica.clone(), a.clone(), false));
+                }
+                let u = a.spec.units(replica).into_iter().find(|u| &u.id == id)?;
+                let (app, revision) = (a.app.clone(), a.revision.clone());
+                Some((replica.clone(), Assignment { replica: u.id, app, revision, spec: Arc::new(u.spec) }, true))
+            })
+            .collect();
         let queue = std::sync::Mutex::new(todo.iter());
         let results = std::sync::Mutex::new(Vec::new());
         let (containers, network) = (&self.containers, &self.network);
         std::thread::scope(|scope| {
             for _ in 0..self.parallel_starts.min(todo.len()) {
                 scope.spawn(|| loop {
-                    let Some(a) = queue.lock().expect("queue lock").next() else { break };
+                    let Some((replica, a, pod)) = queue.lock().expect("queue lock").next() else { break };
                     // The pod's network first: the process starts with its address and DNS.
-                    let r = network.prepare(&a.replica, a.spec.host_network).and_then(|net| containers.start(a, &net));
-                    results.lock().expect("results lock").push((a.replica.clone(), r));
+                    let pod = pod.then_some(replica.as_str());
+                    let r =
+                        network.prepare(replica, a.spec.host_network).and_then(|net| containers.start(a, &net, pod));
+                    results.lock().expect("results lock").push((replica.clone(), a.replica.clone(), r));
                 });
             }
         });
         let mut results = results.into_inner().expect("results lock");
-        results.sort_by(|a, b| a.0.cmp(&b.0));
-        for (replica, r) in results {
+        results.sort_by(|a, b| a.1.cmp(&b.1));
+        for (replica, id, r) in results {
             match r {
                 Ok(()) => {
-                    self.retries.remove(&replica);
-                    let state = self.containers.state(&replica);
+                    self.retries.remove(&id);
+                    let state = self.containers.state(&id);
                     if let Some(ip) = self.network.ip(&replica) {
                         self.observed.ips.insert(replica.clone(), ip);
                     }
-                    self.observed.containers.insert(replica, state);
+                    self.observed.containers.insert(id, state);
                 }
                 Err(e) => {
-                    warn!(replica, "{e}");
-                    let retry = Retry::after(self.retries.get(&replica), e, now_ms);
-                    self.retries.insert(replica, retry);
+                    warn!(container = id, "{e}");
+                    let retry = Retry::after(self.retries.get(&id), e, now_ms);
+                    self.retries.insert(id, retry);
                 }
             }
         }
@@ -411,7 +454,7 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
     fn report(&mut self, now_ms: u64) {
         let Some(desired) = self.desired.clone() else { return };
         for (name, a) in &desired {
-            let st = plan::status(a, &self.observed, self.retries.get(name));
+            let st = plan::status(a, &self.observed, &self.retries);
             let old = self.statuses.get(name);
             if old == Some(&st) {
                 continue;
@@ -422,8 +465,8 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
             self.statuses.insert(name.clone(), st);
         }
         self.statuses.retain(|k, _| desired.contains_key(k));
-        self.fenced.retain(|k| desired.contains_key(k));
-        self.retries.retain(|k, _| desired.contains_key(k));
+        self.fenced.retain(|k| desired.contains_key(replica_of(k)));
+        self.retries.retain(|k, _| desired.contains_key(replica_of(k)));
     }
 }
 

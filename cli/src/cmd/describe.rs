@@ -352,6 +352,12 @@ async fn app(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let mut s = String::new();
     let _ = writeln!(s, "Name:        {}", app.meta.name);
     let _ = writeln!(s, "Image:       {}", spec.image);
+    for c in &spec.init {
+        let _ = writeln!(s, "Init:        {} ({}), runs to completion first", c.name, c.image);
+    }
+    for c in &spec.containers {
+        let _ = writeln!(s, "Container:   {} ({})", c.name, c.image);
+    }
     let _ = writeln!(s, "Generation:  {}", app.meta.generation);
     if let Some(by) = &app.meta.changed_by {
         let _ = writeln!(s, "Changed by:  {by}");

@@ -1,4 +1,4 @@
-//! `bramble exec REPLICA|app/NAME [-i] [-t] -- CMD…`: a command in a running replica's container,
+//! `bramble exec REPLICA|app/NAME [-c CONTAINER] [-i] [-t] -- CMD…`: a command in a running replica's container,
 //! through the leader and the board's agent to the replica's shim. With `-i` standard input goes
 //! to it; with `-t` it runs on a terminal (yours is put in raw mode meanwhile, and its size
 //! follows). The command's exit code is this one's.
@@ -22,6 +22,9 @@ pub struct Args {
     /// Run the command on a terminal (stderr comes on stdout); your terminal's size follows.
     #[arg(short = 't', long)]
     tty: bool,
+    /// Which container of the replica (`[[app.containers]]` by name; default: the app's own).
+    #[arg(short = 'c', long)]
+    container: Option<String>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -65,7 +68,14 @@ impl Drop for RawMode {
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let size = if args.tty { window_size(&std::io::stdout()).or(Some((24, 80))) } else { None };
-    let req = ExecRequest { replica: args.target, command: args.command, stdin: args.stdin, tty: args.tty, size };
+    let req = ExecRequest {
+        replica: args.target,
+        command: args.command,
+        stdin: args.stdin,
+        tty: args.tty,
+        size,
+        container: args.container,
+    };
     let d = duplex(config, Request::Exec(req)).await?;
     let leader = d.leader.clone();
     let (mut send, mut recv) = (d.send, d.recv);

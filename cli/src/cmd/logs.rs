@@ -1,4 +1,4 @@
-//! `bramble logs REPLICA|app/NAME|job/NAME [-f] [--tail N] [--since 10m]`: output streamed from the
+//! `bramble logs REPLICA|app/NAME|job/NAME [-c CONTAINER] [-f] [--tail N] [--since 10m]`: output streamed from the
 //! agents through the leader.
 
 use crate::client::{stream, unexpected, CliError};
@@ -21,6 +21,10 @@ pub struct Args {
     /// Only output newer than this (e.g. 10m).
     #[arg(long)]
     since: Option<HumanDuration>,
+    /// Which container of each replica (`[[app.containers]]` or `[[app.init]]` by name; default:
+    /// the app's own).
+    #[arg(short = 'c', long)]
+    container: Option<String>,
 }
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
@@ -35,6 +39,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         tail: args.tail,
         since_ms: args.since.map(|d| super::now_ms().saturating_sub(d.0.as_millis() as u64)),
         follow: args.follow,
+        container: args.container,
     };
     let mut out = std::io::stdout().lock();
     stream(config, Request::Logs(req), |r| match r {

@@ -29,8 +29,9 @@ impl Top<'_> {
         for r in replicas.iter().filter(|r| holds_node(r)) {
             let (Some(node), Some(a)) = (r.node.as_deref(), apps.get(&r.app)) else { continue };
             let e = requested.entry(node).or_default();
-            e.0 += a.spec.resources.cpu.map_or(0, |c| c.0);
-            e.1 += a.spec.resources.memory.map_or(0, |m| m.0);
+            let (cpu, mem) = a.spec.requests();
+            e.0 += cpu;
+            e.1 += mem;
         }
         let mut node_usage = self.usage.nodes();
         for u in &mut node_usage {

@@ -28,20 +28,49 @@ async fn fail(send: &mut SendStream, code: ErrorCode, message: String) {
     let _ = send.finish();
 }
 
+/// The board's id of container `container` (none: the app's own) of replica `r`, if its app has
+/// one by that name.
+fn container_of(objects: &crate::objects::Objects, r: &Replica, container: Option<&str>) -> Result<String, ApiError> {
+    let Some(c) = container else { return Ok(r.meta.name.clone()) };
+    let app = objects.get::<bramble_proto::model::App>(&r.app).map_err(ApiError::from)?;
+    let spec = app.map(|v| v.value.spec);
+    let names: Vec<String> = spec.iter().flat_map(|s| s.units(&r.meta.name)).map(|u| u.name).collect();
+    if c == r.app {
+        return Ok(r.meta.name.clone());
+    }
+    if names.iter().any(|n| n == c) {
+        return Ok(bramble_proto::manifest::container_id(&r.meta.name, c));
+    }
+    Err(ApiError::new(
+        ErrorCode::NotFound,
+        format!("app {} has no container {c:?} (its containers: {})", r.app, names.join(", ")),
+    ))
+}
+
 /// Streams the output `req` names to the CLI on `send`, until it ends (or the CLI goes away).
 pub async fn serve(api: Handles, req: LogRequest, mut send: SendStream, _recv: RecvStream) {
     let a = api.clone();
     let target = req.target.clone();
-    let replicas = tokio::task::spawn_blocking(move || match target.strip_prefix("app/") {
-        Some(app) => a.objects.replicas(Some(app)).map_err(ApiError::from),
-        None => match a.objects.get::<Replica>(&target) {
-            Ok(Some(r)) => Ok(vec![r.value]),
-            Ok(None) => Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!("replica {target:?} not found (use app/NAME for every replica of an app)"),
-            )),
-            Err(e) => Err(e.into()),
-        },
+    let container = req.container.clone();
+    let replicas = tokio::task::spawn_blocking(move || {
+        let replicas = match target.strip_prefix("app/") {
+            Some(app) => a.objects.replicas(Some(app)).map_err(ApiError::from)?,
+            None => match a.objects.get::<Replica>(&target) {
+                Ok(Some(r)) => vec![r.value],
+                Ok(None) => {
+                    return Err(ApiError::new(
+                        ErrorCode::NotFound,
+                        format!("replica {target:?} not found (use app/NAME for every replica of an app)"),
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        // Each replica's container asked for (the app's own by default).
+        replicas
+            .into_iter()
+            .map(|r| container_of(&a.objects, &r, container.as_deref()).map(|id| (r, id)))
+            .collect::<Result<Vec<_>, ApiError>>()
     })
     .await;
     let replicas = match replicas {
@@ -51,7 +80,7 @@ pub async fn serve(api: Handles, req: LogRequest, mut send: SendStream, _recv: R
     };
     let (tx, mut rx) = mpsc::channel::<Response>(16);
     let mut readers = Vec::new();
-    for r in replicas {
+    for (r, id) in replicas {
         let name = r.meta.name.clone();
         let Some(node) = r.node.clone() else {
             // Of a whole app, replicas not placed yet have nothing to show; asked by name, say so.
@@ -66,7 +95,7 @@ pub async fn serve(api: Handles, req: LogRequest, mut send: SendStream, _recv: R
             let _ = tx.send(Response::Error(ApiError::new(ErrorCode::Unavailable, msg))).await;
             continue;
         };
-        let ask = AgentLogRequest { replica: name.clone(), tail: req.tail, since_ms: req.since_ms, follow: req.follow };
+        let ask = AgentLogRequest { replica: id, tail: req.tail, since_ms: req.since_ms, follow: req.follow };
         let tx = tx.clone();
         readers.push(tokio::spawn(async move {
             let result: Result<(), String> = async {
@@ -280,7 +309,13 @@ fn exec_target(api: &Handles, target: &str) -> Result<Replica, ApiError> {
 pub async fn exec(api: Handles, mut req: ExecRequest, mut send: SendStream, mut recv: RecvStream) {
     let a = api.clone();
     let target = req.replica.clone();
-    let replica = match tokio::task::spawn_blocking(move || exec_target(&a, &target)).await {
+    let container = req.container.take();
+    let found = tokio::task::spawn_blocking(move || {
+        let r = exec_target(&a, &target)?;
+        let id = container_of(&a.objects, &r, container.as_deref())?;
+        Ok::<_, ApiError>((r, id))
+    });
+    let (replica, id) = match found.await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return fail(&mut send, e.code, e.message).await,
         Err(e) => return fail(&mut send, ErrorCode::Internal, e.to_string()).await,
@@ -290,7 +325,7 @@ pub async fn exec(api: Handles, mut req: ExecRequest, mut send: SendStream, mut 
         let msg = format!("node {node} (running {}) is not connected; exec cannot reach it now", replica.meta.name);
         return fail(&mut send, ErrorCode::Unavailable, msg).await;
     };
-    req.replica = replica.meta.name.clone();
+    req.replica = id;
     let result: Result<(), String> = async {
         let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
         write_frame(&mut s, &AgentRequest::Exec(req)).await.map_err(|e| e.to_string())?;

@@ -172,8 +172,8 @@ pub fn filter(node: &NodeSnapshot, req: &Request<'_>) -> Option<Reason> {
     if let Some(r) = mismatch(node, req) {
         return Some(r);
     }
-    let cpu = spec.resources.cpu.map_or(0, |c| c.0);
-    let mem = spec.resources.memory.map_or(0, |m| m.0);
+    // All of a replica's containers together (or its largest init container).
+    let (cpu, mem) = spec.requests();
     if node.requested.cpu_millis + cpu > node.allocatable.cpu_millis {
         return Some(Reason::InsufficientCpu);
     }
@@ -230,8 +230,7 @@ pub fn score(node: &NodeSnapshot, req: &Request<'_>) -> i64 {
     let same_app = i64::from(node.apps.get(req.app).copied().unwrap_or(0));
     let same_revision = i64::from(node.revisions.get(req.revision).copied().unwrap_or(0));
     let free = |used: u64, total: u64| (total.saturating_sub(used) * 100).checked_div(total).unwrap_or(0) as i64;
-    let cpu = req.spec.resources.cpu.map_or(0, |c| c.0);
-    let mem = req.spec.resources.memory.map_or(0, |m| m.0);
+    let (cpu, mem) = req.spec.requests();
     let least_allocated = (free(node.requested.cpu_millis + cpu, node.allocatable.cpu_millis)
         + free(node.requested.memory_bytes + mem, node.allocatable.memory_bytes))
         / 2;
@@ -284,8 +283,9 @@ impl Scheduler {
     /// Records that a replica of `req` is bound to node `i`.
     pub fn bind(&mut self, i: usize, req: &Request<'_>) {
         let n = &mut self.nodes[i];
-        n.requested.cpu_millis += req.spec.resources.cpu.map_or(0, |c| c.0);
-        n.requested.memory_bytes += req.spec.resources.memory.map_or(0, |m| m.0);
+        let (cpu, mem) = req.spec.requests();
+        n.requested.cpu_millis += cpu;
+        n.requested.memory_bytes += mem;
         n.requested.replicas += 1;
         n.host_ports.extend(req.spec.board_ports());
         *n.apps.entry(req.app.to_string()).or_default() += 1;
@@ -295,8 +295,9 @@ impl Scheduler {
     /// Records that a replica of `app` (with `spec`, at `revision`) no longer takes room on node `i`.
     pub fn unbind(&mut self, i: usize, app: &str, spec: &AppSpec, revision: &str) {
         let n = &mut self.nodes[i];
-        n.requested.cpu_millis = n.requested.cpu_millis.saturating_sub(spec.resources.cpu.map_or(0, |c| c.0));
-        n.requested.memory_bytes = n.requested.memory_bytes.saturating_sub(spec.resources.memory.map_or(0, |m| m.0));
+        let (cpu, mem) = spec.requests();
+        n.requested.cpu_millis = n.requested.cpu_millis.saturating_sub(cpu);
+        n.requested.memory_bytes = n.requested.memory_bytes.saturating_sub(mem);
         n.requested.replicas = n.requested.replicas.saturating_sub(1);
         for port in spec.board_ports() {
             n.host_ports.remove(&port);

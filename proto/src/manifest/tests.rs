@@ -853,3 +853,68 @@ fn cron_job_fields_are_checked() {
 fn an_app_without_a_name_is_refused() {
     fails("[[app]]\nimage = \"b\"\n", 1, 1, "app[0].name", "expected a name");
 }
+
+const POD: &str = r#"[[app]]
+name = "web"
+image = "busybox"
+ports = [{ name = "http", container = 8080 }]
+env = { MODE = "prod", LEVEL = "info" }
+resources = { cpu = "100m", memory = "64Mi" }
+[[app.init]]
+name = "migrate"
+image = "busybox"
+command = ["/migrate"]
+resources = { cpu = "500m", memory = "16Mi" }
+[[app.containers]]
+name = "shipper"
+image = "busybox"
+env = { LEVEL = "debug" }
+resources = { cpu = "50m", memory = "32Mi" }
+ports = [{ container = 9100 }]
+probes = { readiness = { tcp = { port = 9100 } } }
+"#;
+
+#[test]
+fn an_app_with_init_and_sidecar_containers_parses_into_units_in_start_order() {
+    let m = parse_manifest("pod.toml", POD).unwrap();
+    let a = &m.apps[0];
+    assert!(a.is_pod());
+    let units = a.units("web-abc-0");
+    let ids: Vec<(&str, &str, Role)> = units.iter().map(|u| (u.id.as_str(), u.name.as_str(), u.role)).collect();
+    assert_eq!(
+        ids,
+        [
+            ("web-abc-0.migrate", "migrate", Role::Init(0)),
+            ("web-abc-0", "web", Role::Main),
+            ("web-abc-0.shipper", "shipper", Role::Sidecar)
+        ]
+    );
+    assert_eq!(replica_of("web-abc-0.shipper"), "web-abc-0");
+    assert_eq!(replica_of("web-abc-0"), "web-abc-0");
+    let shipper = &units[2].spec;
+    assert_eq!(shipper.env.get(&EnvName("LEVEL".into())).map(String::as_str), Some("debug"), "its env over the app's");
+    assert_eq!(shipper.env.get(&EnvName("MODE".into())).map(String::as_str), Some("prod"));
+    assert_eq!(shipper.ports.len(), 1);
+    assert!(units[0].spec.probes.is_empty() && units[0].spec.restart == RestartPolicy::OnFailure);
+    assert!(units[1].spec.containers.is_empty() && units[1].spec.ports[0].container.0 == 8080);
+    // The board is asked for the running containers together, or the largest init if more.
+    assert_eq!(a.requests(), (500, (64 + 32) << 20));
+    let again = toml::to_string(&m).unwrap();
+    assert_eq!(parse_manifest("again.toml", &again).unwrap(), m, "{again}");
+}
+
+#[test]
+fn a_pods_containers_are_checked_where_they_are_written() {
+    let dup = POD.replace("name = \"shipper\"", "name = \"migrate\"");
+    fails(&dup, 13, 8, "app[0].containers[0].name", "\"migrate\" is another container's name");
+    let own = POD.replace("name = \"shipper\"", "name = \"web\"");
+    fails(&own, 13, 8, "app[0].containers[0].name", "the app's own container's name");
+    let port = POD.replace("container = 9100 }]", "container = 8080 }]");
+    fails(&port, 17, 24, "app[0].containers[0].ports[0].container", "port 8080 is the app's own container's");
+    let probe = POD.replace("tcp = { port = 9100 }", "tcp = { port = 8080 }");
+    fails(&probe, 18, 41, "app[0].containers[0].probes.readiness.tcp.port", "found port 8080");
+    let init = POD.replace("command = [\"/migrate\"]", "command = [\"/migrate\"]\nrestart = \"always\"");
+    fails(&init, 11, 11, "app[0].init[0].restart", "an init container runs to completion");
+    let bad = POD.replace("name = \"shipper\"", "name = \"Shipper\"");
+    fails(&bad, 13, 8, "app[0].containers[0].name", "DNS label");
+}

@@ -209,6 +209,9 @@ pub struct ExecRequest {
     pub tty: bool,
     /// The terminal's size, rows and columns.
     pub size: Option<(u16, u16)>,
+    /// Which of the replica's containers (`-c`; none: the app's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// Client → replica, after an [`ExecRequest`].
@@ -297,6 +300,9 @@ pub struct LogRequest {
     pub tail: Option<u64>,
     pub since_ms: Option<u64>,
     pub follow: bool,
+    /// Which of each replica's containers (`-c`; none: the app's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -59,13 +59,13 @@ fn each_image_is_pulled_once_and_present_images_start_at_once() {
     let actions = plan(Some(&d), &o, &Retries::new(), 0);
     assert_eq!(
         actions,
-        [Action::Pull { image: "reg/a:1".into() }, Action::Start { replica: "b-1".into() }],
+        [Action::Pull { image: "reg/a:1".into() }, Action::Start { replica: "b-1".into(), id: "b-1".into() }],
         "one pull for two replicas, none for a pull in flight, and b starts without waiting for a"
     );
-    let st = status(&d["c-1"], &o, None);
+    let st = status(&d["c-1"], &o, &Retries::new());
     assert_eq!((st.phase, st.detail.as_deref()), (ReplicaPhase::Pulling, Some("pulling reg/c:1: 5 of 10")));
-    assert_eq!(status(&d["b-1"], &o, None).phase, ReplicaPhase::Starting);
-    assert_eq!(status(&d["a-1"], &o, None).phase, ReplicaPhase::Pending);
+    assert_eq!(status(&d["b-1"], &o, &Retries::new()).phase, ReplicaPhase::Starting);
+    assert_eq!(status(&d["a-1"], &o, &Retries::new()).phase, ReplicaPhase::Pending);
 }
 
 #[test]
@@ -77,8 +77,8 @@ fn retries_wait_and_a_returning_replica_waits_for_its_old_container() {
     let e = ReconcileError::Runtime("no space".into());
     retries.insert("a-1".into(), Retry::after(None, e, 1_000));
     assert!(plan(Some(&d), &o, &retries, 1_999).is_empty(), "not before its time");
-    assert_eq!(plan(Some(&d), &o, &retries, 2_000), [Action::Start { replica: "a-1".into() }]);
-    let st = status(&d["a-1"], &o, retries.get("a-1"));
+    assert_eq!(plan(Some(&d), &o, &retries, 2_000), [Action::Start { replica: "a-1".into(), id: "a-1".into() }]);
+    let st = status(&d["a-1"], &o, &retries);
     assert_eq!((st.phase, st.reason.as_str()), (ReplicaPhase::BackOff, "no space; retrying in 1s"));
     o.removing.insert("a-1".into());
     assert!(plan(Some(&d), &o, &Retries::new(), 0).is_empty());
@@ -98,9 +98,9 @@ fn a_running_replica_reports_its_pod_address() {
     let mut o = Observed::default();
     o.containers.insert("a-1".into(), Some(running("a-1", 42)));
     assert!(plan(Some(&d), &o, &Retries::new(), 0).is_empty(), "running: nothing to do");
-    assert_eq!(status(&d["a-1"], &o, None).ip, None);
+    assert_eq!(status(&d["a-1"], &o, &Retries::new()).ip, None);
     o.ips.insert("a-1".into(), "10.42.0.7".parse().unwrap());
-    let st = status(&d["a-1"], &o, None);
+    let st = status(&d["a-1"], &o, &Retries::new());
     assert_eq!((st.phase, st.ip), (ReplicaPhase::Running, Some("10.42.0.7".parse().unwrap())));
 }
 
@@ -110,7 +110,7 @@ fn a_platform_miss_is_reported_with_what_the_image_offers() {
     let offered = vec!["linux/amd64".parse::<Platform>().unwrap()];
     let e =
         ReconcileError::NoPlatform { image: "reg/a:1".into(), offered: offered.clone(), message: "no arm64".into() };
-    let st = status(&d["a-1"], &Observed::default(), Some(&Retry::after(None, e, 0)));
+    let st = status(&d["a-1"], &Observed::default(), &Retries::from([("a-1".to_string(), Retry::after(None, e, 0))]));
     assert_eq!(st.platform_miss.unwrap().offered, offered);
     assert_eq!(st.reason, "pulling reg/a:1: no arm64; retrying in 1s");
 }
@@ -425,4 +425,112 @@ fn cut_off_for_the_fence_a_board_stops_its_jobs_runs_and_nothing_else() {
     old.clock.advance(Duration::from_secs(3600));
     assert!(old.pass().is_empty());
     assert_eq!(old.phase("batch-2"), ReplicaPhase::Running);
+}
+
+fn pod(replica: &str, job: bool) -> Assignment {
+    let kind = if job { "job" } else { "app" };
+    let text = format!(
+        "[[{kind}]]\nname = \"web\"\nimage = \"reg/web:1\"\n\
+         [[{kind}.init]]\nname = \"one\"\nimage = \"reg/init:1\"\n\
+         [[{kind}.init]]\nname = \"two\"\nimage = \"reg/init:1\"\n\
+         [[{kind}.containers]]\nname = \"side\"\nimage = \"reg/side:1\"\n"
+    );
+    let m = parse_manifest("t.toml", &text).unwrap();
+    let spec = if job { m.jobs[0].clone() } else { m.apps[0].clone() };
+    Assignment { replica: replica.into(), app: "web".into(), revision: "r1".into(), spec: spec.into() }
+}
+
+/// A container that ran and exited with `code` (restart policy `restart`).
+fn exited(id: &str, code: i32, restart: crate::runtime::config::RestartPolicy) -> ShimState {
+    let mut s = running(id, 9);
+    s.lifecycle = Lifecycle::new(restart, BackoffPolicy::default());
+    s.lifecycle.started(9, 5).unwrap();
+    let exit = crate::runtime::lifecycle::Exit {
+        code,
+        signal: None,
+        oom_killed: false,
+        finished_ms: 50,
+        killed_by: None,
+        started_ms: Some(5),
+    };
+    s.lifecycle.exited(exit).unwrap();
+    s.ready = false;
+    s
+}
+
+fn starts(actions: &[Action]) -> Vec<&str> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Start { id, .. } => Some(id.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_pods_init_containers_run_in_order_then_the_others_start_together() {
+    use crate::runtime::config::RestartPolicy::OnFailure;
+    let d: Desired = [("web-1".to_string(), pod("web-1", false))].into();
+    let mut o = Observed::default();
+    o.images.extend(["reg/web:1", "reg/init:1"].map(String::from));
+    let r = Retries::new();
+    // Only the first init container; the sidecar's image is pulled meanwhile.
+    let a = plan(Some(&d), &o, &r, 0);
+    assert_eq!(starts(&a), ["web-1.one"]);
+    assert!(a.contains(&Action::Pull { image: "reg/side:1".into() }), "{a:?}");
+    assert_eq!(status(&d["web-1"], &o, &r).reason, "Init:0/2 (init container one)");
+    // The first fails: it restarts with backoff, the second waits; the replica says Init:Error.
+    o.containers.insert("web-1.one".into(), Some(exited("web-1.one", 3, OnFailure)));
+    assert!(starts(&plan(Some(&d), &o, &r, 100)).is_empty());
+    let st = status(&d["web-1"], &o, &r);
+    assert_eq!(st.phase, ReplicaPhase::BackOff);
+    assert!(st.reason.starts_with("Init:Error (init container one): exited with code 3"), "{}", st.reason);
+    // It succeeds: the second runs, alone.
+    o.containers.insert("web-1.one".into(), Some(exited("web-1.one", 0, OnFailure)));
+    assert_eq!(starts(&plan(Some(&d), &o, &r, 200)), ["web-1.two"]);
+    o.containers.insert("web-1.two".into(), Some(running("web-1.two", 11)));
+    assert_eq!(status(&d["web-1"], &o, &r).reason, "Init:1/2 (init container two)");
+    assert!(!status(&d["web-1"], &o, &r).ready);
+    // Both done: the app's own container and its sidecar (once its image is there).
+    o.containers.insert("web-1.two".into(), Some(exited("web-1.two", 0, OnFailure)));
+    assert_eq!(starts(&plan(Some(&d), &o, &r, 300)), ["web-1"]);
+    o.images.insert("reg/side:1".into());
+    assert_eq!(starts(&plan(Some(&d), &o, &r, 300)), ["web-1", "web-1.side"]);
+    // Ready only when both are; restarts counted together.
+    o.containers.insert("web-1".into(), Some(running("web-1", 12)));
+    let mut side = running("web-1.side", 13);
+    side.ready = false;
+    side.lifecycle.restarts = 2;
+    o.containers.insert("web-1.side".into(), Some(side));
+    let st = status(&d["web-1"], &o, &r);
+    assert_eq!((st.phase, st.ready, st.restarts), (ReplicaPhase::Running, false, 2));
+    o.containers.get_mut("web-1.side").unwrap().as_mut().unwrap().ready = true;
+    assert!(status(&d["web-1"], &o, &r).ready);
+    // Gone from the set: its other containers go first, its own (with the pod's network) last.
+    let none = Desired::new();
+    let mut gone: Vec<Action> = plan(Some(&none), &o, &r, 400);
+    gone.sort();
+    assert_eq!(gone, ["web-1.one", "web-1.side", "web-1.two"].map(|id| Action::Remove { id: id.into() }).to_vec());
+    for id in ["web-1.one", "web-1.side", "web-1.two"] {
+        o.containers.remove(id);
+    }
+    assert_eq!(plan(Some(&none), &o, &r, 500), [Action::Remove { id: "web-1".into() }]);
+}
+
+#[test]
+fn a_jobs_other_containers_stop_when_its_own_has_ended() {
+    use crate::runtime::config::RestartPolicy::{Never, OnFailure};
+    let d: Desired = [("batch-1".to_string(), pod("batch-1", true))].into();
+    let mut o = Observed::default();
+    o.images.extend(["reg/web:1", "reg/init:1", "reg/side:1"].map(String::from));
+    for id in ["batch-1.one", "batch-1.two"] {
+        o.containers.insert(id.into(), Some(exited(id, 0, OnFailure)));
+    }
+    o.containers.insert("batch-1".into(), Some(running("batch-1", 5)));
+    o.containers.insert("batch-1.side".into(), Some(running("batch-1.side", 6)));
+    assert!(plan(Some(&d), &o, &Retries::new(), 0).is_empty());
+    o.containers.insert("batch-1".into(), Some(exited("batch-1", 0, Never)));
+    assert_eq!(plan(Some(&d), &o, &Retries::new(), 0), [Action::Stop { id: "batch-1.side".into() }]);
+    assert_eq!(status(&d["batch-1"], &o, &Retries::new()).phase, ReplicaPhase::Succeeded);
 }

@@ -607,6 +607,12 @@ pub struct AppSpec {
     /// wait Pending, saying which). Not part of the pod template: changing it rolls nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after: Vec<Name>,
+    /// Containers beside its own in each replica (`[[app.containers]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerSpec>,
+    /// Containers that run in order to completion before the others start (`[[app.init]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init: Vec<ContainerSpec>,
     /// Jobs: successful runs needed (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completions: Option<u32>,
@@ -659,7 +665,7 @@ impl AppSpec {
     /// The board's ports its replicas take: host ports, and on the host network its container
     /// ports themselves.
     pub fn board_ports(&self) -> impl Iterator<Item = (u16, Protocol)> + '_ {
-        self.ports.iter().filter_map(|p| {
+        self.all_ports().filter_map(|p| {
             let port = if self.host_network { Some(p.container) } else { p.host };
             Some((port?.0, p.protocol))
         })
@@ -769,6 +775,7 @@ impl AppSpec {
         if self.name.is_unnamed() {
             out.push(Problem::new(vec![PathPart::Key("name")], "expected a name"));
         }
+        out.extend(self.check_pod());
         let mut names = BTreeSet::new();
         let mut container_ports = BTreeSet::new();
         let mut host_ports = BTreeSet::new();

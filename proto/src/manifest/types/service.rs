@@ -55,11 +55,11 @@ impl ServiceSpec {
             None => Ok(port.port.0),
             Some(PortTarget::Number(n)) => Ok(n.0),
             Some(PortTarget::Name(n)) => {
-                let found = app.ports.iter().find(|p| p.name.as_ref() == Some(n));
+                let found = app.all_ports().find(|p| p.name.as_ref() == Some(n));
                 match found {
                     None => {
                         let named: Vec<&str> =
-                            app.ports.iter().filter_map(|p| p.name.as_ref()).map(Name::as_str).collect();
+                            app.all_ports().filter_map(|p| p.name.as_ref()).map(Name::as_str).collect();
                         let have = if named.is_empty() {
                             "no named ports".to_string()
                         } else {

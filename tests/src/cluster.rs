@@ -325,6 +325,13 @@ impl Cluster {
         self.cli_as(&self.leader_dir().join("admin.toml"), args)
     }
 
+    /// `bramble ARGS` as the admin, which must succeed; its standard output.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "bramble {}: {}", args.join(" "), crate::text(&out.stderr));
+        crate::text(&out.stdout)
+    }
+
     /// Runs the CLI in the leader's namespace with the CLI config `config` (another user's).
     pub fn cli_as(&self, config: &Path, args: &[&str]) -> Output {
         Command::new("ip")

@@ -4,14 +4,8 @@
 //! --from cronjob/NAME` runs one at once; `diff` and `apply --dry-run` show cron jobs; an unknown
 //! time zone is an apply error at its line; deleting the cron job takes its jobs away.
 
-use bramble_tests::{text, wait_for, Cluster};
+use bramble_tests::{text, wait_for};
 use std::time::Duration;
-
-fn ok(c: &Cluster, args: &[&str]) -> String {
-    let out = c.cli(args);
-    assert!(out.status.success(), "bramble {}: {}", args.join(" "), text(&out.stderr));
-    text(&out.stdout)
-}
 
 #[test]
 fn a_cron_job_every_minute_runs_real_containers_and_says_what_it_did() {
@@ -36,18 +30,18 @@ fn a_cron_job_every_minute_runs_real_containers_and_says_what_it_did() {
     assert!(!out.status.success() && err.contains("bad.toml:4:12: cronjob[0].timezone: unknown time zone"), "{err}");
 
     let good = file("tick.toml", cron("history = { successful = 2 }\n"));
-    let plan = ok(&c, &["apply", "--dry-run", "-f", &good]);
+    let plan = c.ok(&["apply", "--dry-run", "-f", &good]);
     assert!(plan.contains("cronjob/tick created") && plan.contains("dry run: nothing was stored"), "{plan}");
     let out = c.cli(&["diff", "-f", &good]);
     assert_eq!(out.status.code(), Some(1), "a new cron job is a change");
     assert!(text(&out.stdout).contains("+[[cronjob]]"), "{}", text(&out.stdout));
-    let applied = ok(&c, &["apply", "-f", &good]);
+    let applied = c.ok(&["apply", "-f", &good]);
     assert!(applied.contains("cronjob/tick created"), "{applied}");
     assert_eq!(c.cli(&["diff", "-f", &good]).status.code(), Some(0), "applied: no change");
 
     // The next minute makes a job; its run ends in a real container.
     let first = wait_for("the first job", Duration::from_secs(100), || {
-        let v: serde_json::Value = serde_json::from_str(&ok(&c, &["get", "cronjobs", "tick", "-o", "json"])).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&c.ok(&["get", "cronjobs", "tick", "-o", "json"])).unwrap();
         let job = v["cronjob"]["status"]["last_job"].as_str().map(str::to_string);
         job.map(|j| (j, v))
     });
@@ -61,7 +55,7 @@ fn a_cron_job_every_minute_runs_real_containers_and_says_what_it_did() {
         let runs = c.replicas_of(&job);
         runs.into_iter().find(|r| r.finished_ms.is_some())
     });
-    let created = ok(&c, &["get", "jobs", &job, "-o", "json"]);
+    let created = c.ok(&["get", "jobs", &job, "-o", "json"]);
     let created: serde_json::Value = serde_json::from_str(&created).unwrap();
     assert_eq!(created["cronjob"], "tick");
     eprintln!(
@@ -71,18 +65,18 @@ fn a_cron_job_every_minute_runs_real_containers_and_says_what_it_did() {
         run.finished_ms.unwrap() - scheduled
     );
     assert_eq!(run.exit_code, Some(0), "{run:?}");
-    let logs = ok(&c, &["logs", &format!("job/{job}")]);
+    let logs = c.ok(&["logs", &format!("job/{job}")]);
     assert!(logs.contains("tick at "), "{logs}");
 
-    let table = ok(&c, &["get", "cronjobs"]);
+    let table = c.ok(&["get", "cronjobs"]);
     let row = table.lines().find(|l| l.starts_with("tick")).unwrap_or_else(|| panic!("{table}"));
     assert!(row.contains("* * * * *") && row.contains("UTC") && row.contains(" ago") && row.contains("in "), "{table}");
-    let described = ok(&c, &["describe", "cronjob", "tick"]);
+    let described = c.ok(&["describe", "cronjob", "tick"]);
     assert!(described.contains(&format!("(job {job})")) && described.contains("made job"), "{described}");
-    assert!(ok(&c, &["describe", "job", &job]).contains("Made by:     cronjob/tick"));
+    assert!(c.ok(&["describe", "job", &job]).contains("Made by:     cronjob/tick"));
 
     // At once, from its template; a name taken is refused.
-    let out = ok(&c, &["job", "run", "tick-now", "--from", "cronjob/tick"]);
+    let out = c.ok(&["job", "run", "tick-now", "--from", "cronjob/tick"]);
     assert!(out.contains("job/tick-now created from cronjob/tick"), "{out}");
     let again = c.cli(&["job", "run", "tick-now", "--from", "cronjob/tick"]);
     assert!(!again.status.success() && text(&again.stderr).contains("exists"), "{}", text(&again.stderr));
@@ -93,14 +87,14 @@ fn a_cron_job_every_minute_runs_real_containers_and_says_what_it_did() {
     });
 
     // Suspended: no more jobs; deleting it takes its jobs away.
-    ok(&c, &["apply", "-f", &file("tick.toml", cron("suspend = true\nhistory = { successful = 2 }\n"))]);
-    let out = ok(&c, &["delete", "cronjob", "tick"]);
+    c.ok(&["apply", "-f", &file("tick.toml", cron("suspend = true\nhistory = { successful = 2 }\n"))]);
+    let out = c.ok(&["delete", "cronjob", "tick"]);
     assert!(out.contains("cronjob/tick deleted") && out.contains("tick-now"), "{out}");
-    let jobs = ok(&c, &["get", "jobs"]);
+    let jobs = c.ok(&["get", "jobs"]);
     assert!(!jobs.contains("tick"), "{jobs}");
     wait_for("the runs gone", Duration::from_secs(60), || {
         let all: Vec<bramble_proto::model::Replica> =
-            serde_json::from_str(&ok(&c, &["get", "replicas", "-o", "json"])).unwrap();
+            serde_json::from_str(&c.ok(&["get", "replicas", "-o", "json"])).unwrap();
         (!all.iter().any(|r| r.app.starts_with("tick"))).then_some(())
     });
 }

@@ -15,12 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-fn ok(c: &Cluster, args: &[&str]) -> String {
-    let out = c.cli(args);
-    assert!(out.status.success(), "bramble {}: {}", args.join(" "), text(&out.stderr));
-    text(&out.stdout)
-}
-
 /// A loop device over a file of 64 KiB; detached when dropped.
 struct Loop {
     dev: PathBuf,
@@ -123,14 +117,13 @@ fn an_app_gets_its_device_only_where_it_is_and_follows_it() {
     let (c, _registry, image) = bramble_tests::cluster::with_busybox_opts(opts, &devices);
 
     // What the boards have.
-    let described = ok(&c, &["describe", "node", "board-2"]);
+    let described = c.ok(&["describe", "node", "board-2"]);
     assert!(
         described.lines().any(|l| l.contains("serial") && l.contains("/dev/ttyUSB0") && l.contains("usb 10c4:ea60")),
         "{described}"
     );
-    assert!(ok(&c, &["describe", "node", "board-1"]).contains("Devices:       <none>"));
-    let node: serde_json::Value =
-        serde_json::from_str(&ok(&c, &["describe", "node", "board-2", "-o", "json"])).unwrap();
+    assert!(c.ok(&["describe", "node", "board-1"]).contains("Devices:       <none>"));
+    let node: serde_json::Value = serde_json::from_str(&c.ok(&["describe", "node", "board-2", "-o", "json"])).unwrap();
     let reported = &node["node"]["node"]["info"]["devices"][0];
     assert_eq!(
         (reported["path"].as_str(), reported["usb"].as_str()),
@@ -150,7 +143,7 @@ fn an_app_gets_its_device_only_where_it_is_and_follows_it() {
             ),
         )
         .unwrap();
-        ok(&c, &["apply", "-f", file.to_str().unwrap()]);
+        c.ok(&["apply", "-f", file.to_str().unwrap()]);
     };
     app("zigbee", "\"serial:10c4:ea60\"", "echo hello-board > /dev/ttyUSB0;");
     let r = running_on(&c, "zigbee", "board-2");
@@ -182,7 +175,7 @@ fn an_app_gets_its_device_only_where_it_is_and_follows_it() {
             .find(|r| r.phase == ReplicaPhase::Pending && r.reason.contains("missing device serial:10c4:ea60"))
     });
     assert!(waiting.node.is_none());
-    let events = ok(&c, &["events"]);
+    let events = c.ok(&["events"]);
     assert!(events.contains("no longer has device serial:10c4:ea60"), "{events}");
     // Plugged into board 1: it runs there, and writes again.
     adapter.zero();

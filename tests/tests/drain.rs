@@ -13,16 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn ok(c: &Cluster, args: &[&str]) -> String {
-    let out = c.cli(args);
-    assert!(out.status.success(), "bramble {}: {}", args.join(" "), text(&out.stderr));
-    text(&out.stdout)
-}
-
 fn apply(c: &Cluster, name: &str, manifest: &str) {
     let path = c.dir.path().join(format!("{name}.toml"));
     std::fs::write(&path, manifest).unwrap();
-    ok(c, &["apply", "-f", path.to_str().unwrap()]);
+    c.ok(&["apply", "-f", path.to_str().unwrap()]);
 }
 
 fn on(c: &Cluster, app: &str, board: &str) -> Vec<Replica> {
@@ -30,7 +24,7 @@ fn on(c: &Cluster, app: &str, board: &str) -> Vec<Replica> {
 }
 
 fn node(c: &Cluster, name: &str) -> NodeView {
-    serde_json::from_str::<serde_json::Value>(&ok(c, &["describe", "node", name, "-o", "json"]))
+    serde_json::from_str::<serde_json::Value>(&c.ok(&["describe", "node", name, "-o", "json"]))
         .map(|v| serde_json::from_value(v["node"].clone()).unwrap())
         .unwrap()
 }
@@ -46,7 +40,7 @@ fn a_drain_under_load_drops_nothing_and_every_board_apps_follow_the_boards() {
          command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
     );
     for b in ["board-1", "board-2"] {
-        ok(&c, &["label", "node", b, "role=sensor"]);
+        c.ok(&["label", "node", b, "role=sensor"]);
     }
     apply(&c, "exporter", &exporter);
     let out = c.cli(&["rollout", "status", "app/web", "--timeout", "90s"]);
@@ -55,28 +49,27 @@ fn a_drain_under_load_drops_nothing_and_every_board_apps_follow_the_boards() {
         let rs = c.replicas_of("exporter");
         (rs.len() == 2 && rs.iter().all(|r| r.phase == ReplicaPhase::Running)).then_some(())
     });
-    let apps = ok(&c, &["get", "apps"]);
+    let apps = c.ok(&["get", "apps"]);
     assert!(apps.lines().any(|l| l.starts_with("exporter") && l.contains(" 2/2 ")), "DESIRED is the boards: {apps}");
 
     // Labels and selectors.
-    assert_eq!(ok(&c, &["get", "apps", "-l", "tier=front", "-o", "name"]), "app/web\n");
-    assert_eq!(ok(&c, &["get", "apps", "-l", "tier!=front", "-o", "name"]), "app/exporter\n");
-    let only: Vec<Replica> =
-        serde_json::from_str(&ok(&c, &["get", "replicas", "-l", "tier=ops", "-o", "json"])).unwrap();
+    assert_eq!(c.ok(&["get", "apps", "-l", "tier=front", "-o", "name"]), "app/web\n");
+    assert_eq!(c.ok(&["get", "apps", "-l", "tier!=front", "-o", "name"]), "app/exporter\n");
+    let only: Vec<Replica> = serde_json::from_str(&c.ok(&["get", "replicas", "-l", "tier=ops", "-o", "json"])).unwrap();
     assert!(only.len() == 2 && only.iter().all(|r| r.app == "exporter"), "{only:?}");
     let bad = c.cli(&["get", "apps", "-l", "tier=front,"]);
     assert!(!bad.status.success() && text(&bad.stderr).contains("between commas"), "{}", text(&bad.stderr));
     // A board that starts to match gets the exporter.
-    ok(&c, &["label", "node", "board-3", "role=sensor"]);
+    c.ok(&["label", "node", "board-3", "role=sensor"]);
     wait_for("the exporter on board-3", Duration::from_secs(60), || {
         on(&c, "exporter", "board-3").iter().any(|r| r.phase == ReplicaPhase::Running).then_some(())
     });
 
     // A drain under load through the VIP.
-    let services: Vec<Service> = serde_json::from_str(&ok(&c, &["get", "services", "-o", "json"])).unwrap();
+    let services: Vec<Service> = serde_json::from_str(&c.ok(&["get", "services", "-o", "json"])).unwrap();
     let vip = services.iter().find(|s| s.meta.name == "web").and_then(|s| s.vip).expect("a VIP");
     wait_for("three ready endpoints", Duration::from_secs(30), || {
-        let s: Vec<Service> = serde_json::from_str(&ok(&c, &["get", "services", "-o", "json"])).unwrap();
+        let s: Vec<Service> = serde_json::from_str(&c.ok(&["get", "services", "-o", "json"])).unwrap();
         (s[0].endpoints.iter().filter(|e| e.ready).count() == 3).then_some(())
     });
     let victims = on(&c, "web", "board-2");
@@ -137,12 +130,12 @@ fn a_drain_under_load_drops_nothing_and_every_board_apps_follow_the_boards() {
     assert_eq!(c.replicas_of("web").iter().filter(|r| r.serving()).count(), 3);
     let view = node(&c, "board-2");
     assert!(view.status_text().contains("SchedulingDisabled") && view.node.draining.is_some(), "{view:?}");
-    let events = ok(&c, &["events"]);
+    let events = c.ok(&["events"]);
     assert!(events.contains("moved off node board-2, which is being drained (its new copy is ready)"), "{events}");
     assert!(events.contains("NodeDrained"), "{events}");
 
     // Uncordoned: the drain is over and the board takes work again.
-    ok(&c, &["uncordon", "board-2"]);
+    c.ok(&["uncordon", "board-2"]);
     let view = node(&c, "board-2");
     assert!(view.node.draining.is_none() && !view.node.unschedulable);
 
@@ -152,7 +145,7 @@ fn a_drain_under_load_drops_nothing_and_every_board_apps_follow_the_boards() {
          placement = {{ max_per_node = 1, node_selector = {{ role = \"sensor\" }} }}\n\
          command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n"
     );
-    ok(&c, &["label", "node", "board-3", "role-"]);
+    c.ok(&["label", "node", "board-3", "role-"]);
     apply(&c, "db", &db);
     wait_for("db on board-1 and board-2", Duration::from_secs(60), || {
         let rs = c.replicas_of("db");
@@ -164,9 +157,9 @@ fn a_drain_under_load_drops_nothing_and_every_board_apps_follow_the_boards() {
     assert!(said.contains("not drained after 5s: app db: its new copy cannot be placed"), "{said}");
     assert!(said.contains("below min_available 2"), "{said}");
     assert_eq!(on(&c, "db", "board-1").len(), 1, "nothing stopped");
-    ok(&c, &["uncordon", "board-1"]);
+    c.ok(&["uncordon", "board-1"]);
     // `delete -l`: every app of a label at once.
-    ok(&c, &["delete", "app", "-l", "tier=ops"]);
-    assert!(ok(&c, &["get", "apps", "-o", "name"]).lines().all(|l| l != "app/exporter"));
+    c.ok(&["delete", "app", "-l", "tier=ops"]);
+    assert!(c.ok(&["get", "apps", "-o", "name"]).lines().all(|l| l != "app/exporter"));
     c.remove_containers();
 }

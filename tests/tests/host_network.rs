@@ -11,12 +11,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-fn ok(c: &Cluster, args: &[&str]) -> String {
-    let out = c.cli(args);
-    assert!(out.status.success(), "bramble {}: {}", args.join(" "), text(&out.stderr));
-    text(&out.stdout)
-}
-
 fn running(c: &Cluster, app: &str) -> Replica {
     wait_for(&format!("{app} running with an address"), Duration::from_secs(90), || {
         c.replicas_of(app).into_iter().find(|r| r.phase == ReplicaPhase::Running && r.ip.is_some())
@@ -51,10 +45,10 @@ fn host_network_apps_share_their_boards_network_under_the_admins_control() {
     let opts = ClusterOptions { agents: 2, ..Default::default() };
     let (c, _registry, image) = bramble_tests::cluster::with_busybox_opts(opts, "");
     let dir = c.dir.path();
-    ok(&c, &["label", "node", "board-1", "role=edge"]);
-    ok(&c, &["label", "node", "board-2", "role=client"]);
+    c.ok(&["label", "node", "board-1", "role=edge"]);
+    c.ok(&["label", "node", "board-2", "role=client"]);
     let ci = dir.join("ci.toml");
-    ok(&c, &["user", "create", "ci", "--role", "deployer", "--out", ci.to_str().unwrap()]);
+    c.ok(&["user", "create", "ci", "--role", "deployer", "--out", ci.to_str().unwrap()]);
     let file = |name: &str, body: String| {
         let p = dir.join(name);
         std::fs::write(&p, body).unwrap();
@@ -79,7 +73,7 @@ fn host_network_apps_share_their_boards_network_under_the_admins_control() {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{err}");
     assert!(err.contains("app/exporter asks for host_network = true"), "{err}");
-    assert!(!ok(&c, &["get", "apps"]).contains("exporter"), "nothing of a refused apply is stored");
+    assert!(!c.ok(&["get", "apps"]).contains("exporter"), "nothing of a refused apply is stored");
     // A host port beside host_network is refused for anyone, with the line.
     let bad =
         file("bad.toml", server("bad", "edge", "host_network = true\nports = [{ container = 8099, host = 9000 }]\n"));
@@ -87,8 +81,8 @@ fn host_network_apps_share_their_boards_network_under_the_admins_control() {
     assert!(!out.status.success() && text(&out.stderr).contains("leave out host"), "{}", text(&out.stderr));
 
     // 2. An admin's policy lets the deployer apply exactly this app with it.
-    ok(&c, &["policy", "allow", "exporter", "--host-network"]);
-    let policies = ok(&c, &["policy", "ls", "-o", "json"]);
+    c.ok(&["policy", "allow", "exporter", "--host-network"]);
+    let policies = c.ok(&["policy", "ls", "-o", "json"]);
     assert!(policies.contains("\"host_network\": true"), "{policies}");
     let out = c.cli_as(&ci, &["apply", "-f", &web]);
     assert!(out.status.success(), "the policy lets the deployer: {}", text(&out.stderr));
@@ -106,7 +100,7 @@ fn host_network_apps_share_their_boards_network_under_the_admins_control() {
 
     // 4. Its service reaches it from a pod on the other board, by name through the VIP.
     let client = file("client.toml", server("client", "client", ""));
-    ok(&c, &["apply", "-f", &client]);
+    c.ok(&["apply", "-f", &client]);
     let client = running(&c, "client");
     let (code, out) = wait_for("the service reaches the host-network app", Duration::from_secs(30), || {
         let (code, out) = exec(&c, 2, &client, "wget -q -O - http://exporter/");
@@ -117,7 +111,7 @@ fn host_network_apps_share_their_boards_network_under_the_admins_control() {
     // 5. A second host-network app on the same port and board (an admin's: accepted) waits
     //    Pending with the scheduler's reason; the first keeps serving.
     let clash = file("clash.toml", server("clash", "edge", "host_network = true\nports = [{ container = 8099 }]\n"));
-    ok(&c, &["apply", "-f", &clash]);
+    c.ok(&["apply", "-f", &clash]);
     let r = wait_for("the clash is Pending with its reason", Duration::from_secs(30), || {
         c.replicas_of("clash").into_iter().find(|r| r.phase == ReplicaPhase::Pending && r.reason.contains("host port"))
     });
@@ -125,12 +119,12 @@ fn host_network_apps_share_their_boards_network_under_the_admins_control() {
     assert_eq!(get_from(&c, 2, board1).expect("still served").trim(), "exporter");
 
     // 6. Deleted, its port is free: the waiting app takes it.
-    ok(&c, &["delete", "app", "exporter"]);
+    c.ok(&["delete", "app", "exporter"]);
     running(&c, "clash");
     let body = wait_for("the other app serves on the port", Duration::from_secs(30), || {
         get_from(&c, 2, board1).ok().filter(|b| b.trim() == "clash")
     });
     assert_eq!(body.trim(), "clash");
-    ok(&c, &["delete", "app", "clash", "client"]);
+    c.ok(&["delete", "app", "clash", "client"]);
     c.remove_containers();
 }

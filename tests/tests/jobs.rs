@@ -12,14 +12,8 @@ use bramble_proto::model::{Replica, ReplicaPhase};
 use bramble_tests::{text, wait_for, Cluster};
 use std::time::Duration;
 
-fn ok(c: &Cluster, args: &[&str]) -> String {
-    let out = c.cli(args);
-    assert!(out.status.success(), "bramble {}: {}", args.join(" "), text(&out.stderr));
-    text(&out.stdout)
-}
-
 fn job_status(c: &Cluster, name: &str) -> serde_json::Value {
-    let v: serde_json::Value = serde_json::from_str(&ok(c, &["get", "jobs", name, "-o", "json"])).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&c.ok(&["get", "jobs", name, "-o", "json"])).unwrap();
     v["status"].clone()
 }
 
@@ -29,8 +23,8 @@ fn jobs_run_to_completion_retry_failures_and_say_what_happened() {
     let host = tempfile::Builder::new().prefix("bramble-job-").tempdir().unwrap();
     let allow = format!("[volumes]\nhost_paths = [\"{}\"]\n", host.path().display());
     let (c, _registry, image) = bramble_tests::cluster::with_busybox(2, &allow);
-    ok(&c, &["label", "node", "board-1", "scratch=yes"]);
-    ok(&c, &["label", "node", "board-2", "scratch=yes"]);
+    c.ok(&["label", "node", "board-1", "scratch=yes"]);
+    c.ok(&["label", "node", "board-2", "scratch=yes"]);
     let dir = c.dir.path();
     let file = |name: &str, body: String| {
         let p = dir.join(name);
@@ -59,7 +53,7 @@ fn jobs_run_to_completion_retry_failures_and_say_what_happened() {
     let run = "if mkdir /shared/failed-once 2>/dev/null; then echo failing; exit 3; fi; \
                sleep 1; echo ran >> /shared/log; echo done";
     let batch = file("batch.toml", job("batch", "completions = 5\nparallelism = 2\nbackoff_limit = 2\n", run));
-    let out = ok(&c, &["apply", "-f", &batch]);
+    let out = c.ok(&["apply", "-f", &batch]);
     assert!(out.contains("job/batch created"), "{out}");
     let started = std::time::Instant::now();
     let status = wait_for("the job complete", Duration::from_secs(180), || {
@@ -91,13 +85,13 @@ fn jobs_run_to_completion_retry_failures_and_say_what_happened() {
         assert!(t >= failed[0].finished_ms.unwrap() + 9_000, "the retry waited out the 10 s backoff");
     }
 
-    let table = ok(&c, &["get", "jobs"]);
+    let table = c.ok(&["get", "jobs"]);
     assert!(table.lines().any(|l| l.starts_with("batch") && l.contains("5/5") && l.contains("Complete")), "{table}");
-    assert!(!ok(&c, &["get", "apps"]).contains("batch"), "a job is not listed as an app");
-    let described = ok(&c, &["describe", "job", "batch"]);
+    assert!(!c.ok(&["get", "apps"]).contains("batch"), "a job is not listed as an app");
+    let described = c.ok(&["describe", "job", "batch"]);
     assert!(described.contains("Status:      Complete") && described.contains("exit 3"), "{described}");
     assert!(described.contains("5 succeeded of 5 wanted, 1 failed"), "{described}");
-    let logs = ok(&c, &["logs", "job/batch"]);
+    let logs = c.ok(&["logs", "job/batch"]);
     assert_eq!(logs.matches("] done").count(), 5, "{logs}");
     assert!(logs.contains("] failing"), "{logs}");
     let out = c.cli(&["scale", "app", "batch", "--replicas", "3"]);
@@ -113,7 +107,7 @@ fn jobs_run_to_completion_retry_failures_and_say_what_happened() {
 
     // Always failing, backoff_limit 1: the second failure fails the job, saying why.
     let doomed = file("doomed.toml", job("doomed", "backoff_limit = 1\n", "echo no; exit 1"));
-    ok(&c, &["apply", "-f", &doomed]);
+    c.ok(&["apply", "-f", &doomed]);
     let status = wait_for("the job failed", Duration::from_secs(120), || {
         let s = job_status(&c, "doomed");
         (s["state"] == "Failed").then_some(s)
@@ -122,7 +116,7 @@ fn jobs_run_to_completion_retry_failures_and_say_what_happened() {
     assert_eq!(c.replicas_of("doomed").len(), 2, "no run after it failed");
 
     // Deleted, its runs go from the boards.
-    ok(&c, &["delete", "job", "batch", "doomed"]);
+    c.ok(&["delete", "job", "batch", "doomed"]);
     wait_for("the runs gone", Duration::from_secs(60), || {
         let out = c.cli(&["get", "replicas", "-o", "json"]);
         let rs: Vec<Replica> = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -160,7 +154,7 @@ fn an_app_starts_after_a_job_completes_and_a_job_with_a_ttl_deletes_itself() {
     assert!(d.contains("+++ app/web (new)"), "{d}");
 
     // web waits for the job to complete, not for its run to be running.
-    ok(&c, &["apply", "-f", &both]);
+    c.ok(&["apply", "-f", &both]);
     let waiting = wait_for("web waits for the job", Duration::from_secs(30), || {
         let rs = c.replicas_of("web");
         rs.iter().find(|r| r.reason.contains("waiting for job migrate to complete")).cloned()
@@ -176,7 +170,7 @@ fn an_app_starts_after_a_job_completes_and_a_job_with_a_ttl_deletes_itself() {
     let run = c.replicas_of("migrate").into_iter().next().expect("the job's run");
     let (done, started) = (run.finished_ms.expect("its end"), web_run.started_ms.expect("web's start"));
     assert!(started >= done, "web started at {started}, before the job completed at {done}");
-    assert_eq!(ok(&c, &["diff", "-f", &both]), "", "applied: nothing would change");
+    assert_eq!(c.ok(&["diff", "-f", &both]), "", "applied: nothing would change");
 
     // A ttl on a job an app starts after is refused (then nothing could start after it).
     let fleeting = file("fleeting.toml", migrate("ttl_after_finished = \"3s\"\n"));
@@ -198,12 +192,12 @@ fn an_app_starts_after_a_job_completes_and_a_job_with_a_ttl_deletes_itself() {
              command = [\"/bin/sh\", \"-c\", \"echo once\"]\n"
         ),
     );
-    ok(&c, &["apply", "-f", &once]);
+    c.ok(&["apply", "-f", &once]);
     let finished = wait_for("once complete", Duration::from_secs(60), || {
         let s = job_status(&c, "once");
         (s["state"] == "Complete").then(|| s["finished_ms"].as_u64()).flatten()
     });
-    let described = ok(&c, &["describe", "job", "once"]);
+    let described = c.ok(&["describe", "job", "once"]);
     assert!(described.contains("Kept:        3s after it finishes (deleted "), "{described}");
     wait_for("once deleted", Duration::from_secs(30), || {
         let out = c.cli(&["get", "jobs", "once"]);
@@ -216,12 +210,12 @@ fn an_app_starts_after_a_job_completes_and_a_job_with_a_ttl_deletes_itself() {
         let rs: Vec<Replica> = serde_json::from_slice(&out.stdout).unwrap_or_default();
         (out.status.success() && !rs.iter().any(|r| r.app == "once")).then_some(())
     });
-    let events = ok(&c, &["events"]);
+    let events = c.ok(&["events"]);
     assert!(events.contains("job once deleted: finished 3s ago (ttl_after_finished)"), "{events}");
-    assert!(!ok(&c, &["get", "jobs"]).contains("once"));
+    assert!(!c.ok(&["get", "jobs"]).contains("once"));
 
-    ok(&c, &["delete", "app", "web"]);
-    ok(&c, &["delete", "job", "migrate"]);
+    c.ok(&["delete", "app", "web"]);
+    c.ok(&["delete", "job", "migrate"]);
     wait_for("the replicas gone", Duration::from_secs(60), || {
         let out = c.cli(&["get", "replicas", "-o", "json"]);
         let rs: Vec<Replica> = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -248,7 +242,7 @@ fn a_cut_off_board_stops_its_run_before_the_leader_starts_another() {
         ),
     )
     .unwrap();
-    ok(&c, &["apply", "-f", manifest.to_str().unwrap()]);
+    c.ok(&["apply", "-f", manifest.to_str().unwrap()]);
     let first = wait_for("the run running", Duration::from_secs(60), || {
         c.replicas_of("long").into_iter().find(|r| r.phase == ReplicaPhase::Running)
     });
@@ -280,11 +274,11 @@ fn a_cut_off_board_stops_its_run_before_the_leader_starts_another() {
     c.lab.set_link(board, true);
     c.wait_status(board, bramble_proto::model::ConditionStatus::True, Duration::from_secs(60));
     wait_for("the board's event", Duration::from_secs(30), || {
-        ok(&c, &["events"]).contains("stopped: no leader for").then_some(())
+        c.ok(&["events"]).contains("stopped: no leader for").then_some(())
     });
     let runs = c.replicas_of("long");
     assert_eq!(runs.iter().filter(|r| bramble_proto::job::is_active(r)).count(), 1, "{runs:?}");
-    ok(&c, &["delete", "job", "long"]);
+    c.ok(&["delete", "job", "long"]);
     wait_for("the runs gone", Duration::from_secs(60), || {
         let out = c.cli(&["get", "replicas", "-o", "json"]);
         let rs: Vec<Replica> = serde_json::from_slice(&out.stdout).unwrap_or_default();

@@ -4,14 +4,8 @@
 //! container; an init container that fails restarts with backoff and the replica says
 //! `Init:Error`; deleting the app removes every container and the pod's network.
 
-use bramble_tests::{text, wait_for, Cluster};
+use bramble_tests::{text, wait_for};
 use std::time::Duration;
-
-fn ok(c: &Cluster, args: &[&str]) -> String {
-    let out = c.cli(args);
-    assert!(out.status.success(), "bramble {}: {}", args.join(" "), text(&out.stderr));
-    text(&out.stdout)
-}
 
 #[test]
 fn an_init_container_migrates_then_a_sidecar_reads_the_server_on_localhost() {
@@ -41,7 +35,7 @@ fn an_init_container_migrates_then_a_sidecar_reads_the_server_on_localhost() {
     let err = text(&out.stderr);
     assert!(!out.status.success() && err.contains("app[0].containers[0].ports[0].container: port 8080"), "{err}");
 
-    ok(&c, &["apply", "-f", &path]);
+    c.ok(&["apply", "-f", &path]);
     let started = std::time::Instant::now();
     let replica = wait_for("the replica ready", Duration::from_secs(120), || {
         let r = c.replicas_of("web").into_iter().next()?;
@@ -50,12 +44,12 @@ fn an_init_container_migrates_then_a_sidecar_reads_the_server_on_localhost() {
     eprintln!("apply -> ready with an init container and a sidecar: {:?}", started.elapsed());
     let name = replica.meta.name.clone();
     // The sidecar read the server over localhost: what the init container wrote.
-    let logs = ok(&c, &["logs", &name, "-c", "reader"]);
+    let logs = c.ok(&["logs", &name, "-c", "reader"]);
     assert!(logs.contains("schema-v2"), "{logs}");
-    assert!(ok(&c, &["logs", &name, "-c", "migrate"]).contains("migrated"));
-    let out = ok(&c, &["exec", &name, "-c", "reader", "--", "cat", "/shared/index.html"]);
+    assert!(c.ok(&["logs", &name, "-c", "migrate"]).contains("migrated"));
+    let out = c.ok(&["exec", &name, "-c", "reader", "--", "cat", "/shared/index.html"]);
     assert_eq!(out.trim(), "schema-v2", "the tmpfs volume is shared");
-    let out = ok(&c, &["exec", &name, "--", "cat", "/data/schema"]);
+    let out = c.ok(&["exec", &name, "--", "cat", "/data/schema"]);
     assert_eq!(out.trim(), "schema-v2");
     let wrong = c.cli(&["logs", &name, "-c", "nope"]);
     let err = text(&wrong.stderr);
@@ -70,7 +64,7 @@ fn an_init_container_migrates_then_a_sidecar_reads_the_server_on_localhost() {
              [[app.init]]\nname = \"check\"\nimage = \"{image}\"\ncommand = [\"/bin/sh\", \"-c\", \"echo no db; exit 2\"]\n"
         ),
     );
-    ok(&c, &["apply", "-f", &failing]);
+    c.ok(&["apply", "-f", &failing]);
     let r = wait_for("Init:Error", Duration::from_secs(60), || {
         let r = c.replicas_of("bad").into_iter().next()?;
         r.reason.starts_with("Init:Error").then_some(r)
@@ -79,7 +73,7 @@ fn an_init_container_migrates_then_a_sidecar_reads_the_server_on_localhost() {
     assert!(!r.ready);
 
     // Deleted: every container goes, the pod's network with the last.
-    ok(&c, &["delete", "app", "web"]);
+    c.ok(&["delete", "app", "web"]);
     wait_for("web's containers gone", Duration::from_secs(60), || {
         let left = std::fs::read_dir(c.agent_dir(1).join("containers")).ok()?;
         (!left.flatten().any(|e| e.file_name().to_string_lossy().starts_with(&name))).then_some(())

@@ -12,12 +12,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-fn ok(c: &Cluster, args: &[&str]) -> String {
-    let out = c.cli(args);
-    assert!(out.status.success(), "bramble {}: {}", args.join(" "), text(&out.stderr));
-    text(&out.stdout)
-}
-
 fn running(c: &Cluster, app: &str) -> Replica {
     wait_for(&format!("{app} running with an address"), Duration::from_secs(90), || {
         c.replicas_of(app).into_iter().find(|r| r.phase == ReplicaPhase::Running && r.ip.is_some())
@@ -66,11 +60,11 @@ fn hostile_host_ports_pods_and_deployers_are_kept_in_their_place() {
     let (c, _registry, image) = bramble_tests::cluster::with_busybox_opts(opts, "");
     let leader_ip = c.lab.addr(0);
     let dir = c.dir.path();
-    ok(&c, &["label", "node", "board-1", "role=edge"]);
+    c.ok(&["label", "node", "board-1", "role=edge"]);
 
     // A deployer.
     let ci = dir.join("ci.toml");
-    ok(&c, &["user", "create", "ci", "--role", "deployer", "--out", ci.to_str().unwrap()]);
+    c.ok(&["user", "create", "ci", "--role", "deployer", "--out", ci.to_str().unwrap()]);
     let app = |name: &str, extra: &str| {
         format!(
             "[[app]]\nname = \"{name}\"\nimage = \"{image}\"\n\
@@ -91,13 +85,13 @@ fn hostile_host_ports_pods_and_deployers_are_kept_in_their_place() {
     let err = text(&out.stderr);
     assert!(!out.status.success() && err.contains("lockout.toml:6:37: app[0].ports[0].host"), "{err}");
     assert!(err.contains("host port 7443/udp is the cluster's own (the leader's QUIC port)"), "{err}");
-    ok(&c, &["get", "nodes"]);
+    c.ok(&["get", "nodes"]);
 
     // 2. A port a process on the board listens on: the replica waits with the board's reason,
     //    and the board's own server keeps its port.
     board_listener(&c, 1, 9999);
     let f = file("taker.toml", app("taker", "ports = [{ container = 8080, host = 9999 }]\n"));
-    ok(&c, &["apply", "-f", &f]);
+    c.ok(&["apply", "-f", &f]);
     let r = wait_for("the board's refusal", Duration::from_secs(60), || {
         c.replicas_of("taker").into_iter().find(|r| r.reason.contains("a process on this board listens on it"))
     });
@@ -112,7 +106,7 @@ fn hostile_host_ports_pods_and_deployers_are_kept_in_their_place() {
     .unwrap()
     .expect("the board's server answers");
     assert_eq!(answer, "mine\n");
-    ok(&c, &["delete", "app", "taker"]);
+    c.ok(&["delete", "app", "taker"]);
 
     // 3. Containers without seccomp, or reaching the control plane: admins only.
     for (name, security) in [
@@ -132,8 +126,8 @@ fn hostile_host_ports_pods_and_deployers_are_kept_in_their_place() {
     // nothing more.
     let out = c.cli_as(&ci, &["policy", "allow", "netadmin", "--cap-add", "NET_ADMIN"]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
-    ok(&c, &["policy", "allow", "netadmin", "--cap-add", "net_admin"]);
-    assert!(ok(&c, &["policy", "ls"]).lines().any(|l| l.starts_with("netadmin") && l.contains("NET_ADMIN")));
+    c.ok(&["policy", "allow", "netadmin", "--cap-add", "net_admin"]);
+    assert!(c.ok(&["policy", "ls"]).lines().any(|l| l.starts_with("netadmin") && l.contains("NET_ADMIN")));
     let more = file("more.toml", app("netadmin", "security = { cap_add = [\"NET_ADMIN\", \"SYS_ADMIN\"] }\n"));
     let out = c.cli_as(&ci, &["apply", "-f", &more]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
@@ -153,8 +147,8 @@ fn hostile_host_ports_pods_and_deployers_are_kept_in_their_place() {
     let (with, without) = (cap_eff(&netadmin), cap_eff(&dropper));
     assert!(with & (1 << 12) != 0 && with & (1 << 13) != 0, "NET_ADMIN added, NET_RAW kept: {with:x}");
     assert!(without & (1 << 12) == 0 && without & (1 << 13) == 0, "NET_RAW dropped: {without:x}");
-    ok(&c, &["delete", "app", "netadmin", "dropper"]);
-    ok(&c, &["policy", "rm", "netadmin"]);
+    c.ok(&["delete", "app", "netadmin", "dropper"]);
+    c.ok(&["policy", "rm", "netadmin"]);
     let out = c.cli_as(&ci, &["apply", "-f", &netadmin_toml]);
     assert_eq!(out.status.code(), Some(5), "no policy, no privileges: {}", text(&out.stderr));
 
@@ -169,7 +163,7 @@ fn hostile_host_ports_pods_and_deployers_are_kept_in_their_place() {
         ) + "[[service]]\nname = \"web\"\napp = \"web\"\nports = [{ port = 80, target = \"http\" }]\n"
             + &app("plain", ""),
     );
-    ok(&c, &["apply", "-f", &f]);
+    c.ok(&["apply", "-f", &f]);
     let plain = running(&c, "plain");
     running(&c, "web");
     let (code, out) = exec(&c, &plain, "wget -q -O - http://web/");
@@ -181,13 +175,13 @@ fn hostile_host_ports_pods_and_deployers_are_kept_in_their_place() {
         "a pod reached the leader's metrics: {out}"
     );
     let f = file("scraper.toml", app("scraper", "security = { control_plane = true }\n"));
-    ok(&c, &["apply", "-f", &f]);
+    c.ok(&["apply", "-f", &f]);
     let scraper = running(&c, "scraper");
     let (code, out) = wait_for("the control-plane app reaches the metrics", Duration::from_secs(20), || {
         let (code, out) = exec(&c, &scraper, &format!("timeout 5 wget -q -O - {metrics_url}"));
         (code == 0).then_some((code, out))
     });
     assert!(code == 0 && out.contains("bramble_"), "{out}");
-    ok(&c, &["get", "nodes"]);
+    c.ok(&["get", "nodes"]);
     c.remove_containers();
 }

@@ -6,12 +6,6 @@ use bramble_proto::model::{Replica, ReplicaPhase};
 use bramble_tests::{text, wait_for, Cluster, ClusterOptions};
 use std::time::Duration;
 
-fn ok(c: &Cluster, args: &[&str]) -> String {
-    let out = c.cli(args);
-    assert!(out.status.success(), "bramble {}: {}", args.join(" "), text(&out.stderr));
-    text(&out.stdout)
-}
-
 fn replicas(c: &Cluster, app: &str) -> Vec<Replica> {
     c.replicas_of(app)
 }
@@ -46,7 +40,7 @@ fn an_app_waits_for_the_apps_it_starts_after() {
     let out = c.cli(&["apply", "-f", &nothing]);
     let err = text(&out.stderr);
     assert!(err.contains("nothing.toml:4:10: app[0].after[0]") && err.contains("found \"ghost\""), "{err}");
-    assert!(!ok(&c, &["get", "apps"]).contains("lonely"));
+    assert!(!c.ok(&["get", "apps"]).contains("lonely"));
 
     // db is ready 6 s after it starts; web, after it, waits until then.
     let both = file(
@@ -55,7 +49,7 @@ fn an_app_waits_for_the_apps_it_starts_after() {
             + "[app.probes.readiness]\nexec = [\"cat\", \"/tmp/ready\"]\nperiod = \"1s\"\n"
             + &app("web", "replicas = 2\nafter = [\"db\"]\n", ""),
     );
-    ok(&c, &["apply", "-f", &both]);
+    c.ok(&["apply", "-f", &both]);
     let waiting = wait_for("web waits, saying why", Duration::from_secs(30), || {
         let rs = replicas(&c, "web");
         (rs.len() == 2
@@ -73,10 +67,10 @@ fn an_app_waits_for_the_apps_it_starts_after() {
         let started = r.started_ms.expect("a start time");
         assert!(started >= ready_ms, "{} started at {started}, before db was ready at {ready_ms}", r.meta.name);
     }
-    let described = ok(&c, &["describe", "app", "web"]);
+    let described = c.ok(&["describe", "app", "web"]);
     assert!(described.contains("Starts after: db"), "{described}");
-    let events = ok(&c, &["events"]);
+    let events = c.ok(&["events"]);
     assert!(events.contains("WaitingForApps"), "{events}");
-    ok(&c, &["delete", "app", "web", "db"]);
+    c.ok(&["delete", "app", "web", "db"]);
     c.remove_containers();
 }

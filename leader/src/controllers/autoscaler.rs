@@ -140,21 +140,9 @@ pub struct Handles {
 
 /// Runs passes every second until `cancel` (each app is looked at once per its period).
 pub async fn run(h: Handles, cancel: tokio_util::sync::CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let a = h.clone();
-        let now = bramble_proto::time::now_ms();
-        let r = tokio::task::spawn_blocking(move || a.autoscaler.pass(&a.objects, &a.usage, &a.events, now)).await;
-        match r {
-            Ok(Ok(true)) => h.published.kick.notify_one(),
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => tracing::warn!("autoscaler pass failed: {e}"),
-            Err(e) => tracing::warn!("autoscaler pass failed: {e}"),
-        }
-    }
+    let published = h.published.clone();
+    super::every_second("autoscaler", published, cancel, move |now| {
+        h.autoscaler.pass(&h.objects, &h.usage, &h.events, now)
+    })
+    .await
 }

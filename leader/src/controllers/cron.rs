@@ -13,7 +13,6 @@ use crate::store::{Expect, StoreError, TxnOp};
 use bramble_proto::model::{App, CronJob, Event, EventReason, Kind, ObjectMeta, ObjectRef, Replica, ReplicaPhase};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::time::Duration;
 
 /// How often a pass looks at every cron job's finished jobs (history), due or not.
 const HISTORY_EVERY_MS: u64 = 10_000;
@@ -196,22 +195,8 @@ pub struct Handles {
 
 /// Runs a pass every second until `cancel`.
 pub async fn run(h: Handles, cancel: tokio_util::sync::CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let c = h.clone();
-        let now = bramble_proto::time::now_ms();
-        match tokio::task::spawn_blocking(move || c.cron.pass(&c.objects, &c.events, now)).await {
-            Ok(Ok(true)) => h.published.kick.notify_one(),
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => tracing::warn!("cron pass failed: {e}"),
-            Err(e) => tracing::warn!("cron pass failed: {e}"),
-        }
-    }
+    let published = h.published.clone();
+    super::every_second("cron", published, cancel, move |now| h.cron.pass(&h.objects, &h.events, now)).await
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ use bramble_proto::network::ClusterNetwork;
 use desired::DesiredSets;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// What the controllers read and write — nothing more (not the API, not the CA).
 #[derive(Debug, Clone)]
@@ -115,6 +116,30 @@ fn replace_if_changed<T: PartialEq>(tx: &tokio::sync::watch::Sender<Option<Arc<T
             true
         }
     });
+}
+
+/// Runs `pass` (it blocks: on a blocking thread) every second at the time it starts, until
+/// `cancel`; a pass that changed something wakes the replica controller.
+pub async fn every_second<F>(what: &'static str, published: Arc<Published>, cancel: CancellationToken, pass: F)
+where
+    F: Fn(u64) -> crate::error::Result<bool> + Send + Sync + 'static,
+{
+    let pass = Arc::new(pass);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (p, now) = (pass.clone(), bramble_proto::time::now_ms());
+        match tokio::task::spawn_blocking(move || p(now)).await {
+            Ok(Ok(true)) => published.kick.notify_one(),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!("{what} pass failed: {e}"),
+            Err(e) => tracing::warn!("{what} pass failed: {e}"),
+        }
+    }
 }
 
 /// The controller's timings, kept for the leader's life.

@@ -134,11 +134,35 @@ impl Sampler {
         })
     }
 
+    /// Replica `id` with its other containers (`others`: their ids) added in: CPU, memory,
+    /// OOM kills and processes together; the pod's network once. The limit is the sum when every
+    /// container has one.
+    pub fn pod(&self, id: &str, others: &[&str]) -> Option<ReplicaSample> {
+        let mut s = self.replica(id)?;
+        for o in others {
+            let Some(c) = self.replica(o) else { continue };
+            s.cpu_ns += c.cpu_ns;
+            s.throttled_ns += c.throttled_ns;
+            s.memory_working_set += c.memory_working_set;
+            s.memory_limit = s.memory_limit.zip(c.memory_limit).map(|(a, b)| a.saturating_add(b));
+            s.oom_kills += c.oom_kills;
+            s.pids += c.pids;
+        }
+        Some(s)
+    }
+
     pub fn sample(&self, replicas: &[String]) -> UsageSample {
+        // A replica's other containers, found once per sample among the board's containers.
+        let ids: Vec<String> = std::fs::read_dir(&self.shims_dir)
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let others = |r: &str| -> Vec<&str> {
+            ids.iter().filter(|i| i.split_once('.').is_some_and(|(head, _)| head == r)).map(String::as_str).collect()
+        };
         UsageSample {
             at_ms: bramble_proto::time::now_ms(),
             node: self.node(),
-            replicas: replicas.iter().filter_map(|r| self.replica(r)).collect(),
+            replicas: replicas.iter().filter_map(|r| self.pod(r, &others(r))).collect(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Several containers in one replica (issue 31), real containers on a board: an init container
 //! migrates a local volume before the server starts; a sidecar reads the server on localhost and
-//! shares a tmpfs volume with it; readiness is both containers'; `logs -c` and `exec -c` reach each
+//! shares a tmpfs volume with it; readiness and usage are both containers'; `logs -c` and `exec -c` reach each
 //! container; an init container that fails restarts with backoff and the replica says
 //! `Init:Error`; deleting the app removes every container and the pod's network.
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 #[test]
 fn an_init_container_migrates_then_a_sidecar_reads_the_server_on_localhost() {
-    let (c, _registry, image) = bramble_tests::cluster::with_busybox(1, "");
+    let (c, _registry, image) = bramble_tests::cluster::with_busybox(1, "[monitoring]\ninterval = \"1s\"\n");
     let dir = c.dir.path();
     let file = |name: &str, body: String| {
         let p = dir.join(name);
@@ -51,6 +51,14 @@ fn an_init_container_migrates_then_a_sidecar_reads_the_server_on_localhost() {
     assert_eq!(out.trim(), "schema-v2", "the tmpfs volume is shared");
     let out = c.ok(&["exec", &name, "--", "cat", "/data/schema"]);
     assert_eq!(out.trim(), "schema-v2");
+    // Its usage is every container's: the server's process and the sidecar's shell at least.
+    let pids = wait_for("a usage sample of both containers", Duration::from_secs(30), || {
+        let top: serde_json::Value =
+            serde_json::from_str(&c.ok(&["top", "replicas", "--app", "web", "-o", "json"])).ok()?;
+        let pids = top[0]["pids"].as_u64()?;
+        (pids >= 2).then_some(pids)
+    });
+    eprintln!("the replica's processes, all containers: {pids}");
     let wrong = c.cli(&["logs", &name, "-c", "nope"]);
     let err = text(&wrong.stderr);
     assert!(!wrong.status.success() && err.contains("app web has no container \"nope\""), "{err}");

@@ -45,8 +45,10 @@ impl Top<'_> {
         replica_usage.retain(|r| app.is_none_or(|a| r.app == a));
         for u in &mut replica_usage {
             if let Some(a) = apps.get(&u.app) {
-                u.cpu_request_millis = a.spec.resources.cpu.map(|c| c.0);
-                u.memory_request = a.spec.resources.memory.map(|m| m.0);
+                // Usage is every container's of the replica: so is what it asks for.
+                let (cpu, memory) = a.spec.requests();
+                u.cpu_request_millis = (cpu > 0).then_some(cpu);
+                u.memory_request = (memory > 0).then_some(memory);
             }
         }
         Ok(Response::Top { nodes: node_usage, replicas: replica_usage })

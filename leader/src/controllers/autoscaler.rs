@@ -34,12 +34,14 @@ pub struct Autoscaler {
 
 fn policy(app: &App) -> Option<Policy> {
     let a = app.spec.autoscale.as_ref()?;
-    let r = &app.spec.resources;
+    // Usage samples are the whole replica's (every container's): so is the request they are a
+    // share of.
+    let (cpu, memory) = app.spec.requests();
     // Never below what a drain keeps ready (`min_available`, of the most it may run).
     let floor = app.spec.min_available.map_or(0, |m| m.of(a.max.0)).min(a.max.0);
     let mut p = Policy::new(a.min.0.max(floor), a.max.0);
-    p.cpu = a.cpu.zip(r.cpu).map(|(t, c)| (t.0, c.0));
-    p.memory = a.memory.zip(r.memory).map(|(t, m)| (t.0, m.0));
+    p.cpu = a.cpu.filter(|_| cpu > 0).map(|t| (t.0, cpu));
+    p.memory = a.memory.filter(|_| memory > 0).map(|t| (t.0, memory));
     if let Some(w) = a.scale_down_window {
         p.scale_down_window = w.0;
     }

@@ -115,7 +115,7 @@ pub fn plan(desired: Option<&Desired>, observed: &Observed, retries: &Retries, n
     }
     let mut pulls = BTreeSet::new();
     for (name, a) in desired.into_iter().flatten() {
-        let units = a.spec.units(name);
+        let units = a.spec.slots(name);
         let inits_done = units.iter().filter(|u| matches!(u.role, Role::Init(_))).all(|u| succeeded(observed, &u.id));
         // A job's run is over when its own container has ended: its other containers stop.
         if a.spec.is_job() && ended(observed, name) {
@@ -138,7 +138,7 @@ pub fn plan(desired: Option<&Desired>, observed: &Observed, retries: &Retries, n
                 continue;
             }
             // Every image of a replica is pulled at once (while its init containers run).
-            let image = u.spec.image.as_str();
+            let image = u.image.as_str();
             if !observed.images.contains(image) {
                 if !observed.pulling.contains_key(image) && pulls.insert(image.to_string()) {
                     actions.push(Action::Pull { image: image.to_string() });
@@ -156,7 +156,7 @@ pub fn unit_ids(name: &str, a: &Assignment) -> Vec<String> {
     if !a.spec.is_pod() {
         return vec![name.to_string()];
     }
-    a.spec.units(name).into_iter().map(|u| u.id).collect()
+    a.spec.slots(name).into_iter().map(|u| u.id).collect()
 }
 
 /// The status of desired replica `a`: its own container's, told by its others (init containers
@@ -166,11 +166,11 @@ pub fn status(a: &Assignment, observed: &Observed, retries: &Retries) -> Replica
         return container_status(a, &a.replica, &a.spec.image, observed, retries.get(&a.replica));
     }
     let name = a.replica.as_str();
-    let units = a.spec.units(name);
+    let units = a.spec.slots(name);
     let inits: Vec<_> = units.iter().filter(|u| matches!(u.role, Role::Init(_))).collect();
     let done = inits.iter().take_while(|u| succeeded(observed, &u.id)).count();
     if let Some(u) = inits.get(done) {
-        let mut st = container_status(a, &u.id, &u.spec.image, observed, retries.get(&u.id));
+        let mut st = container_status(a, &u.id, u.image, observed, retries.get(&u.id));
         let failing = matches!(st.phase, ReplicaPhase::BackOff | ReplicaPhase::Failed);
         let state = if failing { "Init:Error".to_string() } else { format!("Init:{done}/{}", inits.len()) };
         st.reason = if st.reason.is_empty() {
@@ -189,7 +189,7 @@ pub fn status(a: &Assignment, observed: &Observed, retries: &Retries) -> Replica
     }
     let mut st = container_status(a, name, &a.spec.image, observed, retries.get(name));
     for u in units.iter().filter(|u| u.role == Role::Sidecar) {
-        let other = container_status(a, &u.id, &u.spec.image, observed, retries.get(&u.id));
+        let other = container_status(a, &u.id, u.image, observed, retries.get(&u.id));
         st.restarts += other.restarts;
         st.ready &= other.ready;
         if matches!(

@@ -292,8 +292,8 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
     /// Containers that wait for `image` (desired, not made yet).
     fn waiting_for(&self, image: &str) -> Vec<String> {
         let d = self.desired.iter().flatten();
-        d.flat_map(|(k, a)| a.spec.units(k))
-            .filter(|u| u.spec.image.as_str() == image && !self.observed.containers.contains_key(&u.id))
+        d.flat_map(|(k, a)| a.spec.slots(k))
+            .filter(|u| u.image.as_str() == image && !self.observed.containers.contains_key(&u.id))
             .map(|u| u.id)
             .collect()
     }
@@ -356,9 +356,10 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
             .desired
             .iter()
             .flatten()
-            .flat_map(|(k, a)| a.spec.units(k))
-            .map(|u| u.spec.image)
-            .find(|i| i.as_str() == image)?;
+            .flat_map(|(k, a)| a.spec.slots(k))
+            .map(|u| u.image)
+            .find(|i| i.as_str() == image)?
+            .clone();
         let progress = Progress::default();
         self.progress.insert(image.to_string(), progress.clone());
         self.observed.pulling.insert(image.to_string(), (0, 0));

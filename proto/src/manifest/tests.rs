@@ -889,6 +889,12 @@ fn an_app_with_init_and_sidecar_containers_parses_into_units_in_start_order() {
             ("web-abc-0.shipper", "shipper", Role::Sidecar)
         ]
     );
+    // What the agent's plan reads every pass, without the specs: the same containers.
+    let slots: Vec<(String, &str, Role, String)> =
+        a.slots("web-abc-0").into_iter().map(|s| (s.id, s.name, s.role, s.image.to_string())).collect();
+    let from_units: Vec<(String, &str, Role, String)> =
+        units.iter().map(|u| (u.id.clone(), u.name.as_str(), u.role, u.spec.image.to_string())).collect();
+    assert_eq!(slots, from_units);
     assert_eq!(replica_of("web-abc-0.shipper"), "web-abc-0");
     assert_eq!(replica_of("web-abc-0"), "web-abc-0");
     let shipper = &units[2].spec;

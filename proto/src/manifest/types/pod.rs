@@ -63,6 +63,15 @@ pub struct Unit {
     pub spec: AppSpec,
 }
 
+/// A container of a replica without its spec (what the agent's plan looks at every pass).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slot<'a> {
+    pub id: String,
+    pub name: &'a str,
+    pub role: Role,
+    pub image: &'a ImageRef,
+}
+
 /// The board's id of container `name` of `replica`.
 pub fn container_id(replica: &str, name: &str) -> String {
     format!("{replica}.{name}")
@@ -118,6 +127,21 @@ impl AppSpec {
             _ => c.restart.unwrap_or(self.restart),
         };
         s
+    }
+
+    /// [`AppSpec::units`] without their specs: ids, names, roles and images, in start order.
+    pub fn slots(&self, replica: &str) -> Vec<Slot<'_>> {
+        let mut out = Vec::with_capacity(1 + self.init.len() + self.containers.len());
+        for (i, c) in self.init.iter().enumerate() {
+            let id = container_id(replica, c.name.as_str());
+            out.push(Slot { id, name: c.name.as_str(), role: Role::Init(i), image: &c.image });
+        }
+        out.push(Slot { id: replica.to_string(), name: self.name.as_str(), role: Role::Main, image: &self.image });
+        for c in &self.containers {
+            let id = container_id(replica, c.name.as_str());
+            out.push(Slot { id, name: c.name.as_str(), role: Role::Sidecar, image: &c.image });
+        }
+        out
     }
 
     /// Every container of replica `replica`, in start order: init containers, then the app's own,

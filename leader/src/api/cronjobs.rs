@@ -38,7 +38,13 @@ pub fn run_now(
     now_ms: u64,
 ) -> Result<String> {
     let c = objects.load::<CronJob>(cronjob)?.value;
-    let job = bramble_proto::names::Name::new(name).map_err(|e| Error::Invalid(format!("job name {name:?}: {e}")))?;
+    // The name is the caller's: checked as a name, and only its start quoted back.
+    let job = bramble_proto::names::Name::new(name).map_err(|_| {
+        let shown: String = name.chars().take(64).collect();
+        Error::Invalid(format!(
+            "job name {shown:?}: expected a DNS label: 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+        ))
+    })?;
     let (_, ops) = job_writes(&c, job, &format!("run from cronjob/{cronjob} by {who}"), now_ms);
     objects.txn(&ops).map_err(|e| match e {
         StoreError::Conflict { .. } => {

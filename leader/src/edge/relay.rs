@@ -41,9 +41,11 @@ fn container_of(objects: &crate::objects::Objects, r: &Replica, container: Optio
     if names.iter().any(|n| n == c) {
         return Ok(bramble_proto::manifest::container_id(&r.meta.name, c));
     }
+    // The name is the caller's: only its start is quoted back.
+    let shown: String = c.chars().take(64).collect();
     Err(ApiError::new(
         ErrorCode::NotFound,
-        format!("app {} has no container {c:?} (its containers: {})", r.app, names.join(", ")),
+        format!("app {} has no container {shown:?} (its containers: {})", r.app, names.join(", ")),
     ))
 }
 
@@ -351,5 +353,35 @@ pub async fn exec(api: Handles, mut req: ExecRequest, mut send: SendStream, mut 
         let msg = format!("node {node}: {e}");
         let _ = write_frame(&mut send, &ExecOutput::Error(ApiError::new(ErrorCode::Unavailable, msg))).await;
         let _ = send.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::Objects;
+    use crate::store::{Expect, MemStore};
+    use bramble_proto::manifest::parse_manifest;
+    use bramble_proto::model::{App, ObjectMeta};
+
+    #[test]
+    fn a_container_named_by_the_client_is_one_of_the_apps_or_refused_without_quoting_it_whole() {
+        let objects = Objects::new(Arc::new(MemStore::new()));
+        let text = "[[app]]\nname = \"web\"\nimage = \"reg/web:1\"\n\
+                    [[app.containers]]\nname = \"side\"\nimage = \"reg/side:1\"\n";
+        let spec = parse_manifest("a.toml", text).unwrap().apps.remove(0);
+        let meta = ObjectMeta { name: "web".into(), generation: 1, revision: 0, created_ms: 0, changed_by: None };
+        objects.put(&App { meta, spec, cronjob: None }, Expect::Absent).unwrap();
+        let r = Replica::new("web", "web-abc-0", "abc", 0);
+        assert_eq!(container_of(&objects, &r, None).unwrap(), "web-abc-0");
+        assert_eq!(container_of(&objects, &r, Some("web")).unwrap(), "web-abc-0");
+        assert_eq!(container_of(&objects, &r, Some("side")).unwrap(), "web-abc-0.side");
+        for hostile in ["../../etc", "side/../..", ".side", "side\n"] {
+            let e = container_of(&objects, &r, Some(hostile)).unwrap_err();
+            assert_eq!(e.code, ErrorCode::NotFound, "{hostile:?}");
+            assert!(e.message.contains("(its containers: web, side)"), "{}", e.message);
+        }
+        let long = "x".repeat(10_000);
+        assert!(container_of(&objects, &r, Some(&long)).unwrap_err().message.len() < 200);
     }
 }

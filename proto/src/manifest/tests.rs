@@ -921,6 +921,9 @@ fn a_pods_containers_are_checked_where_they_are_written() {
     fails(&probe, 18, 41, "app[0].containers[0].probes.readiness.tcp.port", "found port 8080");
     let init = POD.replace("command = [\"/migrate\"]", "command = [\"/migrate\"]\nrestart = \"always\"");
     fails(&init, 11, 11, "app[0].init[0].restart", "an init container runs to completion");
+    let job = POD.replace("[[app", "[[job").replace("ports = [{ name = \"http\", container = 8080 }]\n", "");
+    let job = job.replace("probes = { readiness = { tcp = { port = 9100 } } }", "restart = \"always\"");
+    fails(&job, 17, 11, "job[0].containers[0].restart", "a job's containers are not restarted in place");
     let bad = POD.replace("name = \"shipper\"", "name = \"Shipper\"");
     fails(&bad, 13, 8, "app[0].containers[0].name", "DNS label");
 }

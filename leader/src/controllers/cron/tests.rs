@@ -333,7 +333,10 @@ fn suspend_apply_run_now_and_delete() {
     let again = crate::api::cronjobs::run_now(&objects, &events, "tick", "tick-by-hand", "admin:me", t0);
     assert!(again.unwrap_err().to_string().contains("an app or job named tick-by-hand exists"));
     let bad = crate::api::cronjobs::run_now(&objects, &events, "tick", "Bad_Name", "admin:me", t0);
-    assert!(bad.unwrap_err().to_string().contains("job name \"Bad_Name\""));
+    assert!(bad.unwrap_err().to_string().contains("job name \"Bad_Name\": expected a DNS label"));
+    let long = format!("../{}", "x".repeat(5_000));
+    let e = crate::api::cronjobs::run_now(&objects, &events, "tick", &long, "admin:me", t0).unwrap_err().to_string();
+    assert!(e.len() < 300, "the caller's text is not quoted whole: {} bytes", e.len());
     assert!(crate::api::cronjobs::run_now(&objects, &events, "nope", "x", "admin:me", t0).is_err());
     // Deleting the cron job deletes its jobs, and nothing else.
     objects.put(&App { cronjob: None, ..job.clone() }.renamed("other"), Expect::Absent).unwrap();
@@ -411,4 +414,26 @@ fn a_run_whose_job_name_is_taken_is_skipped_and_said_not_retried_for_ever() {
     assert!(!cron.pass(&objects, &events, t0 + MINUTE + 2_000).unwrap(), "not tried again");
     cron.pass(&objects, &events, t0 + 2 * MINUTE + 1_000).unwrap();
     assert!(jobs(&objects).contains(&"tick-29942522".to_string()), "the next run is made");
+}
+
+#[test]
+fn a_restored_cron_job_passes_the_checks_an_apply_makes() {
+    let (objects, events) = world();
+    apply_at(&objects, &events, EVERY_MINUTE, 0);
+    let kv = objects.store().get("/cronjobs/tick").unwrap().unwrap();
+    let good = String::from_utf8(kv.value).unwrap();
+    let reserved = Reserved::of_leader(7443, None, None);
+    let backup = |v: &str| std::collections::BTreeMap::from([("/cronjobs/tick".to_string(), v.to_string())]);
+    crate::admission::check_restored(&backup(&good), &reserved).unwrap();
+    // A hand-edited backup: a zone the leader lacks, a template on the cluster's own port.
+    let zone = good.replace("\"schedule\":", "\"timezone\":\"Mars/Olympus\",\"schedule\":");
+    let e = crate::admission::check_restored(&backup(&zone), &reserved).unwrap_err().to_string();
+    assert!(e.contains("unknown time zone"), "{e}");
+    let port = good.replace("\"ports\":[]", "\"ports\":[{\"container\":80,\"host\":7443,\"protocol\":\"udp\"}]");
+    assert_ne!(port, good);
+    let e = crate::admission::check_restored(&backup(&port), &reserved).unwrap_err();
+    assert!(format!("{e:?}").contains("is the cluster's own"), "{e:?}");
+    let renamed = good.replace("\"name\":\"tick\"", "\"name\":\"other\"");
+    let e = crate::admission::check_restored(&backup(&renamed), &reserved).unwrap_err();
+    assert!(format!("{e:?}").contains("names another object"), "{e:?}");
 }

@@ -213,6 +213,12 @@ impl AppSpec {
                     }
                     continue;
                 }
+                if self.is_job() && c.restart.is_some() {
+                    out.push(Problem::new(
+                        at(&[Key("restart")]),
+                        "a job's containers are not restarted in place: a failed run is retried as a new run",
+                    ));
+                }
                 for (j, p) in c.ports.iter().enumerate() {
                     let owner = format!("container {}", c.name.as_str());
                     if let Some(other) = ports.insert((p.container.0, p.protocol), owner) {

@@ -325,6 +325,13 @@ impl Cluster {
         self.cli_as(&self.leader_dir().join("admin.toml"), args)
     }
 
+    /// Writes a manifest (or any file) `name` into the cluster's directory; its path.
+    pub fn write(&self, name: &str, body: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, body).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+        p.to_str().expect("a UTF-8 path").to_string()
+    }
+
     /// `bramble ARGS` as the admin, which must succeed; its standard output.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);

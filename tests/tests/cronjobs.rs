@@ -10,12 +10,7 @@ use std::time::Duration;
 #[test]
 fn a_cron_job_every_minute_runs_real_containers_and_says_what_it_did() {
     let (c, _registry, image) = bramble_tests::cluster::with_busybox(1, "");
-    let dir = c.dir.path();
-    let file = |name: &str, body: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, body).unwrap();
-        p.to_str().unwrap().to_string()
-    };
+    let file = |name: &str, body: String| c.write(name, &body);
     let cron = |head: &str| {
         format!(
             "[[cronjob]]\nname = \"tick\"\nschedule = \"* * * * *\"\n{head}\

@@ -44,16 +44,11 @@ fn get_from(c: &Cluster, from: usize, addr: SocketAddr) -> std::io::Result<Strin
 fn host_network_apps_share_their_boards_network_under_the_admins_control() {
     let opts = ClusterOptions { agents: 2, ..Default::default() };
     let (c, _registry, image) = bramble_tests::cluster::with_busybox_opts(opts, "");
-    let dir = c.dir.path();
     c.ok(&["label", "node", "board-1", "role=edge"]);
     c.ok(&["label", "node", "board-2", "role=client"]);
-    let ci = dir.join("ci.toml");
+    let ci = c.dir.path().join("ci.toml");
     c.ok(&["user", "create", "ci", "--role", "deployer", "--out", ci.to_str().unwrap()]);
-    let file = |name: &str, body: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, body).unwrap();
-        p.to_str().unwrap().to_string()
-    };
+    let file = |name: &str, body: String| c.write(name, &body);
     let server = |name: &str, role: &str, extra: &str| {
         format!(
             "[[app]]\nname = \"{name}\"\nimage = \"{image}\"\n\

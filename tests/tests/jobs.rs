@@ -25,12 +25,7 @@ fn jobs_run_to_completion_retry_failures_and_say_what_happened() {
     let (c, _registry, image) = bramble_tests::cluster::with_busybox(2, &allow);
     c.ok(&["label", "node", "board-1", "scratch=yes"]);
     c.ok(&["label", "node", "board-2", "scratch=yes"]);
-    let dir = c.dir.path();
-    let file = |name: &str, body: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, body).unwrap();
-        p.to_str().unwrap().to_string()
-    };
+    let file = |name: &str, body: String| c.write(name, &body);
     let job = |name: &str, settings: &str, run: &str| {
         format!(
             "[[job]]\nname = \"{name}\"\nimage = \"{image}\"\n{settings}\
@@ -128,12 +123,7 @@ fn jobs_run_to_completion_retry_failures_and_say_what_happened() {
 #[test]
 fn an_app_starts_after_a_job_completes_and_a_job_with_a_ttl_deletes_itself() {
     let (c, _registry, image) = bramble_tests::cluster::with_busybox(1, "");
-    let dir = c.dir.path();
-    let file = |name: &str, body: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, body).unwrap();
-        p.to_str().unwrap().to_string()
-    };
+    let file = |name: &str, body: String| c.write(name, &body);
     let migrate = |settings: &str| {
         format!(
             "[[job]]\nname = \"migrate\"\nimage = \"{image}\"\n{settings}\

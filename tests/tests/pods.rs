@@ -10,12 +10,7 @@ use std::time::Duration;
 #[test]
 fn an_init_container_migrates_then_a_sidecar_reads_the_server_on_localhost() {
     let (c, _registry, image) = bramble_tests::cluster::with_busybox(1, "[monitoring]\ninterval = \"1s\"\n");
-    let dir = c.dir.path();
-    let file = |name: &str, body: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, body).unwrap();
-        p.to_str().unwrap().to_string()
-    };
+    let file = |name: &str, body: String| c.write(name, &body);
     let app = format!(
         "[[app]]\nname = \"web\"\nimage = \"{image}\"\n\
          command = [\"/bin/sh\", \"-c\", \"cp /data/schema /shared/index.html && exec httpd -f -p 8080 -h /shared\"]\n\

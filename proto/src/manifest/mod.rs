@@ -31,6 +31,9 @@ pub struct Manifest {
     /// `[[cronjob]]`: jobs made on a schedule.
     #[serde(default, rename = "cronjob", skip_serializing_if = "Vec::is_empty")]
     pub cronjobs: Vec<CronJobSpec>,
+    /// `[[ingress]]`: web apps by host name from the LAN.
+    #[serde(default, rename = "ingress", skip_serializing_if = "Vec::is_empty")]
+    pub ingresses: Vec<IngressSpec>,
 }
 
 impl Manifest {
@@ -102,6 +105,8 @@ pub fn parse_manifest(file: &str, text: &str) -> Result<Manifest, ManifestErrors
     check_kind(file, text, "config", names, &mut errors);
     let names = manifest.cronjobs.iter().map(|c| (c.name.as_str(), c.check()));
     check_kind(file, text, "cronjob", names, &mut errors);
+    let names = manifest.ingresses.iter().map(|i| (i.name.as_str(), i.check()));
+    check_kind(file, text, "ingress", names, &mut errors);
     if errors.is_empty() {
         Ok(manifest)
     } else {

@@ -927,3 +927,57 @@ fn a_pods_containers_are_checked_where_they_are_written() {
     let bad = POD.replace("name = \"shipper\"", "name = \"Shipper\"");
     fails(&bad, 13, 8, "app[0].containers[0].name", "DNS label");
 }
+
+const INGRESS: &str = r#"[[ingress]]
+name = "site"
+host = "shop.lan"
+tls = { secret = "shop-cert" }
+max_body = "10Mi"
+timeouts = { read = "30s" }
+[[ingress.paths]]
+path = "/api"
+service = "api"
+port = 80
+[[ingress.paths]]
+path = "/"
+service = "web"
+port = "http"
+"#;
+
+#[test]
+fn an_ingress_parses_with_its_paths_and_tls() {
+    let m = parse_manifest("i.toml", INGRESS).unwrap();
+    let i = &m.ingresses[0];
+    let b: Vec<(String, PathMatch, &str)> = i.backends().into_iter().map(|(p, m, s, _)| (p, m, s.as_str())).collect();
+    assert_eq!(b, [("/api".into(), PathMatch::Prefix, "api"), ("/".into(), PathMatch::Prefix, "web")]);
+    assert!(i.redirects(), "with TLS, http:// redirects by default");
+    assert_eq!(i.max_body.unwrap().0, 10 << 20);
+    let again = toml::to_string(&m).unwrap();
+    assert_eq!(parse_manifest("again.toml", &again).unwrap(), m, "{again}");
+    let one = "[[ingress]]\nname = \"g\"\nhost = \"*.lan\"\nservice = \"grafana\"\nport = 3000\n";
+    let m = parse_manifest("i.toml", one).unwrap();
+    assert_eq!(m.ingresses[0].backends().len(), 1);
+    assert!(!m.ingresses[0].redirects());
+}
+
+#[test]
+fn an_ingress_refuses_what_would_reach_the_proxy_unchecked() {
+    let host = INGRESS.replace("shop.lan", "shop.lan/evil");
+    fails(&host, 3, 8, "ingress[0].host", "expected a DNS name");
+    let wild = INGRESS.replace("shop.lan", "*");
+    fails(&wild, 3, 8, "ingress[0].host", "expected a DNS name");
+    let placeholder = INGRESS.replace("path = \"/api\"", "path = \"/{http.request.uri}\"");
+    fails(&placeholder, 8, 8, "ingress[0].paths[0].path", "has '{'");
+    let dots = INGRESS.replace("path = \"/api\"", "path = \"/a/../admin\"");
+    fails(&dots, 8, 8, "ingress[0].paths[0].path", "\"..\" segments");
+    let twice = INGRESS.replace("path = \"/api\"", "path = \"/\"");
+    fails(&twice, 12, 8, "ingress[0].paths[1].path", "listed twice");
+    let both = INGRESS.replace("tls = { secret = \"shop-cert\" }", "tls = { secret = \"shop-cert\", acme = true }");
+    fails(&both, 4, 7, "ingress[0].tls", "expected one of");
+    let acme_wild = INGRESS.replace("shop.lan", "*.shop.lan").replace("secret = \"shop-cert\"", "acme = true");
+    fails(&acme_wild, 4, 16, "ingress[0].tls.acme", "wildcard");
+    let body = INGRESS.replace("10Mi", "2Gi");
+    fails(&body, 5, 12, "ingress[0].max_body", "at most 1Gi");
+    let none = "[[ingress]]\nname = \"x\"\nhost = \"x.lan\"\n";
+    fails(none, 1, 1, "ingress[0].service", "expected a service and port");
+}

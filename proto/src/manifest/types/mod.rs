@@ -6,6 +6,7 @@
 //! service.rs  [[service]] and its ports
 //! config.rs   [[config]] and config mounts
 //! cronjob.rs  [[cronjob]]: a schedule and the job it makes
+//! ingress.rs  [[ingress]]: host names and paths to services, TLS
 //! pod.rs      [[app.containers]] and [[app.init]]: a replica's containers
 //! problem.rs  a problem found after parsing, with its field's path
 //! ```
@@ -14,6 +15,7 @@ mod app;
 mod common;
 mod config;
 mod cronjob;
+mod ingress;
 mod pod;
 mod problem;
 mod service;
@@ -22,6 +24,7 @@ pub use app::*;
 pub use common::*;
 pub use config::*;
 pub use cronjob::*;
+pub use ingress::*;
 pub use pod::*;
 pub use problem::*;
 pub use service::*;

@@ -12,6 +12,7 @@ pub mod edge;
 pub mod error;
 pub mod events;
 pub mod ha;
+pub mod ingress;
 pub mod init;
 pub mod network;
 pub mod objects;

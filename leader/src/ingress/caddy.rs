@@ -25,6 +25,9 @@ pub struct Unserved {
     pub why: String,
 }
 
+/// Routes by host, then exact before prefix, then longer paths first.
+type RouteOrder = (String, u8, std::cmp::Reverse<usize>, String);
+
 /// The service port a backend names, on the service's virtual IP.
 fn upstream(services: &BTreeMap<&str, &Service>, service: &str, port: &PortTarget) -> Result<String, String> {
     let s = services.get(service).ok_or_else(|| format!("service {service} does not exist"))?;
@@ -55,8 +58,7 @@ fn path_matchers(path: &str, matching: PathMatch) -> Vec<String> {
 pub fn config(ingresses: &[IngressSpec], services: &[Service], acme: Option<&Acme>) -> (Value, Vec<Unserved>) {
     let by_name: BTreeMap<&str, &Service> = services.iter().map(|s| (s.meta.name.as_str(), s)).collect();
     let mut unserved = Vec::new();
-    // (host, exact first, longer path first) → route
-    let mut routes: Vec<((String, u8, std::cmp::Reverse<usize>, String), Value)> = Vec::new();
+    let mut routes: Vec<(RouteOrder, Value)> = Vec::new();
     for i in ingresses {
         for (path, matching, service, port) in i.backends() {
             let mut handle = Vec::new();

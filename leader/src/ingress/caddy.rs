@@ -39,7 +39,7 @@ fn upstream(services: &BTreeMap<&str, &Service>, service: &str, port: &PortTarge
     };
     let p = found.ok_or_else(|| {
         let have: Vec<String> = tcp.map(|p| p.port.0.to_string()).collect();
-        format!("service {service} has no TCP port {port:?} (it has {})", have.join(", "))
+        format!("service {service} has no TCP port {} (it has {})", super::shown(port), have.join(", "))
     })?;
     Ok(format!("{vip}:{}", p.port.0))
 }

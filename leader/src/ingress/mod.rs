@@ -4,3 +4,156 @@
 //! (issue 32; ADR 16).
 
 pub mod caddy;
+
+use bramble_proto::manifest::{IngressSpec, PathMatch, PortTarget, ServiceSpec};
+use bramble_proto::wire::ObjectProblem;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A service port as written: `80` or `"http"`.
+pub fn shown(port: &PortTarget) -> String {
+    match port {
+        PortTarget::Number(n) => n.0.to_string(),
+        PortTarget::Name(n) => format!("{:?}", n.as_str()),
+    }
+}
+
+fn problem(name: &str, field: impl Into<String>, message: impl Into<String>) -> ObjectProblem {
+    ObjectProblem { kind: "ingress".into(), name: name.into(), field: field.into(), message: message.into() }
+}
+
+/// The checks an apply of `applied` makes against the cluster as it will be: `stored` ingresses
+/// (those applied replace theirs), `services` (stored and applied) and the keys of each secret.
+/// Two ingresses may not claim one host and path; a backend names a service and one of its TCP
+/// ports; a TLS secret holds `tls.crt` and `tls.key`.
+pub fn check(
+    applied: &[IngressSpec],
+    stored: &[IngressSpec],
+    services: &BTreeMap<String, ServiceSpec>,
+    secret_keys: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<ObjectProblem> {
+    let mut out = Vec::new();
+    let names: BTreeSet<&str> = applied.iter().map(|i| i.name.as_str()).collect();
+    let mut claimed: BTreeMap<(String, String, PathMatch), &str> = BTreeMap::new();
+    for i in stored.iter().filter(|i| !names.contains(i.name.as_str())) {
+        for (path, m, _, _) in i.backends() {
+            claimed.insert((i.host.clone(), path, m), i.name.as_str());
+        }
+    }
+    for i in applied {
+        let name = i.name.as_str();
+        let fields: Vec<String> = if i.paths.is_empty() {
+            vec!["service".to_string()]
+        } else {
+            (0..i.paths.len()).map(|k| format!("paths[{k}]")).collect()
+        };
+        for ((path, m, service, port), field) in i.backends().into_iter().zip(fields) {
+            if let Some(other) = claimed.insert((i.host.clone(), path.clone(), m), name) {
+                if other != name {
+                    out.push(problem(
+                        name,
+                        format!("{field}.path").replace("service.path", "host"),
+                        format!(
+                            "ingress {other} already sends {}{path} somewhere: one host and path, one ingress",
+                            i.host
+                        ),
+                    ));
+                }
+            }
+            let Some(s) = services.get(service.as_str()) else {
+                let at = if field == "service" { "service".to_string() } else { format!("{field}.service") };
+                out.push(problem(
+                    name,
+                    at,
+                    format!("service {service} does not exist (apply it with the ingress, or first)"),
+                ));
+                continue;
+            };
+            let tcp = s.ports.iter().filter(|p| p.protocol == bramble_proto::manifest::Protocol::Tcp);
+            let found = match port {
+                PortTarget::Number(n) => tcp.clone().any(|p| p.port == *n),
+                PortTarget::Name(n) => tcp.clone().any(|p| p.name.as_ref() == Some(n)),
+            };
+            if !found {
+                let have: Vec<String> = tcp
+                    .map(|p| p.name.as_ref().map_or(p.port.0.to_string(), |n| format!("{} ({n})", p.port.0)))
+                    .collect();
+                let at = if field == "service" { "port".to_string() } else { format!("{field}.port") };
+                out.push(problem(
+                    name,
+                    at,
+                    format!(
+                        "service {service} has no TCP port {}: it has {}",
+                        shown(port),
+                        if have.is_empty() { "none".into() } else { have.join(", ") }
+                    ),
+                ));
+            }
+        }
+        if let Some(secret) = i.tls.as_ref().and_then(|t| t.secret.as_ref()) {
+            match secret_keys.get(secret.as_str()) {
+                None => out.push(problem(name, "tls.secret", format!("secret {secret} does not exist"))),
+                Some(keys) => {
+                    let missing: Vec<&str> =
+                        ["tls.crt", "tls.key"].into_iter().filter(|k| !keys.contains(*k)).collect();
+                    if !missing.is_empty() {
+                        out.push(problem(
+                            name,
+                            "tls.secret",
+                            format!(
+                                "secret {secret} has no {}: expected tls.crt and tls.key (PEM)",
+                                missing.join(" or ")
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bramble_proto::manifest::parse_manifest;
+
+    #[test]
+    fn hosts_and_paths_are_claimed_once_and_backends_and_secrets_must_exist() {
+        let services: BTreeMap<String, ServiceSpec> = parse_manifest(
+            "s.toml",
+            "[[service]]\nname = \"web\"\napp = \"web\"\nports = [{ name = \"http\", port = 80 }]\n",
+        )
+        .unwrap()
+        .services
+        .into_iter()
+        .map(|s| (s.name.as_str().to_string(), s))
+        .collect();
+        let stored = parse_manifest(
+            "old.toml",
+            "[[ingress]]\nname = \"old\"\nhost = \"shop.lan\"\nservice = \"web\"\nport = 80\n",
+        )
+        .unwrap()
+        .ingresses;
+        let text = "[[ingress]]\nname = \"new\"\nhost = \"shop.lan\"\ntls = { secret = \"cert\" }\n\
+                    [[ingress.paths]]\npath = \"/\"\nservice = \"web\"\nport = \"http\"\n\
+                    [[ingress.paths]]\npath = \"/api\"\nservice = \"api\"\nport = 80\n\
+                    [[ingress.paths]]\npath = \"/x\"\nservice = \"web\"\nport = 8080\n";
+        let applied = parse_manifest("new.toml", text).unwrap().ingresses;
+        let keys = BTreeMap::from([("cert".to_string(), BTreeSet::from(["tls.crt".to_string()]))]);
+        let found: Vec<String> = check(&applied, &stored, &services, &keys)
+            .into_iter()
+            .map(|p| format!("{} {}: {}", p.name, p.field, p.message))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "new paths[0].path: ingress old already sends shop.lan/ somewhere: one host and path, one ingress",
+                "new paths[1].service: service api does not exist (apply it with the ingress, or first)",
+                "new paths[2].port: service web has no TCP port 8080: it has 80 (http)",
+                "new tls.secret: secret cert has no tls.key: expected tls.crt and tls.key (PEM)",
+            ]
+        );
+        // Applying the old one again (or replacing it) claims nothing twice.
+        assert!(check(&stored, &stored, &services, &keys).is_empty());
+    }
+}

@@ -12,6 +12,7 @@
 //! /tokens/<id>               a join token (hash of its secret)
 //! /configs/<name>           Config: files apps mount (plain: configs are not secret)
 //! /cronjobs/<name>          CronJob: a schedule, its job template, the last run it made
+//! /ingresses/<name>         Ingress: a host's paths to services, and its TLS
 //! /users/<name>              a user: role, key fingerprint, expiry, who made it, revoked when
 //! /revoked/<key fingerprint> a revoked user certificate (until it would have expired)
 //! /images/<reference>        ImagePlatforms: what an image offers, as a board found out
@@ -54,6 +55,7 @@ pub mod keys {
     pub const USERS: &str = "/users/";
     pub const CONFIGS: &str = "/configs/";
     pub const CRONJOBS: &str = "/cronjobs/";
+    pub const INGRESSES: &str = "/ingresses/";
     pub const POLICIES: &str = "/policies/";
     pub const REVOKED: &str = "/revoked/";
     pub const VOLUME_HOMES: &str = "/volume-homes/";
@@ -136,6 +138,7 @@ object!(Service, "service", keys::SERVICES);
 object!(Replica, "replica", keys::REPLICAS);
 object!(bramble_proto::model::Config, "config", keys::CONFIGS);
 object!(bramble_proto::model::CronJob, "cronjob", keys::CRONJOBS);
+object!(bramble_proto::model::Ingress, "ingress", keys::INGRESSES);
 object!(bramble_proto::model::Policy, "policy", keys::POLICIES);
 
 /// The key of object `name` of kind `T`.

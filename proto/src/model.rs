@@ -322,6 +322,13 @@ pub struct App {
     pub cronjob: Option<String>,
 }
 
+/// Web apps by host name, through the ingress proxy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ingress {
+    pub meta: ObjectMeta,
+    pub spec: crate::manifest::IngressSpec,
+}
+
 /// Jobs made on a schedule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CronJob {

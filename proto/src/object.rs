@@ -17,11 +17,21 @@ pub enum Kind {
     User,
     Config,
     CronJob,
+    Ingress,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] =
-        [Kind::Node, Kind::App, Kind::Replica, Kind::Service, Kind::Secret, Kind::User, Kind::Config, Kind::CronJob];
+    pub const ALL: [Kind; 9] = [
+        Kind::Node,
+        Kind::App,
+        Kind::Replica,
+        Kind::Service,
+        Kind::Secret,
+        Kind::User,
+        Kind::Config,
+        Kind::CronJob,
+        Kind::Ingress,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -33,6 +43,7 @@ impl Kind {
             Kind::User => "user",
             Kind::Config => "config",
             Kind::CronJob => "cronjob",
+            Kind::Ingress => "ingress",
         }
     }
 }
@@ -48,7 +59,7 @@ impl FromStr for Kind {
     fn from_str(s: &str) -> Result<Kind, ObjectRefError> {
         Kind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
             ObjectRefError(format!(
-                "unknown kind {s:?}: expected node, app, replica, service, secret, user, config or cronjob"
+                "unknown kind {s:?}: expected node, app, replica, service, secret, user, config, cronjob or ingress"
             ))
         })
     }

@@ -116,7 +116,8 @@ pub fn load_with_sources(files: &[String]) -> Result<(Manifest, Sources), CliErr
                     .chain(m.jobs.iter().map(|j| ("job", j.name.as_str().to_string())).enumerate())
                     .chain(m.services.iter().map(|s| ("service", s.name.as_str().to_string())).enumerate())
                     .chain(m.configs.iter().map(|c| ("config", c.name.as_str().to_string())).enumerate())
-                    .chain(m.cronjobs.iter().map(|c| ("cronjob", c.name.as_str().to_string())).enumerate());
+                    .chain(m.cronjobs.iter().map(|c| ("cronjob", c.name.as_str().to_string())).enumerate())
+                    .chain(m.ingresses.iter().map(|i| ("ingress", i.name.as_str().to_string())).enumerate());
                 for (i, (kind, name)) in names {
                     sources.0.entry((kind.to_string(), name)).or_insert_with(|| (shown.clone(), text.clone(), i));
                 }
@@ -126,6 +127,7 @@ pub fn load_with_sources(files: &[String]) -> Result<(Manifest, Sources), CliErr
                 all.services.extend(m.services);
                 all.configs.extend(m.configs);
                 all.cronjobs.extend(m.cronjobs);
+                all.ingresses.extend(m.ingresses);
             }
             Err(e) => errors.extend(e.0.iter().map(|e| e.to_string())),
         }
@@ -138,13 +140,26 @@ pub fn load_with_sources(files: &[String]) -> Result<(Manifest, Sources), CliErr
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let (m, sources) = load_with_sources(&args.files)?;
-    if m.apps.is_empty() && m.services.is_empty() && m.configs.is_empty() && m.cronjobs.is_empty() {
+    if m.apps.is_empty()
+        && m.services.is_empty()
+        && m.configs.is_empty()
+        && m.cronjobs.is_empty()
+        && m.ingresses.is_empty()
+    {
         return Err(CliError::Other(
-            "nothing to apply: the manifests hold no [[app]], [[job]], [[cronjob]], [[service]] or [[config]]".into(),
+            "nothing to apply: the manifests hold no [[app]], [[job]], [[cronjob]], [[service]], [[ingress]] or [[config]]"
+                .into(),
         ));
     }
     let dry_run = args.dry_run;
-    let req = Request::Apply { apps: m.apps, services: m.services, configs: m.configs, cronjobs: m.cronjobs, dry_run };
+    let req = Request::Apply {
+        apps: m.apps,
+        services: m.services,
+        configs: m.configs,
+        cronjobs: m.cronjobs,
+        ingresses: m.ingresses,
+        dry_run,
+    };
     match request(config, req).await.map_err(|e| sources.explain(e))? {
         Response::Applied(results) if args.output == Format::Json => {
             print!("{}", json(&results));

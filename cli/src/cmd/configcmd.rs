@@ -92,6 +92,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         services: Vec::new(),
         configs: vec![spec],
         cronjobs: Vec::new(),
+        ingresses: Vec::new(),
         dry_run: false,
     };
     match request(config, req).await? {

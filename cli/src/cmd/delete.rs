@@ -21,13 +21,14 @@ pub struct Args {
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let (mut apps, mut services, mut secrets, mut configs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut cronjobs = Vec::new();
+    let (mut cronjobs, mut ingresses) = (Vec::new(), Vec::new());
     if !args.files.is_empty() {
         let m = super::apply::load(&args.files)?;
         apps.extend(m.apps.iter().map(|a| a.name.to_string()));
         services.extend(m.services.iter().map(|s| s.name.to_string()));
         configs.extend(m.configs.iter().map(|c| c.name.to_string()));
         cronjobs.extend(m.cronjobs.iter().map(|c| c.name.to_string()));
+        ingresses.extend(m.ingresses.iter().map(|i| i.name.to_string()));
     }
     if let Some(sel) = &args.selector {
         if sel.is_empty()
@@ -60,6 +61,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
             "config" | "configs" => configs.extend(names.iter().cloned()),
             // Its jobs go with it.
             "cronjob" | "cronjobs" | "cj" => cronjobs.extend(names.iter().cloned()),
+            "ingress" | "ingresses" | "ing" => ingresses.extend(names.iter().cloned()),
             other => {
                 return Err(CliError::Other(format!(
                     "cannot delete {other:?}: expected app, job, cronjob, service, secret, config or node"
@@ -67,10 +69,16 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
             }
         }
     }
-    if apps.is_empty() && services.is_empty() && secrets.is_empty() && configs.is_empty() && cronjobs.is_empty() {
+    if apps.is_empty()
+        && services.is_empty()
+        && secrets.is_empty()
+        && configs.is_empty()
+        && cronjobs.is_empty()
+        && ingresses.is_empty()
+    {
         return Err(CliError::Other("nothing to delete: give `app NAME` or -f FILE".into()));
     }
-    match request(config, Request::Delete { apps, services, secrets, configs, cronjobs }).await? {
+    match request(config, Request::Delete { apps, services, secrets, configs, cronjobs, ingresses }).await? {
         Response::Done(m) => {
             println!("{m}");
             Ok(())

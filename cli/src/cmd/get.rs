@@ -98,7 +98,9 @@ fn pick_manifest<T: serde::Serialize, S: serde::Serialize>(
         Output::Name => list.iter().for_each(|o| println!("{kind}/{}", name_of(o))),
         Output::Toml => {
             let specs: Vec<S> = list.iter().filter_map(&spec_of).collect();
-            if specs.len() != list.len() || !matches!(kind, "app" | "job" | "cronjob" | "service" | "config") {
+            if specs.len() != list.len()
+                || !matches!(kind, "app" | "job" | "cronjob" | "ingress" | "service" | "config")
+            {
                 return Err(CliError::Other(format!("a {kind} has no manifest form: use -o json")));
             }
             let doc = std::collections::BTreeMap::from([(kind, specs)]);
@@ -121,6 +123,9 @@ enum Kind {
     /// Cron jobs: SCHEDULE in TIMEZONE, ACTIVE jobs, LAST run made and NEXT due.
     #[value(name = "cronjobs", alias = "cronjob", alias = "cj")]
     CronJobs,
+    /// Ingresses: HOST, its PATHS to services, TLS.
+    #[value(alias = "ingress", alias = "ing")]
+    Ingresses,
     #[value(alias = "service", alias = "svc")]
     Services,
     #[value(alias = "replica", alias = "rs")]
@@ -199,6 +204,7 @@ async fn fetch(config: &Option<PathBuf>, args: &Args) -> Result<Option<Rows>, Cl
         Kind::Apps => apps(config, name, output, &sel).await,
         Kind::Jobs => jobs(config, name, output).await,
         Kind::CronJobs => cronjobs(config, name, output).await,
+        Kind::Ingresses => ingresses(config, name, output).await,
         Kind::Services => services(config, name, output).await,
         Kind::Replicas => replicas(config, args.app.clone(), name, output, &sel).await,
         Kind::Secrets => secrets(config, name, output).await,
@@ -466,6 +472,43 @@ pub fn relative(ms: u64) -> String {
     } else {
         format!("in {}", text(ms - now + 999))
     }
+}
+
+async fn ingresses(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<Option<Rows>, CliError> {
+    let list = match request(config, Request::GetIngresses).await? {
+        Response::Ingresses(i) => i,
+        r => return Err(unexpected(&r)),
+    };
+    let spec_of = |i: &bramble_proto::model::Ingress| Some(i.spec.clone());
+    let Some(list) = pick_manifest(list, "ingress", name, output, |i| &i.meta.name, spec_of)? else {
+        return Ok(None);
+    };
+    let rows = list
+        .iter()
+        .map(|i| {
+            let paths: Vec<String> = i
+                .spec
+                .backends()
+                .into_iter()
+                .map(|(p, _, s, port)| {
+                    format!(
+                        "{p}->{s}:{}",
+                        match port {
+                            bramble_proto::manifest::PortTarget::Number(n) => n.0.to_string(),
+                            bramble_proto::manifest::PortTarget::Name(n) => n.to_string(),
+                        }
+                    )
+                })
+                .collect();
+            let tls = match &i.spec.tls {
+                Some(t) if t.acme => "acme".to_string(),
+                Some(t) => t.secret.as_ref().map_or("-".into(), |s| format!("secret/{s}")),
+                None => "-".to_string(),
+            };
+            vec![i.meta.name.clone(), i.spec.host.clone(), paths.join(","), tls, super::age(i.meta.created_ms)]
+        })
+        .collect();
+    Ok(Some((vec!["NAME", "HOST", "PATHS", "TLS", "AGE"], rows)))
 }
 
 async fn cronjobs(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<Option<Rows>, CliError> {

@@ -10,9 +10,9 @@ use crate::events::Events;
 use crate::network::alloc::free_vip;
 use crate::objects::{key, keys, Object, Objects};
 use crate::store::{Expect, StoreError, TxnOp};
-use bramble_proto::manifest::{AppSpec, ConfigSpec, CronJobSpec, ServiceSpec};
+use bramble_proto::manifest::{AppSpec, ConfigSpec, CronJobSpec, IngressSpec, ServiceSpec};
 use bramble_proto::model::{
-    App, Config, CronJob, Event, EventReason, Kind, ObjectMeta, ObjectRef, Replica, RevisionRecord, Service,
+    App, Config, CronJob, Event, EventReason, Ingress, Kind, ObjectMeta, ObjectRef, Replica, RevisionRecord, Service,
 };
 use bramble_proto::network::ClusterNetwork;
 use bramble_proto::time::now_ms;
@@ -71,6 +71,17 @@ impl Applicable for App {
     /// A job keeps the cron job that made it.
     fn build(meta: ObjectMeta, spec: AppSpec, current: Option<&Self>) -> Self {
         App { meta, spec, cronjob: current.and_then(|c| c.cronjob.clone()) }
+    }
+}
+
+impl Applicable for Ingress {
+    type Spec = IngressSpec;
+    const REF: Kind = Kind::Ingress;
+    fn spec(&self) -> &IngressSpec {
+        &self.spec
+    }
+    fn build(meta: ObjectMeta, spec: IngressSpec, _: Option<&Self>) -> Self {
+        Ingress { meta, spec }
     }
 }
 
@@ -220,6 +231,36 @@ fn check_targets(objects: &Objects, apps: &[AppSpec], services: &[ServiceSpec]) 
     refuse(problems)
 }
 
+/// Ingresses' own checks, then against the cluster as it will be: hosts and paths claimed once,
+/// backends on services that exist (stored or applied now) with that port, TLS secrets with a
+/// certificate and a key.
+fn check_ingresses(objects: &Objects, ingresses: &[IngressSpec], services: &[ServiceSpec]) -> Result<()> {
+    if ingresses.is_empty() {
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    let mut seen = BTreeSet::new();
+    for i in ingresses {
+        if !seen.insert(i.name.as_str()) {
+            problems.push(problem("ingress", i.name.as_str(), "", "listed twice"));
+        }
+        problems.extend(i.check().into_iter().map(|p| problem("ingress", i.name.as_str(), p.field(), p.message)));
+    }
+    refuse(problems)?;
+    let stored: Vec<IngressSpec> = objects.list::<Ingress>()?.into_iter().map(|v| v.value.spec).collect();
+    let mut all: BTreeMap<String, ServiceSpec> =
+        objects.list::<Service>()?.into_iter().map(|v| (v.value.meta.name.clone(), v.value.spec)).collect();
+    all.extend(services.iter().map(|s| (s.name.as_str().to_string(), s.clone())));
+    let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for i in ingresses {
+        let Some(secret) = i.tls.as_ref().and_then(|t| t.secret.as_ref()) else { continue };
+        if let Some(v) = objects.get::<crate::trust::secrets::StoredSecret>(secret.as_str())? {
+            keys.insert(secret.as_str().to_string(), v.value.sizes.keys().cloned().collect());
+        }
+    }
+    refuse(crate::ingress::check(ingresses, &stored, &all, &keys))
+}
+
 fn names(list: &[bramble_proto::names::Name]) -> Vec<String> {
     list.iter().map(|n| n.as_str().to_string()).collect()
 }
@@ -231,6 +272,7 @@ pub struct Specs {
     pub services: Vec<ServiceSpec>,
     pub configs: Vec<ConfigSpec>,
     pub cronjobs: Vec<CronJobSpec>,
+    pub ingresses: Vec<IngressSpec>,
 }
 
 /// What an apply would write, and what it means.
@@ -247,12 +289,13 @@ struct Prepared {
 fn prepare(
     objects: &Objects,
     (network, reserved): (&ClusterNetwork, &Reserved),
-    Specs { apps, services, configs, cronjobs }: Specs,
+    Specs { apps, services, configs, cronjobs, ingresses }: Specs,
     who: &str,
     now: u64,
 ) -> Result<Prepared> {
     check(reserved, &apps, &services, &configs)?;
     refuse(crate::admission::check_cronjobs(reserved, &cronjobs))?;
+    check_ingresses(objects, &ingresses, &services)?;
     check_targets(objects, &apps, &services)?;
     let (mut denied, mut secret_checks) = super::secrets::access(objects, &apps)?;
     // A cron job's jobs use secrets as the cron job (a secret allowed to `backup` is its jobs').
@@ -315,6 +358,11 @@ fn prepare(
         let (new, applied) = plan::<Config>(objects, c.name.as_str(), c, who)?;
         ops.extend(new.map(|(c, expect)| Objects::put_op(&c, expect)));
         results.push((Config::REF, applied));
+    }
+    for i in &ingresses {
+        let (new, applied) = plan::<Ingress>(objects, i.name.as_str(), i, who)?;
+        ops.extend(new.map(|(i, expect)| Objects::put_op(&i, expect)));
+        results.push((Ingress::REF, applied));
     }
     for c in &cronjobs {
         let (new, applied) = plan::<CronJob>(objects, c.name.as_str(), c, who)?;
@@ -391,6 +439,7 @@ pub fn delete(
     secrets: Vec<String>,
     configs: Vec<String>,
     cronjobs: Vec<String>,
+    ingresses: Vec<String>,
 ) -> Result<String> {
     let mut ops = Vec::new();
     let mut missing = Vec::new();
@@ -410,7 +459,8 @@ pub fn delete(
         .map(|n| (key::<App>(n), App::KIND, n))
         .chain(services.iter().map(|n| (key::<Service>(n), Service::KIND, n)))
         .chain(configs.iter().map(|n| (key::<Config>(n), Config::KIND, n)))
-        .chain(cronjobs.iter().map(|n| (key::<CronJob>(n), CronJob::KIND, n)));
+        .chain(cronjobs.iter().map(|n| (key::<CronJob>(n), CronJob::KIND, n)))
+        .chain(ingresses.iter().map(|n| (key::<Ingress>(n), Ingress::KIND, n)));
     for (key, kind, n) in names {
         match objects.store().get(&key)? {
             Some(kv) => {

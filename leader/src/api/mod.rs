@@ -261,12 +261,12 @@ impl Api {
                 self.objects.list::<bramble_proto::model::Policy>()?.into_iter().map(|v| v.value).collect(),
             )),
             Request::DeletePolicy { app } => apps::delete_policy(&self.objects, &self.events, &app, who),
-            Request::Apply { apps, services, configs, cronjobs, dry_run: true } => {
-                let specs = apps::Specs { apps, services, configs, cronjobs };
+            Request::Apply { apps, services, configs, cronjobs, ingresses, dry_run: true } => {
+                let specs = apps::Specs { apps, services, configs, cronjobs, ingresses };
                 Ok(Response::Planned(apps::dry_run(&self.context(), &self.reserved, specs, now_ms())?))
             }
-            Request::Apply { apps, services, configs, cronjobs, dry_run: false } => {
-                let objects = apps::Specs { apps, services, configs, cronjobs };
+            Request::Apply { apps, services, configs, cronjobs, ingresses, dry_run: false } => {
+                let objects = apps::Specs { apps, services, configs, cronjobs, ingresses };
                 let cluster = (self.network.as_ref(), self.reserved.as_ref());
                 let applied = apps::apply(&self.objects, &self.events, cluster, objects, who, now_ms())?;
                 self.published.kick.notify_one();
@@ -289,8 +289,9 @@ impl Api {
                 self.published.kick.notify_one();
                 Ok(Response::Done(done))
             }
-            Request::Delete { apps, services, secrets, configs, cronjobs } => {
-                let done = apps::delete(&self.objects, apps, services, secrets, configs, cronjobs)?;
+            Request::GetIngresses => Ok(Response::Ingresses(apps::list(&self.objects)?)),
+            Request::Delete { apps, services, secrets, configs, cronjobs, ingresses } => {
+                let done = apps::delete(&self.objects, apps, services, secrets, configs, cronjobs, ingresses)?;
                 for line in done.lines() {
                     let Some(object) = line.split(' ').next().and_then(|r| r.parse::<ObjectRef>().ok()) else {
                         continue;
@@ -388,6 +389,7 @@ pub fn required_role(request: &Request) -> Role {
         | Request::GetNode { .. }
         | Request::GetApps
         | Request::GetCronJobs
+        | Request::GetIngresses
         | Request::GetServices
         | Request::GetService { .. }
         | Request::GetSecrets

@@ -157,3 +157,50 @@ mod tests {
         assert!(check(&stored, &stored, &services, &keys).is_empty());
     }
 }
+
+#[cfg(test)]
+mod apply_tests {
+    use crate::admission::Reserved;
+    use crate::api::apps::{apply, Specs};
+    use crate::events::Events;
+    use crate::objects::Objects;
+    use crate::store::MemStore;
+    use bramble_proto::manifest::parse_manifest;
+    use bramble_proto::network::ClusterNetwork;
+    use std::sync::Arc;
+
+    fn apply_text(objects: &Objects, text: &str) -> Result<(), String> {
+        let m = parse_manifest("i.toml", text).unwrap();
+        let specs = Specs { apps: m.apps, services: m.services, ingresses: m.ingresses, ..Default::default() };
+        let reserved = Reserved::of_leader(7443, None, None);
+        let events = Events::new();
+        match apply(objects, &events, (&ClusterNetwork::default(), &reserved), specs, "deployer:ci", 1) {
+            Ok(_) => Ok(()),
+            Err(crate::error::Error::Problems(p)) => Err(p
+                .iter()
+                .map(|p| format!("{}/{} {}: {}", p.kind, p.name, p.field, p.message))
+                .collect::<Vec<_>>()
+                .join("\n")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn an_ingress_is_stored_with_its_service_and_a_second_claim_on_its_host_is_refused() {
+        let objects = Objects::new(Arc::new(MemStore::new()));
+        let text = "[[service]]\nname = \"web\"\napp = \"web\"\nports = [{ port = 80 }]\n\
+                    [[ingress]]\nname = \"shop\"\nhost = \"shop.lan\"\nservice = \"web\"\nport = 80\n";
+        apply_text(&objects, text).unwrap();
+        assert_eq!(objects.load::<bramble_proto::model::Ingress>("shop").unwrap().value.spec.host, "shop.lan");
+        let other = "[[ingress]]\nname = \"other\"\nhost = \"shop.lan\"\nservice = \"web\"\nport = 80\n";
+        let e = apply_text(&objects, other).unwrap_err();
+        assert_eq!(
+            e,
+            "ingress/other host: ingress shop already sends shop.lan/ somewhere: one host and path, one ingress"
+        );
+        let tls =
+            "[[ingress]]\nname = \"t\"\nhost = \"t.lan\"\nservice = \"web\"\nport = 80\ntls = { secret = \"nope\" }\n";
+        assert_eq!(apply_text(&objects, tls).unwrap_err(), "ingress/t tls.secret: secret nope does not exist");
+        assert!(objects.get::<bramble_proto::model::Ingress>("other").unwrap().is_none(), "nothing applied");
+    }
+}

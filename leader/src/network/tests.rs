@@ -35,7 +35,14 @@ fn apply(api: &Api, text: &str) -> Response {
     let m = parse_manifest("t.toml", text).unwrap();
     admin(
         api,
-        Request::Apply { apps: m.apps, services: m.services, configs: m.configs, cronjobs: m.cronjobs, dry_run: false },
+        Request::Apply {
+            apps: m.apps,
+            services: m.services,
+            configs: m.configs,
+            cronjobs: m.cronjobs,
+            ingresses: m.ingresses,
+            dry_run: false,
+        },
     )
 }
 
@@ -63,6 +70,7 @@ fn a_service_keeps_its_vip_for_life_and_gives_it_back_when_deleted() {
             secrets: vec![],
             configs: vec![],
             cronjobs: vec![],
+            ingresses: vec![],
         },
     );
     apply(&api, &SVC.replace("\"web\"\napp", "\"cache\"\napp"));

@@ -93,11 +93,14 @@ pub enum Request {
         configs: Vec<ConfigSpec>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         cronjobs: Vec<crate::manifest::CronJobSpec>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ingresses: Vec<crate::manifest::IngressSpec>,
         #[serde(default)]
         dry_run: bool,
     },
     /// Every cron job, with when each runs next.
     GetCronJobs,
+    GetIngresses,
     /// Makes a job from cron job `cronjob`'s template at once, named `name` (its schedule and
     /// record unchanged; its history counts the job).
     RunCronJob {
@@ -120,6 +123,8 @@ pub enum Request {
         configs: Vec<String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         cronjobs: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ingresses: Vec<String>,
     },
     /// Creates a secret (`create`: refused if it exists) or replaces its keys (refused if it does
     /// not). Write-only: no request ever returns a value.
@@ -349,6 +354,7 @@ pub enum Response {
     Planned(ApplyPlan),
     Apps(Vec<App>),
     CronJobs(Vec<CronJobView>),
+    Ingresses(Vec<crate::model::Ingress>),
     Services(Vec<Service>),
     Replicas(Vec<Replica>),
     App {

@@ -137,7 +137,8 @@ pub fn config(ingresses: &[IngressSpec], services: &[Service], acme: Option<&Acm
         policies.push(json!({ "subjects": acme_hosts, "issuers": [issuer] }));
     }
     // Hosts with a certificate from a secret ask no CA: Caddy manages no name it has a loaded
-    // certificate for (to be confirmed against the real proxy, issue 32).
+    // certificate for ("skipping automatic certificate management because one or more matching
+    // certificates are already loaded", caddy 2.6.2 validating this config).
     tls["automation"] = json!({ "policies": policies });
     let config = json!({
         "admin": { "listen": "unix//run/caddy/admin.sock" },
@@ -210,5 +211,43 @@ mod tests {
         assert_eq!(tls["automation"]["policies"][0]["subjects"], json!(["ha.example.com"]));
         assert_eq!(tls["automation"]["policies"][0]["issuers"][0]["ca"], "https://pebble.lan:14000/dir");
         assert_eq!(c["apps"]["http"]["servers"]["bramble"]["automatic_https"]["skip"], json!(["grafana.lan"]));
+    }
+}
+
+#[cfg(test)]
+mod print {
+    /// Writes a configuration to `$BRAMBLE_CADDY_JSON` for `caddy validate` (Debian's caddy 2.6.2
+    /// said "Valid configuration" to it, 2026-12-06); issue 32's end-to-end test is to load it for
+    /// real.
+    #[test]
+    #[ignore = "writes a config for caddy validate: BRAMBLE_CADDY_JSON=FILE cargo test -p bramble-leader -- --ignored write_the_config"]
+    fn write_the_config_for_caddy_validate() {
+        let path = std::env::var("BRAMBLE_CADDY_JSON").expect("BRAMBLE_CADDY_JSON: where to write the config");
+        let text = "[[ingress]]\nname = \"shop\"\nhost = \"shop.lan\"\ntls = { secret = \"shop-cert\" }\nmax_body = \"1Mi\"\n\
+                    timeouts = { read = \"30s\", idle = \"2m\" }\n\
+                    [[ingress.paths]]\npath = \"/\"\nservice = \"web\"\nport = 80\n\
+                    [[ingress.paths]]\npath = \"/api/health\"\nmatch = \"exact\"\nservice = \"web\"\nport = 80\n\
+                    [[ingress]]\nname = \"public\"\nhost = \"ha.example.com\"\ntls = { acme = true }\nservice = \"web\"\nport = 80\n\
+                    [[ingress]]\nname = \"plain\"\nhost = \"grafana.lan\"\nservice = \"web\"\nport = 80\n";
+        let ingresses = bramble_proto::manifest::parse_manifest("i.toml", text).unwrap().ingresses;
+        let spec = bramble_proto::manifest::parse_manifest(
+            "s.toml",
+            "[[service]]\nname = \"web\"\napp = \"web\"\nports = [{ port = 80 }]\n",
+        )
+        .unwrap()
+        .services
+        .remove(0);
+        let meta = bramble_proto::model::ObjectMeta {
+            name: "web".into(),
+            generation: 1,
+            revision: 1,
+            created_ms: 0,
+            changed_by: None,
+        };
+        let services =
+            [bramble_proto::model::Service { meta, spec, vip: Some([10, 43, 0, 10].into()), endpoints: vec![] }];
+        let acme = super::Acme { ca: "https://127.0.0.1:14000/dir".into(), email: None };
+        let (c, _) = super::config(&ingresses, &services, Some(&acme));
+        std::fs::write(path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
     }
 }

@@ -165,6 +165,28 @@ pub fn busybox_layout(dir: &Path, tag: &str) -> Digest {
     l.finish(tag, manifests, true)
 }
 
+/// Debian's caddy for one Debian architecture (`scripts/fetch-test-assets`).
+pub fn caddy(arch: &str) -> PathBuf {
+    let p = assets_dir().join(format!("caddy-{arch}"));
+    assert!(p.is_file(), "{} is missing: run scripts/fetch-test-assets (scripts/test does)", p.display());
+    p
+}
+
+/// The ingress proxy's image (issue 32): busybox, and Debian's caddy as `/usr/bin/caddy` in a
+/// layer of its own, for the three platforms.
+pub fn caddy_layout(dir: &Path, tag: &str) -> Digest {
+    let l = Layout::new(dir);
+    let manifests = PLATFORMS
+        .iter()
+        .map(|(arch, variant, deb)| {
+            let bin = std::fs::read(caddy(deb)).expect("read caddy");
+            let layer = TarBuilder::default().dir("usr").dir("usr/bin").file("usr/bin/caddy", 0o755, &bin).finish();
+            l.image(arch, *variant, &[busybox_layer(deb), layer], &["/usr/bin/caddy", "run"])
+        })
+        .collect();
+    l.finish(tag, manifests, true)
+}
+
 /// Pushes an OCI layout to a registry with skopeo (an independent client).
 pub fn push(layout: &Path, tag: &str, dest: &str) {
     push_from(None, layout, tag, dest)

@@ -217,6 +217,14 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
     if api.objects.store().get(crate::objects::keys::RESTORED).ok().flatten().is_some() {
         api.restored.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+    let acme_root = config.ingress.acme_ca_root.as_ref().and_then(|f| match std::fs::read_to_string(f) {
+        Ok(pem) => Some(pem),
+        Err(e) => {
+            warn!("ingress: cannot read acme_ca_root {}: {e}; the proxy trusts only the usual CAs", f.display());
+            None
+        }
+    });
+    api.ingress = Arc::new(crate::controllers::ingress::IngressController::new(config.ingress.clone(), acme_root));
     let api = Arc::new(api);
     let cancel = CancellationToken::new();
     {
@@ -252,6 +260,16 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
         published: api.published.clone(),
     };
     tasks.spawn(crate::controllers::cron::run(cron, cancel.clone()));
+    let ingress = crate::controllers::ingress::Handles {
+        objects: api.objects.clone(),
+        events: api.events.clone(),
+        published: api.published.clone(),
+        network: api.network.clone(),
+        reserved: api.reserved.clone(),
+        controller: api.ingress.clone(),
+        keyring: api.keyring.clone(),
+    };
+    tasks.spawn(crate::controllers::ingress::run(ingress, cancel.clone()));
     tasks.spawn(crate::backup::schedule(backup_handles(&api), config.backup.clone(), cancel.clone()));
     tasks.spawn(crate::backup::release_when_all_seen(backup_handles(&api), cancel.clone()));
     if let Some(listen) = config.metrics.listen.clone() {
@@ -340,6 +358,7 @@ pub fn metrics_handles(api: &Api) -> crate::observability::metrics::Handles {
         store_path: api.store_path.clone(),
         backups: api.backups.clone(),
         published: api.published.clone(),
+        ingress: api.ingress.clone(),
     }
 }
 

@@ -78,6 +78,8 @@ reasons! {
     DevicesChanged, NodeDraining, DrainBlocked, NodeDrained,
     // Cron jobs, by the leader's cron controller.
     JobCreated, MissedSchedule, RunWaiting, JobReplaced, HistoryPruned,
+    // Ingresses, by the leader's ingress controller.
+    ProxyConfigured, IngressUnserved, IngressServed, CertificateExpiring,
     // Containers, from the boards.
     Pulling, Pulled, Started, BackOff, Restarted, Completed, Stopped, Failed, Unhealthy, Killing,
 }

@@ -237,8 +237,14 @@ impl Ab {
     /// `ab` in network namespace `ns` (a name for `ip netns exec`) against `url`, `concurrency`
     /// requests at a time; it keeps going through receive errors (`-r`: they are counted).
     pub fn start(ns: &str, url: &str, concurrency: u32) -> Ab {
+        Ab::start_with(ns, url, concurrency, &[])
+    }
+
+    /// The same with `headers` (`Host: shop.lan`) on each request.
+    pub fn start_with(ns: &str, url: &str, concurrency: u32, headers: &[&str]) -> Ab {
         let child = std::process::Command::new("ip")
             .args(["netns", "exec", ns, "ab", "-r", "-s", "5", "-t", "3600", "-n", "50000000"])
+            .args(headers.iter().flat_map(|h| ["-H", h]))
             .args(["-c", &concurrency.to_string(), url])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

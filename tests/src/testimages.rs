@@ -165,23 +165,23 @@ pub fn busybox_layout(dir: &Path, tag: &str) -> Digest {
     l.finish(tag, manifests, true)
 }
 
-/// Debian's caddy for one Debian architecture (`scripts/fetch-test-assets`).
-pub fn caddy(arch: &str) -> PathBuf {
-    let p = assets_dir().join(format!("caddy-{arch}"));
-    assert!(p.is_file(), "{} is missing: run scripts/fetch-test-assets (scripts/test does)", p.display());
-    p
+/// The caddy layer for one Debian architecture (`scripts/fetch-test-assets`: Debian's caddy with
+/// the loader, libc and libzstd it links).
+pub fn caddy_layer(arch: &str) -> Vec<u8> {
+    let p = assets_dir().join(format!("caddy-{arch}.tar"));
+    std::fs::read(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}: run scripts/fetch-test-assets (scripts/test does)", p.display()))
 }
 
 /// The ingress proxy's image (issue 32): busybox, and Debian's caddy as `/usr/bin/caddy` in a
-/// layer of its own, for the three platforms.
-pub fn caddy_layout(dir: &Path, tag: &str) -> Digest {
+/// layer of its own, for the platforms of `archs` (OCI names: `amd64`, `arm64`, `arm`).
+pub fn caddy_layout(dir: &Path, tag: &str, archs: &[&str]) -> Digest {
     let l = Layout::new(dir);
     let manifests = PLATFORMS
         .iter()
+        .filter(|(arch, _, _)| archs.contains(arch))
         .map(|(arch, variant, deb)| {
-            let bin = std::fs::read(caddy(deb)).expect("read caddy");
-            let layer = TarBuilder::default().dir("usr").dir("usr/bin").file("usr/bin/caddy", 0o755, &bin).finish();
-            l.image(arch, *variant, &[busybox_layer(deb), layer], &["/usr/bin/caddy", "run"])
+            l.image(arch, *variant, &[busybox_layer(deb), caddy_layer(deb)], &["/usr/bin/caddy", "run"])
         })
         .collect();
     l.finish(tag, manifests, true)

@@ -319,6 +319,59 @@ pub fn validity_ms(cert_der: &[u8]) -> Result<(u64, u64), PkiError> {
     Ok((ms(cert.validity().not_before), ms(cert.validity().not_after)))
 }
 
+/// A web server's certificate as checked for an ingress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerCert {
+    /// Its end, in ms since the epoch.
+    pub not_after_ms: u64,
+    /// Its DNS names (subject alternative names).
+    pub names: Vec<String>,
+}
+
+/// Checks a certificate chain and its key as a web server is given them (PEM: the leaf first;
+/// the key PKCS#8, SEC1 or PKCS#1): the leaf parses and the key is its key. Errors say which.
+pub fn check_server_pair(crt_pem: &[u8], key_pem: &[u8]) -> Result<ServerCert, String> {
+    use x509_parser::prelude::*;
+    let leaf = CertificateDer::pem_slice_iter(crt_pem)
+        .next()
+        .ok_or("tls.crt holds no PEM certificate")?
+        .map_err(|e| format!("tls.crt: {e}"))?;
+    let (_, cert) = X509Certificate::from_der(&leaf).map_err(|e| format!("tls.crt: not an X.509 certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("tls.key: no private key in PEM: {e}"))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("tls.key: not a key this proxy can use (RSA, ECDSA P-256/P-384, Ed25519): {e}"))?;
+    let public = signer.public_key().ok_or("tls.key: its public key cannot be derived")?;
+    if public.as_ref() != cert.public_key().raw {
+        return Err("tls.key is not the key of tls.crt (their public keys differ)".into());
+    }
+    let names = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let not_after_ms = (cert.validity().not_after.timestamp().max(0) as u64) * 1000;
+    Ok(ServerCert { not_after_ms, names })
+}
+
+/// Whether a certificate's DNS name `pattern` (`shop.lan`, `*.lan`) covers `host`.
+pub fn name_covers(pattern: &str, host: &str) -> bool {
+    let (pattern, host) = (pattern.to_ascii_lowercase(), host.to_ascii_lowercase());
+    match pattern.strip_prefix("*.") {
+        Some(rest) => host.split_once('.').is_some_and(|(first, tail)| !first.is_empty() && tail == rest),
+        None => pattern == host,
+    }
+}
+
 /// When a certificate should be renewed: two thirds into its validity.
 pub fn renew_at_ms(cert_der: &[u8]) -> Result<u64, PkiError> {
     let (nb, na) = validity_ms(cert_der)?;

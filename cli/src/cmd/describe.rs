@@ -1,4 +1,4 @@
-//! `bramble describe node|app|job|cronjob|replica|service|secret|config NAME`.
+//! `bramble describe node|app|job|cronjob|replica|service|secret|config|ingress NAME`.
 
 use crate::client::{request, unexpected, CliError};
 use crate::output::{json, Format};
@@ -36,6 +36,10 @@ enum Kind {
     /// A cron job: its schedule, zone, concurrency, last and next runs, its jobs and events.
     #[value(name = "cronjob", alias = "cronjobs", alias = "cj")]
     CronJob,
+    /// An ingress: its host, each path's service with its ready endpoints, the certificate and
+    /// when it ends, the boards its proxy runs on, what cannot be served, events.
+    #[value(alias = "ingresses", alias = "ing")]
+    Ingress,
 }
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
@@ -48,7 +52,77 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         Kind::Secret => secret(config, args).await,
         Kind::Config => config_(config, args).await,
         Kind::CronJob => cronjob(config, args).await,
+        Kind::Ingress => ingress(config, args).await,
     }
+}
+
+async fn ingress(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
+    let v = match request(config, Request::GetIngress { name: args.name }).await? {
+        Response::Ingress(v) => v,
+        r => return Err(unexpected(&r)),
+    };
+    if args.output == Format::Json {
+        print!("{}", json(&v));
+        return Ok(());
+    }
+    let spec = &v.ingress.spec;
+    let mut s = String::new();
+    let _ = writeln!(s, "Name:          {}", v.ingress.meta.name);
+    let _ = writeln!(s, "Host:          {}", spec.host);
+    match &v.certificate {
+        None => {
+            let _ = writeln!(s, "TLS:           none (plain HTTP)");
+        }
+        Some(c) => {
+            let ends = c.not_after_ms.map_or(String::new(), |end| {
+                let now = bramble_proto::time::now_ms();
+                if end > now {
+                    format!(", ends in {} days", (end - now) / 86_400_000)
+                } else {
+                    ", expired".into()
+                }
+            });
+            let redirect = if spec.redirects() { "; http:// redirects to https://" } else { "" };
+            let _ = writeln!(s, "TLS:           {}{ends}{redirect}", c.source);
+            if let Some(p) = &c.problem {
+                let _ = writeln!(s, "               {p}");
+            }
+        }
+    }
+    if let Some(max) = spec.max_body {
+        let _ = writeln!(s, "Body limit:    {max}");
+    }
+    let _ = writeln!(s, "Backends:");
+    let _ = writeln!(s, "  {:<24} {:<7} {:<20} {:<22} READY", "PATH", "MATCH", "SERVICE:PORT", "UPSTREAM");
+    for b in &v.backends {
+        let _ = writeln!(
+            s,
+            "  {:<24} {:<7} {:<20} {:<22} {}/{}",
+            b.path,
+            b.matching,
+            format!("{}:{}", b.service, b.port),
+            b.upstream.as_deref().unwrap_or("-"),
+            b.ready,
+            b.endpoints
+        );
+    }
+    let _ = writeln!(s, "Proxies:");
+    if v.proxies.is_empty() {
+        let _ = writeln!(s, "  <none>");
+    }
+    for r in &v.proxies {
+        let ready = if r.serving() { "ready" } else { "not ready" };
+        let _ = writeln!(s, "  {:<30} {:<12} {:?} ({ready})", r.meta.name, r.node.as_deref().unwrap_or("-"), r.phase);
+    }
+    if !v.problems.is_empty() {
+        let _ = writeln!(s, "Problems:");
+        for p in &v.problems {
+            let _ = writeln!(s, "  {p}");
+        }
+    }
+    events_section(&mut s, &v.events);
+    print!("{s}");
+    Ok(())
 }
 
 async fn cronjob(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {

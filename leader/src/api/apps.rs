@@ -252,12 +252,29 @@ fn check_ingresses(objects: &Objects, ingresses: &[IngressSpec], services: &[Ser
         objects.list::<Service>()?.into_iter().map(|v| (v.value.meta.name.clone(), v.value.spec)).collect();
     all.extend(services.iter().map(|s| (s.name.as_str().to_string(), s.clone())));
     let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut denied = Vec::new();
     for i in ingresses {
         let Some(secret) = i.tls.as_ref().and_then(|t| t.secret.as_ref()) else { continue };
         if let Some(v) = objects.get::<crate::trust::secrets::StoredSecret>(secret.as_str())? {
             keys.insert(secret.as_str().to_string(), v.value.sizes.keys().cloned().collect());
+            // A secret an admin kept for some apps serves only ingresses of those names: no one
+            // else's ingress presents its certificate.
+            if let Some(allowed) = v.value.allowed_apps.as_ref().filter(|a| !a.contains(i.name.as_str())) {
+                let who = if allowed.is_empty() {
+                    "no app".into()
+                } else {
+                    allowed.iter().cloned().collect::<Vec<_>>().join(", ")
+                };
+                denied.push(problem(
+                    "ingress",
+                    i.name.as_str(),
+                    "tls.secret",
+                    format!("secret {secret} may be used only by {who} (an admin changes that: bramble secret allow {secret} --apps …)"),
+                ));
+            }
         }
     }
+    refuse(denied)?;
     refuse(crate::ingress::check(ingresses, &stored, &all, &keys))
 }
 

@@ -18,6 +18,7 @@
 
 pub mod apps;
 pub mod cronjobs;
+pub mod ingresses;
 pub mod nodes;
 pub mod replicas;
 pub mod rollouts;
@@ -80,6 +81,8 @@ pub struct Api {
     pub reserved: Arc<crate::admission::Reserved>,
     /// Refused joins: one event a minute, the rest counted.
     pub join_refusals: crate::events::Throttle,
+    /// The ingress proxy's settings and what it cannot serve (`describe ingress`).
+    pub ingress: Arc<crate::controllers::ingress::IngressController>,
 }
 
 impl std::fmt::Debug for Api {
@@ -127,6 +130,7 @@ impl Api {
             ha: None,
             reserved: Arc::new(crate::admission::Reserved::of_leader(7443, None, None)),
             join_refusals: Default::default(),
+            ingress: Arc::default(),
         }
     }
 
@@ -176,6 +180,15 @@ impl Api {
 
     fn rollouts(&self) -> rollouts::Rollouts<'_> {
         rollouts::Rollouts { objects: &self.objects, events: &self.events, published: &self.published }
+    }
+
+    fn ingresses(&self) -> ingresses::Ingresses<'_> {
+        ingresses::Ingresses {
+            objects: &self.objects,
+            keyring: &self.keyring,
+            events: &self.events,
+            controller: &self.ingress,
+        }
     }
 
     fn services(&self) -> services::Services<'_> {
@@ -261,6 +274,24 @@ impl Api {
                 self.objects.list::<bramble_proto::model::Policy>()?.into_iter().map(|v| v.value).collect(),
             )),
             Request::DeletePolicy { app } => apps::delete_policy(&self.objects, &self.events, &app, who),
+            Request::Apply { apps, configs, cronjobs, .. }
+                if !crate::ingress::proxy::reserved(&apps, &configs, &cronjobs).is_empty() =>
+            {
+                Err(Error::Problems(crate::ingress::proxy::reserved(&apps, &configs, &cronjobs)))
+            }
+            Request::Delete { apps, configs, .. }
+                if apps.iter().chain(configs.iter()).any(|n| n == crate::ingress::proxy::NAME) =>
+            {
+                Err(Error::Invalid(format!(
+                    "{} is the leader's ingress proxy: it goes when the leader's [ingress] names no image",
+                    crate::ingress::proxy::NAME
+                )))
+            }
+            Request::Apply { ingresses, .. }
+                if let Err(e) = self.ingresses().check_certificates(&ingresses, now_ms()) =>
+            {
+                Err(e)
+            }
             Request::Apply { apps, services, configs, cronjobs, ingresses, dry_run: true } => {
                 let specs = apps::Specs { apps, services, configs, cronjobs, ingresses };
                 Ok(Response::Planned(apps::dry_run(&self.context(), &self.reserved, specs, now_ms())?))
@@ -290,6 +321,7 @@ impl Api {
                 Ok(Response::Done(done))
             }
             Request::GetIngresses => Ok(Response::Ingresses(apps::list(&self.objects)?)),
+            Request::GetIngress { name } => self.ingresses().describe(&self.services(), &name, now_ms()),
             Request::Delete { apps, services, secrets, configs, cronjobs, ingresses } => {
                 let done = apps::delete(&self.objects, apps, services, secrets, configs, cronjobs, ingresses)?;
                 for line in done.lines() {
@@ -390,6 +422,7 @@ pub fn required_role(request: &Request) -> Role {
         | Request::GetApps
         | Request::GetCronJobs
         | Request::GetIngresses
+        | Request::GetIngress { .. }
         | Request::GetServices
         | Request::GetService { .. }
         | Request::GetSecrets

@@ -71,7 +71,7 @@ impl Rollouts<'_> {
     /// After an apply: boards are sent changed configs (their files are updated in place), and
     /// apps that mount a changed config with `roll = true` roll — unless the same apply changed
     /// the app, which rolls it anyway.
-    pub(super) fn after_configs_changed(&self, applied: &[Applied], who: &str) {
+    pub(crate) fn after_configs_changed(&self, applied: &[Applied], who: &str) {
         let changed = |kind: &str| -> Vec<&str> {
             applied
                 .iter()

@@ -32,7 +32,9 @@ pub(super) fn access(
 ) -> Result<(Vec<bramble_proto::wire::ObjectProblem>, Vec<TxnOp>)> {
     let (mut problems, mut checks) = (Vec::new(), Vec::new());
     let mut seen = std::collections::BTreeSet::new();
-    for a in apps {
+    // The ingress proxy (the leader's; no user applies it) mounts the secrets of the ingresses'
+    // certificates: each ingress was checked against its secret when it was applied.
+    for a in apps.iter().filter(|a| a.name.as_str() != crate::ingress::proxy::NAME) {
         for name in a.secret_names() {
             let Some(v) = objects.get::<StoredSecret>(&name)? else { continue };
             if seen.insert(name.clone()) {

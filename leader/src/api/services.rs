@@ -16,7 +16,7 @@ pub struct Services<'a> {
 
 impl Services<'_> {
     /// Every service's endpoints, as the controller computes them.
-    fn routes(&self) -> Result<(Vec<Service>, Routes, Vec<Replica>)> {
+    pub(super) fn routes(&self) -> Result<(Vec<Service>, Routes, Vec<Replica>)> {
         let services: Vec<Service> = self.objects.list::<Service>()?.into_iter().map(|v| v.value).collect();
         let apps: Vec<App> = self.objects.list::<App>()?.into_iter().map(|v| v.value).collect();
         let specs: BTreeMap<String, &AppSpec> = apps.iter().map(|a| (a.meta.name.clone(), &a.spec)).collect();

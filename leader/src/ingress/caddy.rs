@@ -15,6 +15,24 @@ pub struct Acme {
     /// The directory URL (Let's Encrypt's, or a lab's pebble).
     pub ca: String,
     pub email: Option<String>,
+    /// A PEM file inside the proxy of the CA that signs the directory's certificate (a lab's).
+    pub ca_root: Option<String>,
+}
+
+/// What the configuration is for, besides the ingresses: the board's ports, and ACME.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub http_port: u16,
+    pub https_port: u16,
+    pub acme: Option<Acme>,
+    /// Where Caddy keeps its ACME account and certificates (a local volume of the proxy).
+    pub storage: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { http_port: 80, https_port: 443, acme: None, storage: "/data/caddy".into() }
+    }
 }
 
 /// Why an ingress backend has no upstream (shown on the ingress).
@@ -55,7 +73,8 @@ fn path_matchers(path: &str, matching: PathMatch) -> Vec<String> {
 
 /// The configuration for `ingresses`, with the cluster's `services`; and the backends it cannot
 /// serve (their routes answer 503).
-pub fn config(ingresses: &[IngressSpec], services: &[Service], acme: Option<&Acme>) -> (Value, Vec<Unserved>) {
+pub fn config(ingresses: &[IngressSpec], services: &[Service], settings: &Settings) -> (Value, Vec<Unserved>) {
+    let acme = settings.acme.as_ref();
     let by_name: BTreeMap<&str, &Service> = services.iter().map(|s| (s.meta.name.as_str(), s)).collect();
     let mut unserved = Vec::new();
     let mut routes: Vec<(RouteOrder, Value)> = Vec::new();
@@ -92,7 +111,9 @@ pub fn config(ingresses: &[IngressSpec], services: &[Service], acme: Option<&Acm
     routes.sort_by(|a, b| a.0.cmp(&b.0));
     // http:// of a host with TLS redirects to https:// where it asks to (ours, not Caddy's
     // automatic redirects: those cannot be left out for one host).
-    let redirecting: Vec<&str> = ingresses.iter().filter(|i| i.redirects()).map(|i| i.host.as_str()).collect();
+    let no_acme = |i: &&IngressSpec| i.tls.as_ref().is_some_and(|t| t.acme) && acme.is_none();
+    let redirecting: Vec<&str> =
+        ingresses.iter().filter(|i| i.redirects() && !no_acme(i)).map(|i| i.host.as_str()).collect();
     let mut all: Vec<Value> = Vec::new();
     if !redirecting.is_empty() {
         all.push(json!({
@@ -106,9 +127,19 @@ pub fn config(ingresses: &[IngressSpec], services: &[Service], acme: Option<&Acm
         }));
     }
     all.extend(routes.into_iter().map(|(_, r)| r));
-    let plain: Vec<&str> = ingresses.iter().filter(|i| i.tls.is_none()).map(|i| i.host.as_str()).collect();
+    // Caddy asks a CA for every other host it routes: plain hosts, and ACME hosts without a
+    // directory to ask (said on the ingress), are left out of that.
+    for i in ingresses.iter().filter(no_acme) {
+        unserved.push(Unserved {
+            ingress: i.name.as_str().into(),
+            path: "/".into(),
+            why: "tls = { acme = true } needs an ACME directory: acme_ca in the leader's [ingress]; served over plain HTTP meanwhile".into(),
+        });
+    }
+    let plain: Vec<&str> =
+        ingresses.iter().filter(|i| i.tls.is_none() || no_acme(i)).map(|i| i.host.as_str()).collect();
     let mut server = json!({
-        "listen": [":443", ":80"],
+        "listen": [format!(":{}", settings.https_port), format!(":{}", settings.http_port)],
         "routes": all,
         "automatic_https": { "skip": plain, "disable_redirects": true },
     });
@@ -134,16 +165,28 @@ pub fn config(ingresses: &[IngressSpec], services: &[Service], acme: Option<&Acm
         if let Some(e) = &a.email {
             issuer["email"] = json!(e);
         }
+        if let Some(root) = &a.ca_root {
+            issuer["trusted_roots_pem_files"] = json!([root]);
+        }
         policies.push(json!({ "subjects": acme_hosts, "issuers": [issuer] }));
     }
     // Hosts with a certificate from a secret ask no CA: Caddy manages no name it has a loaded
     // certificate for ("skipping automatic certificate management because one or more matching
     // certificates are already loaded", caddy 2.6.2 validating this config).
     tls["automation"] = json!({ "policies": policies });
+    // No admin endpoint: the proxy runs on the board's network, and it reloads by watching its
+    // configuration file (ADR 16), which the board replaces whole.
     let config = json!({
-        "admin": { "listen": "unix//run/caddy/admin.sock" },
-        "storage": { "module": "file_system", "root": "/data/caddy" },
-        "apps": { "http": { "servers": { "bramble": server } }, "tls": tls },
+        "admin": { "disabled": true },
+        "storage": { "module": "file_system", "root": settings.storage },
+        "apps": {
+            "http": {
+                "http_port": settings.http_port,
+                "https_port": settings.https_port,
+                "servers": { "bramble": server },
+            },
+            "tls": tls,
+        },
     });
     (config, unserved)
 }
@@ -175,8 +218,9 @@ mod tests {
             service("api", [10, 43, 0, 11], "{ name = \"http\", port = 80 }"),
             service("grafana", [10, 43, 0, 12], "{ port = 3000 }"),
         ];
-        let acme = Acme { ca: "https://pebble.lan:14000/dir".into(), email: Some("ops@example.com".into()) };
-        let (c, unserved) = config(&ingresses, &services, Some(&acme));
+        let acme =
+            Acme { ca: "https://pebble.lan:14000/dir".into(), email: Some("ops@example.com".into()), ca_root: None };
+        let (c, unserved) = config(&ingresses, &services, &Settings { acme: Some(acme), ..Settings::default() });
         let all = c["apps"]["http"]["servers"]["bramble"]["routes"].as_array().unwrap();
         // First: http:// of shop.lan redirects (the other TLS host too: redirects by default).
         assert_eq!(all[0]["match"][0]["host"], json!(["shop.lan", "ha.example.com"]));
@@ -246,8 +290,9 @@ mod print {
         };
         let services =
             [bramble_proto::model::Service { meta, spec, vip: Some([10, 43, 0, 10].into()), endpoints: vec![] }];
-        let acme = super::Acme { ca: "https://127.0.0.1:14000/dir".into(), email: None };
-        let (c, _) = super::config(&ingresses, &services, Some(&acme));
+        let acme = super::Acme { ca: "https://127.0.0.1:14000/dir".into(), email: None, ca_root: None };
+        let settings = super::Settings { acme: Some(acme), ..super::Settings::default() };
+        let (c, _) = super::config(&ingresses, &services, &settings);
         std::fs::write(path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
     }
 }

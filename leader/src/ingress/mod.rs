@@ -1,9 +1,11 @@
-//! Ingress: the proxy configuration the leader makes from `[[ingress]]` objects and the services
-//! they name. Pure: ingresses and services in, the proxy's JSON out (`caddy.rs`); delivering it as
-//! a config to the proxy's every-board app, reloading it and the certificates are not here yet
-//! (issue 32; ADR 16).
+//! Ingress (issue 32, ADR 16): the checks an apply of `[[ingress]]` objects makes (here), the
+//! proxy's configuration made from them and the services they name (`caddy.rs`), and the proxy
+//! as an app and a config (`proxy.rs`); all pure. The controller that keeps the proxy's app and
+//! config in the store is `crate::controllers::ingress`.
 
 pub mod caddy;
+pub mod proxy;
+pub mod tls;
 
 use bramble_proto::manifest::{IngressSpec, PathMatch, PortTarget, ServiceSpec};
 use bramble_proto::wire::ObjectProblem;

@@ -29,6 +29,8 @@ pub struct Handles {
     pub backups: Arc<crate::backup::BackupStats>,
     /// The replica controller's timings.
     pub published: Arc<crate::controllers::Published>,
+    /// The ingress certificates' ends.
+    pub ingress: Arc<crate::controllers::ingress::IngressController>,
 }
 
 impl std::ops::Deref for Handles {
@@ -239,6 +241,15 @@ pub fn render(api: &Handles) -> Result<String, String> {
             "backup_last_success_timestamp_seconds",
             "When the last scheduled backup was written",
             vec![(Vec::new(), last as f64 / 1000.0)],
+        );
+    }
+    let ends = api.ingress.certificate_ends();
+    if !ends.is_empty() {
+        family(
+            &mut reg,
+            "ingress_certificate_expiry_timestamp_seconds",
+            "When an ingress's certificate from a secret ends",
+            ends.iter().map(|(i, s, end)| (labels(&[("ingress", i), ("secret", s)]), *end as f64 / 1000.0)).collect(),
         );
     }
     let t = &api.published.timings;

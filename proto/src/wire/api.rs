@@ -101,6 +101,10 @@ pub enum Request {
     /// Every cron job, with when each runs next.
     GetCronJobs,
     GetIngresses,
+    /// An ingress with its backends, certificate and proxies.
+    GetIngress {
+        name: String,
+    },
     /// Makes a job from cron job `cronjob`'s template at once, named `name` (its schedule and
     /// record unchanged; its history counts the job).
     RunCronJob {
@@ -355,6 +359,7 @@ pub enum Response {
     Apps(Vec<App>),
     CronJobs(Vec<CronJobView>),
     Ingresses(Vec<crate::model::Ingress>),
+    Ingress(Box<IngressView>),
     Services(Vec<Service>),
     Replicas(Vec<Replica>),
     App {
@@ -437,6 +442,49 @@ pub struct TokenInfo {
     pub expires_ms: u64,
     pub expired: bool,
     pub single_use: bool,
+}
+
+/// `describe ingress`: the ingress, where each path goes now, its certificate, and the proxy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngressView {
+    pub ingress: crate::model::Ingress,
+    pub backends: Vec<IngressBackend>,
+    #[serde(default)]
+    pub certificate: Option<IngressCertificate>,
+    /// The proxy's replicas (`bramble-ingress`): where it runs and whether it is ready.
+    pub proxies: Vec<crate::model::Replica>,
+    /// Why the proxy cannot serve some of it (empty: all served).
+    pub problems: Vec<String>,
+    pub events: Vec<crate::model::Event>,
+}
+
+/// One path of an ingress and the service behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressBackend {
+    pub path: String,
+    /// `prefix` or `exact`.
+    pub matching: String,
+    pub service: String,
+    pub port: String,
+    /// Where the proxy sends it (the service's virtual IP and port), if it can.
+    pub upstream: Option<String>,
+    /// The service's endpoints that receive traffic, and all of them.
+    pub ready: usize,
+    pub endpoints: usize,
+}
+
+/// Where an ingress's certificate comes from, and when it ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressCertificate {
+    /// `secret NAME` or `acme`.
+    pub source: String,
+    /// The certificate's end (secrets only: ACME's are the proxy's, renewed by it).
+    #[serde(default)]
+    pub not_after_ms: Option<u64>,
+    /// What is wrong with it (unreadable, a key that does not match, the host not among its
+    /// names, expired).
+    #[serde(default)]
+    pub problem: Option<String>,
 }
 
 /// What may be shown of a secret: its keys and their sizes, never a value.

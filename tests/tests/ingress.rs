@@ -1,0 +1,194 @@
+//! Ingress end to end (issue 32): three boards in namespaces, two labelled `ingress=true`; the
+//! leader's `[ingress]` names a Caddy image (Debian's caddy on busybox, from the lab's registry),
+//! so the leader runs the proxy as the every-board app `bramble-ingress` on those two and
+//! configures it from the ingresses. Requests come from the leader's namespace, a client on the
+//! LAN, with `Host:` headers (curl) and TLS from a secret (a certificate openssl made); an
+//! ingress changed is served again within seconds (printed); a rolling update of the backend under
+//! Apache's `ab` through the ingress fails no request; the other ingress board serves the same
+//! when the first is cut off the LAN.
+
+use bramble_proto::model::{Replica, ReplicaPhase};
+use bramble_tests::load::{web_app, Ab};
+use bramble_tests::{text, wait_for, Cluster};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// curl from the client namespace (the leader's): `(status, body)`, or why it failed.
+fn curl(c: &Cluster, args: &[&str]) -> Result<(u16, String), String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &c.lab.ns(0), "curl", "-sS", "--max-time", "5", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl (Debian's curl; scripts/test installs it)");
+    if !out.status.success() {
+        return Err(text(&out.stderr));
+    }
+    let all = text(&out.stdout);
+    let (body, code) = all.rsplit_once('\n').unwrap_or(("", &all));
+    Ok((code.trim().parse().unwrap_or(0), body.to_string()))
+}
+
+fn proxies(c: &Cluster) -> Vec<Replica> {
+    c.replicas_of("bramble-ingress").into_iter().filter(|r| r.phase == ReplicaPhase::Running).collect()
+}
+
+#[test]
+fn ingresses_route_by_host_and_path_with_tls_through_the_proxy_the_leader_runs() {
+    // An ingress board lets apps take ports 80 and 443 (the default range starts at 1024).
+    let (mut c, registry, image) = bramble_tests::cluster::with_busybox(3, "[network]\nhost_ports = \"80-65535\"\n");
+    let caddy = format!("{}/bramble/caddy:2.6", registry.addr);
+    let layout = c.dir.path().join("caddy-layout");
+    bramble_tests::testimages::caddy_layout(&layout, "2.6", &["amd64"]);
+    bramble_tests::testimages::push_from(Some(&c.lab.ns(0)), &layout, "2.6", &caddy);
+    for b in ["board-1", "board-2"] {
+        c.ok(&["label", "node", b, "ingress=true"]);
+    }
+    let (board1, board2) = (c.lab.addr(1), c.lab.addr(2));
+
+    // The apps, their services, a TLS secret and two ingresses — before any proxy runs.
+    let probe = "[app.probes.readiness]\nhttp = { port = \"http\", path = \"/\" }\nperiod = \"1s\"\n";
+    let web = |version: &str| web_app("web", &image, 2, version, "", probe);
+    let api = web_app("api", &image, 1, "9", "", probe);
+    let dir = c.dir.path().to_path_buf();
+    let (crt, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "90"])
+        .args(["-subj", "/CN=shop.lan", "-addext", "subjectAltName=DNS:shop.lan", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl: {}", text(&out.stderr));
+    c.ok(&[
+        "secret",
+        "create",
+        "shop-cert",
+        "--from-file",
+        &format!("tls.crt={}", crt.display()),
+        "--from-file",
+        &format!("tls.key={}", key.display()),
+    ]);
+    let ingresses = "[[ingress]]\nname = \"shop\"\nhost = \"shop.lan\"\ntls = { secret = \"shop-cert\" }\n\
+                     [[ingress.paths]]\npath = \"/\"\nservice = \"web\"\nport = 80\n\
+                     [[ingress.paths]]\npath = \"/api\"\nservice = \"api\"\nport = 80\n\
+                     [[ingress]]\nname = \"plain\"\nhost = \"grafana.lan\"\nservice = \"web\"\nport = 80\n";
+    let file = c.write("apps.toml", &format!("{}{api}{ingresses}", web("1")));
+    c.ok(&["apply", "-f", &file]);
+    let got = c.ok(&["get", "ingresses"]);
+    assert!(got.contains("shop.lan") && got.contains("grafana.lan"), "{got}");
+    // No proxy is configured yet: the ingress says so.
+    let said = wait_for("the ingress says it has no proxy", Duration::from_secs(20), || {
+        let d = c.ok(&["describe", "ingress", "plain"]);
+        d.contains("names no image").then_some(d)
+    });
+    assert!(said.contains("IngressUnserved"), "{said}");
+    // A user may not take the proxy's names, nor its volume (its ACME keys are in it).
+    let bad = c.write(
+        "bad.toml",
+        &format!(
+            "[[app]]\nname = \"peek\"\nimage = \"{image}\"\n\
+             [[app.volumes]]\ntype = \"local\"\nname = \"bramble-ingress\"\npath = \"/x\"\n"
+        ),
+    );
+    let out = c.cli(&["apply", "-f", &bad]);
+    assert!(!out.status.success() && text(&out.stderr).contains("volumes[0].name"), "{}", text(&out.stderr));
+    let out = c.cli(&["delete", "app", "bramble-ingress"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("leader's ingress proxy"), "{}", text(&out.stderr));
+
+    // The leader's [ingress] names the image: it runs the proxy on the two ingress boards.
+    c.leader = None;
+    let cfg = c.leader_dir().join("leader.toml");
+    let mut toml = std::fs::read_to_string(&cfg).unwrap();
+    toml.push_str(&format!("\n[ingress]\nimage = \"{caddy}\"\n"));
+    std::fs::write(&cfg, toml).unwrap();
+    c.start_leader();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let running = loop {
+        let p = proxies(&c);
+        if p.len() == 2 {
+            break p;
+        }
+        if Instant::now() > deadline {
+            let logs = c.cli(&["logs", "app/bramble-ingress", "--tail", "20"]);
+            panic!(
+                "the proxy is not running on both ingress boards: {p:?}\n{}{}",
+                text(&logs.stdout),
+                text(&logs.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut on: Vec<String> = running.iter().filter_map(|r| r.node.clone()).collect();
+    on.sort();
+    assert_eq!(on, ["board-1", "board-2"], "only the labelled boards run it");
+
+    // 1. Host and path pick the backend; https with the secret's certificate; http redirects.
+    let by_host = wait_for("grafana.lan served by web", Duration::from_secs(30), || {
+        curl(&c, &["-H", "Host: grafana.lan", &format!("http://{board1}/")]).ok().filter(|(s, _)| *s == 200)
+    });
+    assert!(by_host.1.contains(" v1"), "{by_host:?}");
+    let resolve = format!("shop.lan:443:{board1}");
+    let cacert = crt.display().to_string();
+    let tls = |path: &str| curl(&c, &["--resolve", &resolve, "--cacert", &cacert, &format!("https://shop.lan{path}")]);
+    let api_body = wait_for("https://shop.lan/api served by api", Duration::from_secs(30), || {
+        tls("/api/x").ok().filter(|(s, _)| *s == 200)
+    });
+    assert!(api_body.1.contains(" v9"), "the /api prefix goes to api: {api_body:?}");
+    let root = tls("/").expect("https://shop.lan/");
+    assert!(root.0 == 200 && root.1.contains(" v1"), "/ goes to web: {root:?}");
+    let plain = curl(&c, &["-H", "Host: shop.lan", &format!("http://{board1}/api")]).expect("http");
+    assert_eq!(plain.0, 308, "http:// of a TLS host redirects: {plain:?}");
+
+    // 2. A changed ingress is served within seconds (the config goes to the boards, the proxy
+    //    reloads it by itself).
+    let changed = c.write(
+        "plain.toml",
+        "[[ingress]]\nname = \"plain\"\nhost = \"grafana.lan\"\n\
+         [[ingress.paths]]\npath = \"/\"\nservice = \"web\"\nport = 80\n\
+         [[ingress.paths]]\npath = \"/v2\"\nservice = \"api\"\nport = 80\n",
+    );
+    let t = Instant::now();
+    c.ok(&["apply", "-f", &changed]);
+    let served = wait_for("the new path served", Duration::from_secs(30), || {
+        curl(&c, &["-H", "Host: grafana.lan", &format!("http://{board1}/v2")]).ok().filter(|(_, b)| b.contains(" v9"))
+    });
+    eprintln!("ingress change -> served through the proxy: {:?} ({})", t.elapsed(), served.1);
+
+    // 3. A rolling update of web under ab through the ingress: not one request fails.
+    let ab = Ab::start_with(&c.lab.ns(0), &format!("http://{board1}/"), 4, &["Host: grafana.lan"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let file = c.write("web.toml", &web("2"));
+    c.ok(&["apply", "-f", &file]);
+    let out = c.cli(&["rollout", "status", "app/web", "--timeout", "120s"]);
+    assert!(out.status.success(), "web rolls out: {}", text(&out.stderr));
+    std::thread::sleep(Duration::from_secs(2));
+    let ab = ab.finish();
+    eprintln!(
+        "ab through the ingress during web's rollout: {} complete, {} failed, {} non-2xx",
+        ab.complete, ab.failed, ab.non_2xx
+    );
+    assert_eq!((ab.failed, ab.non_2xx), (0, 0), "ab saw failures: {}", ab.output);
+    assert!(ab.complete > 50, "ab really ran: {}", ab.output);
+    let after = curl(&c, &["-H", "Host: grafana.lan", &format!("http://{board1}/")]).expect("after");
+    assert!(after.1.contains(" v2"), "{after:?}");
+
+    // 4. The first ingress board cut off the LAN: the other serves the same, TLS too.
+    let down = Command::new("ip").args(["netns", "exec", &c.lab.ns(1), "ip", "link", "set", "eth0", "down"]).status();
+    assert!(down.map(|s| s.success()).unwrap_or(false), "cut board-1 off");
+    let resolve2 = format!("shop.lan:443:{board2}");
+    let other = wait_for("board-2 serves shop.lan", Duration::from_secs(30), || {
+        curl(&c, &["--resolve", &resolve2, "--cacert", &cacert, "https://shop.lan/api/y"])
+            .ok()
+            .filter(|(s, _)| *s == 200)
+    });
+    assert!(other.1.contains(" v9"), "{other:?}");
+    assert!(curl(&c, &["-H", "Host: grafana.lan", &format!("http://{board1}/")]).is_err(), "board-1 is cut off");
+    let _ = Command::new("ip").args(["netns", "exec", &c.lab.ns(1), "ip", "link", "set", "eth0", "up"]).status();
+
+    // describe ingress: hosts, backends and their ready endpoints.
+    let d = c.ok(&["describe", "ingress", "shop"]);
+    assert!(d.contains("shop.lan") && d.contains("api") && d.contains("shop-cert"), "{d}");
+    c.ok(&["delete", "app", "web", "api"]);
+    c.remove_containers();
+}

@@ -70,7 +70,7 @@ pub struct IngressConfig {
     pub image: Option<String>,
     /// The boards that run it, by their labels (default `ingress = "true"`).
     #[serde(default = "default_ingress_nodes")]
-    pub nodes: std::collections::BTreeMap<String, String>,
+    pub nodes: bramble_proto::manifest::Labels,
     /// Its memory limit on each board (Go's heap is held to three quarters of it).
     #[serde(default = "default_ingress_memory")]
     pub memory: bramble_proto::quantity::Memory,
@@ -108,8 +108,8 @@ impl Default for IngressConfig {
     }
 }
 
-fn default_ingress_nodes() -> std::collections::BTreeMap<String, String> {
-    [("ingress".to_string(), "true".to_string())].into()
+fn default_ingress_nodes() -> bramble_proto::manifest::Labels {
+    bramble_proto::manifest::Labels([("ingress".to_string(), "true".to_string())].into())
 }
 fn default_ingress_memory() -> bramble_proto::quantity::Memory {
     bramble_proto::quantity::Memory(128 << 20)
@@ -560,6 +560,20 @@ mdns = true
 every = "{backup_every}"
 keep = {backup_keep}
 
+[ingress]
+# Web apps by host name and path from the LAN, with TLS ([[ingress]] objects): the leader runs
+# Caddy as the every-board app bramble-ingress on the boards labelled below (their agent.toml must
+# let apps take the ports: [network] host_ports = "80-65535"). Off unless image is set.
+# image = "registry.lan:5000/caddy:2"
+# nodes = {{ ingress = "true" }}
+# memory = "128Mi"
+# http_port = 80
+# https_port = 443
+# ACME (HTTP-01) for tls = {{ acme = true }}: the directory, an address, and for a lab CA its root.
+# acme_ca = "https://acme-v02.api.letsencrypt.org/directory"
+# acme_email = "ops@example.com"
+# acme_ca_root = "/etc/bramble/acme-root.pem"
+
 [store]
 # "redb": the cluster in one file in data_dir, one leader. "etcd": in an etcd cluster shared by
 # two or more leaders; one is active, the others take over when its lease runs out (see
@@ -668,6 +682,15 @@ mod tests {
         let text = "version = 1\nlisten = \"10.0.0.1:7443\"\n[store]\nbackend = \"etcd\"\nendpoints = [\"http://a:2379\"]\nlease_ttl = \"1500ms\"\n";
         let e = LeaderConfig::parse("l.toml", text).unwrap_err().to_string();
         assert!(e.contains("l.toml:6:1: store.lease_ttl: expected whole seconds"), "{e}");
+        let text = "version = 1\n[ingress]\nimage = \"reg/caddy:2\"\nhttp_port = 443\n";
+        let e = LeaderConfig::parse("l.toml", text).unwrap_err().to_string();
+        assert!(e.contains("l.toml:4:1: ingress.http_port: expected two different ports"), "{e}");
+        let text = "version = 1\n[ingress]\nimage = \"reg/caddy:2\"\nnodes = { \"bad key!\" = \"x\" }\n";
+        let e = LeaderConfig::parse("l.toml", text).unwrap_err().to_string();
+        assert!(e.contains("l.toml:4:9: ingress.nodes: "), "{e}");
+        let text = "version = 1\n[ingress]\nimage = \"reg/caddy:2\"\nmemory = \"16Mi\"\n";
+        let e = LeaderConfig::parse("l.toml", text).unwrap_err().to_string();
+        assert!(e.contains("l.toml:4:1: ingress.memory: expected at least 32Mi"), "{e}");
         let e = LeaderConfig::parse("l.toml", "version = 1\n[store]\nbackend = \"raft\"\n").unwrap_err().to_string();
         assert!(e.contains("l.toml:3:11: store.backend: unknown variant `raft`"), "{e}");
     }

@@ -9,7 +9,9 @@
 
 use bramble_proto::model::{Replica, ReplicaPhase};
 use bramble_tests::load::{web_app, Ab};
+use bramble_tests::process::Proc;
 use bramble_tests::{text, wait_for, Cluster};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -32,14 +34,59 @@ fn proxies(c: &Cluster) -> Vec<Replica> {
     c.replicas_of("bramble-ingress").into_iter().filter(|r| r.phase == ReplicaPhase::Running).collect()
 }
 
-#[test]
-fn ingresses_route_by_host_and_path_with_tls_through_the_proxy_the_leader_runs() {
-    // An ingress board lets apps take ports 80 and 443 (the default range starts at 1024).
-    let (mut c, registry, image) = bramble_tests::cluster::with_busybox(3, "[network]\nhost_ports = \"80-65535\"\n");
+/// `agents` boards whose agents let apps take ports 80 and 443 (the default range starts at
+/// 1024), the busybox image and the Caddy image (amd64: Debian's caddy on busybox) pushed.
+fn lab(agents: usize) -> (Cluster, bramble_tests::registry::Registry, String, String) {
+    let (c, registry, image) = bramble_tests::cluster::with_busybox(agents, "[network]\nhost_ports = \"80-65535\"\n");
     let caddy = format!("{}/bramble/caddy:2.6", registry.addr);
     let layout = c.dir.path().join("caddy-layout");
     bramble_tests::testimages::caddy_layout(&layout, "2.6", &["amd64"]);
     bramble_tests::testimages::push_from(Some(&c.lab.ns(0)), &layout, "2.6", &caddy);
+    (c, registry, image, caddy)
+}
+
+/// Restarts the leader with `[ingress]` (`toml`: its keys) and waits for the proxy on `boards`.
+fn run_proxy(c: &mut Cluster, toml: &str, boards: &[&str]) -> Vec<Replica> {
+    c.leader = None;
+    let cfg = c.leader_dir().join("leader.toml");
+    let before = std::fs::read_to_string(&cfg).unwrap();
+    assert!(before.contains("\n[ingress]\n"), "bramble-leader init writes an [ingress] table");
+    std::fs::write(&cfg, before.replacen("\n[ingress]\n", &format!("\n[ingress]\n{toml}"), 1)).unwrap();
+    c.start_leader();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = proxies(c);
+        let mut on: Vec<&str> = p.iter().filter_map(|r| r.node.as_deref()).collect();
+        on.sort();
+        if on == boards {
+            return p;
+        }
+        if Instant::now() > deadline {
+            let logs = c.cli(&["logs", "app/bramble-ingress", "--tail", "20"]);
+            panic!("the proxy is not running on {boards:?}: {p:?}\n{}{}", text(&logs.stdout), text(&logs.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A self-signed certificate for `san` (`DNS:shop.lan`, `IP:10.0.0.1`) and its key, by openssl.
+fn openssl_cert(dir: &std::path::Path, name: &str, san: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (crt, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "90"])
+        .args(["-subj", &format!("/CN={name}"), "-addext", &format!("subjectAltName={san}"), "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl: {}", text(&out.stderr));
+    (crt, key)
+}
+
+#[test]
+fn ingresses_route_by_host_and_path_with_tls_through_the_proxy_the_leader_runs() {
+    let (mut c, _registry, image, caddy) = lab(3);
     for b in ["board-1", "board-2"] {
         c.ok(&["label", "node", b, "ingress=true"]);
     }
@@ -49,17 +96,7 @@ fn ingresses_route_by_host_and_path_with_tls_through_the_proxy_the_leader_runs()
     let probe = "[app.probes.readiness]\nhttp = { port = \"http\", path = \"/\" }\nperiod = \"1s\"\n";
     let web = |version: &str| web_app("web", &image, 2, version, "", probe);
     let api = web_app("api", &image, 1, "9", "", probe);
-    let dir = c.dir.path().to_path_buf();
-    let (crt, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "90"])
-        .args(["-subj", "/CN=shop.lan", "-addext", "subjectAltName=DNS:shop.lan", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt)
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "openssl: {}", text(&out.stderr));
+    let (crt, key) = openssl_cert(c.dir.path(), "shop.lan", "DNS:shop.lan");
     c.ok(&[
         "secret",
         "create",
@@ -97,31 +134,7 @@ fn ingresses_route_by_host_and_path_with_tls_through_the_proxy_the_leader_runs()
     assert!(!out.status.success() && text(&out.stderr).contains("leader's ingress proxy"), "{}", text(&out.stderr));
 
     // The leader's [ingress] names the image: it runs the proxy on the two ingress boards.
-    c.leader = None;
-    let cfg = c.leader_dir().join("leader.toml");
-    let mut toml = std::fs::read_to_string(&cfg).unwrap();
-    toml.push_str(&format!("\n[ingress]\nimage = \"{caddy}\"\n"));
-    std::fs::write(&cfg, toml).unwrap();
-    c.start_leader();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let running = loop {
-        let p = proxies(&c);
-        if p.len() == 2 {
-            break p;
-        }
-        if Instant::now() > deadline {
-            let logs = c.cli(&["logs", "app/bramble-ingress", "--tail", "20"]);
-            panic!(
-                "the proxy is not running on both ingress boards: {p:?}\n{}{}",
-                text(&logs.stdout),
-                text(&logs.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut on: Vec<String> = running.iter().filter_map(|r| r.node.clone()).collect();
-    on.sort();
-    assert_eq!(on, ["board-1", "board-2"], "only the labelled boards run it");
+    run_proxy(&mut c, &format!("image = \"{caddy}\"\n"), &["board-1", "board-2"]);
 
     // 1. Host and path pick the backend; https with the secret's certificate; http redirects.
     let by_host = wait_for("grafana.lan served by web", Duration::from_secs(30), || {
@@ -190,5 +203,101 @@ fn ingresses_route_by_host_and_path_with_tls_through_the_proxy_the_leader_runs()
     let d = c.ok(&["describe", "ingress", "shop"]);
     assert!(d.contains("shop.lan") && d.contains("api") && d.contains("shop-cert"), "{d}");
     c.ok(&["delete", "app", "web", "api"]);
+    c.remove_containers();
+}
+
+/// ACME (HTTP-01) in the lab: Debian's pebble on the leader's namespace (its directory at the
+/// leader's address, its own certificate trusted through `acme_ca_root`), pebble-challtestsrv as
+/// the LAN's DNS answering every name with the ingress board's address. The proxy gets a
+/// certificate for `secure.lan` from pebble and serves it; restarted, it serves the same one from
+/// its local volume without asking pebble again.
+#[test]
+fn an_acme_ingress_gets_its_certificate_from_pebble_and_keeps_it_across_a_restart() {
+    let (mut c, _registry, image, caddy) = lab(2);
+    c.ok(&["label", "node", "board-1", "ingress=true"]);
+    let (leader, board1) = (c.lab.addr(0), c.lab.addr(1));
+    let dir = c.dir.path().to_path_buf();
+    let (pebble_crt, pebble_key) = openssl_cert(&dir, "pebble", &format!("IP:{leader}"));
+    let config = serde_json::json!({ "pebble": {
+        "listenAddress": format!("{leader}:14000"),
+        "managementListenAddress": format!("{leader}:15000"),
+        "certificate": pebble_crt,
+        "privateKey": pebble_key,
+        "httpPort": 80,
+        "tlsPort": 443,
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": false,
+    }});
+    std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let dns = format!("{leader}:8053");
+    let _dns = Proc::spawn(
+        "pebble-challtestsrv",
+        &c.lab.ns(0),
+        Path::new("/usr/bin/pebble-challtestsrv"),
+        &args(&["-defaultIPv4", &board1, "-defaultIPv6", "", "-dns01", &dns, "-http01", "", "-https01", ""])
+            .into_iter()
+            .chain(args(&["-tlsalpn01", "", "-management", &format!("{leader}:8055")]))
+            .collect::<Vec<_>>(),
+        &dir.join("challtestsrv.log"),
+    );
+    let pebble_log = dir.join("pebble.log");
+    let _pebble = Proc::spawn_env(
+        "pebble",
+        &c.lab.ns(0),
+        Path::new("/usr/bin/pebble"),
+        &args(&["-config", dir.join("pebble.json").to_str().unwrap(), "-dnsserver", &dns]),
+        &pebble_log,
+        &[("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_WFE_NONCEREJECT", "0")],
+    );
+    let pebble_ca = pebble_crt.display().to_string();
+    wait_for("pebble's directory answers", Duration::from_secs(20), || {
+        curl(&c, &["--cacert", &pebble_ca, &format!("https://{leader}:14000/dir")]).ok().filter(|(s, _)| *s == 200)
+    });
+
+    let probe = "[app.probes.readiness]\nhttp = { port = \"http\", path = \"/\" }\nperiod = \"1s\"\n";
+    let ingress =
+        "[[ingress]]\nname = \"secure\"\nhost = \"secure.lan\"\ntls = { acme = true }\nservice = \"web\"\nport = 80\n";
+    let file = c.write("apps.toml", &format!("{}{ingress}", web_app("web", &image, 1, "1", "", probe)));
+    c.ok(&["apply", "-f", &file]);
+    let toml = format!(
+        "image = \"{caddy}\"\nacme_ca = \"https://{leader}:14000/dir\"\nacme_email = \"ops@example.com\"\n\
+         acme_ca_root = \"{pebble_ca}\"\n"
+    );
+    run_proxy(&mut c, &toml, &["board-1"]);
+
+    // Pebble's root is made at its start: the client trusts it, and only it, for secure.lan.
+    let (_, root) =
+        curl(&c, &["--cacert", &pebble_ca, &format!("https://{leader}:15000/roots/0")]).expect("pebble's root");
+    let root_file = dir.join("acme-root.pem");
+    std::fs::write(&root_file, &root).unwrap();
+    let resolve = format!("secure.lan:443:{board1}");
+    let root_ca = root_file.display().to_string();
+    let get = || curl(&c, &["--resolve", &resolve, "--cacert", &root_ca, "https://secure.lan/"]);
+    let t = Instant::now();
+    let served = wait_for("secure.lan served with pebble's certificate", Duration::from_secs(90), || {
+        get().ok().filter(|(s, _)| *s == 200)
+    });
+    eprintln!("ACME: certificate from pebble and served in {:?} after the proxy started", t.elapsed());
+    assert!(served.1.contains(" v1"), "{served:?}");
+    let issued =
+        || std::fs::read_to_string(&pebble_log).unwrap_or_default().matches("Issued certificate serial").count();
+    assert_eq!(issued(), 1, "one certificate: {}", std::fs::read_to_string(&pebble_log).unwrap_or_default());
+    let plain = curl(&c, &["-H", "Host: secure.lan", &format!("http://{board1}/")]).expect("http");
+    assert_eq!(plain.0, 308, "http:// redirects to https://: {plain:?}");
+
+    // Restarted (a new replica on the same board), the proxy finds its account and certificate on
+    // its local volume: served again, pebble not asked.
+    let before: Vec<String> = proxies(&c).into_iter().map(|r| r.meta.name).collect();
+    c.ok(&["rollout", "restart", "app/bramble-ingress"]);
+    wait_for("a new proxy replica running", Duration::from_secs(60), || {
+        let now = proxies(&c);
+        (now.len() == 1 && !before.contains(&now[0].meta.name)).then_some(())
+    });
+    wait_for("secure.lan served again", Duration::from_secs(30), || get().ok().filter(|(s, _)| *s == 200));
+    assert_eq!(issued(), 1, "the restarted proxy asked pebble for nothing");
+    let d = c.ok(&["describe", "ingress", "secure"]);
+    assert!(d.contains("TLS:           acme"), "{d}");
+    c.ok(&["delete", "app", "web"]);
     c.remove_containers();
 }

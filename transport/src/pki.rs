@@ -454,6 +454,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_server_pair_is_checked_by_its_public_keys_and_names_cover_hosts_by_labels() {
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec!["shop.lan".to_string(), "*.shop.lan".to_string()]).unwrap();
+        let crt = params.self_signed(&key).unwrap().pem();
+        let c = check_server_pair(crt.as_bytes(), key.serialize_pem().as_bytes()).unwrap();
+        assert_eq!(c.names, ["shop.lan", "*.shop.lan"]);
+        let other = KeyPair::generate().unwrap();
+        let e = check_server_pair(crt.as_bytes(), other.serialize_pem().as_bytes()).unwrap_err();
+        assert!(e.contains("not the key of tls.crt"), "{e}");
+        assert!(check_server_pair(b"", key.serialize_pem().as_bytes()).unwrap_err().contains("no PEM certificate"));
+        assert!(check_server_pair(crt.as_bytes(), b"junk").unwrap_err().starts_with("tls.key"));
+        assert!(name_covers("*.shop.lan", "api.shop.lan") && name_covers("Shop.LAN", "shop.lan"));
+        assert!(!name_covers("*.shop.lan", "shop.lan") && !name_covers("*.shop.lan", "a.b.shop.lan"));
+        assert!(!name_covers("*.lan", ".lan") && !name_covers("shop.lan", "shop.lan.evil"));
+    }
+
+    #[test]
     fn node_certificates_carry_identity_and_key() {
         let ca = Ca::generate("test").unwrap();
         let (csr, _key) = node_csr("pi-1").unwrap();

@@ -83,7 +83,7 @@ impl Ingresses<'_> {
         let mut problems: Vec<String> =
             self.controller.unserved(name).into_iter().map(|u| format!("{}: {}", u.path, u.why)).collect();
         if proxies.is_empty() && self.controller.config.image.is_some() {
-            let nodes: Vec<String> = self.controller.config.nodes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let nodes: Vec<String> = self.controller.config.nodes.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
             problems
                 .push(format!("no board runs the proxy: label one {} (bramble label node NAME …)", nodes.join(",")));
         }

@@ -301,6 +301,7 @@ impl Api {
                 let cluster = (self.network.as_ref(), self.reserved.as_ref());
                 let applied = apps::apply(&self.objects, &self.events, cluster, objects, who, now_ms())?;
                 self.published.kick.notify_one();
+                self.ingress.wake.notify_one();
                 self.rollouts().after_configs_changed(&applied, who);
                 Ok(Response::Applied(applied))
             }
@@ -324,6 +325,7 @@ impl Api {
             Request::GetIngress { name } => self.ingresses().describe(&self.services(), &name, now_ms()),
             Request::Delete { apps, services, secrets, configs, cronjobs, ingresses } => {
                 let done = apps::delete(&self.objects, apps, services, secrets, configs, cronjobs, ingresses)?;
+                self.ingress.wake.notify_one();
                 for line in done.lines() {
                     let Some(object) = line.split(' ').next().and_then(|r| r.parse::<ObjectRef>().ok()) else {
                         continue;

@@ -43,6 +43,8 @@ pub struct IngressController {
     certificates: Mutex<BTreeMap<String, (String, u64)>>,
     /// When certificates were last looked at, and the day each ingress's was last said to end soon.
     certs_checked_ms: Mutex<(u64, BTreeMap<String, u64>)>,
+    /// Poked after an apply or a delete: a pass at once instead of at the next second.
+    pub wake: tokio::sync::Notify,
 }
 
 /// What the ingress controller's loop uses.
@@ -212,8 +214,225 @@ impl IngressController {
     }
 }
 
-/// Runs a pass every second until `cancel`.
+/// Runs a pass every second, and at once when woken, until `cancel`.
 pub async fn run(h: Handles, cancel: tokio_util::sync::CancellationToken) {
-    let published = h.published.clone();
-    super::every_second("ingress", published, cancel, move |now| h.controller.pass(&h, now)).await
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+            _ = h.controller.wake.notified() => {}
+        }
+        let hp = h.clone();
+        match tokio::task::spawn_blocking(move || hp.controller.pass(&hp, bramble_proto::time::now_ms())).await {
+            Ok(Ok(true)) => h.published.kick.notify_one(),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!("ingress pass failed: {e}"),
+            Err(e) => tracing::warn!("ingress pass failed: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Api;
+    use crate::boards::nodes::NodeRegistry;
+    use crate::store::{MemStore, Store};
+    use bramble_proto::manifest::parse_manifest;
+    use bramble_proto::wire::{Request, Response};
+    use bramble_transport::Identity;
+    use std::time::Duration;
+
+    fn api(image: Option<&str>) -> (Api, Handles) {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let events = Arc::new(Events::new());
+        let registry = Arc::new(NodeRegistry::new(Duration::from_secs(15), events.clone()));
+        let ca = bramble_transport::pki::Ca::generate("test").unwrap();
+        let mut api = Api::new(Objects::new(store), ca, registry, events, Default::default());
+        let config = IngressConfig { image: image.map(String::from), ..Default::default() };
+        api.ingress = Arc::new(IngressController::new(config, None));
+        let h = Handles {
+            objects: api.objects.clone(),
+            events: api.events.clone(),
+            published: api.published.clone(),
+            network: api.network.clone(),
+            reserved: api.reserved.clone(),
+            controller: api.ingress.clone(),
+            keyring: api.keyring.clone(),
+        };
+        (api, h)
+    }
+
+    fn admin(api: &Api, req: Request) -> Response {
+        api.handle(Some(&Identity::admin("test")), req)
+    }
+
+    fn apply(api: &Api, text: &str) -> Response {
+        let m = parse_manifest("t.toml", text).unwrap();
+        admin(
+            api,
+            Request::Apply {
+                apps: m.apps,
+                services: m.services,
+                configs: m.configs,
+                cronjobs: m.cronjobs,
+                ingresses: m.ingresses,
+                dry_run: false,
+            },
+        )
+    }
+
+    /// A certificate for `names` and its key (PEM).
+    fn cert(names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    fn caddy_json(h: &Handles) -> serde_json::Value {
+        let c = h.objects.load::<Config>(NAME).unwrap().value;
+        serde_json::from_str(&c.spec.files["caddy.json"]).unwrap()
+    }
+
+    const SERVICES: &str = "[[service]]\nname = \"web\"\napp = \"web\"\nports = [{ port = 80 }]\n\
+                            [[service]]\nname = \"api\"\napp = \"api\"\nports = [{ port = 8080 }]\n";
+
+    #[test]
+    fn the_proxy_follows_the_ingresses_and_writes_only_what_changed() {
+        let (api, h) = api(Some("reg.lan/caddy:2"));
+        let c = &h.controller;
+        // No ingress yet: the proxy runs with no route (the boards are ready for the first).
+        assert!(c.pass(&h, 1).unwrap(), "the proxy's app and config are written");
+        let app = h.objects.load::<App>(NAME).unwrap().value;
+        assert!(app.spec.every_board() && app.spec.host_network && app.spec.secrets.is_empty());
+        assert_eq!(app.meta.changed_by.as_deref(), Some(WHO));
+        assert!(!c.pass(&h, 2).unwrap(), "nothing changed: nothing written");
+        assert!(!c.pass(&h, 3).unwrap(), "and it stays so");
+
+        let (crt, key) = cert(&["shop.lan"]);
+        let values = [("tls.crt".to_string(), crt.into_bytes()), ("tls.key".to_string(), key.into_bytes())].into();
+        api.secrets().put_secret("shop-cert", values, true, "deployer:ci").unwrap();
+        let text = format!(
+            "{SERVICES}[[ingress]]\nname = \"shop\"\nhost = \"shop.lan\"\ntls = {{ secret = \"shop-cert\" }}\n\
+             [[ingress.paths]]\npath = \"/\"\nservice = \"web\"\nport = 80\n\
+             [[ingress.paths]]\npath = \"/api\"\nservice = \"api\"\nport = 8080\n"
+        );
+        assert!(matches!(apply(&api, &text), Response::Applied(_)));
+        assert!(c.pass(&h, 4).unwrap());
+        let app = h.objects.load::<App>(NAME).unwrap().value;
+        assert_eq!(
+            app.spec.secrets.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            ["shop-cert"],
+            "it mounts the certificate"
+        );
+        let json = caddy_json(&h);
+        let routes = json["apps"]["http"]["servers"]["bramble"]["routes"].as_array().unwrap();
+        let dials: Vec<&str> =
+            routes.iter().filter_map(|r| r["handle"].as_array()?.last()?["upstreams"][0]["dial"].as_str()).collect();
+        assert_eq!(dials.len(), 2, "{routes:?}");
+        assert!(dials[0].ends_with(":8080") && dials[1].ends_with(":80"), "/api before /: {dials:?}");
+        assert!(!c.pass(&h, 5).unwrap(), "its own writes settle");
+        let metric = c.certificate_ends();
+        assert_eq!(metric.len(), 1, "the certificate's end is kept for the metric");
+        assert_eq!((metric[0].0.as_str(), metric[0].1.as_str()), ("shop", "shop-cert"));
+
+        // A service gone under an ingress: its path answers 503, said once on the ingress.
+        assert!(matches!(
+            admin(
+                &api,
+                Request::Delete {
+                    apps: vec![],
+                    services: vec!["api".into()],
+                    secrets: vec![],
+                    configs: vec![],
+                    cronjobs: vec![],
+                    ingresses: vec![]
+                }
+            ),
+            Response::Done(_)
+        ));
+        assert!(c.pass(&h, 6).unwrap());
+        let said: Vec<String> = h
+            .events
+            .about(&ObjectRef::new(Kind::Ingress, "shop"))
+            .into_iter()
+            .filter(|e| e.reason == EventReason::IngressUnserved)
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(said, ["/api: service api does not exist"]);
+        assert_eq!(c.unserved("shop").len(), 1);
+        assert!(!c.pass(&h, 7).unwrap());
+        assert_eq!(h.events.about(&ObjectRef::new(Kind::Ingress, "shop")).len(), said.len() + 1, "said once");
+
+        // A user may not take, change or delete the proxy.
+        let mine = format!("[[app]]\nname = \"{NAME}\"\nimage = \"x\"\n");
+        assert!(matches!(apply(&api, &mine), Response::Error(e) if e.to_string().contains("leader's ingress proxy")));
+        let config = format!("[[config]]\nname = \"{NAME}\"\nfiles = {{ a = \"b\" }}\n");
+        assert!(matches!(apply(&api, &config), Response::Error(_)));
+        let delete = Request::Delete {
+            apps: vec![NAME.into()],
+            services: vec![],
+            secrets: vec![],
+            configs: vec![],
+            cronjobs: vec![],
+            ingresses: vec![],
+        };
+        assert!(matches!(admin(&api, delete), Response::Error(_)));
+        assert!(h.objects.get::<App>(NAME).unwrap().is_some());
+    }
+
+    #[test]
+    fn without_an_image_there_is_no_proxy_and_the_ingresses_say_so() {
+        let (api, h) = api(Some("reg.lan/caddy:2"));
+        assert!(h.controller.pass(&h, 1).unwrap());
+        // The leader restarted without [ingress] image: the proxy it made goes.
+        let h2 = Handles { controller: Arc::new(IngressController::default()), ..h.clone() };
+        let text =
+            format!("{SERVICES}[[ingress]]\nname = \"plain\"\nhost = \"grafana.lan\"\nservice = \"web\"\nport = 80\n");
+        assert!(matches!(apply(&api, &text), Response::Applied(_)));
+        assert!(h2.controller.pass(&h2, 2).unwrap());
+        assert!(h.objects.get::<App>(NAME).unwrap().is_none() && h.objects.get::<Config>(NAME).unwrap().is_none());
+        let why = h2.controller.unserved("plain");
+        assert!(why[0].why.contains("names no image"), "{why:?}");
+        assert!(!h2.controller.pass(&h2, 3).unwrap());
+    }
+
+    #[test]
+    fn a_certificate_that_cannot_serve_its_host_is_refused_at_apply() {
+        let (api, _) = api(None);
+        let put = |name: &str, crt: String, key: String| {
+            let values = [("tls.crt".to_string(), crt.into_bytes()), ("tls.key".to_string(), key.into_bytes())].into();
+            api.secrets().put_secret(name, values, true, "deployer:ci").unwrap();
+        };
+        let (crt, _) = cert(&["shop.lan"]);
+        let (_, other_key) = cert(&["shop.lan"]);
+        put("mismatched", crt.clone(), other_key);
+        let (crt2, key2) = cert(&["*.lan"]);
+        put("wildcard", crt2, key2);
+        let (crt3, key3) = cert(&["other.example"]);
+        put("elsewhere", crt3, key3);
+        put("garbage", "not a certificate".into(), "nor a key".into());
+        let ingress = |secret: &str| {
+            format!("{SERVICES}[[ingress]]\nname = \"shop\"\nhost = \"shop.lan\"\ntls = {{ secret = \"{secret}\" }}\nservice = \"web\"\nport = 80\n")
+        };
+        let refused = |secret: &str| match apply(&api, &ingress(secret)) {
+            Response::Error(e) => e.to_string(),
+            r => panic!("{secret}: applied: {r:?}"),
+        };
+        assert!(refused("mismatched").contains("tls.key is not the key of tls.crt"));
+        assert!(refused("elsewhere").contains("is for other.example, not shop.lan"));
+        assert!(refused("garbage").contains("tls.crt"));
+        assert!(h_none(&api), "nothing of a refused apply is stored");
+        assert!(matches!(apply(&api, &ingress("wildcard")), Response::Applied(_)), "*.lan names shop.lan");
+        let Response::Ingress(v) = admin(&api, Request::GetIngress { name: "shop".into() }) else { panic!() };
+        let c = v.certificate.unwrap();
+        assert_eq!((c.source.as_str(), c.problem), ("secret wildcard", None));
+        assert!(c.not_after_ms.is_some());
+    }
+
+    fn h_none(api: &Api) -> bool {
+        api.objects.get::<Ingress>("shop").unwrap().is_none()
+    }
 }

@@ -27,7 +27,7 @@ fn quoted(s: &str) -> String {
 /// The proxy's app for `cfg`, mounting the secrets of `secrets` (those TLS certificates come
 /// from). Errors are the manifest's, for `cfg`'s fields.
 pub fn app(cfg: &IngressConfig, image: &str, secrets: &BTreeSet<String>) -> Result<AppSpec, String> {
-    let nodes: Vec<String> = cfg.nodes.iter().map(|(k, v)| format!("{} = {}", quoted(k), quoted(v))).collect();
+    let nodes: Vec<String> = cfg.nodes.0.iter().map(|(k, v)| format!("{} = {}", quoted(k), quoted(v))).collect();
     let secrets: Vec<String> = secrets.iter().map(|s| quoted(s)).collect();
     // Go's heap held to three quarters of the limit: the rest is the binary and the stacks.
     let gomemlimit = format!("{}MiB", (cfg.memory.0 * 3 / 4) >> 20);

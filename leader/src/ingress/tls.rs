@@ -62,3 +62,40 @@ pub fn refuses(c: &IngressCertificate, now_ms: u64) -> bool {
     let ending = c.not_after_ms.is_some_and(|end| end > now_ms && end - now_ms < EXPIRING_WITHIN_MS);
     c.problem.is_some() && !(ending && c.problem.as_deref().is_some_and(|p| p.ends_with("update the secret")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bramble_proto::manifest::parse_manifest;
+
+    /// A certificate for `host` valid from `from` to `to` (year, month, day), and its key.
+    fn pair(host: &str, from: (i32, u8, u8), to: (i32, u8, u8)) -> BTreeMap<String, Vec<u8>> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+        params.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
+        let crt = params.self_signed(&key).unwrap().pem();
+        [("tls.crt".to_string(), crt.into_bytes()), ("tls.key".to_string(), key.serialize_pem().into_bytes())].into()
+    }
+
+    #[test]
+    fn a_certificate_ending_soon_is_said_and_served_an_expired_one_is_refused() {
+        let text = "[[ingress]]\nname = \"shop\"\nhost = \"shop.lan\"\ntls = { secret = \"c\" }\nservice = \"web\"\nport = 80\n";
+        let i = &parse_manifest("i.toml", text).unwrap().ingresses[0];
+        // 2030-01-01T00:00:00Z.
+        let now: u64 = 1_893_456_000_000;
+        let fine = certificate(i, Some(&pair("shop.lan", (2029, 12, 1), (2030, 3, 1))), now).unwrap();
+        assert_eq!((fine.problem.as_deref(), fine.not_after_ms), (None, Some(now + 59 * 86_400_000)));
+        let soon = certificate(i, Some(&pair("shop.lan", (2029, 12, 1), (2030, 1, 6))), now).unwrap();
+        assert_eq!(soon.problem.as_deref(), Some("secret c's certificate ends in 5 days: update the secret"));
+        assert!(!refuses(&soon, now), "served meanwhile");
+        let gone = certificate(i, Some(&pair("shop.lan", (2029, 12, 1), (2029, 12, 31))), now).unwrap();
+        assert_eq!(gone.problem.as_deref(), Some("secret c's certificate has expired"));
+        assert!(refuses(&gone, now));
+        // Ending soon and for another name: the name is what is wrong, and it is refused.
+        let both = certificate(i, Some(&pair("other.lan", (2029, 12, 1), (2030, 1, 2))), now).unwrap();
+        assert!(refuses(&both, now), "{both:?}");
+        let none = certificate(i, None, now).unwrap();
+        assert_eq!(none.problem.as_deref(), Some("secret c does not exist"));
+    }
+}

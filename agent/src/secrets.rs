@@ -59,8 +59,13 @@ impl Secrets {
 
     /// What the leader sent: new or changed secrets, and those no longer needed here (`full`:
     /// `put` is every one needed here; any other held is dropped). Files of running replicas are
-    /// rewritten in place.
-    pub fn update(&self, put: Vec<(String, u64, BTreeMap<String, Vec<u8>>)>, drop: &[String], full: bool) {
+    /// rewritten in place: the (container id, name) of each rewritten.
+    pub fn update(
+        &self,
+        put: Vec<(String, u64, BTreeMap<String, Vec<u8>>)>,
+        drop: &[String],
+        full: bool,
+    ) -> Vec<(String, String)> {
         let mut changed = BTreeSet::new();
         {
             let mut held = self.held.lock().expect("not poisoned");
@@ -86,17 +91,20 @@ impl Secrets {
             }
         }
         // Every replica's tmpfs that holds a changed secret, with the owner its files have.
+        let mut rewritten = Vec::new();
         for replica in std::fs::read_dir(&self.root).into_iter().flatten().flatten() {
             let id = replica.file_name().to_string_lossy().to_string();
             for name in &changed {
                 let Ok(meta) = std::fs::metadata(replica.path().join(name)) else { continue };
                 let (uid, gid) =
                     (std::os::unix::fs::MetadataExt::uid(&meta), std::os::unix::fs::MetadataExt::gid(&meta));
-                if let Err(e) = self.write_one(&id, name, uid, gid) {
-                    tracing::warn!(replica = %id, secret = %name, "cannot update the secret's files: {e}");
+                match self.write_one(&id, name, uid, gid) {
+                    Ok(()) => rewritten.push((id.clone(), name.clone())),
+                    Err(e) => tracing::warn!(replica = %id, secret = %name, "cannot update the secret's files: {e}"),
                 }
             }
         }
+        rewritten
     }
 
     /// Mounts a tmpfs for replica `id` with `names`' files owned by `uid:gid`; the directory to

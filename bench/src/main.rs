@@ -10,6 +10,7 @@ mod cron;
 mod drain;
 mod ha;
 mod images;
+mod ingress;
 mod monitoring;
 mod net;
 mod rollout;
@@ -87,6 +88,12 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
+    /// The ingress proxy: requests/s and p99 through it vs the backend's VIP and a pod directly,
+    /// the proxy's memory, an ingress change -> served.
+    Ingress {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
     /// Rolling updates with readiness probes (apply -> complete, beside Ankaios' published
     /// figure) and failed requests under load; apply -> ready for 1 and 10; the cost of probes.
     Rollout {
@@ -147,6 +154,7 @@ fn main() {
         Command::Apps { runs, loss_runs } => vec![("apps", apps::run(runs, loss_runs))],
         Command::Startup { runs } => vec![("startup", startup::run(runs))],
         Command::Net { runs } => vec![("net", net::run(runs))],
+        Command::Ingress { runs } => vec![("ingress", ingress::run(runs))],
         Command::Rollout { runs } => vec![("rollout", rollout::run(runs))],
         Command::Secrets { runs } => vec![("secrets", secrets::run(runs))],
         Command::Drain { runs } => vec![("drain", drain::run(runs))],
@@ -165,6 +173,7 @@ fn main() {
             ("agent", agent::run(20, 60)),
             ("startup", startup::run(runs.max(20))),
             ("net", net::run(runs)),
+            ("ingress", ingress::run(runs)),
             ("rollout", rollout::run(runs)),
             ("drain", drain::run(runs.min(5))),
             ("secrets", secrets::run(runs.max(20))),

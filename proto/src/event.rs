@@ -82,6 +82,7 @@ reasons! {
     ProxyConfigured, IngressUnserved, IngressServed, CertificateExpiring,
     // Containers, from the boards.
     Pulling, Pulled, Started, BackOff, Restarted, Completed, Stopped, Failed, Unhealthy, Killing,
+    Reloaded, ReloadFailed,
 }
 
 impl fmt::Display for Reason {

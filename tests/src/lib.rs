@@ -12,6 +12,7 @@
 //! fails with a message that says what is missing.
 
 pub mod cluster;
+pub mod ingress;
 pub mod load;
 pub mod netlab;
 pub mod process;

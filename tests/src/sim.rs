@@ -700,6 +700,10 @@ impl Board {
                     let result = self.containers.stop(&id, grace);
                     Input::Stopped { result, id }
                 }
+                Job::Reload { id, config, args } => {
+                    let result = self.containers.exec(&id, args, std::time::Duration::from_secs(15));
+                    Input::Reloaded { id, config, result }
+                }
             };
             agent.input(input, now);
         }

@@ -7,7 +7,7 @@
 //! Apache's `ab` through the ingress fails no request; the other ingress board serves the same
 //! when the first is cut off the LAN.
 
-use bramble_proto::model::{Replica, ReplicaPhase};
+use bramble_tests::ingress::{proxies, push_caddy, run_proxy, AGENT_TOML};
 use bramble_tests::load::{web_app, Ab};
 use bramble_tests::process::Proc;
 use bramble_tests::{text, wait_for, Cluster};
@@ -30,43 +30,11 @@ fn curl(c: &Cluster, args: &[&str]) -> Result<(u16, String), String> {
     Ok((code.trim().parse().unwrap_or(0), body.to_string()))
 }
 
-fn proxies(c: &Cluster) -> Vec<Replica> {
-    c.replicas_of("bramble-ingress").into_iter().filter(|r| r.phase == ReplicaPhase::Running).collect()
-}
-
-/// `agents` boards whose agents let apps take ports 80 and 443 (the default range starts at
-/// 1024), the busybox image and the Caddy image (amd64: Debian's caddy on busybox) pushed.
+/// `agents` boards that may run the proxy, the busybox image and the Caddy image pushed.
 fn lab(agents: usize) -> (Cluster, bramble_tests::registry::Registry, String, String) {
-    let (c, registry, image) = bramble_tests::cluster::with_busybox(agents, "[network]\nhost_ports = \"80-65535\"\n");
-    let caddy = format!("{}/bramble/caddy:2.6", registry.addr);
-    let layout = c.dir.path().join("caddy-layout");
-    bramble_tests::testimages::caddy_layout(&layout, "2.6", &["amd64"]);
-    bramble_tests::testimages::push_from(Some(&c.lab.ns(0)), &layout, "2.6", &caddy);
+    let (c, registry, image) = bramble_tests::cluster::with_busybox(agents, AGENT_TOML);
+    let caddy = push_caddy(&c, &registry);
     (c, registry, image, caddy)
-}
-
-/// Restarts the leader with `[ingress]` (`toml`: its keys) and waits for the proxy on `boards`.
-fn run_proxy(c: &mut Cluster, toml: &str, boards: &[&str]) -> Vec<Replica> {
-    c.leader = None;
-    let cfg = c.leader_dir().join("leader.toml");
-    let before = std::fs::read_to_string(&cfg).unwrap();
-    assert!(before.contains("\n[ingress]\n"), "bramble-leader init writes an [ingress] table");
-    std::fs::write(&cfg, before.replacen("\n[ingress]\n", &format!("\n[ingress]\n{toml}"), 1)).unwrap();
-    c.start_leader();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let p = proxies(c);
-        let mut on: Vec<&str> = p.iter().filter_map(|r| r.node.as_deref()).collect();
-        on.sort();
-        if on == boards {
-            return p;
-        }
-        if Instant::now() > deadline {
-            let logs = c.cli(&["logs", "app/bramble-ingress", "--tail", "20"]);
-            panic!("the proxy is not running on {boards:?}: {p:?}\n{}{}", text(&logs.stdout), text(&logs.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// A self-signed certificate for `san` (`DNS:shop.lan`, `IP:10.0.0.1`) and its key, by openssl.
@@ -167,6 +135,12 @@ fn ingresses_route_by_host_and_path_with_tls_through_the_proxy_the_leader_runs()
         curl(&c, &["-H", "Host: grafana.lan", &format!("http://{board1}/v2")]).ok().filter(|(_, b)| b.contains(" v9"))
     });
     eprintln!("ingress change -> served through the proxy: {:?} ({})", t.elapsed(), served.1);
+    // The board reloaded the proxy through its admin socket (the config's reload command).
+    let events = wait_for("the proxy's Reloaded events", Duration::from_secs(10), || {
+        let e = c.ok(&["events"]);
+        (e.matches("Reloaded").count() >= 2).then_some(e)
+    });
+    assert!(!events.contains("ReloadFailed"), "{events}");
 
     // 3. A rolling update of web under ab through the ingress: not one request fails.
     let ab = Ab::start_with(&c.lab.ns(0), &format!("http://{board1}/"), 4, &["Host: grafana.lan"]);

@@ -48,6 +48,8 @@ pub trait Containers: Send + Sync {
     fn remove(&self, id: &str) -> Result<(), ReconcileError>;
     /// Stops a container for good (SIGTERM, SIGKILL after `grace`), keeping it and its exit.
     fn stop(&self, id: &str, grace: std::time::Duration) -> Result<(), ReconcileError>;
+    /// Runs `args` in the running container (a config's reload): its exit code and output.
+    fn exec(&self, id: &str, args: Vec<String>, timeout: std::time::Duration) -> Result<(i32, String), ReconcileError>;
 }
 
 /// The images this board can run.

@@ -21,6 +21,7 @@ pub enum Call {
     Start(String),
     Remove(String),
     Stop(String),
+    Exec(String, Vec<String>),
 }
 
 #[derive(Debug)]
@@ -192,6 +193,27 @@ impl Containers for FakeContainers {
             let _ = c.lifecycle.exited(exit);
         }
         Ok(())
+    }
+
+    /// Exits 0 in a running container (`["false"]`: 1, with output); none: an error.
+    fn exec(
+        &self,
+        id: &str,
+        args: Vec<String>,
+        _timeout: std::time::Duration,
+    ) -> Result<(i32, String), ReconcileError> {
+        let mut g = self.state.lock().expect("fake lock");
+        g.calls.push(Call::Exec(id.into(), args.clone()));
+        match g.containers.get(id) {
+            Some(c) if matches!(c.lifecycle.phase, Phase::Running { .. }) => {
+                Ok(if args.first().map(String::as_str) == Some("false") {
+                    (1, "it failed".into())
+                } else {
+                    (0, String::new())
+                })
+            }
+            _ => Err(ReconcileError::Runtime(format!("container {id} is not running"))),
+        }
     }
 
     fn remove(&self, id: &str) -> Result<(), ReconcileError> {

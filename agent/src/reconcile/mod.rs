@@ -46,6 +46,8 @@ const PULL_QUEUE: usize = 16;
 const PULLERS: usize = 2;
 /// Events waiting for the session; the oldest are dropped while nobody listens.
 const EVENTS: usize = 256;
+/// How long a config's reload command may run.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The session's side of the reconciler.
 #[derive(Debug)]
@@ -274,6 +276,18 @@ fn drive<C: Containers + 'static, I: Images, N: Network + 'static>(
                     Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => r.job_refused(&job),
                 },
                 Job::Remove { id } => remove_in_background(effects.clone(), id, done.clone(), &mut r),
+                Job::Reload { id, config, args } => {
+                    let (containers, done) = (effects.0.clone(), done.clone());
+                    let job = Job::Reload { id: id.clone(), config: config.clone(), args: args.clone() };
+                    let spawned = std::thread::Builder::new().name("reload".into()).spawn(move || {
+                        let result = containers.exec(&id, args, RELOAD_TIMEOUT);
+                        let _ = done.send(Input::Reloaded { id, config, result });
+                    });
+                    if let Err(e) = spawned {
+                        warn!("cannot start a thread to run a config's reload: {e}");
+                        r.job_refused(&job);
+                    }
+                }
                 Job::Stop { id, grace } => {
                     let (containers, done) = (effects.0.clone(), done.clone());
                     let job = Job::Stop { id: id.clone(), grace };

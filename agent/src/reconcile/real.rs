@@ -262,6 +262,14 @@ impl Containers for ShimContainers {
         self.runtime.stop(id, Some(grace)).map_err(|e| ReconcileError::Runtime(e.to_string()))
     }
 
+    fn exec(&self, id: &str, args: Vec<String>, timeout: Duration) -> Result<(i32, String), ReconcileError> {
+        match self.runtime.exec(id, args, Vec::new(), timeout) {
+            Ok((_, output, true)) => Err(ReconcileError::Runtime(format!("timed out after {timeout:?}: {output}"))),
+            Ok((code, output, false)) => Ok((code, output)),
+            Err(e) => Err(ReconcileError::Runtime(e.to_string())),
+        }
+    }
+
     fn remove(&self, id: &str) -> Result<(), ReconcileError> {
         self.runtime.remove(id, REMOVE_TIMEOUT).map_err(|e| ReconcileError::Runtime(e.to_string()))?;
         self.secrets.release(id);

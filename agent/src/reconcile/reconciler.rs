@@ -40,6 +40,10 @@ pub enum Input {
     Leader { connected: bool, fence: Option<Duration> },
     /// A stop (a fenced run) ended.
     Stopped { id: String, result: Result<(), ReconcileError> },
+    /// Configs' files were rewritten in place: (container id, config) each.
+    ConfigsChanged { changed: Vec<(String, String)> },
+    /// A config's reload command ended: its exit code and output.
+    Reloaded { id: String, config: String, result: Result<(i32, String), ReconcileError> },
 }
 
 /// Work that waits (on the network, on a grace period): done off the reconciler's thread, its
@@ -57,6 +61,12 @@ pub enum Job {
     Stop {
         id: String,
         grace: Duration,
+    },
+    /// A config's `reload` command, run in the container after its files changed.
+    Reload {
+        id: String,
+        config: String,
+        args: Vec<String>,
     },
 }
 
@@ -84,6 +94,8 @@ pub struct Reconciler<C, I, N> {
     contact: Contact,
     /// Jobs' runs stopped by the fence (never stopped twice).
     fenced: BTreeSet<String>,
+    /// Configs' reload commands to hand out with the next pass's jobs.
+    reloads: Vec<Job>,
 }
 
 /// What the reconciler knows of the leader, for the fence.
@@ -123,6 +135,7 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
             events: Vec::new(),
             parallel_starts: PARALLEL_STARTS,
             contact: Contact { fence, ..Contact::default() },
+            reloads: Vec::new(),
             fenced: BTreeSet::new(),
         }
     }
@@ -222,6 +235,27 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
                     // Tried again next pass.
                     self.fenced.remove(&id);
                 }
+            }
+            Input::ConfigsChanged { changed } => {
+                // The app's own container (the replica's name) runs the reload; not its others.
+                for (id, config) in changed {
+                    let Some(a) = self.desired.as_ref().and_then(|d| d.get(&id)) else { continue };
+                    let Some(m) = a.spec.configs.iter().find(|m| m.name.as_str() == config) else { continue };
+                    if !m.reload.is_empty() {
+                        self.reloads.push(Job::Reload { id, config, args: m.reload.clone() });
+                    }
+                }
+            }
+            Input::Reloaded { id, config, result } => {
+                let (reason, message) = match result {
+                    Ok((0, _)) => (EventReason::Reloaded, format!("config {config} changed: reloaded")),
+                    Ok((code, output)) => {
+                        let output: String = output.trim().chars().take(200).collect();
+                        (EventReason::ReloadFailed, format!("config {config} changed: reload exited {code}: {output}"))
+                    }
+                    Err(e) => (EventReason::ReloadFailed, format!("config {config} changed: cannot run reload: {e}")),
+                };
+                self.event(&id, reason, message, now_ms);
             }
         }
     }
@@ -325,6 +359,7 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
         self.observe();
         let actions = plan(self.desired.as_ref(), &self.observed, &self.retries, now_ms);
         let mut jobs = self.fence(now_ms);
+        jobs.append(&mut self.reloads);
         let mut starts = Vec::new();
         for action in actions {
             match action {
@@ -378,6 +413,10 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
             }
             Job::Stop { id, .. } => {
                 self.fenced.remove(id);
+            }
+            Job::Reload { id, config, .. } => {
+                let message = format!("config {config} changed: cannot run reload now (no thread)");
+                self.event(id, EventReason::ReloadFailed, message, bramble_proto::time::now_ms());
             }
         }
     }

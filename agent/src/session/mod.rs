@@ -454,9 +454,13 @@ async fn perform(
                 let secrets = work.secrets.clone();
                 let _ = tokio::task::spawn_blocking(move || secrets.update(put, &drop, full)).await;
             }
+            // Rewritten in place; the replicas whose app asks run its reload command.
             Output::Configs { put, drop, full } => {
                 let configs = work.configs.clone();
-                let _ = tokio::task::spawn_blocking(move || configs.update(put, &drop, full)).await;
+                let changed = tokio::task::spawn_blocking(move || configs.update(put, &drop, full)).await;
+                if let Some(changed) = changed.ok().filter(|c| !c.is_empty()) {
+                    tell_reconciler(work, Input::ConfigsChanged { changed }).await;
+                }
             }
             Output::Renewed { cert_pem, key_pem } => match renewed(&config.data_dir, creds, cert_pem, key_pem) {
                 Ok(until) => info!("certificate renewed: valid until {until}"),

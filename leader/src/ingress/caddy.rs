@@ -27,11 +27,13 @@ pub struct Settings {
     pub acme: Option<Acme>,
     /// Where Caddy keeps its ACME account and certificates (a local volume of the proxy).
     pub storage: String,
+    /// Its admin endpoint, a unix socket only the proxy's own container reaches (none: off).
+    pub admin_socket: Option<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { http_port: 80, https_port: 443, acme: None, storage: "/data/caddy".into() }
+        Settings { http_port: 80, https_port: 443, acme: None, storage: "/data/caddy".into(), admin_socket: None }
     }
 }
 
@@ -174,10 +176,14 @@ pub fn config(ingresses: &[IngressSpec], services: &[Service], settings: &Settin
     // certificate for ("skipping automatic certificate management because one or more matching
     // certificates are already loaded", caddy 2.6.2 validating this config).
     tls["automation"] = json!({ "policies": policies });
-    // No admin endpoint: the proxy runs on the board's network, and it reloads by watching its
-    // configuration file (ADR 16), which the board replaces whole.
+    // The admin endpoint only on a unix socket in the proxy's own tmpfs (never a port: the proxy
+    // is on the board's network): the board reloads the configuration through it (ADR 16).
+    let admin = match &settings.admin_socket {
+        Some(path) => json!({ "listen": format!("unix/{path}") }),
+        None => json!({ "disabled": true }),
+    };
     let config = json!({
-        "admin": { "disabled": true },
+        "admin": admin,
         "storage": { "module": "file_system", "root": settings.storage },
         "apps": {
             "http": {

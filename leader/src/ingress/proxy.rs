@@ -14,10 +14,13 @@ use std::collections::BTreeSet;
 pub const NAME: &str = "bramble-ingress";
 /// Where its config's files appear in the proxy.
 pub const CONFIG_DIR: &str = "/etc/bramble-ingress";
-/// The configuration file Caddy watches there.
+/// The configuration file Caddy runs from there (reloaded through its admin socket when the
+/// board rewrites it, and watched each second besides).
 pub const CONFIG_FILE: &str = "caddy.json";
 /// The ACME directory's CA certificate, beside it (when the leader names one).
 const ACME_ROOT_FILE: &str = "acme-ca.pem";
+/// Caddy's admin socket, in a tmpfs of the proxy's own (nothing outside its container reaches it).
+pub const ADMIN_SOCKET: &str = "/run/caddy/admin.sock";
 
 /// A TOML string literal (JSON's escapes are TOML's basic string's).
 fn quoted(s: &str) -> String {
@@ -40,7 +43,7 @@ pub fn app(cfg: &IngressConfig, image: &str, secrets: &BTreeSet<String>) -> Resu
          command = [\"caddy\", \"run\", \"--config\", \"{CONFIG_DIR}/{CONFIG_FILE}\", \"--watch\"]\n\
          env = {{ PATH = \"/usr/local/bin:/usr/bin:/bin\", GOMEMLIMIT = \"{gomemlimit}\", HOME = \"/data\", XDG_DATA_HOME = \"/data\", XDG_CONFIG_HOME = \"/data\" }}\n\
          secrets = [{secrets}]\n\
-         configs = [{{ name = \"{NAME}\", path = \"{CONFIG_DIR}\" }}]\n\
+         configs = [{{ name = \"{NAME}\", path = \"{CONFIG_DIR}\", reload = [\"caddy\", \"reload\", \"--config\", \"{CONFIG_DIR}/{CONFIG_FILE}\", \"--address\", \"unix/{ADMIN_SOCKET}\"] }}]\n\
          ports = [{{ name = \"http\", container = {http} }}, {{ name = \"https\", container = {https} }}]\n\
          resources = {{ memory = \"{memory}\" }}\n\
          update = {{ max_unavailable = 1, max_surge = 0 }}\n\
@@ -50,6 +53,10 @@ pub fn app(cfg: &IngressConfig, image: &str, secrets: &BTreeSet<String>) -> Resu
          type = \"local\"\n\
          name = \"{NAME}\"\n\
          path = \"/data\"\n\
+         [[app.volumes]]\n\
+         type = \"tmpfs\"\n\
+         path = \"/run/caddy\"\n\
+         size = \"64Ki\"\n\
          [app.probes.readiness]\n\
          tcp = {{ port = {http} }}\n\
          period = \"1s\"\n",
@@ -77,8 +84,13 @@ pub fn config(
         email: cfg.acme_email.clone(),
         ca_root: acme_root.map(|_| format!("{CONFIG_DIR}/{ACME_ROOT_FILE}")),
     });
-    let settings =
-        Settings { http_port: cfg.http_port, https_port: cfg.https_port, acme, storage: "/data/caddy".into() };
+    let settings = Settings {
+        http_port: cfg.http_port,
+        https_port: cfg.https_port,
+        acme,
+        storage: "/data/caddy".into(),
+        admin_socket: Some(ADMIN_SOCKET.into()),
+    };
     let (json, unserved) = caddy::config(ingresses, services, &settings);
     let mut files = std::collections::BTreeMap::new();
     files.insert(CONFIG_FILE.to_string(), serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?);

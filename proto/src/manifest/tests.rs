@@ -588,6 +588,20 @@ fn configs_parse_and_their_files_and_mounts_are_checked() {
     assert_eq!(m.configs[0].files["index.html"], "<h1>hi</h1>");
     assert!(m.apps[0].configs[0].roll);
     fails("[[config]]\nname = \"c\"\nfiles = {}\n", 3, 9, "config[0].files", "at least one file");
+    fails(
+        &app("[[app.configs]]\nname = \"c\"\npath = \"/etc/app\"\nroll = true\nreload = [\"nginx\", \"-s\", \"reload\"]\n"),
+        8,
+        10,
+        "app[0].configs[0].reload",
+        "a config that rolls the app restarts it",
+    );
+    fails(
+        &app("[[app.configs]]\nname = \"c\"\npath = \"/etc/app\"\nreload = [\"\"]\n"),
+        7,
+        10,
+        "app[0].configs[0].reload",
+        "at most 32 arguments",
+    );
     let big = format!("[[config]]\nname = \"c\"\nfiles = {{ a = \"{}\" }}\n", "x".repeat(600 << 10));
     fails(&big, 3, 9, "config[0].files", "at most 524288 bytes");
     fails(

@@ -239,6 +239,9 @@ impl Board {
             }
             Job::Remove { id } => Input::Removed { result: self.containers.remove(&id), id },
             Job::Stop { id, grace } => Input::Stopped { result: self.containers.stop(&id, grace), id },
+            Job::Reload { id, config, args } => {
+                Input::Reloaded { result: self.containers.exec(&id, args, Duration::from_secs(15)), id, config }
+            }
         };
         self.r.input(input, now);
     }
@@ -533,4 +536,61 @@ fn a_jobs_other_containers_stop_when_its_own_has_ended() {
     o.containers.insert("batch-1".into(), Some(exited("batch-1", 0, Never)));
     assert_eq!(plan(Some(&d), &o, &Retries::new(), 0), [Action::Stop { id: "batch-1.side".into() }]);
     assert_eq!(status(&d["batch-1"], &o, &Retries::new()).phase, ReplicaPhase::Succeeded);
+}
+
+#[test]
+fn a_config_changed_in_place_runs_its_reload_in_the_apps_own_container() {
+    let mut b = board(None);
+    let spec = |reload: &str| -> Arc<bramble_proto::manifest::AppSpec> {
+        parse_manifest(
+            "t.toml",
+            &format!(
+                "[[app]]\nname = \"web\"\nimage = \"reg/a:1\"\n\
+                 configs = [{{ name = \"site\", path = \"/etc/site\", reload = [{reload}] }}, {{ name = \"other\", path = \"/etc/o\" }}]\n"
+            ),
+        )
+        .unwrap()
+        .apps
+        .remove(0)
+        .into()
+    };
+    let mut a = assignment("web-1", "reg/a:1");
+    a.spec = spec("\"nginx\", \"-s\", \"reload\"");
+    b.images.pull(&"reg/a:1".parse().unwrap(), &Default::default()).unwrap();
+    b.r.input(Input::Desired { full: true, upsert: vec![a.clone()], remove: Vec::new() }, b.clock.now_ms());
+    for job in b.pass() {
+        b.finish(job);
+    }
+    assert_eq!(b.phase("web-1"), ReplicaPhase::Running);
+    let now = b.clock.now_ms();
+    // Its config changed (a sidecar's copy too, and a config without reload, and a replica that
+    // is not here): one reload, in the app's own container.
+    let changed = [("web-1", "site"), ("web-1.side", "site"), ("web-1", "other"), ("gone-1", "site")];
+    let changed = changed.iter().map(|(i, c)| (i.to_string(), c.to_string())).collect();
+    b.r.input(Input::ConfigsChanged { changed }, now);
+    let jobs = b.pass();
+    let reloads: Vec<&Job> = jobs.iter().filter(|j| matches!(j, Job::Reload { .. })).collect();
+    assert!(
+        matches!(&reloads[..], [Job::Reload { id, config, args }] if id == "web-1" && config == "site" && args[0] == "nginx"),
+        "{jobs:?}"
+    );
+    b.r.take_events();
+    for job in jobs {
+        b.finish(job);
+    }
+    let said: Vec<(EventReason, String)> = b.r.take_events().into_iter().map(|e| (e.reason, e.message)).collect();
+    assert_eq!(said, [(EventReason::Reloaded, "config site changed: reloaded".to_string())]);
+    assert!(b.pass().iter().all(|j| !matches!(j, Job::Reload { .. })), "once");
+    // A reload that fails says its exit and output.
+    a.spec = spec("\"false\"");
+    b.r.input(Input::Desired { full: true, upsert: vec![a], remove: Vec::new() }, now);
+    b.r.input(Input::ConfigsChanged { changed: vec![("web-1".into(), "site".into())] }, now);
+    for job in b.pass() {
+        if matches!(job, Job::Reload { .. }) {
+            b.finish(job);
+        }
+    }
+    let said: Vec<String> =
+        b.r.take_events().into_iter().filter(|e| e.reason == EventReason::ReloadFailed).map(|e| e.message).collect();
+    assert_eq!(said, ["config site changed: reload exited 1: it failed"]);
 }

@@ -972,6 +972,9 @@ impl AppSpec {
                     format!("config {} is mounted twice", c.name),
                 ));
             }
+            for (key, message) in c.check() {
+                out.push(Problem::new(vec![Key("configs"), Index(i), Key(key)], message));
+            }
         }
         for (i, v) in self.volumes.iter().enumerate() {
             if v.size.is_some_and(|s| s.0 < 4096) {

@@ -62,4 +62,23 @@ pub struct ConfigMount {
     /// files in place.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub roll: bool,
+    /// A command the board runs in the replica's own container after the config's files changed
+    /// in place (`["nginx", "-s", "reload"]`): the program reloads without a restart. Its exit
+    /// and output are an event on the replica.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reload: Vec<String>,
+}
+
+impl ConfigMount {
+    /// The mount's own problems (`reload` beside `roll`, empty or oversized arguments).
+    pub fn check(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.roll && !self.reload.is_empty() {
+            out.push(("reload", "a config that rolls the app restarts it: leave out reload, or roll".to_string()));
+        }
+        if self.reload.len() > 32 || self.reload.iter().any(|a| a.is_empty() || a.len() > 1024 || a.contains('\0')) {
+            out.push(("reload", "expected at most 32 arguments, each of 1 to 1024 characters".to_string()));
+        }
+        out
+    }
 }

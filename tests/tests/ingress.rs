@@ -129,6 +129,17 @@ fn ingresses_route_by_host_and_path_with_tls_through_the_proxy_the_leader_runs()
          [[ingress.paths]]\npath = \"/\"\nservice = \"web\"\nport = 80\n\
          [[ingress.paths]]\npath = \"/v2\"\nservice = \"api\"\nport = 80\n",
     );
+    // diff and a dry run say what would change, and change nothing.
+    let diff = c.cli(&["diff", "-f", &changed]);
+    assert_eq!(diff.status.code(), Some(1), "{}", text(&diff.stderr));
+    assert!(
+        text(&diff.stdout).contains("ingress/plain (new)") && text(&diff.stdout).contains("+path = \"/v2\""),
+        "{}",
+        text(&diff.stdout)
+    );
+    let dry = c.ok(&["apply", "--dry-run", "-f", &changed]);
+    assert!(dry.contains("ingress/plain") && dry.contains("configured"), "{dry}");
+    assert!(!c.ok(&["get", "ingress", "plain", "-o", "toml"]).contains("/v2"), "a dry run stores nothing");
     let t = Instant::now();
     c.ok(&["apply", "-f", &changed]);
     let served = wait_for("the new path served", Duration::from_secs(30), || {
@@ -173,9 +184,14 @@ fn ingresses_route_by_host_and_path_with_tls_through_the_proxy_the_leader_runs()
     assert!(curl(&c, &["-H", "Host: grafana.lan", &format!("http://{board1}/")]).is_err(), "board-1 is cut off");
     let _ = Command::new("ip").args(["netns", "exec", &c.lab.ns(1), "ip", "link", "set", "eth0", "up"]).status();
 
-    // describe ingress: hosts, backends and their ready endpoints.
+    // describe ingress: hosts, backends and their ready endpoints, the certificate, the proxies.
     let d = c.ok(&["describe", "ingress", "shop"]);
-    assert!(d.contains("shop.lan") && d.contains("api") && d.contains("shop-cert"), "{d}");
+    assert!(d.contains("shop.lan") && d.contains("api") && d.contains("secret shop-cert, ends in 89 days"), "{d}");
+    let v: serde_json::Value = serde_json::from_str(&c.ok(&["describe", "ingress", "shop", "-o", "json"])).unwrap();
+    let backends = v["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 2, "{v}");
+    assert!(backends.iter().all(|b| b["ready"].as_u64() >= Some(1) && b["upstream"].is_string()), "{v}");
+    assert_eq!(v["proxies"].as_array().map(Vec::len), Some(2), "{v}");
     c.ok(&["delete", "app", "web", "api"]);
     c.remove_containers();
 }

@@ -1,12 +1,12 @@
 //! `bramble diff -f FILE|DIR|-`: what applying the manifests would change, per object (app, job,
-//! service, config), as a unified diff of the stored spec and the new one (both as TOML, defaults
+//! service, config, cron job, ingress), as a unified diff of the stored spec and the new one (both as TOML, defaults
 //! written out; a job as `[[job]]`). Exit 0: nothing would change; 1: something would (kubectl's
 //! convention); above 1: an error.
 
 use super::apply::load;
 use crate::client::{request, unexpected, CliError};
 use crate::output::{json, Format};
-use bramble_proto::manifest::{AppSpec, ConfigSpec, CronJobSpec, ServiceSpec};
+use bramble_proto::manifest::{AppSpec, ConfigSpec, CronJobSpec, IngressSpec, ServiceSpec};
 use bramble_proto::wire::{Request, Response};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -63,6 +63,11 @@ struct CronJobDoc<'a> {
 }
 
 #[derive(Serialize)]
+struct IngressDoc<'a> {
+    ingress: [&'a IngressSpec; 1],
+}
+
+#[derive(Serialize)]
 struct ConfigDoc<'a> {
     config: [&'a ConfigSpec; 1],
 }
@@ -113,8 +118,16 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let cronjobs = if m.cronjobs.is_empty() {
         Vec::new()
     } else {
-        match request(config, Request::GetCronJobs).await? {
+        match request(config.clone(), Request::GetCronJobs).await? {
             Response::CronJobs(c) => c,
+            r => return Err(unexpected(&r)),
+        }
+    };
+    let ingresses = if m.ingresses.is_empty() {
+        Vec::new()
+    } else {
+        match request(config, Request::GetIngresses).await? {
+            Response::Ingresses(i) => i,
             r => return Err(unexpected(&r)),
         }
     };
@@ -134,6 +147,10 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     for c in &m.cronjobs {
         let stored = cronjobs.iter().find(|v| v.cronjob.spec.name == c.name).map(|v| &v.cronjob.spec);
         diffs.push(compare("cronjob", c.name.as_str(), stored, c, |v| toml_of(&CronJobDoc { cronjob: [v] }))?);
+    }
+    for i in &m.ingresses {
+        let stored = ingresses.iter().find(|v| v.spec.name == i.name).map(|v| &v.spec);
+        diffs.push(compare("ingress", i.name.as_str(), stored, i, |v| toml_of(&IngressDoc { ingress: [v] }))?);
     }
     if args.output == Format::Json {
         print!("{}", json(&diffs));

@@ -91,6 +91,7 @@ pub fn refuse(problems: Vec<ObjectProblem>) -> Result<()> {
 pub fn check_restored(objects: &std::collections::BTreeMap<String, String>, reserved: &Reserved) -> Result<()> {
     use crate::objects::{decode, keys};
     let (mut apps, mut services, mut configs, mut cronjobs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ingresses, mut secret_keys) = (Vec::new(), std::collections::BTreeMap::new());
     let mut problems = Vec::new();
     for (key, value) in objects {
         let named = |kind: &str, name: &str, prefix: &str| {
@@ -113,6 +114,15 @@ pub fn check_restored(objects: &std::collections::BTreeMap<String, String>, rese
             let c: CronJob = decode(key, value.as_bytes())?;
             problems.extend(named("cronjob", c.spec.name.as_str(), keys::CRONJOBS));
             cronjobs.push(c.spec);
+        } else if key.starts_with(keys::INGRESSES) {
+            let i: bramble_proto::model::Ingress = decode(key, value.as_bytes())?;
+            problems.extend(named("ingress", i.spec.name.as_str(), keys::INGRESSES));
+            let name = i.spec.name.as_str().to_string();
+            problems.extend(i.spec.check().into_iter().map(|p| problem("ingress", &name, p.field(), p.message)));
+            ingresses.push(i.spec);
+        } else if key.starts_with(keys::SECRETS) {
+            let s: crate::trust::secrets::StoredSecret = decode(key, value.as_bytes())?;
+            secret_keys.insert(s.meta.name.clone(), s.sizes.keys().cloned().collect());
         } else if key.starts_with(keys::REVISIONS) {
             let spec: AppSpec = decode(key, value.as_bytes())?;
             problems.extend(
@@ -122,6 +132,10 @@ pub fn check_restored(objects: &std::collections::BTreeMap<String, String>, rese
         }
     }
     problems.extend(check_cronjobs(reserved, &cronjobs));
+    // Ingresses against the backup's own services and secrets: one claim per host and path, a
+    // backend's service and port, a certificate's keys.
+    let by_name = services.iter().map(|s| (s.name.as_str().to_string(), s.clone())).collect();
+    problems.extend(crate::ingress::check(&ingresses, &[], &by_name, &secret_keys));
     refuse(problems)?;
     check(reserved, &apps, &services, &configs)
 }

@@ -313,6 +313,20 @@ mod tests {
         serde_json::to_string(&bramble_proto::model::App { meta, spec, cronjob: None }).unwrap()
     }
 
+    fn ingress(name: &str, path: &str) -> String {
+        let meta = bramble_proto::model::ObjectMeta {
+            name: name.into(),
+            generation: 1,
+            revision: 0,
+            created_ms: 1,
+            changed_by: None,
+        };
+        let text = format!("[[ingress]]\nname = \"{name}\"\nhost = \"shop.lan\"\n[[ingress.paths]]\npath = \"/\"\nservice = \"web\"\nport = 80\n");
+        let mut spec = bramble_proto::manifest::parse_manifest("t.toml", &text).unwrap().ingresses.remove(0);
+        spec.paths[0].path = path.into();
+        serde_json::to_string(&bramble_proto::model::Ingress { meta, spec }).unwrap()
+    }
+
     fn snapshot() -> Snapshot {
         let ca = bramble_transport::pki::Ca::generate("t").unwrap();
         let config = crate::LeaderConfig::new("/old".into(), "127.0.0.1:7443".parse().unwrap());
@@ -363,6 +377,14 @@ mod tests {
             ),
             (vec![("/apps/other".to_string(), app(""))], "stored under /apps/other, which names another object"),
             (vec![("/apps/web".to_string(), "{".to_string())], "stored object /apps/web is corrupt"),
+            // An ingress whose service the backup lacks, and one with a Caddy placeholder in its
+            // path (hand-edited: apply refuses both).
+            (vec![("/ingresses/shop".to_string(), ingress("shop", "/"))], "service web does not exist"),
+            (
+                vec![("/ingresses/shop".to_string(), ingress("shop", "/{http.request.uri}"))],
+                "ingress/shop: paths[0].path",
+            ),
+            (vec![("/ingresses/other".to_string(), ingress("shop", "/"))], "stored under /ingresses/other"),
         ] {
             let s = Snapshot { objects: objects.into_iter().collect(), ..snapshot() };
             let dir = t.path().join("x");

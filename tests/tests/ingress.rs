@@ -88,6 +88,25 @@ fn ingresses_route_by_host_and_path_with_tls_through_the_proxy_the_leader_runs()
         d.contains("names no image").then_some(d)
     });
     assert!(said.contains("IngressUnserved"), "{said}");
+    // A certificate whose key is another's is refused at its line, and nothing is stored.
+    let (_, other_key) = openssl_cert(c.dir.path(), "other", "DNS:shop.lan");
+    c.ok(&[
+        "secret",
+        "create",
+        "mismatched",
+        "--from-file",
+        &format!("tls.crt={}", crt.display()),
+        "--from-file",
+        &format!("tls.key={}", other_key.display()),
+    ]);
+    let bad = c.write(
+        "mismatched.toml",
+        "[[ingress]]\nname = \"wrong\"\nhost = \"shop.lan\"\ntls = { secret = \"mismatched\" }\nservice = \"web\"\nport = 80\n",
+    );
+    let out = c.cli(&["apply", "-f", &bad]);
+    let err = text(&out.stderr);
+    assert!(err.contains("mismatched.toml:4:") && err.contains("tls.key is not the key of tls.crt"), "{err}");
+    assert!(!c.ok(&["get", "ingresses"]).contains("wrong"), "nothing of a refused apply is stored");
     // A user may not take the proxy's names, nor its volume (its ACME keys are in it).
     let bad = c.write(
         "bad.toml",

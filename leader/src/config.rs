@@ -59,67 +59,7 @@ pub struct LeaderConfig {
     pub ingress: IngressConfig,
 }
 
-/// The ingress proxy (issue 32, ADR 16): Caddy, run by the leader as the every-board app
-/// `bramble-ingress` on the boards `nodes` selects, configured from `[[ingress]]` objects.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IngressConfig {
-    /// A Caddy 2 image the boards can pull, for each board's platform (`caddy` in /usr/local/bin,
-    /// /usr/bin or /bin: the official `caddy:2` image, or Debian's package on a small base).
-    #[serde(default)]
-    pub image: Option<String>,
-    /// The boards that run it, by their labels (default `ingress = "true"`).
-    #[serde(default = "default_ingress_nodes")]
-    pub nodes: bramble_proto::manifest::Labels,
-    /// Its memory limit on each board (Go's heap is held to three quarters of it).
-    #[serde(default = "default_ingress_memory")]
-    pub memory: bramble_proto::quantity::Memory,
-    /// The board ports it serves plain HTTP and HTTPS on.
-    #[serde(default = "default_http_port")]
-    pub http_port: u16,
-    #[serde(default = "default_https_port")]
-    pub https_port: u16,
-    /// The ACME directory that ingresses with `tls = { acme = true }` get certificates from
-    /// (Let's Encrypt's: "https://acme-v02.api.letsencrypt.org/directory"); none: such ingresses
-    /// are not served over TLS and say so.
-    #[serde(default)]
-    pub acme_ca: Option<String>,
-    /// The address the ACME CA writes to about certificates.
-    #[serde(default)]
-    pub acme_email: Option<String>,
-    /// A PEM file of the CA that signs the ACME directory's certificate (a lab's own, such as
-    /// pebble's), trusted by the proxy for that directory only.
-    #[serde(default)]
-    pub acme_ca_root: Option<PathBuf>,
-}
-
-impl Default for IngressConfig {
-    fn default() -> Self {
-        IngressConfig {
-            image: None,
-            nodes: default_ingress_nodes(),
-            memory: default_ingress_memory(),
-            http_port: default_http_port(),
-            https_port: default_https_port(),
-            acme_ca: None,
-            acme_email: None,
-            acme_ca_root: None,
-        }
-    }
-}
-
-fn default_ingress_nodes() -> bramble_proto::manifest::Labels {
-    bramble_proto::manifest::Labels([("ingress".to_string(), "true".to_string())].into())
-}
-fn default_ingress_memory() -> bramble_proto::quantity::Memory {
-    bramble_proto::quantity::Memory(128 << 20)
-}
-fn default_http_port() -> u16 {
-    80
-}
-fn default_https_port() -> u16 {
-    443
-}
+pub use crate::ingress::IngressConfig;
 
 /// How boards find this leader without an address: mDNS / DNS-SD `_bramble._udp` on the LAN.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod ha;
 pub mod ingress;
+pub mod ingress_controller;
 pub mod init;
 pub mod network;
 pub mod objects;

@@ -224,7 +224,7 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
             None
         }
     });
-    api.ingress = Arc::new(crate::controllers::ingress::IngressController::new(config.ingress.clone(), acme_root));
+    api.ingress = Arc::new(crate::ingress::ProxyState::new(config.ingress.clone(), acme_root));
     let api = Arc::new(api);
     let cancel = CancellationToken::new();
     {
@@ -260,7 +260,7 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
         published: api.published.clone(),
     };
     tasks.spawn(crate::controllers::cron::run(cron, cancel.clone()));
-    let ingress = crate::controllers::ingress::Handles {
+    let ingress = crate::ingress_controller::Handles {
         objects: api.objects.clone(),
         events: api.events.clone(),
         published: api.published.clone(),
@@ -269,7 +269,7 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
         controller: api.ingress.clone(),
         keyring: api.keyring.clone(),
     };
-    tasks.spawn(crate::controllers::ingress::run(ingress, cancel.clone()));
+    tasks.spawn(crate::ingress_controller::run(ingress, cancel.clone()));
     tasks.spawn(crate::backup::schedule(backup_handles(&api), config.backup.clone(), cancel.clone()));
     tasks.spawn(crate::backup::release_when_all_seen(backup_handles(&api), cancel.clone()));
     if let Some(listen) = config.metrics.listen.clone() {

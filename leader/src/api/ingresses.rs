@@ -15,7 +15,7 @@ pub struct Ingresses<'a> {
     pub objects: &'a Objects,
     pub keyring: &'a Keyring,
     pub events: &'a crate::events::Events,
-    pub controller: &'a crate::controllers::ingress::IngressController,
+    pub controller: &'a crate::ingress::ProxyState,
 }
 
 impl Ingresses<'_> {

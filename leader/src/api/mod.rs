@@ -82,7 +82,7 @@ pub struct Api {
     /// Refused joins: one event a minute, the rest counted.
     pub join_refusals: crate::events::Throttle,
     /// The ingress proxy's settings and what it cannot serve (`describe ingress`).
-    pub ingress: Arc<crate::controllers::ingress::IngressController>,
+    pub ingress: Arc<crate::ingress::ProxyState>,
 }
 
 impl std::fmt::Debug for Api {

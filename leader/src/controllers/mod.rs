@@ -23,7 +23,6 @@ pub mod cron;
 pub mod desired;
 pub mod drain;
 pub mod dry_run;
-pub mod ingress;
 pub mod plan;
 pub mod replicas;
 pub mod rollout;

@@ -5,7 +5,7 @@
 //! app is. Pure.
 
 use super::caddy::{self, Acme, Settings, Unserved};
-use crate::config::IngressConfig;
+use super::IngressConfig;
 use bramble_proto::manifest::{parse_manifest, AppSpec, ConfigSpec, IngressSpec};
 use bramble_proto::model::Service;
 use std::collections::BTreeSet;

@@ -30,7 +30,7 @@ pub struct Handles {
     /// The replica controller's timings.
     pub published: Arc<crate::controllers::Published>,
     /// The ingress certificates' ends.
-    pub ingress: Arc<crate::controllers::ingress::IngressController>,
+    pub ingress: Arc<crate::ingress::ProxyState>,
 }
 
 impl std::ops::Deref for Handles {

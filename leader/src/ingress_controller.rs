@@ -1,51 +1,31 @@
-//! The ingress controller (ADR 16): keeps the proxy's app and config (`bramble-ingress`) in the
+//! The ingress proxy's controller (ADR 16): keeps the proxy's app and config (`bramble-ingress`) in the
 //! store as the leader's `[ingress]` section, the ingresses and the services make them, through
 //! the same apply as a user's (checked, recorded as a revision, scheduled on the selected boards,
 //! its config sent to them and replaced in place, where the proxy reloads it by itself). A pass
 //! reads the ingresses and services and stops there while their revisions are the last pass's.
 //! Backends the proxy cannot serve are events on their ingress, said once when they change.
 
-use super::Published;
 use crate::admission::Reserved;
 use crate::api::apps::{self, Specs};
-use crate::config::IngressConfig;
+use crate::controllers::Published;
 use crate::error::Result;
 use crate::events::Events;
 use crate::ingress::caddy::Unserved;
 use crate::ingress::proxy::{self, NAME};
+use crate::ingress::state::Seen;
+use crate::ingress::ProxyState;
 use crate::objects::Objects;
 use bramble_proto::model::{App, Config, Event, EventReason, Ingress, Kind, ObjectRef, Service};
 use bramble_proto::network::ClusterNetwork;
 use bramble_proto::wire::Outcome;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Who the proxy's changes are by, in events and revisions.
 pub const WHO: &str = "the ingress controller";
 
-/// The store revisions a pass worked from (ingresses, services, the proxy's app and config, the
-/// certificates' secrets): while they hold, there is nothing to do.
-type Seen = (Vec<(String, u64)>, Vec<(String, u64)>, Option<u64>, Option<u64>, Vec<(String, u64)>);
-
 /// How often certificates from secrets are looked at again when nothing changed.
 const CERT_CHECK_EVERY_MS: u64 = 3_600_000;
-
-/// The controller's settings and what it remembers between passes.
-#[derive(Debug, Default)]
-pub struct IngressController {
-    pub config: IngressConfig,
-    /// The ACME directory's CA certificate (PEM), read from `acme_ca_root` at start.
-    pub acme_root: Option<String>,
-    seen: Mutex<Option<Seen>>,
-    /// What could not be served at the last change, by ingress.
-    unserved: Mutex<BTreeMap<String, Vec<Unserved>>>,
-    /// Certificates from secrets: by ingress, the secret and the certificate's end (ms).
-    certificates: Mutex<BTreeMap<String, (String, u64)>>,
-    /// When certificates were last looked at, and the day each ingress's was last said to end soon.
-    certs_checked_ms: Mutex<(u64, BTreeMap<String, u64>)>,
-    /// Poked after an apply or a delete: a pass at once instead of at the next second.
-    pub wake: tokio::sync::Notify,
-}
 
 /// What the ingress controller's loop uses.
 #[derive(Debug, Clone)]
@@ -55,27 +35,12 @@ pub struct Handles {
     pub published: Arc<Published>,
     pub network: Arc<ClusterNetwork>,
     pub reserved: Arc<Reserved>,
-    pub controller: Arc<IngressController>,
+    pub controller: Arc<ProxyState>,
     /// Opens the certificates' secrets (their ends: events and a metric).
     pub keyring: Arc<crate::trust::secrets::Keyring>,
 }
 
-impl IngressController {
-    pub fn new(config: IngressConfig, acme_root: Option<String>) -> Self {
-        IngressController { config, acme_root, ..Default::default() }
-    }
-
-    /// What the proxy cannot serve now, by ingress (for `describe ingress`).
-    pub fn unserved(&self, ingress: &str) -> Vec<Unserved> {
-        self.unserved.lock().expect("not poisoned").get(ingress).cloned().unwrap_or_default()
-    }
-
-    /// Certificates from secrets: (ingress, secret, end in ms) for the metric.
-    pub fn certificate_ends(&self) -> Vec<(String, String, u64)> {
-        let c = self.certificates.lock().expect("not poisoned");
-        c.iter().map(|(i, (s, end))| (i.clone(), s.clone(), *end)).collect()
-    }
-
+impl ProxyState {
     /// One pass at `now`: whether it wrote.
     pub fn pass(&self, h: &Handles, now: u64) -> Result<bool> {
         let ingresses = h.objects.list::<Ingress>()?;
@@ -251,8 +216,8 @@ mod tests {
         let registry = Arc::new(NodeRegistry::new(Duration::from_secs(15), events.clone()));
         let ca = bramble_transport::pki::Ca::generate("test").unwrap();
         let mut api = Api::new(Objects::new(store), ca, registry, events, Default::default());
-        let config = IngressConfig { image: image.map(String::from), ..Default::default() };
-        api.ingress = Arc::new(IngressController::new(config, None));
+        let config = crate::ingress::IngressConfig { image: image.map(String::from), ..Default::default() };
+        api.ingress = Arc::new(ProxyState::new(config, None));
         let h = Handles {
             objects: api.objects.clone(),
             events: api.events.clone(),
@@ -388,7 +353,7 @@ mod tests {
         let (api, h) = api(Some("reg.lan/caddy:2"));
         assert!(h.controller.pass(&h, 1).unwrap());
         // The leader restarted without [ingress] image: the proxy it made goes.
-        let h2 = Handles { controller: Arc::new(IngressController::default()), ..h.clone() };
+        let h2 = Handles { controller: Arc::new(ProxyState::default()), ..h.clone() };
         let text =
             format!("{SERVICES}[[ingress]]\nname = \"plain\"\nhost = \"grafana.lan\"\nservice = \"web\"\nport = 80\n");
         assert!(matches!(apply(&api, &text), Response::Applied(_)));

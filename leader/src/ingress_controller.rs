@@ -179,6 +179,21 @@ impl ProxyState {
     }
 }
 
+impl Handles {
+    /// The handles the controller's loop takes from the API's.
+    pub fn of(api: &crate::api::Api) -> Handles {
+        Handles {
+            objects: api.objects.clone(),
+            events: api.events.clone(),
+            published: api.published.clone(),
+            network: api.network.clone(),
+            reserved: api.reserved.clone(),
+            controller: api.ingress.clone(),
+            keyring: api.keyring.clone(),
+        }
+    }
+}
+
 /// Runs a pass every second, and at once when woken, until `cancel`.
 pub async fn run(h: Handles, cancel: tokio_util::sync::CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -205,9 +220,7 @@ mod tests {
     use crate::api::Api;
     use crate::boards::nodes::NodeRegistry;
     use crate::store::{MemStore, Store};
-    use bramble_proto::manifest::parse_manifest;
     use bramble_proto::wire::{Request, Response};
-    use bramble_transport::Identity;
     use std::time::Duration;
 
     fn api(image: Option<&str>) -> (Api, Handles) {
@@ -218,36 +231,11 @@ mod tests {
         let mut api = Api::new(Objects::new(store), ca, registry, events, Default::default());
         let config = crate::ingress::IngressConfig { image: image.map(String::from), ..Default::default() };
         api.ingress = Arc::new(ProxyState::new(config, None));
-        let h = Handles {
-            objects: api.objects.clone(),
-            events: api.events.clone(),
-            published: api.published.clone(),
-            network: api.network.clone(),
-            reserved: api.reserved.clone(),
-            controller: api.ingress.clone(),
-            keyring: api.keyring.clone(),
-        };
+        let h = Handles::of(&api);
         (api, h)
     }
 
-    fn admin(api: &Api, req: Request) -> Response {
-        api.handle(Some(&Identity::admin("test")), req)
-    }
-
-    fn apply(api: &Api, text: &str) -> Response {
-        let m = parse_manifest("t.toml", text).unwrap();
-        admin(
-            api,
-            Request::Apply {
-                apps: m.apps,
-                services: m.services,
-                configs: m.configs,
-                cronjobs: m.cronjobs,
-                ingresses: m.ingresses,
-                dry_run: false,
-            },
-        )
-    }
+    use crate::api::testing::{admin, apply};
 
     /// A certificate for `names` and its key (PEM).
     fn cert(names: &[&str]) -> (String, String) {

@@ -260,15 +260,7 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
         published: api.published.clone(),
     };
     tasks.spawn(crate::controllers::cron::run(cron, cancel.clone()));
-    let ingress = crate::ingress_controller::Handles {
-        objects: api.objects.clone(),
-        events: api.events.clone(),
-        published: api.published.clone(),
-        network: api.network.clone(),
-        reserved: api.reserved.clone(),
-        controller: api.ingress.clone(),
-        keyring: api.keyring.clone(),
-    };
+    let ingress = crate::ingress_controller::Handles::of(&api);
     tasks.spawn(crate::ingress_controller::run(ingress, cancel.clone()));
     tasks.spawn(crate::backup::schedule(backup_handles(&api), config.backup.clone(), cancel.clone()));
     tasks.spawn(crate::backup::release_when_all_seen(backup_handles(&api), cancel.clone()));

@@ -483,3 +483,22 @@ pub fn authorize(identity: Option<&Identity>, need: Role) -> Result<()> {
         },
     }
 }
+
+/// Requests as an admin, for the leader's tests.
+#[cfg(test)]
+pub mod testing {
+    use super::Api;
+    use bramble_proto::wire::{Request, Response};
+
+    /// `req` from an admin's certificate.
+    pub fn admin(api: &Api, req: Request) -> Response {
+        api.handle(Some(&bramble_transport::Identity::admin("test")), req)
+    }
+
+    /// Applies manifest `text` as an admin.
+    pub fn apply(api: &Api, text: &str) -> Response {
+        let m = bramble_proto::manifest::parse_manifest("t.toml", text).unwrap();
+        let (apps, services, configs, cronjobs, ingresses) = (m.apps, m.services, m.configs, m.cronjobs, m.ingresses);
+        admin(api, Request::Apply { apps, services, configs, cronjobs, ingresses, dry_run: false })
+    }
+}

@@ -5,10 +5,8 @@ use crate::api::Api;
 use crate::boards::nodes::{NodeRegistry, Session};
 use crate::events::Events;
 use crate::store::{MemStore, Store};
-use bramble_proto::manifest::parse_manifest;
 use bramble_proto::model::{Arch, ConditionStatus, EventReason, Node, NodeInfo, Resources, Service};
 use bramble_proto::wire::{Request, Response};
-use bramble_transport::Identity;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,24 +25,7 @@ fn add_node(api: &Api, name: &str) {
     api.registry.connect(name, s, Instant::now(), 1).unwrap();
 }
 
-fn admin(api: &Api, req: Request) -> Response {
-    api.handle(Some(&Identity::admin("test")), req)
-}
-
-fn apply(api: &Api, text: &str) -> Response {
-    let m = parse_manifest("t.toml", text).unwrap();
-    admin(
-        api,
-        Request::Apply {
-            apps: m.apps,
-            services: m.services,
-            configs: m.configs,
-            cronjobs: m.cronjobs,
-            ingresses: m.ingresses,
-            dry_run: false,
-        },
-    )
-}
+use crate::api::testing::{admin, apply};
 
 fn vip(api: &Api, name: &str) -> std::net::Ipv4Addr {
     api.objects.load::<Service>(name).unwrap().value.vip.expect("a VIP")

@@ -26,6 +26,12 @@ pub const WHO: &str = "the ingress controller";
 
 /// How often certificates from secrets are looked at again when nothing changed.
 const CERT_CHECK_EVERY_MS: u64 = 3_600_000;
+/// How often the leader looks at what the proxies serve for ACME hosts (the first time soon after
+/// it starts).
+const ACME_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+const ACME_PROBE_FIRST: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long a proxy may run before "serves no certificate" is worth an event (ACME takes seconds).
+const ACME_GRACE_MS: u64 = 300_000;
 
 /// What the ingress controller's loop uses.
 #[derive(Debug, Clone)]
@@ -153,6 +159,79 @@ impl ProxyState {
         Ok(())
     }
 
+    /// Connects to each ingress board's HTTPS port for each ACME host and reads the certificate
+    /// served: its end for the metric and `describe ingress`; an event on the ingress (once a day
+    /// per board) when none is served after the proxy's first minutes, or it ends within two weeks
+    /// (Caddy renews a month ahead: a renewal that has not happened).
+    pub fn probe_acme(&self, h: &Handles, now: u64) -> Result<()> {
+        if self.config.acme_ca.is_none() {
+            self.served.lock().expect("not poisoned").clear();
+            return Ok(());
+        }
+        let ingresses: Vec<_> = h
+            .objects
+            .list::<Ingress>()?
+            .into_iter()
+            .map(|v| v.value.spec)
+            .filter(|i| i.tls.as_ref().is_some_and(|t| t.acme))
+            .collect();
+        let nodes: BTreeMap<String, std::net::Ipv4Addr> = h
+            .objects
+            .list::<bramble_proto::model::Node>()?
+            .into_iter()
+            .filter_map(|v| Some((v.value.meta.name.clone(), v.value.address?)))
+            .collect();
+        let proxies: Vec<(String, u64)> = h
+            .objects
+            .list::<bramble_proto::model::Replica>()?
+            .into_iter()
+            .map(|v| v.value)
+            .filter(|r| r.app == NAME && r.phase == bramble_proto::model::ReplicaPhase::Running)
+            .filter_map(|r| Some((r.node?, r.started_ms.unwrap_or(now))))
+            .collect();
+        let mut found = BTreeMap::new();
+        let mut said = self.served_said.lock().expect("not poisoned");
+        let today = now / 86_400_000;
+        for i in &ingresses {
+            let mut list = Vec::new();
+            for (node, started) in &proxies {
+                let Some(ip) = nodes.get(node) else { continue };
+                let addr = std::net::SocketAddr::from((*ip, self.config.https_port));
+                let leaf = bramble_transport::tls::served_certificate(addr, &i.host, std::time::Duration::from_secs(2));
+                let (end, problem) = crate::ingress::tls::served(&i.host, leaf, now);
+                let key = (i.name.as_str().to_string(), node.clone());
+                match &problem {
+                    Some(p) if said.get(&key) != Some(&today) => {
+                        let missing = matches!(p, crate::ingress::tls::ServedProblem::Missing(_));
+                        if !missing || now.saturating_sub(*started) > ACME_GRACE_MS {
+                            said.insert(key, today);
+                            let reason = if missing {
+                                EventReason::CertificateMissing
+                            } else {
+                                EventReason::CertificateExpiring
+                            };
+                            let about = ObjectRef::new(Kind::Ingress, i.name.as_str());
+                            h.events.record(Event::new(now, about, reason, format!("board {node}: {}", p.message())));
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        said.remove(&key);
+                    }
+                }
+                list.push(bramble_proto::wire::ServedCertificate {
+                    node: node.clone(),
+                    not_after_ms: end,
+                    problem: problem.map(|p| p.message().to_string()),
+                    checked_ms: now,
+                });
+            }
+            found.insert(i.name.as_str().to_string(), list);
+        }
+        *self.served.lock().expect("not poisoned") = found;
+        Ok(())
+    }
+
     /// Events on each ingress whose unserved backends changed.
     fn said(&self, h: &Handles, now_unserved: Vec<Unserved>, now: u64) {
         let mut by: BTreeMap<String, Vec<Unserved>> = BTreeMap::new();
@@ -194,15 +273,28 @@ impl Handles {
     }
 }
 
-/// Runs a pass every second, and at once when woken, until `cancel`.
+/// Runs a pass every second, and at once when woken, until `cancel`; and looks at what the
+/// proxies serve for ACME hosts every few minutes.
 pub async fn run(h: Handles, cancel: tokio_util::sync::CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut probe = tokio::time::interval_at(tokio::time::Instant::now() + ACME_PROBE_FIRST, ACME_PROBE_EVERY);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
             _ = h.controller.wake.notified() => {}
+            _ = probe.tick() => {
+                let hp = h.clone();
+                let probed = tokio::task::spawn_blocking(move || {
+                    hp.controller.probe_acme(&hp, bramble_proto::time::now_ms())
+                });
+                if let Ok(Err(e)) = probed.await {
+                    tracing::warn!("looking at the proxies' ACME certificates failed: {e}");
+                }
+                continue;
+            }
         }
         let hp = h.clone();
         match tokio::task::spawn_blocking(move || hp.controller.pass(&hp, bramble_proto::time::now_ms())).await {

@@ -79,7 +79,7 @@ reasons! {
     // Cron jobs, by the leader's cron controller.
     JobCreated, MissedSchedule, RunWaiting, JobReplaced, HistoryPruned,
     // Ingresses, by the leader's ingress controller.
-    ProxyConfigured, IngressUnserved, IngressServed, CertificateExpiring,
+    ProxyConfigured, IngressUnserved, IngressServed, CertificateExpiring, CertificateMissing,
     // Containers, from the boards.
     Pulling, Pulled, Started, BackOff, Restarted, Completed, Stopped, Failed, Unhealthy, Killing,
     Reloaded, ReloadFailed,

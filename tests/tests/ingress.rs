@@ -305,7 +305,11 @@ fn an_acme_ingress_gets_its_certificate_from_pebble_and_keeps_it_across_a_restar
     });
     wait_for("secure.lan served again", Duration::from_secs(30), || get().ok().filter(|(s, _)| *s == 200));
     assert_eq!(issued(), 1, "the restarted proxy asked pebble for nothing");
-    let d = c.ok(&["describe", "ingress", "secure"]);
+    // The leader looks at what the proxy serves (15 s after it starts, then every 10 minutes).
+    let d = wait_for("the leader to find the served certificate", Duration::from_secs(60), || {
+        let d = c.ok(&["describe", "ingress", "secure"]);
+        d.contains("served by board-1: ends in").then_some(d)
+    });
     assert!(d.contains("TLS:           acme"), "{d}");
     c.ok(&["delete", "app", "web"]);
     c.remove_containers();

@@ -344,23 +344,24 @@ pub fn check_server_pair(crt_pem: &[u8], key_pem: &[u8]) -> Result<ServerCert, S
     if public.as_ref() != cert.public_key().raw {
         return Err("tls.key is not the key of tls.crt (their public keys differ)".into());
     }
-    let names = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let names = dns_names(&leaf);
     let not_after_ms = (cert.validity().not_after.timestamp().max(0) as u64) * 1000;
     Ok(ServerCert { not_after_ms, names })
+}
+
+/// A certificate's (DER) DNS names (subject alternative names; none if it does not parse).
+pub fn dns_names(cert_der: &[u8]) -> Vec<String> {
+    use x509_parser::prelude::*;
+    let Ok((_, cert)) = X509Certificate::from_der(cert_der) else { return Vec::new() };
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return Vec::new() };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Whether a certificate's DNS name `pattern` (`shop.lan`, `*.lan`) covers `host`.

@@ -124,3 +124,114 @@ impl ServerCertVerifier for PinnedCa {
         self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// The leaf certificate (DER) a web server at `addr` presents for `host` (SNI), read within
+/// `timeout`. Nothing is verified and nothing is sent after the handshake: this only looks at what
+/// is served (an ingress proxy's ACME certificate, to see when it ends).
+pub fn served_certificate(
+    addr: std::net::SocketAddr,
+    host: &str,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let verifier = Recorder { seen: seen.clone(), provider: provider() };
+    let cfg = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    let name = ServerName::try_from(host.to_string()).map_err(|e| format!("{host:?}: {e}"))?;
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(|e| e.to_string())?;
+    let mut sock = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    sock.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    sock.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).map_err(|e| format!("{addr} ({host}): {e}"))?;
+    }
+    let _ = conn.writer().flush();
+    conn.send_close_notify();
+    let _ = conn.complete_io(&mut sock);
+    let leaf = seen.lock().expect("not poisoned").take();
+    leaf.ok_or_else(|| format!("{addr} ({host}) presented no certificate"))
+}
+
+/// Accepts any server certificate and keeps the leaf (signatures are still checked: the server
+/// holds the key of what it presents).
+#[derive(Debug)]
+struct Recorder {
+    seen: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Recorder {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        *self.seen.lock().expect("not poisoned") = Some(end_entity.to_vec());
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_certificate_a_server_presents_is_read_whatever_signs_it() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["shop.lan".to_string()]).unwrap().self_signed(&key).unwrap();
+        let der = cert.der().to_vec();
+        let cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key_der_from_pem(&key.serialize_pem()).unwrap())
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().unwrap();
+            let mut conn = rustls::ServerConnection::new(Arc::new(cfg)).unwrap();
+            while conn.is_handshaking() {
+                if conn.complete_io(&mut sock).is_err() {
+                    break;
+                }
+            }
+            conn.server_name().map(String::from)
+        });
+        let got = served_certificate(addr, "shop.lan", std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!(got, der, "the leaf as served");
+        assert_eq!(server.join().unwrap().as_deref(), Some("shop.lan"), "asked for the host by SNI");
+        let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        assert!(served_certificate(nowhere, "shop.lan", std::time::Duration::from_secs(2)).is_err());
+    }
+}

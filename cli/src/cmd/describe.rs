@@ -87,6 +87,17 @@ async fn ingress(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
             if let Some(p) = &c.problem {
                 let _ = writeln!(s, "               {p}");
             }
+            for served in &c.served {
+                let what = match (&served.problem, served.not_after_ms) {
+                    (Some(p), _) => p.clone(),
+                    (None, Some(end)) => {
+                        format!("ends in {} days", end.saturating_sub(bramble_proto::time::now_ms()) / 86_400_000)
+                    }
+                    (None, None) => "-".into(),
+                };
+                let ago = super::age(served.checked_ms);
+                let _ = writeln!(s, "               served by {}: {what} (looked {ago} ago)", served.node);
+            }
         }
     }
     if let Some(max) = spec.max_body {

@@ -78,7 +78,10 @@ impl Ingresses<'_> {
             Some(s) => self.open(s.as_str())?,
             None => None,
         };
-        let certificate = crate::ingress::tls::certificate(&ingress.spec, values.as_ref(), now);
+        let mut certificate = crate::ingress::tls::certificate(&ingress.spec, values.as_ref(), now);
+        if let Some(c) = certificate.as_mut().filter(|c| c.source == "acme") {
+            c.served = self.controller.served(name);
+        }
         let proxies: Vec<Replica> = replicas.into_iter().filter(|r| r.app == crate::ingress::proxy::NAME).collect();
         let mut problems: Vec<String> =
             self.controller.unserved(name).into_iter().map(|u| format!("{}: {}", u.path, u.why)).collect();

@@ -24,6 +24,10 @@ pub struct ProxyState {
     pub(crate) certificates: Mutex<BTreeMap<String, (String, u64)>>,
     /// When certificates were last looked at, and the day each ingress's was last said to end soon.
     pub(crate) certs_checked_ms: Mutex<(u64, BTreeMap<String, u64>)>,
+    /// ACME certificates as the proxies serve them, by ingress (the leader looks every few minutes).
+    pub(crate) served: Mutex<BTreeMap<String, Vec<bramble_proto::wire::ServedCertificate>>>,
+    /// The day a problem with what (ingress, node) serves was last said.
+    pub(crate) served_said: Mutex<BTreeMap<(String, String), u64>>,
     /// Poked after an apply or a delete: a pass at once instead of at the next second.
     pub wake: tokio::sync::Notify,
 }
@@ -38,9 +42,22 @@ impl ProxyState {
         self.unserved.lock().expect("not poisoned").get(ingress).cloned().unwrap_or_default()
     }
 
-    /// Certificates from secrets: (ingress, secret, end in ms) for the metric.
-    pub fn certificate_ends(&self) -> Vec<(String, String, u64)> {
+    /// Every certificate's end for the metric: (ingress, source — `secret NAME` or `acme` —, the
+    /// board that serves it for ACME, end in ms).
+    pub fn certificate_ends(&self) -> Vec<(String, String, String, u64)> {
         let c = self.certificates.lock().expect("not poisoned");
-        c.iter().map(|(i, (s, end))| (i.clone(), s.clone(), *end)).collect()
+        let mut out: Vec<_> =
+            c.iter().map(|(i, (s, end))| (i.clone(), format!("secret {s}"), String::new(), *end)).collect();
+        for (i, list) in self.served.lock().expect("not poisoned").iter() {
+            for s in list {
+                out.extend(s.not_after_ms.map(|end| (i.clone(), "acme".to_string(), s.node.clone(), end)));
+            }
+        }
+        out
+    }
+
+    /// What each proxy serves for `ingress`'s host (ACME), as last found.
+    pub fn served(&self, ingress: &str) -> Vec<bramble_proto::wire::ServedCertificate> {
+        self.served.lock().expect("not poisoned").get(ingress).cloned().unwrap_or_default()
     }
 }

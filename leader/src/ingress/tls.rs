@@ -19,7 +19,12 @@ pub fn certificate(
 ) -> Option<IngressCertificate> {
     let tls = ingress.tls.as_ref()?;
     let Some(secret) = &tls.secret else {
-        return Some(IngressCertificate { source: "acme".into(), not_after_ms: None, problem: None });
+        return Some(IngressCertificate {
+            source: "acme".into(),
+            not_after_ms: None,
+            problem: None,
+            served: Vec::new(),
+        });
     };
     let source = format!("secret {secret}");
     let Some(values) = values else {
@@ -27,14 +32,20 @@ pub fn certificate(
             source,
             not_after_ms: None,
             problem: Some(format!("secret {secret} does not exist")),
+            served: Vec::new(),
         });
     };
     let (Some(crt), Some(key)) = (values.get("tls.crt"), values.get("tls.key")) else {
         let problem = format!("secret {secret} needs tls.crt and tls.key (PEM)");
-        return Some(IngressCertificate { source, not_after_ms: None, problem: Some(problem) });
+        return Some(IngressCertificate { source, not_after_ms: None, problem: Some(problem), served: Vec::new() });
     };
     Some(match check_server_pair(crt, key) {
-        Err(e) => IngressCertificate { source, not_after_ms: None, problem: Some(format!("secret {secret}: {e}")) },
+        Err(e) => IngressCertificate {
+            source,
+            not_after_ms: None,
+            problem: Some(format!("secret {secret}: {e}")),
+            served: Vec::new(),
+        },
         Ok(c) => {
             let problem = if !c.names.iter().any(|n| name_covers(n, &ingress.host)) {
                 Some(format!(
@@ -52,7 +63,7 @@ pub fn certificate(
             } else {
                 None
             };
-            IngressCertificate { source, not_after_ms: Some(c.not_after_ms), problem }
+            IngressCertificate { source, not_after_ms: Some(c.not_after_ms), problem, served: Vec::new() }
         }
     })
 }
@@ -61,6 +72,49 @@ pub fn certificate(
 pub fn refuses(c: &IngressCertificate, now_ms: u64) -> bool {
     let ending = c.not_after_ms.is_some_and(|end| end > now_ms && end - now_ms < EXPIRING_WITHIN_MS);
     c.problem.is_some() && !(ending && c.problem.as_deref().is_some_and(|p| p.ends_with("update the secret")))
+}
+
+/// What is wrong with what a proxy serves for a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServedProblem {
+    /// None served for it (or one for other names): ACME has not given one.
+    Missing(String),
+    /// It has ended or ends within two weeks: its renewal has not happened.
+    Ending(String),
+}
+
+impl ServedProblem {
+    pub fn message(&self) -> &str {
+        match self {
+            ServedProblem::Missing(m) | ServedProblem::Ending(m) => m,
+        }
+    }
+}
+
+/// What a proxy serves for `host`, judged at `now_ms`: its end, and what is wrong with it.
+pub fn served(host: &str, leaf: Result<Vec<u8>, String>, now_ms: u64) -> (Option<u64>, Option<ServedProblem>) {
+    use ServedProblem::{Ending, Missing};
+    let der = match leaf {
+        Ok(der) => der,
+        Err(e) => return (None, Some(Missing(format!("no certificate served for {host}: {e}")))),
+    };
+    let Ok((_, end)) = bramble_transport::pki::validity_ms(&der) else {
+        return (None, Some(Missing(format!("the certificate served for {host} does not parse"))));
+    };
+    let names = bramble_transport::pki::dns_names(&der);
+    let problem = if !names.iter().any(|n| name_covers(n, host)) {
+        Some(Missing(format!("the certificate served for {host} is for {}: ACME has not given one", names.join(", "))))
+    } else if end <= now_ms {
+        Some(Ending(format!("the certificate served for {host} has expired: its renewal failed")))
+    } else if end - now_ms < EXPIRING_WITHIN_MS {
+        Some(Ending(format!(
+            "the certificate served for {host} ends in {} days: its renewal has not happened (bramble logs app/bramble-ingress)",
+            (end - now_ms) / 86_400_000
+        )))
+    } else {
+        None
+    };
+    (Some(end), problem)
 }
 
 #[cfg(test)]
@@ -97,5 +151,25 @@ mod tests {
         assert!(refuses(&both, now), "{both:?}");
         let none = certificate(i, None, now).unwrap();
         assert_eq!(none.problem.as_deref(), Some("secret c does not exist"));
+    }
+
+    #[test]
+    fn what_a_proxy_serves_is_judged_missing_or_ending() {
+        let now: u64 = 1_893_456_000_000;
+        let der = |host: &str, to: (i32, u8, u8)| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+            params.not_before = rcgen::date_time_ymd(2029, 12, 1);
+            params.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
+            params.self_signed(&key).unwrap().der().to_vec()
+        };
+        let (end, problem) = served("secure.lan", Ok(der("secure.lan", (2030, 3, 1))), now);
+        assert_eq!((end, problem), (Some(now + 59 * 86_400_000), None));
+        let (_, problem) = served("secure.lan", Ok(der("secure.lan", (2030, 1, 4))), now);
+        assert!(matches!(problem, Some(ServedProblem::Ending(m)) if m.contains("ends in 3 days")));
+        let (_, problem) = served("secure.lan", Ok(der("other.lan", (2030, 3, 1))), now);
+        assert!(matches!(problem, Some(ServedProblem::Missing(m)) if m.contains("is for other.lan")));
+        let (end, problem) = served("secure.lan", Err("handshake failure".into()), now);
+        assert!(end.is_none() && matches!(problem, Some(ServedProblem::Missing(_))));
     }
 }

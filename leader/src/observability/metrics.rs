@@ -248,8 +248,12 @@ pub fn render(api: &Handles) -> Result<String, String> {
         family(
             &mut reg,
             "ingress_certificate_expiry_timestamp_seconds",
-            "When an ingress's certificate from a secret ends",
-            ends.iter().map(|(i, s, end)| (labels(&[("ingress", i), ("secret", s)]), *end as f64 / 1000.0)).collect(),
+            "When an ingress's certificate ends: from a secret, or as a proxy serves it (ACME)",
+            ends.iter()
+                .map(|(i, s, node, end)| {
+                    (labels(&[("ingress", i), ("source", s), ("node", node)]), *end as f64 / 1000.0)
+                })
+                .collect(),
         );
     }
     let t = &api.published.timings;

@@ -485,6 +485,23 @@ pub struct IngressCertificate {
     /// names, expired).
     #[serde(default)]
     pub problem: Option<String>,
+    /// ACME: what each proxy serves for the host, as the leader last found it (it connects to
+    /// each ingress board's HTTPS port, asks for the host and reads the certificate).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub served: Vec<ServedCertificate>,
+}
+
+/// A certificate one proxy serves for a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedCertificate {
+    pub node: String,
+    /// Its end (none: none is served).
+    #[serde(default)]
+    pub not_after_ms: Option<u64>,
+    #[serde(default)]
+    pub problem: Option<String>,
+    /// When the leader looked.
+    pub checked_ms: u64,
 }
 
 /// What may be shown of a secret: its keys and their sizes, never a value.

@@ -54,10 +54,10 @@ fn readiness_comes_and_goes_with_its_thresholds() {
     assert_eq!(t.next_due(), Some(4_000), "after the initial delay");
     run(&mut t, 4_000, true);
     assert!(!t.ready(true), "two successes asked");
-    assert_eq!(t.next_due(), Some(4_250), "until it first passes, tried every 250 ms");
-    run(&mut t, 4_250, true);
+    assert_eq!(t.next_due(), Some(4_005), "until it first passes, tried again 5 ms later");
+    run(&mut t, 4_005, true);
     assert!(t.ready(true));
-    assert_eq!(t.next_due(), Some(14_250), "then every period");
+    assert_eq!(t.next_due(), Some(14_005), "then every period");
     assert!(!t.ready(false), "never ready while not running");
     run(&mut t, 24_000, false);
     run(&mut t, 34_000, false);
@@ -68,8 +68,16 @@ fn readiness_comes_and_goes_with_its_thresholds() {
     t.container_stopped();
     assert_eq!(t.next_due(), None);
     t.container_started(60_000);
-    run(&mut t, 63_000, false);
-    assert_eq!(t.next_due(), Some(63_250), "a new run is tried sooner again until it passes");
+    // A new run is tried sooner again until it passes: 5 ms, 10, 20, 40… apart, at most 250.
+    let mut at = 63_000;
+    let mut waits = Vec::new();
+    for _ in 0..9 {
+        run(&mut t, at, false);
+        let next = t.next_due().unwrap();
+        waits.push(next - at);
+        at = next;
+    }
+    assert_eq!(waits, [5, 10, 20, 40, 80, 160, 250, 250, 250]);
 }
 
 #[test]

@@ -254,7 +254,9 @@ fn drive<C: Containers + 'static, I: Images, N: Network + 'static>(
         heartbeat.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
         // A replica becoming ready is worth seeing at once (a rollout waits for it); pull progress
         // is worth reporting twice a second.
-        let tick = if r.awaiting_readiness(now_ms()) {
+        let tick = if r.awaiting_readiness_closely(now_ms()) {
+            Duration::from_millis(20)
+        } else if r.awaiting_readiness(now_ms()) {
             Duration::from_millis(100)
         } else if r.pulling() {
             Duration::from_millis(500)

@@ -73,6 +73,9 @@ pub enum Job {
 /// How long after a container starts the reconciler looks for it to become ready ten times a
 /// second (then once a second, as for everything else).
 pub const WATCH_READINESS_MS: u64 = 30_000;
+/// For this long after a start a container not yet ready is looked at more often still: most
+/// servers answer their first probe within it.
+pub const WATCH_READINESS_CLOSELY_MS: u64 = 2_000;
 
 pub struct Reconciler<C, I, N> {
     containers: Arc<C>,
@@ -172,10 +175,19 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
     /// Whether a container started in the last [`WATCH_READINESS_MS`] runs but is not ready yet:
     /// the moment it becomes ready is worth seeing soon (a rollout waits for it).
     pub fn awaiting_readiness(&self, now_ms: u64) -> bool {
+        self.awaiting_within(now_ms, WATCH_READINESS_MS)
+    }
+
+    /// The same within [`WATCH_READINESS_CLOSELY_MS`] of its start.
+    pub fn awaiting_readiness_closely(&self, now_ms: u64) -> bool {
+        self.awaiting_within(now_ms, WATCH_READINESS_CLOSELY_MS)
+    }
+
+    fn awaiting_within(&self, now_ms: u64, within_ms: u64) -> bool {
         self.statuses.values().any(|s| {
             s.phase == bramble_proto::model::ReplicaPhase::Running
                 && !s.ready
-                && s.started_ms.is_some_and(|t| now_ms.saturating_sub(t) < WATCH_READINESS_MS)
+                && s.started_ms.is_some_and(|t| now_ms.saturating_sub(t) < within_ms)
         })
     }
 

@@ -3,6 +3,7 @@
 mod client;
 mod cmd;
 mod contexts;
+mod convert;
 mod diff;
 mod error;
 mod output;
@@ -30,6 +31,9 @@ enum Command {
     Apply(cmd::apply::Args),
     /// What applying manifests would change, as a diff per object: exit 0 none, 1 some.
     Diff(cmd::diff::Args),
+    /// Print Bramble manifests for a Compose file: `bramble convert -f docker-compose.yml` (what does
+    /// not map is listed with file:line; `apply -f compose.yml` converts on the fly).
+    Convert(convert::Args),
     /// Delete apps, services or nodes: `bramble delete app NAME`, `delete node NAME`, `delete -f app.toml`.
     Delete(cmd::delete::Args),
     /// List objects: `bramble get nodes|apps|replicas|services`.
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Apply(a) => cmd::apply::run(config, a).await,
             Command::Diff(a) => cmd::diff::run(config, a).await,
+            Command::Convert(a) => convert::run(a).await,
             Command::Delete(a) => cmd::delete::run(config, a).await,
             Command::Get(a) => cmd::get::run(config, a).await,
             Command::Describe(a) => cmd::describe::run(config, a).await,

@@ -108,6 +108,20 @@ pub fn load_with_sources(files: &[String]) -> Result<(Manifest, Sources), CliErr
                 s
             }
         };
+        // A Compose file converts on the fly (the same code as `bramble convert`).
+        let is_yaml = path.as_ref().and_then(|p| p.extension()).is_some_and(|x| x == "yml" || x == "yaml");
+        let (shown, text) = if is_yaml {
+            let dir = path.as_ref().and_then(|p| p.parent()).map(Path::to_path_buf).unwrap_or_default();
+            let dotenv = dir.join(".env");
+            let vars = if dotenv.is_file() { crate::convert::env_file(&dotenv)? } else { Default::default() };
+            let (out, problems, _) = crate::convert::convert_text(&shown, &dir, &text, &vars, false)?;
+            for p in problems {
+                eprintln!("warning: {p}");
+            }
+            (format!("{shown} (converted)"), out)
+        } else {
+            (shown, text)
+        };
         match parse_manifest(&shown, &text) {
             Ok(m) => {
                 let text: std::sync::Arc<str> = text.into();

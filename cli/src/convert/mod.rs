@@ -1,0 +1,241 @@
+//! `bramble convert -f FILE|DIR|-` (issue 34): Compose files as Bramble manifests, printed as TOML
+//! with a comment naming each object's source file and line. Variables (`${VAR}`, `${VAR:-default}`,
+//! `${VAR-default}`, `${VAR:?message}`, `$$`) are filled from the environment and `--env-file` (and
+//! a `.env` beside the file) as Compose does. What does not map is listed with file:line and why:
+//! an error unless `--lenient`. Kubernetes manifests are not converted yet.
+
+pub mod compose;
+pub mod yaml;
+
+use crate::client::CliError;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A field that does not map, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    /// Where in the file (`services.web.privileged`).
+    pub field: String,
+    pub why: String,
+    /// Said, but mapped as close as Bramble can (never fails a conversion).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub warning: bool,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}: {}: {}", self.file, self.line, self.col, self.field, self.why)
+    }
+}
+
+/// What a file converts to: (source line, what it was, kind, table) per object; notes for the user.
+#[derive(Debug, Default)]
+pub struct Converted {
+    pub objects: Vec<(usize, String, &'static str, toml::Table)>,
+    pub problems: Vec<Problem>,
+    pub notes: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Compose files (`docker-compose.yml`, `compose.yaml`), or `-` for standard input.
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<String>,
+    /// Fields that do not map are warnings instead of errors (they are left out).
+    #[arg(long)]
+    lenient: bool,
+    /// Variables for `${VAR}` (KEY=VALUE lines), over the environment.
+    #[arg(long)]
+    env_file: Option<PathBuf>,
+}
+
+/// Fills Compose's variables in `text` from `vars` (then the environment); errors at their line.
+pub fn interpolate(text: &str, vars: &BTreeMap<String, String>) -> Result<String, (usize, String)> {
+    let lookup = |k: &str| vars.get(k).cloned().or_else(|| std::env::var(k).ok());
+    let mut out = String::with_capacity(text.len());
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            if let Some(tail) = after.strip_prefix('$') {
+                out.push('$');
+                rest = tail;
+            } else if let Some(body) = after.strip_prefix('{') {
+                let end = body.find('}').ok_or((n + 1, "a ${ without its }".to_string()))?;
+                let expr = &body[..end];
+                let (name, op, arg) = match expr.find([':', '-', '?']) {
+                    Some(j) if expr[j..].starts_with(":-") => (&expr[..j], ":-", &expr[j + 2..]),
+                    Some(j) if expr[j..].starts_with(":?") => (&expr[..j], ":?", &expr[j + 2..]),
+                    Some(j) if expr[j..].starts_with('-') => (&expr[..j], "-", &expr[j + 1..]),
+                    Some(j) if expr[j..].starts_with('?') => (&expr[..j], "?", &expr[j + 1..]),
+                    Some(_) => {
+                        return Err((
+                            n + 1,
+                            format!("${{{expr}}}: expected ${{VAR}}, ${{VAR:-default}} or ${{VAR:?message}}"),
+                        ))
+                    }
+                    None => (expr, "", ""),
+                };
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err((n + 1, format!("${{{expr}}}: {name:?} is not a variable name")));
+                }
+                let value = lookup(name);
+                let v = match op {
+                    ":-" => value.filter(|v| !v.is_empty()).unwrap_or_else(|| arg.to_string()),
+                    "-" => value.unwrap_or_else(|| arg.to_string()),
+                    ":?" | "?" => match value.filter(|v| op == "?" || !v.is_empty()) {
+                        Some(v) => v,
+                        None => {
+                            return Err((n + 1, format!("{name}: {}", if arg.is_empty() { "is not set" } else { arg })))
+                        }
+                    },
+                    _ => value.unwrap_or_default(),
+                };
+                out.push_str(&v);
+                rest = &body[end + 1..];
+            } else {
+                let len = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+                if len == 0 {
+                    out.push('$');
+                    rest = after;
+                } else {
+                    out.push_str(&lookup(&after[..len]).unwrap_or_default());
+                    rest = &after[len..];
+                }
+            }
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+pub fn env_file(path: &Path) -> Result<BTreeMap<String, String>, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+        .collect())
+}
+
+/// One Compose file's text (`file`: its name in messages; `dir`: where its relative paths start)
+/// as manifest text; problems that are errors stop it unless `lenient`.
+pub fn convert_text(
+    file: &str,
+    dir: &Path,
+    text: &str,
+    vars: &BTreeMap<String, String>,
+    lenient: bool,
+) -> Result<(String, Vec<Problem>, Vec<String>), CliError> {
+    let text = interpolate(text, vars).map_err(|(line, m)| CliError::Other(format!("{file}:{line}: {m}")))?;
+    let docs = yaml::load(&text).map_err(|e| CliError::Other(format!("{file}:{e}")))?;
+    let mut out = String::new();
+    let (mut problems, mut notes) = (Vec::new(), Vec::new());
+    for doc in &docs {
+        if doc.get("apiVersion").is_some() && doc.get("kind").is_some() {
+            return Err(CliError::Other(format!(
+                "{file}:{}: a Kubernetes manifest: bramble convert takes Compose files (Kubernetes is not converted yet)",
+                doc.line
+            )));
+        }
+        let c = compose::convert(file, dir, doc);
+        for (line, what, kind, table) in c.objects {
+            let mut doc = toml::Table::new();
+            doc.insert(kind.to_string(), toml::Value::Array(vec![toml::Value::Table(table)]));
+            let body = toml::to_string(&doc).map_err(|e| CliError::Other(format!("{file}:{line}: {e}")))?;
+            out.push_str(&format!("# {file}:{line} ({what})\n{body}\n"));
+        }
+        problems.extend(c.problems);
+        notes.extend(c.notes);
+    }
+    let errors: Vec<&Problem> = problems.iter().filter(|p| !p.warning).collect();
+    if !errors.is_empty() && !lenient {
+        let list: Vec<String> = errors.iter().map(|p| p.to_string()).collect();
+        return Err(CliError::Other(format!(
+            "{} field(s) do not map (--lenient leaves them out with a warning):\n{}",
+            list.len(),
+            list.join("\n")
+        )));
+    }
+    // What the conversion made goes through the manifest's own checks, as an apply would.
+    if let Err(e) = bramble_proto::manifest::parse_manifest(&format!("{file} (converted)"), &out) {
+        return Err(CliError::Other(format!(
+            "the manifest converted from {file} does not check:\n{e}\n--- converted:\n{out}"
+        )));
+    }
+    Ok((out, problems, notes))
+}
+
+pub async fn run(args: Args) -> Result<(), CliError> {
+    let mut vars = BTreeMap::new();
+    for f in &args.files {
+        let dir = if f == "-" {
+            std::env::current_dir().unwrap_or_default()
+        } else {
+            Path::new(f).parent().map(Path::to_path_buf).unwrap_or_default()
+        };
+        let dotenv = dir.join(".env");
+        if dotenv.is_file() {
+            vars.extend(env_file(&dotenv)?);
+        }
+    }
+    if let Some(e) = &args.env_file {
+        vars.extend(env_file(e)?);
+    }
+    for f in &args.files {
+        let (name, dir, text) = if f == "-" {
+            let mut t = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+                .map_err(|e| CliError::Other(format!("stdin: {e}")))?;
+            ("<stdin>".to_string(), std::env::current_dir().unwrap_or_default(), t)
+        } else {
+            let t = std::fs::read_to_string(f).map_err(|e| CliError::Other(format!("{f}: {e}")))?;
+            (f.clone(), Path::new(f).parent().map(Path::to_path_buf).unwrap_or_default(), t)
+        };
+        let (out, problems, notes) = convert_text(&name, &dir, &text, &vars, args.lenient)?;
+        for p in &problems {
+            eprintln!("warning: {p}");
+        }
+        for n in &notes {
+            eprintln!("note: {n}");
+        }
+        print!("{out}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variables_are_filled_as_compose_fills_them() {
+        let vars = BTreeMap::from([("TAG".to_string(), "1.2".to_string()), ("EMPTY".to_string(), String::new())]);
+        let text = "image: web:${TAG}\na: ${NOPE_X:-d}\nb: ${EMPTY:-d}\nc: ${EMPTY-d}\nd: $$HOME\ne: $TAG\n";
+        assert_eq!(interpolate(text, &vars).unwrap(), "image: web:1.2\na: d\nb: d\nc: \nd: $HOME\ne: 1.2\n");
+        assert_eq!(interpolate("x\ny: ${NOPE_X:?set it}\n", &vars).unwrap_err(), (2, "NOPE_X: set it".into()));
+        assert_eq!(interpolate("y: ${TAG\n", &vars).unwrap_err().0, 1);
+        assert!(interpolate("y: ${A B}\n", &vars).is_err());
+    }
+
+    #[test]
+    fn a_compose_file_converts_to_manifests_apply_takes() {
+        let text = "services:\n  web:\n    image: nginx\n    ports: [\"8080:80\"]\n    x-mine: 1\n";
+        let e = convert_text("c.yml", Path::new("/tmp"), text, &BTreeMap::new(), false).unwrap_err().to_string();
+        assert!(e.contains("c.yml:5:13: services.web.x-mine: not mapped to Bramble"), "{e}");
+        let (out, problems, _) = convert_text("c.yml", Path::new("/tmp"), text, &BTreeMap::new(), true).unwrap();
+        assert_eq!(problems.len(), 1);
+        assert!(out.starts_with("# c.yml:3 (service web)\n[[app]]\n"), "{out}");
+        let m = bramble_proto::manifest::parse_manifest("out.toml", &out).unwrap();
+        assert_eq!((m.apps.len(), m.services.len()), (1, 1));
+        assert_eq!(m.apps[0].ports[0].host.map(|p| p.0), Some(8080));
+        let k8s = "apiVersion: v1\nkind: Service\nmetadata: { name: x }\n";
+        assert!(convert_text("k.yml", Path::new("/tmp"), k8s, &BTreeMap::new(), false).is_err());
+    }
+}

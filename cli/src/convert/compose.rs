@@ -107,6 +107,14 @@ pub fn convert(file: &str, dir: &Path, doc: &Node) -> Converted {
     out
 }
 
+/// A Compose name (`index.html`, `My_Config`) as a Bramble object name (a DNS label:
+/// `index-html`, `my-config`).
+pub fn object_name(s: &str) -> String {
+    let mapped: String =
+        s.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    mapped.trim_matches('-').chars().take(63).collect::<String>().trim_end_matches('-').to_string()
+}
+
 fn config(cx: &mut Ctx<'_>, name: &str, c: &Node) -> Option<toml::Table> {
     let body = if let Some(f) = c.get("file").and_then(Node::str) {
         match std::fs::read_to_string(cx.dir.join(f)) {
@@ -125,7 +133,7 @@ fn config(cx: &mut Ctx<'_>, name: &str, c: &Node) -> Option<toml::Table> {
     let mut files = toml::Table::new();
     files.insert(name.to_string(), T::String(body));
     let mut t = toml::Table::new();
-    t.insert("name".into(), T::String(name.to_string()));
+    t.insert("name".into(), T::String(object_name(name)));
     t.insert("files".into(), T::Table(files));
     Some(t)
 }
@@ -417,7 +425,7 @@ fn service_of(cx: &mut Ctx<'_>, name: &str, s: &Node) -> (Option<toml::Table>, O
                         continue;
                     }
                     let mut m = toml::Table::new();
-                    m.insert("name".into(), T::String(source));
+                    m.insert("name".into(), T::String(object_name(&source)));
                     m.insert("path".into(), T::String(if dir.is_empty() { "/".into() } else { dir.to_string() }));
                     mounts.push(T::Table(m));
                 }
@@ -770,6 +778,8 @@ mod tests {
         assert_eq!(memory("512m").as_deref(), Some("512Mi"));
         assert_eq!(memory("1GB").as_deref(), Some("1Gi"));
         assert_eq!(cpus("0.5").as_deref(), Some("500m"));
+        assert_eq!(object_name("index.html"), "index-html");
+        assert_eq!(object_name("-My_Config-"), "my-config");
     }
 
     #[test]

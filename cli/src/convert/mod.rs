@@ -11,6 +11,9 @@ use crate::client::CliError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The largest file converted.
+const MAX_FILE: usize = 4 << 20;
+
 /// A field that does not map, and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Problem {
@@ -133,6 +136,9 @@ pub fn convert_text(
     vars: &BTreeMap<String, String>,
     lenient: bool,
 ) -> Result<(String, Vec<Problem>, Vec<String>), CliError> {
+    if text.len() > MAX_FILE {
+        return Err(CliError::Other(format!("{file}: {} bytes; a Compose file may hold at most 4 MiB", text.len())));
+    }
     let text = interpolate(text, vars).map_err(|(line, m)| CliError::Other(format!("{file}:{line}: {m}")))?;
     let docs = yaml::load(&text).map_err(|e| CliError::Other(format!("{file}:{e}")))?;
     let mut out = String::new();

@@ -5,6 +5,7 @@
 //! an error unless `--lenient`. Kubernetes manifests are not converted yet.
 
 pub mod compose;
+pub mod k8s;
 pub mod yaml;
 
 use crate::client::CliError;
@@ -143,14 +144,27 @@ pub fn convert_text(
     let docs = yaml::load(&text).map_err(|e| CliError::Other(format!("{file}:{e}")))?;
     let mut out = String::new();
     let (mut problems, mut notes) = (Vec::new(), Vec::new());
-    for doc in &docs {
-        if doc.get("apiVersion").is_some() && doc.get("kind").is_some() {
-            return Err(CliError::Other(format!(
-                "{file}:{}: a Kubernetes manifest: bramble convert takes Compose files (Kubernetes is not converted yet)",
-                doc.line
-            )));
+    // Kubernetes: every document (and a List's items) with apiVersion and kind; else Compose.
+    let k8s: Vec<&yaml::Node> = docs
+        .iter()
+        .filter(|d| !d.is_null())
+        .flat_map(|d| match (d.get("kind").and_then(yaml::Node::str), d.get("items").and_then(yaml::Node::items)) {
+            (Some("List"), Some(items)) => items.iter().collect::<Vec<_>>(),
+            _ => vec![d],
+        })
+        .collect();
+    let is_k8s = !k8s.is_empty() && k8s.iter().all(|d| d.get("apiVersion").is_some() && d.get("kind").is_some());
+    let mut converted = Vec::new();
+    if is_k8s {
+        let mut c = Converted::default();
+        k8s::convert(file, &k8s, &mut c);
+        converted.push(c);
+    } else {
+        for doc in docs.iter().filter(|d| !d.is_null()) {
+            converted.push(compose::convert(file, dir, doc));
         }
-        let c = compose::convert(file, dir, doc);
+    }
+    for c in converted {
         for (line, what, kind, table) in c.objects {
             let mut doc = toml::Table::new();
             doc.insert(kind.to_string(), toml::Value::Array(vec![toml::Value::Table(table)]));
@@ -241,7 +255,122 @@ mod tests {
         let m = bramble_proto::manifest::parse_manifest("out.toml", &out).unwrap();
         assert_eq!((m.apps.len(), m.services.len()), (1, 1));
         assert_eq!(m.apps[0].ports[0].host.map(|p| p.0), Some(8080));
-        let k8s = "apiVersion: v1\nkind: Service\nmetadata: { name: x }\n";
-        assert!(convert_text("k.yml", Path::new("/tmp"), k8s, &BTreeMap::new(), false).is_err());
+    }
+
+    #[test]
+    fn kubernetes_manifests_convert_to_apps_services_configs_ingresses_and_cron_jobs() {
+        let text = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 3
+  strategy:
+    rollingUpdate: { maxSurge: 1, maxUnavailable: 0 }
+  selector:
+    matchLabels: { app: web }
+  template:
+    metadata:
+      labels: { app: web, tier: front }
+    spec:
+      containers:
+        - name: web
+          image: nginx:1.25
+          ports:
+            - { name: http, containerPort: 80 }
+          env:
+            - { name: MODE, value: prod }
+            - name: DB_PASSWORD
+              valueFrom:
+                secretKeyRef: { name: db, key: password }
+          resources:
+            limits: { cpu: 500m, memory: 128Mi }
+          readinessProbe:
+            httpGet: { path: /healthz, port: http }
+            periodSeconds: 5
+          volumeMounts:
+            - { name: site, mountPath: /usr/share/nginx/html }
+            - { name: cache, mountPath: /cache }
+        - name: exporter
+          image: nginx/exporter:1
+      volumes:
+        - name: site
+          configMap: { name: site }
+        - name: cache
+          emptyDir: {}
+---
+apiVersion: v1
+kind: Service
+metadata: { name: web }
+spec:
+  type: NodePort
+  selector: { app: web }
+  ports:
+    - { name: http, port: 80, targetPort: http }
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: { name: site }
+data:
+  index.html: "<h1>hi</h1>"
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: { name: web }
+spec:
+  tls:
+    - { hosts: [shop.lan], secretName: shop-cert }
+  rules:
+    - host: shop.lan
+      http:
+        paths:
+          - path: /
+            pathType: Prefix
+            backend:
+              service: { name: web, port: { number: 80 } }
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: { name: report }
+spec:
+  schedule: "0 3 * * *"
+  concurrencyPolicy: Forbid
+  jobTemplate:
+    spec:
+      backoffLimit: 2
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers:
+            - { name: report, image: busybox, command: [sh, -c, "echo done"] }
+---
+apiVersion: v1
+kind: Secret
+metadata: { name: db }
+data:
+  password: c2VjcmV0
+"#;
+        let (out, problems, notes) = convert_text("k.yaml", Path::new("/tmp"), text, &BTreeMap::new(), false).unwrap();
+        let warnings: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("Service/web.spec.type: NodePort"), "{warnings:?}");
+        assert!(notes[0].contains("Secret db: its values are not printed") && !notes[0].contains("c2VjcmV0"));
+        let m = bramble_proto::manifest::parse_manifest("out.toml", &out).unwrap();
+        let web = &m.apps[0];
+        assert_eq!((web.name.as_str(), web.replicas.0, web.containers.len()), ("web", 3, 1));
+        assert_eq!(
+            web.secret_env.get(&bramble_proto::manifest::EnvName("DB_PASSWORD".into())).map(String::as_str),
+            Some("db/password")
+        );
+        assert!(web.probes.readiness.as_ref().unwrap().http.is_some());
+        assert_eq!(m.services[0].app.as_str(), "web", "the selector found its app");
+        assert_eq!(m.configs[0].files["index.html"], "<h1>hi</h1>");
+        assert_eq!(m.ingresses[0].tls.as_ref().unwrap().secret.as_ref().map(|s| s.as_str()), Some("shop-cert"));
+        assert_eq!(m.cronjobs[0].job.backoff_limit, Some(2));
+        assert!(out.contains("# k.yaml:1 (Deployment web)"), "{out}");
+        // What does not map is said at its line.
+        let bad = "apiVersion: v1\nkind: Pod\nmetadata: { name: p }\n";
+        let e = convert_text("p.yaml", Path::new("/tmp"), bad, &BTreeMap::new(), false).unwrap_err().to_string();
+        assert!(e.contains("p.yaml:1:1: Pod/p: kind Pod does not map"), "{e}");
     }
 }

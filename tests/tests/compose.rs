@@ -71,3 +71,48 @@ fn a_compose_file_applies_as_it_is() {
     c.ok(&["delete", "app", "web", "client"]);
     c.remove_containers();
 }
+
+/// The public corpus (`tests/corpus/`: 39 Compose samples, 26 Kubernetes examples): each converts
+/// leniently, and what it gives passes a real leader's `apply --dry-run` (its admission, the
+/// planner) — the manifests Bramble's own apply would take.
+#[test]
+fn the_corpus_converts_and_a_leader_plans_it() {
+    let (c, _registry, _image) = bramble_tests::cluster::with_busybox(1, "");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    let (mut planned, mut empty, mut refused) = (0, 0, Vec::new());
+    for kind in ["compose", "kubernetes"] {
+        let mut files: Vec<_> = std::fs::read_dir(root.join(kind)).unwrap().flatten().map(|e| e.path()).collect();
+        files.sort();
+        for f in files {
+            let out = c.cli(&["convert", "--lenient", "-f", f.to_str().unwrap()]);
+            assert!(out.status.success(), "{}: {}", f.display(), text(&out.stderr));
+            let manifest = text(&out.stdout);
+            if manifest.trim().is_empty() {
+                empty += 1;
+                continue;
+            }
+            let path = c.write("corpus.toml", &manifest);
+            let dry = c.cli(&["apply", "--dry-run", "-f", &path]);
+            let err = text(&dry.stderr);
+            if !dry.status.success() && err.contains("is the cluster's own") {
+                // A host port the cluster keeps (Pi-hole's 53: the boards' DNS): refused as for
+                // any manifest, with the line; counted and shown.
+                refused.push(format!(
+                    "{}: {}",
+                    f.file_name().unwrap().to_string_lossy(),
+                    err.lines().nth(1).unwrap_or_default()
+                ));
+                continue;
+            }
+            assert!(dry.status.success(), "{}: apply --dry-run: {err}\n{manifest}", f.display());
+            planned += 1;
+        }
+    }
+    eprintln!("corpus: {planned} files planned by the leader's dry run, {empty} gave nothing to apply (images to build), {} refused:", refused.len());
+    for r in &refused {
+        eprintln!("  {r}");
+    }
+    assert!(refused.len() <= 2, "{refused:#?}");
+    assert!(planned >= 50, "{planned}");
+    assert!(!c.ok(&["get", "apps"]).contains("wordpress"), "a dry run stores nothing");
+}

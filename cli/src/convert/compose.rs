@@ -499,11 +499,18 @@ fn service_of(cx: &mut Ctx<'_>, name: &str, s: &Node) -> (Option<toml::Table>, O
 
 fn environment(cx: &mut Ctx<'_>, name: &str, v: &Node, env: &mut toml::Table) {
     let (mut unset, mut bad): (Vec<(String, Node)>, Vec<Node>) = (Vec::new(), Vec::new());
-    let mut put = |k: &str, val: Option<String>, n: &Node| match val.or_else(|| std::env::var(k).ok()) {
-        Some(val) => {
-            env.insert(k.to_string(), T::String(val));
+    let mut invalid: Vec<(String, Node)> = Vec::new();
+    let mut put = |k: &str, val: Option<String>, n: &Node| {
+        if bramble_proto::names::check_env_name(k).is_err() {
+            invalid.push((k.to_string(), n.clone()));
+            return;
         }
-        None => unset.push((k.to_string(), n.clone())),
+        match val.or_else(|| std::env::var(k).ok()) {
+            Some(val) => {
+                env.insert(k.to_string(), T::String(val));
+            }
+            None => unset.push((k.to_string(), n.clone())),
+        }
     };
     match &v.value {
         Value::Map(m) => {
@@ -523,6 +530,9 @@ fn environment(cx: &mut Ctx<'_>, name: &str, v: &Node, env: &mut toml::Table) {
     }
     for (k, n) in unset {
         cx.problem(&n, format!("services.{name}.environment.{k}"), "no value, and none in the environment");
+    }
+    for (k, n) in invalid {
+        cx.problem(&n, format!("services.{name}.environment.{k}"), "a variable name of letters, digits and '_' only maps (a program that reads dotted names cannot get this one)");
     }
     for n in bad {
         cx.problem(&n, format!("services.{name}.environment"), "expected a mapping or a list of KEY=VALUE");
@@ -599,7 +609,7 @@ fn volume(dir: &Path, v: &Node) -> Result<toml::Table, String> {
     match kind.as_str() {
         "volume" if !source.is_empty() => {
             t.insert("type".into(), T::String("local".into()));
-            t.insert("name".into(), T::String(source));
+            t.insert("name".into(), T::String(object_name(&source)));
         }
         // An anonymous volume: the container's own, gone with it.
         "volume" | "tmpfs" => {
@@ -613,6 +623,9 @@ fn volume(dir: &Path, v: &Node) -> Result<toml::Table, String> {
                     dir.display()
                 ));
             };
+            if let Err(e) = bramble_proto::hostpath::check(&abs, &[]) {
+                return Err(format!("{e} (Bramble never mounts the board's system into a container)"));
+            }
             t.insert("type".into(), T::String("host".into()));
             t.insert("host_path".into(), T::String(abs));
             // Only boards that have the path run it: the user labels them (said in a note).

@@ -57,10 +57,10 @@ pub fn convert(file: &str, docs: &[&Node], out: &mut Converted) {
     let mut selectors: Vec<(Vec<(String, String)>, String)> = Vec::new();
     for d in docs {
         let kind = s(d.get("kind")).unwrap_or_default();
-        if matches!(kind.as_str(), "Deployment" | "StatefulSet" | "DaemonSet") {
-            let labels = d
-                .get("spec")
-                .and_then(|s| s.get("template"))
+        if matches!(kind.as_str(), "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicationController" | "Pod") {
+            // A Pod's own labels; a workload's template's.
+            let meta = if kind == "Pod" { Some(*d) } else { d.get("spec").and_then(|s| s.get("template")) };
+            let labels = meta
                 .and_then(|t| t.get("metadata"))
                 .and_then(|m| m.get("labels"))
                 .and_then(Node::entries)
@@ -82,7 +82,17 @@ pub fn convert(file: &str, docs: &[&Node], out: &mut Converted) {
         let what = format!("{kind} {name}");
         let spec = d.get("spec");
         match kind.as_str() {
-            "Deployment" | "StatefulSet" | "DaemonSet" => {
+            "Pod" => {
+                // A bare pod: an app of one replica (Bramble replaces it where Kubernetes would not).
+                let Some(mut app) = pod_template(&mut cx, &format!("Pod/{name}"), Some(d)) else { continue };
+                app.insert("name".into(), T::String(obj));
+                out.objects.push((d.line, what, "app", app));
+            }
+            "PersistentVolumeClaim" => out.notes.push(format!(
+                "{file}:{}: PersistentVolumeClaim {name}: pods that mount it get the local volume {obj} on their board",
+                d.line
+            )),
+            "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicationController" => {
                 let at = format!("{kind}/{name}");
                 let Some(spec) = spec else {
                     cx.problem(d, format!("{at}.spec"), "expected a spec");
@@ -170,7 +180,11 @@ pub fn convert(file: &str, docs: &[&Node], out: &mut Converted) {
                     .find(|(labels, _)| !selector.is_empty() && selector.iter().all(|kv| labels.contains(kv)))
                     .map(|(_, app)| app.clone());
                 let Some(app) = app else {
-                    cx.problem(spec, format!("{at}.spec.selector"), "selects no Deployment, StatefulSet or DaemonSet in these files (a Bramble service names its app)");
+                    cx.problem(
+                        spec,
+                        format!("{at}.spec.selector"),
+                        "selects no workload in these files (a Bramble service names its app)",
+                    );
                     continue;
                 };
                 if let Some(t) = s(spec.get("type")).filter(|t| t != "ClusterIP") {

@@ -140,8 +140,16 @@ pub fn convert_text(
     if text.len() > MAX_FILE {
         return Err(CliError::Other(format!("{file}: {} bytes; a Compose file may hold at most 4 MiB", text.len())));
     }
-    let text = interpolate(text, vars).map_err(|(line, m)| CliError::Other(format!("{file}:{line}: {m}")))?;
-    let docs = yaml::load(&text).map_err(|e| CliError::Other(format!("{file}:{e}")))?;
+    // Compose fills variables; Kubernetes YAML has none (a `$` there is the program's).
+    let raw = yaml::load(text).map_err(|e| CliError::Other(format!("{file}:{e}")))?;
+    let kubernetes = !raw.iter().all(yaml::Node::is_null)
+        && raw.iter().filter(|d| !d.is_null()).all(|d| d.get("apiVersion").is_some() && d.get("kind").is_some());
+    let docs = if kubernetes {
+        raw
+    } else {
+        let text = interpolate(text, vars).map_err(|(line, m)| CliError::Other(format!("{file}:{line}: {m}")))?;
+        yaml::load(&text).map_err(|e| CliError::Other(format!("{file}:{e}")))?
+    };
     let mut out = String::new();
     let (mut problems, mut notes) = (Vec::new(), Vec::new());
     // Kubernetes: every document (and a List's items) with apiVersion and kind; else Compose.
@@ -153,8 +161,9 @@ pub fn convert_text(
             _ => vec![d],
         })
         .collect();
-    let is_k8s = !k8s.is_empty() && k8s.iter().all(|d| d.get("apiVersion").is_some() && d.get("kind").is_some());
+    let is_k8s = kubernetes && !k8s.is_empty();
     let mut converted = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     if is_k8s {
         let mut c = Converted::default();
         k8s::convert(file, &k8s, &mut c);
@@ -164,11 +173,65 @@ pub fn convert_text(
             converted.push(compose::convert(file, dir, doc));
         }
     }
+    // An app waits only for apps that were converted: one left out (an image to build) is said.
+    let apps: std::collections::BTreeSet<String> = converted
+        .iter()
+        .flat_map(|c| c.objects.iter())
+        .filter(|o| matches!(o.2, "app" | "job"))
+        .filter_map(|o| o.3.get("name").and_then(toml::Value::as_str).map(String::from))
+        .collect();
+    for c in &mut converted {
+        for (line, what, _, table) in &mut c.objects {
+            let Some(toml::Value::Array(after)) = table.get_mut("after") else { continue };
+            after.retain(|a| {
+                let known = a.as_str().is_some_and(|a| apps.contains(a));
+                if !known {
+                    problems.push(Problem {
+                        file: file.to_string(),
+                        line: *line,
+                        col: 1,
+                        field: what.clone(),
+                        why: format!("waits for {a}, which was left out: it starts without waiting"),
+                        warning: true,
+                    });
+                }
+                known
+            });
+        }
+    }
     for c in converted {
         for (line, what, kind, table) in c.objects {
+            let name = table.get("name").and_then(toml::Value::as_str).unwrap_or_default().to_string();
             let mut doc = toml::Table::new();
             doc.insert(kind.to_string(), toml::Value::Array(vec![toml::Value::Table(table)]));
             let body = toml::to_string(&doc).map_err(|e| CliError::Other(format!("{file}:{line}: {e}")))?;
+            // One name per kind: a later object of the same name is said and left out.
+            if !seen.insert((kind, name.clone())) {
+                problems.push(Problem {
+                    file: file.to_string(),
+                    line,
+                    col: 1,
+                    field: what.clone(),
+                    why: format!("another {kind} here is named {name} already"),
+                    warning: false,
+                });
+                continue;
+            }
+            // Each object through the manifest's own checks: what Bramble would refuse is said at
+            // the object's line, and the object left out.
+            if let Err(e) = bramble_proto::manifest::parse_manifest(&format!("{file} ({what})"), &body) {
+                for err in e.0 {
+                    problems.push(Problem {
+                        file: file.to_string(),
+                        line,
+                        col: 1,
+                        field: what.clone(),
+                        why: format!("{}: {}", err.field, err.message),
+                        warning: false,
+                    });
+                }
+                continue;
+            }
             out.push_str(&format!("# {file}:{line} ({what})\n{body}\n"));
         }
         problems.extend(c.problems);
@@ -369,8 +432,68 @@ data:
         assert_eq!(m.cronjobs[0].job.backoff_limit, Some(2));
         assert!(out.contains("# k.yaml:1 (Deployment web)"), "{out}");
         // What does not map is said at its line.
-        let bad = "apiVersion: v1\nkind: Pod\nmetadata: { name: p }\n";
+        let bad = "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: { name: p }\n";
         let e = convert_text("p.yaml", Path::new("/tmp"), bad, &BTreeMap::new(), false).unwrap_err().to_string();
-        assert!(e.contains("p.yaml:1:1: Pod/p: kind Pod does not map"), "{e}");
+        assert!(e.contains("p.yaml:1:1: HorizontalPodAutoscaler/p: kind HorizontalPodAutoscaler does not map"), "{e}");
+    }
+
+    /// The public corpus (`tests/corpus/`, SOURCES.md): each file converts (leniently) into
+    /// manifests that pass the manifest's checks, or fails with a reason the table counts; the
+    /// counts are printed (`--nocapture`) and summarised in the README.
+    #[test]
+    fn the_corpus_converts() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus");
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        for (kind, least) in [("compose", 30), ("kubernetes", 20)] {
+            let mut files: Vec<PathBuf> =
+                std::fs::read_dir(root.join(kind)).unwrap().flatten().map(|e| e.path()).collect();
+            files.sort();
+            assert!(files.len() >= least, "{kind}: {} files", files.len());
+            let (mut whole, mut with_objects, mut failed) = (0, 0, Vec::new());
+            for f in &files {
+                let text = std::fs::read_to_string(f).unwrap();
+                let name = f.file_name().unwrap().to_string_lossy().to_string();
+                let dir = f.parent().unwrap();
+                let vars = BTreeMap::new();
+                match convert_text(&name, dir, &text, &vars, true) {
+                    Ok((out, problems, _)) => {
+                        if problems.iter().all(|p| p.warning) {
+                            whole += 1;
+                        }
+                        if !out.is_empty() {
+                            with_objects += 1;
+                        }
+                        for p in problems {
+                            let field = p
+                                .field
+                                .rsplit('.')
+                                .next()
+                                .unwrap_or_default()
+                                .trim_end_matches(|c: char| c == ']' || c.is_ascii_digit() || c == '[')
+                                .to_string();
+                            *reasons
+                                .entry(format!("{kind}: {field}: {}", p.why.split(':').next().unwrap_or_default()))
+                                .or_default() += 1;
+                        }
+                    }
+                    Err(e) => failed.push(format!("{name}: {e}")),
+                }
+            }
+            println!(
+                "{kind}: {} files; {whole} convert with nothing left out, {with_objects} give objects, {} fail",
+                files.len(),
+                failed.len()
+            );
+            for f in &failed {
+                println!("  failed: {}", f.lines().next().unwrap_or_default());
+            }
+            assert!(failed.is_empty(), "{kind}: {failed:#?}");
+        }
+        println!("fields left out, by reason:");
+        let mut by: Vec<(&String, &usize)> = reasons.iter().collect();
+        by.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        for (r, n) in by {
+            println!("  {n:>4}  {r}");
+        }
     }
 }

@@ -86,7 +86,7 @@ pub fn load_with_sources(files: &[String]) -> Result<(Manifest, Sources), CliErr
                 .map_err(|e| CliError::Other(format!("cannot read {f}: {e}")))?
                 .flatten()
                 .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml" || x == "yml" || x == "yaml"))
                 .collect();
             inside.sort();
             paths.extend(inside.into_iter().map(|p| (p.display().to_string(), Some(p))));
@@ -97,6 +97,8 @@ pub fn load_with_sources(files: &[String]) -> Result<(Manifest, Sources), CliErr
     let mut all = Manifest::default();
     let mut sources = Sources::default();
     let mut errors = Vec::new();
+    let (mut yaml, mut vars) = (Vec::new(), std::collections::BTreeMap::new());
+    let mut texts: Vec<(String, String)> = Vec::new();
     for (shown, path) in paths {
         let text = match &path {
             Some(p) => std::fs::read_to_string(p).map_err(|e| CliError::Other(format!("cannot read {shown}: {e}")))?,
@@ -108,20 +110,30 @@ pub fn load_with_sources(files: &[String]) -> Result<(Manifest, Sources), CliErr
                 s
             }
         };
-        // A Compose file converts on the fly (the same code as `bramble convert`).
+        // Compose files and Kubernetes YAML convert on the fly, all together after the TOML
+        // (the same code as `bramble convert`).
         let is_yaml = path.as_ref().and_then(|p| p.extension()).is_some_and(|x| x == "yml" || x == "yaml");
-        let (shown, text) = if is_yaml {
+        if is_yaml {
             let dir = path.as_ref().and_then(|p| p.parent()).map(Path::to_path_buf).unwrap_or_default();
             let dotenv = dir.join(".env");
-            let vars = if dotenv.is_file() { crate::convert::env_file(&dotenv)? } else { Default::default() };
-            let (out, problems, _) = crate::convert::convert_text(&shown, &dir, &text, &vars, false)?;
-            for p in problems {
-                eprintln!("warning: {p}");
+            if dotenv.is_file() {
+                vars.extend(crate::convert::env_file(&dotenv)?);
             }
-            (format!("{shown} (converted)"), out)
-        } else {
-            (shown, text)
-        };
+            yaml.push(crate::convert::Input { name: shown, dir, text });
+            continue;
+        }
+        texts.push((shown, text));
+    }
+    if !yaml.is_empty() {
+        let names: Vec<&str> = yaml.iter().map(|i: &crate::convert::Input| i.name.as_str()).collect();
+        let shown = format!("{} (converted)", names.join(", "));
+        let (out, problems, _) = crate::convert::convert_inputs(&yaml, &vars, false)?;
+        for p in problems {
+            eprintln!("warning: {p}");
+        }
+        texts.push((shown, out));
+    }
+    for (shown, text) in texts {
         match parse_manifest(&shown, &text) {
             Ok(m) => {
                 let text: std::sync::Arc<str> = text.into();

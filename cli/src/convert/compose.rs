@@ -69,7 +69,7 @@ pub fn convert(file: &str, dir: &Path, doc: &Node) -> Converted {
     if let Some(configs) = doc.get("configs").and_then(Node::entries) {
         for (name, c) in configs {
             if let Some(t) = config(&mut cx, name, c) {
-                out.objects.push((c.line, format!("config {name}"), "config", t));
+                out.objects.push((file.to_string(), c.line, format!("config {name}"), "config", t));
             }
         }
     }
@@ -97,10 +97,10 @@ pub fn convert(file: &str, dir: &Path, doc: &Node) -> Converted {
             ));
         }
         if let Some(app) = app {
-            out.objects.push((s.line, format!("service {name}"), "app", app));
+            out.objects.push((file.to_string(), s.line, format!("service {name}"), "app", app));
         }
         if let Some(svc) = service {
-            out.objects.push((s.line, format!("service {name} (its ports)"), "service", svc));
+            out.objects.push((file.to_string(), s.line, format!("service {name} (its ports)"), "service", svc));
         }
     }
     out.problems = cx.problems;
@@ -805,13 +805,13 @@ mod tests {
         assert!(problems[0].starts_with("9:services.web.volumes[1] \"./conf\" is relative"), "{problems:?}");
         assert!(problems[1].starts_with("10:services.web.privileged not mapped"), "{problems:?}");
         assert!(problems[2].starts_with("22:services.db.build Bramble runs images from a registry"), "{problems:?}");
-        let web = &c.objects.iter().find(|o| o.1 == "service web").unwrap().3;
+        let web = &c.objects.iter().find(|o| o.2 == "service web").unwrap().4;
         assert_eq!(web["image"].as_str(), Some("nginx:1.25"));
         assert_eq!(web["replicas"].as_integer(), Some(2));
         assert_eq!(web["resources"]["cpu"].as_str(), Some("500m"));
         assert_eq!(web["probes"]["readiness"]["period"].as_str(), Some("10s"));
         assert_eq!(web["volumes"][0]["type"].as_str(), Some("local"));
-        let svc = &c.objects.iter().find(|o| o.2 == "service").unwrap().3;
+        let svc = &c.objects.iter().find(|o| o.3 == "service").unwrap().4;
         assert_eq!(svc["ports"].as_array().unwrap().len(), 2, "80 and 443 by name");
     }
 }

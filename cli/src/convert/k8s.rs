@@ -9,15 +9,16 @@ use super::yaml::{Node, Value};
 use super::{Converted, Problem};
 use toml::Value as T;
 
-struct Ctx<'a> {
-    file: &'a str,
+struct Ctx {
+    /// The file of the document being converted.
+    file: String,
     problems: Vec<Problem>,
 }
 
-impl Ctx<'_> {
+impl Ctx {
     fn problem(&mut self, node: &Node, field: String, why: impl Into<String>) {
         self.problems.push(Problem {
-            file: self.file.to_string(),
+            file: self.file.clone(),
             line: node.line,
             col: node.col,
             field,
@@ -50,12 +51,12 @@ fn secs(n: Option<&Node>) -> Option<T> {
     int(n).map(|v| T::String(format!("{v}s")))
 }
 
-/// Every object of documents `docs` (a multi-document file, or a `List`'s items).
-pub fn convert(file: &str, docs: &[&Node], out: &mut Converted) {
-    let mut cx = Ctx { file, problems: Vec::new() };
+/// Every object of documents `docs` (each with its file; a `List`'s items are documents).
+pub fn convert(docs: &[(&str, &Node)], out: &mut Converted) {
+    let mut cx = Ctx { file: String::new(), problems: Vec::new() };
     // A Service selects pods by labels: the workloads' template labels name their app.
     let mut selectors: Vec<(Vec<(String, String)>, String)> = Vec::new();
-    for d in docs {
+    for (_, d) in docs {
         let kind = s(d.get("kind")).unwrap_or_default();
         if matches!(kind.as_str(), "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicationController" | "Pod") {
             // A Pod's own labels; a workload's template's.
@@ -72,7 +73,8 @@ pub fn convert(file: &str, docs: &[&Node], out: &mut Converted) {
                 .push((labels, object_name(&s(d.get("metadata").and_then(|m| m.get("name"))).unwrap_or_default())));
         }
     }
-    for d in docs {
+    for (file, d) in docs {
+        cx.file = file.to_string();
         let kind = s(d.get("kind")).unwrap_or_default();
         let Some(name) = s(d.get("metadata").and_then(|m| m.get("name"))) else {
             cx.problem(d, "metadata.name".into(), "expected a name");
@@ -86,7 +88,7 @@ pub fn convert(file: &str, docs: &[&Node], out: &mut Converted) {
                 // A bare pod: an app of one replica (Bramble replaces it where Kubernetes would not).
                 let Some(mut app) = pod_template(&mut cx, &format!("Pod/{name}"), Some(d)) else { continue };
                 app.insert("name".into(), T::String(obj));
-                out.objects.push((d.line, what, "app", app));
+                out.objects.push((cx.file.clone(), d.line, what, "app", app));
             }
             "PersistentVolumeClaim" => out.notes.push(format!(
                 "{file}:{}: PersistentVolumeClaim {name}: pods that mount it get the local volume {obj} on their board",
@@ -117,14 +119,14 @@ pub fn convert(file: &str, docs: &[&Node], out: &mut Converted) {
                     }
                     app.insert("update".into(), T::Table(u));
                 }
-                out.objects.push((d.line, what, "app", app));
+                out.objects.push((cx.file.clone(), d.line, what, "app", app));
             }
             "Job" => {
                 let at = format!("Job/{name}");
                 let Some(job) = spec.and_then(|sp| job_of(&mut cx, &at, sp)) else { continue };
                 let mut job = job;
                 job.insert("name".into(), T::String(obj));
-                out.objects.push((d.line, what, "job", job));
+                out.objects.push((cx.file.clone(), d.line, what, "job", job));
             }
             "CronJob" => {
                 let at = format!("CronJob/{name}");
@@ -163,7 +165,7 @@ pub fn convert(file: &str, docs: &[&Node], out: &mut Converted) {
                     c.insert("suspend".into(), T::Boolean(true));
                 }
                 c.insert("job".into(), T::Table(job));
-                out.objects.push((d.line, what, "cronjob", c));
+                out.objects.push((cx.file.clone(), d.line, what, "cronjob", c));
             }
             "Service" => {
                 let at = format!("Service/{name}");
@@ -216,7 +218,7 @@ pub fn convert(file: &str, docs: &[&Node], out: &mut Converted) {
                 t.insert("name".into(), T::String(obj));
                 t.insert("app".into(), T::String(app));
                 t.insert("ports".into(), T::Array(ports));
-                out.objects.push((d.line, what, "service", t));
+                out.objects.push((cx.file.clone(), d.line, what, "service", t));
             }
             "ConfigMap" => {
                 let mut files = toml::Table::new();
@@ -233,7 +235,7 @@ pub fn convert(file: &str, docs: &[&Node], out: &mut Converted) {
                 let mut t = toml::Table::new();
                 t.insert("name".into(), T::String(obj));
                 t.insert("files".into(), T::Table(files));
-                out.objects.push((d.line, what, "config", t));
+                out.objects.push((cx.file.clone(), d.line, what, "config", t));
             }
             "Ingress" => ingress(&mut cx, &name, d, out),
             "Secret" => {
@@ -258,7 +260,7 @@ pub fn convert(file: &str, docs: &[&Node], out: &mut Converted) {
     out.problems.extend(cx.problems);
 }
 
-fn job_of(cx: &mut Ctx<'_>, at: &str, spec: &Node) -> Option<toml::Table> {
+fn job_of(cx: &mut Ctx, at: &str, spec: &Node) -> Option<toml::Table> {
     let mut job = pod_template(cx, at, spec.get("template"))?;
     for (from, to) in
         [("completions", "completions"), ("parallelism", "parallelism"), ("backoffLimit", "backoff_limit")]
@@ -279,7 +281,7 @@ fn job_of(cx: &mut Ctx<'_>, at: &str, spec: &Node) -> Option<toml::Table> {
 }
 
 /// A pod template as an app's table (without its name).
-fn pod_template(cx: &mut Ctx<'_>, at: &str, template: Option<&Node>) -> Option<toml::Table> {
+fn pod_template(cx: &mut Ctx, at: &str, template: Option<&Node>) -> Option<toml::Table> {
     let Some(pod) = template.and_then(|t| t.get("spec")) else {
         cx.problem(
             template.unwrap_or(&Node { line: 0, col: 0, value: Value::Null }),
@@ -411,7 +413,7 @@ fn pod_template(cx: &mut Ctx<'_>, at: &str, template: Option<&Node>) -> Option<t
 }
 
 /// A container as a table: the app's own (`main`), or one of `[[app.containers]]`/`[[app.init]]`.
-fn container(cx: &mut Ctx<'_>, at: &str, c: &Node, main: bool) -> toml::Table {
+fn container(cx: &mut Ctx, at: &str, c: &Node, main: bool) -> toml::Table {
     let mut t = toml::Table::new();
     if !main {
         t.insert("name".into(), T::String(object_name(&s(c.get("name")).unwrap_or_default())));
@@ -534,7 +536,7 @@ fn container(cx: &mut Ctx<'_>, at: &str, c: &Node, main: bool) -> toml::Table {
     t
 }
 
-fn ingress(cx: &mut Ctx<'_>, name: &str, d: &Node, out: &mut Converted) {
+fn ingress(cx: &mut Ctx, name: &str, d: &Node, out: &mut Converted) {
     let at = format!("Ingress/{name}");
     let Some(spec) = d.get("spec") else { return };
     let tls: Vec<(Vec<String>, String)> = spec
@@ -595,6 +597,6 @@ fn ingress(cx: &mut Ctx<'_>, name: &str, d: &Node, out: &mut Converted) {
             t.insert("tls".into(), T::Table(tt));
         }
         t.insert("paths".into(), T::Array(paths));
-        out.objects.push((rule.line, format!("Ingress {name} ({host})"), "ingress", t));
+        out.objects.push((cx.file.clone(), rule.line, format!("Ingress {name} ({host})"), "ingress", t));
     }
 }

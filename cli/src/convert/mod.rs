@@ -35,17 +35,19 @@ impl std::fmt::Display for Problem {
     }
 }
 
-/// What a file converts to: (source line, what it was, kind, table) per object; notes for the user.
+/// What files convert to: (source file, line, what it was, kind, table) per object; notes for
+/// the user.
 #[derive(Debug, Default)]
 pub struct Converted {
-    pub objects: Vec<(usize, String, &'static str, toml::Table)>,
+    pub objects: Vec<(String, usize, String, &'static str, toml::Table)>,
     pub problems: Vec<Problem>,
     pub notes: Vec<String>,
 }
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Compose files (`docker-compose.yml`, `compose.yaml`), or `-` for standard input.
+    /// Compose files or Kubernetes YAML (`docker-compose.yml`, `deploy.yaml`), directories (their
+    /// `*.yml` and `*.yaml`), or `-` for standard input.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<String>,
     /// Fields that do not map are warnings instead of errors (they are left out).
@@ -128,8 +130,9 @@ pub fn env_file(path: &Path) -> Result<BTreeMap<String, String>, CliError> {
         .collect())
 }
 
-/// One Compose file's text (`file`: its name in messages; `dir`: where its relative paths start)
-/// as manifest text; problems that are errors stop it unless `lenient`.
+/// One file's text (`file`: its name in messages; `dir`: where its relative paths start) as
+/// manifest text; problems that are errors stop it unless `lenient`.
+#[cfg(test)]
 pub fn convert_text(
     file: &str,
     dir: &Path,
@@ -137,57 +140,79 @@ pub fn convert_text(
     vars: &BTreeMap<String, String>,
     lenient: bool,
 ) -> Result<(String, Vec<Problem>, Vec<String>), CliError> {
-    if text.len() > MAX_FILE {
-        return Err(CliError::Other(format!("{file}: {} bytes; a Compose file may hold at most 4 MiB", text.len())));
-    }
-    // Compose fills variables; Kubernetes YAML has none (a `$` there is the program's).
-    let raw = yaml::load(text).map_err(|e| CliError::Other(format!("{file}:{e}")))?;
-    let kubernetes = !raw.iter().all(yaml::Node::is_null)
-        && raw.iter().filter(|d| !d.is_null()).all(|d| d.get("apiVersion").is_some() && d.get("kind").is_some());
-    let docs = if kubernetes {
-        raw
-    } else {
-        let text = interpolate(text, vars).map_err(|(line, m)| CliError::Other(format!("{file}:{line}: {m}")))?;
-        yaml::load(&text).map_err(|e| CliError::Other(format!("{file}:{e}")))?
-    };
-    let mut out = String::new();
-    let (mut problems, mut notes) = (Vec::new(), Vec::new());
-    // Kubernetes: every document (and a List's items) with apiVersion and kind; else Compose.
-    let k8s: Vec<&yaml::Node> = docs
-        .iter()
-        .filter(|d| !d.is_null())
-        .flat_map(|d| match (d.get("kind").and_then(yaml::Node::str), d.get("items").and_then(yaml::Node::items)) {
-            (Some("List"), Some(items)) => items.iter().collect::<Vec<_>>(),
-            _ => vec![d],
-        })
-        .collect();
-    let is_k8s = kubernetes && !k8s.is_empty();
+    convert_inputs(&[Input { name: file.into(), dir: dir.into(), text: text.into() }], vars, lenient)
+}
+
+/// One file to convert: its name in messages, where its relative paths start, its text.
+pub struct Input {
+    pub name: String,
+    pub dir: PathBuf,
+    pub text: String,
+}
+
+/// Files converted together: Compose files each on its own; Kubernetes documents of all of them
+/// together (a Service finds its Deployment in another file, as `kubectl apply -f DIR` would).
+pub fn convert_inputs(
+    inputs: &[Input],
+    vars: &BTreeMap<String, String>,
+    lenient: bool,
+) -> Result<(String, Vec<Problem>, Vec<String>), CliError> {
     let mut converted = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    if is_k8s {
-        let mut c = Converted::default();
-        k8s::convert(file, &k8s, &mut c);
-        converted.push(c);
-    } else {
+    let mut k8s_docs: Vec<(String, yaml::Node)> = Vec::new();
+    for Input { name: file, dir, text } in inputs {
+        let file = file.as_str();
+        if text.len() > MAX_FILE {
+            return Err(CliError::Other(format!(
+                "{file}: {} bytes; a file converted may hold at most 4 MiB",
+                text.len()
+            )));
+        }
+        // Compose fills variables; Kubernetes YAML has none (a `$` there is the program's).
+        let raw = yaml::load(text).map_err(|e| CliError::Other(format!("{file}:{e}")))?;
+        let kubernetes = !raw.iter().all(yaml::Node::is_null)
+            && raw.iter().filter(|d| !d.is_null()).all(|d| d.get("apiVersion").is_some() && d.get("kind").is_some());
+        if kubernetes {
+            // A List's items are documents of their own.
+            for d in raw.into_iter().filter(|d| !d.is_null()) {
+                match (d.get("kind").and_then(yaml::Node::str), d.get("items").and_then(yaml::Node::items)) {
+                    (Some("List"), Some(items)) => k8s_docs.extend(items.iter().map(|i| (file.to_string(), i.clone()))),
+                    _ => k8s_docs.push((file.to_string(), d)),
+                }
+            }
+            continue;
+        }
+        let text = interpolate(text, vars).map_err(|(line, m)| CliError::Other(format!("{file}:{line}: {m}")))?;
+        let docs = yaml::load(&text).map_err(|e| CliError::Other(format!("{file}:{e}")))?;
         for doc in docs.iter().filter(|d| !d.is_null()) {
             converted.push(compose::convert(file, dir, doc));
         }
     }
+    if !k8s_docs.is_empty() {
+        let mut c = Converted::default();
+        let docs: Vec<(&str, &yaml::Node)> = k8s_docs.iter().map(|(f, d)| (f.as_str(), d)).collect();
+        k8s::convert(&docs, &mut c);
+        converted.push(c);
+    }
+    let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+    let all = names.join(", ");
+    let mut out = String::new();
+    let (mut problems, mut notes) = (Vec::new(), Vec::new());
+    let mut seen = std::collections::BTreeSet::new();
     // An app waits only for apps that were converted: one left out (an image to build) is said.
     let apps: std::collections::BTreeSet<String> = converted
         .iter()
         .flat_map(|c| c.objects.iter())
-        .filter(|o| matches!(o.2, "app" | "job"))
-        .filter_map(|o| o.3.get("name").and_then(toml::Value::as_str).map(String::from))
+        .filter(|o| matches!(o.3, "app" | "job"))
+        .filter_map(|o| o.4.get("name").and_then(toml::Value::as_str).map(String::from))
         .collect();
     for c in &mut converted {
-        for (line, what, _, table) in &mut c.objects {
+        for (file, line, what, _, table) in &mut c.objects {
             let Some(toml::Value::Array(after)) = table.get_mut("after") else { continue };
             after.retain(|a| {
                 let known = a.as_str().is_some_and(|a| apps.contains(a));
                 if !known {
                     problems.push(Problem {
-                        file: file.to_string(),
+                        file: file.clone(),
                         line: *line,
                         col: 1,
                         field: what.clone(),
@@ -200,7 +225,8 @@ pub fn convert_text(
         }
     }
     for c in converted {
-        for (line, what, kind, table) in c.objects {
+        for (file, line, what, kind, table) in c.objects {
+            let file = file.as_str();
             let name = table.get("name").and_then(toml::Value::as_str).unwrap_or_default().to_string();
             let mut doc = toml::Table::new();
             doc.insert(kind.to_string(), toml::Value::Array(vec![toml::Value::Table(table)]));
@@ -247,17 +273,43 @@ pub fn convert_text(
         )));
     }
     // What the conversion made goes through the manifest's own checks, as an apply would.
-    if let Err(e) = bramble_proto::manifest::parse_manifest(&format!("{file} (converted)"), &out) {
+    if let Err(e) = bramble_proto::manifest::parse_manifest(&format!("{all} (converted)"), &out) {
         return Err(CliError::Other(format!(
-            "the manifest converted from {file} does not check:\n{e}\n--- converted:\n{out}"
+            "the manifest converted from {all} does not check:\n{e}\n--- converted:\n{out}"
         )));
     }
     Ok((out, problems, notes))
 }
 
+/// The files `-f` names: a directory's `*.yml` and `*.yaml`, sorted; `-` as it is.
+fn expand(files: &[String]) -> Result<Vec<String>, CliError> {
+    let mut out = Vec::new();
+    for f in files {
+        let p = Path::new(f);
+        if f != "-" && p.is_dir() {
+            let mut inside: Vec<String> = std::fs::read_dir(p)
+                .map_err(|e| CliError::Other(format!("cannot read {f}: {e}")))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
+                .map(|p| p.display().to_string())
+                .collect();
+            inside.sort();
+            out.extend(inside);
+        } else {
+            out.push(f.clone());
+        }
+    }
+    Ok(out)
+}
+
 pub async fn run(args: Args) -> Result<(), CliError> {
+    let files = expand(&args.files)?;
+    if files.is_empty() {
+        return Err(CliError::Other("no *.yml or *.yaml file to convert".into()));
+    }
     let mut vars = BTreeMap::new();
-    for f in &args.files {
+    for f in &files {
         let dir = if f == "-" {
             std::env::current_dir().unwrap_or_default()
         } else {
@@ -271,31 +323,46 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     if let Some(e) = &args.env_file {
         vars.extend(env_file(e)?);
     }
-    for f in &args.files {
-        let (name, dir, text) = if f == "-" {
+    let mut inputs = Vec::new();
+    for f in &files {
+        inputs.push(if f == "-" {
             let mut t = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
                 .map_err(|e| CliError::Other(format!("stdin: {e}")))?;
-            ("<stdin>".to_string(), std::env::current_dir().unwrap_or_default(), t)
+            Input { name: "<stdin>".into(), dir: std::env::current_dir().unwrap_or_default(), text: t }
         } else {
             let t = std::fs::read_to_string(f).map_err(|e| CliError::Other(format!("{f}: {e}")))?;
-            (f.clone(), Path::new(f).parent().map(Path::to_path_buf).unwrap_or_default(), t)
-        };
-        let (out, problems, notes) = convert_text(&name, &dir, &text, &vars, args.lenient)?;
-        for p in &problems {
-            eprintln!("warning: {p}");
-        }
-        for n in &notes {
-            eprintln!("note: {n}");
-        }
-        print!("{out}");
+            Input { name: f.clone(), dir: Path::new(f).parent().map(Path::to_path_buf).unwrap_or_default(), text: t }
+        });
     }
+    let (out, problems, notes) = convert_inputs(&inputs, &vars, args.lenient)?;
+    for p in &problems {
+        eprintln!("warning: {p}");
+    }
+    for n in &notes {
+        eprintln!("note: {n}");
+    }
+    print!("{out}");
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kubernetes_files_convert_together_so_a_service_finds_its_deployment_in_another() {
+        let dep = "apiVersion: apps/v1\nkind: Deployment\nmetadata: { name: api }\nspec:\n  template:\n    metadata: { labels: { app: api } }\n    spec:\n      containers: [{ name: api, image: api:1 }]\n";
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: { name: api }\nspec:\n  selector: { app: api }\n  ports: [{ port: 80 }]\n";
+        let input = |name: &str, text: &str| Input { name: name.into(), dir: "/tmp".into(), text: text.into() };
+        let (out, problems, _) =
+            convert_inputs(&[input("dep.yaml", dep), input("svc.yaml", svc)], &BTreeMap::new(), false).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(out.contains("# dep.yaml:1 (Deployment api)") && out.contains("# svc.yaml:1 (Service api)"), "{out}");
+        // Alone, the Service's file cannot say which app it serves: at its line.
+        let e = convert_inputs(&[input("svc.yaml", svc)], &BTreeMap::new(), false).unwrap_err().to_string();
+        assert!(e.contains("svc.yaml:5:3: Service/api.spec.selector: selects no workload"), "{e}");
+    }
 
     #[test]
     fn variables_are_filled_as_compose_fills_them() {

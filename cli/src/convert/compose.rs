@@ -115,12 +115,32 @@ pub fn object_name(s: &str) -> String {
     mapped.trim_matches('-').chars().take(63).collect::<String>().trim_end_matches('-').to_string()
 }
 
+/// A file a Compose file names (`env_file`, a config's `file`), read only from its own directory
+/// and below: a Compose file from elsewhere cannot copy `~/.ssh/id_rsa` or `/etc/shadow` into the
+/// cluster. At most 1 MiB.
+fn read_beside(dir: &Path, name: &str) -> Result<String, String> {
+    let rel = Path::new(name);
+    if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(format!("{name}: only files in the Compose file's directory and below are read"));
+    }
+    let base = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = base.join(rel).canonicalize().map_err(|e| format!("{name}: {e}"))?;
+    if !path.starts_with(&base) {
+        return Err(format!("{name}: leads out of the Compose file's directory (a link)"));
+    }
+    let meta = std::fs::metadata(&path).map_err(|e| format!("{name}: {e}"))?;
+    if meta.len() > 1 << 20 {
+        return Err(format!("{name}: {} bytes; at most 1 MiB is read", meta.len()));
+    }
+    std::fs::read_to_string(&path).map_err(|e| format!("{name}: {e}"))
+}
+
 fn config(cx: &mut Ctx<'_>, name: &str, c: &Node) -> Option<toml::Table> {
     let body = if let Some(f) = c.get("file").and_then(Node::str) {
-        match std::fs::read_to_string(cx.dir.join(f)) {
+        match read_beside(cx.dir, f) {
             Ok(b) => b,
             Err(e) => {
-                cx.problem(c, format!("configs.{name}.file"), format!("cannot read {f}: {e}"));
+                cx.problem(c, format!("configs.{name}.file"), e);
                 return None;
             }
         }
@@ -275,7 +295,7 @@ fn service_of(cx: &mut Ctx<'_>, name: &str, s: &Node) -> (Option<toml::Table>, O
             "env_file" => match strings(v) {
                 Some(files) => {
                     for f in files {
-                        match std::fs::read_to_string(cx.dir.join(&f)) {
+                        match read_beside(cx.dir, &f) {
                             Ok(text) => {
                                 for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'))
                                 {
@@ -285,7 +305,7 @@ fn service_of(cx: &mut Ctx<'_>, name: &str, s: &Node) -> (Option<toml::Table>, O
                                     }
                                 }
                             }
-                            Err(e) => cx.problem(v, at(key), format!("cannot read {f}: {e}")),
+                            Err(e) => cx.problem(v, at(key), e),
                         }
                     }
                 }
@@ -776,6 +796,31 @@ mod tests {
     fn run(text: &str) -> Converted {
         let docs = super::super::yaml::load(text).unwrap();
         convert("compose.yml", Path::new("/tmp"), &docs[0])
+    }
+
+    #[test]
+    fn files_are_read_only_beside_the_compose_file() {
+        let dir = tempfile_dir();
+        std::fs::write(dir.join("app.env"), "A=1\n").unwrap();
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("sub/passwd")).unwrap();
+        assert_eq!(read_beside(&dir, "app.env").unwrap(), "A=1\n");
+        for bad in ["/etc/passwd", "../x", "sub/../../x", "sub/passwd"] {
+            assert!(read_beside(&dir, bad).is_err(), "{bad}");
+        }
+        let c = convert(
+            "c.yml",
+            &dir,
+            &super::super::yaml::load("services:\n  a:\n    image: x\n    env_file: /etc/shadow\n").unwrap()[0],
+        );
+        assert!(c.problems[0].why.contains("only files in the Compose file's directory"), "{:?}", c.problems);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("bramble-convert-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
     }
 
     #[test]

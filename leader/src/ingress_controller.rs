@@ -381,7 +381,10 @@ mod tests {
         assert!(!c.pass(&h, 5).unwrap(), "its own writes settle");
         let metric = c.certificate_ends();
         assert_eq!(metric.len(), 1, "the certificate's end is kept for the metric");
-        assert_eq!((metric[0].0.as_str(), metric[0].1.as_str()), ("shop", "shop-cert"));
+        assert_eq!(
+            (metric[0].0.as_str(), metric[0].1.as_str(), metric[0].2.as_str()),
+            ("shop", "secret shop-cert", "")
+        );
 
         // A service gone under an ingress: its path answers 503, said once on the ingress.
         assert!(matches!(

@@ -14,8 +14,16 @@ pub const HOST_PATH_LABEL: &str = "host-paths";
 /// Top-level keys that need nothing (the Compose spec's informational ones).
 const IGNORED_TOP: [&str; 2] = ["version", "name"];
 
-/// Service keys that need nothing here: they do not change what runs (Compose's own bookkeeping).
-const IGNORED_SERVICE: [&str; 3] = ["container_name", "networks", "logging"];
+/// Service keys left out with a warning: what they would do, Bramble does its own way.
+const IGNORED_SERVICE: [(&str, &str); 7] = [
+    ("container_name", "replicas are named by Bramble (reach it by its service name)"),
+    ("networks", "Bramble has one network for the cluster (reach it by its service name)"),
+    ("logging", "the board keeps each container's output (bramble logs)"),
+    ("hostname", "a replica's host name is its own name"),
+    ("tty", "containers run without a terminal (bramble exec -t gives one)"),
+    ("stdin_open", "containers run without standard input (bramble exec -i gives one)"),
+    ("init", "containers run their command as process 1"),
+];
 
 struct Ctx<'a> {
     file: &'a str,
@@ -357,6 +365,16 @@ fn service_of(cx: &mut Ctx<'_>, name: &str, s: &Node) -> (Option<toml::Table>, O
                     Value::Map(m) => m.iter().map(|(k, _)| k.clone()).collect(),
                     _ => Vec::new(),
                 };
+                // `after` waits for a ready replica: service_started and service_healthy both
+                // come to that; a completed one-off service does not map.
+                for (dep, cond) in v.entries().unwrap_or_default() {
+                    if cond.get("condition").and_then(Node::str) == Some("service_completed_successfully") {
+                        cx.problem(cond, at(&format!("depends_on.{dep}.condition")), "waits for a ready replica of it, not for it to complete (make it a [[job]] to wait for its completion)");
+                        if let Some(p) = cx.problems.last_mut() {
+                            p.warning = true;
+                        }
+                    }
+                }
                 app.insert("after".into(), T::Array(names.into_iter().map(T::String).collect()));
             }
             "healthcheck" => healthcheck(cx, name, v, &mut probes),
@@ -469,8 +487,13 @@ fn service_of(cx: &mut Ctx<'_>, name: &str, s: &Node) -> (Option<toml::Table>, O
                 });
                 app.insert("secrets".into(), T::Array(names));
             }
-            k if IGNORED_SERVICE.contains(&k) => {}
-            "hostname" | "tty" | "stdin_open" | "init" => {}
+            k if IGNORED_SERVICE.iter().any(|(i, _)| *i == k) => {
+                let why = IGNORED_SERVICE.iter().find(|(i, _)| *i == k).map_or("", |(_, w)| *w);
+                cx.problem(v, at(k), format!("left out: {why}"));
+                if let Some(p) = cx.problems.last_mut() {
+                    p.warning = true;
+                }
+            }
             k => cx.problem(v, at(k), "not mapped to Bramble"),
         }
     }

@@ -35,6 +35,20 @@ impl Ctx {
     }
 }
 
+/// Says each key of `node` that is neither mapped (`known`) nor left out on purpose (`left`, with
+/// why, a warning): nothing is dropped in silence.
+fn rest(cx: &mut Ctx, node: &Node, at: &str, known: &[&str], left: &[(&str, &str)]) {
+    for (k, v) in node.entries().unwrap_or_default() {
+        if known.contains(&k.as_str()) {
+            continue;
+        }
+        match left.iter().find(|(l, _)| l == k) {
+            Some((_, why)) => cx.warn(v, format!("{at}.{k}"), format!("left out: {why}")),
+            None => cx.problem(v, format!("{at}.{k}"), "not mapped to Bramble"),
+        }
+    }
+}
+
 fn s(n: Option<&Node>) -> Option<String> {
     n.and_then(Node::str).map(String::from)
 }
@@ -110,8 +124,20 @@ pub fn convert(docs: &[(&str, &Node)], out: &mut Converted) {
                 } else if let Some(r) = int(spec.get("replicas")) {
                     app.insert("replicas".into(), T::Integer(r));
                 }
-                if let Some(ru) = spec.get("strategy").and_then(|s| s.get("rollingUpdate")) {
+                let known = ["replicas", "selector", "template", "strategy", "minReadySeconds"];
+                let left = [
+                    ("revisionHistoryLimit", "Bramble keeps an app's last 10 revisions"),
+                    ("serviceName", "replicas are reached through the app's services"),
+                    ("podManagementPolicy", "replicas start as Bramble's rollouts start them"),
+                ];
+                rest(&mut cx, spec, &format!("{at}.spec"), &known, &left);
+                if let Some(m) = secs(spec.get("minReadySeconds")) {
                     let mut u = toml::Table::new();
+                    u.insert("min_ready".into(), m);
+                    app.insert("update".into(), T::Table(u));
+                }
+                if let Some(ru) = spec.get("strategy").and_then(|s| s.get("rollingUpdate")) {
+                    let mut u = app.get("update").and_then(T::as_table).cloned().unwrap_or_default();
                     for (from, to) in [("maxSurge", "max_surge"), ("maxUnavailable", "max_unavailable")] {
                         if let Some(v) = ru.get(from).and_then(Node::str) {
                             u.insert(to.into(), v.parse::<i64>().map_or_else(|_| T::String(v.into()), T::Integer));
@@ -404,11 +430,20 @@ fn pod_template(cx: &mut Ctx, at: &str, template: Option<&Node>) -> Option<toml:
         }
         _ => {}
     }
-    for key in ["affinity", "tolerations", "serviceAccountName", "securityContext", "imagePullSecrets"] {
-        if let Some(n) = pod.get(key) {
-            cx.problem(n, format!("{at}.spec.template.spec.{key}"), "not mapped to Bramble");
-        }
-    }
+    let known = [
+        "containers",
+        "initContainers",
+        "volumes",
+        "nodeSelector",
+        "hostNetwork",
+        "terminationGracePeriodSeconds",
+        "restartPolicy",
+    ];
+    let left = [
+        ("dnsPolicy", "pods resolve through their board's cluster DNS"),
+        ("schedulerName", "Bramble's leader places replicas"),
+    ];
+    rest(cx, pod, &format!("{at}.spec.template.spec"), &known, &left);
     Some(app)
 }
 
@@ -533,6 +568,27 @@ fn container(cx: &mut Ctx, at: &str, c: &Node, main: bool) -> toml::Table {
     if let Some(w) = s(c.get("workingDir")) {
         t.insert("workdir".into(), T::String(w));
     }
+    let known = [
+        "name",
+        "image",
+        "command",
+        "args",
+        "env",
+        "ports",
+        "resources",
+        "readinessProbe",
+        "livenessProbe",
+        "startupProbe",
+        "securityContext",
+        "workingDir",
+        "volumeMounts",
+    ];
+    let left = [
+        ("imagePullPolicy", "a board pulls an image it does not hold, by digest when the tag moves"),
+        ("terminationMessagePath", "the exit code and the last output are kept"),
+        ("terminationMessagePolicy", "the exit code and the last output are kept"),
+    ];
+    rest(cx, c, at, &known, &left);
     t
 }
 

@@ -1,6 +1,6 @@
 //! Pull + unpack of the busybox test image: `bramble-agent image pull` against `skopeo copy` +
 //! `umoci unpack`, alternating run by run against the same local registry; then the peak RSS of
-//! each while pulling a 100 MiB layer.
+//! each while pulling a 100 MiB layer, gzip and zstd.
 
 use crate::stats::summarize;
 use bramble_tests::process::bin_dir;
@@ -68,8 +68,42 @@ fn peer_pull(dir: &Path, reference: &str) -> (Duration, u64, u64) {
     (copy + unpack, copy_rss, unpack_rss)
 }
 
+/// The peer for zstd layers: umoci 0.4.7 cannot read them, so `skopeo copy`, then each layer
+/// through the reference decoder (`zstd -dc`, C) into GNU tar.
+fn peer_pull_zstd(dir: &Path, reference: &str) -> (Duration, u64, u64) {
+    let layout = dir.join("peer-layout");
+    let bundle = dir.join("peer-bundle");
+    let _ = std::fs::remove_dir_all(&layout);
+    let _ = std::fs::remove_dir_all(&bundle);
+    std::fs::create_dir_all(&bundle).expect("bundle dir");
+    let (copy, copy_rss) = measure(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", "--src-tls-verify=false"])
+            .arg(format!("docker://{reference}"))
+            .arg(format!("oci:{}:x", layout.display())),
+    );
+    let json =
+        |p: &Path| -> serde_json::Value { serde_json::from_slice(&std::fs::read(p).expect("read")).expect("json") };
+    let blob = |d: &str| layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
+    let index = json(&layout.join("index.json"));
+    let manifest = json(&blob(index["manifests"][0]["digest"].as_str().expect("digest")));
+    let (mut unpack, mut unpack_rss) = (Duration::ZERO, 0);
+    for layer in manifest["layers"].as_array().expect("layers") {
+        let media = layer["mediaType"].as_str().unwrap_or("");
+        let decode = if media.ends_with("+zstd") { "zstd -dc" } else { "gzip -dc" };
+        let (t, rss) = measure(Command::new("sh").arg("-c").arg(format!(
+            "{decode} {} | tar -x -C {}",
+            blob(layer["digest"].as_str().expect("digest")).display(),
+            bundle.display()
+        )));
+        unpack += t;
+        unpack_rss = unpack_rss.max(rss);
+    }
+    (copy + unpack, copy_rss, unpack_rss)
+}
+
 pub fn run(runs: usize) -> serde_json::Value {
-    for tool in ["skopeo", "umoci"] {
+    for tool in ["skopeo", "umoci", "zstd"] {
         let ok = Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
         assert!(ok, "the peer needs {tool}: apt-get install {tool}");
     }
@@ -120,8 +154,46 @@ pub fn run(runs: usize) -> serde_json::Value {
         copy_rss,
         unpack_rss
     );
+
+    // The same with zstd: 100 MiB of 16-letter text (4 bits of entropy a byte: zstd halves it and
+    // its literal decoding does real work), recompressed to zstd by skopeo on its way in.
+    let text_layout = dir.path().join("text");
+    let l = Layout::new(&text_layout);
+    let mut text = vec![0u8; 100 << 20];
+    for b in text.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = b'a' + (x % 16) as u8;
+    }
+    let text_layer = TarBuilder::default().file("text", 0o644, &text).finish();
+    drop(text);
+    let m = l.image("amd64", None, &[busybox_layer("amd64"), text_layer], &["sh"]);
+    l.finish("text", vec![m], false);
+    let zst = format!("{}/bramble/text-zstd:1", reg.addr);
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false", "--dest-compress", "--dest-compress-format", "zstd"])
+        .arg(format!("oci:{}:text", text_layout.display()))
+        .arg(format!("docker://{zst}"))
+        .output()
+        .expect("skopeo");
+    assert!(out.status.success(), "skopeo copy (zstd): {}", String::from_utf8_lossy(&out.stderr));
+    let (zt, zrss) = bramble_pull(&cfg, dir.path(), &zst);
+    let (zpt, zcopy_rss, zunpack_rss) = peer_pull_zstd(dir.path(), &zst);
+    println!("pull + unpack of a 100 MiB zstd layer (text, ~50 MiB compressed):");
+    println!("  bramble-agent image pull      {:>8.0} ms, peak RSS {:>7} KiB", zt.as_secs_f64() * 1e3, zrss);
+    println!(
+        "  skopeo copy + zstd -dc | tar x {:>7.0} ms, peak RSS {:>7} KiB (skopeo) / {} KiB (zstd)",
+        zpt.as_secs_f64() * 1e3,
+        zcopy_rss,
+        zunpack_rss
+    );
     serde_json::json!({
         "busybox": { "bramble": o.json(), "skopeo_umoci": t.json(), "ratio_median": o.median / t.median },
+        "zstd_layer_100mib": {
+            "bramble": { "ms": zt.as_secs_f64() * 1e3, "peak_rss_kib": zrss },
+            "skopeo_zstd_tar": { "ms": zpt.as_secs_f64() * 1e3, "peak_rss_kib_skopeo": zcopy_rss, "peak_rss_kib_zstd": zunpack_rss },
+        },
         "layer_100mib": {
             "bramble": { "ms": bt.as_secs_f64() * 1e3, "peak_rss_kib": brss },
             "skopeo_umoci": { "ms": pt.as_secs_f64() * 1e3, "peak_rss_kib_skopeo": copy_rss, "peak_rss_kib_umoci": unpack_rss },

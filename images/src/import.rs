@@ -42,7 +42,7 @@ pub struct ImportOptions {
     pub name: Option<String>,
 }
 
-/// Imports every image in `path` (a directory or a tar/tar.gz file) that suits `arch`.
+/// Imports every image in `path` (a directory or a tar, tar.gz or tar.zst file) that suits `arch`.
 pub fn import(
     store: &ContentStore,
     path: &Path,
@@ -59,12 +59,18 @@ pub fn import(
     let scratch = tempdir_in(store.root())?;
     let file = File::open(path).map_err(|source| ImportError::Io { path: shown.clone(), source })?;
     let mut reader = BufReader::new(file);
-    let gz = {
+    let (gz, zst) = {
         let buf =
             io::BufRead::fill_buf(&mut reader).map_err(|source| ImportError::Io { path: shown.clone(), source })?;
-        buf.starts_with(&[0x1f, 0x8b])
+        (buf.starts_with(&[0x1f, 0x8b]), buf.starts_with(&crate::zstd::MAGIC))
     };
-    let stream: Box<dyn Read> = if gz { Box::new(flate2::read::MultiGzDecoder::new(reader)) } else { Box::new(reader) };
+    let stream: Box<dyn Read> = if gz {
+        Box::new(flate2::read::MultiGzDecoder::new(reader))
+    } else if zst {
+        Box::new(crate::zstd::ZstdReader::new(reader))
+    } else {
+        Box::new(reader)
+    };
     let opts_unpack = UnpackOptions { chown: false, ..Default::default() };
     unpack(stream, scratch.path(), Target::Layer, &opts_unpack)
         .map_err(|e| ImportError::NotAnImage { path: shown.clone(), reason: e.to_string() })?;

@@ -16,6 +16,7 @@ pub mod registry;
 pub mod rootfs;
 pub mod store;
 pub mod unpack;
+pub mod zstd;
 
 pub use bramble_proto::image_ref::ImageRef;
 pub use bramble_proto::platform::Platform;

@@ -128,13 +128,14 @@ impl ImageConfig {
 pub enum Compression {
     None,
     Gzip,
+    Zstd,
 }
 
 pub fn layer_compression(media_type: &str) -> Result<Compression, String> {
     match media_type {
         OCI_LAYER_GZIP | DOCKER_LAYER_GZIP => Ok(Compression::Gzip),
         OCI_LAYER_TAR | DOCKER_LAYER_TAR => Ok(Compression::None),
-        OCI_LAYER_ZSTD => Err("zstd-compressed layers are not supported yet".into()),
+        OCI_LAYER_ZSTD => Ok(Compression::Zstd),
         other => Err(format!("unsupported layer media type {other:?}")),
     }
 }

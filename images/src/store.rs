@@ -293,6 +293,7 @@ impl ContentStore {
         let f = BufReader::with_capacity(64 << 10, File::open(&p).map_err(io_err("cannot open", &p))?);
         Ok(match compression {
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
+            Compression::Zstd => Box::new(crate::zstd::ZstdReader::new(f)),
             Compression::None => Box::new(f),
         })
     }
@@ -457,5 +458,71 @@ mod budget_tests {
             b.layer_opts(&store, &big).max_bytes <= free.saturating_sub(reserve) + (1 << 20),
             "the disk less its reserve"
         );
+    }
+}
+
+#[cfg(test)]
+mod zstd_tests {
+    use super::*;
+    use ruzstd::encoding::{compress_to_vec, CompressionLevel};
+
+    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn stored(store: &ContentStore, blob: &[u8], diff_id: Digest) -> LayerRecord {
+        let digest = Digest::of(blob);
+        store.write_blob(&digest, blob).unwrap();
+        LayerRecord { digest, media_type: crate::oci::OCI_LAYER_ZSTD.into(), size: blob.len() as u64, diff_id }
+    }
+
+    #[test]
+    fn a_zstd_layer_unpacks_and_its_diff_id_is_checked() {
+        let t = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(t.path()).unwrap();
+        let tar = tar_of(&[("etc/motd", b"zstd layer\n"), ("bin/x", &[7u8; 100_000])]);
+        let blob = compress_to_vec(&tar[..], CompressionLevel::Fastest);
+        assert!(blob.len() < tar.len() / 4, "compressed: {} of {}", blob.len(), tar.len());
+        let opts = UnpackOptions { chown: false, ..Default::default() };
+        let layer = stored(&store, &blob, Digest::of(&tar));
+        store.unpack_layer(&layer, &opts).unwrap().expect("unpacked");
+        let dir = store.layer_dir(&layer.diff_id);
+        assert_eq!(fs::read(dir.join("etc/motd")).unwrap(), b"zstd layer\n");
+        assert_eq!(fs::metadata(dir.join("bin/x")).unwrap().len(), 100_000);
+
+        let wrong = stored(
+            &store,
+            &compress_to_vec(&tar_of(&[("a", b"b")])[..], CompressionLevel::Fastest),
+            layer.diff_id.clone(),
+        );
+        let other = ContentStore::open(&t.path().join("other")).unwrap();
+        other.write_blob(&wrong.digest, &store.read_blob(&wrong.digest).unwrap()).unwrap();
+        let e = other.unpack_layer(&wrong, &opts).unwrap_err().to_string();
+        assert!(e.contains("but the image config says its diff_id is"), "{e}");
+        assert!(!other.has_layer(&wrong.diff_id), "nothing visible");
+    }
+
+    #[test]
+    fn a_zstd_bomb_stops_at_the_layer_cap() {
+        let t = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(t.path()).unwrap();
+        let tar = tar_of(&[("big", &vec![0u8; 8 << 20])]);
+        let blob = compress_to_vec(&tar[..], CompressionLevel::Fastest);
+        assert!(blob.len() < 64 << 10, "a small blob: {}", blob.len());
+        let opts = UnpackOptions { chown: false, max_bytes: 1 << 20, ..Default::default() };
+        let layer = stored(&store, &blob, Digest::of(&tar));
+        let e = store.unpack_layer(&layer, &opts).unwrap_err().to_string();
+        assert!(e.contains("layer unpacks to more than 1048576 bytes"), "{e}");
+        assert!(!store.has_layer(&layer.diff_id));
+        let left: Vec<_> = fs::read_dir(t.path().join("layers")).unwrap().collect();
+        assert!(left.is_empty(), "no temporary directory left: {left:?}");
     }
 }

@@ -186,3 +186,37 @@ fn docker_schema_2_manifest_lists_pull_too() {
     let index = store.read_blob(rec.index_digest.as_ref().unwrap()).unwrap();
     assert!(String::from_utf8_lossy(&index).contains("application/vnd.docker.distribution.manifest.list.v2+json"));
 }
+
+#[test]
+fn zstd_layers_made_by_skopeo_pull_unpack_and_run() {
+    let reg = Registry::start(None, None);
+    let dir = tempfile::tempdir().unwrap();
+    busybox_layout(&dir.path().join("layout"), "1.35");
+    // skopeo recompresses every layer to zstd on the way (an independent encoder: Go's klauspost).
+    let dest = format!("{}/bramble/busybox-zstd:1.35", reg.addr);
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--all", "--dest-tls-verify=false", "--dest-compress-format", "zstd"])
+        .args(["--dest-compress", "--format", "oci"])
+        .arg(format!("oci:{}:1.35", dir.path().join("layout").display()))
+        .arg(format!("docker://{dest}"))
+        .output()
+        .expect("run skopeo (apt-get install skopeo; scripts/test does)");
+    assert!(out.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&out.stderr));
+    let store = ContentStore::open(&dir.path().join("store")).unwrap();
+    let client = client(&reg);
+    let image: ImageRef = dest.parse().unwrap();
+    let rec = puller(&store, &client, Arch::Amd64).pull(&image, PullPolicy::Always, &Progress::default()).unwrap();
+    assert_eq!(rec.layers.len(), 1);
+    assert_eq!(rec.layers[0].media_type, "application/vnd.oci.image.layer.v1.tar+zstd", "skopeo wrote zstd");
+    let blob = store.read_blob(&rec.layers[0].digest).unwrap();
+    assert_eq!(&blob[..4], &[0x28, 0xb5, 0x2f, 0xfd], "the blob is a zstd frame");
+    let layer = store.layer_dir(&rec.layers[0].diff_id);
+    let out = Command::new(layer.join("bin/busybox")).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("BusyBox v1.35"), "{out:?}");
+    // The same tar as the gzip image: one diff_id, two blobs; the unpacked layer is shared.
+    push(&dir.path().join("layout"), "1.35", &format!("{}/bramble/busybox:1.35", reg.addr));
+    let gz: ImageRef = format!("{}/bramble/busybox:1.35", reg.addr).parse().unwrap();
+    let rec_gz = puller(&store, &client, Arch::Amd64).pull(&gz, PullPolicy::Always, &Progress::default()).unwrap();
+    assert_eq!(rec_gz.layers[0].diff_id, rec.layers[0].diff_id);
+    assert_ne!(rec_gz.layers[0].digest, rec.layers[0].digest);
+}

@@ -11,6 +11,7 @@ pub mod join;
 pub mod logserve;
 pub mod net;
 pub mod reconcile;
+pub mod registries;
 pub mod runtime;
 pub mod secrets;
 pub mod session;

@@ -63,7 +63,7 @@ impl Puller<'_> {
         let bad = |reason: String| PullError::BadImage { image: reference.clone(), reason };
         let tag_or_digest =
             image.digest.clone().or_else(|| image.tag_or_default().map(str::to_string)).expect("a tag or a digest");
-        let top = self.client.manifest(image, &tag_or_digest)?;
+        let top = self.fetch_from_sources(image, |src| Ok(self.client.manifest(src, &tag_or_digest)?))?;
         let doc = parse_manifest_doc(top.media_type.as_deref(), &top.bytes).map_err(bad)?;
         let (index_digest, manifest_bytes, manifest_digest) = match doc {
             ManifestDoc::Index(index) => {
@@ -82,7 +82,8 @@ impl Puller<'_> {
                     return Err(PullError::NoPlatform { image: reference, arch: self.arch.to_string(), offered });
                 };
                 let chosen = &index.manifests[i];
-                let m = self.client.manifest(image, &chosen.digest.to_string())?;
+                let m =
+                    self.fetch_from_sources(image, |src| Ok(self.client.manifest(src, &chosen.digest.to_string())?))?;
                 self.store.write_blob(&top.digest, &top.bytes)?;
                 (Some(top.digest), m.bytes, m.digest)
             }
@@ -123,6 +124,23 @@ impl Puller<'_> {
         Ok(record)
     }
 
+    /// `fetch` from each of the image's sources in turn (its registry's mirrors, then the
+    /// registry): the first that works; a mirror that fails (unreachable, missing, corrupt) is
+    /// logged and passed over, and the registry's own error is the one returned.
+    fn fetch_from_sources<T>(
+        &self,
+        image: &ImageRef,
+        mut fetch: impl FnMut(&ImageRef) -> Result<T, PullError>,
+    ) -> Result<T, PullError> {
+        for mirror in self.client.mirrors(image) {
+            match fetch(&mirror) {
+                Ok(v) => return Ok(v),
+                Err(e) => tracing::info!(mirror = %mirror.registry, "mirror passed over: {e}"),
+            }
+        }
+        fetch(image)
+    }
+
     /// Whether everything a record names is in the store.
     fn complete(&self, r: &ImageRecord) -> bool {
         r.blobs().all(|d| self.store.has_blob(d)) && r.layers.iter().all(|l| self.store.has_layer(&l.diff_id))
@@ -140,8 +158,11 @@ impl Puller<'_> {
                 reason: format!("config of {} bytes is too large", d.size),
             });
         }
-        let mut bytes = Vec::with_capacity(d.size as usize);
-        self.client.blob(image, &d.digest, d.size, &mut bytes, &mut |_| {})?;
+        let bytes = self.fetch_from_sources(image, |src| {
+            let mut bytes = Vec::with_capacity(d.size as usize);
+            self.client.blob(src, &d.digest, d.size, &mut bytes, &mut |_| {})?;
+            Ok(bytes)
+        })?;
         self.store.write_blob(&d.digest, &bytes)?;
         Ok(bytes)
     }
@@ -158,12 +179,15 @@ impl Puller<'_> {
             return Ok(());
         }
         if !self.store.has_blob(&layer.digest) {
-            let mut ingest = self.store.ingest(&layer.digest)?;
-            progress.update(&layer.digest, 0, LayerPhase::Downloading);
-            self.client.blob(image, &layer.digest, layer.size, ingest.writer(), &mut |done| {
-                progress.update(&layer.digest, done, LayerPhase::Downloading)
+            // A fresh ingest per source: what a mirror sent that did not match is gone.
+            self.fetch_from_sources(image, |src| {
+                let mut ingest = self.store.ingest(&layer.digest)?;
+                progress.update(&layer.digest, 0, LayerPhase::Downloading);
+                self.client.blob(src, &layer.digest, layer.size, ingest.writer(), &mut |done| {
+                    progress.update(&layer.digest, done, LayerPhase::Downloading)
+                })?;
+                Ok(ingest.commit()?)
             })?;
-            ingest.commit()?;
         }
         progress.update(&layer.digest, layer.size, LayerPhase::Unpacking);
         self.store.unpack_layer_within(layer, &self.unpack, budget)?;

@@ -35,6 +35,19 @@ pub struct RegistryConfig {
     /// domain is always allowed, over HTTPS).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub token_hosts: Vec<String>,
+    /// A token sent as `Authorization: Bearer` when the registry asks (instead of a password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Registries serving the same images, tried in order first (digests checked as always).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<String>,
+}
+
+impl RegistryConfig {
+    /// Whether it carries credentials.
+    pub fn has_credentials(&self) -> bool {
+        self.username.is_some() || self.password.is_some() || self.token.is_some()
+    }
 }
 
 /// The host of `url` (`scheme://host[:port]/…`), and whether it is HTTPS.
@@ -93,6 +106,8 @@ impl std::fmt::Debug for RegistryConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("ca_file", &self.ca_file)
             .field("token_hosts", &self.token_hosts)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("mirrors", &self.mirrors)
             .finish()
     }
 }
@@ -117,6 +132,10 @@ pub enum RegistryError {
     Io { what: String, source: std::io::Error },
 }
 
+fn drop_tokens(tokens: &mut HashMap<(String, String), String>, hosts: &[String]) {
+    tokens.retain(|(h, _), _| !hosts.contains(h));
+}
+
 /// A fetched manifest document.
 #[derive(Debug, Clone)]
 pub struct Fetched {
@@ -128,6 +147,9 @@ pub struct Fetched {
 /// The registry client; cheap to share between threads.
 pub struct RegistryClient {
     registries: Vec<RegistryConfig>,
+    /// From the cluster's `[[registry]]` objects, by host (they win over the agent config's
+    /// credentials, `insecure` and mirrors; its CA file and token hosts stay).
+    cluster: std::sync::RwLock<HashMap<String, RegistryConfig>>,
     agents: Mutex<HashMap<String, ureq::Agent>>,
     tokens: Mutex<HashMap<(String, String), String>>,
 }
@@ -222,15 +244,61 @@ fn error_text(body: &[u8]) -> String {
 
 impl RegistryClient {
     pub fn new(registries: Vec<RegistryConfig>) -> Self {
-        RegistryClient { registries, agents: Mutex::new(HashMap::new()), tokens: Mutex::new(HashMap::new()) }
+        RegistryClient {
+            registries,
+            cluster: Default::default(),
+            agents: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Puts (new or changed) and drops the cluster's settings for some hosts; `full`: exactly
+    /// these. Cached tokens of a host whose settings changed are forgotten.
+    pub fn set_cluster(&self, put: Vec<RegistryConfig>, drop: &[String], full: bool) {
+        let mut cluster = self.cluster.write().expect("cluster lock");
+        let mut changed: Vec<String> = drop.to_vec();
+        if full {
+            changed.extend(cluster.keys().cloned());
+            cluster.clear();
+        }
+        for d in drop {
+            cluster.remove(d);
+        }
+        for c in put {
+            changed.push(c.host.clone());
+            cluster.insert(c.host.clone(), c);
+        }
+        drop_tokens(&mut self.tokens.lock().expect("tokens lock"), &changed);
+    }
+
+    /// The hosts the cluster's settings name now.
+    pub fn cluster_hosts(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.cluster.read().expect("cluster lock").keys().cloned().collect();
+        v.sort();
+        v
     }
 
     fn config(&self, host: &str) -> RegistryConfig {
-        self.registries
+        let local = self.registries.iter().find(|r| r.host == host).cloned();
+        match (self.cluster.read().expect("cluster lock").get(host), local) {
+            (Some(c), Some(l)) => RegistryConfig { ca_file: l.ca_file, token_hosts: l.token_hosts, ..c.clone() },
+            (Some(c), None) => c.clone(),
+            (None, Some(l)) => l,
+            (None, None) => RegistryConfig { host: host.to_string(), ..Default::default() },
+        }
+    }
+
+    /// `image` on each of its registry's mirrors, in order (the same repository path on each).
+    pub fn mirrors(&self, image: &ImageRef) -> Vec<ImageRef> {
+        self.config(&image.registry)
+            .mirrors
             .iter()
-            .find(|r| r.host == host)
-            .cloned()
-            .unwrap_or_else(|| RegistryConfig { host: host.to_string(), ..Default::default() })
+            .map(|m| {
+                let mut i = image.clone();
+                i.registry = m.clone();
+                i
+            })
+            .collect()
     }
 
     fn agent(&self, host: &str) -> Result<ureq::Agent, RegistryError> {
@@ -299,10 +367,13 @@ impl RegistryClient {
             message,
         };
         let auth = match challenge {
+            // A registry token goes as it is, whatever the challenge.
+            Some(_) if cfg.token.is_some() => format!("Bearer {}", cfg.token.as_deref().unwrap_or_default()),
             Some(Challenge::Basic) => {
                 let (Some(u), Some(p)) = (&cfg.username, &cfg.password) else {
                     return Err(denied(
-                        "it asks for a user name and password; add them to this registry in the agent config".into(),
+                        "it asks for a user name and password; give them in a [[registry]] with a secret (or the agent config)"
+                            .into(),
                     ));
                 };
                 format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")))

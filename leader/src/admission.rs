@@ -120,6 +120,11 @@ pub fn check_restored(objects: &std::collections::BTreeMap<String, String>, rese
             let name = i.spec.name.as_str().to_string();
             problems.extend(i.spec.check().into_iter().map(|p| problem("ingress", &name, p.field(), p.message)));
             ingresses.push(i.spec);
+        } else if key.starts_with(keys::REGISTRIES) {
+            let r: bramble_proto::model::Registry = decode(key, value.as_bytes())?;
+            let name = r.spec.name.as_str().to_string();
+            problems.extend(named("registry", &name, keys::REGISTRIES));
+            problems.extend(r.spec.check().into_iter().map(|p| problem("registry", &name, p.field(), p.message)));
         } else if key.starts_with(keys::SECRETS) {
             let s: crate::trust::secrets::StoredSecret = decode(key, value.as_bytes())?;
             secret_keys.insert(s.meta.name.clone(), s.sizes.keys().cloned().collect());

@@ -80,7 +80,7 @@ impl ProxyState {
             let wrote = if app.is_some() || config.is_some() {
                 let apps = app.iter().map(|_| NAME.to_string()).collect();
                 let configs = config.iter().map(|_| NAME.to_string()).collect();
-                let done = apps::delete(&h.objects, apps, vec![], vec![], configs, vec![], vec![])?;
+                let done = apps::delete(&h.objects, apps::Names { apps, configs, ..Default::default() })?;
                 for line in done.lines() {
                     let kind = if line.starts_with("app/") { Kind::App } else { Kind::Config };
                     let text = format!("{line} by {WHO}: the leader's [ingress] names no image");
@@ -396,7 +396,8 @@ mod tests {
                     secrets: vec![],
                     configs: vec![],
                     cronjobs: vec![],
-                    ingresses: vec![]
+                    ingresses: vec![],
+                    registries: vec![],
                 }
             ),
             Response::Done(_)
@@ -426,6 +427,7 @@ mod tests {
             configs: vec![],
             cronjobs: vec![],
             ingresses: vec![],
+            registries: vec![],
         };
         assert!(matches!(admin(&api, delete), Response::Error(_)));
         assert!(h.objects.get::<App>(NAME).unwrap().is_some());

@@ -13,6 +13,7 @@
 //! /configs/<name>           Config: files apps mount (plain: configs are not secret)
 //! /cronjobs/<name>          CronJob: a schedule, its job template, the last run it made
 //! /ingresses/<name>         Ingress: a host's paths to services, and its TLS
+//! /registries/<name>        Registry: a registry host's secret, insecure, mirrors
 //! /users/<name>              a user: role, key fingerprint, expiry, who made it, revoked when
 //! /revoked/<key fingerprint> a revoked user certificate (until it would have expired)
 //! /images/<reference>        ImagePlatforms: what an image offers, as a board found out
@@ -56,6 +57,7 @@ pub mod keys {
     pub const CONFIGS: &str = "/configs/";
     pub const CRONJOBS: &str = "/cronjobs/";
     pub const INGRESSES: &str = "/ingresses/";
+    pub const REGISTRIES: &str = "/registries/";
     pub const POLICIES: &str = "/policies/";
     pub const REVOKED: &str = "/revoked/";
     pub const VOLUME_HOMES: &str = "/volume-homes/";
@@ -139,6 +141,7 @@ object!(Replica, "replica", keys::REPLICAS);
 object!(bramble_proto::model::Config, "config", keys::CONFIGS);
 object!(bramble_proto::model::CronJob, "cronjob", keys::CRONJOBS);
 object!(bramble_proto::model::Ingress, "ingress", keys::INGRESSES);
+object!(bramble_proto::model::Registry, "registry", keys::REGISTRIES);
 object!(bramble_proto::model::Policy, "policy", keys::POLICIES);
 
 /// The key of object `name` of kind `T`.

@@ -22,6 +22,7 @@ pub mod network;
 pub mod object;
 pub mod platform;
 pub mod quantity;
+pub mod registry_auth;
 pub mod report;
 pub mod selector;
 pub mod source;

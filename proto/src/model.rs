@@ -329,6 +329,13 @@ pub struct Ingress {
     pub spec: crate::manifest::IngressSpec,
 }
 
+/// How boards reach a registry: credentials from a secret, plain HTTP, mirrors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registry {
+    pub meta: ObjectMeta,
+    pub spec: crate::manifest::RegistrySpec,
+}
+
 /// Jobs made on a schedule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CronJob {

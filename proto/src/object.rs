@@ -18,10 +18,11 @@ pub enum Kind {
     Config,
     CronJob,
     Ingress,
+    Registry,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Node,
         Kind::App,
         Kind::Replica,
@@ -31,6 +32,7 @@ impl Kind {
         Kind::Config,
         Kind::CronJob,
         Kind::Ingress,
+        Kind::Registry,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +46,7 @@ impl Kind {
             Kind::Config => "config",
             Kind::CronJob => "cronjob",
             Kind::Ingress => "ingress",
+            Kind::Registry => "registry",
         }
     }
 }
@@ -59,7 +62,7 @@ impl FromStr for Kind {
     fn from_str(s: &str) -> Result<Kind, ObjectRefError> {
         Kind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
             ObjectRefError(format!(
-                "unknown kind {s:?}: expected node, app, replica, service, secret, user, config, cronjob or ingress"
+                "unknown kind {s:?}: expected node, app, replica, service, secret, user, config, cronjob, ingress or registry"
             ))
         })
     }

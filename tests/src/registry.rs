@@ -28,10 +28,15 @@ impl Registry {
     /// Starts a plain-HTTP registry inside network namespace `ns` on `ip:5000`, for agents in
     /// other namespaces of the same lab.
     pub fn start_in_netns(ns: &str, ip: &str) -> Registry {
-        Self::start_in(Some((ns, ip)), None, None)
+        Self::start_in(Some((ns, ip, 5000)), None, None)
     }
 
-    fn start_in(netns: Option<(&str, &str)>, htpasswd: Option<&Path>, tls: Option<(&Path, &Path)>) -> Registry {
+    /// [`Registry::start_in_netns`] on another port, with basic auth from `htpasswd` if given.
+    pub fn start_in_netns_on(ns: &str, ip: &str, port: u16, htpasswd: Option<&Path>) -> Registry {
+        Self::start_in(Some((ns, ip, port)), htpasswd, None)
+    }
+
+    fn start_in(netns: Option<(&str, &str, u16)>, htpasswd: Option<&Path>, tls: Option<(&Path, &Path)>) -> Registry {
         let bin = Path::new("/usr/bin/docker-registry");
         assert!(
             bin.exists(),
@@ -40,7 +45,7 @@ impl Registry {
         let dir = tempfile::Builder::new().prefix("bramble-registry-").tempdir().expect("temp dir");
         let storage = dir.path().join("storage");
         let (host, port) = match netns {
-            Some((_, ip)) => (ip.to_string(), 5000),
+            Some((_, ip, port)) => (ip.to_string(), port),
             None => ("127.0.0.1".to_string(), free_port()),
         };
         let mut cfg = format!(
@@ -58,13 +63,13 @@ impl Registry {
         let log = dir.path().join("registry.log");
         let args = ["serve".to_string(), cfg_path.display().to_string()];
         let proc = match netns {
-            Some((ns, _)) => Proc::spawn("registry", ns, bin, &args, &log),
+            Some((ns, _, _)) => Proc::spawn("registry", ns, bin, &args, &log),
             None => Proc::spawn_host("registry", bin, &args, &log),
         };
         let addr = format!("{host}:{port}");
         let start = Instant::now();
         loop {
-            if let Some((ns, _)) = netns {
+            if let Some((ns, _, _)) = netns {
                 // Reachable from inside its namespace (bash's /dev/tcp: no extra tool needed).
                 let probe = std::process::Command::new("ip")
                     .args(["netns", "exec", ns, "bash", "-c", &format!("exec 3<>/dev/tcp/{host}/{port}")])

@@ -55,6 +55,8 @@ pub struct Board {
     /// The secrets (name → version) and configs the board holds, as its sessions gave them.
     pub secrets: BTreeMap<String, u64>,
     pub configs: BTreeMap<String, u64>,
+    /// Registry settings it holds, by host, with their versions.
+    pub registries: BTreeMap<String, u64>,
     /// The board's real network controller (`net::node`) against a recording kernel: what the
     /// leader's views become in its nft table, its DNS and its `network.json`.
     net: NetController<FakeKernel>,
@@ -178,6 +180,7 @@ fn make_board(objects: &Objects, clock: &Arc<ManualClock>, n: usize, arch: &Arch
         jobs: Vec::new(),
         secrets: BTreeMap::new(),
         configs: BTreeMap::new(),
+        registries: BTreeMap::new(),
         net,
         kernel,
         net_applied,
@@ -796,6 +799,12 @@ impl Board {
                     .get::<bramble_proto::model::Config>(name)
                     .map_err(|e| e.to_string())?
                     .map(|v| (v.value.meta.generation, BTreeMap::new())),
+                Payload::Registries => objects
+                    .list::<bramble_proto::model::Registry>()
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .find(|v| v.value.spec.host == name)
+                    .map(|v| (v.value.meta.generation, BTreeMap::new())),
             })
         };
         let mut network = false;
@@ -812,6 +821,7 @@ impl Board {
                     }
                     Output::Secrets { put, drop, full } => apply(&mut self.secrets, put, &drop, full),
                     Output::Configs { put, drop, full } => apply(&mut self.configs, put, &drop, full),
+                    Output::Registries { put, drop, full } => apply(&mut self.registries, put, &drop, full),
                     Output::Renewed { .. } => {}
                 }
             }

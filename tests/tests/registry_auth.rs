@@ -53,7 +53,9 @@ fn basic_auth_with_credentials_from_config() {
     };
     let e = pull(&cfg(None, None), &dir.path().join("s1"), &dest).unwrap_err();
     assert!(
-        e.to_string().contains("asks for a user name and password; add them to this registry in the agent config"),
+        e.to_string().contains(
+            "asks for a user name and password; give them in a [[registry]] with a secret (or the agent config)"
+        ),
         "{e}"
     );
     let e = pull(&cfg(Some("pi"), Some("wrong")), &dir.path().join("s2"), &dest).unwrap_err();

@@ -76,6 +76,8 @@ pub struct Handle {
     pub secrets: Arc<crate::secrets::Secrets>,
     /// Configs the leader sent for this board's replicas (the same way, readable by all).
     pub configs: Arc<crate::secrets::Secrets>,
+    /// The cluster's registry settings for this board's pulls (memory only).
+    pub registries: Arc<crate::registries::Registries>,
 }
 
 /// Where the agent keeps containers' pieces.
@@ -177,12 +179,11 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
         host_ports: config.host_port_policy(),
         devices: config.devices.clone(),
     });
-    let images = Arc::new(StoreImages {
-        store,
-        client: Arc::new(RegistryClient::new(config.images.registries.clone())),
-        unpack: config.images.unpack_options(),
-        arch: crate::sysinfo::arch(),
-    });
+    crate::registries::warn_plain_text(&config.images.registries);
+    let client = Arc::new(RegistryClient::new(config.images.registries.clone()));
+    let registries = Arc::new(crate::registries::Registries::new(client.clone()));
+    let images =
+        Arc::new(StoreImages { store, client, unpack: config.images.unpack_options(), arch: crate::sysinfo::arch() });
     let (inputs, rx) = sync_channel(INPUTS);
     let (status_tx, status) = tokio::sync::watch::channel(Statuses::new());
     let (ev_tx, events) = tokio::sync::mpsc::channel(EVENTS);
@@ -217,6 +218,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
         network_problem: None,
         secrets,
         configs,
+        registries,
     })
 }
 

@@ -53,6 +53,12 @@ pub enum Output {
         drop: Vec<String>,
         full: bool,
     },
+    /// To the registry client: how to reach the registries this board's replicas pull from.
+    Registries {
+        put: Payloads,
+        drop: Vec<String>,
+        full: bool,
+    },
     /// A certificate for the key this session asked with: check it is this node's, keep both.
     Renewed {
         cert_pem: String,
@@ -141,6 +147,7 @@ impl Session {
                 }
                 vec![Output::Configs { put: payloads(put), drop, full }]
             }
+            LeaderMsg::Registries { put, drop, full } => vec![Output::Registries { put: payloads(put), drop, full }],
             LeaderMsg::Renewed { cert_pem, error } => match (cert_pem, self.renew_key.take()) {
                 (Some(cert_pem), Some(key_pem)) => vec![Output::Renewed { cert_pem, key_pem }],
                 (Some(_), None) => {

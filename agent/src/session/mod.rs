@@ -462,6 +462,7 @@ async fn perform(
                     tell_reconciler(work, Input::ConfigsChanged { changed }).await;
                 }
             }
+            Output::Registries { put, drop, full } => work.registries.update(put, &drop, full),
             Output::Renewed { cert_pem, key_pem } => match renewed(&config.data_dir, creds, cert_pem, key_pem) {
                 Ok(until) => info!("certificate renewed: valid until {until}"),
                 Err(e) => warn!("cannot keep the renewed certificate: {e}"),

@@ -143,7 +143,8 @@ pub fn load_with_sources(files: &[String]) -> Result<(Manifest, Sources), CliErr
                     .chain(m.services.iter().map(|s| ("service", s.name.as_str().to_string())).enumerate())
                     .chain(m.configs.iter().map(|c| ("config", c.name.as_str().to_string())).enumerate())
                     .chain(m.cronjobs.iter().map(|c| ("cronjob", c.name.as_str().to_string())).enumerate())
-                    .chain(m.ingresses.iter().map(|i| ("ingress", i.name.as_str().to_string())).enumerate());
+                    .chain(m.ingresses.iter().map(|i| ("ingress", i.name.as_str().to_string())).enumerate())
+                    .chain(m.registries.iter().map(|r| ("registry", r.name.as_str().to_string())).enumerate());
                 for (i, (kind, name)) in names {
                     sources.0.entry((kind.to_string(), name)).or_insert_with(|| (shown.clone(), text.clone(), i));
                 }
@@ -154,6 +155,7 @@ pub fn load_with_sources(files: &[String]) -> Result<(Manifest, Sources), CliErr
                 all.configs.extend(m.configs);
                 all.cronjobs.extend(m.cronjobs);
                 all.ingresses.extend(m.ingresses);
+                all.registries.extend(m.registries);
             }
             Err(e) => errors.extend(e.0.iter().map(|e| e.to_string())),
         }
@@ -171,9 +173,10 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         && m.configs.is_empty()
         && m.cronjobs.is_empty()
         && m.ingresses.is_empty()
+        && m.registries.is_empty()
     {
         return Err(CliError::Other(
-            "nothing to apply: the manifests hold no [[app]], [[job]], [[cronjob]], [[service]], [[ingress]] or [[config]]"
+            "nothing to apply: the manifests hold no [[app]], [[job]], [[cronjob]], [[service]], [[ingress]], [[config]] or [[registry]]"
                 .into(),
         ));
     }
@@ -184,6 +187,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         configs: m.configs,
         cronjobs: m.cronjobs,
         ingresses: m.ingresses,
+        registries: m.registries,
         dry_run,
     };
     match request(config, req).await.map_err(|e| sources.explain(e))? {

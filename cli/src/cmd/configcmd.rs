@@ -93,6 +93,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         configs: vec![spec],
         cronjobs: Vec::new(),
         ingresses: Vec::new(),
+        registries: Vec::new(),
         dry_run: false,
     };
     match request(config, req).await? {

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// `app`, `job`, `cronjob` (with its jobs), `service`, `secret`, `config` or `node`, then names;
-    /// or use -f.
+    /// `app`, `job`, `cronjob` (with its jobs), `service`, `secret`, `config`, `ingress`, `registry`
+    /// or `node`, then names; or use -f.
     #[arg(value_name = "KIND NAME")]
     what: Vec<String>,
     /// Delete what these manifests declare.
@@ -21,7 +21,7 @@ pub struct Args {
 
 pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let (mut apps, mut services, mut secrets, mut configs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut cronjobs, mut ingresses) = (Vec::new(), Vec::new());
+    let (mut cronjobs, mut ingresses, mut registries) = (Vec::new(), Vec::new(), Vec::new());
     if !args.files.is_empty() {
         let m = super::apply::load(&args.files)?;
         apps.extend(m.apps.iter().map(|a| a.name.to_string()));
@@ -29,6 +29,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         configs.extend(m.configs.iter().map(|c| c.name.to_string()));
         cronjobs.extend(m.cronjobs.iter().map(|c| c.name.to_string()));
         ingresses.extend(m.ingresses.iter().map(|i| i.name.to_string()));
+        registries.extend(m.registries.iter().map(|r| r.name.to_string()));
     }
     if let Some(sel) = &args.selector {
         if sel.is_empty()
@@ -62,9 +63,10 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
             // Its jobs go with it.
             "cronjob" | "cronjobs" | "cj" => cronjobs.extend(names.iter().cloned()),
             "ingress" | "ingresses" | "ing" => ingresses.extend(names.iter().cloned()),
+            "registry" | "registries" | "reg" => registries.extend(names.iter().cloned()),
             other => {
                 return Err(CliError::Other(format!(
-                    "cannot delete {other:?}: expected app, job, cronjob, service, secret, config or node"
+                    "cannot delete {other:?}: expected app, job, cronjob, service, secret, config, ingress, registry or node"
                 )))
             }
         }
@@ -75,10 +77,12 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
         && configs.is_empty()
         && cronjobs.is_empty()
         && ingresses.is_empty()
+        && registries.is_empty()
     {
         return Err(CliError::Other("nothing to delete: give `app NAME` or -f FILE".into()));
     }
-    match request(config, Request::Delete { apps, services, secrets, configs, cronjobs, ingresses }).await? {
+    match request(config, Request::Delete { apps, services, secrets, configs, cronjobs, ingresses, registries }).await?
+    {
         Response::Done(m) => {
             println!("{m}");
             Ok(())

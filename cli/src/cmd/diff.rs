@@ -1,5 +1,5 @@
 //! `bramble diff -f FILE|DIR|-`: what applying the manifests would change, per object (app, job,
-//! service, config, cron job, ingress), as a unified diff of the stored spec and the new one (both as TOML, defaults
+//! service, config, cron job, ingress, registry), as a unified diff of the stored spec and the new one (both as TOML, defaults
 //! written out; a job as `[[job]]`). Exit 0: nothing would change; 1: something would (kubectl's
 //! convention); above 1: an error.
 
@@ -68,6 +68,11 @@ struct IngressDoc<'a> {
 }
 
 #[derive(Serialize)]
+struct RegistryDoc<'a> {
+    registry: [&'a bramble_proto::manifest::RegistrySpec; 1],
+}
+
+#[derive(Serialize)]
 struct ConfigDoc<'a> {
     config: [&'a ConfigSpec; 1],
 }
@@ -123,6 +128,14 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
             r => return Err(unexpected(&r)),
         }
     };
+    let registries = if m.registries.is_empty() {
+        Vec::new()
+    } else {
+        match request(config.clone(), Request::GetRegistries).await? {
+            Response::Registries(r) => r,
+            r => return Err(unexpected(&r)),
+        }
+    };
     let ingresses = if m.ingresses.is_empty() {
         Vec::new()
     } else {
@@ -151,6 +164,10 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     for i in &m.ingresses {
         let stored = ingresses.iter().find(|v| v.spec.name == i.name).map(|v| &v.spec);
         diffs.push(compare("ingress", i.name.as_str(), stored, i, |v| toml_of(&IngressDoc { ingress: [v] }))?);
+    }
+    for r in &m.registries {
+        let stored = registries.iter().find(|v| v.spec.name == r.name).map(|v| &v.spec);
+        diffs.push(compare("registry", r.name.as_str(), stored, r, |v| toml_of(&RegistryDoc { registry: [v] }))?);
     }
     if args.output == Format::Json {
         print!("{}", json(&diffs));

@@ -99,7 +99,7 @@ fn pick_manifest<T: serde::Serialize, S: serde::Serialize>(
         Output::Toml => {
             let specs: Vec<S> = list.iter().filter_map(&spec_of).collect();
             if specs.len() != list.len()
-                || !matches!(kind, "app" | "job" | "cronjob" | "ingress" | "service" | "config")
+                || !matches!(kind, "app" | "job" | "cronjob" | "ingress" | "registry" | "service" | "config")
             {
                 return Err(CliError::Other(format!("a {kind} has no manifest form: use -o json")));
             }
@@ -126,6 +126,9 @@ enum Kind {
     /// Ingresses: HOST, its PATHS to services, TLS.
     #[value(alias = "ingress", alias = "ing")]
     Ingresses,
+    /// Registries: HOST, SECRET (its name; never a credential), INSECURE, MIRRORS.
+    #[value(alias = "registry", alias = "reg")]
+    Registries,
     #[value(alias = "service", alias = "svc")]
     Services,
     #[value(alias = "replica", alias = "rs")]
@@ -205,6 +208,7 @@ async fn fetch(config: &Option<PathBuf>, args: &Args) -> Result<Option<Rows>, Cl
         Kind::Jobs => jobs(config, name, output).await,
         Kind::CronJobs => cronjobs(config, name, output).await,
         Kind::Ingresses => ingresses(config, name, output).await,
+        Kind::Registries => registries(config, name, output).await,
         Kind::Services => services(config, name, output).await,
         Kind::Replicas => replicas(config, args.app.clone(), name, output, &sel).await,
         Kind::Secrets => secrets(config, name, output).await,
@@ -472,6 +476,32 @@ pub fn relative(ms: u64) -> String {
     } else {
         format!("in {}", text(ms - now + 999))
     }
+}
+
+async fn registries(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<Option<Rows>, CliError> {
+    let list = match request(config, Request::GetRegistries).await? {
+        Response::Registries(r) => r,
+        r => return Err(unexpected(&r)),
+    };
+    let spec_of = |r: &bramble_proto::model::Registry| Some(r.spec.clone());
+    let Some(list) = pick_manifest(list, "registry", name, output, |r| &r.meta.name, spec_of)? else {
+        return Ok(None);
+    };
+    let rows = list
+        .iter()
+        .map(|r| {
+            let mirrors = if r.spec.mirrors.is_empty() { "-".to_string() } else { r.spec.mirrors.join(",") };
+            vec![
+                r.meta.name.clone(),
+                r.spec.host.clone(),
+                r.spec.secret.as_ref().map_or("-".into(), |s| s.to_string()),
+                if r.spec.insecure { "yes" } else { "no" }.to_string(),
+                mirrors,
+                super::age(r.meta.created_ms),
+            ]
+        })
+        .collect();
+    Ok(Some((vec!["NAME", "HOST", "SECRET", "INSECURE", "MIRRORS", "AGE"], rows)))
 }
 
 async fn ingresses(config: Option<PathBuf>, name: Option<&str>, output: Output) -> Result<Option<Rows>, CliError> {

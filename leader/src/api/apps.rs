@@ -10,9 +10,10 @@ use crate::events::Events;
 use crate::network::alloc::free_vip;
 use crate::objects::{key, keys, Object, Objects};
 use crate::store::{Expect, StoreError, TxnOp};
-use bramble_proto::manifest::{AppSpec, ConfigSpec, CronJobSpec, IngressSpec, ServiceSpec};
+use bramble_proto::manifest::{AppSpec, ConfigSpec, CronJobSpec, IngressSpec, RegistrySpec, ServiceSpec};
 use bramble_proto::model::{
-    App, Config, CronJob, Event, EventReason, Ingress, Kind, ObjectMeta, ObjectRef, Replica, RevisionRecord, Service,
+    App, Config, CronJob, Event, EventReason, Ingress, Kind, ObjectMeta, ObjectRef, Registry, Replica, RevisionRecord,
+    Service,
 };
 use bramble_proto::network::ClusterNetwork;
 use bramble_proto::time::now_ms;
@@ -82,6 +83,17 @@ impl Applicable for Ingress {
     }
     fn build(meta: ObjectMeta, spec: IngressSpec, _: Option<&Self>) -> Self {
         Ingress { meta, spec }
+    }
+}
+
+impl Applicable for Registry {
+    type Spec = RegistrySpec;
+    const REF: Kind = Kind::Registry;
+    fn spec(&self) -> &RegistrySpec {
+        &self.spec
+    }
+    fn build(meta: ObjectMeta, spec: RegistrySpec, _: Option<&Self>) -> Self {
+        Registry { meta, spec }
     }
 }
 
@@ -231,6 +243,57 @@ fn check_targets(objects: &Objects, apps: &[AppSpec], services: &[ServiceSpec]) 
     refuse(problems)
 }
 
+/// Registries' own checks, then against the cluster: one object per host (stored under another
+/// name counts), and a secret that exists with the keys of credentials (its values are read by
+/// the board that uses them, and by the leader when it sends them).
+fn check_registries(objects: &Objects, registries: &[RegistrySpec]) -> Result<()> {
+    if registries.is_empty() {
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    let mut seen = BTreeSet::new();
+    // The cluster's registries once this apply is in: one per host.
+    let mut after: BTreeMap<String, String> =
+        objects.list::<Registry>()?.into_iter().map(|v| (v.value.meta.name, v.value.spec.host)).collect();
+    after.extend(registries.iter().map(|r| (r.name.as_str().to_string(), r.host.clone())));
+    for r in registries {
+        let name = r.name.as_str();
+        if !seen.insert(name) {
+            problems.push(problem("registry", name, "", "listed twice"));
+        }
+        problems.extend(r.check().into_iter().map(|p| problem("registry", name, p.field(), p.message)));
+        if let Some((other, _)) = after.iter().find(|(n, h)| **h == r.host && n.as_str() != name) {
+            problems.push(problem("registry", name, "host", format!("{} is registry {other}'s host already", r.host)));
+        }
+        let Some(secret) = &r.secret else { continue };
+        match objects.get::<crate::trust::secrets::StoredSecret>(secret.as_str())? {
+            None => problems.push(problem(
+                "registry",
+                name,
+                "secret",
+                format!("secret {secret} does not exist (bramble secret create {secret} --from-literal username=… --from-literal password=…)"),
+            )),
+            Some(v) => {
+                let keys: BTreeSet<&str> = v.value.sizes.keys().map(String::as_str).collect();
+                let basic = keys.contains("username") && keys.contains("password");
+                let docker = bramble_proto::registry_auth::DOCKER_CONFIG_KEYS.iter().any(|k| keys.contains(k));
+                if !(basic || keys.contains("token") || docker) {
+                    problems.push(problem(
+                        "registry",
+                        name,
+                        "secret",
+                        format!(
+                            "secret {secret} holds {}: expected username and password, token, or a Docker config.json (key .dockerconfigjson or config.json)",
+                            keys.iter().copied().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    refuse(problems)
+}
+
 /// Ingresses' own checks, then against the cluster as it will be: hosts and paths claimed once,
 /// backends on services that exist (stored or applied now) with that port, TLS secrets with a
 /// certificate and a key.
@@ -290,6 +353,7 @@ pub struct Specs {
     pub configs: Vec<ConfigSpec>,
     pub cronjobs: Vec<CronJobSpec>,
     pub ingresses: Vec<IngressSpec>,
+    pub registries: Vec<RegistrySpec>,
 }
 
 /// What an apply would write, and what it means.
@@ -306,13 +370,14 @@ struct Prepared {
 fn prepare(
     objects: &Objects,
     (network, reserved): (&ClusterNetwork, &Reserved),
-    Specs { apps, services, configs, cronjobs, ingresses }: Specs,
+    Specs { apps, services, configs, cronjobs, ingresses, registries }: Specs,
     who: &str,
     now: u64,
 ) -> Result<Prepared> {
     check(reserved, &apps, &services, &configs)?;
     refuse(crate::admission::check_cronjobs(reserved, &cronjobs))?;
     check_ingresses(objects, &ingresses, &services)?;
+    check_registries(objects, &registries)?;
     check_targets(objects, &apps, &services)?;
     let (mut denied, mut secret_checks) = super::secrets::access(objects, &apps)?;
     // A cron job's jobs use secrets as the cron job (a secret allowed to `backup` is its jobs').
@@ -381,6 +446,11 @@ fn prepare(
         ops.extend(new.map(|(i, expect)| Objects::put_op(&i, expect)));
         results.push((Ingress::REF, applied));
     }
+    for r in &registries {
+        let (new, applied) = plan::<Registry>(objects, r.name.as_str(), r, who)?;
+        ops.extend(new.map(|(r, expect)| Objects::put_op(&r, expect)));
+        results.push((Registry::REF, applied));
+    }
     for c in &cronjobs {
         let (new, applied) = plan::<CronJob>(objects, c.name.as_str(), c, who)?;
         ops.extend(new.map(|(c, expect)| Objects::put_op(&c, expect)));
@@ -448,16 +518,21 @@ pub fn list<T: Object>(objects: &Objects) -> Result<Vec<T>> {
     Ok(objects.list::<T>()?.into_iter().map(|v| v.value).collect())
 }
 
+/// The objects one delete names, by kind.
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    pub apps: Vec<String>,
+    pub services: Vec<String>,
+    pub secrets: Vec<String>,
+    pub configs: Vec<String>,
+    pub cronjobs: Vec<String>,
+    pub ingresses: Vec<String>,
+    pub registries: Vec<String>,
+}
+
 /// Deletes every named object, or none if one is missing.
-pub fn delete(
-    objects: &Objects,
-    apps: Vec<String>,
-    services: Vec<String>,
-    secrets: Vec<String>,
-    configs: Vec<String>,
-    cronjobs: Vec<String>,
-    ingresses: Vec<String>,
-) -> Result<String> {
+pub fn delete(objects: &Objects, names: Names) -> Result<String> {
+    let Names { apps, services, secrets, configs, cronjobs, ingresses, registries } = names;
     let mut ops = Vec::new();
     let mut missing = Vec::new();
     let mut done = Vec::new();
@@ -477,7 +552,8 @@ pub fn delete(
         .chain(services.iter().map(|n| (key::<Service>(n), Service::KIND, n)))
         .chain(configs.iter().map(|n| (key::<Config>(n), Config::KIND, n)))
         .chain(cronjobs.iter().map(|n| (key::<CronJob>(n), CronJob::KIND, n)))
-        .chain(ingresses.iter().map(|n| (key::<Ingress>(n), Ingress::KIND, n)));
+        .chain(ingresses.iter().map(|n| (key::<Ingress>(n), Ingress::KIND, n)))
+        .chain(registries.iter().map(|n| (key::<Registry>(n), Registry::KIND, n)));
     for (key, kind, n) in names {
         match objects.store().get(&key)? {
             Some(kv) => {

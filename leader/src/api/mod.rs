@@ -292,12 +292,12 @@ impl Api {
             {
                 Err(e)
             }
-            Request::Apply { apps, services, configs, cronjobs, ingresses, dry_run: true } => {
-                let specs = apps::Specs { apps, services, configs, cronjobs, ingresses };
+            Request::Apply { apps, services, configs, cronjobs, ingresses, registries, dry_run: true } => {
+                let specs = apps::Specs { apps, services, configs, cronjobs, ingresses, registries };
                 Ok(Response::Planned(apps::dry_run(&self.context(), &self.reserved, specs, now_ms())?))
             }
-            Request::Apply { apps, services, configs, cronjobs, ingresses, dry_run: false } => {
-                let objects = apps::Specs { apps, services, configs, cronjobs, ingresses };
+            Request::Apply { apps, services, configs, cronjobs, ingresses, registries, dry_run: false } => {
+                let objects = apps::Specs { apps, services, configs, cronjobs, ingresses, registries };
                 let cluster = (self.network.as_ref(), self.reserved.as_ref());
                 let applied = apps::apply(&self.objects, &self.events, cluster, objects, who, now_ms())?;
                 self.published.kick.notify_one();
@@ -322,9 +322,16 @@ impl Api {
                 Ok(Response::Done(done))
             }
             Request::GetIngresses => Ok(Response::Ingresses(apps::list(&self.objects)?)),
+            Request::GetRegistries => Ok(Response::Registries(apps::list(&self.objects)?)),
             Request::GetIngress { name } => self.ingresses().describe(&self.services(), &name, now_ms()),
-            Request::Delete { apps, services, secrets, configs, cronjobs, ingresses } => {
-                let done = apps::delete(&self.objects, apps, services, secrets, configs, cronjobs, ingresses)?;
+            Request::Delete { apps, services, secrets, configs, cronjobs, ingresses, registries } => {
+                // Boards drop the settings of a registry that is gone.
+                let bump = !registries.is_empty();
+                let names = apps::Names { apps, services, secrets, configs, cronjobs, ingresses, registries };
+                let done = apps::delete(&self.objects, names)?;
+                if bump {
+                    self.published.secrets.send_modify(|v| *v += 1);
+                }
                 self.ingress.wake.notify_one();
                 for line in done.lines() {
                     let Some(object) = line.split(' ').next().and_then(|r| r.parse::<ObjectRef>().ok()) else {
@@ -415,7 +422,8 @@ impl Api {
 
 /// The least role that may make `request`. Viewers read (never a secret's value: nothing
 /// returns one); deployers change apps, services and secrets; admins do everything, including
-/// nodes, tokens, users, `exec` (which could read a secret) and the boards' images and volumes.
+/// nodes, tokens, users, registries, `exec` (which could read a secret) and the boards' images
+/// and volumes.
 pub fn required_role(request: &Request) -> Role {
     match request {
         Request::GetNodes
@@ -425,6 +433,7 @@ pub fn required_role(request: &Request) -> Role {
         | Request::GetCronJobs
         | Request::GetIngresses
         | Request::GetIngress { .. }
+        | Request::GetRegistries
         | Request::GetServices
         | Request::GetService { .. }
         | Request::GetSecrets
@@ -442,6 +451,9 @@ pub fn required_role(request: &Request) -> Role {
         | Request::Volume { op: VolumeOp::Ls, .. }
         | Request::Image { op: ImageOp::Ls, .. }
         | Request::Join { .. } => Role::Viewer,
+        // Registries decide where boards send credentials: admins only.
+        Request::Apply { registries, .. } if !registries.is_empty() => Role::Admin,
+        Request::Delete { registries, .. } if !registries.is_empty() => Role::Admin,
         Request::Apply { .. }
         | Request::Delete { .. }
         | Request::RunCronJob { .. }
@@ -499,6 +511,7 @@ pub mod testing {
     pub fn apply(api: &Api, text: &str) -> Response {
         let m = bramble_proto::manifest::parse_manifest("t.toml", text).unwrap();
         let (apps, services, configs, cronjobs, ingresses) = (m.apps, m.services, m.configs, m.cronjobs, m.ingresses);
-        admin(api, Request::Apply { apps, services, configs, cronjobs, ingresses, dry_run: false })
+        let registries = m.registries;
+        admin(api, Request::Apply { apps, services, configs, cronjobs, ingresses, registries, dry_run: false })
     }
 }

@@ -79,8 +79,9 @@ impl Rollouts<'_> {
                 .map(|a| a.name.as_str())
                 .collect()
         };
-        if applied.iter().any(|a| a.kind == "config" && a.outcome != Outcome::Unchanged) {
-            // Sessions look again at what their boards need (new and changed configs).
+        if applied.iter().any(|a| matches!(a.kind.as_str(), "config" | "registry") && a.outcome != Outcome::Unchanged) {
+            // Sessions look again at what their boards need (new and changed configs and
+            // registries).
             self.published.secrets.send_modify(|v| *v += 1);
         }
         let configs = changed("config");

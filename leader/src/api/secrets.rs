@@ -282,3 +282,84 @@ mod tests {
         apply(&api, "thief").unwrap();
     }
 }
+
+#[cfg(test)]
+mod registry_tests {
+    use crate::api::Api;
+    use crate::boards::nodes::NodeRegistry;
+    use crate::error::Error;
+    use crate::events::Events;
+    use crate::objects::Objects;
+    use crate::store::{MemStore, Store};
+    use bramble_proto::manifest::parse_manifest;
+    use bramble_proto::wire::Request;
+    use bramble_transport::pki::Role;
+    use std::sync::Arc;
+
+    fn apply(api: &Api, text: &str) -> crate::error::Result<Vec<bramble_proto::wire::Applied>> {
+        let registries = parse_manifest("t.toml", text).unwrap().registries;
+        let cluster = (api.network.as_ref(), api.reserved.as_ref());
+        let specs = crate::api::apps::Specs { registries, ..Default::default() };
+        crate::api::apps::apply(&api.objects, &api.events, cluster, specs, "admin:root", 1)
+    }
+
+    fn problems(r: crate::error::Result<Vec<bramble_proto::wire::Applied>>) -> String {
+        match r {
+            Err(Error::Problems(p)) => {
+                p.iter().map(|p| format!("{}: {}", p.field, p.message)).collect::<Vec<_>>().join("; ")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn registries_are_admins_and_name_a_secret_with_credentials_and_a_host_once() {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let events = Arc::new(Events::new());
+        let nodes = Arc::new(NodeRegistry::new(std::time::Duration::from_secs(15), events.clone()));
+        let api = Api::new(
+            Objects::new(store),
+            bramble_transport::pki::Ca::generate("t").unwrap(),
+            nodes,
+            events,
+            Default::default(),
+        );
+        let lan = "[[registry]]\nname = \"lan\"\nhost = \"reg.lan:5000\"\nsecret = \"reg\"\n";
+        // A deployer may not: a registry decides where boards send credentials.
+        let m = parse_manifest("t.toml", lan).unwrap();
+        let req = Request::Apply {
+            apps: vec![],
+            services: vec![],
+            configs: vec![],
+            cronjobs: vec![],
+            ingresses: vec![],
+            registries: m.registries,
+            dry_run: false,
+        };
+        assert_eq!(crate::api::required_role(&req), Role::Admin);
+        let del = Request::Delete {
+            apps: vec![],
+            services: vec![],
+            secrets: vec![],
+            configs: vec![],
+            cronjobs: vec![],
+            ingresses: vec![],
+            registries: vec!["lan".into()],
+        };
+        assert_eq!(crate::api::required_role(&del), Role::Admin);
+        assert_eq!(crate::api::required_role(&Request::GetRegistries), Role::Viewer);
+        assert!(problems(apply(&api, lan)).contains("secret: secret reg does not exist"));
+        api.secrets().put_secret("reg", [("tls.crt".to_string(), b"x".to_vec())].into(), true, "admin:root").unwrap();
+        let p = problems(apply(&api, lan));
+        assert!(p.contains("secret reg holds tls.crt: expected username and password, token"), "{p}");
+        let values = [("username".to_string(), b"pi".to_vec()), ("password".to_string(), b"raspberry".to_vec())];
+        api.secrets().put_secret("reg", values.into(), false, "admin:root").unwrap();
+        apply(&api, lan).unwrap();
+        // One object per host.
+        let p = problems(apply(&api, "[[registry]]\nname = \"again\"\nhost = \"reg.lan:5000\"\n"));
+        assert!(p.contains("host: reg.lan:5000 is registry lan's host already"), "{p}");
+        // Renaming the host of the one that holds it is fine.
+        apply(&api, "[[registry]]\nname = \"lan\"\nhost = \"reg2.lan:5000\"\nsecret = \"reg\"\n").unwrap();
+        apply(&api, "[[registry]]\nname = \"again\"\nhost = \"reg.lan:5000\"\nmirrors = [\"cache.lan\"]\n").unwrap();
+    }
+}

@@ -52,6 +52,7 @@ fn a_service_keeps_its_vip_for_life_and_gives_it_back_when_deleted() {
             configs: vec![],
             cronjobs: vec![],
             ingresses: vec![],
+            registries: vec![],
         },
     );
     apply(&api, &SVC.replace("\"web\"\napp", "\"cache\"\napp"));

@@ -4,8 +4,9 @@
 //! the secrets' and configs' current versions read from the store; it gets back the messages to
 //! send. The rules:
 //! - the network first: a board knows its pod subnet and the services before it starts pods;
-//! - then the secrets and configs the replicas of its set use, before the set that needs them —
-//!   never one that no replica there uses, and a drop when the last user is gone;
+//! - then the secrets and configs the replicas of its set use, and the settings of the registries
+//!   their images come from, before the set that needs them — never one that no replica there
+//!   uses, and a drop when the last user is gone;
 //! - then the set: whole at the start of the session, changes after;
 //! - after a restore, until every board has been seen, additions only (a set sent whole would
 //!   stop what the backup does not know); then the whole set, once.
@@ -19,12 +20,16 @@ use std::collections::{BTreeMap, BTreeSet};
 /// A secret's or config's version and its files.
 pub type Versioned = (u64, BTreeMap<String, Vec<u8>>);
 
-/// Secrets or configs: what a board is sent for its replicas.
+/// Secrets, configs or registry settings: what a board is sent for its replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Payload {
     Secrets,
     Configs,
+    /// By registry host: the `[[registry]]` for each host the replicas' images come from.
+    Registries,
 }
+
+const KINDS: [Payload; 3] = [Payload::Secrets, Payload::Configs, Payload::Registries];
 
 impl Payload {
     /// The names the replicas of `set` use.
@@ -33,6 +38,10 @@ impl Payload {
             .flat_map(|a| match self {
                 Payload::Secrets => a.spec.secret_names().into_iter().collect::<Vec<_>>(),
                 Payload::Configs => a.spec.configs.iter().map(|c| c.name.as_str().to_string()).collect(),
+                Payload::Registries => std::iter::once(&a.spec.image)
+                    .chain(a.spec.containers.iter().chain(&a.spec.init).map(|c| &c.image))
+                    .map(|i| i.registry.clone())
+                    .collect(),
             })
             .collect()
     }
@@ -47,9 +56,10 @@ pub struct Session {
     held_back: bool,
     sent_secrets: BTreeMap<String, u64>,
     sent_configs: BTreeMap<String, u64>,
-    /// Whether this session has sent secrets, configs (the first message of each is `full`: the
-    /// board may hold some from an earlier session that it no longer needs).
-    sent_payloads: [bool; 2],
+    sent_registries: BTreeMap<String, u64>,
+    /// Whether this session has sent secrets, configs, registries (the first message of each is
+    /// `full`: the board may hold some from an earlier session that it no longer needs).
+    sent_payloads: [bool; 3],
     /// Secrets and configs are looked at when one changed or this board's set did, not on every
     /// heartbeat.
     check_payloads: bool,
@@ -64,7 +74,8 @@ impl Session {
             held_back: false,
             sent_secrets: BTreeMap::new(),
             sent_configs: BTreeMap::new(),
-            sent_payloads: [false; 2],
+            sent_registries: BTreeMap::new(),
+            sent_payloads: [false; 3],
             check_payloads: true,
         }
     }
@@ -103,7 +114,7 @@ impl Session {
         }
         if let Some(set) = set.as_ref().filter(|_| self.check_payloads) {
             self.check_payloads = false;
-            for kind in [Payload::Secrets, Payload::Configs] {
+            for kind in KINDS {
                 match self.payloads(kind, set, restoring, &mut load) {
                     Ok(msg) => out.extend(msg),
                     Err(e) => tracing::warn!("cannot send {kind:?}: {e}"),
@@ -139,18 +150,28 @@ impl Session {
         let (sent, started) = match kind {
             Payload::Secrets => (&mut self.sent_secrets, &mut self.sent_payloads[0]),
             Payload::Configs => (&mut self.sent_configs, &mut self.sent_payloads[1]),
+            Payload::Registries => (&mut self.sent_registries, &mut self.sent_payloads[2]),
         };
         // A full message replaces what the board holds: it carries every one the set uses, even
         // those sent before (during a restore's hold-back).
         let full = !*started && !restoring;
         let mut put = Vec::new();
+        let mut gone = Vec::new();
         for name in &needed {
-            let Some((version, values)) = load(kind, name)? else { continue };
+            let Some((version, values)) = load(kind, name)? else {
+                // A registry's settings that are gone go from the board too (a secret or config
+                // that is gone stays with the replicas that use it until they stop).
+                if kind == Payload::Registries && sent.contains_key(name) {
+                    gone.push(name.clone());
+                }
+                continue;
+            };
             if full || sent.get(name) != Some(&version) {
                 put.push(SecretPayload { name: name.clone(), version, values: SecretValues(values) });
             }
         }
-        let drop: Vec<String> = sent.keys().filter(|n| !needed.contains(*n)).cloned().collect();
+        let mut drop: Vec<String> = sent.keys().filter(|n| !needed.contains(*n)).cloned().collect();
+        drop.extend(gone);
         *started |= full;
         if put.is_empty() && drop.is_empty() && !full {
             return Ok(None);
@@ -164,6 +185,7 @@ impl Session {
         Ok(Some(match kind {
             Payload::Secrets => LeaderMsg::Secrets { put, drop, full },
             Payload::Configs => LeaderMsg::Configs { put, drop, full },
+            Payload::Registries => LeaderMsg::Registries { put, drop, full },
         }))
     }
 }

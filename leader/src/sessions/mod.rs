@@ -9,12 +9,14 @@ pub mod reports;
 use crate::boards::nodes::Session;
 use bramble_proto::codec::MAX_FRAME_LEN;
 use bramble_proto::model::Node;
+use bramble_proto::registry_auth::Credentials;
 use bramble_proto::time::now_ms;
 use bramble_proto::wire::{AgentMsg, ApiError, ErrorCode, Hello, LeaderMsg};
 use bramble_transport::quic::{read_frame, write_frame};
 use bramble_transport::Identity;
 use machine::{Payload, Versioned};
 use quinn::{Connection, RecvStream, SendStream};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -247,7 +249,78 @@ fn load(api: &Handles, kind: Payload, name: &str) -> Result<Option<Versioned>, S
             let files = v.value.spec.files.into_iter().map(|(k, s)| (k, s.into_bytes())).collect();
             Ok(Some((v.value.meta.generation, files)))
         }
+        Payload::Registries => {
+            let registries: Vec<bramble_proto::model::Registry> =
+                api.ctx.objects.list().map_err(|e| e.to_string())?.into_iter().map(|v| v.value).collect();
+            let credentials = |r: &bramble_proto::manifest::RegistrySpec| -> Result<Option<Credentials>, String> {
+                let Some(secret) = &r.secret else { return Ok(None) };
+                let Some(v) = api
+                    .ctx
+                    .objects
+                    .get::<crate::trust::secrets::StoredSecret>(secret.as_str())
+                    .map_err(|e| e.to_string())?
+                else {
+                    warn!(registry = %r.name, "secret {secret} does not exist: boards pull from {} without credentials", r.host);
+                    return Ok(None);
+                };
+                let values = api.keyring.open(secret.as_str(), &v.value.sealed).map_err(|e| e.to_string())?;
+                match bramble_proto::registry_auth::from_secret(&r.host, &values) {
+                    Ok(c) => Ok(Some(c)),
+                    Err(e) => {
+                        warn!(registry = %r.name, "secret {secret} gives no credentials for {}: {e}", r.host);
+                        Ok(None)
+                    }
+                }
+            };
+            let Some(r) = registries.iter().find(|r| r.spec.host == name) else { return Ok(None) };
+            let mut values = registry_values(&r.spec, credentials(&r.spec)?.as_ref(), "");
+            for m in &r.spec.mirrors {
+                if let Some(mr) = registries.iter().find(|x| &x.spec.host == m) {
+                    values.extend(registry_values(&mr.spec, credentials(&mr.spec)?.as_ref(), &format!("mirror/{m}/")));
+                }
+            }
+            Ok(Some((version_of(&values), values)))
+        }
     }
+}
+
+/// A registry's settings as a board's payload values, under `prefix` (see `LeaderMsg::Registries`).
+fn registry_values(
+    r: &bramble_proto::manifest::RegistrySpec,
+    credentials: Option<&Credentials>,
+    prefix: &str,
+) -> BTreeMap<String, Vec<u8>> {
+    let mut v = BTreeMap::new();
+    let mut put = |k: &str, value: &str| {
+        v.insert(format!("{prefix}{k}"), value.as_bytes().to_vec());
+    };
+    if r.insecure {
+        put("insecure", "true");
+    }
+    if prefix.is_empty() && !r.mirrors.is_empty() {
+        put("mirrors", &r.mirrors.join(","));
+    }
+    match credentials {
+        Some(Credentials::Basic { username, password }) => {
+            put("username", username);
+            put("password", password);
+        }
+        Some(Credentials::Token(t)) => put("token", t),
+        None => {}
+    }
+    v
+}
+
+/// A version that changes when the values do (FNV-1a over keys and values).
+fn version_of(values: &BTreeMap<String, Vec<u8>>) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for (k, v) in values {
+        for b in k.as_bytes().iter().chain([0u8].iter()).chain(v).chain([0u8].iter()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
 }
 
 async fn handle_agent_msg(api: &Arc<Handles>, name: &str, msg: AgentMsg) {

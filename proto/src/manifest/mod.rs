@@ -1,5 +1,5 @@
-//! TOML manifests: one file may hold many `[[app]]`, `[[job]]`, `[[cronjob]]`, `[[service]]` and
-//! `[[config]]` objects. A job is an app whose mode is `job` (its pod fields are an app's): the leader keeps
+//! TOML manifests: one file may hold many `[[app]]`, `[[job]]`, `[[cronjob]]`, `[[service]]`,
+//! `[[config]]`, `[[ingress]]` and `[[registry]]` objects. A job is an app whose mode is `job` (its pod fields are an app's): the leader keeps
 //! both as apps.
 //!
 //! Parsing and validation happen here, once. Field types validate themselves while they are
@@ -34,6 +34,9 @@ pub struct Manifest {
     /// `[[ingress]]`: web apps by host name from the LAN.
     #[serde(default, rename = "ingress", skip_serializing_if = "Vec::is_empty")]
     pub ingresses: Vec<IngressSpec>,
+    /// `[[registry]]`: credentials, plain HTTP and mirrors for a registry host (admins only).
+    #[serde(default, rename = "registry", skip_serializing_if = "Vec::is_empty")]
+    pub registries: Vec<RegistrySpec>,
 }
 
 impl Manifest {
@@ -107,6 +110,15 @@ pub fn parse_manifest(file: &str, text: &str) -> Result<Manifest, ManifestErrors
     check_kind(file, text, "cronjob", names, &mut errors);
     let names = manifest.ingresses.iter().map(|i| (i.name.as_str(), i.check()));
     check_kind(file, text, "ingress", names, &mut errors);
+    let names = manifest.registries.iter().map(|r| {
+        let mut problems = r.check();
+        if manifest.registries.iter().filter(|o| o.host == r.host).count() > 1 {
+            problems
+                .push(Problem::new(vec![PathPart::Key("host")], format!("{} has two [[registry]] objects", r.host)));
+        }
+        (r.name.as_str(), problems)
+    });
+    check_kind(file, text, "registry", names, &mut errors);
     if errors.is_empty() {
         Ok(manifest)
     } else {

@@ -995,3 +995,31 @@ fn an_ingress_refuses_what_would_reach_the_proxy_unchecked() {
     let none = "[[ingress]]\nname = \"x\"\nhost = \"x.lan\"\n";
     fails(none, 1, 1, "ingress[0].service", "expected a service and port");
 }
+
+#[test]
+fn registries_are_checked_by_their_hosts_parts() {
+    let ok = parse_manifest(
+        "r.toml",
+        "[[registry]]\nname = \"hub\"\nhost = \"docker.io\"\nsecret = \"hub\"\nmirrors = [\"cache.lan:5000\", \"10.0.0.2:5000\"]\n",
+    )
+    .unwrap();
+    assert_eq!(ok.registries[0].mirrors.len(), 2);
+    let bad = |text: &str| parse_manifest("r.toml", text).unwrap_err().to_string();
+    let e = bad("[[registry]]\nname = \"x\"\nhost = \"lan\"\n");
+    assert!(
+        e.contains("r.toml:3") && e.contains("registry[0].host") && e.contains("\"lan\" is not a registry host"),
+        "{e}"
+    );
+    let e = bad("[[registry]]\nname = \"x\"\nhost = \"a.lan/evil\"\n");
+    assert!(e.contains("is not a registry host"), "{e}");
+    let e = bad(
+        "[[registry]]\nname = \"x\"\nhost = \"a.lan\"\nmirrors = [\"a.lan\", \"b.lan\", \"b.lan\", \"user@c.lan\"]\n",
+    );
+    assert!(e.contains("a registry is not its own mirror"), "{e}");
+    assert!(e.contains("b.lan is listed twice"), "{e}");
+    assert!(e.contains("\"user@c.lan\" is not a registry host"), "{e}");
+    let e = bad("[[registry]]\nname = \"x\"\nhost = \"a.lan\"\n[[registry]]\nname = \"y\"\nhost = \"a.lan\"\n");
+    assert!(e.contains("a.lan has two [[registry]] objects"), "{e}");
+    let e = bad("[[registry]]\nname = \"x\"\nhost = \"a.lan\"\npassword = \"hunter2\"\n");
+    assert!(e.contains("unknown field `password`"), "{e}");
+}

@@ -95,12 +95,17 @@ pub enum Request {
         cronjobs: Vec<crate::manifest::CronJobSpec>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         ingresses: Vec<crate::manifest::IngressSpec>,
+        /// Admins only.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        registries: Vec<crate::manifest::RegistrySpec>,
         #[serde(default)]
         dry_run: bool,
     },
     /// Every cron job, with when each runs next.
     GetCronJobs,
     GetIngresses,
+    /// Every `[[registry]]` (hosts, secrets' names, mirrors; never a credential).
+    GetRegistries,
     /// An ingress with its backends, certificate and proxies.
     GetIngress {
         name: String,
@@ -129,6 +134,8 @@ pub enum Request {
         cronjobs: Vec<String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         ingresses: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        registries: Vec<String>,
     },
     /// Creates a secret (`create`: refused if it exists) or replaces its keys (refused if it does
     /// not). Write-only: no request ever returns a value.
@@ -359,6 +366,7 @@ pub enum Response {
     Apps(Vec<App>),
     CronJobs(Vec<CronJobView>),
     Ingresses(Vec<crate::model::Ingress>),
+    Registries(Vec<crate::model::Registry>),
     Ingress(Box<IngressView>),
     Services(Vec<Service>),
     Replicas(Vec<Replica>),

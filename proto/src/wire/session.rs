@@ -69,6 +69,16 @@ pub enum LeaderMsg {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         full: bool,
     },
+    /// How to reach the registries the board's replicas pull from, as `Secrets` (the payload's
+    /// name is the host; its values `insecure`, `mirrors` — comma-separated — and the
+    /// credentials' `username` and `password` or `token`; a mirror's own settings under
+    /// `mirror/<host>/…`). Sent only to boards whose replicas use an image from that host.
+    Registries {
+        put: Vec<SecretPayload>,
+        drop: Vec<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        full: bool,
+    },
     /// The answer to [`AgentMsg::Renew`]: the new certificate, or why there is none.
     Renewed { cert_pem: Option<String>, error: Option<String> },
 }

@@ -340,7 +340,8 @@ fn suspend_apply_run_now_and_delete() {
     assert!(crate::api::cronjobs::run_now(&objects, &events, "nope", "x", "admin:me", t0).is_err());
     // Deleting the cron job deletes its jobs, and nothing else.
     objects.put(&App { cronjob: None, ..job.clone() }.renamed("other"), Expect::Absent).unwrap();
-    let done = delete(&objects, vec![], vec![], vec![], vec![], vec!["tick".into()], vec![]).unwrap();
+    let done =
+        delete(&objects, crate::api::apps::Names { cronjobs: vec!["tick".into()], ..Default::default() }).unwrap();
     assert!(done.contains("cronjob/tick deleted"), "{done}");
     assert_eq!(jobs(&objects), ["other"]);
 }

@@ -121,16 +121,8 @@ fn places_spread_writes_nothing_when_steady_and_replaces_lost_replicas() {
     // Scale down, then delete: replicas go with the app.
     apply(&api, &WEB.replace("replicas = 6", "replicas = 2"));
     assert_eq!(counts(&sets(&api, 17_000).unwrap()).iter().sum::<usize>(), 2);
-    crate::api::apps::delete(
-        &api.objects,
-        vec!["web".into()],
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    )
-    .unwrap();
+    crate::api::apps::delete(&api.objects, crate::api::apps::Names { apps: vec!["web".into()], ..Default::default() })
+        .unwrap();
     assert!(sets(&api, 18_000).unwrap().values().all(|s| s.is_empty()));
     assert!(list_replicas(&api).is_empty());
 }

@@ -53,7 +53,11 @@ type Store = BTreeMap<(&'static str, &'static str), u64>;
 
 fn loader(store: &Store) -> impl FnMut(Payload, &str) -> Result<Option<Versioned>, String> + '_ {
     |kind, name| {
-        let k = if kind == Payload::Secrets { "secret" } else { "config" };
+        let k = match kind {
+            Payload::Secrets => "secret",
+            Payload::Configs => "config",
+            Payload::Registries => "registry",
+        };
         Ok(store.iter().find(|((sk, sn), _)| *sk == k && *sn == name).map(|(_, v)| (*v, BTreeMap::new())))
     }
 }
@@ -70,6 +74,11 @@ fn kinds(msgs: &[LeaderMsg]) -> Vec<String> {
             ),
             LeaderMsg::Configs { put, drop, full } => format!(
                 "configs(put={:?},drop={drop:?}{})",
+                put.iter().map(|p| (&p.name, p.version)).collect::<Vec<_>>(),
+                if *full { ",full" } else { "" }
+            ),
+            LeaderMsg::Registries { put, drop, full } => format!(
+                "registries(put={:?},drop={drop:?}{})",
                 put.iter().map(|p| (&p.name, p.version)).collect::<Vec<_>>(),
                 if *full { ",full" } else { "" }
             ),
@@ -93,6 +102,7 @@ fn network_first_then_the_payloads_the_set_needs_then_the_set() {
             "network(full=true)",
             r#"secrets(put=[("db", 1)],drop=[],full)"#,
             r#"configs(put=[("site", 4)],drop=[],full)"#,
+            "registries(put=[],drop=[],full)",
             r#"desired(full=true,upsert=["web-1"],remove=[])"#,
         ],
         "a secret no replica here uses is never sent"
@@ -110,7 +120,12 @@ fn nothing_of_the_set_before_the_controllers_first_pass() {
     let out = s.poll(Some(&view(1)), Some(DesiredSet::new()), false, loader(&Store::new()));
     assert_eq!(
         kinds(&out),
-        ["secrets(put=[],drop=[],full)", "configs(put=[],drop=[],full)", "desired(full=true,upsert=[],remove=[])"],
+        [
+            "secrets(put=[],drop=[],full)",
+            "configs(put=[],drop=[],full)",
+            "registries(put=[],drop=[],full)",
+            "desired(full=true,upsert=[],remove=[])"
+        ],
         "an empty set is still said, whole; so are the payloads it needs (none: the board drops what it holds)"
     );
 }
@@ -149,6 +164,7 @@ fn a_secret_created_after_its_replica_is_sent_when_it_appears() {
         [
             "secrets(put=[],drop=[],full)",
             "configs(put=[],drop=[],full)",
+            "registries(put=[],drop=[],full)",
             r#"desired(full=true,upsert=["web-1"],remove=[])"#
         ],
         "the replica waits, saying why"
@@ -167,7 +183,14 @@ fn a_store_that_fails_a_read_does_not_stop_the_set() {
     // The next look says them whole (the failed read sent nothing).
     s.payloads_changed();
     let out = s.poll(None, Some(set(&[("web-1", "web")])), false, |_, _| Ok(Some((1, BTreeMap::new()))));
-    assert_eq!(kinds(&out), [r#"secrets(put=[("db", 1)],drop=[],full)"#, r#"configs(put=[("site", 1)],drop=[],full)"#]);
+    assert_eq!(
+        kinds(&out),
+        [
+            r#"secrets(put=[("db", 1)],drop=[],full)"#,
+            r#"configs(put=[("site", 1)],drop=[],full)"#,
+            r#"registries(put=[("reg.lan", 1)],drop=[],full)"#
+        ]
+    );
 }
 
 #[test]
@@ -188,6 +211,7 @@ fn after_a_restore_only_additions_until_every_board_is_seen_then_the_whole_set_o
         [
             "secrets(put=[],drop=[],full)",
             "configs(put=[],drop=[],full)",
+            "registries(put=[],drop=[],full)",
             r#"desired(full=true,upsert=["plain-2"],remove=[])"#
         ],
         "released: whole, once"
@@ -216,6 +240,7 @@ fn the_whole_payloads_after_a_restore_carry_what_was_sent_during_the_hold_back()
         [
             r#"secrets(put=[("db", 2)],drop=[],full)"#,
             r#"configs(put=[("site", 1)],drop=[],full)"#,
+            "registries(put=[],drop=[],full)",
             r#"desired(full=true,upsert=["web-1"],remove=[])"#
         ],
         "a whole message replaces what the board holds, so it names db and site again (found by the \
@@ -230,4 +255,55 @@ fn a_new_network_view_is_sent_even_with_nothing_new_for_this_board() {
     let out = s.poll(Some(&view(2)), None, false, |_, _| Ok(None));
     assert!(matches!(out.as_slice(), [LeaderMsg::Network { full: false, version: 2, .. }]), "{out:?}");
     assert!(s.poll(Some(&view(2)), None, false, |_, _| Ok(None)).is_empty());
+}
+
+/// `[[app]]` `hub` from Docker Hub with a sidecar from `reg.lan`.
+fn hub_set() -> DesiredSet {
+    let m = parse_manifest(
+        "t.toml",
+        r#"
+[[app]]
+name = "hub"
+image = "busybox:1.36"
+[[app.containers]]
+name = "side"
+image = "reg.lan/side:1"
+"#,
+    )
+    .unwrap();
+    let a = Assignment {
+        replica: "hub-1".into(),
+        app: "hub".into(),
+        revision: "r1".into(),
+        spec: Arc::new(m.apps[0].clone()),
+    };
+    DesiredSet::from([("hub-1".to_string(), a)])
+}
+
+#[test]
+fn registry_settings_go_only_where_replicas_pull_from_that_host_and_leave_with_them() {
+    let mut store = Store::from([(("registry", "docker.io"), 7), (("registry", "other.lan"), 1)]);
+    let mut s = Session::new("b1");
+    let out = s.poll(None, Some(hub_set()), false, loader(&store));
+    assert_eq!(
+        kinds(&out)[2],
+        r#"registries(put=[("docker.io", 7)],drop=[],full)"#,
+        "the app's image and its sidecar's hosts are asked for; only those with settings go, never other.lan"
+    );
+    // The secret behind it rotated (a new version): sent again.
+    store.insert(("registry", "docker.io"), 8);
+    s.payloads_changed();
+    let out = s.poll(None, Some(hub_set()), false, loader(&store));
+    assert_eq!(kinds(&out), [r#"registries(put=[("docker.io", 8)],drop=[])"#]);
+    // The [[registry]] is deleted: the board forgets it though the replica stays.
+    store.remove(&("registry", "docker.io"));
+    s.payloads_changed();
+    let out = s.poll(None, Some(hub_set()), false, loader(&store));
+    assert_eq!(kinds(&out), [r#"registries(put=[],drop=["docker.io"])"#]);
+    // Back, then the replica leaves: its settings go with it.
+    store.insert(("registry", "docker.io"), 9);
+    s.payloads_changed();
+    s.poll(None, Some(hub_set()), false, loader(&store));
+    let out = s.poll(None, Some(DesiredSet::new()), false, loader(&store));
+    assert_eq!(kinds(&out)[0], r#"registries(put=[],drop=["docker.io"])"#);
 }

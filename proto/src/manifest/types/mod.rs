@@ -7,6 +7,7 @@
 //! config.rs   [[config]] and config mounts
 //! cronjob.rs  [[cronjob]]: a schedule and the job it makes
 //! ingress.rs  [[ingress]]: host names and paths to services, TLS
+//! registry.rs [[registry]]: credentials from a secret, insecure, mirrors
 //! pod.rs      [[app.containers]] and [[app.init]]: a replica's containers
 //! problem.rs  a problem found after parsing, with its field's path
 //! ```
@@ -18,6 +19,7 @@ mod cronjob;
 mod ingress;
 mod pod;
 mod problem;
+mod registry;
 mod service;
 
 pub use app::*;
@@ -27,4 +29,5 @@ pub use cronjob::*;
 pub use ingress::*;
 pub use pod::*;
 pub use problem::*;
+pub use registry::*;
 pub use service::*;

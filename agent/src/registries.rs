@@ -65,6 +65,11 @@ impl Registries {
         Registries { client, held: Mutex::new(BTreeMap::new()) }
     }
 
+    /// The registry client the board's pulls use.
+    pub fn client(&self) -> Arc<RegistryClient> {
+        self.client.clone()
+    }
+
     /// What the leader sent: `put` new or changed, `drop` gone; `full`: exactly these.
     pub fn update(&self, put: Vec<(String, u64, Values)>, drop: &[String], full: bool) {
         let mut held = self.held.lock().expect("registries lock");

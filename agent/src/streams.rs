@@ -27,10 +27,13 @@ pub struct Context {
     pub data_dir: PathBuf,
     /// Where each container's shim has its socket.
     pub shims_dir: PathBuf,
+    /// The registry client the board's own pulls use (with the cluster's settings), for prefetches.
+    pub client: Arc<bramble_images::registry::RegistryClient>,
+    pub unpack: bramble_images::unpack::UnpackOptions,
 }
 
 impl Context {
-    pub fn new(config: &AgentConfig) -> Context {
+    pub fn new(config: &AgentConfig, client: Arc<bramble_images::registry::RegistryClient>) -> Context {
         let paths = crate::reconcile::Paths::new(&config.data_dir);
         Context {
             log_dir: paths.logs,
@@ -38,6 +41,8 @@ impl Context {
             rootfs_dir: paths.rootfs,
             data_dir: config.data_dir.clone(),
             shims_dir: paths.shims,
+            client,
+            unpack: config.images.unpack_options(),
         }
     }
 }
@@ -48,8 +53,64 @@ pub async fn serve(ctx: Arc<Context>, send: SendStream, mut recv: RecvStream) {
         Ok(Some(AgentRequest::Image(op))) => image(ctx, op, send, recv).await,
         Ok(Some(AgentRequest::Exec(req))) => crate::exec::serve(ctx.shims_dir.clone(), req, send, recv).await,
         Ok(Some(AgentRequest::Volume(op))) => volume(ctx, op, send).await,
+        Ok(Some(AgentRequest::Pull { reference, registry })) => prefetch(ctx, reference, registry, send).await,
         _ => {}
     }
+}
+
+/// A prefetch: pulls `reference` (a tag resolved again) with the registry's settings the leader
+/// sent for it (for this pull only), saying how far it got every half second.
+async fn prefetch(
+    ctx: Arc<Context>,
+    reference: String,
+    registry: Option<bramble_proto::wire::SecretPayload>,
+    mut send: SendStream,
+) {
+    let image: bramble_images::ImageRef = match reference.parse() {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = write_frame(&mut send, &error(format!("{e}"))).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let extra = registry.map(|p| {
+        let held = std::collections::BTreeMap::from([(p.name, p.values.0)]);
+        crate::registries::configs(&held)
+    });
+    let client = match extra {
+        Some(extra) => Arc::new(ctx.client.with_extra(extra)),
+        None => ctx.client.clone(),
+    };
+    let progress = Progress::default();
+    let (p, c) = (progress.clone(), ctx.clone());
+    let mut pull = tokio::task::spawn_blocking(move || -> Result<ImageInfo, String> {
+        let store = ContentStore::open(&c.images_dir).map_err(|e| e.to_string())?;
+        let arch = crate::sysinfo::arch();
+        let puller = bramble_images::Puller { store: &store, client: &client, arch, unpack: c.unpack.clone() };
+        let record = puller.pull(&image, bramble_images::PullPolicy::Always, &p).map_err(|e| e.to_string())?;
+        Ok(info(&record))
+    });
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    let result = loop {
+        tokio::select! {
+            r = &mut pull => break r.unwrap_or_else(|e| Err(e.to_string())),
+            _ = tick.tick() => {
+                let (done, total) = progress.totals();
+                if write_frame(&mut send, &Response::Pulling { node: String::new(), done, total }).await.is_err() {
+                    // The leader went: the pull goes on and its image stays.
+                    return;
+                }
+            }
+        }
+    };
+    let response = match result {
+        Ok(i) => Response::Images(vec![i]),
+        Err(e) => Response::Error(ApiError::new(ErrorCode::Unavailable, e)),
+    };
+    let _ = write_frame(&mut send, &response).await;
+    let _ = send.finish();
+    let _ = send.stopped().await;
 }
 
 /// `bramble volume ls|rm` (the leader has checked that no replica here uses a volume it removes).

@@ -271,6 +271,19 @@ impl RegistryClient {
         drop_tokens(&mut self.tokens.lock().expect("tokens lock"), &changed);
     }
 
+    /// A client with these settings and `extra` on top (for one pull: a prefetch's registry);
+    /// tokens are not shared.
+    pub fn with_extra(&self, extra: Vec<RegistryConfig>) -> RegistryClient {
+        let mut cluster = self.cluster.read().expect("cluster lock").clone();
+        cluster.extend(extra.into_iter().map(|c| (c.host.clone(), c)));
+        RegistryClient {
+            registries: self.registries.clone(),
+            cluster: std::sync::RwLock::new(cluster),
+            agents: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// The hosts the cluster's settings name now.
     pub fn cluster_hosts(&self) -> Vec<String> {
         let mut v: Vec<String> = self.cluster.read().expect("cluster lock").keys().cloned().collect();

@@ -360,6 +360,7 @@ fn relay_handles(api: &Api) -> crate::edge::relay::Handles {
         objects: api.objects.clone(),
         registry: api.registry.clone(),
         published: api.published.clone(),
+        keyring: api.keyring.clone(),
     }
 }
 

@@ -152,3 +152,72 @@ fn credentials_from_a_secret_and_a_mirror_in_front_of_a_registry_out_of_reach() 
         log.contains(&format!("dropped=[\"{}\"]", private.addr)).then_some(())
     });
 }
+
+#[test]
+fn prefetch_warms_every_board_with_the_registrys_credentials_for_that_pull() {
+    let c = Cluster::start(ClusterOptions { agents: 2, ..Default::default() });
+    let (ns, ip) = (c.lab.ns(0), c.lab.addr(0));
+    let password = format!("pf-{}", bramble_proto::time::now_ms());
+    let out = Command::new("htpasswd").args(["-Bbn", "pi", &password]).output().expect("htpasswd");
+    let htpasswd = c.dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, &out.stdout).unwrap();
+    let private = Registry::start_in_netns_on(&ns, &ip, 5001, Some(&htpasswd));
+    let layout = c.dir.path().join("layout");
+    bramble_tests::testimages::busybox_layout(&layout, "1");
+    let image = format!("{}/private/busybox:1", private.addr);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns, "skopeo", "copy", "--quiet", "--all", "--dest-tls-verify=false"])
+        .args(["--dest-creds", &format!("pi:{password}")])
+        .arg(format!("oci:{}:1", layout.display()))
+        .arg(format!("docker://{image}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    ok(
+        c.cli(&[
+            "secret",
+            "create",
+            "regcred",
+            "--from-literal",
+            "username=pi",
+            "--from-literal",
+            &format!("password={password}"),
+        ]),
+        "secret",
+    );
+    let reg = format!(
+        "[[registry]]\nname = \"private\"\nhost = \"{}\"\ninsecure = true\nsecret = \"regcred\"\n",
+        private.addr
+    );
+    ok(c.cli(&["apply", "-f", &c.write("reg.toml", &reg)]), "apply registry");
+
+    // No replica uses the registry: the boards get its credentials with the prefetch, for it only.
+    let said = ok(c.cli(&["image", "prefetch", &image]), "prefetch");
+    for b in ["board-1", "board-2"] {
+        assert!(said.contains(&format!("{b}: {image} ")) && said.contains("linux/amd64"), "{said}");
+        let ls = ok(c.cli(&["image", "ls", "--node", b]), "image ls");
+        assert!(ls.contains(&image), "{b}: {ls}");
+    }
+    let json = ok(c.cli(&["image", "prefetch", &image, "--node", "board-2", "-o", "json"]), "prefetch -o json");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{json}");
+    assert_eq!(v[0]["node"], "board-2");
+    assert!(v[0]["image"]["digest"].as_str().unwrap().starts_with("sha256:"), "{json}");
+    for i in 1..=2 {
+        let log = std::fs::read_to_string(c.dir.path().join(format!("agent-{i}.log"))).unwrap_or_default();
+        assert!(!log.contains(&password), "the password in board-{i}'s log");
+        assert!(!log.contains("registry settings from the leader") || !log.contains(&private.addr));
+    }
+
+    // What cannot be pulled says so per board, and the exit code says it failed.
+    let missing = c.cli(&["image", "prefetch", &format!("{}/private/busybox:nope", private.addr)]);
+    assert_eq!(missing.status.code(), Some(1));
+    let out = text(&missing.stdout);
+    assert!(out.contains("board-1: failed:") && out.contains("not found"), "{out}");
+    assert!(text(&missing.stderr).contains("2 of 2 boards could not pull it"), "{}", text(&missing.stderr));
+    let nobody = c.cli(&["image", "prefetch", &image, "--node", "nope"]);
+    assert_eq!(nobody.status.code(), Some(4), "{}", text(&nobody.stderr));
+    assert!(text(&nobody.stderr).contains("no node nope"));
+    let bad = c.cli(&["image", "prefetch", "UPPER/Case"]);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("invalid image reference"), "{}", text(&bad.stderr));
+}

@@ -306,7 +306,7 @@ async fn session(
         }
     });
     // The leader opens streams on this connection: containers' logs, the image store.
-    let ctx = std::sync::Arc::new(crate::streams::Context::new(config));
+    let ctx = std::sync::Arc::new(crate::streams::Context::new(config, work.registries.client()));
     let volumes = crate::volumes::Volumes::new(&config.data_dir);
     let streams = conn.clone();
     let log_server = tokio::spawn(async move {

@@ -1,6 +1,7 @@
-//! `bramble image ls|rm|import --node NODE`: a node's image store, through the leader.
+//! `bramble image ls|rm|import --node NODE`: a node's image store, through the leader; and
+//! `bramble image prefetch IMAGE [--node …]`: boards pull an image now.
 
-use crate::client::{request, unexpected, upload, CliError};
+use crate::client::{request, stream, unexpected, upload, CliError};
 use crate::output::{json, table, Format};
 use bramble_proto::quantity::human_bytes;
 use bramble_proto::wire::{ImageInfo, ImageOp, Request, Response};
@@ -27,6 +28,17 @@ enum Action {
         reference: String,
         #[arg(long)]
         node: String,
+    },
+    /// Pull an image onto boards now, ahead of a rollout (every connected board, or --node…):
+    /// progress as they go, then each board's result. With the registry's settings from its
+    /// [[registry]] for that pull only. Exit 1 if a board could not.
+    Prefetch {
+        image: String,
+        /// A board to pull on (again for more); none: every board.
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
     },
     /// Send an image archive to a node: an OCI layout (directory or tar), an OCI archive or a
     /// `docker save` tarball. For boards without a registry.
@@ -80,7 +92,59 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
             }
         }
         Action::Import { path, node, name } => import(config, path, node, name).await,
+        Action::Prefetch { image, nodes, output } => prefetch(config, image, nodes, output).await,
     }
+}
+
+async fn prefetch(config: Option<PathBuf>, image: String, nodes: Vec<String>, output: Format) -> Result<(), CliError> {
+    let tty = std::io::stderr().is_terminal() && output != Format::Json;
+    let mut progress: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    let mut results = Vec::new();
+    let mut failed = 0;
+    stream(config, Request::Prefetch { image, nodes }, |r| {
+        match r {
+            Response::Pulling { node, done, total } => {
+                progress.insert(node, (done, total));
+                if tty {
+                    let line: Vec<String> = progress
+                        .iter()
+                        .map(|(n, (d, t))| format!("{n} {}/{}", human_bytes(*d), human_bytes(*t)))
+                        .collect();
+                    eprint!("\r\x1b[K{}", line.join("  "));
+                    let _ = std::io::stderr().flush();
+                }
+            }
+            Response::Pulled { node, image, error } => {
+                if tty {
+                    eprint!("\r\x1b[K");
+                }
+                match (&image, &error) {
+                    (Some(i), _) if output != Format::Json => {
+                        let short: String = i.digest.trim_start_matches("sha256:").chars().take(12).collect();
+                        println!("{node}: {} {short} ({}, {})", i.reference, i.platform, human_bytes(i.size));
+                    }
+                    (None, e) => {
+                        failed += 1;
+                        if output != Format::Json {
+                            println!("{node}: failed: {}", e.as_deref().unwrap_or("no answer"));
+                        }
+                    }
+                    _ => {}
+                }
+                results.push(serde_json::json!({ "node": node, "image": image, "error": error }));
+            }
+            other => return Err(unexpected(&other)),
+        }
+        Ok(())
+    })
+    .await?;
+    if output == Format::Json {
+        print!("{}", json(&results));
+    }
+    if failed > 0 {
+        return Err(CliError::Other(format!("{failed} of {} boards could not pull it", results.len())));
+    }
+    Ok(())
 }
 
 async fn import(config: Option<PathBuf>, path: PathBuf, node: String, name: Option<String>) -> Result<(), CliError> {

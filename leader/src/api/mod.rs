@@ -357,7 +357,11 @@ impl Api {
                 Ok(Response::Done(self.replicas().scale(&app, replicas, expect_generation, who)?))
             }
             Request::GetEvents { since_ms } => Ok(Response::Events(self.events.since(since_ms))),
-            Request::Logs(_) | Request::Image { .. } | Request::Exec(_) | Request::Volume { .. } => {
+            Request::Logs(_)
+            | Request::Image { .. }
+            | Request::Exec(_)
+            | Request::Volume { .. }
+            | Request::Prefetch { .. } => {
                 Err(Error::Invalid("this request is relayed to an agent on a stream of its own".into()))
             }
             Request::GetTokens => Ok(Response::Tokens(crate::trust::tokens::list(&self.objects, now_ms())?)),
@@ -459,6 +463,8 @@ pub fn required_role(request: &Request) -> Role {
         | Request::RunCronJob { .. }
         | Request::PutSecret { .. }
         | Request::RolloutUndo { .. }
+        // What an apply of the image would pull anyway, earlier.
+        | Request::Prefetch { .. }
         | Request::RolloutRestart { .. }
         | Request::Scale { .. } => Role::Deployer,
         Request::LabelNode { .. }

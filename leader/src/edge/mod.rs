@@ -269,7 +269,11 @@ async fn serve_stream(
     });
     match open.kind {
         OpenKind::Call(
-            req @ (Request::Logs(_) | Request::Image { .. } | Request::Exec(_) | Request::Volume { .. }),
+            req @ (Request::Logs(_)
+            | Request::Image { .. }
+            | Request::Exec(_)
+            | Request::Volume { .. }
+            | Request::Prefetch { .. }),
         ) if version_error.is_none() => {
             if let Err(e) = crate::api::authorize(identity.as_ref().map(|(i, _)| i), crate::api::required_role(&req)) {
                 let _ = write_frame(&mut send, &Response::Error(e.into())).await;
@@ -283,6 +287,9 @@ async fn serve_stream(
                 }
                 Request::Exec(req) => crate::edge::relay::exec(edge.relay.clone(), req, send, recv).await,
                 Request::Volume { node, op } => crate::edge::relay::volume(edge.relay.clone(), node, op, send).await,
+                Request::Prefetch { image, nodes } => {
+                    crate::edge::relay::prefetch(edge.relay.clone(), image, nodes, send).await
+                }
                 _ => unreachable!("matched above"),
             }
         }

@@ -21,6 +21,8 @@ pub struct Handles {
     pub objects: crate::objects::Objects,
     pub registry: Arc<crate::boards::nodes::NodeRegistry>,
     pub published: Arc<crate::controllers::Published>,
+    /// Opens the secret of a registry a prefetch pulls from.
+    pub keyring: Arc<crate::trust::secrets::Keyring>,
 }
 
 async fn fail(send: &mut SendStream, code: ErrorCode, message: String) {
@@ -177,6 +179,83 @@ pub async fn image(api: Handles, node: String, op: ImageOp, mut send: SendStream
     let response =
         result.unwrap_or_else(|e| Response::Error(ApiError::new(ErrorCode::Unavailable, format!("node {node}: {e}"))));
     let _ = write_frame(&mut send, &response).await;
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}
+
+/// `bramble image prefetch`: each node pulls `image` at once (with its registry's settings for
+/// this pull only); their progress and results come back on `send` as they go.
+pub async fn prefetch(api: Handles, image: String, nodes: Vec<String>, mut send: SendStream) {
+    let reference: bramble_proto::image_ref::ImageRef = match image.parse() {
+        Ok(r) => r,
+        Err(e) => return fail(&mut send, ErrorCode::InvalidArgument, format!("{e}")).await,
+    };
+    let a = api.clone();
+    let host = reference.registry.clone();
+    let looked = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let known: Vec<String> =
+            a.objects.list::<Node>().map_err(ApiError::from)?.into_iter().map(|v| v.value.meta.name).collect();
+        let missing: Vec<&String> = nodes.iter().filter(|n| !known.contains(n)).collect();
+        if !missing.is_empty() {
+            let names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+            return Err(ApiError::new(ErrorCode::NotFound, format!("no node {}", names.join(", "))));
+        }
+        let chosen = if nodes.is_empty() { known } else { nodes };
+        let settings = crate::sessions::registry_payload(&a.objects, &a.keyring, &host)
+            .map_err(|e| ApiError::new(ErrorCode::Unavailable, e))?;
+        Ok((chosen, settings))
+    })
+    .await;
+    let (chosen, settings) = match looked {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return fail(&mut send, e.code, e.message).await,
+        Err(e) => return fail(&mut send, ErrorCode::Internal, e.to_string()).await,
+    };
+    let registry = settings.map(|(version, values)| bramble_proto::wire::SecretPayload {
+        name: reference.registry.clone(),
+        version,
+        values: bramble_proto::wire::SecretValues(values),
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Response>(64);
+    for node in chosen {
+        let (tx, api, reference, registry) = (tx.clone(), api.clone(), image.clone(), registry.clone());
+        tokio::spawn(async move {
+            let pulled = |image, error| Response::Pulled { node: node.clone(), image, error };
+            let Some(conn) = api.registry.connection(&node) else {
+                let _ = tx.send(pulled(None, Some("not connected".into()))).await;
+                return;
+            };
+            let result: Result<Response, String> = async {
+                let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                write_frame(&mut s, &AgentRequest::Pull { reference, registry }).await.map_err(|e| e.to_string())?;
+                let _ = s.finish();
+                loop {
+                    match read_frame::<Response>(&mut r, MAX_FRAME_LEN).await.map_err(|e| e.to_string())? {
+                        Some(Response::Pulling { done, total, .. }) => {
+                            let _ = tx.send(Response::Pulling { node: node.clone(), done, total }).await;
+                        }
+                        Some(other) => return Ok(other),
+                        None => return Err("the agent closed the stream without an answer".to_string()),
+                    }
+                }
+            }
+            .await;
+            let last = match result {
+                Ok(Response::Images(mut i)) if !i.is_empty() => pulled(Some(i.remove(0)), None),
+                Ok(Response::Error(e)) => pulled(None, Some(e.message)),
+                Ok(other) => pulled(None, Some(format!("unexpected answer: {other:?}"))),
+                Err(e) => pulled(None, Some(e)),
+            };
+            let _ = tx.send(last).await;
+        });
+    }
+    drop(tx);
+    while let Some(frame) = rx.recv().await {
+        if write_frame(&mut send, &frame).await.is_err() {
+            return;
+        }
+    }
+    let _ = write_frame(&mut send, &Response::Done(String::new())).await;
     let _ = send.finish();
     let _ = send.stopped().await;
 }

@@ -249,39 +249,43 @@ fn load(api: &Handles, kind: Payload, name: &str) -> Result<Option<Versioned>, S
             let files = v.value.spec.files.into_iter().map(|(k, s)| (k, s.into_bytes())).collect();
             Ok(Some((v.value.meta.generation, files)))
         }
-        Payload::Registries => {
-            let registries: Vec<bramble_proto::model::Registry> =
-                api.ctx.objects.list().map_err(|e| e.to_string())?.into_iter().map(|v| v.value).collect();
-            let credentials = |r: &bramble_proto::manifest::RegistrySpec| -> Result<Option<Credentials>, String> {
-                let Some(secret) = &r.secret else { return Ok(None) };
-                let Some(v) = api
-                    .ctx
-                    .objects
-                    .get::<crate::trust::secrets::StoredSecret>(secret.as_str())
-                    .map_err(|e| e.to_string())?
-                else {
-                    warn!(registry = %r.name, "secret {secret} does not exist: boards pull from {} without credentials", r.host);
-                    return Ok(None);
-                };
-                let values = api.keyring.open(secret.as_str(), &v.value.sealed).map_err(|e| e.to_string())?;
-                match bramble_proto::registry_auth::from_secret(&r.host, &values) {
-                    Ok(c) => Ok(Some(c)),
-                    Err(e) => {
-                        warn!(registry = %r.name, "secret {secret} gives no credentials for {}: {e}", r.host);
-                        Ok(None)
-                    }
-                }
-            };
-            let Some(r) = registries.iter().find(|r| r.spec.host == name) else { return Ok(None) };
-            let mut values = registry_values(&r.spec, credentials(&r.spec)?.as_ref(), "");
-            for m in &r.spec.mirrors {
-                if let Some(mr) = registries.iter().find(|x| &x.spec.host == m) {
-                    values.extend(registry_values(&mr.spec, credentials(&mr.spec)?.as_ref(), &format!("mirror/{m}/")));
-                }
+        Payload::Registries => registry_payload(&api.ctx.objects, &api.keyring, name),
+    }
+}
+
+/// The settings and credentials boards use for registry `host` (its `[[registry]]`, with its
+/// secret opened, and its mirrors' own), as a payload's version and values; none without one.
+pub fn registry_payload(
+    objects: &crate::objects::Objects,
+    keyring: &crate::trust::secrets::Keyring,
+    host: &str,
+) -> Result<Option<Versioned>, String> {
+    let registries: Vec<bramble_proto::model::Registry> =
+        objects.list().map_err(|e| e.to_string())?.into_iter().map(|v| v.value).collect();
+    let credentials = |r: &bramble_proto::manifest::RegistrySpec| -> Result<Option<Credentials>, String> {
+        let Some(secret) = &r.secret else { return Ok(None) };
+        let Some(v) = objects.get::<crate::trust::secrets::StoredSecret>(secret.as_str()).map_err(|e| e.to_string())?
+        else {
+            warn!(registry = %r.name, "secret {secret} does not exist: boards pull from {} without credentials", r.host);
+            return Ok(None);
+        };
+        let values = keyring.open(secret.as_str(), &v.value.sealed).map_err(|e| e.to_string())?;
+        match bramble_proto::registry_auth::from_secret(&r.host, &values) {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => {
+                warn!(registry = %r.name, "secret {secret} gives no credentials for {}: {e}", r.host);
+                Ok(None)
             }
-            Ok(Some((version_of(&values), values)))
+        }
+    };
+    let Some(r) = registries.iter().find(|r| r.spec.host == host) else { return Ok(None) };
+    let mut values = registry_values(&r.spec, credentials(&r.spec)?.as_ref(), "");
+    for m in &r.spec.mirrors {
+        if let Some(mr) = registries.iter().find(|x| &x.spec.host == m) {
+            values.extend(registry_values(&mr.spec, credentials(&mr.spec)?.as_ref(), &format!("mirror/{m}/")));
         }
     }
+    Ok(Some((version_of(&values), values)))
 }
 
 /// A registry's settings as a board's payload values, under `prefix` (see `LeaderMsg::Registries`).

@@ -106,6 +106,13 @@ pub enum Request {
     GetIngresses,
     /// Every `[[registry]]` (hosts, secrets' names, mirrors; never a credential).
     GetRegistries,
+    /// Pulls `image` onto `nodes` (none: every connected node) ahead of a rollout. Answered with
+    /// [`Response::Pulling`] frames as the boards go, one [`Response::Pulled`] per node, then `Done`.
+    Prefetch {
+        image: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        nodes: Vec<String>,
+    },
     /// An ingress with its backends, certificate and proxies.
     GetIngress {
         name: String,
@@ -367,6 +374,21 @@ pub enum Response {
     CronJobs(Vec<CronJobView>),
     Ingresses(Vec<crate::model::Ingress>),
     Registries(Vec<crate::model::Registry>),
+    /// A prefetch's progress on `node` (bytes of the image's layers so far, of all).
+    Pulling {
+        #[serde(default)]
+        node: String,
+        done: u64,
+        total: u64,
+    },
+    /// A prefetch ended on `node`: the image, or why not.
+    Pulled {
+        node: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<ImageInfo>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     Ingress(Box<IngressView>),
     Services(Vec<Service>),
     Replicas(Vec<Replica>),

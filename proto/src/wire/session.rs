@@ -208,6 +208,11 @@ pub enum AgentRequest {
     Exec(ExecRequest),
     /// Answered with one [`Response`].
     Volume(VolumeOp),
+    /// Pull `reference` into the store now (a prefetch): answered with [`Response::Pulling`]
+    /// frames, then [`Response::Images`] (the image) or an error. `registry`: the settings of the
+    /// reference's registry for this pull only (as in [`LeaderMsg::Registries`]), kept in memory
+    /// until it ends.
+    Pull { reference: String, registry: Option<SecretPayload> },
 }
 
 /// Send this replica's output.

@@ -57,7 +57,7 @@ pub fn run(config: &AgentConfig, cmd: ImageCommand) -> anyhow::Result<()> {
                 None => bramble_agent::sysinfo::arch(),
             };
             let client = RegistryClient::new(config.images.registries.clone());
-            let puller = Puller { store: &store, client: &client, arch, unpack };
+            let puller = Puller { store: &store, client: &client, arch, unpack, peers: None };
             let policy = if always { PullPolicy::Always } else { PullPolicy::IfNotPresent };
             let progress = Progress::default();
             let started = Instant::now();

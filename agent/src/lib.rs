@@ -10,6 +10,7 @@ pub mod exec;
 pub mod join;
 pub mod logserve;
 pub mod net;
+pub mod peers;
 pub mod reconcile;
 pub mod registries;
 pub mod runtime;

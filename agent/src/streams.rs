@@ -54,8 +54,30 @@ pub async fn serve(ctx: Arc<Context>, send: SendStream, mut recv: RecvStream) {
         Ok(Some(AgentRequest::Exec(req))) => crate::exec::serve(ctx.shims_dir.clone(), req, send, recv).await,
         Ok(Some(AgentRequest::Volume(op))) => volume(ctx, op, send).await,
         Ok(Some(AgentRequest::Pull { reference, registry })) => prefetch(ctx, reference, registry, send).await,
+        Ok(Some(AgentRequest::Peer(req))) => peer(ctx, req, send).await,
         _ => {}
     }
+}
+
+/// Another board's request for what this board's store holds (the leader relays it): the reply,
+/// then a blob's bytes.
+async fn peer(ctx: Arc<Context>, req: bramble_proto::wire::PeerRequest, mut send: SendStream) {
+    let dir = ctx.images_dir.clone();
+    let looked = tokio::task::spawn_blocking(move || match ContentStore::open(&dir) {
+        Ok(store) => crate::peers::serve(&store, &req),
+        Err(_) => (bramble_proto::wire::PeerReply::NotHere, None),
+    })
+    .await;
+    let (reply, file) = looked.unwrap_or((bramble_proto::wire::PeerReply::NotHere, None));
+    if write_frame(&mut send, &reply).await.is_err() {
+        return;
+    }
+    if let Some(f) = file {
+        let mut f = tokio::fs::File::from_std(f);
+        let _ = tokio::io::copy(&mut f, &mut send).await;
+    }
+    let _ = send.finish();
+    let _ = send.stopped().await;
 }
 
 /// A prefetch: pulls `reference` (a tag resolved again) with the registry's settings the leader
@@ -87,7 +109,8 @@ async fn prefetch(
     let mut pull = tokio::task::spawn_blocking(move || -> Result<ImageInfo, String> {
         let store = ContentStore::open(&c.images_dir).map_err(|e| e.to_string())?;
         let arch = crate::sysinfo::arch();
-        let puller = bramble_images::Puller { store: &store, client: &client, arch, unpack: c.unpack.clone() };
+        let puller =
+            bramble_images::Puller { store: &store, client: &client, arch, unpack: c.unpack.clone(), peers: None };
         let record = puller.pull(&image, bramble_images::PullPolicy::Always, &p).map_err(|e| e.to_string())?;
         Ok(info(&record))
     });

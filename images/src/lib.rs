@@ -22,5 +22,5 @@ pub use bramble_proto::image_ref::ImageRef;
 pub use bramble_proto::platform::Platform;
 pub use digest::Digest;
 pub use progress::Progress;
-pub use pull::{PullError, PullPolicy, Puller};
+pub use pull::{Peers, PullError, PullPolicy, Puller, Sources};
 pub use store::{ContentStore, ImageRecord};

@@ -1,6 +1,7 @@
 //! Pulling an image: resolve the reference to this board's platform, fetch what the store lacks,
 //! verify every digest and every layer's diff_id, unpack each layer once, record the image.
 
+use crate::digest::Digest;
 use crate::oci::{parse_manifest_doc, Descriptor, ImageConfig, Manifest, ManifestDoc};
 use crate::progress::{LayerPhase, Progress};
 use crate::registry::{RegistryClient, RegistryError};
@@ -44,10 +45,58 @@ pub struct Puller<'a> {
     pub client: &'a RegistryClient,
     pub arch: Arch,
     pub unpack: UnpackOptions,
+    /// The cluster's boards, asked first (none: registries only).
+    pub peers: Option<&'a dyn Peers>,
+}
+
+/// Boards that may hold an image's content: asked before any registry. Whatever a peer sends is
+/// checked against its digest like a registry's.
+pub trait Peers: Send + Sync {
+    /// The digest of the document `image` names, and the board that has it; none when no board
+    /// has it (the caller then fetches it from a registry — after waiting, if another board is
+    /// fetching it already).
+    fn resolve(&self, image: &ImageRef) -> Option<(Digest, String)>;
+    /// Streams blob `digest` of `size` bytes (0: a document, at most what `sink` takes) of
+    /// `image` into `sink` from a board that has it; returns that board. Err: none has it, or
+    /// what came did not match (the sink then holds garbage: the caller starts again elsewhere).
+    fn blob(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        size: u64,
+        sink: &mut dyn std::io::Write,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<String, String>;
+}
+
+/// Where each blob of a pull came from: `peer <board>`, `mirror <host>` or `registry <host>`
+/// (absent: the store had it).
+pub type Sources = std::collections::BTreeMap<Digest, String>;
+
+/// "3 layers from peer board-2, 1 layer from registry r.lan" for a pull's layers.
+pub fn summarize_sources(layers: &[LayerRecord], sources: &Sources) -> String {
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for l in layers {
+        *counts.entry(sources.get(&l.digest).map_or("the store", String::as_str)).or_default() += 1;
+    }
+    let parts: Vec<String> =
+        counts.iter().map(|(from, n)| format!("{n} layer{} from {from}", if *n == 1 { "" } else { "s" })).collect();
+    parts.join(", ")
 }
 
 impl Puller<'_> {
     pub fn pull(&self, image: &ImageRef, policy: PullPolicy, progress: &Progress) -> Result<ImageRecord, PullError> {
+        self.pull_from(image, policy, progress, &mut Sources::new())
+    }
+
+    /// [`Puller::pull`], saying in `sources` where each blob fetched came from.
+    pub fn pull_from(
+        &self,
+        image: &ImageRef,
+        policy: PullPolicy,
+        progress: &Progress,
+        sources: &mut Sources,
+    ) -> Result<ImageRecord, PullError> {
         let reference = image.as_str().to_string();
         if policy == PullPolicy::IfNotPresent {
             if let Some(r) = self.store.image(&reference)? {
@@ -63,7 +112,17 @@ impl Puller<'_> {
         let bad = |reason: String| PullError::BadImage { image: reference.clone(), reason };
         let tag_or_digest =
             image.digest.clone().or_else(|| image.tag_or_default().map(str::to_string)).expect("a tag or a digest");
-        let top = self.fetch_from_sources(image, |src| Ok(self.client.manifest(src, &tag_or_digest)?))?;
+        let from_peer = self.peers.and_then(|p| p.resolve(image)).and_then(|(digest, from)| {
+            let bytes = self.peer_document(image, &digest)?;
+            Some((crate::registry::Fetched { bytes, media_type: None, digest }, from))
+        });
+        let top = match from_peer {
+            Some((top, from)) => {
+                sources.insert(top.digest.clone(), format!("peer {from}"));
+                top
+            }
+            None => self.fetch_from_sources(image, |src| Ok(self.client.manifest(src, &tag_or_digest)?))?,
+        };
         let doc = parse_manifest_doc(top.media_type.as_deref(), &top.bytes).map_err(bad)?;
         let (index_digest, manifest_bytes, manifest_digest) = match doc {
             ManifestDoc::Index(index) => {
@@ -82,8 +141,12 @@ impl Puller<'_> {
                     return Err(PullError::NoPlatform { image: reference, arch: self.arch.to_string(), offered });
                 };
                 let chosen = &index.manifests[i];
-                let m =
-                    self.fetch_from_sources(image, |src| Ok(self.client.manifest(src, &chosen.digest.to_string())?))?;
+                let m = match self.peer_document(image, &chosen.digest) {
+                    Some(bytes) => crate::registry::Fetched { bytes, media_type: None, digest: chosen.digest.clone() },
+                    None => self.fetch_from_sources(image, |src| {
+                        Ok(self.client.manifest(src, &chosen.digest.to_string())?)
+                    })?,
+                };
                 self.store.write_blob(&top.digest, &top.bytes)?;
                 (Some(top.digest), m.bytes, m.digest)
             }
@@ -108,7 +171,7 @@ impl Puller<'_> {
         let download = layers.iter().filter(|l| !self.store.has_blob(&l.digest)).map(|l| l.size).sum();
         let mut budget = crate::store::Budget::new(self.store, &self.unpack, download)?;
         for layer in &layers {
-            self.fetch_layer(image, layer, progress, &mut budget)?;
+            self.fetch_layer(image, layer, progress, &mut budget, sources)?;
         }
         self.store.write_blob(&manifest_digest, &manifest_bytes)?;
         let record = ImageRecord {
@@ -146,10 +209,28 @@ impl Puller<'_> {
         r.blobs().all(|d| self.store.has_blob(d)) && r.layers.iter().all(|l| self.store.has_layer(&l.diff_id))
     }
 
+    /// A document (index, manifest, config) of at most [`crate::oci::MAX_DOCUMENT`] bytes from a
+    /// peer, checked; none if no peer has it.
+    fn peer_document(&self, image: &ImageRef, digest: &Digest) -> Option<Vec<u8>> {
+        let peers = self.peers?;
+        let mut bytes = Vec::new();
+        let mut sink = LimitedSink { inner: &mut bytes, left: crate::oci::MAX_DOCUMENT };
+        match peers.blob(image, digest, 0, &mut sink, &mut |_| {}) {
+            Ok(_) if Digest::of(&bytes) == *digest => Some(bytes),
+            _ => None,
+        }
+    }
+
     fn fetch_small(&self, image: &ImageRef, d: &Descriptor) -> Result<Vec<u8>, PullError> {
         if self.store.has_blob(&d.digest) {
             if let Ok(b) = self.store.read_blob(&d.digest) {
                 return Ok(b);
+            }
+        }
+        if d.size <= crate::oci::MAX_DOCUMENT {
+            if let Some(bytes) = self.peer_document(image, &d.digest) {
+                self.store.write_blob(&d.digest, &bytes)?;
+                return Ok(bytes);
             }
         }
         if d.size > crate::oci::MAX_DOCUMENT {
@@ -173,25 +254,70 @@ impl Puller<'_> {
         layer: &LayerRecord,
         progress: &Progress,
         budget: &mut crate::store::Budget,
+        sources: &mut Sources,
     ) -> Result<(), PullError> {
         if self.store.has_layer(&layer.diff_id) && self.store.has_blob(&layer.digest) {
             progress.update(&layer.digest, layer.size, LayerPhase::Cached);
             return Ok(());
         }
+        // A peer first: a fresh ingest, committed only when the digest matches.
+        if let (Some(peers), false) = (self.peers, self.store.has_blob(&layer.digest)) {
+            let mut ingest = self.store.ingest(&layer.digest)?;
+            progress.update(&layer.digest, 0, LayerPhase::Downloading);
+            let got = peers.blob(image, &layer.digest, layer.size, ingest.writer(), &mut |done| {
+                progress.update(&layer.digest, done, LayerPhase::Downloading)
+            });
+            match got {
+                Ok(from) if ingest.written() == layer.size => match ingest.commit() {
+                    Ok(()) => {
+                        sources.insert(layer.digest.clone(), format!("peer {from}"));
+                    }
+                    Err(e) => tracing::info!(layer = %layer.digest, "a peer's copy was passed over: {e}"),
+                },
+                Ok(from) => tracing::info!(layer = %layer.digest, "peer {from} sent a short copy: passed over"),
+                Err(e) => tracing::debug!(layer = %layer.digest, "no peer: {e}"),
+            }
+        }
         if !self.store.has_blob(&layer.digest) {
             // A fresh ingest per source: what a mirror sent that did not match is gone.
-            self.fetch_from_sources(image, |src| {
+            let from = self.fetch_from_sources(image, |src| {
                 let mut ingest = self.store.ingest(&layer.digest)?;
                 progress.update(&layer.digest, 0, LayerPhase::Downloading);
                 self.client.blob(src, &layer.digest, layer.size, ingest.writer(), &mut |done| {
                     progress.update(&layer.digest, done, LayerPhase::Downloading)
                 })?;
-                Ok(ingest.commit()?)
+                ingest.commit()?;
+                Ok(if src.registry == image.registry {
+                    format!("registry {}", src.registry)
+                } else {
+                    format!("mirror {}", src.registry)
+                })
             })?;
+            sources.insert(layer.digest.clone(), from);
         }
         progress.update(&layer.digest, layer.size, LayerPhase::Unpacking);
         self.store.unpack_layer_within(layer, &self.unpack, budget)?;
         progress.update(&layer.digest, layer.size, LayerPhase::Done);
+        Ok(())
+    }
+}
+
+/// A sink that takes at most `left` bytes (a peer's document is read into memory).
+struct LimitedSink<'a> {
+    inner: &'a mut Vec<u8>,
+    left: u64,
+}
+
+impl std::io::Write for LimitedSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            return Err(std::io::Error::other("a document larger than allowed"));
+        }
+        self.left -= buf.len() as u64;
+        self.inner.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 }

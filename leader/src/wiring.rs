@@ -361,6 +361,8 @@ fn relay_handles(api: &Api) -> crate::edge::relay::Handles {
         registry: api.registry.clone(),
         published: api.published.clone(),
         keyring: api.keyring.clone(),
+        observed: api.observed.clone(),
+        fetching: Default::default(),
     }
 }
 

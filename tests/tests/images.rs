@@ -18,7 +18,7 @@ fn client(reg: &Registry) -> RegistryClient {
 }
 
 fn puller<'a>(store: &'a ContentStore, client: &'a RegistryClient, arch: Arch) -> Puller<'a> {
-    Puller { store, client, arch, unpack: UnpackOptions::default() }
+    Puller { store, client, arch, unpack: UnpackOptions::default(), peers: None }
 }
 
 fn setup() -> (Registry, tempfile::TempDir, Digest) {

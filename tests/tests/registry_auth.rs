@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 fn pull(client: &RegistryClient, store_dir: &Path, reference: &str) -> Result<bramble_images::ImageRecord, PullError> {
     let store = ContentStore::open(store_dir).unwrap();
-    let p = Puller { store: &store, client, arch: Arch::Amd64, unpack: UnpackOptions::default() };
+    let p = Puller { store: &store, client, arch: Arch::Amd64, unpack: UnpackOptions::default(), peers: None };
     p.pull(&reference.parse::<ImageRef>().unwrap(), PullPolicy::Always, &Progress::default())
 }
 

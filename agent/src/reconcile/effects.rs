@@ -56,8 +56,9 @@ pub trait Containers: Send + Sync {
 pub trait Images: Send + Sync {
     /// The references the store holds.
     fn present(&self) -> BTreeSet<String>;
-    /// Fetches `image` into the store, reporting bytes on `progress`.
-    fn pull(&self, image: &ImageRef, progress: &Progress) -> Result<(), ReconcileError>;
+    /// Fetches `image` into the store, reporting bytes on `progress`; says where its layers came
+    /// from (empty: nothing to say).
+    fn pull(&self, image: &ImageRef, progress: &Progress) -> Result<String, ReconcileError>;
 }
 
 /// Pods' networks.

@@ -255,7 +255,7 @@ impl Images for FakeImages {
         self.present.lock().expect("fake lock").clone()
     }
 
-    fn pull(&self, image: &ImageRef, _progress: &Progress) -> Result<(), ReconcileError> {
+    fn pull(&self, image: &ImageRef, _progress: &Progress) -> Result<String, ReconcileError> {
         let name = image.as_str().to_string();
         self.pulls.lock().expect("fake lock").push(name.clone());
         if let Some(offered) = self.platforms.lock().expect("fake lock").get(&name) {
@@ -265,7 +265,7 @@ impl Images for FakeImages {
             }
         }
         self.present.lock().expect("fake lock").insert(name);
-        Ok(())
+        Ok(String::new())
     }
 }
 

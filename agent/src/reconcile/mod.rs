@@ -78,6 +78,8 @@ pub struct Handle {
     pub configs: Arc<crate::secrets::Secrets>,
     /// The cluster's registry settings for this board's pulls (memory only).
     pub registries: Arc<crate::registries::Registries>,
+    /// The session's connection while there is one: pulls ask peers through it.
+    pub peer_slot: crate::peers::Slot,
 }
 
 /// Where the agent keeps containers' pieces.
@@ -182,8 +184,17 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
     crate::registries::warn_plain_text(&config.images.registries);
     let client = Arc::new(RegistryClient::new(config.images.registries.clone()));
     let registries = Arc::new(crate::registries::Registries::new(client.clone()));
-    let images =
-        Arc::new(StoreImages { store, client, unpack: config.images.unpack_options(), arch: crate::sysinfo::arch() });
+    let peer_slot: crate::peers::Slot = Arc::default();
+    let peers = tokio::runtime::Handle::try_current()
+        .ok()
+        .map(|rt| Arc::new(crate::peers::LeaderPeers::new(peer_slot.clone(), rt)));
+    let images = Arc::new(StoreImages {
+        store,
+        client,
+        unpack: config.images.unpack_options(),
+        arch: crate::sysinfo::arch(),
+        peers,
+    });
     let (inputs, rx) = sync_channel(INPUTS);
     let (status_tx, status) = tokio::sync::watch::channel(Statuses::new());
     let (ev_tx, events) = tokio::sync::mpsc::channel(EVENTS);
@@ -219,6 +230,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
         secrets,
         configs,
         registries,
+        peer_slot,
     })
 }
 

@@ -304,6 +304,8 @@ pub struct StoreImages {
     pub client: Arc<RegistryClient>,
     pub unpack: UnpackOptions,
     pub arch: Arch,
+    /// The cluster's other boards, asked first (none: outside a runtime, in tests).
+    pub peers: Option<Arc<crate::peers::LeaderPeers>>,
 }
 
 impl Images for StoreImages {
@@ -311,11 +313,18 @@ impl Images for StoreImages {
         self.store.images().map(|v| v.into_iter().map(|r| r.reference).collect()).unwrap_or_default()
     }
 
-    fn pull(&self, image: &ImageRef, progress: &Progress) -> Result<(), ReconcileError> {
-        let puller =
-            Puller { store: &self.store, client: &self.client, arch: self.arch.clone(), unpack: self.unpack.clone() };
+    fn pull(&self, image: &ImageRef, progress: &Progress) -> Result<String, ReconcileError> {
+        let puller = Puller {
+            store: &self.store,
+            client: &self.client,
+            arch: self.arch.clone(),
+            unpack: self.unpack.clone(),
+            peers: self.peers.as_deref().map(|p| p as &dyn bramble_images::Peers),
+        };
         let name = image.to_string();
-        puller.pull(image, PullPolicy::IfNotPresent, progress).map(|_| ()).map_err(|e| match e {
+        let mut sources = bramble_images::Sources::new();
+        let pulled = puller.pull_from(image, PullPolicy::IfNotPresent, progress, &mut sources);
+        pulled.map(|r| bramble_images::pull::summarize_sources(&r.layers, &sources)).map_err(|e| match e {
             PullError::NoPlatform { ref offered, .. } => {
                 ReconcileError::NoPlatform { image: name, offered: offered.clone(), message: e.to_string() }
             }

@@ -32,7 +32,8 @@ pub enum Input {
     /// `full`: exactly these replicas; otherwise add/replace `upsert` and drop `remove`.
     Desired { full: bool, upsert: Vec<Assignment>, remove: Vec<String> },
     /// A pull ended.
-    Pulled { image: String, result: Result<(), ReconcileError>, took_ms: u64 },
+    /// A pull ended: where its layers came from, or why it failed.
+    Pulled { image: String, result: Result<String, ReconcileError>, took_ms: u64 },
     /// A removal ended.
     Removed { id: String, result: Result<(), ReconcileError> },
     /// A session with a leader is up (`fence`: what its welcome set), or ended (`fence` none:
@@ -344,16 +345,17 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
             .collect()
     }
 
-    fn pulled(&mut self, image: &str, result: Result<(), ReconcileError>, took_ms: u64, now_ms: u64) {
+    fn pulled(&mut self, image: &str, result: Result<String, ReconcileError>, took_ms: u64, now_ms: u64) {
         self.observed.pulling.remove(image);
         self.progress.remove(image);
         let waiting = self.waiting_for(image);
         match result {
-            Ok(()) => {
+            Ok(from) => {
                 self.observed.images.insert(image.to_string());
+                let from = if from.is_empty() { String::new() } else { format!(" ({from})") };
                 for r in waiting {
                     self.retries.remove(&r);
-                    self.event(&r, EventReason::Pulled, format!("pulled {image} in {took_ms} ms"), now_ms);
+                    self.event(&r, EventReason::Pulled, format!("pulled {image} in {took_ms} ms{from}"), now_ms);
                 }
             }
             Err(e) => {

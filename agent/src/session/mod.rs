@@ -309,6 +309,8 @@ async fn session(
     let ctx = std::sync::Arc::new(crate::streams::Context::new(config, work.registries.client()));
     let volumes = crate::volumes::Volumes::new(&config.data_dir);
     let streams = conn.clone();
+    // Pulls ask this board's peers through this connection while it lasts.
+    *work.peer_slot.lock().expect("peer slot") = Some(conn.clone());
     let log_server = tokio::spawn(async move {
         while let Ok((s, r)) = streams.accept_bi().await {
             tokio::spawn(crate::streams::serve(ctx.clone(), s, r));
@@ -405,6 +407,7 @@ async fn session(
     };
     reader.abort();
     log_server.abort();
+    *work.peer_slot.lock().expect("peer slot") = None;
     let _ = send.finish();
     conn.close(quinn::VarInt::from_u32(0), b"agent closing session");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;

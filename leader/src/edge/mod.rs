@@ -2,6 +2,7 @@
 //! relays and agent sessions (`crate::sessions`); a standby's edge; the serving certificate's
 //! renewal. Started by `crate::wiring`.
 
+pub mod peers;
 pub mod relay;
 
 use crate::api::Api;
@@ -63,6 +64,7 @@ async fn standby_stream(ha: Arc<Ha>, identified: bool, mut send: SendStream, mut
         }
         OpenKind::Call(_) => write_frame(&mut send, &Response::Error(refusal)).await,
         OpenKind::Session(_) => write_frame(&mut send, &LeaderMsg::Refused(refusal)).await,
+        OpenKind::Peer(_) => write_frame(&mut send, &bramble_proto::wire::PeerReply::NotHere).await,
     };
     if sent.is_ok() {
         let _ = send.finish();
@@ -312,6 +314,16 @@ async fn serve_stream(
                 let _ = send.stopped().await;
             }
         }
+        OpenKind::Peer(req) => match (&identity, version_error) {
+            (Some((Identity::Node(name), _)), None) => {
+                crate::edge::peers::serve(edge.relay.clone(), name.clone(), req, send).await
+            }
+            _ => {
+                let reason = "only boards of this cluster ask for peers' content".to_string();
+                let _ = write_frame(&mut send, &bramble_proto::wire::PeerReply::Refused { reason }).await;
+                let _ = send.finish();
+            }
+        },
         OpenKind::Session(hello) => {
             if let Some(e) = version_error {
                 let _ = write_frame(&mut send, &LeaderMsg::Refused(e)).await;

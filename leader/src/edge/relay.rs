@@ -23,6 +23,10 @@ pub struct Handles {
     pub published: Arc<crate::controllers::Published>,
     /// Opens the secret of a registry a prefetch pulls from.
     pub keyring: Arc<crate::trust::secrets::Keyring>,
+    /// The images each board holds (peers' sources).
+    pub observed: Arc<crate::boards::observed::Observed>,
+    /// Images being fetched for the LAN by one board.
+    pub fetching: Arc<super::peers::Fetching>,
 }
 
 async fn fail(send: &mut SendStream, code: ErrorCode, message: String) {

@@ -39,6 +39,49 @@ pub struct Open {
 pub enum OpenKind {
     Call(Request),
     Session(Box<Hello>),
+    /// A board asks for an image's content from the boards that hold it (boards only).
+    Peer(PeerRequest),
+}
+
+/// What a board pulling `reference` asks of its peers, through the leader. Only for an image one
+/// of the board's replicas uses; the holder serves only what that image's record names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerRequest {
+    /// The digest of the document `reference` names (its index, or its manifest).
+    Resolve { reference: String },
+    /// Blob `digest` (a document, config or layer of `reference`), of `size` bytes; `not_from`:
+    /// boards whose copy did not match.
+    Blob {
+        reference: String,
+        digest: String,
+        size: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        not_from: Vec<String>,
+    },
+}
+
+/// The leader's (and a holder's) answer to a [`PeerRequest`]; `Found` of a blob is followed by its
+/// bytes on the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerReply {
+    /// From board `from`: the digest (`Resolve`), or `size` bytes that follow (`Blob`).
+    Found {
+        from: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        digest: Option<String>,
+        #[serde(default)]
+        size: u64,
+    },
+    /// Board `fetcher` is fetching this image from its registry now: ask again soon (the LAN
+    /// fetches it once).
+    Wait { fetcher: String },
+    /// No board has it, and none is fetching it: fetch it yourself (the leader counts you as its
+    /// fetcher).
+    NotHere,
+    /// Refused: `reason`.
+    Refused { reason: String },
 }
 
 #[cfg(test)]

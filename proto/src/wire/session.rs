@@ -213,6 +213,9 @@ pub enum AgentRequest {
     /// reference's registry for this pull only (as in [`LeaderMsg::Registries`]), kept in memory
     /// until it ends.
     Pull { reference: String, registry: Option<SecretPayload> },
+    /// A peer's request, relayed (see [`super::PeerRequest`]): answered with one
+    /// [`super::PeerReply`] (`Found` or `NotHere`), a blob's bytes after it.
+    Peer(super::PeerRequest),
 }
 
 /// Send this replica's output.

@@ -249,6 +249,14 @@ pub struct ImagesConfig {
     /// free beyond 256 MiB (a twentieth of a smaller disk).
     #[serde(default = "default_max_image_size")]
     pub max_image_size: Memory,
+    /// Ask the cluster's other boards for an image's content before any registry, and serve
+    /// them what this board holds (default true). Off: this board pulls from registries only.
+    #[serde(default = "default_true")]
+    pub peers: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_max_image_size() -> Memory {
@@ -275,6 +283,7 @@ impl Default for ImagesConfig {
             devices: DevicePolicyConfig::default(),
             registries: Vec::new(),
             max_image_size: default_max_image_size(),
+            peers: true,
         }
     }
 }

@@ -67,21 +67,10 @@ impl LeaderPeers {
 
 impl bramble_images::Peers for LeaderPeers {
     fn resolve(&self, image: &ImageRef) -> Option<(Digest, String)> {
-        let started = Instant::now();
-        let mut said = false;
-        loop {
-            let (reply, _) = self.ask(PeerRequest::Resolve { reference: image.as_str().to_string() }).ok()?;
-            match reply {
-                PeerReply::Found { from, digest: Some(d), .. } => return d.parse().ok().map(|d| (d, from)),
-                PeerReply::Wait { fetcher } if started.elapsed() < MAX_WAIT => {
-                    if !said {
-                        info!(image = %image, "{fetcher} is fetching it for the LAN: waiting for its copy");
-                        said = true;
-                    }
-                    std::thread::sleep(Duration::from_millis(300));
-                }
-                _ => return None,
-            }
+        let (reply, _) = self.ask(PeerRequest::Resolve { reference: image.as_str().to_string() }).ok()?;
+        match reply {
+            PeerReply::Found { from, digest: Some(d), .. } => d.parse().ok().map(|d| (d, from)),
+            _ => None,
         }
     }
 
@@ -97,7 +86,21 @@ impl bramble_images::Peers for LeaderPeers {
             self.bad.lock().expect("bad peers").get(digest).map(|s| s.iter().cloned().collect()).unwrap_or_default();
         let req =
             PeerRequest::Blob { reference: image.as_str().to_string(), digest: digest.to_string(), size, not_from };
-        let (reply, mut recv) = self.ask(req)?;
+        // While another board fetches this image for the LAN, its copy is waited for.
+        let started = Instant::now();
+        let mut said = false;
+        let (reply, mut recv) = loop {
+            match self.ask(req.clone())? {
+                (PeerReply::Wait { fetcher }, _) if started.elapsed() < MAX_WAIT => {
+                    if !said {
+                        info!(image = %image, "{fetcher} is fetching it for the LAN: waiting for its copy");
+                        said = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                answer => break answer,
+            }
+        };
         let (from, expected) = match reply {
             PeerReply::Found { from, size: n, .. } => (from, n),
             other => return Err(format!("{other:?}")),
@@ -158,5 +161,67 @@ pub fn serve(store: &ContentStore, req: &PeerRequest) -> (PeerReply, Option<std:
             let Ok(md) = f.metadata() else { return not_here };
             (PeerReply::Found { from: String::new(), digest: None, size: md.len() }, Some(f))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bramble_images::store::{ImageRecord, LayerRecord};
+
+    #[test]
+    fn a_holder_serves_only_what_the_named_images_record_names() {
+        let t = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(t.path()).unwrap();
+        let blob = |b: &[u8]| {
+            let d = Digest::of(b);
+            store.write_blob(&d, b).unwrap();
+            d
+        };
+        let (manifest, config, layer) = (blob(b"manifest"), blob(b"config"), blob(b"layer bytes"));
+        let other = blob(b"another image's private layer");
+        store
+            .put_image(&ImageRecord {
+                reference: "reg.lan/web:1".into(),
+                index_digest: None,
+                manifest_digest: manifest.clone(),
+                config_digest: config,
+                platform: "linux/amd64".into(),
+                layers: vec![LayerRecord {
+                    digest: layer.clone(),
+                    media_type: bramble_images::oci::OCI_LAYER_GZIP.into(),
+                    size: 11,
+                    diff_id: Digest::of(b"x"),
+                }],
+                created_ms: 0,
+            })
+            .unwrap();
+        let ask = |reference: &str, digest: &Digest| {
+            let req = PeerRequest::Blob {
+                reference: reference.into(),
+                digest: digest.to_string(),
+                size: 0,
+                not_from: vec![],
+            };
+            serve(&store, &req)
+        };
+        match ask("reg.lan/web:1", &layer) {
+            (PeerReply::Found { size: 11, .. }, Some(_)) => {}
+            other => panic!("{:?}", other.0),
+        }
+        assert_eq!(ask("reg.lan/web:1", &other).0, PeerReply::NotHere, "not this image's");
+        assert_eq!(ask("reg.lan/other:1", &other).0, PeerReply::NotHere, "no such image here");
+        let bad = PeerRequest::Blob {
+            reference: "reg.lan/web:1".into(),
+            digest: "../../etc/passwd".into(),
+            size: 0,
+            not_from: vec![],
+        };
+        assert_eq!(serve(&store, &bad).0, PeerReply::NotHere);
+        let resolved = serve(&store, &PeerRequest::Resolve { reference: "reg.lan/web:1".into() }).0;
+        assert_eq!(resolved, PeerReply::Found { from: String::new(), digest: Some(manifest.to_string()), size: 0 });
+        // An image missing a blob is not served at all.
+        std::fs::remove_file(store.blob_path(&layer)).unwrap();
+        assert_eq!(ask("reg.lan/web:1", &manifest).0, PeerReply::NotHere);
     }
 }

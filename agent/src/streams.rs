@@ -30,6 +30,8 @@ pub struct Context {
     /// The registry client the board's own pulls use (with the cluster's settings), for prefetches.
     pub client: Arc<bramble_images::registry::RegistryClient>,
     pub unpack: bramble_images::unpack::UnpackOptions,
+    /// `[images] peers`: whether other boards may copy from this one.
+    pub serve_peers: bool,
 }
 
 impl Context {
@@ -43,18 +45,23 @@ impl Context {
             shims_dir: paths.shims,
             client,
             unpack: config.images.unpack_options(),
+            serve_peers: config.images.peers,
         }
     }
 }
 
-pub async fn serve(ctx: Arc<Context>, send: SendStream, mut recv: RecvStream) {
+pub async fn serve(ctx: Arc<Context>, mut send: SendStream, mut recv: RecvStream) {
     match read_frame::<AgentRequest>(&mut recv, MAX_FRAME_LEN).await {
         Ok(Some(AgentRequest::Logs(req))) => crate::logserve::serve(ctx.log_dir.clone(), req, send).await,
         Ok(Some(AgentRequest::Image(op))) => image(ctx, op, send, recv).await,
         Ok(Some(AgentRequest::Exec(req))) => crate::exec::serve(ctx.shims_dir.clone(), req, send, recv).await,
         Ok(Some(AgentRequest::Volume(op))) => volume(ctx, op, send).await,
         Ok(Some(AgentRequest::Pull { reference, registry })) => prefetch(ctx, reference, registry, send).await,
-        Ok(Some(AgentRequest::Peer(req))) => peer(ctx, req, send).await,
+        Ok(Some(AgentRequest::Peer(req))) if ctx.serve_peers => peer(ctx, req, send).await,
+        Ok(Some(AgentRequest::Peer(_))) => {
+            let _ = write_frame(&mut send, &bramble_proto::wire::PeerReply::NotHere).await;
+            let _ = send.finish();
+        }
         _ => {}
     }
 }

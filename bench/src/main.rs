@@ -13,6 +13,7 @@ mod images;
 mod ingress;
 mod monitoring;
 mod net;
+mod peers;
 mod rollout;
 mod scale;
 mod scheduler;
@@ -88,6 +89,18 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
+    /// Images shared by the boards: a rollout of a large image to N boards at once, sharing
+    /// (the default) against each board pulling from the registry: uplink bytes, time, agent RSS.
+    Peers {
+        /// Board counts to measure (real agents in namespaces).
+        #[arg(long, value_delimiter = ',', default_value = "1,3")]
+        boards: Vec<usize>,
+        #[arg(long, default_value_t = 100)]
+        size_mib: usize,
+        /// The registry's link, in Mbit/s (0: as fast as the lab goes).
+        #[arg(long, default_value_t = 0)]
+        uplink_mbit: u64,
+    },
     /// The ingress proxy: requests/s and p99 through it vs the backend's VIP and a pod directly,
     /// the proxy's memory, an ingress change -> served.
     Ingress {
@@ -155,6 +168,7 @@ fn main() {
         Command::Startup { runs } => vec![("startup", startup::run(runs))],
         Command::Net { runs } => vec![("net", net::run(runs))],
         Command::Ingress { runs } => vec![("ingress", ingress::run(runs))],
+        Command::Peers { boards, size_mib, uplink_mbit } => vec![("peers", peers::run(&boards, size_mib, uplink_mbit))],
         Command::Rollout { runs } => vec![("rollout", rollout::run(runs))],
         Command::Secrets { runs } => vec![("secrets", secrets::run(runs))],
         Command::Drain { runs } => vec![("drain", drain::run(runs))],
@@ -174,6 +188,7 @@ fn main() {
             ("startup", startup::run(runs.max(20))),
             ("net", net::run(runs)),
             ("ingress", ingress::run(runs)),
+            ("peers", peers::run(&[1, 3], 100, 0)),
             ("rollout", rollout::run(runs)),
             ("drain", drain::run(runs.min(5))),
             ("secrets", secrets::run(runs.max(20))),

@@ -112,16 +112,29 @@ impl Puller<'_> {
         let bad = |reason: String| PullError::BadImage { image: reference.clone(), reason };
         let tag_or_digest =
             image.digest.clone().or_else(|| image.tag_or_default().map(str::to_string)).expect("a tag or a digest");
-        let from_peer = self.peers.and_then(|p| p.resolve(image)).and_then(|(digest, from)| {
+        // A tag is resolved by the registry (or its mirrors): a board's word for what a tag names
+        // is taken only when no registry answers. A digest names its content: a peer's will do.
+        let from_peer = |pulled: Option<&PullError>| {
+            let (digest, from) = match &image.digest {
+                Some(d) => (d.parse().ok()?, String::new()),
+                None => self.peers?.resolve(image)?,
+            };
             let bytes = self.peer_document(image, &digest)?;
-            Some((crate::registry::Fetched { bytes, media_type: None, digest }, from))
-        });
-        let top = match from_peer {
-            Some((top, from)) => {
-                sources.insert(top.digest.clone(), format!("peer {from}"));
-                top
+            if let Some(e) = pulled {
+                tracing::warn!(image = %image, "no registry answers ({e}): the tag is resolved by board {from}");
             }
-            None => self.fetch_from_sources(image, |src| Ok(self.client.manifest(src, &tag_or_digest)?))?,
+            Some(crate::registry::Fetched { bytes, media_type: None, digest })
+        };
+        let pinned = if image.digest.is_some() { from_peer(None) } else { None };
+        let top = match pinned {
+            Some(top) => top,
+            None => match self.fetch_from_sources(image, |src| Ok(self.client.manifest(src, &tag_or_digest)?)) {
+                Ok(top) => top,
+                Err(e) => match from_peer(Some(&e)) {
+                    Some(top) => top,
+                    None => return Err(e),
+                },
+            },
         };
         let doc = parse_manifest_doc(top.media_type.as_deref(), &top.bytes).map_err(bad)?;
         let (index_digest, manifest_bytes, manifest_digest) = match doc {

@@ -187,6 +187,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
     let peer_slot: crate::peers::Slot = Arc::default();
     let peers = tokio::runtime::Handle::try_current()
         .ok()
+        .filter(|_| config.images.peers)
         .map(|rt| Arc::new(crate::peers::LeaderPeers::new(peer_slot.clone(), rt)));
     let images = Arc::new(StoreImages {
         store,

@@ -4,8 +4,10 @@
 //!
 //! Rules: a board may ask only for an image one of its replicas uses (the desired set says), and a
 //! holder serves only what that image's record names. An image no board holds yet is fetched from
-//! its registry by the first board that asks (`NotHere` makes it the image's fetcher); the others
-//! are told to wait for its copy (`Wait`) while it is connected, for at most [`FETCH_LEASE`].
+//! its registry by the first board that asks for its content (`NotHere` makes it the image's
+//! fetcher); the others are told to wait for its copy (`Wait`) while it is connected, for at most
+//! [`FETCH_LEASE_MS`]. What a tag names is asked of the registry first: a board's answer to
+//! `Resolve` is used only when no registry answers (see `bramble_images::pull`).
 
 use super::relay::Handles;
 use bramble_proto::codec::MAX_FRAME_LEN;
@@ -72,7 +74,10 @@ impl Fetching {
 /// Whether a replica of `node` uses `reference` (its app's, a container's or an init's image).
 fn uses(api: &Handles, node: &str, reference: &str) -> bool {
     let desired = api.published.desired.borrow().clone();
-    let Some(set) = desired.as_ref().and_then(|d| d.get(node).cloned()) else { return false };
+    desired.as_ref().and_then(|d| d.get(node)).is_some_and(|set| set_uses(set, reference))
+}
+
+fn set_uses(set: &crate::controllers::desired::DesiredSet, reference: &str) -> bool {
     set.values().any(|a| {
         std::iter::once(&a.spec.image)
             .chain(a.spec.containers.iter().chain(&a.spec.init).map(|c| &c.image))
@@ -135,16 +140,16 @@ pub async fn serve(api: Handles, node: String, req: PeerRequest, mut send: SendS
             Err(e) => debug!(holder = %holder, "asking for {reference}: {e}"),
         }
     }
-    // Nobody has it: the first to ask fetches it; the rest wait for its copy.
+    // Nobody has it: the first to ask for its content fetches it; the rest wait for its copy.
     let reply = match &req {
-        PeerRequest::Resolve { .. } => {
+        PeerRequest::Blob { .. } => {
             let connected = |n: &str| api.registry.connection(n).is_some();
             match api.fetching.wait_for(&reference, &node, now_ms(), connected) {
                 Some(fetcher) => PeerReply::Wait { fetcher },
                 None => PeerReply::NotHere,
             }
         }
-        PeerRequest::Blob { .. } => PeerReply::NotHere,
+        PeerRequest::Resolve { .. } => PeerReply::NotHere,
     };
     let _ = write_frame(&mut send, &reply).await;
     let _ = send.finish();
@@ -169,6 +174,27 @@ mod tests {
         assert_eq!(f.wait_for("r", "b2", 30 + FETCH_LEASE_MS, up), None);
         f.done("r");
         assert_eq!(f.wait_for("r", "b4", 50 + FETCH_LEASE_MS, up), None);
+    }
+
+    #[test]
+    fn a_board_may_ask_only_for_the_images_its_replicas_use() {
+        let m = bramble_proto::manifest::parse_manifest(
+            "t.toml",
+            "[[app]]\nname = \"web\"\nimage = \"reg.lan/web:1\"\n[[app.init]]\nname = \"seed\"\nimage = \"reg.lan/seed:2\"\n",
+        )
+        .unwrap();
+        let a = bramble_proto::wire::Assignment {
+            replica: "web-1".into(),
+            app: "web".into(),
+            revision: "r".into(),
+            spec: std::sync::Arc::new(m.apps[0].clone()),
+        };
+        let set = crate::controllers::desired::DesiredSet::from([("web-1".to_string(), a)]);
+        assert!(set_uses(&set, "reg.lan/web:1"));
+        assert!(set_uses(&set, "reg.lan/seed:2"), "an init container's image");
+        assert!(!set_uses(&set, "reg.lan/secret-sauce:1"), "another team's private image");
+        assert!(!set_uses(&set, "reg.lan/web:2"), "by the reference as written");
+        assert!(!set_uses(&Default::default(), "reg.lan/web:1"));
     }
 
     #[test]

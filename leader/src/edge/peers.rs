@@ -4,9 +4,9 @@
 //!
 //! Rules: a board may ask only for an image one of its replicas uses (the desired set says), and a
 //! holder serves only what that image's record names. An image no board holds yet is fetched from
-//! its registry by the first board that asks for its content (`NotHere` makes it the image's
-//! fetcher); the others are told to wait for its copy (`Wait`) while it is connected, for at most
-//! [`FETCH_LEASE_MS`]. What a tag names is asked of the registry first: a board's answer to
+//! its registry by the first board that asks for one of its layers (`NotHere` makes it the image's
+//! fetcher); the others are told to wait for its copy (`Wait`) while it is connected and asks for
+//! layers, for at most [`FETCH_LEASE_MS`] after its last. What a tag names is asked of the registry first: a board's answer to
 //! `Resolve` is used only when no registry answers (see `bramble_images::pull`).
 
 use super::relay::Handles;
@@ -19,8 +19,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use tracing::{debug, info};
 
-/// How long a board counts as an image's fetcher for the others (then they fetch too).
-pub const FETCH_LEASE_MS: u64 = 300_000;
+/// How long a board counts as an image's fetcher for the others after it last asked for one of
+/// its layers (then they fetch too: a fetcher that failed holds nobody up for long).
+pub const FETCH_LEASE_MS: u64 = 120_000;
 
 /// The images being fetched from a registry, by reference: the board and since when; and how
 /// many copies each board is serving now (the least busy holder is asked first).
@@ -140,16 +141,18 @@ pub async fn serve(api: Handles, node: String, req: PeerRequest, mut send: SendS
             Err(e) => debug!(holder = %holder, "asking for {reference}: {e}"),
         }
     }
-    // Nobody has it: the first to ask for its content fetches it; the rest wait for its copy.
+    // Nobody has it: the first to ask for one of its layers fetches it; the rest wait for its
+    // copy. (Documents are small, and a board whose platform the image lacks stops at them: it
+    // becomes nobody's fetcher.)
     let reply = match &req {
-        PeerRequest::Blob { .. } => {
+        PeerRequest::Blob { size, .. } if *size > 0 => {
             let connected = |n: &str| api.registry.connection(n).is_some();
             match api.fetching.wait_for(&reference, &node, now_ms(), connected) {
                 Some(fetcher) => PeerReply::Wait { fetcher },
                 None => PeerReply::NotHere,
             }
         }
-        PeerRequest::Resolve { .. } => PeerReply::NotHere,
+        PeerRequest::Blob { .. } | PeerRequest::Resolve { .. } => PeerReply::NotHere,
     };
     let _ = write_frame(&mut send, &reply).await;
     let _ = send.finish();

@@ -15,43 +15,7 @@ pub struct Registries {
     held: Mutex<BTreeMap<String, Values>>,
 }
 
-fn text(values: &Values, key: &str) -> Option<String> {
-    values.get(key).and_then(|v| String::from_utf8(v.clone()).ok()).filter(|s| !s.is_empty())
-}
-
-/// One host's settings from a payload's values under `prefix` (`""` or `mirror/<host>/`).
-fn config(host: &str, values: &Values, prefix: &str) -> RegistryConfig {
-    let get = |k: &str| text(values, &format!("{prefix}{k}"));
-    RegistryConfig {
-        host: host.to_string(),
-        insecure: get("insecure").as_deref() == Some("true"),
-        username: get("username"),
-        password: get("password"),
-        token: get("token"),
-        mirrors: if prefix.is_empty() {
-            get("mirrors").map(|m| m.split(',').map(str::to_string).collect()).unwrap_or_default()
-        } else {
-            Vec::new()
-        },
-        ..Default::default()
-    }
-}
-
-/// Every host's settings that `held` gives: each registry's, and its mirrors' own.
-pub fn configs(held: &BTreeMap<String, Values>) -> Vec<RegistryConfig> {
-    let mut out: BTreeMap<String, RegistryConfig> = BTreeMap::new();
-    for (host, values) in held {
-        let main = config(host, values, "");
-        for m in &main.mirrors {
-            let prefix = format!("mirror/{m}/");
-            if values.keys().any(|k| k.starts_with(&prefix)) {
-                out.entry(m.clone()).or_insert_with(|| config(m, values, &prefix));
-            }
-        }
-        out.insert(host.clone(), main);
-    }
-    out.into_values().collect()
-}
+pub use bramble_images::registry::configs_from_payloads as configs;
 
 impl std::fmt::Debug for Registries {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -56,7 +56,7 @@ pub trait Peers: Send + Sync {
     /// has it (the caller then fetches it from a registry — after waiting, if another board is
     /// fetching it already).
     fn resolve(&self, image: &ImageRef) -> Option<(Digest, String)>;
-    /// Streams blob `digest` of `size` bytes (0: a document, at most what `sink` takes) of
+    /// Streams blob `digest` of `size` bytes (0: a document of unknown size, at most what `sink` takes) of
     /// `image` into `sink` from a board that has it; returns that board. Err: none has it, or
     /// what came did not match (the sink then holds garbage: the caller starts again elsewhere).
     fn blob(
@@ -119,9 +119,9 @@ impl Puller<'_> {
                 Some(d) => (d.parse().ok()?, String::new()),
                 None => self.peers?.resolve(image)?,
             };
-            let bytes = self.peer_document(image, &digest)?;
+            let bytes = self.peer_document(image, &digest, 0)?;
             if let Some(e) = pulled {
-                tracing::warn!(image = %image, "no registry answers ({e}): the tag is resolved by board {from}");
+                tracing::warn!(image = %image, "no registry answers ({e}): the tag is resolved by {}", peer_label(&from));
             }
             Some(crate::registry::Fetched { bytes, media_type: None, digest })
         };
@@ -154,7 +154,7 @@ impl Puller<'_> {
                     return Err(PullError::NoPlatform { image: reference, arch: self.arch.to_string(), offered });
                 };
                 let chosen = &index.manifests[i];
-                let m = match self.peer_document(image, &chosen.digest) {
+                let m = match self.peer_document(image, &chosen.digest, chosen.size) {
                     Some(bytes) => crate::registry::Fetched { bytes, media_type: None, digest: chosen.digest.clone() },
                     None => self.fetch_from_sources(image, |src| {
                         Ok(self.client.manifest(src, &chosen.digest.to_string())?)
@@ -224,11 +224,11 @@ impl Puller<'_> {
 
     /// A document (index, manifest, config) of at most [`crate::oci::MAX_DOCUMENT`] bytes from a
     /// peer, checked; none if no peer has it.
-    fn peer_document(&self, image: &ImageRef, digest: &Digest) -> Option<Vec<u8>> {
+    fn peer_document(&self, image: &ImageRef, digest: &Digest, size: u64) -> Option<Vec<u8>> {
         let peers = self.peers?;
         let mut bytes = Vec::new();
         let mut sink = LimitedSink { inner: &mut bytes, left: crate::oci::MAX_DOCUMENT };
-        match peers.blob(image, digest, 0, &mut sink, &mut |_| {}) {
+        match peers.blob(image, digest, size, &mut sink, &mut |_| {}) {
             Ok(_) if Digest::of(&bytes) == *digest => Some(bytes),
             _ => None,
         }
@@ -241,7 +241,7 @@ impl Puller<'_> {
             }
         }
         if d.size <= crate::oci::MAX_DOCUMENT {
-            if let Some(bytes) = self.peer_document(image, &d.digest) {
+            if let Some(bytes) = self.peer_document(image, &d.digest, d.size) {
                 self.store.write_blob(&d.digest, &bytes)?;
                 return Ok(bytes);
             }
@@ -283,7 +283,7 @@ impl Puller<'_> {
             match got {
                 Ok(from) if ingest.written() == layer.size => match ingest.commit() {
                     Ok(()) => {
-                        sources.insert(layer.digest.clone(), format!("peer {from}"));
+                        sources.insert(layer.digest.clone(), peer_label(&from));
                     }
                     Err(e) => tracing::info!(layer = %layer.digest, "a peer's copy was passed over: {e}"),
                 },
@@ -312,6 +312,16 @@ impl Puller<'_> {
         self.store.unpack_layer_within(layer, &self.unpack, budget)?;
         progress.update(&layer.digest, layer.size, LayerPhase::Done);
         Ok(())
+    }
+}
+
+/// How a source that is not a registry is named: `peer <board>`, or what it calls itself (the
+/// leader's mirror: board names have no spaces).
+fn peer_label(from: &str) -> String {
+    if from.contains(' ') {
+        from.to_string()
+    } else {
+        format!("peer {from}")
     }
 }
 

@@ -136,6 +136,48 @@ fn drop_tokens(tokens: &mut HashMap<(String, String), String>, hosts: &[String])
     tokens.retain(|(h, _), _| !hosts.contains(h));
 }
 
+use std::collections::BTreeMap;
+
+fn payload_text(values: &BTreeMap<String, Vec<u8>>, key: &str) -> Option<String> {
+    values.get(key).and_then(|v| String::from_utf8(v.clone()).ok()).filter(|s| !s.is_empty())
+}
+
+/// One host's settings from a payload's values under `prefix` (`""` or `mirror/<host>/`).
+fn payload_config(host: &str, values: &BTreeMap<String, Vec<u8>>, prefix: &str) -> RegistryConfig {
+    let get = |k: &str| payload_text(values, &format!("{prefix}{k}"));
+    RegistryConfig {
+        host: host.to_string(),
+        insecure: get("insecure").as_deref() == Some("true"),
+        username: get("username"),
+        password: get("password"),
+        token: get("token"),
+        mirrors: if prefix.is_empty() {
+            get("mirrors").map(|m| m.split(',').map(str::to_string).collect()).unwrap_or_default()
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    }
+}
+
+/// Every host's settings that the leader's registry payloads give (by host: `insecure`, `mirrors`,
+/// `username`, `password`, `token`, and a mirror's own under `mirror/<host>/`): each registry's,
+/// and its mirrors'.
+pub fn configs_from_payloads(held: &BTreeMap<String, BTreeMap<String, Vec<u8>>>) -> Vec<RegistryConfig> {
+    let mut out: BTreeMap<String, RegistryConfig> = BTreeMap::new();
+    for (host, values) in held {
+        let main = payload_config(host, values, "");
+        for m in &main.mirrors {
+            let prefix = format!("mirror/{m}/");
+            if values.keys().any(|k| k.starts_with(&prefix)) {
+                out.entry(m.clone()).or_insert_with(|| payload_config(m, values, &prefix));
+            }
+        }
+        out.insert(host.clone(), main);
+    }
+    out.into_values().collect()
+}
+
 /// A fetched manifest document.
 #[derive(Debug, Clone)]
 pub struct Fetched {

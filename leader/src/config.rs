@@ -57,6 +57,9 @@ pub struct LeaderConfig {
     /// The ingress proxy the leader runs on boards labelled for it (off unless `image` is set).
     #[serde(default)]
     pub ingress: IngressConfig,
+    /// A pull-through mirror of these registries for the boards (off unless given).
+    #[serde(default)]
+    pub mirror: Option<crate::mirror::MirrorConfig>,
 }
 
 pub use crate::ingress::IngressConfig;
@@ -348,6 +351,7 @@ impl LeaderConfig {
             backup: BackupConfig::default(),
             store: StoreConfig::default(),
             ingress: IngressConfig::default(),
+            mirror: None,
         }
     }
 
@@ -513,6 +517,13 @@ keep = {backup_keep}
 # acme_ca = "https://acme-v02.api.letsencrypt.org/directory"
 # acme_email = "ops@example.com"
 # acme_ca_root = "/etc/bramble/acme-root.pem"
+
+# A pull-through mirror for the boards: for these registries the leader fetches each blob once
+# (credentials from [[registry]] objects), keeps it (least recently used out first beyond
+# max_size) and serves it to boards, which ask before any registry. Off unless given.
+# [mirror]
+# upstreams = ["docker.io"]
+# max_size = "10Gi"
 
 [store]
 # "redb": the cluster in one file in data_dir, one leader. "etcd": in an etcd cluster shared by

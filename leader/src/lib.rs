@@ -15,6 +15,7 @@ pub mod ha;
 pub mod ingress;
 pub mod ingress_controller;
 pub mod init;
+pub mod mirror;
 pub mod network;
 pub mod objects;
 pub mod observability;

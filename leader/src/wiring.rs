@@ -244,9 +244,22 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
     // Each task gets the handles it uses, and nothing else.
     let tasks = TaskTracker::new();
     let heartbeat = config.nodes.heartbeat.0;
+    let mirror = match &config.mirror {
+        Some(m) => match crate::mirror::Mirror::open(m.clone(), &config.data_dir) {
+            Ok(m) => {
+                info!(upstreams = ?config.mirror.as_ref().map(|c| c.upstreams.clone()), cached = m.cached_bytes(), "mirror ready");
+                Some(Arc::new(m))
+            }
+            Err(e) => {
+                warn!("the mirror is off: {e}");
+                None
+            }
+        },
+        None => None,
+    };
     let edge = Arc::new(Edge {
         api: api.clone(),
-        relay: relay_handles(&api),
+        relay: relay_handles(&api, mirror),
         sessions: Arc::new(session_handles(&api)),
         heartbeat,
     });
@@ -355,7 +368,7 @@ pub fn metrics_handles(api: &Api) -> crate::observability::metrics::Handles {
 }
 
 /// What relaying logs, exec, images and volumes to boards uses.
-fn relay_handles(api: &Api) -> crate::edge::relay::Handles {
+fn relay_handles(api: &Api, mirror: Option<Arc<crate::mirror::Mirror>>) -> crate::edge::relay::Handles {
     crate::edge::relay::Handles {
         objects: api.objects.clone(),
         registry: api.registry.clone(),
@@ -363,6 +376,7 @@ fn relay_handles(api: &Api) -> crate::edge::relay::Handles {
         keyring: api.keyring.clone(),
         observed: api.observed.clone(),
         fetching: Default::default(),
+        mirror,
     }
 }
 

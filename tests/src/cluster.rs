@@ -28,7 +28,8 @@ pub struct ClusterOptions {
     pub cert_lifetime: Option<&'static str>,
     /// The leader's `metrics.listen` (none: off).
     pub metrics_listen: Option<String>,
-    /// More edits of the rendered leader.toml: (text, replacement).
+    /// More edits of the rendered leader.toml: (text, replacement; `@LEADER_ADDR@` in it is the
+    /// leader's address).
     pub leader_toml_edits: Vec<(String, String)>,
     /// Members of an etcd cluster in the leader's namespace that the leader keeps the cluster
     /// in (0: redb). Agents then also know the second leader's address ([`Cluster::add_leader`]).
@@ -142,9 +143,10 @@ impl Cluster {
             .expect("leader.toml")
             .replace("not_ready_after = \"15s\"", &format!("not_ready_after = \"{}\"", opts.not_ready_after))
             .replace("heartbeat = \"5s\"", &format!("heartbeat = \"{}\"", opts.heartbeat));
+        // `@LEADER_ADDR@` in an edit: the leader's address on the lab's LAN.
         let cfg = opts.leader_toml_edits.iter().fold(cfg, |cfg, (from, to)| {
             assert!(cfg.contains(from.as_str()), "leader.toml has no {from:?} to replace");
-            cfg.replace(from.as_str(), to)
+            cfg.replace(from.as_str(), &to.replace("@LEADER_ADDR@", &lab.addr(0)))
         });
         let cfg = match &opts.metrics_listen {
             Some(l) => cfg.replace("# listen = \"127.0.0.1:7449\"", &format!("listen = \"{l}\"")),

@@ -136,3 +136,50 @@ fn a_rollout_crosses_the_uplink_once_per_layer_and_boards_serve_each_other() {
     assert!(log.contains("board board-1 sent a copy that does not match"), "{log}");
     assert!(events.contains("1 layer from peer board-3"), "the good copy came from board-3: {events}");
 }
+
+#[test]
+fn the_leaders_mirror_fetches_once_for_boards_that_cannot_reach_the_registry() {
+    let c = Cluster::start_with(
+        ClusterOptions {
+            agents: 2,
+            leader_toml_edits: vec![(
+                "# [mirror]\n# upstreams = [\"docker.io\"]".to_string(),
+                "[mirror]\nupstreams = [\"@LEADER_ADDR@:5000\"]\nmax_size = \"64Mi\"".to_string(),
+            )],
+            ..Default::default()
+        },
+        |_| String::new(),
+    );
+    let (ns, ip) = (c.lab.ns(0), c.lab.addr(0));
+    let registry = Registry::start_in_netns(&ns, &ip);
+    let layout = c.dir.path().join("multi");
+    let l = Layout::new(&layout);
+    let layers = vec![busybox_layer("amd64"), TarBuilder::default().file("a", 0o644, &noise(3, 3 << 20)).finish()];
+    let m = l.image("amd64", None, &layers, &["sh"]);
+    l.finish("1", vec![m], false);
+    let size: u64 =
+        std::fs::read_dir(layout.join("blobs/sha256")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    let image = format!("{}/bramble/multi:1", registry.addr);
+    bramble_tests::testimages::push_from(Some(&ns), &layout, "1", &image);
+    // Only the leader (its own address) reaches the registry: the boards' packets are dropped.
+    nft(&ns, "add table inet bramble_test_count");
+    nft(&ns, "add chain inet bramble_test_count in { type filter hook input priority 0 ; }");
+    nft(&ns, &format!("add rule inet bramble_test_count in tcp dport 5000 ip saddr != {ip} reject with tcp reset"));
+    nft(&ns, "add chain inet bramble_test_count out { type filter hook output priority 0 ; }");
+    nft(&ns, "add rule inet bramble_test_count out tcp sport 5000 counter");
+    // Plain HTTP for the mirror's fetches and the boards' tries.
+    let reg = format!("[[registry]]\nname = \"lan\"\nhost = \"{}\"\ninsecure = true\n", registry.addr);
+    ok(c.cli(&["apply", "-f", &c.write("reg.toml", &reg)]), "apply registry");
+
+    ok(c.cli(&["apply", "-f", &c.write("multi.toml", &app("multi", &image, 2, ""))]), "apply");
+    wait_for("both replicas running from the mirror", Duration::from_secs(180), || {
+        (running_on(&c, "multi").len() == 2).then_some(())
+    });
+    let crossed = sent(&ns);
+    eprintln!("image {size} bytes; the registry sent {crossed} bytes");
+    assert!(crossed > size && crossed < size + size / 2, "once through the mirror: {crossed} bytes for {size}");
+    let events = ok(c.cli(&["events"]), "events");
+    assert!(events.contains("from the leader's mirror"), "{events}");
+    let cache = c.leader_dir().join("mirror/blobs/sha256");
+    assert!(std::fs::read_dir(&cache).unwrap().count() >= 4, "the mirror keeps the image's blobs");
+}

@@ -283,7 +283,12 @@ async fn session(
             info.network_problem = problems.as_mut().and_then(|p| p.borrow_and_update().clone());
             info
         };
-    let hello = Hello { node_name: creds.name.clone(), epoch, info: info_now(&mut problems) };
+    let hello = Hello {
+        node_name: creds.name.clone(),
+        epoch,
+        info: info_now(&mut problems),
+        features: vec![bramble_proto::wire::FEATURE_REGISTRIES.to_string()],
+    };
     // Devices plugged in or out: looked for every `devices.scan_every`, said when they change.
     let mut devices_sent = hello.info.devices.clone();
     let mut device_tick = tokio::time::interval(config.devices.scan_every.0);

@@ -110,6 +110,16 @@ pub async fn serve(api: Handles, node: String, req: PeerRequest, mut send: SendS
     if !holders.is_empty() {
         api.fetching.done(&reference);
     }
+    // The mirror's cache first (one hop), then the boards, then the mirror's upstream.
+    let mirrored = api.mirror.clone().filter(|m| reference.parse().is_ok_and(|i| m.serves(&i)));
+    match (&mirrored, &req) {
+        // What a tag names: the mirror asks the registry, which is worth more than a board's word.
+        (Some(m), PeerRequest::Resolve { .. }) => return from_mirror(&api, m, &reference, &req, send).await,
+        (Some(m), PeerRequest::Blob { digest, .. }) if digest.parse().is_ok_and(|d| m.has(&d)) => {
+            return from_mirror(&api, m, &reference, &req, send).await;
+        }
+        _ => {}
+    }
     for holder in api.fetching.order(holders) {
         let Some(conn) = api.registry.connection(&holder) else { continue };
         let asked = async {
@@ -141,6 +151,9 @@ pub async fn serve(api: Handles, node: String, req: PeerRequest, mut send: SendS
             Err(e) => debug!(holder = %holder, "asking for {reference}: {e}"),
         }
     }
+    if let Some(m) = &mirrored {
+        return from_mirror(&api, m, &reference, &req, send).await;
+    }
     // Nobody has it: the first to ask for one of its layers fetches it; the rest wait for its
     // copy. (Documents are small, and a board whose platform the image lacks stops at them: it
     // becomes nobody's fetcher.)
@@ -156,6 +169,64 @@ pub async fn serve(api: Handles, node: String, req: PeerRequest, mut send: SendS
     };
     let _ = write_frame(&mut send, &reply).await;
     let _ = send.finish();
+}
+
+/// Where a mirror's answer says it came from.
+pub const MIRROR: &str = "the leader's mirror";
+
+/// Answers from the mirror: a tag's digest, or a blob (fetched from the upstream if need be, once
+/// for every board that asks meanwhile), with the cluster's settings for that registry.
+async fn from_mirror(
+    api: &Handles,
+    mirror: &crate::mirror::Mirror,
+    reference: &str,
+    req: &PeerRequest,
+    mut send: SendStream,
+) {
+    let Ok(image) = reference.parse::<bramble_images::ImageRef>() else { return };
+    let (objects, keyring, host) = (api.objects.clone(), api.keyring.clone(), image.registry.clone());
+    let settings = tokio::task::spawn_blocking(move || crate::sessions::registry_payload(&objects, &keyring, &host))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    let cluster = settings
+        .map(|(_, values)| {
+            let held = std::collections::BTreeMap::from([(image.registry.clone(), values)]);
+            bramble_images::registry::configs_from_payloads(&held)
+        })
+        .unwrap_or_default();
+    let client = std::sync::Arc::new(bramble_images::registry::RegistryClient::new(vec![]).with_extra(cluster));
+    let answer = match req {
+        PeerRequest::Resolve { .. } => mirror
+            .resolve(client, &image, now_ms())
+            .await
+            .map(|d| (PeerReply::Found { from: MIRROR.into(), digest: Some(d.to_string()), size: 0 }, None)),
+        PeerRequest::Blob { digest, size, .. } => match digest.parse::<bramble_images::Digest>() {
+            Ok(d) => mirror
+                .blob(client, &image, &d, *size)
+                .await
+                .map(|(path, len)| (PeerReply::Found { from: MIRROR.into(), digest: None, size: len }, Some(path))),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    let (reply, file) = match answer {
+        Ok(v) => v,
+        Err(e) => {
+            info!(image = %reference, "mirror: {e}");
+            (PeerReply::NotHere, None)
+        }
+    };
+    if write_frame(&mut send, &reply).await.is_err() {
+        return;
+    }
+    if let Some(path) = file {
+        if let Ok(mut f) = tokio::fs::File::open(&path).await {
+            let _ = tokio::io::copy(&mut f, &mut send).await;
+        }
+    }
+    let _ = send.finish();
+    let _ = send.stopped().await;
 }
 
 #[cfg(test)]

@@ -27,6 +27,8 @@ pub struct Handles {
     pub observed: Arc<crate::boards::observed::Observed>,
     /// Images being fetched for the LAN by one board.
     pub fetching: Arc<super::peers::Fetching>,
+    /// The cluster's pull-through mirror, if `[mirror]` is on.
+    pub mirror: Option<Arc<crate::mirror::Mirror>>,
 }
 
 async fn fail(send: &mut SendStream, code: ErrorCode, message: String) {

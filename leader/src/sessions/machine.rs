@@ -63,6 +63,8 @@ pub struct Session {
     /// Secrets and configs are looked at when one changed or this board's set did, not on every
     /// heartbeat.
     check_payloads: bool,
+    /// The agent takes registry settings (an older one does not: it is sent none).
+    registries: bool,
 }
 
 impl Session {
@@ -77,7 +79,14 @@ impl Session {
             sent_registries: BTreeMap::new(),
             sent_payloads: [false; 3],
             check_payloads: true,
+            registries: true,
         }
+    }
+
+    /// For an agent that does not take [`LeaderMsg::Registries`] (one from before them).
+    pub fn without_registries(mut self) -> Session {
+        self.registries = false;
+        self
     }
 
     /// A secret or config changed somewhere in the cluster.
@@ -114,7 +123,9 @@ impl Session {
         }
         if let Some(set) = set.as_ref().filter(|_| self.check_payloads) {
             self.check_payloads = false;
-            for kind in KINDS {
+            let kinds: Vec<Payload> =
+                KINDS.into_iter().filter(|k| *k != Payload::Registries || self.registries).collect();
+            for kind in kinds {
                 match self.payloads(kind, set, restoring, &mut load) {
                     Ok(msg) => out.extend(msg),
                     Err(e) => tracing::warn!("cannot send {kind:?}: {e}"),

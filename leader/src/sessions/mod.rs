@@ -58,6 +58,7 @@ pub(crate) async fn session(
     recv: RecvStream,
 ) {
     let name = hello.node_name.clone();
+    let takes_registries = hello.features.iter().any(|f| f == bramble_proto::wire::FEATURE_REGISTRIES);
     let key_fp = match identity {
         Some((Identity::Node(n), fp)) if n == name => fp,
         Some((id, _)) => {
@@ -116,7 +117,7 @@ pub(crate) async fn session(
     let welcome = LeaderMsg::Welcome { epoch, heartbeat_ms: heartbeat.as_millis() as u64, fence_ms };
     let reason = match write_frame(&mut send, &welcome).await {
         Err(e) => e.to_string(),
-        Ok(()) => serve_session(&api, &name, epoch, send, recv).await,
+        Ok(()) => serve_session(&api, &name, epoch, takes_registries, send, recv).await,
     };
     info!("session ended: {reason}");
     registry.disconnect(&name, epoch, &reason, now_ms());
@@ -130,6 +131,7 @@ async fn serve_session(
     api: &Arc<Handles>,
     name: &str,
     epoch: u64,
+    takes_registries: bool,
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> String {
@@ -149,7 +151,11 @@ async fn serve_session(
     let mut network = api.published.network.subscribe();
     let mut secrets = api.published.secrets.subscribe();
     // What this board is sent, and in which order: `sessions::machine`.
-    let mut machine = Some(machine::Session::new(name));
+    let mut machine = Some(if takes_registries {
+        machine::Session::new(name)
+    } else {
+        machine::Session::new(name).without_registries()
+    });
     let reason = loop {
         let view = network.borrow_and_update().clone();
         // Nothing of the set before the replica controller's first pass.

@@ -17,7 +17,14 @@ pub struct Hello {
     /// a session with a lower epoch replace one with a higher epoch.
     pub epoch: u64,
     pub info: NodeInfo,
+    /// What this agent understands beyond its protocol version (an older agent says nothing, and
+    /// is sent nothing it would not understand): [`FEATURE_REGISTRIES`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
+
+/// The agent takes [`LeaderMsg::Registries`].
+pub const FEATURE_REGISTRIES: &str = "registries";
 
 /// Leader → agent on a session stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

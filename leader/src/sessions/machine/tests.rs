@@ -281,6 +281,14 @@ image = "reg.lan/side:1"
 }
 
 #[test]
+fn an_agent_from_before_registries_is_sent_none() {
+    let store = Store::from([(("registry", "docker.io"), 7)]);
+    let mut s = Session::new("b1").without_registries();
+    let out = s.poll(None, Some(hub_set()), false, loader(&store));
+    assert!(kinds(&out).iter().all(|k| !k.starts_with("registries")), "{:?}", kinds(&out));
+}
+
+#[test]
 fn registry_settings_go_only_where_replicas_pull_from_that_host_and_leave_with_them() {
     let mut store = Store::from([(("registry", "docker.io"), 7), (("registry", "other.lan"), 1)]);
     let mut s = Session::new("b1");

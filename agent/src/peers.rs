@@ -79,13 +79,19 @@ impl bramble_images::Peers for LeaderPeers {
         image: &ImageRef,
         digest: &Digest,
         size: u64,
+        layer: bool,
         sink: &mut dyn Write,
         progress: &mut dyn FnMut(u64),
     ) -> Result<String, String> {
         let not_from: Vec<String> =
             self.bad.lock().expect("bad peers").get(digest).map(|s| s.iter().cloned().collect()).unwrap_or_default();
-        let req =
-            PeerRequest::Blob { reference: image.as_str().to_string(), digest: digest.to_string(), size, not_from };
+        let req = PeerRequest::Blob {
+            reference: image.as_str().to_string(),
+            digest: digest.to_string(),
+            size,
+            not_from,
+            layer,
+        };
         // While another board fetches this image for the LAN, its copy is waited for.
         let started = Instant::now();
         let mut said = false;
@@ -202,6 +208,7 @@ mod tests {
                 digest: digest.to_string(),
                 size: 0,
                 not_from: vec![],
+                layer: false,
             };
             serve(&store, &req)
         };
@@ -216,6 +223,7 @@ mod tests {
             digest: "../../etc/passwd".into(),
             size: 0,
             not_from: vec![],
+            layer: false,
         };
         assert_eq!(serve(&store, &bad).0, PeerReply::NotHere);
         let resolved = serve(&store, &PeerRequest::Resolve { reference: "reg.lan/web:1".into() }).0;

@@ -59,11 +59,14 @@ pub trait Peers: Send + Sync {
     /// Streams blob `digest` of `size` bytes (0: a document of unknown size, at most what `sink` takes) of
     /// `image` into `sink` from a board that has it; returns that board. Err: none has it, or
     /// what came did not match (the sink then holds garbage: the caller starts again elsewhere).
+    /// `layer`: one of the image's layers (while another board fetches the image for the LAN,
+    /// a layer is waited for).
     fn blob(
         &self,
         image: &ImageRef,
         digest: &Digest,
         size: u64,
+        layer: bool,
         sink: &mut dyn std::io::Write,
         progress: &mut dyn FnMut(u64),
     ) -> Result<String, String>;
@@ -228,7 +231,7 @@ impl Puller<'_> {
         let peers = self.peers?;
         let mut bytes = Vec::new();
         let mut sink = LimitedSink { inner: &mut bytes, left: crate::oci::MAX_DOCUMENT };
-        match peers.blob(image, digest, size, &mut sink, &mut |_| {}) {
+        match peers.blob(image, digest, size, false, &mut sink, &mut |_| {}) {
             Ok(_) if Digest::of(&bytes) == *digest => Some(bytes),
             _ => None,
         }
@@ -277,7 +280,7 @@ impl Puller<'_> {
         if let (Some(peers), false) = (self.peers, self.store.has_blob(&layer.digest)) {
             let mut ingest = self.store.ingest(&layer.digest)?;
             progress.update(&layer.digest, 0, LayerPhase::Downloading);
-            let got = peers.blob(image, &layer.digest, layer.size, ingest.writer(), &mut |done| {
+            let got = peers.blob(image, &layer.digest, layer.size, true, ingest.writer(), &mut |done| {
                 progress.update(&layer.digest, done, LayerPhase::Downloading)
             });
             match got {

@@ -158,7 +158,7 @@ pub async fn serve(api: Handles, node: String, req: PeerRequest, mut send: SendS
     // copy. (Documents are small, and a board whose platform the image lacks stops at them: it
     // becomes nobody's fetcher.)
     let reply = match &req {
-        PeerRequest::Blob { size, .. } if *size > 0 => {
+        PeerRequest::Blob { layer: true, .. } => {
             let connected = |n: &str| api.registry.connection(n).is_some();
             match api.fetching.wait_for(&reference, &node, now_ms(), connected) {
                 Some(fetcher) => PeerReply::Wait { fetcher },

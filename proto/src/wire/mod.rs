@@ -58,6 +58,10 @@ pub enum PeerRequest {
         size: u64,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         not_from: Vec<String>,
+        /// One of the image's layers (not a document): only these make a board the image's
+        /// fetcher for the LAN — a board whose platform the image lacks stops before them.
+        #[serde(default)]
+        layer: bool,
     },
 }
 

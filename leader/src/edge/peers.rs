@@ -3,10 +3,10 @@
 //! checked by the asking board against its digest; the leader only relays.
 //!
 //! Rules: a board may ask only for an image one of its replicas uses (the desired set says), and a
-//! holder serves only what that image's record names. An image no board holds yet is fetched from
-//! its registry by the first board that asks for one of its layers (`NotHere` makes it the image's
-//! fetcher); the others are told to wait for its copy (`Wait`) while it is connected and asks for
-//! layers, for at most [`FETCH_LEASE_MS`] after its last. What a tag names is asked of the registry first: a board's answer to
+//! holder serves only what that image's record names. A layer no board holds yet is fetched from
+//! its registry by the first board that asks for it (`NotHere` makes it that layer's fetcher); the
+//! others are told to wait for its copy (`Wait`) while it is connected, for at most
+//! [`FETCH_LEASE_MS`] after it asked. What a tag names is asked of the registry first: a board's answer to
 //! `Resolve` is used only when no registry answers (see `bramble_images::pull`).
 
 use super::relay::Handles;
@@ -23,8 +23,9 @@ use tracing::{debug, info};
 /// its layers (then they fetch too: a fetcher that failed holds nobody up for long).
 pub const FETCH_LEASE_MS: u64 = 120_000;
 
-/// The images being fetched from a registry, by reference: the board and since when; and how
-/// many copies each board is serving now (the least busy holder is asked first).
+/// The layers being fetched from a registry, by digest (a board of another platform fetching the
+/// same reference holds nobody up): the board and since when; and how many copies each board is
+/// serving now (the least busy holder is asked first).
 #[derive(Debug, Default)]
 pub struct Fetching(Mutex<HashMap<String, (String, u64)>>, Mutex<HashMap<String, usize>>);
 
@@ -40,15 +41,15 @@ impl Drop for Serving<'_> {
 }
 
 impl Fetching {
-    /// Who `node` should wait for to get `reference`, if anyone; otherwise `node` becomes its
-    /// fetcher. `connected` says whether a board is still there.
-    pub fn wait_for(&self, reference: &str, node: &str, now: u64, connected: impl Fn(&str) -> bool) -> Option<String> {
+    /// Who `node` should wait for to get `key` (a layer's digest), if anyone; otherwise `node`
+    /// becomes its fetcher. `connected` says whether a board is still there.
+    pub fn wait_for(&self, key: &str, node: &str, now: u64, connected: impl Fn(&str) -> bool) -> Option<String> {
         let mut map = self.0.lock().expect("fetching lock");
         map.retain(|_, (_, since)| now.saturating_sub(*since) < FETCH_LEASE_MS);
-        match map.get(reference) {
+        match map.get(key) {
             Some((fetcher, _)) if fetcher != node && connected(fetcher) => Some(fetcher.clone()),
             _ => {
-                map.insert(reference.to_string(), (node.to_string(), now));
+                map.insert(key.to_string(), (node.to_string(), now));
                 None
             }
         }
@@ -66,9 +67,9 @@ impl Fetching {
         Serving(self, holder.to_string())
     }
 
-    /// Some board holds `reference` now: nobody waits on a fetcher any more.
-    pub fn done(&self, reference: &str) {
-        self.0.lock().expect("fetching lock").remove(reference);
+    /// Some board holds `key` now: nobody waits on a fetcher any more.
+    pub fn done(&self, key: &str) {
+        self.0.lock().expect("fetching lock").remove(key);
     }
 }
 
@@ -108,7 +109,9 @@ pub async fn serve(api: Handles, node: String, req: PeerRequest, mut send: SendS
         .map(|(n, _)| n)
         .collect();
     if !holders.is_empty() {
-        api.fetching.done(&reference);
+        if let PeerRequest::Blob { digest, .. } = &req {
+            api.fetching.done(digest);
+        }
     }
     // The mirror's cache first (one hop), then the boards, then the mirror's upstream.
     let mirrored = api.mirror.clone().filter(|m| reference.parse().is_ok_and(|i| m.serves(&i)));
@@ -158,9 +161,9 @@ pub async fn serve(api: Handles, node: String, req: PeerRequest, mut send: SendS
     // copy. (Documents are small, and a board whose platform the image lacks stops at them: it
     // becomes nobody's fetcher.)
     let reply = match &req {
-        PeerRequest::Blob { layer: true, .. } => {
+        PeerRequest::Blob { layer: true, digest, .. } => {
             let connected = |n: &str| api.registry.connection(n).is_some();
-            match api.fetching.wait_for(&reference, &node, now_ms(), connected) {
+            match api.fetching.wait_for(digest, &node, now_ms(), connected) {
                 Some(fetcher) => PeerReply::Wait { fetcher },
                 None => PeerReply::NotHere,
             }

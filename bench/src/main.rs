@@ -158,6 +158,8 @@ enum Command {
 }
 
 fn main() {
+    // Release builds abort on a panic: no Drop runs, so what the run started is reaped here.
+    bramble_tests::reaper::install_panic_hook();
     let cli = Cli::parse();
     let results = match cli.command {
         Command::Images { runs } => vec![("images", images::run(runs))],

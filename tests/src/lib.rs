@@ -16,6 +16,7 @@ pub mod ingress;
 pub mod load;
 pub mod netlab;
 pub mod process;
+pub mod reaper;
 pub mod registry;
 pub mod sim;
 pub mod testimages;

@@ -42,6 +42,7 @@ impl NetLab {
         let subnet = ((pid as usize * 7 + n as usize) % 200 + 20) as u8;
         let lab = NetLab { prefix, subnet, boards, second_from };
         lab.cleanup(); // leftovers of an earlier run with the same pid
+        crate::reaper::namespaces(&lab.namespaces(), true);
         let br = lab.bridge_ns();
         ip(&["netns", "add", &br]);
         ip(&["-n", &br, "link", "set", "lo", "up"]);
@@ -135,9 +136,15 @@ impl NetLab {
         ip(&["-n", &self.bridge_ns(), "link", "set", &format!("v{i}"), if up { "up" } else { "down" }]);
     }
 
-    fn cleanup(&self) {
+    fn namespaces(&self) -> Vec<String> {
         let mut names = vec![self.bridge_ns(), self.router_ns()];
         names.extend((0..=self.boards).map(|i| self.ns(i)));
+        names
+    }
+
+    fn cleanup(&self) {
+        let names = self.namespaces();
+        crate::reaper::namespaces(&names, false);
         for ns in names {
             if !std::path::Path::new("/run/netns").join(&ns).exists() {
                 continue;

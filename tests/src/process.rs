@@ -68,6 +68,7 @@ impl Proc {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        crate::reaper::started(child.id());
         Proc { child: Some(child), log: log.to_path_buf(), name: name.to_string() }
     }
 
@@ -78,6 +79,7 @@ impl Proc {
     /// Sends `signal` and waits for the process to exit.
     pub fn stop(&mut self, signal: Signal) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
+        crate::reaper::ended(child.id());
         let _ = kill(Pid::from_raw(child.id() as i32), signal);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {

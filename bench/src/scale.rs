@@ -7,7 +7,7 @@ use bramble_proto::codec::MAX_FRAME_LEN;
 use bramble_proto::model::{Arch, NodeInfo, ReplicaPhase, Resources};
 use bramble_proto::wire::{AgentMsg, Hello, LeaderMsg, Open, OpenKind, ReplicaStatus, PROTOCOL_VERSION};
 use bramble_tests::process::{bin_dir, Proc};
-use bramble_transport::quic::{client_endpoint_at, connect, read_frame, write_frame};
+use bramble_transport::quic::{client_endpoint_at, connect_session, read_frame, write_frame};
 use bramble_transport::tls::client_config;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -44,7 +44,7 @@ async fn sim_agent(
     };
     let tls = client_config(&creds.ca_pem, Some((&creds.cert_pem, &creds.key_pem))).expect("tls");
     let endpoint = client_endpoint_at(SocketAddr::from((source, 0))).expect("endpoint");
-    let conn = connect(&endpoint, addr, tls, Duration::from_secs(10)).await.expect("connect");
+    let conn = connect_session(&endpoint, addr, tls, Duration::from_secs(10)).await.expect("connect");
     let (mut send, mut recv) = conn.open_bi().await.expect("stream");
     let hello = Hello { node_name: name.clone(), epoch: 1, info: info(), features: vec![] };
     write_frame(&mut send, &Open { version: PROTOCOL_VERSION, kind: OpenKind::Session(Box::new(hello)) })

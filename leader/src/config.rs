@@ -327,11 +327,14 @@ fn default_listen() -> SocketAddr {
 fn default_data_dir() -> PathBuf {
     DEFAULT_DATA_DIR.into()
 }
+/// Link silent → its session times out (2 s) → this → the board is NotReady and its replicas
+/// are replaced: about 8 s from the link going down. Damping lengthens it for a board that keeps
+/// losing its link (`boards::nodes`).
 fn default_grace() -> HumanDuration {
-    HumanDuration(Duration::from_secs(15))
+    HumanDuration(Duration::from_secs(5))
 }
 fn default_heartbeat() -> HumanDuration {
-    HumanDuration(Duration::from_secs(5))
+    HumanDuration(Duration::from_secs(2))
 }
 
 impl LeaderConfig {
@@ -449,7 +452,9 @@ listen = "{listen}"
 data_dir = "{data_dir}"
 
 [nodes]
-# A node with no contact for this long becomes NotReady.
+# A node with no contact for this long becomes NotReady and its replicas move: contact lasts as
+# long as its session, which ends 2 s after the link goes silent. A board that keeps losing its
+# link gets up to six times as long while it flaps (`bramble describe node` shows it).
 not_ready_after = "{grace}"
 # How often agents send a heartbeat (kept in memory, never written to disk).
 heartbeat = "{heartbeat}"

@@ -289,6 +289,22 @@ pub struct NodeView {
     /// The node's other conditions that hold (`NetworkUnavailable`), besides `ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// How its link has held, and the grace period it has now.
+    #[serde(default)]
+    pub link: LinkHealth,
+}
+
+/// How a board's link to the leader has held since the leader started: sessions lost (timed
+/// out), and the grace period the leader gives it now — the configured `not_ready_after`,
+/// lengthened while the board keeps losing its link (damping: a flapping board's replicas are
+/// not moved back and forth).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkHealth {
+    pub losses: u64,
+    /// When the last loss was (0: none).
+    pub last_lost_ms: u64,
+    pub grace_ms: u64,
+    pub base_grace_ms: u64,
 }
 
 impl NodeView {
@@ -672,6 +688,7 @@ mod board_tests {
             session_address: None,
             images: Vec::new(),
             conditions: Vec::new(),
+            link: LinkHealth::default(),
         };
         view.conditions.push(Condition { kind: "NetworkUnavailable".into(), ..view.ready.clone() });
         view.node.unschedulable = true;

@@ -141,8 +141,8 @@ impl Cluster {
         let cfg_path = leader_dir.join("leader.toml");
         let cfg = std::fs::read_to_string(&cfg_path)
             .expect("leader.toml")
-            .replace("not_ready_after = \"15s\"", &format!("not_ready_after = \"{}\"", opts.not_ready_after))
-            .replace("heartbeat = \"5s\"", &format!("heartbeat = \"{}\"", opts.heartbeat));
+            .replace("not_ready_after = \"5s\"", &format!("not_ready_after = \"{}\"", opts.not_ready_after))
+            .replace("heartbeat = \"2s\"", &format!("heartbeat = \"{}\"", opts.heartbeat));
         // `@LEADER_ADDR@` in an edit: the leader's address on the lab's LAN.
         let cfg = opts.leader_toml_edits.iter().fold(cfg, |cfg, (from, to)| {
             assert!(cfg.contains(from.as_str()), "leader.toml has no {from:?} to replace");

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The leader's grace period before a silent node is NotReady (the default).
-pub const GRACE: Duration = Duration::from_secs(15);
+pub const GRACE: Duration = Duration::from_secs(5);
 
 type AgentReconciler = Reconciler<FakeContainers, FakeImages, FakeNetwork>;
 
@@ -524,6 +524,18 @@ impl Sim {
         let instant = self.clock.instant();
         for b in &mut self.boards {
             b.talk_up(&ctx, &self.ca, instant, now);
+        }
+        // A session the board no longer has ends at the leader as QUIC's idle timeout does:
+        // that long after the leader last heard from it (a loss: it counts for damping).
+        let idle = bramble_transport::quic::SESSION_IDLE_TIMEOUT.as_millis() as u64;
+        for b in &self.boards {
+            let v = ctx.registry.view(&b.name, now);
+            if let Some(epoch) = v.session_epoch {
+                let live = b.session.as_ref().map(|s| s.epoch);
+                if live != Some(epoch) && now.saturating_sub(v.last_seen_ms) >= idle {
+                    ctx.registry.disconnect(&b.name, epoch, "timed out", true, instant, now);
+                }
+            }
         }
         let names: Vec<String> = self.boards.iter().map(|b| b.name.clone()).collect();
         ctx.registry.check(names, instant, now);

@@ -50,6 +50,7 @@ fn node_loss_replaces_its_replicas_after_the_grace_period_and_not_before() {
         })
         .expect("replaced");
     eprintln!("replaced {} s after the partition (grace {} s)", grace - 1 + steps, grace);
+    assert!(grace - 1 + steps <= 10, "replaced within 10 s of the link going down by default");
     let names: BTreeSet<String> = sim.replicas("web").into_iter().map(|r| r.meta.name).collect();
     assert!(names.is_disjoint(&lost), "replacements have new names");
     assert_eq!(per_board(&sim, "web"), [0, 3, 3]);
@@ -61,6 +62,38 @@ fn node_loss_replaces_its_replicas_after_the_grace_period_and_not_before() {
     // part of it (a quarter leaves room for a machine busy with builds).
     let simulated = Duration::from_secs((grace + steps) as u64);
     assert!(t.elapsed() < simulated / 4, "simulated, not waited: {:?} for {simulated:?}", t.elapsed());
+}
+
+#[test]
+fn a_board_whose_link_flaps_keeps_its_replicas_and_its_grace_lengthens() {
+    let mut sim = settled();
+    let before: BTreeSet<String> = sim.replicas("web").into_iter().map(|r| r.meta.name).collect();
+    // board-3's link: down 2 s every 10 s, for 5 minutes.
+    for s in 0..300u64 {
+        match s % 10 {
+            0 => sim.partition("board-3"),
+            2 => sim.heal("board-3"),
+            _ => {}
+        }
+        sim.step(Duration::from_secs(1));
+        sim.check_no_duplicates();
+    }
+    sim.heal("board-3");
+    sim.run_for(3);
+    let after: BTreeSet<String> = sim.replicas("web").into_iter().map(|r| r.meta.name).collect();
+    assert_eq!(before, after, "no replica moved, was lost or replaced");
+    assert!(sim.ctx().events.filter(|e| e.reason == EventReason::ReplicaLost).is_empty());
+    assert!(sim.ctx().events.filter(|e| e.reason == EventReason::NodeNotReady).is_empty());
+    let link = sim.ctx().registry.view("board-3", sim.now_ms()).link;
+    eprintln!("after 5 minutes of flapping: {link:?}");
+    assert!(link.losses >= 25 && link.grace_ms > link.base_grace_ms, "damped: {link:?}");
+    // Now a cut of 20 s: within the lengthened grace, still nothing moves.
+    sim.partition("board-3");
+    sim.run_for(20);
+    sim.heal("board-3");
+    sim.run_for(3);
+    let kept: BTreeSet<String> = sim.replicas("web").into_iter().map(|r| r.meta.name).collect();
+    assert_eq!(before, kept, "a long cut of a flapping board within its damped grace moves nothing");
 }
 
 #[test]

@@ -13,10 +13,16 @@ use std::time::Duration;
 
 /// How often an idle connection sends a keep-alive (a few bytes; nothing is written to disk).
 pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
-/// How long a silent connection lives. Short enough that boards notice a dead leader (and go to
-/// the next one) well within the new leader's `not_ready_after` (15 s by default); four lost
-/// keep-alives in a row.
+/// How long a silent connection lives (the CLI's, and the longest a board's session can be
+/// silent with an agent before [`SESSION_IDLE_TIMEOUT`]): four lost keep-alives in a row.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
+/// How often a board's session sends a keep-alive when nothing else went out: about 60 bytes
+/// each way (a PING and its ACK), ~240 bytes/s per board at most.
+pub const SESSION_KEEP_ALIVE: Duration = Duration::from_millis(500);
+/// How long a board's session lives without hearing anything (four keep-alives in a row lost).
+/// QUIC takes the shorter of both sides' limits, so the leader's end of the session closes as
+/// fast: a dead leader is noticed by its boards, and a cut board by its leader, within 2 s.
+pub const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -62,10 +68,10 @@ impl TransportError {
     }
 }
 
-fn transport_config() -> Arc<TransportConfig> {
+fn transport_config(keep_alive: Duration, idle_timeout: Duration) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
-    t.keep_alive_interval(Some(KEEP_ALIVE));
-    t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits")));
+    t.keep_alive_interval(Some(keep_alive));
+    t.max_idle_timeout(Some(idle_timeout.try_into().expect("idle timeout fits")));
     // Small boards, few streams: keep buffers modest.
     t.max_concurrent_bidi_streams(64u32.into());
     t.max_concurrent_uni_streams(16u32.into());
@@ -86,7 +92,7 @@ pub fn quic_server_config(tls: rustls::ServerConfig) -> Result<ServerConfig, Tra
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
     let mut cfg = ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(transport_config());
+    cfg.transport_config(transport_config(KEEP_ALIVE, IDLE_TIMEOUT));
     Ok(cfg)
 }
 
@@ -110,10 +116,32 @@ pub async fn connect(
     tls: rustls::ClientConfig,
     timeout: Duration,
 ) -> Result<Connection, TransportError> {
+    connect_with(endpoint, addr, tls, timeout, KEEP_ALIVE, IDLE_TIMEOUT).await
+}
+
+/// Connects a board's session to the leader at `addr`: as [`connect`], with the session's
+/// keep-alive and idle timeout ([`SESSION_KEEP_ALIVE`], [`SESSION_IDLE_TIMEOUT`]).
+pub async fn connect_session(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    tls: rustls::ClientConfig,
+    timeout: Duration,
+) -> Result<Connection, TransportError> {
+    connect_with(endpoint, addr, tls, timeout, SESSION_KEEP_ALIVE, SESSION_IDLE_TIMEOUT).await
+}
+
+async fn connect_with(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    tls: rustls::ClientConfig,
+    timeout: Duration,
+    keep_alive: Duration,
+    idle_timeout: Duration,
+) -> Result<Connection, TransportError> {
     let crypto =
         QuicClientConfig::try_from(tls).map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
     let mut cfg = ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(transport_config());
+    cfg.transport_config(transport_config(keep_alive, idle_timeout));
     let connecting = endpoint
         .connect_with(cfg, addr, LEADER_SERVER_NAME)
         .map_err(|source| TransportError::Connect { addr, source })?;

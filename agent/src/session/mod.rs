@@ -10,7 +10,7 @@ use crate::reconcile::{Handle, Input};
 use crate::sysinfo::node_info;
 use bramble_proto::codec::MAX_FRAME_LEN;
 use bramble_proto::wire::{AgentMsg, ErrorCode, Hello, LeaderMsg, Open, OpenKind, PROTOCOL_VERSION};
-use bramble_transport::quic::{client_endpoint, connect, read_frame, write_frame};
+use bramble_transport::quic::{client_endpoint, connect_session, read_frame, write_frame};
 use bramble_transport::tls::client_config;
 use bramble_transport::TransportError;
 use machine::{Output, Session, SessionError};
@@ -25,6 +25,11 @@ use tracing::{error, info, warn, Instrument};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A session that lasted this long resets the backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(30);
+/// For this long after a session is lost, the leaders are tried again every
+/// [`QUICK_RETRY`] (with jitter) rather than with backoff: a standby takes over within its lease
+/// (2 s by default), and a restarted leader serves within milliseconds.
+const QUICK_WINDOW: Duration = Duration::from_secs(10);
+const QUICK_RETRY: Duration = Duration::from_millis(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -152,11 +157,19 @@ pub async fn serve(
     // The leader of the last session: when it ends, the others are tried first (with highly
     // available leaders the one that just went away is the least likely to answer).
     let mut last_leader: Option<SocketAddr> = None;
-    loop {
+    // The leader whose established session ended last, and when.
+    let mut lost: Option<(SocketAddr, Instant)> = None;
+    'rounds: loop {
         let mut addrs: std::collections::VecDeque<SocketAddr> =
             leaders_of(&config, &ca_fingerprint(&creds.ca_pem)).await?.into();
         if let Some(i) = last_leader.and_then(|l| addrs.iter().position(|a| *a == l)) {
             addrs.rotate_left(i + 1);
+        }
+        let quick = lost.filter(|(_, at)| at.elapsed() < QUICK_WINDOW).map(|(a, _)| a);
+        // Just lost and others to try: a dead leader would cost the connect timeout every round
+        // (a standby still names it as active until its lease runs out).
+        if let Some(gone) = quick.filter(|_| addrs.len() > 1) {
+            addrs.retain(|a| *a != gone);
         }
         let mut redirects = 0;
         while let Some(addr) = addrs.pop_front() {
@@ -164,10 +177,14 @@ pub async fn serve(
             let epoch = next_epoch(&dir)?;
             let started = Instant::now();
             let span = tracing::info_span!("session", leader = %addr, epoch);
-            let result = session(&config, &mut creds, addr, epoch, &cancel, &mut work).instrument(span).await;
+            let mut established = false;
+            let result =
+                session(&config, &mut creds, addr, epoch, &cancel, &mut work, &mut established).instrument(span).await;
             if cancel.is_cancelled() {
                 return Ok(());
             }
+            // (A session that ends as soon as it is up is a leader in trouble: backoff for it.)
+            let ended = (established && started.elapsed() >= Duration::from_secs(1)).then(Instant::now);
             // (Said after every attempt: the reconciler counts from the first one that failed.)
             tell_reconciler(&work, Input::Leader { connected: false, fence: None }).await;
             if started.elapsed() >= STABLE_SESSION {
@@ -180,7 +197,8 @@ pub async fn serve(
                     info!(leader = %addr, "{message}");
                     redirects += 1;
                     if let Ok(found) = resolve(std::slice::from_ref(&active)).await {
-                        found.into_iter().rev().for_each(|f| addrs.push_front(f));
+                        // Not back to the leader just lost: the standby names it until it takes over.
+                        found.into_iter().rev().filter(|f| quick != Some(*f)).for_each(|f| addrs.push_front(f));
                     }
                 }
                 Err(SessionError::Refused { code: ErrorCode::Unavailable, message, .. }) => {
@@ -194,8 +212,16 @@ pub async fn serve(
                     None => warn!(leader = %addr, "session ended: {e}"),
                 },
             }
+            // A session that was up ended: a new round at once, the others first.
+            if let Some(at) = ended {
+                lost = Some((addr, at));
+                continue 'rounds;
+            }
         }
-        let delay = backoff.next_delay();
+        let delay = match lost {
+            Some((_, at)) if at.elapsed() < QUICK_WINDOW => QUICK_RETRY.mul_f64(0.5 + fastrand::f64()),
+            _ => backoff.next_delay(),
+        };
         info!("reconnecting in {:.1}s", delay.as_secs_f64());
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -268,12 +294,13 @@ async fn session(
     epoch: u64,
     cancel: &CancellationToken,
     work: &mut Handle,
+    established: &mut bool,
 ) -> Result<(), SessionError> {
     check_expiry(creds)?;
     let tls = client_config(&creds.ca_pem, Some((&creds.cert_pem, &creds.key_pem))).map_err(TransportError::from)?;
     let mut machine = Session::new(work.network.is_some());
     let endpoint = client_endpoint(addr)?;
-    let conn = connect(&endpoint, addr, tls, CONNECT_TIMEOUT).await?;
+    let conn = connect_session(&endpoint, addr, tls, CONNECT_TIMEOUT).await?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(TransportError::from)?;
     // What the board says of itself: at the start, then again when its network breaks or heals.
     let mut problems = work.network_problem.clone();
@@ -296,6 +323,7 @@ async fn session(
     write_frame(&mut send, &Open { version: PROTOCOL_VERSION, kind: OpenKind::Session(Box::new(hello)) }).await?;
     let welcomed = machine.welcome(read_frame::<LeaderMsg>(&mut recv, MAX_FRAME_LEN).await?)?;
     let heartbeat = welcomed.heartbeat;
+    *established = true;
     info!("session established");
     tell_reconciler(work, Input::Leader { connected: true, fence: welcomed.fence }).await;
     // Frames from the leader arrive through a channel so the loop below selects only on

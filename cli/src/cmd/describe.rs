@@ -687,6 +687,20 @@ async fn node(config: Option<PathBuf>, args: Args) -> Result<(), CliError> {
     let _ = writeln!(s, "  OS:          {}", n.info.os);
     let _ = writeln!(s, "  Kernel:      {}", n.info.kernel);
     let _ = writeln!(s, "  Agent:       {}", n.info.agent_version);
+    let l = &v.link;
+    if l.base_grace_ms > 0 {
+        let secs = |ms: u64| bramble_proto::quantity::format_duration(std::time::Duration::from_millis(ms));
+        let lost = match l.losses {
+            0 => "never lost".to_string(),
+            n => format!("lost {n} time{} (last {} ago)", if n == 1 { "" } else { "s" }, super::age(l.last_lost_ms)),
+        };
+        let grace = if l.grace_ms > l.base_grace_ms {
+            format!("grace {}, lengthened from {} while it flaps", secs(l.grace_ms), secs(l.base_grace_ms))
+        } else {
+            format!("grace {}", secs(l.grace_ms))
+        };
+        let _ = writeln!(s, "Link:          {lost}; {grace}");
+    }
     let _ = writeln!(s, "Addresses:");
     if let Some(a) = &v.session_address {
         let _ = writeln!(s, "  Session:     {a} (epoch {})", v.session_epoch.unwrap_or(0));

@@ -218,6 +218,7 @@ impl Nodes<'_> {
             last_seen_ms: live.last_seen_ms,
             session_epoch: live.session_epoch,
             session_address: live.session_address,
+            link: live.link,
             images: self.observed.node_images(&node.meta.name).into_iter().collect(),
             node,
         }

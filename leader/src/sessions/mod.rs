@@ -120,7 +120,9 @@ pub(crate) async fn session(
         Ok(()) => serve_session(&api, &name, epoch, takes_registries, send, recv).await,
     };
     info!("session ended: {reason}");
-    registry.disconnect(&name, epoch, &reason, now_ms());
+    // Timed out: the board (or its link) went silent, as opposed to closing the session.
+    let lost = matches!(conn.close_reason(), Some(quinn::ConnectionError::TimedOut));
+    registry.disconnect(&name, epoch, &reason, lost, Instant::now(), now_ms());
     api.ctx.drain.forget_node(&name);
     api.published.kick.notify_one();
 }

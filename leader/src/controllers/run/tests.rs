@@ -103,27 +103,28 @@ fn places_spread_writes_nothing_when_steady_and_replaces_lost_replicas() {
     assert_eq!(sets(&api, 2_000).unwrap(), d, "the same desired sets");
     assert_eq!(api.objects.store().revision(), rev, "a steady cluster writes nothing");
 
-    // pi-3 falls silent past the grace period: its replicas are Lost, then replaced.
-    let later = t0 + Duration::from_secs(16);
-    registry.heartbeat("pi-1", 1, later, 16_000);
-    registry.heartbeat("pi-2", 1, later, 16_000);
-    registry.check(["pi-1".into(), "pi-2".into(), "pi-3".into()], later, 16_000);
-    sets(&api, 16_000).unwrap();
+    // pi-3 falls silent past the grace period (its session still up: the grace and a heartbeat
+    // period): its replicas are Lost, then replaced.
+    let later = t0 + Duration::from_secs(18);
+    registry.heartbeat("pi-1", 1, later, 18_000);
+    registry.heartbeat("pi-2", 1, later, 18_000);
+    registry.check(["pi-1".into(), "pi-2".into(), "pi-3".into()], later, 18_000);
+    sets(&api, 18_000).unwrap();
     let lost: Vec<Replica> =
         list_replicas(&api).into_iter().map(|s| s.value).filter(|r| r.phase == ReplicaPhase::Lost).collect();
     assert_eq!(lost.len(), 2);
     assert!(lost.iter().all(|r| r.node.as_deref() == Some("pi-3") && r.reason == "node pi-3 is not ready"));
-    let d = sets(&api, 16_100).unwrap();
+    let d = sets(&api, 18_100).unwrap();
     assert_eq!(counts(&d), [3, 3, 0], "replaced on the nodes that answer");
     let names: BTreeSet<String> = d.values().flat_map(|s| s.keys().cloned()).collect();
     assert!(lost.iter().all(|r| !names.contains(&r.meta.name)), "replacements get new names (fencing)");
 
     // Scale down, then delete: replicas go with the app.
     apply(&api, &WEB.replace("replicas = 6", "replicas = 2"));
-    assert_eq!(counts(&sets(&api, 17_000).unwrap()).iter().sum::<usize>(), 2);
+    assert_eq!(counts(&sets(&api, 19_000).unwrap()).iter().sum::<usize>(), 2);
     crate::api::apps::delete(&api.objects, crate::api::apps::Names { apps: vec!["web".into()], ..Default::default() })
         .unwrap();
-    assert!(sets(&api, 18_000).unwrap().values().all(|s| s.is_empty()));
+    assert!(sets(&api, 20_000).unwrap().values().all(|s| s.is_empty()));
     assert!(list_replicas(&api).is_empty());
 }
 

@@ -83,10 +83,18 @@ fn apply_to_running(runs: usize) -> serde_json::Value {
     serde_json::Value::Object(out)
 }
 
-fn node_loss(runs: usize) -> serde_json::Value {
-    let (mut c, _registry, image) = setup(2, "");
+/// The leader's defaults for node loss (`nodes.not_ready_after`, `nodes.heartbeat`).
+fn defaults() -> bramble_tests::ClusterOptions {
+    bramble_tests::ClusterOptions { agents: 2, not_ready_after: "5s", heartbeat: "2s", ..Default::default() }
+}
+
+fn node_loss(runs: usize, flap_secs: u64) -> serde_json::Value {
+    let (mut c, _registry, image) = bramble_tests::cluster::with_busybox_opts(defaults(), "");
     let mut samples = Vec::new();
-    println!("node loss -> replacement Running (agent killed and link cut; grace 3s, heartbeat 1s), {runs} runs:");
+    println!(
+        "node loss -> replacement Running (agent killed and link cut; the defaults: not_ready_after 5s, heartbeat 2s, \
+         session idle timeout 2s), {runs} runs:"
+    );
     for run in 0..runs {
         let name = format!("n{run}");
         let path = manifest(&c, &name, &image, 1);
@@ -117,17 +125,63 @@ fn node_loss(runs: usize) -> serde_json::Value {
     let s = summarize(&samples);
     println!("  {:<38} {:>9} {:>9} {:>9}", "", "min ms", "median", "p95");
     println!("  {:<38} {:>9.0} {:>9.0} {:>9.0}", "kill -> replacement Running", s.min, s.median, s.p95);
-    println!("  (of which the grace period before NotReady: 3000 ms)");
+    println!("  (of which the session's idle timeout, 2000 ms, and the grace period, 5000 ms)");
+    let flaps = (flap_secs > 0).then(|| link_flaps(&c, &image, flap_secs));
     if let Some(mut leader) = c.leader.take() {
         leader.stop(Signal::SIGTERM);
     }
-    s.json()
+    serde_json::json!({ "loss": s.json(), "flaps": flaps })
 }
 
-pub fn run(runs: usize, loss_runs: usize) -> serde_json::Value {
+/// Board 2's link down 2 s every 10 s for `secs`: replicas lost, moved or restarted (none
+/// expected), the sessions it lost and the grace period the leader gives it at the end.
+fn link_flaps(c: &Cluster, image: &str, secs: u64) -> serde_json::Value {
+    let path = manifest(c, "flap", image, 2);
+    assert!(c.cli(&["apply", "-f", &path]).status.success());
+    let ids = |c: &Cluster| {
+        let mut v: Vec<_> = replicas(c, "flap")
+            .into_iter()
+            .map(|r| (r.meta.name, r.node, r.container_id, r.restarts, r.phase == ReplicaPhase::Running))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = wait("two replicas Running, one per board", Duration::from_secs(60), || {
+        let v = ids(c);
+        (v.len() == 2 && v.iter().all(|r| r.4) && v[0].1 != v[1].1).then_some(v)
+    });
+    println!("a flapping link: board 2 down 2 s every 10 s for {secs} s, the defaults:");
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(secs) {
+        c.lab.set_link(2, false);
+        std::thread::sleep(Duration::from_secs(2));
+        c.lab.set_link(2, true);
+        std::thread::sleep(Duration::from_secs(8));
+    }
+    c.wait_status(2, ConditionStatus::True, Duration::from_secs(30));
+    let after = ids(c);
+    let churn = before.iter().filter(|b| !after.contains(b)).count();
+    let node = c.node(2);
+    let events = String::from_utf8_lossy(&c.cli(&["events"]).stdout).to_string();
+    let lost = events.matches("ReplicaLost").count();
+    println!(
+        "  replicas lost, moved or restarted: {churn} (ReplicaLost events: {lost}); sessions lost: {}; grace now {} ms (configured {} ms)",
+        node.link.losses, node.link.grace_ms, node.link.base_grace_ms
+    );
+    assert!(c.cli(&["delete", "app", "flap"]).status.success());
+    wait("the containers to go", Duration::from_secs(60), || {
+        (containers_on(c, 1) + containers_on(c, 2) == 0).then_some(())
+    });
+    serde_json::json!({
+        "secs": secs, "churn": churn, "replica_lost_events": lost, "losses": node.link.losses,
+        "grace_ms": node.link.grace_ms, "base_grace_ms": node.link.base_grace_ms,
+    })
+}
+
+pub fn run(runs: usize, loss_runs: usize, flap_secs: u64) -> serde_json::Value {
     assert!(nix::unistd::geteuid().is_root(), "the apps benchmark needs root (namespaces, containers)");
     serde_json::json!({
         "apply_to_running": apply_to_running(runs),
-        "node_loss_to_replacement_running": node_loss(loss_runs),
+        "node_loss_to_replacement_running": node_loss(loss_runs, flap_secs),
     })
 }

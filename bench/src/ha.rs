@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn opts(etcd: usize) -> ClusterOptions {
-    ClusterOptions { agents: 1, etcd, not_ready_after: "15s", ..Default::default() }
+    ClusterOptions { agents: 1, etcd, not_ready_after: "15s", heartbeat: "2s", ..Default::default() }
 }
 
 fn config_for(c: &Cluster, addr: &str, name: &str) -> std::path::PathBuf {
@@ -100,6 +100,14 @@ fn failover(runs: usize) -> serde_json::Value {
     }
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(ids(&c), before, "no container restarted across the failovers");
+    // What the board's session costs its link while nothing changes: heartbeats (every 2 s by
+    // default), keep-alives (every 500 ms when nothing else went out) and their ACKs, usage reports.
+    let secs = 30;
+    let (rx0, tx0) = c.lab.link_bytes(1);
+    std::thread::sleep(Duration::from_secs(secs));
+    let (rx1, tx1) = c.lab.link_bytes(1);
+    let (rx, tx) = ((rx1 - rx0) as f64 / secs as f64, (tx1 - tx0) as f64 / secs as f64);
+    println!("  the board's link while steady ({secs} s, 2 replicas): {rx:.0} bytes/s in, {tx:.0} bytes/s out");
     let (e, r) = (summarize(&elected), summarize(&reconnected));
     println!("  {:<40} {:>9} {:>9} {:>9}", "", "min ms", "median", "p95");
     println!("  {:<40} {:>9.0} {:>9.0} {:>9.0}", "kill -9 -> standby active (CLI sees it)", e.min, e.median, e.p95);
@@ -107,7 +115,10 @@ fn failover(runs: usize) -> serde_json::Value {
     println!("  peers (published): Nomad ~1-2 s with raft defaults; kube-controller-manager leases up to ~15 s");
     println!("  no container restarted: {} replicas, same ids and restart counts", before.len());
     c.remove_containers();
-    serde_json::json!({ "elected": e.json(), "board_back": r.json(), "lease_ttl_s": 2 })
+    serde_json::json!({
+        "elected": e.json(), "board_back": r.json(), "lease_ttl_s": 2,
+        "board_link_steady_bytes_per_s": { "in": rx, "out": tx },
+    })
 }
 
 /// Apply -> 10 replicas Running (image cached), on a cluster whose leader keeps the store in

@@ -52,12 +52,15 @@ enum Command {
         nodes: usize,
     },
     /// Apply -> all replicas Running (1, 10, 100 on one board, cached image); node loss ->
-    /// replacement Running. A real cluster in network namespaces.
+    /// replacement Running; a board whose link flaps. A real cluster in network namespaces.
     Apps {
         #[arg(long, default_value_t = 20)]
         runs: usize,
         #[arg(long, default_value_t = 5)]
         loss_runs: usize,
+        /// How long one board's link flaps (down 2 s every 10 s); 0: not measured.
+        #[arg(long, default_value_t = 60)]
+        flap_secs: u64,
     },
     /// A leader with many simulated boards (the real protocol, no containers): memory, apply ->
     /// all Running, and the leader's writes while steady.
@@ -166,7 +169,7 @@ fn main() {
         Command::Containers { runs } => vec![("containers", containers::run(runs))],
         Command::Scheduler { replicas, nodes } => vec![("scheduler", scheduler::run(nodes, replicas))],
         Command::Cron { cronjobs, passes } => vec![("cron", cron::run(cronjobs, passes))],
-        Command::Apps { runs, loss_runs } => vec![("apps", apps::run(runs, loss_runs))],
+        Command::Apps { runs, loss_runs, flap_secs } => vec![("apps", apps::run(runs, loss_runs, flap_secs))],
         Command::Startup { runs } => vec![("startup", startup::run(runs))],
         Command::Net { runs } => vec![("net", net::run(runs))],
         Command::Ingress { runs } => vec![("ingress", ingress::run(runs))],
@@ -184,7 +187,7 @@ fn main() {
             ("containers", containers::run(runs.max(50))),
             ("scheduler", scheduler::run(1_000, 10_000)),
             ("cron", cron::run(1_000, 50)),
-            ("apps", apps::run(runs.max(20), 5)),
+            ("apps", apps::run(runs.max(20), 5, 60)),
             ("scale", scale::run(50, 1_000, 60)),
             ("agent", agent::run(20, 60)),
             ("startup", startup::run(runs.max(20))),

@@ -389,6 +389,19 @@ impl LeaderConfig {
             )
             .into());
         }
+        if let Some(m) = &cfg.mirror {
+            let bad = if m.upstreams.is_empty() {
+                Some("expected at least one registry to mirror (such as \"docker.io\"), found none".to_string())
+            } else {
+                m.upstreams.iter().find(|u| !crate::mirror::is_registry_host(u)).map(|u| {
+                    format!("expected registry hosts as image references write them (host[:port]), found {u:?}")
+                })
+            };
+            if let Some(message) = bad {
+                let offset = text.find("upstreams").unwrap_or(0);
+                return Err(SourceError::at(file, text, offset, "mirror.upstreams", message).into());
+            }
+        }
         for (field, d) in [
             ("node_cert_lifetime", cfg.pki.node_cert_lifetime.0),
             ("leader_cert_lifetime", cfg.pki.leader_cert_lifetime.0),
@@ -605,6 +618,19 @@ mod tests {
         cfg.store.name = Some("leader-a".into());
         cfg.store.advertise = Some("10.0.0.1:7443".parse().unwrap());
         assert_eq!(LeaderConfig::parse("leader.toml", &cfg.render()).unwrap(), cfg);
+    }
+
+    #[test]
+    fn a_mirror_of_nothing_or_of_a_url_is_refused_where_it_is_written() {
+        let e = LeaderConfig::parse("l.toml", "version = 1\n[mirror]\nupstreams = []\n").unwrap_err().to_string();
+        assert!(e.starts_with("l.toml:3:1: mirror.upstreams: expected at least one registry"), "{e}");
+        let e = LeaderConfig::parse("l.toml", "version = 1\n[mirror]\nupstreams = [\"https://docker.io/\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mirror.upstreams: expected registry hosts") && e.contains("https://docker.io/"), "{e}");
+        let ok =
+            LeaderConfig::parse("l.toml", "version = 1\n[mirror]\nupstreams = [\"docker.io\", \"reg.lan:5000\"]\n");
+        assert_eq!(ok.unwrap().mirror.unwrap().upstreams.len(), 2);
     }
 
     #[test]

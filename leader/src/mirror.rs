@@ -31,6 +31,19 @@ pub struct MirrorConfig {
     pub max_size: Memory,
 }
 
+/// Whether `s` is a registry as image references write it: a host name or address, and a port.
+pub fn is_registry_host(s: &str) -> bool {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') || h.ends_with(']') => (h, Some(p)),
+        _ => (s, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
+        && !host.starts_with(['-', '.']);
+    host_ok && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
 fn default_max_size() -> Memory {
     Memory(10 << 30)
 }

@@ -131,6 +131,18 @@ impl NetLab {
         std::path::Path::new("/run/netns").join(self.ns(i))
     }
 
+    /// Bytes host `i` has received and sent on its LAN link (`eth0` in its namespace).
+    pub fn link_bytes(&self, i: usize) -> (u64, u64) {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &self.ns(i), "-s", "-j", "link", "show", "eth0"])
+            .output()
+            .expect("ip runs");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j prints JSON");
+        let stats = &v[0]["stats64"];
+        let n = |dir: &str| stats[dir]["bytes"].as_u64().expect("byte counters");
+        (n("rx"), n("tx"))
+    }
+
     /// Cuts (`false`) or restores (`true`) board `i`'s link to the bridge.
     pub fn set_link(&self, i: usize, up: bool) {
         ip(&["-n", &self.bridge_ns(), "link", "set", &format!("v{i}"), if up { "up" } else { "down" }]);

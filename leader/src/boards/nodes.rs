@@ -268,7 +268,7 @@ impl NodeRegistry {
 /// `1.5s`, `5s`, `30s`.
 fn fmt_secs(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{:.1}s", d.as_secs_f64())

@@ -87,12 +87,23 @@ fn set_uses(set: &crate::controllers::desired::DesiredSet, reference: &str) -> b
     })
 }
 
+/// `s` quoted with its control characters escaped, cut to 64 characters.
+fn quoted(s: &str) -> String {
+    let cut: String = s.chars().take(64).collect();
+    if cut.len() < s.len() {
+        format!("{cut:?}…")
+    } else {
+        format!("{cut:?}")
+    }
+}
+
 pub async fn serve(api: Handles, node: String, req: PeerRequest, mut send: SendStream) {
     let reference = match &req {
         PeerRequest::Resolve { reference } | PeerRequest::Blob { reference, .. } => reference.clone(),
     };
     if !uses(&api, &node, &reference) {
-        let reason = format!("no replica of {node} uses {reference}");
+        // (What the board sent, quoted and cut: it has not been checked against anything.)
+        let reason = format!("no replica of {node} uses {}", quoted(&reference));
         let _ = write_frame(&mut send, &PeerReply::Refused { reason }).await;
         let _ = send.finish();
         return;
@@ -271,6 +282,10 @@ mod tests {
         assert!(set_uses(&set, "reg.lan/seed:2"), "an init container's image");
         assert!(!set_uses(&set, "reg.lan/secret-sauce:1"), "another team's private image");
         assert!(!set_uses(&set, "reg.lan/web:2"), "by the reference as written");
+        let long = format!("reg.lan/{}\n", "x".repeat(500));
+        let q = quoted(&long);
+        assert!(q.len() < 80 && q.ends_with('…') && !q.contains('\n'), "{q}");
+        assert_eq!(quoted("reg.lan/web:1"), "\"reg.lan/web:1\"");
         assert!(!set_uses(&Default::default(), "reg.lan/web:1"));
     }
 

@@ -338,6 +338,15 @@ pub struct ResourcesConfig {
     /// The most replicas this node runs.
     #[serde(default = "default_max_replicas")]
     pub max_replicas: u32,
+    /// The cgroup containers' cgroups are made under (one name: `/sys/fs/cgroup/<it>/<id>`). The
+    /// agent kills what it finds there without a shim when it starts, so two agents on one
+    /// machine (tests) each need their own.
+    #[serde(default = "default_cgroup_parent")]
+    pub cgroup_parent: String,
+}
+
+fn default_cgroup_parent() -> String {
+    crate::runtime::config::DEFAULT_CGROUP_PARENT.into()
 }
 
 impl Default for ResourcesConfig {
@@ -346,6 +355,7 @@ impl Default for ResourcesConfig {
             reserved_cpu: default_reserved_cpu(),
             reserved_memory: default_reserved_memory(),
             max_replicas: default_max_replicas(),
+            cgroup_parent: default_cgroup_parent(),
         }
     }
 }
@@ -452,6 +462,13 @@ impl AgentConfig {
         if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(300)).contains(&interval) {
             let message = format!("expected an interval from 1s to 5m, found {}", cfg.monitoring.interval);
             return Err(SourceError::at(file, text, at("interval"), "monitoring.interval", message).into());
+        }
+        let parent = &cfg.resources.cgroup_parent;
+        if crate::runtime::config::check_id(parent).is_err() || parent.len() > 64 {
+            let message = format!(
+                "expected one cgroup name (letters, digits, '-', '_', '.'; not starting with '.'; 64 at most), found {parent:?}"
+            );
+            return Err(SourceError::at(file, text, at("cgroup_parent"), "resources.cgroup_parent", message).into());
         }
         let scan = cfg.devices.scan_every.0;
         if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(300)).contains(&scan) {
@@ -615,6 +632,18 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("/data holds the agent's data dir /data/bramble"), "{e}");
+    }
+
+    #[test]
+    fn the_cgroup_parent_is_one_name() {
+        for bad in ["", "a/b", "..", ".hidden", "../../sys", "x y"] {
+            let text = format!("version = 1\n[resources]\ncgroup_parent = {bad:?}\n");
+            let e = AgentConfig::parse("a.toml", &text).unwrap_err().to_string();
+            assert!(e.starts_with("a.toml:3:1: resources.cgroup_parent: expected one cgroup name"), "{bad:?}: {e}");
+        }
+        let ok = AgentConfig::parse("a.toml", "version = 1\n[resources]\ncgroup_parent = \"bramble-t1\"\n").unwrap();
+        assert_eq!(ok.resources.cgroup_parent, "bramble-t1");
+        assert_eq!(AgentConfig::parse("a.toml", "version = 1\n").unwrap().resources.cgroup_parent, "bramble");
     }
 
     #[test]

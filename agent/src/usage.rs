@@ -66,11 +66,14 @@ pub struct Sampler {
     pub cgroups: CgroupFs,
     /// Where each container's shim keeps its state (OOM kills of earlier runs).
     pub shims_dir: PathBuf,
+    /// The cgroup containers' cgroups are under (`[resources] cgroup_parent`).
+    pub cgroup_parent: String,
 }
 
 impl Sampler {
-    pub fn host(data_dir: &Path) -> Sampler {
+    pub fn host(data_dir: &Path, cgroup_parent: &str) -> Sampler {
         Sampler {
+            cgroup_parent: cgroup_parent.to_string(),
             proc_dir: "/proc".into(),
             sys_dir: "/sys".into(),
             data_dir: data_dir.to_path_buf(),
@@ -103,10 +106,10 @@ impl Sampler {
         }
     }
 
-    /// One replica (its container's cgroup `/bramble/<id>` and its pod's host-side veth); None if
+    /// One replica (its container's cgroup `/<cgroup_parent>/<id>` and its pod's host-side veth); None if
     /// its cgroup is gone.
     pub fn replica(&self, id: &str) -> Option<ReplicaSample> {
-        let path = format!("/bramble/{id}");
+        let path = format!("/{}/{id}", self.cgroup_parent);
         let stats = self.cgroups.stats(&path).ok()?;
         let veth = crate::net::pods::host_veth(id);
         let counter = |name: &str| {

@@ -48,6 +48,7 @@ fn config(id: &str, rootfs: &Path, logs: &Path) -> ContainerConfig {
         devices: Vec::new(),
         cap_add: Vec::new(),
         cap_drop: Vec::new(),
+        cgroup_parent: bramble_agent::runtime::config::DEFAULT_CGROUP_PARENT.into(),
     }
 }
 

@@ -69,6 +69,7 @@ pub fn run(replicas: usize) -> serde_json::Value {
         data_dir: dir.path().to_path_buf(),
         cgroups: CgroupFs::at(dir.path(), Version::V2),
         shims_dir: dir.path().join("shims"),
+        cgroup_parent: "bramble".into(),
     };
     let rounds = 500;
     let t0 = Instant::now();

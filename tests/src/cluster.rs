@@ -285,7 +285,18 @@ impl Cluster {
         let leader = self.leader_addrs.join(",");
         let config = self.dir.path().join(format!("agent-{i}.toml"));
         // `@BOARD@` in the agent config: the board's number (a directory of its own, say).
-        let toml = self.agent_toml.replace("@BOARD@", &i.to_string());
+        let mut toml = self.agent_toml.replace("@BOARD@", &i.to_string());
+        // Containers' cgroups under a parent of the board's own (this build's agents: an older
+        // one does not know the setting): agents sweep their parent of containers without shims,
+        // and tests run side by side.
+        if self.agent_bin == self.bins.join("bramble-agent") {
+            let line = format!("cgroup_parent = \"{}\"\n", self.cgroup_parent(i));
+            toml = if toml.contains("[resources]\n") {
+                toml.replacen("[resources]\n", &format!("[resources]\n{line}"), 1)
+            } else {
+                format!("{toml}\n[resources]\n{line}")
+            };
+        }
         std::fs::write(&config, format!("version = 1\n{toml}")).expect("write the agent config");
         let mut args: Vec<String> = vec!["run".into(), "--config".into(), config.to_str().expect("utf-8").into()];
         if !self.discover {
@@ -299,6 +310,11 @@ impl Cluster {
         let env: Vec<(&str, &str)> = self.agent_path.iter().map(|p| ("PATH", p.as_str())).collect();
         self.agents[i - 1] =
             Some(Proc::spawn_env(&Self::node_name(i), &self.lab.ns(i), &self.agent_bin, &args, &log, &env));
+    }
+
+    /// The cgroup agent `i`'s containers go under (`/sys/fs/cgroup/[<controller>/]<it>/<id>`).
+    pub fn cgroup_parent(&self, i: usize) -> String {
+        format!("bramble-{}", self.lab.ns(i))
     }
 
     /// Where agent `i` keeps its shims (under `/run/bramble`: they last one boot).
@@ -396,6 +412,18 @@ impl Cluster {
     /// Stops every container the agents left (they outlive agents by design), their shims,
     /// cgroups and mounts.
     pub fn remove_containers(&self) {
+        // The agents (and leaders, which may run one) first: an agent still running would start
+        // the replicas again while they are removed, in run directories removed next — containers
+        // nothing could find again.
+        for p in self
+            .agents
+            .iter()
+            .flatten()
+            .chain(self.leader.iter())
+            .chain(self.more_leaders.iter().filter_map(|l| l.1.as_ref()))
+        {
+            p.halt();
+        }
         let runtime_bin = self.bins.join("bramble-shim");
         // Every board's data dir, and the leader's embedded agent's (a one-board cluster).
         let mut data_dirs: Vec<PathBuf> = (1..=self.agents.len()).map(|i| self.agent_dir(i)).collect();
@@ -413,6 +441,17 @@ impl Cluster {
                 }
             }
             let _ = std::fs::remove_dir_all(run);
+        }
+        // What no shim knew of any more: said, killed and removed, with the boards' parents.
+        let cgroups = bramble_agent::runtime::cgroups::CgroupFs::host();
+        for i in 1..=self.agents.len() {
+            let parent = format!("/{}", self.cgroup_parent(i));
+            for id in cgroups.children(&parent) {
+                let killed = cgroups.kill_and_remove(&format!("{parent}/{id}"));
+                eprintln!("left behind by board {i}: cgroup {parent}/{id} (killed: {killed:?})");
+            }
+            let _ = cgroups.remove_empty(&parent);
+            let _ = std::fs::remove_file(format!("/run/bramble/cgroup-{}.lock", self.cgroup_parent(i)));
         }
         let base = self.dir.path().to_string_lossy().to_string();
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();

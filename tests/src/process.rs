@@ -76,6 +76,23 @@ impl Proc {
         self.child.as_ref().expect("running").id()
     }
 
+    /// SIGKILLs the process and waits until it is dead (a zombie until [`Proc::stop`] or drop
+    /// reaps it), without taking it: what a `&self` cleanup can do.
+    pub fn halt(&self) {
+        let Some(pid) = self.child.as_ref().map(|c| c.id() as i32) else { return };
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()));
+            if matches!(state, None | Some('Z')) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Sends `signal` and waits for the process to exit.
     pub fn stop(&mut self, signal: Signal) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;

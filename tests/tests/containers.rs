@@ -86,6 +86,7 @@ impl Env {
             devices: Vec::new(),
             cap_add: Vec::new(),
             cap_drop: Vec::new(),
+            cgroup_parent: bramble_agent::runtime::config::DEFAULT_CGROUP_PARENT.into(),
         }
     }
 

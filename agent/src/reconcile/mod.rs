@@ -149,7 +149,7 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
     // what an earlier boot left there is cleaned up, and then the directory goes.
     let mut adopted_legacy = None;
     if legacy.is_dir() {
-        let live = Runtime::new(&legacy, shim_bin).adopt();
+        let live = Runtime::new(&legacy, shim_bin).with_cgroup_parent(&config.resources.cgroup_parent).adopt();
         if live.is_empty() {
             let _ = std::fs::remove_dir_all(&legacy);
         } else {
@@ -167,7 +167,8 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
         std::fs::create_dir_all(d)?;
     }
     let store = ContentStore::open(&config.images_dir()).map_err(std::io::Error::other)?;
-    let runtime = Runtime::new(&paths.shims, shim_bin);
+    let runtime = Runtime::new(&paths.shims, shim_bin).with_cgroup_parent(&config.resources.cgroup_parent);
+    let legacy_ids = Runtime::new(&legacy, shim_bin).ids();
     let secrets = Arc::new(crate::secrets::Secrets::new(&paths.secrets));
     let configs = Arc::new(crate::secrets::Secrets::configs(&paths.configs));
     let containers = Arc::new(ShimContainers {
@@ -211,6 +212,12 @@ pub fn spawn(config: &AgentConfig, shim_bin: &Path, network: PodNetwork) -> std:
         // (Shims kept in the legacy directory were adopted above: not twice.)
         let adopted = adopted_legacy.unwrap_or_else(|| runtime.adopt());
         info!(containers = adopted.len(), "adopted the containers already running");
+        // Before anything starts: containers whose shim and run directory are gone.
+        let known: Vec<String> = runtime.ids().into_iter().chain(legacy_ids).collect();
+        let swept = runtime.sweep_orphans(&known);
+        if !swept.is_empty() {
+            info!(containers = swept.len(), "killed containers found without their shims");
+        }
         let network = Arc::new(network);
         let r = Reconciler::new(containers.clone(), images, network.clone(), Some(dir));
         drive(r, &rx, &pulls, &done, (containers, network), &out, &beat);

@@ -108,6 +108,7 @@ pub fn container_config(
         devices: Vec::new(),
         cap_add: Vec::new(),
         cap_drop: Vec::new(),
+        cgroup_parent: super::config::DEFAULT_CGROUP_PARENT.into(),
     })
 }
 

@@ -103,6 +103,83 @@ impl CgroupFs {
         std::fs::create_dir_all(self.root.join(parent))
     }
 
+    /// The v1 hierarchies a container's cgroup can be in (libcontainer makes it in each).
+    const V1_CONTROLLERS: [&'static str; 12] = [
+        "memory",
+        "pids",
+        "cpu",
+        "cpuacct",
+        "cpuset",
+        "devices",
+        "freezer",
+        "blkio",
+        "net_cls",
+        "net_prio",
+        "perf_event",
+        "hugetlb",
+    ];
+
+    fn controllers(&self) -> &'static [&'static str] {
+        match self.version {
+            Version::V2 => &[""],
+            Version::V1 => &Self::V1_CONTROLLERS,
+        }
+    }
+
+    /// The cgroups directly under `parent` (`/bramble`), by name, in any hierarchy.
+    pub fn children(&self, parent: &str) -> Vec<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for c in self.controllers() {
+            let Ok(rd) = fs::read_dir(self.dir(c, parent)) else { continue };
+            out.extend(rd.flatten().filter(|e| e.path().is_dir()).filter_map(|e| e.file_name().into_string().ok()));
+        }
+        out.into_iter().collect()
+    }
+
+    /// The processes in cgroup `path` (every hierarchy, for v1).
+    pub fn procs(&self, path: &str) -> Vec<i32> {
+        let mut out = std::collections::BTreeSet::new();
+        for c in self.controllers() {
+            if let Ok(s) = fs::read_to_string(self.dir(c, path).join("cgroup.procs")) {
+                out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()).filter(|p| *p > 0));
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// Kills every process in cgroup `path` (SIGKILL; thawed first if frozen) and removes it once
+    /// empty (waits up to 2 s). Returns how many processes it killed.
+    pub fn kill_and_remove(&self, path: &str) -> io::Result<usize> {
+        let mut killed = std::collections::BTreeSet::new();
+        let started = std::time::Instant::now();
+        loop {
+            match self.version {
+                Version::V2 => {
+                    let _ = fs::write(self.dir("", path).join("cgroup.freeze"), "0");
+                }
+                Version::V1 => {
+                    let _ = fs::write(self.dir("freezer", path).join("freezer.state"), "THAWED");
+                }
+            }
+            let procs = self.procs(path);
+            if procs.is_empty() {
+                break;
+            }
+            for pid in procs {
+                // (Read from the cgroup itself just now: a pid reused since cannot be in it.)
+                if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).is_ok() {
+                    killed.insert(pid);
+                }
+            }
+            if started.elapsed() > std::time::Duration::from_secs(2) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.remove_empty(path)?;
+        Ok(killed.len())
+    }
+
     /// Whether the cgroup exists (in any hierarchy, for v1).
     pub fn exists(&self, path: &str) -> bool {
         match self.version {
@@ -125,24 +202,7 @@ impl CgroupFs {
 
     /// Removes the cgroup if it is empty (in every hierarchy, for v1); gone already is fine.
     pub fn remove_empty(&self, path: &str) -> io::Result<()> {
-        let controllers: &[&str] = match self.version {
-            Version::V2 => &[""],
-            Version::V1 => &[
-                "memory",
-                "pids",
-                "cpu",
-                "cpuacct",
-                "cpuset",
-                "devices",
-                "freezer",
-                "blkio",
-                "net_cls",
-                "net_prio",
-                "perf_event",
-                "hugetlb",
-            ],
-        };
-        for c in controllers {
+        for c in self.controllers() {
             match fs::remove_dir(self.dir(c, path)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}

@@ -95,6 +95,16 @@ pub struct ContainerConfig {
     pub cap_add: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cap_drop: Vec<String>,
+    /// The cgroup its cgroup is made under (`[resources] cgroup_parent`; a name, one level).
+    #[serde(default = "default_cgroup_parent")]
+    pub cgroup_parent: String,
+}
+
+/// Where containers' cgroups go unless the agent's config says otherwise.
+pub const DEFAULT_CGROUP_PARENT: &str = "bramble";
+
+fn default_cgroup_parent() -> String {
+    DEFAULT_CGROUP_PARENT.into()
 }
 
 /// A directory of the board seen at `destination` inside the container.
@@ -127,7 +137,7 @@ impl ContainerConfig {
 
     /// The cgroup path, the same under cgroup v1 and v2.
     pub fn cgroups_path(&self) -> String {
-        format!("/bramble/{}", self.id)
+        format!("/{}/{}", self.cgroup_parent, self.id)
     }
 }
 

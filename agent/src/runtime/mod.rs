@@ -27,6 +27,7 @@ pub mod spec;
 use config::{check_id, ContainerConfig};
 use protocol::{ShimRequest, ShimResponse, ShimState};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The files of one container's shim.
@@ -74,13 +75,104 @@ pub struct Runtime {
     /// The shim binary, `bramble-shim`: run as `bramble-shim --dir <dir>` for each container, and
     /// as `bramble-shim --delete --dir <dir>` to remove what a dead shim left.
     bin: PathBuf,
+    /// The cgroup containers' cgroups are made under (`[resources] cgroup_parent`).
+    cgroup_parent: String,
+    /// A shared lock on the parent (`/run/bramble/cgroup-<parent>.lock`) held while the agent runs:
+    /// [`Runtime::sweep_orphans`] sweeps only where no other agent of the board uses the parent.
+    parent_lock: Arc<Mutex<Option<std::fs::File>>>,
 }
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Runtime {
     pub fn new(run_dir: &Path, bin: &Path) -> Runtime {
-        Runtime { run_dir: run_dir.to_path_buf(), bin: bin.to_path_buf() }
+        Runtime {
+            run_dir: run_dir.to_path_buf(),
+            bin: bin.to_path_buf(),
+            cgroup_parent: config::DEFAULT_CGROUP_PARENT.into(),
+            parent_lock: Arc::default(),
+        }
+    }
+
+    /// Containers' cgroups under `/<parent>/` rather than `/bramble/`.
+    pub fn with_cgroup_parent(mut self, parent: &str) -> Runtime {
+        self.cgroup_parent = parent.to_string();
+        self
+    }
+
+    /// Container `id`'s cgroup: as its config says (an older container may have another parent).
+    fn cgroup_of(&self, id: &str) -> String {
+        std::fs::read(self.dir(id).config())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<ContainerConfig>(&b).ok())
+            .map_or_else(|| format!("/{}/{id}", self.cgroup_parent), |c| c.cgroups_path())
+    }
+
+    /// Kills the containers found in this agent's cgroup parent that no shim directory here
+    /// knows (`known`: also those of an older agent's directory): a shim gone with its run
+    /// directory (removed by hand, a crash mid-cleanup) leaves a container nothing could find
+    /// again. Only when no other agent of this board shares the parent (a lock on it says). Returns
+    /// the containers killed.
+    pub fn sweep_orphans(&self, known: &[String]) -> Vec<String> {
+        if !self.lock_parent_alone() {
+            tracing::debug!(parent = %self.cgroup_parent, "another agent shares the cgroup parent: no sweep");
+            return Vec::new();
+        }
+        let cgroups = cgroups::CgroupFs::host();
+        let parent = format!("/{}", self.cgroup_parent);
+        let mut swept = Vec::new();
+        for id in cgroups.children(&parent) {
+            if known.contains(&id) || self.dir(&id).0.exists() || check_id(&id).is_err() {
+                continue;
+            }
+            let path = format!("{parent}/{id}");
+            match cgroups.kill_and_remove(&path) {
+                Ok(n) => tracing::warn!(
+                    id,
+                    "killed {n} process(es) of container {id}, found in cgroup {path} without its shim or run directory"
+                ),
+                Err(e) => tracing::warn!(id, "container {id} in cgroup {path} has no shim; cannot remove it: {e}"),
+            }
+            swept.push(id);
+        }
+        self.share_parent();
+        swept
+    }
+
+    fn lock_file(&self) -> Option<std::fs::File> {
+        let dir = Path::new("/run/bramble");
+        std::fs::create_dir_all(dir).ok()?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("cgroup-{}.lock", self.cgroup_parent)))
+            .ok()
+    }
+
+    /// Takes the parent's lock exclusively if nobody else holds it (keeps it).
+    fn lock_parent_alone(&self) -> bool {
+        let mut held = self.parent_lock.lock().expect("lock");
+        if held.is_none() {
+            *held = self.lock_file();
+        }
+        let Some(f) = held.as_ref() else { return false };
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this struct owns.
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    }
+
+    /// Holds the parent's lock shared, as every running agent does.
+    fn share_parent(&self) {
+        let mut held = self.parent_lock.lock().expect("lock");
+        if held.is_none() {
+            *held = self.lock_file();
+        }
+        if let Some(f) = held.as_ref() {
+            use std::os::fd::AsRawFd;
+            // SAFETY: as above.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH) };
+        }
     }
 
     pub fn dir(&self, id: &str) -> ContainerDir {
@@ -90,6 +182,7 @@ impl Runtime {
     /// Starts a shim that creates, starts and keeps `config`'s container.
     pub fn create(&self, config: &ContainerConfig) -> Result<ShimState, RuntimeError> {
         check_id(&config.id).map_err(RuntimeError::BadId)?;
+        let config = &ContainerConfig { cgroup_parent: self.cgroup_parent.clone(), ..config.clone() };
         let dir = self.dir(&config.id);
         if dir.0.exists() {
             return Err(RuntimeError::Exists(config.id.clone()));
@@ -224,7 +317,7 @@ impl Runtime {
                 }
                 if let lifecycle::Phase::Running { pid, .. } = state.lifecycle.phase {
                     // Only if that pid is still this container's (pids are reused).
-                    if state.boot_id == protocol::boot_id() && in_cgroup(pid, &format!("/bramble/{id}")) {
+                    if state.boot_id == protocol::boot_id() && in_cgroup(pid, &self.cgroup_of(id)) {
                         let _ =
                             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
                     }

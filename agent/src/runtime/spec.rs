@@ -250,6 +250,7 @@ mod tests {
             devices: Vec::new(),
             cap_add: Vec::new(),
             cap_drop: Vec::new(),
+            cgroup_parent: crate::runtime::config::DEFAULT_CGROUP_PARENT.into(),
         }
     }
 

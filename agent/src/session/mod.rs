@@ -352,7 +352,7 @@ async fn session(
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Usage: the board and its running replicas, every interval (memory only).
-    let sampler = Arc::new(crate::usage::Sampler::host(&config.data_dir));
+    let sampler = Arc::new(crate::usage::Sampler::host(&config.data_dir, &config.resources.cgroup_parent));
     let mut usage_tick = tokio::time::interval(config.monitoring.interval.0);
     usage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status = work.status.clone();

@@ -295,21 +295,50 @@ impl Puller<'_> {
             }
         }
         if !self.store.has_blob(&layer.digest) {
-            // A fresh ingest per source: what a mirror sent that did not match is gone.
+            // A fresh ingest per source: what a mirror sent that did not match is gone. The layer
+            // is unpacked as it arrives (on a thread of its own), made visible only once the
+            // blob's digest and then the diff_id match.
             let from = self.fetch_from_sources(image, |src| {
                 let mut ingest = self.store.ingest(&layer.digest)?;
                 progress.update(&layer.digest, 0, LayerPhase::Downloading);
-                self.client.blob(src, &layer.digest, layer.size, ingest.writer(), &mut |done| {
-                    progress.update(&layer.digest, done, LayerPhase::Downloading)
-                })?;
-                ingest.commit()?;
-                Ok(if src.registry == image.registry {
+                let unpacked = self.store.has_layer(&layer.diff_id);
+                let (tx, blob) = stream::channel();
+                let mut opts_budget = crate::store::Budget::copy_of(budget);
+                let fetched = std::thread::scope(|scope| {
+                    let unpacker = (!unpacked).then(|| {
+                        scope.spawn(|| self.store.unpack_layer_from_within(layer, blob, &self.unpack, &mut opts_budget))
+                    });
+                    let mut tee = stream::Tee { file: ingest.writer(), to: unpacker.is_some().then_some(&tx) };
+                    let got = self
+                        .client
+                        .blob(src, &layer.digest, layer.size, &mut tee, &mut |done| {
+                            progress.update(&layer.digest, done, LayerPhase::Downloading)
+                        })
+                        .map_err(PullError::from)
+                        .and_then(|_| Ok(ingest.commit()?));
+                    if got.is_ok() {
+                        progress.update(&layer.digest, layer.size, LayerPhase::Unpacking);
+                    }
+                    // The unpacker's stream ends here: cleanly only if the digest matched.
+                    tx.end(got.is_ok());
+                    let unpacked = unpacker.map(|u| u.join().expect("the unpacking thread"));
+                    // (The blob is stored: a layer that does not unpack is not another source's
+                    // to try.)
+                    got.map(|()| unpacked.and_then(Result::err))
+                });
+                let unpack_failed = fetched?;
+                *budget = opts_budget;
+                let label = if src.registry == image.registry {
                     format!("registry {}", src.registry)
                 } else {
                     format!("mirror {}", src.registry)
-                })
+                };
+                Ok((label, unpack_failed))
             })?;
-            sources.insert(layer.digest.clone(), from);
+            sources.insert(layer.digest.clone(), from.0);
+            if let Some(e) = from.1 {
+                return Err(e.into());
+            }
         }
         progress.update(&layer.digest, layer.size, LayerPhase::Unpacking);
         self.store.unpack_layer_within(layer, &self.unpack, budget)?;
@@ -355,4 +384,78 @@ pub fn config(store: &ContentStore, record: &ImageRecord) -> Result<ImageConfig,
         image: record.reference.clone(),
         reason: format!("invalid image config: {e}"),
     })
+}
+
+/// A layer's blob handed from its download to the thread unpacking it, in chunks: the stream
+/// ends cleanly only when the download says its digest matched.
+mod stream {
+    use std::io::{Read, Write};
+    use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+
+    /// Chunks in flight at most (each what one read of the download gave, 64 KiB or less).
+    const DEPTH: usize = 8;
+
+    pub struct Sender(SyncSender<Result<Vec<u8>, ()>>);
+
+    impl Sender {
+        /// The end of the stream: clean (EOF) if `ok`, an error otherwise.
+        pub fn end(self, ok: bool) {
+            if !ok {
+                let _ = self.0.send(Err(()));
+            }
+        }
+    }
+
+    pub struct Blob {
+        rx: Receiver<Result<Vec<u8>, ()>>,
+        chunk: Vec<u8>,
+        at: usize,
+    }
+
+    pub fn channel() -> (Sender, Blob) {
+        let (tx, rx) = sync_channel(DEPTH);
+        (Sender(tx), Blob { rx, chunk: Vec::new(), at: 0 })
+    }
+
+    impl Read for Blob {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            while self.at == self.chunk.len() {
+                match self.rx.recv() {
+                    Ok(Ok(c)) => (self.chunk, self.at) = (c, 0),
+                    Ok(Err(())) => {
+                        return Err(std::io::Error::other("the layer's download failed or did not match its digest"))
+                    }
+                    Err(_) => return Ok(0),
+                }
+            }
+            let n = buf.len().min(self.chunk.len() - self.at);
+            buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    /// Writes to the blob's file and, while the unpacker takes them, to the unpacker.
+    pub struct Tee<'a> {
+        pub file: &'a mut dyn Write,
+        pub to: Option<&'a Sender>,
+    }
+
+    impl Write for Tee<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = self.file.write(buf)?;
+            if let Some(to) = self.to {
+                // An unpacker that stopped (a bad layer) says why when joined: the download
+                // goes on to its end regardless.
+                if to.0.send(Ok(buf[..n].to_vec())).is_err() {
+                    self.to = None;
+                }
+            }
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.file.flush()
+        }
+    }
 }

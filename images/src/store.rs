@@ -84,6 +84,11 @@ impl Budget {
         Ok(Budget { left: opts.max_image_bytes })
     }
 
+    /// A copy, for a layer unpacked on another thread (spent there, then put back).
+    pub fn copy_of(b: &Budget) -> Budget {
+        Budget { left: b.left }
+    }
+
     /// `opts` for the next layer: at most what is left of the image's cap and of the disk.
     fn layer_opts(&self, store: &ContentStore, opts: &UnpackOptions) -> UnpackOptions {
         let disk = free_and_reserve(&store.root).map_or(u64::MAX, |(f, r)| f.saturating_sub(r));
@@ -93,6 +98,18 @@ impl Budget {
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
     move |source| StoreError::Io { what, path: path.to_path_buf(), source }
+}
+
+/// `blob` (a layer's blob) as its uncompressed tar stream.
+fn decompressed(layer: &LayerRecord, blob: impl Read + 'static) -> Result<Box<dyn Read>, StoreError> {
+    let compression = layer_compression(&layer.media_type)
+        .map_err(|reason| StoreError::Layer { blob: layer.digest.clone(), reason })?;
+    let f = BufReader::with_capacity(64 << 10, blob);
+    Ok(match compression {
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
+        Compression::Zstd => Box::new(crate::zstd::ZstdReader::new(f)),
+        Compression::None => Box::new(f),
+    })
 }
 
 /// One layer of an image.
@@ -287,15 +304,25 @@ impl ContentStore {
 
     /// Opens a layer blob as its uncompressed tar stream.
     pub fn layer_reader(&self, layer: &LayerRecord) -> Result<Box<dyn Read>, StoreError> {
-        let compression = layer_compression(&layer.media_type)
-            .map_err(|reason| StoreError::Layer { blob: layer.digest.clone(), reason })?;
         let p = self.blob_path(&layer.digest);
-        let f = BufReader::with_capacity(64 << 10, File::open(&p).map_err(io_err("cannot open", &p))?);
-        Ok(match compression {
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
-            Compression::Zstd => Box::new(crate::zstd::ZstdReader::new(f)),
-            Compression::None => Box::new(f),
-        })
+        let f = File::open(&p).map_err(io_err("cannot open", &p))?;
+        decompressed(layer, f)
+    }
+
+    /// [`ContentStore::unpack_layer_within`] from `blob`, the layer's blob as it arrives (a
+    /// download under way) rather than from the store: unpacked beside, renamed into place only
+    /// once `blob` has ended, and only if the diff_id matches — `blob` must end (EOF) only after
+    /// the blob's own digest matched, and fail otherwise.
+    pub fn unpack_layer_from_within(
+        &self,
+        layer: &LayerRecord,
+        blob: impl Read + 'static,
+        opts: &UnpackOptions,
+        budget: &mut Budget,
+    ) -> Result<Option<UnpackStats>, StoreError> {
+        let stats = self.unpack_from(layer, decompressed(layer, blob)?, &budget.layer_opts(self, opts))?;
+        budget.left = budget.left.saturating_sub(stats.as_ref().map_or(0, |s| s.bytes));
+        Ok(stats)
     }
 
     /// Unpacks a stored layer blob into `layers/<diff_id>` (once), checking the diff_id.
@@ -312,6 +339,20 @@ impl ContentStore {
     }
 
     pub fn unpack_layer(&self, layer: &LayerRecord, opts: &UnpackOptions) -> Result<Option<UnpackStats>, StoreError> {
+        if self.layer_dir(&layer.diff_id).is_dir() {
+            return Ok(None);
+        }
+        self.unpack_from(layer, self.layer_reader(layer)?, opts)
+    }
+
+    /// Unpacks the tar stream `tar` of `layer` into `layers/<diff_id>` (once), checking the
+    /// diff_id: beside it first, synced, then renamed.
+    fn unpack_from(
+        &self,
+        layer: &LayerRecord,
+        tar: Box<dyn Read>,
+        opts: &UnpackOptions,
+    ) -> Result<Option<UnpackStats>, StoreError> {
         let dest = self.layer_dir(&layer.diff_id);
         if dest.is_dir() {
             return Ok(None);
@@ -319,10 +360,8 @@ impl ContentStore {
         let tmp = self.root.join("layers").join(format!("{}.tmp-{}", layer.diff_id.hex(), tmp_suffix()));
         fs::create_dir(&tmp).map_err(io_err("cannot create", &tmp))?;
         let started = std::time::Instant::now();
-        let result = self.layer_reader(layer).and_then(|r| {
-            unpack(r, &tmp, Target::Layer, opts)
-                .map_err(|source| StoreError::Unpack { blob: layer.digest.clone(), source })
-        });
+        let result = unpack(tar, &tmp, Target::Layer, opts)
+            .map_err(|source| StoreError::Unpack { blob: layer.digest.clone(), source });
         let (diff_id, stats) = match result {
             Ok(v) => v,
             Err(e) => {

@@ -110,6 +110,9 @@ fn a_corrupted_blob_in_the_registry_is_refused_and_nothing_is_stored() {
     assert!(!store.has_blob(&rec.layers[0].digest), "no corrupt blob in the store");
     assert!(store.images().unwrap().is_empty(), "no image recorded");
     assert_eq!(std::fs::read_dir(store.root().join("ingest")).unwrap().count(), 0, "no leftovers");
+    // The layer was unpacked as it arrived: none of it stays, in place or beside.
+    let layers: Vec<_> = std::fs::read_dir(store.root().join("layers")).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(layers.is_empty(), "nothing of the corrupt layer unpacked: {layers:?}");
 }
 
 #[test]

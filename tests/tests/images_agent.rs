@@ -200,6 +200,13 @@ fn kill_9_mid_pull_leaves_nothing_half_done_and_a_100_mib_layer_streams() {
     let ls = ok(image(&cfg, &["ls"]));
     assert_eq!(ls.lines().count(), 1, "ls shows no image: {ls}");
     assert_eq!(count(&store.join("ingest")), 0, "opening the store cleared the partial download");
+    // The big layer was being unpacked as it arrived: opening the store removed the partial
+    // unpack beside, and only layers whose blobs are stored (whole and verified) are visible.
+    for e in std::fs::read_dir(store.join("layers")).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        assert!(!name.contains(".tmp-"), "a partial unpack stayed: {name}");
+    }
+    assert!(count(&store.join("layers")) < blobs_before.len().max(1), "no layer without its blob");
 
     // The next pull completes; its memory stays far below the layer's size.
     let mut child = Command::new(bin_dir().join("bramble-agent"))

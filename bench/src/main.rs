@@ -72,6 +72,9 @@ enum Command {
         /// How long to measure writes in the steady state.
         #[arg(long, default_value_t = 60)]
         steady_secs: u64,
+        /// How often each simulated board sends usage (a real agent: every 15 s by default).
+        #[arg(long, default_value_t = 1)]
+        usage_secs: u64,
     },
     /// The agent's memory idle and with containers (each container's cost, shim included) and
     /// its writes per day.
@@ -181,14 +184,16 @@ fn main() {
         Command::Monitoring { replicas } => vec![("monitoring", monitoring::run(replicas))],
         Command::Ha { runs, steady_secs } => vec![("ha", ha::run(runs, steady_secs))],
         Command::Agent { containers, steady_secs } => vec![("agent", agent::run(containers, steady_secs))],
-        Command::Scale { agents, replicas, steady_secs } => vec![("scale", scale::run(agents, replicas, steady_secs))],
+        Command::Scale { agents, replicas, steady_secs, usage_secs } => {
+            vec![("scale", scale::run(agents, replicas, steady_secs, usage_secs))]
+        }
         Command::All { runs } => vec![
             ("images", images::run(runs)),
             ("containers", containers::run(runs.max(50))),
             ("scheduler", scheduler::run(1_000, 10_000)),
             ("cron", cron::run(1_000, 50)),
             ("apps", apps::run(runs.max(20), 5, 60)),
-            ("scale", scale::run(50, 1_000, 60)),
+            ("scale", scale::run(50, 1_000, 60, 1)),
             ("agent", agent::run(20, 60)),
             ("startup", startup::run(runs.max(20))),
             ("net", net::run(runs)),

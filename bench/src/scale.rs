@@ -37,6 +37,7 @@ async fn sim_agent(
     name: String,
     source: std::net::Ipv4Addr,
     joins: Arc<tokio::sync::Semaphore>,
+    usage_every: Duration,
 ) {
     let creds = {
         let _turn = joins.acquire().await.expect("the join semaphore");
@@ -63,9 +64,9 @@ async fn sim_agent(
         }
     });
     let mut tick = tokio::time::interval(heartbeat);
-    // Usage as a real agent sends it, every second here: 60 s of it fill as many points as the
-    // 15 minutes of history at the default 15 s.
-    let mut usage_tick = tokio::time::interval(Duration::from_secs(1));
+    // Usage as a real agent sends it (every 15 s by default; every second by default here: 60 s
+    // of it fill as many points as the 15 minutes of history at 15 s).
+    let mut usage_tick = tokio::time::interval(usage_every);
     let mut running: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut seq = 0;
     loop {
@@ -113,10 +114,31 @@ fn running(bins: &Path, admin: &Path) -> usize {
     v.iter().filter(|r| r.phase == ReplicaPhase::Running).count()
 }
 
-pub fn run(agents: usize, replicas: usize, steady_secs: u64) -> serde_json::Value {
+/// CPU time (user + system) of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    // After the command: utime and stime are fields 14 and 15 of stat(5), 12 and 13 here.
+    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+}
+
+/// A pod range with a /24 for each of `agents` boards: the default (10.42.0.0/16, 256 boards)
+/// or a larger one.
+fn pod_range(agents: usize) -> Option<String> {
+    let bits = (agents + 1).next_power_of_two().trailing_zeros().max(8) as u8;
+    (bits > 8).then(|| format!("10.{}.0.0/{}", 64, 24 - bits))
+}
+
+pub fn run(agents: usize, replicas: usize, steady_secs: u64, usage_secs: u64) -> serde_json::Value {
     let bins = bin_dir();
     let dir = tempfile::Builder::new().prefix("bramble-bench-scale-").tempdir().expect("temp dir");
-    let (leader_dir, listen) = crate::stats::init_leader(&bins, dir.path());
+    let range = pod_range(agents);
+    let extra: Vec<&str> = range.iter().flat_map(|r| ["--cluster-cidr", r.as_str()]).collect();
+    if let Some(r) = &range {
+        println!("  (the default pod range holds 256 boards: initialised with --cluster-cidr {r})");
+    }
+    let (leader_dir, listen) = crate::stats::init_leader_with(&bins, dir.path(), &extra);
     let args = vec!["run".to_string(), "--config".into(), leader_dir.join("leader.toml").display().to_string()];
     let leader = Proc::spawn_host("leader", &bins.join("bramble-leader"), &args, &dir.path().join("leader.log"));
     let admin = leader_dir.join("admin.toml");
@@ -132,11 +154,21 @@ pub fn run(agents: usize, replicas: usize, steady_secs: u64) -> serde_json::Valu
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let addr: SocketAddr = listen.parse().unwrap();
     let joins = Arc::new(tokio::sync::Semaphore::new(8));
+    let usage_every = Duration::from_secs(usage_secs.max(1));
+    let mut boards = Vec::new();
     for i in 0..agents {
         let d = dir.path().join(format!("sim-{i}"));
         // 127.0.1.1, 127.0.1.2, …: all of 127/8 is this machine's loopback.
         let source = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(127, 0, 1, 1)) + i as u32);
-        rt.spawn(sim_agent(d, addr, token.clone(), format!("sim-{i}"), source, joins.clone()));
+        boards.push(rt.spawn(sim_agent(
+            d,
+            addr,
+            token.clone(),
+            format!("sim-{i}"),
+            source,
+            joins.clone(),
+            usage_every,
+        )));
     }
     let t = Instant::now();
     loop {
@@ -180,8 +212,11 @@ pub fn run(agents: usize, replicas: usize, steady_secs: u64) -> serde_json::Valu
     let store = leader_dir.join("store.redb");
     let size_before = std::fs::metadata(&store).map_or(0, |m| m.len());
     let w0 = leader.write_bytes();
+    let c0 = cpu_ticks(pid);
     std::thread::sleep(Duration::from_secs(steady_secs));
     let written = leader.write_bytes().saturating_sub(w0);
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let cpu_pct = (cpu_ticks(pid) - c0) as f64 / ticks / steady_secs as f64 * 100.0;
     let size_after = std::fs::metadata(&store).map_or(0, |m| m.len());
     let rss2 = kib(pid, "status", "VmRSS:");
     let per_day_mb = written as f64 * (86_400.0 / steady_secs as f64) / 1e6;
@@ -198,8 +233,32 @@ pub fn run(agents: usize, replicas: usize, steady_secs: u64) -> serde_json::Valu
         pss1 as f64 / 1024.0
     );
     println!(
-        "  steady {steady_secs} s: leader wrote {written} bytes (store {size_before} -> {size_after} bytes) = {per_day_mb:.2} MB/day; RSS after {:.1} MiB",
+        "  steady {steady_secs} s: leader wrote {written} bytes (store {size_before} -> {size_after} bytes) = {per_day_mb:.2} MB/day; RSS after {:.1} MiB; CPU {cpu_pct:.1} % of one core (usage every {usage_secs} s)",
         rss2 as f64 / 1024.0
+    );
+    // One board lost (its session closed; the default grace then applies): its replicas placed
+    // on the others and Running again.
+    let lost_replicas = |bins: &Path| -> usize {
+        let out = cli(bins, &admin, &["get", "replicas", "-o", "json"]);
+        let v: Vec<bramble_proto::model::Replica> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v.iter().filter(|r| r.node.as_deref() == Some("sim-0")).count()
+    };
+    let on_lost = lost_replicas(&bins);
+    let t = Instant::now();
+    boards[0].abort();
+    loop {
+        if lost_replicas(&bins) == 0 && running(&bins, &admin) == replicas {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "the lost board's replicas were not re-placed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let replaced = t.elapsed();
+    let grace = Duration::from_secs(5);
+    println!(
+        "  one board lost ({on_lost} replicas): all Running elsewhere {:.2} s after its session ended ({:.2} s after the 5 s grace)",
+        replaced.as_secs_f64(),
+        replaced.saturating_sub(grace).as_secs_f64()
     );
     // A backup of this cluster (CLI: snapshot over mTLS, sealed here), and a restore of it.
     let pass = dir.path().join("pass");
@@ -240,6 +299,7 @@ pub fn run(agents: usize, replicas: usize, steady_secs: u64) -> serde_json::Valu
         "leader_idle": { "rss_kib": rss0, "pss_kib": pss0 },
         "leader_with_replicas": { "rss_kib": rss1, "pss_kib": pss1 },
         "apply_to_all_running_ms": to_running.as_millis() as u64,
-        "steady": { "seconds": steady_secs, "write_bytes": written, "mb_per_day": per_day_mb, "rss_kib_after": rss2 },
+        "steady": { "seconds": steady_secs, "write_bytes": written, "mb_per_day": per_day_mb, "rss_kib_after": rss2, "cpu_percent": cpu_pct, "usage_secs": usage_secs },
+        "board_lost": { "replicas": on_lost, "replaced_ms": replaced.as_millis() as u64 },
     })
 }

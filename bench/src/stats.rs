@@ -27,11 +27,17 @@ impl Summary {
 /// `bramble-leader init` in `dir/leader` listening on a free loopback port; returns the data dir
 /// and the listen address.
 pub fn init_leader(bins: &std::path::Path, dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    init_leader_with(bins, dir, &[])
+}
+
+/// [`init_leader`] with more arguments to `bramble-leader init`.
+pub fn init_leader_with(bins: &std::path::Path, dir: &std::path::Path, extra: &[&str]) -> (std::path::PathBuf, String) {
     let leader_dir = dir.join("leader");
     let port = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
     let listen = format!("127.0.0.1:{port}");
     let out = std::process::Command::new(bins.join("bramble-leader"))
         .args(["init", "--listen", &listen, "--data-dir", leader_dir.to_str().expect("utf-8")])
+        .args(extra)
         .output()
         .expect("run bramble-leader init");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

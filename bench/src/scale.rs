@@ -47,7 +47,13 @@ async fn sim_agent(
     let endpoint = client_endpoint_at(SocketAddr::from((source, 0))).expect("endpoint");
     let conn = connect_session(&endpoint, addr, tls, Duration::from_secs(10)).await.expect("connect");
     let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-    let hello = Hello { node_name: name.clone(), epoch: 1, info: info(), features: vec![] };
+    // (It keeps alive as a real agent does, so the leader watches it as one.)
+    let hello = Hello {
+        node_name: name.clone(),
+        epoch: 1,
+        info: info(),
+        features: vec![bramble_proto::wire::FEATURE_LIVENESS.to_string()],
+    };
     write_frame(&mut send, &Open { version: PROTOCOL_VERSION, kind: OpenKind::Session(Box::new(hello)) })
         .await
         .expect("hello");

@@ -525,9 +525,9 @@ impl Sim {
         for b in &mut self.boards {
             b.talk_up(&ctx, &self.ca, instant, now);
         }
-        // A session the board no longer has ends at the leader as QUIC's idle timeout does:
-        // that long after the leader last heard from it (a loss: it counts for damping).
-        let idle = bramble_transport::quic::SESSION_IDLE_TIMEOUT.as_millis() as u64;
+        // A session the board no longer has ends at the leader as its silence watch does: that
+        // long after the leader last heard from it (a loss: it counts for damping).
+        let idle = bramble_transport::quic::SESSION_SILENCE.as_millis() as u64;
         for b in &self.boards {
             let v = ctx.registry.view(&b.name, now);
             if let Some(epoch) = v.session_epoch {

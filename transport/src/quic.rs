@@ -13,16 +13,38 @@ use std::time::Duration;
 
 /// How often an idle connection sends a keep-alive (a few bytes; nothing is written to disk).
 pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
-/// How long a silent connection lives (the CLI's, and the longest a board's session can be
-/// silent with an agent before [`SESSION_IDLE_TIMEOUT`]): four lost keep-alives in a row.
+/// How long a silent connection lives (QUIC's idle timeout, handshakes included; an established
+/// board session gives up sooner: [`SESSION_SILENCE`]): four lost keep-alives in a row.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
 /// How often a board's session sends a keep-alive when nothing else went out: about 60 bytes
 /// each way (a PING and its ACK), ~240 bytes/s per board at most.
 pub const SESSION_KEEP_ALIVE: Duration = Duration::from_millis(500);
-/// How long a board's session lives without hearing anything (four keep-alives in a row lost).
-/// QUIC takes the shorter of both sides' limits, so the leader's end of the session closes as
-/// fast: a dead leader is noticed by its boards, and a cut board by its leader, within 2 s.
-pub const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an established board session may go without a single datagram arriving before
+/// either end gives it up ([`silence`]: four keep-alives in a row lost): a dead leader is
+/// noticed by its boards, and a cut board by its leader, within 2 s. (Not QUIC's idle timeout,
+/// which stays [`IDLE_TIMEOUT`]: a handshake with a leader busy with hundreds of boards at once
+/// may take longer than this.)
+pub const SESSION_SILENCE: Duration = Duration::from_secs(2);
+
+/// Resolves once `conn` has received no datagram for `silent` (or has closed). Looks at the
+/// connection's counters four times per `silent`.
+pub async fn silence(conn: &Connection, silent: Duration) {
+    let step = silent / 4;
+    let mut seen = conn.stats().udp_rx.datagrams;
+    let mut heard = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(step).await;
+        if conn.close_reason().is_some() {
+            return;
+        }
+        let now = conn.stats().udp_rx.datagrams;
+        if now != seen {
+            (seen, heard) = (now, tokio::time::Instant::now());
+        } else if heard.elapsed() >= silent {
+            return;
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -120,14 +142,14 @@ pub async fn connect(
 }
 
 /// Connects a board's session to the leader at `addr`: as [`connect`], with the session's
-/// keep-alive and idle timeout ([`SESSION_KEEP_ALIVE`], [`SESSION_IDLE_TIMEOUT`]).
+/// keep-alive ([`SESSION_KEEP_ALIVE`]), so that both ends hear something at least that often.
 pub async fn connect_session(
     endpoint: &Endpoint,
     addr: SocketAddr,
     tls: rustls::ClientConfig,
     timeout: Duration,
 ) -> Result<Connection, TransportError> {
-    connect_with(endpoint, addr, tls, timeout, SESSION_KEEP_ALIVE, SESSION_IDLE_TIMEOUT).await
+    connect_with(endpoint, addr, tls, timeout, SESSION_KEEP_ALIVE, IDLE_TIMEOUT).await
 }
 
 async fn connect_with(

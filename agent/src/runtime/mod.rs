@@ -26,6 +26,7 @@ pub mod spec;
 
 use config::{check_id, ContainerConfig};
 use protocol::{ShimRequest, ShimResponse, ShimState};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -121,8 +122,14 @@ impl Runtime {
         let cgroups = cgroups::CgroupFs::host();
         let parent = format!("/{}", self.cgroup_parent);
         let mut swept = Vec::new();
+        let mut shims: Option<std::collections::BTreeSet<String>> = None;
         for id in cgroups.children(&parent) {
             if known.contains(&id) || self.dir(&id).0.exists() || check_id(&id).is_err() {
+                continue;
+            }
+            // A shim of any agent still keeping it (an agent of this machine that is down now
+            // and shares the parent): not an orphan.
+            if shims.get_or_insert_with(live_shim_ids).contains(&id) {
                 continue;
             }
             let path = format!("{parent}/{id}");
@@ -447,6 +454,24 @@ pub fn shim_binary_for(exe: &Path) -> Result<PathBuf, String> {
 /// Whether `pid` is the shim of container dir `dir` (so a recycled pid is never killed). Told by
 /// its command line (`… --dir <dir>`), not its binary: a shim started by an older build, whose
 /// binary an upgrade has since replaced, is still recognised.
+/// The containers some live `bramble-shim --dir <…>/<id>` keeps (any agent's), by id.
+fn live_shim_ids() -> std::collections::BTreeSet<String> {
+    let mut ids = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if !args.first().is_some_and(|a| a.ends_with(b"bramble-shim")) {
+            continue;
+        }
+        if let Some(w) = args.windows(2).find(|w| w[0] == b"--dir") {
+            if let Some(name) = Path::new(std::ffi::OsStr::from_bytes(w[1])).file_name() {
+                ids.insert(name.to_string_lossy().to_string());
+            }
+        }
+    }
+    ids
+}
+
 fn shim_of(pid: i32, dir: &ContainerDir) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();

@@ -24,6 +24,8 @@ pub enum SessionError {
     Refused { code: ErrorCode, message: String, active: Option<String> },
     #[error("the leader closed the session")]
     Closed,
+    #[error("nothing heard from the leader for {0:?}")]
+    Silent(std::time::Duration),
     #[error("the leader sent an unexpected message")]
     Unexpected,
 }

@@ -314,7 +314,10 @@ async fn session(
         node_name: creds.name.clone(),
         epoch,
         info: info_now(&mut problems),
-        features: vec![bramble_proto::wire::FEATURE_REGISTRIES.to_string()],
+        features: vec![
+            bramble_proto::wire::FEATURE_REGISTRIES.to_string(),
+            bramble_proto::wire::FEATURE_LIVENESS.to_string(),
+        ],
     };
     // Devices plugged in or out: looked for every `devices.scan_every`, said when they change.
     let mut devices_sent = hello.info.devices.clone();
@@ -358,6 +361,10 @@ async fn session(
     let mut status = work.status.clone();
     let mut images = work.images.clone();
     let mut applied = work.network_applied.clone();
+    // A leader that sends nothing at all for this long (not even the ACKs of the keep-alives)
+    // is gone: the others are tried at once.
+    let silent = bramble_transport::quic::silence(&conn, bramble_transport::quic::SESSION_SILENCE);
+    tokio::pin!(silent);
     let result: Result<(), SessionError> = loop {
         let mut out = Vec::new();
         if let Some(rx) = applied.as_mut() {
@@ -372,6 +379,10 @@ async fn session(
         }
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
+            _ = &mut silent => {
+                conn.close(quinn::VarInt::from_u32(0), b"the leader fell silent");
+                break Err(SessionError::Silent(bramble_transport::quic::SESSION_SILENCE));
+            }
             _ = tick.tick() => {
                 let out = machine.tick(bramble_proto::time::now_ms(), renew_at(creds), || {
                     bramble_transport::pki::node_csr(&creds.name).map_err(|e| e.to_string())

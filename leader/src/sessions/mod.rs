@@ -59,6 +59,7 @@ pub(crate) async fn session(
 ) {
     let name = hello.node_name.clone();
     let takes_registries = hello.features.iter().any(|f| f == bramble_proto::wire::FEATURE_REGISTRIES);
+    let keeps_alive = hello.features.iter().any(|f| f == bramble_proto::wire::FEATURE_LIVENESS);
     let key_fp = match identity {
         Some((Identity::Node(n), fp)) if n == name => fp,
         Some((id, _)) => {
@@ -117,15 +118,22 @@ pub(crate) async fn session(
     let welcome = LeaderMsg::Welcome { epoch, heartbeat_ms: heartbeat.as_millis() as u64, fence_ms };
     let reason = match write_frame(&mut send, &welcome).await {
         Err(e) => e.to_string(),
-        Ok(()) => serve_session(&api, &name, epoch, takes_registries, send, recv).await,
+        Ok(()) => {
+            let watched = keeps_alive.then(|| conn.clone());
+            serve_session(&api, &name, epoch, (takes_registries, watched), send, recv).await
+        }
     };
     info!("session ended: {reason}");
-    // Timed out: the board (or its link) went silent, as opposed to closing the session.
-    let lost = matches!(conn.close_reason(), Some(quinn::ConnectionError::TimedOut));
+    // Timed out or fell silent: the board (or its link) went quiet, as opposed to closing the
+    // session.
+    let lost = reason == SILENT || matches!(conn.close_reason(), Some(quinn::ConnectionError::TimedOut));
     registry.disconnect(&name, epoch, &reason, lost, Instant::now(), now_ms());
     api.ctx.drain.forget_node(&name);
     api.published.kick.notify_one();
 }
+
+/// Why a session ended when its board fell silent (a loss, for damping).
+const SILENT: &str = "nothing heard from the board for 2s";
 
 /// The body of a session: the network and the node's desired set down (all first, then deltas),
 /// reports up.
@@ -133,11 +141,20 @@ async fn serve_session(
     api: &Arc<Handles>,
     name: &str,
     epoch: u64,
-    takes_registries: bool,
+    (takes_registries, watched): (bool, Option<quinn::Connection>),
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> String {
     let registry = api.ctx.registry.clone();
+    // A board that keeps alive every 500 ms and is not heard for 2 s is gone (its link, or the
+    // board): the session ends, and its grace period starts.
+    let silent = async {
+        match &watched {
+            Some(c) => bramble_transport::quic::silence(c, bramble_transport::quic::SESSION_SILENCE).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(silent);
     // Frames arrive through a channel so that the loop selects only on cancel-safe futures.
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let reader = tokio::spawn(async move {
@@ -195,6 +212,12 @@ async fn serve_session(
             break e;
         }
         tokio::select! {
+            _ = &mut silent => {
+                if let Some(c) = &watched {
+                    c.close(quinn::VarInt::from_u32(0), b"the board fell silent");
+                }
+                break SILENT.to_string();
+            }
             r = desired.changed() => if r.is_err() { break "the leader is stopping".to_string() },
             r = network.changed() => if r.is_err() { break "the leader is stopping".to_string() },
             r = secrets.changed() => match r {

@@ -26,6 +26,10 @@ pub struct Hello {
 /// The agent takes [`LeaderMsg::Registries`].
 pub const FEATURE_REGISTRIES: &str = "registries";
 
+/// The agent keeps its session alive every 500 ms: the leader may end it after 2 s without a
+/// datagram (an older agent keeps alive every 2 s, and gets QUIC's idle timeout only).
+pub const FEATURE_LIVENESS: &str = "liveness";
+
 /// Leader → agent on a session stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

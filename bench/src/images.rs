@@ -135,14 +135,7 @@ pub fn run(runs: usize) -> serde_json::Value {
     // One 100 MiB layer of incompressible bytes.
     let big_layout = dir.path().join("big");
     let l = Layout::new(&big_layout);
-    let mut noise = vec![0u8; 100 << 20];
-    let mut x = 0x9E3779B97F4A7C15u64;
-    for chunk in noise.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
+    let noise = bramble_tests::testimages::noise(0x9E3779B97F4A7C15, 100 << 20);
     let big_layer = TarBuilder::default().file("noise", 0o644, &noise).finish();
     drop(noise);
     let m = l.image("amd64", None, &[busybox_layer("amd64"), big_layer], &["sh"]);
@@ -177,13 +170,9 @@ pub fn run(runs: usize) -> serde_json::Value {
     // its literal decoding does real work), recompressed to zstd by skopeo on its way in.
     let text_layout = dir.path().join("text");
     let l = Layout::new(&text_layout);
-    let mut text = vec![0u8; 100 << 20];
-    for b in text.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = b'a' + (x % 16) as u8;
-    }
+    // (Each byte of the noise to one of 16 letters.)
+    let text: Vec<u8> =
+        bramble_tests::testimages::noise(0x2545F4914F6CDD1D, 100 << 20).into_iter().map(|b| b'a' + b % 16).collect();
     let text_layer = TarBuilder::default().file("text", 0o644, &text).finish();
     drop(text);
     let m = l.image("amd64", None, &[busybox_layer("amd64"), text_layer], &["sh"]);

@@ -55,14 +55,7 @@ fn rollout(boards: usize, peers: bool, size_mib: usize, uplink_mbit: u64) -> Run
     let registry = Registry::start_in_netns(&ns, &c.lab.addr(0));
     let layout = c.dir.path().join("big");
     let l = Layout::new(&layout);
-    let mut noise = vec![0u8; size_mib << 20];
-    let mut x = 0x9E3779B97F4A7C15u64;
-    for chunk in noise.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
+    let noise = bramble_tests::testimages::noise(0x9E3779B97F4A7C15, size_mib << 20);
     let big = TarBuilder::default().file("noise", 0o644, &noise).finish();
     drop(noise);
     let m = l.image("amd64", None, &[busybox_layer("amd64"), big], &["sh"]);

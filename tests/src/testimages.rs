@@ -78,6 +78,19 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 /// The busybox root filesystem layer (uncompressed tar) for one Debian architecture.
+/// `n` bytes nobody compresses (xorshift from `seed`; the same seed, the same bytes).
+pub fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = vec![0u8; n];
+    for chunk in out.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    out
+}
+
 pub fn busybox_layer(deb_arch: &str) -> Vec<u8> {
     let bin = std::fs::read(busybox(deb_arch)).expect("read busybox");
     let mut t = TarBuilder::default().dir("bin").file("bin/busybox", 0o755, &bin);

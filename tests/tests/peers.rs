@@ -11,19 +11,6 @@ use bramble_tests::{ok, wait_for, Cluster, ClusterOptions};
 use std::process::Command;
 use std::time::Duration;
 
-/// `n` bytes nobody compresses.
-fn noise(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn nft(ns: &str, script: &str) -> String {
     let out = Command::new("ip").args(["netns", "exec", ns, "nft", "-j"]).args(script.split(' ')).output().unwrap();
     assert!(out.status.success(), "nft {script}: {}", String::from_utf8_lossy(&out.stderr));
@@ -71,8 +58,8 @@ fn a_rollout_crosses_the_uplink_once_per_layer_and_boards_serve_each_other() {
     let l = Layout::new(&layout);
     let layers = vec![
         busybox_layer("amd64"),
-        TarBuilder::default().file("a", 0o644, &noise(1, 3 << 20)).finish(),
-        TarBuilder::default().file("b", 0o644, &noise(2, 3 << 20)).finish(),
+        TarBuilder::default().file("a", 0o644, &bramble_tests::testimages::noise(1, 3 << 20)).finish(),
+        TarBuilder::default().file("b", 0o644, &bramble_tests::testimages::noise(2, 3 << 20)).finish(),
     ];
     let m = l.image("amd64", None, &layers, &["sh"]);
     l.finish("1", vec![m], false);
@@ -154,7 +141,10 @@ fn the_leaders_mirror_fetches_once_for_boards_that_cannot_reach_the_registry() {
     let registry = Registry::start_in_netns(&ns, &ip);
     let layout = c.dir.path().join("multi");
     let l = Layout::new(&layout);
-    let layers = vec![busybox_layer("amd64"), TarBuilder::default().file("a", 0o644, &noise(3, 3 << 20)).finish()];
+    let layers = vec![
+        busybox_layer("amd64"),
+        TarBuilder::default().file("a", 0o644, &bramble_tests::testimages::noise(3, 3 << 20)).finish(),
+    ];
     let m = l.image("amd64", None, &layers, &["sh"]);
     l.finish("1", vec![m], false);
     let size: u64 =

@@ -19,6 +19,18 @@ pub fn private_dir(path: &Path) -> std::io::Result<()> {
 /// process and call, so concurrent writers never share one), fsync, rename, fsync of the
 /// directory. Readers see the old file or the new one, never a part, even after a power cut.
 pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    write_renamed(path, contents, mode, true)
+}
+
+/// Like [`write_file_atomic`] without the fsyncs: readers see the old file or the new one, never
+/// a part, but a power cut may leave either (or none). For files that mean nothing after a reboot
+/// — a container's config and its shim's state under `/run` — where two fsyncs per write were
+/// most of what writing cost on a disk, and nothing on the tmpfs boards mount at `/run`.
+pub fn write_file_replace(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    write_renamed(path, contents, mode, false)
+}
+
+fn write_renamed(path: &Path, contents: &[u8], mode: u32, durable: bool) -> std::io::Result<()> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -26,9 +38,11 @@ pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Re
     let result = (|| {
         let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
         f.write_all(contents)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Some(dir) = path.parent().filter(|d| durable && !d.as_os_str().is_empty()) {
             std::fs::File::open(dir)?.sync_all()?;
         }
         Ok(())
@@ -61,12 +75,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("bramble-fsutil-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("state.json");
-        write_file_atomic(&p, b"one", 0o600).unwrap();
-        write_file_atomic(&p, b"two", 0o600).unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
-        assert!(write_file_atomic(&dir.join("missing/x"), b"x", 0o600).is_err());
+        for write in [write_file_atomic, write_file_replace] {
+            write(&p, b"one", 0o640).unwrap();
+            write(&p, b"two", 0o600).unwrap();
+            assert_eq!(std::fs::read(&p).unwrap(), b"two");
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
+            assert!(write(&dir.join("missing/x"), b"x", 0o600).is_err());
+            assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "a failed write leaves nothing");
+            std::fs::remove_file(&p).unwrap();
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -88,6 +88,46 @@ impl CgroupFs {
         (self.version == Version::V2).then(|| self.dir("", path))
     }
 
+    /// Starts the kernel's wait that the first move of a process between cgroups pays, so that
+    /// it passes while the shim starts instead of inside libcontainer's move of the container's
+    /// first process. The thread is not joined: it ends by itself.
+    ///
+    /// Every write to a `cgroup.procs` takes the kernel's cgroup threadgroup lock for writing, and
+    /// taking it when nobody took it during the last RCU grace period waits for one
+    /// (`rcu_sync_enter` → `synchronize_rcu`): 5–16 ms on this machine, most of a container's
+    /// start. Within a grace period of another writer, it does not wait. So the agent moves
+    /// itself into the cgroup it is already in (a move that changes nothing) on a thread of its
+    /// own just before it starts a shim; by the time libcontainer's intermediate process writes
+    /// its pid, that grace period is over or under way. What fails here (a cgroup that refuses
+    /// processes) is ignored: the lock, and so the wait, was taken before the kernel looked.
+    pub fn warm_migration_lock(&self) -> std::thread::JoinHandle<()> {
+        let procs = self.own_procs_file();
+        std::thread::spawn(move || {
+            let pid = std::process::id().to_string();
+            // Only into the cgroup that lists this process already (a cgroup namespace could make
+            // /proc/self/cgroup name another one than the mount shows): the move changes nothing.
+            let Some(procs) = procs else { return };
+            if std::fs::read_to_string(&procs).is_ok_and(|l| l.lines().any(|p| p == pid)) {
+                let _ = std::fs::write(procs, pid);
+            }
+        })
+    }
+
+    /// `cgroup.procs` of the cgroup this process is in (v2), or of its `pids` hierarchy (v1).
+    pub(crate) fn own_procs_file(&self) -> Option<PathBuf> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let path = own.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let wanted = match self.version {
+                Version::V2 => controllers.is_empty(),
+                Version::V1 => controllers.split(',').any(|c| c == "pids"),
+            };
+            wanted.then_some(path)
+        })?;
+        Some(self.dir("pids", path).join("cgroup.procs"))
+    }
+
     /// Creates the parents of a container's cgroup (v2). libcontainer creates each missing part of
     /// the path with `mkdir` after checking it is absent, so two containers starting at once on a
     /// fresh board race for `/sys/fs/cgroup/bramble` and one fails with "File exists". Creating the
@@ -292,6 +332,17 @@ mod tests {
         let p = root.join(rel);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(p, text).unwrap();
+    }
+
+    #[test]
+    fn warming_the_migration_lock_moves_nothing() {
+        let host = CgroupFs::host();
+        let before = fs::read_to_string("/proc/self/cgroup").unwrap();
+        let procs = host.own_procs_file().expect("this process's cgroup.procs (pids hierarchy on v1)");
+        let listed = fs::read_to_string(&procs).unwrap_or_else(|e| panic!("{}: {e}", procs.display()));
+        assert!(listed.lines().any(|p| p == std::process::id().to_string()), "{} lists this process", procs.display());
+        host.warm_migration_lock().join().unwrap();
+        assert_eq!(fs::read_to_string("/proc/self/cgroup").unwrap(), before, "still in the same cgroups");
     }
 
     #[test]

@@ -198,9 +198,10 @@ impl Runtime {
             let what = what.to_string();
             move |source| RuntimeError::Io { what, source }
         };
+        let _ = cgroups::CgroupFs::host().warm_migration_lock();
         std::fs::create_dir_all(&dir.0).map_err(ioe("create the container dir"))?;
         let bytes = serde_json::to_vec_pretty(config).expect("config serialises");
-        bramble_proto::fsutil::write_file_atomic(&dir.config(), &bytes, 0o600)
+        bramble_proto::fsutil::write_file_replace(&dir.config(), &bytes, 0o600)
             .map_err(ioe("write the container config"))?;
         let log = dir.0.join("shim.log");
         let out = std::fs::File::create(&log).map_err(ioe("create the shim log"))?;

@@ -162,6 +162,10 @@ fn blocked() -> SigSet {
 /// Runs the shim for the container in `dir` until it is removed. Forks once first, so the agent
 /// gets its child back at once and the shim is adopted by init (or the sub-reaper).
 pub fn main(dir: ContainerDir) -> Result<(), ShimError> {
+    // Bound before the fork: when the agent sees its child exit, the socket is there, and its
+    // first request waits in the backlog for the answer instead of finding no socket and sleeping.
+    let _ = std::fs::remove_file(dir.socket());
+    let listener = UnixListener::bind(dir.socket()).map_err(io("bind the shim socket"))?;
     // SAFETY: the process is single-threaded here (the agent's main has not started a runtime).
     match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
         nix::unistd::ForkResult::Parent { .. } => std::process::exit(0),
@@ -212,8 +216,6 @@ pub fn main(dir: ContainerDir) -> Result<(), ShimError> {
         killing_for: None,
         attach_seq: 0,
     };
-    let _ = std::fs::remove_file(shim.dir.socket());
-    let listener = UnixListener::bind(shim.dir.socket()).map_err(io("bind the shim socket"))?;
     listener.set_nonblocking(true).map_err(io("socket"))?;
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked()), None).map_err(sys("block signals"))?;
     let sigfd =
@@ -226,7 +228,7 @@ impl Shim {
     fn persist(&self) {
         let state = self.state(false);
         let bytes = serde_json::to_vec(&state).expect("state serialises");
-        let _ = bramble_proto::fsutil::write_file_atomic(&self.dir.state(), &bytes, 0o600);
+        let _ = bramble_proto::fsutil::write_file_replace(&self.dir.state(), &bytes, 0o600);
     }
 
     fn state(&self, with_stats: bool) -> ShimState {

@@ -89,7 +89,7 @@ Version: $version
 Architecture: $arch
 Maintainer: Bramble developers <bramble@example.invalid>
 Installed-Size: $installed
-Depends: nftables, conntrack
+Depends: nftables
 Provides: bramble-cli
 Conflicts: bramble-cli
 Replaces: bramble-cli

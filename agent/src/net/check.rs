@@ -88,11 +88,17 @@ pub fn network() -> Vec<Finding> {
             "off; the agent turns it on (net.ipv4.ip_forward = 1) when the board's network comes up".into()
         },
     });
+    let ctnetlink = super::link::Netlink::open_protocol(libc::NETLINK_NETFILTER)
+        .and_then(|nl| super::conntrack::flows(&nl))
+        .map(|flows| flows.len());
     out.push(Finding {
-        what: "conntrack (moves UDP clients off gone endpoints)",
+        what: "conntrack over netlink (moves UDP clients off gone endpoints, forgets removed pods' flows)",
         required: false,
-        ok: binary("conntrack"),
-        detail: if binary("conntrack") { "found".into() } else { "missing: apt-get install conntrack".into() },
+        ok: ctnetlink.is_ok(),
+        detail: match ctnetlink {
+            Ok(n) => format!("answers ({n} IPv4 flows)"),
+            Err(e) => format!("{e}: modprobe nf_conntrack_netlink"),
+        },
     });
     out
 }

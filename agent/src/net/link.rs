@@ -99,13 +99,13 @@ fn align(n: usize) -> usize {
 /// One request: the netlink header, the family's fixed header, then attributes (nested ones
 /// through [`Message::nest`]). Lengths are filled in by [`Message::finish`].
 #[derive(Debug)]
-struct Message {
+pub(super) struct Message {
     buf: Vec<u8>,
     nests: Vec<usize>,
 }
 
 impl Message {
-    fn new(kind: u16, flags: u16, fixed: &[u8]) -> Message {
+    pub(super) fn new(kind: u16, flags: u16, fixed: &[u8]) -> Message {
         let mut buf = Vec::with_capacity(256);
         buf.extend_from_slice(&0u32.to_ne_bytes()); // length, at the end
         buf.extend_from_slice(&kind.to_ne_bytes());
@@ -117,7 +117,7 @@ impl Message {
         Message { buf, nests: Vec::new() }
     }
 
-    fn attr(mut self, kind: u16, value: &[u8]) -> Message {
+    pub(super) fn attr(mut self, kind: u16, value: &[u8]) -> Message {
         let len = 4 + value.len();
         self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
         self.buf.extend_from_slice(&kind.to_ne_bytes());
@@ -143,19 +143,19 @@ impl Message {
         self
     }
 
-    fn nest(mut self, kind: u16) -> Message {
+    pub(super) fn nest(mut self, kind: u16) -> Message {
         self.nests.push(self.buf.len());
         self.attr(kind, &[])
     }
 
-    fn end(mut self) -> Message {
+    pub(super) fn end(mut self) -> Message {
         let start = self.nests.pop().expect("end() after nest()");
         let len = (self.buf.len() - start) as u16;
         self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
         self
     }
 
-    fn finish(mut self, seq: u32) -> Vec<u8> {
+    pub(super) fn finish(mut self, seq: u32) -> Vec<u8> {
         assert!(self.nests.is_empty(), "a nest was not ended");
         let len = self.buf.len() as u32;
         self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
@@ -203,7 +203,7 @@ fn ndmsg(family: u8, index: u32, state: u16, flags: u8) -> [u8; 12] {
 }
 
 /// The attributes in `bytes`, as (type, value); stops at the first malformed one.
-fn attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub(super) fn attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         if bytes.len() < 4 {
             return None;
@@ -221,8 +221,8 @@ fn attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 
 /// What the kernel refused: its errno and, with extended acks, its own words.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Refusal {
-    errno: i32,
+pub(super) struct Refusal {
+    pub(super) errno: i32,
     message: Option<String>,
 }
 
@@ -350,7 +350,7 @@ impl Link {
 }
 
 /// One message of an answer: its type and body.
-type Answer = (u16, Vec<u8>);
+pub(super) type Answer = (u16, Vec<u8>);
 
 pub struct Netlink {
     fd: OwnedFd,
@@ -375,8 +375,14 @@ fn io(what: &str) -> impl FnOnce(std::io::Error) -> NetError + '_ {
 impl Netlink {
     /// A connection in the calling thread's network namespace.
     pub fn open() -> Result<Netlink, NetError> {
+        Netlink::open_protocol(libc::NETLINK_ROUTE)
+    }
+
+    /// A `NETLINK_ROUTE` or `NETLINK_NETFILTER` (conntrack) connection in the calling thread's
+    /// network namespace.
+    pub(super) fn open_protocol(protocol: libc::c_int) -> Result<Netlink, NetError> {
         // SAFETY: plain syscalls; the descriptor is owned from here on.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
         if fd < 0 {
             return Err(io("open a netlink socket")(std::io::Error::last_os_error()));
         }
@@ -431,7 +437,7 @@ impl Netlink {
 
     /// Sends `msg` and reads the answer: the messages of a reply until the kernel's ack, or of a
     /// dump until its end. A refusal is the kernel's errno and message.
-    fn call(&self, msg: Message, what: &str) -> Result<Result<Vec<Answer>, Refusal>, NetError> {
+    pub(super) fn call(&self, msg: Message, what: &str) -> Result<Result<Vec<Answer>, Refusal>, NetError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let bytes = msg.finish(seq);
         // SAFETY: sockaddr_nl zeroed = the kernel (port 0).

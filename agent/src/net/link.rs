@@ -284,7 +284,9 @@ pub fn read_untrusted(data: &[u8]) -> usize {
         seen += r.to_string().len();
     }
     for (kind, body) in &answers {
-        seen += usize::from(Link::parse(*kind, body).is_some()) + usize::from(ours(*kind, body).is_some());
+        seen += usize::from(Link::parse(*kind, body).is_some())
+            + usize::from(ours(*kind, body).is_some())
+            + usize::from(super::conntrack::parse_flow(body).is_some());
     }
     seen
 }

@@ -127,18 +127,9 @@ fn docker_save(out: &Path, tag: &str) {
     std::fs::write(out, t).unwrap();
 }
 
-/// 100 MiB of incompressible bytes, reproducibly (xorshift).
+/// Incompressible bytes, reproducibly.
 fn noise(len: usize) -> Vec<u8> {
-    let mut x = 0x2545F4914F6CDD1Du64;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
+    bramble_tests::testimages::noise(0x2545F4914F6CDD1D, len)
 }
 
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
@@ -153,6 +144,7 @@ fn kill_9_mid_pull_leaves_nothing_half_done_and_a_100_mib_layer_streams() {
     let layout = dir.path().join("big");
     let l = Layout::new(&layout);
     let big = TarBuilder::default().dir("data").file("data/noise", 0o644, &noise(100 << 20)).finish();
+    let big_diff_id = bramble_images::Digest::of(&big).hex();
     let m = l.image("amd64", None, &[busybox_layer("amd64"), big], &["sh"]);
     l.finish("big", vec![m], false);
     let reference = format!("{}/bramble/big:1", reg.addr);
@@ -206,7 +198,8 @@ fn kill_9_mid_pull_leaves_nothing_half_done_and_a_100_mib_layer_streams() {
         let name = e.file_name().to_string_lossy().to_string();
         assert!(!name.contains(".tmp-"), "a partial unpack stayed: {name}");
     }
-    assert!(count(&store.join("layers")) < blobs_before.len().max(1), "no layer without its blob");
+    assert!(!store.join("layers").join(&big_diff_id).exists(), "the interrupted layer is not visible");
+    assert!(count(&store.join("layers")) <= blobs_before.len(), "no more layers than stored blobs");
 
     // The next pull completes; its memory stays far below the layer's size.
     let mut child = Command::new(bin_dir().join("bramble-agent"))
@@ -232,13 +225,9 @@ fn kill_9_mid_pull_leaves_nothing_half_done_and_a_100_mib_layer_streams() {
         "peak RSS {peak} KiB while pulling a 100 MiB layer: it must stream, not buffer"
     );
     assert_eq!(count(&store.join("refs")), 1);
-    let noise_file = std::fs::read_dir(store.join("layers"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path().join("data/noise"))
-        .find(|p| p.exists())
-        .unwrap();
-    assert_eq!(std::fs::metadata(noise_file).unwrap().len(), 100 << 20);
+    // Where the interrupted layer was not: it is now, whole.
+    let noise_file = store.join("layers").join(&big_diff_id).join("data/noise");
+    assert_eq!(std::fs::metadata(&noise_file).map(|m| m.len()).ok(), Some(100 << 20), "{}", noise_file.display());
 }
 
 /// On a small filesystem (a tmpfs), filling past the high mark removes the oldest unused images.

@@ -126,14 +126,17 @@ pub(crate) async fn session(
     info!("session ended: {reason}");
     // Timed out or fell silent: the board (or its link) went quiet, as opposed to closing the
     // session.
-    let lost = reason == SILENT || matches!(conn.close_reason(), Some(quinn::ConnectionError::TimedOut));
+    let lost = reason == silent_reason() || matches!(conn.close_reason(), Some(quinn::ConnectionError::TimedOut));
     registry.disconnect(&name, epoch, &reason, lost, Instant::now(), now_ms());
     api.ctx.drain.forget_node(&name);
     api.published.kick.notify_one();
 }
 
 /// Why a session ended when its board fell silent (a loss, for damping).
-const SILENT: &str = "nothing heard from the board for 2s";
+fn silent_reason() -> String {
+    let silence = bramble_proto::quantity::format_duration(bramble_transport::quic::SESSION_SILENCE);
+    format!("nothing heard from the board for {silence}")
+}
 
 /// The body of a session: the network and the node's desired set down (all first, then deltas),
 /// reports up.
@@ -216,7 +219,7 @@ async fn serve_session(
                 if let Some(c) = &watched {
                     c.close(quinn::VarInt::from_u32(0), b"the board fell silent");
                 }
-                break SILENT.to_string();
+                break silent_reason();
             }
             r = desired.changed() => if r.is_err() { break "the leader is stopping".to_string() },
             r = network.changed() => if r.is_err() { break "the leader is stopping".to_string() },

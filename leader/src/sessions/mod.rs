@@ -380,6 +380,9 @@ fn version_of(values: &BTreeMap<String, Vec<u8>>) -> u64 {
 }
 
 async fn handle_agent_msg(api: &Arc<Handles>, name: &str, msg: AgentMsg) {
+    if matches!(msg, AgentMsg::Heartbeat { .. }) {
+        return; // (the session loop noted it: nothing for a blocking thread to do)
+    }
     let (a, n) = (api.clone(), name.to_string());
     let kick = tokio::task::spawn_blocking(move || absorb(&a, &n, msg, now_ms())).await;
     if kick.unwrap_or(false) {

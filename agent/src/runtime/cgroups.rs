@@ -100,17 +100,21 @@ impl CgroupFs {
     /// own just before it starts a shim; by the time libcontainer's intermediate process writes
     /// its pid, that grace period is over or under way. What fails here (a cgroup that refuses
     /// processes) is ignored: the lock, and so the wait, was taken before the kernel looked.
-    pub fn warm_migration_lock(&self) -> std::thread::JoinHandle<()> {
+    /// No thread (the system refused one) is no error: the start then waits as it would have.
+    pub fn warm_migration_lock(&self) -> Option<std::thread::JoinHandle<()>> {
         let procs = self.own_procs_file();
-        std::thread::spawn(move || {
-            let pid = std::process::id().to_string();
-            // Only into the cgroup that lists this process already (a cgroup namespace could make
-            // /proc/self/cgroup name another one than the mount shows): the move changes nothing.
-            let Some(procs) = procs else { return };
-            if std::fs::read_to_string(&procs).is_ok_and(|l| l.lines().any(|p| p == pid)) {
-                let _ = std::fs::write(procs, pid);
-            }
-        })
+        let thread = std::thread::Builder::new().name("cgroup-warm".into());
+        thread
+            .spawn(move || {
+                let pid = std::process::id().to_string();
+                // Only into the cgroup that lists this process already (a cgroup namespace could make
+                // /proc/self/cgroup name another one than the mount shows): the move changes nothing.
+                let Some(procs) = procs else { return };
+                if std::fs::read_to_string(&procs).is_ok_and(|l| l.lines().any(|p| p == pid)) {
+                    let _ = std::fs::write(procs, pid);
+                }
+            })
+            .ok()
     }
 
     /// `cgroup.procs` of the cgroup this process is in (v2), or of its `pids` hierarchy (v1).
@@ -341,7 +345,7 @@ mod tests {
         let procs = host.own_procs_file().expect("this process's cgroup.procs (pids hierarchy on v1)");
         let listed = fs::read_to_string(&procs).unwrap_or_else(|e| panic!("{}: {e}", procs.display()));
         assert!(listed.lines().any(|p| p == std::process::id().to_string()), "{} lists this process", procs.display());
-        host.warm_migration_lock().join().unwrap();
+        host.warm_migration_lock().expect("a thread").join().unwrap();
         assert_eq!(fs::read_to_string("/proc/self/cgroup").unwrap(), before, "still in the same cgroups");
     }
 

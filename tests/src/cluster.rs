@@ -41,7 +41,7 @@ pub struct ClusterOptions {
     pub agent_bin: Option<PathBuf>,
     /// The leader binary (none: this build's).
     pub leader_bin: Option<PathBuf>,
-    /// The PATH agents run with (none: this process's): where they find `nft` and `conntrack`.
+    /// The PATH agents run with (none: this process's): where they find `nft`.
     pub agent_path: Option<String>,
     /// Agents get no leader address: they find the leader on the lab's LAN (mDNS).
     pub discover: bool,

@@ -153,22 +153,44 @@ pub fn forget(what: &str, matches: impl Fn(&Flow) -> bool) -> Result<usize, NetE
     Ok(deleted)
 }
 
-/// Deletes the UDP flows to `vip:port` that were sent to `endpoint`.
-pub fn forget_udp(vip: Ipv4Addr, port: u16, endpoint: Ipv4Addr) {
-    let what = format!("forget the UDP flows of {vip}:{port} to {endpoint}");
-    let gone = forget(&what, |f| {
-        f.orig.proto == UDP && f.orig.dst == vip && f.orig.dport == Some(port) && f.reply.src == endpoint
-    });
-    match gone {
-        Ok(n) => debug!(%vip, port, %endpoint, flows = n, "UDP flows forgotten"),
-        Err(e) => warn!("{e}"),
+/// What a rule sync took away: UDP flows to move off an endpoint, and pod addresses gone from
+/// every service. One dump serves all of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gone {
+    /// `(vip, port, endpoint)`: the UDP flows to `vip:port` that were sent to `endpoint`.
+    pub udp: Vec<(Ipv4Addr, u16, Ipv4Addr)>,
+    /// The flows this board sent to these addresses (its DNAT to pods gone from every service).
+    pub replies: BTreeSet<Ipv4Addr>,
+}
+
+impl Gone {
+    pub fn is_empty(&self) -> bool {
+        self.udp.is_empty() && self.replies.is_empty()
+    }
+
+    /// Whether `f` is one of the flows to forget.
+    pub fn matches(&self, f: &Flow) -> bool {
+        self.replies.contains(&f.reply.src)
+            || (f.orig.proto == UDP
+                && self.udp.iter().any(|(vip, port, endpoint)| {
+                    f.orig.dst == *vip && f.orig.dport == Some(*port) && f.reply.src == *endpoint
+                }))
     }
 }
 
-/// Deletes the flows this board sent to `ip` (its DNAT to a pod that is gone from every service).
-pub fn forget_replies(ip: Ipv4Addr) {
-    if let Err(e) = forget(&format!("forget the flows to {ip}"), |f| f.reply.src == ip) {
-        warn!("{e}");
+/// Deletes the flows of `gone`, with one dump of the table.
+pub fn forget_gone(gone: &Gone) {
+    if gone.is_empty() {
+        return;
+    }
+    let what = format!(
+        "forget the flows of {} gone UDP endpoint(s) and {} address(es) gone from every service",
+        gone.udp.len(),
+        gone.replies.len()
+    );
+    match forget(&what, |f| gone.matches(f)) {
+        Ok(n) => debug!(udp = gone.udp.len(), replies = gone.replies.len(), flows = n, "flows forgotten"),
+        Err(e) => warn!("{e}"),
     }
 }
 
@@ -279,6 +301,33 @@ mod tests {
         // ICMP has no ports.
         let ping = Tuple { src: [10, 0, 0, 5].into(), dst: [10, 0, 0, 6].into(), proto: 1, sport: None, dport: None };
         assert_eq!(parse_flow(&message(&ping, &ping)).expect("a flow").orig.dport, None);
+    }
+
+    #[test]
+    fn what_a_sync_took_away_matches_only_its_own_flows() {
+        let flow = |orig, reply| parse_flow(&message(&orig, &reply)).expect("a flow");
+        // Client → VIP 10.96.0.10:53, DNAT'ed to the pod 10.64.1.7.
+        let to_gone =
+            flow(udp([10, 0, 0, 5], [10, 96, 0, 10], 40000, 53), udp([10, 64, 1, 7], [10, 0, 0, 5], 53, 40000));
+        // The same VIP and port, another endpoint that stays.
+        let to_kept =
+            flow(udp([10, 0, 0, 6], [10, 96, 0, 10], 40001, 53), udp([10, 64, 1, 8], [10, 0, 0, 6], 53, 40001));
+        // The gone endpoint, through another port of the VIP.
+        let other_port =
+            flow(udp([10, 0, 0, 5], [10, 96, 0, 10], 40002, 5353), udp([10, 64, 1, 7], [10, 0, 0, 5], 5353, 40002));
+        let udp_only = Gone {
+            udp: vec![(Ipv4Addr::new(10, 96, 0, 10), 53, Ipv4Addr::new(10, 64, 1, 7))],
+            replies: BTreeSet::new(),
+        };
+        assert!(udp_only.matches(&to_gone));
+        assert!(!udp_only.matches(&to_kept), "the endpoint that stays keeps its flows");
+        assert!(!udp_only.matches(&other_port), "only the port whose endpoint went");
+        let tcp = Tuple { proto: 6, ..to_gone.orig };
+        assert!(!udp_only.matches(&Flow { orig: tcp, ..to_gone.clone() }), "only UDP moves endpoint");
+        let both = Gone { replies: [Ipv4Addr::new(10, 64, 1, 7)].into(), ..udp_only.clone() };
+        assert!(both.matches(&to_gone) && both.matches(&other_port), "every flow sent to the gone address");
+        assert!(!both.matches(&to_kept));
+        assert!(Gone::default().is_empty() && !both.is_empty());
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct KernelState {
     pub forgotten_udp: Vec<(Ipv4Addr, u16, Ipv4Addr)>,
     /// Every address whose replies were forgotten.
     pub forgotten_replies: Vec<Ipv4Addr>,
+    /// How many times something was forgotten (each is one dump of the table on a board).
+    pub forgets: u32,
     /// Where the DNS server serves, and how many times it was started.
     pub dns: Option<Ipv4Addr>,
     pub dns_starts: u32,
@@ -63,11 +65,13 @@ impl Kernel for FakeKernel {
         s.scripts.push(script.to_string());
         Ok(Duration::from_millis(1))
     }
-    fn forget_udp(&self, vip: Ipv4Addr, port: u16, endpoint: Ipv4Addr) {
-        self.state().forgotten_udp.push((vip, port, endpoint));
-    }
-    fn forget_replies(&self, ip: Ipv4Addr) {
-        self.state().forgotten_replies.push(ip);
+    fn forget(&self, gone: &super::conntrack::Gone) {
+        let mut s = self.state();
+        if !gone.is_empty() {
+            s.forgets += 1;
+        }
+        s.forgotten_udp.extend(gone.udp.iter().copied());
+        s.forgotten_replies.extend(gone.replies.iter().copied());
     }
     fn listening(&self) -> BTreeSet<(Protocol, u16)> {
         self.state().listening.clone()

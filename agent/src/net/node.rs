@@ -37,10 +37,8 @@ pub trait Kernel {
     fn has_nft(&self) -> bool;
     /// Applies an nft script as one transaction; how long it took.
     fn apply_rules(&self, script: &str) -> Result<Duration, NetError>;
-    /// Forgets the UDP flows to `vip:port` that went to `endpoint`.
-    fn forget_udp(&self, vip: Ipv4Addr, port: u16, endpoint: Ipv4Addr);
-    /// Forgets the flows this board sent to `ip`.
-    fn forget_replies(&self, ip: Ipv4Addr);
+    /// Forgets the flows of endpoints a rule sync took away (one dump for all of them).
+    fn forget(&self, gone: &conntrack::Gone);
     /// The ports processes on the board listen on.
     fn listening(&self) -> BTreeSet<(Protocol, u16)>;
     /// Whether the DNS server serves on `addr`.
@@ -72,11 +70,8 @@ impl Kernel for Real {
     fn apply_rules(&self, script: &str) -> Result<Duration, NetError> {
         nft::apply(script)
     }
-    fn forget_udp(&self, vip: Ipv4Addr, port: u16, endpoint: Ipv4Addr) {
-        conntrack::forget_udp(vip, port, endpoint)
-    }
-    fn forget_replies(&self, ip: Ipv4Addr) {
-        conntrack::forget_replies(ip)
+    fn forget(&self, gone: &conntrack::Gone) {
+        conntrack::forget_gone(gone)
     }
     fn listening(&self) -> BTreeSet<(Protocol, u16)> {
         super::ports::listening()
@@ -387,19 +382,17 @@ impl<K: Kernel> Controller<K> {
         match self.kernel.apply_rules(&script) {
             Ok(took) => {
                 tracing::debug!(took_ms = took.as_millis() as u64, lines = script.lines().count(), "nft rules synced");
+                let mut gone = conntrack::Gone::default();
                 if let Some(old) = &self.applied {
-                    for (vip, port, endpoint) in rules::udp_gone(old, &model) {
-                        self.kernel.forget_udp(vip, port, endpoint);
-                    }
+                    gone.udp = rules::udp_gone(old, &model);
                 }
                 self.applied = Some(model);
                 // A pod gone from every service (deleted, not just unready: established
                 // connections to a draining replica are kept): this board's flows to it go.
                 let now: BTreeSet<Ipv4Addr> =
                     self.known.services.values().flat_map(|s| s.endpoints.iter().map(|e| e.ip)).collect();
-                for ip in self.endpoint_ips.difference(&now) {
-                    self.kernel.forget_replies(*ip);
-                }
+                gone.replies = self.endpoint_ips.difference(&now).copied().collect();
+                self.kernel.forget(&gone);
                 self.endpoint_ips = now;
                 None
             }

@@ -121,6 +121,7 @@ fn a_gone_endpoint_is_a_diff_and_its_flows_are_forgotten() {
     let s = b.kernel.state();
     assert_eq!(s.forgotten_udp, [("10.43.0.10".parse().unwrap(), 53, "10.42.2.7".parse().unwrap())]);
     assert_eq!(s.forgotten_replies, ["10.42.2.7".parse::<Ipv4Addr>().unwrap()], "gone from every service");
+    assert_eq!(s.forgets, 1, "one dump of the table for the sync, not one per endpoint");
 }
 
 #[test]

@@ -116,26 +116,43 @@ pub(crate) async fn session(
     // jobs' runs: the planner replaces a lost run only once that has surely happened.
     let fence_ms = registry.grace().as_millis() as u64;
     let welcome = LeaderMsg::Welcome { epoch, heartbeat_ms: heartbeat.as_millis() as u64, fence_ms };
-    let reason = match write_frame(&mut send, &welcome).await {
-        Err(e) => e.to_string(),
+    let ended = match write_frame(&mut send, &welcome).await {
+        Err(e) => Ended::Closed(e.to_string()),
         Ok(()) => {
             let watched = keeps_alive.then(|| conn.clone());
             serve_session(&api, &name, epoch, (takes_registries, watched), send, recv).await
         }
     };
+    let reason = ended.reason();
     info!("session ended: {reason}");
     // Timed out or fell silent: the board (or its link) went quiet, as opposed to closing the
     // session.
-    let lost = reason == silent_reason() || matches!(conn.close_reason(), Some(quinn::ConnectionError::TimedOut));
+    let lost = matches!(ended, Ended::Silent) || matches!(conn.close_reason(), Some(quinn::ConnectionError::TimedOut));
     registry.disconnect(&name, epoch, &reason, lost, Instant::now(), now_ms());
     api.ctx.drain.forget_node(&name);
     api.published.kick.notify_one();
 }
 
-/// Why a session ended when its board fell silent (a loss, for damping).
-fn silent_reason() -> String {
-    let silence = bramble_proto::quantity::format_duration(bramble_transport::quic::SESSION_SILENCE);
-    format!("nothing heard from the board for {silence}")
+/// How a session ended.
+#[derive(Debug)]
+enum Ended {
+    /// Nothing heard from the board for `SESSION_SILENCE`: a loss (it counts for damping).
+    Silent,
+    /// Closed, refused or replaced, for this reason.
+    Closed(String),
+}
+
+impl Ended {
+    /// What the node's events and the log say.
+    fn reason(&self) -> String {
+        match self {
+            Ended::Silent => {
+                let silence = bramble_proto::quantity::format_duration(bramble_transport::quic::SESSION_SILENCE);
+                format!("nothing heard from the board for {silence}")
+            }
+            Ended::Closed(reason) => reason.clone(),
+        }
+    }
 }
 
 /// The body of a session: the network and the node's desired set down (all first, then deltas),
@@ -147,7 +164,7 @@ async fn serve_session(
     (takes_registries, watched): (bool, Option<quinn::Connection>),
     mut send: SendStream,
     mut recv: RecvStream,
-) -> String {
+) -> Ended {
     let registry = api.ctx.registry.clone();
     // A board that keeps alive every 500 ms and is not heard for 2 s is gone (its link, or the
     // board): the session ends, and its grace period starts.
@@ -205,7 +222,7 @@ async fn serve_session(
                         machine = Some(m);
                         msgs
                     }
-                    Err(e) => break format!("the session's step failed: {e}"),
+                    Err(e) => break Ended::Closed(format!("the session's step failed: {e}")),
                 }
             } else {
                 let msgs = m.poll(view.as_deref(), set, restoring, |_, _| Ok(None));
@@ -220,7 +237,7 @@ async fn serve_session(
                 }
             }
             if let Some(e) = failed {
-                break e;
+                break Ended::Closed(e);
             }
         }
         tokio::select! {
@@ -228,28 +245,28 @@ async fn serve_session(
                 if let Some(c) = &watched {
                     c.close(quinn::VarInt::from_u32(0), b"the board fell silent");
                 }
-                break silent_reason();
+                break Ended::Silent;
             }
             r = desired.changed() => match r {
                 Ok(()) => dirty = true,
-                Err(_) => break "the leader is stopping".to_string(),
+                Err(_) => break Ended::Closed("the leader is stopping".to_string()),
             },
             r = network.changed() => match r {
                 Ok(()) => dirty = true,
-                Err(_) => break "the leader is stopping".to_string(),
+                Err(_) => break Ended::Closed("the leader is stopping".to_string()),
             },
             r = secrets.changed() => match r {
                 Ok(()) => {
                     machine.as_mut().expect("back").payloads_changed();
                     dirty = true;
                 }
-                Err(_) => break "the leader is stopping".to_string(),
+                Err(_) => break Ended::Closed("the leader is stopping".to_string()),
             },
             msg = rx.recv() => match msg {
                 Some(Ok(Some(msg))) => {
                     // Only the current session speaks for the node (fencing by epoch).
                     if !registry.heartbeat(name, epoch, Instant::now(), now_ms()) {
-                        break "a newer session replaced this one".to_string();
+                        break Ended::Closed("a newer session replaced this one".to_string());
                     }
                     if let AgentMsg::Renew { csr_pem } = msg {
                         let a = api.clone();
@@ -267,14 +284,14 @@ async fn serve_session(
                             warn!("certificate renewal refused: {e}");
                         }
                         if let Err(e) = write_frame(&mut send, &reply).await {
-                            break e.to_string();
+                            break Ended::Closed(e.to_string());
                         }
                         continue;
                     }
                     handle_agent_msg(api, name, msg).await;
                 }
-                Some(Ok(None)) | None => break "the agent ended the session".to_string(),
-                Some(Err(e)) => break e.to_string(),
+                Some(Ok(None)) | None => break Ended::Closed("the agent ended the session".to_string()),
+                Some(Err(e)) => break Ended::Closed(e.to_string()),
             },
         }
     };

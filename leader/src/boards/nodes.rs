@@ -4,6 +4,7 @@
 use crate::events::Events;
 use bramble_proto::model::{Condition, ConditionStatus, EventReason};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,6 +85,9 @@ pub struct NodeRegistry {
     heartbeat: Duration,
     live: Mutex<HashMap<String, Live>>,
     events: Arc<Events>,
+    /// How many times a node's readiness changed (the replica controller skips passes while this
+    /// and the store stay the same over a settled cluster).
+    transitions: AtomicU64,
 }
 
 /// What the registry shows about one node.
@@ -99,7 +103,22 @@ pub struct LiveView {
 impl NodeRegistry {
     /// Node events (ready, not ready, session ended) go to `events`.
     pub fn new(grace: Duration, events: Arc<Events>) -> Self {
-        NodeRegistry { grace, heartbeat: Duration::from_secs(2), live: Mutex::new(HashMap::new()), events }
+        NodeRegistry {
+            grace,
+            heartbeat: Duration::from_secs(2),
+            live: Mutex::new(HashMap::new()),
+            events,
+            transitions: AtomicU64::new(0),
+        }
+    }
+
+    /// How many times a node's readiness changed so far.
+    pub fn transitions(&self) -> u64 {
+        self.transitions.load(Ordering::SeqCst)
+    }
+
+    fn transition(&self) {
+        self.transitions.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Boards send heartbeats every `heartbeat`.
@@ -150,6 +169,7 @@ impl NodeRegistry {
             let changed =
                 set_ready(&mut l.ready, ConditionStatus::True, "AgentConnected", "the agent is connected", now_ms);
             if changed {
+                self.transition();
                 self.events.node(
                     name,
                     EventReason::NodeReady,
@@ -177,6 +197,7 @@ impl NodeRegistry {
         l.last_seen = Some(now);
         l.last_seen_ms = now_ms;
         if set_ready(&mut l.ready, ConditionStatus::True, "AgentConnected", "the agent is connected", now_ms) {
+            self.transition();
             self.events.node(name, EventReason::NodeReady, "heartbeats resumed", now_ms);
         }
         true
@@ -235,6 +256,7 @@ impl NodeRegistry {
                     fmt_secs(grace)
                 );
                 set_ready(&mut l.ready, ConditionStatus::False, "NodeStatusUnknown", &msg, now_ms);
+                self.transition();
                 self.events.node(&name, EventReason::NodeNotReady, msg, now_ms);
                 changed.push(name);
             }

@@ -4,6 +4,7 @@
 
 use bramble_proto::wire::ProbeStatus;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Image references a board may report, and their longest accepted form.
@@ -16,6 +17,9 @@ pub struct Observed {
     probes: Mutex<HashMap<String, Vec<ProbeStatus>>>,
     node_images: Mutex<HashMap<String, BTreeSet<String>>>,
     node_volumes: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// How many times a board's images or volumes changed (the replica controller skips passes
+    /// while this, readiness and the store stay the same over a settled cluster).
+    changes: AtomicU64,
 }
 
 impl Observed {
@@ -56,8 +60,10 @@ impl Observed {
 
     /// Records the images `node` holds (bounded: a hint for scoring, nothing more).
     pub fn set_node_images(&self, node: &str, images: Vec<String>) {
-        let set = images.into_iter().take(MAX_IMAGES).filter(|r| r.len() <= MAX_REFERENCE).collect();
-        self.node_images.lock().expect("images lock").insert(node.to_string(), set);
+        let set: BTreeSet<String> = images.into_iter().take(MAX_IMAGES).filter(|r| r.len() <= MAX_REFERENCE).collect();
+        if self.node_images.lock().expect("images lock").insert(node.to_string(), set.clone()).as_ref() != Some(&set) {
+            self.changes.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     pub fn node_images(&self, node: &str) -> BTreeSet<String> {
@@ -66,12 +72,20 @@ impl Observed {
 
     /// Records the local volumes `node` holds (bounded like images; where pinned apps return).
     pub fn set_node_volumes(&self, node: &str, volumes: Vec<String>) {
-        let set = volumes.into_iter().take(MAX_IMAGES).filter(|r| r.len() <= MAX_REFERENCE).collect();
-        self.node_volumes.lock().expect("volumes lock").insert(node.to_string(), set);
+        let set: BTreeSet<String> = volumes.into_iter().take(MAX_IMAGES).filter(|r| r.len() <= MAX_REFERENCE).collect();
+        if self.node_volumes.lock().expect("volumes lock").insert(node.to_string(), set.clone()).as_ref() != Some(&set)
+        {
+            self.changes.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     pub fn node_volumes(&self, node: &str) -> BTreeSet<String> {
         self.node_volumes.lock().expect("volumes lock").get(node).cloned().unwrap_or_default()
+    }
+
+    /// How many times a board's images or volumes changed so far.
+    pub fn board_changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
     }
 
     pub fn all_node_images(&self) -> HashMap<String, BTreeSet<String>> {

@@ -36,6 +36,7 @@ use crate::network::view::NetworkView;
 use crate::objects::Objects;
 use bramble_proto::network::ClusterNetwork;
 use desired::DesiredSets;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -149,6 +150,8 @@ pub struct Timings {
     pub pass: Histogram,
     /// The pure plan, scheduling included.
     pub plan: Histogram,
+    /// Ticks without a pass: the cluster settled and nothing a pass reads changed.
+    pub skipped: Counter,
 }
 
 impl Default for Timings {
@@ -157,6 +160,7 @@ impl Default for Timings {
         Timings {
             pass: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             plan: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            skipped: Counter::default(),
         }
     }
 }

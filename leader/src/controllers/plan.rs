@@ -200,6 +200,43 @@ fn drain_victims<'a>(app: &'a AppState, boards: &BTreeMap<&str, bool>) -> Vec<&'
         .collect()
 }
 
+/// Whether passes at any later time over the same snapshot would plan nothing, as `plan` (made
+/// from it at `now_ms`) does: nothing in the cluster waits on the clock. No job (runs, backoffs,
+/// TTLs), no rollout in progress, no drain, no garbage, and every replica Running, ready and
+/// available (`min_ready` passed) on a Ready node, at its app's current template. Conservative —
+/// `false` whenever in doubt — because the replica controller's loop skips its every-second pass
+/// while a settled cluster's inputs stay the same (`run.rs`).
+pub fn settled(snapshot: &Snapshot, plan: &Plan, now_ms: u64) -> bool {
+    let quiet = plan.garbage.is_empty()
+        && plan.drains.is_empty()
+        && plan.apps.iter().all(|a| a.changes.is_empty() && a.events.is_empty());
+    let no_leftovers = snapshot.orphans.is_empty()
+        && snapshot.orphan_revisions.is_empty()
+        && snapshot.orphan_history.is_empty()
+        && snapshot.drained.is_empty()
+        && snapshot.nodes.iter().all(|n| n.node.draining.is_none());
+    if !quiet || !no_leftovers {
+        return false;
+    }
+    let ready: BTreeSet<&str> =
+        snapshot.nodes.iter().filter(|n| n.ready == ConditionStatus::True).map(|n| n.node.meta.name.as_str()).collect();
+    snapshot.apps.values().all(|a| {
+        let spec = &a.app.spec;
+        let hash = revision_hash(spec);
+        let rolled =
+            a.history.last().is_some_and(|v| v.value.hash == hash && v.value.state != RolloutState::Progressing);
+        !spec.is_job()
+            && rolled
+            && a.replicas.iter().all(|v| {
+                let r = &v.value;
+                r.phase == ReplicaPhase::Running
+                    && r.revision_hash == hash
+                    && r.node.as_deref().is_some_and(|n| ready.contains(n))
+                    && rollout::available(r, spec, now_ms)
+            })
+    })
+}
+
 /// Plans one pass over the whole cluster at `now_ms`.
 pub fn plan(snapshot: &Snapshot, now_ms: u64) -> Plan {
     let mut scheduler = scheduler_for(snapshot);

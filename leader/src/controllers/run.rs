@@ -1,7 +1,12 @@
-//! The replica controller's loop: a pass on every store change and at least every second. A
+//! The replica controller's loop: a pass on every store change, every kick and every second. A
 //! pass reads a snapshot, asks the pure [`plan`](super::plan::plan) what to do, commits each
 //! app's part in one transaction, and publishes each node's desired set for the sessions. It
 //! writes only what changes, so an idle cluster writes nothing.
+//!
+//! A settled cluster ([`plan::settled`]: nothing in it waits on the clock) skips the every-second
+//! pass while what a pass reads stays the same — the store's revision, the boards' readiness,
+//! the images and volumes boards told — and gets one every [`SETTLED_PASS`] anyway. Reading
+//! every object and planning each second was the largest part of an idle leader's CPU.
 
 use super::desired::{self, DesiredSets};
 use super::{commit, plan, snapshot, Context, Published};
@@ -14,6 +19,28 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+/// A settled cluster gets a pass at least this often even when nothing it reads changed.
+pub const SETTLED_PASS: Duration = Duration::from_secs(10);
+
+/// What a pass reads besides the clock, by generation: when none moved, a settled cluster's
+/// next pass would plan nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Inputs {
+    store: u64,
+    readiness: u64,
+    boards: u64,
+}
+
+impl Inputs {
+    fn read(ctx: &Context) -> Inputs {
+        Inputs {
+            readiness: ctx.registry.transitions(),
+            boards: ctx.observed.board_changes(),
+            store: ctx.objects.store().revision(),
+        }
+    }
+}
+
 /// What one pass leaves for the sessions.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -23,6 +50,8 @@ pub struct Outcome {
     pub terminating: Vec<String>,
     /// How long the pure plan (scheduling included) took.
     pub plan_seconds: f64,
+    /// Nothing in the cluster waits on the clock ([`plan::settled`]).
+    pub settled: bool,
 }
 
 /// One pass over the whole cluster at `now_ms`.
@@ -32,6 +61,7 @@ pub fn pass(ctx: &Context, now_ms: u64) -> Result<Outcome> {
     let started = std::time::Instant::now();
     let plan = plan::plan(&snapshot, now_ms);
     let plan_seconds = started.elapsed().as_secs_f64();
+    let settled = plan::settled(&snapshot, &plan, now_ms);
     commit::garbage(ctx, &plan.garbage, now_ms);
     // Drains: said when they block, and when they are done.
     for (board, status) in ctx.drain.boards(plan.drains.clone()) {
@@ -62,7 +92,7 @@ pub fn pass(ctx: &Context, now_ms: u64) -> Result<Outcome> {
         services: network::endpoints::routes(&snapshot.services, &apps, &replicas),
         control_ports: (*ctx.control_ports).clone(),
     };
-    Ok(Outcome { desired, network, terminating, plan_seconds })
+    Ok(Outcome { desired, network, terminating, plan_seconds, settled })
 }
 
 /// Publishes a pass's outcome for the sessions, and notes which view first left out each
@@ -73,20 +103,23 @@ pub fn publish(ctx: &Context, published: &Published, out: Outcome) -> u64 {
     version
 }
 
-/// Runs passes on every change to the store, every kick and at least every second, until
-/// cancelled.
+/// Runs passes on every change to the store, every kick and every second (a settled cluster:
+/// every [`SETTLED_PASS`] while nothing it reads changes), until cancelled.
 pub async fn run(ctx: Arc<Context>, published: Arc<Published>, cancel: CancellationToken) {
     let store = ctx.objects.store().clone();
     let mut watch = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // What the last pass read, and when, if it found the cluster settled.
+    let mut settled: Option<(Inputs, std::time::Instant)> = None;
     loop {
         if watch.is_none() {
             watch = store.watch("/", store.revision()).ok();
         }
+        let mut ticked = false;
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tick.tick() => {}
+            _ = tick.tick() => ticked = true,
             _ = published.kick.notified() => {}
             r = async { watch.as_mut().expect("set above").next().await }, if watch.is_some() => {
                 if r.is_err() {
@@ -102,10 +135,20 @@ pub async fn run(ctx: Arc<Context>, published: Arc<Published>, cancel: Cancellat
                 }
             }
         }
+        let inputs = Inputs::read(&ctx);
+        let unchanged = settled.is_some_and(|(read, at)| read == inputs && at.elapsed() < SETTLED_PASS);
+        if ticked && unchanged {
+            published.timings.skipped.inc();
+            continue;
+        }
         let c = ctx.clone();
         let started = std::time::Instant::now();
+        settled = None;
         match tokio::task::spawn_blocking(move || pass(&c, now_ms())).await {
             Ok(Ok(out)) => {
+                if out.settled {
+                    settled = Some((inputs, started));
+                }
                 published.timings.pass.observe(started.elapsed().as_secs_f64());
                 published.timings.plan.observe(out.plan_seconds);
                 // Live detail of replicas that are gone is forgotten.

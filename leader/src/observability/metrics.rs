@@ -259,6 +259,11 @@ pub fn render(api: &Handles) -> Result<String, String> {
     let t = &api.published.timings;
     reg.register("controller_pass_duration_seconds", "One pass of the replica controller", t.pass.clone());
     reg.register("scheduler_plan_duration_seconds", "The pure plan of a pass, scheduling included", t.plan.clone());
+    reg.register(
+        "controller_passes_skipped",
+        "Seconds without a replica controller pass: the cluster settled, nothing it reads changed",
+        t.skipped.clone(),
+    );
 
     let mut out = String::new();
     encode(&mut out, &reg).map_err(|e| e.to_string())?;

@@ -79,6 +79,58 @@ fn a_steady_app_plans_nothing() {
     assert_eq!(on.len(), 3, "spread over the three nodes");
 }
 
+/// Nothing planned at `now`, and nothing at any of these later times either.
+fn plans_nothing_later(s: &Snapshot, now: u64) -> Result<(), String> {
+    for later in [now + 1, now + 10_000, now + 10 * 60_000, now + 10 * 86_400_000] {
+        let p = plan(s, later);
+        let busy: Vec<&AppPlan> = p.apps.iter().filter(|a| !a.changes.is_empty() || !a.events.is_empty()).collect();
+        if !busy.is_empty() || !p.garbage.is_empty() || !p.drains.is_empty() {
+            return Err(format!("settled at {now}, yet at {later}: {busy:?} {:?} {:?}", p.garbage, p.drains));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_steady_app_is_settled_and_what_waits_on_the_clock_is_not() {
+    let mut s = snapshot(ready_nodes(3), spec("replicas = 3\nupdate = { min_ready = \"10s\" }"));
+    let mut rev = 10;
+    pass(&mut s, 1_000, &mut rev);
+    let p = pass(&mut s, 2_000, &mut rev);
+    assert!(!settled(&s, &p, 2_000), "a plan that writes is not settled");
+    // Ready since 2 s, min_ready 10 s: not available yet, the rollout is still going.
+    let p = plan(&s, 5_000);
+    assert!(!settled(&s, &p, 5_000), "waiting for min_ready is waiting on the clock");
+    let p = pass(&mut s, 13_000, &mut rev);
+    assert!(!p.apps[0].changes.is_empty(), "the rollout completes: {:?}", p.apps[0]);
+    let p = plan(&s, 14_000);
+    assert!(settled(&s, &p, 14_000), "{:?}", p.apps[0]);
+    plans_nothing_later(&s, 14_000).unwrap();
+    // Each of these waits on the clock or is work in progress.
+    let unsettled = |name: &str, change: &dyn Fn(&mut Snapshot)| {
+        let mut t = s.clone();
+        change(&mut t);
+        assert!(!settled(&t, &plan(&t, 14_000), 14_000), "{name}");
+    };
+    fn first(t: &mut Snapshot) -> &mut Replica {
+        &mut t.apps.get_mut("web").unwrap().replicas[0].value
+    }
+    unsettled("a replica stopping", &|t| first(t).terminating_ms = Some(13_500));
+    unsettled("a replica not ready", &|t| first(t).ready = false);
+    unsettled("a replica starting", &|t| first(t).phase = ReplicaPhase::Starting);
+    unsettled("a failed replica", &|t| first(t).phase = ReplicaPhase::Failed);
+    unsettled("a node not ready", &|t| t.nodes[0].ready = ConditionStatus::False);
+    unsettled("a node not heard from yet", &|t| t.nodes[1].ready = ConditionStatus::Unknown);
+    unsettled("a drain", &|t| drain(t, "pi-1", false));
+    unsettled("a job", &|t| add_job(t, "backup", "completions = 1"));
+    unsettled("a new template", &|t| t.apps.get_mut("web").unwrap().app.spec = spec("replicas = 3\nargs = [\"v2\"]"));
+    unsettled("garbage", &|t| {
+        let mut gone = t.apps["web"].replicas[0].clone();
+        gone.value.app = "gone".into();
+        t.orphans.push(gone);
+    });
+}
+
 #[test]
 fn a_lost_node_marks_its_replicas_lost_then_they_are_replaced_after_the_hold_off() {
     let mut s = snapshot(ready_nodes(3), spec("replicas = 3\nreplace_after = \"30s\""));
@@ -559,6 +611,45 @@ proptest! {
             prop_assert_eq!(live.len() as u32, a.app.spec.replicas.0, "{:?}", live);
             prop_assert!(live.iter().all(|r| r.revision_hash == current && r.phase == ReplicaPhase::Running && r.node.is_some()));
         }
+    }
+
+    /// A pass that finds the cluster settled is right: passes at any later time over the same
+    /// snapshot plan nothing (the loop skips them). And a cluster that converged, its replicas
+    /// ready, is settled (the predicate is not merely always false).
+    #[test]
+    fn a_settled_cluster_plans_nothing_later_and_a_converged_one_is_settled(w in world()) {
+        let mut s = build(&w);
+        let mut rev = 1000;
+        let mut now = w.now;
+        for step in 0..30 {
+            if step == 10 {
+                for n in &mut s.nodes {
+                    n.ready = ConditionStatus::True;
+                    n.node.unschedulable = false;
+                }
+                s.platforms.clear();
+            }
+            if step >= 20 {
+                // The boards say their replicas are ready.
+                for v in s.apps.values_mut().flat_map(|a| a.replicas.iter_mut()) {
+                    if matches!(v.value.phase, ReplicaPhase::Failed | ReplicaPhase::Starting | ReplicaPhase::Running) {
+                        v.value.phase = ReplicaPhase::Running;
+                        v.value.ready = true;
+                        v.value.ready_ms.get_or_insert(now);
+                    }
+                }
+            }
+            let p = plan(&s, now);
+            if settled(&s, &p, now) {
+                prop_assert!(plans_nothing_later(&s, now).is_ok(), "{:?}", plans_nothing_later(&s, now));
+            }
+            commit(&mut s, &p, &mut rev);
+            run_bound(&mut s, &mut rev);
+            now += 5 * 60_000;
+        }
+        let p = plan(&s, now);
+        let succeeded = s.apps.values().flat_map(|a| &a.replicas).any(|v| v.value.phase == ReplicaPhase::Succeeded);
+        prop_assert!(succeeded || settled(&s, &p, now), "converged yet not settled: {:?}", p.apps);
     }
 
     /// A rolling update from a full, running app never goes above the surge nor below the

@@ -260,3 +260,53 @@ fn the_same_passes_hold_on_etcd() {
     a_replica_that_fits_nowhere_stays_pending_with_a_reason();
     ETCD.with(|e| *e.borrow_mut() = None);
 }
+
+/// Polls `f` every 20 ms until it returns `Some`, for up to `limit`.
+async fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_cluster_skips_its_passes_until_a_board_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = new_registry();
+    let ctx = Arc::new(cluster(dir.path(), registry.clone()));
+    let t0 = Instant::now();
+    connect(&registry, &["pi-1", "pi-2", "pi-3"], t0);
+    apply(&ctx, WEB);
+    let published = Arc::new(Published::default());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(run(ctx.clone(), published.clone(), cancel.clone()));
+    // The boards run what they are given.
+    eventually("six replicas placed", Duration::from_secs(10), || {
+        (list_replicas(&ctx).iter().filter(|r| r.value.node.is_some()).count() == 6).then_some(())
+    })
+    .await;
+    mark_all_running(&ctx);
+    // Settled: ticks go by without a pass, and write nothing.
+    let skipped = published.timings.skipped.get();
+    eventually("ticks skipped", Duration::from_secs(10), || {
+        (published.timings.skipped.get() >= skipped + 2).then_some(())
+    })
+    .await;
+    let revision = ctx.objects.store().revision();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(ctx.objects.store().revision(), revision, "a settled cluster writes nothing");
+    // pi-3 falls silent past its grace period: the next tick sees the readiness change and passes.
+    registry.check(["pi-3".into()], t0 + Duration::from_secs(20), now_ms());
+    // (Lost, then replaced at once: no `replace_after`.)
+    eventually("pi-3's replicas replaced on the others", Duration::from_secs(5), || {
+        let r = list_replicas(&ctx);
+        (r.len() == 6 && r.iter().all(|v| v.value.node.as_deref() != Some("pi-3"))).then_some(())
+    })
+    .await;
+    cancel.cancel();
+    task.await.unwrap();
+}

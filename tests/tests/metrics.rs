@@ -47,6 +47,7 @@ fn prometheus_scrapes_the_leader_and_answers_queries() {
         "bramble_node_ready{node=\"board-1\"} 1",
         "bramble_replicas{app=\"web\",phase=\"Running\"} 2",
         "# TYPE bramble_controller_pass_duration_seconds histogram",
+        "# TYPE bramble_controller_passes_skipped counter",
         "\nbramble_store_size_bytes ",
         "\nbramble_sessions 1.0\n",
         "# EOF",

@@ -264,7 +264,10 @@ pub async fn start_with(config: &LeaderConfig, on_standby: impl FnOnce()) -> Res
         heartbeat,
     });
     tasks.spawn(accept_loop(endpoint.clone(), edge, cancel.clone(), tasks.clone()));
-    tasks.spawn(crate::boards::nodes::monitor(api.objects.clone(), api.registry.clone(), cancel.clone()));
+    // A board marked NotReady wakes the replica controller at once (its replicas are Lost).
+    let published = api.published.clone();
+    let not_ready = move || published.kick.notify_one();
+    tasks.spawn(crate::boards::nodes::monitor(api.objects.clone(), api.registry.clone(), not_ready, cancel.clone()));
     tasks.spawn(crate::controllers::autoscaler::run(autoscaler_handles(&api), cancel.clone()));
     let cron = crate::controllers::cron::Handles {
         objects: api.objects.clone(),

@@ -308,10 +308,12 @@ fn set_ready(c: &mut Condition, status: ConditionStatus, reason: &str, message: 
     changed
 }
 
-/// Marks nodes NotReady when they fall silent; reads the store, never writes it.
+/// Marks nodes NotReady when they fall silent, and then calls `not_ready`; reads the store, never
+/// writes it.
 pub async fn monitor(
     objects: crate::objects::Objects,
     registry: Arc<NodeRegistry>,
+    not_ready: impl Fn(),
     cancel: tokio_util::sync::CancellationToken,
 ) {
     let period = (registry.grace() / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
@@ -326,11 +328,14 @@ pub async fn monitor(
         let names = tokio::task::spawn_blocking(move || a.list::<bramble_proto::model::Node>()).await;
         match names {
             Ok(Ok(nodes)) => {
-                registry.check(
+                let marked = registry.check(
                     nodes.into_iter().map(|n| n.value.meta.name),
                     Instant::now(),
                     bramble_proto::time::now_ms(),
                 );
+                if !marked.is_empty() {
+                    not_ready();
+                }
             }
             Ok(Err(e)) => tracing::warn!("cannot list nodes: {e}"),
             Err(e) => tracing::warn!("node monitor: {e}"),

@@ -220,21 +220,22 @@ pub fn settled(snapshot: &Snapshot, plan: &Plan, now_ms: u64) -> bool {
     }
     let ready: BTreeSet<&str> =
         snapshot.nodes.iter().filter(|n| n.ready == ConditionStatus::True).map(|n| n.node.meta.name.as_str()).collect();
-    snapshot.apps.values().all(|a| {
+    // The cheap checks first, for every app; a template's hash (its spec serialised) only then.
+    let steady = |a: &AppState| {
         let spec = &a.app.spec;
-        let hash = revision_hash(spec);
-        let rolled =
-            a.history.last().is_some_and(|v| v.value.hash == hash && v.value.state != RolloutState::Progressing);
+        let Some(latest) = a.history.last().map(|v| &v.value) else { return false };
         !spec.is_job()
-            && rolled
+            && latest.state != RolloutState::Progressing
             && a.replicas.iter().all(|v| {
                 let r = &v.value;
                 r.phase == ReplicaPhase::Running
-                    && r.revision_hash == hash
+                    && r.revision_hash == latest.hash
                     && r.node.as_deref().is_some_and(|n| ready.contains(n))
                     && rollout::available(r, spec, now_ms)
             })
-    })
+    };
+    snapshot.apps.values().all(steady)
+        && snapshot.apps.values().all(|a| a.history.last().is_some_and(|v| v.value.hash == revision_hash(&a.app.spec)))
 }
 
 /// Plans one pass over the whole cluster at `now_ms`.

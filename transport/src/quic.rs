@@ -235,3 +235,44 @@ pub fn rejection(conn: &Connection) -> Option<TransportError> {
     };
     Some(TransportError::Rejected(format!("the peer rejected the TLS handshake: {what} (alert {alert})")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::Ca;
+    use crate::tls;
+
+    #[tokio::test]
+    async fn a_board_session_is_kept_alive_by_the_board_alone_and_neither_end_falls_silent_while_idle() {
+        let ca = Ca::generate("test").unwrap();
+        let leader = ca.issue_leader(&[]).unwrap();
+        let server = tls::server_config(ca.cert_pem(), &leader.cert_pem, &leader.key_pem).unwrap();
+        let endpoint = server_endpoint("127.0.0.1:0".parse().unwrap(), server).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let admin = ca.issue_admin("admin").unwrap();
+        let client = tls::client_config(ca.cert_pem(), Some((&admin.cert_pem, &admin.key_pem))).unwrap();
+        let board = client_endpoint(addr).unwrap();
+        let accepted = tokio::spawn({
+            let e = endpoint.clone();
+            async move { e.accept().await.expect("a connection").await.expect("a handshake") }
+        });
+        let conn = connect_session(&board, addr, client, Duration::from_secs(5)).await.unwrap();
+        let at_leader = accepted.await.unwrap();
+        // (Each end probes the path's MTU with PINGs of its own first.)
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (board_before, leader_before) = (conn.stats().frame_tx, at_leader.stats().frame_tx);
+        // Nothing but keep-alives for longer than either end waits before giving a session up.
+        tokio::select! {
+            _ = silence(&conn, SESSION_SILENCE) => panic!("the board heard nothing from the leader"),
+            _ = silence(&at_leader, SESSION_SILENCE) => panic!("the leader heard nothing from the board"),
+            _ = tokio::time::sleep(SESSION_SILENCE + Duration::from_secs(1)) => {}
+        }
+        let (board_sent, leader_sent) = (conn.stats().frame_tx, at_leader.stats().frame_tx);
+        let pings = board_sent.ping - board_before.ping;
+        assert!(pings >= 4, "the board keeps alive every 500 ms: {pings} PINGs in 3 s");
+        // (Every datagram received restarts the leader's own keep-alive timer: it never fires.)
+        assert_eq!(leader_sent.ping - leader_before.ping, 0, "the leader adds no keep-alives of its own");
+        assert!(leader_sent.acks > leader_before.acks, "its ACKs are what the board hears");
+        assert!(conn.close_reason().is_none() && at_leader.close_reason().is_none());
+    }
+}

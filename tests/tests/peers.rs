@@ -2,7 +2,8 @@
 //! registry whose every sent byte the test counts (an nft counter on its namespace's output). A
 //! rollout to three boards at once crosses that link once per layer (the first board fetches, the
 //! others wait and copy from it); with the registry gone, a new replica starts from a peer; a peer
-//! whose copy is corrupt is caught by the digest and passed over.
+//! whose copy is corrupt is caught by the digest and passed over. Boards with `[images] peers =
+//! false` each pull from the registry and ask no peer.
 
 use bramble_proto::model::ReplicaPhase;
 use bramble_tests::registry::Registry;
@@ -172,4 +173,40 @@ fn the_leaders_mirror_fetches_once_for_boards_that_cannot_reach_the_registry() {
     assert!(events.contains("from the leader's mirror"), "{events}");
     let cache = c.leader_dir().join("mirror/blobs/sha256");
     assert!(std::fs::read_dir(&cache).unwrap().count() >= 4, "the mirror keeps the image's blobs");
+}
+
+#[test]
+fn boards_that_opt_out_each_pull_from_the_registry_and_ask_no_peer() {
+    let c = Cluster::start_with(ClusterOptions { agents: 2, ..Default::default() }, |lab| {
+        format!("[images]\npeers = false\n[[images.registry]]\nhost = \"{}:5000\"\ninsecure = true\n", lab.addr(0))
+    });
+    let ns = c.lab.ns(0);
+    let registry = Registry::start_in_netns(&ns, &c.lab.addr(0));
+    let layout = c.dir.path().join("alone");
+    let l = Layout::new(&layout);
+    let layers = vec![
+        busybox_layer("amd64"),
+        TarBuilder::default().file("a", 0o644, &bramble_tests::testimages::noise(3, 3 << 20)).finish(),
+    ];
+    let m = l.image("amd64", None, &layers, &["sh"]);
+    l.finish("1", vec![m], false);
+    let size: u64 =
+        std::fs::read_dir(layout.join("blobs/sha256")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    let image = format!("{}/bramble/alone:1", registry.addr);
+    bramble_tests::testimages::push_from(Some(&ns), &layout, "1", &image);
+    nft(&ns, "add table inet bramble_test_count");
+    nft(&ns, "add chain inet bramble_test_count out { type filter hook output priority 0 ; }");
+    nft(&ns, "add rule inet bramble_test_count out tcp sport 5000 counter");
+
+    ok(c.cli(&["apply", "-f", &c.write("alone.toml", &app("alone", &image, 2, ""))]), "apply");
+    wait_for("two replicas running", Duration::from_secs(120), || (running_on(&c, "alone").len() == 2).then_some(()));
+    let crossed = sent(&ns);
+    eprintln!("image {size} bytes; the registry sent {crossed} bytes for two boards that do not share");
+    assert!(crossed > 2 * size, "each board pulled the whole image itself: {crossed} bytes for {size}");
+    let events = ok(c.cli(&["events"]), "events");
+    let pulled: Vec<&str> = events.lines().filter(|l| l.contains(&format!("pulled {image} in"))).collect();
+    assert_eq!(pulled.len(), 2, "one pull per board: {events}");
+    assert!(pulled.iter().all(|l| !l.contains("from peer") && l.contains("from registry")), "{pulled:?}");
+    ok(c.cli(&["delete", "app", "alone"]), "delete");
+    c.remove_containers();
 }

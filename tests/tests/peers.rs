@@ -46,6 +46,24 @@ fn app(name: &str, image: &str, replicas: usize, selector: &str) -> String {
     )
 }
 
+/// busybox and one layer of 3 MiB of noise (`seed`), pushed to `registry` (in namespace `ns`) as
+/// `bramble/<name>:1`; the image's reference and the size of all its blobs.
+fn push_image(c: &Cluster, ns: &str, registry: &Registry, name: &str, seed: u64) -> (String, u64) {
+    let layout = c.dir.path().join(name);
+    let l = Layout::new(&layout);
+    let layers = vec![
+        busybox_layer("amd64"),
+        TarBuilder::default().file("a", 0o644, &bramble_tests::testimages::noise(seed, 3 << 20)).finish(),
+    ];
+    let m = l.image("amd64", None, &layers, &["sh"]);
+    l.finish("1", vec![m], false);
+    let size: u64 =
+        std::fs::read_dir(layout.join("blobs/sha256")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    let image = format!("{}/bramble/{name}:1", registry.addr);
+    bramble_tests::testimages::push_from(Some(ns), &layout, "1", &image);
+    (image, size)
+}
+
 #[test]
 fn a_rollout_crosses_the_uplink_once_per_layer_and_boards_serve_each_other() {
     let c = Cluster::start_with(ClusterOptions { agents: 3, ..Default::default() }, |lab| {
@@ -140,18 +158,7 @@ fn the_leaders_mirror_fetches_once_for_boards_that_cannot_reach_the_registry() {
     );
     let (ns, ip) = (c.lab.ns(0), c.lab.addr(0));
     let registry = Registry::start_in_netns(&ns, &ip);
-    let layout = c.dir.path().join("multi");
-    let l = Layout::new(&layout);
-    let layers = vec![
-        busybox_layer("amd64"),
-        TarBuilder::default().file("a", 0o644, &bramble_tests::testimages::noise(3, 3 << 20)).finish(),
-    ];
-    let m = l.image("amd64", None, &layers, &["sh"]);
-    l.finish("1", vec![m], false);
-    let size: u64 =
-        std::fs::read_dir(layout.join("blobs/sha256")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
-    let image = format!("{}/bramble/multi:1", registry.addr);
-    bramble_tests::testimages::push_from(Some(&ns), &layout, "1", &image);
+    let (image, size) = push_image(&c, &ns, &registry, "multi", 3);
     // Only the leader (its own address) reaches the registry: the boards' packets are dropped.
     nft(&ns, "add table inet bramble_test_count");
     nft(&ns, "add chain inet bramble_test_count in { type filter hook input priority 0 ; }");
@@ -182,18 +189,7 @@ fn boards_that_opt_out_each_pull_from_the_registry_and_ask_no_peer() {
     });
     let ns = c.lab.ns(0);
     let registry = Registry::start_in_netns(&ns, &c.lab.addr(0));
-    let layout = c.dir.path().join("alone");
-    let l = Layout::new(&layout);
-    let layers = vec![
-        busybox_layer("amd64"),
-        TarBuilder::default().file("a", 0o644, &bramble_tests::testimages::noise(3, 3 << 20)).finish(),
-    ];
-    let m = l.image("amd64", None, &layers, &["sh"]);
-    l.finish("1", vec![m], false);
-    let size: u64 =
-        std::fs::read_dir(layout.join("blobs/sha256")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
-    let image = format!("{}/bramble/alone:1", registry.addr);
-    bramble_tests::testimages::push_from(Some(&ns), &layout, "1", &image);
+    let (image, size) = push_image(&c, &ns, &registry, "alone", 3);
     nft(&ns, "add table inet bramble_test_count");
     nft(&ns, "add chain inet bramble_test_count out { type filter hook output priority 0 ; }");
     nft(&ns, "add rule inet bramble_test_count out tcp sport 5000 counter");

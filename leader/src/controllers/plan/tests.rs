@@ -486,6 +486,15 @@ fn counts(r: &Replica, spec: &AppSpec, now: u64) -> bool {
     }
 }
 
+/// Every node answers and takes replicas, and every image offers every platform.
+fn heal(s: &mut Snapshot) {
+    for n in &mut s.nodes {
+        n.ready = ConditionStatus::True;
+        n.node.unschedulable = false;
+    }
+    s.platforms.clear();
+}
+
 fn check_plan(s: &Snapshot, p: &Plan, now: u64) {
     let before: BTreeSet<String> =
         s.apps.values().flat_map(|a| a.replicas.iter().map(|v| v.value.meta.name.clone())).collect();
@@ -586,11 +595,7 @@ proptest! {
         let mut now = w.now;
         for step in 0..30 {
             if step == 10 {
-                for n in &mut s.nodes {
-                    n.ready = ConditionStatus::True;
-                    n.node.unschedulable = false;
-                }
-                s.platforms.clear();
+                heal(&mut s);
             }
             let p = plan(&s, now);
             check_plan(&s, &p, now);
@@ -623,11 +628,7 @@ proptest! {
         let mut now = w.now;
         for step in 0..30 {
             if step == 10 {
-                for n in &mut s.nodes {
-                    n.ready = ConditionStatus::True;
-                    n.node.unschedulable = false;
-                }
-                s.platforms.clear();
+                heal(&mut s);
             }
             if step >= 20 {
                 // The boards say their replicas are ready.

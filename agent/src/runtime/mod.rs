@@ -452,27 +452,38 @@ pub fn shim_binary_for(exe: &Path) -> Result<PathBuf, String> {
     }
 }
 
+/// The containers some live shim keeps (any agent's), by id.
+fn live_shim_ids() -> std::collections::BTreeSet<String> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter_map(|cmdline| shim_container(&cmdline))
+        .collect()
+}
+
+/// The container a process keeps, if its command line (`/proc/<pid>/cmdline`) is a shim's: this
+/// build's `bramble-shim --dir <…>/<id>`, or an older build's, where the agent's (or the leader's,
+/// for its embedded agent) own binary ran as `bramble-agent shim --dir <…>/<id>` (shim protocol 0).
+/// Such a shim holds no lock on the cgroup parent, so the sweep must know it by its command line.
+fn shim_container(cmdline: &[u8]) -> Option<String> {
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let first = args.first()?;
+    let shim = first.ends_with(b"bramble-shim")
+        || (args.get(1) == Some(&&b"shim"[..])
+            && (first.ends_with(b"bramble-agent") || first.ends_with(b"bramble-leader")));
+    if !shim {
+        return None;
+    }
+    let w = args.windows(2).find(|w| w[0] == b"--dir")?;
+    let name = Path::new(std::ffi::OsStr::from_bytes(w[1])).file_name()?;
+    Some(name.to_string_lossy().to_string())
+}
+
 /// Whether `pid` is the shim of container dir `dir` (so a recycled pid is never killed). Told by
 /// its command line (`… --dir <dir>`), not its binary: a shim started by an older build, whose
 /// binary an upgrade has since replaced, is still recognised.
-/// The containers some live `bramble-shim --dir <…>/<id>` keeps (any agent's), by id.
-fn live_shim_ids() -> std::collections::BTreeSet<String> {
-    let mut ids = std::collections::BTreeSet::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if !args.first().is_some_and(|a| a.ends_with(b"bramble-shim")) {
-            continue;
-        }
-        if let Some(w) = args.windows(2).find(|w| w[0] == b"--dir") {
-            if let Some(name) = Path::new(std::ffi::OsStr::from_bytes(w[1])).file_name() {
-                ids.insert(name.to_string_lossy().to_string());
-            }
-        }
-    }
-    ids
-}
-
 fn shim_of(pid: i32, dir: &ContainerDir) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
@@ -483,6 +494,25 @@ fn shim_of(pid: i32, dir: &ContainerDir) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sweep_knows_the_shims_of_this_build_and_of_older_ones_by_their_command_line() {
+        let line = |args: &[&str]| args.join("\0").into_bytes();
+        let of = |args: &[&str]| shim_container(&line(args));
+        assert_eq!(of(&["/usr/bin/bramble-shim", "--dir", "/run/bramble/x/shims/web-1"]).as_deref(), Some("web-1"));
+        // Protocol 0: the agent's (or the leader's) own binary was the shim. It takes no lock on
+        // the cgroup parent, so missing it here would kill its container.
+        assert_eq!(
+            of(&["/usr/bin/bramble-agent", "shim", "--dir", "/var/lib/bramble/shims/a-2"]).as_deref(),
+            Some("a-2")
+        );
+        assert_eq!(of(&["/opt/old/bramble-leader", "shim", "--dir", "/d/agent/shims/b-3"]).as_deref(), Some("b-3"));
+        // Not shims: an agent running, another program with a --dir, a shim without its dir.
+        assert_eq!(of(&["/usr/bin/bramble-agent", "run", "--dir", "/var/lib/bramble/shims/a-2"]), None);
+        assert_eq!(of(&["/bin/sh", "shim", "--dir", "/tmp/x"]), None);
+        assert_eq!(of(&["/usr/bin/bramble-shim"]), None);
+        assert_eq!(of(&[]), None);
+    }
 
     #[test]
     fn the_shim_binary_is_beside_the_agent() {

@@ -117,8 +117,17 @@ impl NodeRegistry {
         self.transitions.load(Ordering::SeqCst)
     }
 
-    fn transition(&self) {
-        self.transitions.fetch_add(1, Ordering::SeqCst);
+    /// Sets a node's Ready condition; a change of its status is counted in [`Self::transitions`].
+    fn set_ready(&self, c: &mut Condition, status: ConditionStatus, reason: &str, message: &str, now_ms: u64) -> bool {
+        let changed = c.status != status;
+        if changed {
+            c.last_transition_ms = now_ms;
+            self.transitions.fetch_add(1, Ordering::SeqCst);
+        }
+        c.status = status;
+        c.reason = reason.to_string();
+        c.message = message.to_string();
+        changed
     }
 
     /// Boards send heartbeats every `heartbeat`.
@@ -167,9 +176,8 @@ impl NodeRegistry {
             l.last_seen = Some(now);
             l.last_seen_ms = now_ms;
             let changed =
-                set_ready(&mut l.ready, ConditionStatus::True, "AgentConnected", "the agent is connected", now_ms);
+                self.set_ready(&mut l.ready, ConditionStatus::True, "AgentConnected", "the agent is connected", now_ms);
             if changed {
-                self.transition();
                 self.events.node(
                     name,
                     EventReason::NodeReady,
@@ -196,8 +204,7 @@ impl NodeRegistry {
         }
         l.last_seen = Some(now);
         l.last_seen_ms = now_ms;
-        if set_ready(&mut l.ready, ConditionStatus::True, "AgentConnected", "the agent is connected", now_ms) {
-            self.transition();
+        if self.set_ready(&mut l.ready, ConditionStatus::True, "AgentConnected", "the agent is connected", now_ms) {
             self.events.node(name, EventReason::NodeReady, "heartbeats resumed", now_ms);
         }
         true
@@ -255,8 +262,7 @@ impl NodeRegistry {
                     fmt_secs(silent_for),
                     fmt_secs(grace)
                 );
-                set_ready(&mut l.ready, ConditionStatus::False, "NodeStatusUnknown", &msg, now_ms);
-                self.transition();
+                self.set_ready(&mut l.ready, ConditionStatus::False, "NodeStatusUnknown", &msg, now_ms);
                 self.events.node(&name, EventReason::NodeNotReady, msg, now_ms);
                 changed.push(name);
             }
@@ -295,17 +301,6 @@ fn fmt_secs(d: Duration) -> String {
     } else {
         format!("{:.1}s", d.as_secs_f64())
     }
-}
-
-fn set_ready(c: &mut Condition, status: ConditionStatus, reason: &str, message: &str, now_ms: u64) -> bool {
-    let changed = c.status != status;
-    if changed {
-        c.last_transition_ms = now_ms;
-    }
-    c.status = status;
-    c.reason = reason.to_string();
-    c.message = message.to_string();
-    changed
 }
 
 /// Marks nodes NotReady when they fall silent, and then calls `not_ready`; reads the store, never

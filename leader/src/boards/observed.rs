@@ -60,10 +60,7 @@ impl Observed {
 
     /// Records the images `node` holds (bounded: a hint for scoring, nothing more).
     pub fn set_node_images(&self, node: &str, images: Vec<String>) {
-        let set: BTreeSet<String> = images.into_iter().take(MAX_IMAGES).filter(|r| r.len() <= MAX_REFERENCE).collect();
-        if self.node_images.lock().expect("images lock").insert(node.to_string(), set.clone()).as_ref() != Some(&set) {
-            self.changes.fetch_add(1, Ordering::SeqCst);
-        }
+        self.record(&self.node_images, node, images);
     }
 
     pub fn node_images(&self, node: &str) -> BTreeSet<String> {
@@ -72,9 +69,16 @@ impl Observed {
 
     /// Records the local volumes `node` holds (bounded like images; where pinned apps return).
     pub fn set_node_volumes(&self, node: &str, volumes: Vec<String>) {
-        let set: BTreeSet<String> = volumes.into_iter().take(MAX_IMAGES).filter(|r| r.len() <= MAX_REFERENCE).collect();
-        if self.node_volumes.lock().expect("volumes lock").insert(node.to_string(), set.clone()).as_ref() != Some(&set)
-        {
+        self.record(&self.node_volumes, node, volumes);
+    }
+
+    /// Replaces `node`'s set in `map` (bounded) and counts a change in [`Self::board_changes`];
+    /// the same set again (every report) is compared where it lies, not copied.
+    fn record(&self, map: &Mutex<HashMap<String, BTreeSet<String>>>, node: &str, names: Vec<String>) {
+        let set: BTreeSet<String> = names.into_iter().take(MAX_IMAGES).filter(|r| r.len() <= MAX_REFERENCE).collect();
+        let mut map = map.lock().expect("observed lock");
+        if map.get(node) != Some(&set) {
+            map.insert(node.to_string(), set);
             self.changes.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -90,5 +94,31 @@ impl Observed {
 
     pub fn all_node_images(&self) -> HashMap<String, BTreeSet<String>> {
         self.node_images.lock().expect("images lock").clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_different_set_counts_as_a_board_change() {
+        let o = Observed::new();
+        o.set_node_images("pi", vec!["a:1".into(), "b:1".into()]);
+        assert_eq!(o.board_changes(), 1);
+        // The same images again, in another order: the same set.
+        o.set_node_images("pi", vec!["b:1".into(), "a:1".into()]);
+        assert_eq!(o.board_changes(), 1);
+        o.set_node_images("pi", vec!["a:1".into()]);
+        assert_eq!(o.board_changes(), 2);
+        o.set_node_volumes("pi", vec!["data".into()]);
+        o.set_node_volumes("pi", vec!["data".into()]);
+        assert_eq!(o.board_changes(), 3);
+        // Another board's first report is a change; what is too long is dropped, not counted.
+        o.set_node_images("pi-2", vec!["x".repeat(MAX_REFERENCE + 1)]);
+        assert_eq!((o.board_changes(), o.node_images("pi-2").len()), (4, 0));
+        o.set_node_images("pi-2", vec!["y".repeat(MAX_REFERENCE + 1)]);
+        assert_eq!(o.board_changes(), 4);
+        assert_eq!(o.node_images("pi"), BTreeSet::from(["a:1".to_string()]));
     }
 }

@@ -299,6 +299,30 @@ async fn a_settled_cluster_skips_its_passes_until_a_board_changes() {
     let revision = ctx.objects.store().revision();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(ctx.objects.store().revision(), revision, "a settled cluster writes nothing");
+    // A board reports other images (the scheduler's scores read them): the next tick passes.
+    // (A pass shows itself by forgetting the live detail of a replica that does not exist.)
+    let mark = || ctx.observed.set_detail("no-such-replica", Some("forgotten by the next pass".into()));
+    let passed = || ctx.observed.detail("no-such-replica").is_none().then_some(());
+    mark();
+    ctx.observed.set_node_images("pi-1", vec!["registry.lan/web:2".into()]);
+    eventually("a pass after pi-1's images changed", Duration::from_millis(2500), passed).await;
+    // The same report again changes nothing: ticks are skipped again, until the pass every
+    // SETTLED_PASS that a settled cluster gets anyway.
+    let since = Instant::now();
+    mark();
+    ctx.observed.set_node_images("pi-1", vec!["registry.lan/web:2".into()]);
+    let skipped = published.timings.skipped.get();
+    eventually("ticks skipped after the same report", Duration::from_secs(5), || {
+        (published.timings.skipped.get() >= skipped + 2).then_some(())
+    })
+    .await;
+    assert!(passed().is_none(), "no pass for an unchanged report");
+    eventually("the settled cluster's periodic pass", SETTLED_PASS + Duration::from_secs(3), passed).await;
+    assert!(
+        since.elapsed() >= SETTLED_PASS - Duration::from_secs(2),
+        "the periodic pass came early: {:?}",
+        since.elapsed()
+    );
     // pi-3 falls silent past its grace period: the next tick sees the readiness change and passes.
     registry.check(["pi-3".into()], t0 + Duration::from_secs(20), now_ms());
     // (Lost, then replaced at once: no `replace_after`.)

@@ -7,6 +7,7 @@ use bramble_proto::network::{Cidr, ClusterNetwork, NodeNetwork, Peer};
 use bramble_proto::wire::LeaderMsg;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 /// What the controller publishes for the sessions.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,43 +36,42 @@ impl NetworkView {
     }
 }
 
-/// What a session last sent its board.
-#[derive(Debug, Clone, PartialEq)]
+/// What a session last sent its board: the view it was brought to, shared with every other
+/// session (a copy per board of its peers and of the services would be O(boards²) memory).
+#[derive(Debug, Clone)]
 pub struct Sent {
-    pub version: u64,
-    pub node: NodeNetwork,
-    pub services: Routes,
+    pub view: Arc<NetworkView>,
 }
 
 /// The message that brings a board from `sent` (none yet this session) to `view`; `None` when
 /// the version is the same. A changed service is sent alone, not the whole list; a new version
 /// with nothing new for this board is still sent (empty), so that the board confirms it.
-pub fn delta(sent: Option<&Sent>, view: &NetworkView, name: &str) -> (Option<LeaderMsg>, Sent) {
-    let now = Sent { version: view.version, node: view.node(name), services: view.services.clone() };
+pub fn delta(sent: Option<&Sent>, view: &Arc<NetworkView>, name: &str) -> (Option<LeaderMsg>, Sent) {
     let version = view.version;
     let msg = match sent {
         None => Some(LeaderMsg::Network {
-            node: Some(now.node.clone()),
+            node: Some(view.node(name)),
             full: true,
-            upsert: now.services.values().cloned().collect(),
+            upsert: view.services.values().cloned().collect(),
             remove: Vec::new(),
             version,
         }),
-        Some(before) if before.version == version && before.node == now.node && before.services == now.services => None,
+        Some(before) if Arc::ptr_eq(&before.view, view) || *before.view == **view => None,
         Some(before) => {
-            let node = (before.node != now.node).then(|| now.node.clone());
-            let upsert: Vec<_> = now
+            let now = view.node(name);
+            let node = (before.view.node(name) != now).then_some(now);
+            let upsert: Vec<_> = view
                 .services
                 .iter()
-                .filter(|(k, v)| before.services.get(*k) != Some(*v))
+                .filter(|(k, v)| before.view.services.get(*k) != Some(*v))
                 .map(|(_, v)| v.clone())
                 .collect();
             let remove: Vec<String> =
-                before.services.keys().filter(|k| !now.services.contains_key(*k)).cloned().collect();
+                before.view.services.keys().filter(|k| !view.services.contains_key(*k)).cloned().collect();
             Some(LeaderMsg::Network { node, full: false, upsert, remove, version })
         }
     };
-    (msg, now)
+    (msg, Sent { view: view.clone() })
 }
 
 #[cfg(test)]
@@ -102,7 +102,7 @@ mod tests {
 
     #[test]
     fn a_board_gets_its_subnet_and_peers_then_only_what_changes() {
-        let v = view();
+        let v = Arc::new(view());
         let n = v.node("pi-1");
         assert_eq!(n.pod_cidr.unwrap().to_string(), "10.42.0.0/24");
         assert_eq!(n.peers.len(), 1, "pi-3 has no subnet yet: no route to it");
@@ -111,11 +111,13 @@ mod tests {
             matches!(first, Some(LeaderMsg::Network { node: Some(_), full: true, ref upsert, .. }) if upsert.len() == 2)
         );
         assert_eq!(delta(Some(&sent), &v, "pi-1").0, None, "nothing changed");
-        let mut v2 = v.clone();
+        assert!(Arc::ptr_eq(&sent.view, &v), "a session keeps the published view, not a copy of its part");
+        assert_eq!(delta(Some(&sent), &Arc::new(view()), "pi-1").0, None, "the same view published again");
+        let mut v2 = (*v).clone();
         v2.version = 2;
         v2.services.remove("db");
         v2.services.get_mut("web").unwrap().vip = "10.43.0.9".parse().unwrap();
-        let (msg, _) = delta(Some(&sent), &v2, "pi-1");
+        let (msg, _) = delta(Some(&sent), &Arc::new(v2.clone()), "pi-1");
         match msg {
             Some(LeaderMsg::Network { node: None, full: false, upsert, remove, version: 2 }) => {
                 assert_eq!(upsert.len(), 1);
@@ -123,16 +125,19 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let mut v3 = v.clone();
+        let mut v3 = (*v).clone();
         v3.version = 3;
-        let (msg, _) = delta(Some(&sent), &v3, "pi-1");
+        let (msg, _) = delta(Some(&sent), &Arc::new(v3), "pi-1");
         assert!(
             matches!(msg, Some(LeaderMsg::Network { node: None, ref upsert, ref remove, version: 3, .. }) if upsert.is_empty() && remove.is_empty()),
             "a new version with nothing new for this board is still sent, to be confirmed: {msg:?}"
         );
         v2.nodes.get_mut("pi-2").unwrap().1 = Some("192.168.1.22".parse().unwrap());
         assert!(
-            matches!(delta(Some(&sent), &v2, "pi-1").0, Some(LeaderMsg::Network { node: Some(_), .. })),
+            matches!(
+                delta(Some(&sent), &Arc::new(v2.clone()), "pi-1").0,
+                Some(LeaderMsg::Network { node: Some(_), .. })
+            ),
             "a peer moved"
         );
     }

@@ -16,6 +16,7 @@ use crate::controllers::desired::{self, DesiredSet};
 use crate::network::view::{self, NetworkView};
 use bramble_proto::wire::{LeaderMsg, SecretPayload, SecretValues};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// A secret's or config's version and its files.
 pub type Versioned = (u64, BTreeMap<String, Vec<u8>>);
@@ -106,7 +107,7 @@ impl Session {
     /// fails is logged and tried again at the next change.
     pub fn poll(
         &mut self,
-        network: Option<&NetworkView>,
+        network: Option<&Arc<NetworkView>>,
         set: Option<DesiredSet>,
         restoring: bool,
         mut load: impl FnMut(Payload, &str) -> Result<Option<Versioned>, String>,

@@ -213,7 +213,7 @@ async fn serve_session(
                 // Secrets and configs come from the store (etcd may be across the network).
                 let a = api.clone();
                 let polled = tokio::task::spawn_blocking(move || {
-                    let msgs = m.poll(view.as_deref(), set, restoring, |kind, n| load(&a, kind, n));
+                    let msgs = m.poll(view.as_ref(), set, restoring, |kind, n| load(&a, kind, n));
                     (m, msgs)
                 })
                 .await;
@@ -225,7 +225,7 @@ async fn serve_session(
                     Err(e) => break Ended::Closed(format!("the session's step failed: {e}")),
                 }
             } else {
-                let msgs = m.poll(view.as_deref(), set, restoring, |_, _| Ok(None));
+                let msgs = m.poll(view.as_ref(), set, restoring, |_, _| Ok(None));
                 machine = Some(m);
                 msgs
             };

@@ -38,14 +38,14 @@ image = "reg.lan/plain:1"
         .collect()
 }
 
-fn view(version: u64) -> NetworkView {
-    NetworkView {
+fn view(version: u64) -> std::sync::Arc<NetworkView> {
+    std::sync::Arc::new(NetworkView {
         version,
         cluster: ClusterNetwork::default(),
         nodes: BTreeMap::from([("b1".to_string(), (Some("10.42.0.0/24".parse().unwrap()), None))]),
         services: Default::default(),
         control_ports: vec![],
-    }
+    })
 }
 
 /// The store: (kind, name) → version and files.

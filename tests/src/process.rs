@@ -47,7 +47,10 @@ impl Proc {
             .and_then(|p| std::env::split_paths(&p).map(|d| d.join("nsenter")).find(|f| f.is_file()))
             .unwrap_or_else(|| PathBuf::from("nsenter"));
         let mut cmd = Command::new(nsenter);
-        cmd.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(bin).args(args).env("RUST_LOG", "info");
+        // Their logs at `info`, or as `BRAMBLE_TEST_LOG` says (a `RUST_LOG` filter, e.g.
+        // `info,bramble_agent=debug` for the agent's timings of each start).
+        let level = std::env::var("BRAMBLE_TEST_LOG").unwrap_or_else(|_| "info".into());
+        cmd.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(bin).args(args).env("RUST_LOG", level);
         cmd.envs(env.iter().copied());
         Self::start(name, cmd, log)
     }

@@ -112,10 +112,13 @@ impl Pods {
             )
         })?;
         drop(g);
+        let t0 = std::time::Instant::now();
         let ip = self.allocate(replica)?;
         let dir = self.dir.join(replica);
         let ns = self.netns_path(replica);
+        let t1 = std::time::Instant::now();
         netns::create(&ns)?;
+        let t2 = std::time::Instant::now();
         let host = host_veth(replica);
         let nl = Netlink::open()?;
         if nl.index(&host)?.is_none() {
@@ -127,8 +130,10 @@ impl Pods {
             // The pod's end is made in its namespace as eth0: one request, no move.
             nl.veth(&host, "eth0", bridge, board.mtu, Some(&file))?;
         }
+        let t3 = std::time::Instant::now();
         let gateway = board.subnet.gateway();
         netns::inside(&ns, move || configure_inside(ip, gateway))?;
+        let t4 = std::time::Instant::now();
         let resolv_conf = dir.join("resolv.conf");
         let hosts = dir.join("hosts");
         let resolv = format!("nameserver {gateway}\nsearch {}\noptions ndots:1\n", board.domain);
@@ -139,6 +144,17 @@ impl Pods {
             bramble_proto::fsutil::write_file_atomic(path, text.as_bytes(), 0o644)
                 .map_err(|e| NetError::Io { what: format!("write {}", path.display()), error: e })?;
         }
+        let ms = |a: std::time::Instant, b: std::time::Instant| (b - a).as_secs_f64() * 1e3;
+        tracing::debug!(
+            replica,
+            "pod network in {:.1} ms: address {:.1}, namespace {:.1}, veth {:.1}, inside {:.1}, files {:.1}",
+            ms(t0, std::time::Instant::now()),
+            ms(t0, t1),
+            ms(t1, t2),
+            ms(t2, t3),
+            ms(t3, t4),
+            ms(t4, std::time::Instant::now())
+        );
         Ok(PodNet { netns: Some(ns), ip, resolv_conf, hosts })
     }
 

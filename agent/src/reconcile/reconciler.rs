@@ -477,8 +477,19 @@ impl<C: Containers, I: Images, N: Network> Reconciler<C, I, N> {
                     let Some((replica, a, pod)) = queue.lock().expect("queue lock").next() else { break };
                     // The pod's network first: the process starts with its address and DNS.
                     let pod = pod.then_some(replica.as_str());
-                    let r =
-                        network.prepare(replica, a.spec.host_network).and_then(|net| containers.start(a, &net, pod));
+                    let started = std::time::Instant::now();
+                    let r = network.prepare(replica, a.spec.host_network).and_then(|net| {
+                        let prepared = started.elapsed();
+                        let r = containers.start(a, &net, pod);
+                        tracing::debug!(
+                            container = a.replica,
+                            "started in {:.1} ms: network {:.1} ms, container {:.1} ms",
+                            started.elapsed().as_secs_f64() * 1e3,
+                            prepared.as_secs_f64() * 1e3,
+                            (started.elapsed() - prepared).as_secs_f64() * 1e3
+                        );
+                        r
+                    });
                     results.lock().expect("results lock").push((replica.clone(), a.replica.clone(), r));
                 });
             }

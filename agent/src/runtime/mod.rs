@@ -198,6 +198,7 @@ impl Runtime {
             let what = what.to_string();
             move |source| RuntimeError::Io { what, source }
         };
+        let t0 = Instant::now();
         let _ = cgroups::CgroupFs::host().warm_migration_lock();
         std::fs::create_dir_all(&dir.0).map_err(ioe("create the container dir"))?;
         let bytes = serde_json::to_vec_pretty(config).expect("config serialises");
@@ -220,6 +221,12 @@ impl Runtime {
         let started = Instant::now();
         loop {
             if let Ok(s) = self.state(&config.id) {
+                tracing::debug!(
+                    id = config.id,
+                    "shim up in {:.1} ms: its process returned after {:.1} ms",
+                    t0.elapsed().as_secs_f64() * 1e3,
+                    (started - t0).as_secs_f64() * 1e3
+                );
                 return Ok(s);
             }
             if started.elapsed() > Duration::from_secs(10) {

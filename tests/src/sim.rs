@@ -548,7 +548,7 @@ impl Sim {
         run::publish(&ctx, &leader.bus, out);
         let view = leader.bus.network.borrow().clone();
         for b in &mut self.boards {
-            b.talk_down(&ctx, view.as_deref(), &sets, restoring, now);
+            b.talk_down(&ctx, view.as_ref(), &sets, restoring, now);
             // A board applies the network view at once (the fakes have no kernel), unless muted.
             if !self.muted.contains(&b.name) {
                 b.confirm_view(&ctx);
@@ -792,7 +792,7 @@ impl Board {
     fn talk_down(
         &mut self,
         ctx: &Context,
-        view: Option<&bramble_leader::network::view::NetworkView>,
+        view: Option<&std::sync::Arc<bramble_leader::network::view::NetworkView>>,
         sets: &DesiredSets,
         restoring: bool,
         now: u64,

@@ -190,8 +190,8 @@ fn link_flaps(c: &Cluster, image: &str, secs: u64) -> serde_json::Value {
 
 pub fn run(runs: usize, loss_runs: usize, flap_secs: u64) -> serde_json::Value {
     assert!(nix::unistd::geteuid().is_root(), "the apps benchmark needs root (namespaces, containers)");
-    serde_json::json!({
-        "apply_to_running": apply_to_running(runs),
-        "node_loss_to_replacement_running": node_loss(loss_runs, flap_secs),
-    })
+    let apply = apply_to_running(runs);
+    // (`--loss-runs 0`: the apply figures alone.)
+    let loss = if loss_runs > 0 { node_loss(loss_runs, flap_secs) } else { serde_json::Value::Null };
+    serde_json::json!({ "apply_to_running": apply, "node_loss_to_replacement_running": loss })
 }

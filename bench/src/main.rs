@@ -56,6 +56,7 @@ enum Command {
     Apps {
         #[arg(long, default_value_t = 20)]
         runs: usize,
+        /// Node losses measured; 0: none (the apply figures alone).
         #[arg(long, default_value_t = 5)]
         loss_runs: usize,
         /// How long one board's link flaps (down 2 s every 10 s); 0: not measured.

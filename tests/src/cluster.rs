@@ -471,9 +471,14 @@ impl Drop for Cluster {
             l.1.take();
         }
         self.remove_containers();
-        if std::thread::panicking() {
-            // Keep the logs of a failed run where a human can read them.
-            let keep = std::env::temp_dir().join(format!("bramble-e2e-failed-{}", self.lab.prefix));
+        // Keep the logs of a failed run where a human can read them (of every run, under
+        // `BRAMBLE_TEST_KEEP_LOGS`, e.g. to read the agent's debug timings after a bench).
+        let kept = std::env::var_os("BRAMBLE_TEST_KEEP_LOGS").map(PathBuf::from);
+        if std::thread::panicking() || kept.is_some() {
+            let keep = match kept {
+                Some(dir) if !std::thread::panicking() => dir.join(&self.lab.prefix),
+                _ => std::env::temp_dir().join(format!("bramble-e2e-failed-{}", self.lab.prefix)),
+            };
             let _ = std::fs::create_dir_all(&keep);
             for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
                 if entry.path().extension().is_some_and(|e| e == "log") {

@@ -43,19 +43,6 @@ pub struct Sent {
     pub view: Arc<NetworkView>,
 }
 
-/// Whether `now` differs from `before` only in other boards' entries (a board joined, left or
-/// moved), as board `name` sees it: its own subnet, the cluster's settings, the control ports
-/// and every service the same. Such a change only adds or moves routes to other boards' pods;
-/// a session may send it a moment later, together with the next ones (a fleet joining at once
-/// would otherwise have each session send its board every peer again for every board that
-/// joins: O(boards²) bytes per join).
-pub fn peers_only(before: &NetworkView, now: &NetworkView, name: &str) -> bool {
-    before.nodes.get(name) == now.nodes.get(name)
-        && before.cluster == now.cluster
-        && before.control_ports == now.control_ports
-        && before.services == now.services
-}
-
 /// The message that brings a board from `sent` (none yet this session) to `view`; `None` when
 /// the version is the same. A changed service is sent alone, not the whole list; a new version
 /// with nothing new for this board is still sent (empty), so that the board confirms it.
@@ -111,28 +98,6 @@ mod tests {
             services: [svc("web", "10.43.0.1"), svc("db", "10.43.0.2")].into(),
             control_ports: Vec::new(),
         }
-    }
-
-    #[test]
-    fn only_a_change_of_other_boards_entries_is_peers_only() {
-        let v = view();
-        let mut joined = v.clone();
-        joined.version = 2;
-        joined
-            .nodes
-            .insert("pi-4".into(), (Some("10.42.3.0/24".parse().unwrap()), Some("192.168.1.14".parse().unwrap())));
-        assert!(peers_only(&v, &joined, "pi-1"), "a board joined");
-        assert!(!peers_only(&v, &joined, "pi-4"), "its own subnet: at once");
-        let mut moved = v.clone();
-        moved.nodes.get_mut("pi-1").unwrap().1 = Some("192.168.1.99".parse().unwrap());
-        assert!(!peers_only(&v, &moved, "pi-1"));
-        assert!(peers_only(&v, &moved, "pi-2"));
-        let mut service = joined.clone();
-        service.services.get_mut("web").unwrap().vip = "10.43.0.9".parse().unwrap();
-        assert!(!peers_only(&v, &service, "pi-1"), "a service changed too: at once");
-        let mut ports = v.clone();
-        ports.control_ports.push((bramble_proto::manifest::Protocol::Tcp, 7443));
-        assert!(!peers_only(&v, &ports, "pi-2"));
     }
 
     #[test]

@@ -90,11 +90,6 @@ impl Session {
         self
     }
 
-    /// The network view this session last brought its board to.
-    pub fn sent_view(&self) -> Option<&Arc<NetworkView>> {
-        self.sent_network.as_ref().map(|s| &s.view)
-    }
-
     /// A secret or config changed somewhere in the cluster.
     pub fn payloads_changed(&mut self) {
         self.check_payloads = true;

@@ -155,10 +155,6 @@ impl Ended {
     }
 }
 
-/// How often a session sends its board a change of other boards' entries alone (a board joined,
-/// left or moved); anything else goes at once.
-const PEERS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// The body of a session: the network and the node's desired set down (all first, then deltas),
 /// reports up.
 async fn serve_session(
@@ -204,15 +200,10 @@ async fn serve_session(
     // nothing it is sent, and polling after each of them cost the leader O(boards) per message
     // (the board's network view has a peer per board): a sixth of its CPU at 250 boards.
     let (mut dirty, mut polled_restoring) = (true, None);
-    // A change of other boards' entries alone waits until PEERS_EVERY after the last poll (and
-    // goes with whatever else changed by then): see `view::peers_only`.
-    let (mut last_poll, mut deferred) = (tokio::time::Instant::now(), None::<tokio::time::Instant>);
     let reason = loop {
         let restoring = api.restored.load(std::sync::atomic::Ordering::Relaxed);
         if dirty || polled_restoring != Some(restoring) {
             dirty = false;
-            deferred = None;
-            last_poll = tokio::time::Instant::now();
             polled_restoring = Some(restoring);
             let view = network.borrow_and_update().clone();
             // Nothing of the set before the replica controller's first pass.
@@ -261,23 +252,8 @@ async fn serve_session(
                 Err(_) => break Ended::Closed("the leader is stopping".to_string()),
             },
             r = network.changed() => match r {
-                Ok(()) => {
-                    let now = network.borrow().clone();
-                    let sent = machine.as_ref().expect("back").sent_view().cloned();
-                    let later = last_poll + PEERS_EVERY;
-                    match (now, sent) {
-                        (Some(now), Some(sent))
-                            if tokio::time::Instant::now() < later && crate::network::view::peers_only(&sent, &now, name) =>
-                        {
-                            deferred.get_or_insert(later);
-                        }
-                        _ => dirty = true,
-                    }
-                }
+                Ok(()) => dirty = true,
                 Err(_) => break Ended::Closed("the leader is stopping".to_string()),
-            },
-            _ = async { tokio::time::sleep_until(deferred.expect("checked")).await }, if deferred.is_some() => {
-                dirty = true;
             },
             r = secrets.changed() => match r {
                 Ok(()) => {

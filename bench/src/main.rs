@@ -76,6 +76,10 @@ enum Command {
         /// How often each simulated board sends usage (a real agent: every 15 s by default).
         #[arg(long, default_value_t = 1)]
         usage_secs: u64,
+        /// The simulated boards do not say `peer_deltas`, as agents from before them: each is
+        /// sent its whole list of peers whenever one changes (to compare).
+        #[arg(long)]
+        whole_peers: bool,
     },
     /// The agent's memory idle and with containers (each container's cost, shim included) and
     /// its writes per day.
@@ -185,8 +189,8 @@ fn main() {
         Command::Monitoring { replicas } => vec![("monitoring", monitoring::run(replicas))],
         Command::Ha { runs, steady_secs } => vec![("ha", ha::run(runs, steady_secs))],
         Command::Agent { containers, steady_secs } => vec![("agent", agent::run(containers, steady_secs))],
-        Command::Scale { agents, replicas, steady_secs, usage_secs } => {
-            vec![("scale", scale::run(agents, replicas, steady_secs, usage_secs))]
+        Command::Scale { agents, replicas, steady_secs, usage_secs, whole_peers } => {
+            vec![("scale", scale::run(agents, replicas, steady_secs, usage_secs, whole_peers))]
         }
         Command::All { runs } => vec![
             ("images", images::run(runs)),
@@ -194,7 +198,7 @@ fn main() {
             ("scheduler", scheduler::run(1_000, 10_000)),
             ("cron", cron::run(1_000, 50)),
             ("apps", apps::run(runs.max(20), 5, 60)),
-            ("scale", scale::run(50, 1_000, 60, 1)),
+            ("scale", scale::run(50, 1_000, 60, 1, false)),
             ("agent", agent::run(20, 60)),
             ("startup", startup::run(runs.max(20))),
             ("net", net::run(runs)),

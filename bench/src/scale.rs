@@ -5,7 +5,7 @@
 
 use bramble_proto::codec::MAX_FRAME_LEN;
 use bramble_proto::model::{Arch, NodeInfo, ReplicaPhase, Resources};
-use bramble_proto::wire::{AgentMsg, Hello, LeaderMsg, Open, OpenKind, ReplicaStatus, PROTOCOL_VERSION};
+use bramble_proto::wire::{self, AgentMsg, Hello, LeaderMsg, Open, OpenKind, ReplicaStatus, PROTOCOL_VERSION};
 use bramble_tests::process::{bin_dir, Proc};
 use bramble_transport::quic::{client_endpoint_at, connect_session, read_frame, write_frame};
 use bramble_transport::tls::client_config;
@@ -27,6 +27,17 @@ fn info() -> NodeInfo {
     NodeInfo { os: "Debian GNU/Linux 12".into(), kernel: "6.1.0-rpi".into(), ..NodeInfo::board(Arch::Arm64, r) }
 }
 
+/// What every simulated board shares.
+struct Fleet {
+    /// Joins a few at a time.
+    joins: tokio::sync::Semaphore,
+    usage_every: Duration,
+    /// What each says in its hello.
+    features: Vec<String>,
+    /// Every board's connection, to count what the leader sent them.
+    conns: std::sync::Mutex<Vec<quinn::Connection>>,
+}
+
 /// One simulated board: joins (a few at a time: joins come from the machine's own address, and
 /// the leader caps connections per address), then keeps a session from loopback address `source`,
 /// as a real board does from its own, answering every desired set with Running.
@@ -36,11 +47,10 @@ async fn sim_agent(
     token: String,
     name: String,
     source: std::net::Ipv4Addr,
-    joins: Arc<tokio::sync::Semaphore>,
-    usage_every: Duration,
+    fleet: Arc<Fleet>,
 ) {
     let creds = {
-        let _turn = joins.acquire().await.expect("the join semaphore");
+        let _turn = fleet.joins.acquire().await.expect("the join semaphore");
         bramble_agent::join::join(&dir, addr, &token, &name, info()).await.expect("join")
     };
     let tls = client_config(&creds.ca_pem, Some((&creds.cert_pem, &creds.key_pem))).expect("tls");
@@ -48,12 +58,8 @@ async fn sim_agent(
     let conn = connect_session(&endpoint, addr, tls, Duration::from_secs(10)).await.expect("connect");
     let (mut send, mut recv) = conn.open_bi().await.expect("stream");
     // (It keeps alive as a real agent does, so the leader watches it as one.)
-    let hello = Hello {
-        node_name: name.clone(),
-        epoch: 1,
-        info: info(),
-        features: vec![bramble_proto::wire::FEATURE_LIVENESS.to_string()],
-    };
+    let hello = Hello { node_name: name.clone(), epoch: 1, info: info(), features: fleet.features.clone() };
+    fleet.conns.lock().expect("connections").push(conn.clone());
     write_frame(&mut send, &Open { version: PROTOCOL_VERSION, kind: OpenKind::Session(Box::new(hello)) })
         .await
         .expect("hello");
@@ -72,7 +78,7 @@ async fn sim_agent(
     let mut tick = tokio::time::interval(heartbeat);
     // Usage as a real agent sends it (every 15 s by default; every second by default here: 60 s
     // of it fill as many points as the 15 minutes of history at 15 s).
-    let mut usage_tick = tokio::time::interval(usage_every);
+    let mut usage_tick = tokio::time::interval(fleet.usage_every);
     let mut running: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut seq = 0;
     loop {
@@ -136,7 +142,7 @@ fn pod_range(agents: usize) -> Option<String> {
     (bits > 8).then(|| format!("10.{}.0.0/{}", 64, 24 - bits))
 }
 
-pub fn run(agents: usize, replicas: usize, steady_secs: u64, usage_secs: u64) -> serde_json::Value {
+pub fn run(agents: usize, replicas: usize, steady_secs: u64, usage_secs: u64, whole_peers: bool) -> serde_json::Value {
     let bins = bin_dir();
     let dir = tempfile::Builder::new().prefix("bramble-bench-scale-").tempdir().expect("temp dir");
     let range = pod_range(agents);
@@ -159,22 +165,29 @@ pub fn run(agents: usize, replicas: usize, steady_secs: u64, usage_secs: u64) ->
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let addr: SocketAddr = listen.parse().unwrap();
-    let joins = Arc::new(tokio::sync::Semaphore::new(8));
-    let usage_every = Duration::from_secs(usage_secs.max(1));
+    // What a real agent says (`--whole-peers`: as one from before peer changes).
+    let mut features = vec![wire::FEATURE_LIVENESS, wire::FEATURE_REGISTRIES];
+    if !whole_peers {
+        features.push(wire::FEATURE_PEER_DELTAS);
+    }
+    let fleet = Arc::new(Fleet {
+        joins: tokio::sync::Semaphore::new(8),
+        usage_every: Duration::from_secs(usage_secs.max(1)),
+        features: features.into_iter().map(String::from).collect(),
+        conns: std::sync::Mutex::new(Vec::new()),
+    });
+    // What the leader sent every board (QUIC's own count of bytes).
+    let received = |fleet: &Fleet| -> u64 {
+        fleet.conns.lock().expect("connections").iter().map(|c| c.stats().udp_rx.bytes).sum()
+    };
+    let pid = leader.pid();
+    let c_join = cpu_ticks(pid);
     let mut boards = Vec::new();
     for i in 0..agents {
         let d = dir.path().join(format!("sim-{i}"));
         // 127.0.1.1, 127.0.1.2, …: all of 127/8 is this machine's loopback.
         let source = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(127, 0, 1, 1)) + i as u32);
-        boards.push(rt.spawn(sim_agent(
-            d,
-            addr,
-            token.clone(),
-            format!("sim-{i}"),
-            source,
-            joins.clone(),
-            usage_every,
-        )));
+        boards.push(rt.spawn(sim_agent(d, addr, token.clone(), format!("sim-{i}"), source, fleet.clone())));
     }
     let t = Instant::now();
     loop {
@@ -186,8 +199,10 @@ pub fn run(agents: usize, replicas: usize, steady_secs: u64, usage_secs: u64) ->
         assert!(t.elapsed() < Duration::from_secs(120), "only {ready}/{agents} simulated boards Ready");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let pid = leader.pid();
+    let joined = t.elapsed();
+    let join_cpu = cpu_ticks(pid) - c_join;
     std::thread::sleep(Duration::from_secs(2));
+    let join_bytes = received(&fleet);
     let (rss0, pss0) = (kib(pid, "status", "VmRSS:"), kib(pid, "smaps_rollup", "Pss:"));
 
     // Apps of 100 replicas each (the most one app may have is 1,000).
@@ -226,7 +241,16 @@ pub fn run(agents: usize, replicas: usize, steady_secs: u64, usage_secs: u64) ->
     let size_after = std::fs::metadata(&store).map_or(0, |m| m.len());
     let rss2 = kib(pid, "status", "VmRSS:");
     let per_day_mb = written as f64 * (86_400.0 / steady_secs as f64) / 1e6;
-    println!("a leader with {agents} simulated boards (real protocol, no containers):");
+    let ticks_s = |t: u64| t as f64 / ticks;
+    let peers_said = if whole_peers { "whole lists of peers, as older agents" } else { "peer changes" };
+    println!("a leader with {agents} simulated boards (real protocol, no containers; {peers_said}):");
+    println!(
+        "  {agents} boards join (8 at a time) -> all Ready: {:.1} s, leader CPU {:.1} s; sent to the boards {:.1} MiB ({:.1} KiB per board)",
+        joined.as_secs_f64(),
+        ticks_s(join_cpu),
+        join_bytes as f64 / 1048576.0,
+        join_bytes as f64 / 1024.0 / agents as f64
+    );
     println!(
         "  {agents} boards Ready, no apps:              RSS {:.1} MiB, PSS {:.1} MiB",
         rss0 as f64 / 1024.0,
@@ -302,6 +326,8 @@ pub fn run(agents: usize, replicas: usize, steady_secs: u64, usage_secs: u64) ->
         "backup": { "ms": backup_time.as_millis() as u64, "bytes": backup_size, "restore_ms": restore_time.as_millis() as u64 },
         "agents": agents,
         "replicas": replicas,
+        "peer_changes": !whole_peers,
+        "join": { "ms": joined.as_millis() as u64, "leader_cpu_s": ticks_s(join_cpu), "bytes_to_boards": join_bytes },
         "leader_idle": { "rss_kib": rss0, "pss_kib": pss0 },
         "leader_with_replicas": { "rss_kib": rss1, "pss_kib": pss1 },
         "apply_to_all_running_ms": to_running.as_millis() as u64,

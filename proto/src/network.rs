@@ -264,6 +264,19 @@ pub struct Peer {
     pub pod_cidr: Cidr,
 }
 
+/// Other boards that came or changed (`upsert`, by node name) and those gone (`remove`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerChanges {
+    pub upsert: Vec<Peer>,
+    pub remove: Vec<String>,
+}
+
+impl PeerChanges {
+    pub fn is_empty(&self) -> bool {
+        self.upsert.is_empty() && self.remove.is_empty()
+    }
+}
+
 /// What one board must know of the network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeNetwork {
@@ -276,6 +289,26 @@ pub struct NodeNetwork {
     /// not reach them on any board, unless their app has `security.control_plane`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub control_ports: Vec<(Protocol, u16)>,
+}
+
+impl NodeNetwork {
+    /// Applies other boards' changes. Peers are kept in node-name order, one per node (as the
+    /// leader sends them whole); what `remove` names and is not here is gone already.
+    pub fn apply_peers(&mut self, changes: PeerChanges) {
+        self.peers.sort_by(|a, b| a.node.cmp(&b.node));
+        self.peers.dedup_by(|a, b| a.node == b.node);
+        for gone in changes.remove {
+            if let Ok(i) = self.peers.binary_search_by(|p| p.node.as_str().cmp(&gone)) {
+                self.peers.remove(i);
+            }
+        }
+        for peer in changes.upsert {
+            match self.peers.binary_search_by(|p| p.node.cmp(&peer.node)) {
+                Ok(i) => self.peers[i] = peer,
+                Err(i) => self.peers.insert(i, peer),
+            }
+        }
+    }
 }
 
 /// One port of a service as boards program it: the virtual port and the endpoints' port.
@@ -345,5 +378,32 @@ mod tests {
         assert!(tiny.check()[0].1.contains("too small"));
         let domain = ClusterNetwork { domain: "Not A Domain".into(), ..Default::default() };
         assert_eq!(domain.check()[0].0, "domain");
+    }
+
+    #[test]
+    fn peer_changes_keep_one_entry_per_board_in_order() {
+        let peer = |n: &str, a: &str, c: &str| Peer {
+            node: n.into(),
+            address: a.parse().unwrap(),
+            pod_cidr: c.parse().unwrap(),
+        };
+        let mut n = NodeNetwork {
+            cluster: ClusterNetwork::default(),
+            pod_cidr: None,
+            // Out of order and twice: sorted and made one first.
+            peers: vec![
+                peer("pi-3", "192.168.1.13", "10.42.3.0/24"),
+                peer("pi-1", "192.168.1.11", "10.42.1.0/24"),
+                peer("pi-3", "192.168.1.13", "10.42.3.0/24"),
+            ],
+            control_ports: Vec::new(),
+        };
+        n.apply_peers(PeerChanges {
+            upsert: vec![peer("pi-2", "192.168.1.12", "10.42.2.0/24"), peer("pi-3", "192.168.1.33", "10.42.3.0/24")],
+            remove: vec!["pi-1".into(), "pi-9".into()],
+        });
+        let names: Vec<_> = n.peers.iter().map(|p| (p.node.as_str(), p.address.to_string())).collect();
+        assert_eq!(names, [("pi-2", "192.168.1.12".to_string()), ("pi-3", "192.168.1.33".to_string())]);
+        assert!(PeerChanges::default().is_empty());
     }
 }

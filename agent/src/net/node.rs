@@ -18,7 +18,7 @@ use super::{conntrack, nft, NetError};
 use crate::net::ports::PodRules;
 use bramble_proto::manifest::Protocol;
 use bramble_proto::model::NetworkProblem;
-use bramble_proto::network::{Backend, Cidr, NodeNetwork, ServiceRoute};
+use bramble_proto::network::{Backend, Cidr, NodeNetwork, PeerChanges, ServiceRoute};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -87,12 +87,21 @@ impl Kernel for Real {
     }
 }
 
-/// What the controller is told.
+/// What the controller is told. (One input per message from the leader, moved through a channel
+/// once: the size of the small variant does not matter.)
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum NetInput {
-    /// From the leader: this board's part (when it changed) and the services (`full`: exactly
-    /// these; otherwise changes).
-    Leader { node: Option<NodeNetwork>, full: bool, upsert: Vec<ServiceRoute>, remove: Vec<String>, version: u64 },
+    /// From the leader: this board's part (when it changed), then other boards' changes, and the
+    /// services (`full`: exactly these; otherwise changes).
+    Leader {
+        node: Option<NodeNetwork>,
+        full: bool,
+        upsert: Vec<ServiceRoute>,
+        remove: Vec<String>,
+        version: u64,
+        peers: Option<PeerChanges>,
+    },
     /// A pod got or lost its network.
     PodsChanged,
 }
@@ -230,6 +239,12 @@ impl<K: Kernel> Controller<K> {
         }
     }
 
+    /// This board's part of the network (its subnet, its peers) the leader last said, as kept in
+    /// `network.json`.
+    pub fn node(&self) -> Option<&NodeNetwork> {
+        self.known.node.as_ref()
+    }
+
     /// The services (with their endpoints) the leader last said, as kept in `network.json`.
     pub fn services(&self) -> &BTreeMap<String, ServiceRoute> {
         &self.known.services
@@ -242,12 +257,19 @@ impl<K: Kernel> Controller<K> {
 
     /// Takes what the leader said.
     pub fn input(&mut self, input: NetInput) {
-        let NetInput::Leader { node, full, upsert, remove, version } = input else { return };
+        let NetInput::Leader { node, full, upsert, remove, version, peers } = input else { return };
         // The latest said (a restarted leader counts from 1 again: not the largest).
         self.pending_version = Some(version);
         let mut k = self.known.clone();
         if let Some(n) = node {
             k.node = Some(n);
+        }
+        match (peers, k.node.as_mut()) {
+            (None, _) => {}
+            (Some(changes), Some(n)) => n.apply_peers(changes),
+            // A leader sends this board's part first in every session: peers before it are not
+            // for a part this board knows.
+            (Some(_), None) => warn!("other boards' changes before this board's own part: ignored"),
         }
         if full {
             k.services.clear();

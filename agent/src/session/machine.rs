@@ -130,12 +130,12 @@ impl Session {
     pub fn from_leader(&mut self, msg: LeaderMsg) -> Result<Vec<Output>, SessionError> {
         Ok(match msg {
             LeaderMsg::Desired { full, upsert, remove } => vec![Output::Desired { full, upsert, remove }],
-            LeaderMsg::Network { node, full, upsert, remove, version } => {
+            LeaderMsg::Network { node, full, upsert, remove, version, peers } => {
                 if !self.network {
                     return Ok(vec![]);
                 }
                 self.forwarded.insert(version);
-                vec![Output::Network(crate::net::node::NetInput::Leader { node, full, upsert, remove, version })]
+                vec![Output::Network(crate::net::node::NetInput::Leader { node, full, upsert, remove, version, peers })]
             }
             LeaderMsg::Secrets { put, drop, full } => {
                 if !put.is_empty() || !drop.is_empty() {

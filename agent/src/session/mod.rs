@@ -317,6 +317,7 @@ async fn session(
         features: vec![
             bramble_proto::wire::FEATURE_REGISTRIES.to_string(),
             bramble_proto::wire::FEATURE_LIVENESS.to_string(),
+            bramble_proto::wire::FEATURE_PEER_DELTAS.to_string(),
         ],
     };
     // Devices plugged in or out: looked for every `devices.scan_every`, said when they change.

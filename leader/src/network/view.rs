@@ -3,7 +3,7 @@
 //! last sent to what it must know now. Pure.
 
 use super::endpoints::Routes;
-use bramble_proto::network::{Cidr, ClusterNetwork, NodeNetwork, Peer};
+use bramble_proto::network::{Cidr, ClusterNetwork, NodeNetwork, Peer, PeerChanges};
 use bramble_proto::wire::LeaderMsg;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -34,6 +34,36 @@ impl NetworkView {
             .collect();
         NodeNetwork { cluster: self.cluster.clone(), pod_cidr, peers, control_ports: self.control_ports.clone() }
     }
+
+    /// Whether node `name`'s own part (all of [`NetworkView::node`] but the peers) is the same in
+    /// both views.
+    fn same_own_part(&self, other: &NetworkView, name: &str) -> bool {
+        let cidr = |v: &NetworkView| v.nodes.get(name).and_then(|n| n.0);
+        self.cluster == other.cluster && self.control_ports == other.control_ports && cidr(self) == cidr(other)
+    }
+
+    /// The other boards that came, changed or went for node `name` from `before` to this view:
+    /// one entry each, without building either whole list (with hundreds of boards joining, every
+    /// session is brought up to date after every join).
+    pub fn peer_changes(&self, before: &NetworkView, name: &str) -> PeerChanges {
+        let route = |e: Option<&(Option<Cidr>, Option<Ipv4Addr>)>| e.and_then(|(c, a)| Some(((*c)?, (*a)?)));
+        let mut out = PeerChanges::default();
+        for (n, e) in self.nodes.iter().filter(|(n, _)| n.as_str() != name) {
+            let now = route(Some(e));
+            if now != route(before.nodes.get(n)) {
+                match now {
+                    Some((pod_cidr, address)) => out.upsert.push(Peer { node: n.clone(), address, pod_cidr }),
+                    None => out.remove.push(n.clone()),
+                }
+            }
+        }
+        for (n, e) in before.nodes.iter().filter(|(n, _)| n.as_str() != name && !self.nodes.contains_key(*n)) {
+            if route(Some(e)).is_some() {
+                out.remove.push(n.clone());
+            }
+        }
+        out
+    }
 }
 
 /// What a session last sent its board: the view it was brought to, shared with every other
@@ -45,8 +75,10 @@ pub struct Sent {
 
 /// The message that brings a board from `sent` (none yet this session) to `view`; `None` when
 /// the version is the same. A changed service is sent alone, not the whole list; a new version
-/// with nothing new for this board is still sent (empty), so that the board confirms it.
-pub fn delta(sent: Option<&Sent>, view: &Arc<NetworkView>, name: &str) -> (Option<LeaderMsg>, Sent) {
+/// with nothing new for this board is still sent (empty), so that the board confirms it. With
+/// `peer_deltas` (the agent takes them), other boards' changes go alone too, and the board's part
+/// whole only when its own subnet, the cluster's settings or its control ports changed.
+pub fn delta(sent: Option<&Sent>, view: &Arc<NetworkView>, name: &str, peer_deltas: bool) -> (Option<LeaderMsg>, Sent) {
     let version = view.version;
     let msg = match sent {
         None => Some(LeaderMsg::Network {
@@ -55,11 +87,19 @@ pub fn delta(sent: Option<&Sent>, view: &Arc<NetworkView>, name: &str) -> (Optio
             upsert: view.services.values().cloned().collect(),
             remove: Vec::new(),
             version,
+            peers: None,
         }),
         Some(before) if Arc::ptr_eq(&before.view, view) || *before.view == **view => None,
         Some(before) => {
-            let now = view.node(name);
-            let node = (before.view.node(name) != now).then_some(now);
+            let (node, peers) = if !peer_deltas {
+                let now = view.node(name);
+                ((before.view.node(name) != now).then_some(now), None)
+            } else if !view.same_own_part(&before.view, name) {
+                (Some(view.node(name)), None)
+            } else {
+                let changes = view.peer_changes(&before.view, name);
+                (None, (!changes.is_empty()).then_some(changes))
+            };
             let upsert: Vec<_> = view
                 .services
                 .iter()
@@ -68,7 +108,7 @@ pub fn delta(sent: Option<&Sent>, view: &Arc<NetworkView>, name: &str) -> (Optio
                 .collect();
             let remove: Vec<String> =
                 before.view.services.keys().filter(|k| !view.services.contains_key(*k)).cloned().collect();
-            Some(LeaderMsg::Network { node, full: false, upsert, remove, version })
+            Some(LeaderMsg::Network { node, full: false, upsert, remove, version, peers })
         }
     };
     (msg, Sent { view: view.clone() })
@@ -101,25 +141,25 @@ mod tests {
     }
 
     #[test]
-    fn a_board_gets_its_subnet_and_peers_then_only_what_changes() {
+    fn an_older_board_gets_its_subnet_and_peers_then_only_what_changes() {
         let v = Arc::new(view());
         let n = v.node("pi-1");
         assert_eq!(n.pod_cidr.unwrap().to_string(), "10.42.0.0/24");
         assert_eq!(n.peers.len(), 1, "pi-3 has no subnet yet: no route to it");
-        let (first, sent) = delta(None, &v, "pi-1");
+        let (first, sent) = delta(None, &v, "pi-1", false);
         assert!(
             matches!(first, Some(LeaderMsg::Network { node: Some(_), full: true, ref upsert, .. }) if upsert.len() == 2)
         );
-        assert_eq!(delta(Some(&sent), &v, "pi-1").0, None, "nothing changed");
+        assert_eq!(delta(Some(&sent), &v, "pi-1", false).0, None, "nothing changed");
         assert!(Arc::ptr_eq(&sent.view, &v), "a session keeps the published view, not a copy of its part");
-        assert_eq!(delta(Some(&sent), &Arc::new(view()), "pi-1").0, None, "the same view published again");
+        assert_eq!(delta(Some(&sent), &Arc::new(view()), "pi-1", false).0, None, "the same view published again");
         let mut v2 = (*v).clone();
         v2.version = 2;
         v2.services.remove("db");
         v2.services.get_mut("web").unwrap().vip = "10.43.0.9".parse().unwrap();
-        let (msg, _) = delta(Some(&sent), &Arc::new(v2.clone()), "pi-1");
+        let (msg, _) = delta(Some(&sent), &Arc::new(v2.clone()), "pi-1", false);
         match msg {
-            Some(LeaderMsg::Network { node: None, full: false, upsert, remove, version: 2 }) => {
+            Some(LeaderMsg::Network { node: None, full: false, upsert, remove, version: 2, peers: None }) => {
                 assert_eq!(upsert.len(), 1);
                 assert_eq!(remove, ["db"]);
             }
@@ -127,7 +167,7 @@ mod tests {
         }
         let mut v3 = (*v).clone();
         v3.version = 3;
-        let (msg, _) = delta(Some(&sent), &Arc::new(v3), "pi-1");
+        let (msg, _) = delta(Some(&sent), &Arc::new(v3), "pi-1", false);
         assert!(
             matches!(msg, Some(LeaderMsg::Network { node: None, ref upsert, ref remove, version: 3, .. }) if upsert.is_empty() && remove.is_empty()),
             "a new version with nothing new for this board is still sent, to be confirmed: {msg:?}"
@@ -135,10 +175,70 @@ mod tests {
         v2.nodes.get_mut("pi-2").unwrap().1 = Some("192.168.1.22".parse().unwrap());
         assert!(
             matches!(
-                delta(Some(&sent), &Arc::new(v2.clone()), "pi-1").0,
+                delta(Some(&sent), &Arc::new(v2.clone()), "pi-1", false).0,
                 Some(LeaderMsg::Network { node: Some(_), .. })
             ),
             "a peer moved"
         );
+    }
+
+    /// What a board knows after each message, as the agent applies it.
+    fn apply(known: &mut Option<NodeNetwork>, msg: LeaderMsg) {
+        let LeaderMsg::Network { node, peers, .. } = msg else { panic!("{msg:?}") };
+        if let Some(n) = node {
+            *known = Some(n);
+        }
+        if let Some(c) = peers {
+            known.as_mut().expect("peers after the board's part").apply_peers(c);
+        }
+    }
+
+    #[test]
+    fn a_board_gets_other_boards_changes_alone_and_ends_where_the_view_is() {
+        let mut v = view();
+        let (first, mut sent) = delta(None, &Arc::new(v.clone()), "pi-1", true);
+        let mut known = None;
+        apply(&mut known, first.unwrap());
+        // pi-3 gets its subnet, pi-4 joins without an address, pi-2 moves, pi-5 comes whole.
+        type Step = Box<dyn Fn(&mut NetworkView)>;
+        let steps: Vec<Step> = vec![
+            Box::new(|v| v.nodes.get_mut("pi-3").unwrap().0 = Some("10.42.3.0/24".parse().unwrap())),
+            Box::new(|v| {
+                v.nodes.insert("pi-4".into(), (Some("10.42.4.0/24".parse().unwrap()), None));
+            }),
+            Box::new(|v| v.nodes.get_mut("pi-2").unwrap().1 = Some("192.168.1.22".parse().unwrap())),
+            Box::new(|v| {
+                v.nodes.insert(
+                    "pi-5".into(),
+                    (Some("10.42.5.0/24".parse().unwrap()), Some("192.168.1.15".parse().unwrap())),
+                );
+            }),
+            Box::new(|v| {
+                v.nodes.remove("pi-2");
+            }),
+            Box::new(|v| v.nodes.get_mut("pi-4").unwrap().1 = Some("192.168.1.14".parse().unwrap())),
+            Box::new(|v| v.nodes.get_mut("pi-5").unwrap().0 = None),
+        ];
+        let mut sizes = Vec::new();
+        for (i, step) in steps.iter().enumerate() {
+            step(&mut v);
+            v.version += 1;
+            let (msg, now) = delta(Some(&sent), &Arc::new(v.clone()), "pi-1", true);
+            let msg = msg.expect("a new version is sent");
+            let LeaderMsg::Network { node, peers, .. } = &msg else { panic!("step {i}: {msg:?}") };
+            assert!(node.is_none(), "step {i}: only others changed, the board's part is not sent whole");
+            sizes.push(peers.as_ref().map_or(0, |c| c.upsert.len() + c.remove.len()));
+            apply(&mut known, msg);
+            assert_eq!(known.as_ref(), Some(&v.node("pi-1")), "step {i}");
+            sent = now;
+        }
+        assert_eq!(sizes, [1, 0, 1, 1, 1, 1, 1], "one entry per change; pi-4 without an address is no peer yet");
+        // Its own subnet changes: its part is sent whole.
+        v.nodes.get_mut("pi-1").unwrap().0 = Some("10.42.9.0/24".parse().unwrap());
+        v.version += 1;
+        let (msg, _) = delta(Some(&sent), &Arc::new(v.clone()), "pi-1", true);
+        assert!(matches!(msg, Some(LeaderMsg::Network { node: Some(_), peers: None, .. })), "{msg:?}");
+        apply(&mut known, msg.unwrap());
+        assert_eq!(known, Some(v.node("pi-1")));
     }
 }

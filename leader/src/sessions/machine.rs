@@ -66,6 +66,8 @@ pub struct Session {
     check_payloads: bool,
     /// The agent takes registry settings (an older one does not: it is sent none).
     registries: bool,
+    /// The agent takes other boards' changes alone (an older one is sent its part whole).
+    peer_deltas: bool,
 }
 
 impl Session {
@@ -81,12 +83,19 @@ impl Session {
             sent_payloads: [false; 3],
             check_payloads: true,
             registries: true,
+            peer_deltas: true,
         }
     }
 
     /// For an agent that does not take [`LeaderMsg::Registries`] (one from before them).
     pub fn without_registries(mut self) -> Session {
         self.registries = false;
+        self
+    }
+
+    /// For an agent that does not take other boards' changes alone (one from before them).
+    pub fn without_peer_deltas(mut self) -> Session {
+        self.peer_deltas = false;
         self
     }
 
@@ -114,7 +123,7 @@ impl Session {
     ) -> Vec<LeaderMsg> {
         let mut out = Vec::new();
         if let Some(view) = network {
-            let (msg, now) = view::delta(self.sent_network.as_ref(), view, &self.name);
+            let (msg, now) = view::delta(self.sent_network.as_ref(), view, &self.name, self.peer_deltas);
             out.extend(msg);
             self.sent_network = Some(now);
         }

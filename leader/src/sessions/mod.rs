@@ -58,8 +58,16 @@ pub(crate) async fn session(
     recv: RecvStream,
 ) {
     let name = hello.node_name.clone();
-    let takes_registries = hello.features.iter().any(|f| f == bramble_proto::wire::FEATURE_REGISTRIES);
-    let keeps_alive = hello.features.iter().any(|f| f == bramble_proto::wire::FEATURE_LIVENESS);
+    let says = |feature: &str| hello.features.iter().any(|f| f == feature);
+    let keeps_alive = says(bramble_proto::wire::FEATURE_LIVENESS);
+    // What this board is sent, and in which order: `sessions::machine`.
+    let mut machine = machine::Session::new(&name);
+    if !says(bramble_proto::wire::FEATURE_REGISTRIES) {
+        machine = machine.without_registries();
+    }
+    if !says(bramble_proto::wire::FEATURE_PEER_DELTAS) {
+        machine = machine.without_peer_deltas();
+    }
     let key_fp = match identity {
         Some((Identity::Node(n), fp)) if n == name => fp,
         Some((id, _)) => {
@@ -120,7 +128,7 @@ pub(crate) async fn session(
         Err(e) => Ended::Closed(e.to_string()),
         Ok(()) => {
             let watched = keeps_alive.then(|| conn.clone());
-            serve_session(&api, &name, epoch, (takes_registries, watched), send, recv).await
+            serve_session(&api, &name, epoch, (machine, watched), send, recv).await
         }
     };
     let reason = ended.reason();
@@ -161,7 +169,7 @@ async fn serve_session(
     api: &Arc<Handles>,
     name: &str,
     epoch: u64,
-    (takes_registries, watched): (bool, Option<quinn::Connection>),
+    (machine, watched): (machine::Session, Option<quinn::Connection>),
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> Ended {
@@ -189,12 +197,7 @@ async fn serve_session(
     let mut desired = api.published.desired.subscribe();
     let mut network = api.published.network.subscribe();
     let mut secrets = api.published.secrets.subscribe();
-    // What this board is sent, and in which order: `sessions::machine`.
-    let mut machine = Some(if takes_registries {
-        machine::Session::new(name)
-    } else {
-        machine::Session::new(name).without_registries()
-    });
+    let mut machine = Some(machine);
     // Whether what the board is sent may have changed since the last poll: a published change, or
     // a restore starting or ending. A board's own messages (a heartbeat every 2 s, usage) change
     // nothing it is sent, and polling after each of them cost the leader O(boards) per message

@@ -3,7 +3,7 @@
 use super::api::{ApiError, ExecRequest, ImageOp, VolumeOp};
 use crate::manifest::AppSpec;
 use crate::model::{Event, NodeInfo, Platform, ReplicaPhase};
-use crate::network::{NodeNetwork, ServiceRoute};
+use crate::network::{NodeNetwork, PeerChanges, ServiceRoute};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,6 +30,11 @@ pub const FEATURE_REGISTRIES: &str = "registries";
 /// datagram (an older agent keeps alive every 2 s, and gets QUIC's idle timeout only).
 pub const FEATURE_LIVENESS: &str = "liveness";
 
+/// The agent takes its peers' changes alone ([`LeaderMsg::Network`]'s `peers`): a board joining
+/// or moving costs every other board one entry, not the whole list (an older agent is sent its
+/// whole part, every peer, each time one changes).
+pub const FEATURE_PEER_DELTAS: &str = "peer_deltas";
+
 /// Leader → agent on a session stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -53,6 +58,8 @@ pub enum LeaderMsg {
     /// gone. Sent before the first desired set of a session.
     /// `version` names the view; the board says when it has applied it
     /// ([`AgentMsg::NetworkApplied`]), so the leader knows when no board sends to a replica any more.
+    /// `peers` (only to an agent that said [`FEATURE_PEER_DELTAS`]): other boards added, changed
+    /// or gone, applied after `node` — which is then sent only when this board's own part changed.
     Network {
         node: Option<NodeNetwork>,
         full: bool,
@@ -60,6 +67,8 @@ pub enum LeaderMsg {
         remove: Vec<String>,
         #[serde(default)]
         version: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peers: Option<PeerChanges>,
     },
     /// Secrets the board's replicas use: `put` new or changed ones (values in the clear, inside
     /// the mTLS session only), `drop` those no replica here uses any more. Sent before the desired

@@ -68,7 +68,14 @@ fn service(name: &str, vip: [u8; 4], protocol: Protocol, endpoints: &[[u8; 4]]) 
 }
 
 fn said(node: Option<NodeNetwork>, full: bool, upsert: Vec<ServiceRoute>, remove: &[&str], version: u64) -> NetInput {
-    NetInput::Leader { node, full, upsert, remove: remove.iter().map(|r| r.to_string()).collect(), version }
+    NetInput::Leader {
+        node,
+        full,
+        upsert,
+        remove: remove.iter().map(|r| r.to_string()).collect(),
+        version,
+        peers: None,
+    }
 }
 
 impl Board {
@@ -186,4 +193,39 @@ fn after_a_restart_with_the_leader_away_the_board_is_rebuilt_from_what_it_kept()
     restarted.turn(false, true);
     assert_eq!(again.kernel.state().scripts, before, "the same table, with no word from the leader");
     assert_eq!(again.kernel.state().dns, Some("10.42.1.1".parse().unwrap()));
+}
+
+#[test]
+fn other_boards_changes_are_applied_to_the_part_kept_and_survive_a_restart() {
+    use bramble_proto::network::{Peer, PeerChanges};
+    let peer = |n: &str, last: u8| Peer {
+        node: n.into(),
+        address: Ipv4Addr::new(192, 168, 1, last),
+        pod_cidr: format!("10.42.{last}.0/24").parse().unwrap(),
+    };
+    let mut b = board();
+    let changes = |upsert: Vec<Peer>, remove: &[&str], version| NetInput::Leader {
+        node: None,
+        full: false,
+        upsert: vec![],
+        remove: vec![],
+        version,
+        peers: Some(PeerChanges { upsert, remove: remove.iter().map(|r| r.to_string()).collect() }),
+    };
+    // Before this board's own part: nothing to apply them to.
+    b.controller.input(changes(vec![peer("b2", 2)], &[], 1));
+    assert_eq!(b.controller.node(), None);
+    b.controller.input(said(
+        Some(NodeNetwork { peers: vec![peer("b2", 2), peer("b3", 3)], ..node() }),
+        true,
+        vec![],
+        &[],
+        2,
+    ));
+    b.controller.input(changes(vec![peer("b4", 4), peer("b2", 22)], &["b3"], 3));
+    let want = vec![peer("b2", 22), peer("b4", 4)];
+    assert_eq!(b.controller.node().map(|n| &n.peers), Some(&want));
+    b.controller.turn(true, false);
+    let again = board_in(b.dir);
+    assert_eq!(again.controller.node().map(|n| &n.peers), Some(&want), "network.json kept the peers as changed");
 }

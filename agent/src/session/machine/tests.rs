@@ -5,7 +5,7 @@ use bramble_proto::model::ReplicaPhase;
 use bramble_proto::wire::{ApiError, ReplicaStatus, SecretValues};
 
 fn net(version: u64) -> LeaderMsg {
-    LeaderMsg::Network { node: None, full: false, upsert: vec![], remove: vec![], version }
+    LeaderMsg::Network { node: None, full: false, upsert: vec![], remove: vec![], version, peers: None }
 }
 
 fn statuses(list: &[(&str, ReplicaPhase)]) -> Statuses {

@@ -257,6 +257,30 @@ fn a_new_network_view_is_sent_even_with_nothing_new_for_this_board() {
     assert!(s.poll(Some(&view(2)), None, false, |_, _| Ok(None)).is_empty());
 }
 
+#[test]
+fn a_board_joining_is_an_entry_for_a_current_agent_and_the_whole_part_for_an_older_one() {
+    let joined = |version| {
+        let mut v = (*view(version)).clone();
+        v.nodes.insert("b2".into(), (Some("10.42.1.0/24".parse().unwrap()), Some("192.168.1.12".parse().unwrap())));
+        Arc::new(v)
+    };
+    let mut current = Session::new("b1");
+    let mut older = Session::new("b1").without_peer_deltas();
+    for s in [&mut current, &mut older] {
+        s.poll(Some(&view(1)), None, false, |_, _| Ok(None));
+    }
+    let out = current.poll(Some(&joined(2)), None, false, |_, _| Ok(None));
+    assert!(
+        matches!(out.as_slice(), [LeaderMsg::Network { node: None, peers: Some(c), .. }] if c.upsert.len() == 1 && c.upsert[0].node == "b2"),
+        "{out:?}"
+    );
+    let out = older.poll(Some(&joined(2)), None, false, |_, _| Ok(None));
+    assert!(
+        matches!(out.as_slice(), [LeaderMsg::Network { node: Some(n), peers: None, .. }] if n.peers.len() == 1),
+        "{out:?}"
+    );
+}
+
 /// `[[app]]` `hub` from Docker Hub with a sidecar from `reg.lan`.
 fn hub_set() -> DesiredSet {
     let m = parse_manifest(

@@ -100,6 +100,9 @@ impl Published {
             }
             view.version += 1;
             version = view.version;
+            if let Some(before) = cur.as_deref() {
+                view.note_changes(before);
+            }
             *cur = Some(Arc::new(view));
             true
         });

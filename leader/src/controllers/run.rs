@@ -91,6 +91,7 @@ pub fn pass(ctx: &Context, now_ms: u64) -> Result<Outcome> {
         nodes: snapshot.nodes.iter().map(|n| (n.node.meta.name.clone(), (n.node.pod_cidr, n.node.address))).collect(),
         services: network::endpoints::routes(&snapshot.services, &apps, &replicas),
         control_ports: (*ctx.control_ports).clone(),
+        nodes_changed: None,
     };
     Ok(Outcome { desired, network, terminating, plan_seconds, settled })
 }

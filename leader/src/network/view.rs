@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 /// What the controller publishes for the sessions.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct NetworkView {
     /// Bumped by each publication that changes the view; boards say which one they applied.
     pub version: u64,
@@ -20,6 +20,21 @@ pub struct NetworkView {
     pub services: Routes,
     /// The cluster's own ports, which no pod but a control-plane app's may reach.
     pub control_ports: Vec<(bramble_proto::manifest::Protocol, u16)>,
+    /// The nodes whose entry differs from the view published just before this one (added,
+    /// changed or gone), noted once when it is published ([`NetworkView::note_changes`]): a
+    /// session one version behind looks at those alone. None: not noted (every session then walks
+    /// both views). Not part of what the view says: equality ignores it.
+    pub nodes_changed: Option<Vec<String>>,
+}
+
+impl PartialEq for NetworkView {
+    fn eq(&self, o: &NetworkView) -> bool {
+        self.version == o.version
+            && self.cluster == o.cluster
+            && self.nodes == o.nodes
+            && self.services == o.services
+            && self.control_ports == o.control_ports
+    }
 }
 
 impl NetworkView {
@@ -42,24 +57,31 @@ impl NetworkView {
         self.cluster == other.cluster && self.control_ports == other.control_ports && cidr(self) == cidr(other)
     }
 
-    /// The other boards that came, changed or went for node `name` from `before` to this view:
-    /// one entry each, without building either whole list (with hundreds of boards joining, every
-    /// session is brought up to date after every join).
+    /// Notes which nodes' entries differ from `before`, the view published just before this one.
+    pub fn note_changes(&mut self, before: &NetworkView) {
+        let changed = self.nodes.iter().filter(|(n, e)| before.nodes.get(*n) != Some(*e)).map(|(n, _)| n);
+        let gone = before.nodes.keys().filter(|n| !self.nodes.contains_key(*n));
+        self.nodes_changed = Some(changed.chain(gone).cloned().collect());
+    }
+
+    /// The other boards that came, changed or went for node `name` from `before` to this view,
+    /// one entry each, without building either whole list. With hundreds of boards joining, every
+    /// session is brought up to date after every join: a session one version behind looks only at
+    /// the nodes noted as changed, any other walks both views.
     pub fn peer_changes(&self, before: &NetworkView, name: &str) -> PeerChanges {
         let route = |e: Option<&(Option<Cidr>, Option<Ipv4Addr>)>| e.and_then(|(c, a)| Some(((*c)?, (*a)?)));
+        let names: Box<dyn Iterator<Item = &String>> = match &self.nodes_changed {
+            Some(changed) if before.version + 1 == self.version => Box::new(changed.iter()),
+            _ => Box::new(self.nodes.keys().chain(before.nodes.keys().filter(|n| !self.nodes.contains_key(*n)))),
+        };
         let mut out = PeerChanges::default();
-        for (n, e) in self.nodes.iter().filter(|(n, _)| n.as_str() != name) {
-            let now = route(Some(e));
+        for n in names.filter(|n| n.as_str() != name) {
+            let now = route(self.nodes.get(n));
             if now != route(before.nodes.get(n)) {
                 match now {
                     Some((pod_cidr, address)) => out.upsert.push(Peer { node: n.clone(), address, pod_cidr }),
                     None => out.remove.push(n.clone()),
                 }
-            }
-        }
-        for (n, e) in before.nodes.iter().filter(|(n, _)| n.as_str() != name && !self.nodes.contains_key(*n)) {
-            if route(Some(e)).is_some() {
-                out.remove.push(n.clone());
             }
         }
         out
@@ -137,6 +159,7 @@ mod tests {
             nodes: nodes.into(),
             services: [svc("web", "10.43.0.1"), svc("db", "10.43.0.2")].into(),
             control_ports: Vec::new(),
+            nodes_changed: None,
         }
     }
 
@@ -220,10 +243,26 @@ mod tests {
             Box::new(|v| v.nodes.get_mut("pi-5").unwrap().0 = None),
         ];
         let mut sizes = Vec::new();
+        let mut behind = Vec::new();
         for (i, step) in steps.iter().enumerate() {
+            let before = v.clone();
             step(&mut v);
             v.version += 1;
+            // As published: the nodes that changed noted; a session one version behind uses them,
+            // and gets what walking both views gives.
+            v.note_changes(&before);
             let (msg, now) = delta(Some(&sent), &Arc::new(v.clone()), "pi-1", true);
+            let walked = NetworkView { nodes_changed: None, ..v.clone() };
+            assert_eq!(msg, delta(Some(&sent), &Arc::new(walked), "pi-1", true).0, "step {i}");
+            // One that fell behind (two versions) walks both views: the noted ones are not all.
+            if let Some(old) = behind.last() {
+                let (msg, _) = delta(Some(old), &Arc::new(v.clone()), "pi-1", true);
+                let mut k = Some(before.node("pi-1"));
+                k.as_mut().unwrap().peers = old.view.node("pi-1").peers;
+                apply(&mut k, msg.unwrap());
+                assert_eq!(k, Some(v.node("pi-1")), "step {i}, two versions behind");
+            }
+            behind.push(sent.clone());
             let msg = msg.expect("a new version is sent");
             let LeaderMsg::Network { node, peers, .. } = &msg else { panic!("step {i}: {msg:?}") };
             assert!(node.is_none(), "step {i}: only others changed, the board's part is not sent whole");

@@ -45,6 +45,7 @@ fn view(version: u64) -> std::sync::Arc<NetworkView> {
         nodes: BTreeMap::from([("b1".to_string(), (Some("10.42.0.0/24".parse().unwrap()), None))]),
         services: Default::default(),
         control_ports: vec![],
+        nodes_changed: None,
     })
 }
 

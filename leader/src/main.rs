@@ -305,6 +305,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
+    bramble_daemon::alloc::trim_heap_every(Duration::from_secs(10));
     match rt.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

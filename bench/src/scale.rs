@@ -220,8 +220,13 @@ pub fn run(agents: usize, replicas: usize, steady_secs: u64, usage_secs: u64, wh
     let t = Instant::now();
     let out = cli(&bins, &admin, &["apply", "-f", manifest.to_str().unwrap()]);
     assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+    // The bench's own looking costs the leader too (every replica as JSON, each time): said.
+    let (mut polls, mut polling) = (0u32, Duration::ZERO);
     loop {
-        if running(&bins, &admin) == replicas {
+        let p = Instant::now();
+        let n = running(&bins, &admin);
+        (polls, polling) = (polls + 1, polling + p.elapsed());
+        if n == replicas {
             break;
         }
         assert!(t.elapsed() < Duration::from_secs(300), "not all replicas Running");
@@ -256,7 +261,11 @@ pub fn run(agents: usize, replicas: usize, steady_secs: u64, usage_secs: u64, wh
         rss0 as f64 / 1024.0,
         pss0 as f64 / 1024.0
     );
-    println!("  apply {replicas} replicas ({apps} apps) -> all Running: {:.2} s", to_running.as_secs_f64());
+    println!(
+        "  apply {replicas} replicas ({apps} apps) -> all Running: {:.2} s (looked {polls} times, `get replicas -o json` {:.0} ms each)",
+        to_running.as_secs_f64(),
+        polling.as_secs_f64() * 1000.0 / polls.max(1) as f64
+    );
     println!(
         "  {replicas} replicas Running:                RSS {:.1} MiB, PSS {:.1} MiB",
         rss1 as f64 / 1024.0,
@@ -331,6 +340,7 @@ pub fn run(agents: usize, replicas: usize, steady_secs: u64, usage_secs: u64, wh
         "leader_idle": { "rss_kib": rss0, "pss_kib": pss0 },
         "leader_with_replicas": { "rss_kib": rss1, "pss_kib": pss1 },
         "apply_to_all_running_ms": to_running.as_millis() as u64,
+        "apply_polls": { "count": polls, "ms_each": polling.as_millis() as u64 / u64::from(polls.max(1)) },
         "steady": { "seconds": steady_secs, "write_bytes": written, "mb_per_day": per_day_mb, "rss_kib_after": rss2, "cpu_percent": cpu_pct, "usage_secs": usage_secs },
         "board_lost": { "replicas": on_lost, "replaced_ms": replaced.as_millis() as u64 },
     })

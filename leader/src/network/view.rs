@@ -29,12 +29,19 @@ pub struct NetworkView {
 
 impl PartialEq for NetworkView {
     fn eq(&self, o: &NetworkView) -> bool {
-        self.version == o.version
-            && self.cluster == o.cluster
-            && self.nodes == o.nodes
-            && self.services == o.services
-            && self.control_ports == o.control_ports
+        // Every field named: one added later must be placed here or the build fails.
+        let NetworkView { version, cluster, nodes, services, control_ports, nodes_changed: _ } = self;
+        *version == o.version
+            && *cluster == o.cluster
+            && *nodes == o.nodes
+            && *services == o.services
+            && *control_ports == o.control_ports
     }
+}
+
+/// A node's entry as a route to its pods: its subnet and address, when both are known.
+fn route((cidr, address): &(Option<Cidr>, Option<Ipv4Addr>)) -> Option<(Cidr, Ipv4Addr)> {
+    Some(((*cidr)?, (*address)?))
 }
 
 impl NetworkView {
@@ -45,7 +52,7 @@ impl NetworkView {
             .nodes
             .iter()
             .filter(|(n, _)| n.as_str() != name)
-            .filter_map(|(n, (cidr, addr))| Some(Peer { node: n.clone(), address: (*addr)?, pod_cidr: (*cidr)? }))
+            .filter_map(|(n, e)| route(e).map(|(pod_cidr, address)| Peer { node: n.clone(), address, pod_cidr }))
             .collect();
         NodeNetwork { cluster: self.cluster.clone(), pod_cidr, peers, control_ports: self.control_ports.clone() }
     }
@@ -69,15 +76,14 @@ impl NetworkView {
     /// session is brought up to date after every join: a session one version behind looks only at
     /// the nodes noted as changed, any other walks both views.
     pub fn peer_changes(&self, before: &NetworkView, name: &str) -> PeerChanges {
-        let route = |e: Option<&(Option<Cidr>, Option<Ipv4Addr>)>| e.and_then(|(c, a)| Some(((*c)?, (*a)?)));
         let names: Box<dyn Iterator<Item = &String>> = match &self.nodes_changed {
             Some(changed) if before.version + 1 == self.version => Box::new(changed.iter()),
             _ => Box::new(self.nodes.keys().chain(before.nodes.keys().filter(|n| !self.nodes.contains_key(*n)))),
         };
         let mut out = PeerChanges::default();
         for n in names.filter(|n| n.as_str() != name) {
-            let now = route(self.nodes.get(n));
-            if now != route(before.nodes.get(n)) {
+            let now = self.nodes.get(n).and_then(route);
+            if now != before.nodes.get(n).and_then(route) {
                 match now {
                     Some((pod_cidr, address)) => out.upsert.push(Peer { node: n.clone(), address, pod_cidr }),
                     None => out.remove.push(n.clone()),

@@ -12,6 +12,10 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
 /// Changes kept in memory for watchers that resume.
 const HISTORY: usize = 4096;
+/// redb's own cache of the file's pages (its default is 1 GiB: the whole file in the leader's
+/// heap). Pages beyond it are read again through the kernel's page cache, which the leader's
+/// RSS does not count.
+const CACHE_BYTES: usize = 4 << 20;
 
 pub struct RedbStore {
     db: Database,
@@ -52,8 +56,10 @@ fn unpack(key: &str, raw: &[u8]) -> Result<KeyValue, StoreError> {
 impl RedbStore {
     /// Opens the store file at `path`, creating it if needed.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db =
-            Database::create(path).map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
         // The cluster's objects (sealed secrets among them): the leader's alone, whatever the umask.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))

@@ -120,10 +120,11 @@ fn cli(bins: &Path, admin: &Path, args: &[&str]) -> std::process::Output {
     Command::new(bins.join("bramble")).arg("--config").arg(admin).args(args).output().expect("run bramble")
 }
 
+/// Replicas Running, counted by the leader (`get replicas --count`: a few KB, not every replica).
 fn running(bins: &Path, admin: &Path) -> usize {
-    let out = cli(bins, admin, &["get", "replicas", "-o", "json"]);
-    let v: Vec<bramble_proto::model::Replica> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v.iter().filter(|r| r.phase == ReplicaPhase::Running).count()
+    let out = cli(bins, admin, &["get", "replicas", "--count", "-o", "json"]);
+    let v: Vec<bramble_proto::wire::ReplicaCount> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.iter().map(|c| c.phases.get("Running").copied().unwrap_or(0) as usize).sum()
 }
 
 /// CPU time (user + system) of process `pid`, in clock ticks.
@@ -262,7 +263,7 @@ pub fn run(agents: usize, replicas: usize, steady_secs: u64, usage_secs: u64, wh
         pss0 as f64 / 1024.0
     );
     println!(
-        "  apply {replicas} replicas ({apps} apps) -> all Running: {:.2} s (looked {polls} times, `get replicas -o json` {:.0} ms each)",
+        "  apply {replicas} replicas ({apps} apps) -> all Running: {:.2} s (looked {polls} times, `get replicas --count` {:.0} ms each)",
         to_running.as_secs_f64(),
         polling.as_secs_f64() * 1000.0 / polls.max(1) as f64
     );
@@ -277,16 +278,18 @@ pub fn run(agents: usize, replicas: usize, steady_secs: u64, usage_secs: u64, wh
     );
     // One board lost (its session closed; the default grace then applies): its replicas placed
     // on the others and Running again.
-    let lost_replicas = |bins: &Path| -> usize {
+    // (Replicas on the lost board and Running in all, from one list.)
+    let lost_and_running = |bins: &Path| -> (usize, usize) {
         let out = cli(bins, &admin, &["get", "replicas", "-o", "json"]);
         let v: Vec<bramble_proto::model::Replica> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v.iter().filter(|r| r.node.as_deref() == Some("sim-0")).count()
+        let lost = v.iter().filter(|r| r.node.as_deref() == Some("sim-0")).count();
+        (lost, v.iter().filter(|r| r.phase == ReplicaPhase::Running).count())
     };
-    let on_lost = lost_replicas(&bins);
+    let on_lost = lost_and_running(&bins).0;
     let t = Instant::now();
     boards[0].abort();
     loop {
-        if lost_replicas(&bins) == 0 && running(&bins, &admin) == replicas {
+        if lost_and_running(&bins) == (0, replicas) {
             break;
         }
         assert!(t.elapsed() < Duration::from_secs(120), "the lost board's replicas were not re-placed");

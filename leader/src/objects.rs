@@ -27,7 +27,8 @@
 use crate::error::{Error, Result};
 use crate::store::{Expect, KeyValue, Store, StoreError, TxnOp};
 use bramble_proto::manifest::AppSpec;
-use bramble_proto::model::{App, Node, ObjectMeta, Platform, Replica, RevisionRecord, Service};
+use bramble_proto::model::{App, Node, ObjectMeta, Platform, Replica, ReplicaPhase, RevisionRecord, Service};
+use bramble_proto::wire::ReplicaCount;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -213,6 +214,28 @@ impl Objects {
         }
         let all = self.list::<Replica>()?.into_iter().map(|v| v.value);
         Ok(all.filter(|r| app.is_none_or(|a| r.app == a)).collect())
+    }
+
+    /// Every app's replicas counted by phase, apps by name. Reads only the fields it counts (no
+    /// replica is decoded whole): a look at 10,000 replicas that costs far less than listing them.
+    pub fn count_replicas(&self) -> Result<Vec<ReplicaCount>> {
+        /// What counting needs of a stored replica (serde skips the rest).
+        #[derive(serde::Deserialize)]
+        struct Counted {
+            app: String,
+            phase: ReplicaPhase,
+            #[serde(default)]
+            ready: bool,
+            #[serde(default)]
+            terminating_ms: Option<u64>,
+        }
+        let counted = self
+            .store
+            .list(Replica::PREFIX)?
+            .iter()
+            .map(|kv| decode::<Counted>(&kv.key, &kv.value))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ReplicaCount::tally(counted.into_iter().map(|r| (r.app, r.phase, r.ready, r.terminating_ms.is_some()))))
     }
 
     pub fn new(store: Arc<dyn Store>) -> Objects {

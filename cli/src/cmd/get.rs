@@ -4,7 +4,7 @@
 use crate::client::{request, unexpected, CliError};
 use crate::output::{json, table, Format};
 use bramble_proto::quantity::human_bytes;
-use bramble_proto::wire::{Request, Response};
+use bramble_proto::wire::{ReplicaCount, Request, Response};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -24,6 +24,10 @@ pub struct Args {
     /// After the table, a row each time an object changes or goes, until interrupted.
     #[arg(short, long)]
     watch: bool,
+    /// With `get replicas`: how many each app has, by phase, counted by the leader (cheap at
+    /// thousands of replicas; `-o json` for scripts waiting on a rollout).
+    #[arg(long)]
+    count: bool,
 }
 
 /// How to print what `get` found.
@@ -202,6 +206,12 @@ async fn fetch(config: &Option<PathBuf>, args: &Args) -> Result<Option<Rows>, Cl
     if !sel.is_empty() && !matches!(args.kind, Kind::Nodes | Kind::Apps | Kind::Replicas) {
         return Err(CliError::Other("-l selects nodes, apps and replicas (by their app's labels)".into()));
     }
+    if args.count {
+        if !matches!(args.kind, Kind::Replicas) {
+            return Err(CliError::Other("--count counts replicas: `bramble get replicas --count`".into()));
+        }
+        return counts(config, args.app.as_deref().or(name), output, &sel).await;
+    }
     match args.kind {
         Kind::Nodes => nodes(config, name, output, &sel).await,
         Kind::Apps => apps(config, name, output, &sel).await,
@@ -328,6 +338,49 @@ async fn replicas(
     Ok(Some((header, rows)))
 }
 
+/// Every app's replicas counted by the leader; from a leader that does not know the request yet
+/// (it resets the stream), counted here from the whole list.
+async fn replica_counts(config: Option<PathBuf>) -> Result<Vec<ReplicaCount>, CliError> {
+    match request(config.clone(), Request::CountReplicas).await {
+        Ok(Response::ReplicaCounts(c)) => Ok(c),
+        Ok(r) => Err(unexpected(&r)),
+        Err(CliError::Other(e)) if e.contains("reset") => {
+            let replicas = match request(config, Request::GetReplicas { app: None }).await? {
+                Response::Replicas(r) => r,
+                r => return Err(unexpected(&r)),
+            };
+            Ok(ReplicaCount::tally(replicas.into_iter().map(|r| (r.app, r.phase, r.ready, r.terminating_ms.is_some()))))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `get replicas --count`: a row per app (or the one `app`).
+async fn counts(
+    config: Option<PathBuf>,
+    app: Option<&str>,
+    output: Output,
+    sel: &bramble_proto::selector::Selector,
+) -> Result<Option<Rows>, CliError> {
+    let mut counts = replica_counts(config.clone()).await?;
+    if !sel.is_empty() {
+        let chosen: std::collections::BTreeSet<String> = match request(config, Request::GetApps).await? {
+            Response::Apps(a) => a.into_iter().filter(|a| sel.matches(&a.spec.labels)).map(|a| a.meta.name).collect(),
+            r => return Err(unexpected(&r)),
+        };
+        counts.retain(|c| chosen.contains(&c.app));
+    }
+    let Some(counts) = pick(counts, "app", app, output, |c| &c.app)? else { return Ok(None) };
+    let rows = counts
+        .iter()
+        .map(|c| {
+            let phases: Vec<String> = c.phases.iter().map(|(p, n)| format!("{p}={n}")).collect();
+            vec![c.app.clone(), c.total.to_string(), c.serving.to_string(), phases.join(",")]
+        })
+        .collect();
+    Ok(Some((vec!["APP", "REPLICAS", "SERVING", "PHASES"], rows)))
+}
+
 async fn apps(
     config: Option<PathBuf>,
     name: Option<&str>,
@@ -342,25 +395,17 @@ async fn apps(
     let Some(apps) = pick_manifest(apps, "app", name, output, |a| &a.meta.name, |a| Some(a.spec.clone()))? else {
         return Ok(None);
     };
-    let replicas = match request(config, Request::GetReplicas { app: None }).await? {
-        Response::Replicas(r) => r,
-        r => return Err(unexpected(&r)),
-    };
+    let counts: std::collections::BTreeMap<String, ReplicaCount> =
+        replica_counts(config).await?.into_iter().map(|c| (c.app.clone(), c)).collect();
     let wide = output.format() == Format::Wide;
     let rows: Vec<Vec<String>> = apps
         .iter()
         .map(|a| {
-            let mine: Vec<_> = replicas.iter().filter(|r| r.app == a.meta.name).collect();
-            let ready = mine.iter().filter(|r| r.serving()).count();
+            let mine = counts.get(&a.meta.name).cloned().unwrap_or_default();
+            let ready = mine.serving;
             // An every-board app wants a replica on each board it matches: the planner keeps one
             // there (Pending while the board is down).
-            let desired = if a.spec.every_board() {
-                mine.iter()
-                    .filter(|r| r.terminating_ms.is_none() && r.phase != bramble_proto::model::ReplicaPhase::Lost)
-                    .count() as u32
-            } else {
-                a.spec.replicas.0
-            };
+            let desired = if a.spec.every_board() { mine.live } else { a.spec.replicas.0 };
             let mut row = vec![
                 a.meta.name.clone(),
                 format!("{ready}/{desired}"),

@@ -348,6 +348,7 @@ impl Api {
             Request::GetSecrets => Ok(Response::Secrets(self.secrets().secrets()?)),
             Request::GetSecret { name } => self.secrets().describe_secret(&name),
             Request::GetReplicas { app } => Ok(Response::Replicas(self.objects.replicas(app.as_deref())?)),
+            Request::CountReplicas => Ok(Response::ReplicaCounts(self.objects.count_replicas()?)),
             Request::GetApp { name } => self.replicas().describe_app(&name),
             Request::RolloutHistory { app } => self.rollouts().history(&app),
             Request::RolloutUndo { app, to } => Ok(Response::Done(self.rollouts().undo(&app, to, who)?)),
@@ -447,6 +448,7 @@ pub fn required_role(request: &Request) -> Role {
         | Request::GetConfig { .. }
         | Request::Top { .. }
         | Request::GetReplicas { .. }
+        | Request::CountReplicas
         | Request::GetApp { .. }
         | Request::GetReplica { .. }
         | Request::RolloutHistory { .. }

@@ -468,4 +468,34 @@ mod tests {
         let e = objects.load::<Node>("pi").unwrap_err();
         assert_eq!(e.to_string(), "node \"pi\" not found");
     }
+
+    #[test]
+    fn replicas_counted_by_phase_match_the_whole_list_and_a_corrupt_one_is_named() {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let objects = Objects::new(store.clone());
+        let mut put = |name: &str, app: &str, phase: ReplicaPhase, ready: bool, terminating: bool| {
+            let mut r = Replica::new(app, name, "h1", 1);
+            (r.phase, r.ready, r.terminating_ms) = (phase, ready, terminating.then_some(5));
+            objects.put(&r, Expect::Any).unwrap();
+        };
+        put("web-1", "web", ReplicaPhase::Running, true, false);
+        put("web-2", "web", ReplicaPhase::Running, false, false);
+        put("web-3", "web", ReplicaPhase::Running, true, true);
+        put("web-4", "web", ReplicaPhase::Lost, false, false);
+        put("db-1", "db", ReplicaPhase::Pending, false, false);
+        let counts = objects.count_replicas().unwrap();
+        let names: Vec<&str> = counts.iter().map(|c| c.app.as_str()).collect();
+        assert_eq!(names, ["db", "web"]);
+        let web = &counts[1];
+        assert_eq!((web.total, web.serving, web.live), (4, 1, 2));
+        assert_eq!(web.phases, BTreeMap::from([("Lost".to_string(), 1), ("Running".to_string(), 3)]));
+        // The same as counting the decoded replicas.
+        let all = objects.replicas(None).unwrap();
+        let tallied =
+            ReplicaCount::tally(all.into_iter().map(|r| (r.app, r.phase, r.ready, r.terminating_ms.is_some())));
+        assert_eq!(counts, tallied);
+        store.put("/replicas/bad-1", b"{\"app\": 3}", Expect::Any).unwrap();
+        let e = objects.count_replicas().unwrap_err();
+        assert!(e.to_string().starts_with("stored object /replicas/bad-1 is corrupt: "), "{e}");
+    }
 }

@@ -51,6 +51,21 @@ fn a_drain_under_load_drops_nothing_and_every_board_apps_follow_the_boards() {
     });
     let apps = c.ok(&["get", "apps"]);
     assert!(apps.lines().any(|l| l.starts_with("exporter") && l.contains(" 2/2 ")), "DESIRED is the boards: {apps}");
+    // Counted by the leader: what the whole list says.
+    let counts: Vec<bramble_proto::wire::ReplicaCount> =
+        serde_json::from_str(&c.ok(&["get", "replicas", "--count", "-o", "json"])).unwrap();
+    let all: Vec<Replica> = serde_json::from_str(&c.ok(&["get", "replicas", "-o", "json"])).unwrap();
+    for app in ["web", "exporter"] {
+        let count = counts.iter().find(|c| c.app == app).unwrap_or_else(|| panic!("{app} counted: {counts:?}"));
+        let mine: Vec<&Replica> = all.iter().filter(|r| r.app == app).collect();
+        let running = mine.iter().filter(|r| r.phase == ReplicaPhase::Running).count();
+        assert_eq!(count.total as usize, mine.len(), "{count:?}");
+        assert_eq!(count.phases.get("Running").copied().unwrap_or(0) as usize, running, "{count:?}");
+        assert_eq!(count.serving as usize, mine.iter().filter(|r| r.serving()).count(), "{count:?}");
+    }
+    assert_eq!(c.ok(&["get", "replicas", "--count", "-l", "tier=ops", "-o", "name"]), "app/exporter\n");
+    let bad = c.cli(&["get", "apps", "--count"]);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("--count counts replicas"), "{}", text(&bad.stderr));
 
     // Labels and selectors.
     assert_eq!(c.ok(&["get", "apps", "-l", "tier=front", "-o", "name"]), "app/web\n");

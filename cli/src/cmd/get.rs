@@ -344,7 +344,7 @@ async fn replica_counts(config: Option<PathBuf>) -> Result<Vec<ReplicaCount>, Cl
     match request(config.clone(), Request::CountReplicas).await {
         Ok(Response::ReplicaCounts(c)) => Ok(c),
         Ok(r) => Err(unexpected(&r)),
-        Err(CliError::Other(e)) if e.contains("reset") => {
+        Err(CliError::Other(e)) if e.contains("reset by peer") || e.contains("stopped by peer") => {
             let replicas = match request(config, Request::GetReplicas { app: None }).await? {
                 Response::Replicas(r) => r,
                 r => return Err(unexpected(&r)),

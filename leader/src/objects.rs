@@ -473,7 +473,7 @@ mod tests {
     fn replicas_counted_by_phase_match_the_whole_list_and_a_corrupt_one_is_named() {
         let store: Arc<dyn Store> = Arc::new(MemStore::new());
         let objects = Objects::new(store.clone());
-        let mut put = |name: &str, app: &str, phase: ReplicaPhase, ready: bool, terminating: bool| {
+        let put = |name: &str, app: &str, phase: ReplicaPhase, ready: bool, terminating: bool| {
             let mut r = Replica::new(app, name, "h1", 1);
             (r.phase, r.ready, r.terminating_ms) = (phase, ready, terminating.then_some(5));
             objects.put(&r, Expect::Any).unwrap();

@@ -205,6 +205,12 @@ pub fn run(agents: usize, replicas: usize, steady_secs: u64, usage_secs: u64, wh
     std::thread::sleep(Duration::from_secs(2));
     let join_bytes = received(&fleet);
     let (rss0, pss0) = (kib(pid, "status", "VmRSS:"), kib(pid, "smaps_rollup", "Pss:"));
+    // What the boards alone cost the leader's CPU: their sessions' keep-alives (a PING every
+    // 500 ms and its ACK) and their usage samples.
+    const BOARDS_ONLY: Duration = Duration::from_secs(10);
+    let c_idle = cpu_ticks(pid);
+    std::thread::sleep(BOARDS_ONLY);
+    let idle_ticks = cpu_ticks(pid) - c_idle;
 
     // Apps of 100 replicas each (the most one app may have is 1,000).
     let apps = replicas.div_ceil(100);
@@ -257,10 +263,12 @@ pub fn run(agents: usize, replicas: usize, steady_secs: u64, usage_secs: u64, wh
         join_bytes as f64 / 1048576.0,
         join_bytes as f64 / 1024.0 / agents as f64
     );
+    let idle_cpu_pct = ticks_s(idle_ticks) / BOARDS_ONLY.as_secs_f64() * 100.0;
     println!(
-        "  {agents} boards Ready, no apps:              RSS {:.1} MiB, PSS {:.1} MiB",
+        "  {agents} boards Ready, no apps:              RSS {:.1} MiB, PSS {:.1} MiB; CPU {idle_cpu_pct:.1} % of one core over {} s",
         rss0 as f64 / 1024.0,
-        pss0 as f64 / 1024.0
+        pss0 as f64 / 1024.0,
+        BOARDS_ONLY.as_secs()
     );
     println!(
         "  apply {replicas} replicas ({apps} apps) -> all Running: {:.2} s (looked {polls} times, `get replicas --count` {:.0} ms each)",
@@ -340,7 +348,7 @@ pub fn run(agents: usize, replicas: usize, steady_secs: u64, usage_secs: u64, wh
         "replicas": replicas,
         "peer_changes": !whole_peers,
         "join": { "ms": joined.as_millis() as u64, "leader_cpu_s": ticks_s(join_cpu), "bytes_to_boards": join_bytes },
-        "leader_idle": { "rss_kib": rss0, "pss_kib": pss0 },
+        "leader_idle": { "rss_kib": rss0, "pss_kib": pss0, "cpu_percent": idle_cpu_pct },
         "leader_with_replicas": { "rss_kib": rss1, "pss_kib": pss1 },
         "apply_to_all_running_ms": to_running.as_millis() as u64,
         "apply_polls": { "count": polls, "ms_each": polling.as_millis() as u64 / u64::from(polls.max(1)) },

@@ -114,7 +114,12 @@ pub fn quic_server_config(tls: rustls::ServerConfig) -> Result<ServerConfig, Tra
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
     let mut cfg = ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(transport_config(KEEP_ALIVE, IDLE_TIMEOUT));
+    let mut transport = Arc::try_unwrap(transport_config(KEEP_ALIVE, IDLE_TIMEOUT)).expect("just made");
+    // One datagram per send: quinn keeps a send buffer in each connection as large as one
+    // segmentation-offload batch (10 × the path MTU, ~14.5 KB), so 500 boards held ~7 MB of
+    // buffers for what is mostly ACKs and small messages. A leader sends little in bulk.
+    transport.enable_segmentation_offload(false);
+    cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
 

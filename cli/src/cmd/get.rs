@@ -302,10 +302,7 @@ async fn replicas(
         r => return Err(unexpected(&r)),
     };
     if !sel.is_empty() {
-        let chosen: std::collections::BTreeSet<String> = match request(config, Request::GetApps).await? {
-            Response::Apps(a) => a.into_iter().filter(|a| sel.matches(&a.spec.labels)).map(|a| a.meta.name).collect(),
-            r => return Err(unexpected(&r)),
-        };
+        let chosen = apps_selected(config, sel).await?;
         replicas.retain(|r| chosen.contains(&r.app));
     }
     let Some(replicas) = pick(replicas, "replica", name, output, |r| &r.meta.name)? else { return Ok(None) };
@@ -355,6 +352,17 @@ async fn replica_counts(config: Option<PathBuf>) -> Result<Vec<ReplicaCount>, Cl
     }
 }
 
+/// The names of the apps whose labels `sel` matches (`-l` on replicas selects by their app's).
+async fn apps_selected(
+    config: Option<PathBuf>,
+    sel: &bramble_proto::selector::Selector,
+) -> Result<std::collections::BTreeSet<String>, CliError> {
+    match request(config, Request::GetApps).await? {
+        Response::Apps(a) => Ok(a.into_iter().filter(|a| sel.matches(&a.spec.labels)).map(|a| a.meta.name).collect()),
+        r => Err(unexpected(&r)),
+    }
+}
+
 /// `get replicas --count`: a row per app (or the one `app`).
 async fn counts(
     config: Option<PathBuf>,
@@ -364,10 +372,7 @@ async fn counts(
 ) -> Result<Option<Rows>, CliError> {
     let mut counts = replica_counts(config.clone()).await?;
     if !sel.is_empty() {
-        let chosen: std::collections::BTreeSet<String> = match request(config, Request::GetApps).await? {
-            Response::Apps(a) => a.into_iter().filter(|a| sel.matches(&a.spec.labels)).map(|a| a.meta.name).collect(),
-            r => return Err(unexpected(&r)),
-        };
+        let chosen = apps_selected(config, sel).await?;
         counts.retain(|c| chosen.contains(&c.app));
     }
     let Some(counts) = pick(counts, "app", app, output, |c| &c.app)? else { return Ok(None) };
